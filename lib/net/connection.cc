@@ -1,0 +1,212 @@
+#include "lib/net/connection.h"
+
+#include <openssl/ssl.h>
+
+#include <variant>
+
+#include "absl/strings/str_cat.h"
+#include "asio/experimental/as_tuple.hpp"
+#include "asio/experimental/awaitable_operators.hpp"
+#include "asio/redirect_error.hpp"
+#include "asio/steady_timer.hpp"
+#include "asio/use_awaitable.hpp"
+#include "asio/write.hpp"
+
+namespace tern::net {
+namespace {
+
+using asio::experimental::awaitable_operators::operator||;
+constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
+constexpr size_t kReadChunk = 16 * 1024;
+
+absl::Status FromError(const asio::error_code& ec, absl::string_view what) {
+  if (ec == asio::error::eof || ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+      ec == asio::ssl::error::stream_truncated) {
+    return absl::UnavailableError(absl::StrCat(what, ": connection closed by peer"));
+  }
+  return absl::UnavailableError(absl::StrCat(what, ": ", ec.message()));
+}
+
+bool IsIpLiteral(const std::string& host) {
+  asio::error_code ec;
+  asio::ip::make_address(host, ec);
+  return !ec;
+}
+
+}  // namespace
+
+Connection::Connection(asio::ip::tcp::socket socket) : socket_(std::move(socket)) {}
+
+Connection::~Connection() { Abort(); }
+
+std::string Connection::TlsDescription() const {
+  if (!tls_) {
+    return "";
+  }
+  SSL* ssl = const_cast<asio::ssl::stream<asio::ip::tcp::socket&>&>(*tls_).native_handle();
+  return absl::StrCat(SSL_get_version(ssl), " ", SSL_get_cipher_name(ssl));
+}
+
+asio::awaitable<absl::StatusOr<size_t>> Connection::ReadSome(char* data, size_t size, Duration timeout) {
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  auto buf = asio::buffer(data, size);
+  std::variant<std::tuple<asio::error_code, size_t>, std::tuple<asio::error_code>> result;
+  if (tls_) {
+    result = co_await (tls_->async_read_some(buf, kNoThrow) || timer.async_wait(kNoThrow));
+  } else {
+    result = co_await (socket_.async_read_some(buf, kNoThrow) || timer.async_wait(kNoThrow));
+  }
+  if (result.index() == 1) {
+    Abort();
+    co_return absl::DeadlineExceededError("read timed out");
+  }
+  auto [ec, n] = std::get<0>(result);
+  if (ec) {
+    co_return FromError(ec, "read");
+  }
+  co_return n;
+}
+
+asio::awaitable<absl::StatusOr<Line>> Connection::ReadLine(size_t max_len, Duration timeout) {
+  for (;;) {
+    // Look for LF in what is buffered. We scan at most max_len+2 bytes so a
+    // client sending an endless line costs bounded memory.
+    const absl::string_view pending(buffer_.data() + start_, buffer_.size() - start_);
+    const size_t scan = std::min(pending.size(), max_len + 2);
+    const size_t lf = pending.substr(0, scan).find('\n');
+    if (lf != absl::string_view::npos && lf <= max_len + 1) {
+      Line line;
+      size_t len = lf;
+      if (len > 0 && pending[len - 1] == '\r') {
+        --len;
+      } else {
+        line.bare_lf = true;
+      }
+      if (len <= max_len) {
+        line.text.assign(pending.data(), len);
+        start_ += lf + 1;
+        co_return line;
+      }
+      // CR LF right after max_len+1 bytes: fall through to the partial case.
+    }
+    if (pending.size() > max_len) {
+      // Too long: hand out the first max_len bytes and keep the rest. Keep a
+      // trailing CR in the buffer so a CRLF split across the cut is seen.
+      Line line;
+      line.partial = true;
+      line.text.assign(pending.data(), max_len);
+      start_ += max_len;
+      co_return line;
+    }
+    // Compact, then read more.
+    if (start_ > 0) {
+      buffer_.erase(0, start_);
+      start_ = 0;
+    }
+    const size_t old = buffer_.size();
+    buffer_.resize(old + kReadChunk);
+    auto n = co_await ReadSome(buffer_.data() + old, kReadChunk, timeout);
+    if (!n.ok()) {
+      buffer_.resize(old);
+      co_return n.status();
+    }
+    buffer_.resize(old + *n);
+  }
+}
+
+asio::awaitable<absl::Status> Connection::Write(absl::string_view data, Duration timeout) {
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  auto buf = asio::buffer(data.data(), data.size());
+  std::variant<std::tuple<asio::error_code, size_t>, std::tuple<asio::error_code>> result;
+  if (tls_) {
+    result = co_await (asio::async_write(*tls_, buf, kNoThrow) || timer.async_wait(kNoThrow));
+  } else {
+    result = co_await (asio::async_write(socket_, buf, kNoThrow) || timer.async_wait(kNoThrow));
+  }
+  if (result.index() == 1) {
+    Abort();
+    co_return absl::DeadlineExceededError("write timed out");
+  }
+  auto [ec, n] = std::get<0>(result);
+  if (ec) {
+    co_return FromError(ec, "write");
+  }
+  co_return absl::OkStatus();
+}
+
+asio::awaitable<absl::Status> Connection::StartTlsServer(std::shared_ptr<asio::ssl::context> ctx, Duration timeout) {
+  tls_context_ = std::move(ctx);
+  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  auto result =
+      co_await (tls_->async_handshake(asio::ssl::stream_base::server, kNoThrow) || timer.async_wait(kNoThrow));
+  if (result.index() == 1) {
+    Abort();
+    co_return absl::DeadlineExceededError("TLS handshake timed out");
+  }
+  auto [ec] = std::get<0>(result);
+  if (ec) {
+    co_return absl::InternalError(absl::StrCat("TLS handshake failed: ", ec.message()));
+  }
+  // Anything buffered before the handshake was plaintext; RFC 3207 §4 says to
+  // discard it (the caller should have refused STARTTLS with data pending).
+  buffer_.clear();
+  start_ = 0;
+  co_return absl::OkStatus();
+}
+
+asio::awaitable<absl::Status> Connection::StartTlsClient(std::shared_ptr<asio::ssl::context> ctx, std::string sni,
+                                                         bool verify_host, Duration timeout) {
+  tls_context_ = std::move(ctx);
+  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
+  if (!sni.empty() && !IsIpLiteral(sni)) {
+    SSL_set_tlsext_host_name(tls_->native_handle(), sni.c_str());
+  }
+  // Verify in any case so the outcome can be recorded, but only fail the
+  // handshake when the caller requires verification.
+  tls_->set_verify_mode(asio::ssl::verify_peer);
+  const bool check_name = !sni.empty();
+  tls_->set_verify_callback([this, verify_host, check_name, sni](bool preverified, asio::ssl::verify_context& vctx) {
+    bool ok = preverified;
+    if (ok && check_name) {
+      ok = asio::ssl::host_name_verification(sni)(preverified, vctx);
+    }
+    X509_STORE_CTX* store = vctx.native_handle();
+    if (X509_STORE_CTX_get_error_depth(store) == 0) {
+      peer_verified_ = ok;
+    }
+    return verify_host ? ok : true;
+  });
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  buffer_.clear();
+  start_ = 0;
+  auto result =
+      co_await (tls_->async_handshake(asio::ssl::stream_base::client, kNoThrow) || timer.async_wait(kNoThrow));
+  if (result.index() == 1) {
+    Abort();
+    co_return absl::DeadlineExceededError("TLS handshake timed out");
+  }
+  auto [ec] = std::get<0>(result);
+  if (ec) {
+    co_return absl::InternalError(absl::StrCat("TLS handshake failed: ", ec.message()));
+  }
+  co_return absl::OkStatus();
+}
+
+asio::awaitable<void> Connection::Close(Duration timeout) {
+  if (tls_ && socket_.is_open()) {
+    asio::steady_timer timer(socket_.get_executor(), timeout);
+    co_await (tls_->async_shutdown(kNoThrow) || timer.async_wait(kNoThrow));
+  }
+  Abort();
+}
+
+void Connection::Abort() {
+  asio::error_code ignored;
+  if (socket_.is_open()) {
+    socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+  }
+}
+
+}  // namespace tern::net

@@ -1,0 +1,115 @@
+#include "lib/net/connection.h"
+
+#include <chrono>
+#include <optional>
+
+#include "asio/co_spawn.hpp"
+#include "asio/detached.hpp"
+#include "asio/io_context.hpp"
+#include "asio/write.hpp"
+#include "gtest/gtest.h"
+
+namespace tern::net {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A connected loopback pair: `server` wrapped in a Connection, `client` raw.
+struct Pair {
+  asio::io_context io;
+  std::optional<Connection> conn;
+  asio::ip::tcp::socket client{io};
+
+  Pair() {
+    asio::ip::tcp::acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});
+    client.connect(acceptor.local_endpoint());
+    conn.emplace(acceptor.accept());
+  }
+  void Send(std::string_view data) { asio::write(client, asio::buffer(data.data(), data.size())); }
+  template <typename T>
+  T Run(asio::awaitable<T> op) {
+    std::optional<T> out;
+    asio::co_spawn(io, [&]() -> asio::awaitable<void> { out = co_await std::move(op); }, asio::detached);
+    io.run();
+    io.restart();
+    return std::move(*out);
+  }
+};
+
+TEST(Connection, ReadsCrlfAndBareLfLines) {
+  Pair p;
+  p.Send("EHLO a\r\nNOOP\nQUIT\r\n");
+  auto a = p.Run(p.conn->ReadLine(512, 5s));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->text, "EHLO a");
+  EXPECT_FALSE(a->bare_lf);
+  auto b = p.Run(p.conn->ReadLine(512, 5s));
+  EXPECT_EQ(b->text, "NOOP");
+  EXPECT_TRUE(b->bare_lf);
+  auto c = p.Run(p.conn->ReadLine(512, 5s));
+  EXPECT_EQ(c->text, "QUIT");
+  EXPECT_EQ(p.conn->buffered(), 0u);
+}
+
+TEST(Connection, LongLineComesBackInPartsWithBoundedBuffer) {
+  Pair p;
+  p.Send(std::string(25, 'x') + "\r\nnext\r\n");
+  auto a = p.Run(p.conn->ReadLine(10, 5s));
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(a->partial);
+  EXPECT_EQ(a->text, std::string(10, 'x'));
+  auto b = p.Run(p.conn->ReadLine(10, 5s));
+  EXPECT_TRUE(b->partial);
+  auto c = p.Run(p.conn->ReadLine(10, 5s));
+  EXPECT_FALSE(c->partial);
+  EXPECT_EQ(c->text, std::string(5, 'x'));
+  auto d = p.Run(p.conn->ReadLine(10, 5s));
+  EXPECT_EQ(d->text, "next");
+}
+
+TEST(Connection, LineOfExactlyMaxLengthIsWhole) {
+  Pair p;
+  p.Send(std::string(10, 'y') + "\r\n");
+  auto a = p.Run(p.conn->ReadLine(10, 5s));
+  ASSERT_TRUE(a.ok());
+  EXPECT_FALSE(a->partial);
+  EXPECT_EQ(a->text.size(), 10u);
+}
+
+TEST(Connection, ReadTimesOutWithDeadlineExceeded) {
+  Pair p;
+  auto a = p.Run(p.conn->ReadLine(512, 50ms));
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(Connection, PeerCloseIsUnavailable) {
+  Pair p;
+  p.Send("partial line without end");
+  p.client.close();
+  auto a = p.Run(p.conn->ReadLine(512, 5s));
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(Connection, WriteDeliversAllBytes) {
+  Pair p;
+  const std::string big(1 << 20, 'z');
+  std::string received;
+  std::thread reader([&] {
+    char buf[65536];
+    asio::error_code ec;
+    while (received.size() < big.size()) {
+      size_t n = p.client.read_some(asio::buffer(buf), ec);
+      if (ec) break;
+      received.append(buf, n);
+    }
+  });
+  auto s = p.Run(p.conn->Write(big, 5s));
+  reader.join();
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(received, big);
+}
+
+}  // namespace
+}  // namespace tern::net

@@ -1,0 +1,45 @@
+// File: asio_grpc.h
+//
+// Awaiting gRPC callback-API calls from Asio coroutines.
+//
+//   grpc::ClientContext ctx;
+//   tern::v1::LeaseResponse resp;
+//   grpc::Status s = co_await tern::rpc::AwaitGrpc([&](auto done) {
+//     stub->async()->Lease(&ctx, &req, &resp, std::move(done));
+//   });
+//
+// The completion runs on a gRPC thread; it is posted back to the awaiting
+// coroutine's executor, so the coroutine resumes on its own thread. The
+// context, request and response must live in the coroutine frame (they do, as
+// locals) until the co_await returns. Include only from .cc files: it pulls in
+// both Asio and gRPC headers.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <utility>
+
+#include <grpcpp/support/status.h>
+
+#include "asio/async_result.hpp"
+#include "asio/post.hpp"
+#include "asio/this_coro.hpp"
+#include "asio/use_awaitable.hpp"
+
+namespace tern::rpc {
+
+template <typename Start>
+asio::awaitable<grpc::Status> AwaitGrpc(Start start) {
+  auto executor = co_await asio::this_coro::executor;
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(grpc::Status)>(
+      [executor, start = std::move(start)](auto handler) mutable {
+        // std::function needs a copyable callable; the handler is move-only.
+        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+        start(std::function<void(grpc::Status)>([executor, shared](grpc::Status status) {
+          asio::post(executor, [shared, status = std::move(status)]() mutable { (*shared)(std::move(status)); });
+        }));
+      },
+      asio::use_awaitable);
+}
+
+}  // namespace tern::rpc

@@ -1,0 +1,46 @@
+#include "lib/rpc/server_setup.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+
+#include "absl/strings/str_cat.h"
+#include "lib/common/log.h"
+
+namespace tern::rpc {
+
+void PrepareServerBuilder(grpc::ServerBuilder& builder) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // Reconnect quickly after a queue restart instead of backing off to minutes.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+std::unique_ptr<grpc::Server> StartHealthServer(const std::string& listen) {
+  grpc::ServerBuilder builder;
+  PrepareServerBuilder(builder);
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  auto server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    log::Event(log::Level::kError, "health_listen_failed", {{"listen", listen}});
+    return nullptr;
+  }
+  log::Event(log::Level::kInfo, "health_listening", {{"listen", listen}, {"port", absl::StrCat(port)}});
+  return server;
+}
+
+}  // namespace tern::rpc

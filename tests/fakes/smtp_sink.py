@@ -1,0 +1,172 @@
+"""A scripted SMTP server for whole-system tests.
+
+Tern's tests use real clients and real DNS; the destination MX is this
+scripted server because the scenarios need replies on demand (550 at RCPT,
+451 that later turns into 250, a disconnect) that no real MTA produces when
+asked. It speaks enough ESMTP for a correct client (EHLO with PIPELINING,
+8BITMIME, SIZE; MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT) and
+records every transaction it accepted, byte-exact.
+
+Thread model: each sink runs its own asyncio loop on a daemon thread; the
+test thread reads `messages` and changes `rcpt_reply` / `data_reply` under
+`lock`.
+"""
+
+import asyncio
+import threading
+import time
+
+
+class Transaction:
+    def __init__(self, mail_from, rcpts, data):
+        self.mail_from = mail_from
+        self.rcpts = rcpts
+        self.data = data  # bytes, dot-unstuffed, CRLF line ends, no final "."
+
+
+class SmtpSink:
+    def __init__(self, host, port, name="sink.test"):
+        self.host = host
+        self.port = port
+        self.name = name
+        self.lock = threading.Lock()
+        self.messages = []
+        self.rcpt_attempts = 0
+        self.connections = 0
+        # Reply to every RCPT; may be a function of the address.
+        self.rcpt_reply = "250 2.1.5 Ok"
+        self.data_reply = "250 2.0.0 Ok: queued"
+        self._loop = None
+        self._server = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    # -- control from the test thread ---------------------------------
+    def start(self):
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("sink did not start")
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self):
+        if self._loop:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+    def set_rcpt_reply(self, reply):
+        with self.lock:
+            self.rcpt_reply = reply
+
+    def received(self):
+        with self.lock:
+            return list(self.messages)
+
+    def wait_for(self, count, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            time.sleep(0.05)
+        with self.lock:
+            return list(self.messages)
+
+    # -- the server ------------------------------------------------------
+    _error = None
+
+    def _run(self):
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._session, self.host, self.port, reuse_address=True))
+        except OSError as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._server.close()
+
+    def _reply_for_rcpt(self, address):
+        with self.lock:
+            r = self.rcpt_reply
+            self.rcpt_attempts += 1
+        return r(address) if callable(r) else r
+
+    async def _session(self, reader, writer):
+        with self.lock:
+            self.connections += 1
+
+        def send(line):
+            writer.write(line.encode() + b"\r\n")
+
+        send(f"220 {self.name} ESMTP sink")
+        mail_from = None
+        rcpts = []
+        try:
+            while True:
+                raw = await asyncio.wait_for(reader.readline(), 60)
+                if not raw:
+                    return
+                line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+                verb = line[:4].upper()
+                if verb in ("EHLO",):
+                    send(f"250-{self.name}")
+                    send("250-PIPELINING")
+                    send("250-8BITMIME")
+                    send("250-SIZE 52428800")
+                    send("250 ENHANCEDSTATUSCODES")
+                elif verb == "HELO":
+                    send(f"250 {self.name}")
+                elif verb == "MAIL":
+                    start, end = line.find("<"), line.find(">")
+                    mail_from = line[start + 1:end]
+                    rcpts = []
+                    send("250 2.1.0 Ok")
+                elif verb == "RCPT":
+                    start, end = line.find("<"), line.find(">")
+                    address = line[start + 1:end]
+                    reply = self._reply_for_rcpt(address)
+                    if reply.startswith("2"):
+                        rcpts.append(address)
+                    send(reply)
+                elif verb == "DATA":
+                    if not rcpts:
+                        send("554 5.5.1 No valid recipients")
+                        continue
+                    send("354 End data with <CR><LF>.<CR><LF>")
+                    await writer.drain()
+                    chunks = []
+                    while True:
+                        data_line = await asyncio.wait_for(reader.readline(), 60)
+                        if not data_line:
+                            return
+                        if data_line == b".\r\n":
+                            break
+                        if data_line.startswith(b"."):
+                            data_line = data_line[1:]
+                        chunks.append(data_line)
+                    with self.lock:
+                        reply = self.data_reply
+                        if reply.startswith("2"):
+                            self.messages.append(Transaction(mail_from, list(rcpts), b"".join(chunks)))
+                    send(reply)
+                elif verb == "RSET":
+                    mail_from, rcpts = None, []
+                    send("250 2.0.0 Ok")
+                elif verb == "NOOP":
+                    send("250 2.0.0 Ok")
+                elif verb == "QUIT":
+                    send("221 2.0.0 Bye")
+                    await writer.drain()
+                    return
+                else:
+                    send("502 5.5.2 Command not recognised")
+                await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            return
+        finally:
+            writer.close()

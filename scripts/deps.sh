@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything Tern needs to build, run and test, from Debian 12's own
+# packages only. Does nothing when every package is already installed.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  g++ cmake ninja-build ccache pkg-config git
+  # libraries (see README "Dependencies" for why each one)
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev libc-ares-dev
+  librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libasio-dev libinih-dev libspdlog-dev
+  libcli11-dev
+  # tests: real DNS server, real SMTP client, Python for the whole-system harness
+  dnsmasq-base swaks python3 openssl
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "Installing: ${missing[*]}"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,46 @@
+#include "lib/smtp/dot_codec.h"
+
+namespace tern::smtp {
+
+void DotCodec::AppendEncoded(absl::string_view body, std::string* out) {
+  // Headroom for a few stuffed dots and converted line ends; the string grows
+  // geometrically if a pathological body needs more.
+  out->reserve(out->size() + body.size() + body.size() / 64 + 8);
+  const char* p = body.data();
+  const char* const end = p + body.size();
+  bool line_start = true;
+  while (p < end) {
+    if (line_start && *p == '.') {
+      out->push_back('.');
+    }
+    const char* q = p;
+    while (q < end && *q != '\r' && *q != '\n') {
+      ++q;
+    }
+    out->append(p, static_cast<size_t>(q - p));
+    if (q == end) {
+      line_start = false;
+      break;
+    }
+    if (*q == '\r' && q + 1 < end && q[1] == '\n') {
+      q += 2;  // CRLF
+    } else {
+      q += 1;  // bare CR or bare LF
+    }
+    out->append("\r\n", 2);
+    p = q;
+    line_start = true;
+  }
+  if (!line_start) {
+    out->append("\r\n", 2);
+  }
+  out->append(".\r\n", 3);
+}
+
+std::string DotCodec::Encode(absl::string_view body) {
+  std::string out;
+  AppendEncoded(body, &out);
+  return out;
+}
+
+}  // namespace tern::smtp

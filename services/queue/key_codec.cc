@@ -1,0 +1,73 @@
+#include "services/queue/key_codec.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace tern::queue {
+namespace {
+
+void AppendBigEndian64(std::string* out, uint64_t v) {
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    out->push_back(static_cast<char>((v >> shift) & 0xff));
+  }
+}
+
+uint64_t ClampDue(int64_t due_unix_ms) { return due_unix_ms < 0 ? 0 : static_cast<uint64_t>(due_unix_ms); }
+
+}  // namespace
+
+std::string EncodeScheduleKey(JobType type, int64_t due_unix_ms, absl::string_view job_id) {
+  std::string key;
+  key.reserve(1 + 8 + job_id.size());
+  key.push_back(static_cast<char>(type));
+  AppendBigEndian64(&key, ClampDue(due_unix_ms));
+  key.append(job_id.data(), job_id.size());
+  return key;
+}
+
+std::string ScheduleScanLimit(JobType type, int64_t due_unix_ms) {
+  // Every key due at `due_unix_ms` has the 9-byte prefix for that time and
+  // sorts before the bare 9-byte prefix of the next millisecond.
+  std::string key;
+  key.push_back(static_cast<char>(type));
+  AppendBigEndian64(&key, ClampDue(due_unix_ms) + 1);
+  return key;
+}
+
+std::string ScheduleScanStart(JobType type) { return std::string(1, static_cast<char>(type)); }
+
+std::optional<ScheduleKey> DecodeScheduleKey(absl::string_view key) {
+  if (key.size() < 9) {
+    return std::nullopt;
+  }
+  const auto type = static_cast<uint8_t>(key[0]);
+  if (type != static_cast<uint8_t>(JobType::kDelivery) && type != static_cast<uint8_t>(JobType::kBounce)) {
+    return std::nullopt;
+  }
+  uint64_t due = 0;
+  for (int i = 1; i <= 8; ++i) {
+    due = (due << 8) | static_cast<uint8_t>(key[i]);
+  }
+  if (due > static_cast<uint64_t>(INT64_MAX)) {
+    return std::nullopt;
+  }
+  ScheduleKey out;
+  out.type = static_cast<JobType>(type);
+  out.due_unix_ms = static_cast<int64_t>(due);
+  out.job_id = std::string(key.substr(9));
+  return out;
+}
+
+std::string DeliveryId(absl::string_view message_id, uint32_t n) { return absl::StrCat(message_id, ".", n); }
+
+std::string BounceId(absl::string_view message_id, uint32_t n) { return absl::StrCat(message_id, ".b", n); }
+
+std::string IdempotencyKey(absl::string_view key) { return absl::StrCat("i", key); }
+
+std::string CorruptKey(absl::string_view source_cf, absl::string_view key) {
+  std::string out = absl::StrCat(source_cf);
+  out.push_back('\0');
+  out.append(key.data(), key.size());
+  return out;
+}
+
+}  // namespace tern::queue

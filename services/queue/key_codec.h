@@ -1,0 +1,76 @@
+// File: key_codec.h
+//
+// The one place that knows how the queue lays out its RocksDB keys. Every
+// other file asks this one for a key and never builds or slices keys itself,
+// so a change of layout is a change here (and a test here).
+//
+// Column families and their keys:
+//   messages    message id                     -> MessageRecord (queue_records.proto)
+//   bodies      message id                     -> the body bytes, once per message
+//   deliveries  delivery id "<msgid>.<n>"      -> DeliveryRecord
+//   bounces     bounce id "<msgid>.b<n>"       -> BounceRecord
+//   schedule    kind(1) | due_ms(8, big-endian) | job id -> ""  (a range scan
+//               of one kind up to "now" yields exactly the jobs that are due,
+//               oldest first, because big-endian integers sort like numbers)
+//   meta        'i' | idempotency key          -> message id
+//   corrupt     source CF name | 0x00 | key    -> the unparseable value as found
+//
+// Message ids are time-ordered (lib/common/ids.h), so the messages CF is in
+// arrival order and its first key is the oldest message.
+//
+// Thread-safety: pure functions; safe from any thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/strings/string_view.h"
+
+namespace tern::queue {
+
+// Column family names, also used in logs and as the prefix of corrupt keys.
+inline constexpr char kMessagesCf[] = "messages";
+inline constexpr char kBodiesCf[] = "bodies";
+inline constexpr char kDeliveriesCf[] = "deliveries";
+inline constexpr char kScheduleCf[] = "schedule";
+inline constexpr char kBouncesCf[] = "bounces";
+inline constexpr char kMetaCf[] = "meta";
+inline constexpr char kCorruptCf[] = "corrupt";
+
+// The first byte of a schedule key. Values are stable on disk.
+enum class JobType : uint8_t {
+  kDelivery = 1,
+  kBounce = 2,
+};
+
+struct ScheduleKey {
+  JobType type = JobType::kDelivery;
+  int64_t due_unix_ms = 0;
+  std::string job_id;
+
+  friend bool operator==(const ScheduleKey&, const ScheduleKey&) = default;
+};
+
+// Encodes a schedule key. Due times before the epoch are stored as 0 (they
+// are simply "due"), so the unsigned big-endian order is the numeric order.
+std::string EncodeScheduleKey(JobType type, int64_t due_unix_ms, absl::string_view job_id);
+// The smallest key of `type` that is strictly after every key due at or
+// before `due_unix_ms`: use as an exclusive upper bound for a due scan.
+std::string ScheduleScanLimit(JobType type, int64_t due_unix_ms);
+// The smallest possible key of `type` (the start of a scan).
+std::string ScheduleScanStart(JobType type);
+// nullopt if `key` is not a schedule key this codec wrote.
+std::optional<ScheduleKey> DecodeScheduleKey(absl::string_view key);
+
+// Delivery ids are "<msgid>.<n>" (n from 1), bounce ids "<msgid>.b<n>".
+std::string DeliveryId(absl::string_view message_id, uint32_t n);
+std::string BounceId(absl::string_view message_id, uint32_t n);
+
+// The meta key for an idempotency key.
+std::string IdempotencyKey(absl::string_view key);
+
+// Where a record that failed to parse is kept for an operator to inspect.
+std::string CorruptKey(absl::string_view source_cf, absl::string_view key);
+
+}  // namespace tern::queue

@@ -1,0 +1,66 @@
+#include "services/queue/key_codec.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace tern::queue {
+namespace {
+
+TEST(KeyCodec, ScheduleKeysSortByTypeThenDueTimeThenId) {
+  const std::vector<std::string> in_order = {
+      EncodeScheduleKey(JobType::kDelivery, 0, "z"),
+      EncodeScheduleKey(JobType::kDelivery, 255, "a"),
+      EncodeScheduleKey(JobType::kDelivery, 256, "a"),
+      EncodeScheduleKey(JobType::kDelivery, 256, "b"),
+      EncodeScheduleKey(JobType::kDelivery, 1700000000000, "a"),
+      EncodeScheduleKey(JobType::kDelivery, INT64_MAX, "a"),
+      EncodeScheduleKey(JobType::kBounce, 0, "a"),
+      EncodeScheduleKey(JobType::kBounce, 1, "a"),
+  };
+  std::vector<std::string> sorted = in_order;
+  std::reverse(sorted.begin(), sorted.end());
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, in_order);
+}
+
+TEST(KeyCodec, NegativeDueTimesAreStoredAsZero) {
+  EXPECT_EQ(EncodeScheduleKey(JobType::kBounce, -5, "x"), EncodeScheduleKey(JobType::kBounce, 0, "x"));
+}
+
+TEST(KeyCodec, ScheduleKeyRoundTrips) {
+  const std::string key = EncodeScheduleKey(JobType::kBounce, 1234567890123, "019a4e2c7d103f2a0001.b1");
+  auto decoded = DecodeScheduleKey(key);
+  ASSERT_TRUE(decoded.has_value());
+  EXPECT_EQ(decoded->type, JobType::kBounce);
+  EXPECT_EQ(decoded->due_unix_ms, 1234567890123);
+  EXPECT_EQ(decoded->job_id, "019a4e2c7d103f2a0001.b1");
+}
+
+TEST(KeyCodec, RejectsKeysItDidNotWrite) {
+  EXPECT_FALSE(DecodeScheduleKey("short").has_value());
+  std::string bad_type = EncodeScheduleKey(JobType::kDelivery, 1, "x");
+  bad_type[0] = 9;
+  EXPECT_FALSE(DecodeScheduleKey(bad_type).has_value());
+}
+
+TEST(KeyCodec, ScanLimitIncludesEverythingDueAndNothingLater) {
+  const std::string limit = ScheduleScanLimit(JobType::kDelivery, 1000);
+  EXPECT_LT(EncodeScheduleKey(JobType::kDelivery, 1000, "\xff\xff\xff"), limit);
+  EXPECT_LT(EncodeScheduleKey(JobType::kDelivery, 999, "zzz"), limit);
+  EXPECT_GE(EncodeScheduleKey(JobType::kDelivery, 1001, ""), limit);
+  EXPECT_GE(EncodeScheduleKey(JobType::kBounce, 0, ""), limit);
+  EXPECT_LE(ScheduleScanStart(JobType::kDelivery), EncodeScheduleKey(JobType::kDelivery, 0, ""));
+  EXPECT_GT(ScheduleScanStart(JobType::kBounce), EncodeScheduleKey(JobType::kDelivery, INT64_MAX, "zz"));
+}
+
+TEST(KeyCodec, JobIdsNameTheirMessage) {
+  EXPECT_EQ(DeliveryId("m1", 2), "m1.2");
+  EXPECT_EQ(BounceId("m1", 3), "m1.b3");
+  EXPECT_NE(IdempotencyKey("k"), "k");
+  EXPECT_EQ(CorruptKey("deliveries", "m1.1"), std::string("deliveries\0m1.1", 15));
+}
+
+}  // namespace
+}  // namespace tern::queue

@@ -13,7 +13,24 @@
 
 namespace tern::config {
 
-std::string ConfigDir::PathOf(absl::string_view name) const { return absl::StrCat(path_, "/", name); }
+ConfigDir::ConfigDir(std::string path) : path_(std::move(path)) {
+  for (absl::string_view dir : absl::StrSplit(path_, ':', absl::SkipEmpty())) {
+    dirs_.emplace_back(dir);
+  }
+  if (dirs_.empty()) {
+    dirs_.emplace_back(".");
+  }
+}
+
+std::string ConfigDir::PathOf(absl::string_view name) const {
+  for (const std::string& dir : dirs_) {
+    std::string candidate = absl::StrCat(dir, "/", name);
+    if (::access(candidate.c_str(), F_OK) == 0) {
+      return candidate;
+    }
+  }
+  return absl::StrCat(dirs_.front(), "/", name);
+}
 
 absl::StatusOr<IniFile> ConfigDir::Ini(absl::string_view name) const { return IniFile::Load(PathOf(name)); }
 

@@ -5,6 +5,10 @@
 // Every service reads what it needs from the same directory; a missing file
 // means "use the defaults", a present but broken file is an error that names it.
 //
+// The path may be a colon-separated list of directories ("/etc/tern-site:/etc/tern"):
+// each file is taken from the first directory that has it, so a deployment can
+// override a few files (tern.ini, smtp.ini) and share the rest.
+//
 // Thread-safety: immutable; safe to share.
 #pragma once
 
@@ -19,9 +23,11 @@ namespace tern::config {
 
 class ConfigDir {
  public:
-  explicit ConfigDir(std::string path) : path_(std::move(path)) {}
+  explicit ConfigDir(std::string path);
 
   const std::string& path() const { return path_; }
+  // The file `name` in the first directory that has it, or in the first
+  // directory when none has it.
   std::string PathOf(absl::string_view name) const;
 
   // The parsed INI file `name`, empty if it does not exist.
@@ -41,6 +47,7 @@ class ConfigDir {
 
  private:
   std::string path_;
+  std::vector<std::string> dirs_;
 };
 
 }  // namespace tern::config

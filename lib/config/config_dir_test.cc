@@ -60,5 +60,19 @@ TEST_F(ConfigDirTest, BrokenIniNamesTheFile) {
   EXPECT_NE(ini.status().message().find("outbound.ini"), std::string::npos);
 }
 
+TEST_F(ConfigDirTest, SearchPathTakesEachFileFromFirstDirectoryThatHasIt) {
+  Write("me", "base.example\n");
+  Write("smtp.ini", "[main]\nlisten=127.0.0.1:25\n");
+  const auto site = dir_ / "site";
+  std::filesystem::create_directories(site);
+  std::ofstream(site / "smtp.ini") << "[main]\nlisten=0.0.0.0:2525\n";
+  ConfigDir cfg(site.string() + ":" + dir_.string());
+  auto ini = cfg.Ini("smtp.ini");
+  ASSERT_TRUE(ini.ok());
+  EXPECT_EQ(ini->Get("main", "listen"), "0.0.0.0:2525");
+  EXPECT_EQ(*cfg.Me(), "base.example");
+  EXPECT_EQ(cfg.PathOf("absent.ini"), (site / "absent.ini").string());
+}
+
 }  // namespace
 }  // namespace tern::config

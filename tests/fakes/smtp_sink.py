@@ -73,6 +73,10 @@ class SmtpSink:
         with self.lock:
             return list(self.messages)
 
+    def record(self, tx):
+        """Called with the lock held for every accepted transaction."""
+        self.messages.append(tx)
+
     # -- the server ------------------------------------------------------
     _error = None
 
@@ -152,7 +156,7 @@ class SmtpSink:
                     with self.lock:
                         reply = self.data_reply
                         if reply.startswith("2"):
-                            self.messages.append(Transaction(mail_from, list(rcpts), b"".join(chunks)))
+                            self.record(Transaction(mail_from, list(rcpts), b"".join(chunks)))
                     send(reply)
                 elif verb == "RSET":
                     mail_from, rcpts = None, []
@@ -170,3 +174,41 @@ class SmtpSink:
             return
         finally:
             writer.close()
+
+
+def main():
+    """Run one sink as a process (used by the container tests).
+
+    Every accepted message is appended to --record as one line: the value of
+    its X-Tern-Test-Id header (or "-"), so the test can count arrivals.
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen", default="0.0.0.0:25")
+    parser.add_argument("--name", default="sink.test")
+    parser.add_argument("--record", required=True)
+    args = parser.parse_args()
+    host, port = args.listen.rsplit(":", 1)
+    record = open(args.record, "a", buffering=1)
+
+    class RecordingSink(SmtpSink):
+        # Keep memory flat in long runs: the record file is the truth here.
+        def record(self, tx):
+            test_id = "-"
+            for line in tx.data.split(b"\r\n"):
+                if not line:
+                    break
+                if line.lower().startswith(b"x-tern-test-id:"):
+                    test_id = line.split(b":", 1)[1].strip().decode()
+            record.write(test_id + "\n")
+
+    sink = RecordingSink(host, int(port), name=args.name)
+    sink.start()
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    sink.stop()
+
+
+if __name__ == "__main__":
+    main()

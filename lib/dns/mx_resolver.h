@@ -1,0 +1,89 @@
+// File: mx_resolver.h
+//
+// MxResolver: the deliverer's view of DNS. ResolveMx(domain) answers "where
+// does mail for this domain go": the MX hosts sorted by preference (equal
+// preferences in random order), each with its IPv4 and IPv6 addresses, or one
+// of the DNS outcomes that decide a delivery without any SMTP:
+//   kNullMx        - the domain publishes a null MX (RFC 7505): permanent 5.1.10
+//   kNoSuchDomain  - NXDOMAIN, or no MX and no address records: permanent 5.1.2
+//   kTempFail      - SERVFAIL, REFUSED, timeout, network error: transient 4.4.3
+// With no MX records (NODATA) the domain itself is the implicit MX (RFC 5321
+// §5.1), reported with `implicit_mx` set.
+//
+// ResolveHost(name) gives a name's A and AAAA addresses (for `me`, and for
+// static routes).
+//
+// DNS answers are data, not errors: a failed lookup is an MxAnswer with a
+// status and a human-readable `detail` that ends up in the delivery's reply
+// text. Callbacks are always invoked later on the resolver's executor, never
+// inline from the call.
+//
+// Implementations: CaresResolver (lib/dns/cares_resolver.h).
+//
+// Thread-safety: see the implementation; CaresResolver must be used from its
+// executor only.
+//
+// Standards: RFC 5321 §5.1 (locating the target host), RFC 7505 (null MX),
+// RFC 2308 (negative caching).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+
+namespace tern::dns {
+
+enum class LookupStatus {
+  kOk,
+  kNullMx,
+  kNoSuchDomain,
+  kTempFail,
+};
+
+// "ok", "null_mx", "nxdomain", "tempfail" (for logs and metric labels).
+const char* LookupStatusName(LookupStatus status);
+
+struct HostAnswer {
+  // kOk (possibly with no addresses: the name exists but has no A/AAAA),
+  // kNoSuchDomain (NXDOMAIN) or kTempFail.
+  LookupStatus status = LookupStatus::kOk;
+  std::string detail;              // why, when not kOk or when one family failed
+  std::vector<std::string> ipv4;   // dotted quads, in answer order
+  std::vector<std::string> ipv6;   // RFC 5952 text
+};
+
+struct MxHost {
+  std::string name;         // exchange, lower case, no trailing dot
+  uint16_t preference = 0;
+  // Address lookups of this host; status kTempFail means it could not be
+  // resolved now (the host is still listed so the caller can say why).
+  HostAnswer addresses;
+};
+
+struct MxAnswer {
+  LookupStatus status = LookupStatus::kOk;
+  std::string detail;
+  bool implicit_mx = false;
+  // Sorted by preference; hosts of equal preference in uniformly random order.
+  std::vector<MxHost> hosts;
+};
+
+class MxResolver {
+ public:
+  using MxCallback = absl::AnyInvocable<void(MxAnswer)>;
+  using HostCallback = absl::AnyInvocable<void(HostAnswer)>;
+
+  virtual ~MxResolver() = default;
+
+  // Resolves the mail exchangers of `domain` (an A-label, any case) and their
+  // addresses. `done` runs once, on the resolver's executor.
+  virtual void ResolveMx(std::string domain, MxCallback done) = 0;
+
+  // Resolves `host` to its A and AAAA addresses. `done` runs once, on the
+  // resolver's executor.
+  virtual void ResolveHost(std::string host, HostCallback done) = 0;
+};
+
+}  // namespace tern::dns

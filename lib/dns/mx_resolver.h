@@ -43,7 +43,19 @@ enum class LookupStatus {
 };
 
 // "ok", "null_mx", "nxdomain", "tempfail" (for logs and metric labels).
-const char* LookupStatusName(LookupStatus status);
+inline const char* LookupStatusName(LookupStatus status) {
+  switch (status) {
+    case LookupStatus::kOk:
+      return "ok";
+    case LookupStatus::kNullMx:
+      return "null_mx";
+    case LookupStatus::kNoSuchDomain:
+      return "nxdomain";
+    case LookupStatus::kTempFail:
+      return "tempfail";
+  }
+  return "unknown";
+}
 
 struct HostAnswer {
   // kOk (possibly with no addresses: the name exists but has no A/AAAA),

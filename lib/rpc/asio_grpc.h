@@ -17,6 +17,7 @@
 
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 #include <grpcpp/support/status.h>
@@ -28,8 +29,14 @@
 
 namespace tern::rpc {
 
+// `start` must capture only pointers and references (it is trivially
+// copyable): g++ 12 destroys a coroutine argument with non-trivial captures
+// (a shared_ptr, a string) twice when it is built inside a co_await
+// expression, which freed gRPC reactors under their feet in testing.
 template <typename Start>
 asio::awaitable<grpc::Status> AwaitGrpc(Start start) {
+  static_assert(std::is_trivially_copyable_v<Start>,
+                "AwaitGrpc: capture only pointers/references (g++ 12 coroutine argument bug)");
   auto executor = co_await asio::this_coro::executor;
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(grpc::Status)>(
       [executor, start = std::move(start)](auto handler) mutable {

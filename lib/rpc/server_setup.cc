@@ -10,10 +10,23 @@
 #include "lib/common/log.h"
 
 namespace tern::rpc {
+namespace {
 
-void PrepareServerBuilder(grpc::ServerBuilder& builder) {
+// gRPC collects server plugins (reflection) when a ServerBuilder is
+// constructed, not when it is built, so registering from PrepareServerBuilder
+// would be too late for the builder it is given. Registering at static
+// initialisation makes every builder in a process that links this file carry
+// health and reflection. Both calls are idempotent.
+const bool kServerPluginsRegistered = [] {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  return true;
+}();
+
+}  // namespace
+
+void PrepareServerBuilder(grpc::ServerBuilder& builder) {
+  (void)kServerPluginsRegistered;
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
 }

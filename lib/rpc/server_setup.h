@@ -18,8 +18,9 @@ namespace tern::rpc {
 // bodies, which ingest caps at its max.bytes (default 25 MiB) each.
 inline constexpr int kMaxMessageBytes = 256 * 1024 * 1024;
 
-// Turns on the health and reflection services (call before constructing the
-// builder) and sets Tern's limits on `builder`.
+// Sets Tern's limits on `builder`. Health and reflection are on for every
+// server of a process that links this library (registered at start-up, since
+// gRPC reads plugins when a builder is constructed).
 void PrepareServerBuilder(grpc::ServerBuilder& builder);
 
 // A channel to `target` ("host:port") with Tern's limits. Insecure: gRPC

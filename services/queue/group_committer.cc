@@ -47,6 +47,11 @@ void Txn::Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key) {
   (void)batch_->Delete(cf, rocksdb::Slice(key.data(), key.size()));
 }
 
+std::unique_ptr<rocksdb::Iterator> Txn::NewIterator(rocksdb::ColumnFamilyHandle* cf) {
+  return std::unique_ptr<rocksdb::Iterator>(
+      batch_->NewIteratorWithBase(cf, db_->NewIterator(rocksdb::ReadOptions(), cf)));
+}
+
 void Txn::OnUndo(absl::AnyInvocable<void()> undo) { undo_.push_back(std::move(undo)); }
 
 void Txn::OnCommit(absl::AnyInvocable<void()> effect) { commit_.push_back(std::move(effect)); }
@@ -163,6 +168,15 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
   ops.resize(applied);
 
   rocksdb::Status ws;
+  if (needs_resume_ && batch_.GetWriteBatch()->Count() > 0) {
+    rocksdb::Status rs = db_->Resume();
+    if (rs.ok()) {
+      needs_resume_ = false;
+      log::Event(log::Level::kNotice, "storage_resumed");
+    } else {
+      log::Event(log::Level::kWarn, "storage_resume_failed", {{"error", rs.ToString()}});
+    }
+  }
   if (batch_.GetWriteBatch()->Count() > 0) {
     rocksdb::WriteOptions wo;
     wo.sync = true;
@@ -173,6 +187,7 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
     for (auto it = group_undo.rbegin(); it != group_undo.rend(); ++it) {
       (*it)();
     }
+    needs_resume_ = true;
     const absl::Status err = StorageError(ws, "synced write failed");
     Metrics().write_errors.Inc();
     log::Event(log::Level::kError, "commit_failed",

@@ -64,6 +64,11 @@ class Txn {
   rocksdb::Status Get(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, std::string* value);
   void Put(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value);
   void Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key);
+  // An iterator over `cf` as the batch so far would leave it (the batch's
+  // writes merged over the database). It does not honour
+  // iterate_upper_bound for keys written in the batch: check the bound while
+  // iterating. Valid only inside this operation.
+  std::unique_ptr<rocksdb::Iterator> NewIterator(rocksdb::ColumnFamilyHandle* cf);
 
   // Registers the inverse of an in-memory change this operation just made; it
   // runs if the operation or its group fails (in reverse registration order).
@@ -134,6 +139,11 @@ class GroupCommitter {
   absl::Mutex mu_;
   std::deque<GroupOp> pending_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Set after a failed write: RocksDB then refuses every write (its
+  // background error state) until Resume(), which the next group tries, so
+  // the queue takes mail again by itself once the disk has room.
+  bool needs_resume_ = false;  // writer thread only
 
   std::thread thread_;
 };

@@ -12,7 +12,7 @@
 //   schedule    kind(1) | due_ms(8, big-endian) | job id -> ""  (a range scan
 //               of one kind up to "now" yields exactly the jobs that are due,
 //               oldest first, because big-endian integers sort like numbers)
-//   meta        'i' | idempotency key          -> message id
+//   meta        'i' | idempotency key          -> IdempotencyRecord (message id, time)
 //   corrupt     source CF name | 0x00 | key    -> the unparseable value as found
 //
 // Message ids are time-ordered (lib/common/ids.h), so the messages CF is in

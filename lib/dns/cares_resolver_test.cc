@@ -1,0 +1,356 @@
+// Tests CaresResolver against a real dnsmasq serving test zones on a free
+// loopback port (dnsmasq-base must be installed).
+#include "lib/dns/cares_resolver.h"
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "asio/io_context.hpp"
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace tern::dns {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Binds a UDP socket to 127.0.0.1:0 and returns the fd and the port.
+int BindUdp(int* port) {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return -1;
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  *port = ntohs(addr.sin_port);
+  return fd;
+}
+
+bool UdpPortBusy(int port) {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool busy = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0;
+  close(fd);
+  return busy;
+}
+
+class Dnsmasq {
+ public:
+  // Starts dnsmasq on a free port with the test zones; retries with another
+  // port if the chosen one was taken in between.
+  bool Start() {
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      int probe_port = 0;
+      int fd = BindUdp(&probe_port);
+      if (fd < 0) {
+        continue;
+      }
+      close(fd);
+      if (Spawn(probe_port)) {
+        port_ = probe_port;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  ~Dnsmasq() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  int port() const { return port_; }
+
+ private:
+  bool Spawn(int port) {
+    std::vector<std::string> args = {
+        "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+        "--listen-address=127.0.0.1", "--bind-interfaces", absl::StrCat("--port=", port), "--log-facility=-",
+        "--local-ttl=300",
+        // All of .test is answered locally: unknown names are NXDOMAIN.
+        "--local=/test/",
+        "--mx-host=example.test,mx1.example.test,10", "--mx-host=example.test,mx2.example.test,20",
+        "--host-record=mx1.example.test,127.0.0.2,::2", "--host-record=mx2.example.test,127.0.0.3",
+        "--mx-host=tie.test,a.tie.test,10", "--mx-host=tie.test,b.tie.test,10", "--mx-host=tie.test,c.tie.test,10",
+        "--mx-host=tie.test,first.tie.test,5",
+        "--host-record=a.tie.test,127.0.1.1", "--host-record=b.tie.test,127.0.1.2",
+        "--host-record=c.tie.test,127.0.1.3", "--host-record=first.tie.test,127.0.1.5",
+        "--host-record=implicit.test,127.0.0.5,::5",
+        "--mx-host=nullmx.test,.,0",
+        "--mx-host=ghost.test,nowhere.ghost.test,10",
+        "--mx-host=partial.test,nowhere.partial.test,10", "--mx-host=partial.test,ok.partial.test,20",
+        "--host-record=ok.partial.test,127.0.0.9",
+        "--host-record=hostonly.test,127.0.0.6",
+    };
+    std::vector<char*> argv;
+    for (auto& a : args) {
+      argv.push_back(a.data());
+    }
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    // Keep dnsmasq's log out of the test output unless debugging.
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid = 0;
+    int rc = posix_spawnp(&pid, "dnsmasq", &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+      return false;
+    }
+    // Ready when it holds the UDP port; gone means the port was taken.
+    for (int i = 0; i < 500; ++i) {
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        return false;
+      }
+      if (UdpPortBusy(port)) {
+        pid_ = pid;
+        return true;
+      }
+      usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    return false;
+  }
+
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+class CaresResolverTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(dnsmasq_.Start()) << "could not start dnsmasq"; }
+
+  std::unique_ptr<CaresResolver> MakeResolver(CaresResolver::Options options = {}) {
+    if (options.servers.empty()) {
+      options.servers = {absl::StrCat("127.0.0.1:", dnsmasq_.port())};
+    }
+    options.timeout = 2000ms;
+    auto resolver = CaresResolver::Create(io_.get_executor(), options);
+    EXPECT_TRUE(resolver.ok()) << resolver.status();
+    return resolver.ok() ? std::move(*resolver) : nullptr;
+  }
+
+  MxAnswer Mx(MxResolver& resolver, const std::string& domain) {
+    std::optional<MxAnswer> result;
+    resolver.ResolveMx(domain, [&](MxAnswer a) { result = std::move(a); });
+    Run([&] { return result.has_value(); });
+    return result.value_or(MxAnswer{LookupStatus::kTempFail, "test: no answer", false, {}});
+  }
+
+  template <typename Pred>
+  void Run(Pred done) {
+    io_.restart();
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+      io_.run_for(10ms);
+      io_.restart();
+    }
+  }
+
+  static std::vector<std::string> Names(const MxAnswer& a) {
+    std::vector<std::string> out;
+    for (const auto& h : a.hosts) {
+      out.push_back(h.name);
+    }
+    return out;
+  }
+
+  Dnsmasq dnsmasq_;
+  asio::io_context io_;
+};
+
+TEST_F(CaresResolverTest, SortsMxByPreferenceWithBothFamilies) {
+  auto resolver = MakeResolver();
+  MxAnswer a = Mx(*resolver, "Example.Test.");
+  ASSERT_EQ(a.status, LookupStatus::kOk) << a.detail;
+  EXPECT_FALSE(a.implicit_mx);
+  ASSERT_EQ(Names(a), (std::vector<std::string>{"mx1.example.test", "mx2.example.test"}));
+  EXPECT_EQ(a.hosts[0].preference, 10);
+  EXPECT_EQ(a.hosts[1].preference, 20);
+  EXPECT_EQ(a.hosts[0].addresses.ipv4, (std::vector<std::string>{"127.0.0.2"}));
+  EXPECT_EQ(a.hosts[0].addresses.ipv6, (std::vector<std::string>{"::2"}));
+  EXPECT_EQ(a.hosts[1].addresses.ipv4, (std::vector<std::string>{"127.0.0.3"}));
+  EXPECT_TRUE(a.hosts[1].addresses.ipv6.empty());
+}
+
+TEST_F(CaresResolverTest, ShufflesEqualPreferencesOnly) {
+  auto resolver = MakeResolver();
+  std::set<std::vector<std::string>> orders;
+  for (int i = 0; i < 60; ++i) {
+    MxAnswer a = Mx(*resolver, "tie.test");
+    ASSERT_EQ(a.status, LookupStatus::kOk) << a.detail;
+    ASSERT_EQ(a.hosts.size(), 4u);
+    EXPECT_EQ(a.hosts[0].name, "first.tie.test");  // preference 5 always first
+    orders.insert(Names(a));
+  }
+  // 3! = 6 orders of the preference-10 hosts; 60 uniform draws miss one with
+  // probability about 6 * (5/6)^60 = 1e-4, and all of them stuck on one order
+  // (a missing shuffle) is what this really guards against.
+  EXPECT_GE(orders.size(), 4u);
+}
+
+TEST_F(CaresResolverTest, ImplicitMxWhenNoMxRecords) {
+  auto resolver = MakeResolver();
+  MxAnswer a = Mx(*resolver, "implicit.test");
+  ASSERT_EQ(a.status, LookupStatus::kOk) << a.detail;
+  EXPECT_TRUE(a.implicit_mx);
+  ASSERT_EQ(Names(a), (std::vector<std::string>{"implicit.test"}));
+  EXPECT_EQ(a.hosts[0].addresses.ipv4, (std::vector<std::string>{"127.0.0.5"}));
+  EXPECT_EQ(a.hosts[0].addresses.ipv6, (std::vector<std::string>{"::5"}));
+}
+
+TEST_F(CaresResolverTest, NullMxIsItsOwnStatus) {
+  auto resolver = MakeResolver();
+  MxAnswer a = Mx(*resolver, "nullmx.test");
+  EXPECT_EQ(a.status, LookupStatus::kNullMx) << a.detail;
+  EXPECT_TRUE(a.hosts.empty());
+}
+
+TEST_F(CaresResolverTest, NxdomainIsNoSuchDomain) {
+  auto resolver = MakeResolver();
+  MxAnswer a = Mx(*resolver, "nx.test");
+  EXPECT_EQ(a.status, LookupStatus::kNoSuchDomain) << a.detail;
+  EXPECT_NE(a.detail.find("NXDOMAIN"), std::string::npos) << a.detail;
+}
+
+TEST_F(CaresResolverTest, UnresolvableMxHostIsReportedNotDropped) {
+  auto resolver = MakeResolver();
+  MxAnswer a = Mx(*resolver, "partial.test");
+  ASSERT_EQ(a.status, LookupStatus::kOk) << a.detail;
+  ASSERT_EQ(Names(a), (std::vector<std::string>{"nowhere.partial.test", "ok.partial.test"}));
+  EXPECT_EQ(a.hosts[0].addresses.status, LookupStatus::kNoSuchDomain);
+  EXPECT_TRUE(a.hosts[0].addresses.ipv4.empty());
+  EXPECT_EQ(a.hosts[1].addresses.ipv4, (std::vector<std::string>{"127.0.0.9"}));
+}
+
+TEST_F(CaresResolverTest, ResolveHostGivesBothFamilies) {
+  auto resolver = MakeResolver();
+  std::optional<HostAnswer> answer;
+  resolver->ResolveHost("mx1.example.test", [&](HostAnswer a) { answer = std::move(a); });
+  Run([&] { return answer.has_value(); });
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(answer->status, LookupStatus::kOk);
+  EXPECT_EQ(answer->ipv4, (std::vector<std::string>{"127.0.0.2"}));
+  EXPECT_EQ(answer->ipv6, (std::vector<std::string>{"::2"}));
+}
+
+TEST_F(CaresResolverTest, CachesForTtlAndCoalescesConcurrentQueries) {
+  auto now = std::chrono::steady_clock::now();
+  CaresResolver::Options options;
+  options.now = [&now] { return now; };
+  auto resolver = MakeResolver(options);
+  // Two lookups at once: one MX query and one A + AAAA pair per host.
+  std::optional<MxAnswer> a, b;
+  resolver->ResolveMx("example.test", [&](MxAnswer x) { a = std::move(x); });
+  resolver->ResolveMx("example.test", [&](MxAnswer x) { b = std::move(x); });
+  Run([&] { return a.has_value() && b.has_value(); });
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->status, LookupStatus::kOk);
+  EXPECT_EQ(Names(*a), Names(*b));
+  const uint64_t sent = resolver->queries_sent();
+  EXPECT_EQ(sent, 5u);  // MX + 2 hosts x (A, AAAA)
+  // Within every TTL (records: dnsmasq --local-ttl=300; the NODATA for
+  // mx2's AAAA: its SOA minimum or the 60 s default): from the cache.
+  now += 30s;
+  EXPECT_EQ(Mx(*resolver, "example.test").status, LookupStatus::kOk);
+  EXPECT_EQ(resolver->queries_sent(), sent);
+  // After them all: asked again.
+  now += 271s;
+  EXPECT_EQ(Mx(*resolver, "example.test").status, LookupStatus::kOk);
+  EXPECT_EQ(resolver->queries_sent(), 2 * sent);
+}
+
+TEST_F(CaresResolverTest, DoesNotCacheTemporaryFailures) {
+  int port = 0;
+  int silent = BindUdp(&port);  // a server that never answers
+  ASSERT_GE(silent, 0);
+  CaresResolver::Options options;
+  options.servers = {absl::StrCat("127.0.0.1:", port)};
+  options.timeout = 200ms;
+  options.tries = 1;
+  auto resolver = CaresResolver::Create(io_.get_executor(), options);
+  ASSERT_TRUE(resolver.ok());
+  MxAnswer a = Mx(**resolver, "example.test");
+  EXPECT_EQ(a.status, LookupStatus::kTempFail);
+  EXPECT_EQ((*resolver)->cache_size(), 0u);
+  close(silent);
+}
+
+TEST_F(CaresResolverTest, TimeoutIsTempFail) {
+  int port = 0;
+  int silent = BindUdp(&port);
+  ASSERT_GE(silent, 0);
+  CaresResolver::Options options;
+  options.servers = {absl::StrCat("127.0.0.1:", port)};
+  options.timeout = 200ms;
+  options.tries = 1;
+  auto resolver = CaresResolver::Create(io_.get_executor(), options);
+  ASSERT_TRUE(resolver.ok());
+  const auto start = std::chrono::steady_clock::now();
+  std::optional<MxAnswer> answer;
+  (*resolver)->ResolveMx("example.test", [&](MxAnswer a) { answer = std::move(a); });
+  Run([&] { return answer.has_value(); });
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(answer->status, LookupStatus::kTempFail);
+  EXPECT_NE(answer->detail.find("example.test"), std::string::npos) << answer->detail;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  close(silent);
+}
+
+TEST_F(CaresResolverTest, RefusedIsTempFail) {
+  // Outside .test dnsmasq has no upstream (--no-resolv): it refuses.
+  auto resolver = MakeResolver();
+  MxAnswer a = Mx(*resolver, "example.com");
+  EXPECT_EQ(a.status, LookupStatus::kTempFail) << a.detail;
+}
+
+TEST(CaresResolverCreate, RejectsBadServerList) {
+  asio::io_context io;
+  CaresResolver::Options options;
+  options.servers = {"not an address"};
+  auto resolver = CaresResolver::Create(io.get_executor(), options);
+  EXPECT_EQ(resolver.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CaresResolverCreate, DestroyWithQueryInFlightDropsCallback) {
+  asio::io_context io;
+  int port = 0;
+  int silent = BindUdp(&port);
+  CaresResolver::Options options;
+  options.servers = {absl::StrCat("127.0.0.1:", port)};
+  auto resolver = CaresResolver::Create(io.get_executor(), options);
+  ASSERT_TRUE(resolver.ok());
+  bool called = false;
+  (*resolver)->ResolveMx("example.test", [&](MxAnswer) { called = true; });
+  io.run_for(50ms);
+  resolver->reset();
+  io.restart();
+  io.run_for(50ms);
+  EXPECT_FALSE(called);
+  close(silent);
+}
+
+}  // namespace
+}  // namespace tern::dns

@@ -1,0 +1,69 @@
+// File: dsn_composer.h
+//
+// The bouncer's edge between the queue's protos and lib/dsn: turns a leased
+// BounceJob into a dsn::DeliveryReport (or decides that no DSN is due), and
+// builds the Enqueue header that sends the rendered DSN.
+//
+// Which recipients a DSN reports on. The queue puts the recipients a bounce
+// job is about into it; the composer still checks each one, because a DSN
+// must honour the sender's NOTIFY (RFC 3461 §4.1) and must never report a
+// recipient under the wrong Action:
+//   * NOTIFY=NEVER: never reported.
+//   * failed DSN:    reported if NOTIFY has FAILURE or was not given, and the
+//                    recipient was not delivered (a permanent failure, or a
+//                    transient one whose retries ran out).
+//   * delayed DSN:   reported if NOTIFY has DELAY or was not given (RFC 3461
+//                    leaves delay DSNs to the MTA then) and the recipient's
+//                    last outcome was transient.
+//   * delivered DSN: reported only if NOTIFY has SUCCESS and it was delivered.
+// If nobody is left, no DSN is sent (kNothingToReport). A job whose original
+// sender is the null sender is a double bounce: never answered with a DSN.
+//
+// Thread-safety: pure functions.
+// Standards: RFC 3461 §4.1 (NOTIFY), §4.3 (RET), §6.2 (null reverse-path
+//   for DSNs); RFC 3464 §2.3; RFC 5321 §4.5.5 (no bounce to a bounce).
+#pragma once
+
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "lib/dsn/delivery_status.h"
+#include "lib/dsn/dsn_renderer.h"
+#include "tern/v1/queue.pb.h"
+
+namespace tern::bouncer {
+
+enum class Disposition {
+  kSend,             // render `report` and enqueue it
+  kDoubleBounce,     // the original sender is <>: log, count, ack, no DSN
+  kNothingToReport,  // NOTIFY or outcomes leave no recipient: ack, no DSN
+};
+
+struct ComposedReport {
+  Disposition disposition = Disposition::kNothingToReport;
+  dsn::DeliveryReport report;  // meaningful for kSend
+};
+
+// An unspecified kind is treated as failed: a job the queue made without a
+// kind is a bounce, and dropping it would lose the notification.
+dsn::ReportKind KindOf(tern::v1::BounceKind kind);
+
+// "failed", "delayed" or "delivered" (metric labels and logs).
+absl::string_view KindName(dsn::ReportKind kind);
+
+// Maps `job` to a report as seen by the reporting MTA `me`. The original's
+// Message-Id and (RFC 2047-decoded) Subject are read from `job.original`.
+// With RET=HDRS only the header block is attached even if the queue sent the
+// whole message.
+ComposedReport ComposeReport(const tern::v1::BounceJob& job, absl::string_view me);
+
+// "dsn:" + bounce_id: the queue stores a second Enqueue with the same key
+// only once, so re-processing a job after a crash never sends two DSNs.
+std::string IdempotencyKey(const tern::v1::BounceJob& job);
+
+// The first Enqueue request for `dsn`: null reverse-path, the original
+// sender as the only recipient, the idempotency key, BODY=8BITMIME when the
+// DSN has 8-bit bytes and SMTPUTF8 when the sender's address needs it.
+tern::v1::EnqueueHeader MakeDsnEnqueueHeader(const tern::v1::BounceJob& job, const dsn::RenderedDsn& dsn);
+
+}  // namespace tern::bouncer

@@ -1,0 +1,73 @@
+#include "services/deliverer/deliverer_config.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "lib/common/status_macros.h"
+
+namespace tern::deliverer {
+namespace {
+
+absl::StatusOr<int64_t> GetRanged(const config::IniFile& ini, absl::string_view section, absl::string_view key,
+                                  int64_t def, int64_t min, int64_t max) {
+  TERN_ASSIGN_OR_RETURN(int64_t v, ini.GetInt(section, key, def));
+  if (v < min || v > max) {
+    return ini.KeyError(section, key, absl::StrCat("must be between ", min, " and ", max));
+  }
+  return v;
+}
+
+}  // namespace
+
+absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& dir) {
+  DelivererConfig c;
+  TERN_ASSIGN_OR_RETURN(config::IniFile tern, dir.Ini("tern.ini"));
+  constexpr absl::string_view kD = "deliverer";
+  c.queue = tern.GetString(kD, "queue", c.queue);
+  for (const std::string& s : tern.GetList(kD, "dns_servers")) {
+    absl::string_view server = absl::StripAsciiWhitespace(s);
+    if (!server.empty()) {
+      c.dns_servers.emplace_back(server);
+    }
+  }
+  TERN_ASSIGN_OR_RETURN(int64_t mx_port, GetRanged(tern, kD, "mx_port", 25, 1, 65535));
+  c.mx_port = static_cast<uint16_t>(mx_port);
+  TERN_ASSIGN_OR_RETURN(int64_t batch, GetRanged(tern, kD, "lease_batch", 64, 1, 10000));
+  c.lease_batch = static_cast<uint32_t>(batch);
+  TERN_ASSIGN_OR_RETURN(int64_t dot, GetRanged(tern, kD, "dot_timeout", 600, 1, 86400));
+  c.dot_timeout = std::chrono::seconds(dot);
+  c.health_listen = tern.GetString(kD, "health_listen", c.health_listen);
+  c.metrics_listen = tern.GetString(kD, "metrics_listen", c.metrics_listen);
+
+  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, dir.Ini("outbound.ini"));
+  constexpr absl::string_view kM = "main";
+  TERN_ASSIGN_OR_RETURN(int64_t conc, GetRanged(outbound, kM, "concurrency_max", 10000, 1, 1000000));
+  c.concurrency_max = static_cast<uint32_t>(conc);
+  TERN_ASSIGN_OR_RETURN(int64_t ct, GetRanged(outbound, kM, "connect_timeout", 30, 1, 3600));
+  c.connect_timeout = std::chrono::seconds(ct);
+  TERN_ASSIGN_OR_RETURN(c.local_mx_ok, outbound.GetBool(kM, "local_mx_ok", false));
+  TERN_ASSIGN_OR_RETURN(c.enable_tls, outbound.GetBool(kM, "enable_tls", true));
+  auto prefer = ParseInetPrefer(outbound.GetString(kM, "inet_prefer", "default"));
+  if (!prefer.ok()) {
+    return outbound.KeyError(kM, "inet_prefer", prefer.status().message());
+  }
+  c.inet_prefer = *prefer;
+
+  TERN_ASSIGN_OR_RETURN(c.me, dir.Me());
+  TERN_RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
+absl::Status DelivererConfig::Validate() const {
+  if (queue.empty()) {
+    return absl::InvalidArgumentError("tern.ini [deliverer] queue: must not be empty");
+  }
+  if (me.empty()) {
+    return absl::InvalidArgumentError("me: the EHLO name must not be empty");
+  }
+  if (concurrency_max == 0 || lease_batch == 0 || mx_port == 0) {
+    return absl::InvalidArgumentError("concurrency_max, lease_batch and mx_port must be positive");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tern::deliverer

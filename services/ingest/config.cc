@@ -1,0 +1,169 @@
+#include "services/ingest/config.h"
+
+#include <arpa/inet.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "lib/common/status_macros.h"
+
+namespace tern::ingest {
+namespace {
+
+bool IsIpLiteral(const std::string& host, bool v6) {
+  unsigned char buf[16];
+  return inet_pton(v6 ? AF_INET6 : AF_INET, host.c_str(), buf) == 1;
+}
+
+absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view item) {
+  ListenAddress out;
+  absl::string_view port_text;
+  if (!item.empty() && item.front() == '[') {
+    const size_t close = item.find(']');
+    if (close == absl::string_view::npos || close + 1 >= item.size() || item[close + 1] != ':') {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "': expected [ipv6]:port"));
+    }
+    out.host = std::string(item.substr(1, close - 1));
+    port_text = item.substr(close + 2);
+    if (!IsIpLiteral(out.host, /*v6=*/true)) {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "': not an IPv6 address"));
+    }
+  } else {
+    const size_t colon = item.rfind(':');
+    if (colon == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "': expected host:port"));
+    }
+    out.host = std::string(item.substr(0, colon));
+    port_text = item.substr(colon + 1);
+    if (!IsIpLiteral(out.host, /*v6=*/false)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", item, "': host must be an IPv4 address or [IPv6] address"));
+    }
+  }
+  int port = -1;
+  if (port_text.empty() || !absl::SimpleAtoi(port_text, &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", item, "': bad port"));
+  }
+  out.port = static_cast<uint16_t>(port);
+  return out;
+}
+
+}  // namespace
+
+std::string ListenAddress::ToString() const {
+  if (host.find(':') != std::string::npos) {
+    return absl::StrCat("[", host, "]:", port);
+  }
+  return absl::StrCat(host, ":", port);
+}
+
+absl::StatusOr<std::vector<ListenAddress>> ParseListenList(absl::string_view value) {
+  std::vector<ListenAddress> out;
+  for (absl::string_view item : absl::StrSplit(value, ',')) {
+    item = absl::StripAsciiWhitespace(item);
+    if (item.empty()) {
+      continue;
+    }
+    TERN_ASSIGN_OR_RETURN(ListenAddress addr, ParseListenAddress(item));
+    out.push_back(std::move(addr));
+  }
+  if (out.empty()) {
+    return absl::InvalidArgumentError("no address to listen on");
+  }
+  return out;
+}
+
+absl::Status IngestConfig::Validate() const {
+  if (listen.empty()) {
+    return absl::InvalidArgumentError("smtp.ini [main] listen: no address to listen on");
+  }
+  if (me.empty()) {
+    return absl::InvalidArgumentError("me: empty host name");
+  }
+  if (max_bytes < 1024) {
+    return absl::InvalidArgumentError("connection.ini [max] bytes: must be at least 1024");
+  }
+  // RFC 5321 §4.5.3.1.4: a server must accept command lines of 512 octets.
+  if (max_line_length < 510 || max_line_length > 65536) {
+    return absl::InvalidArgumentError("connection.ini [max] line_length: must be 510..65536");
+  }
+  if (max_data_line_length < 78 || max_data_line_length > 65536) {
+    return absl::InvalidArgumentError("connection.ini [max] data_line_length: must be 78..65536");
+  }
+  if (inactivity_timeout.count() <= 0) {
+    return absl::InvalidArgumentError("smtp.ini [main] inactivity_timeout: must be positive");
+  }
+  if (queue.empty()) {
+    return absl::InvalidArgumentError("tern.ini [ingest] queue: empty");
+  }
+  if (queue_timeout.count() <= 0) {
+    return absl::InvalidArgumentError("tern.ini [ingest] queue_timeout_ms: must be positive");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
+  IngestConfig cfg;
+
+  TERN_ASSIGN_OR_RETURN(config::IniFile smtp, dir.Ini("smtp.ini"));
+  std::string listen = smtp.GetString("main", "listen", "127.0.0.1:2525");
+  // Haraka's legacy listen_host/port: an extra address in front of `listen`.
+  if (smtp.Has("main", "listen_host") || smtp.Has("main", "port")) {
+    TERN_ASSIGN_OR_RETURN(int64_t port, smtp.GetInt("main", "port", 25));
+    std::string host = smtp.GetString("main", "listen_host", "0.0.0.0");
+    if (host.find(':') != std::string::npos && host.front() != '[') {
+      host = absl::StrCat("[", host, "]");
+    }
+    listen = absl::StrCat(host, ":", port, ",", listen);
+  }
+  auto parsed_listen = ParseListenList(listen);
+  if (!parsed_listen.ok()) {
+    return smtp.KeyError("main", "listen", parsed_listen.status().message());
+  }
+  cfg.listen = *std::move(parsed_listen);
+  TERN_ASSIGN_OR_RETURN(int64_t inactivity, smtp.GetInt("main", "inactivity_timeout", 300));
+  if (inactivity <= 0 || inactivity > 86400) {
+    return smtp.KeyError("main", "inactivity_timeout", "must be 1..86400 seconds");
+  }
+  cfg.inactivity_timeout = std::chrono::seconds(inactivity);
+
+  TERN_ASSIGN_OR_RETURN(cfg.me, dir.Me());
+
+  TERN_ASSIGN_OR_RETURN(std::optional<std::string> acl_text, dir.Text("relay_acl_allow"));
+  if (acl_text.has_value()) {
+    TERN_ASSIGN_OR_RETURN(cfg.relay_acl, RelayAcl::Parse(*acl_text, dir.PathOf("relay_acl_allow")));
+  }
+
+  TERN_ASSIGN_OR_RETURN(config::IniFile conn, dir.Ini("connection.ini"));
+  TERN_ASSIGN_OR_RETURN(int64_t bytes, conn.GetInt("max", "bytes", 26214400));
+  if (bytes < 1024) {
+    return conn.KeyError("max", "bytes", "must be at least 1024");
+  }
+  cfg.max_bytes = static_cast<uint64_t>(bytes);
+  TERN_ASSIGN_OR_RETURN(int64_t line_length, conn.GetInt("max", "line_length", 512));
+  if (line_length < 510 || line_length > 65536) {
+    return conn.KeyError("max", "line_length", "must be 510..65536 (RFC 5321 needs 512 with CRLF)");
+  }
+  cfg.max_line_length = static_cast<size_t>(line_length);
+  TERN_ASSIGN_OR_RETURN(int64_t data_line_length, conn.GetInt("max", "data_line_length", 992));
+  if (data_line_length < 78 || data_line_length > 65536) {
+    return conn.KeyError("max", "data_line_length", "must be 78..65536");
+  }
+  cfg.max_data_line_length = static_cast<size_t>(data_line_length);
+
+  TERN_ASSIGN_OR_RETURN(config::IniFile tern, dir.Ini("tern.ini"));
+  cfg.queue = tern.GetString("ingest", "queue", "127.0.0.1:7070");
+  TERN_ASSIGN_OR_RETURN(int64_t queue_timeout_ms, tern.GetInt("ingest", "queue_timeout_ms", 30000));
+  if (queue_timeout_ms <= 0) {
+    return tern.KeyError("ingest", "queue_timeout_ms", "must be positive");
+  }
+  cfg.queue_timeout = std::chrono::milliseconds(queue_timeout_ms);
+  cfg.health_listen = tern.GetString("ingest", "health_listen", "127.0.0.1:7071");
+  cfg.metrics_listen = tern.GetString("ingest", "metrics_listen", "127.0.0.1:9471");
+
+  TERN_RETURN_IF_ERROR(cfg.Validate());
+  return cfg;
+}
+
+}  // namespace tern::ingest

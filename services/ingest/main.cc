@@ -1,0 +1,118 @@
+// tern-ingest: Tern's ESMTP relay server. Accepts mail from clients allowed
+// to relay and streams it to the queue (tern.v1.Queue/Enqueue); says 250 only
+// once the queue holds the message durably.
+//
+//   tern-ingest [--config DIR]
+//
+// Signals: SIGTERM/SIGINT stop accepting, give sessions in a transaction up
+// to 10 s to finish it, then close the rest. SIGHUP is ignored (logged): the
+// config is read once at startup.
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <grpcpp/server.h>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "asio/io_context.hpp"
+#include "lib/common/log.h"
+#include "lib/common/signals.h"
+#include "lib/config/config_dir.h"
+#include "lib/config/logging_setup.h"
+#include "lib/metrics/metrics.h"
+#include "lib/rpc/server_setup.h"
+#include "services/ingest/config.h"
+#include "services/ingest/queue_client.h"
+#include "services/ingest/server.h"
+
+namespace {
+
+// How long a session may take to finish a transaction after SIGTERM.
+constexpr auto kShutdownGrace = std::chrono::seconds(10);
+// Extra time for aborted sessions to unwind before the io thread is stopped.
+constexpr auto kAbortSlack = std::chrono::seconds(3);
+
+int Fail(absl::string_view event, absl::string_view error) {
+  tern::log::Event(tern::log::Level::kCrit, event, {{"error", error}});
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"tern-ingest: Tern's ESMTP relay server"};
+  std::string config_path = "./config";
+  app.add_option("--config", config_path, "Haraka-style config directory")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  // Before any thread exists, so that only WaitForSignal takes the signals.
+  tern::BlockServiceSignals();
+
+  const tern::config::ConfigDir dir(config_path);
+  if (absl::Status s = tern::config::InitLogging(dir, "ingest"); !s.ok()) {
+    std::fprintf(stderr, "tern-ingest: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  auto config = tern::ingest::LoadIngestConfig(dir);
+  if (!config.ok()) {
+    return Fail("config_error", config.status().message());
+  }
+
+  std::unique_ptr<grpc::Server> health;
+  if (!config->health_listen.empty()) {
+    health = tern::rpc::StartHealthServer(config->health_listen);
+    if (!health) {
+      return Fail("health_listen_failed", config->health_listen);
+    }
+  }
+  std::unique_ptr<tern::metrics::HttpExporter> exporter;
+  if (!config->metrics_listen.empty()) {
+    exporter = tern::metrics::HttpExporter::Start(config->metrics_listen, tern::metrics::Registry::Global());
+    if (!exporter) {
+      return Fail("metrics_listen_failed", config->metrics_listen);
+    }
+  }
+
+  auto queue = std::make_shared<tern::ingest::QueueClient>(config->queue, config->queue_timeout);
+  asio::io_context io(1);
+  auto server = tern::ingest::IngestServer::Create(io, *config, queue);
+  if (!server.ok()) {
+    return Fail("listen_failed", server.status().message());
+  }
+  (*server)->Start();
+  std::thread io_thread([&io] { io.run(); });
+  tern::log::Event(tern::log::Level::kNotice, "started",
+                   {{"me", config->me},
+                    {"ports", absl::StrJoin((*server)->ports(), ",")},
+                    {"queue", config->queue},
+                    {"relay_networks", absl::StrCat(config->relay_acl.networks().size())},
+                    {"metrics", exporter ? absl::StrCat(exporter->port()) : std::string("off")}});
+
+  while (true) {
+    const int sig = tern::WaitForSignal();
+    if (sig != SIGHUP) {
+      tern::log::Event(tern::log::Level::kNotice, "stopping", {{"signal", absl::StrCat(sig)}});
+      break;
+    }
+    tern::log::Event(tern::log::Level::kNotice, "sighup_ignored", {{"reason", "config is read at startup"}});
+  }
+
+  (*server)->Shutdown(kShutdownGrace);
+  if (!(*server)->WaitIdle(kShutdownGrace + kAbortSlack)) {
+    tern::log::Event(tern::log::Level::kWarn, "sessions_left_at_exit");
+  }
+  io.stop();
+  io_thread.join();
+  server->reset();
+  if (health) {
+    health->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  }
+  exporter.reset();
+  tern::log::Event(tern::log::Level::kNotice, "stopped");
+  return 0;
+}

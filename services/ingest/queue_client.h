@@ -1,0 +1,98 @@
+// File: queue_client.h
+//
+// QueueClient: ingest's side of tern.v1.Queue/Enqueue, a client-streaming
+// call, bridged from gRPC's callback API to Asio coroutines so an SMTP
+// session can stream a message to the queue while it reads it from the
+// client:
+//
+//   auto call = queue.StartEnqueue(executor, header);
+//   TERN_... co_await call->Start();           // sends the header
+//   co_await call->Write(chunk);               // as body data arrives
+//   absl::StatusOr<std::string> id = co_await call->Finish();
+//
+// Every co_await resumes on `executor` (gRPC completions are posted there)
+// and is bounded by the client's `step_timeout`: when it passes, the call is
+// cancelled and the step returns DeadlineExceeded. The call itself carries a
+// generous gRPC deadline only as a backstop, because it stays open while the
+// SMTP client sends DATA at its own pace. Calls are fail-fast
+// (wait_for_ready=false): when the queue is down the first step fails at
+// once with Unavailable instead of waiting for the queue to come back.
+//
+// Errors: the queue's own status (Unavailable, ResourceExhausted, ...) as an
+// absl::Status; DeadlineExceeded for our step timeout; Cancelled after
+// Cancel().
+//
+// Thread-safety: QueueClient is thread-safe. An EnqueueCall belongs to one
+// coroutine on one executor; Cancel() and the destructor must run on that
+// executor too. Destroying an unfinished call cancels it: the queue then
+// stores nothing.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "asio/any_io_executor.hpp"
+#include "asio/awaitable.hpp"
+#include "tern/v1/queue.pb.h"
+
+namespace tern::ingest {
+
+namespace internal {
+class EnqueueReactor;
+struct QueueStub;
+}  // namespace internal
+
+class EnqueueCall {
+ public:
+  ~EnqueueCall();
+  EnqueueCall(const EnqueueCall&) = delete;
+  EnqueueCall& operator=(const EnqueueCall&) = delete;
+
+  // Sends the header (the first request). Call once, before Write().
+  asio::awaitable<absl::Status> Start();
+  // Sends one body chunk; at most one Write may be in flight. After an error
+  // further writes fail at once; Finish() then tells the queue's reason.
+  asio::awaitable<absl::Status> Write(std::string chunk);
+  // Half-closes the stream (unless a step failed or Cancel() was called) and
+  // waits for the queue's answer: the message id, which means the message is
+  // durable, or why it is not.
+  asio::awaitable<absl::StatusOr<std::string>> Finish();
+  // Cancels the call; the queue stores nothing. Finish() may still be
+  // awaited afterwards (it returns Cancelled or the queue's error).
+  void Cancel();
+
+ private:
+  friend class QueueClient;
+  EnqueueCall(std::shared_ptr<internal::EnqueueReactor> reactor, tern::v1::EnqueueHeader header,
+              std::chrono::milliseconds step_timeout);
+  asio::awaitable<absl::Status> Send(tern::v1::EnqueueRequest request);
+
+  std::shared_ptr<internal::EnqueueReactor> reactor_;
+  tern::v1::EnqueueHeader header_;
+  std::chrono::milliseconds step_timeout_;
+  bool started_ = false;
+  bool failed_ = false;
+  bool cancelled_ = false;
+  bool finished_ = false;
+};
+
+class QueueClient {
+ public:
+  // A client of the queue at `target` ("host:port"). No connection is made
+  // until the first call.
+  QueueClient(const std::string& target, std::chrono::milliseconds step_timeout);
+  ~QueueClient();
+
+  // Opens an Enqueue call whose completions run on `executor`. Nothing is
+  // sent until Start().
+  std::unique_ptr<EnqueueCall> StartEnqueue(asio::any_io_executor executor, tern::v1::EnqueueHeader header);
+
+ private:
+  std::shared_ptr<internal::QueueStub> stub_;
+  std::chrono::milliseconds step_timeout_;
+};
+
+}  // namespace tern::ingest

@@ -1,0 +1,134 @@
+#include "services/ingest/server.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "asio/co_spawn.hpp"
+#include "asio/detached.hpp"
+#include "asio/experimental/as_tuple.hpp"
+#include "asio/post.hpp"
+#include "asio/steady_timer.hpp"
+#include "asio/use_awaitable.hpp"
+#include "lib/common/log.h"
+#include "services/ingest/queue_client.h"
+#include "services/ingest/session.h"
+
+namespace tern::ingest {
+namespace {
+
+constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
+// After a failed accept (e.g. EMFILE) wait before trying again, so a full
+// file table does not turn the accept loop into a busy loop.
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+
+asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor,
+                                 std::shared_ptr<ServerCore> core) {
+  while (true) {
+    auto [ec, socket] = co_await acceptor->async_accept(kNoThrow);
+    if (core->draining || !acceptor->is_open()) {
+      co_return;
+    }
+    if (ec) {
+      log::Event(log::Level::kWarn, "accept_failed", {{"error", ec.message()}});
+      asio::steady_timer timer(acceptor->get_executor(), kAcceptBackoff);
+      co_await timer.async_wait(kNoThrow);
+      continue;
+    }
+    asio::co_spawn(acceptor->get_executor(), RunSession(std::move(socket), core), asio::detached);
+  }
+}
+
+}  // namespace
+
+IngestServer::IngestServer(asio::io_context& io, std::shared_ptr<ServerCore> core)
+    : io_(io), core_(std::move(core)) {}
+
+IngestServer::~IngestServer() = default;
+
+absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(asio::io_context& io, IngestConfig config,
+                                                                   std::shared_ptr<QueueClient> queue) {
+  auto core = std::make_shared<ServerCore>();
+  core->config = std::move(config);
+  core->queue = std::move(queue);
+  std::unique_ptr<IngestServer> server(new IngestServer(io, core));
+  for (const ListenAddress& listen : core->config.listen) {
+    std::error_code ec;
+    const asio::ip::address address = asio::ip::make_address(listen.host, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat("smtp.ini listen ", listen.ToString(), ": ", ec.message()));
+    }
+    const asio::ip::tcp::endpoint endpoint(address, listen.port);
+    auto acceptor = std::make_shared<asio::ip::tcp::acceptor>(io);
+    acceptor->open(endpoint.protocol(), ec);
+    if (!ec) {
+      acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+    }
+    if (!ec) {
+      acceptor->bind(endpoint, ec);
+    }
+    if (!ec) {
+      acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    }
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrCat("smtp.ini listen ", listen.ToString(), ": cannot listen: ", ec.message()));
+    }
+    server->ports_.push_back(acceptor->local_endpoint().port());
+    core->acceptors.push_back(std::move(acceptor));
+  }
+  return server;
+}
+
+void IngestServer::Start() {
+  asio::post(io_, [core = core_]() {
+    for (const auto& acceptor : core->acceptors) {
+      asio::co_spawn(acceptor->get_executor(), AcceptLoop(acceptor, core), asio::detached);
+      std::error_code ec;
+      log::Event(log::Level::kInfo, "listening",
+                 {{"address", acceptor->local_endpoint(ec).address().to_string()},
+                  {"port", absl::StrCat(acceptor->local_endpoint(ec).port())}});
+    }
+  });
+}
+
+void IngestServer::Shutdown(std::chrono::milliseconds grace) {
+  asio::post(io_, [core = core_, grace, &io = io_]() {
+    if (core->draining) {
+      return;
+    }
+    core->draining = true;
+    for (const auto& acceptor : core->acceptors) {
+      std::error_code ignored;
+      acceptor->close(ignored);
+    }
+    log::Event(log::Level::kInfo, "draining",
+               {{"sessions", absl::StrCat(core->sessions.size())}, {"grace_ms", absl::StrCat(grace.count())}});
+    // Sessions between transactions go now; the others finish theirs.
+    for (Session* session : core->sessions) {
+      if (!session->in_transaction()) {
+        session->Wake();
+      }
+    }
+    core->grace_timer = std::make_unique<asio::steady_timer>(io, grace);
+    core->grace_timer->async_wait([core](const std::error_code& ec) {
+      if (ec) {
+        return;
+      }
+      if (!core->sessions.empty()) {
+        log::Event(log::Level::kWarn, "grace_expired", {{"sessions", absl::StrCat(core->sessions.size())}});
+      }
+      // Abort() does not end a session synchronously, so iterating is safe.
+      for (Session* session : core->sessions) {
+        session->Abort();
+      }
+    });
+    core->CheckIdle();
+  });
+}
+
+bool IngestServer::WaitIdle(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(core_->idle_mu);
+  return core_->idle_cv.wait_for(lock, timeout, [this] { return core_->idle; });
+}
+
+}  // namespace tern::ingest

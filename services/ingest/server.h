@@ -1,0 +1,58 @@
+// File: server.h
+//
+// IngestServer: the SMTP listener of tern-ingest. It accepts connections on
+// every configured address and runs one Session coroutine per connection
+// (session.h) on the io_context it was given.
+//
+// Shutdown (SIGTERM/SIGINT in main): Shutdown() stops accepting, tells idle
+// sessions "421 4.3.2 Service shutting down" and lets a session that is in a
+// transaction (after MAIL) finish it for up to `grace`; then the remaining
+// connections are aborted and their queue calls cancelled (nothing half
+// received is ever queued).
+//
+// Thread-safety: Create() and ports() from any thread before the io_context
+// runs or while it runs; Start(), Shutdown() and WaitIdle() from any thread
+// (they post to the io_context). The io_context must outlive the server and
+// must be run by exactly one thread (sessions share state without locks).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "asio/io_context.hpp"
+#include "services/ingest/config.h"
+
+namespace tern::ingest {
+
+class QueueClient;
+struct ServerCore;
+
+class IngestServer {
+ public:
+  // Binds every listen address (a failure names it). Nothing is accepted
+  // before Start().
+  static absl::StatusOr<std::unique_ptr<IngestServer>> Create(asio::io_context& io, IngestConfig config,
+                                                              std::shared_ptr<QueueClient> queue);
+  ~IngestServer();
+
+  // The bound ports, in listen order (useful with port 0).
+  std::vector<uint16_t> ports() const { return ports_; }
+
+  void Start();
+  void Shutdown(std::chrono::milliseconds grace);
+  // Blocks the calling thread (not the io thread) until no session is left
+  // after Shutdown(), or `timeout` passed; true if none is left.
+  bool WaitIdle(std::chrono::milliseconds timeout);
+
+ private:
+  IngestServer(asio::io_context& io, std::shared_ptr<ServerCore> core);
+
+  asio::io_context& io_;
+  std::shared_ptr<ServerCore> core_;
+  std::vector<uint16_t> ports_;
+};
+
+}  // namespace tern::ingest

@@ -1,0 +1,132 @@
+// File: session.h
+//
+// Session: one SMTP server session, from the 220 greeting to QUIT, written as
+// one coroutine that reads like the RFC 5321 dialogue (STYLE §4.6.1). It
+// parses each command with lib/smtp (pure), keeps the transaction state,
+// refuses relaying for clients outside the relay ACL, and streams DATA to the
+// queue (queue_client.h) while it reads it. It says 250 only after the queue
+// has answered with a message id; any failure on our side is a 4xx.
+//
+// ServerCore is what all sessions of one IngestServer share.
+//
+// Thread-safety: a Session and the ServerCore are used only on the
+// io_context's single thread.
+//
+// Standards: RFC 5321 (the dialogue, §4.5.2 dot-stuffing, §4.5.3.1 limits,
+// §4.4 trace fields), RFC 2920 (server-side PIPELINING: replies are sent when
+// the client has nothing more buffered), RFC 1870 (SIZE), RFC 6152 (8BITMIME),
+// RFC 2034 (ENHANCEDSTATUSCODES), RFC 6531 (SMTPUTF8), RFC 3461 (DSN).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "asio/awaitable.hpp"
+#include "asio/ip/tcp.hpp"
+#include "asio/steady_timer.hpp"
+#include "lib/address/mailbox.h"
+#include "lib/net/connection.h"
+#include "lib/smtp/command.h"
+#include "services/ingest/config.h"
+#include "tern/v1/queue.pb.h"
+
+namespace tern::ingest {
+
+class QueueClient;
+class EnqueueCall;
+class Session;
+
+struct ServerCore {
+  IngestConfig config;
+  std::shared_ptr<QueueClient> queue;
+  std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> acceptors;
+  // io thread only.
+  std::set<Session*> sessions;
+  bool draining = false;
+  std::unique_ptr<asio::steady_timer> grace_timer;
+  // Set (under idle_mu) once draining and no session is left.
+  std::mutex idle_mu;
+  std::condition_variable idle_cv;
+  bool idle = false;
+
+  // io thread: signals WaitIdle() when draining has finished.
+  void CheckIdle();
+};
+
+// Runs one session on `socket` to its end. The coroutine owns everything.
+asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core);
+
+class Session {
+ public:
+  Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  asio::awaitable<void> Run();
+
+  // Shutdown: interrupts a wait for the next command (the session then says
+  // 421 and closes). Has no effect inside DATA.
+  void Wake();
+  // Closes the connection at once and cancels a queue call in flight.
+  void Abort();
+  // After MAIL and before the transaction's final reply.
+  bool in_transaction() const { return in_mail_; }
+
+ private:
+  enum class ReadResult { kLine, kTimeout, kWoken, kClosed };
+  struct Recipient {
+    address::Mailbox mailbox;
+    uint32_t notify = 0;
+    std::string orcpt;
+  };
+
+  asio::awaitable<void> Dialogue();
+  // Returns false when the session must end.
+  asio::awaitable<bool> Handle(smtp::Command& cmd);
+  asio::awaitable<bool> Data();
+  asio::awaitable<ReadResult> ReadLine(size_t max_len, net::Line* line);
+  // Sends buffered replies; false if the client is gone.
+  asio::awaitable<bool> Flush();
+  void Reply(std::string line);
+  void QueueFailure(const absl::Status& status);
+  void ResetTransaction();
+  tern::v1::EnqueueHeader BuildHeader() const;
+  std::string BuildReceived() const;
+
+  std::shared_ptr<ServerCore> core_;
+  const IngestConfig& cfg_;
+  net::Connection conn_;
+  std::string client_ip_;
+  uint16_t client_port_ = 0;
+  bool relay_allowed_ = false;
+  std::string session_id_;
+  std::string out_;
+  asio::steady_timer* idle_timer_ = nullptr;
+  bool woken_ = false;
+  EnqueueCall* call_ = nullptr;
+
+  // Dialogue state.
+  std::string helo_;
+  bool esmtp_ = false;
+  bool greeted_ = false;
+  int errors_ = 0;
+  int transactions_ = 0;
+  int queued_ = 0;
+
+  // Transaction state (MAIL .. final reply).
+  bool in_mail_ = false;
+  std::string txn_id_;
+  address::Mailbox mail_from_;
+  smtp::MailParameters mail_params_;
+  std::vector<Recipient> rcpts_;
+  int rcpts_refused_ = 0;
+};
+
+}  // namespace tern::ingest

@@ -1,0 +1,606 @@
+// Runs the real ingest server on 127.0.0.1:0 against an in-process fake
+// tern.v1.Queue (gRPC callback service on 127.0.0.1:0) and drives it with a
+// raw-socket SMTP client.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "asio/executor_work_guard.hpp"
+#include "asio/io_context.hpp"
+#include "gtest/gtest.h"
+#include "services/ingest/queue_client.h"
+#include "services/ingest/server.h"
+#include "tern/v1/queue.grpc.pb.h"
+
+namespace tern::ingest {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A fake queue: stores what a completed Enqueue stream carried, or fails it
+// with a configured status; counts calls that ended cancelled.
+class FakeQueue final : public tern::v1::Queue::CallbackService {
+ public:
+  struct Stored {
+    tern::v1::EnqueueHeader header;
+    std::string body;
+    int chunks = 0;
+  };
+
+  void FailWith(grpc::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_ = std::move(status);
+  }
+  std::vector<Stored> stored() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stored_;
+  }
+  int calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+  int cancelled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_;
+  }
+  // Waits until `n` calls have ended (OnDone).
+  bool WaitDone(int n, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return done_ >= n; });
+  }
+
+  grpc::ServerReadReactor<tern::v1::EnqueueRequest>* Enqueue(grpc::CallbackServerContext* context,
+                                                             tern::v1::EnqueueResponse* response) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++calls_;
+    }
+    return new Reactor(this, context, response);
+  }
+
+ private:
+  class Reactor final : public grpc::ServerReadReactor<tern::v1::EnqueueRequest> {
+   public:
+    Reactor(FakeQueue* queue, grpc::CallbackServerContext* context, tern::v1::EnqueueResponse* response)
+        : queue_(queue), context_(context), response_(response) {
+      StartRead(&request_);
+    }
+    void OnReadDone(bool ok) override {
+      if (ok) {
+        if (request_.has_header()) {
+          stored_.header = request_.header();
+        }
+        if (!request_.body_chunk().empty()) {
+          stored_.body += request_.body_chunk();
+          ++stored_.chunks;
+        }
+        request_.Clear();
+        StartRead(&request_);
+        return;
+      }
+      if (context_->IsCancelled()) {
+        Finish(grpc::Status::CANCELLED);
+        return;
+      }
+      std::lock_guard<std::mutex> lock(queue_->mu_);
+      if (!queue_->fail_.ok()) {
+        Finish(queue_->fail_);
+        return;
+      }
+      queue_->stored_.push_back(stored_);
+      response_->set_message_id(absl::StrCat("fake-", queue_->stored_.size()));
+      Finish(grpc::Status::OK);
+    }
+    void OnDone() override {
+      {
+        std::lock_guard<std::mutex> lock(queue_->mu_);
+        if (context_->IsCancelled()) {
+          ++queue_->cancelled_;
+        }
+        ++queue_->done_;
+      }
+      queue_->cv_.notify_all();
+      delete this;
+    }
+
+   private:
+    FakeQueue* queue_;
+    grpc::CallbackServerContext* context_;
+    tern::v1::EnqueueResponse* response_;
+    tern::v1::EnqueueRequest request_;
+    Stored stored_;
+  };
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  grpc::Status fail_ = grpc::Status::OK;
+  std::vector<Stored> stored_;
+  int calls_ = 0;
+  int cancelled_ = 0;
+  int done_ = 0;
+};
+
+// A blocking SMTP client with a receive timeout, so a hung server fails the
+// test instead of hanging it.
+class RawClient {
+ public:
+  explicit RawClient(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv{10, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~RawClient() { Close(); }
+  void Close() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+  bool connected() const { return connected_; }
+
+  void Send(const std::string& data) {
+    size_t sent = 0;
+    while (sent < data.size()) {
+      const ssize_t n = ::send(fd_, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) {
+        return;
+      }
+      sent += static_cast<size_t>(n);
+    }
+  }
+
+  // One whole reply (all lines of a multi-line reply), CRLFs included; ""
+  // on timeout or EOF.
+  std::string ReadReply() {
+    std::string reply;
+    while (true) {
+      std::string line = ReadLine();
+      if (line.empty()) {
+        return "";
+      }
+      reply += line;
+      if (line.size() < 4 || line[3] != '-') {
+        return reply;
+      }
+    }
+  }
+
+  // True if the server closed the connection (and sent nothing more).
+  bool AtEof() {
+    char c;
+    return buffer_.empty() && ::recv(fd_, &c, 1, 0) == 0;
+  }
+
+  // Sends a command and returns its reply.
+  std::string Command(const std::string& line) {
+    Send(line + "\r\n");
+    return ReadReply();
+  }
+
+ private:
+  std::string ReadLine() {
+    while (true) {
+      const size_t lf = buffer_.find('\n');
+      if (lf != std::string::npos) {
+        std::string line = buffer_.substr(0, lf + 1);
+        buffer_.erase(0, lf + 1);
+        return line;
+      }
+      char buf[4096];
+      const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0) {
+        return "";
+      }
+      buffer_.append(buf, static_cast<size_t>(n));
+    }
+  }
+
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string buffer_;
+};
+
+// A port nothing listens on: bound once, then closed.
+uint16_t UnusedPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// The body after the Received: header ingest prepends ("" if there is none).
+std::string AfterReceived(const std::string& body) {
+  if (!absl::StartsWith(body, "Received: ")) {
+    return "<no Received header>";
+  }
+  size_t pos = 0;
+  while (true) {
+    pos = body.find("\r\n", pos);
+    if (pos == std::string::npos) {
+      return "<unterminated Received header>";
+    }
+    pos += 2;
+    if (pos >= body.size() || (body[pos] != ' ' && body[pos] != '\t')) {
+      return body.substr(pos);
+    }
+  }
+}
+
+class IngestSessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &queue_port_);
+    builder.RegisterService(&fake_);
+    queue_server_ = builder.BuildAndStart();
+    ASSERT_NE(queue_server_, nullptr);
+    ASSERT_NE(queue_port_, 0);
+  }
+
+  void TearDown() override {
+    if (server_) {
+      server_->Shutdown(0ms);
+      EXPECT_TRUE(server_->WaitIdle(10s));
+      work_.reset();
+      io_.stop();
+      io_thread_.join();
+      server_.reset();
+    }
+    queue_server_->Shutdown(std::chrono::system_clock::now() + 1s);
+  }
+
+  IngestConfig BaseConfig() {
+    IngestConfig cfg;
+    cfg.listen = {{"127.0.0.1", 0}};
+    cfg.me = "mx.test";
+    cfg.relay_acl = RelayAcl::Default();
+    cfg.queue = absl::StrCat("127.0.0.1:", queue_port_);
+    cfg.queue_timeout = 5s;
+    cfg.inactivity_timeout = 10s;
+    return cfg;
+  }
+
+  void StartIngest(IngestConfig cfg) {
+    ASSERT_TRUE(cfg.Validate().ok()) << cfg.Validate();
+    queue_client_ = std::make_shared<QueueClient>(cfg.queue, cfg.queue_timeout);
+    auto server = IngestServer::Create(io_, std::move(cfg), queue_client_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    server_->Start();
+    work_.emplace(io_.get_executor());
+    io_thread_ = std::thread([this] { io_.run(); });
+    port_ = server_->ports().at(0);
+  }
+
+  // Connects, checks the banner and says EHLO.
+  std::unique_ptr<RawClient> Connect() {
+    auto client = std::make_unique<RawClient>(port_);
+    EXPECT_TRUE(client->connected());
+    EXPECT_EQ(client->ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+    EXPECT_TRUE(absl::StartsWith(client->Command("EHLO client.test"), "250-mx.test Hello client.test [127.0.0.1]"));
+    return client;
+  }
+
+  FakeQueue fake_;
+  int queue_port_ = 0;
+  std::unique_ptr<grpc::Server> queue_server_;
+  asio::io_context io_{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::thread io_thread_;
+  std::shared_ptr<QueueClient> queue_client_;
+  std::unique_ptr<IngestServer> server_;
+  uint16_t port_ = 0;
+};
+
+TEST_F(IngestSessionTest, AdvertisesOnlyImplementedExtensions) {
+  StartIngest(BaseConfig());
+  RawClient client(port_);
+  ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+  EXPECT_EQ(client.Command("EHLO client.test"),
+            "250-mx.test Hello client.test [127.0.0.1]\r\n"
+            "250-PIPELINING\r\n"
+            "250-SIZE 26214400\r\n"
+            "250-8BITMIME\r\n"
+            "250-ENHANCEDSTATUSCODES\r\n"
+            "250-SMTPUTF8\r\n"
+            "250 DSN\r\n");
+  EXPECT_EQ(client.Command("HELO old.client"), "250 mx.test Hello old.client [127.0.0.1]\r\n");
+  EXPECT_EQ(client.Command("STARTTLS"), "502 5.5.1 Error: command not implemented\r\n");
+  EXPECT_EQ(client.Command("VRFY someone"),
+            "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n");
+  EXPECT_TRUE(absl::StartsWith(client.Command("HELP"), "214 2.0.0 "));
+  EXPECT_EQ(client.Command("NOOP"), "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(client.Command("XYZZY"), "500 5.5.2 Error: command not recognized\r\n");
+  EXPECT_EQ(client.Command("QUIT"), "221 2.0.0 Bye\r\n");
+  EXPECT_TRUE(client.AtEof());
+}
+
+TEST_F(IngestSessionTest, QueuesMessageByteExactWithReceivedHeader) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  EXPECT_EQ(client->Command("MAIL FROM:<sender@example.org> RET=HDRS ENVID=env+2B1 BODY=8BITMIME"),
+            "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<rcpt@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;rcpt+2Bx@example.net"),
+            "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO: <b@[192.0.2.1]>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send(
+      "Subject: test\r\n"
+      "\r\n"
+      "line one\r\n"
+      "..dot line\r\n"
+      "...two dots\r\n"
+      ". \r\n"
+      "\r\n"
+      ".\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  EXPECT_EQ(client->Command("QUIT"), "221 2.0.0 Bye\r\n");
+
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  const std::string& body = stored[0].body;
+  EXPECT_TRUE(absl::StartsWith(body, "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (Tern) with ESMTP id "))
+      << body;
+  EXPECT_EQ(AfterReceived(body),
+            "Subject: test\r\n"
+            "\r\n"
+            "line one\r\n"
+            ".dot line\r\n"
+            "..two dots\r\n"
+            " \r\n"
+            "\r\n");
+  const tern::v1::Envelope& env = stored[0].header.envelope();
+  EXPECT_EQ(env.mail_from(), "sender@example.org");
+  ASSERT_EQ(env.recipients_size(), 2);
+  EXPECT_EQ(env.recipients(0).address(), "rcpt@example.net");
+  EXPECT_EQ(env.recipients(0).notify(), tern::v1::NOTIFY_SUCCESS | tern::v1::NOTIFY_FAILURE);
+  EXPECT_EQ(env.recipients(0).orcpt(), "rfc822;rcpt+x@example.net");
+  EXPECT_EQ(env.recipients(1).address(), "b@[192.0.2.1]");
+  EXPECT_EQ(env.recipients(1).notify(), 0u);
+  EXPECT_EQ(env.ret(), tern::v1::DSN_RET_HDRS);
+  EXPECT_EQ(env.envid(), "env+1");
+  EXPECT_TRUE(env.body_8bit());
+  EXPECT_FALSE(env.smtputf8());
+  EXPECT_EQ(env.client().ip(), "127.0.0.1");
+  EXPECT_EQ(env.client().helo(), "client.test");
+  EXPECT_NE(env.client().port(), 0u);
+  EXPECT_FALSE(env.client().tls());
+}
+
+TEST_F(IngestSessionTest, StreamsLargeMessagesInChunks) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  std::string expected = "Subject: big\r\n\r\n";
+  for (int i = 0; i < 5000; ++i) {
+    expected += absl::StrCat("line ", i, " ", std::string(i % 90, static_cast<char>('a' + i % 26)), "\r\n");
+  }
+  client->Send(expected + ".\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(stored[0].header.envelope().mail_from(), "");
+  EXPECT_EQ(AfterReceived(stored[0].body), expected);
+  EXPECT_GE(stored[0].chunks, 4);  // ~290 KiB in ~64 KiB chunks
+}
+
+TEST_F(IngestSessionTest, WrapsOverlongDataLinesWithCrlfSpace) {
+  IngestConfig cfg = BaseConfig();
+  cfg.max_data_line_length = 100;
+  StartIngest(cfg);
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  const std::string a(100, 'a'), b(100, 'b'), c(30, 'c');
+  client->Send("X: 1\r\n\r\n." + a + b + c + "\r\n" + a + "\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  // The limit counts wire octets: the first part is "." + 99 a's, which
+  // loses its stuffing dot; each continuation starts with CRLF SPACE.
+  EXPECT_EQ(AfterReceived(stored[0].body),
+            "X: 1\r\n\r\n" + a.substr(1) + "\r\n a" + b.substr(1) + "\r\n b" + c + "\r\n" + a + "\r\n");
+}
+
+TEST_F(IngestSessionTest, QueueUnavailableGives451) {
+  fake_.FailWith(grpc::Status(grpc::StatusCode::UNAVAILABLE, "disk on fire"));
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("Subject: x\r\n\r\nbody\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "451 4.3.0 Queue unavailable, try again later\r\n");
+  EXPECT_TRUE(fake_.stored().empty());
+  // The session goes on: the transaction was reset.
+  EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "503 5.5.1 Error: need MAIL command\r\n");
+}
+
+TEST_F(IngestSessionTest, QueueFullGives452) {
+  fake_.FailWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "no space"));
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("body\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "452 4.3.1 Insufficient system storage, try again later\r\n");
+}
+
+TEST_F(IngestSessionTest, QueueNotListeningGives451) {
+  IngestConfig cfg = BaseConfig();
+  cfg.queue = absl::StrCat("127.0.0.1:", UnusedPort());
+  StartIngest(cfg);
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  const auto start = std::chrono::steady_clock::now();
+  // The header is sent before 354, so an unreachable queue fails DATA itself.
+  EXPECT_EQ(client->Command("DATA"), "451 4.3.0 Queue unavailable, try again later\r\n");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);  // fail-fast, not the 5 s step timeout
+  EXPECT_EQ(client->Command("NOOP"), "250 2.0.0 Ok\r\n");
+}
+
+TEST_F(IngestSessionTest, RelayFromOutsideTheAclIsDenied) {
+  IngestConfig cfg = BaseConfig();
+  auto acl = RelayAcl::Parse("192.0.2.0/24\n2001:db8::/32\n", "relay_acl_allow");
+  ASSERT_TRUE(acl.ok());
+  cfg.relay_acl = *acl;  // 127.0.0.1 is outside
+  StartIngest(cfg);
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<victim@example.net>"), "550 5.7.1 Relaying denied\r\n");
+  EXPECT_EQ(client->Command("DATA"), "554 5.5.1 Error: no valid recipients\r\n");
+  EXPECT_EQ(fake_.calls(), 0);
+}
+
+TEST_F(IngestSessionTest, PipelinedCommandsGetRepliesInOrder) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  client->Send(
+      "MAIL FROM:<a@example.org>\r\n"
+      "RCPT TO:<b@example.net>\r\n"
+      "RCPT TO:<bad@@example.net>\r\n"
+      "RCPT TO:<c@example.net>\r\n"
+      "DATA\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.1.5 Ok\r\n");
+  EXPECT_TRUE(absl::StartsWith(client->ReadReply(), "501 5.1.3 Bad recipient address syntax"));
+  EXPECT_EQ(client->ReadReply(), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->ReadReply(), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("Subject: p\r\n\r\nhi\r\n.\r\nRSET\r\nQUIT\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(client->ReadReply(), "221 2.0.0 Bye\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(stored[0].header.envelope().recipients_size(), 2);
+  EXPECT_EQ(AfterReceived(stored[0].body), "Subject: p\r\n\r\nhi\r\n");
+}
+
+TEST_F(IngestSessionTest, OverlongCommandLineGets500AndSessionContinues) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  EXPECT_EQ(client->Command("NOOP " + std::string(5000, 'x')), "500 5.5.2 Error: line too long\r\n");
+  EXPECT_EQ(client->Command("NOOP"), "250 2.0.0 Ok\r\n");
+  // 512 octets with CRLF is the RFC minimum and must pass.
+  EXPECT_EQ(client->Command("NOOP " + std::string(505, 'y')), "250 2.0.0 Ok\r\n");
+}
+
+TEST_F(IngestSessionTest, MessageOverMaxBytesGets552AndNothingIsQueued) {
+  IngestConfig cfg = BaseConfig();
+  cfg.max_bytes = 2048;
+  StartIngest(cfg);
+  auto client = Connect();
+  EXPECT_EQ(client->Command("MAIL FROM:<a@example.org> SIZE=4096"),
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org> SIZE=1000"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  std::string body;
+  for (int i = 0; i < 100; ++i) {
+    body += std::string(78, 'z') + "\r\n";  // 8000 bytes
+  }
+  client->Send(body + ".\r\n");
+  EXPECT_EQ(client->ReadReply(), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_TRUE(fake_.WaitDone(1, 5s));
+  EXPECT_TRUE(fake_.stored().empty());
+  EXPECT_EQ(fake_.cancelled(), 1);
+  // The next transaction in the same session works.
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("small\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+}
+
+TEST_F(IngestSessionTest, EofInsideDataQueuesNothing) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("Subject: cut\r\n\r\nhalf a mess");
+  client->Close();
+  ASSERT_TRUE(fake_.WaitDone(1, 5s));
+  EXPECT_EQ(fake_.cancelled(), 1);
+  EXPECT_TRUE(fake_.stored().empty());
+}
+
+TEST_F(IngestSessionTest, BareLfDotDoesNotEndData) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  // "<LF>.<LF>" followed by a smuggled command must stay message text.
+  client->Send("Subject: s\r\n\r\ntext\n.\nMAIL FROM:<evil@example.org>\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(AfterReceived(stored[0].body), "Subject: s\r\n\r\ntext\r\n.\r\nMAIL FROM:<evil@example.org>\r\n");
+}
+
+TEST_F(IngestSessionTest, BadSequenceGets503) {
+  StartIngest(BaseConfig());
+  RawClient client(port_);
+  ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+  EXPECT_EQ(client.Command("MAIL FROM:<a@example.org>"), "503 5.5.1 Error: send HELO/EHLO first\r\n");
+  ASSERT_TRUE(absl::StartsWith(client.Command("EHLO c.test"), "250-"));
+  EXPECT_EQ(client.Command("RCPT TO:<r@example.net>"), "503 5.5.1 Error: need MAIL command\r\n");
+  EXPECT_EQ(client.Command("DATA"), "503 5.5.1 Error: need MAIL command\r\n");
+  ASSERT_EQ(client.Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(client.Command("MAIL FROM:<a@example.org>"), "503 5.5.1 Error: nested MAIL command\r\n");
+  EXPECT_EQ(client.Command("DATA"), "503 5.5.1 Error: need RCPT command\r\n");
+  EXPECT_EQ(client.Command("MAIL FROM:<a@example.org> FOO=1"), "555 5.5.4 Unsupported parameter FOO\r\n");
+}
+
+TEST_F(IngestSessionTest, InactivityTimeoutGets421) {
+  IngestConfig cfg = BaseConfig();
+  cfg.inactivity_timeout = 300ms;
+  StartIngest(cfg);
+  RawClient client(port_);
+  ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+  EXPECT_EQ(client.ReadReply(), "421 4.4.2 mx.test Error: timeout exceeded\r\n");
+  EXPECT_TRUE(client.AtEof());
+}
+
+TEST_F(IngestSessionTest, ShutdownClosesIdleSessionsWith421) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  server_->Shutdown(5s);
+  EXPECT_EQ(client->ReadReply(), "421 4.3.2 mx.test Service shutting down, closing connection\r\n");
+  EXPECT_TRUE(client->AtEof());
+  EXPECT_TRUE(server_->WaitIdle(5s));
+  RawClient late(port_);
+  EXPECT_FALSE(late.connected() && !late.ReadReply().empty());
+}
+
+}  // namespace
+}  // namespace tern::ingest

@@ -1,0 +1,53 @@
+// File: queue_config.h
+//
+// tern-queue's configuration, read once at startup from a Haraka-style
+// config directory into one struct and validated:
+//
+//   tern.ini [queue]
+//     listen=127.0.0.1:7070          gRPC (Queue, Admin, health, reflection)
+//     data_dir=var/queue             RocksDB directory (--data-dir overrides)
+//     metrics_listen=127.0.0.1:9470  Prometheus /metrics; empty disables
+//     lease_seconds=300              lease when the worker asks for none
+//     max_lease_seconds=3600         longest lease granted
+//     max_lease_body_bytes=16777216  soft cap on body bytes per Lease answer
+//   outbound.ini [main]
+//     disabled=false                 pause delivery (reloaded on SIGHUP)
+//     temp_fail_intervals=(unset)    Haraka's retry schedule grammar
+//     maxTempFailures=13             used when temp_fail_intervals is unset
+//     always_split=false             one delivery per recipient
+//
+// Thread-safety: a plain value; copy it or share it const.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "lib/config/config_dir.h"
+#include "services/queue/queue_core.h"
+
+namespace tern::queue {
+
+struct QueueConfig {
+  // Default: 127.0.0.1:7070
+  std::string listen = "127.0.0.1:7070";
+  // Default: 127.0.0.1:9470. Empty disables the exporter.
+  std::string metrics_listen = "127.0.0.1:9470";
+  // data_dir, leases, disabled, always_split and the retry schedule.
+  CoreOptions core;
+
+  // Checks ranges: lease_seconds in [1, max_lease_seconds], max_lease_seconds
+  // in [1, 86400*7], max_lease_body_bytes >= 1, listen not empty.
+  absl::Status Validate() const;
+};
+
+// Reads tern.ini [queue] and outbound.ini [main] from `dir`. `data_dir`, when
+// given, replaces tern.ini's data_dir (the --data-dir flag). Every error
+// names the file, section and key.
+absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
+                                            const std::optional<std::string>& data_dir);
+
+// Reads only outbound.ini [main] disabled (what SIGHUP reloads).
+absl::StatusOr<bool> LoadDisabled(const config::ConfigDir& dir);
+
+}  // namespace tern::queue

@@ -1,0 +1,81 @@
+#include "services/queue/queue_config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace tern::queue {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(QueueConfig, ShippedConfigGivesTheDocumentedDefaults) {
+  auto cfg = LoadQueueConfig(config::ConfigDir(TERN_SOURCE_DIR "/deploy/config"), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->listen, "127.0.0.1:7070");
+  EXPECT_EQ(cfg->metrics_listen, "127.0.0.1:9470");
+  EXPECT_EQ(cfg->core.data_dir, "var/queue");
+  EXPECT_EQ(cfg->core.lease_seconds, 300);
+  EXPECT_EQ(cfg->core.max_lease_seconds, 3600);
+  EXPECT_EQ(cfg->core.max_lease_body_bytes, 16u << 20);
+  EXPECT_FALSE(cfg->core.disabled);
+  EXPECT_FALSE(cfg->core.always_split);
+  EXPECT_EQ(cfg->core.retry.intervals_ms(), DefaultTempFailIntervals(13));
+}
+
+class QueueConfigDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::random_device rd;
+    dir_ = std::filesystem::path(::testing::TempDir()) / absl::StrCat("queue_config_test_", getpid(), "_", rd());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void Write(const std::string& name, const std::string& text) { std::ofstream(dir_ / name) << text; }
+
+  std::filesystem::path dir_;
+};
+
+TEST_F(QueueConfigDirTest, MissingFilesMeanDefaultsAndTheFlagOverridesDataDir) {
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::string("/srv/q"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.data_dir, "/srv/q");
+  EXPECT_EQ(cfg->core.lease_seconds, 300);
+}
+
+TEST_F(QueueConfigDirTest, ReadsOutboundKeys) {
+  Write("outbound.ini", "[main]\ndisabled=true\nalways_split=yes\ntemp_fail_intervals=1m*2\n");
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(cfg->core.disabled);
+  EXPECT_TRUE(cfg->core.always_split);
+  EXPECT_EQ(cfg->core.retry.intervals_ms(), (std::vector<int64_t>{60000, 60000}));
+  auto disabled = LoadDisabled(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(disabled.ok());
+  EXPECT_TRUE(*disabled);
+}
+
+TEST_F(QueueConfigDirTest, RefusesBadValuesNamingTheKey) {
+  Write("tern.ini", "[queue]\nlease_seconds=7200\n");
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("lease_seconds"));
+
+  Write("tern.ini", "[queue]\nmax_lease_body_bytes=lots\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("max_lease_body_bytes"));
+
+  Write("tern.ini", "");
+  Write("outbound.ini", "[main]\ntemp_fail_intervals=1w\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("temp_fail_intervals: bad item '1w'"));
+}
+
+}  // namespace
+}  // namespace tern::queue

@@ -1,0 +1,1644 @@
+#include "services/queue/queue_core.h"
+
+#include <algorithm>
+#include <deque>
+#include <filesystem>
+#include <optional>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "lib/common/ids.h"
+#include "lib/common/log.h"
+#include "lib/common/status_macros.h"
+#include "lib/metrics/metrics.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "rocksdb/utilities/table_properties_collectors.h"
+#include "services/queue/group_committer.h"
+#include "services/queue/key_codec.h"
+#include "services/queue/queue_records.pb.h"
+
+namespace tern::queue {
+namespace {
+
+using tern::v1::AckRequest;
+using tern::v1::AckResponse;
+using tern::v1::BounceJob;
+using tern::v1::BounceKind;
+using tern::v1::BouncedRecipient;
+using tern::v1::DeliveryJob;
+using tern::v1::EnqueueHeader;
+using tern::v1::JobKind;
+using tern::v1::LeaseRequest;
+using tern::v1::LeaseResponse;
+using tern::v1::Outcome;
+using tern::v1::ReportRequest;
+using tern::v1::ReportResponse;
+using tern::v1::ReportStatus;
+using tern::v1::StatsResponse;
+
+constexpr int kKinds = 2;
+// Most deliveries one Flush operation moves; a bigger flush continues in
+// further operations so one group never grows without bound.
+constexpr size_t kFlushChunk = 10000;
+constexpr uint32_t kMaxJobsPerLease = 1000;
+
+int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0)) ? 1 : 0); }
+
+JobType TypeOf(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? JobType::kBounce : JobType::kDelivery; }
+int KindIndex(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? 1 : 0; }
+const char* KindName(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? "bounce" : "delivery"; }
+
+bool IsPending(const RecipientRecord& r) {
+  return r.state() == RECIPIENT_STATE_PENDING || r.state() == RECIPIENT_STATE_DEFERRED;
+}
+
+int64_t PendingCount(const DeliveryRecord& d) {
+  return std::count_if(d.recipients().begin(), d.recipients().end(), IsPending);
+}
+
+std::string Relay(const tern::v1::RecipientResult& r) {
+  if (r.remote_mta().empty() && r.remote_ip().empty()) {
+    return "";
+  }
+  return absl::StrCat(r.remote_mta(), "[", r.remote_ip(), "]");
+}
+
+// "<code> <x.y.z> <text>" with the missing parts left out.
+std::string ReplySummary(const tern::v1::RecipientResult& r) {
+  std::string out;
+  if (r.reply_code() != 0) {
+    absl::StrAppend(&out, r.reply_code());
+  }
+  for (const std::string* part : {&r.enhanced_status(), &r.reply_text()}) {
+    if (!part->empty()) {
+      absl::StrAppend(&out, out.empty() ? "" : " ", *part);
+    }
+  }
+  return out;
+}
+
+// The original message a DSN carries: all of it, or the header section (the
+// bytes up to and including the first empty line; all of it if none).
+std::string HeadersOf(const std::string& body) {
+  size_t crlf = body.find("\r\n\r\n");
+  size_t lf = body.find("\n\n");
+  size_t end = body.size();
+  if (crlf != std::string::npos) {
+    end = crlf + 4;
+  }
+  if (lf != std::string::npos && lf + 2 < end) {
+    end = lf + 2;
+  }
+  return body.substr(0, end);
+}
+
+struct CoreMetrics {
+  metrics::Counter& enqueued;
+  metrics::Counter& duplicates;
+  metrics::Counter& delivered;
+  metrics::Counter& deferred;
+  metrics::Counter& failed;
+  metrics::Counter& stale_reports;
+  metrics::Counter& bounces_created;
+  metrics::Counter& leases_expired;
+  metrics::Counter& corrupt_records;
+  metrics::Gauge& messages;
+  metrics::Gauge& deliveries_due;
+  metrics::Gauge& deliveries_leased;
+  metrics::Gauge& deliveries_deferred;
+  metrics::Gauge& bounces;
+  metrics::Gauge& bounces_leased;
+  metrics::Gauge& recipients_pending;
+};
+
+CoreMetrics& Metrics() {
+  static CoreMetrics* m = [] {
+    auto& r = metrics::Registry::Global();
+    const std::string deliveries_help = "Deliveries not yet final, by state";
+    return new CoreMetrics{
+        r.GetCounter("tern_queue_enqueued_total", "Messages stored"),
+        r.GetCounter("tern_queue_enqueue_duplicates_total", "Enqueues answered from an idempotency key"),
+        r.GetCounter("tern_queue_delivered_total", "Recipients delivered"),
+        r.GetCounter("tern_queue_deferred_total", "Recipients deferred (temporary failure, retry scheduled)"),
+        r.GetCounter("tern_queue_failed_total", "Recipients failed (permanent, or retries used up)"),
+        r.GetCounter("tern_queue_stale_reports_total", "Reports and acks refused for a stale lease token"),
+        r.GetCounter("tern_queue_bounces_created_total", "Bounce (DSN) jobs created"),
+        r.GetCounter("tern_queue_leases_expired_total", "Leases that ran out before a report"),
+        r.GetCounter("tern_queue_corrupt_records_total", "Records that failed to parse, moved to the corrupt CF"),
+        r.GetGauge("tern_queue_messages", "Messages stored"),
+        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "due"}}),
+        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "leased"}}),
+        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "deferred"}}),
+        r.GetGauge("tern_queue_bounces", "Bounce jobs not yet acknowledged"),
+        r.GetGauge("tern_queue_bounces_leased", "Bounce jobs out on lease"),
+        r.GetGauge("tern_queue_recipients_pending", "Recipients not yet final"),
+    };
+  }();
+  return *m;
+}
+
+// Deliveries that wait (not leased), counted per second of due time, so that
+// "due now" versus "deferred" is exact to the second at any moment without an
+// entry per delivery: the map has at most one entry per distinct second in
+// the schedule's span. due() is the sum of the buckets at or before the last
+// Advance(); Advance walks forward incrementally.
+class DueIndex {
+ public:
+  void Add(int64_t due_ms, int64_t n) {
+    const int64_t sec = FloorDiv(due_ms, 1000);
+    auto it = buckets_.try_emplace(sec, 0).first;
+    it->second += n;
+    if (it->second == 0) {
+      buckets_.erase(it);
+    }
+    total_ += n;
+    if (sec <= boundary_) {
+      due_ += n;
+    }
+  }
+
+  void Advance(int64_t now_ms) {
+    const int64_t sec = FloorDiv(now_ms, 1000);
+    if (sec < boundary_) {  // the clock went back: recount
+      due_ = 0;
+      for (auto it = buckets_.begin(); it != buckets_.end() && it->first <= sec; ++it) {
+        due_ += it->second;
+      }
+    } else {
+      for (auto it = buckets_.upper_bound(boundary_); it != buckets_.end() && it->first <= sec; ++it) {
+        due_ += it->second;
+      }
+    }
+    boundary_ = sec;
+  }
+
+  int64_t due() const { return due_; }
+  int64_t total() const { return total_; }
+
+ private:
+  absl::btree_map<int64_t, int64_t> buckets_;
+  int64_t boundary_ = INT64_MIN;
+  int64_t due_ = 0;
+  int64_t total_ = 0;
+};
+
+// Ids of jobs believed due, in scan order. A hint only: every candidate is
+// checked against its record (through the batch) before it is leased.
+class ReadyWindow {
+ public:
+  bool Insert(const std::string& id, int64_t due, size_t cap) {
+    if (members_.size() >= cap || !members_.insert(id).second) {
+      return members_.contains(id);
+    }
+    ids_.emplace_back(id, due);
+    return true;
+  }
+  void PushFront(const std::string& id, int64_t due) {
+    if (members_.insert(id).second) {
+      ids_.emplace_front(id, due);
+    }
+  }
+  std::optional<std::pair<std::string, int64_t>> Pop() {
+    if (ids_.empty()) {
+      return std::nullopt;
+    }
+    auto front = std::move(ids_.front());
+    ids_.pop_front();
+    members_.erase(front.first);
+    return front;
+  }
+  size_t size() const { return ids_.size(); }
+
+ private:
+  std::deque<std::pair<std::string, int64_t>> ids_;
+  absl::flat_hash_set<std::string> members_;
+};
+
+class LeaseTable {
+ public:
+  void Insert(const std::string& id, int64_t deadline) {
+    deadline_of_[id] = deadline;
+    by_deadline_.emplace(deadline, id);
+  }
+  bool Erase(const std::string& id, int64_t* deadline) {
+    auto it = deadline_of_.find(id);
+    if (it == deadline_of_.end()) {
+      return false;
+    }
+    *deadline = it->second;
+    by_deadline_.erase({it->second, id});
+    deadline_of_.erase(it);
+    return true;
+  }
+  bool Contains(const std::string& id) const { return deadline_of_.contains(id); }
+  size_t size() const { return deadline_of_.size(); }
+  // The first lease with deadline <= now, if any.
+  std::optional<std::pair<int64_t, std::string>> FirstExpired(int64_t now) const {
+    if (by_deadline_.empty() || by_deadline_.begin()->first > now) {
+      return std::nullopt;
+    }
+    return *by_deadline_.begin();
+  }
+
+ private:
+  absl::btree_set<std::pair<int64_t, std::string>> by_deadline_;
+  absl::flat_hash_map<std::string, int64_t> deadline_of_;
+};
+
+struct LeaseCall {
+  LeaseRequest request;
+  QueueCore::Callback<LeaseResponse> done;
+  std::chrono::steady_clock::time_point wait_until;
+  LeaseResponse response;
+  bool parked = false;
+};
+
+struct EnqueueCall {
+  EnqueueHeader header;
+  std::string body;
+  // Recipient positions in the envelope, one list per delivery.
+  std::vector<std::pair<std::string, std::vector<int>>> splits;
+  QueueCore::Callback<EnqueueResult> done;
+  EnqueueResult result;
+};
+
+enum class LeaseStep { kSkipped, kLeased, kOverBudget };
+
+}  // namespace
+
+class QueueCore::Impl {
+ public:
+  explicit Impl(CoreOptions options) : opt_(std::move(options)), clock_(opt_.clock), disabled_(opt_.disabled) {}
+
+  ~Impl() {
+    if (committer_) {
+      BeginShutdown();
+      committer_->Stop();
+      committer_.reset();
+    }
+    for (auto* h : handles_) {
+      (void)db_->DestroyColumnFamilyHandle(h);
+    }
+    handles_.clear();
+    if (db_) {
+      (void)db_->Close();
+    }
+  }
+
+  absl::Status Open();
+
+  void Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done);
+  void Lease(LeaseRequest request, Callback<LeaseResponse> done);
+  void Report(ReportRequest request, Callback<ReportResponse> done);
+  void Ack(AckRequest request, Callback<AckResponse> done);
+  void Stats(Callback<StatsResponse> done);
+  void SetDisabled(bool disabled);
+  void Flush(Callback<uint64_t> done);
+  void BeginShutdown();
+
+ private:
+  struct KindState {
+    ReadyWindow window;
+    LeaseTable leases;
+    std::deque<std::shared_ptr<LeaseCall>> waiters;
+    // Every schedule key of this kind due before this time is in the window
+    // (or has moved on); scans start here instead of at the first key, so
+    // they do not wade through the tombstones of jobs already done.
+    int64_t scan_cursor = 0;
+  };
+
+  struct Counters {
+    int64_t messages = 0;
+    int64_t deliveries = 0;
+    int64_t bounces = 0;
+    int64_t recipients_pending = 0;
+    int64_t enqueued = 0;
+    int64_t delivered = 0;
+    int64_t deferred = 0;
+    int64_t failed = 0;
+  };
+
+  KindState& State(JobKind kind) { return kinds_[KindIndex(kind)]; }
+
+  // In-memory changes made inside an operation, each with its undo.
+  void Adjust(Txn& txn, int64_t& field, int64_t delta) {
+    field += delta;
+    txn.OnUndo([&field, delta] { field -= delta; });
+  }
+  void AddDue(Txn& txn, int64_t due_ms, int64_t n) {
+    due_.Add(due_ms, n);
+    txn.OnUndo([this, due_ms, n] { due_.Add(due_ms, -n); });
+  }
+
+  // Puts a job id into the ready window; when the window is full the scan
+  // cursor moves back so the next scan finds the job.
+  void Offer(JobKind kind, const std::string& id, int64_t due) {
+    KindState& ks = State(kind);
+    if (!ks.window.Insert(id, due, opt_.ready_window)) {
+      ks.scan_cursor = std::min(ks.scan_cursor, due);
+    }
+  }
+
+  // Writes the job's schedule key at `due` and counts it as waiting.
+  void ScheduleAt(Txn& txn, JobKind kind, const std::string& id, int64_t due, int64_t now) {
+    txn.Put(schedule_, EncodeScheduleKey(TypeOf(kind), due, id), "");
+    if (kind == tern::v1::JOB_KIND_DELIVERY) {
+      AddDue(txn, due, 1);
+    }
+    if (due <= now) {
+      Offer(kind, id, due);
+    }
+  }
+
+  // Deletes the job's schedule key at `due` and stops counting it where it is
+  // counted: in the lease table, or (deliveries) as waiting at `due`.
+  void Unschedule(Txn& txn, JobKind kind, const std::string& id, int64_t due) {
+    txn.Delete(schedule_, EncodeScheduleKey(TypeOf(kind), due, id));
+    KindState& ks = State(kind);
+    int64_t deadline = 0;
+    if (ks.leases.Erase(id, &deadline)) {
+      txn.OnUndo([&ks, id, deadline] { ks.leases.Insert(id, deadline); });
+    } else if (kind == tern::v1::JOB_KIND_DELIVERY) {
+      AddDue(txn, due, -1);
+    }
+  }
+
+  // Writes the job's schedule key at the lease deadline and counts it leased.
+  void MarkLeased(Txn& txn, JobKind kind, const std::string& id, int64_t deadline) {
+    txn.Put(schedule_, EncodeScheduleKey(TypeOf(kind), deadline, id), "");
+    KindState& ks = State(kind);
+    ks.leases.Insert(id, deadline);
+    txn.OnUndo([this, kind, &ks, id] {
+      int64_t d = 0;
+      if (!ks.leases.Erase(id, &d) && kind == tern::v1::JOB_KIND_DELIVERY) {
+        // It expired meanwhile and was counted as waiting at its deadline.
+        due_.Add(d, -1);
+      }
+    });
+  }
+
+  template <typename T>
+  absl::StatusOr<std::optional<T>> Read(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const char* cf_name,
+                                        const std::string& key) {
+    std::string raw;
+    rocksdb::Status s = txn.Get(cf, key, &raw);
+    if (s.IsNotFound()) {
+      return std::optional<T>();
+    }
+    if (!s.ok()) {
+      return StorageError(s, absl::StrCat("read ", cf_name));
+    }
+    T record;
+    if (!record.ParseFromString(raw)) {
+      Quarantine(txn, cf, cf_name, key, raw);
+      return std::optional<T>();
+    }
+    return std::optional<T>(std::move(record));
+  }
+
+  void Quarantine(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const char* cf_name, const std::string& key,
+                  const std::string& raw) {
+    txn.Put(corrupt_, CorruptKey(cf_name, key), raw);
+    txn.Delete(cf, key);
+    txn.OnCommit([cf_name, key] { LogCorrupt(cf_name, key); });
+  }
+
+  static void LogCorrupt(const char* cf_name, const std::string& key) {
+    Metrics().corrupt_records.Inc();
+    log::Event(log::Level::kError, "corrupt_record", {{"cf", cf_name}, {"key", key}, {"moved_to", kCorruptCf}});
+  }
+
+  void PutRecord(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const std::string& key,
+                 const google::protobuf::MessageLite& record) {
+    txn.Put(cf, key, record.SerializeAsString());
+  }
+
+  // Writes the message back, or deletes it (record and body) when no job of
+  // it remains. The idempotency key stays, so a client retrying after the
+  // message is long gone still gets "duplicate".
+  void SaveOrRetireMessage(Txn& txn, const MessageRecord& msg) {
+    if (msg.open_jobs() > 0) {
+      PutRecord(txn, messages_, msg.message_id(), msg);
+      return;
+    }
+    txn.Delete(messages_, msg.message_id());
+    txn.Delete(bodies_, msg.message_id());
+    Adjust(txn, counters_.messages, -1);
+    txn.OnCommit([id = msg.message_id()] { log::Event(log::Level::kInfo, "message_done", {{"msg", id}}); });
+  }
+
+  // Removes a delivery that cannot be worked on (its message or body is
+  // gone): the record moves to the corrupt CF for an operator to look at.
+  void DropDelivery(Txn& txn, const DeliveryRecord& rec, std::optional<MessageRecord> msg, const char* why) {
+    Unschedule(txn, tern::v1::JOB_KIND_DELIVERY, rec.delivery_id(), rec.due_unix_ms());
+    txn.Put(corrupt_, CorruptKey(kDeliveriesCf, rec.delivery_id()), rec.SerializeAsString());
+    txn.Delete(deliveries_, rec.delivery_id());
+    Adjust(txn, counters_.deliveries, -1);
+    Adjust(txn, counters_.recipients_pending, -PendingCount(rec));
+    if (msg.has_value()) {
+      msg->set_open_jobs(msg->open_jobs() > 0 ? msg->open_jobs() - 1 : 0);
+      SaveOrRetireMessage(txn, *msg);
+    }
+    txn.OnCommit([id = rec.delivery_id(), why] {
+      Metrics().corrupt_records.Inc();
+      log::Event(log::Level::kError, "delivery_dropped", {{"delivery", id}, {"reason", why}, {"moved_to", kCorruptCf}});
+    });
+  }
+
+  absl::Status ApplyEnqueue(Txn& txn, EnqueueCall& call);
+  absl::Status ApplyLease(Txn& txn, LeaseCall& call);
+  absl::StatusOr<LeaseStep> LeaseDelivery(Txn& txn, const std::string& id, int64_t key_due, int64_t now,
+                                          int64_t lease_ms, uint64_t budget, uint64_t* bytes, LeaseResponse& resp);
+  absl::StatusOr<LeaseStep> LeaseBounce(Txn& txn, const std::string& id, int64_t key_due, int64_t now,
+                                        int64_t lease_ms, uint64_t budget, uint64_t* bytes, LeaseResponse& resp);
+  absl::StatusOr<ReportStatus> ApplyOneReport(Txn& txn, const tern::v1::DeliveryReport& report, int64_t now);
+  absl::StatusOr<ReportStatus> ApplyOneAck(Txn& txn, const tern::v1::BounceAck& ack);
+  void CreateBounce(Txn& txn, MessageRecord& msg, BounceKind kind, std::vector<BouncedRecipient> rcpts,
+                    const std::string& delivery_id, int64_t now);
+  absl::StatusOr<uint64_t> ApplyFlushChunk(Txn& txn, bool* more);
+  void FillStats(Txn& txn, StatsResponse& out);
+
+  void SubmitLease(std::shared_ptr<LeaseCall> call);
+  void SubmitFlush(std::shared_ptr<Callback<uint64_t>> done, uint64_t moved_so_far);
+  void ExpireLeases(JobKind kind, int64_t now);
+  void Refill(JobKind kind, int64_t now, Txn* txn);
+  void WakeWaiters(JobKind kind);
+  void OnTick();
+  void PublishGauges();
+  absl::Status Recover();
+  int64_t DelayForUnreported(uint32_t attempts) const;
+
+  CoreOptions opt_;
+  const Clock* clock_;
+
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  rocksdb::ColumnFamilyHandle* messages_ = nullptr;
+  rocksdb::ColumnFamilyHandle* bodies_ = nullptr;
+  rocksdb::ColumnFamilyHandle* deliveries_ = nullptr;
+  rocksdb::ColumnFamilyHandle* schedule_ = nullptr;
+  rocksdb::ColumnFamilyHandle* bounces_ = nullptr;
+  rocksdb::ColumnFamilyHandle* meta_ = nullptr;
+  rocksdb::ColumnFamilyHandle* corrupt_ = nullptr;
+
+  // Owned by the writer thread (and by Open before the thread starts).
+  bool disabled_;
+  bool shutting_down_ = false;
+  KindState kinds_[kKinds];
+  DueIndex due_;
+  Counters counters_;
+
+  // Last: its thread uses everything above.
+  std::unique_ptr<GroupCommitter> committer_;
+};
+
+// ---------------------------------------------------------------------------
+// Opening and recovery.
+
+absl::Status QueueCore::Impl::Open() {
+  std::error_code ec;
+  std::filesystem::create_directories(opt_.data_dir, ec);
+  if (ec) {
+    return absl::UnavailableError(absl::StrCat("cannot create data_dir ", opt_.data_dir, ": ", ec.message()));
+  }
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.keep_log_file_num = 10;
+
+  rocksdb::ColumnFamilyOptions base;
+  rocksdb::ColumnFamilyOptions bodies = base;
+  // Bodies are written once and read a few times: keep them out of the LSM
+  // tree so compactions do not rewrite them (integrated BlobDB).
+  bodies.enable_blob_files = true;
+  bodies.min_blob_size = 4096;
+  bodies.enable_blob_garbage_collection = true;
+  rocksdb::ColumnFamilyOptions schedule = base;
+  // Every lease and report deletes a schedule key; compact files that fill
+  // up with tombstones so due scans stay short.
+  schedule.table_properties_collector_factories.emplace_back(
+      rocksdb::NewCompactOnDeletionCollectorFactory(/*sliding_window_size=*/16384, /*deletion_trigger=*/8192));
+
+  std::vector<std::string> names = {rocksdb::kDefaultColumnFamilyName, kMessagesCf, kBodiesCf, kDeliveriesCf,
+                                    kScheduleCf, kBouncesCf, kMetaCf, kCorruptCf};
+  std::vector<std::string> existing;
+  if (rocksdb::DB::ListColumnFamilies(db_options, opt_.data_dir, &existing).ok()) {
+    for (const auto& name : existing) {
+      if (std::find(names.begin(), names.end(), name) == names.end()) {
+        names.push_back(name);  // opened, never used: RocksDB insists on all
+      }
+    }
+  }
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (const auto& name : names) {
+    descriptors.emplace_back(name, name == kBodiesCf ? bodies : name == kScheduleCf ? schedule : base);
+  }
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_options, opt_.data_dir, descriptors, &handles_, &raw);
+  if (!s.ok()) {
+    return StorageError(s, absl::StrCat("open ", opt_.data_dir));
+  }
+  db_.reset(raw);
+  messages_ = handles_[1];
+  bodies_ = handles_[2];
+  deliveries_ = handles_[3];
+  schedule_ = handles_[4];
+  bounces_ = handles_[5];
+  meta_ = handles_[6];
+  corrupt_ = handles_[7];
+
+  TERN_RETURN_IF_ERROR(Recover());
+
+  GroupCommitter::Options copt;
+  copt.tick_interval = opt_.tick_interval;
+  copt.on_tick = [this] { OnTick(); };
+  committer_ = std::make_unique<GroupCommitter>(db_.get(), std::move(copt));
+  return absl::OkStatus();
+}
+
+// Rebuilds the counters from the records and returns every job that was out
+// on lease to the schedule, due now: its worker may be gone with the old
+// process, and the lease table that would time it out was in memory.
+absl::Status QueueCore::Impl::Recover() {
+  const int64_t now = clock_->NowUnixMs();
+  rocksdb::WriteBatch batch;
+  int64_t corrupt = 0;
+  int64_t released = 0;
+  auto quarantine = [&](rocksdb::ColumnFamilyHandle* cf, const char* cf_name, const rocksdb::Slice& key,
+                        const rocksdb::Slice& value) {
+    (void)batch.Put(corrupt_, CorruptKey(cf_name, absl::string_view(key.data(), key.size())), value);
+    (void)batch.Delete(cf, key);
+    LogCorrupt(cf_name, key.ToString());
+    ++corrupt;
+  };
+
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), messages_));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      MessageRecord msg;
+      if (!msg.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        quarantine(messages_, kMessagesCf, it->key(), it->value());
+        continue;
+      }
+      ++counters_.messages;
+    }
+    if (!it->status().ok()) {
+      return StorageError(it->status(), "recovery scan of messages");
+    }
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), deliveries_));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      DeliveryRecord rec;
+      if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        quarantine(deliveries_, kDeliveriesCf, it->key(), it->value());
+        continue;
+      }
+      if (!rec.lease_token().empty()) {
+        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
+        rec.clear_lease_token();
+        rec.set_lease_deadline_unix_ms(0);
+        rec.set_due_unix_ms(now);
+        (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, now, rec.delivery_id()), "");
+        (void)batch.Put(deliveries_, it->key(), rec.SerializeAsString());
+        log::Event(log::Level::kInfo, "lease_expired",
+                   {{"delivery", rec.delivery_id()}, {"reason", "restart"}, {"now", "due"}});
+        ++released;
+      }
+      ++counters_.deliveries;
+      counters_.recipients_pending += PendingCount(rec);
+      due_.Add(rec.due_unix_ms(), 1);
+    }
+    if (!it->status().ok()) {
+      return StorageError(it->status(), "recovery scan of deliveries");
+    }
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), bounces_));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      BounceRecord rec;
+      if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        quarantine(bounces_, kBouncesCf, it->key(), it->value());
+        continue;
+      }
+      if (!rec.lease_token().empty()) {
+        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kBounce, rec.due_unix_ms(), rec.bounce_id()));
+        rec.clear_lease_token();
+        rec.set_lease_deadline_unix_ms(0);
+        rec.set_due_unix_ms(now);
+        (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kBounce, now, rec.bounce_id()), "");
+        (void)batch.Put(bounces_, it->key(), rec.SerializeAsString());
+        log::Event(log::Level::kInfo, "lease_expired",
+                   {{"bounce", rec.bounce_id()}, {"reason", "restart"}, {"now", "due"}});
+        ++released;
+      }
+      ++counters_.bounces;
+    }
+    if (!it->status().ok()) {
+      return StorageError(it->status(), "recovery scan of bounces");
+    }
+  }
+  if (batch.Count() > 0) {
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    rocksdb::Status s = db_->Write(wo, &batch);
+    if (!s.ok()) {
+      return StorageError(s, "recovery write");
+    }
+  }
+  due_.Advance(now);
+  log::Event(log::Level::kNotice, "recovered",
+             {{"messages", absl::StrCat(counters_.messages)},
+              {"deliveries", absl::StrCat(counters_.deliveries)},
+              {"bounces", absl::StrCat(counters_.bounces)},
+              {"leases_released", absl::StrCat(released)},
+              {"corrupt", absl::StrCat(corrupt)}});
+  PublishGauges();
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Enqueue.
+
+void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done) {
+  if (body.size() > kMaxBodyBytes) {
+    done(absl::ResourceExhaustedError(absl::StrCat("message body over ", kMaxBodyBytes, " bytes")));
+    return;
+  }
+  const auto& rcpts = header.envelope().recipients();
+  if (rcpts.empty()) {
+    done(absl::InvalidArgumentError("the envelope has no recipient"));
+    return;
+  }
+  auto call = std::make_shared<EnqueueCall>();
+  absl::flat_hash_map<std::string, size_t> by_domain;
+  for (int i = 0; i < rcpts.size(); ++i) {
+    const std::string& addr = rcpts[i].address();
+    const size_t at = addr.rfind('@');
+    if (at == std::string::npos || at + 1 == addr.size()) {
+      done(absl::InvalidArgumentError(absl::StrCat("recipient '", addr, "' has no @domain")));
+      return;
+    }
+    std::string domain = absl::AsciiStrToLower(absl::string_view(addr).substr(at + 1));
+    if (opt_.always_split) {
+      call->splits.push_back({std::move(domain), {i}});
+      continue;
+    }
+    auto [it, inserted] = by_domain.try_emplace(domain, call->splits.size());
+    if (inserted) {
+      call->splits.push_back({std::move(domain), {}});
+    }
+    call->splits[it->second].second.push_back(i);
+  }
+  call->header = std::move(header);
+  call->body = std::move(body);
+  call->done = std::move(done);
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) { return ApplyEnqueue(txn, *call); },
+      [call](const absl::Status& s) {
+        if (s.ok()) {
+          call->done(std::move(call->result));
+        } else {
+          call->done(s);
+        }
+      },
+  });
+}
+
+absl::Status QueueCore::Impl::ApplyEnqueue(Txn& txn, EnqueueCall& call) {
+  const int64_t now = clock_->NowUnixMs();
+  const std::string idem = call.header.idempotency_key();
+  if (!idem.empty()) {
+    TERN_ASSIGN_OR_RETURN(std::optional<IdempotencyRecord> seen,
+                          Read<IdempotencyRecord>(txn, meta_, kMetaCf, IdempotencyKey(idem)));
+    if (seen.has_value() && !seen->message_id().empty()) {
+      call.result = EnqueueResult{seen->message_id(), true};
+      txn.OnCommit([id = seen->message_id()] {
+        Metrics().duplicates.Inc();
+        log::Event(log::Level::kInfo, "enqueue_duplicate", {{"msg", id}});
+      });
+      return absl::OkStatus();
+    }
+  }
+
+  const std::string id = NewMessageId();
+  MessageRecord msg;
+  msg.set_message_id(id);
+  *msg.mutable_envelope() = std::move(*call.header.mutable_envelope());
+  msg.set_arrival_unix_ms(now);
+  msg.set_body_size(call.body.size());
+  msg.set_open_jobs(static_cast<uint32_t>(call.splits.size()));
+  msg.set_next_bounce_seq(1);
+  msg.set_idempotency_key(idem);
+
+  txn.Put(bodies_, id, call.body);
+  const uint64_t size = call.body.size();
+  std::string().swap(call.body);  // the batch holds the bytes now
+
+  int64_t rcpt_count = 0;
+  for (size_t n = 0; n < call.splits.size(); ++n) {
+    DeliveryRecord d;
+    d.set_delivery_id(DeliveryId(id, static_cast<uint32_t>(n + 1)));
+    d.set_message_id(id);
+    d.set_domain(call.splits[n].first);
+    uint32_t index = 0;
+    for (int pos : call.splits[n].second) {
+      RecipientRecord* r = d.add_recipients();
+      r->set_index(index++);
+      *r->mutable_spec() = msg.envelope().recipients(pos);
+      r->set_state(RECIPIENT_STATE_PENDING);
+      r->set_next_attempt_unix_ms(now);
+      ++rcpt_count;
+    }
+    d.set_due_unix_ms(now);
+    PutRecord(txn, deliveries_, d.delivery_id(), d);
+    ScheduleAt(txn, tern::v1::JOB_KIND_DELIVERY, d.delivery_id(), now, now);
+  }
+  PutRecord(txn, messages_, id, msg);
+  if (!idem.empty()) {
+    IdempotencyRecord rec;
+    rec.set_message_id(id);
+    rec.set_created_unix_ms(now);
+    PutRecord(txn, meta_, IdempotencyKey(idem), rec);
+  }
+  Adjust(txn, counters_.messages, 1);
+  Adjust(txn, counters_.deliveries, static_cast<int64_t>(call.splits.size()));
+  Adjust(txn, counters_.recipients_pending, rcpt_count);
+  Adjust(txn, counters_.enqueued, 1);
+  call.result = EnqueueResult{id, false};
+  txn.OnCommit([this, id, from = msg.envelope().mail_from(), rcpt_count, size, n = call.splits.size()] {
+    Metrics().enqueued.Inc();
+    log::Event(log::Level::kInfo, "enqueued",
+               {{"msg", id},
+                {"from", from},
+                {"rcpts", absl::StrCat(rcpt_count)},
+                {"deliveries", absl::StrCat(n)},
+                {"size", absl::StrCat(size)}});
+    WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+  });
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Lease.
+
+void QueueCore::Impl::Lease(LeaseRequest request, Callback<LeaseResponse> done) {
+  if (request.kind() != tern::v1::JOB_KIND_DELIVERY && request.kind() != tern::v1::JOB_KIND_BOUNCE) {
+    done(absl::InvalidArgumentError("lease: kind must be JOB_KIND_DELIVERY or JOB_KIND_BOUNCE"));
+    return;
+  }
+  auto call = std::make_shared<LeaseCall>();
+  const uint32_t wait_ms = std::min(request.wait_ms(), opt_.max_wait_ms);
+  call->wait_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  call->request = std::move(request);
+  call->done = std::move(done);
+  SubmitLease(std::move(call));
+}
+
+void QueueCore::Impl::SubmitLease(std::shared_ptr<LeaseCall> call) {
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) { return ApplyLease(txn, *call); },
+      [this, call](const absl::Status& s) {
+        if (!s.ok()) {
+          call->done(s);
+        } else if (call->parked) {
+          // Work committed in this same group woke nobody (this call was not
+          // parked yet), so look again at once if anything is in the window.
+          State(call->request.kind()).waiters.push_back(call);
+          WakeWaiters(call->request.kind());
+        } else {
+          call->done(std::move(call->response));
+        }
+      },
+  });
+}
+
+absl::Status QueueCore::Impl::ApplyLease(Txn& txn, LeaseCall& call) {
+  const int64_t now = clock_->NowUnixMs();
+  const JobKind kind = call.request.kind();
+  KindState& ks = State(kind);
+  call.response.Clear();
+  call.parked = false;
+  ExpireLeases(kind, now);
+
+  if (!(kind == tern::v1::JOB_KIND_DELIVERY && disabled_)) {
+    if (ks.window.size() <= opt_.ready_window / 2) {
+      Refill(kind, now, &txn);
+    }
+    const uint64_t budget = call.request.max_body_bytes() > 0
+                                ? std::min<uint64_t>(call.request.max_body_bytes(), opt_.max_lease_body_bytes)
+                                : opt_.max_lease_body_bytes;
+    const uint32_t max_jobs = std::clamp<uint32_t>(call.request.max_jobs(), 1, kMaxJobsPerLease);
+    const int64_t seconds = call.request.lease_seconds() > 0
+                                ? std::min<int64_t>(call.request.lease_seconds(), opt_.max_lease_seconds)
+                                : std::min<int64_t>(opt_.lease_seconds, opt_.max_lease_seconds);
+    const int64_t lease_ms = std::max<int64_t>(seconds, 1) * 1000;
+    uint64_t bytes = 0;
+    uint32_t leased = 0;
+    // Candidates taken from the window go back to it if this operation fails.
+    auto popped = std::make_shared<std::vector<std::pair<std::string, int64_t>>>();
+    txn.OnUndo([&ks, popped] {
+      for (auto it = popped->rbegin(); it != popped->rend(); ++it) {
+        ks.window.PushFront(it->first, it->second);
+      }
+    });
+    while (leased < max_jobs) {
+      auto candidate = ks.window.Pop();
+      if (!candidate.has_value()) {
+        break;
+      }
+      popped->push_back(*candidate);
+      auto step = kind == tern::v1::JOB_KIND_DELIVERY
+                      ? LeaseDelivery(txn, candidate->first, candidate->second, now, lease_ms, budget, &bytes,
+                                      call.response)
+                      : LeaseBounce(txn, candidate->first, candidate->second, now, lease_ms, budget, &bytes,
+                                    call.response);
+      if (!step.ok()) {
+        return step.status();
+      }
+      if (*step == LeaseStep::kOverBudget) {
+        popped->pop_back();
+        ks.window.PushFront(candidate->first, candidate->second);
+        break;
+      }
+      if (*step == LeaseStep::kLeased) {
+        ++leased;
+      }
+    }
+  }
+  const bool empty = call.response.deliveries().empty() && call.response.bounces().empty();
+  if (empty && !shutting_down_ && std::chrono::steady_clock::now() < call.wait_until) {
+    call.parked = true;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::string& id, int64_t key_due,
+                                                         int64_t now, int64_t lease_ms, uint64_t budget,
+                                                         uint64_t* bytes, LeaseResponse& resp) {
+  const JobKind kind = tern::v1::JOB_KIND_DELIVERY;
+  TERN_ASSIGN_OR_RETURN(std::optional<DeliveryRecord> rec, Read<DeliveryRecord>(txn, deliveries_, kDeliveriesCf, id));
+  if (!rec.has_value() || rec->due_unix_ms() != key_due) {
+    // A schedule key without its record, or left behind: remove it.
+    txn.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, key_due, id));
+    if (!rec.has_value()) {
+      return LeaseStep::kSkipped;
+    }
+  }
+  if (rec->due_unix_ms() > now || State(kind).leases.Contains(id)) {
+    return LeaseStep::kSkipped;
+  }
+  TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
+                        Read<MessageRecord>(txn, messages_, kMessagesCf, rec->message_id()));
+  if (!msg.has_value()) {
+    DropDelivery(txn, *rec, std::nullopt, "message record missing");
+    return LeaseStep::kSkipped;
+  }
+  const bool first = resp.deliveries().empty();
+  if (!first && *bytes + msg->body_size() > budget) {
+    return LeaseStep::kOverBudget;
+  }
+  std::string body;
+  rocksdb::Status s = txn.Get(bodies_, rec->message_id(), &body);
+  if (s.IsNotFound()) {
+    DropDelivery(txn, *rec, std::move(msg), "message body missing");
+    return LeaseStep::kSkipped;
+  }
+  if (!s.ok()) {
+    return StorageError(s, "read body");
+  }
+
+  const std::string token = NewRandomToken();
+  const int64_t deadline = now + lease_ms;
+  const bool expired = !rec->lease_token().empty();
+  Unschedule(txn, kind, id, rec->due_unix_ms());
+  MarkLeased(txn, kind, id, deadline);
+  rec->set_lease_token(token);
+  rec->set_lease_deadline_unix_ms(deadline);
+  rec->set_due_unix_ms(deadline);
+  rec->set_tries(rec->tries() + 1);
+  PutRecord(txn, deliveries_, id, *rec);
+
+  DeliveryJob* job = resp.add_deliveries();
+  job->set_delivery_id(id);
+  job->set_message_id(rec->message_id());
+  job->set_lease_token(token);
+  job->set_lease_deadline_unix_ms(deadline);
+  job->set_domain(rec->domain());
+  const auto& env = msg->envelope();
+  job->set_mail_from(env.mail_from());
+  for (const RecipientRecord& r : rec->recipients()) {
+    if (IsPending(r)) {
+      tern::v1::DeliveryRecipient* out = job->add_recipients();
+      out->set_index(r.index());
+      *out->mutable_spec() = r.spec();
+      out->set_attempts(r.attempts());
+    }
+  }
+  job->set_body(std::move(body));
+  job->set_smtputf8(env.smtputf8());
+  job->set_body_8bit(env.body_8bit());
+  job->set_ret(env.ret());
+  job->set_envid(env.envid());
+  job->set_attempt(rec->tries());
+  *bytes += msg->body_size();
+  txn.OnCommit([id, tries = rec->tries(), expired] {
+    log::Event(log::Level::kDebug, "leased",
+               {{"delivery", id}, {"attempt", absl::StrCat(tries)}, {"after_expiry", expired ? "yes" : "no"}});
+  });
+  return LeaseStep::kLeased;
+}
+
+absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseBounce(Txn& txn, const std::string& id, int64_t key_due,
+                                                       int64_t now, int64_t lease_ms, uint64_t budget,
+                                                       uint64_t* bytes, LeaseResponse& resp) {
+  const JobKind kind = tern::v1::JOB_KIND_BOUNCE;
+  TERN_ASSIGN_OR_RETURN(std::optional<BounceRecord> rec, Read<BounceRecord>(txn, bounces_, kBouncesCf, id));
+  if (!rec.has_value() || rec->due_unix_ms() != key_due) {
+    txn.Delete(schedule_, EncodeScheduleKey(JobType::kBounce, key_due, id));
+    if (!rec.has_value()) {
+      return LeaseStep::kSkipped;
+    }
+  }
+  if (rec->due_unix_ms() > now || State(kind).leases.Contains(id)) {
+    return LeaseStep::kSkipped;
+  }
+  TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
+                        Read<MessageRecord>(txn, messages_, kMessagesCf, rec->message_id()));
+  std::string body;
+  rocksdb::Status s = msg.has_value() ? txn.Get(bodies_, rec->message_id(), &body) : rocksdb::Status::NotFound();
+  if (!s.ok() && !s.IsNotFound()) {
+    return StorageError(s, "read body");
+  }
+  if (!msg.has_value() || s.IsNotFound()) {
+    // Without the original there is no DSN to write; keep the job for an
+    // operator in the corrupt CF rather than lose it silently.
+    Unschedule(txn, kind, id, rec->due_unix_ms());
+    txn.Put(corrupt_, CorruptKey(kBouncesCf, id), rec->SerializeAsString());
+    txn.Delete(bounces_, id);
+    Adjust(txn, counters_.bounces, -1);
+    if (msg.has_value()) {
+      msg->set_open_jobs(msg->open_jobs() > 0 ? msg->open_jobs() - 1 : 0);
+      SaveOrRetireMessage(txn, *msg);
+    }
+    txn.OnCommit([id] {
+      Metrics().corrupt_records.Inc();
+      log::Event(log::Level::kError, "bounce_dropped",
+                 {{"bounce", id}, {"reason", "original message missing"}, {"moved_to", kCorruptCf}});
+    });
+    return LeaseStep::kSkipped;
+  }
+  const bool full = msg->envelope().ret() == tern::v1::DSN_RET_FULL;
+  const uint64_t original_size = body.size();
+  std::string original = full ? std::move(body) : HeadersOf(body);
+  const bool first = resp.bounces().empty();
+  if (!first && *bytes + original.size() > budget) {
+    return LeaseStep::kOverBudget;
+  }
+
+  const std::string token = NewRandomToken();
+  const int64_t deadline = now + lease_ms;
+  Unschedule(txn, kind, id, rec->due_unix_ms());
+  MarkLeased(txn, kind, id, deadline);
+  rec->set_lease_token(token);
+  rec->set_lease_deadline_unix_ms(deadline);
+  rec->set_due_unix_ms(deadline);
+  rec->set_tries(rec->tries() + 1);
+  PutRecord(txn, bounces_, id, *rec);
+
+  BounceJob* job = resp.add_bounces();
+  job->set_bounce_id(id);
+  job->set_message_id(rec->message_id());
+  job->set_lease_token(token);
+  job->set_lease_deadline_unix_ms(deadline);
+  job->set_kind(rec->kind());
+  *job->mutable_envelope() = msg->envelope();
+  job->set_arrival_unix_ms(msg->arrival_unix_ms());
+  *job->mutable_recipients() = rec->recipients();
+  *bytes += original.size();
+  job->set_original(std::move(original));
+  job->set_original_is_full(full);
+  job->set_original_size(original_size);
+  return LeaseStep::kLeased;
+}
+
+void QueueCore::Impl::ExpireLeases(JobKind kind, int64_t now) {
+  KindState& ks = State(kind);
+  while (auto first = ks.leases.FirstExpired(now)) {
+    int64_t deadline = 0;
+    ks.leases.Erase(first->second, &deadline);
+    if (kind == tern::v1::JOB_KIND_DELIVERY) {
+      due_.Add(deadline, 1);
+    }
+    Offer(kind, first->second, deadline);
+    Metrics().leases_expired.Inc();
+    log::Event(log::Level::kNotice, "lease_expired",
+               {{KindName(kind), first->second}, {"deadline_ms", absl::StrCat(deadline)}, {"now", "due"}});
+  }
+}
+
+// Tops the ready window up from the schedule: keys of `kind` due at or
+// before `now`, from the scan cursor on. Inside an operation `txn` is given and
+// the scan sees the group's uncommitted writes too, so the cursor never moves
+// past a key that an earlier operation of the same group wrote.
+void QueueCore::Impl::Refill(JobKind kind, int64_t now, Txn* txn) {
+  KindState& ks = State(kind);
+  if (now < ks.scan_cursor) {
+    ks.scan_cursor = 0;  // the clock went back
+  }
+  const std::string start = EncodeScheduleKey(TypeOf(kind), ks.scan_cursor, "");
+  const std::string limit = ScheduleScanLimit(TypeOf(kind), now);
+  std::unique_ptr<rocksdb::Iterator> it =
+      txn != nullptr ? txn->NewIterator(schedule_)
+                     : std::unique_ptr<rocksdb::Iterator>(db_->NewIterator(rocksdb::ReadOptions(), schedule_));
+  const rocksdb::Slice limit_slice(limit);
+  int64_t last_due = ks.scan_cursor;
+  bool full = false;
+  for (it->Seek(start); it->Valid() && it->key().compare(limit_slice) < 0; it->Next()) {
+    if (ks.window.size() >= opt_.ready_window) {
+      full = true;
+      break;
+    }
+    auto key = DecodeScheduleKey(absl::string_view(it->key().data(), it->key().size()));
+    if (!key.has_value()) {
+      continue;
+    }
+    last_due = key->due_unix_ms;
+    ks.window.Insert(key->job_id, key->due_unix_ms, opt_.ready_window);
+  }
+  if (!it->status().ok()) {
+    log::Event(log::Level::kError, "schedule_scan_failed", {{"error", it->status().ToString()}});
+    return;
+  }
+  ks.scan_cursor = full ? last_due : now;
+}
+
+void QueueCore::Impl::WakeWaiters(JobKind kind) {
+  KindState& ks = State(kind);
+  if (kind == tern::v1::JOB_KIND_DELIVERY && disabled_) {
+    return;
+  }
+  size_t n = std::min(ks.waiters.size(), ks.window.size());
+  while (n-- > 0) {
+    auto call = std::move(ks.waiters.front());
+    ks.waiters.pop_front();
+    SubmitLease(std::move(call));
+  }
+}
+
+void QueueCore::Impl::OnTick() {
+  const int64_t now = clock_->NowUnixMs();
+  const auto steady_now = std::chrono::steady_clock::now();
+  for (JobKind kind : {tern::v1::JOB_KIND_DELIVERY, tern::v1::JOB_KIND_BOUNCE}) {
+    KindState& ks = State(kind);
+    ExpireLeases(kind, now);
+    if (ks.window.size() <= opt_.ready_window / 2) {
+      Refill(kind, now, nullptr);
+    }
+    // Long polls that waited long enough get their empty answer.
+    for (auto it = ks.waiters.begin(); it != ks.waiters.end();) {
+      if ((*it)->wait_until <= steady_now) {
+        (*it)->done(LeaseResponse());
+        it = ks.waiters.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    WakeWaiters(kind);
+  }
+  due_.Advance(now);
+  PublishGauges();
+}
+
+void QueueCore::Impl::PublishGauges() {
+  CoreMetrics& m = Metrics();
+  const int64_t leased = static_cast<int64_t>(State(tern::v1::JOB_KIND_DELIVERY).leases.size());
+  m.messages.Set(counters_.messages);
+  m.deliveries_due.Set(due_.due());
+  m.deliveries_leased.Set(leased);
+  m.deliveries_deferred.Set(due_.total() - due_.due());
+  m.bounces.Set(counters_.bounces);
+  m.bounces_leased.Set(static_cast<int64_t>(State(tern::v1::JOB_KIND_BOUNCE).leases.size()));
+  m.recipients_pending.Set(counters_.recipients_pending);
+}
+
+// ---------------------------------------------------------------------------
+// Report.
+
+void QueueCore::Impl::Report(ReportRequest request, Callback<ReportResponse> done) {
+  struct Call {
+    ReportRequest request;
+    ReportResponse response;
+    Callback<ReportResponse> done;
+  };
+  auto call = std::make_shared<Call>();
+  call->request = std::move(request);
+  call->done = std::move(done);
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) -> absl::Status {
+        const int64_t now = clock_->NowUnixMs();
+        call->response.Clear();
+        for (const auto& report : call->request.reports()) {
+          TERN_ASSIGN_OR_RETURN(ReportStatus status, ApplyOneReport(txn, report, now));
+          call->response.add_statuses(status);
+        }
+        return absl::OkStatus();
+      },
+      [call](const absl::Status& s) {
+        if (s.ok()) {
+          call->done(std::move(call->response));
+        } else {
+          call->done(s);
+        }
+      },
+  });
+}
+
+int64_t QueueCore::Impl::DelayForUnreported(uint32_t attempts) const {
+  const auto& intervals = opt_.retry.intervals_ms();
+  if (intervals.empty()) {
+    return 64000;  // Haraka's first default interval
+  }
+  const size_t i = attempts == 0 ? 0 : std::min<size_t>(attempts - 1, intervals.size() - 1);
+  return intervals[i];
+}
+
+absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const tern::v1::DeliveryReport& report,
+                                                             int64_t now) {
+  const JobKind kind = tern::v1::JOB_KIND_DELIVERY;
+  const std::string& id = report.delivery_id();
+  TERN_ASSIGN_OR_RETURN(std::optional<DeliveryRecord> rec, Read<DeliveryRecord>(txn, deliveries_, kDeliveriesCf, id));
+  if (!rec.has_value()) {
+    return tern::v1::REPORT_STATUS_UNKNOWN;
+  }
+  if (report.lease_token().empty() || rec->lease_token() != report.lease_token()) {
+    txn.OnCommit([id] {
+      Metrics().stale_reports.Inc();
+      log::Event(log::Level::kNotice, "stale_report", {{"delivery", id}});
+    });
+    return tern::v1::REPORT_STATUS_STALE_LEASE;
+  }
+  // Validate the whole report before changing anything.
+  absl::flat_hash_map<uint32_t, int> position;  // index -> position in rec
+  for (int i = 0; i < rec->recipients_size(); ++i) {
+    position[rec->recipients(i).index()] = i;
+  }
+  absl::flat_hash_set<uint32_t> seen;
+  for (const auto& rr : report.recipients()) {
+    auto it = position.find(rr.index());
+    const Outcome outcome = rr.result().outcome();
+    if (it == position.end() || !IsPending(rec->recipients(it->second)) || !seen.insert(rr.index()).second ||
+        (outcome != tern::v1::OUTCOME_DELIVERED && outcome != tern::v1::OUTCOME_TRANSIENT &&
+         outcome != tern::v1::OUTCOME_PERMANENT)) {
+      return tern::v1::REPORT_STATUS_INVALID;
+    }
+  }
+  TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
+                        Read<MessageRecord>(txn, messages_, kMessagesCf, rec->message_id()));
+  if (!msg.has_value()) {
+    DropDelivery(txn, *rec, std::nullopt, "message record missing");
+    return tern::v1::REPORT_STATUS_UNKNOWN;
+  }
+
+  const int64_t pending_before = PendingCount(*rec);
+  std::vector<BouncedRecipient> failed;
+  std::vector<BouncedRecipient> delivered_notify;
+  const std::string& msg_id = rec->message_id();
+  for (const auto& rr : report.recipients()) {
+    RecipientRecord& r = *rec->mutable_recipients(position[rr.index()]);
+    tern::v1::RecipientResult result = rr.result();
+    if (result.at_unix_ms() == 0) {
+      result.set_at_unix_ms(now);
+    }
+    const uint32_t notify = r.spec().notify();
+    const bool never = (notify & tern::v1::NOTIFY_NEVER) != 0;
+    const char* event = nullptr;
+    std::string delay;
+    switch (result.outcome()) {
+      case tern::v1::OUTCOME_DELIVERED:
+        r.set_state(RECIPIENT_STATE_DELIVERED);
+        Adjust(txn, counters_.delivered, 1);
+        event = "delivered";
+        if (!never && (notify & tern::v1::NOTIFY_SUCCESS) != 0) {
+          BouncedRecipient b;
+          *b.mutable_spec() = r.spec();
+          *b.mutable_result() = result;
+          delivered_notify.push_back(std::move(b));
+        }
+        break;
+      case tern::v1::OUTCOME_TRANSIENT: {
+        r.set_attempts(r.attempts() + 1);
+        const std::optional<int64_t> wait = opt_.retry.DelayAfterFailureMs(r.attempts());
+        if (wait.has_value()) {
+          r.set_state(RECIPIENT_STATE_DEFERRED);
+          r.set_next_attempt_unix_ms(now + *wait);
+          Adjust(txn, counters_.deferred, 1);
+          event = "deferred";
+          delay = absl::StrCat(*wait / 1000);
+          break;
+        }
+        // Retries used up: a permanent failure, as Haraka words it.
+        const std::string last = ReplySummary(result);
+        std::string status = result.enhanced_status();
+        if (status.empty()) {
+          status = "5.0.0";
+        } else if (status[0] == '4') {
+          status[0] = '5';
+        }
+        result.set_enhanced_status(status);
+        result.set_reply_text(absl::StrCat("Too many failures (", last, ")"));
+        result.set_outcome(tern::v1::OUTCOME_PERMANENT);
+        [[fallthrough]];
+      }
+      case tern::v1::OUTCOME_PERMANENT:
+        r.set_state(RECIPIENT_STATE_FAILED);
+        Adjust(txn, counters_.failed, 1);
+        event = "failed";
+        if (!never && (notify == 0 || (notify & tern::v1::NOTIFY_FAILURE) != 0)) {
+          BouncedRecipient b;
+          *b.mutable_spec() = r.spec();
+          *b.mutable_result() = result;
+          failed.push_back(std::move(b));
+        }
+        break;
+      default:
+        break;
+    }
+    *r.mutable_last_result() = result;
+    txn.OnCommit([event, msg_id, id, rcpt = r.spec().address(), relay = Relay(result), dsn = result.enhanced_status(),
+                  reply = ReplySummary(result), attempts = r.attempts(), delay] {
+      if (std::string_view(event) == "delivered") {
+        Metrics().delivered.Inc();
+      } else if (std::string_view(event) == "deferred") {
+        Metrics().deferred.Inc();
+      } else {
+        Metrics().failed.Inc();
+      }
+      const log::Level level = std::string_view(event) == "delivered" ? log::Level::kInfo : log::Level::kNotice;
+      if (delay.empty()) {
+        log::Event(level, event,
+                   {{"msg", msg_id},
+                    {"delivery", id},
+                    {"rcpt", rcpt},
+                    {"relay", relay},
+                    {"dsn", dsn},
+                    {"attempts", absl::StrCat(attempts)},
+                    {"reply", reply}});
+      } else {
+        log::Event(level, event,
+                   {{"msg", msg_id},
+                    {"delivery", id},
+                    {"rcpt", rcpt},
+                    {"relay", relay},
+                    {"dsn", dsn},
+                    {"attempts", absl::StrCat(attempts)},
+                    {"retry_in_s", delay},
+                    {"reply", reply}});
+      }
+    });
+  }
+  // Recipients the report left out were not tried: they wait for the retry
+  // interval their attempt count gives, without counting an attempt (so a
+  // deliverer that keeps leaving one out cannot make the queue spin).
+  for (RecipientRecord& r : *rec->mutable_recipients()) {
+    if (IsPending(r) && !seen.contains(r.index())) {
+      r.set_next_attempt_unix_ms(now + DelayForUnreported(r.attempts()));
+    }
+  }
+
+  const int64_t pending_after = PendingCount(*rec);
+  Adjust(txn, counters_.recipients_pending, pending_after - pending_before);
+  Unschedule(txn, kind, id, rec->due_unix_ms());
+  rec->clear_lease_token();
+  rec->set_lease_deadline_unix_ms(0);
+  if (pending_after > 0) {
+    int64_t next = INT64_MAX;
+    for (const RecipientRecord& r : rec->recipients()) {
+      if (IsPending(r)) {
+        next = std::min(next, r.next_attempt_unix_ms());
+      }
+    }
+    rec->set_due_unix_ms(next);
+    PutRecord(txn, deliveries_, id, *rec);
+    ScheduleAt(txn, kind, id, next, now);
+  } else {
+    txn.Delete(deliveries_, id);
+    Adjust(txn, counters_.deliveries, -1);
+    msg->set_open_jobs(msg->open_jobs() > 0 ? msg->open_jobs() - 1 : 0);
+  }
+  if (!failed.empty()) {
+    CreateBounce(txn, *msg, tern::v1::BOUNCE_KIND_FAILED, std::move(failed), id, now);
+  }
+  if (!delivered_notify.empty()) {
+    CreateBounce(txn, *msg, tern::v1::BOUNCE_KIND_DELIVERED, std::move(delivered_notify), id, now);
+  }
+  SaveOrRetireMessage(txn, *msg);
+  return tern::v1::REPORT_STATUS_APPLIED;
+}
+
+void QueueCore::Impl::CreateBounce(Txn& txn, MessageRecord& msg, BounceKind kind, std::vector<BouncedRecipient> rcpts,
+                                   const std::string& delivery_id, int64_t now) {
+  BounceRecord b;
+  b.set_bounce_id(BounceId(msg.message_id(), std::max<uint32_t>(msg.next_bounce_seq(), 1)));
+  msg.set_next_bounce_seq(std::max<uint32_t>(msg.next_bounce_seq(), 1) + 1);
+  msg.set_open_jobs(msg.open_jobs() + 1);
+  b.set_message_id(msg.message_id());
+  b.set_kind(kind);
+  for (auto& r : rcpts) {
+    *b.add_recipients() = std::move(r);
+  }
+  b.set_created_unix_ms(now);
+  b.set_due_unix_ms(now);
+  PutRecord(txn, bounces_, b.bounce_id(), b);
+  ScheduleAt(txn, tern::v1::JOB_KIND_BOUNCE, b.bounce_id(), now, now);
+  Adjust(txn, counters_.bounces, 1);
+  txn.OnCommit([this, id = b.bounce_id(), msg_id = msg.message_id(), delivery_id, kind,
+                n = b.recipients_size()] {
+    Metrics().bounces_created.Inc();
+    log::Event(log::Level::kInfo, "bounce_created",
+               {{"msg", msg_id},
+                {"bounce", id},
+                {"delivery", delivery_id},
+                {"kind", kind == tern::v1::BOUNCE_KIND_DELIVERED ? "delivered" : "failed"},
+                {"rcpts", absl::StrCat(n)}});
+    WakeWaiters(tern::v1::JOB_KIND_BOUNCE);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Ack.
+
+void QueueCore::Impl::Ack(AckRequest request, Callback<AckResponse> done) {
+  struct Call {
+    AckRequest request;
+    AckResponse response;
+    Callback<AckResponse> done;
+  };
+  auto call = std::make_shared<Call>();
+  call->request = std::move(request);
+  call->done = std::move(done);
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) -> absl::Status {
+        call->response.Clear();
+        for (const auto& ack : call->request.acks()) {
+          TERN_ASSIGN_OR_RETURN(ReportStatus status, ApplyOneAck(txn, ack));
+          call->response.add_statuses(status);
+        }
+        return absl::OkStatus();
+      },
+      [call](const absl::Status& s) {
+        if (s.ok()) {
+          call->done(std::move(call->response));
+        } else {
+          call->done(s);
+        }
+      },
+  });
+}
+
+absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneAck(Txn& txn, const tern::v1::BounceAck& ack) {
+  const std::string& id = ack.bounce_id();
+  TERN_ASSIGN_OR_RETURN(std::optional<BounceRecord> rec, Read<BounceRecord>(txn, bounces_, kBouncesCf, id));
+  if (!rec.has_value()) {
+    return tern::v1::REPORT_STATUS_UNKNOWN;
+  }
+  if (ack.lease_token().empty() || rec->lease_token() != ack.lease_token()) {
+    txn.OnCommit([id] {
+      Metrics().stale_reports.Inc();
+      log::Event(log::Level::kNotice, "stale_ack", {{"bounce", id}});
+    });
+    return tern::v1::REPORT_STATUS_STALE_LEASE;
+  }
+  Unschedule(txn, tern::v1::JOB_KIND_BOUNCE, id, rec->due_unix_ms());
+  txn.Delete(bounces_, id);
+  Adjust(txn, counters_.bounces, -1);
+  TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
+                        Read<MessageRecord>(txn, messages_, kMessagesCf, rec->message_id()));
+  if (msg.has_value()) {
+    msg->set_open_jobs(msg->open_jobs() > 0 ? msg->open_jobs() - 1 : 0);
+    SaveOrRetireMessage(txn, *msg);
+  }
+  txn.OnCommit([id, dsn = ack.dsn_message_id()] {
+    log::Event(log::Level::kInfo, "bounce_done", {{"bounce", id}, {"dsn_msg", dsn.empty() ? "none" : dsn}});
+  });
+  return tern::v1::REPORT_STATUS_APPLIED;
+}
+
+// ---------------------------------------------------------------------------
+// Stats, flush, disabled, shutdown.
+
+void QueueCore::Impl::Stats(Callback<StatsResponse> done) {
+  auto call = std::make_shared<std::pair<StatsResponse, Callback<StatsResponse>>>();
+  call->second = std::move(done);
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) {
+        FillStats(txn, call->first);
+        return absl::OkStatus();
+      },
+      [call](const absl::Status& s) {
+        if (s.ok()) {
+          call->second(std::move(call->first));
+        } else {
+          call->second(s);
+        }
+      },
+  });
+}
+
+void QueueCore::Impl::FillStats(Txn& txn, StatsResponse& out) {
+  const int64_t now = clock_->NowUnixMs();
+  ExpireLeases(tern::v1::JOB_KIND_DELIVERY, now);
+  ExpireLeases(tern::v1::JOB_KIND_BOUNCE, now);
+  due_.Advance(now);
+  out.set_messages(counters_.messages);
+  out.set_deliveries(counters_.deliveries);
+  out.set_deliveries_due(due_.due());
+  out.set_deliveries_leased(State(tern::v1::JOB_KIND_DELIVERY).leases.size());
+  out.set_deliveries_deferred(due_.total() - due_.due());
+  out.set_bounces(counters_.bounces);
+  out.set_bounces_leased(State(tern::v1::JOB_KIND_BOUNCE).leases.size());
+  out.set_recipients_pending(counters_.recipients_pending);
+  out.set_enqueued_total(counters_.enqueued);
+  out.set_delivered_total(counters_.delivered);
+  out.set_deferred_total(counters_.deferred);
+  out.set_failed_total(counters_.failed);
+  // Ids are time-ordered, so the first message key is the oldest message.
+  std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(messages_);
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    MessageRecord msg;
+    if (msg.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      out.set_oldest_message_unix_ms(msg.arrival_unix_ms());
+      break;
+    }
+  }
+  PublishGauges();
+}
+
+void QueueCore::Impl::Flush(Callback<uint64_t> done) {
+  SubmitFlush(std::make_shared<Callback<uint64_t>>(std::move(done)), 0);
+}
+
+void QueueCore::Impl::SubmitFlush(std::shared_ptr<Callback<uint64_t>> done, uint64_t moved_so_far) {
+  auto moved = std::make_shared<uint64_t>(0);
+  auto more = std::make_shared<bool>(false);
+  committer_->Submit(GroupOp{
+      [this, moved, more](Txn& txn) -> absl::Status {
+        TERN_ASSIGN_OR_RETURN(*moved, ApplyFlushChunk(txn, more.get()));
+        return absl::OkStatus();
+      },
+      [this, done, moved, more, moved_so_far](const absl::Status& s) {
+        const uint64_t total = moved_so_far + *moved;
+        if (s.ok() && *more) {
+          SubmitFlush(done, total);
+          return;
+        }
+        if (s.ok()) {
+          log::Event(log::Level::kNotice, "flushed", {{"deliveries", absl::StrCat(total)}});
+          WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+        }
+        if (*done) {
+          if (s.ok()) {
+            (*done)(total);
+          } else {
+            (*done)(s);
+          }
+        }
+      },
+  });
+}
+
+absl::StatusOr<uint64_t> QueueCore::Impl::ApplyFlushChunk(Txn& txn, bool* more) {
+  const JobKind kind = tern::v1::JOB_KIND_DELIVERY;
+  const int64_t now = clock_->NowUnixMs();
+  const std::string start = ScheduleScanLimit(JobType::kDelivery, now);
+  const std::string limit = ScheduleScanStart(JobType::kBounce);
+  const rocksdb::Slice limit_slice(limit);
+  std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(schedule_);
+  uint64_t moved = 0;
+  *more = false;
+  // Keys written while iterating land at `now`, before `start`: the scan
+  // never meets its own writes.
+  for (it->Seek(start); it->Valid() && it->key().compare(limit_slice) < 0; it->Next()) {
+    if (moved >= kFlushChunk) {
+      *more = true;
+      break;
+    }
+    auto key = DecodeScheduleKey(absl::string_view(it->key().data(), it->key().size()));
+    if (!key.has_value()) {
+      continue;
+    }
+    TERN_ASSIGN_OR_RETURN(std::optional<DeliveryRecord> rec,
+                          Read<DeliveryRecord>(txn, deliveries_, kDeliveriesCf, key->job_id));
+    if (!rec.has_value() || rec->due_unix_ms() != key->due_unix_ms || rec->due_unix_ms() <= now ||
+        State(kind).leases.Contains(key->job_id)) {
+      continue;  // gone, stale key, already due, or out on lease
+    }
+    Unschedule(txn, kind, key->job_id, rec->due_unix_ms());
+    for (RecipientRecord& r : *rec->mutable_recipients()) {
+      if (IsPending(r)) {
+        r.set_next_attempt_unix_ms(now);
+      }
+    }
+    rec->set_due_unix_ms(now);
+    PutRecord(txn, deliveries_, key->job_id, *rec);
+    ScheduleAt(txn, kind, key->job_id, now, now);
+    ++moved;
+  }
+  if (!it->status().ok()) {
+    return StorageError(it->status(), "flush scan");
+  }
+  return moved;
+}
+
+void QueueCore::Impl::SetDisabled(bool disabled) {
+  auto changed = std::make_shared<bool>(false);
+  committer_->Submit(GroupOp{
+      [this, disabled, changed](Txn&) {
+        *changed = disabled_ != disabled;
+        disabled_ = disabled;
+        return absl::OkStatus();
+      },
+      [this, disabled, changed](const absl::Status&) {
+        if (!*changed) {
+          return;
+        }
+        log::Event(log::Level::kNotice, disabled ? "delivery_paused" : "delivery_resumed");
+        if (!disabled) {
+          Refill(tern::v1::JOB_KIND_DELIVERY, clock_->NowUnixMs(), nullptr);
+          WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+        }
+      },
+  });
+}
+
+void QueueCore::Impl::BeginShutdown() {
+  committer_->Submit(GroupOp{
+      [this](Txn&) {
+        shutting_down_ = true;
+        return absl::OkStatus();
+      },
+      [this](const absl::Status&) {
+        shutting_down_ = true;
+        for (KindState& ks : kinds_) {
+          for (auto& call : ks.waiters) {
+            call->done(LeaseResponse());
+          }
+          ks.waiters.clear();
+        }
+      },
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<QueueCore>> QueueCore::Open(CoreOptions options) {
+  if (options.clock == nullptr) {
+    options.clock = SystemClock::Get();
+  }
+  if (options.ready_window == 0) {
+    return absl::InvalidArgumentError("ready_window must be at least 1");
+  }
+  auto impl = std::make_unique<Impl>(std::move(options));
+  TERN_RETURN_IF_ERROR(impl->Open());
+  return std::unique_ptr<QueueCore>(new QueueCore(std::move(impl)));
+}
+
+QueueCore::QueueCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+QueueCore::~QueueCore() = default;
+
+void QueueCore::Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done) {
+  impl_->Enqueue(std::move(header), std::move(body), std::move(done));
+}
+void QueueCore::Lease(LeaseRequest request, Callback<LeaseResponse> done) {
+  impl_->Lease(std::move(request), std::move(done));
+}
+void QueueCore::Report(ReportRequest request, Callback<ReportResponse> done) {
+  impl_->Report(std::move(request), std::move(done));
+}
+void QueueCore::Ack(AckRequest request, Callback<AckResponse> done) { impl_->Ack(std::move(request), std::move(done)); }
+void QueueCore::Stats(Callback<StatsResponse> done) { impl_->Stats(std::move(done)); }
+void QueueCore::SetDisabled(bool disabled) { impl_->SetDisabled(disabled); }
+void QueueCore::Flush(Callback<uint64_t> done) { impl_->Flush(std::move(done)); }
+void QueueCore::BeginShutdown() { impl_->BeginShutdown(); }
+
+const Clock* SystemClock::Get() {
+  static const SystemClock* clock = new SystemClock;
+  return clock;
+}
+
+int64_t SystemClock::NowUnixMs() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace tern::queue

@@ -1,0 +1,135 @@
+// File: queue_core.h
+//
+// QueueCore: the durable queue without its RPC skin. It owns the RocksDB
+// database, the GroupCommitter's writer thread and the in-memory scheduling
+// state, and offers the Queue and Admin operations as an asynchronous API
+// whose completions run on the writer thread after the operation's synced
+// commit. QueueServiceImpl (queue_service_impl.h) is the gRPC front end; tests
+// use this class directly with a FakeClock.
+//
+// What lives where:
+//   * RocksDB (key layout in key_codec.h, records in queue_records.proto):
+//     messages, bodies (once per message), deliveries, bounce jobs, the
+//     schedule, idempotency keys, and records that failed to parse.
+//   * Memory, owned by the writer thread and bounded by work in flight, not by
+//     the backlog: per job kind a ready window (at most `ready_window` ids of
+//     due jobs, refilled by scanning the schedule), a lease table (jobs out on
+//     lease, by deadline), parked long-poll Lease calls, and exact counters
+//     for Stats. Deliveries waiting for their time are counted per second of
+//     due time, so the memory for that is bounded by the schedule's span.
+//
+// Lease expiry. A lease moves the job's schedule key to the lease deadline and
+// stores the token in the job record, in the same synced batch. A job whose
+// lease runs out is therefore already "due" on disk, with no write at expiry
+// and nothing to repair after a crash; the token changes when the job is
+// leased again, which is what makes a late report stale. A report whose token
+// still matches (the lease ran out but nobody took the job since) is applied:
+// the work was done, and redoing it would send the mail twice.
+//
+// Thread-safety: every public method may be called from any thread and never
+// blocks on I/O; completions run on the writer thread and must not block.
+//
+// Standards: RFC 3461 (NOTIFY, RET: which outcomes become DSN jobs and what of
+// the original they carry), RFC 3463 (enhanced status codes: 4.x.x becomes
+// 5.x.x when retries run out, as in Haraka).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "services/queue/queue_clock.h"
+#include "services/queue/retry_schedule.h"
+#include "tern/v1/admin.pb.h"
+#include "tern/v1/queue.pb.h"
+
+namespace tern::queue {
+
+// Largest body the queue accepts: a Lease response must carry it in one gRPC
+// message (lib/rpc kMaxMessageBytes is 256 MiB), with room for the envelope.
+inline constexpr uint64_t kMaxBodyBytes = 250ull << 20;
+
+struct CoreOptions {
+  // RocksDB directory; created if missing. Default: var/queue
+  std::string data_dir = "var/queue";
+  // Lease length when the caller asks for none, and the longest granted.
+  // Default: 300 and 3600 seconds.
+  int64_t lease_seconds = 300;
+  int64_t max_lease_seconds = 3600;
+  // Soft cap on the body bytes in one Lease response (one job always fits).
+  // Default: 16 MiB.
+  uint64_t max_lease_body_bytes = 16u << 20;
+  // Pause leasing deliveries (bounce jobs still go out). Default: false
+  bool disabled = false;
+  // One delivery per recipient instead of per domain. Default: false
+  bool always_split = false;
+  // Default: Haraka's, 12 retries from 64 s doubling.
+  RetrySchedule retry;
+  // Most due job ids kept in memory per kind. Default: 10000
+  size_t ready_window = 10000;
+  // Period of lease expiry, schedule scans and long-poll timeouts.
+  // Default: 250 ms.
+  std::chrono::milliseconds tick_interval{250};
+  // Longest long poll a Lease may ask for. Default: 60000 ms.
+  uint32_t max_wait_ms = 60000;
+  // Not owned; must outlive the core. Default: the system clock.
+  const Clock* clock = SystemClock::Get();
+};
+
+struct EnqueueResult {
+  std::string message_id;
+  bool duplicate = false;
+};
+
+class QueueCore {
+ public:
+  template <typename T>
+  using Callback = absl::AnyInvocable<void(absl::StatusOr<T>)>;
+
+  // Opens (or creates) the database, recovers (outstanding leases become due
+  // now, unparseable records move to the `corrupt` column family, counters
+  // are rebuilt) and starts the writer thread.
+  static absl::StatusOr<std::unique_ptr<QueueCore>> Open(CoreOptions options);
+
+  // Completes parked long polls, lets every submitted operation finish, stops
+  // the writer thread and closes the database.
+  ~QueueCore();
+
+  QueueCore(const QueueCore&) = delete;
+  QueueCore& operator=(const QueueCore&) = delete;
+
+  // Stores a message and its deliveries durably. `body` is moved in (never
+  // copied into another buffer before the write batch). Errors:
+  // InvalidArgument (no recipient, address without '@domain', no header),
+  // ResourceExhausted (too big, or disk full), Unavailable (storage failure).
+  void Enqueue(tern::v1::EnqueueHeader header, std::string body, Callback<EnqueueResult> done);
+
+  // Leases due jobs of one kind; with wait_ms, waits for work (up to
+  // `max_wait_ms`) and completes with an empty response on timeout.
+  void Lease(tern::v1::LeaseRequest request, Callback<tern::v1::LeaseResponse> done);
+
+  void Report(tern::v1::ReportRequest request, Callback<tern::v1::ReportResponse> done);
+  void Ack(tern::v1::AckRequest request, Callback<tern::v1::AckResponse> done);
+  void Stats(Callback<tern::v1::StatsResponse> done);
+
+  // Pauses or resumes leasing deliveries (`disabled` in outbound.ini).
+  void SetDisabled(bool disabled);
+
+  // Makes every waiting (not leased) delivery due now, as Haraka's SIGHUP
+  // does. Completes with the number of deliveries moved. `done` may be null.
+  void Flush(Callback<uint64_t> done);
+
+  // Completes every parked long poll with an empty response and makes later
+  // Lease calls return at once. Call before shutting the gRPC server down.
+  void BeginShutdown();
+
+ private:
+  class Impl;
+  explicit QueueCore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tern::queue

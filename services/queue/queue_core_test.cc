@@ -1,0 +1,702 @@
+#include "services/queue/queue_core.h"
+
+#include <chrono>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "rocksdb/db.h"
+#include "services/queue/key_codec.h"
+
+namespace tern::queue {
+namespace {
+
+using tern::v1::DSN_RET_FULL;
+using tern::v1::JOB_KIND_BOUNCE;
+using tern::v1::JOB_KIND_DELIVERY;
+using tern::v1::LeaseResponse;
+using tern::v1::REPORT_STATUS_APPLIED;
+using tern::v1::REPORT_STATUS_INVALID;
+using tern::v1::REPORT_STATUS_STALE_LEASE;
+using tern::v1::REPORT_STATUS_UNKNOWN;
+using tern::v1::StatsResponse;
+
+constexpr int64_t kStart = 1'700'000'000'000;
+const std::string kBody = "Subject: hi\r\nFrom: a@src.example\r\n\r\nHello\r\n.. dots stay\r\n";
+
+// Runs one asynchronous core call and waits for its completion.
+template <typename T, typename F>
+absl::StatusOr<T> Sync(F&& start) {
+  auto promise = std::make_shared<std::promise<absl::StatusOr<T>>>();
+  auto future = promise->get_future();
+  start([promise](absl::StatusOr<T> r) { promise->set_value(std::move(r)); });
+  if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "core call did not complete";
+    return absl::DeadlineExceededError("timeout");
+  }
+  return future.get();
+}
+
+tern::v1::RecipientSpec Rcpt(const std::string& address, uint32_t notify = 0) {
+  tern::v1::RecipientSpec r;
+  r.set_address(address);
+  r.set_notify(notify);
+  return r;
+}
+
+tern::v1::EnqueueHeader Header(std::vector<tern::v1::RecipientSpec> rcpts, const std::string& idem = "",
+                               tern::v1::DsnRet ret = tern::v1::DSN_RET_UNSPECIFIED) {
+  tern::v1::EnqueueHeader h;
+  h.mutable_envelope()->set_mail_from("sender@src.example");
+  h.mutable_envelope()->set_ret(ret);
+  for (auto& r : rcpts) {
+    *h.mutable_envelope()->add_recipients() = r;
+  }
+  h.set_idempotency_key(idem);
+  return h;
+}
+
+tern::v1::RecipientResult Result(tern::v1::Outcome outcome, uint32_t code, const std::string& status,
+                                 const std::string& text) {
+  tern::v1::RecipientResult r;
+  r.set_outcome(outcome);
+  r.set_reply_code(code);
+  r.set_enhanced_status(status);
+  r.set_reply_text(text);
+  r.set_remote_mta("mx.dest.example");
+  r.set_remote_ip("192.0.2.1");
+  return r;
+}
+
+class QueueCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::random_device rd;
+    dir_ = std::filesystem::path(::testing::TempDir()) / absl::StrCat("queue_core_test_", getpid(), "_", rd());
+    options_.data_dir = dir_.string();
+    options_.clock = &clock_;
+    options_.retry = RetrySchedule({60'000, 120'000});
+    options_.tick_interval = std::chrono::milliseconds(20);
+  }
+  void TearDown() override {
+    core_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void Open() {
+    auto core = QueueCore::Open(options_);
+    ASSERT_TRUE(core.ok()) << core.status();
+    core_ = std::move(*core);
+  }
+  void Reopen() {
+    core_.reset();
+    Open();
+  }
+
+  EnqueueResult Enqueue(tern::v1::EnqueueHeader header, std::string body = kBody) {
+    auto r = Sync<EnqueueResult>([&](auto cb) { core_->Enqueue(std::move(header), std::move(body), std::move(cb)); });
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : EnqueueResult{};
+  }
+  absl::Status EnqueueStatus(tern::v1::EnqueueHeader header) {
+    return Sync<EnqueueResult>([&](auto cb) { core_->Enqueue(std::move(header), kBody, std::move(cb)); }).status();
+  }
+
+  LeaseResponse Lease(tern::v1::JobKind kind, uint32_t max_jobs = 100, uint32_t lease_seconds = 0,
+                      uint64_t max_body_bytes = 0) {
+    tern::v1::LeaseRequest req;
+    req.set_kind(kind);
+    req.set_max_jobs(max_jobs);
+    req.set_lease_seconds(lease_seconds);
+    req.set_max_body_bytes(max_body_bytes);
+    auto r = Sync<LeaseResponse>([&](auto cb) { core_->Lease(req, std::move(cb)); });
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : LeaseResponse{};
+  }
+
+  // Reports one outcome for every recipient of `job`.
+  std::vector<tern::v1::ReportStatus> ReportAll(const tern::v1::DeliveryJob& job,
+                                                const tern::v1::RecipientResult& result,
+                                                const std::string& token = "") {
+    tern::v1::ReportRequest req;
+    auto* rep = req.add_reports();
+    rep->set_delivery_id(job.delivery_id());
+    rep->set_lease_token(token.empty() ? job.lease_token() : token);
+    for (const auto& r : job.recipients()) {
+      auto* rr = rep->add_recipients();
+      rr->set_index(r.index());
+      *rr->mutable_result() = result;
+    }
+    return ReportStatuses(req);
+  }
+  std::vector<tern::v1::ReportStatus> ReportStatuses(const tern::v1::ReportRequest& req) {
+    auto r = Sync<tern::v1::ReportResponse>([&](auto cb) { core_->Report(req, std::move(cb)); });
+    EXPECT_TRUE(r.ok()) << r.status();
+    std::vector<tern::v1::ReportStatus> out;
+    if (r.ok()) {
+      for (int s : r->statuses()) {
+        out.push_back(static_cast<tern::v1::ReportStatus>(s));
+      }
+    }
+    return out;
+  }
+  tern::v1::ReportStatus Ack(const tern::v1::BounceJob& job, const std::string& token = "") {
+    tern::v1::AckRequest req;
+    auto* a = req.add_acks();
+    a->set_bounce_id(job.bounce_id());
+    a->set_lease_token(token.empty() ? job.lease_token() : token);
+    a->set_dsn_message_id("dsn-1");
+    auto r = Sync<tern::v1::AckResponse>([&](auto cb) { core_->Ack(req, std::move(cb)); });
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() && r->statuses_size() == 1 ? static_cast<tern::v1::ReportStatus>(r->statuses(0))
+                                              : tern::v1::REPORT_STATUS_UNSPECIFIED;
+  }
+  StatsResponse Stats() {
+    auto r = Sync<StatsResponse>([&](auto cb) { core_->Stats(std::move(cb)); });
+    EXPECT_TRUE(r.ok()) << r.status();
+    StatsResponse s = r.ok() ? *r : StatsResponse{};
+    // The per-state delivery counts always add up.
+    EXPECT_EQ(s.deliveries(), s.deliveries_due() + s.deliveries_leased() + s.deliveries_deferred());
+    return s;
+  }
+
+  // Opens the database directly (the core must be closed) and counts keys.
+  std::map<std::string, int> CountKeys() {
+    std::map<std::string, int> counts;
+    std::vector<std::string> names;
+    EXPECT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.string(), &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const auto& n : names) {
+      descriptors.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    }
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    auto s = rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    if (!s.ok()) {
+      return counts;
+    }
+    for (size_t i = 0; i < handles.size(); ++i) {
+      std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), handles[i]));
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        ++counts[names[i]];
+      }
+    }
+    for (auto* h : handles) {
+      (void)db->DestroyColumnFamilyHandle(h);
+    }
+    delete db;
+    return counts;
+  }
+
+  std::filesystem::path dir_;
+  FakeClock clock_{kStart};
+  CoreOptions options_;
+  std::unique_ptr<QueueCore> core_;
+};
+
+TEST_F(QueueCoreTest, EnqueueSplitsByDomainAndStoresTheBodyOnce) {
+  Open();
+  EnqueueResult r = Enqueue(Header({Rcpt("a@X.example"), Rcpt("b@y.example"), Rcpt("c@x.EXAMPLE")}));
+  EXPECT_FALSE(r.duplicate);
+  EXPECT_EQ(r.message_id.size(), 20u);
+
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.messages(), 1u);
+  EXPECT_EQ(s.deliveries(), 2u);
+  EXPECT_EQ(s.deliveries_due(), 2u);
+  EXPECT_EQ(s.recipients_pending(), 3u);
+  EXPECT_EQ(s.enqueued_total(), 1u);
+  EXPECT_EQ(s.oldest_message_unix_ms(), kStart);
+
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  std::map<std::string, std::vector<std::string>> by_domain;
+  for (const auto& job : lease.deliveries()) {
+    EXPECT_EQ(job.message_id(), r.message_id);
+    EXPECT_EQ(job.body(), kBody);
+    EXPECT_EQ(job.mail_from(), "sender@src.example");
+    EXPECT_EQ(job.attempt(), 1u);
+    EXPECT_EQ(job.lease_deadline_unix_ms(), kStart + 300'000);
+    for (const auto& rc : job.recipients()) {
+      by_domain[job.domain()].push_back(rc.spec().address());
+    }
+  }
+  EXPECT_EQ(by_domain["x.example"], (std::vector<std::string>{"a@X.example", "c@x.EXAMPLE"}));
+  EXPECT_EQ(by_domain["y.example"], (std::vector<std::string>{"b@y.example"}));
+  EXPECT_EQ(Stats().deliveries_leased(), 2u);
+
+  core_.reset();
+  auto keys = CountKeys();
+  EXPECT_EQ(keys[kBodiesCf], 1);
+  EXPECT_EQ(keys[kMessagesCf], 1);
+  EXPECT_EQ(keys[kDeliveriesCf], 2);
+  EXPECT_EQ(keys[kScheduleCf], 2);
+}
+
+TEST_F(QueueCoreTest, AlwaysSplitMakesOneDeliveryPerRecipient) {
+  options_.always_split = true;
+  Open();
+  Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")}));
+  EXPECT_EQ(Stats().deliveries(), 2u);
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  EXPECT_EQ(lease.deliveries(0).recipients_size(), 1);
+  EXPECT_EQ(lease.deliveries(1).recipients_size(), 1);
+}
+
+TEST_F(QueueCoreTest, IdempotentEnqueueReturnsTheFirstIdAndStoresNothing) {
+  Open();
+  EnqueueResult first = Enqueue(Header({Rcpt("a@x.example")}, "bounce:abc"));
+  EnqueueResult second = Enqueue(Header({Rcpt("a@x.example")}, "bounce:abc"));
+  EXPECT_FALSE(first.duplicate);
+  EXPECT_TRUE(second.duplicate);
+  EXPECT_EQ(second.message_id, first.message_id);
+  EXPECT_EQ(Stats().messages(), 1u);
+  EXPECT_EQ(Stats().enqueued_total(), 1u);
+  // The key outlives the message.
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok"));
+  EXPECT_EQ(Stats().messages(), 0u);
+  EnqueueResult third = Enqueue(Header({Rcpt("a@x.example")}, "bounce:abc"));
+  EXPECT_TRUE(third.duplicate);
+  EXPECT_EQ(third.message_id, first.message_id);
+}
+
+TEST_F(QueueCoreTest, RefusesEnvelopesWithoutUsableRecipients) {
+  Open();
+  EXPECT_EQ(EnqueueStatus(Header({})).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EnqueueStatus(Header({Rcpt("postmaster")})).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EnqueueStatus(Header({Rcpt("a@x.example"), Rcpt("b@")})).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Stats().messages(), 0u);
+}
+
+TEST_F(QueueCoreTest, DeliveredReportRetiresTheMessage) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "queued")),
+            std::vector{REPORT_STATUS_APPLIED});
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.messages(), 0u);
+  EXPECT_EQ(s.deliveries(), 0u);
+  EXPECT_EQ(s.recipients_pending(), 0u);
+  EXPECT_EQ(s.delivered_total(), 2u);
+  EXPECT_EQ(s.bounces(), 0u);  // no NOTIFY=SUCCESS: no delivery report
+  EXPECT_EQ(s.oldest_message_unix_ms(), 0);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  // A second report for the finished delivery is about nothing we know.
+  EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "queued")),
+            std::vector{REPORT_STATUS_UNKNOWN});
+
+  core_.reset();
+  auto keys = CountKeys();
+  EXPECT_EQ(keys[kMessagesCf], 0);
+  EXPECT_EQ(keys[kBodiesCf], 0);
+  EXPECT_EQ(keys[kDeliveriesCf], 0);
+  EXPECT_EQ(keys[kScheduleCf], 0);
+}
+
+TEST_F(QueueCoreTest, TransientFailuresFollowTheScheduleThenBounceAsPermanent) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  const auto busy = Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "try again");
+
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(ReportAll(lease.deliveries(0), busy), std::vector{REPORT_STATUS_APPLIED});
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.deliveries_deferred(), 1u);
+  EXPECT_EQ(s.deliveries_due(), 0u);
+  EXPECT_EQ(s.deferred_total(), 1u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+
+  clock_.AdvanceMs(59'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  clock_.AdvanceMs(1'000);  // first interval: 60 s
+  EXPECT_EQ(Stats().deliveries_due(), 1u);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).attempt(), 2u);
+  EXPECT_EQ(lease.deliveries(0).recipients(0).attempts(), 1u);
+  ReportAll(lease.deliveries(0), busy);
+
+  clock_.AdvanceMs(119'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  clock_.AdvanceMs(1'000);  // second interval: 120 s
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).recipients(0).attempts(), 2u);
+  ReportAll(lease.deliveries(0), busy);  // third failure: intervals used up
+
+  s = Stats();
+  EXPECT_EQ(s.deliveries(), 0u);
+  EXPECT_EQ(s.failed_total(), 1u);
+  EXPECT_EQ(s.deferred_total(), 2u);
+  EXPECT_EQ(s.bounces(), 1u);
+  EXPECT_EQ(s.messages(), 1u);  // kept for the bounce
+
+  LeaseResponse bounces = Lease(JOB_KIND_BOUNCE);
+  ASSERT_EQ(bounces.bounces_size(), 1);
+  const auto& b = bounces.bounces(0);
+  EXPECT_EQ(b.bounce_id(), id + ".b1");
+  EXPECT_EQ(b.message_id(), id);
+  EXPECT_EQ(b.kind(), tern::v1::BOUNCE_KIND_FAILED);
+  EXPECT_EQ(b.arrival_unix_ms(), kStart);
+  EXPECT_EQ(b.envelope().mail_from(), "sender@src.example");
+  ASSERT_EQ(b.recipients_size(), 1);
+  EXPECT_EQ(b.recipients(0).spec().address(), "a@x.example");
+  EXPECT_EQ(b.recipients(0).result().outcome(), tern::v1::OUTCOME_PERMANENT);
+  EXPECT_EQ(b.recipients(0).result().enhanced_status(), "5.3.0");
+  EXPECT_EQ(b.recipients(0).result().reply_code(), 451u);
+  EXPECT_EQ(b.recipients(0).result().reply_text(), "Too many failures (451 4.3.0 try again)");
+  EXPECT_EQ(b.recipients(0).result().remote_mta(), "mx.dest.example");
+  EXPECT_FALSE(b.original_is_full());
+  EXPECT_EQ(b.original(), "Subject: hi\r\nFrom: a@src.example\r\n\r\n");
+  EXPECT_EQ(b.original_size(), kBody.size());
+
+  EXPECT_EQ(Ack(b), REPORT_STATUS_APPLIED);
+  s = Stats();
+  EXPECT_EQ(s.bounces(), 0u);
+  EXPECT_EQ(s.messages(), 0u);
+  EXPECT_EQ(Ack(b), REPORT_STATUS_UNKNOWN);
+}
+
+TEST_F(QueueCoreTest, PermanentFailureBouncesPerNotifyAndRet) {
+  Open();
+  const std::string id =
+      Enqueue(Header({Rcpt("fail@x.example"), Rcpt("quiet@x.example", tern::v1::NOTIFY_NEVER),
+                      Rcpt("delayonly@x.example", tern::v1::NOTIFY_DELAY),
+                      Rcpt("ok@x.example", tern::v1::NOTIFY_SUCCESS | tern::v1::NOTIFY_FAILURE)},
+                     "", DSN_RET_FULL))
+          .message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  const auto& job = lease.deliveries(0);
+  ASSERT_EQ(job.recipients_size(), 4);
+  tern::v1::ReportRequest req;
+  auto* rep = req.add_reports();
+  rep->set_delivery_id(job.delivery_id());
+  rep->set_lease_token(job.lease_token());
+  for (int i = 0; i < 3; ++i) {
+    auto* rr = rep->add_recipients();
+    rr->set_index(job.recipients(i).index());
+    *rr->mutable_result() = Result(tern::v1::OUTCOME_PERMANENT, 550, "5.1.1", "no such user");
+  }
+  auto* ok = rep->add_recipients();
+  ok->set_index(job.recipients(3).index());
+  *ok->mutable_result() = Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok");
+  EXPECT_EQ(ReportStatuses(req), std::vector{REPORT_STATUS_APPLIED});
+
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.failed_total(), 3u);
+  EXPECT_EQ(s.delivered_total(), 1u);
+  EXPECT_EQ(s.bounces(), 2u);
+  LeaseResponse bounces = Lease(JOB_KIND_BOUNCE);
+  ASSERT_EQ(bounces.bounces_size(), 2);
+  const auto& failed = bounces.bounces(0);
+  EXPECT_EQ(failed.bounce_id(), id + ".b1");
+  EXPECT_EQ(failed.kind(), tern::v1::BOUNCE_KIND_FAILED);
+  ASSERT_EQ(failed.recipients_size(), 1);  // NEVER and DELAY-only get no failure DSN
+  EXPECT_EQ(failed.recipients(0).spec().address(), "fail@x.example");
+  EXPECT_EQ(failed.recipients(0).result().enhanced_status(), "5.1.1");
+  EXPECT_TRUE(failed.original_is_full());
+  EXPECT_EQ(failed.original(), kBody);
+  const auto& success = bounces.bounces(1);
+  EXPECT_EQ(success.kind(), tern::v1::BOUNCE_KIND_DELIVERED);
+  ASSERT_EQ(success.recipients_size(), 1);
+  EXPECT_EQ(success.recipients(0).spec().address(), "ok@x.example");
+  EXPECT_EQ(Stats().bounces_leased(), 2u);
+
+  EXPECT_EQ(Ack(failed), REPORT_STATUS_APPLIED);
+  EXPECT_EQ(Stats().messages(), 1u);
+  EXPECT_EQ(Ack(success), REPORT_STATUS_APPLIED);
+  EXPECT_EQ(Stats().messages(), 0u);
+}
+
+TEST_F(QueueCoreTest, RefusesStaleUnknownAndInvalidReports) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  const auto& job = lease.deliveries(0);
+  const auto ok = Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok");
+  EXPECT_EQ(ReportAll(job, ok, "not-the-token"), std::vector{REPORT_STATUS_STALE_LEASE});
+
+  tern::v1::ReportRequest req;
+  auto* bad_index = req.add_reports();
+  bad_index->set_delivery_id(job.delivery_id());
+  bad_index->set_lease_token(job.lease_token());
+  auto* rr = bad_index->add_recipients();
+  rr->set_index(7);
+  *rr->mutable_result() = ok;
+  auto* no_outcome = req.add_reports();
+  *no_outcome = *bad_index;
+  no_outcome->mutable_recipients(0)->set_index(0);
+  no_outcome->mutable_recipients(0)->mutable_result()->set_outcome(tern::v1::OUTCOME_UNSPECIFIED);
+  auto* unknown = req.add_reports();
+  unknown->set_delivery_id("nope.1");
+  unknown->set_lease_token(job.lease_token());
+  EXPECT_EQ(ReportStatuses(req), (std::vector{REPORT_STATUS_INVALID, REPORT_STATUS_INVALID, REPORT_STATUS_UNKNOWN}));
+  // Nothing was applied; the right report still is.
+  EXPECT_EQ(Stats().deliveries_leased(), 1u);
+  EXPECT_EQ(ReportAll(job, ok), std::vector{REPORT_STATUS_APPLIED});
+}
+
+TEST_F(QueueCoreTest, ExpiredLeaseBecomesDueAgainAndTheOldTokenGoesStale) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10, /*lease_seconds=*/30);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  EXPECT_EQ(first.deliveries(0).lease_deadline_unix_ms(), kStart + 30'000);
+  clock_.AdvanceMs(29'999);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  EXPECT_EQ(Stats().deliveries_leased(), 1u);
+  clock_.AdvanceMs(1);
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.deliveries_leased(), 0u);
+  EXPECT_EQ(s.deliveries_due(), 1u);
+
+  LeaseResponse second = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(second.deliveries_size(), 1);
+  EXPECT_EQ(second.deliveries(0).delivery_id(), first.deliveries(0).delivery_id());
+  EXPECT_NE(second.deliveries(0).lease_token(), first.deliveries(0).lease_token());
+  EXPECT_EQ(second.deliveries(0).attempt(), 2u);
+
+  const auto ok = Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok");
+  EXPECT_EQ(ReportAll(first.deliveries(0), ok), std::vector{REPORT_STATUS_STALE_LEASE});
+  EXPECT_EQ(ReportAll(second.deliveries(0), ok), std::vector{REPORT_STATUS_APPLIED});
+  EXPECT_EQ(Stats().messages(), 0u);
+}
+
+TEST_F(QueueCoreTest, LeaseLengthIsClampedToTheMaximum) {
+  options_.max_lease_seconds = 100;
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 1, /*lease_seconds=*/100000);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).lease_deadline_unix_ms(), kStart + 100'000);
+}
+
+TEST_F(QueueCoreTest, ReportLeavingRecipientsOutKeepsThemPending) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  const auto& job = lease.deliveries(0);
+  tern::v1::ReportRequest req;
+  auto* rep = req.add_reports();
+  rep->set_delivery_id(job.delivery_id());
+  rep->set_lease_token(job.lease_token());
+  auto* rr = rep->add_recipients();
+  rr->set_index(job.recipients(0).index());
+  *rr->mutable_result() = Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok");
+  EXPECT_EQ(ReportStatuses(req), std::vector{REPORT_STATUS_APPLIED});
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.recipients_pending(), 1u);
+  EXPECT_EQ(s.deliveries_deferred(), 1u);
+
+  clock_.AdvanceMs(60'000);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ASSERT_EQ(lease.deliveries(0).recipients_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).recipients(0).spec().address(), "b@x.example");
+  EXPECT_EQ(lease.deliveries(0).recipients(0).attempts(), 0u);
+}
+
+TEST_F(QueueCoreTest, ReopenRecoversCountersAndReleasesOutstandingLeases) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  Enqueue(Header({Rcpt("b@y.example")}));
+  Enqueue(Header({Rcpt("c@z.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 2);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  // One deferred, one still out on lease when the process goes away.
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 421, "4.4.2", "bye"));
+  const auto& outstanding = lease.deliveries(1);
+  StatsResponse before = Stats();
+  EXPECT_EQ(before.deliveries_leased(), 1u);
+  EXPECT_EQ(before.deliveries_deferred(), 1u);
+  EXPECT_EQ(before.deliveries_due(), 1u);
+
+  Reopen();
+  StatsResponse after = Stats();
+  EXPECT_EQ(after.messages(), 3u);
+  EXPECT_EQ(after.deliveries(), 3u);
+  EXPECT_EQ(after.deliveries_leased(), 0u);
+  EXPECT_EQ(after.deliveries_due(), 2u);  // the released lease and the untouched one
+  EXPECT_EQ(after.deliveries_deferred(), 1u);
+  EXPECT_EQ(after.recipients_pending(), 3u);
+  EXPECT_EQ(after.oldest_message_unix_ms(), kStart);
+
+  LeaseResponse again = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(again.deliveries_size(), 2);
+  bool found = false;
+  for (const auto& job : again.deliveries()) {
+    if (job.delivery_id() == outstanding.delivery_id()) {
+      found = true;
+      EXPECT_NE(job.lease_token(), outstanding.lease_token());
+      EXPECT_EQ(job.body(), kBody);
+    }
+  }
+  EXPECT_TRUE(found);
+  EXPECT_EQ(ReportAll(outstanding, Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_STALE_LEASE});
+
+  // The deferred delivery keeps its retry time across the restart.
+  clock_.AdvanceMs(60'000);
+  Reopen();
+  LeaseResponse retry = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(retry.deliveries_size(), 3);  // the two leased above were released again, plus the retry
+}
+
+TEST_F(QueueCoreTest, CorruptRecordsAreQuarantinedNotFatal) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  core_.reset();
+  {
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.string(), &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const auto& n : names) {
+      descriptors.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    }
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db).ok());
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (names[i] == kDeliveriesCf) {
+        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[i], "garbage.1", "\xff\xff not a proto").ok());
+      }
+    }
+    for (auto* h : handles) {
+      (void)db->DestroyColumnFamilyHandle(h);
+    }
+    delete db;
+  }
+  Open();
+  EXPECT_EQ(Stats().deliveries(), 1u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
+  core_.reset();
+  auto keys = CountKeys();
+  EXPECT_EQ(keys[kCorruptCf], 1);
+  EXPECT_EQ(keys[kDeliveriesCf], 1);
+}
+
+TEST_F(QueueCoreTest, LeaseRespectsTheBodyBudgetButAlwaysReturnsOneJob) {
+  Open();
+  const std::string big(10'000, 'x');
+  Enqueue(Header({Rcpt("a@x.example")}), big);
+  Enqueue(Header({Rcpt("b@y.example")}), big);
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10, 0, /*max_body_bytes=*/100);
+  EXPECT_EQ(lease.deliveries_size(), 1);
+  lease = Lease(JOB_KIND_DELIVERY, 10, 0, /*max_body_bytes=*/100);
+  EXPECT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+}
+
+TEST_F(QueueCoreTest, LongPollCompletesWhenWorkArrives) {
+  Open();
+  tern::v1::LeaseRequest req;
+  req.set_kind(JOB_KIND_DELIVERY);
+  req.set_max_jobs(5);
+  req.set_wait_ms(20'000);
+  auto promise = std::make_shared<std::promise<absl::StatusOr<LeaseResponse>>>();
+  auto future = promise->get_future();
+  core_->Lease(req, [promise](absl::StatusOr<LeaseResponse> r) { promise->set_value(std::move(r)); });
+  EXPECT_EQ(future.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  Enqueue(Header({Rcpt("a@x.example")}));
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  auto r = future.get();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->deliveries_size(), 1);
+}
+
+TEST_F(QueueCoreTest, LongPollTimesOutEmpty) {
+  Open();
+  tern::v1::LeaseRequest req;
+  req.set_kind(JOB_KIND_BOUNCE);
+  req.set_wait_ms(50);
+  auto r = Sync<LeaseResponse>([&](auto cb) { core_->Lease(req, std::move(cb)); });
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->bounces_size(), 0);
+}
+
+TEST_F(QueueCoreTest, ShutdownAnswersParkedLongPolls) {
+  Open();
+  tern::v1::LeaseRequest req;
+  req.set_kind(JOB_KIND_DELIVERY);
+  req.set_wait_ms(60'000);
+  auto promise = std::make_shared<std::promise<absl::StatusOr<LeaseResponse>>>();
+  auto future = promise->get_future();
+  core_->Lease(req, [promise](absl::StatusOr<LeaseResponse> r) { promise->set_value(std::move(r)); });
+  core_->BeginShutdown();
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(future.get().ok());
+}
+
+TEST_F(QueueCoreTest, DisabledPausesDeliveriesAndFlushMakesDeferredDueNow) {
+  options_.disabled = true;
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  EXPECT_EQ(Stats().messages(), 1u);  // accepted while paused
+  core_->SetDisabled(false);
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 450, "4.2.0", "busy"));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+
+  auto moved = Sync<uint64_t>([&](auto cb) { core_->Flush(std::move(cb)); });
+  ASSERT_TRUE(moved.ok());
+  EXPECT_EQ(*moved, 1u);
+  EXPECT_EQ(Stats().deliveries_due(), 1u);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).recipients(0).attempts(), 1u);
+}
+
+TEST_F(QueueCoreTest, NoRetriesMeansTheFirstTransientFailureBounces) {
+  options_.retry = RetrySchedule(std::vector<int64_t>{});
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 0, "", "connection refused"));
+  LeaseResponse bounces = Lease(JOB_KIND_BOUNCE);
+  ASSERT_EQ(bounces.bounces_size(), 1);
+  EXPECT_EQ(bounces.bounces(0).recipients(0).result().enhanced_status(), "5.0.0");
+  EXPECT_EQ(bounces.bounces(0).recipients(0).result().reply_text(), "Too many failures (connection refused)");
+}
+
+TEST_F(QueueCoreTest, ManyConcurrentEnqueuesAllCommit) {
+  Open();
+  constexpr int kN = 200;
+  std::vector<std::future<absl::StatusOr<EnqueueResult>>> futures;
+  for (int i = 0; i < kN; ++i) {
+    auto promise = std::make_shared<std::promise<absl::StatusOr<EnqueueResult>>>();
+    futures.push_back(promise->get_future());
+    core_->Enqueue(Header({Rcpt(absl::StrCat("u", i, "@d", i % 7, ".example"))}), kBody,
+                   [promise](absl::StatusOr<EnqueueResult> r) { promise->set_value(std::move(r)); });
+  }
+  std::set<std::string> ids;
+  for (auto& f : futures) {
+    auto r = f.get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    ids.insert(r->message_id);
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kN));
+  Reopen();
+  EXPECT_EQ(Stats().messages(), static_cast<uint64_t>(kN));
+  EXPECT_EQ(Stats().deliveries_due(), static_cast<uint64_t>(kN));
+}
+
+}  // namespace
+}  // namespace tern::queue

@@ -1,0 +1,163 @@
+#include "services/queue/queue_service_impl.h"
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <random>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "lib/rpc/server_setup.h"
+
+namespace tern::queue {
+namespace {
+
+class QueueServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::random_device rd;
+    dir_ = std::filesystem::path(::testing::TempDir()) / absl::StrCat("queue_service_test_", getpid(), "_", rd());
+    CoreOptions options;
+    options.data_dir = dir_.string();
+    options.tick_interval = std::chrono::milliseconds(20);
+    auto core = QueueCore::Open(options);
+    ASSERT_TRUE(core.ok()) << core.status();
+    core_ = std::move(*core);
+    queue_ = std::make_unique<QueueServiceImpl>(core_.get());
+    admin_ = std::make_unique<AdminServiceImpl>(core_.get());
+    grpc::ServerBuilder builder;
+    rpc::PrepareServerBuilder(builder);
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(queue_.get());
+    builder.RegisterService(admin_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_TRUE(server_ != nullptr);
+    ASSERT_NE(port, 0);
+    auto channel = rpc::MakeChannel(absl::StrCat("127.0.0.1:", port));
+    queue_stub_ = tern::v1::Queue::NewStub(channel);
+    admin_stub_ = tern::v1::Admin::NewStub(channel);
+  }
+
+  void TearDown() override {
+    if (core_) {
+      core_->BeginShutdown();
+    }
+    if (server_) {
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    }
+    server_.reset();
+    core_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  static void Deadline(grpc::ClientContext& ctx) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<QueueCore> core_;
+  std::unique_ptr<QueueServiceImpl> queue_;
+  std::unique_ptr<AdminServiceImpl> admin_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<tern::v1::Queue::Stub> queue_stub_;
+  std::unique_ptr<tern::v1::Admin::Stub> admin_stub_;
+};
+
+TEST_F(QueueServiceTest, EnqueueStreamLeaseReportAndStatsOverGrpc) {
+  const std::string body = "Subject: t\r\n\r\nline one\r\nline two\r\n";
+  tern::v1::EnqueueResponse enq;
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    auto writer = queue_stub_->Enqueue(&ctx, &enq);
+    tern::v1::EnqueueRequest first;
+    first.mutable_header()->mutable_envelope()->set_mail_from("s@src.example");
+    first.mutable_header()->mutable_envelope()->add_recipients()->set_address("r@dest.example");
+    first.mutable_header()->set_expected_size(body.size());
+    ASSERT_TRUE(writer->Write(first));
+    for (size_t pos = 0; pos < body.size(); pos += 10) {
+      tern::v1::EnqueueRequest chunk;
+      chunk.set_body_chunk(body.substr(pos, 10));
+      ASSERT_TRUE(writer->Write(chunk));
+    }
+    ASSERT_TRUE(writer->WritesDone());
+    grpc::Status s = writer->Finish();
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  EXPECT_EQ(enq.message_id().size(), 20u);
+  EXPECT_FALSE(enq.duplicate());
+
+  tern::v1::LeaseResponse lease;
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    tern::v1::LeaseRequest req;
+    req.set_kind(tern::v1::JOB_KIND_DELIVERY);
+    req.set_max_jobs(10);
+    req.set_wait_ms(1000);
+    grpc::Status s = queue_stub_->Lease(&ctx, req, &lease);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).body(), body);
+  EXPECT_EQ(lease.deliveries(0).domain(), "dest.example");
+
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    tern::v1::ReportRequest req;
+    auto* rep = req.add_reports();
+    rep->set_delivery_id(lease.deliveries(0).delivery_id());
+    rep->set_lease_token(lease.deliveries(0).lease_token());
+    auto* rr = rep->add_recipients();
+    rr->set_index(0);
+    rr->mutable_result()->set_outcome(tern::v1::OUTCOME_DELIVERED);
+    rr->mutable_result()->set_reply_code(250);
+    tern::v1::ReportResponse resp;
+    grpc::Status s = queue_stub_->Report(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(resp.statuses_size(), 1);
+    EXPECT_EQ(resp.statuses(0), tern::v1::REPORT_STATUS_APPLIED);
+  }
+
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  tern::v1::StatsResponse stats;
+  grpc::Status s = admin_stub_->Stats(&ctx, tern::v1::StatsRequest(), &stats);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(stats.enqueued_total(), 1u);
+  EXPECT_EQ(stats.delivered_total(), 1u);
+  EXPECT_EQ(stats.messages(), 0u);
+  EXPECT_EQ(stats.deliveries(), 0u);
+}
+
+TEST_F(QueueServiceTest, EnqueueWithoutHeaderIsInvalid) {
+  tern::v1::EnqueueResponse enq;
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  auto writer = queue_stub_->Enqueue(&ctx, &enq);
+  tern::v1::EnqueueRequest chunk;
+  chunk.set_body_chunk("data");
+  writer->Write(chunk);
+  writer->WritesDone();
+  EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(QueueServiceTest, EnqueueOfAnOversizedBodyIsRefusedEarly) {
+  tern::v1::EnqueueResponse enq;
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  auto writer = queue_stub_->Enqueue(&ctx, &enq);
+  tern::v1::EnqueueRequest first;
+  first.mutable_header()->mutable_envelope()->add_recipients()->set_address("r@dest.example");
+  first.mutable_header()->set_expected_size(kMaxBodyBytes + 1);
+  writer->Write(first);
+  writer->WritesDone();
+  EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+}  // namespace
+}  // namespace tern::queue

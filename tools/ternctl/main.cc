@@ -1,0 +1,30 @@
+// ternctl: the operator's command line for a running Tern queue.
+//
+//   ternctl [--queue HOST:PORT] stats [--json]
+//
+// --queue defaults to 127.0.0.1:7070 (tern.ini [queue] listen). Exit status:
+// 0 on success, 1 when the queue cannot be reached or refuses the request,
+// and CLI11's usage codes for bad arguments. Command groups live in their
+// own files (see command_group.h); add them below.
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "tools/ternctl/command_group.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"ternctl: inspect and manage a Tern queue"};
+  tern::ternctl::GlobalOptions globals;
+  app.add_option("--queue", globals.queue, "The queue's gRPC address, HOST:PORT")->capture_default_str();
+  app.add_option("--timeout", globals.timeout_seconds, "Seconds to wait for the queue")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
+  app.require_subcommand(1);
+  app.fallthrough();  // also accept --queue after the subcommand
+
+  int exit_code = 0;
+  tern::ternctl::Io io{std::cout, std::cerr};
+  tern::ternctl::AddStatsCommands(app, globals, io, exit_code);
+
+  CLI11_PARSE(app, argc, argv);
+  return exit_code;
+}

@@ -81,7 +81,7 @@ def binary(service):
 class Cluster:
     """The whole system. Use as a context manager."""
 
-    def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100"):
+    def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100", lease_seconds=None):
         self.tmp = tempfile.mkdtemp(prefix="tern-system-")
         self.config = os.path.join(self.tmp, "config")
         self.data = os.path.join(self.tmp, "queue")
@@ -89,6 +89,8 @@ class Cluster:
         os.makedirs(self.logs)
         self.relay_acl = relay_acl
         self.temp_fail_intervals = temp_fail_intervals
+        # Shorter leases make a killed deliverer's work due again sooner.
+        self.lease_seconds = lease_seconds
         self.procs = {}
         self.sinks = {}
         self.dns = None
@@ -127,6 +129,7 @@ class Cluster:
 listen={q}
 data_dir={self.data}
 metrics_listen=127.0.0.1:{p['m_queue']}
+{f"lease_seconds={self.lease_seconds}" if self.lease_seconds else ""}
 [ingest]
 queue={q}
 queue_timeout_ms=10000

@@ -197,6 +197,21 @@ def main():
                 if time.time() > deadline:
                     raise AssertionError("ingest did not answer on the published port")
                 time.sleep(0.5)
+        # Every deliverer must be talking to the queue before the load starts,
+        # or the first ones take all the work: a deliverer that logged
+        # queue_unreachable is ready once it logs queue_reachable.
+        deadline = time.time() + 60
+        while True:
+            waiting = []
+            for name in stack.containers("deliverer"):
+                r = run(["podman", "logs", name], env=env)
+                text = r.stdout + r.stderr
+                if "queue_unreachable" in text and "queue_reachable" not in text:
+                    waiting.append(name)
+            if not waiting:
+                break
+            assert time.time() < deadline, f"deliverers never reached the queue: {waiting}"
+            time.sleep(1)
         timings["stack up"] = time.time() - t
         log(f"stack up: {stack.containers()}")
 

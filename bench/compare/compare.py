@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Tern vs Postfix vs Haraka, side by side, on this machine, in one run.
+
+Each system relays the same load from Postfix's `smtp-source` (20 sessions)
+to the same sink (Postfix's `smtp-sink`). For every (system, workload,
+repetition) it records:
+  accepted/s  messages / time smtp-source took to hand them all over
+  e2e/s       messages / time from the first byte in until the sink counted all
+  cpu/1k      CPU seconds of the relay's processes (including reaped children) per 1,000 messages
+  peak mem    the highest sum of the relay's processes' PSS, sampled every 100 ms
+Systems are interleaved within each repetition; the table shows medians and
+the spread (min-max) over the repetitions, and the ratios Tern/Postfix and
+Tern/Haraka.
+
+Setup it does itself (Debian packages and npm only): installs postfix
+(binaries only; a private instance runs from a temp dir) and the Haraka npm
+package into bench/compare/.work. Tern is run from the build tree with a
+dnsmasq zone whose MX points at the sink.
+
+  python3 bench/compare/compare.py                 # the full run (3 reps, all workloads)
+  python3 bench/compare/compare.py --reps 1 --scale 0.2 --systems tern1,postfix
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+WORK = os.path.join(HERE, ".work")
+BIN = os.environ.get("TERN_BIN_DIR", os.path.join(ROOT, "build"))
+CLK = os.sysconf("SC_CLK_TCK")
+
+WORKLOADS = {
+    "2KB x1": dict(messages=10000, size=2048, rcpts=1),
+    "50KB x1": dict(messages=10000, size=50 * 1024, rcpts=1),
+    "2KB x10": dict(messages=5000, size=2048, rcpts=10),
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def sh(args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+
+# -- process accounting --------------------------------------------------------
+
+def children_of():
+    kids = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            kids.setdefault(int(fields[1]), []).append(int(pid))
+        except OSError:
+            pass
+    return kids
+
+
+def tree(roots):
+    kids = children_of()
+    out, todo = [], list(roots)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def pss_bytes(pid):
+    # PSS splits shared pages between the processes that map them, so summing
+    # it over Postfix's or Haraka's many processes does not count libraries
+    # once per process the way summing RSS would.
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_and_rss(roots):
+    """CPU seconds (self + reaped children) and memory (PSS) of the process trees."""
+    cpu, rss = 0.0, 0
+    for pid in tree(roots):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # utime stime cutime cstime are fields 14-17 (1-based) of stat;
+            # after splitting past the comm they start at index 11.
+            cpu += sum(int(x) for x in fields[11:15]) / CLK
+            rss += pss_bytes(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+    return cpu, rss
+
+
+class Sampler(threading.Thread):
+    def __init__(self, roots):
+        super().__init__(daemon=True)
+        self.roots, self.peak, self.stop_flag = roots, 0, threading.Event()
+
+    def run(self):
+        while not self.stop_flag.is_set():
+            self.peak = max(self.peak, cpu_and_rss(self.roots())[1])
+            time.sleep(0.1)
+
+
+# -- the sink ------------------------------------------------------------------
+
+class Sink:
+    def __init__(self):
+        self.port = free_port()
+        self.out = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{self.port}", "1000"],
+                                     stdout=self.out, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+
+    def count(self):
+        self.out.seek(0)
+        data = self.out.read()[-200:].decode(errors="replace")
+        last = data.replace("\r", "\n").strip().splitlines()
+        for line in reversed(last):
+            if "mesg=" in line:
+                return int(line.rsplit("mesg=", 1)[1].split()[0])
+        return 0
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# -- the systems ---------------------------------------------------------------
+
+class Postfix:
+    name = "postfix"
+
+    def __init__(self, sink_port):
+        self.dir = tempfile.mkdtemp(prefix="bench-postfix-")
+        os.chmod(self.dir, 0o755)  # Postfix's daemons run as the postfix user
+        self.port = free_port()
+        conf, queue, data = (os.path.join(self.dir, d) for d in ("conf", "queue", "data"))
+        for d in (conf, queue, data):
+            os.makedirs(d)
+        shutil.chown(data, "postfix")
+        shutil.copy("/etc/postfix/master.cf", conf)
+        with open(os.path.join(conf, "main.cf"), "w") as f:
+            f.write(f"""compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+myhostname = relay.bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{sink_port}
+smtpd_relay_restrictions = permit_mynetworks, reject
+maillog_file = {self.dir}/maillog
+maillog_file_prefixes = /tmp, /var
+alias_maps =
+local_recipient_maps =
+smtp_tls_security_level = none
+""")
+        with open(os.path.join(conf, "master.cf")) as f:
+            master = f.read().replace("smtp      inet", f"{self.port}      inet", 1)
+        with open(os.path.join(conf, "master.cf"), "w") as f:
+            f.write(master)
+        # postfix -c DIR must be listed in the default main.cf (a set-gid safety rule).
+        dirs = sh(["postconf", "-h", "alternate_config_directories"]).stdout.strip()
+        sh(["postconf", "-e", f"alternate_config_directories = {dirs} {conf}".strip(),
+            "maillog_file_prefixes = /var, /dev/stdout, /tmp"])
+        self.conf = conf
+        sh(["postfix", "-c", conf, "start"])
+        wait_port(self.port)
+
+    def pids(self):
+        try:
+            with open(os.path.join(self.dir, "data", "master.lock")) as f:
+                return [int(f.read().split()[0])]
+        except (OSError, ValueError, IndexError):
+            return []
+
+    def close(self):
+        subprocess.run(["postfix", "-c", self.conf, "stop"], capture_output=True)
+        time.sleep(1)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Haraka:
+    name = "haraka"
+
+    @staticmethod
+    def install():
+        haraka = os.path.join(WORK, "node_modules", ".bin", "haraka")
+        if not os.path.exists(haraka):
+            os.makedirs(WORK, exist_ok=True)
+            sh(["npm", "install", "--no-audit", "--no-fund", "--prefix", WORK, "Haraka@3.3.4"], timeout=900)
+        return haraka
+
+    def __init__(self, sink_port):
+        haraka = self.install()
+        self.dir = tempfile.mkdtemp(prefix="bench-haraka-")
+        self.port = free_port()
+        sh([haraka, "-i", self.dir])
+        cfg = os.path.join(self.dir, "config")
+
+        def write(name, text):
+            with open(os.path.join(cfg, name), "w") as f:
+                f.write(text)
+
+        write("smtp.ini", f"[main]\nlisten=127.0.0.1:{self.port}\nnodes={os.cpu_count()}\n")
+        write("plugins", "relay\nbench_get_mx\n")
+        write("relay.ini", "[relay]\nacl=true\n")
+        write("relay_acl_allow", "127.0.0.1/32\n")
+        write("outbound.ini", "[main]\nlocal_mx_ok=true\n")
+        write("log.ini", "[main]\nlevel=warn\n")
+        write("me", "relay.bench.test\n")
+        os.makedirs(os.path.join(self.dir, "plugins"), exist_ok=True)
+        with open(os.path.join(self.dir, "plugins", "bench_get_mx.js"), "w") as f:
+            f.write("exports.register = function () { this.register_hook('get_mx', 'get_mx'); };\n"
+                    f"exports.get_mx = function (next, hmail, domain) {{ next(OK, '127.0.0.1:{sink_port}'); }};\n")
+        self.log = open(os.path.join(self.dir, "haraka.log"), "wb")
+        self.proc = subprocess.Popen([haraka, "-c", self.dir], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port, 60)
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Tern:
+    def __init__(self, sink_port, deliverers=1):
+        self.name = f"tern{deliverers}"
+        self.dir = tempfile.mkdtemp(prefix="bench-tern-")
+        cfg = os.path.join(self.dir, "config")
+        shutil.copytree(os.path.join(ROOT, "deploy", "config"), cfg)
+        self.port = free_port()
+        queue = free_port()
+        dns = free_port()
+        with open(os.path.join(cfg, "tern.ini"), "w") as f:
+            f.write(f"[queue]\nlisten=127.0.0.1:{queue}\ndata_dir={self.dir}/queue\nmetrics_listen=\n"
+                    f"[ingest]\nqueue=127.0.0.1:{queue}\nhealth_listen=\nmetrics_listen=\n"
+                    f"[deliverer]\nqueue=127.0.0.1:{queue}\ndns_servers=127.0.0.1:{dns}\nmx_port={sink_port}\n"
+                    f"health_listen=\nmetrics_listen=\n"
+                    f"[bouncer]\nqueue=127.0.0.1:{queue}\nhealth_listen=\nmetrics_listen=\n")
+        with open(os.path.join(cfg, "smtp.ini"), "w") as f:
+            f.write(f"[main]\nlisten=127.0.0.1:{self.port}\n")
+        with open(os.path.join(cfg, "outbound.ini"), "w") as f:
+            f.write("[main]\nlocal_mx_ok=true\n")
+        with open(os.path.join(cfg, "log.ini"), "w") as f:
+            f.write("[main]\nlevel=warn\n")
+        self.procs = [subprocess.Popen(
+            ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+             "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={dns}", "--pid-file=", "--user=root",
+             "--local=/test/", "--mx-host=dest.test,mx.dest.test,10", "--host-record=mx.dest.test,127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        self.log = open(os.path.join(self.dir, "tern.log"), "wb")
+        services = ["queue"] + ["deliverer"] * deliverers + ["bouncer", "ingest"]
+        self.tern_pids = []
+        for s in services:
+            p = subprocess.Popen([os.path.join(BIN, "services", s, f"tern-{s}"), "--config", cfg],
+                                 stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+            self.procs.append(p)
+            self.tern_pids.append(p.pid)
+            if s == "queue":
+                wait_port(queue)
+        wait_port(self.port)
+
+    def pids(self):
+        return self.tern_pids
+
+    def close(self):
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- one run -------------------------------------------------------------------
+
+def run_once(system_factory, workload, timeout):
+    sink = Sink()
+    system = system_factory(sink.port)
+    try:
+        time.sleep(1)
+        cpu0, _ = cpu_and_rss(system.pids())
+        sampler = Sampler(system.pids)
+        sampler.start()
+        n = workload["messages"]
+        t0 = time.time()
+        src = subprocess.run(["smtp-source", "-s", "20", "-m", str(n), "-l", str(workload["size"]),
+                              "-r", str(workload["rcpts"]), "-f", "from@bench.test", "-t", "to@dest.test",
+                              f"127.0.0.1:{system.port}"], capture_output=True, text=True, timeout=timeout)
+        t_accepted = time.time() - t0
+        if src.returncode != 0:
+            raise RuntimeError(f"smtp-source failed: {src.stderr[-500:]}")
+        deadline = t0 + timeout
+        while sink.count() < n and time.time() < deadline:
+            time.sleep(0.05)
+        t_e2e = time.time() - t0
+        got = sink.count()
+        cpu1, _ = cpu_and_rss(system.pids())
+        sampler.stop_flag.set()
+        sampler.join()
+        return dict(delivered=got, accepted_s=n / t_accepted, e2e_s=got / t_e2e if got >= n else float("nan"),
+                    cpu_per_1k=(cpu1 - cpu0) / n * 1000, peak_rss_mb=sampler.peak / 2**20)
+    finally:
+        system.close()
+        sink.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply message counts (for quick runs)")
+    ap.add_argument("--systems", default="tern1,tern2,postfix,haraka")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--json", help="also write raw results here")
+    args = ap.parse_args()
+    factories = {"tern1": lambda p: Tern(p, 1), "tern2": lambda p: Tern(p, 2), "postfix": Postfix, "haraka": Haraka}
+    systems = args.systems.split(",")
+    if "haraka" in systems:
+        Haraka.install()
+    results = {}
+    for rep in range(args.reps):
+        for wname in args.workloads.split(","):
+            w = dict(WORKLOADS[wname])
+            w["messages"] = max(100, int(w["messages"] * args.scale))
+            for sname in systems:
+                r = run_once(factories[sname], w, args.timeout)
+                results.setdefault((wname, sname), []).append(r)
+                print(f"rep {rep + 1} {wname:8s} {sname:8s} " + " ".join(
+                    f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
+    print("\nmedian (min-max) over", args.reps, "repetitions")
+    print(f"{'workload':9s} {'system':8s} {'accepted/s':>20s} {'e2e/s':>20s} {'cpu s/1k':>16s} {'peak PSS MB':>16s}")
+
+    def cell(vals):
+        return f"{statistics.median(vals):8.1f} ({min(vals):.0f}-{max(vals):.0f})"
+    for (wname, sname), rs in results.items():
+        print(f"{wname:9s} {sname:8s} {cell([r['accepted_s'] for r in rs]):>20s} {cell([r['e2e_s'] for r in rs]):>20s}"
+              f" {cell([r['cpu_per_1k'] for r in rs]):>16s} {cell([r['peak_rss_mb'] for r in rs]):>16s}")
+    print("\nratios (median e2e/s; cpu per message: other/tern)")
+    for wname in args.workloads.split(","):
+        med = {s: statistics.median([r["e2e_s"] for r in results[(wname, s)]]) for s in systems}
+        cpu = {s: statistics.median([r["cpu_per_1k"] for r in results[(wname, s)]]) for s in systems}
+        for t in [s for s in systems if s.startswith("tern")]:
+            for o in [s for s in systems if not s.startswith("tern")]:
+                print(f"{wname:9s} {t} vs {o}: e2e x{med[t] / med[o]:.2f}, cpu/msg {o}/{t} = {cpu[o] / cpu[t]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{w}|{s}": rs for (w, s), rs in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

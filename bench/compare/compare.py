@@ -222,8 +222,12 @@ class Haraka:
     def install():
         haraka = os.path.join(WORK, "node_modules", ".bin", "haraka")
         if not os.path.exists(haraka):
+            # haraka-package.json pins Haraka 3.3.4 and overrides two transitive
+            # versions that the npm mirror reachable here does not carry
+            # (encoding-japanese, libqp: older releases of the same majors).
             os.makedirs(WORK, exist_ok=True)
-            sh(["npm", "install", "--no-audit", "--no-fund", "--prefix", WORK, "Haraka@3.3.4"], timeout=900)
+            shutil.copy(os.path.join(HERE, "haraka-package.json"), os.path.join(WORK, "package.json"))
+            sh(["npm", "install", "--no-audit", "--no-fund"], cwd=WORK, timeout=900)
         return haraka
 
     def __init__(self, sink_port):

@@ -11,7 +11,7 @@ PACKAGES=(
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libasio-dev libinih-dev libspdlog-dev
   libcli11-dev
   # tests: real DNS server, real SMTP client, Python for the whole-system harness
-  dnsmasq-base swaks python3 openssl
+  dnsmasq-base swaks libnet-ssleay-perl python3 openssl
 )
 
 missing=()

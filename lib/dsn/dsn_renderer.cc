@@ -10,7 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "lib/mime/header.h"
+#include "lib/mime/quoted_printable.h"
 
 namespace tern::dsn {
 namespace {
@@ -265,7 +267,156 @@ absl::string_view DefaultSubject(ReportKind kind) {
   return "Undelivered Mail Returned to Sender";
 }
 
+// & < > " ' as entities: a value quoted into HTML can add no markup.
+std::string HtmlEscape(absl::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// Splits template text into lines (LF or CRLF ends).
+std::vector<absl::string_view> SplitLines(absl::string_view text) {
+  std::vector<absl::string_view> lines;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    size_t end = nl == absl::string_view::npos ? text.size() : nl;
+    absl::string_view line = text.substr(pos, end - pos);
+    if (!line.empty() && line.back() == '\r') {
+      line.remove_suffix(1);
+    }
+    lines.push_back(line);
+    if (nl == absl::string_view::npos) {
+      break;
+    }
+    pos = nl + 1;
+  }
+  return lines;
+}
+
+// A leaf text part ("text/plain" or "text/html") holding `body` (CRLF
+// lines): us-ascii 7bit when it can be, else utf-8 quoted-printable, so the
+// human-readable parts never make the DSN 8-bit.
+std::string TextPart(absl::string_view subtype, const std::string& body) {
+  const bool ascii = mime::IsAscii(body);
+  const bool encode = !ascii || mime::HasLineLongerThan(body, mime::kMaxLineLength);
+  return absl::StrCat(
+      FormatHeaderField("Content-Type", absl::StrCat("text/", subtype, "; charset=", ascii ? "us-ascii" : "utf-8"),
+                        HeaderText::kAsciiStructured),
+      FormatHeaderField("Content-Transfer-Encoding", encode ? "quoted-printable" : "7bit",
+                        HeaderText::kAsciiStructured),
+      kCrlf, encode ? mime::QuotedPrintableEncode(body) : body);
+}
+
+// A multipart body part: its Content-Type (with `params` before the
+// boundary), then each part after a delimiter, then the close delimiter.
+// Each part ends with CRLF; the CRLF before a delimiter belongs to the
+// delimiter (RFC 2046 §5.1.1), so a part keeps its own final line break.
+std::string MultipartPart(absl::string_view subtype, absl::string_view params, absl::string_view boundary,
+                          const std::vector<const std::string*>& parts) {
+  std::string out = FormatHeaderField(
+      "Content-Type", absl::StrCat("multipart/", subtype, "; ", params, "boundary=\"", boundary, "\""),
+      HeaderText::kAsciiStructured);
+  // The first kCrlf ends the header block; later ones start a delimiter.
+  for (const std::string* part : parts) {
+    absl::StrAppend(&out, kCrlf, "--", boundary, kCrlf, *part);
+  }
+  absl::StrAppend(&out, kCrlf, "--", boundary, "--", kCrlf);
+  return out;
+}
+
 }  // namespace
+
+absl::StatusOr<HtmlTemplate> HtmlTemplate::Parse(absl::string_view text, absl::string_view name) {
+  if (mime::ToValidUtf8(text) != text) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": the template is not valid UTF-8"));
+  }
+  HtmlTemplate tmpl;
+  for (absl::string_view line : SplitLines(text)) {
+    tmpl.lines_.emplace_back(line);
+    if (!Trim(line).empty()) {
+      tmpl.has_content_ = true;
+    }
+  }
+  return tmpl;
+}
+
+absl::StatusOr<InlinePart> InlinePart::Parse(absl::string_view text, absl::string_view name) {
+  auto error = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": ", what));
+  };
+  if (!mime::IsAscii(text)) {
+    return error("the part must be 7-bit text (encode the data as base64)");
+  }
+  std::vector<absl::string_view> lines = SplitLines(text);
+  while (!lines.empty() && Trim(lines.back()).empty()) {
+    lines.pop_back();
+  }
+  InlinePart part;
+  bool in_headers = true;
+  bool saw_field = false;
+  std::string headers;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    absl::string_view line = lines[i];
+    if (line.size() > mime::kMaxLineLength) {
+      return error(absl::StrCat("line ", i + 1, " is longer than 998 characters"));
+    }
+    if (in_headers) {
+      if (line.empty()) {
+        in_headers = false;
+      } else if (IsWsp(line[0]) ? !saw_field : !LooksLikeHeaderLine(line)) {
+        return error(absl::StrCat("line ", i + 1, ": expected a header field (\"Name: value\") before the first empty line"));
+      } else {
+        saw_field = true;
+        absl::StrAppend(&headers, line, kCrlf);
+      }
+    }
+    for (char c : line) {
+      if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
+        return error(absl::StrCat("line ", i + 1, " holds a control character"));
+      }
+    }
+    absl::StrAppend(&part.part_, line, kCrlf);
+  }
+  if (in_headers || !saw_field) {
+    return error("expected MIME header fields, an empty line, then the encoded data");
+  }
+  std::optional<std::string> type = mime::GetHeader(headers, "Content-Type");
+  if (!type || type->empty()) {
+    return error("the part has no Content-Type");
+  }
+  std::string cte = absl::AsciiStrToLower(mime::GetHeader(headers, "Content-Transfer-Encoding").value_or("7bit"));
+  if (cte != "base64" && cte != "quoted-printable" && cte != "7bit") {
+    return error(absl::StrCat("Content-Transfer-Encoding \"", cte, "\" is not base64, quoted-printable or 7bit"));
+  }
+  std::string cid = ExtractMsgId(mime::GetHeader(headers, "Content-ID").value_or(""));
+  if (cid.size() < 3) {
+    return error("the part needs a Content-ID (e.g. \"Content-ID: <logo.png>\") for the HTML to refer to");
+  }
+  part.content_id_ = cid.substr(1, cid.size() - 2);
+  return part;
+}
 
 std::string FormatRfc5322Date(absl::Time t) {
   return absl::FormatTime("%a, %d %b %Y %H:%M:%S %z", t, absl::UTCTimeZone());
@@ -378,7 +529,7 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
   // Top-level header fields from the template, then the required ones it lacks.
   std::string headers;
   std::set<std::string> present;
-  for (const DsnTemplate::HeaderLine& h : template_.headers()) {
+  for (const DsnTemplate::HeaderLine& h : templates_.text.headers()) {
     std::string value = Substitute(h.value, values);
     present.insert(absl::AsciiStrToLower(h.name));
     headers += FormatHeaderField(h.name, value,
@@ -396,9 +547,9 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
   add_if_missing("Message-Id", out.message_id, HeaderText::kAsciiStructured);
   add_if_missing("Auto-Submitted", "auto-replied", HeaderText::kAsciiStructured);
 
-  // Part 1: the human-readable text.
+  // Part 1: the human-readable text (and HTML, and image).
   std::string text;
-  for (const std::string& line : template_.body_lines()) {
+  for (const std::string& line : templates_.text.body_lines()) {
     std::string rendered = Substitute(line, body_values);
     size_t pos = 0;
     while (true) {
@@ -411,12 +562,29 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
       pos = nl + 1;
     }
   }
-  const bool text_8bit = !mime::IsAscii(text);
-  std::string part1 = absl::StrCat(
-      FormatHeaderField("Content-Type", text_8bit ? "text/plain; charset=utf-8" : "text/plain; charset=us-ascii",
-                        HeaderText::kAsciiStructured),
-      FormatHeaderField("Content-Transfer-Encoding", text_8bit ? "8bit" : "7bit", HeaderText::kAsciiStructured),
-      kCrlf, text);
+  std::string text_part = TextPart("plain", text);
+  std::string html_part;
+  const bool with_html = templates_.html && templates_.html->has_content();
+  const bool with_image = with_html && templates_.image;
+  if (with_html) {
+    Values html_values;
+    for (const auto& [key, value] : values) {
+      html_values[key] = HtmlEscape(value);
+    }
+    std::vector<std::string> escaped;
+    for (const std::string& e : extended) {
+      escaped.push_back(HtmlEscape(CollapseToOneLine(e)));
+    }
+    html_values["extended_reason"] = absl::StrJoin(escaped, "<br>\n");
+    std::string html;
+    for (const std::string& line : templates_.html->lines()) {
+      std::string rendered = Substitute(line, html_values);
+      for (absl::string_view piece : absl::StrSplit(rendered, '\n')) {
+        absl::StrAppend(&html, piece, kCrlf);
+      }
+    }
+    html_part = TextPart("html", html);
+  }
 
   // Part 2: message/delivery-status.
   std::string status = FormatHeaderField("Content-Type", "message/delivery-status", HeaderText::kAsciiStructured);
@@ -480,20 +648,51 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
     part3 += FormatHeaderField("Content-Transfer-Encoding", "8bit", HeaderText::kAsciiStructured);
   }
   absl::StrAppend(&part3, kCrlf, original);
-  out.body_8bit = text_8bit || original_8bit;
+  out.body_8bit = original_8bit;
 
-  // A boundary that occurs nowhere in the content (RFC 2046 §5.1.1).
-  std::string boundary;
-  for (int attempt = 0; attempt < kBoundaryAttempts && boundary.empty(); ++attempt) {
-    std::string candidate = absl::StrCat(kBoundaryPrefix, SafeToken(new_token_()));
-    std::string delimiter = absl::StrCat("--", candidate);
-    if (!absl::StrContains(part1, delimiter) && !absl::StrContains(status, delimiter) &&
-        !absl::StrContains(part3, delimiter)) {
-      boundary = std::move(candidate);
-    }
+  // Boundaries that occur nowhere in the content (RFC 2046 §5.1.1) and in no
+  // other boundary, so no delimiter line can be mistaken for another.
+  std::vector<const std::string*> leaves = {&text_part, &status, &part3};
+  if (with_html) {
+    leaves.push_back(&html_part);
   }
-  if (boundary.empty()) {
+  if (with_image) {
+    leaves.push_back(&templates_.image->part());
+  }
+  std::vector<std::string> chosen;
+  auto pick_boundary = [&]() -> std::string {
+    for (int attempt = 0; attempt < kBoundaryAttempts; ++attempt) {
+      std::string candidate = absl::StrCat(kBoundaryPrefix, SafeToken(new_token_()));
+      std::string delimiter = absl::StrCat("--", candidate);
+      bool free = true;
+      for (const std::string* leaf : leaves) {
+        free = free && !absl::StrContains(*leaf, delimiter);
+      }
+      for (const std::string& other : chosen) {
+        free = free && !absl::StrContains(other, candidate) && !absl::StrContains(candidate, other);
+      }
+      if (free) {
+        chosen.push_back(candidate);
+        return candidate;
+      }
+    }
+    return "";
+  };
+  const std::string boundary = pick_boundary();
+  const std::string alt_boundary = with_html ? pick_boundary() : "";
+  const std::string related_boundary = with_image ? pick_boundary() : "";
+  if (boundary.empty() || (with_html && alt_boundary.empty()) || (with_image && related_boundary.empty())) {
     return absl::InternalError("could not find a MIME boundary absent from the DSN content");
+  }
+  std::string part1;
+  if (!with_html) {
+    part1 = std::move(text_part);
+  } else {
+    part1 = MultipartPart("alternative", "", alt_boundary, {&text_part, &html_part});
+    if (with_image) {
+      part1 = MultipartPart("related", "type=\"multipart/alternative\"; ", related_boundary,
+                            {&part1, &templates_.image->part()});
+    }
   }
 
   std::string msgid_ref = ExtractMsgId(report.original_message_id);

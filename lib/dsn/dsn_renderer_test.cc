@@ -207,6 +207,102 @@ std::string Field(const std::vector<mime::HeaderField>& group, absl::string_view
   return "<absent>";
 }
 
+struct ParsedMultipart {
+  std::vector<ParsedPart> parts;
+  bool closed = false;
+};
+
+// The body parts of a multipart body with `boundary`; `closed` when the close
+// delimiter ends it.
+ParsedMultipart ParseMultipart(const std::string& raw_body, const std::string& boundary) {
+  ParsedMultipart out;
+  const std::string delimiter = "\r\n--" + boundary;
+  std::string body = "\r\n" + raw_body;
+  size_t pos = body.find(delimiter);
+  EXPECT_NE(pos, std::string::npos) << "no delimiter for " << boundary;
+  while (pos != std::string::npos) {
+    size_t after = pos + delimiter.size();
+    if (body.compare(after, 4, "--\r\n") == 0) {
+      out.closed = true;
+      EXPECT_EQ(after + 4, body.size()) << "text after the close delimiter";
+      break;
+    }
+    EXPECT_EQ(body.compare(after, 2, "\r\n"), 0);
+    size_t next = body.find(delimiter, after + 2);
+    EXPECT_NE(next, std::string::npos) << "unclosed multipart " << boundary;
+    if (next == std::string::npos) {
+      break;
+    }
+    std::string part = body.substr(after + 2, next - after - 2);
+    mime::HeaderBlock pb = mime::SplitHeaderBlock(part);
+    EXPECT_TRUE(pb.has_separator);
+    out.parts.push_back(ParsedPart{std::string(pb.headers), std::string(pb.body)});
+    pos = next;
+  }
+  return out;
+}
+
+std::string BoundaryOf(const std::string& content_type) {
+  size_t b = content_type.find("boundary=\"");
+  if (b == std::string::npos) {
+    ADD_FAILURE() << "no boundary in " << content_type;
+    return "";
+  }
+  return content_type.substr(b + 10, content_type.find('"', b + 10) - b - 10);
+}
+
+std::string DecodeQuotedPrintable(const std::string& qp) {
+  std::string out;
+  for (size_t i = 0; i < qp.size(); ++i) {
+    if (qp[i] == '=' && qp.compare(i + 1, 2, "\r\n") == 0) {
+      i += 2;
+    } else if (qp[i] == '=' && i + 2 < qp.size()) {
+      out.push_back(static_cast<char>(std::stoi(qp.substr(i + 1, 2), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(qp[i]);
+    }
+  }
+  return out;
+}
+
+// A 1x1 transparent PNG.
+constexpr char kPixelBase64[] =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+
+constexpr absl::string_view kHtmlTemplate =
+    "<!DOCTYPE html>\n"
+    "<html><body>\n"
+    "<img src=\"cid:logo@tern.test\" alt=\"\" width=\"1\" height=\"1\">\n"
+    "<p>Could not deliver to <b>{recipients}</b> from {to}.</p>\n"
+    "<p>Subject: {subject}</p>\n"
+    "<div>{extended_reason}</div>\n"
+    "<p>{nosuch}</p>\n"
+    "</body></html>\n";
+
+std::string ImagePartText() {
+  return absl::StrCat("Content-Type: image/png; name=\"logo.png\"\n",
+                      "Content-Disposition: inline; filename=\"logo.png\"\n",
+                      "Content-Transfer-Encoding: base64\n", "Content-ID: <logo@tern.test>\n", "\n", kPixelBase64,
+                      "\n\n");
+}
+
+DsnRenderer MakeHtmlRenderer(bool with_image) {
+  DsnTemplates t;
+  absl::StatusOr<DsnTemplate> text = DsnTemplate::Parse(kTemplate, "outbound.bounce_message");
+  EXPECT_TRUE(text.ok()) << text.status();
+  t.text = *std::move(text);
+  absl::StatusOr<HtmlTemplate> html = HtmlTemplate::Parse(kHtmlTemplate, "outbound.bounce_message_html");
+  EXPECT_TRUE(html.ok()) << html.status();
+  t.html = *std::move(html);
+  if (with_image) {
+    absl::StatusOr<InlinePart> image = InlinePart::Parse(ImagePartText(), "outbound.bounce_message_image");
+    EXPECT_TRUE(image.ok()) << image.status();
+    t.image = *std::move(image);
+  }
+  return DsnRenderer(std::move(t), CountingTokens(), 4242);
+}
+
 // ---- golden files ----------------------------------------------------------
 
 TEST(DsnRendererGolden, SingleFailedRecipientWithEnhancedCode) {
@@ -286,23 +382,148 @@ TEST(DsnRendererGolden, RetFullAttachesTheWholeMessage) {
   EXPECT_EQ(parsed.parts[2].body, report.original);
 }
 
-TEST(DsnRendererGolden, NonAsciiSubjectIsUtf8InTextAndEncodedInHeader) {
+TEST(DsnRendererGolden, Utf8SubjectIsQuotedPrintableInTextAndEncodedInHeader) {
   DeliveryReport report = BaseReport();
   const std::string subject = "Gr\xC3\xBC\xC3\x9F" "e aus K\xC3\xB6ln \xE2\x80\x93 Quartalsbericht";
+  report.original_subject = subject;
+  report.original = absl::StrCat("Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln_=E2=80=93?= Quartalsbericht\r\n",
+                                 "From: Alice <alice@example.com>\r\nMessage-Id: <orig-1234@example.com>\r\n\r\nbody\r\n");
+  report.recipients.push_back(Failed("bob@example.net", 550, "5.1.1", "User unknown"));
+  absl::StatusOr<RenderedDsn> dsn = MakeRenderer().Render(report, At(10, 2));
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  // The original is 7-bit and Tern's text is quoted-printable: the DSN is too.
+  EXPECT_FALSE(dsn->body_8bit);
+  EXPECT_TRUE(mime::IsAscii(dsn->message));
+  ExpectGolden("utf8_subject", dsn->message);
+  ParsedDsn parsed = ParseDsn(dsn->message);
+  ASSERT_EQ(parsed.parts.size(), 3u);
+  EXPECT_EQ(mime::DecodeEncodedWords(mime::GetHeader(dsn->message, "Subject").value()),
+            "failure notice: " + subject);
+  EXPECT_EQ(PartType(parsed.parts[0]), "text/plain; charset=utf-8");
+  EXPECT_EQ(mime::GetHeader(parsed.parts[0].headers, "Content-Transfer-Encoding"), "quoted-printable");
+  EXPECT_THAT(DecodeQuotedPrintable(parsed.parts[0].body), HasSubstr("Subject of your message: " + subject + "\r\n"));
+  EXPECT_EQ(mime::GetHeader(dsn->message, "Content-Transfer-Encoding"), std::nullopt);
+}
+
+TEST(DsnRendererGolden, EightBitSubjectDeclaresTheOriginal8bit) {
+  // A raw (unencoded) UTF-8 Subject, as an SMTPUTF8 or sloppy client sends
+  // it: quoted as UTF-8 in the text, and the attached headers are 8-bit.
+  DeliveryReport report = BaseReport();
+  const std::string subject = "Caf\xC3\xA9 \xE2\x98\x95 f\xC3\xBCr alle";
+  report.original = absl::StrCat("Subject: ", subject, "\r\nFrom: Alice <alice@example.com>\r\n",
+                                 "Message-Id: <orig-1234@example.com>\r\n\r\nbody\r\n");
   report.original_subject = subject;
   report.recipients.push_back(Failed("bob@example.net", 550, "5.1.1", "User unknown"));
   absl::StatusOr<RenderedDsn> dsn = MakeRenderer().Render(report, At(10, 2));
   ASSERT_TRUE(dsn.ok()) << dsn.status();
   EXPECT_TRUE(dsn->body_8bit);
-  ExpectGolden("non_ascii_subject", dsn->message);
+  ExpectGolden("eightbit_subject", dsn->message);
   ParsedDsn parsed = ParseDsn(dsn->message);
   ASSERT_EQ(parsed.parts.size(), 3u);
   EXPECT_TRUE(mime::IsAscii(parsed.headers));
-  EXPECT_EQ(mime::DecodeEncodedWords(mime::GetHeader(dsn->message, "Subject").value()),
-            "failure notice: " + subject);
-  EXPECT_EQ(PartType(parsed.parts[0]), "text/plain; charset=utf-8");
-  EXPECT_EQ(mime::GetHeader(parsed.parts[0].headers, "Content-Transfer-Encoding"), "8bit");
   EXPECT_EQ(mime::GetHeader(dsn->message, "Content-Transfer-Encoding"), "8bit");
+  EXPECT_EQ(mime::GetHeader(parsed.parts[0].headers, "Content-Transfer-Encoding"), "quoted-printable");
+  EXPECT_EQ(PartType(parsed.parts[2]), "text/rfc822-headers");
+  EXPECT_EQ(mime::GetHeader(parsed.parts[2].headers, "Content-Transfer-Encoding"), "8bit");
+  EXPECT_THAT(parsed.parts[2].body, HasSubstr("Subject: " + subject + "\r\n"));
+}
+
+TEST(DsnRendererGolden, MultiDomainFailureListsEveryDomainsRecipient) {
+  DeliveryReport report = BaseReport();
+  RecipientStatus bob = Failed("bob@example.net", 550, "5.1.1", "User unknown");
+  RecipientStatus carol = Failed("carol@example.org", 0, "", "no MX or address for example.org");
+  carol.remote_mta.clear();
+  carol.status = "5.1.2";
+  RecipientStatus dave = Failed("dave@example.com", 554, "", "Rejected by policy");
+  dave.remote_mta = "mx.example.com";
+  dave.original_recipient = "rfc822;dave@example.com";
+  report.recipients = {bob, carol, dave};
+  absl::StatusOr<RenderedDsn> dsn = MakeRenderer().Render(report, At(10, 2));
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  ExpectGolden("multi_domain", dsn->message);
+  ParsedDsn parsed = ParseDsn(dsn->message);
+  ASSERT_EQ(parsed.parts.size(), 3u);
+  auto groups = StatusGroups(parsed.parts[1]);
+  ASSERT_EQ(groups.size(), 4u);
+  EXPECT_EQ(Field(groups[2], "Status"), "5.1.2");
+  EXPECT_EQ(Field(groups[2], "Remote-MTA"), "<absent>");
+  EXPECT_EQ(Field(groups[2], "Diagnostic-Code"), "<absent>");
+  EXPECT_EQ(Field(groups[3], "Status"), "5.0.0");
+  EXPECT_EQ(Field(groups[3], "Remote-MTA"), "dns;mx.example.com");
+}
+
+TEST(DsnRendererGolden, RetHdrsAttachesOnlyTheHeaders) {
+  DeliveryReport report = BaseReport();
+  report.original_is_full = false;  // RET=HDRS, or the whole message was over the size limit
+  report.recipients.push_back(Failed("bob@example.net", 550, "5.7.26", "Unauthenticated email is not accepted"));
+  absl::StatusOr<RenderedDsn> dsn = MakeRenderer().Render(report, At(10, 2));
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  ExpectGolden("ret_hdrs", dsn->message);
+  ParsedDsn parsed = ParseDsn(dsn->message);
+  ASSERT_EQ(parsed.parts.size(), 3u);
+  EXPECT_EQ(PartType(parsed.parts[2]), "text/rfc822-headers");
+  EXPECT_EQ(parsed.parts[2].body, kOriginalHeaders);
+  EXPECT_THAT(dsn->message, Not(HasSubstr("the numbers are attached")));
+}
+
+TEST(DsnRendererGolden, SuccessReportSaysDelivered) {
+  DeliveryReport report = BaseReport();
+  report.kind = ReportKind::kDelivered;
+  RecipientStatus r = Failed("bob@example.net", 250, "2.0.0", "Ok: queued as 4F2A1");
+  r.action = Action::kDelivered;
+  report.recipients.push_back(r);
+  absl::StatusOr<RenderedDsn> dsn =
+      MakeRenderer("Subject: Delivered: {subject}\n\nDelivered to {recipients}:\n{extended_reason}\n").Render(report, At(10, 2));
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  ExpectGolden("delivered", dsn->message);
+  ParsedDsn parsed = ParseDsn(dsn->message);
+  ASSERT_EQ(parsed.parts.size(), 3u);
+  auto groups = StatusGroups(parsed.parts[1]);
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(Field(groups[1], "Action"), "delivered");
+  EXPECT_EQ(Field(groups[1], "Status"), "2.0.0");
+  EXPECT_EQ(Field(groups[1], "Diagnostic-Code"), "smtp;250 Ok: queued as 4F2A1");
+  EXPECT_EQ(Field(groups[1], "Will-Retry-Until"), "<absent>");
+}
+
+TEST(DsnRendererGolden, HtmlAndImageMakeClosedRelatedAlternative) {
+  DeliveryReport report = BaseReport();
+  report.original_subject = "Q3 <draft> & \"final\" \xE2\x80\x93 it's late";
+  report.recipients.push_back(Failed("bob@example.net", 550, "5.1.1", "<bob@example.net>: User unknown"));
+  report.recipients.push_back(Failed("carol@example.org", 552, "5.2.2", "Mailbox full"));
+  absl::StatusOr<RenderedDsn> dsn = MakeHtmlRenderer(/*with_image=*/true).Render(report, At(10, 2));
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  EXPECT_FALSE(dsn->body_8bit);
+  ExpectGolden("html_image", dsn->message);
+
+  ParsedDsn parsed = ParseDsn(dsn->message);
+  EXPECT_TRUE(parsed.closed);
+  ASSERT_EQ(parsed.parts.size(), 3u);
+  const std::string related_type = PartType(parsed.parts[0]);
+  EXPECT_THAT(related_type, HasSubstr("multipart/related; type=\"multipart/alternative\"; boundary="));
+  ParsedMultipart related = ParseMultipart(parsed.parts[0].body, BoundaryOf(related_type));
+  EXPECT_TRUE(related.closed);
+  ASSERT_EQ(related.parts.size(), 2u);
+  const std::string alt_type = PartType(related.parts[0]);
+  EXPECT_THAT(alt_type, HasSubstr("multipart/alternative; boundary="));
+  ParsedMultipart alt = ParseMultipart(related.parts[0].body, BoundaryOf(alt_type));
+  EXPECT_TRUE(alt.closed);
+  ASSERT_EQ(alt.parts.size(), 2u);
+  EXPECT_EQ(PartType(alt.parts[0]), "text/plain; charset=utf-8");
+  EXPECT_EQ(PartType(alt.parts[1]), "text/html; charset=utf-8");
+  const std::string html = DecodeQuotedPrintable(alt.parts[1].body);
+  // Values are escaped; the template's own markup is not.
+  EXPECT_THAT(html, HasSubstr("<b>&lt;bob@example.net&gt;, &lt;carol@example.org&gt;</b>"));
+  EXPECT_THAT(html, HasSubstr("Q3 &lt;draft&gt; &amp; &quot;final&quot; \xE2\x80\x93 it&#39;s late"));
+  EXPECT_THAT(html, HasSubstr("bob@example.net: 550 5.1.1 &lt;bob@example.net&gt;: User unknown<br>\r\n"
+                              "carol@example.org: 552 5.2.2 Mailbox full</div>"));
+  EXPECT_THAT(html, HasSubstr("src=\"cid:logo@tern.test\""));
+  EXPECT_EQ(PartType(related.parts[1]), "image/png; name=\"logo.png\"");
+  EXPECT_EQ(mime::GetHeader(related.parts[1].headers, "Content-ID"), "<logo@tern.test>");
+  EXPECT_EQ(related.parts[1].body, std::string(kPixelBase64) + "\r\n");
+  // Four distinct boundaries would be a bug; three levels, three boundaries.
+  EXPECT_NE(BoundaryOf(related_type), parsed.boundary);
+  EXPECT_NE(BoundaryOf(alt_type), BoundaryOf(related_type));
 }
 
 TEST(DsnRendererGolden, DelayedReportCarriesWillRetryUntil) {
@@ -494,6 +715,86 @@ TEST(DsnRenderer, AddsRequiredHeadersATemplateLacks) {
   EXPECT_EQ(mime::GetHeader(dsn->message, "Subject"), "Undelivered Mail Returned to Sender");
   EXPECT_EQ(mime::GetHeader(dsn->message, "Message-Id"), "<tok1@mx.tern.test>");
   EXPECT_EQ(mime::GetHeader(dsn->message, "Auto-Submitted"), "auto-replied");
+}
+
+TEST(DsnRenderer, HtmlWithoutImageIsAClosedAlternativeWithoutRelated) {
+  DeliveryReport report = BaseReport();
+  report.recipients.push_back(Failed("bob@example.net", 550, "5.1.1", "User unknown"));
+  absl::StatusOr<RenderedDsn> dsn = MakeHtmlRenderer(/*with_image=*/false).Render(report, At(10, 2));
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  EXPECT_THAT(dsn->message, Not(HasSubstr("multipart/related")));
+  ParsedDsn parsed = ParseDsn(dsn->message);
+  EXPECT_TRUE(parsed.closed);
+  ASSERT_EQ(parsed.parts.size(), 3u);
+  const std::string alt_type = PartType(parsed.parts[0]);
+  ASSERT_THAT(alt_type, HasSubstr("multipart/alternative"));
+  ParsedMultipart alt = ParseMultipart(parsed.parts[0].body, BoundaryOf(alt_type));
+  EXPECT_TRUE(alt.closed);
+  ASSERT_EQ(alt.parts.size(), 2u);
+  EXPECT_EQ(PartType(alt.parts[0]), "text/plain; charset=us-ascii");
+  EXPECT_EQ(PartType(alt.parts[1]), "text/html; charset=us-ascii");
+  EXPECT_EQ(mime::GetHeader(alt.parts[1].headers, "Content-Transfer-Encoding"), "7bit");
+  EXPECT_THAT(alt.parts[1].body, HasSubstr("<p>?</p>\r\n"));  // unknown placeholder, as in Haraka
+}
+
+TEST(DsnRenderer, BlankHtmlTemplateAddsNoHtmlPart) {
+  DsnTemplates t;
+  t.text = *DsnTemplate::Parse(kTemplate, "t");
+  t.html = *HtmlTemplate::Parse("\n  \n", "h");
+  t.image = *InlinePart::Parse(ImagePartText(), "i");
+  DeliveryReport report = BaseReport();
+  report.recipients.push_back(Failed("bob@example.net", 550, "5.1.1", "User unknown"));
+  absl::StatusOr<RenderedDsn> dsn = DsnRenderer(std::move(t), CountingTokens(), 1).Render(report, At(10, 2));
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  ParsedDsn parsed = ParseDsn(dsn->message);
+  ASSERT_EQ(parsed.parts.size(), 3u);
+  EXPECT_EQ(PartType(parsed.parts[0]), "text/plain; charset=us-ascii");
+  EXPECT_THAT(dsn->message, Not(HasSubstr("image/png")));
+}
+
+TEST(DsnRenderer, NestedBoundariesAvoidTheContentToo) {
+  // The reply text quotes what would be the alternative's boundary.
+  DeliveryReport report = BaseReport();
+  report.recipients.push_back(Failed("bob@example.net", 550, "5.1.1", "see\r\n--=_tern-tok3\r\n"));
+  absl::StatusOr<RenderedDsn> dsn = MakeHtmlRenderer(/*with_image=*/true).Render(report, At(10, 2));
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  ParsedDsn parsed = ParseDsn(dsn->message);
+  ASSERT_EQ(parsed.parts.size(), 3u);
+  EXPECT_EQ(parsed.boundary, "=_tern-tok2");
+  EXPECT_NE(BoundaryOf(PartType(parsed.parts[0])), "=_tern-tok3");
+}
+
+TEST(InlinePart, RequiresHeadersContentIdAnd7bitEncodedData) {
+  EXPECT_TRUE(InlinePart::Parse(ImagePartText(), "i").ok());
+  EXPECT_EQ(InlinePart::Parse(ImagePartText(), "i")->content_id(), "logo@tern.test");
+  struct Case {
+    const char* label;
+    std::string text;
+    const char* error;
+  };
+  const Case cases[] = {
+      {"no headers", "iVBORw0KGgo=\n", "expected a header field"},
+      {"no body", "Content-Type: image/png\nContent-ID: <x>\n", "expected MIME header fields"},
+      {"no content-id", "Content-Type: image/png\nContent-Transfer-Encoding: base64\n\nAAAA\n", "Content-ID"},
+      {"no content-type", "Content-ID: <x>\nContent-Transfer-Encoding: base64\n\nAAAA\n", "no Content-Type"},
+      {"binary", "Content-Type: image/png\nContent-ID: <x>\nContent-Transfer-Encoding: binary\n\nAAAA\n",
+       "is not base64"},
+      {"raw bytes", "Content-Type: image/png\nContent-ID: <x>\n\n\x89PNG\n", "7-bit"},
+      {"long line", "Content-Type: image/png\nContent-ID: <x>\n\n" + std::string(1000, 'A') + "\n", "998"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    absl::StatusOr<InlinePart> part = InlinePart::Parse(c.text, "outbound.bounce_message_image");
+    ASSERT_FALSE(part.ok());
+    EXPECT_THAT(std::string(part.status().message()), HasSubstr("outbound.bounce_message_image"));
+    EXPECT_THAT(std::string(part.status().message()), HasSubstr(c.error));
+  }
+}
+
+TEST(HtmlTemplate, RejectsInvalidUtf8AndKnowsWhenBlank) {
+  EXPECT_FALSE(HtmlTemplate::Parse("<p>\xFF</p>\n", "h").ok());
+  EXPECT_FALSE(HtmlTemplate::Parse(" \n\t\n", "h")->has_content());
+  EXPECT_TRUE(HtmlTemplate::Parse("<p>x</p>", "h")->has_content());
 }
 
 // ---- template parsing and helpers ----------------------------------------

@@ -114,6 +114,27 @@ asio::awaitable<absl::StatusOr<Line>> Connection::ReadLine(size_t max_len, Durat
   }
 }
 
+asio::awaitable<absl::StatusOr<std::string>> Connection::ReadBytes(size_t max_len, Duration timeout) {
+  if (max_len == 0) {
+    co_return std::string();
+  }
+  if (buffered() == 0) {
+    buffer_.clear();
+    start_ = 0;
+    buffer_.resize(kReadChunk);
+    auto n = co_await ReadSome(buffer_.data(), kReadChunk, timeout);
+    if (!n.ok()) {
+      buffer_.clear();
+      co_return n.status();
+    }
+    buffer_.resize(*n);
+  }
+  const size_t take = std::min(max_len, buffered());
+  std::string out(buffer_.data() + start_, take);
+  start_ += take;
+  co_return out;
+}
+
 asio::awaitable<absl::Status> Connection::Write(absl::string_view data, Duration timeout) {
   asio::steady_timer timer(socket_.get_executor(), timeout);
   auto buf = asio::buffer(data.data(), data.size());
@@ -166,17 +187,26 @@ asio::awaitable<absl::Status> Connection::StartTlsClient(std::shared_ptr<asio::s
   // handshake when the caller requires verification.
   tls_->set_verify_mode(asio::ssl::verify_peer);
   const bool check_name = !sni.empty();
-  tls_->set_verify_callback([this, verify_host, check_name, sni](bool preverified, asio::ssl::verify_context& vctx) {
-    bool ok = preverified;
-    if (ok && check_name) {
-      ok = asio::ssl::host_name_verification(sni)(preverified, vctx);
-    }
-    X509_STORE_CTX* store = vctx.native_handle();
-    if (X509_STORE_CTX_get_error_depth(store) == 0) {
-      peer_verified_ = ok;
-    }
-    return verify_host ? ok : true;
-  });
+  // OpenSSL may call the callback more than once for the same certificate
+  // (e.g. again after we let an error pass), so "verified" means no call
+  // failed at any depth and the leaf was seen, not the last call's verdict.
+  peer_verified_ = true;
+  auto saw_leaf = std::make_shared<bool>(false);
+  tls_->set_verify_callback(
+      [this, verify_host, check_name, sni, saw_leaf](bool preverified, asio::ssl::verify_context& vctx) {
+        bool ok = preverified;
+        X509_STORE_CTX* store = vctx.native_handle();
+        if (X509_STORE_CTX_get_error_depth(store) == 0) {
+          *saw_leaf = true;
+          if (ok && check_name) {
+            ok = asio::ssl::host_name_verification(sni)(preverified, vctx);
+          }
+        }
+        if (!ok) {
+          peer_verified_ = false;
+        }
+        return verify_host ? ok : true;
+      });
   asio::steady_timer timer(socket_.get_executor(), timeout);
   buffer_.clear();
   start_ = 0;
@@ -188,8 +218,10 @@ asio::awaitable<absl::Status> Connection::StartTlsClient(std::shared_ptr<asio::s
   }
   auto [ec] = std::get<0>(result);
   if (ec) {
+    peer_verified_ = false;
     co_return absl::InternalError(absl::StrCat("TLS handshake failed: ", ec.message()));
   }
+  peer_verified_ = peer_verified_ && *saw_leaf;
   co_return absl::OkStatus();
 }
 

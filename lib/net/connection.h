@@ -59,6 +59,11 @@ class Connection {
   // Reads one line of at most `max_len` bytes (without its line end).
   asio::awaitable<absl::StatusOr<Line>> ReadLine(size_t max_len, Duration timeout);
 
+  // Reads at most `max_len` raw bytes (at least one): what is buffered
+  // first, else what one read from the socket returns. For length-counted
+  // data such as BDAT chunks (RFC 3030), where line framing does not apply.
+  asio::awaitable<absl::StatusOr<std::string>> ReadBytes(size_t max_len, Duration timeout);
+
   // Writes all of `data`.
   asio::awaitable<absl::Status> Write(absl::string_view data, Duration timeout);
 

@@ -76,6 +76,23 @@ TEST(Connection, LineOfExactlyMaxLengthIsWhole) {
   EXPECT_EQ(a->text.size(), 10u);
 }
 
+TEST(Connection, ReadBytesTakesBufferedBytesThenTheSocketWithoutFraming) {
+  Pair p;
+  p.Send("AB\r\nxy");
+  auto line = p.Run(p.conn->ReadLine(1, 5s));  // "A", partial; "B\r\nxy" stays buffered
+  ASSERT_TRUE(line.ok());
+  auto a = p.Run(p.conn->ReadBytes(3, 5s));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(*a, "B\r\n");
+  auto b = p.Run(p.conn->ReadBytes(100, 5s));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(*b, "xy");  // a lone tail without a line end is returned at once
+  p.Send("z");
+  auto c = p.Run(p.conn->ReadBytes(1, 5s));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(*c, "z");
+}
+
 TEST(Connection, ReadTimesOutWithDeadlineExceeded) {
   Pair p;
   auto a = p.Run(p.conn->ReadLine(512, 50ms));

@@ -9,7 +9,8 @@
 // them to tern.v1 messages at its edge.
 //
 // Standards: RFC 5321 §4.1.1 (commands), RFC 1870 (SIZE), RFC 6152 (BODY),
-// RFC 6531 (SMTPUTF8), RFC 3461 (RET, ENVID, NOTIFY, ORCPT).
+// RFC 6531 (SMTPUTF8), RFC 3461 (RET, ENVID, NOTIFY, ORCPT), RFC 3030 (BDAT),
+// RFC 4954 (AUTH).
 #pragma once
 
 #include <cstdint>
@@ -64,6 +65,9 @@ struct MailParameters {
   bool smtputf8 = false;
   DsnRet ret = DsnRet::kUnspecified;
   std::string envid;              // ENVID=, xtext-decoded; empty if absent
+  // RFC 4954 §5 AUTH=, xtext-decoded ("<>" when the client sent that); empty
+  // if absent. Informational only: it is never trusted for relaying.
+  std::string auth;
 };
 
 // The parameters of RCPT TO that this server understands.
@@ -95,6 +99,13 @@ struct Command {
   std::vector<EsmtpParameter> parameters;
   MailParameters mail;
   RcptParameters rcpt;
+  // BDAT (RFC 3030 §2): the chunk size in octets and whether LAST was given.
+  uint64_t bdat_size = 0;
+  bool bdat_last = false;
+  // AUTH (RFC 4954 §4): the mechanism, upper-cased, and the initial response
+  // as sent (still base64; "=" stands for an empty response), if any.
+  std::string auth_mechanism;
+  std::optional<std::string> auth_initial;
 };
 
 // A reply for a command that was refused before any state changed, e.g.

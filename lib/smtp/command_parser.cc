@@ -165,6 +165,18 @@ std::optional<CommandError> ApplyMailParameter(const EsmtpParameter& p, MailPara
     mail->envid = std::move(decoded);
     return std::nullopt;
   }
+  if (p.keyword == "AUTH") {
+    if (auto e = RequireValue(p)) {
+      return e;
+    }
+    // RFC 4954 §5: AUTH=<> or an xtext-encoded mailbox.
+    std::string decoded;
+    if (!DecodeXtext(p.value, &decoded) || HasControlCharacters(decoded) || decoded.size() > 500) {
+      return BadArgument("Bad AUTH parameter");
+    }
+    mail->auth = std::move(decoded);
+    return std::nullopt;
+  }
   return UnknownParameter(absl::StrCat("Unsupported parameter ", p.keyword));
 }
 
@@ -313,6 +325,48 @@ ParseResult ParseRcpt(Command cmd, const ParseContext& context) {
   return cmd;
 }
 
+// BDAT chunk-size [SP end-marker] (RFC 3030 §2).
+ParseResult ParseBdat(Command cmd) {
+  const std::vector<absl::string_view> words = absl::StrSplit(cmd.argument, ' ', absl::SkipEmpty());
+  if (words.empty() || words.size() > 2 || words[0].size() > 18) {
+    return BadArgument("Syntax: BDAT size [LAST]");
+  }
+  uint64_t size = 0;
+  for (char c : words[0]) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+      return BadArgument("Syntax: BDAT size [LAST]");
+    }
+    size = size * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (words.size() == 2) {
+    if (!absl::EqualsIgnoreCase(words[1], "LAST")) {
+      return BadArgument("Syntax: BDAT size [LAST]");
+    }
+    cmd.bdat_last = true;
+  }
+  cmd.bdat_size = size;
+  return cmd;
+}
+
+// AUTH mechanism [SP initial-response] (RFC 4954 §4).
+ParseResult ParseAuth(Command cmd) {
+  const std::vector<absl::string_view> words = absl::StrSplit(cmd.argument, ' ', absl::SkipEmpty());
+  if (words.empty() || words.size() > 2 || words[0].size() > 20) {
+    return BadArgument("Syntax: AUTH mechanism [initial-response]");
+  }
+  for (char c : words[0]) {
+    // sasl-mech = 1*20mech-char; mech-char = UPPER-ALPHA / DIGIT / HYPHEN / UNDERSCORE
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
+      return BadArgument("Syntax: AUTH mechanism [initial-response]");
+    }
+  }
+  cmd.auth_mechanism = absl::AsciiStrToUpper(words[0]);
+  if (words.size() == 2) {
+    cmd.auth_initial = std::string(words[1]);
+  }
+  return cmd;
+}
+
 }  // namespace
 
 const char* VerbName(Verb verb) {
@@ -404,12 +458,14 @@ ParseResult ParseCommand(absl::string_view line, const ParseContext& context) {
       }
       return cmd;
     case Verb::kVrfy:
-    case Verb::kAuth:
-    case Verb::kBdat:
       if (cmd.argument.empty()) {
         return BadArgument(absl::StrCat("Syntax: ", VerbName(cmd.verb), " argument"));
       }
       return cmd;
+    case Verb::kAuth:
+      return ParseAuth(std::move(cmd));
+    case Verb::kBdat:
+      return ParseBdat(std::move(cmd));
     case Verb::kNoop:
     case Verb::kHelp:
       return cmd;

@@ -232,5 +232,46 @@ TEST(CommandError, RendersAReplyLine) {
             "555 5.5.4 Unsupported parameter FOO\r\n");
 }
 
+TEST(ParseCommand, ParsesBdatSizeAndLast) {
+  Command cmd = MustParse("BDAT 1000");
+  EXPECT_EQ(cmd.bdat_size, 1000u);
+  EXPECT_FALSE(cmd.bdat_last);
+  cmd = MustParse("bdat 0 last");
+  EXPECT_EQ(cmd.bdat_size, 0u);
+  EXPECT_TRUE(cmd.bdat_last);
+  for (const char* bad : {"BDAT", "BDAT x", "BDAT 10 FIRST", "BDAT -1", "BDAT 1 LAST x", "BDAT 1234567890123456789"}) {
+    SCOPED_TRACE(bad);
+    ParseResult r = ParseCommand(bad, kEsmtp);
+    ASSERT_TRUE(std::holds_alternative<CommandError>(r));
+    EXPECT_EQ(std::get<CommandError>(r).code, 501);
+  }
+}
+
+TEST(ParseCommand, ParsesAuthMechanismAndInitialResponse) {
+  Command cmd = MustParse("AUTH plain AGFsaWNlAHNlY3JldA==");
+  EXPECT_EQ(cmd.auth_mechanism, "PLAIN");
+  ASSERT_TRUE(cmd.auth_initial.has_value());
+  EXPECT_EQ(*cmd.auth_initial, "AGFsaWNlAHNlY3JldA==");
+  cmd = MustParse("AUTH CRAM-MD5");
+  EXPECT_EQ(cmd.auth_mechanism, "CRAM-MD5");
+  EXPECT_FALSE(cmd.auth_initial.has_value());
+  for (const char* bad : {"AUTH PL@IN", "AUTH PLAIN a b", "AUTH ABCDEFGHIJKLMNOPQRSTUVWXYZ"}) {
+    SCOPED_TRACE(bad);
+    ParseResult r = ParseCommand(bad, kEsmtp);
+    ASSERT_TRUE(std::holds_alternative<CommandError>(r));
+    EXPECT_EQ(std::get<CommandError>(r).code, 501);
+  }
+}
+
+TEST(ParseCommand, AcceptsMailAuthParameter) {
+  Command cmd = MustParse("MAIL FROM:<a@b.example> AUTH=user+2Bx@b.example");
+  EXPECT_EQ(cmd.mail.auth, "user+x@b.example");
+  cmd = MustParse("MAIL FROM:<a@b.example> AUTH=<>");
+  EXPECT_EQ(cmd.mail.auth, "<>");
+  ParseResult r = ParseCommand("MAIL FROM:<a@b.example> AUTH=bad+zz", kEsmtp);
+  ASSERT_TRUE(std::holds_alternative<CommandError>(r));
+  EXPECT_EQ(std::get<CommandError>(r).code, 501);
+}
+
 }  // namespace
 }  // namespace tern::smtp

@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <chrono>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "lib/common/log.h"
+#include "lib/common/status_macros.h"
 #include "lib/rpc/status_convert.h"
 #include "services/bouncer/dsn_composer.h"
 
@@ -31,28 +34,58 @@ metrics::Counter* GetCounter(const std::string& name, const std::string& help, c
 
 BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& config,
                            dsn::DsnRenderer::TokenGenerator new_token, int64_t pid, Options options)
-    : stub_(stub), me_(config.me), options_(std::move(options)) {
+    : stub_(stub),
+      me_(config.me),
+      double_bounce_recipient_(config.double_bounce_recipient),
+      options_(std::move(options)) {
   for (dsn::ReportKind kind : {dsn::ReportKind::kFailed, dsn::ReportKind::kDelayed, dsn::ReportKind::kDelivered}) {
+    absl::StatusOr<dsn::DsnTemplates> templates = config.TemplatesFor(kind);
     const TemplateSource& source = config.TemplateFor(kind);
-    absl::StatusOr<dsn::DsnTemplate> tmpl = dsn::DsnTemplate::Parse(source.text, source.origin);
     // Validate() parsed the same text; a failure here is a programming error,
-    // so fall back to an empty template rather than crash the service.
-    if (!tmpl.ok()) {
-      log::Event(Level::kCrit, "template_invalid", {{"template", source.origin}, {"error", tmpl.status().message()}});
-      tmpl = dsn::DsnTemplate::Parse("", source.origin);
+    // so fall back to an empty text template rather than crash the service.
+    if (!templates.ok()) {
+      log::Event(Level::kCrit, "template_invalid", {{"template", source.origin}, {"error", templates.status().message()}});
+      templates = dsn::DsnTemplates{*dsn::DsnTemplate::Parse("", source.origin), std::nullopt, std::nullopt};
     }
-    for (const std::string& dropped : tmpl->dropped_headers()) {
+    for (const std::string& dropped : templates->text.dropped_headers()) {
       log::Event(Level::kWarn, "template_header_ignored",
                  {{"template", source.origin}, {"header", dropped}, {"why", "set by tern"}});
     }
-    renderers_.emplace(kind, dsn::DsnRenderer(*std::move(tmpl), new_token, pid));
+    if (templates->image) {
+      const std::optional<TemplateSource>& html = config.HtmlFor(kind);
+      if (html && html->text.find("cid:" + templates->image->content_id()) == std::string::npos) {
+        log::Event(Level::kWarn, "template_image_unreferenced",
+                   {{"template", html->origin}, {"content_id", templates->image->content_id()}});
+      }
+    }
+    renderers_.emplace(kind, dsn::DsnRenderer(*std::move(templates), new_token, pid));
   }
+  if (config.image && !(config.failed_html || config.delayed_html || config.delivered_html)) {
+    log::Event(Level::kWarn, "template_image_unused",
+               {{"template", config.image->origin}, {"why", "no outbound.bounce_message*_html template"}});
+  }
+  absl::StatusOr<SuppressionRules> rules = config.Suppression();
+  if (rules.ok()) {
+    suppression_ = *std::move(rules);
+  } else {
+    log::Event(Level::kCrit, "suppression_rules_invalid", {{"error", rules.status().message()}});
+  }
+  compose_options_.max_original_bytes = static_cast<size_t>(std::max<int64_t>(config.max_original_bytes, 0));
+  compose_options_.suppression = &suppression_;
+
   const std::string dsn_help = "DSNs enqueued, by kind";
   dsns_failed_ = GetCounter("tern_bouncer_dsns_total", dsn_help, {{"kind", "failed"}});
   dsns_delayed_ = GetCounter("tern_bouncer_dsns_total", dsn_help, {{"kind", "delayed"}});
   dsns_delivered_ = GetCounter("tern_bouncer_dsns_total", dsn_help, {{"kind", "delivered"}});
-  double_bounces_ = GetCounter("tern_bouncer_double_bounces_total", "Bounce jobs for mail from <> (no DSN sent)");
-  suppressed_ = GetCounter("tern_bouncer_suppressed_total", "Bounce jobs with nobody to report on (NOTIFY)");
+  double_bounces_ = GetCounter("tern_bouncer_double_bounces_total",
+                               "Bounce jobs that could not be answered with a DSN (sender <> or refused)");
+  double_bounce_copies_ =
+      GetCounter("tern_bouncer_double_bounce_copies_total", "Double bounces copied to double_bounce_recipient");
+  const std::string suppressed_help = "Bounce jobs acknowledged without a DSN, by reason";
+  suppressed_notify_ = GetCounter("tern_bouncer_suppressed_total", suppressed_help, {{"reason", "notify"}});
+  suppressed_sender_domain_ =
+      GetCounter("tern_bouncer_suppressed_total", suppressed_help, {{"reason", "sender_domain"}});
+  suppressed_status_ = GetCounter("tern_bouncer_suppressed_total", suppressed_help, {{"reason", "status"}});
   render_errors_ = GetCounter("tern_bouncer_render_errors_total", "DSNs that could not be rendered");
   const std::string queue_help = "Failed calls to the queue, by call";
   lease_errors_ = GetCounter("tern_bouncer_queue_errors_total", queue_help, {{"call", "lease"}});
@@ -128,46 +161,140 @@ void BounceWorker::Run() {
 }
 
 absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job) {
-  ComposedReport composed = ComposeReport(job, me_);
+  ComposedReport composed = ComposeReport(job, me_, compose_options_);
   switch (composed.disposition) {
     case Disposition::kDoubleBounce:
-      double_bounces_->Inc();
-      log::Event(Level::kWarn, "double_bounce",
+      return HandleDoubleBounce(job, "sender is <>");
+    case Disposition::kNothingToReport:
+    case Disposition::kSuppressed: {
+      TERN_RETURN_IF_ERROR(Ack(job, ""));
+      (composed.why == "sender_domain" ? suppressed_sender_domain_
+       : composed.why == "status"      ? suppressed_status_
+                                       : suppressed_notify_)
+          ->Inc();
+      log::Event(Level::kInfo, "dsn_suppressed",
                  {{"bounce", job.bounce_id()},
                   {"msg", job.message_id()},
-                  {"rcpts", absl::StrCat(job.recipients_size())},
-                  {"kind", KindName(KindOf(job.kind()))}});
-      return Ack(job, "");
-    case Disposition::kNothingToReport:
-      suppressed_->Inc();
-      log::Event(Level::kInfo, "dsn_suppressed",
-                 {{"bounce", job.bounce_id()}, {"msg", job.message_id()}, {"why", "notify"}});
-      return Ack(job, "");
+                  {"to", job.envelope().mail_from()},
+                  {"why", composed.why}});
+      return absl::OkStatus();
+    }
     case Disposition::kSend:
       break;
   }
-  const dsn::ReportKind kind = composed.report.kind;
-  absl::StatusOr<dsn::RenderedDsn> rendered = renderers_.at(kind).Render(composed.report, absl::Now());
-  if (!rendered.ok()) {
-    render_errors_->Inc();
-    return rendered.status();
+  if (!composed.suppressed_recipients.empty()) {
+    log::Event(Level::kInfo, "dsn_recipients_suppressed",
+               {{"bounce", job.bounce_id()},
+                {"rcpts", absl::StrJoin(composed.suppressed_recipients, ",")},
+                {"why", "status"}});
   }
-  absl::StatusOr<std::string> dsn_id = Enqueue(job, *rendered);
+  if (composed.original_trimmed) {
+    log::Event(Level::kInfo, "dsn_original_trimmed",
+               {{"bounce", job.bounce_id()},
+                {"size", absl::StrCat(job.original().size())},
+                {"max", absl::StrCat(compose_options_.max_original_bytes)}});
+  }
+  absl::StatusOr<std::string> dsn_id =
+      Send(job, composed.report, job.envelope().mail_from(), KindName(composed.report.kind));
+  if (dsn_id.status().code() == absl::StatusCode::kInvalidArgument) {
+    // The queue will never take this DSN (e.g. the sender address has no
+    // domain): retrying would loop forever, so it is a double bounce.
+    return HandleDoubleBounce(job, absl::StrCat("queue refused the DSN: ", dsn_id.status().message()));
+  }
   if (!dsn_id.ok()) {
-    enqueue_errors_->Inc();
     return dsn_id.status();
   }
   return Ack(job, *dsn_id);
 }
 
-absl::StatusOr<std::string> BounceWorker::Enqueue(const v1::BounceJob& job, const dsn::RenderedDsn& dsn) {
+absl::Status BounceWorker::HandleDoubleBounce(const v1::BounceJob& job, absl::string_view why) {
+  std::string copy_id;
+  std::string copy_state = "none configured";
+  if (!double_bounce_recipient_.empty()) {
+    bool to_self = false;
+    for (const v1::BouncedRecipient& r : job.recipients()) {
+      to_self = to_self || absl::EqualsIgnoreCase(r.spec().address(), double_bounce_recipient_);
+    }
+    if (IsDoubleBounceCopy(job) || to_self) {
+      // The copy itself failed: copying it again could loop.
+      copy_state = "not copied: the failed message was a double-bounce copy";
+    } else {
+      ComposedReport copy = ComposeDoubleBounceCopy(job, me_, double_bounce_recipient_, compose_options_);
+      if (copy.disposition == Disposition::kSend) {
+        absl::StatusOr<std::string> id = Send(job, copy.report, double_bounce_recipient_, kDoubleBounceCopyNote);
+        if (!id.ok() && id.status().code() != absl::StatusCode::kInvalidArgument) {
+          return id.status();  // retried when the lease expires
+        }
+        if (id.ok()) {
+          copy_id = *id;
+          copy_state = "copied";
+        } else {
+          copy_state = absl::StrCat("copy refused: ", id.status().message());
+        }
+      } else {
+        copy_state = "not copied: no failed recipient";
+      }
+    }
+  }
+  TERN_RETURN_IF_ERROR(Ack(job, copy_id));
+  double_bounces_->Inc();
+  if (!copy_id.empty()) {
+    double_bounce_copies_->Inc();
+  }
+  log::Event(Level::kWarn, "double_bounce",
+             {{"bounce", job.bounce_id()},
+              {"msg", job.message_id()},
+              {"rcpts", absl::StrCat(job.recipients_size())},
+              {"kind", KindName(KindOf(job.kind()))},
+              {"why", why},
+              {"copy", copy_state},
+              {"copy_to", double_bounce_recipient_},
+              {"dsn", copy_id}});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> BounceWorker::Send(const v1::BounceJob& job, const dsn::DeliveryReport& report,
+                                               absl::string_view recipient, absl::string_view note) {
+  const dsn::ReportKind kind = report.kind;
+  absl::StatusOr<dsn::RenderedDsn> rendered = renderers_.at(kind).Render(report, absl::Now());
+  if (!rendered.ok()) {
+    render_errors_->Inc();
+    // Not InvalidArgument: that code means "the queue refused it for good".
+    return absl::InternalError(absl::StrCat("render: ", rendered.status().message()));
+  }
+  bool duplicate = false;
+  absl::StatusOr<std::string> dsn_id = Enqueue(job, *rendered, recipient, note, &duplicate);
+  if (!dsn_id.ok()) {
+    enqueue_errors_->Inc();
+    return dsn_id.status();
+  }
+  if (!duplicate) {
+    (kind == dsn::ReportKind::kDelayed     ? dsns_delayed_
+     : kind == dsn::ReportKind::kDelivered ? dsns_delivered_
+                                           : dsns_failed_)
+        ->Inc();
+  }
+  log::Event(Level::kInfo, "dsn_enqueued",
+             {{"bounce", job.bounce_id()},
+              {"msg", job.message_id()},
+              {"dsn", *dsn_id},
+              {"kind", note},
+              {"to", recipient},
+              {"rcpts", absl::StrCat(report.recipients.size())},
+              {"duplicate", duplicate ? "true" : "false"}});
+  return dsn_id;
+}
+
+absl::StatusOr<std::string> BounceWorker::Enqueue(const v1::BounceJob& job, const dsn::RenderedDsn& dsn,
+                                                  absl::string_view recipient, absl::string_view note,
+                                                  bool* duplicate) {
   grpc::ClientContext ctx;
   ctx.set_wait_for_ready(true);
   ctx.set_deadline(Deadline(options_.rpc_timeout));
   v1::EnqueueResponse resp;
   std::unique_ptr<grpc::ClientWriterInterface<v1::EnqueueRequest>> writer = stub_->Enqueue(&ctx, &resp);
   v1::EnqueueRequest first;
-  *first.mutable_header() = MakeDsnEnqueueHeader(job, dsn);
+  *first.mutable_header() = MakeDsnEnqueueHeader(job, dsn, recipient, note);
   bool ok = writer->Write(first);
   for (size_t pos = 0; ok && pos < dsn.message.size(); pos += kChunkBytes) {
     v1::EnqueueRequest chunk;
@@ -187,20 +314,7 @@ absl::StatusOr<std::string> BounceWorker::Enqueue(const v1::BounceJob& job, cons
   if (resp.message_id().empty()) {
     return absl::InternalError("the queue answered Enqueue without a message id");
   }
-  const dsn::ReportKind kind = KindOf(job.kind());
-  if (!resp.duplicate()) {
-    (kind == dsn::ReportKind::kDelayed     ? dsns_delayed_
-     : kind == dsn::ReportKind::kDelivered ? dsns_delivered_
-                                           : dsns_failed_)
-        ->Inc();
-  }
-  log::Event(Level::kInfo, "dsn_enqueued",
-             {{"bounce", job.bounce_id()},
-              {"msg", job.message_id()},
-              {"dsn", resp.message_id()},
-              {"kind", KindName(kind)},
-              {"to", job.envelope().mail_from()},
-              {"duplicate", resp.duplicate() ? "true" : "false"}});
+  *duplicate = resp.duplicate();
   return resp.message_id();
 }
 

@@ -9,8 +9,13 @@
 // expires, the job is leased again, and the second Enqueue returns the first
 // DSN's id without storing anything: the sender gets exactly one DSN. A job
 // whose Enqueue or render fails is not acknowledged; its lease expires and
-// it is retried later. A double bounce (original sender <>) is logged,
-// counted and acknowledged without a DSN (RFC 5321 §4.5.5).
+// it is retried later. A double bounce (original sender <>, or a DSN the
+// queue refuses for good, e.g. an unusable sender address) is logged,
+// counted and acknowledged without a DSN (RFC 5321 §4.5.5); with
+// double_bounce_recipient set, a DSN copy goes there instead (marked in its
+// envelope notes, so a failed copy is never copied again: no loop).
+// Suppression rules (suppression.h) and NOTIFY can also leave a job without
+// a DSN; it is then acknowledged and counted.
 //
 // The synchronous gRPC API is used on purpose: bounces are rare, one thread
 // is plenty, and a blocking loop is the easiest code to get right. Lease
@@ -20,7 +25,8 @@
 // finish.
 //
 // Metrics: tern_bouncer_dsns_total{kind}, tern_bouncer_double_bounces_total,
-// tern_bouncer_suppressed_total, tern_bouncer_render_errors_total,
+// tern_bouncer_double_bounce_copies_total,
+// tern_bouncer_suppressed_total{reason}, tern_bouncer_render_errors_total,
 // tern_bouncer_queue_errors_total{call}.
 //
 // Thread-safety: Run() on one thread; Stop() from any thread.
@@ -41,6 +47,8 @@
 #include "lib/dsn/dsn_renderer.h"
 #include "lib/metrics/metrics.h"
 #include "services/bouncer/bouncer_config.h"
+#include "services/bouncer/dsn_composer.h"
+#include "services/bouncer/suppression.h"
 #include "tern/v1/queue.grpc.pb.h"
 
 namespace grpc {
@@ -75,27 +83,42 @@ class BounceWorker {
   // Asks Run() to return after the job in progress; cancels a pending Lease.
   void Stop();
 
-  // Handles one leased job: double bounce -> Ack without DSN; otherwise
-  // render, Enqueue, Ack with the DSN's queue id. An error means the job was
-  // not acknowledged (its lease will expire and it will be retried).
+  // Handles one leased job: double bounce -> Ack without DSN (or with the
+  // postmaster copy's id); suppressed -> Ack without DSN; otherwise render,
+  // Enqueue, Ack with the DSN's queue id. An error means the job was not
+  // acknowledged (its lease will expire and it will be retried).
   absl::Status ProcessJob(const tern::v1::BounceJob& job);
 
  private:
-  absl::StatusOr<std::string> Enqueue(const tern::v1::BounceJob& job, const dsn::RenderedDsn& dsn);
+  // Logs and counts a double bounce, sends the postmaster copy when one is
+  // configured and allowed, and acknowledges the job.
+  absl::Status HandleDoubleBounce(const tern::v1::BounceJob& job, absl::string_view why);
+  // Renders `report` with the renderer of its kind and enqueues it to
+  // `recipient`; returns the DSN's queue id.
+  absl::StatusOr<std::string> Send(const tern::v1::BounceJob& job, const dsn::DeliveryReport& report,
+                                   absl::string_view recipient, absl::string_view note);
+  absl::StatusOr<std::string> Enqueue(const tern::v1::BounceJob& job, const dsn::RenderedDsn& dsn,
+                                      absl::string_view recipient, absl::string_view note, bool* duplicate);
   absl::Status Ack(const tern::v1::BounceJob& job, const std::string& dsn_message_id);
   // Sleeps for `d` unless Stop() comes first.
   void SleepUnlessStopped(absl::Duration d);
 
   tern::v1::Queue::StubInterface* stub_;
   std::string me_;
+  std::string double_bounce_recipient_;
   std::map<dsn::ReportKind, dsn::DsnRenderer> renderers_;
+  SuppressionRules suppression_;
+  ComposeOptions compose_options_;
   Options options_;
 
   metrics::Counter* dsns_failed_;
   metrics::Counter* dsns_delayed_;
   metrics::Counter* dsns_delivered_;
   metrics::Counter* double_bounces_;
-  metrics::Counter* suppressed_;
+  metrics::Counter* double_bounce_copies_;
+  metrics::Counter* suppressed_notify_;
+  metrics::Counter* suppressed_sender_domain_;
+  metrics::Counter* suppressed_status_;
   metrics::Counter* render_errors_;
   metrics::Counter* lease_errors_;
   metrics::Counter* enqueue_errors_;

@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "lib/mime/header.h"
 #include "services/bouncer/default_bounce_message.h"
+#include "services/bouncer/dsn_composer.h"
 
 namespace tern::bouncer {
 namespace {
@@ -50,8 +51,8 @@ class FakeQueue final : public v1::Queue::Service {
     }
     std::lock_guard<std::mutex> lock(mu_);
     ++enqueue_calls_;
-    if (fail_enqueue_) {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "disk on fire");
+    if (fail_enqueue_ != grpc::StatusCode::OK) {
+      return grpc::Status(fail_enqueue_, "refused");
     }
     auto it = ids_by_key_.find(stored.header.idempotency_key());
     if (it != ids_by_key_.end()) {
@@ -95,9 +96,9 @@ class FakeQueue final : public v1::Queue::Service {
     jobs_.push_back(job);
     cv_.notify_all();
   }
-  void FailEnqueue(bool fail) {
+  void FailEnqueue(grpc::StatusCode code) {
     std::lock_guard<std::mutex> lock(mu_);
-    fail_enqueue_ = fail;
+    fail_enqueue_ = code;
   }
   bool WaitForAcks(size_t n, std::chrono::seconds timeout) {
     std::unique_lock<std::mutex> lock(mu_);
@@ -128,7 +129,7 @@ class FakeQueue final : public v1::Queue::Service {
   std::map<std::string, std::string> ids_by_key_;
   std::vector<v1::BounceAck> acks_;
   v1::LeaseRequest last_lease_;
-  bool fail_enqueue_ = false;
+  grpc::StatusCode fail_enqueue_ = grpc::StatusCode::OK;
   int enqueue_calls_ = 0;
 };
 
@@ -253,12 +254,61 @@ TEST_F(BounceWorkerTest, NotifyNeverIsAckedWithoutDsn) {
 
 TEST_F(BounceWorkerTest, FailedEnqueueLeavesTheJobUnacked) {
   uint64_t before = CounterValue("tern_bouncer_queue_errors_total", {{"call", "enqueue"}});
-  queue_.FailEnqueue(true);
+  queue_.FailEnqueue(grpc::StatusCode::UNAVAILABLE);
   auto worker = MakeWorker();
   absl::Status s = worker->ProcessJob(MakeJob("b5", "alice@example.com"));
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE(queue_.acks().empty());
   EXPECT_EQ(CounterValue("tern_bouncer_queue_errors_total", {{"call", "enqueue"}}), before + 1);
+}
+
+TEST_F(BounceWorkerTest, DsnTheQueueRefusesForGoodIsADoubleBounce) {
+  uint64_t before = CounterValue("tern_bouncer_double_bounces_total");
+  queue_.FailEnqueue(grpc::StatusCode::INVALID_ARGUMENT);
+  auto worker = MakeWorker();
+  ASSERT_TRUE(worker->ProcessJob(MakeJob("b6", "no-domain")).ok());
+  ASSERT_EQ(queue_.acks().size(), 1u);
+  EXPECT_EQ(queue_.acks()[0].dsn_message_id(), "");
+  EXPECT_EQ(CounterValue("tern_bouncer_double_bounces_total"), before + 1);
+}
+
+TEST_F(BounceWorkerTest, DoubleBounceIsCopiedToThePostmasterOnce) {
+  uint64_t copies = CounterValue("tern_bouncer_double_bounce_copies_total");
+  config_.double_bounce_recipient = "postmaster@tern.test";
+  auto worker = MakeWorker();
+  ASSERT_TRUE(worker->ProcessJob(MakeJob("b7", "")).ok());
+  std::vector<FakeQueue::Stored> stored = queue_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  const v1::Envelope& env = stored[0].header.envelope();
+  EXPECT_EQ(env.mail_from(), "");
+  ASSERT_EQ(env.recipients_size(), 1);
+  EXPECT_EQ(env.recipients(0).address(), "postmaster@tern.test");
+  EXPECT_EQ(env.notes().at(kDsnNoteKey), kDoubleBounceCopyNote);
+  EXPECT_EQ(mime::GetHeader(stored[0].body, "To"), "<postmaster@tern.test>");
+  EXPECT_THAT(stored[0].body, HasSubstr("Final-Recipient: rfc822;bob@example.net\r\n"));
+  ASSERT_EQ(queue_.acks().size(), 1u);
+  EXPECT_EQ(queue_.acks()[0].dsn_message_id(), "dsn-1");
+  EXPECT_EQ(CounterValue("tern_bouncer_double_bounce_copies_total"), copies + 1);
+
+  // The copy fails in turn: its bounce job carries the note, so no new copy.
+  v1::BounceJob failed_copy = MakeJob("b8", "");
+  (*failed_copy.mutable_envelope()->mutable_notes())[kDsnNoteKey] = kDoubleBounceCopyNote;
+  failed_copy.mutable_recipients(0)->mutable_spec()->set_address("postmaster@tern.test");
+  ASSERT_TRUE(worker->ProcessJob(failed_copy).ok());
+  EXPECT_EQ(queue_.stored().size(), 1u);
+  ASSERT_EQ(queue_.acks().size(), 2u);
+  EXPECT_EQ(queue_.acks()[1].dsn_message_id(), "");
+  EXPECT_EQ(CounterValue("tern_bouncer_double_bounce_copies_total"), copies + 1);
+}
+
+TEST_F(BounceWorkerTest, SuppressedSenderDomainIsAckedWithoutDsnAndCounted) {
+  uint64_t before = CounterValue("tern_bouncer_suppressed_total", {{"reason", "sender_domain"}});
+  config_.suppress_sender_domains = {"example.com"};
+  auto worker = MakeWorker();
+  ASSERT_TRUE(worker->ProcessJob(MakeJob("b9", "alice@example.com")).ok());
+  EXPECT_EQ(queue_.enqueue_calls(), 0);
+  ASSERT_EQ(queue_.acks().size(), 1u);
+  EXPECT_EQ(CounterValue("tern_bouncer_suppressed_total", {{"reason", "sender_domain"}}), before + 1);
 }
 
 TEST_F(BounceWorkerTest, RunLeasesBounceJobsAndStopsOnRequest) {

@@ -8,24 +8,41 @@
 //     queue=127.0.0.1:7070           ; Default: 127.0.0.1:7070. The queue's gRPC API.
 //     health_listen=127.0.0.1:7073   ; Default: 127.0.0.1:7073. Empty disables.
 //     metrics_listen=127.0.0.1:9473  ; Default: 127.0.0.1:9473. Empty disables.
+//     max_original_bytes=1048576     ; Default: 1048576. RET=FULL attaches the
+//                                    ; whole original up to this size, else
+//                                    ; its headers (text/rfc822-headers).
+//     double_bounce_recipient=       ; Default: empty (none). Gets a DSN copy
+//                                    ; of every double bounce.
+//     suppress_sender_domains[]=     ; Default: none. See suppression.h.
+//     suppress_status[]=             ; Default: none. See suppression.h.
 //   me                               ; Default: the machine's host name.
 //   outbound.bounce_message          ; Default: the built-in copy of
 //                                    ; deploy/config/outbound.bounce_message.
 //   outbound.bounce_message_delayed  ; Tern addition, for Action: delayed DSNs.
-//                                    ; Default: built in.
+//                                    ; Default: built-in copy of the deploy file.
 //   outbound.bounce_message_delivered; Tern addition, for NOTIFY=SUCCESS DSNs.
-//                                    ; Default: built in.
+//                                    ; Default: built-in copy of the deploy file.
+//   outbound.bounce_message_html     ; Optional HTML alternative of failed
+//   outbound.bounce_message_delayed_html   DSNs (and of the other kinds).
+//   outbound.bounce_message_delivered_html ; Default: absent = text only.
+//   outbound.bounce_message_image    ; Optional inline image (a MIME part) for
+//                                    ; the HTML. Default: absent.
 //   log.ini                          ; read by config::InitLogging.
 //
 // Thread-safety: a plain value; share it by const reference.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "lib/config/config_dir.h"
 #include "lib/dsn/delivery_status.h"
+#include "lib/dsn/dsn_renderer.h"
+#include "services/bouncer/suppression.h"
 
 namespace tern::bouncer {
 
@@ -40,23 +57,36 @@ struct BouncerConfig {
   std::string queue = "127.0.0.1:7070";
   std::string health_listen = "127.0.0.1:7073";
   std::string metrics_listen = "127.0.0.1:9473";
+  int64_t max_original_bytes = 1024 * 1024;
+  std::string double_bounce_recipient;  // empty: no copies
+  std::vector<std::string> suppress_sender_domains;
+  std::vector<std::string> suppress_status;
   std::string me;
   TemplateSource failed_template;
   TemplateSource delayed_template;
   TemplateSource delivered_template;
+  std::optional<TemplateSource> failed_html;
+  std::optional<TemplateSource> delayed_html;
+  std::optional<TemplateSource> delivered_html;
+  std::optional<TemplateSource> image;
 
   const TemplateSource& TemplateFor(dsn::ReportKind kind) const;
+  const std::optional<TemplateSource>& HtmlFor(dsn::ReportKind kind) const;
 
-  // Checks the addresses, `me`, and that every template parses.
+  // The parsed templates a renderer for `kind` uses (the image only when
+  // that kind has an HTML template with content).
+  absl::StatusOr<dsn::DsnTemplates> TemplatesFor(dsn::ReportKind kind) const;
+
+  // The suppression rules, parsed.
+  absl::StatusOr<SuppressionRules> Suppression() const;
+
+  // Checks the addresses, `me`, sizes, the suppression rules and that every
+  // template parses.
   absl::Status Validate() const;
 };
 
 // Reads the files above from `dir` (missing files take their defaults) and
 // validates the result.
 absl::StatusOr<BouncerConfig> LoadBouncerConfig(const config::ConfigDir& dir);
-
-// The built-in templates for delay and success notifications.
-extern const char kDefaultDelayedMessage[];
-extern const char kDefaultDeliveredMessage[];
 
 }  // namespace tern::bouncer

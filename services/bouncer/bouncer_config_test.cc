@@ -44,14 +44,30 @@ TEST_F(BouncerConfigTest, EmptyDirGivesDocumentedDefaults) {
   EXPECT_EQ(cfg->failed_template.origin, "built-in outbound.bounce_message");
   EXPECT_EQ(cfg->delayed_template.text, kDefaultDelayedMessage);
   EXPECT_EQ(cfg->delivered_template.text, kDefaultDeliveredMessage);
+  EXPECT_EQ(cfg->max_original_bytes, 1048576);
+  EXPECT_EQ(cfg->double_bounce_recipient, "");
+  EXPECT_FALSE(cfg->failed_html.has_value());
+  EXPECT_FALSE(cfg->image.has_value());
+  absl::StatusOr<SuppressionRules> rules = cfg->Suppression();
+  ASSERT_TRUE(rules.ok());
+  EXPECT_TRUE(rules->empty());
+  absl::StatusOr<dsn::DsnTemplates> t = cfg->TemplatesFor(dsn::ReportKind::kFailed);
+  ASSERT_TRUE(t.ok());
+  EXPECT_FALSE(t->html.has_value());
 }
 
-TEST_F(BouncerConfigTest, BuiltInTemplateIsTheDeployDefault) {
-  std::ifstream in(std::string(TERN_SOURCE_DIR) + "/deploy/config/outbound.bounce_message", std::ios::binary);
-  ASSERT_TRUE(in.good());
+std::string ReadDeployFile(const std::string& name) {
+  std::ifstream in(std::string(TERN_SOURCE_DIR) + "/deploy/config/" + name, std::ios::binary);
+  EXPECT_TRUE(in.good()) << name;
   std::stringstream text;
   text << in.rdbuf();
-  EXPECT_EQ(text.str(), kDefaultBounceMessage);
+  return text.str();
+}
+
+TEST_F(BouncerConfigTest, BuiltInTemplatesAreTheDeployDefaults) {
+  EXPECT_EQ(ReadDeployFile("outbound.bounce_message"), kDefaultBounceMessage);
+  EXPECT_EQ(ReadDeployFile("outbound.bounce_message_delayed"), kDefaultDelayedMessage);
+  EXPECT_EQ(ReadDeployFile("outbound.bounce_message_delivered"), kDefaultDeliveredMessage);
 }
 
 TEST_F(BouncerConfigTest, DeployConfigDirLoads) {
@@ -59,6 +75,69 @@ TEST_F(BouncerConfigTest, DeployConfigDirLoads) {
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->queue, "127.0.0.1:7070");
   EXPECT_THAT(cfg->failed_template.origin, HasSubstr("deploy/config/outbound.bounce_message"));
+  // Tern ships an HTML alternative for failure DSNs, but no image.
+  ASSERT_TRUE(cfg->failed_html.has_value());
+  EXPECT_FALSE(cfg->image.has_value());
+  absl::StatusOr<dsn::DsnTemplates> t = cfg->TemplatesFor(dsn::ReportKind::kFailed);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_TRUE(t->html.has_value());
+  EXPECT_TRUE(t->html->has_content());
+}
+
+TEST_F(BouncerConfigTest, ReadsBounceKeysAndOptionalTemplates) {
+  Write("tern.ini",
+        "[bouncer]\nmax_original_bytes=2048\ndouble_bounce_recipient=<postmaster@example.com>\n"
+        "suppress_sender_domains[]=example.net\nsuppress_sender_domains[]=.lists.example.org\n"
+        "suppress_status[]=5.7.*\nsuppress_status[]=55x\n");
+  Write("outbound.bounce_message_html", "<p>{recipients}</p>\n<img src=\"cid:logo\">\n");
+  Write("outbound.bounce_message_image",
+        "Content-Type: image/gif\nContent-ID: <logo>\nContent-Transfer-Encoding: base64\n\n"
+        "R0lGODlhAQABAAAAACw=\n");
+  absl::StatusOr<BouncerConfig> cfg = LoadBouncerConfig(Dir());
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->max_original_bytes, 2048);
+  EXPECT_EQ(cfg->double_bounce_recipient, "postmaster@example.com");
+  absl::StatusOr<SuppressionRules> rules = cfg->Suppression();
+  ASSERT_TRUE(rules.ok());
+  EXPECT_TRUE(rules->SuppressesSender("x@example.net"));
+  EXPECT_TRUE(rules->SuppressesSender("x@a.lists.example.org"));
+  EXPECT_TRUE(rules->SuppressesRecipient("5.7.1", 0));
+  EXPECT_TRUE(rules->SuppressesRecipient("5.0.0", 554));
+  absl::StatusOr<dsn::DsnTemplates> failed = cfg->TemplatesFor(dsn::ReportKind::kFailed);
+  ASSERT_TRUE(failed.ok()) << failed.status();
+  ASSERT_TRUE(failed->image.has_value());
+  EXPECT_EQ(failed->image->content_id(), "logo");
+  // No HTML for delays: text only, so the image is not used there.
+  absl::StatusOr<dsn::DsnTemplates> delayed = cfg->TemplatesFor(dsn::ReportKind::kDelayed);
+  ASSERT_TRUE(delayed.ok());
+  EXPECT_FALSE(delayed->html.has_value());
+  EXPECT_FALSE(delayed->image.has_value());
+}
+
+TEST_F(BouncerConfigTest, RejectsBadBounceKeysNamingThem) {
+  struct Case {
+    const char* file;
+    const char* text;
+    const char* error;
+  };
+  const Case cases[] = {
+      {"tern.ini", "[bouncer]\nmax_original_bytes=lots\n", "max_original_bytes"},
+      {"tern.ini", "[bouncer]\nmax_original_bytes=-1\n", "max_original_bytes"},
+      {"tern.ini", "[bouncer]\ndouble_bounce_recipient=postmaster\n", "double_bounce_recipient"},
+      {"tern.ini", "[bouncer]\nsuppress_status[]=5.7\n", "suppress_status"},
+      {"tern.ini", "[bouncer]\nsuppress_sender_domains[]=a b\n", "suppress_sender_domains"},
+      {"outbound.bounce_message_image", "Content-Type: image/png\n\nAAAA\n", "outbound.bounce_message_image"},
+      {"outbound.bounce_message_html", "<p>\xFF</p>\n", "outbound.bounce_message_html"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.text);
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    Write(c.file, c.text);
+    absl::StatusOr<BouncerConfig> cfg = LoadBouncerConfig(Dir());
+    ASSERT_FALSE(cfg.ok());
+    EXPECT_THAT(std::string(cfg.status().message()), HasSubstr(c.error));
+  }
 }
 
 TEST_F(BouncerConfigTest, ReadsKeysMeAndTemplateFiles) {

@@ -83,61 +83,126 @@ absl::string_view KindName(dsn::ReportKind kind) {
   return "failed";
 }
 
-ComposedReport ComposeReport(const v1::BounceJob& job, absl::string_view me) {
+namespace {
+
+dsn::RecipientStatus ToRecipientStatus(const v1::BouncedRecipient& br, dsn::ReportKind kind, int64_t retry_until_ms) {
+  const v1::RecipientResult& res = br.result();
+  dsn::RecipientStatus r;
+  r.final_recipient = br.spec().address();
+  r.original_recipient = br.spec().orcpt();
+  r.action = ActionFor(kind);
+  r.status = res.enhanced_status();
+  r.reply_code = static_cast<int>(res.reply_code());
+  r.reply_text = res.reply_text();
+  r.remote_mta = res.remote_mta();
+  r.last_attempt = FromUnixMs(res.at_unix_ms());
+  if (kind == dsn::ReportKind::kDelayed) {
+    r.will_retry_until = FromUnixMs(retry_until_ms);
+  }
+  return r;
+}
+
+// The per-message part of the report and the original to quote.
+void FillMessageFacts(const v1::BounceJob& job, const ComposeOptions& options, ComposedReport& out) {
+  dsn::DeliveryReport& report = out.report;
+  report.envid = job.envelope().envid();
+  report.arrival = FromUnixMs(job.arrival_unix_ms());
+  const bool wants_full = job.original_is_full() && job.envelope().ret() != v1::DSN_RET_HDRS;
+  mime::HeaderBlock block = mime::SplitHeaderBlock(job.original());
+  if (wants_full && job.original().size() > options.max_original_bytes) {
+    // Too big to return whole: the headers say which message it was.
+    report.original = std::string(block.headers);
+    report.original_is_full = false;
+    out.original_trimmed = true;
+  } else {
+    report.original = job.original();
+    report.original_is_full = wants_full;
+  }
+  report.original_message_id = mime::GetHeader(block.headers, "Message-Id").value_or("");
+  report.original_subject = mime::DecodeEncodedWords(mime::GetHeader(block.headers, "Subject").value_or(""));
+}
+
+}  // namespace
+
+ComposedReport ComposeReport(const v1::BounceJob& job, absl::string_view me, const ComposeOptions& options) {
   ComposedReport out;
   const v1::Envelope& env = job.envelope();
   if (IsNullSender(env.mail_from())) {
     out.disposition = Disposition::kDoubleBounce;
     return out;
   }
+  if (options.suppression != nullptr && options.suppression->SuppressesSender(env.mail_from())) {
+    out.disposition = Disposition::kSuppressed;
+    out.why = "sender_domain";
+    return out;
+  }
   dsn::DeliveryReport& report = out.report;
   report.kind = KindOf(job.kind());
   report.reporting_mta = std::string(me);
-  report.envid = env.envid();
-  report.arrival = FromUnixMs(job.arrival_unix_ms());
   report.original_sender = env.mail_from();
 
-  const dsn::Action action = ActionFor(report.kind);
   for (const v1::BouncedRecipient& br : job.recipients()) {
     if (!NotifyAllows(br.spec().notify(), report.kind) || !OutcomeFits(br.result().outcome(), report.kind)) {
       continue;
     }
-    const v1::RecipientResult& res = br.result();
-    dsn::RecipientStatus r;
-    r.final_recipient = br.spec().address();
-    r.original_recipient = br.spec().orcpt();
-    r.action = action;
-    r.status = res.enhanced_status();
-    r.reply_code = static_cast<int>(res.reply_code());
-    r.reply_text = res.reply_text();
-    r.remote_mta = res.remote_mta();
-    r.last_attempt = FromUnixMs(res.at_unix_ms());
+    dsn::RecipientStatus r = ToRecipientStatus(br, report.kind, job.will_retry_until_unix_ms());
+    if (options.suppression != nullptr &&
+        options.suppression->SuppressesRecipient(dsn::DeriveStatus(r), r.reply_code)) {
+      out.suppressed_recipients.push_back(r.final_recipient);
+      continue;
+    }
     report.recipients.push_back(std::move(r));
   }
   if (report.recipients.empty()) {
-    out.disposition = Disposition::kNothingToReport;
+    const bool by_rule = !out.suppressed_recipients.empty();
+    out.disposition = by_rule ? Disposition::kSuppressed : Disposition::kNothingToReport;
+    out.why = by_rule ? "status" : "notify";
     return out;
   }
+  FillMessageFacts(job, options, out);
+  out.disposition = Disposition::kSend;
+  return out;
+}
 
-  report.original = job.original();
-  report.original_is_full = job.original_is_full() && env.ret() != v1::DSN_RET_HDRS;
-  mime::HeaderBlock block = mime::SplitHeaderBlock(report.original);
-  report.original_message_id = mime::GetHeader(block.headers, "Message-Id").value_or("");
-  report.original_subject = mime::DecodeEncodedWords(mime::GetHeader(block.headers, "Subject").value_or(""));
+bool IsDoubleBounceCopy(const v1::BounceJob& job) {
+  auto it = job.envelope().notes().find(kDsnNoteKey);
+  return it != job.envelope().notes().end() && it->second == kDoubleBounceCopyNote;
+}
+
+ComposedReport ComposeDoubleBounceCopy(const v1::BounceJob& job, absl::string_view me, absl::string_view postmaster,
+                                       const ComposeOptions& options) {
+  ComposedReport out;
+  dsn::DeliveryReport& report = out.report;
+  report.kind = dsn::ReportKind::kFailed;
+  report.reporting_mta = std::string(me);
+  report.original_sender = std::string(postmaster);
+  for (const v1::BouncedRecipient& br : job.recipients()) {
+    if (OutcomeFits(br.result().outcome(), dsn::ReportKind::kFailed)) {
+      report.recipients.push_back(ToRecipientStatus(br, dsn::ReportKind::kFailed, 0));
+    }
+  }
+  if (report.recipients.empty()) {
+    out.disposition = Disposition::kNothingToReport;
+    out.why = "notify";
+    return out;
+  }
+  FillMessageFacts(job, options, out);
   out.disposition = Disposition::kSend;
   return out;
 }
 
 std::string IdempotencyKey(const v1::BounceJob& job) { return absl::StrCat("dsn:", job.bounce_id()); }
 
-v1::EnqueueHeader MakeDsnEnqueueHeader(const v1::BounceJob& job, const dsn::RenderedDsn& dsn) {
+v1::EnqueueHeader MakeDsnEnqueueHeader(const v1::BounceJob& job, const dsn::RenderedDsn& dsn,
+                                       absl::string_view recipient, absl::string_view note) {
   v1::EnqueueHeader header;
   v1::Envelope* env = header.mutable_envelope();
   env->set_mail_from("");
   v1::RecipientSpec* rcpt = env->add_recipients();
-  rcpt->set_address(job.envelope().mail_from());
-  env->set_smtputf8(!mime::IsAscii(job.envelope().mail_from()));
+  rcpt->set_address(std::string(recipient));
+  env->set_smtputf8(!mime::IsAscii(recipient));
   env->set_body_8bit(dsn.body_8bit);
+  (*env->mutable_notes())[kDsnNoteKey] = std::string(note);
   header.set_idempotency_key(IdempotencyKey(job));
   header.set_expected_size(dsn.message.size());
   return header;

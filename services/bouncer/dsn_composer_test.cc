@@ -1,9 +1,16 @@
 #include "services/bouncer/dsn_composer.h"
 
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <sstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "lib/config/config_dir.h"
+#include "services/bouncer/bouncer_config.h"
 
 namespace tern::bouncer {
 namespace {
@@ -11,6 +18,7 @@ namespace {
 namespace v1 = ::tern::v1;
 using ::testing::ElementsAre;
 using ::testing::Field;
+using ::testing::HasSubstr;
 
 constexpr char kOriginal[] =
     "From: Alice <alice@example.com>\r\n"
@@ -175,7 +183,7 @@ TEST(DsnComposer, EnqueueHeaderSendsFromNullSenderToOriginalSender) {
   dsn::RenderedDsn rendered;
   rendered.message = "Subject: x\r\n\r\nbody\r\n";
   rendered.body_8bit = true;
-  v1::EnqueueHeader h = MakeDsnEnqueueHeader(job, rendered);
+  v1::EnqueueHeader h = MakeDsnEnqueueHeader(job, rendered, "alice@example.com", "failed");
   EXPECT_EQ(h.envelope().mail_from(), "");
   ASSERT_EQ(h.envelope().recipients_size(), 1);
   EXPECT_EQ(h.envelope().recipients(0).address(), "alice@example.com");
@@ -185,9 +193,157 @@ TEST(DsnComposer, EnqueueHeaderSendsFromNullSenderToOriginalSender) {
   EXPECT_TRUE(h.envelope().body_8bit());
   EXPECT_FALSE(h.envelope().smtputf8());
   EXPECT_EQ(h.envelope().envid(), "");  // the DSN is a new message
+  EXPECT_EQ(h.envelope().notes().at(kDsnNoteKey), "failed");
 
-  job.mutable_envelope()->set_mail_from("j\xC3\xB6rg@example.de");
-  EXPECT_TRUE(MakeDsnEnqueueHeader(job, rendered).envelope().smtputf8());
+  EXPECT_TRUE(MakeDsnEnqueueHeader(job, rendered, "j\xC3\xB6rg@example.de", "failed").envelope().smtputf8());
+}
+
+TEST(DsnComposer, DelayedReportTakesWillRetryUntilFromTheJob) {
+  v1::BounceJob job = FailedJob();
+  job.set_kind(v1::BOUNCE_KIND_DELAYED);
+  job.set_will_retry_until_unix_ms(1'795'432'000'000);
+  job.mutable_recipients(0)->mutable_result()->set_outcome(v1::OUTCOME_TRANSIENT);
+  ComposedReport c = ComposeReport(job, "me");
+  ASSERT_EQ(c.disposition, Disposition::kSend);
+  EXPECT_EQ(c.report.recipients[0].will_retry_until, absl::FromUnixMillis(1'795'432'000'000));
+
+  job.set_will_retry_until_unix_ms(0);  // unknown: no field
+  EXPECT_EQ(ComposeReport(job, "me").report.recipients[0].will_retry_until, std::nullopt);
+}
+
+TEST(DsnComposer, RetFullOverTheSizeLimitAttachesHeadersOnly) {
+  v1::BounceJob job = FailedJob();
+  ComposeOptions options;
+  options.max_original_bytes = std::string(kOriginal).size();
+  ComposedReport at_limit = ComposeReport(job, "me", options);
+  EXPECT_TRUE(at_limit.report.original_is_full);
+  EXPECT_FALSE(at_limit.original_trimmed);
+
+  options.max_original_bytes -= 1;
+  ComposedReport over = ComposeReport(job, "me", options);
+  ASSERT_EQ(over.disposition, Disposition::kSend);
+  EXPECT_FALSE(over.report.original_is_full);
+  EXPECT_TRUE(over.original_trimmed);
+  EXPECT_EQ(over.report.original, std::string(kOriginal).substr(0, std::string(kOriginal).find("\r\n\r\n") + 2));
+  EXPECT_EQ(over.report.original_message_id, "<orig-1@example.com>");
+}
+
+TEST(DsnComposer, SuppressionBySenderDomainDropsTheDsn) {
+  absl::StatusOr<SuppressionRules> rules = SuppressionRules::Create({"example.com"}, {}, "d", "s");
+  ASSERT_TRUE(rules.ok());
+  ComposeOptions options;
+  options.suppression = &*rules;
+  ComposedReport c = ComposeReport(FailedJob(), "me", options);
+  EXPECT_EQ(c.disposition, Disposition::kSuppressed);
+  EXPECT_EQ(c.why, "sender_domain");
+}
+
+TEST(DsnComposer, SuppressionByStatusDropsOnlyMatchingRecipients) {
+  absl::StatusOr<SuppressionRules> rules = SuppressionRules::Create({}, {"5.7.*"}, "d", "s");
+  ASSERT_TRUE(rules.ok());
+  ComposeOptions options;
+  options.suppression = &*rules;
+  v1::BounceJob job = FailedJob();
+  v1::BouncedRecipient* spam = AddRecipient(job, "carol@example.org", v1::OUTCOME_PERMANENT);
+  spam->mutable_result()->set_reply_code(550);
+  spam->mutable_result()->set_enhanced_status("5.7.1");
+  ComposedReport c = ComposeReport(job, "me", options);
+  ASSERT_EQ(c.disposition, Disposition::kSend);
+  EXPECT_THAT(c.report.recipients, ElementsAre(Field(&dsn::RecipientStatus::final_recipient, "bob@example.net")));
+  EXPECT_THAT(c.suppressed_recipients, ElementsAre("carol@example.org"));
+
+  job.mutable_recipients()->DeleteSubrange(0, 1);
+  c = ComposeReport(job, "me", options);
+  EXPECT_EQ(c.disposition, Disposition::kSuppressed);
+  EXPECT_EQ(c.why, "status");
+}
+
+TEST(DsnComposer, DoubleBounceCopyGoesToThePostmasterAndIsMarked) {
+  v1::BounceJob job = FailedJob();
+  job.mutable_envelope()->set_mail_from("");
+  job.mutable_recipients(0)->mutable_spec()->set_notify(v1::NOTIFY_NEVER);  // ignored for the copy
+  AddRecipient(job, "ok@example.org", v1::OUTCOME_DELIVERED);
+  EXPECT_FALSE(IsDoubleBounceCopy(job));
+  ComposedReport c = ComposeDoubleBounceCopy(job, "mx.tern.test", "postmaster@tern.test");
+  ASSERT_EQ(c.disposition, Disposition::kSend);
+  EXPECT_EQ(c.report.original_sender, "postmaster@tern.test");
+  EXPECT_EQ(c.report.kind, dsn::ReportKind::kFailed);
+  EXPECT_THAT(c.report.recipients, ElementsAre(Field(&dsn::RecipientStatus::final_recipient, "bob@example.net")));
+  EXPECT_EQ(c.report.original_message_id, "<orig-1@example.com>");
+
+  (*job.mutable_envelope()->mutable_notes())[kDsnNoteKey] = kDoubleBounceCopyNote;
+  EXPECT_TRUE(IsDoubleBounceCopy(job));
+  (*job.mutable_envelope()->mutable_notes())[kDsnNoteKey] = "failed";
+  EXPECT_FALSE(IsDoubleBounceCopy(job));
+}
+
+// ---- golden files through the shipped templates ---------------------------
+
+std::string GoldenPath(absl::string_view name) {
+  return absl::StrCat(TERN_SOURCE_DIR, "/tests/testdata/dsn/", name, ".eml");
+}
+
+// Byte-for-byte comparison; TERN_UPDATE_GOLDEN=1 rewrites the file.
+void ExpectGolden(absl::string_view name, const std::string& actual) {
+  const std::string path = GoldenPath(name);
+  const char* update = std::getenv("TERN_UPDATE_GOLDEN");
+  if (update != nullptr && std::string(update) == "1") {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    ASSERT_TRUE(out.good()) << "cannot write " << path;
+    out << actual;
+    return;
+  }
+  std::ifstream in(path, std::ios::binary);
+  ASSERT_TRUE(in.good()) << "missing golden file " << path << " (run with TERN_UPDATE_GOLDEN=1 to create it)";
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  EXPECT_EQ(buffer.str(), actual) << "DSN differs from " << path << "; rerun with TERN_UPDATE_GOLDEN=1 if intended";
+}
+
+// Renders `job` as tern-bouncer would with the deploy config's templates.
+std::string RenderWithDeployTemplates(const v1::BounceJob& job, absl::Time now) {
+  absl::StatusOr<BouncerConfig> cfg =
+      LoadBouncerConfig(config::ConfigDir(std::string(TERN_SOURCE_DIR) + "/deploy/config"));
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  ComposedReport c = ComposeReport(job, "mx.tern.test");
+  EXPECT_EQ(c.disposition, Disposition::kSend);
+  absl::StatusOr<dsn::DsnTemplates> templates = cfg->TemplatesFor(c.report.kind);
+  EXPECT_TRUE(templates.ok()) << templates.status();
+  auto n = std::make_shared<int>(0);
+  dsn::DsnRenderer renderer(*std::move(templates), [n] { return absl::StrCat("tok", ++*n); }, 4242);
+  absl::StatusOr<dsn::RenderedDsn> dsn = renderer.Render(c.report, now);
+  EXPECT_TRUE(dsn.ok()) << dsn.status();
+  return dsn.ok() ? dsn->message : "";
+}
+
+TEST(DsnComposerGolden, FailedJobWithShippedTextAndHtmlTemplates) {
+  v1::BounceJob job = FailedJob();
+  v1::BouncedRecipient* carol = AddRecipient(job, "carol@example.org", v1::OUTCOME_PERMANENT);
+  carol->mutable_result()->set_reply_code(554);
+  carol->mutable_result()->set_reply_text("5.7.1 <carol@example.org>: Relay access denied");
+  carol->mutable_result()->set_remote_mta("mx.example.org");
+  AddRecipient(job, "dave@example.org", v1::OUTCOME_DELIVERED);  // not in a failure DSN
+  std::string message = RenderWithDeployTemplates(job, absl::FromUnixMillis(1'795'000'120'000));
+  ExpectGolden("job_failed_deploy_templates", message);
+  EXPECT_THAT(message, HasSubstr("Content-Type: multipart/alternative;"));
+  EXPECT_THAT(message, HasSubstr("Content-Type: message/rfc822\r\n"));
+  EXPECT_THAT(message, ::testing::Not(HasSubstr("dave@example.org")));
+}
+
+TEST(DsnComposerGolden, DelayedJobCarriesWillRetryUntilFromTheQueue) {
+  v1::BounceJob job = FailedJob();
+  job.set_kind(v1::BOUNCE_KIND_DELAYED);
+  job.mutable_envelope()->set_ret(v1::DSN_RET_HDRS);
+  job.set_will_retry_until_unix_ms(1'795'432'000'000);
+  v1::RecipientResult* res = job.mutable_recipients(0)->mutable_result();
+  res->set_outcome(v1::OUTCOME_TRANSIENT);
+  res->set_reply_code(451);
+  res->set_enhanced_status("4.7.1");
+  res->set_reply_text("Greylisted, please try again later");
+  std::string message = RenderWithDeployTemplates(job, absl::FromUnixMillis(1'795'014'400'000));
+  ExpectGolden("job_delayed", message);
+  EXPECT_THAT(message, HasSubstr("Action: delayed\r\n"));
+  EXPECT_THAT(message, HasSubstr("Will-Retry-Until: " + dsn::FormatRfc5322Date(absl::FromUnixMillis(1'795'432'000'000))));
 }
 
 }  // namespace

@@ -20,6 +20,20 @@ absl::StatusOr<int64_t> GetRanged(const config::IniFile& ini, absl::string_view 
 
 absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& dir) {
   DelivererConfig c;
+  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, dir.Ini("outbound.ini"));
+  constexpr absl::string_view kM = "main";
+  TERN_ASSIGN_OR_RETURN(int64_t conc, GetRanged(outbound, kM, "concurrency_max", 10000, 1, 1000000));
+  c.concurrency_max = static_cast<uint32_t>(conc);
+  TERN_ASSIGN_OR_RETURN(int64_t ct, GetRanged(outbound, kM, "connect_timeout", 30, 1, 3600));
+  c.connect_timeout = std::chrono::seconds(ct);
+  TERN_ASSIGN_OR_RETURN(c.local_mx_ok, outbound.GetBool(kM, "local_mx_ok", false));
+  TERN_ASSIGN_OR_RETURN(c.enable_tls, outbound.GetBool(kM, "enable_tls", true));
+  auto prefer = ParseInetPrefer(outbound.GetString(kM, "inet_prefer", "default"));
+  if (!prefer.ok()) {
+    return outbound.KeyError(kM, "inet_prefer", prefer.status().message());
+  }
+  c.inet_prefer = *prefer;
+
   TERN_ASSIGN_OR_RETURN(config::IniFile tern, dir.Ini("tern.ini"));
   constexpr absl::string_view kD = "deliverer";
   c.queue = tern.GetString(kD, "queue", c.queue);
@@ -38,19 +52,31 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   c.health_listen = tern.GetString(kD, "health_listen", c.health_listen);
   c.metrics_listen = tern.GetString(kD, "metrics_listen", c.metrics_listen);
 
-  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, dir.Ini("outbound.ini"));
-  constexpr absl::string_view kM = "main";
-  TERN_ASSIGN_OR_RETURN(int64_t conc, GetRanged(outbound, kM, "concurrency_max", 10000, 1, 1000000));
-  c.concurrency_max = static_cast<uint32_t>(conc);
-  TERN_ASSIGN_OR_RETURN(int64_t ct, GetRanged(outbound, kM, "connect_timeout", 30, 1, 3600));
-  c.connect_timeout = std::chrono::seconds(ct);
-  TERN_ASSIGN_OR_RETURN(c.local_mx_ok, outbound.GetBool(kM, "local_mx_ok", false));
-  TERN_ASSIGN_OR_RETURN(c.enable_tls, outbound.GetBool(kM, "enable_tls", true));
-  auto prefer = ParseInetPrefer(outbound.GetString(kM, "inet_prefer", "default"));
-  if (!prefer.ok()) {
-    return outbound.KeyError(kM, "inet_prefer", prefer.status().message());
+  c.timeouts.connect = c.connect_timeout;
+  c.timeouts.final_dot = c.dot_timeout;
+  struct Step {
+    const char* key;
+    std::chrono::steady_clock::duration* field;
+  };
+  for (const Step& step : {Step{"banner_timeout", &c.timeouts.banner}, Step{"ehlo_timeout", &c.timeouts.ehlo},
+                           Step{"starttls_timeout", &c.timeouts.starttls}, Step{"auth_timeout", &c.timeouts.auth},
+                           Step{"mail_timeout", &c.timeouts.mail}, Step{"rcpt_timeout", &c.timeouts.rcpt},
+                           Step{"data_timeout", &c.timeouts.data}, Step{"rset_timeout", &c.timeouts.rset}}) {
+    TERN_ASSIGN_OR_RETURN(int64_t v, GetRanged(tern, kD, step.key, ct, 1, 3600));
+    *step.field = std::chrono::seconds(v);
   }
-  c.inet_prefer = *prefer;
+  TERN_ASSIGN_OR_RETURN(int64_t pool, GetRanged(tern, kD, "pool_timeout", 50, 0, 3600));
+  c.pool_timeout = std::chrono::seconds(pool);
+  TERN_ASSIGN_OR_RETURN(int64_t pool_max, GetRanged(tern, kD, "pool_max_messages", 100, 1, 1000000));
+  c.pool_max_messages = static_cast<uint32_t>(pool_max);
+  TERN_ASSIGN_OR_RETURN(int64_t ttl, GetRanged(tern, kD, "tls_failure_ttl", 604800, 0, 31536000));
+  c.tls_failure_ttl = std::chrono::seconds(ttl);
+  TERN_ASSIGN_OR_RETURN(int64_t refresh, GetRanged(tern, kD, "host_flags_refresh", 30, 1, 86400));
+  c.host_flags_refresh = std::chrono::seconds(refresh);
+
+  TERN_ASSIGN_OR_RETURN(config::IniFile routes, dir.Ini("outbound_routes.ini"));
+  TERN_ASSIGN_OR_RETURN(c.routes, StaticRoutes::Load(routes));
+  TERN_ASSIGN_OR_RETURN(c.tls, TlsOutboundConfig::Load(dir));
 
   TERN_ASSIGN_OR_RETURN(c.me, dir.Me());
   TERN_RETURN_IF_ERROR(c.Validate());

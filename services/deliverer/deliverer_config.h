@@ -7,18 +7,31 @@
 //     queue=127.0.0.1:7070        the queue's gRPC address. Default: 127.0.0.1:7070
 //     dns_servers=                comma-separated ip, ip:port or [ipv6]:port.
 //                                 Default: empty = /etc/resolv.conf
-//     mx_port=25                  port for MX hosts from DNS. Default: 25
+//     mx_port=25                  port for MX hosts from DNS and routes. Default: 25
 //     lease_batch=64              most jobs per Lease call. Default: 64
+//     banner_timeout=, ehlo_timeout=, starttls_timeout=, auth_timeout=,
+//     mail_timeout=, rcpt_timeout=, data_timeout=, rset_timeout=
+//                                 seconds per step. Default: connect_timeout
 //     dot_timeout=600             seconds for the body and the reply to the
 //                                 final dot. Default: 600
+//     pool_timeout=50             seconds an idle connection is kept for
+//                                 reuse; 0 disables reuse. Default: 50
+//     pool_max_messages=100       messages per connection. Default: 100
+//     tls_failure_ttl=604800      seconds a host whose TLS handshake failed is
+//                                 reached in plain text. Default: 604800 (7 days)
+//     host_flags_refresh=30       seconds between GetHostFlags calls. Default: 30
 //     health_listen=127.0.0.1:7072   Default: 127.0.0.1:7072; empty disables
 //     metrics_listen=127.0.0.1:9472  Default: 127.0.0.1:9472; empty disables
 //   outbound.ini [main]
 //     concurrency_max=10000   Default: 10000
-//     connect_timeout=30      seconds, for the connect and each reply. Default: 30
+//     connect_timeout=30      seconds for the TCP connect (and default for
+//                             every reply). Default: 30
 //     local_mx_ok=false       Default: false
 //     inet_prefer=default     default, v4 or v6. Default: default
 //     enable_tls=true         opportunistic STARTTLS. Default: true
+//   outbound_routes.ini       static routes (static_routes.h). Default: none
+//   tls.ini [outbound]        TLS policy (tls_policy.h). Default: opportunistic,
+//                             unverified
 //   me                        EHLO name. Default: the host name
 //
 // Thread-safety: a plain value.
@@ -33,6 +46,9 @@
 #include "absl/status/statusor.h"
 #include "lib/config/config_dir.h"
 #include "services/deliverer/route_planner.h"
+#include "services/deliverer/smtp_timeouts.h"
+#include "services/deliverer/static_routes.h"
+#include "services/deliverer/tls_policy.h"
 
 namespace tern::deliverer {
 
@@ -44,6 +60,11 @@ struct DelivererConfig {
   std::chrono::seconds dot_timeout{600};
   std::string health_listen = "127.0.0.1:7072";
   std::string metrics_listen = "127.0.0.1:9472";
+  SmtpTimeouts timeouts;  // connect = connect_timeout, final_dot = dot_timeout
+  std::chrono::seconds pool_timeout{50};
+  uint32_t pool_max_messages = 100;
+  std::chrono::seconds tls_failure_ttl{604800};
+  std::chrono::seconds host_flags_refresh{30};
 
   uint32_t concurrency_max = 10000;
   std::chrono::seconds connect_timeout{30};
@@ -51,9 +72,13 @@ struct DelivererConfig {
   InetPrefer inet_prefer = InetPrefer::kDefault;
   bool enable_tls = true;
 
+  StaticRoutes routes;
+  TlsOutboundConfig tls;
+
   std::string me;
 
-  // Reads tern.ini, outbound.ini and me from `dir`; errors name the file and key.
+  // Reads tern.ini, outbound.ini, outbound_routes.ini, tls.ini and me from
+  // `dir`; errors name the file and key.
   static absl::StatusOr<DelivererConfig> Load(const config::ConfigDir& dir);
 
   absl::Status Validate() const;

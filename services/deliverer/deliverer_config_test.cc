@@ -36,6 +36,46 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
   EXPECT_TRUE(c->enable_tls);
   EXPECT_EQ(c->inet_prefer, InetPrefer::kDefault);
   EXPECT_EQ(c->me, "mta.example.test");
+  EXPECT_EQ(c->pool_timeout, std::chrono::seconds(50));
+  EXPECT_EQ(c->pool_max_messages, 100u);
+  EXPECT_EQ(c->tls_failure_ttl, std::chrono::seconds(604800));
+  EXPECT_EQ(c->host_flags_refresh, std::chrono::seconds(30));
+  EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(30));
+  EXPECT_EQ(c->timeouts.banner, std::chrono::seconds(30));
+  EXPECT_EQ(c->timeouts.rcpt, std::chrono::seconds(30));
+  EXPECT_EQ(c->timeouts.final_dot, std::chrono::seconds(600));
+  EXPECT_EQ(c->routes.size(), 0u);
+  EXPECT_FALSE(c->tls.reject_unauthorized);
+}
+
+TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
+  Write("outbound.ini", "connect_timeout=7\n");
+  Write("tern.ini", "[deliverer]\nrcpt_timeout=120\ndot_timeout=900\npool_timeout=0\npool_max_messages=5\n"
+                    "tls_failure_ttl=60\nhost_flags_refresh=5\n");
+  auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(7));
+  EXPECT_EQ(c->timeouts.mail, std::chrono::seconds(7));
+  EXPECT_EQ(c->timeouts.rcpt, std::chrono::seconds(120));
+  EXPECT_EQ(c->timeouts.final_dot, std::chrono::seconds(900));
+  EXPECT_EQ(c->pool_timeout, std::chrono::seconds(0));
+  EXPECT_EQ(c->pool_max_messages, 5u);
+  EXPECT_EQ(c->tls_failure_ttl, std::chrono::seconds(60));
+  EXPECT_EQ(c->host_flags_refresh, std::chrono::seconds(5));
+}
+
+TEST_F(ConfigTest, ReadsRoutesAndTlsPolicy) {
+  Write("outbound_routes.ini", "[example.com]\nhost=smart.example.net:587\n");
+  Write("tls.ini", "[outbound]\nno_tls_hosts[]=192.0.2.0/24\n");
+  auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_NE(c->routes.Find("example.com"), nullptr);
+  EXPECT_TRUE(c->tls.no_tls_hosts.Matches("192.0.2.9", "", ""));
+
+  Write("outbound_routes.ini", "[example.com]\nhost=bad host\n");
+  c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("outbound_routes.ini"), std::string::npos) << c.status();
 }
 
 TEST_F(ConfigTest, ReadsKeys) {

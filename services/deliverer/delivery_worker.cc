@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <deque>
+#include <map>
+#include <unordered_map>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -17,6 +19,7 @@
 #include "asio/detached.hpp"
 #include "asio/experimental/as_tuple.hpp"
 #include "asio/io_context.hpp"
+#include "asio/ip/address.hpp"
 #include "asio/ssl/context.hpp"
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
@@ -25,6 +28,8 @@
 #include "lib/common/log.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/asio_grpc.h"
+#include "services/deliverer/connection_pool.h"
+#include "services/deliverer/host_flags.h"
 #include "services/deliverer/outcome.h"
 #include "services/deliverer/smtp_transaction.h"
 #include "tern/v1/queue.grpc.pb.h"
@@ -90,6 +95,35 @@ v1::Outcome ToProto(OutcomeClass c) {
   return v1::OUTCOME_TRANSIENT;
 }
 
+bool IsIpLiteral(const std::string& text) {
+  asio::error_code ec;
+  asio::ip::make_address(text, ec);
+  return !ec;
+}
+
+DsnRetParam ToRet(v1::DsnRet ret) {
+  switch (ret) {
+    case v1::DSN_RET_FULL:
+      return DsnRetParam::kFull;
+    case v1::DSN_RET_HDRS:
+      return DsnRetParam::kHdrs;
+    default:
+      return DsnRetParam::kUnspecified;
+  }
+}
+
+std::string Millis(Clock::duration d) {
+  return absl::StrFormat("%.3f", std::chrono::duration<double>(d).count());
+}
+
+// "mx.example.com[192.0.2.1]:25", or the socket path for LMTP over unix.
+std::string RelayOf(const std::string& mx, const std::string& ip, uint32_t port) {
+  if (ip.empty()) {
+    return mx.empty() ? "none" : mx;
+  }
+  return absl::StrCat(mx, "[", ip, "]:", port);
+}
+
 struct Metrics {
   metrics::Registry& r = metrics::Registry::Global();
   metrics::Counter& delivered = r.GetCounter("tern_deliverer_recipients_total", "Recipients by outcome",
@@ -107,6 +141,10 @@ struct Metrics {
                                                    {{"result", "refused"}});
   metrics::Counter& reports_dropped = r.GetCounter("tern_deliverer_reports_total", "Delivery reports by result",
                                                    {{"result", "dropped"}});
+  metrics::Counter& tls_fallbacks = r.GetCounter("tern_deliverer_tls_fallbacks_total",
+                                                 "Failed TLS handshakes retried in plain text");
+  metrics::Counter& ambiguous = r.GetCounter("tern_deliverer_ambiguous_total",
+                                             "Recipients whose connection was lost after the final dot");
 
   metrics::Counter& Dns(dns::LookupStatus s) {
     return r.GetCounter("tern_deliverer_dns_lookups_total", "MX lookups by result",
@@ -139,14 +177,19 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         slot_timer_(io),
         backoff_timer_(io),
         report_wake_(io),
-        tls_(std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client)),
+        progress_wake_(io),
+        flags_timer_(io),
+        pool_(io.get_executor(), ConnectionPool::Options{config.pool_timeout, config.pool_max_messages,
+                                                         config.concurrency_max}),
         worker_id_(absl::StrCat(config.me, "/", NewRandomToken().substr(0, 8))) {
-    asio::error_code ec;
-    tls_->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
-                          asio::ssl::context::no_sslv3,
-                      ec);
-    // Only to record whether the peer verified; failures never block delivery.
-    tls_->set_default_verify_paths(ec);
+    // DelivererConfig::Load already built a context from the same settings,
+    // so this only fails for a config that was never loaded (tests).
+    auto ctx = config.tls.MakeContext();
+    if (ctx.ok()) {
+      tls_ = *std::move(ctx);
+    } else {
+      log::Event(log::Level::kError, "tls_context_failed", {{"error", std::string(ctx.status().message())}});
+    }
   }
 
   void Start() { asio::co_spawn(io_, Main(shared_from_this()), asio::detached); }
@@ -160,8 +203,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                {{"in_flight", absl::StrCat(in_flight_)}, {"pending_reports", absl::StrCat(pending_.size())}});
     slot_timer_.cancel();
     backoff_timer_.cancel();
+    flags_timer_.cancel();
     if (lease_ctx_ != nullptr) {
       lease_ctx_->TryCancel();
+    }
+    if (flags_ctx_ != nullptr) {
+      flags_ctx_->TryCancel();
     }
     asio::co_spawn(io_, Drain(shared_from_this(), std::move(on_stopped), drain_timeout), asio::detached);
   }
@@ -182,6 +229,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     auto executor = co_await asio::this_coro::executor;
     asio::co_spawn(executor, ReporterLoop(self), asio::detached);
+    asio::co_spawn(executor, ProgressLoop(self), asio::detached);
+    asio::co_spawn(executor, HostFlagsLoop(self), asio::detached);
     co_await LeaseLoop(self);
   }
 
@@ -248,6 +297,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     const std::string delay = absl::StrFormat("%.2f", std::chrono::duration<double>(Clock::now() - start).count());
     if (!outcomes.empty()) {
+      self->RememberFinals(job, outcomes);
       PendingReport pending;
       pending.deadline_unix_ms = job.lease_deadline_unix_ms();
       pending.report.set_delivery_id(job.delivery_id());
@@ -264,10 +314,17 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         res->set_remote_mta(o.remote_mta);
         res->set_remote_ip(o.remote_ip);
         res->set_at_unix_ms(o.at_unix_ms);
+        res->set_remote_port(o.remote_port);
+        res->set_mode(o.mode);
+        res->set_tls(o.tls);
+        res->set_tls_verified(o.tls_verified);
+        res->set_auth_mechanism(o.auth_mechanism);
+        res->set_ambiguous(o.ambiguous);
         self->metrics_.Recipients(o.outcome).Inc();
-        const std::string relay = o.remote_ip.empty()
-                                      ? (o.remote_mta.empty() ? "none" : o.remote_mta)
-                                      : absl::StrCat(o.remote_mta, "[", o.remote_ip, "]:", self->config_.mx_port);
+        if (o.ambiguous) {
+          self->metrics_.ambiguous.Inc();
+        }
+        const std::string relay = RelayOf(o.remote_mta, o.remote_ip, o.remote_port);
         const std::string reply =
             o.reply_code != 0 ? absl::StrCat(o.reply_code, " ", o.enhanced_status, " ", o.reply_text) : o.reply_text;
         log::Event(o.outcome == OutcomeClass::kDelivered ? log::Level::kInfo : log::Level::kNotice, "delivery",
@@ -279,6 +336,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                     {"attempt", absl::StrCat(job.attempt())},
                     {"dsn", o.enhanced_status},
                     {"status", StatusWord(o.outcome)},
+                    {"tls", o.tls.empty() ? "none" : o.tls},
+                    {"ambiguous", o.ambiguous ? "yes" : "no"},
                     {"reply", reply}});
       }
       self->EnqueueReport(std::move(pending));
@@ -288,10 +347,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     self->slot_timer_.cancel();
   }
 
-  // One delivery: DNS, route, SMTP per address. One outcome per recipient,
-  // in job order; none is ever left without one. `job` is a reference into
-  // the awaiting RunDelivery frame, which co_awaits this directly (never
-  // spawned), so it outlives the call.
+  // One delivery: route (static route or DNS), then SMTP/LMTP per address.
+  // One outcome per recipient, in job order; none is ever left without one.
+  // `job` is a reference into the awaiting RunDelivery frame, which
+  // co_awaits this directly (never spawned), so it outlives the call.
   asio::awaitable<std::vector<RecipientOutcome>> Deliver(v1::DeliveryJob& job) {
     const size_t n = static_cast<size_t>(job.recipients_size());
     std::vector<std::optional<RecipientOutcome>> decided(n);
@@ -310,37 +369,79 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       return out;
     };
 
-    dns::MxAnswer mx = co_await AwaitMx(resolver_, job.domain());
-    metrics_.Dns(mx.status).Inc();
-    switch (mx.status) {
-      case dns::LookupStatus::kNullMx:
-        decide_rest(LocalOutcome(OutcomeClass::kPermanent, "5.1.10", mx.detail));
+    // A delivery this worker already finished, whose report the queue has not
+    // applied (it was down, or restarted and gave the job out again): the
+    // final outcomes stand, so those recipients are not sent a second time.
+    if (auto it = unconfirmed_.find(job.delivery_id()); it != unconfirmed_.end()) {
+      size_t reused = 0;
+      for (size_t i = 0; i < n; ++i) {
+        auto f = it->second.finals.find(job.recipients(static_cast<int>(i)).index());
+        if (f != it->second.finals.end()) {
+          decided[i] = f->second;
+          ++reused;
+        }
+      }
+      if (reused > 0) {
+        log::Event(log::Level::kNotice, "unconfirmed_outcomes_reused",
+                   {{"msg", job.message_id()}, {"delivery", job.delivery_id()},
+                    {"rcpts", absl::StrCat(reused)}, {"note", "already delivered or failed by this worker"}});
+      }
+      if (reused == n) {
         co_return finish();
-      case dns::LookupStatus::kNoSuchDomain:
-        decide_rest(LocalOutcome(OutcomeClass::kPermanent, "5.1.2", mx.detail));
-        co_return finish();
-      case dns::LookupStatus::kTempFail:
-        decide_rest(LocalOutcome(OutcomeClass::kTransient, "4.4.3", mx.detail));
-        co_return finish();
-      case dns::LookupStatus::kOk:
-        break;
+      }
     }
 
-    RoutePlan plan = planner_.Plan(mx);
+    const Clock::time_point dns_start = Clock::now();
+    const StaticRoute* route = config_.routes.Find(job.domain());
+    RoutePlan plan;
+    if (route != nullptr) {
+      // Haraka's get_mx answered by configuration: no MX lookup; host names
+      // in the route still need their addresses.
+      std::vector<dns::HostAnswer> answers(route->hosts.size());
+      for (size_t i = 0; i < route->hosts.size(); ++i) {
+        const RouteHost& h = route->hosts[i];
+        if (h.unix_path.empty() && !IsIpLiteral(h.host)) {
+          answers[i] = co_await AwaitHost(resolver_, h.host);
+        }
+      }
+      plan = planner_.PlanRoute(*route, answers);
+    } else {
+      dns::MxAnswer mx = co_await AwaitMx(resolver_, job.domain());
+      metrics_.Dns(mx.status).Inc();
+      switch (mx.status) {
+        case dns::LookupStatus::kNullMx:
+          decide_rest(LocalOutcome(OutcomeClass::kPermanent, "5.1.10", mx.detail));
+          co_return finish();
+        case dns::LookupStatus::kNoSuchDomain:
+          decide_rest(LocalOutcome(OutcomeClass::kPermanent, "5.1.2", mx.detail));
+          co_return finish();
+        case dns::LookupStatus::kTempFail:
+          decide_rest(LocalOutcome(OutcomeClass::kTransient, "4.4.3", mx.detail));
+          co_return finish();
+        case dns::LookupStatus::kOk:
+          break;
+      }
+      plan = planner_.Plan(mx);
+    }
+    const Clock::duration dns_delay = Clock::now() - dns_start;
     if (plan.attempts.empty()) {
-      decide_rest(LocalOutcome(OutcomeClass::kTransient, plan.dns_trouble ? "4.4.3" : "4.4.4",
-                               absl::StrCat("no usable MX for ", job.domain(), ": ",
-                                            plan.skipped.empty() ? "no MX host" : absl::StrJoin(plan.skipped, "; "))));
+      decide_rest(LocalOutcome(
+          OutcomeClass::kTransient, plan.dns_trouble ? "4.4.3" : "4.4.4",
+          absl::StrCat(route != nullptr ? "no usable host in the static route for " : "no usable MX for ",
+                       job.domain(), ": ", plan.skipped.empty() ? "no MX host" : absl::StrJoin(plan.skipped, "; "))));
       co_return finish();
     }
 
     auto body = std::make_shared<const std::string>(std::move(*job.mutable_body()));
-    std::vector<size_t> undecided(n);
+    std::vector<size_t> undecided;
     for (size_t i = 0; i < n; ++i) {
-      undecided[i] = i;
+      if (!decided[i]) {
+        undecided.push_back(i);
+      }
     }
     RecipientOutcome last_failure = LocalOutcome(OutcomeClass::kTransient, "4.4.1", "no MX address was tried");
     size_t tried = 0;
+    bool progress_sent = false;
     for (const Attempt& attempt : plan.attempts) {
       if (undecided.empty()) {
         break;
@@ -354,31 +455,64 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       }
       ++tried;
       TransactionRequest request;
-      request.helo_name = config_.me;
+      request.helo_name = route != nullptr && !route->bind_helo.empty() ? route->bind_helo : config_.me;
       request.mx_host = attempt.mx_host;
       request.ip = attempt.ip;
       request.port = attempt.port;
+      request.unix_path = attempt.unix_path;
+      request.lmtp = attempt.lmtp;
       request.mail_from = job.mail_from();
       for (size_t i : undecided) {
-        request.recipients.push_back(job.recipients(static_cast<int>(i)).spec().address());
+        const v1::RecipientSpec& spec = job.recipients(static_cast<int>(i)).spec();
+        RecipientRequest r(spec.address());
+        r.notify = spec.notify();
+        r.orcpt = spec.orcpt();
+        request.recipients.push_back(std::move(r));
       }
       request.body = body;
       request.smtputf8 = job.smtputf8();
       request.body_8bit = job.body_8bit();
-      request.starttls = config_.enable_tls;
+      request.ret = ToRet(job.ret());
+      request.envid = job.envid();
+      const std::string flag_host = attempt.unix_path.empty() ? attempt.ip : attempt.unix_path;
+      const TlsDecision tls =
+          config_.tls.Decide(config_.enable_tls, route != nullptr ? route->tls : RouteTls::kOpportunistic,
+                             host_flags_.Has(flag_host, kBrokenTlsFlag, NowUnixMs()), attempt.ip, attempt.mx_host,
+                             job.domain());
+      request.tls = tls.mode;  // without a context: opportunistic → plain, required → error
+      request.verify_tls = tls.verify;
       request.tls_context = tls_;
-      request.timeouts.connect = config_.connect_timeout;
-      request.timeouts.command = config_.connect_timeout;
-      request.timeouts.final_dot = config_.dot_timeout;
+      if (route != nullptr && route->has_auth()) {
+        request.auth_user = route->auth_user;
+        request.auth_pass = route->auth_pass;
+        request.auth_type = route->auth_type;
+        request.force_auth = route->force_auth;
+      }
+      request.bind_ip = route != nullptr ? route->bind : "";
+      request.timeouts = config_.timeouts;
+      request.pool = &pool_;
+      // Only pointers captured (GCC 12 coroutine argument bug).
+      Impl* self = this;
+      const v1::DeliveryJob* job_ptr = &job;
+      bool* sent_ptr = &progress_sent;
+      request.on_data_sent = [self, job_ptr, sent_ptr] {
+        if (!*sent_ptr) {
+          *sent_ptr = true;
+          self->NoteDataSent(*job_ptr);
+        }
+      };
 
       absl::StatusOr<TransactionResult> result = co_await RunSmtpTransaction(request);
-      if (result.ok() && result->tls_failed) {
+      if (result.ok() && result->tls_failed && request.tls == TlsMode::kOpportunistic) {
         // Opportunistic TLS: a broken handshake must not make the host
-        // unreachable; try the same address once more in plain text.
+        // unreachable. Retry the same address in plain text now, and tell
+        // every deliverer to skip TLS there for tls_failure_ttl.
+        metrics_.tls_fallbacks.Inc();
         log::Event(log::Level::kNotice, "tls_failed_retrying_plain",
-                   {{"msg", job.message_id()}, {"relay", attempt.mx_host}, {"ip", attempt.ip},
+                   {{"msg", job.message_id()}, {"relay", RelayOf(attempt.mx_host, attempt.ip, attempt.port)},
                     {"error", result->failure}});
-        request.starttls = false;
+        MarkBrokenTls(flag_host, result->failure);
+        request.tls = TlsMode::kNone;
         result = co_await RunSmtpTransaction(request);
       }
       if (!result.ok()) {
@@ -386,6 +520,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                                     attempt.mx_host, attempt.ip);
         continue;
       }
+      LogAttempt(job, attempt, *result, dns_delay);
       std::vector<size_t> still;
       for (size_t j = 0; j < undecided.size(); ++j) {
         if (result->outcomes[j]) {
@@ -397,13 +532,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       undecided = std::move(still);
       if (!undecided.empty()) {
         metrics_.connection_errors.Inc();
-        log::Event(log::Level::kInfo, "attempt_failed",
-                   {{"msg", job.message_id()},
-                    {"relay", absl::StrCat(attempt.mx_host, "[", attempt.ip, "]:", attempt.port)},
-                    {"reason", result->failure}});
         last_failure = LocalOutcome(OutcomeClass::kTransient,
                                     result->failure_enhanced.empty() ? "4.4.2" : result->failure_enhanced,
                                     result->failure, attempt.mx_host, attempt.ip, result->failure_code);
+        last_failure.remote_port = attempt.port;
+        last_failure.mode = attempt.lmtp ? "LMTP" : "SMTP";
       }
     }
     if (!undecided.empty() && tried > 1) {
@@ -411,6 +544,166 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     decide_rest(last_failure);
     co_return finish();
+  }
+
+  // One line per SMTP/LMTP attempt (Postfix's per-delivery line, per session).
+  void LogAttempt(const v1::DeliveryJob& job, const Attempt& attempt, const TransactionResult& r,
+                  Clock::duration dns_delay) {
+    size_t decided = 0;
+    for (const auto& o : r.outcomes) {
+      decided += o ? 1 : 0;
+    }
+    if (!r.warning.empty()) {
+      log::Event(log::Level::kWarn, "auth_skipped", {{"msg", job.message_id()}, {"warning", r.warning}});
+    }
+    log::Event(r.failure.empty() ? log::Level::kInfo : log::Level::kNotice, "attempt",
+               {{"msg", job.message_id()},
+                {"delivery", job.delivery_id()},
+                {"rcpts", absl::StrCat(r.outcomes.size())},
+                {"decided", absl::StrCat(decided)},
+                {"relay", RelayOf(attempt.mx_host, attempt.ip, attempt.port)},
+                {"mode", attempt.lmtp ? "LMTP" : "SMTP"},
+                {"tls", r.tls.empty() ? "none" : r.tls},
+                {"tls_verified", r.tls_verified ? "yes" : "no"},
+                {"auth", r.auth_mechanism.empty() ? "none" : r.auth_mechanism},
+                {"reused", r.reused ? "yes" : "no"},
+                {"delays", absl::StrCat(Millis(dns_delay), "/", Millis(r.connect_time), "/",
+                                        Millis(r.transaction_time))},
+                {"failure", r.failure}});
+  }
+
+  // Remembers `host` as broken_tls locally and tells the queue (fire and
+  // forget), so every deliverer reaches it in plain text until the TTL ends.
+  void MarkBrokenTls(const std::string& host, const std::string& reason) {
+    if (config_.tls_failure_ttl.count() == 0) {
+      return;
+    }
+    const int64_t expires = NowUnixMs() + std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              config_.tls_failure_ttl).count();
+    host_flags_.Set(host, kBrokenTlsFlag, expires);
+    v1::HostFlag flag;
+    flag.set_host(host);
+    flag.set_flag(kBrokenTlsFlag);
+    flag.set_expires_unix_ms(expires);
+    flag.set_reason(reason.substr(0, 500));
+    asio::co_spawn(io_, PutHostFlag(shared_from_this(), std::move(flag)), asio::detached);
+  }
+
+  static asio::awaitable<void> PutHostFlag(std::shared_ptr<Impl> self, v1::HostFlag flag) {
+    v1::PutHostFlagsRequest request;
+    *request.add_flags() = std::move(flag);
+    v1::PutHostFlagsResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::Status status = co_await rpc::AwaitGrpc(
+        [&](auto done) { self->stub_->async()->PutHostFlags(&ctx, &request, &response, std::move(done)); });
+    self->NoteOptionalRpc("PutHostFlags", status, &self->put_flags_warned_);
+  }
+
+  // Logs an optional RPC's failure once per kind of failure: a queue without
+  // Progress/HostFlags (UNIMPLEMENTED) must not flood the log.
+  void NoteOptionalRpc(const char* rpc, const grpc::Status& status, bool* warned) {
+    if (status.ok()) {
+      *warned = false;
+      return;
+    }
+    if (*warned) {
+      return;
+    }
+    *warned = true;
+    log::Event(log::Level::kWarn, status.error_code() == grpc::StatusCode::UNIMPLEMENTED ? "queue_rpc_unimplemented"
+                                                                                          : "queue_rpc_failed",
+               {{"rpc", rpc}, {"queue", config_.queue}, {"error", status.error_message()},
+                {"note", "best effort; delivery goes on without it"}});
+  }
+
+  // Fetches the shared broken-TLS list now and every host_flags_refresh.
+  static asio::awaitable<void> HostFlagsLoop(std::shared_ptr<Impl> self) {
+    while (!self->stopping_) {
+      v1::GetHostFlagsRequest request;
+      request.set_flag(kBrokenTlsFlag);
+      v1::GetHostFlagsResponse response;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      self->flags_ctx_ = &ctx;
+      grpc::Status status = co_await rpc::AwaitGrpc(
+          [&](auto done) { self->stub_->async()->GetHostFlags(&ctx, &request, &response, std::move(done)); });
+      self->flags_ctx_ = nullptr;
+      if (self->stopping_) {
+        break;
+      }
+      self->NoteOptionalRpc("GetHostFlags", status, &self->get_flags_warned_);
+      if (status.ok()) {
+        for (const auto& f : response.flags()) {
+          self->host_flags_.Set(f.host(), f.flag(), f.expires_unix_ms());
+        }
+      }
+      self->host_flags_.Expire(NowUnixMs());
+      self->flags_timer_.expires_after(self->config_.host_flags_refresh);
+      co_await self->flags_timer_.async_wait(kNoThrow);
+    }
+  }
+
+  // Queues "the final dot is about to be sent" for the Progress RPC.
+  void NoteDataSent(const v1::DeliveryJob& job) {
+    v1::DeliveryProgress p;
+    p.set_delivery_id(job.delivery_id());
+    p.set_lease_token(job.lease_token());
+    p.set_data_sent(true);
+    progress_.push_back(std::move(p));
+    progress_wake_.cancel();
+  }
+
+  // Sends queued progress in batches, one call at a time, never retried:
+  // it only narrows the window in which a crash leaves a delivery unknown.
+  static asio::awaitable<void> ProgressLoop(std::shared_ptr<Impl> self) {
+    for (;;) {
+      if (self->progress_.empty()) {
+        if (self->reporter_done_) {
+          co_return;
+        }
+        self->progress_wake_.expires_at(Clock::time_point::max());
+        co_await self->progress_wake_.async_wait(kNoThrow);
+        continue;
+      }
+      v1::ProgressRequest request;
+      while (!self->progress_.empty() && request.items_size() < static_cast<int>(kMaxReportsPerCall)) {
+        *request.add_items() = std::move(self->progress_.front());
+        self->progress_.pop_front();
+      }
+      v1::ProgressResponse response;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      grpc::Status status = co_await rpc::AwaitGrpc(
+          [&](auto done) { self->stub_->async()->Progress(&ctx, &request, &response, std::move(done)); });
+      self->NoteOptionalRpc("Progress", status, &self->progress_warned_);
+    }
+  }
+
+  // Keeps the delivered/permanent outcomes of `job` until the queue applies
+  // its report (or for kUnconfirmedTtl), so a re-lease of the same delivery
+  // after a queue outage does not send the message twice.
+  void RememberFinals(const v1::DeliveryJob& job, const std::vector<RecipientOutcome>& outcomes) {
+    const int64_t now = NowUnixMs();
+    Unconfirmed u;
+    u.expires_unix_ms = now + kUnconfirmedTtlMs;
+    for (int i = 0; i < job.recipients_size(); ++i) {
+      if (outcomes[i].outcome != OutcomeClass::kTransient) {
+        u.finals[job.recipients(i).index()] = outcomes[i];
+      }
+    }
+    if (u.finals.empty()) {
+      return;
+    }
+    if (unconfirmed_.size() >= kMaxUnconfirmed) {
+      for (auto it = unconfirmed_.begin(); it != unconfirmed_.end();) {
+        it = it->second.expires_unix_ms < now ? unconfirmed_.erase(it) : std::next(it);
+      }
+      if (unconfirmed_.size() >= kMaxUnconfirmed) {
+        unconfirmed_.clear();  // bounded memory beats perfect recall
+      }
+    }
+    unconfirmed_[job.delivery_id()] = std::move(u);
   }
 
   void EnqueueReport(PendingReport report) {
@@ -484,6 +777,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       for (int i = 0; i < response.statuses_size() && i < static_cast<int>(batch.size()); ++i) {
         if (response.statuses(i) == v1::REPORT_STATUS_APPLIED) {
           self->metrics_.reports_sent.Inc();
+          self->unconfirmed_.erase(batch[i].report.delivery_id());
         } else {
           self->metrics_.reports_refused.Inc();
           log::Event(log::Level::kWarn, "report_refused",
@@ -520,6 +814,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     self->reporter_done_ = true;
     self->report_wake_.cancel();
+    self->progress_wake_.cancel();
+    // Idle pooled connections get their QUIT.
+    co_await self->pool_.Shutdown(std::chrono::seconds(2));
     log::Event(log::Level::kNotice, "stopped", {{"unsent_reports", absl::StrCat(self->pending_.size())}});
     on_stopped();
   }
@@ -532,7 +829,23 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   asio::steady_timer slot_timer_;
   asio::steady_timer backoff_timer_;
   asio::steady_timer report_wake_;
+  asio::steady_timer progress_wake_;
+  asio::steady_timer flags_timer_;
   std::shared_ptr<asio::ssl::context> tls_;
+  ConnectionPool pool_;
+  HostFlags host_flags_;
+  struct Unconfirmed {
+    std::map<uint32_t, RecipientOutcome> finals;  // recipient index → outcome
+    int64_t expires_unix_ms = 0;
+  };
+  static constexpr int64_t kUnconfirmedTtlMs = 3600 * 1000;
+  static constexpr size_t kMaxUnconfirmed = 100000;
+  std::unordered_map<std::string, Unconfirmed> unconfirmed_;
+  std::deque<v1::DeliveryProgress> progress_;
+  bool progress_warned_ = false;
+  bool put_flags_warned_ = false;
+  bool get_flags_warned_ = false;
+  grpc::ClientContext* flags_ctx_ = nullptr;
   std::string worker_id_;
   Metrics metrics_;
   uint32_t in_flight_ = 0;

@@ -8,6 +8,8 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
+#include <map>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -15,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "asio/co_spawn.hpp"
 #include "asio/detached.hpp"
+#include "asio/experimental/as_tuple.hpp"
 #include "asio/io_context.hpp"
 #include "asio/ip/tcp.hpp"
 #include "asio/post.hpp"
@@ -62,12 +65,76 @@ class FakeQueue final : public v1::Queue::CallbackService {
     return reactor;
   }
 
+  // Progress and host flags are recorded only when `full` (otherwise the
+  // base class answers UNIMPLEMENTED, like a queue without them).
+  bool full = false;
+  std::vector<v1::DeliveryProgress> progress() {
+    absl::MutexLock lock(&mu_);
+    return progress_;
+  }
+  std::vector<v1::HostFlag> put_flags() {
+    absl::MutexLock lock(&mu_);
+    return put_flags_;
+  }
+  void AddFlag(v1::HostFlag f) {
+    absl::MutexLock lock(&mu_);
+    flags_.push_back(std::move(f));
+  }
+  int get_flags_calls() {
+    absl::MutexLock lock(&mu_);
+    return get_flags_calls_;
+  }
+
+  grpc::ServerUnaryReactor* Progress(grpc::CallbackServerContext* ctx, const v1::ProgressRequest* req,
+                                     v1::ProgressResponse*) override {
+    auto* reactor = ctx->DefaultReactor();
+    if (!full) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no"));
+      return reactor;
+    }
+    absl::MutexLock lock(&mu_);
+    for (const auto& p : req->items()) {
+      progress_.push_back(p);
+    }
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* PutHostFlags(grpc::CallbackServerContext* ctx, const v1::PutHostFlagsRequest* req,
+                                         v1::PutHostFlagsResponse*) override {
+    auto* reactor = ctx->DefaultReactor();
+    absl::MutexLock lock(&mu_);
+    for (const auto& f : req->flags()) {
+      put_flags_.push_back(f);
+    }
+    reactor->Finish(full ? grpc::Status::OK : grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no"));
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* GetHostFlags(grpc::CallbackServerContext* ctx, const v1::GetHostFlagsRequest*,
+                                         v1::GetHostFlagsResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    absl::MutexLock lock(&mu_);
+    ++get_flags_calls_;
+    if (!full) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no"));
+      return reactor;
+    }
+    for (const auto& f : flags_) {
+      *resp->add_flags() = f;
+    }
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* Report(grpc::CallbackServerContext* ctx, const v1::ReportRequest* req,
                                    v1::ReportResponse* resp) override {
     absl::MutexLock lock(&mu_);
     for (const auto& r : req->reports()) {
       reports_.push_back(r);
-      resp->add_statuses(v1::REPORT_STATUS_APPLIED);
+      const bool stale = stale_reports_ > 0;
+      stale_reports_ -= stale ? 1 : 0;
+      resp->add_statuses(stale ? v1::REPORT_STATUS_STALE_LEASE : v1::REPORT_STATUS_APPLIED);
     }
     auto* reactor = ctx->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
@@ -78,6 +145,21 @@ class FakeQueue final : public v1::Queue::CallbackService {
   absl::Mutex mu_;
   std::deque<v1::DeliveryJob> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::DeliveryReport> reports_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::DeliveryProgress> progress_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::HostFlag> put_flags_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::HostFlag> flags_ ABSL_GUARDED_BY(mu_);
+  int get_flags_calls_ ABSL_GUARDED_BY(mu_) = 0;
+
+ public:
+  // The next `n` reports are refused as stale (a queue that restarted and
+  // gave the jobs out again).
+  void RefuseNextReports(int n) {
+    absl::MutexLock lock(&mu_);
+    stale_reports_ = n;
+  }
+
+ private:
+  int stale_reports_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class FakeResolver : public dns::MxResolver {
@@ -85,7 +167,7 @@ class FakeResolver : public dns::MxResolver {
   explicit FakeResolver(asio::io_context& io) : io_(io) {}
   void ResolveMx(std::string domain, MxCallback done) override {
     dns::MxAnswer answer;
-    if (domain == "nullmx.test") {
+    if (domain == "nullmx.test" || domain == "routed.test") {
       answer.status = dns::LookupStatus::kNullMx;
       answer.detail = "Domain nullmx.test does not accept mail (null MX, RFC 7505)";
     } else {
@@ -110,39 +192,79 @@ asio::awaitable<void> Say(net::Connection& c, std::string line) {
   (void)co_await c.Write(line, 5s);
 }
 
-// Accepts SMTP sessions forever: 550 for local parts starting "unknown".
-asio::awaitable<void> SmtpSink(asio::ip::tcp::acceptor& acceptor, int* messages) {
+struct SinkStats {
+  int messages = 0;
+  int connections = 0;
+  int starttls = 0;
+  int quits = 0;
+  int rsets = 0;
+  std::vector<std::string> commands;
+};
+
+struct SinkOptions {
+  std::string ehlo = "250-sink\r\n250-PIPELINING\r\n250 AUTH PLAIN";
+  bool break_tls = false;  // 220 to STARTTLS, then garbage instead of TLS
+};
+
+asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions options, SinkStats* stats) {
+  net::Connection c(std::move(socket));
+  ++stats->connections;
+  co_await Say(c, "220 sink");
+  bool in_data = false;
   for (;;) {
-    auto socket = co_await acceptor.async_accept(asio::use_awaitable);
-    net::Connection c(std::move(socket));
-    co_await Say(c, "220 sink");
-    bool in_data = false;
-    for (;;) {
-      auto line = co_await c.ReadLine(1000, 5s);
-      if (!line.ok()) {
-        break;
-      }
-      const std::string& t = line->text;
-      if (in_data) {
-        if (t == ".") {
-          in_data = false;
-          ++*messages;
-          co_await Say(c, "250 2.0.0 queued");
-        }
-      } else if (absl::StartsWith(t, "EHLO")) {
-        co_await Say(c, "250-sink\r\n250 PIPELINING");
-      } else if (absl::StartsWith(t, "RCPT TO:<unknown")) {
-        co_await Say(c, "550 5.1.1 no such user");
-      } else if (t == "DATA") {
-        in_data = true;
-        co_await Say(c, "354 go");
-      } else if (t == "QUIT") {
-        co_await Say(c, "221 bye");
-        break;
-      } else {
-        co_await Say(c, "250 ok");
-      }
+    auto line = co_await c.ReadLine(1000, 5s);
+    if (!line.ok()) {
+      break;
     }
+    const std::string& t = line->text;
+    if (in_data) {
+      if (t == ".") {
+        in_data = false;
+        ++stats->messages;
+        co_await Say(c, "250 2.0.0 queued");
+      }
+      continue;
+    }
+    stats->commands.push_back(t);
+    if (absl::StartsWith(t, "EHLO")) {
+      co_await Say(c, options.ehlo);
+    } else if (t == "STARTTLS") {
+      ++stats->starttls;
+      co_await Say(c, "220 go ahead");
+      if (options.break_tls) {
+        co_await Say(c, "not tls at all");
+        c.Abort();
+        break;
+      }
+    } else if (absl::StartsWith(t, "AUTH")) {
+      co_await Say(c, "235 2.7.0 ok");
+    } else if (absl::StartsWith(t, "RCPT TO:<unknown")) {
+      co_await Say(c, "550 5.1.1 no such user");
+    } else if (t == "DATA") {
+      in_data = true;
+      co_await Say(c, "354 go");
+    } else if (t == "RSET") {
+      ++stats->rsets;
+      co_await Say(c, "250 ok");
+    } else if (t == "QUIT") {
+      ++stats->quits;
+      co_await Say(c, "221 bye");
+      break;
+    } else {
+      co_await Say(c, "250 ok");
+    }
+  }
+}
+
+// Accepts SMTP sessions until the acceptor closes: 550 for local parts
+// starting "unknown".
+asio::awaitable<void> SmtpSink(asio::ip::tcp::acceptor& acceptor, SinkStats* stats, SinkOptions options = {}) {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(asio::experimental::as_tuple(asio::use_awaitable));
+    if (ec) {
+      co_return;
+    }
+    asio::co_spawn(acceptor.get_executor(), SinkSession(std::move(socket), options, stats), asio::detached);
   }
 }
 
@@ -175,8 +297,8 @@ TEST(DeliveryWorker, LeasesDeliversAndReportsEveryRecipient) {
 
   asio::io_context io;
   asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  int messages = 0;
-  asio::co_spawn(io, SmtpSink(acceptor, &messages), asio::detached);
+  SinkStats stats;
+  asio::co_spawn(io, SmtpSink(acceptor, &stats), asio::detached);
 
   DelivererConfig config;
   config.queue = absl::StrCat("127.0.0.1:", queue_port);
@@ -226,7 +348,226 @@ TEST(DeliveryWorker, LeasesDeliversAndReportsEveryRecipient) {
   ASSERT_EQ(d2.recipients_size(), 1);
   EXPECT_EQ(d2.recipients(0).result().outcome(), v1::OUTCOME_PERMANENT);
   EXPECT_EQ(d2.recipients(0).result().enhanced_status(), "5.1.10");
-  EXPECT_EQ(messages, 1);
+  EXPECT_EQ(stats.messages, 1);
+}
+
+// One queue, one sink, one worker; tests tweak `config` before Start().
+struct Harness {
+  explicit Harness(SinkOptions sink = {}) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &queue_port);
+    builder.RegisterService(&queue);
+    server = builder.BuildAndStart();
+    asio::co_spawn(io, SmtpSink(acceptor, &stats, std::move(sink)), asio::detached);
+    config.queue = absl::StrCat("127.0.0.1:", queue_port);
+    config.mx_port = acceptor.local_endpoint().port();
+    config.local_mx_ok = true;
+    config.me = "tern.test";
+    config.connect_timeout = 5s;
+    config.timeouts.connect = 5s;
+    config.host_flags_refresh = 1s;
+  }
+  ~Harness() {
+    if (worker) {
+      Stop();
+    }
+    server->Shutdown();
+  }
+  void Start() {
+    RoutePlanner::Options route;
+    route.local_mx_ok = true;
+    route.port = config.mx_port;
+    worker = std::make_unique<DeliveryWorker>(io, config, rpc::MakeChannel(config.queue), resolver,
+                                              RoutePlanner(route));
+    worker->Start();
+  }
+  bool RunUntil(const std::function<bool()>& done, std::chrono::seconds timeout = 20s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+      io.run_for(10ms);
+    }
+    return done();
+  }
+  void Stop() {
+    bool stopped = false;
+    worker->Stop([&] { stopped = true; });
+    RunUntil([&] { return stopped; });
+    worker.reset();
+  }
+  std::map<std::string, v1::DeliveryReport> ReportsById() {
+    std::map<std::string, v1::DeliveryReport> out;
+    for (auto& r : queue.reports()) {
+      out[r.delivery_id()] = r;
+    }
+    return out;
+  }
+
+  FakeQueue queue;
+  int queue_port = 0;
+  std::unique_ptr<grpc::Server> server;
+  asio::io_context io;
+  asio::ip::tcp::acceptor acceptor{io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
+  SinkStats stats;
+  DelivererConfig config;
+  FakeResolver resolver{io};
+  std::unique_ptr<DeliveryWorker> worker;
+};
+
+TEST(DeliveryWorker, StaticRouteIsUsedInsteadOfMxAndReportsTheDeliveryFacts) {
+  Harness h;
+  auto ini = config::IniFile::Parse(
+      absl::StrCat("[routed.test]\nhost=127.0.0.1:", h.config.mx_port, "\nauth_user=u\nauth_pass=p\n"), "routes");
+  ASSERT_TRUE(ini.ok());
+  auto routes = StaticRoutes::Load(*ini);
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  h.config.routes = *routes;
+  h.config.mx_port = 1;  // a DNS MX would go nowhere: the route's port must win
+  h.queue.AddJob(Job("r1", "routed.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_EQ(res.remote_ip(), "127.0.0.1");
+  EXPECT_EQ(res.remote_port(), static_cast<uint32_t>(h.acceptor.local_endpoint().port()));
+  EXPECT_EQ(res.mode(), "SMTP");
+  EXPECT_EQ(res.auth_mechanism(), "PLAIN");
+  EXPECT_FALSE(res.ambiguous());
+  EXPECT_EQ(h.stats.messages, 1);
+}
+
+TEST(DeliveryWorker, RouteToALoopbackLiteralIsRefusedWithoutLocalMxOk) {
+  Harness h;
+  auto ini = config::IniFile::Parse("[routed.test]\nhost=127.0.0.1\n", "routes");
+  ASSERT_TRUE(ini.ok());
+  h.config.routes = *StaticRoutes::Load(*ini);
+  h.queue.AddJob(Job("r2", "routed.test", {"alice"}));
+  RoutePlanner::Options strict;
+  strict.local_mx_ok = false;
+  h.worker = std::make_unique<DeliveryWorker>(h.io, h.config, rpc::MakeChannel(h.config.queue), h.resolver,
+                                              RoutePlanner(strict));
+  h.worker->Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT);
+  EXPECT_EQ(res.enhanced_status(), "4.4.4");
+  EXPECT_NE(res.reply_text().find("local_mx_ok=false"), std::string::npos) << res.reply_text();
+  EXPECT_EQ(h.stats.connections, 0);
+}
+
+TEST(DeliveryWorker, SendsProgressBeforeTheDotAndReusesTheConnection) {
+  Harness h;
+  h.queue.full = true;
+  h.queue.AddJob(Job("p1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  h.queue.AddJob(Job("p2", "x.test", {"bob"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2 && h.queue.progress().size() == 2; }));
+  auto progress = h.queue.progress();
+  EXPECT_EQ(progress[0].delivery_id(), "p1");
+  EXPECT_EQ(progress[0].lease_token(), "token-p1");
+  EXPECT_TRUE(progress[0].data_sent());
+  EXPECT_EQ(h.stats.connections, 1);  // pooled
+  EXPECT_EQ(h.stats.rsets, 1);
+  EXPECT_EQ(h.stats.quits, 0);
+  h.Stop();
+  EXPECT_EQ(h.stats.quits, 1);  // the idle connection is QUIT on shutdown
+}
+
+TEST(DeliveryWorker, PoolTimeoutZeroClosesEverySession) {
+  Harness h;
+  h.config.pool_timeout = 0s;
+  h.queue.AddJob(Job("n1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  h.queue.AddJob(Job("n2", "x.test", {"bob"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2 && h.stats.quits == 2; }));
+  EXPECT_EQ(h.stats.connections, 2);
+  EXPECT_EQ(h.stats.rsets, 0);
+}
+
+TEST(DeliveryWorker, BrokenTlsIsRetriedInPlainTextAndRememberedForEveryone) {
+  SinkOptions sink;
+  sink.ehlo = "250-sink\r\n250 STARTTLS";
+  sink.break_tls = true;
+  Harness h(sink);
+  h.queue.full = true;
+  h.config.pool_timeout = 0s;
+  h.queue.AddJob(Job("t1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1 && !h.queue.put_flags().empty(); }));
+  const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_EQ(res.tls(), "");
+  auto flags = h.queue.put_flags();
+  EXPECT_EQ(flags[0].host(), "127.0.0.1");
+  EXPECT_EQ(flags[0].flag(), "broken_tls");
+  const int64_t week_ms = int64_t{7} * 24 * 3600 * 1000;
+  EXPECT_NEAR(static_cast<double>(flags[0].expires_unix_ms()),
+              static_cast<double>(absl::ToUnixMillis(absl::Now()) + week_ms), 60000.0);
+  EXPECT_NE(flags[0].reason().find("TLS"), std::string::npos);
+  EXPECT_EQ(h.stats.starttls, 1);
+  h.queue.AddJob(Job("t2", "x.test", {"bob"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  EXPECT_EQ(h.stats.starttls, 1);  // remembered: no second handshake attempt
+  EXPECT_EQ(h.stats.messages, 2);
+}
+
+TEST(DeliveryWorker, LearnsBrokenTlsHostsFromTheQueue) {
+  SinkOptions sink;
+  sink.ehlo = "250-sink\r\n250 STARTTLS";
+  sink.break_tls = true;
+  Harness h(sink);
+  h.queue.full = true;
+  v1::HostFlag flag;
+  flag.set_host("127.0.0.1");
+  flag.set_flag("broken_tls");
+  flag.set_expires_unix_ms(absl::ToUnixMillis(absl::Now()) + 3600000);
+  h.queue.AddFlag(flag);
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.get_flags_calls() > 0; }));
+  h.io.run_for(100ms);  // the answer is applied on the worker's executor
+  h.queue.AddJob(Job("g1", "x.test", {"alice"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_EQ(h.queue.reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(h.stats.starttls, 0);
+  EXPECT_TRUE(h.queue.put_flags().empty());
+}
+
+TEST(DeliveryWorker, WorksWithAQueueWithoutProgressOrHostFlags) {
+  SinkOptions sink;
+  sink.ehlo = "250-sink\r\n250 STARTTLS";
+  sink.break_tls = true;
+  Harness h(sink);  // queue.full = false: UNIMPLEMENTED everywhere optional
+  h.queue.AddJob(Job("u1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_EQ(h.queue.reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  // Still remembered locally even though the queue could not store it.
+  h.queue.AddJob(Job("u2", "x.test", {"bob"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  EXPECT_EQ(h.stats.starttls, 1);
+}
+
+TEST(DeliveryWorker, ReLeasedDeliveryWhoseReportWasRefusedIsNotSentTwice) {
+  Harness h;
+  h.queue.RefuseNextReports(1);
+  h.queue.AddJob(Job("s1", "x.test", {"alice", "unknown1"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_EQ(h.stats.messages, 1);
+  // The queue gives the same delivery out again under a new lease.
+  v1::DeliveryJob again = Job("s1", "x.test", {"alice", "unknown1"});
+  again.set_lease_token("token-s1-second");
+  again.set_attempt(2);
+  h.queue.AddJob(again);
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  const v1::DeliveryReport second = h.queue.reports()[1];
+  EXPECT_EQ(second.lease_token(), "token-s1-second");
+  ASSERT_EQ(second.recipients_size(), 2);
+  EXPECT_EQ(second.recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(second.recipients(1).result().outcome(), v1::OUTCOME_PERMANENT);
+  EXPECT_EQ(h.stats.messages, 1);  // not sent a second time
+  EXPECT_EQ(h.stats.connections, 1);
 }
 
 TEST(DeliveryWorker, StopsPromptlyWhileQueueIsUnreachable) {

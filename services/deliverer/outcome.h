@@ -58,6 +58,15 @@ struct RecipientOutcome {
   std::string remote_mta;        // MX host name, empty if none was reached
   std::string remote_ip;
   int64_t at_unix_ms = 0;
+  // Delivery facts (tern.v1.RecipientResult) of the session that decided it.
+  uint16_t remote_port = 0;
+  std::string mode;            // "SMTP" or "LMTP"; empty if no session
+  std::string tls;             // "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty = plain text
+  bool tls_verified = false;
+  std::string auth_mechanism;  // empty = no AUTH
+  // The connection was lost after the final dot: the remote may have the
+  // message (always with kTransient).
+  bool ambiguous = false;
 };
 
 // The outcome a reply decides: 2xx delivered, 4xx transient, 5xx permanent.

@@ -95,6 +95,8 @@ std::string RoutePlanner::LocalReason(const std::string& ip) const {
       return "link-local address";
     } else if (IN6_IS_ADDR_MULTICAST(&v6)) {
       return "multicast address";
+    } else if ((b[0] & 0xfe) == 0xfc) {
+      return "unique-local address";  // fc00::/7, RFC 4193 (Haraka's is_local_host too)
     }
   } else {
     return "not an IP address";
@@ -124,7 +126,7 @@ RoutePlan RoutePlanner::Plan(const dns::MxAnswer& answer) const {
         return;
       }
     }
-    plan.attempts.push_back(Attempt{host.name, canonical, options_.port, host.preference});
+    plan.attempts.push_back(Attempt{host.name, canonical, options_.port, host.preference, false, ""});
   };
   const auto& hosts = answer.hosts;
   for (size_t first = 0; first < hosts.size();) {
@@ -171,6 +173,69 @@ RoutePlan RoutePlanner::Plan(const dns::MxAnswer& answer) const {
       }
     }
     first = last;
+  }
+  return plan;
+}
+
+RoutePlan RoutePlanner::PlanRoute(const StaticRoute& route, const std::vector<dns::HostAnswer>& addresses) const {
+  RoutePlan plan;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < route.hosts.size(); ++i) {
+    const RouteHost& h = route.hosts[i];
+    if (!h.unix_path.empty()) {
+      if (seen.insert("unix:" + h.unix_path).second) {
+        Attempt a;
+        a.mx_host = h.unix_path;
+        a.port = 0;
+        a.preference = route.priority;
+        a.lmtp = true;
+        a.unix_path = h.unix_path;
+        plan.attempts.push_back(std::move(a));
+      }
+      continue;
+    }
+    const uint16_t port = h.port != 0 ? h.port : (h.lmtp ? uint16_t{24} : options_.port);
+    std::vector<std::string> ips;
+    if (std::string literal = Canonical(h.host); !literal.empty()) {
+      ips.push_back(literal);
+    } else {
+      if (!options_.local_mx_ok && !options_.me.empty() && h.host == options_.me) {
+        plan.skipped.push_back(absl::StrCat(h.host, ": route host is this host (config/me) refused (local_mx_ok=false)"));
+        continue;
+      }
+      const dns::HostAnswer empty;
+      const dns::HostAnswer& answer = i < addresses.size() ? addresses[i] : empty;
+      if (answer.status == dns::LookupStatus::kTempFail) {
+        plan.dns_trouble = true;
+      }
+      const bool v4_first = options_.inet_prefer == InetPrefer::kV4;
+      for (const auto* family : {v4_first ? &answer.ipv4 : &answer.ipv6, v4_first ? &answer.ipv6 : &answer.ipv4}) {
+        ips.insert(ips.end(), family->begin(), family->end());
+      }
+      if (ips.empty()) {
+        plan.skipped.push_back(answer.detail.empty() ? absl::StrCat(h.host, ": no A/AAAA records") : answer.detail);
+        continue;
+      }
+    }
+    for (const std::string& raw : ips) {
+      const std::string ip = Canonical(raw);
+      if (ip.empty() || !seen.insert(absl::StrCat(ip, "|", port, "|", h.lmtp)).second) {
+        continue;
+      }
+      if (!options_.local_mx_ok) {
+        if (std::string why = LocalReason(ip); !why.empty()) {
+          plan.skipped.push_back(absl::StrCat(h.host, "[", ip, "]: ", why, " refused (local_mx_ok=false)"));
+          continue;
+        }
+      }
+      Attempt a;
+      a.mx_host = h.host;
+      a.ip = ip;
+      a.port = port;
+      a.preference = route.priority;
+      a.lmtp = h.lmtp;
+      plan.attempts.push_back(std::move(a));
+    }
   }
   return plan;
 }

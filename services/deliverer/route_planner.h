@@ -8,9 +8,10 @@
 //     keeps each host's own order, IPv6 before IPv4 (Haraka reordered across
 //     all preferences, which defeats the MX priorities);
 //   * duplicate addresses are tried once;
-//   * with local_mx_ok=false, loopback, link-local, unspecified, multicast and
+//   * with local_mx_ok=false, loopback, link-local, unique-local (fc00::/7), unspecified, multicast and
 //     this host's own addresses (and an MX named like `me`) are refused:
-//     delivering there would loop mail back to ourselves.
+//     delivering there would loop mail back to ourselves;
+//   * static routes (PlanRoute) keep the order they were written in.
 // What was skipped and why is kept, so that "no usable MX" has a clear reason.
 //
 // Thread-safety: immutable after construction except AddLocalAddresses,
@@ -28,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "lib/dns/mx_resolver.h"
+#include "services/deliverer/static_routes.h"
 
 namespace tern::deliverer {
 
@@ -38,9 +40,11 @@ absl::StatusOr<InetPrefer> ParseInetPrefer(absl::string_view text);
 
 struct Attempt {
   std::string mx_host;   // the exchange (or the domain, for an implicit MX)
-  std::string ip;
+  std::string ip;        // empty for a unix socket
   uint16_t port = 25;
   uint16_t preference = 0;
+  bool lmtp = false;
+  std::string unix_path; // LMTP over a unix socket
 };
 
 struct RoutePlan {
@@ -69,6 +73,14 @@ class RoutePlanner {
 
   // The attempts for `answer` (status kOk; other statuses give no attempts).
   RoutePlan Plan(const dns::MxAnswer& answer) const;
+
+  // The attempts for a static route: its hosts in the order written (never
+  // sorted); `addresses[i]` is the A/AAAA lookup of route.hosts[i], unused
+  // for IP literals and unix sockets. `inet_prefer` orders each host's own
+  // addresses only, so the written order always wins. Literal IPs go through
+  // the same local_mx_ok check as DNS answers. Ports: the host's own, else
+  // 24 for LMTP, else the planner's port.
+  RoutePlan PlanRoute(const StaticRoute& route, const std::vector<dns::HostAnswer>& addresses) const;
 
   // Why `ip` may not be used as an MX address when local_mx_ok=false, or ""
   // if it may. Unparseable text is refused too.

@@ -4,16 +4,21 @@
 #include <variant>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "asio/experimental/as_tuple.hpp"
 #include "asio/experimental/awaitable_operators.hpp"
 #include "asio/ip/tcp.hpp"
+#include "asio/local/stream_protocol.hpp"
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
 #include "lib/net/connection.h"
+#include "lib/smtp/auth_client.h"
 #include "lib/smtp/dot_codec.h"
 #include "lib/smtp/reply_parser.h"
+#include "lib/smtp/xtext.h"
 
 namespace tern::deliverer {
 namespace {
@@ -24,8 +29,6 @@ constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 // Longest reply line read (RFC 5321 allows 512; servers send longer ones).
 constexpr size_t kMaxReplyLine = 4096;
-// QUIT is a courtesy: never wait long for its answer.
-constexpr auto kQuitTimeout = std::chrono::seconds(5);
 
 bool IsAscii(const std::string& s) {
   for (unsigned char c : s) {
@@ -48,87 +51,374 @@ std::string TransientEnhanced(const smtp::SmtpReply& reply) {
   return code.ToString();
 }
 
+std::string NotifyParam(uint32_t bits) {
+  if (bits & kNotifyNever) {
+    return "NEVER";
+  }
+  std::vector<const char*> words;
+  if (bits & kNotifySuccess) {
+    words.push_back("SUCCESS");
+  }
+  if (bits & kNotifyFailure) {
+    words.push_back("FAILURE");
+  }
+  if (bits & kNotifyDelay) {
+    words.push_back("DELAY");
+  }
+  return absl::StrJoin(words, ",");
+}
+
+// ORCPT=addr-type;xtext(address) from the decoded "addr-type;address".
+std::string OrcptParam(const std::string& orcpt) {
+  const size_t semi = orcpt.find(';');
+  if (semi == std::string::npos || semi == 0) {
+    return "";
+  }
+  return absl::StrCat(orcpt.substr(0, semi), ";", smtp::EncodeXtext(absl::string_view(orcpt).substr(semi + 1)));
+}
+
+// What the session is fit for once the dialogue stops.
+enum class After {
+  kClose,  // broken or closing: drop the connection
+  kQuit,   // alive, but not for another transaction: QUIT
+  kReuse,  // between transactions: pool it (RSET before next use) or QUIT
+};
+
 class Session {
  public:
   explicit Session(TransactionRequest request) : req_(std::move(request)) {
     res_.outcomes.resize(req_.recipients.size());
-    relay_ = absl::StrCat(req_.mx_host, "[", req_.ip, "]:", req_.port);
+    relay_ = req_.unix_path.empty() ? absl::StrCat(req_.mx_host, "[", req_.ip, "]:", req_.port)
+                                    : absl::StrCat("unix:", req_.unix_path);
+    key_ = PoolKey(req_);
   }
 
   asio::awaitable<TransactionResult> Run() {
     co_await Converse();
-    if (conn_) {
-      co_await conn_->Close(std::chrono::seconds(2));
+    Stamp();
+    if (session_) {
+      ConnectionPool* pool = req_.pool;
+      if (after_ == After::kReuse && pool != nullptr && pool->enabled()) {
+        pool->Put(key_, std::move(session_));
+      } else if (after_ == After::kClose) {
+        co_await session_->conn->Close(std::chrono::seconds(2));
+      } else {
+        co_await QuitSession(*session_, req_.timeouts.quit);
+      }
     }
     co_return std::move(res_);
   }
 
  private:
-  // The whole dialogue; on return, res_ holds what was decided.
+  net::Connection& conn() { return *session_->conn; }
+
   asio::awaitable<void> Converse() {
+    if (req_.pool != nullptr && req_.pool->enabled()) {
+      session_ = req_.pool->Take(key_);
+      if (session_ && !co_await Reset()) {
+        // The pooled connection died while idle: nothing was sent on it for
+        // this message, so a fresh connection is safe.
+        session_->conn->Abort();
+        session_.reset();
+      }
+    }
+    if (session_) {
+      res_.reused = true;
+      res_.connected = true;
+    } else {
+      const Clock::time_point start = Clock::now();
+      const bool ready = co_await Open();
+      res_.connect_time = Clock::now() - start;
+      if (!ready) {
+        co_return;
+      }
+    }
+    res_.tls = session_->tls;
+    res_.tls_verified = session_->tls_verified;
+    res_.auth_mechanism = session_->auth_mechanism;
+    const Clock::time_point start = Clock::now();
+    co_await Transaction();
+    res_.transaction_time = Clock::now() - start;
+  }
+
+  // RSET on a pooled session; false (without recording a failure) if it is
+  // unusable.
+  asio::awaitable<bool> Reset() {
+    absl::Status w = co_await conn().Write("RSET\r\n", req_.timeouts.rset);
+    if (!w.ok()) {
+      co_return false;
+    }
+    auto reply = co_await ReadReplyOrStatus(req_.timeouts.rset);
+    co_return reply.ok() && reply->positive();
+  }
+
+  // Connect, banner, greeting, STARTTLS, AUTH. False when the session failed
+  // (res_ says why, after_ says what to do with the connection).
+  asio::awaitable<bool> Open() {
     if (!co_await Connect()) {
-      co_return;
+      co_return false;
     }
     res_.connected = true;
 
-    auto banner = co_await ReadReply(req_.timeouts.command, "the initial server greeting");
+    auto banner = co_await ReadReply(req_.timeouts.banner, "the initial server greeting");
     if (!banner) {
-      co_return;
+      co_return false;
     }
     if (!banner->positive()) {
       // Postfix's smtp_skip_5xx_greeting: a refusing greeting is a reason to
       // try another MX, not to bounce (Haraka bounced on a 5xx banner).
       FailWithReply(*banner, "refused to talk to me");
-      co_await Quit();
-      co_return;
+      after_ = banner->code == 421 ? After::kClose : After::kQuit;
+      co_return false;
     }
+    if (!co_await Greet()) {
+      co_return false;
+    }
+    if (!co_await StartTls()) {
+      co_return false;
+    }
+    if (!co_await Authenticate()) {
+      co_return false;
+    }
+    co_return true;
+  }
 
-    smtp::EhloCapabilities caps;
-    if (!co_await Greet(&caps)) {
-      co_return;
+  asio::awaitable<bool> Connect() {
+    auto executor = co_await asio::this_coro::executor;
+    asio::steady_timer timer(executor, req_.timeouts.connect);
+    asio::ip::tcp::socket socket(executor);
+    asio::error_code ec;
+    if (!req_.unix_path.empty()) {
+      // LMTP over a unix socket. net::Connection speaks to a tcp::socket, so
+      // the connected descriptor is handed over to one: stream reads and
+      // writes are the same calls on either kind of socket.
+      asio::local::stream_protocol::socket local(executor);
+      auto result = co_await (local.async_connect(asio::local::stream_protocol::endpoint(req_.unix_path), kNoThrow) ||
+                              timer.async_wait(kNoThrow));
+      if (result.index() == 1) {
+        Fail("4.4.1", absl::StrCat("connect to ", relay_, ": timed out"));
+        co_return false;
+      }
+      auto [cec] = std::get<0>(result);
+      if (cec) {
+        Fail("4.4.1", absl::StrCat("connect to ", relay_, ": ", cec.message()));
+        co_return false;
+      }
+      socket.assign(asio::ip::tcp::v4(), local.release(), ec);
+      if (ec) {
+        Fail("4.4.1", absl::StrCat("connect to ", relay_, ": ", ec.message()));
+        co_return false;
+      }
+    } else {
+      const asio::ip::address address = asio::ip::make_address(req_.ip, ec);
+      if (ec) {
+        Fail("4.4.1", absl::StrCat("connect to ", relay_, ": bad address"));
+        co_return false;
+      }
+      const asio::ip::tcp::endpoint endpoint(address, req_.port);
+      if (!req_.bind_ip.empty()) {
+        const asio::ip::address source = asio::ip::make_address(req_.bind_ip, ec);
+        if (!ec && source.is_v4() != address.is_v4()) {
+          Fail("4.4.1", absl::StrCat("connect to ", relay_, ": bind address ", req_.bind_ip,
+                                     " is of the other address family"));
+          co_return false;
+        }
+        if (!ec) {
+          socket.open(endpoint.protocol(), ec);
+        }
+        if (!ec) {
+          socket.bind(asio::ip::tcp::endpoint(source, 0), ec);
+        }
+        if (ec) {
+          Fail("4.4.1", absl::StrCat("connect to ", relay_, ": cannot bind to ", req_.bind_ip, ": ", ec.message()));
+          co_return false;
+        }
+      }
+      auto result = co_await (socket.async_connect(endpoint, kNoThrow) || timer.async_wait(kNoThrow));
+      if (result.index() == 1) {
+        Fail("4.4.1", absl::StrCat("connect to ", relay_, ": timed out"));
+        co_return false;
+      }
+      auto [cec] = std::get<0>(result);
+      if (cec) {
+        Fail("4.4.1", absl::StrCat("connect to ", relay_, ": ", cec.message()));
+        co_return false;
+      }
+      socket.set_option(asio::ip::tcp::no_delay(true), ec);
     }
-    if (caps.starttls && req_.starttls && req_.tls_context) {
-      if (!co_await Write("STARTTLS\r\n", req_.timeouts.command, "STARTTLS")) {
-        co_return;
+    session_ = std::make_unique<SmtpSession>();
+    session_->conn = std::make_unique<net::Connection>(std::move(socket));
+    session_->lmtp = req_.lmtp;
+    session_->relay = relay_;
+    co_return true;
+  }
+
+  // EHLO (LHLO for LMTP), or HELO when EHLO gets a 5xx (RFC 5321 §4.1.4).
+  asio::awaitable<bool> Greet() {
+    const char* verb = req_.lmtp ? "LHLO" : "EHLO";
+    if (!co_await Write(absl::StrCat(verb, " ", req_.helo_name, "\r\n"), req_.timeouts.ehlo, verb)) {
+      co_return false;
+    }
+    auto ehlo = co_await ReadReply(req_.timeouts.ehlo, verb);
+    if (!ehlo) {
+      co_return false;
+    }
+    if (ehlo->positive()) {
+      session_->caps = smtp::ParseEhloCapabilities(*ehlo);
+      co_return true;
+    }
+    if (!ehlo->permanent() || req_.lmtp) {
+      FailWithReply(*ehlo, absl::StrCat("refused ", verb));
+      after_ = ehlo->code == 421 ? After::kClose : After::kQuit;
+      co_return false;
+    }
+    if (!co_await Write(absl::StrCat("HELO ", req_.helo_name, "\r\n"), req_.timeouts.ehlo, "HELO")) {
+      co_return false;
+    }
+    auto helo = co_await ReadReply(req_.timeouts.ehlo, "HELO");
+    if (!helo) {
+      co_return false;
+    }
+    if (!helo->positive()) {
+      FailWithReply(*helo, "refused HELO");
+      after_ = helo->code == 421 ? After::kClose : After::kQuit;
+      co_return false;
+    }
+    session_->caps = smtp::EhloCapabilities();
+    co_return true;
+  }
+
+  asio::awaitable<bool> StartTls() {
+    const bool required = req_.tls == TlsMode::kRequired;
+    if (req_.tls == TlsMode::kNone || !req_.tls_context) {
+      co_return true;
+    }
+    if (!session_->caps.starttls) {
+      if (required) {
+        Fail("4.7.4", absl::StrCat("TLS is required by configuration, but host ", relay_,
+                                   " does not offer STARTTLS"));
+        after_ = After::kQuit;
+        co_return false;
       }
-      auto reply = co_await ReadReply(req_.timeouts.command, "STARTTLS");
-      if (!reply) {
-        co_return;
-      }
-      if (reply->code == 220) {
-        if (conn_->buffered() > 0) {
-          // RFC 3207 §5: bytes after the 220 are injected plaintext.
-          Fail("4.5.0", absl::StrCat("host ", relay_, " sent data after 220 to STARTTLS (possible injection)"));
-          co_return;
-        }
-        absl::Status tls = co_await conn_->StartTlsClient(req_.tls_context, req_.mx_host, /*verify_host=*/false,
-                                                           req_.timeouts.command);
-        if (!tls.ok()) {
-          res_.tls_failed = true;
-          Fail("4.7.5", absl::StrCat("TLS with ", relay_, " failed: ", tls.message()));
-          co_return;
-        }
-        res_.tls = conn_->TlsDescription();
-        caps = smtp::EhloCapabilities();
-        if (!co_await Greet(&caps)) {
-          co_return;
-        }
-      } else if (reply->code == 421) {
+      co_return true;
+    }
+    if (!co_await Write("STARTTLS\r\n", req_.timeouts.starttls, "STARTTLS")) {
+      co_return false;
+    }
+    auto reply = co_await ReadReply(req_.timeouts.starttls, "STARTTLS");
+    if (!reply) {
+      co_return false;
+    }
+    if (reply->code != 220) {
+      if (reply->code == 421) {
         FailWithReply(*reply, "closed the session at STARTTLS");
-        co_return;
+        co_return false;
       }
-      // Any other refusal: opportunistic TLS, so carry on in plain text.
+      if (required) {
+        FailWithReply(*reply, "refused STARTTLS, but TLS is required by configuration");
+        after_ = After::kQuit;
+        co_return false;
+      }
+      co_return true;  // opportunistic: carry on in plain text
     }
+    if (conn().buffered() > 0) {
+      // RFC 3207 §5: bytes after the 220 are injected plaintext.
+      Fail("4.5.0", absl::StrCat("host ", relay_, " sent data after 220 to STARTTLS (possible injection)"));
+      co_return false;
+    }
+    const bool verify = required || req_.verify_tls;
+    absl::Status tls =
+        co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, verify, req_.timeouts.starttls);
+    if (!tls.ok()) {
+      const bool cert = verify && absl::StrContains(tls.message(), "certificate verify failed");
+      if (required) {
+        Fail("4.7.5", absl::StrCat("TLS is required by configuration, but ",
+                                   cert ? "the certificate of host " : "the TLS handshake with host ", relay_,
+                                   cert ? " did not verify: " : " failed: ", tls.message()));
+      } else if (cert) {
+        res_.tls_unverified = true;
+        Fail("4.7.5", absl::StrCat("the certificate of host ", relay_,
+                                   " did not verify (rejectUnauthorized=true): ", tls.message()));
+      } else {
+        res_.tls_failed = true;
+        Fail("4.7.5", absl::StrCat("TLS with ", relay_, " failed: ", tls.message()));
+      }
+      co_return false;
+    }
+    session_->tls = conn().TlsDescription();
+    // Only an enforced verification counts: net::Connection::peer_verified()
+    // can report true for a chain it merely tolerated (OpenSSL calls the
+    // verify callback again at depth 0 after an overridden error), so an
+    // opportunistic session never claims a verified peer.
+    session_->tls_verified = verify;
+    session_->caps = smtp::EhloCapabilities();
+    co_return co_await Greet();
+  }
 
+  asio::awaitable<bool> Authenticate() {
+    if (req_.auth_user.empty() || req_.auth_pass.empty()) {
+      co_return true;
+    }
+    const auto& offered = session_->caps.auth_mechanisms;
+    std::optional<smtp::AuthMechanism> mechanism = smtp::ChooseAuthMechanism(offered, req_.auth_type);
+    if (!mechanism) {
+      const std::string why =
+          offered.empty() ? std::string("does not offer AUTH")
+                          : absl::StrCat("offers no usable AUTH mechanism (", absl::StrJoin(offered, " "), ")");
+      if (req_.force_auth) {
+        Fail("4.7.0", absl::StrCat("host ", relay_, " ", why, ", but the route requires AUTH (force_auth)"));
+        after_ = After::kQuit;
+        co_return false;
+      }
+      res_.warning = absl::StrCat("host ", relay_, " ", why, "; sending without AUTH");
+      co_return true;
+    }
+    const std::string name = smtp::AuthMechanismName(*mechanism);
+    const std::string what = absl::StrCat("AUTH ", name);
+    smtp::AuthClient auth(*mechanism, req_.auth_user, req_.auth_pass);
+    std::string send = auth.Start();
+    for (;;) {
+      if (!co_await Write(send, req_.timeouts.auth, what)) {
+        co_return false;
+      }
+      auto reply = co_await ReadReply(req_.timeouts.auth, what);
+      if (!reply) {
+        co_return false;
+      }
+      absl::StatusOr<smtp::AuthClient::Step> step = auth.OnReply(*reply);
+      if (!step.ok()) {
+        // RFC 4954 §4: "*" cancels the exchange; the session is not trusted
+        // after a confused exchange, so it is closed either way.
+        (void)co_await conn().Write("*\r\n", req_.timeouts.auth);
+        Fail("4.7.0", absl::StrCat("host ", relay_, " broke the ", what, " exchange: ", step.status().message()));
+        co_return false;
+      }
+      if (step->done) {
+        if (step->succeeded) {
+          session_->auth_mechanism = name;
+          co_return true;
+        }
+        // Bad credentials are our configuration problem: transient (Postfix
+        // smtp_sasl_auth_soft_bounce), never a bounce (Haraka bounced).
+        FailWithReply(*reply, absl::StrCat("rejected ", what));
+        after_ = reply->code == 421 ? After::kClose : After::kQuit;
+        co_return false;
+      }
+      send = std::move(step->send);
+    }
+  }
+
+  asio::awaitable<void> Transaction() {
+    const smtp::EhloCapabilities& caps = session_->caps;
     bool needs_utf8 = !IsAscii(req_.mail_from);
     for (const auto& r : req_.recipients) {
-      needs_utf8 = needs_utf8 || !IsAscii(r);
+      needs_utf8 = needs_utf8 || !IsAscii(r.address);
     }
     if (needs_utf8 && !caps.smtputf8) {
       DecideAll(LocalOutcome(OutcomeClass::kPermanent, "5.6.7",
                              absl::StrCat("SMTPUTF8 is required, but was not offered by host ", relay_), req_.mx_host,
                              req_.ip));
-      co_await Quit();
+      after_ = After::kReuse;
       co_return;
     }
     const size_t body_size = req_.body ? req_.body->size() : 0;
@@ -137,7 +427,7 @@ class Session {
                              absl::StrCat("message size ", body_size, " exceeds the limit of ", caps.size_limit,
                                           " bytes of host ", relay_),
                              req_.mx_host, req_.ip));
-      co_await Quit();
+      after_ = After::kReuse;
       co_return;
     }
 
@@ -151,7 +441,30 @@ class Session {
     if ((needs_utf8 || req_.smtputf8) && caps.smtputf8) {
       absl::StrAppend(&mail, " SMTPUTF8");
     }
+    if (caps.dsn) {
+      if (req_.ret == DsnRetParam::kFull) {
+        absl::StrAppend(&mail, " RET=FULL");
+      } else if (req_.ret == DsnRetParam::kHdrs) {
+        absl::StrAppend(&mail, " RET=HDRS");
+      }
+      if (!req_.envid.empty()) {
+        absl::StrAppend(&mail, " ENVID=", smtp::EncodeXtext(req_.envid));
+      }
+    }
     mail += "\r\n";
+    auto rcpt_command = [&](const RecipientRequest& r) {
+      std::string cmd = absl::StrCat("RCPT TO:<", r.address, ">");
+      if (caps.dsn) {
+        if (r.notify != 0) {
+          absl::StrAppend(&cmd, " NOTIFY=", NotifyParam(r.notify));
+        }
+        if (std::string orcpt = OrcptParam(r.orcpt); !orcpt.empty()) {
+          absl::StrAppend(&cmd, " ORCPT=", orcpt);
+        }
+      }
+      cmd += "\r\n";
+      return cmd;
+    };
 
     // accepted[i]: RCPT i got a 2xx and waits for the DATA outcome.
     std::vector<bool> accepted(req_.recipients.size(), false);
@@ -159,9 +472,9 @@ class Session {
       // RFC 2920: MAIL and every RCPT in one write, then the replies in order.
       std::string batch = mail;
       for (const auto& r : req_.recipients) {
-        absl::StrAppend(&batch, "RCPT TO:<", r, ">\r\n");
+        batch += rcpt_command(r);
       }
-      if (!co_await Write(batch, req_.timeouts.command, "MAIL FROM")) {
+      if (!co_await Write(batch, req_.timeouts.mail, "MAIL FROM")) {
         co_return;
       }
       if (!co_await HandleMailReply()) {
@@ -173,15 +486,14 @@ class Session {
         }
       }
     } else {
-      if (!co_await Write(mail, req_.timeouts.command, "MAIL FROM")) {
+      if (!co_await Write(mail, req_.timeouts.mail, "MAIL FROM")) {
         co_return;
       }
       if (!co_await HandleMailReply()) {
         co_return;
       }
       for (size_t i = 0; i < req_.recipients.size(); ++i) {
-        if (!co_await Write(absl::StrCat("RCPT TO:<", req_.recipients[i], ">\r\n"), req_.timeouts.command,
-                            "RCPT TO")) {
+        if (!co_await Write(rcpt_command(req_.recipients[i]), req_.timeouts.rcpt, "RCPT TO")) {
           co_return;
         }
         if (!co_await HandleRcptReply(i, &accepted)) {
@@ -190,19 +502,19 @@ class Session {
       }
     }
 
-    bool any = false;
+    size_t accepted_count = 0;
     for (bool a : accepted) {
-      any = any || a;
+      accepted_count += a ? 1 : 0;
     }
-    if (!any) {
-      co_await Quit();
+    if (accepted_count == 0) {
+      after_ = After::kReuse;  // RSET before the next use clears MAIL
       co_return;
     }
 
-    if (!co_await Write("DATA\r\n", req_.timeouts.command, "DATA")) {
+    if (!co_await Write("DATA\r\n", req_.timeouts.data, "DATA")) {
       co_return;
     }
-    auto data = co_await ReadReply(req_.timeouts.command, "DATA");
+    auto data = co_await ReadReply(req_.timeouts.data, "DATA");
     if (!data) {
       co_return;
     }
@@ -211,8 +523,8 @@ class Session {
         FailWithReply(*data, "did not accept DATA");
       } else {
         DecideAccepted(accepted, OutcomeFromReply(*data, req_.mx_host, req_.ip));
+        after_ = After::kReuse;
       }
-      co_await Quit();
       co_return;
     }
 
@@ -220,94 +532,68 @@ class Session {
     // here leaves nothing delivered, so the recipients stay undecided.
     std::string encoded;
     smtp::DotCodec::AppendEncoded(req_.body ? absl::string_view(*req_.body) : absl::string_view(), &encoded);
+    if (req_.on_data_sent) {
+      req_.on_data_sent();
+    }
     if (!co_await Write(encoded, req_.timeouts.final_dot, "message body")) {
       co_return;
     }
     encoded = std::string();
+    res_.data_sent = true;
 
-    auto final_reply = co_await ReadReplyOrStatus(req_.timeouts.final_dot);
-    if (!final_reply.ok()) {
-      // The dot went out: the server may have taken the message. Retrying
-      // elsewhere now could deliver twice; report transient, say so.
-      DecideAccepted(accepted,
-                     LocalOutcome(OutcomeClass::kTransient, "4.4.2",
-                                  absl::StrCat("lost connection with ", relay_,
-                                               " after the final dot was sent (delivery status unknown, the message "
-                                               "may have been delivered): ",
-                                               final_reply.status().message()),
-                                  req_.mx_host, req_.ip));
+    const Clock::time_point deadline = Clock::now() + req_.timeouts.final_dot;
+    auto left = [&] { return std::max<Clock::duration>(deadline - Clock::now(), std::chrono::milliseconds(1)); };
+    if (!session_->lmtp) {
+      auto final_reply = co_await ReadReplyOrStatus(left());
+      if (!final_reply.ok()) {
+        DecideAccepted(accepted, LostAfterDot(final_reply.status()));
+        co_return;
+      }
+      DecideAccepted(accepted, OutcomeFromReply(*final_reply, req_.mx_host, req_.ip));
+      ++session_->messages;
+      after_ = final_reply->code == 421 ? After::kClose : After::kReuse;
       co_return;
     }
-    RecipientOutcome outcome = OutcomeFromReply(*final_reply, req_.mx_host, req_.ip);
-    DecideAccepted(accepted, outcome);
-    co_await Quit();
+    // LMTP (RFC 2033 §4.2): one reply per accepted recipient, in RCPT order,
+    // each applying to its own recipient (Haraka charged failures to the
+    // first recipient still listed).
+    for (size_t i = 0; i < accepted.size(); ++i) {
+      if (!accepted[i]) {
+        continue;
+      }
+      auto reply = co_await ReadReplyOrStatus(left());
+      if (!reply.ok()) {
+        const RecipientOutcome lost = LostAfterDot(reply.status());
+        for (size_t j = i; j < accepted.size(); ++j) {
+          if (accepted[j]) {
+            res_.outcomes[j] = lost;
+          }
+        }
+        co_return;
+      }
+      res_.outcomes[i] = OutcomeFromReply(*reply, req_.mx_host, req_.ip);
+    }
+    ++session_->messages;
+    after_ = After::kReuse;
   }
 
-  asio::awaitable<bool> Connect() {
-    asio::error_code ec;
-    const asio::ip::address address = asio::ip::make_address(req_.ip, ec);
-    if (ec) {
-      Fail("4.4.1", absl::StrCat("connect to ", relay_, ": bad address"));
-      co_return false;
-    }
-    auto executor = co_await asio::this_coro::executor;
-    asio::ip::tcp::socket socket(executor);
-    asio::steady_timer timer(executor, req_.timeouts.connect);
-    auto result = co_await (socket.async_connect(asio::ip::tcp::endpoint(address, req_.port), kNoThrow) ||
-                            timer.async_wait(kNoThrow));
-    if (result.index() == 1) {
-      Fail("4.4.1", absl::StrCat("connect to ", relay_, ": timed out"));
-      co_return false;
-    }
-    auto [cec] = std::get<0>(result);
-    if (cec) {
-      Fail("4.4.1", absl::StrCat("connect to ", relay_, ": ", cec.message()));
-      co_return false;
-    }
-    socket.set_option(asio::ip::tcp::no_delay(true), ec);
-    conn_ = std::make_unique<net::Connection>(std::move(socket));
-    co_return true;
-  }
-
-  // EHLO, or HELO when EHLO gets a 5xx (RFC 5321 §4.1.4). False when the
-  // session failed (res_ says why).
-  asio::awaitable<bool> Greet(smtp::EhloCapabilities* caps) {
-    if (!co_await Write(absl::StrCat("EHLO ", req_.helo_name, "\r\n"), req_.timeouts.command, "EHLO")) {
-      co_return false;
-    }
-    auto ehlo = co_await ReadReply(req_.timeouts.command, "EHLO");
-    if (!ehlo) {
-      co_return false;
-    }
-    if (ehlo->positive()) {
-      *caps = smtp::ParseEhloCapabilities(*ehlo);
-      co_return true;
-    }
-    if (!ehlo->permanent()) {
-      FailWithReply(*ehlo, "refused EHLO");
-      co_await Quit();
-      co_return false;
-    }
-    if (!co_await Write(absl::StrCat("HELO ", req_.helo_name, "\r\n"), req_.timeouts.command, "HELO")) {
-      co_return false;
-    }
-    auto helo = co_await ReadReply(req_.timeouts.command, "HELO");
-    if (!helo) {
-      co_return false;
-    }
-    if (!helo->positive()) {
-      FailWithReply(*helo, "refused HELO");
-      co_await Quit();
-      co_return false;
-    }
-    *caps = smtp::EhloCapabilities();
-    co_return true;
+  RecipientOutcome LostAfterDot(const absl::Status& status) {
+    // The dot went out: the server may have taken the message. Retrying
+    // elsewhere now could deliver twice; report transient and ambiguous.
+    RecipientOutcome o = LocalOutcome(
+        OutcomeClass::kTransient, "4.4.2",
+        absl::StrCat("lost connection with ", relay_,
+                     " after the final dot was sent (delivery status unknown, the message may have been delivered): ",
+                     status.message()),
+        req_.mx_host, req_.ip);
+    o.ambiguous = true;
+    return o;
   }
 
   // Applies the MAIL FROM reply: 2xx goes on; 4xx/5xx decide every recipient
   // (a refused sender is refused for all); 421 or nonsense fails the session.
   asio::awaitable<bool> HandleMailReply() {
-    auto reply = co_await ReadReply(req_.timeouts.command, "MAIL FROM");
+    auto reply = co_await ReadReply(req_.timeouts.mail, "MAIL FROM");
     if (!reply) {
       co_return false;
     }
@@ -316,10 +602,19 @@ class Session {
     }
     if (reply->code == 421 || (reply->klass() != 4 && reply->klass() != 5)) {
       FailWithReply(*reply, "did not accept MAIL FROM");
-    } else {
-      DecideAll(OutcomeFromReply(*reply, req_.mx_host, req_.ip));
+      co_return false;
     }
-    co_await Quit();
+    DecideAll(OutcomeFromReply(*reply, req_.mx_host, req_.ip));
+    if (session_->caps.pipelining) {
+      // The pipelined RCPTs still get (negative) replies: drain them so the
+      // session stays in step and can be reused.
+      for (size_t i = 0; i < req_.recipients.size(); ++i) {
+        if (!co_await ReadReply(req_.timeouts.rcpt, "RCPT TO")) {
+          co_return false;
+        }
+      }
+    }
+    after_ = After::kReuse;
     co_return false;
   }
 
@@ -327,7 +622,7 @@ class Session {
   // marks it accepted; 4xx/5xx decide it; 421 fails the session for it and
   // every later recipient.
   asio::awaitable<bool> HandleRcptReply(size_t i, std::vector<bool>* accepted) {
-    auto reply = co_await ReadReply(req_.timeouts.command, "RCPT TO");
+    auto reply = co_await ReadReply(req_.timeouts.rcpt, "RCPT TO");
     if (!reply) {
       co_return false;
     }
@@ -337,7 +632,6 @@ class Session {
     }
     if (reply->code == 421) {
       FailWithReply(*reply, "closed the session at RCPT TO");
-      co_await Quit();
       co_return false;
     }
     RecipientOutcome outcome = OutcomeFromReply(*reply, req_.mx_host, req_.ip);
@@ -349,9 +643,11 @@ class Session {
   }
 
   asio::awaitable<bool> Write(absl::string_view data, Clock::duration timeout, absl::string_view what) {
-    absl::Status s = co_await conn_->Write(data, timeout);
+    absl::Status s = co_await conn().Write(data, timeout);
     if (!s.ok()) {
-      Fail("4.4.2", absl::StrCat("lost connection with ", relay_, " while sending ", what, ": ", s.message()));
+      Fail("4.4.2", absl::StrCat(s.code() == absl::StatusCode::kDeadlineExceeded ? "timeout" : "lost connection",
+                                 " with ", relay_, " while sending ", what, ": ", s.message()));
+      after_ = After::kClose;
       co_return false;
     }
     co_return true;
@@ -363,7 +659,7 @@ class Session {
     parser_.Reset();
     for (;;) {
       const Clock::duration left = std::max<Clock::duration>(deadline - Clock::now(), std::chrono::milliseconds(1));
-      auto line = co_await conn_->ReadLine(kMaxReplyLine, left);
+      auto line = co_await conn().ReadLine(kMaxReplyLine, left);
       if (!line.ok()) {
         co_return line.status();
       }
@@ -394,29 +690,22 @@ class Session {
     } else {
       Fail("4.4.2", absl::StrCat("lost connection with ", relay_, " after ", after, ": ", s.message()));
     }
+    after_ = After::kClose;
     co_return std::nullopt;
-  }
-
-  asio::awaitable<void> Quit() {
-    if (!conn_) {
-      co_return;
-    }
-    absl::Status s = co_await conn_->Write("QUIT\r\n", kQuitTimeout);
-    if (s.ok()) {
-      (void)co_await ReadReplyOrStatus(kQuitTimeout);
-    }
   }
 
   void Fail(std::string enhanced, std::string text) {
     res_.failure = std::move(text);
     res_.failure_enhanced = std::move(enhanced);
     res_.failure_code = 0;
+    after_ = After::kClose;
   }
 
   void FailWithReply(const smtp::SmtpReply& reply, absl::string_view what) {
     res_.failure = absl::StrCat("host ", relay_, " ", what, ": ", reply.ToString());
     res_.failure_enhanced = TransientEnhanced(reply);
     res_.failure_code = reply.transient() ? reply.code : 0;
+    after_ = After::kClose;
   }
 
   // Decides every recipient not decided yet.
@@ -436,21 +725,47 @@ class Session {
     }
   }
 
+  // The delivery facts every decided outcome carries.
+  void Stamp() {
+    for (auto& o : res_.outcomes) {
+      if (!o) {
+        continue;
+      }
+      o->remote_port = req_.unix_path.empty() ? req_.port : 0;
+      o->mode = req_.lmtp ? "LMTP" : "SMTP";
+      o->tls = res_.tls;
+      o->tls_verified = res_.tls_verified;
+      o->auth_mechanism = res_.auth_mechanism;
+    }
+  }
+
   TransactionRequest req_;
   TransactionResult res_;
   std::string relay_;
-  std::unique_ptr<net::Connection> conn_;
+  std::string key_;
+  std::unique_ptr<SmtpSession> session_;
+  After after_ = After::kClose;
   smtp::ReplyParser parser_;
 };
 
 }  // namespace
 
+std::string PoolKey(const TransactionRequest& r) {
+  // The password is not part of the key: one user has one password at a time.
+  return absl::StrCat(r.lmtp ? "lmtp" : "smtp", "|", r.unix_path.empty() ? r.ip : r.unix_path, "|", r.port, "|",
+                      r.bind_ip, "|", r.helo_name, "|", TlsModeName(r.tls), r.verify_tls ? "+verify" : "", "|",
+                      r.mx_host, "|", r.auth_user, "|", r.auth_type, r.force_auth ? "+force" : "");
+}
+
 asio::awaitable<absl::StatusOr<TransactionResult>> RunSmtpTransaction(TransactionRequest request) {
   if (request.recipients.empty()) {
     co_return absl::InvalidArgumentError("SMTP transaction without recipients");
   }
-  if (request.starttls && !request.tls_context) {
-    request.starttls = false;
+  if (request.tls != TlsMode::kNone && !request.tls_context) {
+    if (request.tls == TlsMode::kRequired) {
+      co_return absl::InvalidArgumentError("TLS required but no TLS context given");
+    }
+    request.tls = TlsMode::kNone;
   }
   Session session(std::move(request));
   co_return co_await session.Run();

@@ -1,34 +1,52 @@
 // File: smtp_transaction.h
 //
-// RunSmtpTransaction: one SMTP client session to one MX address, as a
-// coroutine that reads like the RFC dialogue - connect, banner, EHLO (HELO
-// when EHLO gets a 5xx), opportunistic STARTTLS then EHLO again, MAIL FROM
-// and every RCPT TO (one write when the server offers PIPELINING), DATA only
-// when at least one recipient was accepted, the dot-stuffed body, QUIT.
+// RunSmtpTransaction: one mail transaction to one MX address (or LMTP
+// server), as a coroutine that reads like the RFC dialogue. A new session:
+// connect (from `bind_ip` if set; TCP or a unix socket), banner, EHLO (HELO
+// when EHLO gets a 5xx; LHLO for LMTP), STARTTLS per `tls` then EHLO again,
+// AUTH when credentials are given. A pooled session (same PoolKey) skips all
+// that after a successful RSET; if the RSET fails the pooled connection is
+// dropped and a fresh one opened, transparently. Then MAIL FROM and every
+// RCPT TO (one write with PIPELINING), with SIZE=, BODY=8BITMIME, SMTPUTF8
+// and the RFC 3461 parameters NOTIFY/ORCPT/RET/ENVID when the server offers
+// DSN; DATA only when a recipient was accepted; the dot-stuffed body. SMTP
+// gives one reply to the final dot for every accepted recipient; LMTP gives
+// one per accepted recipient, in RCPT order, each applied to its own
+// recipient. Afterwards the session goes back to the pool or is QUIT.
 //
 // The result says, per recipient, whether this session DECIDED it (delivered
 // 2xx incl. 251/252, transient 4xx, permanent 5xx) or left it undecided so the
 // caller tries the next address: connection failures, timeouts, a 421, a
-// non-2xx banner or EHLO/HELO, a broken STARTTLS, or an unparseable reply
-// before the message was handed over. After the final dot has been sent a
-// lost connection can no longer be retried elsewhere safely: the recipients
-// are transient with a reply text saying the outcome is unknown.
+// non-2xx banner or EHLO/HELO, STARTTLS/TLS problems, a failed or (with
+// force_auth) impossible AUTH, or an unparseable reply before the message was
+// handed over. After the final dot has been sent a lost connection can no
+// longer be retried elsewhere safely: those recipients are transient and
+// marked `ambiguous` (the queue decides what that means).
 //
-// Every wait has its own deadline: `connect` for the TCP connect, `command`
-// for every reply and command write, `final_dot` for sending the body and
-// waiting for the reply to the final dot.
+// TLS: kNone never sends STARTTLS. kOpportunistic uses it when offered; a
+// failed handshake sets `tls_failed` (the caller retries in plain text and
+// remembers the host); with `verify_tls` (rejectUnauthorized) a certificate
+// that does not verify fails the address (`tls_unverified`) instead. kRequired
+// needs STARTTLS and a verified certificate, else the address fails with
+// 4.7.4 (not offered) or 4.7.5 (handshake or certificate).
+//
+// Every wait has its own deadline (SmtpTimeouts); a write gets the timeout of
+// the step it belongs to.
 //
 // Executor: runs on the caller's executor (the worker's io_context); the
-// request is taken by value. Errors in the returned Status are our own
-// failures (a malformed request), never the remote's replies.
+// request is taken by value; `pool` (optional) must outlive the call. Errors
+// in the returned Status are our own failures (a malformed request), never the
+// remote's replies. Credentials never appear in results or logs.
 //
 // Standards: RFC 5321 (§3.3 mail transaction, §4.1.1, §4.2 replies, §4.5.2
-// transparency, §4.5.3.2 timeouts), RFC 2920 (pipelining), RFC 3207
-// (STARTTLS), RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 6531 (SMTPUTF8).
+// transparency, §4.5.3.2 timeouts), RFC 2033 (LMTP), RFC 2920 (pipelining),
+// RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 1870 (SIZE), RFC 6152 (8BITMIME),
+// RFC 6531 (SMTPUTF8), RFC 3461 (DSN parameters, xtext).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,50 +54,94 @@
 
 #include "absl/status/statusor.h"
 #include "asio/awaitable.hpp"
-#include "asio/ssl/context.hpp"
+#include "services/deliverer/connection_pool.h"
 #include "services/deliverer/outcome.h"
+#include "services/deliverer/smtp_timeouts.h"
+#include "services/deliverer/tls_policy.h"
+
+namespace asio::ssl {
+class context;
+}
 
 namespace tern::deliverer {
 
-struct SmtpTimeouts {
-  std::chrono::steady_clock::duration connect = std::chrono::seconds(30);
-  std::chrono::steady_clock::duration command = std::chrono::seconds(30);
-  std::chrono::steady_clock::duration final_dot = std::chrono::minutes(10);
+// RFC 3461 bits, the same values as tern.v1.NotifyFlag.
+inline constexpr uint32_t kNotifySuccess = 1;
+inline constexpr uint32_t kNotifyFailure = 2;
+inline constexpr uint32_t kNotifyDelay = 4;
+inline constexpr uint32_t kNotifyNever = 8;
+
+enum class DsnRetParam { kUnspecified, kFull, kHdrs };
+
+struct RecipientRequest {
+  RecipientRequest() = default;
+  RecipientRequest(std::string a) : address(std::move(a)) {}  // NOLINT: implicit on purpose
+  RecipientRequest(const char* a) : address(a) {}             // NOLINT
+  std::string address;
+  uint32_t notify = 0;   // kNotify* bits; 0 = not given
+  std::string orcpt;     // "addr-type;address" as received (decoded), or ""
 };
 
 struct TransactionRequest {
-  std::string helo_name;          // config/me
+  std::string helo_name;          // config/me or the route's bind_helo
   std::string mx_host;            // for SNI, logs and Remote-MTA
-  std::string ip;
+  std::string ip;                 // empty for a unix socket
   uint16_t port = 25;
+  std::string unix_path;          // LMTP over this unix socket when set
+  bool lmtp = false;
+  std::string bind_ip;            // source address; "" = any
   std::string mail_from;          // "" = null sender <>
-  std::vector<std::string> recipients;
+  std::vector<RecipientRequest> recipients;
   std::shared_ptr<const std::string> body;  // RFC 5322 text, not dot-stuffed
   bool smtputf8 = false;          // the message needs SMTPUTF8
   bool body_8bit = false;
-  // Use STARTTLS when offered. Certificates are not verified (opportunistic
-  // TLS); SNI is the MX name.
-  bool starttls = true;
-  std::shared_ptr<asio::ssl::context> tls_context;  // required when starttls
+  DsnRetParam ret = DsnRetParam::kUnspecified;
+  std::string envid;              // decoded; "" = none
+  TlsMode tls = TlsMode::kOpportunistic;
+  bool verify_tls = false;        // rejectUnauthorized (always on for kRequired)
+  std::shared_ptr<asio::ssl::context> tls_context;  // required unless tls == kNone
+  std::string auth_user;          // AUTH when both are set
+  std::string auth_pass;
+  std::string auth_type;          // preferred mechanism, "" = strongest offered
+  bool force_auth = false;
   SmtpTimeouts timeouts;
+  ConnectionPool* pool = nullptr; // reuse sessions when set and enabled
+  // Called once, right before the message body and final dot are written.
+  // Capture only pointers in it (GCC 12 coroutine bug, see common notes).
+  std::function<void()> on_data_sent;
 };
 
 struct TransactionResult {
   // Parallel to request.recipients: the decided outcome, or nullopt.
   std::vector<std::optional<RecipientOutcome>> outcomes;
   // Why recipients are left undecided, e.g.
-  // "connect to mx.example.test[127.0.0.2]:25: Connection refused".
+  // "connect to mx.example.com[192.0.2.1]:25: Connection refused".
   std::string failure;
   // The reply behind `failure`, if one (e.g. a 421); 0 otherwise.
   int failure_code = 0;
   // Transient enhanced status for `failure` (4.4.1 no answer, 4.4.2 bad
-  // connection, 4.5.0 protocol, or the 421's own code).
+  // connection, 4.5.0 protocol, 4.7.x TLS/AUTH, or the 421's own code).
   std::string failure_enhanced;
   bool connected = false;
-  // The TLS handshake failed; the same address may be retried without TLS.
+  // Opportunistic TLS handshake failed: the same address may be retried
+  // without TLS, and the host remembered as broken_tls.
   bool tls_failed = false;
-  std::string tls;  // e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty if plain
+  // A certificate that had to verify did not.
+  bool tls_unverified = false;
+  std::string tls;                // e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty if plain
+  bool tls_verified = false;
+  std::string auth_mechanism;     // "" = no AUTH
+  std::string warning;            // e.g. AUTH not offered, sent without it
+  bool reused = false;            // a pooled session carried this transaction
+  bool data_sent = false;         // the body and final dot were written
+  // Time to a ready session (connect..AUTH; 0 when reused) and for the
+  // transaction itself (MAIL..final reply).
+  std::chrono::steady_clock::duration connect_time{};
+  std::chrono::steady_clock::duration transaction_time{};
 };
+
+// The pool key: everything that makes two sessions interchangeable.
+std::string PoolKey(const TransactionRequest& request);
 
 asio::awaitable<absl::StatusOr<TransactionResult>> RunSmtpTransaction(TransactionRequest request);
 

@@ -2,6 +2,9 @@
 // same io_context.
 #include "services/deliverer/smtp_transaction.h"
 
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -12,8 +15,11 @@
 #include "absl/strings/str_join.h"
 #include "asio/co_spawn.hpp"
 #include "asio/detached.hpp"
+#include "asio/experimental/as_tuple.hpp"
 #include "asio/io_context.hpp"
 #include "asio/ip/tcp.hpp"
+#include "asio/local/stream_protocol.hpp"
+#include "asio/ssl/context.hpp"
 #include "asio/use_awaitable.hpp"
 #include "gtest/gtest.h"
 #include "lib/net/connection.h"
@@ -31,38 +37,73 @@ struct Script {
   std::string banner = "220 mx.x.test ESMTP";
   std::string ehlo = "250-mx.x.test\r\n250-SIZE 1000000\r\n250 8BITMIME";
   std::string helo = "250 mx.x.test";
+  std::string starttls = "220 2.0.0 Ready to start TLS";
+  std::string auth = "235 2.7.0 Authentication successful";
   std::string mail = "250 2.1.0 Ok";
   std::map<std::string, std::string> rcpt;  // address -> reply; default 250
   std::string data = "354 End data with <CR><LF>.<CR><LF>";
   std::string dot = "250 2.0.0 Ok: queued as 123";  // "CLOSE": hang up instead
+  std::string rset = "250 2.0.0 Ok";
+  // LMTP: one reply per accepted recipient after the dot; fewer than
+  // accepted → hang up after the last one.
+  bool lmtp = false;
+  std::vector<std::string> lmtp_replies;
   // Read this many commands (MAIL + RCPTs) before answering any of them; a
   // client that does not pipeline never sends them all, and the test fails.
   size_t batch = 0;
+  // Server TLS context for STARTTLS; null → "454" to STARTTLS.
+  std::shared_ptr<asio::ssl::context> tls;
+  // After the 220 to STARTTLS, send plain text and hang up (handshake fails).
+  bool break_tls = false;
+  // At this step ("BANNER", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT",
+  // "DATA", "DOT", "RSET") say nothing (stall) or hang up (close).
+  std::string stall_at;
+  std::string close_at;
+  // Hang up right after answering the final dot.
+  bool close_after_dot = false;
 };
 
 struct Seen {
   std::vector<std::string> commands;
   std::string body;  // raw DATA lines, CRLF-joined, before the dot
   bool batched = false;
+  int connections = 0;
+  int quits = 0;
+  bool tls = false;
 };
 
 asio::awaitable<void> Reply(net::Connection& c, const std::string& text) {
   (void)co_await c.Write(absl::StrCat(text, "\r\n"), 5s);
 }
 
-asio::awaitable<void> Serve(asio::ip::tcp::acceptor& acceptor, Script script, Seen* seen) {
-  auto socket = co_await acceptor.async_accept(asio::use_awaitable);
-  net::Connection c(std::move(socket));
-  co_await Reply(c, script.banner);
-  if (!absl::StartsWith(script.banner, "2")) {
-    // Wait for QUIT, then hang up.
+// True (after stalling or hanging up) when the script stops at `step`.
+asio::awaitable<bool> StopsAt(net::Connection& c, const Script& script, const std::string& step) {
+  if (script.close_at == step) {
+    c.Abort();
+    co_return true;
   }
+  if (script.stall_at == step) {
+    // Say nothing until the client gives up and closes.
+    (void)co_await c.ReadLine(1000, 30s);
+    (void)co_await c.ReadLine(1000, 30s);
+    co_return true;
+  }
+  co_return false;
+}
+
+asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, Seen* seen) {
+  ++seen->connections;
+  if (co_await StopsAt(c, script, "BANNER")) {
+    co_return;
+  }
+  co_await Reply(c, script.banner);
   auto rcpt_reply = [&](const std::string& line) {
     std::string addr = line.substr(line.find('<') + 1);
     addr = addr.substr(0, addr.find('>'));
     auto it = script.rcpt.find(addr);
     return it == script.rcpt.end() ? std::string("250 2.1.5 Ok") : it->second;
   };
+  size_t accepted = 0;
   for (;;) {
     auto line = co_await c.ReadLine(1000, 10s);
     if (!line.ok()) {
@@ -70,11 +111,60 @@ asio::awaitable<void> Serve(asio::ip::tcp::acceptor& acceptor, Script script, Se
     }
     const std::string cmd = line->text;
     seen->commands.push_back(cmd);
-    if (absl::StartsWith(cmd, "EHLO")) {
+    const std::string verb = cmd.substr(0, cmd.find(' '));
+    // Named, not a temporary inside the co_await (GCC 12 destroys
+    // conditional-expression temporaries there twice).
+    const std::string step = verb == "LHLO" ? std::string("EHLO") : verb;
+    if (verb != "QUIT" && co_await StopsAt(c, script, step)) {
+      co_return;
+    }
+    if (verb == "EHLO" || verb == "LHLO") {
+      accepted = 0;
       co_await Reply(c, script.ehlo);
-    } else if (absl::StartsWith(cmd, "HELO")) {
+    } else if (verb == "HELO") {
       co_await Reply(c, script.helo);
-    } else if (absl::StartsWith(cmd, "MAIL")) {
+    } else if (verb == "STARTTLS") {
+      if (!script.tls && !script.break_tls) {
+        co_await Reply(c, "454 4.7.0 TLS not available");
+        continue;
+      }
+      co_await Reply(c, script.starttls);
+      if (!absl::StartsWith(script.starttls, "220")) {
+        continue;
+      }
+      if (script.break_tls) {
+        co_await Reply(c, "this is not a TLS server hello");
+        c.Abort();
+        co_return;
+      }
+      if (!(co_await c.StartTlsServer(script.tls, 5s)).ok()) {
+        co_return;
+      }
+      seen->tls = true;
+    } else if (verb == "AUTH") {
+      const std::string mech = cmd.substr(5, cmd.find(' ', 5) == std::string::npos ? std::string::npos
+                                                                                     : cmd.find(' ', 5) - 5);
+      std::vector<std::string> challenges;
+      if (mech == "LOGIN") {
+        challenges = {"334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6"};
+      } else if (mech == "CRAM-MD5") {
+        challenges = {"334 PDEyMzQ1QGV4YW1wbGU+"};
+      }
+      bool ok = true;
+      for (const auto& ch : challenges) {
+        co_await Reply(c, ch);
+        auto answer = co_await c.ReadLine(1000, 10s);
+        if (!answer.ok()) {
+          co_return;
+        }
+        seen->commands.push_back(answer->text);
+        ok = ok && answer->text != "*";
+      }
+      co_await Reply(c, script.auth);
+    } else if (verb == "RSET") {
+      accepted = 0;
+      co_await Reply(c, script.rset);
+    } else if (verb == "MAIL") {
       std::vector<std::string> batch = {cmd};
       if (script.batch > 0) {
         while (batch.size() < script.batch) {
@@ -89,11 +179,15 @@ asio::awaitable<void> Serve(asio::ip::tcp::acceptor& acceptor, Script script, Se
       }
       co_await Reply(c, script.mail);
       for (size_t i = 1; i < batch.size(); ++i) {
-        co_await Reply(c, rcpt_reply(batch[i]));
+        const std::string r = rcpt_reply(batch[i]);
+        accepted += absl::StartsWith(r, "2") ? 1 : 0;
+        co_await Reply(c, r);
       }
-    } else if (absl::StartsWith(cmd, "RCPT")) {
-      co_await Reply(c, rcpt_reply(cmd));
-    } else if (cmd == "DATA") {
+    } else if (verb == "RCPT") {
+      const std::string r = rcpt_reply(cmd);
+      accepted += absl::StartsWith(r, "2") ? 1 : 0;
+      co_await Reply(c, r);
+    } else if (verb == "DATA") {
       co_await Reply(c, script.data);
       if (!absl::StartsWith(script.data, "354")) {
         continue;
@@ -110,12 +204,28 @@ asio::awaitable<void> Serve(asio::ip::tcp::acceptor& acceptor, Script script, Se
         lines.push_back(body->text);
       }
       seen->body = absl::StrJoin(lines, "\r\n");
-      if (script.dot == "CLOSE") {
+      if (script.dot == "CLOSE" || co_await StopsAt(c, script, "DOT")) {
         c.Abort();
         co_return;
       }
-      co_await Reply(c, script.dot);
-    } else if (cmd == "QUIT") {
+      if (script.lmtp) {
+        for (size_t i = 0; i < accepted; ++i) {
+          if (i >= script.lmtp_replies.size()) {
+            c.Abort();
+            co_return;
+          }
+          co_await Reply(c, script.lmtp_replies[i]);
+        }
+      } else {
+        co_await Reply(c, script.dot);
+      }
+      accepted = 0;
+      if (script.close_after_dot) {
+        c.Abort();
+        co_return;
+      }
+    } else if (verb == "QUIT") {
+      ++seen->quits;
       co_await Reply(c, "221 2.0.0 Bye");
       co_return;
     } else {
@@ -124,9 +234,95 @@ asio::awaitable<void> Serve(asio::ip::tcp::acceptor& acceptor, Script script, Se
   }
 }
 
+asio::awaitable<void> ServeOne(asio::ip::tcp::socket socket, Script script, Seen* seen) {
+  net::Connection c(std::move(socket));
+  co_await ServeSession(c, script, seen);
+}
+
+// Accepts sessions until the acceptor is closed.
+asio::awaitable<void> Serve(asio::ip::tcp::acceptor& acceptor, Script script, Seen* seen) {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(asio::experimental::as_tuple(asio::use_awaitable));
+    if (ec) {
+      co_return;
+    }
+    asio::co_spawn(acceptor.get_executor(), ServeOne(std::move(socket), script, seen), asio::detached);
+  }
+}
+
+// A CA and a server certificate for mx.x.test, made with `openssl req` once
+// per test binary run, in a temporary directory.
+struct TestCerts {
+  std::string dir;
+  std::string ca;
+  std::string cert;
+  std::string key;
+  std::string self_signed;
+  std::string self_signed_key;
+  bool ok = false;
+
+  static const TestCerts& Get() {
+    static const TestCerts certs = Make();
+    // Removes the directory at exit (a separate object: `certs` is built by
+    // a copy that must not delete anything).
+    static const struct Cleanup {
+      std::string dir;
+      ~Cleanup() {
+        if (!dir.empty()) {
+          std::filesystem::remove_all(dir);
+        }
+      }
+    } cleanup{certs.dir};
+    return certs;
+  }
+
+  static TestCerts Make() {
+    TestCerts t;
+    char tmpl[] = "/tmp/tern-deliverer-certs-XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) {
+      return t;
+    }
+    t.dir = tmpl;
+    t.ca = t.dir + "/ca.pem";
+    t.cert = t.dir + "/server.pem";
+    t.key = t.dir + "/server.key";
+    t.self_signed = t.dir + "/self.pem";
+    t.self_signed_key = t.dir + "/self.key";
+    const std::string d = t.dir;
+    const std::string script = absl::StrCat(
+        "cd ", d, " && ",
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=Tern-Test-CA "
+        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign && ",
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=mx.x.test && ",
+        "printf 'subjectAltName=DNS:mx.x.test\\n' > ext.cnf && ",
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
+        "-extfile ext.cnf && ",
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout self.key -out self.pem -days 2 -subj /CN=mx.x.test "
+        "-addext subjectAltName=DNS:mx.x.test",
+        " > openssl.log 2>&1");
+    t.ok = std::system(script.c_str()) == 0;
+    return t;
+  }
+};
+
+std::shared_ptr<asio::ssl::context> ServerTls(const std::string& cert, const std::string& key) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  ctx->use_certificate_chain_file(cert);
+  ctx->use_private_key_file(key, asio::ssl::context::pem);
+  return ctx;
+}
+
+std::shared_ptr<asio::ssl::context> ClientTls(const std::string& ca) {
+  TlsOutboundConfig config;
+  config.ca = ca;
+  auto ctx = config.MakeContext();
+  EXPECT_TRUE(ctx.ok()) << ctx.status();
+  return ctx.ok() ? *ctx : nullptr;
+}
+
 class SmtpTransactionTest : public ::testing::Test {
  protected:
-  TransactionRequest Request(std::vector<std::string> rcpts, uint16_t port) {
+  TransactionRequest Request(std::vector<RecipientRequest> rcpts, uint16_t port) {
     TransactionRequest r;
     r.helo_name = "tern.test";
     r.mx_host = "mx.x.test";
@@ -135,33 +331,34 @@ class SmtpTransactionTest : public ::testing::Test {
     r.mail_from = "sender@a.test";
     r.recipients = std::move(rcpts);
     r.body = std::make_shared<const std::string>("Subject: hi\r\n\r\n.hidden line\r\nlast");
-    r.timeouts.connect = 2s;
-    r.timeouts.command = 2s;
-    r.timeouts.final_dot = 2s;
+    r.tls = TlsMode::kNone;
+    for (auto* t : {&r.timeouts.connect, &r.timeouts.banner, &r.timeouts.ehlo, &r.timeouts.starttls,
+                    &r.timeouts.auth, &r.timeouts.mail, &r.timeouts.rcpt, &r.timeouts.data, &r.timeouts.final_dot,
+                    &r.timeouts.rset}) {
+      *t = 2s;
+    }
     return r;
   }
 
-  // Runs one transaction against `script`; returns the result and what the
-  // server saw.
-  TransactionResult Run(const Script& script, std::vector<std::string> rcpts, Seen* seen,
-                        std::function<void(TransactionRequest&)> tweak = nullptr) {
-    // Runs until both sides are done (the server coroutine references
-    // `acceptor` and `seen`, so it must not outlive this call).
+  uint16_t StartServer(const Script& script, Seen* seen) {
+    acceptors_.push_back(std::make_unique<asio::ip::tcp::acceptor>(
+        io_, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)));
+    asio::co_spawn(io_, Serve(*acceptors_.back(), script, seen), asio::detached);
+    return acceptors_.back()->local_endpoint().port();
+  }
+
+  TransactionResult RunRequest(TransactionRequest request) {
     io_.restart();
-    asio::ip::tcp::acceptor acceptor(io_, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-    const uint16_t port = acceptor.local_endpoint().port();
-    asio::co_spawn(io_, Serve(acceptor, script, seen), asio::detached);
-    TransactionRequest request = Request(std::move(rcpts), port);
-    if (tweak) {
-      tweak(request);
-    }
     std::optional<absl::StatusOr<TransactionResult>> result;
     asio::co_spawn(io_, RunSmtpTransaction(std::move(request)),
                    [&](std::exception_ptr e, absl::StatusOr<TransactionResult> r) {
                      EXPECT_FALSE(e);
                      result = std::move(r);
                    });
-    io_.run_for(20s);
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!result && std::chrono::steady_clock::now() < deadline) {
+      io_.run_one_for(100ms);
+    }
     EXPECT_TRUE(result.has_value());
     if (!result || !result->ok()) {
       ADD_FAILURE() << (result ? result->status().ToString() : "no result");
@@ -170,7 +367,26 @@ class SmtpTransactionTest : public ::testing::Test {
     return **result;
   }
 
+  // Runs one transaction against `script`; returns the result and what the
+  // server saw.
+  TransactionResult Run(const Script& script, std::vector<RecipientRequest> rcpts, Seen* seen,
+                        std::function<void(TransactionRequest&)> tweak = nullptr) {
+    const uint16_t port = StartServer(script, seen);
+    TransactionRequest request = Request(std::move(rcpts), port);
+    if (tweak) {
+      tweak(request);
+    }
+    return RunRequest(std::move(request));
+  }
+
+  // Lets background work (pool QUITs, server sessions) run for `d`.
+  void Settle(std::chrono::milliseconds d) {
+    io_.restart();
+    io_.run_for(d);
+  }
+
   asio::io_context io_;
+  std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
 };
 
 bool Sent(const Seen& seen, absl::string_view prefix) {
@@ -255,6 +471,8 @@ TEST_F(SmtpTransactionTest, ConnectionClosedAfterDotIsTransientAndAmbiguous) {
   EXPECT_EQ(r.outcomes[0]->reply_code, 0);
   EXPECT_NE(r.outcomes[0]->reply_text.find("after the final dot"), std::string::npos) << r.outcomes[0]->reply_text;
   EXPECT_NE(r.outcomes[0]->reply_text.find("may have been delivered"), std::string::npos);
+  EXPECT_TRUE(r.outcomes[0]->ambiguous);
+  EXPECT_TRUE(r.data_sent);
 }
 
 TEST_F(SmtpTransactionTest, PipelinesMailAndRcptsAndMapsRepliesInOrder) {
@@ -417,7 +635,7 @@ TEST_F(SmtpTransactionTest, ReplyTimeoutIsAFailureWithinTheDeadline) {
   std::optional<asio::ip::tcp::socket> held;
   acceptor.async_accept([&](const asio::error_code&, asio::ip::tcp::socket s) { held.emplace(std::move(s)); });
   TransactionRequest request = Request({"a@x.test"}, acceptor.local_endpoint().port());
-  request.timeouts.command = 300ms;
+  request.timeouts.banner = 300ms;
   std::optional<absl::StatusOr<TransactionResult>> result;
   const auto start = std::chrono::steady_clock::now();
   asio::co_spawn(io_, RunSmtpTransaction(std::move(request)),
@@ -429,6 +647,731 @@ TEST_F(SmtpTransactionTest, ReplyTimeoutIsAFailureWithinTheDeadline) {
   EXPECT_FALSE((*result)->outcomes[0].has_value());
   EXPECT_NE((*result)->failure.find("timeout"), std::string::npos) << (*result)->failure;
   EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+}
+
+// ---- AUTH (facts §7 vectors on the wire) ----------------------------------
+
+TEST_F(SmtpTransactionTest, AuthPlainSendsTheFactsVector) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 AUTH PLAIN LOGIN";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) {
+    req.auth_user = "u";
+    req.auth_pass = "p";
+  });
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r.auth_mechanism, "PLAIN");
+  EXPECT_EQ(r.outcomes[0]->auth_mechanism, "PLAIN");
+  EXPECT_EQ(seen.commands[1], "AUTH PLAIN AHUAcA==");
+  EXPECT_EQ(seen.commands[2], "MAIL FROM:<sender@a.test>");
+}
+
+TEST_F(SmtpTransactionTest, AuthPrefersCramMd5AndAnswersTheChallenge) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 AUTH PLAIN LOGIN CRAM-MD5";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) {
+    req.auth_user = "u";
+    req.auth_pass = "p";
+  });
+  EXPECT_EQ(r.auth_mechanism, "CRAM-MD5");
+  EXPECT_EQ(seen.commands[1], "AUTH CRAM-MD5");
+  EXPECT_EQ(seen.commands[2], "dSAyMmI1MzI0MDEyZjM0ZGFkZTY0NWE3MjE1MmYwMDU1Yg==");
+}
+
+TEST_F(SmtpTransactionTest, AuthTypeLoginIsUsedWhenOffered) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 AUTH PLAIN LOGIN CRAM-MD5";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) {
+    req.auth_user = "u";
+    req.auth_pass = "p";
+    req.auth_type = "login";
+  });
+  EXPECT_EQ(r.auth_mechanism, "LOGIN");
+  EXPECT_EQ(seen.commands[1], "AUTH LOGIN");
+  EXPECT_EQ(seen.commands[2], "dQ==");
+  EXPECT_EQ(seen.commands[3], "cA==");
+}
+
+TEST_F(SmtpTransactionTest, AuthRejectedIsTransientMovesOnAndNeverShowsThePassword) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 AUTH PLAIN";
+  script.auth = "535 5.7.8 Authentication credentials invalid";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) {
+    req.auth_user = "relay-user";
+    req.auth_pass = "s3cret-pass";
+  });
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_EQ(r.failure_enhanced, "4.7.8");
+  EXPECT_NE(r.failure.find("535 5.7.8"), std::string::npos) << r.failure;
+  EXPECT_EQ(r.failure.find("s3cret"), std::string::npos) << r.failure;
+  EXPECT_FALSE(Sent(seen, "MAIL"));
+  EXPECT_EQ(seen.quits, 1);
+}
+
+TEST_F(SmtpTransactionTest, AuthNotOfferedSendsWithoutAndWarns) {
+  Seen seen;
+  TransactionResult r = Run(Script(), {"a@x.test"}, &seen, [](TransactionRequest& req) {
+    req.auth_user = "u";
+    req.auth_pass = "p";
+  });
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r.auth_mechanism, "");
+  EXPECT_NE(r.warning.find("does not offer AUTH"), std::string::npos) << r.warning;
+  EXPECT_FALSE(Sent(seen, "AUTH"));
+}
+
+TEST_F(SmtpTransactionTest, AuthNotOfferedWithForceAuthIsATransientFailure) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 AUTH GSSAPI";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) {
+    req.auth_user = "u";
+    req.auth_pass = "p";
+    req.force_auth = true;
+  });
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_EQ(r.failure_enhanced, "4.7.0");
+  EXPECT_NE(r.failure.find("force_auth"), std::string::npos) << r.failure;
+  EXPECT_NE(r.failure.find("GSSAPI"), std::string::npos) << r.failure;
+  EXPECT_FALSE(Sent(seen, "MAIL"));
+  EXPECT_EQ(seen.quits, 1);
+}
+
+// ---- STARTTLS --------------------------------------------------------------
+
+TEST_F(SmtpTransactionTest, StartTlsVerifiesAgainstTheConfiguredCaAndGreetsAgain) {
+  const TestCerts& certs = TestCerts::Get();
+  ASSERT_TRUE(certs.ok) << "openssl req failed, see " << certs.dir;
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250-STARTTLS\r\n250 AUTH PLAIN";
+  script.tls = ServerTls(certs.cert, certs.key);
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kOpportunistic;
+    req.verify_tls = true;
+    req.tls_context = ClientTls(certs.ca);
+    req.auth_user = "u";
+    req.auth_pass = "p";
+  });
+  ASSERT_TRUE(r.outcomes[0]) << r.failure;
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_TRUE(seen.tls);
+  EXPECT_NE(r.tls.find("TLS"), std::string::npos) << r.tls;
+  EXPECT_TRUE(r.tls_verified);
+  EXPECT_EQ(r.outcomes[0]->tls, r.tls);
+  EXPECT_TRUE(r.outcomes[0]->tls_verified);
+  EXPECT_EQ(seen.commands[0], "EHLO tern.test");
+  EXPECT_EQ(seen.commands[1], "STARTTLS");
+  EXPECT_EQ(seen.commands[2], "EHLO tern.test");
+  EXPECT_EQ(seen.commands[3], "AUTH PLAIN AHUAcA==");  // AUTH only after TLS
+}
+
+TEST_F(SmtpTransactionTest, OpportunisticTlsRecordsAnUnverifiedCertificate) {
+  const TestCerts& certs = TestCerts::Get();
+  ASSERT_TRUE(certs.ok);
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 STARTTLS";
+  script.tls = ServerTls(certs.self_signed, certs.self_signed_key);
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kOpportunistic;
+    req.tls_context = ClientTls(certs.ca);
+  });
+  ASSERT_TRUE(r.outcomes[0]) << r.failure;
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_FALSE(r.tls.empty());
+  EXPECT_FALSE(r.tls_verified);
+}
+
+TEST_F(SmtpTransactionTest, RequiredTlsWithoutStarttlsIsTransient) {
+  Seen seen;
+  TransactionResult r = Run(Script(), {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kRequired;
+    req.tls_context = ClientTls("");
+  });
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_EQ(r.failure_enhanced, "4.7.4");
+  EXPECT_NE(r.failure.find("does not offer STARTTLS"), std::string::npos) << r.failure;
+  EXPECT_FALSE(Sent(seen, "MAIL"));
+}
+
+TEST_F(SmtpTransactionTest, RequiredTlsWithAnUntrustedCertificateIsTransient) {
+  const TestCerts& certs = TestCerts::Get();
+  ASSERT_TRUE(certs.ok);
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 STARTTLS";
+  script.tls = ServerTls(certs.self_signed, certs.self_signed_key);
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kRequired;
+    req.tls_context = ClientTls(certs.ca);
+  });
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_EQ(r.failure_enhanced, "4.7.5");
+  EXPECT_NE(r.failure.find("did not verify"), std::string::npos) << r.failure;
+  EXPECT_FALSE(r.tls_failed);  // never a reason to fall back to plain text
+  EXPECT_FALSE(Sent(seen, "MAIL"));
+}
+
+TEST_F(SmtpTransactionTest, RequiredTlsChecksTheMxName) {
+  const TestCerts& certs = TestCerts::Get();
+  ASSERT_TRUE(certs.ok);
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 STARTTLS";
+  script.tls = ServerTls(certs.cert, certs.key);
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.mx_host = "other.x.test";  // the certificate is for mx.x.test
+    req.tls = TlsMode::kRequired;
+    req.tls_context = ClientTls(certs.ca);
+  });
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_EQ(r.failure_enhanced, "4.7.5");
+}
+
+TEST_F(SmtpTransactionTest, RejectUnauthorizedFailsTheAddressWithoutPlainFallback) {
+  const TestCerts& certs = TestCerts::Get();
+  ASSERT_TRUE(certs.ok);
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 STARTTLS";
+  script.tls = ServerTls(certs.self_signed, certs.self_signed_key);
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kOpportunistic;
+    req.verify_tls = true;
+    req.tls_context = ClientTls(certs.ca);
+  });
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_TRUE(r.tls_unverified);
+  EXPECT_FALSE(r.tls_failed);
+  EXPECT_NE(r.failure.find("rejectUnauthorized"), std::string::npos) << r.failure;
+}
+
+TEST_F(SmtpTransactionTest, BrokenHandshakeAsksForAPlainTextRetry) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 STARTTLS";
+  script.break_tls = true;
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kOpportunistic;
+    req.tls_context = ClientTls("");
+  });
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_TRUE(r.tls_failed);
+  EXPECT_EQ(r.failure_enhanced, "4.7.5");
+}
+
+TEST_F(SmtpTransactionTest, StartTlsRefusedGoesOnInPlainText) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 STARTTLS";  // no server context: 454
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kOpportunistic;
+    req.tls_context = ClientTls("");
+  });
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_TRUE(r.tls.empty());
+  EXPECT_TRUE(Sent(seen, "STARTTLS"));
+}
+
+TEST_F(SmtpTransactionTest, TlsNoneNeverSendsStarttls) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 STARTTLS";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kNone;
+    req.tls_context = ClientTls("");
+  });
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_FALSE(Sent(seen, "STARTTLS"));
+}
+
+// ---- DSN parameters, progress hook -----------------------------------------
+
+TEST_F(SmtpTransactionTest, DsnParametersAreRelayedWhenOfferedAndXtextEncoded) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 DSN";
+  Seen seen;
+  RecipientRequest a("a@x.test");
+  a.notify = kNotifySuccess | kNotifyFailure;
+  a.orcpt = "rfc822;A+b@x.test";
+  RecipientRequest b("b@x.test");
+  b.notify = kNotifyNever;
+  TransactionResult r = Run(script, {a, b, "c@x.test"}, &seen, [](TransactionRequest& req) {
+    req.ret = DsnRetParam::kHdrs;
+    req.envid = "env id=1";
+  });
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(seen.commands[1], "MAIL FROM:<sender@a.test> RET=HDRS ENVID=env+20id+3D1");
+  EXPECT_EQ(seen.commands[2], "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A+2Bb@x.test");
+  EXPECT_EQ(seen.commands[3], "RCPT TO:<b@x.test> NOTIFY=NEVER");
+  EXPECT_EQ(seen.commands[4], "RCPT TO:<c@x.test>");
+}
+
+TEST_F(SmtpTransactionTest, DsnParametersAreLeftOutWhenNotOffered) {
+  Seen seen;
+  RecipientRequest a("a@x.test");
+  a.notify = kNotifyDelay;
+  a.orcpt = "rfc822;a@x.test";
+  TransactionResult r = Run(Script(), {a}, &seen, [](TransactionRequest& req) {
+    req.ret = DsnRetParam::kFull;
+    req.envid = "e1";
+  });
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(seen.commands[1], "MAIL FROM:<sender@a.test> SIZE=33");
+  EXPECT_EQ(seen.commands[2], "RCPT TO:<a@x.test>");
+}
+
+TEST_F(SmtpTransactionTest, DataSentHookRunsOnceJustBeforeTheBody) {
+  Seen seen;
+  int calls = 0;
+  size_t commands_at_call = 0;
+  TransactionResult r = Run(Script(), {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.on_data_sent = [&] {
+      ++calls;
+      commands_at_call = seen.commands.size();
+    };
+  });
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(commands_at_call, 4u);  // EHLO MAIL RCPT DATA, body not yet sent
+  EXPECT_TRUE(r.data_sent);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->mode, "SMTP");
+  EXPECT_GT(r.outcomes[0]->remote_port, 0);
+}
+
+TEST_F(SmtpTransactionTest, RcptRefusedForAllNeverCallsTheHook) {
+  Script script;
+  script.rcpt["a@x.test"] = "550 5.1.1 unknown";
+  Seen seen;
+  int calls = 0;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.on_data_sent = [&] { ++calls; };
+  });
+  EXPECT_EQ(calls, 0);
+  EXPECT_FALSE(r.data_sent);
+}
+
+// ---- LMTP ------------------------------------------------------------------
+
+TEST_F(SmtpTransactionTest, LmtpAttributesEachReplyToItsOwnRecipient) {
+  Script script;
+  script.lmtp = true;
+  script.ehlo = "250-lmtp.x.test\r\n250 PIPELINING";
+  script.rcpt["b@x.test"] = "550 5.1.1 no b";
+  script.lmtp_replies = {"250 2.0.0 a saved", "552 5.2.2 c is over quota"};
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test", "b@x.test", "c@x.test"}, &seen, [](TransactionRequest& req) {
+    req.lmtp = true;
+  });
+  EXPECT_EQ(seen.commands[0], "LHLO tern.test");
+  ASSERT_TRUE(r.outcomes[0] && r.outcomes[1] && r.outcomes[2]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r.outcomes[0]->reply_text, "a saved");
+  EXPECT_EQ(r.outcomes[1]->outcome, OutcomeClass::kPermanent);
+  EXPECT_EQ(r.outcomes[1]->reply_text, "no b");
+  EXPECT_EQ(r.outcomes[2]->outcome, OutcomeClass::kPermanent);
+  EXPECT_EQ(r.outcomes[2]->enhanced_status, "5.2.2");
+  EXPECT_EQ(r.outcomes[2]->mode, "LMTP");
+}
+
+TEST_F(SmtpTransactionTest, LmtpFirstOkSecondFailedIsNotHarakasBug) {
+  // Facts §7: Haraka reports b delivered and a bounced for 250 then 550.
+  Script script;
+  script.lmtp = true;
+  script.lmtp_replies = {"250 2.0.0 ok", "550 5.1.1 gone"};
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test", "b@x.test"}, &seen, [](TransactionRequest& req) {
+    req.lmtp = true;
+  });
+  ASSERT_TRUE(r.outcomes[0] && r.outcomes[1]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r.outcomes[1]->outcome, OutcomeClass::kPermanent);
+  EXPECT_EQ(r.outcomes[1]->reply_text, "gone");
+}
+
+TEST_F(SmtpTransactionTest, LmtpConnectionLostAfterSomeRepliesLeavesTheRestAmbiguous) {
+  Script script;
+  script.lmtp = true;
+  script.lmtp_replies = {"250 2.0.0 ok"};
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test", "b@x.test"}, &seen, [](TransactionRequest& req) {
+    req.lmtp = true;
+  });
+  ASSERT_TRUE(r.outcomes[0] && r.outcomes[1]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_FALSE(r.outcomes[0]->ambiguous);
+  EXPECT_EQ(r.outcomes[1]->outcome, OutcomeClass::kTransient);
+  EXPECT_TRUE(r.outcomes[1]->ambiguous);
+}
+
+asio::awaitable<void> ServeUnix(asio::local::stream_protocol::acceptor& acceptor, Script script, Seen* seen) {
+  auto [ec, local] = co_await acceptor.async_accept(asio::experimental::as_tuple(asio::use_awaitable));
+  if (ec) {
+    co_return;
+  }
+  asio::ip::tcp::socket socket(acceptor.get_executor());
+  socket.assign(asio::ip::tcp::v4(), local.release());
+  net::Connection c(std::move(socket));
+  co_await ServeSession(c, script, seen);
+}
+
+TEST_F(SmtpTransactionTest, LmtpOverAUnixSocket) {
+  char tmpl[] = "/tmp/tern-lmtp-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string path = std::string(tmpl) + "/lmtp.sock";
+  asio::local::stream_protocol::acceptor acceptor(io_, asio::local::stream_protocol::endpoint(path));
+  Script script;
+  script.lmtp = true;
+  script.lmtp_replies = {"250 2.0.0 stored"};
+  Seen seen;
+  asio::co_spawn(io_, ServeUnix(acceptor, script, &seen), asio::detached);
+  TransactionRequest request = Request({"a@x.test"}, 0);
+  request.lmtp = true;
+  request.unix_path = path;
+  request.ip = "";
+  request.mx_host = path;
+  TransactionResult r = RunRequest(std::move(request));
+  ASSERT_TRUE(r.outcomes[0]) << r.failure;
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r.outcomes[0]->reply_text, "stored");
+  EXPECT_EQ(r.outcomes[0]->mode, "LMTP");
+  EXPECT_EQ(r.outcomes[0]->remote_port, 0);
+  EXPECT_EQ(seen.commands[0], "LHLO tern.test");
+  acceptor.close();
+  std::remove(path.c_str());
+  rmdir(tmpl);
+}
+
+TEST_F(SmtpTransactionTest, UnixSocketConnectFailureIsUndecided) {
+  TransactionRequest request = Request({"a@x.test"}, 0);
+  request.lmtp = true;
+  request.unix_path = "/nonexistent/tern/lmtp.sock";
+  TransactionResult r = RunRequest(std::move(request));
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_NE(r.failure.find("unix:/nonexistent/tern/lmtp.sock"), std::string::npos) << r.failure;
+}
+
+// ---- Connection reuse ------------------------------------------------------
+
+TEST_F(SmtpTransactionTest, PooledConnectionIsReusedAfterRset) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Seen seen;
+  const uint16_t port = StartServer(Script(), &seen);
+  TransactionRequest first = Request({"a@x.test"}, port);
+  first.pool = &pool;
+  TransactionResult r1 = RunRequest(first);
+  ASSERT_TRUE(r1.outcomes[0]);
+  EXPECT_FALSE(r1.reused);
+  EXPECT_EQ(pool.idle(), 1u);
+  TransactionResult r2 = RunRequest(first);
+  ASSERT_TRUE(r2.outcomes[0]);
+  EXPECT_EQ(r2.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_TRUE(r2.reused);
+  EXPECT_EQ(seen.connections, 1);
+  EXPECT_EQ(seen.quits, 0);
+  EXPECT_TRUE(Sent(seen, "RSET"));
+  EXPECT_EQ(std::count(seen.commands.begin(), seen.commands.end(), "EHLO tern.test"), 1);
+  EXPECT_EQ(pool.reused(), 1u);
+}
+
+TEST_F(SmtpTransactionTest, PoolKeySeparatesAuthIdentities) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 AUTH PLAIN";
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest a = Request({"a@x.test"}, port);
+  a.pool = &pool;
+  a.auth_user = "alice";
+  a.auth_pass = "pa";
+  TransactionRequest b = a;
+  b.auth_user = "bob";
+  EXPECT_NE(PoolKey(a), PoolKey(b));
+  RunRequest(a);
+  TransactionResult rb = RunRequest(b);
+  EXPECT_FALSE(rb.reused);
+  EXPECT_EQ(seen.connections, 2);
+}
+
+TEST_F(SmtpTransactionTest, MessageLimitQuitsTheConnection) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 1, 100});
+  Seen seen;
+  const uint16_t port = StartServer(Script(), &seen);
+  TransactionRequest req = Request({"a@x.test"}, port);
+  req.pool = &pool;
+  RunRequest(req);
+  Settle(200ms);
+  EXPECT_EQ(pool.idle(), 0u);
+  EXPECT_EQ(seen.quits, 1);
+  TransactionResult r2 = RunRequest(req);
+  EXPECT_FALSE(r2.reused);
+  EXPECT_EQ(seen.connections, 2);
+}
+
+TEST_F(SmtpTransactionTest, IdleExpirySendsQuit) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{150ms, 100, 100});
+  Seen seen;
+  const uint16_t port = StartServer(Script(), &seen);
+  TransactionRequest req = Request({"a@x.test"}, port);
+  req.pool = &pool;
+  RunRequest(req);
+  EXPECT_EQ(pool.idle(), 1u);
+  EXPECT_EQ(seen.quits, 0);
+  Settle(600ms);
+  EXPECT_EQ(pool.idle(), 0u);
+  EXPECT_EQ(seen.quits, 1);
+}
+
+TEST_F(SmtpTransactionTest, DeadPooledConnectionIsReplacedTransparently) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.close_at = "RSET";  // the server hangs up when the pooled session is reused
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest req = Request({"a@x.test"}, port);
+  req.pool = &pool;
+  RunRequest(req);
+  TransactionResult r2 = RunRequest(req);
+  ASSERT_TRUE(r2.outcomes[0]) << r2.failure;
+  EXPECT_EQ(r2.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_FALSE(r2.reused);
+  EXPECT_EQ(seen.connections, 2);
+}
+
+TEST_F(SmtpTransactionTest, ConnectionClosedByTheServerWhileIdleIsNotHandedOut) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.close_after_dot = true;
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest req = Request({"a@x.test"}, port);
+  req.pool = &pool;
+  TransactionResult r1 = RunRequest(req);
+  ASSERT_TRUE(r1.outcomes[0]);
+  EXPECT_EQ(pool.idle(), 1u);
+  Settle(100ms);  // the FIN arrives
+  EXPECT_EQ(pool.Take(PoolKey(req)), nullptr);
+  EXPECT_EQ(pool.idle(), 0u);
+  TransactionResult r2 = RunRequest(req);
+  EXPECT_FALSE(r2.reused);
+  EXPECT_FALSE(Sent(seen, "RSET"));
+  EXPECT_EQ(seen.connections, 2);
+}
+
+// ---- Failure at each step: 4xx/5xx, hang-up, silence ------------------------
+
+struct StepCase {
+  std::string step;
+  bool after_dot;
+};
+
+class StepFailureTest : public SmtpTransactionTest, public ::testing::WithParamInterface<StepCase> {
+ protected:
+  // A script and request where the session reaches `step`.
+  void Prepare(Script* script, TransactionRequest* req, const std::string& step) {
+    if (step == "STARTTLS") {
+      const TestCerts& certs = TestCerts::Get();
+      script->ehlo = "250-mx.x.test\r\n250 STARTTLS";
+      script->tls = ServerTls(certs.cert, certs.key);
+      req->tls = TlsMode::kOpportunistic;
+      req->tls_context = ClientTls(certs.ca);
+    }
+    if (step == "AUTH") {
+      script->ehlo = "250-mx.x.test\r\n250 AUTH PLAIN";
+      req->auth_user = "u";
+      req->auth_pass = "p";
+    }
+  }
+
+  std::chrono::steady_clock::duration* TimeoutFor(TransactionRequest* req, const std::string& step) {
+    if (step == "BANNER") return &req->timeouts.banner;
+    if (step == "EHLO") return &req->timeouts.ehlo;
+    if (step == "STARTTLS") return &req->timeouts.starttls;
+    if (step == "AUTH") return &req->timeouts.auth;
+    if (step == "MAIL") return &req->timeouts.mail;
+    if (step == "RCPT") return &req->timeouts.rcpt;
+    if (step == "DATA") return &req->timeouts.data;
+    return &req->timeouts.final_dot;
+  }
+};
+
+TEST_P(StepFailureTest, HangUpLeavesRecipientsUndecidedOrAmbiguous) {
+  const StepCase& c = GetParam();
+  Script script;
+  script.close_at = c.step;
+  TransactionRequest req = Request({"a@x.test", "b@x.test"}, 0);
+  Prepare(&script, &req, c.step);
+  Seen seen;
+  req.port = StartServer(script, &seen);
+  TransactionResult r = RunRequest(req);
+  for (const auto& o : r.outcomes) {
+    if (c.after_dot) {
+      ASSERT_TRUE(o);
+      EXPECT_EQ(o->outcome, OutcomeClass::kTransient);
+      EXPECT_TRUE(o->ambiguous);
+    } else {
+      EXPECT_FALSE(o.has_value()) << c.step;
+    }
+  }
+  if (!c.after_dot) {
+    EXPECT_EQ(r.failure_enhanced.substr(0, 2), "4.") << r.failure;
+    EXPECT_FALSE(r.failure.empty());
+  }
+}
+
+TEST_P(StepFailureTest, SilenceHitsThatStepsTimeout) {
+  const StepCase& c = GetParam();
+  Script script;
+  script.stall_at = c.step;
+  TransactionRequest req = Request({"a@x.test"}, 0);
+  Prepare(&script, &req, c.step);
+  for (auto* t : {&req.timeouts.banner, &req.timeouts.ehlo, &req.timeouts.starttls, &req.timeouts.auth,
+                  &req.timeouts.mail, &req.timeouts.rcpt, &req.timeouts.data, &req.timeouts.final_dot}) {
+    *t = 10s;
+  }
+  *TimeoutFor(&req, c.step) = 300ms;
+  Seen seen;
+  req.port = StartServer(script, &seen);
+  const auto start = std::chrono::steady_clock::now();
+  TransactionResult r = RunRequest(req);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s) << c.step;
+  if (c.after_dot) {
+    ASSERT_TRUE(r.outcomes[0]);
+    EXPECT_TRUE(r.outcomes[0]->ambiguous);
+  } else {
+    EXPECT_FALSE(r.outcomes[0].has_value());
+    EXPECT_NE(r.failure.find("timeout"), std::string::npos) << c.step << ": " << r.failure;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryStep, StepFailureTest,
+                         ::testing::Values(StepCase{"BANNER", false}, StepCase{"EHLO", false},
+                                           StepCase{"STARTTLS", false}, StepCase{"AUTH", false},
+                                           StepCase{"MAIL", false}, StepCase{"RCPT", false},
+                                           StepCase{"DATA", false}, StepCase{"DOT", true}),
+                         [](const ::testing::TestParamInfo<StepCase>& info) { return info.param.step; });
+
+TEST_F(SmtpTransactionTest, Ehlo421MovesOnWithTheReply) {
+  Script script;
+  script.ehlo = "421 4.3.2 shutting down";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen);
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_EQ(r.failure_code, 421);
+  EXPECT_EQ(r.failure_enhanced, "4.3.2");
+}
+
+TEST_F(SmtpTransactionTest, StartTls454IsNotFatalButRequiredTlsMakesItTransient) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 STARTTLS";
+  script.starttls = "454 4.7.0 TLS not available due to local problem";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kRequired;
+    req.tls_context = ClientTls("");
+  });
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_EQ(r.failure_enhanced, "4.7.0");
+  EXPECT_NE(r.failure.find("TLS is required"), std::string::npos) << r.failure;
+}
+
+TEST_F(SmtpTransactionTest, MailTempfailDecidesEveryRecipientTransient) {
+  Script script;
+  script.mail = "451 4.7.1 greylisted";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test", "b@x.test"}, &seen);
+  for (const auto& o : r.outcomes) {
+    ASSERT_TRUE(o);
+    EXPECT_EQ(o->outcome, OutcomeClass::kTransient);
+    EXPECT_EQ(o->enhanced_status, "4.7.1");
+  }
+}
+
+TEST_F(SmtpTransactionTest, MailRefusedWhilePipeliningDrainsRcptRepliesAndStaysReusable) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 PIPELINING";
+  script.mail = "550 5.7.1 sender refused";
+  script.batch = 3;
+  script.rcpt["a@x.test"] = "503 5.5.1 need MAIL";
+  script.rcpt["b@x.test"] = "503 5.5.1 need MAIL";
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest req = Request({"a@x.test", "b@x.test"}, port);
+  req.pool = &pool;
+  TransactionResult r = RunRequest(req);
+  for (const auto& o : r.outcomes) {
+    ASSERT_TRUE(o);
+    EXPECT_EQ(o->outcome, OutcomeClass::kPermanent);
+    EXPECT_EQ(o->enhanced_status, "5.7.1");
+  }
+  EXPECT_EQ(pool.idle(), 1u);
+}
+
+TEST_F(SmtpTransactionTest, DataTempfailAppliesToAcceptedRecipients) {
+  Script script;
+  script.data = "451 4.3.0 try later";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kTransient);
+  EXPECT_FALSE(r.data_sent);
+}
+
+TEST_F(SmtpTransactionTest, DotRepliesDecideTheAcceptedRecipients) {
+  Script script;
+  script.dot = "451 4.3.0 queue trouble";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kTransient);
+  EXPECT_FALSE(r.outcomes[0]->ambiguous);
+
+  Script reject;
+  reject.dot = "554 5.6.0 content rejected";
+  Seen seen2;
+  TransactionResult r2 = Run(reject, {"a@x.test"}, &seen2);
+  ASSERT_TRUE(r2.outcomes[0]);
+  EXPECT_EQ(r2.outcomes[0]->outcome, OutcomeClass::kPermanent);
+  EXPECT_EQ(r2.outcomes[0]->enhanced_status, "5.6.0");
+}
+
+TEST_F(SmtpTransactionTest, Reply252CountsAsDelivered) {
+  Script script;
+  script.rcpt["v@x.test"] = "252 2.1.5 Cannot VRFY user, but will accept message";
+  Seen seen;
+  TransactionResult r = Run(script, {"v@x.test"}, &seen);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+}
+
+TEST_F(SmtpTransactionTest, MultiLineRepliesAreKeptWhole) {
+  Script script;
+  script.rcpt["a@x.test"] = "452-4.2.2 Mailbox full\r\n452 4.2.2 try later";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->reply_text, "Mailbox full try later");
+  EXPECT_EQ(r.outcomes[0]->enhanced_status, "4.2.2");
+}
+
+TEST_F(SmtpTransactionTest, BindToTheRequestedSourceAddress) {
+  Seen seen;
+  TransactionResult r = Run(Script(), {"a@x.test"}, &seen, [](TransactionRequest& req) { req.bind_ip = "127.0.0.1"; });
+  ASSERT_TRUE(r.outcomes[0]) << r.failure;
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+
+  Seen seen2;
+  TransactionResult bad = Run(Script(), {"a@x.test"}, &seen2, [](TransactionRequest& req) { req.bind_ip = "::1"; });
+  EXPECT_FALSE(bad.outcomes[0].has_value());
+  EXPECT_NE(bad.failure.find("other address family"), std::string::npos) << bad.failure;
 }
 
 }  // namespace

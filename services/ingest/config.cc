@@ -1,6 +1,7 @@
 #include "services/ingest/config.h"
 
 #include <arpa/inet.h>
+#include <unistd.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -100,6 +101,22 @@ absl::Status IngestConfig::Validate() const {
   if (queue_timeout.count() <= 0) {
     return absl::InvalidArgumentError("tern.ini [ingest] queue_timeout_ms: must be positive");
   }
+  if (max_recipients == 0) {
+    return absl::InvalidArgumentError("connection.ini [max] recipients: must be positive");
+  }
+  if (tls_key_file.empty() != tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("tls.ini [main]: key and cert go together");
+  }
+  for (const ListenAddress& l : listen) {
+    if (l.implicit_tls && !tls_enabled()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("smtp.ini listen ", l.ToString(), " is the smtps_port but no TLS certificate is configured"));
+    }
+  }
+  if (tls_min_version != "TLSv1" && tls_min_version != "TLSv1.1" && tls_min_version != "TLSv1.2" &&
+      tls_min_version != "TLSv1.3") {
+    return absl::InvalidArgumentError("tls.ini [main] minVersion: must be TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3");
+  }
   return absl::OkStatus();
 }
 
@@ -127,6 +144,18 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
     return smtp.KeyError("main", "inactivity_timeout", "must be 1..86400 seconds");
   }
   cfg.inactivity_timeout = std::chrono::seconds(inactivity);
+  TERN_ASSIGN_OR_RETURN(int64_t smtps_port, smtp.GetInt("main", "smtps_port", 465));
+  if (smtps_port < 0 || smtps_port > 65535) {
+    return smtp.KeyError("main", "smtps_port", "must be 0..65535");
+  }
+  for (ListenAddress& l : cfg.listen) {
+    l.implicit_tls = smtps_port != 0 && l.port == smtps_port;
+  }
+  TERN_ASSIGN_OR_RETURN(int64_t force_shutdown, smtp.GetInt("main", "force_shutdown_timeout", 30));
+  if (force_shutdown < 0 || force_shutdown > 3600) {
+    return smtp.KeyError("main", "force_shutdown_timeout", "must be 0..3600 seconds");
+  }
+  cfg.shutdown_timeout = std::chrono::seconds(force_shutdown);
 
   TERN_ASSIGN_OR_RETURN(cfg.me, dir.Me());
 
@@ -151,6 +180,62 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
     return conn.KeyError("max", "data_line_length", "must be 78..65536");
   }
   cfg.max_data_line_length = static_cast<size_t>(data_line_length);
+  TERN_ASSIGN_OR_RETURN(int64_t recipients, conn.GetInt("max", "recipients", 1000));
+  if (recipients < 1 || recipients > 100000) {
+    return conn.KeyError("max", "recipients", "must be 1..100000");
+  }
+  cfg.max_recipients = static_cast<size_t>(recipients);
+  TERN_ASSIGN_OR_RETURN(int64_t connections, conn.GetInt("max", "connections", 20000));
+  TERN_ASSIGN_OR_RETURN(int64_t per_ip, conn.GetInt("max", "connections_per_ip", 100));
+  if (connections < 0 || per_ip < 0) {
+    return conn.KeyError("max", connections < 0 ? "connections" : "connections_per_ip", "must be 0 or more");
+  }
+  cfg.max_connections = static_cast<size_t>(connections);
+  cfg.max_connections_per_ip = static_cast<size_t>(per_ip);
+  TERN_ASSIGN_OR_RETURN(cfg.add_received, conn.GetBool("headers", "add_received", true));
+  TERN_ASSIGN_OR_RETURN(cfg.clean_auth_results, conn.GetBool("headers", "clean_auth_results", true));
+  TERN_ASSIGN_OR_RETURN(int64_t max_lines, conn.GetInt("headers", "max_lines", 1000));
+  if (max_lines < 10 || max_lines > 100000) {
+    return conn.KeyError("headers", "max_lines", "must be 10..100000");
+  }
+  cfg.max_header_lines = static_cast<size_t>(max_lines);
+  TERN_ASSIGN_OR_RETURN(int64_t max_received, conn.GetInt("headers", "max_received", 100));
+  if (max_received < 1 || max_received > 10000) {
+    return conn.KeyError("headers", "max_received", "must be 1..10000");
+  }
+  cfg.max_received = static_cast<size_t>(max_received);
+  TERN_ASSIGN_OR_RETURN(cfg.haproxy_enabled, conn.GetBool("haproxy", "enabled", true));
+  for (const std::string& host : conn.GetList("haproxy", "hosts")) {
+    auto cidr = Cidr::Parse(host);
+    if (!cidr.ok()) {
+      return conn.KeyError("haproxy", "hosts", cidr.status().message());
+    }
+    cfg.haproxy_hosts.push_back(*cidr);
+  }
+
+  TERN_ASSIGN_OR_RETURN(config::IniFile tls, dir.Ini("tls.ini"));
+  {
+    const bool explicit_files = tls.Has("main", "key") || tls.Has("main", "cert");
+    auto resolve = [&dir](const std::string& name) {
+      return !name.empty() && name.front() == '/' ? name : dir.PathOf(name);
+    };
+    const std::string key = resolve(tls.GetString("main", "key", "tls_key.pem"));
+    const std::string cert = resolve(tls.GetString("main", "cert", "tls_cert.pem"));
+    const bool have_key = ::access(key.c_str(), R_OK) == 0;
+    const bool have_cert = ::access(cert.c_str(), R_OK) == 0;
+    if (have_key && have_cert) {
+      cfg.tls_key_file = key;
+      cfg.tls_cert_file = cert;
+    } else if (explicit_files || have_key || have_cert) {
+      return tls.KeyError("main", have_key ? "cert" : "key",
+                          absl::StrCat("cannot read ", have_key ? cert : key, " (TLS needs both key and cert)"));
+    }
+    cfg.tls_min_version = tls.GetString("main", "minVersion", "TLSv1.2");
+    cfg.tls_ciphers = tls.GetString("main", "ciphers", "");
+  }
+
+  TERN_ASSIGN_OR_RETURN(config::IniFile auth_ini, dir.Ini("auth_flat_file.ini"));
+  TERN_ASSIGN_OR_RETURN(cfg.auth, LoadAuthConfig(auth_ini));
 
   TERN_ASSIGN_OR_RETURN(config::IniFile tern, dir.Ini("tern.ini"));
   cfg.queue = tern.GetString("ingest", "queue", "127.0.0.1:7070");

@@ -9,11 +9,23 @@
 //   smtp.ini        [main] listen           [127.0.0.1:2525] comma list of
 //                                            host:port, IPv6 as [addr]:port
 //                   [main] listen_host/port  Haraka legacy; prepended to listen
+//                   [main] smtps_port [465]  listen entries on this port are
+//                                            implicit TLS (SMTPS)
 //                   [main] inactivity_timeout [300] seconds idle before 421
+//                   [main] force_shutdown_timeout [30] seconds a transaction
+//                                            may take to finish after SIGTERM
 //   me              the host name for the banner and Received: [hostname]
 //   relay_acl_allow one IP/CIDR per line [127.0.0.1/32, ::1/128 if missing]
 //   connection.ini  [max] bytes [26214400], line_length [512],
-//                   data_line_length [992]
+//                   data_line_length [992], recipients [1000],
+//                   connections [20000], connections_per_ip [100]
+//                   [headers] add_received [true], clean_auth_results [true],
+//                   max_lines [1000], max_received [100]
+//                   [haproxy] enabled [true], hosts[] [none]
+//   tls.ini         [main] key [tls_key.pem], cert [tls_cert.pem] (relative
+//                   to the config dir; TLS is on when both files exist),
+//                   minVersion [TLSv1.2], ciphers [OpenSSL's default]
+//   auth_flat_file.ini  see auth.h (AUTH is on when [users] has a user)
 //   tern.ini        [ingest] queue [127.0.0.1:7070], queue_timeout_ms [30000],
 //                   health_listen [127.0.0.1:7071], metrics_listen
 //                   [127.0.0.1:9471] (empty disables the last two)
@@ -31,6 +43,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "lib/config/config_dir.h"
+#include "services/ingest/auth.h"
 #include "services/ingest/relay_acl.h"
 
 namespace tern::ingest {
@@ -38,6 +51,8 @@ namespace tern::ingest {
 struct ListenAddress {
   std::string host;   // an IP address literal, without brackets
   uint16_t port = 0;  // 0 = any free port (tests)
+  // Implicit TLS (SMTPS): the handshake comes before the banner.
+  bool implicit_tls = false;
 
   // "127.0.0.1:25" or "[::1]:25".
   std::string ToString() const;
@@ -71,6 +86,37 @@ struct IngestConfig {
   std::string health_listen = "127.0.0.1:7071";
   // Default: 127.0.0.1:9471. Empty disables.
   std::string metrics_listen = "127.0.0.1:9471";
+
+  // Most recipients per transaction; more get 452 4.5.3. Default: 1000.
+  size_t max_recipients = 1000;
+  // Sessions open at once, overall and per client IP; more get 421 4.7.0.
+  // Default: 20000 and 100. 0 = no limit.
+  size_t max_connections = 20000;
+  size_t max_connections_per_ip = 100;
+  // Header policy (Haraka's connection.ini [headers]).
+  bool add_received = true;         // default true
+  bool clean_auth_results = true;   // default true
+  size_t max_header_lines = 1000;   // default 1000
+  size_t max_received = 100;        // default 100; more: 554 5.4.6 loop
+  // How long transactions in flight may take to finish after SIGTERM.
+  // Default: 30 s (Haraka's force_shutdown_timeout).
+  std::chrono::milliseconds shutdown_timeout{30'000};
+
+  // TLS (STARTTLS and SMTPS). Both empty: no TLS.
+  std::string tls_key_file;
+  std::string tls_cert_file;
+  std::string tls_min_version = "TLSv1.2";  // TLSv1, TLSv1.1, TLSv1.2, TLSv1.3
+  std::string tls_ciphers;                  // empty: OpenSSL's default
+  bool tls_enabled() const { return !tls_cert_file.empty(); }
+
+  AuthConfig auth;
+
+  // PROXY protocol v1 (connection.ini [haproxy]). Default: enabled, no hosts.
+  bool haproxy_enabled = true;
+  std::vector<Cidr> haproxy_hosts;
+  // How long a listed proxy may take to send its PROXY line (Haraka: 30 s,
+  // not configurable; tests shorten it).
+  std::chrono::milliseconds proxy_timeout{30'000};
 
   // Checks ranges and consistency; the error says which setting is wrong.
   absl::Status Validate() const;

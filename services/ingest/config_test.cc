@@ -119,5 +119,60 @@ TEST(ParseListenList, ParsesIpv4AndIpv6) {
   EXPECT_FALSE(ParseListenList("[::1]25").ok());
 }
 
+TEST_F(ConfigDirFixture, ReadsWave2KeysWithHarakaDefaults) {
+  auto cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_FALSE(cfg->tls_enabled());
+  EXPECT_FALSE(cfg->auth.enabled());
+  EXPECT_TRUE(cfg->haproxy_enabled);
+  EXPECT_TRUE(cfg->haproxy_hosts.empty());
+  EXPECT_TRUE(cfg->add_received);
+  EXPECT_TRUE(cfg->clean_auth_results);
+  EXPECT_EQ(cfg->max_header_lines, 1000u);
+  EXPECT_EQ(cfg->max_received, 100u);
+  EXPECT_EQ(cfg->max_recipients, 1000u);
+  EXPECT_EQ(cfg->shutdown_timeout, std::chrono::seconds(30));
+
+  Write("smtp.ini", "[main]\nlisten=127.0.0.1:2525,127.0.0.1:4650\nsmtps_port=4650\nforce_shutdown_timeout=5\n");
+  Write("connection.ini",
+        "[max]\nrecipients=50\nconnections=10\nconnections_per_ip=3\n"
+        "[headers]\nadd_received=false\nclean_auth_results=false\nmax_lines=200\nmax_received=20\n"
+        "[haproxy]\nhosts[]=192.0.2.4\nhosts[]=2001:db8::/64\n");
+  Write("tls_key.pem", "key");
+  Write("tls_cert.pem", "cert");
+  Write("auth_flat_file.ini", "[core]\nmethods=PLAIN\n[users]\nalice=x\n");
+  cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_FALSE(cfg->listen[0].implicit_tls);
+  EXPECT_TRUE(cfg->listen[1].implicit_tls);
+  EXPECT_TRUE(cfg->tls_enabled());
+  EXPECT_EQ(cfg->tls_cert_file, (dir_ / "tls_cert.pem").string());
+  EXPECT_EQ(cfg->max_recipients, 50u);
+  EXPECT_EQ(cfg->max_connections, 10u);
+  EXPECT_EQ(cfg->max_connections_per_ip, 3u);
+  EXPECT_FALSE(cfg->add_received);
+  EXPECT_FALSE(cfg->clean_auth_results);
+  EXPECT_EQ(cfg->max_header_lines, 200u);
+  EXPECT_EQ(cfg->max_received, 20u);
+  ASSERT_EQ(cfg->haproxy_hosts.size(), 2u);
+  EXPECT_TRUE(cfg->auth.enabled());
+  EXPECT_EQ(cfg->auth.methods, std::vector<std::string>{"PLAIN"});
+  EXPECT_EQ(cfg->shutdown_timeout, std::chrono::seconds(5));
+}
+
+TEST_F(ConfigDirFixture, SmtpsWithoutCertificateOrHalfACertificateIsAnError) {
+  Write("smtp.ini", "[main]\nlisten=127.0.0.1:465\n");
+  EXPECT_FALSE(Load().ok());
+  Write("smtp.ini", "[main]\nlisten=127.0.0.1:2525\n");
+  Write("tls_cert.pem", "cert");
+  auto cfg = Load();
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_NE(cfg.status().message().find("tls.ini"), std::string::npos) << cfg.status();
+  Write("tls.ini", "[main]\nkey=missing.pem\ncert=tls_cert.pem\n");
+  EXPECT_FALSE(Load().ok());
+  Write("connection.ini", "[haproxy]\nhosts[]=not-an-ip\n");
+  EXPECT_FALSE(Load().ok());
+}
+
 }  // namespace
 }  // namespace tern::ingest

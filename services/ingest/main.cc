@@ -4,9 +4,12 @@
 //
 //   tern-ingest [--config DIR]
 //
-// Signals: SIGTERM/SIGINT stop accepting, give sessions in a transaction up
-// to 10 s to finish it, then close the rest. SIGHUP is ignored (logged): the
-// config is read once at startup.
+// Signals: SIGTERM/SIGINT stop accepting, tell idle sessions 421 4.3.2, give
+// sessions in a transaction up to smtp.ini force_shutdown_timeout (30 s) to
+// finish it, then close the rest. SIGHUP is ignored (logged): the config is
+// read once at startup.
+#include <sys/resource.h>
+
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -32,10 +35,18 @@
 
 namespace {
 
-// How long a session may take to finish a transaction after SIGTERM.
-constexpr auto kShutdownGrace = std::chrono::seconds(10);
 // Extra time for aborted sessions to unwind before the io thread is stopped.
 constexpr auto kAbortSlack = std::chrono::seconds(3);
+
+// Every session holds a socket: raise the soft descriptor limit to the hard
+// one so max.connections (default 20000) is not cut short by the default 1024.
+void RaiseFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
 
 int Fail(absl::string_view event, absl::string_view error) {
   tern::log::Event(tern::log::Level::kCrit, event, {{"error", error}});
@@ -52,6 +63,7 @@ int main(int argc, char** argv) {
 
   // Before any thread exists, so that only WaitForSignal takes the signals.
   tern::BlockServiceSignals();
+  RaiseFileLimit();
 
   const tern::config::ConfigDir dir(config_path);
   if (absl::Status s = tern::config::InitLogging(dir, "ingest"); !s.ok()) {
@@ -91,6 +103,9 @@ int main(int argc, char** argv) {
                     {"ports", absl::StrJoin((*server)->ports(), ",")},
                     {"queue", config->queue},
                     {"relay_networks", absl::StrCat(config->relay_acl.networks().size())},
+                    {"tls", config->tls_enabled() ? "on" : "off"},
+                    {"auth_users", absl::StrCat(config->auth.users.size())},
+                    {"proxy_hosts", absl::StrCat(config->haproxy_hosts.size())},
                     {"metrics", exporter ? absl::StrCat(exporter->port()) : std::string("off")}});
 
   while (true) {
@@ -102,8 +117,9 @@ int main(int argc, char** argv) {
     tern::log::Event(tern::log::Level::kNotice, "sighup_ignored", {{"reason", "config is read at startup"}});
   }
 
-  (*server)->Shutdown(kShutdownGrace);
-  if (!(*server)->WaitIdle(kShutdownGrace + kAbortSlack)) {
+  const auto grace = config->shutdown_timeout;
+  (*server)->Shutdown(grace);
+  if (!(*server)->WaitIdle(grace + kAbortSlack)) {
     tern::log::Event(tern::log::Level::kWarn, "sessions_left_at_exit");
   }
   io.stop();

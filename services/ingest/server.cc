@@ -1,5 +1,7 @@
 #include "services/ingest/server.h"
 
+#include <openssl/ssl.h>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -21,8 +23,8 @@ constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 // file table does not turn the accept loop into a busy loop.
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
 
-asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor,
-                                 std::shared_ptr<ServerCore> core) {
+asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor, std::shared_ptr<ServerCore> core,
+                                 bool implicit_tls) {
   while (true) {
     auto [ec, socket] = co_await acceptor->async_accept(kNoThrow);
     if (core->draining || !acceptor->is_open()) {
@@ -34,8 +36,43 @@ asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> accept
       co_await timer.async_wait(kNoThrow);
       continue;
     }
-    asio::co_spawn(acceptor->get_executor(), RunSession(std::move(socket), core), asio::detached);
+    asio::co_spawn(acceptor->get_executor(), RunSession(std::move(socket), core, implicit_tls), asio::detached);
   }
+}
+
+// The server side of STARTTLS and SMTPS, from tls.ini [main]. Clients are
+// not asked for certificates.
+absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeTlsContext(const IngestConfig& cfg) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  std::error_code ec;
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression |
+                       asio::ssl::context::single_dh_use,
+                   ec);
+  ctx->use_certificate_chain_file(cfg.tls_cert_file, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] cert ", cfg.tls_cert_file, ": ", ec.message()));
+  }
+  ctx->use_private_key_file(cfg.tls_key_file, asio::ssl::context::pem, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] key ", cfg.tls_key_file, ": ", ec.message()));
+  }
+  SSL_CTX* native = ctx->native_handle();
+  if (SSL_CTX_check_private_key(native) != 1) {
+    return absl::InvalidArgumentError("tls.ini [main]: the key does not match the certificate");
+  }
+  int version = TLS1_2_VERSION;
+  if (cfg.tls_min_version == "TLSv1") {
+    version = TLS1_VERSION;
+  } else if (cfg.tls_min_version == "TLSv1.1") {
+    version = TLS1_1_VERSION;
+  } else if (cfg.tls_min_version == "TLSv1.3") {
+    version = TLS1_3_VERSION;
+  }
+  SSL_CTX_set_min_proto_version(native, version);
+  if (!cfg.tls_ciphers.empty() && SSL_CTX_set_cipher_list(native, cfg.tls_ciphers.c_str()) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] ciphers: no usable cipher in '", cfg.tls_ciphers, "'"));
+  }
+  return ctx;
 }
 
 }  // namespace
@@ -50,6 +87,14 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(asio::io_cont
   auto core = std::make_shared<ServerCore>();
   core->config = std::move(config);
   core->queue = std::move(queue);
+  core->tarpit.emplace(core->config.auth.fail_delay, core->config.auth.fail_delay_max);
+  if (core->config.tls_enabled()) {
+    auto tls = MakeTlsContext(core->config);
+    if (!tls.ok()) {
+      return tls.status();
+    }
+    core->tls = *std::move(tls);
+  }
   std::unique_ptr<IngestServer> server(new IngestServer(io, core));
   for (const ListenAddress& listen : core->config.listen) {
     std::error_code ec;
@@ -75,18 +120,22 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(asio::io_cont
     }
     server->ports_.push_back(acceptor->local_endpoint().port());
     core->acceptors.push_back(std::move(acceptor));
+    core->implicit_tls.push_back(listen.implicit_tls);
   }
   return server;
 }
 
 void IngestServer::Start() {
   asio::post(io_, [core = core_]() {
-    for (const auto& acceptor : core->acceptors) {
-      asio::co_spawn(acceptor->get_executor(), AcceptLoop(acceptor, core), asio::detached);
+    for (size_t i = 0; i < core->acceptors.size(); ++i) {
+      const auto& acceptor = core->acceptors[i];
+      const bool implicit_tls = core->implicit_tls[i];
+      asio::co_spawn(acceptor->get_executor(), AcceptLoop(acceptor, core, implicit_tls), asio::detached);
       std::error_code ec;
       log::Event(log::Level::kInfo, "listening",
                  {{"address", acceptor->local_endpoint(ec).address().to_string()},
-                  {"port", absl::StrCat(acceptor->local_endpoint(ec).port())}});
+                  {"port", absl::StrCat(acceptor->local_endpoint(ec).port())},
+                  {"tls", implicit_tls ? "implicit" : (core->tls ? "starttls" : "off")}});
     }
   });
 }

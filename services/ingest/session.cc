@@ -1,10 +1,14 @@
 #include "services/ingest/session.h"
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 #include <variant>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "asio/experimental/as_tuple.hpp"
 #include "asio/experimental/awaitable_operators.hpp"
@@ -14,6 +18,8 @@
 #include "lib/common/log.h"
 #include "lib/metrics/metrics.h"
 #include "lib/smtp/command_parser.h"
+#include "lib/smtp/dot_decoder.h"
+#include "services/ingest/proxy_protocol.h"
 #include "services/ingest/queue_client.h"
 #include "services/ingest/received_header.h"
 #include "tern/v1/message.pb.h"
@@ -26,9 +32,16 @@ constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 // Body bytes collected before one Enqueue write.
 constexpr size_t kChunkBytes = 64 * 1024;
-// RFC 5321 §4.5.3.1.8 asks for at least 100; more than this is refused with
-// 452 4.5.3 (the client sends the rest in another transaction).
-constexpr size_t kMaxRecipients = 1000;
+// The longest piece of a DATA/BDAT line read at once (wrapping is the
+// assembler's job; this only bounds the read buffer).
+constexpr size_t kDataReadMax = 64 * 1024;
+// RFC 4954 §4: a server must accept AUTH lines of 12288 octets.
+constexpr size_t kAuthLineMax = 12288;
+constexpr auto kTlsHandshakeTimeout = std::chrono::seconds(30);
+// Past max.bytes the rest of a message is read and dropped (RFC 5321 wants
+// the reply after the end of data), but only this much more: a client that
+// goes on is disconnected.
+constexpr uint64_t kMinDiscardBytes = 1 << 20;
 // Bad commands before the session is closed (Postfix's hard error limit).
 constexpr int kMaxErrors = 20;
 // Our idle timer must fire before the connection's own read deadline, which
@@ -53,6 +66,11 @@ struct Metrics {
   metrics::Counter& failed_queue_unavailable;
   metrics::Counter& failed_queue_full;
   metrics::Counter& aborted;
+  metrics::Counter& refused_headers;
+  metrics::Counter& refused_loop;
+  metrics::Counter& refused_connections;
+  metrics::Counter& auth_ok;
+  metrics::Counter& auth_failed;
 
   static Metrics& Get() {
     static Metrics* m = [] {
@@ -71,6 +89,11 @@ struct Metrics {
           r.GetCounter(refused, refused_help, {{"reason", "queue_unavailable"}}),
           r.GetCounter(refused, refused_help, {{"reason", "queue_full"}}),
           r.GetCounter("tern_ingest_data_aborted_total", "DATA phases ended by disconnect or timeout"),
+          r.GetCounter(refused, refused_help, {{"reason", "header_lines"}}),
+          r.GetCounter(refused, refused_help, {{"reason", "mail_loop"}}),
+          r.GetCounter(refused, refused_help, {{"reason", "too_many_connections"}}),
+          r.GetCounter("tern_ingest_auth_total", "AUTH attempts", {{"outcome", "ok"}}),
+          r.GetCounter("tern_ingest_auth_total", "AUTH attempts", {{"outcome", "failed"}}),
       };
     }();
     return *m;
@@ -84,6 +107,14 @@ tern::v1::DsnRet ToProto(smtp::DsnRet ret) {
     case smtp::DsnRet::kUnspecified: break;
   }
   return tern::v1::DSN_RET_UNSPECIFIED;
+}
+
+// IPv4-mapped IPv6 (a dual-stack listener) as the IPv4 address it is.
+std::string CanonicalIp(asio::ip::address address) {
+  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+    address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+  }
+  return address.to_string();
 }
 
 }  // namespace
@@ -100,25 +131,26 @@ void ServerCore::CheckIdle() {
   idle_cv.notify_all();
 }
 
-asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core) {
-  Session session(std::move(socket), std::move(core));
+asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls) {
+  Session session(std::move(socket), std::move(core), implicit_tls);
   co_await session.Run();
 }
 
-Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core)
-    : core_(std::move(core)), cfg_(core_->config), conn_(std::move(socket)), session_id_(NewRandomToken().substr(0, 16)) {
+Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls)
+    : core_(std::move(core)),
+      cfg_(core_->config),
+      conn_(std::move(socket)),
+      implicit_tls_(implicit_tls),
+      session_id_(NewRandomToken().substr(0, 16)) {
   std::error_code ec;
   const auto remote = conn_.socket().remote_endpoint(ec);
   if (!ec) {
-    asio::ip::address address = remote.address();
-    if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-      address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
-    }
-    client_ip_ = address.to_string();
+    client_ip_ = CanonicalIp(remote.address());
     client_port_ = remote.port();
   } else {
     client_ip_ = "unknown";
   }
+  peer_ip_ = client_ip_;
   relay_allowed_ = cfg_.relay_acl.Allows(client_ip_);
   core_->sessions.insert(this);
   Metrics::Get().connections.Inc();
@@ -127,6 +159,12 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core)
 
 Session::~Session() {
   Metrics::Get().active.Add(-1);
+  if (counted_ip_) {
+    auto it = core_->sessions_per_ip.find(client_ip_);
+    if (it != core_->sessions_per_ip.end() && --it->second == 0) {
+      core_->sessions_per_ip.erase(it);
+    }
+  }
   core_->sessions.erase(this);
   core_->CheckIdle();
 }
@@ -150,21 +188,96 @@ asio::awaitable<void> Session::Run() {
              {{"session", session_id_}, {"client", client_ip_}, {"port", absl::StrCat(client_port_)},
               {"relay", relay_allowed_ ? "allowed" : "denied"}});
   try {
-    co_await Dialogue();
+    if (co_await Prelude()) {
+      co_await Dialogue();
+    }
   } catch (const std::exception& e) {
     // Only a bug gets here (every I/O error is a Status); log and close.
     log::Event(log::Level::kError, "session_error", {{"session", session_id_}, {"error", e.what()}});
   }
-  if (call_ != nullptr) {
-    call_->Cancel();
-  }
+  AbortBody();
   co_await conn_.Close(kCloseTimeout);
   log::Event(log::Level::kInfo, "disconnect",
              {{"session", session_id_},
               {"client", client_ip_},
               {"helo", helo_},
+              {"tls", conn_.tls() ? "yes" : "no"},
               {"transactions", absl::StrCat(transactions_)},
               {"queued", absl::StrCat(queued_)}});
+}
+
+// What happens before the banner, in Haraka's order: a listed proxy must
+// send its PROXY line first (no banner until then; 421 after
+// proxy_timeout); then the real client is counted against the connection
+// limits; then an SMTPS listener does its TLS handshake.
+asio::awaitable<bool> Session::Prelude() {
+  const std::string& me = cfg_.me;
+  std::optional<IpAddress> peer = IpAddress::Parse(peer_ip_);
+  const bool from_proxy =
+      cfg_.haproxy_enabled && peer.has_value() &&
+      std::any_of(cfg_.haproxy_hosts.begin(), cfg_.haproxy_hosts.end(), [&](const Cidr& c) { return c.Contains(*peer); });
+  if (from_proxy) {
+    net::Line line;
+    const ReadResult r = co_await ReadLine(kProxyV1MaxLine, &line, /*ignore_drain=*/true, cfg_.proxy_timeout);
+    if (r == ReadResult::kTimeout) {
+      Reply("421 4.4.2 PROXY timed out");
+      co_await Flush();
+      co_return false;
+    }
+    if (r != ReadResult::kLine) {
+      co_return false;
+    }
+    absl::StatusOr<ProxyHeader> header =
+        line.partial || line.bare_lf ? absl::InvalidArgumentError("line too long or not CRLF") : ParseProxyV1(line.text);
+    if (!header.ok()) {
+      log::Event(log::Level::kNotice, "proxy_invalid",
+                 {{"session", session_id_}, {"proxy", peer_ip_}, {"error", header.status().message()}});
+      Reply("421 4.7.0 Invalid PROXY format");
+      co_await Flush();
+      co_return false;
+    }
+    if (!header->unknown()) {
+      asio::error_code ec;
+      client_ip_ = CanonicalIp(asio::ip::make_address(header->src_ip, ec));
+      client_port_ = header->src_port;
+      relay_allowed_ = cfg_.relay_acl.Allows(client_ip_);
+    }
+    log::Event(log::Level::kDebug, "proxy",
+               {{"session", session_id_}, {"proxy", peer_ip_}, {"client", client_ip_},
+                {"port", absl::StrCat(client_port_)}});
+  }
+
+  counted_ip_ = true;
+  const size_t from_ip = ++core_->sessions_per_ip[client_ip_];
+  const char* refused = nullptr;
+  if (cfg_.max_connections != 0 && core_->sessions.size() > cfg_.max_connections) {
+    refused = "421 4.7.0 %s Too many connections, try again later";
+  } else if (cfg_.max_connections_per_ip != 0 && from_ip > cfg_.max_connections_per_ip) {
+    refused = "421 4.7.0 %s Too many connections from your address, try again later";
+  }
+  if (refused != nullptr) {
+    Metrics::Get().refused_connections.Inc();
+    log::Event(log::Level::kNotice, "connection_refused",
+               {{"session", session_id_}, {"client", client_ip_}, {"from_ip", absl::StrCat(from_ip)},
+                {"sessions", absl::StrCat(core_->sessions.size())}});
+    // On an SMTPS listener a plaintext reply would only confuse the client's
+    // TLS stack, and a handshake is what a flood should not get: just close.
+    if (!implicit_tls_) {
+      Reply(absl::StrReplaceAll(refused, {{"%s", me}}));
+      co_await Flush();
+    }
+    co_return false;
+  }
+
+  if (implicit_tls_) {
+    absl::Status tls = co_await conn_.StartTlsServer(core_->tls, kTlsHandshakeTimeout);
+    if (!tls.ok()) {
+      log::Event(log::Level::kNotice, "tls_failed",
+                 {{"session", session_id_}, {"client", client_ip_}, {"error", tls.message()}});
+      co_return false;
+    }
+  }
+  co_return true;
 }
 
 void Session::Reply(std::string line) {
@@ -181,17 +294,22 @@ asio::awaitable<bool> Session::Flush() {
   co_return status.ok();
 }
 
-asio::awaitable<Session::ReadResult> Session::ReadLine(size_t max_len, net::Line* line) {
-  if (core_->draining && !in_mail_) {
+asio::awaitable<Session::ReadResult> Session::ReadLine(size_t max_len, net::Line* line, bool ignore_drain,
+                                                       std::optional<std::chrono::milliseconds> timeout) {
+  if (core_->draining && !in_mail_ && !ignore_drain) {
     co_return ReadResult::kWoken;
   }
-  asio::steady_timer timer(co_await asio::this_coro::executor, cfg_.inactivity_timeout);
+  const std::chrono::milliseconds wait = timeout.value_or(cfg_.inactivity_timeout);
+  asio::steady_timer timer(co_await asio::this_coro::executor, wait);
   idle_timer_ = &timer;
   woken_ = false;
-  auto result =
-      co_await (conn_.ReadLine(max_len, cfg_.inactivity_timeout + kReadBackstop) || timer.async_wait(kNoThrow));
+  auto result = co_await (conn_.ReadLine(max_len, wait + kReadBackstop) || timer.async_wait(kNoThrow));
   idle_timer_ = nullptr;
   if (result.index() == 1) {
+    if (woken_ && ignore_drain) {
+      // Inside a command the drain does not interrupt; wait out the rest.
+      co_return co_await ReadLine(max_len, line, ignore_drain, timeout);
+    }
     co_return woken_ ? ReadResult::kWoken : ReadResult::kTimeout;
   }
   auto& read = std::get<0>(result);
@@ -200,6 +318,13 @@ asio::awaitable<Session::ReadResult> Session::ReadLine(size_t max_len, net::Line
   }
   *line = *std::move(read);
   co_return ReadResult::kLine;
+}
+
+asio::awaitable<void> Session::Sleep(std::chrono::milliseconds delay) {
+  asio::steady_timer timer(co_await asio::this_coro::executor, delay);
+  idle_timer_ = &timer;
+  co_await timer.async_wait(kNoThrow);
+  idle_timer_ = nullptr;
 }
 
 // The command loop. Replies go to out_ and are flushed only when the client
@@ -215,7 +340,7 @@ asio::awaitable<void> Session::Dialogue() {
       co_await Flush();
       co_return;
     }
-    if (conn_.buffered() == 0 && !co_await Flush()) {
+    if (!InputPending() && !co_await Flush()) {
       co_return;
     }
     net::Line line;
@@ -235,7 +360,7 @@ asio::awaitable<void> Session::Dialogue() {
     while (line.partial) {
       // Read and drop the rest of an over-long command line.
       too_long = true;
-      r = co_await ReadLine(cfg_.max_line_length, &line);
+      r = co_await ReadLine(cfg_.max_line_length, &line, /*ignore_drain=*/true);
       if (r == ReadResult::kTimeout) {
         Reply(absl::StrCat("421 4.4.2 ", me, " Error: timeout exceeded"));
         co_await Flush();
@@ -244,6 +369,14 @@ asio::awaitable<void> Session::Dialogue() {
       if (r != ReadResult::kLine) {
         co_return;
       }
+    }
+    if (!too_long && absl::StartsWith(line.text, "PROXY ")) {
+      // A PROXY line from a host not in [haproxy] hosts (Haraka answers
+      // DENYSOFTDISCONNECT: a misconfigured proxy must not bounce mail).
+      log::Event(log::Level::kNotice, "proxy_refused", {{"session", session_id_}, {"client", client_ip_}});
+      Reply(absl::StrCat("421 4.7.0 ", me, " PROXY not allowed from ", client_ip_));
+      co_await Flush();
+      co_return;
     }
     smtp::ParseResult parsed;
     if (too_long) {
@@ -269,6 +402,29 @@ asio::awaitable<void> Session::Dialogue() {
   }
 }
 
+void Session::Ehlo() {
+  // Only what this server really implements is advertised.
+  std::vector<std::string> lines = {
+      absl::StrCat(cfg_.me, " Hello ", helo_, " [", client_ip_, "]"),
+      "PIPELINING",
+      absl::StrCat("SIZE ", cfg_.max_bytes),
+      "8BITMIME",
+      "ENHANCEDSTATUSCODES",
+      "SMTPUTF8",
+      "DSN",
+      "CHUNKING",
+  };
+  if (core_->tls && !conn_.tls()) {
+    lines.push_back("STARTTLS");
+  }
+  if (cfg_.auth.enabled() && (conn_.tls() || !cfg_.auth.require_tls)) {
+    lines.push_back(absl::StrCat("AUTH ", absl::StrJoin(cfg_.auth.methods, " ")));
+  }
+  for (size_t i = 0; i < lines.size(); ++i) {
+    Reply(absl::StrCat("250", i + 1 == lines.size() ? " " : "-", lines[i]));
+  }
+}
+
 asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
   const std::string& me = cfg_.me;
   switch (cmd.verb) {
@@ -280,16 +436,9 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
       esmtp_ = cmd.verb == smtp::Verb::kEhlo;
       if (!esmtp_) {
         Reply(absl::StrCat("250 ", me, " Hello ", helo_, " [", client_ip_, "]"));
-        co_return true;
+      } else {
+        Ehlo();
       }
-      // Only what this server really implements is advertised.
-      Reply(absl::StrCat("250-", me, " Hello ", helo_, " [", client_ip_, "]"));
-      Reply("250-PIPELINING");
-      Reply(absl::StrCat("250-SIZE ", cfg_.max_bytes));
-      Reply("250-8BITMIME");
-      Reply("250-ENHANCEDSTATUSCODES");
-      Reply("250-SMTPUTF8");
-      Reply("250 DSN");
       co_return true;
 
     case smtp::Verb::kMail:
@@ -313,7 +462,9 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
     case smtp::Verb::kRcpt:
       if (!in_mail_) {
         Reply("503 5.5.1 Error: need MAIL command");
-      } else if (rcpts_.size() >= kMaxRecipients) {
+      } else if (bdat_active_) {
+        Reply("503 5.5.1 Error: RCPT after BDAT");
+      } else if (rcpts_.size() >= cfg_.max_recipients) {
         Metrics::Get().refused_recipients.Inc();
         Reply("452 4.5.3 Error: too many recipients");
       } else if (cmd.path.domain.empty()) {
@@ -321,7 +472,7 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
         ++rcpts_refused_;
         Metrics::Get().refused_local.Inc();
         Reply(absl::StrCat("550 5.1.1 <", cmd.path.ToString(), ">: no local delivery on this relay"));
-      } else if (!relay_allowed_) {
+      } else if (!relay_allowed_ && !authenticated_) {
         ++rcpts_refused_;
         Metrics::Get().refused_relay.Inc();
         log::Event(log::Level::kNotice, "relay_denied",
@@ -342,12 +493,26 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
         Reply("503 5.5.1 Error: need MAIL command");
         co_return true;
       }
+      if (bdat_active_) {
+        // RFC 3030 §3: DATA and BDAT do not mix in one transaction.
+        Reply("503 5.5.1 Error: DATA after BDAT");
+        co_return true;
+      }
       if (rcpts_.empty()) {
         // RFC 2920 §3.1: a pipelined DATA after refused RCPTs gets 554.
         Reply(rcpts_refused_ > 0 ? "554 5.5.1 Error: no valid recipients" : "503 5.5.1 Error: need RCPT command");
         co_return true;
       }
       co_return co_await Data();
+
+    case smtp::Verb::kBdat:
+      co_return co_await Bdat(cmd);
+
+    case smtp::Verb::kStarttls:
+      co_return co_await StartTls();
+
+    case smtp::Verb::kAuth:
+      co_return co_await Auth(cmd);
 
     case smtp::Verb::kRset:
       ResetTransaction();
@@ -364,11 +529,9 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
       Reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
       co_return true;
     case smtp::Verb::kHelp:
-      Reply("214 2.0.0 Tern ESMTP relay; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+      Reply("214 2.0.0 Tern ESMTP relay; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"
+            " STARTTLS AUTH");
       co_return true;
-    case smtp::Verb::kStarttls:
-    case smtp::Verb::kAuth:
-    case smtp::Verb::kBdat:
     case smtp::Verb::kUnknown:
       Reply("502 5.5.1 Error: command not implemented");
       co_return true;
@@ -376,126 +539,322 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
   co_return true;
 }
 
-// DATA. The Enqueue call is opened and its header sent before 354, so an
-// unreachable queue costs the client a 451 instead of the whole upload. The
-// body is then streamed in kChunkBytes writes as lines arrive: dot-stuffing
-// removed (RFC 5321 §4.5.2), lines longer than data_line_length wrapped with
-// CRLF SPACE (Haraka's documented behaviour), bare LF ends normalised to
-// CRLF. A lone "." ends DATA only when it ends in CRLF, so "<LF>.<LF>" can
-// never end a message early (SMTP smuggling). Over max.bytes the call is
-// cancelled, the rest is read and dropped, and the reply is 552 5.3.4.
-asio::awaitable<bool> Session::Data() {
-  const std::string& me = cfg_.me;
-  auto executor = co_await asio::this_coro::executor;
-  std::unique_ptr<EnqueueCall> call = core_->queue->StartEnqueue(executor, BuildHeader());
-  call_ = call.get();
-  absl::Status started = co_await call->Start();
-  if (!started.ok()) {
-    absl::StatusOr<std::string> result = co_await call->Finish();
-    call_ = nullptr;
-    QueueFailure(result.ok() ? started : result.status());
-    ResetTransaction();
+// RFC 3207. The client must send nothing after STARTTLS until the handshake:
+// anything already buffered was sent in plaintext and could be a command a
+// man in the middle injected to run inside the TLS session (CVE-2011-0411).
+// Such a client is refused and disconnected. After the handshake the session
+// starts over: no HELO, no transaction, no authentication (§4.2).
+asio::awaitable<bool> Session::StartTls() {
+  if (!core_->tls) {
+    Reply("502 5.5.1 Error: command not implemented");
     co_return true;
   }
-  Reply("354 End data with <CR><LF>.<CR><LF>");
-  if (!co_await Flush()) {
-    call_ = nullptr;
+  if (conn_.tls()) {
+    Reply("503 5.5.1 Error: TLS already active");
+    co_return true;
+  }
+  if (InputPending()) {
+    log::Event(log::Level::kNotice, "starttls_pipelined", {{"session", session_id_}, {"client", client_ip_}});
+    Reply("554 5.5.1 Error: command pipelined after STARTTLS");
+    co_await Flush();
     co_return false;
   }
+  Reply("220 2.0.0 Ready to start TLS");
+  if (!co_await Flush()) {
+    co_return false;
+  }
+  absl::Status status = co_await conn_.StartTlsServer(core_->tls, kTlsHandshakeTimeout);
+  if (!status.ok()) {
+    log::Event(log::Level::kNotice, "tls_failed",
+               {{"session", session_id_}, {"client", client_ip_}, {"error", status.message()}});
+    co_return false;
+  }
+  log::Event(log::Level::kDebug, "tls", {{"session", session_id_}, {"cipher", conn_.TlsDescription()}});
+  ResetTransaction();
+  helo_.clear();
+  greeted_ = false;
+  esmtp_ = false;
+  authenticated_ = false;
+  auth_user_.clear();
+  co_return true;
+}
 
-  std::string chunk = BuildReceived();
-  uint64_t size = 0;
-  bool too_big = false;
-  bool queue_failed = false;
-  bool continuing = false;  // the previous part was cut at data_line_length
-  bool wrapped = false;
-  while (true) {
-    net::Line line;
-    const ReadResult r = co_await ReadLine(cfg_.max_data_line_length, &line);
-    if (r == ReadResult::kWoken) {
-      continue;
-    }
-    if (r != ReadResult::kLine) {
-      call->Cancel();
-      call_ = nullptr;
-      Metrics::Get().aborted.Inc();
-      log::Event(log::Level::kNotice, "data_aborted",
-                 {{"session", session_id_},
-                  {"txn", txn_id_},
-                  {"client", client_ip_},
-                  {"reason", r == ReadResult::kTimeout ? "timeout" : "disconnect"}});
-      if (r == ReadResult::kTimeout) {
-        Reply(absl::StrCat("421 4.4.2 ", me, " Error: timeout exceeded"));
-        co_await Flush();
+// One SASL round (RFC 4954 §4): sends `prompt` (a 334 reply) and reads the
+// client's base64 answer.
+asio::awaitable<Session::Challenge> Session::AskClient(absl::string_view prompt, std::string* decoded) {
+  Reply(std::string(prompt));
+  if (!co_await Flush()) {
+    co_return Challenge::kEnd;
+  }
+  net::Line line;
+  ReadResult r = co_await ReadLine(kAuthLineMax, &line, /*ignore_drain=*/true);
+  bool too_long = false;
+  while (r == ReadResult::kLine && line.partial) {
+    too_long = true;
+    r = co_await ReadLine(kAuthLineMax, &line, /*ignore_drain=*/true);
+  }
+  if (r == ReadResult::kTimeout) {
+    Reply(absl::StrCat("421 4.4.2 ", cfg_.me, " Error: timeout exceeded"));
+    co_await Flush();
+    co_return Challenge::kEnd;
+  }
+  if (r != ReadResult::kLine) {
+    co_return Challenge::kEnd;
+  }
+  if (too_long) {
+    co_return Challenge::kTooLong;
+  }
+  if (line.text == "*") {
+    co_return Challenge::kCancelled;
+  }
+  if (!DecodeBase64(line.text, decoded)) {
+    co_return Challenge::kBadBase64;
+  }
+  co_return Challenge::kOk;
+}
+
+asio::awaitable<void> Session::AuthFailed(absl::string_view mechanism, absl::string_view user) {
+  const std::chrono::milliseconds delay = core_->tarpit->Fail(client_ip_, std::chrono::steady_clock::now());
+  Metrics::Get().auth_failed.Inc();
+  // The user name is client input (escaped by tern::log); the password is
+  // never logged.
+  log::Event(log::Level::kNotice, "auth_failed",
+             {{"session", session_id_},
+              {"client", client_ip_},
+              {"method", mechanism},
+              {"user", user},
+              {"delay_ms", absl::StrCat(delay.count())}});
+  // Flush first: the tarpit must not hold back replies already owed.
+  co_await Flush();
+  co_await Sleep(delay);
+  Reply("535 5.7.8 Authentication credentials invalid");
+  ++errors_;
+}
+
+asio::awaitable<bool> Session::Auth(const smtp::Command& cmd) {
+  const AuthConfig& auth = cfg_.auth;
+  if (!auth.enabled()) {
+    Reply("502 5.5.1 Error: command not implemented");
+    co_return true;
+  }
+  if (!esmtp_) {
+    Reply("503 5.5.1 Error: send EHLO first");
+    co_return true;
+  }
+  if (authenticated_) {
+    Reply("503 5.5.1 Error: already authenticated");
+    co_return true;
+  }
+  if (in_mail_) {
+    Reply("503 5.5.1 Error: AUTH not permitted during a mail transaction");
+    co_return true;
+  }
+  if (auth.require_tls && !conn_.tls()) {
+    Reply("538 5.7.11 Encryption required for requested authentication mechanism");
+    co_return true;
+  }
+  if (!auth.Offers(cmd.auth_mechanism)) {
+    Reply("504 5.5.4 Unrecognized authentication type");
+    co_return true;
+  }
+  const std::string& mech = cmd.auth_mechanism;
+
+  // Collects one response: the initial response if the client sent one
+  // (RFC 4954: "=" is an empty one), else a 334 round.
+  std::string response;
+  auto answer = [&](const std::optional<std::string>& initial, absl::string_view prompt) -> asio::awaitable<Challenge> {
+    if (initial.has_value()) {
+      if (*initial == "=") {
+        response.clear();
+        co_return Challenge::kOk;
       }
+      co_return DecodeBase64(*initial, &response) ? Challenge::kOk : Challenge::kBadBase64;
+    }
+    co_return co_await AskClient(prompt, &response);
+  };
+  auto refuse = [&](Challenge c) {
+    if (c == Challenge::kCancelled) {
+      Reply("501 5.0.0 Authentication cancelled");
+    } else if (c == Challenge::kBadBase64) {
+      Reply("501 5.5.2 Cannot decode response");
+    } else if (c == Challenge::kTooLong) {
+      Reply("500 5.5.6 Authentication exchange line is too long");
+    }
+    ++errors_;
+  };
+
+  std::string user;
+  bool ok = false;
+  if (mech == "PLAIN") {
+    Challenge c = co_await answer(cmd.auth_initial, "334 ");
+    if (c != Challenge::kOk) {
+      refuse(c);
+      co_return c != Challenge::kEnd;
+    }
+    std::optional<PlainCredentials> creds = ParseSaslPlain(response);
+    if (!creds.has_value()) {
+      Reply("501 5.5.2 Invalid PLAIN response");
+      ++errors_;
+      co_return true;
+    }
+    user = creds->user;
+    ok = auth.users.Verify(creds->user, creds->password);
+  } else if (mech == "LOGIN") {
+    Challenge c = co_await answer(cmd.auth_initial, "334 VXNlcm5hbWU6");  // "Username:"
+    if (c != Challenge::kOk) {
+      refuse(c);
+      co_return c != Challenge::kEnd;
+    }
+    user = response;
+    c = co_await AskClient("334 UGFzc3dvcmQ6", &response);  // "Password:"
+    if (c != Challenge::kOk) {
+      refuse(c);
+      co_return c != Challenge::kEnd;
+    }
+    ok = !user.empty() && auth.users.Verify(user, response);
+  } else {  // CRAM-MD5 (RFC 2195): a unique challenge, then "user digest".
+    if (cmd.auth_initial.has_value()) {
+      Reply("501 5.5.2 CRAM-MD5 takes no initial response");
+      ++errors_;
+      co_return true;
+    }
+    const std::string challenge =
+        absl::StrCat("<", NewRandomToken().substr(0, 16), ".", absl::ToUnixSeconds(absl::Now()), "@", cfg_.me, ">");
+    const std::string prompt = absl::StrCat("334 ", EncodeBase64(challenge));
+    Challenge c = co_await AskClient(prompt, &response);
+    if (c != Challenge::kOk) {
+      refuse(c);
+      co_return c != Challenge::kEnd;
+    }
+    std::optional<std::string> who = CheckCramMd5(challenge, response, auth.users);
+    user = who.value_or(response.substr(0, response.rfind(' ')));
+    ok = who.has_value();
+  }
+  response.assign(response.size(), '\0');  // do not keep the secret around
+
+  if (!ok) {
+    co_await AuthFailed(mech, user);
+    if (errors_ >= kMaxErrors) {
+      Reply(absl::StrCat("421 4.7.0 ", cfg_.me, " Error: too many errors"));
+      co_await Flush();
       co_return false;
     }
-    absl::string_view text = line.text;
-    const size_t before = chunk.size();
-    if (!continuing) {
-      if (!line.partial && !line.bare_lf && text == ".") {
-        break;
-      }
-      if (!text.empty() && text.front() == '.' && !(line.bare_lf && text == ".")) {
-        text.remove_prefix(1);
-      }
-    } else if (!text.empty()) {
-      chunk += "\r\n ";
-      wrapped = true;
-    }
-    chunk.append(text.data(), text.size());
-    if (!line.partial) {
-      chunk += "\r\n";
-    }
-    continuing = line.partial;
-    size += chunk.size() - before;
+    co_return true;
+  }
+  authenticated_ = true;
+  auth_user_ = user;
+  Metrics::Get().auth_ok.Inc();
+  log::Event(log::Level::kInfo, "auth",
+             {{"session", session_id_}, {"client", client_ip_}, {"method", mech}, {"user", user}});
+  Reply("235 2.7.0 Authentication successful");
+  co_return true;
+}
 
-    if (!too_big && size > cfg_.max_bytes) {
-      too_big = true;
-      call->Cancel();
+uint64_t Session::DiscardLimit() const { return cfg_.max_bytes + std::max<uint64_t>(cfg_.max_bytes, kMinDiscardBytes); }
+
+asio::awaitable<bool> Session::OpenBody() {
+  // Never wait on the queue with replies still owed to the client.
+  if (!co_await Flush()) {
+    co_return false;
+  }
+  auto executor = co_await asio::this_coro::executor;
+  body_call_ = core_->queue->StartEnqueue(executor, BuildHeader());
+  call_ = body_call_.get();
+  queue_failed_ = false;
+  absl::Status started = co_await body_call_->Start();
+  if (!started.ok()) {
+    absl::StatusOr<std::string> result = co_await body_call_->Finish();
+    QueueFailure(result.ok() ? started : result.status());
+    AbortBody();
+    co_return false;
+  }
+  smtp::AssemblerLimits limits;
+  limits.max_bytes = cfg_.max_bytes;
+  limits.max_line_length = cfg_.max_data_line_length;
+  limits.max_header_lines = cfg_.max_header_lines;
+  limits.max_received = cfg_.max_received;
+  limits.strip_authentication_results = cfg_.clean_auth_results;
+  const absl::Time now = absl::Now();
+  assembler_ = std::make_unique<smtp::MessageAssembler>(
+      limits, cfg_.add_received ? BuildReceived() : std::string(),
+      absl::StrCat("Message-ID: <", NewRandomToken().substr(0, 24), ".", txn_id_, "@", cfg_.me, ">\r\n"),
+      absl::StrCat("Date: ", Rfc5322Date(now, absl::LocalTimeZone()), "\r\n"));
+  co_return true;
+}
+
+asio::awaitable<void> Session::PushBody(bool all) {
+  if (assembler_->failed()) {
+    // Nothing of this message will be stored: let the queue drop it now.
+    if (call_ != nullptr) {
+      call_->Cancel();
     }
-    if (too_big || queue_failed) {
-      chunk.clear();
-      continue;
-    }
-    if (chunk.size() >= kChunkBytes) {
-      std::string out;
-      out.swap(chunk);
-      if (!(co_await call->Write(std::move(out))).ok()) {
-        queue_failed = true;
-      }
+    co_return;
+  }
+  if (queue_failed_) {
+    assembler_->TakeOutput();
+    co_return;
+  }
+  if (assembler_->pending() >= kChunkBytes || (all && assembler_->pending() > 0)) {
+    // A named local, not a temporary, as the coroutine argument: g++ 12
+    // mishandles non-trivial temporaries inside co_await expressions.
+    std::string chunk = assembler_->TakeOutput();
+    absl::Status written = co_await body_call_->Write(std::move(chunk));
+    if (!written.ok()) {
+      queue_failed_ = true;
     }
   }
+  co_return;
+}
 
-  if (too_big) {
-    call_ = nullptr;
-    Metrics::Get().refused_size.Inc();
+void Session::AbortBody() {
+  if (call_ != nullptr) {
+    call_->Cancel();
+  }
+  call_ = nullptr;
+  body_call_.reset();
+  assembler_.reset();
+  bdat_active_ = false;
+}
+
+asio::awaitable<bool> Session::FinishBody() {
+  assembler_->Finish();
+  if (assembler_->failed()) {
+    const smtp::MessageAssembler::Outcome outcome = assembler_->outcome();
+    const uint64_t size = assembler_->size();
+    AbortBody();
+    const char* reason = "size_limit";
+    if (outcome == smtp::MessageAssembler::Outcome::kTooBig) {
+      Metrics::Get().refused_size.Inc();
+      Reply("552 5.3.4 Message size exceeds fixed maximum message size");
+    } else if (outcome == smtp::MessageAssembler::Outcome::kTooManyHeaderLines) {
+      reason = "header_lines";
+      Metrics::Get().refused_headers.Inc();
+      Reply("552 5.3.4 Message header too large");
+    } else {
+      reason = "mail_loop";
+      Metrics::Get().refused_loop.Inc();
+      Reply("554 5.4.6 Too many hops (mail loop detected)");
+    }
     log::Event(log::Level::kNotice, "refused",
                {{"session", session_id_},
                 {"txn", txn_id_},
                 {"client", client_ip_},
-                {"reason", "size_limit"},
+                {"reason", reason},
                 {"size", absl::StrCat(size)}});
-    Reply("552 5.3.4 Message size exceeds fixed maximum message size");
     ResetTransaction();
     co_return true;
   }
-  if (wrapped) {
+  if (assembler_->wrapped()) {
     log::Event(log::Level::kInfo, "data_line_wrapped",
                {{"txn", txn_id_}, {"limit", absl::StrCat(cfg_.max_data_line_length)}});
   }
-  if (!queue_failed && !chunk.empty()) {
-    if (!(co_await call->Write(std::move(chunk))).ok()) {
-      queue_failed = true;
-    }
-  }
-  // Nothing is pending here (the 354 was flushed), but keep the rule: never
-  // wait on the queue with replies still buffered.
+  co_await PushBody(/*all=*/true);
+  const uint64_t size = assembler_->size();
+  // Never wait on the queue with replies still buffered.
   if (!co_await Flush()) {
-    call_ = nullptr;
     co_return false;
   }
-  absl::StatusOr<std::string> id = co_await call->Finish();
+  absl::StatusOr<std::string> id = co_await body_call_->Finish();
   call_ = nullptr;
   if (!id.ok()) {
     QueueFailure(id.status());
@@ -511,10 +870,185 @@ asio::awaitable<bool> Session::Data() {
               {"from", mail_from_.ToString()},
               {"rcpts", absl::StrCat(rcpts_.size())},
               {"size", absl::StrCat(size)},
-              {"client", client_ip_}});
+              {"client", client_ip_},
+              {"tls", conn_.tls() ? "yes" : "no"},
+              {"auth", auth_user_},
+              {"via", bdat_active_ ? "BDAT" : "DATA"}});
   Reply(absl::StrCat("250 2.0.0 Ok: queued as ", *id));
   ResetTransaction();
   co_return true;
+}
+
+// DATA. The Enqueue call is opened and its header sent before 354, so an
+// unreachable queue costs the client a 451 instead of the whole upload. The
+// content then goes line by line through DotDecoder (transparency, the end
+// marker; only CRLF.CRLF ends DATA: no SMTP smuggling) and MessageAssembler
+// (line ends, wrapping, header policy, limits), and to the queue in
+// kChunkBytes writes as it arrives. Over max.bytes the call is cancelled and
+// the rest is read and dropped (up to DiscardLimit(); a client that goes on
+// past that is disconnected), and the reply is 552 5.3.4.
+asio::awaitable<bool> Session::Data() {
+  const std::string& me = cfg_.me;
+  if (!co_await OpenBody()) {
+    ResetTransaction();
+    co_return true;
+  }
+  Reply("354 End data with <CR><LF>.<CR><LF>");
+  if (!co_await Flush()) {
+    co_return false;
+  }
+  smtp::DotDecoder decoder;
+  while (true) {
+    net::Line line;
+    const ReadResult r = co_await ReadLine(kDataReadMax, &line);
+    if (r == ReadResult::kWoken) {
+      continue;
+    }
+    if (r != ReadResult::kLine) {
+      Metrics::Get().aborted.Inc();
+      log::Event(log::Level::kNotice, "data_aborted",
+                 {{"session", session_id_},
+                  {"txn", txn_id_},
+                  {"client", client_ip_},
+                  {"reason", r == ReadResult::kTimeout ? "timeout" : "disconnect"}});
+      AbortBody();
+      if (r == ReadResult::kTimeout) {
+        Reply(absl::StrCat("421 4.4.2 ", me, " Error: timeout exceeded"));
+        co_await Flush();
+      }
+      co_return false;
+    }
+    const smtp::DotDecoder::Result d = decoder.Decode(line.text, line.partial, line.bare_lf);
+    if (d.end) {
+      break;
+    }
+    assembler_->Append(d.text);
+    if (d.line_end) {
+      assembler_->Append("\r\n");
+    }
+    if (assembler_->failed() && assembler_->size() > DiscardLimit()) {
+      // A never-ending DATA: stop reading it.
+      Metrics::Get().refused_size.Inc();
+      log::Event(log::Level::kNotice, "refused",
+                 {{"session", session_id_}, {"txn", txn_id_}, {"client", client_ip_}, {"reason", "endless_data"}});
+      AbortBody();
+      Reply("552 5.3.4 Message size exceeds fixed maximum message size");
+      Reply(absl::StrCat("421 4.7.0 ", me, " Error: closing connection"));
+      co_await Flush();
+      co_return false;
+    }
+    co_await PushBody(/*all=*/false);
+  }
+  co_return co_await FinishBody();
+}
+
+// Reads exactly n octets (a BDAT chunk) into the assembler, or drops them
+// when there is none. Inside a command, so a drain does not interrupt it.
+asio::awaitable<Session::ReadResult> Session::ReadBytes(uint64_t n) {
+  uint64_t remaining = n;
+  while (remaining > 0) {
+    const size_t ask = static_cast<size_t>(std::min<uint64_t>(remaining, kDataReadMax));
+    asio::steady_timer timer(co_await asio::this_coro::executor, cfg_.inactivity_timeout);
+    idle_timer_ = &timer;
+    auto result =
+        co_await (conn_.ReadBytes(ask, cfg_.inactivity_timeout + kReadBackstop) || timer.async_wait(kNoThrow));
+    idle_timer_ = nullptr;
+    if (result.index() == 1) {
+      if (woken_) {
+        woken_ = false;
+        continue;  // shutdown started: this command still finishes
+      }
+      co_return ReadResult::kTimeout;
+    }
+    auto& bytes = std::get<0>(result);
+    if (!bytes.ok()) {
+      co_return ReadResult::kClosed;
+    }
+    remaining -= bytes->size();
+    if (assembler_) {
+      assembler_->Append(*bytes);
+      co_await PushBody(/*all=*/false);
+    }
+  }
+  co_return ReadResult::kLine;
+}
+
+// BDAT (RFC 3030). The chunk's octets are read whatever the reply will be:
+// they are not commands. The first chunk opens the Enqueue call, like DATA;
+// each chunk goes through the same MessageAssembler and streams to the queue.
+// The reply to a chunk is "250 2.0.0 <n> octets received"; to the LAST one,
+// the queue's durable answer. A chunk that fails ends the transaction.
+asio::awaitable<bool> Session::Bdat(const smtp::Command& cmd) {
+  const std::string& me = cfg_.me;
+  const uint64_t size = cmd.bdat_size;
+  const uint64_t so_far = assembler_ ? assembler_->size() : 0;
+  if (size > DiscardLimit() || so_far + size > DiscardLimit()) {
+    // Not worth reading: refuse and close instead.
+    Metrics::Get().refused_size.Inc();
+    AbortBody();
+    Reply("552 5.3.4 Message size exceeds fixed maximum message size");
+    Reply(absl::StrCat("421 4.7.0 ", me, " Error: closing connection"));
+    co_await Flush();
+    co_return false;
+  }
+  std::string refusal;
+  if (!esmtp_) {
+    refusal = "503 5.5.1 Error: send EHLO first";
+  } else if (!in_mail_) {
+    refusal = "503 5.5.1 Error: need MAIL command";
+  } else if (rcpts_.empty()) {
+    refusal = rcpts_refused_ > 0 ? "554 5.5.1 Error: no valid recipients" : "503 5.5.1 Error: need RCPT command";
+  }
+  bool open_failed = false;
+  if (refusal.empty() && !bdat_active_) {
+    if (!co_await OpenBody()) {
+      open_failed = true;  // 451/452 is already in out_
+    } else {
+      bdat_active_ = true;
+    }
+  }
+  const ReadResult r = co_await ReadBytes(size);
+  if (r != ReadResult::kLine) {
+    if (bdat_active_) {
+      Metrics::Get().aborted.Inc();
+      log::Event(log::Level::kNotice, "data_aborted",
+                 {{"session", session_id_},
+                  {"txn", txn_id_},
+                  {"client", client_ip_},
+                  {"reason", r == ReadResult::kTimeout ? "timeout" : "disconnect"}});
+    }
+    AbortBody();
+    if (r == ReadResult::kTimeout) {
+      Reply(absl::StrCat("421 4.4.2 ", me, " Error: timeout exceeded"));
+      co_await Flush();
+    }
+    co_return false;
+  }
+  if (!refusal.empty()) {
+    Reply(refusal);
+    co_return true;
+  }
+  if (open_failed) {
+    ResetTransaction();
+    co_return true;
+  }
+  if (assembler_->failed() && !cmd.bdat_last) {
+    // Refuse now (RFC 3030 §2: the client must not send more chunks).
+    assembler_->Finish();
+    co_return co_await FinishBody();
+  }
+  if (queue_failed_) {
+    absl::StatusOr<std::string> result = co_await body_call_->Finish();
+    call_ = nullptr;
+    QueueFailure(result.ok() ? absl::UnavailableError("queue write failed") : result.status());
+    ResetTransaction();
+    co_return true;
+  }
+  if (!cmd.bdat_last) {
+    Reply(absl::StrCat("250 2.0.0 ", size, " octets received"));
+    co_return true;
+  }
+  co_return co_await FinishBody();
 }
 
 void Session::QueueFailure(const absl::Status& status) {
@@ -533,6 +1067,7 @@ void Session::QueueFailure(const absl::Status& status) {
 }
 
 void Session::ResetTransaction() {
+  AbortBody();
   in_mail_ = false;
   txn_id_.clear();
   mail_from_ = {};
@@ -562,6 +1097,8 @@ tern::v1::EnqueueHeader Session::BuildHeader() const {
   client->set_port(client_port_);
   client->set_helo(helo_);
   client->set_tls(conn_.tls());
+  client->set_tls_cipher(conn_.TlsDescription());
+  client->set_auth_user(auth_user_);
   (*env->mutable_notes())["ingest_txn"] = txn_id_;
   return header;
 }
@@ -571,7 +1108,7 @@ std::string Session::BuildReceived() const {
   info.helo = helo_;
   info.client_ip = client_ip_;
   info.me = cfg_.me;
-  info.protocol = ReceivedProtocol(esmtp_, conn_.tls(), /*authenticated=*/false, mail_params_.smtputf8);
+  info.protocol = ReceivedProtocol(esmtp_, conn_.tls(), authenticated_, mail_params_.smtputf8);
   info.id = txn_id_;
   info.time = absl::Now();
   info.zone = absl::LocalTimeZone();

@@ -3,9 +3,14 @@
 // Session: one SMTP server session, from the 220 greeting to QUIT, written as
 // one coroutine that reads like the RFC 5321 dialogue (STYLE §4.6.1). It
 // parses each command with lib/smtp (pure), keeps the transaction state,
-// refuses relaying for clients outside the relay ACL, and streams DATA to the
-// queue (queue_client.h) while it reads it. It says 250 only after the queue
-// has answered with a message id; any failure on our side is a 4xx.
+// refuses relaying for clients that are neither in the relay ACL nor
+// authenticated, and streams DATA and BDAT content through
+// smtp::MessageAssembler to the queue (queue_client.h) while it reads it. It
+// says 250 only after the queue has answered with a message id; any failure on
+// our side is a 4xx.
+//
+// Before the banner: the PROXY v1 line from a listed proxy, the connection
+// limits, and the TLS handshake on an implicit-TLS (SMTPS) listener.
 //
 // ServerCore is what all sessions of one IngestServer share.
 //
@@ -15,13 +20,17 @@
 // Standards: RFC 5321 (the dialogue, §4.5.2 dot-stuffing, §4.5.3.1 limits,
 // §4.4 trace fields), RFC 2920 (server-side PIPELINING: replies are sent when
 // the client has nothing more buffered), RFC 1870 (SIZE), RFC 6152 (8BITMIME),
-// RFC 2034 (ENHANCEDSTATUSCODES), RFC 6531 (SMTPUTF8), RFC 3461 (DSN).
+// RFC 2034 (ENHANCEDSTATUSCODES), RFC 6531 (SMTPUTF8), RFC 3461 (DSN),
+// RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954 (AUTH), RFC 3030
+// (CHUNKING/BDAT), HAProxy PROXY protocol v1.
 #pragma once
 
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -33,6 +42,8 @@
 #include "lib/address/mailbox.h"
 #include "lib/net/connection.h"
 #include "lib/smtp/command.h"
+#include "lib/smtp/message_assembler.h"
+#include "services/ingest/auth.h"
 #include "services/ingest/config.h"
 #include "tern/v1/queue.pb.h"
 
@@ -46,8 +57,14 @@ struct ServerCore {
   IngestConfig config;
   std::shared_ptr<QueueClient> queue;
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> acceptors;
+  // Parallel to acceptors: the listener is implicit TLS.
+  std::vector<bool> implicit_tls;
+  // The server TLS context; null when TLS is not configured.
+  std::shared_ptr<asio::ssl::context> tls;
   // io thread only.
   std::set<Session*> sessions;
+  std::map<std::string, size_t> sessions_per_ip;
+  std::optional<AuthTarpit> tarpit;
   bool draining = false;
   std::unique_ptr<asio::steady_timer> grace_timer;
   // Set (under idle_mu) once draining and no session is left.
@@ -60,11 +77,11 @@ struct ServerCore {
 };
 
 // Runs one session on `socket` to its end. The coroutine owns everything.
-asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core);
+asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls);
 
 class Session {
  public:
-  Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core);
+  Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -81,17 +98,46 @@ class Session {
 
  private:
   enum class ReadResult { kLine, kTimeout, kWoken, kClosed };
+  enum class Challenge { kOk, kCancelled, kBadBase64, kTooLong, kEnd };
   struct Recipient {
     address::Mailbox mailbox;
     uint32_t notify = 0;
     std::string orcpt;
   };
 
+  // PROXY, limits, implicit TLS; false when the session must end.
+  asio::awaitable<bool> Prelude();
   asio::awaitable<void> Dialogue();
   // Returns false when the session must end.
   asio::awaitable<bool> Handle(smtp::Command& cmd);
+  void Ehlo();
+  asio::awaitable<bool> StartTls();
+  asio::awaitable<bool> Auth(const smtp::Command& cmd);
+  asio::awaitable<Challenge> AskClient(absl::string_view prompt, std::string* decoded);
+  asio::awaitable<void> AuthFailed(absl::string_view mechanism, absl::string_view user);
   asio::awaitable<bool> Data();
-  asio::awaitable<ReadResult> ReadLine(size_t max_len, net::Line* line);
+  asio::awaitable<bool> Bdat(const smtp::Command& cmd);
+  // Opens the Enqueue call and the assembler; on failure replies 451/452.
+  asio::awaitable<bool> OpenBody();
+  // Sends the assembler's output to the queue once a chunk is ready (or all
+  // of it when `all`).
+  asio::awaitable<void> PushBody(bool all);
+  // The content is complete: refuse it or send the rest and wait for the
+  // queue's durable answer. False if the client is gone.
+  asio::awaitable<bool> FinishBody();
+  void AbortBody();
+  // How much content a message may have, discarded after max.bytes, before
+  // the client is disconnected.
+  uint64_t DiscardLimit() const;
+  // Reads exactly `n` octets (BDAT) into the assembler, or drops them when
+  // there is none.
+  asio::awaitable<ReadResult> ReadBytes(uint64_t n);
+  // Reads one line; waits at most `timeout` (default: inactivity_timeout).
+  // `ignore_drain`: keep reading while the server drains (inside a command).
+  asio::awaitable<ReadResult> ReadLine(size_t max_len, net::Line* line, bool ignore_drain = false,
+                                       std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  asio::awaitable<void> Sleep(std::chrono::milliseconds delay);
+  bool InputPending() const { return conn_.buffered() > 0; }
   // Sends buffered replies; false if the client is gone.
   asio::awaitable<bool> Flush();
   void Reply(std::string line);
@@ -105,18 +151,23 @@ class Session {
   net::Connection conn_;
   std::string client_ip_;
   uint16_t client_port_ = 0;
+  std::string peer_ip_;          // the socket's peer (the proxy, with PROXY)
+  bool implicit_tls_ = false;
+  bool counted_ip_ = false;      // registered in sessions_per_ip
   bool relay_allowed_ = false;
   std::string session_id_;
   std::string out_;
   asio::steady_timer* idle_timer_ = nullptr;
   bool woken_ = false;
-  EnqueueCall* call_ = nullptr;
+  EnqueueCall* call_ = nullptr;  // the open Enqueue call, if any (owned by body_call_)
 
   // Dialogue state.
   std::string helo_;
   bool esmtp_ = false;
   bool greeted_ = false;
   int errors_ = 0;
+  bool authenticated_ = false;
+  std::string auth_user_;
   int transactions_ = 0;
   int queued_ = 0;
 
@@ -127,6 +178,11 @@ class Session {
   smtp::MailParameters mail_params_;
   std::vector<Recipient> rcpts_;
   int rcpts_refused_ = 0;
+  // The content being received (DATA, or BDAT chunks until LAST).
+  std::unique_ptr<EnqueueCall> body_call_;
+  std::unique_ptr<smtp::MessageAssembler> assembler_;
+  bool bdat_active_ = false;
+  bool queue_failed_ = false;
 };
 
 }  // namespace tern::ingest

@@ -7,15 +7,20 @@
 #include <unistd.h>
 
 #include <grpcpp/grpcpp.h>
+#include <openssl/err.h>
+#include <openssl/hmac.h>
+#include <openssl/ssl.h>
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "asio/executor_work_guard.hpp"
@@ -149,6 +154,14 @@ class RawClient {
   }
   ~RawClient() { Close(); }
   void Close() {
+    if (ssl_ != nullptr) {
+      SSL_free(ssl_);
+      ssl_ = nullptr;
+    }
+    if (ctx_ != nullptr) {
+      SSL_CTX_free(ctx_);
+      ctx_ = nullptr;
+    }
     if (fd_ >= 0) {
       ::close(fd_);
       fd_ = -1;
@@ -156,10 +169,19 @@ class RawClient {
   }
   bool connected() const { return connected_; }
 
+  // TLS handshake on the connection (no certificate check: a test cert).
+  bool StartTls() {
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    ssl_ = SSL_new(ctx_);
+    SSL_set_fd(ssl_, fd_);
+    return SSL_connect(ssl_) == 1;
+  }
+
   void Send(const std::string& data) {
     size_t sent = 0;
     while (sent < data.size()) {
-      const ssize_t n = ::send(fd_, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+      const ssize_t n = ssl_ != nullptr ? SSL_write(ssl_, data.data() + sent, static_cast<int>(data.size() - sent))
+                                        : ::send(fd_, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
       if (n <= 0) {
         return;
       }
@@ -186,6 +208,9 @@ class RawClient {
   // True if the server closed the connection (and sent nothing more).
   bool AtEof() {
     char c;
+    if (ssl_ != nullptr) {
+      return buffer_.empty() && SSL_read(ssl_, &c, 1) <= 0;
+    }
     return buffer_.empty() && ::recv(fd_, &c, 1, 0) == 0;
   }
 
@@ -205,7 +230,7 @@ class RawClient {
         return line;
       }
       char buf[4096];
-      const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+      const ssize_t n = ssl_ != nullptr ? SSL_read(ssl_, buf, sizeof(buf)) : ::recv(fd_, buf, sizeof(buf), 0);
       if (n <= 0) {
         return "";
       }
@@ -214,6 +239,8 @@ class RawClient {
   }
 
   int fd_ = -1;
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
   bool connected_ = false;
   std::string buffer_;
 };
@@ -247,6 +274,51 @@ std::string AfterReceived(const std::string& body) {
       return body.substr(pos);
     }
   }
+}
+
+// A self-signed certificate made with the openssl CLI, once per test binary.
+struct TestCert {
+  std::string key;
+  std::string cert;
+};
+const TestCert& Cert() {
+  static const TestCert* cert = [] {
+    char dir[] = "/tmp/tern-ingest-test-XXXXXX";
+    auto* c = new TestCert;
+    if (::mkdtemp(dir) == nullptr) {
+      return c;
+    }
+    c->key = std::string(dir) + "/tls_key.pem";
+    c->cert = std::string(dir) + "/tls_cert.pem";
+    const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
+                            " -subj /CN=mx.test -keyout " + c->key + " -out " + c->cert + " >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0) {
+      c->key.clear();
+      c->cert.clear();
+    }
+    return c;
+  }();
+  return *cert;
+}
+
+std::string B64(const std::string& s) { return absl::Base64Escape(s); }
+
+// The body without the Message-ID: and Date: fields ingest adds to a message
+// that lacks them (the fields checked by AddsMessageIdAndDateWhenMissing).
+std::string WithoutAdded(std::string body) {
+  body = "\r\n" + body;
+  for (const char* name : {"Message-ID: <", "Date: "}) {
+    const size_t at = body.find(std::string("\r\n") + name);
+    if (at == std::string::npos) {
+      continue;
+    }
+    const size_t end = body.find("\r\n", at + 2);
+    const std::string field = body.substr(at + 2, end - at);
+    if (std::string(name) == "Date: " || absl::StrContains(field, "@mx.test>")) {
+      body.erase(at + 2, end - at);
+    }
+  }
+  return body.substr(2);
 }
 
 class IngestSessionTest : public ::testing::Test {
@@ -295,6 +367,26 @@ class IngestSessionTest : public ::testing::Test {
     port_ = server_->ports().at(0);
   }
 
+  IngestConfig TlsConfig() {
+    IngestConfig cfg = BaseConfig();
+    EXPECT_FALSE(Cert().cert.empty()) << "openssl req failed";
+    cfg.tls_key_file = Cert().key;
+    cfg.tls_cert_file = Cert().cert;
+    return cfg;
+  }
+
+  static void AddUsers(IngestConfig* cfg, const std::string& users, bool require_tls) {
+    auto ini = config::IniFile::Parse(users, "auth_flat_file.ini");
+    ASSERT_TRUE(ini.ok());
+    auto auth = LoadAuthConfig(*ini);
+    ASSERT_TRUE(auth.ok()) << auth.status();
+    cfg->auth = *std::move(auth);
+    cfg->auth.require_tls = require_tls;
+    cfg->auth.fail_delay = 200ms;
+    cfg->auth.fail_delay_max = 1000ms;
+    cfg->relay_acl = *RelayAcl::Parse("192.0.2.0/24\n", "relay_acl_allow");  // not 127.0.0.1
+  }
+
   // Connects, checks the banner and says EHLO.
   std::unique_ptr<RawClient> Connect() {
     auto client = std::make_unique<RawClient>(port_);
@@ -326,7 +418,8 @@ TEST_F(IngestSessionTest, AdvertisesOnlyImplementedExtensions) {
             "250-8BITMIME\r\n"
             "250-ENHANCEDSTATUSCODES\r\n"
             "250-SMTPUTF8\r\n"
-            "250 DSN\r\n");
+            "250-DSN\r\n"
+            "250 CHUNKING\r\n");
   EXPECT_EQ(client.Command("HELO old.client"), "250 mx.test Hello old.client [127.0.0.1]\r\n");
   EXPECT_EQ(client.Command("STARTTLS"), "502 5.5.1 Error: command not implemented\r\n");
   EXPECT_EQ(client.Command("VRFY someone"),
@@ -364,7 +457,7 @@ TEST_F(IngestSessionTest, QueuesMessageByteExactWithReceivedHeader) {
   const std::string& body = stored[0].body;
   EXPECT_TRUE(absl::StartsWith(body, "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (Tern) with ESMTP id "))
       << body;
-  EXPECT_EQ(AfterReceived(body),
+  EXPECT_EQ(WithoutAdded(AfterReceived(body)),
             "Subject: test\r\n"
             "\r\n"
             "line one\r\n"
@@ -405,7 +498,7 @@ TEST_F(IngestSessionTest, StreamsLargeMessagesInChunks) {
   const auto stored = fake_.stored();
   ASSERT_EQ(stored.size(), 1u);
   EXPECT_EQ(stored[0].header.envelope().mail_from(), "");
-  EXPECT_EQ(AfterReceived(stored[0].body), expected);
+  EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), expected);
   EXPECT_GE(stored[0].chunks, 4);  // ~290 KiB in ~64 KiB chunks
 }
 
@@ -422,10 +515,10 @@ TEST_F(IngestSessionTest, WrapsOverlongDataLinesWithCrlfSpace) {
   EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
   const auto stored = fake_.stored();
   ASSERT_EQ(stored.size(), 1u);
-  // The limit counts wire octets: the first part is "." + 99 a's, which
-  // loses its stuffing dot; each continuation starts with CRLF SPACE.
-  EXPECT_EQ(AfterReceived(stored[0].body),
-            "X: 1\r\n\r\n" + a.substr(1) + "\r\n a" + b.substr(1) + "\r\n b" + c + "\r\n" + a + "\r\n");
+  // The limit counts stored octets (after unstuffing); each continuation
+  // line starts with CRLF SPACE, and the space counts.
+  EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)),
+            "X: 1\r\n\r\n" + a + "\r\n " + b.substr(0, 99) + "\r\n " + b.substr(99) + c + "\r\n" + a + "\r\n");
 }
 
 TEST_F(IngestSessionTest, QueueUnavailableGives451) {
@@ -501,7 +594,7 @@ TEST_F(IngestSessionTest, PipelinedCommandsGetRepliesInOrder) {
   const auto stored = fake_.stored();
   ASSERT_EQ(stored.size(), 1u);
   EXPECT_EQ(stored[0].header.envelope().recipients_size(), 2);
-  EXPECT_EQ(AfterReceived(stored[0].body), "Subject: p\r\n\r\nhi\r\n");
+  EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), "Subject: p\r\n\r\nhi\r\n");
 }
 
 TEST_F(IngestSessionTest, OverlongCommandLineGets500AndSessionContinues) {
@@ -564,7 +657,7 @@ TEST_F(IngestSessionTest, BareLfDotDoesNotEndData) {
   EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
   const auto stored = fake_.stored();
   ASSERT_EQ(stored.size(), 1u);
-  EXPECT_EQ(AfterReceived(stored[0].body), "Subject: s\r\n\r\ntext\r\n.\r\nMAIL FROM:<evil@example.org>\r\n");
+  EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), "Subject: s\r\n\r\ntext\r\n.\r\nMAIL FROM:<evil@example.org>\r\n");
 }
 
 TEST_F(IngestSessionTest, BadSequenceGets503) {
@@ -600,6 +693,329 @@ TEST_F(IngestSessionTest, ShutdownClosesIdleSessionsWith421) {
   EXPECT_TRUE(server_->WaitIdle(5s));
   RawClient late(port_);
   EXPECT_FALSE(late.connected() && !late.ReadReply().empty());
+}
+
+
+TEST_F(IngestSessionTest, StartTlsUpgradesAndForgetsThePlaintextSession) {
+  StartIngest(TlsConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+  ASSERT_TRUE(client->StartTls());
+  // RFC 3207 §4.2: the transaction and the EHLO are gone.
+  EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "503 5.5.1 Error: need MAIL command\r\n");
+  EXPECT_EQ(client->Command("MAIL FROM:<a@example.org>"), "503 5.5.1 Error: send HELO/EHLO first\r\n");
+  const std::string ehlo = client->Command("EHLO client.test");
+  EXPECT_TRUE(absl::StartsWith(ehlo, "250-mx.test")) << ehlo;
+  EXPECT_FALSE(absl::StrContains(ehlo, "STARTTLS")) << ehlo;
+  EXPECT_EQ(client->Command("STARTTLS"), "503 5.5.1 Error: TLS already active\r\n");
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("Subject: tls\r\n\r\nhi\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_TRUE(stored[0].header.envelope().client().tls());
+  EXPECT_TRUE(absl::StrContains(stored[0].header.envelope().client().tls_cipher(), "TLS"));
+  EXPECT_TRUE(absl::StrContains(stored[0].body, "with ESMTPS id")) << stored[0].body;
+}
+
+TEST_F(IngestSessionTest, StartTlsIsAdvertisedOnlyWhenConfigured) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  EXPECT_EQ(client->Command("STARTTLS"), "502 5.5.1 Error: command not implemented\r\n");
+}
+
+TEST_F(IngestSessionTest, StartTlsWithPipelinedCommandsIsRefused) {
+  StartIngest(TlsConfig());
+  auto client = Connect();
+  // A plaintext command after STARTTLS would run inside TLS (CVE-2011-0411).
+  client->Send("STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n");
+  EXPECT_EQ(client->ReadReply(), "554 5.5.1 Error: command pipelined after STARTTLS\r\n");
+  EXPECT_TRUE(client->AtEof());
+}
+
+TEST_F(IngestSessionTest, ImplicitTlsListenerHandshakesBeforeTheBanner) {
+  IngestConfig cfg = TlsConfig();
+  cfg.listen[0].implicit_tls = true;
+  StartIngest(cfg);
+  RawClient client(port_);
+  ASSERT_TRUE(client.StartTls());
+  EXPECT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+  const std::string ehlo = client.Command("EHLO c.test");
+  EXPECT_TRUE(absl::StartsWith(ehlo, "250-")) << ehlo;
+  EXPECT_FALSE(absl::StrContains(ehlo, "STARTTLS"));
+}
+
+TEST_F(IngestSessionTest, AuthIsOfferedOnlyAfterTlsByDefault) {
+  IngestConfig cfg = TlsConfig();
+  AddUsers(&cfg, "[users]\nalice=secret\n", /*require_tls=*/true);
+  StartIngest(cfg);
+  auto client = Connect();
+  EXPECT_EQ(client->Command("AUTH PLAIN " + B64(std::string("\0alice\0secret", 13))),
+            "538 5.7.11 Encryption required for requested authentication mechanism\r\n");
+  ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+  ASSERT_TRUE(client->StartTls());
+  EXPECT_TRUE(absl::StrContains(client->Command("EHLO c.test"), "250 AUTH PLAIN LOGIN CRAM-MD5\r\n"));
+  EXPECT_EQ(client->Command("AUTH PLAIN " + B64(std::string("\0alice\0secret", 13))),
+            "235 2.7.0 Authentication successful\r\n");
+  ASSERT_EQ(client->Command("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");  // relaying by AUTH
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("Subject: a\r\n\r\nhi\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(stored[0].header.envelope().client().auth_user(), "alice");
+  EXPECT_TRUE(absl::StrContains(stored[0].body, "with ESMTPSA id")) << stored[0].body;
+}
+
+TEST_F(IngestSessionTest, AuthLoginAndCramMd5AllowRelaying) {
+  IngestConfig cfg = BaseConfig();
+  AddUsers(&cfg, "[users]\nbob=hunter2\n", /*require_tls=*/false);
+  StartIngest(cfg);
+  {
+    auto client = Connect();
+    ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
+    ASSERT_EQ(client->Command("RSET"), "250 2.0.0 Ok\r\n");
+    EXPECT_EQ(client->Command("AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n");
+    EXPECT_EQ(client->Command(B64("bob")), "334 UGFzc3dvcmQ6\r\n");
+    EXPECT_EQ(client->Command(B64("hunter2")), "235 2.7.0 Authentication successful\r\n");
+    EXPECT_EQ(client->Command("AUTH LOGIN"), "503 5.5.1 Error: already authenticated\r\n");
+    ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  }
+  {
+    auto client = Connect();
+    const std::string reply = client->Command("AUTH CRAM-MD5");
+    ASSERT_TRUE(absl::StartsWith(reply, "334 ")) << reply;
+    std::string challenge;
+    ASSERT_TRUE(absl::Base64Unescape(reply.substr(4, reply.size() - 6), &challenge));
+    EXPECT_TRUE(absl::EndsWith(challenge, "@mx.test>")) << challenge;
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    HMAC(EVP_md5(), "hunter2", 7, reinterpret_cast<const unsigned char*>(challenge.data()), challenge.size(), mac,
+         &len);
+    const std::string digest = absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(mac), len));
+    EXPECT_EQ(client->Command(B64("bob " + digest)), "235 2.7.0 Authentication successful\r\n");
+    ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  }
+}
+
+TEST_F(IngestSessionTest, FailedAuthIsSlowedDownPerIpAndBadInputIs501) {
+  IngestConfig cfg = BaseConfig();
+  AddUsers(&cfg, "[users]\nbob=hunter2\n", /*require_tls=*/false);
+  StartIngest(cfg);
+  auto client = Connect();
+  EXPECT_EQ(client->Command("AUTH PLAIN !!notbase64!!"), "501 5.5.2 Cannot decode response\r\n");
+  EXPECT_EQ(client->Command("AUTH PLAIN"), "334 \r\n");
+  EXPECT_EQ(client->Command("*"), "501 5.0.0 Authentication cancelled\r\n");
+  EXPECT_EQ(client->Command("AUTH GSSAPI"), "504 5.5.4 Unrecognized authentication type\r\n");
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(client->Command("AUTH PLAIN " + B64(std::string("\0bob\0wrong", 10))),
+            "535 5.7.8 Authentication credentials invalid\r\n");
+  const auto first = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(first, 190ms);
+  start = std::chrono::steady_clock::now();
+  // Another connection from the same IP is not a way around the tarpit.
+  auto other = Connect();
+  EXPECT_EQ(other->Command("AUTH PLAIN " + B64(std::string("\0bob\0wrong2", 11))),
+            "535 5.7.8 Authentication credentials invalid\r\n");
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 390ms);
+  EXPECT_EQ(other->Command("AUTH PLAIN " + B64(std::string("\0bob\0hunter2", 12))),
+            "235 2.7.0 Authentication successful\r\n");
+}
+
+TEST_F(IngestSessionTest, BdatChunksAreQueuedLikeData) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  const std::string part1 = "Subject: b\r\nMessage-ID: <m@x>\r\nDate: d\r\n\r\nline\r";
+  const std::string part2 = "\n.leading dot\r\nno end";
+  client->Send("BDAT " + std::to_string(part1.size()) + "\r\n" + part1);
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 " + std::to_string(part1.size()) + " octets received\r\n");
+  EXPECT_EQ(client->Command("DATA"), "503 5.5.1 Error: DATA after BDAT\r\n");
+  client->Send("BDAT " + std::to_string(part2.size()) + " LAST\r\n" + part2);
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  // No dot-unstuffing in BDAT; a missing final line end is added.
+  EXPECT_EQ(AfterReceived(stored[0].body),
+            "Subject: b\r\nMessage-ID: <m@x>\r\nDate: d\r\n\r\nline\r\n.leading dot\r\nno end\r\n");
+}
+
+TEST_F(IngestSessionTest, BdatChunkBoundaryIsExactWhenPipelined) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  client->Send("MAIL FROM:<a@example.org>\r\nRCPT TO:<r@example.net>\r\nBDAT 1 LAST\r\na\r\nNOOP\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  // The CRLF after the 1-octet chunk is an (empty) command line of its own.
+  EXPECT_EQ(client->ReadReply(), "500 5.5.2 Syntax error: empty command\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  // "a" is no header field: an empty line separates the added fields from it.
+  EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), "\r\na\r\n");
+}
+
+TEST_F(IngestSessionTest, BdatOutsideATransactionStillReadsTheChunk) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  // "MAIL FROM:<x@y>" inside the chunk must not run as a command.
+  const std::string chunk = "MAIL FROM:<x@y>\r\n";
+  client->Send("BDAT " + std::to_string(chunk.size()) + "\r\n" + chunk);
+  EXPECT_EQ(client->ReadReply(), "503 5.5.1 Error: need MAIL command\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "503 5.5.1 Error: need MAIL command\r\n");
+  EXPECT_EQ(fake_.calls(), 0);
+}
+
+TEST_F(IngestSessionTest, BdatOverMaxBytesGets552) {
+  IngestConfig cfg = BaseConfig();
+  cfg.max_bytes = 2048;
+  StartIngest(cfg);
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  client->Send("BDAT 3000\r\n" + std::string(3000, 'x'));
+  EXPECT_EQ(client->ReadReply(), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_EQ(client->Command("NOOP"), "250 2.0.0 Ok\r\n");
+  EXPECT_TRUE(fake_.stored().empty());
+  // A chunk far beyond what would be read and dropped closes the session.
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->Command("BDAT 999999999999"), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_EQ(client->ReadReply(), "421 4.7.0 mx.test Error: closing connection\r\n");
+  EXPECT_TRUE(client->AtEof());
+}
+
+TEST_F(IngestSessionTest, AddsMessageIdAndDateWhenMissingAndStripsAuthResults) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("Authentication-Results: evil; dkim=pass\r\nSubject: s\r\n\r\nbody\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  const std::string msg = AfterReceived(stored[0].body);
+  EXPECT_TRUE(absl::StartsWith(msg, "Subject: s\r\nMessage-ID: <")) << msg;
+  EXPECT_TRUE(absl::StrContains(msg, "@mx.test>\r\nDate: ")) << msg;
+  EXPECT_TRUE(absl::EndsWith(msg, "\r\n\r\nbody\r\n")) << msg;
+  EXPECT_FALSE(absl::StrContains(msg, "Authentication-Results"));
+}
+
+TEST_F(IngestSessionTest, MailLoopGets554AndHeaderFloodGets552) {
+  IngestConfig cfg = BaseConfig();
+  cfg.max_received = 5;
+  cfg.max_header_lines = 20;
+  StartIngest(cfg);
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  std::string received;
+  for (int i = 0; i < 6; ++i) received += "Received: from hop" + std::to_string(i) + "\r\n";
+  client->Send(received + "\r\nbody\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "554 5.4.6 Too many hops (mail loop detected)\r\n");
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  std::string flood;
+  for (int i = 0; i < 30; ++i) flood += "X-Flood: " + std::to_string(i) + "\r\n";
+  client->Send(flood + "\r\nbody\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "552 5.3.4 Message header too large\r\n");
+  EXPECT_TRUE(fake_.stored().empty());
+}
+
+TEST_F(IngestSessionTest, TooManyRecipientsGets452) {
+  IngestConfig cfg = BaseConfig();
+  cfg.max_recipients = 2;
+  StartIngest(cfg);
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<r1@example.net>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<r2@example.net>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<r3@example.net>"), "452 4.5.3 Error: too many recipients\r\n");
+}
+
+TEST_F(IngestSessionTest, ConnectionsOverThePerIpLimitGet421) {
+  IngestConfig cfg = BaseConfig();
+  cfg.max_connections_per_ip = 2;
+  StartIngest(cfg);
+  auto a = Connect();
+  auto b = Connect();
+  RawClient c(port_);
+  EXPECT_EQ(c.ReadReply(), "421 4.7.0 mx.test Too many connections from your address, try again later\r\n");
+  EXPECT_TRUE(c.AtEof());
+  a->Command("QUIT");
+  a->Close();
+  // The slot is free again once a session ended.
+  for (int i = 0; i < 50; ++i) {
+    RawClient d(port_);
+    if (d.ReadReply() == "220 mx.test ESMTP Tern ready\r\n") {
+      return;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  ADD_FAILURE() << "slot not freed";
+}
+
+TEST_F(IngestSessionTest, ProxyLineFromListedHostSetsTheClientAddress) {
+  IngestConfig cfg = BaseConfig();
+  cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.1")};
+  StartIngest(cfg);
+  RawClient client(port_);
+  client.Send("PROXY TCP4 192.0.2.9 198.51.100.1 40000 25\r\n");
+  ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+  EXPECT_TRUE(absl::StartsWith(client.Command("EHLO c.test"), "250-mx.test Hello c.test [192.0.2.9]\r\n"));
+  ASSERT_EQ(client.Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  // 192.0.2.9 is not in the relay ACL (loopback is, but that is the proxy).
+  EXPECT_EQ(client.Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
+}
+
+TEST_F(IngestSessionTest, ListedProxyGetsNoBannerAndTimesOut) {
+  IngestConfig cfg = BaseConfig();
+  cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.0/8")};
+  cfg.proxy_timeout = 300ms;
+  StartIngest(cfg);
+  RawClient client(port_);
+  // The first thing said is the timeout: no banner before PROXY.
+  EXPECT_EQ(client.ReadReply(), "421 4.4.2 PROXY timed out\r\n");
+  EXPECT_TRUE(client.AtEof());
+  RawClient bad(port_);
+  bad.Send("PROXY TCP4 nonsense\r\n");
+  EXPECT_EQ(bad.ReadReply(), "421 4.7.0 Invalid PROXY format\r\n");
+}
+
+TEST_F(IngestSessionTest, ProxyLineFromUnlistedHostIsRefused) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  EXPECT_EQ(client->Command("PROXY TCP4 192.0.2.9 198.51.100.1 40000 25"),
+            "421 4.7.0 mx.test PROXY not allowed from 127.0.0.1\r\n");
+  EXPECT_TRUE(client->AtEof());
+}
+
+TEST_F(IngestSessionTest, ShutdownLetsTheTransactionInFlightFinish) {
+  StartIngest(BaseConfig());
+  auto busy = Connect();
+  auto idle = Connect();
+  ASSERT_EQ(busy->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(busy->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(busy->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  busy->Send("Subject: late\r\n\r\n");
+  server_->Shutdown(5s);
+  EXPECT_EQ(idle->ReadReply(), "421 4.3.2 mx.test Service shutting down, closing connection\r\n");
+  busy->Send("still here\r\n.\r\n");
+  EXPECT_EQ(busy->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  EXPECT_EQ(busy->ReadReply(), "421 4.3.2 mx.test Service shutting down, closing connection\r\n");
+  EXPECT_TRUE(server_->WaitIdle(5s));
 }
 
 }  // namespace

@@ -63,6 +63,38 @@ std::string BounceId(absl::string_view message_id, uint32_t n) { return absl::St
 
 std::string IdempotencyKey(absl::string_view key) { return absl::StrCat("i", key); }
 
+std::string HostFlagKey(absl::string_view flag, absl::string_view host) {
+  std::string out = HostFlagPrefix(flag);
+  out.append(host.data(), host.size());
+  return out;
+}
+
+std::string HostFlagPrefix(absl::string_view flag) {
+  std::string out = "h";
+  if (!flag.empty()) {
+    out.append(flag.data(), flag.size());
+    out.push_back('\0');
+  }
+  return out;
+}
+
+std::string EventKey(uint64_t seq) {
+  std::string key;
+  AppendBigEndian64(&key, seq);
+  return key;
+}
+
+std::optional<uint64_t> DecodeEventKey(absl::string_view key) {
+  if (key.size() != 8) {
+    return std::nullopt;
+  }
+  uint64_t seq = 0;
+  for (char c : key) {
+    seq = (seq << 8) | static_cast<uint8_t>(c);
+  }
+  return seq;
+}
+
 std::string CorruptKey(absl::string_view source_cf, absl::string_view key) {
   std::string out = absl::StrCat(source_cf);
   out.push_back('\0');

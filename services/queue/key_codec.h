@@ -13,6 +13,8 @@
 //               of one kind up to "now" yields exactly the jobs that are due,
 //               oldest first, because big-endian integers sort like numbers)
 //   meta        'i' | idempotency key          -> IdempotencyRecord (message id, time)
+//               'h' | flag | 0x00 | host       -> tern.v1.HostFlag (shared host facts)
+//   events      seq(8, big-endian)             -> tern.v1.QueueEvent (the event log)
 //   corrupt     source CF name | 0x00 | key    -> the unparseable value as found
 //
 // Message ids are time-ordered (lib/common/ids.h), so the messages CF is in
@@ -37,6 +39,7 @@ inline constexpr char kScheduleCf[] = "schedule";
 inline constexpr char kBouncesCf[] = "bounces";
 inline constexpr char kMetaCf[] = "meta";
 inline constexpr char kCorruptCf[] = "corrupt";
+inline constexpr char kEventsCf[] = "events";
 
 // The first byte of a schedule key. Values are stable on disk.
 enum class JobType : uint8_t {
@@ -69,6 +72,16 @@ std::string BounceId(absl::string_view message_id, uint32_t n);
 
 // The meta key for an idempotency key.
 std::string IdempotencyKey(absl::string_view key);
+
+// Host flag keys, and the prefix of every key of one flag (or of all host
+// flags when `flag` is empty).
+std::string HostFlagKey(absl::string_view flag, absl::string_view host);
+std::string HostFlagPrefix(absl::string_view flag);
+
+// Event keys sort by sequence number.
+std::string EventKey(uint64_t seq);
+// nullopt if `key` is not 8 bytes.
+std::optional<uint64_t> DecodeEventKey(absl::string_view key);
 
 // Where a record that failed to parse is kept for an operator to inspect.
 std::string CorruptKey(absl::string_view source_cf, absl::string_view key);

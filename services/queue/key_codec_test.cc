@@ -64,3 +64,26 @@ TEST(KeyCodec, JobIdsNameTheirMessage) {
 
 }  // namespace
 }  // namespace tern::queue
+
+namespace tern::queue {
+namespace {
+
+TEST(KeyCodec, EventKeysSortBySequenceAndRoundTrip) {
+  EXPECT_LT(EventKey(1), EventKey(2));
+  EXPECT_LT(EventKey(255), EventKey(256));
+  EXPECT_LT(EventKey(1ull << 40), EventKey((1ull << 40) + 1));
+  EXPECT_EQ(DecodeEventKey(EventKey(123456789)), 123456789u);
+  EXPECT_EQ(DecodeEventKey("short"), std::nullopt);
+}
+
+TEST(KeyCodec, HostFlagKeysShareTheirFlagsPrefixOnly) {
+  const std::string k = HostFlagKey("broken_tls", "192.0.2.1");
+  EXPECT_EQ(k.rfind(HostFlagPrefix("broken_tls"), 0), 0u);
+  EXPECT_EQ(k.rfind(HostFlagPrefix(""), 0), 0u);
+  // "broken" is a prefix of "broken_tls" as text, but not as a flag.
+  EXPECT_NE(k.rfind(HostFlagPrefix("broken"), 0), 0u);
+  EXPECT_NE(k.rfind(IdempotencyKey(""), 0), 0u);
+}
+
+}  // namespace
+}  // namespace tern::queue

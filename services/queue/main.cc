@@ -6,13 +6,17 @@
 // Signals: SIGTERM/SIGINT shut down cleanly (long polls answered, the server
 // drained with a deadline, the database closed); SIGHUP re-reads `disabled`
 // from outbound.ini and flushes (every waiting delivery is due now), as
-// SIGHUP does in Haraka.
+// SIGHUP does in Haraka. `disabled` is also re-read, without a flush, when
+// outbound.ini's modification time changes (polled once a second).
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
+#include <sys/stat.h>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 
@@ -96,6 +100,36 @@ int main(int argc, char** argv) {
                     {"metrics", exporter ? absl::StrCat(exporter->port()) : std::string("off")},
                     {"disabled", config->core.disabled ? "true" : "false"}});
 
+  // outbound.ini watch: `disabled` follows the file without a SIGHUP.
+  std::atomic<bool> stop_watch{false};
+  std::thread watcher([&] {
+    const std::string path = config_path + "/outbound.ini";
+    auto mtime = [&path]() -> int64_t {
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) {
+        return -1;
+      }
+      return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    };
+    int64_t seen = mtime();
+    while (!stop_watch.load()) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      const int64_t now = mtime();
+      if (now == seen) {
+        continue;
+      }
+      seen = now;
+      auto disabled = tern::queue::LoadDisabled(dir);
+      if (disabled.ok()) {
+        tern::log::Event(tern::log::Level::kInfo, "config_reloaded",
+                         {{"file", "outbound.ini"}, {"disabled", *disabled ? "true" : "false"}});
+        (*core)->SetDisabled(*disabled);
+      } else {
+        tern::log::Event(tern::log::Level::kError, "reload_failed", {{"error", disabled.status().message()}});
+      }
+    }
+  });
+
   while (true) {
     const int sig = tern::WaitForSignal();
     if (sig != SIGHUP) {
@@ -110,6 +144,9 @@ int main(int argc, char** argv) {
     }
     (*core)->Flush(nullptr);
   }
+
+  stop_watch = true;
+  watcher.join();
 
   // Answer parked long polls first: the server's shutdown waits for every
   // outstanding call, and a long poll would otherwise hold it for its wait.

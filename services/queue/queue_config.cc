@@ -1,5 +1,9 @@
 #include "services/queue/queue_config.h"
 
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/status_macros.h"
 
@@ -16,11 +20,45 @@ absl::Status QueueConfig::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("tern.ini: [queue] max_lease_seconds: ", core.max_lease_seconds, " is not in [1, 604800]"));
   }
+  if (core.recovery_lease_grace_seconds < 0 || core.recovery_lease_grace_seconds > 3600) {
+    return absl::InvalidArgumentError(absl::StrCat("tern.ini: [queue] recovery_lease_grace: ",
+                                                   core.recovery_lease_grace_seconds, " is not in [0, 3600]"));
+  }
   if (core.lease_seconds < 1 || core.lease_seconds > core.max_lease_seconds) {
     return absl::InvalidArgumentError(absl::StrCat("tern.ini: [queue] lease_seconds: ", core.lease_seconds,
                                                    " is not in [1, max_lease_seconds]"));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> ParseDurationMs(absl::string_view text) {
+  std::string t(absl::StripAsciiWhitespace(text));
+  absl::AsciiStrToLower(&t);
+  int64_t unit = 1000;
+  if (!t.empty() && !absl::ascii_isdigit(static_cast<unsigned char>(t.back()))) {
+    switch (t.back()) {
+      case 's':
+        unit = 1000;
+        break;
+      case 'm':
+        unit = 60 * 1000;
+        break;
+      case 'h':
+        unit = 3600 * 1000;
+        break;
+      case 'd':
+        unit = 86400 * 1000;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a duration (use s, m, h or d)"));
+    }
+    t.pop_back();
+  }
+  int64_t n = 0;
+  if (t.empty() || !absl::SimpleAtoi(t, &n) || n < 0 || n > INT64_MAX / unit) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a duration like 30s, 90m, 4h or 5d"));
+  }
+  return n * unit;
 }
 
 absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
@@ -31,6 +69,8 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
   out.metrics_listen = tern.GetString("queue", "metrics_listen", out.metrics_listen);
   out.core.data_dir = data_dir.has_value() ? *data_dir : tern.GetString("queue", "data_dir", out.core.data_dir);
   TERN_ASSIGN_OR_RETURN(out.core.lease_seconds, tern.GetInt("queue", "lease_seconds", out.core.lease_seconds));
+  TERN_ASSIGN_OR_RETURN(out.core.recovery_lease_grace_seconds,
+                        tern.GetInt("queue", "recovery_lease_grace", out.core.recovery_lease_grace_seconds));
   TERN_ASSIGN_OR_RETURN(out.core.max_lease_seconds,
                         tern.GetInt("queue", "max_lease_seconds", out.core.max_lease_seconds));
   TERN_ASSIGN_OR_RETURN(int64_t body_bytes, tern.GetInt("queue", "max_lease_body_bytes",
@@ -39,6 +79,45 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
     return tern.KeyError("queue", "max_lease_body_bytes", absl::StrCat("'", body_bytes, "' must be at least 1"));
   }
   out.core.max_lease_body_bytes = static_cast<uint64_t>(body_bytes);
+
+  const std::string policy = absl::AsciiStrToLower(tern.GetString("queue", "ambiguous_policy", "redeliver"));
+  if (policy == "redeliver") {
+    out.core.ambiguous_policy = AmbiguousPolicy::kRedeliver;
+  } else if (policy == "hold") {
+    out.core.ambiguous_policy = AmbiguousPolicy::kHold;
+  } else {
+    return tern.KeyError("queue", "ambiguous_policy", absl::StrCat("'", policy, "' is not redeliver or hold"));
+  }
+  auto duration = [&tern](const char* key, const char* def) -> absl::StatusOr<int64_t> {
+    auto ms = ParseDurationMs(tern.GetString("queue", key, def));
+    if (!ms.ok()) {
+      return tern.KeyError("queue", key, ms.status().message());
+    }
+    return *ms;
+  };
+  TERN_ASSIGN_OR_RETURN(out.core.max_queue_age_ms, duration("max_queue_age", "0"));
+  TERN_ASSIGN_OR_RETURN(out.core.event_retention_ms, duration("event_retention", "24h"));
+  TERN_ASSIGN_OR_RETURN(int64_t count, tern.GetInt("queue", "event_retention_count", 1000000));
+  if (count < 0) {
+    return tern.KeyError("queue", "event_retention_count", "must not be negative");
+  }
+  out.core.event_retention_count = static_cast<uint64_t>(count);
+  for (const std::string& item : tern.GetList("queue", "delay_warning")) {
+    if (absl::StripAsciiWhitespace(item).empty()) {
+      continue;
+    }
+    auto ms = ParseDurationMs(item);
+    if (!ms.ok()) {
+      return tern.KeyError("queue", "delay_warning", ms.status().message());
+    }
+    if (*ms <= 0) {
+      return tern.KeyError("queue", "delay_warning", absl::StrCat("'", item, "' must be more than 0"));
+    }
+    out.core.delay_warning_ms.push_back(*ms);
+  }
+  std::sort(out.core.delay_warning_ms.begin(), out.core.delay_warning_ms.end());
+  out.core.delay_warning_ms.erase(std::unique(out.core.delay_warning_ms.begin(), out.core.delay_warning_ms.end()),
+                                  out.core.delay_warning_ms.end());
 
   TERN_ASSIGN_OR_RETURN(config::IniFile outbound, dir.Ini("outbound.ini"));
   TERN_ASSIGN_OR_RETURN(out.core.disabled, outbound.GetBool("main", "disabled", false));

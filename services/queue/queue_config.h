@@ -10,6 +10,11 @@
 //     lease_seconds=300              lease when the worker asks for none
 //     max_lease_seconds=3600         longest lease granted
 //     max_lease_body_bytes=16777216  soft cap on body bytes per Lease answer
+//     ambiguous_policy=redeliver     or hold: a lease that expired after DATA
+//     max_queue_age=0                e.g. 5d; recipients older bounce (5.4.7); 0 = off
+//     delay_warning=                 e.g. 4h or 4h,1d: delay DSN points; empty = off
+//     event_retention=24h            events older than this are pruned
+//     event_retention_count=1000000  and beyond this many
 //   outbound.ini [main]
 //     disabled=false                 pause delivery (reloaded on SIGHUP)
 //     temp_fail_intervals=(unset)    Haraka's retry schedule grammar
@@ -46,6 +51,10 @@ struct QueueConfig {
 // names the file, section and key.
 absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
                                             const std::optional<std::string>& data_dir);
+
+// "30s", "90m", "4h", "5d", or a plain number of seconds; "0" is 0. Errors
+// name the bad text.
+absl::StatusOr<int64_t> ParseDurationMs(absl::string_view text);
 
 // Reads only outbound.ini [main] disabled (what SIGHUP reloads).
 absl::StatusOr<bool> LoadDisabled(const config::ConfigDir& dir);

@@ -79,3 +79,32 @@ TEST_F(QueueConfigDirTest, RefusesBadValuesNamingTheKey) {
 
 }  // namespace
 }  // namespace tern::queue
+
+namespace tern::queue {
+namespace {
+
+TEST(QueueConfig, ShippedConfigGivesTheDocumentedDefaultsForWave2Keys) {
+  auto cfg = LoadQueueConfig(config::ConfigDir(TERN_SOURCE_DIR "/deploy/config"), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.ambiguous_policy, AmbiguousPolicy::kRedeliver);
+  EXPECT_EQ(cfg->core.max_queue_age_ms, 0);
+  EXPECT_TRUE(cfg->core.delay_warning_ms.empty());
+  EXPECT_EQ(cfg->core.event_retention_ms, 24 * 3600 * 1000LL);
+  EXPECT_EQ(cfg->core.event_retention_count, 1000000u);
+}
+
+TEST(ParseDurationMs, AcceptsUnitsAndPlainSecondsAndRejectsJunk) {
+  EXPECT_EQ(*ParseDurationMs("30s"), 30'000);
+  EXPECT_EQ(*ParseDurationMs("90m"), 90 * 60'000);
+  EXPECT_EQ(*ParseDurationMs(" 4H "), 4 * 3'600'000);
+  EXPECT_EQ(*ParseDurationMs("5d"), 5 * 86'400'000LL);
+  EXPECT_EQ(*ParseDurationMs("12"), 12'000);
+  EXPECT_EQ(*ParseDurationMs("0"), 0);
+  EXPECT_FALSE(ParseDurationMs("").ok());
+  EXPECT_FALSE(ParseDurationMs("4w").ok());
+  EXPECT_FALSE(ParseDurationMs("-1h").ok());
+  EXPECT_FALSE(ParseDurationMs("1.5h").ok());
+}
+
+}  // namespace
+}  // namespace tern::queue

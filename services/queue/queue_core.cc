@@ -1,505 +1,6 @@
-#include "services/queue/queue_core.h"
-
-#include <algorithm>
-#include <deque>
-#include <filesystem>
-#include <optional>
-#include <string_view>
-#include <system_error>
-#include <utility>
-#include <vector>
-
-#include "absl/container/btree_map.h"
-#include "absl/container/btree_set.h"
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
-#include "lib/common/ids.h"
-#include "lib/common/log.h"
-#include "lib/common/status_macros.h"
-#include "lib/metrics/metrics.h"
-#include "rocksdb/db.h"
-#include "rocksdb/options.h"
-#include "rocksdb/utilities/table_properties_collectors.h"
-#include "services/queue/group_committer.h"
-#include "services/queue/key_codec.h"
-#include "services/queue/queue_records.pb.h"
+#include "services/queue/queue_core_internal.h"
 
 namespace tern::queue {
-namespace {
-
-using tern::v1::AckRequest;
-using tern::v1::AckResponse;
-using tern::v1::BounceJob;
-using tern::v1::BounceKind;
-using tern::v1::BouncedRecipient;
-using tern::v1::DeliveryJob;
-using tern::v1::EnqueueHeader;
-using tern::v1::JobKind;
-using tern::v1::LeaseRequest;
-using tern::v1::LeaseResponse;
-using tern::v1::Outcome;
-using tern::v1::ReportRequest;
-using tern::v1::ReportResponse;
-using tern::v1::ReportStatus;
-using tern::v1::StatsResponse;
-
-constexpr int kKinds = 2;
-// Most deliveries one Flush operation moves; a bigger flush continues in
-// further operations so one group never grows without bound.
-constexpr size_t kFlushChunk = 10000;
-constexpr uint32_t kMaxJobsPerLease = 1000;
-
-int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0)) ? 1 : 0); }
-
-JobType TypeOf(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? JobType::kBounce : JobType::kDelivery; }
-int KindIndex(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? 1 : 0; }
-const char* KindName(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? "bounce" : "delivery"; }
-
-bool IsPending(const RecipientRecord& r) {
-  return r.state() == RECIPIENT_STATE_PENDING || r.state() == RECIPIENT_STATE_DEFERRED;
-}
-
-int64_t PendingCount(const DeliveryRecord& d) {
-  return std::count_if(d.recipients().begin(), d.recipients().end(), IsPending);
-}
-
-std::string Relay(const tern::v1::RecipientResult& r) {
-  if (r.remote_mta().empty() && r.remote_ip().empty()) {
-    return "";
-  }
-  return absl::StrCat(r.remote_mta(), "[", r.remote_ip(), "]");
-}
-
-// "<code> <x.y.z> <text>" with the missing parts left out.
-std::string ReplySummary(const tern::v1::RecipientResult& r) {
-  std::string out;
-  if (r.reply_code() != 0) {
-    absl::StrAppend(&out, r.reply_code());
-  }
-  for (const std::string* part : {&r.enhanced_status(), &r.reply_text()}) {
-    if (!part->empty()) {
-      absl::StrAppend(&out, out.empty() ? "" : " ", *part);
-    }
-  }
-  return out;
-}
-
-// The original message a DSN carries: all of it, or the header section (the
-// bytes up to and including the first empty line; all of it if none).
-std::string HeadersOf(const std::string& body) {
-  size_t crlf = body.find("\r\n\r\n");
-  size_t lf = body.find("\n\n");
-  size_t end = body.size();
-  if (crlf != std::string::npos) {
-    end = crlf + 4;
-  }
-  if (lf != std::string::npos && lf + 2 < end) {
-    end = lf + 2;
-  }
-  return body.substr(0, end);
-}
-
-struct CoreMetrics {
-  metrics::Counter& enqueued;
-  metrics::Counter& duplicates;
-  metrics::Counter& delivered;
-  metrics::Counter& deferred;
-  metrics::Counter& failed;
-  metrics::Counter& stale_reports;
-  metrics::Counter& bounces_created;
-  metrics::Counter& leases_expired;
-  metrics::Counter& corrupt_records;
-  metrics::Gauge& messages;
-  metrics::Gauge& deliveries_due;
-  metrics::Gauge& deliveries_leased;
-  metrics::Gauge& deliveries_deferred;
-  metrics::Gauge& bounces;
-  metrics::Gauge& bounces_leased;
-  metrics::Gauge& recipients_pending;
-};
-
-CoreMetrics& Metrics() {
-  static CoreMetrics* m = [] {
-    auto& r = metrics::Registry::Global();
-    const std::string deliveries_help = "Deliveries not yet final, by state";
-    return new CoreMetrics{
-        r.GetCounter("tern_queue_enqueued_total", "Messages stored"),
-        r.GetCounter("tern_queue_enqueue_duplicates_total", "Enqueues answered from an idempotency key"),
-        r.GetCounter("tern_queue_delivered_total", "Recipients delivered"),
-        r.GetCounter("tern_queue_deferred_total", "Recipients deferred (temporary failure, retry scheduled)"),
-        r.GetCounter("tern_queue_failed_total", "Recipients failed (permanent, or retries used up)"),
-        r.GetCounter("tern_queue_stale_reports_total", "Reports and acks refused for a stale lease token"),
-        r.GetCounter("tern_queue_bounces_created_total", "Bounce (DSN) jobs created"),
-        r.GetCounter("tern_queue_leases_expired_total", "Leases that ran out before a report"),
-        r.GetCounter("tern_queue_corrupt_records_total", "Records that failed to parse, moved to the corrupt CF"),
-        r.GetGauge("tern_queue_messages", "Messages stored"),
-        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "due"}}),
-        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "leased"}}),
-        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "deferred"}}),
-        r.GetGauge("tern_queue_bounces", "Bounce jobs not yet acknowledged"),
-        r.GetGauge("tern_queue_bounces_leased", "Bounce jobs out on lease"),
-        r.GetGauge("tern_queue_recipients_pending", "Recipients not yet final"),
-    };
-  }();
-  return *m;
-}
-
-// Deliveries that wait (not leased), counted per second of due time, so that
-// "due now" versus "deferred" is exact to the second at any moment without an
-// entry per delivery: the map has at most one entry per distinct second in
-// the schedule's span. due() is the sum of the buckets at or before the last
-// Advance(); Advance walks forward incrementally.
-class DueIndex {
- public:
-  void Add(int64_t due_ms, int64_t n) {
-    const int64_t sec = FloorDiv(due_ms, 1000);
-    auto it = buckets_.try_emplace(sec, 0).first;
-    it->second += n;
-    if (it->second == 0) {
-      buckets_.erase(it);
-    }
-    total_ += n;
-    if (sec <= boundary_) {
-      due_ += n;
-    }
-  }
-
-  void Advance(int64_t now_ms) {
-    const int64_t sec = FloorDiv(now_ms, 1000);
-    if (sec < boundary_) {  // the clock went back: recount
-      due_ = 0;
-      for (auto it = buckets_.begin(); it != buckets_.end() && it->first <= sec; ++it) {
-        due_ += it->second;
-      }
-    } else {
-      for (auto it = buckets_.upper_bound(boundary_); it != buckets_.end() && it->first <= sec; ++it) {
-        due_ += it->second;
-      }
-    }
-    boundary_ = sec;
-  }
-
-  int64_t due() const { return due_; }
-  int64_t total() const { return total_; }
-
- private:
-  absl::btree_map<int64_t, int64_t> buckets_;
-  int64_t boundary_ = INT64_MIN;
-  int64_t due_ = 0;
-  int64_t total_ = 0;
-};
-
-// Ids of jobs believed due, in scan order. A hint only: every candidate is
-// checked against its record (through the batch) before it is leased.
-class ReadyWindow {
- public:
-  bool Insert(const std::string& id, int64_t due, size_t cap) {
-    if (members_.size() >= cap || !members_.insert(id).second) {
-      return members_.contains(id);
-    }
-    ids_.emplace_back(id, due);
-    return true;
-  }
-  void PushFront(const std::string& id, int64_t due) {
-    if (members_.insert(id).second) {
-      ids_.emplace_front(id, due);
-    }
-  }
-  std::optional<std::pair<std::string, int64_t>> Pop() {
-    if (ids_.empty()) {
-      return std::nullopt;
-    }
-    auto front = std::move(ids_.front());
-    ids_.pop_front();
-    members_.erase(front.first);
-    return front;
-  }
-  size_t size() const { return ids_.size(); }
-
- private:
-  std::deque<std::pair<std::string, int64_t>> ids_;
-  absl::flat_hash_set<std::string> members_;
-};
-
-class LeaseTable {
- public:
-  void Insert(const std::string& id, int64_t deadline) {
-    deadline_of_[id] = deadline;
-    by_deadline_.emplace(deadline, id);
-  }
-  bool Erase(const std::string& id, int64_t* deadline) {
-    auto it = deadline_of_.find(id);
-    if (it == deadline_of_.end()) {
-      return false;
-    }
-    *deadline = it->second;
-    by_deadline_.erase({it->second, id});
-    deadline_of_.erase(it);
-    return true;
-  }
-  bool Contains(const std::string& id) const { return deadline_of_.contains(id); }
-  size_t size() const { return deadline_of_.size(); }
-  // The first lease with deadline <= now, if any.
-  std::optional<std::pair<int64_t, std::string>> FirstExpired(int64_t now) const {
-    if (by_deadline_.empty() || by_deadline_.begin()->first > now) {
-      return std::nullopt;
-    }
-    return *by_deadline_.begin();
-  }
-
- private:
-  absl::btree_set<std::pair<int64_t, std::string>> by_deadline_;
-  absl::flat_hash_map<std::string, int64_t> deadline_of_;
-};
-
-struct LeaseCall {
-  LeaseRequest request;
-  QueueCore::Callback<LeaseResponse> done;
-  std::chrono::steady_clock::time_point wait_until;
-  LeaseResponse response;
-  bool parked = false;
-};
-
-struct EnqueueCall {
-  EnqueueHeader header;
-  std::string body;
-  // Recipient positions in the envelope, one list per delivery.
-  std::vector<std::pair<std::string, std::vector<int>>> splits;
-  QueueCore::Callback<EnqueueResult> done;
-  EnqueueResult result;
-};
-
-enum class LeaseStep { kSkipped, kLeased, kOverBudget };
-
-}  // namespace
-
-class QueueCore::Impl {
- public:
-  explicit Impl(CoreOptions options) : opt_(std::move(options)), clock_(opt_.clock), disabled_(opt_.disabled) {}
-
-  ~Impl() {
-    if (committer_) {
-      BeginShutdown();
-      committer_->Stop();
-      committer_.reset();
-    }
-    for (auto* h : handles_) {
-      (void)db_->DestroyColumnFamilyHandle(h);
-    }
-    handles_.clear();
-    if (db_) {
-      (void)db_->Close();
-    }
-  }
-
-  absl::Status Open();
-
-  void Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done);
-  void Lease(LeaseRequest request, Callback<LeaseResponse> done);
-  void Report(ReportRequest request, Callback<ReportResponse> done);
-  void Ack(AckRequest request, Callback<AckResponse> done);
-  void Stats(Callback<StatsResponse> done);
-  void SetDisabled(bool disabled);
-  void Flush(Callback<uint64_t> done);
-  void BeginShutdown();
-
- private:
-  struct KindState {
-    ReadyWindow window;
-    LeaseTable leases;
-    std::deque<std::shared_ptr<LeaseCall>> waiters;
-    // Every schedule key of this kind due before this time is in the window
-    // (or has moved on); scans start here instead of at the first key, so
-    // they do not wade through the tombstones of jobs already done.
-    int64_t scan_cursor = 0;
-  };
-
-  struct Counters {
-    int64_t messages = 0;
-    int64_t deliveries = 0;
-    int64_t bounces = 0;
-    int64_t recipients_pending = 0;
-    int64_t enqueued = 0;
-    int64_t delivered = 0;
-    int64_t deferred = 0;
-    int64_t failed = 0;
-  };
-
-  KindState& State(JobKind kind) { return kinds_[KindIndex(kind)]; }
-
-  // In-memory changes made inside an operation, each with its undo.
-  void Adjust(Txn& txn, int64_t& field, int64_t delta) {
-    field += delta;
-    txn.OnUndo([&field, delta] { field -= delta; });
-  }
-  void AddDue(Txn& txn, int64_t due_ms, int64_t n) {
-    due_.Add(due_ms, n);
-    txn.OnUndo([this, due_ms, n] { due_.Add(due_ms, -n); });
-  }
-
-  // Puts a job id into the ready window; when the window is full the scan
-  // cursor moves back so the next scan finds the job.
-  void Offer(JobKind kind, const std::string& id, int64_t due) {
-    KindState& ks = State(kind);
-    if (!ks.window.Insert(id, due, opt_.ready_window)) {
-      ks.scan_cursor = std::min(ks.scan_cursor, due);
-    }
-  }
-
-  // Writes the job's schedule key at `due` and counts it as waiting.
-  void ScheduleAt(Txn& txn, JobKind kind, const std::string& id, int64_t due, int64_t now) {
-    txn.Put(schedule_, EncodeScheduleKey(TypeOf(kind), due, id), "");
-    if (kind == tern::v1::JOB_KIND_DELIVERY) {
-      AddDue(txn, due, 1);
-    }
-    if (due <= now) {
-      Offer(kind, id, due);
-    }
-  }
-
-  // Deletes the job's schedule key at `due` and stops counting it where it is
-  // counted: in the lease table, or (deliveries) as waiting at `due`.
-  void Unschedule(Txn& txn, JobKind kind, const std::string& id, int64_t due) {
-    txn.Delete(schedule_, EncodeScheduleKey(TypeOf(kind), due, id));
-    KindState& ks = State(kind);
-    int64_t deadline = 0;
-    if (ks.leases.Erase(id, &deadline)) {
-      txn.OnUndo([&ks, id, deadline] { ks.leases.Insert(id, deadline); });
-    } else if (kind == tern::v1::JOB_KIND_DELIVERY) {
-      AddDue(txn, due, -1);
-    }
-  }
-
-  // Writes the job's schedule key at the lease deadline and counts it leased.
-  void MarkLeased(Txn& txn, JobKind kind, const std::string& id, int64_t deadline) {
-    txn.Put(schedule_, EncodeScheduleKey(TypeOf(kind), deadline, id), "");
-    KindState& ks = State(kind);
-    ks.leases.Insert(id, deadline);
-    txn.OnUndo([this, kind, &ks, id] {
-      int64_t d = 0;
-      if (!ks.leases.Erase(id, &d) && kind == tern::v1::JOB_KIND_DELIVERY) {
-        // It expired meanwhile and was counted as waiting at its deadline.
-        due_.Add(d, -1);
-      }
-    });
-  }
-
-  template <typename T>
-  absl::StatusOr<std::optional<T>> Read(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const char* cf_name,
-                                        const std::string& key) {
-    std::string raw;
-    rocksdb::Status s = txn.Get(cf, key, &raw);
-    if (s.IsNotFound()) {
-      return std::optional<T>();
-    }
-    if (!s.ok()) {
-      return StorageError(s, absl::StrCat("read ", cf_name));
-    }
-    T record;
-    if (!record.ParseFromString(raw)) {
-      Quarantine(txn, cf, cf_name, key, raw);
-      return std::optional<T>();
-    }
-    return std::optional<T>(std::move(record));
-  }
-
-  void Quarantine(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const char* cf_name, const std::string& key,
-                  const std::string& raw) {
-    txn.Put(corrupt_, CorruptKey(cf_name, key), raw);
-    txn.Delete(cf, key);
-    txn.OnCommit([cf_name, key] { LogCorrupt(cf_name, key); });
-  }
-
-  static void LogCorrupt(const char* cf_name, const std::string& key) {
-    Metrics().corrupt_records.Inc();
-    log::Event(log::Level::kError, "corrupt_record", {{"cf", cf_name}, {"key", key}, {"moved_to", kCorruptCf}});
-  }
-
-  void PutRecord(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const std::string& key,
-                 const google::protobuf::MessageLite& record) {
-    txn.Put(cf, key, record.SerializeAsString());
-  }
-
-  // Writes the message back, or deletes it (record and body) when no job of
-  // it remains. The idempotency key stays, so a client retrying after the
-  // message is long gone still gets "duplicate".
-  void SaveOrRetireMessage(Txn& txn, const MessageRecord& msg) {
-    if (msg.open_jobs() > 0) {
-      PutRecord(txn, messages_, msg.message_id(), msg);
-      return;
-    }
-    txn.Delete(messages_, msg.message_id());
-    txn.Delete(bodies_, msg.message_id());
-    Adjust(txn, counters_.messages, -1);
-    txn.OnCommit([id = msg.message_id()] { log::Event(log::Level::kInfo, "message_done", {{"msg", id}}); });
-  }
-
-  // Removes a delivery that cannot be worked on (its message or body is
-  // gone): the record moves to the corrupt CF for an operator to look at.
-  void DropDelivery(Txn& txn, const DeliveryRecord& rec, std::optional<MessageRecord> msg, const char* why) {
-    Unschedule(txn, tern::v1::JOB_KIND_DELIVERY, rec.delivery_id(), rec.due_unix_ms());
-    txn.Put(corrupt_, CorruptKey(kDeliveriesCf, rec.delivery_id()), rec.SerializeAsString());
-    txn.Delete(deliveries_, rec.delivery_id());
-    Adjust(txn, counters_.deliveries, -1);
-    Adjust(txn, counters_.recipients_pending, -PendingCount(rec));
-    if (msg.has_value()) {
-      msg->set_open_jobs(msg->open_jobs() > 0 ? msg->open_jobs() - 1 : 0);
-      SaveOrRetireMessage(txn, *msg);
-    }
-    txn.OnCommit([id = rec.delivery_id(), why] {
-      Metrics().corrupt_records.Inc();
-      log::Event(log::Level::kError, "delivery_dropped", {{"delivery", id}, {"reason", why}, {"moved_to", kCorruptCf}});
-    });
-  }
-
-  absl::Status ApplyEnqueue(Txn& txn, EnqueueCall& call);
-  absl::Status ApplyLease(Txn& txn, LeaseCall& call);
-  absl::StatusOr<LeaseStep> LeaseDelivery(Txn& txn, const std::string& id, int64_t key_due, int64_t now,
-                                          int64_t lease_ms, uint64_t budget, uint64_t* bytes, LeaseResponse& resp);
-  absl::StatusOr<LeaseStep> LeaseBounce(Txn& txn, const std::string& id, int64_t key_due, int64_t now,
-                                        int64_t lease_ms, uint64_t budget, uint64_t* bytes, LeaseResponse& resp);
-  absl::StatusOr<ReportStatus> ApplyOneReport(Txn& txn, const tern::v1::DeliveryReport& report, int64_t now);
-  absl::StatusOr<ReportStatus> ApplyOneAck(Txn& txn, const tern::v1::BounceAck& ack);
-  void CreateBounce(Txn& txn, MessageRecord& msg, BounceKind kind, std::vector<BouncedRecipient> rcpts,
-                    const std::string& delivery_id, int64_t now);
-  absl::StatusOr<uint64_t> ApplyFlushChunk(Txn& txn, bool* more);
-  void FillStats(Txn& txn, StatsResponse& out);
-
-  void SubmitLease(std::shared_ptr<LeaseCall> call);
-  void SubmitFlush(std::shared_ptr<Callback<uint64_t>> done, uint64_t moved_so_far);
-  void ExpireLeases(JobKind kind, int64_t now);
-  void Refill(JobKind kind, int64_t now, Txn* txn);
-  void WakeWaiters(JobKind kind);
-  void OnTick();
-  void PublishGauges();
-  absl::Status Recover();
-  int64_t DelayForUnreported(uint32_t attempts) const;
-
-  CoreOptions opt_;
-  const Clock* clock_;
-
-  std::unique_ptr<rocksdb::DB> db_;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
-  rocksdb::ColumnFamilyHandle* messages_ = nullptr;
-  rocksdb::ColumnFamilyHandle* bodies_ = nullptr;
-  rocksdb::ColumnFamilyHandle* deliveries_ = nullptr;
-  rocksdb::ColumnFamilyHandle* schedule_ = nullptr;
-  rocksdb::ColumnFamilyHandle* bounces_ = nullptr;
-  rocksdb::ColumnFamilyHandle* meta_ = nullptr;
-  rocksdb::ColumnFamilyHandle* corrupt_ = nullptr;
-
-  // Owned by the writer thread (and by Open before the thread starts).
-  bool disabled_;
-  bool shutting_down_ = false;
-  KindState kinds_[kKinds];
-  DueIndex due_;
-  Counters counters_;
-
-  // Last: its thread uses everything above.
-  std::unique_ptr<GroupCommitter> committer_;
-};
 
 // ---------------------------------------------------------------------------
 // Opening and recovery.
@@ -529,7 +30,7 @@ absl::Status QueueCore::Impl::Open() {
       rocksdb::NewCompactOnDeletionCollectorFactory(/*sliding_window_size=*/16384, /*deletion_trigger=*/8192));
 
   std::vector<std::string> names = {rocksdb::kDefaultColumnFamilyName, kMessagesCf, kBodiesCf, kDeliveriesCf,
-                                    kScheduleCf, kBouncesCf, kMetaCf, kCorruptCf};
+                                    kScheduleCf, kBouncesCf, kMetaCf, kCorruptCf, kEventsCf};
   std::vector<std::string> existing;
   if (rocksdb::DB::ListColumnFamilies(db_options, opt_.data_dir, &existing).ok()) {
     for (const auto& name : existing) {
@@ -555,6 +56,7 @@ absl::Status QueueCore::Impl::Open() {
   bounces_ = handles_[5];
   meta_ = handles_[6];
   corrupt_ = handles_[7];
+  events_ = handles_[8];
 
   TERN_RETURN_IF_ERROR(Recover());
 
@@ -562,17 +64,24 @@ absl::Status QueueCore::Impl::Open() {
   copt.tick_interval = opt_.tick_interval;
   copt.on_tick = [this] { OnTick(); };
   committer_ = std::make_unique<GroupCommitter>(db_.get(), std::move(copt));
+  // Leases that were out with DATA sent when the old process died.
+  for (const std::string& id : recovered_data_sent_) {
+    committer_->Submit(GroupOp{[this, id](Txn& txn) { return ApplyMarkAmbiguous(txn, id); },
+                               [](const absl::Status&) {}});
+  }
+  recovered_data_sent_.clear();
   return absl::OkStatus();
 }
 
-// Rebuilds the counters from the records and returns every job that was out
-// on lease to the schedule, due now: its worker may be gone with the old
-// process, and the lease table that would time it out was in memory.
+// Rebuilds the counters from the records. A job that was out on lease keeps
+// its lease for a short grace (recovery_lease_grace) and then becomes due the
+// usual way: the lease table that would time it out was in memory.
 absl::Status QueueCore::Impl::Recover() {
   const int64_t now = clock_->NowUnixMs();
   rocksdb::WriteBatch batch;
   int64_t corrupt = 0;
   int64_t released = 0;
+  int64_t kept_leases = 0;
   auto quarantine = [&](rocksdb::ColumnFamilyHandle* cf, const char* cf_name, const rocksdb::Slice& key,
                         const rocksdb::Slice& value) {
     (void)batch.Put(corrupt_, CorruptKey(cf_name, absl::string_view(key.data(), key.size())), value);
@@ -603,7 +112,48 @@ absl::Status QueueCore::Impl::Recover() {
         quarantine(deliveries_, kDeliveriesCf, it->key(), it->value());
         continue;
       }
-      if (!rec.lease_token().empty()) {
+      ++counters_.deliveries;
+      counters_.recipients_pending += PendingCount(rec);
+      if (rec.held()) {
+        // Held: no schedule key, whatever lease it had is over.
+        if (!rec.lease_token().empty()) {
+          (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
+          rec.clear_lease_token();
+          rec.set_lease_deadline_unix_ms(0);
+          (void)batch.Put(deliveries_, it->key(), rec.SerializeAsString());
+        }
+        ++counters_.held;
+        continue;
+      }
+      const int64_t grace_deadline =
+          std::min(rec.lease_deadline_unix_ms(), now + opt_.recovery_lease_grace_seconds * 1000);
+      if (!rec.lease_token().empty() && grace_deadline > now) {
+        // Keep the lease (and its token) for a short grace instead of
+        // releasing it: the worker holding it most likely outlived the queue
+        // and will report under this token. If it does not, the lease expires
+        // the usual way (ExpireLeases), which also decides ambiguity.
+        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
+        rec.set_lease_deadline_unix_ms(grace_deadline);
+        rec.set_due_unix_ms(grace_deadline);
+        (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, grace_deadline, rec.delivery_id()), "");
+        (void)batch.Put(deliveries_, it->key(), rec.SerializeAsString());
+        State(tern::v1::JOB_KIND_DELIVERY).leases.Insert(rec.delivery_id(), grace_deadline);
+        if (rec.data_sent_token() == rec.lease_token()) {
+          data_sent_.insert(rec.delivery_id());
+        }
+        ++kept_leases;
+        continue;
+      }
+      if (!rec.lease_token().empty() && rec.data_sent_token() == rec.lease_token()) {
+        // DATA was sent under this lease: keep the token (the ambiguity
+        // check needs it) and let ApplyMarkAmbiguous decide, once started.
+        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
+        rec.set_due_unix_ms(now);
+        (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, now, rec.delivery_id()), "");
+        (void)batch.Put(deliveries_, it->key(), rec.SerializeAsString());
+        recovered_data_sent_.push_back(rec.delivery_id());
+        ++released;
+      } else if (!rec.lease_token().empty()) {
         (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
         rec.clear_lease_token();
         rec.set_lease_deadline_unix_ms(0);
@@ -614,8 +164,6 @@ absl::Status QueueCore::Impl::Recover() {
                    {{"delivery", rec.delivery_id()}, {"reason", "restart"}, {"now", "due"}});
         ++released;
       }
-      ++counters_.deliveries;
-      counters_.recipients_pending += PendingCount(rec);
       due_.Add(rec.due_unix_ms(), 1);
     }
     if (!it->status().ok()) {
@@ -647,6 +195,28 @@ absl::Status QueueCore::Impl::Recover() {
       return StorageError(it->status(), "recovery scan of bounces");
     }
   }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), corrupt_));
+    int64_t kept = 0;
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      ++kept;
+    }
+    corrupt_count_ = kept + corrupt;
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), events_));
+    it->SeekToLast();
+    if (it->Valid()) {
+      event_seq_ = DecodeEventKey(absl::string_view(it->key().data(), it->key().size())).value_or(0);
+    }
+    it->SeekToFirst();
+    if (it->Valid()) {
+      first_event_seq_ = DecodeEventKey(absl::string_view(it->key().data(), it->key().size())).value_or(1);
+    } else {
+      first_event_seq_ = event_seq_ + 1;
+    }
+    committed_event_seq_ = event_seq_;
+  }
   if (batch.Count() > 0) {
     rocksdb::WriteOptions wo;
     wo.sync = true;
@@ -656,11 +226,15 @@ absl::Status QueueCore::Impl::Recover() {
     }
   }
   due_.Advance(now);
+  last_prune_ms_ = now;
   log::Event(log::Level::kNotice, "recovered",
              {{"messages", absl::StrCat(counters_.messages)},
               {"deliveries", absl::StrCat(counters_.deliveries)},
               {"bounces", absl::StrCat(counters_.bounces)},
               {"leases_released", absl::StrCat(released)},
+              {"leases_kept_for_grace", absl::StrCat(kept_leases)},
+              {"held", absl::StrCat(counters_.held)},
+              {"last_event", absl::StrCat(event_seq_)},
               {"corrupt", absl::StrCat(corrupt)}});
   PublishGauges();
   return absl::OkStatus();
@@ -760,6 +334,7 @@ absl::Status QueueCore::Impl::ApplyEnqueue(Txn& txn, EnqueueCall& call) {
       ++rcpt_count;
     }
     d.set_due_unix_ms(now);
+    d.set_arrival_unix_ms(now);
     PutRecord(txn, deliveries_, d.delivery_id(), d);
     ScheduleAt(txn, tern::v1::JOB_KIND_DELIVERY, d.delivery_id(), now, now);
   }
@@ -774,6 +349,15 @@ absl::Status QueueCore::Impl::ApplyEnqueue(Txn& txn, EnqueueCall& call) {
   Adjust(txn, counters_.deliveries, static_cast<int64_t>(call.splits.size()));
   Adjust(txn, counters_.recipients_pending, rcpt_count);
   Adjust(txn, counters_.enqueued, 1);
+  {
+    std::vector<std::string> rcpts;
+    for (const auto& r : msg.envelope().recipients()) {
+      rcpts.push_back(r.address());
+    }
+    AppendEvent(txn, "received", id, "", std::move(rcpts),
+                absl::StrCat("from=<", msg.envelope().mail_from(), "> size=", size,
+                             msg.envelope().client().ip().empty() ? "" : " client=", msg.envelope().client().ip()));
+  }
   call.result = EnqueueResult{id, false};
   txn.OnCommit([this, id, from = msg.envelope().mail_from(), rcpt_count, size, n = call.splits.size()] {
     Metrics().enqueued.Inc();
@@ -791,7 +375,8 @@ absl::Status QueueCore::Impl::ApplyEnqueue(Txn& txn, EnqueueCall& call) {
 // ---------------------------------------------------------------------------
 // Lease.
 
-void QueueCore::Impl::Lease(LeaseRequest request, Callback<LeaseResponse> done) {
+void QueueCore::Impl::Lease(LeaseRequest request, Callback<LeaseResponse> done,
+                            std::shared_ptr<const std::atomic<bool>> cancelled) {
   if (request.kind() != tern::v1::JOB_KIND_DELIVERY && request.kind() != tern::v1::JOB_KIND_BOUNCE) {
     done(absl::InvalidArgumentError("lease: kind must be JOB_KIND_DELIVERY or JOB_KIND_BOUNCE"));
     return;
@@ -801,6 +386,7 @@ void QueueCore::Impl::Lease(LeaseRequest request, Callback<LeaseResponse> done) 
   call->wait_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   call->request = std::move(request);
   call->done = std::move(done);
+  call->cancelled = std::move(cancelled);
   SubmitLease(std::move(call));
 }
 
@@ -828,6 +414,11 @@ absl::Status QueueCore::Impl::ApplyLease(Txn& txn, LeaseCall& call) {
   KindState& ks = State(kind);
   call.response.Clear();
   call.parked = false;
+  if (call.Cancelled()) {
+    // The caller left (e.g. a deliverer or bouncer stopping mid long poll):
+    // answer empty rather than lease jobs nobody will receive.
+    return absl::OkStatus();
+  }
   ExpireLeases(kind, now);
 
   if (!(kind == tern::v1::JOB_KIND_DELIVERY && disabled_)) {
@@ -859,7 +450,7 @@ absl::Status QueueCore::Impl::ApplyLease(Txn& txn, LeaseCall& call) {
       popped->push_back(*candidate);
       auto step = kind == tern::v1::JOB_KIND_DELIVERY
                       ? LeaseDelivery(txn, candidate->first, candidate->second, now, lease_ms, budget, &bytes,
-                                      call.response)
+                                      call.response, call.request.worker_id())
                       : LeaseBounce(txn, candidate->first, candidate->second, now, lease_ms, budget, &bytes,
                                     call.response);
       if (!step.ok()) {
@@ -884,7 +475,8 @@ absl::Status QueueCore::Impl::ApplyLease(Txn& txn, LeaseCall& call) {
 
 absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::string& id, int64_t key_due,
                                                          int64_t now, int64_t lease_ms, uint64_t budget,
-                                                         uint64_t* bytes, LeaseResponse& resp) {
+                                                         uint64_t* bytes, LeaseResponse& resp,
+                                                         const std::string& worker) {
   const JobKind kind = tern::v1::JOB_KIND_DELIVERY;
   TERN_ASSIGN_OR_RETURN(std::optional<DeliveryRecord> rec, Read<DeliveryRecord>(txn, deliveries_, kDeliveriesCf, id));
   if (!rec.has_value() || rec->due_unix_ms() != key_due) {
@@ -897,10 +489,31 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
   if (rec->due_unix_ms() > now || State(kind).leases.Contains(id)) {
     return LeaseStep::kSkipped;
   }
+  if (rec->held()) {
+    // Held while its lease was out; the lease is over: take it out.
+    Detach(txn, *rec);
+    rec->clear_lease_token();
+    rec->set_lease_deadline_unix_ms(0);
+    Adjust(txn, counters_.held, 1);
+    PutRecord(txn, deliveries_, id, *rec);
+    return LeaseStep::kSkipped;
+  }
+  if (!rec->data_sent_token().empty() && rec->data_sent_token() == rec->lease_token()) {
+    const bool held = ApplyAmbiguity(txn, *rec, now);
+    PutRecord(txn, deliveries_, id, *rec);
+    if (held) {
+      return LeaseStep::kSkipped;
+    }
+  }
   TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
                         Read<MessageRecord>(txn, messages_, kMessagesCf, rec->message_id()));
   if (!msg.has_value()) {
     DropDelivery(txn, *rec, std::nullopt, "message record missing");
+    return LeaseStep::kSkipped;
+  }
+  if (opt_.max_queue_age_ms > 0 && now - ArrivalOf(*rec) >= opt_.max_queue_age_ms) {
+    TERN_RETURN_IF_ERROR(ExpireDelivery(txn, *rec, *msg, now));
+    SaveOrRetireMessage(txn, *msg);
     return LeaseStep::kSkipped;
   }
   const bool first = resp.deliveries().empty();
@@ -926,7 +539,13 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
   rec->set_lease_deadline_unix_ms(deadline);
   rec->set_due_unix_ms(deadline);
   rec->set_tries(rec->tries() + 1);
+  rec->set_lease_holder(worker);
+  rec->clear_data_sent_token();
+  data_sent_.erase(id);
   PutRecord(txn, deliveries_, id, *rec);
+  AppendEvent(txn, "leased", rec->message_id(), id, {},
+              absl::StrCat("worker=", worker.empty() ? "-" : worker, " attempt=", rec->tries(),
+                           expired ? " after_expiry" : ""));
 
   DeliveryJob* job = resp.add_deliveries();
   job->set_delivery_id(id);
@@ -1028,6 +647,7 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseBounce(Txn& txn, const std::stri
   job->set_original(std::move(original));
   job->set_original_is_full(full);
   job->set_original_size(original_size);
+  job->set_will_retry_until_unix_ms(rec->will_retry_until_unix_ms());
   return LeaseStep::kLeased;
 }
 
@@ -1038,6 +658,12 @@ void QueueCore::Impl::ExpireLeases(JobKind kind, int64_t now) {
     ks.leases.Erase(first->second, &deadline);
     if (kind == tern::v1::JOB_KIND_DELIVERY) {
       due_.Add(deadline, 1);
+      if (data_sent_.erase(first->second) > 0) {
+        // Decide about ambiguity now, not at the next lease: with
+        // ambiguous_policy=hold it must be held even while paused.
+        committer_->Submit(GroupOp{[this, id = first->second](Txn& txn) { return ApplyMarkAmbiguous(txn, id); },
+                                   [](const absl::Status&) {}});
+      }
     }
     Offer(kind, first->second, deadline);
     Metrics().leases_expired.Inc();
@@ -1106,7 +732,7 @@ void QueueCore::Impl::OnTick() {
     }
     // Long polls that waited long enough get their empty answer.
     for (auto it = ks.waiters.begin(); it != ks.waiters.end();) {
-      if ((*it)->wait_until <= steady_now) {
+      if ((*it)->wait_until <= steady_now || (*it)->Cancelled()) {
         (*it)->done(LeaseResponse());
         it = ks.waiters.erase(it);
       } else {
@@ -1117,6 +743,10 @@ void QueueCore::Impl::OnTick() {
   }
   due_.Advance(now);
   PublishGauges();
+  if (now - last_prune_ms_ >= 5000 || now < last_prune_ms_) {
+    last_prune_ms_ = now;
+    PruneEvents();
+  }
 }
 
 void QueueCore::Impl::PublishGauges() {
@@ -1129,6 +759,7 @@ void QueueCore::Impl::PublishGauges() {
   m.bounces.Set(counters_.bounces);
   m.bounces_leased.Set(static_cast<int64_t>(State(tern::v1::JOB_KIND_BOUNCE).leases.size()));
   m.recipients_pending.Set(counters_.recipients_pending);
+  m.deliveries_held.Set(counters_.held);
 }
 
 // ---------------------------------------------------------------------------
@@ -1210,6 +841,9 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
   }
 
   const int64_t pending_before = PendingCount(*rec);
+  const int64_t arrival = ArrivalOf(*rec);
+  rec->clear_data_sent_token();
+  data_sent_.erase(id);
   std::vector<BouncedRecipient> failed;
   std::vector<BouncedRecipient> delivered_notify;
   const std::string& msg_id = rec->message_id();
@@ -1238,24 +872,31 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
       case tern::v1::OUTCOME_TRANSIENT: {
         r.set_attempts(r.attempts() + 1);
         const std::optional<int64_t> wait = opt_.retry.DelayAfterFailureMs(r.attempts());
-        if (wait.has_value()) {
+        const int64_t expiry = opt_.max_queue_age_ms > 0 ? arrival + opt_.max_queue_age_ms : INT64_MAX;
+        if (wait.has_value() && now < expiry) {
           r.set_state(RECIPIENT_STATE_DEFERRED);
-          r.set_next_attempt_unix_ms(now + *wait);
+          // Never wait past the message's expiry: it bounces on time.
+          r.set_next_attempt_unix_ms(std::min(now + *wait, expiry));
           Adjust(txn, counters_.deferred, 1);
           event = "deferred";
           delay = absl::StrCat(*wait / 1000);
           break;
         }
-        // Retries used up: a permanent failure, as Haraka words it.
+        // Retries used up: a permanent failure, as Haraka words it; or the
+        // message is older than max_queue_age (RFC 3463 5.4.7).
         const std::string last = ReplySummary(result);
         std::string status = result.enhanced_status();
-        if (status.empty()) {
+        if (now >= expiry) {
+          status = "5.4.7";
+        } else if (status.empty()) {
           status = "5.0.0";
         } else if (status[0] == '4') {
           status[0] = '5';
         }
         result.set_enhanced_status(status);
-        result.set_reply_text(absl::StrCat("Too many failures (", last, ")"));
+        result.set_reply_text(now >= expiry ? absl::StrCat("Message expired after ", (now - arrival) / 1000,
+                                                           " s in the queue (", last, ")")
+                                            : absl::StrCat("Too many failures (", last, ")"));
         result.set_outcome(tern::v1::OUTCOME_PERMANENT);
         [[fallthrough]];
       }
@@ -1274,6 +915,8 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
         break;
     }
     *r.mutable_last_result() = result;
+    AppendEvent(txn, event, msg_id, id, {r.spec().address()},
+                delay.empty() ? ReplySummary(result) : absl::StrCat(ReplySummary(result), " retry_in_s=", delay));
     txn.OnCommit([event, msg_id, id, rcpt = r.spec().address(), relay = Relay(result), dsn = result.enhanced_status(),
                   reply = ReplySummary(result), attempts = r.attempts(), delay] {
       if (std::string_view(event) == "delivered") {
@@ -1315,6 +958,7 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
     }
   }
 
+  MaybeWarnDelay(txn, *rec, *msg, now);
   const int64_t pending_after = PendingCount(*rec);
   Adjust(txn, counters_.recipients_pending, pending_after - pending_before);
   Unschedule(txn, kind, id, rec->due_unix_ms());
@@ -1329,7 +973,11 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
     }
     rec->set_due_unix_ms(next);
     PutRecord(txn, deliveries_, id, *rec);
-    ScheduleAt(txn, kind, id, next, now);
+    if (rec->held()) {
+      Adjust(txn, counters_.held, 1);  // held during the lease: now out of the schedule
+    } else {
+      ScheduleAt(txn, kind, id, next, now);
+    }
   } else {
     txn.Delete(deliveries_, id);
     Adjust(txn, counters_.deliveries, -1);
@@ -1346,7 +994,7 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
 }
 
 void QueueCore::Impl::CreateBounce(Txn& txn, MessageRecord& msg, BounceKind kind, std::vector<BouncedRecipient> rcpts,
-                                   const std::string& delivery_id, int64_t now) {
+                                   const std::string& delivery_id, int64_t now, int64_t will_retry_until) {
   BounceRecord b;
   b.set_bounce_id(BounceId(msg.message_id(), std::max<uint32_t>(msg.next_bounce_seq(), 1)));
   msg.set_next_bounce_seq(std::max<uint32_t>(msg.next_bounce_seq(), 1) + 1);
@@ -1358,7 +1006,16 @@ void QueueCore::Impl::CreateBounce(Txn& txn, MessageRecord& msg, BounceKind kind
   }
   b.set_created_unix_ms(now);
   b.set_due_unix_ms(now);
+  b.set_will_retry_until_unix_ms(will_retry_until);
   PutRecord(txn, bounces_, b.bounce_id(), b);
+  {
+    std::vector<std::string> addrs;
+    for (const auto& r : b.recipients()) {
+      addrs.push_back(r.spec().address());
+    }
+    AppendEvent(txn, "bounce_created", msg.message_id(), b.bounce_id(), std::move(addrs),
+                absl::StrCat("kind=", BounceKindName(kind), " delivery=", delivery_id));
+  }
   ScheduleAt(txn, tern::v1::JOB_KIND_BOUNCE, b.bounce_id(), now, now);
   Adjust(txn, counters_.bounces, 1);
   txn.OnCommit([this, id = b.bounce_id(), msg_id = msg.message_id(), delivery_id, kind,
@@ -1368,7 +1025,7 @@ void QueueCore::Impl::CreateBounce(Txn& txn, MessageRecord& msg, BounceKind kind
                {{"msg", msg_id},
                 {"bounce", id},
                 {"delivery", delivery_id},
-                {"kind", kind == tern::v1::BOUNCE_KIND_DELIVERED ? "delivered" : "failed"},
+                {"kind", BounceKindName(kind)},
                 {"rcpts", absl::StrCat(n)}});
     WakeWaiters(tern::v1::JOB_KIND_BOUNCE);
   });
@@ -1427,6 +1084,8 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneAck(Txn& txn, const tern::
     msg->set_open_jobs(msg->open_jobs() > 0 ? msg->open_jobs() - 1 : 0);
     SaveOrRetireMessage(txn, *msg);
   }
+  AppendEvent(txn, "dsn_done", rec->message_id(), id, {},
+              ack.dsn_message_id().empty() ? "no DSN sent" : absl::StrCat("dsn=", ack.dsn_message_id()));
   txn.OnCommit([id, dsn = ack.dsn_message_id()] {
     log::Event(log::Level::kInfo, "bounce_done", {{"bounce", id}, {"dsn_msg", dsn.empty() ? "none" : dsn}});
   });
@@ -1471,6 +1130,10 @@ void QueueCore::Impl::FillStats(Txn& txn, StatsResponse& out) {
   out.set_delivered_total(counters_.delivered);
   out.set_deferred_total(counters_.deferred);
   out.set_failed_total(counters_.failed);
+  out.set_ambiguous_total(counters_.ambiguous);
+  out.set_deliveries_held(counters_.held);
+  out.set_paused(disabled_);
+  out.set_corrupt_records(corrupt_count_.load(std::memory_order_relaxed));
   // Ids are time-ordered, so the first message key is the oldest message.
   std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(messages_);
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
@@ -1560,24 +1223,67 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyFlushChunk(Txn& txn, bool* more) 
 }
 
 void QueueCore::Impl::SetDisabled(bool disabled) {
-  auto changed = std::make_shared<bool>(false);
   committer_->Submit(GroupOp{
-      [this, disabled, changed](Txn&) {
-        *changed = disabled_ != disabled;
+      [this, disabled](Txn& txn) {
+        if (file_disabled_ == disabled) {
+          return absl::OkStatus();  // unchanged: an admin override stays
+        }
+        const bool was = disabled_;
+        txn.OnUndo([this, was, before = pause_override_] {
+          file_disabled_ = !file_disabled_;
+          pause_override_ = before;
+          disabled_ = was;
+        });
+        file_disabled_ = disabled;
+        pause_override_.reset();
         disabled_ = disabled;
+        if (was != disabled_) {
+          AppendEvent(txn, "admin", "", "", {}, disabled ? "pause (outbound.ini disabled=true)"
+                                                         : "resume (outbound.ini disabled=false)");
+          txn.OnCommit([this, was] { ApplyEffectiveDisabled(was); });
+        }
         return absl::OkStatus();
       },
-      [this, disabled, changed](const absl::Status&) {
-        if (!*changed) {
-          return;
-        }
-        log::Event(log::Level::kNotice, disabled ? "delivery_paused" : "delivery_resumed");
-        if (!disabled) {
-          Refill(tern::v1::JOB_KIND_DELIVERY, clock_->NowUnixMs(), nullptr);
-          WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+      [](const absl::Status&) {},
+  });
+}
+
+void QueueCore::Impl::SetPaused(bool paused, Callback<bool> done) {
+  auto cb = std::make_shared<Callback<bool>>(std::move(done));
+  committer_->Submit(GroupOp{
+      [this, paused](Txn& txn) {
+        const bool was = disabled_;
+        txn.OnUndo([this, was, before = pause_override_] {
+          pause_override_ = before;
+          disabled_ = was;
+        });
+        pause_override_ = paused;
+        disabled_ = paused;
+        AppendEvent(txn, "admin", "", "", {}, paused ? "pause" : "resume");
+        txn.OnCommit([this, was] { ApplyEffectiveDisabled(was); });
+        return absl::OkStatus();
+      },
+      [this, cb](const absl::Status& s) {
+        if (s.ok()) {
+          (*cb)(disabled_);
+        } else {
+          (*cb)(s);
         }
       },
   });
+}
+
+void QueueCore::Impl::ApplyEffectiveDisabled(bool was) {
+  paused_view_ = disabled_;
+  if (was == disabled_) {
+    return;
+  }
+  log::Event(log::Level::kNotice, disabled_ ? "delivery_paused" : "delivery_resumed",
+             {{"by", pause_override_.has_value() ? "admin" : "outbound.ini"}});
+  if (!disabled_) {
+    Refill(tern::v1::JOB_KIND_DELIVERY, clock_->NowUnixMs(), nullptr);
+    WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+  }
 }
 
 void QueueCore::Impl::BeginShutdown() {
@@ -1618,8 +1324,9 @@ QueueCore::~QueueCore() = default;
 void QueueCore::Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done) {
   impl_->Enqueue(std::move(header), std::move(body), std::move(done));
 }
-void QueueCore::Lease(LeaseRequest request, Callback<LeaseResponse> done) {
-  impl_->Lease(std::move(request), std::move(done));
+void QueueCore::Lease(LeaseRequest request, Callback<LeaseResponse> done,
+                      std::shared_ptr<const std::atomic<bool>> cancelled) {
+  impl_->Lease(std::move(request), std::move(done), std::move(cancelled));
 }
 void QueueCore::Report(ReportRequest request, Callback<ReportResponse> done) {
   impl_->Report(std::move(request), std::move(done));
@@ -1627,6 +1334,37 @@ void QueueCore::Report(ReportRequest request, Callback<ReportResponse> done) {
 void QueueCore::Ack(AckRequest request, Callback<AckResponse> done) { impl_->Ack(std::move(request), std::move(done)); }
 void QueueCore::Stats(Callback<StatsResponse> done) { impl_->Stats(std::move(done)); }
 void QueueCore::SetDisabled(bool disabled) { impl_->SetDisabled(disabled); }
+void QueueCore::SetPaused(bool paused, Callback<bool> done) { impl_->SetPaused(paused, std::move(done)); }
+void QueueCore::Progress(tern::v1::ProgressRequest request, Callback<tern::v1::ProgressResponse> done) {
+  impl_->Progress(std::move(request), std::move(done));
+}
+void QueueCore::PutHostFlags(tern::v1::PutHostFlagsRequest request, Callback<tern::v1::PutHostFlagsResponse> done) {
+  impl_->PutHostFlags(std::move(request), std::move(done));
+}
+absl::StatusOr<tern::v1::GetHostFlagsResponse> QueueCore::GetHostFlags(const tern::v1::GetHostFlagsRequest& request) {
+  return impl_->GetHostFlags(request);
+}
+absl::StatusOr<tern::v1::ListResponse> QueueCore::List(const tern::v1::ListRequest& request) {
+  return impl_->List(request);
+}
+absl::StatusOr<tern::v1::ShowResponse> QueueCore::Show(const std::string& message_id) {
+  return impl_->Show(message_id);
+}
+absl::StatusOr<tern::v1::QshapeResponse> QueueCore::Qshape(const tern::v1::QshapeRequest& request) {
+  return impl_->Qshape(request);
+}
+absl::StatusOr<tern::v1::ListCorruptResponse> QueueCore::ListCorrupt(uint32_t limit) {
+  return impl_->ListCorrupt(limit);
+}
+void QueueCore::Act(Action action, tern::v1::ActionRequest request, Callback<tern::v1::ActionResponse> done) {
+  impl_->Act(action, std::move(request), std::move(done));
+}
+absl::Status QueueCore::ReadEvents(uint64_t after, size_t max, std::vector<tern::v1::QueueEvent>* out) {
+  return impl_->ReadEvents(after, max, out);
+}
+uint64_t QueueCore::LastEventSeq() const { return impl_->LastEventSeq(); }
+uint64_t QueueCore::OldestEventSeq() { return impl_->OldestEventSeq(); }
+bool QueueCore::WaitForEvents(uint64_t after, int64_t timeout_ms) { return impl_->WaitForEvents(after, timeout_ms); }
 void QueueCore::Flush(Callback<uint64_t> done) { impl_->Flush(std::move(done)); }
 void QueueCore::BeginShutdown() { impl_->BeginShutdown(); }
 

@@ -34,10 +34,13 @@
 // 5.x.x when retries run out, as in Haraka).
 #pragma once
 
+#include <atomic>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
@@ -47,6 +50,14 @@
 #include "tern/v1/queue.pb.h"
 
 namespace tern::queue {
+
+// What happens to the pending recipients of a delivery whose lease expired
+// after the deliverer said DATA was sent (Queue.Progress) but before it
+// reported: the remote may or may not have the message.
+enum class AmbiguousPolicy {
+  kRedeliver,  // due again at once: maybe a duplicate, never a loss (default)
+  kHold,       // held for an operator (ternctl explain / release / delete)
+};
 
 // Largest body the queue accepts: a Lease response must carry it in one gRPC
 // message (lib/rpc kMaxMessageBytes is 256 MiB), with room for the envelope.
@@ -59,6 +70,12 @@ struct CoreOptions {
   // Default: 300 and 3600 seconds.
   int64_t lease_seconds = 300;
   int64_t max_lease_seconds = 3600;
+  // After a restart, a lease that was out keeps its token for at most this
+  // long (or until its own deadline, if sooner) before the job is due again:
+  // its worker usually survived the queue's crash and is retrying its report,
+  // which then applies instead of the job being redone. 0 = release at once.
+  // Default: 30.
+  int64_t recovery_lease_grace_seconds = 30;
   // Soft cap on the body bytes in one Lease response (one job always fits).
   // Default: 16 MiB.
   uint64_t max_lease_body_bytes = 16u << 20;
@@ -75,6 +92,19 @@ struct CoreOptions {
   std::chrono::milliseconds tick_interval{250};
   // Longest long poll a Lease may ask for. Default: 60000 ms.
   uint32_t max_wait_ms = 60000;
+  // Default: kRedeliver (tern.ini [queue] ambiguous_policy).
+  AmbiguousPolicy ambiguous_policy = AmbiguousPolicy::kRedeliver;
+  // Recipients still pending this long after arrival fail with 5.4.7
+  // (Postfix's maximal_queue_lifetime). 0 = no limit. Default: 0
+  int64_t max_queue_age_ms = 0;
+  // Ages after arrival at which a recipient still waiting after a temporary
+  // failure gets a delay DSN (RFC 3464 Action: delayed), ascending. Empty =
+  // never. Default: empty
+  std::vector<int64_t> delay_warning_ms;
+  // Events older than this, or beyond the newest `event_retention_count`,
+  // are pruned. Default: 24 h and 1000000 events.
+  int64_t event_retention_ms = 24 * 3600 * 1000LL;
+  uint64_t event_retention_count = 1000000;
   // Not owned; must outlive the core. Default: the system clock.
   const Clock* clock = SystemClock::Get();
 };
@@ -109,14 +139,52 @@ class QueueCore {
 
   // Leases due jobs of one kind; with wait_ms, waits for work (up to
   // `max_wait_ms`) and completes with an empty response on timeout.
-  void Lease(tern::v1::LeaseRequest request, Callback<tern::v1::LeaseResponse> done);
+  // `cancelled`, when given, is set by the transport when the caller goes
+  // away; a parked long poll then ends without taking any job, so no job is
+  // ever leased to a caller that can no longer receive it. Default: none.
+  void Lease(tern::v1::LeaseRequest request, Callback<tern::v1::LeaseResponse> done,
+             std::shared_ptr<const std::atomic<bool>> cancelled = nullptr);
 
   void Report(tern::v1::ReportRequest request, Callback<tern::v1::ReportResponse> done);
   void Ack(tern::v1::AckRequest request, Callback<tern::v1::AckResponse> done);
   void Stats(Callback<tern::v1::StatsResponse> done);
 
-  // Pauses or resumes leasing deliveries (`disabled` in outbound.ini).
+  // Marks deliveries whose DATA was sent under the given lease (see
+  // AmbiguousPolicy). Items with a stale token are ignored.
+  void Progress(tern::v1::ProgressRequest request, Callback<tern::v1::ProgressResponse> done);
+  // Stores host flags (meta CF) until their expiry; an entry for the same
+  // (flag, host) is replaced. Flags already expired are refused.
+  void PutHostFlags(tern::v1::PutHostFlagsRequest request, Callback<tern::v1::PutHostFlagsResponse> done);
+  // Unexpired flags (all, or of one name), read from committed state on the
+  // calling thread; expired ones found on the way are purged in the background.
+  absl::StatusOr<tern::v1::GetHostFlagsResponse> GetHostFlags(const tern::v1::GetHostFlagsRequest& request);
+
+  // outbound.ini `disabled` as (re)read from the file. A change of it also
+  // ends a Pause/Resume override.
   void SetDisabled(bool disabled);
+  // Admin pause/resume: overrides `disabled` until the file's value changes
+  // or the process restarts. Completes with the effective paused state.
+  void SetPaused(bool paused, Callback<bool> done);
+
+  // Admin reads: committed state, on the calling thread (they block on
+  // RocksDB reads, never on the writer).
+  absl::StatusOr<tern::v1::ListResponse> List(const tern::v1::ListRequest& request);
+  absl::StatusOr<tern::v1::ShowResponse> Show(const std::string& message_id);
+  absl::StatusOr<tern::v1::QshapeResponse> Qshape(const tern::v1::QshapeRequest& request);
+  absl::StatusOr<tern::v1::ListCorruptResponse> ListCorrupt(uint32_t limit);
+
+  // Admin actions on the messages a selector picks (see admin.proto).
+  enum class Action { kFlush, kHold, kRelease, kDelete, kBounce };
+  void Act(Action action, tern::v1::ActionRequest request, Callback<tern::v1::ActionResponse> done);
+
+  // The event log. ReadEvents appends up to `max` events with seq > after
+  // to `out`. LastEventSeq is the newest committed event (0 if none),
+  // OldestEventSeq the oldest kept. WaitForEvents blocks until an event
+  // after `after` is committed or `timeout_ms` passes; true if there is one.
+  absl::Status ReadEvents(uint64_t after, size_t max, std::vector<tern::v1::QueueEvent>* out);
+  uint64_t LastEventSeq() const;
+  uint64_t OldestEventSeq();
+  bool WaitForEvents(uint64_t after, int64_t timeout_ms);
 
   // Makes every waiting (not leased) delivery due now, as Haraka's SIGHUP
   // does. Completes with the number of deliveries moved. `done` may be null.

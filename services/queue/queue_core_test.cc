@@ -1,204 +1,11 @@
 #include "services/queue/queue_core.h"
 
-#include <chrono>
-#include <filesystem>
-#include <future>
-#include <memory>
-#include <random>
-#include <string>
-#include <vector>
-
-#include "absl/strings/str_cat.h"
-#include "gtest/gtest.h"
-#include "rocksdb/db.h"
-#include "services/queue/key_codec.h"
+#include "services/queue/queue_core_test_fixture.h"
 
 namespace tern::queue {
 namespace {
 
-using tern::v1::DSN_RET_FULL;
-using tern::v1::JOB_KIND_BOUNCE;
-using tern::v1::JOB_KIND_DELIVERY;
-using tern::v1::LeaseResponse;
-using tern::v1::REPORT_STATUS_APPLIED;
-using tern::v1::REPORT_STATUS_INVALID;
-using tern::v1::REPORT_STATUS_STALE_LEASE;
-using tern::v1::REPORT_STATUS_UNKNOWN;
-using tern::v1::StatsResponse;
-
-constexpr int64_t kStart = 1'700'000'000'000;
-const std::string kBody = "Subject: hi\r\nFrom: a@src.example\r\n\r\nHello\r\n.. dots stay\r\n";
-
-// Runs one asynchronous core call and waits for its completion.
-template <typename T, typename F>
-absl::StatusOr<T> Sync(F&& start) {
-  auto promise = std::make_shared<std::promise<absl::StatusOr<T>>>();
-  auto future = promise->get_future();
-  start([promise](absl::StatusOr<T> r) { promise->set_value(std::move(r)); });
-  if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
-    ADD_FAILURE() << "core call did not complete";
-    return absl::DeadlineExceededError("timeout");
-  }
-  return future.get();
-}
-
-tern::v1::RecipientSpec Rcpt(const std::string& address, uint32_t notify = 0) {
-  tern::v1::RecipientSpec r;
-  r.set_address(address);
-  r.set_notify(notify);
-  return r;
-}
-
-tern::v1::EnqueueHeader Header(std::vector<tern::v1::RecipientSpec> rcpts, const std::string& idem = "",
-                               tern::v1::DsnRet ret = tern::v1::DSN_RET_UNSPECIFIED) {
-  tern::v1::EnqueueHeader h;
-  h.mutable_envelope()->set_mail_from("sender@src.example");
-  h.mutable_envelope()->set_ret(ret);
-  for (auto& r : rcpts) {
-    *h.mutable_envelope()->add_recipients() = r;
-  }
-  h.set_idempotency_key(idem);
-  return h;
-}
-
-tern::v1::RecipientResult Result(tern::v1::Outcome outcome, uint32_t code, const std::string& status,
-                                 const std::string& text) {
-  tern::v1::RecipientResult r;
-  r.set_outcome(outcome);
-  r.set_reply_code(code);
-  r.set_enhanced_status(status);
-  r.set_reply_text(text);
-  r.set_remote_mta("mx.dest.example");
-  r.set_remote_ip("192.0.2.1");
-  return r;
-}
-
-class QueueCoreTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::random_device rd;
-    dir_ = std::filesystem::path(::testing::TempDir()) / absl::StrCat("queue_core_test_", getpid(), "_", rd());
-    options_.data_dir = dir_.string();
-    options_.clock = &clock_;
-    options_.retry = RetrySchedule({60'000, 120'000});
-    options_.tick_interval = std::chrono::milliseconds(20);
-  }
-  void TearDown() override {
-    core_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-
-  void Open() {
-    auto core = QueueCore::Open(options_);
-    ASSERT_TRUE(core.ok()) << core.status();
-    core_ = std::move(*core);
-  }
-  void Reopen() {
-    core_.reset();
-    Open();
-  }
-
-  EnqueueResult Enqueue(tern::v1::EnqueueHeader header, std::string body = kBody) {
-    auto r = Sync<EnqueueResult>([&](auto cb) { core_->Enqueue(std::move(header), std::move(body), std::move(cb)); });
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : EnqueueResult{};
-  }
-  absl::Status EnqueueStatus(tern::v1::EnqueueHeader header) {
-    return Sync<EnqueueResult>([&](auto cb) { core_->Enqueue(std::move(header), kBody, std::move(cb)); }).status();
-  }
-
-  LeaseResponse Lease(tern::v1::JobKind kind, uint32_t max_jobs = 100, uint32_t lease_seconds = 0,
-                      uint64_t max_body_bytes = 0) {
-    tern::v1::LeaseRequest req;
-    req.set_kind(kind);
-    req.set_max_jobs(max_jobs);
-    req.set_lease_seconds(lease_seconds);
-    req.set_max_body_bytes(max_body_bytes);
-    auto r = Sync<LeaseResponse>([&](auto cb) { core_->Lease(req, std::move(cb)); });
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : LeaseResponse{};
-  }
-
-  // Reports one outcome for every recipient of `job`.
-  std::vector<tern::v1::ReportStatus> ReportAll(const tern::v1::DeliveryJob& job,
-                                                const tern::v1::RecipientResult& result,
-                                                const std::string& token = "") {
-    tern::v1::ReportRequest req;
-    auto* rep = req.add_reports();
-    rep->set_delivery_id(job.delivery_id());
-    rep->set_lease_token(token.empty() ? job.lease_token() : token);
-    for (const auto& r : job.recipients()) {
-      auto* rr = rep->add_recipients();
-      rr->set_index(r.index());
-      *rr->mutable_result() = result;
-    }
-    return ReportStatuses(req);
-  }
-  std::vector<tern::v1::ReportStatus> ReportStatuses(const tern::v1::ReportRequest& req) {
-    auto r = Sync<tern::v1::ReportResponse>([&](auto cb) { core_->Report(req, std::move(cb)); });
-    EXPECT_TRUE(r.ok()) << r.status();
-    std::vector<tern::v1::ReportStatus> out;
-    if (r.ok()) {
-      for (int s : r->statuses()) {
-        out.push_back(static_cast<tern::v1::ReportStatus>(s));
-      }
-    }
-    return out;
-  }
-  tern::v1::ReportStatus Ack(const tern::v1::BounceJob& job, const std::string& token = "") {
-    tern::v1::AckRequest req;
-    auto* a = req.add_acks();
-    a->set_bounce_id(job.bounce_id());
-    a->set_lease_token(token.empty() ? job.lease_token() : token);
-    a->set_dsn_message_id("dsn-1");
-    auto r = Sync<tern::v1::AckResponse>([&](auto cb) { core_->Ack(req, std::move(cb)); });
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() && r->statuses_size() == 1 ? static_cast<tern::v1::ReportStatus>(r->statuses(0))
-                                              : tern::v1::REPORT_STATUS_UNSPECIFIED;
-  }
-  StatsResponse Stats() {
-    auto r = Sync<StatsResponse>([&](auto cb) { core_->Stats(std::move(cb)); });
-    EXPECT_TRUE(r.ok()) << r.status();
-    StatsResponse s = r.ok() ? *r : StatsResponse{};
-    // The per-state delivery counts always add up.
-    EXPECT_EQ(s.deliveries(), s.deliveries_due() + s.deliveries_leased() + s.deliveries_deferred());
-    return s;
-  }
-
-  // Opens the database directly (the core must be closed) and counts keys.
-  std::map<std::string, int> CountKeys() {
-    std::map<std::string, int> counts;
-    std::vector<std::string> names;
-    EXPECT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.string(), &names).ok());
-    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-    for (const auto& n : names) {
-      descriptors.emplace_back(n, rocksdb::ColumnFamilyOptions());
-    }
-    std::vector<rocksdb::ColumnFamilyHandle*> handles;
-    rocksdb::DB* db = nullptr;
-    auto s = rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db);
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    if (!s.ok()) {
-      return counts;
-    }
-    for (size_t i = 0; i < handles.size(); ++i) {
-      std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), handles[i]));
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        ++counts[names[i]];
-      }
-    }
-    for (auto* h : handles) {
-      (void)db->DestroyColumnFamilyHandle(h);
-    }
-    delete db;
-    return counts;
-  }
-
-  std::filesystem::path dir_;
-  FakeClock clock_{kStart};
-  CoreOptions options_;
-  std::unique_ptr<QueueCore> core_;
-};
+using namespace testing_support;  // NOLINT
 
 TEST_F(QueueCoreTest, EnqueueSplitsByDomainAndStoresTheBodyOnce) {
   Open();
@@ -511,7 +318,8 @@ TEST_F(QueueCoreTest, ReportLeavingRecipientsOutKeepsThemPending) {
   EXPECT_EQ(lease.deliveries(0).recipients(0).attempts(), 0u);
 }
 
-TEST_F(QueueCoreTest, ReopenRecoversCountersAndReleasesOutstandingLeases) {
+TEST_F(QueueCoreTest, ReopenWithoutGraceRecoversCountersAndReleasesOutstandingLeases) {
+  options_.recovery_lease_grace_seconds = 0;
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));
   Enqueue(Header({Rcpt("b@y.example")}));
@@ -555,6 +363,39 @@ TEST_F(QueueCoreTest, ReopenRecoversCountersAndReleasesOutstandingLeases) {
   Reopen();
   LeaseResponse retry = Lease(JOB_KIND_DELIVERY);
   ASSERT_EQ(retry.deliveries_size(), 3);  // the two leased above were released again, plus the retry
+}
+
+TEST_F(QueueCoreTest, ReopenKeepsAnOutstandingLeaseForItsGraceSoItsWorkerCanStillReport) {
+  Open();  // default grace: 30 s
+  Enqueue(Header({Rcpt("a@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  Reopen();
+  StatsResponse after = Stats();
+  EXPECT_EQ(after.deliveries_leased(), 1u);
+  EXPECT_EQ(after.deliveries_due(), 0u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0) << "not handed out twice during the grace";
+  // The worker that held it survived the queue's crash and reports now.
+  EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  EXPECT_EQ(Stats().messages(), 0u);
+}
+
+TEST_F(QueueCoreTest, LeaseKeptAfterReopenBecomesDueWhenItsGraceRunsOut) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  Reopen();
+  clock_.AdvanceMs(31'000);
+  LeaseResponse again;
+  ASSERT_TRUE(Eventually([&] {
+    again = Lease(JOB_KIND_DELIVERY);
+    return again.deliveries_size() == 1;
+  }));
+  EXPECT_NE(again.deliveries(0).lease_token(), lease.deliveries(0).lease_token());
+  EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_STALE_LEASE});
 }
 
 TEST_F(QueueCoreTest, CorruptRecordsAreQuarantinedNotFatal) {
@@ -617,6 +458,29 @@ TEST_F(QueueCoreTest, LongPollCompletesWhenWorkArrives) {
   auto r = future.get();
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->deliveries_size(), 1);
+}
+
+TEST_F(QueueCoreTest, CancelledLongPollNeverTakesTheJobThatArrivesLater) {
+  Open();
+  tern::v1::LeaseRequest req;
+  req.set_kind(JOB_KIND_DELIVERY);
+  req.set_max_jobs(5);
+  req.set_wait_ms(20'000);
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  auto promise = std::make_shared<std::promise<absl::StatusOr<LeaseResponse>>>();
+  auto future = promise->get_future();
+  core_->Lease(
+      req, [promise](absl::StatusOr<LeaseResponse> r) { promise->set_value(std::move(r)); }, cancelled);
+  EXPECT_EQ(future.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  // The caller goes away (a bouncer stopping), then work arrives.
+  cancelled->store(true);
+  Enqueue(Header({Rcpt("a@x.example")}));
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  auto r = future.get();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->deliveries_size(), 0) << "a cancelled call must not take jobs";
+  // The job is still there for a live worker, at once (not after a lease).
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
 }
 
 TEST_F(QueueCoreTest, LongPollTimesOutEmpty) {

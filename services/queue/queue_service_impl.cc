@@ -1,6 +1,8 @@
 #include "services/queue/queue_service_impl.h"
 
 #include <algorithm>
+#include <chrono>
+#include <future>
 #include <string>
 #include <utility>
 
@@ -114,11 +116,24 @@ grpc::ServerReadReactor<tern::v1::EnqueueRequest>* QueueServiceImpl::Enqueue(grp
   return new EnqueueReactor(core_, context, response);
 }
 
-grpc::ServerUnaryReactor* QueueServiceImpl::Lease(grpc::CallbackServerContext* context,
+namespace {
+
+// A long-polling Lease must learn that its caller went away (OnCancel), or a
+// job arriving later would be leased to nobody and sit out the lease.
+class LeaseReactor : public grpc::ServerUnaryReactor {
+ public:
+  std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
+  void OnCancel() override { cancelled->store(true, std::memory_order_relaxed); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* QueueServiceImpl::Lease(grpc::CallbackServerContext* /*context*/,
                                                   const tern::v1::LeaseRequest* request,
                                                   tern::v1::LeaseResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  core_->Lease(*request, FinishWith(reactor, response));
+  auto* reactor = new LeaseReactor;
+  core_->Lease(*request, FinishWith(static_cast<grpc::ServerUnaryReactor*>(reactor), response), reactor->cancelled);
   return reactor;
 }
 
@@ -138,12 +153,161 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Ack(grpc::CallbackServerContext* con
   return reactor;
 }
 
-grpc::ServerUnaryReactor* AdminServiceImpl::Stats(grpc::CallbackServerContext* context,
-                                                  const tern::v1::StatsRequest* /*request*/,
-                                                  tern::v1::StatsResponse* response) {
+grpc::ServerUnaryReactor* QueueServiceImpl::Progress(grpc::CallbackServerContext* context,
+                                                     const tern::v1::ProgressRequest* request,
+                                                     tern::v1::ProgressResponse* response) {
   auto* reactor = context->DefaultReactor();
-  core_->Stats(FinishWith(reactor, response));
+  core_->Progress(*request, FinishWith(reactor, response));
   return reactor;
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::PutHostFlags(grpc::CallbackServerContext* context,
+                                                         const tern::v1::PutHostFlagsRequest* request,
+                                                         tern::v1::PutHostFlagsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  core_->PutHostFlags(*request, FinishWith(reactor, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::GetHostFlags(grpc::CallbackServerContext* context,
+                                                         const tern::v1::GetHostFlagsRequest* request,
+                                                         tern::v1::GetHostFlagsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  FinishWith(reactor, response)(core_->GetHostFlags(*request));
+  return reactor;
+}
+
+// ---------------------------------------------------------------------------
+// Admin (sync API).
+
+namespace {
+
+// Runs one asynchronous core call and waits for its completion (on a gRPC
+// sync thread, which may block).
+template <typename T, typename Start>
+grpc::Status Wait(Start start, T* response) {
+  auto promise = std::make_shared<std::promise<absl::StatusOr<T>>>();
+  auto future = promise->get_future();
+  start([promise](absl::StatusOr<T> r) { promise->set_value(std::move(r)); });
+  absl::StatusOr<T> result = future.get();
+  if (!result.ok()) {
+    return rpc::ToGrpc(result.status());
+  }
+  *response = std::move(*result);
+  return grpc::Status::OK;
+}
+
+template <typename T>
+grpc::Status Reply(absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) {
+    return rpc::ToGrpc(result.status());
+  }
+  *response = std::move(*result);
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::Status AdminServiceImpl::Stats(grpc::ServerContext*, const tern::v1::StatsRequest*,
+                                     tern::v1::StatsResponse* response) {
+  return Wait<tern::v1::StatsResponse>([this](auto cb) { core_->Stats(std::move(cb)); }, response);
+}
+
+grpc::Status AdminServiceImpl::List(grpc::ServerContext*, const tern::v1::ListRequest* request,
+                                    tern::v1::ListResponse* response) {
+  return Reply(core_->List(*request), response);
+}
+
+grpc::Status AdminServiceImpl::Show(grpc::ServerContext*, const tern::v1::ShowRequest* request,
+                                    tern::v1::ShowResponse* response) {
+  return Reply(core_->Show(request->message_id()), response);
+}
+
+grpc::Status AdminServiceImpl::Qshape(grpc::ServerContext*, const tern::v1::QshapeRequest* request,
+                                      tern::v1::QshapeResponse* response) {
+  return Reply(core_->Qshape(*request), response);
+}
+
+grpc::Status AdminServiceImpl::ListCorrupt(grpc::ServerContext*, const tern::v1::ListCorruptRequest* request,
+                                           tern::v1::ListCorruptResponse* response) {
+  return Reply(core_->ListCorrupt(request->limit()), response);
+}
+
+grpc::Status AdminServiceImpl::Act(QueueCore::Action action, const tern::v1::ActionRequest& request,
+                                   tern::v1::ActionResponse* response) {
+  return Wait<tern::v1::ActionResponse>([&](auto cb) { core_->Act(action, request, std::move(cb)); }, response);
+}
+
+grpc::Status AdminServiceImpl::Flush(grpc::ServerContext*, const tern::v1::ActionRequest* request,
+                                     tern::v1::ActionResponse* response) {
+  return Act(QueueCore::Action::kFlush, *request, response);
+}
+grpc::Status AdminServiceImpl::Hold(grpc::ServerContext*, const tern::v1::ActionRequest* request,
+                                    tern::v1::ActionResponse* response) {
+  return Act(QueueCore::Action::kHold, *request, response);
+}
+grpc::Status AdminServiceImpl::Release(grpc::ServerContext*, const tern::v1::ActionRequest* request,
+                                       tern::v1::ActionResponse* response) {
+  return Act(QueueCore::Action::kRelease, *request, response);
+}
+grpc::Status AdminServiceImpl::Delete(grpc::ServerContext*, const tern::v1::ActionRequest* request,
+                                      tern::v1::ActionResponse* response) {
+  return Act(QueueCore::Action::kDelete, *request, response);
+}
+grpc::Status AdminServiceImpl::Bounce(grpc::ServerContext*, const tern::v1::ActionRequest* request,
+                                      tern::v1::ActionResponse* response) {
+  return Act(QueueCore::Action::kBounce, *request, response);
+}
+
+grpc::Status AdminServiceImpl::Pause(grpc::ServerContext*, const tern::v1::PauseRequest*,
+                                     tern::v1::PauseResponse* response) {
+  bool paused = false;
+  grpc::Status s = Wait<bool>([this](auto cb) { core_->SetPaused(true, std::move(cb)); }, &paused);
+  response->set_paused(paused);
+  return s;
+}
+
+grpc::Status AdminServiceImpl::Resume(grpc::ServerContext*, const tern::v1::PauseRequest*,
+                                      tern::v1::PauseResponse* response) {
+  bool paused = true;
+  grpc::Status s = Wait<bool>([this](auto cb) { core_->SetPaused(false, std::move(cb)); }, &paused);
+  response->set_paused(paused);
+  return s;
+}
+
+grpc::Status AdminServiceImpl::Watch(grpc::ServerContext* context, const tern::v1::WatchRequest* request,
+                                     grpc::ServerWriter<tern::v1::QueueEvent>* writer) {
+  uint64_t cursor = 0;
+  if (request->has_after_seq()) {
+    cursor = request->after_seq();
+  } else if (request->from_oldest()) {
+    cursor = core_->OldestEventSeq() - 1;
+  } else {
+    cursor = core_->LastEventSeq();
+  }
+  std::vector<tern::v1::QueueEvent> batch;
+  while (!context->IsCancelled()) {
+    batch.clear();
+    absl::Status s = core_->ReadEvents(cursor, 512, &batch);
+    if (!s.ok()) {
+      return rpc::ToGrpc(s);
+    }
+    for (const auto& ev : batch) {
+      if (!writer->Write(ev)) {
+        return grpc::Status::OK;  // the client went away
+      }
+      cursor = ev.seq();
+    }
+    if (batch.size() == 512) {
+      continue;
+    }
+    if (request->no_follow()) {
+      return grpc::Status::OK;
+    }
+    // Wake at least once a second to notice a cancelled call.
+    core_->WaitForEvents(cursor, 1000);
+  }
+  return grpc::Status::OK;
 }
 
 }  // namespace tern::queue

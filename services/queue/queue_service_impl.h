@@ -11,6 +11,10 @@
 // core. A body over kMaxBodyBytes is refused with RESOURCE_EXHAUSTED as soon
 // as it is known to be too big.
 //
+// Admin is a synchronous service: its reads scan RocksDB on the calling
+// thread and Watch is a long-lived stream that blocks waiting for events,
+// which is what gRPC's sync thread pool is for; operator traffic is light.
+//
 // Thread-safety: the services are stateless apart from the QueueCore pointer,
 // which must outlive the gRPC server.
 #pragma once
@@ -35,19 +39,53 @@ class QueueServiceImpl final : public tern::v1::Queue::CallbackService {
                                    tern::v1::ReportResponse* response) override;
   grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* context, const tern::v1::AckRequest* request,
                                 tern::v1::AckResponse* response) override;
+  grpc::ServerUnaryReactor* Progress(grpc::CallbackServerContext* context, const tern::v1::ProgressRequest* request,
+                                     tern::v1::ProgressResponse* response) override;
+  grpc::ServerUnaryReactor* PutHostFlags(grpc::CallbackServerContext* context,
+                                         const tern::v1::PutHostFlagsRequest* request,
+                                         tern::v1::PutHostFlagsResponse* response) override;
+  grpc::ServerUnaryReactor* GetHostFlags(grpc::CallbackServerContext* context,
+                                         const tern::v1::GetHostFlagsRequest* request,
+                                         tern::v1::GetHostFlagsResponse* response) override;
 
  private:
   QueueCore* core_;
 };
 
-class AdminServiceImpl final : public tern::v1::Admin::CallbackService {
+class AdminServiceImpl final : public tern::v1::Admin::Service {
  public:
   explicit AdminServiceImpl(QueueCore* core) : core_(core) {}
 
-  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context, const tern::v1::StatsRequest* request,
-                                  tern::v1::StatsResponse* response) override;
+  grpc::Status Stats(grpc::ServerContext* context, const tern::v1::StatsRequest* request,
+                     tern::v1::StatsResponse* response) override;
+  grpc::Status List(grpc::ServerContext* context, const tern::v1::ListRequest* request,
+                    tern::v1::ListResponse* response) override;
+  grpc::Status Show(grpc::ServerContext* context, const tern::v1::ShowRequest* request,
+                    tern::v1::ShowResponse* response) override;
+  grpc::Status Qshape(grpc::ServerContext* context, const tern::v1::QshapeRequest* request,
+                      tern::v1::QshapeResponse* response) override;
+  grpc::Status Flush(grpc::ServerContext* context, const tern::v1::ActionRequest* request,
+                     tern::v1::ActionResponse* response) override;
+  grpc::Status Hold(grpc::ServerContext* context, const tern::v1::ActionRequest* request,
+                    tern::v1::ActionResponse* response) override;
+  grpc::Status Release(grpc::ServerContext* context, const tern::v1::ActionRequest* request,
+                       tern::v1::ActionResponse* response) override;
+  grpc::Status Delete(grpc::ServerContext* context, const tern::v1::ActionRequest* request,
+                      tern::v1::ActionResponse* response) override;
+  grpc::Status Bounce(grpc::ServerContext* context, const tern::v1::ActionRequest* request,
+                      tern::v1::ActionResponse* response) override;
+  grpc::Status Pause(grpc::ServerContext* context, const tern::v1::PauseRequest* request,
+                     tern::v1::PauseResponse* response) override;
+  grpc::Status Resume(grpc::ServerContext* context, const tern::v1::PauseRequest* request,
+                      tern::v1::PauseResponse* response) override;
+  grpc::Status Watch(grpc::ServerContext* context, const tern::v1::WatchRequest* request,
+                     grpc::ServerWriter<tern::v1::QueueEvent>* writer) override;
+  grpc::Status ListCorrupt(grpc::ServerContext* context, const tern::v1::ListCorruptRequest* request,
+                           tern::v1::ListCorruptResponse* response) override;
 
  private:
+  grpc::Status Act(QueueCore::Action action, const tern::v1::ActionRequest& request,
+                   tern::v1::ActionResponse* response);
   QueueCore* core_;
 };
 

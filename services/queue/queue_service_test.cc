@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 
@@ -157,6 +158,76 @@ TEST_F(QueueServiceTest, EnqueueOfAnOversizedBodyIsRefusedEarly) {
   writer->Write(first);
   writer->WritesDone();
   EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+TEST_F(QueueServiceTest, HostFlagsProgressAndAdminWatchOverGrpc) {
+  // Queue.PutHostFlags / GetHostFlags.
+  tern::v1::PutHostFlagsRequest put;
+  auto* f = put.add_flags();
+  f->set_host("192.0.2.9");
+  f->set_flag("broken_tls");
+  f->set_expires_unix_ms(SystemClock::Get()->NowUnixMs() + 60'000);
+  tern::v1::PutHostFlagsResponse put_resp;
+  grpc::ClientContext c1;
+  Deadline(c1);
+  ASSERT_TRUE(queue_stub_->PutHostFlags(&c1, put, &put_resp).ok());
+  tern::v1::GetHostFlagsRequest get;
+  get.set_flag("broken_tls");
+  tern::v1::GetHostFlagsResponse got;
+  grpc::ClientContext c2;
+  Deadline(c2);
+  ASSERT_TRUE(queue_stub_->GetHostFlags(&c2, get, &got).ok());
+  ASSERT_EQ(got.flags_size(), 1);
+  EXPECT_EQ(got.flags(0).host(), "192.0.2.9");
+
+  // Queue.Progress is served (a stale token is simply ignored).
+  tern::v1::ProgressRequest progress;
+  auto* item = progress.add_items();
+  item->set_delivery_id("none.1");
+  item->set_lease_token("t");
+  item->set_data_sent(true);
+  tern::v1::ProgressResponse progress_resp;
+  grpc::ClientContext c3;
+  Deadline(c3);
+  EXPECT_TRUE(queue_stub_->Progress(&c3, progress, &progress_resp).ok());
+
+  // Admin (a sync service beside the callback Queue service): pause, then
+  // the event log from the oldest event without following.
+  tern::v1::PauseResponse paused;
+  grpc::ClientContext c4;
+  Deadline(c4);
+  ASSERT_TRUE(admin_stub_->Pause(&c4, tern::v1::PauseRequest(), &paused).ok());
+  EXPECT_TRUE(paused.paused());
+  tern::v1::WatchRequest watch;
+  watch.set_from_oldest(true);
+  watch.set_no_follow(true);
+  grpc::ClientContext c5;
+  Deadline(c5);
+  auto reader = admin_stub_->Watch(&c5, watch);
+  tern::v1::QueueEvent ev;
+  std::vector<std::string> details;
+  while (reader->Read(&ev)) {
+    details.push_back(ev.detail());
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(details, std::vector<std::string>{"pause"});
+
+  // A Watch resumed from a cursor follows: it sees an event committed after
+  // it started (the cursor makes this deterministic if the call is slow).
+  grpc::ClientContext c6;
+  Deadline(c6);
+  tern::v1::WatchRequest live;
+  live.set_after_seq(1);
+  auto live_reader = admin_stub_->Watch(&c6, live);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  grpc::ClientContext c7;
+  Deadline(c7);
+  ASSERT_TRUE(admin_stub_->Resume(&c7, tern::v1::PauseRequest(), &paused).ok());
+  EXPECT_FALSE(paused.paused());
+  ASSERT_TRUE(live_reader->Read(&ev));
+  EXPECT_EQ(ev.detail(), "resume");
+  EXPECT_EQ(ev.seq(), 2u);
+  c6.TryCancel();
 }
 
 }  // namespace

@@ -1,6 +1,18 @@
 // ternctl: the operator's command line for a running Tern queue.
 //
-//   ternctl [--queue HOST:PORT] stats [--json]
+//   ternctl [--queue HOST:PORT] [--timeout S] COMMAND ...
+//     stats [--json]                    counters
+//     list [filters] [--limit N] [--cursor ID] [--json]
+//     show ID | explain ID [--json]     one message; why it is still queued
+//     qshape [--deferred] [--top N]     domains x age buckets
+//     corrupt                           records moved aside as unparseable
+//     flush|hold|release [IDS|filters|--all]
+//     delete|bounce [IDS|filters|--all] [--yes] [--reason TEXT]
+//     pause | resume                    leasing deliveries (runtime override)
+//     watch [--from SEQ] [--oldest] [--no-follow] [--json]
+//     health [--service NAME]           grpc.health.v1 Check, exit 0 if SERVING
+//   filters: --domain D --sender S --recipient R --state STATE
+//            --older-than DUR --younger-than DUR
 //
 // --queue defaults to 127.0.0.1:7070 (tern.ini [queue] listen). Exit status:
 // 0 on success, 1 when the queue cannot be reached or refuses the request,
@@ -9,6 +21,7 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "tools/ternctl/admin_client.h"
 #include "tools/ternctl/command_group.h"
 
 int main(int argc, char** argv) {
@@ -24,6 +37,10 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   tern::ternctl::Io io{std::cout, std::cerr};
   tern::ternctl::AddStatsCommands(app, globals, io, exit_code);
+  tern::ternctl::AddListCommands(app, globals, io, exit_code);
+  tern::ternctl::AddActionCommands(app, globals, io, exit_code);
+  tern::ternctl::AddWatchCommands(app, globals, io, exit_code);
+  tern::ternctl::AddHealthCommands(app, globals, io, exit_code);
 
   CLI11_PARSE(app, argc, argv);
   return exit_code;

@@ -38,6 +38,9 @@ tern::v1::StatsResponse SampleStats() {
   s.set_delivered_total(111);
   s.set_deferred_total(112);
   s.set_failed_total(113);
+  s.set_deliveries_held(114);
+  s.set_ambiguous_total(115);
+  s.set_corrupt_records(117);
   return s;
 }
 
@@ -49,16 +52,17 @@ TEST(FormatStatsJson, HasEveryFieldAsANumber) {
   }
   EXPECT_EQ(json,
             "{\"messages\":101,\"deliveries\":102,\"deliveries_due\":103,\"deliveries_leased\":104,"
-            "\"deliveries_deferred\":105,\"bounces\":106,\"bounces_leased\":107,\"recipients_pending\":108,"
-            "\"oldest_message_unix_ms\":1795000000000,\"enqueued_total\":110,\"delivered_total\":111,"
-            "\"deferred_total\":112,\"failed_total\":113}\n");
+            "\"deliveries_deferred\":105,\"deliveries_held\":114,\"bounces\":106,\"bounces_leased\":107,"
+            "\"recipients_pending\":108,\"oldest_message_unix_ms\":1795000000000,\"paused\":false,"
+            "\"corrupt_records\":117,\"enqueued_total\":110,\"delivered_total\":111,"
+            "\"deferred_total\":112,\"failed_total\":113,\"ambiguous_total\":115}\n");
 }
 
 TEST(FormatStatsTable, ShowsEveryFieldAlignedWithOldestAge) {
   absl::Time now = absl::FromUnixMillis(1'795'000'000'000) + absl::Minutes(3) + absl::Seconds(12);
   std::string table = FormatStatsTable(SampleStats(), now);
-  for (int v = 101; v <= 113; ++v) {
-    if (v == 109) {
+  for (int v = 101; v <= 117; ++v) {
+    if (v == 109 || v == 116) {
       continue;  // the oldest-message field is shown as a time
     }
     EXPECT_THAT(table, HasSubstr(absl::StrCat("  ", v, "\n"))) << v;

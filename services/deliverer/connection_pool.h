@@ -1,0 +1,89 @@
+// File: connection_pool.h
+//
+// SmtpSession: an open SMTP/LMTP connection that has been greeted (and
+// possibly upgraded to TLS and authenticated), with what the server offered.
+// ConnectionPool keeps such sessions idle between deliveries so that the next
+// delivery to the same destination skips connect, banner, EHLO, STARTTLS and
+// AUTH (RSET first, by the transaction).
+//
+// The pool key names everything that makes two sessions interchangeable:
+// protocol, MX address (or unix path), port, source address, EHLO name, TLS
+// policy and AUTH identity (see PoolKey in smtp_transaction.h), so a
+// connection authenticated for one route is never used for another.
+//
+// Idle sessions are closed with QUIT when they have been idle for
+// `idle_timeout`, when they have carried `max_messages` messages, or when the
+// pool holds `max_idle` sessions already. A session the server closed (or
+// sent anything to) while idle is dropped when taken, so a stale connection
+// is never handed out knowingly; the transaction still copes with one that
+// dies at RSET by opening a fresh connection.
+//
+// Executor: single-threaded like the worker; every method runs on the
+// executor given at construction. Idle timers and QUITs are coroutines on it
+// that keep the pool's state alive until they finish.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "asio/any_io_executor.hpp"
+#include "asio/awaitable.hpp"
+#include "lib/net/connection.h"
+#include "lib/smtp/reply.h"
+
+namespace tern::deliverer {
+
+struct SmtpSession {
+  std::unique_ptr<net::Connection> conn;
+  smtp::EhloCapabilities caps;
+  bool lmtp = false;
+  std::string tls;             // "TLSv1.3 TLS_AES_256_GCM_SHA384" or "" for plain text
+  bool tls_verified = false;
+  std::string auth_mechanism;  // "" = not authenticated
+  uint32_t messages = 0;       // messages completed on this connection
+  std::string relay;           // "mx.example.com[192.0.2.1]:25", for logs
+};
+
+// Sends QUIT, waits up to `timeout` for the reply, closes the connection.
+asio::awaitable<void> QuitSession(SmtpSession& session, std::chrono::steady_clock::duration timeout);
+
+class ConnectionPool {
+ public:
+  struct Options {
+    // 0 disables pooling: every session is closed after its transaction.
+    std::chrono::steady_clock::duration idle_timeout = std::chrono::seconds(50);
+    uint32_t max_messages = 100;
+    size_t max_idle = 10000;
+  };
+
+  ConnectionPool(asio::any_io_executor executor, Options options);
+  ~ConnectionPool();
+  ConnectionPool(const ConnectionPool&) = delete;
+  ConnectionPool& operator=(const ConnectionPool&) = delete;
+
+  bool enabled() const;
+
+  // The most recently parked live session for `key`, or null.
+  std::unique_ptr<SmtpSession> Take(const std::string& key);
+
+  // Parks `session` for reuse, or QUITs it (in the background) when pooling
+  // is off, it reached max_messages or the pool is full.
+  void Put(const std::string& key, std::unique_ptr<SmtpSession> session);
+
+  // QUITs every idle session (in parallel) and refuses new ones; returns when
+  // all are closed or after `timeout`.
+  asio::awaitable<void> Shutdown(std::chrono::steady_clock::duration timeout);
+
+  size_t idle() const;
+  // Sessions handed out by Take (i.e. reused) since start.
+  uint64_t reused() const;
+
+  class State;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace tern::deliverer

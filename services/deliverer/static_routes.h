@@ -1,0 +1,97 @@
+// File: static_routes.h
+//
+// StaticRoutes: Haraka's `get_mx` answer given by configuration instead of a
+// plugin - config/outbound_routes.ini, one section per recipient domain plus
+// `*` for every other domain. A domain with a route is never looked up in DNS
+// for MX records; its hosts are tried in the order written (not sorted by
+// priority, as Haraka does).
+//
+//   [example.com]
+//   host[]=smarthost.example.net          ; port 25 (mx_port)
+//   host[]=10.0.0.7:2525
+//   host[]=[2001:db8::7]:587
+//   host[]=lmtp://127.0.0.1:24            ; LMTP over TCP (default port 24)
+//   host[]=/run/dovecot/lmtp              ; LMTP over a unix socket
+//   host[]=lmtp:///run/dovecot/lmtp       ; the same
+//   priority=10            ; the MX preference reported for these hosts. Default: 0
+//   auth_user=relay        ; AUTH when set together with auth_pass. Default: none
+//   auth_pass=secret       ; never logged. Default: none
+//   auth_type=plain        ; preferred mechanism if offered. Default: strongest offered
+//   force_auth=false       ; AUTH not possible → transient failure instead of
+//                          ; sending unauthenticated. Default: false
+//   bind=192.0.2.10        ; source IP of the connection. Default: the system's choice
+//   bind_helo=out1.example.org ; EHLO name for this route. Default: config/me
+//   tls=opportunistic      ; opportunistic (tls.ini policy), required (like
+//                          ; force_tls_hosts: STARTTLS with a verified
+//                          ; certificate or a transient failure) or none.
+//                          ; Default: opportunistic
+//
+// Host names are resolved (A/AAAA) at delivery time; literal IPs are used as
+// they are. Either way local_mx_ok=false refuses local addresses (Haraka let
+// plugin IP literals through). Unix-socket hosts are always LMTP and are not
+// subject to local_mx_ok (a socket path is local by definition and can only
+// be configured by the operator).
+//
+// Thread-safety: immutable after Load; share freely.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "lib/config/ini_file.h"
+
+namespace tern::deliverer {
+
+enum class RouteTls { kOpportunistic, kRequired, kNone };
+
+struct RouteHost {
+  std::string host;        // name or IP literal (no brackets); empty for unix
+  uint16_t port = 0;       // 0 = the default for the protocol
+  bool lmtp = false;
+  std::string unix_path;   // LMTP over a unix socket when set
+  std::string spec;        // as written, for logs
+};
+
+struct StaticRoute {
+  std::string domain;      // section name, lower case ("*" = default)
+  std::vector<RouteHost> hosts;
+  uint16_t priority = 0;
+  std::string auth_user;
+  std::string auth_pass;
+  std::string auth_type;
+  bool force_auth = false;
+  std::string bind;
+  std::string bind_helo;
+  RouteTls tls = RouteTls::kOpportunistic;
+
+  bool has_auth() const { return !auth_user.empty() && !auth_pass.empty(); }
+};
+
+// Parses one host entry (see the file comment). `spec` errors say what is
+// wrong without echoing anything but the entry.
+absl::StatusOr<RouteHost> ParseRouteHost(absl::string_view spec);
+
+class StaticRoutes {
+ public:
+  StaticRoutes() = default;
+
+  // Every section of `ini` is a route; a bad key names the file, section and
+  // key. A section without hosts is an error.
+  static absl::StatusOr<StaticRoutes> Load(const config::IniFile& ini);
+
+  // The route for `domain` (any case): its own section, else `*`, else null.
+  const StaticRoute* Find(absl::string_view domain) const;
+
+  size_t size() const { return routes_.size(); }
+
+ private:
+  std::map<std::string, StaticRoute, std::less<>> routes_;
+};
+
+const char* RouteTlsName(RouteTls tls);
+
+}  // namespace tern::deliverer

@@ -1,0 +1,1119 @@
+// QueueCore::Impl, second half: the event log, DATA-sent progress and
+// ambiguous leases, hold/release, max_queue_age and delay warnings, host
+// flags, and the admin reads and actions behind tern.v1.Admin. The queue
+// operations themselves and recovery are in queue_core.cc.
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/time/time.h"
+#include "services/queue/queue_core_internal.h"
+
+namespace tern::queue {
+namespace {
+
+// Most messages one admin action changes per operation (one group).
+constexpr size_t kActionChunk = 200;
+// Most expired events one prune operation deletes.
+constexpr size_t kPruneChunk = 10000;
+constexpr uint32_t kDefaultListLimit = 100;
+constexpr uint32_t kMaxListLimit = 10000;
+
+std::string FormatTime(int64_t unix_ms) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMillis(unix_ms), absl::UTCTimeZone());
+}
+
+std::string FormatIn(int64_t ms) {
+  return absl::FormatDuration(absl::Trunc(absl::Milliseconds(std::max<int64_t>(ms, 0)), absl::Seconds(1)));
+}
+
+const char* RecipientStateName(RecipientState s) {
+  switch (s) {
+    case RECIPIENT_STATE_DELIVERED:
+      return "delivered";
+    case RECIPIENT_STATE_DEFERRED:
+      return "deferred";
+    case RECIPIENT_STATE_FAILED:
+      return "failed";
+    default:
+      return "pending";
+  }
+}
+
+// The state an operator sees, from the record alone (committed state).
+std::string DeliveryStateName(const DeliveryRecord& rec, int64_t now) {
+  if (!rec.lease_token().empty() && rec.lease_deadline_unix_ms() > now) {
+    return "leased";
+  }
+  if (rec.held()) {
+    return "held";
+  }
+  return rec.due_unix_ms() <= now ? "due" : "deferred";
+}
+
+// "user@example.com" matches exactly, "@example.com" any address there, "<>"
+// the null sender; case-insensitive.
+bool AddressMatches(absl::string_view address, absl::string_view pattern) {
+  if (pattern == "<>") {
+    return address.empty();
+  }
+  if (!pattern.empty() && pattern[0] == '@') {
+    return absl::EndsWithIgnoreCase(address, pattern);
+  }
+  return absl::EqualsIgnoreCase(address, pattern);
+}
+
+bool HasDeliveryFilter(const tern::v1::Selector& sel) {
+  return !sel.domain().empty() || !sel.recipient().empty() || !sel.state().empty();
+}
+
+bool DeliveryMatches(const DeliveryRecord& rec, const tern::v1::Selector& sel, int64_t now) {
+  if (!sel.domain().empty() && !absl::EqualsIgnoreCase(rec.domain(), sel.domain())) {
+    return false;
+  }
+  if (!sel.recipient().empty()) {
+    bool any = false;
+    for (const auto& r : rec.recipients()) {
+      any = any || (IsPending(r) && AddressMatches(r.spec().address(), sel.recipient()));
+    }
+    if (!any) {
+      return false;
+    }
+  }
+  if (sel.state() == "ambiguous") {
+    bool any = false;
+    for (const auto& r : rec.recipients()) {
+      any = any || (IsPending(r) && r.ambiguous_count() > 0);
+    }
+    return any;
+  }
+  return sel.state().empty() || DeliveryStateName(rec, now) == sel.state();
+}
+
+bool MessageMatches(const MessageRecord& msg, const tern::v1::Selector& sel, int64_t now) {
+  if (!sel.sender().empty() && !AddressMatches(msg.envelope().mail_from(), sel.sender())) {
+    return false;
+  }
+  const int64_t age = now - msg.arrival_unix_ms();
+  if (sel.older_than_ms() > 0 && age <= sel.older_than_ms()) {
+    return false;
+  }
+  if (sel.younger_than_ms() > 0 && age >= sel.younger_than_ms()) {
+    return false;
+  }
+  return true;
+}
+
+absl::Status ValidateSelector(const tern::v1::Selector& sel) {
+  static const std::set<std::string> kStates = {"", "due", "deferred", "leased", "held", "ambiguous"};
+  if (!kStates.contains(sel.state())) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown state '", sel.state(),
+                                                   "' (due, deferred, leased, held, ambiguous)"));
+  }
+  return absl::OkStatus();
+}
+
+bool SelectorIsEmpty(const tern::v1::Selector& sel) {
+  return sel.message_ids().empty() && sel.domain().empty() && sel.sender().empty() && sel.recipient().empty() &&
+         sel.state().empty() && sel.older_than_ms() == 0 && sel.younger_than_ms() == 0;
+}
+
+// Reads every record of `cf` whose key starts with `prefix` (committed state).
+template <typename T>
+std::vector<T> ReadPrefix(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, const std::string& prefix) {
+  std::vector<T> out;
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cf));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    T rec;
+    if (rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      out.push_back(std::move(rec));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Events.
+
+void QueueCore::Impl::AppendEvent(Txn& txn, absl::string_view type, absl::string_view message_id,
+                                  absl::string_view job_id, std::vector<std::string> recipients,
+                                  absl::string_view detail) {
+  const uint64_t seq = ++event_seq_;
+  txn.OnUndo([this] { --event_seq_; });
+  tern::v1::QueueEvent ev;
+  ev.set_seq(seq);
+  ev.set_at_unix_ms(clock_->NowUnixMs());
+  ev.set_type(std::string(type));
+  ev.set_message_id(std::string(message_id));
+  ev.set_job_id(std::string(job_id));
+  for (auto& r : recipients) {
+    ev.add_recipients(std::move(r));
+  }
+  ev.set_detail(std::string(detail));
+  txn.Put(events_, EventKey(seq), ev.SerializeAsString());
+  txn.OnCommit([this, seq] {
+    Metrics().events.Inc();
+    if (seq > committed_event_seq_.load(std::memory_order_relaxed)) {
+      committed_event_seq_.store(seq, std::memory_order_release);
+    }
+    absl::MutexLock lock(&event_mu_);
+    event_cv_.SignalAll();
+  });
+}
+
+void QueueCore::Impl::PruneEvents() {
+  committer_->Submit(GroupOp{
+      [this](Txn& txn) -> absl::Status {
+        const int64_t now = clock_->NowUnixMs();
+        const uint64_t last = event_seq_;
+        uint64_t first = first_event_seq_;
+        size_t deleted = 0;
+        std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), events_));
+        for (it->Seek(EventKey(first)); it->Valid() && deleted < kPruneChunk; it->Next()) {
+          auto seq = DecodeEventKey(absl::string_view(it->key().data(), it->key().size()));
+          if (!seq.has_value()) {
+            continue;
+          }
+          const bool over_count = opt_.event_retention_count > 0 && last - *seq >= opt_.event_retention_count;
+          if (!over_count) {
+            tern::v1::QueueEvent ev;
+            const bool parsed = ev.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()));
+            if (parsed && (opt_.event_retention_ms <= 0 || ev.at_unix_ms() >= now - opt_.event_retention_ms)) {
+              break;
+            }
+          }
+          txn.Delete(events_, absl::string_view(it->key().data(), it->key().size()));
+          first = *seq + 1;
+          ++deleted;
+        }
+        if (!it->status().ok()) {
+          return StorageError(it->status(), "event prune scan");
+        }
+        if (deleted > 0) {
+          const uint64_t before = first_event_seq_;
+          first_event_seq_ = first;
+          txn.OnUndo([this, before] { first_event_seq_ = before; });
+          txn.OnCommit([deleted] {
+            log::Event(log::Level::kDebug, "events_pruned", {{"events", absl::StrCat(deleted)}});
+          });
+        }
+        return absl::OkStatus();
+      },
+      [](const absl::Status&) {},
+  });
+}
+
+absl::Status QueueCore::Impl::ReadEvents(uint64_t after, size_t max, std::vector<tern::v1::QueueEvent>* out) {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), events_));
+  size_t n = 0;
+  for (it->Seek(EventKey(after + 1)); it->Valid() && n < max; it->Next()) {
+    tern::v1::QueueEvent ev;
+    if (!ev.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      continue;
+    }
+    out->push_back(std::move(ev));
+    ++n;
+  }
+  if (!it->status().ok()) {
+    return StorageError(it->status(), "read events");
+  }
+  return absl::OkStatus();
+}
+
+uint64_t QueueCore::Impl::OldestEventSeq() {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), events_));
+  it->SeekToFirst();
+  if (!it->Valid()) {
+    return LastEventSeq() + 1;
+  }
+  return DecodeEventKey(absl::string_view(it->key().data(), it->key().size())).value_or(0);
+}
+
+bool QueueCore::Impl::WaitForEvents(uint64_t after, int64_t timeout_ms) {
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(timeout_ms);
+  absl::MutexLock lock(&event_mu_);
+  while (LastEventSeq() <= after) {
+    if (event_cv_.WaitWithDeadline(&event_mu_, deadline)) {
+      break;
+    }
+  }
+  return LastEventSeq() > after;
+}
+
+// ---------------------------------------------------------------------------
+// Progress and ambiguous leases.
+
+void QueueCore::Impl::Progress(tern::v1::ProgressRequest request, Callback<tern::v1::ProgressResponse> done) {
+  auto call = std::make_shared<std::pair<tern::v1::ProgressRequest, Callback<tern::v1::ProgressResponse>>>(
+      std::move(request), std::move(done));
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) -> absl::Status {
+        for (const auto& item : call->first.items()) {
+          TERN_RETURN_IF_ERROR(ApplyProgressItem(txn, item));
+        }
+        return absl::OkStatus();
+      },
+      [call](const absl::Status& s) {
+        if (s.ok()) {
+          call->second(tern::v1::ProgressResponse());
+        } else {
+          call->second(s);
+        }
+      },
+  });
+}
+
+absl::Status QueueCore::Impl::ApplyProgressItem(Txn& txn, const tern::v1::DeliveryProgress& item) {
+  if (!item.data_sent() || item.lease_token().empty()) {
+    return absl::OkStatus();
+  }
+  const std::string& id = item.delivery_id();
+  TERN_ASSIGN_OR_RETURN(std::optional<DeliveryRecord> rec, Read<DeliveryRecord>(txn, deliveries_, kDeliveriesCf, id));
+  if (!rec.has_value() || rec->lease_token() != item.lease_token() || rec->data_sent_token() == item.lease_token()) {
+    return absl::OkStatus();  // stale, unknown, or already known: nothing to do
+  }
+  rec->set_data_sent_token(item.lease_token());
+  PutRecord(txn, deliveries_, id, *rec);
+  const bool live = State(tern::v1::JOB_KIND_DELIVERY).leases.Contains(id);
+  txn.OnCommit([this, id, live] {
+    if (live) {
+      data_sent_.insert(id);
+    } else {
+      // The lease ran out before this arrived: decide now.
+      committer_->Submit(GroupOp{[this, id](Txn& t) { return ApplyMarkAmbiguous(t, id); },
+                                 [](const absl::Status&) {}});
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status QueueCore::Impl::ApplyMarkAmbiguous(Txn& txn, const std::string& id) {
+  TERN_ASSIGN_OR_RETURN(std::optional<DeliveryRecord> rec, Read<DeliveryRecord>(txn, deliveries_, kDeliveriesCf, id));
+  if (!rec.has_value() || rec->data_sent_token().empty() || rec->data_sent_token() != rec->lease_token()) {
+    return absl::OkStatus();  // reported or leased again meanwhile
+  }
+  if (State(tern::v1::JOB_KIND_DELIVERY).leases.Contains(id)) {
+    data_sent_.insert(id);  // still live (e.g. a stray call): check at its end
+    return absl::OkStatus();
+  }
+  ApplyAmbiguity(txn, *rec, clock_->NowUnixMs());
+  PutRecord(txn, deliveries_, id, *rec);
+  return absl::OkStatus();
+}
+
+bool QueueCore::Impl::ApplyAmbiguity(Txn& txn, DeliveryRecord& rec, int64_t now) {
+  std::vector<std::string> addrs;
+  for (RecipientRecord& r : *rec.mutable_recipients()) {
+    if (IsPending(r)) {
+      r.set_ambiguous_count(r.ambiguous_count() + 1);
+      addrs.push_back(r.spec().address());
+    }
+  }
+  rec.clear_data_sent_token();
+  const int64_t n = static_cast<int64_t>(addrs.size());
+  Adjust(txn, counters_.ambiguous, n);
+  const bool hold = opt_.ambiguous_policy == AmbiguousPolicy::kHold;
+  AppendEvent(txn, "ambiguous", rec.message_id(), rec.delivery_id(), addrs,
+              hold ? "lease expired after DATA was sent; held (ambiguous_policy=hold)"
+                   : "lease expired after DATA was sent; due again (ambiguous_policy=redeliver)");
+  txn.OnCommit([id = rec.delivery_id(), n, hold] {
+    Metrics().ambiguous.Inc(n);
+    log::Event(log::Level::kWarn, "ambiguous",
+               {{"delivery", id}, {"rcpts", absl::StrCat(n)}, {"policy", hold ? "hold" : "redeliver"}});
+  });
+  if (hold) {
+    HoldDelivery(txn, rec, "ambiguous");
+  }
+  (void)now;
+  return hold;
+}
+
+// ---------------------------------------------------------------------------
+// Hold and release.
+
+void QueueCore::Impl::HoldDelivery(Txn& txn, DeliveryRecord& rec, absl::string_view reason) {
+  if (rec.held()) {
+    return;
+  }
+  rec.set_held(true);
+  rec.set_hold_reason(std::string(reason));
+  if (State(tern::v1::JOB_KIND_DELIVERY).leases.Contains(rec.delivery_id())) {
+    return;  // out on a live lease: its report or its end takes it out
+  }
+  Unschedule(txn, tern::v1::JOB_KIND_DELIVERY, rec.delivery_id(), rec.due_unix_ms());
+  rec.clear_lease_token();
+  rec.set_lease_deadline_unix_ms(0);
+  Adjust(txn, counters_.held, 1);
+}
+
+void QueueCore::Impl::ReleaseDelivery(Txn& txn, DeliveryRecord& rec, int64_t now) {
+  if (!rec.held()) {
+    return;
+  }
+  const bool detached = Detached(rec);
+  rec.set_held(false);
+  rec.clear_hold_reason();
+  if (!detached) {
+    return;  // still has its schedule key (lease)
+  }
+  Adjust(txn, counters_.held, -1);
+  for (RecipientRecord& r : *rec.mutable_recipients()) {
+    if (IsPending(r)) {
+      r.set_next_attempt_unix_ms(now);
+    }
+  }
+  rec.set_due_unix_ms(now);
+  ScheduleAt(txn, tern::v1::JOB_KIND_DELIVERY, rec.delivery_id(), now, now);
+}
+
+// ---------------------------------------------------------------------------
+// Failing recipients: max_queue_age, admin bounce, delay warnings.
+
+int64_t QueueCore::Impl::ArrivalOf(const DeliveryRecord& rec) const {
+  if (rec.arrival_unix_ms() > 0) {
+    return rec.arrival_unix_ms();
+  }
+  const int64_t from_id = MessageIdUnixMs(rec.message_id());  // records written before the field existed
+  return from_id > 0 ? from_id : clock_->NowUnixMs();
+}
+
+void QueueCore::Impl::RemoveDelivery(Txn& txn, const DeliveryRecord& rec, MessageRecord& msg) {
+  Detach(txn, rec);
+  txn.Delete(deliveries_, rec.delivery_id());
+  Adjust(txn, counters_.deliveries, -1);
+  data_sent_.erase(rec.delivery_id());
+  msg.set_open_jobs(msg.open_jobs() > 0 ? msg.open_jobs() - 1 : 0);
+}
+
+int QueueCore::Impl::FailRecipients(Txn& txn, DeliveryRecord& rec, MessageRecord& msg,
+                                    const std::vector<int>& positions, const tern::v1::RecipientResult& base,
+                                    const char* event, int64_t now) {
+  std::vector<BouncedRecipient> bounced;
+  int n = 0;
+  for (int pos : positions) {
+    RecipientRecord& r = *rec.mutable_recipients(pos);
+    if (!IsPending(r)) {
+      continue;
+    }
+    tern::v1::RecipientResult result = base;
+    result.set_at_unix_ms(now);
+    if (r.has_last_result()) {
+      // Keep what the remote said last: the DSN should show it.
+      const std::string last = ReplySummary(r.last_result());
+      if (!last.empty()) {
+        result.set_reply_text(absl::StrCat(base.reply_text(), " (last reply: ", last, ")"));
+      }
+      result.set_remote_mta(r.last_result().remote_mta());
+      result.set_remote_ip(r.last_result().remote_ip());
+    }
+    r.set_state(RECIPIENT_STATE_FAILED);
+    *r.mutable_last_result() = result;
+    ++n;
+    const uint32_t notify = r.spec().notify();
+    if ((notify & tern::v1::NOTIFY_NEVER) == 0 && (notify == 0 || (notify & tern::v1::NOTIFY_FAILURE) != 0)) {
+      BouncedRecipient b;
+      *b.mutable_spec() = r.spec();
+      *b.mutable_result() = result;
+      bounced.push_back(std::move(b));
+    }
+    AppendEvent(txn, event, rec.message_id(), rec.delivery_id(), {r.spec().address()}, ReplySummary(result));
+    txn.OnCommit([event, msg_id = rec.message_id(), id = rec.delivery_id(), rcpt = r.spec().address(),
+                  reply = ReplySummary(result)] {
+      Metrics().failed.Inc();
+      log::Event(log::Level::kNotice, event, {{"msg", msg_id}, {"delivery", id}, {"rcpt", rcpt}, {"reply", reply}});
+    });
+  }
+  Adjust(txn, counters_.failed, n);
+  Adjust(txn, counters_.recipients_pending, -n);
+  if (!bounced.empty()) {
+    CreateBounce(txn, msg, tern::v1::BOUNCE_KIND_FAILED, std::move(bounced), rec.delivery_id(), now);
+  }
+  return n;
+}
+
+absl::Status QueueCore::Impl::ExpireDelivery(Txn& txn, DeliveryRecord& rec, MessageRecord& msg, int64_t now) {
+  std::vector<int> positions;
+  for (int i = 0; i < rec.recipients_size(); ++i) {
+    if (IsPending(rec.recipients(i))) {
+      positions.push_back(i);
+    }
+  }
+  tern::v1::RecipientResult result;
+  result.set_outcome(tern::v1::OUTCOME_PERMANENT);
+  result.set_enhanced_status("5.4.7");
+  result.set_reply_text(absl::StrCat("Message expired after ", FormatIn(now - ArrivalOf(rec)),
+                                     " in the queue (max_queue_age)"));
+  const int n = FailRecipients(txn, rec, msg, positions, result, "expired", now);
+  txn.OnCommit([n] { Metrics().expired.Inc(n); });
+  RemoveDelivery(txn, rec, msg);
+  return absl::OkStatus();
+}
+
+void QueueCore::Impl::MaybeWarnDelay(Txn& txn, DeliveryRecord& rec, MessageRecord& msg, int64_t now) {
+  if (opt_.delay_warning_ms.empty()) {
+    return;
+  }
+  const int64_t arrival = ArrivalOf(rec);
+  const int64_t age = now - arrival;
+  const uint32_t passed = static_cast<uint32_t>(
+      std::upper_bound(opt_.delay_warning_ms.begin(), opt_.delay_warning_ms.end(), age) -
+      opt_.delay_warning_ms.begin());
+  std::vector<BouncedRecipient> warn;
+  int64_t until = 0;
+  for (RecipientRecord& r : *rec.mutable_recipients()) {
+    if (r.state() != RECIPIENT_STATE_DEFERRED || r.delay_warnings_sent() >= passed) {
+      continue;
+    }
+    r.set_delay_warnings_sent(passed);
+    const uint32_t notify = r.spec().notify();
+    // RFC 3461 §4.1: without NOTIFY, DELAY is at the MTA's discretion; like
+    // Postfix, Tern sends one when delay_warning is configured at all.
+    if ((notify & tern::v1::NOTIFY_NEVER) != 0 || (notify != 0 && (notify & tern::v1::NOTIFY_DELAY) == 0)) {
+      continue;
+    }
+    BouncedRecipient b;
+    *b.mutable_spec() = r.spec();
+    *b.mutable_result() = r.last_result();
+    warn.push_back(std::move(b));
+    // When the queue gives up: max_queue_age, or the end of the retry schedule.
+    int64_t gives_up = 0;
+    if (opt_.max_queue_age_ms > 0) {
+      gives_up = arrival + opt_.max_queue_age_ms;
+    } else {
+      gives_up = r.next_attempt_unix_ms();
+      const auto& iv = opt_.retry.intervals_ms();
+      for (size_t i = r.attempts(); i < iv.size(); ++i) {
+        gives_up += iv[i];
+      }
+    }
+    until = std::max(until, gives_up);
+  }
+  if (warn.empty()) {
+    return;
+  }
+  txn.OnCommit([] { Metrics().delay_warnings.Inc(); });
+  CreateBounce(txn, msg, tern::v1::BOUNCE_KIND_DELAYED, std::move(warn), rec.delivery_id(), now, until);
+}
+
+// ---------------------------------------------------------------------------
+// Host flags.
+
+void QueueCore::Impl::PutHostFlags(tern::v1::PutHostFlagsRequest request,
+                                   Callback<tern::v1::PutHostFlagsResponse> done) {
+  for (const auto& f : request.flags()) {
+    if (f.host().empty() || f.flag().empty() || absl::StrContains(f.flag(), '\0')) {
+      done(absl::InvalidArgumentError("host flags need a host and a flag name (without NUL)"));
+      return;
+    }
+  }
+  auto call = std::make_shared<std::pair<tern::v1::PutHostFlagsRequest, Callback<tern::v1::PutHostFlagsResponse>>>(
+      std::move(request), std::move(done));
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) {
+        const int64_t now = clock_->NowUnixMs();
+        for (const auto& f : call->first.flags()) {
+          if (f.expires_unix_ms() > now) {
+            PutRecord(txn, meta_, HostFlagKey(f.flag(), f.host()), f);
+          }
+        }
+        return absl::OkStatus();
+      },
+      [call](const absl::Status& s) {
+        if (s.ok()) {
+          call->second(tern::v1::PutHostFlagsResponse());
+        } else {
+          call->second(s);
+        }
+      },
+  });
+}
+
+absl::StatusOr<tern::v1::GetHostFlagsResponse> QueueCore::Impl::GetHostFlags(
+    const tern::v1::GetHostFlagsRequest& request) {
+  const int64_t now = clock_->NowUnixMs();
+  const std::string prefix = HostFlagPrefix(request.flag());
+  tern::v1::GetHostFlagsResponse out;
+  std::vector<std::string> expired;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    tern::v1::HostFlag f;
+    if (!f.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      continue;
+    }
+    if (f.expires_unix_ms() > now) {
+      *out.add_flags() = std::move(f);
+    } else {
+      expired.push_back(it->key().ToString());
+    }
+  }
+  if (!it->status().ok()) {
+    return StorageError(it->status(), "read host flags");
+  }
+  if (!expired.empty()) {
+    committer_->Submit(GroupOp{
+        [this, expired = std::move(expired)](Txn& txn) -> absl::Status {
+          const int64_t at = clock_->NowUnixMs();
+          for (const std::string& key : expired) {
+            std::string raw;
+            rocksdb::Status s = txn.Get(meta_, key, &raw);
+            tern::v1::HostFlag f;
+            // Only if still expired: it may have been renewed meanwhile.
+            if (s.ok() && f.ParseFromString(raw) && f.expires_unix_ms() <= at) {
+              txn.Delete(meta_, key);
+            }
+          }
+          return absl::OkStatus();
+        },
+        [](const absl::Status&) {},
+    });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Admin reads.
+
+absl::StatusOr<std::vector<std::string>> QueueCore::Impl::Select(const tern::v1::Selector& sel, size_t limit,
+                                                                 const std::string& after,
+                                                                 std::string* next_cursor) {
+  TERN_RETURN_IF_ERROR(ValidateSelector(sel));
+  const int64_t now = clock_->NowUnixMs();
+  std::vector<std::string> out;
+  auto consider = [&](const std::string& id, absl::string_view value) {
+    MessageRecord msg;
+    if (!msg.ParseFromArray(value.data(), static_cast<int>(value.size())) || !MessageMatches(msg, sel, now)) {
+      return;
+    }
+    if (HasDeliveryFilter(sel)) {
+      bool any = false;
+      for (const auto& d : ReadPrefix<DeliveryRecord>(db_.get(), deliveries_, absl::StrCat(id, "."))) {
+        any = any || DeliveryMatches(d, sel, now);
+      }
+      if (!any) {
+        return;
+      }
+    }
+    out.push_back(id);
+  };
+  if (!sel.message_ids().empty()) {
+    std::vector<std::string> ids(sel.message_ids().begin(), sel.message_ids().end());
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    for (const std::string& id : ids) {
+      if (id <= after && !after.empty()) {
+        continue;
+      }
+      if (out.size() >= limit) {
+        *next_cursor = out.back();
+        break;
+      }
+      std::string raw;
+      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), messages_, id, &raw);
+      if (s.ok()) {
+        consider(id, raw);
+      } else if (!s.IsNotFound()) {
+        return StorageError(s, "read message");
+      }
+    }
+    return out;
+  }
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), messages_));
+  if (after.empty()) {
+    it->SeekToFirst();
+  } else {
+    it->Seek(after);
+    if (it->Valid() && it->key() == rocksdb::Slice(after)) {
+      it->Next();
+    }
+  }
+  for (; it->Valid(); it->Next()) {
+    if (out.size() >= limit) {
+      *next_cursor = out.back();
+      break;
+    }
+    consider(it->key().ToString(), absl::string_view(it->value().data(), it->value().size()));
+  }
+  if (!it->status().ok()) {
+    return StorageError(it->status(), "scan messages");
+  }
+  return out;
+}
+
+absl::StatusOr<tern::v1::ListResponse> QueueCore::Impl::List(const tern::v1::ListRequest& request) {
+  const uint32_t limit =
+      request.limit() == 0 ? kDefaultListLimit : std::min<uint32_t>(request.limit(), kMaxListLimit);
+  std::string next;
+  TERN_ASSIGN_OR_RETURN(std::vector<std::string> ids, Select(request.selector(), limit, request.cursor(), &next));
+  const int64_t now = clock_->NowUnixMs();
+  tern::v1::ListResponse out;
+  out.set_next_cursor(next);
+  for (const std::string& id : ids) {
+    std::string raw;
+    MessageRecord msg;
+    if (!db_->Get(rocksdb::ReadOptions(), messages_, id, &raw).ok() || !msg.ParseFromString(raw)) {
+      continue;
+    }
+    tern::v1::MessageSummary* m = out.add_messages();
+    m->set_message_id(id);
+    m->set_arrival_unix_ms(msg.arrival_unix_ms());
+    m->set_mail_from(msg.envelope().mail_from());
+    m->set_size(msg.body_size());
+    m->set_recipients(msg.envelope().recipients_size());
+    static const std::map<std::string, int> kRank = {{"held", 4}, {"leased", 3}, {"due", 2}, {"deferred", 1}};
+    int rank = 0;
+    int64_t last_at = -1;
+    for (const auto& d : ReadPrefix<DeliveryRecord>(db_.get(), deliveries_, absl::StrCat(id, "."))) {
+      const std::string state = DeliveryStateName(d, now);
+      if (kRank.at(state) > rank) {
+        rank = kRank.at(state);
+        m->set_state(state);
+      }
+      if (std::find(m->domains().begin(), m->domains().end(), d.domain()) == m->domains().end()) {
+        m->add_domains(d.domain());
+      }
+      if (state == "deferred" && (m->next_attempt_unix_ms() == 0 || d.due_unix_ms() < m->next_attempt_unix_ms())) {
+        m->set_next_attempt_unix_ms(d.due_unix_ms());
+      }
+      for (const auto& r : d.recipients()) {
+        if (!IsPending(r)) {
+          continue;
+        }
+        m->set_recipients_pending(m->recipients_pending() + 1);
+        m->set_max_attempts(std::max(m->max_attempts(), r.attempts()));
+        if (r.has_last_result() && r.last_result().at_unix_ms() > last_at) {
+          last_at = r.last_result().at_unix_ms();
+          m->set_last_reply(ReplySummary(r.last_result()));
+        }
+      }
+    }
+    if (rank == 0) {
+      m->set_state("bounce");  // only DSN jobs left
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<tern::v1::ShowResponse> QueueCore::Impl::Show(const std::string& message_id) {
+  const int64_t now = clock_->NowUnixMs();
+  std::string raw;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), messages_, message_id, &raw);
+  if (s.IsNotFound()) {
+    return absl::NotFoundError(absl::StrCat("no message ", message_id, " in the queue"));
+  }
+  if (!s.ok()) {
+    return StorageError(s, "read message");
+  }
+  MessageRecord msg;
+  if (!msg.ParseFromString(raw)) {
+    return absl::DataLossError(absl::StrCat("message record ", message_id, " does not parse"));
+  }
+  const bool paused = paused_view_.load();
+  tern::v1::ShowResponse out;
+  out.set_message_id(message_id);
+  *out.mutable_envelope() = msg.envelope();
+  out.set_arrival_unix_ms(msg.arrival_unix_ms());
+  out.set_size(msg.body_size());
+  out.set_paused(paused);
+  out.set_now_unix_ms(now);
+  if (opt_.max_queue_age_ms > 0) {
+    out.set_expires_unix_ms(msg.arrival_unix_ms() + opt_.max_queue_age_ms);
+  }
+  std::string body;
+  if (db_->Get(rocksdb::ReadOptions(), bodies_, message_id, &body).ok()) {
+    out.set_headers(HeadersOf(body));
+  }
+  const size_t retries = opt_.retry.intervals_ms().size();
+  for (const auto& d : ReadPrefix<DeliveryRecord>(db_.get(), deliveries_, absl::StrCat(message_id, "."))) {
+    tern::v1::DeliveryDetail* dd = out.add_deliveries();
+    const std::string state = DeliveryStateName(d, now);
+    dd->set_delivery_id(d.delivery_id());
+    dd->set_domain(d.domain());
+    dd->set_state(state);
+    dd->set_due_unix_ms(d.due_unix_ms());
+    dd->set_lease_holder(d.lease_holder());
+    dd->set_lease_deadline_unix_ms(d.lease_token().empty() ? 0 : d.lease_deadline_unix_ms());
+    dd->set_tries(d.tries());
+    dd->set_held(d.held());
+    dd->set_hold_reason(d.hold_reason());
+    dd->set_data_sent(!d.data_sent_token().empty() && d.data_sent_token() == d.lease_token());
+    const RecipientRecord* cause = nullptr;  // the pending recipient due first
+    for (const auto& r : d.recipients()) {
+      tern::v1::RecipientDetail* rd = dd->add_recipients();
+      rd->set_index(r.index());
+      *rd->mutable_spec() = r.spec();
+      rd->set_state(RecipientStateName(r.state()));
+      rd->set_attempts(r.attempts());
+      if (r.has_last_result()) {
+        *rd->mutable_last_result() = r.last_result();
+      }
+      rd->set_next_attempt_unix_ms(IsPending(r) ? r.next_attempt_unix_ms() : 0);
+      rd->set_ambiguous_count(r.ambiguous_count());
+      rd->set_delay_warnings_sent(r.delay_warnings_sent());
+      if (IsPending(r) && (cause == nullptr || r.next_attempt_unix_ms() < cause->next_attempt_unix_ms())) {
+        cause = &r;
+      }
+    }
+    std::string why;
+    if (state == "leased") {
+      why = absl::StrCat("out on lease to ", d.lease_holder().empty() ? "a deliverer" : d.lease_holder(), " until ",
+                         FormatTime(d.lease_deadline_unix_ms()), " (in ", FormatIn(d.lease_deadline_unix_ms() - now),
+                         "), attempt ", d.tries(), dd->data_sent() ? "; DATA was sent" : "",
+                         d.held() ? "; held once the lease ends" : "");
+    } else if (state == "held") {
+      why = absl::StrCat("held (", d.hold_reason().empty() ? "admin" : d.hold_reason(),
+                         d.hold_reason() == "ambiguous"
+                             ? ": a lease expired after DATA was sent, the remote may have the message"
+                             : "",
+                         "); never leased until `ternctl release`");
+    } else if (state == "due") {
+      why = absl::StrCat("due since ", FormatTime(d.due_unix_ms()),
+                         !d.lease_token().empty() ? " (its lease expired without a report)" : "",
+                         paused ? "; delivery is PAUSED (outbound.ini disabled or `ternctl pause`)"
+                                : "; waiting for a deliverer to lease it");
+    } else {
+      why = absl::StrCat("deferred until ", FormatTime(d.due_unix_ms()), " (in ", FormatIn(d.due_unix_ms() - now),
+                         ")");
+      if (cause != nullptr && cause->attempts() > 0) {
+        absl::StrAppend(&why, ": ", cause->spec().address(), " failed temporarily ", cause->attempts(),
+                        cause->attempts() == 1 ? " time" : " times", ", last reply '",
+                        ReplySummary(cause->last_result()), "'; retry ", cause->attempts(), " of ", retries);
+      } else if (cause != nullptr) {
+        absl::StrAppend(&why, ": ", cause->spec().address(),
+                        " was not tried in the last attempt (the deliverer's report left it out)");
+      }
+      if (paused) {
+        absl::StrAppend(&why, "; delivery is PAUSED");
+      }
+    }
+    dd->set_explanation(why);
+  }
+  for (const auto& b : ReadPrefix<BounceRecord>(db_.get(), bounces_, absl::StrCat(message_id, ".b"))) {
+    tern::v1::BounceDetail* bd = out.add_bounces();
+    bd->set_bounce_id(b.bounce_id());
+    bd->set_kind(b.kind());
+    bd->set_due_unix_ms(b.due_unix_ms());
+    bd->set_leased(!b.lease_token().empty() && b.lease_deadline_unix_ms() > now);
+    bd->set_tries(b.tries());
+    for (const auto& r : b.recipients()) {
+      bd->add_recipients(r.spec().address());
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<tern::v1::QshapeResponse> QueueCore::Impl::Qshape(const tern::v1::QshapeRequest& request) {
+  const int64_t now = clock_->NowUnixMs();
+  std::vector<uint32_t> buckets(request.bucket_minutes().begin(), request.bucket_minutes().end());
+  if (buckets.empty()) {
+    buckets = {0, 5, 10, 20, 40, 80, 160, 320, 640, 1280};
+  }
+  std::sort(buckets.begin(), buckets.end());
+  buckets.erase(std::unique(buckets.begin(), buckets.end()), buckets.end());
+  if (buckets.front() != 0) {
+    buckets.insert(buckets.begin(), 0);
+  }
+  struct Row {
+    uint64_t total = 0;
+    std::vector<uint64_t> counts;
+  };
+  std::map<std::string, Row> rows;
+  Row sum;
+  sum.counts.assign(buckets.size(), 0);
+  // Deliveries of one message are adjacent ("<msgid>.<n>"); count each
+  // (message, domain) once, as Postfix's qshape counts messages per domain.
+  std::string current_msg;
+  std::set<std::string> seen_domains;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), deliveries_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    DeliveryRecord d;
+    if (!d.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      continue;
+    }
+    if (request.deferred_only() && DeliveryStateName(d, now) != "deferred") {
+      continue;
+    }
+    if (d.message_id() != current_msg) {
+      current_msg = d.message_id();
+      seen_domains.clear();
+    }
+    if (!seen_domains.insert(d.domain()).second) {
+      continue;
+    }
+    const int64_t age_min = std::max<int64_t>(0, (now - ArrivalOf(d)) / 60000);
+    size_t b = std::upper_bound(buckets.begin(), buckets.end(), static_cast<uint64_t>(age_min)) - buckets.begin();
+    b = b == 0 ? 0 : b - 1;
+    Row& row = rows[d.domain()];
+    if (row.counts.empty()) {
+      row.counts.assign(buckets.size(), 0);
+    }
+    ++row.total;
+    ++row.counts[b];
+    ++sum.total;
+    ++sum.counts[b];
+  }
+  if (!it->status().ok()) {
+    return StorageError(it->status(), "qshape scan");
+  }
+  std::vector<std::pair<std::string, Row*>> order;
+  for (auto& [domain, row] : rows) {
+    order.emplace_back(domain, &row);
+  }
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return a.second->total != b.second->total ? a.second->total > b.second->total : a.first < b.first;
+  });
+  const size_t top = request.top() == 0 ? 20 : request.top();
+  tern::v1::QshapeResponse out;
+  for (uint32_t b : buckets) {
+    out.add_bucket_minutes(b);
+  }
+  out.set_domains(static_cast<uint32_t>(rows.size()));
+  auto add = [&out](const std::string& name, const Row& row) {
+    tern::v1::QshapeRow* r = out.add_rows();
+    r->set_domain(name);
+    r->set_total(row.total);
+    for (uint64_t c : row.counts) {
+      r->add_counts(c);
+    }
+  };
+  add("TOTAL", sum);
+  for (size_t i = 0; i < order.size() && i < top; ++i) {
+    add(order[i].first, *order[i].second);
+  }
+  return out;
+}
+
+absl::StatusOr<tern::v1::ListCorruptResponse> QueueCore::Impl::ListCorrupt(uint32_t limit) {
+  if (limit == 0) {
+    limit = kDefaultListLimit;
+  }
+  tern::v1::ListCorruptResponse out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), corrupt_));
+  uint64_t total = 0;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    ++total;
+    if (out.records_size() >= static_cast<int>(limit)) {
+      continue;
+    }
+    const std::string key = it->key().ToString();
+    const size_t nul = key.find('\0');
+    tern::v1::CorruptRecord* r = out.add_records();
+    r->set_column_family(nul == std::string::npos ? "" : key.substr(0, nul));
+    r->set_key(nul == std::string::npos ? key : key.substr(nul + 1));
+    r->set_size(it->value().size());
+  }
+  out.set_total(total);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Admin actions.
+
+void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest request,
+                          Callback<tern::v1::ActionResponse> done) {
+  if (SelectorIsEmpty(request.selector()) && !request.selector().all()) {
+    done(absl::InvalidArgumentError("select messages (ids, domain, sender, recipient, state, age) or ask for all"));
+    return;
+  }
+  std::string unused;
+  auto ids = Select(request.selector(), SIZE_MAX, "", &unused);
+  if (!ids.ok()) {
+    done(ids.status());
+    return;
+  }
+  struct Run {
+    QueueCore::Action action;
+    tern::v1::ActionRequest request;
+    std::vector<std::string> ids;
+    size_t next = 0;
+    tern::v1::ActionResponse response;
+    Callback<tern::v1::ActionResponse> done;
+  };
+  auto run = std::make_shared<Run>();
+  run->action = action;
+  run->request = std::move(request);
+  run->ids = std::move(*ids);
+  run->done = std::move(done);
+  run->response.set_matched(run->ids.size());
+  for (size_t i = 0; i < run->ids.size() && i < 100; ++i) {
+    run->response.add_message_ids(run->ids[i]);
+  }
+  const bool destructive = action == QueueCore::Action::kDelete || action == QueueCore::Action::kBounce;
+  if (destructive && run->ids.size() > 1 && !run->request.confirm()) {
+    run->response.set_needs_confirmation(true);
+    run->done(std::move(run->response));
+    return;
+  }
+  if (run->ids.empty()) {
+    run->done(std::move(run->response));
+    return;
+  }
+  // One chunk per operation, each after the previous one committed, so a
+  // big action never makes one huge group.
+  auto step = std::make_shared<std::function<void()>>();
+  *step = [this, run, step] {
+    auto changed = std::make_shared<uint64_t>(0);
+    const size_t begin = run->next;
+    const size_t end = std::min(run->ids.size(), begin + kActionChunk);
+    run->next = end;
+    committer_->Submit(GroupOp{
+        [this, run, changed, begin, end](Txn& txn) -> absl::Status {
+          *changed = 0;
+          for (size_t i = begin; i < end; ++i) {
+            TERN_ASSIGN_OR_RETURN(uint64_t n, ApplyAction(txn, run->action, run->request, run->ids[i]));
+            *changed += n;
+          }
+          return absl::OkStatus();
+        },
+        [this, run, changed, step](const absl::Status& s) {
+          if (!s.ok()) {
+            *step = nullptr;  // break the cycle
+            run->done(s);
+            return;
+          }
+          run->response.set_deliveries_changed(run->response.deliveries_changed() + *changed);
+          if (run->next < run->ids.size()) {
+            (*step)();
+            return;
+          }
+          *step = nullptr;
+          WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+          run->done(std::move(run->response));
+        },
+    });
+  };
+  (*step)();
+}
+
+absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Action action,
+                                                      const tern::v1::ActionRequest& request,
+                                                      const std::string& message_id) {
+  const int64_t now = clock_->NowUnixMs();
+  const tern::v1::Selector& sel = request.selector();
+  TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
+                        Read<MessageRecord>(txn, messages_, kMessagesCf, message_id));
+  if (!msg.has_value()) {
+    return 0;  // retired since it was selected
+  }
+  std::vector<DeliveryRecord> deliveries;
+  {
+    const std::string prefix = absl::StrCat(message_id, ".");
+    std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(deliveries_);
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      DeliveryRecord d;
+      if (d.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        deliveries.push_back(std::move(d));
+      }
+    }
+    if (!it->status().ok()) {
+      return StorageError(it->status(), "scan deliveries");
+    }
+  }
+  const char* name = "";
+  uint64_t changed = 0;
+  KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
+  for (DeliveryRecord& d : deliveries) {
+    if (HasDeliveryFilter(sel) && !DeliveryMatches(d, sel, now)) {
+      continue;
+    }
+    const std::string& id = d.delivery_id();
+    switch (action) {
+      case QueueCore::Action::kFlush:
+        name = "flush";
+        if (d.held() || ks.leases.Contains(id) || d.due_unix_ms() <= now) {
+          break;
+        }
+        Unschedule(txn, tern::v1::JOB_KIND_DELIVERY, id, d.due_unix_ms());
+        for (RecipientRecord& r : *d.mutable_recipients()) {
+          if (IsPending(r)) {
+            r.set_next_attempt_unix_ms(now);
+          }
+        }
+        d.set_due_unix_ms(now);
+        PutRecord(txn, deliveries_, id, d);
+        ScheduleAt(txn, tern::v1::JOB_KIND_DELIVERY, id, now, now);
+        ++changed;
+        break;
+      case QueueCore::Action::kHold:
+        name = "hold";
+        if (!d.held()) {
+          HoldDelivery(txn, d, "admin");
+          PutRecord(txn, deliveries_, id, d);
+          ++changed;
+        }
+        break;
+      case QueueCore::Action::kRelease:
+        name = "release";
+        if (d.held()) {
+          ReleaseDelivery(txn, d, now);
+          PutRecord(txn, deliveries_, id, d);
+          ++changed;
+        }
+        break;
+      case QueueCore::Action::kDelete:
+        name = "delete";
+        Adjust(txn, counters_.recipients_pending, -PendingCount(d));
+        RemoveDelivery(txn, d, *msg);
+        ++changed;
+        break;
+      case QueueCore::Action::kBounce: {
+        name = "bounce";
+        std::vector<int> positions;
+        for (int i = 0; i < d.recipients_size(); ++i) {
+          positions.push_back(i);
+        }
+        tern::v1::RecipientResult result;
+        result.set_outcome(tern::v1::OUTCOME_PERMANENT);
+        result.set_enhanced_status("5.0.0");
+        result.set_reply_text(request.reason().empty()
+                                  ? std::string("Removed from the queue by the administrator")
+                                  : absl::StrCat("Removed from the queue by the administrator: ", request.reason()));
+        FailRecipients(txn, d, *msg, positions, result, "failed", now);
+        RemoveDelivery(txn, d, *msg);
+        ++changed;
+        break;
+      }
+    }
+  }
+  uint64_t bounces_dropped = 0;
+  if (action == QueueCore::Action::kDelete && !HasDeliveryFilter(sel)) {
+    // The whole message goes, pending DSN jobs included ("drop silently").
+    const std::string prefix = absl::StrCat(message_id, ".b");
+    std::vector<BounceRecord> jobs;
+    std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(bounces_);
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      BounceRecord b;
+      if (b.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        jobs.push_back(std::move(b));
+      }
+    }
+    for (const BounceRecord& b : jobs) {
+      Unschedule(txn, tern::v1::JOB_KIND_BOUNCE, b.bounce_id(), b.due_unix_ms());
+      txn.Delete(bounces_, b.bounce_id());
+      Adjust(txn, counters_.bounces, -1);
+      msg->set_open_jobs(msg->open_jobs() > 0 ? msg->open_jobs() - 1 : 0);
+      ++bounces_dropped;
+    }
+  }
+  if (changed > 0 || bounces_dropped > 0) {
+    std::string detail = absl::StrCat(name, " deliveries=", changed);
+    if (bounces_dropped > 0) {
+      absl::StrAppend(&detail, " dsn_jobs=", bounces_dropped);
+    }
+    if (!request.reason().empty()) {
+      absl::StrAppend(&detail, " reason=", request.reason());
+    }
+    AppendEvent(txn, "admin", message_id, "", {}, detail);
+    txn.OnCommit([message_id, detail] {
+      log::Event(log::Level::kNotice, "admin_action", {{"msg", message_id}, {"action", detail}});
+    });
+    if (action == QueueCore::Action::kDelete || action == QueueCore::Action::kBounce) {
+      SaveOrRetireMessage(txn, *msg);
+    }
+  }
+  return changed;
+}
+
+}  // namespace tern::queue

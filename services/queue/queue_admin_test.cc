@@ -1,0 +1,565 @@
+// Behaviours of the second half of QueueCore (queue_admin.cc): DATA-sent
+// progress and ambiguous leases, host flags, hold/release/delete/bounce/
+// flush, pause, max_queue_age, delay warnings, the event log and the admin
+// reads (list, show/explain, qshape).
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "services/queue/queue_core_test_fixture.h"
+
+namespace tern::queue {
+namespace {
+
+using namespace testing_support;  // NOLINT
+using ::testing::HasSubstr;
+using Action = QueueCore::Action;
+
+class QueueAdminTest : public QueueCoreTest {
+ protected:
+  void Progress(const tern::v1::DeliveryJob& job, const std::string& token = "") {
+    tern::v1::ProgressRequest req;
+    auto* item = req.add_items();
+    item->set_delivery_id(job.delivery_id());
+    item->set_lease_token(token.empty() ? job.lease_token() : token);
+    item->set_data_sent(true);
+    auto r = Sync<tern::v1::ProgressResponse>([&](auto cb) { core_->Progress(req, std::move(cb)); });
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  tern::v1::ActionResponse Act(Action action, tern::v1::Selector sel, bool confirm = false,
+                               const std::string& reason = "") {
+    tern::v1::ActionRequest req;
+    *req.mutable_selector() = std::move(sel);
+    req.set_confirm(confirm);
+    req.set_reason(reason);
+    auto r = Sync<tern::v1::ActionResponse>([&](auto cb) { core_->Act(action, req, std::move(cb)); });
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : tern::v1::ActionResponse();
+  }
+  static tern::v1::Selector Ids(std::vector<std::string> ids) {
+    tern::v1::Selector s;
+    for (auto& id : ids) {
+      s.add_message_ids(id);
+    }
+    return s;
+  }
+  tern::v1::ShowResponse Show(const std::string& id) {
+    auto r = core_->Show(id);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : tern::v1::ShowResponse();
+  }
+  std::vector<tern::v1::QueueEvent> Events(uint64_t after = 0) {
+    std::vector<tern::v1::QueueEvent> out;
+    EXPECT_TRUE(core_->ReadEvents(after, 100000, &out).ok());
+    return out;
+  }
+  std::vector<std::string> EventTypes(const std::string& message_id) {
+    std::vector<std::string> out;
+    for (const auto& e : Events()) {
+      if (e.message_id() == message_id) {
+        out.push_back(e.type());
+      }
+    }
+    return out;
+  }
+};
+
+TEST_F(QueueAdminTest, LeaseExpiringAfterDataSentIsAmbiguousAndRedeliveredByDefault) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")})).message_id;
+  LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10, /*lease_seconds=*/30);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  Progress(first.deliveries(0));
+  EXPECT_TRUE(Show(id).deliveries(0).data_sent());
+  clock_.AdvanceMs(30'000);
+  ASSERT_TRUE(Eventually([&] { return Stats().ambiguous_total() == 2; }));
+
+  LeaseResponse again = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(again.deliveries_size(), 1);
+  EXPECT_EQ(again.deliveries(0).recipients_size(), 2);
+  tern::v1::ShowResponse shown = Show(id);
+  EXPECT_EQ(shown.deliveries(0).recipients(0).ambiguous_count(), 1u);
+  EXPECT_EQ(shown.deliveries(0).recipients(1).ambiguous_count(), 1u);
+  EXPECT_FALSE(shown.deliveries(0).data_sent());  // a new lease starts clean
+  EXPECT_THAT(EventTypes(id), ::testing::ElementsAre("received", "leased", "ambiguous", "leased"));
+  // Counted once, not again at the new lease.
+  EXPECT_EQ(Stats().ambiguous_total(), 2u);
+}
+
+TEST_F(QueueAdminTest, ReportedOrStaleProgressIsNeverAmbiguous) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  Enqueue(Header({Rcpt("b@y.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10, /*lease_seconds=*/30);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  Progress(lease.deliveries(0));
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok"));
+  Progress(lease.deliveries(1), "not-the-token");
+  clock_.AdvanceMs(31'000);
+  Stats();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(Stats().ambiguous_total(), 0u);
+}
+
+TEST_F(QueueAdminTest, HoldPolicyHoldsAnAmbiguousDeliveryUntilReleased) {
+  options_.ambiguous_policy = AmbiguousPolicy::kHold;
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10, /*lease_seconds=*/30);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  Progress(first.deliveries(0));
+  clock_.AdvanceMs(30'000);
+  ASSERT_TRUE(Eventually([&] { return Stats().deliveries_held() == 1; }));
+  EXPECT_EQ(Stats().ambiguous_total(), 1u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  tern::v1::ShowResponse shown = Show(id);
+  EXPECT_EQ(shown.deliveries(0).state(), "held");
+  EXPECT_EQ(shown.deliveries(0).hold_reason(), "ambiguous");
+  EXPECT_THAT(shown.deliveries(0).explanation(), HasSubstr("remote may have the message"));
+  // A late report for the old lease is still stale-checked against the token.
+  EXPECT_EQ(ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_STALE_LEASE});
+
+  tern::v1::Selector sel;
+  sel.set_state("ambiguous");
+  EXPECT_EQ(Act(Action::kRelease, sel).deliveries_changed(), 1u);
+  EXPECT_EQ(Stats().deliveries_held(), 0u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
+}
+
+TEST_F(QueueAdminTest, AmbiguousLeaseOutstandingAtACrashIsMarkedAfterRecovery) {
+  options_.ambiguous_policy = AmbiguousPolicy::kHold;
+  options_.recovery_lease_grace_seconds = 0;
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse first = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  Progress(first.deliveries(0));
+  Reopen();
+  ASSERT_TRUE(Eventually([&] { return Stats().deliveries_held() == 1; }));
+  EXPECT_EQ(Show(id).deliveries(0).recipients(0).ambiguous_count(), 1u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  // Held survives another restart.
+  Reopen();
+  EXPECT_EQ(Stats().deliveries_held(), 1u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+}
+
+TEST_F(QueueAdminTest, AmbiguousLeaseKeptForGraceAfterACrashIsMarkedWhenTheGraceRunsOut) {
+  options_.ambiguous_policy = AmbiguousPolicy::kHold;
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse first = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  Progress(first.deliveries(0));
+  Reopen();
+  EXPECT_EQ(Stats().deliveries_held(), 0u) << "its worker may still report during the grace";
+  clock_.AdvanceMs(31'000);
+  ASSERT_TRUE(Eventually([&] { return Stats().deliveries_held() == 1; }));
+  EXPECT_EQ(Show(id).deliveries(0).recipients(0).ambiguous_count(), 1u);
+}
+
+TEST_F(QueueAdminTest, HostFlagsAreSharedUntilTheyExpireAndThenPurged) {
+  Open();
+  tern::v1::PutHostFlagsRequest put;
+  auto* a = put.add_flags();
+  a->set_host("192.0.2.1");
+  a->set_flag("broken_tls");
+  a->set_expires_unix_ms(kStart + 10'000);
+  a->set_reason("handshake failure");
+  auto* b = put.add_flags();
+  b->set_host("mx.example");
+  b->set_flag("slow");
+  b->set_expires_unix_ms(kStart + 60'000);
+  ASSERT_TRUE(
+      Sync<tern::v1::PutHostFlagsResponse>([&](auto cb) { core_->PutHostFlags(put, std::move(cb)); }).ok());
+
+  tern::v1::GetHostFlagsRequest all;
+  EXPECT_EQ(core_->GetHostFlags(all)->flags_size(), 2);
+  tern::v1::GetHostFlagsRequest tls;
+  tls.set_flag("broken_tls");
+  auto got = core_->GetHostFlags(tls);
+  ASSERT_EQ(got->flags_size(), 1);
+  EXPECT_EQ(got->flags(0).host(), "192.0.2.1");
+  EXPECT_EQ(got->flags(0).reason(), "handshake failure");
+  tern::v1::GetHostFlagsRequest broken;
+  broken.set_flag("broken");  // a prefix of the name is another flag
+  EXPECT_EQ(core_->GetHostFlags(broken)->flags_size(), 0);
+
+  clock_.AdvanceMs(10'000);
+  EXPECT_EQ(core_->GetHostFlags(tls)->flags_size(), 0);
+  EXPECT_EQ(core_->GetHostFlags(all)->flags_size(), 1);
+  Stats();  // a later operation: the purge submitted by Get has committed
+  core_.reset();
+  EXPECT_EQ(CountKeys()[kMetaCf], 1);
+
+  Open();
+  tern::v1::PutHostFlagsRequest bad;
+  bad.add_flags()->set_flag("x");
+  EXPECT_EQ(Sync<tern::v1::PutHostFlagsResponse>([&](auto cb) { core_->PutHostFlags(bad, std::move(cb)); })
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(QueueAdminTest, DeliveryFactsAreKeptAsTheLastResult) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  auto result = Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.7.0", "later");
+  result.set_remote_port(2525);
+  result.set_mode("LMTP");
+  result.set_tls("TLSv1.3 TLS_AES_256_GCM_SHA384");
+  result.set_tls_verified(true);
+  result.set_auth_mechanism("PLAIN");
+  ReportAll(lease.deliveries(0), result);
+  const tern::v1::ShowResponse shown = Show(id);
+  const auto& last = shown.deliveries(0).recipients(0).last_result();
+  EXPECT_EQ(last.remote_port(), 2525u);
+  EXPECT_EQ(last.mode(), "LMTP");
+  EXPECT_EQ(last.tls(), "TLSv1.3 TLS_AES_256_GCM_SHA384");
+  EXPECT_TRUE(last.tls_verified());
+  EXPECT_EQ(last.auth_mechanism(), "PLAIN");
+  EXPECT_EQ(last.reply_code(), 451u);
+}
+
+TEST_F(QueueAdminTest, ShowExplainsDeferredLeasedHeldAndPaused) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  auto shown = Show(id);
+  EXPECT_EQ(shown.headers(), "Subject: hi\r\nFrom: a@src.example\r\n\r\n");
+  EXPECT_EQ(shown.envelope().mail_from(), "sender@src.example");
+  EXPECT_THAT(shown.deliveries(0).explanation(), HasSubstr("waiting for a deliverer"));
+
+  tern::v1::LeaseRequest req;
+  req.set_kind(JOB_KIND_DELIVERY);
+  req.set_max_jobs(1);
+  req.set_worker_id("deliverer-7");
+  auto lease = Sync<LeaseResponse>([&](auto cb) { core_->Lease(req, std::move(cb)); });
+  ASSERT_TRUE(lease.ok());
+  shown = Show(id);
+  EXPECT_EQ(shown.deliveries(0).state(), "leased");
+  EXPECT_EQ(shown.deliveries(0).lease_holder(), "deliverer-7");
+  EXPECT_EQ(shown.deliveries(0).lease_deadline_unix_ms(), kStart + 300'000);
+  EXPECT_THAT(shown.deliveries(0).explanation(), HasSubstr("out on lease to deliverer-7"));
+
+  ReportAll(lease->deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "greylisted"));
+  shown = Show(id);
+  EXPECT_EQ(shown.deliveries(0).state(), "deferred");
+  EXPECT_THAT(shown.deliveries(0).explanation(), HasSubstr("deferred until"));
+  EXPECT_THAT(shown.deliveries(0).explanation(), HasSubstr("451 4.3.0 greylisted"));
+  EXPECT_THAT(shown.deliveries(0).explanation(), HasSubstr("retry 1 of 2"));
+
+  EXPECT_EQ(Act(Action::kHold, Ids({id})).deliveries_changed(), 1u);
+  EXPECT_EQ(Show(id).deliveries(0).state(), "held");
+  EXPECT_EQ(Act(Action::kRelease, Ids({id})).deliveries_changed(), 1u);
+  auto paused = Sync<bool>([&](auto cb) { core_->SetPaused(true, std::move(cb)); });
+  ASSERT_TRUE(paused.ok());
+  EXPECT_TRUE(*paused);
+  EXPECT_THAT(Show(id).deliveries(0).explanation(), HasSubstr("PAUSED"));
+  auto missing = core_->Show("nope");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(QueueAdminTest, PauseOverridesTheFileUntilTheFileChanges) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  ASSERT_TRUE(Sync<bool>([&](auto cb) { core_->SetPaused(true, std::move(cb)); }).ok());
+  EXPECT_TRUE(Stats().paused());
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  core_->SetDisabled(false);  // the file still says false: no change, the pause stays
+  EXPECT_TRUE(Stats().paused());
+  core_->SetDisabled(true);
+  core_->SetDisabled(false);  // the file changed: it wins
+  EXPECT_FALSE(Stats().paused());
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
+  ASSERT_TRUE(Sync<bool>([&](auto cb) { core_->SetPaused(false, std::move(cb)); }).ok());
+  EXPECT_FALSE(Stats().paused());
+}
+
+TEST_F(QueueAdminTest, HoldKeepsDeliveriesFromLeasesAndSurvivesRestart) {
+  options_.recovery_lease_grace_seconds = 0;  // the restart releases y.example's lease at once
+  Open();
+  const std::string a = Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@y.example")})).message_id;
+  const std::string b = Enqueue(Header({Rcpt("c@x.example")})).message_id;
+  tern::v1::Selector x;
+  x.set_domain("X.example");
+  tern::v1::ActionResponse held = Act(Action::kHold, x);
+  EXPECT_EQ(held.matched(), 2u);
+  EXPECT_EQ(held.deliveries_changed(), 2u);
+  EXPECT_EQ(Stats().deliveries_held(), 2u);
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).domain(), "y.example");
+  Reopen();
+  EXPECT_EQ(Stats().deliveries_held(), 2u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);  // y.example, its lease released by the restart
+  EXPECT_EQ(Act(Action::kRelease, Ids({b})).deliveries_changed(), 1u);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).message_id(), b);
+  EXPECT_THAT(EventTypes(a), ::testing::Contains("admin"));
+}
+
+TEST_F(QueueAdminTest, HoldOfALeasedDeliveryTakesEffectAtItsReport) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(Act(Action::kHold, Ids({id})).deliveries_changed(), 1u);
+  EXPECT_EQ(Stats().deliveries_leased(), 1u);
+  EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "later")),
+            std::vector{REPORT_STATUS_APPLIED});
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.deliveries_held(), 1u);
+  EXPECT_EQ(s.deliveries_leased(), 0u);
+  clock_.AdvanceMs(120'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+}
+
+TEST_F(QueueAdminTest, DeleteAndBounceNeedConfirmationForSeveralMessages) {
+  Open();
+  const std::string a = Enqueue(Header({Rcpt("a@dead.example")})).message_id;
+  const std::string b = Enqueue(Header({Rcpt("b@dead.example"), Rcpt("c@live.example")})).message_id;
+  tern::v1::Selector dead;
+  dead.set_domain("dead.example");
+  tern::v1::ActionResponse r = Act(Action::kBounce, dead);
+  EXPECT_TRUE(r.needs_confirmation());
+  EXPECT_EQ(r.matched(), 2u);
+  EXPECT_EQ(r.deliveries_changed(), 0u);
+  EXPECT_EQ(Stats().bounces(), 0u);
+
+  r = Act(Action::kBounce, dead, /*confirm=*/true, "domain gone");
+  EXPECT_FALSE(r.needs_confirmation());
+  EXPECT_EQ(r.deliveries_changed(), 2u);
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.bounces(), 2u);
+  EXPECT_EQ(s.deliveries(), 1u);  // live.example is untouched
+  EXPECT_EQ(s.recipients_pending(), 1u);
+  LeaseResponse dsn = Lease(JOB_KIND_BOUNCE);
+  ASSERT_EQ(dsn.bounces_size(), 2);
+  EXPECT_EQ(dsn.bounces(0).recipients(0).result().enhanced_status(), "5.0.0");
+  EXPECT_THAT(dsn.bounces(0).recipients(0).result().reply_text(), HasSubstr("domain gone"));
+
+  // Delete of one message needs no confirmation and drops its DSN jobs too.
+  r = Act(Action::kDelete, Ids({a}));
+  EXPECT_EQ(r.matched(), 1u);
+  s = Stats();
+  EXPECT_EQ(s.messages(), 1u);
+  EXPECT_EQ(s.bounces(), 1u);
+  tern::v1::Selector all;
+  all.set_all(true);
+  EXPECT_EQ(Act(Action::kDelete, all).matched(), 1u);
+  s = Stats();
+  EXPECT_EQ(s.messages(), 0u);
+  EXPECT_EQ(s.deliveries(), 0u);
+  EXPECT_EQ(s.bounces(), 0u);
+  EXPECT_EQ(s.recipients_pending(), 0u);
+  core_.reset();
+  auto keys = CountKeys();
+  EXPECT_EQ(keys[kMessagesCf], 0);
+  EXPECT_EQ(keys[kBodiesCf], 0);
+  EXPECT_EQ(keys[kDeliveriesCf], 0);
+  EXPECT_EQ(keys[kBouncesCf], 0);
+  EXPECT_EQ(keys[kScheduleCf], 0);
+  (void)b;
+}
+
+TEST_F(QueueAdminTest, AnActionWithoutASelectorIsRefused) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  tern::v1::ActionRequest req;
+  auto r = Sync<tern::v1::ActionResponse>([&](auto cb) { core_->Act(Action::kDelete, req, std::move(cb)); });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  tern::v1::Selector bad;
+  bad.set_state("sleeping");
+  req.mutable_selector()->set_state("sleeping");
+  r = Sync<tern::v1::ActionResponse>([&](auto cb) { core_->Act(Action::kHold, req, std::move(cb)); });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(QueueAdminTest, FlushByDomainMakesOnlyThoseDeliveriesDue) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@y.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  for (const auto& job : lease.deliveries()) {
+    ReportAll(job, Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "later"));
+  }
+  EXPECT_EQ(Stats().deliveries_deferred(), 2u);
+  tern::v1::Selector y;
+  y.set_domain("y.example");
+  EXPECT_EQ(Act(Action::kFlush, y).deliveries_changed(), 1u);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).domain(), "y.example");
+}
+
+TEST_F(QueueAdminTest, ListFiltersAndPagesInArrivalOrder) {
+  Open();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    auto h = Header({Rcpt(absl::StrCat("u", i, "@", i % 2 ? "odd" : "even", ".example"))});
+    if (i == 4) {
+      h.mutable_envelope()->set_mail_from("boss@corp.example");
+    }
+    ids.push_back(Enqueue(h).message_id);
+    clock_.AdvanceMs(60'000);
+  }
+  tern::v1::ListRequest req;
+  req.set_limit(2);
+  auto page = core_->List(req);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->messages_size(), 2);
+  EXPECT_EQ(page->messages(0).message_id(), ids[0]);
+  EXPECT_EQ(page->messages(0).state(), "due");
+  EXPECT_EQ(page->messages(0).domains(0), "even.example");
+  req.set_cursor(page->next_cursor());
+  page = core_->List(req);
+  ASSERT_EQ(page->messages_size(), 2);
+  EXPECT_EQ(page->messages(0).message_id(), ids[2]);
+  req.set_cursor(page->next_cursor());
+  page = core_->List(req);
+  ASSERT_EQ(page->messages_size(), 1);
+  EXPECT_EQ(page->next_cursor(), "");
+
+  tern::v1::ListRequest odd;
+  odd.mutable_selector()->set_domain("odd.example");
+  EXPECT_EQ(core_->List(odd)->messages_size(), 2);
+  tern::v1::ListRequest sender;
+  sender.mutable_selector()->set_sender("@CORP.example");
+  ASSERT_EQ(core_->List(sender)->messages_size(), 1);
+  EXPECT_EQ(core_->List(sender)->messages(0).message_id(), ids[4]);
+  tern::v1::ListRequest rcpt;
+  rcpt.mutable_selector()->set_recipient("u3@odd.example");
+  EXPECT_EQ(core_->List(rcpt)->messages_size(), 1);
+  tern::v1::ListRequest old;
+  old.mutable_selector()->set_older_than_ms(150'000);  // now is start + 5 min
+  EXPECT_EQ(core_->List(old)->messages_size(), 3);
+  tern::v1::ListRequest young;
+  young.mutable_selector()->set_younger_than_ms(150'000);
+  EXPECT_EQ(core_->List(young)->messages_size(), 2);
+  tern::v1::ListRequest deferred;
+  deferred.mutable_selector()->set_state("deferred");
+  EXPECT_EQ(core_->List(deferred)->messages_size(), 0);
+}
+
+TEST_F(QueueAdminTest, QshapeCountsMessagesPerDomainByAgeBucket) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")}));  // one message for x
+  clock_.AdvanceMs(7 * 60'000);
+  Enqueue(Header({Rcpt("c@x.example"), Rcpt("d@y.example")}));
+  clock_.AdvanceMs(60 * 60'000);  // ages now: 68 min and 61 min
+  Enqueue(Header({Rcpt("e@y.example")}));  // age 0
+  tern::v1::QshapeRequest req;
+  auto q = core_->Qshape(req);
+  ASSERT_TRUE(q.ok());
+  ASSERT_EQ(q->bucket_minutes_size(), 10);
+  ASSERT_GE(q->rows_size(), 3);
+  EXPECT_EQ(q->rows(0).domain(), "TOTAL");
+  EXPECT_EQ(q->rows(0).total(), 4u);
+  EXPECT_EQ(q->domains(), 2u);
+  // Bucket 4 is [40, 80) minutes; bucket 0 is [0, 5).
+  for (int i = 1; i < 3; ++i) {
+    const auto& row = q->rows(i);
+    EXPECT_EQ(row.total(), 2u) << row.domain();
+    if (row.domain() == "x.example") {
+      EXPECT_EQ(row.counts(4), 2u);
+    } else {
+      EXPECT_EQ(row.domain(), "y.example");
+      EXPECT_EQ(row.counts(4), 1u);
+      EXPECT_EQ(row.counts(0), 1u);
+    }
+  }
+  req.set_deferred_only(true);
+  EXPECT_EQ(core_->Qshape(req)->rows(0).total(), 0u);
+}
+
+TEST_F(QueueAdminTest, MaxQueueAgeBouncesWith547) {
+  options_.max_queue_age_ms = 90'000;
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "later"));
+  clock_.AdvanceMs(60'000);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "still later"));
+  // The next retry would be 120 s later; it is capped at the expiry.
+  EXPECT_EQ(Show(id).deliveries(0).due_unix_ms(), kStart + 90'000);
+  clock_.AdvanceMs(30'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.deliveries(), 0u);
+  EXPECT_EQ(s.failed_total(), 1u);
+  LeaseResponse dsn = Lease(JOB_KIND_BOUNCE);
+  ASSERT_EQ(dsn.bounces_size(), 1);
+  EXPECT_EQ(dsn.bounces(0).recipients(0).result().enhanced_status(), "5.4.7");
+  EXPECT_THAT(dsn.bounces(0).recipients(0).result().reply_text(), HasSubstr("expired"));
+  EXPECT_THAT(dsn.bounces(0).recipients(0).result().reply_text(), HasSubstr("still later"));
+  EXPECT_THAT(EventTypes(id), ::testing::Contains("expired"));
+}
+
+TEST_F(QueueAdminTest, DelayWarningCreatesOneDelayedDsnPerPoint) {
+  options_.retry = RetrySchedule({60'000, 60'000, 60'000, 60'000});
+  options_.delay_warning_ms = {100'000};
+  Open();
+  Enqueue(Header({Rcpt("a@x.example"), Rcpt("never@x.example", tern::v1::NOTIFY_NEVER),
+                  Rcpt("fail@x.example", tern::v1::NOTIFY_FAILURE)}));
+  const auto later = Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "later");
+  for (int i = 0; i < 3; ++i) {
+    LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+    ASSERT_EQ(lease.deliveries_size(), 1) << i;
+    ReportAll(lease.deliveries(0), later);
+    // Failures at ages 0 s, 60 s, 120 s: only the last one is past 100 s.
+    EXPECT_EQ(Stats().bounces(), i < 2 ? 0u : 1u) << i;
+    clock_.AdvanceMs(60'000);
+  }
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ReportAll(lease.deliveries(0), later);
+  EXPECT_EQ(Stats().bounces(), 1u);  // one warning per point
+  LeaseResponse dsn = Lease(JOB_KIND_BOUNCE);
+  ASSERT_EQ(dsn.bounces_size(), 1);
+  EXPECT_EQ(dsn.bounces(0).kind(), tern::v1::BOUNCE_KIND_DELAYED);
+  ASSERT_EQ(dsn.bounces(0).recipients_size(), 1);  // NOTIFY unset only
+  EXPECT_EQ(dsn.bounces(0).recipients(0).spec().address(), "a@x.example");
+  EXPECT_EQ(dsn.bounces(0).recipients(0).result().reply_code(), 451u);
+  // Gives up after the 4th failure: retry 3 at +180 s, one more interval.
+  EXPECT_EQ(dsn.bounces(0).will_retry_until_unix_ms(), kStart + 180'000 + 60'000);
+}
+
+TEST_F(QueueAdminTest, EveryStateChangeIsAnEventAndTheLogIsPruned) {
+  options_.event_retention_count = 3;
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_PERMANENT, 550, "5.1.1", "no such user"));
+  LeaseResponse dsn = Lease(JOB_KIND_BOUNCE);
+  Ack(dsn.bounces(0));
+  std::vector<tern::v1::QueueEvent> events = Events();
+  ASSERT_GE(events.size(), 1u);
+  uint64_t last = core_->LastEventSeq();
+  EXPECT_EQ(events.back().seq(), last);
+  // Before pruning (prunes run every 5 s of the clock) all five are there.
+  ASSERT_EQ(events.size(), 5u);
+  EXPECT_THAT(EventTypes(id), ::testing::ElementsAre("received", "leased", "failed", "bounce_created", "dsn_done"));
+  EXPECT_EQ(events[2].recipients(0), "a@x.example");
+  EXPECT_EQ(events[2].detail(), "550 5.1.1 no such user");
+  for (size_t i = 1; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].seq(), events[i - 1].seq() + 1);
+  }
+  // Resuming from a cursor yields exactly what came after it.
+  EXPECT_EQ(Events(events[2].seq()).size(), 2u);
+  EXPECT_TRUE(core_->WaitForEvents(0, 10));
+  EXPECT_FALSE(core_->WaitForEvents(last, 10));
+
+  clock_.AdvanceMs(6'000);
+  ASSERT_TRUE(Eventually([&] { return core_->OldestEventSeq() == last - 2; }));
+  EXPECT_EQ(Events().size(), 3u);
+  // Sequence numbers continue across a restart.
+  Reopen();
+  Enqueue(Header({Rcpt("b@x.example")}));
+  EXPECT_EQ(core_->LastEventSeq(), last + 1);
+}
+
+}  // namespace
+}  // namespace tern::queue

@@ -1,0 +1,632 @@
+// File: queue_core_internal.h
+//
+// PRIVATE to tern-queue's core: the definition of QueueCore::Impl and its
+// helpers, shared by the .cc files that implement it (queue_core.cc: queue
+// operations and recovery; queue_admin.cc: the admin operations and events).
+// Nothing outside services/queue/queue_*.cc includes this.
+//
+// Thread-safety: see queue_core.h; everything here belongs to the writer
+// thread unless a member says otherwise.
+#pragma once
+
+#include "services/queue/queue_core.h"
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <filesystem>
+#include <optional>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "lib/common/ids.h"
+#include "lib/common/log.h"
+#include "lib/common/status_macros.h"
+#include "lib/metrics/metrics.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "rocksdb/utilities/table_properties_collectors.h"
+#include "services/queue/group_committer.h"
+#include "services/queue/key_codec.h"
+#include "services/queue/queue_records.pb.h"
+
+namespace tern::queue {
+namespace internal {
+
+using tern::v1::AckRequest;
+using tern::v1::AckResponse;
+using tern::v1::BounceJob;
+using tern::v1::BounceKind;
+using tern::v1::BouncedRecipient;
+using tern::v1::DeliveryJob;
+using tern::v1::EnqueueHeader;
+using tern::v1::JobKind;
+using tern::v1::LeaseRequest;
+using tern::v1::LeaseResponse;
+using tern::v1::Outcome;
+using tern::v1::ReportRequest;
+using tern::v1::ReportResponse;
+using tern::v1::ReportStatus;
+using tern::v1::StatsResponse;
+
+inline constexpr int kKinds = 2;
+// Most deliveries one Flush operation moves; a bigger flush continues in
+// further operations so one group never grows without bound.
+inline constexpr size_t kFlushChunk = 10000;
+inline constexpr uint32_t kMaxJobsPerLease = 1000;
+
+inline int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0)) ? 1 : 0); }
+
+inline JobType TypeOf(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? JobType::kBounce : JobType::kDelivery; }
+inline int KindIndex(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? 1 : 0; }
+inline const char* KindName(JobKind kind) { return kind == tern::v1::JOB_KIND_BOUNCE ? "bounce" : "delivery"; }
+
+inline bool IsPending(const RecipientRecord& r) {
+  return r.state() == RECIPIENT_STATE_PENDING || r.state() == RECIPIENT_STATE_DEFERRED;
+}
+
+inline int64_t PendingCount(const DeliveryRecord& d) {
+  return std::count_if(d.recipients().begin(), d.recipients().end(), IsPending);
+}
+
+inline const char* BounceKindName(tern::v1::BounceKind kind) {
+  switch (kind) {
+    case tern::v1::BOUNCE_KIND_DELIVERED:
+      return "delivered";
+    case tern::v1::BOUNCE_KIND_DELAYED:
+      return "delayed";
+    default:
+      return "failed";
+  }
+}
+
+inline std::string Relay(const tern::v1::RecipientResult& r) {
+  if (r.remote_mta().empty() && r.remote_ip().empty()) {
+    return "";
+  }
+  return absl::StrCat(r.remote_mta(), "[", r.remote_ip(), "]");
+}
+
+// "<code> <x.y.z> <text>" with the missing parts left out.
+inline std::string ReplySummary(const tern::v1::RecipientResult& r) {
+  std::string out;
+  if (r.reply_code() != 0) {
+    absl::StrAppend(&out, r.reply_code());
+  }
+  for (const std::string* part : {&r.enhanced_status(), &r.reply_text()}) {
+    if (!part->empty()) {
+      absl::StrAppend(&out, out.empty() ? "" : " ", *part);
+    }
+  }
+  return out;
+}
+
+// The original message a DSN carries: all of it, or the header section (the
+// bytes up to and including the first empty line; all of it if none).
+inline std::string HeadersOf(const std::string& body) {
+  size_t crlf = body.find("\r\n\r\n");
+  size_t lf = body.find("\n\n");
+  size_t end = body.size();
+  if (crlf != std::string::npos) {
+    end = crlf + 4;
+  }
+  if (lf != std::string::npos && lf + 2 < end) {
+    end = lf + 2;
+  }
+  return body.substr(0, end);
+}
+
+struct CoreMetrics {
+  metrics::Counter& enqueued;
+  metrics::Counter& duplicates;
+  metrics::Counter& delivered;
+  metrics::Counter& deferred;
+  metrics::Counter& failed;
+  metrics::Counter& stale_reports;
+  metrics::Counter& bounces_created;
+  metrics::Counter& leases_expired;
+  metrics::Counter& corrupt_records;
+  metrics::Gauge& messages;
+  metrics::Gauge& deliveries_due;
+  metrics::Gauge& deliveries_leased;
+  metrics::Gauge& deliveries_deferred;
+  metrics::Gauge& bounces;
+  metrics::Gauge& bounces_leased;
+  metrics::Gauge& recipients_pending;
+  metrics::Counter& ambiguous;
+  metrics::Counter& expired;
+  metrics::Counter& delay_warnings;
+  metrics::Gauge& deliveries_held;
+  metrics::Counter& events;
+};
+
+inline CoreMetrics& Metrics() {
+  static CoreMetrics* m = [] {
+    auto& r = metrics::Registry::Global();
+    const std::string deliveries_help = "Deliveries not yet final, by state";
+    return new CoreMetrics{
+        r.GetCounter("tern_queue_enqueued_total", "Messages stored"),
+        r.GetCounter("tern_queue_enqueue_duplicates_total", "Enqueues answered from an idempotency key"),
+        r.GetCounter("tern_queue_delivered_total", "Recipients delivered"),
+        r.GetCounter("tern_queue_deferred_total", "Recipients deferred (temporary failure, retry scheduled)"),
+        r.GetCounter("tern_queue_failed_total", "Recipients failed (permanent, or retries used up)"),
+        r.GetCounter("tern_queue_stale_reports_total", "Reports and acks refused for a stale lease token"),
+        r.GetCounter("tern_queue_bounces_created_total", "Bounce (DSN) jobs created"),
+        r.GetCounter("tern_queue_leases_expired_total", "Leases that ran out before a report"),
+        r.GetCounter("tern_queue_corrupt_records_total", "Records that failed to parse, moved to the corrupt CF"),
+        r.GetGauge("tern_queue_messages", "Messages stored"),
+        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "due"}}),
+        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "leased"}}),
+        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "deferred"}}),
+        r.GetGauge("tern_queue_bounces", "Bounce jobs not yet acknowledged"),
+        r.GetGauge("tern_queue_bounces_leased", "Bounce jobs out on lease"),
+        r.GetGauge("tern_queue_recipients_pending", "Recipients not yet final"),
+        r.GetCounter("tern_queue_ambiguous_total",
+                     "Recipients whose lease expired after DATA was sent, without a report"),
+        r.GetCounter("tern_queue_expired_total", "Recipients failed for exceeding max_queue_age"),
+        r.GetCounter("tern_queue_delay_warnings_total", "Delay DSN jobs created (delay_warning)"),
+        r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "held"}}),
+        r.GetCounter("tern_queue_events_total", "Events appended to the event log"),
+    };
+  }();
+  return *m;
+}
+
+// Deliveries that wait (not leased), counted per second of due time, so that
+// "due now" versus "deferred" is exact to the second at any moment without an
+// entry per delivery: the map has at most one entry per distinct second in
+// the schedule's span. due() is the sum of the buckets at or before the last
+// Advance(); Advance walks forward incrementally.
+class DueIndex {
+ public:
+  void Add(int64_t due_ms, int64_t n) {
+    const int64_t sec = FloorDiv(due_ms, 1000);
+    auto it = buckets_.try_emplace(sec, 0).first;
+    it->second += n;
+    if (it->second == 0) {
+      buckets_.erase(it);
+    }
+    total_ += n;
+    if (sec <= boundary_) {
+      due_ += n;
+    }
+  }
+
+  void Advance(int64_t now_ms) {
+    const int64_t sec = FloorDiv(now_ms, 1000);
+    if (sec < boundary_) {  // the clock went back: recount
+      due_ = 0;
+      for (auto it = buckets_.begin(); it != buckets_.end() && it->first <= sec; ++it) {
+        due_ += it->second;
+      }
+    } else {
+      for (auto it = buckets_.upper_bound(boundary_); it != buckets_.end() && it->first <= sec; ++it) {
+        due_ += it->second;
+      }
+    }
+    boundary_ = sec;
+  }
+
+  int64_t due() const { return due_; }
+  int64_t total() const { return total_; }
+
+ private:
+  absl::btree_map<int64_t, int64_t> buckets_;
+  int64_t boundary_ = INT64_MIN;
+  int64_t due_ = 0;
+  int64_t total_ = 0;
+};
+
+// Ids of jobs believed due, in scan order. A hint only: every candidate is
+// checked against its record (through the batch) before it is leased.
+class ReadyWindow {
+ public:
+  bool Insert(const std::string& id, int64_t due, size_t cap) {
+    if (members_.size() >= cap || !members_.insert(id).second) {
+      return members_.contains(id);
+    }
+    ids_.emplace_back(id, due);
+    return true;
+  }
+  void PushFront(const std::string& id, int64_t due) {
+    if (members_.insert(id).second) {
+      ids_.emplace_front(id, due);
+    }
+  }
+  std::optional<std::pair<std::string, int64_t>> Pop() {
+    if (ids_.empty()) {
+      return std::nullopt;
+    }
+    auto front = std::move(ids_.front());
+    ids_.pop_front();
+    members_.erase(front.first);
+    return front;
+  }
+  size_t size() const { return ids_.size(); }
+
+ private:
+  std::deque<std::pair<std::string, int64_t>> ids_;
+  absl::flat_hash_set<std::string> members_;
+};
+
+class LeaseTable {
+ public:
+  void Insert(const std::string& id, int64_t deadline) {
+    deadline_of_[id] = deadline;
+    by_deadline_.emplace(deadline, id);
+  }
+  bool Erase(const std::string& id, int64_t* deadline) {
+    auto it = deadline_of_.find(id);
+    if (it == deadline_of_.end()) {
+      return false;
+    }
+    *deadline = it->second;
+    by_deadline_.erase({it->second, id});
+    deadline_of_.erase(it);
+    return true;
+  }
+  bool Contains(const std::string& id) const { return deadline_of_.contains(id); }
+  size_t size() const { return deadline_of_.size(); }
+  // The first lease with deadline <= now, if any.
+  std::optional<std::pair<int64_t, std::string>> FirstExpired(int64_t now) const {
+    if (by_deadline_.empty() || by_deadline_.begin()->first > now) {
+      return std::nullopt;
+    }
+    return *by_deadline_.begin();
+  }
+
+ private:
+  absl::btree_set<std::pair<int64_t, std::string>> by_deadline_;
+  absl::flat_hash_map<std::string, int64_t> deadline_of_;
+};
+
+struct LeaseCall {
+  LeaseRequest request;
+  QueueCore::Callback<LeaseResponse> done;
+  std::chrono::steady_clock::time_point wait_until;
+  LeaseResponse response;
+  bool parked = false;
+  std::shared_ptr<const std::atomic<bool>> cancelled;  // null: cannot be cancelled
+  bool Cancelled() const { return cancelled && cancelled->load(std::memory_order_relaxed); }
+};
+
+struct EnqueueCall {
+  EnqueueHeader header;
+  std::string body;
+  // Recipient positions in the envelope, one list per delivery.
+  std::vector<std::pair<std::string, std::vector<int>>> splits;
+  QueueCore::Callback<EnqueueResult> done;
+  EnqueueResult result;
+};
+
+enum class LeaseStep { kSkipped, kLeased, kOverBudget };
+
+}  // namespace internal
+
+using namespace internal;  // NOLINT: the core's own helpers
+
+class QueueCore::Impl {
+ public:
+  explicit Impl(CoreOptions options)
+      : opt_(std::move(options)), clock_(opt_.clock), disabled_(opt_.disabled), file_disabled_(opt_.disabled) {
+    paused_view_ = disabled_;
+  }
+
+  ~Impl() {
+    if (committer_) {
+      BeginShutdown();
+      committer_->Stop();
+      committer_.reset();
+    }
+    for (auto* h : handles_) {
+      (void)db_->DestroyColumnFamilyHandle(h);
+    }
+    handles_.clear();
+    if (db_) {
+      (void)db_->Close();
+    }
+  }
+
+  absl::Status Open();
+
+  void Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done);
+  void Lease(LeaseRequest request, Callback<LeaseResponse> done, std::shared_ptr<const std::atomic<bool>> cancelled);
+  void Report(ReportRequest request, Callback<ReportResponse> done);
+  void Ack(AckRequest request, Callback<AckResponse> done);
+  void Stats(Callback<StatsResponse> done);
+  void SetDisabled(bool disabled);
+  void Flush(Callback<uint64_t> done);
+  void BeginShutdown();
+
+  void Progress(tern::v1::ProgressRequest request, Callback<tern::v1::ProgressResponse> done);
+  void PutHostFlags(tern::v1::PutHostFlagsRequest request, Callback<tern::v1::PutHostFlagsResponse> done);
+  absl::StatusOr<tern::v1::GetHostFlagsResponse> GetHostFlags(const tern::v1::GetHostFlagsRequest& request);
+  void SetPaused(bool paused, Callback<bool> done);
+  absl::StatusOr<tern::v1::ListResponse> List(const tern::v1::ListRequest& request);
+  absl::StatusOr<tern::v1::ShowResponse> Show(const std::string& message_id);
+  absl::StatusOr<tern::v1::QshapeResponse> Qshape(const tern::v1::QshapeRequest& request);
+  absl::StatusOr<tern::v1::ListCorruptResponse> ListCorrupt(uint32_t limit);
+  void Act(QueueCore::Action action, tern::v1::ActionRequest request, Callback<tern::v1::ActionResponse> done);
+  absl::Status ReadEvents(uint64_t after, size_t max, std::vector<tern::v1::QueueEvent>* out);
+  uint64_t LastEventSeq() const { return committed_event_seq_.load(std::memory_order_acquire); }
+  uint64_t OldestEventSeq();
+  bool WaitForEvents(uint64_t after, int64_t timeout_ms);
+
+ private:
+  struct KindState {
+    ReadyWindow window;
+    LeaseTable leases;
+    std::deque<std::shared_ptr<LeaseCall>> waiters;
+    // Every schedule key of this kind due before this time is in the window
+    // (or has moved on); scans start here instead of at the first key, so
+    // they do not wade through the tombstones of jobs already done.
+    int64_t scan_cursor = 0;
+  };
+
+  struct Counters {
+    int64_t messages = 0;
+    int64_t deliveries = 0;
+    int64_t bounces = 0;
+    int64_t recipients_pending = 0;
+    int64_t enqueued = 0;
+    int64_t delivered = 0;
+    int64_t deferred = 0;
+    int64_t failed = 0;
+    int64_t ambiguous = 0;
+    // Held deliveries without a schedule key (see DeliveryRecord.held).
+    int64_t held = 0;
+  };
+
+  KindState& State(JobKind kind) { return kinds_[KindIndex(kind)]; }
+
+  // In-memory changes made inside an operation, each with its undo.
+  void Adjust(Txn& txn, int64_t& field, int64_t delta) {
+    field += delta;
+    txn.OnUndo([&field, delta] { field -= delta; });
+  }
+  void AddDue(Txn& txn, int64_t due_ms, int64_t n) {
+    due_.Add(due_ms, n);
+    txn.OnUndo([this, due_ms, n] { due_.Add(due_ms, -n); });
+  }
+
+  // Puts a job id into the ready window; when the window is full the scan
+  // cursor moves back so the next scan finds the job.
+  void Offer(JobKind kind, const std::string& id, int64_t due) {
+    KindState& ks = State(kind);
+    if (!ks.window.Insert(id, due, opt_.ready_window)) {
+      ks.scan_cursor = std::min(ks.scan_cursor, due);
+    }
+  }
+
+  // Writes the job's schedule key at `due` and counts it as waiting.
+  void ScheduleAt(Txn& txn, JobKind kind, const std::string& id, int64_t due, int64_t now) {
+    txn.Put(schedule_, EncodeScheduleKey(TypeOf(kind), due, id), "");
+    if (kind == tern::v1::JOB_KIND_DELIVERY) {
+      AddDue(txn, due, 1);
+    }
+    if (due <= now) {
+      Offer(kind, id, due);
+    }
+  }
+
+  // Deletes the job's schedule key at `due` and stops counting it where it is
+  // counted: in the lease table, or (deliveries) as waiting at `due`.
+  void Unschedule(Txn& txn, JobKind kind, const std::string& id, int64_t due) {
+    txn.Delete(schedule_, EncodeScheduleKey(TypeOf(kind), due, id));
+    KindState& ks = State(kind);
+    int64_t deadline = 0;
+    if (ks.leases.Erase(id, &deadline)) {
+      txn.OnUndo([&ks, id, deadline] { ks.leases.Insert(id, deadline); });
+    } else if (kind == tern::v1::JOB_KIND_DELIVERY) {
+      AddDue(txn, due, -1);
+    }
+  }
+
+  // Writes the job's schedule key at the lease deadline and counts it leased.
+  void MarkLeased(Txn& txn, JobKind kind, const std::string& id, int64_t deadline) {
+    txn.Put(schedule_, EncodeScheduleKey(TypeOf(kind), deadline, id), "");
+    KindState& ks = State(kind);
+    ks.leases.Insert(id, deadline);
+    txn.OnUndo([this, kind, &ks, id] {
+      int64_t d = 0;
+      if (!ks.leases.Erase(id, &d) && kind == tern::v1::JOB_KIND_DELIVERY) {
+        // It expired meanwhile and was counted as waiting at its deadline.
+        due_.Add(d, -1);
+      }
+    });
+  }
+
+  // Appends an event to the log in this operation's batch: it exists exactly
+  // when the state change it describes does.
+  void AppendEvent(Txn& txn, absl::string_view type, absl::string_view message_id, absl::string_view job_id,
+                   std::vector<std::string> recipients, absl::string_view detail);
+
+  // A held delivery without a lease has no schedule key (see DeliveryRecord.held).
+  static bool Detached(const DeliveryRecord& rec) { return rec.held() && rec.lease_token().empty(); }
+  // Removes the delivery from wherever it is counted: the held count, the
+  // lease table or the due index (and its schedule key).
+  void Detach(Txn& txn, const DeliveryRecord& rec) {
+    if (Detached(rec)) {
+      Adjust(txn, counters_.held, -1);
+    } else {
+      Unschedule(txn, tern::v1::JOB_KIND_DELIVERY, rec.delivery_id(), rec.due_unix_ms());
+    }
+  }
+  // Holds a delivery (the caller writes the record). One out on a live lease
+  // keeps its lease; the report (or the lease's end) takes it out.
+  void HoldDelivery(Txn& txn, DeliveryRecord& rec, absl::string_view reason);
+  // Releases a held delivery: due now. The caller writes the record.
+  void ReleaseDelivery(Txn& txn, DeliveryRecord& rec, int64_t now);
+  // The lease of `rec` ran out after DATA was sent: marks its pending
+  // recipients ambiguous and applies the policy. Returns true if it was
+  // held. The caller writes the record.
+  bool ApplyAmbiguity(Txn& txn, DeliveryRecord& rec, int64_t now);
+  // Fails every pending recipient of `rec` because the message is older
+  // than max_queue_age; the delivery is final afterwards and removed.
+  absl::Status ExpireDelivery(Txn& txn, DeliveryRecord& rec, MessageRecord& msg, int64_t now);
+  // Fails the given pending recipients with `result` (outcome PERMANENT),
+  // creating the bounce job per NOTIFY. Returns how many failed.
+  int FailRecipients(Txn& txn, DeliveryRecord& rec, MessageRecord& msg, const std::vector<int>& positions,
+                     const tern::v1::RecipientResult& result, const char* event, int64_t now);
+  // Creates delay DSN jobs for recipients of `rec` that passed a delay_warning point.
+  void MaybeWarnDelay(Txn& txn, DeliveryRecord& rec, MessageRecord& msg, int64_t now);
+  int64_t ArrivalOf(const DeliveryRecord& rec) const;
+  // Removes a delivery record that has no pending recipient left (or is
+  // dropped): counters, message open_jobs. The caller saves the message.
+  void RemoveDelivery(Txn& txn, const DeliveryRecord& rec, MessageRecord& msg);
+  absl::Status ApplyProgressItem(Txn& txn, const tern::v1::DeliveryProgress& item);
+  absl::Status ApplyMarkAmbiguous(Txn& txn, const std::string& id);
+  absl::StatusOr<uint64_t> ApplyAction(Txn& txn, QueueCore::Action action, const tern::v1::ActionRequest& request,
+                                       const std::string& message_id);
+  void PruneEvents();
+  void ApplyEffectiveDisabled(bool was);
+  // Evaluates the selector on committed state; ids in arrival order.
+  absl::StatusOr<std::vector<std::string>> Select(const tern::v1::Selector& selector, size_t limit,
+                                                  const std::string& after, std::string* next_cursor);
+
+  template <typename T>
+  absl::StatusOr<std::optional<T>> Read(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const char* cf_name,
+                                        const std::string& key) {
+    std::string raw;
+    rocksdb::Status s = txn.Get(cf, key, &raw);
+    if (s.IsNotFound()) {
+      return std::optional<T>();
+    }
+    if (!s.ok()) {
+      return StorageError(s, absl::StrCat("read ", cf_name));
+    }
+    T record;
+    if (!record.ParseFromString(raw)) {
+      Quarantine(txn, cf, cf_name, key, raw);
+      return std::optional<T>();
+    }
+    return std::optional<T>(std::move(record));
+  }
+
+  void Quarantine(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const char* cf_name, const std::string& key,
+                  const std::string& raw) {
+    txn.Put(corrupt_, CorruptKey(cf_name, key), raw);
+    txn.Delete(cf, key);
+    txn.OnCommit([this, cf_name, key] { LogCorrupt(cf_name, key); });
+  }
+
+  void LogCorrupt(const char* cf_name, const std::string& key) {
+    corrupt_count_.fetch_add(1, std::memory_order_relaxed);
+    Metrics().corrupt_records.Inc();
+    log::Event(log::Level::kError, "corrupt_record", {{"cf", cf_name}, {"key", key}, {"moved_to", kCorruptCf}});
+  }
+
+  void PutRecord(Txn& txn, rocksdb::ColumnFamilyHandle* cf, const std::string& key,
+                 const google::protobuf::MessageLite& record) {
+    txn.Put(cf, key, record.SerializeAsString());
+  }
+
+  // Writes the message back, or deletes it (record and body) when no job of
+  // it remains. The idempotency key stays, so a client retrying after the
+  // message is long gone still gets "duplicate".
+  void SaveOrRetireMessage(Txn& txn, const MessageRecord& msg) {
+    if (msg.open_jobs() > 0) {
+      PutRecord(txn, messages_, msg.message_id(), msg);
+      return;
+    }
+    txn.Delete(messages_, msg.message_id());
+    txn.Delete(bodies_, msg.message_id());
+    Adjust(txn, counters_.messages, -1);
+    txn.OnCommit([id = msg.message_id()] { log::Event(log::Level::kInfo, "message_done", {{"msg", id}}); });
+  }
+
+  // Removes a delivery that cannot be worked on (its message or body is
+  // gone): the record moves to the corrupt CF for an operator to look at.
+  void DropDelivery(Txn& txn, const DeliveryRecord& rec, std::optional<MessageRecord> msg, const char* why) {
+    Detach(txn, rec);
+    txn.Put(corrupt_, CorruptKey(kDeliveriesCf, rec.delivery_id()), rec.SerializeAsString());
+    txn.Delete(deliveries_, rec.delivery_id());
+    Adjust(txn, counters_.deliveries, -1);
+    Adjust(txn, counters_.recipients_pending, -PendingCount(rec));
+    if (msg.has_value()) {
+      msg->set_open_jobs(msg->open_jobs() > 0 ? msg->open_jobs() - 1 : 0);
+      SaveOrRetireMessage(txn, *msg);
+    }
+    txn.OnCommit([this, id = rec.delivery_id(), why] {
+      corrupt_count_.fetch_add(1, std::memory_order_relaxed);
+      Metrics().corrupt_records.Inc();
+      log::Event(log::Level::kError, "delivery_dropped", {{"delivery", id}, {"reason", why}, {"moved_to", kCorruptCf}});
+    });
+  }
+
+  absl::Status ApplyEnqueue(Txn& txn, EnqueueCall& call);
+  absl::Status ApplyLease(Txn& txn, LeaseCall& call);
+  absl::StatusOr<LeaseStep> LeaseDelivery(Txn& txn, const std::string& id, int64_t key_due, int64_t now,
+                                          int64_t lease_ms, uint64_t budget, uint64_t* bytes, LeaseResponse& resp,
+                                          const std::string& worker);
+  absl::StatusOr<LeaseStep> LeaseBounce(Txn& txn, const std::string& id, int64_t key_due, int64_t now,
+                                        int64_t lease_ms, uint64_t budget, uint64_t* bytes, LeaseResponse& resp);
+  absl::StatusOr<ReportStatus> ApplyOneReport(Txn& txn, const tern::v1::DeliveryReport& report, int64_t now);
+  absl::StatusOr<ReportStatus> ApplyOneAck(Txn& txn, const tern::v1::BounceAck& ack);
+  void CreateBounce(Txn& txn, MessageRecord& msg, BounceKind kind, std::vector<BouncedRecipient> rcpts,
+                    const std::string& delivery_id, int64_t now, int64_t will_retry_until = 0);
+  absl::StatusOr<uint64_t> ApplyFlushChunk(Txn& txn, bool* more);
+  void FillStats(Txn& txn, StatsResponse& out);
+
+  void SubmitLease(std::shared_ptr<LeaseCall> call);
+  void SubmitFlush(std::shared_ptr<Callback<uint64_t>> done, uint64_t moved_so_far);
+  void ExpireLeases(JobKind kind, int64_t now);
+  void Refill(JobKind kind, int64_t now, Txn* txn);
+  void WakeWaiters(JobKind kind);
+  void OnTick();
+  void PublishGauges();
+  absl::Status Recover();
+  int64_t DelayForUnreported(uint32_t attempts) const;
+
+  CoreOptions opt_;
+  const Clock* clock_;
+
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  rocksdb::ColumnFamilyHandle* messages_ = nullptr;
+  rocksdb::ColumnFamilyHandle* bodies_ = nullptr;
+  rocksdb::ColumnFamilyHandle* deliveries_ = nullptr;
+  rocksdb::ColumnFamilyHandle* schedule_ = nullptr;
+  rocksdb::ColumnFamilyHandle* bounces_ = nullptr;
+  rocksdb::ColumnFamilyHandle* meta_ = nullptr;
+  rocksdb::ColumnFamilyHandle* corrupt_ = nullptr;
+  rocksdb::ColumnFamilyHandle* events_ = nullptr;
+
+  // Owned by the writer thread (and by Open before the thread starts).
+  // disabled_ is the effective pause: the admin override if set, else the file's value.
+  bool disabled_;
+  bool file_disabled_;
+  std::optional<bool> pause_override_;
+  uint64_t event_seq_ = 0;         // last event seq handed out (maybe uncommitted)
+  uint64_t first_event_seq_ = 1;   // oldest event kept (pruning starts here)
+  int64_t last_prune_ms_ = 0;
+  // Deliveries whose current lease reported DATA sent, so an expiry must
+  // check for ambiguity (a hint; the record is the truth).
+  absl::flat_hash_set<std::string> data_sent_;
+  std::vector<std::string> recovered_data_sent_;  // Open() only
+  bool shutting_down_ = false;
+  KindState kinds_[kKinds];
+  DueIndex due_;
+  Counters counters_;
+
+  // Read from other threads.
+  std::atomic<bool> paused_view_{false};
+  std::atomic<int64_t> corrupt_count_{0};
+  std::atomic<uint64_t> committed_event_seq_{0};
+  absl::Mutex event_mu_;
+  absl::CondVar event_cv_;
+
+  // Last: its thread uses everything above.
+  std::unique_ptr<GroupCommitter> committer_;
+};
+
+}  // namespace tern::queue

@@ -69,6 +69,14 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
   out.metrics_listen = tern.GetString("queue", "metrics_listen", out.metrics_listen);
   out.core.data_dir = data_dir.has_value() ? *data_dir : tern.GetString("queue", "data_dir", out.core.data_dir);
   TERN_ASSIGN_OR_RETURN(out.core.lease_seconds, tern.GetInt("queue", "lease_seconds", out.core.lease_seconds));
+  {
+    TERN_ASSIGN_OR_RETURN(int64_t min_free, tern.GetInt("queue", "min_free_bytes",
+                                                        static_cast<int64_t>(out.core.min_free_bytes)));
+    if (min_free < 0) {
+      return tern.KeyError("queue", "min_free_bytes", "must not be negative");
+    }
+    out.core.min_free_bytes = static_cast<uint64_t>(min_free);
+  }
   TERN_ASSIGN_OR_RETURN(out.core.recovery_lease_grace_seconds,
                         tern.GetInt("queue", "recovery_lease_grace", out.core.recovery_lease_grace_seconds));
   TERN_ASSIGN_OR_RETURN(out.core.max_lease_seconds,

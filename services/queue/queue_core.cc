@@ -1,5 +1,7 @@
 #include "services/queue/queue_core_internal.h"
 
+#include <sys/statvfs.h>
+
 namespace tern::queue {
 
 // ---------------------------------------------------------------------------
@@ -247,6 +249,19 @@ void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<E
   if (body.size() > kMaxBodyBytes) {
     done(absl::ResourceExhaustedError(absl::StrCat("message body over ", kMaxBodyBytes, " bytes")));
     return;
+  }
+  if (opt_.min_free_bytes > 0) {
+    // The body goes to disk about twice (WAL, then blob or SST file).
+    struct statvfs fs;
+    if (::statvfs(opt_.data_dir.c_str(), &fs) == 0) {
+      const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+      if (free_bytes < opt_.min_free_bytes + 2 * body.size()) {
+        Metrics().disk_full_refusals.Inc();
+        done(absl::ResourceExhaustedError(absl::StrCat("queue disk almost full: ", free_bytes,
+                                                       " bytes free, keeping ", opt_.min_free_bytes)));
+        return;
+      }
+    }
   }
   const auto& rcpts = header.envelope().recipients();
   if (rcpts.empty()) {

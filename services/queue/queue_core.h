@@ -70,6 +70,12 @@ struct CoreOptions {
   // Default: 300 and 3600 seconds.
   int64_t lease_seconds = 300;
   int64_t max_lease_seconds = 3600;
+  // Enqueue is refused (RESOURCE_EXHAUSTED, which ingest answers with 452)
+  // while the data directory's file system has less than this many bytes
+  // free after the message, so the queue never runs into ENOSPC itself:
+  // leases, reports and acks, which drain the queue, keep this headroom.
+  // 0 disables the check. Default: 100 MiB.
+  uint64_t min_free_bytes = 100u << 20;
   // After a restart, a lease that was out keeps its token for at most this
   // long (or until its own deadline, if sooner) before the job is due again:
   // its worker usually survived the queue's crash and is retrying its report,

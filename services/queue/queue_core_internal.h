@@ -134,6 +134,7 @@ struct CoreMetrics {
   metrics::Counter& stale_reports;
   metrics::Counter& bounces_created;
   metrics::Counter& leases_expired;
+  metrics::Counter& disk_full_refusals;
   metrics::Counter& corrupt_records;
   metrics::Gauge& messages;
   metrics::Gauge& deliveries_due;
@@ -162,6 +163,7 @@ inline CoreMetrics& Metrics() {
         r.GetCounter("tern_queue_stale_reports_total", "Reports and acks refused for a stale lease token"),
         r.GetCounter("tern_queue_bounces_created_total", "Bounce (DSN) jobs created"),
         r.GetCounter("tern_queue_leases_expired_total", "Leases that ran out before a report"),
+        r.GetCounter("tern_queue_disk_full_refusals_total", "Enqueues refused to keep min_free_bytes free"),
         r.GetCounter("tern_queue_corrupt_records_total", "Records that failed to parse, moved to the corrupt CF"),
         r.GetGauge("tern_queue_messages", "Messages stored"),
         r.GetGauge("tern_queue_deliveries", deliveries_help, {{"state", "due"}}),

@@ -398,6 +398,22 @@ TEST_F(QueueCoreTest, LeaseKeptAfterReopenBecomesDueWhenItsGraceRunsOut) {
             std::vector{REPORT_STATUS_STALE_LEASE});
 }
 
+TEST_F(QueueCoreTest, EnqueueIsRefusedRetryablyWhenTheDiskReserveWouldBeUsed) {
+  // A reserve larger than any disk: every enqueue must be refused, with a
+  // status ingest turns into 452 (never 250, never 5xx), and nothing stored.
+  options_.min_free_bytes = uint64_t{1} << 62;
+  Open();
+  absl::Status s = EnqueueStatus(Header({Rcpt("a@x.example")}));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("disk almost full"), std::string::npos) << s;
+  EXPECT_EQ(Stats().messages(), 0u);
+  // With room again (here: no reserve), mail is accepted as usual.
+  options_.min_free_bytes = 0;
+  Reopen();
+  EXPECT_TRUE(EnqueueStatus(Header({Rcpt("a@x.example")})).ok());
+  EXPECT_EQ(Stats().messages(), 1u);
+}
+
 TEST_F(QueueCoreTest, CorruptRecordsAreQuarantinedNotFatal) {
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));

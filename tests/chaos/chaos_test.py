@@ -167,10 +167,14 @@ class ChaosTest(unittest.TestCase):
 
 @unittest.skipUnless(os.geteuid() == 0, "mounting a tmpfs needs root")
 class DiskFullTest(unittest.TestCase):
-    def test_full_disk_gets_451_then_service_resumes_and_nothing_is_lost(self):
-        cluster = Cluster(temp_fail_intervals="5s*200", lease_seconds=30)
+    RESERVE = 32 << 20
+
+    def test_full_disk_gets_452_then_service_resumes_and_nothing_is_lost(self):
+        cluster = Cluster(temp_fail_intervals="5s*200", lease_seconds=30,
+                          queue_ini_extra=f"min_free_bytes={self.RESERVE}")
         os.makedirs(cluster.data)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tern-chaos", cluster.data], check=True)
+        # Big enough for RocksDB's preallocated WAL (~70 MB) and some mail.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tern-chaos", cluster.data], check=True)
         ballast = os.path.join(cluster.data, "ballast")
         try:
             with cluster:
@@ -178,11 +182,21 @@ class DiskFullTest(unittest.TestCase):
                 # Hold the destination so the queue fills instead of draining.
                 sink.set_rcpt_reply("451 4.3.0 hold on")
                 load = Load(cluster, threads=4, size=64 * 1024).start()
-                # Fill the rest of the disk so the queue's writes fail soon.
-                subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=1M", "count=64"],
-                               capture_output=True)
-                cluster.wait_until(lambda: load.refused_temp > 0, 120, "ingest to refuse with 451/452")
-                refused_at_full = load.refused_temp
+                cluster.wait_until(lambda: len(load.accepted) >= 20, 60, "some mail accepted")
+                # Fill the disk until less than the reserve is left (but not
+                # nothing: leases and reports must still be written).
+                fs = os.statvfs(cluster.data)
+                fill = fs.f_bavail * fs.f_frsize - self.RESERVE // 2
+                with open(ballast, "wb") as f:
+                    f.truncate(0)
+                    chunk = b"\0" * (1 << 20)
+                    while fill > 0:
+                        f.write(chunk[:min(fill, len(chunk))])
+                        fill -= len(chunk)
+                refused_before = load.refused_temp
+                cluster.wait_until(lambda: load.refused_temp > refused_before + 10, 60,
+                                   "ingest to refuse new mail with a 4xx")
+                self.assertIsNone(cluster.procs["queue"].poll(), "the queue must keep running on a full disk")
                 accepted_at_full = len(load.accepted)
                 os.remove(ballast)
                 sink.set_rcpt_reply("250 2.1.5 Ok")
@@ -194,7 +208,7 @@ class DiskFullTest(unittest.TestCase):
                     lambda: (lambda c: c if accepted <= set(c) else None)(arrivals(sink)), 240,
                     "every accepted message at the sink")
                 self.assertEqual(accepted - set(counts), set())
-                print(f"\ndisk full: {refused_at_full} temporary refusals at full disk; "
+                print(f"\ndisk full: {load.refused_temp - refused_before} temporary refusals while full; "
                       f"{len(accepted)} accepted, all delivered", file=sys.stderr)
         finally:
             subprocess.run(["umount", "-l", cluster.data], capture_output=True)

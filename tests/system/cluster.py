@@ -81,7 +81,8 @@ def binary(service):
 class Cluster:
     """The whole system. Use as a context manager."""
 
-    def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100", lease_seconds=None):
+    def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100", lease_seconds=None,
+                 queue_ini_extra=""):
         self.tmp = tempfile.mkdtemp(prefix="tern-system-")
         self.config = os.path.join(self.tmp, "config")
         self.data = os.path.join(self.tmp, "queue")
@@ -91,6 +92,7 @@ class Cluster:
         self.temp_fail_intervals = temp_fail_intervals
         # Shorter leases make a killed deliverer's work due again sooner.
         self.lease_seconds = lease_seconds
+        self.queue_ini_extra = queue_ini_extra  # more [queue] lines for tern.ini
         self.procs = {}
         self.sinks = {}
         self.dns = None
@@ -130,6 +132,7 @@ listen={q}
 data_dir={self.data}
 metrics_listen=127.0.0.1:{p['m_queue']}
 {f"lease_seconds={self.lease_seconds}" if self.lease_seconds else ""}
+{self.queue_ini_extra}
 [ingest]
 queue={q}
 queue_timeout_ms=10000

@@ -112,14 +112,7 @@ std::string NormalizeAttachment(absl::string_view original) {
   std::string out;
   out.reserve(original.size() + original.size() / 32 + 2);
   bool in_headers = true;
-  size_t pos = 0;
-  while (pos < original.size()) {
-    size_t nl = original.find('\n', pos);
-    size_t end = nl == absl::string_view::npos ? original.size() : nl;
-    absl::string_view raw = original.substr(pos, end - pos);
-    if (!raw.empty() && raw.back() == '\r') {
-      raw.remove_suffix(1);
-    }
+  mime::ForEachLine(original, [&](absl::string_view raw) {
     std::string line(raw);
     for (char& c : line) {
       if (c == '\r') {
@@ -138,11 +131,7 @@ std::string NormalizeAttachment(absl::string_view original) {
       first = false;
     }
     absl::StrAppend(&out, (in_headers && !first) ? " " : "", rest, kCrlf);
-    if (nl == absl::string_view::npos) {
-      break;
-    }
-    pos = nl + 1;
-  }
+  });
   return out;
 }
 

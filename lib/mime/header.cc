@@ -15,24 +15,6 @@ bool IsWsp(char c) { return c == ' ' || c == '\t'; }
 
 bool IsControl(unsigned char c) { return c < 0x20 || c == 0x7f; }
 
-// Calls `fn(line)` for each line of `text`, without its LF or CRLF.
-template <typename Fn>
-void ForEachLine(absl::string_view text, Fn fn) {
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    size_t end = nl == absl::string_view::npos ? text.size() : nl;
-    absl::string_view line = text.substr(pos, end - pos);
-    if (!line.empty() && line.back() == '\r') {
-      line.remove_suffix(1);
-    }
-    fn(line);
-    if (nl == absl::string_view::npos) {
-      break;
-    }
-    pos = nl + 1;
-  }
-}
 
 void AppendUtf8(uint32_t cp, std::string& out) {
   if (cp < 0x80) {

@@ -35,6 +35,26 @@ namespace tern::mime {
 
 // RFC 5322 §2.1.1: the hard limit (excluding CRLF) and the recommended one.
 inline constexpr size_t kMaxLineLength = 998;
+
+// Calls `fn(line)` for each line of `text`, without its LF or CRLF (a last
+// line without a line end counts too).
+template <typename Fn>
+void ForEachLine(absl::string_view text, Fn fn) {
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    size_t end = nl == absl::string_view::npos ? text.size() : nl;
+    absl::string_view line = text.substr(pos, end - pos);
+    if (!line.empty() && line.back() == '\r') {
+      line.remove_suffix(1);
+    }
+    fn(line);
+    if (nl == absl::string_view::npos) {
+      break;
+    }
+    pos = nl + 1;
+  }
+}
 inline constexpr size_t kFoldLineLength = 78;
 
 // A message split at its first empty line. `headers` includes the line end of

@@ -9,6 +9,7 @@
 // thread unless a member says otherwise.
 #pragma once
 
+#include "lib/rpc/reply_summary.h"
 #include "services/queue/queue_core.h"
 
 #include <algorithm>
@@ -96,19 +97,7 @@ inline std::string Relay(const tern::v1::RecipientResult& r) {
   return absl::StrCat(r.remote_mta(), "[", r.remote_ip(), "]");
 }
 
-// "<code> <x.y.z> <text>" with the missing parts left out.
-inline std::string ReplySummary(const tern::v1::RecipientResult& r) {
-  std::string out;
-  if (r.reply_code() != 0) {
-    absl::StrAppend(&out, r.reply_code());
-  }
-  for (const std::string* part : {&r.enhanced_status(), &r.reply_text()}) {
-    if (!part->empty()) {
-      absl::StrAppend(&out, out.empty() ? "" : " ", *part);
-    }
-  }
-  return out;
-}
+using rpc::ReplySummary;
 
 // The original message a DSN carries: all of it, or the header section (the
 // bytes up to and including the first empty line; all of it if none).

@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "lib/rpc/server_setup.h"
 #include "tern/v1/admin.grpc.pb.h"
+#include "lib/rpc/reply_summary.h"
 #include "tools/ternctl/admin_client.h"
 
 namespace tern::ternctl {
@@ -17,18 +18,7 @@ namespace {
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
-std::string Reply(const tern::v1::RecipientResult& r) {
-  std::string out;
-  if (r.reply_code() != 0) {
-    absl::StrAppend(&out, r.reply_code());
-  }
-  for (const std::string* part : {&r.enhanced_status(), &r.reply_text()}) {
-    if (!part->empty()) {
-      absl::StrAppend(&out, out.empty() ? "" : " ", *part);
-    }
-  }
-  return out;
-}
+using rpc::ReplySummary;
 
 std::string NotifyText(uint32_t notify) {
   if (notify == 0) {
@@ -138,7 +128,7 @@ std::string FormatShow(const tern::v1::ShowResponse& m) {
                     d.tries(), "  due ", FormatTime(d.due_unix_ms()), "\n");
     std::vector<std::vector<std::string>> rows = {{"  RECIPIENT", "STATE", "ATTEMPTS", "NEXT", "LAST REPLY"}};
     for (const auto& r : d.recipients()) {
-      std::string last = r.has_last_result() ? Reply(r.last_result()) : "-";
+      std::string last = r.has_last_result() ? ReplySummary(r.last_result()) : "-";
       if (r.has_last_result() && !r.last_result().remote_mta().empty()) {
         absl::StrAppend(&last, " (", r.last_result().remote_mta(), ")");
       }
@@ -181,7 +171,7 @@ std::string FormatExplain(const tern::v1::ShowResponse& m) {
       absl::StrAppend(&out, "    ", r.spec().address(), ": ", r.state(), ", ", r.attempts(),
                       r.attempts() == 1 ? " attempt" : " attempts");
       if (r.has_last_result()) {
-        absl::StrAppend(&out, ", last reply '", Reply(r.last_result()), "'");
+        absl::StrAppend(&out, ", last reply '", ReplySummary(r.last_result()), "'");
         if (!r.last_result().remote_mta().empty() || !r.last_result().remote_ip().empty()) {
           absl::StrAppend(&out, " from ", r.last_result().remote_mta(), "[", r.last_result().remote_ip(), "]");
         }

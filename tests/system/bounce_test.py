@@ -21,6 +21,7 @@ import smtplib
 import time
 import unittest
 import urllib.request
+from cluster import ClusterTestCase  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN_DIR = os.path.join(HERE, "..", "testdata", "dsn")
@@ -220,14 +221,7 @@ def log_events(cluster, service, event):
         return [line for line in f.read().decode("utf-8", "replace").splitlines() if event in line]
 
 
-class ClusterTest(unittest.TestCase, DsnChecks):
-    cluster = None
-
-    def run(self, result=None):
-        outcome = super().run(result)
-        if result is not None and (result.failures or result.errors) and self.cluster is not None:
-            self.cluster.dump_logs()
-        return outcome
+class ClusterTest(ClusterTestCase, DsnChecks):
 
     def dsns_about(self, sink, needle):
         return [m for m in sink.received() if needle in m.data]
@@ -241,14 +235,6 @@ class ClusterTest(unittest.TestCase, DsnChecks):
 
 
 class BounceSystemTest(ClusterTest):
-    @classmethod
-    def setUpClass(cls):
-        from cluster import Cluster
-        cls.cluster = Cluster().__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.__exit__(None, None, None)
 
     def test_refused_message_ends_as_exactly_one_dsn_at_the_senders_mx(self):
         c = self.cluster
@@ -306,14 +292,6 @@ class BounceSystemTest(ClusterTest):
 
 
 class DoubleBounceCopyTest(ClusterTest):
-    @classmethod
-    def setUpClass(cls):
-        from cluster import Cluster
-        cls.cluster = Cluster().__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.__exit__(None, None, None)
 
     def set_postmaster(self, address):
         c = self.cluster

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -266,3 +267,28 @@ temp_fail_intervals={self.temp_fail_intervals}
                 return value
             time.sleep(0.1)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ClusterTestCase(unittest.TestCase):
+    """One whole Tern per test class (make_cluster() picks which); the
+    services' logs are printed when a test fails, so CI failures are readable."""
+
+    cluster = None
+
+    @classmethod
+    def make_cluster(cls):
+        return Cluster()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = cls.make_cluster().__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.__exit__(None, None, None)
+
+    def run(self, result=None):
+        outcome = super().run(result)
+        if result is not None and (result.failures or result.errors) and self.cluster is not None:
+            self.cluster.dump_logs()
+        return outcome

@@ -12,7 +12,7 @@ import smtplib
 import threading
 import unittest
 
-from cluster import Cluster, ZONES
+from cluster import Cluster, ClusterTestCase, ZONES
 
 BODY = (b"From: Alice <alice@sender.test>\r\n"
         b"Subject: deliverer test %s\r\n"
@@ -131,20 +131,10 @@ host[]={self.lmtp_path}
         super().close()
 
 
-class DelivererTest(unittest.TestCase):
+class DelivererTest(ClusterTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.cluster = RoutedCluster().__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.__exit__(None, None, None)
-
-    def run(self, result=None):
-        outcome = super().run(result)
-        if result is not None and (result.failures or result.errors):
-            self.cluster.dump_logs()
-        return outcome
+    def make_cluster(cls):
+        return RoutedCluster()
 
     def test_static_route_is_used_for_a_domain_without_dns(self):
         # routed.example is in no DNS zone the deliverer can see: only the

@@ -21,7 +21,7 @@ import subprocess
 import time
 import unittest
 
-from cluster import Cluster, free_port, wait_port
+from cluster import Cluster, ClusterTestCase, free_port, wait_port
 
 OUTSIDER = "127.0.0.2"
 
@@ -114,14 +114,10 @@ class Raw:
         self.sock.close()
 
 
-class IngestSystemTest(unittest.TestCase):
+class IngestSystemTest(ClusterTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.cluster = IngestCluster().__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.__exit__(None, None, None)
+    def make_cluster(cls):
+        return IngestCluster()
 
     def greet(self, source=None):
         c = Raw(self.cluster.smtp_address(), source=source)

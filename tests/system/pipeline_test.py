@@ -11,7 +11,7 @@ import smtplib
 import time
 import unittest
 
-from cluster import Cluster
+from cluster import Cluster, ClusterTestCase
 
 BODY = (b"From: Alice <alice@sender.test>\r\n"
         b"To: Bob <bob@good.test>\r\n"
@@ -48,21 +48,7 @@ def send(cluster, mail_from, rcpts, data, source=None):
         return s.sendmail(mail_from, rcpts, data)
 
 
-class PipelineTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = Cluster().__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.__exit__(None, None, None)
-
-    def run(self, result=None):
-        # Show the services' logs when a test fails, to make CI failures readable.
-        outcome = super().run(result)
-        if result is not None and (result.failures or result.errors):
-            self.cluster.dump_logs()
-        return outcome
+class PipelineTest(ClusterTestCase):
 
     def test_message_to_good_domain_arrives_intact(self):
         data = body("intact")

@@ -12,7 +12,7 @@ import subprocess
 import time
 import unittest
 
-from cluster import Cluster, binary
+from cluster import Cluster, ClusterTestCase, binary
 
 BODY = (b"From: Alice <alice@sender.test>\r\n"
         b"To: someone\r\n"
@@ -21,7 +21,7 @@ BODY = (b"From: Alice <alice@sender.test>\r\n"
         b"Hello.\r\n")
 
 
-class QueueAdminTest(unittest.TestCase):
+class QueueAdminTest(ClusterTestCase):
     @classmethod
     def setUpClass(cls):
         cls.cluster = Cluster()
@@ -48,12 +48,6 @@ class QueueAdminTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.cluster.close()
-
-    def run(self, result=None):
-        outcome = super().run(result)
-        if result is not None and (result.failures or result.errors):
-            self.cluster.dump_logs()
-        return outcome
 
     # -- helpers ---------------------------------------------------------
     @classmethod

@@ -1172,6 +1172,9 @@ struct StepCase {
   bool after_dot;
 };
 
+// Test listings (and ctest's names) show the step, not the struct's bytes.
+void PrintTo(const StepCase& c, std::ostream* os) { *os << c.step; }
+
 class StepFailureTest : public SmtpTransactionTest, public ::testing::WithParamInterface<StepCase> {
  protected:
   // A script and request where the session reaches `step`.

@@ -287,20 +287,7 @@ std::string HtmlEscape(absl::string_view value) {
 // Splits template text into lines (LF or CRLF ends).
 std::vector<absl::string_view> SplitLines(absl::string_view text) {
   std::vector<absl::string_view> lines;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    size_t end = nl == absl::string_view::npos ? text.size() : nl;
-    absl::string_view line = text.substr(pos, end - pos);
-    if (!line.empty() && line.back() == '\r') {
-      line.remove_suffix(1);
-    }
-    lines.push_back(line);
-    if (nl == absl::string_view::npos) {
-      break;
-    }
-    pos = nl + 1;
-  }
+  mime::ForEachLine(text, [&](absl::string_view line) { lines.push_back(line); });
   return lines;
 }
 
@@ -415,21 +402,7 @@ absl::StatusOr<DsnTemplate> DsnTemplate::Parse(absl::string_view text, absl::str
   if (mime::ToValidUtf8(text) != text) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": the template is not valid UTF-8"));
   }
-  std::vector<absl::string_view> lines;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    size_t end = nl == absl::string_view::npos ? text.size() : nl;
-    absl::string_view line = text.substr(pos, end - pos);
-    if (!line.empty() && line.back() == '\r') {
-      line.remove_suffix(1);
-    }
-    lines.push_back(line);
-    if (nl == absl::string_view::npos) {
-      break;
-    }
-    pos = nl + 1;
-  }
+  const std::vector<absl::string_view> lines = SplitLines(text);
 
   DsnTemplate tmpl;
   size_t i = 0;

@@ -324,7 +324,11 @@ class Tern:
 
 def run_once(system_factory, workload, timeout):
     sink = Sink()
-    system = system_factory(sink.port)
+    try:
+        system = system_factory(sink.port)
+    except BaseException:
+        sink.close()
+        raise
     try:
         time.sleep(1)
         cpu0, _ = cpu_and_rss(system.pids())

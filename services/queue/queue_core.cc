@@ -92,111 +92,97 @@ absl::Status QueueCore::Impl::Recover() {
     ++corrupt;
   };
 
-  {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), messages_));
+  // Visits every record of `cf` that parses; one that does not is moved to
+  // `corrupt` (logged, counted) and recovery goes on.
+  auto scan = [&](auto prototype, rocksdb::ColumnFamilyHandle* cf, const char* cf_name,
+                  auto&& visit) -> absl::Status {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      MessageRecord msg;
-      if (!msg.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        quarantine(messages_, kMessagesCf, it->key(), it->value());
+      decltype(prototype) rec;
+      if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        quarantine(cf, cf_name, it->key(), it->value());
         continue;
       }
-      ++counters_.messages;
+      visit(rec, it->key());
     }
     if (!it->status().ok()) {
-      return StorageError(it->status(), "recovery scan of messages");
+      return StorageError(it->status(), absl::StrCat("recovery scan of ", cf_name));
     }
-  }
-  {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), deliveries_));
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      DeliveryRecord rec;
-      if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        quarantine(deliveries_, kDeliveriesCf, it->key(), it->value());
-        continue;
-      }
-      ++counters_.deliveries;
-      counters_.recipients_pending += PendingCount(rec);
-      if (rec.held()) {
-        // Held: no schedule key, whatever lease it had is over.
-        if (!rec.lease_token().empty()) {
-          (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
-          rec.clear_lease_token();
-          rec.set_lease_deadline_unix_ms(0);
-          (void)batch.Put(deliveries_, it->key(), rec.SerializeAsString());
-        }
-        ++counters_.held;
-        continue;
-      }
-      const int64_t grace_deadline =
-          std::min(rec.lease_deadline_unix_ms(), now + opt_.recovery_lease_grace_seconds * 1000);
-      if (!rec.lease_token().empty() && grace_deadline > now) {
-        // Keep the lease (and its token) for a short grace instead of
-        // releasing it: the worker holding it most likely outlived the queue
-        // and will report under this token. If it does not, the lease expires
-        // the usual way (ExpireLeases), which also decides ambiguity.
-        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
-        rec.set_lease_deadline_unix_ms(grace_deadline);
-        rec.set_due_unix_ms(grace_deadline);
-        (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, grace_deadline, rec.delivery_id()), "");
-        (void)batch.Put(deliveries_, it->key(), rec.SerializeAsString());
-        State(tern::v1::JOB_KIND_DELIVERY).leases.Insert(rec.delivery_id(), grace_deadline);
-        if (rec.data_sent_token() == rec.lease_token()) {
-          data_sent_.insert(rec.delivery_id());
-        }
-        ++kept_leases;
-        continue;
-      }
-      if (!rec.lease_token().empty() && rec.data_sent_token() == rec.lease_token()) {
-        // DATA was sent under this lease: keep the token (the ambiguity
-        // check needs it) and let ApplyMarkAmbiguous decide, once started.
-        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
-        rec.set_due_unix_ms(now);
-        (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, now, rec.delivery_id()), "");
-        (void)batch.Put(deliveries_, it->key(), rec.SerializeAsString());
-        recovered_data_sent_.push_back(rec.delivery_id());
-        ++released;
-      } else if (!rec.lease_token().empty()) {
-        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
-        rec.clear_lease_token();
-        rec.set_lease_deadline_unix_ms(0);
-        rec.set_due_unix_ms(now);
-        (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, now, rec.delivery_id()), "");
-        (void)batch.Put(deliveries_, it->key(), rec.SerializeAsString());
-        log::Event(log::Level::kInfo, "lease_expired",
-                   {{"delivery", rec.delivery_id()}, {"reason", "restart"}, {"now", "due"}});
-        ++released;
-      }
-      due_.Add(rec.due_unix_ms(), 1);
-    }
-    if (!it->status().ok()) {
-      return StorageError(it->status(), "recovery scan of deliveries");
-    }
-  }
-  {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), bounces_));
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      BounceRecord rec;
-      if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        quarantine(bounces_, kBouncesCf, it->key(), it->value());
-        continue;
-      }
+    return absl::OkStatus();
+  };
+
+  TERN_RETURN_IF_ERROR(
+      scan(MessageRecord{}, messages_, kMessagesCf, [&](MessageRecord&, const rocksdb::Slice&) { ++counters_.messages; }));
+  TERN_RETURN_IF_ERROR(scan(DeliveryRecord{}, deliveries_, kDeliveriesCf, [&](DeliveryRecord& rec,
+                                                                            const rocksdb::Slice& key) {
+    ++counters_.deliveries;
+    counters_.recipients_pending += PendingCount(rec);
+    if (rec.held()) {
+      // Held: no schedule key, whatever lease it had is over.
       if (!rec.lease_token().empty()) {
-        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kBounce, rec.due_unix_ms(), rec.bounce_id()));
+        (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
         rec.clear_lease_token();
         rec.set_lease_deadline_unix_ms(0);
-        rec.set_due_unix_ms(now);
-        (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kBounce, now, rec.bounce_id()), "");
-        (void)batch.Put(bounces_, it->key(), rec.SerializeAsString());
-        log::Event(log::Level::kInfo, "lease_expired",
-                   {{"bounce", rec.bounce_id()}, {"reason", "restart"}, {"now", "due"}});
-        ++released;
+        (void)batch.Put(deliveries_, key, rec.SerializeAsString());
       }
-      ++counters_.bounces;
+      ++counters_.held;
+      return;
     }
-    if (!it->status().ok()) {
-      return StorageError(it->status(), "recovery scan of bounces");
+    const int64_t grace_deadline =
+        std::min(rec.lease_deadline_unix_ms(), now + opt_.recovery_lease_grace_seconds * 1000);
+    if (!rec.lease_token().empty() && grace_deadline > now) {
+      // Keep the lease (and its token) for a short grace instead of
+      // releasing it: the worker holding it most likely outlived the queue
+      // and will report under this token. If it does not, the lease expires
+      // the usual way (ExpireLeases), which also decides ambiguity.
+      (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
+      rec.set_lease_deadline_unix_ms(grace_deadline);
+      rec.set_due_unix_ms(grace_deadline);
+      (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, grace_deadline, rec.delivery_id()), "");
+      (void)batch.Put(deliveries_, key, rec.SerializeAsString());
+      State(tern::v1::JOB_KIND_DELIVERY).leases.Insert(rec.delivery_id(), grace_deadline);
+      if (rec.data_sent_token() == rec.lease_token()) {
+        data_sent_.insert(rec.delivery_id());
+      }
+      ++kept_leases;
+      return;
     }
-  }
+    if (!rec.lease_token().empty() && rec.data_sent_token() == rec.lease_token()) {
+      // DATA was sent under this lease: keep the token (the ambiguity
+      // check needs it) and let ApplyMarkAmbiguous decide, once started.
+      (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
+      rec.set_due_unix_ms(now);
+      (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, now, rec.delivery_id()), "");
+      (void)batch.Put(deliveries_, key, rec.SerializeAsString());
+      recovered_data_sent_.push_back(rec.delivery_id());
+      ++released;
+    } else if (!rec.lease_token().empty()) {
+      (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kDelivery, rec.due_unix_ms(), rec.delivery_id()));
+      rec.clear_lease_token();
+      rec.set_lease_deadline_unix_ms(0);
+      rec.set_due_unix_ms(now);
+      (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, now, rec.delivery_id()), "");
+      (void)batch.Put(deliveries_, key, rec.SerializeAsString());
+      log::Event(log::Level::kInfo, "lease_expired",
+                 {{"delivery", rec.delivery_id()}, {"reason", "restart"}, {"now", "due"}});
+      ++released;
+    }
+    due_.Add(rec.due_unix_ms(), 1);
+  }));
+  TERN_RETURN_IF_ERROR(scan(BounceRecord{}, bounces_, kBouncesCf, [&](BounceRecord& rec, const rocksdb::Slice& key) {
+    if (!rec.lease_token().empty()) {
+      (void)batch.Delete(schedule_, EncodeScheduleKey(JobType::kBounce, rec.due_unix_ms(), rec.bounce_id()));
+      rec.clear_lease_token();
+      rec.set_lease_deadline_unix_ms(0);
+      rec.set_due_unix_ms(now);
+      (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kBounce, now, rec.bounce_id()), "");
+      (void)batch.Put(bounces_, key, rec.SerializeAsString());
+      log::Event(log::Level::kInfo, "lease_expired",
+                 {{"bounce", rec.bounce_id()}, {"reason", "restart"}, {"now", "due"}});
+      ++released;
+    }
+    ++counters_.bounces;
+  }));
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), corrupt_));
     int64_t kept = 0;

@@ -47,9 +47,11 @@ void Txn::Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key) {
   (void)batch_->Delete(cf, rocksdb::Slice(key.data(), key.size()));
 }
 
-std::unique_ptr<rocksdb::Iterator> Txn::NewIterator(rocksdb::ColumnFamilyHandle* cf) {
-  return std::unique_ptr<rocksdb::Iterator>(
-      batch_->NewIteratorWithBase(cf, db_->NewIterator(rocksdb::ReadOptions(), cf)));
+std::unique_ptr<rocksdb::Iterator> Txn::NewIterator(rocksdb::ColumnFamilyHandle* cf,
+                                                    const rocksdb::Slice* upper_bound) {
+  rocksdb::ReadOptions options;
+  options.iterate_upper_bound = upper_bound;
+  return std::unique_ptr<rocksdb::Iterator>(batch_->NewIteratorWithBase(cf, db_->NewIterator(options, cf)));
 }
 
 void Txn::OnUndo(absl::AnyInvocable<void()> undo) { undo_.push_back(std::move(undo)); }

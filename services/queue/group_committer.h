@@ -65,10 +65,17 @@ class Txn {
   void Put(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value);
   void Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key);
   // An iterator over `cf` as the batch so far would leave it (the batch's
-  // writes merged over the database). It does not honour
-  // iterate_upper_bound for keys written in the batch: check the bound while
-  // iterating. Valid only inside this operation.
-  std::unique_ptr<rocksdb::Iterator> NewIterator(rocksdb::ColumnFamilyHandle* cf);
+  // writes merged over the database). Valid only inside this operation.
+  //
+  // `upper_bound` (optional, must outlive the iterator) stops the database
+  // side at that key. Give it for every bounded scan: without it RocksDB
+  // walks every deletion marker past the last live key in range before it
+  // can say "no next key", and a queue deletes keys all the time (a
+  // profile showed the lease scan spending most of the queue's CPU there).
+  // Keys written in the batch itself are not bounded: still check the bound
+  // while iterating.
+  std::unique_ptr<rocksdb::Iterator> NewIterator(rocksdb::ColumnFamilyHandle* cf,
+                                                 const rocksdb::Slice* upper_bound = nullptr);
 
   // Registers the inverse of an in-memory change this operation just made; it
   // runs if the operation or its group fails (in reverse registration order).

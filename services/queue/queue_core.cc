@@ -684,10 +684,12 @@ void QueueCore::Impl::Refill(JobKind kind, int64_t now, Txn* txn) {
   }
   const std::string start = EncodeScheduleKey(TypeOf(kind), ks.scan_cursor, "");
   const std::string limit = ScheduleScanLimit(TypeOf(kind), now);
-  std::unique_ptr<rocksdb::Iterator> it =
-      txn != nullptr ? txn->NewIterator(schedule_)
-                     : std::unique_ptr<rocksdb::Iterator>(db_->NewIterator(rocksdb::ReadOptions(), schedule_));
   const rocksdb::Slice limit_slice(limit);
+  rocksdb::ReadOptions bounded;
+  bounded.iterate_upper_bound = &limit_slice;
+  std::unique_ptr<rocksdb::Iterator> it =
+      txn != nullptr ? txn->NewIterator(schedule_, &limit_slice)
+                     : std::unique_ptr<rocksdb::Iterator>(db_->NewIterator(bounded, schedule_));
   int64_t last_due = ks.scan_cursor;
   bool full = false;
   for (it->Seek(start); it->Valid() && it->key().compare(limit_slice) < 0; it->Next()) {
@@ -1186,7 +1188,7 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyFlushChunk(Txn& txn, bool* more) 
   const std::string start = ScheduleScanLimit(JobType::kDelivery, now);
   const std::string limit = ScheduleScanStart(JobType::kBounce);
   const rocksdb::Slice limit_slice(limit);
-  std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(schedule_);
+  std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(schedule_, &limit_slice);
   uint64_t moved = 0;
   *more = false;
   // Keys written while iterating land at `now`, before `start`: the scan

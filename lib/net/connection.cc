@@ -2,6 +2,7 @@
 
 #include <openssl/ssl.h>
 
+#include <algorithm>
 #include <variant>
 
 #include "absl/strings/str_cat.h"
@@ -67,36 +68,43 @@ asio::awaitable<absl::StatusOr<size_t>> Connection::ReadSome(char* data, size_t 
   co_return n;
 }
 
+std::optional<Line> Connection::TakeBufferedLine(size_t max_len) {
+  // Look for LF in what is buffered. We scan at most max_len+2 bytes so a
+  // client sending an endless line costs bounded memory.
+  const absl::string_view pending(buffer_.data() + start_, buffer_.size() - start_);
+  const size_t scan = std::min(pending.size(), max_len + 2);
+  const size_t lf = pending.substr(0, scan).find('\n');
+  if (lf != absl::string_view::npos && lf <= max_len + 1) {
+    Line line;
+    size_t len = lf;
+    if (len > 0 && pending[len - 1] == '\r') {
+      --len;
+    } else {
+      line.bare_lf = true;
+    }
+    if (len <= max_len) {
+      line.text.assign(pending.data(), len);
+      start_ += lf + 1;
+      return line;
+    }
+    // CR LF right after max_len+1 bytes: fall through to the partial case.
+  }
+  if (pending.size() > max_len) {
+    // Too long: hand out the first max_len bytes and keep the rest. Keep a
+    // trailing CR in the buffer so a CRLF split across the cut is seen.
+    Line line;
+    line.partial = true;
+    line.text.assign(pending.data(), max_len);
+    start_ += max_len;
+    return line;
+  }
+  return std::nullopt;
+}
+
 asio::awaitable<absl::StatusOr<Line>> Connection::ReadLine(size_t max_len, Duration timeout) {
   for (;;) {
-    // Look for LF in what is buffered. We scan at most max_len+2 bytes so a
-    // client sending an endless line costs bounded memory.
-    const absl::string_view pending(buffer_.data() + start_, buffer_.size() - start_);
-    const size_t scan = std::min(pending.size(), max_len + 2);
-    const size_t lf = pending.substr(0, scan).find('\n');
-    if (lf != absl::string_view::npos && lf <= max_len + 1) {
-      Line line;
-      size_t len = lf;
-      if (len > 0 && pending[len - 1] == '\r') {
-        --len;
-      } else {
-        line.bare_lf = true;
-      }
-      if (len <= max_len) {
-        line.text.assign(pending.data(), len);
-        start_ += lf + 1;
-        co_return line;
-      }
-      // CR LF right after max_len+1 bytes: fall through to the partial case.
-    }
-    if (pending.size() > max_len) {
-      // Too long: hand out the first max_len bytes and keep the rest. Keep a
-      // trailing CR in the buffer so a CRLF split across the cut is seen.
-      Line line;
-      line.partial = true;
-      line.text.assign(pending.data(), max_len);
-      start_ += max_len;
-      co_return line;
+    if (std::optional<Line> line = TakeBufferedLine(max_len)) {
+      co_return *std::move(line);
     }
     // Compact, then read more.
     if (start_ > 0) {

@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -58,6 +59,12 @@ class Connection {
 
   // Reads one line of at most `max_len` bytes (without its line end).
   asio::awaitable<absl::StatusOr<Line>> ReadLine(size_t max_len, Duration timeout);
+
+  // The next line if the buffer already holds it (or holds more than
+  // `max_len` bytes of it, which comes back as a partial line); no I/O.
+  // Callers that wrap every read in timers try this first: a client's DATA
+  // arrives many lines per packet, and most lines need no wait at all.
+  std::optional<Line> TakeBufferedLine(size_t max_len);
 
   // Reads at most `max_len` raw bytes (at least one): what is buffered
   // first, else what one read from the socket returns. For length-counted

@@ -18,6 +18,7 @@
 #include "CLI/CLI.hpp"
 #include "lib/common/ids.h"
 #include "lib/common/log.h"
+#include "lib/common/process.h"
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
@@ -91,6 +92,7 @@ int RealMain(const std::string& config_path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  tern::InitServiceProcess();
   CLI::App app{"tern-bouncer: sends RFC 3464 delivery status notifications for the Tern queue"};
   std::string config_path = "config";
   app.add_option("--config", config_path, "Haraka-style config directory")->capture_default_str();

@@ -10,6 +10,7 @@
 #include "asio/io_context.hpp"
 #include "asio/signal_set.hpp"
 #include "lib/common/log.h"
+#include "lib/common/process.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
 #include "lib/dns/cares_resolver.h"
@@ -22,6 +23,7 @@
 #include <grpcpp/server.h>
 
 int main(int argc, char** argv) {
+  tern::InitServiceProcess();
   CLI::App app{"tern-deliverer: Tern's SMTP delivery worker"};
   std::string config_path = "config";
   app.add_option("--config", config_path, "Haraka-style config directory")->capture_default_str();

@@ -24,6 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "asio/io_context.hpp"
 #include "lib/common/log.h"
+#include "lib/common/process.h"
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
@@ -56,6 +57,7 @@ int Fail(absl::string_view event, absl::string_view error) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  tern::InitServiceProcess();
   CLI::App app{"tern-ingest: Tern's ESMTP relay server"};
   std::string config_path = "./config";
   app.add_option("--config", config_path, "Haraka-style config directory")->capture_default_str();

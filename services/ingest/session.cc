@@ -299,6 +299,11 @@ asio::awaitable<Session::ReadResult> Session::ReadLine(size_t max_len, net::Line
   if (core_->draining && !in_mail_ && !ignore_drain) {
     co_return ReadResult::kWoken;
   }
+  if (std::optional<net::Line> buffered = conn_.TakeBufferedLine(max_len)) {
+    // No wait, so no timer: most DATA lines take this path.
+    *line = *std::move(buffered);
+    co_return ReadResult::kLine;
+  }
   const std::chrono::milliseconds wait = timeout.value_or(cfg_.inactivity_timeout);
   asio::steady_timer timer(co_await asio::this_coro::executor, wait);
   idle_timer_ = &timer;

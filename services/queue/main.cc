@@ -23,6 +23,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "lib/common/log.h"
+#include "lib/common/process.h"
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
@@ -44,6 +45,7 @@ int Fail(absl::string_view event, absl::string_view error) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  tern::InitServiceProcess();
   CLI::App app{"tern-queue: Tern's durable mail queue (RocksDB, gRPC)"};
   std::string config_path = "./config";
   std::string data_dir_flag;

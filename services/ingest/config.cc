@@ -244,6 +244,11 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
     return tern.KeyError("ingest", "queue_timeout_ms", "must be positive");
   }
   cfg.queue_timeout = std::chrono::milliseconds(queue_timeout_ms);
+  TERN_ASSIGN_OR_RETURN(int64_t inline_max, tern.GetInt("ingest", "enqueue_inline_max", 256 * 1024));
+  if (inline_max < 0 || inline_max > (64 << 20)) {
+    return tern.KeyError("ingest", "enqueue_inline_max", "must be between 0 and 67108864 bytes");
+  }
+  cfg.enqueue_inline_max = static_cast<uint64_t>(inline_max);
   cfg.health_listen = tern.GetString("ingest", "health_listen", "127.0.0.1:7071");
   cfg.metrics_listen = tern.GetString("ingest", "metrics_listen", "127.0.0.1:9471");
 

@@ -27,6 +27,7 @@
 //                   minVersion [TLSv1.2], ciphers [OpenSSL's default]
 //   auth_flat_file.ini  see auth.h (AUTH is on when [users] has a user)
 //   tern.ini        [ingest] queue [127.0.0.1:7070], queue_timeout_ms [30000],
+//                   enqueue_inline_max [262144],
 //                   health_listen [127.0.0.1:7071], metrics_listen
 //                   [127.0.0.1:9471] (empty disables the last two)
 //   log.ini         read by config::InitLogging, not here.
@@ -82,6 +83,10 @@ struct IngestConfig {
   // Longest wait for the queue at any step (header, each chunk, the final
   // durable answer). Default: 30000 ms.
   std::chrono::milliseconds queue_timeout{30'000};
+  // Messages up to this many bytes go to the queue whole once complete, with
+  // other sessions' messages in one EnqueueBatch call; larger ones stream to
+  // the queue in chunks while they arrive. Default: 262144 (256 KiB).
+  uint64_t enqueue_inline_max = 256 * 1024;
   // Default: 127.0.0.1:7071. Empty disables.
   std::string health_listen = "127.0.0.1:7071";
   // Default: 127.0.0.1:9471. Empty disables.

@@ -93,6 +93,12 @@ int main(int argc, char** argv) {
   }
 
   auto queue = std::make_shared<tern::ingest::QueueClient>(config->queue, config->queue_timeout);
+  // Connect before the first client does, so its message can go whole. Not
+  // fatal: sessions answer 451 until the queue is there.
+  if (!queue->WaitForReady(std::chrono::seconds(5))) {
+    tern::log::Event(tern::log::Level::kWarn, "queue_unreachable",
+                     {{"queue", config->queue}, {"effect", "messages get 451 until it answers"}});
+  }
   asio::io_context io(1);
   auto server = tern::ingest::IngestServer::Create(io, *config, queue);
   if (!server.ok()) {

@@ -2,10 +2,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "asio/async_result.hpp"
 #include "asio/post.hpp"
@@ -158,6 +160,124 @@ class EnqueueReactor final : public grpc::ClientWriteReactor<tern::v1::EnqueueRe
   std::function<void(grpc::Status)> done_handler_;
 };
 
+// Gathers whole messages from every session into EnqueueBatch calls. At most
+// kCallsInFlight calls run at once; a message that arrives while all of
+// them are busy waits for the next free one and leaves with everything that
+// gathered meanwhile (up to kBatchItems / kBatchBytes per call). Item
+// completions run on gRPC's threads and post into each session's executor.
+class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher> {
+ public:
+  using Done = std::function<void(absl::StatusOr<std::string>)>;
+
+  EnqueueBatcher(std::shared_ptr<QueueStub> stub, std::chrono::milliseconds timeout)
+      : stub_(std::move(stub)), timeout_(timeout) {}
+
+  void Add(tern::v1::EnqueueItem item, Done done) {
+    std::vector<Pending> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_bytes_ += item.body().size();
+      pending_.push_back(Pending{std::move(item), std::move(done)});
+      if (in_flight_ >= kCallsInFlight) {
+        return;  // leaves with the next call that finishes
+      }
+      ++in_flight_;
+      batch = TakeLocked();
+    }
+    Send(std::move(batch));
+  }
+
+ private:
+  // Two calls in flight: one being answered while the next gathers, so the
+  // queue's writer always has the next group waiting.
+  static constexpr int kCallsInFlight = 2;
+  static constexpr size_t kBatchItems = 256;
+  static constexpr uint64_t kBatchBytes = 8 << 20;
+
+  struct Pending {
+    tern::v1::EnqueueItem item;
+    Done done;
+  };
+  struct Call {
+    grpc::ClientContext context;
+    tern::v1::EnqueueBatchRequest request;
+    tern::v1::EnqueueBatchResponse response;
+    std::vector<Done> done;
+  };
+
+  std::vector<Pending> TakeLocked() {
+    std::vector<Pending> batch;
+    uint64_t bytes = 0;
+    size_t n = 0;
+    while (n < pending_.size() && n < kBatchItems && (n == 0 || bytes + pending_[n].item.body().size() <= kBatchBytes)) {
+      bytes += pending_[n].item.body().size();
+      ++n;
+    }
+    batch.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      batch.push_back(std::move(pending_.front()));
+      pending_.pop_front();
+    }
+    pending_bytes_ -= bytes;
+    return batch;
+  }
+
+  void Send(std::vector<Pending> batch) {
+    auto call = std::make_shared<Call>();
+    call->context.set_wait_for_ready(false);
+    call->context.set_deadline(std::chrono::system_clock::now() + timeout_);
+    call->request.mutable_items()->Reserve(static_cast<int>(batch.size()));
+    call->done.reserve(batch.size());
+    for (Pending& p : batch) {
+      *call->request.add_items() = std::move(p.item);
+      call->done.push_back(std::move(p.done));
+    }
+    stub_->stub->async()->EnqueueBatch(&call->context, &call->request, &call->response,
+                                       [self = shared_from_this(), call](grpc::Status status) {
+                                         self->Finished(*call, status);
+                                       });
+  }
+
+  void Finished(Call& call, const grpc::Status& status) {
+    const absl::Status whole = status.ok() ? absl::OkStatus() : rpc::FromGrpc(status);
+    for (size_t i = 0; i < call.done.size(); ++i) {
+      if (!whole.ok()) {
+        call.done[i](whole);
+        continue;
+      }
+      if (static_cast<int>(i) >= call.response.results_size()) {
+        call.done[i](absl::InternalError("queue answered EnqueueBatch without a result for every message"));
+        continue;
+      }
+      const tern::v1::EnqueueItemResult& r = call.response.results(static_cast<int>(i));
+      if (!r.message_id().empty()) {
+        call.done[i](r.message_id());
+      } else if (r.code() == 0) {
+        call.done[i](absl::InternalError("queue answered without a message id"));
+      } else {
+        call.done[i](absl::Status(static_cast<absl::StatusCode>(r.code()), r.error()));
+      }
+    }
+    std::vector<Pending> next;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (pending_.empty()) {
+        --in_flight_;
+        return;
+      }
+      next = TakeLocked();
+    }
+    Send(std::move(next));
+  }
+
+  std::shared_ptr<QueueStub> stub_;
+  const std::chrono::milliseconds timeout_;
+  std::mutex mu_;
+  std::deque<Pending> pending_;
+  uint64_t pending_bytes_ = 0;
+  int in_flight_ = 0;
+};
+
 }  // namespace internal
 
 namespace {
@@ -268,6 +388,36 @@ QueueClient::QueueClient(const std::string& target, std::chrono::milliseconds st
     : stub_(std::make_shared<internal::QueueStub>()), step_timeout_(step_timeout) {
   stub_->channel = rpc::MakeChannel(target);
   stub_->stub = tern::v1::Queue::NewStub(stub_->channel);
+  batcher_ = std::make_shared<internal::EnqueueBatcher>(stub_, step_timeout_);
+}
+
+bool QueueClient::ChannelReady() const {
+  return stub_->channel->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY;
+}
+
+bool QueueClient::WaitForReady(std::chrono::milliseconds timeout) const {
+  return stub_->channel->WaitForConnected(std::chrono::system_clock::now() + timeout);
+}
+
+asio::awaitable<absl::StatusOr<std::string>> QueueClient::EnqueueWhole(tern::v1::EnqueueHeader header,
+                                                                       std::string body) {
+  auto executor = co_await asio::this_coro::executor;
+  tern::v1::EnqueueItem item;
+  *item.mutable_header() = std::move(header);
+  item.set_body(std::move(body));
+  internal::EnqueueBatcher* batcher = batcher_.get();
+  tern::v1::EnqueueItem* pending = &item;
+  asio::any_io_executor* ex = &executor;
+  // The initiation captures raw pointers only (see AwaitStep); `item` and
+  // `executor` live in this frame until the result arrives.
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(absl::StatusOr<std::string>)>(
+      [batcher, pending, ex](auto handler) {
+        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+        batcher->Add(std::move(*pending), [shared, target = *ex](absl::StatusOr<std::string> result) {
+          asio::post(target, [shared, result = std::move(result)]() mutable { (*shared)(std::move(result)); });
+        });
+      },
+      asio::use_awaitable);
 }
 
 QueueClient::~QueueClient() = default;

@@ -1,9 +1,18 @@
 // File: queue_client.h
 //
-// QueueClient: ingest's side of tern.v1.Queue/Enqueue, a client-streaming
-// call, bridged from gRPC's callback API to Asio coroutines so an SMTP
-// session can stream a message to the queue while it reads it from the
-// client:
+// QueueClient: ingest's side of the queue's Enqueue calls, bridged from
+// gRPC's callback API to Asio coroutines.
+//
+// Most mail is small: a session that has a whole message of at most
+// `enqueue_inline_max` bytes hands it over with EnqueueWhole(). Those
+// messages share EnqueueBatch calls: while a call is in flight, the messages
+// of other sessions gather and go in the next one, the way the queue's group
+// commit gathers writes. That makes the RPC cost per message small under
+// load and adds no wait when idle (a message with no call in flight leaves
+// at once).
+//
+// Larger messages stream, so ingest never holds a big one whole: Enqueue is
+// a client-streaming call that a session feeds while it reads DATA:
 //
 //   auto call = queue.StartEnqueue(executor, header);
 //   TERN_... co_await call->Start();           // sends the header
@@ -41,6 +50,7 @@
 namespace tern::ingest {
 
 namespace internal {
+class EnqueueBatcher;
 class EnqueueReactor;
 struct QueueStub;
 }  // namespace internal
@@ -90,8 +100,25 @@ class QueueClient {
   // sent until Start().
   std::unique_ptr<EnqueueCall> StartEnqueue(asio::any_io_executor executor, tern::v1::EnqueueHeader header);
 
+  // Enqueues a complete message through a shared EnqueueBatch call and
+  // returns its id once it is durable, or why it is not (the queue's status
+  // for this message, DeadlineExceeded after `step_timeout`, Unavailable when
+  // the queue cannot be reached). Resumes on the caller's executor.
+  asio::awaitable<absl::StatusOr<std::string>> EnqueueWhole(tern::v1::EnqueueHeader header, std::string body);
+
+  // True when the channel to the queue is connected. A session that sees it
+  // is not opens a streaming call before 354 instead of waiting for the
+  // whole message, so an unreachable queue costs the client a 451 rather
+  // than an upload. (An idle channel is asked to connect.)
+  bool ChannelReady() const;
+  // Connects the channel and waits up to `timeout` for it to be ready; true
+  // when it is. Ingest calls it at start-up so the first messages can go
+  // whole, and to log early when the queue is not there.
+  bool WaitForReady(std::chrono::milliseconds timeout) const;
+
  private:
   std::shared_ptr<internal::QueueStub> stub_;
+  std::shared_ptr<internal::EnqueueBatcher> batcher_;
   std::chrono::milliseconds step_timeout_;
 };
 

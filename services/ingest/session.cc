@@ -49,6 +49,10 @@ constexpr int kMaxErrors = 20;
 constexpr auto kReadBackstop = std::chrono::seconds(30);
 constexpr auto kCloseTimeout = std::chrono::seconds(5);
 
+bool Has8BitOctets(absl::string_view body) {
+  return std::any_of(body.begin(), body.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+}
+
 static_assert(static_cast<int>(smtp::kNotifySuccess) == static_cast<int>(tern::v1::NOTIFY_SUCCESS));
 static_assert(static_cast<int>(smtp::kNotifyFailure) == static_cast<int>(tern::v1::NOTIFY_FAILURE));
 static_assert(static_cast<int>(smtp::kNotifyDelay) == static_cast<int>(tern::v1::NOTIFY_DELAY));
@@ -758,20 +762,16 @@ asio::awaitable<bool> Session::Auth(const smtp::Command& cmd) {
 uint64_t Session::DiscardLimit() const { return cfg_.max_bytes + std::max<uint64_t>(cfg_.max_bytes, kMinDiscardBytes); }
 
 asio::awaitable<bool> Session::OpenBody() {
-  // Never wait on the queue with replies still owed to the client.
-  if (!co_await Flush()) {
-    co_return false;
-  }
-  auto executor = co_await asio::this_coro::executor;
-  body_call_ = core_->queue->StartEnqueue(executor, BuildHeader());
-  call_ = body_call_.get();
   queue_failed_ = false;
-  absl::Status started = co_await body_call_->Start();
-  if (!started.ok()) {
-    absl::StatusOr<std::string> result = co_await body_call_->Finish();
-    QueueFailure(result.ok() ? started : result.status());
-    AbortBody();
-    co_return false;
+  if (cfg_.enqueue_inline_max == 0 || !core_->queue->ChannelReady()) {
+    // Stream from the start: the call is open before 354, so a queue that
+    // cannot be reached costs the client a 451, not an upload.
+    if (!co_await OpenStream()) {
+      absl::StatusOr<std::string> result = co_await body_call_->Finish();
+      QueueFailure(result.ok() ? absl::UnavailableError("queue unavailable") : result.status());
+      AbortBody();
+      co_return false;
+    }
   }
   smtp::AssemblerLimits limits;
   limits.max_bytes = cfg_.max_bytes;
@@ -787,6 +787,20 @@ asio::awaitable<bool> Session::OpenBody() {
   co_return true;
 }
 
+// Opens the Enqueue stream and sends the header. False if that failed;
+// body_call_ is then set and Finish() tells the queue's reason.
+asio::awaitable<bool> Session::OpenStream() {
+  // Never wait on the queue with replies still owed to the client.
+  if (!co_await Flush()) {
+    co_return false;
+  }
+  auto executor = co_await asio::this_coro::executor;
+  body_call_ = core_->queue->StartEnqueue(executor, BuildHeader());
+  call_ = body_call_.get();
+  absl::Status started = co_await body_call_->Start();
+  co_return started.ok();
+}
+
 asio::awaitable<void> Session::PushBody(bool all) {
   if (assembler_->failed()) {
     // Nothing of this message will be stored: let the queue drop it now.
@@ -798,6 +812,16 @@ asio::awaitable<void> Session::PushBody(bool all) {
   if (queue_failed_) {
     assembler_->TakeOutput();
     co_return;
+  }
+  if (!body_call_) {
+    if (assembler_->pending() <= cfg_.enqueue_inline_max) {
+      co_return;  // small so far: it may go whole (FinishBody)
+    }
+    // Too big to hold: stream it from here on.
+    if (!co_await OpenStream()) {
+      queue_failed_ = true;  // FinishBody asks the call why
+      co_return;
+    }
   }
   if (assembler_->pending() >= kChunkBytes || (all && assembler_->pending() > 0)) {
     // A named local, not a temporary, as the coroutine argument: g++ 12
@@ -853,14 +877,28 @@ asio::awaitable<bool> Session::FinishBody() {
     log::Event(log::Level::kInfo, "data_line_wrapped",
                {{"txn", txn_id_}, {"limit", absl::StrCat(cfg_.max_data_line_length)}});
   }
-  co_await PushBody(/*all=*/true);
   const uint64_t size = assembler_->size();
-  // Never wait on the queue with replies still buffered.
-  if (!co_await Flush()) {
-    co_return false;
+  absl::StatusOr<std::string> id;
+  if (body_call_) {
+    co_await PushBody(/*all=*/true);
+    // Never wait on the queue with replies still buffered.
+    if (!co_await Flush()) {
+      co_return false;
+    }
+    id = co_await body_call_->Finish();
+    call_ = nullptr;
+  } else {
+    if (!co_await Flush()) {
+      co_return false;
+    }
+    std::string body = assembler_->TakeOutput();
+    tern::v1::EnqueueHeader header = BuildHeader();
+    if (!header.envelope().body_8bit() && Has8BitOctets(body)) {
+      // Whole in hand, the body can say what the client did not declare.
+      header.mutable_envelope()->set_body_8bit(true);
+    }
+    id = co_await core_->queue->EnqueueWhole(std::move(header), std::move(body));
   }
-  absl::StatusOr<std::string> id = co_await body_call_->Finish();
-  call_ = nullptr;
   if (!id.ok()) {
     QueueFailure(id.status());
     ResetTransaction();
@@ -1042,7 +1080,7 @@ asio::awaitable<bool> Session::Bdat(const smtp::Command& cmd) {
     assembler_->Finish();
     co_return co_await FinishBody();
   }
-  if (queue_failed_) {
+  if (queue_failed_ && body_call_) {
     absl::StatusOr<std::string> result = co_await body_call_->Finish();
     call_ = nullptr;
     QueueFailure(result.ok() ? absl::UnavailableError("queue write failed") : result.status());

@@ -117,10 +117,13 @@ class Session {
   asio::awaitable<void> AuthFailed(absl::string_view mechanism, absl::string_view user);
   asio::awaitable<bool> Data();
   asio::awaitable<bool> Bdat(const smtp::Command& cmd);
-  // Opens the Enqueue call and the assembler; on failure replies 451/452.
+  // Opens the assembler, and the Enqueue stream unless the message may go
+  // whole (see queue_client.h); on failure replies 451/452.
   asio::awaitable<bool> OpenBody();
-  // Sends the assembler's output to the queue once a chunk is ready (or all
-  // of it when `all`).
+  asio::awaitable<bool> OpenStream();
+  // Keeps a message whole while it is within enqueue_inline_max; past that
+  // (or when streaming from the start) sends the assembler's output to the
+  // queue once a chunk is ready (or all of it when `all`).
   asio::awaitable<void> PushBody(bool all);
   // The content is complete: refuse it or send the rest and wait for the
   // queue's durable answer. False if the client is gone.
@@ -178,7 +181,8 @@ class Session {
   smtp::MailParameters mail_params_;
   std::vector<Recipient> rcpts_;
   int rcpts_refused_ = 0;
-  // The content being received (DATA, or BDAT chunks until LAST).
+  // The content being received (DATA, or BDAT chunks until LAST). No
+  // body_call_ while the message is small enough to go whole.
   std::unique_ptr<EnqueueCall> body_call_;
   std::unique_ptr<smtp::MessageAssembler> assembler_;
   bool bdat_active_ = false;

@@ -1,6 +1,7 @@
 #include "services/queue/queue_service_impl.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <string>
@@ -114,6 +115,74 @@ auto FinishWith(grpc::ServerUnaryReactor* reactor, Response* response) {
 grpc::ServerReadReactor<tern::v1::EnqueueRequest>* QueueServiceImpl::Enqueue(grpc::CallbackServerContext* context,
                                                                              tern::v1::EnqueueResponse* response) {
   return new EnqueueReactor(core_, context, response);
+}
+
+namespace {
+
+// One EnqueueBatch call: counts the items still waiting for their commit and
+// finishes the reactor when the last one has its result. The core calls the
+// item callbacks on its writer thread, usually all from the same group.
+class BatchState {
+ public:
+  BatchState(grpc::ServerUnaryReactor* reactor, tern::v1::EnqueueBatchResponse* response, int items)
+      : reactor_(reactor), response_(response), remaining_(items) {
+    for (int i = 0; i < items; ++i) {
+      response_->add_results();
+    }
+  }
+
+  void Done(int index, const absl::StatusOr<EnqueueResult>& result) {
+    tern::v1::EnqueueItemResult* out = response_->mutable_results(index);
+    if (result.ok()) {
+      out->set_message_id(result->message_id);
+      out->set_duplicate(result->duplicate);
+    } else {
+      out->set_code(static_cast<int32_t>(result.status().code()));
+      out->set_error(std::string(result.status().message()));
+    }
+    if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      reactor_->Finish(grpc::Status::OK);
+      delete this;
+    }
+  }
+
+ private:
+  grpc::ServerUnaryReactor* reactor_;
+  tern::v1::EnqueueBatchResponse* response_;
+  std::atomic<int> remaining_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* QueueServiceImpl::EnqueueBatch(grpc::CallbackServerContext* context,
+                                                         const tern::v1::EnqueueBatchRequest* request,
+                                                         tern::v1::EnqueueBatchResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  const int n = request->items_size();
+  if (n == 0) {
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  // gRPC owns the request until the reactor finishes and reads nothing of it
+  // after handing it to us, so the bodies are moved out instead of copied
+  // (the request object itself is not const, only our view of it).
+  auto* items = const_cast<tern::v1::EnqueueBatchRequest*>(request)->mutable_items();
+  auto* state = new BatchState(reactor, response, n);
+  for (int i = 0; i < n; ++i) {
+    tern::v1::EnqueueItem& item = (*items)[i];
+    if (!item.has_header()) {
+      state->Done(i, absl::InvalidArgumentError("EnqueueBatch: item without a header"));
+      continue;
+    }
+    if (item.body().size() > kMaxBodyBytes) {
+      state->Done(i, absl::ResourceExhaustedError(absl::StrCat("EnqueueBatch: message body over ", kMaxBodyBytes,
+                                                               " bytes")));
+      continue;
+    }
+    core_->Enqueue(std::move(*item.mutable_header()), std::move(*item.mutable_body()),
+                   [state, i](absl::StatusOr<EnqueueResult> result) { state->Done(i, result); });
+  }
+  return reactor;
 }
 
 namespace {

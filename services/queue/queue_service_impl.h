@@ -11,6 +11,11 @@
 // core. A body over kMaxBodyBytes is refused with RESOURCE_EXHAUSTED as soon
 // as it is known to be too big.
 //
+// EnqueueBatch hands each item to the core on its own (the group committer
+// then writes them in shared synced batches) and finishes once every item
+// has its result; items are independent, so one refused item (say, an
+// invalid envelope) never costs the others their place.
+//
 // Admin is a synchronous service: its reads scan RocksDB on the calling
 // thread and Watch is a long-lived stream that blocks waiting for events,
 // which is what gRPC's sync thread pool is for; operator traffic is light.
@@ -33,6 +38,9 @@ class QueueServiceImpl final : public tern::v1::Queue::CallbackService {
 
   grpc::ServerReadReactor<tern::v1::EnqueueRequest>* Enqueue(grpc::CallbackServerContext* context,
                                                              tern::v1::EnqueueResponse* response) override;
+  grpc::ServerUnaryReactor* EnqueueBatch(grpc::CallbackServerContext* context,
+                                         const tern::v1::EnqueueBatchRequest* request,
+                                         tern::v1::EnqueueBatchResponse* response) override;
   grpc::ServerUnaryReactor* Lease(grpc::CallbackServerContext* context, const tern::v1::LeaseRequest* request,
                                   tern::v1::LeaseResponse* response) override;
   grpc::ServerUnaryReactor* Report(grpc::CallbackServerContext* context, const tern::v1::ReportRequest* request,

@@ -77,7 +77,7 @@ class Connection {
   // Bytes already read from the socket but not yet consumed by ReadLine. Per
   // RFC 3207 a server must see none when it says 220 to STARTTLS, and a client
   // none after the 220 (otherwise a man in the middle injected commands).
-  size_t buffered() const { return buffer_.size() - start_; }
+  size_t buffered() const { return end_ - start_; }
 
   // TLS handshake as a server, then all I/O goes through TLS.
   asio::awaitable<absl::Status> StartTlsServer(std::shared_ptr<asio::ssl::context> ctx, Duration timeout);
@@ -94,13 +94,16 @@ class Connection {
 
  private:
   asio::awaitable<absl::StatusOr<size_t>> ReadSome(char* data, size_t size, Duration timeout);
+  asio::awaitable<absl::StatusOr<size_t>> ReadMore(Duration timeout);
 
   asio::ip::tcp::socket socket_;
   std::shared_ptr<asio::ssl::context> tls_context_;
   std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
   bool peer_verified_ = false;
+  // Read data is buffer_[start_, end_); the rest of buffer_ is free space.
   std::string buffer_;
   size_t start_ = 0;
+  size_t end_ = 0;
 };
 
 }  // namespace tern::net

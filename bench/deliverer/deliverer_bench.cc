@@ -7,13 +7,22 @@
 // counts the reports. Everything talks over loopback gRPC and TCP as in
 // production. The clock starts at the first Lease and stops when every job
 // has been reported.
+//
+// It also reports memory: the process's peak RSS (VmHWM: the worker plus the
+// fake queue and its copies of the jobs) and the most deliveries that were
+// leased but not yet reported at once (the worker's sessions in flight). For
+// the many-sessions run (README.md) it raises RLIMIT_NOFILE to the hard
+// limit, since every session holds a socket.
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <deque>
+#include <fstream>
 #include <thread>
 
 #include "CLI/CLI.hpp"
@@ -68,6 +77,7 @@ class BenchQueue final : public tern::v1::Queue::CallbackService {
         job->set_body(body_);
         job->set_attempt(1);
       }
+      peak_in_flight_ = std::max(peak_in_flight_, handed_ - reported_);
     }
     if (resp->deliveries_size() == 0) {
       std::this_thread::sleep_for(5ms);  // stands in for the long poll
@@ -119,6 +129,7 @@ class BenchQueue final : public tern::v1::Queue::CallbackService {
     const double secs = std::chrono::duration<double>(end_ - start_).count();
     std::printf("%s: %zu deliveries (%zu delivered, %zu failed) in %.2f s = %.0f deliveries/s\n", label, reported_,
                 delivered_, failed_, secs, static_cast<double>(reported_) / secs);
+    std::printf("  most deliveries in flight at once: %zu\n", peak_in_flight_);
     if (!first_failure_.empty()) {
       std::printf("  first failure: %s\n", first_failure_.c_str());
     }
@@ -132,6 +143,7 @@ class BenchQueue final : public tern::v1::Queue::CallbackService {
   size_t reported_ = 0;
   size_t delivered_ = 0;
   size_t failed_ = 0;
+  size_t peak_in_flight_ = 0;
   std::string first_failure_;
   bool started_ = false;
   bool finished_ = false;
@@ -150,6 +162,29 @@ class NoResolver : public tern::dns::MxResolver {
   void ResolveHost(std::string, HostCallback done) override { done(tern::dns::HostAnswer()); }
 };
 
+// A "VmRSS:"/"VmHWM:" line of /proc/self/status, in KiB (0 if absent).
+long StatusKib(const char* key) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(key, 0) == 0) {
+      return std::strtol(line.c_str() + std::strlen(key), nullptr, 10);
+    }
+  }
+  return 0;
+}
+
+// Every session holds a socket: allow as many as the hard limit permits.
+rlim_t RaiseFileLimit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);
+  }
+  getrlimit(RLIMIT_NOFILE, &lim);
+  return lim.rlim_cur;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -166,6 +201,11 @@ int main(int argc, char** argv) {
   app.add_option("--pool-timeout", pool_timeout, "pool_timeout seconds; 0 = no connection reuse")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  const rlim_t files = RaiseFileLimit();
+  if (files < concurrency + 256) {
+    std::fprintf(stderr, "warning: RLIMIT_NOFILE is %lu, below --concurrency + 256; raise ulimit -Hn\n",
+                 static_cast<unsigned long>(files));
+  }
 
   tern::log::Init("bench", tern::log::Level::kWarn, tern::log::Format::kDefault);
   BenchQueue queue(messages, std::max<size_t>(size, 128));
@@ -213,6 +253,8 @@ int main(int argc, char** argv) {
     io.run_for(10ms);
   }
   queue.Print(pool_timeout > 0 ? "with connection reuse" : "without connection reuse");
+  std::printf("  peak RSS (VmHWM) %.1f MiB, RSS now %.1f MiB\n", StatusKib("VmHWM:") / 1024.0,
+              StatusKib("VmRSS:") / 1024.0);
   server->Shutdown();
   return queue.finished() ? 0 : 1;
 }

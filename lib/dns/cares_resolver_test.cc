@@ -1,18 +1,23 @@
 // Tests CaresResolver against a real dnsmasq serving test zones on a free
-// loopback port (dnsmasq-base must be installed).
+// loopback port (dnsmasq-base must be installed). Two zones are forwarded by
+// dnsmasq to upstreams that fail: servfail.test to a scripted upstream that
+// answers SERVFAIL to everything, unreachable.test to a closed port.
 #include "lib/dns/cares_resolver.h"
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -52,8 +57,71 @@ bool UdpPortBusy(int port) {
   return busy;
 }
 
+// An upstream DNS server on 127.0.0.1:0 that answers every query with
+// SERVFAIL (the question echoed, no records), as a broken authoritative
+// server or a failing recursive resolver does.
+class ServfailUpstream {
+ public:
+  bool Start() {
+    fd_ = BindUdp(&port_);
+    if (fd_ < 0) {
+      return false;
+    }
+    thread_ = std::thread([this] { Serve(); });
+    return true;
+  }
+
+  ~ServfailUpstream() {
+    stop_ = true;
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+    if (fd_ >= 0) {
+      close(fd_);
+    }
+  }
+
+  int port() const { return port_; }
+  int queries() const { return queries_; }
+
+ private:
+  void Serve() {
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0) {
+        continue;  // timeout: look at stop_ again
+      }
+      unsigned char buf[512];
+      sockaddr_in from{};
+      socklen_t len = sizeof(from);
+      const ssize_t n = recvfrom(fd_, buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &len);
+      if (n < 12) {
+        continue;
+      }
+      ++queries_;
+      buf[2] = static_cast<unsigned char>(0x80 | (buf[2] & 0x79));  // QR=1, keep opcode and RD
+      buf[3] = 0x82;                                                // RA=1, RCODE=2 (SERVFAIL)
+      for (int i = 6; i < 12; ++i) {
+        buf[i] = 0;  // no answer, authority or additional records
+      }
+      sendto(fd_, buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), len);
+    }
+  }
+
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> queries_{0};
+  std::thread thread_;
+};
+
 class Dnsmasq {
  public:
+  // Arguments added to every dnsmasq started by Start().
+  void AddArgs(std::vector<std::string> args) {
+    extra_args_.insert(extra_args_.end(), args.begin(), args.end());
+  }
+
   // Starts dnsmasq on a free port with the test zones; retries with another
   // port if the chosen one was taken in between.
   bool Start() {
@@ -102,6 +170,7 @@ class Dnsmasq {
         "--host-record=ok.partial.test,127.0.0.9",
         "--host-record=hostonly.test,127.0.0.6",
     };
+    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     std::vector<char*> argv;
     for (auto& a : args) {
       argv.push_back(a.data());
@@ -136,11 +205,33 @@ class Dnsmasq {
 
   pid_t pid_ = -1;
   int port_ = 0;
+  std::vector<std::string> extra_args_;
 };
+
+// A UDP port on 127.0.0.1 with nothing listening (ICMP port unreachable).
+int ClosedUdpPort() {
+  int port = 0;
+  int fd = BindUdp(&port);
+  if (fd < 0) {
+    return -1;
+  }
+  close(fd);
+  return port;
+}
 
 class CaresResolverTest : public ::testing::Test {
  protected:
-  void SetUp() override { ASSERT_TRUE(dnsmasq_.Start()) << "could not start dnsmasq"; }
+  void SetUp() override {
+    ASSERT_TRUE(servfail_.Start()) << "could not start the SERVFAIL upstream";
+    const int closed = ClosedUdpPort();
+    ASSERT_GT(closed, 0);
+    // More specific than --local=/test/, so these zones are forwarded.
+    dnsmasq_.AddArgs({absl::StrCat("--server=/servfail.test/127.0.0.1#", servfail_.port()),
+                      absl::StrCat("--server=/unreachable.test/127.0.0.1#", closed),
+                      // An MX answered locally whose host is in the failing zone.
+                      "--mx-host=half.test,mx.servfail.test,10"});
+    ASSERT_TRUE(dnsmasq_.Start()) << "could not start dnsmasq";
+  }
 
   std::unique_ptr<CaresResolver> MakeResolver(CaresResolver::Options options = {}) {
     if (options.servers.empty()) {
@@ -177,6 +268,7 @@ class CaresResolverTest : public ::testing::Test {
     return out;
   }
 
+  ServfailUpstream servfail_;
   Dnsmasq dnsmasq_;
   asio::io_context io_;
 };
@@ -324,6 +416,44 @@ TEST_F(CaresResolverTest, RefusedIsTempFail) {
   auto resolver = MakeResolver();
   MxAnswer a = Mx(*resolver, "example.com");
   EXPECT_EQ(a.status, LookupStatus::kTempFail) << a.detail;
+}
+
+TEST_F(CaresResolverTest, ServfailFromUpstreamIsTempFailAndNotCached) {
+  auto resolver = MakeResolver();
+  MxAnswer a = Mx(*resolver, "servfail.test");
+  EXPECT_EQ(a.status, LookupStatus::kTempFail) << a.detail;
+  EXPECT_NE(a.detail.find("servfail.test"), std::string::npos) << a.detail;
+  EXPECT_GE(servfail_.queries(), 1) << "dnsmasq did not forward the zone";
+  EXPECT_EQ(resolver->cache_size(), 0u);
+  // Asked again, not answered from a cache: the upstream may have recovered.
+  const uint64_t sent = resolver->queries_sent();
+  EXPECT_EQ(Mx(*resolver, "servfail.test").status, LookupStatus::kTempFail);
+  EXPECT_GT(resolver->queries_sent(), sent);
+}
+
+TEST_F(CaresResolverTest, ServfailForAnMxHostLeavesThatHostUnresolved) {
+  // The MX record is answered, its host's addresses are not: the host stays
+  // in the answer with kTempFail, so the deliverer says 4.4.3, not 5.1.2.
+  auto resolver = MakeResolver();
+  MxAnswer a = Mx(*resolver, "half.test");
+  ASSERT_EQ(a.status, LookupStatus::kOk) << a.detail;
+  ASSERT_EQ(Names(a), (std::vector<std::string>{"mx.servfail.test"}));
+  EXPECT_EQ(a.hosts[0].addresses.status, LookupStatus::kTempFail) << a.hosts[0].addresses.detail;
+  EXPECT_TRUE(a.hosts[0].addresses.ipv4.empty());
+}
+
+TEST_F(CaresResolverTest, UnreachableUpstreamIsTempFail) {
+  // dnsmasq forwards unreachable.test to a closed port and never answers the
+  // client: the lookup ends at the resolver's own timeout, as kTempFail.
+  CaresResolver::Options options;
+  options.tries = 1;
+  auto resolver = MakeResolver(options);
+  const auto start = std::chrono::steady_clock::now();
+  MxAnswer a = Mx(*resolver, "unreachable.test");
+  EXPECT_EQ(a.status, LookupStatus::kTempFail) << a.detail;
+  EXPECT_NE(a.detail.find("unreachable.test"), std::string::npos) << a.detail;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  EXPECT_EQ(resolver->cache_size(), 0u);
 }
 
 TEST(CaresResolverCreate, RejectsBadServerList) {

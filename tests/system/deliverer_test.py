@@ -4,15 +4,26 @@ The real binaries (cluster.py) with extra config: static routes in
 outbound_routes.ini, one of them to an LMTP server on a unix socket (a small
 scripted LMTP server below, since the scenario needs a per-recipient failure
 after the dot that a real LMTP server only gives when its disk is full).
+
+DelivererDnsTest: DNS failures and address-family preference on dnsmasq -
+a zone forwarded to an upstream that answers SERVFAIL (a scripted UDP
+responder, since no real server fails on demand), a zone forwarded to a closed
+port (dnsmasq never answers: the resolver times out), and MX hosts with A and
+AAAA records whose sinks listen on 127.0.0.x and ::1.
 """
 
 import asyncio
+import json
 import os
+import socket
 import smtplib
+import subprocess
 import threading
+import time
 import unittest
 
-from cluster import Cluster, ClusterTestCase, ZONES
+from cluster import Cluster, ClusterTestCase, ZONES, binary
+from smtp_sink import SmtpSink
 
 BODY = (b"From: Alice <alice@sender.test>\r\n"
         b"Subject: deliverer test %s\r\n"
@@ -26,6 +37,87 @@ def send(cluster, mail_from, rcpts, tag):
     with smtplib.SMTP(host, port, timeout=30) as s:
         s.ehlo("client.test")
         return s.sendmail(mail_from, rcpts, BODY % tag.encode())
+
+
+def send_for_id(cluster, mail_from, rcpts, body):
+    """Sends one message through ingest; returns its queue id (from the
+    "250 2.0.0 Ok: queued as ID" reply)."""
+    host, port = cluster.smtp_address()
+    with smtplib.SMTP(host, port, timeout=30) as s:
+        s.ehlo("client.test")
+        code, _ = s.mail(mail_from)
+        assert code == 250, code
+        for r in rcpts:
+            code, reply = s.rcpt(r)
+            assert code == 250, (code, reply)
+        code, reply = s.data(body)
+        assert code == 250, (code, reply)
+    return reply.decode().rsplit(" ", 1)[1]
+
+
+def ternctl_json(cluster, *args):
+    out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{cluster.ports['queue']}", *args, "--json"],
+                         capture_output=True, timeout=20)
+    if out.returncode != 0:
+        raise AssertionError(f"ternctl {' '.join(args)} failed: {out.stderr.decode(errors='replace')}")
+    return json.loads(out.stdout)
+
+
+def wait_for_last_result(cluster, message_id, timeout):
+    """Waits until every recipient of `message_id` has a reported result;
+    returns `ternctl show --json` then."""
+    def reported():
+        shown = ternctl_json(cluster, "show", message_id)
+        rcpts = [r for d in shown.get("deliveries", []) for r in d.get("recipients", [])]
+        return shown if rcpts and all("last_result" in r for r in rcpts) else None
+    return cluster.wait_until(reported, timeout, f"a reported attempt for {message_id}")
+
+
+def deliverer_log_lines(cluster, needle):
+    with open(os.path.join(cluster.logs, "deliverer.log"), "rb") as f:
+        return [l for l in f.read().decode("utf-8", "replace").splitlines() if needle in l]
+
+
+class DnsCluster(Cluster):
+    """A Cluster whose dnsmasq also gets `dns_extra_args()` (more zones,
+    forwarded zones). Same dnsmasq command line as Cluster._start_dns plus
+    those arguments."""
+
+    def dns_extra_args(self):
+        return []
+
+    def _start_dns(self):
+        args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+                "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.ports['dns']}",
+                "--pid-file=", "--local=/test/", "--log-facility=-"]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        for domain, ip in ZONES.items():
+            args.append(f"--mx-host={domain},mx.{domain},10")
+            args.append(f"--host-record=mx.{domain},{ip}")
+        args += self.dns_extra_args()
+        log = open(os.path.join(self.logs, "dnsmasq.log"), "wb")
+        self.dns = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.dns.poll() is not None:
+                raise RuntimeError("dnsmasq exited; see " + log.name)
+            if self._dns_answers():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("dnsmasq did not answer")
+
+    def set_outbound(self, **keys):
+        """Rewrites outbound.ini [main] with `keys` added and restarts the
+        deliverer (it reads outbound.ini at start only)."""
+        path = os.path.join(self.config, "outbound.ini")
+        with open(path) as f:
+            lines = [l for l in f.read().splitlines() if l.split("=", 1)[0] not in keys]
+        lines += [f"{k}={v}" for k, v in keys.items()]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.stop("deliverer")
+        self.start("deliverer")
 
 
 class LmtpServer:
@@ -181,6 +273,152 @@ class DelivererTest(ClusterTestCase):
             self.cluster.wait_until(
                 lambda: [m for m in sink.received() if (b"deliverer test " + tag.encode()) in m.data], 30, tag)
         self.assertEqual(sink.connections - before, 1, "three messages, one pooled connection")
+
+
+class ServfailUpstream:
+    """A DNS server on 127.0.0.1 answering every query with SERVFAIL."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.queries = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(512)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if len(data) < 12:
+                continue
+            self.queries += 1
+            # QR=1 (opcode and RD kept), RA=1, RCODE=2; the question echoed.
+            reply = data[:2] + bytes([0x80 | (data[2] & 0x79), 0x82]) + data[4:6] + b"\0" * 6 + data[12:]
+            self.sock.sendto(reply, peer)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+# dnsmasq records for DelivererDnsTest. Sinks: V4_SINK on 127.0.0.6,
+# LEVEL_SINK on 127.0.0.7, one on ::1; all on the cluster's mx_port.
+V4_SINK, LEVEL_SINK, V6_SINK = "127.0.0.6", "127.0.0.7", "::1"
+
+
+class DnsScenarioCluster(DnsCluster):
+    def dns_extra_args(self):
+        self.servfail = ServfailUpstream()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]  # closed again when this block ends
+        return [
+            # More specific than --local=/test/: these zones are forwarded.
+            f"--server=/servfail.test/127.0.0.1#{self.servfail.port}",
+            f"--server=/unreachable.test/127.0.0.1#{closed}",
+            # One MX host with both families.
+            "--mx-host=dual.test,mx.dual.test,10",
+            f"--host-record=mx.dual.test,{V4_SINK},{V6_SINK}",
+            # An IPv4-only MX at 10 and an IPv6-only MX at 20.
+            "--mx-host=levels.test,v4.levels.test,10",
+            "--mx-host=levels.test,v6.levels.test,20",
+            f"--host-record=v4.levels.test,{LEVEL_SINK}",
+            f"--host-record=v6.levels.test,{V6_SINK}",
+        ]
+
+    def _start_sinks(self):
+        super()._start_sinks()
+        # mx_port was picked free on the ZONES addresses; these addresses are
+        # unused by anything else on a test machine, so the same port is
+        # expected to be free there too (a clash fails loudly at bind).
+        for name, ip in (("v4", V4_SINK), ("level", LEVEL_SINK), ("v6", V6_SINK)):
+            self.sinks[name] = SmtpSink(ip, self.ports["mx"], name=f"{name}.sink.test").start()
+
+    def close(self):
+        if getattr(self, "servfail", None):
+            self.servfail.stop()
+        super().close()
+
+
+class DelivererDnsTest(ClusterTestCase):
+    @classmethod
+    def make_cluster(cls):
+        return DnsScenarioCluster()
+
+    def assert_deferred_by_dns(self, domain, timeout):
+        msg_id = send_for_id(self.cluster, "alice@sender.test", [f"x@{domain}"],
+                             BODY % f"dns {domain}".encode())
+        shown = wait_for_last_result(self.cluster, msg_id, timeout)
+        (delivery,) = shown["deliveries"]
+        (rcpt,) = delivery["recipients"]
+        result = rcpt["last_result"]
+        # Transient: still queued, waiting for its next attempt.
+        self.assertEqual(rcpt["state"], "deferred", rcpt)
+        self.assertEqual(result["outcome"], "OUTCOME_TRANSIENT", result)
+        self.assertEqual(result["enhanced_status"], "4.4.3", result)
+        self.assertIn(f"MX lookup for {domain} failed", result["reply_text"])
+        # Nothing was attempted over SMTP.
+        self.assertEqual(result["remote_ip"], "", result)
+        # It is still there on the next look, and no DSN was made for it.
+        again = ternctl_json(self.cluster, "show", msg_id)
+        self.assertEqual(again["message_id"], msg_id)
+        self.assertFalse(again.get("bounces"), again)
+        return result
+
+    def test_servfail_defers_with_4_4_3_and_keeps_the_message(self):
+        before = self.cluster.servfail.queries
+        result = self.assert_deferred_by_dns("servfail.test", 30)
+        self.assertGreater(self.cluster.servfail.queries, before, "dnsmasq did not forward to the upstream")
+        self.assertNotIn("NXDOMAIN", result["reply_text"])
+
+    def test_unreachable_upstream_defers_with_4_4_3_and_keeps_the_message(self):
+        # dnsmasq never answers; the deliverer's resolver gives up after its
+        # own timeouts (5 s + 10 s).
+        self.assert_deferred_by_dns("unreachable.test", 60)
+
+    def deliver_and_find(self, rcpt, tag):
+        """Sends one message to `rcpt`; returns (names of the sinks that got
+        it, the deliverer's outcome line for it)."""
+        msg_id = send_for_id(self.cluster, "alice@sender.test", [rcpt], BODY % tag.encode())
+        line = self.cluster.wait_until(
+            lambda: [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if " delivery " in l], 30,
+            f"the outcome of {tag}")[-1]
+        needle = b"deliverer test " + tag.encode()
+        got = [name for name in ("v4", "level", "v6")
+               if any(needle in m.data for m in self.cluster.sinks[name].received())]
+        return got, line
+
+    def test_inet_prefer_orders_families_within_one_mx_host(self):
+        try:
+            for prefer, sink in (("v6", "v6"), ("v4", "v4"), ("default", "v6")):
+                self.cluster.set_outbound(inet_prefer=prefer)
+                got, line = self.deliver_and_find("a@dual.test", f"prefer {prefer}")
+                self.assertIn("status=sent", line)
+                self.assertEqual(got, [sink], prefer)
+                address = V6_SINK if sink == "v6" else V4_SINK
+                self.assertIn(f"relay=mx.dual.test[{address}]:{self.cluster.ports['mx']}", line)
+        finally:
+            self.cluster.set_outbound(inet_prefer="default")
+
+    def test_inet_prefer_v6_does_not_reorder_across_mx_preferences(self):
+        # Haraka moved IPv6 addresses of a worse MX ahead of a better MX's
+        # IPv4 ones; the MX preference must win.
+        try:
+            self.cluster.set_outbound(inet_prefer="v6")
+            got, line = self.deliver_and_find("b@levels.test", "levels v6")
+            self.assertIn("status=sent", line)
+            self.assertEqual(got, ["level"])
+            self.assertIn(f"relay=v4.levels.test[{LEVEL_SINK}]:", line)
+        finally:
+            self.cluster.set_outbound(inet_prefer="default")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ find_package(CLI11 CONFIG REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(CARES REQUIRED IMPORTED_TARGET libcares)
 pkg_check_modules(INIH REQUIRED IMPORTED_TARGET inih)
+# IDNA2008 / UTS #46 (U-label -> A-label) for the queue's per-domain key.
+pkg_check_modules(IDN2 REQUIRED IMPORTED_TARGET libidn2)
 include(GoogleTest)
 
 # Standalone Asio is header-only; the flags make clang tools (clangd, clang-tidy)

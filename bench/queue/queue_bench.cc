@@ -1,6 +1,6 @@
 // queue_bench: how fast is the durable queue, and does group commit work?
 //
-//   queue_bench [--dir DIR] [--seconds S] [--size BYTES] [--cycle-messages N]
+//   queue_bench [--dir DIR] [--seconds S] [--size BYTES] [--cycle-messages N] [--cycle-only]
 //
 // 1. Baselines: a bare loop of write(2 KB) + fdatasync on a file in DIR, for
 //    S seconds, appending and inside a preallocated file (RocksDB
@@ -12,10 +12,13 @@
 //    syncs/s while syncs/s stays at or below it.
 // 3. Lease + Report cycle: N messages queued, then 4 worker threads lease up
 //    to 100 jobs at a time and report every recipient delivered (a no-op
-//    worker): deliveries/s until the queue is empty.
+//    worker): deliveries/s until the queue is empty, and the process's CPU
+//    time per delivery (all threads), which other load does not change.
+//    --cycle-only runs just this part.
 //
 // The core is used in process, so gRPC's cost is not in these figures.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -38,6 +41,15 @@ using Clock = std::chrono::steady_clock;
 using tern::queue::QueueCore;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// User + system CPU seconds of this whole process (all threads) so far: with
+// other programs competing for the cores, CPU per operation is the figure
+// that does not depend on them.
+double ProcessCpuSeconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
 
 uint64_t Commits() {
   return tern::metrics::Registry::Global()
@@ -124,8 +136,14 @@ EnqueueResult EnqueueRun(QueueCore& core, int callers, double seconds, const std
   return {count.load() / elapsed, (Commits() - commits_before) / elapsed};
 }
 
-double CycleRun(QueueCore& core, int workers) {
+struct CycleResult {
+  double per_s;
+  double cpu_us_per_delivery;
+};
+
+CycleResult CycleRun(QueueCore& core, int workers) {
   std::atomic<uint64_t> delivered{0};
+  const double cpu_before = ProcessCpuSeconds();
   std::atomic<int> idle{0};
   const auto start = Clock::now();
   std::vector<std::thread> threads;
@@ -169,7 +187,8 @@ double CycleRun(QueueCore& core, int workers) {
     t.join();
   }
   (void)idle;
-  return delivered.load() / Seconds(Clock::now() - start);
+  const uint64_t n = delivered.load();
+  return {n / Seconds(Clock::now() - start), n > 0 ? (ProcessCpuSeconds() - cpu_before) * 1e6 / n : 0};
 }
 
 }  // namespace
@@ -185,31 +204,36 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", seconds, "Duration of each Enqueue run and of the baseline")->capture_default_str();
   app.add_option("--size", size, "Body size in bytes")->capture_default_str();
   app.add_option("--cycle-messages", cycle_messages, "Messages for the Lease+Report cycle")->capture_default_str();
+  bool cycle_only = false;
+  app.add_flag("--cycle-only", cycle_only, "Run only the Lease+Report cycle (e.g. under perf)");
   CLI11_PARSE(app, argc, argv);
 
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  const double appending = FdatasyncLoop(dir, seconds, size, /*preallocate=*/false);
-  std::printf("baseline: bare append(%zu B)+fdatasync loop: %.0f syncs/s\n", size, appending);
-  const double baseline = FdatasyncLoop(dir, seconds, size, /*preallocate=*/true);
-  std::printf("baseline: bare pwrite(%zu B)+fdatasync loop in a preallocated file: %.0f syncs/s\n", size, baseline);
-
   const std::string body = absl::StrCat("Subject: bench\r\nFrom: bench@src.example\r\n\r\n",
                                         std::string(size > 64 ? size - 64 : 0, 'b'), "\r\n");
   tern::queue::CoreOptions options;
-  options.data_dir = dir + "/enqueue";
-  {
-    auto core = QueueCore::Open(options);
-    if (!core.ok()) {
-      std::fprintf(stderr, "open: %s\n", std::string(core.status().message()).c_str());
-      return 1;
-    }
-    for (int callers : {1, 8, 64}) {
-      EnqueueResult r = EnqueueRun(**core, callers, seconds, body);
-      std::printf("enqueue: %2d callers: %8.0f msgs/s  %6.0f WAL syncs/s  (%.1f msgs per sync; baseline %.0f syncs/s)\n",
-                  callers, r.msgs_per_s, r.syncs_per_s, r.syncs_per_s > 0 ? r.msgs_per_s / r.syncs_per_s : 0,
-                  baseline);
-      std::fflush(stdout);
+  if (!cycle_only) {
+    const double appending = FdatasyncLoop(dir, seconds, size, /*preallocate=*/false);
+    std::printf("baseline: bare append(%zu B)+fdatasync loop: %.0f syncs/s\n", size, appending);
+    const double baseline = FdatasyncLoop(dir, seconds, size, /*preallocate=*/true);
+    std::printf("baseline: bare pwrite(%zu B)+fdatasync loop in a preallocated file: %.0f syncs/s\n", size, baseline);
+
+    options.data_dir = dir + "/enqueue";
+    {
+      auto core = QueueCore::Open(options);
+      if (!core.ok()) {
+        std::fprintf(stderr, "open: %s\n", std::string(core.status().message()).c_str());
+        return 1;
+      }
+      for (int callers : {1, 8, 64}) {
+        EnqueueResult r = EnqueueRun(**core, callers, seconds, body);
+        std::printf("enqueue: %2d callers: %8.0f msgs/s  %6.0f WAL syncs/s  "
+                    "(%.1f msgs per sync; baseline %.0f syncs/s)\n",
+                    callers, r.msgs_per_s, r.syncs_per_s, r.syncs_per_s > 0 ? r.msgs_per_s / r.syncs_per_s : 0,
+                    baseline);
+        std::fflush(stdout);
+      }
     }
   }
 
@@ -232,9 +256,10 @@ int main(int argc, char** argv) {
     for (auto& t : fill) {
       t.join();
     }
-    const double rate = CycleRun(**core, 4);
-    std::printf("lease+report: %d messages, 4 workers x 100 jobs per lease: %.0f deliveries/s\n", cycle_messages,
-                rate);
+    const CycleResult r = CycleRun(**core, 4);
+    std::printf("lease+report: %d messages, 4 workers x 100 jobs per lease: %.0f deliveries/s, %.1f us CPU per "
+                "delivery (whole process)\n",
+                cycle_messages, r.per_s, r.cpu_us_per_delivery);
   }
   std::filesystem::remove_all(dir);
   return 0;

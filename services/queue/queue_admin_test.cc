@@ -16,14 +16,20 @@ using Action = QueueCore::Action;
 
 class QueueAdminTest : public QueueCoreTest {
  protected:
-  void Progress(const tern::v1::DeliveryJob& job, const std::string& token = "") {
+  // Returns the item's status (REPORT_STATUS_UNSPECIFIED if the call failed).
+  tern::v1::ReportStatus Progress(const tern::v1::DeliveryJob& job, const std::string& token = "") {
     tern::v1::ProgressRequest req;
     auto* item = req.add_items();
     item->set_delivery_id(job.delivery_id());
     item->set_lease_token(token.empty() ? job.lease_token() : token);
     item->set_data_sent(true);
     auto r = Sync<tern::v1::ProgressResponse>([&](auto cb) { core_->Progress(req, std::move(cb)); });
-    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok() || r->statuses_size() != 1) {
+      ADD_FAILURE() << "one status per item expected";
+      return tern::v1::REPORT_STATUS_UNSPECIFIED;
+    }
+    return r->statuses(0);
   }
   tern::v1::ActionResponse Act(Action action, tern::v1::Selector sel, bool confirm = false,
                                const std::string& reason = "") {
@@ -158,6 +164,65 @@ TEST_F(QueueAdminTest, AmbiguousLeaseKeptForGraceAfterACrashIsMarkedWhenTheGrace
   EXPECT_EQ(Show(id).deliveries(0).recipients(0).ambiguous_count(), 1u);
 }
 
+TEST_F(QueueAdminTest, ProgressIsAppliedOnlyUnderALiveLease) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  Enqueue(Header({Rcpt("b@y.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10, /*lease_seconds=*/30);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  EXPECT_EQ(Progress(lease.deliveries(0)), REPORT_STATUS_APPLIED);
+  EXPECT_EQ(Progress(lease.deliveries(0)), REPORT_STATUS_APPLIED) << "idempotent";
+  EXPECT_EQ(Progress(lease.deliveries(1), "not-the-token"), REPORT_STATUS_STALE_LEASE);
+  tern::v1::DeliveryJob gone = lease.deliveries(1);
+  gone.set_delivery_id("no-such-delivery");
+  EXPECT_EQ(Progress(gone), REPORT_STATUS_UNKNOWN);
+  // Once the lease has ended the worker is told to stop before DATA, and
+  // the delivery, due again, is not marked ambiguous for a dot never sent.
+  clock_.AdvanceMs(31'000);
+  ASSERT_TRUE(Eventually([&] { return Stats().ambiguous_total() == 1; }));  // the first one, DATA sent
+  EXPECT_EQ(Progress(lease.deliveries(1)), REPORT_STATUS_STALE_LEASE);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(Stats().ambiguous_total(), 1u);
+  EXPECT_THAT(EventTypes(id), ::testing::Contains("ambiguous"));
+}
+
+TEST_F(QueueAdminTest, ReportRetriedAfterAQueueCrashWithinTheGraceIsAppliedAndNotAmbiguous) {
+  Open();  // default grace: 30 s
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10, /*lease_seconds=*/60);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ASSERT_EQ(Progress(lease.deliveries(0)), REPORT_STATUS_APPLIED);
+  // The queue dies after the deliverer's dot; the deliverer's report failed
+  // and is retried, with the same token, once the queue is back.
+  Reopen();
+  EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  clock_.AdvanceMs(61'000);
+  Stats();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(Stats().ambiguous_total(), 0u);
+  EXPECT_EQ(Stats().messages(), 0u);
+  EXPECT_THAT(EventTypes(id), ::testing::ElementsAre("received", "leased", "delivered"));
+}
+
+TEST_F(QueueAdminTest, DeliveryHeldWhileItsDataWasOutIsStillAmbiguousAfterACrash) {
+  options_.recovery_lease_grace_seconds = 0;
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ASSERT_EQ(Progress(lease.deliveries(0)), REPORT_STATUS_APPLIED);
+  EXPECT_EQ(Act(Action::kHold, Ids({id})).deliveries_changed(), 1u);
+  Reopen();  // the lease and its worker are gone, the remote may have the message
+  ASSERT_TRUE(Eventually([&] { return Stats().ambiguous_total() == 1; }));
+  EXPECT_EQ(Show(id).deliveries(0).recipients(0).ambiguous_count(), 1u);
+  EXPECT_EQ(Stats().deliveries_held(), 1u);
+  // Released, it goes out again under a clean lease: counted once.
+  EXPECT_EQ(Act(Action::kRelease, Ids({id})).deliveries_changed(), 1u);
+  ASSERT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
+  EXPECT_EQ(Stats().ambiguous_total(), 1u);
+}
+
 TEST_F(QueueAdminTest, HostFlagsAreSharedUntilTheyExpireAndThenPurged) {
   Open();
   tern::v1::PutHostFlagsRequest put;
@@ -274,6 +339,27 @@ TEST_F(QueueAdminTest, PauseOverridesTheFileUntilTheFileChanges) {
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
   ASSERT_TRUE(Sync<bool>([&](auto cb) { core_->SetPaused(false, std::move(cb)); }).ok());
   EXPECT_FALSE(Stats().paused());
+}
+
+TEST_F(QueueAdminTest, DomainFilterMatchesEitherSpellingOfAnInternationalDomain) {
+  Open();
+  const std::string a = Enqueue(Header({Rcpt("a@bücher.example")})).message_id;
+  Enqueue(Header({Rcpt("b@other.example")}));
+  for (const char* spelling : {"BÜCHER.example", "xn--bcher-kva.example", "XN--BCHER-KVA.EXAMPLE"}) {
+    tern::v1::ListRequest req;
+    req.mutable_selector()->set_domain(spelling);
+    auto list = core_->List(req);
+    ASSERT_TRUE(list.ok()) << list.status();
+    ASSERT_EQ(list->messages_size(), 1) << spelling;
+    EXPECT_EQ(list->messages(0).message_id(), a);
+  }
+  tern::v1::Selector sel;
+  sel.set_domain("Bücher.Example");
+  EXPECT_EQ(Act(Action::kHold, sel).deliveries_changed(), 1u);
+  // A filter that cannot name any domain is an error, not "no match".
+  tern::v1::ListRequest bad;
+  bad.mutable_selector()->set_domain("\xE2\x98\x83.example");
+  EXPECT_EQ(core_->List(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(QueueAdminTest, HoldKeepsDeliveriesFromLeasesAndSurvivesRestart) {

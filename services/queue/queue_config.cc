@@ -24,6 +24,13 @@ absl::Status QueueConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("tern.ini: [queue] recovery_lease_grace: ",
                                                    core.recovery_lease_grace_seconds, " is not in [0, 3600]"));
   }
+  if (core.idempotency_retention_ms != 0 && core.idempotency_retention_ms < core.max_lease_seconds * 1000) {
+    // The bouncer retries a DSN's Enqueue (same key) when its bounce lease
+    // runs out; a key gone by then would send the DSN twice.
+    return absl::InvalidArgumentError(
+        absl::StrCat("tern.ini: [queue] idempotency_retention: ", core.idempotency_retention_ms / 1000,
+                     " s is shorter than max_lease_seconds (", core.max_lease_seconds, " s); use 0 to keep forever"));
+  }
   if (core.lease_seconds < 1 || core.lease_seconds > core.max_lease_seconds) {
     return absl::InvalidArgumentError(absl::StrCat("tern.ini: [queue] lease_seconds: ", core.lease_seconds,
                                                    " is not in [1, max_lease_seconds]"));
@@ -105,6 +112,7 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
   };
   TERN_ASSIGN_OR_RETURN(out.core.max_queue_age_ms, duration("max_queue_age", "0"));
   TERN_ASSIGN_OR_RETURN(out.core.event_retention_ms, duration("event_retention", "24h"));
+  TERN_ASSIGN_OR_RETURN(out.core.idempotency_retention_ms, duration("idempotency_retention", "7d"));
   TERN_ASSIGN_OR_RETURN(int64_t count, tern.GetInt("queue", "event_retention_count", 1000000));
   if (count < 0) {
     return tern.KeyError("queue", "event_retention_count", "must not be negative");

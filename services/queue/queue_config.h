@@ -15,6 +15,7 @@
 //     delay_warning=                 e.g. 4h or 4h,1d: delay DSN points; empty = off
 //     event_retention=24h            events older than this are pruned
 //     event_retention_count=1000000  and beyond this many
+//     idempotency_retention=7d       Enqueue idempotency keys dedupe this long; 0 = forever
 //   outbound.ini [main]
 //     disabled=false                 pause delivery (reloaded on SIGHUP)
 //     temp_fail_intervals=(unset)    Haraka's retry schedule grammar

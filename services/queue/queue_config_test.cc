@@ -25,6 +25,7 @@ TEST(QueueConfig, ShippedConfigGivesTheDocumentedDefaults) {
   EXPECT_FALSE(cfg->core.disabled);
   EXPECT_FALSE(cfg->core.always_split);
   EXPECT_EQ(cfg->core.retry.intervals_ms(), DefaultTempFailIntervals(13));
+  EXPECT_EQ(cfg->core.idempotency_retention_ms, 7 * 86400 * 1000LL);
 }
 
 class QueueConfigDirTest : public ::testing::Test {
@@ -104,6 +105,29 @@ TEST(ParseDurationMs, AcceptsUnitsAndPlainSecondsAndRejectsJunk) {
   EXPECT_FALSE(ParseDurationMs("4w").ok());
   EXPECT_FALSE(ParseDurationMs("-1h").ok());
   EXPECT_FALSE(ParseDurationMs("1.5h").ok());
+}
+
+TEST_F(QueueConfigDirTest, IdempotencyRetentionIsADurationAtLeastTheLongestLease) {
+  Write("tern.ini", "[queue]\nidempotency_retention=2h\n");
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.idempotency_retention_ms, 2 * 3600 * 1000LL);
+
+  Write("tern.ini", "[queue]\nidempotency_retention=0\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.idempotency_retention_ms, 0);  // forever
+
+  // Shorter than a DSN's lease: the bouncer's retry could send it twice.
+  Write("tern.ini", "[queue]\nidempotency_retention=30m\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(), HasSubstr("idempotency_retention"));
+
+  Write("tern.ini", "[queue]\nidempotency_retention=7 days\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(), HasSubstr("idempotency_retention"));
 }
 
 }  // namespace

@@ -111,6 +111,11 @@ struct CoreOptions {
   // are pruned. Default: 24 h and 1000000 events.
   int64_t event_retention_ms = 24 * 3600 * 1000LL;
   uint64_t event_retention_count = 1000000;
+  // An Enqueue idempotency key dedupes retries for this long after its
+  // message was stored; older keys are ignored and pruned in the background.
+  // Must outlast any retry of a client that uses keys (the bouncer retries a
+  // DSN after its bounce lease runs out). 0 = keep forever. Default: 7 days.
+  int64_t idempotency_retention_ms = 7 * 24 * 3600 * 1000LL;
   // Not owned; must outlive the core. Default: the system clock.
   const Clock* clock = SystemClock::Get();
 };

@@ -1,5 +1,6 @@
 #include "services/queue/queue_core.h"
 
+#include "lib/metrics/metrics.h"
 #include "services/queue/queue_core_test_fixture.h"
 
 namespace tern::queue {
@@ -57,6 +58,38 @@ TEST_F(QueueCoreTest, AlwaysSplitMakesOneDeliveryPerRecipient) {
   EXPECT_EQ(lease.deliveries(1).recipients_size(), 1);
 }
 
+TEST_F(QueueCoreTest, ULabelAndALabelSpellingsOfADomainShareOneDelivery) {
+  Open();
+  Enqueue(Header({Rcpt("user@BÜCHER.example"), Rcpt("other@xn--bcher-kva.example"), Rcpt("third@bücher.EXAMPLE"),
+                  Rcpt("x@plain.example")}));
+  EXPECT_EQ(Stats().deliveries(), 2u);
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  std::map<std::string, std::vector<std::string>> by_domain;
+  for (const auto& job : lease.deliveries()) {
+    for (const auto& rc : job.recipients()) {
+      by_domain[job.domain()].push_back(rc.spec().address());
+    }
+  }
+  // The delivery's domain (what the deliverer resolves) is the A-label; the
+  // addresses are kept as the client wrote them (SMTPUTF8 is the
+  // deliverer's business).
+  EXPECT_EQ(by_domain["xn--bcher-kva.example"],
+            (std::vector<std::string>{"user@BÜCHER.example", "other@xn--bcher-kva.example",
+                                      "third@bücher.EXAMPLE"}));
+  EXPECT_EQ(by_domain["plain.example"], (std::vector<std::string>{"x@plain.example"}));
+}
+
+TEST_F(QueueCoreTest, RefusesARecipientDomainWithoutAnALabelFormNamingTheAddress) {
+  Open();
+  // U+2603 SNOWMAN is not allowed in IDNA2008 domain names: no DNS name can
+  // ever be built for it, so the message is refused for good.
+  absl::Status s = EnqueueStatus(Header({Rcpt("ok@x.example"), Rcpt("bad@\xE2\x98\x83.example")}));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("bad@\xE2\x98\x83.example"), absl::string_view::npos) << s;
+  EXPECT_EQ(Stats().messages(), 0u);
+}
+
 TEST_F(QueueCoreTest, IdempotentEnqueueReturnsTheFirstIdAndStoresNothing) {
   Open();
   EnqueueResult first = Enqueue(Header({Rcpt("a@x.example")}, "bounce:abc"));
@@ -74,6 +107,56 @@ TEST_F(QueueCoreTest, IdempotentEnqueueReturnsTheFirstIdAndStoresNothing) {
   EnqueueResult third = Enqueue(Header({Rcpt("a@x.example")}, "bounce:abc"));
   EXPECT_TRUE(third.duplicate);
   EXPECT_EQ(third.message_id, first.message_id);
+}
+
+uint64_t IdempotencyKeysPruned() {
+  return metrics::Registry::Global()
+      .GetCounter("tern_queue_idempotency_keys_pruned_total",
+                  "Enqueue idempotency keys deleted after idempotency_retention")
+      .value();
+}
+
+TEST_F(QueueCoreTest, ExpiredIdempotencyKeyIsPrunedWhileAFreshOneStillDeduplicates) {
+  options_.idempotency_retention_ms = 3600'000;
+  Open();
+  const EnqueueResult old_msg = Enqueue(Header({Rcpt("a@x.example")}, "dsn:old"));
+  clock_.AdvanceMs(40 * 60'000);
+  const EnqueueResult fresh_msg = Enqueue(Header({Rcpt("a@x.example")}, "dsn:fresh"));
+  // "dsn:old" is now 70 minutes old, "dsn:fresh" 30: the next prune (every
+  // 5 s of queue time, on the tick) deletes exactly the old one.
+  const uint64_t pruned_before = IdempotencyKeysPruned();
+  clock_.AdvanceMs(30 * 60'000);
+  ASSERT_TRUE(Eventually([&] { return IdempotencyKeysPruned() > pruned_before; }));
+  EXPECT_EQ(IdempotencyKeysPruned() - pruned_before, 1u);
+
+  core_.reset();
+  auto keys = CountKeys();
+  EXPECT_EQ(keys[kMetaCf], 1);  // only dsn:fresh is left
+  Open();
+  const EnqueueResult fresh_again = Enqueue(Header({Rcpt("a@x.example")}, "dsn:fresh"));
+  EXPECT_TRUE(fresh_again.duplicate);
+  EXPECT_EQ(fresh_again.message_id, fresh_msg.message_id);
+  const EnqueueResult old_again = Enqueue(Header({Rcpt("a@x.example")}, "dsn:old"));
+  EXPECT_FALSE(old_again.duplicate);
+  EXPECT_NE(old_again.message_id, old_msg.message_id);
+  EXPECT_EQ(Stats().messages(), 3u);
+}
+
+TEST_F(QueueCoreTest, IdempotencyKeyPastItsRetentionNoLongerDeduplicatesEvenBeforeItIsPruned) {
+  options_.idempotency_retention_ms = 3600'000;
+  options_.tick_interval = std::chrono::hours(1);  // no prune runs in this test
+  Open();
+  const EnqueueResult first = Enqueue(Header({Rcpt("a@x.example")}, "dsn:k"));
+  clock_.AdvanceMs(3600'000 - 1);
+  EXPECT_TRUE(Enqueue(Header({Rcpt("a@x.example")}, "dsn:k")).duplicate);
+  clock_.AdvanceMs(2);
+  const EnqueueResult late = Enqueue(Header({Rcpt("a@x.example")}, "dsn:k"));
+  EXPECT_FALSE(late.duplicate);
+  EXPECT_NE(late.message_id, first.message_id);
+  // The key now names the new message, for its own retention.
+  const EnqueueResult again = Enqueue(Header({Rcpt("a@x.example")}, "dsn:k"));
+  EXPECT_TRUE(again.duplicate);
+  EXPECT_EQ(again.message_id, late.message_id);
 }
 
 TEST_F(QueueCoreTest, RefusesEnvelopesWithoutUsableRecipients) {

@@ -42,9 +42,17 @@ constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 // Lease long-poll: how long the queue may hold a Lease call open.
 constexpr uint32_t kLeaseWaitMs = 1000;
-// Under load, reports wait at most this long to share one Report call.
-constexpr auto kReportBatchWindow = std::chrono::milliseconds(5);
+// Reports and progress go out as soon as they exist, in up to this many
+// concurrent calls each; what finishes while those are in flight shares the
+// next call. Every delivered-but-unreported job is a duplicate if this
+// process dies, so no report waits for a batch to fill.
+constexpr int kMaxCallsInFlight = 2;
 constexpr size_t kMaxReportsPerCall = 1000;
+constexpr auto kProgressDeadline = std::chrono::seconds(5);
+// A failed Report is retried after this pause, doubling up to the maximum:
+// well inside the queue's recovery_lease_grace (default 30 s).
+constexpr auto kMinReportBackoff = std::chrono::milliseconds(100);
+constexpr auto kMaxReportBackoff = std::chrono::seconds(1);
 constexpr auto kMaxBackoff = std::chrono::seconds(10);
 
 int64_t NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
@@ -141,6 +149,10 @@ struct Metrics {
                                                    {{"result", "refused"}});
   metrics::Counter& reports_dropped = r.GetCounter("tern_deliverer_reports_total", "Delivery reports by result",
                                                    {{"result", "dropped"}});
+  metrics::Gauge& reports_pending = r.GetGauge("tern_deliverer_reports_pending",
+                                               "Finished deliveries whose report the queue has not applied yet");
+  metrics::Counter& data_gate_refused = r.GetCounter(
+      "tern_deliverer_data_gate_refused_total", "Transactions stopped before DATA: the queue did not record progress");
   metrics::Counter& tls_fallbacks = r.GetCounter("tern_deliverer_tls_fallbacks_total",
                                                  "Failed TLS handshakes retried in plain text");
   metrics::Counter& ambiguous = r.GetCounter("tern_deliverer_ambiguous_total",
@@ -216,7 +228,26 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
  private:
   struct PendingReport {
     v1::DeliveryReport report;
-    int64_t deadline_unix_ms = 0;
+  };
+
+  // What a delivery's transactions pass before DATA; lives in Deliver's
+  // frame, shared by its attempts at successive addresses.
+  struct DataGate {
+    Impl* self;
+    const v1::DeliveryJob* job;
+    bool recorded = false;    // the queue holds data_sent for this lease
+    bool lease_gone = false;  // the queue no longer holds this lease for us
+  };
+
+  // A progress item waiting for its call's answer.
+  struct ProgressWaiter {
+    explicit ProgressWaiter(asio::io_context& io) : wake(io) {}
+    asio::steady_timer wake;
+    std::optional<absl::Status> verdict;
+  };
+  struct PendingProgress {
+    v1::DeliveryProgress item;
+    std::shared_ptr<ProgressWaiter> waiter;
   };
 
   static asio::awaitable<void> Main(std::shared_ptr<Impl> self) {
@@ -239,7 +270,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     Clock::duration backoff = std::chrono::milliseconds(100);
     bool queue_down = false;
     while (!self->stopping_) {
-      const uint32_t free = self->config_.concurrency_max - std::min(self->in_flight_, self->config_.concurrency_max);
+      // A finished job keeps its slot until the queue has applied its
+      // report: a slow or unreachable queue then slows leasing instead of
+      // piling up delivered-but-unreported work (each one a duplicate if
+      // this process dies).
+      const uint32_t busy = self->in_flight_ + self->unreported_;
+      const uint32_t free = self->config_.concurrency_max - std::min(busy, self->config_.concurrency_max);
       if (free == 0) {
         self->slot_timer_.expires_at(Clock::time_point::max());
         co_await self->slot_timer_.async_wait(kNoThrow);
@@ -299,7 +335,6 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     if (!outcomes.empty()) {
       self->RememberFinals(job, outcomes);
       PendingReport pending;
-      pending.deadline_unix_ms = job.lease_deadline_unix_ms();
       pending.report.set_delivery_id(job.delivery_id());
       pending.report.set_lease_token(job.lease_token());
       for (int i = 0; i < job.recipients_size(); ++i) {
@@ -441,7 +476,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     RecipientOutcome last_failure = LocalOutcome(OutcomeClass::kTransient, "4.4.1", "no MX address was tried");
     size_t tried = 0;
-    bool progress_sent = false;
+    DataGate gate{this, &job};
     for (const Attempt& attempt : plan.attempts) {
       if (undecided.empty()) {
         break;
@@ -491,16 +526,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       request.bind_ip = route != nullptr ? route->bind : "";
       request.timeouts = config_.timeouts;
       request.pool = &pool_;
-      // Only pointers captured (GCC 12 coroutine argument bug).
-      Impl* self = this;
-      const v1::DeliveryJob* job_ptr = &job;
-      bool* sent_ptr = &progress_sent;
-      request.on_data_sent = [self, job_ptr, sent_ptr] {
-        if (!*sent_ptr) {
-          *sent_ptr = true;
-          self->NoteDataSent(*job_ptr);
-        }
-      };
+      // Only a pointer captured (GCC 12 coroutine argument bug); `gate`
+      // lives in this frame, which outlives the transaction.
+      DataGate* gate_ptr = &gate;
+      request.before_data = [gate_ptr] { return gate_ptr->self->PassDataGate(gate_ptr); };
 
       absl::StatusOr<TransactionResult> result = co_await RunSmtpTransaction(request);
       if (result.ok() && result->tls_failed && request.tls == TlsMode::kOpportunistic) {
@@ -537,6 +566,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                                     result->failure, attempt.mx_host, attempt.ip, result->failure_code);
         last_failure.remote_port = attempt.port;
         last_failure.mode = attempt.lmtp ? "LMTP" : "SMTP";
+      }
+      if (gate.lease_gone) {
+        // The queue gave this delivery up (lease expired, or leased again
+        // after a restart): every other address would be refused the same way.
+        break;
       }
     }
     if (!undecided.empty() && tried > 1) {
@@ -644,39 +678,114 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
   }
 
-  // Queues "the final dot is about to be sent" for the Progress RPC.
-  void NoteDataSent(const v1::DeliveryJob& job) {
-    v1::DeliveryProgress p;
-    p.set_delivery_id(job.delivery_id());
-    p.set_lease_token(job.lease_token());
-    p.set_data_sent(true);
-    progress_.push_back(std::move(p));
+  // Before DATA: the queue must have recorded, durably and under this
+  // lease, that the final dot may go out. Then a crash of this process or of
+  // the queue from here to the report leaves the delivery *ambiguous* (the
+  // queue counts it and applies ambiguous_policy), never silently sent twice.
+  // Transactions that reach DATA together share one Progress call.
+  asio::awaitable<absl::Status> PassDataGate(DataGate* gate) {
+    if (gate->recorded) {
+      co_return absl::OkStatus();  // an earlier address of this lease got it
+    }
+    auto waiter = std::make_shared<ProgressWaiter>(io_);
+    PendingProgress pending;
+    pending.item.set_delivery_id(gate->job->delivery_id());
+    pending.item.set_lease_token(gate->job->lease_token());
+    pending.item.set_data_sent(true);
+    pending.waiter = waiter;
+    progress_.push_back(std::move(pending));
     progress_wake_.cancel();
+    while (!waiter->verdict.has_value()) {
+      waiter->wake.expires_at(Clock::time_point::max());
+      co_await waiter->wake.async_wait(kNoThrow);
+    }
+    absl::Status verdict = *waiter->verdict;
+    if (verdict.ok()) {
+      gate->recorded = true;
+    } else {
+      gate->lease_gone = verdict.code() == absl::StatusCode::kFailedPrecondition;
+      metrics_.data_gate_refused.Inc();
+    }
+    co_return verdict;
   }
 
-  // Sends queued progress in batches, one call at a time, never retried:
-  // it only narrows the window in which a crash leaves a delivery unknown.
+  // Sends waiting progress items as soon as a call slot is free.
   static asio::awaitable<void> ProgressLoop(std::shared_ptr<Impl> self) {
+    auto executor = co_await asio::this_coro::executor;
     for (;;) {
-      if (self->progress_.empty()) {
-        if (self->reporter_done_) {
+      if (self->progress_.empty() || self->progress_calls_ >= kMaxCallsInFlight) {
+        if (self->reporter_done_ && self->progress_calls_ == 0) {
           co_return;
         }
         self->progress_wake_.expires_at(Clock::time_point::max());
         co_await self->progress_wake_.async_wait(kNoThrow);
         continue;
       }
-      v1::ProgressRequest request;
-      while (!self->progress_.empty() && request.items_size() < static_cast<int>(kMaxReportsPerCall)) {
-        *request.add_items() = std::move(self->progress_.front());
+      std::vector<PendingProgress> batch;
+      while (!self->progress_.empty() && batch.size() < kMaxReportsPerCall) {
+        batch.push_back(std::move(self->progress_.front()));
         self->progress_.pop_front();
       }
-      v1::ProgressResponse response;
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-      grpc::Status status = co_await rpc::AwaitGrpc(
-          [&](auto done) { self->stub_->async()->Progress(&ctx, &request, &response, std::move(done)); });
-      self->NoteOptionalRpc("Progress", status, &self->progress_warned_);
+      ++self->progress_calls_;
+      asio::co_spawn(executor, SendProgress(self, std::move(batch)), asio::detached);
+    }
+  }
+
+  // One Progress call; every waiter gets its verdict. Not retried: a
+  // transaction whose progress could not be recorded stops before DATA and
+  // its recipients are tried again later, which costs a retry, not a
+  // duplicate nobody knows about.
+  static asio::awaitable<void> SendProgress(std::shared_ptr<Impl> self, std::vector<PendingProgress> batch) {
+    v1::ProgressRequest request;
+    for (const PendingProgress& p : batch) {
+      *request.add_items() = p.item;
+    }
+    v1::ProgressResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + kProgressDeadline);
+    grpc::Status status = co_await rpc::AwaitGrpc(
+        [&](auto done) { self->stub_->async()->Progress(&ctx, &request, &response, std::move(done)); });
+    self->NoteProgressRpc(status);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      absl::Status verdict;
+      if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+        // A queue without Progress cannot record ambiguity at all; deliver
+        // as before rather than never.
+      } else if (!status.ok()) {
+        verdict = absl::UnavailableError(absl::StrCat("the queue did not record that DATA is being sent (",
+                                                      status.error_message(), "); message not sent"));
+      } else if (i < static_cast<size_t>(response.statuses_size()) &&
+                 response.statuses(static_cast<int>(i)) != v1::REPORT_STATUS_APPLIED) {
+        // An empty list is a queue older than the statuses: recorded.
+        verdict = absl::FailedPreconditionError(
+            absl::StrCat("the queue no longer holds this lease (",
+                         v1::ReportStatus_Name(response.statuses(static_cast<int>(i))), "); message not sent"));
+      }
+      batch[i].waiter->verdict = std::move(verdict);
+      batch[i].waiter->wake.cancel();
+    }
+    --self->progress_calls_;
+    self->progress_wake_.cancel();
+  }
+
+  // Logs the first Progress failure of an outage and the recovery.
+  void NoteProgressRpc(const grpc::Status& status) {
+    if (status.ok() || status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      if (status.ok() && progress_warned_) {
+        log::Event(log::Level::kNotice, "progress_recovered", {{"queue", config_.queue}});
+      }
+      if (status.ok()) {
+        progress_warned_ = false;
+      } else {
+        NoteOptionalRpc("Progress", status, &progress_unimplemented_warned_);
+      }
+      return;
+    }
+    if (!progress_warned_) {
+      progress_warned_ = true;
+      log::Event(log::Level::kWarn, "progress_failed",
+                 {{"queue", config_.queue}, {"error", status.error_message()},
+                  {"note", "transactions stop before DATA and are retried until the queue answers"}});
     }
   }
 
@@ -708,88 +817,92 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
 
   void EnqueueReport(PendingReport report) {
     pending_.push_back(std::move(report));
+    ++unreported_;
+    metrics_.reports_pending.Set(unreported_);
     report_wake_.cancel();
   }
 
+  // A report left our hands (applied, refused, or given up at shutdown):
+  // its job's slot is free for a new lease.
+  void ReportSettled() {
+    --unreported_;
+    metrics_.reports_pending.Set(unreported_);
+    slot_timer_.cancel();
+  }
+
+  // Sends reports as soon as they exist (up to kMaxCallsInFlight calls at
+  // once; what finishes meanwhile shares the next call). A failed call is
+  // retried with the same lease tokens after a short pause: a queue that
+  // restarted keeps outstanding leases for recovery_lease_grace and applies
+  // them, and a report that arrives after a lease expired is still applied
+  // unless the delivery was leased again (then the queue answers stale).
   static asio::awaitable<void> ReporterLoop(std::shared_ptr<Impl> self) {
-    Clock::duration backoff = std::chrono::milliseconds(100);
-    bool failing = false;
+    auto executor = co_await asio::this_coro::executor;
     for (;;) {
-      if (self->pending_.empty()) {
-        if (self->reporter_done_) {
+      const bool backing_off = Clock::now() < self->report_retry_at_;
+      if (self->pending_.empty() || self->report_calls_ >= kMaxCallsInFlight || backing_off) {
+        if (self->reporter_done_ && self->report_calls_ == 0) {
           co_return;
         }
-        self->report_wake_.expires_at(Clock::time_point::max());
+        self->report_wake_.expires_at(backing_off ? self->report_retry_at_ : Clock::time_point::max());
         co_await self->report_wake_.async_wait(kNoThrow);
         continue;
       }
-      // Reports past their lease deadline would be refused as stale: the
-      // queue already made those deliveries due again.
-      const int64_t now_ms = NowUnixMs();
       std::vector<PendingReport> batch;
       while (!self->pending_.empty() && batch.size() < kMaxReportsPerCall) {
-        PendingReport p = std::move(self->pending_.front());
+        batch.push_back(std::move(self->pending_.front()));
         self->pending_.pop_front();
-        if (p.deadline_unix_ms > 0 && p.deadline_unix_ms < now_ms) {
-          self->metrics_.reports_dropped.Inc();
-          log::Event(log::Level::kWarn, "report_dropped",
-                     {{"delivery", p.report.delivery_id()}, {"reason", "lease expired before the report was sent"}});
-          continue;
-        }
-        batch.push_back(std::move(p));
       }
-      if (batch.empty()) {
-        continue;
+      ++self->report_calls_;
+      asio::co_spawn(executor, SendReports(self, std::move(batch)), asio::detached);
+    }
+  }
+
+  static asio::awaitable<void> SendReports(std::shared_ptr<Impl> self, std::vector<PendingReport> batch) {
+    v1::ReportRequest request;
+    for (const auto& p : batch) {
+      *request.add_reports() = p.report;
+    }
+    v1::ReportResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status status = co_await rpc::AwaitGrpc(
+        [&](auto done) { self->stub_->async()->Report(&ctx, &request, &response, std::move(done)); });
+    --self->report_calls_;
+    self->report_wake_.cancel();
+    if (!status.ok()) {
+      if (!self->report_failing_) {
+        self->report_failing_ = true;
+        log::Event(log::Level::kWarn, "report_failed",
+                   {{"queue", self->config_.queue}, {"error", status.error_message()},
+                    {"reports", absl::StrCat(batch.size())}, {"note", "retried with the same lease tokens"}});
       }
-      v1::ReportRequest request;
-      for (const auto& p : batch) {
-        *request.add_reports() = p.report;
+      // Back in front, in order, for the next try.
+      for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
+        self->pending_.push_front(std::move(*it));
       }
-      v1::ReportResponse response;
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-      const Clock::time_point sent_at = Clock::now();
-      self->report_in_flight_ = true;
-      grpc::Status status = co_await rpc::AwaitGrpc(
-          [&](auto done) { self->stub_->async()->Report(&ctx, &request, &response, std::move(done)); });
-      self->report_in_flight_ = false;
-      if (!status.ok()) {
-        if (!failing) {
-          failing = true;
-          log::Event(log::Level::kWarn, "report_failed",
-                     {{"queue", self->config_.queue}, {"error", status.error_message()},
-                      {"reports", absl::StrCat(batch.size())}});
-        }
-        // Put them back in front, in order, and retry after a pause.
-        for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
-          self->pending_.push_front(std::move(*it));
-        }
-        asio::steady_timer pause(co_await asio::this_coro::executor, backoff);
-        co_await pause.async_wait(kNoThrow);
-        backoff = std::min<Clock::duration>(backoff * 2, std::chrono::seconds(5));
-        continue;
+      self->report_retry_at_ = Clock::now() + self->report_backoff_;
+      self->report_backoff_ = std::min<Clock::duration>(self->report_backoff_ * 2, kMaxReportBackoff);
+      co_return;
+    }
+    if (self->report_failing_) {
+      self->report_failing_ = false;
+      log::Event(log::Level::kNotice, "report_recovered", {{"queue", self->config_.queue}});
+    }
+    self->report_backoff_ = kMinReportBackoff;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const v1::ReportStatus s = i < static_cast<size_t>(response.statuses_size())
+                                     ? response.statuses(static_cast<int>(i))
+                                     : v1::REPORT_STATUS_UNSPECIFIED;
+      if (s == v1::REPORT_STATUS_APPLIED) {
+        self->metrics_.reports_sent.Inc();
+        self->unconfirmed_.erase(batch[i].report.delivery_id());
+      } else {
+        self->metrics_.reports_refused.Inc();
+        log::Event(log::Level::kWarn, "report_refused",
+                   {{"delivery", batch[i].report.delivery_id()}, {"status", v1::ReportStatus_Name(s)}});
       }
-      if (failing) {
-        failing = false;
-        log::Event(log::Level::kNotice, "report_recovered", {{"queue", self->config_.queue}});
-      }
-      backoff = std::chrono::milliseconds(100);
-      for (int i = 0; i < response.statuses_size() && i < static_cast<int>(batch.size()); ++i) {
-        if (response.statuses(i) == v1::REPORT_STATUS_APPLIED) {
-          self->metrics_.reports_sent.Inc();
-          self->unconfirmed_.erase(batch[i].report.delivery_id());
-        } else {
-          self->metrics_.reports_refused.Inc();
-          log::Event(log::Level::kWarn, "report_refused",
-                     {{"delivery", batch[i].report.delivery_id()},
-                      {"status", v1::ReportStatus_Name(response.statuses(i))}});
-        }
-      }
-      // Under load, give finishing deliveries a moment to join the next call.
-      if (!self->pending_.empty()) {
-        asio::steady_timer window(co_await asio::this_coro::executor, sent_at + kReportBatchWindow);
-        co_await window.async_wait(kNoThrow);
-      }
+      self->ReportSettled();
     }
   }
 
@@ -808,13 +921,16 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     // Flush what finished; bounded so an unreachable queue cannot hang exit.
     const Clock::time_point flush_deadline = Clock::now() + std::chrono::seconds(5);
-    while ((!self->pending_.empty() || self->report_in_flight_) && Clock::now() < flush_deadline) {
+    while ((!self->pending_.empty() || self->report_calls_ > 0) && Clock::now() < flush_deadline) {
       tick.expires_after(std::chrono::milliseconds(10));
       co_await tick.async_wait(kNoThrow);
     }
     self->reporter_done_ = true;
     self->report_wake_.cancel();
     self->progress_wake_.cancel();
+    if (!self->pending_.empty()) {
+      self->metrics_.reports_dropped.Inc(self->pending_.size());
+    }
     // Idle pooled connections get their QUIT.
     co_await self->pool_.Shutdown(std::chrono::seconds(2));
     log::Event(log::Level::kNotice, "stopped", {{"unsent_reports", absl::StrCat(self->pending_.size())}});
@@ -841,8 +957,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   static constexpr int64_t kUnconfirmedTtlMs = 3600 * 1000;
   static constexpr size_t kMaxUnconfirmed = 100000;
   std::unordered_map<std::string, Unconfirmed> unconfirmed_;
-  std::deque<v1::DeliveryProgress> progress_;
+  std::deque<PendingProgress> progress_;
+  int progress_calls_ = 0;
   bool progress_warned_ = false;
+  bool progress_unimplemented_warned_ = false;
   bool put_flags_warned_ = false;
   bool get_flags_warned_ = false;
   grpc::ClientContext* flags_ctx_ = nullptr;
@@ -851,9 +969,13 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   uint32_t in_flight_ = 0;
   bool stopping_ = false;
   bool reporter_done_ = false;
-  bool report_in_flight_ = false;
   grpc::ClientContext* lease_ctx_ = nullptr;
   std::deque<PendingReport> pending_;
+  uint32_t unreported_ = 0;  // reports enqueued and not yet settled
+  int report_calls_ = 0;
+  bool report_failing_ = false;
+  Clock::time_point report_retry_at_{};
+  Clock::duration report_backoff_ = kMinReportBackoff;
 };
 
 DeliveryWorker::DeliveryWorker(asio::io_context& io, const DelivererConfig& config,

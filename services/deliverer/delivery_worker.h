@@ -4,9 +4,14 @@
 // delivery jobs while fewer than concurrency_max are in flight; each job runs
 // as its own coroutine (resolve MX, plan the addresses, one SMTP transaction
 // per address until every recipient is decided or the addresses run out);
-// finished deliveries go to a reporter that batches them into Report calls.
+// finished deliveries go to a reporter that sends them at once, sharing
+// Report calls under load, and retries a failed call with the same tokens.
 // The worker keeps no state a crash could lose: everything it does is under a
 // lease, and an unreported job simply becomes due again when its lease ends.
+// No DATA is sent before the queue has recorded Progress(data_sent) for the
+// lease, so a job that may have reached the remote is known as ambiguous
+// rather than silently sent twice; a finished job holds its concurrency slot
+// until its report is applied, bounding that window.
 //
 // Executor: everything runs on the io_context given at construction, which
 // must be run by ONE thread (c-ares and all coroutines share it). Start() and

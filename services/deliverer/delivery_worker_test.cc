@@ -6,6 +6,7 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <functional>
@@ -86,18 +87,43 @@ class FakeQueue final : public v1::Queue::CallbackService {
   }
 
   grpc::ServerUnaryReactor* Progress(grpc::CallbackServerContext* ctx, const v1::ProgressRequest* req,
-                                     v1::ProgressResponse*) override {
+                                     v1::ProgressResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     if (!full) {
       reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no"));
       return reactor;
     }
     absl::MutexLock lock(&mu_);
+    if (progress_error_ != grpc::StatusCode::OK) {
+      reactor->Finish(grpc::Status(progress_error_, "queue says no"));
+      return reactor;
+    }
     for (const auto& p : req->items()) {
       progress_.push_back(p);
+      resp->add_statuses(progress_answer_);
     }
     reactor->Finish(grpc::Status::OK);
     return reactor;
+  }
+  // Progress answers this status per item, or fails the call with `error`.
+  void AnswerProgress(v1::ReportStatus answer, grpc::StatusCode error = grpc::StatusCode::OK) {
+    absl::MutexLock lock(&mu_);
+    progress_answer_ = answer;
+    progress_error_ = error;
+  }
+  // Report calls fail (UNAVAILABLE, as while the queue is down) until this
+  // is set back to false.
+  void FailReports(bool fail) {
+    absl::MutexLock lock(&mu_);
+    fail_reports_ = fail;
+  }
+  int failed_report_calls() {
+    absl::MutexLock lock(&mu_);
+    return failed_report_calls_;
+  }
+  size_t jobs_left() {
+    absl::MutexLock lock(&mu_);
+    return jobs_.size();
   }
 
   grpc::ServerUnaryReactor* PutHostFlags(grpc::CallbackServerContext* ctx, const v1::PutHostFlagsRequest* req,
@@ -130,6 +156,12 @@ class FakeQueue final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Report(grpc::CallbackServerContext* ctx, const v1::ReportRequest* req,
                                    v1::ReportResponse* resp) override {
     absl::MutexLock lock(&mu_);
+    if (fail_reports_) {
+      ++failed_report_calls_;
+      auto* reactor = ctx->DefaultReactor();
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "queue down"));
+      return reactor;
+    }
     for (const auto& r : req->reports()) {
       reports_.push_back(r);
       const bool stale = stale_reports_ > 0;
@@ -149,6 +181,10 @@ class FakeQueue final : public v1::Queue::CallbackService {
   std::vector<v1::HostFlag> put_flags_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HostFlag> flags_ ABSL_GUARDED_BY(mu_);
   int get_flags_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  v1::ReportStatus progress_answer_ ABSL_GUARDED_BY(mu_) = v1::REPORT_STATUS_APPLIED;
+  grpc::StatusCode progress_error_ ABSL_GUARDED_BY(mu_) = grpc::StatusCode::OK;
+  bool fail_reports_ ABSL_GUARDED_BY(mu_) = false;
+  int failed_report_calls_ ABSL_GUARDED_BY(mu_) = 0;
 
  public:
   // The next `n` reports are refused as stale (a queue that restarted and
@@ -199,11 +235,15 @@ struct SinkStats {
   int quits = 0;
   int rsets = 0;
   std::vector<std::string> commands;
+  std::vector<size_t> probed_at_data;  // SinkOptions::probe() when DATA came
 };
 
 struct SinkOptions {
   std::string ehlo = "250-sink\r\n250-PIPELINING\r\n250 AUTH PLAIN";
   bool break_tls = false;  // 220 to STARTTLS, then garbage instead of TLS
+  // Called when DATA arrives (e.g. how many progress items the queue holds).
+  // Capture only pointers (GCC 12 coroutine argument bug).
+  std::function<size_t()> probe;
 };
 
 asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions options, SinkStats* stats) {
@@ -241,6 +281,9 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
     } else if (absl::StartsWith(t, "RCPT TO:<unknown")) {
       co_await Say(c, "550 5.1.1 no such user");
     } else if (t == "DATA") {
+      if (options.probe) {
+        stats->probed_at_data.push_back(options.probe());
+      }
       in_data = true;
       co_await Say(c, "354 go");
     } else if (t == "RSET") {
@@ -568,6 +611,101 @@ TEST(DeliveryWorker, ReLeasedDeliveryWhoseReportWasRefusedIsNotSentTwice) {
   EXPECT_EQ(second.recipients(1).result().outcome(), v1::OUTCOME_PERMANENT);
   EXPECT_EQ(h.stats.messages, 1);  // not sent a second time
   EXPECT_EQ(h.stats.connections, 1);
+}
+
+TEST(DeliveryWorker, DataIsSentOnlyAfterTheQueueRecordedProgressForTheLease) {
+  FakeQueue* queue = nullptr;
+  SinkOptions sink;
+  sink.probe = [&queue] { return queue->progress().size(); };
+  Harness h(sink);
+  queue = &h.queue;
+  h.queue.full = true;
+  h.queue.AddJob(Job("g1", "x.test", {"alice", "bob"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  // The queue held the item (durably, in the real one) before DATA arrived.
+  EXPECT_EQ(h.stats.probed_at_data, std::vector<size_t>{1});
+  ASSERT_EQ(h.queue.progress().size(), 1u);
+  EXPECT_EQ(h.queue.progress()[0].lease_token(), "token-g1");
+  EXPECT_EQ(h.queue.reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(h.stats.messages, 1);
+}
+
+TEST(DeliveryWorker, LeaseTheQueueNoLongerHoldsStopsBeforeData) {
+  Harness h;
+  h.queue.full = true;
+  h.queue.AnswerProgress(v1::REPORT_STATUS_STALE_LEASE);
+  h.queue.AddJob(Job("s1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_EQ(h.stats.messages, 0);
+  EXPECT_EQ(std::count(h.stats.commands.begin(), h.stats.commands.end(), "DATA"), 0);
+  const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT);
+  EXPECT_EQ(res.enhanced_status(), "4.3.0");
+  EXPECT_NE(res.reply_text().find("no longer holds this lease"), std::string::npos) << res.reply_text();
+  EXPECT_FALSE(res.ambiguous());
+}
+
+TEST(DeliveryWorker, ProgressTheQueueCouldNotRecordMeansNoDataAndALaterRetry) {
+  Harness h;
+  h.queue.full = true;
+  h.queue.AnswerProgress(v1::REPORT_STATUS_APPLIED, grpc::StatusCode::UNAVAILABLE);
+  h.queue.AddJob(Job("u1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_EQ(h.stats.messages, 0);
+  const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT);
+  EXPECT_NE(res.reply_text().find("did not record"), std::string::npos) << res.reply_text();
+  // The session was left clean (no DATA) and is reused after RSET.
+  h.queue.AnswerProgress(v1::REPORT_STATUS_APPLIED);
+  v1::DeliveryJob again = Job("u1", "x.test", {"alice"});
+  again.set_lease_token("token-u1-second");
+  h.queue.AddJob(again);
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  EXPECT_EQ(h.queue.reports()[1].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(h.stats.messages, 1);
+  EXPECT_EQ(h.stats.connections, 1);
+}
+
+TEST(DeliveryWorker, ReportThatFailedWhileTheQueueWasDownIsRetriedWithItsTokenEvenPastTheLease) {
+  Harness h;
+  h.queue.full = true;
+  h.queue.FailReports(true);
+  v1::DeliveryJob job = Job("r1", "x.test", {"alice"});
+  // The lease ends while the queue is down; the queue, not the worker,
+  // decides whether the report still counts (it does until the delivery is
+  // leased again, and during recovery_lease_grace after a restart).
+  job.set_lease_deadline_unix_ms(absl::ToUnixMillis(absl::Now()) + 200);
+  h.queue.AddJob(job);
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.failed_report_calls() >= 3; }));
+  EXPECT_EQ(h.stats.messages, 1);
+  EXPECT_TRUE(h.queue.reports().empty());
+  h.queue.FailReports(false);
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_EQ(h.queue.reports()[0].lease_token(), "token-r1");
+  EXPECT_EQ(h.queue.reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(h.stats.messages, 1);
+}
+
+TEST(DeliveryWorker, AFinishedJobHoldsItsSlotUntilItsReportIsApplied) {
+  Harness h;
+  h.queue.full = true;
+  h.config.concurrency_max = 1;
+  h.queue.FailReports(true);
+  h.queue.AddJob(Job("c1", "x.test", {"alice"}));
+  h.queue.AddJob(Job("c2", "x.test", {"bob"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.stats.messages == 1 && h.queue.failed_report_calls() >= 2; }));
+  // Unreported, c1 still counts against concurrency_max: c2 is not leased
+  // and not delivered, so a crash now could duplicate one message, not two.
+  EXPECT_EQ(h.queue.jobs_left(), 1u);
+  EXPECT_EQ(h.stats.messages, 1);
+  h.queue.FailReports(false);
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  EXPECT_EQ(h.stats.messages, 2);
 }
 
 TEST(DeliveryWorker, StopsPromptlyWhileQueueIsUnreachable) {

@@ -9,7 +9,8 @@
 // dropped and a fresh one opened, transparently. Then MAIL FROM and every
 // RCPT TO (one write with PIPELINING), with SIZE=, BODY=8BITMIME, SMTPUTF8
 // and the RFC 3461 parameters NOTIFY/ORCPT/RET/ENVID when the server offers
-// DSN; DATA only when a recipient was accepted; the dot-stuffed body. SMTP
+// DSN; DATA only when a recipient was accepted (and `before_data` agreed);
+// the dot-stuffed body. SMTP
 // gives one reply to the final dot for every accepted recipient; LMTP gives
 // one per accepted recipient, in RCPT order, each applied to its own
 // recipient. Afterwards the session goes back to the pool or is QUIT.
@@ -106,9 +107,13 @@ struct TransactionRequest {
   bool force_auth = false;
   SmtpTimeouts timeouts;
   ConnectionPool* pool = nullptr; // reuse sessions when set and enabled
-  // Called once, right before the message body and final dot are written.
-  // Capture only pointers in it (GCC 12 coroutine bug, see common notes).
-  std::function<void()> on_data_sent;
+  // Awaited once a recipient is accepted, right before DATA: the caller
+  // records durably that the final dot may be sent (Queue.Progress). A
+  // non-OK status stops the transaction before DATA (recipients undecided,
+  // the status message as `failure`, the session fit for reuse), so no
+  // message reaches the remote that a crash could make an unrecorded
+  // duplicate. Capture only pointers in it (GCC 12 coroutine bug).
+  std::function<asio::awaitable<absl::Status>()> before_data;
 };
 
 struct TransactionResult {

@@ -67,6 +67,8 @@ struct Seen {
   std::vector<std::string> commands;
   std::string body;  // raw DATA lines, CRLF-joined, before the dot
   bool batched = false;
+  // RSET arrived with more commands behind it in the same read (pipelined).
+  bool rset_pipelined = false;
   int connections = 0;
   int quits = 0;
   bool tls = false;
@@ -162,6 +164,7 @@ asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, See
       }
       co_await Reply(c, script.auth);
     } else if (verb == "RSET") {
+      seen->rset_pipelined = c.buffered() > 0;
       accepted = 0;
       co_await Reply(c, script.rset);
     } else if (verb == "MAIL") {
@@ -928,22 +931,49 @@ TEST_F(SmtpTransactionTest, DsnParametersAreLeftOutWhenNotOffered) {
   EXPECT_EQ(seen.commands[2], "RCPT TO:<a@x.test>");
 }
 
-TEST_F(SmtpTransactionTest, DataSentHookRunsOnceJustBeforeTheBody) {
+// A before_data hook: counts its calls, notes how many commands the server
+// had seen, then answers `verdict`. A plain function (not a lambda
+// coroutine) so nothing the coroutine needs lives in a closure.
+asio::awaitable<absl::Status> CountingGate(int* calls, const Seen* seen, size_t* commands_at_call,
+                                           absl::Status verdict) {
+  ++*calls;
+  *commands_at_call = seen->commands.size();
+  co_return verdict;
+}
+
+TEST_F(SmtpTransactionTest, BeforeDataHookIsAwaitedOnceJustBeforeData) {
   Seen seen;
   int calls = 0;
   size_t commands_at_call = 0;
   TransactionResult r = Run(Script(), {"a@x.test"}, &seen, [&](TransactionRequest& req) {
-    req.on_data_sent = [&] {
-      ++calls;
-      commands_at_call = seen.commands.size();
+    req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
+  });
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(commands_at_call, 3u);  // EHLO MAIL RCPT: DATA not yet sent
+  EXPECT_TRUE(r.data_sent);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r.outcomes[0]->mode, "SMTP");
+  EXPECT_GT(r.outcomes[0]->remote_port, 0);
+}
+
+TEST_F(SmtpTransactionTest, RefusedBeforeDataHookStopsBeforeDataWithRecipientsUndecided) {
+  Seen seen;
+  int calls = 0;
+  size_t commands_at_call = 0;
+  TransactionResult r = Run(Script(), {"a@x.test", "b@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.before_data = [&] {
+      return CountingGate(&calls, &seen, &commands_at_call, absl::UnavailableError("queue unreachable"));
     };
   });
   EXPECT_EQ(calls, 1);
-  EXPECT_EQ(commands_at_call, 4u);  // EHLO MAIL RCPT DATA, body not yet sent
-  EXPECT_TRUE(r.data_sent);
-  ASSERT_TRUE(r.outcomes[0]);
-  EXPECT_EQ(r.outcomes[0]->mode, "SMTP");
-  EXPECT_GT(r.outcomes[0]->remote_port, 0);
+  EXPECT_FALSE(Sent(seen, "DATA"));
+  EXPECT_FALSE(r.data_sent);
+  EXPECT_FALSE(r.outcomes[0]);  // undecided: the caller may retry them later
+  EXPECT_FALSE(r.outcomes[1]);
+  EXPECT_EQ(r.failure, "queue unreachable");
+  EXPECT_EQ(r.failure_enhanced, "4.3.0");
+  EXPECT_TRUE(seen.body.empty());
 }
 
 TEST_F(SmtpTransactionTest, RcptRefusedForAllNeverCallsTheHook) {
@@ -951,8 +981,9 @@ TEST_F(SmtpTransactionTest, RcptRefusedForAllNeverCallsTheHook) {
   script.rcpt["a@x.test"] = "550 5.1.1 unknown";
   Seen seen;
   int calls = 0;
+  size_t commands_at_call = 0;
   TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
-    req.on_data_sent = [&] { ++calls; };
+    req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
   });
   EXPECT_EQ(calls, 0);
   EXPECT_FALSE(r.data_sent);
@@ -1079,6 +1110,48 @@ TEST_F(SmtpTransactionTest, PooledConnectionIsReusedAfterRset) {
   EXPECT_TRUE(Sent(seen, "RSET"));
   EXPECT_EQ(std::count(seen.commands.begin(), seen.commands.end(), "EHLO tern.test"), 1);
   EXPECT_EQ(pool.reused(), 1u);
+}
+
+TEST_F(SmtpTransactionTest, PipeliningServerGetsRsetInTheMailGroupOnReuse) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250-PIPELINING\r\n250 8BITMIME";
+  script.batch = 2;  // MAIL + 1 RCPT
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest req = Request({"a@x.test"}, port);
+  req.pool = &pool;
+  ASSERT_TRUE(RunRequest(req).outcomes[0]);
+  TransactionResult r2 = RunRequest(req);
+  ASSERT_TRUE(r2.outcomes[0]) << r2.failure;
+  EXPECT_EQ(r2.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_TRUE(r2.reused);
+  EXPECT_EQ(seen.connections, 1);
+  // RFC 2920: RSET, MAIL and RCPT went out in one write, in that order.
+  EXPECT_TRUE(seen.rset_pipelined);
+  const auto rset = std::find(seen.commands.begin(), seen.commands.end(), "RSET");
+  ASSERT_NE(rset, seen.commands.end());
+  ASSERT_GE(seen.commands.end() - rset, 3);
+  EXPECT_EQ(*(rset + 1), "MAIL FROM:<sender@a.test>");
+  EXPECT_EQ(*(rset + 2), "RCPT TO:<a@x.test>");
+}
+
+TEST_F(SmtpTransactionTest, DeadPooledConnectionIsReplacedTransparentlyWhenRsetIsPipelined) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250-PIPELINING\r\n250 8BITMIME";
+  script.close_at = "RSET";  // the server hangs up when the pooled session is reused
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest req = Request({"a@x.test"}, port);
+  req.pool = &pool;
+  ASSERT_TRUE(RunRequest(req).outcomes[0]);
+  TransactionResult r2 = RunRequest(req);
+  ASSERT_TRUE(r2.outcomes[0]) << r2.failure;
+  EXPECT_EQ(r2.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_TRUE(r2.failure.empty()) << r2.failure;
+  EXPECT_FALSE(r2.reused);
+  EXPECT_EQ(seen.connections, 2);
 }
 
 TEST_F(SmtpTransactionTest, PoolKeySeparatesAuthIdentities) {

@@ -43,6 +43,20 @@ def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
         return s.getsockname()[1]
 
 
+def free_dns_port():
+    """A port free for both UDP and TCP: dnsmasq listens on both, and a UDP
+    port the kernel calls free may still be some TCP connection's local port."""
+    for _ in range(50):
+        port = free_port(kind=socket.SOCK_DGRAM)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
 def free_port_on_all(hosts):
     """A TCP port that is free on every one of `hosts` (for the sinks)."""
     for _ in range(50):
@@ -124,7 +138,7 @@ class Cluster:
         for name in ("queue", "ingest_health", "deliverer_health", "bouncer_health", "smtp",
                      "m_queue", "m_ingest", "m_deliverer", "m_bouncer"):
             p[name] = free_port()
-        p["dns"] = free_port(kind=socket.SOCK_DGRAM)
+        p["dns"] = free_dns_port()
         p["mx"] = free_port_on_all(list(ZONES.values()))
         q = f"127.0.0.1:{p['queue']}"
         with open(os.path.join(self.config, "tern.ini"), "w") as f:

@@ -14,6 +14,7 @@
 #include "asio/experimental/awaitable_operators.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
+#include "lib/address/idna.h"
 #include "lib/common/ids.h"
 #include "lib/common/log.h"
 #include "lib/metrics/metrics.h"
@@ -491,6 +492,12 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
                     {"from", mail_from_.ToString()},
                     {"rcpt", cmd.path.ToString()}});
         Reply("550 5.7.1 Relaying denied");
+      } else if (absl::StatusOr<std::string> ascii = address::DomainToAscii(cmd.path.domain); !ascii.ok()) {
+        // A UTF-8 domain with no A-label form can never be resolved: refuse
+        // this recipient now rather than have the queue refuse the whole
+        // message (451) after DATA.
+        ++rcpts_refused_;
+        Reply(absl::StrCat("553 5.1.2 <", cmd.path.ToString(), ">: domain is not a valid IDNA name"));
       } else {
         rcpts_.push_back(Recipient{std::move(cmd.path), cmd.rcpt.notify, std::move(cmd.rcpt.orcpt)});
         Reply("250 2.1.5 Ok");

@@ -661,6 +661,24 @@ TEST_F(IngestSessionTest, QueueNotListeningGives451) {
   EXPECT_EQ(client->Command("NOOP"), "250 2.0.0 Ok\r\n");
 }
 
+TEST_F(IngestSessionTest, RecipientDomainWithoutAnIdnaFormIsRefusedAtRcpt) {
+  StartIngest(BaseConfig());
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org> SMTPUTF8"), "250 2.1.0 Ok\r\n");
+  // A U-label domain is fine; U+2603 is DISALLOWED in IDNA2008, so no DNS
+  // name can exist for the second one.
+  EXPECT_EQ(client->Command("RCPT TO:<u@b\xc3\xbc" "cher.example>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<u@\xe2\x98\x83.example>"),
+            "553 5.1.2 <u@\xe2\x98\x83.example>: domain is not a valid IDNA name\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("Subject: x\r\n\r\nhi\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  ASSERT_EQ(stored[0].header.envelope().recipients_size(), 1);
+  EXPECT_EQ(stored[0].header.envelope().recipients(0).address(), "u@b\xc3\xbc" "cher.example");
+}
+
 TEST_F(IngestSessionTest, RelayFromOutsideTheAclIsDenied) {
   IngestConfig cfg = BaseConfig();
   auto acl = RelayAcl::Parse("192.0.2.0/24\n2001:db8::/32\n", "relay_acl_allow");

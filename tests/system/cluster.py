@@ -177,6 +177,10 @@ connect_timeout=10
 temp_fail_intervals={self.temp_fail_intervals}
 """)
 
+    def dns_extra_args(self):
+        """More dnsmasq arguments (zones, forwarded zones) for subclasses."""
+        return []
+
     def _start_dns(self):
         args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
                 "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.ports['dns']}",
@@ -186,6 +190,7 @@ temp_fail_intervals={self.temp_fail_intervals}
         for domain, ip in ZONES.items():
             args.append(f"--mx-host={domain},mx.{domain},10")
             args.append(f"--host-record=mx.{domain},{ip}")
+        args += self.dns_extra_args()
         log = open(os.path.join(self.logs, "dnsmasq.log"), "wb")
         self.dns = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10

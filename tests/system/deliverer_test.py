@@ -80,32 +80,7 @@ def deliverer_log_lines(cluster, needle):
 
 class DnsCluster(Cluster):
     """A Cluster whose dnsmasq also gets `dns_extra_args()` (more zones,
-    forwarded zones). Same dnsmasq command line as Cluster._start_dns plus
-    those arguments."""
-
-    def dns_extra_args(self):
-        return []
-
-    def _start_dns(self):
-        args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-                "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.ports['dns']}",
-                "--pid-file=", "--local=/test/", "--log-facility=-"]
-        if os.geteuid() == 0:
-            args.append("--user=root")
-        for domain, ip in ZONES.items():
-            args.append(f"--mx-host={domain},mx.{domain},10")
-            args.append(f"--host-record=mx.{domain},{ip}")
-        args += self.dns_extra_args()
-        log = open(os.path.join(self.logs, "dnsmasq.log"), "wb")
-        self.dns = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if self.dns.poll() is not None:
-                raise RuntimeError("dnsmasq exited; see " + log.name)
-            if self._dns_answers():
-                return
-            time.sleep(0.05)
-        raise RuntimeError("dnsmasq did not answer")
+    forwarded zones), which subclasses or tests override."""
 
     def set_outbound(self, **keys):
         """Rewrites outbound.ini [main] with `keys` added and restarts the

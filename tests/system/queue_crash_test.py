@@ -3,10 +3,9 @@
 Sender threads push mail through tern-ingest (smtplib) without pause while
 the queue is killed with SIGKILL at random moments and restarted each time.
 Every message that got a 250 must reach the sink; duplicates are only
-allowed for deliveries that were in flight at a crash (out on lease, so the
-deliverer's report could not be applied, or marked ambiguous), and they are
-counted and printed. The short form (the default) does 8 kills in well under
-90 s; TERN_CRASH_KILLS raises the number.
+allowed for deliveries whose lease ended ambiguous (DATA was sent, no report
+landed), and they are counted and printed. The default is the issue's 20 kills (about two
+minutes); TERN_CRASH_KILLS changes the number.
 """
 
 import json
@@ -21,7 +20,7 @@ import unittest
 
 from cluster import Cluster, binary
 
-KILLS = int(os.environ.get("TERN_CRASH_KILLS", "8"))
+KILLS = int(os.environ.get("TERN_CRASH_KILLS", "20"))
 SENDERS = 4
 SUBJECT = re.compile(rb"Subject: crash (\S+)\r\n")
 
@@ -102,8 +101,12 @@ class QueueCrashLoadTest(unittest.TestCase):
             print(f"\nqueue crash test: kills={KILLS} acked={len(acked)} refused={refused[0]} "
                   f"delivered={sum(got.values())} duplicates={duplicates} leases_released_at_restart={released} "
                   f"ambiguous={ambiguous}")
-            self.assertLessEqual(duplicates, released + ambiguous,
-                                 "a duplicate needs a delivery that was in flight at a crash")
+            # No DATA goes out before the queue has synced the lease's
+            # Progress, and a report lost to a crash is retried and accepted
+            # within recovery_lease_grace, so every duplicate must come from
+            # a lease that ended ambiguous: released leases alone explain none.
+            self.assertLessEqual(duplicates, ambiguous,
+                                 "every duplicate needs an ambiguous record in the queue")
             # Every acknowledged message left a "received" event: the event
             # was committed in the same batch as the message.
             self.assertGreaterEqual(received, len(acked))

@@ -48,7 +48,8 @@ if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
   # From / : the service outlives this script, and conmon fails every later
   # container start ("write child: broken pipe") once its working directory
   # is deleted, e.g. a CI checkout removed between two runs.
-  (cd / && nohup podman system service --time=0 "unix://$sock" >/var/log/tern-podman-service.log 2>&1 & echo $! > /run/podman/tern-service.pid)
+  nohup env -C / podman system service --time=0 "unix://$sock" </dev/null >/var/log/tern-podman-service.log 2>&1 &
+  echo $! > /run/podman/tern-service.pid
   for _ in $(seq 1 100); do
     curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && break
     sleep 0.1

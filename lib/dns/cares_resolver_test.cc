@@ -57,6 +57,39 @@ bool UdpPortBusy(int port) {
   return busy;
 }
 
+// True when something on 127.0.0.1:`port` answers a DNS query (MX
+// example.test) with NOERROR within `timeout_ms`. Holding the port is not proof that our
+// dnsmasq is there: a parallel test may hold it with a silent socket, and our
+// dnsmasq then exited or never bound.
+bool AnswersDns(int port, int timeout_ms) {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  if (fd < 0) {
+    return false;
+  }
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  // Header: id 0x7e57, RD, one question; then example.test MX IN.
+  const unsigned char query[] = {0x7e, 0x57, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                                 7,    'e',  'x',  'a',  'm',  'p',  'l',  'e',  4,    't',  'e',  's',
+                                 't',  0,    0x00, 0x0f, 0x00, 0x01};
+  bool ok = false;
+  if (sendto(fd, query, sizeof(query), 0, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) ==
+      static_cast<ssize_t>(sizeof(query))) {
+    pollfd pfd{fd, POLLIN, 0};
+    unsigned char reply[512];
+    if (poll(&pfd, 1, timeout_ms) == 1) {
+      const ssize_t n = recv(fd, reply, sizeof(reply), 0);
+      // Our id, a response, NOERROR (the SERVFAIL upstream of another test
+      // answers too, but never with NOERROR).
+      ok = n >= 12 && reply[0] == 0x7e && reply[1] == 0x57 && (reply[2] & 0x80) != 0 && (reply[3] & 0x0f) == 0;
+    }
+  }
+  close(fd);
+  return ok;
+}
+
 // An upstream DNS server on 127.0.0.1:0 that answers every query with
 // SERVFAIL (the question echoed, no records), as a broken authoritative
 // server or a failing recursive resolver does.
@@ -186,13 +219,14 @@ class Dnsmasq {
     if (rc != 0) {
       return false;
     }
-    // Ready when it holds the UDP port; gone means the port was taken.
-    for (int i = 0; i < 500; ++i) {
+    // Ready when it answers a query on the port; gone means the port was
+    // taken (UDP or TCP: dnsmasq binds both).
+    for (int i = 0; i < 100; ++i) {
       int status = 0;
       if (waitpid(pid, &status, WNOHANG) == pid) {
         return false;
       }
-      if (UdpPortBusy(port)) {
+      if (UdpPortBusy(port) && AnswersDns(port, 50)) {
         pid_ = pid;
         return true;
       }

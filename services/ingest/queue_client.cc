@@ -176,7 +176,6 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
     std::vector<Pending> batch;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      pending_bytes_ += item.body().size();
       pending_.push_back(Pending{std::move(item), std::move(done)});
       if (in_flight_ >= kCallsInFlight) {
         return;  // leaves with the next call that finishes
@@ -218,7 +217,6 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
       batch.push_back(std::move(pending_.front()));
       pending_.pop_front();
     }
-    pending_bytes_ -= bytes;
     return batch;
   }
 
@@ -274,7 +272,6 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
   const std::chrono::milliseconds timeout_;
   std::mutex mu_;
   std::deque<Pending> pending_;
-  uint64_t pending_bytes_ = 0;
   int in_flight_ = 0;
 };
 

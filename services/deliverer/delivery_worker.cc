@@ -770,15 +770,15 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
 
   // Logs the first Progress failure of an outage and the recovery.
   void NoteProgressRpc(const grpc::Status& status) {
-    if (status.ok() || status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-      if (status.ok() && progress_warned_) {
+    if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      NoteOptionalRpc("Progress", status, &progress_unimplemented_warned_);
+      return;
+    }
+    if (status.ok()) {
+      if (progress_warned_) {
         log::Event(log::Level::kNotice, "progress_recovered", {{"queue", config_.queue}});
       }
-      if (status.ok()) {
-        progress_warned_ = false;
-      } else {
-        NoteOptionalRpc("Progress", status, &progress_unimplemented_warned_);
-      }
+      progress_warned_ = false;
       return;
     }
     if (!progress_warned_) {

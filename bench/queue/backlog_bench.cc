@@ -50,6 +50,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "bench/queue/all_delivered.h"
 #include "lib/common/log.h"
 #include "services/queue/queue_core.h"
 #include "tern/v1/queue.grpc.pb.h"
@@ -290,18 +291,7 @@ void Drain(int port, int n) {
     if (!LeaseSome(*stub, 100, 30, &lease) || lease.deliveries().empty()) {
       break;
     }
-    tern::v1::ReportRequest rep;
-    for (const auto& job : lease.deliveries()) {
-      auto* r = rep.add_reports();
-      r->set_delivery_id(job.delivery_id());
-      r->set_lease_token(job.lease_token());
-      for (const auto& rc : job.recipients()) {
-        auto* rr = r->add_recipients();
-        rr->set_index(rc.index());
-        rr->mutable_result()->set_outcome(tern::v1::OUTCOME_DELIVERED);
-        rr->mutable_result()->set_reply_code(250);
-      }
-    }
+    tern::v1::ReportRequest rep = tern::bench::AllDelivered(lease);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
     tern::v1::ReportResponse resp;

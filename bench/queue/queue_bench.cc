@@ -32,6 +32,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "bench/queue/all_delivered.h"
 #include "lib/metrics/metrics.h"
 #include "services/queue/queue_core.h"
 
@@ -161,18 +162,7 @@ CycleResult CycleRun(QueueCore& core, int workers) {
         if (!lease.ok() || lease->deliveries().empty()) {
           return;  // the queue is empty (nothing due, no long poll)
         }
-        tern::v1::ReportRequest rep;
-        for (const auto& job : lease->deliveries()) {
-          auto* r = rep.add_reports();
-          r->set_delivery_id(job.delivery_id());
-          r->set_lease_token(job.lease_token());
-          for (const auto& rc : job.recipients()) {
-            auto* rr = r->add_recipients();
-            rr->set_index(rc.index());
-            rr->mutable_result()->set_outcome(tern::v1::OUTCOME_DELIVERED);
-            rr->mutable_result()->set_reply_code(250);
-          }
-        }
+        tern::v1::ReportRequest rep = tern::bench::AllDelivered(*lease);
         std::promise<bool> rp;
         auto rf = rp.get_future();
         const size_t n = lease->deliveries_size();

@@ -134,12 +134,7 @@ class Session {
     if (session_) {
       res_.reused = true;
       res_.connected = true;
-      res_.tls = session_->tls;
-      res_.tls_verified = session_->tls_verified;
-      res_.auth_mechanism = session_->auth_mechanism;
-      const Clock::time_point start = Clock::now();
-      co_await Transaction();
-      res_.transaction_time = Clock::now() - start;
+      co_await TimedTransaction();
       if (!stale_) {
         co_return;
       }
@@ -158,12 +153,17 @@ class Session {
     if (!ready) {
       co_return;
     }
+    co_await TimedTransaction();
+  }
+
+  // The session's facts into the result, then the mail transaction, timed.
+  asio::awaitable<void> TimedTransaction() {
     res_.tls = session_->tls;
     res_.tls_verified = session_->tls_verified;
     res_.auth_mechanism = session_->auth_mechanism;
-    const Clock::time_point tx_start = Clock::now();
+    const Clock::time_point start = Clock::now();
     co_await Transaction();
-    res_.transaction_time = Clock::now() - tx_start;
+    res_.transaction_time = Clock::now() - start;
   }
 
   // RSET on a pooled session; false (without recording a failure) if it is

@@ -47,6 +47,13 @@ void Txn::Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key) {
   (void)batch_->Delete(cf, rocksdb::Slice(key.data(), key.size()));
 }
 
+void Txn::PutUnindexed(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value) {
+  // WriteBatchWithIndex::RollbackToSavePoint rolls back the underlying batch
+  // and rebuilds the index from it, so entries added here roll back too.
+  (void)batch_->GetWriteBatch()->Put(cf, rocksdb::Slice(key.data(), key.size()),
+                                     rocksdb::Slice(value.data(), value.size()));
+}
+
 std::unique_ptr<rocksdb::Iterator> Txn::NewIterator(rocksdb::ColumnFamilyHandle* cf,
                                                     const rocksdb::Slice* upper_bound) {
   rocksdb::ReadOptions options;

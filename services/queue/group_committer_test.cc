@@ -168,6 +168,39 @@ TEST_F(GroupCommitterTest, FailedOperationIsRolledBackAloneWithItsUndo) {
   EXPECT_EQ(Value("b"), "<none>");
 }
 
+TEST_F(GroupCommitterTest, UnindexedPutsCommitWithTheGroupAndRollBackWithTheirOperation) {
+  auto release = BlockWriter();
+  auto good = Submit([this](Txn& txn) {
+    txn.PutUnindexed(cf_, "log-1", "kept");
+    txn.Put(cf_, "x", "1");
+    return absl::OkStatus();
+  });
+  auto bad = Submit([this](Txn& txn) {
+    txn.Put(cf_, "y", "dropped");
+    txn.PutUnindexed(cf_, "log-2", "dropped");
+    return absl::InternalError("boom");
+  });
+  // After the rollback the batch's index is rebuilt from the batch: the
+  // indexed and unindexed writes of the good operation are both still there.
+  std::string x;
+  std::string y;
+  auto after = Submit([this, &x, &y](Txn& txn) {
+    EXPECT_TRUE(txn.Get(cf_, "x", &x).ok());
+    EXPECT_TRUE(txn.Get(cf_, "y", &y).IsNotFound());
+    txn.PutUnindexed(cf_, "log-3", "kept too");
+    return absl::OkStatus();
+  });
+  release->set_value();
+  EXPECT_TRUE(good.get().ok());
+  EXPECT_EQ(bad.get().code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(after.get().ok());
+  EXPECT_EQ(x, "1");
+  EXPECT_EQ(Value("log-1"), "kept");
+  EXPECT_EQ(Value("log-2"), "<none>");
+  EXPECT_EQ(Value("log-3"), "kept too");
+  EXPECT_EQ(Value("y"), "<none>");
+}
+
 TEST_F(GroupCommitterTest, FailedWriteFailsTheWholeGroupAndUndoesMemory) {
   // Reopen the database on a file system whose WAL writes can be made to
   // fail as a full disk would.

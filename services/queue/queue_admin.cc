@@ -167,7 +167,7 @@ void QueueCore::Impl::AppendEvent(Txn& txn, absl::string_view type, absl::string
     ev.add_recipients(std::move(r));
   }
   ev.set_detail(std::string(detail));
-  txn.Put(events_, EventKey(seq), ev.SerializeAsString());
+  txn.PutUnindexed(events_, EventKey(seq), ev.SerializeAsString());
   txn.OnCommit([this, seq] {
     Metrics().events.Inc();
     if (seq > committed_event_seq_.load(std::memory_order_relaxed)) {

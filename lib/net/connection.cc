@@ -4,7 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <variant>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "asio/experimental/as_tuple.hpp"
@@ -37,9 +37,77 @@ bool IsIpLiteral(const std::string& host) {
 
 }  // namespace
 
-Connection::Connection(asio::ip::tcp::socket socket) : socket_(std::move(socket)) {}
+// The deadline of the wait in progress. Shared with the timer's handler,
+// which may run after the Connection is gone (then `socket` is null).
+struct Connection::Watchdog {
+  explicit Watchdog(const asio::any_io_executor& executor) : timer(executor) {}
+  asio::steady_timer timer;
+  asio::ip::tcp::socket* socket = nullptr;
+  // Bumped by every Arm(), so a handler of an earlier arm that was already
+  // queued when the wait ended cannot stop a later wait.
+  uint64_t generation = 0;
+  bool armed = false;
+  bool reading = false;  // Interrupt() stops reads only, never a half-sent write
+  Stop stop = Stop::kNone;
+};
 
-Connection::~Connection() { Abort(); }
+Connection::Connection(asio::ip::tcp::socket socket)
+    : socket_(std::move(socket)), watchdog_(std::make_shared<Watchdog>(socket_.get_executor())) {
+  watchdog_->socket = &socket_;
+}
+
+Connection::~Connection() {
+  watchdog_->socket = nullptr;
+  watchdog_->armed = false;
+  watchdog_->timer.cancel();
+  Abort();
+}
+
+void Connection::Arm(Duration timeout, bool reading) {
+  Watchdog& w = *watchdog_;
+  w.stop = Stop::kNone;
+  w.armed = true;
+  w.reading = reading;
+  const uint64_t generation = ++w.generation;
+  // expires_after() cancels the previous arm's wait, if it is still pending.
+  w.timer.expires_after(timeout);
+  w.timer.async_wait([w = watchdog_, generation](const asio::error_code& ec) {
+    if (ec || !w->armed || w->generation != generation || w->socket == nullptr) {
+      return;
+    }
+    w->stop = Stop::kTimeout;
+    asio::error_code ignored;
+    w->socket->cancel(ignored);
+  });
+}
+
+// Ends the wait. The timer is cancelled rather than left to lapse: a pending
+// wait would keep the io_context busy (and the watchdog alive) for the whole
+// timeout after the connection went idle.
+Connection::Stop Connection::Disarm() {
+  watchdog_->armed = false;
+  watchdog_->timer.cancel();
+  return watchdog_->stop;
+}
+
+void Connection::Interrupt() {
+  Watchdog& w = *watchdog_;
+  if (w.armed && w.reading && w.stop == Stop::kNone) {
+    w.stop = Stop::kInterrupt;
+    asio::error_code ignored;
+    socket_.cancel(ignored);
+  }
+}
+
+absl::Status Connection::Stopped(Stop stop, absl::string_view what) {
+  if (stop == Stop::kInterrupt) {
+    return absl::CancelledError(absl::StrCat(what, " interrupted"));
+  }
+  if (close_on_timeout_) {
+    Abort();
+  }
+  return absl::DeadlineExceededError(absl::StrCat(what, " timed out"));
+}
 
 std::string Connection::TlsDescription() const {
   if (!tls_) {
@@ -50,29 +118,29 @@ std::string Connection::TlsDescription() const {
 }
 
 asio::awaitable<absl::StatusOr<size_t>> Connection::ReadSome(char* data, size_t size, Duration timeout) {
-  asio::steady_timer timer(socket_.get_executor(), timeout);
   auto buf = asio::buffer(data, size);
-  std::variant<std::tuple<asio::error_code, size_t>, std::tuple<asio::error_code>> result;
+  Arm(timeout, /*reading=*/true);
+  std::tuple<asio::error_code, size_t> result;
   if (tls_) {
-    result = co_await (tls_->async_read_some(buf, kNoThrow) || timer.async_wait(kNoThrow));
+    result = co_await tls_->async_read_some(buf, kNoThrow);
   } else {
-    result = co_await (socket_.async_read_some(buf, kNoThrow) || timer.async_wait(kNoThrow));
+    result = co_await socket_.async_read_some(buf, kNoThrow);
   }
-  if (result.index() == 1) {
-    Abort();
-    co_return absl::DeadlineExceededError("read timed out");
+  const Stop stop = Disarm();
+  const auto [ec, n] = result;
+  if (!ec) {
+    co_return n;  // data that arrived as the deadline fired is still data
   }
-  auto [ec, n] = std::get<0>(result);
-  if (ec) {
-    co_return FromError(ec, "read");
+  if (stop != Stop::kNone) {
+    co_return Stopped(stop, "read");
   }
-  co_return n;
+  co_return FromError(ec, "read");
 }
 
 std::optional<Line> Connection::TakeBufferedLine(size_t max_len) {
   // Look for LF in what is buffered. We scan at most max_len+2 bytes so a
   // client sending an endless line costs bounded memory.
-  const absl::string_view pending(buffer_.data() + start_, end_ - start_);
+  const absl::string_view pending(buffer_.get() + start_, end_ - start_);
   const size_t scan = std::min(pending.size(), max_len + 2);
   const size_t lf = pending.substr(0, scan).find('\n');
   if (lf != absl::string_view::npos && lf <= max_len + 1) {
@@ -103,11 +171,18 @@ std::optional<Line> Connection::TakeBufferedLine(size_t max_len) {
 }
 
 asio::awaitable<absl::StatusOr<Line>> Connection::ReadLine(size_t max_len, Duration timeout) {
+  // The timeout bounds the whole line, not each read: a client sending a
+  // byte a second (slowloris) must not hold the connection forever.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     if (std::optional<Line> line = TakeBufferedLine(max_len)) {
       co_return *std::move(line);
     }
-    auto n = co_await ReadMore(timeout);
+    const Duration left = deadline - std::chrono::steady_clock::now();
+    if (left <= Duration::zero()) {
+      co_return Stopped(Stop::kTimeout, "read");
+    }
+    auto n = co_await ReadMore(left);
     if (!n.ok()) {
       co_return n.status();
     }
@@ -115,18 +190,23 @@ asio::awaitable<absl::StatusOr<Line>> Connection::ReadLine(size_t max_len, Durat
 }
 
 // Appends what one read returns to the buffer. The storage is reused and
-// only grows: resizing a std::string zero-fills it, which cost a 16 KiB
-// memset per read when every read resized.
+// only grows, and is never zero-filled.
 asio::awaitable<absl::StatusOr<size_t>> Connection::ReadMore(Duration timeout) {
   if (start_ > 0) {
-    std::memmove(buffer_.data(), buffer_.data() + start_, end_ - start_);
+    std::memmove(buffer_.get(), buffer_.get() + start_, end_ - start_);
     end_ -= start_;
     start_ = 0;
   }
-  if (buffer_.size() - end_ < kReadChunk) {
-    buffer_.resize(end_ + kReadChunk);
+  if (capacity_ - end_ < kReadChunk) {
+    const size_t capacity = std::max(end_ + kReadChunk, capacity_ * 2);
+    std::unique_ptr<char[]> bigger(new char[capacity]);
+    if (end_ > 0) {
+      std::memcpy(bigger.get(), buffer_.get(), end_);
+    }
+    buffer_ = std::move(bigger);
+    capacity_ = capacity;
   }
-  auto n = co_await ReadSome(buffer_.data() + end_, buffer_.size() - end_, timeout);
+  auto n = co_await ReadSome(buffer_.get() + end_, capacity_ - end_, timeout);
   if (n.ok()) {
     end_ += *n;
   }
@@ -144,29 +224,29 @@ asio::awaitable<absl::StatusOr<std::string>> Connection::ReadBytes(size_t max_le
     }
   }
   const size_t take = std::min(max_len, buffered());
-  std::string out(buffer_.data() + start_, take);
+  std::string out(buffer_.get() + start_, take);
   start_ += take;
   co_return out;
 }
 
 asio::awaitable<absl::Status> Connection::Write(absl::string_view data, Duration timeout) {
-  asio::steady_timer timer(socket_.get_executor(), timeout);
   auto buf = asio::buffer(data.data(), data.size());
-  std::variant<std::tuple<asio::error_code, size_t>, std::tuple<asio::error_code>> result;
+  Arm(timeout, /*reading=*/false);
+  std::tuple<asio::error_code, size_t> result;
   if (tls_) {
-    result = co_await (asio::async_write(*tls_, buf, kNoThrow) || timer.async_wait(kNoThrow));
+    result = co_await asio::async_write(*tls_, buf, kNoThrow);
   } else {
-    result = co_await (asio::async_write(socket_, buf, kNoThrow) || timer.async_wait(kNoThrow));
+    result = co_await asio::async_write(socket_, buf, kNoThrow);
   }
-  if (result.index() == 1) {
-    Abort();
-    co_return absl::DeadlineExceededError("write timed out");
+  const Stop stop = Disarm();
+  const auto ec = std::get<0>(result);
+  if (!ec) {
+    co_return absl::OkStatus();
   }
-  auto [ec, n] = std::get<0>(result);
-  if (ec) {
-    co_return FromError(ec, "write");
+  if (stop != Stop::kNone) {
+    co_return Stopped(stop, "write");
   }
-  co_return absl::OkStatus();
+  co_return FromError(ec, "write");
 }
 
 asio::awaitable<absl::Status> Connection::StartTlsServer(std::shared_ptr<asio::ssl::context> ctx, Duration timeout) {

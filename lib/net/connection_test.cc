@@ -1,11 +1,15 @@
 #include "lib/net/connection.h"
 
 #include <chrono>
+#include <functional>
 #include <optional>
+#include <string>
+#include <thread>
 
 #include "asio/co_spawn.hpp"
 #include "asio/detached.hpp"
 #include "asio/io_context.hpp"
+#include "asio/steady_timer.hpp"
 #include "asio/write.hpp"
 #include "gtest/gtest.h"
 
@@ -98,6 +102,93 @@ TEST(Connection, ReadTimesOutWithDeadlineExceeded) {
   auto a = p.Run(p.conn->ReadLine(512, 50ms));
   ASSERT_FALSE(a.ok());
   EXPECT_EQ(a.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(Connection, ReadTimeoutClosesTheSocketByDefault) {
+  Pair p;
+  auto a = p.Run(p.conn->ReadLine(512, 50ms));
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kDeadlineExceeded);
+  char c;
+  asio::error_code ec;
+  p.client.read_some(asio::buffer(&c, 1), ec);
+  EXPECT_EQ(ec, asio::error::eof);
+}
+
+TEST(Connection, ReadTimeoutLeavesTheSocketOpenWhenAskedSoAServerCanSay421) {
+  Pair p;
+  p.conn->set_close_on_timeout(false);
+  auto a = p.Run(p.conn->ReadLine(512, 50ms));
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(p.Run(p.conn->Write("421 timeout\r\n", 5s)).ok());
+  char buf[32];
+  const size_t n = p.client.read_some(asio::buffer(buf));
+  EXPECT_EQ(std::string(buf, n), "421 timeout\r\n");
+}
+
+// A client that sends a byte every 30 ms never lets a single read wait
+// 100 ms, but the line as a whole must still time out (slowloris).
+TEST(Connection, TimeoutBoundsTheWholeLineNotEachRead) {
+  Pair p;
+  asio::steady_timer tick(p.io);
+  int sent = 0;
+  std::function<void()> drip = [&] {
+    tick.expires_after(30ms);
+    tick.async_wait([&](const asio::error_code& ec) {
+      if (ec || sent >= 20) {
+        return;
+      }
+      asio::error_code write_error;
+      asio::write(p.client, asio::buffer("x", 1), write_error);
+      if (write_error) {
+        return;  // the connection gave up and closed: what this test wants
+      }
+      ++sent;
+      drip();
+    });
+  };
+  drip();
+  const auto start = std::chrono::steady_clock::now();
+  auto a = p.Run(p.conn->ReadLine(512, 100ms));
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_LT(sent, 20);  // it gave up while the client was still dripping
+  EXPECT_LT(elapsed, 550ms);
+}
+
+TEST(Connection, InterruptStopsAWaitingReadAndTheConnectionGoesOn) {
+  Pair p;
+  asio::steady_timer later(p.io, 20ms);
+  later.async_wait([&](const asio::error_code&) { p.conn->Interrupt(); });
+  auto a = p.Run(p.conn->ReadLine(512, 5s));
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kCancelled);
+  p.Send("HELO x\r\n");
+  auto b = p.Run(p.conn->ReadLine(512, 5s));
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->text, "HELO x");
+}
+
+TEST(Connection, InterruptWithNoReadWaitingChangesNothing) {
+  Pair p;
+  p.conn->Interrupt();
+  p.Send("NOOP\r\n");
+  auto a = p.Run(p.conn->ReadLine(512, 5s));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->text, "NOOP");
+}
+
+TEST(Connection, ManySequentialWaitsEachGetTheirOwnDeadline) {
+  // The per-connection timer is re-armed for every wait; an earlier wait's
+  // lapsed deadline must not cut a later one short.
+  Pair p;
+  for (int i = 0; i < 5; ++i) {
+    asio::steady_timer later(p.io, 20ms);
+    later.async_wait([&](const asio::error_code&) { p.Send("L\r\n"); });
+    auto a = p.Run(p.conn->ReadLine(512, 60ms));
+    ASSERT_TRUE(a.ok()) << "wait " << i << ": " << a.status();
+  }
+  auto last = p.Run(p.conn->ReadLine(512, 30ms));
+  EXPECT_EQ(last.status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
 TEST(Connection, PeerCloseIsUnavailable) {

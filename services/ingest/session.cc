@@ -28,7 +28,6 @@
 namespace tern::ingest {
 namespace {
 
-using asio::experimental::awaitable_operators::operator||;
 constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 // Body bytes collected before one Enqueue write.
@@ -45,9 +44,6 @@ constexpr auto kTlsHandshakeTimeout = std::chrono::seconds(30);
 constexpr uint64_t kMinDiscardBytes = 1 << 20;
 // Bad commands before the session is closed (Postfix's hard error limit).
 constexpr int kMaxErrors = 20;
-// Our idle timer must fire before the connection's own read deadline, which
-// would close the socket before we could say 421.
-constexpr auto kReadBackstop = std::chrono::seconds(30);
 constexpr auto kCloseTimeout = std::chrono::seconds(5);
 
 bool Has8BitOctets(absl::string_view body) {
@@ -157,6 +153,9 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core,
   }
   peer_ip_ = client_ip_;
   relay_allowed_ = cfg_.relay_acl.Allows(client_ip_);
+  // An idle client gets "421 ... timeout" before we close: the read's
+  // deadline must leave the socket open.
+  conn_.set_close_on_timeout(false);
   core_->sessions.insert(this);
   Metrics::Get().connections.Inc();
   Metrics::Get().active.Add(1);
@@ -179,6 +178,7 @@ void Session::Wake() {
   if (idle_timer_ != nullptr) {
     idle_timer_->cancel();
   }
+  conn_.Interrupt();
 }
 
 void Session::Abort() {
@@ -310,24 +310,20 @@ asio::awaitable<Session::ReadResult> Session::ReadLine(size_t max_len, net::Line
     co_return ReadResult::kLine;
   }
   const std::chrono::milliseconds wait = timeout.value_or(cfg_.inactivity_timeout);
-  asio::steady_timer timer(co_await asio::this_coro::executor, wait);
-  idle_timer_ = &timer;
   woken_ = false;
-  auto result = co_await (conn_.ReadLine(max_len, wait + kReadBackstop) || timer.async_wait(kNoThrow));
-  idle_timer_ = nullptr;
-  if (result.index() == 1) {
-    if (woken_ && ignore_drain) {
+  auto read = co_await conn_.ReadLine(max_len, wait);
+  if (read.ok()) {
+    *line = *std::move(read);
+    co_return ReadResult::kLine;
+  }
+  if (read.status().code() == absl::StatusCode::kCancelled) {  // Wake()
+    if (ignore_drain) {
       // Inside a command the drain does not interrupt; wait out the rest.
       co_return co_await ReadLine(max_len, line, ignore_drain, timeout);
     }
-    co_return woken_ ? ReadResult::kWoken : ReadResult::kTimeout;
+    co_return ReadResult::kWoken;
   }
-  auto& read = std::get<0>(result);
-  if (!read.ok()) {
-    co_return ReadResult::kClosed;
-  }
-  *line = *std::move(read);
-  co_return ReadResult::kLine;
+  co_return read.status().code() == absl::StatusCode::kDeadlineExceeded ? ReadResult::kTimeout : ReadResult::kClosed;
 }
 
 asio::awaitable<void> Session::Sleep(std::chrono::milliseconds delay) {
@@ -998,21 +994,17 @@ asio::awaitable<Session::ReadResult> Session::ReadBytes(uint64_t n) {
   uint64_t remaining = n;
   while (remaining > 0) {
     const size_t ask = static_cast<size_t>(std::min<uint64_t>(remaining, kDataReadMax));
-    asio::steady_timer timer(co_await asio::this_coro::executor, cfg_.inactivity_timeout);
-    idle_timer_ = &timer;
-    auto result =
-        co_await (conn_.ReadBytes(ask, cfg_.inactivity_timeout + kReadBackstop) || timer.async_wait(kNoThrow));
-    idle_timer_ = nullptr;
-    if (result.index() == 1) {
-      if (woken_) {
-        woken_ = false;
-        continue;  // shutdown started: this command still finishes
-      }
-      co_return ReadResult::kTimeout;
-    }
-    auto& bytes = std::get<0>(result);
+    auto bytes = co_await conn_.ReadBytes(ask, cfg_.inactivity_timeout);
     if (!bytes.ok()) {
-      co_return ReadResult::kClosed;
+      switch (bytes.status().code()) {
+        case absl::StatusCode::kCancelled:
+          woken_ = false;
+          continue;  // shutdown started: this command still finishes
+        case absl::StatusCode::kDeadlineExceeded:
+          co_return ReadResult::kTimeout;
+        default:
+          co_return ReadResult::kClosed;
+      }
     }
     remaining -= bytes->size();
     if (assembler_) {

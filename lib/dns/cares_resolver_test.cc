@@ -408,6 +408,31 @@ TEST_F(CaresResolverTest, CachesForTtlAndCoalescesConcurrentQueries) {
   EXPECT_EQ(resolver->queries_sent(), 2 * sent);
 }
 
+// The composed MX answer is cached as a whole, but only until the first of
+// the records it was built from expires; then only that record is asked for.
+TEST_F(CaresResolverTest, CachedMxAnswerLastsOnlyAsLongAsItsShortestRecord) {
+  auto now = std::chrono::steady_clock::now();
+  CaresResolver::Options options;
+  options.now = [&now] { return now; };
+  auto resolver = MakeResolver(options);
+  ASSERT_EQ(Mx(*resolver, "example.test").status, LookupStatus::kOk);
+  const uint64_t sent = resolver->queries_sent();
+  ASSERT_EQ(sent, 5u);
+  // The records live 300 s (--local-ttl) except mx2's AAAA NODATA, which is
+  // cached for less: the whole answer must be rebuilt when it lapses.
+  int waited = 0;
+  while (resolver->queries_sent() == sent && waited < 300) {
+    now += 10s;
+    waited += 10;
+    MxAnswer a = Mx(*resolver, "example.test");
+    ASSERT_EQ(a.status, LookupStatus::kOk);
+    ASSERT_EQ(Names(a), (std::vector<std::string>{"mx1.example.test", "mx2.example.test"}));
+  }
+  EXPECT_LT(waited, 300) << "the answer outlived its shortest record";
+  EXPECT_GT(resolver->queries_sent(), sent);
+  EXPECT_LT(resolver->queries_sent(), 2 * sent) << "records still fresh were asked for again";
+}
+
 TEST_F(CaresResolverTest, DoesNotCacheTemporaryFailures) {
   int port = 0;
   int silent = BindUdp(&port);  // a server that never answers

@@ -1,5 +1,7 @@
 #include "lib/smtp/dot_codec.h"
 
+#include <cstring>
+
 namespace tern::smtp {
 
 void DotCodec::AppendEncoded(absl::string_view body, std::string* out) {
@@ -13,10 +15,15 @@ void DotCodec::AppendEncoded(absl::string_view body, std::string* out) {
     if (line_start && *p == '.') {
       out->push_back('.');
     }
-    const char* q = p;
-    while (q < end && *q != '\r' && *q != '\n') {
-      ++q;
+    // The line ends at the first CR or LF. Two memchr calls (vectorised in
+    // libc) instead of a loop over every byte: this scan was the deliverer's
+    // biggest cost of its own per message.
+    const char* lf = static_cast<const char*>(std::memchr(p, '\n', static_cast<size_t>(end - p)));
+    if (lf == nullptr) {
+      lf = end;
     }
+    const char* cr = static_cast<const char*>(std::memchr(p, '\r', static_cast<size_t>(lf - p)));
+    const char* q = cr != nullptr ? cr : lf;
     out->append(p, static_cast<size_t>(q - p));
     if (q == end) {
       line_start = false;

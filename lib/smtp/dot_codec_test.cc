@@ -25,6 +25,8 @@ TEST(DotCodec, EncodesTable) {
       {"bare CR becomes CRLF", "a\r.\r\n", "a\r\n..\r\n.\r\n"},
       {"no final CRLF added", "last line", "last line\r\n.\r\n"},
       {"final bare CR", "x\r", "x\r\n.\r\n"},
+      {"bare CR before a later LF", "ab\rcd\nef", "ab\r\ncd\r\nef\r\n.\r\n"},
+      {"bare CR then dot before a later CRLF", "a\r.b\r\n", "a\r\n..b\r\n.\r\n"},
       {"only CRLF", "\r\n", "\r\n.\r\n"},
       {"empty lines kept", "\r\n\r\n", "\r\n\r\n.\r\n"},
       {"first char dot without newline", ".", "..\r\n.\r\n"},

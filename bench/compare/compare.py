@@ -289,16 +289,21 @@ class Tern:
             f.write("[main]\nlocal_mx_ok=true\n")
         with open(os.path.join(cfg, "log.ini"), "w") as f:
             f.write("[main]\nlevel=warn\n")
+        # --local-ttl: a real zone's records have TTLs (dnsmasq's own records
+        # default to 0, which no production zone uses) and the deliverer
+        # caches answers for them; Postfix and Haraka here look up nothing.
         self.procs = [subprocess.Popen(
             ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
              "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={dns}", "--pid-file=", "--user=root",
-             "--local=/test/", "--mx-host=dest.test,mx.dest.test,10", "--host-record=mx.dest.test,127.0.0.1"],
+             "--local=/test/", "--local-ttl=300", "--mx-host=dest.test,mx.dest.test,10", "--host-record=mx.dest.test,127.0.0.1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         self.log = open(os.path.join(self.dir, "tern.log"), "wb")
         services = ["queue"] + ["deliverer"] * deliverers + ["bouncer", "ingest"]
         self.tern_pids = []
         for s in services:
-            p = subprocess.Popen([os.path.join(BIN, "services", s, f"tern-{s}"), "--config", cfg],
+            # TERN_WRAP_QUEUE="valgrind --tool=callgrind" etc.: run one service under a profiler.
+            wrap = os.environ.get(f"TERN_WRAP_{s.upper()}", "").split()
+            p = subprocess.Popen(wrap + [os.path.join(BIN, "services", s, f"tern-{s}"), "--config", cfg],
                                  stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
             self.procs.append(p)
             self.tern_pids.append(p.pid)
@@ -317,6 +322,9 @@ class Tern:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        keep = os.environ.get("BENCH_KEEP_LOGS")
+        if keep:  # for looking into a slow run afterwards
+            shutil.copy(os.path.join(self.dir, "tern.log"), os.path.join(keep, f"{os.path.basename(self.dir)}.log"))
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -379,15 +387,16 @@ def main():
                 r = run_once(factories[sname], w, args.timeout)
                 results.setdefault((wname, sname), []).append(r)
                 print(f"rep {rep + 1} {wname:8s} {sname:8s} " + " ".join(
-                    f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
+                    f"{k}={v:.3f}" if k == "cpu_per_1k" else f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in r.items()), flush=True)
     print("\nmedian (min-max) over", args.reps, "repetitions")
     print(f"{'workload':9s} {'system':8s} {'accepted/s':>20s} {'e2e/s':>20s} {'cpu s/1k':>16s} {'peak PSS MB':>16s}")
 
-    def cell(vals):
-        return f"{statistics.median(vals):8.1f} ({min(vals):.0f}-{max(vals):.0f})"
+    def cell(vals, digits=0):
+        return f"{statistics.median(vals):8.{max(digits, 1)}f} ({min(vals):.{digits}f}-{max(vals):.{digits}f})"
     for (wname, sname), rs in results.items():
         print(f"{wname:9s} {sname:8s} {cell([r['accepted_s'] for r in rs]):>20s} {cell([r['e2e_s'] for r in rs]):>20s}"
-              f" {cell([r['cpu_per_1k'] for r in rs]):>16s} {cell([r['peak_rss_mb'] for r in rs]):>16s}")
+              f" {cell([r['cpu_per_1k'] for r in rs], 2):>16s} {cell([r['peak_rss_mb'] for r in rs]):>16s}")
     print("\nratios (median e2e/s; cpu per message: other/tern)")
     for wname in args.workloads.split(","):
         med = {s: statistics.median([r["e2e_s"] for r in results[(wname, s)]]) for s in systems}

@@ -7,8 +7,8 @@
 // on both sides.
 //
 // Every method is a coroutine that must run on the connection's executor; a
-// Connection is used by one coroutine at a time (no concurrent reads or
-// concurrent writes). Errors come back as absl::Status, never as exceptions:
+// Connection is used by one coroutine at a time: one read or one write in
+// progress, never both (they share the deadline timer below). Errors come back as absl::Status, never as exceptions:
 //   DeadlineExceeded  - the timeout passed (the socket is then closed, unless
 //                       set_close_on_timeout(false): a server still says 421)
 //   Cancelled         - Interrupt() stopped a read; the socket stays open

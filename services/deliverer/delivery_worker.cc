@@ -28,6 +28,7 @@
 #include "lib/common/log.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/asio_grpc.h"
+#include "lib/rpc/server_setup.h"
 #include "services/deliverer/connection_pool.h"
 #include "services/deliverer/host_flags.h"
 #include "services/deliverer/outcome.h"
@@ -54,6 +55,12 @@ constexpr auto kProgressDeadline = std::chrono::seconds(5);
 constexpr auto kMinReportBackoff = std::chrono::milliseconds(100);
 constexpr auto kMaxReportBackoff = std::chrono::seconds(1);
 constexpr auto kMaxBackoff = std::chrono::seconds(10);
+// A queue unreachable for this long gets a new gRPC channel (at most once per
+// period). gRPC retries connections by itself, but a channel whose first DNS
+// lookup of the queue's name failed (a deliverer started before the queue's
+// container was known to the network's DNS) was seen to stay failed for
+// minutes: a new channel asks DNS afresh.
+constexpr auto kRebuildChannelAfter = std::chrono::seconds(10);
 
 int64_t NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
 
@@ -155,6 +162,9 @@ struct Metrics {
       "tern_deliverer_data_gate_refused_total", "Transactions stopped before DATA: the queue did not record progress");
   metrics::Counter& tls_fallbacks = r.GetCounter("tern_deliverer_tls_fallbacks_total",
                                                  "Failed TLS handshakes retried in plain text");
+  metrics::Counter& channel_rebuilds = r.GetCounter(
+      "tern_deliverer_queue_channel_rebuilds_total",
+      "gRPC channels to the queue replaced after the queue stayed unreachable (see kRebuildChannelAfter)");
   metrics::Counter& ambiguous = r.GetCounter("tern_deliverer_ambiguous_total",
                                              "Recipients whose connection was lost after the final dot");
 
@@ -269,6 +279,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     auto executor = co_await asio::this_coro::executor;
     Clock::duration backoff = std::chrono::milliseconds(100);
     bool queue_down = false;
+    Clock::time_point down_since;
     while (!self->stopping_) {
       // A finished job keeps its slot until the queue has applied its
       // report: a slow or unreachable queue then slows leasing instead of
@@ -300,7 +311,15 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         }
         if (!queue_down) {
           queue_down = true;
+          down_since = Clock::now();
           log::Event(log::Level::kWarn, "queue_unreachable",
+                     {{"queue", self->config_.queue}, {"error", status.error_message()}});
+        } else if (Clock::now() - down_since >= kRebuildChannelAfter) {
+          // Calls in flight on the old stub keep their own channel reference.
+          self->stub_ = v1::Queue::NewStub(rpc::MakeChannel(self->config_.queue));
+          down_since = Clock::now();
+          self->metrics_.channel_rebuilds.Inc();
+          log::Event(log::Level::kNotice, "queue_channel_rebuilt",
                      {{"queue", self->config_.queue}, {"error", status.error_message()}});
         }
         self->backoff_timer_.expires_after(backoff);

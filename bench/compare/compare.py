@@ -288,7 +288,7 @@ class Tern:
         with open(os.path.join(cfg, "outbound.ini"), "w") as f:
             f.write("[main]\nlocal_mx_ok=true\n")
         with open(os.path.join(cfg, "log.ini"), "w") as f:
-            f.write("[main]\nlevel=warn\n")
+            f.write(f"[main]\nlevel={os.environ.get('TERN_BENCH_LOG_LEVEL', 'warn')}\n")
         # --local-ttl: a real zone's records have TTLs (dnsmasq's own records
         # default to 0, which no production zone uses) and the deliverer
         # caches answers for them; Postfix and Haraka here look up nothing.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -89,6 +90,8 @@ BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& 
   render_errors_ = GetCounter("tern_bouncer_render_errors_total", "DSNs that could not be rendered");
   const std::string queue_help = "Failed calls to the queue, by call";
   lease_errors_ = GetCounter("tern_bouncer_queue_errors_total", queue_help, {{"call", "lease"}});
+  channel_rebuilds_ = GetCounter("tern_bouncer_queue_channel_rebuilds_total",
+                                 "gRPC channels to the queue replaced after Leases kept failing");
   enqueue_errors_ = GetCounter("tern_bouncer_queue_errors_total", queue_help, {{"call", "enqueue"}});
   ack_errors_ = GetCounter("tern_bouncer_queue_errors_total", queue_help, {{"call", "ack"}});
 }
@@ -109,6 +112,7 @@ void BounceWorker::SleepUnlessStopped(absl::Duration d) {
 
 void BounceWorker::Run() {
   absl::Duration backoff = options_.min_backoff;
+  std::optional<absl::Time> failing_since;
   while (!stopped_) {
     v1::LeaseRequest req;
     req.set_kind(v1::JOB_KIND_BOUNCE);
@@ -136,6 +140,17 @@ void BounceWorker::Run() {
     }
     if (!status.ok()) {
       lease_errors_->Inc();
+      const absl::Time now = absl::Now();
+      if (!failing_since.has_value()) {
+        failing_since = now;
+      } else if (options_.new_stub && now - *failing_since >= options_.rebuild_after) {
+        // Only this thread uses the stub (Stop() touches the ClientContext).
+        owned_stub_ = options_.new_stub();
+        stub_ = owned_stub_.get();
+        failing_since = now;
+        channel_rebuilds_->Inc();
+        log::Event(Level::kNotice, "queue_channel_rebuilt", {{"error", status.error_message()}});
+      }
       log::Event(Level::kWarn, "queue_lease_failed",
                  {{"code", absl::StrCat(static_cast<int>(status.error_code()))},
                   {"error", status.error_message()},
@@ -145,6 +160,7 @@ void BounceWorker::Run() {
       continue;
     }
     backoff = options_.min_backoff;
+    failing_since.reset();
     for (const v1::BounceJob& job : resp.bounces()) {
       if (stopped_) {
         // Leased but not started: its lease expires and it is retried.

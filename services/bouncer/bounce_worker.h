@@ -36,6 +36,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -69,6 +70,13 @@ class BounceWorker {
     absl::Duration lease_slack = absl::Seconds(10);
     absl::Duration min_backoff = absl::Milliseconds(100);
     absl::Duration max_backoff = absl::Seconds(5);
+    // Makes a stub on a new gRPC channel to the queue; empty = never. After
+    // Leases have failed for `rebuild_after`, the worker switches to a new
+    // stub (at most once per period): a channel whose first DNS lookup of the
+    // queue's name failed was seen to stay failed for over a minute, and a
+    // new channel looks the name up afresh.
+    std::function<std::unique_ptr<tern::v1::Queue::StubInterface>()> new_stub;
+    absl::Duration rebuild_after = absl::Seconds(10);
   };
 
   // `stub` must outlive the worker. The templates in `config` must have
@@ -104,6 +112,7 @@ class BounceWorker {
   void SleepUnlessStopped(absl::Duration d);
 
   tern::v1::Queue::StubInterface* stub_;
+  std::unique_ptr<tern::v1::Queue::StubInterface> owned_stub_;  // from options_.new_stub, once used
   std::string me_;
   std::string double_bounce_recipient_;
   std::map<dsn::ReportKind, dsn::DsnRenderer> renderers_;
@@ -121,6 +130,7 @@ class BounceWorker {
   metrics::Counter* suppressed_status_;
   metrics::Counter* render_errors_;
   metrics::Counter* lease_errors_;
+  metrics::Counter* channel_rebuilds_;
   metrics::Counter* enqueue_errors_;
   metrics::Counter* ack_errors_;
 

@@ -359,5 +359,36 @@ TEST_F(BounceWorkerTest, UnreachableQueueIsRetriedWithBackoffUntilStopped) {
   EXPECT_GE(CounterValue("tern_bouncer_queue_errors_total", {{"call", "lease"}}), before + 2);
 }
 
+TEST_F(BounceWorkerTest, QueueUnreachableForLongGetsANewStubAndWorkResumes) {
+  // The first channel's queue is gone for good; a new stub reaches another.
+  server_->Shutdown(std::chrono::system_clock::now());
+  FakeQueue second;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&second);
+  auto second_server = builder.BuildAndStart();
+  ASSERT_NE(second_server, nullptr);
+  second.AddJob(MakeJob("r1", "alice@example.com"));
+  const uint64_t before = CounterValue("tern_bouncer_queue_channel_rebuilds_total");
+  options_.wait_ms = 10;
+  options_.lease_slack = absl::Milliseconds(100);
+  options_.min_backoff = absl::Milliseconds(10);
+  options_.max_backoff = absl::Milliseconds(20);
+  options_.rebuild_after = absl::Milliseconds(200);
+  options_.new_stub = [port]() -> std::unique_ptr<v1::Queue::StubInterface> {
+    return v1::Queue::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  };
+  auto worker = MakeWorker();
+  std::thread runner([&] { worker->Run(); });
+  EXPECT_TRUE(second.WaitForAcks(1, std::chrono::seconds(20)));
+  worker->Stop();
+  runner.join();
+  EXPECT_EQ(CounterValue("tern_bouncer_queue_channel_rebuilds_total"), before + 1);
+  EXPECT_EQ(second.acks().size(), 1u);
+  second_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+}
+
 }  // namespace
 }  // namespace tern::bouncer

@@ -67,6 +67,9 @@ int RealMain(const std::string& config_path) {
   std::unique_ptr<tern::v1::Queue::Stub> stub = tern::v1::Queue::NewStub(channel);
   tern::bouncer::BounceWorker::Options options;
   options.worker_id = absl::StrCat("bouncer-", getpid());
+  options.new_stub = [target = config->queue]() -> std::unique_ptr<tern::v1::Queue::StubInterface> {
+    return tern::v1::Queue::NewStub(tern::rpc::MakeChannel(target));
+  };
   tern::bouncer::BounceWorker worker(stub.get(), *config, [] { return tern::NewRandomToken(); }, getpid(), options);
   std::thread worker_thread([&worker] { worker.Run(); });
 

@@ -174,7 +174,6 @@ Session::~Session() {
 }
 
 void Session::Wake() {
-  woken_ = true;
   if (idle_timer_ != nullptr) {
     idle_timer_->cancel();
   }
@@ -310,7 +309,6 @@ asio::awaitable<Session::ReadResult> Session::ReadLine(size_t max_len, net::Line
     co_return ReadResult::kLine;
   }
   const std::chrono::milliseconds wait = timeout.value_or(cfg_.inactivity_timeout);
-  woken_ = false;
   auto read = co_await conn_.ReadLine(max_len, wait);
   if (read.ok()) {
     *line = *std::move(read);
@@ -998,7 +996,6 @@ asio::awaitable<Session::ReadResult> Session::ReadBytes(uint64_t n) {
     if (!bytes.ok()) {
       switch (bytes.status().code()) {
         case absl::StatusCode::kCancelled:
-          woken_ = false;
           continue;  // shutdown started: this command still finishes
         case absl::StatusCode::kDeadlineExceeded:
           co_return ReadResult::kTimeout;

@@ -161,7 +161,6 @@ class Session {
   std::string session_id_;
   std::string out_;
   asio::steady_timer* idle_timer_ = nullptr;
-  bool woken_ = false;
   EnqueueCall* call_ = nullptr;  // the open Enqueue call, if any (owned by body_call_)
 
   // Dialogue state.

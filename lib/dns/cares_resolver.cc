@@ -35,6 +35,20 @@ struct MxRecord {
   std::string exchange;
 };
 
+// Puts each run of equal preference (the items are sorted by preference) in
+// a new uniformly random order: RFC 5321 §5.1 asks for random selection
+// among equal preferences; Haraka's neighbour swap is biased. For MxRecord
+// before the hosts are resolved and for MxHost when an answer comes from the
+// cache.
+template <typename T, typename Rng>
+void ShuffleEqualPreferences(std::vector<T>& items, Rng& rng) {
+  for (auto first = items.begin(); first != items.end();) {
+    auto last = std::find_if(first, items.end(), [&](const T& x) { return x.preference != first->preference; });
+    std::shuffle(first, last, rng);
+    first = last;
+  }
+}
+
 // The result of one DNS query (one name, one type), as cached.
 struct QueryResult {
   enum class Kind { kAnswer, kNoData, kNxDomain, kError };
@@ -282,7 +296,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     if (auto it = mx_cache_.find(domain); it != mx_cache_.end()) {
       if (it->second.expiry > options_.now()) {
         MxAnswer answer = it->second.answer;
-        ShuffleTies(answer);
+        ShuffleEqualPreferences(answer.hosts, rng_);
         Post(std::move(done), std::move(answer));
         return;
       }
@@ -365,17 +379,6 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     mx_cache_[domain] = MxCacheEntry{*expiry, answer};
   }
 
-  // Hosts of equal preference in a new uniformly random order (RFC 5321
-  // §5.1), for an answer taken from the cache.
-  void ShuffleTies(MxAnswer& answer) {
-    auto& hosts = answer.hosts;
-    for (auto first = hosts.begin(); first != hosts.end();) {
-      auto last = std::find_if(first, hosts.end(), [&](const MxHost& h) { return h.preference != first->preference; });
-      std::shuffle(first, last, rng_);
-      first = last;
-    }
-  }
-
   void OnMx(const std::string& domain, const QueryResult& r, MxCallback done) {
     MxAnswer answer;
     switch (r.kind) {
@@ -410,14 +413,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     }
     std::stable_sort(records.begin(), records.end(),
                      [](const MxRecord& a, const MxRecord& b) { return a.preference < b.preference; });
-    // Uniform shuffle within each preference (RFC 5321 §5.1 asks for random
-    // selection among equal preferences; Haraka's neighbour swap is biased).
-    for (auto first = records.begin(); first != records.end();) {
-      auto last = std::find_if(first, records.end(),
-                               [&](const MxRecord& mx) { return mx.preference != first->preference; });
-      std::shuffle(first, last, rng_);
-      first = last;
-    }
+    ShuffleEqualPreferences(records, rng_);
     if (records.size() > kMaxMxHosts) {
       records.resize(kMaxMxHosts);
     }

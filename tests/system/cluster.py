@@ -74,6 +74,17 @@ def free_port_on_all(hosts):
     raise RuntimeError("no common free port")
 
 
+def terminate(proc, grace=15):
+    """SIGTERM, then SIGKILL if `proc` has not exited within `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def wait_port(host, port, timeout, proc=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -245,14 +256,7 @@ temp_fail_intervals={self.temp_fail_intervals}
 
     def close(self):
         for service in list(self.procs):
-            proc = self.procs.pop(service)
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            terminate(self.procs.pop(service))
         for sink in self.sinks.values():
             sink.stop()
         if self.dns is not None and self.dns.poll() is None:

@@ -18,7 +18,7 @@ import tempfile
 import time
 import unittest
 
-from cluster import BIN_DIR, SOURCE_DIR, free_dns_port, free_port, wait_port
+from cluster import BIN_DIR, SOURCE_DIR, free_dns_port, free_port, terminate, wait_port
 
 
 def binary(service):
@@ -34,13 +34,7 @@ class LateQueueNameTest(unittest.TestCase):
 
     def tearDown(self):
         for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            terminate(p)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def start(self, args, log):

@@ -54,7 +54,7 @@ double ProcessCpuSeconds() {
 
 uint64_t Commits() {
   return tern::metrics::Registry::Global()
-      .GetCounter("tern_queue_group_commits_total", "Synced RocksDB writes (one per group of operations)")
+      .GetCounter("tern_queue_wal_syncs_total", "Group writes that were synced (every group but those made only of leases)")
       .value();
 }
 

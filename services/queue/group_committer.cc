@@ -12,6 +12,7 @@ namespace {
 
 struct CommitterMetrics {
   metrics::Counter& commits;
+  metrics::Counter& syncs;
   metrics::Counter& ops;
   metrics::Counter& write_errors;
   metrics::Gauge& last_group_ops;
@@ -21,7 +22,9 @@ CommitterMetrics& Metrics() {
   static CommitterMetrics* m = [] {
     auto& r = metrics::Registry::Global();
     return new CommitterMetrics{
-        r.GetCounter("tern_queue_group_commits_total", "Synced RocksDB writes (one per group of operations)"),
+        r.GetCounter("tern_queue_group_commits_total", "RocksDB writes, one per group of operations"),
+        r.GetCounter("tern_queue_wal_syncs_total",
+                     "Group writes that were synced (every group but those made only of leases)"),
         r.GetCounter("tern_queue_group_commit_ops_total",
                      "Operations committed in groups; divided by commits it is the mean group size"),
         r.GetCounter("tern_queue_group_commit_errors_total", "Group writes that failed (disk full, I/O error)"),
@@ -149,6 +152,7 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
   std::vector<std::vector<absl::AnyInvocable<void()>>> effects(ops.size());
   std::vector<absl::AnyInvocable<void()>> group_undo;
   size_t applied = 0;
+  bool sync = false;  // some applied operation needs its write synced
   for (; applied < ops.size(); ++applied) {
     if (applied > 0 && batch_.GetWriteBatch()->GetDataSize() >= options_.max_group_bytes) {
       break;
@@ -157,6 +161,7 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
     Txn txn(db_, &batch_);
     absl::Status s = ops[applied].apply(txn);
     if (s.ok()) {
+      sync = sync || ops[applied].durable;
       (void)batch_.PopSavePoint();
       for (auto& u : txn.undo_) {
         group_undo.push_back(std::move(u));
@@ -177,6 +182,7 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
   ops.resize(applied);
 
   rocksdb::Status ws;
+  const bool write = batch_.GetWriteBatch()->Count() > 0;
   if (needs_resume_ && batch_.GetWriteBatch()->Count() > 0) {
     rocksdb::Status rs = db_->Resume();
     if (rs.ok()) {
@@ -186,9 +192,9 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
       log::Event(log::Level::kWarn, "storage_resume_failed", {{"error", rs.ToString()}});
     }
   }
-  if (batch_.GetWriteBatch()->Count() > 0) {
+  if (write) {
     rocksdb::WriteOptions wo;
-    wo.sync = true;
+    wo.sync = sync;
     ws = db_->Write(wo, batch_.GetWriteBatch());
   }
   batch_.Clear();
@@ -208,6 +214,9 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
     }
   } else {
     Metrics().commits.Inc();
+    if (write && sync) {
+      Metrics().syncs.Inc();
+    }
     Metrics().ops.Inc(ops.size());
     Metrics().last_group_ops.Set(static_cast<int64_t>(ops.size()));
     for (auto& list : effects) {

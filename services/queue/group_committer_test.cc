@@ -82,10 +82,11 @@ class GroupCommitterTest : public ::testing::Test {
   }
 
   // Submits an op and returns a future for its completion status.
-  std::future<absl::Status> Submit(absl::AnyInvocable<absl::Status(Txn&)> apply) {
+  std::future<absl::Status> Submit(absl::AnyInvocable<absl::Status(Txn&)> apply, bool durable = true) {
     auto promise = std::make_shared<std::promise<absl::Status>>();
     auto future = promise->get_future();
-    committer_->Submit(GroupOp{std::move(apply), [promise](const absl::Status& s) { promise->set_value(s); }});
+    committer_->Submit(
+        GroupOp{std::move(apply), [promise](const absl::Status& s) { promise->set_value(s); }, durable});
     return future;
   }
 
@@ -114,6 +115,46 @@ class GroupCommitterTest : public ::testing::Test {
   rocksdb::ColumnFamilyHandle* cf_ = nullptr;
   std::unique_ptr<GroupCommitter> committer_;
 };
+
+TEST_F(GroupCommitterTest, GroupOfOnlyNonDurableOpsIsWrittenWithoutSyncAndAnyDurableOpSyncsItsGroup) {
+  auto& commits = metrics::Registry::Global().GetCounter("tern_queue_group_commits_total", "");
+  auto& syncs = metrics::Registry::Global().GetCounter("tern_queue_wal_syncs_total", "");
+  const uint64_t commits0 = commits.value();
+  const uint64_t syncs0 = syncs.value();
+  auto put = [this](std::string key) {
+    return [this, key](Txn& txn) {
+      txn.Put(cf_, key, "v");
+      return absl::OkStatus();
+    };
+  };
+  ASSERT_TRUE(Submit(put("lease-only"), /*durable=*/false).get().ok());
+  EXPECT_EQ(Value("lease-only"), "v");  // written all the same
+  EXPECT_EQ(commits.value(), commits0 + 1);
+  EXPECT_EQ(syncs.value(), syncs0);
+
+  // One durable operation makes the whole group synced.
+  auto release = BlockWriter();
+  auto a = Submit(put("mixed-lease"), /*durable=*/false);
+  auto b = Submit(put("mixed-report"));
+  release->set_value();
+  ASSERT_TRUE(a.get().ok());
+  ASSERT_TRUE(b.get().ok());
+  EXPECT_EQ(syncs.value(), syncs0 + 1);
+
+  // A durable operation that failed wrote nothing, so it needs no sync.
+  const uint64_t syncs1 = syncs.value();
+  release = BlockWriter();
+  auto c = Submit(put("alone-lease"), /*durable=*/false);
+  auto d = Submit([this](Txn& txn) {
+    txn.Put(cf_, "rolled-back", "v");
+    return absl::FailedPreconditionError("refused");
+  });
+  release->set_value();
+  ASSERT_TRUE(c.get().ok());
+  EXPECT_EQ(d.get().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Value("rolled-back"), "<none>");
+  EXPECT_EQ(syncs.value(), syncs1);
+}
 
 TEST_F(GroupCommitterTest, OperationsInOneGroupSeeEarlierWritesAndShareOneCommit) {
   auto& commits = metrics::Registry::Global().GetCounter("tern_queue_group_commits_total", "");

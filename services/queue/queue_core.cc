@@ -535,6 +535,8 @@ void QueueCore::Impl::SubmitLease(std::shared_ptr<LeaseCall> call) {
           call->done(std::move(call->response));
         }
       },
+      // A lease need not outlive a power loss: see GroupOp::durable.
+      /*durable=*/false,
   });
 }
 

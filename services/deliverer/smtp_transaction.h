@@ -7,10 +7,13 @@
 // AUTH when credentials are given. A pooled session (same PoolKey) skips all
 // that after a successful RSET; if the RSET fails the pooled connection is
 // dropped and a fresh one opened, transparently. Then MAIL FROM and every
-// RCPT TO (one write with PIPELINING), with SIZE=, BODY=8BITMIME, SMTPUTF8
-// and the RFC 3461 parameters NOTIFY/ORCPT/RET/ENVID when the server offers
-// DSN; DATA only when a recipient was accepted (and `before_data` agreed);
-// the dot-stuffed body. SMTP
+// RCPT TO, with SIZE=, BODY=8BITMIME, SMTPUTF8 and the RFC 3461 parameters
+// NOTIFY/ORCPT/RET/ENVID when the server offers DSN. With PIPELINING, MAIL,
+// the RCPTs and DATA go in one write (RFC 2920 §3.1); the server refuses that
+// DATA when no recipient was accepted (a server answering 354 anyway is hung
+// up on). Without it, DATA is sent only when a recipient was accepted and
+// `before_data` agreed. Then the dot-stuffed body, never before
+// `before_data` agreed. SMTP
 // gives one reply to the final dot for every accepted recipient; LMTP gives
 // one per accepted recipient, in RCPT order, each applied to its own
 // recipient. Afterwards the session goes back to the pool or is QUIT.
@@ -107,12 +110,14 @@ struct TransactionRequest {
   bool force_auth = false;
   SmtpTimeouts timeouts;
   ConnectionPool* pool = nullptr; // reuse sessions when set and enabled
-  // Awaited once a recipient is accepted, right before DATA: the caller
-  // records durably that the final dot may be sent (Queue.Progress). A
-  // non-OK status stops the transaction before DATA (recipients undecided,
-  // the status message as `failure`, the session fit for reuse), so no
-  // message reaches the remote that a crash could make an unrecorded
-  // duplicate. Capture only pointers in it (GCC 12 coroutine bug).
+  // Awaited once a recipient is accepted, before the message is sent:
+  // right before DATA, or, when DATA was pipelined, after its 354. The
+  // caller records durably that the final dot may be sent (Queue.Progress).
+  // A non-OK status stops the transaction without the message (recipients
+  // undecided, the status message as `failure`; the session is reused when
+  // DATA was not sent yet and hung up on after a 354), so no message
+  // reaches the remote that a crash could make an unrecorded duplicate.
+  // Capture only pointers in it (GCC 12 coroutine bug).
   std::function<asio::awaitable<absl::Status>()> before_data;
 };
 

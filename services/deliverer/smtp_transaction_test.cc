@@ -42,6 +42,8 @@ struct Script {
   std::string mail = "250 2.1.0 Ok";
   std::map<std::string, std::string> rcpt;  // address -> reply; default 250
   std::string data = "354 End data with <CR><LF>.<CR><LF>";
+  // DATA when no recipient was accepted (a pipelined DATA): Postfix's words.
+  std::string data_without_rcpt = "554 5.5.1 Error: no valid recipients";
   std::string dot = "250 2.0.0 Ok: queued as 123";  // "CLOSE": hang up instead
   std::string rset = "250 2.0.0 Ok";
   // LMTP: one reply per accepted recipient after the dot; fewer than
@@ -69,6 +71,8 @@ struct Seen {
   bool batched = false;
   // RSET arrived with more commands behind it in the same read (pipelined).
   bool rset_pipelined = false;
+  // The last RCPT had more behind it in the same read (a pipelined DATA).
+  bool rcpt_pipelined = false;
   int connections = 0;
   int quits = 0;
   bool tls = false;
@@ -187,12 +191,14 @@ asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, See
         co_await Reply(c, r);
       }
     } else if (verb == "RCPT") {
+      seen->rcpt_pipelined = c.buffered() > 0;
       const std::string r = rcpt_reply(cmd);
       accepted += absl::StartsWith(r, "2") ? 1 : 0;
       co_await Reply(c, r);
     } else if (verb == "DATA") {
-      co_await Reply(c, script.data);
-      if (!absl::StartsWith(script.data, "354")) {
+      const std::string& answer = accepted > 0 ? script.data : script.data_without_rcpt;
+      co_await Reply(c, answer);
+      if (!absl::StartsWith(answer, "354")) {
         continue;
       }
       std::vector<std::string> lines;
@@ -974,6 +980,95 @@ TEST_F(SmtpTransactionTest, RefusedBeforeDataHookStopsBeforeDataWithRecipientsUn
   EXPECT_EQ(r.failure, "queue unreachable");
   EXPECT_EQ(r.failure_enhanced, "4.3.0");
   EXPECT_TRUE(seen.body.empty());
+}
+
+TEST_F(SmtpTransactionTest, PipelinedDataRidesWithMailAndRcptAndTheGateStillPrecedesTheBody) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 PIPELINING";
+  Seen seen;
+  int calls = 0;
+  size_t commands_at_call = 0;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
+  });
+  EXPECT_TRUE(seen.rcpt_pipelined);  // DATA came in the same write
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(commands_at_call, 4u);  // EHLO MAIL RCPT DATA: the 354 is in, the body is not
+  EXPECT_TRUE(r.data_sent);
+  EXPECT_FALSE(seen.body.empty());
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+}
+
+TEST_F(SmtpTransactionTest, RefusedGateAfterPipelinedDataHangsUpWithoutTheBody) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 PIPELINING";
+  Seen seen;
+  int calls = 0;
+  size_t commands_at_call = 0;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest req = Request({"a@x.test", "b@x.test"}, port);
+  req.pool = &pool;
+  req.before_data = [&] {
+    return CountingGate(&calls, &seen, &commands_at_call, absl::UnavailableError("queue unreachable"));
+  };
+  TransactionResult r = RunRequest(req);
+  EXPECT_EQ(calls, 1);
+  EXPECT_FALSE(r.data_sent);
+  EXPECT_TRUE(seen.body.empty());
+  EXPECT_FALSE(r.outcomes[0]);  // undecided: tried again later
+  EXPECT_FALSE(r.outcomes[1]);
+  EXPECT_EQ(r.failure_enhanced, "4.3.0");
+  // The server waits for a message after its 354: the session cannot be
+  // reused, and is not QUIT (that would be taken as message text).
+  EXPECT_EQ(pool.idle(), 0u);
+  EXPECT_EQ(seen.quits, 0);
+}
+
+TEST_F(SmtpTransactionTest, NoRecipientAcceptedWhilePipeliningReadsTheDataRefusalAndStaysReusable) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 PIPELINING";
+  script.rcpt["a@x.test"] = "550 5.1.1 unknown";
+  Seen seen;
+  int calls = 0;
+  size_t commands_at_call = 0;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest req = Request({"a@x.test"}, port);
+  req.pool = &pool;
+  req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
+  TransactionResult r = RunRequest(req);
+  EXPECT_EQ(calls, 0);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kPermanent);
+  EXPECT_EQ(r.outcomes[0]->enhanced_status, "5.1.1");
+  EXPECT_EQ(pool.idle(), 1u);
+  // The next transaction on it is in step: RSET, then its own replies.
+  TransactionRequest next = Request({"b@x.test"}, port);
+  next.pool = &pool;
+  TransactionResult r2 = RunRequest(next);
+  ASSERT_TRUE(r2.outcomes[0]);
+  EXPECT_EQ(r2.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_TRUE(r2.reused);
+}
+
+TEST_F(SmtpTransactionTest, ServerAcceptingPipelinedDataWithoutRecipientsIsHungUpOn) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 PIPELINING";
+  script.rcpt["a@x.test"] = "550 5.1.1 unknown";
+  script.data_without_rcpt = "354 go ahead";  // RFC 2920 says it must refuse
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest req = Request({"a@x.test"}, port);
+  req.pool = &pool;
+  TransactionResult r = RunRequest(req);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kPermanent);
+  EXPECT_FALSE(r.data_sent);
+  EXPECT_TRUE(seen.body.empty());
+  EXPECT_EQ(pool.idle(), 0u);
 }
 
 TEST_F(SmtpTransactionTest, RcptRefusedForAllNeverCallsTheHook) {

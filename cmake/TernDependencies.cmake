@@ -13,6 +13,16 @@ pkg_check_modules(CARES REQUIRED IMPORTED_TARGET libcares)
 pkg_check_modules(INIH REQUIRED IMPORTED_TARGET inih)
 # IDNA2008 / UTS #46 (U-label -> A-label) for the queue's per-domain key.
 pkg_check_modules(IDN2 REQUIRED IMPORTED_TARGET libidn2)
+# jemalloc as the queue's allocator (see README "Dependencies"). Not with
+# ASan, which brings its own.
+if(NOT TERN_ASAN)
+  pkg_check_modules(JEMALLOC REQUIRED IMPORTED_TARGET jemalloc)
+  add_library(tern_malloc INTERFACE)
+  target_link_libraries(tern_malloc INTERFACE PkgConfig::JEMALLOC)
+else()
+  add_library(tern_malloc INTERFACE)
+endif()
+add_library(tern::malloc ALIAS tern_malloc)
 include(GoogleTest)
 
 # Standalone Asio is header-only; the flags make clang tools (clangd, clang-tidy)

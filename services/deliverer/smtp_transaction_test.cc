@@ -1026,15 +1026,20 @@ TEST_F(SmtpTransactionTest, RefusedGateAfterPipelinedDataHangsUpWithoutTheBody) 
   EXPECT_EQ(seen.quits, 0);
 }
 
-TEST_F(SmtpTransactionTest, NoRecipientAcceptedWhilePipeliningReadsTheDataRefusalAndStaysReusable) {
-  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+// A server offering PIPELINING that refuses a@x.test at RCPT.
+Script PipeliningRefusingA() {
   Script script;
   script.ehlo = "250-mx.x.test\r\n250 PIPELINING";
   script.rcpt["a@x.test"] = "550 5.1.1 unknown";
+  return script;
+}
+
+TEST_F(SmtpTransactionTest, NoRecipientAcceptedWhilePipeliningReadsTheDataRefusalAndStaysReusable) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
   Seen seen;
   int calls = 0;
   size_t commands_at_call = 0;
-  const uint16_t port = StartServer(script, &seen);
+  const uint16_t port = StartServer(PipeliningRefusingA(), &seen);
   TransactionRequest req = Request({"a@x.test"}, port);
   req.pool = &pool;
   req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
@@ -1055,9 +1060,7 @@ TEST_F(SmtpTransactionTest, NoRecipientAcceptedWhilePipeliningReadsTheDataRefusa
 
 TEST_F(SmtpTransactionTest, ServerAcceptingPipelinedDataWithoutRecipientsIsHungUpOn) {
   ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
-  Script script;
-  script.ehlo = "250-mx.x.test\r\n250 PIPELINING";
-  script.rcpt["a@x.test"] = "550 5.1.1 unknown";
+  Script script = PipeliningRefusingA();
   script.data_without_rcpt = "354 go ahead";  // RFC 2920 says it must refuse
   Seen seen;
   const uint16_t port = StartServer(script, &seen);

@@ -26,6 +26,7 @@ TEST(QueueConfig, ShippedConfigGivesTheDocumentedDefaults) {
   EXPECT_FALSE(cfg->core.always_split);
   EXPECT_EQ(cfg->core.retry.intervals_ms(), DefaultTempFailIntervals(13));
   EXPECT_EQ(cfg->core.idempotency_retention_ms, 7 * 86400 * 1000LL);
+  EXPECT_EQ(cfg->core.destination_concurrency_max, 0u);
 }
 
 class QueueConfigDirTest : public ::testing::Test {
@@ -70,6 +71,16 @@ TEST_F(QueueConfigDirTest, RefusesBadValuesNamingTheKey) {
   cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
   ASSERT_FALSE(cfg.ok());
   EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("max_lease_body_bytes"));
+
+  Write("tern.ini", "[queue]\ndestination_concurrency_max=-1\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("destination_concurrency_max"));
+
+  Write("tern.ini", "[queue]\ndestination_concurrency_max=20\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.destination_concurrency_max, 20u);
 
   Write("tern.ini", "");
   Write("outbound.ini", "[main]\ntemp_fail_intervals=1w\n");

@@ -248,7 +248,7 @@ absl::Status QueueCore::Impl::Recover() {
       rec.set_due_unix_ms(grace_deadline);
       (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, grace_deadline, rec.delivery_id()), "");
       (void)batch.Put(deliveries_, key, rec.SerializeAsString());
-      State(tern::v1::JOB_KIND_DELIVERY).leases.Insert(rec.delivery_id(), grace_deadline);
+      State(tern::v1::JOB_KIND_DELIVERY).leases.Insert(rec.delivery_id(), grace_deadline, LeaseDomain(rec.domain()));
       if (rec.data_sent_token() == rec.lease_token()) {
         data_sent_.insert(rec.delivery_id());
       }
@@ -554,6 +554,9 @@ absl::Status QueueCore::Impl::ApplyLease(Txn& txn, LeaseCall& call) {
   ExpireLeases(kind, now);
 
   if (!(kind == tern::v1::JOB_KIND_DELIVERY && disabled_)) {
+    if (kind == tern::v1::JOB_KIND_DELIVERY) {
+      ReleaseParked();
+    }
     if (ks.window.size() <= opt_.ready_window / 2) {
       Refill(kind, now, &txn);
     }
@@ -637,6 +640,10 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
       return LeaseStep::kSkipped;
     }
   }
+  if (DestinationFull(rec->domain())) {
+    ParkDelivery(txn, rec->domain(), id, rec->due_unix_ms());
+    return LeaseStep::kSkipped;
+  }
   TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
                         Read<MessageRecord>(txn, messages_, kMessagesCf, rec->message_id()));
   if (!msg.has_value()) {
@@ -666,7 +673,7 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
   const int64_t deadline = now + lease_ms;
   const bool expired = !rec->lease_token().empty();
   Unschedule(txn, kind, id, rec->due_unix_ms());
-  MarkLeased(txn, kind, id, deadline);
+  MarkLeased(txn, kind, id, deadline, LeaseDomain(rec->domain()));
   rec->set_lease_token(token);
   rec->set_lease_deadline_unix_ms(deadline);
   rec->set_due_unix_ms(deadline);
@@ -861,6 +868,9 @@ void QueueCore::Impl::OnTick() {
   for (JobKind kind : {tern::v1::JOB_KIND_DELIVERY, tern::v1::JOB_KIND_BOUNCE}) {
     KindState& ks = State(kind);
     ExpireLeases(kind, now);
+    if (kind == tern::v1::JOB_KIND_DELIVERY) {
+      ReleaseParked();  // leases that expired, or ended by an admin action
+    }
     if (ks.window.size() <= opt_.ready_window / 2) {
       Refill(kind, now, nullptr);
     }
@@ -895,6 +905,7 @@ void QueueCore::Impl::PublishGauges() {
   m.bounces_leased.Set(static_cast<int64_t>(State(tern::v1::JOB_KIND_BOUNCE).leases.size()));
   m.recipients_pending.Set(counters_.recipients_pending);
   m.deliveries_held.Set(counters_.held);
+  m.deliveries_throttled.Set(static_cast<int64_t>(State(tern::v1::JOB_KIND_DELIVERY).parked.size()));
 }
 
 // ---------------------------------------------------------------------------
@@ -919,9 +930,14 @@ void QueueCore::Impl::Report(ReportRequest request, Callback<ReportResponse> don
         }
         return absl::OkStatus();
       },
-      [call](const absl::Status& s) {
+      [this, call](const absl::Status& s) {
         if (s.ok()) {
           call->done(std::move(call->response));
+          // Ended leases may have freed a full destination's slots: hand its
+          // waiting deliveries to a long poll now, not at the next tick.
+          if (ReleaseParked() > 0) {
+            WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+          }
         } else {
           call->done(s);
         }

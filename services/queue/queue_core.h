@@ -89,6 +89,11 @@ struct CoreOptions {
   bool disabled = false;
   // One delivery per recipient instead of per domain. Default: false
   bool always_split = false;
+  // Most deliveries of one destination domain out on lease at once, across
+  // all deliverers (Postfix's default_destination_concurrency_limit, 20
+  // there). Further due deliveries of that domain wait in the queue until a
+  // lease of it ends. 0 = no limit, as in Haraka. Default: 0
+  uint32_t destination_concurrency_max = 0;
   // Default: Haraka's, 12 retries from 64 s doubling.
   RetrySchedule retry;
   // Most due job ids kept in memory per kind. Default: 10000

@@ -148,6 +148,7 @@ struct CoreMetrics {
   metrics::Gauge& deliveries_held;
   metrics::Counter& events;
   metrics::Counter& idempotency_pruned;
+  metrics::Gauge& deliveries_throttled;
 };
 
 inline CoreMetrics& Metrics() {
@@ -180,6 +181,8 @@ inline CoreMetrics& Metrics() {
         r.GetCounter("tern_queue_events_total", "Events appended to the event log"),
         r.GetCounter("tern_queue_idempotency_keys_pruned_total",
                      "Enqueue idempotency keys deleted after idempotency_retention"),
+        r.GetGauge("tern_queue_deliveries_throttled",
+                   "Due deliveries waiting because their domain has destination_concurrency_max leases out"),
     };
   }();
   return *m;
@@ -262,24 +265,55 @@ class ReadyWindow {
   absl::flat_hash_set<std::string> members_;
 };
 
+// Outstanding leases by deadline, and how many of them each destination
+// domain holds (deliveries; bounce jobs have no domain).
 class LeaseTable {
  public:
-  void Insert(const std::string& id, int64_t deadline) {
-    deadline_of_[id] = deadline;
+  void Insert(const std::string& id, int64_t deadline, const std::string& domain = "") {
+    auto [it, inserted] = leases_.insert_or_assign(id, Lease{deadline, domain});
+    (void)it;
+    (void)inserted;
     by_deadline_.emplace(deadline, id);
+    if (!domain.empty()) {
+      ++per_domain_[domain];
+    }
   }
-  bool Erase(const std::string& id, int64_t* deadline) {
-    auto it = deadline_of_.find(id);
-    if (it == deadline_of_.end()) {
+  // `domain` (optional) gets the domain the lease was counted under.
+  bool Erase(const std::string& id, int64_t* deadline, std::string* domain = nullptr) {
+    auto it = leases_.find(id);
+    if (it == leases_.end()) {
       return false;
     }
-    *deadline = it->second;
-    by_deadline_.erase({it->second, id});
-    deadline_of_.erase(it);
+    *deadline = it->second.deadline;
+    by_deadline_.erase({it->second.deadline, id});
+    if (!it->second.domain.empty()) {
+      auto d = per_domain_.find(it->second.domain);
+      if (d != per_domain_.end() && --d->second == 0) {
+        per_domain_.erase(d);
+      }
+      ++ended_[it->second.domain];
+    }
+    if (domain != nullptr) {
+      *domain = std::move(it->second.domain);
+    }
+    leases_.erase(it);
     return true;
   }
-  bool Contains(const std::string& id) const { return deadline_of_.contains(id); }
-  size_t size() const { return deadline_of_.size(); }
+  bool Contains(const std::string& id) const { return leases_.contains(id); }
+  size_t size() const { return leases_.size(); }
+  uint32_t CountFor(const std::string& domain) const {
+    auto it = per_domain_.find(domain);
+    return it == per_domain_.end() ? 0 : it->second;
+  }
+  // Calls f(domain, n) for the leases of each domain that ended since the
+  // last call (each is a slot a parked delivery may take), and forgets them.
+  template <typename F>
+  void TakeEnded(F f) {
+    for (const auto& [domain, n] : ended_) {
+      f(domain, n);
+    }
+    ended_.clear();
+  }
   // The first lease with deadline <= now, if any.
   std::optional<std::pair<int64_t, std::string>> FirstExpired(int64_t now) const {
     if (by_deadline_.empty() || by_deadline_.begin()->first > now) {
@@ -289,8 +323,71 @@ class LeaseTable {
   }
 
  private:
+  struct Lease {
+    int64_t deadline;
+    std::string domain;
+  };
   absl::btree_set<std::pair<int64_t, std::string>> by_deadline_;
-  absl::flat_hash_map<std::string, int64_t> deadline_of_;
+  absl::flat_hash_map<std::string, Lease> leases_;
+  absl::flat_hash_map<std::string, uint32_t> per_domain_;
+  absl::flat_hash_map<std::string, uint32_t> ended_;
+};
+
+// Due deliveries held back because their domain has
+// destination_concurrency_max leases out: they leave the ready window (so a
+// throttled domain's backlog is not read again on every Lease) and go back to
+// it when a lease of their domain ends. Memory only: after a restart the
+// schedule scan finds them again.
+class ParkedDeliveries {
+ public:
+  // False if `id` is parked already.
+  bool Park(const std::string& domain, const std::string& id, int64_t due) {
+    if (!ids_.insert(id).second) {
+      return false;
+    }
+    by_domain_[domain].emplace_back(id, due);
+    return true;
+  }
+  void Unpark(const std::string& domain, const std::string& id) {
+    if (ids_.erase(id) == 0) {
+      return;
+    }
+    auto it = by_domain_.find(domain);
+    if (it == by_domain_.end()) {
+      return;
+    }
+    auto& q = it->second;
+    q.erase(std::remove_if(q.begin(), q.end(), [&](const auto& e) { return e.first == id; }), q.end());
+    if (q.empty()) {
+      by_domain_.erase(it);
+    }
+  }
+  // Takes up to `n` of `domain`'s entries, oldest first, into sink(id, due).
+  template <typename Sink>
+  size_t Release(const std::string& domain, uint32_t n, Sink sink) {
+    auto it = by_domain_.find(domain);
+    if (it == by_domain_.end()) {
+      return 0;
+    }
+    auto& q = it->second;
+    size_t moved = 0;
+    for (; n > 0 && !q.empty(); --n) {
+      ids_.erase(q.front().first);
+      sink(q.front().first, q.front().second);
+      q.pop_front();
+      ++moved;
+    }
+    if (q.empty()) {
+      by_domain_.erase(it);
+    }
+    return moved;
+  }
+  bool empty() const { return ids_.empty(); }
+  size_t size() const { return ids_.size(); }
+
+ private:
+  absl::flat_hash_map<std::string, std::deque<std::pair<std::string, int64_t>>> by_domain_;
+  absl::flat_hash_set<std::string> ids_;
 };
 
 struct LeaseCall {
@@ -375,6 +472,7 @@ class QueueCore::Impl {
   struct KindState {
     ReadyWindow window;
     LeaseTable leases;
+    ParkedDeliveries parked;  // deliveries only
     std::deque<std::shared_ptr<LeaseCall>> waiters;
     // Every schedule key of this kind due before this time is in the window
     // (or has moved on); scans start here instead of at the first key, so
@@ -408,6 +506,48 @@ class QueueCore::Impl {
     txn.OnUndo([this, due_ms, n] { due_.Add(due_ms, -n); });
   }
 
+  // destination_concurrency_max: whether `domain` has its most leases out.
+  bool DestinationFull(const std::string& domain) {
+    return opt_.destination_concurrency_max > 0 &&
+           State(tern::v1::JOB_KIND_DELIVERY).leases.CountFor(domain) >= opt_.destination_concurrency_max;
+  }
+  // Sets a due delivery of a full destination aside until a lease of that
+  // destination ends (see ParkedDeliveries).
+  void ParkDelivery(Txn& txn, const std::string& domain, const std::string& id, int64_t due) {
+    ParkedDeliveries& parked = State(tern::v1::JOB_KIND_DELIVERY).parked;
+    if (!parked.Park(domain, id, due)) {
+      return;
+    }
+    txn.OnUndo([&parked, domain, id] { parked.Unpark(domain, id); });
+    txn.OnCommit([domain, id, this] {
+      log::Event(log::Level::kDebug, "delivery_throttled",
+                 {{"delivery", id},
+                  {"domain", domain},
+                  {"leased", absl::StrCat(State(tern::v1::JOB_KIND_DELIVERY).leases.CountFor(domain))},
+                  {"limit", absl::StrCat(opt_.destination_concurrency_max)}});
+    });
+  }
+  // Puts parked deliveries back into the ready window, one for each lease of
+  // their destination that ended since the last call (a slot each: releasing
+  // by free slots instead would hand the same slots out again on every call
+  // until the released ones were leased); the number moved. A released one
+  // whose slot was meanwhile taken is simply parked again when leased.
+  size_t ReleaseParked() {
+    KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
+    size_t moved = 0;
+    ks.leases.TakeEnded([&](const std::string& domain, uint32_t n) {
+      moved += ks.parked.Release(domain, n, [this](const std::string& id, int64_t due) {
+        Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
+      });
+    });
+    return moved;
+  }
+  // The domain a delivery's lease is counted under: none without a limit, so
+  // the default costs nothing.
+  std::string LeaseDomain(const std::string& domain) const {
+    return opt_.destination_concurrency_max > 0 ? domain : std::string();
+  }
+
   // Puts a job id into the ready window; when the window is full the scan
   // cursor moves back so the next scan finds the job.
   void Offer(JobKind kind, const std::string& id, int64_t due) {
@@ -434,18 +574,20 @@ class QueueCore::Impl {
     txn.Delete(schedule_, EncodeScheduleKey(TypeOf(kind), due, id));
     KindState& ks = State(kind);
     int64_t deadline = 0;
-    if (ks.leases.Erase(id, &deadline)) {
-      txn.OnUndo([&ks, id, deadline] { ks.leases.Insert(id, deadline); });
+    std::string domain;
+    if (ks.leases.Erase(id, &deadline, &domain)) {
+      txn.OnUndo([&ks, id, deadline, domain] { ks.leases.Insert(id, deadline, domain); });
     } else if (kind == tern::v1::JOB_KIND_DELIVERY) {
       AddDue(txn, due, -1);
     }
   }
 
-  // Writes the job's schedule key at the lease deadline and counts it leased.
-  void MarkLeased(Txn& txn, JobKind kind, const std::string& id, int64_t deadline) {
+  // Writes the job's schedule key at the lease deadline and counts it leased
+  // (under `domain` for deliveries, for destination_concurrency_max).
+  void MarkLeased(Txn& txn, JobKind kind, const std::string& id, int64_t deadline, const std::string& domain = "") {
     txn.Put(schedule_, EncodeScheduleKey(TypeOf(kind), deadline, id), "");
     KindState& ks = State(kind);
-    ks.leases.Insert(id, deadline);
+    ks.leases.Insert(id, deadline, domain);
     txn.OnUndo([this, kind, &ks, id] {
       int64_t d = 0;
       if (!ks.leases.Erase(id, &d) && kind == tern::v1::JOB_KIND_DELIVERY) {

@@ -1,4 +1,6 @@
 #include "services/queue/queue_core.h"
+#include <future>
+#include <map>
 
 #include "lib/metrics/metrics.h"
 #include "services/queue/queue_core_test_fixture.h"
@@ -659,6 +661,96 @@ TEST_F(QueueCoreTest, ManyConcurrentEnqueuesAllCommit) {
   Reopen();
   EXPECT_EQ(Stats().messages(), static_cast<uint64_t>(kN));
   EXPECT_EQ(Stats().deliveries_due(), static_cast<uint64_t>(kN));
+}
+
+
+// ---- destination_concurrency_max ---------------------------------------------
+
+std::map<std::string, int> DomainsOf(const LeaseResponse& lease) {
+  std::map<std::string, int> n;
+  for (const auto& job : lease.deliveries()) {
+    ++n[job.domain()];
+  }
+  return n;
+}
+
+TEST_F(QueueCoreTest, DestinationConcurrencyMaxCapsLeasesPerDomainAndAReportFreesASlot) {
+  options_.destination_concurrency_max = 2;
+  Open();
+  for (int i = 0; i < 4; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  Enqueue(Header({Rcpt("v@b.example")}));
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  EXPECT_EQ(DomainsOf(first), (std::map<std::string, int>{{"a.example", 2}, {"b.example", 1}}));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);  // a.example is full
+  EXPECT_EQ(Stats().deliveries_due(), 2u);                          // still due, just held back
+
+  // One a.example delivery done: exactly one more may go.
+  const tern::v1::DeliveryJob* done = nullptr;
+  for (const auto& job : first.deliveries()) {
+    if (job.domain() == "a.example") {
+      done = &job;
+      break;
+    }
+  }
+  ASSERT_NE(done, nullptr);
+  ASSERT_EQ(ReportAll(*done, Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  const LeaseResponse second = Lease(JOB_KIND_DELIVERY, 100);
+  EXPECT_EQ(DomainsOf(second), (std::map<std::string, int>{{"a.example", 1}}));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+}
+
+TEST_F(QueueCoreTest, ExpiredLeaseFreesItsDestinationSlot) {
+  options_.destination_concurrency_max = 1;
+  Open();
+  Enqueue(Header({Rcpt("u1@a.example")}));
+  Enqueue(Header({Rcpt("u2@a.example")}));
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10, /*lease_seconds=*/30);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);
+  clock_.AdvanceMs(30'000);
+  // The lease ran out (its delivery is due again) and its slot is free: one
+  // of the two goes out, never both.
+  ASSERT_TRUE(Eventually([&] { return Stats().deliveries_leased() == 0; }));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);
+}
+
+TEST_F(QueueCoreTest, WaitingLeaseGetsAThrottledDeliveryAsSoonAsAReportFreesItsSlot) {
+  options_.destination_concurrency_max = 1;
+  options_.tick_interval = std::chrono::seconds(60);  // only the report can wake it
+  Open();
+  Enqueue(Header({Rcpt("u1@a.example")}));
+  Enqueue(Header({Rcpt("u2@a.example")}));
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  // A long poll that finds only a full destination waits...
+  tern::v1::LeaseRequest req;
+  req.set_kind(JOB_KIND_DELIVERY);
+  req.set_max_jobs(10);
+  req.set_wait_ms(30'000);
+  auto promise = std::make_shared<std::promise<absl::StatusOr<LeaseResponse>>>();
+  auto waiting = promise->get_future();
+  core_->Lease(req, [promise](absl::StatusOr<LeaseResponse> r) { promise->set_value(std::move(r)); });
+  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  // ...and is answered by the report that frees the slot, not by its timeout.
+  ASSERT_EQ(ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  const auto got = waiting.get();
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->deliveries_size(), 1);
+  EXPECT_NE(got->deliveries(0).delivery_id(), first.deliveries(0).delivery_id());
+}
+
+TEST_F(QueueCoreTest, WithoutADestinationLimitOneDomainTakesEveryLease) {
+  Open();
+  for (int i = 0; i < 30; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 30);
 }
 
 }  // namespace

@@ -36,6 +36,12 @@ class SmtpSink:
         # Reply to every RCPT; may be a function of the address.
         self.rcpt_reply = "250 2.1.5 Ok"
         self.data_reply = "250 2.0.0 Ok: queued"
+        # Seconds to wait before answering the final dot (a slow MX).
+        self.dot_delay = 0.0
+        # Transactions open at once (MAIL until the final reply, RSET or
+        # hang-up), and the most seen: what a destination limit must cap.
+        self.active = 0
+        self.max_active = 0
         self._loop = None
         self._server = None
         self._ready = threading.Event()
@@ -110,6 +116,23 @@ class SmtpSink:
         send(f"220 {self.name} ESMTP sink")
         mail_from = None
         rcpts = []
+        open_tx = False
+
+        def tx_begin():
+            nonlocal open_tx
+            if not open_tx:
+                open_tx = True
+                with self.lock:
+                    self.active += 1
+                    self.max_active = max(self.max_active, self.active)
+
+        def tx_end():
+            nonlocal open_tx
+            if open_tx:
+                open_tx = False
+                with self.lock:
+                    self.active -= 1
+
         try:
             while True:
                 raw = await asyncio.wait_for(reader.readline(), 60)
@@ -129,6 +152,7 @@ class SmtpSink:
                     start, end = line.find("<"), line.find(">")
                     mail_from = line[start + 1:end]
                     rcpts = []
+                    tx_begin()
                     send("250 2.1.0 Ok")
                 elif verb == "RCPT":
                     start, end = line.find("<"), line.find(">")
@@ -154,12 +178,18 @@ class SmtpSink:
                             data_line = data_line[1:]
                         chunks.append(data_line)
                     with self.lock:
+                        delay = self.dot_delay
+                    if delay:
+                        await asyncio.sleep(delay)
+                    with self.lock:
                         reply = self.data_reply
                         if reply.startswith("2"):
                             self.record(Transaction(mail_from, list(rcpts), b"".join(chunks)))
+                    tx_end()
                     send(reply)
                 elif verb == "RSET":
                     mail_from, rcpts = None, []
+                    tx_end()
                     send("250 2.0.0 Ok")
                 elif verb == "NOOP":
                     send("250 2.0.0 Ok")
@@ -173,6 +203,7 @@ class SmtpSink:
         except (asyncio.TimeoutError, ConnectionError):
             return
         finally:
+            tx_end()
             writer.close()
 
 

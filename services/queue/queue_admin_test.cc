@@ -325,6 +325,19 @@ TEST_F(QueueAdminTest, ShowExplainsDeferredLeasedHeldAndPaused) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(QueueAdminTest, ExplainSaysADeliveryWaitsForItsDestinationsConcurrencyLimit) {
+  options_.destination_concurrency_max = 1;
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  const std::string second = Enqueue(Header({Rcpt("b@x.example")})).message_id;
+  const LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_THAT(Show(second).deliveries(0).explanation(),
+              HasSubstr("waiting for a slot: x.example has destination_concurrency_max=1"));
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok"));
+  EXPECT_THAT(Show(second).deliveries(0).explanation(), HasSubstr("waiting for a deliverer"));
+}
+
 TEST_F(QueueAdminTest, PauseOverridesTheFileUntilTheFileChanges) {
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));

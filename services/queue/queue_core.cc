@@ -932,12 +932,13 @@ void QueueCore::Impl::Report(ReportRequest request, Callback<ReportResponse> don
       },
       [this, call](const absl::Status& s) {
         if (s.ok()) {
-          call->done(std::move(call->response));
           // Ended leases may have freed a full destination's slots: hand its
-          // waiting deliveries to a long poll now, not at the next tick.
+          // waiting deliveries to a long poll now, not at the next tick
+          // (before the reply, so the reporter sees the new state).
           if (ReleaseParked() > 0) {
             WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
           }
+          call->done(std::move(call->response));
         } else {
           call->done(s);
         }

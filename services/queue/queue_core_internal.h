@@ -384,6 +384,7 @@ class ParkedDeliveries {
   }
   bool empty() const { return ids_.empty(); }
   size_t size() const { return ids_.size(); }
+  bool Has(const std::string& domain) const { return by_domain_.contains(domain); }
 
  private:
   absl::flat_hash_map<std::string, std::deque<std::pair<std::string, int64_t>>> by_domain_;
@@ -520,6 +521,10 @@ class QueueCore::Impl {
     }
     txn.OnUndo([&parked, domain, id] { parked.Unpark(domain, id); });
     txn.OnCommit([domain, id, this] {
+      {
+        absl::MutexLock lock(&throttled_mu_);
+        throttled_view_.insert(domain);
+      }
       log::Event(log::Level::kDebug, "delivery_throttled",
                  {{"delivery", id},
                   {"domain", domain},
@@ -536,11 +541,20 @@ class QueueCore::Impl {
     KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
     size_t moved = 0;
     ks.leases.TakeEnded([&](const std::string& domain, uint32_t n) {
-      moved += ks.parked.Release(domain, n, [this](const std::string& id, int64_t due) {
+      const size_t released = ks.parked.Release(domain, n, [this](const std::string& id, int64_t due) {
         Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
       });
+      if (released > 0 && !ks.parked.Has(domain)) {
+        absl::MutexLock lock(&throttled_mu_);
+        throttled_view_.erase(domain);
+      }
+      moved += released;
     });
     return moved;
+  }
+  bool DomainThrottled(const std::string& domain) const {
+    absl::MutexLock lock(&throttled_mu_);
+    return throttled_view_.contains(domain);
   }
   // The domain a delivery's lease is counted under: none without a limit, so
   // the default costs nothing.
@@ -780,6 +794,10 @@ class QueueCore::Impl {
 
   // Read from other threads.
   std::atomic<bool> paused_view_{false};
+  // Domains with deliveries waiting for a destination_concurrency_max slot,
+  // for `ternctl explain`; written only on the throttling path.
+  mutable absl::Mutex throttled_mu_;
+  absl::flat_hash_set<std::string> throttled_view_ ABSL_GUARDED_BY(throttled_mu_);
   std::atomic<int64_t> corrupt_count_{0};
   std::atomic<uint64_t> committed_event_seq_{0};
   absl::Mutex event_mu_;

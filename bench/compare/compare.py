@@ -34,6 +34,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "system"))
+from cluster import free_port  # noqa: E402  (never hands out one port twice)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 WORK = os.path.join(HERE, ".work")
@@ -45,12 +48,6 @@ WORKLOADS = {
     "50KB x1": dict(messages=10000, size=50 * 1024, rcpts=1),
     "2KB x10": dict(messages=5000, size=2048, rcpts=10),
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, timeout=60):

@@ -19,12 +19,14 @@ TERN_SKIP_CONTAINERS=1. Every process it starts it stops; loops are bounded.
 import os
 import re
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system"))
+from cluster import free_port  # noqa: E402  (never hands out one port twice)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -43,12 +45,6 @@ def run(args, check=True, timeout=900, **kw):
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:

@@ -37,10 +37,22 @@ ZONES = {
 }
 
 
+_handed_out = set()  # ports free_port() already gave to someone in this process
+
+
 def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and never one this process was given
+    before: the kernel may hand the same ephemeral port out twice in a row
+    once the probing socket is closed (a CI run once gave the deliverer's and
+    the bouncer's metrics the same port, and the bouncer failed to start)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port")
 
 
 def free_dns_port():

@@ -47,6 +47,8 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   c.mx_port = static_cast<uint16_t>(mx_port);
   TERN_ASSIGN_OR_RETURN(int64_t batch, GetRanged(tern, kD, "lease_batch", 64, 1, 10000));
   c.lease_batch = static_cast<uint32_t>(batch);
+  TERN_ASSIGN_OR_RETURN(int64_t batch_wait, GetRanged(tern, kD, "call_batch_wait_ms", 5, 0, 1000));
+  c.call_batch_wait = std::chrono::milliseconds(batch_wait);
   TERN_ASSIGN_OR_RETURN(int64_t dot, GetRanged(tern, kD, "dot_timeout", 600, 1, 86400));
   c.dot_timeout = std::chrono::seconds(dot);
   c.health_listen = tern.GetString(kD, "health_listen", c.health_listen);

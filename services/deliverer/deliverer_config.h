@@ -9,6 +9,10 @@
 //                                 Default: empty = /etc/resolv.conf
 //     mx_port=25                  port for MX hosts from DNS and routes. Default: 25
 //     lease_batch=64              most jobs per Lease call. Default: 64
+//     call_batch_wait_ms=5        under load, a Lease or Report call waits up
+//                                 to this long after the previous one of its
+//                                 kind so that it carries more (CallPacer);
+//                                 0 = call at once. Default: 5
 //     banner_timeout=, ehlo_timeout=, starttls_timeout=, auth_timeout=,
 //     mail_timeout=, rcpt_timeout=, data_timeout=, rset_timeout=
 //                                 seconds per step. Default: connect_timeout
@@ -57,6 +61,7 @@ struct DelivererConfig {
   std::vector<std::string> dns_servers;
   uint16_t mx_port = 25;
   uint32_t lease_batch = 64;
+  std::chrono::milliseconds call_batch_wait{5};
   std::chrono::seconds dot_timeout{600};
   std::string health_listen = "127.0.0.1:7072";
   std::string metrics_listen = "127.0.0.1:9472";

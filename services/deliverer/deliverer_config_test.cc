@@ -30,6 +30,7 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
   EXPECT_TRUE(c->dns_servers.empty());
   EXPECT_EQ(c->mx_port, 25);
   EXPECT_EQ(c->lease_batch, 64u);
+  EXPECT_EQ(c->call_batch_wait, std::chrono::milliseconds(5));
   EXPECT_EQ(c->concurrency_max, 10000u);
   EXPECT_EQ(c->connect_timeout, std::chrono::seconds(30));
   EXPECT_FALSE(c->local_mx_ok);
@@ -80,7 +81,7 @@ TEST_F(ConfigTest, ReadsRoutesAndTlsPolicy) {
 
 TEST_F(ConfigTest, ReadsKeys) {
   Write("tern.ini", "[deliverer]\nqueue=10.0.0.1:7070\ndns_servers=127.0.0.1:5353, 127.0.0.2\nmx_port=2525\n"
-                    "lease_batch=8\ndot_timeout=60\nhealth_listen=\n");
+                    "lease_batch=8\ncall_batch_wait_ms=0\ndot_timeout=60\nhealth_listen=\n");
   Write("outbound.ini", "concurrency_max=5\nconnect_timeout=3\nlocal_mx_ok=true\ninet_prefer=v6\nenable_tls=false\n");
   auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(c.ok()) << c.status();
@@ -88,6 +89,7 @@ TEST_F(ConfigTest, ReadsKeys) {
   EXPECT_EQ(c->dns_servers, (std::vector<std::string>{"127.0.0.1:5353", "127.0.0.2"}));
   EXPECT_EQ(c->mx_port, 2525);
   EXPECT_EQ(c->lease_batch, 8u);
+  EXPECT_EQ(c->call_batch_wait, std::chrono::milliseconds(0));
   EXPECT_EQ(c->dot_timeout, std::chrono::seconds(60));
   EXPECT_EQ(c->health_listen, "");
   EXPECT_EQ(c->concurrency_max, 5u);
@@ -108,6 +110,11 @@ TEST_F(ConfigTest, BadValuesNameTheKey) {
   c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("mx_port"), std::string::npos) << c.status();
+
+  Write("tern.ini", "[deliverer]\ncall_batch_wait_ms=5000\n");
+  c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("call_batch_wait_ms"), std::string::npos) << c.status();
 }
 
 }  // namespace

@@ -29,6 +29,7 @@
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/asio_grpc.h"
 #include "lib/rpc/server_setup.h"
+#include "services/deliverer/call_pacer.h"
 #include "services/deliverer/connection_pool.h"
 #include "services/deliverer/host_flags.h"
 #include "services/deliverer/outcome.h"
@@ -43,14 +44,15 @@ constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 // Lease long-poll: how long the queue may hold a Lease call open.
 constexpr uint32_t kLeaseWaitMs = 1000;
-// Reports and progress go out as soon as they exist, in up to this many
-// concurrent calls each; what finishes while those are in flight shares the
-// next call. Every delivered-but-unreported job is a duplicate if this
-// process dies, so no report waits for a batch to fill. One call at a time
-// lets the batches grow with the load instead of the number of calls: with
-// two, the 2 KB end-to-end bench made half again as many calls and spent
-// 10 % more CPU per message (most of a call's cost is gRPC's thread
+// Reports and progress go out in up to this many concurrent calls each;
+// what finishes while those are in flight shares the next call. One call at
+// a time lets the batches grow with the load instead of the number of calls:
+// with two, the 2 KB end-to-end bench made half again as many calls and
+// spent 10 % more CPU per message (most of a call's cost is gRPC's thread
 // hand-offs on both sides, not its size), for no gain in latency when idle.
+// Lease and Report calls are also paced (CallPacer, call_batch_wait_ms):
+// every delivered-but-unreported job is a duplicate if this process dies, so
+// that wait is a few milliseconds, never "until the batch is full".
 constexpr int kMaxCallsInFlight = 1;
 constexpr size_t kMaxReportsPerCall = 1000;
 constexpr auto kProgressDeadline = std::chrono::seconds(5);
@@ -202,6 +204,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         planner_(std::move(planner)),
         slot_timer_(io),
         backoff_timer_(io),
+        lease_pacer_(config.call_batch_wait, config.lease_batch),
+        report_pacer_(config.call_batch_wait, config.lease_batch),
         report_wake_(io),
         progress_wake_(io),
         flags_timer_(io),
@@ -284,7 +288,18 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     Clock::duration backoff = std::chrono::milliseconds(100);
     bool queue_down = false;
     Clock::time_point down_since;
+    bool last_came_back_short = false;
     while (!self->stopping_) {
+      // After a Lease that found fewer jobs than it asked for, the next one
+      // waits a moment so that it finds several (see CallPacer); a long poll
+      // that waited for work has already waited longer than that.
+      const Clock::time_point lease_at =
+          self->lease_pacer_.ReadyAt(last_came_back_short ? 0 : self->config_.lease_batch, Clock::now());
+      if (lease_at > Clock::now()) {
+        self->backoff_timer_.expires_at(lease_at);
+        co_await self->backoff_timer_.async_wait(kNoThrow);
+        continue;
+      }
       // A finished job keeps its slot until the queue has applied its
       // report: a slow or unreachable queue then slows leasing instead of
       // piling up delivered-but-unreported work (each one a duplicate if
@@ -299,6 +314,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       v1::LeaseRequest request;
       request.set_kind(v1::JOB_KIND_DELIVERY);
       request.set_max_jobs(std::min(free, self->config_.lease_batch));
+      self->lease_pacer_.Started(Clock::now());
       request.set_wait_ms(kLeaseWaitMs);
       request.set_worker_id(self->worker_id_);
       v1::LeaseResponse response;
@@ -336,6 +352,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         log::Event(log::Level::kNotice, "queue_reachable", {{"queue", self->config_.queue}});
       }
       backoff = std::chrono::milliseconds(100);
+      last_came_back_short = response.deliveries_size() < static_cast<int>(request.max_jobs());
       for (auto& job : *response.mutable_deliveries()) {
         ++self->in_flight_;
         self->metrics_.in_flight.Set(self->in_flight_);
@@ -862,15 +879,22 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   static asio::awaitable<void> ReporterLoop(std::shared_ptr<Impl> self) {
     auto executor = co_await asio::this_coro::executor;
     for (;;) {
-      const bool backing_off = Clock::now() < self->report_retry_at_;
-      if (self->pending_.empty() || self->report_calls_ >= kMaxCallsInFlight || backing_off) {
+      const Clock::time_point now = Clock::now();
+      // Paced (CallPacer) except while stopping, when what is left goes now.
+      const Clock::time_point paced = self->stopping_ ? now : self->report_pacer_.ReadyAt(self->pending_.size(), now);
+      const Clock::time_point ready_at = std::max(self->report_retry_at_, paced);
+      if (self->pending_.empty() || self->report_calls_ >= kMaxCallsInFlight || ready_at > now) {
         if (self->reporter_done_ && self->report_calls_ == 0) {
           co_return;
         }
-        self->report_wake_.expires_at(backing_off ? self->report_retry_at_ : Clock::time_point::max());
+        // A free slot with reports waiting sleeps until they may go; a new
+        // report or a finished call wakes the loop earlier to look again.
+        const bool timed = !self->pending_.empty() && self->report_calls_ < kMaxCallsInFlight;
+        self->report_wake_.expires_at(timed ? ready_at : Clock::time_point::max());
         co_await self->report_wake_.async_wait(kNoThrow);
         continue;
       }
+      self->report_pacer_.Started(now);
       std::vector<PendingReport> batch;
       while (!self->pending_.empty() && batch.size() < kMaxReportsPerCall) {
         batch.push_back(std::move(self->pending_.front()));
@@ -967,6 +991,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   RoutePlanner planner_;
   asio::steady_timer slot_timer_;
   asio::steady_timer backoff_timer_;
+  CallPacer lease_pacer_;   // Lease calls (LeaseLoop)
+  CallPacer report_pacer_;  // Report calls (ReporterLoop)
   asio::steady_timer report_wake_;
   asio::steady_timer progress_wake_;
   asio::steady_timer flags_timer_;

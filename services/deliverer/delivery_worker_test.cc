@@ -22,6 +22,7 @@
 #include "asio/io_context.hpp"
 #include "asio/ip/tcp.hpp"
 #include "asio/post.hpp"
+#include "asio/steady_timer.hpp"
 #include "asio/use_awaitable.hpp"
 #include "gtest/gtest.h"
 #include "lib/net/connection.h"
@@ -47,10 +48,21 @@ class FakeQueue final : public v1::Queue::CallbackService {
     return reports_;
   }
 
+  // When each Lease and Report call arrived.
+  std::vector<std::chrono::steady_clock::time_point> lease_times() {
+    absl::MutexLock lock(&mu_);
+    return lease_times_;
+  }
+  std::vector<std::chrono::steady_clock::time_point> report_times() {
+    absl::MutexLock lock(&mu_);
+    return report_times_;
+  }
+
   grpc::ServerUnaryReactor* Lease(grpc::CallbackServerContext* ctx, const v1::LeaseRequest* req,
                                   v1::LeaseResponse* resp) override {
     {
       absl::MutexLock lock(&mu_);
+      lease_times_.push_back(std::chrono::steady_clock::now());
       EXPECT_EQ(req->kind(), v1::JOB_KIND_DELIVERY);
       EXPECT_GE(req->max_jobs(), 1u);
       while (!jobs_.empty() && resp->deliveries_size() < static_cast<int>(req->max_jobs())) {
@@ -156,6 +168,7 @@ class FakeQueue final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Report(grpc::CallbackServerContext* ctx, const v1::ReportRequest* req,
                                    v1::ReportResponse* resp) override {
     absl::MutexLock lock(&mu_);
+    report_times_.push_back(std::chrono::steady_clock::now());
     if (fail_reports_) {
       ++failed_report_calls_;
       auto* reactor = ctx->DefaultReactor();
@@ -176,6 +189,8 @@ class FakeQueue final : public v1::Queue::CallbackService {
  private:
   absl::Mutex mu_;
   std::deque<v1::DeliveryJob> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::chrono::steady_clock::time_point> lease_times_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::chrono::steady_clock::time_point> report_times_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::DeliveryReport> reports_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::DeliveryProgress> progress_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HostFlag> put_flags_ ABSL_GUARDED_BY(mu_);
@@ -246,6 +261,9 @@ struct SinkOptions {
   // progress items the queue holds). Capture only pointers (GCC 12
   // coroutine argument bug).
   std::function<size_t()> probe;
+  // The reply to the final dot of a message with a recipient whose local
+  // part starts with "slow" comes this much later.
+  std::chrono::milliseconds slow_dot{100};
 };
 
 asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions options, SinkStats* stats) {
@@ -255,6 +273,7 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
   bool in_data = false;
   bool body_started = false;
   int accepted = 0;  // recipients of the open transaction
+  bool slow = false;  // the open transaction has a "slow" recipient
   for (;;) {
     auto line = co_await c.ReadLine(1000, 5s);
     if (!line.ok()) {
@@ -274,6 +293,10 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
       if (t == ".") {
         in_data = false;
         ++stats->messages;
+        if (slow) {
+          asio::steady_timer wait(co_await asio::this_coro::executor, options.slow_dot);
+          co_await wait.async_wait(asio::use_awaitable);
+        }
         co_await Say(c, "250 2.0.0 queued");
       }
       continue;
@@ -295,6 +318,7 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
       co_await Say(c, "550 5.1.1 no such user");
     } else if (absl::StartsWith(t, "RCPT")) {
       ++accepted;
+      slow = slow || absl::StartsWith(t, "RCPT TO:<slow");
       co_await Say(c, "250 ok");
     } else if (t == "DATA") {
       if (accepted == 0) {  // as a real server answers a pipelined DATA
@@ -307,6 +331,7 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
       co_await Say(c, "354 go");
     } else if (t == "RSET" || absl::StartsWith(t, "MAIL")) {
       accepted = 0;
+      slow = false;
       if (absl::StartsWith(t, "MAIL")) {
         co_await Say(c, "250 ok");
         continue;
@@ -757,6 +782,53 @@ TEST(DeliveryWorker, StopsPromptlyWhileQueueIsUnreachable) {
   }
   EXPECT_TRUE(stopped);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+}
+
+
+// Smallest gap between consecutive times.
+std::chrono::steady_clock::duration MinGap(const std::vector<std::chrono::steady_clock::time_point>& times) {
+  auto gap = std::chrono::steady_clock::duration::max();
+  for (size_t i = 1; i < times.size(); ++i) {
+    gap = std::min(gap, times[i] - times[i - 1]);
+  }
+  return gap;
+}
+
+TEST(DeliveryWorker, AfterALeaseThatCameBackShortTheNextWaitsTheCallBatchWait) {
+  Harness h;
+  h.config.call_batch_wait = 200ms;
+  h.Start();
+  // The fake answers an empty Lease after 20 ms; unpaced, that is a call
+  // every 20 ms or so.
+  h.RunUntil([&] { return h.queue.lease_times().size() >= 4; }, 5s);
+  const auto times = h.queue.lease_times();
+  ASSERT_GE(times.size(), 4u);
+  EXPECT_GE(MinGap(times), 190ms);
+}
+
+TEST(DeliveryWorker, ReportsFinishingSoonAfterACallWaitForTheNextPacedCall) {
+  Harness h;
+  h.config.call_batch_wait = 400ms;
+  // Leased together; "slow" is answered 100 ms after the other.
+  h.queue.AddJob(Job("p1", "x.test", {"alice"}));
+  h.queue.AddJob(Job("p2", "x.test", {"slow1"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  const auto times = h.queue.report_times();
+  ASSERT_EQ(times.size(), 2u);
+  // The first report went at once (nothing before it to wait for), the
+  // second not 100 ms later but a full wait after the first call.
+  EXPECT_GE(times[1] - times[0], 390ms);
+}
+
+TEST(DeliveryWorker, AnIdleWorkersReportIsNotHeldByTheCallBatchWait) {
+  Harness h;
+  h.config.call_batch_wait = 1000ms;
+  h.queue.AddJob(Job("i1", "x.test", {"alice"}));
+  const auto start = std::chrono::steady_clock::now();
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_LT(h.queue.report_times()[0] - start, 900ms);
 }
 
 }  // namespace

@@ -8,10 +8,34 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "lib/metrics/metrics.h"
 #include "lib/rpc/status_convert.h"
 
 namespace tern::queue {
 namespace {
+
+// Calls and items per worker-facing method: items per call is how well the
+// callers batch, and each call costs both sides far more CPU than an item
+// does (HTTP/2 framing, a reactor, thread hand-offs), so this is the figure
+// to watch when throughput per core drops.
+struct RpcMetrics {
+  metrics::Counter& calls;
+  metrics::Counter& items;
+};
+
+RpcMetrics& MethodMetrics(const char* method) {
+  auto& r = metrics::Registry::Global();
+  return *new RpcMetrics{
+      r.GetCounter("tern_queue_rpc_calls_total", "Worker-facing RPCs received, by method", {{"method", method}}),
+      r.GetCounter("tern_queue_rpc_items_total", "Items those RPCs carried (messages, jobs asked for, reports)",
+                   {{"method", method}}),
+  };
+}
+
+void CountCall(RpcMetrics& m, int items) {
+  m.calls.Inc();
+  m.items.Inc(items);
+}
 
 // Reads the Enqueue stream into one body buffer, then hands it to the core.
 // Deletes itself in OnDone (after Finish), as callback reactors do.
@@ -159,6 +183,8 @@ grpc::ServerUnaryReactor* QueueServiceImpl::EnqueueBatch(grpc::CallbackServerCon
                                                          tern::v1::EnqueueBatchResponse* response) {
   auto* reactor = context->DefaultReactor();
   const int n = request->items_size();
+  static RpcMetrics& metrics = MethodMetrics("EnqueueBatch");
+  CountCall(metrics, n);
   if (n == 0) {
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -201,6 +227,8 @@ class LeaseReactor : public grpc::ServerUnaryReactor {
 grpc::ServerUnaryReactor* QueueServiceImpl::Lease(grpc::CallbackServerContext* /*context*/,
                                                   const tern::v1::LeaseRequest* request,
                                                   tern::v1::LeaseResponse* response) {
+  static RpcMetrics& metrics = MethodMetrics("Lease");
+  CountCall(metrics, static_cast<int>(request->max_jobs()));
   auto* reactor = new LeaseReactor;
   core_->Lease(*request, FinishWith(static_cast<grpc::ServerUnaryReactor*>(reactor), response), reactor->cancelled);
   return reactor;
@@ -209,6 +237,8 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Lease(grpc::CallbackServerContext* /
 grpc::ServerUnaryReactor* QueueServiceImpl::Report(grpc::CallbackServerContext* context,
                                                    const tern::v1::ReportRequest* request,
                                                    tern::v1::ReportResponse* response) {
+  static RpcMetrics& metrics = MethodMetrics("Report");
+  CountCall(metrics, request->reports_size());
   auto* reactor = context->DefaultReactor();
   core_->Report(*request, FinishWith(reactor, response));
   return reactor;
@@ -217,6 +247,8 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Report(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* QueueServiceImpl::Ack(grpc::CallbackServerContext* context,
                                                 const tern::v1::AckRequest* request,
                                                 tern::v1::AckResponse* response) {
+  static RpcMetrics& metrics = MethodMetrics("Ack");
+  CountCall(metrics, request->acks_size());
   auto* reactor = context->DefaultReactor();
   core_->Ack(*request, FinishWith(reactor, response));
   return reactor;
@@ -225,6 +257,8 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Ack(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* QueueServiceImpl::Progress(grpc::CallbackServerContext* context,
                                                      const tern::v1::ProgressRequest* request,
                                                      tern::v1::ProgressResponse* response) {
+  static RpcMetrics& metrics = MethodMetrics("Progress");
+  CountCall(metrics, request->items_size());
   auto* reactor = context->DefaultReactor();
   core_->Progress(*request, FinishWith(reactor, response));
   return reactor;

@@ -194,11 +194,14 @@ int main(int argc, char** argv) {
   size_t size = 2048;
   uint32_t concurrency = 200;
   int pool_timeout = 50;
+  int call_batch_wait_ms = 5;
   app.add_option("--sink", sink, "host:port of the SMTP sink (IPv4)")->capture_default_str();
   app.add_option("--messages", messages, "deliveries to make")->capture_default_str();
   app.add_option("--size", size, "message size in bytes")->capture_default_str();
   app.add_option("--concurrency", concurrency, "concurrency_max of the worker")->capture_default_str();
   app.add_option("--pool-timeout", pool_timeout, "pool_timeout seconds; 0 = no connection reuse")
+      ->capture_default_str();
+  app.add_option("--call-batch-wait-ms", call_batch_wait_ms, "call_batch_wait_ms; 0 = Lease/Report unpaced")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   const rlim_t files = RaiseFileLimit();
@@ -226,6 +229,7 @@ int main(int argc, char** argv) {
   config.concurrency_max = concurrency;
   config.lease_batch = std::min<uint32_t>(concurrency, 256);
   config.pool_timeout = std::chrono::seconds(pool_timeout);
+  config.call_batch_wait = std::chrono::milliseconds(call_batch_wait_ms);
   config.pool_max_messages = 1000000;
   config.enable_tls = false;
   auto ini = tern::config::IniFile::Parse(absl::StrCat("[bench.test]\nhost=", sink, "\n"), "bench routes");

@@ -69,6 +69,12 @@ class SmtpSink:
         with self.lock:
             return list(self.messages)
 
+    def received_since(self, index):
+        """Messages from position `index` on (for callers that poll a sink
+        collecting many messages without copying all of them each time)."""
+        with self.lock:
+            return self.messages[index:]
+
     def wait_for(self, count, timeout):
         deadline = time.time() + timeout
         while time.time() < deadline:

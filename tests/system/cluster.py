@@ -11,6 +11,7 @@ Every process is started here and stopped here by PID; every wait is bounded.
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,13 +39,43 @@ ZONES = {
 
 
 _handed_out = set()  # ports free_port() already gave to someone in this process
+_rng = random.Random()  # seeded from the OS: concurrent test processes pick differently
+
+
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
-    """A port nothing listens on now, and never one this process was given
-    before: the kernel may hand the same ephemeral port out twice in a row
-    once the probing socket is closed (a CI run once gave the deliverer's and
-    the bouncer's metrics the same port, and the bouncer failed to start)."""
+    """A port nothing is bound to now, outside the kernel's ephemeral range,
+    and never one this process was given before.
+
+    Outside the ephemeral range because the chaos tests kill services and
+    start them again on the same ports: while a service is down, any outgoing
+    connection on the machine may take its port as a source port (the tests
+    open hundreds of connections a second), and the restarted service then
+    fails to bind (seen: a restarted bouncer's health port). Never twice
+    because the kernel may hand the same free port out twice in a row (a CI
+    run once gave the deliverer's and the bouncer's metrics one port)."""
+    lo, _ = _ephemeral_range()
+    if lo > 12000:
+        for _ in range(200):
+            port = _rng.randrange(10000, lo)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    # No room below the ephemeral range: let the kernel choose.
     for _ in range(100):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind((host, 0))
@@ -246,8 +277,9 @@ temp_fail_intervals={self.temp_fail_intervals}
     # -- processes ---------------------------------------------------------
     def start(self, service):
         args = [binary(service), "--config", self.config]
-        log = open(os.path.join(self.logs, f"{service}.log"), "ab")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with open(os.path.join(self.logs, f"{service}.log"), "ab") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
         self.procs[service] = proc
         if service == "queue":
             wait_port("127.0.0.1", self.ports["queue"], 20, proc)

@@ -293,9 +293,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       // After a Lease that found fewer jobs than it asked for, the next one
       // waits a moment so that it finds several (see CallPacer); a long poll
       // that waited for work has already waited longer than that.
+      const Clock::time_point now = Clock::now();
       const Clock::time_point lease_at =
-          self->lease_pacer_.ReadyAt(last_came_back_short ? 0 : self->config_.lease_batch, Clock::now());
-      if (lease_at > Clock::now()) {
+          self->lease_pacer_.ReadyAt(last_came_back_short ? 0 : self->config_.lease_batch, now);
+      if (lease_at > now) {
         self->backoff_timer_.expires_at(lease_at);
         co_await self->backoff_timer_.async_wait(kNoThrow);
         continue;
@@ -314,7 +315,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       v1::LeaseRequest request;
       request.set_kind(v1::JOB_KIND_DELIVERY);
       request.set_max_jobs(std::min(free, self->config_.lease_batch));
-      self->lease_pacer_.Started(Clock::now());
+      self->lease_pacer_.Started(now);
       request.set_wait_ms(kLeaseWaitMs);
       request.set_worker_id(self->worker_id_);
       v1::LeaseResponse response;

@@ -329,13 +329,13 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
       body_started = false;
       accepted = 0;
       co_await Say(c, "354 go");
-    } else if (t == "RSET" || absl::StartsWith(t, "MAIL")) {
+    } else if (absl::StartsWith(t, "MAIL")) {
       accepted = 0;
       slow = false;
-      if (absl::StartsWith(t, "MAIL")) {
-        co_await Say(c, "250 ok");
-        continue;
-      }
+      co_await Say(c, "250 ok");
+    } else if (t == "RSET") {
+      accepted = 0;
+      slow = false;
       ++stats->rsets;
       co_await Say(c, "250 ok");
     } else if (t == "QUIT") {
@@ -783,7 +783,6 @@ TEST(DeliveryWorker, StopsPromptlyWhileQueueIsUnreachable) {
   EXPECT_TRUE(stopped);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
 }
-
 
 // Smallest gap between consecutive times.
 std::chrono::steady_clock::duration MinGap(const std::vector<std::chrono::steady_clock::time_point>& times) {

@@ -566,13 +566,9 @@ class Session {
     }
 
     if (!data_pipelined_) {
-      if (req_.before_data) {
-        absl::Status recorded = co_await req_.before_data();
-        if (!recorded.ok()) {
-          Fail("4.3.0", std::string(recorded.message()));
-          after_ = After::kReuse;  // nothing sent for the message: RSET clears MAIL
-          co_return;
-        }
+      // Nothing sent for the message yet: RSET clears MAIL for the next use.
+      if (!co_await PassDataGate(After::kReuse)) {
+        co_return;
       }
       if (!co_await Write("DATA\r\n", req_.timeouts.data, "DATA")) {
         co_return;
@@ -582,15 +578,10 @@ class Session {
     if (!data) {
       co_return;
     }
-    if (data->code == 354 && data_pipelined_ && req_.before_data) {
-      absl::Status recorded = co_await req_.before_data();
-      if (!recorded.ok()) {
-        // The server waits for the message; the only way to take DATA back
-        // is to hang up (nothing is delivered without the final dot).
-        Fail("4.3.0", std::string(recorded.message()));
-        after_ = After::kClose;
-        co_return;
-      }
+    // After a 354 the server waits for the message; the only way to take
+    // DATA back is to hang up (nothing is delivered without the final dot).
+    if (data->code == 354 && data_pipelined_ && !co_await PassDataGate(After::kClose)) {
+      co_return;
     }
     if (data->code != 354) {
       if (data->code == 421 || (data->klass() != 4 && data->klass() != 5)) {
@@ -689,6 +680,22 @@ class Session {
       }
     }
     after_ = After::kReuse;
+    co_return false;
+  }
+
+  // The data gate: awaits req_.before_data (the caller's durable record that
+  // the final dot may go out). Refused: the transaction fails with 4.3.0 and
+  // the session is left `on_refusal`; false.
+  asio::awaitable<bool> PassDataGate(After on_refusal) {
+    if (!req_.before_data) {
+      co_return true;
+    }
+    absl::Status recorded = co_await req_.before_data();
+    if (recorded.ok()) {
+      co_return true;
+    }
+    Fail("4.3.0", std::string(recorded.message()));
+    after_ = on_refusal;
     co_return false;
   }
 

@@ -270,9 +270,7 @@ class ReadyWindow {
 class LeaseTable {
  public:
   void Insert(const std::string& id, int64_t deadline, const std::string& domain = "") {
-    auto [it, inserted] = leases_.insert_or_assign(id, Lease{deadline, domain});
-    (void)it;
-    (void)inserted;
+    leases_.insert_or_assign(id, Lease{deadline, domain});
     by_deadline_.emplace(deadline, id);
     if (!domain.empty()) {
       ++per_domain_[domain];

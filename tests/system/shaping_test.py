@@ -27,6 +27,7 @@ class DestinationConcurrencyTest(ClusterTestCase):
             for i in range(MESSAGES):
                 s.sendmail("alice@sender.test", [f"user{i}@good.test"],
                            f"Subject: shaping {i}\r\n\r\nbody {i}\r\n".encode())
+
         def arrived():
             got = [m for m in sink.received() if b"Subject: shaping" in m.data]
             return got if len(got) >= MESSAGES else None

@@ -15,6 +15,7 @@ struct CommitterMetrics {
   metrics::Counter& syncs;
   metrics::Counter& ops;
   metrics::Counter& write_errors;
+  metrics::Counter& led;
   metrics::Gauge& last_group_ops;
 };
 
@@ -28,6 +29,9 @@ CommitterMetrics& Metrics() {
         r.GetCounter("tern_queue_group_commit_ops_total",
                      "Operations committed in groups; divided by commits it is the mean group size"),
         r.GetCounter("tern_queue_group_commit_errors_total", "Group writes that failed (disk full, I/O error)"),
+        r.GetCounter("tern_queue_group_commits_led_total",
+                     "Groups committed by the RPC's own thread (it found the writer role free) rather than "
+                     "handed to the writer thread"),
         r.GetGauge("tern_queue_group_commit_last_size", "Operations in the most recent group"),
     };
   }();
@@ -84,15 +88,42 @@ GroupCommitter::GroupCommitter(rocksdb::DB* db, Options options)
 
 GroupCommitter::~GroupCommitter() { Stop(); }
 
-void GroupCommitter::Submit(GroupOp op) {
+namespace {
+// The committer whose writer role the current thread holds, if any.
+thread_local const GroupCommitter* tls_writing = nullptr;
+}  // namespace
+
+bool GroupCommitter::OnWriterThread() const { return tls_writing == this; }
+
+void GroupCommitter::Submit(GroupOp op, bool lead) {
+  std::vector<GroupOp> ops;
+  ops.push_back(std::move(op));
+  SubmitAll(std::move(ops), lead);
+}
+
+void GroupCommitter::SubmitAll(std::vector<GroupOp> ops, bool lead) {
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
-      pending_.push_back(std::move(op));
-      return;
+      for (GroupOp& op : ops) {
+        pending_.push_back(std::move(op));
+      }
+      // A caller that already holds the role (an operation's completion
+      // submitting more) only queues: its current run takes them.
+      if (!lead || writing_) {
+        return;
+      }
+      writing_ = true;
+      ops.clear();
     }
   }
-  op.done(absl::UnavailableError("queue is shutting down"));
+  if (ops.empty()) {
+    Metrics().led.Inc(WriteGroups(kLeaderGroups));
+    return;
+  }
+  for (GroupOp& op : ops) {
+    op.done(absl::UnavailableError("queue is shutting down"));
+  }
 }
 
 void GroupCommitter::Stop() {
@@ -100,27 +131,19 @@ void GroupCommitter::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  if (thread_.joinable() && !OnWriterThread()) {
+  if (thread_.joinable() && std::this_thread::get_id() != thread_.get_id() && !OnWriterThread()) {
     thread_.join();
   }
 }
 
-void GroupCommitter::Run() {
-  using SteadyClock = std::chrono::steady_clock;
-  auto next_tick = SteadyClock::now() + options_.tick_interval;
+int GroupCommitter::WriteGroups(int max_groups) {
+  tls_writing = this;
   std::deque<GroupOp> leftover;  // taken but not fitted into the last group
-  while (true) {
+  int group = 0;
+  for (; group < max_groups; ++group) {
     std::vector<GroupOp> ops;
-    bool stop = false;
     {
       absl::MutexLock lock(&mu_);
-      if (leftover.empty()) {
-        const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(next_tick - SteadyClock::now());
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !pending_.empty() || stopping_; };
-        if (wait.count() > 0) {
-          mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Microseconds(wait.count()));
-        }
-      }
       while (ops.size() < options_.max_group_ops && !leftover.empty()) {
         ops.push_back(std::move(leftover.front()));
         leftover.pop_front();
@@ -129,20 +152,58 @@ void GroupCommitter::Run() {
         ops.push_back(std::move(pending_.front()));
         pending_.pop_front();
       }
-      stop = stopping_ && ops.empty() && pending_.empty();
     }
-    if (stop) {
+    if (ops.empty()) {
       break;
     }
-    if (SteadyClock::now() >= next_tick) {
+    CommitGroup(ops, leftover);
+  }
+  tls_writing = nullptr;
+  absl::MutexLock lock(&mu_);
+  // Operations that did not fit go first next time, still in order; the
+  // writer thread wakes for them (and for anything else left) as soon as
+  // the role is free.
+  while (!leftover.empty()) {
+    pending_.push_front(std::move(leftover.back()));
+    leftover.pop_back();
+  }
+  writing_ = false;
+  return group;
+}
+
+void GroupCommitter::Run() {
+  using SteadyClock = std::chrono::steady_clock;
+  auto next_tick = SteadyClock::now() + options_.tick_interval;
+  while (true) {
+    bool tick = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !writing_ && (!pending_.empty() || stopping_);
+      };
+      const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(next_tick - SteadyClock::now());
+      if (wait.count() > 0) {
+        mu_.AwaitWithTimeout(absl::Condition(&work), absl::Microseconds(wait.count()));
+      }
+      // Woken for work, for the stop or for the tick: each needs the role.
+      auto free = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !writing_; };
+      mu_.Await(absl::Condition(&free));
+      if (stopping_ && pending_.empty()) {
+        break;
+      }
+      writing_ = true;
+      tick = SteadyClock::now() >= next_tick;
+    }
+    if (tick) {
+      tls_writing = this;
       if (options_.on_tick) {
         options_.on_tick();
       }
       next_tick = SteadyClock::now() + options_.tick_interval;
     }
-    if (!ops.empty()) {
-      CommitGroup(ops, leftover);
-    }
+    // One group per turn: a caller that finds the role free in between leads
+    // the next one itself.
+    WriteGroups(1);
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <memory>
 #include <random>
@@ -305,6 +306,89 @@ TEST_F(GroupCommitterTest, FailedWriteFailsTheWholeGroupAndUndoesMemory) {
   EXPECT_EQ(Value("after"), "1");
   committer_.reset();
   db_.reset();  // before the Env it uses
+}
+
+TEST_F(GroupCommitterTest, LeadingSubmitCommitsOnTheCallingThreadWhenNoOneWrites) {
+  auto& led = metrics::Registry::Global().GetCounter("tern_queue_group_commits_led_total", "");
+  const uint64_t led0 = led.value();
+  std::thread::id applied_on;
+  bool done = false;
+  committer_->Submit(GroupOp{[this, &applied_on](Txn& txn) {
+                               applied_on = std::this_thread::get_id();
+                               txn.Put(cf_, "led", "1");
+                               return absl::OkStatus();
+                             },
+                             [&done](const absl::Status& s) { done = s.ok(); }},
+                     /*lead=*/true);
+  EXPECT_TRUE(done);  // committed and answered before Submit returned
+  EXPECT_EQ(applied_on, std::this_thread::get_id());
+  EXPECT_EQ(Value("led"), "1");
+  EXPECT_EQ(led.value(), led0 + 1);
+}
+
+TEST_F(GroupCommitterTest, LeadingSubmitOnlyQueuesWhileAnotherThreadWrites) {
+  auto release = BlockWriter();  // the writer thread holds the role
+  auto promise = std::make_shared<std::promise<std::thread::id>>();
+  auto applied_on = promise->get_future();
+  committer_->Submit(GroupOp{[promise](Txn&) {
+                               promise->set_value(std::this_thread::get_id());
+                               return absl::OkStatus();
+                             },
+                             [](const absl::Status&) {}},
+                     /*lead=*/true);
+  // Returned at once, not waiting for the role, and nothing ran here.
+  EXPECT_EQ(applied_on.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  release->set_value();
+  EXPECT_NE(applied_on.get(), std::this_thread::get_id());
+}
+
+TEST_F(GroupCommitterTest, SubmitAllPutsItsOperationsInOneGroup) {
+  auto& commits = metrics::Registry::Global().GetCounter("tern_queue_group_commits_total", "");
+  const uint64_t before = commits.value();
+  int done = 0;
+  std::vector<GroupOp> ops;
+  for (int i = 0; i < 3; ++i) {
+    ops.push_back(GroupOp{[this, i](Txn& txn) {
+                            txn.Put(cf_, absl::StrCat("batch", i), "v");
+                            return absl::OkStatus();
+                          },
+                          [&done](const absl::Status& s) { done += s.ok() ? 1 : 0; }});
+  }
+  committer_->SubmitAll(std::move(ops), /*lead=*/true);
+  EXPECT_EQ(done, 3);
+  EXPECT_EQ(commits.value() - before, 1u);
+  EXPECT_EQ(Value("batch2"), "v");
+}
+
+TEST_F(GroupCommitterTest, LeaderCommitsAtMostItsShareOfGroupsThenTheWriterThreadTakesOver) {
+  // Each operation's completion submits the next (as a Report that frees a
+  // slot submits a parked Lease): the leader takes the first
+  // kLeaderGroups, the writer thread the rest.
+  constexpr int kChain = GroupCommitter::kLeaderGroups + 2;
+  std::vector<std::thread::id> applied_on(kChain);
+  auto all_done = std::make_shared<std::promise<void>>();
+  std::function<GroupOp(int)> make = [&](int i) {
+    return GroupOp{[&applied_on, i](Txn&) {
+                     applied_on[i] = std::this_thread::get_id();
+                     return absl::OkStatus();
+                   },
+                   [&, i](const absl::Status&) {
+                     if (i + 1 < kChain) {
+                       committer_->Submit(make(i + 1), /*lead=*/true);  // inside the role: only queues
+                     } else {
+                       all_done->set_value();
+                     }
+                   }};
+  };
+  committer_->Submit(make(0), /*lead=*/true);
+  all_done->get_future().wait();
+  for (int i = 0; i < kChain; ++i) {
+    if (i < GroupCommitter::kLeaderGroups) {
+      EXPECT_EQ(applied_on[i], std::this_thread::get_id()) << i;
+    } else {
+      EXPECT_NE(applied_on[i], std::this_thread::get_id()) << i;
+    }
+  }
 }
 
 TEST_F(GroupCommitterTest, SubmitAfterStopFailsWithoutRunning) {

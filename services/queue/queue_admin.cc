@@ -325,7 +325,7 @@ void QueueCore::Impl::Progress(tern::v1::ProgressRequest request, Callback<tern:
   auto call = std::make_shared<Call>();
   call->request = std::move(request);
   call->done = std::move(done);
-  committer_->Submit(GroupOp{
+  Lead(GroupOp{
       [this, call](Txn& txn) -> absl::Status {
         call->response.Clear();
         for (const auto& item : call->request.items()) {

@@ -350,9 +350,31 @@ absl::Status QueueCore::Impl::Recover() {
 // Enqueue.
 
 void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done) {
+  std::optional<GroupOp> op = PrepareEnqueue(std::move(header), std::move(body), std::move(done));
+  if (op) {
+    committer_->Submit(*std::move(op), /*lead=*/true);
+  }
+}
+
+void QueueCore::Impl::EnqueueMany(std::vector<EnqueueArgs> items) {
+  std::vector<GroupOp> ops;
+  ops.reserve(items.size());
+  for (EnqueueArgs& item : items) {
+    std::optional<GroupOp> op = PrepareEnqueue(std::move(item.header), std::move(item.body), std::move(item.done));
+    if (op) {
+      ops.push_back(*std::move(op));
+    }
+  }
+  if (!ops.empty()) {
+    committer_->SubmitAll(std::move(ops), /*lead=*/true);
+  }
+}
+
+std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std::string body,
+                                                       Callback<EnqueueResult> done) {
   if (body.size() > kMaxBodyBytes) {
     done(absl::ResourceExhaustedError(absl::StrCat("message body over ", kMaxBodyBytes, " bytes")));
-    return;
+    return std::nullopt;
   }
   if (opt_.min_free_bytes > 0) {
     // The body goes to disk about twice (WAL, then blob or SST file).
@@ -363,14 +385,14 @@ void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<E
         Metrics().disk_full_refusals.Inc();
         done(absl::ResourceExhaustedError(absl::StrCat("queue disk almost full: ", free_bytes,
                                                        " bytes free, keeping ", opt_.min_free_bytes)));
-        return;
+        return std::nullopt;
       }
     }
   }
   const auto& rcpts = header.envelope().recipients();
   if (rcpts.empty()) {
     done(absl::InvalidArgumentError("the envelope has no recipient"));
-    return;
+    return std::nullopt;
   }
   auto call = std::make_shared<EnqueueCall>();
   absl::flat_hash_map<std::string, size_t> by_domain;
@@ -379,7 +401,7 @@ void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<E
     const size_t at = addr.rfind('@');
     if (at == std::string::npos || at + 1 == addr.size()) {
       done(absl::InvalidArgumentError(absl::StrCat("recipient '", addr, "' has no @domain")));
-      return;
+      return std::nullopt;
     }
     // The grouping key (and the domain deliverers resolve) is the A-label
     // form, so U-label and A-label spellings of one domain share a delivery.
@@ -388,7 +410,7 @@ void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<E
     absl::StatusOr<std::string> ascii = address::DomainToAscii(absl::string_view(addr).substr(at + 1));
     if (!ascii.ok()) {
       done(absl::InvalidArgumentError(absl::StrCat("recipient '", addr, "': ", ascii.status().message())));
-      return;
+      return std::nullopt;
     }
     std::string domain = *std::move(ascii);
     if (opt_.always_split) {
@@ -404,7 +426,7 @@ void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<E
   call->header = std::move(header);
   call->body = std::move(body);
   call->done = std::move(done);
-  committer_->Submit(GroupOp{
+  return GroupOp{
       [this, call](Txn& txn) { return ApplyEnqueue(txn, *call); },
       [call](const absl::Status& s) {
         if (s.ok()) {
@@ -413,7 +435,7 @@ void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<E
           call->done(s);
         }
       },
-  });
+  };
 }
 
 absl::Status QueueCore::Impl::ApplyEnqueue(Txn& txn, EnqueueCall& call) {
@@ -521,7 +543,7 @@ void QueueCore::Impl::Lease(LeaseRequest request, Callback<LeaseResponse> done,
 }
 
 void QueueCore::Impl::SubmitLease(std::shared_ptr<LeaseCall> call) {
-  committer_->Submit(GroupOp{
+  Lead(GroupOp{
       [this, call](Txn& txn) { return ApplyLease(txn, *call); },
       [this, call](const absl::Status& s) {
         if (!s.ok()) {
@@ -920,7 +942,7 @@ void QueueCore::Impl::Report(ReportRequest request, Callback<ReportResponse> don
   auto call = std::make_shared<Call>();
   call->request = std::move(request);
   call->done = std::move(done);
-  committer_->Submit(GroupOp{
+  Lead(GroupOp{
       [this, call](Txn& txn) -> absl::Status {
         const int64_t now = clock_->NowUnixMs();
         call->response.Clear();
@@ -1195,7 +1217,7 @@ void QueueCore::Impl::Ack(AckRequest request, Callback<AckResponse> done) {
   auto call = std::make_shared<Call>();
   call->request = std::move(request);
   call->done = std::move(done);
-  committer_->Submit(GroupOp{
+  Lead(GroupOp{
       [this, call](Txn& txn) -> absl::Status {
         call->response.Clear();
         for (const auto& ack : call->request.acks()) {
@@ -1476,6 +1498,7 @@ QueueCore::~QueueCore() = default;
 void QueueCore::Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done) {
   impl_->Enqueue(std::move(header), std::move(body), std::move(done));
 }
+void QueueCore::EnqueueMany(std::vector<EnqueueArgs> items) { impl_->EnqueueMany(std::move(items)); }
 void QueueCore::Lease(LeaseRequest request, Callback<LeaseResponse> done,
                       std::shared_ptr<const std::atomic<bool>> cancelled) {
   impl_->Lease(std::move(request), std::move(done), std::move(cancelled));

@@ -152,6 +152,14 @@ class QueueCore {
   // InvalidArgument (no recipient, address without '@domain', no header),
   // ResourceExhausted (too big, or disk full), Unavailable (storage failure).
   void Enqueue(tern::v1::EnqueueHeader header, std::string body, Callback<EnqueueResult> done);
+  // Enqueues several messages as Enqueue does each, submitted together so
+  // they share one group (one write, one sync) in the common case.
+  struct EnqueueArgs {
+    tern::v1::EnqueueHeader header;
+    std::string body;
+    Callback<EnqueueResult> done;
+  };
+  void EnqueueMany(std::vector<EnqueueArgs> items);
 
   // Leases due jobs of one kind; with wait_ms, waits for work (up to
   // `max_wait_ms`) and completes with an empty response on timeout.

@@ -445,6 +445,7 @@ class QueueCore::Impl {
   absl::Status Open();
 
   void Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done);
+  void EnqueueMany(std::vector<EnqueueArgs> items);
   void Lease(LeaseRequest request, Callback<LeaseResponse> done, std::shared_ptr<const std::atomic<bool>> cancelled);
   void Report(ReportRequest request, Callback<ReportResponse> done);
   void Ack(AckRequest request, Callback<AckResponse> done);
@@ -748,6 +749,13 @@ class QueueCore::Impl {
   void FillStats(Txn& txn, StatsResponse& out);
 
   void SubmitLease(std::shared_ptr<LeaseCall> call);
+  // Checks an enqueue and builds its operation; a refusal is answered
+  // through `done` at once and yields nothing.
+  std::optional<GroupOp> PrepareEnqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done);
+  // Submits an operation of the RPC hot path so that the calling (RPC)
+  // thread commits it itself when the writer role is free (see
+  // GroupCommitter). Only for calls made without any lock held.
+  void Lead(GroupOp op) { committer_->Submit(std::move(op), /*lead=*/true); }
   void SubmitFlush(std::shared_ptr<Callback<uint64_t>> done, uint64_t moved_so_far);
   void ExpireLeases(JobKind kind, int64_t now);
   void Refill(JobKind kind, int64_t now, Txn* txn);
@@ -771,7 +779,7 @@ class QueueCore::Impl {
   rocksdb::ColumnFamilyHandle* corrupt_ = nullptr;
   rocksdb::ColumnFamilyHandle* events_ = nullptr;
 
-  // Owned by the writer thread (and by Open before the thread starts).
+  // Owned by the writer role (and by Open before the committer starts).
   // disabled_ is the effective pause: the admin override if set, else the file's value.
   bool disabled_;
   bool file_disabled_;

@@ -194,6 +194,8 @@ grpc::ServerUnaryReactor* QueueServiceImpl::EnqueueBatch(grpc::CallbackServerCon
   // (the request object itself is not const, only our view of it).
   auto* items = const_cast<tern::v1::EnqueueBatchRequest*>(request)->mutable_items();
   auto* state = new BatchState(reactor, response, n);
+  std::vector<QueueCore::EnqueueArgs> batch;
+  batch.reserve(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
     tern::v1::EnqueueItem& item = (*items)[i];
     if (!item.has_header()) {
@@ -205,9 +207,12 @@ grpc::ServerUnaryReactor* QueueServiceImpl::EnqueueBatch(grpc::CallbackServerCon
                                                                " bytes")));
       continue;
     }
-    core_->Enqueue(std::move(*item.mutable_header()), std::move(*item.mutable_body()),
-                   [state, i](absl::StatusOr<EnqueueResult> result) { state->Done(i, result); });
+    batch.push_back({std::move(*item.mutable_header()), std::move(*item.mutable_body()),
+                     [state, i](absl::StatusOr<EnqueueResult> result) { state->Done(i, result); }});
   }
+  // Together, so the batch is one group; usually committed on this thread
+  // (the reply may be sent before this returns).
+  core_->EnqueueMany(std::move(batch));
   return reactor;
 }
 

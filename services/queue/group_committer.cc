@@ -84,6 +84,7 @@ GroupCommitter::GroupCommitter(rocksdb::DB* db, Options options)
     : db_(db),
       options_(std::move(options)),
       batch_(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true),
+      next_tick_(SteadyClock::now() + options_.tick_interval),
       thread_([this] { Run(); }) {}
 
 GroupCommitter::~GroupCommitter() { Stop(); }
@@ -138,6 +139,15 @@ void GroupCommitter::Stop() {
 
 int GroupCommitter::WriteGroups(int max_groups) {
   tls_writing = this;
+  // The tick runs on whichever thread holds the role when it is due, so that
+  // callers leading one group after another cannot starve it.
+  const auto now = SteadyClock::now();
+  if (now >= next_tick_.load(std::memory_order_relaxed)) {
+    if (options_.on_tick) {
+      options_.on_tick();
+    }
+    next_tick_.store(SteadyClock::now() + options_.tick_interval, std::memory_order_relaxed);
+  }
   std::deque<GroupOp> leftover;  // taken but not fitted into the last group
   int group = 0;
   for (; group < max_groups; ++group) {
@@ -172,34 +182,29 @@ int GroupCommitter::WriteGroups(int max_groups) {
 }
 
 void GroupCommitter::Run() {
-  using SteadyClock = std::chrono::steady_clock;
-  auto next_tick = SteadyClock::now() + options_.tick_interval;
   while (true) {
-    bool tick = false;
     {
       absl::MutexLock lock(&mu_);
       auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return !writing_ && (!pending_.empty() || stopping_);
       };
-      const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(next_tick - SteadyClock::now());
-      if (wait.count() > 0) {
-        mu_.AwaitWithTimeout(absl::Condition(&work), absl::Microseconds(wait.count()));
-      }
-      // Woken for work, for the stop or for the tick: each needs the role.
       auto free = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !writing_; };
-      mu_.Await(absl::Condition(&free));
+      const auto wait = next_tick_.load(std::memory_order_relaxed) - SteadyClock::now();
+      if (wait > SteadyClock::duration::zero()) {
+        mu_.AwaitWithTimeout(absl::Condition(&work),
+                             absl::FromChrono(std::chrono::duration_cast<std::chrono::microseconds>(wait)));
+      } else {
+        // The tick is due: take the role when it is free (a caller holding
+        // it may run the tick first; then this turn finds little to do).
+        mu_.Await(absl::Condition(&free));
+      }
+      if (writing_) {
+        continue;  // timed out while a caller writes: see again whether the tick is due
+      }
       if (stopping_ && pending_.empty()) {
         break;
       }
       writing_ = true;
-      tick = SteadyClock::now() >= next_tick;
-    }
-    if (tick) {
-      tls_writing = this;
-      if (options_.on_tick) {
-        options_.on_tick();
-      }
-      next_tick = SteadyClock::now() + options_.tick_interval;
     }
     // One group per turn: a caller that finds the role free in between leads
     // the next one itself.

@@ -35,8 +35,9 @@
 // a state that is not durable, and nothing is ever half-applied.
 //
 // Who writes. One thread at a time holds the writer role. The committer's
-// own thread takes it when operations wait and nobody holds it (and for the
-// tick). A caller may also lead (Submit(op, /*lead=*/true)): if the role is
+// own thread takes it when operations wait and nobody holds it, or when the
+// tick is due; whoever holds the role runs a due tick first, so a steady
+// stream of leading callers cannot starve it. A caller may also lead (Submit(op, /*lead=*/true)): if the role is
 // free, the calling thread takes it and commits the group itself, its own
 // operation and whatever else waits, before returning. The RPC handlers of
 // the hot path lead: handing each call to the writer thread cost a thread
@@ -53,6 +54,7 @@
 // thread that holds no lock a completion might take.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -138,10 +140,10 @@ struct GroupOp {
 class GroupCommitter {
  public:
   struct Options {
-    // How often `on_tick` runs (on the writer thread, holding the role).
-    // Default: 250 ms.
+    // How often `on_tick` runs (on whichever thread holds the writer role
+    // when it is due). Default: 250 ms.
     std::chrono::milliseconds tick_interval{250};
-    // Periodic work on the writer thread (lease expiry, window refill). It
+    // Periodic work of the writer (lease expiry, window refill). It
     // may Submit() operations; they join the next group.
     std::function<void()> on_tick;
     // Caps on one group. Default: 1024 operations, 64 MiB of batch data.
@@ -193,6 +195,11 @@ class GroupCommitter {
   std::deque<GroupOp> pending_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;  // some thread holds the writer role
+
+  using SteadyClock = std::chrono::steady_clock;
+  // When the tick is next due. Written by the role holder, read by the
+  // writer thread to know how long it may sleep.
+  std::atomic<SteadyClock::time_point> next_tick_;
 
   // Set after a failed write: RocksDB then refuses every write (its
   // background error state) until Resume(), which the next group tries, so

@@ -1,17 +1,17 @@
 // File: queue_core.h
 //
 // QueueCore: the durable queue without its RPC skin. It owns the RocksDB
-// database, the GroupCommitter's writer thread and the in-memory scheduling
-// state, and offers the Queue and Admin operations as an asynchronous API
-// whose completions run on the writer thread after the operation's synced
-// commit. QueueServiceImpl (queue_service_impl.h) is the gRPC front end; tests
+// database, the GroupCommitter and the in-memory scheduling state, and offers
+// the Queue and Admin operations as an asynchronous API whose completions run
+// on the thread holding the writer role (see group_committer.h) after the
+// operation's synced commit. QueueServiceImpl (queue_service_impl.h) is the gRPC front end; tests
 // use this class directly with a FakeClock.
 //
 // What lives where:
 //   * RocksDB (key layout in key_codec.h, records in queue_records.proto):
 //     messages, bodies (once per message), deliveries, bounce jobs, the
 //     schedule, idempotency keys, and records that failed to parse.
-//   * Memory, owned by the writer thread and bounded by work in flight, not by
+//   * Memory, owned by the writer role and bounded by work in flight, not by
 //     the backlog: per job kind a ready window (at most `ready_window` ids of
 //     due jobs, refilled by scanning the schedule), a lease table (jobs out on
 //     lease, by deadline), parked long-poll Lease calls, and exact counters
@@ -26,8 +26,13 @@
 // still matches (the lease ran out but nobody took the job since) is applied:
 // the work was done, and redoing it would send the mail twice.
 //
-// Thread-safety: every public method may be called from any thread and never
-// blocks on I/O; completions run on the writer thread and must not block.
+// Thread-safety: every public method may be called from any thread. The
+// worker-facing ones (Enqueue, EnqueueMany, Lease, Report, Ack, Progress)
+// commit on the calling thread when the writer role is free: they then block
+// for the group's synced write and have run their completions before they
+// return (call them holding no lock a completion might take). The others
+// never block on I/O. Completions run on the role's holder and must not
+// block.
 //
 // Standards: RFC 3461 (NOTIFY, RET: which outcomes become DSN jobs and what of
 // the original they carry), RFC 3463 (enhanced status codes: 4.x.x becomes

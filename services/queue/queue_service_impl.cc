@@ -145,7 +145,7 @@ namespace {
 
 // One EnqueueBatch call: counts the items still waiting for their commit and
 // finishes the reactor when the last one has its result. The core calls the
-// item callbacks on its writer thread, usually all from the same group.
+// item callbacks from the writer role's holder, usually all from one group.
 class BatchState {
  public:
   BatchState(grpc::ServerUnaryReactor* reactor, tern::v1::EnqueueBatchResponse* response, int items)

@@ -2,8 +2,11 @@
 //
 // The gRPC front end of tern-queue: tern.v1.Queue and tern.v1.Admin on the
 // callback API. Each RPC is a reactor that hands its request to QueueCore and
-// finishes from the core's completion (on the writer thread, after the synced
-// commit), so no gRPC thread ever blocks on storage or waits for a long poll.
+// finishes from the core's completion (on the thread holding the writer role,
+// after the synced commit). The worker-facing calls lead: a gRPC thread that
+// finds the role free commits the group itself, blocking on its synced write
+// (at most GroupCommitter::kLeaderGroups groups), which saves a thread
+// hand-off per call; a long poll never holds a thread while it waits.
 //
 // Enqueue is client streaming: the first request carries the header (it may
 // also carry the first body chunk), the rest carry body chunks, which are

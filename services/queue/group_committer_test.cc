@@ -1,10 +1,12 @@
 #include "services/queue/group_committer.h"
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -395,9 +397,15 @@ TEST_F(GroupCommitterTest, TickKeepsItsPaceWhileCallersLeadOneGroupAfterAnother)
   // A queue under steady load: some caller almost always holds the role.
   // The tick (lease expiry, refills) must not wait for a quiet moment.
   std::atomic<int> ticks{0};
+  std::mutex mu;
+  std::vector<std::thread::id> tick_threads;
   GroupCommitter::Options options;
   options.tick_interval = std::chrono::milliseconds(20);
-  options.on_tick = [&ticks] { ticks.fetch_add(1); };
+  options.on_tick = [&] {
+    ticks.fetch_add(1);
+    std::lock_guard<std::mutex> lock(mu);
+    tick_threads.push_back(std::this_thread::get_id());
+  };
   committer_ = std::make_unique<GroupCommitter>(db_.get(), std::move(options));
   // Two callers with up to 32 operations each in flight (as a busy RPC
   // server has), bounded by count and by time.
@@ -423,6 +431,7 @@ TEST_F(GroupCommitterTest, TickKeepsItsPaceWhileCallersLeadOneGroupAfterAnother)
   const auto t0 = std::chrono::steady_clock::now();
   std::thread a(busy, 1);
   std::thread b(busy, 2);
+  const std::thread::id callers[] = {a.get_id(), b.get_id()};
   a.join();
   b.join();
   const auto elapsed =
@@ -431,6 +440,12 @@ TEST_F(GroupCommitterTest, TickKeepsItsPaceWhileCallersLeadOneGroupAfterAnother)
   // kept far fewer (8 in 400 ms when only the writer thread ticked). Two
   // thirds of the pace is the bar, for a busy test machine.
   EXPECT_GE(ticks.load(), elapsed / 30) << elapsed << " ms";
+  // And it is the role's holder that runs a due tick: mostly the callers.
+  std::lock_guard<std::mutex> lock(mu);
+  const auto by_callers = std::count_if(tick_threads.begin(), tick_threads.end(), [&](std::thread::id id) {
+    return id == callers[0] || id == callers[1];
+  });
+  EXPECT_GT(by_callers, 0) << "of " << tick_threads.size() << " ticks";
 }
 
 TEST_F(GroupCommitterTest, SubmitAfterStopFailsWithoutRunning) {

@@ -94,7 +94,7 @@ namespace {
 thread_local const GroupCommitter* tls_writing = nullptr;
 }  // namespace
 
-bool GroupCommitter::OnWriterThread() const { return tls_writing == this; }
+bool GroupCommitter::HoldsWriterRole() const { return tls_writing == this; }
 
 void GroupCommitter::Submit(GroupOp op, bool lead) {
   std::vector<GroupOp> ops;
@@ -132,7 +132,9 @@ void GroupCommitter::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  if (thread_.joinable() && std::this_thread::get_id() != thread_.get_id() && !OnWriterThread()) {
+  // From inside the role (an operation, a completion, the tick) joining
+  // would wait for itself; the committer's thread only calls out from there.
+  if (thread_.joinable() && !HoldsWriterRole()) {
     thread_.join();
   }
 }

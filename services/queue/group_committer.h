@@ -37,9 +37,10 @@
 // Who writes. One thread at a time holds the writer role. The committer's
 // own thread takes it when operations wait and nobody holds it, or when the
 // tick is due; whoever holds the role runs a due tick first, so a steady
-// stream of leading callers cannot starve it. A caller may also lead (Submit(op, /*lead=*/true)): if the role is
-// free, the calling thread takes it and commits the group itself, its own
-// operation and whatever else waits, before returning. The RPC handlers of
+// stream of leading callers cannot starve it. A caller may also lead
+// (Submit(op, /*lead=*/true)): if the role is free, the calling thread takes
+// it and commits the group itself, its own operation and whatever else
+// waits, before returning. The RPC handlers of
 // the hot path lead: handing each call to the writer thread cost a thread
 // wake-up and, on a busy machine, a wait for a CPU before the group could
 // even start (the queue made 4.5 context switches per message). A leader
@@ -174,7 +175,7 @@ class GroupCommitter {
 
   // Whether the calling thread holds the writer role (inside an operation,
   // a completion or the tick).
-  bool OnWriterThread() const;
+  bool HoldsWriterRole() const;
 
   // Groups a leading caller commits at most before it leaves what still
   // waits to the writer thread.

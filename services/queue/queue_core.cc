@@ -352,7 +352,7 @@ absl::Status QueueCore::Impl::Recover() {
 void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done) {
   std::optional<GroupOp> op = PrepareEnqueue(std::move(header), std::move(body), std::move(done));
   if (op) {
-    committer_->Submit(*std::move(op), /*lead=*/true);
+    Lead(*std::move(op));
   }
 }
 

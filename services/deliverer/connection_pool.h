@@ -18,6 +18,16 @@
 // is never handed out knowingly; the transaction still copes with one that
 // dies at RSET by opening a fresh connection.
 //
+// Connections per destination. With `max_per_destination` set, at most that
+// many connections (busy, idle or saying QUIT) are open at once to one
+// destination (address and port, or unix socket path); a transaction that
+// would need one more waits (Acquire) until a session of its kind is handed
+// back or a connection closes, in arrival order. Without it a burst of
+// deliveries to one domain opened one connection each: hundreds at once,
+// more than many receivers take from one client (Postfix's smtp-sink serves
+// 256 and leaves the rest unanswered; large mailbox providers answer 421),
+// and the extra sessions waited for a banner until they timed out.
+//
 // Executor: single-threaded like the worker; every method runs on the
 // executor given at construction. Idle timers and QUITs are coroutines on it
 // that keep the pool's state alive until they finish.
@@ -35,7 +45,11 @@
 
 namespace tern::deliverer {
 
+class ConnectionSlot;
+
 struct SmtpSession {
+  // Declared first so that it is released last, after the connection closed.
+  std::unique_ptr<ConnectionSlot> slot;  // null when nothing counts connections
   std::unique_ptr<net::Connection> conn;
   smtp::EhloCapabilities caps;
   bool lmtp = false;
@@ -56,6 +70,18 @@ class ConnectionPool {
     std::chrono::steady_clock::duration idle_timeout = std::chrono::seconds(50);
     uint32_t max_messages = 100;
     size_t max_idle = 10000;
+    // Connections open at once per destination; 0 = no limit.
+    uint32_t max_per_destination = 0;
+  };
+
+  // What Acquire hands out: an idle session of the key (RSET it first), or
+  // the right to open a new connection (`slot`, to be moved into the new
+  // SmtpSession), or neither when the wait timed out.
+  struct Acquired {
+    std::unique_ptr<SmtpSession> session;
+    std::unique_ptr<ConnectionSlot> slot;
+    bool timed_out = false;
+    size_t open = 0;  // connections open to the destination when it timed out
   };
 
   ConnectionPool(asio::any_io_executor executor, Options options);
@@ -68,6 +94,13 @@ class ConnectionPool {
   // The most recently parked live session for `key`, or null.
   std::unique_ptr<SmtpSession> Take(const std::string& key);
 
+  // A session for `key` to `destination`: a parked one (as Take), else a
+  // slot for a new connection if the destination has one free, else waits
+  // up to `timeout` for either (sessions handed back go to waiters of the
+  // same key first; idle sessions of other keys are closed to make room).
+  asio::awaitable<Acquired> Acquire(std::string key, std::string destination,
+                                    std::chrono::steady_clock::duration timeout);
+
   // Parks `session` for reuse, or QUITs it (in the background) when pooling
   // is off, it reached max_messages or the pool is full.
   void Put(const std::string& key, std::unique_ptr<SmtpSession> session);
@@ -77,6 +110,8 @@ class ConnectionPool {
   asio::awaitable<void> Shutdown(std::chrono::steady_clock::duration timeout);
 
   size_t idle() const;
+  // Connections counted against `destination`'s limit right now.
+  size_t open(const std::string& destination) const;
   // Sessions handed out by Take (i.e. reused) since start.
   uint64_t reused() const;
 
@@ -84,6 +119,22 @@ class ConnectionPool {
 
  private:
   std::shared_ptr<State> state_;
+};
+
+// One of a destination's connection slots, held by the SmtpSession of the
+// connection it was granted for; destroying it frees the slot for the next
+// waiting transaction.
+class ConnectionSlot {
+ public:
+  ConnectionSlot(std::weak_ptr<ConnectionPool::State> state, std::string destination);
+  ~ConnectionSlot();
+  ConnectionSlot(const ConnectionSlot&) = delete;
+  ConnectionSlot& operator=(const ConnectionSlot&) = delete;
+  const std::string& destination() const { return destination_; }
+
+ private:
+  std::weak_ptr<ConnectionPool::State> state_;
+  std::string destination_;
 };
 
 }  // namespace tern::deliverer

@@ -71,6 +71,9 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   c.pool_timeout = std::chrono::seconds(pool);
   TERN_ASSIGN_OR_RETURN(int64_t pool_max, GetRanged(tern, kD, "pool_max_messages", 100, 1, 1000000));
   c.pool_max_messages = static_cast<uint32_t>(pool_max);
+  TERN_ASSIGN_OR_RETURN(int64_t per_destination,
+                        GetRanged(tern, kD, "destination_connections_max", c.destination_connections_max, 0, 100000));
+  c.destination_connections_max = static_cast<uint32_t>(per_destination);
   TERN_ASSIGN_OR_RETURN(int64_t ttl, GetRanged(tern, kD, "tls_failure_ttl", 604800, 0, 31536000));
   c.tls_failure_ttl = std::chrono::seconds(ttl);
   TERN_ASSIGN_OR_RETURN(int64_t refresh, GetRanged(tern, kD, "host_flags_refresh", 30, 1, 86400));

@@ -21,6 +21,15 @@
 //     pool_timeout=50             seconds an idle connection is kept for
 //                                 reuse; 0 disables reuse. Default: 50
 //     pool_max_messages=100       messages per connection. Default: 100
+//     destination_connections_max=32
+//                                 connections open at once (busy or idle) to
+//                                 one destination (MX address and port, per
+//                                 source address) from this deliverer; more
+//                                 deliveries to it wait for one of them, up
+//                                 to connect_timeout. Below Postfix's
+//                                 smtpd_client_connection_count_limit (50),
+//                                 which answers 421 beyond it; 0 = no limit
+//                                 (as Haraka v3). Default: 32
 //     tls_failure_ttl=604800      seconds a host whose TLS handshake failed is
 //                                 reached in plain text. Default: 604800 (7 days)
 //     host_flags_refresh=30       seconds between GetHostFlags calls. Default: 30
@@ -68,6 +77,7 @@ struct DelivererConfig {
   SmtpTimeouts timeouts;  // connect = connect_timeout, final_dot = dot_timeout
   std::chrono::seconds pool_timeout{50};
   uint32_t pool_max_messages = 100;
+  uint32_t destination_connections_max = 32;
   std::chrono::seconds tls_failure_ttl{604800};
   std::chrono::seconds host_flags_refresh{30};
 

@@ -39,6 +39,7 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
   EXPECT_EQ(c->me, "mta.example.test");
   EXPECT_EQ(c->pool_timeout, std::chrono::seconds(50));
   EXPECT_EQ(c->pool_max_messages, 100u);
+  EXPECT_EQ(c->destination_connections_max, 32u);
   EXPECT_EQ(c->tls_failure_ttl, std::chrono::seconds(604800));
   EXPECT_EQ(c->host_flags_refresh, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(30));
@@ -52,7 +53,7 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
 TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   Write("outbound.ini", "connect_timeout=7\n");
   Write("tern.ini", "[deliverer]\nrcpt_timeout=120\ndot_timeout=900\npool_timeout=0\npool_max_messages=5\n"
-                    "tls_failure_ttl=60\nhost_flags_refresh=5\n");
+                    "tls_failure_ttl=60\nhost_flags_refresh=5\ndestination_connections_max=0\n");
   auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(7));
@@ -61,6 +62,7 @@ TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   EXPECT_EQ(c->timeouts.final_dot, std::chrono::seconds(900));
   EXPECT_EQ(c->pool_timeout, std::chrono::seconds(0));
   EXPECT_EQ(c->pool_max_messages, 5u);
+  EXPECT_EQ(c->destination_connections_max, 0u);
   EXPECT_EQ(c->tls_failure_ttl, std::chrono::seconds(60));
   EXPECT_EQ(c->host_flags_refresh, std::chrono::seconds(5));
 }
@@ -115,6 +117,11 @@ TEST_F(ConfigTest, BadValuesNameTheKey) {
   c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("call_batch_wait_ms"), std::string::npos) << c.status();
+
+  Write("tern.ini", "[deliverer]\ndestination_connections_max=-1\n");
+  c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("destination_connections_max"), std::string::npos) << c.status();
 }
 
 }  // namespace

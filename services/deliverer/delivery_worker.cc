@@ -210,7 +210,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         progress_wake_(io),
         flags_timer_(io),
         pool_(io.get_executor(), ConnectionPool::Options{config.pool_timeout, config.pool_max_messages,
-                                                         config.concurrency_max}),
+                                                         config.concurrency_max,
+                                                         config.destination_connections_max}),
         worker_id_(absl::StrCat(config.me, "/", NewRandomToken().substr(0, 8))) {
     // DelivererConfig::Load already built a context from the same settings,
     // so this only fails for a config that was never loaded (tests).

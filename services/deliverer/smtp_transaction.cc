@@ -117,8 +117,19 @@ class Session {
   net::Connection& conn() { return *session_->conn; }
 
   asio::awaitable<void> Converse() {
-    if (req_.pool != nullptr && req_.pool->enabled()) {
-      session_ = req_.pool->Take(key_);
+    if (req_.pool != nullptr) {
+      // A pooled session, or leave to open a connection, or (with
+      // destination_connections_max) a wait for either.
+      ConnectionPool::Acquired got = co_await req_.pool->Acquire(key_, Destination(req_), req_.timeouts.connect);
+      if (got.timed_out) {
+        // Not even tried: as a connect failure, the next address or a retry.
+        Fail("4.4.5", absl::StrCat("no connection to ", relay_, " free within ",
+                                   std::chrono::duration_cast<std::chrono::seconds>(req_.timeouts.connect).count(),
+                                   " s (", got.open, " open, the destination's limit)"));
+        co_return;
+      }
+      session_ = std::move(got.session);
+      slot_ = std::move(got.slot);
       if (session_ && session_->caps.pipelining) {
         // RFC 2920 lets RSET lead the MAIL/RCPT group: one round trip less
         // per reused connection. Its reply is read first; if the idle
@@ -126,8 +137,9 @@ class Session {
         rset_pending_ = true;
       } else if (session_ && !co_await Reset()) {
         // The pooled connection died while idle: nothing was sent on it for
-        // this message, so a fresh connection is safe.
+        // this message, so a fresh connection is safe (in its slot).
         session_->conn->Abort();
+        slot_ = std::move(session_->slot);
         session_.reset();
       }
     }
@@ -141,6 +153,7 @@ class Session {
       // The pooled connection failed the leading RSET (or the write): no
       // command of this message reached a live session, so start afresh.
       session_->conn->Abort();
+      slot_ = std::move(session_->slot);
       session_.reset();
       stale_ = false;
       res_.reused = false;
@@ -272,6 +285,7 @@ class Session {
       socket.set_option(asio::ip::tcp::no_delay(true), ec);
     }
     session_ = std::make_unique<SmtpSession>();
+    session_->slot = std::move(slot_);
     session_->conn = std::make_unique<net::Connection>(std::move(socket));
     session_->lmtp = req_.lmtp;
     session_->relay = relay_;
@@ -850,10 +864,19 @@ class Session {
   // That RSET failed: the session was dead, nothing of this message was
   // delivered on it, and Converse() starts again on a fresh connection.
   bool stale_ = false;
+  // The destination's connection slot for a new connection (from Acquire),
+  // until Connect() hands it to the session.
+  std::unique_ptr<ConnectionSlot> slot_;
   smtp::ReplyParser parser_;
 };
 
 }  // namespace
+
+std::string Destination(const TransactionRequest& r) {
+  // A receiver limits connections per client address, so the source
+  // address is part of it.
+  return r.unix_path.empty() ? absl::StrCat(r.ip, "|", r.port, "|", r.bind_ip) : absl::StrCat("unix|", r.unix_path);
+}
 
 std::string PoolKey(const TransactionRequest& r) {
   // The password is not part of the key: one user has one password at a time.

@@ -152,6 +152,9 @@ struct TransactionResult {
 
 // The pool key: everything that makes two sessions interchangeable.
 std::string PoolKey(const TransactionRequest& request);
+// What destination_connections_max counts connections of: the remote
+// address and port (or unix socket) and the source address.
+std::string Destination(const TransactionRequest& request);
 
 asio::awaitable<absl::StatusOr<TransactionResult>> RunSmtpTransaction(TransactionRequest request);
 

@@ -74,6 +74,8 @@ struct Seen {
   // The last RCPT had more behind it in the same read (a pipelined DATA).
   bool rcpt_pipelined = false;
   int connections = 0;
+  int open_now = 0;  // sessions the server is serving right now
+  int open_max = 0;
   int quits = 0;
   bool tls = false;
 };
@@ -245,7 +247,9 @@ asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, See
 
 asio::awaitable<void> ServeOne(asio::ip::tcp::socket socket, Script script, Seen* seen) {
   net::Connection c(std::move(socket));
+  seen->open_max = std::max(seen->open_max, ++seen->open_now);
   co_await ServeSession(c, script, seen);
+  --seen->open_now;
 }
 
 // Accepts sessions until the acceptor is closed.
@@ -386,6 +390,37 @@ class SmtpTransactionTest : public ::testing::Test {
       tweak(request);
     }
     return RunRequest(std::move(request));
+  }
+
+  // Runs `requests` at once; returns their results in order. `sample`, if
+  // given, runs after every handler meanwhile.
+  std::vector<TransactionResult> RunTogether(std::vector<TransactionRequest> requests,
+                                             std::function<void()> sample = nullptr) {
+    io_.restart();
+    std::vector<std::optional<absl::StatusOr<TransactionResult>>> results(requests.size());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      asio::co_spawn(io_, RunSmtpTransaction(std::move(requests[i])),
+                     [&results, i](std::exception_ptr e, absl::StatusOr<TransactionResult> r) {
+                       EXPECT_FALSE(e);
+                       results[i] = std::move(r);
+                     });
+    }
+    auto all = [&] {
+      return std::all_of(results.begin(), results.end(), [](const auto& r) { return r.has_value(); });
+    };
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (!all() && std::chrono::steady_clock::now() < deadline) {
+      io_.run_one_for(100ms);
+      if (sample) {
+        sample();
+      }
+    }
+    std::vector<TransactionResult> out;
+    for (auto& r : results) {
+      EXPECT_TRUE(r.has_value() && r->ok());
+      out.push_back(r && r->ok() ? **r : TransactionResult());
+    }
+    return out;
   }
 
   // Lets background work (pool QUITs, server sessions) run for `d`.
@@ -1546,6 +1581,113 @@ TEST_F(SmtpTransactionTest, BindToTheRequestedSourceAddress) {
   TransactionResult bad = Run(Script(), {"a@x.test"}, &seen2, [](TransactionRequest& req) { req.bind_ip = "::1"; });
   EXPECT_FALSE(bad.outcomes[0].has_value());
   EXPECT_NE(bad.failure.find("other address family"), std::string::npos) << bad.failure;
+}
+
+}  // namespace
+}  // namespace tern::deliverer
+
+namespace tern::deliverer {
+namespace {
+
+TEST_F(SmtpTransactionTest, ABurstToOneDestinationSharesItsConnectionLimitAndEveryMessageGoesThrough) {
+  // Eight messages at once, at most two connections: the first two open
+  // them, the other six wait and take them over as each transaction ends.
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100, /*max_per_destination=*/2});
+  Script script;
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  std::vector<TransactionRequest> requests;
+  for (int i = 0; i < 8; ++i) {
+    TransactionRequest r = Request({"a@x.test"}, port);
+    r.pool = &pool;
+    requests.push_back(std::move(r));
+  }
+  const std::string destination = Destination(requests[0]);
+  size_t most_open = 0;
+  std::vector<TransactionResult> results =
+      RunTogether(std::move(requests), [&] { most_open = std::max(most_open, pool.open(destination)); });
+  for (const auto& r : results) {
+    ASSERT_EQ(r.outcomes.size(), 1u);
+    ASSERT_TRUE(r.outcomes[0]) << r.failure;
+    EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  }
+  EXPECT_EQ(seen.connections, 2);
+  EXPECT_EQ(seen.open_max, 2);
+  EXPECT_EQ(most_open, 2u);
+  EXPECT_EQ(pool.reused(), 6u);
+  EXPECT_EQ(std::count(seen.commands.begin(), seen.commands.end(), "EHLO tern.test"), 2);
+}
+
+TEST_F(SmtpTransactionTest, WithoutReuseAClosedConnectionFreesItsSlotForTheNextMessage) {
+  // No pooling: each transaction QUITs; the slot passes on when it closes.
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{0s, 100, 100, /*max_per_destination=*/1});
+  Script script;
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  std::vector<TransactionRequest> requests;
+  for (int i = 0; i < 3; ++i) {
+    TransactionRequest r = Request({"a@x.test"}, port);
+    r.pool = &pool;
+    requests.push_back(std::move(r));
+  }
+  const std::string destination = Destination(requests[0]);
+  size_t most_open = 0;
+  std::vector<TransactionResult> results =
+      RunTogether(std::move(requests), [&] { most_open = std::max(most_open, pool.open(destination)); });
+  for (const auto& r : results) {
+    ASSERT_TRUE(r.outcomes[0]) << r.failure;
+    EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+    EXPECT_FALSE(r.reused);
+  }
+  EXPECT_EQ(seen.connections, 3);
+  EXPECT_EQ(seen.quits, 3);
+  EXPECT_EQ(most_open, 1u);
+  EXPECT_EQ(pool.open(destination), 0u);
+}
+
+TEST_F(SmtpTransactionTest, AMessageWaitingLongerThanTheConnectTimeoutFailsTransientlyUntried) {
+  // One slot, held by a transaction whose server never answers the dot.
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100, /*max_per_destination=*/1});
+  Script script;
+  script.stall_at = "DOT";
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest first = Request({"a@x.test"}, port);
+  first.pool = &pool;
+  first.timeouts.final_dot = 3s;
+  TransactionRequest second = Request({"b@x.test"}, port);
+  second.pool = &pool;
+  second.timeouts.connect = 1s;
+  std::vector<TransactionResult> results = RunTogether({first, second});
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_FALSE(results[1].connected);
+  EXPECT_FALSE(results[1].outcomes[0].has_value());
+  EXPECT_EQ(results[1].failure_enhanced, "4.4.5");
+  EXPECT_NE(results[1].failure.find("no connection to mx.x.test[127.0.0.1]"), std::string::npos) << results[1].failure;
+  EXPECT_NE(results[1].failure.find("(1 open,"), std::string::npos) << results[1].failure;
+  EXPECT_EQ(seen.connections, 1);
+}
+
+TEST_F(SmtpTransactionTest, AnIdleSessionOfAnotherKindIsClosedToMakeRoom) {
+  // The slot is held by an idle session authenticated as someone else:
+  // it is closed so that the waiting transaction can open its own.
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100, /*max_per_destination=*/1});
+  Script script;
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest plain = Request({"a@x.test"}, port);
+  plain.pool = &pool;
+  ASSERT_TRUE(RunRequest(plain).outcomes[0]);
+  EXPECT_EQ(pool.idle(), 1u);
+  TransactionRequest other = plain;
+  other.helo_name = "other.test";  // another pool key, same destination
+  ASSERT_NE(PoolKey(other), PoolKey(plain));
+  ASSERT_EQ(Destination(other), Destination(plain));
+  TransactionResult r = RunRequest(other);
+  ASSERT_TRUE(r.outcomes[0]) << r.failure;
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(seen.connections, 2);
+  EXPECT_EQ(seen.quits, 1);
 }
 
 }  // namespace

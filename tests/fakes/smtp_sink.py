@@ -42,6 +42,9 @@ class SmtpSink:
         # hang-up), and the most seen: what a destination limit must cap.
         self.active = 0
         self.max_active = 0
+        # Connections open at once (accepted until closed), and the most seen.
+        self.open_connections = 0
+        self.max_open_connections = 0
         self._loop = None
         self._server = None
         self._ready = threading.Event()
@@ -97,7 +100,7 @@ class SmtpSink:
         asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._session, self.host, self.port, reuse_address=True))
+                asyncio.start_server(self._counted_session, self.host, self.port, reuse_address=True))
         except OSError as e:
             self._error = e
             self._ready.set()
@@ -111,6 +114,16 @@ class SmtpSink:
             r = self.rcpt_reply
             self.rcpt_attempts += 1
         return r(address) if callable(r) else r
+
+    async def _counted_session(self, reader, writer):
+        with self.lock:
+            self.open_connections += 1
+            self.max_open_connections = max(self.max_open_connections, self.open_connections)
+        try:
+            await self._session(reader, writer)
+        finally:
+            with self.lock:
+                self.open_connections -= 1
 
     async def _session(self, reader, writer):
         with self.lock:

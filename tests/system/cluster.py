@@ -151,7 +151,7 @@ class Cluster:
     """The whole system. Use as a context manager."""
 
     def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100", lease_seconds=None,
-                 queue_ini_extra=""):
+                 queue_ini_extra="", deliverer_ini_extra=""):
         self.tmp = tempfile.mkdtemp(prefix="tern-system-")
         self.config = os.path.join(self.tmp, "config")
         self.data = os.path.join(self.tmp, "queue")
@@ -162,6 +162,7 @@ class Cluster:
         # Shorter leases make a killed deliverer's work due again sooner.
         self.lease_seconds = lease_seconds
         self.queue_ini_extra = queue_ini_extra  # more [queue] lines for tern.ini
+        self.deliverer_ini_extra = deliverer_ini_extra  # more [deliverer] lines
         self.procs = {}
         self.sinks = {}
         self.dns = None
@@ -213,6 +214,7 @@ dns_servers=127.0.0.1:{p['dns']}
 mx_port={p['mx']}
 health_listen=127.0.0.1:{p['deliverer_health']}
 metrics_listen=127.0.0.1:{p['m_deliverer']}
+{self.deliverer_ini_extra}
 [bouncer]
 queue={q}
 health_listen=127.0.0.1:{p['bouncer_health']}

@@ -1,0 +1,59 @@
+"""Whole-system test of the deliverer's per-destination connection limit
+(tern.ini [deliverer] destination_connections_max): a burst of messages to
+one domain whose MX is slow is carried over at most that many connections,
+the deliveries beyond it wait for one of them, and every message arrives
+without a deferral. Without the limit each delivery of the burst opened its
+own connection (a receiver with a per-client cap, like Postfix's smtp-sink at
+256, leaves the extra ones without a banner until they time out)."""
+
+import re
+import smtplib
+import unittest
+import urllib.request
+
+from cluster import Cluster, ClusterTestCase
+
+LIMIT = 3
+MESSAGES = 24
+
+
+class DestinationConnectionsTest(ClusterTestCase):
+
+    @classmethod
+    def make_cluster(cls):
+        return Cluster(deliverer_ini_extra=f"destination_connections_max={LIMIT}")
+
+    def deliverer_metric(self, name):
+        port = self.cluster.ports["m_deliverer"]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else None
+
+    def test_a_burst_to_one_mx_uses_at_most_the_limit_of_connections_and_nothing_is_deferred(self):
+        sink = self.cluster.sinks["good.test"]
+        sink.dot_delay = 0.2  # slow enough that the whole burst is in the deliverer at once
+        host, port = self.cluster.smtp_address()
+        with smtplib.SMTP(host, port, timeout=30) as s:
+            s.ehlo("client.test")
+            for i in range(MESSAGES):
+                s.sendmail("alice@sender.test", [f"user{i}@good.test"],
+                           f"Subject: burst {i}\r\n\r\nbody {i}\r\n".encode())
+
+        def arrived():
+            got = [m for m in sink.received() if b"Subject: burst" in m.data]
+            return got if len(got) >= MESSAGES else None
+
+        got = self.cluster.wait_until(arrived, 60, "every message of the burst at good.test")
+        self.assertEqual(len(got), MESSAGES)
+        self.assertLessEqual(sink.max_open_connections, LIMIT)
+        self.assertGreaterEqual(sink.max_open_connections, 2)
+        # The deliveries beyond the limit waited for a connection and were
+        # handed one; none gave up or was deferred.
+        self.assertGreater(self.deliverer_metric("tern_deliverer_connection_waits_total"), 0)
+        self.assertEqual(self.deliverer_metric("tern_deliverer_connection_wait_timeouts_total"), 0)
+        self.assertGreaterEqual(self.deliverer_metric("tern_deliverer_pool_reused_total"), MESSAGES - LIMIT)
+        self.assertEqual(self.cluster.stats()["deliveries"], 0)
+
+
+if __name__ == "__main__":
+    unittest.main()

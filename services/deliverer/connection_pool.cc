@@ -95,7 +95,7 @@ class ConnectionPool::State : public std::enable_shared_from_this<ConnectionPool
       "Transactions that waited because their destination had destination_connections_max connections open");
   metrics::Counter& wait_timeouts_counter = metrics::Registry::Global().GetCounter(
       "tern_deliverer_connection_wait_timeouts_total",
-      "Transactions that gave up waiting for a connection to their destination (connect_timeout)");
+      "Transactions that gave up waiting for a connection to their destination (half their lease)");
   metrics::Gauge& waiting_gauge = metrics::Registry::Global().GetGauge(
       "tern_deliverer_connection_waiting", "Transactions waiting for a connection to their destination");
 

@@ -22,11 +22,13 @@
 // many connections (busy, idle or saying QUIT) are open at once to one
 // destination (address and port, or unix socket path); a transaction that
 // would need one more waits (Acquire) until a session of its kind is handed
-// back or a connection closes, in arrival order. Without it a burst of
-// deliveries to one domain opened one connection each: hundreds at once,
-// more than many receivers take from one client (Postfix's smtp-sink serves
-// 256 and leaves the rest unanswered; large mailbox providers answer 421),
-// and the extra sessions waited for a banner until they timed out.
+// back or a connection closes, in arrival order, for as long as the caller
+// says (the worker gives half of what is left of the delivery's lease).
+// Without it a burst of deliveries to one domain opened one connection each:
+// hundreds at once, more than many receivers take from one client (Postfix's
+// smtp-sink serves 256 and leaves the rest unanswered; large mailbox
+// providers answer 421), and the extra sessions waited for a banner until
+// they timed out.
 //
 // Executor: single-threaded like the worker; every method runs on the
 // executor given at construction. Idle timers and QUITs are coroutines on it

@@ -26,7 +26,8 @@
 //                                 one destination (MX address and port, per
 //                                 source address) from this deliverer; more
 //                                 deliveries to it wait for one of them, up
-//                                 to connect_timeout. Below Postfix's
+//                                 to half of what is left of their lease (at
+//                                 least connect_timeout). Below Postfix's
 //                                 smtpd_client_connection_count_limit (50),
 //                                 which answers 421 beyond it; 0 = no limit
 //                                 (as Haraka v3). Default: 32

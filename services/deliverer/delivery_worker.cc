@@ -568,6 +568,15 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       request.bind_ip = route != nullptr ? route->bind : "";
       request.timeouts = config_.timeouts;
       request.pool = &pool_;
+      // Waiting for one of the destination's connections
+      // (destination_connections_max) may take up to half of what is left of
+      // the lease, at least connect_timeout: a delivery in line behind a
+      // burst to a slow MX is not failed (and its retry spent) after 30 s,
+      // and the other half leaves the transaction time before the lease ends.
+      const int64_t lease_left_ms = std::max<int64_t>(0, job.lease_deadline_unix_ms() - NowUnixMs());
+      request.connection_wait =
+          std::max<std::chrono::steady_clock::duration>(config_.timeouts.connect,
+                                                        std::chrono::milliseconds(lease_left_ms / 2));
       // Only a pointer captured (GCC 12 coroutine argument bug); `gate`
       // lives in this frame, which outlives the transaction.
       DataGate* gate_ptr = &gate;

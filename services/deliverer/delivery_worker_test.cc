@@ -565,6 +565,31 @@ TEST(DeliveryWorker, SendsProgressBeforeTheDotAndReusesTheConnection) {
   EXPECT_EQ(h.stats.quits, 1);  // the idle connection is QUIT on shutdown
 }
 
+TEST(DeliveryWorker, ADeliveryWaitsForTheDestinationsOnlyConnectionLongerThanTheConnectTimeout) {
+  // One connection allowed; the first message holds it 2.5 s (a slow final
+  // dot), longer than connect_timeout (1 s). The second waits for it (up to
+  // half of its 60 s lease) instead of failing after 1 s, and goes out on
+  // the same connection.
+  SinkOptions sink;
+  sink.slow_dot = 2500ms;
+  Harness h(sink);
+  h.config.destination_connections_max = 1;
+  h.config.connect_timeout = 1s;
+  h.config.timeouts.connect = 1s;
+  h.queue.AddJob(Job("c1", "x.test", {"slow1"}));
+  h.queue.AddJob(Job("c2", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  auto reports = h.ReportsById();
+  for (const char* id : {"c1", "c2"}) {
+    ASSERT_EQ(reports[id].recipients_size(), 1) << id;
+    EXPECT_EQ(reports[id].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED)
+        << id << ": " << reports[id].recipients(0).result().reply_text();
+  }
+  EXPECT_EQ(h.stats.connections, 1);
+  EXPECT_EQ(h.stats.messages, 2);
+}
+
 TEST(DeliveryWorker, PoolTimeoutZeroClosesEverySession) {
   Harness h;
   h.config.pool_timeout = 0s;

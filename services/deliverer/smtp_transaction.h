@@ -110,6 +110,9 @@ struct TransactionRequest {
   bool force_auth = false;
   SmtpTimeouts timeouts;
   ConnectionPool* pool = nullptr; // reuse sessions when set and enabled
+  // Longest wait for a connection slot of the destination (the pool's
+  // max_per_destination); zero = timeouts.connect.
+  std::chrono::steady_clock::duration connection_wait{};
   // Awaited once a recipient is accepted, before the message is sent:
   // right before DATA, or, when DATA was pipelined, after its 354. The
   // caller records durably that the final dot may be sent (Queue.Progress).

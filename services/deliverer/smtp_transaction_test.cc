@@ -1645,7 +1645,7 @@ TEST_F(SmtpTransactionTest, WithoutReuseAClosedConnectionFreesItsSlotForTheNextM
   EXPECT_EQ(pool.open(destination), 0u);
 }
 
-TEST_F(SmtpTransactionTest, AMessageWaitingLongerThanTheConnectTimeoutFailsTransientlyUntried) {
+TEST_F(SmtpTransactionTest, AMessageWaitingLongerThanItsConnectionWaitFailsTransientlyUntried) {
   // One slot, held by a transaction whose server never answers the dot.
   ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100, /*max_per_destination=*/1});
   Script script;
@@ -1657,14 +1657,14 @@ TEST_F(SmtpTransactionTest, AMessageWaitingLongerThanTheConnectTimeoutFailsTrans
   first.timeouts.final_dot = 3s;
   TransactionRequest second = Request({"b@x.test"}, port);
   second.pool = &pool;
-  second.timeouts.connect = 1s;
+  second.connection_wait = 1s;  // the worker's choice; timeouts.connect (2 s) is the fallback
   std::vector<TransactionResult> results = RunTogether({first, second});
   ASSERT_EQ(results.size(), 2u);
   EXPECT_FALSE(results[1].connected);
   EXPECT_FALSE(results[1].outcomes[0].has_value());
   EXPECT_EQ(results[1].failure_enhanced, "4.4.5");
   EXPECT_NE(results[1].failure.find("no connection to mx.x.test[127.0.0.1]"), std::string::npos) << results[1].failure;
-  EXPECT_NE(results[1].failure.find("(1 open,"), std::string::npos) << results[1].failure;
+  EXPECT_NE(results[1].failure.find("free within 1 s (1 open,"), std::string::npos) << results[1].failure;
   EXPECT_EQ(seen.connections, 1);
 }
 

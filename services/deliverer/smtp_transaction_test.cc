@@ -423,6 +423,20 @@ class SmtpTransactionTest : public ::testing::Test {
     return out;
   }
 
+  // Runs `n` transactions to `port` through `pool` at once; `*most_open`
+  // gets the most connections the pool counted to that destination.
+  std::vector<TransactionResult> RunBurst(ConnectionPool& pool, uint16_t port, int n, size_t* most_open) {
+    std::vector<TransactionRequest> requests;
+    for (int i = 0; i < n; ++i) {
+      TransactionRequest r = Request({"a@x.test"}, port);
+      r.pool = &pool;
+      requests.push_back(std::move(r));
+    }
+    const std::string destination = Destination(requests[0]);
+    *most_open = 0;
+    return RunTogether(std::move(requests), [&] { *most_open = std::max(*most_open, pool.open(destination)); });
+  }
+
   // Lets background work (pool QUITs, server sessions) run for `d`.
   void Settle(std::chrono::milliseconds d) {
     io_.restart();
@@ -1583,29 +1597,14 @@ TEST_F(SmtpTransactionTest, BindToTheRequestedSourceAddress) {
   EXPECT_NE(bad.failure.find("other address family"), std::string::npos) << bad.failure;
 }
 
-}  // namespace
-}  // namespace tern::deliverer
-
-namespace tern::deliverer {
-namespace {
-
 TEST_F(SmtpTransactionTest, ABurstToOneDestinationSharesItsConnectionLimitAndEveryMessageGoesThrough) {
   // Eight messages at once, at most two connections: the first two open
   // them, the other six wait and take them over as each transaction ends.
   ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100, /*max_per_destination=*/2});
   Script script;
   Seen seen;
-  const uint16_t port = StartServer(script, &seen);
-  std::vector<TransactionRequest> requests;
-  for (int i = 0; i < 8; ++i) {
-    TransactionRequest r = Request({"a@x.test"}, port);
-    r.pool = &pool;
-    requests.push_back(std::move(r));
-  }
-  const std::string destination = Destination(requests[0]);
   size_t most_open = 0;
-  std::vector<TransactionResult> results =
-      RunTogether(std::move(requests), [&] { most_open = std::max(most_open, pool.open(destination)); });
+  std::vector<TransactionResult> results = RunBurst(pool, StartServer(script, &seen), 8, &most_open);
   for (const auto& r : results) {
     ASSERT_EQ(r.outcomes.size(), 1u);
     ASSERT_TRUE(r.outcomes[0]) << r.failure;
@@ -1624,16 +1623,8 @@ TEST_F(SmtpTransactionTest, WithoutReuseAClosedConnectionFreesItsSlotForTheNextM
   Script script;
   Seen seen;
   const uint16_t port = StartServer(script, &seen);
-  std::vector<TransactionRequest> requests;
-  for (int i = 0; i < 3; ++i) {
-    TransactionRequest r = Request({"a@x.test"}, port);
-    r.pool = &pool;
-    requests.push_back(std::move(r));
-  }
-  const std::string destination = Destination(requests[0]);
   size_t most_open = 0;
-  std::vector<TransactionResult> results =
-      RunTogether(std::move(requests), [&] { most_open = std::max(most_open, pool.open(destination)); });
+  std::vector<TransactionResult> results = RunBurst(pool, port, 3, &most_open);
   for (const auto& r : results) {
     ASSERT_TRUE(r.outcomes[0]) << r.failure;
     EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
@@ -1642,7 +1633,7 @@ TEST_F(SmtpTransactionTest, WithoutReuseAClosedConnectionFreesItsSlotForTheNextM
   EXPECT_EQ(seen.connections, 3);
   EXPECT_EQ(seen.quits, 3);
   EXPECT_EQ(most_open, 1u);
-  EXPECT_EQ(pool.open(destination), 0u);
+  EXPECT_EQ(pool.open(Destination(Request({"a@x.test"}, port))), 0u);
 }
 
 TEST_F(SmtpTransactionTest, AMessageWaitingLongerThanItsConnectionWaitFailsTransientlyUntried) {

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -327,6 +328,27 @@ temp_fail_intervals={self.temp_fail_intervals}
         out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{self.ports['queue']}", "stats", "--json"],
                              capture_output=True, timeout=20, check=True)
         return json.loads(out.stdout)
+
+    def send_burst(self, subject, count, domain="good.test"):
+        """Relays `count` messages, "Subject: <subject> <i>", one recipient
+        each at `domain`, over one SMTP session."""
+        host, port = self.smtp_address()
+        with smtplib.SMTP(host, port, timeout=30) as s:
+            s.ehlo("client.test")
+            for i in range(count):
+                s.sendmail("alice@sender.test", [f"user{i}@{domain}"],
+                           f"Subject: {subject} {i}\r\n\r\nbody {i}\r\n".encode())
+
+    def wait_for_burst(self, subject, count, timeout=60, domain="good.test"):
+        """Waits until the sink of `domain` holds `count` messages of a
+        send_burst(subject); returns them."""
+        sink = self.sinks[domain]
+        tag = f"Subject: {subject} ".encode()
+
+        def arrived():
+            got = [m for m in sink.received() if tag in m.data]
+            return got if len(got) >= count else None
+        return self.wait_until(arrived, timeout, f"every '{subject}' message at {domain}")
 
     def wait_until(self, predicate, timeout, what):
         deadline = time.time() + timeout

@@ -7,7 +7,6 @@ own connection (a receiver with a per-client cap, like Postfix's smtp-sink at
 256, leaves the extra ones without a banner until they time out)."""
 
 import re
-import smtplib
 import unittest
 import urllib.request
 
@@ -32,18 +31,8 @@ class DestinationConnectionsTest(ClusterTestCase):
     def test_a_burst_to_one_mx_uses_at_most_the_limit_of_connections_and_nothing_is_deferred(self):
         sink = self.cluster.sinks["good.test"]
         sink.dot_delay = 0.2  # slow enough that the whole burst is in the deliverer at once
-        host, port = self.cluster.smtp_address()
-        with smtplib.SMTP(host, port, timeout=30) as s:
-            s.ehlo("client.test")
-            for i in range(MESSAGES):
-                s.sendmail("alice@sender.test", [f"user{i}@good.test"],
-                           f"Subject: burst {i}\r\n\r\nbody {i}\r\n".encode())
-
-        def arrived():
-            got = [m for m in sink.received() if b"Subject: burst" in m.data]
-            return got if len(got) >= MESSAGES else None
-
-        got = self.cluster.wait_until(arrived, 60, "every message of the burst at good.test")
+        self.cluster.send_burst("burst", MESSAGES)
+        got = self.cluster.wait_for_burst("burst", MESSAGES)
         self.assertEqual(len(got), MESSAGES)
         self.assertLessEqual(sink.max_open_connections, LIMIT)
         self.assertGreaterEqual(sink.max_open_connections, 2)

@@ -3,7 +3,6 @@
 one domain are due, no more than the limit are in transactions with its MX at
 once, and all of them still arrive."""
 
-import smtplib
 import unittest
 
 from cluster import Cluster, ClusterTestCase
@@ -21,18 +20,8 @@ class DestinationConcurrencyTest(ClusterTestCase):
     def test_a_slow_destination_never_has_more_than_the_limit_in_flight_and_gets_everything(self):
         sink = self.cluster.sinks["good.test"]
         sink.dot_delay = 0.3  # long enough for every due delivery to be wanted at once
-        host, port = self.cluster.smtp_address()
-        with smtplib.SMTP(host, port, timeout=30) as s:
-            s.ehlo("client.test")
-            for i in range(MESSAGES):
-                s.sendmail("alice@sender.test", [f"user{i}@good.test"],
-                           f"Subject: shaping {i}\r\n\r\nbody {i}\r\n".encode())
-
-        def arrived():
-            got = [m for m in sink.received() if b"Subject: shaping" in m.data]
-            return got if len(got) >= MESSAGES else None
-
-        got = self.cluster.wait_until(arrived, 60, "every shaped message at good.test")
+        self.cluster.send_burst("shaping", MESSAGES)
+        got = self.cluster.wait_for_burst("shaping", MESSAGES)
         self.assertEqual(len(got), MESSAGES)
         self.assertLessEqual(sink.max_active, LIMIT)
         self.assertGreaterEqual(sink.max_active, 1)

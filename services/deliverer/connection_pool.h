@@ -103,8 +103,10 @@ class ConnectionPool {
   asio::awaitable<Acquired> Acquire(std::string key, std::string destination,
                                     std::chrono::steady_clock::duration timeout);
 
-  // Parks `session` for reuse, or QUITs it (in the background) when pooling
-  // is off, it reached max_messages or the pool is full.
+  // Hands `session` to the oldest transaction waiting for its key, or parks
+  // it for reuse, or QUITs it (in the background) when pooling is off, it
+  // reached max_messages, the pool is full, or only transactions of other
+  // keys wait for its destination (its closing frees their slot).
   void Put(const std::string& key, std::unique_ptr<SmtpSession> session);
 
   // QUITs every idle session (in parallel) and refuses new ones; returns when

@@ -118,7 +118,7 @@ class Session {
 
   asio::awaitable<void> Converse() {
     if (req_.pool != nullptr) {
-      // A pooled session, or leave to open a connection, or (with
+      // A pooled session, or the go-ahead to open a connection, or (with
       // destination_connections_max) a wait for either.
       const Clock::duration wait =
           req_.connection_wait > Clock::duration::zero() ? req_.connection_wait : req_.timeouts.connect;

@@ -85,7 +85,6 @@ class ConnectionPool::State : public std::enable_shared_from_this<ConnectionPool
   std::unordered_map<std::string, size_t> open;
   std::unordered_map<std::string, size_t> idle_by_destination;
   std::unordered_map<std::string, std::deque<std::shared_ptr<Waiter>>> waiters;
-  size_t waiting = 0;
   metrics::Gauge& idle_gauge =
       metrics::Registry::Global().GetGauge("tern_deliverer_pool_idle_connections", "Idle SMTP connections kept");
   metrics::Counter& reused_counter = metrics::Registry::Global().GetCounter(
@@ -110,15 +109,20 @@ class ConnectionPool::State : public std::enable_shared_from_this<ConnectionPool
     }
   }
 
-  void SetWaiting(int delta) {
-    waiting = static_cast<size_t>(static_cast<int64_t>(waiting) + delta);
-    waiting_gauge.Set(static_cast<double>(waiting));
+  // The waiting gauge, counted from the lines themselves (few destinations
+  // have one) after every change to them.
+  void UpdateWaitingGauge() {
+    size_t n = 0;
+    for (const auto& [destination, queue] : waiters) {
+      n += queue.size();
+    }
+    waiting_gauge.Set(static_cast<double>(n));
   }
 
-  // Wakes `w` with what it waited for.
+  // Wakes `w`, already out of its line, with what it waited for.
   void Wake(const std::shared_ptr<Waiter>& w) {
     w->done = true;
-    SetWaiting(-1);
+    UpdateWaitingGauge();
     w->timer.cancel();
   }
 
@@ -180,9 +184,9 @@ class ConnectionPool::State : public std::enable_shared_from_this<ConnectionPool
   void WakeAllWaiters() {
     auto all = std::move(waiters);
     waiters.clear();
+    UpdateWaitingGauge();
     for (auto& [destination, queue] : all) {
       for (auto& w : queue) {
-        SetWaiting(-1);
         w->timer.cancel();
       }
     }
@@ -370,14 +374,13 @@ asio::awaitable<ConnectionPool::Acquired> ConnectionPool::Acquire(std::string ke
   }
   if (st->closing) {
     out.timed_out = true;
-    out.open = st->Open(destination);
     co_return out;
   }
   st->CloseIdleOfOtherKey(destination, key);
   auto w = std::make_shared<State::Waiter>(st->executor, key);
   w->timer.expires_after(timeout);
   st->waiters[destination].push_back(w);
-  st->SetWaiting(1);
+  st->UpdateWaitingGauge();
   st->waits_counter.Inc();
   (void)co_await w->timer.async_wait(kNoThrow);
   if (!w->done) {
@@ -388,17 +391,16 @@ asio::awaitable<ConnectionPool::Acquired> ConnectionPool::Acquire(std::string ke
       for (auto i = queue.begin(); i != queue.end(); ++i) {
         if (*i == w) {
           queue.erase(i);
-          st->SetWaiting(-1);
           break;
         }
       }
       if (queue.empty()) {
         st->waiters.erase(wit);
       }
+      st->UpdateWaitingGauge();
     }
     st->wait_timeouts_counter.Inc();
     out.timed_out = true;
-    out.open = st->Open(destination);
     co_return out;
   }
   out.session = std::move(w->session);

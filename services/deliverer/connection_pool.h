@@ -83,7 +83,6 @@ class ConnectionPool {
     std::unique_ptr<SmtpSession> session;
     std::unique_ptr<ConnectionSlot> slot;
     bool timed_out = false;
-    size_t open = 0;  // connections open to the destination when it timed out
   };
 
   ConnectionPool(asio::any_io_executor executor, Options options);

@@ -122,12 +122,13 @@ class Session {
       // destination_connections_max) a wait for either.
       const Clock::duration wait =
           req_.connection_wait > Clock::duration::zero() ? req_.connection_wait : req_.timeouts.connect;
-      ConnectionPool::Acquired got = co_await req_.pool->Acquire(key_, Destination(req_), wait);
+      const std::string destination = Destination(req_);
+      ConnectionPool::Acquired got = co_await req_.pool->Acquire(key_, destination, wait);
       if (got.timed_out) {
         // Not even tried: as a connect failure, the next address or a retry.
         Fail("4.4.5", absl::StrCat("no connection to ", relay_, " free within ",
                                    std::chrono::duration_cast<std::chrono::seconds>(wait).count(), " s (",
-                                   got.open, " open, the destination's limit)"));
+                                   req_.pool->open(destination), " open, the destination's limit)"));
         co_return;
       }
       session_ = std::move(got.session);

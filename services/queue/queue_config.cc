@@ -84,6 +84,14 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
     }
     out.core.min_free_bytes = static_cast<uint64_t>(min_free);
   }
+  {
+    TERN_ASSIGN_OR_RETURN(int64_t prefill, tern.GetInt("queue", "wal_prefill_bytes",
+                                                       static_cast<int64_t>(out.core.wal_prefill_bytes)));
+    if (prefill < 0) {
+      return tern.KeyError("queue", "wal_prefill_bytes", "must not be negative");
+    }
+    out.core.wal_prefill_bytes = static_cast<uint64_t>(prefill);
+  }
   TERN_ASSIGN_OR_RETURN(out.core.recovery_lease_grace_seconds,
                         tern.GetInt("queue", "recovery_lease_grace", out.core.recovery_lease_grace_seconds));
   TERN_ASSIGN_OR_RETURN(out.core.max_lease_seconds,

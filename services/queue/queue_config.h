@@ -16,6 +16,8 @@
 //     event_retention=24h            events older than this are pruned
 //     event_retention_count=1000000  and beyond this many
 //     idempotency_retention=7d       Enqueue idempotency keys dedupe this long; 0 = forever
+//     min_free_bytes=104857600       refuse Enqueue below this much free disk; 0 = off
+//     wal_prefill_bytes=67108864     zero-filled spare for each WAL (wal_prefill.h); 0 = off
 //   outbound.ini [main]
 //     disabled=false                 pause delivery (reloaded on SIGHUP)
 //     temp_fail_intervals=(unset)    Haraka's retry schedule grammar

@@ -27,6 +27,7 @@ TEST(QueueConfig, ShippedConfigGivesTheDocumentedDefaults) {
   EXPECT_EQ(cfg->core.retry.intervals_ms(), DefaultTempFailIntervals(13));
   EXPECT_EQ(cfg->core.idempotency_retention_ms, 7 * 86400 * 1000LL);
   EXPECT_EQ(cfg->core.destination_concurrency_max, 0u);
+  EXPECT_EQ(cfg->core.wal_prefill_bytes, 64u << 20);
 }
 
 class QueueConfigDirTest : public ::testing::Test {
@@ -81,6 +82,16 @@ TEST_F(QueueConfigDirTest, RefusesBadValuesNamingTheKey) {
   cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->core.destination_concurrency_max, 20u);
+
+  Write("tern.ini", "[queue]\nwal_prefill_bytes=-1\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("wal_prefill_bytes"));
+
+  Write("tern.ini", "[queue]\nwal_prefill_bytes=0\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.wal_prefill_bytes, 0u);
 
   Write("tern.ini", "");
   Write("outbound.ini", "[main]\ntemp_fail_intervals=1w\n");

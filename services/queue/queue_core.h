@@ -81,6 +81,12 @@ struct CoreOptions {
   // leases, reports and acks, which drain the queue, keep this headroom.
   // 0 disables the check. Default: 100 MiB.
   uint64_t min_free_bytes = 100u << 20;
+  // Each RocksDB write-ahead log starts as a file of this many zero bytes,
+  // written and synced ahead of time in the background (wal_prefill.h), so
+  // the fdatasync behind every acknowledged message writes only data, not
+  // the file's size or block map. Costs this much disk for the spare. 0 =
+  // WALs grow as they are written. Default: 64 MiB.
+  uint64_t wal_prefill_bytes = 64u << 20;
   // After a restart, a lease that was out keeps its token for at most this
   // long (or until its own deadline, if sooner) before the job is due again:
   // its worker usually survived the queue's crash and is retrying its report,

@@ -768,6 +768,9 @@ class QueueCore::Impl {
   CoreOptions opt_;
   const Clock* clock_;
 
+  // The file system under the DB (WAL prefill); declared before db_ so it
+  // outlives it.
+  std::unique_ptr<rocksdb::Env> env_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   rocksdb::ColumnFamilyHandle* messages_ = nullptr;

@@ -24,6 +24,13 @@
 // way and the filler tries again for the next one. Files other than WALs go
 // straight to the wrapped file system.
 //
+// Crashes: a killed process loses nothing (its writes are in the OS cache).
+// After a power loss every record RocksDB synced is on disk, because the
+// sync made it so; the zero tail after it reads as padding. Records written
+// after the last sync may be partly there, as with a growing file, and since
+// a later sync would have made them durable, they are only the queue's
+// unsynced lease-only groups, which may be lost by design.
+//
 // Thread-safety: the file system may be used from any thread; each WAL file
 // is written by one thread at a time, as RocksDB does.
 #pragma once

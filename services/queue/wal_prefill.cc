@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -37,7 +38,7 @@ PrefillMetrics& Metrics() {
         r.GetCounter("tern_queue_wal_files_total", help, {{"prefilled", "true"}}),
         r.GetCounter("tern_queue_wal_files_total", help, {{"prefilled", "false"}}),
         r.GetCounter("tern_queue_wal_prefill_failures_total",
-                     "Spare WAL files that could not be filled (disk full, I/O error)"),
+                     "Spare WAL files not made: too little free disk, or a write failed"),
     };
   }();
   return *m;
@@ -245,6 +246,18 @@ class WalPrefillFileSystem final : public rocksdb::FileSystemWrapper {
   // into place: a spare that has its final name is complete.
   bool Fill() {
     static const std::vector<char> zeros(1u << 20, '\0');
+    struct statvfs vfs;
+    if (::statvfs(options_.dir.c_str(), &vfs) == 0) {
+      const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+      if (free_bytes < options_.spare_bytes + options_.keep_free_bytes) {
+        Metrics().failures.Inc();
+        log::Event(log::Level::kWarn, "wal_prefill_skipped",
+                   {{"dir", options_.dir},
+                    {"free_bytes", absl::StrCat(free_bytes)},
+                    {"needed_bytes", absl::StrCat(options_.spare_bytes + options_.keep_free_bytes)}});
+        return false;
+      }
+    }
     const int fd = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int err = fd < 0 ? errno : 0;
     const char* step = "create";

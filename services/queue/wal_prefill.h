@@ -52,6 +52,11 @@ struct WalPrefillOptions {
   // Size of the spare, i.e. how much of each WAL is prefilled. Default: 64 MiB
   // (about one memtable's worth; the queue's WALs rarely grow beyond it).
   uint64_t spare_bytes = 64u << 20;
+  // A spare is only made while the file system would keep at least this
+  // much free after it, so the filler never takes the space that RocksDB's
+  // own writes (flushes, WAL growth) need on a nearly full disk; the queue
+  // passes its min_free_bytes. Default: 0.
+  uint64_t keep_free_bytes = 0;
 };
 
 // Wraps `base`. Before returning, makes sure a spare is ready (filling one if

@@ -1,6 +1,7 @@
 #include "services/queue/wal_prefill.h"
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -191,6 +192,19 @@ TEST_F(WalPrefillTest, AFillThatFailsLeavesOrdinaryWalsAndNoTemporaryFile) {
   ASSERT_TRUE(Open().ok());
   std::string value;
   EXPECT_TRUE(db_->Get(rocksdb::ReadOptions(), "key19", &value).ok());
+}
+
+TEST_F(WalPrefillTest, NoSpareIsMadeWhenItWouldEatIntoTheFreeSpaceToKeep) {
+  const uint64_t failures_before = CounterValue("tern_queue_wal_prefill_failures_total");
+  struct statvfs vfs;
+  ASSERT_EQ(::statvfs(dir_.c_str(), &vfs), 0);
+  const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  // Keep all but half a spare free: the spare does not fit.
+  auto prefill = NewWalPrefillFileSystem(rocksdb::FileSystem::Default(),
+                                         {dir_.string(), kSpare, free_bytes - kSpare / 2});
+  EXPECT_FALSE(fs::exists(dir_ / kWalSpareName));
+  EXPECT_FALSE(fs::exists(dir_ / absl::StrCat(kWalSpareName, ".tmp")));
+  EXPECT_EQ(CounterValue("tern_queue_wal_prefill_failures_total"), failures_before + 1);
 }
 
 TEST_F(WalPrefillTest, AStartReplacesASpareOfTheWrongSizeAndRemovesAHalfWrittenOne) {

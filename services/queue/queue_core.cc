@@ -25,8 +25,11 @@ absl::Status QueueCore::Impl::Open() {
   rocksdb::DBOptions db_options;
   // Each WAL starts as a zero-filled, synced file (wal_prefill.h): a commit's
   // fdatasync then writes its data and no file metadata.
-  env_ = rocksdb::NewCompositeEnv(NewWalPrefillFileSystem(rocksdb::FileSystem::Default(),
-                                                          {opt_.data_dir, opt_.wal_prefill_bytes, opt_.min_free_bytes}));
+  WalPrefillOptions prefill;
+  prefill.dir = opt_.data_dir;
+  prefill.spare_bytes = opt_.wal_prefill_bytes;
+  prefill.keep_free_bytes = opt_.min_free_bytes;
+  env_ = rocksdb::NewCompositeEnv(NewWalPrefillFileSystem(rocksdb::FileSystem::Default(), std::move(prefill)));
   db_options.env = env_.get();
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;

@@ -20,7 +20,6 @@ import re
 import smtplib
 import time
 import unittest
-import urllib.request
 from cluster import ClusterTestCase  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -206,14 +205,7 @@ def send(cluster, mail_from, rcpts, data):
 
 
 def bouncer_metric(cluster, name):
-    url = f"http://127.0.0.1:{cluster.ports['m_bouncer']}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return cluster.metric("bouncer", name)
 
 
 def log_events(cluster, service, event):

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -328,6 +329,16 @@ temp_fail_intervals={self.temp_fail_intervals}
         out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{self.ports['queue']}", "stats", "--json"],
                              capture_output=True, timeout=20, check=True)
         return json.loads(out.stdout)
+
+    def metric(self, service, name, missing=0.0):
+        """The value of Prometheus metric `name` on `service`'s exporter,
+        summed over its label sets; `missing` when no series has that name."""
+        url = f"http://127.0.0.1:{self.ports['m_' + service]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith(name + " ") or line.startswith(name + "{")]
+        return sum(values) if values else missing
 
     def send_burst(self, subject, count, domain="good.test"):
         """Relays `count` messages, "Subject: <subject> <i>", one recipient

@@ -6,9 +6,7 @@ without a deferral. Without the limit each delivery of the burst opened its
 own connection (a receiver with a per-client cap, like Postfix's smtp-sink at
 256, leaves the extra ones without a banner until they time out)."""
 
-import re
 import unittest
-import urllib.request
 
 from cluster import Cluster, ClusterTestCase
 
@@ -23,10 +21,7 @@ class DestinationConnectionsTest(ClusterTestCase):
         return Cluster(deliverer_ini_extra=f"destination_connections_max={LIMIT}")
 
     def deliverer_metric(self, name):
-        port = self.cluster.ports["m_deliverer"]
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-        return float(m.group(1)) if m else None
+        return self.cluster.metric("deliverer", name, missing=None)
 
     def test_a_burst_to_one_mx_uses_at_most_the_limit_of_connections_and_nothing_is_deferred(self):
         sink = self.cluster.sinks["good.test"]

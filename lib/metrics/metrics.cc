@@ -15,6 +15,37 @@
 
 namespace tern::metrics {
 
+Histogram::Histogram(std::vector<double> bounds)
+    : bounds_(std::move(bounds)), buckets_(new std::atomic<uint64_t>[bounds_.size() + 1]) {
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    buckets_[i].store(0, std::memory_order_relaxed);
+  }
+}
+
+void Histogram::Observe(double value) {
+  // Linear search: the lists are short (~20) and most observations land in
+  // the first few buckets.
+  size_t i = 0;
+  while (i < bounds_.size() && value > bounds_[i]) {
+    ++i;
+  }
+  buckets_[i].fetch_add(1, std::memory_order_relaxed);
+  sum_.fetch_add(value, std::memory_order_relaxed);
+}
+
+uint64_t Histogram::cumulative_count(size_t i) const {
+  uint64_t total = 0;
+  for (size_t j = 0; j <= i && j <= bounds_.size(); ++j) {
+    total += buckets_[j].load(std::memory_order_relaxed);
+  }
+  return total;
+}
+
+std::vector<double> LatencyBuckets() {
+  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+          0.025,   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,     10};
+}
+
 Registry& Registry::Global() {
   static Registry* registry = new Registry;
   return *registry;
@@ -67,6 +98,17 @@ Gauge& Registry::GetGauge(const std::string& name, const std::string& help, cons
   return *slot;
 }
 
+Histogram& Registry::GetHistogram(const std::string& name, const std::string& help, std::vector<double> bounds,
+                                  const Labels& labels) {
+  absl::MutexLock lock(&mu_);
+  auto& slot = FamilyFor(name, help, "histogram").histograms[RenderLabels(labels)];
+  if (!slot.second) {
+    slot.first = labels;
+    slot.second = std::make_unique<Histogram>(std::move(bounds));
+  }
+  return *slot.second;
+}
+
 void Registry::AddGaugeCallback(const std::string& name, const std::string& help, std::function<double()> fn) {
   absl::MutexLock lock(&mu_);
   FamilyFor(name, help, "gauge").callback = std::move(fn);
@@ -82,6 +124,21 @@ std::string Registry::Render() const {
     }
     for (const auto& [labels, g] : f.gauges) {
       absl::StrAppend(&out, name, labels, " ", g->value(), "\n");
+    }
+    for (const auto& [labels, entry] : f.histograms) {
+      const Histogram& h = *entry.second;
+      Labels with_le = entry.first;
+      with_le.emplace_back("le", "");
+      // One pass over the buckets so that every line of this scrape comes
+      // from the same cumulative walk (a concurrent Observe may land between
+      // lines, but the counts never decrease along the walk).
+      uint64_t cumulative = 0;
+      for (size_t i = 0; i <= h.bounds().size(); ++i) {
+        cumulative = h.cumulative_count(i);
+        with_le.back().second = i < h.bounds().size() ? absl::StrCat(h.bounds()[i]) : "+Inf";
+        absl::StrAppend(&out, name, "_bucket", RenderLabels(with_le), " ", cumulative, "\n");
+      }
+      absl::StrAppend(&out, name, "_sum", labels, " ", h.sum(), "\n", name, "_count", labels, " ", cumulative, "\n");
     }
     if (f.callback) {
       absl::StrAppend(&out, name, " ", f.callback(), "\n");

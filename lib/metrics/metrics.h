@@ -1,6 +1,6 @@
 // File: metrics.h
 //
-// Prometheus metrics: counters and gauges in a registry, rendered in the
+// Prometheus metrics: counters, gauges and histograms in a registry, rendered in the
 // Prometheus text exposition format (version 0.0.4), and a tiny HTTP exporter
 // that answers GET /metrics on one thread with blocking sockets (scrapes are
 // rare and small; this keeps Asio out of every service's metrics path).
@@ -9,12 +9,17 @@
 //       "tern_deliverer_recipients_total", "Recipients by outcome", {{"outcome", "delivered"}});
 //   delivered.Inc();
 //
-// Thread-safety: Counter/Gauge updates are lock-free atomics; registry lookups
+//   auto& commit = metrics::Registry::Global().GetHistogram(
+//       "tern_queue_commit_seconds", "Write and sync of one commit group", metrics::LatencyBuckets());
+//   commit.Observe(seconds);
+//
+// Thread-safety: Counter/Gauge/Histogram updates are lock-free atomics; registry lookups
 // take a mutex (look a metric up once and keep the reference, which stays
 // valid for the life of the process).
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -49,12 +54,47 @@ class Gauge {
   std::atomic<int64_t> value_{0};
 };
 
+// A Prometheus histogram: counts of observations at or below each upper
+// bound, their sum and their count. Observe() is a few relaxed atomic adds,
+// cheap enough for a per-message hot path; the cumulative counts Prometheus
+// wants are summed at scrape time.
+class Histogram {
+ public:
+  // `bounds`: strictly increasing, finite upper bounds; +Inf is implicit.
+  explicit Histogram(std::vector<double> bounds);
+
+  void Observe(double value);
+  // Seconds from `start` until now, on the steady clock.
+  void ObserveSince(std::chrono::steady_clock::time_point start) {
+    Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+
+  const std::vector<double>& bounds() const { return bounds_; }
+  // Observations at or below bounds()[i] (cumulative); i == bounds().size()
+  // is every observation (the +Inf bucket).
+  uint64_t cumulative_count(size_t i) const;
+  uint64_t count() const { return cumulative_count(bounds_.size()); }
+  double sum() const { return sum_.load(std::memory_order_relaxed); }
+
+ private:
+  std::vector<double> bounds_;
+  std::unique_ptr<std::atomic<uint64_t>[]> buckets_;  // per bucket, not cumulative; last = above every bound
+  std::atomic<double> sum_{0.0};
+};
+
+// Upper bounds in seconds for latencies from 50 us to 10 s: the range from a
+// lone fdatasync on a fast disk to a remote MTA that answers slowly.
+std::vector<double> LatencyBuckets();
+
 class Registry {
  public:
   static Registry& Global();
 
   Counter& GetCounter(const std::string& name, const std::string& help, const Labels& labels = {});
   Gauge& GetGauge(const std::string& name, const std::string& help, const Labels& labels = {});
+  // The bounds of the first call for a name and labels win.
+  Histogram& GetHistogram(const std::string& name, const std::string& help, std::vector<double> bounds,
+                          const Labels& labels = {});
   // A gauge computed at scrape time (e.g. queue depth read from the store).
   void AddGaugeCallback(const std::string& name, const std::string& help, std::function<double()> fn);
 
@@ -66,6 +106,8 @@ class Registry {
     std::string type;
     std::map<std::string, std::unique_ptr<Counter>> counters;  // key: rendered labels
     std::map<std::string, std::unique_ptr<Gauge>> gauges;
+    // key: rendered labels; the labels themselves, to add "le" when rendering
+    std::map<std::string, std::pair<Labels, std::unique_ptr<Histogram>>> histograms;
     std::function<double()> callback;
   };
   Family& FamilyFor(const std::string& name, const std::string& help, const char* type);

@@ -28,6 +28,35 @@ TEST(Registry, SameNameAndLabelsIsSameCounter) {
 
 TEST(Registry, EscapesLabelValues) { EXPECT_EQ(RenderLabels({{"a", "x\"y\\"}}), "{a=\"x\\\"y\\\\\"}"); }
 
+TEST(Histogram, CountsEachObservationInTheFirstBucketThatHoldsIt) {
+  Histogram h({0.001, 0.01, 0.1});
+  h.Observe(0.0005);
+  h.Observe(0.001);  // equal to a bound: Prometheus buckets are "less than or equal"
+  h.Observe(0.05);
+  h.Observe(7);
+  EXPECT_EQ(h.cumulative_count(0), 2u);
+  EXPECT_EQ(h.cumulative_count(1), 2u);
+  EXPECT_EQ(h.cumulative_count(2), 3u);
+  EXPECT_EQ(h.count(), 4u);
+  EXPECT_DOUBLE_EQ(h.sum(), 0.0005 + 0.001 + 0.05 + 7);
+}
+
+TEST(Registry, RendersHistogramsAsCumulativeBucketsWithSumAndCount) {
+  Registry r;
+  Histogram& h = r.GetHistogram("tern_op_seconds", "Op time", {0.5, 1}, {{"method", "Lease"}});
+  h.Observe(0.25);
+  h.Observe(0.75);
+  h.Observe(3);
+  EXPECT_EQ(&h, &r.GetHistogram("tern_op_seconds", "Op time", {9}, {{"method", "Lease"}}));
+  const std::string text = r.Render();
+  EXPECT_NE(text.find("# TYPE tern_op_seconds histogram\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_op_seconds_bucket{method=\"Lease\",le=\"0.5\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_op_seconds_bucket{method=\"Lease\",le=\"1\"} 2\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_op_seconds_bucket{method=\"Lease\",le=\"+Inf\"} 3\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_op_seconds_sum{method=\"Lease\"} 4\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_op_seconds_count{method=\"Lease\"} 3\n"), std::string::npos) << text;
+}
+
 TEST(HttpExporter, ServesMetricsOverHttp) {
   Registry r;
   r.GetGauge("tern_depth", "Depth").Set(42);

@@ -173,6 +173,18 @@ struct Metrics {
       "gRPC channels to the queue replaced after the queue stayed unreachable (see kRebuildChannelAfter)");
   metrics::Counter& ambiguous = r.GetCounter("tern_deliverer_ambiguous_total",
                                              "Recipients whose connection was lost after the final dot");
+  // Latency the queue adds to each delivery: the wait at the data gate holds
+  // the final dot, and a report's call holds the job's duplicate window open.
+  metrics::Histogram& data_gate_seconds =
+      r.GetHistogram("tern_deliverer_data_gate_seconds",
+                     "Wait before the final dot for the queue to record that DATA is being sent",
+                     metrics::LatencyBuckets());
+  metrics::Histogram& progress_call_seconds =
+      r.GetHistogram("tern_deliverer_queue_call_seconds", "Calls to the queue, send to answer",
+                     metrics::LatencyBuckets(), {{"method", "Progress"}});
+  metrics::Histogram& report_call_seconds =
+      r.GetHistogram("tern_deliverer_queue_call_seconds", "Calls to the queue, send to answer",
+                     metrics::LatencyBuckets(), {{"method", "Report"}});
 
   metrics::Counter& Dns(dns::LookupStatus s) {
     return r.GetCounter("tern_deliverer_dns_lookups_total", "MX lookups by result",
@@ -738,6 +750,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     if (gate->recorded) {
       co_return absl::OkStatus();  // an earlier address of this lease got it
     }
+    const auto waited_from = Clock::now();
     auto waiter = std::make_shared<ProgressWaiter>(io_);
     PendingProgress pending;
     pending.item.set_delivery_id(gate->job->delivery_id());
@@ -750,6 +763,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       waiter->wake.expires_at(Clock::time_point::max());
       co_await waiter->wake.async_wait(kNoThrow);
     }
+    metrics_.data_gate_seconds.ObserveSince(waited_from);
     absl::Status verdict = *waiter->verdict;
     if (verdict.ok()) {
       gate->recorded = true;
@@ -794,8 +808,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     v1::ProgressResponse response;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + kProgressDeadline);
+    const auto sent = Clock::now();
     grpc::Status status = co_await rpc::AwaitGrpc(
         [&](auto done) { self->stub_->async()->Progress(&ctx, &request, &response, std::move(done)); });
+    self->metrics_.progress_call_seconds.ObserveSince(sent);
     self->NoteProgressRpc(status);
     for (size_t i = 0; i < batch.size(); ++i) {
       absl::Status verdict;
@@ -924,8 +940,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     v1::ReportResponse response;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const auto sent = Clock::now();
     grpc::Status status = co_await rpc::AwaitGrpc(
         [&](auto done) { self->stub_->async()->Report(&ctx, &request, &response, std::move(done)); });
+    self->metrics_.report_call_seconds.ObserveSince(sent);
     --self->report_calls_;
     self->report_wake_.cancel();
     if (!status.ok()) {

@@ -14,6 +14,7 @@
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
+#include "lib/metrics/metrics.h"
 #include "lib/rpc/server_setup.h"
 #include "lib/rpc/status_convert.h"
 #include "tern/v1/queue.grpc.pb.h"
@@ -168,6 +169,7 @@ class EnqueueReactor final : public grpc::ClientWriteReactor<tern::v1::EnqueueRe
 class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher> {
  public:
   using Done = std::function<void(absl::StatusOr<std::string>)>;
+  using SteadyClock = std::chrono::steady_clock;
 
   EnqueueBatcher(std::shared_ptr<QueueStub> stub, std::chrono::milliseconds timeout)
       : stub_(std::move(stub)), timeout_(timeout) {}
@@ -176,7 +178,7 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
     std::vector<Pending> batch;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      pending_.push_back(Pending{std::move(item), std::move(done)});
+      pending_.push_back(Pending{std::move(item), std::move(done), SteadyClock::now()});
       if (in_flight_ >= kCallsInFlight) {
         return;  // leaves with the next call that finishes
       }
@@ -200,13 +202,38 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
   struct Pending {
     tern::v1::EnqueueItem item;
     Done done;
+    SteadyClock::time_point added;
   };
   struct Call {
     grpc::ClientContext context;
     tern::v1::EnqueueBatchRequest request;
     tern::v1::EnqueueBatchResponse response;
     std::vector<Done> done;
+    std::vector<SteadyClock::time_point> added;
+    SteadyClock::time_point sent;
   };
+
+  // What the SMTP client waits for between its final dot and our answer:
+  // the wait for a free call, then the call (mostly the queue's synced
+  // commit). Both are latency, not CPU; with a fixed number of client
+  // sessions they bound the message rate.
+  struct Metrics {
+    metrics::Histogram& message_seconds;
+    metrics::Histogram& call_seconds;
+  };
+  static Metrics& M() {
+    static Metrics* m = [] {
+      auto& r = metrics::Registry::Global();
+      return new Metrics{
+          r.GetHistogram("tern_ingest_enqueue_seconds",
+                         "From a message's end of data until the queue answered for it (synced or refused)",
+                         metrics::LatencyBuckets()),
+          r.GetHistogram("tern_ingest_enqueue_call_seconds", "EnqueueBatch calls to the queue, send to answer",
+                         metrics::LatencyBuckets()),
+      };
+    }();
+    return *m;
+  }
 
   std::vector<Pending> TakeLocked() {
     std::vector<Pending> batch;
@@ -230,10 +257,13 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
     call->context.set_deadline(std::chrono::system_clock::now() + timeout_);
     call->request.mutable_items()->Reserve(static_cast<int>(batch.size()));
     call->done.reserve(batch.size());
+    call->added.reserve(batch.size());
     for (Pending& p : batch) {
       *call->request.add_items() = std::move(p.item);
       call->done.push_back(std::move(p.done));
+      call->added.push_back(p.added);
     }
+    call->sent = SteadyClock::now();
     stub_->stub->async()->EnqueueBatch(&call->context, &call->request, &call->response,
                                        [self = shared_from_this(), call](grpc::Status status) {
                                          self->Finished(*call, status);
@@ -241,7 +271,26 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
   }
 
   void Finished(Call& call, const grpc::Status& status) {
+    // The next call goes out first: its messages have been waiting for this
+    // one, and answering this call's sessions (a post into each session's
+    // executor) would otherwise delay it.
+    std::vector<Pending> next;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (pending_.empty()) {
+        --in_flight_;
+      } else {
+        next = TakeLocked();
+      }
+    }
+    if (!next.empty()) {
+      Send(std::move(next));
+    }
     const absl::Status whole = status.ok() ? absl::OkStatus() : rpc::FromGrpc(status);
+    M().call_seconds.ObserveSince(call.sent);
+    for (const SteadyClock::time_point added : call.added) {
+      M().message_seconds.ObserveSince(added);
+    }
     for (size_t i = 0; i < call.done.size(); ++i) {
       if (!whole.ok()) {
         call.done[i](whole);
@@ -260,16 +309,6 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
         call.done[i](absl::Status(static_cast<absl::StatusCode>(r.code()), r.error()));
       }
     }
-    std::vector<Pending> next;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (pending_.empty()) {
-        --in_flight_;
-        return;
-      }
-      next = TakeLocked();
-    }
-    Send(std::move(next));
   }
 
   std::shared_ptr<QueueStub> stub_;

@@ -17,6 +17,8 @@ struct CommitterMetrics {
   metrics::Counter& write_errors;
   metrics::Counter& led;
   metrics::Gauge& last_group_ops;
+  metrics::Histogram& synced_write_seconds;
+  metrics::Histogram& unsynced_write_seconds;
 };
 
 CommitterMetrics& Metrics() {
@@ -33,6 +35,11 @@ CommitterMetrics& Metrics() {
                      "Groups committed by the RPC's own thread (it found the writer role free) rather than "
                      "handed to the writer thread"),
         r.GetGauge("tern_queue_group_commit_last_size", "Operations in the most recent group"),
+        r.GetHistogram("tern_queue_group_write_seconds",
+                       "One group's RocksDB write, with the WAL fdatasync when synced: what every "
+                       "operation of the group waits for after it is applied",
+                       metrics::LatencyBuckets(), {{"synced", "true"}}),
+        r.GetHistogram("tern_queue_group_write_seconds", "", metrics::LatencyBuckets(), {{"synced", "false"}}),
     };
   }();
   return *m;
@@ -263,7 +270,9 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
   if (write) {
     rocksdb::WriteOptions wo;
     wo.sync = sync;
+    const auto started = SteadyClock::now();
     ws = db_->Write(wo, batch_.GetWriteBatch());
+    (sync ? Metrics().synced_write_seconds : Metrics().unsynced_write_seconds).ObserveSince(started);
   }
   batch_.Clear();
   if (!ws.ok()) {

@@ -360,7 +360,8 @@ absl::Status QueueCore::Impl::Recover() {
 // Enqueue.
 
 void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done) {
-  std::optional<GroupOp> op = PrepareEnqueue(std::move(header), std::move(body), std::move(done));
+  std::optional<uint64_t> free_bytes = FreeDiskBytes();
+  std::optional<GroupOp> op = PrepareEnqueue(std::move(header), std::move(body), std::move(done), free_bytes);
   if (op) {
     Lead(*std::move(op));
   }
@@ -369,8 +370,13 @@ void QueueCore::Impl::Enqueue(EnqueueHeader header, std::string body, Callback<E
 void QueueCore::Impl::EnqueueMany(std::vector<EnqueueArgs> items) {
   std::vector<GroupOp> ops;
   ops.reserve(items.size());
+  // One look at the disk for the whole batch (statvfs per message was ~1 %
+  // of the queue's CPU); each accepted body is subtracted from it, so the
+  // batch as a whole keeps min_free_bytes free.
+  std::optional<uint64_t> free_bytes = FreeDiskBytes();
   for (EnqueueArgs& item : items) {
-    std::optional<GroupOp> op = PrepareEnqueue(std::move(item.header), std::move(item.body), std::move(item.done));
+    std::optional<GroupOp> op =
+        PrepareEnqueue(std::move(item.header), std::move(item.body), std::move(item.done), free_bytes);
     if (op) {
       ops.push_back(*std::move(op));
     }
@@ -380,24 +386,34 @@ void QueueCore::Impl::EnqueueMany(std::vector<EnqueueArgs> items) {
   }
 }
 
+std::optional<uint64_t> QueueCore::Impl::FreeDiskBytes() const {
+  if (opt_.min_free_bytes == 0) {
+    return std::nullopt;
+  }
+  struct statvfs fs;
+  if (::statvfs(opt_.data_dir.c_str(), &fs) != 0) {
+    return std::nullopt;  // unknown: RocksDB's own out-of-space errors still refuse
+  }
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+}
+
 std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std::string body,
-                                                       Callback<EnqueueResult> done) {
+                                                       Callback<EnqueueResult> done,
+                                                       std::optional<uint64_t>& free_bytes) {
   if (body.size() > kMaxBodyBytes) {
     done(absl::ResourceExhaustedError(absl::StrCat("message body over ", kMaxBodyBytes, " bytes")));
     return std::nullopt;
   }
-  if (opt_.min_free_bytes > 0) {
+  if (free_bytes.has_value()) {
     // The body goes to disk about twice (WAL, then blob or SST file).
-    struct statvfs fs;
-    if (::statvfs(opt_.data_dir.c_str(), &fs) == 0) {
-      const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-      if (free_bytes < opt_.min_free_bytes + 2 * body.size()) {
-        Metrics().disk_full_refusals.Inc();
-        done(absl::ResourceExhaustedError(absl::StrCat("queue disk almost full: ", free_bytes,
-                                                       " bytes free, keeping ", opt_.min_free_bytes)));
-        return std::nullopt;
-      }
+    const uint64_t needs = 2 * body.size();
+    if (*free_bytes < opt_.min_free_bytes + needs) {
+      Metrics().disk_full_refusals.Inc();
+      done(absl::ResourceExhaustedError(absl::StrCat("queue disk almost full: ", *free_bytes,
+                                                     " bytes free, keeping ", opt_.min_free_bytes)));
+      return std::nullopt;
     }
+    *free_bytes -= needs;
   }
   const auto& rcpts = header.envelope().recipients();
   if (rcpts.empty()) {

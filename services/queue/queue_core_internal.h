@@ -751,7 +751,13 @@ class QueueCore::Impl {
   void SubmitLease(std::shared_ptr<LeaseCall> call);
   // Checks an enqueue and builds its operation; a refusal is answered
   // through `done` at once and yields nothing.
-  std::optional<GroupOp> PrepareEnqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done);
+  // `free_bytes`: the disk's free space as last seen (nullopt: no check); an
+  // accepted body is taken off it, for the next item of the same batch.
+  std::optional<GroupOp> PrepareEnqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done,
+                                        std::optional<uint64_t>& free_bytes);
+  // Free bytes on the data directory's file system; nullopt when
+  // min_free_bytes is 0 or the file system cannot say.
+  std::optional<uint64_t> FreeDiskBytes() const;
   // Submits an operation of the RPC hot path so that the calling (RPC)
   // thread commits it itself when the writer role is free (see
   // GroupCommitter). Only for calls made without any lock held.

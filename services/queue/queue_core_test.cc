@@ -1,4 +1,6 @@
 #include "services/queue/queue_core.h"
+#include <sys/statvfs.h>
+
 #include <future>
 #include <map>
 
@@ -497,6 +499,39 @@ TEST_F(QueueCoreTest, EnqueueIsRefusedRetryablyWhenTheDiskReserveWouldBeUsed) {
   Reopen();
   EXPECT_TRUE(EnqueueStatus(Header({Rcpt("a@x.example")})).ok());
   EXPECT_EQ(Stats().messages(), 1u);
+}
+
+TEST_F(QueueCoreTest, OneBatchTogetherKeepsTheDiskReserveFree) {
+  // The free space is read once per batch, so each accepted body must count
+  // against it: two 64 MiB bodies (~128 MiB of disk each) into 192 MiB above
+  // the reserve take one, refuse the second and still take a small third.
+  // The 64 MiB margins absorb whatever else writes to this disk meanwhile.
+  Open();
+  struct statvfs fs;
+  ASSERT_EQ(::statvfs(dir_.c_str(), &fs), 0);
+  const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  constexpr uint64_t kBig = uint64_t{64} << 20;
+  if (free_bytes < 4 * kBig) {
+    GTEST_SKIP() << "needs 256 MiB free on " << dir_;
+  }
+  options_.min_free_bytes = free_bytes - 3 * kBig;
+  Reopen();
+  std::vector<std::promise<absl::Status>> results(3);
+  std::vector<QueueCore::EnqueueArgs> batch;
+  const std::string big(kBig, 'x');
+  for (int i = 0; i < 3; ++i) {
+    batch.push_back({Header({Rcpt(absl::StrCat("r", i, "@x.example"))}), i < 2 ? big : std::string(kBody),
+                     [&results, i](absl::StatusOr<EnqueueResult> r) { results[i].set_value(r.status()); }});
+  }
+  core_->EnqueueMany(std::move(batch));
+  std::vector<absl::Status> got;
+  for (auto& r : results) {
+    got.push_back(r.get_future().get());
+  }
+  EXPECT_TRUE(got[0].ok()) << got[0];
+  EXPECT_EQ(got[1].code(), absl::StatusCode::kResourceExhausted) << got[1];
+  EXPECT_TRUE(got[2].ok()) << got[2];
+  EXPECT_EQ(Stats().messages(), 2u);
 }
 
 TEST_F(QueueCoreTest, CorruptRecordsAreQuarantinedNotFatal) {

@@ -21,6 +21,9 @@ namespace {
 struct RpcMetrics {
   metrics::Counter& calls;
   metrics::Counter& items;
+  // From the call's arrival to its answer: for the synced methods mostly the
+  // wait for a group commit. Not observed for Lease, which long-polls.
+  metrics::Histogram& seconds;
 };
 
 RpcMetrics& MethodMetrics(const char* method) {
@@ -29,6 +32,8 @@ RpcMetrics& MethodMetrics(const char* method) {
       r.GetCounter("tern_queue_rpc_calls_total", "Worker-facing RPCs received, by method", {{"method", method}}),
       r.GetCounter("tern_queue_rpc_items_total", "Items those RPCs carried (messages, jobs asked for, reports)",
                    {{"method", method}}),
+      r.GetHistogram("tern_queue_rpc_seconds", "Worker-facing RPCs from arrival to answer, by method (not Lease)",
+                     metrics::LatencyBuckets(), {{"method", method}}),
   };
 }
 
@@ -123,8 +128,11 @@ class EnqueueReactor final : public grpc::ServerReadReactor<tern::v1::EnqueueReq
 // Finishes a unary reactor from a core completion, swapping the result into
 // the response gRPC owns (no copy of leased bodies).
 template <typename Response>
-auto FinishWith(grpc::ServerUnaryReactor* reactor, Response* response) {
-  return [reactor, response](absl::StatusOr<Response> result) {
+auto FinishWith(grpc::ServerUnaryReactor* reactor, Response* response, metrics::Histogram* seconds = nullptr) {
+  return [reactor, response, seconds, started = std::chrono::steady_clock::now()](absl::StatusOr<Response> result) {
+    if (seconds != nullptr) {
+      seconds->ObserveSince(started);
+    }
     if (!result.ok()) {
       reactor->Finish(rpc::ToGrpc(result.status()));
       return;
@@ -148,8 +156,9 @@ namespace {
 // item callbacks from the writer role's holder, usually all from one group.
 class BatchState {
  public:
-  BatchState(grpc::ServerUnaryReactor* reactor, tern::v1::EnqueueBatchResponse* response, int items)
-      : reactor_(reactor), response_(response), remaining_(items) {
+  BatchState(grpc::ServerUnaryReactor* reactor, tern::v1::EnqueueBatchResponse* response, int items,
+             metrics::Histogram& seconds)
+      : reactor_(reactor), response_(response), remaining_(items), seconds_(seconds) {
     for (int i = 0; i < items; ++i) {
       response_->add_results();
     }
@@ -165,6 +174,7 @@ class BatchState {
       out->set_error(std::string(result.status().message()));
     }
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      seconds_.ObserveSince(started_);
       reactor_->Finish(grpc::Status::OK);
       delete this;
     }
@@ -174,6 +184,8 @@ class BatchState {
   grpc::ServerUnaryReactor* reactor_;
   tern::v1::EnqueueBatchResponse* response_;
   std::atomic<int> remaining_;
+  metrics::Histogram& seconds_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace
@@ -193,7 +205,7 @@ grpc::ServerUnaryReactor* QueueServiceImpl::EnqueueBatch(grpc::CallbackServerCon
   // after handing it to us, so the bodies are moved out instead of copied
   // (the request object itself is not const, only our view of it).
   auto* items = const_cast<tern::v1::EnqueueBatchRequest*>(request)->mutable_items();
-  auto* state = new BatchState(reactor, response, n);
+  auto* state = new BatchState(reactor, response, n, metrics.seconds);
   std::vector<QueueCore::EnqueueArgs> batch;
   batch.reserve(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
@@ -245,7 +257,7 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Report(grpc::CallbackServerContext* 
   static RpcMetrics& metrics = MethodMetrics("Report");
   CountCall(metrics, request->reports_size());
   auto* reactor = context->DefaultReactor();
-  core_->Report(*request, FinishWith(reactor, response));
+  core_->Report(*request, FinishWith(reactor, response, &metrics.seconds));
   return reactor;
 }
 
@@ -255,7 +267,7 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Ack(grpc::CallbackServerContext* con
   static RpcMetrics& metrics = MethodMetrics("Ack");
   CountCall(metrics, request->acks_size());
   auto* reactor = context->DefaultReactor();
-  core_->Ack(*request, FinishWith(reactor, response));
+  core_->Ack(*request, FinishWith(reactor, response, &metrics.seconds));
   return reactor;
 }
 
@@ -265,7 +277,7 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Progress(grpc::CallbackServerContext
   static RpcMetrics& metrics = MethodMetrics("Progress");
   CountCall(metrics, request->items_size());
   auto* reactor = context->DefaultReactor();
-  core_->Progress(*request, FinishWith(reactor, response));
+  core_->Progress(*request, FinishWith(reactor, response, &metrics.seconds));
   return reactor;
 }
 

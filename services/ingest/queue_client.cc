@@ -172,7 +172,9 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
   using SteadyClock = std::chrono::steady_clock;
 
   EnqueueBatcher(std::shared_ptr<QueueStub> stub, std::chrono::milliseconds timeout)
-      : stub_(std::move(stub)), timeout_(timeout) {}
+      : stub_(std::move(stub)), timeout_(timeout) {
+    M();  // exported from the start, so a scrape before the first message sees zeros
+  }
 
   void Add(tern::v1::EnqueueItem item, Done done) {
     std::vector<Pending> batch;

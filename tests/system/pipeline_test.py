@@ -131,6 +131,29 @@ class PipelineTest(ClusterTestCase):
         # Both recipients share a domain, so one transaction carries both.
         self.assertEqual(sorted(got[0].rcpts), ["dave@good.test", "erin@good.test"])
 
+    def test_commit_path_latencies_are_exported_for_every_message(self):
+        # Operators read where a 250 waits from these histograms; each one
+        # must count every message (or call) that went through it.
+        names = {"ingest": ["tern_ingest_enqueue_seconds_count", "tern_ingest_enqueue_call_seconds_count"],
+                 "queue": ["tern_queue_group_write_seconds_count", "tern_queue_rpc_seconds_count"],
+                 "deliverer": ["tern_deliverer_data_gate_seconds_count", "tern_deliverer_queue_call_seconds_count"]}
+        before = {(svc, n): self.cluster.metric(svc, n, missing=None) for svc, ns in names.items() for n in ns}
+        self.assertNotIn(None, before.values(), before)
+        self.cluster.send_burst("latency", 3)
+        self.cluster.wait_for_burst("latency", 3)
+        calls = ("deliverer", "tern_deliverer_queue_call_seconds_count")
+        # The deliverer's Report (its second call, after Progress) is
+        # answered only after the sink has the messages.
+        self.cluster.wait_until(lambda: self.cluster.metric(*calls) >= before[calls] + 2, 30, "the report call")
+        after = {k: self.cluster.metric(*k) for k in before}
+        delta = {k: after[k] - before[k] for k in before}
+        self.assertEqual(delta[("ingest", "tern_ingest_enqueue_seconds_count")], 3, delta)
+        self.assertGreaterEqual(delta[("ingest", "tern_ingest_enqueue_call_seconds_count")], 1, delta)
+        self.assertGreaterEqual(delta[("queue", "tern_queue_group_write_seconds_count")], 1, delta)
+        self.assertGreaterEqual(delta[("queue", "tern_queue_rpc_seconds_count")], 3, delta)
+        self.assertGreaterEqual(delta[("deliverer", "tern_deliverer_data_gate_seconds_count")], 3, delta)
+        self.assertGreater(self.cluster.metric("ingest", "tern_ingest_enqueue_seconds_sum"), 0)
+
 
 class QueueCrashTest(unittest.TestCase):
     def test_messages_survive_kill_9_of_the_queue(self):

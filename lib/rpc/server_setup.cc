@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/common/log.h"
+#include "lib/rpc/grpc_tls.h"
 
 namespace tern::rpc {
 namespace {
@@ -42,14 +43,17 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   // In compose, a service may look the queue's name up before the container
   // network knows it; gRPC's default waits 30 s before asking DNS again.
   args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  if (GrpcTls().enabled && !GrpcTls().server_name.empty()) {
+    args.SetSslTargetNameOverride(GrpcTls().server_name);
+  }
+  return grpc::CreateCustomChannel(target, ChannelCredentials(), args);
 }
 
 std::unique_ptr<grpc::Server> StartHealthServer(const std::string& listen) {
   grpc::ServerBuilder builder;
   PrepareServerBuilder(builder);
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, ServerCredentials(), &port);
   auto server = builder.BuildAndStart();
   if (!server || port == 0) {
     log::Event(log::Level::kError, "health_listen_failed", {{"listen", listen}});

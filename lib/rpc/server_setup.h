@@ -23,13 +23,15 @@ inline constexpr int kMaxMessageBytes = 256 * 1024 * 1024;
 // gRPC reads plugins when a builder is constructed).
 void PrepareServerBuilder(grpc::ServerBuilder& builder);
 
-// A channel to `target` ("host:port") with Tern's limits. Insecure: gRPC
-// between services listens on loopback or an internal network by default.
+// A channel to `target` ("host:port") with Tern's limits. Plaintext unless
+// tern.ini [grpc] tls is on (lib/rpc/grpc_tls.h): gRPC between services
+// listens on loopback or an internal network by default.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
 
 // Starts a gRPC server on `listen` that only answers health checks and
 // reflection (for services that serve no API of their own: deliverer,
-// bouncer). Returns nullptr and logs when it cannot bind.
+// bouncer), with TLS when [grpc] tls is on. Returns nullptr and logs when it
+// cannot bind.
 std::unique_ptr<grpc::Server> StartHealthServer(const std::string& listen);
 
 }  // namespace tern::rpc

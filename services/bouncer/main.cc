@@ -23,6 +23,7 @@
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
 #include "lib/metrics/metrics.h"
+#include "lib/rpc/grpc_tls.h"
 #include "lib/rpc/server_setup.h"
 #include "services/bouncer/bounce_worker.h"
 #include "services/bouncer/bouncer_config.h"
@@ -41,6 +42,10 @@ int RealMain(const std::string& config_path) {
   absl::StatusOr<tern::bouncer::BouncerConfig> config = tern::bouncer::LoadBouncerConfig(dir);
   if (!config.ok()) {
     tern::log::Event(Level::kCrit, "config_invalid", {{"dir", config_path}, {"error", config.status().message()}});
+    return 1;
+  }
+  if (absl::Status s = tern::rpc::ConfigureGrpcTls(dir, /*serves=*/!config->health_listen.empty()); !s.ok()) {
+    tern::log::Event(Level::kCrit, "config_invalid", {{"dir", config_path}, {"error", s.message()}});
     return 1;
   }
   tern::log::Event(Level::kInfo, "starting",

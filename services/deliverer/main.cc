@@ -15,6 +15,7 @@
 #include "lib/config/logging_setup.h"
 #include "lib/dns/cares_resolver.h"
 #include "lib/metrics/metrics.h"
+#include "lib/rpc/grpc_tls.h"
 #include "lib/rpc/server_setup.h"
 #include "services/deliverer/deliverer_config.h"
 #include "services/deliverer/delivery_worker.h"
@@ -41,6 +42,10 @@ int main(int argc, char** argv) {
     return EXIT_FAILURE;
   }
   const deliverer::DelivererConfig config = *std::move(loaded);
+  if (absl::Status s = rpc::ConfigureGrpcTls(dir, /*serves=*/!config.health_listen.empty()); !s.ok()) {
+    log::Error(absl::StrCat("config: ", s.message()));
+    return EXIT_FAILURE;
+  }
 
   // Sockets report EPIPE instead of killing the process.
   std::signal(SIGPIPE, SIG_IGN);

@@ -29,6 +29,7 @@
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
 #include "lib/metrics/metrics.h"
+#include "lib/rpc/grpc_tls.h"
 #include "lib/rpc/server_setup.h"
 #include "services/ingest/config.h"
 #include "services/ingest/queue_client.h"
@@ -75,6 +76,9 @@ int main(int argc, char** argv) {
   auto config = tern::ingest::LoadIngestConfig(dir);
   if (!config.ok()) {
     return Fail("config_error", config.status().message());
+  }
+  if (absl::Status s = tern::rpc::ConfigureGrpcTls(dir, /*serves=*/!config->health_listen.empty()); !s.ok()) {
+    return Fail("config_error", s.message());
   }
 
   std::unique_ptr<grpc::Server> health;

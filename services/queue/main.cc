@@ -28,6 +28,7 @@
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
 #include "lib/metrics/metrics.h"
+#include "lib/rpc/grpc_tls.h"
 #include "lib/rpc/server_setup.h"
 #include "services/queue/queue_config.h"
 #include "services/queue/queue_core.h"
@@ -69,6 +70,9 @@ int main(int argc, char** argv) {
   if (!config.ok()) {
     return Fail("config_error", config.status().message());
   }
+  if (absl::Status s = tern::rpc::ConfigureGrpcTls(dir, /*serves=*/true); !s.ok()) {
+    return Fail("config_error", s.message());
+  }
 
   auto core = tern::queue::QueueCore::Open(config->core);
   if (!core.ok()) {
@@ -88,7 +92,7 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   tern::rpc::PrepareServerBuilder(builder);
   int port = 0;
-  builder.AddListeningPort(config->listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(config->listen, tern::rpc::ServerCredentials(), &port);
   builder.RegisterService(&queue_service);
   builder.RegisterService(&admin_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -239,6 +239,12 @@ def main():
             time.sleep(1)
         assert int(inside_stats.get("messages", 1)) in (0, 1)
         log(f"queue drained (ternctl from host and inside the queue container): {host_stats}")
+        # The image's HEALTHCHECK command, run by hand: podman without systemd
+        # never runs it, and a broken one would only show under docker.
+        for service in ("queue", "ingest", "bouncer", "deliverer"):
+            stack.compose("exec", "-T", service, "sh", "-c",
+                          'exec ternctl --queue "$TERN_HEALTH" --config "$TERN_CONFIG" health', timeout=60)
+        log("the image's health check passes in every service")
 
         # 2. 3,000 more while a deliverer is killed and the deliverers are rescaled.
         batch2 = [f"b2-{i}" for i in range(3000)]

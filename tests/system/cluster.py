@@ -153,7 +153,7 @@ class Cluster:
     """The whole system. Use as a context manager."""
 
     def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100", lease_seconds=None,
-                 queue_ini_extra="", deliverer_ini_extra=""):
+                 queue_ini_extra="", deliverer_ini_extra="", tern_ini_extra=""):
         self.tmp = tempfile.mkdtemp(prefix="tern-system-")
         self.config = os.path.join(self.tmp, "config")
         self.data = os.path.join(self.tmp, "queue")
@@ -165,6 +165,7 @@ class Cluster:
         self.lease_seconds = lease_seconds
         self.queue_ini_extra = queue_ini_extra  # more [queue] lines for tern.ini
         self.deliverer_ini_extra = deliverer_ini_extra  # more [deliverer] lines
+        self.tern_ini_extra = tern_ini_extra  # more sections at the end of tern.ini
         self.procs = {}
         self.sinks = {}
         self.dns = None
@@ -221,6 +222,7 @@ metrics_listen=127.0.0.1:{p['m_deliverer']}
 queue={q}
 health_listen=127.0.0.1:{p['bouncer_health']}
 metrics_listen=127.0.0.1:{p['m_bouncer']}
+{self.tern_ini_extra}
 """)
         with open(os.path.join(self.config, "smtp.ini"), "w") as f:
             f.write(f"[main]\nlisten=127.0.0.1:{p['smtp']}\n")

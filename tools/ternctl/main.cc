@@ -1,6 +1,6 @@
 // ternctl: the operator's command line for a running Tern queue.
 //
-//   ternctl [--queue HOST:PORT] [--timeout S] COMMAND ...
+//   ternctl [--queue HOST:PORT] [--config DIR] [--timeout S] COMMAND ...
 //     stats [--json]                    counters
 //     list [filters] [--limit N] [--cursor ID] [--json]
 //     show ID | explain ID [--json]     one message; why it is still queued
@@ -14,13 +14,17 @@
 //   filters: --domain D --sender S --recipient R --state STATE
 //            --older-than DUR --younger-than DUR
 //
-// --queue defaults to 127.0.0.1:7070 (tern.ini [queue] listen). Exit status:
+// --queue defaults to 127.0.0.1:7070 (tern.ini [queue] listen). --config reads
+// the gRPC TLS settings (tern.ini [grpc], lib/rpc/grpc_tls.h) the services
+// use, for a queue that speaks only TLS. Exit status:
 // 0 on success, 1 when the queue cannot be reached or refuses the request,
 // and CLI11's usage codes for bad arguments. Command groups live in their
 // own files (see command_group.h); add them below.
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "lib/config/config_dir.h"
+#include "lib/rpc/grpc_tls.h"
 #include "tools/ternctl/admin_client.h"
 #include "tools/ternctl/command_group.h"
 
@@ -31,6 +35,20 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", globals.timeout_seconds, "Seconds to wait for the queue")
       ->capture_default_str()
       ->check(CLI::Range(1, 3600));
+  // An option callback: CLI11 runs it before any subcommand's, so the
+  // channels the commands make already carry the credentials.
+  app.add_option_function<std::string>(
+      "--config",
+      [](const std::string& dir) {
+        // Load + Set rather than Configure: a CLI logs nothing of its own.
+        absl::StatusOr<tern::rpc::GrpcTlsSettings> tls =
+            tern::rpc::LoadGrpcTls(tern::config::ConfigDir(dir), /*serves=*/false);
+        if (!tls.ok()) {
+          throw CLI::ValidationError("--config", std::string(tls.status().message()));
+        }
+        tern::rpc::SetGrpcTls(*std::move(tls));
+      },
+      "Config directory whose tern.ini [grpc] says how to reach a queue that speaks TLS");
   app.require_subcommand(1);
   app.fallthrough();  // also accept --queue after the subcommand
 

@@ -792,7 +792,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         self->progress_.pop_front();
       }
       ++self->progress_calls_;
-      asio::co_spawn(executor, SendProgress(self, std::move(batch)), asio::detached);
+      asio::co_spawn(executor, SendProgress(self, std::move(batch), self->TakeReportsToCarry()), asio::detached);
     }
   }
 
@@ -800,10 +800,14 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // transaction whose progress could not be recorded stops before DATA and
   // its recipients are tried again later, which costs a retry, not a
   // duplicate nobody knows about.
-  static asio::awaitable<void> SendProgress(std::shared_ptr<Impl> self, std::vector<PendingProgress> batch) {
+  static asio::awaitable<void> SendProgress(std::shared_ptr<Impl> self, std::vector<PendingProgress> batch,
+                                            std::vector<PendingReport> reports) {
     v1::ProgressRequest request;
     for (const PendingProgress& p : batch) {
       *request.add_items() = p.item;
+    }
+    for (const PendingReport& r : reports) {
+      *request.add_reports() = r.report;
     }
     v1::ProgressResponse response;
     grpc::ClientContext ctx;
@@ -833,6 +837,54 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     --self->progress_calls_;
     self->progress_wake_.cancel();
+    if (!reports.empty()) {
+      self->CarriedReportsAnswered(std::move(reports), status, response);
+    }
+  }
+
+  // Reports that may ride on the Progress call about to go out: all that
+  // wait (for the pacer, or for a Report call in flight), unless the queue
+  // does not take them there or calls with reports are backing off after a
+  // failure. The call then counts in report_calls_ until it is answered, so
+  // the ReporterLoop waits for it and a drain flushes it.
+  std::vector<PendingReport> TakeReportsToCarry() {
+    std::vector<PendingReport> carried;
+    const Clock::time_point now = Clock::now();
+    if (!carry_reports_ || pending_.empty() || report_retry_at_ > now) {
+      return carried;
+    }
+    report_pacer_.Started(now);
+    while (!pending_.empty() && carried.size() < kMaxReportsPerCall) {
+      carried.push_back(std::move(pending_.front()));
+      pending_.pop_front();
+    }
+    ++report_calls_;
+    return carried;
+  }
+
+  // The answer for reports a Progress call carried. A queue that does not
+  // know the field (no statuses for them, or no Progress at all) applied
+  // nothing: they go back for a Report call, and no more are carried.
+  void CarriedReportsAnswered(std::vector<PendingReport> reports, const grpc::Status& status,
+                              const v1::ProgressResponse& response) {
+    --report_calls_;
+    report_wake_.cancel();
+    const bool ignored = status.error_code() == grpc::StatusCode::UNIMPLEMENTED ||
+                         (status.ok() && static_cast<size_t>(response.report_statuses_size()) != reports.size());
+    if (ignored) {
+      carry_reports_ = false;
+      log::Event(log::Level::kNotice, "reports_not_carried",
+                 {{"queue", config_.queue}, {"note", "this queue takes reports only in Report calls"}});
+      for (auto it = reports.rbegin(); it != reports.rend(); ++it) {
+        pending_.push_front(std::move(*it));
+      }
+      return;
+    }
+    if (!status.ok()) {
+      ReportsFailed(std::move(reports), status);
+      return;
+    }
+    ReportsAnswered(reports, response.report_statuses());
   }
 
   // Logs the first Progress failure of an outage and the recovery.
@@ -947,38 +999,49 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     --self->report_calls_;
     self->report_wake_.cancel();
     if (!status.ok()) {
-      if (!self->report_failing_) {
-        self->report_failing_ = true;
-        log::Event(log::Level::kWarn, "report_failed",
-                   {{"queue", self->config_.queue}, {"error", status.error_message()},
-                    {"reports", absl::StrCat(batch.size())}, {"note", "retried with the same lease tokens"}});
-      }
-      // Back in front, in order, for the next try.
-      for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
-        self->pending_.push_front(std::move(*it));
-      }
-      self->report_retry_at_ = Clock::now() + self->report_backoff_;
-      self->report_backoff_ = std::min<Clock::duration>(self->report_backoff_ * 2, kMaxReportBackoff);
+      self->ReportsFailed(std::move(batch), status);
       co_return;
     }
-    if (self->report_failing_) {
-      self->report_failing_ = false;
-      log::Event(log::Level::kNotice, "report_recovered", {{"queue", self->config_.queue}});
+    self->ReportsAnswered(batch, response.statuses());
+  }
+
+  // A call with reports failed: they go back in front, in order, and are
+  // retried with the same lease tokens after a growing pause.
+  void ReportsFailed(std::vector<PendingReport> batch, const grpc::Status& status) {
+    if (!report_failing_) {
+      report_failing_ = true;
+      log::Event(log::Level::kWarn, "report_failed",
+                 {{"queue", config_.queue}, {"error", status.error_message()},
+                  {"reports", absl::StrCat(batch.size())}, {"note", "retried with the same lease tokens"}});
     }
-    self->report_backoff_ = kMinReportBackoff;
+    for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
+      pending_.push_front(std::move(*it));
+    }
+    report_retry_at_ = Clock::now() + report_backoff_;
+    report_backoff_ = std::min<Clock::duration>(report_backoff_ * 2, kMaxReportBackoff);
+  }
+
+  // The queue answered for `batch`, one status each (a missing one counts
+  // as refused).
+  void ReportsAnswered(const std::vector<PendingReport>& batch,
+                       const google::protobuf::RepeatedField<int>& statuses) {
+    if (report_failing_) {
+      report_failing_ = false;
+      log::Event(log::Level::kNotice, "report_recovered", {{"queue", config_.queue}});
+    }
+    report_backoff_ = kMinReportBackoff;
     for (size_t i = 0; i < batch.size(); ++i) {
-      const v1::ReportStatus s = i < static_cast<size_t>(response.statuses_size())
-                                     ? response.statuses(static_cast<int>(i))
-                                     : v1::REPORT_STATUS_UNSPECIFIED;
+      const auto s = i < static_cast<size_t>(statuses.size()) ? static_cast<v1::ReportStatus>(statuses[static_cast<int>(i)])
+                                                               : v1::REPORT_STATUS_UNSPECIFIED;
       if (s == v1::REPORT_STATUS_APPLIED) {
-        self->metrics_.reports_sent.Inc();
-        self->unconfirmed_.erase(batch[i].report.delivery_id());
+        metrics_.reports_sent.Inc();
+        unconfirmed_.erase(batch[i].report.delivery_id());
       } else {
-        self->metrics_.reports_refused.Inc();
+        metrics_.reports_refused.Inc();
         log::Event(log::Level::kWarn, "report_refused",
                    {{"delivery", batch[i].report.delivery_id()}, {"status", v1::ReportStatus_Name(s)}});
       }
-      self->ReportSettled();
+      ReportSettled();
     }
   }
 
@@ -1051,6 +1114,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   std::deque<PendingReport> pending_;
   uint32_t unreported_ = 0;  // reports enqueued and not yet settled
   int report_calls_ = 0;
+  // Reports ride on Progress calls until a queue shows it ignores them.
+  bool carry_reports_ = true;
   bool report_failing_ = false;
   Clock::time_point report_retry_at_{};
   Clock::duration report_backoff_ = kMinReportBackoff;

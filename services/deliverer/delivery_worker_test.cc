@@ -114,8 +114,23 @@ class FakeQueue final : public v1::Queue::CallbackService {
       progress_.push_back(p);
       resp->add_statuses(progress_answer_);
     }
+    // A queue that predates carried reports ignores them (and answers no
+    // report_statuses); with `carry` they are applied like a Report's.
+    if (carry) {
+      for (const auto& r : req->reports()) {
+        reports_.push_back(r);
+        carried_.push_back(r.delivery_id());
+        resp->add_report_statuses(v1::REPORT_STATUS_APPLIED);
+      }
+    }
     reactor->Finish(grpc::Status::OK);
     return reactor;
+  }
+  bool carry = false;
+  // Delivery ids of the reports that came inside Progress calls.
+  std::vector<std::string> carried() {
+    absl::MutexLock lock(&mu_);
+    return carried_;
   }
   // Progress answers this status per item, or fails the call with `error`.
   void AnswerProgress(v1::ReportStatus answer, grpc::StatusCode error = grpc::StatusCode::OK) {
@@ -165,8 +180,12 @@ class FakeQueue final : public v1::Queue::CallbackService {
     return reactor;
   }
 
+  // Each Report call is answered this much later (a busy queue).
+  std::chrono::milliseconds report_delay{0};
+
   grpc::ServerUnaryReactor* Report(grpc::CallbackServerContext* ctx, const v1::ReportRequest* req,
                                    v1::ReportResponse* resp) override {
+    std::this_thread::sleep_for(report_delay);
     absl::MutexLock lock(&mu_);
     report_times_.push_back(std::chrono::steady_clock::now());
     if (fail_reports_) {
@@ -193,6 +212,7 @@ class FakeQueue final : public v1::Queue::CallbackService {
   std::vector<std::chrono::steady_clock::time_point> report_times_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::DeliveryReport> reports_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::DeliveryProgress> progress_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> carried_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HostFlag> put_flags_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HostFlag> flags_ ABSL_GUARDED_BY(mu_);
   int get_flags_calls_ ABSL_GUARDED_BY(mu_) = 0;
@@ -704,6 +724,54 @@ TEST(DeliveryWorker, DataIsSentOnlyAfterTheQueueRecordedProgressForTheLease) {
   EXPECT_EQ(h.queue.progress()[0].lease_token(), "token-g1");
   EXPECT_EQ(h.queue.reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
   EXPECT_EQ(h.stats.messages, 1);
+}
+
+TEST(DeliveryWorker, AFinishedReportRidesOnTheNextProgressCallWhenTheQueueTakesIt) {
+  Harness h;
+  h.queue.full = true;
+  h.queue.carry = true;
+  h.queue.report_delay = 500ms;
+  // One connection: c1, c2, c3 go one after another on it.
+  h.config.destination_connections_max = 1;
+  for (const char* id : {"c1", "c2", "c3"}) {
+    h.queue.AddJob(Job(id, "x.test", {std::string("rcpt-") + id}));
+  }
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 3; }));
+  // c1's report left in a Report call at once; c2 finished while that call
+  // was still out, so its report waited and went with c3's Progress; c3's
+  // own went in the next Report call.
+  EXPECT_EQ(h.queue.carried(), std::vector<std::string>{"c2"});
+  EXPECT_EQ(h.queue.report_times().size(), 2u);
+  auto by_id = h.ReportsById();
+  EXPECT_EQ(by_id.size(), 3u);
+  for (const auto& [id, report] : by_id) {
+    EXPECT_EQ(report.recipients(0).result().outcome(), v1::OUTCOME_DELIVERED) << id;
+  }
+  EXPECT_EQ(h.stats.messages, 3);
+}
+
+TEST(DeliveryWorker, AQueueThatIgnoresCarriedReportsStillGetsEveryReportByReport) {
+  Harness h;
+  h.queue.full = true;  // Progress, but carry stays false: an older queue
+  h.queue.report_delay = 500ms;
+  h.config.destination_connections_max = 1;
+  for (const char* id : {"o1", "o2", "o3"}) {
+    h.queue.AddJob(Job(id, "x.test", {std::string("rcpt-") + id}));
+  }
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 3; }));
+  EXPECT_TRUE(h.queue.carried().empty());
+  auto by_id = h.ReportsById();
+  EXPECT_EQ(by_id.size(), 3u) << "each delivery reported exactly once";
+  for (const auto& [id, report] : by_id) {
+    EXPECT_EQ(report.recipients(0).result().outcome(), v1::OUTCOME_DELIVERED) << id;
+  }
+  EXPECT_EQ(h.stats.messages, 3);
+  // Nothing reported twice, also after the answer that showed the queue
+  // ignores them.
+  h.RunUntil([] { return false; }, 1s);
+  EXPECT_EQ(h.queue.reports().size(), 3u);
 }
 
 TEST(DeliveryWorker, LeaseTheQueueNoLongerHoldsStopsBeforeTheMessage) {

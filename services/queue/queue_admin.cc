@@ -332,10 +332,20 @@ void QueueCore::Impl::Progress(tern::v1::ProgressRequest request, Callback<tern:
           TERN_ASSIGN_OR_RETURN(ReportStatus status, ApplyProgressItem(txn, item));
           call->response.add_statuses(status);
         }
+        // Reports riding along (the worker's next Report, saved): applied
+        // after the items, as if they had come in their own call.
+        const int64_t now = clock_->NowUnixMs();
+        for (const auto& report : call->request.reports()) {
+          TERN_ASSIGN_OR_RETURN(ReportStatus status, ApplyOneReport(txn, report, now));
+          call->response.add_report_statuses(status);
+        }
         return absl::OkStatus();
       },
-      [call](const absl::Status& s) {
+      [this, call](const absl::Status& s) {
         if (s.ok()) {
+          if (call->request.reports_size() > 0) {
+            AfterReports();
+          }
           call->done(std::move(call->response));
         } else {
           call->done(s);

@@ -69,6 +69,48 @@ class QueueAdminTest : public QueueCoreTest {
   }
 };
 
+TEST_F(QueueAdminTest, ReportsCarriedByProgressAreAppliedAsIfReportedAlone) {
+  Open();
+  const std::string done_id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  const std::string next_id = Enqueue(Header({Rcpt("b@y.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  const auto& done = lease.deliveries(0).message_id() == done_id ? lease.deliveries(0) : lease.deliveries(1);
+  const auto& next = lease.deliveries(0).message_id() == done_id ? lease.deliveries(1) : lease.deliveries(0);
+
+  // The next delivery's progress, with the finished one's report and a
+  // report for the next one under a token the queue never gave out.
+  tern::v1::ProgressRequest req;
+  auto* item = req.add_items();
+  item->set_delivery_id(next.delivery_id());
+  item->set_lease_token(next.lease_token());
+  item->set_data_sent(true);
+  auto* rep = req.add_reports();
+  rep->set_delivery_id(done.delivery_id());
+  rep->set_lease_token(done.lease_token());
+  auto* rr = rep->add_recipients();
+  rr->set_index(done.recipients(0).index());
+  *rr->mutable_result() = Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok");
+  auto* stale = req.add_reports();
+  stale->set_delivery_id(next.delivery_id());
+  stale->set_lease_token("not-a-token");
+  *stale->add_recipients() = *rr;
+  stale->mutable_recipients(0)->set_index(next.recipients(0).index());
+  auto r = Sync<tern::v1::ProgressResponse>([&](auto cb) { core_->Progress(req, std::move(cb)); });
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->statuses_size(), 1);
+  EXPECT_EQ(r->statuses(0), REPORT_STATUS_APPLIED);
+  ASSERT_EQ(r->report_statuses_size(), 2);
+  EXPECT_EQ(r->report_statuses(0), REPORT_STATUS_APPLIED);
+  EXPECT_EQ(r->report_statuses(1), REPORT_STATUS_STALE_LEASE);
+
+  // The reported message is done; the other is marked as DATA sent.
+  EXPECT_EQ(Stats().messages(), 1u);
+  EXPECT_EQ(Stats().delivered_total(), 1u);
+  EXPECT_THAT(EventTypes(done_id), ::testing::Contains("delivered"));
+  EXPECT_TRUE(Show(next_id).deliveries(0).data_sent());
+}
+
 TEST_F(QueueAdminTest, LeaseExpiringAfterDataSentIsAmbiguousAndRedeliveredByDefault) {
   Open();
   const std::string id = Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")})).message_id;

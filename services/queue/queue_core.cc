@@ -980,18 +980,22 @@ void QueueCore::Impl::Report(ReportRequest request, Callback<ReportResponse> don
       },
       [this, call](const absl::Status& s) {
         if (s.ok()) {
-          // Ended leases may have freed a full destination's slots: hand its
-          // waiting deliveries to a long poll now, not at the next tick
-          // (before the reply, so the reporter sees the new state).
-          if (ReleaseParked() > 0) {
-            WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
-          }
+          AfterReports();
           call->done(std::move(call->response));
         } else {
           call->done(s);
         }
       },
   });
+}
+
+void QueueCore::Impl::AfterReports() {
+  // Ended leases may have freed a full destination's slots: hand its waiting
+  // deliveries to a long poll now, not at the next tick (before the reply,
+  // so the reporter sees the new state).
+  if (ReleaseParked() > 0) {
+    WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+  }
 }
 
 int64_t QueueCore::Impl::DelayForUnreported(uint32_t attempts) const {

@@ -742,6 +742,8 @@ class QueueCore::Impl {
   absl::StatusOr<LeaseStep> LeaseBounce(Txn& txn, const std::string& id, int64_t key_due, int64_t now,
                                         int64_t lease_ms, uint64_t budget, uint64_t* bytes, LeaseResponse& resp);
   absl::StatusOr<ReportStatus> ApplyOneReport(Txn& txn, const tern::v1::DeliveryReport& report, int64_t now);
+  // After committed reports (a Report call, or reports carried by Progress).
+  void AfterReports();
   absl::StatusOr<ReportStatus> ApplyOneAck(Txn& txn, const tern::v1::BounceAck& ack);
   void CreateBounce(Txn& txn, MessageRecord& msg, BounceKind kind, std::vector<BouncedRecipient> rcpts,
                     const std::string& delivery_id, int64_t now, int64_t will_retry_until = 0);

@@ -275,7 +275,8 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Progress(grpc::CallbackServerContext
                                                      const tern::v1::ProgressRequest* request,
                                                      tern::v1::ProgressResponse* response) {
   static RpcMetrics& metrics = MethodMetrics("Progress");
-  CountCall(metrics, request->items_size());
+  // Items: progress items plus the reports they carry.
+  CountCall(metrics, request->items_size() + request->reports_size());
   auto* reactor = context->DefaultReactor();
   core_->Progress(*request, FinishWith(reactor, response, &metrics.seconds));
   return reactor;

@@ -413,7 +413,6 @@ std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std
                                                      " bytes free, keeping ", opt_.min_free_bytes)));
       return std::nullopt;
     }
-    *free_bytes -= needs;
   }
   const auto& rcpts = header.envelope().recipients();
   if (rcpts.empty()) {
@@ -448,6 +447,9 @@ std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std
       call->splits.push_back({std::move(domain), {}});
     }
     call->splits[it->second].second.push_back(i);
+  }
+  if (free_bytes.has_value()) {
+    *free_bytes -= 2 * body.size();  // taken: the next item of the batch has that much less
   }
   call->header = std::move(header);
   call->body = std::move(body);

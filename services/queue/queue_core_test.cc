@@ -503,9 +503,11 @@ TEST_F(QueueCoreTest, EnqueueIsRefusedRetryablyWhenTheDiskReserveWouldBeUsed) {
 
 TEST_F(QueueCoreTest, OneBatchTogetherKeepsTheDiskReserveFree) {
   // The free space is read once per batch, so each accepted body must count
-  // against it: two 64 MiB bodies (~128 MiB of disk each) into 192 MiB above
-  // the reserve take one, refuse the second and still take a small third.
-  // The 64 MiB margins absorb whatever else writes to this disk meanwhile.
+  // against it (and a refused one must not): with 192 MiB above the reserve,
+  // a 64 MiB body without recipients is refused for that and takes nothing,
+  // the next 64 MiB body (~128 MiB of disk) is taken, the one after it is
+  // refused for space, and a small last one still fits. The 64 MiB margins
+  // absorb whatever else writes to this disk meanwhile.
   Open();
   struct statvfs fs;
   ASSERT_EQ(::statvfs(dir_.c_str(), &fs), 0);
@@ -516,11 +518,15 @@ TEST_F(QueueCoreTest, OneBatchTogetherKeepsTheDiskReserveFree) {
   }
   options_.min_free_bytes = free_bytes - 3 * kBig;
   Reopen();
-  std::vector<std::promise<absl::Status>> results(3);
+  std::vector<std::promise<absl::Status>> results(4);
   std::vector<QueueCore::EnqueueArgs> batch;
   const std::string big(kBig, 'x');
-  for (int i = 0; i < 3; ++i) {
-    batch.push_back({Header({Rcpt(absl::StrCat("r", i, "@x.example"))}), i < 2 ? big : std::string(kBody),
+  for (int i = 0; i < 4; ++i) {
+    std::vector<tern::v1::RecipientSpec> rcpts;
+    if (i > 0) {
+      rcpts.push_back(Rcpt(absl::StrCat("r", i, "@x.example")));
+    }
+    batch.push_back({Header(rcpts), i < 3 ? big : std::string(kBody),
                      [&results, i](absl::StatusOr<EnqueueResult> r) { results[i].set_value(r.status()); }});
   }
   core_->EnqueueMany(std::move(batch));
@@ -528,9 +534,10 @@ TEST_F(QueueCoreTest, OneBatchTogetherKeepsTheDiskReserveFree) {
   for (auto& r : results) {
     got.push_back(r.get_future().get());
   }
-  EXPECT_TRUE(got[0].ok()) << got[0];
-  EXPECT_EQ(got[1].code(), absl::StatusCode::kResourceExhausted) << got[1];
-  EXPECT_TRUE(got[2].ok()) << got[2];
+  EXPECT_EQ(got[0].code(), absl::StatusCode::kInvalidArgument) << got[0];
+  EXPECT_TRUE(got[1].ok()) << got[1];
+  EXPECT_EQ(got[2].code(), absl::StatusCode::kResourceExhausted) << got[2];
+  EXPECT_TRUE(got[3].ok()) << got[3];
   EXPECT_EQ(Stats().messages(), 2u);
 }
 

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -23,6 +24,9 @@ ConfigDir::ConfigDir(std::string path) : path_(std::move(path)) {
 }
 
 std::string ConfigDir::PathOf(absl::string_view name) const {
+  if (absl::StartsWith(name, "/")) {
+    return std::string(name);
+  }
   for (const std::string& dir : dirs_) {
     std::string candidate = absl::StrCat(dir, "/", name);
     if (::access(candidate.c_str(), F_OK) == 0) {

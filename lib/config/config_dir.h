@@ -27,7 +27,8 @@ class ConfigDir {
 
   const std::string& path() const { return path_; }
   // The file `name` in the first directory that has it, or in the first
-  // directory when none has it.
+  // directory when none has it. An absolute `name` is returned as it is (a
+  // setting that names a file outside the config directory).
   std::string PathOf(absl::string_view name) const;
 
   // The parsed INI file `name`, empty if it does not exist.

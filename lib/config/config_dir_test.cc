@@ -72,6 +72,11 @@ TEST_F(ConfigDirTest, SearchPathTakesEachFileFromFirstDirectoryThatHasIt) {
   EXPECT_EQ(ini->Get("main", "listen"), "0.0.0.0:2525");
   EXPECT_EQ(*cfg.Me(), "base.example");
   EXPECT_EQ(cfg.PathOf("absent.ini"), (site / "absent.ini").string());
+  EXPECT_EQ(cfg.PathOf("/etc/ssl/ca.pem"), "/etc/ssl/ca.pem");
+  // Text() reads it from there too.
+  auto text = cfg.Text((dir_ / "me").string());
+  ASSERT_TRUE(text.ok() && text->has_value());
+  EXPECT_EQ(**text, "base.example\n");
 }
 
 }  // namespace

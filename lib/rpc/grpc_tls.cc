@@ -7,8 +7,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include <fstream>
-#include <sstream>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -30,17 +29,15 @@ absl::StatusOr<std::string> ReadPem(const config::ConfigDir& dir, const config::
   if (name.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("tern.ini [grpc] ", key, ": required with tls=true"));
   }
-  const std::string path = name.front() == '/' ? name : dir.PathOf(name);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  const std::string path = dir.PathOf(name);
+  absl::StatusOr<std::optional<std::string>> text = dir.Text(name);
+  if (!text.ok() || !text->has_value()) {
     return absl::InvalidArgumentError(absl::StrCat("tern.ini [grpc] ", key, ": cannot read ", path));
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
+  if ((*text)->find("-----BEGIN ") == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("tern.ini [grpc] ", key, ": ", path, " holds no PEM block"));
   }
-  return text.str();
+  return **std::move(text);
 }
 
 struct BioDeleter {

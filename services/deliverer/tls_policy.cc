@@ -58,10 +58,7 @@ std::optional<std::string> Inherited(const config::IniFile& ini, absl::string_vi
 }
 
 std::string Resolve(const config::ConfigDir& dir, const std::string& path) {
-  if (path.empty() || absl::StartsWith(path, "/")) {
-    return path;
-  }
-  return dir.PathOf(path);
+  return path.empty() ? path : dir.PathOf(path);
 }
 
 }  // namespace

@@ -217,7 +217,7 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
   {
     const bool explicit_files = tls.Has("main", "key") || tls.Has("main", "cert");
     auto resolve = [&dir](const std::string& name) {
-      return !name.empty() && name.front() == '/' ? name : dir.PathOf(name);
+      return dir.PathOf(name);
     };
     const std::string key = resolve(tls.GetString("main", "key", "tls_key.pem"));
     const std::string cert = resolve(tls.GetString("main", "cert", "tls_cert.pem"));

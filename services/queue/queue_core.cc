@@ -1,7 +1,5 @@
 #include "services/queue/queue_core_internal.h"
 
-#include <sys/statvfs.h>
-
 #include <thread>
 
 #include "lib/address/idna.h"
@@ -390,11 +388,8 @@ std::optional<uint64_t> QueueCore::Impl::FreeDiskBytes() const {
   if (opt_.min_free_bytes == 0) {
     return std::nullopt;
   }
-  struct statvfs fs;
-  if (::statvfs(opt_.data_dir.c_str(), &fs) != 0) {
-    return std::nullopt;  // unknown: RocksDB's own out-of-space errors still refuse
-  }
-  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  // Unknown (nullopt): RocksDB's own out-of-space errors still refuse.
+  return AvailableDiskBytes(opt_.data_dir);
 }
 
 std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std::string body,

@@ -246,17 +246,14 @@ class WalPrefillFileSystem final : public rocksdb::FileSystemWrapper {
   // into place: a spare that has its final name is complete.
   bool Fill() {
     static const std::vector<char> zeros(1u << 20, '\0');
-    struct statvfs vfs;
-    if (::statvfs(options_.dir.c_str(), &vfs) == 0) {
-      const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
-      if (free_bytes < options_.spare_bytes + options_.keep_free_bytes) {
-        Metrics().failures.Inc();
-        log::Event(log::Level::kWarn, "wal_prefill_skipped",
-                   {{"dir", options_.dir},
-                    {"free_bytes", absl::StrCat(free_bytes)},
-                    {"needed_bytes", absl::StrCat(options_.spare_bytes + options_.keep_free_bytes)}});
-        return false;
-      }
+    if (const std::optional<uint64_t> free_bytes = AvailableDiskBytes(options_.dir);
+        free_bytes.has_value() && *free_bytes < options_.spare_bytes + options_.keep_free_bytes) {
+      Metrics().failures.Inc();
+      log::Event(log::Level::kWarn, "wal_prefill_skipped",
+                 {{"dir", options_.dir},
+                  {"free_bytes", absl::StrCat(*free_bytes)},
+                  {"needed_bytes", absl::StrCat(options_.spare_bytes + options_.keep_free_bytes)}});
+      return false;
     }
     const int fd = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int err = fd < 0 ? errno : 0;
@@ -306,6 +303,14 @@ class WalPrefillFileSystem final : public rocksdb::FileSystemWrapper {
 };
 
 }  // namespace
+
+std::optional<uint64_t> AvailableDiskBytes(const std::string& dir) {
+  struct statvfs vfs;
+  if (::statvfs(dir.c_str(), &vfs) != 0) {
+    return std::nullopt;
+  }
+  return static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+}
 
 std::shared_ptr<rocksdb::FileSystem> NewWalPrefillFileSystem(std::shared_ptr<rocksdb::FileSystem> base,
                                                              WalPrefillOptions options) {

@@ -37,6 +37,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace rocksdb {
@@ -65,6 +66,11 @@ struct WalPrefillOptions {
 // unprefilled. Removes a half-written spare left by a crash.
 std::shared_ptr<rocksdb::FileSystem> NewWalPrefillFileSystem(std::shared_ptr<rocksdb::FileSystem> base,
                                                              WalPrefillOptions options);
+
+// Bytes still free for an unprivileged writer on the file system of `dir`
+// (statvfs f_bavail); nullopt when the file system cannot say. The queue's
+// min_free_bytes check and the filler both measure the disk this way.
+std::optional<uint64_t> AvailableDiskBytes(const std::string& dir);
 
 // Name of the spare file inside WalPrefillOptions::dir (for tests and docs).
 inline constexpr const char kWalSpareName[] = "TERN-WAL-SPARE";

@@ -33,12 +33,14 @@ void Histogram::Observe(double value) {
   sum_.fetch_add(value, std::memory_order_relaxed);
 }
 
-uint64_t Histogram::cumulative_count(size_t i) const {
+std::vector<uint64_t> Histogram::CumulativeCounts() const {
+  std::vector<uint64_t> out(bounds_.size() + 1);
   uint64_t total = 0;
-  for (size_t j = 0; j <= i && j <= bounds_.size(); ++j) {
-    total += buckets_[j].load(std::memory_order_relaxed);
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    total += buckets_[i].load(std::memory_order_relaxed);
+    out[i] = total;
   }
-  return total;
+  return out;
 }
 
 std::vector<double> LatencyBuckets() {
@@ -129,16 +131,15 @@ std::string Registry::Render() const {
       const Histogram& h = *entry.second;
       Labels with_le = entry.first;
       with_le.emplace_back("le", "");
-      // One pass over the buckets so that every line of this scrape comes
-      // from the same cumulative walk (a concurrent Observe may land between
-      // lines, but the counts never decrease along the walk).
-      uint64_t cumulative = 0;
-      for (size_t i = 0; i <= h.bounds().size(); ++i) {
-        cumulative = h.cumulative_count(i);
+      // One snapshot for every line of this histogram, so _count equals the
+      // +Inf bucket.
+      const std::vector<uint64_t> cumulative = h.CumulativeCounts();
+      for (size_t i = 0; i < cumulative.size(); ++i) {
         with_le.back().second = i < h.bounds().size() ? absl::StrCat(h.bounds()[i]) : "+Inf";
-        absl::StrAppend(&out, name, "_bucket", RenderLabels(with_le), " ", cumulative, "\n");
+        absl::StrAppend(&out, name, "_bucket", RenderLabels(with_le), " ", cumulative[i], "\n");
       }
-      absl::StrAppend(&out, name, "_sum", labels, " ", h.sum(), "\n", name, "_count", labels, " ", cumulative, "\n");
+      absl::StrAppend(&out, name, "_sum", labels, " ", h.sum(), "\n", name, "_count", labels, " ",
+                      cumulative.back(), "\n");
     }
     if (f.callback) {
       absl::StrAppend(&out, name, " ", f.callback(), "\n");

@@ -70,10 +70,13 @@ class Histogram {
   }
 
   const std::vector<double>& bounds() const { return bounds_; }
-  // Observations at or below bounds()[i] (cumulative); i == bounds().size()
-  // is every observation (the +Inf bucket).
-  uint64_t cumulative_count(size_t i) const;
-  uint64_t count() const { return cumulative_count(bounds_.size()); }
+  // Element i: observations at or below bounds()[i]; the last element
+  // (index bounds().size()) is every observation, the +Inf bucket. Each
+  // bucket is read once, so the counts never decrease along the vector even
+  // while other threads observe.
+  std::vector<uint64_t> CumulativeCounts() const;
+  uint64_t cumulative_count(size_t i) const { return CumulativeCounts()[i]; }
+  uint64_t count() const { return CumulativeCounts().back(); }
   double sum() const { return sum_.load(std::memory_order_relaxed); }
 
  private:

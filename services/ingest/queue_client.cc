@@ -228,7 +228,7 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
       auto& r = metrics::Registry::Global();
       return new Metrics{
           r.GetHistogram("tern_ingest_enqueue_seconds",
-                         "From a message's end of data until the queue answered for it (synced or refused)",
+                         "From a whole (EnqueueBatch) message's end of data until the queue answered for it",
                          metrics::LatencyBuckets()),
           r.GetHistogram("tern_ingest_enqueue_call_seconds", "EnqueueBatch calls to the queue, send to answer",
                          metrics::LatencyBuckets()),

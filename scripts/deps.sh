@@ -12,6 +12,8 @@ PACKAGES=(
   libcli11-dev libidn2-dev libjemalloc-dev
   # tests: real DNS server, real SMTP client, Python for the whole-system harness
   dnsmasq-base swaks libnet-ssleay-perl python3 openssl
+  # tests: deploy/k8s manifests read as YAML
+  python3-yaml
   # tests: Postfix as the receiving MTA (and smtp-sink for bench/), Cyrus SASL's saslpasswd2 for its AUTH
   postfix sasl2-bin
   # fuzz tests (scripts/fuzz.sh): clang with the libFuzzer/ASan runtimes (only a

@@ -1,0 +1,293 @@
+"""deploy/k8s run for real with `podman kube play`: the pods start from the
+shipped manifests, pass their own probes, and relay mail end to end.
+
+podman is not Kubernetes, so the test adapts only what podman lacks, and
+leaves every pod template (image, command, --config layering, env, ports,
+probes, security context, mounts) as shipped:
+  - no Services: `queue:7070` in the tern-k8s ConfigMap becomes the queue
+    pod's name on the podman network (`queue-pod-0:7070`);
+  - no StatefulSet: the queue's template runs as a Deployment whose volume
+    claim is a podman volume;
+  - ingest's SMTP port is published on 127.0.0.1 for the test's client;
+  - the optional `tern-site` ConfigMap and `tern-secret` Secret are
+    supplied, as an operator would: a relay ACL for the podman network, a
+    static route to a sink pod, and an AUTH user (podman 4.3 does not mount
+    Secret volumes: that one is played as a ConfigMap at the same path).
+Steps: build the image, play, wait until every pod's probe command says
+SERVING, log in with the Secret's user, send 40 messages through ingest (each gets a 250 and arrives at
+the sink exactly once), the queue drains, kill the queue's process
+(podman restarts it, as the kubelet would) and send 20 more, then tear
+down. Exit status 77 (ctest: skipped) when no container engine can run
+here or TERN_SKIP_CONTAINERS=1.
+"""
+
+import copy
+import json
+import os
+import smtplib
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+import k8s_manifests as km
+
+sys.path.insert(0, os.path.join(km.HERE, "..", "system"))
+from cluster import free_port  # noqa: E402  (never hands out one port twice)
+
+SKIP = 77
+NETWORK = "tern-k8s-test"
+T0 = time.time()
+
+
+def log(msg):
+    print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
+
+
+def run(args, check=True, timeout=900, **kw):
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def adapt(docs, smtp_port, out_dir):
+    """The shipped documents as podman can play them (see the module doc)."""
+    played = []
+    for d in copy.deepcopy(docs):
+        kind = d["kind"]
+        if kind in ("Service", "PodDisruptionBudget", "NetworkPolicy"):
+            continue
+        if kind == "ConfigMap" and d["metadata"]["name"] == "tern-k8s":
+            d["data"]["tern.ini"] = d["data"]["tern.ini"].replace("queue=queue:7070", "queue=queue-pod-0:7070")
+        if kind == "StatefulSet":
+            spec = d["spec"]
+            claims = spec.pop("volumeClaimTemplates")
+            spec.pop("serviceName", None)
+            d["kind"] = "Deployment"
+            pod = spec["template"]["spec"]
+            for c in claims:
+                pod["volumes"].append({"name": c["metadata"]["name"],
+                                       "persistentVolumeClaim": {"claimName": f"tern-k8s-test-{c['metadata']['name']}"}})
+                played.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                               "metadata": {"name": f"tern-k8s-test-{c['metadata']['name']}"}, "spec": c["spec"]})
+        if kind in ("Deployment", "StatefulSet"):
+            d["spec"]["replicas"] = 1
+            if d["metadata"]["name"] == "ingest":
+                for p in d["spec"]["template"]["spec"]["containers"][0]["ports"]:
+                    if p["name"] == "smtp":
+                        p["hostPort"] = smtp_port
+                        p["hostIP"] = "127.0.0.1"
+        played.append(d)
+    played.append({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tern-site"},
+        "data": {
+            # The client's connections arrive through podman's port forwarding
+            # from the network's gateway.
+            "relay_acl_allow": "127.0.0.1/32\n10.0.0.0/8\n",
+            "outbound_routes.ini": "[sink.test]\nhost[]=sink-pod-0:2525\n",
+        }})
+    # The optional Secret, as an operator would make it for AUTH users: the
+    # test logs in with this user, so a secret layer that is not read shows.
+    # podman 4.3 does not mount Secret volumes, so it is played as a
+    # ConfigMap of the same name mounted where the Secret would be.
+    auth = "[core]\nmethods=PLAIN,LOGIN\nrequire_tls=false\n[users]\nk8suser=k8s-secret-pass\n"
+    played.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tern-secret"},
+                   "data": {"auth_flat_file.ini": auth}})
+    for d in played:
+        if d["kind"] == "Deployment":
+            for v in d["spec"]["template"]["spec"].get("volumes", []):
+                if "secret" in v:
+                    v["configMap"] = {"name": v.pop("secret")["secretName"], "optional": True}
+    played.append({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sink"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "sink"}}, "template": {
+            "metadata": {"labels": {"app": "sink"}},
+            "spec": {"containers": [{
+                "name": "sink", "image": "localhost/tern-peer:test",
+                "command": ["python3", "/usr/local/lib/smtp_sink.py", "--listen", "0.0.0.0:2525",
+                            "--name", "sink.test", "--record", "/out/sink.log"],
+                "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+                "volumes": [{"name": "out", "hostPath": {"path": out_dir, "type": "Directory"}}]}}}})
+    return played
+
+
+def arrivals(out_dir):
+    counts = {}
+    path = os.path.join(out_dir, "sink.log")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                counts[line.strip()] = counts.get(line.strip(), 0) + 1
+    return counts
+
+
+def send(port, ids, deadline_s=120):
+    """Each id is sent until it gets a 250 (4xx and refused connections are
+    retried: the queue may be restarting). Returns the 4xx count."""
+    temp = 0
+    deadline = time.time() + deadline_s
+    for test_id in ids:
+        while True:
+            data = (f"From: k8s@client.test\r\nTo: user@sink.test\r\nSubject: {test_id}\r\n"
+                    f"X-Tern-Test-Id: {test_id}\r\n\r\n" + "body line\r\n" * 10).encode()
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                    s.sendmail("k8s@client.test", ["user@sink.test"], data)
+                break
+            except smtplib.SMTPResponseException as e:
+                if e.smtp_code >= 500:
+                    raise
+                temp += 1
+            except (OSError, smtplib.SMTPException):
+                temp += 1
+            if time.time() > deadline:
+                raise AssertionError(f"{test_id} got no 250 in {deadline_s} s")
+            time.sleep(0.5)
+    return temp
+
+
+def wait_arrived(out_dir, ids, timeout):
+    deadline = time.time() + timeout
+    while True:
+        counts = arrivals(out_dir)
+        missing = [i for i in ids if i not in counts]
+        if not missing:
+            return counts
+        if time.time() > deadline:
+            raise AssertionError(f"{len(missing)} accepted messages never reached the sink, e.g. {missing[:5]}")
+        time.sleep(1)
+
+
+def container(name):
+    return f"{name}-pod-0-{name}"
+
+
+def probe(docs, name):
+    """Runs the pod's own liveness probe command in its container."""
+    (c,) = km.workloads(docs)[name]["spec"]["template"]["spec"]["containers"]
+    return run(["podman", "exec", container(name), *c["livenessProbe"]["exec"]["command"]], check=False, timeout=30)
+
+
+def wait_healthy(docs, timeout):
+    deadline = time.time() + timeout
+    pending = list(km.SERVICES)
+    while pending:
+        pending = [n for n in pending if probe(docs, n).returncode != 0]
+        if not pending:
+            return
+        if time.time() > deadline:
+            logs = {n: run(["podman", "logs", "--tail", "20", container(n)], check=False).stderr for n in pending}
+            raise AssertionError(f"probes still failing after {timeout} s: {pending}\n{logs}")
+        time.sleep(1)
+
+
+def stats(docs):
+    out = run(["podman", "exec", container("queue"), "ternctl", "--queue", "127.0.0.1:7070", "stats", "--json"],
+              timeout=30)
+    return json.loads(out.stdout)
+
+
+def teardown(play_file, played):
+    """Removes what playing `played` made: its pods, and the volumes podman
+    made for its ConfigMaps and claim (podman 4.3 leaves those behind, and
+    a later play would reuse their old contents)."""
+    for d in played:
+        if d["kind"] == "Deployment":
+            run(["podman", "pod", "rm", "-f", "-t", "5", f"{d['metadata']['name']}-pod-0"], check=False, timeout=120)
+    for d in played:
+        if d["kind"] in ("ConfigMap", "PersistentVolumeClaim"):
+            run(["podman", "volume", "rm", "-f", d["metadata"]["name"]], check=False)
+    run(["podman", "network", "rm", "-f", NETWORK], check=False)
+    if play_file and os.path.exists(play_file):
+        os.unlink(play_file)
+
+
+def main():
+    if os.environ.get("TERN_SKIP_CONTAINERS") == "1":
+        print("skipped: TERN_SKIP_CONTAINERS=1")
+        return SKIP
+    engine = subprocess.run([os.path.join(km.ROOT, "deploy", "scripts", "container-engine.sh")],
+                            capture_output=True, text=True)
+    if engine.returncode == 3:
+        print("skipped: no container engine can run here:", engine.stderr.strip())
+        return SKIP
+    if engine.returncode != 0:
+        print(engine.stderr)
+        return 1
+    kust, docs = km.load()
+    problems = km.check(kust, docs)
+    assert not problems, problems
+    out_dir = tempfile.mkdtemp(prefix="tern-k8s-")
+    os.chmod(out_dir, 0o777)
+    smtp_port = free_port()
+    played = adapt(docs, smtp_port, out_dir)
+    play_file = os.path.join(out_dir, "play.yaml")
+    with open(play_file, "w") as f:
+        yaml.safe_dump_all(played, f, sort_keys=False)
+    teardown(None, played)
+    try:
+        t = time.time()
+        run([os.path.join(km.ROOT, "deploy", "scripts", "make-base-image.sh")])
+        run(["podman", "build", "-q", "-f", "deploy/Dockerfile", "-t", "localhost/tern:latest", "."], cwd=km.ROOT)
+        run(["podman", "build", "-q", "-f", "tests/containers/Containerfile.peer", "-t", "localhost/tern-peer:test",
+             "."], cwd=km.ROOT)
+        log(f"images built in {time.time() - t:.0f} s")
+
+        run(["podman", "network", "create", NETWORK])
+        run(["podman", "kube", "play", "--network", NETWORK, play_file], timeout=300)
+        t = time.time()
+        wait_healthy(docs, timeout=120)
+        log(f"all four pods pass their probes ({time.time() - t:.0f} s after play)")
+
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as s:
+            s.ehlo("client.test")
+            try:
+                s.login("k8suser", "wrong")
+                raise AssertionError("AUTH accepted a wrong password")
+            except smtplib.SMTPAuthenticationError:
+                pass
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.login("k8suser", "k8s-secret-pass")
+        log("AUTH with the user from the tern-secret Secret works (and refuses a wrong password)")
+
+        ids = [f"k8s-{i}" for i in range(40)]
+        temp = send(smtp_port, ids)
+        counts = wait_arrived(out_dir, ids, timeout=120)
+        dup = {i: n for i, n in counts.items() if n != 1}
+        assert not dup, f"delivered more than once: {dup}"
+        log(f"40 messages relayed through ingest, queue and deliverer pods ({temp} temporary failures)")
+        deadline = time.time() + 60
+        while True:
+            s = stats(docs)
+            if int(s.get("messages", 1)) == 0:
+                break
+            if time.time() > deadline:
+                raise AssertionError(f"queue did not drain: {s}")
+            time.sleep(1)
+        log(f"queue drained: {s}")
+
+        # The queue process dies (SIGKILL from outside, as the OOM killer
+        # would; `podman kill` would count as a stop by the user and not be
+        # restarted); podman restarts it (restartPolicy Always, as the
+        # kubelet would) and RocksDB comes back from the volume.
+        pid = int(run(["podman", "inspect", container("queue"), "--format", "{{.State.Pid}}"]).stdout)
+        assert open(f"/proc/{pid}/comm").read().strip() == "tern-queue"
+        os.kill(pid, 9)
+        more = [f"k8s-{i}" for i in range(40, 60)]
+        temp = send(smtp_port, more, deadline_s=180)
+        wait_arrived(out_dir, more, timeout=180)
+        wait_healthy(docs, timeout=60)
+        log(f"queue killed and restarted: 20 more relayed ({temp} temporary failures while it was down)")
+        counts = arrivals(out_dir)
+        assert sorted(counts) == sorted(ids + more), "the sink got messages the test never sent"
+        return 0
+    finally:
+        teardown(play_file, played)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

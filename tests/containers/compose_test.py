@@ -19,7 +19,6 @@ TERN_SKIP_CONTAINERS=1. Every process it starts it stops; loops are bounded.
 import os
 import re
 import smtplib
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,23 +27,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system"))
 from cluster import free_port  # noqa: E402  (never hands out one port twice)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+from engine import HERE, ROOT, SKIP, docker_host, log, run  # noqa: E402
+
 BIN_DIR = os.environ.get("TERN_BIN_DIR", os.path.join(ROOT, "build"))
 PROJECT = "terntest"
-SKIP = 77
-T0 = time.time()
-
-
-def log(msg):
-    print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
-
-
-def run(args, check=True, timeout=900, **kw):
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
 
 
 class Stack:
@@ -153,19 +139,11 @@ def ternctl_stats(stack, admin_port):
 
 
 def main():
-    if os.environ.get("TERN_SKIP_CONTAINERS") == "1":
-        print("skipped: TERN_SKIP_CONTAINERS=1")
+    host = docker_host()
+    if host is None:
         return SKIP
-    engine = subprocess.run([os.path.join(ROOT, "deploy", "scripts", "container-engine.sh")],
-                            capture_output=True, text=True)
-    if engine.returncode == 3:
-        print("skipped: no container engine can run here:", engine.stderr.strip())
-        return SKIP
-    if engine.returncode != 0:
-        print(engine.stderr)
-        return 1
     env = dict(os.environ)
-    env["DOCKER_HOST"] = engine.stdout.strip().split("=", 1)[1]
+    env["DOCKER_HOST"] = host
     out_dir = tempfile.mkdtemp(prefix="tern-containers-")
     os.chmod(out_dir, 0o777)
     smtp_port, admin_port = free_port(), free_port()

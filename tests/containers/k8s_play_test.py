@@ -25,7 +25,6 @@ import copy
 import json
 import os
 import smtplib
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,24 +32,12 @@ import time
 import yaml
 
 import k8s_manifests as km
+from engine import SKIP, docker_host, log, run
 
 sys.path.insert(0, os.path.join(km.HERE, "..", "system"))
 from cluster import free_port  # noqa: E402  (never hands out one port twice)
 
-SKIP = 77
 NETWORK = "tern-k8s-test"
-T0 = time.time()
-
-
-def log(msg):
-    print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
-
-
-def run(args, check=True, timeout=900, **kw):
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
 
 
 def adapt(docs, smtp_port, out_dir):
@@ -206,17 +193,8 @@ def teardown(play_file, played):
 
 
 def main():
-    if os.environ.get("TERN_SKIP_CONTAINERS") == "1":
-        print("skipped: TERN_SKIP_CONTAINERS=1")
+    if docker_host() is None:
         return SKIP
-    engine = subprocess.run([os.path.join(km.ROOT, "deploy", "scripts", "container-engine.sh")],
-                            capture_output=True, text=True)
-    if engine.returncode == 3:
-        print("skipped: no container engine can run here:", engine.stderr.strip())
-        return SKIP
-    if engine.returncode != 0:
-        print(engine.stderr)
-        return 1
     kust, docs = km.load()
     problems = km.check(kust, docs)
     assert not problems, problems

@@ -1,0 +1,38 @@
+"""What the container tests share: a timed log, a checked subprocess run, and
+the container engine (set up on demand by deploy/scripts/container-engine.sh)."""
+
+import os
+import subprocess
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+SKIP = 77  # ctest's SKIP_RETURN_CODE for these tests
+T0 = time.time()
+
+
+def log(msg):
+    print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
+
+
+def run(args, check=True, timeout=900, **kw):
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def docker_host():
+    """DOCKER_HOST of a usable engine (podman is set up if need be), or None,
+    with the reason printed, when none can run here or TERN_SKIP_CONTAINERS=1."""
+    if os.environ.get("TERN_SKIP_CONTAINERS") == "1":
+        print("skipped: TERN_SKIP_CONTAINERS=1")
+        return None
+    engine = subprocess.run([os.path.join(ROOT, "deploy", "scripts", "container-engine.sh")],
+                            capture_output=True, text=True)
+    if engine.returncode == 3:
+        print("skipped: no container engine can run here:", engine.stderr.strip())
+        return None
+    if engine.returncode != 0:
+        raise RuntimeError(f"container-engine.sh failed:\n{engine.stderr}")
+    return engine.stdout.strip().split("=", 1)[1]

@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system"))
 from cluster import free_port  # noqa: E402  (never hands out one port twice)
 
-from engine import HERE, ROOT, SKIP, docker_host, log, run  # noqa: E402
+from engine import HERE, ROOT, SKIP, T0, docker_host, log, run  # noqa: E402
 
 BIN_DIR = os.environ.get("TERN_BIN_DIR", os.path.join(ROOT, "build"))
 PROJECT = "terntest"

@@ -119,7 +119,8 @@ def check(kust, docs):
     loads = workloads(docs)
     if set(loads) != set(SERVICES):
         problems.append(f"workloads {sorted(loads)} != {sorted(SERVICES)}")
-    if loads.get("queue", {}).get("kind") != "StatefulSet" or loads.get("queue", {}).get("spec", {}).get("replicas") != 1:
+    queue = loads.get("queue", {})
+    if queue.get("kind") != "StatefulSet" or queue.get("spec", {}).get("replicas") != 1:
         problems.append("queue: must be a StatefulSet with exactly one replica (one RocksDB, one writer)")
     uid, gid = dockerfile_ids()
     health_cmd = dockerfile_health_command()
@@ -177,8 +178,9 @@ def check(kust, docs):
             want_ports.add(port_of(smtp_ini["main"]["listen"]))
             if ports.get("smtp") != port_of(smtp_ini["main"]["listen"]):
                 problems.append("ingest: the smtp containerPort is not smtp.ini's listen port")
-        if want_ports - set(ports.values()):
-            problems.append(f"{name}: containerPorts {sorted(ports.values())} lack {sorted(want_ports - set(ports.values()))}")
+        lacking = sorted(want_ports - set(ports.values()))
+        if lacking:
+            problems.append(f"{name}: containerPorts {sorted(ports.values())} lack {lacking}")
         metrics_port = port_of(section.get("metrics_listen", ":0"))
         if tmpl["metadata"].get("annotations", {}).get("prometheus.io/port") != str(metrics_port):
             problems.append(f"{name}: prometheus.io/port annotation is not its metrics port {metrics_port}")

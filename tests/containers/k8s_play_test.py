@@ -14,11 +14,11 @@ probes, security context, mounts) as shipped:
     static route to a sink pod, and an AUTH user (podman 4.3 does not mount
     Secret volumes: that one is played as a ConfigMap at the same path).
 Steps: build the image, play, wait until every pod's probe command says
-SERVING, log in with the Secret's user, send 40 messages through ingest (each gets a 250 and arrives at
-the sink exactly once), the queue drains, kill the queue's process
-(podman restarts it, as the kubelet would) and send 20 more, then tear
-down. Exit status 77 (ctest: skipped) when no container engine can run
-here or TERN_SKIP_CONTAINERS=1.
+SERVING, log in with the Secret's user, send 40 messages through ingest
+(each gets a 250 and arrives at the sink exactly once), the queue drains,
+kill the queue's process (podman restarts it, as the kubelet would) and
+send 20 more, then tear down. Exit status 77 (ctest: skipped) when no
+container engine can run here or TERN_SKIP_CONTAINERS=1.
 """
 
 import copy
@@ -48,7 +48,9 @@ def adapt(docs, smtp_port, out_dir):
         if kind in ("Service", "PodDisruptionBudget", "NetworkPolicy"):
             continue
         if kind == "ConfigMap" and d["metadata"]["name"] == "tern-k8s":
-            d["data"]["tern.ini"] = d["data"]["tern.ini"].replace("queue=queue:7070", "queue=queue-pod-0:7070")
+            ini = d["data"]["tern.ini"]
+            assert ini.count("queue=queue:7070") == 3, "ingest, deliverer and bouncer name the queue Service"
+            d["data"]["tern.ini"] = ini.replace("queue=queue:7070", "queue=queue-pod-0:7070")
         if kind == "StatefulSet":
             spec = d["spec"]
             claims = spec.pop("volumeClaimTemplates")
@@ -56,10 +58,10 @@ def adapt(docs, smtp_port, out_dir):
             d["kind"] = "Deployment"
             pod = spec["template"]["spec"]
             for c in claims:
-                pod["volumes"].append({"name": c["metadata"]["name"],
-                                       "persistentVolumeClaim": {"claimName": f"tern-k8s-test-{c['metadata']['name']}"}})
-                played.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                               "metadata": {"name": f"tern-k8s-test-{c['metadata']['name']}"}, "spec": c["spec"]})
+                claim = f"tern-k8s-test-{c['metadata']['name']}"
+                pod["volumes"].append({"name": c["metadata"]["name"], "persistentVolumeClaim": {"claimName": claim}})
+                played.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+                               "spec": c["spec"]})
         if kind in ("Deployment", "StatefulSet"):
             d["spec"]["replicas"] = 1
             if d["metadata"]["name"] == "ingest":
@@ -171,7 +173,7 @@ def wait_healthy(docs, timeout):
         time.sleep(1)
 
 
-def stats(docs):
+def stats():
     out = run(["podman", "exec", container("queue"), "ternctl", "--queue", "127.0.0.1:7070", "stats", "--json"],
               timeout=30)
     return json.loads(out.stdout)
@@ -240,7 +242,7 @@ def main():
         log(f"40 messages relayed through ingest, queue and deliverer pods ({temp} temporary failures)")
         deadline = time.time() + 60
         while True:
-            s = stats(docs)
+            s = stats()
             if int(s.get("messages", 1)) == 0:
                 break
             if time.time() > deadline:

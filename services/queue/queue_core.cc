@@ -389,7 +389,7 @@ std::optional<uint64_t> QueueCore::Impl::FreeDiskBytes() const {
     return std::nullopt;
   }
   // Unknown (nullopt): RocksDB's own out-of-space errors still refuse.
-  return AvailableDiskBytes(opt_.data_dir);
+  return opt_.free_disk_bytes ? opt_.free_disk_bytes(opt_.data_dir) : AvailableDiskBytes(opt_.data_dir);
 }
 
 std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std::string body,

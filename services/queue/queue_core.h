@@ -43,7 +43,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -81,6 +83,11 @@ struct CoreOptions {
   // leases, reports and acks, which drain the queue, keep this headroom.
   // 0 disables the check. Default: 100 MiB.
   uint64_t min_free_bytes = 100u << 20;
+  // How that free space is read: bytes free to this process on the file
+  // system of the given directory, nullopt when unknown. Default (empty):
+  // statvfs of data_dir (AvailableDiskBytes). Tests give a disk of fixed
+  // size here, which other writers on the real one cannot move.
+  std::function<std::optional<uint64_t>(const std::string& dir)> free_disk_bytes;
   // Each RocksDB write-ahead log starts as a file of this many zero bytes,
   // written and synced ahead of time in the background (wal_prefill.h), so
   // the fdatasync behind every acknowledged message writes only data, not

@@ -27,17 +27,17 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system"))
 from cluster import free_port  # noqa: E402  (never hands out one port twice)
 
-from engine import HERE, ROOT, SKIP, T0, docker_host, log, run  # noqa: E402
+from engine import (COMPOSE_FILES, COMPOSE_PROJECT, HERE, ROOT, SKIP, T0,  # noqa: E402
+                    build_images, docker_host, log, run)
 
 BIN_DIR = os.environ.get("TERN_BIN_DIR", os.path.join(ROOT, "build"))
-PROJECT = "terntest"
+PROJECT = COMPOSE_PROJECT
 
 
 class Stack:
     def __init__(self, env):
         self.env = env
-        self.files = ["-f", os.path.join(ROOT, "deploy", "compose.yaml"),
-                      "-f", os.path.join(HERE, "compose.test.yaml")]
+        self.files = COMPOSE_FILES
 
     def compose(self, *args, check=True, timeout=900):
         return run(["docker-compose", "-p", PROJECT, *self.files, *args], check=check, timeout=timeout, env=self.env)
@@ -153,9 +153,8 @@ def main():
     timings = {}
     try:
         t = time.time()
-        run([os.path.join(ROOT, "deploy", "scripts", "make-base-image.sh")], env=env)
         stack.compose("down", "-v", "--remove-orphans", check=False)
-        stack.compose("build")
+        build_images(host, env)
         timings["build images"] = time.time() - t
         log("images built")
 

@@ -3,11 +3,14 @@ the container engine (set up on demand by deploy/scripts/container-engine.sh).""
 
 import os
 import subprocess
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 SKIP = 77  # ctest's SKIP_RETURN_CODE for these tests
+COMPOSE_PROJECT = "terntest"
+COMPOSE_FILES = ["-f", os.path.join(ROOT, "deploy", "compose.yaml"), "-f", os.path.join(HERE, "compose.test.yaml")]
 T0 = time.time()
 
 
@@ -36,3 +39,17 @@ def docker_host():
     if engine.returncode != 0:
         raise RuntimeError(f"container-engine.sh failed:\n{engine.stderr}")
     return engine.stdout.strip().split("=", 1)[1]
+
+
+def build_images(host, env=None):
+    """Builds Tern's image (localhost/tern:latest) and the test peers' image
+    (localhost/tern-peer:test) from this tree, always the same way (compose
+    through the engine's API): the second container test of a run then finds
+    every layer cached, which podman's own `build` command did not."""
+    env = dict(env or os.environ)
+    env["DOCKER_HOST"] = host
+    # compose.test.yaml names these in its volumes; a build does not use them.
+    env.setdefault("TERN_TEST_OUT", tempfile.gettempdir())
+    env.setdefault("TERN_TEST_CONFIG", os.path.join(HERE, "config"))
+    run([os.path.join(ROOT, "deploy", "scripts", "make-base-image.sh")], env=env)
+    run(["docker-compose", "-p", COMPOSE_PROJECT, *COMPOSE_FILES, "build"], env=env)

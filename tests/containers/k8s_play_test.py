@@ -32,7 +32,7 @@ import time
 import yaml
 
 import k8s_manifests as km
-from engine import SKIP, docker_host, log, run
+from engine import SKIP, build_images, docker_host, log, run
 
 sys.path.insert(0, os.path.join(km.HERE, "..", "system"))
 from cluster import free_port  # noqa: E402  (never hands out one port twice)
@@ -195,7 +195,8 @@ def teardown(play_file, played):
 
 
 def main():
-    if docker_host() is None:
+    host = docker_host()
+    if host is None:
         return SKIP
     kust, docs = km.load()
     problems = km.check(kust, docs)
@@ -210,10 +211,7 @@ def main():
     teardown(None, played)
     try:
         t = time.time()
-        run([os.path.join(km.ROOT, "deploy", "scripts", "make-base-image.sh")])
-        run(["podman", "build", "-q", "-f", "deploy/Dockerfile", "-t", "localhost/tern:latest", "."], cwd=km.ROOT)
-        run(["podman", "build", "-q", "-f", "tests/containers/Containerfile.peer", "-t", "localhost/tern-peer:test",
-             "."], cwd=km.ROOT)
+        build_images(host)
         log(f"images built in {time.time() - t:.0f} s")
 
         run(["podman", "network", "create", NETWORK])

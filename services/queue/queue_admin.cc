@@ -334,12 +334,7 @@ void QueueCore::Impl::Progress(tern::v1::ProgressRequest request, Callback<tern:
         }
         // Reports riding along (the worker's next Report, saved): applied
         // after the items, as if they had come in their own call.
-        const int64_t now = clock_->NowUnixMs();
-        for (const auto& report : call->request.reports()) {
-          TERN_ASSIGN_OR_RETURN(ReportStatus status, ApplyOneReport(txn, report, now));
-          call->response.add_report_statuses(status);
-        }
-        return absl::OkStatus();
+        return ApplyReports(txn, call->request.reports(), call->response.mutable_report_statuses());
       },
       [this, call](const absl::Status& s) {
         if (s.ok()) {

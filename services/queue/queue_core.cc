@@ -399,10 +399,10 @@ std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std
     done(absl::ResourceExhaustedError(absl::StrCat("message body over ", kMaxBodyBytes, " bytes")));
     return std::nullopt;
   }
+  // The body goes to disk about twice (WAL, then blob or SST file).
+  const uint64_t disk_bytes = 2 * body.size();
   if (free_bytes.has_value()) {
-    // The body goes to disk about twice (WAL, then blob or SST file).
-    const uint64_t needs = 2 * body.size();
-    if (*free_bytes < opt_.min_free_bytes + needs) {
+    if (*free_bytes < opt_.min_free_bytes + disk_bytes) {
       Metrics().disk_full_refusals.Inc();
       done(absl::ResourceExhaustedError(absl::StrCat("queue disk almost full: ", *free_bytes,
                                                      " bytes free, keeping ", opt_.min_free_bytes)));
@@ -444,7 +444,7 @@ std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std
     call->splits[it->second].second.push_back(i);
   }
   if (free_bytes.has_value()) {
-    *free_bytes -= 2 * body.size();  // taken: the next item of the batch has that much less
+    *free_bytes -= disk_bytes;  // taken: the next item of the batch has that much less
   }
   call->header = std::move(header);
   call->body = std::move(body);
@@ -967,13 +967,8 @@ void QueueCore::Impl::Report(ReportRequest request, Callback<ReportResponse> don
   call->done = std::move(done);
   Lead(GroupOp{
       [this, call](Txn& txn) -> absl::Status {
-        const int64_t now = clock_->NowUnixMs();
         call->response.Clear();
-        for (const auto& report : call->request.reports()) {
-          TERN_ASSIGN_OR_RETURN(ReportStatus status, ApplyOneReport(txn, report, now));
-          call->response.add_statuses(status);
-        }
-        return absl::OkStatus();
+        return ApplyReports(txn, call->request.reports(), call->response.mutable_statuses());
       },
       [this, call](const absl::Status& s) {
         if (s.ok()) {
@@ -984,6 +979,17 @@ void QueueCore::Impl::Report(ReportRequest request, Callback<ReportResponse> don
         }
       },
   });
+}
+
+absl::Status QueueCore::Impl::ApplyReports(Txn& txn,
+                                           const google::protobuf::RepeatedPtrField<tern::v1::DeliveryReport>& reports,
+                                           google::protobuf::RepeatedField<int>* statuses) {
+  const int64_t now = clock_->NowUnixMs();
+  for (const auto& report : reports) {
+    TERN_ASSIGN_OR_RETURN(ReportStatus status, ApplyOneReport(txn, report, now));
+    statuses->Add(status);
+  }
+  return absl::OkStatus();
 }
 
 void QueueCore::Impl::AfterReports() {

@@ -742,6 +742,10 @@ class QueueCore::Impl {
   absl::StatusOr<LeaseStep> LeaseBounce(Txn& txn, const std::string& id, int64_t key_due, int64_t now,
                                         int64_t lease_ms, uint64_t budget, uint64_t* bytes, LeaseResponse& resp);
   absl::StatusOr<ReportStatus> ApplyOneReport(Txn& txn, const tern::v1::DeliveryReport& report, int64_t now);
+  // Applies `reports` in order at one `now`, a status each into `statuses`:
+  // a Report call, or the reports a Progress call carries.
+  absl::Status ApplyReports(Txn& txn, const google::protobuf::RepeatedPtrField<tern::v1::DeliveryReport>& reports,
+                            google::protobuf::RepeatedField<int>* statuses);
   // After committed reports (a Report call, or reports carried by Progress).
   void AfterReports();
   absl::StatusOr<ReportStatus> ApplyOneAck(Txn& txn, const tern::v1::BounceAck& ack);

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from cluster import free_port  # noqa: E402  (never hands out one port twice)
 
 from engine import (COMPOSE_FILES, COMPOSE_PROJECT, HERE, ROOT, SKIP, T0,  # noqa: E402
-                    build_images, docker_host, log, run)
+                    build_images, docker_host, log, run, wait_all_arrived)
 
 BIN_DIR = os.environ.get("TERN_BIN_DIR", os.path.join(ROOT, "build"))
 PROJECT = COMPOSE_PROJECT
@@ -107,27 +107,8 @@ class Sender:
                 pass
 
 
-def arrivals(out_dir):
-    counts = {}
-    for name in ("one.log", "two.log"):
-        path = os.path.join(out_dir, name)
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    line = line.strip()
-                    counts[line] = counts.get(line, 0) + 1
-    return counts
-
-
-def wait_all_arrived(out_dir, ids, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        counts = arrivals(out_dir)
-        missing = [i for i in ids if i not in counts]
-        if not missing:
-            return counts
-        time.sleep(1)
-    raise AssertionError(f"{len(missing)} accepted messages never arrived, e.g. {missing[:5]}")
+def sink_logs(out_dir):
+    return [os.path.join(out_dir, name) for name in ("one.log", "two.log")]
 
 
 def ternctl_stats(stack, admin_port):
@@ -195,7 +176,7 @@ def main():
         sender.send_batch(batch1)
         timings["batch 1 accepted"] = time.time() - t
         assert sender.accepted >= set(batch1), f"{len(set(batch1) - sender.accepted)} not accepted"
-        counts = wait_all_arrived(out_dir, batch1, 300)
+        counts = wait_all_arrived(sink_logs(out_dir), batch1, 300)
         timings["batch 1 delivered"] = time.time() - t
         dups = [i for i in batch1 if counts.get(i, 0) != 1]
         assert not dups, f"{len(dups)} messages arrived more than once, e.g. {dups[:5]}"
@@ -243,7 +224,7 @@ def main():
         log(f"scaled to 2: {stack.containers('deliverer')}")
         th.join()
         accepted2 = [i for i in batch2 if i in sender.accepted]
-        counts = wait_all_arrived(out_dir, accepted2, 300)
+        counts = wait_all_arrived(sink_logs(out_dir), accepted2, 300)
         timings["batch 2 delivered"] = time.time() - t
         dup2 = sum(1 for i in accepted2 if counts[i] > 1)
         log(f"batch 2: {len(accepted2)} accepted, all delivered; {dup2} duplicates (deliverer killed mid-delivery)")
@@ -261,7 +242,7 @@ def main():
         th.join()
         accepted3 = [i for i in batch3 if i in sender.accepted]
         assert len(accepted3) == len(batch3), f"{len(batch3) - len(accepted3)} never accepted"
-        wait_all_arrived(out_dir, accepted3, 300)
+        wait_all_arrived(sink_logs(out_dir), accepted3, 300)
         timings["batch 3 delivered"] = time.time() - t
         assert len(sender.accepted & set(batch3)) > 0
         log(f"batch 3: {len(accepted3)} accepted across the queue restart, all delivered "

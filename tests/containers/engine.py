@@ -53,3 +53,29 @@ def build_images(host, env=None):
     env.setdefault("TERN_TEST_CONFIG", os.path.join(HERE, "config"))
     run([os.path.join(ROOT, "deploy", "scripts", "make-base-image.sh")], env=env)
     run(["docker-compose", "-p", COMPOSE_PROJECT, *COMPOSE_FILES, "build"], env=env)
+
+
+def arrivals(paths):
+    """Test id -> how many times the scripted sinks recorded it (each sink's
+    --record file has one id per line; a file not yet written counts as empty)."""
+    counts = {}
+    for path in paths:
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    line = line.strip()
+                    counts[line] = counts.get(line, 0) + 1
+    return counts
+
+
+def wait_all_arrived(paths, ids, timeout):
+    """Waits until every id in `ids` is recorded; returns arrivals(paths)."""
+    deadline = time.time() + timeout
+    while True:
+        counts = arrivals(paths)
+        missing = [i for i in ids if i not in counts]
+        if not missing:
+            return counts
+        if time.time() > deadline:
+            raise AssertionError(f"{len(missing)} accepted messages never reached a sink, e.g. {missing[:5]}")
+        time.sleep(1)

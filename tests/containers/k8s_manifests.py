@@ -10,7 +10,6 @@ has, a tern.ini key Tern does not know) fails here with its name.
 import configparser
 import os
 import re
-import shlex
 
 import yaml
 
@@ -212,7 +211,3 @@ def check(kust, docs):
             problems.append("Service queue: no port 7070, which tern.ini's queue=queue:7070 needs")
     return problems
 
-
-def health_shell(container):
-    """The probe as the shell line it runs, for `podman exec`."""
-    return " ".join(shlex.quote(a) for a in container["livenessProbe"]["exec"]["command"])

@@ -32,7 +32,7 @@ import time
 import yaml
 
 import k8s_manifests as km
-from engine import SKIP, build_images, docker_host, log, run
+from engine import SKIP, arrivals, build_images, docker_host, log, run, wait_all_arrived
 
 sys.path.insert(0, os.path.join(km.HERE, "..", "system"))
 from cluster import free_port  # noqa: E402  (never hands out one port twice)
@@ -103,16 +103,6 @@ def adapt(docs, smtp_port, out_dir):
     return played
 
 
-def arrivals(out_dir):
-    counts = {}
-    path = os.path.join(out_dir, "sink.log")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                counts[line.strip()] = counts.get(line.strip(), 0) + 1
-    return counts
-
-
 def send(port, ids, deadline_s=120):
     """Each id is sent until it gets a 250 (4xx and refused connections are
     retried: the queue may be restarting). Returns the 4xx count."""
@@ -136,18 +126,6 @@ def send(port, ids, deadline_s=120):
                 raise AssertionError(f"{test_id} got no 250 in {deadline_s} s")
             time.sleep(0.5)
     return temp
-
-
-def wait_arrived(out_dir, ids, timeout):
-    deadline = time.time() + timeout
-    while True:
-        counts = arrivals(out_dir)
-        missing = [i for i in ids if i not in counts]
-        if not missing:
-            return counts
-        if time.time() > deadline:
-            raise AssertionError(f"{len(missing)} accepted messages never reached the sink, e.g. {missing[:5]}")
-        time.sleep(1)
 
 
 def container(name):
@@ -206,6 +184,7 @@ def main():
     smtp_port = free_port()
     played = adapt(docs, smtp_port, out_dir)
     play_file = os.path.join(out_dir, "play.yaml")
+    sink_logs = [os.path.join(out_dir, "sink.log")]  # the sink pod's --record file
     with open(play_file, "w") as f:
         yaml.safe_dump_all(played, f, sort_keys=False)
     teardown(None, played)
@@ -234,7 +213,7 @@ def main():
 
         ids = [f"k8s-{i}" for i in range(40)]
         temp = send(smtp_port, ids)
-        counts = wait_arrived(out_dir, ids, timeout=120)
+        counts = wait_all_arrived(sink_logs, ids, timeout=120)
         dup = {i: n for i, n in counts.items() if n != 1}
         assert not dup, f"delivered more than once: {dup}"
         log(f"40 messages relayed through ingest, queue and deliverer pods ({temp} temporary failures)")
@@ -257,10 +236,10 @@ def main():
         os.kill(pid, 9)
         more = [f"k8s-{i}" for i in range(40, 60)]
         temp = send(smtp_port, more, deadline_s=180)
-        wait_arrived(out_dir, more, timeout=180)
+        wait_all_arrived(sink_logs, more, timeout=180)
         wait_healthy(docs, timeout=60)
         log(f"queue killed and restarted: 20 more relayed ({temp} temporary failures while it was down)")
-        counts = arrivals(out_dir)
+        counts = arrivals(sink_logs)
         assert sorted(counts) == sorted(ids + more), "the sink got messages the test never sent"
         return 0
     finally:

@@ -287,6 +287,8 @@ class Tern:
                     f"[deliverer]\nqueue=127.0.0.1:{queue}\ndns_servers=127.0.0.1:{dns}\nmx_port={sink_port}\n"
                     f"health_listen=\nmetrics_listen=\n"
                     f"[bouncer]\nqueue=127.0.0.1:{queue}\nhealth_listen=\nmetrics_listen=\n")
+            # For A/B runs of a setting, e.g. "[ingest]\nenqueue_stream=false".
+            f.write(os.environ.get("TERN_BENCH_TERN_INI", "").replace("\\n", "\n") + "\n")
         with open(os.path.join(cfg, "smtp.ini"), "w") as f:
             f.write(f"[main]\nlisten=127.0.0.1:{self.port}\n")
         with open(os.path.join(cfg, "outbound.ini"), "w") as f:

@@ -78,6 +78,10 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   c.tls_failure_ttl = std::chrono::seconds(ttl);
   TERN_ASSIGN_OR_RETURN(int64_t refresh, GetRanged(tern, kD, "host_flags_refresh", 30, 1, 86400));
   c.host_flags_refresh = std::chrono::seconds(refresh);
+  TERN_ASSIGN_OR_RETURN(int64_t unreachable_after, GetRanged(tern, kD, "unreachable_after", 3, 0, 1000));
+  c.unreachable_after = static_cast<uint32_t>(unreachable_after);
+  TERN_ASSIGN_OR_RETURN(int64_t backoff, GetRanged(tern, kD, "unreachable_backoff", 60, 1, 86400));
+  c.unreachable_backoff = std::chrono::seconds(backoff);
 
   TERN_ASSIGN_OR_RETURN(config::IniFile routes, dir.Ini("outbound_routes.ini"));
   TERN_ASSIGN_OR_RETURN(c.routes, StaticRoutes::Load(routes));

@@ -34,6 +34,14 @@
 //     tls_failure_ttl=604800      seconds a host whose TLS handshake failed is
 //                                 reached in plain text. Default: 604800 (7 days)
 //     host_flags_refresh=30       seconds between GetHostFlags calls. Default: 30
+//     unreachable_after=3         sessions in a row that an address refuses or
+//                                 drops before its greeting (connect failed,
+//                                 no greeting, 421/5xx greeting) after which
+//                                 it is suspended; 0 = never. Default: 3
+//     unreachable_backoff=60      seconds a suspended address gets no new
+//                                 session from any deliverer: its deliveries
+//                                 go to the next address or are deferred with
+//                                 the last failure. Default: 60
 //     health_listen=127.0.0.1:7072   Default: 127.0.0.1:7072; empty disables
 //     metrics_listen=127.0.0.1:9472  Default: 127.0.0.1:9472; empty disables
 //   outbound.ini [main]
@@ -81,6 +89,8 @@ struct DelivererConfig {
   uint32_t destination_connections_max = 32;
   std::chrono::seconds tls_failure_ttl{604800};
   std::chrono::seconds host_flags_refresh{30};
+  uint32_t unreachable_after = 3;
+  std::chrono::seconds unreachable_backoff{60};
 
   uint32_t concurrency_max = 10000;
   std::chrono::seconds connect_timeout{30};

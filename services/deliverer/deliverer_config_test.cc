@@ -42,6 +42,8 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
   EXPECT_EQ(c->destination_connections_max, 32u);
   EXPECT_EQ(c->tls_failure_ttl, std::chrono::seconds(604800));
   EXPECT_EQ(c->host_flags_refresh, std::chrono::seconds(30));
+  EXPECT_EQ(c->unreachable_after, 3u);
+  EXPECT_EQ(c->unreachable_backoff, std::chrono::seconds(60));
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.banner, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.rcpt, std::chrono::seconds(30));
@@ -53,7 +55,8 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
 TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   Write("outbound.ini", "connect_timeout=7\n");
   Write("tern.ini", "[deliverer]\nrcpt_timeout=120\ndot_timeout=900\npool_timeout=0\npool_max_messages=5\n"
-                    "tls_failure_ttl=60\nhost_flags_refresh=5\ndestination_connections_max=0\n");
+                    "tls_failure_ttl=60\nhost_flags_refresh=5\ndestination_connections_max=0\n"
+                    "unreachable_after=0\nunreachable_backoff=300\n");
   auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(7));
@@ -65,6 +68,8 @@ TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   EXPECT_EQ(c->destination_connections_max, 0u);
   EXPECT_EQ(c->tls_failure_ttl, std::chrono::seconds(60));
   EXPECT_EQ(c->host_flags_refresh, std::chrono::seconds(5));
+  EXPECT_EQ(c->unreachable_after, 0u);
+  EXPECT_EQ(c->unreachable_backoff, std::chrono::seconds(300));
 }
 
 TEST_F(ConfigTest, ReadsRoutesAndTlsPolicy) {
@@ -122,6 +127,11 @@ TEST_F(ConfigTest, BadValuesNameTheKey) {
   c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("destination_connections_max"), std::string::npos) << c.status();
+
+  Write("tern.ini", "[deliverer]\nunreachable_backoff=0\n");
+  c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("unreachable_backoff"), std::string::npos) << c.status();
 }
 
 }  // namespace

@@ -168,6 +168,11 @@ struct Metrics {
       "tern_deliverer_data_gate_refused_total", "Transactions stopped before DATA: the queue did not record progress");
   metrics::Counter& tls_fallbacks = r.GetCounter("tern_deliverer_tls_fallbacks_total",
                                                  "Failed TLS handshakes retried in plain text");
+  metrics::Counter& suspensions = r.GetCounter(
+      "tern_deliverer_suspensions_total",
+      "MX addresses suspended after unreachable_after sessions in a row failed before their greeting");
+  metrics::Counter& suspended_skips = r.GetCounter(
+      "tern_deliverer_suspended_skips_total", "Delivery attempts not made because the MX address was suspended");
   metrics::Counter& channel_rebuilds = r.GetCounter(
       "tern_deliverer_queue_channel_rebuilds_total",
       "gRPC channels to the queue replaced after the queue stayed unreachable (see kRebuildChannelAfter)");
@@ -224,6 +229,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         pool_(io.get_executor(), ConnectionPool::Options{config.pool_timeout, config.pool_max_messages,
                                                          config.concurrency_max,
                                                          config.destination_connections_max}),
+        streaks_(config.unreachable_after),
         worker_id_(absl::StrCat(config.me, "/", NewRandomToken().substr(0, 8))) {
     // DelivererConfig::Load already built a context from the same settings,
     // so this only fails for a config that was never loaded (tests).
@@ -542,6 +548,18 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         last_failure.reply_text += " (lease time used up before the next MX address)";
         break;
       }
+      const std::string flag_host = attempt.unix_path.empty() ? attempt.ip : attempt.unix_path;
+      if (host_flags_.Has(flag_host, kUnreachableFlag, NowUnixMs())) {
+        // Suspended (unreachable_after): on to the next address, or this
+        // failure is what the delivery is deferred with.
+        metrics_.suspended_skips.Inc();
+        last_failure = LocalOutcome(OutcomeClass::kTransient, "4.4.1",
+                                    absl::StrCat("delivery to ", RelayOf(attempt.mx_host, attempt.ip, attempt.port),
+                                                 " temporarily suspended: ",
+                                                 host_flags_.Reason(flag_host, kUnreachableFlag)),
+                                    attempt.mx_host, attempt.ip);
+        continue;
+      }
       ++tried;
       TransactionRequest request;
       request.helo_name = route != nullptr && !route->bind_helo.empty() ? route->bind_helo : config_.me;
@@ -563,7 +581,6 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       request.body_8bit = job.body_8bit();
       request.ret = ToRet(job.ret());
       request.envid = job.envid();
-      const std::string flag_host = attempt.unix_path.empty() ? attempt.ip : attempt.unix_path;
       const TlsDecision tls =
           config_.tls.Decide(config_.enable_tls, route != nullptr ? route->tls : RouteTls::kOpportunistic,
                              host_flags_.Has(flag_host, kBrokenTlsFlag, NowUnixMs()), attempt.ip, attempt.mx_host,
@@ -613,6 +630,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         continue;
       }
       LogAttempt(job, attempt, *result, dns_delay);
+      if (result->unreachable) {
+        NoteUnreachable(flag_host, RelayOf(attempt.mx_host, attempt.ip, attempt.port), result->failure);
+      } else if (result->connected) {
+        streaks_.Succeeded(flag_host);
+      }
       std::vector<size_t> still;
       for (size_t j = 0; j < undecided.size(); ++j) {
         if (result->outcomes[j]) {
@@ -677,12 +699,40 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     const int64_t expires = NowUnixMs() + std::chrono::duration_cast<std::chrono::milliseconds>(
                                               config_.tls_failure_ttl).count();
-    host_flags_.Set(host, kBrokenTlsFlag, expires);
+    host_flags_.Set(host, kBrokenTlsFlag, expires, reason.substr(0, 500));
     v1::HostFlag flag;
     flag.set_host(host);
     flag.set_flag(kBrokenTlsFlag);
     flag.set_expires_unix_ms(expires);
     flag.set_reason(reason.substr(0, 500));
+    asio::co_spawn(io_, PutHostFlag(shared_from_this(), std::move(flag)), asio::detached);
+  }
+
+  // A session attempt with `host` failed before its greeting. The
+  // unreachable_after-th in a row suspends the address for every deliverer
+  // (HostFlags, shared through the queue) for unreachable_backoff.
+  void NoteUnreachable(const std::string& host, const std::string& relay, const std::string& failure) {
+    if (!streaks_.Failed(host)) {
+      return;
+    }
+    const int64_t now = NowUnixMs();
+    const bool already = host_flags_.Has(host, kUnreachableFlag, now);
+    const int64_t expires =
+        now + std::chrono::duration_cast<std::chrono::milliseconds>(config_.unreachable_backoff).count();
+    std::string reason = failure.substr(0, 500);
+    host_flags_.Set(host, kUnreachableFlag, expires, reason);
+    if (already) {
+      return;  // a session that was already under way when it was suspended
+    }
+    metrics_.suspensions.Inc();
+    log::Event(log::Level::kWarn, "address_suspended",
+               {{"relay", relay}, {"failures_in_a_row", absl::StrCat(streaks_.streak(host))},
+                {"seconds", absl::StrCat(config_.unreachable_backoff.count())}, {"failure", reason}});
+    v1::HostFlag flag;
+    flag.set_host(host);
+    flag.set_flag(kUnreachableFlag);
+    flag.set_expires_unix_ms(expires);
+    flag.set_reason(std::move(reason));
     asio::co_spawn(io_, PutHostFlag(shared_from_this(), std::move(flag)), asio::detached);
   }
 
@@ -714,11 +764,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                 {"note", "best effort; delivery goes on without it"}});
   }
 
-  // Fetches the shared broken-TLS list now and every host_flags_refresh.
+  // Fetches the shared host flags (broken TLS, unreachable) now and every
+  // host_flags_refresh.
   static asio::awaitable<void> HostFlagsLoop(std::shared_ptr<Impl> self) {
     while (!self->stopping_) {
-      v1::GetHostFlagsRequest request;
-      request.set_flag(kBrokenTlsFlag);
+      v1::GetHostFlagsRequest request;  // every flag
       v1::GetHostFlagsResponse response;
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -732,7 +782,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       self->NoteOptionalRpc("GetHostFlags", status, &self->get_flags_warned_);
       if (status.ok()) {
         for (const auto& f : response.flags()) {
-          self->host_flags_.Set(f.host(), f.flag(), f.expires_unix_ms());
+          self->host_flags_.Set(f.host(), f.flag(), f.expires_unix_ms(), f.reason());
         }
       }
       self->host_flags_.Expire(NowUnixMs());
@@ -1091,6 +1141,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   std::shared_ptr<asio::ssl::context> tls_;
   ConnectionPool pool_;
   HostFlags host_flags_;
+  FailureStreaks streaks_;
   struct Unconfirmed {
     std::map<uint32_t, RecipientOutcome> finals;  // recipient index → outcome
     int64_t expires_unix_ms = 0;

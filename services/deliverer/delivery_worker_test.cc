@@ -284,11 +284,17 @@ struct SinkOptions {
   // The reply to the final dot of a message with a recipient whose local
   // part starts with "slow" comes this much later.
   std::chrono::milliseconds slow_dot{100};
+  // The first this many sessions get a 421 greeting and are hung up on.
+  int refuse_first = 0;
 };
 
 asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions options, SinkStats* stats) {
   net::Connection c(std::move(socket));
   ++stats->connections;
+  if (stats->connections <= options.refuse_first) {
+    co_await Say(c, "421 4.3.2 too busy");
+    co_return;
+  }
   co_await Say(c, "220 sink");
   bool in_data = false;
   bool body_started = false;
@@ -668,6 +674,76 @@ TEST(DeliveryWorker, LearnsBrokenTlsHostsFromTheQueue) {
   EXPECT_EQ(h.queue.reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
   EXPECT_EQ(h.stats.starttls, 0);
   EXPECT_TRUE(h.queue.put_flags().empty());
+}
+
+TEST(DeliveryWorker, AnAddressRefusingSessionsIsSuspendedForEveryoneThenTriedAgain) {
+  SinkOptions sink;
+  sink.refuse_first = 2;
+  Harness h(sink);
+  h.queue.full = true;
+  h.config.unreachable_after = 2;
+  h.config.unreachable_backoff = 1s;
+  h.Start();
+  // One at a time, so that the two refusals are two sessions in a row.
+  for (const char* id : {"u1", "u2"}) {
+    const size_t before = h.queue.reports().size();
+    h.queue.AddJob(Job(id, "x.test", {"alice"}));
+    ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == before + 1; }));
+    const v1::RecipientResult res = h.queue.reports().back().recipients(0).result();
+    EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT);
+    EXPECT_NE(res.reply_text().find("421 4.3.2 too busy"), std::string::npos) << res.reply_text();
+  }
+  EXPECT_EQ(h.stats.connections, 2);
+  // The second refusal in a row suspended the address, for every deliverer.
+  ASSERT_TRUE(h.RunUntil([&] { return !h.queue.put_flags().empty(); }));
+  const v1::HostFlag flag = h.queue.put_flags().at(0);
+  EXPECT_EQ(flag.host(), "127.0.0.1");
+  EXPECT_EQ(flag.flag(), "unreachable");
+  EXPECT_NE(flag.reason().find("421 4.3.2 too busy"), std::string::npos) << flag.reason();
+  EXPECT_NEAR(static_cast<double>(flag.expires_unix_ms()), static_cast<double>(absl::ToUnixMillis(absl::Now()) + 1000),
+              900.0);
+  const auto suspended_at = std::chrono::steady_clock::now();
+
+  // Meanwhile a delivery there is deferred without a session, with why.
+  h.queue.AddJob(Job("u3", "x.test", {"bob"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 3; }));
+  const v1::RecipientResult deferred = h.queue.reports().back().recipients(0).result();
+  EXPECT_EQ(deferred.outcome(), v1::OUTCOME_TRANSIENT);
+  EXPECT_EQ(deferred.enhanced_status(), "4.4.1");
+  EXPECT_NE(deferred.reply_text().find("temporarily suspended"), std::string::npos) << deferred.reply_text();
+  EXPECT_NE(deferred.reply_text().find("421 4.3.2 too busy"), std::string::npos) << deferred.reply_text();
+  EXPECT_EQ(h.stats.connections, 2);
+
+  // After the pause the address is tried again, and delivers.
+  ASSERT_TRUE(h.RunUntil([&] { return std::chrono::steady_clock::now() - suspended_at > 1200ms; }));
+  h.queue.AddJob(Job("u4", "x.test", {"carol"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 4; }));
+  EXPECT_EQ(h.queue.reports().back().recipients(0).result().outcome(), v1::OUTCOME_DELIVERED)
+      << h.queue.reports().back().recipients(0).result().reply_text();
+  EXPECT_EQ(h.stats.connections, 3);
+  EXPECT_EQ(h.stats.messages, 1);
+}
+
+TEST(DeliveryWorker, AnAddressSuspendedByAnotherDelivererGetsNoSession) {
+  Harness h;
+  h.queue.full = true;
+  v1::HostFlag flag;
+  flag.set_host("127.0.0.1");
+  flag.set_flag("unreachable");
+  flag.set_reason("connect to mx.x.test[127.0.0.1]:25: Connection refused");
+  flag.set_expires_unix_ms(absl::ToUnixMillis(absl::Now()) + 3600000);
+  h.queue.AddFlag(flag);
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.get_flags_calls() > 0; }));
+  h.io.run_for(100ms);  // the answer is applied on the worker's executor
+  h.queue.AddJob(Job("s1", "x.test", {"alice"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT);
+  EXPECT_NE(res.reply_text().find("temporarily suspended: connect to mx.x.test[127.0.0.1]:25: Connection refused"),
+            std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(h.stats.connections, 0);
 }
 
 TEST(DeliveryWorker, WorksWithAQueueWithoutProgressOrHostFlags) {

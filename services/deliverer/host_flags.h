@@ -1,12 +1,21 @@
 // File: host_flags.h
 //
 // HostFlags: what this deliverer knows about remote hosts that every
-// deliverer should know too - today only "broken_tls" (the MX's TLS handshake
-// fails, so it is reached in plain text until the flag expires). Flags are
-// set locally the moment a deliverer learns them, sent to the queue
-// (PutHostFlags) and merged from the queue's list (GetHostFlags) every
+// deliverer should know too:
+//   "broken_tls"   the address's TLS handshake fails, so it is reached in
+//                  plain text until the flag expires (tls_failure_ttl);
+//   "unreachable"  the address refused or dropped unreachable_after sessions
+//                  in a row before their greeting, so no deliverer opens
+//                  another session there until the flag expires
+//                  (unreachable_backoff): its deliveries go to the next
+//                  address or are deferred with the last failure.
+// Flags are set locally the moment a deliverer learns them, sent to the
+// queue (PutHostFlags) and merged from the queue's list (GetHostFlags) every
 // refresh, so a fact learnt by one deliverer reaches the others within one
-// refresh period. Each flag carries an absolute expiry (tls_failure_ttl).
+// refresh period. Each flag carries an absolute expiry and why it was set.
+//
+// FailureStreaks counts, per address, the sessions in a row that the
+// address did not give (TransactionResult::unreachable).
 //
 // Thread-safety: not thread-safe; used on the worker's executor only.
 #pragma once
@@ -19,24 +28,35 @@
 namespace tern::deliverer {
 
 inline constexpr char kBrokenTlsFlag[] = "broken_tls";
+inline constexpr char kUnreachableFlag[] = "unreachable";
 
 class HostFlags {
  public:
-  // Records `flag` on `host` until `expires_unix_ms` (a later expiry wins).
-  void Set(const std::string& host, const std::string& flag, int64_t expires_unix_ms) {
-    int64_t& e = flags_[{host, flag}];
-    e = std::max(e, expires_unix_ms);
+  // Records `flag` on `host` until `expires_unix_ms` (a later expiry wins,
+  // and brings its reason).
+  void Set(const std::string& host, const std::string& flag, int64_t expires_unix_ms, std::string reason = "") {
+    Entry& e = flags_[{host, flag}];
+    if (expires_unix_ms > e.expires_unix_ms) {
+      e.expires_unix_ms = expires_unix_ms;
+      e.reason = std::move(reason);
+    }
   }
 
   bool Has(const std::string& host, const std::string& flag, int64_t now_unix_ms) const {
     auto it = flags_.find({host, flag});
-    return it != flags_.end() && it->second > now_unix_ms;
+    return it != flags_.end() && it->second.expires_unix_ms > now_unix_ms;
+  }
+
+  // Why `flag` was set on `host` ("" if it is not set).
+  std::string Reason(const std::string& host, const std::string& flag) const {
+    auto it = flags_.find({host, flag});
+    return it == flags_.end() ? "" : it->second.reason;
   }
 
   // Drops expired flags; returns how many are left.
   size_t Expire(int64_t now_unix_ms) {
     for (auto it = flags_.begin(); it != flags_.end();) {
-      it = it->second <= now_unix_ms ? flags_.erase(it) : std::next(it);
+      it = it->second.expires_unix_ms <= now_unix_ms ? flags_.erase(it) : std::next(it);
     }
     return flags_.size();
   }
@@ -44,7 +64,42 @@ class HostFlags {
   size_t size() const { return flags_.size(); }
 
  private:
-  std::map<std::pair<std::string, std::string>, int64_t> flags_;
+  struct Entry {
+    int64_t expires_unix_ms = 0;
+    std::string reason;
+  };
+  std::map<std::pair<std::string, std::string>, Entry> flags_;
+};
+
+class FailureStreaks {
+ public:
+  // `limit` 0 never reports a streak.
+  explicit FailureStreaks(uint32_t limit) : limit_(limit) {}
+
+  // A session with `host` failed before its greeting. True when that makes
+  // `limit` in a row, and for every further failure until a success: after a
+  // suspension ends, one more failure suspends the address again at once
+  // (as Postfix keeps a dead destination dead after a failed probe).
+  bool Failed(const std::string& host) {
+    if (limit_ == 0) {
+      return false;
+    }
+    if (streaks_.size() >= kMaxHosts && !streaks_.contains(host)) {
+      streaks_.clear();  // bounded memory whatever DNS hands out; streaks restart
+    }
+    return ++streaks_[host] >= limit_;
+  }
+  // The address gave a session: its streak ends.
+  void Succeeded(const std::string& host) { streaks_.erase(host); }
+  uint32_t streak(const std::string& host) const {
+    auto it = streaks_.find(host);
+    return it == streaks_.end() ? 0 : it->second;
+  }
+
+ private:
+  static constexpr size_t kMaxHosts = 100000;
+  uint32_t limit_;
+  std::map<std::string, uint32_t> streaks_;
 };
 
 }  // namespace tern::deliverer

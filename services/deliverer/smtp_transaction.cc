@@ -203,9 +203,11 @@ class Session {
 
     auto banner = co_await ReadReply(req_.timeouts.banner, "the initial server greeting");
     if (!banner) {
+      res_.unreachable = true;
       co_return false;
     }
     if (!banner->positive()) {
+      res_.unreachable = true;
       // Postfix's smtp_skip_5xx_greeting: a refusing greeting is a reason to
       // try another MX, not to bounce (Haraka bounced on a 5xx banner).
       FailWithReply(*banner, "refused to talk to me");
@@ -238,11 +240,13 @@ class Session {
                               timer.async_wait(kNoThrow));
       if (result.index() == 1) {
         Fail("4.4.1", absl::StrCat("connect to ", relay_, ": timed out"));
+        res_.unreachable = true;
         co_return false;
       }
       auto [cec] = std::get<0>(result);
       if (cec) {
         Fail("4.4.1", absl::StrCat("connect to ", relay_, ": ", cec.message()));
+        res_.unreachable = true;
         co_return false;
       }
       socket.assign(asio::ip::tcp::v4(), local.release(), ec);
@@ -278,11 +282,13 @@ class Session {
       auto result = co_await (socket.async_connect(endpoint, kNoThrow) || timer.async_wait(kNoThrow));
       if (result.index() == 1) {
         Fail("4.4.1", absl::StrCat("connect to ", relay_, ": timed out"));
+        res_.unreachable = true;
         co_return false;
       }
       auto [cec] = std::get<0>(result);
       if (cec) {
         Fail("4.4.1", absl::StrCat("connect to ", relay_, ": ", cec.message()));
+        res_.unreachable = true;
         co_return false;
       }
       socket.set_option(asio::ip::tcp::no_delay(true), ec);

@@ -136,6 +136,12 @@ struct TransactionResult {
   // connection, 4.5.0 protocol, 4.7.x TLS/AUTH, or the 421's own code).
   std::string failure_enhanced;
   bool connected = false;
+  // The address gave no session: the TCP connect failed (refused, timed
+  // out, unreachable) or the greeting did not come or was not 2xx (a 421
+  // "too busy" above all). The deliverer counts these toward suspending the
+  // address (unreachable_after); later failures (EHLO, TLS, AUTH, MAIL,
+  // RCPT) do not count, nor does waiting for our own connection limit.
+  bool unreachable = false;
   // Opportunistic TLS handshake failed: the same address may be retried
   // without TLS, and the host remembered as broken_tls.
   bool tls_failed = false;

@@ -471,6 +471,7 @@ TEST_F(SmtpTransactionTest, AllRecipientsAccepted) {
     EXPECT_GT(o->at_unix_ms, 0);
   }
   EXPECT_TRUE(r.connected);
+  EXPECT_FALSE(r.unreachable);
   EXPECT_TRUE(r.failure.empty());
   // SIZE offered: declared; dot-stuffed body arrives with the dot doubled and
   // a CRLF added to the last line.
@@ -613,6 +614,7 @@ TEST_F(SmtpTransactionTest, ConnectionRefusedLeavesRecipientsUndecided) {
       << r.failure;
   EXPECT_NE(r.failure.find("refused"), std::string::npos) << r.failure;
   EXPECT_EQ(r.failure_enhanced, "4.4.1");
+  EXPECT_TRUE(r.unreachable);  // counts toward suspending the address
 }
 
 TEST_F(SmtpTransactionTest, Banner421MovesOnWithTheReply) {
@@ -624,6 +626,7 @@ TEST_F(SmtpTransactionTest, Banner421MovesOnWithTheReply) {
   EXPECT_EQ(r.failure_code, 421);
   EXPECT_EQ(r.failure_enhanced, "4.3.2");
   EXPECT_NE(r.failure.find("421 4.3.2 Too busy"), std::string::npos) << r.failure;
+  EXPECT_TRUE(r.unreachable);
 }
 
 TEST_F(SmtpTransactionTest, Banner554IsNotABounce) {
@@ -634,6 +637,7 @@ TEST_F(SmtpTransactionTest, Banner554IsNotABounce) {
   EXPECT_FALSE(r.outcomes[0].has_value());
   EXPECT_EQ(r.failure_code, 0);
   EXPECT_EQ(r.failure_enhanced, "4.7.1");
+  EXPECT_TRUE(r.unreachable);
 }
 
 TEST_F(SmtpTransactionTest, GarbageReplyIsASessionFailureNotACrash) {
@@ -644,6 +648,7 @@ TEST_F(SmtpTransactionTest, GarbageReplyIsASessionFailureNotACrash) {
   EXPECT_FALSE(r.outcomes[0].has_value());
   EXPECT_EQ(r.failure_enhanced, "4.5.0");
   EXPECT_NE(r.failure.find("hello there"), std::string::npos) << r.failure;
+  EXPECT_FALSE(r.unreachable);  // it greeted: a protocol problem, not an absent host
 }
 
 TEST_F(SmtpTransactionTest, FallsBackToHeloWhenEhloIsRejected) {
@@ -669,6 +674,7 @@ TEST_F(SmtpTransactionTest, Rcpt421LeavesThatAndLaterRecipientsUndecided) {
   EXPECT_FALSE(r.outcomes[2].has_value());
   EXPECT_EQ(r.failure_code, 421);
   EXPECT_FALSE(Sent(seen, "DATA"));
+  EXPECT_FALSE(r.unreachable);  // a 421 after the greeting ends this session only
 }
 
 TEST_F(SmtpTransactionTest, NonAsciiAddressNeedsSmtputf8) {

@@ -139,5 +139,35 @@ TEST(HostFlags, ExpiresAndKeepsTheLaterExpiry) {
   EXPECT_EQ(flags.Expire(2000), 1u);
 }
 
+TEST(HostFlags, KeepsTheReasonOfTheLatestExpiry) {
+  HostFlags flags;
+  flags.Set("192.0.2.1", kUnreachableFlag, 1000, "421 busy");
+  flags.Set("192.0.2.1", kUnreachableFlag, 500, "older");
+  EXPECT_EQ(flags.Reason("192.0.2.1", kUnreachableFlag), "421 busy");
+  flags.Set("192.0.2.1", kUnreachableFlag, 2000, "connection refused");
+  EXPECT_EQ(flags.Reason("192.0.2.1", kUnreachableFlag), "connection refused");
+  EXPECT_EQ(flags.Reason("192.0.2.1", kBrokenTlsFlag), "");
+}
+
+TEST(FailureStreaks, ReportsFromTheLimitOnUntilASuccess) {
+  FailureStreaks streaks(3);
+  EXPECT_FALSE(streaks.Failed("a"));
+  EXPECT_FALSE(streaks.Failed("a"));
+  EXPECT_FALSE(streaks.Failed("b"));  // streaks are per address
+  EXPECT_TRUE(streaks.Failed("a"));
+  EXPECT_TRUE(streaks.Failed("a"));  // still failing after a pause: at once again
+  EXPECT_EQ(streaks.streak("a"), 4u);
+  streaks.Succeeded("a");
+  EXPECT_EQ(streaks.streak("a"), 0u);
+  EXPECT_FALSE(streaks.Failed("a"));
+}
+
+TEST(FailureStreaks, LimitZeroNeverReports) {
+  FailureStreaks streaks(0);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_FALSE(streaks.Failed("a"));
+  }
+}
+
 }  // namespace
 }  // namespace tern::deliverer

@@ -285,8 +285,9 @@ class ServfailUpstream:
 
 
 # dnsmasq records for DelivererDnsTest. Sinks: V4_SINK on 127.0.0.6,
-# LEVEL_SINK on 127.0.0.7, one on ::1; all on the cluster's mx_port.
-V4_SINK, LEVEL_SINK, V6_SINK = "127.0.0.6", "127.0.0.7", "::1"
+# LEVEL_SINK on 127.0.0.7, one on ::1; all on the cluster's mx_port. Nothing
+# listens on DEAD_MX.
+V4_SINK, LEVEL_SINK, V6_SINK, DEAD_MX = "127.0.0.6", "127.0.0.7", "::1", "127.0.0.8"
 
 
 class DnsScenarioCluster(DnsCluster):
@@ -307,6 +308,11 @@ class DnsScenarioCluster(DnsCluster):
             "--mx-host=levels.test,v6.levels.test,20",
             f"--host-record=v4.levels.test,{LEVEL_SINK}",
             f"--host-record=v6.levels.test,{V6_SINK}",
+            # A better MX that refuses every connection, and a working one.
+            "--mx-host=deadfirst.test,dead.deadfirst.test,10",
+            "--mx-host=deadfirst.test,live.deadfirst.test,20",
+            f"--host-record=dead.deadfirst.test,{DEAD_MX}",
+            f"--host-record=live.deadfirst.test,{LEVEL_SINK}",
         ]
 
     def _start_sinks(self):
@@ -370,6 +376,32 @@ class DelivererDnsTest(ClusterTestCase):
         got = [name for name in ("v4", "level", "v6")
                if any(needle in m.data for m in self.cluster.sinks[name].received())]
         return got, line
+
+    def test_an_mx_refusing_connections_is_suspended_after_three_and_mail_goes_to_the_next(self):
+        # unreachable_after=3 (the default): the first three messages each
+        # try the dead MX, are refused and go to the next; after the third
+        # the address is suspended (60 s) and the next ones go straight on.
+        dead = f"dead.deadfirst.test[{DEAD_MX}]"
+        for i in range(5):
+            tag = f"deadfirst {i}"
+            msg_id = send_for_id(self.cluster, "alice@sender.test", [f"r{i}@deadfirst.test"], BODY % tag.encode())
+            line = self.cluster.wait_until(
+                lambda: [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if " delivery " in l], 30,
+                f"the outcome of {tag}")[-1]
+            self.assertIn("status=sent", line)
+            self.assertIn(f"relay=live.deadfirst.test[{LEVEL_SINK}]", line)
+            tried_dead = [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}")
+                          if " attempt " in l and dead in l]
+            if i < 3:
+                self.assertEqual(len(tried_dead), 1, tried_dead)
+                self.assertRegex(tried_dead[0], r"[Rr]efused")
+            else:
+                self.assertEqual(tried_dead, [], f"message {i} still tried the suspended MX")
+            suspended = [l for l in deliverer_log_lines(self.cluster, "address_suspended") if dead in l]
+            self.assertEqual(len(suspended), 1 if i >= 2 else 0, suspended)
+        self.assertIn("failures_in_a_row=3", suspended[0])
+        needle = b"deliverer test deadfirst"
+        self.assertEqual(sum(needle in m.data for m in self.cluster.sinks["level"].received()), 5)
 
     def test_inet_prefer_orders_families_within_one_mx_host(self):
         try:

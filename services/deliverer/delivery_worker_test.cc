@@ -499,6 +499,20 @@ struct Harness {
                                               RoutePlanner(route));
     worker->Start();
   }
+  // Starts with `flag` on 127.0.0.1 already in the queue's shared list (as
+  // another deliverer left it there), fetched and applied before any job.
+  void StartWithSharedFlag(const std::string& flag, const std::string& reason = "") {
+    queue.full = true;
+    v1::HostFlag f;
+    f.set_host("127.0.0.1");
+    f.set_flag(flag);
+    f.set_reason(reason);
+    f.set_expires_unix_ms(absl::ToUnixMillis(absl::Now()) + 3600000);
+    queue.AddFlag(f);
+    Start();
+    ASSERT_TRUE(RunUntil([&] { return queue.get_flags_calls() > 0; }));
+    io.run_for(100ms);  // the answer is applied on the worker's executor
+  }
   bool RunUntil(const std::function<bool()>& done, std::chrono::seconds timeout = 20s) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (!done() && std::chrono::steady_clock::now() < deadline) {
@@ -660,15 +674,7 @@ TEST(DeliveryWorker, LearnsBrokenTlsHostsFromTheQueue) {
   sink.ehlo = "250-sink\r\n250 STARTTLS";
   sink.break_tls = true;
   Harness h(sink);
-  h.queue.full = true;
-  v1::HostFlag flag;
-  flag.set_host("127.0.0.1");
-  flag.set_flag("broken_tls");
-  flag.set_expires_unix_ms(absl::ToUnixMillis(absl::Now()) + 3600000);
-  h.queue.AddFlag(flag);
-  h.Start();
-  ASSERT_TRUE(h.RunUntil([&] { return h.queue.get_flags_calls() > 0; }));
-  h.io.run_for(100ms);  // the answer is applied on the worker's executor
+  h.StartWithSharedFlag("broken_tls");
   h.queue.AddJob(Job("g1", "x.test", {"alice"}));
   ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
   EXPECT_EQ(h.queue.reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
@@ -726,16 +732,7 @@ TEST(DeliveryWorker, AnAddressRefusingSessionsIsSuspendedForEveryoneThenTriedAga
 
 TEST(DeliveryWorker, AnAddressSuspendedByAnotherDelivererGetsNoSession) {
   Harness h;
-  h.queue.full = true;
-  v1::HostFlag flag;
-  flag.set_host("127.0.0.1");
-  flag.set_flag("unreachable");
-  flag.set_reason("connect to mx.x.test[127.0.0.1]:25: Connection refused");
-  flag.set_expires_unix_ms(absl::ToUnixMillis(absl::Now()) + 3600000);
-  h.queue.AddFlag(flag);
-  h.Start();
-  ASSERT_TRUE(h.RunUntil([&] { return h.queue.get_flags_calls() > 0; }));
-  h.io.run_for(100ms);  // the answer is applied on the worker's executor
+  h.StartWithSharedFlag("unreachable", "connect to mx.x.test[127.0.0.1]:25: Connection refused");
   h.queue.AddJob(Job("s1", "x.test", {"alice"}));
   ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
   const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();

@@ -15,6 +15,7 @@ AAAA records whose sinks listen on 127.0.0.x and ::1.
 import asyncio
 import json
 import os
+import re
 import socket
 import smtplib
 import subprocess
@@ -400,6 +401,16 @@ class DelivererDnsTest(ClusterTestCase):
             suspended = [l for l in deliverer_log_lines(self.cluster, "address_suspended") if dead in l]
             self.assertEqual(len(suspended), 1 if i >= 2 else 0, suspended)
         self.assertIn("failures_in_a_row=3", suspended[0])
+        # The deliverer shared it through the queue, where an operator sees it.
+        flags = ternctl_json(self.cluster, "hosts", "--flag", "unreachable").get("flags", [])
+        (flag,) = [f for f in flags if f["host"] == DEAD_MX]
+        self.assertEqual(flag["flag"], "unreachable")
+        self.assertRegex(flag["reason"], r"[Rr]efused")
+        self.assertGreater(int(flag["expires_unix_ms"]), time.time() * 1000)
+        table = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{self.cluster.ports['queue']}", "hosts"],
+                               capture_output=True, text=True, timeout=30)
+        self.assertEqual(table.returncode, 0, table.stderr)
+        self.assertRegex(table.stdout, rf"{re.escape(DEAD_MX)}\s+unreachable\s")
         needle = b"deliverer test deadfirst"
         self.assertEqual(sum(needle in m.data for m in self.cluster.sinks["level"].received()), 5)
 

@@ -72,7 +72,7 @@ struct SelectorOptions {
 void AddSelectorOptions(CLI::App* cmd, SelectorOptions* opts, bool with_all);
 absl::StatusOr<tern::v1::Selector> BuildSelector(const SelectorOptions& opts);
 
-// Adds the list/show/explain/qshape/corrupt commands (list_command.cc).
+// Adds the list/show/explain/qshape/corrupt/hosts commands (list_command.cc).
 void AddListCommands(CLI::App& app, const GlobalOptions& globals, Io io, int& exit_code);
 // Adds flush/hold/release/delete/bounce/pause/resume (action_command.cc).
 void AddActionCommands(CLI::App& app, const GlobalOptions& globals, Io io, int& exit_code);

@@ -8,8 +8,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "lib/rpc/server_setup.h"
 #include "tern/v1/admin.grpc.pb.h"
+#include "tern/v1/queue.grpc.pb.h"
 #include "lib/rpc/reply_summary.h"
 #include "tools/ternctl/admin_client.h"
 
@@ -279,6 +282,33 @@ int RunCorrupt(const GlobalOptions& g, uint32_t limit, bool json, Io io) {
   return 0;
 }
 
+// The facts deliverers share about remote hosts (Queue.GetHostFlags):
+// "broken_tls" addresses reached in plain text, "unreachable" ones that get
+// no session until the flag expires.
+int RunHosts(const GlobalOptions& g, const std::string& flag, bool json, Io io) {
+  tern::v1::GetHostFlagsRequest req;
+  req.set_flag(flag);
+  tern::v1::GetHostFlagsResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, g);
+  grpc::Status s = tern::v1::Queue::NewStub(rpc::MakeChannel(g.queue))->GetHostFlags(&ctx, req, &resp);
+  if (!s.ok()) {
+    return ReportRpcError(s, "hosts", g, io);
+  }
+  if (json) {
+    io.out << ToJson(resp);
+    return 0;
+  }
+  const int64_t now = absl::ToUnixMillis(absl::Now());
+  std::vector<std::vector<std::string>> rows = {{"HOST", "FLAG", "UNTIL", "LEFT", "REASON"}};
+  for (const auto& f : resp.flags()) {
+    rows.push_back({f.host(), f.flag(), FormatTime(f.expires_unix_ms()), FormatAge(f.expires_unix_ms() - now),
+                    Truncate(f.reason(), 100)});
+  }
+  io.out << FormatTable(rows) << resp.flags_size() << " host flags\n";
+  return 0;
+}
+
 }  // namespace
 
 void AddListCommands(CLI::App& app, const GlobalOptions& globals, Io io, int& exit_code) {
@@ -325,6 +355,13 @@ void AddListCommands(CLI::App& app, const GlobalOptions& globals, Io io, int& ex
   cc->add_option("--limit", *climit, "Records to show")->capture_default_str();
   cc->add_flag("--json", *cjson, "Print JSON");
   cc->callback([&globals, io, &exit_code, climit, cjson] { exit_code = RunCorrupt(globals, *climit, *cjson, io); });
+
+  auto hflag = std::make_shared<std::string>();
+  auto hjson = std::make_shared<bool>(false);
+  CLI::App* hc = app.add_subcommand("hosts", "Facts deliverers share about MX addresses: broken_tls, unreachable");
+  hc->add_option("--flag", *hflag, "Only this flag (broken_tls, unreachable); default all");
+  hc->add_flag("--json", *hjson, "Print the Queue.GetHostFlags answer as JSON");
+  hc->callback([&globals, io, &exit_code, hflag, hjson] { exit_code = RunHosts(globals, *hflag, *hjson, io); });
 }
 
 }  // namespace tern::ternctl

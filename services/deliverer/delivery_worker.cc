@@ -691,21 +691,13 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                 {"failure", r.failure}});
   }
 
-  // Remembers `host` as broken_tls locally and tells the queue (fire and
-  // forget), so every deliverer reaches it in plain text until the TTL ends.
+  // Remembers `host` as broken_tls locally and tells the queue, so every
+  // deliverer reaches it in plain text until the TTL ends.
   void MarkBrokenTls(const std::string& host, const std::string& reason) {
     if (config_.tls_failure_ttl.count() == 0) {
       return;
     }
-    const int64_t expires = NowUnixMs() + std::chrono::duration_cast<std::chrono::milliseconds>(
-                                              config_.tls_failure_ttl).count();
-    host_flags_.Set(host, kBrokenTlsFlag, expires, reason.substr(0, 500));
-    v1::HostFlag flag;
-    flag.set_host(host);
-    flag.set_flag(kBrokenTlsFlag);
-    flag.set_expires_unix_ms(expires);
-    flag.set_reason(reason.substr(0, 500));
-    asio::co_spawn(io_, PutHostFlag(shared_from_this(), std::move(flag)), asio::detached);
+    SetHostFlag(host, kBrokenTlsFlag, config_.tls_failure_ttl, reason, /*share=*/true);
   }
 
   // A session attempt with `host` failed before its greeting. The
@@ -715,25 +707,37 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     if (!streaks_.Failed(host)) {
       return;
     }
-    const int64_t now = NowUnixMs();
-    const bool already = host_flags_.Has(host, kUnreachableFlag, now);
-    const int64_t expires =
-        now + std::chrono::duration_cast<std::chrono::milliseconds>(config_.unreachable_backoff).count();
-    std::string reason = failure.substr(0, 500);
-    host_flags_.Set(host, kUnreachableFlag, expires, reason);
+    // A session that was already under way when the address was suspended
+    // extends the pause here; the others learnt of it already.
+    const bool already = host_flags_.Has(host, kUnreachableFlag, NowUnixMs());
+    SetHostFlag(host, kUnreachableFlag, config_.unreachable_backoff, failure, /*share=*/!already);
     if (already) {
-      return;  // a session that was already under way when it was suspended
+      return;
     }
     metrics_.suspensions.Inc();
     log::Event(log::Level::kWarn, "address_suspended",
                {{"relay", relay}, {"failures_in_a_row", absl::StrCat(streaks_.streak(host))},
-                {"seconds", absl::StrCat(config_.unreachable_backoff.count())}, {"failure", reason}});
-    v1::HostFlag flag;
-    flag.set_host(host);
-    flag.set_flag(kUnreachableFlag);
-    flag.set_expires_unix_ms(expires);
-    flag.set_reason(std::move(reason));
-    asio::co_spawn(io_, PutHostFlag(shared_from_this(), std::move(flag)), asio::detached);
+                {"seconds", absl::StrCat(config_.unreachable_backoff.count())},
+                {"failure", host_flags_.Reason(host, kUnreachableFlag)}});
+  }
+
+  // Records `flag` on `host` for `ttl`, with `reason` (at most 500 bytes),
+  // and with `share` tells the queue too (fire and forget), so every
+  // deliverer has it within one host_flags_refresh.
+  void SetHostFlag(const std::string& host, const char* flag, std::chrono::seconds ttl, const std::string& reason,
+                   bool share) {
+    const int64_t expires = NowUnixMs() + std::chrono::duration_cast<std::chrono::milliseconds>(ttl).count();
+    std::string cut = reason.substr(0, 500);
+    host_flags_.Set(host, flag, expires, cut);
+    if (!share) {
+      return;
+    }
+    v1::HostFlag shared;
+    shared.set_host(host);
+    shared.set_flag(flag);
+    shared.set_expires_unix_ms(expires);
+    shared.set_reason(std::move(cut));
+    asio::co_spawn(io_, PutHostFlag(shared_from_this(), std::move(shared)), asio::detached);
   }
 
   static asio::awaitable<void> PutHostFlag(std::shared_ptr<Impl> self, v1::HostFlag flag) {

@@ -869,13 +869,12 @@ absl::StatusOr<tern::v1::ShowResponse> QueueCore::Impl::Show(const std::string& 
                              : "",
                          "); never leased until `ternctl release`");
     } else if (state == "due") {
+      const std::optional<std::string> throttle = ThrottleReason(d.domain());
       why = absl::StrCat("due since ", FormatTime(d.due_unix_ms()),
                          !d.lease_token().empty() ? " (its lease expired without a report)" : "",
-                         paused ? "; delivery is PAUSED (outbound.ini disabled or `ternctl pause`)"
-                         : DomainThrottled(d.domain())
-                             ? absl::StrCat("; waiting for a slot: ", d.domain(), " has destination_concurrency_max=",
-                                            opt_.destination_concurrency_max, " deliveries out on lease")
-                             : "; waiting for a deliverer to lease it");
+                         paused              ? "; delivery is PAUSED (outbound.ini disabled or `ternctl pause`)"
+                         : throttle.has_value() ? absl::StrCat("; waiting for a slot: ", d.domain(), " has ", *throttle)
+                                                : "; waiting for a deliverer to lease it");
     } else {
       why = absl::StrCat("deferred until ", FormatTime(d.due_unix_ms()), " (in ", FormatIn(d.due_unix_ms() - now),
                          ")");

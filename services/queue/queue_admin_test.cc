@@ -368,16 +368,29 @@ TEST_F(QueueAdminTest, ShowExplainsDeferredLeasedHeldAndPaused) {
 }
 
 TEST_F(QueueAdminTest, ExplainSaysADeliveryWaitsForItsDestinationsConcurrencyLimit) {
-  options_.destination_concurrency_max = 1;
+  options_.shaping = DestinationShaping(1);
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));
   const std::string second = Enqueue(Header({Rcpt("b@x.example")})).message_id;
   const LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10);
   ASSERT_EQ(lease.deliveries_size(), 1);
   EXPECT_THAT(Show(second).deliveries(0).explanation(),
-              HasSubstr("waiting for a slot: x.example has destination_concurrency_max=1"));
+              HasSubstr("waiting for a slot: x.example has concurrency_max=1 deliveries out on lease"));
   ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok"));
   EXPECT_THAT(Show(second).deliveries(0).explanation(), HasSubstr("waiting for a deliverer"));
+}
+
+TEST_F(QueueAdminTest, ExplainSaysADeliveryWaitsForItsDestinationsRate) {
+  options_.shaping.Set("x.example", DestinationLimits{0, RateLimit{1, 60'000}});
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  const std::string second = Enqueue(Header({Rcpt("b@x.example")})).message_id;
+  ASSERT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
+  EXPECT_THAT(Show(second).deliveries(0).explanation(),
+              HasSubstr("waiting for a slot: x.example has rate_max=1/m starts used up"));
+  clock_.AdvanceMs(60'000);
+  ASSERT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
+  EXPECT_THAT(Show(second).deliveries(0).explanation(), HasSubstr("out on lease"));
 }
 
 TEST_F(QueueAdminTest, PauseOverridesTheFileUntilTheFileChanges) {

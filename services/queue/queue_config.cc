@@ -103,13 +103,14 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
   }
   out.core.max_lease_body_bytes = static_cast<uint64_t>(body_bytes);
   {
-    TERN_ASSIGN_OR_RETURN(int64_t limit, tern.GetInt("queue", "destination_concurrency_max",
-                                                     out.core.destination_concurrency_max));
+    TERN_ASSIGN_OR_RETURN(int64_t limit, tern.GetInt("queue", "destination_concurrency_max", 0));
     if (limit < 0 || limit > 1000000) {
       return tern.KeyError("queue", "destination_concurrency_max",
                            absl::StrCat("'", limit, "' is not in [0, 1000000] (0 = no limit)"));
     }
-    out.core.destination_concurrency_max = static_cast<uint32_t>(limit);
+    // shaping.ini refines it per domain and adds rates; missing = none.
+    TERN_ASSIGN_OR_RETURN(config::IniFile shaping, dir.Ini("shaping.ini"));
+    TERN_ASSIGN_OR_RETURN(out.core.shaping, DestinationShaping::Load(shaping, static_cast<uint32_t>(limit)));
   }
 
   const std::string policy = absl::AsciiStrToLower(tern.GetString("queue", "ambiguous_policy", "redeliver"));

@@ -26,7 +26,7 @@ TEST(QueueConfig, ShippedConfigGivesTheDocumentedDefaults) {
   EXPECT_FALSE(cfg->core.always_split);
   EXPECT_EQ(cfg->core.retry.intervals_ms(), DefaultTempFailIntervals(13));
   EXPECT_EQ(cfg->core.idempotency_retention_ms, 7 * 86400 * 1000LL);
-  EXPECT_EQ(cfg->core.destination_concurrency_max, 0u);
+  EXPECT_EQ(cfg->core.shaping.defaults().concurrency_max, 0u);
   EXPECT_EQ(cfg->core.wal_prefill_bytes, 64u << 20);
 }
 
@@ -81,7 +81,21 @@ TEST_F(QueueConfigDirTest, RefusesBadValuesNamingTheKey) {
   Write("tern.ini", "[queue]\ndestination_concurrency_max=20\n");
   cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  EXPECT_EQ(cfg->core.destination_concurrency_max, 20u);
+  EXPECT_EQ(cfg->core.shaping.defaults().concurrency_max, 20u);
+
+  // shaping.ini refines tern.ini's default per domain and adds rates.
+  Write("shaping.ini", "[*]\nrate_max=50/s\n[Slow.Example]\nconcurrency_max=2\nrate_max=600/h\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.shaping.For("other.example").concurrency_max, 20u);
+  EXPECT_EQ(cfg->core.shaping.For("other.example").rate.ToString(), "50/s");
+  EXPECT_EQ(cfg->core.shaping.For("slow.example").concurrency_max, 2u);
+  EXPECT_EQ(cfg->core.shaping.For("slow.example").rate.ToString(), "600/h");
+  Write("shaping.ini", "[slow.example]\nrate_max=often\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("shaping.ini: [slow.example] rate_max: 'often'"));
+  std::filesystem::remove(dir_ / "shaping.ini");
 
   Write("tern.ini", "[queue]\nwal_prefill_bytes=-1\n");
   cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);

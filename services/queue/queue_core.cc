@@ -628,6 +628,9 @@ absl::Status QueueCore::Impl::ApplyLease(Txn& txn, LeaseCall& call) {
         break;
       }
       popped->push_back(*candidate);
+      if (kind == tern::v1::JOB_KIND_DELIVERY) {
+        NoteTakenFromWindow(candidate->first);
+      }
       auto step = kind == tern::v1::JOB_KIND_DELIVERY
                       ? LeaseDelivery(txn, candidate->first, candidate->second, now, lease_ms, budget, &bytes,
                                       call.response, call.request.worker_id())
@@ -685,8 +688,8 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
       return LeaseStep::kSkipped;
     }
   }
-  if (DestinationFull(rec->domain())) {
-    ParkDelivery(txn, rec->domain(), id, rec->due_unix_ms());
+  if (const Throttle why = ThrottleFor(rec->domain(), now); why != Throttle::kNone) {
+    ParkDelivery(txn, why, rec->domain(), id, rec->due_unix_ms());
     return LeaseStep::kSkipped;
   }
   TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
@@ -719,6 +722,7 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
   const bool expired = !rec->lease_token().empty();
   Unschedule(txn, kind, id, rec->due_unix_ms());
   MarkLeased(txn, kind, id, deadline, LeaseDomain(rec->domain()));
+  TakeRate(txn, rec->domain(), now);
   rec->set_lease_token(token);
   rec->set_lease_deadline_unix_ms(deadline);
   rec->set_due_unix_ms(deadline);
@@ -936,6 +940,7 @@ void QueueCore::Impl::OnTick() {
     last_prune_ms_ = now;
     PruneEvents();
     PruneIdempotencyKeys();
+    rate_.Prune(now);
   }
 }
 

@@ -51,6 +51,7 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "services/queue/destination_shaping.h"
 #include "services/queue/queue_clock.h"
 #include "services/queue/retry_schedule.h"
 #include "tern/v1/admin.pb.h"
@@ -107,11 +108,14 @@ struct CoreOptions {
   bool disabled = false;
   // One delivery per recipient instead of per domain. Default: false
   bool always_split = false;
-  // Most deliveries of one destination domain out on lease at once, across
-  // all deliverers (Postfix's default_destination_concurrency_limit, 20
-  // there). Further due deliveries of that domain wait in the queue until a
-  // lease of it ends. 0 = no limit, as in Haraka. Default: 0
-  uint32_t destination_concurrency_max = 0;
+  // Per recipient domain, across all deliverers: the most deliveries out on
+  // lease at once (tern.ini destination_concurrency_max, Postfix's
+  // default_destination_concurrency_limit, 20 there) and the most started
+  // per second, minute or hour (shaping.ini rate_max). Further due
+  // deliveries of a domain at its limit wait in the queue, in memory, until
+  // a lease of it ends or its rate allows another. Default: no limits, as
+  // in Haraka.
+  DestinationShaping shaping;
   // Default: Haraka's, 12 retries from 64 s doubling.
   RetrySchedule retry;
   // Most due job ids kept in memory per kind. Default: 10000

@@ -149,12 +149,16 @@ struct CoreMetrics {
   metrics::Counter& events;
   metrics::Counter& idempotency_pruned;
   metrics::Gauge& deliveries_throttled;
+  metrics::Counter& throttled_concurrency;
+  metrics::Counter& throttled_rate;
 };
 
 inline CoreMetrics& Metrics() {
   static CoreMetrics* m = [] {
     auto& r = metrics::Registry::Global();
     const std::string deliveries_help = "Deliveries not yet final, by state";
+    const std::string throttled_help =
+        "Times a due delivery was set aside because its domain was at a shaping limit, by limit";
     return new CoreMetrics{
         r.GetCounter("tern_queue_enqueued_total", "Messages stored"),
         r.GetCounter("tern_queue_enqueue_duplicates_total", "Enqueues answered from an idempotency key"),
@@ -182,7 +186,9 @@ inline CoreMetrics& Metrics() {
         r.GetCounter("tern_queue_idempotency_keys_pruned_total",
                      "Enqueue idempotency keys deleted after idempotency_retention"),
         r.GetGauge("tern_queue_deliveries_throttled",
-                   "Due deliveries waiting because their domain has destination_concurrency_max leases out"),
+                   "Due deliveries waiting because their domain is at a shaping limit (concurrency or rate)"),
+        r.GetCounter("tern_queue_throttled_total", throttled_help, {{"reason", "concurrency"}}),
+        r.GetCounter("tern_queue_throttled_total", throttled_help, {{"reason", "rate"}}),
     };
   }();
   return *m;
@@ -331,11 +337,12 @@ class LeaseTable {
   absl::flat_hash_map<std::string, uint32_t> ended_;
 };
 
-// Due deliveries held back because their domain has
-// destination_concurrency_max leases out: they leave the ready window (so a
-// throttled domain's backlog is not read again on every Lease) and go back to
-// it when a lease of their domain ends. Memory only: after a restart the
-// schedule scan finds them again.
+// Due deliveries held back because their domain is at a shaping limit (its
+// concurrency_max of leases out, or no start left in its rate): they leave
+// the ready window (so a throttled domain's backlog is not read again on
+// every Lease) and go back to it when a lease of their domain ends or its
+// rate allows more. Memory only: after a restart the schedule scan finds
+// them again.
 class ParkedDeliveries {
  public:
   // False if `id` is parked already.
@@ -506,59 +513,142 @@ class QueueCore::Impl {
     txn.OnUndo([this, due_ms, n] { due_.Add(due_ms, -n); });
   }
 
-  // destination_concurrency_max: whether `domain` has its most leases out.
-  bool DestinationFull(const std::string& domain) {
-    return opt_.destination_concurrency_max > 0 &&
-           State(tern::v1::JOB_KIND_DELIVERY).leases.CountFor(domain) >= opt_.destination_concurrency_max;
+  // Why a due delivery of `domain` may not be leased now, if it may not.
+  enum class Throttle { kNone, kConcurrency, kRate };
+  Throttle ThrottleFor(const std::string& domain, int64_t now) {
+    const DestinationLimits& limits = opt_.shaping.For(domain);
+    if (limits.concurrency_max > 0 &&
+        State(tern::v1::JOB_KIND_DELIVERY).leases.CountFor(domain) >= limits.concurrency_max) {
+      return Throttle::kConcurrency;
+    }
+    if (limits.rate.enabled() && !rate_.Allows(domain, limits.rate, now)) {
+      return Throttle::kRate;
+    }
+    return Throttle::kNone;
   }
-  // Sets a due delivery of a full destination aside until a lease of that
-  // destination ends (see ParkedDeliveries).
-  void ParkDelivery(Txn& txn, const std::string& domain, const std::string& id, int64_t due) {
+  // A delivery of `domain` is being leased: spends a start of its rate.
+  void TakeRate(Txn& txn, const std::string& domain, int64_t now) {
+    const RateLimit& rate = opt_.shaping.For(domain).rate;
+    if (rate.enabled()) {
+      rate_.Take(domain, rate, now);
+      txn.OnUndo([this, domain, rate] { rate_.GiveBack(domain, rate); });
+    }
+  }
+  // Sets a due delivery of a throttled destination aside until a lease of
+  // that destination ends or its rate allows a start (see ParkedDeliveries).
+  void ParkDelivery(Txn& txn, Throttle why, const std::string& domain, const std::string& id, int64_t due) {
     ParkedDeliveries& parked = State(tern::v1::JOB_KIND_DELIVERY).parked;
     if (!parked.Park(domain, id, due)) {
       return;
     }
     txn.OnUndo([&parked, domain, id] { parked.Unpark(domain, id); });
-    txn.OnCommit([domain, id, this] {
+    if (why == Throttle::kRate) {
+      rate_waiting_.insert(domain);  // a hint: ReleaseParked drops it when nothing waits
+    }
+    txn.OnCommit([domain, id, why, this] {
+      const DestinationLimits& limits = opt_.shaping.For(domain);
+      const bool rate = why == Throttle::kRate;
+      (rate ? Metrics().throttled_rate : Metrics().throttled_concurrency).Inc();
       {
         absl::MutexLock lock(&throttled_mu_);
-        throttled_view_.insert(domain);
+        throttled_view_.insert_or_assign(
+            domain, rate ? absl::StrCat("rate_max=", limits.rate.ToString(), " starts used up")
+                         : absl::StrCat("concurrency_max=", limits.concurrency_max, " deliveries out on lease"));
       }
       log::Event(log::Level::kDebug, "delivery_throttled",
                  {{"delivery", id},
                   {"domain", domain},
+                  {"limit", rate ? "rate" : "concurrency"},
                   {"leased", absl::StrCat(State(tern::v1::JOB_KIND_DELIVERY).leases.CountFor(domain))},
-                  {"limit", absl::StrCat(opt_.destination_concurrency_max)}});
+                  {"concurrency_max", absl::StrCat(limits.concurrency_max)},
+                  {"rate_max", limits.rate.ToString()}});
     });
   }
-  // Puts parked deliveries back into the ready window, one for each lease of
-  // their destination that ended since the last call (a slot each: releasing
-  // by free slots instead would hand the same slots out again on every call
-  // until the released ones were leased); the number moved. A released one
-  // whose slot was meanwhile taken is simply parked again when leased.
+  // Puts parked deliveries back into the ready window: for a concurrency
+  // limit one for each lease of their destination that ended since the last
+  // call (a slot each: releasing by free slots instead would hand the same
+  // slots out again on every call until the released ones were leased); for
+  // a rate as many as it allows now, less those released earlier and not yet
+  // taken from the window, at the window's front. Returns the number moved.
+  // A released one whose slot or start was meanwhile taken is simply parked
+  // again when leased.
   size_t ReleaseParked() {
     KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
     size_t moved = 0;
+    auto done_waiting = [&](const std::string& domain) {
+      if (!ks.parked.Has(domain)) {
+        absl::MutexLock lock(&throttled_mu_);
+        throttled_view_.erase(domain);
+      }
+    };
     ks.leases.TakeEnded([&](const std::string& domain, uint32_t n) {
       const size_t released = ks.parked.Release(domain, n, [this](const std::string& id, int64_t due) {
         Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
       });
-      if (released > 0 && !ks.parked.Has(domain)) {
-        absl::MutexLock lock(&throttled_mu_);
-        throttled_view_.erase(domain);
+      if (released > 0) {
+        done_waiting(domain);
       }
       moved += released;
     });
+    if (rate_waiting_.empty()) {
+      return moved;
+    }
+    const int64_t now = clock_->NowUnixMs();
+    std::vector<std::pair<std::string, int64_t>> out;
+    for (auto it = rate_waiting_.begin(); it != rate_waiting_.end();) {
+      const std::string& domain = *it;
+      const RateLimit& rate = opt_.shaping.For(domain).rate;
+      if (ks.parked.Has(domain)) {
+        uint32_t room = rate.enabled() ? rate_.Available(domain, rate, now) : UINT32_MAX;
+        auto in_window = rate_in_window_.find(domain);
+        const uint32_t pending = in_window == rate_in_window_.end() ? 0 : in_window->second;
+        room = room > pending ? room - pending : 0;
+        out.clear();
+        ks.parked.Release(domain, room, [&out](const std::string& id, int64_t due) { out.emplace_back(id, due); });
+        for (auto e = out.rbegin(); e != out.rend(); ++e) {  // oldest ends up first
+          ks.window.PushFront(e->first, e->second);
+          rate_released_.insert_or_assign(e->first, domain);
+        }
+        if (!out.empty()) {
+          rate_in_window_[domain] += static_cast<uint32_t>(out.size());
+          moved += out.size();
+          done_waiting(domain);
+        }
+      }
+      if (!ks.parked.Has(domain)) {
+        rate_waiting_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
     return moved;
   }
-  bool DomainThrottled(const std::string& domain) const {
-    absl::MutexLock lock(&throttled_mu_);
-    return throttled_view_.contains(domain);
+  // A job id left the delivery window: if a rate released it, it no longer
+  // counts against its domain's next release.
+  void NoteTakenFromWindow(const std::string& id) {
+    if (rate_released_.empty()) {
+      return;
+    }
+    auto it = rate_released_.find(id);
+    if (it == rate_released_.end()) {
+      return;
+    }
+    auto n = rate_in_window_.find(it->second);
+    if (n != rate_in_window_.end() && --n->second == 0) {
+      rate_in_window_.erase(n);
+    }
+    rate_released_.erase(it);
   }
-  // The domain a delivery's lease is counted under: none without a limit, so
-  // the default costs nothing.
+  // Why deliveries of `domain` are waiting (for `ternctl explain`), if they are.
+  std::optional<std::string> ThrottleReason(const std::string& domain) const {
+    absl::MutexLock lock(&throttled_mu_);
+    auto it = throttled_view_.find(domain);
+    return it == throttled_view_.end() ? std::nullopt : std::optional<std::string>(it->second);
+  }
+  // The domain a delivery's lease is counted under: none unless the domain
+  // has a concurrency limit, so the default costs nothing.
   std::string LeaseDomain(const std::string& domain) const {
-    return opt_.destination_concurrency_max > 0 ? domain : std::string();
+    return opt_.shaping.For(domain).concurrency_max > 0 ? domain : std::string();
   }
 
   // Puts a job id into the ready window; when the window is full the scan
@@ -596,7 +686,7 @@ class QueueCore::Impl {
   }
 
   // Writes the job's schedule key at the lease deadline and counts it leased
-  // (under `domain` for deliveries, for destination_concurrency_max).
+  // (under `domain` for deliveries, for their concurrency limit).
   void MarkLeased(Txn& txn, JobKind kind, const std::string& id, int64_t deadline, const std::string& domain = "") {
     txn.Put(schedule_, EncodeScheduleKey(TypeOf(kind), deadline, id), "");
     KindState& ks = State(kind);
@@ -811,14 +901,22 @@ class QueueCore::Impl {
   bool shutting_down_ = false;
   KindState kinds_[kKinds];
   DueIndex due_;
+  // Shaping by rate: each limited domain's bucket; the domains with
+  // deliveries parked for their rate; and the ids a rate released into the
+  // delivery window that no Lease has taken yet (per domain, so a release
+  // does not hand out the same starts twice).
+  RateBuckets rate_;
+  absl::flat_hash_set<std::string> rate_waiting_;
+  absl::flat_hash_map<std::string, std::string> rate_released_;
+  absl::flat_hash_map<std::string, uint32_t> rate_in_window_;
   Counters counters_;
 
   // Read from other threads.
   std::atomic<bool> paused_view_{false};
-  // Domains with deliveries waiting for a destination_concurrency_max slot,
-  // for `ternctl explain`; written only on the throttling path.
+  // Domains with deliveries waiting for a shaping limit, and which, for
+  // `ternctl explain`; written only on the throttling path.
   mutable absl::Mutex throttled_mu_;
-  absl::flat_hash_set<std::string> throttled_view_ ABSL_GUARDED_BY(throttled_mu_);
+  absl::flat_hash_map<std::string, std::string> throttled_view_ ABSL_GUARDED_BY(throttled_mu_);
   std::atomic<int64_t> corrupt_count_{0};
   std::atomic<uint64_t> committed_event_seq_{0};
   absl::Mutex event_mu_;

@@ -717,7 +717,7 @@ std::map<std::string, int> DomainsOf(const LeaseResponse& lease) {
 }
 
 TEST_F(QueueCoreTest, DestinationConcurrencyMaxCapsLeasesPerDomainAndAReportFreesASlot) {
-  options_.destination_concurrency_max = 2;
+  options_.shaping = DestinationShaping(2);
   Open();
   for (int i = 0; i < 4; ++i) {
     Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
@@ -745,7 +745,7 @@ TEST_F(QueueCoreTest, DestinationConcurrencyMaxCapsLeasesPerDomainAndAReportFree
 }
 
 TEST_F(QueueCoreTest, ExpiredLeaseFreesItsDestinationSlot) {
-  options_.destination_concurrency_max = 1;
+  options_.shaping = DestinationShaping(1);
   Open();
   Enqueue(Header({Rcpt("u1@a.example")}));
   Enqueue(Header({Rcpt("u2@a.example")}));
@@ -761,7 +761,7 @@ TEST_F(QueueCoreTest, ExpiredLeaseFreesItsDestinationSlot) {
 }
 
 TEST_F(QueueCoreTest, WaitingLeaseGetsAThrottledDeliveryAsSoonAsAReportFreesItsSlot) {
-  options_.destination_concurrency_max = 1;
+  options_.shaping = DestinationShaping(1);
   options_.tick_interval = std::chrono::seconds(60);  // only the report can wake it
   Open();
   Enqueue(Header({Rcpt("u1@a.example")}));
@@ -785,6 +785,88 @@ TEST_F(QueueCoreTest, WaitingLeaseGetsAThrottledDeliveryAsSoonAsAReportFreesItsS
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_EQ(got->deliveries_size(), 1);
   EXPECT_NE(got->deliveries(0).delivery_id(), first.deliveries(0).delivery_id());
+}
+
+// ---- shaping.ini rate_max ----------------------------------------------------
+
+TEST_F(QueueCoreTest, DestinationRateMaxSpacesOneDomainsLeasesAndLeavesOthersAlone) {
+  options_.shaping.Set("a.example", DestinationLimits{0, RateLimit{2, 1000}});  // 2/s: burst 2, 500 ms apart
+  Open();
+  for (int i = 0; i < 6; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  for (int i = 0; i < 3; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("v", i, "@b.example"))}));
+  }
+  EXPECT_EQ(DomainsOf(Lease(JOB_KIND_DELIVERY, 100)),
+            (std::map<std::string, int>{{"a.example", 2}, {"b.example", 3}}));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+  EXPECT_EQ(Stats().deliveries_due(), 4u);  // still due, set aside in memory
+  clock_.AdvanceMs(499);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+  clock_.AdvanceMs(1);
+  EXPECT_EQ(DomainsOf(Lease(JOB_KIND_DELIVERY, 100)), (std::map<std::string, int>{{"a.example", 1}}));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+  // A quiet spell gives back the burst, not more.
+  clock_.AdvanceMs(10'000);
+  EXPECT_EQ(DomainsOf(Lease(JOB_KIND_DELIVERY, 100)), (std::map<std::string, int>{{"a.example", 2}}));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+  clock_.AdvanceMs(500);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 1);
+  EXPECT_EQ(Stats().deliveries_due(), 0u);
+}
+
+TEST_F(QueueCoreTest, ARateLimitedDeliveryGoesToAWaitingLeaseWhenItsRateAllows) {
+  options_.shaping.SetDefaults(DestinationLimits{0, RateLimit{1, 60'000}});  // [*] rate_max=1/m
+  Open();
+  Enqueue(Header({Rcpt("u1@a.example")}));
+  Enqueue(Header({Rcpt("u2@a.example")}));
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  tern::v1::LeaseRequest req;
+  req.set_kind(JOB_KIND_DELIVERY);
+  req.set_max_jobs(10);
+  req.set_wait_ms(30'000);
+  auto promise = std::make_shared<std::promise<absl::StatusOr<LeaseResponse>>>();
+  auto waiting = promise->get_future();
+  core_->Lease(req, [promise](absl::StatusOr<LeaseResponse> r) { promise->set_value(std::move(r)); });
+  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(600)), std::future_status::timeout);
+  // A minute later the tick finds the domain may start another.
+  clock_.AdvanceMs(60'000);
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  const auto got = waiting.get();
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->deliveries_size(), 1);
+  EXPECT_NE(got->deliveries(0).delivery_id(), first.deliveries(0).delivery_id());
+}
+
+TEST_F(QueueCoreTest, ARetrySpendsAStartOfTheRateLikeAFirstAttempt) {
+  options_.shaping.Set("a.example", DestinationLimits{0, RateLimit{1, 60'000}});
+  Open();
+  Enqueue(Header({Rcpt("u1@a.example")}));
+  Enqueue(Header({Rcpt("u2@a.example")}));
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10);
+  ASSERT_EQ(first.deliveries_size(), 1);
+  ASSERT_EQ(ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "later")),
+            std::vector{REPORT_STATUS_APPLIED});
+  // Both are due two minutes on (the retry after its 60 s interval): one start.
+  clock_.AdvanceMs(120'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);
+}
+
+TEST_F(QueueCoreTest, ConcurrencyAndRateLimitsOfOneDomainBothHold) {
+  options_.shaping.Set("a.example", DestinationLimits{1, RateLimit{10, 1000}});
+  Open();
+  for (int i = 0; i < 3; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10);
+  ASSERT_EQ(first.deliveries_size(), 1);  // the rate would allow 10; one slot
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);
+  ASSERT_EQ(ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
 }
 
 TEST_F(QueueCoreTest, WithoutADestinationLimitOneDomainTakesEveryLease) {

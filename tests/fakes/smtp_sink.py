@@ -22,6 +22,7 @@ class Transaction:
         self.mail_from = mail_from
         self.rcpts = rcpts
         self.data = data  # bytes, dot-unstuffed, CRLF line ends, no final "."
+        self.received_at = time.monotonic()  # when the final dot was accepted
 
 
 class SmtpSink:

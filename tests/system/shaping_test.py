@@ -1,14 +1,20 @@
-"""Whole-system test of the queue's per-destination concurrency limit
-(tern.ini [queue] destination_concurrency_max): however many deliveries of
-one domain are due, no more than the limit are in transactions with its MX at
-once, and all of them still arrive."""
+"""Whole-system tests of the queue's per-destination limits: the concurrency
+limit (tern.ini [queue] destination_concurrency_max) and the start rate
+(shaping.ini rate_max). However many deliveries of one domain are due, no
+more than the limit are in transactions with its MX at once, or start faster
+than the rate, other domains are not held up, and everything arrives."""
 
+import os
+import subprocess
 import unittest
 
-from cluster import Cluster, ClusterTestCase
+from cluster import Cluster, ClusterTestCase, binary
 
 LIMIT = 2
 MESSAGES = 12
+
+RATE = int(os.environ.get("TERN_TEST_SHAPING_RATE", "5"))  # good.test: bursts of 5, then one every 200 ms
+RATED_MESSAGES = 15
 
 
 class DestinationConcurrencyTest(ClusterTestCase):
@@ -26,6 +32,66 @@ class DestinationConcurrencyTest(ClusterTestCase):
         self.assertLessEqual(sink.max_active, LIMIT)
         self.assertGreaterEqual(sink.max_active, 1)
         self.assertEqual(self.cluster.stats()["deliveries"], 0)
+
+
+class RateShapedCluster(Cluster):
+    def _write_config(self):
+        super()._write_config()
+        # Upper case on purpose: sections are domains, matched as the queue
+        # stores them.
+        with open(os.path.join(self.config, "shaping.ini"), "w") as f:
+            f.write(f"[GOOD.test]\nrate_max={RATE}/s\n")
+
+
+class DestinationRateTest(ClusterTestCase):
+
+    @classmethod
+    def make_cluster(cls):
+        return RateShapedCluster()
+
+    def test_a_rate_limited_destination_gets_its_mail_spaced_out_and_others_are_not_held_up(self):
+        self.cluster.send_burst("rated", RATED_MESSAGES)
+        # Sent while good.test's backlog waits for its rate: not held up.
+        self.cluster.send_burst("unrated", 3, domain="sender.test")
+        others = self.cluster.wait_for_burst("unrated", 3, domain="sender.test")
+        got = self.cluster.wait_for_burst("rated", RATED_MESSAGES, timeout=60)
+        self.assertEqual(len(got), RATED_MESSAGES)
+        arrivals = sorted(m.received_at for m in got)
+        # The first 5 may go at once; each further one needs 1/5 s of the
+        # bucket: 2 s for 15. The margin covers delivery jitter (a start is
+        # the lease, the arrival a few ms later); unshaped, the 15 arrive
+        # within a fraction of a second.
+        span = arrivals[-1] - arrivals[0]
+        self.assertGreaterEqual(span, (RATED_MESSAGES - 5) / 5 - 0.4, arrivals)
+        # ...and the rate is used, not starved (released by each Lease or tick).
+        self.assertLess(span, (RATED_MESSAGES - 5) / 5 + 4, arrivals)
+        # No second of arrivals holds more than the burst and one second's
+        # starts, plus one for jitter.
+        for t in arrivals:
+            self.assertLessEqual(sum(1 for u in arrivals if t <= u < t + 1.0), 2 * 5 + 1, arrivals)
+        self.assertLess(max(m.received_at for m in others), arrivals[-1],
+                        "sender.test waited behind good.test's rate")
+        self.assertGreater(self.cluster.metric("queue", "tern_queue_throttled_total"), 0)
+        self.assertEqual(self.cluster.stats()["deliveries"], 0)
+
+    def test_explain_names_the_rate_a_delivery_waits_for(self):
+        count = 25  # 4 s of backlog at 5/s
+        self.cluster.send_burst("explained", count)
+        queue = f"127.0.0.1:{self.cluster.ports['queue']}"
+
+        def waiting():
+            out = subprocess.run([binary("ternctl"), "--queue", queue, "list", "--state", "due"],
+                                 capture_output=True, text=True, timeout=30)
+            ids = [line.split()[0] for line in out.stdout.splitlines()[1:] if line.strip()]
+            for msg_id in ids[:3]:
+                shown = subprocess.run([binary("ternctl"), "--queue", queue, "explain", msg_id],
+                                       capture_output=True, text=True, timeout=30)
+                if "rate_max=" in shown.stdout:
+                    return shown.stdout
+            return None
+        text = self.cluster.wait_until(waiting, 20, "a delivery explained as waiting for good.test's rate")
+        self.assertIn(f"waiting for a slot: good.test has rate_max={RATE}/s starts used up", text)
+        self.cluster.wait_for_burst("explained", count)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+#include "services/queue/destination_shaping.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "lib/address/idna.h"
+#include "lib/common/status_macros.h"
+
+namespace tern::queue {
+namespace {
+
+constexpr int64_t kSecondMs = 1000;
+constexpr int64_t kMinuteMs = 60 * kSecondMs;
+constexpr int64_t kHourMs = 60 * kMinuteMs;
+constexpr uint32_t kMaxRateCount = 1000000;
+constexpr int64_t kMaxConcurrency = 1000000;
+// Float slack for comparing theoretical arrival times built by repeated
+// addition of a fractional interval (1000/3 ms ...): far below a millisecond.
+constexpr double kSlackMs = 1e-3;
+
+absl::StatusOr<DestinationLimits> LoadSection(const config::IniFile& ini, const std::string& section,
+                                              DestinationLimits limits) {
+  for (const std::string& key : ini.Keys(section)) {
+    if (key != "concurrency_max" && key != "rate_max") {
+      return ini.KeyError(section, key, "unknown key (shaping.ini knows concurrency_max and rate_max)");
+    }
+  }
+  TERN_ASSIGN_OR_RETURN(int64_t concurrency, ini.GetInt(section, "concurrency_max", limits.concurrency_max));
+  if (concurrency < 0 || concurrency > kMaxConcurrency) {
+    return ini.KeyError(section, "concurrency_max",
+                        absl::StrCat("'", concurrency, "' is not in [0, 1000000] (0 = no limit)"));
+  }
+  limits.concurrency_max = static_cast<uint32_t>(concurrency);
+  if (std::optional<std::string> text = ini.Get(section, "rate_max"); text.has_value()) {
+    absl::StatusOr<RateLimit> rate = ParseRateLimit(*text);
+    if (!rate.ok()) {
+      return ini.KeyError(section, "rate_max", rate.status().message());
+    }
+    limits.rate = *rate;
+  }
+  return limits;
+}
+
+}  // namespace
+
+uint32_t RateLimit::burst() const {
+  if (!enabled()) {
+    return 0;
+  }
+  const int64_t per_second = static_cast<int64_t>(count) * kSecondMs / period_ms;
+  return static_cast<uint32_t>(std::clamp<int64_t>(per_second, 1, count));
+}
+
+std::string RateLimit::ToString() const {
+  if (!enabled()) {
+    return "none";
+  }
+  const char* unit = period_ms == kHourMs ? "h" : period_ms == kMinuteMs ? "m" : "s";
+  return absl::StrCat(count, "/", unit);
+}
+
+absl::StatusOr<RateLimit> ParseRateLimit(absl::string_view text) {
+  std::string t = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  if (t.empty() || t == "0" || t == "none") {
+    return RateLimit{};
+  }
+  const size_t slash = t.find('/');
+  if (slash == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a rate like 100/s, 600/m or 1000/h"));
+  }
+  const std::string unit(absl::StripAsciiWhitespace(absl::string_view(t).substr(slash + 1)));
+  int64_t period = 0;
+  if (unit == "s" || unit == "sec" || unit == "second") {
+    period = kSecondMs;
+  } else if (unit == "m" || unit == "min" || unit == "minute") {
+    period = kMinuteMs;
+  } else if (unit == "h" || unit == "hour") {
+    period = kHourMs;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "': the period must be s, m or h"));
+  }
+  uint32_t count = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(absl::string_view(t).substr(0, slash)), &count)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a rate like 100/s, 600/m or 1000/h"));
+  }
+  if (count < 1 || count > kMaxRateCount) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "': the count must be in [1, 1000000] (empty or 0 = no limit)"));
+  }
+  return RateLimit{count, period};
+}
+
+absl::StatusOr<DestinationShaping> DestinationShaping::Load(const config::IniFile& ini,
+                                                            uint32_t default_concurrency) {
+  DestinationShaping out(default_concurrency);
+  if (ini.HasSection("*")) {
+    TERN_ASSIGN_OR_RETURN(out.defaults_, LoadSection(ini, "*", out.defaults_));
+  }
+  for (const std::string& section : ini.Sections()) {
+    if (section == "*") {
+      continue;
+    }
+    if (section == "main") {
+      // IniFile files keys written before any section under "main".
+      return ini.KeyError(section, ini.Keys(section).empty() ? "" : ini.Keys(section).front(),
+                          "keys belong in a [domain] or [*] section");
+    }
+    absl::StatusOr<std::string> domain = address::DomainToAscii(section);
+    if (!domain.ok() || domain->empty() || domain->front() == '[') {
+      return ini.KeyError(section, "", "the section name is not a mail domain (or * for every domain)");
+    }
+    if (out.domains_.contains(*domain)) {
+      return ini.KeyError(section, "", absl::StrCat("a second section for ", *domain));
+    }
+    TERN_ASSIGN_OR_RETURN(DestinationLimits limits, LoadSection(ini, section, out.defaults_));
+    out.domains_.emplace(*std::move(domain), limits);
+  }
+  return out;
+}
+
+double RateBuckets::TatOf(const std::string& domain, const RateLimit& rate, int64_t now_ms) {
+  const double now = static_cast<double>(now_ms);
+  auto it = tat_.find(domain);
+  if (it == tat_.end() || it->second < now) {
+    return now;
+  }
+  if (it->second > now + rate.burst() * rate.interval_ms() + kSlackMs) {
+    it->second = now;
+  }
+  return it->second;
+}
+
+bool RateBuckets::Allows(const std::string& domain, const RateLimit& rate, int64_t now_ms) {
+  const double tolerance = (rate.burst() - 1) * rate.interval_ms();
+  return TatOf(domain, rate, now_ms) - tolerance <= static_cast<double>(now_ms) + kSlackMs;
+}
+
+void RateBuckets::Take(const std::string& domain, const RateLimit& rate, int64_t now_ms) {
+  const double tat = TatOf(domain, rate, now_ms);
+  tat_[domain] = tat + rate.interval_ms();
+}
+
+void RateBuckets::GiveBack(const std::string& domain, const RateLimit& rate) {
+  auto it = tat_.find(domain);
+  if (it != tat_.end()) {
+    it->second -= rate.interval_ms();
+  }
+}
+
+uint32_t RateBuckets::Available(const std::string& domain, const RateLimit& rate, int64_t now_ms) {
+  const double interval = rate.interval_ms();
+  const double ahead = TatOf(domain, rate, now_ms) - static_cast<double>(now_ms);  // >= 0
+  const double room = (rate.burst() - 1) * interval - ahead + kSlackMs;
+  if (room < 0) {
+    return 0;
+  }
+  return std::min<uint32_t>(rate.burst(), static_cast<uint32_t>(std::floor(room / interval)) + 1);
+}
+
+void RateBuckets::Prune(int64_t now_ms) {
+  const double now = static_cast<double>(now_ms);
+  for (auto it = tat_.begin(); it != tat_.end();) {
+    if (it->second <= now) {
+      tat_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace tern::queue

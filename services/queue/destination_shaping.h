@@ -1,0 +1,120 @@
+// File: destination_shaping.h
+//
+// Per-destination limits the queue enforces when it leases deliveries, so
+// they hold exactly however many deliverers run (docs/architecture.md §3
+// "Shaping"): how many deliveries of one recipient domain may be out on
+// lease at once, and how many may start per second, minute or hour.
+//
+//   * DestinationShaping: the limits of each domain, from tern.ini
+//     `[queue] destination_concurrency_max` and `config/shaping.ini` (one
+//     section per domain, `[*]` for every domain without one).
+//   * RateBuckets: one GCRA ("virtual scheduling") bucket per domain that
+//     has a rate, in memory. A rate of N per period starts at most N
+//     deliveries in any period and, within it, at most one second's worth at
+//     once (at least one): `100/s` allows bursts of 100, `60/m` one delivery
+//     a second, `10/h` one every six minutes. A domain's bucket starts full.
+//
+// Rates count deliveries leased (attempts started), not messages delivered:
+// a retry spends a token like a first attempt. They are per queue; nothing
+// is written to disk (after a restart every bucket starts full again).
+//
+// Thread-safety: DestinationShaping is immutable after loading; RateBuckets
+// is not thread-safe (the queue touches it only while it holds the writer
+// role).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "lib/config/ini_file.h"
+
+namespace tern::queue {
+
+// `count` deliveries per `period_ms`; count 0 = no limit.
+struct RateLimit {
+  uint32_t count = 0;
+  int64_t period_ms = 0;
+
+  bool enabled() const { return count > 0; }
+  // Milliseconds between two starts at the steady rate.
+  double interval_ms() const { return static_cast<double>(period_ms) / count; }
+  // How many may start at once after a quiet spell: one second's worth, at
+  // least one, never more than `count`.
+  uint32_t burst() const;
+  // "100/s" (the form it was written in, normalised), or "none".
+  std::string ToString() const;
+};
+
+// "100/s", "3000/m", "20000/h" (also "/sec", "/min", "/hour"); "" or "0"
+// for no limit.
+absl::StatusOr<RateLimit> ParseRateLimit(absl::string_view text);
+
+struct DestinationLimits {
+  // Most deliveries of the domain out on lease at once; 0 = no limit.
+  uint32_t concurrency_max = 0;
+  RateLimit rate;
+};
+
+class DestinationShaping {
+ public:
+  // No limits anywhere (Haraka's behaviour).
+  DestinationShaping() = default;
+  // Every domain gets `concurrency_max`, nothing else.
+  explicit DestinationShaping(uint32_t concurrency_max) { defaults_.concurrency_max = concurrency_max; }
+
+  // From shaping.ini. `[*]` sets the defaults (its concurrency_max defaults
+  // to `default_concurrency`, tern.ini's destination_concurrency_max); a
+  // domain's section overrides them key by key. Section names are domains
+  // (U-labels are turned into A-labels, case is ignored). Errors name the
+  // file, the section and the key.
+  static absl::StatusOr<DestinationShaping> Load(const config::IniFile& ini, uint32_t default_concurrency);
+
+  // `domain` as the queue stores it (lower-case A-labels).
+  const DestinationLimits& For(const std::string& domain) const {
+    if (domains_.empty()) {
+      return defaults_;
+    }
+    auto it = domains_.find(domain);
+    return it == domains_.end() ? defaults_ : it->second;
+  }
+  const DestinationLimits& defaults() const { return defaults_; }
+  // Sets one domain's limits (tests and Load).
+  void Set(const std::string& domain, DestinationLimits limits) { domains_[domain] = limits; }
+  void SetDefaults(DestinationLimits limits) { defaults_ = limits; }
+  size_t domain_count() const { return domains_.size(); }
+
+ private:
+  DestinationLimits defaults_;
+  absl::flat_hash_map<std::string, DestinationLimits> domains_;
+};
+
+// GCRA per domain: a domain may start a delivery at `now` when its
+// theoretical arrival time (TAT) is at most now + (burst - 1) * interval;
+// starting one moves the TAT one interval on.
+class RateBuckets {
+ public:
+  // Whether `domain` may start one delivery now.
+  bool Allows(const std::string& domain, const RateLimit& rate, int64_t now_ms);
+  // Spends one start (call only after Allows said yes).
+  void Take(const std::string& domain, const RateLimit& rate, int64_t now_ms);
+  // Undoes a Take whose operation was not committed.
+  void GiveBack(const std::string& domain, const RateLimit& rate);
+  // How many deliveries `domain` may start now (0 when it must wait).
+  uint32_t Available(const std::string& domain, const RateLimit& rate, int64_t now_ms);
+  // Forgets buckets that are full again (they behave exactly like no
+  // bucket), so memory follows the domains sent to recently, not all ever.
+  void Prune(int64_t now_ms);
+  size_t size() const { return tat_.size(); }
+
+ private:
+  // A TAT further ahead than any Take could have put it means the wall
+  // clock went back: start that bucket afresh rather than stall the domain.
+  double TatOf(const std::string& domain, const RateLimit& rate, int64_t now_ms);
+
+  absl::flat_hash_map<std::string, double> tat_;
+};
+
+}  // namespace tern::queue

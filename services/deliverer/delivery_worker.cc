@@ -786,7 +786,14 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       self->NoteOptionalRpc("GetHostFlags", status, &self->get_flags_warned_);
       if (status.ok()) {
         for (const auto& f : response.flags()) {
-          self->host_flags_.Set(f.host(), f.flag(), f.expires_unix_ms(), f.reason());
+          if (!f.cleared()) {
+            self->host_flags_.Set(f.host(), f.flag(), f.expires_unix_ms(), f.reason());
+          } else if (self->host_flags_.Clear(f.host(), f.flag(), f.expires_unix_ms())) {
+            if (f.flag() == kUnreachableFlag) {
+              self->streaks_.Succeeded(f.host());  // the operator says it is back: count afresh
+            }
+            log::Event(log::Level::kNotice, "host_flag_cleared", {{"host", f.host()}, {"flag", f.flag()}});
+          }
         }
       }
       self->host_flags_.Expire(NowUnixMs());

@@ -13,6 +13,8 @@
 // queue (PutHostFlags) and merged from the queue's list (GetHostFlags) every
 // refresh, so a fact learnt by one deliverer reaches the others within one
 // refresh period. Each flag carries an absolute expiry and why it was set.
+// An operator can end a flag early (`ternctl hosts clear`): the queue then
+// lists it as cleared and each deliverer drops its copy at its next refresh.
 //
 // FailureStreaks counts, per address, the sessions in a row that the
 // address did not give (TransactionResult::unreachable).
@@ -51,6 +53,18 @@ class HostFlags {
   std::string Reason(const std::string& host, const std::string& flag) const {
     auto it = flags_.find({host, flag});
     return it == flags_.end() ? "" : it->second.reason;
+  }
+
+  // An operator cleared `flag` on `host` (HostFlag.cleared) when it ran
+  // until `cleared_expiry_unix_ms`: drops this copy unless it runs longer (set
+  // again after the clearing). True if it dropped one.
+  bool Clear(const std::string& host, const std::string& flag, int64_t cleared_expiry_unix_ms) {
+    auto it = flags_.find({host, flag});
+    if (it == flags_.end() || it->second.expires_unix_ms > cleared_expiry_unix_ms) {
+      return false;
+    }
+    flags_.erase(it);
+    return true;
   }
 
   // Drops expired flags; returns how many are left.

@@ -149,6 +149,20 @@ TEST(HostFlags, KeepsTheReasonOfTheLatestExpiry) {
   EXPECT_EQ(flags.Reason("192.0.2.1", kBrokenTlsFlag), "");
 }
 
+TEST(HostFlags, AClearingDropsTheFlagItEndedButNotOneSetAgainSince) {
+  HostFlags flags;
+  flags.Set("192.0.2.1", kUnreachableFlag, 1000, "refused");
+  EXPECT_TRUE(flags.Clear("192.0.2.1", kUnreachableFlag, 1000));
+  EXPECT_FALSE(flags.Has("192.0.2.1", kUnreachableFlag, 0));
+  EXPECT_FALSE(flags.Clear("192.0.2.1", kUnreachableFlag, 1000));  // nothing left to drop
+  // Failing again after the operator's clearing sets a later expiry: the
+  // clearing (still listed by the queue) must not end the new suspension.
+  flags.Set("192.0.2.1", kUnreachableFlag, 5000, "refused again");
+  EXPECT_FALSE(flags.Clear("192.0.2.1", kUnreachableFlag, 1000));
+  EXPECT_TRUE(flags.Has("192.0.2.1", kUnreachableFlag, 2000));
+  EXPECT_FALSE(flags.Clear("192.0.2.1", kBrokenTlsFlag, 9000));  // another flag is another fact
+}
+
 TEST(FailureStreaks, ReportsFromTheLimitOnUntilASuccess) {
   FailureStreaks streaks(3);
   EXPECT_FALSE(streaks.Failed("a"));

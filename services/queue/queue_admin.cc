@@ -671,6 +671,65 @@ absl::StatusOr<tern::v1::GetHostFlagsResponse> QueueCore::Impl::GetHostFlags(
   return out;
 }
 
+void QueueCore::Impl::ClearHostFlags(tern::v1::ClearHostFlagsRequest request,
+                                     Callback<tern::v1::ClearHostFlagsResponse> done) {
+  if (request.host().empty()) {
+    done(absl::InvalidArgumentError("clear host flags: a host is required"));
+    return;
+  }
+  struct Call {
+    tern::v1::ClearHostFlagsRequest request;
+    tern::v1::ClearHostFlagsResponse response;
+    Callback<tern::v1::ClearHostFlagsResponse> done;
+  };
+  auto call = std::make_shared<Call>(Call{std::move(request), {}, std::move(done)});
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) -> absl::Status {
+        call->response.Clear();
+        const int64_t now = clock_->NowUnixMs();
+        // Flags are keyed by flag, then host: look at every flag's key for
+        // this host (a handful of flag names exist).
+        const std::string prefix = HostFlagPrefix(call->request.flag());
+        std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+        std::vector<tern::v1::HostFlag> found;
+        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+          tern::v1::HostFlag f;
+          if (f.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) &&
+              f.host() == call->request.host() && (call->request.flag().empty() || f.flag() == call->request.flag())) {
+            found.push_back(std::move(f));
+          }
+        }
+        if (!it->status().ok()) {
+          return StorageError(it->status(), "read host flags");
+        }
+        for (tern::v1::HostFlag& f : found) {
+          // Read through the batch: a flag put earlier in this group counts.
+          TERN_ASSIGN_OR_RETURN(std::optional<tern::v1::HostFlag> current,
+                                Read<tern::v1::HostFlag>(txn, meta_, kMetaCf, HostFlagKey(f.flag(), f.host())));
+          if (!current.has_value() || current->cleared() || current->expires_unix_ms() <= now) {
+            continue;
+          }
+          *call->response.add_cleared() = *current;
+          current->set_cleared(true);
+          PutRecord(txn, meta_, HostFlagKey(current->flag(), current->host()), *current);
+        }
+        return absl::OkStatus();
+      },
+      [call](const absl::Status& s) {
+        if (!s.ok()) {
+          call->done(s);
+          return;
+        }
+        for (const auto& f : call->response.cleared()) {
+          log::Event(log::Level::kNotice, "host_flag_cleared",
+                     {{"host", f.host()}, {"flag", f.flag()}, {"was_until_unix_ms", absl::StrCat(f.expires_unix_ms())},
+                      {"reason", f.reason()}});
+        }
+        call->done(std::move(call->response));
+      },
+  });
+}
+
 // ---------------------------------------------------------------------------
 // Admin reads.
 

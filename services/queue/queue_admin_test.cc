@@ -367,6 +367,62 @@ TEST_F(QueueAdminTest, ShowExplainsDeferredLeasedHeldAndPaused) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(QueueAdminTest, ClearingAHostsFlagsListsThemAsClearedUntilTheyWouldHaveExpired) {
+  Open();
+  tern::v1::PutHostFlagsRequest put;
+  for (const char* flag : {"unreachable", "broken_tls"}) {
+    auto* f = put.add_flags();
+    f->set_host("192.0.2.8");
+    f->set_flag(flag);
+    f->set_expires_unix_ms(kStart + 60'000);
+    f->set_reason("connection refused");
+  }
+  auto* other = put.add_flags();
+  other->set_host("192.0.2.9");
+  other->set_flag("unreachable");
+  other->set_expires_unix_ms(kStart + 60'000);
+  ASSERT_TRUE(
+      Sync<tern::v1::PutHostFlagsResponse>([&](auto cb) { core_->PutHostFlags(put, std::move(cb)); }).ok());
+  auto clear = [&](const char* host, const char* flag) {
+    tern::v1::ClearHostFlagsRequest req;
+    req.set_host(host);
+    req.set_flag(flag);
+    return Sync<tern::v1::ClearHostFlagsResponse>([&](auto cb) { core_->ClearHostFlags(req, std::move(cb)); });
+  };
+  auto cleared = clear("192.0.2.8", "unreachable");
+  ASSERT_TRUE(cleared.ok()) << cleared.status();
+  ASSERT_EQ(cleared->cleared_size(), 1);
+  EXPECT_EQ(cleared->cleared(0).flag(), "unreachable");
+  EXPECT_EQ(cleared->cleared(0).reason(), "connection refused");
+  EXPECT_EQ(clear("192.0.2.8", "unreachable")->cleared_size(), 0);  // already cleared
+
+  std::map<std::pair<std::string, std::string>, bool> state;  // (host, flag) -> cleared
+  const auto listed = core_->GetHostFlags(tern::v1::GetHostFlagsRequest());
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  for (const auto& f : listed->flags()) {
+    state[{f.host(), f.flag()}] = f.cleared();
+  }
+  EXPECT_EQ(state, (std::map<std::pair<std::string, std::string>, bool>{{{"192.0.2.8", "broken_tls"}, false},
+                                                                        {{"192.0.2.8", "unreachable"}, true},
+                                                                        {{"192.0.2.9", "unreachable"}, false}}));
+  // Without a flag name: every flag of that host, no other host's.
+  EXPECT_EQ(clear("192.0.2.8", "")->cleared_size(), 1);
+  // A deliverer that fails there again sets the flag anew, in force.
+  put.mutable_flags()->DeleteSubrange(1, 2);
+  ASSERT_TRUE(
+      Sync<tern::v1::PutHostFlagsResponse>([&](auto cb) { core_->PutHostFlags(put, std::move(cb)); }).ok());
+  tern::v1::GetHostFlagsRequest unreachable;
+  unreachable.set_flag("unreachable");
+  const auto again = core_->GetHostFlags(unreachable);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->flags_size(), 2);
+  for (const auto& f : again->flags()) {
+    EXPECT_FALSE(f.cleared()) << f.host();
+  }
+  EXPECT_EQ(clear("", "").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(clear("192.0.2.77", "")->cleared_size(), 0);
+}
+
 TEST_F(QueueAdminTest, ExplainSaysADeliveryWaitsForItsDestinationsConcurrencyLimit) {
   options_.shaping = DestinationShaping(1);
   Open();

@@ -1566,6 +1566,10 @@ absl::StatusOr<tern::v1::ShowResponse> QueueCore::Show(const std::string& messag
 absl::StatusOr<tern::v1::QshapeResponse> QueueCore::Qshape(const tern::v1::QshapeRequest& request) {
   return impl_->Qshape(request);
 }
+void QueueCore::ClearHostFlags(tern::v1::ClearHostFlagsRequest request,
+                               Callback<tern::v1::ClearHostFlagsResponse> done) {
+  impl_->ClearHostFlags(std::move(request), std::move(done));
+}
 absl::StatusOr<tern::v1::ListCorruptResponse> QueueCore::ListCorrupt(uint32_t limit) {
   return impl_->ListCorrupt(limit);
 }

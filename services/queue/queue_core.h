@@ -204,6 +204,10 @@ class QueueCore {
   // Unexpired flags (all, or of one name), read from committed state on the
   // calling thread; expired ones found on the way are purged in the background.
   absl::StatusOr<tern::v1::GetHostFlagsResponse> GetHostFlags(const tern::v1::GetHostFlagsRequest& request);
+  // Admin: marks the host's unexpired flags (all, or the one named) cleared,
+  // keeping each until its expiry so every deliverer's refresh sees the
+  // clearing (HostFlag.cleared). Completes with the flags that were in force.
+  void ClearHostFlags(tern::v1::ClearHostFlagsRequest request, Callback<tern::v1::ClearHostFlagsResponse> done);
 
   // outbound.ini `disabled` as (re)read from the file. A change of it also
   // ends a Pause/Resume override.

@@ -464,6 +464,7 @@ class QueueCore::Impl {
   void Progress(tern::v1::ProgressRequest request, Callback<tern::v1::ProgressResponse> done);
   void PutHostFlags(tern::v1::PutHostFlagsRequest request, Callback<tern::v1::PutHostFlagsResponse> done);
   absl::StatusOr<tern::v1::GetHostFlagsResponse> GetHostFlags(const tern::v1::GetHostFlagsRequest& request);
+  void ClearHostFlags(tern::v1::ClearHostFlagsRequest request, Callback<tern::v1::ClearHostFlagsResponse> done);
   void SetPaused(bool paused, Callback<bool> done);
   absl::StatusOr<tern::v1::ListResponse> List(const tern::v1::ListRequest& request);
   absl::StatusOr<tern::v1::ShowResponse> Show(const std::string& message_id);

@@ -354,6 +354,12 @@ grpc::Status AdminServiceImpl::ListCorrupt(grpc::ServerContext*, const tern::v1:
   return Reply(core_->ListCorrupt(request->limit()), response);
 }
 
+grpc::Status AdminServiceImpl::ClearHostFlags(grpc::ServerContext*, const tern::v1::ClearHostFlagsRequest* request,
+                                              tern::v1::ClearHostFlagsResponse* response) {
+  return Wait<tern::v1::ClearHostFlagsResponse>(
+      [&](auto cb) { core_->ClearHostFlags(*request, std::move(cb)); }, response);
+}
+
 grpc::Status AdminServiceImpl::Act(QueueCore::Action action, const tern::v1::ActionRequest& request,
                                    tern::v1::ActionResponse* response) {
   return Wait<tern::v1::ActionResponse>([&](auto cb) { core_->Act(action, request, std::move(cb)); }, response);

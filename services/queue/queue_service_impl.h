@@ -93,6 +93,8 @@ class AdminServiceImpl final : public tern::v1::Admin::Service {
                      grpc::ServerWriter<tern::v1::QueueEvent>* writer) override;
   grpc::Status ListCorrupt(grpc::ServerContext* context, const tern::v1::ListCorruptRequest* request,
                            tern::v1::ListCorruptResponse* response) override;
+  grpc::Status ClearHostFlags(grpc::ServerContext* context, const tern::v1::ClearHostFlagsRequest* request,
+                              tern::v1::ClearHostFlagsResponse* response) override;
 
  private:
   grpc::Status Act(QueueCore::Action action, const tern::v1::ActionRequest& request,

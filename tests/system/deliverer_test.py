@@ -333,7 +333,9 @@ class DnsScenarioCluster(DnsCluster):
 class DelivererDnsTest(ClusterTestCase):
     @classmethod
     def make_cluster(cls):
-        return DnsScenarioCluster()
+        # Host flags refreshed every second, so a clearing reaches the
+        # deliverer within the test's patience.
+        return DnsScenarioCluster(deliverer_ini_extra="host_flags_refresh=1")
 
     def assert_deferred_by_dns(self, domain, timeout):
         msg_id = send_for_id(self.cluster, "alice@sender.test", [f"x@{domain}"],
@@ -413,6 +415,35 @@ class DelivererDnsTest(ClusterTestCase):
         self.assertRegex(table.stdout, rf"{re.escape(DEAD_MX)}\s+unreachable\s")
         needle = b"deliverer test deadfirst"
         self.assertEqual(sum(needle in m.data for m in self.cluster.sinks["level"].received()), 5)
+
+        # The operator fixed the MX (here: still dead, so the test sees it
+        # tried): clearing ends the suspension for the deliverer at its next
+        # refresh, and its count of failures starts afresh.
+        queue = f"127.0.0.1:{self.cluster.ports['queue']}"
+        cleared = subprocess.run([binary("ternctl"), "--queue", queue, "hosts", "clear", DEAD_MX, "--flag",
+                                  "unreachable"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(cleared.returncode, 0, cleared.stderr)
+        self.assertIn(f"cleared unreachable on {DEAD_MX}", cleared.stdout)
+        (flag,) = [f for f in ternctl_json(self.cluster, "hosts").get("flags", []) if f["host"] == DEAD_MX]
+        self.assertTrue(flag.get("cleared"), flag)
+        table = subprocess.run([binary("ternctl"), "--queue", queue, "hosts"], capture_output=True, text=True,
+                               timeout=30)
+        self.assertRegex(table.stdout, rf"{re.escape(DEAD_MX)}\s+unreachable\s+-\s+cleared\s")
+        self.cluster.wait_until(lambda: [l for l in deliverer_log_lines(self.cluster, "host_flag_cleared")
+                                         if f"host={DEAD_MX}" in l], 15, "the deliverer dropping the cleared flag")
+        msg_id = send_for_id(self.cluster, "alice@sender.test", ["r5@deadfirst.test"], BODY % b"deadfirst 5")
+        line = self.cluster.wait_until(
+            lambda: [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if " delivery " in l], 30,
+            "the outcome of the message after the clearing")[-1]
+        self.assertIn("status=sent", line)
+        tried_dead = [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if " attempt " in l and dead in l]
+        self.assertEqual(len(tried_dead), 1, "the cleared address was not tried again")
+        suspended = [l for l in deliverer_log_lines(self.cluster, "address_suspended") if dead in l]
+        self.assertEqual(len(suspended), 1, "one failure after the clearing suspended it again")
+        again = subprocess.run([binary("ternctl"), "--queue", queue, "hosts", "clear", DEAD_MX],
+                               capture_output=True, text=True, timeout=30)
+        self.assertEqual(again.returncode, 1, again.stdout)
+        self.assertIn(f"{DEAD_MX} has no host flag in force", again.stderr)
 
     def test_inet_prefer_orders_families_within_one_mx_host(self):
         try:

@@ -302,10 +302,40 @@ int RunHosts(const GlobalOptions& g, const std::string& flag, bool json, Io io) 
   const int64_t now = absl::ToUnixMillis(absl::Now());
   std::vector<std::vector<std::string>> rows = {{"HOST", "FLAG", "UNTIL", "LEFT", "REASON"}};
   for (const auto& f : resp.flags()) {
-    rows.push_back({f.host(), f.flag(), FormatTime(f.expires_unix_ms()), FormatAge(f.expires_unix_ms() - now),
-                    Truncate(f.reason(), 100)});
+    // A cleared flag is listed until it would have expired, so deliverers
+    // learn of the clearing; it is no longer in force.
+    rows.push_back({f.host(), f.flag(), f.cleared() ? "-" : FormatTime(f.expires_unix_ms()),
+                    f.cleared() ? "cleared" : FormatAge(f.expires_unix_ms() - now), Truncate(f.reason(), 100)});
   }
   io.out << FormatTable(rows) << resp.flags_size() << " host flags\n";
+  return 0;
+}
+
+// Ends a host's flags early (Admin.ClearHostFlags): the operator fixed the
+// MX, or knows better. Exit 1 when the host had no flag in force.
+int RunClearHost(const GlobalOptions& g, const std::string& host, const std::string& flag, bool json, Io io) {
+  tern::v1::ClearHostFlagsRequest req;
+  req.set_host(host);
+  req.set_flag(flag);
+  tern::v1::ClearHostFlagsResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, g);
+  grpc::Status s = tern::v1::Admin::NewStub(rpc::MakeChannel(g.queue))->ClearHostFlags(&ctx, req, &resp);
+  if (!s.ok()) {
+    return ReportRpcError(s, "hosts clear", g, io);
+  }
+  if (json) {
+    io.out << ToJson(resp);
+  } else {
+    for (const auto& f : resp.cleared()) {
+      io.out << "cleared " << f.flag() << " on " << f.host() << " (was until " << FormatTime(f.expires_unix_ms())
+             << "); deliverers drop it within their host_flags_refresh\n";
+    }
+  }
+  if (resp.cleared().empty()) {
+    io.err << "ternctl: " << host << " has no " << (flag.empty() ? "host flag" : flag) << " in force\n";
+    return 1;
+  }
   return 0;
 }
 
@@ -361,7 +391,21 @@ void AddListCommands(CLI::App& app, const GlobalOptions& globals, Io io, int& ex
   CLI::App* hc = app.add_subcommand("hosts", "Facts deliverers share about MX addresses: broken_tls, unreachable");
   hc->add_option("--flag", *hflag, "Only this flag (broken_tls, unreachable); default all");
   hc->add_flag("--json", *hjson, "Print the Queue.GetHostFlags answer as JSON");
-  hc->callback([&globals, io, &exit_code, hflag, hjson] { exit_code = RunHosts(globals, *hflag, *hjson, io); });
+  auto chost = std::make_shared<std::string>();
+  auto cflag = std::make_shared<std::string>();
+  auto cjson2 = std::make_shared<bool>(false);
+  CLI::App* clr = hc->add_subcommand("clear", "End a host's flags now (every deliverer follows within its refresh)");
+  clr->add_option("host", *chost, "The host as `ternctl hosts` shows it")->required();
+  clr->add_option("--flag", *cflag, "Only this flag; default every flag of the host");
+  clr->add_flag("--json", *cjson2, "Print the Admin.ClearHostFlags answer as JSON");
+  clr->callback([&globals, io, &exit_code, chost, cflag, cjson2] {
+    exit_code = RunClearHost(globals, *chost, *cflag, *cjson2, io);
+  });
+  hc->callback([&globals, io, &exit_code, hflag, hjson, clr] {
+    if (!clr->parsed()) {
+      exit_code = RunHosts(globals, *hflag, *hjson, io);
+    }
+  });
 }
 
 }  // namespace tern::ternctl

@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "lib/address/idna.h"
@@ -25,8 +26,9 @@ constexpr double kSlackMs = 1e-3;
 absl::StatusOr<DestinationLimits> LoadSection(const config::IniFile& ini, const std::string& section,
                                               DestinationLimits limits) {
   for (const std::string& key : ini.Keys(section)) {
-    if (key != "concurrency_max" && key != "rate_max") {
-      return ini.KeyError(section, key, "unknown key (shaping.ini knows concurrency_max and rate_max)");
+    if (key != "concurrency_max" && key != "rate_max" && key != "backoff" && key != "backoff_seconds") {
+      return ini.KeyError(section, key,
+                          "unknown key (shaping.ini knows concurrency_max, rate_max, backoff and backoff_seconds)");
     }
   }
   TERN_ASSIGN_OR_RETURN(int64_t concurrency, ini.GetInt(section, "concurrency_max", limits.concurrency_max));
@@ -42,10 +44,35 @@ absl::StatusOr<DestinationLimits> LoadSection(const config::IniFile& ini, const 
     }
     limits.rate = *rate;
   }
+  TERN_ASSIGN_OR_RETURN(limits.backoff, ini.GetBool(section, "backoff", limits.backoff));
+  TERN_ASSIGN_OR_RETURN(int64_t seconds, ini.GetInt(section, "backoff_seconds", limits.backoff_ms / 1000));
+  if (seconds < 1 || seconds > 86400) {
+    return ini.KeyError(section, "backoff_seconds", absl::StrCat("'", seconds, "' is not in [1, 86400]"));
+  }
+  limits.backoff_ms = seconds * 1000;
   return limits;
 }
 
 }  // namespace
+
+bool IsCongestion(uint32_t reply_code, absl::string_view reply_text) {
+  if (reply_code == 421) {
+    return true;
+  }
+  if (reply_code / 100 != 4) {
+    return false;
+  }
+  const std::string text = absl::AsciiStrToLower(reply_text);
+  if (!absl::StrContains(text, "too many")) {
+    return false;
+  }
+  for (absl::string_view what : {"connection", "session", "concurren", "simultaneous"}) {
+    if (absl::StrContains(text, what)) {
+      return true;
+    }
+  }
+  return false;
+}
 
 uint32_t RateLimit::burst() const {
   if (!enabled()) {

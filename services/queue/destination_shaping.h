@@ -8,6 +8,8 @@
 //   * DestinationShaping: the limits of each domain, from tern.ini
 //     `[queue] destination_concurrency_max` and `config/shaping.ini` (one
 //     section per domain, `[*]` for every domain without one).
+//   * Congestion backoff (DestinationLimits::backoff): a 421 lowers the
+//     domain's concurrency for a while, as the remote asked (see IsCongestion).
 //   * RateBuckets: one GCRA ("virtual scheduling") bucket per domain that
 //     has a rate, in memory. A rate of N per period starts at most N
 //     deliveries in any period and, within it, at most one second's worth at
@@ -56,6 +58,12 @@ struct DestinationLimits {
   // Most deliveries of the domain out on lease at once; 0 = no limit.
   uint32_t concurrency_max = 0;
   RateLimit rate;
+  // Congestion backoff: when a delivery of the domain fails with a 421 or
+  // a "too many connections" class reply, the domain's concurrency drops to
+  // half of what was out (at least 1) and rises by one per delivery that
+  // succeeds; it is lifted `backoff_ms` after the last such reply.
+  bool backoff = true;
+  int64_t backoff_ms = 60'000;
 };
 
 class DestinationShaping {
@@ -94,6 +102,12 @@ class DestinationShaping {
 // GCRA per domain: a domain may start a delivery at `now` when its
 // theoretical arrival time (TAT) is at most now + (burst - 1) * interval;
 // starting one moves the TAT one interval on.
+// Whether a recipient's temporary failure says the remote is overloaded by
+// us: reply 421 (RFC 5321 §3.8: service not available, closing), or a 4xx
+// whose text says too many connections, sessions or concurrent deliveries.
+// "Too many recipients" and other 4xx replies are not congestion.
+bool IsCongestion(uint32_t reply_code, absl::string_view reply_text);
+
 class RateBuckets {
  public:
   // Whether `domain` may start one delivery now.

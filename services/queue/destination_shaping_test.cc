@@ -115,6 +115,16 @@ TEST(RateBuckets, PruneForgetsOnlyFullBuckets) {
   EXPECT_FALSE(b.Allows("busy", r, 1500));
 }
 
+TEST(IsCongestion, A421OrTooManyConnectionsButNotTooManyRecipients) {
+  EXPECT_TRUE(IsCongestion(421, "4.7.0 Try again later, closing connection"));
+  EXPECT_TRUE(IsCongestion(450, "4.7.1 Too many concurrent SMTP connections from this IP"));
+  EXPECT_TRUE(IsCongestion(451, "Too many sessions"));
+  EXPECT_FALSE(IsCongestion(452, "4.5.3 Too many recipients"));
+  EXPECT_FALSE(IsCongestion(451, "4.3.0 Local error"));
+  EXPECT_FALSE(IsCongestion(550, "5.7.1 Too many connections"));  // permanent: not a pacing request
+  EXPECT_FALSE(IsCongestion(0, "connection refused"));
+}
+
 absl::StatusOr<DestinationShaping> Load(const char* text, uint32_t default_concurrency = 0) {
   absl::StatusOr<config::IniFile> ini = config::IniFile::Parse(text, "shaping.ini");
   if (!ini.ok()) {
@@ -132,7 +142,8 @@ TEST(DestinationShaping, WithoutAFileEveryDomainGetsTernIniConcurrencyAndNoRate)
 
 TEST(DestinationShaping, DomainsInheritTheStarSectionKeyByKey) {
   auto s = Load(
-      "[*]\nrate_max=50/s\n"
+      "[*]\nrate_max=50/s\nbackoff_seconds=300\n"
+      "[quiet.example]\nbackoff=no\n"
       "[Gmail.com]\nconcurrency_max=5\n"
       "[bücher.example]\nrate_max=10/m\n"
       "[bulk.example]\nrate_max=0\n",
@@ -145,6 +156,10 @@ TEST(DestinationShaping, DomainsInheritTheStarSectionKeyByKey) {
   EXPECT_EQ(s->For("xn--bcher-kva.example").rate.ToString(), "10/m");
   EXPECT_EQ(s->For("xn--bcher-kva.example").concurrency_max, 20u);
   EXPECT_FALSE(s->For("bulk.example").rate.enabled());
+  EXPECT_TRUE(s->For("other.example").backoff);
+  EXPECT_EQ(s->For("other.example").backoff_ms, 300'000);
+  EXPECT_FALSE(s->For("quiet.example").backoff);
+  EXPECT_EQ(s->For("quiet.example").backoff_ms, 300'000);
 }
 
 TEST(DestinationShaping, StarConcurrencyOverridesTernIni) {
@@ -158,6 +173,10 @@ TEST(DestinationShaping, BadEntriesNameTheSectionAndKey) {
               HasSubstr("shaping.ini: [a.example] rate_max: 'fast' is not a rate"));
   EXPECT_THAT(std::string(Load("[a.example]\nconcurrency_max=-2\n").status().message()),
               HasSubstr("[a.example] concurrency_max: '-2' is not in [0, 1000000]"));
+  EXPECT_THAT(std::string(Load("[a.example]\nbackoff=maybe\n").status().message()),
+              HasSubstr("[a.example] backoff: 'maybe' is not a boolean"));
+  EXPECT_THAT(std::string(Load("[a.example]\nbackoff_seconds=0\n").status().message()),
+              HasSubstr("[a.example] backoff_seconds: '0' is not in [1, 86400]"));
   EXPECT_THAT(std::string(Load("[a.example]\nrate=5/s\n").status().message()),
               HasSubstr("[a.example] rate: unknown key"));
   EXPECT_THAT(std::string(Load("rate_max=5/s\n[a.example]\n").status().message()),

@@ -919,6 +919,9 @@ void QueueCore::Impl::OnTick() {
     ExpireLeases(kind, now);
     if (kind == tern::v1::JOB_KIND_DELIVERY) {
       ReleaseParked();  // leases that expired, or ended by an admin action
+      if (!backoff_.empty()) {
+        EndBackoffs(now);
+      }
     }
     if (ks.window.size() <= opt_.ready_window / 2) {
       Refill(kind, now, nullptr);
@@ -1059,6 +1062,28 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
   std::vector<BouncedRecipient> failed;
   std::vector<BouncedRecipient> delivered_notify;
   const std::string& msg_id = rec->message_id();
+  {
+    // Feedback for the destination's congestion backoff, from the replies
+    // as the deliverer got them; in memory, once the report is committed.
+    bool congested = false;
+    bool delivered = false;
+    std::string reply;
+    for (const auto& rr : report.recipients()) {
+      const tern::v1::RecipientResult& res = rr.result();
+      if (res.outcome() == tern::v1::OUTCOME_DELIVERED) {
+        delivered = true;
+      } else if (res.outcome() == tern::v1::OUTCOME_TRANSIENT && !congested &&
+                 IsCongestion(res.reply_code(), res.reply_text())) {
+        congested = true;
+        reply = ReplySummary(res);
+      }
+    }
+    if (congested || (delivered && !backoff_.empty())) {
+      txn.OnCommit([this, domain = rec->domain(), congested, delivered, reply = std::move(reply), now] {
+        NoteDestinationFeedback(domain, congested, delivered, reply, now);
+      });
+    }
+  }
   for (const auto& rr : report.recipients()) {
     RecipientRecord& r = *rec->mutable_recipients(position[rr.index()]);
     tern::v1::RecipientResult result = rr.result();

@@ -151,6 +151,8 @@ struct CoreMetrics {
   metrics::Gauge& deliveries_throttled;
   metrics::Counter& throttled_concurrency;
   metrics::Counter& throttled_rate;
+  metrics::Counter& backoffs;
+  metrics::Gauge& backed_off;
 };
 
 inline CoreMetrics& Metrics() {
@@ -189,6 +191,9 @@ inline CoreMetrics& Metrics() {
                    "Due deliveries waiting because their domain is at a shaping limit (concurrency or rate)"),
         r.GetCounter("tern_queue_throttled_total", throttled_help, {{"reason", "concurrency"}}),
         r.GetCounter("tern_queue_throttled_total", throttled_help, {{"reason", "rate"}}),
+        r.GetCounter("tern_queue_destination_backoffs_total",
+                     "421 / too-many-connections replies that lowered a domain's concurrency"),
+        r.GetGauge("tern_queue_destinations_backed_off", "Domains whose concurrency is lowered by a backoff now"),
     };
   }();
   return *m;
@@ -518,14 +523,78 @@ class QueueCore::Impl {
   enum class Throttle { kNone, kConcurrency, kRate };
   Throttle ThrottleFor(const std::string& domain, int64_t now) {
     const DestinationLimits& limits = opt_.shaping.For(domain);
-    if (limits.concurrency_max > 0 &&
-        State(tern::v1::JOB_KIND_DELIVERY).leases.CountFor(domain) >= limits.concurrency_max) {
+    const uint32_t concurrency = ConcurrencyFor(domain, limits, now);
+    if (concurrency > 0 && State(tern::v1::JOB_KIND_DELIVERY).leases.CountFor(domain) >= concurrency) {
       return Throttle::kConcurrency;
     }
     if (limits.rate.enabled() && !rate_.Allows(domain, limits.rate, now)) {
       return Throttle::kRate;
     }
     return Throttle::kNone;
+  }
+  // The domain's concurrency limit now (0 = none): the configured one, or
+  // lower while a congestion backoff lasts.
+  uint32_t ConcurrencyFor(const std::string& domain, const DestinationLimits& limits, int64_t now) const {
+    if (backoff_.empty()) {
+      return limits.concurrency_max;
+    }
+    auto it = backoff_.find(domain);
+    if (it == backoff_.end() || it->second.until_ms <= now) {
+      return limits.concurrency_max;
+    }
+    return limits.concurrency_max == 0 ? it->second.cap : std::min(limits.concurrency_max, it->second.cap);
+  }
+  // After a committed report of `domain`: a congestion reply (IsCongestion)
+  // halves what may be out (at least 1) for backoff_ms from now; while that
+  // lasts, each delivery that succeeded lets one more go out again.
+  void NoteDestinationFeedback(const std::string& domain, bool congested, bool delivered, const std::string& reply,
+                               int64_t now) {
+    const DestinationLimits& limits = opt_.shaping.For(domain);
+    if (!limits.backoff) {
+      return;
+    }
+    KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
+    auto it = backoff_.find(domain);
+    const bool active = it != backoff_.end() && it->second.until_ms > now;
+    if (congested) {
+      // What was out when the reply came, this report's lease included.
+      const uint32_t out = ks.leases.CountFor(domain) + 1;
+      const uint32_t cap = std::max<uint32_t>(1, (active ? std::min(it->second.cap, out) : out) / 2);
+      backoff_.insert_or_assign(domain, Backoff{cap, now + limits.backoff_ms, reply});
+      Metrics().backoffs.Inc();
+      log::Event(log::Level::kWarn, "destination_backoff",
+                 {{"domain", domain}, {"concurrency", absl::StrCat(cap)}, {"was_out", absl::StrCat(out)},
+                  {"seconds", absl::StrCat(limits.backoff_ms / 1000)}, {"reply", reply}});
+    } else if (delivered && active) {
+      ++it->second.cap;
+      // One more may go: hand a waiting one back now rather than at the
+      // next lease end.
+      ks.parked.Release(domain, 1, [this](const std::string& id, int64_t due) {
+        Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
+      });
+    }
+  }
+  // Lifts backoffs whose time is up; their domains' waiting deliveries go
+  // back to the window (any over the configured limit are parked again).
+  void EndBackoffs(int64_t now) {
+    KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
+    for (auto it = backoff_.begin(); it != backoff_.end();) {
+      if (it->second.until_ms > now) {
+        ++it;
+        continue;
+      }
+      ks.parked.Release(it->first, UINT32_MAX, [this](const std::string& id, int64_t due) {
+        Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
+      });
+      {
+        absl::MutexLock lock(&throttled_mu_);
+        throttled_view_.erase(it->first);
+      }
+      log::Event(log::Level::kNotice, "destination_backoff_ended",
+                 {{"domain", it->first}, {"concurrency", absl::StrCat(it->second.cap)}});
+      backoff_.erase(it++);
+    }
+    Metrics().backed_off.Set(static_cast<int64_t>(backoff_.size()));
   }
   // A delivery of `domain` is being leased: spends a start of its rate.
   void TakeRate(Txn& txn, const std::string& domain, int64_t now) {
@@ -550,11 +619,19 @@ class QueueCore::Impl {
       const DestinationLimits& limits = opt_.shaping.For(domain);
       const bool rate = why == Throttle::kRate;
       (rate ? Metrics().throttled_rate : Metrics().throttled_concurrency).Inc();
+      std::string text;
+      if (rate) {
+        text = absl::StrCat("rate_max=", limits.rate.ToString(), " starts used up");
+      } else if (auto b = backoff_.find(domain); b != backoff_.end() && b->second.until_ms > clock_->NowUnixMs()) {
+        text = absl::StrCat("its concurrency lowered to ", ConcurrencyFor(domain, limits, clock_->NowUnixMs()),
+                            " deliveries out on lease after the reply '", b->second.reply,
+                            "' (backoff, lifted ", limits.backoff_ms / 1000, " s after the last such reply)");
+      } else {
+        text = absl::StrCat("concurrency_max=", limits.concurrency_max, " deliveries out on lease");
+      }
       {
         absl::MutexLock lock(&throttled_mu_);
-        throttled_view_.insert_or_assign(
-            domain, rate ? absl::StrCat("rate_max=", limits.rate.ToString(), " starts used up")
-                         : absl::StrCat("concurrency_max=", limits.concurrency_max, " deliveries out on lease"));
+        throttled_view_.insert_or_assign(domain, std::move(text));
       }
       log::Event(log::Level::kDebug, "delivery_throttled",
                  {{"delivery", id},
@@ -647,9 +724,10 @@ class QueueCore::Impl {
     return it == throttled_view_.end() ? std::nullopt : std::optional<std::string>(it->second);
   }
   // The domain a delivery's lease is counted under: none unless the domain
-  // has a concurrency limit, so the default costs nothing.
+  // has a concurrency limit or may get one by a backoff.
   std::string LeaseDomain(const std::string& domain) const {
-    return opt_.shaping.For(domain).concurrency_max > 0 ? domain : std::string();
+    const DestinationLimits& limits = opt_.shaping.For(domain);
+    return limits.concurrency_max > 0 || limits.backoff ? domain : std::string();
   }
 
   // Puts a job id into the ready window; when the window is full the scan
@@ -907,6 +985,14 @@ class QueueCore::Impl {
   // delivery window that no Lease has taken yet (per domain, so a release
   // does not hand out the same starts twice).
   RateBuckets rate_;
+  // Congestion backoffs by domain (DestinationLimits::backoff): the lowered
+  // concurrency, until when, and the reply that started it.
+  struct Backoff {
+    uint32_t cap;
+    int64_t until_ms;
+    std::string reply;
+  };
+  absl::flat_hash_map<std::string, Backoff> backoff_;
   absl::flat_hash_set<std::string> rate_waiting_;
   absl::flat_hash_map<std::string, std::string> rate_released_;
   absl::flat_hash_map<std::string, uint32_t> rate_in_window_;

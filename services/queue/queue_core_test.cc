@@ -869,6 +869,81 @@ TEST_F(QueueCoreTest, ConcurrencyAndRateLimitsOfOneDomainBothHold) {
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
 }
 
+// ---- congestion backoff (shaping.ini backoff) ---------------------------------
+
+const tern::v1::DeliveryJob& JobOf(const LeaseResponse& lease, const std::string& domain, int nth = 0) {
+  for (const auto& job : lease.deliveries()) {
+    if (job.domain() == domain && nth-- == 0) {
+      return job;
+    }
+  }
+  ADD_FAILURE() << "no delivery " << nth << " for " << domain;
+  return lease.deliveries(0);
+}
+
+TEST_F(QueueCoreTest, A421HalvesWhatADomainMayHaveOutAndEachSuccessLetsOneMoreGo) {
+  Open();
+  for (int i = 0; i < 4; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(first.deliveries_size(), 4);  // no limit configured
+  // Four out, one comes back 421: at most two may be out from now on.
+  ASSERT_EQ(ReportAll(JobOf(first, "a.example", 0),
+                      Result(tern::v1::OUTCOME_TRANSIENT, 421, "4.7.0", "Too many connections, slow down")),
+            std::vector{REPORT_STATUS_APPLIED});
+  Enqueue(Header({Rcpt("v1@a.example")}));
+  Enqueue(Header({Rcpt("v2@a.example")}));
+  Enqueue(Header({Rcpt("w@b.example")}));
+  EXPECT_EQ(DomainsOf(Lease(JOB_KIND_DELIVERY, 100)), (std::map<std::string, int>{{"b.example", 1}}));
+  // Three still out; one succeeds: two out, and the cap rose to three.
+  ASSERT_EQ(ReportAll(JobOf(first, "a.example", 1), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  EXPECT_EQ(DomainsOf(Lease(JOB_KIND_DELIVERY, 100)), (std::map<std::string, int>{{"a.example", 1}}));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+  // A minute after the 421 the backoff is lifted (at a tick): the one left
+  // waiting goes, with the 421's own retry (due after the fixture's 60 s).
+  clock_.AdvanceMs(60'000);
+  int got = 0;
+  ASSERT_TRUE(Eventually([&] {
+    got += Lease(JOB_KIND_DELIVERY, 100).deliveries_size();
+    return got >= 2;
+  }));
+  EXPECT_EQ(got, 2);
+}
+
+TEST_F(QueueCoreTest, OtherTemporaryFailuresDoNotBackOff) {
+  Open();
+  for (int i = 0; i < 4; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(first.deliveries_size(), 4);
+  ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "try again later"));
+  ReportAll(first.deliveries(1), Result(tern::v1::OUTCOME_TRANSIENT, 452, "4.5.3", "Too many recipients"));
+  for (int i = 0; i < 4; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("v", i, "@a.example"))}));
+  }
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 4);
+}
+
+TEST_F(QueueCoreTest, BackoffOffInShapingIgnoresA421) {
+  DestinationLimits limits;
+  limits.backoff = false;
+  options_.shaping.SetDefaults(limits);
+  Open();
+  for (int i = 0; i < 4; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(first.deliveries_size(), 4);
+  ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 421, "4.7.0", "busy"));
+  for (int i = 0; i < 4; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("v", i, "@a.example"))}));
+  }
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 4);
+}
+
 TEST_F(QueueCoreTest, WithoutADestinationLimitOneDomainTakesEveryLease) {
   Open();
   for (int i = 0; i < 30; ++i) {

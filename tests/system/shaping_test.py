@@ -94,5 +94,40 @@ class DestinationRateTest(ClusterTestCase):
         self.cluster.wait_for_burst("explained", count)
 
 
+class CongestionBackoffTest(ClusterTestCase):
+    """shaping.ini backoff (on by default): a 421 from the destination
+    lowers how many of its deliveries may be out, and successes raise it."""
+
+    @classmethod
+    def make_cluster(cls):
+        return Cluster()  # temp_fail_intervals=5s*100: retries come quickly
+
+    def test_421s_make_the_retries_go_one_then_two_at_a_time(self):
+        sink = self.cluster.sinks["good.test"]
+        sink.set_rcpt_reply("421 4.7.0 Too many connections from your IP, slow down")
+        self.cluster.send_burst("congested", 4)
+        log = os.path.join(self.cluster.logs, "queue.log")
+
+        def backoffs():
+            with open(log, "rb") as f:
+                lines = [l for l in f.read().decode("utf-8", "replace").splitlines()
+                         if "destination_backoff " in l and "domain=good.test" in l]
+            return lines if len(lines) >= 4 else None
+        lines = self.cluster.wait_until(backoffs, 30, "four 421 replies lowering good.test's concurrency")
+        self.assertIn("concurrency=1", lines[-1])
+        self.assertIn("Too many connections", lines[-1])
+        with sink.lock:
+            sink.rcpt_reply = "250 2.1.5 Ok"
+            sink.max_active = 0
+        sink.dot_delay = 0.3  # so that deliveries allowed at once overlap
+        got = self.cluster.wait_for_burst("congested", 4, timeout=60)
+        self.assertEqual(len(got), 4)
+        # Unshaped, the four retries (due within milliseconds of each other)
+        # would all be in transactions at once; backed off they go one, then
+        # two (each success lets one more go).
+        self.assertLessEqual(sink.max_active, 2)
+        self.assertGreaterEqual(self.cluster.metric("queue", "tern_queue_destination_backoffs_total"), 4)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -716,6 +716,26 @@ std::map<std::string, int> DomainsOf(const LeaseResponse& lease) {
   return n;
 }
 
+// A Lease long poll for up to 10 deliveries, waiting up to 30 s; its answer
+// arrives through the future.
+std::future<absl::StatusOr<LeaseResponse>> LongPoll(QueueCore& core) {
+  tern::v1::LeaseRequest req;
+  req.set_kind(JOB_KIND_DELIVERY);
+  req.set_max_jobs(10);
+  req.set_wait_ms(30'000);
+  auto promise = std::make_shared<std::promise<absl::StatusOr<LeaseResponse>>>();
+  auto waiting = promise->get_future();
+  core.Lease(req, [promise](absl::StatusOr<LeaseResponse> r) { promise->set_value(std::move(r)); });
+  return waiting;
+}
+
+// The answer holds exactly one delivery, not the one `first` leased.
+void ExpectTheOtherDelivery(const absl::StatusOr<LeaseResponse>& got, const LeaseResponse& first) {
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->deliveries_size(), 1);
+  EXPECT_NE(got->deliveries(0).delivery_id(), first.deliveries(0).delivery_id());
+}
+
 TEST_F(QueueCoreTest, DestinationConcurrencyMaxCapsLeasesPerDomainAndAReportFreesASlot) {
   options_.shaping = DestinationShaping(2);
   Open();
@@ -769,22 +789,13 @@ TEST_F(QueueCoreTest, WaitingLeaseGetsAThrottledDeliveryAsSoonAsAReportFreesItsS
   const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10);
   ASSERT_EQ(first.deliveries_size(), 1);
   // A long poll that finds only a full destination waits...
-  tern::v1::LeaseRequest req;
-  req.set_kind(JOB_KIND_DELIVERY);
-  req.set_max_jobs(10);
-  req.set_wait_ms(30'000);
-  auto promise = std::make_shared<std::promise<absl::StatusOr<LeaseResponse>>>();
-  auto waiting = promise->get_future();
-  core_->Lease(req, [promise](absl::StatusOr<LeaseResponse> r) { promise->set_value(std::move(r)); });
+  auto waiting = LongPoll(*core_);
   EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
   // ...and is answered by the report that frees the slot, not by its timeout.
   ASSERT_EQ(ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
             std::vector{REPORT_STATUS_APPLIED});
   ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
-  const auto got = waiting.get();
-  ASSERT_TRUE(got.ok()) << got.status();
-  ASSERT_EQ(got->deliveries_size(), 1);
-  EXPECT_NE(got->deliveries(0).delivery_id(), first.deliveries(0).delivery_id());
+  ExpectTheOtherDelivery(waiting.get(), first);
 }
 
 // ---- shaping.ini rate_max ----------------------------------------------------
@@ -823,21 +834,12 @@ TEST_F(QueueCoreTest, ARateLimitedDeliveryGoesToAWaitingLeaseWhenItsRateAllows) 
   Enqueue(Header({Rcpt("u2@a.example")}));
   const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 10);
   ASSERT_EQ(first.deliveries_size(), 1);
-  tern::v1::LeaseRequest req;
-  req.set_kind(JOB_KIND_DELIVERY);
-  req.set_max_jobs(10);
-  req.set_wait_ms(30'000);
-  auto promise = std::make_shared<std::promise<absl::StatusOr<LeaseResponse>>>();
-  auto waiting = promise->get_future();
-  core_->Lease(req, [promise](absl::StatusOr<LeaseResponse> r) { promise->set_value(std::move(r)); });
+  auto waiting = LongPoll(*core_);
   EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(600)), std::future_status::timeout);
   // A minute later the tick finds the domain may start another.
   clock_.AdvanceMs(60'000);
   ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
-  const auto got = waiting.get();
-  ASSERT_TRUE(got.ok()) << got.status();
-  ASSERT_EQ(got->deliveries_size(), 1);
-  EXPECT_NE(got->deliveries(0).delivery_id(), first.deliveries(0).delivery_id());
+  ExpectTheOtherDelivery(waiting.get(), first);
 }
 
 TEST_F(QueueCoreTest, ARetrySpendsAStartOfTheRateLikeAFirstAttempt) {

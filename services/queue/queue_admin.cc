@@ -632,24 +632,15 @@ void QueueCore::Impl::PutHostFlags(tern::v1::PutHostFlagsRequest request,
 absl::StatusOr<tern::v1::GetHostFlagsResponse> QueueCore::Impl::GetHostFlags(
     const tern::v1::GetHostFlagsRequest& request) {
   const int64_t now = clock_->NowUnixMs();
-  const std::string prefix = HostFlagPrefix(request.flag());
   tern::v1::GetHostFlagsResponse out;
   std::vector<std::string> expired;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
-  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    tern::v1::HostFlag f;
-    if (!f.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      continue;
-    }
+  TERN_RETURN_IF_ERROR(ForEachHostFlag(request.flag(), [&](const rocksdb::Slice& key, tern::v1::HostFlag f) {
     if (f.expires_unix_ms() > now) {
       *out.add_flags() = std::move(f);
     } else {
-      expired.push_back(it->key().ToString());
+      expired.push_back(key.ToString());
     }
-  }
-  if (!it->status().ok()) {
-    return StorageError(it->status(), "read host flags");
-  }
+  }));
   if (!expired.empty()) {
     committer_->Submit(GroupOp{
         [this, expired = std::move(expired)](Txn& txn) -> absl::Status {
@@ -671,6 +662,19 @@ absl::StatusOr<tern::v1::GetHostFlagsResponse> QueueCore::Impl::GetHostFlags(
   return out;
 }
 
+absl::Status QueueCore::Impl::ForEachHostFlag(
+    const std::string& flag, const std::function<void(const rocksdb::Slice&, tern::v1::HostFlag)>& f) {
+  const std::string prefix = HostFlagPrefix(flag);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    tern::v1::HostFlag parsed;
+    if (parsed.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      f(it->key(), std::move(parsed));
+    }
+  }
+  return it->status().ok() ? absl::OkStatus() : StorageError(it->status(), "read host flags");
+}
+
 void QueueCore::Impl::ClearHostFlags(tern::v1::ClearHostFlagsRequest request,
                                      Callback<tern::v1::ClearHostFlagsResponse> done) {
   if (request.host().empty()) {
@@ -689,29 +693,23 @@ void QueueCore::Impl::ClearHostFlags(tern::v1::ClearHostFlagsRequest request,
         const int64_t now = clock_->NowUnixMs();
         // Flags are keyed by flag, then host: look at every flag's key for
         // this host (a handful of flag names exist).
-        const std::string prefix = HostFlagPrefix(call->request.flag());
-        std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
-        std::vector<tern::v1::HostFlag> found;
-        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-          tern::v1::HostFlag f;
-          if (f.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) &&
-              f.host() == call->request.host() && (call->request.flag().empty() || f.flag() == call->request.flag())) {
-            found.push_back(std::move(f));
+        std::vector<std::string> keys;
+        const std::string& host = call->request.host();
+        TERN_RETURN_IF_ERROR(ForEachHostFlag(call->request.flag(), [&](const rocksdb::Slice& key, const auto& f) {
+          if (f.host() == host) {
+            keys.push_back(key.ToString());
           }
-        }
-        if (!it->status().ok()) {
-          return StorageError(it->status(), "read host flags");
-        }
-        for (tern::v1::HostFlag& f : found) {
+        }));
+        for (const std::string& key : keys) {
           // Read through the batch: a flag put earlier in this group counts.
           TERN_ASSIGN_OR_RETURN(std::optional<tern::v1::HostFlag> current,
-                                Read<tern::v1::HostFlag>(txn, meta_, kMetaCf, HostFlagKey(f.flag(), f.host())));
+                                Read<tern::v1::HostFlag>(txn, meta_, kMetaCf, key));
           if (!current.has_value() || current->cleared() || current->expires_unix_ms() <= now) {
             continue;
           }
           *call->response.add_cleared() = *current;
           current->set_cleared(true);
-          PutRecord(txn, meta_, HostFlagKey(current->flag(), current->host()), *current);
+          PutRecord(txn, meta_, key, *current);
         }
         return absl::OkStatus();
       },

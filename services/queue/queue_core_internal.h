@@ -470,6 +470,10 @@ class QueueCore::Impl {
   void PutHostFlags(tern::v1::PutHostFlagsRequest request, Callback<tern::v1::PutHostFlagsResponse> done);
   absl::StatusOr<tern::v1::GetHostFlagsResponse> GetHostFlags(const tern::v1::GetHostFlagsRequest& request);
   void ClearHostFlags(tern::v1::ClearHostFlagsRequest request, Callback<tern::v1::ClearHostFlagsResponse> done);
+  // Calls f(key, flag) for every host flag record of `flag` (all flags when
+  // empty) in committed state that parses; a storage error stops the scan.
+  absl::Status ForEachHostFlag(const std::string& flag,
+                               const std::function<void(const rocksdb::Slice&, tern::v1::HostFlag)>& f);
   void SetPaused(bool paused, Callback<bool> done);
   absl::StatusOr<tern::v1::ListResponse> List(const tern::v1::ListRequest& request);
   absl::StatusOr<tern::v1::ShowResponse> Show(const std::string& message_id);
@@ -569,23 +573,18 @@ class QueueCore::Impl {
       ++it->second.cap;
       // One more may go: hand a waiting one back now rather than at the
       // next lease end.
-      ks.parked.Release(domain, 1, [this](const std::string& id, int64_t due) {
-        Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
-      });
+      ReleaseToWindow(domain, 1);
     }
   }
   // Lifts backoffs whose time is up; their domains' waiting deliveries go
   // back to the window (any over the configured limit are parked again).
   void EndBackoffs(int64_t now) {
-    KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
     for (auto it = backoff_.begin(); it != backoff_.end();) {
       if (it->second.until_ms > now) {
         ++it;
         continue;
       }
-      ks.parked.Release(it->first, UINT32_MAX, [this](const std::string& id, int64_t due) {
-        Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
-      });
+      ReleaseToWindow(it->first, UINT32_MAX);
       {
         absl::MutexLock lock(&throttled_mu_);
         throttled_view_.erase(it->first);
@@ -619,11 +618,12 @@ class QueueCore::Impl {
       const DestinationLimits& limits = opt_.shaping.For(domain);
       const bool rate = why == Throttle::kRate;
       (rate ? Metrics().throttled_rate : Metrics().throttled_concurrency).Inc();
+      const int64_t now = clock_->NowUnixMs();
       std::string text;
       if (rate) {
         text = absl::StrCat("rate_max=", limits.rate.ToString(), " starts used up");
-      } else if (auto b = backoff_.find(domain); b != backoff_.end() && b->second.until_ms > clock_->NowUnixMs()) {
-        text = absl::StrCat("its concurrency lowered to ", ConcurrencyFor(domain, limits, clock_->NowUnixMs()),
+      } else if (auto b = backoff_.find(domain); b != backoff_.end() && b->second.until_ms > now) {
+        text = absl::StrCat("its concurrency lowered to ", ConcurrencyFor(domain, limits, now),
                             " deliveries out on lease after the reply '", b->second.reply,
                             "' (backoff, lifted ", limits.backoff_ms / 1000, " s after the last such reply)");
       } else {
@@ -640,6 +640,13 @@ class QueueCore::Impl {
                   {"leased", absl::StrCat(State(tern::v1::JOB_KIND_DELIVERY).leases.CountFor(domain))},
                   {"concurrency_max", absl::StrCat(limits.concurrency_max)},
                   {"rate_max", limits.rate.ToString()}});
+    });
+  }
+  // Moves up to `n` of `domain`'s parked deliveries, oldest first, to the
+  // back of the ready window; returns how many.
+  size_t ReleaseToWindow(const std::string& domain, uint32_t n) {
+    return State(tern::v1::JOB_KIND_DELIVERY).parked.Release(domain, n, [this](const std::string& id, int64_t due) {
+      Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
     });
   }
   // Puts parked deliveries back into the ready window: for a concurrency
@@ -660,9 +667,7 @@ class QueueCore::Impl {
       }
     };
     ks.leases.TakeEnded([&](const std::string& domain, uint32_t n) {
-      const size_t released = ks.parked.Release(domain, n, [this](const std::string& id, int64_t due) {
-        Offer(tern::v1::JOB_KIND_DELIVERY, id, due);
-      });
+      const size_t released = ReleaseToWindow(domain, n);
       if (released > 0) {
         done_waiting(domain);
       }
@@ -985,6 +990,9 @@ class QueueCore::Impl {
   // delivery window that no Lease has taken yet (per domain, so a release
   // does not hand out the same starts twice).
   RateBuckets rate_;
+  absl::flat_hash_set<std::string> rate_waiting_;
+  absl::flat_hash_map<std::string, std::string> rate_released_;
+  absl::flat_hash_map<std::string, uint32_t> rate_in_window_;
   // Congestion backoffs by domain (DestinationLimits::backoff): the lowered
   // concurrency, until when, and the reply that started it.
   struct Backoff {
@@ -993,9 +1001,6 @@ class QueueCore::Impl {
     std::string reply;
   };
   absl::flat_hash_map<std::string, Backoff> backoff_;
-  absl::flat_hash_set<std::string> rate_waiting_;
-  absl::flat_hash_map<std::string, std::string> rate_released_;
-  absl::flat_hash_map<std::string, uint32_t> rate_in_window_;
   Counters counters_;
 
   // Read from other threads.

@@ -12,6 +12,8 @@ PACKAGES=(
   libcli11-dev libidn2-dev libjemalloc-dev
   # tests: real DNS server, real SMTP client, Python for the whole-system harness
   dnsmasq-base swaks libnet-ssleay-perl python3 openssl
+  # tests: a user's gRPC Hooks server written in Python (tests/fakes/hook_server.py)
+  python3-grpcio python3-protobuf
   # tests: deploy/k8s manifests read as YAML
   python3-yaml
   # tests: Postfix as the receiving MTA (and smtp-sink for bench/), Cyrus SASL's saslpasswd2 for its AUTH

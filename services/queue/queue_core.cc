@@ -1009,6 +1009,10 @@ void QueueCore::Impl::AfterReports() {
   }
 }
 
+// The longest delay a hook may ask for (a year): a typo in a hook cannot
+// park mail for centuries; max_queue_age still bounces it on time.
+constexpr int64_t kMaxHookDelaySeconds = 365LL * 24 * 3600;
+
 int64_t QueueCore::Impl::DelayForUnreported(uint32_t attempts) const {
   const auto& intervals = opt_.retry.intervals_ms();
   if (intervals.empty()) {
@@ -1111,12 +1115,16 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
         const std::optional<int64_t> wait = opt_.retry.DelayAfterFailureMs(r.attempts());
         const int64_t expiry = opt_.max_queue_age_ms > 0 ? arrival + opt_.max_queue_age_ms : INT64_MAX;
         if (wait.has_value() && now < expiry) {
+          // The user's deferred hook may name its own delay; the attempt still
+          // counted above, so a hook that always delays cannot keep mail forever.
+          const int64_t hook_wait = std::min<int64_t>(result.retry_in_seconds(), kMaxHookDelaySeconds) * 1000;
+          const int64_t chosen = hook_wait > 0 ? hook_wait : *wait;
           r.set_state(RECIPIENT_STATE_DEFERRED);
           // Never wait past the message's expiry: it bounces on time.
-          r.set_next_attempt_unix_ms(std::min(now + *wait, expiry));
+          r.set_next_attempt_unix_ms(std::min(now + chosen, expiry));
           Adjust(txn, counters_.deferred, 1);
           event = "deferred";
-          delay = absl::StrCat(*wait / 1000);
+          delay = absl::StrCat(chosen / 1000);
           break;
         }
         // Retries used up: a permanent failure, as Haraka words it; or the
@@ -1141,7 +1149,10 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
         r.set_state(RECIPIENT_STATE_FAILED);
         Adjust(txn, counters_.failed, 1);
         event = "failed";
-        if (!never && (notify == 0 || (notify & tern::v1::NOTIFY_FAILURE) != 0)) {
+        // suppress_dsn: the user's deferred hook dropped the recipient (only
+        // honoured on a failure the deliverer reported as permanent).
+        if (!never && (notify == 0 || (notify & tern::v1::NOTIFY_FAILURE) != 0) &&
+            !(rr.result().outcome() == tern::v1::OUTCOME_PERMANENT && rr.result().suppress_dsn())) {
           BouncedRecipient b;
           *b.mutable_spec() = r.spec();
           *b.mutable_result() = result;
@@ -1187,11 +1198,16 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
     });
   }
   // Recipients the report left out were not tried: they wait for the retry
-  // interval their attempt count gives, without counting an attempt (so a
-  // deliverer that keeps leaving one out cannot make the queue spin).
+  // interval their attempt count gives, or what the send_email hook asked
+  // for, without counting an attempt (so a deliverer that keeps leaving one
+  // out cannot make the queue spin).
+  const int64_t unreported_wait =
+      report.delay_unreported_seconds() > 0
+          ? std::min<int64_t>(report.delay_unreported_seconds(), kMaxHookDelaySeconds) * 1000
+          : -1;
   for (RecipientRecord& r : *rec->mutable_recipients()) {
     if (IsPending(r) && !seen.contains(r.index())) {
-      r.set_next_attempt_unix_ms(now + DelayForUnreported(r.attempts()));
+      r.set_next_attempt_unix_ms(now + (unreported_wait >= 0 ? unreported_wait : DelayForUnreported(r.attempts())));
     }
   }
 

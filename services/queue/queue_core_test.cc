@@ -954,5 +954,81 @@ TEST_F(QueueCoreTest, WithoutADestinationLimitOneDomainTakesEveryLease) {
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 30);
 }
 
+// The user's deferred hook (hooks.proto) names its own delay: the queue waits
+// that long instead of the schedule's interval, and the attempt still counts.
+TEST_F(QueueCoreTest, DeferredHookDelayReplacesTheScheduleButCountsTheAttempt) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  auto busy = Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "try again");
+  busy.set_retry_in_seconds(7);
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(ReportAll(lease.deliveries(0), busy), std::vector{REPORT_STATUS_APPLIED});
+  clock_.AdvanceMs(6'999);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  clock_.AdvanceMs(1);  // 7 s, not the schedule's 60 s
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).recipients(0).attempts(), 1u);
+  // Without the hook's delay the schedule applies again (second interval, 120 s).
+  busy.set_retry_in_seconds(0);
+  ReportAll(lease.deliveries(0), busy);
+  clock_.AdvanceMs(119'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  clock_.AdvanceMs(1'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
+}
+
+// The deferred hook's DROP: a permanent failure without a DSN; a plain
+// permanent failure in the same delivery still gets one.
+TEST_F(QueueCoreTest, SuppressDsnFailsTheRecipientWithoutABounce) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  tern::v1::ReportRequest req;
+  auto* rep = req.add_reports();
+  rep->set_delivery_id(lease.deliveries(0).delivery_id());
+  rep->set_lease_token(lease.deliveries(0).lease_token());
+  auto dropped = Result(tern::v1::OUTCOME_PERMANENT, 451, "4.3.0", "dropped by hook");
+  dropped.set_suppress_dsn(true);
+  auto* a = rep->add_recipients();
+  a->set_index(lease.deliveries(0).recipients(0).index());
+  *a->mutable_result() = dropped;
+  auto* b = rep->add_recipients();
+  b->set_index(lease.deliveries(0).recipients(1).index());
+  *b->mutable_result() = Result(tern::v1::OUTCOME_PERMANENT, 550, "5.1.1", "no such user");
+  EXPECT_EQ(ReportStatuses(req), std::vector{REPORT_STATUS_APPLIED});
+  const StatsResponse s = Stats();
+  EXPECT_EQ(s.failed_total(), 2u);
+  EXPECT_EQ(s.bounces(), 1u);
+  LeaseResponse bounces = Lease(JOB_KIND_BOUNCE);
+  ASSERT_EQ(bounces.bounces_size(), 1);
+  ASSERT_EQ(bounces.bounces(0).recipients_size(), 1);
+  EXPECT_EQ(bounces.bounces(0).recipients(0).spec().address(), "b@x.example");
+}
+
+// The send_email hook's DELAY: the deliverer reports no recipient and names
+// the wait; no attempt is counted.
+TEST_F(QueueCoreTest, DelayUnreportedWaitsTheGivenTimeWithoutAnAttempt) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  tern::v1::ReportRequest req;
+  auto* rep = req.add_reports();
+  rep->set_delivery_id(lease.deliveries(0).delivery_id());
+  rep->set_lease_token(lease.deliveries(0).lease_token());
+  rep->set_delay_unreported_seconds(3);
+  EXPECT_EQ(ReportStatuses(req), std::vector{REPORT_STATUS_APPLIED});
+  clock_.AdvanceMs(2'999);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  clock_.AdvanceMs(1);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).recipients(0).attempts(), 0u);
+  EXPECT_EQ(Stats().deferred_total(), 0u);
+}
+
 }  // namespace
 }  // namespace tern::queue

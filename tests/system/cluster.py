@@ -153,7 +153,7 @@ class Cluster:
     """The whole system. Use as a context manager."""
 
     def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100", lease_seconds=None,
-                 queue_ini_extra="", deliverer_ini_extra="", tern_ini_extra=""):
+                 queue_ini_extra="", deliverer_ini_extra="", tern_ini_extra="", hooks_ini=""):
         self.tmp = tempfile.mkdtemp(prefix="tern-system-")
         self.config = os.path.join(self.tmp, "config")
         self.data = os.path.join(self.tmp, "queue")
@@ -166,6 +166,7 @@ class Cluster:
         self.queue_ini_extra = queue_ini_extra  # more [queue] lines for tern.ini
         self.deliverer_ini_extra = deliverer_ini_extra  # more [deliverer] lines
         self.tern_ini_extra = tern_ini_extra  # more sections at the end of tern.ini
+        self.hooks_ini = hooks_ini  # config/hooks.ini (the user's gRPC Hooks server), if any
         self.procs = {}
         self.sinks = {}
         self.dns = None
@@ -226,6 +227,9 @@ metrics_listen=127.0.0.1:{p['m_bouncer']}
 """)
         with open(os.path.join(self.config, "smtp.ini"), "w") as f:
             f.write(f"[main]\nlisten=127.0.0.1:{p['smtp']}\n")
+        if self.hooks_ini:
+            with open(os.path.join(self.config, "hooks.ini"), "w") as f:
+                f.write(self.hooks_ini)
         with open(os.path.join(self.config, "relay_acl_allow"), "w") as f:
             f.write("\n".join(self.relay_acl) + "\n")
         with open(os.path.join(self.config, "me"), "w") as f:

@@ -1,5 +1,6 @@
 #include "lib/hooks/hooks_config.h"
 
+#include <algorithm>
 #include <array>
 #include <optional>
 
@@ -124,6 +125,24 @@ void LogHookFailure(Hook hook, absl::string_view id, const absl::Status& status,
   RecordHookCall(hook, HookResult::kFailed);
   log::Event(log::Level::kWarn, "hook_failed",
              {{"hook", HookName(hook)}, {"id", id}, {"error", status.ToString()}, {"fallback", fallback}});
+}
+
+std::string CleanHookText(absl::string_view text, size_t max_bytes) {
+  std::string out;
+  out.reserve(std::min(text.size(), max_bytes));
+  for (char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    out.push_back(u < 0x20 || u == 0x7f ? ' ' : c);
+  }
+  if (out.size() > max_bytes) {
+    size_t cut = max_bytes;
+    // Back up over UTF-8 continuation bytes so no character is split.
+    while (cut > 0 && (static_cast<unsigned char>(out[cut]) & 0xC0) == 0x80) {
+      --cut;
+    }
+    out.resize(cut);
+  }
+  return std::string(absl::StripAsciiWhitespace(out));
 }
 
 }  // namespace tern::hooks

@@ -74,4 +74,10 @@ void RecordHookCall(Hook hook, HookResult result);
 // `hook_failed hook=get_mx id=<id> error="<status>" fallback="<what Tern does instead>"`.
 void LogHookFailure(Hook hook, absl::string_view id, const absl::Status& status, absl::string_view fallback);
 
+// Text a hook gave for an SMTP reply or a recorded reason, made safe to put
+// on the wire and in logs: control characters (CR, LF, TAB, ...) become
+// spaces, outer spaces go, and it is cut to `max_bytes` (at a UTF-8 character
+// boundary). A hook cannot inject a second reply line or a log field.
+std::string CleanHookText(absl::string_view text, size_t max_bytes = 400);
+
 }  // namespace tern::hooks

@@ -106,5 +106,15 @@ TEST_F(HooksConfigTest, FailuresAreCountedPerHook) {
   EXPECT_NE(text.find("tern_hook_calls_total{hook=\"get_mx\",result=\"applied\"} 1"), std::string::npos);
 }
 
+TEST(CleanHookTextTest, ControlCharactersCannotStartASecondReplyLine) {
+  EXPECT_EQ(CleanHookText("  no thanks\r\n250 ok\tnow\x7f "), "no thanks  250 ok now");
+}
+
+TEST(CleanHookTextTest, LongTextIsCutAtACharacterBoundary) {
+  // "é" is two bytes: a cut at 5 bytes would split the third one.
+  EXPECT_EQ(CleanHookText("\xc3\xa9\xc3\xa9\xc3\xa9", 5), "\xc3\xa9\xc3\xa9");
+  EXPECT_EQ(CleanHookText(std::string(1000, 'x')).size(), 400u);
+}
+
 }  // namespace
 }  // namespace tern::hooks

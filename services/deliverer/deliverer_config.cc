@@ -86,6 +86,7 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   TERN_ASSIGN_OR_RETURN(config::IniFile routes, dir.Ini("outbound_routes.ini"));
   TERN_ASSIGN_OR_RETURN(c.routes, StaticRoutes::Load(routes));
   TERN_ASSIGN_OR_RETURN(c.tls, TlsOutboundConfig::Load(dir));
+  TERN_ASSIGN_OR_RETURN(c.hooks, hooks::LoadHooksConfig(dir));
 
   TERN_ASSIGN_OR_RETURN(c.me, dir.Me());
   TERN_RETURN_IF_ERROR(c.Validate());

@@ -55,6 +55,9 @@
 //   tls.ini [outbound]        TLS policy (tls_policy.h). Default: opportunistic,
 //                             unverified
 //   me                        EHLO name. Default: the host name
+//   hooks.ini                 the user's gRPC Hooks server (lib/hooks/hooks_config.h);
+//                             the deliverer calls send_email, get_mx, deferred and
+//                             delivered. Default: no hooks
 //
 // Thread-safety: a plain value.
 #pragma once
@@ -67,6 +70,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "lib/config/config_dir.h"
+#include "lib/hooks/hooks_config.h"
 #include "services/deliverer/route_planner.h"
 #include "services/deliverer/smtp_timeouts.h"
 #include "services/deliverer/static_routes.h"
@@ -100,6 +104,7 @@ struct DelivererConfig {
 
   StaticRoutes routes;
   TlsOutboundConfig tls;
+  hooks::HooksConfig hooks;
 
   std::string me;
 

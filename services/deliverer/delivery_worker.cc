@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -26,14 +27,18 @@
 #include "asio/use_awaitable.hpp"
 #include "lib/common/ids.h"
 #include "lib/common/log.h"
+#include "lib/common/status_macros.h"
+#include "lib/hooks/hooks_channel.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/asio_grpc.h"
 #include "lib/rpc/server_setup.h"
+#include "lib/rpc/status_convert.h"
 #include "services/deliverer/call_pacer.h"
 #include "services/deliverer/connection_pool.h"
 #include "services/deliverer/host_flags.h"
 #include "services/deliverer/outcome.h"
 #include "services/deliverer/smtp_transaction.h"
+#include "tern/v1/hooks.grpc.pb.h"
 #include "tern/v1/queue.grpc.pb.h"
 
 namespace tern::deliverer {
@@ -67,6 +72,16 @@ constexpr auto kMaxBackoff = std::chrono::seconds(10);
 // container was known to the network's DNS) was seen to stay failed for
 // minutes: a new channel asks DNS afresh.
 constexpr auto kRebuildChannelAfter = std::chrono::seconds(10);
+
+// The longest a send_email hook may hold a delivery back (a day) and a
+// deferred hook may push a retry (a year): a typo in a hook cannot park mail
+// for ever, and the queue's max_queue_age still bounces it on time.
+constexpr uint32_t kMaxSendEmailDelaySeconds = 86400;
+constexpr uint32_t kMaxDeferredDelaySeconds = 365 * 86400;
+// Delivered notifications waiting for the hook server at once; beyond this
+// they are not sent (and counted as failed): a slow hook server must not make
+// the deliverer pile up requests.
+constexpr int kMaxDeliveredInFlight = 256;
 
 int64_t NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
 
@@ -131,6 +146,65 @@ DsnRetParam ToRet(v1::DsnRet ret) {
     default:
       return DsnRetParam::kUnspecified;
   }
+}
+
+// A recipient's outcome as the queue (and the hooks) see it.
+void ToResult(const RecipientOutcome& o, v1::RecipientResult* res) {
+  res->set_outcome(ToProto(o.outcome));
+  res->set_reply_code(static_cast<uint32_t>(o.reply_code));
+  res->set_enhanced_status(o.enhanced_status);
+  res->set_reply_text(o.reply_text);
+  res->set_remote_mta(o.remote_mta);
+  res->set_remote_ip(o.remote_ip);
+  res->set_at_unix_ms(o.at_unix_ms);
+  res->set_remote_port(o.remote_port);
+  res->set_mode(o.mode);
+  res->set_tls(o.tls);
+  res->set_tls_verified(o.tls_verified);
+  res->set_auth_mechanism(o.auth_mechanism);
+  res->set_ambiguous(o.ambiguous);
+  res->set_retry_in_seconds(o.retry_in_seconds);
+  res->set_suppress_dsn(o.suppress_dsn);
+}
+
+// One host a get_mx hook answered with, as a one-host static route, checked
+// as an outbound_routes.ini entry is: the hook cannot give what the config
+// file could not (a bad port, a bind address that is not an IP, ...).
+absl::StatusOr<StaticRoute> RouteFromHook(const v1::MxRoute& m, const std::string& domain) {
+  std::string spec;
+  if (!m.unix_path().empty()) {
+    if (!m.host().empty() || m.unix_path()[0] != '/') {
+      return absl::InvalidArgumentError("a unix_path route needs an absolute path and no host");
+    }
+    spec = m.unix_path();
+  } else {
+    if (m.port() > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("port ", m.port(), " is out of range"));
+    }
+    // IPv6 literals come without brackets; ParseRouteHost wants them with.
+    const bool v6 = absl::StrContains(m.host(), ':');
+    spec = absl::StrCat(m.lmtp() ? "lmtp://" : "", v6 ? "[" : "", m.host(), v6 ? "]" : "",
+                        m.port() != 0 ? absl::StrCat(":", m.port()) : "");
+  }
+  TERN_ASSIGN_OR_RETURN(RouteHost host, ParseRouteHost(spec));
+  StaticRoute r;
+  r.domain = domain;
+  r.hosts.push_back(std::move(host));
+  r.auth_user = m.auth_user();
+  r.auth_pass = m.auth_pass();
+  r.auth_type = m.auth_type();
+  r.bind = m.bind();
+  r.bind_helo = m.bind_helo();
+  if (std::optional<RouteProblem> problem = CheckRoute(r)) {
+    return absl::InvalidArgumentError(absl::StrCat(problem->key, ": ", problem->message));
+  }
+  for (char c : r.bind_helo) {
+    // The HELO name goes on the wire as one word.
+    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) {
+      return absl::InvalidArgumentError("bind_helo: must be one word");
+    }
+  }
+  return r;
 }
 
 std::string Millis(Clock::duration d) {
@@ -238,6 +312,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       tls_ = *std::move(ctx);
     } else {
       log::Event(log::Level::kError, "tls_context_failed", {{"error", std::string(ctx.status().message())}});
+    }
+    if (std::shared_ptr<grpc::Channel> hooks = hooks::MakeHooksChannel(config.hooks)) {
+      hooks_ = v1::Hooks::NewStub(hooks);
     }
   }
 
@@ -384,14 +461,28 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   static asio::awaitable<void> RunDelivery(std::shared_ptr<Impl> self, v1::DeliveryJob job) {
     const Clock::time_point start = Clock::now();
     std::vector<RecipientOutcome> outcomes;
+    uint32_t held_seconds = 0;
     try {
-      outcomes = co_await self->Deliver(job);
+      outcomes = co_await self->Deliver(job, &held_seconds);
+      if (!outcomes.empty() && self->HookOn(hooks::Hook::kDeferred)) {
+        co_await self->AskDeferred(job, outcomes);
+      }
     } catch (const std::exception& e) {
       // Coroutine root: nothing may escape. The job is not reported and its
       // lease expiry makes it due again.
       log::Event(log::Level::kError, "delivery_crashed", {{"msg", job.message_id()}, {"error", e.what()}});
     }
     const std::string delay = absl::StrFormat("%.2f", std::chrono::duration<double>(Clock::now() - start).count());
+    if (held_seconds > 0) {
+      // The send_email hook held the delivery back: a report naming no
+      // recipient gives the lease back, and the queue makes them due again
+      // after the hook's delay without counting an attempt.
+      PendingReport pending;
+      pending.report.set_delivery_id(job.delivery_id());
+      pending.report.set_lease_token(job.lease_token());
+      pending.report.set_delay_unreported_seconds(held_seconds);
+      self->EnqueueReport(std::move(pending));
+    }
     if (!outcomes.empty()) {
       self->RememberFinals(job, outcomes);
       PendingReport pending;
@@ -401,20 +492,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         const RecipientOutcome& o = outcomes[i];
         auto* r = pending.report.add_recipients();
         r->set_index(job.recipients(i).index());
-        auto* res = r->mutable_result();
-        res->set_outcome(ToProto(o.outcome));
-        res->set_reply_code(static_cast<uint32_t>(o.reply_code));
-        res->set_enhanced_status(o.enhanced_status);
-        res->set_reply_text(o.reply_text);
-        res->set_remote_mta(o.remote_mta);
-        res->set_remote_ip(o.remote_ip);
-        res->set_at_unix_ms(o.at_unix_ms);
-        res->set_remote_port(o.remote_port);
-        res->set_mode(o.mode);
-        res->set_tls(o.tls);
-        res->set_tls_verified(o.tls_verified);
-        res->set_auth_mechanism(o.auth_mechanism);
-        res->set_ambiguous(o.ambiguous);
+        ToResult(o, r->mutable_result());
         self->metrics_.Recipients(o.outcome).Inc();
         if (o.ambiguous) {
           self->metrics_.ambiguous.Inc();
@@ -436,17 +514,22 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                     {"reply", reply}});
       }
       self->EnqueueReport(std::move(pending));
+      if (self->HookOn(hooks::Hook::kDelivered)) {
+        self->NotifyDelivered(job, outcomes);
+      }
     }
     --self->in_flight_;
     self->metrics_.in_flight.Set(self->in_flight_);
     self->slot_timer_.cancel();
   }
 
-  // One delivery: route (static route or DNS), then SMTP/LMTP per address.
-  // One outcome per recipient, in job order; none is ever left without one.
+  // One delivery: route (static route, get_mx hook or DNS), then SMTP/LMTP
+  // per address. One outcome per recipient, in job order; none is ever left
+  // without one, except when the send_email hook holds the whole delivery
+  // back: then no outcome, and `*held_seconds` says for how long.
   // `job` is a reference into the awaiting RunDelivery frame, which
   // co_awaits this directly (never spawned), so it outlives the call.
-  asio::awaitable<std::vector<RecipientOutcome>> Deliver(v1::DeliveryJob& job) {
+  asio::awaitable<std::vector<RecipientOutcome>> Deliver(v1::DeliveryJob& job, uint32_t* held_seconds) {
     const size_t n = static_cast<size_t>(job.recipients_size());
     std::vector<std::optional<RecipientOutcome>> decided(n);
     auto decide_rest = [&](const RecipientOutcome& o) {
@@ -485,21 +568,66 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         co_return finish();
       }
     }
+    // Haraka's send_email hook; not for a delivery partly decided already
+    // (its reused outcomes must be reported now).
+    const bool fresh = std::none_of(decided.begin(), decided.end(), [](const auto& d) { return d.has_value(); });
+    if (fresh && HookOn(hooks::Hook::kSendEmail)) {
+      *held_seconds = co_await AskSendEmail(job);
+      if (*held_seconds > 0) {
+        co_return std::vector<RecipientOutcome>{};
+      }
+    }
 
     const Clock::time_point dns_start = Clock::now();
-    const StaticRoute* route = config_.routes.Find(job.domain());
-    RoutePlan plan;
-    if (route != nullptr) {
-      // Haraka's get_mx answered by configuration: no MX lookup; host names
-      // in the route still need their addresses.
-      std::vector<dns::HostAnswer> answers(route->hosts.size());
-      for (size_t i = 0; i < route->hosts.size(); ++i) {
-        const RouteHost& h = route->hosts[i];
-        if (h.unix_path.empty() && !IsIpLiteral(h.host)) {
-          answers[i] = co_await AwaitHost(resolver_, h.host);
-        }
+    const StaticRoute* static_route = config_.routes.Find(job.domain());
+    // Routes the get_mx hook answered with (when no static route applies),
+    // one per host since each host may have its own AUTH and bind.
+    std::vector<StaticRoute> hook_routes;
+    if (static_route == nullptr && HookOn(hooks::Hook::kGetMx)) {
+      GetMxVerdict verdict = co_await AskGetMx(job);
+      if (verdict.kind == GetMxVerdict::kFail) {
+        decide_rest(LocalOutcome(OutcomeClass::kPermanent, "5.1.2",
+                                 verdict.text.empty() ? absl::StrCat("No MX for ", job.domain()) : verdict.text, "",
+                                 "", 550));
+        co_return finish();
       }
-      plan = planner_.PlanRoute(*route, answers);
+      if (verdict.kind == GetMxVerdict::kDefer) {
+        decide_rest(LocalOutcome(
+            OutcomeClass::kTransient, "4.1.2",
+            verdict.text.empty() ? absl::StrCat("Temporary failure finding MX for ", job.domain()) : verdict.text,
+            "", "", 450));
+        co_return finish();
+      }
+      hook_routes = std::move(verdict.routes);
+    }
+    RoutePlan plan;
+    // The route each attempt belongs to (its AUTH, bind, HELO name and TLS
+    // policy); null for MX hosts from DNS.
+    std::vector<const StaticRoute*> attempt_routes;
+    std::vector<const StaticRoute*> routes;
+    if (static_route != nullptr) {
+      routes.push_back(static_route);
+    }
+    for (const StaticRoute& r : hook_routes) {
+      routes.push_back(&r);
+    }
+    if (!routes.empty()) {
+      // Haraka's get_mx answered by configuration or the hook: no MX lookup;
+      // host names in the route still need their addresses.
+      for (const StaticRoute* r : routes) {
+        std::vector<dns::HostAnswer> answers(r->hosts.size());
+        for (size_t i = 0; i < r->hosts.size(); ++i) {
+          const RouteHost& h = r->hosts[i];
+          if (h.unix_path.empty() && !IsIpLiteral(h.host)) {
+            answers[i] = co_await AwaitHost(resolver_, h.host);
+          }
+        }
+        RoutePlan part = planner_.PlanRoute(*r, answers);
+        attempt_routes.insert(attempt_routes.end(), part.attempts.size(), r);
+        std::move(part.attempts.begin(), part.attempts.end(), std::back_inserter(plan.attempts));
+        std::move(part.skipped.begin(), part.skipped.end(), std::back_inserter(plan.skipped));
+        plan.dns_trouble = plan.dns_trouble || part.dns_trouble;
+      }
     } else {
       dns::MxAnswer mx = co_await AwaitMx(resolver_, job.domain());
       metrics_.Dns(mx.status).Inc();
@@ -517,12 +645,15 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
           break;
       }
       plan = planner_.Plan(mx);
+      attempt_routes.assign(plan.attempts.size(), nullptr);
     }
     const Clock::duration dns_delay = Clock::now() - dns_start;
     if (plan.attempts.empty()) {
       decide_rest(LocalOutcome(
           OutcomeClass::kTransient, plan.dns_trouble ? "4.4.3" : "4.4.4",
-          absl::StrCat(route != nullptr ? "no usable host in the static route for " : "no usable MX for ",
+          absl::StrCat(static_route != nullptr          ? "no usable host in the static route for "
+                       : !hook_routes.empty() ? "no usable host in the get_mx hook's routes for "
+                                              : "no usable MX for ",
                        job.domain(), ": ", plan.skipped.empty() ? "no MX host" : absl::StrJoin(plan.skipped, "; "))));
       co_return finish();
     }
@@ -537,7 +668,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     RecipientOutcome last_failure = LocalOutcome(OutcomeClass::kTransient, "4.4.1", "no MX address was tried");
     size_t tried = 0;
     DataGate gate{this, &job};
-    for (const Attempt& attempt : plan.attempts) {
+    for (size_t a = 0; a < plan.attempts.size(); ++a) {
+      const Attempt& attempt = plan.attempts[a];
+      const StaticRoute* route = attempt_routes[a];
       if (undecided.empty()) {
         break;
       }
@@ -663,6 +796,256 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     decide_rest(last_failure);
     co_return finish();
+  }
+
+  // ---- The user's gRPC Hooks (lib/hooks, proto/tern/v1/hooks.proto) ------
+  // Each call has hooks.ini's deadline; whatever goes wrong, the delivery
+  // goes on as it would without the hook (LogHookFailure says how).
+
+  bool HookOn(hooks::Hook hook) const { return hooks_ != nullptr && config_.hooks.Calls(hook); }
+
+  static void FillHookDelivery(const v1::DeliveryJob& job, v1::HookDelivery* d) {
+    d->set_message_id(job.message_id());
+    d->set_delivery_id(job.delivery_id());
+    d->set_domain(job.domain());
+    d->set_mail_from(job.mail_from());
+    uint32_t failures = 0;
+    for (const auto& r : job.recipients()) {
+      d->add_recipients(r.spec().address());
+      failures = std::max(failures, r.attempts());
+    }
+    // Not job.attempt(), which counts leases: a held delivery is leased again
+    // without having been tried.
+    d->set_attempt(failures + 1);
+  }
+
+  void SetHookDeadline(grpc::ClientContext& ctx) const {
+    ctx.set_deadline(std::chrono::system_clock::now() + config_.hooks.timeout);
+  }
+
+  // send_email: the seconds to hold the delivery back, or 0 to go on.
+  asio::awaitable<uint32_t> AskSendEmail(const v1::DeliveryJob& job) {
+    constexpr hooks::Hook kHook = hooks::Hook::kSendEmail;
+    v1::SendEmailRequest request;
+    FillHookDelivery(job, request.mutable_delivery());
+    v1::SendEmailResponse response;
+    grpc::ClientContext ctx;
+    SetHookDeadline(ctx);
+    const grpc::Status status = co_await rpc::AwaitGrpc(
+        [&](auto done) { hooks_->async()->SendEmail(&ctx, &request, &response, std::move(done)); });
+    absl::Status problem = rpc::FromGrpc(status);
+    if (problem.ok()) {
+      switch (response.action()) {
+        case v1::SEND_EMAIL_ACTION_CONTINUE:
+          hooks::RecordHookCall(kHook, hooks::HookResult::kContinued);
+          co_return 0;
+        case v1::SEND_EMAIL_ACTION_DELAY:
+          if (response.delay_seconds() >= 1 && response.delay_seconds() <= kMaxSendEmailDelaySeconds) {
+            hooks::RecordHookCall(kHook, hooks::HookResult::kApplied);
+            log::Event(log::Level::kNotice, "delivery_held",
+                       {{"msg", job.message_id()}, {"delivery", job.delivery_id()}, {"domain", job.domain()},
+                        {"seconds", absl::StrCat(response.delay_seconds())}, {"by", "send_email hook"}});
+            co_return response.delay_seconds();
+          }
+          problem = absl::InvalidArgumentError(
+              absl::StrCat("DELAY needs delay_seconds 1..", kMaxSendEmailDelaySeconds, ", got ",
+                           response.delay_seconds()));
+          break;
+        default:
+          problem = absl::InvalidArgumentError(absl::StrCat("unknown action ", static_cast<int>(response.action())));
+          break;
+      }
+    }
+    hooks::LogHookFailure(kHook, job.message_id(), problem, "delivering now");
+    co_return 0;
+  }
+
+  struct GetMxVerdict {
+    enum Kind { kDns, kRoutes, kFail, kDefer } kind = kDns;
+    std::vector<StaticRoute> routes;  // kRoutes
+    std::string text;                 // kFail, kDefer: the hook's reason, cleaned; may be empty
+  };
+
+  // get_mx: routes for the domain, a failure, or "look up DNS".
+  asio::awaitable<GetMxVerdict> AskGetMx(const v1::DeliveryJob& job) {
+    constexpr hooks::Hook kHook = hooks::Hook::kGetMx;
+    v1::GetMxRequest request;
+    FillHookDelivery(job, request.mutable_delivery());
+    v1::GetMxResponse response;
+    grpc::ClientContext ctx;
+    SetHookDeadline(ctx);
+    const grpc::Status status =
+        co_await rpc::AwaitGrpc([&](auto done) { hooks_->async()->GetMx(&ctx, &request, &response, std::move(done)); });
+    GetMxVerdict verdict;
+    absl::Status problem = rpc::FromGrpc(status);
+    if (problem.ok()) {
+      switch (response.action()) {
+        case v1::GET_MX_ACTION_CONTINUE:
+          hooks::RecordHookCall(kHook, hooks::HookResult::kContinued);
+          co_return verdict;
+        case v1::GET_MX_ACTION_ROUTES: {
+          std::vector<std::string> specs;
+          for (int i = 0; i < response.routes_size() && problem.ok(); ++i) {
+            absl::StatusOr<StaticRoute> r = RouteFromHook(response.routes(i), job.domain());
+            if (!r.ok()) {
+              problem = absl::InvalidArgumentError(absl::StrCat("route ", i + 1, ": ", r.status().message()));
+              break;
+            }
+            specs.push_back(r->hosts[0].spec);
+            verdict.routes.push_back(*std::move(r));
+          }
+          if (problem.ok() && verdict.routes.empty()) {
+            problem = absl::InvalidArgumentError("ROUTES without a route");
+          }
+          if (problem.ok()) {
+            hooks::RecordHookCall(kHook, hooks::HookResult::kApplied);
+            // Host specs only: AUTH credentials are never logged.
+            log::Event(log::Level::kInfo, "hook_routes",
+                       {{"msg", job.message_id()}, {"domain", job.domain()}, {"hosts", absl::StrJoin(specs, ",")}});
+            verdict.kind = GetMxVerdict::kRoutes;
+            co_return verdict;
+          }
+          verdict.routes.clear();
+          break;
+        }
+        case v1::GET_MX_ACTION_FAIL:
+        case v1::GET_MX_ACTION_DEFER:
+          hooks::RecordHookCall(kHook, hooks::HookResult::kApplied);
+          verdict.kind = response.action() == v1::GET_MX_ACTION_FAIL ? GetMxVerdict::kFail : GetMxVerdict::kDefer;
+          verdict.text = hooks::CleanHookText(response.reply_text());
+          log::Event(log::Level::kNotice, "hook_mx_refused",
+                     {{"msg", job.message_id()}, {"domain", job.domain()},
+                      {"action", verdict.kind == GetMxVerdict::kFail ? "fail" : "defer"}, {"reason", verdict.text}});
+          co_return verdict;
+        default:
+          problem = absl::InvalidArgumentError(absl::StrCat("unknown action ", static_cast<int>(response.action())));
+          break;
+      }
+    }
+    hooks::LogHookFailure(kHook, job.message_id(), problem, "looking up DNS");
+    co_return verdict;
+  }
+
+  // deferred: for the recipients that failed temporarily, keep the queue's
+  // schedule, retry after the hook's delay, or fail them now (with or without
+  // a DSN). Recipients whose connection was lost after the final dot
+  // (ambiguous) are left out: they may have been delivered, so neither a
+  // bounce nor a drop is right for them.
+  asio::awaitable<void> AskDeferred(const v1::DeliveryJob& job, std::vector<RecipientOutcome>& outcomes) {
+    constexpr hooks::Hook kHook = hooks::Hook::kDeferred;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < outcomes.size(); ++i) {
+      if (outcomes[i].outcome == OutcomeClass::kTransient && !outcomes[i].ambiguous) {
+        which.push_back(i);
+      }
+    }
+    if (which.empty()) {
+      co_return;
+    }
+    v1::DeferredRequest request;
+    FillHookDelivery(job, request.mutable_delivery());
+    for (size_t i : which) {
+      request.add_recipients(job.recipients(static_cast<int>(i)).spec().address());
+      ToResult(outcomes[i], request.add_results());
+    }
+    v1::DeferredResponse response;
+    grpc::ClientContext ctx;
+    SetHookDeadline(ctx);
+    const grpc::Status status = co_await rpc::AwaitGrpc(
+        [&](auto done) { hooks_->async()->Deferred(&ctx, &request, &response, std::move(done)); });
+    absl::Status problem = rpc::FromGrpc(status);
+    if (problem.ok()) {
+      const std::string text = hooks::CleanHookText(response.reply_text());
+      switch (response.action()) {
+        case v1::DEFERRED_ACTION_CONTINUE:
+          hooks::RecordHookCall(kHook, hooks::HookResult::kContinued);
+          co_return;
+        case v1::DEFERRED_ACTION_DELAY:
+          if (response.delay_seconds() < 1 || response.delay_seconds() > kMaxDeferredDelaySeconds) {
+            problem = absl::InvalidArgumentError(absl::StrCat("DELAY needs delay_seconds 1..",
+                                                              kMaxDeferredDelaySeconds, ", got ",
+                                                              response.delay_seconds()));
+            break;
+          }
+          for (size_t i : which) {
+            outcomes[i].retry_in_seconds = response.delay_seconds();
+          }
+          hooks::RecordHookCall(kHook, hooks::HookResult::kApplied);
+          log::Event(log::Level::kNotice, "hook_deferred",
+                     {{"msg", job.message_id()}, {"delivery", job.delivery_id()},
+                      {"rcpts", absl::StrCat(which.size())}, {"action", "delay"},
+                      {"seconds", absl::StrCat(response.delay_seconds())}});
+          co_return;
+        case v1::DEFERRED_ACTION_BOUNCE:
+        case v1::DEFERRED_ACTION_DROP: {
+          const bool drop = response.action() == v1::DEFERRED_ACTION_DROP;
+          for (size_t i : which) {
+            RecipientOutcome& o = outcomes[i];
+            o.outcome = OutcomeClass::kPermanent;
+            o.suppress_dsn = drop;
+            // A permanent failure carries a 5.x.x status in its DSN.
+            o.enhanced_status = absl::StartsWith(o.enhanced_status, "4.")
+                                    ? absl::StrCat("5", o.enhanced_status.substr(1))
+                                    : (o.enhanced_status.empty() ? "5.0.0" : o.enhanced_status);
+            if (!text.empty()) {
+              // The hook's reason replaces the remote's reply: no reply code.
+              o.reply_code = 0;
+              o.reply_text = text;
+            }
+          }
+          hooks::RecordHookCall(kHook, hooks::HookResult::kApplied);
+          log::Event(log::Level::kNotice, "hook_deferred",
+                     {{"msg", job.message_id()}, {"delivery", job.delivery_id()},
+                      {"rcpts", absl::StrCat(which.size())}, {"action", drop ? "drop" : "bounce"},
+                      {"reason", text}});
+          co_return;
+        }
+        default:
+          problem = absl::InvalidArgumentError(absl::StrCat("unknown action ", static_cast<int>(response.action())));
+          break;
+      }
+    }
+    hooks::LogHookFailure(kHook, job.message_id(), problem, "the retry schedule applies");
+  }
+
+  // delivered: a notification, sent without waiting for its answer; at most
+  // kMaxDeliveredInFlight wait at once.
+  void NotifyDelivered(const v1::DeliveryJob& job, const std::vector<RecipientOutcome>& outcomes) {
+    v1::DeliveredRequest request;
+    for (size_t i = 0; i < outcomes.size(); ++i) {
+      if (outcomes[i].outcome == OutcomeClass::kDelivered) {
+        request.add_recipients(job.recipients(static_cast<int>(i)).spec().address());
+        ToResult(outcomes[i], request.add_results());
+      }
+    }
+    if (request.recipients_size() == 0) {
+      return;
+    }
+    if (delivered_in_flight_ >= kMaxDeliveredInFlight) {
+      hooks::LogHookFailure(hooks::Hook::kDelivered, job.message_id(),
+                            absl::ResourceExhaustedError(absl::StrCat(
+                                kMaxDeliveredInFlight, " delivered notifications already wait for the hook server")),
+                            "notification not sent");
+      return;
+    }
+    FillHookDelivery(job, request.mutable_delivery());
+    ++delivered_in_flight_;
+    asio::co_spawn(io_, SendDelivered(shared_from_this(), std::move(request)), asio::detached);
+  }
+
+  static asio::awaitable<void> SendDelivered(std::shared_ptr<Impl> self, v1::DeliveredRequest request) {
+    v1::DeliveredResponse response;
+    grpc::ClientContext ctx;
+    self->SetHookDeadline(ctx);
+    const grpc::Status status = co_await rpc::AwaitGrpc(
+        [&](auto done) { self->hooks_->async()->Delivered(&ctx, &request, &response, std::move(done)); });
+    --self->delivered_in_flight_;
+    if (status.ok()) {
+      hooks::RecordHookCall(hooks::Hook::kDelivered, hooks::HookResult::kContinued);
+    } else {
+      hooks::LogHookFailure(hooks::Hook::kDelivered, request.delivery().message_id(), rpc::FromGrpc(status),
+                            "none (a notification)");
+    }
   }
 
   // One line per SMTP/LMTP attempt (Postfix's per-delivery line, per session).
@@ -1140,6 +1523,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   asio::io_context& io_;
   const DelivererConfig& config_;
   std::unique_ptr<v1::Queue::Stub> stub_;
+  std::unique_ptr<v1::Hooks::Stub> hooks_;  // null: no hook is called
+  int delivered_in_flight_ = 0;             // SendDelivered calls waiting
   dns::MxResolver& resolver_;
   RoutePlanner planner_;
   asio::steady_timer slot_timer_;

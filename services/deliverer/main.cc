@@ -106,7 +106,8 @@ int main(int argc, char** argv) {
 
   log::Event(log::Level::kNotice, "started",
              {{"queue", config.queue}, {"me", config.me}, {"concurrency_max", absl::StrCat(config.concurrency_max)},
-              {"mx_port", absl::StrCat(config.mx_port)}});
+              {"mx_port", absl::StrCat(config.mx_port)},
+              {"hooks", config.hooks.Any() ? config.hooks.address : "none"}});
   worker.Start();
   io.run();
   if (health) {

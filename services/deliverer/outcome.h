@@ -67,6 +67,11 @@ struct RecipientOutcome {
   // The connection was lost after the final dot: the remote may have the
   // message (always with kTransient).
   bool ambiguous = false;
+  // What the user's deferred hook decided (0 / false without one): retry
+  // after this many seconds instead of the queue's schedule (kTransient), or
+  // fail without a DSN (kPermanent).
+  uint32_t retry_in_seconds = 0;
+  bool suppress_dsn = false;
 };
 
 // The outcome a reply decides: 2xx delivered, 4xx transient, 5xx permanent.

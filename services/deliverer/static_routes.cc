@@ -103,6 +103,24 @@ absl::StatusOr<RouteHost> ParseRouteHost(absl::string_view spec_in) {
   return h;
 }
 
+std::optional<RouteProblem> CheckRoute(const StaticRoute& r) {
+  if (!r.auth_type.empty() && absl::AsciiStrToUpper(r.auth_type) != "PLAIN" &&
+      absl::AsciiStrToUpper(r.auth_type) != "LOGIN" && absl::AsciiStrToUpper(r.auth_type) != "CRAM-MD5") {
+    return RouteProblem{"auth_type", "must be plain, login or cram-md5"};
+  }
+  if (r.auth_user.empty() != r.auth_pass.empty()) {
+    // Name the key that is missing, never the value of the other.
+    return RouteProblem{r.auth_user.empty() ? "auth_user" : "auth_pass", "auth_user and auth_pass must be set together"};
+  }
+  if (r.force_auth && !r.has_auth()) {
+    return RouteProblem{"force_auth", "needs auth_user and auth_pass"};
+  }
+  if (!r.bind.empty() && !IsIp(r.bind)) {
+    return RouteProblem{"bind", "must be an IP address of this host"};
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini) {
   StaticRoutes routes;
   for (const std::string& section : ini.Sections()) {
@@ -129,22 +147,10 @@ absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini) {
     r.auth_user = ini.GetString(section, "auth_user", "");
     r.auth_pass = ini.GetString(section, "auth_pass", "");
     r.auth_type = ini.GetString(section, "auth_type", "");
-    if (!r.auth_type.empty() && absl::AsciiStrToUpper(r.auth_type) != "PLAIN" &&
-        absl::AsciiStrToUpper(r.auth_type) != "LOGIN" && absl::AsciiStrToUpper(r.auth_type) != "CRAM-MD5") {
-      return ini.KeyError(section, "auth_type", "must be plain, login or cram-md5");
-    }
-    if (r.auth_user.empty() != r.auth_pass.empty()) {
-      // Name the key that is missing, never the value of the other.
-      return ini.KeyError(section, r.auth_user.empty() ? "auth_user" : "auth_pass",
-                          "auth_user and auth_pass must be set together");
-    }
     TERN_ASSIGN_OR_RETURN(r.force_auth, ini.GetBool(section, "force_auth", false));
-    if (r.force_auth && !r.has_auth()) {
-      return ini.KeyError(section, "force_auth", "needs auth_user and auth_pass");
-    }
     r.bind = std::string(absl::StripAsciiWhitespace(ini.GetString(section, "bind", "")));
-    if (!r.bind.empty() && !IsIp(r.bind)) {
-      return ini.KeyError(section, "bind", "must be an IP address of this host");
+    if (std::optional<RouteProblem> problem = CheckRoute(r)) {
+      return ini.KeyError(section, problem->key, problem->message);
     }
     r.bind_helo = std::string(absl::StripAsciiWhitespace(ini.GetString(section, "bind_helo", "")));
     const std::string tls = absl::AsciiStrToLower(ini.GetString(section, "tls", "opportunistic"));

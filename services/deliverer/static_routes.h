@@ -37,6 +37,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -93,5 +94,14 @@ class StaticRoutes {
 };
 
 const char* RouteTlsName(RouteTls tls);
+
+// What is wrong with a route's AUTH or bind settings, by key (auth_type,
+// auth_user, auth_pass, force_auth, bind), or nothing. Shared by
+// outbound_routes.ini and the routes a get_mx hook answers with.
+struct RouteProblem {
+  const char* key;
+  std::string message;
+};
+std::optional<RouteProblem> CheckRoute(const StaticRoute& route);
 
 }  // namespace tern::deliverer

@@ -4,17 +4,73 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "lib/common/log.h"
 #include "lib/common/status_macros.h"
+#include "lib/hooks/hooks_config.h"
 #include "lib/rpc/status_convert.h"
 #include "services/bouncer/dsn_composer.h"
 
 namespace tern::bouncer {
+namespace internal {
+
+// One Hooks.Bounce call on gRPC's callback API: started by the constructor,
+// answered on a gRPC thread, waited for by the worker thread. The context,
+// request and response live here until the answer came, so the destructor
+// waits for it (a cancelled call answers at once).
+class BounceHookCall {
+ public:
+  BounceHookCall(tern::v1::Hooks::StubInterface* stub, tern::v1::BounceRequest request, absl::Duration timeout)
+      : request_(std::move(request)) {
+    ctx_.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+    tern::v1::Hooks::StubInterface::async_interface* async = stub->async();
+    if (async == nullptr) {
+      Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "the Hooks stub has no callback API"));
+      return;
+    }
+    async->Bounce(&ctx_, &request_, &response_, [this](grpc::Status status) { Finish(std::move(status)); });
+  }
+  BounceHookCall(const BounceHookCall&) = delete;
+  BounceHookCall& operator=(const BounceHookCall&) = delete;
+  ~BounceHookCall() { Wait(); }
+
+  // Any thread.
+  void Cancel() { ctx_.TryCancel(); }
+
+  // Blocks until the answer; response() is valid afterwards.
+  grpc::Status Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return done_; });
+    return status_;
+  }
+  const tern::v1::BounceResponse& response() const { return response_; }
+
+ private:
+  void Finish(grpc::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = std::move(status);
+    done_ = true;
+    cv_.notify_all();
+  }
+
+  grpc::ClientContext ctx_;
+  tern::v1::BounceRequest request_;
+  tern::v1::BounceResponse response_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;  // guarded by mu_
+  grpc::Status status_;  // guarded by mu_
+};
+
+}  // namespace internal
+
 namespace {
 
 namespace v1 = ::tern::v1;
@@ -87,6 +143,7 @@ BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& 
   suppressed_sender_domain_ =
       GetCounter("tern_bouncer_suppressed_total", suppressed_help, {{"reason", "sender_domain"}});
   suppressed_status_ = GetCounter("tern_bouncer_suppressed_total", suppressed_help, {{"reason", "status"}});
+  suppressed_hook_ = GetCounter("tern_bouncer_suppressed_total", suppressed_help, {{"reason", "hook"}});
   render_errors_ = GetCounter("tern_bouncer_render_errors_total", "DSNs that could not be rendered");
   const std::string queue_help = "Failed calls to the queue, by call";
   lease_errors_ = GetCounter("tern_bouncer_queue_errors_total", queue_help, {{"call", "lease"}});
@@ -101,6 +158,9 @@ void BounceWorker::Stop() {
   stopped_ = true;
   if (lease_ctx_ != nullptr) {
     lease_ctx_->TryCancel();
+  }
+  for (internal::BounceHookCall* call : pending_hooks_) {
+    call->Cancel();
   }
   cv_.notify_all();
 }
@@ -161,22 +221,111 @@ void BounceWorker::Run() {
     }
     backoff = options_.min_backoff;
     failing_since.reset();
+    // Every hook call of the batch first, so they wait out their deadlines
+    // together; each job then waits only for its own answer.
+    std::vector<std::unique_ptr<internal::BounceHookCall>> hooks;
+    hooks.reserve(resp.bounces_size());
     for (const v1::BounceJob& job : resp.bounces()) {
+      hooks.push_back(StartBounceHook(job));
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& call : hooks) {
+        if (call != nullptr) {
+          pending_hooks_.push_back(call.get());
+          if (stopped_) {
+            call->Cancel();
+          }
+        }
+      }
+    }
+    for (int i = 0; i < resp.bounces_size(); ++i) {
+      const v1::BounceJob& job = resp.bounces(i);
       if (stopped_) {
         // Leased but not started: its lease expires and it is retried.
         break;
       }
-      absl::Status s = ProcessJob(job);
+      absl::Status s = ProcessJob(job, hooks[i].get());
+      if (s.code() == absl::StatusCode::kCancelled && stopped_) {
+        break;  // stopped while the hook was asked: left to its lease, like the rest
+      }
       if (!s.ok()) {
         log::Event(Level::kError, "bounce_job_failed",
                    {{"bounce", job.bounce_id()}, {"msg", job.message_id()}, {"error", s.ToString()}});
       }
     }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_hooks_.clear();
+    }
+    // `hooks` goes out of scope here: each waits for its (cancelled) answer.
   }
   log::Event(Level::kInfo, "worker_stopped");
 }
 
+std::unique_ptr<internal::BounceHookCall> BounceWorker::StartBounceHook(const v1::BounceJob& job) {
+  if (options_.hooks == nullptr) {
+    return nullptr;
+  }
+  // The same decision ProcessJob makes: only a DSN that would be sent is
+  // worth asking about (a double bounce, NOTIFY or a suppression rule
+  // already sends none).
+  ComposedReport composed = ComposeReport(job, me_, compose_options_);
+  if (composed.disposition != Disposition::kSend) {
+    return nullptr;
+  }
+  v1::BounceRequest req;
+  req.set_message_id(job.message_id());
+  req.set_bounce_id(job.bounce_id());
+  req.set_kind(job.kind());
+  req.set_mail_from(job.envelope().mail_from());
+  // The recipients the DSN reports on: the report keeps the job's order, so
+  // one pass pairs each with its BouncedRecipient (and its result).
+  size_t next = 0;
+  for (const v1::BouncedRecipient& br : job.recipients()) {
+    if (next < composed.report.recipients.size() &&
+        br.spec().address() == composed.report.recipients[next].final_recipient) {
+      req.add_recipients(br.spec().address());
+      *req.add_results() = br.result();
+      ++next;
+    }
+  }
+  return std::make_unique<internal::BounceHookCall>(options_.hooks, std::move(req), options_.hook_timeout);
+}
+
+BounceWorker::HookVerdict BounceWorker::AwaitBounceHook(const v1::BounceJob& job, internal::BounceHookCall& call) {
+  constexpr absl::string_view kFallback = "DSN sent";
+  grpc::Status status = call.Wait();
+  if (!status.ok()) {
+    if (status.error_code() == grpc::StatusCode::CANCELLED && stopped_) {
+      return HookVerdict::kStopping;
+    }
+    hooks::LogHookFailure(hooks::Hook::kBounce, job.bounce_id(), rpc::FromGrpc(status), kFallback);
+    return HookVerdict::kSend;
+  }
+  const v1::BounceAction action = call.response().action();
+  switch (action) {
+    case v1::BOUNCE_ACTION_CONTINUE:
+      hooks::RecordHookCall(hooks::Hook::kBounce, hooks::HookResult::kContinued);
+      return HookVerdict::kSend;
+    case v1::BOUNCE_ACTION_SUPPRESS:
+      hooks::RecordHookCall(hooks::Hook::kBounce, hooks::HookResult::kApplied);
+      return HookVerdict::kSuppress;
+    default:
+      // proto3 enums are open: a newer or broken hook can send any number.
+      hooks::LogHookFailure(hooks::Hook::kBounce, job.bounce_id(),
+                            absl::InvalidArgumentError(absl::StrCat("unknown action ", static_cast<int>(action))),
+                            kFallback);
+      return HookVerdict::kSend;
+  }
+}
+
 absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job) {
+  std::unique_ptr<internal::BounceHookCall> hook = StartBounceHook(job);
+  return ProcessJob(job, hook.get());
+}
+
+absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::BounceHookCall* hook) {
   ComposedReport composed = ComposeReport(job, me_, compose_options_);
   switch (composed.disposition) {
     case Disposition::kDoubleBounce:
@@ -197,6 +346,24 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job) {
     }
     case Disposition::kSend:
       break;
+  }
+  if (hook != nullptr) {
+    switch (AwaitBounceHook(job, *hook)) {
+      case HookVerdict::kSend:
+        break;
+      case HookVerdict::kStopping:
+        return absl::CancelledError("stopping while the bounce hook was asked; the lease will expire");
+      case HookVerdict::kSuppress: {
+        TERN_RETURN_IF_ERROR(Ack(job, ""));
+        suppressed_hook_->Inc();
+        log::Event(Level::kInfo, "dsn_suppressed",
+                   {{"bounce", job.bounce_id()},
+                    {"msg", job.message_id()},
+                    {"to", job.envelope().mail_from()},
+                    {"why", "hook"}});
+        return absl::OkStatus();
+      }
+    }
   }
   if (!composed.suppressed_recipients.empty()) {
     log::Event(Level::kInfo, "dsn_recipients_suppressed",

@@ -17,6 +17,20 @@
 // Suppression rules (suppression.h) and NOTIFY can also leave a job without
 // a DSN; it is then acknowledged and counted.
 //
+// The bounce hook (hooks.ini, proto/tern/v1/hooks.proto Hooks.Bounce). When
+// a DSN is due (not for a double bounce or a job NOTIFY or a suppression
+// rule already leaves without one: there is nothing to ask), the user's
+// Hooks server is asked first. SUPPRESS acknowledges the job without a DSN,
+// like a suppression rule; CONTINUE, and any failure (deadline, error,
+// UNIMPLEMENTED, an unknown action: logged as hook_failed), sends the DSN as
+// without the hook. Either way the job is acknowledged only after its DSN is
+// queued or it was deliberately suppressed, so a hook can never lose one.
+// Run() starts the hook calls of a whole leased batch at once (gRPC's
+// callback API) and only then works through the jobs in order, so a slow hook
+// costs the batch one deadline, not one per job. Stop() cancels the pending
+// calls; a job whose answer was cancelled so is left unacknowledged (its
+// lease expires and it is asked about again).
+//
 // The synchronous gRPC API is used on purpose: bounces are rare, one thread
 // is plenty, and a blocking loop is the easiest code to get right. Lease
 // long-polls with wait_for_ready, so a queue that is down or restarting just
@@ -27,9 +41,11 @@
 // Metrics: tern_bouncer_dsns_total{kind}, tern_bouncer_double_bounces_total,
 // tern_bouncer_double_bounce_copies_total,
 // tern_bouncer_suppressed_total{reason}, tern_bouncer_render_errors_total,
-// tern_bouncer_queue_errors_total{call}.
+// tern_bouncer_queue_errors_total{call}; the hook's calls are counted in
+// tern_hook_calls_total{hook="bounce",result} (lib/hooks).
 //
-// Thread-safety: Run() on one thread; Stop() from any thread.
+// Thread-safety: Run() on one thread; Stop() from any thread. Hook answers
+// arrive on gRPC threads and only touch their own call's state.
 // Include from .cc files only (pulls in gRPC headers).
 #pragma once
 
@@ -41,6 +57,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -50,6 +67,7 @@
 #include "services/bouncer/bouncer_config.h"
 #include "services/bouncer/dsn_composer.h"
 #include "services/bouncer/suppression.h"
+#include "tern/v1/hooks.grpc.pb.h"
 #include "tern/v1/queue.grpc.pb.h"
 
 namespace grpc {
@@ -57,6 +75,10 @@ class ClientContext;
 }
 
 namespace tern::bouncer {
+
+namespace internal {
+class BounceHookCall;  // one Hooks.Bounce call in flight (bounce_worker.cc)
+}
 
 class BounceWorker {
  public:
@@ -77,6 +99,12 @@ class BounceWorker {
     // new channel looks the name up afresh.
     std::function<std::unique_ptr<tern::v1::Queue::StubInterface>()> new_stub;
     absl::Duration rebuild_after = absl::Seconds(10);
+    // The user's Hooks server, asked before each DSN (hooks.ini calls
+    // `bounce`). Not owned; must outlive the worker. Default: null, no hook.
+    tern::v1::Hooks::StubInterface* hooks = nullptr;
+    // Deadline of each Hooks.Bounce call (hooks.ini timeout_ms).
+    // Default: 30 s (Haraka's plugin_timeout).
+    absl::Duration hook_timeout = absl::Seconds(30);
   };
 
   // `stub` must outlive the worker. The templates in `config` must have
@@ -92,12 +120,23 @@ class BounceWorker {
   void Stop();
 
   // Handles one leased job: double bounce -> Ack without DSN (or with the
-  // postmaster copy's id); suppressed -> Ack without DSN; otherwise render,
-  // Enqueue, Ack with the DSN's queue id. An error means the job was not
-  // acknowledged (its lease will expire and it will be retried).
+  // postmaster copy's id); suppressed (by a rule or the bounce hook) -> Ack
+  // without DSN; otherwise render, Enqueue, Ack with the DSN's queue id. An
+  // error means the job was not acknowledged (its lease will expire and it
+  // will be retried). Blocks for the bounce hook's answer, if one is asked.
   absl::Status ProcessJob(const tern::v1::BounceJob& job);
 
  private:
+  enum class HookVerdict { kSend, kSuppress, kStopping };
+
+  // Starts Hooks.Bounce about `job` if the hook is on and a DSN is due;
+  // null otherwise. The call owns copies of what it sends.
+  std::unique_ptr<internal::BounceHookCall> StartBounceHook(const tern::v1::BounceJob& job);
+  // Waits for `call`'s answer and turns it into what to do (logs and counts
+  // it). kStopping: Stop() cancelled the call; leave the job unacknowledged.
+  HookVerdict AwaitBounceHook(const tern::v1::BounceJob& job, internal::BounceHookCall& call);
+  // ProcessJob with the job's hook call already started (or null: no hook).
+  absl::Status ProcessJob(const tern::v1::BounceJob& job, internal::BounceHookCall* hook);
   // Logs and counts a double bounce, sends the postmaster copy when one is
   // configured and allowed, and acknowledges the job.
   absl::Status HandleDoubleBounce(const tern::v1::BounceJob& job, absl::string_view why);
@@ -128,6 +167,7 @@ class BounceWorker {
   metrics::Counter* suppressed_notify_;
   metrics::Counter* suppressed_sender_domain_;
   metrics::Counter* suppressed_status_;
+  metrics::Counter* suppressed_hook_;
   metrics::Counter* render_errors_;
   metrics::Counter* lease_errors_;
   metrics::Counter* channel_rebuilds_;
@@ -138,6 +178,8 @@ class BounceWorker {
   std::mutex mu_;
   std::condition_variable cv_;
   grpc::ClientContext* lease_ctx_ = nullptr;  // guarded by mu_
+  // The hook calls of the batch Run() is working on, for Stop() to cancel.
+  std::vector<internal::BounceHookCall*> pending_hooks_;  // guarded by mu_
 };
 
 }  // namespace tern::bouncer

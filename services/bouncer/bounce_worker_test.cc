@@ -6,6 +6,7 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -133,6 +134,70 @@ class FakeQueue final : public v1::Queue::Service {
   int enqueue_calls_ = 0;
 };
 
+// The user's Hooks server, in process: Bounce answers `action` after
+// `delay` (cut short when the caller gives up), or fails with `error`. It
+// records every request and how many calls were in flight at once.
+class FakeHooks final : public v1::Hooks::Service {
+ public:
+  grpc::Status Bounce(grpc::ServerContext* ctx, const v1::BounceRequest* req, v1::BounceResponse* resp) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    requests_.push_back(*req);
+    max_in_flight_ = std::max(max_in_flight_, ++in_flight_);
+    peers_met_ = peers_met_ || in_flight_ >= wait_for_peers_;
+    cv_.notify_all();
+    auto until = std::chrono::steady_clock::now() + delay_;
+    // With wait_for_peers, answer only once that many calls were in flight.
+    while ((std::chrono::steady_clock::now() < until || !peers_met_) && !ctx->IsCancelled() &&
+           std::chrono::steady_clock::now() < until + std::chrono::seconds(10)) {
+      cv_.wait_for(lock, std::chrono::milliseconds(10));
+    }
+    --in_flight_;
+    if (error_ != grpc::StatusCode::OK) {
+      return grpc::Status(error_, "hook says no");
+    }
+    resp->set_action(action_);
+    return grpc::Status::OK;
+  }
+
+  void Answer(v1::BounceAction action, std::chrono::milliseconds delay = std::chrono::milliseconds(0)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    action_ = action;
+    delay_ = delay;
+  }
+  void Fail(grpc::StatusCode code) {
+    std::lock_guard<std::mutex> lock(mu_);
+    error_ = code;
+  }
+  void WaitForPeers(int n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    wait_for_peers_ = n;
+  }
+  bool WaitForRequests(size_t n, std::chrono::seconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return requests_.size() >= n; });
+  }
+  std::vector<v1::BounceRequest> requests() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return requests_;
+  }
+  int max_in_flight() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_in_flight_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  v1::BounceAction action_ = v1::BOUNCE_ACTION_CONTINUE;
+  std::chrono::milliseconds delay_{0};
+  grpc::StatusCode error_ = grpc::StatusCode::OK;
+  int wait_for_peers_ = 0;
+  bool peers_met_ = false;
+  int in_flight_ = 0;
+  int max_in_flight_ = 0;
+  std::vector<v1::BounceRequest> requests_;
+};
+
 uint64_t CounterValue(const std::string& name, const metrics::Labels& labels = {}) {
   return metrics::Registry::Global().GetCounter(name, "", labels).value();
 }
@@ -162,11 +227,13 @@ class BounceWorkerTest : public ::testing::Test {
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(&queue_);
+    builder.RegisterService(&hooks_);
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
     ASSERT_NE(port, 0);
     channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
     stub_ = v1::Queue::NewStub(channel_);
+    hooks_stub_ = v1::Hooks::NewStub(channel_);
 
     config_.me = "mx.tern.test";
     config_.failed_template = {kDefaultBounceMessage, "built-in"};
@@ -184,10 +251,18 @@ class BounceWorkerTest : public ::testing::Test {
         stub_.get(), config_, [n] { return absl::StrCat("t", ++*n); }, 77, options_);
   }
 
+  // Turns the bounce hook on, answered by hooks_.
+  void UseBounceHook(absl::Duration timeout = absl::Seconds(10)) {
+    options_.hooks = hooks_stub_.get();
+    options_.hook_timeout = timeout;
+  }
+
   FakeQueue queue_;
+  FakeHooks hooks_;
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Queue::Stub> stub_;
+  std::unique_ptr<v1::Hooks::Stub> hooks_stub_;
   BouncerConfig config_;
   BounceWorker::Options options_;
 };
@@ -388,6 +463,135 @@ TEST_F(BounceWorkerTest, QueueUnreachableForLongGetsANewStubAndWorkResumes) {
   EXPECT_EQ(CounterValue("tern_bouncer_queue_channel_rebuilds_total"), before + 1);
   EXPECT_EQ(second.acks().size(), 1u);
   second_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+}
+
+
+// ---- the bounce hook ----------------------------------------------------------
+
+uint64_t HookCalls(const std::string& result) {
+  return CounterValue("tern_hook_calls_total", {{"hook", "bounce"}, {"result", result}});
+}
+
+TEST_F(BounceWorkerTest, BounceHookIsToldWhoWouldGetTheDsnAboutWhichRecipients) {
+  const uint64_t continued = HookCalls("continue");
+  UseBounceHook();
+  v1::BounceJob job = MakeJob("h1", "alice@example.com");
+  // Delivered: not part of a failed DSN, so not part of the question either.
+  v1::BouncedRecipient* ok = job.add_recipients();
+  ok->mutable_spec()->set_address("carol@example.net");
+  ok->mutable_result()->set_outcome(v1::OUTCOME_DELIVERED);
+  auto worker = MakeWorker();
+  ASSERT_TRUE(worker->ProcessJob(job).ok());
+
+  std::vector<v1::BounceRequest> asked = hooks_.requests();
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_EQ(asked[0].message_id(), "m-h1");
+  EXPECT_EQ(asked[0].bounce_id(), "h1");
+  EXPECT_EQ(asked[0].kind(), v1::BOUNCE_KIND_FAILED);
+  EXPECT_EQ(asked[0].mail_from(), "alice@example.com");
+  ASSERT_EQ(asked[0].recipients_size(), 1);
+  EXPECT_EQ(asked[0].recipients(0), "bob@example.net");
+  ASSERT_EQ(asked[0].results_size(), 1);
+  EXPECT_EQ(asked[0].results(0).reply_code(), 550u);
+  EXPECT_EQ(asked[0].results(0).enhanced_status(), "5.1.1");
+  // CONTINUE: the DSN goes out as without the hook.
+  ASSERT_EQ(queue_.stored().size(), 1u);
+  ASSERT_EQ(queue_.acks().size(), 1u);
+  EXPECT_EQ(queue_.acks()[0].dsn_message_id(), "dsn-1");
+  EXPECT_EQ(HookCalls("continue"), continued + 1);
+}
+
+TEST_F(BounceWorkerTest, BounceHookSuppressAcksTheJobWithoutADsn) {
+  const uint64_t suppressed = CounterValue("tern_bouncer_suppressed_total", {{"reason", "hook"}});
+  const uint64_t applied = HookCalls("applied");
+  UseBounceHook();
+  hooks_.Answer(v1::BOUNCE_ACTION_SUPPRESS);
+  auto worker = MakeWorker();
+  ASSERT_TRUE(worker->ProcessJob(MakeJob("h2", "alice@example.com")).ok());
+  EXPECT_EQ(queue_.enqueue_calls(), 0);
+  std::vector<v1::BounceAck> acks = queue_.acks();
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].bounce_id(), "h2");
+  EXPECT_EQ(acks[0].dsn_message_id(), "");
+  EXPECT_EQ(CounterValue("tern_bouncer_suppressed_total", {{"reason", "hook"}}), suppressed + 1);
+  EXPECT_EQ(HookCalls("applied"), applied + 1);
+}
+
+TEST_F(BounceWorkerTest, BounceHookThatFailsInAnyWayStillSendsTheDsn) {
+  struct Case {
+    const char* label;
+    grpc::StatusCode error;
+    int action;
+    std::chrono::milliseconds delay;
+  };
+  const Case cases[] = {
+      {"unimplemented", grpc::StatusCode::UNIMPLEMENTED, 0, std::chrono::milliseconds(0)},
+      {"error", grpc::StatusCode::INTERNAL, 0, std::chrono::milliseconds(0)},
+      {"past the deadline", grpc::StatusCode::OK, v1::BOUNCE_ACTION_SUPPRESS, std::chrono::milliseconds(3000)},
+      {"unknown action", grpc::StatusCode::OK, 7, std::chrono::milliseconds(0)},
+  };
+  UseBounceHook(absl::Milliseconds(300));
+  auto worker = MakeWorker();
+  int n = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    const uint64_t failed = HookCalls("failed");
+    hooks_.Fail(c.error);
+    hooks_.Answer(static_cast<v1::BounceAction>(c.action), c.delay);
+    ++n;
+    ASSERT_TRUE(worker->ProcessJob(MakeJob(absl::StrCat("hf", n), "alice@example.com")).ok());
+    EXPECT_EQ(queue_.stored().size(), static_cast<size_t>(n));
+    ASSERT_EQ(queue_.acks().size(), static_cast<size_t>(n));
+    EXPECT_EQ(queue_.acks().back().dsn_message_id(), absl::StrCat("dsn-", n));
+    EXPECT_EQ(HookCalls("failed"), failed + 1);
+  }
+}
+
+TEST_F(BounceWorkerTest, BounceHookIsNotAskedWhenNoDsnWouldBeSent) {
+  UseBounceHook();
+  hooks_.Answer(v1::BOUNCE_ACTION_SUPPRESS);
+  auto worker = MakeWorker();
+  ASSERT_TRUE(worker->ProcessJob(MakeJob("n1", "")).ok());  // double bounce
+  v1::BounceJob never = MakeJob("n2", "alice@example.com");
+  never.mutable_recipients(0)->mutable_spec()->set_notify(v1::NOTIFY_NEVER);
+  ASSERT_TRUE(worker->ProcessJob(never).ok());
+  EXPECT_EQ(queue_.acks().size(), 2u);
+  EXPECT_TRUE(hooks_.requests().empty());
+}
+
+TEST_F(BounceWorkerTest, RunAsksTheHookAboutAWholeBatchAtOnce) {
+  // The fake answers SUPPRESS only once all three calls are in flight
+  // together; asked one after another, each would wait out its deadline.
+  UseBounceHook(absl::Seconds(5));
+  hooks_.Answer(v1::BOUNCE_ACTION_SUPPRESS);
+  hooks_.WaitForPeers(3);
+  for (const char* id : {"p1", "p2", "p3"}) {
+    queue_.AddJob(MakeJob(id, "alice@example.com"));
+  }
+  options_.wait_ms = 2000;  // the three jobs come in one Lease
+  auto worker = MakeWorker();
+  std::thread runner([&] { worker->Run(); });
+  EXPECT_TRUE(queue_.WaitForAcks(3, std::chrono::seconds(20)));
+  worker->Stop();
+  runner.join();
+  EXPECT_EQ(hooks_.max_in_flight(), 3);
+  EXPECT_EQ(queue_.enqueue_calls(), 0);
+}
+
+TEST_F(BounceWorkerTest, StopCancelsAPendingHookAndLeavesTheJobToItsLease) {
+  UseBounceHook(absl::Seconds(60));
+  hooks_.Answer(v1::BOUNCE_ACTION_CONTINUE, std::chrono::milliseconds(60'000));
+  queue_.AddJob(MakeJob("s1", "alice@example.com"));
+  auto worker = MakeWorker();
+  std::thread runner([&] { worker->Run(); });
+  ASSERT_TRUE(hooks_.WaitForRequests(1, std::chrono::seconds(20)));
+  auto start = std::chrono::steady_clock::now();
+  worker->Stop();
+  runner.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  // Neither a DSN nor an Ack: the job comes back when its lease expires.
+  EXPECT_EQ(queue_.enqueue_calls(), 0);
+  EXPECT_TRUE(queue_.acks().empty());
 }
 
 }  // namespace

@@ -2,8 +2,8 @@
 //
 //   tern-bouncer --config DIR
 //
-// Reads tern.ini [bouncer], me, outbound.bounce_message* and log.ini from DIR
-// (see services/bouncer/README.md). SIGTERM/SIGINT: finish the job in
+// Reads tern.ini [bouncer], me, outbound.bounce_message*, hooks.ini,
+// plugin_timeout and log.ini from DIR (see services/bouncer/README.md). SIGTERM/SIGINT: finish the job in
 // progress, then exit 0. A bad config exits 1 with a message naming the file.
 #include <unistd.h>
 
@@ -22,6 +22,8 @@
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
+#include "lib/hooks/hooks_channel.h"
+#include "lib/hooks/hooks_config.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/grpc_tls.h"
 #include "lib/rpc/server_setup.h"
@@ -48,10 +50,17 @@ int RealMain(const std::string& config_path) {
     tern::log::Event(Level::kCrit, "config_invalid", {{"dir", config_path}, {"error", s.message()}});
     return 1;
   }
+  absl::StatusOr<tern::hooks::HooksConfig> hooks = tern::hooks::LoadHooksConfig(dir);
+  if (!hooks.ok()) {
+    tern::log::Event(Level::kCrit, "config_invalid", {{"dir", config_path}, {"error", hooks.status().message()}});
+    return 1;
+  }
+  const bool bounce_hook = hooks->Calls(tern::hooks::Hook::kBounce);
   tern::log::Event(Level::kInfo, "starting",
                    {{"queue", config->queue},
                     {"me", config->me},
-                    {"template", config->failed_template.origin}});
+                    {"template", config->failed_template.origin},
+                    {"bounce_hook", bounce_hook ? hooks->address : "none"}});
 
   std::unique_ptr<tern::metrics::HttpExporter> exporter;
   if (!config->metrics_listen.empty()) {
@@ -75,6 +84,13 @@ int RealMain(const std::string& config_path) {
   options.new_stub = [target = config->queue]() -> std::unique_ptr<tern::v1::Queue::StubInterface> {
     return tern::v1::Queue::NewStub(tern::rpc::MakeChannel(target));
   };
+  // The bouncer calls one hook; the other services call the rest.
+  std::unique_ptr<tern::v1::Hooks::Stub> hooks_stub;
+  if (bounce_hook) {
+    hooks_stub = tern::v1::Hooks::NewStub(tern::hooks::MakeHooksChannel(*hooks));
+    options.hooks = hooks_stub.get();
+    options.hook_timeout = absl::FromChrono(hooks->timeout);
+  }
   tern::bouncer::BounceWorker worker(stub.get(), *config, [] { return tern::NewRandomToken(); }, getpid(), options);
   std::thread worker_thread([&worker] { worker.Run(); });
 

@@ -8,6 +8,9 @@
 // sessions in a transaction up to smtp.ini force_shutdown_timeout (30 s) to
 // finish it, then close the rest. SIGHUP is ignored (logged): the config is
 // read once at startup.
+//
+// hooks.ini: when it calls queue_outbound, every message is offered to the
+// user's Hooks server before it is queued (queue_outbound_hook.h).
 #include <sys/resource.h>
 
 #include <chrono>
@@ -28,11 +31,14 @@
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
+#include "lib/hooks/hooks_channel.h"
+#include "lib/hooks/hooks_config.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/grpc_tls.h"
 #include "lib/rpc/server_setup.h"
 #include "services/ingest/config.h"
 #include "services/ingest/queue_client.h"
+#include "services/ingest/queue_outbound_hook.h"
 #include "services/ingest/server.h"
 
 namespace {
@@ -80,6 +86,16 @@ int main(int argc, char** argv) {
   if (absl::Status s = tern::rpc::ConfigureGrpcTls(dir, /*serves=*/!config->health_listen.empty()); !s.ok()) {
     return Fail("config_error", s.message());
   }
+  auto hooks = tern::hooks::LoadHooksConfig(dir);
+  if (!hooks.ok()) {
+    return Fail("config_error", hooks.status().message());
+  }
+  // One channel and stub for every session; none at all when the hook is
+  // off, so a message then costs nothing extra.
+  std::shared_ptr<tern::ingest::QueueOutboundHook> hook;
+  if (hooks->Calls(tern::hooks::Hook::kQueueOutbound)) {
+    hook = std::make_shared<tern::ingest::QueueOutboundHook>(tern::hooks::MakeHooksChannel(*hooks), hooks->timeout);
+  }
 
   std::unique_ptr<grpc::Server> health;
   if (!config->health_listen.empty()) {
@@ -104,7 +120,7 @@ int main(int argc, char** argv) {
                      {{"queue", config->queue}, {"effect", "messages get 451 until it answers"}});
   }
   asio::io_context io(1);
-  auto server = tern::ingest::IngestServer::Create(io, *config, queue);
+  auto server = tern::ingest::IngestServer::Create(io, *config, queue, hook);
   if (!server.ok()) {
     return Fail("listen_failed", server.status().message());
   }
@@ -118,6 +134,7 @@ int main(int argc, char** argv) {
                     {"tls", config->tls_enabled() ? "on" : "off"},
                     {"auth_users", absl::StrCat(config->auth.users.size())},
                     {"proxy_hosts", absl::StrCat(config->haproxy_hosts.size())},
+                    {"queue_outbound_hook", hook ? hooks->address : std::string("off")},
                     {"metrics", exporter ? absl::StrCat(exporter->port()) : std::string("off")}});
 
   while (true) {

@@ -83,10 +83,12 @@ IngestServer::IngestServer(asio::io_context& io, std::shared_ptr<ServerCore> cor
 IngestServer::~IngestServer() = default;
 
 absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(asio::io_context& io, IngestConfig config,
-                                                                   std::shared_ptr<QueueClient> queue) {
+                                                                   std::shared_ptr<QueueClient> queue,
+                                                                   std::shared_ptr<QueueOutboundHook> hook) {
   auto core = std::make_shared<ServerCore>();
   core->config = std::move(config);
   core->queue = std::move(queue);
+  core->hook = std::move(hook);
   core->tarpit.emplace(core->config.auth.fail_delay, core->config.auth.fail_delay_max);
   if (core->config.tls_enabled()) {
     auto tls = MakeTlsContext(core->config);

@@ -28,14 +28,17 @@
 namespace tern::ingest {
 
 class QueueClient;
+class QueueOutboundHook;
 struct ServerCore;
 
 class IngestServer {
  public:
   // Binds every listen address (a failure names it). Nothing is accepted
-  // before Start().
+  // before Start(). `hook`: the user's queue_outbound hook, shared by every
+  // session; null when hooks.ini does not call it.
   static absl::StatusOr<std::unique_ptr<IngestServer>> Create(asio::io_context& io, IngestConfig config,
-                                                              std::shared_ptr<QueueClient> queue);
+                                                              std::shared_ptr<QueueClient> queue,
+                                                              std::shared_ptr<QueueOutboundHook> hook = nullptr);
   ~IngestServer();
 
   // The bound ports, in listen order (useful with port 0).

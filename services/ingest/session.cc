@@ -25,6 +25,11 @@
 #include "services/ingest/received_header.h"
 #include "tern/v1/message.pb.h"
 
+// GCC 12 at -O2 reports a false -Wmismatched-new-delete for Asio's awaitable
+// frame allocator in large coroutines (GCC bug 109224), here FinishBody once
+// it awaits the queue_outbound hook; as in services/deliverer.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+
 namespace tern::ingest {
 namespace {
 
@@ -72,6 +77,8 @@ struct Metrics {
   metrics::Counter& refused_connections;
   metrics::Counter& auth_ok;
   metrics::Counter& auth_failed;
+  metrics::Counter& refused_hook;
+  metrics::Counter& taken_over;
 
   static Metrics& Get() {
     static Metrics* m = [] {
@@ -95,6 +102,8 @@ struct Metrics {
           r.GetCounter(refused, refused_help, {{"reason", "too_many_connections"}}),
           r.GetCounter("tern_ingest_auth_total", "AUTH attempts", {{"outcome", "ok"}}),
           r.GetCounter("tern_ingest_auth_total", "AUTH attempts", {{"outcome", "failed"}}),
+          r.GetCounter(refused, refused_help, {{"reason", "hook"}}),
+          r.GetCounter("tern_ingest_messages_total", "Messages queued (250 sent)", {{"outcome", "taken_over"}}),
       };
     }();
     return *m;
@@ -181,9 +190,11 @@ void Session::Wake() {
 }
 
 void Session::Abort() {
+  aborted_ = true;
   if (call_ != nullptr) {
     call_->Cancel();
   }
+  QueueOutboundHook::Cancel(&hook_call_);
   conn_.Abort();
 }
 
@@ -828,6 +839,9 @@ asio::awaitable<void> Session::PushBody(bool all) {
     // A named local, not a temporary, as the coroutine argument: g++ 12
     // mishandles non-trivial temporaries inside co_await expressions.
     std::string chunk = assembler_->TakeOutput();
+    if (core_->hook) {
+      hook_body_.append(chunk);  // the one copy the hook's request needs
+    }
     absl::Status written = co_await body_call_->Write(std::move(chunk));
     if (!written.ok()) {
       queue_failed_ = true;
@@ -844,6 +858,7 @@ void Session::AbortBody() {
   body_call_.reset();
   assembler_.reset();
   bdat_active_ = false;
+  std::string().swap(hook_body_);  // frees it: a session may idle for long
 }
 
 asio::awaitable<bool> Session::FinishBody() {
@@ -886,6 +901,23 @@ asio::awaitable<bool> Session::FinishBody() {
     if (!co_await Flush()) {
       co_return false;
     }
+    // The stream has all of the body but is not half-closed, so the queue
+    // has stored nothing yet: a hook that rejects or takes the message over
+    // gets the call cancelled (by ResetTransaction). A stream that already
+    // failed is answered 451 without asking the hook.
+    if (core_->hook && !queue_failed_) {
+      // The envelope the stream's header carried (BuildHeader() depends on
+      // nothing that changes during DATA).
+      tern::v1::EnqueueHeader header = BuildHeader();
+      const bool decided = co_await HookDecides(std::move(*header.mutable_envelope()), &hook_body_, size);
+      if (aborted_) {
+        co_return false;
+      }
+      if (decided) {
+        co_return true;
+      }
+    }
+    std::string().swap(hook_body_);
     id = co_await body_call_->Finish();
     call_ = nullptr;
   } else {
@@ -897,6 +929,17 @@ asio::awaitable<bool> Session::FinishBody() {
     if (!header.envelope().body_8bit() && Has8BitOctets(body)) {
       // Whole in hand, the body can say what the client did not declare.
       header.mutable_envelope()->set_body_8bit(true);
+    }
+    if (core_->hook) {
+      // A named copy, not a temporary, as the coroutine argument (g++ 12).
+      tern::v1::Envelope envelope = header.envelope();
+      const bool decided = co_await HookDecides(std::move(envelope), &body, size);
+      if (aborted_) {
+        co_return false;  // nothing is queued: the client never got a 250
+      }
+      if (decided) {
+        co_return true;
+      }
     }
     id = co_await core_->queue->EnqueueWhole(std::move(header), std::move(body));
   }
@@ -920,6 +963,32 @@ asio::awaitable<bool> Session::FinishBody() {
               {"via", bdat_active_ ? "BDAT" : "DATA"}});
   Reply(absl::StrCat("250 2.0.0 Ok: queued as ", *id));
   ResetTransaction();
+  co_return true;
+}
+
+// Haraka's queue_outbound, as the last step before the queue: the hook sees
+// the envelope and body exactly as they would be queued. A failed call
+// (logged by QueueOutboundHook) queues the message as usual.
+asio::awaitable<bool> Session::HookDecides(tern::v1::Envelope envelope, std::string* body, uint64_t size) {
+  const QueueOutboundDecision decision =
+      co_await core_->hook->Decide(std::move(envelope), body, session_id_, txn_id_, &hook_call_);
+  if (aborted_ || decision.action == QueueOutboundDecision::Action::kQueue) {
+    co_return false;
+  }
+  const bool reject = decision.action == QueueOutboundDecision::Action::kReject;
+  (reject ? Metrics::Get().refused_hook : Metrics::Get().taken_over).Inc();
+  log::Event(reject ? log::Level::kNotice : log::Level::kInfo, reject ? "hook_rejected" : "message_taken_over",
+             {{"session", session_id_},
+              {"txn", txn_id_},
+              {"from", mail_from_.ToString()},
+              {"rcpts", absl::StrCat(rcpts_.size())},
+              {"size", absl::StrCat(size)},
+              {"client", client_ip_},
+              {"reply", reject ? decision.reply : std::string()}});
+  // TAKE_OVER: the hook has the message, so the client may forget it; the
+  // transaction id is what the hook saw in the envelope's notes.
+  Reply(reject ? decision.reply : absl::StrCat("250 2.0.0 Message accepted by hook, id ", txn_id_));
+  ResetTransaction();  // cancels a stream: the queue stores nothing
   co_return true;
 }
 

@@ -7,7 +7,8 @@
 // authenticated, and streams DATA and BDAT content through
 // smtp::MessageAssembler to the queue (queue_client.h) while it reads it. It
 // says 250 only after the queue has answered with a message id; any failure on
-// our side is a 4xx.
+// our side is a 4xx. When hooks.ini calls queue_outbound, the user's hook
+// decides before the queue is asked (queue_outbound_hook.h).
 //
 // Before the banner: the PROXY v1 line from a listed proxy, the connection
 // limits, and the TLS handshake on an implicit-TLS (SMTPS) listener.
@@ -45,6 +46,7 @@
 #include "lib/smtp/message_assembler.h"
 #include "services/ingest/auth.h"
 #include "services/ingest/config.h"
+#include "services/ingest/queue_outbound_hook.h"
 #include "tern/v1/queue.pb.h"
 
 namespace tern::ingest {
@@ -56,6 +58,8 @@ class Session;
 struct ServerCore {
   IngestConfig config;
   std::shared_ptr<QueueClient> queue;
+  // The user's queue_outbound hook; null when hooks.ini does not call it.
+  std::shared_ptr<QueueOutboundHook> hook;
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> acceptors;
   // Parallel to acceptors: the listener is implicit TLS.
   std::vector<bool> implicit_tls;
@@ -128,6 +132,10 @@ class Session {
   // The content is complete: refuse it or send the rest and wait for the
   // queue's durable answer. False if the client is gone.
   asio::awaitable<bool> FinishBody();
+  // Asks the queue_outbound hook (when configured) about the message about
+  // to be queued; `*body` is lent to the call. True when the hook rejected
+  // or took the message: the reply is in out_ and the transaction is over.
+  asio::awaitable<bool> HookDecides(tern::v1::Envelope envelope, std::string* body, uint64_t size);
   void AbortBody();
   // How much content a message may have, discarded after max.bytes, before
   // the client is disconnected.
@@ -162,6 +170,8 @@ class Session {
   std::string out_;
   asio::steady_timer* idle_timer_ = nullptr;
   EnqueueCall* call_ = nullptr;  // the open Enqueue call, if any (owned by body_call_)
+  HookCall hook_call_;           // the queue_outbound call in flight, if any
+  bool aborted_ = false;         // Abort() was called
 
   // Dialogue state.
   std::string helo_;
@@ -186,6 +196,9 @@ class Session {
   std::unique_ptr<smtp::MessageAssembler> assembler_;
   bool bdat_active_ = false;
   bool queue_failed_ = false;
+  // With the queue_outbound hook, what a streamed message sent to the queue
+  // so far: the hook needs all of it in one request.
+  std::string hook_body_;
 };
 
 }  // namespace tern::ingest

@@ -19,11 +19,9 @@ import sys
 import time
 import unittest
 
-from cluster import Cluster, ClusterTestCase
 from deliverer_test import send_for_id, ternctl_json
+from hook_cluster import HookClusterTestCase, pb
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
-from hook_server import HookServer, pb  # noqa: E402
 
 TIMEOUT_MS = 1000
 
@@ -46,18 +44,13 @@ def bounce_hook(req):
     return m.BounceResponse(action=m.BOUNCE_ACTION_CONTINUE)
 
 
-class BouncerHookTest(ClusterTestCase):
+class BouncerHookTest(HookClusterTestCase):
+    HOOKS = "bounce"
+    TIMEOUT_MS = TIMEOUT_MS
 
     @classmethod
-    def make_cluster(cls):
-        cls.server = HookServer().start()
-        cls.server.set("bounce", bounce_hook)
-        return Cluster(hooks_ini=f"[main]\naddress={cls.server.address}\nhooks=bounce\ntimeout_ms={TIMEOUT_MS}\n")
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        cls.server.stop()
+    def answers(cls):
+        return {"bounce": bounce_hook}
 
     # -- helpers --------------------------------------------------------------
     def bounce(self, tag, sender, rcpt="x@reject.test"):

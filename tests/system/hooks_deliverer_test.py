@@ -19,18 +19,15 @@ The queue's own retry schedule is 60 s, so a retry within seconds can only
 come from the deferred hook.
 """
 
-import os
 import sys
 import threading
 import time
 import unittest
 import urllib.request
 
-from cluster import Cluster, ClusterTestCase
 from deliverer_test import deliverer_log_lines, send_for_id, ternctl_json, wait_for_last_result
+from hook_cluster import HookClusterTestCase, pb
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
-from hook_server import HookServer, pb  # noqa: E402
 
 
 def body(tag):
@@ -92,29 +89,20 @@ class Hooks:
         return m.DeferredResponse(action=m.DEFERRED_ACTION_CONTINUE)
 
 
-class DelivererHooksTest(ClusterTestCase):
+class DelivererHooksTest(HookClusterTestCase):
+    HOOKS = "send_email,get_mx,deferred,delivered"
+    TIMEOUT_MS = 1000
+    CLUSTER_OPTIONS = {"temp_fail_intervals": "60s*5"}
     hooks = None
-
-    @classmethod
-    def make_cluster(cls):
-        cls.server = HookServer().start()
-        cluster = Cluster(temp_fail_intervals="60s*5",
-                          hooks_ini=(f"[main]\naddress={cls.server.address}\n"
-                                     "hooks=send_email,get_mx,deferred,delivered\ntimeout_ms=1000\n"))
-        return cluster
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
+        # The answers need the cluster's ports, so they are set once it runs.
         cls.hooks = Hooks(cls.cluster.ports["mx"])
         for name in ("send_email", "get_mx", "deferred"):
             cls.server.set(name, getattr(cls.hooks, name))
         cls.server.set("delivered", pb().DeliveredResponse())
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        cls.server.stop()
 
     def arrived(self, sink, tag, timeout=30):
         needle = f"Subject: hooks {tag}\r\n".encode()

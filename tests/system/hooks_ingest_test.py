@@ -19,14 +19,10 @@ read; the hook must see and stop those too.
 
 import os
 import smtplib
-import sys
 import time
 import unittest
 
-from cluster import Cluster, ClusterTestCase
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
-from hook_server import HookServer, pb  # noqa: E402
+from hook_cluster import HookClusterTestCase, pb
 
 TIMEOUT_MS = 300
 BIG = 400 * 1024  # over enqueue_inline_max: streamed to the queue
@@ -58,19 +54,13 @@ def queue_outbound(req):
     return m.QueueOutboundResponse(action=m.QUEUE_OUTBOUND_ACTION_CONTINUE)
 
 
-class IngestHookTest(ClusterTestCase):
+class IngestHookTest(HookClusterTestCase):
+    HOOKS = "queue_outbound"
+    TIMEOUT_MS = TIMEOUT_MS
 
     @classmethod
-    def make_cluster(cls):
-        cls.server = HookServer().start()
-        cls.server.set("queue_outbound", queue_outbound)
-        return Cluster(hooks_ini=f"[main]\naddress={cls.server.address}\nhooks=queue_outbound\n"
-                                 f"timeout_ms={TIMEOUT_MS}\n")
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        cls.server.stop()
+    def answers(cls):
+        return {"queue_outbound": queue_outbound}
 
     # -- helpers --------------------------------------------------------------
     def transaction(self, s, sender, rcpts, data):

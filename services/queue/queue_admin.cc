@@ -1082,6 +1082,126 @@ absl::StatusOr<tern::v1::ListCorruptResponse> QueueCore::Impl::ListCorrupt(uint3
   return out;
 }
 
+absl::StatusOr<tern::v1::GetCorruptResponse> QueueCore::Impl::GetCorrupt(const tern::v1::GetCorruptRequest& request) {
+  if (request.column_family().empty() || request.key().empty()) {
+    return absl::InvalidArgumentError("name a corrupt record: its column family and key (ternctl corrupt lists them)");
+  }
+  tern::v1::GetCorruptResponse out;
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), corrupt_, CorruptKey(request.column_family(), request.key()),
+               out.mutable_value());
+  if (s.IsNotFound()) {
+    return absl::NotFoundError(absl::StrCat("no corrupt record ", request.column_family(), " ", request.key(),
+                                            " (ternctl corrupt lists them)"));
+  }
+  if (!s.ok()) {
+    return StorageError(s, "read corrupt record");
+  }
+  if (request.column_family() == kMessagesCf) {
+    // A quarantined message record leaves its body behind (same key): the
+    // text of the mail, which the operator can send again.
+    s = db_->Get(rocksdb::ReadOptions(), bodies_, request.key(), out.mutable_body());
+    if (s.ok()) {
+      out.set_has_body(true);
+    } else if (!s.IsNotFound()) {
+      return StorageError(s, "read body");
+    }
+  }
+  return out;
+}
+
+void QueueCore::Impl::PurgeCorrupt(tern::v1::PurgeCorruptRequest request,
+                                   Callback<tern::v1::PurgeCorruptResponse> done) {
+  const bool named = !request.column_family().empty() && !request.key().empty();
+  const bool partly_named = !request.column_family().empty() || !request.key().empty();
+  if (request.all() ? partly_named : !named) {
+    done(absl::InvalidArgumentError("purge one corrupt record (column family and key) or all of them, not both"));
+    return;
+  }
+  struct Call {
+    tern::v1::PurgeCorruptRequest request;
+    tern::v1::PurgeCorruptResponse response;
+    bool found = false;
+    Callback<tern::v1::PurgeCorruptResponse> done;
+  };
+  auto call = std::make_shared<Call>(Call{std::move(request), {}, false, std::move(done)});
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) -> absl::Status {
+        call->response.Clear();
+        std::vector<std::string> keys;  // corrupt-CF keys
+        if (call->request.all()) {
+          // Every record in one group: quarantine is rare (each one was
+          // logged as an error), so the column family stays small.
+          std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(corrupt_);
+          for (it->SeekToFirst(); it->Valid(); it->Next()) {
+            keys.push_back(it->key().ToString());
+          }
+          if (!it->status().ok()) {
+            return StorageError(it->status(), "scan corrupt records");
+          }
+        } else {
+          std::string key = CorruptKey(call->request.column_family(), call->request.key());
+          std::string unused;
+          rocksdb::Status s = txn.Get(corrupt_, key, &unused);
+          if (!s.ok() && !s.IsNotFound()) {
+            return StorageError(s, "read corrupt record");
+          }
+          if (s.ok()) {
+            keys.push_back(std::move(key));
+          }
+        }
+        call->found = !keys.empty() || call->request.all();
+        std::string unused;
+        for (const std::string& key : keys) {
+          txn.Delete(corrupt_, key);
+          call->response.set_purged(call->response.purged() + 1);
+          const size_t nul = key.find('\0');
+          if (nul == std::string::npos || absl::string_view(key).substr(0, nul) != kMessagesCf) {
+            continue;
+          }
+          // The body is the quarantined message's only if no live message
+          // of that id is stored.
+          const std::string id = key.substr(nul + 1);
+          rocksdb::Status live = txn.Get(messages_, id, &unused);
+          if (!live.ok() && !live.IsNotFound()) {
+            return StorageError(live, "read message of a corrupt record");
+          }
+          if (live.ok()) {
+            continue;
+          }
+          rocksdb::Status body = txn.Get(bodies_, id, &unused);
+          if (!body.ok() && !body.IsNotFound()) {
+            return StorageError(body, "read body of a corrupt record");
+          }
+          if (body.ok()) {
+            txn.Delete(bodies_, id);
+            call->response.set_bodies_purged(call->response.bodies_purged() + 1);
+          }
+        }
+        return absl::OkStatus();
+      },
+      [this, call](const absl::Status& s) {
+        if (!s.ok()) {
+          call->done(s);
+          return;
+        }
+        if (!call->found) {
+          call->done(absl::NotFoundError(absl::StrCat("no corrupt record ", call->request.column_family(), " ",
+                                                      call->request.key(), " (ternctl corrupt lists them)")));
+          return;
+        }
+        const auto purged = static_cast<int64_t>(call->response.purged());
+        corrupt_count_.fetch_sub(purged, std::memory_order_relaxed);
+        log::Event(log::Level::kNotice, "corrupt_purged",
+                   {{"cf", call->request.all() ? std::string("*") : call->request.column_family()},
+                    {"key", call->request.all() ? std::string("*") : call->request.key()},
+                    {"records", absl::StrCat(purged)},
+                    {"bodies", absl::StrCat(call->response.bodies_purged())}});
+        call->done(std::move(call->response));
+      },
+  });
+}
+
 // ---------------------------------------------------------------------------
 // Admin actions.
 

@@ -2,7 +2,9 @@
 // progress and ambiguous leases, host flags, hold/release/delete/bounce/
 // flush, pause, max_queue_age, delay warnings, the event log and the admin
 // reads (list, show/explain, qshape).
+#include <set>
 #include <thread>
+#include <utility>
 
 #include "gmock/gmock.h"
 #include "services/queue/queue_core_test_fixture.h"
@@ -769,6 +771,97 @@ TEST_F(QueueAdminTest, EveryStateChangeIsAnEventAndTheLogIsPruned) {
   Reopen();
   Enqueue(Header({Rcpt("b@x.example")}));
   EXPECT_EQ(core_->LastEventSeq(), last + 1);
+}
+
+// Quarantined records can be read byte for byte (a quarantined message
+// with the body it left behind, to salvage the mail) and purged, which also
+// removes that orphaned body, never the body of a live message.
+TEST_F(QueueAdminTest, CorruptRecordsCanBeReadAndPurgedWithTheBodiesTheyOrphaned) {
+  Open();
+  const std::string lost_body = "Subject: salvage me\r\n\r\nThe text survives its record.\r\n";
+  const std::string lost = Enqueue(Header({Rcpt("a@x.example")}), lost_body).message_id;
+  const std::string live = Enqueue(Header({Rcpt("b@y.example")})).message_id;
+  core_.reset();
+  const std::string garbage = "\xff\xff not a message record";
+  PlantRaw(kMessagesCf, lost, garbage);
+  PlantRaw(kDeliveriesCf, "garbage.1", "\xfe not a delivery");
+  // A quarantined record whose id is in use again: its purge must not take
+  // the live message's body.
+  PlantRaw(kCorruptCf, CorruptKey(kMessagesCf, live), "old garbage");
+  Open();
+  // Leasing finds the lost message's delivery without its message and moves
+  // it aside too; the live one is leased with its body.
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).message_id(), live);
+  EXPECT_EQ(lease.deliveries(0).body(), kBody);
+
+  auto list = core_->ListCorrupt(0);
+  ASSERT_TRUE(list.ok()) << list.status();
+  std::set<std::pair<std::string, std::string>> listed;
+  for (const auto& r : list->records()) {
+    listed.emplace(r.column_family(), r.key());
+  }
+  EXPECT_TRUE(listed.count({kMessagesCf, lost})) << list->DebugString();
+  EXPECT_TRUE(listed.count({kDeliveriesCf, "garbage.1"})) << list->DebugString();
+  EXPECT_TRUE(listed.count({kMessagesCf, live})) << list->DebugString();
+  const uint64_t total = list->total();
+  EXPECT_EQ(Stats().corrupt_records(), total);
+
+  auto get = [&](const std::string& cf, const std::string& key) {
+    tern::v1::GetCorruptRequest req;
+    req.set_column_family(cf);
+    req.set_key(key);
+    return core_->GetCorrupt(req);
+  };
+  auto message = get(kMessagesCf, lost);
+  ASSERT_TRUE(message.ok()) << message.status();
+  EXPECT_EQ(message->value(), garbage);
+  EXPECT_TRUE(message->has_body());
+  EXPECT_EQ(message->body(), lost_body);
+  auto delivery = get(kDeliveriesCf, "garbage.1");
+  ASSERT_TRUE(delivery.ok()) << delivery.status();
+  EXPECT_EQ(delivery->value(), "\xfe not a delivery");
+  EXPECT_FALSE(delivery->has_body());
+  EXPECT_EQ(get(kDeliveriesCf, "garbage.2").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(get("", "").status().code(), absl::StatusCode::kInvalidArgument);
+
+  auto purge = [&](const std::string& cf, const std::string& key, bool all) {
+    tern::v1::PurgeCorruptRequest req;
+    req.set_column_family(cf);
+    req.set_key(key);
+    req.set_all(all);
+    return Sync<tern::v1::PurgeCorruptResponse>([&](auto cb) { core_->PurgeCorrupt(req, std::move(cb)); });
+  };
+  EXPECT_EQ(purge("", "", false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(purge(kMessagesCf, "", false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(purge(kMessagesCf, lost, true).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(purge(kDeliveriesCf, "garbage.2", false).status().code(), absl::StatusCode::kNotFound);
+
+  auto one = purge(kMessagesCf, lost, false);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->purged(), 1u);
+  EXPECT_EQ(one->bodies_purged(), 1u);
+  EXPECT_EQ(get(kMessagesCf, lost).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Stats().corrupt_records(), total - 1);
+
+  auto reused = purge(kMessagesCf, live, false);
+  ASSERT_TRUE(reused.ok()) << reused.status();
+  EXPECT_EQ(reused->purged(), 1u);
+  EXPECT_EQ(reused->bodies_purged(), 0u) << "the live message's body";
+
+  auto rest = purge("", "", true);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_EQ(rest->purged(), total - 2);
+  EXPECT_EQ(Stats().corrupt_records(), 0u);
+  EXPECT_EQ(core_->ListCorrupt(0)->total(), 0u);
+
+  // The live message is whole.
+  EXPECT_EQ(core_->Show(live)->size(), kBody.size());
+  core_.reset();
+  auto keys = CountKeys();
+  EXPECT_EQ(keys[kCorruptCf], 0);
+  EXPECT_EQ(keys[kBodiesCf], 1) << "only the live message's body is left";
 }
 
 }  // namespace

@@ -315,7 +315,9 @@ absl::Status QueueCore::Impl::Recover() {
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       ++kept;
     }
-    corrupt_count_ = kept + corrupt;
+    // `kept` already holds the messages quarantined above (their batch is
+    // written); the deliveries' and bounces' batch is written below.
+    corrupt_count_ = kept + corrupt - message_corrupt;
   }
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), events_));
@@ -1613,6 +1615,12 @@ void QueueCore::ClearHostFlags(tern::v1::ClearHostFlagsRequest request,
 }
 absl::StatusOr<tern::v1::ListCorruptResponse> QueueCore::ListCorrupt(uint32_t limit) {
   return impl_->ListCorrupt(limit);
+}
+absl::StatusOr<tern::v1::GetCorruptResponse> QueueCore::GetCorrupt(const tern::v1::GetCorruptRequest& request) {
+  return impl_->GetCorrupt(request);
+}
+void QueueCore::PurgeCorrupt(tern::v1::PurgeCorruptRequest request, Callback<tern::v1::PurgeCorruptResponse> done) {
+  impl_->PurgeCorrupt(std::move(request), std::move(done));
 }
 void QueueCore::Act(Action action, tern::v1::ActionRequest request, Callback<tern::v1::ActionResponse> done) {
   impl_->Act(action, std::move(request), std::move(done));

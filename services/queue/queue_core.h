@@ -222,6 +222,11 @@ class QueueCore {
   absl::StatusOr<tern::v1::ShowResponse> Show(const std::string& message_id);
   absl::StatusOr<tern::v1::QshapeResponse> Qshape(const tern::v1::QshapeRequest& request);
   absl::StatusOr<tern::v1::ListCorruptResponse> ListCorrupt(uint32_t limit);
+  // One quarantined record (NotFound if there is none), with the body of a
+  // quarantined message when it is still stored.
+  absl::StatusOr<tern::v1::GetCorruptResponse> GetCorrupt(const tern::v1::GetCorruptRequest& request);
+  // Admin write: deletes quarantined records (admin.proto PurgeCorrupt).
+  void PurgeCorrupt(tern::v1::PurgeCorruptRequest request, Callback<tern::v1::PurgeCorruptResponse> done);
 
   // Admin actions on the messages a selector picks (see admin.proto).
   enum class Action { kFlush, kHold, kRelease, kDelete, kBounce };

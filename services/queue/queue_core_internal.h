@@ -479,6 +479,8 @@ class QueueCore::Impl {
   absl::StatusOr<tern::v1::ShowResponse> Show(const std::string& message_id);
   absl::StatusOr<tern::v1::QshapeResponse> Qshape(const tern::v1::QshapeRequest& request);
   absl::StatusOr<tern::v1::ListCorruptResponse> ListCorrupt(uint32_t limit);
+  absl::StatusOr<tern::v1::GetCorruptResponse> GetCorrupt(const tern::v1::GetCorruptRequest& request);
+  void PurgeCorrupt(tern::v1::PurgeCorruptRequest request, Callback<tern::v1::PurgeCorruptResponse> done);
   void Act(QueueCore::Action action, tern::v1::ActionRequest request, Callback<tern::v1::ActionResponse> done);
   absl::Status ReadEvents(uint64_t after, size_t max, std::vector<tern::v1::QueueEvent>* out);
   uint64_t LastEventSeq() const { return committed_event_seq_.load(std::memory_order_acquire); }

@@ -545,26 +545,7 @@ TEST_F(QueueCoreTest, CorruptRecordsAreQuarantinedNotFatal) {
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));
   core_.reset();
-  {
-    std::vector<std::string> names;
-    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.string(), &names).ok());
-    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-    for (const auto& n : names) {
-      descriptors.emplace_back(n, rocksdb::ColumnFamilyOptions());
-    }
-    std::vector<rocksdb::ColumnFamilyHandle*> handles;
-    rocksdb::DB* db = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db).ok());
-    for (size_t i = 0; i < names.size(); ++i) {
-      if (names[i] == kDeliveriesCf) {
-        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[i], "garbage.1", "\xff\xff not a proto").ok());
-      }
-    }
-    for (auto* h : handles) {
-      (void)db->DestroyColumnFamilyHandle(h);
-    }
-    delete db;
-  }
+  PlantRaw(kDeliveriesCf, "garbage.1", "\xff\xff not a proto");
   Open();
   EXPECT_EQ(Stats().deliveries(), 1u);
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);

@@ -175,6 +175,31 @@ class QueueCoreTest : public ::testing::Test {
     return s;
   }
 
+  // Writes `value` under `key` in column family `cf` straight into the
+  // database (the core must be closed): a record the queue did not write.
+  void PlantRaw(const std::string& cf, const std::string& key, const std::string& value) {
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.string(), &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const auto& n : names) {
+      descriptors.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    }
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db).ok());
+    bool written = false;
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (names[i] == cf) {
+        written = db->Put(rocksdb::WriteOptions(), handles[i], key, value).ok();
+      }
+    }
+    for (auto* h : handles) {
+      (void)db->DestroyColumnFamilyHandle(h);
+    }
+    delete db;
+    ASSERT_TRUE(written) << cf << " " << key;
+  }
+
   // Opens the database directly (the core must be closed) and counts keys.
   std::map<std::string, int> CountKeys() {
     std::map<std::string, int> counts;

@@ -354,6 +354,17 @@ grpc::Status AdminServiceImpl::ListCorrupt(grpc::ServerContext*, const tern::v1:
   return Reply(core_->ListCorrupt(request->limit()), response);
 }
 
+grpc::Status AdminServiceImpl::GetCorrupt(grpc::ServerContext*, const tern::v1::GetCorruptRequest* request,
+                                          tern::v1::GetCorruptResponse* response) {
+  return Reply(core_->GetCorrupt(*request), response);
+}
+
+grpc::Status AdminServiceImpl::PurgeCorrupt(grpc::ServerContext*, const tern::v1::PurgeCorruptRequest* request,
+                                            tern::v1::PurgeCorruptResponse* response) {
+  return Wait<tern::v1::PurgeCorruptResponse>(
+      [&](auto cb) { core_->PurgeCorrupt(*request, std::move(cb)); }, response);
+}
+
 grpc::Status AdminServiceImpl::ClearHostFlags(grpc::ServerContext*, const tern::v1::ClearHostFlagsRequest* request,
                                               tern::v1::ClearHostFlagsResponse* response) {
   return Wait<tern::v1::ClearHostFlagsResponse>(

@@ -93,6 +93,10 @@ class AdminServiceImpl final : public tern::v1::Admin::Service {
                      grpc::ServerWriter<tern::v1::QueueEvent>* writer) override;
   grpc::Status ListCorrupt(grpc::ServerContext* context, const tern::v1::ListCorruptRequest* request,
                            tern::v1::ListCorruptResponse* response) override;
+  grpc::Status GetCorrupt(grpc::ServerContext* context, const tern::v1::GetCorruptRequest* request,
+                          tern::v1::GetCorruptResponse* response) override;
+  grpc::Status PurgeCorrupt(grpc::ServerContext* context, const tern::v1::PurgeCorruptRequest* request,
+                            tern::v1::PurgeCorruptResponse* response) override;
   grpc::Status ClearHostFlags(grpc::ServerContext* context, const tern::v1::ClearHostFlagsRequest* request,
                               tern::v1::ClearHostFlagsResponse* response) override;
 

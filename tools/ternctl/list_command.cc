@@ -2,6 +2,7 @@
 // queue (Admin.List, Show, Qshape, ListCorrupt), as tables or --json.
 #include <grpcpp/client_context.h>
 
+#include <fstream>
 #include <ostream>
 
 #include "CLI/CLI.hpp"
@@ -282,6 +283,64 @@ int RunCorrupt(const GlobalOptions& g, uint32_t limit, bool json, Io io) {
   return 0;
 }
 
+// One quarantined record, byte for byte (or, with `body`, the body its
+// message left behind), to stdout or `out_path`: bytes, not text, so a
+// message salvaged this way can be sent again as it was queued.
+int RunCorruptShow(const GlobalOptions& g, const std::string& cf, const std::string& key, bool body,
+                   const std::string& out_path, Io io) {
+  tern::v1::GetCorruptRequest req;
+  req.set_column_family(cf);
+  req.set_key(key);
+  tern::v1::GetCorruptResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, g);
+  grpc::Status s = tern::v1::Admin::NewStub(rpc::MakeChannel(g.queue))->GetCorrupt(&ctx, req, &resp);
+  if (!s.ok()) {
+    return ReportRpcError(s, "corrupt show", g, io);
+  }
+  if (body && !resp.has_body()) {
+    io.err << "ternctl: no body is stored for " << cf << " " << key
+           << (cf == "messages" ? "" : " (only a quarantined messages record can leave one)") << "\n";
+    return 1;
+  }
+  const std::string& bytes = body ? resp.body() : resp.value();
+  if (out_path.empty()) {
+    io.out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    return 0;
+  }
+  std::ofstream file(out_path, std::ios::binary | std::ios::trunc);
+  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  file.close();
+  if (!file) {
+    io.err << "ternctl: cannot write " << out_path << "\n";
+    return 1;
+  }
+  io.err << "wrote " << bytes.size() << " bytes to " << out_path << "\n";
+  return 0;
+}
+
+int RunCorruptPurge(const GlobalOptions& g, const std::string& cf, const std::string& key, bool all, bool json,
+                    Io io) {
+  tern::v1::PurgeCorruptRequest req;
+  req.set_column_family(cf);
+  req.set_key(key);
+  req.set_all(all);
+  tern::v1::PurgeCorruptResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, g);
+  grpc::Status s = tern::v1::Admin::NewStub(rpc::MakeChannel(g.queue))->PurgeCorrupt(&ctx, req, &resp);
+  if (!s.ok()) {
+    return ReportRpcError(s, "corrupt purge", g, io);
+  }
+  if (json) {
+    io.out << ToJson(resp);
+  } else {
+    io.out << "purged " << resp.purged() << " corrupt records and " << resp.bodies_purged()
+           << " bodies they left behind\n";
+  }
+  return 0;
+}
+
 // The facts deliverers share about remote hosts (Queue.GetHostFlags):
 // "broken_tls" addresses reached in plain text, "unreachable" ones that get
 // no session until the flag expires.
@@ -384,7 +443,37 @@ void AddListCommands(CLI::App& app, const GlobalOptions& globals, Io io, int& ex
   CLI::App* cc = app.add_subcommand("corrupt", "Records that failed to parse and were moved aside");
   cc->add_option("--limit", *climit, "Records to show")->capture_default_str();
   cc->add_flag("--json", *cjson, "Print JSON");
-  cc->callback([&globals, io, &exit_code, climit, cjson] { exit_code = RunCorrupt(globals, *climit, *cjson, io); });
+  struct CorruptArgs {
+    std::string cf;
+    std::string key;
+    bool body = false;
+    std::string out;
+    bool all = false;
+    bool json = false;
+  };
+  auto show = std::make_shared<CorruptArgs>();
+  CLI::App* cshow = cc->add_subcommand("show", "Write one record's raw bytes (or its message's body) out");
+  cshow->add_option("cf", show->cf, "Column family, as `ternctl corrupt` lists it (FROM)")->required();
+  cshow->add_option("key", show->key, "Key, as `ternctl corrupt` lists it")->required();
+  cshow->add_flag("--body", show->body, "The body a quarantined messages record left behind, to send it again");
+  cshow->add_option("--out", show->out, "Write to this file instead of stdout");
+  cshow->callback([&globals, io, &exit_code, show] {
+    exit_code = RunCorruptShow(globals, show->cf, show->key, show->body, show->out, io);
+  });
+  auto purge = std::make_shared<CorruptArgs>();
+  CLI::App* cpurge = cc->add_subcommand("purge", "Delete one record (or --all) and any body it left behind");
+  cpurge->add_option("cf", purge->cf, "Column family, as `ternctl corrupt` lists it (FROM)");
+  cpurge->add_option("key", purge->key, "Key, as `ternctl corrupt` lists it");
+  cpurge->add_flag("--all", purge->all, "Every corrupt record");
+  cpurge->add_flag("--json", purge->json, "Print the Admin.PurgeCorrupt answer as JSON");
+  cpurge->callback([&globals, io, &exit_code, purge] {
+    exit_code = RunCorruptPurge(globals, purge->cf, purge->key, purge->all, purge->json, io);
+  });
+  cc->callback([&globals, io, &exit_code, climit, cjson, cshow, cpurge] {
+    if (!cshow->parsed() && !cpurge->parsed()) {
+      exit_code = RunCorrupt(globals, *climit, *cjson, io);
+    }
+  });
 
   auto hflag = std::make_shared<std::string>();
   auto hjson = std::make_shared<bool>(false);

@@ -5,7 +5,9 @@
 //     list [filters] [--limit N] [--cursor ID] [--json]
 //     show ID | explain ID [--json]     one message; why it is still queued
 //     qshape [--deferred] [--top N]     domains x age buckets
-//     corrupt                           records moved aside as unparseable
+//     corrupt [--limit N] [--json]      records moved aside as unparseable
+//     corrupt show CF KEY [--body] [--out FILE]   one, raw (or its message's body)
+//     corrupt purge CF KEY | --all      delete them (and bodies they left)
 //     flush|hold|release [IDS|filters|--all]
 //     delete|bounce [IDS|filters|--all] [--yes] [--reason TEXT]
 //     pause | resume                    leasing deliveries (runtime override)

@@ -12,6 +12,8 @@ PACKAGES=(
   libcli11-dev libidn2-dev libjemalloc-dev
   # tests: real DNS server, real SMTP client, Python for the whole-system harness
   dnsmasq-base swaks libnet-ssleay-perl python3 openssl
+  # tests: RocksDB's ldb, to damage a queue record on disk as a bad disk or bug would
+  rocksdb-tools
   # tests: a user's gRPC Hooks server written in Python (tests/fakes/hook_server.py)
   python3-grpcio python3-protobuf
   # tests: deploy/k8s manifests read as YAML

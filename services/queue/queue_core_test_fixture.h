@@ -175,34 +175,10 @@ class QueueCoreTest : public ::testing::Test {
     return s;
   }
 
-  // Writes `value` under `key` in column family `cf` straight into the
-  // database (the core must be closed): a record the queue did not write.
-  void PlantRaw(const std::string& cf, const std::string& key, const std::string& value) {
-    std::vector<std::string> names;
-    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.string(), &names).ok());
-    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-    for (const auto& n : names) {
-      descriptors.emplace_back(n, rocksdb::ColumnFamilyOptions());
-    }
-    std::vector<rocksdb::ColumnFamilyHandle*> handles;
-    rocksdb::DB* db = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db).ok());
-    bool written = false;
-    for (size_t i = 0; i < names.size(); ++i) {
-      if (names[i] == cf) {
-        written = db->Put(rocksdb::WriteOptions(), handles[i], key, value).ok();
-      }
-    }
-    for (auto* h : handles) {
-      (void)db->DestroyColumnFamilyHandle(h);
-    }
-    delete db;
-    ASSERT_TRUE(written) << cf << " " << key;
-  }
-
-  // Opens the database directly (the core must be closed) and counts keys.
-  std::map<std::string, int> CountKeys() {
-    std::map<std::string, int> counts;
+  // Runs f(db, name, handle) for every column family of the database,
+  // opened directly (the core must be closed); false if it cannot be opened.
+  template <typename F>
+  bool WithRawDb(bool read_only, F f) {
     std::vector<std::string> names;
     EXPECT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir_.string(), &names).ok());
     std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
@@ -211,21 +187,44 @@ class QueueCoreTest : public ::testing::Test {
     }
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* db = nullptr;
-    auto s = rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db);
+    auto s = read_only
+                 ? rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db)
+                 : rocksdb::DB::Open(rocksdb::DBOptions(), dir_.string(), descriptors, &handles, &db);
     EXPECT_TRUE(s.ok()) << s.ToString();
     if (!s.ok()) {
-      return counts;
+      return false;
     }
     for (size_t i = 0; i < handles.size(); ++i) {
-      std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), handles[i]));
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        ++counts[names[i]];
-      }
+      f(db, names[i], handles[i]);
     }
     for (auto* h : handles) {
       (void)db->DestroyColumnFamilyHandle(h);
     }
     delete db;
+    return true;
+  }
+
+  // Writes `value` under `key` in column family `cf` straight into the
+  // database (the core must be closed): a record the queue did not write.
+  void PlantRaw(const std::string& cf, const std::string& key, const std::string& value) {
+    bool written = false;
+    WithRawDb(false, [&](rocksdb::DB* db, const std::string& name, rocksdb::ColumnFamilyHandle* h) {
+      if (name == cf) {
+        written = db->Put(rocksdb::WriteOptions(), h, key, value).ok();
+      }
+    });
+    ASSERT_TRUE(written) << cf << " " << key;
+  }
+
+  // Opens the database directly (the core must be closed) and counts keys.
+  std::map<std::string, int> CountKeys() {
+    std::map<std::string, int> counts;
+    WithRawDb(true, [&](rocksdb::DB* db, const std::string& name, rocksdb::ColumnFamilyHandle* h) {
+      std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), h));
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        ++counts[name];
+      }
+    });
     return counts;
   }
 

@@ -160,6 +160,7 @@ class NoResolver : public tern::dns::MxResolver {
     done(std::move(a));
   }
   void ResolveHost(std::string, HostCallback done) override { done(tern::dns::HostAnswer()); }
+  void ResolveTxt(std::string, TxtCallback done) override { done(tern::dns::TxtAnswer()); }
 };
 
 // A "VmRSS:"/"VmHWM:" line of /proc/self/status, in KiB (0 if absent).

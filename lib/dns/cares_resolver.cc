@@ -56,6 +56,7 @@ struct QueryResult {
   std::string detail;                 // for kError
   std::vector<MxRecord> mx;           // MX queries
   std::vector<std::string> addresses;  // A / AAAA queries
+  std::vector<std::string> texts;      // TXT queries: one per record, strings joined
   uint32_t ttl = 0;                   // seconds to cache; 0 = do not cache
 };
 
@@ -151,6 +152,19 @@ bool ParseResponse(const unsigned char* abuf, int alen, int qtype, QueryResult* 
         char text[INET6_ADDRSTRLEN];
         inet_ntop(AF_INET6, rdata, text, sizeof(text));
         result->addresses.emplace_back(text);
+      } else if (type == ns_t_txt) {
+        // RDATA is one or more <character-string>s: a length byte, then that
+        // many bytes (RFC 1035 §3.3.14).
+        std::string joined;
+        for (const unsigned char* s = rdata; s < rdata + rdlen;) {
+          const size_t n = *s++;
+          if (s + n > rdata + rdlen) {
+            return false;
+          }
+          joined.append(reinterpret_cast<const char*>(s), n);
+          s += n;
+        }
+        result->texts.push_back(std::move(joined));
       }
     } else if (type == ns_t_soa && rdlen >= 22) {
       // RFC 2308 §5: negative TTL = min(SOA TTL, SOA MINIMUM), the last field.
@@ -168,6 +182,8 @@ const char* TypeName(int qtype) {
       return "A";
     case ns_t_aaaa:
       return "AAAA";
+    case ns_t_txt:
+      return "TXT";
   }
   return "?";
 }
@@ -285,6 +301,29 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     };
     Query(host, ns_t_a, [on_result](const QueryResult& r) { on_result(ns_t_a, r); });
     Query(host, ns_t_aaaa, [on_result](const QueryResult& r) { on_result(ns_t_aaaa, r); });
+  }
+
+  void ResolveTxt(std::string name, TxtCallback done) {
+    name = Normalise(std::move(name));
+    Query(name, ns_t_txt, [name, done = std::move(done)](const QueryResult& r) mutable {
+      TxtAnswer answer;
+      switch (r.kind) {
+        case QueryResult::Kind::kAnswer:
+          answer.records = r.texts;
+          break;
+        case QueryResult::Kind::kNoData:
+          break;
+        case QueryResult::Kind::kNxDomain:
+          answer.status = LookupStatus::kNoSuchDomain;
+          answer.detail = absl::StrCat(name, ": not found (NXDOMAIN)");
+          break;
+        case QueryResult::Kind::kError:
+          answer.status = LookupStatus::kTempFail;
+          answer.detail = absl::StrCat("TXT lookup for ", name, " failed: ", r.detail);
+          break;
+      }
+      done(std::move(answer));
+    });
   }
 
   // Answered whole from mx_cache_ while every record behind the answer is
@@ -483,7 +522,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
           break;
         }
         // Answers holding only a CNAME to a name without our type are NODATA.
-        result.kind = (result.mx.empty() && result.addresses.empty()) ? QueryResult::Kind::kNoData
+        result.kind = (result.mx.empty() && result.addresses.empty() && result.texts.empty()) ? QueryResult::Kind::kNoData
                                                                       : QueryResult::Kind::kAnswer;
         result.ttl = result.kind == QueryResult::Kind::kAnswer ? min_ttl
                                                                : negative_ttl.value_or(options_.negative_ttl.count());
@@ -670,6 +709,8 @@ CaresResolver::~CaresResolver() = default;
 void CaresResolver::ResolveMx(std::string domain, MxCallback done) {
   impl_->ResolveMx(std::move(domain), std::move(done));
 }
+
+void CaresResolver::ResolveTxt(std::string name, TxtCallback done) { impl_->ResolveTxt(std::move(name), std::move(done)); }
 
 void CaresResolver::ResolveHost(std::string host, HostCallback done) {
   impl_->ResolveHost(std::move(host), std::move(done));

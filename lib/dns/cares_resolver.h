@@ -18,7 +18,7 @@
 // run on that executor, never inline from ResolveMx/ResolveHost. Callbacks
 // still pending when the resolver is destroyed are dropped without running.
 //
-// Standards: RFC 1035 (message format), RFC 2308 (negative caching),
+// Standards: RFC 1035 (message format, TXT character-strings), RFC 2308 (negative caching),
 // RFC 5321 §5.1, RFC 7505.
 #pragma once
 
@@ -67,6 +67,7 @@ class CaresResolver : public MxResolver {
 
   void ResolveMx(std::string domain, MxCallback done) override;
   void ResolveHost(std::string host, HostCallback done) override;
+  void ResolveTxt(std::string name, TxtCallback done) override;
 
   // DNS queries actually sent (cache misses that were not coalesced).
   uint64_t queries_sent() const;

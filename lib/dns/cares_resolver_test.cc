@@ -198,6 +198,9 @@ class Dnsmasq {
         "--host-record=c.tie.test,127.0.1.3", "--host-record=first.tie.test,127.0.1.5",
         "--host-record=implicit.test,127.0.0.5,::5",
         "--mx-host=nullmx.test,.,0",
+        // Two TXT records at one name, the first of two character-strings.
+        "--txt-record=_mta-sts.example.test,v=STSv1; ,id=2026a;",
+        "--txt-record=_mta-sts.example.test,unrelated",
         "--mx-host=ghost.test,nowhere.ghost.test,10",
         "--mx-host=partial.test,nowhere.partial.test,10", "--mx-host=partial.test,ok.partial.test,20",
         "--host-record=ok.partial.test,127.0.0.9",
@@ -380,6 +383,32 @@ TEST_F(CaresResolverTest, ResolveHostGivesBothFamilies) {
   EXPECT_EQ(answer->status, LookupStatus::kOk);
   EXPECT_EQ(answer->ipv4, (std::vector<std::string>{"127.0.0.2"}));
   EXPECT_EQ(answer->ipv6, (std::vector<std::string>{"::2"}));
+}
+
+TEST_F(CaresResolverTest, ResolveTxtJoinsTheStringsOfEachRecord) {
+  auto resolver = MakeResolver();
+  auto txt = [&](const std::string& name) {
+    std::optional<TxtAnswer> answer;
+    resolver->ResolveTxt(name, [&](TxtAnswer a) { answer = std::move(a); });
+    Run([&] { return answer.has_value(); });
+    return answer.value_or(TxtAnswer{LookupStatus::kTempFail, "test: no answer", {}});
+  };
+  TxtAnswer found = txt("_MTA-STS.Example.Test.");
+  EXPECT_EQ(found.status, LookupStatus::kOk) << found.detail;
+  std::vector<std::string> records = found.records;
+  std::sort(records.begin(), records.end());
+  EXPECT_EQ(records, (std::vector<std::string>{"unrelated", "v=STSv1; id=2026a;"}));
+
+  TxtAnswer nodata = txt("mx1.example.test");  // exists, has no TXT
+  EXPECT_EQ(nodata.status, LookupStatus::kOk);
+  EXPECT_TRUE(nodata.records.empty());
+
+  TxtAnswer missing = txt("_mta-sts.nowhere.test");
+  EXPECT_EQ(missing.status, LookupStatus::kNoSuchDomain);
+
+  TxtAnswer failed = txt("_mta-sts.servfail.test");
+  EXPECT_EQ(failed.status, LookupStatus::kTempFail);
+  EXPECT_NE(failed.detail.find("TXT lookup for _mta-sts.servfail.test failed"), std::string::npos) << failed.detail;
 }
 
 TEST_F(CaresResolverTest, CachesForTtlAndCoalescesConcurrentQueries) {

@@ -11,7 +11,7 @@
 // §5.1), reported with `implicit_mx` set.
 //
 // ResolveHost(name) gives a name's A and AAAA addresses (for `me`, and for
-// static routes).
+// static routes). ResolveTxt(name) gives its TXT records (MTA-STS discovery).
 //
 // DNS answers are data, not errors: a failed lookup is an MxAnswer with a
 // status and a human-readable `detail` that ends up in the delivery's reply
@@ -66,6 +66,16 @@ struct HostAnswer {
   std::vector<std::string> ipv6;   // RFC 5952 text
 };
 
+struct TxtAnswer {
+  // kOk (possibly with no records: the name exists but has no TXT),
+  // kNoSuchDomain (NXDOMAIN) or kTempFail.
+  LookupStatus status = LookupStatus::kOk;
+  std::string detail;                // why, when not kOk
+  // One string per TXT record: its character-strings joined with nothing in
+  // between (RFC 7208 §3.3, RFC 8461 §3.1), in answer order.
+  std::vector<std::string> records;
+};
+
 struct MxHost {
   std::string name;         // exchange, lower case, no trailing dot
   uint16_t preference = 0;
@@ -86,6 +96,7 @@ class MxResolver {
  public:
   using MxCallback = absl::AnyInvocable<void(MxAnswer)>;
   using HostCallback = absl::AnyInvocable<void(HostAnswer)>;
+  using TxtCallback = absl::AnyInvocable<void(TxtAnswer)>;
 
   virtual ~MxResolver() = default;
 
@@ -96,6 +107,10 @@ class MxResolver {
   // Resolves `host` to its A and AAAA addresses. `done` runs once, on the
   // resolver's executor.
   virtual void ResolveHost(std::string host, HostCallback done) = 0;
+
+  // Resolves the TXT records of `name` (e.g. "_mta-sts.example.com"). `done`
+  // runs once, on the resolver's executor.
+  virtual void ResolveTxt(std::string name, TxtCallback done) = 0;
 };
 
 }  // namespace tern::dns

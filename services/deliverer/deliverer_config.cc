@@ -82,6 +82,11 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   c.unreachable_after = static_cast<uint32_t>(unreachable_after);
   TERN_ASSIGN_OR_RETURN(int64_t backoff, GetRanged(tern, kD, "unreachable_backoff", 60, 1, 86400));
   c.unreachable_backoff = std::chrono::seconds(backoff);
+  TERN_ASSIGN_OR_RETURN(c.mta_sts, tern.GetBool(kD, "mta_sts", true));
+  TERN_ASSIGN_OR_RETURN(int64_t sts_timeout, GetRanged(tern, kD, "mta_sts_timeout", 10, 1, 300));
+  c.mta_sts_timeout = std::chrono::seconds(sts_timeout);
+  TERN_ASSIGN_OR_RETURN(int64_t sts_port, GetRanged(tern, kD, "mta_sts_port", 443, 1, 65535));
+  c.mta_sts_port = static_cast<uint16_t>(sts_port);
 
   TERN_ASSIGN_OR_RETURN(config::IniFile routes, dir.Ini("outbound_routes.ini"));
   TERN_ASSIGN_OR_RETURN(c.routes, StaticRoutes::Load(routes));

@@ -42,6 +42,14 @@
 //                                 session from any deliverer: its deliveries
 //                                 go to the next address or are deferred with
 //                                 the last failure. Default: 60
+//     mta_sts=true                look up the MTA-STS policy (RFC 8461) of each
+//                                 recipient domain delivered to by MX and apply
+//                                 it: under "enforce" only the policy's MX hosts,
+//                                 with STARTTLS and a verified certificate
+//                                 (mta_sts.h). Default: true
+//     mta_sts_timeout=10          seconds for one policy fetch over HTTPS.
+//                                 Default: 10
+//     mta_sts_port=443            port of https://mta-sts.<domain>/. Default: 443
 //     health_listen=127.0.0.1:7072   Default: 127.0.0.1:7072; empty disables
 //     metrics_listen=127.0.0.1:9472  Default: 127.0.0.1:9472; empty disables
 //   outbound.ini [main]
@@ -95,6 +103,9 @@ struct DelivererConfig {
   std::chrono::seconds host_flags_refresh{30};
   uint32_t unreachable_after = 3;
   std::chrono::seconds unreachable_backoff{60};
+  bool mta_sts = true;
+  std::chrono::milliseconds mta_sts_timeout{10000};
+  uint16_t mta_sts_port = 443;
 
   uint32_t concurrency_max = 10000;
   std::chrono::seconds connect_timeout{30};

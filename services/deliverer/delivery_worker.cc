@@ -8,6 +8,7 @@
 #include <map>
 #include <unordered_map>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -36,6 +37,7 @@
 #include "services/deliverer/call_pacer.h"
 #include "services/deliverer/connection_pool.h"
 #include "services/deliverer/host_flags.h"
+#include "services/deliverer/mta_sts.h"
 #include "services/deliverer/outcome.h"
 #include "services/deliverer/smtp_transaction.h"
 #include "tern/v1/hooks.grpc.pb.h"
@@ -112,6 +114,20 @@ struct HostInitiation {
 asio::awaitable<dns::MxAnswer> AwaitMx(dns::MxResolver& resolver, std::string domain) {
   return asio::async_initiate<decltype(asio::use_awaitable), void(dns::MxAnswer)>(
       MxInitiation{&resolver, std::move(domain)}, asio::use_awaitable);
+}
+
+struct StsInitiation {
+  MtaSts* sts;
+  std::string domain;
+  template <typename Handler>
+  void operator()(Handler handler) {
+    sts->Find(std::move(domain), [h = std::move(handler)](StsLookup l) mutable { std::move(h)(std::move(l)); });
+  }
+};
+
+asio::awaitable<StsLookup> AwaitSts(MtaSts& sts, std::string domain) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(StsLookup)>(StsInitiation{&sts, std::move(domain)},
+                                                                              asio::use_awaitable);
 }
 
 asio::awaitable<dns::HostAnswer> AwaitHost(dns::MxResolver& resolver, std::string host) {
@@ -265,6 +281,16 @@ struct Metrics {
       r.GetHistogram("tern_deliverer_queue_call_seconds", "Calls to the queue, send to answer",
                      metrics::LatencyBuckets(), {{"method", "Report"}});
 
+  metrics::Counter& MtaStsPolicy(const StsLookup& l) {
+    return r.GetCounter("tern_deliverer_mta_sts_total", "MX deliveries by the MTA-STS policy mode they ran under",
+                        {{"mode", l.policy.has_value() ? StsModeName(l.policy->mode) : "absent"}});
+  }
+  metrics::Counter& mta_sts_problems =
+      r.GetCounter("tern_deliverer_mta_sts_problems_total",
+                   "MTA-STS lookups whose TXT lookup or policy fetch failed (a cached policy may still apply)");
+  metrics::Counter& mta_sts_refused_mx = r.GetCounter(
+      "tern_deliverer_mta_sts_refused_mx_total", "MX hosts not tried because an enforced MTA-STS policy omits them");
+
   metrics::Counter& Dns(dns::LookupStatus s) {
     return r.GetCounter("tern_deliverer_dns_lookups_total", "MX lookups by result",
                         {{"result", dns::LookupStatusName(s)}});
@@ -312,6 +338,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       tls_ = *std::move(ctx);
     } else {
       log::Event(log::Level::kError, "tls_context_failed", {{"error", std::string(ctx.status().message())}});
+    }
+    if (config.mta_sts) {
+      MtaSts::Options sts;
+      sts.port = config.mta_sts_port;
+      sts.timeout = config.mta_sts_timeout;
+      mta_sts_ = std::make_unique<MtaSts>(io.get_executor(), resolver_, tls_, std::move(sts));
     }
     if (std::shared_ptr<grpc::Channel> hooks = hooks::MakeHooksChannel(config.hooks)) {
       hooks_ = v1::Hooks::NewStub(hooks);
@@ -601,6 +633,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       hook_routes = std::move(verdict.routes);
     }
     RoutePlan plan;
+    // An MTA-STS policy in enforce mode covers these MX hosts: TLS with a
+    // verified certificate, whatever tls.ini says.
+    bool sts_enforced = false;
     // The route each attempt belongs to (its AUTH, bind, HELO name and TLS
     // policy); null for MX hosts from DNS.
     std::vector<const StaticRoute*> attempt_routes;
@@ -645,6 +680,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
           break;
       }
       plan = planner_.Plan(mx);
+      if (mta_sts_ != nullptr) {
+        sts_enforced = co_await ApplyMtaSts(job, plan);
+      }
       attempt_routes.assign(plan.attempts.size(), nullptr);
     }
     const Clock::duration dns_delay = Clock::now() - dns_start;
@@ -718,8 +756,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
           config_.tls.Decide(config_.enable_tls, route != nullptr ? route->tls : RouteTls::kOpportunistic,
                              host_flags_.Has(flag_host, kBrokenTlsFlag, NowUnixMs()), attempt.ip, attempt.mx_host,
                              job.domain());
-      request.tls = tls.mode;  // without a context: opportunistic → plain, required → error
-      request.verify_tls = tls.verify;
+      request.tls = sts_enforced ? TlsMode::kRequired : tls.mode;  // without a context: required → error
+      request.verify_tls = sts_enforced || tls.verify;
+      if (sts_enforced) {
+        request.tls_required_by = absl::StrCat("the MTA-STS policy of ", job.domain());
+      }
       request.tls_context = tls_;
       if (route != nullptr && route->has_auth()) {
         request.auth_user = route->auth_user;
@@ -1072,6 +1113,51 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                 {"delays", absl::StrCat(Millis(dns_delay), "/", Millis(r.connect_time), "/",
                                         Millis(r.transaction_time))},
                 {"failure", r.failure}});
+  }
+
+  // Looks up the recipient domain's MTA-STS policy and applies it to an MX
+  // plan (mta_sts.h): in enforce mode MX hosts the policy does not list are
+  // dropped (with the reason in plan.skipped) and true is returned, so every
+  // remaining attempt requires verified TLS; in testing mode they are only
+  // logged.
+  asio::awaitable<bool> ApplyMtaSts(const v1::DeliveryJob& job, RoutePlan& plan) {
+    StsLookup sts = co_await AwaitSts(*mta_sts_, job.domain());
+    metrics_.MtaStsPolicy(sts).Inc();
+    if (!sts.problem.empty()) {
+      metrics_.mta_sts_problems.Inc();
+      log::Event(log::Level::kWarn, "mta_sts_problem",
+                 {{"msg", job.message_id()}, {"domain", job.domain()}, {"problem", sts.problem},
+                  {"policy", sts.policy.has_value() ? absl::StrCat(StsModeName(sts.policy->mode), " id ", sts.id,
+                                                                   " (", sts.source, ")")
+                                                    : "none"}});
+    }
+    if (!sts.policy.has_value() || sts.policy->mode == StsMode::kNone) {
+      co_return false;
+    }
+    const bool enforce = sts.policy->mode == StsMode::kEnforce;
+    std::vector<Attempt> kept;
+    std::set<std::string> refused;
+    for (const Attempt& a : plan.attempts) {
+      if (sts.policy->MatchesMx(a.mx_host)) {
+        if (enforce) {
+          kept.push_back(a);
+        }
+      } else if (refused.insert(a.mx_host).second) {
+        if (enforce) {
+          metrics_.mta_sts_refused_mx.Inc();
+          plan.skipped.push_back(
+              absl::StrCat(a.mx_host, ": not an MX host of the MTA-STS policy of ", job.domain(), " (id ", sts.id, ")"));
+        }
+        log::Event(enforce ? log::Level::kNotice : log::Level::kWarn,
+                   enforce ? "mta_sts_mx_refused" : "mta_sts_testing_mismatch",
+                   {{"msg", job.message_id()}, {"domain", job.domain()}, {"mx", a.mx_host}, {"id", sts.id}});
+      }
+    }
+    if (!enforce) {
+      co_return false;
+    }
+    plan.attempts = std::move(kept);
+    co_return true;
   }
 
   // Remembers `host` as broken_tls locally and tells the queue, so every
@@ -1535,6 +1621,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   asio::steady_timer progress_wake_;
   asio::steady_timer flags_timer_;
   std::shared_ptr<asio::ssl::context> tls_;
+  std::unique_ptr<MtaSts> mta_sts_;  // null: mta_sts=false
   ConnectionPool pool_;
   HostFlags host_flags_;
   FailureStreaks streaks_;

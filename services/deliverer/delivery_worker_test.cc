@@ -26,6 +26,7 @@
 #include "asio/use_awaitable.hpp"
 #include "gtest/gtest.h"
 #include "lib/net/connection.h"
+#include "services/deliverer/test_certs.h"
 #include "lib/rpc/server_setup.h"
 #include "tern/v1/queue.grpc.pb.h"
 
@@ -250,9 +251,25 @@ class FakeResolver : public dns::MxResolver {
     }
     asio::post(io_, [done = std::move(done), answer]() mutable { done(std::move(answer)); });
   }
-  void ResolveHost(std::string, HostCallback done) override {
-    asio::post(io_, [done = std::move(done)]() mutable { done(dns::HostAnswer()); });
+  void ResolveHost(std::string host, HostCallback done) override {
+    dns::HostAnswer answer;
+    if (host.rfind("mta-sts.", 0) == 0) {
+      answer.ipv4 = {"127.0.0.1"};  // where a test's HttpsResponder listens
+    }
+    asio::post(io_, [done = std::move(done), answer]() mutable { done(std::move(answer)); });
   }
+  // No test domain publishes MTA-STS unless a test says so.
+  void ResolveTxt(std::string name, TxtCallback done) override {
+    dns::TxtAnswer answer;
+    if (auto it = txt.find(name); it != txt.end()) {
+      answer.records = it->second;
+    } else {
+      answer.status = dns::LookupStatus::kNoSuchDomain;
+    }
+    asio::post(io_, [done = std::move(done), answer]() mutable { done(std::move(answer)); });
+  }
+
+  std::map<std::string, std::vector<std::string>> txt;
 
  private:
   asio::io_context& io_;
@@ -277,6 +294,8 @@ struct SinkStats {
 struct SinkOptions {
   std::string ehlo = "250-sink\r\n250-PIPELINING\r\n250 AUTH PLAIN";
   bool break_tls = false;  // 220 to STARTTLS, then garbage instead of TLS
+  // Set: a real TLS handshake after the 220 to STARTTLS, with this context.
+  std::shared_ptr<asio::ssl::context> tls;
   // Called when a message's text begins, after the 354 (e.g. how many
   // progress items the queue holds). Capture only pointers (GCC 12
   // coroutine argument bug).
@@ -336,6 +355,9 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
       if (options.break_tls) {
         co_await Say(c, "not tls at all");
         c.Abort();
+        break;
+      }
+      if (options.tls && !(co_await c.StartTlsServer(options.tls, 5s)).ok()) {
         break;
       }
     } else if (absl::StartsWith(t, "AUTH")) {
@@ -667,6 +689,96 @@ TEST(DeliveryWorker, BrokenTlsIsRetriedInPlainTextAndRememberedForEveryone) {
   ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
   EXPECT_EQ(h.stats.starttls, 1);  // remembered: no second handshake attempt
   EXPECT_EQ(h.stats.messages, 2);
+}
+
+// MTA-STS (mta_sts.h): x.test publishes a policy, served over real HTTPS by
+// a responder whose certificate the worker trusts through tls.ini's `ca`.
+struct StsCase {
+  explicit StsCase(const std::string& policy, SinkOptions sink = {}) : h(std::move(sink)) {
+    const TestCerts& certs = TestCerts::Get();
+    EXPECT_TRUE(certs.ok) << "openssl could not make test certificates";
+    responder = std::make_unique<HttpsResponder>(h.io, ServerTls(certs.cert, certs.key));
+    responder->response = absl::StrCat("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ",
+                                       policy.size(), "\r\n\r\n", policy);
+    h.resolver.txt["_mta-sts.x.test"] = {"v=STSv1; id=20261123;"};
+    h.config.mta_sts_port = responder->port();
+    h.config.tls.ca = certs.ca;
+    h.config.pool_timeout = 0s;
+  }
+  v1::RecipientResult DeliverOne() {
+    h.queue.AddJob(Job("s1", "x.test", {"alice"}));
+    h.Start();
+    EXPECT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+    return h.queue.reports().empty() ? v1::RecipientResult() : h.queue.reports()[0].recipients(0).result();
+  }
+  Harness h;
+  std::unique_ptr<HttpsResponder> responder;
+};
+
+TEST(DeliveryWorker, AnEnforcedMtaStsPolicyKeepsMailFromMxHostsItDoesNotList) {
+  StsCase c("version: STSv1\r\nmode: enforce\r\nmx: mx.other.test\r\nmax_age: 86400\r\n");
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("mx.x.test: not an MX host of the MTA-STS policy of x.test (id 20261123)"),
+            std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(c.h.stats.connections, 0);
+  ASSERT_EQ(c.responder->requests.size(), 1u);
+  EXPECT_NE(c.responder->requests[0].find("Host: mta-sts.x.test"), std::string::npos);
+}
+
+TEST(DeliveryWorker, AnEnforcedMtaStsPolicyRequiresStartTlsEvenWhereTlsIniDoesNot) {
+  StsCase c("version: STSv1\r\nmode: enforce\r\nmx: *.x.test\r\nmax_age: 86400\r\n");
+  const v1::RecipientResult res = c.DeliverOne();  // the sink offers no STARTTLS
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("TLS is required by the MTA-STS policy of x.test, but host"), std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(c.h.stats.messages, 0);
+}
+
+TEST(DeliveryWorker, AnEnforcedMtaStsPolicyDeliversOverVerifiedTlsAndRefusesAnUnverifiedCertificate) {
+  const TestCerts& certs = TestCerts::Get();
+  SinkOptions good;
+  good.ehlo = "250-sink\r\n250 STARTTLS";
+  good.tls = ServerTls(certs.cert, certs.key);  // signed by the trusted CA, for mx.x.test
+  StsCase ok("version: STSv1\r\nmode: enforce\r\nmx: mx.x.test\r\nmax_age: 86400\r\n", good);
+  const v1::RecipientResult delivered = ok.DeliverOne();
+  EXPECT_EQ(delivered.outcome(), v1::OUTCOME_DELIVERED) << delivered.reply_text();
+  EXPECT_NE(delivered.tls(), "");
+  EXPECT_EQ(ok.h.stats.messages, 1);
+
+  SinkOptions bad = good;
+  bad.tls = ServerTls(certs.self_signed, certs.self_signed_key);
+  StsCase refused("version: STSv1\r\nmode: enforce\r\nmx: mx.x.test\r\nmax_age: 86400\r\n", bad);
+  const v1::RecipientResult res = refused.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("did not verify"), std::string::npos) << res.reply_text();
+  EXPECT_EQ(refused.h.stats.messages, 0);
+  EXPECT_TRUE(refused.h.queue.put_flags().empty()) << "a policy failure must not mark the host broken_tls";
+}
+
+TEST(DeliveryWorker, ATestingMtaStsPolicyOnlyLogsAndAnUnreachablePolicyChangesNothing) {
+  StsCase testing("version: STSv1\r\nmode: testing\r\nmx: mx.other.test\r\nmax_age: 86400\r\n");
+  const v1::RecipientResult res = testing.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_EQ(testing.responder->requests.size(), 1u);
+
+  // A record, but nothing answers on the policy port: no policy, delivered.
+  StsCase down("version: STSv1\r\nmode: enforce\r\nmx: mx.other.test\r\nmax_age: 86400\r\n");
+  asio::ip::tcp::acceptor closed(down.h.io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  down.h.config.mta_sts_port = closed.local_endpoint().port();
+  closed.close();
+  const v1::RecipientResult plain = down.DeliverOne();
+  EXPECT_EQ(plain.outcome(), v1::OUTCOME_DELIVERED) << plain.reply_text();
+  EXPECT_TRUE(down.responder->requests.empty());
+}
+
+TEST(DeliveryWorker, MtaStsOffLooksNothingUp) {
+  StsCase c("version: STSv1\r\nmode: enforce\r\nmx: mx.other.test\r\nmax_age: 86400\r\n");
+  c.h.config.mta_sts = false;
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_TRUE(c.responder->requests.empty());
 }
 
 TEST(DeliveryWorker, LearnsBrokenTlsHostsFromTheQueue) {

@@ -343,7 +343,7 @@ class Session {
     }
     if (!session_->caps.starttls) {
       if (required) {
-        Fail("4.7.4", absl::StrCat("TLS is required by configuration, but host ", relay_,
+        Fail("4.7.4", absl::StrCat("TLS is required by ", req_.tls_required_by, ", but host ", relay_,
                                    " does not offer STARTTLS"));
         after_ = After::kQuit;
         co_return false;
@@ -363,7 +363,7 @@ class Session {
         co_return false;
       }
       if (required) {
-        FailWithReply(*reply, "refused STARTTLS, but TLS is required by configuration");
+        FailWithReply(*reply, absl::StrCat("refused STARTTLS, but TLS is required by ", req_.tls_required_by));
         after_ = After::kQuit;
         co_return false;
       }
@@ -380,7 +380,7 @@ class Session {
     if (!tls.ok()) {
       const bool cert = verify && absl::StrContains(tls.message(), "certificate verify failed");
       if (required) {
-        Fail("4.7.5", absl::StrCat("TLS is required by configuration, but ",
+        Fail("4.7.5", absl::StrCat("TLS is required by ", req_.tls_required_by, ", but ",
                                    cert ? "the certificate of host " : "the TLS handshake with host ", relay_,
                                    cert ? " did not verify: " : " failed: ", tls.message()));
       } else if (cert) {

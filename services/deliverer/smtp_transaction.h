@@ -103,6 +103,9 @@ struct TransactionRequest {
   std::string envid;              // decoded; "" = none
   TlsMode tls = TlsMode::kOpportunistic;
   bool verify_tls = false;        // rejectUnauthorized (always on for kRequired)
+  // Who requires TLS, for the failure text of kRequired: "TLS is required
+  // by <this>, but ...".
+  std::string tls_required_by = "configuration";
   std::shared_ptr<asio::ssl::context> tls_context;  // required unless tls == kNone
   std::string auth_user;          // AUTH when both are set
   std::string auth_pass;

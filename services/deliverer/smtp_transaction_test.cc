@@ -23,6 +23,7 @@
 #include "asio/use_awaitable.hpp"
 #include "gtest/gtest.h"
 #include "lib/net/connection.h"
+#include "services/deliverer/test_certs.h"
 
 // GCC 12 at -O2 reports a false -Wmismatched-new-delete for Asio's awaitable
 // frame allocator in large coroutines (GCC bug 109224).
@@ -261,76 +262,6 @@ asio::awaitable<void> Serve(asio::ip::tcp::acceptor& acceptor, Script script, Se
     }
     asio::co_spawn(acceptor.get_executor(), ServeOne(std::move(socket), script, seen), asio::detached);
   }
-}
-
-// A CA and a server certificate for mx.x.test, made with `openssl req` once
-// per test binary run, in a temporary directory.
-struct TestCerts {
-  std::string dir;
-  std::string ca;
-  std::string cert;
-  std::string key;
-  std::string self_signed;
-  std::string self_signed_key;
-  bool ok = false;
-
-  static const TestCerts& Get() {
-    static const TestCerts certs = Make();
-    // Removes the directory at exit (a separate object: `certs` is built by
-    // a copy that must not delete anything).
-    static const struct Cleanup {
-      std::string dir;
-      ~Cleanup() {
-        if (!dir.empty()) {
-          std::filesystem::remove_all(dir);
-        }
-      }
-    } cleanup{certs.dir};
-    return certs;
-  }
-
-  static TestCerts Make() {
-    TestCerts t;
-    char tmpl[] = "/tmp/tern-deliverer-certs-XXXXXX";
-    if (mkdtemp(tmpl) == nullptr) {
-      return t;
-    }
-    t.dir = tmpl;
-    t.ca = t.dir + "/ca.pem";
-    t.cert = t.dir + "/server.pem";
-    t.key = t.dir + "/server.key";
-    t.self_signed = t.dir + "/self.pem";
-    t.self_signed_key = t.dir + "/self.key";
-    const std::string d = t.dir;
-    const std::string script = absl::StrCat(
-        "cd ", d, " && ",
-        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=Tern-Test-CA "
-        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign && ",
-        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=mx.x.test && ",
-        "printf 'subjectAltName=DNS:mx.x.test\\n' > ext.cnf && ",
-        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
-        "-extfile ext.cnf && ",
-        "openssl req -x509 -newkey rsa:2048 -nodes -keyout self.key -out self.pem -days 2 -subj /CN=mx.x.test "
-        "-addext subjectAltName=DNS:mx.x.test",
-        " > openssl.log 2>&1");
-    t.ok = std::system(script.c_str()) == 0;
-    return t;
-  }
-};
-
-std::shared_ptr<asio::ssl::context> ServerTls(const std::string& cert, const std::string& key) {
-  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
-  ctx->use_certificate_chain_file(cert);
-  ctx->use_private_key_file(key, asio::ssl::context::pem);
-  return ctx;
-}
-
-std::shared_ptr<asio::ssl::context> ClientTls(const std::string& ca) {
-  TlsOutboundConfig config;
-  config.ca = ca;
-  auto ctx = config.MakeContext();
-  EXPECT_TRUE(ctx.ok()) << ctx.status();
-  return ctx.ok() ? *ctx : nullptr;
 }
 
 class SmtpTransactionTest : public ::testing::Test {

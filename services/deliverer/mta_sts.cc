@@ -1,0 +1,629 @@
+#include "services/deliverer/mta_sts.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "asio/co_spawn.hpp"
+#include "asio/experimental/as_tuple.hpp"
+#include "asio/experimental/awaitable_operators.hpp"
+#include "asio/ip/tcp.hpp"
+#include "asio/post.hpp"
+#include "asio/steady_timer.hpp"
+#include "asio/this_coro.hpp"
+#include "asio/use_awaitable.hpp"
+#include "lib/net/connection.h"
+
+namespace tern::deliverer {
+namespace {
+
+using asio::experimental::awaitable_operators::operator||;
+using Clock = std::chrono::steady_clock;
+constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
+
+// RFC 8461 §3.2: max_age is at most 31557600 (about a year).
+constexpr int64_t kMaxAgeLimit = 31557600;
+// §3.3 leaves the size to the sender; real policies are a few hundred bytes.
+constexpr size_t kMaxPolicyBytes = 64 * 1024;
+constexpr size_t kMaxHeaderLine = 8192;
+constexpr int kMaxHeaders = 100;
+
+std::string Lower(absl::string_view s) {
+  std::string out = absl::AsciiStrToLower(s);
+  while (!out.empty() && out.back() == '.') {
+    out.pop_back();
+  }
+  return out;
+}
+
+bool ValidLabel(absl::string_view label) {
+  if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
+    return false;
+  }
+  return std::all_of(label.begin(), label.end(), [](char c) { return absl::ascii_isalnum(c) || c == '-'; });
+}
+
+// "mx.example.com" or "*.example.com" (RFC 8461 §3.2 sts-policy-mx-value).
+bool ValidMxPattern(absl::string_view pattern) {
+  if (absl::StartsWith(pattern, "*.")) {
+    pattern.remove_prefix(2);
+  }
+  if (pattern.empty() || pattern.size() > 253) {
+    return false;
+  }
+  for (absl::string_view label : absl::StrSplit(pattern, '.')) {
+    if (!ValidLabel(label)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* StsModeName(StsMode mode) {
+  switch (mode) {
+    case StsMode::kNone:
+      return "none";
+    case StsMode::kTesting:
+      return "testing";
+    case StsMode::kEnforce:
+      return "enforce";
+  }
+  return "none";
+}
+
+bool StsPolicy::MatchesMx(absl::string_view host) const {
+  const std::string name = Lower(host);
+  if (name.empty()) {
+    return false;
+  }
+  for (const std::string& pattern : mx) {
+    if (absl::StartsWith(pattern, "*.")) {
+      // The wildcard is one whole label: "*.example.com" matches
+      // "mx.example.com", not "example.com" nor "a.b.example.com".
+      const absl::string_view suffix = absl::string_view(pattern).substr(1);  // ".example.com"
+      if (name.size() > suffix.size() && absl::EndsWith(name, suffix) &&
+          name.find('.') == name.size() - suffix.size()) {
+        return true;
+      }
+    } else if (name == pattern) {
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::StatusOr<StsPolicy> ParseStsPolicy(absl::string_view text) {
+  StsPolicy policy;
+  bool have_version = false;
+  bool have_mode = false;
+  bool have_max_age = false;
+  int line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    absl::ConsumeSuffix(&line, "\r");
+    if (absl::StripAsciiWhitespace(line).empty()) {
+      continue;
+    }
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos || colon == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("line ", line_no, " is not \"key: value\""));
+    }
+    const absl::string_view key = line.substr(0, colon);
+    const absl::string_view value = absl::StripAsciiWhitespace(line.substr(colon + 1));
+    if (key == "version") {
+      if (!have_version) {
+        if (value != "STSv1") {
+          return absl::InvalidArgumentError(absl::StrCat("unsupported version \"", value, "\""));
+        }
+        have_version = true;
+      }
+    } else if (key == "mode") {
+      if (!have_mode) {
+        if (value == "enforce") {
+          policy.mode = StsMode::kEnforce;
+        } else if (value == "testing") {
+          policy.mode = StsMode::kTesting;
+        } else if (value == "none") {
+          policy.mode = StsMode::kNone;
+        } else {
+          return absl::InvalidArgumentError(absl::StrCat("unknown mode \"", value, "\""));
+        }
+        have_mode = true;
+      }
+    } else if (key == "max_age") {
+      if (!have_max_age) {
+        int64_t seconds = 0;
+        if (value.empty() || value.size() > 10 || !std::all_of(value.begin(), value.end(), absl::ascii_isdigit) ||
+            !absl::SimpleAtoi(value, &seconds) || seconds > kMaxAgeLimit) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("max_age \"", value, "\" is not a number of seconds up to ", kMaxAgeLimit));
+        }
+        policy.max_age = std::chrono::seconds(seconds);
+        have_max_age = true;
+      }
+    } else if (key == "mx") {
+      std::string pattern = Lower(value);
+      if (!ValidMxPattern(pattern)) {
+        return absl::InvalidArgumentError(absl::StrCat("mx \"", value, "\" is not a host name or *.domain"));
+      }
+      policy.mx.push_back(std::move(pattern));
+    }
+    // Other keys are extensions (RFC 8461 §3.2): ignored.
+  }
+  if (!have_version) {
+    return absl::InvalidArgumentError("no version field");
+  }
+  if (!have_mode) {
+    return absl::InvalidArgumentError("no mode field");
+  }
+  if (!have_max_age) {
+    return absl::InvalidArgumentError("no max_age field");
+  }
+  if (policy.mx.empty() && policy.mode != StsMode::kNone) {
+    return absl::InvalidArgumentError(absl::StrCat("mode ", StsModeName(policy.mode), " without any mx field"));
+  }
+  return policy;
+}
+
+std::optional<std::string> ParseStsRecord(const std::vector<std::string>& records) {
+  const std::string* found = nullptr;
+  for (const std::string& r : records) {
+    if (absl::StartsWith(r, "v=STSv1")) {
+      if (found != nullptr) {
+        return std::nullopt;  // §3.1: more than one is as good as none
+      }
+      found = &r;
+    }
+  }
+  if (found == nullptr) {
+    return std::nullopt;
+  }
+  // sts-text-record = sts-version 1*(*WSP ";" *WSP sts-field) [";"]; the
+  // version must be its own field ("v=STSv10" is not version STSv1).
+  std::optional<std::string> id;
+  bool first = true;
+  for (absl::string_view field : absl::StrSplit(*found, ';')) {
+    field = absl::StripAsciiWhitespace(field);
+    if (first) {
+      if (field != "v=STSv1") {
+        return std::nullopt;
+      }
+      first = false;
+      continue;
+    }
+    if (field.empty()) {
+      continue;
+    }
+    const size_t eq = field.find('=');
+    if (eq == absl::string_view::npos || eq == 0) {
+      return std::nullopt;
+    }
+    if (field.substr(0, eq) == "id" && !id.has_value()) {
+      const absl::string_view value = field.substr(eq + 1);
+      if (value.empty() || value.size() > 32 || !std::all_of(value.begin(), value.end(), absl::ascii_isalnum)) {
+        return std::nullopt;
+      }
+      id = std::string(value);
+    }
+  }
+  return id;
+}
+
+// -- HTTPS fetch ---------------------------------------------------------------
+
+namespace {
+
+struct HostInit {
+  dns::MxResolver* resolver;
+  std::string host;
+  template <typename Handler>
+  void operator()(Handler handler) {
+    resolver->ResolveHost(std::move(host),
+                          [h = std::move(handler)](dns::HostAnswer a) mutable { std::move(h)(std::move(a)); });
+  }
+};
+
+struct TxtInit {
+  dns::MxResolver* resolver;
+  std::string name;
+  template <typename Handler>
+  void operator()(Handler handler) {
+    resolver->ResolveTxt(std::move(name),
+                         [h = std::move(handler)](dns::TxtAnswer a) mutable { std::move(h)(std::move(a)); });
+  }
+};
+
+struct FetchInit {
+  const MtaSts::Fetcher* fetch;
+  std::string domain;
+  template <typename Handler>
+  void operator()(Handler handler) {
+    (*fetch)(domain, [h = std::move(handler)](absl::StatusOr<std::string> text) mutable {
+      std::move(h)(std::move(text));
+    });
+  }
+};
+
+// co_await adapters: plain functions returning the awaitable (GCC 12 frees
+// a temporary with a non-trivial member built inside a co_await expression
+// twice, so no coroutine builds one there).
+asio::awaitable<dns::HostAnswer> AwaitHost(dns::MxResolver* resolver, std::string host) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(dns::HostAnswer)>(
+      HostInit{resolver, std::move(host)}, asio::use_awaitable);
+}
+
+asio::awaitable<dns::TxtAnswer> AwaitTxt(dns::MxResolver* resolver, std::string name) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(dns::TxtAnswer)>(
+      TxtInit{resolver, std::move(name)}, asio::use_awaitable);
+}
+
+asio::awaitable<absl::StatusOr<std::string>> AwaitFetch(const MtaSts::Fetcher* fetch, std::string domain) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(absl::StatusOr<std::string>)>(
+      FetchInit{fetch, std::move(domain)}, asio::use_awaitable);
+}
+
+// The deadline of the whole fetch, as what is left of it for the next step.
+struct Deadline {
+  Clock::time_point at;
+  net::Duration left() const {
+    return std::max<net::Duration>(std::chrono::milliseconds(1), at - Clock::now());
+  }
+  bool passed() const { return Clock::now() >= at; }
+};
+
+// Reads exactly `n` bytes (n <= what the caller allows).
+asio::awaitable<absl::StatusOr<std::string>> ReadExactly(net::Connection& conn, size_t n, Deadline deadline) {
+  std::string out;
+  while (out.size() < n) {
+    absl::StatusOr<std::string> part = co_await conn.ReadBytes(n - out.size(), deadline.left());
+    if (!part.ok()) {
+      co_return part.status();
+    }
+    out += *part;
+  }
+  co_return out;
+}
+
+// The response after the request was sent: status line, headers, body.
+asio::awaitable<absl::StatusOr<std::string>> ReadResponse(net::Connection& conn, Deadline deadline) {
+  absl::StatusOr<net::Line> status = co_await conn.ReadLine(kMaxHeaderLine, deadline.left());
+  if (!status.ok()) {
+    co_return status.status();
+  }
+  // "HTTP/1.1 200 OK": only 200 counts; RFC 8461 §3.3 forbids following a
+  // redirect, so a 3xx is a failure like any other status.
+  std::vector<absl::string_view> parts = absl::StrSplit(status->text, absl::MaxSplits(' ', 2));
+  if (parts.size() < 2 || !absl::StartsWith(parts[0], "HTTP/1.")) {
+    co_return absl::UnavailableError(absl::StrCat("not an HTTP response: \"", status->text.substr(0, 80), "\""));
+  }
+  if (parts[1] != "200") {
+    co_return absl::UnavailableError(absl::StrCat("HTTP status ", status->text.substr(parts[0].size() + 1, 80)));
+  }
+  std::optional<size_t> content_length;
+  bool chunked = false;
+  bool text_plain = false;
+  for (int i = 0;; ++i) {
+    if (i == kMaxHeaders) {
+      co_return absl::UnavailableError("too many HTTP header fields");
+    }
+    absl::StatusOr<net::Line> line = co_await conn.ReadLine(kMaxHeaderLine, deadline.left());
+    if (!line.ok()) {
+      co_return line.status();
+    }
+    if (line->partial) {
+      co_return absl::UnavailableError("HTTP header line too long");
+    }
+    if (line->text.empty()) {
+      break;
+    }
+    const size_t colon = line->text.find(':');
+    if (colon == std::string::npos) {
+      continue;
+    }
+    const std::string name = absl::AsciiStrToLower(line->text.substr(0, colon));
+    const std::string value = absl::AsciiStrToLower(absl::StripAsciiWhitespace(line->text.substr(colon + 1)));
+    if (name == "content-length") {
+      size_t n = 0;
+      if (!absl::SimpleAtoi(value, &n)) {
+        co_return absl::UnavailableError(absl::StrCat("bad Content-Length \"", value, "\""));
+      }
+      content_length = n;
+    } else if (name == "transfer-encoding") {
+      chunked = absl::StrContains(value, "chunked");
+    } else if (name == "content-type") {
+      // §3.2: the policy is served as text/plain (parameters allowed).
+      text_plain = value == "text/plain" || absl::StartsWith(value, "text/plain;") ||
+                   absl::StartsWith(value, "text/plain ");
+    }
+  }
+  if (!text_plain) {
+    co_return absl::UnavailableError("the policy is not served as text/plain");
+  }
+  std::string body;
+  if (chunked) {
+    for (;;) {
+      absl::StatusOr<net::Line> size_line = co_await conn.ReadLine(kMaxHeaderLine, deadline.left());
+      if (!size_line.ok()) {
+        co_return size_line.status();
+      }
+      absl::string_view hex = size_line->text;
+      hex = hex.substr(0, hex.find(';'));  // chunk extensions
+      hex = absl::StripAsciiWhitespace(hex);
+      size_t n = 0;
+      if (hex.empty() || hex.size() > 8 || !absl::SimpleHexAtoi(hex, &n)) {
+        co_return absl::UnavailableError("bad chunk size in the HTTP response");
+      }
+      if (n == 0) {
+        break;  // trailers, if any, are not needed
+      }
+      if (body.size() + n > kMaxPolicyBytes) {
+        co_return absl::UnavailableError("the policy is larger than 64 KiB");
+      }
+      absl::StatusOr<std::string> chunk = co_await ReadExactly(conn, n, deadline);
+      if (!chunk.ok()) {
+        co_return chunk.status();
+      }
+      body += *chunk;
+      absl::StatusOr<net::Line> end = co_await conn.ReadLine(kMaxHeaderLine, deadline.left());
+      if (!end.ok()) {
+        co_return end.status();
+      }
+    }
+  } else if (content_length.has_value()) {
+    if (*content_length > kMaxPolicyBytes) {
+      co_return absl::UnavailableError("the policy is larger than 64 KiB");
+    }
+    absl::StatusOr<std::string> all = co_await ReadExactly(conn, *content_length, deadline);
+    if (!all.ok()) {
+      co_return all.status();
+    }
+    body = *std::move(all);
+  } else {
+    // No length: the body ends when the server closes.
+    for (;;) {
+      absl::StatusOr<std::string> part = co_await conn.ReadBytes(kMaxPolicyBytes + 1 - body.size(), deadline.left());
+      if (!part.ok()) {
+        if (absl::IsUnavailable(part.status())) {
+          break;
+        }
+        co_return part.status();
+      }
+      body += *part;
+      if (body.size() > kMaxPolicyBytes) {
+        co_return absl::UnavailableError("the policy is larger than 64 KiB");
+      }
+    }
+  }
+  co_return body;
+}
+
+asio::awaitable<absl::StatusOr<std::string>> Fetch(dns::MxResolver* resolver, std::shared_ptr<asio::ssl::context> tls,
+                                                   std::string domain, uint16_t port,
+                                                   std::chrono::milliseconds timeout) {
+  const Deadline deadline{Clock::now() + timeout};
+  const std::string host = absl::StrCat("mta-sts.", domain);
+  if (tls == nullptr) {
+    co_return absl::FailedPreconditionError("no TLS client context");
+  }
+  dns::HostAnswer addresses = co_await AwaitHost(resolver, host);
+  if (addresses.status != dns::LookupStatus::kOk) {
+    co_return absl::UnavailableError(addresses.detail.empty() ? absl::StrCat(host, ": not found") : addresses.detail);
+  }
+  std::vector<std::string> ips = addresses.ipv6;
+  ips.insert(ips.end(), addresses.ipv4.begin(), addresses.ipv4.end());
+  if (ips.empty()) {
+    co_return absl::UnavailableError(absl::StrCat(host, " has no address"));
+  }
+  auto executor = co_await asio::this_coro::executor;
+  std::string last_error;
+  for (const std::string& ip : ips) {
+    if (deadline.passed()) {
+      last_error = "timed out";
+      break;
+    }
+    asio::error_code ec;
+    const asio::ip::address address = asio::ip::make_address(ip, ec);
+    if (ec) {
+      last_error = absl::StrCat("bad address ", ip);
+      continue;
+    }
+    asio::ip::tcp::socket socket(executor);
+    asio::steady_timer timer(executor, deadline.left());
+    auto connected = co_await (socket.async_connect({address, port}, kNoThrow) || timer.async_wait(kNoThrow));
+    if (connected.index() == 1) {
+      last_error = absl::StrCat("connect to ", ip, ": timed out");
+      break;
+    }
+    if (auto [cec] = std::get<0>(connected); cec) {
+      last_error = absl::StrCat("connect to ", ip, ": ", cec.message());
+      continue;
+    }
+    net::Connection conn(std::move(socket));
+    // Verified for mta-sts.<domain> (RFC 8461 §3.3); a failure is final for
+    // this address, whatever opportunistic TLS would do for SMTP.
+    if (absl::Status s = co_await conn.StartTlsClient(tls, host, true, deadline.left()); !s.ok()) {
+      last_error = absl::StrCat(host, "[", ip, "]: ", s.message());
+      conn.Abort();
+      continue;
+    }
+    const std::string request = absl::StrCat("GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: ", host,
+                                             "\r\nUser-Agent: tern-deliverer\r\nAccept: text/plain\r\n"
+                                             "Connection: close\r\n\r\n");
+    if (absl::Status s = co_await conn.Write(request, deadline.left()); !s.ok()) {
+      last_error = absl::StrCat(host, "[", ip, "]: ", s.message());
+      conn.Abort();
+      continue;
+    }
+    absl::StatusOr<std::string> body = co_await ReadResponse(conn, deadline);
+    conn.Abort();  // Connection: close; nothing more is read or written
+    if (!body.ok()) {
+      // An answer that is not a policy is the answer: no other address.
+      co_return absl::Status(body.status().code(), absl::StrCat(host, "[", ip, "]: ", body.status().message()));
+    }
+    co_return body;
+  }
+  co_return absl::UnavailableError(absl::StrCat("policy fetch from ", host, " failed: ", last_error));
+}
+
+}  // namespace
+
+void FetchStsPolicyText(asio::any_io_executor executor, dns::MxResolver& resolver,
+                        std::shared_ptr<asio::ssl::context> tls, std::string domain, uint16_t port,
+                        std::chrono::milliseconds timeout, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done) {
+  asio::co_spawn(executor, Fetch(&resolver, std::move(tls), std::move(domain), port, timeout),
+                 [done = std::move(done)](std::exception_ptr e, absl::StatusOr<std::string> text) mutable {
+                   if (e) {
+                     done(absl::InternalError("policy fetch failed unexpectedly"));
+                     return;
+                   }
+                   done(std::move(text));
+                 });
+}
+
+// -- discovery and cache -------------------------------------------------------
+
+class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
+ public:
+  Impl(asio::any_io_executor executor, dns::MxResolver& resolver, std::shared_ptr<asio::ssl::context> tls,
+       Options options)
+      : executor_(std::move(executor)), resolver_(resolver), tls_(std::move(tls)), options_(std::move(options)) {
+    if (!options_.now) {
+      options_.now = [] { return Clock::now(); };
+    }
+    if (!options_.fetch) {
+      options_.fetch = [this](const std::string& domain, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done) {
+        FetchStsPolicyText(executor_, resolver_, tls_, domain, options_.port, options_.timeout, std::move(done));
+      };
+    }
+  }
+
+  void Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done) {
+    domain = Lower(domain);
+    auto [it, first] = waiting_.try_emplace(domain);
+    it->second.push_back(std::move(done));
+    if (!first) {
+      return;  // joins the discovery in progress
+    }
+    std::weak_ptr<Impl> weak = weak_from_this();
+    asio::co_spawn(executor_, Discover(shared_from_this(), domain),
+                   [weak, domain](std::exception_ptr e, StsLookup lookup) {
+                     auto self = weak.lock();
+                     if (!self) {
+                       return;
+                     }
+                     if (e) {
+                       lookup = StsLookup{};
+                       lookup.problem = "MTA-STS discovery failed unexpectedly";
+                     }
+                     auto node = self->waiting_.extract(domain);
+                     for (auto& callback : node.mapped()) {
+                       callback(lookup);
+                     }
+                   });
+  }
+
+  size_t cache_size() const { return cache_.size(); }
+  uint64_t fetches() const { return fetches_; }
+
+ private:
+  struct Entry {
+    StsPolicy policy;
+    std::string id;
+    Clock::time_point expires;
+  };
+
+  // Ends on the executor (co_spawn's completion), so callers are never
+  // called inline from Find.
+  static asio::awaitable<StsLookup> Discover(std::shared_ptr<Impl> self, std::string domain) {
+    const Clock::time_point now = self->options_.now();
+    StsLookup cached;
+    if (auto it = self->cache_.find(domain); it != self->cache_.end()) {
+      if (it->second.expires > now) {
+        cached.policy = it->second.policy;
+        cached.id = it->second.id;
+        cached.source = "cached";
+      } else {
+        self->cache_.erase(it);
+      }
+    }
+    const std::string txt_name = absl::StrCat("_mta-sts.", domain);
+    dns::TxtAnswer txt = co_await AwaitTxt(&self->resolver_, txt_name);
+    if (txt.status == dns::LookupStatus::kTempFail) {
+      cached.problem = txt.detail;
+      co_return cached;
+    }
+    std::optional<std::string> id = ParseStsRecord(txt.records);
+    if (!id.has_value() || (cached.policy.has_value() && cached.id == *id)) {
+      co_return cached;
+    }
+    const std::string retry_key = absl::StrCat(domain, " ", *id);
+    if (auto it = self->failed_.find(retry_key); it != self->failed_.end()) {
+      if (it->second.first > now) {
+        cached.problem = it->second.second;
+        co_return cached;
+      }
+      self->failed_.erase(it);
+    }
+    ++self->fetches_;
+    absl::StatusOr<std::string> text = co_await AwaitFetch(&self->options_.fetch, domain);
+    absl::StatusOr<StsPolicy> policy =
+        text.ok() ? ParseStsPolicy(*text)
+                  : absl::StatusOr<StsPolicy>(text.status());
+    if (!policy.ok()) {
+      std::string why = text.ok() ? absl::StrCat("policy of ", domain, " (id ", *id, ") is invalid: ",
+                                                 policy.status().message())
+                                  : std::string(text.status().message());
+      if (self->failed_.size() >= self->options_.max_entries) {
+        self->failed_.clear();
+      }
+      self->failed_[retry_key] = {self->options_.now() + kFetchRetry, why};
+      cached.problem = std::move(why);
+      co_return cached;
+    }
+    StsLookup fresh;
+    fresh.policy = *policy;
+    fresh.id = *id;
+    fresh.source = "fetched";
+    if (policy->max_age.count() > 0) {
+      if (self->cache_.size() >= self->options_.max_entries) {
+        self->cache_.clear();
+      }
+      self->cache_[domain] = Entry{*policy, *id, self->options_.now() + policy->max_age};
+    } else {
+      self->cache_.erase(domain);
+    }
+    co_return fresh;
+  }
+
+  asio::any_io_executor executor_;
+  dns::MxResolver& resolver_;
+  std::shared_ptr<asio::ssl::context> tls_;
+  Options options_;
+  std::map<std::string, Entry> cache_;
+  // "domain id" → (no fetch before, why the last one failed).
+  std::map<std::string, std::pair<Clock::time_point, std::string>> failed_;
+  std::map<std::string, std::vector<absl::AnyInvocable<void(StsLookup)>>> waiting_;
+  uint64_t fetches_ = 0;
+};
+
+MtaSts::MtaSts(asio::any_io_executor executor, dns::MxResolver& resolver, std::shared_ptr<asio::ssl::context> tls,
+               Options options)
+    : impl_(std::make_shared<Impl>(std::move(executor), resolver, std::move(tls), std::move(options))) {}
+
+MtaSts::~MtaSts() = default;
+
+void MtaSts::Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done) {
+  impl_->Find(std::move(domain), std::move(done));
+}
+
+size_t MtaSts::cache_size() const { return impl_->cache_size(); }
+uint64_t MtaSts::fetches() const { return impl_->fetches(); }
+
+}  // namespace tern::deliverer

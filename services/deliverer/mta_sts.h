@@ -1,0 +1,153 @@
+// File: mta_sts.h
+//
+// MTA-STS (RFC 8461): a recipient domain publishes, over DNS and HTTPS, that
+// its MX hosts speak TLS with certificates a sender can verify, so a network
+// attacker can no longer strip STARTTLS or send mail to a host of its own.
+//
+// Discovery, per recipient domain D (MtaSts::Find):
+//   1. TXT "_mta-sts.D": exactly one record starting "v=STSv1" with an `id`
+//      (ParseStsRecord); none, several or a malformed one mean "no record".
+//   2. A cached policy whose id equals the record's is used as it is.
+//   3. Otherwise the policy is fetched from
+//      https://mta-sts.D/.well-known/mta-sts.txt (FetchStsPolicyText): the
+//      certificate must verify for mta-sts.D, only a 200 with text/plain
+//      counts, redirects are not followed, at most 64 KiB, all within
+//      `timeout`. It is parsed (ParseStsPolicy) and cached for its max_age.
+//   4. No record, a failed TXT lookup or a failed fetch keep a cached policy
+//      that has not expired (§5.1: an attacker who blocks DNS or HTTPS must
+//      not switch the protection off); without one the domain has no policy.
+// A failed fetch is not tried again for the same id for kFetchRetry, so a
+// broken policy host costs one fetch per few minutes, not one per message.
+// Concurrent lookups of one domain share one discovery.
+//
+// What the deliverer does with a policy (delivery_worker.cc):
+//   enforce  only MX hosts matching a policy `mx` pattern are tried, each with
+//            STARTTLS and a certificate verified for the MX host name (a
+//            failure there is transient: next MX, then deferral); with no
+//            matching MX the delivery is deferred.
+//   testing  delivery as without a policy; an MX the policy would refuse is
+//            logged (mta_sts_testing_mismatch).
+//   none     nothing changes.
+// Static routes and get_mx hook routes are not MX delivery: no MTA-STS.
+//
+// Not done: TLS-RPT reports (RFC 8460), proactive refresh of cached policies
+// before they expire, and a cache that survives a restart (each deliverer
+// keeps its own, in memory).
+//
+// Thread-safety: MtaSts is not thread-safe; call it on its executor (the
+// worker's io_context), where its callbacks run too, never inline.
+//
+// Standards: RFC 8461 (MTA-STS), RFC 6125 (certificate names, via
+// net::Connection), RFC 9110 / 9112 (the HTTP/1.1 GET).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "asio/any_io_executor.hpp"
+#include "lib/dns/mx_resolver.h"
+
+namespace asio::ssl {
+class context;
+}
+
+namespace tern::deliverer {
+
+enum class StsMode { kNone, kTesting, kEnforce };
+
+// "none", "testing", "enforce".
+const char* StsModeName(StsMode mode);
+
+struct StsPolicy {
+  StsMode mode = StsMode::kNone;
+  // Lower case, no trailing dot: "mx.example.com" or "*.example.com".
+  std::vector<std::string> mx;
+  std::chrono::seconds max_age{0};
+
+  // True if the MX host name `host` matches a pattern: exactly, or a
+  // "*.suffix" pattern whose `*` stands for exactly one left-most label
+  // (RFC 8461 §4.1). Case and a trailing dot are ignored.
+  bool MatchesMx(absl::string_view host) const;
+};
+
+// Parses a policy body (RFC 8461 §3.2): "key: value" lines ending in CRLF
+// (a bare LF is accepted); version STSv1, mode and max_age (at most
+// 31557600) are required, at least one mx unless the mode is none; unknown
+// keys are ignored, and for a key given twice the first counts.
+// InvalidArgument says what is wrong.
+absl::StatusOr<StsPolicy> ParseStsPolicy(absl::string_view text);
+
+// The `id` of the single TXT record that starts with "v=STSv1" (RFC 8461
+// §3.1), or nullopt: no such record, more than one, or a malformed one.
+std::optional<std::string> ParseStsRecord(const std::vector<std::string>& records);
+
+// What Find() decided for a domain.
+struct StsLookup {
+  std::optional<StsPolicy> policy;  // nullopt: deliver as without MTA-STS
+  std::string id;                   // the policy's id, when there is one
+  // "fetched", "cached" or "none", for logs.
+  std::string source = "none";
+  // Why a policy could not be fetched or renewed ("" when nothing failed);
+  // a cached policy may still be in use.
+  std::string problem;
+};
+
+class MtaSts {
+ public:
+  // Fetches the policy text of `domain`; `done` runs once on the executor.
+  using Fetcher =
+      std::function<void(const std::string& domain, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done)>;
+
+  struct Options {
+    // Port of https://mta-sts.<domain>/ (tests use another). Default: 443.
+    uint16_t port = 443;
+    // Whole fetch (connect, TLS, request, response). Default: 10 s.
+    std::chrono::milliseconds timeout{10000};
+    // Most cached policies; when full the cache is cleared. Default: 100000.
+    size_t max_entries = 100000;
+    // Replaces the HTTPS fetch (tests). Default: FetchStsPolicyText.
+    Fetcher fetch;
+    // The clock for max_age (tests). Default: steady_clock::now.
+    std::function<std::chrono::steady_clock::time_point()> now;
+  };
+
+  // How long a failed fetch of one policy id is not tried again.
+  static constexpr std::chrono::minutes kFetchRetry{5};
+
+  // `resolver` and `tls` (system CAs plus tls.ini's `ca`) must outlive this.
+  MtaSts(asio::any_io_executor executor, dns::MxResolver& resolver, std::shared_ptr<asio::ssl::context> tls,
+         Options options);
+  ~MtaSts();
+  MtaSts(const MtaSts&) = delete;
+  MtaSts& operator=(const MtaSts&) = delete;
+
+  // The policy to apply to mail for `domain` (an A-label); `done` runs on
+  // the executor, never inline.
+  void Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done);
+
+  size_t cache_size() const;
+  uint64_t fetches() const;
+
+  class Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+// GETs https://mta-sts.<domain>:<port>/.well-known/mta-sts.txt with a
+// verified certificate for mta-sts.<domain>; `done` gets the body, or why
+// not. Runs on `executor`; `resolver` and `tls` must outlive the call.
+void FetchStsPolicyText(asio::any_io_executor executor, dns::MxResolver& resolver,
+                        std::shared_ptr<asio::ssl::context> tls, std::string domain, uint16_t port,
+                        std::chrono::milliseconds timeout, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done);
+
+}  // namespace tern::deliverer

@@ -1,0 +1,144 @@
+// File: test_certs.h (tests only)
+//
+// TLS material for the deliverer's tests: a throwaway CA, a server
+// certificate it signs for mx.x.test and mta-sts.x.test, and a self-signed
+// one, made with the openssl command once per test binary; server and
+// client contexts built from them; and a one-answer HTTPS server.
+#pragma once
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "asio/co_spawn.hpp"
+#include "asio/detached.hpp"
+#include "asio/experimental/as_tuple.hpp"
+#include "asio/io_context.hpp"
+#include "asio/ip/tcp.hpp"
+#include "asio/ssl/context.hpp"
+#include "asio/use_awaitable.hpp"
+#include "lib/net/connection.h"
+#include "gtest/gtest.h"
+#include "services/deliverer/tls_policy.h"
+
+namespace tern::deliverer {
+
+// A CA and a server certificate for mx.x.test (and mta-sts.x.test), made with `openssl req` once
+// per test binary run, in a temporary directory.
+struct TestCerts {
+  std::string dir;
+  std::string ca;
+  std::string cert;
+  std::string key;
+  std::string self_signed;
+  std::string self_signed_key;
+  bool ok = false;
+
+  static const TestCerts& Get() {
+    static const TestCerts certs = Make();
+    // Removes the directory at exit (a separate object: `certs` is built by
+    // a copy that must not delete anything).
+    static const struct Cleanup {
+      std::string dir;
+      ~Cleanup() {
+        if (!dir.empty()) {
+          std::filesystem::remove_all(dir);
+        }
+      }
+    } cleanup{certs.dir};
+    return certs;
+  }
+
+  static TestCerts Make() {
+    TestCerts t;
+    char tmpl[] = "/tmp/tern-deliverer-certs-XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) {
+      return t;
+    }
+    t.dir = tmpl;
+    t.ca = t.dir + "/ca.pem";
+    t.cert = t.dir + "/server.pem";
+    t.key = t.dir + "/server.key";
+    t.self_signed = t.dir + "/self.pem";
+    t.self_signed_key = t.dir + "/self.key";
+    const std::string d = t.dir;
+    const std::string script = absl::StrCat(
+        "cd ", d, " && (",
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=Tern-Test-CA "
+        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign && ",
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=mx.x.test && ",
+        "printf 'subjectAltName=DNS:mx.x.test,DNS:mta-sts.x.test\\n' > ext.cnf && ",
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
+        "-extfile ext.cnf && ",
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout self.key -out self.pem -days 2 -subj /CN=mx.x.test "
+        "-addext subjectAltName=DNS:mx.x.test",
+        ") > openssl.log 2>&1");
+    t.ok = std::system(script.c_str()) == 0;
+    return t;
+  }
+};
+
+inline std::shared_ptr<asio::ssl::context> ServerTls(const std::string& cert, const std::string& key) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  ctx->use_certificate_chain_file(cert);
+  ctx->use_private_key_file(key, asio::ssl::context::pem);
+  return ctx;
+}
+
+inline std::shared_ptr<asio::ssl::context> ClientTls(const std::string& ca) {
+  TlsOutboundConfig config;
+  config.ca = ca;
+  auto ctx = config.MakeContext();
+  EXPECT_TRUE(ctx.ok()) << ctx.status();
+  return ctx.ok() ? *ctx : nullptr;
+}
+
+// An HTTPS server on 127.0.0.1 that answers each connection's request (read
+// up to its empty line and recorded) with `response`, then closes.
+class HttpsResponder {
+ public:
+  HttpsResponder(asio::io_context& io, std::shared_ptr<asio::ssl::context> tls)
+      : acceptor_(io, {asio::ip::make_address("127.0.0.1"), 0}), tls_(std::move(tls)) {
+    asio::co_spawn(io, Accept(), asio::detached);
+  }
+  uint16_t port() const { return acceptor_.local_endpoint().port(); }
+
+  std::string response;
+  std::vector<std::string> requests;
+
+ private:
+  asio::awaitable<void> Accept() {
+    for (;;) {
+      auto [ec, socket] = co_await acceptor_.async_accept(asio::experimental::as_tuple(asio::use_awaitable));
+      if (ec) {
+        co_return;
+      }
+      asio::co_spawn(acceptor_.get_executor(), Serve(std::move(socket)), asio::detached);
+    }
+  }
+  asio::awaitable<void> Serve(asio::ip::tcp::socket socket) {
+    net::Connection conn(std::move(socket));
+    if (!(co_await conn.StartTlsServer(tls_, std::chrono::seconds(5))).ok()) {
+      co_return;
+    }
+    std::string request;
+    for (;;) {
+      absl::StatusOr<net::Line> line = co_await conn.ReadLine(8192, std::chrono::seconds(5));
+      if (!line.ok() || line->text.empty()) {
+        break;
+      }
+      request += line->text + "\n";
+    }
+    requests.push_back(request);
+    (void)co_await conn.Write(response, std::chrono::seconds(5));
+    co_await conn.Close(std::chrono::seconds(1));
+  }
+
+  asio::ip::tcp::acceptor acceptor_;
+  std::shared_ptr<asio::ssl::context> tls_;
+};
+
+}  // namespace tern::deliverer

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace tern::deliverer {
@@ -44,6 +45,9 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
   EXPECT_EQ(c->host_flags_refresh, std::chrono::seconds(30));
   EXPECT_EQ(c->unreachable_after, 3u);
   EXPECT_EQ(c->unreachable_backoff, std::chrono::seconds(60));
+  EXPECT_TRUE(c->mta_sts);
+  EXPECT_EQ(c->mta_sts_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(c->mta_sts_port, 443);
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.banner, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.rcpt, std::chrono::seconds(30));
@@ -56,7 +60,8 @@ TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   Write("outbound.ini", "connect_timeout=7\n");
   Write("tern.ini", "[deliverer]\nrcpt_timeout=120\ndot_timeout=900\npool_timeout=0\npool_max_messages=5\n"
                     "tls_failure_ttl=60\nhost_flags_refresh=5\ndestination_connections_max=0\n"
-                    "unreachable_after=0\nunreachable_backoff=300\n");
+                    "unreachable_after=0\nunreachable_backoff=300\nmta_sts=false\nmta_sts_timeout=3\n"
+                    "mta_sts_port=8443\n");
   auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(7));
@@ -70,6 +75,9 @@ TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   EXPECT_EQ(c->host_flags_refresh, std::chrono::seconds(5));
   EXPECT_EQ(c->unreachable_after, 0u);
   EXPECT_EQ(c->unreachable_backoff, std::chrono::seconds(300));
+  EXPECT_FALSE(c->mta_sts);
+  EXPECT_EQ(c->mta_sts_timeout, std::chrono::seconds(3));
+  EXPECT_EQ(c->mta_sts_port, 8443);
 }
 
 TEST_F(ConfigTest, ReadsRoutesAndTlsPolicy) {
@@ -132,6 +140,14 @@ TEST_F(ConfigTest, BadValuesNameTheKey) {
   c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("unreachable_backoff"), std::string::npos) << c.status();
+
+  for (const char* bad : {"mta_sts=maybe", "mta_sts_timeout=0", "mta_sts_port=70000"}) {
+    Write("tern.ini", absl::StrCat("[deliverer]\n", bad, "\n"));
+    c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+    ASSERT_FALSE(c.ok()) << bad;
+    const std::string key(bad, std::string(bad).find('='));
+    EXPECT_NE(c.status().message().find(key), std::string::npos) << c.status();
+  }
 }
 
 }  // namespace

@@ -522,8 +522,9 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
           break;
         }
         // Answers holding only a CNAME to a name without our type are NODATA.
-        result.kind = (result.mx.empty() && result.addresses.empty() && result.texts.empty()) ? QueryResult::Kind::kNoData
-                                                                      : QueryResult::Kind::kAnswer;
+        result.kind = (result.mx.empty() && result.addresses.empty() && result.texts.empty())
+                          ? QueryResult::Kind::kNoData
+                          : QueryResult::Kind::kAnswer;
         result.ttl = result.kind == QueryResult::Kind::kAnswer ? min_ttl
                                                                : negative_ttl.value_or(options_.negative_ttl.count());
         break;
@@ -710,7 +711,9 @@ void CaresResolver::ResolveMx(std::string domain, MxCallback done) {
   impl_->ResolveMx(std::move(domain), std::move(done));
 }
 
-void CaresResolver::ResolveTxt(std::string name, TxtCallback done) { impl_->ResolveTxt(std::move(name), std::move(done)); }
+void CaresResolver::ResolveTxt(std::string name, TxtCallback done) {
+  impl_->ResolveTxt(std::move(name), std::move(done));
+}
 
 void CaresResolver::ResolveHost(std::string host, HostCallback done) {
   impl_->ResolveHost(std::move(host), std::move(done));

@@ -29,6 +29,7 @@
 #include "lib/common/ids.h"
 #include "lib/common/log.h"
 #include "lib/common/status_macros.h"
+#include "lib/dns/resolver_await.h"
 #include "lib/hooks/hooks_channel.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/asio_grpc.h"
@@ -87,35 +88,8 @@ constexpr int kMaxDeliveredInFlight = 256;
 
 int64_t NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
 
-// co_await adapters for the callback-style MxResolver. The resolver calls back
-// on the executor from a posted handler, so resuming inline is safe. These are
-// plain functions returning the awaitable, with named initiation types: GCC 12
-// miscompiles a lambda init-capture of a coroutine parameter (double free).
-struct MxInitiation {
-  dns::MxResolver* resolver;
-  std::string domain;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    resolver->ResolveMx(std::move(domain),
-                        [h = std::move(handler)](dns::MxAnswer a) mutable { std::move(h)(std::move(a)); });
-  }
-};
-
-struct HostInitiation {
-  dns::MxResolver* resolver;
-  std::string host;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    resolver->ResolveHost(std::move(host),
-                          [h = std::move(handler)](dns::HostAnswer a) mutable { std::move(h)(std::move(a)); });
-  }
-};
-
-asio::awaitable<dns::MxAnswer> AwaitMx(dns::MxResolver& resolver, std::string domain) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(dns::MxAnswer)>(
-      MxInitiation{&resolver, std::move(domain)}, asio::use_awaitable);
-}
-
+// co_await adapter for MtaSts::Find (see lib/dns/resolver_await.h for why a
+// named initiation type and a plain function).
 struct StsInitiation {
   MtaSts* sts;
   std::string domain;
@@ -128,11 +102,6 @@ struct StsInitiation {
 asio::awaitable<StsLookup> AwaitSts(MtaSts& sts, std::string domain) {
   return asio::async_initiate<decltype(asio::use_awaitable), void(StsLookup)>(StsInitiation{&sts, std::move(domain)},
                                                                               asio::use_awaitable);
-}
-
-asio::awaitable<dns::HostAnswer> AwaitHost(dns::MxResolver& resolver, std::string host) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(dns::HostAnswer)>(
-      HostInitiation{&resolver, std::move(host)}, asio::use_awaitable);
 }
 
 v1::Outcome ToProto(OutcomeClass c) {
@@ -399,7 +368,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   static asio::awaitable<void> Main(std::shared_ptr<Impl> self) {
     if (!self->config_.local_mx_ok && !self->config_.me.empty()) {
       // The addresses of `me` count as this host (Haraka's is_local_host).
-      dns::HostAnswer me = co_await AwaitHost(self->resolver_, self->config_.me);
+      dns::HostAnswer me = co_await dns::AwaitHost(self->resolver_, self->config_.me);
       std::vector<std::string> addresses = me.ipv4;
       addresses.insert(addresses.end(), me.ipv6.begin(), me.ipv6.end());
       self->planner_.AddLocalAddresses(addresses);
@@ -654,7 +623,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         for (size_t i = 0; i < r->hosts.size(); ++i) {
           const RouteHost& h = r->hosts[i];
           if (h.unix_path.empty() && !IsIpLiteral(h.host)) {
-            answers[i] = co_await AwaitHost(resolver_, h.host);
+            answers[i] = co_await dns::AwaitHost(resolver_, h.host);
           }
         }
         RoutePlan part = planner_.PlanRoute(*r, answers);
@@ -664,7 +633,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         plan.dns_trouble = plan.dns_trouble || part.dns_trouble;
       }
     } else {
-      dns::MxAnswer mx = co_await AwaitMx(resolver_, job.domain());
+      dns::MxAnswer mx = co_await dns::AwaitMx(resolver_, job.domain());
       metrics_.Dns(mx.status).Inc();
       switch (mx.status) {
         case dns::LookupStatus::kNullMx:
@@ -1146,7 +1115,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         if (enforce) {
           metrics_.mta_sts_refused_mx.Inc();
           plan.skipped.push_back(
-              absl::StrCat(a.mx_host, ": not an MX host of the MTA-STS policy of ", job.domain(), " (id ", sts.id, ")"));
+              absl::StrCat(a.mx_host, ": not an MX host of the MTA-STS policy of ", job.domain(), " (id ", sts.id,
+                           ")"));
         }
         log::Event(enforce ? log::Level::kNotice : log::Level::kWarn,
                    enforce ? "mta_sts_mx_refused" : "mta_sts_testing_mismatch",

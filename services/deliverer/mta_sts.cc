@@ -17,6 +17,7 @@
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
+#include "lib/dns/resolver_await.h"
 #include "lib/net/connection.h"
 
 namespace tern::deliverer {
@@ -220,26 +221,6 @@ std::optional<std::string> ParseStsRecord(const std::vector<std::string>& record
 
 namespace {
 
-struct HostInit {
-  dns::MxResolver* resolver;
-  std::string host;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    resolver->ResolveHost(std::move(host),
-                          [h = std::move(handler)](dns::HostAnswer a) mutable { std::move(h)(std::move(a)); });
-  }
-};
-
-struct TxtInit {
-  dns::MxResolver* resolver;
-  std::string name;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    resolver->ResolveTxt(std::move(name),
-                         [h = std::move(handler)](dns::TxtAnswer a) mutable { std::move(h)(std::move(a)); });
-  }
-};
-
 struct FetchInit {
   const MtaSts::Fetcher* fetch;
   std::string domain;
@@ -251,19 +232,7 @@ struct FetchInit {
   }
 };
 
-// co_await adapters: plain functions returning the awaitable (GCC 12 frees
-// a temporary with a non-trivial member built inside a co_await expression
-// twice, so no coroutine builds one there).
-asio::awaitable<dns::HostAnswer> AwaitHost(dns::MxResolver* resolver, std::string host) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(dns::HostAnswer)>(
-      HostInit{resolver, std::move(host)}, asio::use_awaitable);
-}
-
-asio::awaitable<dns::TxtAnswer> AwaitTxt(dns::MxResolver* resolver, std::string name) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(dns::TxtAnswer)>(
-      TxtInit{resolver, std::move(name)}, asio::use_awaitable);
-}
-
+// co_await adapter for the fetch (see lib/dns/resolver_await.h for the form).
 asio::awaitable<absl::StatusOr<std::string>> AwaitFetch(const MtaSts::Fetcher* fetch, std::string domain) {
   return asio::async_initiate<decltype(asio::use_awaitable), void(absl::StatusOr<std::string>)>(
       FetchInit{fetch, std::move(domain)}, asio::use_awaitable);
@@ -412,7 +381,7 @@ asio::awaitable<absl::StatusOr<std::string>> Fetch(dns::MxResolver* resolver, st
   if (tls == nullptr) {
     co_return absl::FailedPreconditionError("no TLS client context");
   }
-  dns::HostAnswer addresses = co_await AwaitHost(resolver, host);
+  dns::HostAnswer addresses = co_await dns::AwaitHost(*resolver, host);
   if (addresses.status != dns::LookupStatus::kOk) {
     co_return absl::UnavailableError(addresses.detail.empty() ? absl::StrCat(host, ": not found") : addresses.detail);
   }
@@ -554,7 +523,7 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
       }
     }
     const std::string txt_name = absl::StrCat("_mta-sts.", domain);
-    dns::TxtAnswer txt = co_await AwaitTxt(&self->resolver_, txt_name);
+    dns::TxtAnswer txt = co_await dns::AwaitTxt(self->resolver_, txt_name);
     if (txt.status == dns::LookupStatus::kTempFail) {
       cached.problem = txt.detail;
       co_return cached;

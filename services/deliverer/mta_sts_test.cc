@@ -137,7 +137,9 @@ class ScriptedResolver : public dns::MxResolver {
   asio::io_context& io_;
 };
 
-dns::TxtAnswer Record(const std::string& id) { return dns::TxtAnswer{dns::LookupStatus::kOk, "", {"v=STSv1; id=" + id}}; }
+dns::TxtAnswer Record(const std::string& id) {
+  return dns::TxtAnswer{dns::LookupStatus::kOk, "", {"v=STSv1; id=" + id}};
+}
 
 class MtaStsDiscoveryTest : public ::testing::Test {
  protected:

@@ -15,6 +15,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/functional/any_invocable.h"
 #include "asio/async_result.hpp"
 #include "asio/awaitable.hpp"
 #include "asio/use_awaitable.hpp"
@@ -22,49 +23,34 @@
 
 namespace tern::dns {
 
-struct MxInitiation {
-  MxResolver* resolver;
-  std::string domain;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    resolver->ResolveMx(std::move(domain),
-                        [h = std::move(handler)](MxAnswer a) mutable { std::move(h)(std::move(a)); });
-  }
-};
-
-struct HostInitiation {
-  MxResolver* resolver;
-  std::string host;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    resolver->ResolveHost(std::move(host),
-                          [h = std::move(handler)](HostAnswer a) mutable { std::move(h)(std::move(a)); });
-  }
-};
-
-struct TxtInitiation {
+// Starts `Resolve` on `resolver` for `name` and hands its answer to the
+// awaiting coroutine's handler.
+template <typename Answer, void (MxResolver::*Resolve)(std::string, absl::AnyInvocable<void(Answer)>)>
+struct ResolveInitiation {
   MxResolver* resolver;
   std::string name;
   template <typename Handler>
   void operator()(Handler handler) {
-    resolver->ResolveTxt(std::move(name),
-                         [h = std::move(handler)](TxtAnswer a) mutable { std::move(h)(std::move(a)); });
+    (resolver->*Resolve)(std::move(name), [h = std::move(handler)](Answer a) mutable { std::move(h)(std::move(a)); });
   }
 };
 
+template <typename Answer, void (MxResolver::*Resolve)(std::string, absl::AnyInvocable<void(Answer)>)>
+asio::awaitable<Answer> AwaitResolve(MxResolver& resolver, std::string name) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(Answer)>(
+      ResolveInitiation<Answer, Resolve>{&resolver, std::move(name)}, asio::use_awaitable);
+}
+
 inline asio::awaitable<MxAnswer> AwaitMx(MxResolver& resolver, std::string domain) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(MxAnswer)>(
-      MxInitiation{&resolver, std::move(domain)}, asio::use_awaitable);
+  return AwaitResolve<MxAnswer, &MxResolver::ResolveMx>(resolver, std::move(domain));
 }
 
 inline asio::awaitable<HostAnswer> AwaitHost(MxResolver& resolver, std::string host) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(HostAnswer)>(
-      HostInitiation{&resolver, std::move(host)}, asio::use_awaitable);
+  return AwaitResolve<HostAnswer, &MxResolver::ResolveHost>(resolver, std::move(host));
 }
 
 inline asio::awaitable<TxtAnswer> AwaitTxt(MxResolver& resolver, std::string name) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(TxtAnswer)>(
-      TxtInitiation{&resolver, std::move(name)}, asio::use_awaitable);
+  return AwaitResolve<TxtAnswer, &MxResolver::ResolveTxt>(resolver, std::move(name));
 }
 
 }  // namespace tern::dns

@@ -17,6 +17,7 @@
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
+#include "lib/address/mailbox.h"
 #include "lib/dns/resolver_await.h"
 #include "lib/net/connection.h"
 
@@ -42,27 +43,11 @@ std::string Lower(absl::string_view s) {
   return out;
 }
 
-bool ValidLabel(absl::string_view label) {
-  if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
-    return false;
-  }
-  return std::all_of(label.begin(), label.end(), [](char c) { return absl::ascii_isalnum(c) || c == '-'; });
-}
-
-// "mx.example.com" or "*.example.com" (RFC 8461 §3.2 sts-policy-mx-value).
+// "mx.example.com" or "*.example.com" (RFC 8461 §3.2 sts-policy-mx-value):
+// an LDH host name of at most 253 octets, after the optional "*.".
 bool ValidMxPattern(absl::string_view pattern) {
-  if (absl::StartsWith(pattern, "*.")) {
-    pattern.remove_prefix(2);
-  }
-  if (pattern.empty() || pattern.size() > 253) {
-    return false;
-  }
-  for (absl::string_view label : absl::StrSplit(pattern, '.')) {
-    if (!ValidLabel(label)) {
-      return false;
-    }
-  }
-  return true;
+  absl::ConsumePrefix(&pattern, "*.");
+  return pattern.size() <= 253 && address::IsValidDomain(pattern, /*smtputf8=*/false);
 }
 
 }  // namespace
@@ -308,8 +293,7 @@ asio::awaitable<absl::StatusOr<std::string>> ReadResponse(net::Connection& conn,
       chunked = absl::StrContains(value, "chunked");
     } else if (name == "content-type") {
       // §3.2: the policy is served as text/plain (parameters allowed).
-      text_plain = value == "text/plain" || absl::StartsWith(value, "text/plain;") ||
-                   absl::StartsWith(value, "text/plain ");
+      text_plain = absl::StripAsciiWhitespace(absl::string_view(value).substr(0, value.find(';'))) == "text/plain";
     }
   }
   if (!text_plain) {

@@ -406,7 +406,9 @@ asio::awaitable<absl::StatusOr<std::string>> Fetch(dns::MxResolver* resolver, st
       conn.Abort();
       continue;
     }
+    // RFC 9110 §7.2: the port goes in Host when it is not the scheme's.
     const std::string request = absl::StrCat("GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: ", host,
+                                             port == 443 ? "" : absl::StrCat(":", port),
                                              "\r\nUser-Agent: tern-deliverer\r\nAccept: text/plain\r\n"
                                              "Connection: close\r\n\r\n");
     if (absl::Status s = co_await conn.Write(request, deadline.left()); !s.ok()) {

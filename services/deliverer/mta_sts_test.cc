@@ -130,6 +130,11 @@ class ScriptedResolver : public dns::MxResolver {
     asio::post(io_, [done = std::move(done), a]() mutable { done(std::move(a)); });
   }
 
+  // MTA-STS never asks for TLSA: an unvalidated NODATA.
+  void ResolveTlsa(std::string, TlsaCallback done) override {
+    asio::post(io_, [done = std::move(done)]() mutable { done(dns::TlsaAnswer()); });
+  }
+
   std::map<std::string, dns::TxtAnswer> txt;
   int txt_queries = 0;
 
@@ -286,12 +291,14 @@ class PolicyFetchTest : public ::testing::Test {
     while (!result.has_value() && io_.run_one_for(5s) > 0) {
     }
     requests_ = server.requests;
+    port_ = server.port();
     return result.value_or(absl::DeadlineExceededError("test: no answer"));
   }
 
   asio::io_context io_;
   ScriptedResolver resolver_{io_};
   std::vector<std::string> requests_;
+  uint16_t port_ = 0;  // the responder's of the last Fetch
 };
 
 TEST_F(PolicyFetchTest, GetsThePolicyWithContentLength) {
@@ -302,7 +309,9 @@ TEST_F(PolicyFetchTest, GetsThePolicyWithContentLength) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(*r, body);
   ASSERT_EQ(requests_.size(), 1u);
-  EXPECT_NE(requests_[0].find("GET /.well-known/mta-sts.txt HTTP/1.1\nHost: mta-sts.x.test\n"), std::string::npos)
+  // Not port 443 here, so Host names the port (RFC 9110 §7.2).
+  EXPECT_NE(requests_[0].find(absl::StrCat("GET /.well-known/mta-sts.txt HTTP/1.1\nHost: mta-sts.x.test:", port_, "\n")),
+            std::string::npos)
       << requests_[0];
 }
 

@@ -74,7 +74,10 @@ def make_pki(d):
 class PostfixServer:
     """A private Postfix instance in its own temp dir (see module doc)."""
 
-    def __init__(self):
+    def __init__(self, host="127.0.0.1", port=None, domains=()):
+        """`host`/`port`: where the plain listener is (the auth one is on
+        `host` too); by default 127.0.0.1 and a free port. `domains`: more
+        domains Postfix accepts mail for (besides the static-route ones)."""
         for tool in ("postfix", "postconf", "saslpasswd2", "openssl"):
             if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
                 raise RuntimeError(f"{tool} is not installed (scripts/deps.sh installs it)")
@@ -92,8 +95,11 @@ class PostfixServer:
         for d in (self.data, self.mail):
             os.chown(d, pw.pw_uid, pw.pw_gid)
         self.maillog = os.path.join(self.dir, "maillog")
-        self.port = free_port()
-        self.auth_port = free_port()
+        self.host = host
+        self.port = port or free_port(host)
+        self.auth_port = free_port(host)
+        self.domains = " ".join(("postfix.test", "auth.test", "plain.test", "login.test", "badauth.test") +
+                                tuple(domains))
         self.proc = None
         try:
             make_pki(self.pki)
@@ -130,7 +136,7 @@ local_recipient_maps =
 smtpd_peername_lookup = no
 smtp_tls_security_level = none
 # Every accepted message goes to one maildir, owned by the postfix user.
-virtual_mailbox_domains = postfix.test auth.test plain.test login.test badauth.test
+virtual_mailbox_domains = {self.domains}
 virtual_mailbox_base = {self.mail}
 virtual_mailbox_maps = static:inbox/
 virtual_uid_maps = static:{pw.pw_uid}
@@ -157,8 +163,8 @@ smtpd_sasl_authenticated_header = yes
                     fields[4] = "n"
                     line = " ".join(fields)
                 out.append(line)
-        out.append(f"127.0.0.1:{self.port} inet n - n - - smtpd")
-        out.append(f"127.0.0.1:{self.auth_port} inet n - n - - smtpd")
+        out.append(f"{self.host}:{self.port} inet n - n - - smtpd")
+        out.append(f"{self.host}:{self.auth_port} inet n - n - - smtpd")
         out.append("  -o smtpd_sasl_auth_enable=yes")
         out.append("  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject")
         with open(os.path.join(self.conf, "master.cf"), "w") as f:
@@ -167,8 +173,8 @@ smtpd_sasl_authenticated_header = yes
     def start(self):
         log = open(os.path.join(self.dir, "postfix-start.log"), "wb")
         self.proc = subprocess.Popen(["postfix", "-c", self.conf, "start-fg"], stdout=log, stderr=subprocess.STDOUT)
-        wait_port("127.0.0.1", self.port, 30, self.proc)
-        wait_port("127.0.0.1", self.auth_port, 30, self.proc)
+        wait_port(self.host, self.port, 30, self.proc)
+        wait_port(self.host, self.auth_port, 30, self.proc)
         return self
 
     def stop(self):

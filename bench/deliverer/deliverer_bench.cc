@@ -161,6 +161,7 @@ class NoResolver : public tern::dns::MxResolver {
   }
   void ResolveHost(std::string, HostCallback done) override { done(tern::dns::HostAnswer()); }
   void ResolveTxt(std::string, TxtCallback done) override { done(tern::dns::TxtAnswer()); }
+  void ResolveTlsa(std::string, TlsaCallback done) override { done(tern::dns::TlsaAnswer()); }
 };
 
 // A "VmRSS:"/"VmHWM:" line of /proc/self/status, in KiB (0 if absent).

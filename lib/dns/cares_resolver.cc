@@ -57,8 +57,17 @@ struct QueryResult {
   std::vector<MxRecord> mx;           // MX queries
   std::vector<std::string> addresses;  // A / AAAA queries
   std::vector<std::string> texts;      // TXT queries: one per record, strings joined
+  std::vector<TlsaRecord> tlsa;        // TLSA queries
+  bool secure = false;                // the answer carried AD (validated)
   uint32_t ttl = 0;                   // seconds to cache; 0 = do not cache
+
+  bool empty() const { return mx.empty() && addresses.empty() && texts.empty() && tlsa.empty(); }
 };
+
+// Header bits (RFC 1035 §4.1.1, RFC 4035 §3.2.3): AD in the fourth byte,
+// RCODE its low four bits.
+constexpr unsigned char kAdBit = 0x20;
+constexpr int kRcodeNxDomain = 3;
 
 std::string Normalise(std::string name) {
   absl::AsciiStrToLower(&name);
@@ -165,6 +174,14 @@ bool ParseResponse(const unsigned char* abuf, int alen, int qtype, QueryResult* 
           s += n;
         }
         result->texts.push_back(std::move(joined));
+      } else if (type == ns_t_tlsa) {
+        // usage, selector, matching type, then the association data
+        // (RFC 6698 §2.1); at least one octet of data.
+        if (rdlen < 4) {
+          return false;
+        }
+        result->tlsa.push_back(TlsaRecord{rdata[0], rdata[1], rdata[2],
+                                          std::string(reinterpret_cast<const char*>(rdata + 3), rdlen - 3)});
       }
     } else if (type == ns_t_soa && rdlen >= 22) {
       // RFC 2308 §5: negative TTL = min(SOA TTL, SOA MINIMUM), the last field.
@@ -184,6 +201,8 @@ const char* TypeName(int qtype) {
       return "AAAA";
     case ns_t_txt:
       return "TXT";
+    case ns_t_tlsa:
+      return "TLSA";
   }
   return "?";
 }
@@ -252,7 +271,32 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     }
     ++queries_sent_;
     auto* ctx = new QueryContext{this, std::move(key), name, qtype};
-    ares_query(channel_, name.c_str(), ns_c_in, qtype, &Impl::OnAnswerThunk, ctx);
+    // Built here rather than by ares_query so the AD bit can be set: a
+    // validating resolver then reports whether it validated the answer
+    // (RFC 6840 §5.7); c-ares 1.18 has no option for it. ares_send gives
+    // the raw answer, NXDOMAIN included (see OnAnswer).
+    unsigned char* query = nullptr;
+    int query_len = 0;
+    if (int rc = ares_create_query(name.c_str(), ns_c_in, qtype, 0, 1, &query, &query_len, 0);
+        rc != ARES_SUCCESS || query_len < 12) {
+      if (query != nullptr) {
+        ares_free_string(query);
+      }
+      // A name c-ares cannot encode (a label over 63 octets): answered as
+      // a failed lookup, from a posted handler like every answer.
+      std::weak_ptr<Impl> weak = weak_from_this();
+      const int status = rc != ARES_SUCCESS ? rc : ARES_EBADQUERY;
+      asio::post(executor_, [weak, ctx, status] {
+        std::unique_ptr<QueryContext> owned(ctx);
+        if (auto self = weak.lock()) {
+          self->OnAnswer(*owned, status, nullptr, 0);
+        }
+      });
+      return;
+    }
+    query[3] |= kAdBit;
+    ares_send(channel_, query, query_len, &Impl::OnAnswerThunk, ctx);
+    ares_free_string(query);
     UpdateTimer();
   }
 
@@ -263,12 +307,18 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
       HostAnswer answer;
       int remaining = 2;
       int nxdomain = 0;
+      int answered = 0;
+      bool all_secure = true;
       std::vector<std::string> errors;
     };
     auto join = std::make_shared<Join>();
     join->done = std::move(done);
     auto on_result = [join, host](int qtype, const QueryResult& r) {
       auto& out = qtype == ns_t_a ? join->answer.ipv4 : join->answer.ipv6;
+      if (r.kind != QueryResult::Kind::kError) {
+        ++join->answered;
+        join->all_secure = join->all_secure && r.secure;
+      }
       switch (r.kind) {
         case QueryResult::Kind::kAnswer:
           out = r.addresses;
@@ -287,6 +337,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
       }
       HostAnswer& a = join->answer;
       a.detail = absl::StrJoin(join->errors, "; ");
+      a.secure = join->answered > 0 && join->all_secure;
       if (!a.ipv4.empty() || !a.ipv6.empty()) {
         a.status = LookupStatus::kOk;  // one family is enough; detail says what failed
       } else if (!join->errors.empty()) {
@@ -320,6 +371,31 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
         case QueryResult::Kind::kError:
           answer.status = LookupStatus::kTempFail;
           answer.detail = absl::StrCat("TXT lookup for ", name, " failed: ", r.detail);
+          break;
+      }
+      done(std::move(answer));
+    });
+  }
+
+  void ResolveTlsa(std::string name, TlsaCallback done) {
+    name = Normalise(std::move(name));
+    Query(name, ns_t_tlsa, [name, done = std::move(done)](const QueryResult& r) mutable {
+      TlsaAnswer answer;
+      answer.secure = r.secure;
+      switch (r.kind) {
+        case QueryResult::Kind::kAnswer:
+          answer.records = r.tlsa;
+          break;
+        case QueryResult::Kind::kNoData:
+          break;
+        case QueryResult::Kind::kNxDomain:
+          answer.status = LookupStatus::kNoSuchDomain;
+          answer.detail = absl::StrCat(name, ": not found (NXDOMAIN)");
+          break;
+        case QueryResult::Kind::kError:
+          answer.status = LookupStatus::kTempFail;
+          answer.secure = false;
+          answer.detail = absl::StrCat("TLSA lookup for ", name, " failed: ", r.detail);
           break;
       }
       done(std::move(answer));
@@ -420,6 +496,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
 
   void OnMx(const std::string& domain, const QueryResult& r, MxCallback done) {
     MxAnswer answer;
+    answer.secure = r.secure;
     switch (r.kind) {
       case QueryResult::Kind::kNxDomain:
         answer.status = LookupStatus::kNoSuchDomain;
@@ -447,7 +524,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     // A null MX mixed with real ones is a misconfiguration; use the real ones.
     std::erase_if(records, [](const MxRecord& mx) { return mx.exchange.empty(); });
     if (records.empty()) {
-      ResolveImplicitMx(domain, std::move(done));
+      ResolveImplicitMx(domain, r.secure, std::move(done));
       return;
     }
     std::stable_sort(records.begin(), records.end(),
@@ -463,6 +540,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     };
     auto join = std::make_shared<Join>();
     join->done = std::move(done);
+    join->answer.secure = r.secure;
     join->remaining = records.size();
     for (auto& mx : records) {
       MxHost host;
@@ -480,10 +558,11 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     }
   }
 
-  void ResolveImplicitMx(const std::string& domain, MxCallback done) {
-    ResolveHost(domain, [domain, done = std::move(done)](HostAnswer a) mutable {
+  void ResolveImplicitMx(const std::string& domain, bool nodata_secure, MxCallback done) {
+    ResolveHost(domain, [domain, nodata_secure, done = std::move(done)](HostAnswer a) mutable {
       MxAnswer answer;
       answer.implicit_mx = true;
+      answer.secure = nodata_secure;
       if (a.status == LookupStatus::kTempFail) {
         answer.status = LookupStatus::kTempFail;
         answer.detail = absl::StrCat("no MX for ", domain, ", and ", a.detail);
@@ -514,20 +593,40 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     std::optional<uint32_t> negative_ttl;
     const bool have_body = abuf != nullptr && alen > 0;
     switch (status) {
-      case ARES_SUCCESS:
-        if (!have_body || !ParseResponse(abuf, alen, ctx.qtype, &result, &min_ttl, &negative_ttl)) {
+      case ARES_SUCCESS: {
+        // ares_send hands over every answer c-ares did not retry elsewhere
+        // (it does for SERVFAIL, NOTIMP and REFUSED): NXDOMAIN and other
+        // RCODEs are ours to sort out.
+        const int rcode = have_body && alen >= 4 ? (abuf[3] & 0x0f) : -1;
+        if (rcode != 0 && rcode != kRcodeNxDomain) {
+          result.kind = QueryResult::Kind::kError;
+          result.detail = rcode < 0 ? "malformed DNS response"
+                                    : absl::StrCat("DNS error RCODE ", rcode, " (", TypeName(ctx.qtype), " ",
+                                                   ctx.name, ")");
+          break;
+        }
+        if (!ParseResponse(abuf, alen, ctx.qtype, &result, &min_ttl, &negative_ttl)) {
           result = QueryResult();
           result.kind = QueryResult::Kind::kError;
           result.detail = "malformed DNS response";
           break;
         }
+        result.secure = (abuf[3] & kAdBit) != 0;
+        if (rcode == kRcodeNxDomain) {
+          result.kind = QueryResult::Kind::kNxDomain;
+          result.mx.clear();
+          result.addresses.clear();
+          result.texts.clear();
+          result.tlsa.clear();
+          result.ttl = negative_ttl.value_or(options_.negative_ttl.count());
+          break;
+        }
         // Answers holding only a CNAME to a name without our type are NODATA.
-        result.kind = (result.mx.empty() && result.addresses.empty() && result.texts.empty())
-                          ? QueryResult::Kind::kNoData
-                          : QueryResult::Kind::kAnswer;
+        result.kind = result.empty() ? QueryResult::Kind::kNoData : QueryResult::Kind::kAnswer;
         result.ttl = result.kind == QueryResult::Kind::kAnswer ? min_ttl
                                                                : negative_ttl.value_or(options_.negative_ttl.count());
         break;
+      }
       case ARES_ENODATA:
       case ARES_ENOTFOUND:
         result.kind = status == ARES_ENODATA ? QueryResult::Kind::kNoData : QueryResult::Kind::kNxDomain;
@@ -713,6 +812,10 @@ void CaresResolver::ResolveMx(std::string domain, MxCallback done) {
 
 void CaresResolver::ResolveTxt(std::string name, TxtCallback done) {
   impl_->ResolveTxt(std::move(name), std::move(done));
+}
+
+void CaresResolver::ResolveTlsa(std::string name, TlsaCallback done) {
+  impl_->ResolveTlsa(std::move(name), std::move(done));
 }
 
 void CaresResolver::ResolveHost(std::string host, HostCallback done) {

@@ -18,8 +18,12 @@
 // run on that executor, never inline from ResolveMx/ResolveHost. Callbacks
 // still pending when the resolver is destroyed are dropped without running.
 //
+// Every query is sent with the AD bit set (RFC 6840 §5.7: a validating
+// resolver then says whether it validated the answer), and the answer's AD
+// bit is kept with it in the cache as `secure`.
+//
 // Standards: RFC 1035 (message format, TXT character-strings), RFC 2308 (negative caching),
-// RFC 5321 §5.1, RFC 7505.
+// RFC 5321 §5.1, RFC 7505, RFC 6698 (TLSA), RFC 6840 §5.7 (AD).
 #pragma once
 
 #include <chrono>
@@ -68,6 +72,7 @@ class CaresResolver : public MxResolver {
   void ResolveMx(std::string domain, MxCallback done) override;
   void ResolveHost(std::string host, HostCallback done) override;
   void ResolveTxt(std::string name, TxtCallback done) override;
+  void ResolveTlsa(std::string name, TlsaCallback done) override;
 
   // DNS queries actually sent (cache misses that were not coalesced).
   uint64_t queries_sent() const;

@@ -205,6 +205,11 @@ class Dnsmasq {
         "--mx-host=partial.test,nowhere.partial.test,10", "--mx-host=partial.test,ok.partial.test,20",
         "--host-record=ok.partial.test,127.0.0.9",
         "--host-record=hostonly.test,127.0.0.6",
+        // TLSA 3 1 1 <32 octets 0x00..0x1f> and 2 0 2 <1 octet>: RR type 52,
+        // RDATA in hex.
+        "--dns-rr=_25._tcp.mx1.example.test,52,030101000102030405060708090a0b0c0d0e0f"
+        "101112131415161718191a1b1c1d1e1f",
+        "--dns-rr=_25._tcp.mx1.example.test,52,020002ff",
     };
     args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     std::vector<char*> argv;
@@ -284,7 +289,7 @@ class CaresResolverTest : public ::testing::Test {
     std::optional<MxAnswer> result;
     resolver.ResolveMx(domain, [&](MxAnswer a) { result = std::move(a); });
     Run([&] { return result.has_value(); });
-    return result.value_or(MxAnswer{LookupStatus::kTempFail, "test: no answer", false, {}});
+    return result.value_or(MxAnswer{LookupStatus::kTempFail, "test: no answer", false, false, {}});
   }
 
   template <typename Pred>
@@ -409,6 +414,43 @@ TEST_F(CaresResolverTest, ResolveTxtJoinsTheStringsOfEachRecord) {
   TxtAnswer failed = txt("_mta-sts.servfail.test");
   EXPECT_EQ(failed.status, LookupStatus::kTempFail);
   EXPECT_NE(failed.detail.find("TXT lookup for _mta-sts.servfail.test failed"), std::string::npos) << failed.detail;
+}
+
+TEST_F(CaresResolverTest, ResolveTlsaParsesEachRecordAndSaysNothingWasValidated) {
+  auto resolver = MakeResolver();
+  auto tlsa = [&](const std::string& name) {
+    std::optional<TlsaAnswer> answer;
+    resolver->ResolveTlsa(name, [&](TlsaAnswer a) { answer = std::move(a); });
+    Run([&] { return answer.has_value(); });
+    TlsaAnswer none;
+    none.status = LookupStatus::kTempFail;
+    none.detail = "test: no answer";
+    return answer.value_or(none);
+  };
+  TlsaAnswer found = tlsa("_25._tcp.MX1.example.test");
+  ASSERT_EQ(found.status, LookupStatus::kOk) << found.detail;
+  std::string digest;
+  for (int i = 0; i < 32; ++i) {
+    digest.push_back(static_cast<char>(i));
+  }
+  std::vector<TlsaRecord> records = found.records;
+  std::sort(records.begin(), records.end(), [](const TlsaRecord& a, const TlsaRecord& b) { return a.usage > b.usage; });
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0], (TlsaRecord{3, 1, 1, digest}));
+  EXPECT_EQ(records[1], (TlsaRecord{2, 0, 2, std::string(1, '\xff')}));
+  // dnsmasq answers its own data without DNSSEC: nothing here is validated
+  // (the validated case is in dnssec_resolver_test, behind a real chain).
+  EXPECT_FALSE(found.secure);
+  EXPECT_FALSE(Mx(*resolver, "example.test").secure);
+
+  TlsaAnswer nodata = tlsa("_25._tcp.mx2.example.test");
+  EXPECT_EQ(nodata.status, LookupStatus::kNoSuchDomain);  // dnsmasq --local: an unknown name
+  EXPECT_TRUE(nodata.records.empty());
+
+  TlsaAnswer failed = tlsa("_25._tcp.mx.servfail.test");
+  EXPECT_EQ(failed.status, LookupStatus::kTempFail);
+  EXPECT_NE(failed.detail.find("TLSA lookup for _25._tcp.mx.servfail.test failed"), std::string::npos)
+      << failed.detail;
 }
 
 TEST_F(CaresResolverTest, CachesForTtlAndCoalescesConcurrentQueries) {

@@ -12,6 +12,13 @@
 //
 // ResolveHost(name) gives a name's A and AAAA addresses (for `me`, and for
 // static routes). ResolveTxt(name) gives its TXT records (MTA-STS discovery).
+// ResolveTlsa(name) gives its TLSA records (DANE, RFC 7672).
+//
+// `secure` on an answer says the resolver vouched for it with the AD bit
+// (RFC 4035 §3.2.3, RFC 6840 §5.7): every query behind it came back
+// DNSSEC-validated. It is only as trustworthy as the path to the resolver,
+// so DANE wants a validating resolver on the same host (see the deliverer
+// README). A non-validating resolver never sets AD: everything is insecure.
 //
 // DNS answers are data, not errors: a failed lookup is an MxAnswer with a
 // status and a human-readable `detail` that ends up in the delivery's reply
@@ -24,7 +31,7 @@
 // executor only.
 //
 // Standards: RFC 5321 §5.1 (locating the target host), RFC 7505 (null MX),
-// RFC 2308 (negative caching).
+// RFC 2308 (negative caching), RFC 6698 (TLSA), RFC 6840 §5.7 (AD bit).
 #pragma once
 
 #include <cstdint>
@@ -64,6 +71,9 @@ struct HostAnswer {
   std::string detail;              // why, when not kOk or when one family failed
   std::vector<std::string> ipv4;   // dotted quads, in answer order
   std::vector<std::string> ipv6;   // RFC 5952 text
+  // Both address lookups that answered (records, NODATA or NXDOMAIN) were
+  // validated, and at least one answered.
+  bool secure = false;
 };
 
 struct TxtAnswer {
@@ -74,6 +84,27 @@ struct TxtAnswer {
   // One string per TXT record: its character-strings joined with nothing in
   // between (RFC 7208 §3.3, RFC 8461 §3.1), in answer order.
   std::vector<std::string> records;
+};
+
+// One TLSA record (RFC 6698 §2.1): the fields as published; whether a
+// usage is usable is the caller's policy (RFC 7672 §3.1.3 drops 0 and 1).
+struct TlsaRecord {
+  uint8_t usage = 0;          // 0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE
+  uint8_t selector = 0;       // 0 full certificate, 1 SubjectPublicKeyInfo
+  uint8_t matching_type = 0;  // 0 exact, 1 SHA-256, 2 SHA-512
+  std::string data;           // binary
+
+  bool operator==(const TlsaRecord&) const = default;
+};
+
+struct TlsaAnswer {
+  // kOk (possibly with no records: NODATA), kNoSuchDomain (NXDOMAIN) or
+  // kTempFail (SERVFAIL, which is also how a validating resolver reports a
+  // bogus answer; timeout; a malformed record).
+  LookupStatus status = LookupStatus::kOk;
+  std::string detail;                // why, when not kOk
+  bool secure = false;               // validated (records or the denial)
+  std::vector<TlsaRecord> records;   // in answer order
 };
 
 struct MxHost {
@@ -88,6 +119,9 @@ struct MxAnswer {
   LookupStatus status = LookupStatus::kOk;
   std::string detail;
   bool implicit_mx = false;
+  // The MX lookup was validated (for an implicit MX: its NODATA was). Each
+  // host's addresses say their own.
+  bool secure = false;
   // Sorted by preference; hosts of equal preference in uniformly random order.
   std::vector<MxHost> hosts;
 };
@@ -97,6 +131,7 @@ class MxResolver {
   using MxCallback = absl::AnyInvocable<void(MxAnswer)>;
   using HostCallback = absl::AnyInvocable<void(HostAnswer)>;
   using TxtCallback = absl::AnyInvocable<void(TxtAnswer)>;
+  using TlsaCallback = absl::AnyInvocable<void(TlsaAnswer)>;
 
   virtual ~MxResolver() = default;
 
@@ -111,6 +146,10 @@ class MxResolver {
   // Resolves the TXT records of `name` (e.g. "_mta-sts.example.com"). `done`
   // runs once, on the resolver's executor.
   virtual void ResolveTxt(std::string name, TxtCallback done) = 0;
+
+  // Resolves the TLSA records of `name` (e.g. "_25._tcp.mx.example.com").
+  // `done` runs once, on the resolver's executor.
+  virtual void ResolveTlsa(std::string name, TlsaCallback done) = 0;
 };
 
 }  // namespace tern::dns

@@ -53,4 +53,8 @@ inline asio::awaitable<TxtAnswer> AwaitTxt(MxResolver& resolver, std::string nam
   return AwaitResolve<TxtAnswer, &MxResolver::ResolveTxt>(resolver, std::move(name));
 }
 
+inline asio::awaitable<TlsaAnswer> AwaitTlsa(MxResolver& resolver, std::string name) {
+  return AwaitResolve<TlsaAnswer, &MxResolver::ResolveTlsa>(resolver, std::move(name));
+}
+
 }  // namespace tern::dns

@@ -30,6 +30,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -42,6 +43,15 @@ namespace tern::net {
 
 using Duration = std::chrono::steady_clock::duration;
 
+// One TLSA record for DANE authentication (RFC 6698 §2.1, RFC 7671): the
+// published fields, `data` binary.
+struct DaneRecord {
+  uint8_t usage = 0;
+  uint8_t selector = 0;
+  uint8_t matching_type = 0;
+  std::string data;
+};
+
 struct Line {
   std::string text;   // without the line end
   // True when the line was longer than the limit: `text` holds the first part
@@ -50,6 +60,11 @@ struct Line {
   // True when the line ended in a bare LF instead of CRLF.
   bool bare_lf = false;
 };
+
+// Prepares a client context for StartTlsClientDane (OpenSSL's
+// SSL_CTX_dane_enable). Call once, before the context is shared between
+// threads; contexts that never do DANE are unaffected.
+absl::Status EnableDane(asio::ssl::context& ctx);
 
 class Connection {
  public:
@@ -95,6 +110,19 @@ class Connection {
   // checked and a failure is an error; otherwise the result is only recorded.
   asio::awaitable<absl::Status> StartTlsClient(std::shared_ptr<asio::ssl::context> ctx, std::string sni,
                                                bool verify_host, Duration timeout);
+  // TLS handshake as a client authenticated by DANE (RFC 7672 §3.1) with
+  // OpenSSL's DANE verifier: the chain must match one of `tlsa` (DANE-TA(2)
+  // or DANE-EE(3); other usages are the caller's to drop), the Web PKI
+  // plays no part, and names are checked against `host` for DANE-TA only
+  // (a DANE-EE key is bound by DNS, not by the names in its certificate).
+  // `host` is also the SNI. InvalidArgument when no record is usable by
+  // OpenSSL (bad length for its matching type, unknown selector), Internal
+  // with the verifier's reason when the peer does not match. `ctx` must have
+  // been through EnableDane() before it was shared.
+  asio::awaitable<absl::Status> StartTlsClientDane(std::shared_ptr<asio::ssl::context> ctx, std::string host,
+                                                   std::vector<DaneRecord> tlsa, Duration timeout);
+  // After StartTlsClientDane: the matched record, e.g. "3 1 1 at depth 0".
+  const std::string& dane_match() const { return dane_match_; }
 
   // Closes the socket (a TLS close_notify is attempted first, bounded by `timeout`).
   asio::awaitable<void> Close(Duration timeout);
@@ -125,6 +153,7 @@ class Connection {
   std::shared_ptr<asio::ssl::context> tls_context_;
   std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
   bool peer_verified_ = false;
+  std::string dane_match_;
   bool close_on_timeout_ = true;
   std::shared_ptr<Watchdog> watchdog_;
   // Read data is buffer_[start_, end_) of capacity_ bytes. Not a std::string:

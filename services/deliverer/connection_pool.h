@@ -57,6 +57,7 @@ struct SmtpSession {
   bool lmtp = false;
   std::string tls;             // "TLSv1.3 TLS_AES_256_GCM_SHA384" or "" for plain text
   bool tls_verified = false;
+  std::string dane;            // the TLSA record that matched, "" = no DANE
   std::string auth_mechanism;  // "" = not authenticated
   uint32_t messages = 0;       // messages completed on this connection
   std::string relay;           // "mx.example.com[192.0.2.1]:25", for logs

@@ -50,6 +50,13 @@
 //     mta_sts_timeout=10          seconds for one policy fetch over HTTPS.
 //                                 Default: 10
 //     mta_sts_port=443            port of https://mta-sts.<domain>/. Default: 443
+//     dane=true                   DANE (RFC 7672) for MX delivery: when the MX
+//                                 and address lookups were DNSSEC-validated
+//                                 (AD from the resolver), look up each MX
+//                                 host's TLSA records and, if it has any,
+//                                 require STARTTLS with a certificate they
+//                                 match (dane.h). Takes precedence over
+//                                 MTA-STS for the domain. Default: true
 //     health_listen=127.0.0.1:7072   Default: 127.0.0.1:7072; empty disables
 //     metrics_listen=127.0.0.1:9472  Default: 127.0.0.1:9472; empty disables
 //   outbound.ini [main]
@@ -106,6 +113,7 @@ struct DelivererConfig {
   bool mta_sts = true;
   std::chrono::milliseconds mta_sts_timeout{10000};
   uint16_t mta_sts_port = 443;
+  bool dane = true;
 
   uint32_t concurrency_max = 10000;
   std::chrono::seconds connect_timeout{30};

@@ -37,6 +37,7 @@
 #include "lib/rpc/status_convert.h"
 #include "services/deliverer/call_pacer.h"
 #include "services/deliverer/connection_pool.h"
+#include "services/deliverer/dane.h"
 #include "services/deliverer/host_flags.h"
 #include "services/deliverer/mta_sts.h"
 #include "services/deliverer/outcome.h"
@@ -259,6 +260,12 @@ struct Metrics {
                    "MTA-STS lookups whose TXT lookup or policy fetch failed (a cached policy may still apply)");
   metrics::Counter& mta_sts_refused_mx = r.GetCounter(
       "tern_deliverer_mta_sts_refused_mx_total", "MX hosts not tried because an enforced MTA-STS policy omits them");
+
+  metrics::Counter& Dane(DaneMode m) {
+    return r.GetCounter("tern_deliverer_dane_hosts_total",
+                        "TLSA lookups of MX hosts from DNSSEC-validated MX and address answers, by what they ask for",
+                        {{"mode", DaneModeName(m)}});
+  }
 
   metrics::Counter& Dns(dns::LookupStatus s) {
     return r.GetCounter("tern_deliverer_dns_lookups_total", "MX lookups by result",
@@ -605,6 +612,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     // An MTA-STS policy in enforce mode covers these MX hosts: TLS with a
     // verified certificate, whatever tls.ini says.
     bool sts_enforced = false;
+    // DANE per MX host and port (TlsaName), when the MX answer was
+    // validated; empty otherwise.
+    std::map<std::string, DaneHost> dane_hosts;
     // The route each attempt belongs to (its AUTH, bind, HELO name and TLS
     // policy); null for MX hosts from DNS.
     std::vector<const StaticRoute*> attempt_routes;
@@ -649,7 +659,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
           break;
       }
       plan = planner_.Plan(mx);
-      if (mta_sts_ != nullptr) {
+      // RFC 8461 §2: where DANE applies, it is used instead of MTA-STS.
+      bool dane_applies = false;
+      if (config_.dane && mx.secure) {
+        dane_applies = co_await ApplyDane(job, mx, plan, dane_hosts);
+      }
+      if (mta_sts_ != nullptr && !dane_applies) {
         sts_enforced = co_await ApplyMtaSts(job, plan);
       }
       attempt_routes.assign(plan.attempts.size(), nullptr);
@@ -729,6 +744,22 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       request.verify_tls = sts_enforced || tls.verify;
       if (sts_enforced) {
         request.tls_required_by = absl::StrCat("the MTA-STS policy of ", job.domain());
+      }
+      if (auto it = dane_hosts.find(TlsaName(attempt.mx_host, attempt.port));
+          it != dane_hosts.end() && it->second.mode != DaneMode::kNone) {
+        // DANE overrides tls.ini and the broken-TLS memory for this host:
+        // no plain-text fallback, and the TLSA records, not the Web PKI,
+        // decide whether the certificate is the right one.
+        request.tls = TlsMode::kRequired;
+        request.tls_required_by = absl::StrCat("the DANE TLSA records of ", attempt.mx_host);
+        if (it->second.mode == DaneMode::kAuthenticated) {
+          request.dane = it->second.records;
+          request.verify_tls = false;
+        } else {
+          request.tls_unauthenticated = true;
+          request.verify_tls = tls.verify;
+          absl::StrAppend(&request.tls_required_by, " (none of them usable, so the certificate is not checked)");
+        }
       }
       request.tls_context = tls_;
       if (route != nullptr && route->has_auth()) {
@@ -1077,11 +1108,60 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                 {"mode", attempt.lmtp ? "LMTP" : "SMTP"},
                 {"tls", r.tls.empty() ? "none" : r.tls},
                 {"tls_verified", r.tls_verified ? "yes" : "no"},
+                {"dane", r.dane.empty() ? "none" : r.dane},
                 {"auth", r.auth_mechanism.empty() ? "none" : r.auth_mechanism},
                 {"reused", r.reused ? "yes" : "no"},
                 {"delays", absl::StrCat(Millis(dns_delay), "/", Millis(r.connect_time), "/",
                                         Millis(r.transaction_time))},
                 {"failure", r.failure}});
+  }
+
+  // DANE (dane.h) for an MX plan whose MX answer was validated: looks up
+  // the TLSA records of each MX host whose addresses were validated too,
+  // records what each asks for in `hosts`, and drops the hosts whose lookup
+  // failed (with the reason in plan.skipped). True when some host has TLSA
+  // records, i.e. DANE governs this domain.
+  asio::awaitable<bool> ApplyDane(const v1::DeliveryJob& job, const dns::MxAnswer& mx, RoutePlan& plan,
+                                  std::map<std::string, DaneHost>& hosts) {
+    bool applies = false;
+    for (const Attempt& a : plan.attempts) {
+      std::string name = TlsaName(a.mx_host, a.port);
+      if (!a.unix_path.empty() || hosts.contains(name)) {
+        continue;
+      }
+      auto host = std::find_if(mx.hosts.begin(), mx.hosts.end(),
+                               [&](const dns::MxHost& h) { return h.name == a.mx_host; });
+      if (host == mx.hosts.end() || !host->addresses.secure) {
+        // RFC 7672 §2.2.2: an address nobody validated could be anyone's,
+        // so its TLSA records would prove nothing.
+        hosts.emplace(std::move(name), DaneHost{});
+        continue;
+      }
+      dns::TlsaAnswer answer = co_await dns::AwaitTlsa(resolver_, name);
+      DaneHost dane = DaneForHost(answer);
+      metrics_.Dane(dane.mode).Inc();
+      if (dane.mode == DaneMode::kLookupFailed) {
+        log::Event(log::Level::kWarn, "dane_tlsa_lookup_failed",
+                   {{"msg", job.message_id()}, {"domain", job.domain()}, {"mx", a.mx_host},
+                    {"error", dane.detail}});
+      }
+      applies = applies || dane.mode != DaneMode::kNone;
+      hosts.emplace(std::move(name), std::move(dane));
+    }
+    std::vector<Attempt> kept;
+    std::set<std::string> noted;
+    for (Attempt& a : plan.attempts) {
+      auto it = hosts.find(TlsaName(a.mx_host, a.port));
+      if (it == hosts.end() || it->second.mode != DaneMode::kLookupFailed) {
+        kept.push_back(std::move(a));
+      } else if (noted.insert(it->first).second) {
+        plan.skipped.push_back(absl::StrCat(a.mx_host, ": ", it->second.detail,
+                                            " (DANE: not used until its TLSA records can be looked up)"));
+        plan.dns_trouble = true;
+      }
+    }
+    plan.attempts = std::move(kept);
+    co_return applies;
   }
 
   // Looks up the recipient domain's MTA-STS policy and applies it to an MX

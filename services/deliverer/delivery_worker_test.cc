@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -247,7 +248,18 @@ class FakeResolver : public dns::MxResolver {
       host.name = "mx." + domain;
       host.preference = 10;
       host.addresses.ipv4 = {"127.0.0.1"};
+      host.addresses.secure = secure_hosts;
       answer.hosts.push_back(host);
+      answer.secure = secure_domains.contains(domain);
+    }
+    asio::post(io_, [done = std::move(done), answer]() mutable { done(std::move(answer)); });
+  }
+  // TLSA answers by owner name; NODATA (not validated) for the rest.
+  void ResolveTlsa(std::string name, TlsaCallback done) override {
+    ++tlsa_queries;
+    dns::TlsaAnswer answer;
+    if (auto it = tlsa.find(name); it != tlsa.end()) {
+      answer = it->second;
     }
     asio::post(io_, [done = std::move(done), answer]() mutable { done(std::move(answer)); });
   }
@@ -260,6 +272,7 @@ class FakeResolver : public dns::MxResolver {
   }
   // No test domain publishes MTA-STS unless a test says so.
   void ResolveTxt(std::string name, TxtCallback done) override {
+    ++txt_queries;
     dns::TxtAnswer answer;
     if (auto it = txt.find(name); it != txt.end()) {
       answer.records = it->second;
@@ -270,6 +283,13 @@ class FakeResolver : public dns::MxResolver {
   }
 
   std::map<std::string, std::vector<std::string>> txt;
+  int txt_queries = 0;
+  // Domains whose MX answer comes back validated (AD), and whether MX host
+  // addresses do.
+  std::set<std::string> secure_domains;
+  bool secure_hosts = true;
+  std::map<std::string, dns::TlsaAnswer> tlsa;
+  int tlsa_queries = 0;
 
  private:
   asio::io_context& io_;
@@ -779,6 +799,165 @@ TEST(DeliveryWorker, MtaStsOffLooksNothingUp) {
   const v1::RecipientResult res = c.DeliverOne();
   EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
   EXPECT_TRUE(c.responder->requests.empty());
+}
+
+// A sink that offers STARTTLS with the CA-signed certificate for mx.x.test,
+// or the self-signed one.
+SinkOptions StartTlsSink(bool self_signed = false) {
+  const TestCerts& certs = TestCerts::Get();
+  EXPECT_TRUE(certs.ok) << "openssl could not make test certificates";
+  SinkOptions sink;
+  sink.ehlo = "250-sink\r\n250 STARTTLS";
+  sink.tls = self_signed ? ServerTls(certs.self_signed, certs.self_signed_key) : ServerTls(certs.cert, certs.key);
+  return sink;
+}
+
+// DANE (dane.h): x.test's MX answer comes back validated, and the TLSA
+// records of its MX host mx.x.test are whatever the test says. The sink
+// speaks real TLS with the test certificate (signed by TestCerts' CA).
+struct DaneCase {
+  explicit DaneCase(SinkOptions sink = StartTlsSink()) : h(std::move(sink)) {
+    h.resolver.secure_domains.insert("x.test");
+    h.config.pool_timeout = 0s;
+    tlsa_name = absl::StrCat("_", h.config.mx_port, "._tcp.mx.x.test");
+  }
+  void Publish(std::vector<dns::TlsaRecord> records, bool secure = true) {
+    dns::TlsaAnswer& a = h.resolver.tlsa[tlsa_name];
+    a.secure = secure;
+    a.records = std::move(records);
+  }
+  v1::RecipientResult DeliverOne() {
+    h.queue.AddJob(Job("d1", "x.test", {"alice"}));
+    h.Start();
+    EXPECT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+    return h.queue.reports().empty() ? v1::RecipientResult() : h.queue.reports()[0].recipients(0).result();
+  }
+  Harness h;
+  std::string tlsa_name;
+};
+
+TEST(DeliveryWorker, DaneEeRecordMatchingTheServersKeyDeliversOverTlsAsVerified) {
+  const TestCerts& certs = TestCerts::Get();
+  DaneCase c;
+  // 3 1 1: DANE-EE, SPKI, SHA-256. The CA is not trusted (no tls.ini ca):
+  // only DANE can vouch for this certificate.
+  c.Publish({{3, 1, 1, Sha256(CertDer(certs.cert, true))}});
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_NE(res.tls(), "");
+  EXPECT_TRUE(res.tls_verified());
+  EXPECT_EQ(c.h.stats.messages, 1);
+  EXPECT_EQ(c.h.resolver.tlsa_queries, 1);
+}
+
+TEST(DeliveryWorker, DaneTaRecordOfTheIssuingCaDeliversWhenTheNameMatches) {
+  const TestCerts& certs = TestCerts::Get();
+  DaneCase c;
+  // 2 0 0: DANE-TA, the whole certificate of the CA that signed the sink's
+  // certificate for mx.x.test. The sink sends only its leaf: OpenSSL
+  // completes the chain with the published CA, and checks the name, as
+  // DANE-TA requires (RFC 7672 §3.1.2).
+  c.Publish({{2, 0, 0, CertDer(certs.ca, false)}});
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_TRUE(res.tls_verified());
+}
+
+TEST(DeliveryWorker, DaneRecordThatMatchesNothingKeepsTheMailAndNeverFallsBackToPlainText) {
+  const TestCerts& certs = TestCerts::Get();
+  DaneCase c;
+  c.Publish({{3, 1, 1, Sha256("not this key")}});
+  c.h.config.tls.ca = certs.ca;  // the Web PKI would accept it: DANE must not
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("TLS is required by the DANE TLSA records of mx.x.test, but the certificate of "
+                                  "host"),
+            std::string::npos)
+      << res.reply_text();
+  EXPECT_NE(res.reply_text().find("did not verify"), std::string::npos) << res.reply_text();
+  EXPECT_EQ(c.h.stats.messages, 0);
+  EXPECT_TRUE(c.h.queue.put_flags().empty()) << "a DANE failure must not mark the host broken_tls";
+}
+
+TEST(DeliveryWorker, DaneHostWithoutStartTlsIsNotGivenTheMail) {
+  const TestCerts& certs = TestCerts::Get();
+  DaneCase c(SinkOptions{});  // no STARTTLS offered
+  c.Publish({{3, 1, 1, Sha256(CertDer(certs.cert, true))}});
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("does not offer STARTTLS"), std::string::npos) << res.reply_text();
+  EXPECT_EQ(c.h.stats.messages, 0);
+}
+
+TEST(DeliveryWorker, FailedTlsaLookupSkipsTheHostInsteadOfDowngrading) {
+  DaneCase c;
+  dns::TlsaAnswer& a = c.h.resolver.tlsa[c.tlsa_name];
+  a.status = dns::LookupStatus::kTempFail;
+  a.detail = "TLSA lookup for " + c.tlsa_name + " failed: Server failure";
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_EQ(res.enhanced_status(), "4.4.3");
+  EXPECT_NE(res.reply_text().find("DANE: not used until its TLSA records can be looked up"), std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(c.h.stats.connections, 0);
+}
+
+TEST(DeliveryWorker, OnlyUnusableTlsaRecordsStillMakeTlsMandatoryButUnverified) {
+  // 1 1 1 (PKIX-EE) is unusable for SMTP (RFC 7672 §3.1.3): TLS is
+  // mandatory, the self-signed certificate is accepted.
+  DaneCase tls(StartTlsSink(/*self_signed=*/true));
+  tls.Publish({{1, 1, 1, Sha256("whatever")}});
+  const v1::RecipientResult res = tls.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_NE(res.tls(), "");
+  EXPECT_FALSE(res.tls_verified());
+
+  DaneCase plain(SinkOptions{});
+  plain.Publish({{1, 1, 1, Sha256("whatever")}});
+  const v1::RecipientResult refused = plain.DeliverOne();
+  EXPECT_EQ(refused.outcome(), v1::OUTCOME_TRANSIENT) << refused.reply_text();
+  EXPECT_NE(refused.reply_text().find("none of them usable"), std::string::npos) << refused.reply_text();
+  EXPECT_EQ(plain.h.stats.messages, 0);
+}
+
+TEST(DeliveryWorker, DaneNeedsValidatedMxAndAddressAnswersAndCanBeTurnedOff) {
+  // TLSA records that would refuse the sink, in three settings where DANE
+  // must not apply: each delivers in plain text without asking for TLSA
+  // (the MX answer or the host's addresses not validated) or at all.
+  for (int setting = 0; setting < 3; ++setting) {
+    DaneCase c(SinkOptions{});
+    c.Publish({{3, 1, 1, Sha256("not this key")}});
+    if (setting == 0) {
+      c.h.resolver.secure_domains.clear();
+    } else if (setting == 1) {
+      c.h.resolver.secure_hosts = false;
+    } else {
+      c.h.config.dane = false;
+    }
+    const v1::RecipientResult res = c.DeliverOne();
+    EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << setting << ": " << res.reply_text();
+    EXPECT_EQ(c.h.resolver.tlsa_queries, 0) << setting;
+  }
+  // Records whose answer was not validated are ignored likewise.
+  DaneCase c(SinkOptions{});
+  c.Publish({{3, 1, 1, Sha256("not this key")}}, /*secure=*/false);
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_EQ(c.h.resolver.tlsa_queries, 1);
+}
+
+TEST(DeliveryWorker, DaneTakesPrecedenceOverMtaSts) {
+  const TestCerts& certs = TestCerts::Get();
+  DaneCase c;
+  c.Publish({{3, 1, 1, Sha256(CertDer(certs.cert, true))}});
+  // MTA-STS is on by default and x.test publishes a record: with DANE in
+  // force it must not even be looked up (RFC 8461 §2).
+  c.h.resolver.txt["_mta-sts.x.test"] = {"v=STSv1; id=1;"};
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_TRUE(res.tls_verified());
+  EXPECT_EQ(c.h.resolver.txt_queries, 0);
+  EXPECT_EQ(c.h.resolver.tlsa_queries, 1);
 }
 
 TEST(DeliveryWorker, LearnsBrokenTlsHostsFromTheQueue) {

@@ -176,6 +176,7 @@ class Session {
   asio::awaitable<void> TimedTransaction() {
     res_.tls = session_->tls;
     res_.tls_verified = session_->tls_verified;
+    res_.dane = session_->dane;
     res_.auth_mechanism = session_->auth_mechanism;
     const Clock::time_point start = Clock::now();
     co_await Transaction();
@@ -374,9 +375,14 @@ class Session {
       Fail("4.5.0", absl::StrCat("host ", relay_, " sent data after 220 to STARTTLS (possible injection)"));
       co_return false;
     }
-    const bool verify = required || req_.verify_tls;
-    absl::Status tls =
-        co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, verify, req_.timeouts.starttls);
+    const bool dane = required && !req_.dane.empty();
+    const bool verify = (required && !req_.tls_unauthenticated) || req_.verify_tls;
+    absl::Status tls;
+    if (dane) {
+      tls = co_await conn().StartTlsClientDane(req_.tls_context, req_.mx_host, req_.dane, req_.timeouts.starttls);
+    } else {
+      tls = co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, verify, req_.timeouts.starttls);
+    }
     if (!tls.ok()) {
       const bool cert = verify && absl::StrContains(tls.message(), "certificate verify failed");
       if (required) {
@@ -399,6 +405,7 @@ class Session {
     // verify callback again at depth 0 after an overridden error), so an
     // opportunistic session never claims a verified peer.
     session_->tls_verified = verify;
+    session_->dane = dane ? conn().dane_match() : "";
     session_->caps = smtp::EhloCapabilities();
     co_return co_await Greet();
   }
@@ -890,7 +897,8 @@ std::string Destination(const TransactionRequest& r) {
 std::string PoolKey(const TransactionRequest& r) {
   // The password is not part of the key: one user has one password at a time.
   return absl::StrCat(r.lmtp ? "lmtp" : "smtp", "|", r.unix_path.empty() ? r.ip : r.unix_path, "|", r.port, "|",
-                      r.bind_ip, "|", r.helo_name, "|", TlsModeName(r.tls), r.verify_tls ? "+verify" : "", "|",
+                      r.bind_ip, "|", r.helo_name, "|", TlsModeName(r.tls), r.verify_tls ? "+verify" : "",
+                      r.dane.empty() ? "" : "+dane", r.tls_unauthenticated ? "+unauthenticated" : "", "|",
                       r.mx_host, "|", r.auth_user, "|", r.auth_type, r.force_auth ? "+force" : "");
 }
 

@@ -32,7 +32,10 @@
 // remembers the host); with `verify_tls` (rejectUnauthorized) a certificate
 // that does not verify fails the address (`tls_unverified`) instead. kRequired
 // needs STARTTLS and a verified certificate, else the address fails with
-// 4.7.4 (not offered) or 4.7.5 (handshake or certificate).
+// 4.7.4 (not offered) or 4.7.5 (handshake or certificate). With `dane`
+// records (RFC 7672) kRequired means a certificate that matches one of
+// them, checked by DANE instead of the Web PKI; `tls_unauthenticated`
+// (DANE TLSA records that are all unusable) means TLS without a check.
 //
 // Every wait has its own deadline (SmtpTimeouts); a write gets the timeout of
 // the step it belongs to.
@@ -58,6 +61,7 @@
 
 #include "absl/status/statusor.h"
 #include "asio/awaitable.hpp"
+#include "lib/net/connection.h"
 #include "services/deliverer/connection_pool.h"
 #include "services/deliverer/outcome.h"
 #include "services/deliverer/smtp_timeouts.h"
@@ -106,6 +110,13 @@ struct TransactionRequest {
   // Who requires TLS, for the failure text of kRequired: "TLS is required
   // by <this>, but ...".
   std::string tls_required_by = "configuration";
+  // DANE-TA/DANE-EE records of this MX host (validated by DNSSEC); with
+  // kRequired, the certificate must match one of them.
+  std::vector<net::DaneRecord> dane;
+  // kRequired without authentication (RFC 7672 §2.2: the host's TLSA
+  // records are all unusable, so TLS is mandatory but nothing can vouch for
+  // the certificate). `verify_tls` still applies if the operator asked for it.
+  bool tls_unauthenticated = false;
   std::shared_ptr<asio::ssl::context> tls_context;  // required unless tls == kNone
   std::string auth_user;          // AUTH when both are set
   std::string auth_pass;
@@ -152,6 +163,7 @@ struct TransactionResult {
   bool tls_unverified = false;
   std::string tls;                // e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty if plain
   bool tls_verified = false;
+  std::string dane;               // the matched TLSA record ("3 1 1 at depth 0"); "" = no DANE
   std::string auth_mechanism;     // "" = no AUTH
   std::string warning;            // e.g. AUTH not offered, sent without it
   bool reused = false;            // a pooled session carried this transaction

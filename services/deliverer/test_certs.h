@@ -6,6 +6,11 @@
 // client contexts built from them; and a one-answer HTTPS server.
 #pragma once
 
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -80,6 +85,33 @@ struct TestCerts {
     return t;
   }
 };
+
+// The DER of the certificate in PEM file `path`, or of its
+// SubjectPublicKeyInfo with `spki` (TLSA selectors 0 and 1); "" on error.
+inline std::string CertDer(const std::string& path, bool spki) {
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) {
+    return "";
+  }
+  X509* x = PEM_read_X509(f, nullptr, nullptr, nullptr);
+  std::fclose(f);
+  if (x == nullptr) {
+    return "";
+  }
+  unsigned char* der = nullptr;
+  const int n = spki ? i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der) : i2d_X509(x, &der);
+  std::string out = n > 0 ? std::string(reinterpret_cast<char*>(der), n) : "";
+  OPENSSL_free(der);
+  X509_free(x);
+  return out;
+}
+
+// SHA-256 of `data`, binary (TLSA matching type 1).
+inline std::string Sha256(const std::string& data) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), md);
+  return std::string(reinterpret_cast<char*>(md), sizeof(md));
+}
 
 inline std::shared_ptr<asio::ssl::context> ServerTls(const std::string& cert, const std::string& key) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);

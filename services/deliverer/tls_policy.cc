@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "asio/ssl/context.hpp"
+#include "lib/net/connection.h"
 #include "lib/common/status_macros.h"
 
 namespace tern::deliverer {
@@ -216,6 +217,10 @@ absl::StatusOr<std::shared_ptr<asio::ssl::context>> TlsOutboundConfig::MakeConte
       v = TLS1_3_VERSION;
     }
     SSL_CTX_set_min_proto_version(native, v);
+  }
+  // Every session may need DANE (RFC 7672); the context is shared once built.
+  if (absl::Status s = net::EnableDane(*ctx); !s.ok()) {
+    return s;
   }
   return ctx;
 }

@@ -191,6 +191,27 @@ bool ParseResponse(const unsigned char* abuf, int alen, int qtype, QueryResult* 
   return true;
 }
 
+// The status and detail of a TXT or TLSA answer from its query's result;
+// true when `r` holds records to copy.
+template <typename Answer>
+bool SetRecordStatus(const QueryResult& r, const char* type, const std::string& name, Answer& answer) {
+  switch (r.kind) {
+    case QueryResult::Kind::kAnswer:
+      return true;
+    case QueryResult::Kind::kNoData:
+      return false;
+    case QueryResult::Kind::kNxDomain:
+      answer.status = LookupStatus::kNoSuchDomain;
+      answer.detail = absl::StrCat(name, ": not found (NXDOMAIN)");
+      return false;
+    case QueryResult::Kind::kError:
+      answer.status = LookupStatus::kTempFail;
+      answer.detail = absl::StrCat(type, " lookup for ", name, " failed: ", r.detail);
+      return false;
+  }
+  return false;
+}
+
 const char* TypeName(int qtype) {
   switch (qtype) {
     case ns_t_mx:
@@ -358,20 +379,8 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     name = Normalise(std::move(name));
     Query(name, ns_t_txt, [name, done = std::move(done)](const QueryResult& r) mutable {
       TxtAnswer answer;
-      switch (r.kind) {
-        case QueryResult::Kind::kAnswer:
-          answer.records = r.texts;
-          break;
-        case QueryResult::Kind::kNoData:
-          break;
-        case QueryResult::Kind::kNxDomain:
-          answer.status = LookupStatus::kNoSuchDomain;
-          answer.detail = absl::StrCat(name, ": not found (NXDOMAIN)");
-          break;
-        case QueryResult::Kind::kError:
-          answer.status = LookupStatus::kTempFail;
-          answer.detail = absl::StrCat("TXT lookup for ", name, " failed: ", r.detail);
-          break;
+      if (SetRecordStatus(r, "TXT", name, answer)) {
+        answer.records = r.texts;
       }
       done(std::move(answer));
     });
@@ -381,22 +390,9 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
     name = Normalise(std::move(name));
     Query(name, ns_t_tlsa, [name, done = std::move(done)](const QueryResult& r) mutable {
       TlsaAnswer answer;
-      answer.secure = r.secure;
-      switch (r.kind) {
-        case QueryResult::Kind::kAnswer:
-          answer.records = r.tlsa;
-          break;
-        case QueryResult::Kind::kNoData:
-          break;
-        case QueryResult::Kind::kNxDomain:
-          answer.status = LookupStatus::kNoSuchDomain;
-          answer.detail = absl::StrCat(name, ": not found (NXDOMAIN)");
-          break;
-        case QueryResult::Kind::kError:
-          answer.status = LookupStatus::kTempFail;
-          answer.secure = false;
-          answer.detail = absl::StrCat("TLSA lookup for ", name, " failed: ", r.detail);
-          break;
+      answer.secure = r.secure && r.kind != QueryResult::Kind::kError;
+      if (SetRecordStatus(r, "TLSA", name, answer)) {
+        answer.records = r.tlsa;
       }
       done(std::move(answer));
     });

@@ -317,21 +317,28 @@ asio::awaitable<absl::Status> Connection::StartTlsClient(std::shared_ptr<asio::s
         }
         return verify_host ? ok : true;
       });
-  asio::steady_timer timer(socket_.get_executor(), timeout);
-  start_ = end_ = 0;
-  auto result =
-      co_await (tls_->async_handshake(asio::ssl::stream_base::client, kNoThrow) || timer.async_wait(kNoThrow));
-  if (result.index() == 1) {
-    Abort();
+  asio::error_code ec = co_await ClientHandshake(timeout);
+  if (ec == asio::error::timed_out) {
     co_return absl::DeadlineExceededError("TLS handshake timed out");
   }
-  auto [ec] = std::get<0>(result);
   if (ec) {
     peer_verified_ = false;
     co_return HandshakeError(tls_->native_handle(), ec, verify_host);
   }
   peer_verified_ = peer_verified_ && *saw_leaf;
   co_return absl::OkStatus();
+}
+
+asio::awaitable<asio::error_code> Connection::ClientHandshake(Duration timeout) {
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  start_ = end_ = 0;
+  auto result =
+      co_await (tls_->async_handshake(asio::ssl::stream_base::client, kNoThrow) || timer.async_wait(kNoThrow));
+  if (result.index() == 1) {
+    Abort();
+    co_return asio::error::timed_out;
+  }
+  co_return std::get<0>(std::get<0>(result));
 }
 
 absl::Status EnableDane(asio::ssl::context& ctx) {
@@ -371,15 +378,10 @@ asio::awaitable<absl::Status> Connection::StartTlsClientDane(std::shared_ptr<asi
   // No callback: OpenSSL's own verdict (the DANE match) fails the
   // handshake when it is negative.
   tls_->set_verify_mode(asio::ssl::verify_peer);
-  asio::steady_timer timer(socket_.get_executor(), timeout);
-  start_ = end_ = 0;
-  auto result =
-      co_await (tls_->async_handshake(asio::ssl::stream_base::client, kNoThrow) || timer.async_wait(kNoThrow));
-  if (result.index() == 1) {
-    Abort();
+  asio::error_code ec = co_await ClientHandshake(timeout);
+  if (ec == asio::error::timed_out) {
     co_return absl::DeadlineExceededError("TLS handshake timed out");
   }
-  auto [ec] = std::get<0>(result);
   if (ec) {
     co_return HandshakeError(ssl, ec, true);
   }

@@ -145,6 +145,9 @@ class Connection {
 
   asio::awaitable<absl::StatusOr<size_t>> ReadSome(char* data, size_t size, Duration timeout);
   asio::awaitable<absl::StatusOr<size_t>> ReadMore(Duration timeout);
+  // The client side of the TLS handshake on tls_, bounded by `timeout`:
+  // asio::error::timed_out (the socket then closed) when it ran out.
+  asio::awaitable<asio::error_code> ClientHandshake(Duration timeout);
   void Arm(Duration timeout, bool reading);
   Stop Disarm();
   absl::Status Stopped(Stop stop, absl::string_view what);

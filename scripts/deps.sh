@@ -12,6 +12,8 @@ PACKAGES=(
   libcli11-dev libidn2-dev libjemalloc-dev
   # tests: real DNS server, real SMTP client, Python for the whole-system harness
   dnsmasq-base swaks libnet-ssleay-perl python3 openssl
+  # tests: Knot DNS signs the test zones for a real DNSSEC chain (tests/fakes/dnssec_dns.py)
+  knot
   # tests: RocksDB's ldb, to damage a queue record on disk as a bad disk or bug would
   rocksdb-tools
   # tests: a user's gRPC Hooks server written in Python (tests/fakes/hook_server.py)
@@ -39,3 +41,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "Installing: ${missing[*]}"
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
+# Debian starts the knot service on install; the tests run their own knotd
+# on free ports, so a knot we just installed is not left serving port 53.
+if [[ " ${missing[*]} " == *" knot "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now knot.service >/dev/null 2>&1 || true
+fi

@@ -405,7 +405,9 @@ class Session {
     // verify callback again at depth 0 after an overridden error), so an
     // opportunistic session never claims a verified peer.
     session_->tls_verified = verify;
-    session_->dane = dane ? conn().dane_match() : "";
+    // "unusable": DANE made TLS mandatory but no record could vouch for the
+    // certificate; the attempt line must not read as if DANE had no say.
+    session_->dane = dane ? conn().dane_match() : req_.tls_unauthenticated ? "unusable" : "";
     session_->caps = smtp::EhloCapabilities();
     co_return co_await Greet();
   }

@@ -163,7 +163,9 @@ struct TransactionResult {
   bool tls_unverified = false;
   std::string tls;                // e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty if plain
   bool tls_verified = false;
-  std::string dane;               // the matched TLSA record ("3 1 1 at depth 0"); "" = no DANE
+  // The matched TLSA record ("3 1 1 at depth 0"); "unusable" when DANE made
+  // TLS mandatory but no record was usable; "" = no DANE.
+  std::string dane;
   std::string auth_mechanism;     // "" = no AUTH
   std::string warning;            // e.g. AUTH not offered, sent without it
   bool reused = false;            // a pooled session carried this transaction

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import unittest
 
-from cluster import ClusterTestCase, free_port, wait_port
+from cluster import ZONES, ClusterTestCase, free_port, free_port_on_all, wait_port
 from deliverer_test import DnsCluster, deliverer_log_lines, send_for_id, ternctl_json, wait_for_last_result
 
 MX = "mx.postfix.test"
@@ -296,6 +296,35 @@ force_auth=true
         finally:
             if self.postfix is not None:
                 self.postfix.stop()
+
+
+class PostfixMxCluster(PostfixCluster):
+    """A PostfixCluster whose Postfix is reached by MX delivery, not static
+    routes: it listens on POSTFIX_IP at the deliverer's one mx_port and takes
+    mail for `mx_domains`. Subclasses give the DNS that points there."""
+
+    POSTFIX_IP = "127.0.0.11"  # ZONES use 127.0.0.2-5, other system tests 6-9
+
+    def __init__(self, mx_domains):
+        super().__init__()
+        self.mx_domains = tuple(mx_domains)
+
+    def _write_config(self):
+        # The plain cluster's config (not PostfixCluster's: its static routes
+        # and 127.0.0.1 listener are what MX delivery must not use).
+        DnsCluster._write_config(self)
+        # The deliverer connects to every MX on the one mx_port, so that port
+        # must be free on POSTFIX_IP as well as on the sinks' addresses.
+        mx = free_port_on_all(list(ZONES.values()) + [self.POSTFIX_IP])
+        path = os.path.join(self.config, "tern.ini")
+        with open(path) as f:
+            text, n = re.subn(rf"^mx_port={self.ports['mx']}$", f"mx_port={mx}", f.read(), flags=re.M)
+        if n != 1:
+            raise RuntimeError("mx_port not found in tern.ini")
+        with open(path, "w") as f:
+            f.write(text)
+        self.ports["mx"] = mx
+        self.postfix = PostfixServer(host=self.POSTFIX_IP, port=mx, domains=self.mx_domains)
 
 
 def field(line, key):

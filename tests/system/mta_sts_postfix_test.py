@@ -38,12 +38,11 @@ import threading
 import unittest
 import urllib.request
 
-from cluster import ClusterTestCase, ZONES, free_port, free_port_on_all
-from deliverer_postfix_test import BODY, MX, PostfixCluster, PostfixServer, field, received_header, run
-from deliverer_test import DnsCluster, deliverer_log_lines, send_for_id, ternctl_json, wait_for_last_result
+from cluster import ClusterTestCase, free_port
+from deliverer_postfix_test import BODY, MX, PostfixMxCluster, field, received_header, run
+from deliverer_test import deliverer_log_lines, send_for_id, ternctl_json, wait_for_last_result
 
-# New loopback addresses: ZONES use 127.0.0.2-5, other system tests 6-9.
-POSTFIX_IP = "127.0.0.11"
+POSTFIX_IP = PostfixMxCluster.POSTFIX_IP
 HTTPS_IP = "127.0.0.12"
 WELL_KNOWN = "/.well-known/mta-sts.txt"
 BADNAME_MX = "mx2.sts-badname.test"
@@ -169,12 +168,11 @@ class PolicyServer:
         self._thread.join(10)
 
 
-class MtaStsCluster(PostfixCluster):
-    """A PostfixCluster whose Postfix is reached by MX delivery (POSTFIX_IP
-    on mx_port) rather than static routes, plus the policy server."""
+class MtaStsCluster(PostfixMxCluster):
+    """Postfix reached by MX delivery for DOMAINS, plus the policy server."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(DOMAINS)
         self.https = None
         self.https_port = free_port(HTTPS_IP)
         # A short fetch timeout: a hung fetch shows as a failure within the
@@ -191,21 +189,7 @@ class MtaStsCluster(PostfixCluster):
         return args
 
     def _write_config(self):
-        # The plain cluster's config (not PostfixCluster's: its static routes
-        # and 127.0.0.1 listener are what this test must not use).
-        DnsCluster._write_config(self)
-        # The deliverer connects to every MX on the one mx_port, so that port
-        # must be free on POSTFIX_IP as well as on the sinks' addresses.
-        mx = free_port_on_all(list(ZONES.values()) + [POSTFIX_IP])
-        path = os.path.join(self.config, "tern.ini")
-        with open(path) as f:
-            text, n = re.subn(rf"^mx_port={self.ports['mx']}$", f"mx_port={mx}", f.read(), flags=re.M)
-        if n != 1:
-            raise RuntimeError("mx_port not found in tern.ini")
-        with open(path, "w") as f:
-            f.write(text)
-        self.ports["mx"] = mx
-        self.postfix = PostfixServer(host=POSTFIX_IP, port=mx, domains=tuple(DOMAINS))
+        super()._write_config()
         self.sts_cert = make_sts_cert(self.postfix.pki)
         # Only the CA: no rejectUnauthorized, no force_tls_hosts.
         self.write_tls_ini(ca=f"{self.postfix.pki}/ca.pem")

@@ -1,0 +1,256 @@
+"""DANE for SMTP (RFC 7672) end to end: tern-deliverer, a real DNSSEC chain
+and a real Postfix as the receiving MTA.
+
+  DNS      tests/fakes/dnssec_dns.py: Knot DNS signs the zones, dnsmasq
+           validates them from the root's DS and sets AD, as a validating
+           resolver on the deliverer's host would. The deliverer's
+           dns_servers point at that dnsmasq; nothing sets AD by hand.
+  Postfix  deliverer_postfix_test.PostfixServer on POSTFIX_IP:<mx_port>,
+           reached by MX delivery. Its certificate is for mx.postfix.test,
+           issued by the test CA, and it sends the CA in its chain.
+
+tls.ini trusts no CA and does not ask for verification: a verified session
+can only come from DANE, and an unverified one is opportunistic TLS.
+
+The domains, one per behaviour (all but the last two in the signed zone
+"test."):
+
+  dane-ee.test        MX mx.dane-ee.test, TLSA 3 1 1 of Postfix's key (the
+                      certificate's name is not the MX's: DANE-EE ignores
+                      names)                                 -> verified TLS
+  dane-ta.test        MX mx.postfix.test, TLSA 2 0 1 of the test CA
+                      (DANE-TA: chain and MX name checked)   -> verified TLS
+  dane-wrong.test     TLSA 3 1 1 of some other key           -> deferred 4.7.5
+  dane-unusable.test  TLSA 0 0 1 (PKIX-TA: unusable in SMTP) -> TLS, unverified
+  dane-none.test      no TLSA (a validated NXDOMAIN)         -> opportunistic
+  insecure.test       unsigned zone, TLSA that matches nothing: not
+                      validated, so it must be ignored       -> opportunistic
+  bogus.test          signed, but its DS in test. matches no key: the
+                      resolver answers SERVFAIL              -> deferred 4.4.3
+
+Needs root (Postfix), postfix, sasl2-bin, openssl, knot and dnsmasq.
+"""
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import unittest
+
+from cluster import ZONES, ClusterTestCase
+from deliverer_postfix_test import BODY, PostfixMxCluster, field, received_header, run
+from deliverer_test import deliverer_log_lines, send_for_id, ternctl_json, wait_for_last_result
+from mta_sts_postfix_test import deliverer_metric
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
+from dnssec_dns import DnssecDns  # noqa: E402
+
+POSTFIX_IP = PostfixMxCluster.POSTFIX_IP
+PKIX_MX = "mx.postfix.test"  # the name in Postfix's certificate
+SIGNED = ("dane-ee.test", "dane-ta.test", "dane-wrong.test", "dane-unusable.test", "dane-none.test")
+DOMAINS = SIGNED + ("insecure.test", "bogus.test")
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def cert_der(pem_path):
+    return run(["openssl", "x509", "-in", pem_path, "-outform", "DER"]).stdout
+
+
+def spki_der(pem_path):
+    """The certificate's SubjectPublicKeyInfo (what selector 1 hashes)."""
+    pub = run(["openssl", "x509", "-in", pem_path, "-noout", "-pubkey"]).stdout
+    return run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub).stdout
+
+
+class DaneCluster(PostfixMxCluster):
+    """Postfix by MX delivery for DOMAINS, DNS from a validating resolver
+    over the signed zones (instead of the cluster's plain dnsmasq)."""
+
+    def __init__(self):
+        super().__init__(DOMAINS)
+        self.dnssec = None
+
+    def _write_config(self):
+        super()._write_config()
+        pki = self.postfix.pki
+        # DANE-TA with a digest of the CA's certificate needs that certificate
+        # on the wire: Postfix sends the file's certificates after the leaf.
+        with open(f"{pki}/ca.pem", "rb") as ca, open(f"{pki}/server.pem", "ab") as chain:
+            chain.write(ca.read())
+        self.spki_hash = sha256_hex(spki_der(f"{pki}/server.pem"))
+        self.ca_hash = sha256_hex(cert_der(f"{pki}/ca.pem"))
+        self.write_tls_ini()  # no CA, no rejectUnauthorized
+
+    def _start_dns(self):
+        port = self.ports["mx"]
+        tlsa = f"_{port}._tcp"
+        wrong = sha256_hex(b"a key nobody has")
+        top = [f"{d}. MX 10 mx.{d}.\nmx.{d}. A {ip}" for d, ip in ZONES.items()]
+        top += [
+            f"{PKIX_MX}. A {POSTFIX_IP}",
+            f"{tlsa}.{PKIX_MX}. TLSA 2 0 1 {self.ca_hash}",
+            f"dane-ta.test. MX 10 {PKIX_MX}.",
+        ]
+        records = {"dane-ee.test": f"3 1 1 {self.spki_hash}", "dane-wrong.test": f"3 1 1 {wrong}",
+                   "dane-unusable.test": f"0 0 1 {self.ca_hash}", "dane-none.test": None}
+        for domain, record in records.items():
+            top += [f"{domain}. MX 10 mx.{domain}.", f"mx.{domain}. A {POSTFIX_IP}"]
+            if record:
+                top.append(f"{tlsa}.mx.{domain}. TLSA {record}")
+        child = f"@ MX 10 mx\nmx A {POSTFIX_IP}\n{tlsa}.mx TLSA 3 1 1 {wrong}\n"
+        self.dnssec = DnssecDns()
+        self.dnssec.add_zone("test.", "\n".join(top), kind="signed")
+        self.dnssec.add_zone("insecure.test.", child, kind="unsigned")
+        self.dnssec.add_zone("bogus.test.", child, kind="bogus")
+        self.dnssec.start()
+        # The deliverer asks the validating resolver, not the plain dnsmasq
+        # the cluster would start (the services start after this).
+        path = os.path.join(self.config, "tern.ini")
+        with open(path) as f:
+            text, n = re.subn(r"^dns_servers=.*$", f"dns_servers=127.0.0.1:{self.dnssec.port}", f.read(), flags=re.M)
+        if n != 1:
+            raise RuntimeError("dns_servers not found in tern.ini")
+        with open(path, "w") as f:
+            f.write(text)
+        self.ports["dns"] = self.dnssec.port
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            if self.dnssec is not None:
+                self.dnssec.stop()
+
+
+class DanePostfixTest(ClusterTestCase):
+    @classmethod
+    def make_cluster(cls):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("Postfix's master must be started as root")
+        return DaneCluster()
+
+    def setUp(self):
+        self.postfix = self.cluster.postfix
+        self.mx_port = self.cluster.ports["mx"]
+
+    # -- helpers ---------------------------------------------------------------
+    def send(self, domain, tag):
+        return send_for_id(self.cluster, "alice@sender.test", [f"rcpt@{domain}"], BODY.format(tag=tag))
+
+    def msg_lines(self, msg_id, kind):
+        return [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if f" {kind} " in l]
+
+    def deliver(self, domain, tag, mx):
+        """Sends one message; waits for Postfix to store it and for the
+        deliverer's attempt and outcome lines. Returns (stored, attempt)."""
+        msg_id = self.send(domain, tag)
+        stored = self.cluster.wait_until(lambda: self.postfix.message_with(tag), 60, f"Postfix to store {tag}")
+        (attempt,) = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "attempt"), 30,
+                                             f"the deliverer's attempt line for {msg_id}")
+        (delivered,) = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "delivery"), 30,
+                                               f"the deliverer's outcome line for {msg_id}")
+        self.assertEqual(field(delivered, "status"), "sent", delivered)
+        self.assertEqual(field(attempt, "relay"), f"{mx}[{POSTFIX_IP}]:{self.mx_port}", attempt)
+        # Postfix's own record of the session: ESMTPS, whatever Tern says.
+        self.assertRegex(received_header(stored), rf"by {re.escape(PKIX_MX)} \(Postfix\) with ESMTPS ")
+        return stored, attempt
+
+    def deferred(self, msg_id):
+        """The recipient's reported result once it has one, after checking
+        that it is a deferral that kept the message queued."""
+        shown = wait_for_last_result(self.cluster, msg_id, 60)
+        (delivery,) = shown["deliveries"]
+        (rcpt,) = delivery["recipients"]
+        self.assertEqual(rcpt["state"], "deferred", rcpt)
+        self.assertEqual(rcpt["last_result"]["outcome"], "OUTCOME_TRANSIENT", rcpt)
+        self.assertFalse(shown.get("bounces"), shown)
+        return rcpt["last_result"]
+
+    def postfix_count(self, pattern):
+        return len(re.findall(pattern, self.postfix.log()))
+
+    def dane_metric(self, mode):
+        return deliverer_metric(self.cluster, "tern_deliverer_dane_hosts_total", mode=mode)
+
+    # -- validated TLSA records that match -----------------------------------------
+    def test_dane_ee_record_delivers_over_verified_tls_whatever_the_certificate_name(self):
+        before = self.dane_metric("authenticated")
+        _, attempt = self.deliver("dane-ee.test", "dane ee", "mx.dane-ee.test")
+        # Verified by the TLSA record alone: tls.ini trusts no CA, and the
+        # certificate names mx.postfix.test, not this MX.
+        self.assertEqual(field(attempt, "tls_verified"), "yes", attempt)
+        self.assertEqual(field(attempt, "dane"), "3 1 1 at depth 0", attempt)
+        self.assertRegex(field(attempt, "tls"), r"^TLSv1\.[23] \S+$", attempt)
+        self.assertGreaterEqual(self.dane_metric("authenticated"), before + 1)
+
+    def test_dane_ta_record_of_the_issuing_ca_delivers_over_verified_tls(self):
+        _, attempt = self.deliver("dane-ta.test", "dane ta", PKIX_MX)
+        self.assertEqual(field(attempt, "tls_verified"), "yes", attempt)
+        # The CA is the last certificate of the chain Postfix sends.
+        self.assertEqual(field(attempt, "dane"), "2 0 1 at depth 1", attempt)
+
+    # -- validated TLSA records that do not ------------------------------------------
+    def test_dane_record_matching_no_key_defers_without_plain_text_fallback(self):
+        handshakes = self.postfix_count(r"SSL_accept error from ")
+        msg_id = self.send("dane-wrong.test", "dane wrong")
+        try:
+            result = self.deferred(msg_id)
+            relay = f"mx.dane-wrong.test[{POSTFIX_IP}]:{self.mx_port}"
+            self.assertEqual(result["enhanced_status"], "4.7.5", result)
+            self.assertIn("TLS is required by the DANE TLSA records of mx.dane-wrong.test, but the certificate "
+                          f"of host {relay} did not verify: ", result["reply_text"])
+            self.assertEqual(result["remote_ip"], POSTFIX_IP, result)
+            self.assertIsNone(self.postfix.message_with("dane wrong"))
+            # Postfix saw the TLS handshake fail (Tern hung up in it), and
+            # no MAIL FROM ever came in plain text afterwards.
+            self.cluster.wait_until(lambda: self.postfix_count(r"SSL_accept error from ") > handshakes, 30,
+                                    "Postfix to log the refused handshake")
+            self.assertNotIn("<alice@sender.test> -> <rcpt@dane-wrong.test>", self.postfix.log())
+            self.assertEqual(ternctl_json(self.cluster, "show", msg_id)["message_id"], msg_id)
+        finally:
+            ternctl_json(self.cluster, "delete", msg_id, "--yes")
+
+    def test_only_unusable_records_make_tls_mandatory_but_unverified(self):
+        before = self.dane_metric("unauthenticated")
+        _, attempt = self.deliver("dane-unusable.test", "dane unusable", "mx.dane-unusable.test")
+        self.assertEqual(field(attempt, "tls_verified"), "no", attempt)
+        self.assertEqual(field(attempt, "dane"), "unusable", attempt)
+        self.assertRegex(field(attempt, "tls"), r"^TLSv1\.[23] \S+$", attempt)
+        self.assertGreaterEqual(self.dane_metric("unauthenticated"), before + 1)
+
+    # -- where DANE must not apply -----------------------------------------------------
+    def test_validated_absence_of_tlsa_records_leaves_opportunistic_tls(self):
+        _, attempt = self.deliver("dane-none.test", "dane none", "mx.dane-none.test")
+        self.assertEqual(field(attempt, "dane"), "none", attempt)
+        self.assertEqual(field(attempt, "tls_verified"), "no", attempt)
+        self.assertRegex(field(attempt, "tls"), r"^TLSv1\.[23] \S+$", attempt)
+
+    def test_tlsa_records_in_an_unsigned_zone_are_ignored(self):
+        # The TLSA record here matches nothing: were it trusted, the
+        # delivery would be deferred.
+        _, attempt = self.deliver("insecure.test", "insecure", "mx.insecure.test")
+        self.assertEqual(field(attempt, "dane"), "none", attempt)
+        self.assertEqual(field(attempt, "tls_verified"), "no", attempt)
+
+    def test_bogus_zone_defers_and_never_connects(self):
+        connects = self.postfix_count(r"\]: connect from ")
+        msg_id = self.send("bogus.test", "bogus")
+        try:
+            result = self.deferred(msg_id)
+            # The resolver refuses to hand out a bogus answer (SERVFAIL): a
+            # DNS failure to retry, not a bounce, and no address to try.
+            self.assertEqual(result["enhanced_status"], "4.4.3", result)
+            self.assertIn("bogus.test", result["reply_text"])
+            self.assertEqual(result["remote_ip"], "", result)
+            self.assertEqual(self.msg_lines(msg_id, "attempt"), [])
+            self.assertEqual(self.postfix_count(r"\]: connect from "), connects, self.postfix.log()[-3000:])
+        finally:
+            ternctl_json(self.cluster, "delete", msg_id, "--yes")
+
+
+if __name__ == "__main__":
+    unittest.main()

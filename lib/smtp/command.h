@@ -68,6 +68,10 @@ struct MailParameters {
   // RFC 4954 §5 AUTH=, xtext-decoded ("<>" when the client sent that); empty
   // if absent. Informational only: it is never trusted for relaying.
   std::string auth;
+  // RFC 8689 REQUIRETLS: the sender requires TLS (with an authenticated
+  // peer) on every hop. Whether it is allowed here (a TLS session) is the
+  // server's decision, not the parser's.
+  bool requiretls = false;
 };
 
 // The parameters of RCPT TO that this server understands.

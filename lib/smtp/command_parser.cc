@@ -141,6 +141,13 @@ std::optional<CommandError> ApplyMailParameter(const EsmtpParameter& p, MailPara
     mail->smtputf8 = true;
     return std::nullopt;
   }
+  if (p.keyword == "REQUIRETLS") {
+    if (p.has_value) {
+      return BadArgument("REQUIRETLS parameter takes no value");
+    }
+    mail->requiretls = true;
+    return std::nullopt;
+  }
   if (p.keyword == "RET") {
     if (auto e = RequireValue(p)) {
       return e;

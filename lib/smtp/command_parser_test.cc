@@ -91,6 +91,8 @@ TEST(ParseCommand, RejectsBadCommandsWithTheRightReply) {
       {"duplicate param", "MAIL FROM:<a@b.example> SIZE=1 size=2", kEsmtp, 501, "5.5.4"},
       {"bad keyword", "MAIL FROM:<a@b.example> -X=1", kEsmtp, 501, "5.5.4"},
       {"smtputf8 with value", "MAIL FROM:<a@b.example> SMTPUTF8=yes", kEsmtp, 501, "5.5.4"},
+      {"requiretls with value", "MAIL FROM:<a@b.example> REQUIRETLS=yes", kEsmtp, 501, "5.5.4"},
+      {"requiretls after helo", "MAIL FROM:<a@b.example> REQUIRETLS", kHelo, 555, "5.5.4"},
       {"bad ret", "MAIL FROM:<a@b.example> RET=ALL", kEsmtp, 501, "5.5.4"},
       {"bad envid xtext", "MAIL FROM:<a@b.example> ENVID=a+2", kEsmtp, 501, "5.5.4"},
       {"envid lower hex", "MAIL FROM:<a@b.example> ENVID=a+2b", kEsmtp, 501, "5.5.4"},
@@ -171,6 +173,11 @@ TEST(ParseCommand, AllowsUtf8SenderOnlyWithSmtputf8) {
   EXPECT_TRUE(cmd.mail.smtputf8);
   EXPECT_TRUE(cmd.path_non_ascii);
   EXPECT_EQ(cmd.path.local, "j\xc3\xbcrgen");
+}
+
+TEST(ParseCommand, ParsesRequireTls) {
+  EXPECT_TRUE(MustParse("MAIL FROM:<a@b.example> requiretls SIZE=10").mail.requiretls);
+  EXPECT_FALSE(MustParse("MAIL FROM:<a@b.example> SIZE=10").mail.requiretls);
 }
 
 TEST(ParseCommand, ParsesRcptToWithDsnParameters) {

@@ -80,6 +80,7 @@ struct EhloCapabilities {
   bool dsn = false;               // RFC 3461
   bool enhanced_status_codes = false;  // RFC 2034
   bool chunking = false;          // RFC 3030 (recorded, not used yet)
+  bool requiretls = false;        // RFC 8689
   std::vector<std::string> auth_mechanisms;  // upper-cased, RFC 4954
 };
 

@@ -169,6 +169,8 @@ EhloCapabilities ParseEhloCapabilities(const SmtpReply& ehlo_reply) {
       caps.enhanced_status_codes = true;
     } else if (keyword == "CHUNKING") {
       caps.chunking = true;
+    } else if (keyword == "REQUIRETLS") {
+      caps.requiretls = true;
     } else if (keyword == "AUTH" || absl::StartsWith(keyword, "AUTH=")) {
       // "AUTH=LOGIN PLAIN" is the pre-RFC 4954 form some servers still send.
       std::vector<absl::string_view> mechs;

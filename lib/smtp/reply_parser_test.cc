@@ -172,7 +172,7 @@ SmtpReply Ehlo(std::vector<std::string> lines) {
 TEST(EhloCapabilities, ParsesCommonKeywords) {
   EhloCapabilities caps = ParseEhloCapabilities(Ehlo({"mx.example.com Hello", "PIPELINING", "SIZE 10240000",
                                                       "8BITMIME", "smtputf8", "STARTTLS", "AUTH PLAIN LOGIN",
-                                                      "DSN", "ENHANCEDSTATUSCODES", "CHUNKING"}));
+                                                      "DSN", "ENHANCEDSTATUSCODES", "CHUNKING", "RequireTLS"}));
   EXPECT_TRUE(caps.pipelining);
   EXPECT_TRUE(caps.size);
   EXPECT_EQ(caps.size_limit, 10240000u);
@@ -182,12 +182,14 @@ TEST(EhloCapabilities, ParsesCommonKeywords) {
   EXPECT_TRUE(caps.dsn);
   EXPECT_TRUE(caps.enhanced_status_codes);
   EXPECT_TRUE(caps.chunking);
+  EXPECT_TRUE(caps.requiretls);
   EXPECT_EQ(caps.auth_mechanisms, (std::vector<std::string>{"PLAIN", "LOGIN"}));
 }
 
 TEST(EhloCapabilities, GreetingLineIsNotAKeyword) {
   EhloCapabilities caps = ParseEhloCapabilities(Ehlo({"PIPELINING"}));
   EXPECT_FALSE(caps.pipelining);
+  EXPECT_FALSE(ParseEhloCapabilities(Ehlo({"REQUIRETLS", "PIPELINING"})).requiretls);
 }
 
 TEST(EhloCapabilities, SizeWithoutOrWithBadLimit) {

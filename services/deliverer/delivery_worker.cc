@@ -41,6 +41,7 @@
 #include "services/deliverer/host_flags.h"
 #include "services/deliverer/mta_sts.h"
 #include "services/deliverer/outcome.h"
+#include "services/deliverer/requiretls.h"
 #include "services/deliverer/smtp_transaction.h"
 #include "tern/v1/hooks.grpc.pb.h"
 #include "tern/v1/queue.grpc.pb.h"
@@ -265,6 +266,12 @@ struct Metrics {
     return r.GetCounter("tern_deliverer_dane_hosts_total",
                         "TLSA lookups of MX hosts from DNSSEC-validated MX and address answers, by what they ask for",
                         {{"mode", DaneModeName(m)}});
+  }
+
+  metrics::Counter& TlsRequests(TlsRequest t) {
+    return r.GetCounter("tern_deliverer_tls_requests_total",
+                        "Delivery attempts of messages that ask for REQUIRETLS or say TLS-Required: No (RFC 8689)",
+                        {{"request", TlsRequestName(t)}});
   }
 
   metrics::Counter& Dns(dns::LookupStatus s) {
@@ -586,6 +593,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       }
     }
 
+    // RFC 8689: REQUIRETLS (the envelope) or "TLS-Required: No" (a header
+    // field); read before the body moves into the shared buffer.
+    const TlsRequest tls_request = MessageTlsRequest(job.requiretls(), job.body());
+    if (tls_request != TlsRequest::kDefault) {
+      metrics_.TlsRequests(tls_request).Inc();
+    }
     const Clock::time_point dns_start = Clock::now();
     const StaticRoute* static_route = config_.routes.Find(job.domain());
     // Routes the get_mx hook answered with (when no static route applies),
@@ -660,12 +673,24 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       }
       plan = planner_.Plan(mx);
       // RFC 8461 §2: where DANE applies, it is used instead of MTA-STS.
+      // "TLS-Required: No" asks that neither be consulted (RFC 8689 §5).
+      const bool recipient_policies = tls_request != TlsRequest::kTlsOptional;
+      if (!recipient_policies) {
+        log::Event(log::Level::kInfo, "tls_policies_ignored",
+                   {{"msg", job.message_id()}, {"domain", job.domain()}, {"reason", "TLS-Required: No"}});
+      }
       bool dane_applies = false;
-      if (config_.dane && mx.secure) {
+      if (config_.dane && mx.secure && recipient_policies) {
         dane_applies = co_await ApplyDane(job, mx, plan, dane_hosts);
       }
-      if (mta_sts_ != nullptr && !dane_applies) {
+      if (mta_sts_ != nullptr && !dane_applies && recipient_policies) {
         sts_enforced = co_await ApplyMtaSts(job, plan);
+      }
+      if (tls_request == TlsRequest::kRequireTls) {
+        if (std::string problem = RequireTlsMxProblem(job.domain(), mx.secure, sts_enforced); !problem.empty()) {
+          decide_rest(LocalOutcome(OutcomeClass::kPermanent, kRequireTlsStatus, problem));
+          co_return finish();
+        }
       }
       attempt_routes.assign(plan.attempts.size(), nullptr);
     }
@@ -759,6 +784,19 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
           request.tls_unauthenticated = true;
           request.verify_tls = tls.verify;
           absl::StrAppend(&request.tls_required_by, " (none of them usable, so the certificate is not checked)");
+        }
+      }
+      if (tls_request == TlsRequest::kRequireTls && attempt.unix_path.empty()) {
+        // RFC 8689 §4.2.1: TLS whatever tls.ini or the route says, with a
+        // certificate that DANE (set above) or the Web PKI vouches for, to
+        // a host that offers REQUIRETLS (RunSmtpTransaction checks). A
+        // local LMTP socket is final delivery: nothing to encrypt.
+        request.tls = TlsMode::kRequired;
+        request.requiretls = true;
+        if (request.dane.empty()) {
+          request.verify_tls = true;
+          request.tls_unauthenticated = false;
+          request.tls_required_by = "the sender (REQUIRETLS)";
         }
       }
       request.tls_context = tls_;

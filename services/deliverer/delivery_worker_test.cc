@@ -920,6 +920,126 @@ TEST(DeliveryWorker, OnlyUnusableTlsaRecordsStillMakeTlsMandatoryButUnverified) 
   EXPECT_EQ(plain.h.stats.messages, 0);
 }
 
+// REQUIRETLS (requiretls.h): x.test's MX answer comes back validated; the
+// sink offers STARTTLS (the test certificate for mx.x.test, signed by
+// TestCerts' CA, which tls.ini trusts here) and, unless a test says
+// otherwise, REQUIRETLS.
+struct RequireTlsCase {
+  explicit RequireTlsCase(std::string ehlo = "250-sink\r\n250-STARTTLS\r\n250 REQUIRETLS") : h(Sink(std::move(ehlo))) {
+    h.resolver.secure_domains.insert("x.test");
+    h.config.pool_timeout = 0s;
+    h.config.tls.ca = TestCerts::Get().ca;
+  }
+  static SinkOptions Sink(std::string ehlo) {
+    SinkOptions sink = StartTlsSink();
+    sink.ehlo = std::move(ehlo);
+    return sink;
+  }
+  v1::RecipientResult DeliverOne(bool requiretls = true, const std::string& body = "Subject: t\r\n\r\nhello\r\n") {
+    v1::DeliveryJob job = Job("d1", "x.test", {"alice"});
+    job.set_requiretls(requiretls);
+    job.set_body(body);
+    h.queue.AddJob(job);
+    h.Start();
+    EXPECT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+    return h.queue.reports().empty() ? v1::RecipientResult() : h.queue.reports()[0].recipients(0).result();
+  }
+  bool SentMailFrom(const std::string& line) const {
+    return std::find(h.stats.commands.begin(), h.stats.commands.end(), line) != h.stats.commands.end();
+  }
+  Harness h;
+};
+
+TEST(DeliveryWorker, RequireTlsDeliversOverVerifiedTlsToAHostThatOffersIt) {
+  RequireTlsCase c;
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_NE(res.tls(), "");
+  EXPECT_TRUE(res.tls_verified()) << "tls.ini does not ask for verification: REQUIRETLS must";
+  EXPECT_TRUE(c.SentMailFrom("MAIL FROM:<sender@a.test> REQUIRETLS"));
+  EXPECT_EQ(c.h.stats.messages, 1);
+}
+
+TEST(DeliveryWorker, RequireTlsBouncesWhenTheHostDoesNotOfferIt) {
+  RequireTlsCase c("250-sink\r\n250 STARTTLS");
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_PERMANENT) << res.reply_text();
+  EXPECT_EQ(res.enhanced_status(), "5.7.30");
+  EXPECT_NE(res.reply_text().find("REQUIRETLS is required by the sender, but was not offered by host"),
+            std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(c.h.stats.messages, 0);
+  EXPECT_FALSE(c.SentMailFrom("MAIL FROM:<sender@a.test>"));
+}
+
+TEST(DeliveryWorker, RequireTlsBouncesWhenTheMxAnswerWasNotValidatedAndNoStsPolicyVouches) {
+  RequireTlsCase c;
+  c.h.resolver.secure_domains.clear();
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_PERMANENT) << res.reply_text();
+  EXPECT_EQ(res.enhanced_status(), "5.7.30");
+  EXPECT_NE(res.reply_text().find("the MX hosts of x.test were not found securely"), std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(c.h.stats.connections, 0);
+}
+
+TEST(DeliveryWorker, RequireTlsNeverSendsToAnUnverifiedCertificateNorInPlainText) {
+  // The certificate's CA is not trusted: a transient failure, nothing sent.
+  RequireTlsCase untrusted;
+  untrusted.h.config.tls.ca.clear();
+  const v1::RecipientResult res = untrusted.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("TLS is required by the sender (REQUIRETLS), but the certificate of host"),
+            std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(untrusted.h.stats.messages, 0);
+  EXPECT_TRUE(untrusted.h.queue.put_flags().empty()) << "a REQUIRETLS failure must not mark the host broken_tls";
+
+  // No STARTTLS offered, although REQUIRETLS is (a broken server): no
+  // plain-text fallback.
+  RequireTlsCase plain("250-sink\r\n250 REQUIRETLS");
+  const v1::RecipientResult res2 = plain.DeliverOne();
+  EXPECT_EQ(res2.outcome(), v1::OUTCOME_TRANSIENT) << res2.reply_text();
+  EXPECT_EQ(plain.h.stats.messages, 0);
+  EXPECT_EQ(plain.h.stats.starttls, 0);
+}
+
+TEST(DeliveryWorker, RequireTlsOverridesNoTlsHostsInTlsIni) {
+  RequireTlsCase c;
+  c.h.config.tls.no_tls_hosts = *HostMatcher::Parse({"127.0.0.1"});
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_TRUE(res.tls_verified());
+}
+
+TEST(DeliveryWorker, TlsRequiredNoIgnoresDaneButRequireTlsStillHonoursIt) {
+  const std::string body = "TLS-Required: No\r\nSubject: t\r\n\r\nhello\r\n";
+  // TLSA records that match nothing: DANE would defer the message.
+  DaneCase optional(StartTlsSink());
+  optional.Publish({{3, 1, 1, Sha256("not this key")}});
+  v1::DeliveryJob job = Job("d1", "x.test", {"alice"});
+  job.set_body(body);
+  optional.h.queue.AddJob(job);
+  optional.h.Start();
+  ASSERT_TRUE(optional.h.RunUntil([&] { return optional.h.queue.reports().size() == 1; }));
+  const v1::RecipientResult res = optional.h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_FALSE(res.tls_verified());
+  EXPECT_EQ(optional.h.resolver.tlsa_queries, 0) << "the TLSA records were not to be consulted";
+
+  // With REQUIRETLS the header field is ignored (RFC 8689 §4.1).
+  RequireTlsCase required;
+  required.h.config.pool_timeout = 0s;
+  dns::TlsaAnswer& a = required.h.resolver.tlsa[absl::StrCat("_", required.h.config.mx_port, "._tcp.mx.x.test")];
+  a.secure = true;
+  a.records = {{3, 1, 1, Sha256("not this key")}};
+  const v1::RecipientResult res2 = required.DeliverOne(true, body);
+  EXPECT_EQ(res2.outcome(), v1::OUTCOME_TRANSIENT) << res2.reply_text();
+  EXPECT_NE(res2.reply_text().find("TLS is required by the DANE TLSA records of mx.x.test"), std::string::npos)
+      << res2.reply_text();
+  EXPECT_EQ(required.h.stats.messages, 0);
+}
+
 TEST(DeliveryWorker, DaneNeedsValidatedMxAndAddressAnswersAndCanBeTurnedOff) {
   // TLSA records that would refuse the sink, in three settings where DANE
   // must not apply: each delivers in plain text without asking for TLSA

@@ -478,6 +478,15 @@ class Session {
       after_ = After::kReuse;
       co_return;
     }
+    if (req_.requiretls && !caps.requiretls) {
+      // RFC 8689 §4.2.1: the next hop must take on the requirement; a
+      // server that cannot is never given the message, now or later.
+      DecideAll(LocalOutcome(OutcomeClass::kPermanent, "5.7.30",
+                             absl::StrCat("REQUIRETLS is required by the sender, but was not offered by host ", relay_),
+                             req_.mx_host, req_.ip));
+      after_ = After::kReuse;
+      co_return;
+    }
     const size_t body_size = req_.body ? req_.body->size() : 0;
     if (caps.size && caps.size_limit > 0 && body_size > caps.size_limit) {
       DecideAll(LocalOutcome(OutcomeClass::kPermanent, "5.3.4",
@@ -497,6 +506,9 @@ class Session {
     }
     if ((needs_utf8 || req_.smtputf8) && caps.smtputf8) {
       absl::StrAppend(&mail, " SMTPUTF8");
+    }
+    if (req_.requiretls) {
+      absl::StrAppend(&mail, " REQUIRETLS");
     }
     if (caps.dsn) {
       if (req_.ret == DsnRetParam::kFull) {

@@ -117,6 +117,10 @@ struct TransactionRequest {
   // records are all unusable, so TLS is mandatory but nothing can vouch for
   // the certificate). `verify_tls` still applies if the operator asked for it.
   bool tls_unauthenticated = false;
+  // RFC 8689 REQUIRETLS: the session must offer REQUIRETLS, else every
+  // recipient fails permanently (5.7.30); MAIL FROM carries it. TLS itself
+  // is the caller's to require (tls, verify_tls, dane).
+  bool requiretls = false;
   std::shared_ptr<asio::ssl::context> tls_context;  // required unless tls == kNone
   std::string auth_user;          // AUTH when both are set
   std::string auth_pass;

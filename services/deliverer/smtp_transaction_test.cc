@@ -624,6 +624,38 @@ TEST_F(SmtpTransactionTest, NonAsciiAddressNeedsSmtputf8) {
   EXPECT_EQ(seen2.commands[1], "MAIL FROM:<sender@a.test> SMTPUTF8");
 }
 
+TEST_F(SmtpTransactionTest, RequireTlsNeedsTheHostToOfferItAndIsSentOnMailFrom) {
+  // Not offered: a permanent 5.7.30 before MAIL FROM, the session kept.
+  Seen seen;
+  TransactionResult r = Run(Script(), {"a@x.test", "b@x.test"}, &seen,
+                            [](TransactionRequest& req) { req.requiretls = true; });
+  for (const auto& o : r.outcomes) {
+    ASSERT_TRUE(o);
+    EXPECT_EQ(o->outcome, OutcomeClass::kPermanent);
+    EXPECT_EQ(o->enhanced_status, "5.7.30");
+    EXPECT_NE(o->reply_text.find("REQUIRETLS is required by the sender, but was not offered by host"),
+              std::string::npos)
+        << o->reply_text;
+  }
+  EXPECT_FALSE(Sent(seen, "MAIL FROM:<sender@a.test>"));
+  EXPECT_FALSE(Sent(seen, "DATA"));
+
+  // Offered: MAIL FROM carries it, and the message goes.
+  Script offers;
+  offers.ehlo = "250-mx.x.test\r\n250 REQUIRETLS";
+  Seen seen2;
+  TransactionResult r2 = Run(offers, {"a@x.test"}, &seen2, [](TransactionRequest& req) { req.requiretls = true; });
+  ASSERT_TRUE(r2.outcomes[0]);
+  EXPECT_EQ(r2.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(seen2.commands[1], "MAIL FROM:<sender@a.test> REQUIRETLS");
+
+  // Without the request nothing changes, whatever the host offers.
+  Seen seen3;
+  TransactionResult r3 = Run(offers, {"a@x.test"}, &seen3);
+  ASSERT_TRUE(r3.outcomes[0]);
+  EXPECT_EQ(seen3.commands[1], "MAIL FROM:<sender@a.test>");
+}
+
 TEST_F(SmtpTransactionTest, ReplyTimeoutIsAFailureWithinTheDeadline) {
   asio::ip::tcp::acceptor acceptor(io_, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   // Accepts but never says anything.

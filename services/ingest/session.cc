@@ -432,6 +432,12 @@ void Session::Ehlo() {
   if (core_->tls && !conn_.tls()) {
     lines.push_back("STARTTLS");
   }
+  if (conn_.tls()) {
+    // RFC 8689 §4.1: a promise to relay such mail only over TLS with an
+    // authenticated peer that offers REQUIRETLS too (the deliverer keeps
+    // it); only where the message itself arrived over TLS.
+    lines.push_back("REQUIRETLS");
+  }
   if (cfg_.auth.enabled() && (conn_.tls() || !cfg_.auth.require_tls)) {
     lines.push_back(absl::StrCat("AUTH ", absl::StrJoin(cfg_.auth.methods, " ")));
   }
@@ -464,6 +470,10 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
       } else if (cmd.mail.size.has_value() && *cmd.mail.size > cfg_.max_bytes) {
         Metrics::Get().refused_size.Inc();
         Reply("552 5.3.4 Message size exceeds fixed maximum message size");
+      } else if (cmd.mail.requiretls && !conn_.tls()) {
+        // Not advertised in plain text: a message that demands TLS on every
+        // hop cannot start with a hop in the clear.
+        Reply("530 5.7.10 REQUIRETLS needs a TLS session: send STARTTLS first");
       } else {
         in_mail_ = true;
         ++transactions_;
@@ -1197,6 +1207,7 @@ tern::v1::EnqueueHeader Session::BuildHeader() const {
   env->set_ret(ToProto(mail_params_.ret));
   env->set_envid(mail_params_.envid);
   env->set_smtputf8(mail_params_.smtputf8);
+  env->set_requiretls(mail_params_.requiretls);
   // The header goes out before the body is read, so this is the client's
   // declaration (BODY=8BITMIME, or SMTPUTF8 which implies it), not a scan.
   env->set_body_8bit(mail_params_.body == smtp::BodyType::k8BitMime || mail_params_.smtputf8);

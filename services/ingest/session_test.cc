@@ -864,6 +864,32 @@ TEST_F(IngestSessionTest, StartTlsUpgradesAndForgetsThePlaintextSession) {
   EXPECT_TRUE(absl::StrContains(stored[0].body, "with ESMTPS id")) << stored[0].body;
 }
 
+TEST_F(IngestSessionTest, RequireTlsIsOfferedAndTakenOnlyOverTls) {
+  StartIngest(TlsConfig());
+  auto client = Connect();
+  // In plain text: not offered, and refused if used anyway.
+  EXPECT_FALSE(absl::StrContains(client->Command("EHLO client.test"), "REQUIRETLS"));
+  EXPECT_EQ(client->Command("MAIL FROM:<a@example.org> REQUIRETLS"),
+            "530 5.7.10 REQUIRETLS needs a TLS session: send STARTTLS first\r\n");
+  ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+  ASSERT_TRUE(client->StartTls());
+  const std::string ehlo = client->Command("EHLO client.test");
+  EXPECT_TRUE(absl::StrContains(ehlo, "250-REQUIRETLS\r\n") || absl::StrContains(ehlo, "250 REQUIRETLS\r\n"))
+      << ehlo;
+  for (const bool requiretls : {true, false}) {
+    ASSERT_EQ(client->Command(requiretls ? "MAIL FROM:<a@example.org> REQUIRETLS" : "MAIL FROM:<a@example.org>"),
+              "250 2.1.0 Ok\r\n");
+    ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+    ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+    client->Send("Subject: tls\r\n\r\nhi\r\n.\r\n");
+    ASSERT_TRUE(absl::StartsWith(client->ReadReply(), "250 2.0.0 Ok: queued as "));
+  }
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 2u);
+  EXPECT_TRUE(stored[0].header.envelope().requiretls());
+  EXPECT_FALSE(stored[1].header.envelope().requiretls());
+}
+
 TEST_F(IngestSessionTest, StartTlsIsAdvertisedOnlyWhenConfigured) {
   StartIngest(BaseConfig());
   auto client = Connect();

@@ -755,6 +755,7 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
   }
   job->set_body(std::move(body));
   job->set_smtputf8(env.smtputf8());
+  job->set_requiretls(env.requiretls());
   job->set_body_8bit(env.body_8bit());
   job->set_ret(env.ret());
   job->set_envid(env.envid());

@@ -51,6 +51,26 @@ TEST_F(QueueCoreTest, EnqueueSplitsByDomainAndStoresTheBodyOnce) {
   EXPECT_EQ(keys[kScheduleCf], 2);
 }
 
+TEST_F(QueueCoreTest, EnvelopeFlagsReachEveryDeliveryJob) {
+  Open();
+  tern::v1::EnqueueHeader header = Header({Rcpt("a@x.example"), Rcpt("b@y.example")});
+  header.mutable_envelope()->set_requiretls(true);
+  header.mutable_envelope()->set_smtputf8(true);
+  header.mutable_envelope()->set_envid("env-1");
+  Enqueue(header);
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  for (const auto& job : lease.deliveries()) {
+    EXPECT_TRUE(job.requiretls()) << job.domain();
+    EXPECT_TRUE(job.smtputf8()) << job.domain();
+    EXPECT_EQ(job.envid(), "env-1");
+  }
+  Enqueue(Header({Rcpt("c@z.example")}));
+  LeaseResponse plain = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(plain.deliveries_size(), 1);
+  EXPECT_FALSE(plain.deliveries(0).requiretls());
+}
+
 TEST_F(QueueCoreTest, AlwaysSplitMakesOneDeliveryPerRecipient) {
   options_.always_split = true;
   Open();

@@ -107,7 +107,10 @@ void FillMessageFacts(const v1::BounceJob& job, const ComposeOptions& options, C
   dsn::DeliveryReport& report = out.report;
   report.envid = job.envelope().envid();
   report.arrival = FromUnixMs(job.arrival_unix_ms());
-  const bool wants_full = job.original_is_full() && job.envelope().ret() != v1::DSN_RET_HDRS;
+  // A REQUIRETLS message is returned as if RET=HDRS (RFC 8689 §4.3): its
+  // body was to travel only over verified TLS, and the way back may not.
+  const bool wants_full =
+      job.original_is_full() && job.envelope().ret() != v1::DSN_RET_HDRS && !job.envelope().requiretls();
   mime::HeaderBlock block = mime::SplitHeaderBlock(job.original());
   if (wants_full && job.original().size() > options.max_original_bytes) {
     // Too big to return whole: the headers say which message it was.
@@ -201,6 +204,9 @@ v1::EnqueueHeader MakeDsnEnqueueHeader(const v1::BounceJob& job, const dsn::Rend
   v1::RecipientSpec* rcpt = env->add_recipients();
   rcpt->set_address(std::string(recipient));
   env->set_smtputf8(!mime::IsAscii(recipient));
+  // RFC 8689 §4.3: the report about a REQUIRETLS message (its headers, its
+  // recipients) needs the same protection on its way back.
+  env->set_requiretls(job.envelope().requiretls());
   env->set_body_8bit(dsn.body_8bit);
   (*env->mutable_notes())[kDsnNoteKey] = std::string(note);
   header.set_idempotency_key(IdempotencyKey(job));

@@ -169,6 +169,19 @@ TEST(DsnComposer, RetHdrsAttachesOnlyHeadersEvenIfQueueSentAll) {
   EXPECT_FALSE(ComposeReport(job, "me").report.original_is_full);
 }
 
+TEST(DsnComposer, RequireTlsOriginalIsReturnedAsHeadersOnlyAndItsReportKeepsRequireTls) {
+  v1::BounceJob job = FailedJob();  // RET=FULL, the whole original sent
+  ASSERT_TRUE(ComposeReport(job, "me").report.original_is_full);
+  job.mutable_envelope()->set_requiretls(true);
+  EXPECT_FALSE(ComposeReport(job, "me").report.original_is_full);
+
+  dsn::RenderedDsn rendered;
+  rendered.message = "Subject: x\r\n\r\nbody\r\n";
+  EXPECT_TRUE(MakeDsnEnqueueHeader(job, rendered, "alice@example.com", "failed").envelope().requiretls());
+  job.mutable_envelope()->set_requiretls(false);
+  EXPECT_FALSE(MakeDsnEnqueueHeader(job, rendered, "alice@example.com", "failed").envelope().requiretls());
+}
+
 TEST(DsnComposer, MissingTimesStayUnset) {
   v1::BounceJob job = FailedJob();
   job.set_arrival_unix_ms(0);

@@ -116,6 +116,7 @@ std::string FormatShow(const tern::v1::ShowResponse& m) {
       {"size", absl::StrCat(m.size(), " bytes")},
   };
   if (!env.envid().empty()) head.push_back({"envid", env.envid()});
+  if (env.requiretls()) head.push_back({"requiretls", "yes (every hop: TLS, a verified peer, REQUIRETLS offered)"});
   if (env.ret() != tern::v1::DSN_RET_UNSPECIFIED) {
     head.push_back({"ret", env.ret() == tern::v1::DSN_RET_FULL ? "FULL" : "HDRS"});
   }
@@ -162,6 +163,10 @@ std::string FormatExplain(const tern::v1::ShowResponse& m) {
   const int64_t now = m.now_unix_ms();
   std::string out = absl::StrCat(m.message_id(), ": arrived ", FormatAge(now - m.arrival_unix_ms()), " ago from ",
                                  m.envelope().mail_from().empty() ? "<>" : m.envelope().mail_from(), "\n");
+  if (m.envelope().requiretls()) {
+    absl::StrAppend(&out, "  REQUIRETLS (RFC 8689): only a verified TLS peer that offers REQUIRETLS gets it; "
+                          "otherwise it bounces (5.7.30)\n");
+  }
   if (m.deliveries().empty()) {
     absl::StrAppend(&out, "  every recipient is final; only DSN jobs keep it queued\n");
   }

@@ -1,5 +1,6 @@
-"""DANE for SMTP (RFC 7672) end to end: tern-deliverer, a real DNSSEC chain
-and a real Postfix as the receiving MTA.
+"""DANE for SMTP (RFC 7672) and REQUIRETLS (RFC 8689) end to end:
+tern-ingest and tern-deliverer, a real DNSSEC chain and a real Postfix as the
+receiving MTA.
 
   DNS      tests/fakes/dnssec_dns.py: Knot DNS signs the zones, dnsmasq
            validates them from the root's DS and sets AD, as a validating
@@ -28,13 +29,22 @@ The domains, one per behaviour (all but the last two in the signed zone
   bogus.test          signed, but its DS in test. matches no key: the
                       resolver answers SERVFAIL              -> deferred 4.4.3
 
+REQUIRETLS: ingest has STARTTLS (Postfix's key and certificate), and
+Python's smtplib sends MAIL FROM ... REQUIRETLS after it. Debian 12's
+Postfix (3.7) does not offer REQUIRETLS, so a REQUIRETLS message to it must
+bounce (5.7.30), never reach it; the DSN itself keeps REQUIRETLS, so it waits
+for TLS that the sender's scripted MX (no STARTTLS) cannot give. A
+"TLS-Required: No" message to dane-wrong.test is delivered: the sender
+asked that DANE be ignored.
+
 Needs root (Postfix), postfix, sasl2-bin, openssl, knot and dnsmasq.
 """
 
 import hashlib
 import os
 import re
-import subprocess
+import smtplib
+import ssl
 import sys
 import unittest
 
@@ -84,6 +94,10 @@ class DaneCluster(PostfixMxCluster):
         self.spki_hash = sha256_hex(spki_der(f"{pki}/server.pem"))
         self.ca_hash = sha256_hex(cert_der(f"{pki}/ca.pem"))
         self.write_tls_ini()  # no CA, no rejectUnauthorized
+        # STARTTLS for ingest (REQUIRETLS is only taken over TLS).
+        for src, dst in (("server.key", "tls_key.pem"), ("server.pem", "tls_cert.pem")):
+            with open(f"{pki}/{src}", "rb") as f, open(os.path.join(self.config, dst), "wb") as out:
+                out.write(f.read())
 
     def _start_dns(self):
         port = self.ports["mx"]
@@ -170,6 +184,46 @@ class DanePostfixTest(ClusterTestCase):
         self.assertFalse(shown.get("bounces"), shown)
         return rcpt["last_result"]
 
+    def send_requiretls(self, domain, tag, extra_headers=""):
+        """Sends one message over STARTTLS with MAIL FROM ... REQUIRETLS;
+        returns its queue id."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP(*self.cluster.smtp_address(), timeout=30) as s:
+            s.starttls(context=ctx)
+            s.ehlo("client.test")
+            self.assertTrue(s.has_extn("requiretls"), s.esmtp_features)
+            code, reply = s.mail("alice@sender.test", ["REQUIRETLS"])
+            self.assertEqual(code, 250, reply)
+            code, reply = s.rcpt(f"rcpt@{domain}")
+            self.assertEqual(code, 250, reply)
+            code, reply = s.data(extra_headers + BODY.format(tag=tag))
+            self.assertEqual(code, 250, reply)
+        m = re.search(rb"queued as (\S+)", reply)
+        self.assertIsNotNone(m, reply)
+        return m.group(1).decode()
+
+    def final_result(self, msg_id):
+        """The recipient's result once the message is gone from the queue
+        (bounced), from the deliverer's outcome line."""
+        (line,) = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "delivery"), 60,
+                                          f"the deliverer's outcome line for {msg_id}")
+        return line
+
+    def dsn_about(self, tag):
+        """`ternctl show` of the DSN the bouncer queued (from <> to
+        alice@sender.test) about the message BODY made with `tag`: its
+        In-Reply-To names the original's Message-ID."""
+        def find():
+            listed = ternctl_json(self.cluster, "list", "--recipient", "alice@sender.test").get("messages", [])
+            for m in listed:
+                shown = ternctl_json(self.cluster, "show", m["message_id"])
+                if f"In-Reply-To: <{tag}@sender.test>" in shown.get("headers", ""):
+                    return shown
+            return None
+        return self.cluster.wait_until(find, 60, f"the DSN about <{tag}@sender.test>")
+
     def postfix_count(self, pattern):
         return len(re.findall(pattern, self.postfix.log()))
 
@@ -235,6 +289,61 @@ class DanePostfixTest(ClusterTestCase):
         _, attempt = self.deliver("insecure.test", "insecure", "mx.insecure.test")
         self.assertEqual(field(attempt, "dane"), "none", attempt)
         self.assertEqual(field(attempt, "tls_verified"), "no", attempt)
+
+    # -- REQUIRETLS ------------------------------------------------------------------
+    def test_requiretls_is_refused_in_plain_text(self):
+        with smtplib.SMTP(*self.cluster.smtp_address(), timeout=30) as s:
+            s.ehlo("client.test")
+            self.assertFalse(s.has_extn("requiretls"))
+            code, reply = s.mail("alice@sender.test", ["REQUIRETLS"])
+        self.assertEqual(code, 530, reply)
+        self.assertIn(b"5.7.10", reply)
+
+    def test_requiretls_message_bounces_at_a_postfix_that_does_not_offer_it(self):
+        msg_id = self.send_requiretls("dane-ee.test", "requiretls")
+        line = self.final_result(msg_id)
+        self.assertEqual(field(line, "status"), "bounced", line)
+        self.assertEqual(field(line, "dsn"), "5.7.30", line)
+        self.assertIn("REQUIRETLS is required by the sender, but was not offered by host "
+                      f"mx.dane-ee.test[{POSTFIX_IP}]:{self.mx_port}", field(line, "reply"))
+        # It got as far as a DANE-verified TLS session (new or pooled), and
+        # no further.
+        (attempt,) = self.msg_lines(msg_id, "attempt")
+        self.assertEqual(field(attempt, "tls_verified"), "yes", attempt)
+        self.assertEqual(field(attempt, "dane"), "3 1 1 at depth 0", attempt)
+        self.assertIsNone(self.postfix.message_with("requiretls"))
+        self.assertNotIn("<alice@sender.test> -> <rcpt@dane-ee.test>", self.postfix.log())
+        # The DSN keeps REQUIRETLS, so the sender's MX (a scripted server
+        # without STARTTLS) does not get it in plain text either.
+        dsn = self.dsn_about("requiretls")
+        self.assertTrue(dsn["envelope"].get("requiretls"), dsn["envelope"])
+        result = wait_for_last_result(self.cluster, dsn["message_id"], 60)
+        (delivery,) = result["deliveries"]
+        (rcpt,) = delivery["recipients"]
+        self.assertEqual(rcpt["state"], "deferred", rcpt)
+        self.assertIn("TLS is required by the sender (REQUIRETLS)", rcpt["last_result"]["reply_text"])
+        self.assertEqual(self.cluster.sinks["sender.test"].received(), [])
+        ternctl_json(self.cluster, "delete", dsn["message_id"], "--yes")
+
+    def test_requiretls_message_to_a_domain_without_dnssec_bounces_without_connecting(self):
+        connects = self.postfix_count(r"\]: connect from ")
+        msg_id = self.send_requiretls("insecure.test", "requiretls-insecure")
+        line = self.final_result(msg_id)
+        self.assertEqual(field(line, "dsn"), "5.7.30", line)
+        self.assertIn("the MX hosts of insecure.test were not found securely", field(line, "reply"))
+        self.assertEqual(self.msg_lines(msg_id, "attempt"), [])
+        self.assertEqual(self.postfix_count(r"\]: connect from "), connects)
+        ternctl_json(self.cluster, "delete", self.dsn_about("requiretls-insecure")["message_id"], "--yes")
+
+    def test_tls_required_no_delivers_where_dane_would_refuse(self):
+        msg_id = send_for_id(self.cluster, "alice@sender.test", ["rcpt@dane-wrong.test"],
+                             "TLS-Required: No\r\n" + BODY.format(tag="tls optional"))
+        self.cluster.wait_until(lambda: self.postfix.message_with("tls optional"), 60, "Postfix to store it")
+        (attempt,) = self.msg_lines(msg_id, "attempt")
+        self.assertEqual(field(attempt, "dane"), "none", attempt)
+        self.assertEqual(field(attempt, "tls_verified"), "no", attempt)
+        ignored = [l for l in deliverer_log_lines(self.cluster, "tls_policies_ignored") if f"msg={msg_id}" in l]
+        self.assertTrue(ignored, "no tls_policies_ignored line")
 
     def test_bogus_zone_defers_and_never_connects(self):
         connects = self.postfix_count(r"\]: connect from ")

@@ -48,9 +48,9 @@ import ssl
 import sys
 import unittest
 
-from cluster import ZONES, ClusterTestCase
-from deliverer_postfix_test import BODY, PostfixMxCluster, field, received_header, run
-from deliverer_test import deliverer_log_lines, send_for_id, ternctl_json, wait_for_last_result
+from cluster import ZONES
+from deliverer_postfix_test import BODY, PostfixMxCluster, PostfixMxTestCase, field, run
+from deliverer_test import deliverer_log_lines, ternctl_json, wait_for_last_result
 from mta_sts_postfix_test import deliverer_metric
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
@@ -140,51 +140,11 @@ class DaneCluster(PostfixMxCluster):
                 self.dnssec.stop()
 
 
-class DanePostfixTest(ClusterTestCase):
-    @classmethod
-    def make_cluster(cls):
-        if os.geteuid() != 0:
-            raise unittest.SkipTest("Postfix's master must be started as root")
-        return DaneCluster()
-
-    def setUp(self):
-        self.postfix = self.cluster.postfix
-        self.mx_port = self.cluster.ports["mx"]
+class DanePostfixTest(PostfixMxTestCase):
+    CLUSTER = DaneCluster
 
     # -- helpers ---------------------------------------------------------------
-    def send(self, domain, tag):
-        return send_for_id(self.cluster, "alice@sender.test", [f"rcpt@{domain}"], BODY.format(tag=tag))
-
-    def msg_lines(self, msg_id, kind):
-        return [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if f" {kind} " in l]
-
-    def deliver(self, domain, tag, mx):
-        """Sends one message; waits for Postfix to store it and for the
-        deliverer's attempt and outcome lines. Returns (stored, attempt)."""
-        msg_id = self.send(domain, tag)
-        stored = self.cluster.wait_until(lambda: self.postfix.message_with(tag), 60, f"Postfix to store {tag}")
-        (attempt,) = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "attempt"), 30,
-                                             f"the deliverer's attempt line for {msg_id}")
-        (delivered,) = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "delivery"), 30,
-                                               f"the deliverer's outcome line for {msg_id}")
-        self.assertEqual(field(delivered, "status"), "sent", delivered)
-        self.assertEqual(field(attempt, "relay"), f"{mx}[{POSTFIX_IP}]:{self.mx_port}", attempt)
-        # Postfix's own record of the session: ESMTPS, whatever Tern says.
-        self.assertRegex(received_header(stored), rf"by {re.escape(PKIX_MX)} \(Postfix\) with ESMTPS ")
-        return stored, attempt
-
-    def deferred(self, msg_id):
-        """The recipient's reported result once it has one, after checking
-        that it is a deferral that kept the message queued."""
-        shown = wait_for_last_result(self.cluster, msg_id, 60)
-        (delivery,) = shown["deliveries"]
-        (rcpt,) = delivery["recipients"]
-        self.assertEqual(rcpt["state"], "deferred", rcpt)
-        self.assertEqual(rcpt["last_result"]["outcome"], "OUTCOME_TRANSIENT", rcpt)
-        self.assertFalse(shown.get("bounces"), shown)
-        return rcpt["last_result"]
-
-    def send_requiretls(self, domain, tag, extra_headers=""):
+    def send_requiretls(self, domain, tag):
         """Sends one message over STARTTLS with MAIL FROM ... REQUIRETLS;
         returns its queue id."""
         ctx = ssl.create_default_context()
@@ -198,7 +158,7 @@ class DanePostfixTest(ClusterTestCase):
             self.assertEqual(code, 250, reply)
             code, reply = s.rcpt(f"rcpt@{domain}")
             self.assertEqual(code, 250, reply)
-            code, reply = s.data(extra_headers + BODY.format(tag=tag))
+            code, reply = s.data(BODY.format(tag=tag))
             self.assertEqual(code, 250, reply)
         m = re.search(rb"queued as (\S+)", reply)
         self.assertIsNotNone(m, reply)
@@ -224,9 +184,6 @@ class DanePostfixTest(ClusterTestCase):
             return None
         return self.cluster.wait_until(find, 60, f"the DSN about <{tag}@sender.test>")
 
-    def postfix_count(self, pattern):
-        return len(re.findall(pattern, self.postfix.log()))
-
     def dane_metric(self, mode):
         return deliverer_metric(self.cluster, "tern_deliverer_dane_hosts_total", mode=mode)
 
@@ -249,10 +206,10 @@ class DanePostfixTest(ClusterTestCase):
 
     # -- validated TLSA records that do not ------------------------------------------
     def test_dane_record_matching_no_key_defers_without_plain_text_fallback(self):
-        handshakes = self.postfix_count(r"SSL_accept error from ")
+        handshakes = self.postfix_log_count(r"SSL_accept error from ")
         msg_id = self.send("dane-wrong.test", "dane wrong")
         try:
-            result = self.deferred(msg_id)
+            result = self.deferred_result(msg_id)
             relay = f"mx.dane-wrong.test[{POSTFIX_IP}]:{self.mx_port}"
             self.assertEqual(result["enhanced_status"], "4.7.5", result)
             self.assertIn("TLS is required by the DANE TLSA records of mx.dane-wrong.test, but the certificate "
@@ -261,7 +218,7 @@ class DanePostfixTest(ClusterTestCase):
             self.assertIsNone(self.postfix.message_with("dane wrong"))
             # Postfix saw the TLS handshake fail (Tern hung up in it), and
             # no MAIL FROM ever came in plain text afterwards.
-            self.cluster.wait_until(lambda: self.postfix_count(r"SSL_accept error from ") > handshakes, 30,
+            self.cluster.wait_until(lambda: self.postfix_log_count(r"SSL_accept error from ") > handshakes, 30,
                                     "Postfix to log the refused handshake")
             self.assertNotIn("<alice@sender.test> -> <rcpt@dane-wrong.test>", self.postfix.log())
             self.assertEqual(ternctl_json(self.cluster, "show", msg_id)["message_id"], msg_id)
@@ -326,18 +283,17 @@ class DanePostfixTest(ClusterTestCase):
         ternctl_json(self.cluster, "delete", dsn["message_id"], "--yes")
 
     def test_requiretls_message_to_a_domain_without_dnssec_bounces_without_connecting(self):
-        connects = self.postfix_count(r"\]: connect from ")
+        connects = self.postfix_log_count(r"\]: connect from ")
         msg_id = self.send_requiretls("insecure.test", "requiretls-insecure")
         line = self.final_result(msg_id)
         self.assertEqual(field(line, "dsn"), "5.7.30", line)
         self.assertIn("the MX hosts of insecure.test were not found securely", field(line, "reply"))
         self.assertEqual(self.msg_lines(msg_id, "attempt"), [])
-        self.assertEqual(self.postfix_count(r"\]: connect from "), connects)
+        self.assertEqual(self.postfix_log_count(r"\]: connect from "), connects)
         ternctl_json(self.cluster, "delete", self.dsn_about("requiretls-insecure")["message_id"], "--yes")
 
     def test_tls_required_no_delivers_where_dane_would_refuse(self):
-        msg_id = send_for_id(self.cluster, "alice@sender.test", ["rcpt@dane-wrong.test"],
-                             "TLS-Required: No\r\n" + BODY.format(tag="tls optional"))
+        msg_id = self.send("dane-wrong.test", "tls optional", headers="TLS-Required: No\r\n")
         self.cluster.wait_until(lambda: self.postfix.message_with("tls optional"), 60, "Postfix to store it")
         (attempt,) = self.msg_lines(msg_id, "attempt")
         self.assertEqual(field(attempt, "dane"), "none", attempt)
@@ -346,17 +302,17 @@ class DanePostfixTest(ClusterTestCase):
         self.assertTrue(ignored, "no tls_policies_ignored line")
 
     def test_bogus_zone_defers_and_never_connects(self):
-        connects = self.postfix_count(r"\]: connect from ")
+        connects = self.postfix_log_count(r"\]: connect from ")
         msg_id = self.send("bogus.test", "bogus")
         try:
-            result = self.deferred(msg_id)
+            result = self.deferred_result(msg_id)
             # The resolver refuses to hand out a bogus answer (SERVFAIL): a
             # DNS failure to retry, not a bounce, and no address to try.
             self.assertEqual(result["enhanced_status"], "4.4.3", result)
             self.assertIn("bogus.test", result["reply_text"])
             self.assertEqual(result["remote_ip"], "", result)
             self.assertEqual(self.msg_lines(msg_id, "attempt"), [])
-            self.assertEqual(self.postfix_count(r"\]: connect from "), connects, self.postfix.log()[-3000:])
+            self.assertEqual(self.postfix_log_count(r"\]: connect from "), connects, self.postfix.log()[-3000:])
         finally:
             ternctl_json(self.cluster, "delete", msg_id, "--yes")
 

@@ -327,6 +327,68 @@ class PostfixMxCluster(PostfixCluster):
         self.postfix = PostfixServer(host=self.POSTFIX_IP, port=mx, domains=self.mx_domains)
 
 
+class PostfixMxTestCase(ClusterTestCase):
+    """Tests on a PostfixMxCluster (a subclass sets CLUSTER): sending through
+    ingest and reading what the deliverer and Postfix made of it."""
+
+    CLUSTER = None
+
+    @classmethod
+    def make_cluster(cls):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("Postfix's master must be started as root")
+        return cls.CLUSTER()
+
+    def setUp(self):
+        self.postfix = self.cluster.postfix
+        self.mx_port = self.cluster.ports["mx"]
+
+    def send(self, domain, tag, headers=""):
+        """One message (BODY with `tag`, `headers` first) from
+        alice@sender.test to rcpt@<domain>; returns its queue id."""
+        return send_for_id(self.cluster, "alice@sender.test", [f"rcpt@{domain}"], headers + BODY.format(tag=tag))
+
+    def msg_lines(self, msg_id, kind):
+        return [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if f" {kind} " in l]
+
+    def deliver(self, domain, tag, mx=MX):
+        """Sends one message; waits for Postfix to store it and for the
+        deliverer's one attempt line and its outcome line, which must be MX
+        delivery to `mx` at Postfix's address (no static route exists).
+        Returns (stored, attempt line)."""
+        msg_id = self.send(domain, tag)
+        stored = self.cluster.wait_until(lambda: self.postfix.message_with(tag), 60, f"Postfix to store {tag}")
+        (attempt,) = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "attempt"), 30,
+                                             f"the deliverer's attempt line for {msg_id}")
+        (delivered,) = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "delivery"), 30,
+                                               f"the deliverer's outcome line for {msg_id}")
+        self.assertEqual(field(delivered, "status"), "sent", delivered)
+        self.assertEqual(field(attempt, "relay"), f"{mx}[{self.cluster.POSTFIX_IP}]:{self.mx_port}", attempt)
+        # Postfix's own record of the session: ESMTPS, whatever Tern says.
+        self.assertRegex(received_header(stored), rf"by {re.escape(MX)} \(Postfix\) with ESMTPS ")
+        return stored, attempt
+
+    def deferred_result(self, msg_id):
+        return deferred_result(self, msg_id)
+
+    def postfix_log_count(self, pattern):
+        return len(re.findall(pattern, self.postfix.log()))
+
+
+def deferred_result(test, msg_id):
+    """The one recipient's reported result once it has one; asserts (on
+    `test`) that it is a deferral that left the message queued."""
+    shown = wait_for_last_result(test.cluster, msg_id, 60)
+    (delivery,) = shown["deliveries"]
+    (rcpt,) = delivery["recipients"]
+    result = rcpt["last_result"]
+    test.assertEqual(rcpt["state"], "deferred", rcpt)
+    test.assertEqual(result["outcome"], "OUTCOME_TRANSIENT", result)
+    test.assertFalse(shown.get("bounces"), shown)
+    test.assertEqual(ternctl_json(test.cluster, "show", msg_id)["message_id"], msg_id)
+    return result
+
+
 def field(line, key):
     """The value of key=value or key="value" in a Tern log line."""
     m = re.search(rf'\b{key}=("(?:[^"\\]|\\.)*"|\S*)', line)
@@ -413,12 +475,7 @@ class DelivererPostfixTest(ClusterTestCase):
             self.cluster.write_tls_ini(ca=f"{self.postfix.pki}/other-ca.pem", **{"force_tls_hosts[]": "postfix.test"})
             self.cluster.restart_deliverer()
             msg_id = send_for_id(self.cluster, "alice@sender.test", ["carol@postfix.test"], BODY.format(tag=tag))
-            shown = wait_for_last_result(self.cluster, msg_id, 60)
-            (delivery,) = shown["deliveries"]
-            (rcpt,) = delivery["recipients"]
-            result = rcpt["last_result"]
-            self.assertEqual(rcpt["state"], "deferred", rcpt)
-            self.assertEqual(result["outcome"], "OUTCOME_TRANSIENT", result)
+            result = deferred_result(self, msg_id)
             self.assertEqual(result["enhanced_status"], "4.7.5", result)
             self.assertIn("TLS is required by configuration", result["reply_text"])
             self.assertIn("did not verify", result["reply_text"])
@@ -459,14 +516,9 @@ class DelivererPostfixTest(ClusterTestCase):
         tag = "bad password"
         msg_id = send_for_id(self.cluster, "alice@sender.test", ["frank@badauth.test"], BODY.format(tag=tag))
         try:
-            shown = wait_for_last_result(self.cluster, msg_id, 60)
-            (delivery,) = shown["deliveries"]
-            (rcpt,) = delivery["recipients"]
-            result = rcpt["last_result"]
             # Postfix says 535 5.7.8; Tern keeps the message for a retry
             # (a bad password is an operator's mistake, not the recipient's).
-            self.assertEqual(rcpt["state"], "deferred", rcpt)
-            self.assertEqual(result["outcome"], "OUTCOME_TRANSIENT", result)
+            result = deferred_result(self, msg_id)
             self.assertIn("535", result["reply_text"])
             self.assertIn("authentication failed", result["reply_text"].lower())
             self.assertIsNone(self.postfix.message_with(tag))

@@ -30,7 +30,6 @@ Needs root (Postfix), postfix, sasl2-bin, openssl and dnsmasq.
 """
 
 import http.server
-import os
 import re
 import ssl
 import sys
@@ -38,9 +37,9 @@ import threading
 import unittest
 import urllib.request
 
-from cluster import ClusterTestCase, free_port
-from deliverer_postfix_test import BODY, MX, PostfixMxCluster, field, received_header, run
-from deliverer_test import deliverer_log_lines, send_for_id, ternctl_json, wait_for_last_result
+from cluster import free_port
+from deliverer_postfix_test import MX, PostfixMxCluster, PostfixMxTestCase, field, received_header, run
+from deliverer_test import deliverer_log_lines, ternctl_json
 
 POSTFIX_IP = PostfixMxCluster.POSTFIX_IP
 HTTPS_IP = "127.0.0.12"
@@ -225,53 +224,14 @@ def deliverer_metric(cluster, name, **labels):
     return 0.0
 
 
-class MtaStsPostfixTest(ClusterTestCase):
-    @classmethod
-    def make_cluster(cls):
-        if os.geteuid() != 0:
-            raise unittest.SkipTest("Postfix's master must be started as root")
-        return MtaStsCluster()
+class MtaStsPostfixTest(PostfixMxTestCase):
+    CLUSTER = MtaStsCluster
 
     def setUp(self):
-        self.postfix = self.cluster.postfix
+        super().setUp()
         self.https = self.cluster.https
-        self.mx_port = self.cluster.ports["mx"]
 
     # -- helpers ---------------------------------------------------------------
-    def send(self, domain, tag):
-        return send_for_id(self.cluster, "alice@sender.test", [f"rcpt@{domain}"], BODY.format(tag=tag))
-
-    def msg_lines(self, msg_id, kind):
-        return [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if f" {kind} " in l]
-
-    def deliver(self, domain, tag):
-        """Sends one message; waits for Postfix to store it and for the
-        deliverer's attempt and outcome lines. Returns (stored, attempt)."""
-        msg_id = self.send(domain, tag)
-        stored = self.cluster.wait_until(lambda: self.postfix.message_with(tag), 60, f"Postfix to store {tag}")
-        attempt = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "attempt"), 30,
-                                          f"the deliverer's attempt line for {msg_id}")
-        delivered = self.cluster.wait_until(lambda: self.msg_lines(msg_id, "delivery"), 30,
-                                            f"the deliverer's outcome line for {msg_id}")
-        self.assertEqual(field(delivered[-1], "status"), "sent", delivered[-1])
-        self.assertEqual(len(attempt), 1, attempt)
-        # MX delivery to Postfix's address (no static route exists here).
-        self.assertEqual(field(attempt[0], "relay"), f"{MX}[{POSTFIX_IP}]:{self.mx_port}", attempt[0])
-        return stored, attempt[0]
-
-    def deferred_result(self, msg_id):
-        """The recipient's reported result once it has one; asserts it is a
-        deferral that left the message queued."""
-        shown = wait_for_last_result(self.cluster, msg_id, 60)
-        (delivery,) = shown["deliveries"]
-        (rcpt,) = delivery["recipients"]
-        result = rcpt["last_result"]
-        self.assertEqual(rcpt["state"], "deferred", rcpt)
-        self.assertEqual(result["outcome"], "OUTCOME_TRANSIENT", result)
-        self.assertFalse(shown.get("bounces"), shown)
-        self.assertEqual(ternctl_json(self.cluster, "show", msg_id)["message_id"], msg_id)
-        return result
-
     def policy_requests(self, domain):
         return [r for r in self.https.requests()
                 if r.get("host", "").split(":", 1)[0] == f"mta-sts.{domain}"]
@@ -288,9 +248,6 @@ class MtaStsPostfixTest(ClusterTestCase):
         self.assertIn(req["host"], (host, f"{host}:{self.cluster.https_port}"), req)
         self.assertEqual(req["sni"], host, req)
         self.assertEqual(self.https.sni_seen().count(host), 1, self.https.sni_seen())
-
-    def postfix_log_count(self, pattern):
-        return len(re.findall(pattern, self.postfix.log()))
 
     # -- enforce, listed MX ------------------------------------------------------
     def test_enforce_policy_delivers_over_verified_tls_to_a_listed_mx(self):

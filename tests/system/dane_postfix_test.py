@@ -257,6 +257,7 @@ class DanePostfixTest(PostfixMxTestCase):
         self.assertIn(b"5.7.10", reply)
 
     def test_requiretls_message_bounces_at_a_postfix_that_does_not_offer_it(self):
+        before = deliverer_metric(self.cluster, "tern_deliverer_tls_requests_total", request="requiretls")
         msg_id = self.send_requiretls("dane-ee.test", "requiretls")
         line = self.final_result(msg_id)
         self.assertEqual(field(line, "status"), "bounced", line)
@@ -269,6 +270,8 @@ class DanePostfixTest(PostfixMxTestCase):
         self.assertEqual(field(attempt, "tls_verified"), "yes", attempt)
         self.assertEqual(field(attempt, "dane"), "3 1 1 at depth 0", attempt)
         self.assertIsNone(self.postfix.message_with("requiretls"))
+        self.assertGreaterEqual(
+            deliverer_metric(self.cluster, "tern_deliverer_tls_requests_total", request="requiretls"), before + 1)
         self.assertNotIn("<alice@sender.test> -> <rcpt@dane-ee.test>", self.postfix.log())
         # The DSN keeps REQUIRETLS, so the sender's MX (a scripted server
         # without STARTTLS) does not get it in plain text either.
@@ -293,6 +296,7 @@ class DanePostfixTest(PostfixMxTestCase):
         ternctl_json(self.cluster, "delete", self.dsn_about("requiretls-insecure")["message_id"], "--yes")
 
     def test_tls_required_no_delivers_where_dane_would_refuse(self):
+        before = deliverer_metric(self.cluster, "tern_deliverer_tls_requests_total", request="tls_optional")
         msg_id = self.send("dane-wrong.test", "tls optional", headers="TLS-Required: No\r\n")
         self.cluster.wait_until(lambda: self.postfix.message_with("tls optional"), 60, "Postfix to store it")
         (attempt,) = self.msg_lines(msg_id, "attempt")
@@ -300,6 +304,8 @@ class DanePostfixTest(PostfixMxTestCase):
         self.assertEqual(field(attempt, "tls_verified"), "no", attempt)
         ignored = [l for l in deliverer_log_lines(self.cluster, "tls_policies_ignored") if f"msg={msg_id}" in l]
         self.assertTrue(ignored, "no tls_policies_ignored line")
+        self.assertEqual(
+            deliverer_metric(self.cluster, "tern_deliverer_tls_requests_total", request="tls_optional"), before + 1)
 
     def test_bogus_zone_defers_and_never_connects(self):
         connects = self.postfix_log_count(r"\]: connect from ")

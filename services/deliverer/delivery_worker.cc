@@ -256,6 +256,9 @@ struct Metrics {
     return r.GetCounter("tern_deliverer_mta_sts_total", "MX deliveries by the MTA-STS policy mode they ran under",
                         {{"mode", l.policy.has_value() ? StsModeName(l.policy->mode) : "absent"}});
   }
+  metrics::Counter& mta_sts_stored = r.GetCounter(
+      "tern_deliverer_mta_sts_stored_total",
+      "MTA-STS policies taken from the queue's store, not fetched: after a restart or fetched by another deliverer");
   metrics::Counter& mta_sts_problems =
       r.GetCounter("tern_deliverer_mta_sts_problems_total",
                    "MTA-STS lookups whose TXT lookup or policy fetch failed (a cached policy may still apply)");
@@ -326,6 +329,16 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       MtaSts::Options sts;
       sts.port = config.mta_sts_port;
       sts.timeout = config.mta_sts_timeout;
+      // The queue keeps fetched policies for every deliverer and across
+      // restarts (mta_sts.h). The lambdas run only inside Find, called from
+      // deliveries, when this Impl is owned by a shared_ptr.
+      sts.load = [this](const std::string& domain,
+                        absl::AnyInvocable<void(std::optional<MtaSts::StoredPolicy>)> done) {
+        asio::co_spawn(io_, LoadStsPolicy(shared_from_this(), domain, std::move(done)), asio::detached);
+      };
+      sts.save = [this](const std::string& domain, const MtaSts::StoredPolicy& policy) {
+        asio::co_spawn(io_, SaveStsPolicy(shared_from_this(), domain, policy), asio::detached);
+      };
       mta_sts_ = std::make_unique<MtaSts>(io.get_executor(), resolver_, tls_, std::move(sts));
     }
     if (std::shared_ptr<grpc::Channel> hooks = hooks::MakeHooksChannel(config.hooks)) {
@@ -1210,6 +1223,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   asio::awaitable<bool> ApplyMtaSts(const v1::DeliveryJob& job, RoutePlan& plan) {
     StsLookup sts = co_await AwaitSts(*mta_sts_, job.domain());
     metrics_.MtaStsPolicy(sts).Inc();
+    if (sts.source == "stored") {
+      metrics_.mta_sts_stored.Inc();
+    }
     if (!sts.problem.empty()) {
       metrics_.mta_sts_problems.Inc();
       log::Event(log::Level::kWarn, "mta_sts_problem",
@@ -1306,6 +1322,41 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     grpc::Status status = co_await rpc::AwaitGrpc(
         [&](auto done) { self->stub_->async()->PutHostFlags(&ctx, &request, &response, std::move(done)); });
     self->NoteOptionalRpc("PutHostFlags", status, &self->put_flags_warned_);
+  }
+
+  static asio::awaitable<void> LoadStsPolicy(std::shared_ptr<Impl> self, std::string domain,
+                                             absl::AnyInvocable<void(std::optional<MtaSts::StoredPolicy>)> done) {
+    v1::GetStsPolicyRequest request;
+    request.set_domain(domain);
+    v1::GetStsPolicyResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::Status status = co_await rpc::AwaitGrpc(
+        [&](auto cb) { self->stub_->async()->GetStsPolicy(&ctx, &request, &response, std::move(cb)); });
+    self->NoteOptionalRpc("GetStsPolicy", status, &self->sts_store_warned_);
+    std::optional<MtaSts::StoredPolicy> found;
+    if (status.ok() && response.found() && response.policy().domain() == domain) {
+      found = MtaSts::StoredPolicy{response.policy().id(), response.policy().policy(),
+                                   response.policy().expires_unix_ms()};
+    }
+    done(std::move(found));
+  }
+
+  static asio::awaitable<void> SaveStsPolicy(std::shared_ptr<Impl> self, std::string domain,
+                                             MtaSts::StoredPolicy policy) {
+    v1::PutStsPolicyRequest request;
+    v1::StsPolicyRecord* record = request.mutable_policy();
+    record->set_domain(std::move(domain));
+    record->set_id(std::move(policy.id));
+    record->set_policy(std::move(policy.text));
+    record->set_fetched_unix_ms(NowUnixMs());
+    record->set_expires_unix_ms(policy.expires_unix_ms);
+    v1::PutStsPolicyResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::Status status = co_await rpc::AwaitGrpc(
+        [&](auto cb) { self->stub_->async()->PutStsPolicy(&ctx, &request, &response, std::move(cb)); });
+    self->NoteOptionalRpc("PutStsPolicy", status, &self->sts_store_warned_);
   }
 
   // Logs an optional RPC's failure once per kind of failure: a queue without
@@ -1725,6 +1776,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   bool progress_warned_ = false;
   bool progress_unimplemented_warned_ = false;
   bool put_flags_warned_ = false;
+  bool sts_store_warned_ = false;  // GetStsPolicy/PutStsPolicy
   bool get_flags_warned_ = false;
   grpc::ClientContext* flags_ctx_ = nullptr;
   std::string worker_id_;

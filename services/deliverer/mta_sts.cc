@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "asio/co_spawn.hpp"
 #include "asio/experimental/as_tuple.hpp"
 #include "asio/experimental/awaitable_operators.hpp"
@@ -216,6 +218,23 @@ struct FetchInit {
     });
   }
 };
+
+struct LoadInit {
+  const MtaSts::StoreLoad* load;
+  std::string domain;
+  template <typename Handler>
+  void operator()(Handler handler) {
+    (*load)(domain, [h = std::move(handler)](std::optional<MtaSts::StoredPolicy> stored) mutable {
+      std::move(h)(std::move(stored));
+    });
+  }
+};
+
+// co_await adapter for the store lookup.
+asio::awaitable<std::optional<MtaSts::StoredPolicy>> AwaitLoad(const MtaSts::StoreLoad* load, std::string domain) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(std::optional<MtaSts::StoredPolicy>)>(
+      LoadInit{load, std::move(domain)}, asio::use_awaitable);
+}
 
 // co_await adapter for the fetch (see lib/dns/resolver_await.h for the form).
 asio::awaitable<absl::StatusOr<std::string>> AwaitFetch(const MtaSts::Fetcher* fetch, std::string domain) {
@@ -452,6 +471,9 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
     if (!options_.now) {
       options_.now = [] { return Clock::now(); };
     }
+    if (!options_.wall_ms) {
+      options_.wall_ms = [] { return absl::ToUnixMillis(absl::Now()); };
+    }
     if (!options_.fetch) {
       options_.fetch = [this](const std::string& domain, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done) {
         FetchStsPolicyText(executor_, resolver_, tls_, domain, options_.port, options_.timeout, std::move(done));
@@ -486,6 +508,7 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
 
   size_t cache_size() const { return cache_.size(); }
   uint64_t fetches() const { return fetches_; }
+  uint64_t store_loads() const { return store_loads_; }
 
  private:
   struct Entry {
@@ -506,6 +529,13 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
         cached.source = "cached";
       } else {
         self->cache_.erase(it);
+      }
+    }
+    if (!cached.policy.has_value() && self->options_.load && self->StoreCheckDue(domain, now)) {
+      ++self->store_loads_;
+      std::optional<StoredPolicy> stored = co_await AwaitLoad(&self->options_.load, domain);
+      if (stored.has_value()) {
+        cached = self->Adopt(domain, *stored);
       }
     }
     const std::string txt_name = absl::StrCat("_mta-sts.", domain);
@@ -551,10 +581,48 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
         self->cache_.clear();
       }
       self->cache_[domain] = Entry{*policy, *id, self->options_.now() + policy->max_age};
+      if (self->options_.save) {
+        const int64_t max_age_ms = std::chrono::duration_cast<std::chrono::milliseconds>(policy->max_age).count();
+        self->options_.save(domain, StoredPolicy{*id, *text, self->options_.wall_ms() + max_age_ms});
+      }
     } else {
       self->cache_.erase(domain);
     }
     co_return fresh;
+  }
+
+  // True when `domain` was not looked up in the store within
+  // kStoreRecheck; notes the lookup. Most domains have no policy at all, so
+  // without this every message to them would cost a store round trip.
+  bool StoreCheckDue(const std::string& domain, Clock::time_point now) {
+    auto it = store_checked_.find(domain);
+    if (it != store_checked_.end() && it->second > now) {
+      return false;
+    }
+    if (store_checked_.size() >= options_.max_entries) {
+      store_checked_.clear();
+    }
+    store_checked_[domain] = now + kStoreRecheck;
+    return true;
+  }
+
+  // A stored policy that has not expired and still parses goes into the
+  // cache for what is left of its max_age, and is the lookup's result so far.
+  StsLookup Adopt(const std::string& domain, const StoredPolicy& stored) {
+    StsLookup out;
+    const int64_t left_ms = stored.expires_unix_ms - options_.wall_ms();
+    absl::StatusOr<StsPolicy> policy = ParseStsPolicy(stored.text);
+    if (left_ms <= 0 || !policy.ok() || stored.id.empty()) {
+      return out;
+    }
+    if (cache_.size() >= options_.max_entries) {
+      cache_.clear();
+    }
+    cache_[domain] = Entry{*policy, stored.id, options_.now() + std::chrono::milliseconds(left_ms)};
+    out.policy = *std::move(policy);
+    out.id = stored.id;
+    out.source = "stored";
+    return out;
   }
 
   asio::any_io_executor executor_;
@@ -562,6 +630,9 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
   std::shared_ptr<asio::ssl::context> tls_;
   Options options_;
   std::map<std::string, Entry> cache_;
+  // Domain → when the store may be asked about it again.
+  std::map<std::string, Clock::time_point> store_checked_;
+  uint64_t store_loads_ = 0;
   // "domain id" → (no fetch before, why the last one failed).
   std::map<std::string, std::pair<Clock::time_point, std::string>> failed_;
   std::map<std::string, std::vector<absl::AnyInvocable<void(StsLookup)>>> waiting_;
@@ -580,5 +651,6 @@ void MtaSts::Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done) 
 
 size_t MtaSts::cache_size() const { return impl_->cache_size(); }
 uint64_t MtaSts::fetches() const { return impl_->fetches(); }
+uint64_t MtaSts::store_loads() const { return impl_->store_loads(); }
 
 }  // namespace tern::deliverer

@@ -18,6 +18,13 @@
 //      not switch the protection off); without one the domain has no policy.
 // A failed fetch is not tried again for the same id for kFetchRetry, so a
 // broken policy host costs one fetch per few minutes, not one per message.
+// Behind the in-memory cache there may be a store (Options::load/save; the
+// worker uses the queue's GetStsPolicy/PutStsPolicy): every fetched policy
+// is saved there until it expires, and a domain not in memory is looked up
+// there first (again after kStoreRecheck), so a restarted deliverer, or
+// another one, keeps applying a policy whose DNS record or HTTPS host an
+// attacker now blocks (§5.1), and does not fetch it again while its id is
+// unchanged.
 // Concurrent lookups of one domain share one discovery.
 //
 // What the deliverer does with a policy (delivery_worker.cc):
@@ -30,9 +37,8 @@
 //   none     nothing changes.
 // Static routes and get_mx hook routes are not MX delivery: no MTA-STS.
 //
-// Not done: TLS-RPT reports (RFC 8460), proactive refresh of cached policies
-// before they expire, and a cache that survives a restart (each deliverer
-// keeps its own, in memory).
+// Not done: TLS-RPT reports (RFC 8460) and proactive refresh of cached
+// policies before they expire.
 //
 // Thread-safety: MtaSts is not thread-safe; call it on its executor (the
 // worker's io_context), where its callbacks run too, never inline.
@@ -94,7 +100,7 @@ std::optional<std::string> ParseStsRecord(const std::vector<std::string>& record
 struct StsLookup {
   std::optional<StsPolicy> policy;  // nullopt: deliver as without MTA-STS
   std::string id;                   // the policy's id, when there is one
-  // "fetched", "cached" or "none", for logs.
+  // "fetched", "cached", "stored" (from the store) or "none", for logs.
   std::string source = "none";
   // Why a policy could not be fetched or renewed ("" when nothing failed);
   // a cached policy may still be in use.
@@ -107,6 +113,20 @@ class MtaSts {
   using Fetcher =
       std::function<void(const std::string& domain, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done)>;
 
+  // A policy as the store keeps it: the text as served, so that what a
+  // store returns is parsed with today's rules like a fetched one.
+  struct StoredPolicy {
+    std::string id;
+    std::string text;
+    int64_t expires_unix_ms = 0;  // wall clock: it outlives processes
+  };
+  // Looks `domain` up in the store; `done` (nullopt: none, or the store
+  // could not answer) runs once, on the executor.
+  using StoreLoad = std::function<void(const std::string& domain,
+                                       absl::AnyInvocable<void(std::optional<StoredPolicy>)> done)>;
+  // Keeps a freshly fetched policy in the store (fire and forget).
+  using StoreSave = std::function<void(const std::string& domain, const StoredPolicy& policy)>;
+
   struct Options {
     // Port of https://mta-sts.<domain>/ (tests use another). Default: 443.
     uint16_t port = 443;
@@ -118,10 +138,17 @@ class MtaSts {
     Fetcher fetch;
     // The clock for max_age (tests). Default: steady_clock::now.
     std::function<std::chrono::steady_clock::time_point()> now;
+    // The store behind the cache; unset: none. Default: none.
+    StoreLoad load;
+    StoreSave save;
+    // Wall-clock milliseconds for stored expiry times (tests). Default: now.
+    std::function<int64_t()> wall_ms;
   };
 
   // How long a failed fetch of one policy id is not tried again.
   static constexpr std::chrono::minutes kFetchRetry{5};
+  // How long a domain the store did not have is not asked for again.
+  static constexpr std::chrono::minutes kStoreRecheck{10};
 
   // `resolver` and `tls` (system CAs plus tls.ini's `ca`) must outlive this.
   MtaSts(asio::any_io_executor executor, dns::MxResolver& resolver, std::shared_ptr<asio::ssl::context> tls,
@@ -136,6 +163,7 @@ class MtaSts {
 
   size_t cache_size() const;
   uint64_t fetches() const;
+  uint64_t store_loads() const;
 
   class Impl;
 

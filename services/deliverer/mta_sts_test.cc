@@ -148,8 +148,25 @@ dns::TxtAnswer Record(const std::string& id) {
 
 class MtaStsDiscoveryTest : public ::testing::Test {
  protected:
-  MtaStsDiscoveryTest() : resolver_(io_) {
+  MtaStsDiscoveryTest() : resolver_(io_) { Restart(/*with_store=*/false); }
+
+  // A new MtaSts, as a (re)started deliverer has: an empty cache; with the
+  // store (store_, shared by every "deliverer" of the test) or without.
+  void Restart(bool with_store) {
     MtaSts::Options options;
+    if (with_store) {
+      options.load = [this](const std::string& domain,
+                            absl::AnyInvocable<void(std::optional<MtaSts::StoredPolicy>)> done) {
+        loads_.push_back(domain);
+        std::optional<MtaSts::StoredPolicy> found;
+        if (auto it = store_.find(domain); it != store_.end()) {
+          found = it->second;
+        }
+        asio::post(io_, [done = std::move(done), found]() mutable { done(found); });
+      };
+      options.save = [this](const std::string& domain, const MtaSts::StoredPolicy& p) { store_[domain] = p; };
+      options.wall_ms = [this] { return wall_ms_; };
+    }
     options.now = [this] { return now_; };
     options.fetch = [this](const std::string& domain, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done) {
       fetched_.push_back(domain);
@@ -175,8 +192,77 @@ class MtaStsDiscoveryTest : public ::testing::Test {
   std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::time_point() + 1000h;
   absl::StatusOr<std::string> policy_text_ = std::string(kPolicy);
   std::vector<std::string> fetched_;
+  std::map<std::string, MtaSts::StoredPolicy> store_;
+  std::vector<std::string> loads_;
+  int64_t wall_ms_ = 1'800'000'000'000;
   std::unique_ptr<MtaSts> sts_;
 };
+
+TEST_F(MtaStsDiscoveryTest, AFetchedPolicyIsStoredAndARestartedDelivererUsesItWithoutFetching) {
+  Restart(/*with_store=*/true);
+  resolver_.txt["_mta-sts.example.com"] = Record("one");
+  ASSERT_EQ(Find("example.com").source, "fetched");
+  ASSERT_EQ(store_.count("example.com"), 1u);
+  EXPECT_EQ(store_["example.com"].id, "one");
+  EXPECT_EQ(store_["example.com"].text, kPolicy);
+  EXPECT_EQ(store_["example.com"].expires_unix_ms, wall_ms_ + 86'400'000);  // max_age 86400
+
+  // Restarted: the record's id is unchanged, so the stored policy is used.
+  Restart(/*with_store=*/true);
+  StsLookup again = Find("example.com");
+  ASSERT_TRUE(again.policy.has_value()) << again.problem;
+  EXPECT_EQ(again.source, "stored");
+  EXPECT_EQ(again.policy->mode, StsMode::kEnforce);
+  EXPECT_EQ(fetched_.size(), 1u);
+  // Then it is in memory: the store is not asked again.
+  EXPECT_EQ(Find("example.com").source, "cached");
+  EXPECT_EQ(loads_.size(), 2u);
+}
+
+TEST_F(MtaStsDiscoveryTest, AStoredPolicyStillAppliesAfterARestartWhenTheRecordIsBlocked) {
+  Restart(/*with_store=*/true);
+  resolver_.txt["_mta-sts.example.com"] = Record("one");
+  ASSERT_TRUE(Find("example.com").policy.has_value());
+  // The attacker now answers SERVFAIL for the record, and the deliverer
+  // restarts (its memory is gone): the policy still holds (RFC 8461 §5.1).
+  resolver_.txt["_mta-sts.example.com"] = dns::TxtAnswer{dns::LookupStatus::kTempFail, "SERVFAIL", {}};
+  Restart(/*with_store=*/true);
+  StsLookup blocked = Find("example.com");
+  ASSERT_TRUE(blocked.policy.has_value());
+  EXPECT_EQ(blocked.source, "stored");
+  EXPECT_EQ(blocked.problem, "SERVFAIL");
+  // Without a store, a restarted deliverer has nothing (the old behaviour).
+  Restart(/*with_store=*/false);
+  EXPECT_FALSE(Find("example.com").policy.has_value());
+}
+
+TEST_F(MtaStsDiscoveryTest, AStoredPolicyPastItsMaxAgeOrWithANewIdIsNotUsed) {
+  Restart(/*with_store=*/true);
+  resolver_.txt["_mta-sts.example.com"] = Record("one");
+  ASSERT_TRUE(Find("example.com").policy.has_value());
+  // A new id: fetched again although the store has the old policy.
+  resolver_.txt["_mta-sts.example.com"] = Record("two");
+  Restart(/*with_store=*/true);
+  EXPECT_EQ(Find("example.com").source, "fetched");
+  EXPECT_EQ(fetched_.size(), 2u);
+  EXPECT_EQ(store_["example.com"].id, "two");
+  // Past its max_age (by the wall clock) it is ignored.
+  resolver_.txt.erase("_mta-sts.example.com");
+  wall_ms_ += 86'400'001;
+  Restart(/*with_store=*/true);
+  EXPECT_FALSE(Find("example.com").policy.has_value());
+}
+
+TEST_F(MtaStsDiscoveryTest, TheStoreIsAskedAboutADomainWithoutAPolicyOnlyOncePerRecheckInterval) {
+  Restart(/*with_store=*/true);
+  EXPECT_FALSE(Find("plain.example").policy.has_value());
+  EXPECT_FALSE(Find("plain.example").policy.has_value());
+  EXPECT_EQ(loads_, (std::vector<std::string>{"plain.example"}));
+  now_ += MtaSts::kStoreRecheck;
+  EXPECT_FALSE(Find("plain.example").policy.has_value());
+  EXPECT_EQ(loads_.size(), 2u);
+  EXPECT_EQ(sts_->store_loads(), 2u);
+}
 
 TEST_F(MtaStsDiscoveryTest, NoRecordMeansNoPolicyAndNoFetch) {
   StsLookup l = Find("example.com");

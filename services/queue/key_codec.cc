@@ -69,6 +69,8 @@ std::string HostFlagKey(absl::string_view flag, absl::string_view host) {
   return out;
 }
 
+std::string StsPolicyKey(absl::string_view domain) { return absl::StrCat("s", domain); }
+
 std::string HostFlagPrefix(absl::string_view flag) {
   std::string out = "h";
   if (!flag.empty()) {

@@ -14,6 +14,7 @@
 //               oldest first, because big-endian integers sort like numbers)
 //   meta        'i' | idempotency key          -> IdempotencyRecord (message id, time)
 //               'h' | flag | 0x00 | host       -> tern.v1.HostFlag (shared host facts)
+//               's' | domain                   -> tern.v1.StsPolicyRecord (MTA-STS policies)
 //   events      seq(8, big-endian)             -> tern.v1.QueueEvent (the event log)
 //   corrupt     source CF name | 0x00 | key    -> the unparseable value as found
 //
@@ -77,6 +78,7 @@ std::string IdempotencyKey(absl::string_view key);
 // flags when `flag` is empty).
 std::string HostFlagKey(absl::string_view flag, absl::string_view host);
 std::string HostFlagPrefix(absl::string_view flag);
+std::string StsPolicyKey(absl::string_view domain);
 
 // Event keys sort by sequence number.
 std::string EventKey(uint64_t seq);

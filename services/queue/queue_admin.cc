@@ -662,6 +662,82 @@ absl::StatusOr<tern::v1::GetHostFlagsResponse> QueueCore::Impl::GetHostFlags(
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// MTA-STS policies.
+
+void QueueCore::Impl::PutStsPolicy(tern::v1::PutStsPolicyRequest request,
+                                   Callback<tern::v1::PutStsPolicyResponse> done) {
+  const tern::v1::StsPolicyRecord& p = request.policy();
+  if (p.domain().empty() || p.id().empty() || p.policy().empty() || absl::StrContains(p.domain(), '\0')) {
+    done(absl::InvalidArgumentError("an MTA-STS policy needs a domain (without NUL), an id and the policy text"));
+    return;
+  }
+  if (p.policy().size() > kMaxStsPolicyBytes) {
+    done(absl::InvalidArgumentError(absl::StrCat("an MTA-STS policy is at most ", kMaxStsPolicyBytes, " bytes")));
+    return;
+  }
+  auto call = std::make_shared<std::pair<tern::v1::PutStsPolicyRequest, Callback<tern::v1::PutStsPolicyResponse>>>(
+      std::move(request), std::move(done));
+  committer_->Submit(GroupOp{
+      [this, call](Txn& txn) {
+        const tern::v1::StsPolicyRecord& policy = call->first.policy();
+        if (policy.expires_unix_ms() > clock_->NowUnixMs()) {
+          PutRecord(txn, meta_, StsPolicyKey(policy.domain()), policy);
+        }
+        return absl::OkStatus();
+      },
+      [call](const absl::Status& s) {
+        if (s.ok()) {
+          call->second(tern::v1::PutStsPolicyResponse());
+        } else {
+          call->second(s);
+        }
+      },
+  });
+}
+
+absl::StatusOr<tern::v1::GetStsPolicyResponse> QueueCore::Impl::GetStsPolicy(
+    const tern::v1::GetStsPolicyRequest& request) {
+  tern::v1::GetStsPolicyResponse out;
+  if (request.domain().empty()) {
+    return absl::InvalidArgumentError("GetStsPolicy needs a domain");
+  }
+  const std::string key = StsPolicyKey(request.domain());
+  std::string raw;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), meta_, key, &raw);
+  if (s.IsNotFound()) {
+    return out;
+  }
+  if (!s.ok()) {
+    return StorageError(s, "read an MTA-STS policy");
+  }
+  tern::v1::StsPolicyRecord policy;
+  // A record that does not parse is as good as none: the deliverer fetches
+  // the policy again and its Put replaces it.
+  if (!policy.ParseFromString(raw)) {
+    return out;
+  }
+  if (policy.expires_unix_ms() > clock_->NowUnixMs()) {
+    out.set_found(true);
+    *out.mutable_policy() = std::move(policy);
+    return out;
+  }
+  committer_->Submit(GroupOp{
+      [this, key](Txn& txn) -> absl::Status {
+        std::string again;
+        tern::v1::StsPolicyRecord p;
+        // Only if still expired: a deliverer may have put a new one meanwhile.
+        if (txn.Get(meta_, key, &again).ok() && p.ParseFromString(again) &&
+            p.expires_unix_ms() <= clock_->NowUnixMs()) {
+          txn.Delete(meta_, key);
+        }
+        return absl::OkStatus();
+      },
+      [](const absl::Status&) {},
+  });
+  return out;
+}
+
 absl::Status QueueCore::Impl::ForEachHostFlag(
     const std::string& flag, const std::function<void(const rocksdb::Slice&, tern::v1::HostFlag)>& f) {
   const std::string prefix = HostFlagPrefix(flag);

@@ -310,6 +310,50 @@ TEST_F(QueueAdminTest, HostFlagsAreSharedUntilTheyExpireAndThenPurged) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(QueueAdminTest, StsPoliciesSurviveARestartUntilTheyExpireAndThenArePurged) {
+  Open();
+  auto put = [&](const std::string& domain, const std::string& id, int64_t expires) {
+    tern::v1::PutStsPolicyRequest req;
+    tern::v1::StsPolicyRecord* p = req.mutable_policy();
+    p->set_domain(domain);
+    p->set_id(id);
+    p->set_policy("version: STSv1\r\nmode: enforce\r\nmx: mx.example\r\nmax_age: 86400\r\n");
+    p->set_fetched_unix_ms(kStart);
+    p->set_expires_unix_ms(expires);
+    return Sync<tern::v1::PutStsPolicyResponse>([&](auto cb) { core_->PutStsPolicy(req, std::move(cb)); }).status();
+  };
+  auto get = [&](const std::string& domain) {
+    tern::v1::GetStsPolicyRequest req;
+    req.set_domain(domain);
+    return core_->GetStsPolicy(req);
+  };
+  ASSERT_TRUE(put("example.com", "id1", kStart + 10'000).ok());
+  ASSERT_TRUE(put("example.com", "id2", kStart + 20'000).ok());  // the last one put counts
+  ASSERT_TRUE(put("already.example", "id1", kStart).ok());       // expired: accepted, not kept
+  EXPECT_FALSE(get("already.example")->found());
+  EXPECT_FALSE(get("other.example")->found());
+
+  core_.reset();
+  Open();  // a restarted queue still has it
+  auto got = get("example.com");
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(got->found());
+  EXPECT_EQ(got->policy().id(), "id2");
+  EXPECT_EQ(got->policy().expires_unix_ms(), kStart + 20'000);
+  EXPECT_NE(got->policy().policy().find("mode: enforce"), std::string::npos);
+
+  clock_.AdvanceMs(20'000);
+  EXPECT_FALSE(get("example.com")->found());
+  Stats();  // a later operation: the purge submitted by Get has committed
+  core_.reset();
+  EXPECT_EQ(CountKeys()[kMetaCf], 0);
+
+  Open();
+  EXPECT_EQ(put("", "id", kStart + 90'000'000).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(put("x.example", "", kStart + 90'000'000).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(get("").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(QueueAdminTest, DeliveryFactsAreKeptAsTheLastResult) {
   Open();
   const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;

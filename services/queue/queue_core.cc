@@ -1601,6 +1601,12 @@ void QueueCore::PutHostFlags(tern::v1::PutHostFlagsRequest request, Callback<ter
 absl::StatusOr<tern::v1::GetHostFlagsResponse> QueueCore::GetHostFlags(const tern::v1::GetHostFlagsRequest& request) {
   return impl_->GetHostFlags(request);
 }
+void QueueCore::PutStsPolicy(tern::v1::PutStsPolicyRequest request, Callback<tern::v1::PutStsPolicyResponse> done) {
+  impl_->PutStsPolicy(std::move(request), std::move(done));
+}
+absl::StatusOr<tern::v1::GetStsPolicyResponse> QueueCore::GetStsPolicy(const tern::v1::GetStsPolicyRequest& request) {
+  return impl_->GetStsPolicy(request);
+}
 absl::StatusOr<tern::v1::ListResponse> QueueCore::List(const tern::v1::ListRequest& request) {
   return impl_->List(request);
 }

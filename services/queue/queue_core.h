@@ -204,6 +204,12 @@ class QueueCore {
   // Unexpired flags (all, or of one name), read from committed state on the
   // calling thread; expired ones found on the way are purged in the background.
   absl::StatusOr<tern::v1::GetHostFlagsResponse> GetHostFlags(const tern::v1::GetHostFlagsRequest& request);
+
+  // MTA-STS policies shared by the deliverers (queue.proto PutStsPolicy):
+  // one per domain, the last one put; an expired one is never returned and
+  // is deleted when asked for.
+  void PutStsPolicy(tern::v1::PutStsPolicyRequest request, Callback<tern::v1::PutStsPolicyResponse> done);
+  absl::StatusOr<tern::v1::GetStsPolicyResponse> GetStsPolicy(const tern::v1::GetStsPolicyRequest& request);
   // Admin: marks the host's unexpired flags (all, or the one named) cleared,
   // keeping each until its expiry so every deliverer's refresh sees the
   // clearing (HostFlag.cleared). Completes with the flags that were in force.

@@ -64,6 +64,9 @@ inline constexpr int kKinds = 2;
 // further operations so one group never grows without bound.
 inline constexpr size_t kFlushChunk = 10000;
 inline constexpr uint32_t kMaxJobsPerLease = 1000;
+// The deliverer reads at most 64 KiB of a policy (mta_sts.h); a little more
+// leaves room, anything larger is not a policy.
+inline constexpr size_t kMaxStsPolicyBytes = 128 * 1024;
 
 inline int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0)) ? 1 : 0); }
 
@@ -469,6 +472,8 @@ class QueueCore::Impl {
   void Progress(tern::v1::ProgressRequest request, Callback<tern::v1::ProgressResponse> done);
   void PutHostFlags(tern::v1::PutHostFlagsRequest request, Callback<tern::v1::PutHostFlagsResponse> done);
   absl::StatusOr<tern::v1::GetHostFlagsResponse> GetHostFlags(const tern::v1::GetHostFlagsRequest& request);
+  void PutStsPolicy(tern::v1::PutStsPolicyRequest request, Callback<tern::v1::PutStsPolicyResponse> done);
+  absl::StatusOr<tern::v1::GetStsPolicyResponse> GetStsPolicy(const tern::v1::GetStsPolicyRequest& request);
   void ClearHostFlags(tern::v1::ClearHostFlagsRequest request, Callback<tern::v1::ClearHostFlagsResponse> done);
   // Calls f(key, flag) for every host flag record of `flag` (all flags when
   // empty) in committed state that parses; a storage error stops the scan.

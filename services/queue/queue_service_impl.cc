@@ -298,6 +298,22 @@ grpc::ServerUnaryReactor* QueueServiceImpl::GetHostFlags(grpc::CallbackServerCon
   return reactor;
 }
 
+grpc::ServerUnaryReactor* QueueServiceImpl::PutStsPolicy(grpc::CallbackServerContext* context,
+                                                         const tern::v1::PutStsPolicyRequest* request,
+                                                         tern::v1::PutStsPolicyResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  core_->PutStsPolicy(*request, FinishWith(reactor, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::GetStsPolicy(grpc::CallbackServerContext* context,
+                                                         const tern::v1::GetStsPolicyRequest* request,
+                                                         tern::v1::GetStsPolicyResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  FinishWith(reactor, response)(core_->GetStsPolicy(*request));
+  return reactor;
+}
+
 // ---------------------------------------------------------------------------
 // Admin (sync API).
 

@@ -58,6 +58,12 @@ class QueueServiceImpl final : public tern::v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* GetHostFlags(grpc::CallbackServerContext* context,
                                          const tern::v1::GetHostFlagsRequest* request,
                                          tern::v1::GetHostFlagsResponse* response) override;
+  grpc::ServerUnaryReactor* PutStsPolicy(grpc::CallbackServerContext* context,
+                                         const tern::v1::PutStsPolicyRequest* request,
+                                         tern::v1::PutStsPolicyResponse* response) override;
+  grpc::ServerUnaryReactor* GetStsPolicy(grpc::CallbackServerContext* context,
+                                         const tern::v1::GetStsPolicyRequest* request,
+                                         tern::v1::GetStsPolicyResponse* response) override;
 
  private:
   QueueCore* core_;

@@ -23,6 +23,8 @@ The domains, one per behaviour (each has MX records and an mta-sts host):
   sts-testing.test  testing, mx elsewhere       -> delivered, mismatch logged
   sts-badname.test  enforce, MX mx2.sts-badname.test (Postfix's address, but
                     its certificate is for mx.postfix.test) -> deferred
+  sts-restart.test  enforce, mx *.postfix.test; delivered again after a
+                    deliverer restart with the policy from the queue
   sts-none.test     no TXT record; its mta-sts host would serve a refusing
                     enforce policy, so a fetch without a record would show
 
@@ -59,6 +61,8 @@ DOMAINS = {
                          "version: STSv1\r\nmode: testing\r\nmx: mx.sts-testing.test\r\nmax_age: 86400\r\n"),
     "sts-badname.test": (BADNAME_MX, "v=STSv1; id=badname2026;",
                          f"version: STSv1\r\nmode: enforce\r\nmx: {BADNAME_MX}\r\nmax_age: 86400\r\n"),
+    "sts-restart.test": (MX, "v=STSv1; id=restart2026;",
+                         "version: STSv1\r\nmode: enforce\r\nmx: *.postfix.test\r\nmax_age: 86400\r\n"),
     "sts-none.test": (MX, None,
                       "version: STSv1\r\nmode: enforce\r\nmx: mx.nowhere.test\r\nmax_age: 86400\r\n"),
 }
@@ -277,6 +281,20 @@ class MtaStsPostfixTest(PostfixMxTestCase):
         _, again = self.deliver(domain, "enforced again")
         self.assertEqual(field(again, "tls_verified"), "yes", again)
         self.assert_fetched_once(domain)
+
+    # -- the queue keeps the policy -----------------------------------------------
+    def test_enforced_policy_outlives_a_deliverer_restart_without_a_new_fetch(self):
+        domain = "sts-restart.test"
+        _, first = self.deliver(domain, "before restart")
+        self.assertEqual(field(first, "tls_verified"), "yes", first)
+        self.assert_fetched_once(domain)
+        # A new deliverer process: its memory is empty, the queue's store is
+        # not, so the policy applies without another fetch (RFC 8461 §5.1).
+        self.cluster.restart_deliverer()
+        _, again = self.deliver(domain, "after restart")
+        self.assertEqual(field(again, "tls_verified"), "yes", again)
+        self.assert_fetched_once(domain)
+        self.assertEqual(deliverer_metric(self.cluster, "tern_deliverer_mta_sts_stored_total"), 1)
 
     # -- enforce, MX not listed -------------------------------------------------
     def test_enforce_policy_without_a_listed_mx_defers_and_never_connects(self):

@@ -85,5 +85,13 @@ TEST(KeyCodec, HostFlagKeysShareTheirFlagsPrefixOnly) {
   EXPECT_NE(k.rfind(IdempotencyKey(""), 0), 0u);
 }
 
+TEST(KeyCodec, StsPolicyKeysAreApartFromHostFlagsAndIdempotencyKeys) {
+  const std::string k = StsPolicyKey("example.com");
+  EXPECT_NE(k.rfind(HostFlagPrefix(""), 0), 0u);
+  EXPECT_NE(k.rfind(IdempotencyKey(""), 0), 0u);
+  EXPECT_NE(StsPolicyKey("example.com"), StsPolicyKey("example.org"));
+  EXPECT_NE(HostFlagKey("x", "y").rfind(StsPolicyKey(""), 0), 0u);
+}
+
 }  // namespace
 }  // namespace tern::queue

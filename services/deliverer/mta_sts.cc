@@ -545,8 +545,18 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
       co_return cached;
     }
     std::optional<std::string> id = ParseStsRecord(txt.records);
-    if (!id.has_value() || (cached.policy.has_value() && cached.id == *id)) {
+    if (!id.has_value()) {
       co_return cached;
+    }
+    if (cached.policy.has_value() && cached.id == *id) {
+      // The same policy: used as it is until the second half of its
+      // max_age, then fetched again (§5.1: refreshed before it expires, so
+      // that a policy in use never lapses unless its host stays away for
+      // half a max_age). A failed refresh keeps it.
+      auto entry = self->cache_.find(domain);
+      if (entry == self->cache_.end() || entry->second.expires - now > cached.policy->max_age / 2) {
+        co_return cached;
+      }
     }
     const std::string retry_key = absl::StrCat(domain, " ", *id);
     if (auto it = self->failed_.find(retry_key); it != self->failed_.end()) {

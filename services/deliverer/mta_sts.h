@@ -7,7 +7,9 @@
 // Discovery, per recipient domain D (MtaSts::Find):
 //   1. TXT "_mta-sts.D": exactly one record starting "v=STSv1" with an `id`
 //      (ParseStsRecord); none, several or a malformed one mean "no record".
-//   2. A cached policy whose id equals the record's is used as it is.
+//   2. A cached policy whose id equals the record's is used as it is, until
+//      the second half of its max_age; then it is fetched again (a failed
+//      refresh keeps it), so a policy in use does not lapse (§5.1).
 //   3. Otherwise the policy is fetched from
 //      https://mta-sts.D/.well-known/mta-sts.txt (FetchStsPolicyText): the
 //      certificate must verify for mta-sts.D, only a 200 with text/plain
@@ -37,8 +39,8 @@
 //   none     nothing changes.
 // Static routes and get_mx hook routes are not MX delivery: no MTA-STS.
 //
-// Not done: TLS-RPT reports (RFC 8460) and proactive refresh of cached
-// policies before they expire.
+// Not done: TLS-RPT reports (RFC 8460), and a refresh of policies no mail
+// asks for (a policy is refreshed when a delivery looks it up).
 //
 // Thread-safety: MtaSts is not thread-safe; call it on its executor (the
 // worker's io_context), where its callbacks run too, never inline.

@@ -311,6 +311,27 @@ TEST_F(MtaStsDiscoveryTest, ACachedPolicySurvivesAMissingRecordUntilItsMaxAge) {
   EXPECT_EQ(fetched_.size(), 1u);
 }
 
+TEST_F(MtaStsDiscoveryTest, APolicyInUseIsFetchedAgainInTheSecondHalfOfItsMaxAge) {
+  resolver_.txt["_mta-sts.example.com"] = Record("one");
+  ASSERT_EQ(Find("example.com").source, "fetched");
+  now_ += 43000s;  // max_age is 86400 s: still in the first half
+  EXPECT_EQ(Find("example.com").source, "cached");
+  EXPECT_EQ(fetched_.size(), 1u);
+  now_ += 1000s;  // the second half: refreshed, and good for max_age again
+  EXPECT_EQ(Find("example.com").source, "fetched");
+  EXPECT_EQ(fetched_.size(), 2u);
+  now_ += 43000s;
+  EXPECT_EQ(Find("example.com").source, "cached");
+  // A refresh that fails keeps the policy (and says why).
+  now_ += 1000s;
+  policy_text_ = absl::UnavailableError("connect to 127.0.0.1: Connection refused");
+  StsLookup kept = Find("example.com");
+  ASSERT_TRUE(kept.policy.has_value());
+  EXPECT_EQ(kept.source, "cached");
+  EXPECT_NE(kept.problem.find("Connection refused"), std::string::npos) << kept.problem;
+  EXPECT_EQ(fetched_.size(), 3u);
+}
+
 TEST_F(MtaStsDiscoveryTest, AFailedFetchKeepsTheCachedPolicyAndIsNotRetriedAtOnce) {
   resolver_.txt["_mta-sts.example.com"] = Record("one");
   ASSERT_TRUE(Find("example.com").policy.has_value());

@@ -21,13 +21,41 @@ const char* TlsRequestName(TlsRequest request) {
   return "unknown";
 }
 
+namespace {
+
+constexpr absl::string_view kFieldName = "TLS-Required";
+
+// True when some line of `headers` starts with the field's name, in any
+// case. This runs for every delivery and almost no message has the field,
+// so the full parse (which copies every field) is kept for the few that may.
+bool MayHaveTheField(absl::string_view headers) {
+  size_t pos = 0;
+  while (pos < headers.size()) {
+    const size_t eol = headers.find('\n', pos);
+    const absl::string_view line = headers.substr(pos, eol == absl::string_view::npos ? eol : eol - pos);
+    if (line.size() >= kFieldName.size() && absl::EqualsIgnoreCase(line.substr(0, kFieldName.size()), kFieldName)) {
+      return true;
+    }
+    if (eol == absl::string_view::npos) {
+      break;
+    }
+    pos = eol + 1;
+  }
+  return false;
+}
+
+}  // namespace
+
 TlsRequest MessageTlsRequest(bool requiretls, absl::string_view message) {
   if (requiretls) {
     return TlsRequest::kRequireTls;  // §4.1: the header field is then ignored
   }
   // Only the header block is read: the body may be megabytes.
-  const std::optional<std::string> value =
-      mime::GetHeader(mime::SplitHeaderBlock(message).headers, "TLS-Required");
+  const absl::string_view headers = mime::SplitHeaderBlock(message).headers;
+  if (!MayHaveTheField(headers)) {
+    return TlsRequest::kDefault;
+  }
+  const std::optional<std::string> value = mime::GetHeader(headers, kFieldName);
   return value && absl::EqualsIgnoreCase(*value, "No") ? TlsRequest::kTlsOptional : TlsRequest::kDefault;
 }
 

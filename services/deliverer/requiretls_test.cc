@@ -26,6 +26,11 @@ TEST(MessageTlsRequest, OtherValuesAndBodyTextChangeNothing) {
   // A line in the body that looks like the field is not a header field.
   EXPECT_EQ(MessageTlsRequest(false, "Subject: x\r\n\r\nTLS-Required: No\r\n"), TlsRequest::kDefault);
   EXPECT_EQ(MessageTlsRequest(false, ""), TlsRequest::kDefault);
+  // The name alone, or as the start of a longer one, is not the field.
+  EXPECT_EQ(MessageTlsRequest(false, "TLS-Required\r\n\r\n"), TlsRequest::kDefault);
+  EXPECT_EQ(MessageTlsRequest(false, "TLS-Required-Not: No\r\n\r\n"), TlsRequest::kDefault);
+  // Last header line without a line end, and a bare LF.
+  EXPECT_EQ(MessageTlsRequest(false, "Subject: x\nTLS-Required: no"), TlsRequest::kTlsOptional);
 }
 
 TEST(RequireTlsMxProblem, NeedsAValidatedMxAnswerOrAnEnforcedStsPolicy) {

@@ -727,6 +727,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     RecipientOutcome last_failure = LocalOutcome(OutcomeClass::kTransient, "4.4.1", "no MX address was tried");
     size_t tried = 0;
+    // REQUIRETLS (RFC 8689 §4.2.1): each MX host is tried in turn; the
+    // message bounces only when every address was reached and none offered
+    // REQUIRETLS. One skipped or failing otherwise may yet offer it.
+    size_t lacking_requiretls = 0;
+    bool all_addresses_reached = true;
+    std::optional<RecipientOutcome> requiretls_failure;
     DataGate gate{this, &job};
     for (size_t a = 0; a < plan.attempts.size(); ++a) {
       const Attempt& attempt = plan.attempts[a];
@@ -739,6 +745,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       const int64_t margin_ms = 2 * std::chrono::duration_cast<std::chrono::milliseconds>(config_.connect_timeout).count();
       if (tried > 0 && NowUnixMs() + margin_ms > job.lease_deadline_unix_ms()) {
         last_failure.reply_text += " (lease time used up before the next MX address)";
+        all_addresses_reached = false;
         break;
       }
       const std::string flag_host = attempt.unix_path.empty() ? attempt.ip : attempt.unix_path;
@@ -746,6 +753,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         // Suspended (unreachable_after): on to the next address, or this
         // failure is what the delivery is deferred with.
         metrics_.suspended_skips.Inc();
+        all_addresses_reached = false;
         last_failure = LocalOutcome(OutcomeClass::kTransient, "4.4.1",
                                     absl::StrCat("delivery to ", RelayOf(attempt.mx_host, attempt.ip, attempt.port),
                                                  " temporarily suspended: ",
@@ -869,7 +877,15 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         }
       }
       undecided = std::move(still);
-      if (!undecided.empty()) {
+      if (result->requiretls_missing) {
+        ++lacking_requiretls;
+        requiretls_failure = LocalOutcome(OutcomeClass::kPermanent, kRequireTlsStatus, result->failure,
+                                          attempt.mx_host, attempt.ip);
+        requiretls_failure->remote_port = attempt.port;
+        requiretls_failure->mode = attempt.lmtp ? "LMTP" : "SMTP";
+        requiretls_failure->tls = result->tls;  // what was negotiated before the EHLO said no
+        requiretls_failure->tls_verified = result->tls_verified;
+      } else if (!undecided.empty()) {
         metrics_.connection_errors.Inc();
         last_failure = LocalOutcome(OutcomeClass::kTransient,
                                     result->failure_enhanced.empty() ? "4.4.2" : result->failure_enhanced,
@@ -880,7 +896,17 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       if (gate.lease_gone) {
         // The queue gave this delivery up (lease expired, or leased again
         // after a restart): every other address would be refused the same way.
+        all_addresses_reached = false;
         break;
+      }
+    }
+    if (!undecided.empty() && requiretls_failure && lacking_requiretls == tried) {
+      last_failure = *std::move(requiretls_failure);
+      if (!all_addresses_reached) {
+        // Not every address was asked: perhaps another one offers it.
+        last_failure.outcome = OutcomeClass::kTransient;
+        last_failure.enhanced_status = "4.7.30";
+        last_failure.reply_text += " (not every MX address could be tried)";
       }
     }
     if (!undecided.empty() && tried > 1) {

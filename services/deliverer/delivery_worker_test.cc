@@ -248,6 +248,7 @@ class FakeResolver : public dns::MxResolver {
       host.name = "mx." + domain;
       host.preference = 10;
       host.addresses.ipv4 = {"127.0.0.1"};
+      host.addresses.ipv4.insert(host.addresses.ipv4.end(), more_ipv4.begin(), more_ipv4.end());
       host.addresses.secure = secure_hosts;
       answer.hosts.push_back(host);
       answer.secure = secure_domains.contains(domain);
@@ -288,6 +289,8 @@ class FakeResolver : public dns::MxResolver {
   // addresses do.
   std::set<std::string> secure_domains;
   bool secure_hosts = true;
+  // Further addresses of every MX host, tried after 127.0.0.1 in this order.
+  std::vector<std::string> more_ipv4;
   std::map<std::string, dns::TlsaAnswer> tlsa;
   int tlsa_queries = 0;
 
@@ -970,6 +973,54 @@ TEST(DeliveryWorker, RequireTlsBouncesWhenTheHostDoesNotOfferIt) {
       << res.reply_text();
   EXPECT_EQ(c.h.stats.messages, 0);
   EXPECT_FALSE(c.SentMailFrom("MAIL FROM:<sender@a.test>"));
+}
+
+// A second MX address, 127.0.0.2 on the sink's port, with its own sink
+// (or none: connections there are refused).
+struct SecondMxAddress {
+  SecondMxAddress(Harness& h, std::optional<SinkOptions> sink) {
+    h.resolver.more_ipv4 = {"127.0.0.2"};
+    if (sink) {
+      acceptor.emplace(h.io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.2"), h.config.mx_port));
+      asio::co_spawn(h.io, SmtpSink(*acceptor, &stats, *std::move(sink)), asio::detached);
+    }
+  }
+  std::optional<asio::ip::tcp::acceptor> acceptor;
+  SinkStats stats;
+};
+
+TEST(DeliveryWorker, RequireTlsTriesTheNextMxAddressWhenOneDoesNotOfferIt) {
+  // RFC 8689 §4.2.1: the first address lacks REQUIRETLS, the second has it.
+  RequireTlsCase c("250-sink\r\n250 STARTTLS");
+  SecondMxAddress second(c.h, RequireTlsCase::Sink("250-sink\r\n250-STARTTLS\r\n250 REQUIRETLS"));
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_EQ(res.remote_ip(), "127.0.0.2");
+  EXPECT_EQ(c.h.stats.messages, 0);
+  EXPECT_EQ(c.h.stats.starttls, 1) << "the first address was asked (over TLS) before it was passed over";
+  EXPECT_EQ(second.stats.messages, 1);
+}
+
+TEST(DeliveryWorker, RequireTlsBouncesOnlyWhenNoMxAddressOffersIt) {
+  // Both lack it: a permanent failure that names both.
+  RequireTlsCase c("250-sink\r\n250 STARTTLS");
+  SecondMxAddress second(c.h, RequireTlsCase::Sink("250-sink\r\n250 STARTTLS"));
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_PERMANENT) << res.reply_text();
+  EXPECT_EQ(res.enhanced_status(), "5.7.30");
+  EXPECT_NE(res.reply_text().find("was not offered by host mx.x.test[127.0.0.2]"), std::string::npos)
+      << res.reply_text();
+  EXPECT_NE(res.reply_text().find("(2 MX addresses tried)"), std::string::npos) << res.reply_text();
+  EXPECT_EQ(c.h.stats.messages + second.stats.messages, 0);
+
+  // The second refuses connections: it might offer REQUIRETLS once up, so
+  // the message waits for it rather than bouncing.
+  RequireTlsCase down("250-sink\r\n250 STARTTLS");
+  SecondMxAddress refused(down.h, std::nullopt);
+  const v1::RecipientResult res2 = down.DeliverOne();
+  EXPECT_EQ(res2.outcome(), v1::OUTCOME_TRANSIENT) << res2.reply_text();
+  EXPECT_NE(res2.reply_text().find("127.0.0.2"), std::string::npos) << res2.reply_text();
+  EXPECT_EQ(down.h.stats.messages, 0);
 }
 
 TEST(DeliveryWorker, RequireTlsBouncesWhenTheMxAnswerWasNotValidatedAndNoStsPolicyVouches) {

@@ -8,14 +8,16 @@
 //   DNSSEC-validated MX answer or an MTA-STS policy in enforce mode (§4.2.1);
 //   the certificate must then match the host's TLSA records (DANE) or
 //   verify against the Web PKI for the MX host name; the session must offer
-//   REQUIRETLS, and the message is sent with it. A route the operator
+//   REQUIRETLS (else the next MX address is tried), and the message is
+//   sent with it. A route the operator
 //   configured (outbound_routes.ini, the get_mx hook) counts as a secure
 //   lookup: its certificate must verify for the route's host name. LMTP to
 //   a local unix socket is final delivery on this machine: no TLS to ask
 //   for, and the LMTP server need not offer REQUIRETLS.
 //   What cannot be met is a permanent failure with 5.7.30 ("REQUIRETLS
 //   support required", RFC 8689 §6): the sender asked for a bounce rather
-//   than delivery without it.
+//   than delivery without it. For missing REQUIRETLS that takes every MX
+//   address reached and none offering it (delivery_worker.cc).
 //
 //   "TLS-Required: No" (header field, §5; ignored under REQUIRETLS): the
 //   sender asks that recipient-side TLS policies (MTA-STS, DANE) be

@@ -480,10 +480,13 @@ class Session {
     }
     if (req_.requiretls && !caps.requiretls) {
       // RFC 8689 §4.2.1: the next hop must take on the requirement; a
-      // server that cannot is never given the message, now or later.
-      DecideAll(LocalOutcome(OutcomeClass::kPermanent, "5.7.30",
-                             absl::StrCat("REQUIRETLS is required by the sender, but was not offered by host ", relay_),
-                             req_.mx_host, req_.ip));
+      // server that cannot is never given the message. The recipients stay
+      // undecided: the deliverer tries the domain's other MX hosts and
+      // bounces only when none offers it. The session is fine for others.
+      res_.failure = absl::StrCat("REQUIRETLS is required by the sender, but was not offered by host ", relay_);
+      res_.failure_enhanced = "5.7.30";
+      res_.failure_code = 0;
+      res_.requiretls_missing = true;
       after_ = After::kReuse;
       co_return;
     }

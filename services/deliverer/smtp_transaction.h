@@ -117,8 +117,8 @@ struct TransactionRequest {
   // records are all unusable, so TLS is mandatory but nothing can vouch for
   // the certificate). `verify_tls` still applies if the operator asked for it.
   bool tls_unauthenticated = false;
-  // RFC 8689 REQUIRETLS: the session must offer REQUIRETLS, else every
-  // recipient fails permanently (5.7.30); MAIL FROM carries it. TLS itself
+  // RFC 8689 REQUIRETLS: the session must offer REQUIRETLS, else nothing
+  // is sent (TransactionResult::requiretls_missing); MAIL FROM carries it. TLS itself
   // is the caller's to require (tls, verify_tls, dane).
   bool requiretls = false;
   std::shared_ptr<asio::ssl::context> tls_context;  // required unless tls == kNone
@@ -165,6 +165,9 @@ struct TransactionResult {
   bool tls_failed = false;
   // A certificate that had to verify did not.
   bool tls_unverified = false;
+  // The request asked for REQUIRETLS and the host did not offer it: every
+  // recipient left undecided, `failure` says so (5.7.30), nothing sent.
+  bool requiretls_missing = false;
   std::string tls;                // e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty if plain
   bool tls_verified = false;
   // The matched TLSA record ("3 1 1 at depth 0"); "unusable" when DANE made

@@ -42,7 +42,8 @@ struct RecipientStatus {
   // malformed means "derive it" (see DeriveStatus).
   std::string status;
   // The SMTP reply: code 0 means none was received (e.g. DNS failure), in
-  // which case `reply_text` may hold Tern's own explanation.
+  // which case `reply_text` may hold Tern's own explanation (Diagnostic-Code
+  // "X-Tern;text" rather than "smtp;code text").
   int reply_code = 0;
   std::string reply_text;
   // Remote-MTA: the MX host name that answered, empty when unknown.
@@ -67,6 +68,9 @@ struct DeliveryReport {
   // `original_is_full`, else at least its header block.
   std::string original;
   bool original_is_full = false;
+  // RFC 8689 §5 redaction: the report goes without a third part, neither
+  // the message nor its header fields (`original` is then not read).
+  bool original_withheld = false;
   // From the original's header, for References/In-Reply-To and {subject}.
   // `original_subject` is decoded (RFC 2047) UTF-8.
   std::string original_message_id;

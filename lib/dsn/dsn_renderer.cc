@@ -573,12 +573,17 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
       status += FormatHeaderField("Remote-MTA", absl::StrCat("dns;", Trim(CollapseToOneLine(r.remote_mta))),
                                   HeaderText::kAsciiStructured);
     }
+    std::string reply_text(Trim(CollapseToOneLine(r.reply_text)));
     if (r.reply_code != 0) {
-      std::string reply_text(Trim(CollapseToOneLine(r.reply_text)));
       status += FormatHeaderField(
           "Diagnostic-Code",
           reply_text.empty() ? absl::StrCat("smtp;", r.reply_code) : absl::StrCat("smtp;", r.reply_code, " ", reply_text),
           HeaderText::kAsciiStructured);
+    } else if (!reply_text.empty()) {
+      // No reply (DNS, connection, TLS, REQUIRETLS): Tern's own words, in a
+      // private diagnostic type as Postfix does with X-Postfix (RFC 3464
+      // §2.3.6), so that the reason is in the machine-readable part too.
+      status += FormatHeaderField("Diagnostic-Code", absl::StrCat("X-Tern;", reply_text), HeaderText::kAsciiStructured);
     }
     if (r.last_attempt) {
       status += FormatHeaderField("Last-Attempt-Date", FormatRfc5322Date(*r.last_attempt),
@@ -595,7 +600,8 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
   if (!report.original_is_full) {
     original_view = mime::SplitHeaderBlock(original_view).headers;
   }
-  std::string original = NormalizeAttachment(original_view);
+  // Withheld (redacted): no third part at all (RFC 6522 §3 makes it optional).
+  std::string original = report.original_withheld ? "" : NormalizeAttachment(original_view);
   const bool original_8bit = !mime::IsAscii(original);
   std::string part3;
   if (report.original_is_full) {
@@ -677,6 +683,9 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
   // final line break.
   absl::StrAppend(&m, kCrlf, "This is a MIME-encapsulated message.", kCrlf);
   for (const std::string* part : {&part1, &status, &part3}) {
+    if (part == &part3 && report.original_withheld) {
+      continue;
+    }
     absl::StrAppend(&m, kCrlf, "--", boundary, kCrlf, *part);
   }
   absl::StrAppend(&m, kCrlf, "--", boundary, "--", kCrlf);

@@ -48,7 +48,8 @@
 //   2. message/delivery-status;
 //   3. message/rfc822 (whole original) or text/rfc822-headers (headers
 //      only), declared 8bit when the original holds 8-bit bytes (then the
-//      whole DSN is 8bit: RenderedDsn::body_8bit).
+//      whole DSN is 8bit: RenderedDsn::body_8bit); no third part when the
+//      report has original_withheld (a redacted DSN).
 // Every multipart is closed, each with its own random boundary that occurs
 // nowhere in the content. CRLF throughout, no line longer than 998
 // characters. Fields a template must not set (MIME-Version, Content-*,

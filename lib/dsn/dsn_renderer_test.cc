@@ -447,7 +447,7 @@ TEST(DsnRendererGolden, MultiDomainFailureListsEveryDomainsRecipient) {
   ASSERT_EQ(groups.size(), 4u);
   EXPECT_EQ(Field(groups[2], "Status"), "5.1.2");
   EXPECT_EQ(Field(groups[2], "Remote-MTA"), "<absent>");
-  EXPECT_EQ(Field(groups[2], "Diagnostic-Code"), "<absent>");
+  EXPECT_EQ(Field(groups[2], "Diagnostic-Code"), "X-Tern;no MX or address for example.org");
   EXPECT_EQ(Field(groups[3], "Status"), "5.0.0");
   EXPECT_EQ(Field(groups[3], "Remote-MTA"), "dns;mx.example.com");
 }

@@ -138,6 +138,8 @@ BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& 
                                "Bounce jobs that could not be answered with a DSN (sender <> or refused)");
   double_bounce_copies_ =
       GetCounter("tern_bouncer_double_bounce_copies_total", "Double bounces copied to double_bounce_recipient");
+  redacted_ = GetCounter("tern_bouncer_redacted_dsns_total",
+                         "REQUIRETLS DSNs that could not go with REQUIRETLS, sent again redacted (RFC 8689)");
   const std::string suppressed_help = "Bounce jobs acknowledged without a DSN, by reason";
   suppressed_notify_ = GetCounter("tern_bouncer_suppressed_total", suppressed_help, {{"reason", "notify"}});
   suppressed_sender_domain_ =
@@ -329,7 +331,7 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::Bounce
   ComposedReport composed = ComposeReport(job, me_, compose_options_);
   switch (composed.disposition) {
     case Disposition::kDoubleBounce:
-      return HandleDoubleBounce(job, "sender is <>");
+      return HandleNullSender(job);
     case Disposition::kNothingToReport:
     case Disposition::kSuppressed: {
       TERN_RETURN_IF_ERROR(Ack(job, ""));
@@ -388,6 +390,36 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::Bounce
     return dsn_id.status();
   }
   return Ack(job, *dsn_id);
+}
+
+absl::Status BounceWorker::HandleNullSender(const v1::BounceJob& job) {
+  std::string recipient;
+  const ComposedReport redacted = ComposeRedactedReport(job, me_, &recipient);
+  if (redacted.disposition != Disposition::kSend) {
+    if (absl::StartsWith(redacted.why, "unreadable")) {
+      return HandleDoubleBounce(job, absl::StrCat("sender is <>; not redacted: ", redacted.why));
+    }
+    return HandleDoubleBounce(job, "sender is <>");
+  }
+  // RFC 8689 §5: the report goes again, without the original's header
+  // fields and without REQUIRETLS, so that the sender learns of it.
+  absl::StatusOr<std::string> dsn_id = Send(job, redacted.report, recipient, kRedactedNote);
+  if (dsn_id.status().code() == absl::StatusCode::kInvalidArgument) {
+    return HandleDoubleBounce(job, absl::StrCat("queue refused the redacted DSN: ", dsn_id.status().message()));
+  }
+  if (!dsn_id.ok()) {
+    return dsn_id.status();
+  }
+  TERN_RETURN_IF_ERROR(Ack(job, *dsn_id));
+  redacted_->Inc();
+  log::Event(Level::kNotice, "dsn_redacted",
+             {{"bounce", job.bounce_id()},
+              {"msg", job.message_id()},
+              {"dsn", *dsn_id},
+              {"to", recipient},
+              {"status", job.recipients(0).result().enhanced_status()},
+              {"note", "the DSN could not go with REQUIRETLS; sent without it and without the original's header"}});
+  return absl::OkStatus();
 }
 
 absl::Status BounceWorker::HandleDoubleBounce(const v1::BounceJob& job, absl::string_view why) {

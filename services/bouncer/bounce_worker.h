@@ -120,7 +120,8 @@ class BounceWorker {
   void Stop();
 
   // Handles one leased job: double bounce -> Ack without DSN (or with the
-  // postmaster copy's id); suppressed (by a rule or the bounce hook) -> Ack
+  // postmaster copy's id, or the redacted DSN's for a REQUIRETLS DSN that
+  // could not go with REQUIRETLS); suppressed (by a rule or the bounce hook) -> Ack
   // without DSN; otherwise render, Enqueue, Ack with the DSN's queue id. An
   // error means the job was not acknowledged (its lease will expire and it
   // will be retried). Blocks for the bounce hook's answer, if one is asked.
@@ -140,6 +141,10 @@ class BounceWorker {
   // Logs and counts a double bounce, sends the postmaster copy when one is
   // configured and allowed, and acknowledges the job.
   absl::Status HandleDoubleBounce(const tern::v1::BounceJob& job, absl::string_view why);
+  // A double bounce that is a REQUIRETLS DSN which could not go with
+  // REQUIRETLS: sends the redacted report instead (ComposeRedactedReport) and
+  // acknowledges the job; a double bounce as before when it cannot.
+  absl::Status HandleNullSender(const tern::v1::BounceJob& job);
   // Renders `report` with the renderer of its kind and enqueues it to
   // `recipient`; returns the DSN's queue id.
   absl::StatusOr<std::string> Send(const tern::v1::BounceJob& job, const dsn::DeliveryReport& report,
@@ -164,6 +169,7 @@ class BounceWorker {
   metrics::Counter* dsns_delivered_;
   metrics::Counter* double_bounces_;
   metrics::Counter* double_bounce_copies_;
+  metrics::Counter* redacted_;
   metrics::Counter* suppressed_notify_;
   metrics::Counter* suppressed_sender_domain_;
   metrics::Counter* suppressed_status_;

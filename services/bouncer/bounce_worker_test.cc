@@ -376,6 +376,95 @@ TEST_F(BounceWorkerTest, DoubleBounceIsCopiedToThePostmasterOnce) {
   EXPECT_EQ(CounterValue("tern_bouncer_double_bounce_copies_total"), copies + 1);
 }
 
+// The bounce job the queue makes when the DSN `dsn` (sent by the worker for
+// a REQUIRETLS message) failed for its recipient with `status`.
+v1::BounceJob FailedDsnJob(const std::string& bounce_id, const FakeQueue::Stored& dsn, const std::string& status) {
+  v1::BounceJob job;
+  job.set_bounce_id(bounce_id);
+  job.set_message_id(absl::StrCat("m-", bounce_id));
+  job.set_lease_token(absl::StrCat("lease-", bounce_id));
+  job.set_kind(v1::BOUNCE_KIND_FAILED);
+  *job.mutable_envelope() = dsn.header.envelope();
+  job.set_original(dsn.body);
+  job.set_original_is_full(true);
+  v1::BouncedRecipient* r = job.add_recipients();
+  *r->mutable_spec() = dsn.header.envelope().recipients(0);
+  r->mutable_result()->set_outcome(status[0] == '5' ? v1::OUTCOME_PERMANENT : v1::OUTCOME_TRANSIENT);
+  r->mutable_result()->set_enhanced_status(status);
+  r->mutable_result()->set_reply_text("REQUIRETLS is required by the sender, but was not offered by host mx.example.com");
+  return job;
+}
+
+TEST_F(BounceWorkerTest, RequireTlsDsnThatCannotGoWithRequireTlsIsSentAgainRedacted) {
+  // RFC 8689 §5. First the DSN about a REQUIRETLS message: with REQUIRETLS,
+  // quoting the original's header.
+  auto worker = MakeWorker();
+  v1::BounceJob original = MakeJob("b1", "alice@example.com");
+  original.mutable_envelope()->set_requiretls(true);
+  original.mutable_envelope()->set_envid("env-7");
+  ASSERT_TRUE(worker->ProcessJob(original).ok());
+  ASSERT_EQ(queue_.stored().size(), 1u);
+  const FakeQueue::Stored dsn = queue_.stored()[0];
+  ASSERT_TRUE(dsn.header.envelope().requiretls());
+  ASSERT_THAT(dsn.body, HasSubstr("Subject: hello"));
+
+  // It could not reach alice with REQUIRETLS: the same report goes again,
+  // without REQUIRETLS and without anything of the original's header.
+  const uint64_t redacted_before = CounterValue("tern_bouncer_redacted_dsns_total");
+  const uint64_t double_before = CounterValue("tern_bouncer_double_bounces_total");
+  ASSERT_TRUE(worker->ProcessJob(FailedDsnJob("b2", dsn, "5.7.30")).ok());
+  ASSERT_EQ(queue_.stored().size(), 2u);
+  const FakeQueue::Stored redacted = queue_.stored()[1];
+  const v1::Envelope& env = redacted.header.envelope();
+  EXPECT_FALSE(env.requiretls());
+  EXPECT_EQ(env.mail_from(), "");
+  ASSERT_EQ(env.recipients_size(), 1);
+  EXPECT_EQ(env.recipients(0).address(), "alice@example.com");
+  EXPECT_EQ(env.notes().at(kDsnNoteKey), kRedactedNote);
+  EXPECT_EQ(redacted.header.idempotency_key(), "dsn:b2");
+  EXPECT_THAT(redacted.body, HasSubstr("Final-Recipient: rfc822;bob@example.net\r\nAction: failed\r\n"
+                                       "Status: 5.1.1\r\n"));
+  EXPECT_THAT(redacted.body, HasSubstr("Original-Envelope-Id: env-7"));
+  EXPECT_THAT(redacted.body, HasSubstr("not shown: your message required TLS (REQUIRETLS)"));
+  EXPECT_THAT(redacted.body, Not(HasSubstr("hello")));
+  EXPECT_THAT(redacted.body, Not(HasSubstr("o@example.com")));
+  EXPECT_THAT(redacted.body, Not(HasSubstr("rfc822-headers")));
+  ASSERT_EQ(queue_.acks().size(), 2u);
+  EXPECT_EQ(queue_.acks()[1].dsn_message_id(), "dsn-2");
+  EXPECT_EQ(CounterValue("tern_bouncer_redacted_dsns_total"), redacted_before + 1);
+  EXPECT_EQ(CounterValue("tern_bouncer_double_bounces_total"), double_before);
+
+  // The redacted DSN fails in turn: no REQUIRETLS on it, so a plain double
+  // bounce, never a loop.
+  ASSERT_TRUE(worker->ProcessJob(FailedDsnJob("b3", redacted, "5.7.30")).ok());
+  EXPECT_EQ(queue_.stored().size(), 2u);
+  EXPECT_EQ(CounterValue("tern_bouncer_double_bounces_total"), double_before + 1);
+}
+
+TEST_F(BounceWorkerTest, RequireTlsDsnIsRedactedOnlyForTlsFailuresAndWhenReadable) {
+  auto worker = MakeWorker();
+  v1::BounceJob original = MakeJob("b1", "alice@example.com");
+  original.mutable_envelope()->set_requiretls(true);
+  ASSERT_TRUE(worker->ProcessJob(original).ok());
+  ASSERT_EQ(queue_.stored().size(), 1u);
+  const FakeQueue::Stored dsn = queue_.stored()[0];
+  const uint64_t double_before = CounterValue("tern_bouncer_double_bounces_total");
+  // No such user: redacting would not help.
+  ASSERT_TRUE(worker->ProcessJob(FailedDsnJob("b2", dsn, "5.1.1")).ok());
+  // Not readable as a report.
+  v1::BounceJob garbled = FailedDsnJob("b3", dsn, "5.7.30");
+  garbled.set_original("Subject: not a report\r\n\r\nhello\r\n");
+  ASSERT_TRUE(worker->ProcessJob(garbled).ok());
+  EXPECT_EQ(queue_.stored().size(), 1u);
+  EXPECT_EQ(CounterValue("tern_bouncer_double_bounces_total"), double_before + 2);
+
+  // Retries that ran out on a certificate that did not verify (4.7.5) are
+  // a TLS failure too: redacted.
+  ASSERT_TRUE(worker->ProcessJob(FailedDsnJob("b4", dsn, "4.7.5")).ok());
+  ASSERT_EQ(queue_.stored().size(), 2u);
+  EXPECT_FALSE(queue_.stored()[1].header.envelope().requiretls());
+}
+
 TEST_F(BounceWorkerTest, SuppressedSenderDomainIsAckedWithoutDsnAndCounted) {
   uint64_t before = CounterValue("tern_bouncer_suppressed_total", {{"reason", "sender_domain"}});
   config_.suppress_sender_domains = {"example.com"};

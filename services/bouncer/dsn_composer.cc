@@ -1,6 +1,7 @@
 #include "services/bouncer/dsn_composer.h"
 
 #include "absl/strings/str_cat.h"
+#include "lib/dsn/report_parser.h"
 #include "lib/mime/header.h"
 
 namespace tern::bouncer {
@@ -194,6 +195,64 @@ ComposedReport ComposeDoubleBounceCopy(const v1::BounceJob& job, absl::string_vi
   return out;
 }
 
+namespace {
+
+// x.7.4 (security features not supported: no STARTTLS), x.7.5
+// (cryptographic failure: handshake, certificate, DANE), x.7.10 (encryption
+// needed) and x.7.30 (REQUIRETLS support required): what keeps a
+// REQUIRETLS message from going, where a plain one could.
+bool IsTlsFailure(absl::string_view status) {
+  if (status.size() < 5 || (status[0] != '4' && status[0] != '5') || status.substr(1, 3) != ".7.") {
+    return false;
+  }
+  const absl::string_view detail = status.substr(4);
+  return detail == "4" || detail == "5" || detail == "10" || detail == "30";
+}
+
+constexpr char kWithheldSubject[] =
+    "(not shown: your message required TLS (REQUIRETLS) and this report could not reach you that way)";
+
+}  // namespace
+
+ComposedReport ComposeRedactedReport(const v1::BounceJob& job, absl::string_view me, std::string* recipient) {
+  ComposedReport out;
+  out.disposition = Disposition::kNothingToReport;
+  const v1::Envelope& env = job.envelope();
+  if (!IsNullSender(env.mail_from()) || !env.requiretls() || KindOf(job.kind()) != dsn::ReportKind::kFailed) {
+    out.why = "not_requiretls";
+    return out;
+  }
+  // A DSN has one recipient; a null-sender message with several is not
+  // Tern's, and one redacted copy per recipient would need as many keys.
+  if (job.recipients_size() != 1) {
+    out.why = "recipients";
+    return out;
+  }
+  const v1::BouncedRecipient& br = job.recipients(0);
+  if (!OutcomeFits(br.result().outcome(), dsn::ReportKind::kFailed) || !IsTlsFailure(br.result().enhanced_status())) {
+    out.why = "not_tls_failure";
+    return out;
+  }
+  absl::StatusOr<dsn::DeliveryReport> parsed = dsn::ParseDeliveryReport(job.original());
+  if (!parsed.ok()) {
+    out.why = absl::StrCat("unreadable: ", parsed.status().message());
+    return out;
+  }
+  out.report = *std::move(parsed);
+  if (out.report.reporting_mta.empty()) {
+    out.report.reporting_mta = std::string(me);
+  }
+  out.report.original_sender = br.spec().address();
+  out.report.original.clear();
+  out.report.original_is_full = false;
+  out.report.original_withheld = true;
+  out.report.original_message_id.clear();
+  out.report.original_subject = kWithheldSubject;
+  *recipient = br.spec().address();
+  out.disposition = Disposition::kSend;
+  return out;
+}
+
 std::string IdempotencyKey(const v1::BounceJob& job) { return absl::StrCat("dsn:", job.bounce_id()); }
 
 v1::EnqueueHeader MakeDsnEnqueueHeader(const v1::BounceJob& job, const dsn::RenderedDsn& dsn,
@@ -205,8 +264,9 @@ v1::EnqueueHeader MakeDsnEnqueueHeader(const v1::BounceJob& job, const dsn::Rend
   rcpt->set_address(std::string(recipient));
   env->set_smtputf8(!mime::IsAscii(recipient));
   // RFC 8689 §4.3: the report about a REQUIRETLS message (its headers, its
-  // recipients) needs the same protection on its way back.
-  env->set_requiretls(job.envelope().requiretls());
+  // recipients) needs the same protection on its way back, unless it is
+  // redacted (§5).
+  env->set_requiretls(job.envelope().requiretls() && note != kRedactedNote);
   env->set_body_8bit(dsn.body_8bit);
   (*env->mutable_notes())[kDsnNoteKey] = std::string(note);
   header.set_idempotency_key(IdempotencyKey(job));

@@ -2,7 +2,8 @@
 //
 // The bouncer's edge between the queue's protos and lib/dsn: turns a leased
 // BounceJob into a dsn::DeliveryReport (or decides that no DSN is due), and
-// builds the Enqueue header that sends the rendered DSN.
+// builds the Enqueue header that sends the rendered DSN. A DSN that cannot
+// travel with REQUIRETLS is sent again redacted (ComposeRedactedReport).
 //
 // Which recipients a DSN reports on. The queue puts the recipients a bounce
 // job is about into it; the composer still checks each one, because a DSN
@@ -28,7 +29,8 @@
 //
 // Thread-safety: pure functions.
 // Standards: RFC 3461 §4.1 (NOTIFY), §4.3 (RET), §6.2 (null reverse-path
-//   for DSNs); RFC 3464 §2.3; RFC 5321 §4.5.5 (no bounce to a bounce).
+//   for DSNs); RFC 3464 §2.3; RFC 5321 §4.5.5 (no bounce to a bounce);
+//   RFC 8689 §5 (REQUIRETLS DSNs, redaction).
 #pragma once
 
 #include <cstddef>
@@ -54,6 +56,9 @@ enum class Disposition {
 // its kind, or kDoubleBounceCopyNote on a postmaster copy.
 inline constexpr char kDsnNoteKey[] = "tern.dsn";
 inline constexpr char kDoubleBounceCopyNote[] = "double-bounce-copy";
+// The note on a redacted DSN (ComposeRedactedReport); such a DSN is queued
+// without REQUIRETLS.
+inline constexpr char kRedactedNote[] = "redacted";
 
 struct ComposeOptions {
   // RET=FULL attaches the whole original up to this size (bytes), else the
@@ -99,6 +104,19 @@ bool IsDoubleBounceCopy(const tern::v1::BounceJob& job);
 // suppression rules do not apply: the postmaster asked for every copy.
 ComposedReport ComposeDoubleBounceCopy(const tern::v1::BounceJob& job, absl::string_view me,
                                        absl::string_view postmaster, const ComposeOptions& options = {});
+
+// RFC 8689 §5: a DSN about a REQUIRETLS message travels with REQUIRETLS,
+// unless it is redacted. When `job` says that such a DSN (sender <>,
+// REQUIRETLS) failed for its one recipient because TLS or REQUIRETLS could
+// not be had on the way (status x.7.4, x.7.5, x.7.10 or x.7.30), the same
+// report is read back from the failed DSN (job.original) and returned as
+// kSend with original_withheld set: no header field of the original
+// message, no Subject, no Message-Id. `*recipient` is where it goes (the
+// failed DSN's recipient, the original sender); the caller queues it
+// without REQUIRETLS under kRedactedNote. Otherwise kNothingToReport and
+// `why` says why not ("not_requiretls", "not_tls_failure", "recipients",
+// "unreadable: ..."), and the job stays a double bounce.
+ComposedReport ComposeRedactedReport(const tern::v1::BounceJob& job, absl::string_view me, std::string* recipient);
 
 // "dsn:" + bounce_id: the queue stores a second Enqueue with the same key
 // only once, so re-processing a job after a crash never sends two DSNs.

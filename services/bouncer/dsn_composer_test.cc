@@ -182,6 +182,61 @@ TEST(DsnComposer, RequireTlsOriginalIsReturnedAsHeadersOnlyAndItsReportKeepsRequ
   EXPECT_FALSE(MakeDsnEnqueueHeader(job, rendered, "alice@example.com", "failed").envelope().requiretls());
 }
 
+TEST(DsnComposer, OnlyARequireTlsDsnThatFailedOnTlsIsRedacted) {
+  // A failed DSN with REQUIRETLS whose one recipient failed with 5.7.30;
+  // its text (job.original) is a report on bob.
+  const std::string report =
+      "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+      "--b\r\n\r\nsorry\r\n"
+      "--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns;mx.tern.test\r\n\r\n"
+      "Final-Recipient: rfc822;bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+      "--b\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: secret\r\n--b--\r\n";
+  auto make = [&] {
+    v1::BounceJob job;
+    job.set_kind(v1::BOUNCE_KIND_FAILED);
+    job.mutable_envelope()->set_requiretls(true);
+    job.set_original(report);
+    v1::BouncedRecipient* r = job.add_recipients();
+    r->mutable_spec()->set_address("alice@example.com");
+    r->mutable_result()->set_outcome(v1::OUTCOME_PERMANENT);
+    r->mutable_result()->set_enhanced_status("5.7.30");
+    return job;
+  };
+  std::string to;
+  ComposedReport c = ComposeRedactedReport(make(), "me", &to);
+  ASSERT_EQ(c.disposition, Disposition::kSend) << c.why;
+  EXPECT_EQ(to, "alice@example.com");
+  EXPECT_EQ(c.report.original_sender, "alice@example.com");
+  EXPECT_TRUE(c.report.original_withheld);
+  EXPECT_TRUE(c.report.original.empty());
+  ASSERT_EQ(c.report.recipients.size(), 1u);
+  EXPECT_EQ(c.report.recipients[0].final_recipient, "bob@example.net");
+  dsn::RenderedDsn rendered;
+  EXPECT_FALSE(MakeDsnEnqueueHeader(make(), rendered, to, kRedactedNote).envelope().requiretls());
+
+  v1::BounceJob job = make();
+  job.mutable_envelope()->set_mail_from("alice@example.com");  // not a DSN: it gets a DSN of its own
+  EXPECT_EQ(ComposeRedactedReport(job, "me", &to).why, "not_requiretls");
+  job = make();
+  job.mutable_envelope()->set_requiretls(false);
+  EXPECT_EQ(ComposeRedactedReport(job, "me", &to).why, "not_requiretls");
+  job = make();
+  job.set_kind(v1::BOUNCE_KIND_DELAYED);
+  EXPECT_EQ(ComposeRedactedReport(job, "me", &to).why, "not_requiretls");
+  job = make();
+  *job.add_recipients() = job.recipients(0);
+  EXPECT_EQ(ComposeRedactedReport(job, "me", &to).why, "recipients");
+  job = make();
+  job.mutable_recipients(0)->mutable_result()->set_enhanced_status("5.7.1");
+  EXPECT_EQ(ComposeRedactedReport(job, "me", &to).why, "not_tls_failure");
+  job = make();
+  job.mutable_recipients(0)->mutable_result()->set_outcome(v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(ComposeRedactedReport(job, "me", &to).why, "not_tls_failure");
+  job = make();
+  job.set_original("Subject: hi\r\n\r\nhi\r\n");
+  EXPECT_EQ(ComposeRedactedReport(job, "me", &to).why.rfind("unreadable: ", 0), 0u);
+}
+
 TEST(DsnComposer, MissingTimesStayUnset) {
   v1::BounceJob job = FailedJob();
   job.set_arrival_unix_ms(0);

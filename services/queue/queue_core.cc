@@ -807,7 +807,11 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseBounce(Txn& txn, const std::stri
     });
     return LeaseStep::kSkipped;
   }
-  const bool full = msg->envelope().ret() == tern::v1::DSN_RET_FULL;
+  // A REQUIRETLS message from <> is (nearly always) a DSN: if it cannot go
+  // with REQUIRETLS, the bouncer sends its report again redacted, and reads
+  // that report from the whole text (RFC 8689 §5; a DSN is small).
+  const bool full = msg->envelope().ret() == tern::v1::DSN_RET_FULL ||
+                    (msg->envelope().requiretls() && msg->envelope().mail_from().empty());
   const uint64_t original_size = body.size();
   std::string original = full ? std::move(body) : HeadersOf(body);
   const bool first = resp.bounces().empty();

@@ -283,6 +283,33 @@ TEST_F(QueueCoreTest, TransientFailuresFollowTheScheduleThenBounceAsPermanent) {
   EXPECT_EQ(Ack(b), REPORT_STATUS_UNKNOWN);
 }
 
+TEST_F(QueueCoreTest, BounceOfANullSenderRequireTlsMessageCarriesItsWholeText) {
+  // The bouncer redacts such a DSN from its whole text (RFC 8689 §5); any
+  // other message without RET=FULL gives only its header.
+  Open();
+  for (const bool requiretls : {true, false}) {
+    tern::v1::EnqueueHeader h = Header({Rcpt("a@x.example")});
+    h.mutable_envelope()->set_mail_from("");
+    h.mutable_envelope()->set_requiretls(requiretls);
+    Enqueue(h);
+    LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+    ASSERT_EQ(lease.deliveries_size(), 1);
+    tern::v1::ReportRequest req;
+    auto* rep = req.add_reports();
+    rep->set_delivery_id(lease.deliveries(0).delivery_id());
+    rep->set_lease_token(lease.deliveries(0).lease_token());
+    auto* rr = rep->add_recipients();
+    rr->set_index(lease.deliveries(0).recipients(0).index());
+    *rr->mutable_result() = Result(tern::v1::OUTCOME_PERMANENT, 0, "5.7.30", "REQUIRETLS not offered");
+    EXPECT_EQ(ReportStatuses(req), std::vector{REPORT_STATUS_APPLIED});
+    LeaseResponse bounces = Lease(JOB_KIND_BOUNCE);
+    ASSERT_EQ(bounces.bounces_size(), 1) << requiretls;
+    EXPECT_EQ(bounces.bounces(0).original_is_full(), requiretls);
+    EXPECT_EQ(bounces.bounces(0).original(), requiretls ? kBody : "Subject: hi\r\nFrom: a@src.example\r\n\r\n");
+    EXPECT_EQ(Ack(bounces.bounces(0)), REPORT_STATUS_APPLIED);
+  }
+}
+
 TEST_F(QueueCoreTest, PermanentFailureBouncesPerNotifyAndRet) {
   Open();
   const std::string id =

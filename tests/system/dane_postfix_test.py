@@ -33,7 +33,9 @@ REQUIRETLS: ingest has STARTTLS (Postfix's key and certificate), and
 Python's smtplib sends MAIL FROM ... REQUIRETLS after it. Debian 12's
 Postfix (3.7) does not offer REQUIRETLS, so a REQUIRETLS message to it must
 bounce (5.7.30), never reach it; the DSN itself keeps REQUIRETLS, so it waits
-for TLS that the sender's scripted MX (no STARTTLS) cannot give. A
+for TLS that the sender's scripted MX (no STARTTLS) cannot give. When the
+sender's MX is that Postfix, the DSN bounces 5.7.30 too and is sent again
+redacted (no header of the message, no REQUIRETLS). A
 "TLS-Required: No" message to dane-wrong.test is delivered: the sender
 asked that DANE be ignored.
 
@@ -144,9 +146,9 @@ class DanePostfixTest(PostfixMxTestCase):
     CLUSTER = DaneCluster
 
     # -- helpers ---------------------------------------------------------------
-    def send_requiretls(self, domain, tag):
-        """Sends one message over STARTTLS with MAIL FROM ... REQUIRETLS;
-        returns its queue id."""
+    def send_requiretls(self, domain, tag, sender="alice@sender.test", local="rcpt"):
+        """Sends one message over STARTTLS with MAIL FROM ... REQUIRETLS from
+        `sender` to <local>@<domain>; returns its queue id."""
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -154,9 +156,9 @@ class DanePostfixTest(PostfixMxTestCase):
             s.starttls(context=ctx)
             s.ehlo("client.test")
             self.assertTrue(s.has_extn("requiretls"), s.esmtp_features)
-            code, reply = s.mail("alice@sender.test", ["REQUIRETLS"])
+            code, reply = s.mail(sender, ["REQUIRETLS"])
             self.assertEqual(code, 250, reply)
-            code, reply = s.rcpt(f"rcpt@{domain}")
+            code, reply = s.rcpt(f"{local}@{domain}")
             self.assertEqual(code, 250, reply)
             code, reply = s.data(BODY.format(tag=tag))
             self.assertEqual(code, 250, reply)
@@ -284,6 +286,36 @@ class DanePostfixTest(PostfixMxTestCase):
         self.assertIn("TLS is required by the sender (REQUIRETLS)", rcpt["last_result"]["reply_text"])
         self.assertEqual(self.cluster.sinks["sender.test"].received(), [])
         ternctl_json(self.cluster, "delete", dsn["message_id"], "--yes")
+
+    def test_requiretls_dsn_that_cannot_go_with_requiretls_is_sent_redacted(self):
+        # The sender's own MX is this Postfix, which lacks REQUIRETLS: the DSN
+        # (with REQUIRETLS, like the message) bounces 5.7.30 in its turn, and
+        # the bouncer sends the same report again without REQUIRETLS and
+        # without anything of the message's header (RFC 8689 §5).
+        msg_id = self.send_requiretls("dane-ee.test", "requiretls-redact", sender="alice@dane-ee.test",
+                                      local="redact")
+        line = self.final_result(msg_id)
+        self.assertEqual(field(line, "dsn"), "5.7.30", line)
+
+        def redacted():
+            found = [m for m in self.postfix.messages() if b"Final-Recipient: rfc822;redact@dane-ee.test" in m]
+            return found[0] if found else None
+        dsn = self.cluster.wait_until(redacted, 90, "the redacted DSN at Postfix")
+        head = dsn.split(b"\n\n", 1)[0]
+        self.assertIn(b"To: <alice@dane-ee.test>", head)
+        self.assertIn(b"multipart/report", head)
+        self.assertIn(b"Status: 5.7.30", dsn)
+        self.assertIn(b"was not offered by host mx.dane-ee.test", dsn)
+        self.assertIn(b"not shown: your message required TLS (REQUIRETLS)", dsn)
+        # Nothing of the original: not its Subject, Message-ID or text, no
+        # third part.
+        self.assertNotIn(b"requiretls-redact", dsn)
+        self.assertNotIn(b"rfc822-headers", dsn)
+        # One redacted DSN, logged by the bouncer with the status behind it.
+        with open(os.path.join(self.cluster.logs, "bouncer.log"), "rb") as f:
+            bouncer = [l for l in f.read().decode("utf-8", "replace").splitlines() if " dsn_redacted " in l]
+        self.assertEqual(len([l for l in bouncer if "to=alice@dane-ee.test" in l]), 1, bouncer)
+        self.assertIn("status=5.7.30", bouncer[-1])
 
     def test_requiretls_message_to_a_domain_without_dnssec_bounces_without_connecting(self):
         connects = self.postfix_log_count(r"\]: connect from ")

@@ -104,7 +104,9 @@ class DsnChecks:
             if "remote-mta" in block:
                 self.assertTrue(block["remote-mta"].startswith("dns;"), where)
             if "diagnostic-code" in block:
-                self.assertRegex(block["diagnostic-code"], r"^smtp;\d{3}( \S.*)?$", where)
+                # An SMTP reply, or Tern's own words when no server replied
+                # (a private "X-" type, RFC 3464 §2.3.6).
+                self.assertRegex(block["diagnostic-code"], r"^(smtp;\d{3}( \S.*)?|X-Tern;\S.*)$", where)
                 self.assertFalse(block["diagnostic-code"].endswith(" "), where)
             if "will-retry-until" in block:
                 self.assertEqual(block["action"], "delayed", where)

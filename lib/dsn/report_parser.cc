@@ -113,24 +113,6 @@ absl::string_view AfterType(absl::string_view value, std::string* type = nullptr
   return absl::StripAsciiWhitespace(value.substr(semi + 1));
 }
 
-void AppendUtf8(uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 // RFC 6533 §3 utf-8-addr-xtext back to UTF-8: each \x{HEX} becomes its
 // code point; anything else is kept as it is.
 std::string DecodeUtf8AddrXtext(absl::string_view text) {
@@ -142,7 +124,7 @@ std::string DecodeUtf8AddrXtext(absl::string_view text) {
       uint32_t cp = 0;
       if (close != absl::string_view::npos && close - (i + 3) >= 1 && close - (i + 3) <= 6 &&
           absl::SimpleHexAtoi(text.substr(i + 3, close - (i + 3)), &cp) && cp <= 0x10FFFF) {
-        AppendUtf8(cp, out);
+        mime::AppendUtf8(cp, out);
         i = close + 1;
         continue;
       }

@@ -15,6 +15,7 @@ bool IsWsp(char c) { return c == ' ' || c == '\t'; }
 
 bool IsControl(unsigned char c) { return c < 0x20 || c == 0x7f; }
 
+}  // namespace
 
 void AppendUtf8(uint32_t cp, std::string& out) {
   if (cp < 0x80) {
@@ -33,6 +34,8 @@ void AppendUtf8(uint32_t cp, std::string& out) {
     out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
 }
+
+namespace {
 
 // Length of the valid UTF-8 sequence at text[i], or 0 if it is invalid
 // (overlong forms, surrogates and code points above U+10FFFF are invalid).

@@ -25,6 +25,7 @@
 //   RFC 3629 (UTF-8).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -99,6 +100,9 @@ std::string DecodeEncodedWords(absl::string_view value);
 
 // `text` with every invalid UTF-8 sequence replaced by U+FFFD.
 std::string ToValidUtf8(absl::string_view text);
+
+// Appends code point `cp` (at most U+10FFFF) to `out` as UTF-8.
+void AppendUtf8(uint32_t cp, std::string& out);
 
 // True if every byte is below 0x80.
 bool IsAscii(absl::string_view text);

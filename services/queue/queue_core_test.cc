@@ -294,14 +294,8 @@ TEST_F(QueueCoreTest, BounceOfANullSenderRequireTlsMessageCarriesItsWholeText) {
     Enqueue(h);
     LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
     ASSERT_EQ(lease.deliveries_size(), 1);
-    tern::v1::ReportRequest req;
-    auto* rep = req.add_reports();
-    rep->set_delivery_id(lease.deliveries(0).delivery_id());
-    rep->set_lease_token(lease.deliveries(0).lease_token());
-    auto* rr = rep->add_recipients();
-    rr->set_index(lease.deliveries(0).recipients(0).index());
-    *rr->mutable_result() = Result(tern::v1::OUTCOME_PERMANENT, 0, "5.7.30", "REQUIRETLS not offered");
-    EXPECT_EQ(ReportStatuses(req), std::vector{REPORT_STATUS_APPLIED});
+    EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_PERMANENT, 0, "5.7.30", "no REQUIRETLS")),
+              std::vector{REPORT_STATUS_APPLIED});
     LeaseResponse bounces = Lease(JOB_KIND_BOUNCE);
     ASSERT_EQ(bounces.bounces_size(), 1) << requiretls;
     EXPECT_EQ(bounces.bounces(0).original_is_full(), requiretls);

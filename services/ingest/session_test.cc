@@ -17,7 +17,9 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <filesystem>
 #include <string>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -311,29 +313,41 @@ std::string AfterReceived(const std::string& body) {
   }
 }
 
-// A self-signed certificate made with the openssl CLI, once per test binary.
+// A self-signed certificate made with the openssl CLI, once per test binary;
+// its directory is removed when the binary exits.
 struct TestCert {
+  std::string dir;
   std::string key;
   std::string cert;
+  TestCert() = default;
+  TestCert(TestCert&& other) noexcept
+      : dir(std::exchange(other.dir, {})), key(std::move(other.key)), cert(std::move(other.cert)) {}
+  ~TestCert() {
+    if (!dir.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  }
 };
 const TestCert& Cert() {
-  static const TestCert* cert = [] {
+  static const TestCert cert = [] {
     char dir[] = "/tmp/tern-ingest-test-XXXXXX";
-    auto* c = new TestCert;
+    TestCert c;
     if (::mkdtemp(dir) == nullptr) {
       return c;
     }
-    c->key = std::string(dir) + "/tls_key.pem";
-    c->cert = std::string(dir) + "/tls_cert.pem";
+    c.dir = dir;
+    c.key = std::string(dir) + "/tls_key.pem";
+    c.cert = std::string(dir) + "/tls_cert.pem";
     const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
-                            " -subj /CN=mx.test -keyout " + c->key + " -out " + c->cert + " >/dev/null 2>&1";
+                            " -subj /CN=mx.test -keyout " + c.key + " -out " + c.cert + " >/dev/null 2>&1";
     if (std::system(cmd.c_str()) != 0) {
-      c->key.clear();
-      c->cert.clear();
+      c.key.clear();
+      c.cert.clear();
     }
     return c;
   }();
-  return *cert;
+  return cert;
 }
 
 std::string B64(const std::string& s) { return absl::Base64Escape(s); }

@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -363,6 +364,10 @@ class DiskFullTest(unittest.TestCase):
                       f"{len(accepted)} accepted, all delivered", file=sys.stderr)
         finally:
             subprocess.run(["umount", "-l", cluster.data], capture_output=True)
+            # The cluster could not remove its directory while the tmpfs was
+            # mounted on it.
+            if not os.environ.get("TERN_KEEP_TMP"):
+                shutil.rmtree(cluster.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

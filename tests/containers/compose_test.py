@@ -18,6 +18,7 @@ TERN_SKIP_CONTAINERS=1. Every process it starts it stops; loops are bounded.
 
 import os
 import re
+import shutil
 import smtplib
 import sys
 import tempfile
@@ -132,6 +133,7 @@ def main():
                TERN_SMTP_PORT=str(smtp_port), TERN_ADMIN_PORT=str(admin_port))
     stack = Stack(env)
     timings = {}
+    passed = False
     try:
         t = time.time()
         stack.compose("down", "-v", "--remove-orphans", check=False)
@@ -258,6 +260,7 @@ def main():
         for k, v in timings.items():
             print(f"  {k:20s} {v:7.1f}s")
         print(f"  {'total':20s} {time.time() - T0:7.1f}s")
+        passed = True
         return 0
     except Exception:
         for service in ("queue", "ingest", "deliverer", "bouncer"):
@@ -266,6 +269,11 @@ def main():
         raise
     finally:
         stack.compose("down", "-v", "--remove-orphans", check=False)
+        # The sinks' logs are kept only when they may explain a failure.
+        if passed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        else:
+            log(f"sink logs kept in {out_dir}")
 
 
 if __name__ == "__main__":

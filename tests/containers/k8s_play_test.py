@@ -24,6 +24,7 @@ container engine can run here or TERN_SKIP_CONTAINERS=1.
 import copy
 import json
 import os
+import shutil
 import smtplib
 import sys
 import tempfile
@@ -179,6 +180,7 @@ def main():
     kust, docs = km.load()
     problems = km.check(kust, docs)
     assert not problems, problems
+    passed = False
     out_dir = tempfile.mkdtemp(prefix="tern-k8s-")
     os.chmod(out_dir, 0o777)
     smtp_port = free_port()
@@ -241,9 +243,16 @@ def main():
         log(f"queue killed and restarted: 20 more relayed ({temp} temporary failures while it was down)")
         counts = arrivals(sink_logs)
         assert sorted(counts) == sorted(ids + more), "the sink got messages the test never sent"
+        passed = True
         return 0
     finally:
         teardown(play_file, played)
+        # The sink's log and the played YAML are kept only when they may
+        # explain a failure.
+        if passed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        else:
+            log(f"sink log and play.yaml kept in {out_dir}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (lib/smtp/fuzz: SMTP command parser and the
-# DATA/BDAT reader) with clang in their own build directory and runs each for
-# TERN_FUZZ_SECONDS (default 60) as ctest tests labelled "fuzz". Exits
+# DATA/BDAT reader; lib/dsn/fuzz: the DSN report parser) with clang in their
+# own build directory and runs each for TERN_FUZZ_SECONDS (default 60) as
+# ctest tests labelled "fuzz". Exits
 # non-zero on any finding. scripts/test.sh runs this; TERN_FUZZ_SECONDS=0
 # skips it.
 #
 # Only the fuzz targets are built (a few pure source files, no gRPC), so the
-# clang build costs about a minute; the two targets fuzz in parallel.
+# clang build costs about a minute; the targets fuzz two at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CCACHE_BASEDIR="$PWD"
@@ -23,5 +24,5 @@ if [ ! -f "$FUZZ_DIR/build.ninja" ]; then
 else
   cmake "$FUZZ_DIR" -DTERN_FUZZ_SECONDS="$SECONDS_EACH" >/dev/null
 fi
-ninja -C "$FUZZ_DIR" command_parser_fuzz data_phase_fuzz
+ninja -C "$FUZZ_DIR" command_parser_fuzz data_phase_fuzz report_parser_fuzz
 ctest --test-dir "$FUZZ_DIR" -L fuzz --output-on-failure -j2

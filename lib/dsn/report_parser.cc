@@ -209,7 +209,8 @@ absl::StatusOr<RecipientStatus> ParseRecipientGroup(absl::string_view group) {
     const std::string name = absl::AsciiStrToLower(f.name);
     if (name == "final-recipient") {
       r.final_recipient = AddressOf(value);
-      have_final = !r.final_recipient.empty();
+      // Blank once rendered (control characters become spaces) is no address.
+      have_final = !absl::StripAsciiWhitespace(mime::CollapseToOneLine(r.final_recipient)).empty();
     } else if (name == "original-recipient") {
       std::string type;
       const std::string address = AddressOf(value);

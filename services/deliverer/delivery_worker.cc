@@ -788,6 +788,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                              job.domain());
       request.tls = sts_enforced ? TlsMode::kRequired : tls.mode;  // without a context: required → error
       request.verify_tls = sts_enforced || tls.verify;
+      // A route's tls=implicit (port 465 by default): TLS before the banner.
+      request.implicit_tls = route != nullptr && route->tls == RouteTls::kImplicit && attempt.unix_path.empty();
       if (sts_enforced) {
         request.tls_required_by = absl::StrCat("the MTA-STS policy of ", job.domain());
       }

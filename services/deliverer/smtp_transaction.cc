@@ -201,6 +201,9 @@ class Session {
       co_return false;
     }
     res_.connected = true;
+    if (req_.implicit_tls && !co_await ImplicitTls()) {
+      co_return false;
+    }
 
     auto banner = co_await ReadReply(req_.timeouts.banner, "the initial server greeting");
     if (!banner) {
@@ -337,10 +340,26 @@ class Session {
     co_return true;
   }
 
+  // RFC 8314: the handshake first, always verified (the route's host name
+  // and the trusted CAs); no plain-text fallback exists.
+  asio::awaitable<bool> ImplicitTls() {
+    const absl::Status tls =
+        co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, /*verify=*/true, req_.timeouts.starttls);
+    if (!tls.ok()) {
+      const bool cert = absl::StrContains(tls.message(), "certificate verify failed");
+      Fail("4.7.5", absl::StrCat("implicit TLS with host ", relay_, cert ? ": the certificate did not verify: " : " failed: ",
+                                 tls.message()));
+      co_return false;
+    }
+    session_->tls = conn().TlsDescription();
+    session_->tls_verified = true;
+    co_return true;
+  }
+
   asio::awaitable<bool> StartTls() {
     const bool required = req_.tls == TlsMode::kRequired;
-    if (req_.tls == TlsMode::kNone || !req_.tls_context) {
-      co_return true;
+    if (req_.tls == TlsMode::kNone || !req_.tls_context || req_.implicit_tls) {
+      co_return true;  // no TLS, or already under implicit TLS
     }
     if (!session_->caps.starttls) {
       if (required) {
@@ -915,7 +934,8 @@ std::string PoolKey(const TransactionRequest& r) {
   // The password is not part of the key: one user has one password at a time.
   return absl::StrCat(r.lmtp ? "lmtp" : "smtp", "|", r.unix_path.empty() ? r.ip : r.unix_path, "|", r.port, "|",
                       r.bind_ip, "|", r.helo_name, "|", TlsModeName(r.tls), r.verify_tls ? "+verify" : "",
-                      r.dane.empty() ? "" : "+dane", r.tls_unauthenticated ? "+unauthenticated" : "", "|",
+                      r.dane.empty() ? "" : "+dane", r.tls_unauthenticated ? "+unauthenticated" : "",
+                      r.implicit_tls ? "+implicit" : "", "|",
                       r.mx_host, "|", r.auth_user, "|", r.auth_type, r.force_auth ? "+force" : "");
 }
 
@@ -928,6 +948,9 @@ asio::awaitable<absl::StatusOr<TransactionResult>> RunSmtpTransaction(Transactio
       co_return absl::InvalidArgumentError("TLS required but no TLS context given");
     }
     request.tls = TlsMode::kNone;
+  }
+  if (request.implicit_tls && (request.tls != TlsMode::kRequired || !request.unix_path.empty())) {
+    co_return absl::InvalidArgumentError("implicit TLS needs required TLS over TCP");
   }
   Session session(std::move(request));
   co_return co_await session.Run();

@@ -121,6 +121,10 @@ struct TransactionRequest {
   // is sent (TransactionResult::requiretls_missing); MAIL FROM carries it. TLS itself
   // is the caller's to require (tls, verify_tls, dane).
   bool requiretls = false;
+  // TLS from the first byte (RFC 8314; a route's tls=implicit): the
+  // handshake comes before the banner, and STARTTLS is never sent. Needs
+  // tls == kRequired and a context.
+  bool implicit_tls = false;
   std::shared_ptr<asio::ssl::context> tls_context;  // required unless tls == kNone
   std::string auth_user;          // AUTH when both are set
   std::string auth_pass;

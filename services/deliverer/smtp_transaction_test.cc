@@ -56,6 +56,8 @@ struct Script {
   size_t batch = 0;
   // Server TLS context for STARTTLS; null → "454" to STARTTLS.
   std::shared_ptr<asio::ssl::context> tls;
+  // Implicit TLS (RFC 8314): the handshake with `tls` before the banner.
+  bool implicit_tls = false;
   // After the 220 to STARTTLS, send plain text and hang up (handshake fails).
   bool break_tls = false;
   // At this step ("BANNER", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT",
@@ -102,6 +104,12 @@ asio::awaitable<bool> StopsAt(net::Connection& c, const Script& script, const st
 
 asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, Seen* seen) {
   ++seen->connections;
+  if (script.implicit_tls) {
+    if (!(co_await c.StartTlsServer(script.tls, 5s)).ok()) {
+      co_return;
+    }
+    seen->tls = true;
+  }
   if (co_await StopsAt(c, script, "BANNER")) {
     co_return;
   }
@@ -814,6 +822,60 @@ TEST_F(SmtpTransactionTest, OpportunisticTlsRecordsAnUnverifiedCertificate) {
   EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
   EXPECT_FALSE(r.tls.empty());
   EXPECT_FALSE(r.tls_verified);
+}
+
+TEST_F(SmtpTransactionTest, ImplicitTlsHandshakesBeforeTheBannerAndNeverSendsStarttls) {
+  const TestCerts& certs = TestCerts::Get();
+  ASSERT_TRUE(certs.ok);
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250-STARTTLS\r\n250 AUTH PLAIN";  // STARTTLS offered, not to be used
+  script.tls = ServerTls(certs.cert, certs.key);
+  script.implicit_tls = true;
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.tls = TlsMode::kRequired;
+    req.implicit_tls = true;
+    req.tls_context = ClientTls(certs.ca);
+    req.auth_user = "u";
+    req.auth_pass = "p";
+  });
+  ASSERT_TRUE(r.outcomes[0]) << r.failure;
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_TRUE(seen.tls);
+  EXPECT_TRUE(r.tls_verified);
+  EXPECT_NE(r.tls.find("TLS"), std::string::npos) << r.tls;
+  EXPECT_EQ(seen.commands[0], "EHLO tern.test");
+  EXPECT_EQ(seen.commands[1], "AUTH PLAIN AHUAcA==");
+  EXPECT_FALSE(Sent(seen, "STARTTLS"));
+}
+
+TEST_F(SmtpTransactionTest, ImplicitTlsFailsWithoutPlainTextWhenTheCertificateOrHandshakeFails) {
+  const TestCerts& certs = TestCerts::Get();
+  ASSERT_TRUE(certs.ok);
+  // A certificate no trusted CA signed.
+  Script untrusted;
+  untrusted.tls = ServerTls(certs.self_signed, certs.self_signed_key);
+  untrusted.implicit_tls = true;
+  auto implicit = [&](TransactionRequest& req) {
+    req.tls = TlsMode::kRequired;
+    req.implicit_tls = true;
+    req.tls_context = ClientTls(certs.ca);
+  };
+  Seen seen;
+  TransactionResult r = Run(untrusted, {"a@x.test"}, &seen, implicit);
+  EXPECT_FALSE(r.outcomes[0].has_value());
+  EXPECT_EQ(r.failure_enhanced, "4.7.5");
+  EXPECT_NE(r.failure.find("the certificate did not verify"), std::string::npos) << r.failure;
+  EXPECT_TRUE(seen.commands.empty());
+  // A plain-text server (STARTTLS port): the client's hello is not a
+  // banner's answer; it fails instead of talking in plain text.
+  Seen plain_seen;
+  TransactionResult plain = Run(Script(), {"a@x.test"}, &plain_seen, implicit);
+  EXPECT_FALSE(plain.outcomes[0].has_value());
+  EXPECT_EQ(plain.failure_enhanced, "4.7.5");
+  EXPECT_NE(plain.failure.find("implicit TLS with host"), std::string::npos) << plain.failure;
+  EXPECT_FALSE(Sent(plain_seen, "EHLO tern.test"));
+  EXPECT_FALSE(Sent(plain_seen, "MAIL"));
 }
 
 TEST_F(SmtpTransactionTest, RequiredTlsWithoutStarttlsIsTransient) {

@@ -1,5 +1,7 @@
 #include "services/deliverer/static_routes.h"
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -35,6 +37,8 @@ const char* RouteTlsName(RouteTls tls) {
       return "required";
     case RouteTls::kNone:
       return "none";
+    case RouteTls::kImplicit:
+      return "implicit";
   }
   return "?";
 }
@@ -153,15 +157,30 @@ absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini) {
       return ini.KeyError(section, problem->key, problem->message);
     }
     r.bind_helo = std::string(absl::StripAsciiWhitespace(ini.GetString(section, "bind_helo", "")));
-    const std::string tls = absl::AsciiStrToLower(ini.GetString(section, "tls", "opportunistic"));
-    if (tls == "opportunistic" || tls.empty()) {
+    const std::string tls =
+        absl::AsciiStrToLower(absl::StripAsciiWhitespace(ini.GetString(section, "tls", "")));
+    // Port 465 is implicit TLS (RFC 8314 §7.3): STARTTLS there would wait
+    // for a banner while the server waits for a ClientHello.
+    const bool all_465 = std::all_of(r.hosts.begin(), r.hosts.end(), [](const RouteHost& h) {
+      return h.unix_path.empty() && h.port == kImplicitTlsPort;
+    });
+    if (tls.empty()) {
+      r.tls = all_465 ? RouteTls::kImplicit : RouteTls::kOpportunistic;
+    } else if (tls == "opportunistic") {
       r.tls = RouteTls::kOpportunistic;
     } else if (tls == "required") {
       r.tls = RouteTls::kRequired;
     } else if (tls == "none") {
       r.tls = RouteTls::kNone;
+    } else if (tls == "implicit") {
+      r.tls = RouteTls::kImplicit;
+      for (const RouteHost& h : r.hosts) {
+        if (!h.unix_path.empty()) {
+          return ini.KeyError(section, "tls", absl::StrCat("implicit TLS needs TCP hosts; ", h.spec, " is a unix socket"));
+        }
+      }
     } else {
-      return ini.KeyError(section, "tls", "must be opportunistic, required or none");
+      return ini.KeyError(section, "tls", "must be opportunistic, required, implicit or none");
     }
     routes.routes_[r.domain] = std::move(r);
   }

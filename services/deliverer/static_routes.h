@@ -23,8 +23,11 @@
 //   bind_helo=out1.example.org ; EHLO name for this route. Default: config/me
 //   tls=opportunistic      ; opportunistic (tls.ini policy), required (like
 //                          ; force_tls_hosts: STARTTLS with a verified
-//                          ; certificate or a transient failure) or none.
-//                          ; Default: opportunistic
+//                          ; certificate or a transient failure), implicit
+//                          ; (TLS from the first byte, RFC 8314, with a
+//                          ; verified certificate: a smarthost's port 465)
+//                          ; or none. Default: implicit when every host is
+//                          ; on port 465, else opportunistic
 //
 // Host names are resolved (A/AAAA) at delivery time; literal IPs are used as
 // they are. Either way local_mx_ok=false refuses local addresses (Haraka let
@@ -47,7 +50,10 @@
 
 namespace tern::deliverer {
 
-enum class RouteTls { kOpportunistic, kRequired, kNone };
+enum class RouteTls { kOpportunistic, kRequired, kNone, kImplicit };
+
+// The submissions port: implicit TLS (RFC 8314 §7.3).
+inline constexpr uint16_t kImplicitTlsPort = 465;
 
 struct RouteHost {
   std::string host;        // name or IP literal (no brackets); empty for unix

@@ -99,6 +99,36 @@ tls=none
   EXPECT_FALSE(star->has_auth());
 }
 
+TEST(StaticRoutes, ImplicitTlsIsChosenOrDefaultsOnPort465) {
+  auto routes = StaticRoutes::Load(Ini(R"(
+[explicit.test]
+host[]=smtp.example.net:4650
+tls=implicit
+
+[submissions.test]
+host[]=smtp.example.net:465
+host[]=smtp2.example.net:465
+
+[starttls-on-465.test]
+host[]=smtp.example.net:465
+tls=required
+
+[mixed.test]
+host[]=smtp.example.net:465
+host[]=smtp.example.net:587
+)"));
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  EXPECT_EQ(routes->Find("explicit.test")->tls, RouteTls::kImplicit);
+  EXPECT_EQ(routes->Find("submissions.test")->tls, RouteTls::kImplicit) << "port 465 is implicit TLS (RFC 8314)";
+  EXPECT_EQ(routes->Find("starttls-on-465.test")->tls, RouteTls::kRequired) << "what the operator wrote wins";
+  EXPECT_EQ(routes->Find("mixed.test")->tls, RouteTls::kOpportunistic);
+  EXPECT_STREQ(RouteTlsName(RouteTls::kImplicit), "implicit");
+
+  auto unix_socket = StaticRoutes::Load(Ini("[a.test]\nhost=/run/lmtp\ntls=implicit\n"));
+  ASSERT_FALSE(unix_socket.ok());
+  EXPECT_NE(unix_socket.status().message().find("unix socket"), std::string::npos) << unix_socket.status();
+}
+
 TEST(StaticRoutes, NoFileNoRoutes) {
   auto routes = StaticRoutes::Load(config::IniFile());
   ASSERT_TRUE(routes.ok());

@@ -228,10 +228,11 @@ absl::StatusOr<std::shared_ptr<asio::ssl::context>> TlsOutboundConfig::MakeConte
 TlsDecision TlsOutboundConfig::Decide(bool enable_tls, RouteTls route_tls, bool broken_tls, absl::string_view ip,
                                       absl::string_view mx_host, absl::string_view domain) const {
   TlsDecision d;
-  if (route_tls == RouteTls::kRequired) {
+  if (route_tls == RouteTls::kRequired || route_tls == RouteTls::kImplicit) {
+    // Implicit TLS has no plain-text fallback by its nature; both verify.
     d.mode = TlsMode::kRequired;
     d.verify = true;
-    d.why = "route tls=required";
+    d.why = route_tls == RouteTls::kImplicit ? "route tls=implicit" : "route tls=required";
     return d;
   }
   if (force_tls_hosts.Matches(ip, mx_host, domain)) {

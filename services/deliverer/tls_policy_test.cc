@@ -49,6 +49,12 @@ TEST(TlsDecide, ForcedWinsThenNoTlsThenBrokenThenOpportunistic) {
   EXPECT_TRUE(d.verify);
   EXPECT_EQ(d.why, "force_tls_hosts");
   EXPECT_EQ(c.Decide(true, RouteTls::kRequired, false, "1.1.1.1", "mx", "x").mode, TlsMode::kRequired);
+  // Implicit TLS: required and verified whatever else says no, even in
+  // no_tls_hosts, with TLS off or the host remembered as broken.
+  d = c.Decide(false, RouteTls::kImplicit, true, "10.1.1.1", "mx", "x");
+  EXPECT_EQ(d.mode, TlsMode::kRequired);
+  EXPECT_TRUE(d.verify);
+  EXPECT_EQ(d.why, "route tls=implicit");
   d = c.Decide(true, RouteTls::kOpportunistic, false, "10.1.1.1", "mx", "x");
   EXPECT_EQ(d.mode, TlsMode::kNone);
   EXPECT_EQ(d.why, "no_tls_hosts");

@@ -98,8 +98,9 @@ class PostfixServer:
         self.host = host
         self.port = port or free_port(host)
         self.auth_port = free_port(host)
-        self.domains = " ".join(("postfix.test", "auth.test", "plain.test", "login.test", "badauth.test") +
-                                tuple(domains))
+        self.smtps_port = free_port(host)
+        self.domains = " ".join(("postfix.test", "auth.test", "plain.test", "login.test", "badauth.test",
+                                 "smtps.test") + tuple(domains))
         self.proc = None
         try:
             make_pki(self.pki)
@@ -167,6 +168,12 @@ smtpd_sasl_authenticated_header = yes
         out.append(f"{self.host}:{self.auth_port} inet n - n - - smtpd")
         out.append("  -o smtpd_sasl_auth_enable=yes")
         out.append("  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject")
+        # A submissions listener (RFC 8314 implicit TLS, Postfix's port-465
+        # setup): TLS from the first byte, then AUTH.
+        out.append(f"{self.host}:{self.smtps_port} inet n - n - - smtpd")
+        out.append("  -o smtpd_tls_wrappermode=yes")
+        out.append("  -o smtpd_sasl_auth_enable=yes")
+        out.append("  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject")
         with open(os.path.join(self.conf, "master.cf"), "w") as f:
             f.write("\n".join(out) + "\n")
 
@@ -175,6 +182,7 @@ smtpd_sasl_authenticated_header = yes
         self.proc = subprocess.Popen(["postfix", "-c", self.conf, "start-fg"], stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.host, self.port, 30, self.proc)
         wait_port(self.host, self.auth_port, 30, self.proc)
+        wait_port(self.host, self.smtps_port, 30, self.proc)
         return self
 
     def stop(self):
@@ -268,6 +276,14 @@ force_auth=true
 host[]={MX}:{p.auth_port}
 auth_user={OTHER_USER}
 auth_pass=wrong-{OTHER_PASS}
+force_auth=true
+
+[smtps.test]
+host[]={MX}:{p.smtps_port}
+tls=implicit
+auth_user={SASL_USER}
+auth_pass={SASL_PASS}
+auth_type=plain
 force_auth=true
 """)
         self.write_tls_ini()
@@ -524,6 +540,38 @@ class DelivererPostfixTest(ClusterTestCase):
             self.assertIsNone(self.postfix.message_with(tag))
             self.assertRegex(self.postfix.log(),
                              rf"SASL CRAM-MD5 authentication failed: .*sasl_username={OTHER_USER}@{re.escape(MX)}")
+        finally:
+            ternctl_json(self.cluster, "delete", msg_id, "--yes")
+
+    # -- implicit TLS (a smarthost's port 465) ---------------------------------
+    def test_7_implicit_tls_route_submits_over_tls_from_the_first_byte(self):
+        try:
+            self.cluster.write_tls_ini(ca=f"{self.postfix.pki}/ca.pem")
+            self.cluster.restart_deliverer()
+            stored, attempt = self.deliver("gina@smtps.test", "implicit tls")
+            received = self.assert_tls_on_both_sides(stored, attempt, self.postfix.smtps_port)
+            self.assertEqual(field(attempt, "tls_verified"), "yes", attempt)
+            self.assertEqual(field(attempt, "auth"), "PLAIN", attempt)
+            self.assertIn("with ESMTPSA", received)
+            self.assertRegex(self.postfix.log(), rf"sasl_method=PLAIN, sasl_username={SASL_USER}@{re.escape(MX)}\b")
+        finally:
+            self.cluster.write_tls_ini()
+            self.cluster.restart_deliverer()
+
+    def test_8_implicit_tls_with_an_untrusted_certificate_defers_without_plain_text(self):
+        # The default tls.ini trusts no test CA: the handshake must fail, and
+        # nothing (no EHLO, no AUTH, no password) goes in plain text.
+        tag = "implicit untrusted"
+        refusals = self.postfix.log().count("alert unknown ca")
+        msg_id = send_for_id(self.cluster, "alice@sender.test", ["hank@smtps.test"], BODY.format(tag=tag))
+        try:
+            result = deferred_result(self, msg_id)
+            self.assertEqual(result["enhanced_status"], "4.7.5", result)
+            self.assertIn(f"implicit TLS with host {MX}[127.0.0.1]:{self.postfix.smtps_port}: the certificate did "
+                          "not verify", result["reply_text"])
+            self.assertIsNone(self.postfix.message_with(tag))
+            self.cluster.wait_until(lambda: self.postfix.log().count("alert unknown ca") > refusals, 30,
+                                    "Postfix to log the refused chain")
         finally:
             ternctl_json(self.cluster, "delete", msg_id, "--yes")
 

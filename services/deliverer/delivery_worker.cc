@@ -182,6 +182,30 @@ absl::StatusOr<StaticRoute> RouteFromHook(const v1::MxRoute& m, const std::strin
   r.auth_type = m.auth_type();
   r.bind = m.bind();
   r.bind_helo = m.bind_helo();
+  const RouteHost& h = r.hosts[0];
+  switch (m.tls()) {
+    case v1::MX_ROUTE_TLS_DEFAULT:
+      // As outbound_routes.ini without tls=: port 465 is implicit TLS.
+      r.tls = h.unix_path.empty() && h.port == kImplicitTlsPort ? RouteTls::kImplicit : RouteTls::kOpportunistic;
+      break;
+    case v1::MX_ROUTE_TLS_OPPORTUNISTIC:
+      r.tls = RouteTls::kOpportunistic;
+      break;
+    case v1::MX_ROUTE_TLS_REQUIRED:
+      r.tls = RouteTls::kRequired;
+      break;
+    case v1::MX_ROUTE_TLS_NONE:
+      r.tls = RouteTls::kNone;
+      break;
+    case v1::MX_ROUTE_TLS_IMPLICIT:
+      if (!h.unix_path.empty()) {
+        return absl::InvalidArgumentError("tls: implicit TLS needs a TCP host, not a unix socket");
+      }
+      r.tls = RouteTls::kImplicit;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("tls: unknown value ", static_cast<int>(m.tls())));
+  }
   if (std::optional<RouteProblem> problem = CheckRoute(r)) {
     return absl::InvalidArgumentError(absl::StrCat(problem->key, ": ", problem->message));
   }

@@ -10,6 +10,8 @@ depend on the recipient, so one cluster serves every scenario:
               nomx.test     FAIL with the default reply
               later.test    DEFER with the hook's own text
               badroute@...  ROUTES with an impossible port (ignored: DNS decides)
+              implicit@, required@  ROUTES to the plain sink with tls=
+                            IMPLICIT / REQUIRED (must not deliver)
   deferred    later@defer.test     DELAY 1 s the first time
               bounceme@defer.test  BOUNCE with a reason (CR LF inside)
               dropme@defer.test    DROP
@@ -60,6 +62,13 @@ class Hooks:
     def get_mx(self, req):
         m = pb()
         domain = req.delivery.domain
+        rcpt = req.delivery.recipients[0]
+        # TLS toward a hook's route: the good.test sink speaks plain text
+        # and offers no STARTTLS, so neither of these may deliver.
+        if rcpt.startswith("implicit@") or rcpt.startswith("required@"):
+            tls = m.MX_ROUTE_TLS_IMPLICIT if rcpt.startswith("implicit@") else m.MX_ROUTE_TLS_REQUIRED
+            return m.GetMxResponse(action=m.GET_MX_ACTION_ROUTES,
+                                   routes=[m.MxRoute(host="127.0.0.2", port=self.mx_port, tls=tls)])
         if domain == "routed.test":
             return m.GetMxResponse(action=m.GET_MX_ACTION_ROUTES,
                                    routes=[m.MxRoute(host="127.0.0.2", port=self.mx_port)])
@@ -153,6 +162,21 @@ class DelivererHooksTest(HookClusterTestCase):
         self.assertIn("relay=127.0.0.2", line)
         (routes,) = self.log(f"hook_routes msg={msg_id}")
         self.assertIn("domain=routed.test", routes)
+
+    def test_get_mx_route_tls_is_honoured(self):
+        for local, status, words in (("implicit", "4.7.5", "implicit TLS with host 127.0.0.2"),
+                                     ("required", "4.7.4", "does not offer STARTTLS")):
+            msg_id = send_for_id(self.cluster, "alice@sender.test", [f"{local}@routed.test"], body(f"tls {local}"))
+            try:
+                shown = wait_for_last_result(self.cluster, msg_id, 30)
+                (rcpt,) = shown["deliveries"][0]["recipients"]
+                self.assertEqual(rcpt["state"], "deferred", rcpt)
+                self.assertEqual(rcpt["last_result"]["enhanced_status"], status, rcpt)
+                self.assertIn(words, rcpt["last_result"]["reply_text"])
+                self.assertEqual([m for m in self.cluster.sinks["good.test"].received()
+                                  if f"tls {local}".encode() in m.data], [])
+            finally:
+                ternctl_json(self.cluster, "delete", msg_id, "--yes")
 
     def test_get_mx_fail_bounces_with_no_mx_for_the_domain(self):
         send_for_id(self.cluster, "alice@sender.test", ["x@nomx.test"], body("nomx"))

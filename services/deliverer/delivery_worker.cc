@@ -41,6 +41,7 @@
 #include "services/deliverer/host_flags.h"
 #include "services/deliverer/mta_sts.h"
 #include "services/deliverer/outcome.h"
+#include "services/deliverer/hook_routes.h"
 #include "services/deliverer/requiretls.h"
 #include "services/deliverer/smtp_transaction.h"
 #include "tern/v1/hooks.grpc.pb.h"
@@ -152,70 +153,6 @@ void ToResult(const RecipientOutcome& o, v1::RecipientResult* res) {
   res->set_ambiguous(o.ambiguous);
   res->set_retry_in_seconds(o.retry_in_seconds);
   res->set_suppress_dsn(o.suppress_dsn);
-}
-
-// One host a get_mx hook answered with, as a one-host static route, checked
-// as an outbound_routes.ini entry is: the hook cannot give what the config
-// file could not (a bad port, a bind address that is not an IP, ...).
-absl::StatusOr<StaticRoute> RouteFromHook(const v1::MxRoute& m, const std::string& domain) {
-  std::string spec;
-  if (!m.unix_path().empty()) {
-    if (!m.host().empty() || m.unix_path()[0] != '/') {
-      return absl::InvalidArgumentError("a unix_path route needs an absolute path and no host");
-    }
-    spec = m.unix_path();
-  } else {
-    if (m.port() > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat("port ", m.port(), " is out of range"));
-    }
-    // IPv6 literals come without brackets; ParseRouteHost wants them with.
-    const bool v6 = absl::StrContains(m.host(), ':');
-    spec = absl::StrCat(m.lmtp() ? "lmtp://" : "", v6 ? "[" : "", m.host(), v6 ? "]" : "",
-                        m.port() != 0 ? absl::StrCat(":", m.port()) : "");
-  }
-  TERN_ASSIGN_OR_RETURN(RouteHost host, ParseRouteHost(spec));
-  StaticRoute r;
-  r.domain = domain;
-  r.hosts.push_back(std::move(host));
-  r.auth_user = m.auth_user();
-  r.auth_pass = m.auth_pass();
-  r.auth_type = m.auth_type();
-  r.bind = m.bind();
-  r.bind_helo = m.bind_helo();
-  const RouteHost& h = r.hosts[0];
-  switch (m.tls()) {
-    case v1::MX_ROUTE_TLS_DEFAULT:
-      // As outbound_routes.ini without tls=: port 465 is implicit TLS.
-      r.tls = h.unix_path.empty() && h.port == kImplicitTlsPort ? RouteTls::kImplicit : RouteTls::kOpportunistic;
-      break;
-    case v1::MX_ROUTE_TLS_OPPORTUNISTIC:
-      r.tls = RouteTls::kOpportunistic;
-      break;
-    case v1::MX_ROUTE_TLS_REQUIRED:
-      r.tls = RouteTls::kRequired;
-      break;
-    case v1::MX_ROUTE_TLS_NONE:
-      r.tls = RouteTls::kNone;
-      break;
-    case v1::MX_ROUTE_TLS_IMPLICIT:
-      if (!h.unix_path.empty()) {
-        return absl::InvalidArgumentError("tls: implicit TLS needs a TCP host, not a unix socket");
-      }
-      r.tls = RouteTls::kImplicit;
-      break;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("tls: unknown value ", static_cast<int>(m.tls())));
-  }
-  if (std::optional<RouteProblem> problem = CheckRoute(r)) {
-    return absl::InvalidArgumentError(absl::StrCat(problem->key, ": ", problem->message));
-  }
-  for (char c : r.bind_helo) {
-    // The HELO name goes on the wire as one word.
-    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) {
-      return absl::InvalidArgumentError("bind_helo: must be one word");
-    }
-  }
-  return r;
 }
 
 std::string Millis(Clock::duration d) {

@@ -32,6 +32,19 @@ std::string FormatIn(int64_t ms) {
   return absl::FormatDuration(absl::Trunc(absl::Milliseconds(std::max<int64_t>(ms, 0)), absl::Seconds(1)));
 }
 
+// The `done` of a write whose answer carries nothing: an empty Response once
+// the group committed, or the error.
+template <typename Response>
+absl::AnyInvocable<void(const absl::Status&)> EmptyAnswerOnCommit(QueueCore::Callback<Response> done) {
+  return [done = std::move(done)](const absl::Status& s) mutable {
+    if (s.ok()) {
+      done(Response());
+    } else {
+      done(s);
+    }
+  };
+}
+
 const char* RecipientStateName(RecipientState s) {
   switch (s) {
     case RECIPIENT_STATE_DELIVERED:
@@ -607,25 +620,17 @@ void QueueCore::Impl::PutHostFlags(tern::v1::PutHostFlagsRequest request,
       return;
     }
   }
-  auto call = std::make_shared<std::pair<tern::v1::PutHostFlagsRequest, Callback<tern::v1::PutHostFlagsResponse>>>(
-      std::move(request), std::move(done));
   committer_->Submit(GroupOp{
-      [this, call](Txn& txn) {
+      [this, request = std::move(request)](Txn& txn) {
         const int64_t now = clock_->NowUnixMs();
-        for (const auto& f : call->first.flags()) {
+        for (const auto& f : request.flags()) {
           if (f.expires_unix_ms() > now) {
             PutRecord(txn, meta_, HostFlagKey(f.flag(), f.host()), f);
           }
         }
         return absl::OkStatus();
       },
-      [call](const absl::Status& s) {
-        if (s.ok()) {
-          call->second(tern::v1::PutHostFlagsResponse());
-        } else {
-          call->second(s);
-        }
-      },
+      EmptyAnswerOnCommit(std::move(done)),
   });
 }
 
@@ -642,22 +647,7 @@ absl::StatusOr<tern::v1::GetHostFlagsResponse> QueueCore::Impl::GetHostFlags(
     }
   }));
   if (!expired.empty()) {
-    committer_->Submit(GroupOp{
-        [this, expired = std::move(expired)](Txn& txn) -> absl::Status {
-          const int64_t at = clock_->NowUnixMs();
-          for (const std::string& key : expired) {
-            std::string raw;
-            rocksdb::Status s = txn.Get(meta_, key, &raw);
-            tern::v1::HostFlag f;
-            // Only if still expired: it may have been renewed meanwhile.
-            if (s.ok() && f.ParseFromString(raw) && f.expires_unix_ms() <= at) {
-              txn.Delete(meta_, key);
-            }
-          }
-          return absl::OkStatus();
-        },
-        [](const absl::Status&) {},
-    });
+    PurgeExpiredMeta<tern::v1::HostFlag>(std::move(expired));
   }
   return out;
 }
@@ -676,23 +666,15 @@ void QueueCore::Impl::PutStsPolicy(tern::v1::PutStsPolicyRequest request,
     done(absl::InvalidArgumentError(absl::StrCat("an MTA-STS policy is at most ", kMaxStsPolicyBytes, " bytes")));
     return;
   }
-  auto call = std::make_shared<std::pair<tern::v1::PutStsPolicyRequest, Callback<tern::v1::PutStsPolicyResponse>>>(
-      std::move(request), std::move(done));
   committer_->Submit(GroupOp{
-      [this, call](Txn& txn) {
-        const tern::v1::StsPolicyRecord& policy = call->first.policy();
+      [this, request = std::move(request)](Txn& txn) {
+        const tern::v1::StsPolicyRecord& policy = request.policy();
         if (policy.expires_unix_ms() > clock_->NowUnixMs()) {
           PutRecord(txn, meta_, StsPolicyKey(policy.domain()), policy);
         }
         return absl::OkStatus();
       },
-      [call](const absl::Status& s) {
-        if (s.ok()) {
-          call->second(tern::v1::PutStsPolicyResponse());
-        } else {
-          call->second(s);
-        }
-      },
+      EmptyAnswerOnCommit(std::move(done)),
   });
 }
 
@@ -722,19 +704,7 @@ absl::StatusOr<tern::v1::GetStsPolicyResponse> QueueCore::Impl::GetStsPolicy(
     *out.mutable_policy() = std::move(policy);
     return out;
   }
-  committer_->Submit(GroupOp{
-      [this, key](Txn& txn) -> absl::Status {
-        std::string again;
-        tern::v1::StsPolicyRecord p;
-        // Only if still expired: a deliverer may have put a new one meanwhile.
-        if (txn.Get(meta_, key, &again).ok() && p.ParseFromString(again) &&
-            p.expires_unix_ms() <= clock_->NowUnixMs()) {
-          txn.Delete(meta_, key);
-        }
-        return absl::OkStatus();
-      },
-      [](const absl::Status&) {},
-  });
+  PurgeExpiredMeta<tern::v1::StsPolicyRecord>({key});
   return out;
 }
 

@@ -479,6 +479,27 @@ class QueueCore::Impl {
   // empty) in committed state that parses; a storage error stops the scan.
   absl::Status ForEachHostFlag(const std::string& flag,
                                const std::function<void(const rocksdb::Slice&, tern::v1::HostFlag)>& f);
+  // Deletes each of `keys` (meta) whose Record (a proto with
+  // expires_unix_ms: host flags, MTA-STS policies) is still expired when its
+  // group runs: a Put may have renewed it since the reader saw it. Best
+  // effort: a key left behind is tried again by the next reader.
+  template <typename Record>
+  void PurgeExpiredMeta(std::vector<std::string> keys) {
+    committer_->Submit(GroupOp{
+        [this, keys = std::move(keys)](Txn& txn) -> absl::Status {
+          const int64_t now = clock_->NowUnixMs();
+          for (const std::string& key : keys) {
+            std::string raw;
+            Record record;
+            if (txn.Get(meta_, key, &raw).ok() && record.ParseFromString(raw) && record.expires_unix_ms() <= now) {
+              txn.Delete(meta_, key);
+            }
+          }
+          return absl::OkStatus();
+        },
+        [](const absl::Status&) {},
+    });
+  }
   void SetPaused(bool paused, Callback<bool> done);
   absl::StatusOr<tern::v1::ListResponse> List(const tern::v1::ListRequest& request);
   absl::StatusOr<tern::v1::ShowResponse> Show(const std::string& message_id);

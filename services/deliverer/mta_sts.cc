@@ -208,38 +208,22 @@ std::optional<std::string> ParseStsRecord(const std::vector<std::string>& record
 
 namespace {
 
-struct FetchInit {
-  const MtaSts::Fetcher* fetch;
-  std::string domain;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    (*fetch)(domain, [h = std::move(handler)](absl::StatusOr<std::string> text) mutable {
-      std::move(h)(std::move(text));
-    });
-  }
-};
-
-struct LoadInit {
-  const MtaSts::StoreLoad* load;
-  std::string domain;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    (*load)(domain, [h = std::move(handler)](std::optional<MtaSts::StoredPolicy> stored) mutable {
-      std::move(h)(std::move(stored));
-    });
-  }
-};
-
-// co_await adapter for the store lookup.
-asio::awaitable<std::optional<MtaSts::StoredPolicy>> AwaitLoad(const MtaSts::StoreLoad* load, std::string domain) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(std::optional<MtaSts::StoredPolicy>)>(
-      LoadInit{load, std::move(domain)}, asio::use_awaitable);
+// co_await adapter for `call(domain, done)`, whose `done` gets a Result: the
+// fetch and the store lookup (see lib/dns/resolver_await.h for the form).
+template <typename Result, typename Call>
+asio::awaitable<Result> AwaitDomainCall(const Call* call, std::string domain) {
+  auto init = [call, domain = std::move(domain)](auto handler) {
+    (*call)(domain, [h = std::move(handler)](Result result) mutable { std::move(h)(std::move(result)); });
+  };
+  return asio::async_initiate<decltype(asio::use_awaitable), void(Result)>(std::move(init), asio::use_awaitable);
 }
 
-// co_await adapter for the fetch (see lib/dns/resolver_await.h for the form).
+asio::awaitable<std::optional<MtaSts::StoredPolicy>> AwaitLoad(const MtaSts::StoreLoad* load, std::string domain) {
+  return AwaitDomainCall<std::optional<MtaSts::StoredPolicy>>(load, std::move(domain));
+}
+
 asio::awaitable<absl::StatusOr<std::string>> AwaitFetch(const MtaSts::Fetcher* fetch, std::string domain) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(absl::StatusOr<std::string>)>(
-      FetchInit{fetch, std::move(domain)}, asio::use_awaitable);
+  return AwaitDomainCall<absl::StatusOr<std::string>>(fetch, std::move(domain));
 }
 
 // The deadline of the whole fetch, as what is left of it for the next step.

@@ -583,7 +583,8 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
       // No reply (DNS, connection, TLS, REQUIRETLS): Tern's own words, in a
       // private diagnostic type as Postfix does with X-Postfix (RFC 3464
       // §2.3.6), so that the reason is in the machine-readable part too.
-      status += FormatHeaderField("Diagnostic-Code", absl::StrCat("X-Tern;", reply_text), HeaderText::kAsciiStructured);
+      status +=
+          FormatHeaderField("Diagnostic-Code", absl::StrCat("X-Tern;", reply_text), HeaderText::kAsciiStructured);
     }
     if (r.last_attempt) {
       status += FormatHeaderField("Last-Attempt-Date", FormatRfc5322Date(*r.last_attempt),
@@ -595,32 +596,38 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
     }
   }
 
-  // Part 3: the original, whole or its header block.
-  absl::string_view original_view = report.original;
-  if (!report.original_is_full) {
-    original_view = mime::SplitHeaderBlock(original_view).headers;
-  }
-  // Withheld (redacted): no third part at all (RFC 6522 §3 makes it optional).
-  std::string original = report.original_withheld ? "" : NormalizeAttachment(original_view);
-  const bool original_8bit = !mime::IsAscii(original);
+  // Part 3: the original, whole or its header block; none when withheld
+  // (a redacted DSN: RFC 6522 §3 makes the third part optional).
   std::string part3;
-  if (report.original_is_full) {
-    part3 = absl::StrCat(FormatHeaderField("Content-Type", "message/rfc822", HeaderText::kAsciiStructured),
-                         FormatHeaderField("Content-Description", "Undelivered Message", HeaderText::kAsciiStructured));
-  } else {
-    part3 = absl::StrCat(
-        FormatHeaderField("Content-Type", "text/rfc822-headers", HeaderText::kAsciiStructured),
-        FormatHeaderField("Content-Description", "Undelivered Message Headers", HeaderText::kAsciiStructured));
+  if (!report.original_withheld) {
+    absl::string_view original_view = report.original;
+    if (!report.original_is_full) {
+      original_view = mime::SplitHeaderBlock(original_view).headers;
+    }
+    const std::string original = NormalizeAttachment(original_view);
+    const bool original_8bit = !mime::IsAscii(original);
+    if (report.original_is_full) {
+      part3 = absl::StrCat(
+          FormatHeaderField("Content-Type", "message/rfc822", HeaderText::kAsciiStructured),
+          FormatHeaderField("Content-Description", "Undelivered Message", HeaderText::kAsciiStructured));
+    } else {
+      part3 = absl::StrCat(
+          FormatHeaderField("Content-Type", "text/rfc822-headers", HeaderText::kAsciiStructured),
+          FormatHeaderField("Content-Description", "Undelivered Message Headers", HeaderText::kAsciiStructured));
+    }
+    if (original_8bit) {
+      part3 += FormatHeaderField("Content-Transfer-Encoding", "8bit", HeaderText::kAsciiStructured);
+    }
+    absl::StrAppend(&part3, kCrlf, original);
+    out.body_8bit = original_8bit;
   }
-  if (original_8bit) {
-    part3 += FormatHeaderField("Content-Transfer-Encoding", "8bit", HeaderText::kAsciiStructured);
-  }
-  absl::StrAppend(&part3, kCrlf, original);
-  out.body_8bit = original_8bit;
 
   // Boundaries that occur nowhere in the content (RFC 2046 §5.1.1) and in no
   // other boundary, so no delimiter line can be mistaken for another.
-  std::vector<const std::string*> leaves = {&text_part, &status, &part3};
+  std::vector<const std::string*> leaves = {&text_part, &status};
+  if (!part3.empty()) {
+    leaves.push_back(&part3);
+  }
   if (with_html) {
     leaves.push_back(&html_part);
   }
@@ -683,8 +690,8 @@ absl::StatusOr<RenderedDsn> DsnRenderer::Render(const DeliveryReport& report, ab
   // final line break.
   absl::StrAppend(&m, kCrlf, "This is a MIME-encapsulated message.", kCrlf);
   for (const std::string* part : {&part1, &status, &part3}) {
-    if (part == &part3 && report.original_withheld) {
-      continue;
+    if (part->empty()) {
+      continue;  // no third part
     }
     absl::StrAppend(&m, kCrlf, "--", boundary, kCrlf, *part);
   }

@@ -391,7 +391,8 @@ v1::BounceJob FailedDsnJob(const std::string& bounce_id, const FakeQueue::Stored
   *r->mutable_spec() = dsn.header.envelope().recipients(0);
   r->mutable_result()->set_outcome(status[0] == '5' ? v1::OUTCOME_PERMANENT : v1::OUTCOME_TRANSIENT);
   r->mutable_result()->set_enhanced_status(status);
-  r->mutable_result()->set_reply_text("REQUIRETLS is required by the sender, but was not offered by host mx.example.com");
+  r->mutable_result()->set_reply_text(
+      "REQUIRETLS is required by the sender, but was not offered by host mx.example.com");
   return job;
 }
 

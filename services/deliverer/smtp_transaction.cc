@@ -347,8 +347,8 @@ class Session {
         co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, /*verify=*/true, req_.timeouts.starttls);
     if (!tls.ok()) {
       const bool cert = absl::StrContains(tls.message(), "certificate verify failed");
-      Fail("4.7.5", absl::StrCat("implicit TLS with host ", relay_, cert ? ": the certificate did not verify: " : " failed: ",
-                                 tls.message()));
+      Fail("4.7.5", absl::StrCat("implicit TLS with host ", relay_,
+                                 cert ? ": the certificate did not verify: " : " failed: ", tls.message()));
       co_return false;
     }
     session_->tls = conn().TlsDescription();

@@ -176,7 +176,8 @@ absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini) {
       r.tls = RouteTls::kImplicit;
       for (const RouteHost& h : r.hosts) {
         if (!h.unix_path.empty()) {
-          return ini.KeyError(section, "tls", absl::StrCat("implicit TLS needs TCP hosts; ", h.spec, " is a unix socket"));
+          return ini.KeyError(section, "tls",
+                              absl::StrCat("implicit TLS needs TCP hosts; ", h.spec, " is a unix socket"));
         }
       }
     } else {

@@ -8,6 +8,8 @@ find_package(RocksDB CONFIG REQUIRED)
 find_package(GTest CONFIG REQUIRED)
 find_package(spdlog CONFIG REQUIRED)
 find_package(CLI11 CONFIG REQUIRED)
+# gzip for TLS reports (RFC 8460 §5.1); module mode, CMake's FindZLIB.
+find_package(ZLIB REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(CARES REQUIRED IMPORTED_TARGET libcares)
 pkg_check_modules(INIH REQUIRED IMPORTED_TARGET inih)

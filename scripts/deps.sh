@@ -9,7 +9,7 @@ PACKAGES=(
   # libraries (see README "Dependencies" for why each one)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev libc-ares-dev
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libasio-dev libinih-dev libspdlog-dev
-  libcli11-dev libidn2-dev libjemalloc-dev
+  libcli11-dev libidn2-dev libjemalloc-dev zlib1g-dev
   # tests: real DNS server, real SMTP client, Python for the whole-system harness
   dnsmasq-base swaks libnet-ssleay-perl python3 openssl
   # tests: Knot DNS signs the test zones for a real DNSSEC chain (tests/fakes/dnssec_dns.py)

@@ -323,6 +323,7 @@ asio::awaitable<absl::Status> Connection::StartTlsClient(std::shared_ptr<asio::s
   }
   if (ec) {
     peer_verified_ = false;
+    tls_verify_error_ = verify_host ? SSL_get_verify_result(tls_->native_handle()) : 0;
     co_return HandshakeError(tls_->native_handle(), ec, verify_host);
   }
   peer_verified_ = peer_verified_ && *saw_leaf;
@@ -383,6 +384,7 @@ asio::awaitable<absl::Status> Connection::StartTlsClientDane(std::shared_ptr<asi
     co_return absl::DeadlineExceededError("TLS handshake timed out");
   }
   if (ec) {
+    tls_verify_error_ = SSL_get_verify_result(ssl);
     co_return HandshakeError(ssl, ec, true);
   }
   const long verify = SSL_get_verify_result(ssl);

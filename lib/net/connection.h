@@ -123,6 +123,11 @@ class Connection {
                                                    std::vector<DaneRecord> tlsa, Duration timeout);
   // After StartTlsClientDane: the matched record, e.g. "3 1 1 at depth 0".
   const std::string& dane_match() const { return dane_match_; }
+  // After a failed client handshake that verified the peer: OpenSSL's
+  // X509_V_ERR_* code of the failure (e.g. an expired certificate); 0 when
+  // the handshake failed for another reason or did not fail. TLS reports
+  // (RFC 8460) tell the receiving domain which kind of failure it was.
+  long tls_verify_error() const { return tls_verify_error_; }
 
   // Closes the socket (a TLS close_notify is attempted first, bounded by `timeout`).
   asio::awaitable<void> Close(Duration timeout);
@@ -157,6 +162,7 @@ class Connection {
   std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
   bool peer_verified_ = false;
   std::string dane_match_;
+  long tls_verify_error_ = 0;
   bool close_on_timeout_ = true;
   std::shared_ptr<Watchdog> watchdog_;
   // Read data is buffer_[start_, end_) of capacity_ bytes. Not a std::string:

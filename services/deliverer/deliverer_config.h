@@ -59,6 +59,15 @@
 //                                 MTA-STS for the domain. Default: true
 //     health_listen=127.0.0.1:7072   Default: 127.0.0.1:7072; empty disables
 //     metrics_listen=127.0.0.1:9472  Default: 127.0.0.1:9472; empty disables
+//   tern.ini [tlsrpt]
+//     enabled=false           SMTP TLS Reporting (RFC 8460): look up each MX
+//                             domain's "_smtp._tls" record and, for those that
+//                             ask for reports, count TLS sessions and their
+//                             failures for the queue's daily reports
+//                             (tls_reporting.h; the queue reads the rest of
+//                             the section). Default: false
+//     flush_seconds=10        seconds between the deliverer's
+//                             RecordTlsResults calls. Default: 10
 //   outbound.ini [main]
 //     concurrency_max=10000   Default: 10000
 //     connect_timeout=30      seconds for the TCP connect (and default for
@@ -114,6 +123,9 @@ struct DelivererConfig {
   std::chrono::milliseconds mta_sts_timeout{10000};
   uint16_t mta_sts_port = 443;
   bool dane = true;
+  // tern.ini [tlsrpt] enabled and flush_seconds.
+  bool tlsrpt = false;
+  std::chrono::seconds tlsrpt_flush{10};
 
   uint32_t concurrency_max = 10000;
   std::chrono::seconds connect_timeout{30};

@@ -40,6 +40,8 @@
 #include "services/deliverer/dane.h"
 #include "services/deliverer/host_flags.h"
 #include "services/deliverer/mta_sts.h"
+#include "services/deliverer/tls_reporting.h"
+#include "lib/tlsrpt/tlsrpt.h"
 #include "services/deliverer/outcome.h"
 #include "services/deliverer/hook_routes.h"
 #include "services/deliverer/requiretls.h"
@@ -78,6 +80,10 @@ constexpr auto kMaxBackoff = std::chrono::seconds(10);
 // container was known to the network's DNS) was seen to stay failed for
 // minutes: a new channel asks DNS afresh.
 constexpr auto kRebuildChannelAfter = std::chrono::seconds(10);
+// Distinct TLS report counts held for the queue (tls_reporting.h): a
+// count is one (domain, policy, failure kind, MX) per day, so even a large
+// sender's day fits; beyond it counts are dropped, never memory.
+constexpr size_t kMaxTlsRptEntries = 50000;
 
 // The longest a send_email hook may hold a delivery back (a day) and a
 // deferred hook may push a retry (a year): a typo in a hook cannot park mail
@@ -226,6 +232,21 @@ struct Metrics {
   metrics::Counter& mta_sts_refused_mx = r.GetCounter(
       "tern_deliverer_mta_sts_refused_mx_total", "MX hosts not tried because an enforced MTA-STS policy omits them");
 
+  // TLS reports (RFC 8460, tls_reporting.h).
+  metrics::Counter& TlsRptRecords(const char* result) {
+    return r.GetCounter("tern_deliverer_tlsrpt_records_total",
+                        "_smtp._tls lookups of MX domains ([tlsrpt] enabled), by what they found",
+                        {{"result", result}});
+  }
+  metrics::Counter& TlsRptSessions(const std::string& policy, bool ok) {
+    return r.GetCounter("tern_deliverer_tlsrpt_sessions_total",
+                        "TLS sessions (and policy failures) counted for TLS reports, by policy type and outcome",
+                        {{"policy", policy}, {"result", ok ? "successful" : "failed"}});
+  }
+  metrics::Counter& tlsrpt_dropped = r.GetCounter(
+      "tern_deliverer_tlsrpt_dropped_total",
+      "TLS report counts dropped because the queue stayed away and the deliverer's buffer was full");
+
   metrics::Counter& Dane(DaneMode m) {
     return r.GetCounter("tern_deliverer_dane_hosts_total",
                         "TLSA lookups of MX hosts from DNSSEC-validated MX and address answers, by what they ask for",
@@ -273,6 +294,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         report_wake_(io),
         progress_wake_(io),
         flags_timer_(io),
+        tlsrpt_timer_(io),
         pool_(io.get_executor(), ConnectionPool::Options{config.pool_timeout, config.pool_max_messages,
                                                          config.concurrency_max,
                                                          config.destination_connections_max}),
@@ -319,6 +341,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     slot_timer_.cancel();
     backoff_timer_.cancel();
     flags_timer_.cancel();
+    tlsrpt_timer_.cancel();
     if (lease_ctx_ != nullptr) {
       lease_ctx_->TryCancel();
     }
@@ -365,6 +388,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     asio::co_spawn(executor, ReporterLoop(self), asio::detached);
     asio::co_spawn(executor, ProgressLoop(self), asio::detached);
     asio::co_spawn(executor, HostFlagsLoop(self), asio::detached);
+    if (self->config_.tlsrpt) {
+      asio::co_spawn(executor, TlsRptLoop(self), asio::detached);
+    }
     co_await LeaseLoop(self);
   }
 
@@ -605,6 +631,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     // The route each attempt belongs to (its AUTH, bind, HELO name and TLS
     // policy); null for MX hosts from DNS.
     std::vector<const StaticRoute*> attempt_routes;
+    // TLS reports (tls_reporting.h): the rua of the domain's TLSRPT record
+    // when its sessions are counted (MX from DNS only), and the policy they
+    // run under where DANE does not name one per host.
+    std::vector<std::string> tlsrpt_rua;
+    TlsRptPolicy report_policy = NoPolicyForReport();
     std::vector<const StaticRoute*> routes;
     if (static_route != nullptr) {
       routes.push_back(static_route);
@@ -653,12 +684,27 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         log::Event(log::Level::kInfo, "tls_policies_ignored",
                    {{"msg", job.message_id()}, {"domain", job.domain()}, {"reason", "TLS-Required: No"}});
       }
+      // RFC 8460: a domain that asks for TLS reports gets its sessions
+      // counted. Not a message that waives the domain's policies, as TLS
+      // reports themselves do (§5.3).
+      if (config_.tlsrpt && recipient_policies) {
+        tlsrpt_rua = co_await TlsRptRua(job.domain());
+      }
       bool dane_applies = false;
       if (config_.dane && mx.secure && recipient_policies) {
-        dane_applies = co_await ApplyDane(job, mx, plan, dane_hosts);
+        dane_applies = co_await ApplyDane(job, mx, plan, dane_hosts, tlsrpt_rua);
       }
       if (mta_sts_ != nullptr && !dane_applies && recipient_policies) {
-        sts_enforced = co_await ApplyMtaSts(job, plan);
+        StsLookup sts;
+        sts_enforced = co_await ApplyMtaSts(job, plan, &sts);
+        if (sts.policy.has_value() && sts.policy->mode != StsMode::kNone) {
+          report_policy = StsPolicyForReport(*sts.policy);
+        } else if (!sts.problem.empty() && !tlsrpt_rua.empty()) {
+          // No policy to apply because it could not be had: the domain
+          // learns of it under "sts", with the reason.
+          TlsRptPolicy none_fetched{tlsrpt::kPolicySts, {}, {}};
+          CountTls(job.domain(), none_fetched, StsProblemResultType(sts.problem), "", "", sts.problem, tlsrpt_rua);
+        }
       }
       if (tls_request == TlsRequest::kRequireTls) {
         if (std::string problem = RequireTlsMxProblem(job.domain(), mx.secure, sts_enforced); !problem.empty()) {
@@ -808,6 +854,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       request.before_data = [gate_ptr] { return gate_ptr->self->PassDataGate(gate_ptr); };
 
       absl::StatusOr<TransactionResult> result = co_await RunSmtpTransaction(request);
+      if (result.ok() && !tlsrpt_rua.empty() && route == nullptr) {
+        auto dane = dane_hosts.find(TlsaName(attempt.mx_host, attempt.port));
+        const bool dane_host = dane != dane_hosts.end() && dane->second.mode != DaneMode::kNone;
+        CountTlsSession(job.domain(), dane_host ? DanePolicyForReport(dane->second.records) : report_policy,
+                        !request.dane.empty(), dane_host && request.dane.empty(), attempt, *result, tlsrpt_rua);
+      }
       if (result.ok() && result->tls_failed && request.tls == TlsMode::kOpportunistic) {
         // Opportunistic TLS: a broken handshake must not make the host
         // unreachable. Retry the same address in plain text now, and tell
@@ -1161,8 +1213,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // records what each asks for in `hosts`, and drops the hosts whose lookup
   // failed (with the reason in plan.skipped). True when some host has TLSA
   // records, i.e. DANE governs this domain.
+  // A host whose lookup failed counts as a "dnssec-invalid" failure in the
+  // domain's TLS report when `tlsrpt_rua` is set.
   asio::awaitable<bool> ApplyDane(const v1::DeliveryJob& job, const dns::MxAnswer& mx, RoutePlan& plan,
-                                  std::map<std::string, DaneHost>& hosts) {
+                                  std::map<std::string, DaneHost>& hosts, const std::vector<std::string>& tlsrpt_rua) {
     bool applies = false;
     for (const Attempt& a : plan.attempts) {
       std::string name = TlsaName(a.mx_host, a.port);
@@ -1184,6 +1238,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         log::Event(log::Level::kWarn, "dane_tlsa_lookup_failed",
                    {{"msg", job.message_id()}, {"domain", job.domain()}, {"mx", a.mx_host},
                     {"error", dane.detail}});
+        if (!tlsrpt_rua.empty()) {
+          CountTls(job.domain(), DanePolicyForReport({}), tlsrpt::kDnssecInvalid, a.mx_host, "", dane.detail,
+                   tlsrpt_rua);
+        }
       }
       applies = applies || dane.mode != DaneMode::kNone;
       hosts.emplace(std::move(name), std::move(dane));
@@ -1209,8 +1267,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // dropped (with the reason in plan.skipped) and true is returned, so every
   // remaining attempt requires verified TLS; in testing mode they are only
   // logged.
-  asio::awaitable<bool> ApplyMtaSts(const v1::DeliveryJob& job, RoutePlan& plan) {
+  // `*found` gets the lookup (for TLS reports).
+  asio::awaitable<bool> ApplyMtaSts(const v1::DeliveryJob& job, RoutePlan& plan, StsLookup* found) {
     StsLookup sts = co_await AwaitSts(*mta_sts_, job.domain());
+    *found = sts;
     metrics_.MtaStsPolicy(sts).Inc();
     if (sts.source == "stored") {
       metrics_.mta_sts_stored.Inc();
@@ -1363,6 +1423,93 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                                                                                           : "queue_rpc_failed",
                {{"rpc", rpc}, {"queue", config_.queue}, {"error", status.error_message()},
                 {"note", "best effort; delivery goes on without it"}});
+  }
+
+  // Sends the TLS report counts to the queue every [tlsrpt] flush_seconds,
+  // and once more when the deliverer stops. Counts the queue did not take
+  // wait for the next call; what a crash holds is lost (reports are
+  // statistics: a few seconds of them, never a message).
+  static asio::awaitable<void> TlsRptLoop(std::shared_ptr<Impl> self) {
+    for (;;) {
+      if (!self->stopping_) {
+        self->tlsrpt_timer_.expires_after(self->config_.tlsrpt_flush);
+        co_await self->tlsrpt_timer_.async_wait(kNoThrow);
+      }
+      if (!self->tlsrpt_counts_.empty()) {
+        v1::RecordTlsResultsRequest request;
+        for (v1::TlsRptCount& c : self->tlsrpt_counts_.Take()) {
+          *request.add_counts() = std::move(c);
+        }
+        v1::RecordTlsResultsResponse response;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        grpc::Status status = co_await rpc::AwaitGrpc(
+            [&](auto done) { self->stub_->async()->RecordTlsResults(&ctx, &request, &response, std::move(done)); });
+        self->NoteOptionalRpc("RecordTlsResults", status, &self->tlsrpt_warned_);
+        if (!status.ok() && status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
+          std::vector<v1::TlsRptCount> back(std::make_move_iterator(request.mutable_counts()->begin()),
+                                            std::make_move_iterator(request.mutable_counts()->end()));
+          self->tlsrpt_counts_.PutBack(std::move(back));
+        }
+      }
+      if (self->stopping_) {
+        break;
+      }
+    }
+  }
+
+  // The rua of `domain`'s TLSRPT record (RFC 8460 §3), or none: the domain
+  // asks for no reports, its record is unusable, or DNS failed (its
+  // sessions then go uncounted rather than delay the delivery).
+  asio::awaitable<std::vector<std::string>> TlsRptRua(const std::string& domain) {
+    dns::TxtAnswer txt = co_await dns::AwaitTxt(resolver_, absl::StrCat("_smtp._tls.", domain));
+    if (txt.status == dns::LookupStatus::kTempFail) {
+      metrics_.TlsRptRecords("dns_error").Inc();
+      co_return std::vector<std::string>{};
+    }
+    absl::StatusOr<tlsrpt::Record> record = tlsrpt::ParseRecord(txt.records);
+    if (!record.ok()) {
+      metrics_.TlsRptRecords(absl::IsNotFound(record.status()) ? "absent" : "invalid").Inc();
+      co_return std::vector<std::string>{};
+    }
+    metrics_.TlsRptRecords("found").Inc();
+    co_return std::move(record->rua);
+  }
+
+  // Counts one session (or policy failure) for `domain`'s TLS report.
+  void CountTls(const std::string& domain, const TlsRptPolicy& policy, absl::string_view result_type,
+                absl::string_view mx_host, absl::string_view ip, absl::string_view reason,
+                const std::vector<std::string>& rua) {
+    metrics_.TlsRptSessions(policy.type, result_type.empty()).Inc();
+    if (!tlsrpt_counts_.Add(MakeTlsRptCount(UtcDay(NowUnixMs()), domain, policy, result_type, mx_host, ip, reason,
+                                            rua))) {
+      metrics_.tlsrpt_dropped.Inc();
+    }
+  }
+
+  // Counts a new session's TLS outcome under `policy`; reused sessions and
+  // sessions that did not try TLS count nothing. `dane_unusable`: DANE made
+  // TLS mandatory but none of the host's TLSA records could be used.
+  void CountTlsSession(const std::string& domain, const TlsRptPolicy& policy, bool dane, bool dane_unusable,
+                       const Attempt& attempt, const TransactionResult& result, const std::vector<std::string>& rua) {
+    const char* type = "";
+    switch (result.tls_attempt) {
+      case TlsAttempt::kNone:
+        return;
+      case TlsAttempt::kEstablished:
+        type = dane_unusable ? tlsrpt::kTlsaInvalid : "";
+        break;
+      case TlsAttempt::kNotOffered:
+        type = tlsrpt::kStartTlsNotSupported;
+        break;
+      case TlsAttempt::kHandshakeFailed:
+        type = TlsFailureResultType(result.tls_verify_error, dane);
+        break;
+    }
+    CountTls(domain, policy, type, attempt.mx_host, attempt.ip,
+             dane_unusable && result.tls_attempt == TlsAttempt::kEstablished ? "no usable TLSA record"
+                                                                            : result.tls_problem,
+             rua);
   }
 
   // Fetches the shared host flags (broken TLS, unreachable) now and every
@@ -1748,6 +1895,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   asio::steady_timer report_wake_;
   asio::steady_timer progress_wake_;
   asio::steady_timer flags_timer_;
+  asio::steady_timer tlsrpt_timer_;
+  TlsRptCounter tlsrpt_counts_{kMaxTlsRptEntries};
+  bool tlsrpt_warned_ = false;  // RecordTlsResults
   std::shared_ptr<asio::ssl::context> tls_;
   std::unique_ptr<MtaSts> mta_sts_;  // null: mta_sts=false
   ConnectionPool pool_;

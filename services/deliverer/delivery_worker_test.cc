@@ -100,6 +100,29 @@ class FakeQueue final : public v1::Queue::CallbackService {
     return get_flags_calls_;
   }
 
+  // TLS report counts as RecordTlsResults received them, merged per identity.
+  std::vector<v1::TlsRptCount> tls_counts() {
+    absl::MutexLock lock(&mu_);
+    return tls_counts_;
+  }
+  uint64_t tls_sessions(const std::string& policy_type, const std::string& result_type) {
+    uint64_t n = 0;
+    for (const v1::TlsRptCount& c : tls_counts()) {
+      n += c.policy_type() == policy_type && c.result_type() == result_type ? c.count() : 0;
+    }
+    return n;
+  }
+  grpc::ServerUnaryReactor* RecordTlsResults(grpc::CallbackServerContext* ctx, const v1::RecordTlsResultsRequest* req,
+                                             v1::RecordTlsResultsResponse*) override {
+    {
+      absl::MutexLock lock(&mu_);
+      tls_counts_.insert(tls_counts_.end(), req->counts().begin(), req->counts().end());
+    }
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* Progress(grpc::CallbackServerContext* ctx, const v1::ProgressRequest* req,
                                      v1::ProgressResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
@@ -216,6 +239,7 @@ class FakeQueue final : public v1::Queue::CallbackService {
   std::vector<v1::DeliveryProgress> progress_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> carried_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HostFlag> put_flags_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::TlsRptCount> tls_counts_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HostFlag> flags_ ABSL_GUARDED_BY(mu_);
   int get_flags_calls_ ABSL_GUARDED_BY(mu_) = 0;
   v1::ReportStatus progress_answer_ ABSL_GUARDED_BY(mu_) = v1::REPORT_STATUS_APPLIED;
@@ -796,6 +820,31 @@ TEST(DeliveryWorker, ATestingMtaStsPolicyOnlyLogsAndAnUnreachablePolicyChangesNo
   EXPECT_TRUE(down.responder->requests.empty());
 }
 
+TEST(DeliveryWorker, TlsReportsNameTheMtaStsPolicyAndAnUntrustedCertificate) {
+  const TestCerts& certs = TestCerts::Get();
+  const std::string policy = "version: STSv1\r\nmode: enforce\r\nmx: mx.x.test\r\nmax_age: 86400\r\n";
+  for (bool trusted : {true, false}) {
+    SinkOptions sink;
+    sink.ehlo = "250-sink\r\n250 STARTTLS";
+    sink.tls = trusted ? ServerTls(certs.cert, certs.key) : ServerTls(certs.self_signed, certs.self_signed_key);
+    StsCase c(policy, sink);
+    c.h.queue.full = true;
+    c.h.config.tlsrpt = true;
+    c.h.config.tlsrpt_flush = 1s;
+    c.h.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1; rua=mailto:r@x.test,https://r.x.test/tlsrpt"};
+    c.DeliverOne();
+    ASSERT_TRUE(c.h.RunUntil([&] { return !c.h.queue.tls_counts().empty(); }));
+    const v1::TlsRptCount count = c.h.queue.tls_counts()[0];
+    EXPECT_EQ(count.policy_type(), "sts");
+    EXPECT_EQ(count.result_type(), trusted ? "" : "certificate-not-trusted") << count.failure_reason_code();
+    EXPECT_EQ(std::vector<std::string>(count.policy_string().begin(), count.policy_string().end()),
+              (std::vector<std::string>{"version: STSv1", "mode: enforce", "mx: mx.x.test", "max_age: 86400"}));
+    EXPECT_EQ(std::vector<std::string>(count.mx_host().begin(), count.mx_host().end()),
+              (std::vector<std::string>{"mx.x.test"}));
+    EXPECT_EQ(count.rua_size(), 2);
+  }
+}
+
 TEST(DeliveryWorker, MtaStsOffLooksNothingUp) {
   StsCase c("version: STSv1\r\nmode: enforce\r\nmx: mx.other.test\r\nmax_age: 86400\r\n");
   c.h.config.mta_sts = false;
@@ -1129,6 +1178,82 @@ TEST(DeliveryWorker, DaneTakesPrecedenceOverMtaSts) {
   EXPECT_TRUE(res.tls_verified());
   EXPECT_EQ(c.h.resolver.txt_queries, 0);
   EXPECT_EQ(c.h.resolver.tlsa_queries, 1);
+}
+
+// TLS reports (tls_reporting.h): x.test asks for them, y.test does not.
+TEST(DeliveryWorker, TlsReportsCountNewSessionsOfDomainsThatAskForThem) {
+  SinkOptions sink = StartTlsSink(/*self_signed=*/true);
+  Harness h(sink);
+  h.queue.full = true;
+  h.config.tlsrpt = true;
+  h.config.tlsrpt_flush = 1s;
+  h.config.pool_timeout = 0s;  // every delivery a new session
+  h.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1; rua=mailto:tlsrpt@x.test"};
+  h.queue.AddJob(Job("r1", "x.test", {"alice"}));
+  h.queue.AddJob(Job("r2", "y.test", {"bob"}));
+  v1::DeliveryJob waived = Job("r3", "x.test", {"carol"});
+  waived.set_body("TLS-Required: No\r\nSubject: t\r\n\r\nhello\r\n");
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  h.queue.AddJob(waived);  // after r1: a new session, which must not count
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 3 && !h.queue.tls_counts().empty(); }));
+  h.io.run_for(1500ms);  // one more flush, for anything counted late
+  // Opportunistic TLS to a self-signed certificate is still TLS: one
+  // successful session, no policy. The sessions of r3 (TLS-Required: No)
+  // and of y.test (no TLSRPT record) are not counted.
+  std::vector<v1::TlsRptCount> counts = h.queue.tls_counts();
+  ASSERT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts[0].policy_domain(), "x.test");
+  EXPECT_EQ(counts[0].policy_type(), "no-policy-found");
+  EXPECT_EQ(counts[0].result_type(), "");
+  EXPECT_EQ(counts[0].count(), 1u);
+  EXPECT_EQ(counts[0].day(), absl::ToUnixSeconds(absl::Now()) / 86400);
+  ASSERT_EQ(counts[0].rua_size(), 1);
+  EXPECT_EQ(counts[0].rua(0), "mailto:tlsrpt@x.test");
+}
+
+TEST(DeliveryWorker, TlsReportsCountAMissingStartTlsAndABrokenHandshakeAsFailures) {
+  SinkOptions plain;
+  plain.ehlo = "250-sink\r\n250 PIPELINING";
+  Harness a(plain);
+  a.queue.full = true;
+  a.config.tlsrpt = true;
+  a.config.tlsrpt_flush = 1s;
+  a.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1;rua=mailto:r@x.test"};
+  a.queue.AddJob(Job("f1", "x.test", {"alice"}));
+  a.Start();
+  ASSERT_TRUE(a.RunUntil([&] { return !a.queue.tls_counts().empty(); }));
+  EXPECT_EQ(a.queue.tls_sessions("no-policy-found", "starttls-not-supported"), 1u);
+  EXPECT_EQ(a.queue.tls_counts()[0].receiving_mx_hostname(), "mx.x.test");
+  EXPECT_EQ(a.queue.tls_counts()[0].receiving_ip(), "127.0.0.1");
+
+  SinkOptions broken;
+  broken.ehlo = "250-sink\r\n250 STARTTLS";
+  broken.break_tls = true;
+  Harness b(broken);
+  b.queue.full = true;
+  b.config.tlsrpt = true;
+  b.config.tlsrpt_flush = 1s;
+  b.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1;rua=mailto:r@x.test"};
+  b.queue.AddJob(Job("f2", "x.test", {"alice"}));
+  b.Start();
+  ASSERT_TRUE(b.RunUntil([&] { return !b.queue.tls_counts().empty(); }));
+  b.io.run_for(1500ms);
+  // The plain-text retry that delivered it tried no TLS: only the failure counts.
+  EXPECT_EQ(b.queue.tls_sessions("no-policy-found", "validation-failure"), 1u);
+  EXPECT_EQ(b.queue.tls_counts().size(), 1u);
+}
+
+TEST(DeliveryWorker, TlsReportsAreOffByDefaultAndLookNothingUp) {
+  Harness h;
+  h.queue.full = true;
+  h.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1;rua=mailto:r@x.test"};
+  h.config.mta_sts = false;
+  h.queue.AddJob(Job("o1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_EQ(h.resolver.txt_queries, 0);
+  EXPECT_TRUE(h.queue.tls_counts().empty());
 }
 
 TEST(DeliveryWorker, LearnsBrokenTlsHostsFromTheQueue) {

@@ -346,6 +346,7 @@ class Session {
     const absl::Status tls =
         co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, /*verify=*/true, req_.timeouts.starttls);
     if (!tls.ok()) {
+      NoteTls(TlsAttempt::kHandshakeFailed, tls.message());
       const bool cert = absl::StrContains(tls.message(), "certificate verify failed");
       Fail("4.7.5", absl::StrCat("implicit TLS with host ", relay_,
                                  cert ? ": the certificate did not verify: " : " failed: ", tls.message()));
@@ -353,7 +354,15 @@ class Session {
     }
     session_->tls = conn().TlsDescription();
     session_->tls_verified = true;
+    NoteTls(TlsAttempt::kEstablished, "");
     co_return true;
+  }
+
+  // For TLS reports: a new session's TLS outcome (see TlsAttempt).
+  void NoteTls(TlsAttempt attempt, absl::string_view problem) {
+    res_.tls_attempt = attempt;
+    res_.tls_problem = std::string(problem);
+    res_.tls_verify_error = attempt == TlsAttempt::kHandshakeFailed ? conn().tls_verify_error() : 0;
   }
 
   asio::awaitable<bool> StartTls() {
@@ -362,6 +371,7 @@ class Session {
       co_return true;  // no TLS, or already under implicit TLS
     }
     if (!session_->caps.starttls) {
+      NoteTls(TlsAttempt::kNotOffered, "STARTTLS not offered");
       if (required) {
         Fail("4.7.4", absl::StrCat("TLS is required by ", req_.tls_required_by, ", but host ", relay_,
                                    " does not offer STARTTLS"));
@@ -378,6 +388,7 @@ class Session {
       co_return false;
     }
     if (reply->code != 220) {
+      NoteTls(TlsAttempt::kNotOffered, reply->ToString());
       if (reply->code == 421) {
         FailWithReply(*reply, "closed the session at STARTTLS");
         co_return false;
@@ -403,6 +414,7 @@ class Session {
       tls = co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, verify, req_.timeouts.starttls);
     }
     if (!tls.ok()) {
+      NoteTls(TlsAttempt::kHandshakeFailed, tls.message());
       const bool cert = verify && absl::StrContains(tls.message(), "certificate verify failed");
       if (required) {
         Fail("4.7.5", absl::StrCat("TLS is required by ", req_.tls_required_by, ", but ",
@@ -419,6 +431,7 @@ class Session {
       co_return false;
     }
     session_->tls = conn().TlsDescription();
+    NoteTls(TlsAttempt::kEstablished, "");
     // Only an enforced verification counts: net::Connection::peer_verified()
     // can report true for a chain it merely tolerated (OpenSSL calls the
     // verify callback again at depth 0 after an overridden error), so an

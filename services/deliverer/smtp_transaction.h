@@ -146,6 +146,14 @@ struct TransactionRequest {
   std::function<asio::awaitable<absl::Status>()> before_data;
 };
 
+// How a new session's TLS negotiation went, for TLS reports (RFC 8460).
+enum class TlsAttempt {
+  kNone,             // not tried (TLS off, a reused session, or it never got that far)
+  kEstablished,      // TLS is up
+  kNotOffered,       // no STARTTLS in the EHLO reply, or STARTTLS refused
+  kHandshakeFailed,  // the handshake or the certificate check failed
+};
+
 struct TransactionResult {
   // Parallel to request.recipients: the decided outcome, or nullopt.
   std::vector<std::optional<RecipientOutcome>> outcomes;
@@ -177,6 +185,12 @@ struct TransactionResult {
   // The matched TLSA record ("3 1 1 at depth 0"); "unusable" when DANE made
   // TLS mandatory but no record was usable; "" = no DANE.
   std::string dane;
+  // TLS reports: what became of TLS on this session (only a new one says
+  // anything), OpenSSL's X509_V_ERR_* for a certificate that failed its
+  // check (0 otherwise), and the server's or the verifier's words.
+  TlsAttempt tls_attempt = TlsAttempt::kNone;
+  long tls_verify_error = 0;
+  std::string tls_problem;
   std::string auth_mechanism;     // "" = no AUTH
   std::string warning;            // e.g. AUTH not offered, sent without it
   bool reused = false;            // a pooled session carried this transaction

@@ -32,8 +32,9 @@
 // Thread-safety: immutable after Load; the ssl::context is shared by every
 // connection of the worker (OpenSSL contexts are safe to share once set up).
 //
-// Standards: RFC 3207 (STARTTLS), RFC 6125 (name checks), RFC 8314 §5 is NOT
-// implemented (no implicit TLS to port 465).
+// Standards: RFC 3207 (STARTTLS), RFC 6125 (name checks). Implicit TLS
+// (RFC 8314, port 465) is a route's tls=implicit (static_routes.h), not
+// decided here.
 #pragma once
 
 #include <memory>

@@ -84,6 +84,8 @@ constexpr auto kRebuildChannelAfter = std::chrono::seconds(10);
 // count is one (domain, policy, failure kind, MX) per day, so even a large
 // sender's day fits; beyond it counts are dropped, never memory.
 constexpr size_t kMaxTlsRptEntries = 50000;
+// The most counts the queue takes in one RecordTlsResults call.
+constexpr size_t kMaxTlsRptPerCall = 10000;
 
 // The longest a send_email hook may hold a delivery back (a day) and a
 // deferred hook may push a retry (a year): a typo in a hook cannot park mail
@@ -245,7 +247,8 @@ struct Metrics {
   }
   metrics::Counter& tlsrpt_dropped = r.GetCounter(
       "tern_deliverer_tlsrpt_dropped_total",
-      "TLS report counts dropped because the queue stayed away and the deliverer's buffer was full");
+      "TLS report counts dropped: the deliverer's buffer was full while the queue stayed away, or the queue "
+      "refused them as invalid");
 
   metrics::Counter& Dane(DaneMode m) {
     return r.GetCounter("tern_deliverer_dane_hosts_total",
@@ -1435,10 +1438,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         self->tlsrpt_timer_.expires_after(self->config_.tlsrpt_flush);
         co_await self->tlsrpt_timer_.async_wait(kNoThrow);
       }
-      if (!self->tlsrpt_counts_.empty()) {
+      std::vector<v1::TlsRptCount> all = self->tlsrpt_counts_.Take();
+      for (size_t from = 0; from < all.size(); from += kMaxTlsRptPerCall) {
         v1::RecordTlsResultsRequest request;
-        for (v1::TlsRptCount& c : self->tlsrpt_counts_.Take()) {
-          *request.add_counts() = std::move(c);
+        const size_t to = std::min(all.size(), from + kMaxTlsRptPerCall);
+        for (size_t i = from; i < to; ++i) {
+          *request.add_counts() = std::move(all[i]);
         }
         v1::RecordTlsResultsResponse response;
         grpc::ClientContext ctx;
@@ -1446,7 +1451,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         grpc::Status status = co_await rpc::AwaitGrpc(
             [&](auto done) { self->stub_->async()->RecordTlsResults(&ctx, &request, &response, std::move(done)); });
         self->NoteOptionalRpc("RecordTlsResults", status, &self->tlsrpt_warned_);
-        if (!status.ok() && status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
+        if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+          // Sending them again would be refused again: counted as lost.
+          self->metrics_.tlsrpt_dropped.Inc(static_cast<uint64_t>(request.counts_size()));
+        } else if (!status.ok()) {
           std::vector<v1::TlsRptCount> back(std::make_move_iterator(request.mutable_counts()->begin()),
                                             std::make_move_iterator(request.mutable_counts()->end()));
           self->tlsrpt_counts_.PutBack(std::move(back));

@@ -13,6 +13,26 @@ void AppendBigEndian64(std::string* out, uint64_t v) {
 
 uint64_t ClampDue(int64_t due_unix_ms) { return due_unix_ms < 0 ? 0 : static_cast<uint64_t>(due_unix_ms); }
 
+void AppendBigEndian32(std::string* out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    out->push_back(static_cast<char>((v >> shift) & 0xff));
+  }
+}
+
+// A length-prefixed string: no two sequences of them encode alike.
+void AppendField(std::string* out, absl::string_view s) {
+  AppendBigEndian32(out, static_cast<uint32_t>(s.size()));
+  out->append(s.data(), s.size());
+}
+
+template <typename Repeated>
+void AppendList(std::string* out, const Repeated& list) {
+  AppendBigEndian32(out, static_cast<uint32_t>(list.size()));
+  for (const auto& s : list) {
+    AppendField(out, s);
+  }
+}
+
 }  // namespace
 
 std::string EncodeScheduleKey(JobType type, int64_t due_unix_ms, absl::string_view job_id) {
@@ -70,6 +90,59 @@ std::string HostFlagKey(absl::string_view flag, absl::string_view host) {
 }
 
 std::string StsPolicyKey(absl::string_view domain) { return absl::StrCat("s", domain); }
+
+std::string TlsRptPrefix() { return "t"; }
+
+std::string TlsRptDayPrefix(int64_t day) {
+  std::string key = TlsRptPrefix();
+  AppendBigEndian64(&key, day < 0 ? 0 : static_cast<uint64_t>(day));
+  return key;
+}
+
+std::string TlsRptDomainPrefix(int64_t day, absl::string_view domain) {
+  std::string key = TlsRptDayPrefix(day);
+  key.append(domain.data(), domain.size());
+  key.push_back('\0');
+  return key;
+}
+
+std::string TlsRptCountKey(const tern::v1::TlsRptCount& count) {
+  std::string key = TlsRptDomainPrefix(count.day(), count.policy_domain());
+  AppendField(&key, count.policy_type());
+  AppendList(&key, count.policy_string());
+  AppendList(&key, count.mx_host());
+  AppendField(&key, count.result_type());
+  AppendField(&key, count.receiving_mx_hostname());
+  AppendField(&key, count.receiving_ip());
+  AppendField(&key, count.failure_reason_code());
+  return key;
+}
+
+std::string PrefixEnd(absl::string_view prefix) {
+  std::string end(prefix);
+  while (!end.empty() && static_cast<uint8_t>(end.back()) == 0xff) {
+    end.pop_back();
+  }
+  if (!end.empty()) {
+    end.back() = static_cast<char>(static_cast<uint8_t>(end.back()) + 1);
+  }
+  return end;
+}
+
+std::optional<TlsRptKey> DecodeTlsRptKey(absl::string_view key) {
+  if (key.size() < 10 || key[0] != 't') {
+    return std::nullopt;
+  }
+  uint64_t day = 0;
+  for (int i = 1; i <= 8; ++i) {
+    day = (day << 8) | static_cast<uint8_t>(key[i]);
+  }
+  const size_t nul = key.find('\0', 9);
+  if (day > static_cast<uint64_t>(INT64_MAX) || nul == absl::string_view::npos) {
+    return std::nullopt;
+  }
+  return TlsRptKey{static_cast<int64_t>(day), std::string(key.substr(9, nul - 9))};
+}
 
 std::string HostFlagPrefix(absl::string_view flag) {
   std::string out = "h";

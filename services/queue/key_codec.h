@@ -15,6 +15,10 @@
 //   meta        'i' | idempotency key          -> IdempotencyRecord (message id, time)
 //               'h' | flag | 0x00 | host       -> tern.v1.HostFlag (shared host facts)
 //               's' | domain                   -> tern.v1.StsPolicyRecord (MTA-STS policies)
+//               't' | day(8, big-endian) | policy domain | 0x00 | identity
+//                                              -> tern.v1.TlsRptCount (RFC 8460 session counts; the
+//               identity is every field but count and rua, so equal sessions share a key, and one
+//               (day, domain) is one key range, days in order)
 //   events      seq(8, big-endian)             -> tern.v1.QueueEvent (the event log)
 //   corrupt     source CF name | 0x00 | key    -> the unparseable value as found
 //
@@ -29,6 +33,7 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "tern/v1/tlsrpt.pb.h"
 
 namespace tern::queue {
 
@@ -79,6 +84,30 @@ std::string IdempotencyKey(absl::string_view key);
 std::string HostFlagKey(absl::string_view flag, absl::string_view host);
 std::string HostFlagPrefix(absl::string_view flag);
 std::string StsPolicyKey(absl::string_view domain);
+
+// TLS report counts (tern.v1.TlsRptCount). The key of `count`: its day, its
+// policy domain and its identity: policy_type, policy_string, mx_host,
+// result_type, receiving_mx_hostname, receiving_ip and failure_reason_code,
+// each length-prefixed, so two counts share a key exactly when they differ
+// only in count and rua. A negative day is stored as 0 (callers refuse
+// them). The domain must not contain NUL.
+std::string TlsRptCountKey(const tern::v1::TlsRptCount& count);
+// The prefix of every count key ("t"), of one day's, and of one (day,
+// domain)'s.
+std::string TlsRptPrefix();
+std::string TlsRptDayPrefix(int64_t day);
+std::string TlsRptDomainPrefix(int64_t day, absl::string_view domain);
+// The smallest key after every key that starts with `prefix` (an exclusive
+// upper bound for a prefix scan); "" if there is none (all bytes 0xff).
+std::string PrefixEnd(absl::string_view prefix);
+struct TlsRptKey {
+  int64_t day = 0;
+  std::string policy_domain;
+
+  friend bool operator==(const TlsRptKey&, const TlsRptKey&) = default;
+};
+// The day and domain of a count key; nullopt if `key` is not one.
+std::optional<TlsRptKey> DecodeTlsRptKey(absl::string_view key);
 
 // Event keys sort by sequence number.
 std::string EventKey(uint64_t seq);

@@ -93,5 +93,75 @@ TEST(KeyCodec, StsPolicyKeysAreApartFromHostFlagsAndIdempotencyKeys) {
   EXPECT_NE(HostFlagKey("x", "y").rfind(StsPolicyKey(""), 0), 0u);
 }
 
+tern::v1::TlsRptCount Count(int64_t day, const std::string& domain, const std::string& result_type = "") {
+  tern::v1::TlsRptCount c;
+  c.set_day(day);
+  c.set_policy_domain(domain);
+  c.set_policy_type("sts");
+  c.add_policy_string("version: STSv1");
+  c.add_policy_string("mode: enforce");
+  c.add_mx_host("*.mx.example");
+  c.set_result_type(result_type);
+  c.set_count(3);
+  c.add_rua("mailto:tlsrpt@example.com");
+  return c;
+}
+
+TEST(KeyCodec, TlsRptKeysSortByDayThenDomainAndRoundTrip) {
+  const std::vector<std::string> in_order = {
+      TlsRptCountKey(Count(0, "z.example")),        TlsRptCountKey(Count(255, "a.example")),
+      TlsRptCountKey(Count(256, "a.example")),      TlsRptCountKey(Count(256, "a.example.net")),
+      TlsRptCountKey(Count(256, "b.example")),      TlsRptCountKey(Count(20000, "a.example")),
+  };
+  std::vector<std::string> sorted = in_order;
+  std::reverse(sorted.begin(), sorted.end());
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, in_order);
+  const std::string key = TlsRptCountKey(Count(20000, "example.com", "certificate-expired"));
+  EXPECT_EQ(DecodeTlsRptKey(key), (TlsRptKey{20000, "example.com"}));
+  EXPECT_EQ(key.rfind(TlsRptDomainPrefix(20000, "example.com"), 0), 0u);
+  EXPECT_EQ(key.rfind(TlsRptDayPrefix(20000), 0), 0u);
+  EXPECT_EQ(key.rfind(TlsRptPrefix(), 0), 0u);
+  // "example.co" is a prefix of "example.com" as text, not as a domain.
+  EXPECT_NE(key.rfind(TlsRptDomainPrefix(20000, "example.co"), 0), 0u);
+  EXPECT_EQ(DecodeTlsRptKey(StsPolicyKey("example.com")), std::nullopt);
+  EXPECT_EQ(DecodeTlsRptKey(TlsRptDayPrefix(1)), std::nullopt);
+}
+
+TEST(KeyCodec, TlsRptKeyIgnoresCountAndRuaOnly) {
+  const tern::v1::TlsRptCount base = Count(20000, "example.com");
+  tern::v1::TlsRptCount other = base;
+  other.set_count(99);
+  other.clear_rua();
+  other.add_rua("https://reports.example.com/");
+  EXPECT_EQ(TlsRptCountKey(other), TlsRptCountKey(base));
+
+  std::vector<tern::v1::TlsRptCount> differing(8, base);
+  differing[0].set_policy_type("tlsa");
+  differing[1].add_policy_string("max_age: 86400");
+  differing[2].clear_mx_host();
+  differing[3].set_result_type("certificate-expired");
+  differing[4].set_receiving_mx_hostname("mx1.example.com");
+  differing[5].set_receiving_ip("192.0.2.1");
+  differing[6].set_failure_reason_code("X509_V_ERR_CERT_HAS_EXPIRED");
+  // The same bytes split differently between two lists must not collide.
+  differing[7].clear_policy_string();
+  differing[7].add_policy_string("version: STSv1mode: enforce");
+  std::vector<std::string> keys = {TlsRptCountKey(base)};
+  for (const auto& c : differing) {
+    keys.push_back(TlsRptCountKey(c));
+  }
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+TEST(KeyCodec, PrefixEndIsTheFirstKeyAfterThePrefix) {
+  EXPECT_EQ(PrefixEnd("t"), "u");
+  EXPECT_EQ(PrefixEnd(std::string("a\xff", 2)), "b");
+  EXPECT_EQ(PrefixEnd(std::string("\xff", 1)), "");
+  EXPECT_LT(TlsRptCountKey(Count(7, "example.com")), PrefixEnd(TlsRptDomainPrefix(7, "example.com")));
+  EXPECT_LT(PrefixEnd(TlsRptDomainPrefix(7, "example.com")), TlsRptCountKey(Count(7, "example.com.")));
+}
+
 }  // namespace
 }  // namespace tern::queue

@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "lib/address/mailbox.h"
 #include "lib/common/status_macros.h"
 
 namespace tern::queue {
@@ -34,6 +35,26 @@ absl::Status QueueConfig::Validate() const {
   if (core.lease_seconds < 1 || core.lease_seconds > core.max_lease_seconds) {
     return absl::InvalidArgumentError(absl::StrCat("tern.ini: [queue] lease_seconds: ", core.lease_seconds,
                                                    " is not in [1, max_lease_seconds]"));
+  }
+  const TlsRptOptions& tlsrpt = core.tlsrpt;
+  if (tlsrpt.enabled) {
+    if (tlsrpt.from.empty()) {
+      return absl::InvalidArgumentError(
+          "tern.ini: [tlsrpt] from: required with enabled=true (the address TLS reports are sent from, "
+          "e.g. from=tlsrpt@mail.example.com)");
+    }
+    if (absl::StatusOr<address::Mailbox> m = address::ParseMailbox(tlsrpt.from, /*smtputf8=*/false);
+        !m.ok() || m->is_address_literal()) {
+      return absl::InvalidArgumentError(absl::StrCat("tern.ini: [tlsrpt] from: '", tlsrpt.from,
+                                                     "' is not an address like tlsrpt@mail.example.com"));
+    }
+    if (!address::IsValidDomain(tlsrpt.submitter, /*smtputf8=*/false)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tern.ini: [tlsrpt] submitter: '", tlsrpt.submitter, "' is not a domain name"));
+    }
+    if (tlsrpt.organization.empty() || tlsrpt.contact.empty()) {
+      return absl::InvalidArgumentError("tern.ini: [tlsrpt] organization and contact must not be empty");
+    }
   }
   return absl::OkStatus();
 }
@@ -152,6 +173,23 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
   std::sort(out.core.delay_warning_ms.begin(), out.core.delay_warning_ms.end());
   out.core.delay_warning_ms.erase(std::unique(out.core.delay_warning_ms.begin(), out.core.delay_warning_ms.end()),
                                   out.core.delay_warning_ms.end());
+
+  {
+    TlsRptOptions& t = out.core.tlsrpt;
+    TERN_ASSIGN_OR_RETURN(t.enabled, tern.GetBool("tlsrpt", "enabled", t.enabled));
+    t.from = std::string(absl::StripAsciiWhitespace(tern.GetString("tlsrpt", "from", "")));
+    // The defaults follow `from`; an unusable `from` is Validate()'s to report.
+    const size_t at = t.from.rfind('@');
+    const std::string from_domain = at == std::string::npos ? "" : absl::AsciiStrToLower(t.from.substr(at + 1));
+    // An empty value ("organization=") is the default too.
+    auto get = [&tern](const char* key, const std::string& def) {
+      std::string v(absl::StripAsciiWhitespace(tern.GetString("tlsrpt", key, "")));
+      return v.empty() ? def : v;
+    };
+    t.organization = get("organization", from_domain);
+    t.contact = get("contact", t.from);
+    t.submitter = absl::AsciiStrToLower(get("submitter", from_domain));
+  }
 
   TERN_ASSIGN_OR_RETURN(config::IniFile outbound, dir.Ini("outbound.ini"));
   TERN_ASSIGN_OR_RETURN(out.core.disabled, outbound.GetBool("main", "disabled", false));

@@ -18,6 +18,12 @@
 //     idempotency_retention=7d       Enqueue idempotency keys dedupe this long; 0 = forever
 //     min_free_bytes=104857600       refuse Enqueue below this much free disk; 0 = off
 //     wal_prefill_bytes=67108864     zero-filled spare for each WAL (wal_prefill.h); 0 = off
+//   tern.ini [tlsrpt]                SMTP TLS Reporting (RFC 8460), queue_core.h TlsRptOptions
+//     enabled=false                  send daily TLS reports (deliverers read it to count at all)
+//     from=                          reports' envelope sender and From:; required when enabled
+//     organization=                  report organization-name; default: the domain of `from`
+//     contact=                       report contact-info; default: `from`
+//     submitter=                     TLS-Report-Submitter and report ids; default: the domain of `from`
 //   outbound.ini [main]
 //     disabled=false                 pause delivery (reloaded on SIGHUP)
 //     temp_fail_intervals=(unset)    Haraka's retry schedule grammar
@@ -45,7 +51,9 @@ struct QueueConfig {
   CoreOptions core;
 
   // Checks ranges: lease_seconds in [1, max_lease_seconds], max_lease_seconds
-  // in [1, 86400*7], max_lease_body_bytes >= 1, listen not empty.
+  // in [1, 86400*7], max_lease_body_bytes >= 1, listen not empty; with
+  // [tlsrpt] enabled, a `from` that is an address and a submitter that is a
+  // domain.
   absl::Status Validate() const;
 };
 

@@ -168,3 +168,66 @@ TEST_F(QueueConfigDirTest, IdempotencyRetentionIsADurationAtLeastTheLongestLease
 
 }  // namespace
 }  // namespace tern::queue
+
+namespace tern::queue {
+namespace {
+
+TEST_F(QueueConfigDirTest, TlsRptIsOffByDefault) {
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_FALSE(cfg->core.tlsrpt.enabled);
+  EXPECT_EQ(cfg->core.tlsrpt.from, "");
+}
+
+TEST_F(QueueConfigDirTest, TlsRptDefaultsFollowFrom) {
+  Write("tern.ini", "[tlsrpt]\nenabled=true\nfrom=tlsrpt@Mail.Example.com\norganization=\n");
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  const TlsRptOptions& t = cfg->core.tlsrpt;
+  EXPECT_TRUE(t.enabled);
+  EXPECT_EQ(t.from, "tlsrpt@Mail.Example.com");
+  EXPECT_EQ(t.organization, "mail.example.com");  // an empty value is the default too
+  EXPECT_EQ(t.contact, "tlsrpt@Mail.Example.com");
+  EXPECT_EQ(t.submitter, "mail.example.com");
+}
+
+TEST_F(QueueConfigDirTest, TlsRptKeysOverrideTheDefaults) {
+  Write("tern.ini",
+        "[tlsrpt]\nenabled=yes\nfrom=reports@example.net\norganization=Example Ltd\n"
+        "contact=https://example.net/tls\nsubmitter=MX.Example.net\n");
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  const TlsRptOptions& t = cfg->core.tlsrpt;
+  EXPECT_EQ(t.organization, "Example Ltd");
+  EXPECT_EQ(t.contact, "https://example.net/tls");
+  EXPECT_EQ(t.submitter, "mx.example.net");
+}
+
+TEST_F(QueueConfigDirTest, TlsRptEnabledWithoutUsableFromIsAnError) {
+  Write("tern.ini", "[tlsrpt]\nenabled=true\n");
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(), HasSubstr("[tlsrpt] from: required with enabled=true"));
+
+  Write("tern.ini", "[tlsrpt]\nenabled=true\nfrom=not an address\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(), HasSubstr("[tlsrpt] from: 'not an address'"));
+
+  Write("tern.ini", "[tlsrpt]\nenabled=true\nfrom=a@example.com\nsubmitter=not a domain\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(), HasSubstr("[tlsrpt] submitter"));
+
+  // Off, nothing is needed (the counts are only purged).
+  Write("tern.ini", "[tlsrpt]\nenabled=false\n");
+  EXPECT_TRUE(LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt).ok());
+
+  Write("tern.ini", "[tlsrpt]\nenabled=maybe\nfrom=a@example.com\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(), HasSubstr("enabled"));
+}
+
+}  // namespace
+}  // namespace tern::queue

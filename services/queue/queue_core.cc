@@ -113,6 +113,7 @@ absl::Status QueueCore::Impl::Open() {
                                [](const absl::Status&) {}});
   }
   recovered_data_sent_.clear();
+  StartTlsReporter();
   return absl::OkStatus();
 }
 
@@ -952,6 +953,12 @@ void QueueCore::Impl::OnTick() {
     PruneIdempotencyKeys();
     rate_.Prune(now);
   }
+  // TLS reports: the report thread looks for finished days (and counts past
+  // their retention) at most once a minute; the tick only wakes it.
+  if (tlsrpt_wake_ms_ == 0 || now - tlsrpt_wake_ms_ >= 60'000 || now < tlsrpt_wake_ms_) {
+    tlsrpt_wake_ms_ = now;
+    WakeTlsReporter();
+  }
 }
 
 void QueueCore::Impl::PublishGauges() {
@@ -1643,6 +1650,16 @@ uint64_t QueueCore::LastEventSeq() const { return impl_->LastEventSeq(); }
 uint64_t QueueCore::OldestEventSeq() { return impl_->OldestEventSeq(); }
 bool QueueCore::WaitForEvents(uint64_t after, int64_t timeout_ms) { return impl_->WaitForEvents(after, timeout_ms); }
 void QueueCore::Flush(Callback<uint64_t> done) { impl_->Flush(std::move(done)); }
+void QueueCore::RecordTlsResults(tern::v1::RecordTlsResultsRequest request,
+                                 Callback<tern::v1::RecordTlsResultsResponse> done) {
+  impl_->RecordTlsResults(std::move(request), std::move(done));
+}
+absl::StatusOr<tern::v1::ListTlsReportsResponse> QueueCore::ListTlsReports() { return impl_->ListTlsReports(); }
+void QueueCore::SendTlsReports(tern::v1::SendTlsReportsRequest request,
+                               Callback<tern::v1::SendTlsReportsResponse> done) {
+  impl_->SendTlsReports(std::move(request), std::move(done));
+}
+int64_t QueueCore::TlsReportRunTimeForTest() const { return impl_->TlsReportRunTimeForTest(); }
 void QueueCore::BeginShutdown() { impl_->BeginShutdown(); }
 
 const Clock* SystemClock::Get() {

@@ -26,6 +26,12 @@
 // still matches (the lease ran out but nobody took the job since) is applied:
 // the work was done, and redoing it would send the mail twice.
 //
+// TLS reports (RFC 8460). Deliverers record session counts per UTC day and
+// policy domain (RecordTlsResults, meta records); a thread of the core's own
+// turns each finished day's counts of a domain into one report e-mail per
+// mailto: rua and queues them through the ordinary enqueue path, in the same
+// write that deletes the counts (queue_tls_reports.cc explains why).
+//
 // Thread-safety: every public method may be called from any thread. The
 // worker-facing ones (Enqueue, EnqueueMany, Lease, Report, Ack, Progress)
 // commit on the calling thread when the writer role is free: they then block
@@ -36,7 +42,8 @@
 //
 // Standards: RFC 3461 (NOTIFY, RET: which outcomes become DSN jobs and what of
 // the original they carry), RFC 3463 (enhanced status codes: 4.x.x becomes
-// 5.x.x when retries run out, as in Haraka).
+// 5.x.x when retries run out, as in Haraka), RFC 8460 (TLS reports: daily,
+// per policy domain, one e-mail per mailto: rua, §3 and §5.3).
 #pragma once
 
 #include <atomic>
@@ -70,6 +77,29 @@ enum class AmbiguousPolicy {
 // Largest body the queue accepts: a Lease response must carry it in one gRPC
 // message (lib/rpc kMaxMessageBytes is 256 MiB), with room for the envelope.
 inline constexpr uint64_t kMaxBodyBytes = 250ull << 20;
+
+// SMTP TLS Reporting (RFC 8460), tern.ini [tlsrpt]: the daily reports the
+// queue sends from the session counts deliverers record (RecordTlsResults).
+struct TlsRptOptions {
+  // Send the reports (deliverers read the same key to decide whether to
+  // count at all). Counts older than kTlsRptRetentionDays are deleted either
+  // way. Default: false
+  bool enabled = false;
+  // The reports' envelope sender and From: address; required when enabled.
+  // Default: empty
+  std::string from;
+  // The report's organization-name. Default: the domain of `from`.
+  std::string organization;
+  // The report's contact-info. Default: `from`.
+  std::string contact;
+  // The TLS-Report-Submitter header field, the domain in report ids and
+  // Message-IDs. Default: the domain of `from`.
+  std::string submitter;
+};
+
+// Counts of days older than this many days before today (UTC) are deleted,
+// sent or not, so nothing grows without bound.
+inline constexpr int64_t kTlsRptRetentionDays = 7;
 
 struct CoreOptions {
   // RocksDB directory; created if missing. Default: var/queue
@@ -143,6 +173,8 @@ struct CoreOptions {
   // Must outlast any retry of a client that uses keys (the bouncer retries a
   // DSN after its bounce lease runs out). 0 = keep forever. Default: 7 days.
   int64_t idempotency_retention_ms = 7 * 24 * 3600 * 1000LL;
+  // Default: off (see TlsRptOptions).
+  TlsRptOptions tlsrpt;
   // Not owned; must outlive the core. Default: the system clock.
   const Clock* clock = SystemClock::Get();
 };
@@ -214,6 +246,26 @@ class QueueCore {
   // keeping each until its expiry so every deliverer's refresh sees the
   // clearing (HostFlag.cleared). Completes with the flags that were in force.
   void ClearHostFlags(tern::v1::ClearHostFlagsRequest request, Callback<tern::v1::ClearHostFlagsResponse> done);
+
+  // TLS report counts (queue.proto RecordTlsResults), each added to the
+  // stored count of the same (day, domain, identity) in one synced write;
+  // the latest rua wins. InvalidArgument, storing nothing, for an empty
+  // domain, an unknown policy_type, a count of 0, more than 10,000 counts,
+  // or an overlong string. Counts of days past the retention are dropped.
+  void RecordTlsResults(tern::v1::RecordTlsResultsRequest request,
+                        Callback<tern::v1::RecordTlsResultsResponse> done);
+  // Admin: the stored counts per (day, domain), read from committed state on
+  // the calling thread.
+  absl::StatusOr<tern::v1::ListTlsReportsResponse> ListTlsReports();
+  // Admin: queues now the reports of every finished day (and today's so far
+  // with include_today), as the queue does by itself after midnight UTC.
+  // Runs on the queue's TLS report thread, one run at a time; completes there.
+  // FailedPrecondition when [tlsrpt] is off.
+  void SendTlsReports(tern::v1::SendTlsReportsRequest request, Callback<tern::v1::SendTlsReportsResponse> done);
+  // The clock (Unix ms) when the last finished report run (automatic or
+  // SendTlsReports) began; 0 before the first. A test that moved the clock
+  // to T waits for a value >= T to know a run saw T.
+  int64_t TlsReportRunTimeForTest() const;
 
   // outbound.ini `disabled` as (re)read from the file. A change of it also
   // ends a Pause/Resume override.

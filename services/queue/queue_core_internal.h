@@ -2,7 +2,8 @@
 //
 // PRIVATE to tern-queue's core: the definition of QueueCore::Impl and its
 // helpers, shared by the .cc files that implement it (queue_core.cc: queue
-// operations and recovery; queue_admin.cc: the admin operations and events).
+// operations and recovery; queue_admin.cc: the admin operations and events;
+// queue_tls_reports.cc: TLS report counts and the daily reports).
 // Nothing outside services/queue/queue_*.cc includes this.
 //
 // Thread-safety: see queue_core.h; everything here belongs to the writer
@@ -19,6 +20,7 @@
 #include <optional>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -437,6 +439,7 @@ class QueueCore::Impl {
   }
 
   ~Impl() {
+    StopTlsReporter();
     if (committer_) {
       BeginShutdown();
       committer_->Stop();
@@ -512,6 +515,13 @@ class QueueCore::Impl {
   uint64_t LastEventSeq() const { return committed_event_seq_.load(std::memory_order_acquire); }
   uint64_t OldestEventSeq();
   bool WaitForEvents(uint64_t after, int64_t timeout_ms);
+
+  // TLS reports (queue_tls_reports.cc).
+  void RecordTlsResults(tern::v1::RecordTlsResultsRequest request,
+                        Callback<tern::v1::RecordTlsResultsResponse> done);
+  absl::StatusOr<tern::v1::ListTlsReportsResponse> ListTlsReports();
+  void SendTlsReports(tern::v1::SendTlsReportsRequest request, Callback<tern::v1::SendTlsReportsResponse> done);
+  int64_t TlsReportRunTimeForTest() const { return tlsrpt_last_run_ms_.load(std::memory_order_acquire); }
 
  private:
   struct KindState {
@@ -976,6 +986,41 @@ class QueueCore::Impl {
   void WakeWaiters(JobKind kind);
   void OnTick();
   void PublishGauges();
+
+  // TLS reports (queue_tls_reports.cc): the report thread, started by Open
+  // after the committer and stopped before it.
+  struct TlsReportJob {
+    bool include_today = false;
+    Callback<tern::v1::SendTlsReportsResponse> done;
+  };
+  // The counts of one (day, policy domain) as committed: keys and raw values
+  // in key order, and the counts that parse.
+  struct TlsCountGroup {
+    std::vector<std::pair<std::string, std::string>> records;
+    std::vector<bool> corrupt;
+    std::vector<tern::v1::TlsRptCount> counts;
+  };
+  void StartTlsReporter();
+  void StopTlsReporter();
+  // Asks the report thread for an automatic run (from the tick).
+  void WakeTlsReporter();
+  bool TlsReporterHasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(tlsrpt_mu_) {
+    return tlsrpt_stop_ || tlsrpt_auto_ || !tlsrpt_jobs_.empty();
+  }
+  void TlsReportLoop();
+  // One run: deletes counts past the retention, then (when enabled) queues
+  // the reports of the days before `end_day` (see the .cc). `manual`: an
+  // admin run, which stops at the first error and returns it.
+  absl::StatusOr<tern::v1::SendTlsReportsResponse> RunTlsReports(bool manual, bool include_today);
+  absl::Status PurgeTlsCounts(int64_t before_day);
+  absl::StatusOr<std::vector<TlsRptKey>> ListTlsCountGroups(int64_t from_day, int64_t end_day);
+  absl::StatusOr<TlsCountGroup> ReadTlsCountGroup(int64_t day, const std::string& domain);
+  // Builds and queues the report(s) of one (day, domain) and deletes its
+  // counts; an empty TlsRptSent (no domain) if there were none left.
+  absl::StatusOr<tern::v1::TlsRptSent> ReportTlsCountGroup(int64_t day, const std::string& domain, int64_t now);
+  // Submits `op` to the committer and waits for its completion (report
+  // thread only: never from the writer role).
+  absl::Status SubmitAndWait(GroupOp op);
   absl::Status Recover();
   int64_t DelayForUnreported(uint32_t attempts) const;
 
@@ -1042,8 +1087,21 @@ class QueueCore::Impl {
   absl::Mutex event_mu_;
   absl::CondVar event_cv_;
 
+  // Writer role: when the tick last woke the report thread (0: never).
+  int64_t tlsrpt_wake_ms_ = 0;
+  // The report thread's inbox.
+  mutable absl::Mutex tlsrpt_mu_;
+  bool tlsrpt_stop_ ABSL_GUARDED_BY(tlsrpt_mu_) = false;
+  bool tlsrpt_auto_ ABSL_GUARDED_BY(tlsrpt_mu_) = false;
+  std::deque<TlsReportJob> tlsrpt_jobs_ ABSL_GUARDED_BY(tlsrpt_mu_);
+  std::atomic<bool> tlsrpt_stopping_{false};
+  // The clock when the last finished run began (0: none yet).
+  std::atomic<int64_t> tlsrpt_last_run_ms_{0};
+
   // Last: its thread uses everything above.
   std::unique_ptr<GroupCommitter> committer_;
+  // Uses the committer; joined (StopTlsReporter) before the committer stops.
+  std::thread tlsrpt_thread_;
 };
 
 }  // namespace tern::queue

@@ -314,6 +314,14 @@ grpc::ServerUnaryReactor* QueueServiceImpl::GetStsPolicy(grpc::CallbackServerCon
   return reactor;
 }
 
+grpc::ServerUnaryReactor* QueueServiceImpl::RecordTlsResults(grpc::CallbackServerContext* context,
+                                                             const tern::v1::RecordTlsResultsRequest* request,
+                                                             tern::v1::RecordTlsResultsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  core_->RecordTlsResults(*request, FinishWith(reactor, response));
+  return reactor;
+}
+
 // ---------------------------------------------------------------------------
 // Admin (sync API).
 
@@ -385,6 +393,17 @@ grpc::Status AdminServiceImpl::ClearHostFlags(grpc::ServerContext*, const tern::
                                               tern::v1::ClearHostFlagsResponse* response) {
   return Wait<tern::v1::ClearHostFlagsResponse>(
       [&](auto cb) { core_->ClearHostFlags(*request, std::move(cb)); }, response);
+}
+
+grpc::Status AdminServiceImpl::ListTlsReports(grpc::ServerContext*, const tern::v1::ListTlsReportsRequest*,
+                                              tern::v1::ListTlsReportsResponse* response) {
+  return Reply(core_->ListTlsReports(), response);
+}
+
+grpc::Status AdminServiceImpl::SendTlsReports(grpc::ServerContext*, const tern::v1::SendTlsReportsRequest* request,
+                                              tern::v1::SendTlsReportsResponse* response) {
+  return Wait<tern::v1::SendTlsReportsResponse>(
+      [&](auto cb) { core_->SendTlsReports(*request, std::move(cb)); }, response);
 }
 
 grpc::Status AdminServiceImpl::Act(QueueCore::Action action, const tern::v1::ActionRequest& request,

@@ -64,6 +64,9 @@ class QueueServiceImpl final : public tern::v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* GetStsPolicy(grpc::CallbackServerContext* context,
                                          const tern::v1::GetStsPolicyRequest* request,
                                          tern::v1::GetStsPolicyResponse* response) override;
+  grpc::ServerUnaryReactor* RecordTlsResults(grpc::CallbackServerContext* context,
+                                             const tern::v1::RecordTlsResultsRequest* request,
+                                             tern::v1::RecordTlsResultsResponse* response) override;
 
  private:
   QueueCore* core_;
@@ -105,6 +108,11 @@ class AdminServiceImpl final : public tern::v1::Admin::Service {
                             tern::v1::PurgeCorruptResponse* response) override;
   grpc::Status ClearHostFlags(grpc::ServerContext* context, const tern::v1::ClearHostFlagsRequest* request,
                               tern::v1::ClearHostFlagsResponse* response) override;
+  grpc::Status ListTlsReports(grpc::ServerContext* context, const tern::v1::ListTlsReportsRequest* request,
+                              tern::v1::ListTlsReportsResponse* response) override;
+  // Blocks this gRPC thread until the report run is done (one run at a time).
+  grpc::Status SendTlsReports(grpc::ServerContext* context, const tern::v1::SendTlsReportsRequest* request,
+                              tern::v1::SendTlsReportsResponse* response) override;
 
  private:
   grpc::Status Act(QueueCore::Action action, const tern::v1::ActionRequest& request,

@@ -230,5 +230,46 @@ TEST_F(QueueServiceTest, HostFlagsProgressAndAdminWatchOverGrpc) {
   c6.TryCancel();
 }
 
+TEST_F(QueueServiceTest, TlsReportCountsAndAdminListAndSendOverGrpc) {
+  tern::v1::RecordTlsResultsRequest req;
+  tern::v1::TlsRptCount* c = req.add_counts();
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  c->set_day(std::chrono::duration_cast<std::chrono::seconds>(now).count() / 86400);  // today, UTC
+  c->set_policy_domain("example.com");
+  c->set_policy_type("no-policy-found");
+  c->set_count(2);
+  c->add_rua("mailto:tlsrpt@example.com");
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    tern::v1::RecordTlsResultsResponse resp;
+    ASSERT_TRUE(queue_stub_->RecordTlsResults(&ctx, req, &resp).ok());
+  }
+  {
+    c->set_policy_type("dane");
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    tern::v1::RecordTlsResultsResponse resp;
+    EXPECT_EQ(queue_stub_->RecordTlsResults(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    tern::v1::ListTlsReportsResponse resp;
+    ASSERT_TRUE(admin_stub_->ListTlsReports(&ctx, tern::v1::ListTlsReportsRequest(), &resp).ok());
+    ASSERT_EQ(resp.pending_size(), 1);
+    EXPECT_EQ(resp.pending(0).policy_domain(), "example.com");
+    EXPECT_EQ(resp.pending(0).successful(), 2u);
+  }
+  {
+    // [tlsrpt] is off in this queue.
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    tern::v1::SendTlsReportsResponse resp;
+    grpc::Status s = admin_stub_->SendTlsReports(&ctx, tern::v1::SendTlsReportsRequest(), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+}
+
 }  // namespace
 }  // namespace tern::queue

@@ -13,6 +13,8 @@
 //     pause | resume                    leasing deliveries (runtime override)
 //     watch [--from SEQ] [--oldest] [--no-follow] [--json]
 //     health [--service NAME]           grpc.health.v1 Check, exit 0 if SERVING
+//     tlsrpt list [--json]              TLS report counts waiting (RFC 8460)
+//     tlsrpt send [--include-today] [--json]   queue those reports now
 //   filters: --domain D --sender S --recipient R --state STATE
 //            --older-than DUR --younger-than DUR
 //
@@ -29,6 +31,7 @@
 #include "lib/rpc/grpc_tls.h"
 #include "tools/ternctl/admin_client.h"
 #include "tools/ternctl/command_group.h"
+#include "tools/ternctl/tlsrpt_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"ternctl: inspect and manage a Tern queue"};
@@ -61,6 +64,7 @@ int main(int argc, char** argv) {
   tern::ternctl::AddActionCommands(app, globals, io, exit_code);
   tern::ternctl::AddWatchCommands(app, globals, io, exit_code);
   tern::ternctl::AddHealthCommands(app, globals, io, exit_code);
+  tern::ternctl::AddTlsRptCommands(app, globals, io, exit_code);
 
   CLI11_PARSE(app, argc, argv);
   return exit_code;

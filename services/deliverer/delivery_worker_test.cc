@@ -738,6 +738,15 @@ TEST(DeliveryWorker, BrokenTlsIsRetriedInPlainTextAndRememberedForEveryone) {
   EXPECT_EQ(h.stats.messages, 2);
 }
 
+// TLS reports (tls_reporting.h) on, flushed every second; x.test asks for
+// them with `rua`.
+void CountTlsFor(Harness& h, const std::string& rua) {
+  h.queue.full = true;
+  h.config.tlsrpt = true;
+  h.config.tlsrpt_flush = 1s;
+  h.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1; rua=" + rua};
+}
+
 // MTA-STS (mta_sts.h): x.test publishes a policy, served over real HTTPS by
 // a responder whose certificate the worker trusts through tls.ini's `ca`.
 struct StsCase {
@@ -828,10 +837,7 @@ TEST(DeliveryWorker, TlsReportsNameTheMtaStsPolicyAndAnUntrustedCertificate) {
     sink.ehlo = "250-sink\r\n250 STARTTLS";
     sink.tls = trusted ? ServerTls(certs.cert, certs.key) : ServerTls(certs.self_signed, certs.self_signed_key);
     StsCase c(policy, sink);
-    c.h.queue.full = true;
-    c.h.config.tlsrpt = true;
-    c.h.config.tlsrpt_flush = 1s;
-    c.h.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1; rua=mailto:r@x.test,https://r.x.test/tlsrpt"};
+    CountTlsFor(c.h, "mailto:r@x.test,https://r.x.test/tlsrpt");
     c.DeliverOne();
     ASSERT_TRUE(c.h.RunUntil([&] { return !c.h.queue.tls_counts().empty(); }));
     const v1::TlsRptCount count = c.h.queue.tls_counts()[0];
@@ -1180,15 +1186,12 @@ TEST(DeliveryWorker, DaneTakesPrecedenceOverMtaSts) {
   EXPECT_EQ(c.h.resolver.tlsa_queries, 1);
 }
 
-// TLS reports (tls_reporting.h): x.test asks for them, y.test does not.
+// x.test asks for TLS reports, y.test does not.
 TEST(DeliveryWorker, TlsReportsCountNewSessionsOfDomainsThatAskForThem) {
   SinkOptions sink = StartTlsSink(/*self_signed=*/true);
   Harness h(sink);
-  h.queue.full = true;
-  h.config.tlsrpt = true;
-  h.config.tlsrpt_flush = 1s;
+  CountTlsFor(h, "mailto:tlsrpt@x.test");
   h.config.pool_timeout = 0s;  // every delivery a new session
-  h.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1; rua=mailto:tlsrpt@x.test"};
   h.queue.AddJob(Job("r1", "x.test", {"alice"}));
   h.queue.AddJob(Job("r2", "y.test", {"bob"}));
   v1::DeliveryJob waived = Job("r3", "x.test", {"carol"});
@@ -1216,10 +1219,7 @@ TEST(DeliveryWorker, TlsReportsCountAMissingStartTlsAndABrokenHandshakeAsFailure
   SinkOptions plain;
   plain.ehlo = "250-sink\r\n250 PIPELINING";
   Harness a(plain);
-  a.queue.full = true;
-  a.config.tlsrpt = true;
-  a.config.tlsrpt_flush = 1s;
-  a.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1;rua=mailto:r@x.test"};
+  CountTlsFor(a, "mailto:r@x.test");
   a.queue.AddJob(Job("f1", "x.test", {"alice"}));
   a.Start();
   ASSERT_TRUE(a.RunUntil([&] { return !a.queue.tls_counts().empty(); }));
@@ -1231,10 +1231,7 @@ TEST(DeliveryWorker, TlsReportsCountAMissingStartTlsAndABrokenHandshakeAsFailure
   broken.ehlo = "250-sink\r\n250 STARTTLS";
   broken.break_tls = true;
   Harness b(broken);
-  b.queue.full = true;
-  b.config.tlsrpt = true;
-  b.config.tlsrpt_flush = 1s;
-  b.resolver.txt["_smtp._tls.x.test"] = {"v=TLSRPTv1;rua=mailto:r@x.test"};
+  CountTlsFor(b, "mailto:r@x.test");
   b.queue.AddJob(Job("f2", "x.test", {"alice"}));
   b.Start();
   ASSERT_TRUE(b.RunUntil([&] { return !b.queue.tls_counts().empty(); }));

@@ -15,6 +15,7 @@
 #include "tern/v1/admin.grpc.pb.h"
 #include "tern/v1/queue.grpc.pb.h"
 #include "lib/rpc/reply_summary.h"
+#include "tools/ternctl/admin_call.h"
 #include "tools/ternctl/admin_client.h"
 
 namespace tern::ternctl {
@@ -255,15 +256,7 @@ int RunQshape(const GlobalOptions& g, bool deferred, uint32_t top, const std::ve
   req.set_deferred_only(deferred);
   req.set_top(top);
   for (uint32_t b : buckets) req.add_bucket_minutes(b);
-  tern::v1::QshapeResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, g);
-  grpc::Status s = tern::v1::Admin::NewStub(rpc::MakeChannel(g.queue))->Qshape(&ctx, req, &resp);
-  if (!s.ok()) {
-    return ReportRpcError(s, "qshape", g, io);
-  }
-  io.out << (json ? ToJson(resp) : FormatQshape(resp));
-  return 0;
+  return CallAndPrint(g, &tern::v1::Admin::Stub::Qshape, req, "qshape", json, io, FormatQshape);
 }
 
 int RunCorrupt(const GlobalOptions& g, uint32_t limit, bool json, Io io) {

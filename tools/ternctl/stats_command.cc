@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "lib/common/json_string.h"
 #include "lib/rpc/server_setup.h"
 #include "tern/v1/admin.grpc.pb.h"
 
@@ -52,33 +53,8 @@ const std::map<std::string, Label>& Labels() {
 }
 
 std::string JsonString(absl::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          absl::StrAppend(&out, absl::StrFormat("\\u%04x", static_cast<int>(c)));
-        } else {
-          out.push_back(c);
-        }
-    }
-  }
-  out += "\"";
+  std::string out;
+  AppendJsonString(out, s);
   return out;
 }
 

@@ -12,36 +12,22 @@
 #include "absl/time/time.h"
 #include "lib/rpc/server_setup.h"
 #include "tern/v1/admin.grpc.pb.h"
+#include "tools/ternctl/admin_call.h"
 #include "tools/ternctl/admin_client.h"
 
 namespace tern::ternctl {
 namespace {
 
 int RunList(const GlobalOptions& g, bool json, Io io) {
-  tern::v1::ListTlsReportsResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, g);
-  auto stub = tern::v1::Admin::NewStub(rpc::MakeChannel(g.queue));
-  grpc::Status s = stub->ListTlsReports(&ctx, tern::v1::ListTlsReportsRequest(), &resp);
-  if (!s.ok()) {
-    return ReportRpcError(s, "tlsrpt list", g, io);
-  }
-  io.out << (json ? ToJson(resp) : FormatTlsReportsPending(resp));
-  return 0;
+  return CallAndPrint(g, &tern::v1::Admin::Stub::ListTlsReports, tern::v1::ListTlsReportsRequest(), "tlsrpt list",
+                      json, io, FormatTlsReportsPending);
 }
 
 int RunSend(const GlobalOptions& g, bool include_today, bool json, Io io) {
   tern::v1::SendTlsReportsRequest req;
   req.set_include_today(include_today);
-  tern::v1::SendTlsReportsResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, g);
-  grpc::Status s = tern::v1::Admin::NewStub(rpc::MakeChannel(g.queue))->SendTlsReports(&ctx, req, &resp);
-  if (!s.ok()) {
-    return ReportRpcError(s, "tlsrpt send", g, io);
-  }
-  io.out << (json ? ToJson(resp) : FormatTlsReportsSent(resp));
-  return 0;
+  return CallAndPrint(g, &tern::v1::Admin::Stub::SendTlsReports, req, "tlsrpt send", json, io,
+                      FormatTlsReportsSent);
 }
 
 }  // namespace

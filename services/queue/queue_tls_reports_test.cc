@@ -94,6 +94,21 @@ std::string ReportJson(const std::string& mail) {
 
 class QueueTlsReportsTest : public QueueCoreTest {
  protected:
+  // Opens the core and waits for the report run its first tick starts: a
+  // run that began later could report (and delete) what a test records
+  // before the test's own Send does. The next automatic run needs the clock
+  // to move a minute, which only AdvanceToAndWaitForRun does.
+  void OpenSettled() {
+    Open();
+    WaitForFirstRun();
+  }
+  void ReopenSettled() {
+    Reopen();
+    WaitForFirstRun();
+  }
+  void WaitForFirstRun() {
+    ASSERT_TRUE(Eventually([&] { return core_->TlsReportRunTimeForTest() > 0; })) << "no report run at startup";
+  }
   void EnableReports() {
     options_.tlsrpt.enabled = true;
     options_.tlsrpt.from = kFrom;
@@ -131,7 +146,7 @@ class QueueTlsReportsTest : public QueueCoreTest {
 };
 
 TEST_F(QueueTlsReportsTest, RecordTlsResultsAddsCountsAcrossCallsAndKeepsTheLatestRua) {
-  Open();
+  OpenSettled();
   ASSERT_TRUE(Record({Count("example.com", 3, {"mailto:old@example.com"}),
                       Count("example.com", 2, {"mailto:old@example.com"}, "certificate-expired")})
                   .ok());
@@ -141,7 +156,7 @@ TEST_F(QueueTlsReportsTest, RecordTlsResultsAddsCountsAcrossCallsAndKeepsTheLate
               Count("example.com", 5, {"mailto:new@example.com"}, "certificate-expired"),
               Count("other.example", 1, {"mailto:tlsrpt@other.example"})})
           .ok());
-  Reopen();  // they were durable
+  ReopenSettled();  // they were durable
   std::vector<tern::v1::TlsRptPending> pending = Pending();
   ASSERT_EQ(pending.size(), 2u);
   EXPECT_EQ(pending[0].day(), kToday);
@@ -155,7 +170,7 @@ TEST_F(QueueTlsReportsTest, RecordTlsResultsAddsCountsAcrossCallsAndKeepsTheLate
 }
 
 TEST_F(QueueTlsReportsTest, RecordTlsResultsRefusesNonsenseAndStoresNothingOfTheCall) {
-  Open();
+  OpenSettled();
   struct Case {
     const char* label;
     TlsRptCount count;
@@ -189,7 +204,7 @@ TEST_F(QueueTlsReportsTest, RecordTlsResultsRefusesNonsenseAndStoresNothingOfThe
 }
 
 TEST_F(QueueTlsReportsTest, CountsOfDaysPastTheRetentionAreDroppedNotStored) {
-  Open();
+  OpenSettled();
   ASSERT_TRUE(Record({Count("example.com", 1, {"mailto:a@example.com"}, "", kToday - kTlsRptRetentionDays - 1)}).ok());
   EXPECT_THAT(Pending(), IsEmpty());
   ASSERT_TRUE(Record({Count("example.com", 1, {"mailto:a@example.com"}, "", kToday - kTlsRptRetentionDays)}).ok());
@@ -198,7 +213,7 @@ TEST_F(QueueTlsReportsTest, CountsOfDaysPastTheRetentionAreDroppedNotStored) {
 
 TEST_F(QueueTlsReportsTest, AfterMidnightOneReportIsQueuedPerMailtoRuaAndTheCountsAreDeleted) {
   EnableReports();
-  Open();
+  OpenSettled();
   const std::vector<std::string> rua = {"mailto:tlsrpt@example.com", "https://tlsrpt.example.com/v1",
                                         "mailto:reports@other.example?subject=tlsrpt"};
   ASSERT_TRUE(Record({Count("example.com", 100, rua), Count("example.com", 3, rua, "certificate-expired")}).ok());
@@ -240,14 +255,14 @@ TEST_F(QueueTlsReportsTest, AfterMidnightOneReportIsQueuedPerMailtoRuaAndTheCoun
   // The next run finds nothing; nor does a restart.
   AdvanceToAndWaitForRun(kTomorrow + 32 * 60'000);
   EXPECT_EQ(Stats().enqueued_total(), 2u);
-  Reopen();
+  ReopenSettled();
   AdvanceToAndWaitForRun(kTomorrow + 34 * 60'000);
   EXPECT_EQ(Stats().messages(), 2u);
 }
 
 TEST_F(QueueTlsReportsTest, ReportsWaitAFewMinutesAfterMidnightForTheDaysLastCounts) {
   EnableReports();
-  Open();
+  OpenSettled();
   ASSERT_TRUE(Record({Count("example.com", 1, {"mailto:tlsrpt@example.com"})}).ok());
   AdvanceToAndWaitForRun(kTomorrow + 60'000);
   EXPECT_EQ(Pending().size(), 1u);
@@ -262,7 +277,7 @@ TEST_F(QueueTlsReportsTest, ReportsWaitAFewMinutesAfterMidnightForTheDaysLastCou
 
 TEST_F(QueueTlsReportsTest, HttpsRuaIsSkippedAndADomainWithoutMailtoLosesItsCounts) {
   EnableReports();
-  Open();
+  OpenSettled();
   ASSERT_TRUE(Record({Count("example.com", 5, {"https://tlsrpt.example.com/v1"}, "", kToday - 1)}).ok());
   auto sent = Send(/*include_today=*/false);
   ASSERT_TRUE(sent.ok()) << sent.status();
@@ -279,7 +294,7 @@ TEST_F(QueueTlsReportsTest, HttpsRuaIsSkippedAndADomainWithoutMailtoLosesItsCoun
 
 TEST_F(QueueTlsReportsTest, SendTlsReportsSendsFinishedDaysAndTodayOnlyWhenAsked) {
   EnableReports();
-  Open();
+  OpenSettled();
   const std::vector<std::string> rua = {"mailto:tlsrpt@example.com"};
   ASSERT_TRUE(Record({Count("example.com", 7, rua, "", kToday - 1), Count("example.com", 2, rua)}).ok());
   auto sent = Send(/*include_today=*/false);
@@ -318,14 +333,14 @@ TEST_F(QueueTlsReportsTest, SendTlsReportsSendsFinishedDaysAndTodayOnlyWhenAsked
 }
 
 TEST_F(QueueTlsReportsTest, SendTlsReportsFailsWhileReportsAreOff) {
-  Open();
+  OpenSettled();
   auto sent = Send(/*include_today=*/true);
   EXPECT_TRUE(absl::IsFailedPrecondition(sent.status())) << sent.status();
   EXPECT_THAT(sent.status().message(), HasSubstr("[tlsrpt]"));
 }
 
 TEST_F(QueueTlsReportsTest, CountsOlderThanSevenDaysArePurgedAlsoWhenReportsAreOff) {
-  Open();
+  OpenSettled();
   ASSERT_TRUE(Record({Count("example.com", 1, {"mailto:tlsrpt@example.com"}),
                       Count("example.com", 1, {"mailto:tlsrpt@example.com"}, "", kToday - 3)})
                   .ok());
@@ -343,7 +358,7 @@ TEST_F(QueueTlsReportsTest, CountsOlderThanSevenDaysArePurgedAlsoWhenReportsAreO
 
 TEST_F(QueueTlsReportsTest, CountsRecordedWhileAReportIsMadeAreReportedLaterNeverLost) {
   EnableReports();
-  Open();
+  OpenSettled();
   const std::vector<std::string> rua = {"mailto:tlsrpt@example.com"};
   // Many recording calls for the day race with its report: whatever the
   // interleaving, every session ends up in exactly one report.

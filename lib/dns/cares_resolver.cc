@@ -58,6 +58,9 @@ struct QueryResult {
   std::vector<std::string> addresses;  // A / AAAA queries
   std::vector<std::string> texts;      // TXT queries: one per record, strings joined
   std::vector<TlsaRecord> tlsa;        // TLSA queries
+  // The CNAME records of the answer section, owner -> target (normalised):
+  // where the queried name led (RFC 7672 §2.2.2 uses the end of the chain).
+  std::vector<std::pair<std::string, std::string>> cnames;
   bool secure = false;                // the answer carried AD (validated)
   uint32_t ttl = 0;                   // seconds to cache; 0 = do not cache
 
@@ -139,6 +142,15 @@ bool ParseResponse(const unsigned char* abuf, int alen, int qtype, QueryResult* 
     }
     if (answer) {
       *min_ttl = std::min(*min_ttl, ttl);
+      if (type == ns_t_cname && type != qtype) {
+        std::string target;
+        long target_len = 0;
+        if (!ExpandName(rdata, abuf, alen, &target, &target_len) || rdata + target_len > rdata + rdlen) {
+          return false;
+        }
+        result->cnames.emplace_back(Normalise(name), Normalise(std::move(target)));
+        continue;
+      }
       if (type != qtype) {
         continue;  // e.g. the CNAME leading to the records we want
       }
@@ -189,6 +201,21 @@ bool ParseResponse(const unsigned char* abuf, int alen, int qtype, QueryResult* 
     }
   }
   return true;
+}
+
+// Where `name` leads through the CNAME records of an answer: the last
+// target of the chain, or "" when the name is not an alias. A chain longer
+// than the records (a loop) stops where it repeats.
+std::string CanonicalName(const std::string& name, const std::vector<std::pair<std::string, std::string>>& cnames) {
+  std::string at = name;
+  for (size_t hops = 0; hops < cnames.size(); ++hops) {
+    auto it = std::find_if(cnames.begin(), cnames.end(), [&](const auto& c) { return c.first == at; });
+    if (it == cnames.end()) {
+      break;
+    }
+    at = it->second;
+  }
+  return at == name ? "" : at;
 }
 
 // The status and detail of a TXT or TLSA answer from its query's result;
@@ -339,6 +366,9 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
       if (r.kind != QueryResult::Kind::kError) {
         ++join->answered;
         join->all_secure = join->all_secure && r.secure;
+      }
+      if (join->answer.canonical_name.empty()) {
+        join->answer.canonical_name = CanonicalName(host, r.cnames);
       }
       switch (r.kind) {
         case QueryResult::Kind::kAnswer:

@@ -205,6 +205,9 @@ class Dnsmasq {
         "--mx-host=partial.test,nowhere.partial.test,10", "--mx-host=partial.test,ok.partial.test,20",
         "--host-record=ok.partial.test,127.0.0.9",
         "--host-record=hostonly.test,127.0.0.6",
+        // An MX host that is an alias of an alias (RFC 7672 §2.2.2).
+        "--host-record=real.alias.test,127.0.0.7", "--cname=mid.alias.test,real.alias.test",
+        "--cname=mx.alias.test,mid.alias.test",
         // TLSA 3 1 1 <32 octets 0x00..0x1f> and 2 0 2 <1 octet>: RR type 52,
         // RDATA in hex.
         "--dns-rr=_25._tcp.mx1.example.test,52,030101000102030405060708090a0b0c0d0e0f"
@@ -388,6 +391,25 @@ TEST_F(CaresResolverTest, ResolveHostGivesBothFamilies) {
   EXPECT_EQ(answer->status, LookupStatus::kOk);
   EXPECT_EQ(answer->ipv4, (std::vector<std::string>{"127.0.0.2"}));
   EXPECT_EQ(answer->ipv6, (std::vector<std::string>{"::2"}));
+}
+
+TEST_F(CaresResolverTest, ResolveHostSaysWhereACnameChainEnds) {
+  auto resolver = MakeResolver();
+  std::optional<HostAnswer> alias;
+  std::optional<HostAnswer> plain;
+  resolver->ResolveHost("MX.alias.test.", [&](HostAnswer a) { alias = std::move(a); });
+  resolver->ResolveHost("real.alias.test", [&](HostAnswer a) { plain = std::move(a); });
+  Run([&] { return alias.has_value() && plain.has_value(); });
+  ASSERT_TRUE(alias.has_value() && plain.has_value());
+  EXPECT_EQ(alias->ipv4, (std::vector<std::string>{"127.0.0.7"}));
+  EXPECT_EQ(alias->canonical_name, "real.alias.test");
+  EXPECT_EQ(plain->canonical_name, "");
+  // From the cache as well.
+  std::optional<HostAnswer> again;
+  resolver->ResolveHost("mx.alias.test", [&](HostAnswer a) { again = std::move(a); });
+  Run([&] { return again.has_value(); });
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->canonical_name, "real.alias.test");
 }
 
 TEST_F(CaresResolverTest, ResolveTxtJoinsTheStringsOfEachRecord) {

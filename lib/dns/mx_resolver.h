@@ -74,6 +74,10 @@ struct HostAnswer {
   // Both address lookups that answered (records, NODATA or NXDOMAIN) were
   // validated, and at least one answered.
   bool secure = false;
+  // The name is an alias: where its CNAME chain ends (lower case, no
+  // trailing dot); "" when it is not one. DANE looks up TLSA records there
+  // first (RFC 7672 §2.2.2).
+  std::string canonical_name;
 };
 
 struct TxtAnswer {

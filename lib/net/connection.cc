@@ -351,7 +351,7 @@ absl::Status EnableDane(asio::ssl::context& ctx) {
 
 asio::awaitable<absl::Status> Connection::StartTlsClientDane(std::shared_ptr<asio::ssl::context> ctx,
                                                              std::string host, std::vector<DaneRecord> tlsa,
-                                                             Duration timeout) {
+                                                             Duration timeout, std::string also_name) {
   tls_context_ = std::move(ctx);
   tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
   peer_verified_ = false;
@@ -363,6 +363,9 @@ asio::awaitable<absl::Status> Connection::StartTlsClientDane(std::shared_ptr<asi
     co_return absl::InternalError("DANE could not be enabled for this connection (context not prepared)");
   }
   SSL_set_tlsext_host_name(ssl, host.c_str());
+  if (!also_name.empty() && also_name != host && SSL_add1_host(ssl, also_name.c_str()) != 1) {
+    co_return absl::InternalError("DANE: could not add the second reference identifier");
+  }
   // RFC 7672 §3.1.1: a DANE-EE(3) match ignores the certificate's names.
   SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
   int usable = 0;

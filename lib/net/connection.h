@@ -115,12 +115,15 @@ class Connection {
   // or DANE-EE(3); other usages are the caller's to drop), the Web PKI
   // plays no part, and names are checked against `host` for DANE-TA only
   // (a DANE-EE key is bound by DNS, not by the names in its certificate).
-  // `host` is also the SNI. InvalidArgument when no record is usable by
+  // `host` is also the SNI. `also_name`, when set, is another name DANE-TA
+  // accepts: the MX host name when `host` is its CNAME-expanded name (RFC
+  // 7672 §2.2.2, §3.2.2). InvalidArgument when no record is usable by
   // OpenSSL (bad length for its matching type, unknown selector), Internal
   // with the verifier's reason when the peer does not match. `ctx` must have
   // been through EnableDane() before it was shared.
   asio::awaitable<absl::Status> StartTlsClientDane(std::shared_ptr<asio::ssl::context> ctx, std::string host,
-                                                   std::vector<DaneRecord> tlsa, Duration timeout);
+                                                   std::vector<DaneRecord> tlsa, Duration timeout,
+                                                   std::string also_name = "");
   // After StartTlsClientDane: the matched record, e.g. "3 1 1 at depth 0".
   const std::string& dane_match() const { return dane_match_; }
   // After a failed client handshake that verified the peer: OpenSSL's

@@ -14,6 +14,10 @@
 //                                     downgrade DANE exists to stop)
 //   not validated, NODATA, NXDOMAIN   kNone: the usual TLS rules
 //
+// An MX host name that is an alias is asked at its CNAME chain's end first
+// (`_<port>._tcp.<target>`), and at its own name only when that answer is
+// kNone (§2.2.2); DaneHost::base_domain then says where the records were.
+//
 // Usable (RFC 7672 §3.1.3, RFC 7671 §5): usage DANE-TA(2) or DANE-EE(3);
 // PKIX-TA(0) and PKIX-EE(1) are not, since MX hosts need not have Web PKI
 // certificates; selector 0 or 1; matching type 0, or 1 with 32 octets, or 2
@@ -43,6 +47,9 @@ struct DaneHost {
   DaneMode mode = DaneMode::kNone;
   std::vector<net::DaneRecord> records;  // the usable ones, for kAuthenticated
   std::string detail;                    // the lookup's failure, for kLookupFailed
+  // Where the records were found when not at the MX host name itself: its
+  // CNAME-expanded name (RFC 7672 §2.2.2); "" otherwise.
+  std::string base_domain;
 };
 
 // The TLSA owner name of an SMTP server: "_25._tcp.mx.example.com".

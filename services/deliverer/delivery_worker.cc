@@ -809,9 +809,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         // no plain-text fallback, and the TLSA records, not the Web PKI,
         // decide whether the certificate is the right one.
         request.tls = TlsMode::kRequired;
-        request.tls_required_by = absl::StrCat("the DANE TLSA records of ", attempt.mx_host);
+        request.tls_required_by =
+            absl::StrCat("the DANE TLSA records of ",
+                         it->second.base_domain.empty() ? attempt.mx_host : it->second.base_domain);
         if (it->second.mode == DaneMode::kAuthenticated) {
           request.dane = it->second.records;
+          request.dane_base = it->second.base_domain;
           request.verify_tls = false;
         } else {
           request.tls_unauthenticated = true;
@@ -1234,8 +1237,26 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         hosts.emplace(std::move(name), DaneHost{});
         continue;
       }
-      dns::TlsaAnswer answer = co_await dns::AwaitTlsa(resolver_, name);
-      DaneHost dane = DaneForHost(answer);
+      // RFC 7672 §2.2.2: an MX host name that is an alias (through a
+      // validated CNAME chain, which `secure` covers) has its TLSA records
+      // looked up at the chain's end first; only when none are there, at
+      // the MX name itself. A failed lookup there is not passed over.
+      DaneHost dane;
+      bool decided = false;
+      const std::string& canonical = host->addresses.canonical_name;
+      if (!canonical.empty() && canonical != a.mx_host) {
+        std::string expanded_name = TlsaName(canonical, a.port);
+        dns::TlsaAnswer expanded = co_await dns::AwaitTlsa(resolver_, expanded_name);
+        dane = DaneForHost(expanded);
+        decided = dane.mode != DaneMode::kNone;
+        if (decided) {
+          dane.base_domain = canonical;
+        }
+      }
+      if (!decided) {
+        dns::TlsaAnswer answer = co_await dns::AwaitTlsa(resolver_, name);
+        dane = DaneForHost(answer);
+      }
       metrics_.Dane(dane.mode).Inc();
       if (dane.mode == DaneMode::kLookupFailed) {
         log::Event(log::Level::kWarn, "dane_tlsa_lookup_failed",

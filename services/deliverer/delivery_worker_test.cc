@@ -274,6 +274,9 @@ class FakeResolver : public dns::MxResolver {
       host.addresses.ipv4 = {"127.0.0.1"};
       host.addresses.ipv4.insert(host.addresses.ipv4.end(), more_ipv4.begin(), more_ipv4.end());
       host.addresses.secure = secure_hosts;
+      if (auto it = canonical.find(host.name); it != canonical.end()) {
+        host.addresses.canonical_name = it->second;
+      }
       answer.hosts.push_back(host);
       answer.secure = secure_domains.contains(domain);
     }
@@ -317,6 +320,8 @@ class FakeResolver : public dns::MxResolver {
   std::vector<std::string> more_ipv4;
   std::map<std::string, dns::TlsaAnswer> tlsa;
   int tlsa_queries = 0;
+  // MX host name -> where its (validated) CNAME chain ends.
+  std::map<std::string, std::string> canonical;
 
  private:
   asio::io_context& io_;
@@ -919,6 +924,48 @@ TEST(DeliveryWorker, DaneTaRecordOfTheIssuingCaDeliversWhenTheNameMatches) {
   const v1::RecipientResult res = c.DeliverOne();
   EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
   EXPECT_TRUE(res.tls_verified());
+}
+
+// RFC 7672 §2.2.2: mx.x.test is an alias of mx.hosting.test.
+TEST(DeliveryWorker, DaneUsesTheTlsaRecordsAtTheEndOfTheMxHostsCnameChainFirst) {
+  const TestCerts& certs = TestCerts::Get();
+  DaneCase c;
+  c.h.resolver.canonical["mx.x.test"] = "mx.hosting.test";
+  // DANE-TA at the alias target; the sink's certificate names only
+  // mx.x.test, which DANE-TA accepts as the original MX name. The records
+  // at the MX name itself, which match nothing, are not consulted.
+  c.Publish({{3, 1, 1, Sha256("not this key")}});
+  dns::TlsaAnswer& target = c.h.resolver.tlsa[absl::StrCat("_", c.h.config.mx_port, "._tcp.mx.hosting.test")];
+  target.secure = true;
+  target.records = {{2, 0, 0, CertDer(certs.ca, false)}};
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_TRUE(res.tls_verified());
+  EXPECT_EQ(c.h.resolver.tlsa_queries, 1);
+}
+
+TEST(DeliveryWorker, DaneFallsBackToTheMxNameWhenTheCnameTargetHasNoTlsaRecords) {
+  DaneCase c;
+  c.h.resolver.canonical["mx.x.test"] = "mx.hosting.test";
+  c.Publish({{3, 1, 1, Sha256("not this key")}});  // at the MX name: DANE applies, and refuses the sink
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("DANE TLSA records of mx.x.test"), std::string::npos) << res.reply_text();
+  EXPECT_EQ(c.h.resolver.tlsa_queries, 2);
+  EXPECT_EQ(c.h.stats.messages, 0);
+}
+
+TEST(DeliveryWorker, DaneDoesNotPassOverAFailedTlsaLookupAtTheCnameTarget) {
+  DaneCase c;
+  c.h.resolver.canonical["mx.x.test"] = "mx.hosting.test";
+  dns::TlsaAnswer& target = c.h.resolver.tlsa[absl::StrCat("_", c.h.config.mx_port, "._tcp.mx.hosting.test")];
+  target.status = dns::LookupStatus::kTempFail;
+  target.detail = "SERVFAIL";
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("DANE: not used until its TLSA records can be looked up"), std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(c.h.stats.messages, 0);
 }
 
 TEST(DeliveryWorker, DaneRecordThatMatchesNothingKeepsTheMailAndNeverFallsBackToPlainText) {

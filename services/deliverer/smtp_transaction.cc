@@ -409,7 +409,12 @@ class Session {
     const bool verify = (required && !req_.tls_unauthenticated) || req_.verify_tls;
     absl::Status tls;
     if (dane) {
-      tls = co_await conn().StartTlsClientDane(req_.tls_context, req_.mx_host, req_.dane, req_.timeouts.starttls);
+      if (req_.dane_base.empty()) {
+        tls = co_await conn().StartTlsClientDane(req_.tls_context, req_.mx_host, req_.dane, req_.timeouts.starttls);
+      } else {
+        tls = co_await conn().StartTlsClientDane(req_.tls_context, req_.dane_base, req_.dane, req_.timeouts.starttls,
+                                                 req_.mx_host);
+      }
     } else {
       tls = co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, verify, req_.timeouts.starttls);
     }

@@ -113,6 +113,10 @@ struct TransactionRequest {
   // DANE-TA/DANE-EE records of this MX host (validated by DNSSEC); with
   // kRequired, the certificate must match one of them.
   std::vector<net::DaneRecord> dane;
+  // The TLSA base domain when it is not `mx_host`: the CNAME-expanded MX
+  // name whose records `dane` holds (RFC 7672 §2.2.2). It is the SNI, and
+  // DANE-TA accepts a certificate for it or for `mx_host`.
+  std::string dane_base;
   // kRequired without authentication (RFC 7672 §2.2: the host's TLSA
   // records are all unusable, so TLS is mandatory but nothing can vouch for
   // the certificate). `verify_tls` still applies if the operator asked for it.

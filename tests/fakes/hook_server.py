@@ -41,7 +41,10 @@ def pb():
     with _pb_lock:
         if _pb is None:
             out = tempfile.mkdtemp(prefix="tern-hooks-pb-")
-            protos = [os.path.join("tern", "v1", p) for p in ("message.proto", "queue.proto", "hooks.proto")]
+            # Every file of the package: hooks.proto imports queue.proto,
+            # which imports others in turn.
+            protos = sorted(os.path.join("tern", "v1", p) for p in os.listdir(os.path.join(PROTO_DIR, "tern", "v1"))
+                            if p.endswith(".proto"))
             subprocess.run(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}"] + protos, check=True)
             sys.path.insert(0, out)
             _pb = importlib.import_module("tern.v1.hooks_pb2")

@@ -21,6 +21,8 @@ The domains, one per behaviour (all but the last two in the signed zone
                       names)                                 -> verified TLS
   dane-ta.test        MX mx.postfix.test, TLSA 2 0 1 of the test CA
                       (DANE-TA: chain and MX name checked)   -> verified TLS
+  dane-cname.test     MX mx.dane-cname.test, a CNAME of mx.postfix.test: no
+                      TLSA at the MX name, DANE-TA at the target -> verified TLS
   dane-wrong.test     TLSA 3 1 1 of some other key           -> deferred 4.7.5
   dane-unusable.test  TLSA 0 0 1 (PKIX-TA: unusable in SMTP) -> TLS, unverified
   dane-none.test      no TLSA (a validated NXDOMAIN)         -> opportunistic
@@ -60,7 +62,8 @@ from dnssec_dns import DnssecDns  # noqa: E402
 
 POSTFIX_IP = PostfixMxCluster.POSTFIX_IP
 PKIX_MX = "mx.postfix.test"  # the name in Postfix's certificate
-SIGNED = ("dane-ee.test", "dane-ta.test", "dane-wrong.test", "dane-unusable.test", "dane-none.test")
+SIGNED = ("dane-ee.test", "dane-ta.test", "dane-wrong.test", "dane-unusable.test", "dane-none.test",
+          "dane-cname.test")
 DOMAINS = SIGNED + ("insecure.test", "bogus.test")
 
 
@@ -110,6 +113,10 @@ class DaneCluster(PostfixMxCluster):
             f"{PKIX_MX}. A {POSTFIX_IP}",
             f"{tlsa}.{PKIX_MX}. TLSA 2 0 1 {self.ca_hash}",
             f"dane-ta.test. MX 10 {PKIX_MX}.",
+            # An MX host that is an alias of Postfix's name: its TLSA records
+            # are those at the end of the chain (RFC 7672 §2.2.2).
+            "dane-cname.test. MX 10 mx.dane-cname.test.",
+            f"mx.dane-cname.test. CNAME {PKIX_MX}.",
         ]
         records = {"dane-ee.test": f"3 1 1 {self.spki_hash}", "dane-wrong.test": f"3 1 1 {wrong}",
                    "dane-unusable.test": f"0 0 1 {self.ca_hash}", "dane-none.test": None}
@@ -204,6 +211,13 @@ class DanePostfixTest(PostfixMxTestCase):
         _, attempt = self.deliver("dane-ta.test", "dane ta", PKIX_MX)
         self.assertEqual(field(attempt, "tls_verified"), "yes", attempt)
         # The CA is the last certificate of the chain Postfix sends.
+        self.assertEqual(field(attempt, "dane"), "2 0 1 at depth 1", attempt)
+
+    def test_dane_records_at_the_end_of_the_mx_hosts_cname_chain_are_used(self):
+        # Without RFC 7672 §2.2.2 this would be opportunistic TLS: the MX
+        # name itself has no TLSA records (a validated NXDOMAIN).
+        _, attempt = self.deliver("dane-cname.test", "dane cname", "mx.dane-cname.test")
+        self.assertEqual(field(attempt, "tls_verified"), "yes", attempt)
         self.assertEqual(field(attempt, "dane"), "2 0 1 at depth 1", attempt)
 
     # -- validated TLSA records that do not ------------------------------------------

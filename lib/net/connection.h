@@ -126,10 +126,12 @@ class Connection {
                                                    std::string also_name = "");
   // After StartTlsClientDane: the matched record, e.g. "3 1 1 at depth 0".
   const std::string& dane_match() const { return dane_match_; }
-  // After a failed client handshake that verified the peer: OpenSSL's
-  // X509_V_ERR_* code of the failure (e.g. an expired certificate); 0 when
-  // the handshake failed for another reason or did not fail. TLS reports
-  // (RFC 8460) tell the receiving domain which kind of failure it was.
+  // After a client handshake: OpenSSL's X509_V_ERR_* code of what the
+  // certificate check found (e.g. an expired certificate), also when the
+  // handshake went on because verification was not required; 0 when the
+  // certificate verified or the handshake failed for another reason. TLS
+  // reports (RFC 8460) tell the receiving domain which kind of failure it
+  // was, and what an MTA-STS policy in testing mode would have refused.
   long tls_verify_error() const { return tls_verify_error_; }
 
   // Closes the socket (a TLS close_notify is attempted first, bounded by `timeout`).

@@ -1521,12 +1521,22 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // TLS mandatory but none of the host's TLSA records could be used.
   void CountTlsSession(const std::string& domain, const TlsRptPolicy& policy, bool dane, bool dane_unusable,
                        const Attempt& attempt, const TransactionResult& result, const std::vector<std::string>& rua) {
-    const char* type = "";
+    std::string type;
+    std::string reason = result.tls_problem;
     switch (result.tls_attempt) {
       case TlsAttempt::kNone:
         return;
       case TlsAttempt::kEstablished:
-        type = dane_unusable ? tlsrpt::kTlsaInvalid : "";
+        if (dane_unusable) {
+          type = tlsrpt::kTlsaInvalid;
+          reason = "no usable TLSA record";
+        } else if (policy.type == tlsrpt::kPolicySts && result.tls_verify_error != 0) {
+          // Under an MTA-STS policy in testing mode the certificate did not
+          // have to verify, but the report says that it would not have:
+          // telling the domain before it enforces is what testing is for.
+          type = TlsFailureResultType(result.tls_verify_error, false);
+          reason = VerifyErrorText(result.tls_verify_error);
+        }
         break;
       case TlsAttempt::kNotOffered:
         type = tlsrpt::kStartTlsNotSupported;
@@ -1535,10 +1545,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         type = TlsFailureResultType(result.tls_verify_error, dane);
         break;
     }
-    CountTls(domain, policy, type, attempt.mx_host, attempt.ip,
-             dane_unusable && result.tls_attempt == TlsAttempt::kEstablished ? "no usable TLSA record"
-                                                                            : result.tls_problem,
-             rua);
+    CountTls(domain, policy, type, attempt.mx_host, attempt.ip, reason, rua);
   }
 
   // Fetches the shared host flags (broken TLS, unreachable) now and every

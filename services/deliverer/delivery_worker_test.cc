@@ -856,6 +856,24 @@ TEST(DeliveryWorker, TlsReportsNameTheMtaStsPolicyAndAnUntrustedCertificate) {
   }
 }
 
+TEST(DeliveryWorker, TlsReportsSayWhatAnMtaStsPolicyInTestingModeWouldHaveRefused) {
+  const TestCerts& certs = TestCerts::Get();
+  SinkOptions sink;
+  sink.ehlo = "250-sink\r\n250 STARTTLS";
+  sink.tls = ServerTls(certs.self_signed, certs.self_signed_key);
+  StsCase c("version: STSv1\r\nmode: testing\r\nmx: mx.x.test\r\nmax_age: 86400\r\n", sink);
+  CountTlsFor(c.h, "mailto:r@x.test");
+  const v1::RecipientResult res = c.DeliverOne();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();  // testing: delivered anyway
+  EXPECT_NE(res.tls(), "");
+  ASSERT_TRUE(c.h.RunUntil([&] { return !c.h.queue.tls_counts().empty(); }));
+  const v1::TlsRptCount count = c.h.queue.tls_counts()[0];
+  EXPECT_EQ(count.policy_type(), "sts");
+  EXPECT_EQ(count.result_type(), "certificate-not-trusted");
+  EXPECT_NE(count.failure_reason_code().find("self-signed"), std::string::npos) << count.failure_reason_code();
+  EXPECT_EQ(count.receiving_mx_hostname(), "mx.x.test");
+}
+
 TEST(DeliveryWorker, MtaStsOffLooksNothingUp) {
   StsCase c("version: STSv1\r\nmode: enforce\r\nmx: mx.other.test\r\nmax_age: 86400\r\n");
   c.h.config.mta_sts = false;

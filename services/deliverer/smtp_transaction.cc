@@ -362,7 +362,7 @@ class Session {
   void NoteTls(TlsAttempt attempt, absl::string_view problem) {
     res_.tls_attempt = attempt;
     res_.tls_problem = std::string(problem);
-    res_.tls_verify_error = attempt == TlsAttempt::kHandshakeFailed ? conn().tls_verify_error() : 0;
+    res_.tls_verify_error = attempt == TlsAttempt::kNotOffered ? 0 : conn().tls_verify_error();
   }
 
   asio::awaitable<bool> StartTls() {

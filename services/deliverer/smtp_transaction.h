@@ -191,7 +191,8 @@ struct TransactionResult {
   std::string dane;
   // TLS reports: what became of TLS on this session (only a new one says
   // anything), OpenSSL's X509_V_ERR_* for a certificate that failed its
-  // check (0 otherwise), and the server's or the verifier's words.
+  // check, also one the session went on with because verification was not
+  // required (0 otherwise), and the server's or the verifier's words.
   TlsAttempt tls_attempt = TlsAttempt::kNone;
   long tls_verify_error = 0;
   std::string tls_problem;

@@ -43,6 +43,10 @@ const char* TlsFailureResultType(long verify_error, bool dane) {
   }
 }
 
+std::string VerifyErrorText(long verify_error) {
+  return absl::StrCat("certificate verify failed: ", X509_verify_cert_error_string(verify_error));
+}
+
 const char* StsProblemResultType(absl::string_view problem) {
   // The words are MtaSts's own (mta_sts.cc) and net::Connection's.
   if (absl::StrContains(problem, "certificate verify failed")) {

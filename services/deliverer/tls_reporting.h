@@ -39,6 +39,9 @@ struct StsPolicy;
 // every DANE mismatch: the TLSA records, not a CA, said no).
 const char* TlsFailureResultType(long verify_error, bool dane);
 
+// OpenSSL's words for a verify error, e.g. "certificate has expired".
+std::string VerifyErrorText(long verify_error);
+
 // The RFC 8460 result type of an MTA-STS lookup that found no policy to
 // apply for a reason (StsLookup::problem): a policy host whose certificate
 // did not verify, a policy that does not parse, else a fetch error (the

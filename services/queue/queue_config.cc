@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lib/address/mailbox.h"
@@ -54,6 +55,14 @@ absl::Status QueueConfig::Validate() const {
     }
     if (tlsrpt.organization.empty() || tlsrpt.contact.empty()) {
       return absl::InvalidArgumentError("tern.ini: [tlsrpt] organization and contact must not be empty");
+    }
+    // RFC 8460 §5.3: TLS-Report-Submitter must be the domain of the
+    // contact-info address (a contact that is a URI has none to compare).
+    if (absl::StatusOr<address::Mailbox> c = address::ParseMailbox(tlsrpt.contact, /*smtputf8=*/false);
+        c.ok() && !absl::EqualsIgnoreCase(c->domain, tlsrpt.submitter)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tern.ini: [tlsrpt] contact: the domain of '", tlsrpt.contact, "' is not the submitter '",
+                       tlsrpt.submitter, "' (RFC 8460 §5.3: TLS-Report-Submitter must match contact-info)"));
     }
   }
   return absl::OkStatus();

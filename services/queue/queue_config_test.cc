@@ -219,6 +219,14 @@ TEST_F(QueueConfigDirTest, TlsRptEnabledWithoutUsableFromIsAnError) {
   ASSERT_FALSE(cfg.ok());
   EXPECT_THAT(cfg.status().message(), HasSubstr("[tlsrpt] submitter"));
 
+  // RFC 8460 §5.3: the submitter is the contact address's domain.
+  Write("tern.ini", "[tlsrpt]\nenabled=true\nfrom=a@mail.example.com\ncontact=ops@example.org\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(), HasSubstr("[tlsrpt] contact: the domain of 'ops@example.org'"));
+  Write("tern.ini", "[tlsrpt]\nenabled=true\nfrom=a@mail.example.com\ncontact=ops@Mail.Example.com\n");
+  EXPECT_TRUE(LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt).ok());
+
   // Off, nothing is needed (the counts are only purged).
   Write("tern.ini", "[tlsrpt]\nenabled=false\n");
   EXPECT_TRUE(LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt).ok());

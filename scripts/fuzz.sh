@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (lib/smtp/fuzz: SMTP command parser and the
-# DATA/BDAT reader; lib/dsn/fuzz: the DSN report parser) with clang in their
+# DATA/BDAT reader; lib/dsn/fuzz: the DSN report parser; lib/tlsrpt/fuzz:
+# the TLSRPT record parser) with clang in their
 # own build directory and runs each for TERN_FUZZ_SECONDS (default 60) as
 # ctest tests labelled "fuzz". Exits
 # non-zero on any finding. scripts/test.sh runs this; TERN_FUZZ_SECONDS=0
@@ -24,5 +25,5 @@ if [ ! -f "$FUZZ_DIR/build.ninja" ]; then
 else
   cmake "$FUZZ_DIR" -DTERN_FUZZ_SECONDS="$SECONDS_EACH" >/dev/null
 fi
-ninja -C "$FUZZ_DIR" command_parser_fuzz data_phase_fuzz report_parser_fuzz
+ninja -C "$FUZZ_DIR" command_parser_fuzz data_phase_fuzz report_parser_fuzz tlsrpt_record_fuzz
 ctest --test-dir "$FUZZ_DIR" -L fuzz --output-on-failure -j2

@@ -700,9 +700,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       if (mta_sts_ != nullptr && !dane_applies && recipient_policies) {
         StsLookup sts;
         sts_enforced = co_await ApplyMtaSts(job, plan, &sts);
-        if (sts.policy.has_value() && sts.policy->mode != StsMode::kNone) {
+        const bool sts_applies = sts.policy.has_value() && sts.policy->mode != StsMode::kNone;
+        if (!tlsrpt_rua.empty() && sts_applies) {
           report_policy = StsPolicyForReport(*sts.policy);
-        } else if (!sts.problem.empty() && !tlsrpt_rua.empty()) {
+        } else if (!tlsrpt_rua.empty() && !sts.problem.empty()) {
           // No policy to apply because it could not be had: the domain
           // learns of it under "sts", with the reason.
           TlsRptPolicy none_fetched{tlsrpt::kPolicySts, {}, {}};
@@ -803,18 +804,22 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       if (sts_enforced) {
         request.tls_required_by = absl::StrCat("the MTA-STS policy of ", job.domain());
       }
+      // What DANE asks of this host; null when it asks nothing.
+      const DaneHost* dane = nullptr;
       if (auto it = dane_hosts.find(TlsaName(attempt.mx_host, attempt.port));
           it != dane_hosts.end() && it->second.mode != DaneMode::kNone) {
+        dane = &it->second;
+      }
+      if (dane != nullptr) {
         // DANE overrides tls.ini and the broken-TLS memory for this host:
         // no plain-text fallback, and the TLSA records, not the Web PKI,
         // decide whether the certificate is the right one.
         request.tls = TlsMode::kRequired;
-        request.tls_required_by =
-            absl::StrCat("the DANE TLSA records of ",
-                         it->second.base_domain.empty() ? attempt.mx_host : it->second.base_domain);
-        if (it->second.mode == DaneMode::kAuthenticated) {
-          request.dane = it->second.records;
-          request.dane_base = it->second.base_domain;
+        request.tls_required_by = absl::StrCat("the DANE TLSA records of ",
+                                               dane->base_domain.empty() ? attempt.mx_host : dane->base_domain);
+        if (dane->mode == DaneMode::kAuthenticated) {
+          request.dane = dane->records;
+          request.dane_base = dane->base_domain;
           request.verify_tls = false;
         } else {
           request.tls_unauthenticated = true;
@@ -861,10 +866,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
 
       absl::StatusOr<TransactionResult> result = co_await RunSmtpTransaction(request);
       if (result.ok() && !tlsrpt_rua.empty() && route == nullptr) {
-        auto dane = dane_hosts.find(TlsaName(attempt.mx_host, attempt.port));
-        const bool dane_host = dane != dane_hosts.end() && dane->second.mode != DaneMode::kNone;
-        CountTlsSession(job.domain(), dane_host ? DanePolicyForReport(dane->second.records) : report_policy,
-                        !request.dane.empty(), dane_host && request.dane.empty(), attempt, *result, tlsrpt_rua);
+        CountTlsSession(job.domain(), dane != nullptr ? DanePolicyForReport(dane->records) : report_policy,
+                        !request.dane.empty(), dane != nullptr && request.dane.empty(), attempt, *result,
+                        tlsrpt_rua);
       }
       if (result.ok() && result->tls_failed && request.tls == TlsMode::kOpportunistic) {
         // Opportunistic TLS: a broken handshake must not make the host
@@ -1291,10 +1295,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // dropped (with the reason in plan.skipped) and true is returned, so every
   // remaining attempt requires verified TLS; in testing mode they are only
   // logged.
-  // `*found` gets the lookup (for TLS reports).
+  // The lookup is left in `*found` (for TLS reports).
   asio::awaitable<bool> ApplyMtaSts(const v1::DeliveryJob& job, RoutePlan& plan, StsLookup* found) {
-    StsLookup sts = co_await AwaitSts(*mta_sts_, job.domain());
-    *found = sts;
+    *found = co_await AwaitSts(*mta_sts_, job.domain());
+    const StsLookup& sts = *found;
     metrics_.MtaStsPolicy(sts).Inc();
     if (sts.source == "stored") {
       metrics_.mta_sts_stored.Inc();

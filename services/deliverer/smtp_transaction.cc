@@ -409,12 +409,11 @@ class Session {
     const bool verify = (required && !req_.tls_unauthenticated) || req_.verify_tls;
     absl::Status tls;
     if (dane) {
-      if (req_.dane_base.empty()) {
-        tls = co_await conn().StartTlsClientDane(req_.tls_context, req_.mx_host, req_.dane, req_.timeouts.starttls);
-      } else {
-        tls = co_await conn().StartTlsClientDane(req_.tls_context, req_.dane_base, req_.dane, req_.timeouts.starttls,
-                                                 req_.mx_host);
-      }
+      // The TLSA base domain is the MX host unless its records were found
+      // at its CNAME target; DANE-TA accepts the MX host name either way.
+      const std::string& base = req_.dane_base.empty() ? req_.mx_host : req_.dane_base;
+      tls = co_await conn().StartTlsClientDane(req_.tls_context, base, req_.dane, req_.timeouts.starttls,
+                                               req_.mx_host);
     } else {
       tls = co_await conn().StartTlsClient(req_.tls_context, req_.mx_host, verify, req_.timeouts.starttls);
     }

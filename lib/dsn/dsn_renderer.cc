@@ -19,6 +19,7 @@ namespace {
 
 using mime::CollapseToOneLine;
 using mime::FormatHeaderField;
+using mime::FormatRfc5322Date;
 using mime::HeaderText;
 
 constexpr char kCrlf[] = "\r\n";
@@ -392,10 +393,6 @@ absl::StatusOr<InlinePart> InlinePart::Parse(absl::string_view text, absl::strin
   }
   part.content_id_ = cid.substr(1, cid.size() - 2);
   return part;
-}
-
-std::string FormatRfc5322Date(absl::Time t) {
-  return absl::FormatTime("%a, %d %b %Y %H:%M:%S %z", t, absl::UTCTimeZone());
 }
 
 absl::StatusOr<DsnTemplate> DsnTemplate::Parse(absl::string_view text, absl::string_view name) {

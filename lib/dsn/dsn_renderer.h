@@ -158,9 +158,6 @@ struct RenderedDsn {
   bool body_8bit = false;  // holds 8-bit bytes (send with BODY=8BITMIME)
 };
 
-// RFC 5322 date-time in UTC, e.g. "Sat, 21 Nov 2026 10:00:00 +0000".
-std::string FormatRfc5322Date(absl::Time t);
-
 class DsnRenderer {
  public:
   // Returns a new unique token of letters and digits. It names the MIME

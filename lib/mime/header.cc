@@ -480,4 +480,8 @@ std::string FormatHeaderField(absl::string_view name, absl::string_view value, H
   return std::move(writer).Finish();
 }
 
+std::string FormatRfc5322Date(absl::Time t, absl::TimeZone zone) {
+  return absl::FormatTime("%a, %d %b %Y %H:%M:%S %z", t, zone);
+}
+
 }  // namespace tern::mime

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace tern::mime {
 
@@ -126,6 +127,11 @@ enum class HeaderText {
 // be a valid field name (printable ASCII without colon); the caller owns it.
 std::string FormatHeaderField(absl::string_view name, absl::string_view value,
                               HeaderText text = HeaderText::kUnstructured);
+
+// RFC 5322 §3.3 date-time, e.g. "Sat, 21 Nov 2026 10:00:00 +0000": the
+// Date field and the date fields of DSNs and Received lines. In UTC unless
+// `zone` is given.
+std::string FormatRfc5322Date(absl::Time t, absl::TimeZone zone = absl::UTCTimeZone());
 
 // True if `name` is a valid RFC 5322 field name: 1*ftext, ftext = %d33-57 /
 // %d59-126.

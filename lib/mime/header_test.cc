@@ -255,5 +255,11 @@ TEST(ParseHeaderFields, SplitsOnlyOnRealLineEnds) {
                                                            testing::Field(&HeaderField::name, "B")));
 }
 
+TEST(FormatRfc5322Date, FormatsUtcWithNumericZoneOrTheZoneGiven) {
+  const absl::Time t = absl::FromCivil(absl::CivilSecond(2026, 11, 21, 7, 5, 0), absl::UTCTimeZone());
+  EXPECT_EQ(FormatRfc5322Date(t), "Sat, 21 Nov 2026 07:05:00 +0000");
+  EXPECT_EQ(FormatRfc5322Date(t, absl::FixedTimeZone(-5 * 3600)), "Sat, 21 Nov 2026 02:05:00 -0500");
+}
+
 }  // namespace
 }  // namespace tern::mime

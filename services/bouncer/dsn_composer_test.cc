@@ -10,6 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lib/config/config_dir.h"
+#include "lib/mime/header.h"
 #include "services/bouncer/bouncer_config.h"
 
 namespace tern::bouncer {
@@ -411,7 +412,8 @@ TEST(DsnComposerGolden, DelayedJobCarriesWillRetryUntilFromTheQueue) {
   std::string message = RenderWithDeployTemplates(job, absl::FromUnixMillis(1'795'014'400'000));
   ExpectGolden("job_delayed", message);
   EXPECT_THAT(message, HasSubstr("Action: delayed\r\n"));
-  EXPECT_THAT(message, HasSubstr("Will-Retry-Until: " + dsn::FormatRfc5322Date(absl::FromUnixMillis(1'795'432'000'000))));
+  EXPECT_THAT(message,
+              HasSubstr("Will-Retry-Until: " + mime::FormatRfc5322Date(absl::FromUnixMillis(1'795'432'000'000))));
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "lib/mime/header.h"
 
 namespace tern::ingest {
 namespace {
@@ -25,10 +26,6 @@ std::string ReceivedProtocol(bool esmtp, bool tls, bool authenticated, bool smtp
     out += "A";
   }
   return out;
-}
-
-std::string Rfc5322Date(absl::Time time, absl::TimeZone zone) {
-  return absl::FormatTime("%a, %d %b %Y %H:%M:%S %z", time, zone);
 }
 
 std::string SanitizeHelo(absl::string_view helo) {
@@ -63,7 +60,7 @@ std::string BuildReceivedHeader(const ReceivedInfo& info) {
       {info.protocol, false},
       {"id", false},
       {absl::StrCat(info.id, ";"), false},
-      {Rfc5322Date(info.time, info.zone), true},
+      {mime::FormatRfc5322Date(info.time, info.zone), true},
   };
   std::string out;
   size_t line_len = 0;

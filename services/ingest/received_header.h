@@ -38,9 +38,6 @@ struct ReceivedInfo {
 // (RFC 3848); "UTF8SMTP…" when the transaction used SMTPUTF8 (RFC 6531).
 std::string ReceivedProtocol(bool esmtp, bool tls, bool authenticated, bool smtputf8);
 
-// RFC 5322 date-time, e.g. "Sat, 21 Nov 2026 07:58:22 +0000".
-std::string Rfc5322Date(absl::Time time, absl::TimeZone zone);
-
 // The whole header field, folded, ending in CRLF.
 std::string BuildReceivedHeader(const ReceivedInfo& info);
 

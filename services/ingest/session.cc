@@ -20,6 +20,7 @@
 #include "lib/metrics/metrics.h"
 #include "lib/smtp/command_parser.h"
 #include "lib/smtp/dot_decoder.h"
+#include "lib/mime/header.h"
 #include "services/ingest/proxy_protocol.h"
 #include "services/ingest/queue_client.h"
 #include "services/ingest/received_header.h"
@@ -805,7 +806,7 @@ asio::awaitable<bool> Session::OpenBody() {
   assembler_ = std::make_unique<smtp::MessageAssembler>(
       limits, cfg_.add_received ? BuildReceived() : std::string(),
       absl::StrCat("Message-ID: <", NewRandomToken().substr(0, 24), ".", txn_id_, "@", cfg_.me, ">\r\n"),
-      absl::StrCat("Date: ", Rfc5322Date(now, absl::LocalTimeZone()), "\r\n"));
+      absl::StrCat("Date: ", mime::FormatRfc5322Date(now, absl::LocalTimeZone()), "\r\n"));
   co_return true;
 }
 

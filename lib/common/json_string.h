@@ -5,8 +5,8 @@
 // '"' and '\' escaped, control characters as the short escapes or \u00XX,
 // valid UTF-8 passed through. RFC 8259 §8.1 wants UTF-8, and some inputs
 // are what remote servers said, so a byte that does not start a valid
-// sequence (RFC 3629 §4: no overlong forms, no surrogates, nothing above
-// U+10FFFF) becomes U+FFFD instead of making the whole document unparsable.
+// sequence (mime::ToValidUtf8: RFC 3629, no overlong forms, no surrogates)
+// becomes U+FFFD instead of making the whole document unparsable.
 //
 // Thread-safety: a free function on values.
 #pragma once

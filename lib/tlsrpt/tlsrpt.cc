@@ -18,8 +18,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/civil_time.h"
+#include "lib/address/mailbox.h"
 #include "lib/common/json_string.h"
 #include "lib/common/status_macros.h"
+#include "lib/mime/header.h"
 
 namespace tern::tlsrpt {
 namespace {
@@ -33,11 +35,10 @@ constexpr size_t kBase64LineLength = 76;
 // Longest message_id / report_id we write between angle brackets: keeps the
 // "Message-ID: <...>" line far below RFC 5322's hard limit of 998.
 constexpr size_t kMaxIdLength = 900;
-// RFC 5321 §4.5.3.1: local part 64 octets, a path 256 with its brackets.
-constexpr size_t kMaxLocalPartLength = 64;
+// RFC 5321 §4.5.3.1: a path is 256 octets with its brackets (lib/address
+// checks the local part's 64 and the labels' 63).
 constexpr size_t kMaxAddressLength = 254;
 constexpr size_t kMaxDomainLength = 253;
-constexpr size_t kMaxLabelLength = 63;
 
 bool IsWsp(char c) { return c == ' ' || c == '\t'; }
 
@@ -64,83 +65,22 @@ uint64_t SaturatingAdd(uint64_t a, uint64_t b) {
 // ---------------------------------------------------------------------------
 // Addresses and domains (ASCII only: see ComposeMail in the header).
 
-// RFC 5322 §3.2.3 atext.
-bool IsAtext(char c) {
-  return absl::ascii_isalnum(c) || absl::string_view("!#$%&'*+-/=?^_`{|}~").find(c) != absl::string_view::npos;
-}
-
-// RFC 5322 dot-atom-text: atext runs joined by single dots.
-bool IsDotAtom(absl::string_view s) {
-  if (s.empty() || s.front() == '.' || s.back() == '.' || absl::StrContains(s, "..")) {
-    return false;
-  }
-  return std::all_of(s.begin(), s.end(), [](char c) { return c == '.' || IsAtext(c); });
-}
-
-// RFC 5322 §3.2.4 quoted-string, with SP as the only whitespace (no HTAB:
-// no control byte may reach a header field) and quoted-pairs of VCHAR / SP.
-bool IsQuotedString(absl::string_view s) {
-  if (s.size() < 2 || s.front() != '"' || s.back() != '"') {
-    return false;
-  }
-  s = s.substr(1, s.size() - 2);
-  for (size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (c == '\\') {
-      if (i + 1 == s.size() || s[i + 1] < 0x20 || s[i + 1] > 0x7e) {
-        return false;
-      }
-      ++i;
-    } else if (c == '"' || c < 0x20 || c > 0x7e) {
-      return false;
-    }
-  }
-  return true;
-}
-
-// A host name of LDH labels (RFC 1123 §2.1), as policy domains and
-// submitters are: A-labels, no trailing dot.
+// A host name of LDH labels, as policy domains and submitters are:
+// A-labels, no trailing dot (lib/address, RFC 5321 §4.1.2), and at most 253
+// octets, the most a name in DNS can have as text.
 bool IsDomainName(absl::string_view s) {
-  if (s.empty() || s.size() > kMaxDomainLength) {
-    return false;
-  }
-  for (absl::string_view label : absl::StrSplit(s, '.')) {
-    if (label.empty() || label.size() > kMaxLabelLength || label.front() == '-' || label.back() == '-') {
-      return false;
-    }
-    for (char c : label) {
-      if (!absl::ascii_isalnum(c) && c != '-') {
-        return false;
-      }
-    }
-  }
-  return true;
+  return s.size() <= kMaxDomainLength && address::IsValidDomain(s, /*smtputf8=*/false);
 }
 
-// RFC 5322 §3.4.1 domain-literal without FWS: "[" *dtext "]".
-bool IsDomainLiteral(absl::string_view s) {
-  if (s.size() < 3 || s.front() != '[' || s.back() != ']') {
-    return false;
-  }
-  s = s.substr(1, s.size() - 2);
-  return std::all_of(s.begin(), s.end(),
-                     [](char c) { return c >= 33 && c <= 126 && c != '[' && c != ']' && c != '\\'; });
-}
-
-// RFC 5322 §3.4.1 addr-spec in its modern form (no obs- syntax, no CFWS):
-// a dot-atom or quoted-string local part, "@", a host name or a domain
-// literal. The last "@" splits, since a quoted local part may hold one.
+// An address a report goes to or comes from: an RFC 5321 mailbox in ASCII
+// (lib/address: dot-string or quoted local part, a domain or an address
+// literal), at most 254 octets.
 bool IsAddrSpec(absl::string_view s) {
-  size_t at = s.rfind('@');
-  if (at == absl::string_view::npos || s.size() > kMaxAddressLength) {
+  if (s.size() > kMaxAddressLength) {
     return false;
   }
-  absl::string_view local = s.substr(0, at);
-  absl::string_view domain = s.substr(at + 1);
-  if (local.size() > kMaxLocalPartLength || !(IsDotAtom(local) || IsQuotedString(local))) {
-    return false;
-  }
-  return IsDomainName(domain) || IsDomainLiteral(domain);
+  absl::StatusOr<address::Mailbox> m = address::ParseMailbox(s, /*smtputf8=*/false);
+  return m.ok() && !m->local.empty() && !m->domain.empty();
 }
 
 // What may stand between the angle brackets of a msg-id we write: printable
@@ -403,7 +343,7 @@ void AppendMember(std::string& out, absl::string_view name, absl::string_view va
 }
 
 // The UTC civil time of `t`, clamped to years 0000-9999 so that the
-// four-digit year of RFC 3339 and RFC 5322 always holds.
+// four-digit year of RFC 3339 always holds.
 absl::CivilSecond UtcCivil(absl::Time t) {
   static const absl::Time kMin = absl::FromCivil(absl::CivilSecond(0, 1, 1, 0, 0, 0), absl::UTCTimeZone());
   static const absl::Time kMax = absl::FromCivil(absl::CivilSecond(9999, 12, 31, 23, 59, 59), absl::UTCTimeZone());
@@ -415,18 +355,6 @@ std::string Rfc3339(absl::Time t) {
   absl::CivilSecond c = UtcCivil(t);
   return absl::StrFormat("%04d-%02d-%02dT%02d:%02d:%02dZ", c.year(), c.month(), c.day(), c.hour(), c.minute(),
                          c.second());
-}
-
-// RFC 5322 §3.3 date-time in UTC: "Sun, 22 Nov 2026 00:00:00 +0000". The
-// names come from our own tables, not strftime, which follows the locale.
-std::string Rfc5322Date(absl::Time t) {
-  static constexpr const char* kDays[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
-  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  absl::CivilSecond c = UtcCivil(t);
-  int weekday = static_cast<int>(absl::GetWeekday(absl::CivilDay(c)));  // kMonday == 0
-  return absl::StrFormat("%s, %02d %s %04d %02d:%02d:%02d +0000", kDays[weekday], c.day(), kMonths[c.month() - 1],
-                         c.year(), c.hour(), c.minute(), c.second());
 }
 
 int64_t UnixSeconds(absl::Time t) { return std::max<int64_t>(0, absl::ToUnixSeconds(t)); }
@@ -711,7 +639,7 @@ absl::StatusOr<std::string> ComposeMail(const Report& report, const MailOptions&
   m.reserve(base64.size() + base64.size() / kBase64LineLength * 2 + 2048);
   absl::StrAppend(&m, "From: ", options.from, kCrlf);
   absl::StrAppend(&m, "To: ", options.to, kCrlf);
-  absl::StrAppend(&m, "Date: ", Rfc5322Date(options.date), kCrlf);
+  absl::StrAppend(&m, "Date: ", mime::FormatRfc5322Date(options.date), kCrlf);
   absl::StrAppend(&m, "Message-ID: <", options.message_id, ">", kCrlf);
   // §5.3 tlsrpt-subject: "Report" "Domain:" domain "Submitter:" domain
   // "Report-ID:" msg-id, with FWS between the words, so it may be folded.

@@ -244,8 +244,7 @@ void QueueCore::Impl::PruneIdempotencyKeys() {
         // swept in chunks. Through the batch: an Enqueue earlier in this
         // group may just have rewritten an expired key.
         const std::string prefix = IdempotencyKey("");
-        std::string end = prefix;
-        end.back() = static_cast<char>(end.back() + 1);
+        const std::string end = PrefixEnd(prefix);
         const rocksdb::Slice end_slice(end);
         std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(meta_, &end_slice);
         size_t looked = 0;

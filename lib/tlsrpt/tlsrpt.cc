@@ -58,10 +58,6 @@ absl::string_view TrimTrailingWsp(absl::string_view s) {
 
 bool IsAllWsp(absl::string_view s) { return TrimLeadingWsp(s).empty(); }
 
-uint64_t SaturatingAdd(uint64_t a, uint64_t b) {
-  return a > std::numeric_limits<uint64_t>::max() - b ? std::numeric_limits<uint64_t>::max() : a + b;
-}
-
 // ---------------------------------------------------------------------------
 // Addresses and domains (ASCII only: see ComposeMail in the header).
 
@@ -425,6 +421,15 @@ absl::Status CheckMailOptions(const Report& report, const MailOptions& options) 
 
 }  // namespace
 
+int64_t UtcDay(int64_t unix_ms) {
+  constexpr int64_t kDayMs = 86'400'000;
+  return unix_ms / kDayMs - (unix_ms % kDayMs < 0 ? 1 : 0);
+}
+
+uint64_t AddCounts(uint64_t a, uint64_t b) {
+  return a > std::numeric_limits<uint64_t>::max() - b ? std::numeric_limits<uint64_t>::max() : a + b;
+}
+
 absl::StatusOr<Record> ParseRecord(const std::vector<std::string>& txt) {
   const std::string* found = nullptr;
   size_t count = 0;
@@ -467,13 +472,13 @@ std::vector<PolicyResult> Aggregate(absl::string_view policy_domain, const std::
     }
     Group& group = groups[PolicyKey{c.policy_type, c.policy_string, c.mx_host}];
     if (c.result_type.empty()) {
-      group.successful = SaturatingAdd(group.successful, c.count);
+      group.successful = AddCounts(group.successful, c.count);
       continue;
     }
-    group.failed = SaturatingAdd(group.failed, c.count);
+    group.failed = AddCounts(group.failed, c.count);
     uint64_t& detail =
         group.details[DetailKey{c.result_type, c.receiving_mx_hostname, c.receiving_ip, c.failure_reason_code}];
-    detail = SaturatingAdd(detail, c.count);
+    detail = AddCounts(detail, c.count);
   }
   std::vector<PolicyResult> out;
   out.reserve(groups.size());

@@ -76,6 +76,15 @@ struct Record {
 // written, its scheme in lower case.
 absl::StatusOr<Record> ParseRecord(const std::vector<std::string>& txt);
 
+// The UTC day of a Unix time in milliseconds, as days since 1970-01-01
+// (rounded down, so before 1970 too): the day a session is counted for and
+// reported in.
+int64_t UtcDay(int64_t unix_ms);
+
+// a + b, or the largest count when that would overflow: session counts add
+// up across deliverers and days and must never wrap.
+uint64_t AddCounts(uint64_t a, uint64_t b);
+
 // What was counted for one policy domain: sessions of one kind (see
 // tern.v1.TlsRptCount, from which the queue fills it).
 struct SessionCount {

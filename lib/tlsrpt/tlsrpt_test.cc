@@ -701,5 +701,19 @@ TEST(ComposeMail, TakesTheAddressesParseRecordReturns) {
   EXPECT_TRUE(ComposeMail(SmallReport(), options).ok());
 }
 
+TEST(UtcDay, CountsWholeDaysSinceTheEpochRoundingDown) {
+  EXPECT_EQ(UtcDay(0), 0);
+  EXPECT_EQ(UtcDay(86400 * 1000LL - 1), 0);
+  EXPECT_EQ(UtcDay(86400 * 1000LL), 1);
+  EXPECT_EQ(UtcDay(-1), -1);
+  EXPECT_EQ(UtcDay(-86400 * 1000LL), -1);
+  EXPECT_EQ(UtcDay(-86400 * 1000LL - 1), -2);
+}
+
+TEST(AddCounts, AddsAndStopsAtTheLargestCount) {
+  EXPECT_EQ(AddCounts(2, 3), 5u);
+  EXPECT_EQ(AddCounts(UINT64_MAX - 1, 5), UINT64_MAX);
+}
+
 }  // namespace
 }  // namespace tern::tlsrpt

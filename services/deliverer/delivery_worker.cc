@@ -1514,7 +1514,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                 absl::string_view mx_host, absl::string_view ip, absl::string_view reason,
                 const std::vector<std::string>& rua) {
     metrics_.TlsRptSessions(policy.type, result_type.empty()).Inc();
-    if (!tlsrpt_counts_.Add(MakeTlsRptCount(UtcDay(NowUnixMs()), domain, policy, result_type, mx_host, ip, reason,
+    if (!tlsrpt_counts_.Add(MakeTlsRptCount(tlsrpt::UtcDay(NowUnixMs()), domain, policy, result_type, mx_host, ip, reason,
                                             rua))) {
       metrics_.tlsrpt_dropped.Inc();
     }

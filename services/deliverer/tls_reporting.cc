@@ -108,11 +108,6 @@ tern::v1::TlsRptCount MakeTlsRptCount(int64_t day, absl::string_view domain, con
   return c;
 }
 
-int64_t UtcDay(int64_t unix_ms) {
-  constexpr int64_t kDayMs = 86400 * 1000LL;
-  return unix_ms >= 0 ? unix_ms / kDayMs : -((-unix_ms + kDayMs - 1) / kDayMs);
-}
-
 std::string TlsRptCounter::Identity(const tern::v1::TlsRptCount& count) {
   tern::v1::TlsRptCount key = count;
   key.clear_count();

@@ -67,9 +67,6 @@ tern::v1::TlsRptCount MakeTlsRptCount(int64_t day, absl::string_view domain, con
                                       absl::string_view ip, absl::string_view reason,
                                       const std::vector<std::string>& rua);
 
-// UTC day number (days since 1970-01-01) of a Unix time in milliseconds.
-int64_t UtcDay(int64_t unix_ms);
-
 // Sessions counted since the last Take(), identical counts merged. Holds at
 // most `max_entries` distinct counts: beyond that Add refuses (and the
 // caller counts the loss), so a queue that stays away for a long time

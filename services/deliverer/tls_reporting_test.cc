@@ -61,13 +61,6 @@ TEST(MakeTlsRptCount, KeepsWhereAndWhyOnlyForFailures) {
   EXPECT_EQ(bad.failure_reason_code().size(), 256u);  // a server cannot fill the records
 }
 
-TEST(UtcDay, CountsWholeDaysSinceTheEpoch) {
-  EXPECT_EQ(UtcDay(0), 0);
-  EXPECT_EQ(UtcDay(86400 * 1000LL - 1), 0);
-  EXPECT_EQ(UtcDay(86400 * 1000LL), 1);
-  EXPECT_EQ(UtcDay(-1), -1);
-}
-
 TEST(TlsRptCounter, MergesEqualCountsAndKeepsTheNewestRua) {
   TlsRptCounter counter(10);
   EXPECT_TRUE(counter.Add(MakeTlsRptCount(1, "a.example", NoPolicyForReport(), "", "", "", "", {"mailto:old@a"})));

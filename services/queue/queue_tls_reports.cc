@@ -59,7 +59,6 @@ namespace {
 
 using tern::v1::TlsRptCount;
 
-constexpr int64_t kDayMs = 86'400'000;
 // How long after a day's end an automatic run reports it.
 constexpr int64_t kTlsRptGraceMs = 10 * 60'000;
 // Limits on what RecordTlsResults accepts. A deliverer sends the distinct
@@ -173,8 +172,6 @@ absl::Status CheckCount(const TlsRptCount& c, int64_t today) {
   return absl::OkStatus();
 }
 
-uint64_t SaturatingAdd(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
-
 tlsrpt::SessionCount ToSessionCount(const TlsRptCount& c) {
   tlsrpt::SessionCount s;
   s.policy_type = c.policy_type();
@@ -254,7 +251,7 @@ void QueueCore::Impl::RecordTlsResults(tern::v1::RecordTlsResultsRequest request
         absl::StrCat("RecordTlsResults: ", request.counts_size(), " counts; at most ", kMaxCountsPerCall, " a call")));
     return;
   }
-  const int64_t today = FloorDiv(clock_->NowUnixMs(), kDayMs);
+  const int64_t today = tlsrpt::UtcDay(clock_->NowUnixMs());
   // Equal counts of the call are merged here, on the caller's thread, so the
   // writer reads and writes each key once.
   struct Merged {
@@ -285,7 +282,7 @@ void QueueCore::Impl::RecordTlsResults(tern::v1::RecordTlsResultsRequest request
       continue;
     }
     TlsRptCount& into = (*merged)[it->second].count;
-    into.set_count(SaturatingAdd(into.count(), c.count()));
+    into.set_count(tlsrpt::AddCounts(into.count(), c.count()));
     if (c.rua_size() > 0) {
       *into.mutable_rua() = std::move(*c.mutable_rua());
     }
@@ -300,7 +297,7 @@ void QueueCore::Impl::RecordTlsResults(tern::v1::RecordTlsResultsRequest request
           TERN_ASSIGN_OR_RETURN(std::optional<TlsRptCount> stored, Read<TlsRptCount>(txn, meta_, kMetaCf, m.key));
           TlsRptCount out = m.count;
           if (stored.has_value()) {
-            out.set_count(SaturatingAdd(stored->count(), out.count()));
+            out.set_count(tlsrpt::AddCounts(stored->count(), out.count()));
             if (out.rua().empty()) {
               *out.mutable_rua() = std::move(*stored->mutable_rua());
             }
@@ -342,9 +339,9 @@ absl::StatusOr<tern::v1::ListTlsReportsResponse> QueueCore::Impl::ListTlsReports
       pending->set_policy_domain(current->policy_domain);
     }
     if (c.result_type().empty()) {
-      pending->set_successful(SaturatingAdd(pending->successful(), c.count()));
+      pending->set_successful(tlsrpt::AddCounts(pending->successful(), c.count()));
     } else {
-      pending->set_failed(SaturatingAdd(pending->failed(), c.count()));
+      pending->set_failed(tlsrpt::AddCounts(pending->failed(), c.count()));
     }
     for (const std::string& rua : c.rua()) {
       if (std::find(pending->rua().begin(), pending->rua().end(), rua) == pending->rua().end()) {
@@ -451,14 +448,14 @@ absl::Status QueueCore::Impl::SubmitAndWait(GroupOp op) {
 absl::StatusOr<tern::v1::SendTlsReportsResponse> QueueCore::Impl::RunTlsReports(bool manual, bool include_today) {
   tern::v1::SendTlsReportsResponse out;
   const int64_t now = clock_->NowUnixMs();
-  const int64_t today = FloorDiv(now, kDayMs);
+  const int64_t today = tlsrpt::UtcDay(now);
   const int64_t keep_from = today - kTlsRptRetentionDays;
   TERN_RETURN_IF_ERROR(PurgeTlsCounts(keep_from));
   if (!opt_.tlsrpt.enabled) {
     return out;
   }
   // The days to report: before end_day.
-  const int64_t end_day = include_today ? today + 1 : manual ? today : FloorDiv(now - kTlsRptGraceMs, kDayMs);
+  const int64_t end_day = include_today ? today + 1 : manual ? today : tlsrpt::UtcDay(now - kTlsRptGraceMs);
   TERN_ASSIGN_OR_RETURN(std::vector<TlsRptKey> groups, ListTlsCountGroups(keep_from, end_day));
   for (const TlsRptKey& group : groups) {
     if (tlsrpt_stopping_.load(std::memory_order_relaxed)) {

@@ -3,6 +3,7 @@
 #include <openssl/ssl.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <tuple>
 
@@ -242,7 +243,12 @@ asio::awaitable<absl::StatusOr<std::string>> Connection::ReadBytes(size_t max_le
 }
 
 asio::awaitable<absl::Status> Connection::Write(absl::string_view data, Duration timeout) {
-  auto buf = asio::buffer(data.data(), data.size());
+  co_return co_await Write(data, absl::string_view(), timeout);
+}
+
+asio::awaitable<absl::Status> Connection::Write(absl::string_view head, absl::string_view tail, Duration timeout) {
+  const std::array<asio::const_buffer, 2> buf = {asio::buffer(head.data(), head.size()),
+                                                 asio::buffer(tail.data(), tail.size())};
   Arm(timeout, /*reading=*/false);
   std::tuple<asio::error_code, size_t> result;
   if (tls_) {

@@ -97,6 +97,9 @@ class Connection {
 
   // Writes all of `data`.
   asio::awaitable<absl::Status> Write(absl::string_view data, Duration timeout);
+  // Writes all of `head`, then all of `tail`, in one gather write: a command
+  // and the message text behind it go out without copying the text.
+  asio::awaitable<absl::Status> Write(absl::string_view head, absl::string_view tail, Duration timeout);
 
   // Bytes already read from the socket but not yet consumed by ReadLine. Per
   // RFC 3207 a server must see none when it says 220 to STARTTLS, and a client

@@ -219,5 +219,27 @@ TEST(Connection, WriteDeliversAllBytes) {
   EXPECT_EQ(received, big);
 }
 
+TEST(Connection, GatherWriteSendsHeadThenTailWhole) {
+  Pair p;
+  const std::string head = "BDAT 1048576 LAST\r\n";
+  std::string tail(1 << 20, 'y');
+  tail[0] = 'F';
+  tail.back() = 'L';
+  std::string received;
+  std::thread reader([&] {
+    char buf[65536];
+    asio::error_code ec;
+    while (received.size() < head.size() + tail.size()) {
+      size_t n = p.client.read_some(asio::buffer(buf), ec);
+      if (ec) break;
+      received.append(buf, n);
+    }
+  });
+  auto s = p.Run(p.conn->Write(head, tail, 5s));
+  reader.join();
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(received, head + tail);
+}
+
 }  // namespace
 }  // namespace tern::net

@@ -13,7 +13,7 @@
 // Thread-safety: stateless functions.
 //
 // Standards: RFC 5321 §4.5.2 (transparency), §4.1.1.4 (end of data),
-// §2.3.8 (lines end in CRLF only).
+// §2.3.8 (lines end in CRLF only); RFC 3030 §2 (BDAT data is sent as is).
 #pragma once
 
 #include <string>
@@ -30,6 +30,17 @@ class DotCodec {
 
   // The same, as a new string.
   static std::string Encode(absl::string_view body);
+
+  // For BDAT (RFC 3030), where the length is counted and nothing is
+  // stuffed: true when `body` can go as it is, i.e. every line ends in CRLF
+  // (no bare CR or LF, and a final CRLF unless the body is empty). A scan,
+  // no copy: the common case sends the stored bytes themselves.
+  static bool IsCrlfCanonical(absl::string_view body);
+
+  // Appends `body` with every line end made CRLF (bare CR and bare LF
+  // included) and a final CRLF if it lacks one; no dot is stuffed and no
+  // terminator added. For BDAT when IsCrlfCanonical() is false.
+  static void AppendCrlfCanonical(absl::string_view body, std::string* out);
 };
 
 }  // namespace tern::smtp

@@ -56,5 +56,40 @@ TEST(DotCodec, LargeBodyRoundTripsLineByLine) {
   EXPECT_EQ(DotCodec::Encode(body), expected);
 }
 
+TEST(DotCodec, CrlfCanonicalTellsWhatBdatCanSendAsItIs) {
+  struct Case {
+    const char* label;
+    std::string body;
+    bool canonical;
+  } cases[] = {
+      {"empty", "", true},
+      {"CRLF lines", "a\r\n.b\r\n\r\n", true},
+      {"leading dots need no stuffing", ".\r\n..\r\n", true},
+      {"no final line end", "a\r\nb", false},
+      {"bare LF", "a\nb\r\n", false},
+      {"bare LF first", "\nb\r\n", false},
+      {"bare CR", "a\rb\r\n", false},
+      {"CR CR LF", "a\r\r\n", false},
+      {"final bare CR", "a\r\n\r", false},
+      {"lone CR", "\r", false},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.label);
+    EXPECT_EQ(DotCodec::IsCrlfCanonical(c.body), c.canonical);
+    std::string out;
+    DotCodec::AppendCrlfCanonical(c.body, &out);
+    // Canonicalising changes exactly the bodies that are not canonical,
+    // and its result always is.
+    EXPECT_EQ(out == c.body, c.canonical);
+    EXPECT_TRUE(DotCodec::IsCrlfCanonical(out));
+  }
+}
+
+TEST(DotCodec, CrlfCanonicalNeitherStuffsNorTerminates) {
+  std::string out = "BDAT 9 LAST\r\n";
+  DotCodec::AppendCrlfCanonical(".a\n.\nb", &out);
+  EXPECT_EQ(out, "BDAT 9 LAST\r\n.a\r\n.\r\nb\r\n");
+}
+
 }  // namespace
 }  // namespace tern::smtp

@@ -79,7 +79,7 @@ struct EhloCapabilities {
   bool starttls = false;          // RFC 3207
   bool dsn = false;               // RFC 3461
   bool enhanced_status_codes = false;  // RFC 2034
-  bool chunking = false;          // RFC 3030 (recorded, not used yet)
+  bool chunking = false;          // RFC 3030 (BDAT)
   bool requiretls = false;        // RFC 8689
   std::vector<std::string> auth_mechanisms;  // upper-cased, RFC 4954
 };

@@ -88,6 +88,7 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   TERN_ASSIGN_OR_RETURN(int64_t sts_port, GetRanged(tern, kD, "mta_sts_port", 443, 1, 65535));
   c.mta_sts_port = static_cast<uint16_t>(sts_port);
   TERN_ASSIGN_OR_RETURN(c.dane, tern.GetBool(kD, "dane", true));
+  TERN_ASSIGN_OR_RETURN(c.chunking, tern.GetBool(kD, "chunking", true));
   TERN_ASSIGN_OR_RETURN(c.tlsrpt, tern.GetBool("tlsrpt", "enabled", false));
   TERN_ASSIGN_OR_RETURN(int64_t tlsrpt_flush, GetRanged(tern, "tlsrpt", "flush_seconds", 10, 1, 3600));
   c.tlsrpt_flush = std::chrono::seconds(tlsrpt_flush);

@@ -57,6 +57,10 @@
 //                                 require STARTTLS with a certificate they
 //                                 match (dane.h). Takes precedence over
 //                                 MTA-STS for the domain. Default: true
+//     chunking=true               send messages with BDAT (RFC 3030) to SMTP
+//                                 servers that offer CHUNKING: counted bytes
+//                                 as stored, no dot-stuffing; false = always
+//                                 DATA (LMTP always uses DATA). Default: true
 //     health_listen=127.0.0.1:7072   Default: 127.0.0.1:7072; empty disables
 //     metrics_listen=127.0.0.1:9472  Default: 127.0.0.1:9472; empty disables
 //   tern.ini [tlsrpt]
@@ -123,6 +127,7 @@ struct DelivererConfig {
   std::chrono::milliseconds mta_sts_timeout{10000};
   uint16_t mta_sts_port = 443;
   bool dane = true;
+  bool chunking = true;
   // tern.ini [tlsrpt] enabled and flush_seconds.
   bool tlsrpt = false;
   std::chrono::seconds tlsrpt_flush{10};

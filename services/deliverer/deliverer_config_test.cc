@@ -49,6 +49,7 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
   EXPECT_EQ(c->mta_sts_timeout, std::chrono::seconds(10));
   EXPECT_EQ(c->mta_sts_port, 443);
   EXPECT_TRUE(c->dane);
+  EXPECT_TRUE(c->chunking);
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.banner, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.rcpt, std::chrono::seconds(30));
@@ -62,7 +63,7 @@ TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   Write("tern.ini", "[deliverer]\nrcpt_timeout=120\ndot_timeout=900\npool_timeout=0\npool_max_messages=5\n"
                     "tls_failure_ttl=60\nhost_flags_refresh=5\ndestination_connections_max=0\n"
                     "unreachable_after=0\nunreachable_backoff=300\nmta_sts=false\nmta_sts_timeout=3\n"
-                    "mta_sts_port=8443\ndane=false\n");
+                    "mta_sts_port=8443\ndane=false\nchunking=false\n");
   auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(7));
@@ -80,6 +81,7 @@ TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   EXPECT_EQ(c->mta_sts_timeout, std::chrono::seconds(3));
   EXPECT_EQ(c->mta_sts_port, 8443);
   EXPECT_FALSE(c->dane);
+  EXPECT_FALSE(c->chunking);
 }
 
 TEST_F(ConfigTest, ReadsRoutesAndTlsPolicy) {
@@ -143,7 +145,8 @@ TEST_F(ConfigTest, BadValuesNameTheKey) {
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("unreachable_backoff"), std::string::npos) << c.status();
 
-  for (const char* bad : {"mta_sts=maybe", "mta_sts_timeout=0", "mta_sts_port=70000", "dane=perhaps"}) {
+  for (const char* bad : {"mta_sts=maybe", "mta_sts_timeout=0", "mta_sts_port=70000", "dane=perhaps",
+                          "chunking=sometimes"}) {
     Write("tern.ini", absl::StrCat("[deliverer]\n", bad, "\n"));
     c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
     ASSERT_FALSE(c.ok()) << bad;

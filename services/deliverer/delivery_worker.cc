@@ -793,6 +793,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       request.body_8bit = job.body_8bit();
       request.ret = ToRet(job.ret());
       request.envid = job.envid();
+      request.chunking = config_.chunking;
       const TlsDecision tls =
           config_.tls.Decide(config_.enable_tls, route != nullptr ? route->tls : RouteTls::kOpportunistic,
                              host_flags_.Has(flag_host, kBrokenTlsFlag, NowUnixMs()), attempt.ip, attempt.mx_host,
@@ -1213,6 +1214,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                 {"dane", r.dane.empty() ? "none" : r.dane},
                 {"auth", r.auth_mechanism.empty() ? "none" : r.auth_mechanism},
                 {"reused", r.reused ? "yes" : "no"},
+                {"sent_with", !r.data_sent ? "none" : r.chunked ? "BDAT" : "DATA"},
                 {"delays", absl::StrCat(Millis(dns_delay), "/", Millis(r.connect_time), "/",
                                         Millis(r.transaction_time))},
                 {"failure", r.failure}});

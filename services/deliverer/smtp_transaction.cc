@@ -574,6 +574,12 @@ class Session {
       return cmd;
     };
 
+    // RFC 3030 CHUNKING: the message goes as one counted BDAT LAST chunk,
+    // exactly as stored (no dot-stuffing pass, no copy of a CRLF-clean
+    // body, 8-bit and NUL-safe). Not over LMTP, where what follows a BDAT
+    // LAST is less settled among servers than the per-recipient replies to
+    // a final dot (RFC 2033 §4.2).
+    const bool bdat = caps.chunking && req_.chunking && !session_->lmtp;
     // accepted[i]: RCPT i got a 2xx and waits for the DATA outcome.
     std::vector<bool> accepted(req_.recipients.size(), false);
     data_pipelined_ = false;  // a retry on a fresh session may lack PIPELINING
@@ -583,7 +589,8 @@ class Session {
       // nothing: the data gate below still comes before the body's final
       // dot, the point after which the server may have taken the message.
       // One round trip and one write fewer per message than sending DATA
-      // after the RCPT replies.
+      // after the RCPT replies. BDAT is not pipelined with them: it carries
+      // the message itself, which must wait for the data gate.
       std::string batch;
       if (rset_pending_) {
         batch = "RSET\r\n";
@@ -592,8 +599,10 @@ class Session {
       for (const auto& r : req_.recipients) {
         batch += rcpt_command(r);
       }
-      batch += "DATA\r\n";
-      data_pipelined_ = true;
+      if (!bdat) {
+        batch += "DATA\r\n";
+        data_pipelined_ = true;
+      }
       if (rset_pending_) {
         rset_pending_ = false;
         absl::Status written = co_await conn().Write(batch, req_.timeouts.mail);
@@ -648,42 +657,13 @@ class Session {
       co_return;
     }
 
-    if (!data_pipelined_) {
-      // Nothing sent for the message yet: RSET clears MAIL for the next use.
-      if (!co_await PassDataGate(After::kReuse)) {
+    if (bdat) {
+      if (!co_await SendWithBdat()) {
         co_return;
       }
-      if (!co_await Write("DATA\r\n", req_.timeouts.data, "DATA")) {
-        co_return;
-      }
-    }
-    auto data = co_await ReadReply(req_.timeouts.data, "DATA");
-    if (!data) {
+    } else if (!co_await SendWithData(accepted)) {
       co_return;
     }
-    // After a 354 the server waits for the message; the only way to take
-    // DATA back is to hang up (nothing is delivered without the final dot).
-    if (data->code == 354 && data_pipelined_ && !co_await PassDataGate(After::kClose)) {
-      co_return;
-    }
-    if (data->code != 354) {
-      if (data->code == 421 || (data->klass() != 4 && data->klass() != 5)) {
-        FailWithReply(*data, "did not accept DATA");
-      } else {
-        DecideAccepted(accepted, OutcomeFromReply(*data, req_.mx_host, req_.ip));
-        after_ = After::kReuse;
-      }
-      co_return;
-    }
-
-    // The body write is still before the final dot is complete: a failure
-    // here leaves nothing delivered, so the recipients stay undecided.
-    std::string encoded;
-    smtp::DotCodec::AppendEncoded(req_.body ? absl::string_view(*req_.body) : absl::string_view(), &encoded);
-    if (!co_await Write(encoded, req_.timeouts.final_dot, "message body")) {
-      co_return;
-    }
-    encoded = std::string();
     res_.data_sent = true;
 
     const Clock::time_point deadline = Clock::now() + req_.timeouts.final_dot;
@@ -720,6 +700,73 @@ class Session {
     }
     ++session_->messages;
     after_ = After::kReuse;
+  }
+
+  // DATA (its reply read here when it was pipelined), the data gate, then
+  // the dot-stuffed message and the final dot. False when the transaction
+  // ends here (outcomes or the failure recorded).
+  asio::awaitable<bool> SendWithData(const std::vector<bool>& accepted) {
+    if (!data_pipelined_) {
+      // Nothing sent for the message yet: RSET clears MAIL for the next use.
+      if (!co_await PassDataGate(After::kReuse)) {
+        co_return false;
+      }
+      if (!co_await Write("DATA\r\n", req_.timeouts.data, "DATA")) {
+        co_return false;
+      }
+    }
+    auto data = co_await ReadReply(req_.timeouts.data, "DATA");
+    if (!data) {
+      co_return false;
+    }
+    // After a 354 the server waits for the message; the only way to take
+    // DATA back is to hang up (nothing is delivered without the final dot).
+    if (data->code == 354 && data_pipelined_ && !co_await PassDataGate(After::kClose)) {
+      co_return false;
+    }
+    if (data->code != 354) {
+      if (data->code == 421 || (data->klass() != 4 && data->klass() != 5)) {
+        FailWithReply(*data, "did not accept DATA");
+      } else {
+        DecideAccepted(accepted, OutcomeFromReply(*data, req_.mx_host, req_.ip));
+        after_ = After::kReuse;
+      }
+      co_return false;
+    }
+
+    // The body write is still before the final dot is complete: a failure
+    // here leaves nothing delivered, so the recipients stay undecided.
+    std::string encoded;
+    smtp::DotCodec::AppendEncoded(req_.body ? absl::string_view(*req_.body) : absl::string_view(), &encoded);
+    co_return co_await Write(encoded, req_.timeouts.final_dot, "message body");
+  }
+
+  // The data gate, then "BDAT <n> LAST" and the message in one write. The
+  // reply to it is the message's outcome, as the reply to a final dot is.
+  // A failed write leaves nothing delivered (the server needs all n bytes
+  // before it may take the message), so the recipients stay undecided.
+  asio::awaitable<bool> SendWithBdat() {
+    if (!co_await PassDataGate(After::kReuse)) {
+      co_return false;
+    }
+    const absl::string_view body = req_.body ? absl::string_view(*req_.body) : absl::string_view();
+    // A stored message has CRLF line ends (ingest and the API make sure);
+    // BDAT sends bytes as they are, so anything else is made CRLF here as
+    // DotCodec does for DATA, instead of handing the receiver bare LFs.
+    std::string canonical;
+    absl::string_view payload = body;
+    if (!smtp::DotCodec::IsCrlfCanonical(body)) {
+      smtp::DotCodec::AppendCrlfCanonical(body, &canonical);
+      payload = canonical;
+    }
+    const std::string command = absl::StrCat("BDAT ", payload.size(), " LAST\r\n");
+    absl::Status s = co_await conn().Write(command, payload, req_.timeouts.final_dot);
+    if (!s.ok()) {
+      WriteFailed(s, "message body");
+      co_return false;
+    }
+    res_.chunked = true;
+    co_return true;
   }
 
   RecipientOutcome LostAfterDot(const absl::Status& status) {
@@ -826,12 +873,16 @@ class Session {
   asio::awaitable<bool> Write(absl::string_view data, Clock::duration timeout, absl::string_view what) {
     absl::Status s = co_await conn().Write(data, timeout);
     if (!s.ok()) {
-      Fail("4.4.2", absl::StrCat(s.code() == absl::StatusCode::kDeadlineExceeded ? "timeout" : "lost connection",
-                                 " with ", relay_, " while sending ", what, ": ", s.message()));
-      after_ = After::kClose;
+      WriteFailed(s, what);
       co_return false;
     }
     co_return true;
+  }
+
+  void WriteFailed(const absl::Status& s, absl::string_view what) {
+    Fail("4.4.2", absl::StrCat(s.code() == absl::StatusCode::kDeadlineExceeded ? "timeout" : "lost connection",
+                               " with ", relay_, " while sending ", what, ": ", s.message()));
+    after_ = After::kClose;
   }
 
   // One complete reply, within `timeout` overall.

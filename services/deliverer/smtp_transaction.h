@@ -13,8 +13,10 @@
 // DATA when no recipient was accepted (a server answering 354 anyway is hung
 // up on). Without it, DATA is sent only when a recipient was accepted and
 // `before_data` agreed. Then the dot-stuffed body, never before
-// `before_data` agreed. SMTP
-// gives one reply to the final dot for every accepted recipient; LMTP gives
+// `before_data` agreed. When an SMTP server offers CHUNKING (and `chunking`
+// is on), no DATA: once a recipient is accepted and `before_data` agreed,
+// "BDAT <n> LAST" and the message in one write (RFC 3030). SMTP
+// gives one reply to the final dot (or BDAT) for every accepted recipient; LMTP gives
 // one per accepted recipient, in RCPT order, each applied to its own
 // recipient. Afterwards the session goes back to the pool or is QUIT.
 //
@@ -48,7 +50,8 @@
 // Standards: RFC 5321 (§3.3 mail transaction, §4.1.1, §4.2 replies, §4.5.2
 // transparency, §4.5.3.2 timeouts), RFC 2033 (LMTP), RFC 2920 (pipelining),
 // RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 1870 (SIZE), RFC 6152 (8BITMIME),
-// RFC 6531 (SMTPUTF8), RFC 3461 (DSN parameters, xtext).
+// RFC 6531 (SMTPUTF8), RFC 3461 (DSN parameters, xtext), RFC 3030 (CHUNKING:
+// the message as one BDAT LAST chunk).
 #pragma once
 
 #include <chrono>
@@ -134,13 +137,16 @@ struct TransactionRequest {
   std::string auth_pass;
   std::string auth_type;          // preferred mechanism, "" = strongest offered
   bool force_auth = false;
+  // Send the message with BDAT (RFC 3030) when the server offers CHUNKING
+  // (SMTP only; LMTP keeps DATA). tern.ini [deliverer] chunking.
+  bool chunking = true;
   SmtpTimeouts timeouts;
   ConnectionPool* pool = nullptr; // reuse sessions when set and enabled
   // Longest wait for a connection slot of the destination (the pool's
   // max_per_destination); zero = timeouts.connect.
   std::chrono::steady_clock::duration connection_wait{};
   // Awaited once a recipient is accepted, before the message is sent:
-  // right before DATA, or, when DATA was pipelined, after its 354. The
+  // right before DATA or BDAT, or, when DATA was pipelined, after its 354. The
   // caller records durably that the final dot may be sent (Queue.Progress).
   // A non-OK status stops the transaction without the message (recipients
   // undecided, the status message as `failure`; the session is reused when
@@ -199,7 +205,8 @@ struct TransactionResult {
   std::string auth_mechanism;     // "" = no AUTH
   std::string warning;            // e.g. AUTH not offered, sent without it
   bool reused = false;            // a pooled session carried this transaction
-  bool data_sent = false;         // the body and final dot were written
+  bool data_sent = false;         // the body and final dot (or BDAT LAST) were written
+  bool chunked = false;           // the body went with BDAT (RFC 3030), not DATA
   // Time to a ready session (connect..AUTH; 0 when reused) and for the
   // transaction itself (MAIL..final reply).
   std::chrono::steady_clock::duration connect_time{};

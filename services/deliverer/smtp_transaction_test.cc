@@ -11,8 +11,10 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "asio/co_spawn.hpp"
 #include "asio/detached.hpp"
 #include "asio/experimental/as_tuple.hpp"
@@ -71,6 +73,7 @@ struct Script {
 struct Seen {
   std::vector<std::string> commands;
   std::string body;  // raw DATA lines, CRLF-joined, before the dot
+  std::string bdat;  // the bytes of every BDAT chunk, as received
   bool batched = false;
   // RSET arrived with more commands behind it in the same read (pipelined).
   bool rset_pipelined = false;
@@ -239,6 +242,42 @@ asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, See
       } else {
         co_await Reply(c, script.dot);
       }
+      accepted = 0;
+      if (script.close_after_dot) {
+        c.Abort();
+        co_return;
+      }
+    } else if (verb == "BDAT") {
+      // RFC 3030: "BDAT <size> [LAST]", then exactly <size> bytes.
+      const std::vector<std::string> words = absl::StrSplit(cmd, ' ');
+      size_t size = 0;
+      if (words.size() < 2 || !absl::SimpleAtoi(words[1], &size)) {
+        co_await Reply(c, "501 5.5.4 bad BDAT");
+        continue;
+      }
+      const bool last = words.size() > 2 && words[2] == "LAST";
+      size_t got = 0;
+      while (got < size) {
+        auto bytes = co_await c.ReadBytes(size - got, 10s);
+        if (!bytes.ok()) {
+          co_return;
+        }
+        got += bytes->size();
+        seen->bdat += *bytes;
+      }
+      if (accepted == 0) {
+        co_await Reply(c, script.data_without_rcpt);
+        continue;
+      }
+      if (!last) {
+        co_await Reply(c, absl::StrCat("250 2.0.0 ", size, " bytes received"));
+        continue;
+      }
+      if (script.dot == "CLOSE" || co_await StopsAt(c, script, "DOT")) {
+        c.Abort();
+        co_return;
+      }
+      co_await Reply(c, script.dot);
       accepted = 0;
       if (script.close_after_dot) {
         c.Abort();
@@ -1153,6 +1192,170 @@ TEST_F(SmtpTransactionTest, ServerAcceptingPipelinedDataWithoutRecipientsIsHungU
   EXPECT_FALSE(r.data_sent);
   EXPECT_TRUE(seen.body.empty());
   EXPECT_EQ(pool.idle(), 0u);
+}
+
+// CHUNKING (RFC 3030): the message goes as one BDAT LAST chunk.
+constexpr char kChunkingEhlo[] = "250-mx.x.test\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 CHUNKING";
+
+TEST_F(SmtpTransactionTest, ChunkingServerGetsTheStoredBytesInOneBdatLastAfterTheGate) {
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  script.batch = 2;  // MAIL and RCPT pipelined; no DATA with them
+  Seen seen;
+  int calls = 0;
+  size_t commands_at_call = 0;
+  const std::string body = "Subject: hi\r\n\r\n.leading dot stays single\r\n.\r\nlast\r\n";
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.body = std::make_shared<const std::string>(body);
+    req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
+  });
+  EXPECT_TRUE(seen.batched);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(commands_at_call, 3u);  // EHLO MAIL RCPT: nothing of the message yet
+  EXPECT_FALSE(Sent(seen, "DATA"));
+  EXPECT_TRUE(Sent(seen, absl::StrCat("BDAT ", body.size(), " LAST")));
+  EXPECT_EQ(seen.bdat, body);  // byte for byte: no dot-stuffing, no terminator
+  EXPECT_TRUE(r.data_sent);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r.outcomes[0]->reply_text, "Ok: queued as 123");
+}
+
+TEST_F(SmtpTransactionTest, BdatCountsTheBodyAfterBareLineEndsAreMadeCrlf) {
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.body = std::make_shared<const std::string>("Subject: lf\n\nbare\rlast");
+  });
+  EXPECT_EQ(seen.bdat, "Subject: lf\r\n\r\nbare\r\nlast\r\n");
+  EXPECT_TRUE(Sent(seen, "BDAT 27 LAST"));
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+}
+
+TEST_F(SmtpTransactionTest, ChunkingOffInTheRequestKeepsData) {
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  Seen seen;
+  TransactionResult r =
+      Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) { req.chunking = false; });
+  EXPECT_TRUE(Sent(seen, "DATA"));
+  EXPECT_FALSE(Sent(seen, "BDAT"));
+  EXPECT_EQ(seen.body, "Subject: hi\r\n\r\n..hidden line\r\nlast");
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+}
+
+TEST_F(SmtpTransactionTest, LmtpUsesDataEvenWhenChunkingIsOffered) {
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  script.lmtp = true;
+  script.lmtp_replies = {"250 2.0.0 <a@x.test> saved"};
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) { req.lmtp = true; });
+  EXPECT_TRUE(Sent(seen, "DATA"));
+  EXPECT_FALSE(Sent(seen, "BDAT"));
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+}
+
+TEST_F(SmtpTransactionTest, PermanentReplyToBdatAppliesToTheAcceptedRecipientsOnly) {
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  script.rcpt["no@x.test"] = "550 5.1.1 unknown";
+  script.dot = "554 5.6.0 Message content rejected";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test", "no@x.test"}, &seen);
+  ASSERT_TRUE(r.outcomes[0] && r.outcomes[1]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kPermanent);
+  EXPECT_EQ(r.outcomes[0]->enhanced_status, "5.6.0");
+  EXPECT_EQ(r.outcomes[1]->enhanced_status, "5.1.1");
+  EXPECT_TRUE(Sent(seen, "BDAT"));
+}
+
+TEST_F(SmtpTransactionTest, ConnectionLostAfterBdatLastIsAmbiguous) {
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  script.dot = "CLOSE";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kTransient);
+  EXPECT_TRUE(r.outcomes[0]->ambiguous);
+  EXPECT_TRUE(r.data_sent);
+  EXPECT_EQ(seen.bdat.size(), 35u);
+}
+
+TEST_F(SmtpTransactionTest, NoRecipientAcceptedSendsNoBdatAndNeverCallsTheGate) {
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  script.rcpt["no@x.test"] = "550 5.1.1 unknown";
+  Seen seen;
+  int calls = 0;
+  size_t commands_at_call = 0;
+  TransactionResult r = Run(script, {"no@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
+  });
+  EXPECT_EQ(calls, 0);
+  EXPECT_FALSE(Sent(seen, "BDAT"));
+  EXPECT_FALSE(Sent(seen, "DATA"));
+  EXPECT_FALSE(r.data_sent);
+  ASSERT_TRUE(r.outcomes[0]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kPermanent);
+}
+
+TEST_F(SmtpTransactionTest, RefusedGateBeforeBdatSendsNothingOfTheMessage) {
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  Seen seen;
+  int calls = 0;
+  size_t commands_at_call = 0;
+  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+    req.before_data = [&] {
+      return CountingGate(&calls, &seen, &commands_at_call, absl::UnavailableError("queue unreachable"));
+    };
+  });
+  EXPECT_EQ(calls, 1);
+  EXPECT_FALSE(Sent(seen, "BDAT"));
+  EXPECT_TRUE(seen.bdat.empty());
+  EXPECT_FALSE(r.data_sent);
+  EXPECT_FALSE(r.outcomes[0]);
+  EXPECT_EQ(r.failure_enhanced, "4.3.0");
+}
+
+TEST_F(SmtpTransactionTest, ChunkingWithoutPipeliningSendsMailAndRcptOneAtATimeThenBdat) {
+  Script script;
+  script.ehlo = "250-mx.x.test\r\n250 CHUNKING";
+  Seen seen;
+  TransactionResult r = Run(script, {"a@x.test", "b@x.test"}, &seen);
+  EXPECT_FALSE(seen.rcpt_pipelined);
+  EXPECT_TRUE(Sent(seen, "BDAT 35 LAST"));
+  EXPECT_EQ(seen.bdat, "Subject: hi\r\n\r\n.hidden line\r\nlast\r\n");
+  ASSERT_TRUE(r.outcomes[0] && r.outcomes[1]);
+  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r.outcomes[1]->outcome, OutcomeClass::kDelivered);
+}
+
+TEST_F(SmtpTransactionTest, PooledChunkingSessionCarriesASecondMessageAfterRset) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  Seen seen;
+  const uint16_t port = StartServer(script, &seen);
+  TransactionRequest first = Request({"a@x.test"}, port);
+  first.pool = &pool;
+  first.body = std::make_shared<const std::string>("Subject: one\r\n\r\n1\r\n");
+  TransactionResult r1 = RunRequest(first);
+  TransactionRequest second = first;
+  second.body = std::make_shared<const std::string>("Subject: two\r\n\r\n2\r\n");
+  TransactionResult r2 = RunRequest(second);
+  ASSERT_TRUE(r1.outcomes[0] && r2.outcomes[0]);
+  EXPECT_EQ(r1.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_EQ(r2.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  EXPECT_TRUE(r2.reused);
+  EXPECT_EQ(seen.connections, 1);
+  EXPECT_EQ(seen.bdat, "Subject: one\r\n\r\n1\r\nSubject: two\r\n\r\n2\r\n");
 }
 
 TEST_F(SmtpTransactionTest, RcptRefusedForAllNeverCallsTheHook) {

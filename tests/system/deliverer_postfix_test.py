@@ -466,6 +466,8 @@ class DelivererPostfixTest(ClusterTestCase):
         self.assertNotIn("Authenticated sender", received)
         # Postfix logged the TLS session from us, and the queue-id line.
         self.assertRegex(self.postfix.log(), r"Anonymous TLS connection established from \S+\[127\.0\.0\.1\]")
+        # Postfix offers CHUNKING (RFC 3030): the message went as BDAT.
+        self.assertEqual(field(attempt, "sent_with"), "BDAT", attempt)
         # The body arrived intact (headers Tern did not add are unchanged).
         self.assertIn(b"Hello Postfix (opportunistic).", stored)
         self.assertIn(b"Message-ID: <opportunistic@sender.test>", stored)

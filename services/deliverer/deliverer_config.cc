@@ -89,6 +89,8 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   c.mta_sts_port = static_cast<uint16_t>(sts_port);
   TERN_ASSIGN_OR_RETURN(c.dane, tern.GetBool(kD, "dane", true));
   TERN_ASSIGN_OR_RETURN(c.chunking, tern.GetBool(kD, "chunking", true));
+  TERN_ASSIGN_OR_RETURN(int64_t chunking_ttl, GetRanged(tern, kD, "chunking_failure_ttl", 604800, 0, 31536000));
+  c.chunking_failure_ttl = std::chrono::seconds(chunking_ttl);
   TERN_ASSIGN_OR_RETURN(c.tlsrpt, tern.GetBool("tlsrpt", "enabled", false));
   TERN_ASSIGN_OR_RETURN(int64_t tlsrpt_flush, GetRanged(tern, "tlsrpt", "flush_seconds", 10, 1, 3600));
   c.tlsrpt_flush = std::chrono::seconds(tlsrpt_flush);

@@ -61,6 +61,11 @@
 //                                 servers that offer CHUNKING: counted bytes
 //                                 as stored, no dot-stuffing; false = always
 //                                 DATA (LMTP always uses DATA). Default: true
+//     chunking_failure_ttl=604800 seconds an address that offered CHUNKING but
+//                                 answered BDAT with 500-504 gets DATA instead
+//                                 (every deliverer: a shared host flag); the
+//                                 message is retried with DATA at once either
+//                                 way; 0 = no flag. Default: 604800 (7 days)
 //     health_listen=127.0.0.1:7072   Default: 127.0.0.1:7072; empty disables
 //     metrics_listen=127.0.0.1:9472  Default: 127.0.0.1:9472; empty disables
 //   tern.ini [tlsrpt]
@@ -128,6 +133,7 @@ struct DelivererConfig {
   uint16_t mta_sts_port = 443;
   bool dane = true;
   bool chunking = true;
+  std::chrono::seconds chunking_failure_ttl{604800};
   // tern.ini [tlsrpt] enabled and flush_seconds.
   bool tlsrpt = false;
   std::chrono::seconds tlsrpt_flush{10};

@@ -198,6 +198,9 @@ struct Metrics {
       "tern_deliverer_data_gate_refused_total", "Transactions stopped before DATA: the queue did not record progress");
   metrics::Counter& tls_fallbacks = r.GetCounter("tern_deliverer_tls_fallbacks_total",
                                                  "Failed TLS handshakes retried in plain text");
+  metrics::Counter& chunking_fallbacks =
+      r.GetCounter("tern_deliverer_chunking_fallbacks_total",
+                   "Messages refused as BDAT by a host offering CHUNKING, sent again with DATA");
   metrics::Counter& suspensions = r.GetCounter(
       "tern_deliverer_suspensions_total",
       "MX addresses suspended after unreachable_after sessions in a row failed before their greeting");
@@ -793,7 +796,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       request.body_8bit = job.body_8bit();
       request.ret = ToRet(job.ret());
       request.envid = job.envid();
-      request.chunking = config_.chunking;
+      request.chunking = config_.chunking && !host_flags_.Has(flag_host, kNoChunkingFlag, NowUnixMs());
       const TlsDecision tls =
           config_.tls.Decide(config_.enable_tls, route != nullptr ? route->tls : RouteTls::kOpportunistic,
                              host_flags_.Has(flag_host, kBrokenTlsFlag, NowUnixMs()), attempt.ip, attempt.mx_host,
@@ -881,6 +884,20 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                     {"error", result->failure}});
         MarkBrokenTls(flag_host, result->failure);
         request.tls = TlsMode::kNone;
+        result = co_await RunSmtpTransaction(request);
+      }
+      if (result.ok() && result->chunking_refused && request.chunking) {
+        // CHUNKING offered, BDAT refused: no verdict on the message. Send
+        // it again with DATA now (the data gate is already passed for this
+        // lease), and tell every deliverer to use DATA there for a while.
+        metrics_.chunking_fallbacks.Inc();
+        log::Event(log::Level::kNotice, "bdat_refused_retrying_data",
+                   {{"msg", job.message_id()}, {"relay", RelayOf(attempt.mx_host, attempt.ip, attempt.port)},
+                    {"error", result->failure}});
+        if (config_.chunking_failure_ttl.count() > 0) {
+          SetHostFlag(flag_host, kNoChunkingFlag, config_.chunking_failure_ttl, result->failure, /*share=*/true);
+        }
+        request.chunking = false;
         result = co_await RunSmtpTransaction(request);
       }
       if (!result.ok()) {

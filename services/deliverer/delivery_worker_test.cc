@@ -357,6 +357,10 @@ struct SinkOptions {
   std::chrono::milliseconds slow_dot{100};
   // The first this many sessions get a 421 greeting and are hung up on.
   int refuse_first = 0;
+  // BDAT gets "500 command not recognized", as from a server (or a
+  // middlebox in front of it) that lists CHUNKING without taking BDAT;
+  // the message text that follows is then read as commands.
+  bool refuse_bdat = false;
 };
 
 asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions options, SinkStats* stats) {
@@ -442,6 +446,8 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
       ++stats->quits;
       co_await Say(c, "221 bye");
       break;
+    } else if (absl::StartsWith(t, "BDAT") && options.refuse_bdat) {
+      co_await Say(c, "500 5.5.2 Error: command not recognized");
     } else {
       co_await Say(c, "250 ok");
     }
@@ -714,6 +720,37 @@ TEST(DeliveryWorker, PoolTimeoutZeroClosesEverySession) {
   ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2 && h.stats.quits == 2; }));
   EXPECT_EQ(h.stats.connections, 2);
   EXPECT_EQ(h.stats.rsets, 0);
+}
+
+TEST(DeliveryWorker, BdatRefusedWhereChunkingIsOfferedIsSentAgainWithDataAndRemembered) {
+  SinkOptions sink;
+  sink.ehlo = "250-sink\r\n250-PIPELINING\r\n250 CHUNKING";
+  sink.refuse_bdat = true;
+  Harness h(sink);
+  h.config.pool_timeout = 0s;
+  h.queue.AddJob(Job("c1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1 && !h.queue.put_flags().empty(); }));
+  const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  auto count = [&](absl::string_view prefix) {
+    return std::count_if(h.stats.commands.begin(), h.stats.commands.end(),
+                         [&](const std::string& c) { return absl::StartsWith(c, prefix); });
+  };
+  EXPECT_EQ(count("BDAT"), 1);  // the refused try
+  EXPECT_EQ(count("DATA"), 1);  // and at once the same message with DATA
+  EXPECT_EQ(h.stats.messages, 1);
+  EXPECT_EQ(h.stats.connections, 2);  // the refused session was closed
+  auto flags = h.queue.put_flags();
+  EXPECT_EQ(flags[0].host(), "127.0.0.1");
+  EXPECT_EQ(flags[0].flag(), "no_chunking");
+  EXPECT_NE(flags[0].reason().find("refused BDAT"), std::string::npos) << flags[0].reason();
+  // The next message to that address goes with DATA straight away.
+  h.queue.AddJob(Job("c2", "x.test", {"bob"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+  EXPECT_EQ(h.queue.reports()[1].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(count("BDAT"), 1);
+  EXPECT_EQ(count("DATA"), 2);
 }
 
 TEST(DeliveryWorker, BrokenTlsIsRetriedInPlainTextAndRememberedForEveryone) {

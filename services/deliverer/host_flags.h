@@ -4,6 +4,8 @@
 // deliverer should know too:
 //   "broken_tls"   the address's TLS handshake fails, so it is reached in
 //                  plain text until the flag expires (tls_failure_ttl);
+//   "no_chunking"  the address offered CHUNKING but refused BDAT, so it
+//                  gets DATA until the flag expires (chunking_failure_ttl);
 //   "unreachable"  the address refused or dropped unreachable_after sessions
 //                  in a row before their greeting, so no deliverer opens
 //                  another session there until the flag expires
@@ -31,6 +33,7 @@ namespace tern::deliverer {
 
 inline constexpr char kBrokenTlsFlag[] = "broken_tls";
 inline constexpr char kUnreachableFlag[] = "unreachable";
+inline constexpr char kNoChunkingFlag[] = "no_chunking";
 
 class HostFlags {
  public:

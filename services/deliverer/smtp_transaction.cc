@@ -674,6 +674,16 @@ class Session {
         DecideAccepted(accepted, LostAfterDot(final_reply.status()));
         co_return;
       }
+      if (res_.chunked && IsUnknownCommandReply(*final_reply)) {
+        // The server offered CHUNKING but does not take BDAT (a middlebox
+        // that rewrites the dialogue, say). That is no verdict on the
+        // message: the recipients stay undecided for a DATA retry
+        // (TransactionResult::chunking_refused), and the session is closed,
+        // since the server may have read the message text as commands.
+        res_.chunking_refused = true;
+        Fail("4.5.0", absl::StrCat("host ", relay_, " offered CHUNKING but refused BDAT: ", final_reply->ToString()));
+        co_return;
+      }
       DecideAccepted(accepted, OutcomeFromReply(*final_reply, req_.mx_host, req_.ip));
       ++session_->messages;
       after_ = final_reply->code == 421 ? After::kClose : After::kReuse;
@@ -768,6 +778,10 @@ class Session {
     res_.chunked = true;
     co_return true;
   }
+
+  // 500, 501, 502, 503 and 504 say the command itself was not understood
+  // or not allowed (RFC 5321 §4.2.2), not that the message was refused.
+  static bool IsUnknownCommandReply(const smtp::SmtpReply& reply) { return reply.code >= 500 && reply.code <= 504; }
 
   RecipientOutcome LostAfterDot(const absl::Status& status) {
     // The dot went out: the server may have taken the message. Retrying

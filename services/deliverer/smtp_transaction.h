@@ -207,6 +207,9 @@ struct TransactionResult {
   bool reused = false;            // a pooled session carried this transaction
   bool data_sent = false;         // the body and final dot (or BDAT LAST) were written
   bool chunked = false;           // the body went with BDAT (RFC 3030), not DATA
+  // The server offered CHUNKING, then answered BDAT with 500-504: the
+  // recipients are undecided, the session closed; DATA may be tried.
+  bool chunking_refused = false;
   // Time to a ready session (connect..AUTH; 0 when reused) and for the
   // transaction itself (MAIL..final reply).
   std::chrono::steady_clock::duration connect_time{};

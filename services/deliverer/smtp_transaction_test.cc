@@ -1274,6 +1274,21 @@ TEST_F(SmtpTransactionTest, PermanentReplyToBdatAppliesToTheAcceptedRecipientsOn
   EXPECT_TRUE(Sent(seen, "BDAT"));
 }
 
+TEST_F(SmtpTransactionTest, BdatAnsweredAsAnUnknownCommandLeavesRecipientsForADataRetry) {
+  ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
+  Script script;
+  script.ehlo = kChunkingEhlo;
+  script.dot = "502 5.5.1 Error: command not implemented";
+  Seen seen;
+  TransactionResult r =
+      Run(script, {"a@x.test", "b@x.test"}, &seen, [&](TransactionRequest& req) { req.pool = &pool; });
+  EXPECT_TRUE(r.chunking_refused);
+  EXPECT_FALSE(r.outcomes[0]);  // no verdict on the message: not a bounce
+  EXPECT_FALSE(r.outcomes[1]);
+  EXPECT_NE(r.failure.find("offered CHUNKING but refused BDAT: 502"), std::string::npos) << r.failure;
+  EXPECT_EQ(pool.idle(), 0u);  // out of step with the server: not kept
+}
+
 TEST_F(SmtpTransactionTest, ConnectionLostAfterBdatLastIsAmbiguous) {
   Script script;
   script.ehlo = kChunkingEhlo;

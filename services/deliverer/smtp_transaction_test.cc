@@ -1234,30 +1234,24 @@ TEST_F(SmtpTransactionTest, BdatCountsTheBodyAfterBareLineEndsAreMadeCrlf) {
   EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
 }
 
-TEST_F(SmtpTransactionTest, ChunkingOffInTheRequestKeepsData) {
-  Script script;
-  script.ehlo = kChunkingEhlo;
-  Seen seen;
-  TransactionResult r =
-      Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) { req.chunking = false; });
-  EXPECT_TRUE(Sent(seen, "DATA"));
-  EXPECT_FALSE(Sent(seen, "BDAT"));
-  EXPECT_EQ(seen.body, "Subject: hi\r\n\r\n..hidden line\r\nlast");
-  ASSERT_TRUE(r.outcomes[0]);
-  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
-}
-
-TEST_F(SmtpTransactionTest, LmtpUsesDataEvenWhenChunkingIsOffered) {
-  Script script;
-  script.ehlo = kChunkingEhlo;
-  script.lmtp = true;
-  script.lmtp_replies = {"250 2.0.0 <a@x.test> saved"};
-  Seen seen;
-  TransactionResult r = Run(script, {"a@x.test"}, &seen, [](TransactionRequest& req) { req.lmtp = true; });
-  EXPECT_TRUE(Sent(seen, "DATA"));
-  EXPECT_FALSE(Sent(seen, "BDAT"));
-  ASSERT_TRUE(r.outcomes[0]);
-  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+TEST_F(SmtpTransactionTest, DataIsKeptWhenChunkingIsOffOrTheServerIsLmtp) {
+  for (const bool lmtp : {false, true}) {
+    SCOPED_TRACE(lmtp ? "LMTP" : "chunking=false");
+    Script script;
+    script.ehlo = kChunkingEhlo;
+    script.lmtp = lmtp;
+    script.lmtp_replies = {"250 2.0.0 <a@x.test> saved"};
+    Seen seen;
+    TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+      req.lmtp = lmtp;
+      req.chunking = lmtp;  // LMTP keeps DATA even with chunking on
+    });
+    EXPECT_TRUE(Sent(seen, "DATA"));
+    EXPECT_FALSE(Sent(seen, "BDAT"));
+    EXPECT_EQ(seen.body, "Subject: hi\r\n\r\n..hidden line\r\nlast");
+    ASSERT_TRUE(r.outcomes[0]);
+    EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+  }
 }
 
 TEST_F(SmtpTransactionTest, PermanentReplyToBdatAppliesToTheAcceptedRecipientsOnly) {
@@ -1300,24 +1294,6 @@ TEST_F(SmtpTransactionTest, ConnectionLostAfterBdatLastIsAmbiguous) {
   EXPECT_TRUE(r.outcomes[0]->ambiguous);
   EXPECT_TRUE(r.data_sent);
   EXPECT_EQ(seen.bdat.size(), 35u);
-}
-
-TEST_F(SmtpTransactionTest, NoRecipientAcceptedSendsNoBdatAndNeverCallsTheGate) {
-  Script script;
-  script.ehlo = kChunkingEhlo;
-  script.rcpt["no@x.test"] = "550 5.1.1 unknown";
-  Seen seen;
-  int calls = 0;
-  size_t commands_at_call = 0;
-  TransactionResult r = Run(script, {"no@x.test"}, &seen, [&](TransactionRequest& req) {
-    req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
-  });
-  EXPECT_EQ(calls, 0);
-  EXPECT_FALSE(Sent(seen, "BDAT"));
-  EXPECT_FALSE(Sent(seen, "DATA"));
-  EXPECT_FALSE(r.data_sent);
-  ASSERT_TRUE(r.outcomes[0]);
-  EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kPermanent);
 }
 
 TEST_F(SmtpTransactionTest, RefusedGateBeforeBdatSendsNothingOfTheMessage) {
@@ -1374,16 +1350,27 @@ TEST_F(SmtpTransactionTest, PooledChunkingSessionCarriesASecondMessageAfterRset)
 }
 
 TEST_F(SmtpTransactionTest, RcptRefusedForAllNeverCallsTheHook) {
-  Script script;
-  script.rcpt["a@x.test"] = "550 5.1.1 unknown";
-  Seen seen;
-  int calls = 0;
-  size_t commands_at_call = 0;
-  TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
-    req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
-  });
-  EXPECT_EQ(calls, 0);
-  EXPECT_FALSE(r.data_sent);
+  // Plain, and with CHUNKING offered: then neither DATA nor BDAT goes out.
+  for (const bool chunking : {false, true}) {
+    SCOPED_TRACE(chunking ? "CHUNKING" : "plain");
+    Script script;
+    if (chunking) {
+      script.ehlo = kChunkingEhlo;
+    }
+    script.rcpt["a@x.test"] = "550 5.1.1 unknown";
+    Seen seen;
+    int calls = 0;
+    size_t commands_at_call = 0;
+    TransactionResult r = Run(script, {"a@x.test"}, &seen, [&](TransactionRequest& req) {
+      req.before_data = [&] { return CountingGate(&calls, &seen, &commands_at_call, absl::OkStatus()); };
+    });
+    EXPECT_EQ(calls, 0);
+    EXPECT_FALSE(r.data_sent);
+    EXPECT_FALSE(Sent(seen, "DATA"));
+    EXPECT_FALSE(Sent(seen, "BDAT"));
+    ASSERT_TRUE(r.outcomes[0]);
+    EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kPermanent);
+  }
 }
 
 // ---- LMTP ------------------------------------------------------------------

@@ -578,5 +578,39 @@ class DelivererPostfixTest(ClusterTestCase):
             ternctl_json(self.cluster, "delete", msg_id, "--yes")
 
 
+    # -- CHUNKING (RFC 3030) and DATA, both to the real Postfix ------------------
+    def test_9_bdat_and_data_both_carry_dot_lines_intact(self):
+        """Postfix offers CHUNKING: by default the message goes as BDAT,
+        sent as stored; with chunking=false it goes as dot-stuffed DATA.
+        Either way Postfix stores the lines that start with a dot as
+        written (a lone "." line too, which ends DATA unless stuffed)."""
+        def body(tag):
+            return BODY.format(tag=tag) + ".leading dot\r\n.\r\n..two dots\r\nafter the dots\r\n"
+
+        def deliver(tag):
+            msg_id = send_for_id(self.cluster, "alice@sender.test", ["ivy@postfix.test"], body(tag))
+            stored = self.cluster.wait_until(lambda: self.postfix.message_with(tag), 60, f"Postfix to store {tag}")
+            (attempt,) = self.cluster.wait_until(
+                lambda: [l for l in deliverer_log_lines(self.cluster, f"msg={msg_id}") if " attempt " in l], 30,
+                f"the deliverer's attempt line for {msg_id}")
+            self.assertIn(b"\n.leading dot\n.\n..two dots\nafter the dots\n", stored.replace(b"\r\n", b"\n"))
+            return attempt
+
+        self.assertEqual(field(deliver("chunked dots"), "sent_with"), "BDAT")
+        path = os.path.join(self.cluster.config, "tern.ini")
+        with open(path) as f:
+            original = f.read()
+        text, n = re.subn(r"^\[deliverer\]$", "[deliverer]\nchunking=false", original, count=1, flags=re.M)
+        self.assertEqual(n, 1)
+        try:
+            with open(path, "w") as f:
+                f.write(text)
+            self.cluster.restart_deliverer()
+            self.assertEqual(field(deliver("stuffed dots"), "sent_with"), "DATA")
+        finally:
+            with open(path, "w") as f:
+                f.write(original)
+            self.cluster.restart_deliverer()
+
 if __name__ == "__main__":
     unittest.main()

@@ -894,9 +894,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         log::Event(log::Level::kNotice, "bdat_refused_retrying_data",
                    {{"msg", job.message_id()}, {"relay", RelayOf(attempt.mx_host, attempt.ip, attempt.port)},
                     {"error", result->failure}});
-        if (config_.chunking_failure_ttl.count() > 0) {
-          SetHostFlag(flag_host, kNoChunkingFlag, config_.chunking_failure_ttl, result->failure, /*share=*/true);
-        }
+        SetHostFlag(flag_host, kNoChunkingFlag, config_.chunking_failure_ttl, result->failure, /*share=*/true);
         request.chunking = false;
         result = co_await RunSmtpTransaction(request);
       }
@@ -1363,9 +1361,6 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // Remembers `host` as broken_tls locally and tells the queue, so every
   // deliverer reaches it in plain text until the TTL ends.
   void MarkBrokenTls(const std::string& host, const std::string& reason) {
-    if (config_.tls_failure_ttl.count() == 0) {
-      return;
-    }
     SetHostFlag(host, kBrokenTlsFlag, config_.tls_failure_ttl, reason, /*share=*/true);
   }
 
@@ -1390,11 +1385,14 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                 {"failure", host_flags_.Reason(host, kUnreachableFlag)}});
   }
 
-  // Records `flag` on `host` for `ttl`, with `reason` (at most 500 bytes),
+  // Records `flag` on `host` for `ttl` (0: not at all), with `reason` (at most 500 bytes),
   // and with `share` tells the queue too (fire and forget), so every
   // deliverer has it within one host_flags_refresh.
   void SetHostFlag(const std::string& host, const char* flag, std::chrono::seconds ttl, const std::string& reason,
                    bool share) {
+    if (ttl.count() == 0) {
+      return;  // a TTL of 0 is the operator turning this flag off
+    }
     const int64_t expires = NowUnixMs() + std::chrono::duration_cast<std::chrono::milliseconds>(ttl).count();
     std::string cut = reason.substr(0, 500);
     host_flags_.Set(host, flag, expires, cut);

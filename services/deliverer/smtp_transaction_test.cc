@@ -105,6 +105,31 @@ asio::awaitable<bool> StopsAt(net::Connection& c, const Script& script, const st
   co_return false;
 }
 
+// Answers a whole message (after the final dot, or the BDAT LAST chunk)
+// for `accepted` recipients as `script` says. False when the server hung up.
+asio::awaitable<bool> AnswerMessage(net::Connection& c, const Script& script, size_t accepted) {
+  if (script.dot == "CLOSE" || co_await StopsAt(c, script, "DOT")) {
+    c.Abort();
+    co_return false;
+  }
+  if (script.lmtp) {
+    for (size_t i = 0; i < accepted; ++i) {
+      if (i >= script.lmtp_replies.size()) {
+        c.Abort();
+        co_return false;
+      }
+      co_await Reply(c, script.lmtp_replies[i]);
+    }
+  } else {
+    co_await Reply(c, script.dot);
+  }
+  if (script.close_after_dot) {
+    c.Abort();
+    co_return false;
+  }
+  co_return true;
+}
+
 asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, Seen* seen) {
   ++seen->connections;
   if (script.implicit_tls) {
@@ -227,26 +252,10 @@ asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, See
         lines.push_back(body->text);
       }
       seen->body = absl::StrJoin(lines, "\r\n");
-      if (script.dot == "CLOSE" || co_await StopsAt(c, script, "DOT")) {
-        c.Abort();
+      if (!co_await AnswerMessage(c, script, accepted)) {
         co_return;
-      }
-      if (script.lmtp) {
-        for (size_t i = 0; i < accepted; ++i) {
-          if (i >= script.lmtp_replies.size()) {
-            c.Abort();
-            co_return;
-          }
-          co_await Reply(c, script.lmtp_replies[i]);
-        }
-      } else {
-        co_await Reply(c, script.dot);
       }
       accepted = 0;
-      if (script.close_after_dot) {
-        c.Abort();
-        co_return;
-      }
     } else if (verb == "BDAT") {
       // RFC 3030: "BDAT <size> [LAST]", then exactly <size> bytes.
       const std::vector<std::string> words = absl::StrSplit(cmd, ' ');
@@ -273,16 +282,10 @@ asio::awaitable<void> ServeSession(net::Connection& c, const Script& script, See
         co_await Reply(c, absl::StrCat("250 2.0.0 ", size, " bytes received"));
         continue;
       }
-      if (script.dot == "CLOSE" || co_await StopsAt(c, script, "DOT")) {
-        c.Abort();
+      if (!co_await AnswerMessage(c, script, accepted)) {
         co_return;
       }
-      co_await Reply(c, script.dot);
       accepted = 0;
-      if (script.close_after_dot) {
-        c.Abort();
-        co_return;
-      }
     } else if (verb == "QUIT") {
       ++seen->quits;
       co_await Reply(c, "221 2.0.0 Bye");

@@ -61,6 +61,18 @@ def wait_port(port, timeout=60):
     raise RuntimeError(f"port {port} never opened")
 
 
+def wait_unix_socket(path, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"socket {path} never opened")
+
+
 def sh(args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
@@ -281,12 +293,19 @@ class Tern:
         self.port = free_port()
         queue = free_port()
         dns = free_port()
+        # TERN_BENCH_GRPC_UNIX=1: the services talk gRPC over a Unix socket
+        # instead of loopback TCP (both are supported listen addresses).
+        self.queue_socket = None
+        queue_addr = f"127.0.0.1:{queue}"
+        if os.environ.get("TERN_BENCH_GRPC_UNIX") == "1":
+            self.queue_socket = os.path.join(self.dir, "queue.sock")
+            queue_addr = f"unix:{self.queue_socket}"
         with open(os.path.join(cfg, "tern.ini"), "w") as f:
-            f.write(f"[queue]\nlisten=127.0.0.1:{queue}\ndata_dir={self.dir}/queue\nmetrics_listen=\n"
-                    f"[ingest]\nqueue=127.0.0.1:{queue}\nhealth_listen=\nmetrics_listen=\n"
-                    f"[deliverer]\nqueue=127.0.0.1:{queue}\ndns_servers=127.0.0.1:{dns}\nmx_port={sink_port}\n"
+            f.write(f"[queue]\nlisten={queue_addr}\ndata_dir={self.dir}/queue\nmetrics_listen=\n"
+                    f"[ingest]\nqueue={queue_addr}\nhealth_listen=\nmetrics_listen=\n"
+                    f"[deliverer]\nqueue={queue_addr}\ndns_servers=127.0.0.1:{dns}\nmx_port={sink_port}\n"
                     f"health_listen=\nmetrics_listen=\n"
-                    f"[bouncer]\nqueue=127.0.0.1:{queue}\nhealth_listen=\nmetrics_listen=\n")
+                    f"[bouncer]\nqueue={queue_addr}\nhealth_listen=\nmetrics_listen=\n")
             # For A/B runs of a setting, e.g. "[ingest]\nenqueue_stream=false".
             f.write(os.environ.get("TERN_BENCH_TERN_INI", "").replace("\\n", "\n") + "\n")
         with open(os.path.join(cfg, "smtp.ini"), "w") as f:
@@ -314,7 +333,10 @@ class Tern:
             self.procs.append(p)
             self.tern_pids.append(p.pid)
             if s == "queue":
-                wait_port(queue)
+                if self.queue_socket:
+                    wait_unix_socket(self.queue_socket)
+                else:
+                    wait_port(queue)
         wait_port(self.port)
 
     def pids(self):

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "lib/address/idna.h"
+#include "lib/address/mailbox.h"
 #include "lib/common/status_macros.h"
 
 namespace tern::queue {
@@ -23,12 +25,20 @@ constexpr int64_t kMaxConcurrency = 1000000;
 // addition of a fractional interval (1000/3 ms ...): far below a millisecond.
 constexpr double kSlackMs = 1e-3;
 
+constexpr absl::string_view kSitePrefix = "site:";
+
 absl::StatusOr<DestinationLimits> LoadSection(const config::IniFile& ini, const std::string& section,
-                                              DestinationLimits limits) {
+                                              DestinationLimits limits, bool site) {
   for (const std::string& key : ini.Keys(section)) {
+    if (site && (key == "mx" || key == "domains")) {
+      continue;
+    }
     if (key != "concurrency_max" && key != "rate_max" && key != "backoff" && key != "backoff_seconds") {
       return ini.KeyError(section, key,
-                          "unknown key (shaping.ini knows concurrency_max, rate_max, backoff and backoff_seconds)");
+                          site ? "unknown key (a [site:NAME] section knows mx, domains, concurrency_max, rate_max, "
+                                 "backoff and backoff_seconds)"
+                               : "unknown key (shaping.ini knows concurrency_max, rate_max, backoff and "
+                                 "backoff_seconds)");
     }
   }
   TERN_ASSIGN_OR_RETURN(int64_t concurrency, ini.GetInt(section, "concurrency_max", limits.concurrency_max));
@@ -121,14 +131,90 @@ absl::StatusOr<RateLimit> ParseRateLimit(absl::string_view text) {
   return RateLimit{count, period};
 }
 
+const MxSite* DestinationShaping::SiteForMx(absl::string_view host) const {
+  if (sites_.empty() || host.empty()) {
+    return nullptr;
+  }
+  std::string h = absl::AsciiStrToLower(host);
+  if (!h.empty() && h.back() == '.') {
+    h.pop_back();
+  }
+  for (const MxSite& site : sites_) {
+    for (const std::string& name : site.mx) {
+      if (h == name || (h.size() > name.size() && absl::EndsWith(h, name) && h[h.size() - name.size() - 1] == '.')) {
+        return &site;
+      }
+    }
+  }
+  return nullptr;
+}
+
+absl::Status DestinationShaping::AddSite(const std::string& name, const std::vector<std::string>& mx,
+                                         const std::vector<std::string>& domains, DestinationLimits limits) {
+  MxSite site;
+  site.name = absl::AsciiStrToLower(name);
+  site.key = absl::StrCat(kSitePrefix, site.name);
+  if (site.name.empty() ||
+      !std::all_of(site.name.begin(), site.name.end(),
+                   [](char c) { return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.'; })) {
+    return absl::InvalidArgumentError("the site name must be letters, digits, '-', '_' or '.'");
+  }
+  for (const MxSite& other : sites_) {
+    if (other.name == site.name) {
+      return absl::InvalidArgumentError(absl::StrCat("a second section for site ", site.name));
+    }
+  }
+  for (const std::string& entry : mx) {
+    absl::string_view e = absl::StripAsciiWhitespace(entry);
+    absl::ConsumePrefix(&e, "*.");
+    absl::ConsumePrefix(&e, ".");
+    absl::ConsumeSuffix(&e, ".");
+    absl::StatusOr<std::string> host = address::DomainToAscii(e);
+    if (e.empty() || !host.ok() || !address::IsValidDomain(*host, /*smtputf8=*/false)) {
+      return absl::InvalidArgumentError(absl::StrCat("mx: '", entry, "' is not a host name (or *.domain)"));
+    }
+    site.mx.push_back(*std::move(host));
+  }
+  if (site.mx.empty()) {
+    return absl::InvalidArgumentError(
+        "mx: a site needs the MX host names that make a domain part of it (e.g. mx=google.com, googlemail.com)");
+  }
+  const size_t index = sites_.size();
+  for (const std::string& entry : domains) {
+    absl::StatusOr<std::string> domain = address::DomainToAscii(absl::StripAsciiWhitespace(entry));
+    if (!domain.ok() || !address::IsValidDomain(*domain, /*smtputf8=*/false)) {
+      return absl::InvalidArgumentError(absl::StrCat("domains: '", entry, "' is not a mail domain"));
+    }
+    if (domains_.contains(*domain)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("domains: ", *domain, " has a section of its own, whose limits would apply instead"));
+    }
+    if (auto it = listed_.find(*domain); it != listed_.end() && it->second != index) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("domains: ", *domain, " is listed in [site:", sites_[it->second].name, "] already"));
+    }
+    listed_.insert_or_assign(*std::move(domain), index);
+  }
+  domains_.insert_or_assign(site.key, limits);
+  sites_.push_back(std::move(site));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<DestinationShaping> DestinationShaping::Load(const config::IniFile& ini,
                                                             uint32_t default_concurrency) {
   DestinationShaping out(default_concurrency);
   if (ini.HasSection("*")) {
-    TERN_ASSIGN_OR_RETURN(out.defaults_, LoadSection(ini, "*", out.defaults_));
+    TERN_ASSIGN_OR_RETURN(out.defaults_, LoadSection(ini, "*", out.defaults_, /*site=*/false));
   }
+  // Domains first, so a site's `domains` can be checked against them
+  // whatever the order of the sections.
+  std::vector<std::string> site_sections;
   for (const std::string& section : ini.Sections()) {
     if (section == "*") {
+      continue;
+    }
+    if (absl::StartsWithIgnoreCase(section, kSitePrefix)) {
+      site_sections.push_back(section);
       continue;
     }
     if (section == "main") {
@@ -143,8 +229,21 @@ absl::StatusOr<DestinationShaping> DestinationShaping::Load(const config::IniFil
     if (out.domains_.contains(*domain)) {
       return ini.KeyError(section, "", absl::StrCat("a second section for ", *domain));
     }
-    TERN_ASSIGN_OR_RETURN(DestinationLimits limits, LoadSection(ini, section, out.defaults_));
+    TERN_ASSIGN_OR_RETURN(DestinationLimits limits, LoadSection(ini, section, out.defaults_, /*site=*/false));
     out.domains_.emplace(*std::move(domain), limits);
+  }
+  for (const std::string& section : site_sections) {
+    TERN_ASSIGN_OR_RETURN(DestinationLimits limits, LoadSection(ini, section, out.defaults_, /*site=*/true));
+    const std::vector<std::string> mx = ini.GetList(section, "mx");
+    absl::Status added = out.AddSite(section.substr(kSitePrefix.size()), mx, ini.GetList(section, "domains"),
+                                     limits);
+    if (!added.ok()) {
+      const absl::string_view message = added.message();
+      const std::string key = absl::StartsWith(message, "domains:") ? "domains"
+                              : absl::StartsWith(message, "mx:")    ? "mx"
+                                                                    : "";
+      return ini.KeyError(section, key, key.empty() ? message : message.substr(key.size() + 2));
+    }
   }
   return out;
 }

@@ -10,6 +10,15 @@
 //     section per domain, `[*]` for every domain without one).
 //   * Congestion backoff (DestinationLimits::backoff): a 421 lowers the
 //     domain's concurrency for a while, as the remote asked (see IsCongestion).
+//   * MX sites (`[site:NAME]` in shaping.ini): domains served by the same
+//     MX hosts share one set of limits, so "20 connections to Google" holds
+//     for gmail.com and for every customer domain hosted there together.
+//     A domain belongs to a site by the site's `domains` list, or when a
+//     delivery's report names an MX host (RecipientResult.remote_mta) that
+//     matches the site's `mx` list; the queue remembers the latter in
+//     memory (see QueueCore). Every limit, rate and backoff is then kept
+//     under the site's shaping key "site:NAME" instead of the domain (a
+//     domain name cannot contain ':', so the keys never collide).
 //   * RateBuckets: one GCRA ("virtual scheduling") bucket per domain that
 //     has a rate, in memory. A rate of N per period starts at most N
 //     deliveries in any period and, within it, at most one second's worth at
@@ -27,8 +36,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "lib/config/ini_file.h"
@@ -66,6 +77,16 @@ struct DestinationLimits {
   int64_t backoff_ms = 60'000;
 };
 
+// shaping.ini `[site:NAME]`.
+struct MxSite {
+  std::string name;  // lower case
+  std::string key;   // "site:" + name: what its domains' leases, rates and backoffs count under
+  // Host names in A-labels, lower case, no trailing dot. A host matches an
+  // entry when it is that name or any name under it ("google.com" matches
+  // "aspmx.l.google.com"; "*.google.com" is read as "google.com").
+  std::vector<std::string> mx;
+};
+
 class DestinationShaping {
  public:
   // No limits anywhere (Haraka's behaviour).
@@ -76,27 +97,49 @@ class DestinationShaping {
   // From shaping.ini. `[*]` sets the defaults (its concurrency_max defaults
   // to `default_concurrency`, tern.ini's destination_concurrency_max); a
   // domain's section overrides them key by key. Section names are domains
-  // (U-labels are turned into A-labels, case is ignored). Errors name the
-  // file, the section and the key.
+  // (U-labels are turned into A-labels, case is ignored), or `site:NAME`
+  // for an MX site (its limits inherit from `[*]` too, plus `mx` and
+  // `domains`). Errors name the file, the section and the key.
   static absl::StatusOr<DestinationShaping> Load(const config::IniFile& ini, uint32_t default_concurrency);
 
-  // `domain` as the queue stores it (lower-case A-labels).
-  const DestinationLimits& For(const std::string& domain) const {
+  // The limits of a shaping key: a domain as the queue stores it
+  // (lower-case A-labels), or a site's key ("site:NAME").
+  const DestinationLimits& For(const std::string& key) const {
     if (domains_.empty()) {
       return defaults_;
     }
-    auto it = domains_.find(domain);
+    auto it = domains_.find(key);
     return it == domains_.end() ? defaults_ : it->second;
   }
   const DestinationLimits& defaults() const { return defaults_; }
-  // Sets one domain's limits (tests and Load).
-  void Set(const std::string& domain, DestinationLimits limits) { domains_[domain] = limits; }
+  // Sets one domain's (or site key's) limits (tests and Load).
+  void Set(const std::string& key, DestinationLimits limits) { domains_[key] = limits; }
   void SetDefaults(DestinationLimits limits) { defaults_ = limits; }
-  size_t domain_count() const { return domains_.size(); }
+
+  bool has_sites() const { return !sites_.empty(); }
+  // Whether `domain` has a section of its own: its own limits then apply,
+  // whatever site serves it.
+  bool HasOwnSection(const std::string& domain) const { return domains_.contains(domain); }
+  // The site whose `domains` list names `domain`, or null.
+  const MxSite* ListedSite(const std::string& domain) const {
+    auto it = listed_.find(domain);
+    return it == listed_.end() ? nullptr : &sites_[it->second];
+  }
+  // The first site (in file order) whose `mx` list matches `host` (any
+  // case, a trailing dot ignored), or null.
+  const MxSite* SiteForMx(absl::string_view host) const;
+  // Adds a site with its limits (tests and Load). `mx` entries as in
+  // shaping.ini; `domains` in A-labels.
+  absl::Status AddSite(const std::string& name, const std::vector<std::string>& mx,
+                       const std::vector<std::string>& domains, DestinationLimits limits);
+  const std::vector<MxSite>& sites() const { return sites_; }
 
  private:
   DestinationLimits defaults_;
+  // Domains' and sites' limits, by shaping key.
   absl::flat_hash_map<std::string, DestinationLimits> domains_;
+  std::vector<MxSite> sites_;
+  absl::flat_hash_map<std::string, size_t> listed_;  // domain -> index in sites_
 };
 
 // GCRA per domain: a domain may start a delivery at `now` when its

@@ -1,5 +1,10 @@
 #include "services/queue/destination_shaping.h"
 
+#include <fstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -185,6 +190,107 @@ TEST(DestinationShaping, BadEntriesNameTheSectionAndKey) {
               HasSubstr("a second section for a.example"));
   EXPECT_THAT(std::string(Load("[bad\xff.example]\nrate_max=1/s\n").status().message()),
               HasSubstr("not a mail domain"));
+}
+
+TEST(DestinationShaping, ASiteSharesItsLimitsWithTheDomainsItListsAndThoseItsMxHostsServe) {
+  auto s = Load(
+      "[*]\nrate_max=50/s\n"
+      "[site:Google]\nmx=*.google.com, googlemail.com.\ndomains=gmail.com, Bücher.example\nconcurrency_max=5\n"
+      "[other.example]\nrate_max=1/s\n",
+      20);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(s->has_sites());
+  ASSERT_EQ(s->sites().size(), 1u);
+  const MxSite& google = s->sites()[0];
+  EXPECT_EQ(google.name, "google");
+  EXPECT_EQ(google.key, "site:google");
+  EXPECT_EQ(google.mx, (std::vector<std::string>{"google.com", "googlemail.com"}));
+  // Its limits inherit from [*] like a domain's.
+  EXPECT_EQ(s->For("site:google").concurrency_max, 5u);
+  EXPECT_EQ(s->For("site:google").rate.ToString(), "50/s");
+  EXPECT_EQ(s->ListedSite("gmail.com"), &google);
+  EXPECT_EQ(s->ListedSite("xn--bcher-kva.example"), &google);
+  EXPECT_EQ(s->ListedSite("other.example"), nullptr);
+  EXPECT_TRUE(s->HasOwnSection("other.example"));
+  EXPECT_FALSE(s->HasOwnSection("gmail.com"));
+  // A host matches an mx entry by name or as any host under it; case and a
+  // trailing dot do not matter; a mere suffix of the text does not match.
+  EXPECT_EQ(s->SiteForMx("ASPMX.L.Google.COM."), &google);
+  EXPECT_EQ(s->SiteForMx("google.com"), &google);
+  EXPECT_EQ(s->SiteForMx("mx.googlemail.com"), &google);
+  EXPECT_EQ(s->SiteForMx("notgoogle.com"), nullptr);
+  EXPECT_EQ(s->SiteForMx("google.com.evil.example"), nullptr);
+  EXPECT_EQ(s->SiteForMx(""), nullptr);
+}
+
+TEST(DestinationShaping, WithoutSitesNoDomainHasOne) {
+  auto s = Load("[a.example]\nconcurrency_max=1\n", 20);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_FALSE(s->has_sites());
+  EXPECT_EQ(s->SiteForMx("mx.a.example"), nullptr);
+  EXPECT_EQ(s->ListedSite("a.example"), nullptr);
+}
+
+TEST(DestinationShaping, TheFirstSiteInTheFileWhoseMxMatchesWins) {
+  auto s = Load("[site:specific]\nmx=eu.mx.example\n[site:broad]\nmx=mx.example\n", 0);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_NE(s->SiteForMx("a.eu.mx.example"), nullptr);
+  EXPECT_EQ(s->SiteForMx("a.eu.mx.example")->name, "specific");
+  ASSERT_NE(s->SiteForMx("a.us.mx.example"), nullptr);
+  EXPECT_EQ(s->SiteForMx("a.us.mx.example")->name, "broad");
+}
+
+TEST(DestinationShaping, BadSiteSectionsNameTheSectionAndKey) {
+  EXPECT_THAT(std::string(Load("[site:g]\nconcurrency_max=1\n").status().message()),
+              HasSubstr("shaping.ini: [site:g] mx: a site needs the MX host names"));
+  EXPECT_THAT(std::string(Load("[site:g]\nmx=not a host\n").status().message()),
+              HasSubstr("[site:g] mx: 'not a host' is not a host name"));
+  EXPECT_THAT(std::string(Load("[site:g]\nmx=mx.g.example\ndomains=[192.0.2.1]\n").status().message()),
+              HasSubstr("[site:g] domains: '[192.0.2.1]' is not a mail domain"));
+  EXPECT_THAT(std::string(Load("[site:g]\nmx=mx.g.example\ndomains=x.example\n[x.example]\nrate_max=1/s\n")
+                              .status()
+                              .message()),
+              HasSubstr("[site:g] domains: x.example has a section of its own"));
+  EXPECT_THAT(
+      std::string(
+          Load("[site:a]\nmx=a.example\ndomains=x.example\n[site:b]\nmx=b.example\ndomains=X.example\n")
+              .status()
+              .message()),
+      HasSubstr("[site:b] domains: x.example is listed in [site:a] already"));
+  EXPECT_THAT(std::string(Load("[site:G]\nmx=a.example\n[site:g]\nmx=b.example\n").status().message()),
+              HasSubstr("a second section for site g"));
+  EXPECT_THAT(std::string(Load("[site:]\nmx=a.example\n").status().message()),
+              HasSubstr("the site name must be letters, digits"));
+  EXPECT_THAT(std::string(Load("[site:g]\nmx=a.example\nmx_rollup=yes\n").status().message()),
+              HasSubstr("[site:g] mx_rollup: unknown key (a [site:NAME] section knows mx, domains"));
+  // mx and domains belong in site sections only.
+  EXPECT_THAT(std::string(Load("[a.example]\nmx=mx.example\n").status().message()),
+              HasSubstr("[a.example] mx: unknown key (shaping.ini knows"));
+}
+
+// The example at the end of the shipped shaping.ini, uncommented, is a
+// valid file.
+TEST(DestinationShaping, TheShippedExampleLoads) {
+  std::ifstream in(std::string(TERN_SOURCE_DIR) + "/deploy/config/shaping.ini");
+  ASSERT_TRUE(in) << "deploy/config/shaping.ini";
+  std::string line;
+  std::string example;
+  bool in_example = false;
+  while (std::getline(in, line)) {
+    if (in_example) {
+      absl::string_view l = line;
+      absl::ConsumePrefix(&l, ";");
+      absl::ConsumePrefix(&l, " ");
+      absl::StrAppend(&example, l, "\n");
+    } else if (line == "; Example:") {
+      in_example = true;
+    }
+  }
+  ASSERT_FALSE(example.empty());
+  auto s = Load(example.c_str(), 0);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->sites().size(), 1u);
+  EXPECT_EQ(s->For("small-isp.example").concurrency_max, 2u);
 }
 
 }  // namespace

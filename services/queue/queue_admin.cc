@@ -975,7 +975,7 @@ absl::StatusOr<tern::v1::ShowResponse> QueueCore::Impl::Show(const std::string& 
       why = absl::StrCat("due since ", FormatTime(d.due_unix_ms()),
                          !d.lease_token().empty() ? " (its lease expired without a report)" : "",
                          paused              ? "; delivery is PAUSED (outbound.ini disabled or `ternctl pause`)"
-                         : throttle.has_value() ? absl::StrCat("; waiting for a slot: ", d.domain(), " has ", *throttle)
+                         : throttle.has_value() ? absl::StrCat("; waiting for a slot: ", d.domain(), " ", *throttle)
                                                 : "; waiting for a deliverer to lease it");
     } else {
       why = absl::StrCat("deferred until ", FormatTime(d.due_unix_ms()), " (in ", FormatIn(d.due_unix_ms() - now),

@@ -482,6 +482,19 @@ TEST_F(QueueAdminTest, ExplainSaysADeliveryWaitsForItsDestinationsConcurrencyLim
   EXPECT_THAT(Show(second).deliveries(0).explanation(), HasSubstr("waiting for a deliverer"));
 }
 
+TEST_F(QueueAdminTest, ExplainNamesTheMxSiteWhoseLimitADeliveryWaitsFor) {
+  ASSERT_TRUE(options_.shaping.AddSite("bigmail", {"bigmail.example"}, {"x.example", "y.example"},
+                                       Concurrency(1))
+                  .ok());
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  const std::string second = Enqueue(Header({Rcpt("b@y.example")})).message_id;
+  ASSERT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
+  EXPECT_THAT(Show(second).deliveries(0).explanation(),
+              HasSubstr("waiting for a slot: y.example is shaped with MX site bigmail, which has concurrency_max=1 "
+                        "deliveries out on lease"));
+}
+
 TEST_F(QueueAdminTest, ExplainSaysADeliveryWaitsForItsDestinationsRate) {
   options_.shaping.Set("x.example", DestinationLimits{0, RateLimit{1, 60'000}});
   Open();

@@ -257,7 +257,8 @@ absl::Status QueueCore::Impl::Recover() {
       rec.set_due_unix_ms(grace_deadline);
       (void)batch.Put(schedule_, EncodeScheduleKey(JobType::kDelivery, grace_deadline, rec.delivery_id()), "");
       (void)batch.Put(deliveries_, key, rec.SerializeAsString());
-      State(tern::v1::JOB_KIND_DELIVERY).leases.Insert(rec.delivery_id(), grace_deadline, LeaseDomain(rec.domain()));
+      State(tern::v1::JOB_KIND_DELIVERY)
+          .leases.Insert(rec.delivery_id(), grace_deadline, LeaseDomain(ShapingKey(rec.domain())));
       if (rec.data_sent_token() == rec.lease_token()) {
         data_sent_.insert(rec.delivery_id());
       }
@@ -691,8 +692,9 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
       return LeaseStep::kSkipped;
     }
   }
-  if (const Throttle why = ThrottleFor(rec->domain(), now); why != Throttle::kNone) {
-    ParkDelivery(txn, why, rec->domain(), id, rec->due_unix_ms());
+  const std::string& shaping_key = ShapingKey(rec->domain());
+  if (const Throttle why = ThrottleFor(shaping_key, now); why != Throttle::kNone) {
+    ParkDelivery(txn, why, shaping_key, id, rec->due_unix_ms());
     return LeaseStep::kSkipped;
   }
   TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
@@ -724,8 +726,8 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
   const int64_t deadline = now + lease_ms;
   const bool expired = !rec->lease_token().empty();
   Unschedule(txn, kind, id, rec->due_unix_ms());
-  MarkLeased(txn, kind, id, deadline, LeaseDomain(rec->domain()));
-  TakeRate(txn, rec->domain(), now);
+  MarkLeased(txn, kind, id, deadline, LeaseDomain(shaping_key));
+  TakeRate(txn, shaping_key, now);
   rec->set_lease_token(token);
   rec->set_lease_deadline_unix_ms(deadline);
   rec->set_due_unix_ms(deadline);
@@ -952,6 +954,7 @@ void QueueCore::Impl::OnTick() {
     PruneEvents();
     PruneIdempotencyKeys();
     rate_.Prune(now);
+    PruneMxSites(now);
   }
   // TLS reports: the report thread looks for finished days (and counts past
   // their retention) at most once a minute; the tick only wakes it.
@@ -1083,11 +1086,17 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
   {
     // Feedback for the destination's congestion backoff, from the replies
     // as the deliverer got them; in memory, once the report is committed.
+    // The MX host that answered also tells which MX site, if any, serves
+    // the domain (NoteMxSite).
     bool congested = false;
     bool delivered = false;
     std::string reply;
+    std::string remote_mta;
     for (const auto& rr : report.recipients()) {
       const tern::v1::RecipientResult& res = rr.result();
+      if (remote_mta.empty() && opt_.shaping.has_sites()) {
+        remote_mta = res.remote_mta();
+      }
       if (res.outcome() == tern::v1::OUTCOME_DELIVERED) {
         delivered = true;
       } else if (res.outcome() == tern::v1::OUTCOME_TRANSIENT && !congested &&
@@ -1096,9 +1105,16 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
         reply = ReplySummary(res);
       }
     }
-    if (congested || (delivered && !backoff_.empty())) {
-      txn.OnCommit([this, domain = rec->domain(), congested, delivered, reply = std::move(reply), now] {
-        NoteDestinationFeedback(domain, congested, delivered, reply, now);
+    const bool feedback = congested || (delivered && !backoff_.empty());
+    if (feedback || !remote_mta.empty()) {
+      txn.OnCommit([this, domain = rec->domain(), congested, delivered, feedback, reply = std::move(reply),
+                    remote_mta = std::move(remote_mta), now] {
+        if (!remote_mta.empty()) {
+          NoteMxSite(domain, remote_mta, now);
+        }
+        if (feedback) {
+          NoteDestinationFeedback(ShapingKey(domain), congested, delivered, reply, now);
+        }
       });
     }
   }

@@ -29,6 +29,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "lib/common/ids.h"
@@ -158,6 +159,7 @@ struct CoreMetrics {
   metrics::Counter& throttled_rate;
   metrics::Counter& backoffs;
   metrics::Gauge& backed_off;
+  metrics::Gauge& mx_site_domains;
 };
 
 inline CoreMetrics& Metrics() {
@@ -199,6 +201,8 @@ inline CoreMetrics& Metrics() {
         r.GetCounter("tern_queue_destination_backoffs_total",
                      "421 / too-many-connections replies that lowered a domain's concurrency"),
         r.GetGauge("tern_queue_destinations_backed_off", "Domains whose concurrency is lowered by a backoff now"),
+        r.GetGauge("tern_queue_mx_site_domains",
+                   "Domains shaped under an MX site because a report named one of its MX hosts"),
     };
   }();
   return *m;
@@ -561,7 +565,75 @@ class QueueCore::Impl {
     txn.OnUndo([this, due_ms, n] { due_.Add(due_ms, -n); });
   }
 
-  // Why a due delivery of `domain` may not be leased now, if it may not.
+  // Shaping keys. Every limit below is kept per shaping key: the recipient
+  // domain, or the key of the MX site that serves it ("site:NAME",
+  // destination_shaping.h). A domain's key can change while some of its
+  // deliveries are out or parked; each lease, park and backoff keeps the
+  // key it was made under, so what it frees or releases is what it took.
+  //
+  // The key for `domain` now. Writer role only (it reads learned_sites_
+  // without the lock: only the writer role changes it).
+  const std::string& ShapingKey(const std::string& domain) const {
+    if (!opt_.shaping.has_sites() || opt_.shaping.HasOwnSection(domain)) {
+      return domain;
+    }
+    if (const MxSite* site = opt_.shaping.ListedSite(domain)) {
+      return site->key;
+    }
+    auto it = learned_sites_.find(domain);
+    return it == learned_sites_.end() ? domain : it->second.site->key;
+  }
+  // The same from any thread (the admin API).
+  std::string ShapingKeyAnyThread(const std::string& domain) const {
+    absl::MutexLock lock(&site_mu_);
+    return ShapingKey(domain);
+  }
+  // After a committed report of `domain` whose delivery reached `remote_mta`
+  // (the MX host that answered): a host in a site's `mx` list makes the
+  // domain part of that site for kSiteMemoryMs (renewed by every such
+  // report); a host in none takes it out at once (its MX moved). Domains
+  // with a section of their own or listed by a site are left alone.
+  void NoteMxSite(const std::string& domain, const std::string& remote_mta, int64_t now) {
+    if (opt_.shaping.HasOwnSection(domain) || opt_.shaping.ListedSite(domain) != nullptr) {
+      return;
+    }
+    const MxSite* site = opt_.shaping.SiteForMx(remote_mta);
+    auto it = learned_sites_.find(domain);
+    if (site == nullptr) {
+      if (it != learned_sites_.end()) {
+        log::Event(log::Level::kInfo, "mx_site_left",
+                   {{"domain", domain}, {"site", it->second.site->name}, {"mx", remote_mta}});
+        absl::MutexLock lock(&site_mu_);
+        learned_sites_.erase(it);
+      }
+    } else if (it != learned_sites_.end() && it->second.site == site) {
+      absl::MutexLock lock(&site_mu_);
+      it->second.until_ms = now + kSiteMemoryMs;
+    } else if (it != learned_sites_.end() || learned_sites_.size() < kMaxLearnedSites) {
+      log::Event(log::Level::kInfo, "mx_site_joined", {{"domain", domain}, {"site", site->name}, {"mx", remote_mta}});
+      absl::MutexLock lock(&site_mu_);
+      learned_sites_.insert_or_assign(domain, LearnedSite{site, now + kSiteMemoryMs});
+    }
+    Metrics().mx_site_domains.Set(static_cast<int64_t>(learned_sites_.size()));
+  }
+  // Forgets domains no report has tied to their site for kSiteMemoryMs.
+  void PruneMxSites(int64_t now) {
+    if (learned_sites_.empty()) {
+      return;
+    }
+    absl::MutexLock lock(&site_mu_);
+    for (auto it = learned_sites_.begin(); it != learned_sites_.end();) {
+      if (it->second.until_ms <= now) {
+        learned_sites_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    Metrics().mx_site_domains.Set(static_cast<int64_t>(learned_sites_.size()));
+  }
+
+  // Why a due delivery shaped under `domain` (a shaping key) may not be
+  // leased now, if it may not.
   enum class Throttle { kNone, kConcurrency, kRate };
   Throttle ThrottleFor(const std::string& domain, int64_t now) {
     const DestinationLimits& limits = opt_.shaping.For(domain);
@@ -586,9 +658,10 @@ class QueueCore::Impl {
     }
     return limits.concurrency_max == 0 ? it->second.cap : std::min(limits.concurrency_max, it->second.cap);
   }
-  // After a committed report of `domain`: a congestion reply (IsCongestion)
-  // halves what may be out (at least 1) for backoff_ms from now; while that
-  // lasts, each delivery that succeeded lets one more go out again.
+  // After a committed report shaped under `domain` (a shaping key): a
+  // congestion reply (IsCongestion) halves what may be out (at least 1) for
+  // backoff_ms from now; while that lasts, each delivery that succeeded lets
+  // one more go out again.
   void NoteDestinationFeedback(const std::string& domain, bool congested, bool delivered, const std::string& reply,
                                int64_t now) {
     const DestinationLimits& limits = opt_.shaping.For(domain);
@@ -658,14 +731,20 @@ class QueueCore::Impl {
       (rate ? Metrics().throttled_rate : Metrics().throttled_concurrency).Inc();
       const int64_t now = clock_->NowUnixMs();
       std::string text;
+      // Read after the delivery's domain in `ternctl explain`.
+      if (absl::StartsWith(domain, "site:")) {
+        absl::StrAppend(&text, "is shaped with MX site ", absl::string_view(domain).substr(5), ", which has ");
+      } else {
+        text = "has ";
+      }
       if (rate) {
-        text = absl::StrCat("rate_max=", limits.rate.ToString(), " starts used up");
+        absl::StrAppend(&text, "rate_max=", limits.rate.ToString(), " starts used up");
       } else if (auto b = backoff_.find(domain); b != backoff_.end() && b->second.until_ms > now) {
-        text = absl::StrCat("its concurrency lowered to ", ConcurrencyFor(domain, limits, now),
+        absl::StrAppend(&text, "its concurrency lowered to ", ConcurrencyFor(domain, limits, now),
                             " deliveries out on lease after the reply '", b->second.reply,
                             "' (backoff, lifted ", limits.backoff_ms / 1000, " s after the last such reply)");
       } else {
-        text = absl::StrCat("concurrency_max=", limits.concurrency_max, " deliveries out on lease");
+        absl::StrAppend(&text, "concurrency_max=", limits.concurrency_max, " deliveries out on lease");
       }
       {
         absl::MutexLock lock(&throttled_mu_);
@@ -760,10 +839,12 @@ class QueueCore::Impl {
     }
     rate_released_.erase(it);
   }
-  // Why deliveries of `domain` are waiting (for `ternctl explain`), if they are.
+  // Why deliveries of `domain` are waiting (for `ternctl explain`), if they
+  // are. Any thread.
   std::optional<std::string> ThrottleReason(const std::string& domain) const {
+    const std::string key = ShapingKeyAnyThread(domain);
     absl::MutexLock lock(&throttled_mu_);
-    auto it = throttled_view_.find(domain);
+    auto it = throttled_view_.find(key);
     return it == throttled_view_.end() ? std::nullopt : std::optional<std::string>(it->second);
   }
   // The domain a delivery's lease is counted under: none unless the domain
@@ -1074,6 +1155,18 @@ class QueueCore::Impl {
     std::string reply;
   };
   absl::flat_hash_map<std::string, Backoff> backoff_;
+  // Domains a report tied to an MX site (NoteMxSite), until when. Changed
+  // only by the writer role, under site_mu_; read by the writer without it
+  // and by other threads with it. Memory only: after a restart a domain is
+  // shaped on its own until its next report names a site's host again.
+  struct LearnedSite {
+    const MxSite* site;  // points into opt_.shaping, which never changes
+    int64_t until_ms;
+  };
+  static constexpr int64_t kSiteMemoryMs = 24 * 3600 * 1000;
+  static constexpr size_t kMaxLearnedSites = 1'000'000;
+  mutable absl::Mutex site_mu_;
+  absl::flat_hash_map<std::string, LearnedSite> learned_sites_;
   Counters counters_;
 
   // Read from other threads.

@@ -976,6 +976,138 @@ TEST_F(QueueCoreTest, WithoutADestinationLimitOneDomainTakesEveryLease) {
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 30);
 }
 
+// ---- MX sites (shaping.ini [site:NAME]) ---------------------------------------
+
+tern::v1::RecipientResult ResultFrom(const std::string& mx, tern::v1::Outcome outcome, uint32_t code,
+                                     const std::string& text) {
+  tern::v1::RecipientResult r = Result(outcome, code, outcome == tern::v1::OUTCOME_DELIVERED ? "2.0.0" : "4.0.0", text);
+  r.set_remote_mta(mx);
+  return r;
+}
+
+int CountOf(const LeaseResponse& lease, std::initializer_list<const char*> domains) {
+  int n = 0;
+  for (const auto& job : lease.deliveries()) {
+    for (const char* d : domains) {
+      n += job.domain() == d ? 1 : 0;
+    }
+  }
+  return n;
+}
+
+TEST_F(QueueCoreTest, DomainsASiteListsShareItsConcurrency) {
+  ASSERT_TRUE(options_.shaping.AddSite("shared", {"mx.shared.example"}, {"a.example", "b.example"},
+                                       Concurrency(1))
+                  .ok());
+  Open();
+  Enqueue(Header({Rcpt("u1@a.example")}));
+  Enqueue(Header({Rcpt("u2@a.example")}));
+  Enqueue(Header({Rcpt("v1@b.example")}));
+  Enqueue(Header({Rcpt("w1@c.example")}));
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  // One slot for a.example and b.example together; c.example is not in the site.
+  EXPECT_EQ(CountOf(first, {"a.example", "b.example"}), 1);
+  EXPECT_EQ(CountOf(first, {"c.example"}), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+  for (const auto& job : first.deliveries()) {
+    ASSERT_EQ(ReportAll(job, ResultFrom("mx.shared.example", tern::v1::OUTCOME_DELIVERED, 250, "ok")),
+              std::vector{REPORT_STATUS_APPLIED});
+  }
+  EXPECT_EQ(CountOf(Lease(JOB_KIND_DELIVERY, 100), {"a.example", "b.example"}), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+}
+
+TEST_F(QueueCoreTest, AReportFromASitesMxHostPutsItsDomainInTheSite) {
+  ASSERT_TRUE(options_.shaping.AddSite("shared", {"shared.example"}, {}, Concurrency(1)).ok());
+  Open();
+  Enqueue(Header({Rcpt("u1@a.example")}));
+  Enqueue(Header({Rcpt("v1@b.example")}));
+  // Nothing is known of a.example's and b.example's MX hosts yet: each is
+  // shaped on its own (no limit), so both go.
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(first.deliveries_size(), 2);
+  // Both reports name a host of the site (any case, trailing dot).
+  ASSERT_EQ(ReportAll(JobOf(first, "a.example"),
+                      ResultFrom("mx1.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
+            std::vector{REPORT_STATUS_APPLIED});
+  ASSERT_EQ(ReportAll(JobOf(first, "b.example"),
+                      ResultFrom("MX2.Shared.Example.", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
+            std::vector{REPORT_STATUS_APPLIED});
+  // The retries (due after 60 s) now share the site's one slot.
+  clock_.AdvanceMs(60'000);
+  const LeaseResponse retry = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(retry.deliveries_size(), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+  // Ending that lease lets the other one go.
+  ASSERT_EQ(ReportAll(retry.deliveries(0), ResultFrom("mx1.shared.example", tern::v1::OUTCOME_DELIVERED, 250, "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  const LeaseResponse last = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(last.deliveries_size(), 1);
+  EXPECT_NE(last.deliveries(0).domain(), retry.deliveries(0).domain());
+}
+
+TEST_F(QueueCoreTest, AReportFromAnotherHostTakesADomainOutOfItsSite) {
+  ASSERT_TRUE(options_.shaping.AddSite("shared", {"shared.example"}, {}, Concurrency(1)).ok());
+  Open();
+  Enqueue(Header({Rcpt("u1@a.example")}));
+  Enqueue(Header({Rcpt("v1@b.example")}));
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(first.deliveries_size(), 2);
+  ReportAll(JobOf(first, "a.example"), ResultFrom("mx.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later"));
+  ReportAll(JobOf(first, "b.example"), ResultFrom("mx.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later"));
+  clock_.AdvanceMs(60'000);
+  const LeaseResponse retry = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(retry.deliveries_size(), 1);
+  // That domain's MX moved elsewhere: it leaves the site, and the site's
+  // slot is free again for the other domain.
+  ASSERT_EQ(ReportAll(retry.deliveries(0),
+                      ResultFrom("mx.elsewhere.example", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
+            std::vector{REPORT_STATUS_APPLIED});
+  const LeaseResponse other = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(other.deliveries_size(), 1);
+  EXPECT_NE(other.deliveries(0).domain(), retry.deliveries(0).domain());
+  // The moved domain's next retry goes although the site's slot is taken.
+  clock_.AdvanceMs(120'000);
+  const LeaseResponse moved = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(moved.deliveries_size(), 1);
+  EXPECT_EQ(moved.deliveries(0).domain(), retry.deliveries(0).domain());
+}
+
+TEST_F(QueueCoreTest, A421FromOneDomainOfASiteLowersTheWholeSite) {
+  ASSERT_TRUE(
+      options_.shaping.AddSite("shared", {"shared.example"}, {"a.example", "b.example"}, DestinationLimits{}).ok());
+  Open();
+  for (int i = 0; i < 2; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+    Enqueue(Header({Rcpt(absl::StrCat("v", i, "@b.example"))}));
+  }
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(first.deliveries_size(), 4);  // no limit configured
+  // Four out at the site; a.example gets a 421: at most two may be out.
+  ASSERT_EQ(ReportAll(JobOf(first, "a.example"),
+                      ResultFrom("mx.shared.example", tern::v1::OUTCOME_TRANSIENT, 421, "too busy")),
+            std::vector{REPORT_STATUS_APPLIED});
+  Enqueue(Header({Rcpt("v9@b.example")}));
+  Enqueue(Header({Rcpt("w@c.example")}));
+  // Three are still out, so b.example waits too; c.example is not in the site.
+  EXPECT_EQ(DomainsOf(Lease(JOB_KIND_DELIVERY, 100)), (std::map<std::string, int>{{"c.example", 1}}));
+}
+
+TEST_F(QueueCoreTest, ADomainWithItsOwnSectionKeepsItsOwnLimitsWhateverServesIt) {
+  ASSERT_TRUE(options_.shaping.AddSite("shared", {"shared.example"}, {}, Concurrency(1)).ok());
+  options_.shaping.Set("a.example", Concurrency(0));
+  Open();
+  Enqueue(Header({Rcpt("u1@a.example")}));
+  Enqueue(Header({Rcpt("u2@a.example")}));
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(first.deliveries_size(), 2);
+  for (const auto& job : first.deliveries()) {
+    ReportAll(job, ResultFrom("mx.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later"));
+  }
+  clock_.AdvanceMs(60'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 2);
+}
+
 // The user's deferred hook (hooks.proto) names its own delay: the queue waits
 // that long instead of the schedule's interval, and the attempt still counts.
 TEST_F(QueueCoreTest, DeferredHookDelayReplacesTheScheduleButCountsTheAttempt) {

@@ -71,6 +71,13 @@ inline tern::v1::EnqueueHeader Header(std::vector<tern::v1::RecipientSpec> rcpts
   return h;
 }
 
+// Limits with only concurrency_max set.
+inline DestinationLimits Concurrency(uint32_t max) {
+  DestinationLimits limits;
+  limits.concurrency_max = max;
+  return limits;
+}
+
 inline tern::v1::RecipientResult Result(tern::v1::Outcome outcome, uint32_t code, const std::string& status,
                                  const std::string& text) {
   tern::v1::RecipientResult r;

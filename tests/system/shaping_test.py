@@ -5,6 +5,7 @@ more than the limit are in transactions with its MX at once, or start faster
 than the rate, other domains are not held up, and everything arrives."""
 
 import os
+import smtplib
 import subprocess
 import unittest
 
@@ -127,6 +128,81 @@ class CongestionBackoffTest(ClusterTestCase):
         # two (each success lets one more go).
         self.assertLessEqual(sink.max_active, 2)
         self.assertGreaterEqual(self.cluster.metric("queue", "tern_queue_destination_backoffs_total"), 4)
+
+
+class SiteShapedCluster(Cluster):
+    """hosted-a.test and hosted-b.test have MX hosts under bigmail.test (the
+    good.test sink serves both); shaping.ini makes bigmail.test an MX site
+    with one delivery out at a time."""
+
+    def dns_extra_args(self):
+        return super().dns_extra_args() + [
+            "--mx-host=hosted-a.test,mx1.bigmail.test,10", "--host-record=mx1.bigmail.test,127.0.0.2",
+            "--mx-host=hosted-b.test,mx2.bigmail.test,10", "--host-record=mx2.bigmail.test,127.0.0.2",
+        ]
+
+    def _write_config(self):
+        super()._write_config()
+        with open(os.path.join(self.config, "shaping.ini"), "w") as f:
+            f.write("[site:bigmail]\nmx=*.bigmail.test\nconcurrency_max=1\n")
+
+
+class MxSiteTest(ClusterTestCase):
+    """shaping.ini [site:NAME]: domains whose reports name the same MX site's
+    hosts share one concurrency limit."""
+
+    @classmethod
+    def make_cluster(cls):
+        return SiteShapedCluster()
+
+    def sent(self, subject, count, domain):
+        host, port = self.cluster.smtp_address()
+        with smtplib.SMTP(host, port, timeout=30) as s:
+            s.ehlo("client.test")
+            for i in range(count):
+                s.sendmail("alice@sender.test", [f"user{i}@{domain}"],
+                           f"Subject: {subject} {i}\r\n\r\nbody {i}\r\n".encode())
+
+    def arrived(self, subject, count, timeout=60):
+        sink = self.cluster.sinks["good.test"]
+        tag = f"Subject: {subject} ".encode()
+
+        def got():
+            found = [m for m in sink.received() if tag in m.data]
+            return found if len(found) >= count else None
+        return self.cluster.wait_until(got, timeout, f"every '{subject}' message at the bigmail.test MX")
+
+    def test_two_domains_served_by_one_site_share_its_limit_once_a_report_names_its_hosts(self):
+        # One message each: their reports tie both domains to the site.
+        self.sent("learn-a", 1, "hosted-a.test")
+        self.sent("learn-b", 1, "hosted-b.test")
+        self.arrived("learn-a", 1)
+        self.arrived("learn-b", 1)
+        log = os.path.join(self.cluster.logs, "queue.log")
+
+        def joined():
+            with open(log, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+            lines = [l for l in text.splitlines() if "mx_site_joined" in l and "site=bigmail" in l]
+            return lines if len(lines) >= 2 else None
+        lines = self.cluster.wait_until(joined, 20, "both domains joining the bigmail site")
+        self.assertTrue(any("domain=hosted-a.test" in l and "mx=mx1.bigmail.test" in l for l in lines), lines)
+        self.assertTrue(any("domain=hosted-b.test" in l and "mx=mx2.bigmail.test" in l for l in lines), lines)
+        self.assertEqual(self.cluster.metric("queue", "tern_queue_mx_site_domains"), 2)
+
+        sink = self.cluster.sinks["good.test"]
+        with sink.lock:
+            sink.max_active = 0
+        sink.dot_delay = 0.3  # long enough for every due delivery to be wanted at once
+        self.sent("site-a", 4, "hosted-a.test")
+        self.sent("site-b", 4, "hosted-b.test")
+        self.assertEqual(len(self.arrived("site-a", 4)), 4)
+        self.assertEqual(len(self.arrived("site-b", 4)), 4)
+        # Shaped per domain (no limit here) all eight would be in
+        # transactions at once; as one site, one at a time.
+        self.assertEqual(sink.max_active, 1)
+        self.assertGreater(self.cluster.metric("queue", "tern_queue_throttled_total"), 0)
+        self.assertEqual(self.cluster.stats()["deliveries"], 0)
 
 
 if __name__ == "__main__":

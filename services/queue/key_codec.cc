@@ -91,6 +91,10 @@ std::string HostFlagKey(absl::string_view flag, absl::string_view host) {
 
 std::string StsPolicyKey(absl::string_view domain) { return absl::StrCat("s", domain); }
 
+std::string MxSitePrefix() { return "m"; }
+
+std::string MxSiteKey(absl::string_view domain) { return absl::StrCat(MxSitePrefix(), domain); }
+
 std::string TlsRptPrefix() { return "t"; }
 
 std::string TlsRptDayPrefix(int64_t day) {

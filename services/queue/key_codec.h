@@ -84,6 +84,10 @@ std::string IdempotencyKey(absl::string_view key);
 std::string HostFlagKey(absl::string_view flag, absl::string_view host);
 std::string HostFlagPrefix(absl::string_view flag);
 std::string StsPolicyKey(absl::string_view domain);
+// MX site membership (MxSiteRecord) of a recipient domain, and the prefix of
+// every such key.
+std::string MxSiteKey(absl::string_view domain);
+std::string MxSitePrefix();
 
 // TLS report counts (tern.v1.TlsRptCount). The key of `count`: its day, its
 // policy domain and its identity: policy_type, policy_string, mx_host,

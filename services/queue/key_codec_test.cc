@@ -93,6 +93,16 @@ TEST(KeyCodec, StsPolicyKeysAreApartFromHostFlagsAndIdempotencyKeys) {
   EXPECT_NE(HostFlagKey("x", "y").rfind(StsPolicyKey(""), 0), 0u);
 }
 
+TEST(KeyCodec, MxSiteKeysShareOnlyTheirOwnPrefix) {
+  const std::string k = MxSiteKey("example.com");
+  EXPECT_EQ(k.rfind(MxSitePrefix(), 0), 0u);
+  for (const std::string& other : {HostFlagPrefix(""), IdempotencyKey(""), StsPolicyKey(""), TlsRptPrefix()}) {
+    EXPECT_NE(k.rfind(other, 0), 0u) << other;
+    EXPECT_NE(other.rfind(MxSitePrefix(), 0), 0u) << other;
+  }
+  EXPECT_NE(MxSiteKey("example.com"), MxSiteKey("example.org"));
+}
+
 tern::v1::TlsRptCount Count(int64_t day, const std::string& domain, const std::string& result_type = "") {
   tern::v1::TlsRptCount c;
   c.set_day(day);

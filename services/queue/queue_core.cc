@@ -120,9 +120,41 @@ absl::Status QueueCore::Impl::Open() {
 // Rebuilds the counters from the records. A job that was out on lease keeps
 // its lease for a short grace (recovery_lease_grace) and then becomes due the
 // usual way: the lease table that would time it out was in memory.
+absl::Status QueueCore::Impl::LoadMxSites(int64_t now, rocksdb::WriteBatch& batch) {
+  const std::string prefix = MxSitePrefix();
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    const std::string domain = it->key().ToString().substr(prefix.size());
+    MxSiteRecord record;
+    const MxSite* site = nullptr;
+    if (record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) &&
+        record.expires_unix_ms() > now && !opt_.shaping.HasOwnSection(domain) &&
+        opt_.shaping.ListedSite(domain) == nullptr && learned_sites_.size() < kMaxLearnedSites) {
+      for (const MxSite& s : opt_.shaping.sites()) {
+        if (s.name == record.site()) {
+          site = &s;
+        }
+      }
+    }
+    if (site == nullptr) {
+      (void)batch.Delete(meta_, it->key());
+      continue;
+    }
+    absl::MutexLock lock(&site_mu_);
+    learned_sites_[domain] = LearnedSite{site, record.expires_unix_ms(), record.expires_unix_ms()};
+  }
+  if (!it->status().ok()) {
+    return StorageError(it->status(), "read MX site memberships");
+  }
+  Metrics().mx_site_domains.Set(static_cast<int64_t>(learned_sites_.size()));
+  return absl::OkStatus();
+}
+
 absl::Status QueueCore::Impl::Recover() {
   const int64_t now = clock_->NowUnixMs();
   rocksdb::WriteBatch batch;
+  // Before the deliveries' leases are counted, each under its shaping key.
+  TERN_RETURN_IF_ERROR(LoadMxSites(now, batch));
   int64_t corrupt = 0;
   int64_t released = 0;
   int64_t kept_leases = 0;
@@ -1105,16 +1137,14 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
         reply = ReplySummary(res);
       }
     }
-    const bool feedback = congested || (delivered && !backoff_.empty());
-    if (feedback || !remote_mta.empty()) {
-      txn.OnCommit([this, domain = rec->domain(), congested, delivered, feedback, reply = std::move(reply),
-                    remote_mta = std::move(remote_mta), now] {
-        if (!remote_mta.empty()) {
-          NoteMxSite(domain, remote_mta, now);
-        }
-        if (feedback) {
-          NoteDestinationFeedback(ShapingKey(domain), congested, delivered, reply, now);
-        }
+    if (!remote_mta.empty()) {
+      NoteMxSite(txn, rec->domain(), remote_mta, now);
+    }
+    if (congested || (delivered && !backoff_.empty())) {
+      // After NoteMxSite's own commit effect: a 421 from a site's host
+      // lowers the site the report just tied the domain to.
+      txn.OnCommit([this, domain = rec->domain(), congested, delivered, reply = std::move(reply), now] {
+        NoteDestinationFeedback(ShapingKey(domain), congested, delivered, reply, now);
       });
     }
   }

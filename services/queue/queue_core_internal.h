@@ -588,49 +588,97 @@ class QueueCore::Impl {
     absl::MutexLock lock(&site_mu_);
     return ShapingKey(domain);
   }
-  // After a committed report of `domain` whose delivery reached `remote_mta`
+  // While applying a report of `domain` whose delivery reached `remote_mta`
   // (the MX host that answered): a host in a site's `mx` list makes the
-  // domain part of that site for kSiteMemoryMs (renewed by every such
-  // report); a host in none takes it out at once (its MX moved). Domains
-  // with a section of their own or listed by a site are left alone.
-  void NoteMxSite(const std::string& domain, const std::string& remote_mta, int64_t now) {
+  // domain part of that site for kSiteMemoryMs, renewed by every such
+  // report; a host in none takes it out at once (its MX moved). Domains
+  // with a section of their own or listed by a site are left alone. The
+  // membership is written with the report (meta CF, MxSiteRecord, so a
+  // restart keeps it; rewritten once an hour of it is used up, not on every
+  // report) and changes in memory once the report is committed.
+  void NoteMxSite(Txn& txn, const std::string& domain, const std::string& remote_mta, int64_t now) {
     if (opt_.shaping.HasOwnSection(domain) || opt_.shaping.ListedSite(domain) != nullptr) {
       return;
     }
     const MxSite* site = opt_.shaping.SiteForMx(remote_mta);
     auto it = learned_sites_.find(domain);
+    const LearnedSite* was = it == learned_sites_.end() ? nullptr : &it->second;
     if (site == nullptr) {
-      if (it != learned_sites_.end()) {
-        log::Event(log::Level::kInfo, "mx_site_left",
-                   {{"domain", domain}, {"site", it->second.site->name}, {"mx", remote_mta}});
-        absl::MutexLock lock(&site_mu_);
-        learned_sites_.erase(it);
+      if (was != nullptr) {
+        txn.Delete(meta_, MxSiteKey(domain));
+        txn.OnCommit([this, domain, remote_mta] { ForgetMxSite(domain, remote_mta); });
       }
-    } else if (it != learned_sites_.end() && it->second.site == site) {
+      return;
+    }
+    if (was == nullptr && learned_sites_.size() >= kMaxLearnedSites) {
+      return;  // shaped on its own, as before any report
+    }
+    const int64_t until = now + kSiteMemoryMs;
+    const bool write = was == nullptr || was->site != site || was->stored_until_ms < until - kSiteRewriteMs;
+    if (write) {
+      MxSiteRecord record;
+      record.set_site(site->name);
+      record.set_expires_unix_ms(until);
+      PutRecord(txn, meta_, MxSiteKey(domain), record);
+    }
+    txn.OnCommit([this, domain, site, until, write, remote_mta] {
+      auto it = learned_sites_.find(domain);
+      if (it == learned_sites_.end() || it->second.site != site) {
+        log::Event(log::Level::kInfo, "mx_site_joined", {{"domain", domain}, {"site", site->name}, {"mx", remote_mta}});
+      }
+      {
+        absl::MutexLock lock(&site_mu_);
+        LearnedSite& e = learned_sites_[domain];
+        e.site = site;
+        e.until_ms = until;
+        if (write) {
+          e.stored_until_ms = until;
+        }
+      }
+      Metrics().mx_site_domains.Set(static_cast<int64_t>(learned_sites_.size()));
+    });
+  }
+  void ForgetMxSite(const std::string& domain, const std::string& remote_mta) {
+    auto it = learned_sites_.find(domain);
+    if (it == learned_sites_.end()) {
+      return;
+    }
+    log::Event(log::Level::kInfo, "mx_site_left",
+               {{"domain", domain}, {"site", it->second.site->name}, {"mx", remote_mta}});
+    {
       absl::MutexLock lock(&site_mu_);
-      it->second.until_ms = now + kSiteMemoryMs;
-    } else if (it != learned_sites_.end() || learned_sites_.size() < kMaxLearnedSites) {
-      log::Event(log::Level::kInfo, "mx_site_joined", {{"domain", domain}, {"site", site->name}, {"mx", remote_mta}});
-      absl::MutexLock lock(&site_mu_);
-      learned_sites_.insert_or_assign(domain, LearnedSite{site, now + kSiteMemoryMs});
+      learned_sites_.erase(it);
     }
     Metrics().mx_site_domains.Set(static_cast<int64_t>(learned_sites_.size()));
   }
-  // Forgets domains no report has tied to their site for kSiteMemoryMs.
+  // Forgets domains no report has tied to their site for kSiteMemoryMs,
+  // in memory and on disk.
   void PruneMxSites(int64_t now) {
     if (learned_sites_.empty()) {
       return;
     }
-    absl::MutexLock lock(&site_mu_);
-    for (auto it = learned_sites_.begin(); it != learned_sites_.end();) {
-      if (it->second.until_ms <= now) {
-        learned_sites_.erase(it++);
-      } else {
-        ++it;
+    std::vector<std::string> keys;
+    {
+      absl::MutexLock lock(&site_mu_);
+      for (auto it = learned_sites_.begin(); it != learned_sites_.end();) {
+        if (it->second.until_ms <= now) {
+          keys.push_back(MxSiteKey(it->first));
+          learned_sites_.erase(it++);
+        } else {
+          ++it;
+        }
       }
     }
     Metrics().mx_site_domains.Set(static_cast<int64_t>(learned_sites_.size()));
+    if (!keys.empty()) {
+      PurgeExpiredMeta<MxSiteRecord>(std::move(keys));
+    }
   }
+  // At startup, before leases are counted: the memberships written by
+  // NoteMxSite. Expired ones, and those the configuration no longer allows
+  // (the site is gone, or the domain has its own section or is listed),
+  // are deleted through `batch`.
+  absl::Status LoadMxSites(int64_t now, rocksdb::WriteBatch& batch);
 
   // Why a due delivery shaped under `domain` (a shaping key) may not be
   // leased now, if it may not.
@@ -1157,13 +1205,14 @@ class QueueCore::Impl {
   absl::flat_hash_map<std::string, Backoff> backoff_;
   // Domains a report tied to an MX site (NoteMxSite), until when. Changed
   // only by the writer role, under site_mu_; read by the writer without it
-  // and by other threads with it. Memory only: after a restart a domain is
-  // shaped on its own until its next report names a site's host again.
+  // and by other threads with it. Kept on disk too (MxSiteRecord).
   struct LearnedSite {
-    const MxSite* site;  // points into opt_.shaping, which never changes
-    int64_t until_ms;
+    const MxSite* site = nullptr;  // points into opt_.shaping, which never changes
+    int64_t until_ms = 0;
+    int64_t stored_until_ms = 0;  // the expiry its MxSiteRecord says
   };
   static constexpr int64_t kSiteMemoryMs = 24 * 3600 * 1000;
+  static constexpr int64_t kSiteRewriteMs = 3600 * 1000;
   static constexpr size_t kMaxLearnedSites = 1'000'000;
   mutable absl::Mutex site_mu_;
   absl::flat_hash_map<std::string, LearnedSite> learned_sites_;

@@ -1073,6 +1073,72 @@ TEST_F(QueueCoreTest, AReportFromAnotherHostTakesADomainOutOfItsSite) {
   EXPECT_EQ(moved.deliveries(0).domain(), retry.deliveries(0).domain());
 }
 
+int64_t MxSiteDomains() { return metrics::Registry::Global().GetGauge("tern_queue_mx_site_domains", "").value(); }
+
+// One MX site, "shared" (hosts under shared.example), one slot.
+class QueueCoreSiteTest : public QueueCoreTest {
+ protected:
+  void SetUp() override {
+    QueueCoreTest::SetUp();
+    UseSite("shared");
+  }
+  void UseSite(const std::string& name) {
+    options_.shaping = DestinationShaping();
+    ASSERT_TRUE(options_.shaping.AddSite(name, {absl::StrCat(name, ".example")}, {}, Concurrency(1)).ok());
+  }
+  // Enqueues one message each to a.example and b.example and ties both
+  // domains to the site by their reports; their retries are due 60 s later.
+  void LearnSharedSite() {
+    Enqueue(Header({Rcpt("u1@a.example")}));
+    Enqueue(Header({Rcpt("v1@b.example")}));
+    const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+    ASSERT_EQ(first.deliveries_size(), 2);
+    for (const char* domain : {"a.example", "b.example"}) {
+      ASSERT_EQ(
+          ReportAll(JobOf(first, domain), ResultFrom("mx.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
+          std::vector{REPORT_STATUS_APPLIED});
+    }
+    ASSERT_EQ(MxSiteDomains(), 2);
+  }
+};
+
+TEST_F(QueueCoreSiteTest, ASitesDomainsStayInItAcrossARestart) {
+  Open();
+  LearnSharedSite();
+  Reopen();
+  EXPECT_EQ(MxSiteDomains(), 2);
+  clock_.AdvanceMs(60'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
+}
+
+TEST_F(QueueCoreSiteTest, ARestartDropsMembershipsOfASiteNoLongerConfigured) {
+  Open();
+  LearnSharedSite();
+  // A restart whose shaping.ini has no such site deletes the memberships...
+  core_.reset();
+  UseSite("other");
+  Open();
+  EXPECT_EQ(MxSiteDomains(), 0);
+  // ...so the site's return does not bring them back: both retries go.
+  core_.reset();
+  UseSite("shared");
+  Open();
+  EXPECT_EQ(MxSiteDomains(), 0);
+  clock_.AdvanceMs(60'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 2);
+}
+
+TEST_F(QueueCoreSiteTest, AMembershipNoReportRenewsForADayIsForgotten) {
+  Open();
+  LearnSharedSite();
+  clock_.AdvanceMs(24 * 3600 * 1000);
+  ASSERT_TRUE(Eventually([&] { return MxSiteDomains() == 0; }));
+  Reopen();
+  EXPECT_EQ(MxSiteDomains(), 0);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 2);
+}
+
 TEST_F(QueueCoreTest, A421FromOneDomainOfASiteLowersTheWholeSite) {
   ASSERT_TRUE(
       options_.shaping.AddSite("shared", {"shared.example"}, {"a.example", "b.example"}, DestinationLimits{}).ok());

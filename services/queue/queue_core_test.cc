@@ -995,6 +995,39 @@ int CountOf(const LeaseResponse& lease, std::initializer_list<const char*> domai
   return n;
 }
 
+int64_t MxSiteDomains() { return metrics::Registry::Global().GetGauge("tern_queue_mx_site_domains", "").value(); }
+
+// One MX site, "shared" (hosts under shared.example), one slot.
+class QueueCoreSiteTest : public QueueCoreTest {
+ protected:
+  void SetUp() override {
+    QueueCoreTest::SetUp();
+    UseSite("shared");
+  }
+  void UseSite(const std::string& name) {
+    options_.shaping = DestinationShaping();
+    ASSERT_TRUE(options_.shaping.AddSite(name, {absl::StrCat(name, ".example")}, {}, Concurrency(1)).ok());
+  }
+  // Enqueues one message each to a.example and b.example; nothing is known
+  // of their MX hosts yet, so each is shaped on its own (no limit) and both
+  // are leased. Their reports tie both domains to the site; the retries are
+  // due 60 s later.
+  void LearnSharedSite() {
+    Enqueue(Header({Rcpt("u1@a.example")}));
+    Enqueue(Header({Rcpt("v1@b.example")}));
+    const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+    ASSERT_EQ(first.deliveries_size(), 2);
+    // Each report names a host of the site (any case, a trailing dot).
+    ASSERT_EQ(
+        ReportAll(JobOf(first, "a.example"), ResultFrom("mx1.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
+        std::vector{REPORT_STATUS_APPLIED});
+    ASSERT_EQ(ReportAll(JobOf(first, "b.example"),
+                        ResultFrom("MX2.Shared.Example.", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
+              std::vector{REPORT_STATUS_APPLIED});
+    ASSERT_EQ(MxSiteDomains(), 2);
+  }
+};
+
 TEST_F(QueueCoreTest, DomainsASiteListsShareItsConcurrency) {
   ASSERT_TRUE(options_.shaping.AddSite("shared", {"mx.shared.example"}, {"a.example", "b.example"},
                                        Concurrency(1))
@@ -1017,23 +1050,10 @@ TEST_F(QueueCoreTest, DomainsASiteListsShareItsConcurrency) {
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);
 }
 
-TEST_F(QueueCoreTest, AReportFromASitesMxHostPutsItsDomainInTheSite) {
-  ASSERT_TRUE(options_.shaping.AddSite("shared", {"shared.example"}, {}, Concurrency(1)).ok());
+TEST_F(QueueCoreSiteTest, AReportFromASitesMxHostPutsItsDomainInTheSite) {
   Open();
-  Enqueue(Header({Rcpt("u1@a.example")}));
-  Enqueue(Header({Rcpt("v1@b.example")}));
-  // Nothing is known of a.example's and b.example's MX hosts yet: each is
-  // shaped on its own (no limit), so both go.
-  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
-  ASSERT_EQ(first.deliveries_size(), 2);
-  // Both reports name a host of the site (any case, trailing dot).
-  ASSERT_EQ(ReportAll(JobOf(first, "a.example"),
-                      ResultFrom("mx1.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
-            std::vector{REPORT_STATUS_APPLIED});
-  ASSERT_EQ(ReportAll(JobOf(first, "b.example"),
-                      ResultFrom("MX2.Shared.Example.", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
-            std::vector{REPORT_STATUS_APPLIED});
-  // The retries (due after 60 s) now share the site's one slot.
+  LearnSharedSite();
+  // The retries now share the site's one slot.
   clock_.AdvanceMs(60'000);
   const LeaseResponse retry = Lease(JOB_KIND_DELIVERY, 100);
   ASSERT_EQ(retry.deliveries_size(), 1);
@@ -1046,15 +1066,9 @@ TEST_F(QueueCoreTest, AReportFromASitesMxHostPutsItsDomainInTheSite) {
   EXPECT_NE(last.deliveries(0).domain(), retry.deliveries(0).domain());
 }
 
-TEST_F(QueueCoreTest, AReportFromAnotherHostTakesADomainOutOfItsSite) {
-  ASSERT_TRUE(options_.shaping.AddSite("shared", {"shared.example"}, {}, Concurrency(1)).ok());
+TEST_F(QueueCoreSiteTest, AReportFromAnotherHostTakesADomainOutOfItsSite) {
   Open();
-  Enqueue(Header({Rcpt("u1@a.example")}));
-  Enqueue(Header({Rcpt("v1@b.example")}));
-  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
-  ASSERT_EQ(first.deliveries_size(), 2);
-  ReportAll(JobOf(first, "a.example"), ResultFrom("mx.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later"));
-  ReportAll(JobOf(first, "b.example"), ResultFrom("mx.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later"));
+  LearnSharedSite();
   clock_.AdvanceMs(60'000);
   const LeaseResponse retry = Lease(JOB_KIND_DELIVERY, 100);
   ASSERT_EQ(retry.deliveries_size(), 1);
@@ -1063,6 +1077,7 @@ TEST_F(QueueCoreTest, AReportFromAnotherHostTakesADomainOutOfItsSite) {
   ASSERT_EQ(ReportAll(retry.deliveries(0),
                       ResultFrom("mx.elsewhere.example", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
             std::vector{REPORT_STATUS_APPLIED});
+  EXPECT_EQ(MxSiteDomains(), 1);
   const LeaseResponse other = Lease(JOB_KIND_DELIVERY, 100);
   ASSERT_EQ(other.deliveries_size(), 1);
   EXPECT_NE(other.deliveries(0).domain(), retry.deliveries(0).domain());
@@ -1072,35 +1087,6 @@ TEST_F(QueueCoreTest, AReportFromAnotherHostTakesADomainOutOfItsSite) {
   ASSERT_EQ(moved.deliveries_size(), 1);
   EXPECT_EQ(moved.deliveries(0).domain(), retry.deliveries(0).domain());
 }
-
-int64_t MxSiteDomains() { return metrics::Registry::Global().GetGauge("tern_queue_mx_site_domains", "").value(); }
-
-// One MX site, "shared" (hosts under shared.example), one slot.
-class QueueCoreSiteTest : public QueueCoreTest {
- protected:
-  void SetUp() override {
-    QueueCoreTest::SetUp();
-    UseSite("shared");
-  }
-  void UseSite(const std::string& name) {
-    options_.shaping = DestinationShaping();
-    ASSERT_TRUE(options_.shaping.AddSite(name, {absl::StrCat(name, ".example")}, {}, Concurrency(1)).ok());
-  }
-  // Enqueues one message each to a.example and b.example and ties both
-  // domains to the site by their reports; their retries are due 60 s later.
-  void LearnSharedSite() {
-    Enqueue(Header({Rcpt("u1@a.example")}));
-    Enqueue(Header({Rcpt("v1@b.example")}));
-    const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
-    ASSERT_EQ(first.deliveries_size(), 2);
-    for (const char* domain : {"a.example", "b.example"}) {
-      ASSERT_EQ(
-          ReportAll(JobOf(first, domain), ResultFrom("mx.shared.example", tern::v1::OUTCOME_TRANSIENT, 451, "later")),
-          std::vector{REPORT_STATUS_APPLIED});
-    }
-    ASSERT_EQ(MxSiteDomains(), 2);
-  }
-};
 
 TEST_F(QueueCoreSiteTest, ASitesDomainsStayInItAcrossARestart) {
   Open();

@@ -193,7 +193,9 @@ absl::Status DestinationShaping::AddSite(const std::string& name, const std::vec
       return absl::InvalidArgumentError(
           absl::StrCat("domains: ", *domain, " is listed in [site:", sites_[it->second].name, "] already"));
     }
-    listed_.insert_or_assign(*std::move(domain), index);
+    if (listed_.insert_or_assign(*domain, index).second) {
+      site.domains.push_back(*std::move(domain));
+    }
   }
   domains_.insert_or_assign(site.key, limits);
   sites_.push_back(std::move(site));

@@ -85,6 +85,8 @@ struct MxSite {
   // entry when it is that name or any name under it ("google.com" matches
   // "aspmx.l.google.com"; "*.google.com" is read as "google.com").
   std::vector<std::string> mx;
+  // Its `domains` list, A-labels.
+  std::vector<std::string> domains;
 };
 
 class DestinationShaping {

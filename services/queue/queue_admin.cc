@@ -609,6 +609,71 @@ void QueueCore::Impl::MaybeWarnDelay(Txn& txn, DeliveryRecord& rec, MessageRecor
 }
 
 // ---------------------------------------------------------------------------
+// Destination shaping, as it stands.
+
+void QueueCore::Impl::Destinations(Callback<tern::v1::DestinationsResponse> done) {
+  auto call = std::make_shared<std::pair<tern::v1::DestinationsResponse, Callback<tern::v1::DestinationsResponse>>>();
+  call->second = std::move(done);
+  committer_->Submit(GroupOp{
+      [this, call](Txn&) {
+        FillDestinations(call->first);
+        return absl::OkStatus();
+      },
+      [call](const absl::Status& s) {
+        if (s.ok()) {
+          call->second(std::move(call->first));
+        } else {
+          call->second(s);
+        }
+      },
+      /*durable=*/false,
+  });
+}
+
+void QueueCore::Impl::FillDestinations(tern::v1::DestinationsResponse& out) {
+  const int64_t now = clock_->NowUnixMs();
+  ExpireLeases(tern::v1::JOB_KIND_DELIVERY, now);
+  absl::btree_map<std::string, tern::v1::DestinationState> by_key;
+  auto entry = [&](const std::string& key) -> tern::v1::DestinationState& {
+    tern::v1::DestinationState& e = by_key[key];
+    e.set_destination(key);
+    return e;
+  };
+  const KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
+  ks.leases.ForEachCount([&](const std::string& key, uint32_t n) { entry(key).set_leased(n); });
+  ks.parked.ForEachCount([&](const std::string& key, uint32_t n) { entry(key).set_waiting(n); });
+  for (const auto& [key, backoff] : backoff_) {
+    if (backoff.until_ms > now) {
+      tern::v1::DestinationState& e = entry(key);
+      e.set_backoff_until_unix_ms(backoff.until_ms);
+      e.set_backoff_reply(backoff.reply);
+    }
+  }
+  absl::flat_hash_map<const MxSite*, uint32_t> joined;
+  for (const auto& [domain, learned] : learned_sites_) {
+    ++joined[learned.site];
+  }
+  for (const MxSite& site : opt_.shaping.sites()) {
+    entry(site.key).set_site_domains(static_cast<uint32_t>(site.domains.size()) + joined[&site]);
+  }
+  std::vector<tern::v1::DestinationState> rows;
+  rows.reserve(by_key.size());
+  for (auto& [key, e] : by_key) {
+    const DestinationLimits& limits = opt_.shaping.For(key);
+    e.set_concurrency_max(limits.concurrency_max);
+    e.set_concurrency_now(ConcurrencyFor(key, limits, now));
+    e.set_rate_max(limits.rate.ToString());
+    rows.push_back(std::move(e));
+  }
+  std::stable_sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+    return a.leased() + a.waiting() > b.leased() + b.waiting();
+  });
+  for (auto& row : rows) {
+    *out.add_destinations() = std::move(row);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Host flags.
 
 void QueueCore::Impl::PutHostFlags(tern::v1::PutHostFlagsRequest request,

@@ -2,9 +2,11 @@
 // progress and ambiguous leases, host flags, hold/release/delete/bounce/
 // flush, pause, max_queue_age, delay warnings, the event log and the admin
 // reads (list, show/explain, qshape).
+#include <map>
 #include <set>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "services/queue/queue_core_test_fixture.h"
@@ -493,6 +495,62 @@ TEST_F(QueueAdminTest, ExplainNamesTheMxSiteWhoseLimitADeliveryWaitsFor) {
   EXPECT_THAT(Show(second).deliveries(0).explanation(),
               HasSubstr("waiting for a slot: y.example is shaped with MX site bigmail, which has concurrency_max=1 "
                         "deliveries out on lease"));
+}
+
+TEST_F(QueueAdminTest, DestinationsShowLeasesWaitingLimitsBackoffsAndSites) {
+  ASSERT_TRUE(options_.shaping.AddSite("bigmail", {"bigmail.example"}, {"x.example", "y.example"}, Concurrency(1))
+                  .ok());
+  options_.shaping.Set("slow.example", DestinationLimits{2, RateLimit{600, 60'000}});
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  Enqueue(Header({Rcpt("b@y.example")}));
+  for (int i = 0; i < 3; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("s", i, "@slow.example"))}));
+  }
+  Enqueue(Header({Rcpt("f@free.example")}));
+  const LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(lease.deliveries_size(), 4);  // one of x/y, two of slow, free
+  auto destinations = [&] {
+    auto r = Sync<tern::v1::DestinationsResponse>([&](auto cb) { core_->Destinations(std::move(cb)); });
+    EXPECT_TRUE(r.ok()) << r.status();
+    std::map<std::string, tern::v1::DestinationState> by_name;
+    std::vector<std::string> order;
+    for (const auto& d : r->destinations()) {
+      by_name[d.destination()] = d;
+      order.push_back(d.destination());
+    }
+    return std::make_pair(by_name, order);
+  };
+  auto [rows, order] = destinations();
+  // Most out or waiting first.
+  EXPECT_EQ(order, (std::vector<std::string>{"slow.example", "site:bigmail", "free.example"}));
+  const auto& slow = rows["slow.example"];
+  EXPECT_EQ(slow.leased(), 2u);
+  EXPECT_EQ(slow.waiting(), 1u);
+  EXPECT_EQ(slow.concurrency_max(), 2u);
+  EXPECT_EQ(slow.concurrency_now(), 2u);
+  EXPECT_EQ(slow.rate_max(), "600/m");
+  const auto& site = rows["site:bigmail"];
+  EXPECT_EQ(site.leased(), 1u);
+  EXPECT_EQ(site.waiting(), 1u);
+  EXPECT_EQ(site.concurrency_max(), 1u);
+  EXPECT_EQ(site.site_domains(), 2u);
+  EXPECT_EQ(site.rate_max(), "none");
+  // No limit configured, but counted: a 421 backoff may apply to it.
+  EXPECT_EQ(rows["free.example"].leased(), 1u);
+  EXPECT_EQ(rows["free.example"].concurrency_max(), 0u);
+  EXPECT_EQ(rows["free.example"].backoff_until_unix_ms(), 0);
+
+  for (const auto& job : lease.deliveries()) {
+    if (job.domain() == "free.example") {
+      ReportAll(job, Result(tern::v1::OUTCOME_TRANSIENT, 421, "4.7.0", "Too many connections"));
+    }
+  }
+  auto [after, unused] = destinations();
+  EXPECT_EQ(after["free.example"].leased(), 0u);
+  EXPECT_EQ(after["free.example"].concurrency_now(), 1u);
+  EXPECT_EQ(after["free.example"].backoff_until_unix_ms(), clock_.NowUnixMs() + 60'000);
+  EXPECT_THAT(after["free.example"].backoff_reply(), HasSubstr("Too many connections"));
 }
 
 TEST_F(QueueAdminTest, ExplainSaysADeliveryWaitsForItsDestinationsRate) {

@@ -1647,6 +1647,9 @@ void QueueCore::Report(ReportRequest request, Callback<ReportResponse> done) {
 }
 void QueueCore::Ack(AckRequest request, Callback<AckResponse> done) { impl_->Ack(std::move(request), std::move(done)); }
 void QueueCore::Stats(Callback<StatsResponse> done) { impl_->Stats(std::move(done)); }
+void QueueCore::Destinations(Callback<tern::v1::DestinationsResponse> done) {
+  impl_->Destinations(std::move(done));
+}
 void QueueCore::SetDisabled(bool disabled) { impl_->SetDisabled(disabled); }
 void QueueCore::SetPaused(bool paused, Callback<bool> done) { impl_->SetPaused(paused, std::move(done)); }
 void QueueCore::Progress(tern::v1::ProgressRequest request, Callback<tern::v1::ProgressResponse> done) {

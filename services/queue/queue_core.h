@@ -226,6 +226,9 @@ class QueueCore {
   void Report(tern::v1::ReportRequest request, Callback<tern::v1::ReportResponse> done);
   void Ack(tern::v1::AckRequest request, Callback<tern::v1::AckResponse> done);
   void Stats(Callback<tern::v1::StatsResponse> done);
+  // Shaping state per destination (Admin.Destinations), read in the writer
+  // role like Stats.
+  void Destinations(Callback<tern::v1::DestinationsResponse> done);
 
   // Marks deliveries whose DATA was sent under the given lease (see
   // AmbiguousPolicy). Items with a stale token are ignored.

@@ -323,6 +323,13 @@ class LeaseTable {
     auto it = per_domain_.find(domain);
     return it == per_domain_.end() ? 0 : it->second;
   }
+  // Calls f(domain, n) for each shaping key with leases counted under it.
+  template <typename F>
+  void ForEachCount(F f) const {
+    for (const auto& [domain, n] : per_domain_) {
+      f(domain, n);
+    }
+  }
   // Calls f(domain, n) for the leases of each domain that ended since the
   // last call (each is a slot a parked delivery may take), and forgets them.
   template <typename F>
@@ -404,6 +411,13 @@ class ParkedDeliveries {
   bool empty() const { return ids_.empty(); }
   size_t size() const { return ids_.size(); }
   bool Has(const std::string& domain) const { return by_domain_.contains(domain); }
+  // Calls f(domain, n) for each shaping key with deliveries parked under it.
+  template <typename F>
+  void ForEachCount(F f) const {
+    for (const auto& [domain, q] : by_domain_) {
+      f(domain, static_cast<uint32_t>(q.size()));
+    }
+  }
 
  private:
   absl::flat_hash_map<std::string, std::deque<std::pair<std::string, int64_t>>> by_domain_;
@@ -472,6 +486,7 @@ class QueueCore::Impl {
   void Report(ReportRequest request, Callback<ReportResponse> done);
   void Ack(AckRequest request, Callback<AckResponse> done);
   void Stats(Callback<StatsResponse> done);
+  void Destinations(Callback<tern::v1::DestinationsResponse> done);
   void SetDisabled(bool disabled);
   void Flush(Callback<uint64_t> done);
   void BeginShutdown();
@@ -1094,6 +1109,7 @@ class QueueCore::Impl {
                     const std::string& delivery_id, int64_t now, int64_t will_retry_until = 0);
   absl::StatusOr<uint64_t> ApplyFlushChunk(Txn& txn, bool* more);
   void FillStats(Txn& txn, StatsResponse& out);
+  void FillDestinations(tern::v1::DestinationsResponse& out);
 
   void SubmitLease(std::shared_ptr<LeaseCall> call);
   // Checks an enqueue and builds its operation; a refusal is answered

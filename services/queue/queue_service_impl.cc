@@ -373,6 +373,11 @@ grpc::Status AdminServiceImpl::Qshape(grpc::ServerContext*, const tern::v1::Qsha
   return Reply(core_->Qshape(*request), response);
 }
 
+grpc::Status AdminServiceImpl::Destinations(grpc::ServerContext*, const tern::v1::DestinationsRequest*,
+                                            tern::v1::DestinationsResponse* response) {
+  return Wait<tern::v1::DestinationsResponse>([this](auto cb) { core_->Destinations(std::move(cb)); }, response);
+}
+
 grpc::Status AdminServiceImpl::ListCorrupt(grpc::ServerContext*, const tern::v1::ListCorruptRequest* request,
                                            tern::v1::ListCorruptResponse* response) {
   return Reply(core_->ListCorrupt(request->limit()), response);

@@ -84,6 +84,8 @@ class AdminServiceImpl final : public tern::v1::Admin::Service {
                     tern::v1::ShowResponse* response) override;
   grpc::Status Qshape(grpc::ServerContext* context, const tern::v1::QshapeRequest* request,
                       tern::v1::QshapeResponse* response) override;
+  grpc::Status Destinations(grpc::ServerContext* context, const tern::v1::DestinationsRequest* request,
+                            tern::v1::DestinationsResponse* response) override;
   grpc::Status Flush(grpc::ServerContext* context, const tern::v1::ActionRequest* request,
                      tern::v1::ActionResponse* response) override;
   grpc::Status Hold(grpc::ServerContext* context, const tern::v1::ActionRequest* request,

@@ -4,6 +4,7 @@ limit (tern.ini [queue] destination_concurrency_max) and the start rate
 more than the limit are in transactions with its MX at once, or start faster
 than the rate, other domains are not held up, and everything arrives."""
 
+import json
 import os
 import smtplib
 import subprocess
@@ -203,6 +204,15 @@ class MxSiteTest(ClusterTestCase):
         self.assertEqual(sink.max_active, 1)
         self.assertGreater(self.cluster.metric("queue", "tern_queue_throttled_total"), 0)
         self.assertEqual(self.cluster.stats()["deliveries"], 0)
+        # The operator's view: the site, its limit and its two domains.
+        out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{self.cluster.ports['queue']}",
+                              "destinations", "--json"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        site = [d for d in json.loads(out.stdout)["destinations"] if d["destination"] == "site:bigmail"]
+        self.assertEqual(len(site), 1, out.stdout)
+        self.assertEqual(site[0]["concurrency_max"], 1)
+        self.assertEqual(site[0]["site_domains"], 2)
+        self.assertEqual(site[0]["leased"], 0)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 //     list [filters] [--limit N] [--cursor ID] [--json]
 //     show ID | explain ID [--json]     one message; why it is still queued
 //     qshape [--deferred] [--top N]     domains x age buckets
+//     destinations [--json]             shaping now: leases and waiting per domain / MX site
 //     corrupt [--limit N] [--json]      records moved aside as unparseable
 //     corrupt show CF KEY [--body] [--out FILE]   one, raw (or its message's body)
 //     corrupt purge CF KEY | --all      delete them (and bodies they left)
@@ -31,6 +32,7 @@
 #include "lib/rpc/grpc_tls.h"
 #include "tools/ternctl/admin_client.h"
 #include "tools/ternctl/command_group.h"
+#include "tools/ternctl/destinations_command.h"
 #include "tools/ternctl/tlsrpt_command.h"
 
 int main(int argc, char** argv) {
@@ -65,6 +67,7 @@ int main(int argc, char** argv) {
   tern::ternctl::AddWatchCommands(app, globals, io, exit_code);
   tern::ternctl::AddHealthCommands(app, globals, io, exit_code);
   tern::ternctl::AddTlsRptCommands(app, globals, io, exit_code);
+  tern::ternctl::AddDestinationsCommand(app, globals, io, exit_code);
 
   CLI11_PARSE(app, argc, argv);
   return exit_code;

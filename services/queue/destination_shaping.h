@@ -15,8 +15,9 @@
 //     for gmail.com and for every customer domain hosted there together.
 //     A domain belongs to a site by the site's `domains` list, or when a
 //     delivery's report names an MX host (RecipientResult.remote_mta) that
-//     matches the site's `mx` list; the queue remembers the latter in
-//     memory (see QueueCore). Every limit, rate and backoff is then kept
+//     matches the site's `mx` list; the queue remembers the latter for a
+//     day after the last such report, across restarts (QueueCore's
+//     NoteMxSite). Every limit, rate and backoff is then kept
 //     under the site's shaping key "site:NAME" instead of the domain (a
 //     domain name cannot contain ':', so the keys never collide).
 //   * RateBuckets: one GCRA ("virtual scheduling") bucket per domain that

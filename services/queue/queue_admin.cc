@@ -612,22 +612,8 @@ void QueueCore::Impl::MaybeWarnDelay(Txn& txn, DeliveryRecord& rec, MessageRecor
 // Destination shaping, as it stands.
 
 void QueueCore::Impl::Destinations(Callback<tern::v1::DestinationsResponse> done) {
-  auto call = std::make_shared<std::pair<tern::v1::DestinationsResponse, Callback<tern::v1::DestinationsResponse>>>();
-  call->second = std::move(done);
-  committer_->Submit(GroupOp{
-      [this, call](Txn&) {
-        FillDestinations(call->first);
-        return absl::OkStatus();
-      },
-      [call](const absl::Status& s) {
-        if (s.ok()) {
-          call->second(std::move(call->first));
-        } else {
-          call->second(s);
-        }
-      },
-      /*durable=*/false,
-  });
+  AnswerFromWriter<tern::v1::DestinationsResponse>(
+      [this](Txn&, tern::v1::DestinationsResponse& out) { FillDestinations(out); }, std::move(done));
 }
 
 void QueueCore::Impl::FillDestinations(tern::v1::DestinationsResponse& out) {

@@ -1409,21 +1409,7 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneAck(Txn& txn, const tern::
 // Stats, flush, disabled, shutdown.
 
 void QueueCore::Impl::Stats(Callback<StatsResponse> done) {
-  auto call = std::make_shared<std::pair<StatsResponse, Callback<StatsResponse>>>();
-  call->second = std::move(done);
-  committer_->Submit(GroupOp{
-      [this, call](Txn& txn) {
-        FillStats(txn, call->first);
-        return absl::OkStatus();
-      },
-      [call](const absl::Status& s) {
-        if (s.ok()) {
-          call->second(std::move(call->first));
-        } else {
-          call->second(s);
-        }
-      },
-  });
+  AnswerFromWriter<StatsResponse>([this](Txn& txn, StatsResponse& out) { FillStats(txn, out); }, std::move(done));
 }
 
 void QueueCore::Impl::FillStats(Txn& txn, StatsResponse& out) {

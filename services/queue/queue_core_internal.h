@@ -523,6 +523,28 @@ class QueueCore::Impl {
     });
   }
   void SetPaused(bool paused, Callback<bool> done);
+  // Answers `done` with what `fill(txn, response)` reads in the writer role
+  // (the in-memory state only that role may touch), once the group it joins
+  // is committed. Reads write nothing, so the group needs no fsync for them.
+  template <typename Response, typename Fill>
+  void AnswerFromWriter(Fill fill, Callback<Response> done) {
+    auto call = std::make_shared<std::pair<Response, Callback<Response>>>();
+    call->second = std::move(done);
+    committer_->Submit(GroupOp{
+        [call, fill = std::move(fill)](Txn& txn) mutable {
+          fill(txn, call->first);
+          return absl::OkStatus();
+        },
+        [call](const absl::Status& s) {
+          if (s.ok()) {
+            call->second(std::move(call->first));
+          } else {
+            call->second(s);
+          }
+        },
+        /*durable=*/false,
+    });
+  }
   absl::StatusOr<tern::v1::ListResponse> List(const tern::v1::ListRequest& request);
   absl::StatusOr<tern::v1::ShowResponse> Show(const std::string& message_id);
   absl::StatusOr<tern::v1::QshapeResponse> Qshape(const tern::v1::QshapeRequest& request);

@@ -96,8 +96,17 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   c.tlsrpt_flush = std::chrono::seconds(tlsrpt_flush);
 
   TERN_ASSIGN_OR_RETURN(config::IniFile routes, dir.Ini("outbound_routes.ini"));
-  TERN_ASSIGN_OR_RETURN(c.routes, StaticRoutes::Load(routes));
+  TERN_ASSIGN_OR_RETURN(c.routes,
+                        StaticRoutes::Load(routes, [&dir](const std::string& name) { return dir.PathOf(name); }));
   TERN_ASSIGN_OR_RETURN(c.tls, TlsOutboundConfig::Load(dir));
+  // A route's client certificate fails at startup, not at its first delivery.
+  for (const auto& [name, route] : c.routes.all()) {
+    if (!route.tls_cert.empty()) {
+      TERN_RETURN_IF_ERROR(
+          c.tls.MakeContextWithClientCert(route.tls_cert, route.tls_key, absl::StrCat("outbound_routes.ini [", name, "]"))
+              .status());
+    }
+  }
   TERN_ASSIGN_OR_RETURN(c.hooks, hooks::LoadHooksConfig(dir));
 
   TERN_ASSIGN_OR_RETURN(c.me, dir.Me());

@@ -100,6 +100,16 @@ TEST_F(ConfigTest, ReadsRoutesAndTlsPolicy) {
   EXPECT_NE(c.status().message().find("outbound_routes.ini"), std::string::npos) << c.status();
 }
 
+TEST_F(ConfigTest, ARoutesClientCertificateThatCannotBeLoadedStopsTheStart) {
+  Write("outbound_routes.ini", "[example.com]\nhost=smart.example.net\ntls_cert=missing.pem\ntls_key=missing.key\n");
+  auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("outbound_routes.ini [example.com] tls_cert: cannot load " +
+                                      (dir_ / "missing.pem").string()),
+            std::string::npos)
+      << c.status();
+}
+
 TEST_F(ConfigTest, ReadsKeys) {
   Write("tern.ini", "[deliverer]\nqueue=10.0.0.1:7070\ndns_servers=127.0.0.1:5353, 127.0.0.2\nmx_port=2525\n"
                     "lease_batch=8\ncall_batch_wait_ms=0\ndot_timeout=60\nhealth_listen=\n");

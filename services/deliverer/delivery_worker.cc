@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -313,6 +314,18 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       tls_ = *std::move(ctx);
     } else {
       log::Event(log::Level::kError, "tls_context_failed", {{"error", std::string(ctx.status().message())}});
+    }
+    for (const auto& [name, route] : config.routes.all()) {
+      if (route.tls_cert.empty()) {
+        continue;
+      }
+      auto route_ctx = config.tls.MakeContextWithClientCert(route.tls_cert, route.tls_key,
+                                                            absl::StrCat("outbound_routes.ini [", name, "]"));
+      if (route_ctx.ok()) {
+        route_tls_.emplace(name, *std::move(route_ctx));
+      } else {
+        log::Event(log::Level::kError, "tls_context_failed", {{"error", std::string(route_ctx.status().message())}});
+      }
     }
     if (config.mta_sts) {
       MtaSts::Options sts;
@@ -845,6 +858,15 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         }
       }
       request.tls_context = tls_;
+      if (route != nullptr && !route->tls_cert.empty()) {
+        // Never tls.ini's certificate in place of the route's: without its
+        // context (DelivererConfig::Load refuses such a config; only a
+        // config built by hand gets here) the route goes without TLS
+        // context, which fails a required TLS and skips an opportunistic one.
+        auto it = route_tls_.find(route->domain);
+        request.tls_context = it == route_tls_.end() ? nullptr : it->second;
+        request.tls_client_cert = route->tls_cert;
+      }
       if (route != nullptr && route->has_auth()) {
         request.auth_user = route->auth_user;
         request.auth_pass = route->auth_pass;
@@ -1956,6 +1978,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   TlsRptCounter tlsrpt_counts_{kMaxTlsRptEntries};
   bool tlsrpt_warned_ = false;  // RecordTlsResults
   std::shared_ptr<asio::ssl::context> tls_;
+  // Routes with a client certificate of their own (tls_cert): their context.
+  absl::flat_hash_map<std::string, std::shared_ptr<asio::ssl::context>> route_tls_;
   std::unique_ptr<MtaSts> mta_sts_;  // null: mta_sts=false
   ConnectionPool pool_;
   HostFlags host_flags_;

@@ -1017,7 +1017,7 @@ std::string PoolKey(const TransactionRequest& r) {
   return absl::StrCat(r.lmtp ? "lmtp" : "smtp", "|", r.unix_path.empty() ? r.ip : r.unix_path, "|", r.port, "|",
                       r.bind_ip, "|", r.helo_name, "|", TlsModeName(r.tls), r.verify_tls ? "+verify" : "",
                       r.dane.empty() ? "" : "+dane", r.tls_unauthenticated ? "+unauthenticated" : "",
-                      r.implicit_tls ? "+implicit" : "", "|",
+                      r.implicit_tls ? "+implicit" : "", "|", r.tls_client_cert, "|",
                       r.mx_host, "|", r.auth_user, "|", r.auth_type, r.force_auth ? "+force" : "");
 }
 

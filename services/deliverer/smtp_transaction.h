@@ -133,6 +133,11 @@ struct TransactionRequest {
   // tls == kRequired and a context.
   bool implicit_tls = false;
   std::shared_ptr<asio::ssl::context> tls_context;  // required unless tls == kNone
+  // The client certificate file `tls_context` presents when a route sets
+  // its own (outbound_routes.ini tls_cert); "" = tls.ini's, if any. Part of
+  // the pool key: a session that proved one identity is not reused for a
+  // route that should prove another.
+  std::string tls_client_cert;
   std::string auth_user;          // AUTH when both are set
   std::string auth_pass;
   std::string auth_type;          // preferred mechanism, "" = strongest offered

@@ -1541,6 +1541,17 @@ TEST_F(SmtpTransactionTest, DeadPooledConnectionIsReplacedTransparentlyWhenRsetI
   EXPECT_EQ(seen.connections, 2);
 }
 
+TEST(PoolKey, SeparatesClientCertificates) {
+  TransactionRequest a;
+  a.ip = "192.0.2.1";
+  TransactionRequest b = a;
+  b.tls_client_cert = "/etc/tern/relay.pem";
+  EXPECT_NE(PoolKey(a), PoolKey(b));
+  TransactionRequest c = b;
+  c.tls_client_cert = "/etc/tern/other.pem";
+  EXPECT_NE(PoolKey(b), PoolKey(c));
+}
+
 TEST_F(SmtpTransactionTest, PoolKeySeparatesAuthIdentities) {
   ConnectionPool pool(io_.get_executor(), ConnectionPool::Options{50s, 100, 100});
   Script script;

@@ -122,10 +122,17 @@ std::optional<RouteProblem> CheckRoute(const StaticRoute& r) {
   if (!r.bind.empty() && !IsIp(r.bind)) {
     return RouteProblem{"bind", "must be an IP address of this host"};
   }
+  if (r.tls_cert.empty() != r.tls_key.empty()) {
+    return RouteProblem{r.tls_cert.empty() ? "tls_cert" : "tls_key", "tls_cert and tls_key must be set together"};
+  }
+  if (!r.tls_cert.empty() && r.tls == RouteTls::kNone) {
+    return RouteProblem{"tls_cert", "a client certificate needs TLS, and this route has tls=none"};
+  }
   return std::nullopt;
 }
 
-absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini) {
+absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini,
+                                                 const std::function<std::string(const std::string&)>& resolve_path) {
   StaticRoutes routes;
   for (const std::string& section : ini.Sections()) {
     StaticRoute r;
@@ -153,9 +160,6 @@ absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini) {
     r.auth_type = ini.GetString(section, "auth_type", "");
     TERN_ASSIGN_OR_RETURN(r.force_auth, ini.GetBool(section, "force_auth", false));
     r.bind = std::string(absl::StripAsciiWhitespace(ini.GetString(section, "bind", "")));
-    if (std::optional<RouteProblem> problem = CheckRoute(r)) {
-      return ini.KeyError(section, problem->key, problem->message);
-    }
     r.bind_helo = std::string(absl::StripAsciiWhitespace(ini.GetString(section, "bind_helo", "")));
     const std::string tls =
         absl::AsciiStrToLower(absl::StripAsciiWhitespace(ini.GetString(section, "tls", "")));
@@ -182,6 +186,15 @@ absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini) {
       }
     } else {
       return ini.KeyError(section, "tls", "must be opportunistic, required, implicit or none");
+    }
+    for (auto [key, path] : {std::pair{"tls_cert", &r.tls_cert}, std::pair{"tls_key", &r.tls_key}}) {
+      *path = std::string(absl::StripAsciiWhitespace(ini.GetString(section, key, "")));
+      if (!path->empty() && resolve_path) {
+        *path = resolve_path(*path);
+      }
+    }
+    if (std::optional<RouteProblem> problem = CheckRoute(r)) {
+      return ini.KeyError(section, problem->key, problem->message);
     }
     routes.routes_[r.domain] = std::move(r);
   }

@@ -28,6 +28,11 @@
 //                          ; verified certificate: a smarthost's port 465)
 //                          ; or none. Default: implicit when every host is
 //                          ; on port 465, else opportunistic
+//   tls_cert=relay.pem     ; client certificate (chain, PEM) this route
+//   tls_key=relay.key      ; presents in TLS instead of tls.ini's cert/key,
+//                          ; e.g. for a smarthost that admits relays by
+//                          ; certificate. Set both or neither; paths relative
+//                          ; to the config directory. Default: tls.ini's
 //
 // Host names are resolved (A/AAAA) at delivery time; literal IPs are used as
 // they are. Either way local_mx_ok=false refuses local addresses (Haraka let
@@ -39,6 +44,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -74,6 +80,8 @@ struct StaticRoute {
   std::string bind;
   std::string bind_helo;
   RouteTls tls = RouteTls::kOpportunistic;
+  std::string tls_cert;    // resolved paths; both empty = tls.ini's
+  std::string tls_key;
 
   bool has_auth() const { return !auth_user.empty() && !auth_pass.empty(); }
 };
@@ -87,13 +95,17 @@ class StaticRoutes {
   StaticRoutes() = default;
 
   // Every section of `ini` is a route; a bad key names the file, section and
-  // key. A section without hosts is an error.
-  static absl::StatusOr<StaticRoutes> Load(const config::IniFile& ini);
+  // key. A section without hosts is an error. `resolve_path` turns a file
+  // name as written (tls_cert, tls_key) into the path to open; none = as is.
+  static absl::StatusOr<StaticRoutes> Load(
+      const config::IniFile& ini, const std::function<std::string(const std::string&)>& resolve_path = nullptr);
 
   // The route for `domain` (any case): its own section, else `*`, else null.
   const StaticRoute* Find(absl::string_view domain) const;
 
   size_t size() const { return routes_.size(); }
+  // Every route, by section name (lower case).
+  const std::map<std::string, StaticRoute, std::less<>>& all() const { return routes_; }
 
  private:
   std::map<std::string, StaticRoute, std::less<>> routes_;

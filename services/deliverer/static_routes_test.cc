@@ -148,6 +148,31 @@ TEST(StaticRoutes, ErrorsNameTheKeyButNeverTheSecret) {
   }
 }
 
+TEST(StaticRoutes, AClientCertificateIsReadWithItsKeyAndResolvedLikeAConfigFile) {
+  auto routes = StaticRoutes::Load(Ini("[a.test]\nhost=x.test\ntls_cert=relay.pem\ntls_key=/abs/relay.key\n"),
+                                   [](const std::string& name) {
+                                     return name.front() == '/' ? name : "/etc/tern/" + name;
+                                   });
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  const StaticRoute* r = routes->Find("a.test");
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->tls_cert, "/etc/tern/relay.pem");
+  EXPECT_EQ(r->tls_key, "/abs/relay.key");
+  EXPECT_EQ(routes->all().size(), 1u);
+}
+
+TEST(StaticRoutes, AClientCertificateNeedsItsKeyAndTls) {
+  auto routes = StaticRoutes::Load(Ini("[a.test]\nhost=x.test\ntls_cert=relay.pem\n"));
+  ASSERT_FALSE(routes.ok());
+  EXPECT_NE(routes.status().message().find("[a.test] tls_key: tls_cert and tls_key must be set together"),
+            std::string::npos)
+      << routes.status();
+  routes = StaticRoutes::Load(Ini("[a.test]\nhost=x.test\ntls_cert=r.pem\ntls_key=r.key\ntls=none\n"));
+  ASSERT_FALSE(routes.ok());
+  EXPECT_NE(routes.status().message().find("[a.test] tls_cert: a client certificate needs TLS"), std::string::npos)
+      << routes.status();
+}
+
 TEST(PlanRoute, KeepsWrittenOrderAndAppliesPortsAndLocalChecks) {
   auto routes = StaticRoutes::Load(Ini(R"(
 [r.test]

@@ -109,6 +109,12 @@ struct TlsOutboundConfig {
   // The client context: system CAs (+ `ca`), client certificate, ciphers,
   // minimum version. InvalidArgument naming the key for a bad file or value.
   absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeContext() const;
+  // The same context presenting another client certificate (a route's
+  // tls_cert / tls_key); errors start with `where` (e.g.
+  // "outbound_routes.ini [example.com]") and name tls_cert or tls_key.
+  absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeContextWithClientCert(const std::string& client_cert,
+                                                                                const std::string& client_key,
+                                                                                const std::string& where) const;
 
   TlsDecision Decide(bool enable_tls, RouteTls route_tls, bool broken_tls, absl::string_view ip,
                      absl::string_view mx_host, absl::string_view domain) const;

@@ -49,6 +49,9 @@ BODY = ("From: Alice <alice@sender.test>\r\n"
         "Hello Postfix ({tag}).\r\n")
 
 
+CLIENT_CN = "relay-client.tern.test"
+
+
 def run(args, **kw):
     return subprocess.run(args, check=True, capture_output=True, timeout=60, **kw)
 
@@ -69,6 +72,12 @@ def make_pki(d):
         f.write(f"subjectAltName=DNS:{MX}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
     run(["openssl", "x509", "-req", "-in", f"{d}/server.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
          "-CAcreateserial", "-out", f"{d}/server.pem", "-days", "2", "-extfile", f"{d}/server.ext"])
+    # A client certificate for a route's tls_cert (outbound_routes.ini).
+    key_and_req("client", f"/CN={CLIENT_CN}")
+    with open(f"{d}/client.ext", "w") as f:
+        f.write("extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")
+    run(["openssl", "x509", "-req", "-in", f"{d}/client.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
+         "-CAcreateserial", "-out", f"{d}/client.pem", "-days", "2", "-extfile", f"{d}/client.ext"])
 
 
 class PostfixServer:
@@ -99,8 +108,9 @@ class PostfixServer:
         self.port = port or free_port(host)
         self.auth_port = free_port(host)
         self.smtps_port = free_port(host)
+        self.ccert_port = free_port(host)
         self.domains = " ".join(("postfix.test", "auth.test", "plain.test", "login.test", "badauth.test",
-                                 "smtps.test") + tuple(domains))
+                                 "smtps.test", "ccert.test", "noccert.test") + tuple(domains))
         self.proc = None
         try:
             make_pki(self.pki)
@@ -174,6 +184,10 @@ smtpd_sasl_authenticated_header = yes
         out.append("  -o smtpd_tls_wrappermode=yes")
         out.append("  -o smtpd_sasl_auth_enable=yes")
         out.append("  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject")
+        # A listener that asks for a client certificate (not requiring one):
+        # its Received header then names the certificate's subject.
+        out.append(f"{self.host}:{self.ccert_port} inet n - n - - smtpd")
+        out.append("  -o smtpd_tls_ask_ccert=yes")
         with open(os.path.join(self.conf, "master.cf"), "w") as f:
             f.write("\n".join(out) + "\n")
 
@@ -183,6 +197,7 @@ smtpd_sasl_authenticated_header = yes
         wait_port(self.host, self.port, 30, self.proc)
         wait_port(self.host, self.auth_port, 30, self.proc)
         wait_port(self.host, self.smtps_port, 30, self.proc)
+        wait_port(self.host, self.ccert_port, 30, self.proc)
         return self
 
     def stop(self):
@@ -285,6 +300,14 @@ auth_user={SASL_USER}
 auth_pass={SASL_PASS}
 auth_type=plain
 force_auth=true
+
+[ccert.test]
+host[]={MX}:{p.ccert_port}
+tls_cert={p.pki}/client.pem
+tls_key={p.pki}/client.key
+
+[noccert.test]
+host[]={MX}:{p.ccert_port}
 """)
         self.write_tls_ini()
 
@@ -611,6 +634,21 @@ class DelivererPostfixTest(ClusterTestCase):
             with open(path, "w") as f:
                 f.write(original)
             self.cluster.restart_deliverer()
+
+    # -- a route's own client certificate ----------------------------------------
+    def test_10_a_route_presents_its_own_client_certificate(self):
+        """outbound_routes.ini tls_cert/tls_key: Postfix (smtpd_tls_ask_ccert
+        on that listener) gets the route's certificate in the handshake and
+        names its subject in the Received header; a route to the same
+        listener without tls_cert presents none (tls.ini sets no cert)."""
+        stored, attempt = self.deliver("alice@ccert.test", "client certificate")
+        received = self.assert_tls_on_both_sides(stored, attempt, self.postfix.ccert_port)
+        self.assertIn(f'(Client CN "{CLIENT_CN}", Issuer "Tern ca test" (not verified))', received)
+        stored, attempt = self.deliver("alice@noccert.test", "no client certificate")
+        received = self.assert_tls_on_both_sides(stored, attempt, self.postfix.ccert_port)
+        self.assertNotIn("Client CN", received)
+        self.assertIn("(Client did not present a certificate)", received)
+
 
 if __name__ == "__main__":
     unittest.main()

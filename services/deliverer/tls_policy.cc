@@ -184,24 +184,16 @@ absl::StatusOr<TlsOutboundConfig> TlsOutboundConfig::Load(const config::ConfigDi
 
 absl::StatusOr<std::shared_ptr<asio::ssl::context>> TlsOutboundConfig::MakeContextWithClientCert(
     const std::string& client_cert, const std::string& client_key, const std::string& where) const {
-  TlsOutboundConfig c = *this;
-  c.cert = client_cert;
-  c.key = client_key;
-  absl::StatusOr<std::shared_ptr<asio::ssl::context>> ctx = c.MakeContext();
-  if (!ctx.ok()) {
-    // MakeContext names tls.ini's keys; here the files are the route's.
-    absl::string_view message = ctx.status().message();
-    if (absl::ConsumePrefix(&message, "tls.ini cert: ")) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " tls_cert: ", message));
-    }
-    if (absl::ConsumePrefix(&message, "tls.ini key: ")) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " tls_key: ", message));
-    }
-  }
-  return ctx;
+  return BuildContext(client_cert, client_key, absl::StrCat(where, " tls_cert"), absl::StrCat(where, " tls_key"));
 }
 
 absl::StatusOr<std::shared_ptr<asio::ssl::context>> TlsOutboundConfig::MakeContext() const {
+  return BuildContext(cert, key, "tls.ini cert", "tls.ini key");
+}
+
+absl::StatusOr<std::shared_ptr<asio::ssl::context>> TlsOutboundConfig::BuildContext(
+    const std::string& client_cert, const std::string& client_key, const std::string& cert_name,
+    const std::string& key_name) const {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
   SSL_CTX* native = ctx->native_handle();
   SSL_CTX_set_options(native, SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 | SSL_OP_NO_COMPRESSION);
@@ -213,14 +205,14 @@ absl::StatusOr<std::shared_ptr<asio::ssl::context>> TlsOutboundConfig::MakeConte
       return absl::InvalidArgumentError(absl::StrCat("tls.ini ca: cannot load ", ca, ": ", ec.message()));
     }
   }
-  if (!cert.empty()) {
-    ctx->use_certificate_chain_file(cert, ec);
+  if (!client_cert.empty()) {
+    ctx->use_certificate_chain_file(client_cert, ec);
     if (ec) {
-      return absl::InvalidArgumentError(absl::StrCat("tls.ini cert: cannot load ", cert, ": ", ec.message()));
+      return absl::InvalidArgumentError(absl::StrCat(cert_name, ": cannot load ", client_cert, ": ", ec.message()));
     }
-    ctx->use_private_key_file(key, asio::ssl::context::pem, ec);
+    ctx->use_private_key_file(client_key, asio::ssl::context::pem, ec);
     if (ec) {
-      return absl::InvalidArgumentError(absl::StrCat("tls.ini key: cannot load ", key, ": ", ec.message()));
+      return absl::InvalidArgumentError(absl::StrCat(key_name, ": cannot load ", client_key, ": ", ec.message()));
     }
   }
   if (!ciphers.empty() && SSL_CTX_set_cipher_list(native, ciphers.c_str()) != 1) {

@@ -118,6 +118,14 @@ struct TlsOutboundConfig {
 
   TlsDecision Decide(bool enable_tls, RouteTls route_tls, bool broken_tls, absl::string_view ip,
                      absl::string_view mx_host, absl::string_view domain) const;
+
+ private:
+  // The context with `client_cert`/`client_key` (none when empty); errors
+  // about those files start with `cert_name` / `key_name`.
+  absl::StatusOr<std::shared_ptr<asio::ssl::context>> BuildContext(const std::string& client_cert,
+                                                                   const std::string& client_key,
+                                                                   const std::string& cert_name,
+                                                                   const std::string& key_name) const;
 };
 
 }  // namespace tern::deliverer

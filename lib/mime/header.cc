@@ -481,7 +481,23 @@ std::string FormatHeaderField(absl::string_view name, absl::string_view value, H
 }
 
 std::string FormatRfc5322Date(absl::Time t, absl::TimeZone zone) {
-  return absl::FormatTime("%a, %d %b %Y %H:%M:%S %z", t, zone);
+  // The text changes once a second, and ingest formats it twice per message
+  // (Received and Date): absl::FormatTime costs ~9,000 instructions a call,
+  // about 4 % of ingest's work per message. So each thread keeps its last
+  // answer for the same second and zone.
+  struct Last {
+    int64_t second = 0;
+    absl::TimeZone zone;
+    std::string text;
+  };
+  thread_local Last last;
+  const int64_t second = absl::ToUnixSeconds(t);  // rounds down, as %S does
+  if (last.text.empty() || last.second != second || last.zone != zone) {
+    last.text = absl::FormatTime("%a, %d %b %Y %H:%M:%S %z", t, zone);
+    last.second = second;
+    last.zone = zone;
+  }
+  return last.text;
 }
 
 }  // namespace tern::mime

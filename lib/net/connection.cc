@@ -150,14 +150,14 @@ asio::awaitable<absl::StatusOr<size_t>> Connection::ReadSome(char* data, size_t 
   co_return FromError(ec, "read");
 }
 
-std::optional<Line> Connection::TakeBufferedLine(size_t max_len) {
+std::optional<LineView> Connection::TakeBufferedLineView(size_t max_len) {
   // Look for LF in what is buffered. We scan at most max_len+2 bytes so a
   // client sending an endless line costs bounded memory.
   const absl::string_view pending(buffer_.get() + start_, end_ - start_);
   const size_t scan = std::min(pending.size(), max_len + 2);
   const size_t lf = pending.substr(0, scan).find('\n');
   if (lf != absl::string_view::npos && lf <= max_len + 1) {
-    Line line;
+    LineView line;
     size_t len = lf;
     if (len > 0 && pending[len - 1] == '\r') {
       --len;
@@ -165,7 +165,7 @@ std::optional<Line> Connection::TakeBufferedLine(size_t max_len) {
       line.bare_lf = true;
     }
     if (len <= max_len) {
-      line.text.assign(pending.data(), len);
+      line.text = pending.substr(0, len);
       start_ += lf + 1;
       return line;
     }
@@ -174,13 +174,25 @@ std::optional<Line> Connection::TakeBufferedLine(size_t max_len) {
   if (pending.size() > max_len) {
     // Too long: hand out the first max_len bytes and keep the rest. Keep a
     // trailing CR in the buffer so a CRLF split across the cut is seen.
-    Line line;
+    LineView line;
     line.partial = true;
-    line.text.assign(pending.data(), max_len);
+    line.text = pending.substr(0, max_len);
     start_ += max_len;
     return line;
   }
   return std::nullopt;
+}
+
+std::optional<Line> Connection::TakeBufferedLine(size_t max_len) {
+  std::optional<LineView> view = TakeBufferedLineView(max_len);
+  if (!view) {
+    return std::nullopt;
+  }
+  Line line;
+  line.text.assign(view->text.data(), view->text.size());
+  line.partial = view->partial;
+  line.bare_lf = view->bare_lf;
+  return line;
 }
 
 asio::awaitable<absl::StatusOr<Line>> Connection::ReadLine(size_t max_len, Duration timeout) {

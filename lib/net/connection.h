@@ -61,6 +61,14 @@ struct Line {
   bool bare_lf = false;
 };
 
+// A Line that points into a Connection's read buffer instead of owning its
+// text (Connection::TakeBufferedLineView).
+struct LineView {
+  absl::string_view text;
+  bool partial = false;
+  bool bare_lf = false;
+};
+
 // Prepares a client context for StartTlsClientDane (OpenSSL's
 // SSL_CTX_dane_enable). Call once, before the context is shared between
 // threads; contexts that never do DANE are unaffected.
@@ -89,6 +97,10 @@ class Connection {
   // Callers that wrap every read in timers try this first: a client's DATA
   // arrives many lines per packet, and most lines need no wait at all.
   std::optional<Line> TakeBufferedLine(size_t max_len);
+  // The same without a copy: `text` stays valid until the next read from
+  // this connection. For the DATA phase, where every line is copied into the
+  // message anyway.
+  std::optional<LineView> TakeBufferedLineView(size_t max_len);
 
   // Reads at most `max_len` raw bytes (at least one): what is buffered
   // first, else what one read from the socket returns. For length-counted

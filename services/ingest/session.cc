@@ -824,7 +824,20 @@ asio::awaitable<bool> Session::OpenStream() {
   co_return started.ok();
 }
 
+bool Session::PushDue(bool all) const {
+  if (assembler_->failed() || queue_failed_) {
+    return true;  // a call to cancel, or output to drop
+  }
+  if (!body_call_) {
+    return assembler_->pending() > cfg_.enqueue_inline_max;  // time to stream
+  }
+  return assembler_->pending() >= kChunkBytes || (all && assembler_->pending() > 0);
+}
+
 asio::awaitable<void> Session::PushBody(bool all) {
+  if (!PushDue(all)) {
+    co_return;
+  }
   if (assembler_->failed()) {
     // Nothing of this message will be stored: let the queue drop it now.
     if (call_ != nullptr) {
@@ -1023,13 +1036,23 @@ asio::awaitable<bool> Session::Data() {
   }
   smtp::DotDecoder decoder;
   while (true) {
+    // A line already in the read buffer is taken from there without a copy
+    // (it is copied into the message anyway) and without a coroutine call:
+    // a client's DATA arrives many lines per read. `text` is valid until
+    // the next read, which comes after this line is in the assembler.
     net::Line line;
-    const ReadResult r = co_await ReadLine(kDataReadMax, &line);
-    if (r == ReadResult::kWoken) {
-      continue;
+    net::LineView text;
+    ReadResult r = ReadResult::kLine;
+    if (std::optional<net::LineView> buffered = conn_.TakeBufferedLineView(kDataReadMax)) {
+      text = *buffered;
+    } else {
+      r = co_await ReadLine(kDataReadMax, &line);
+      if (r == ReadResult::kWoken) {
+        continue;
+      }
+      text = net::LineView{line.text, line.partial, line.bare_lf};
     }
     if (r != ReadResult::kLine) {
-      Metrics::Get().aborted.Inc();
       log::Event(log::Level::kNotice, "data_aborted",
                  {{"session", session_id_},
                   {"txn", txn_id_},
@@ -1042,7 +1065,7 @@ asio::awaitable<bool> Session::Data() {
       }
       co_return false;
     }
-    const smtp::DotDecoder::Result d = decoder.Decode(line.text, line.partial, line.bare_lf);
+    const smtp::DotDecoder::Result d = decoder.Decode(text.text, text.partial, text.bare_lf);
     if (d.end) {
       break;
     }
@@ -1061,7 +1084,9 @@ asio::awaitable<bool> Session::Data() {
       co_await Flush();
       co_return false;
     }
-    co_await PushBody(/*all=*/false);
+    if (PushDue(/*all=*/false)) {
+      co_await PushBody(/*all=*/false);
+    }
   }
   co_return co_await FinishBody();
 }

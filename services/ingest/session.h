@@ -129,6 +129,9 @@ class Session {
   // (or when streaming from the start) sends the assembler's output to the
   // queue once a chunk is ready (or all of it when `all`).
   asio::awaitable<void> PushBody(bool all);
+  // Whether PushBody(all) has anything to do now. A plain test, so the DATA
+  // loop enters no coroutine for the many lines that only grow the message.
+  bool PushDue(bool all) const;
   // The content is complete: refuse it or send the rest and wait for the
   // queue's durable answer. False if the client is gone.
   asio::awaitable<bool> FinishBody();

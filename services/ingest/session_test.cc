@@ -636,6 +636,35 @@ TEST_F(IngestSessionTest, WrapsOverlongDataLinesWithCrlfSpace) {
             "X: 1\r\n\r\n" + a + "\r\n " + b.substr(0, 99) + "\r\n " + b.substr(99) + c + "\r\n" + a + "\r\n");
 }
 
+// DATA lines are taken straight from the read buffer when they are whole in
+// it; a line longer than one read (64 KiB) comes in pieces, and dot-stuffed
+// lines may straddle reads. Every byte still arrives, in order.
+TEST_F(IngestSessionTest, LinesLongerThanOneReadAndStuffedDotsAreStoredExactly) {
+  IngestConfig cfg = BaseConfig();
+  cfg.max_data_line_length = 65536;  // the most there is: the long line wraps twice
+  StartIngest(cfg);
+  auto client = Connect();
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  std::string wire = "Subject: long\r\n\r\n";
+  std::string expected = wire;
+  const std::string long_line(150000, 'x');
+  wire += long_line + "\r\n";
+  // Wrapped with CRLF SPACE; the space counts toward the next piece.
+  expected += long_line.substr(0, 65536) + "\r\n " + long_line.substr(65536, 65535) + "\r\n " +
+              long_line.substr(65536 + 65535) + "\r\n";
+  for (int i = 0; i < 2000; ++i) {
+    wire += absl::StrCat("..dot ", i, "\r\n", "plain ", i, "\r\n");
+    expected += absl::StrCat(".dot ", i, "\r\n", "plain ", i, "\r\n");
+  }
+  client->Send(wire + ".\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+  const auto stored = fake_.stored();
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), expected);
+}
+
 TEST_F(IngestSessionTest, QueueUnavailableGives451) {
   fake_.FailWith(grpc::Status(grpc::StatusCode::UNAVAILABLE, "disk on fire"));
   StartIngest(BaseConfig());

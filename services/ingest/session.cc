@@ -1053,6 +1053,7 @@ asio::awaitable<bool> Session::Data() {
       text = net::LineView{line.text, line.partial, line.bare_lf};
     }
     if (r != ReadResult::kLine) {
+      Metrics::Get().aborted.Inc();
       log::Event(log::Level::kNotice, "data_aborted",
                  {{"session", session_id_},
                   {"txn", txn_id_},

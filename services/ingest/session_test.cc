@@ -29,6 +29,7 @@
 #include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
 #include "gtest/gtest.h"
+#include "lib/metrics/metrics.h"
 #include "services/ingest/queue_client.h"
 #include "services/ingest/server.h"
 #include "tern/v1/queue.grpc.pb.h"
@@ -811,6 +812,9 @@ TEST_F(IngestSessionTest, EofInsideStreamedDataCancelsTheCallAndQueuesNothing) {
 }
 
 TEST_F(IngestSessionTest, EofInsideSmallDataQueuesNothing) {
+  metrics::Counter& aborted = metrics::Registry::Global().GetCounter(
+      "tern_ingest_data_aborted_total", "DATA phases ended by disconnect or timeout");
+  const uint64_t aborted_before = aborted.value();
   StartIngest(BaseConfig());
   auto cut = Connect();
   ASSERT_EQ(cut->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
@@ -830,6 +834,11 @@ TEST_F(IngestSessionTest, EofInsideSmallDataQueuesNothing) {
   EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), "Subject: whole\r\n\r\nall of it\r\n");
   EXPECT_EQ(fake_.batch_items(), 1);
   EXPECT_EQ(fake_.calls(), 0);
+  // The cut one is counted (tern_ingest_data_aborted_total).
+  for (int i = 0; i < 500 && aborted.value() == aborted_before; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(aborted.value(), aborted_before + 1);
 }
 
 TEST_F(IngestSessionTest, BareLfDotDoesNotEndData) {

@@ -102,9 +102,9 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   // A route's client certificate fails at startup, not at its first delivery.
   for (const auto& [name, route] : c.routes.all()) {
     if (!route.tls_cert.empty()) {
-      TERN_RETURN_IF_ERROR(
-          c.tls.MakeContextWithClientCert(route.tls_cert, route.tls_key, absl::StrCat("outbound_routes.ini [", name, "]"))
-              .status());
+      TERN_ASSIGN_OR_RETURN(c.route_tls[name], c.tls.MakeContextWithClientCert(route.tls_cert, route.tls_key,
+                                                                                absl::StrCat("outbound_routes.ini [",
+                                                                                             name, "]")));
     }
   }
   TERN_ASSIGN_OR_RETURN(c.hooks, hooks::LoadHooksConfig(dir));

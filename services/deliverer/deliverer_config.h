@@ -97,6 +97,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -146,6 +149,10 @@ struct DelivererConfig {
 
   StaticRoutes routes;
   TlsOutboundConfig tls;
+  // The TLS client context of each route with a client certificate of its
+  // own (tls_cert), by section name: built by Load, which so refuses a
+  // certificate that cannot be loaded. A config built by hand has none.
+  std::map<std::string, std::shared_ptr<asio::ssl::context>, std::less<>> route_tls;
   hooks::HooksConfig hooks;
 
   std::string me;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "services/deliverer/test_certs.h"
 
 namespace tern::deliverer {
 namespace {
@@ -98,6 +99,19 @@ TEST_F(ConfigTest, ReadsRoutesAndTlsPolicy) {
   c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("outbound_routes.ini"), std::string::npos) << c.status();
+}
+
+TEST_F(ConfigTest, ContextsBuiltToCheckTheFilesAreKeptForTheWorker) {
+  const TestCerts& certs = TestCerts::Get();
+  ASSERT_TRUE(certs.ok);
+  Write("outbound_routes.ini", absl::StrCat("[example.com]\nhost=smart.example.net\ntls_cert=", certs.cert,
+                                            "\ntls_key=", certs.key, "\n[plain.example]\nhost=other.example.net\n"));
+  auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_NE(c->tls.context, nullptr);
+  ASSERT_EQ(c->route_tls.size(), 1u);  // only the route with a certificate of its own
+  EXPECT_NE(c->route_tls.at("example.com"), nullptr);
+  EXPECT_NE(c->route_tls.at("example.com"), c->tls.context);
 }
 
 TEST_F(ConfigTest, ARoutesClientCertificateThatCannotBeLoadedStopsTheStart) {

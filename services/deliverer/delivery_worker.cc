@@ -12,7 +12,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -307,25 +306,14 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                                                          config.destination_connections_max}),
         streaks_(config.unreachable_after),
         worker_id_(absl::StrCat(config.me, "/", NewRandomToken().substr(0, 8))) {
-    // DelivererConfig::Load already built a context from the same settings,
-    // so this only fails for a config that was never loaded (tests).
-    auto ctx = config.tls.MakeContext();
-    if (ctx.ok()) {
+    // DelivererConfig::Load built the contexts (and so checked the files);
+    // a config that was never loaded (tests) gets tls.ini's built here.
+    if (config.tls.context != nullptr) {
+      tls_ = config.tls.context;
+    } else if (auto ctx = config.tls.MakeContext(); ctx.ok()) {
       tls_ = *std::move(ctx);
     } else {
       log::Event(log::Level::kError, "tls_context_failed", {{"error", std::string(ctx.status().message())}});
-    }
-    for (const auto& [name, route] : config.routes.all()) {
-      if (route.tls_cert.empty()) {
-        continue;
-      }
-      auto route_ctx = config.tls.MakeContextWithClientCert(route.tls_cert, route.tls_key,
-                                                            absl::StrCat("outbound_routes.ini [", name, "]"));
-      if (route_ctx.ok()) {
-        route_tls_.emplace(name, *std::move(route_ctx));
-      } else {
-        log::Event(log::Level::kError, "tls_context_failed", {{"error", std::string(route_ctx.status().message())}});
-      }
     }
     if (config.mta_sts) {
       MtaSts::Options sts;
@@ -863,8 +851,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         // context (DelivererConfig::Load refuses such a config; only a
         // config built by hand gets here) the route goes without TLS
         // context, which fails a required TLS and skips an opportunistic one.
-        auto it = route_tls_.find(route->domain);
-        request.tls_context = it == route_tls_.end() ? nullptr : it->second;
+        auto it = config_.route_tls.find(route->domain);
+        request.tls_context = it == config_.route_tls.end() ? nullptr : it->second;
         request.tls_client_cert = route->tls_cert;
       }
       if (route != nullptr && route->has_auth()) {
@@ -1978,8 +1966,6 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   TlsRptCounter tlsrpt_counts_{kMaxTlsRptEntries};
   bool tlsrpt_warned_ = false;  // RecordTlsResults
   std::shared_ptr<asio::ssl::context> tls_;
-  // Routes with a client certificate of their own (tls_cert): their context.
-  absl::flat_hash_map<std::string, std::shared_ptr<asio::ssl::context>> route_tls_;
   std::unique_ptr<MtaSts> mta_sts_;  // null: mta_sts=false
   ConnectionPool pool_;
   HostFlags host_flags_;

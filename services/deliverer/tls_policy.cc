@@ -178,7 +178,7 @@ absl::StatusOr<TlsOutboundConfig> TlsOutboundConfig::Load(const config::ConfigDi
   }
   c.force_tls_hosts = *std::move(force);
   // Fail at startup, not at the first delivery, when a file is unusable.
-  TERN_RETURN_IF_ERROR(c.MakeContext().status());
+  TERN_ASSIGN_OR_RETURN(c.context, c.MakeContext());
   return c;
 }
 

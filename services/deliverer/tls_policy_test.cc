@@ -94,6 +94,8 @@ TEST_F(TlsIniTest, OutboundInheritsFromMainExceptHostLists) {
   EXPECT_EQ(c->ciphers, "HIGH:!aNULL");
   EXPECT_TRUE(c->no_tls_hosts.empty());
   EXPECT_TRUE(c->force_tls_hosts.Matches("", "", "hit.example.com"));
+  // The context Load built to check the settings is kept for the worker.
+  ASSERT_NE(c->context, nullptr);
 }
 
 TEST_F(TlsIniTest, DefaultsWithoutAFile) {

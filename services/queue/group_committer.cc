@@ -1,5 +1,6 @@
 #include "services/queue/group_committer.h"
 
+#include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,9 @@ struct CommitterMetrics {
   metrics::Counter& write_errors;
   metrics::Counter& led;
   metrics::Gauge& last_group_ops;
+  metrics::Counter& cache_hits;
+  metrics::Counter& cache_misses;
+  metrics::Gauge& cache_bytes;
   metrics::Histogram& synced_write_seconds;
   metrics::Histogram& unsynced_write_seconds;
 };
@@ -35,6 +39,10 @@ CommitterMetrics& Metrics() {
                      "Groups committed by the RPC's own thread (it found the writer role free) rather than "
                      "handed to the writer thread"),
         r.GetGauge("tern_queue_group_commit_last_size", "Operations in the most recent group"),
+        r.GetCounter("tern_queue_record_cache_hits_total",
+                     "Record reads (deliveries, messages, bounces) answered from the writer's cache"),
+        r.GetCounter("tern_queue_record_cache_misses_total", "Record reads that went to RocksDB"),
+        r.GetGauge("tern_queue_record_cache_bytes", "Bytes held by the writer's record cache"),
         r.GetHistogram("tern_queue_group_write_seconds",
                        "One group's RocksDB write, with the WAL fdatasync when synced: what every "
                        "operation of the group waits for after it is applied",
@@ -48,20 +56,66 @@ CommitterMetrics& Metrics() {
 }  // namespace
 
 rocksdb::Status Txn::Get(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, std::string* value) {
-  return batch_->GetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, rocksdb::Slice(key.data(), key.size()), value);
+  const bool cached = cache_ != nullptr && cache_->Caches(cf->GetID());
+  if (cached) {
+    if (const std::string* hit = cache_->Lookup(cf->GetID(), key)) {
+      if (verify_cache_) {
+        VerifyHit(cf, key, *hit);
+      }
+      ++cache_hits_;
+      value->assign(*hit);
+      return rocksdb::Status::OK();
+    }
+  }
+  rocksdb::Status s =
+      batch_->GetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, rocksdb::Slice(key.data(), key.size()), value);
+  if (cached) {
+    ++cache_misses_;
+    if (s.ok()) {
+      // The value as of the batch so far: what a later read must see too. If
+      // this operation or the group is rolled back, so is this entry (the
+      // key is in cached_writes_ if this operation wrote it; a failed group
+      // clears the cache).
+      cache_->Store(cf->GetID(), key, *value);
+    }
+  }
+  return s;
+}
+
+void Txn::VerifyHit(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, const std::string& hit) {
+  std::string truth;
+  rocksdb::Status s =
+      batch_->GetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, rocksdb::Slice(key.data(), key.size()), &truth);
+  if (!s.ok() || truth != hit) {
+    log::Event(log::Level::kError, "record_cache_incoherent",
+               {{"cf", cf->GetName()}, {"key", std::string(key)}, {"read", s.ToString()}});
+    std::abort();
+  }
 }
 
 void Txn::Put(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value) {
   // WriteBatchWithIndex::Put only fails for keys/values over 4 GiB, which the
   // queue's size limits rule out.
   (void)batch_->Put(cf, rocksdb::Slice(key.data(), key.size()), rocksdb::Slice(value.data(), value.size()));
+  if (cache_ != nullptr && cache_->Caches(cf->GetID())) {
+    cache_->Store(cf->GetID(), key, value);
+    cached_writes_.emplace_back(cf->GetID(), std::string(key));
+  }
 }
 
 void Txn::Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key) {
   (void)batch_->Delete(cf, rocksdb::Slice(key.data(), key.size()));
+  if (cache_ != nullptr) {
+    cache_->Erase(cf->GetID(), key);
+  }
 }
 
 void Txn::PutUnindexed(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value) {
+  // Not visible to reads until the group commits, as documented: an older
+  // cached value must not answer for it either.
+  if (cache_ != nullptr) {
+    cache_->Erase(cf->GetID(), key);
+  }
   // WriteBatchWithIndex::RollbackToSavePoint rolls back the underlying batch
   // and rebuilds the index from it, so entries added here roll back too.
   (void)batch_->GetWriteBatch()->Put(cf, rocksdb::Slice(key.data(), key.size()),
@@ -91,10 +145,19 @@ GroupCommitter::GroupCommitter(rocksdb::DB* db, Options options)
     : db_(db),
       options_(std::move(options)),
       batch_(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true),
+      cache_(MakeRecordCache(options_)),
       next_tick_(SteadyClock::now() + options_.tick_interval),
       thread_([this] { Run(); }) {}
 
 GroupCommitter::~GroupCommitter() { Stop(); }
+
+RecordCache GroupCommitter::MakeRecordCache(const Options& options) {
+  RecordCache cache(options.record_cache_bytes);
+  for (rocksdb::ColumnFamilyHandle* cf : options.cached_column_families) {
+    cache.AddColumnFamily(cf->GetID());
+  }
+  return cache;
+}
 
 namespace {
 // The committer whose writer role the current thread holds, if any.
@@ -228,13 +291,18 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
   std::vector<absl::AnyInvocable<void()>> group_undo;
   size_t applied = 0;
   bool sync = false;  // some applied operation needs its write synced
+  uint64_t cache_hits = 0;
+  uint64_t cache_misses = 0;
   for (; applied < ops.size(); ++applied) {
     if (applied > 0 && batch_.GetWriteBatch()->GetDataSize() >= options_.max_group_bytes) {
       break;
     }
     batch_.SetSavePoint();
-    Txn txn(db_, &batch_);
+    Txn txn(db_, &batch_, options_.cached_column_families.empty() ? nullptr : &cache_,
+            options_.verify_record_cache);
     absl::Status s = ops[applied].apply(txn);
+    cache_hits += txn.cache_hits_;
+    cache_misses += txn.cache_misses_;
     if (s.ok()) {
       sync = sync || ops[applied].durable;
       (void)batch_.PopSavePoint();
@@ -247,6 +315,10 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
         (*it)();
       }
       (void)batch_.RollbackToSavePoint();
+      // What it stored in the cache is gone from the batch: read it again.
+      for (const auto& [cf, key] : txn.cached_writes_) {
+        cache_.Erase(cf, key);
+      }
       results[applied] = std::move(s);
     }
   }
@@ -275,7 +347,12 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
     (sync ? Metrics().synced_write_seconds : Metrics().unsynced_write_seconds).ObserveSince(started);
   }
   batch_.Clear();
+  Metrics().cache_hits.Inc(cache_hits);
+  Metrics().cache_misses.Inc(cache_misses);
+  Metrics().cache_bytes.Set(static_cast<int64_t>(cache_.bytes()));
   if (!ws.ok()) {
+    // The cache holds the group's writes, which are not in the database.
+    cache_.Clear();
     for (auto it = group_undo.rbegin(); it != group_undo.rend(); ++it) {
       (*it)();
     }

@@ -20,7 +20,8 @@
 // The single writer is also the queue's concurrency control. Operations
 // never race: an operation reads the state that all earlier operations left,
 // including those earlier in the same, not yet committed, group, because reads
-// go through the batch's index first (GetFromBatchAndDB). So "lease this job"
+// go through the batch's index first (GetFromBatchAndDB), or through the
+// record cache that mirrors it (record_cache.h). So "lease this job"
 // and "report on this job" need no locks and no retry loops, and the in-memory
 // scheduling state (ready window, lease table, counters) is owned by the
 // writer role alone.
@@ -63,6 +64,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -71,6 +73,7 @@
 #include "absl/synchronization/mutex.h"
 #include "rocksdb/db.h"
 #include "rocksdb/utilities/write_batch_with_index.h"
+#include "services/queue/record_cache.h"
 
 namespace tern::queue {
 
@@ -78,7 +81,9 @@ namespace tern::queue {
 // operation's `apply` call, on the thread holding the writer role.
 class Txn {
  public:
-  // Reads `key` as the batch so far would leave it (NotFound if absent).
+  // Reads `key` as the batch so far would leave it (NotFound if absent):
+  // from the record cache when it knows the key, else through the batch's
+  // index and the database.
   rocksdb::Status Get(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, std::string* value);
   void Put(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value);
   void Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key);
@@ -113,10 +118,20 @@ class Txn {
 
  private:
   friend class GroupCommitter;
-  Txn(rocksdb::DB* db, rocksdb::WriteBatchWithIndex* batch) : db_(db), batch_(batch) {}
+  Txn(rocksdb::DB* db, rocksdb::WriteBatchWithIndex* batch, RecordCache* cache, bool verify_cache)
+      : db_(db), batch_(batch), cache_(cache), verify_cache_(verify_cache) {}
+  // Aborts the process if a cache hit differs from what the batch and the
+  // database hold (GroupCommitter::Options::verify_record_cache).
+  void VerifyHit(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, const std::string& hit);
 
   rocksdb::DB* db_;
   rocksdb::WriteBatchWithIndex* batch_;
+  RecordCache* cache_;  // null: no column family is cached
+  bool verify_cache_;
+  // Keys this operation stored in the cache: erased if it rolls back.
+  std::vector<std::pair<uint32_t, std::string>> cached_writes_;
+  uint64_t cache_hits_ = 0;
+  uint64_t cache_misses_ = 0;
   std::vector<absl::AnyInvocable<void()>> undo_;
   std::vector<absl::AnyInvocable<void()>> commit_;
 };
@@ -150,6 +165,14 @@ class GroupCommitter {
     // Caps on one group. Default: 1024 operations, 64 MiB of batch data.
     size_t max_group_ops = 1024;
     size_t max_group_bytes = 64u << 20;
+    // Column families whose recently written records the writer keeps in
+    // memory for reads (record_cache.h). Default: none.
+    std::vector<rocksdb::ColumnFamilyHandle*> cached_column_families;
+    // Most bytes that cache holds. Default: 32 MiB.
+    size_t record_cache_bytes = 32u << 20;
+    // Also read every cache hit through the batch and the database, and
+    // abort the process if they differ: for tests. Default: false.
+    bool verify_record_cache = false;
   };
 
   // `db` must outlive this object. The thread starts at once.
@@ -187,10 +210,12 @@ class GroupCommitter {
   // committed. The caller holds the role on entry; it is given back on return.
   int WriteGroups(int max_groups);
   void CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>& leftover);
+  static RecordCache MakeRecordCache(const Options& options);
 
   rocksdb::DB* const db_;
   const Options options_;
   rocksdb::WriteBatchWithIndex batch_;
+  RecordCache cache_;  // writer role only
 
   absl::Mutex mu_;
   std::deque<GroupOp> pending_ ABSL_GUARDED_BY(mu_);

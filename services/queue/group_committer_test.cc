@@ -310,6 +310,132 @@ TEST_F(GroupCommitterTest, FailedWriteFailsTheWholeGroupAndUndoesMemory) {
   db_.reset();  // before the Env it uses
 }
 
+// A committer that caches the default column family's records. With
+// `verify`, every cache hit is also read through RocksDB and a difference
+// aborts the test; the tests below run without it to see what the cache
+// itself answers.
+void UseRecordCache(std::unique_ptr<GroupCommitter>& committer, rocksdb::DB* db, bool verify) {
+  committer.reset();
+  GroupCommitter::Options options;
+  options.cached_column_families = {db->DefaultColumnFamily()};
+  options.verify_record_cache = verify;
+  committer = std::make_unique<GroupCommitter>(db, std::move(options));
+}
+
+TEST_F(GroupCommitterTest, CachedRecordsReadBackWhatTheGroupWroteAndDeleted) {
+  UseRecordCache(committer_, db_.get(), /*verify=*/false);
+  auto& hits = metrics::Registry::Global().GetCounter("tern_queue_record_cache_hits_total", "");
+  const uint64_t hits0 = hits.value();
+  ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), "old", "from-db").ok());  // written before the committer
+  auto release = BlockWriter();
+  std::string seen_old;
+  std::string seen_new;
+  rocksdb::Status after_delete;
+  auto op = Submit([&](Txn& txn) {
+    EXPECT_TRUE(txn.Get(cf_, "old", &seen_old).ok());  // a miss, read from RocksDB
+    txn.Put(cf_, "new", "v1");
+    txn.Put(cf_, "new", "v2");
+    EXPECT_TRUE(txn.Get(cf_, "new", &seen_new).ok());
+    txn.Delete(cf_, "old");
+    std::string ignored;
+    after_delete = txn.Get(cf_, "old", &ignored);
+    return absl::OkStatus();
+  });
+  std::string again;
+  auto later = Submit([&](Txn& txn) {
+    EXPECT_TRUE(txn.Get(cf_, "new", &again).ok());
+    return absl::OkStatus();
+  });
+  release->set_value();
+  ASSERT_TRUE(op.get().ok());
+  ASSERT_TRUE(later.get().ok());
+  EXPECT_EQ(seen_old, "from-db");
+  EXPECT_EQ(seen_new, "v2");
+  EXPECT_TRUE(after_delete.IsNotFound()) << after_delete.ToString();
+  EXPECT_EQ(again, "v2");
+  EXPECT_EQ(hits.value() - hits0, 2u);  // "new" twice
+  EXPECT_EQ(Value("new"), "v2");
+  EXPECT_EQ(Value("old"), "<none>");
+}
+
+TEST_F(GroupCommitterTest, RolledBackOperationLeavesNothingOfItsWritesInTheRecordCache) {
+  UseRecordCache(committer_, db_.get(), /*verify=*/false);
+  ASSERT_TRUE(Submit([this](Txn& txn) {
+                txn.Put(cf_, "k", "committed");
+                return absl::OkStatus();
+              }).get().ok());
+  auto release = BlockWriter();
+  auto same_group = Submit([this](Txn& txn) {
+    txn.Put(cf_, "k", "earlier-in-group");
+    return absl::OkStatus();
+  });
+  auto failing = Submit([this](Txn& txn) {
+    txn.Put(cf_, "k", "rolled-back");
+    txn.Put(cf_, "fresh", "rolled-back");
+    return absl::InternalError("refused");
+  });
+  std::string k;
+  rocksdb::Status fresh;
+  auto reader = Submit([&](Txn& txn) {
+    EXPECT_TRUE(txn.Get(cf_, "k", &k).ok());
+    std::string ignored;
+    fresh = txn.Get(cf_, "fresh", &ignored);
+    return absl::OkStatus();
+  });
+  release->set_value();
+  ASSERT_TRUE(same_group.get().ok());
+  EXPECT_FALSE(failing.get().ok());
+  ASSERT_TRUE(reader.get().ok());
+  EXPECT_EQ(k, "earlier-in-group");
+  EXPECT_TRUE(fresh.IsNotFound()) << fresh.ToString();
+}
+
+TEST_F(GroupCommitterTest, FailedGroupWriteLeavesNothingOfTheGroupInTheRecordCache) {
+  committer_.reset();
+  db_.reset();
+  auto fs = std::make_shared<WalFailingFileSystem>(rocksdb::FileSystem::Default());
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
+  rocksdb::Options options;
+  options.env = env.get();
+  rocksdb::DB* db = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(options, dir_.string(), &db).ok());
+  db_.reset(db);
+  cf_ = db_->DefaultColumnFamily();
+  UseRecordCache(committer_, db_.get(), /*verify=*/false);
+  ASSERT_TRUE(Submit([this](Txn& txn) {
+                txn.Put(cf_, "k", "durable");
+                return absl::OkStatus();
+              }).get().ok());
+  fs->fail = true;
+  EXPECT_FALSE(Submit([this](Txn& txn) {
+                 txn.Put(cf_, "k", "lost");
+                 txn.Put(cf_, "new", "lost");
+                 return absl::OkStatus();
+               }).get().ok());
+  fs->fail = false;
+  std::string k;
+  rocksdb::Status fresh;
+  absl::Status s;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  do {  // until RocksDB has recovered from the failed write
+    s = Submit([&](Txn& txn) {
+          EXPECT_TRUE(txn.Get(cf_, "k", &k).ok());
+          std::string ignored;
+          fresh = txn.Get(cf_, "new", &ignored);
+          txn.Put(cf_, "probe", "1");
+          return absl::OkStatus();
+        }).get();
+    if (!s.ok()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  } while (!s.ok() && std::chrono::steady_clock::now() < give_up);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(k, "durable");
+  EXPECT_TRUE(fresh.IsNotFound()) << fresh.ToString();
+  committer_.reset();
+  db_.reset();  // before the Env it uses
+}
+
 TEST_F(GroupCommitterTest, LeadingSubmitCommitsOnTheCallingThreadWhenNoOneWrites) {
   auto& led = metrics::Registry::Global().GetCounter("tern_queue_group_commits_led_total", "");
   const uint64_t led0 = led.value();

@@ -106,6 +106,11 @@ absl::Status QueueCore::Impl::Open() {
   GroupCommitter::Options copt;
   copt.tick_interval = opt_.tick_interval;
   copt.on_tick = [this] { OnTick(); };
+  if (opt_.record_cache_bytes > 0) {
+    copt.cached_column_families = {deliveries_, messages_, bounces_};
+    copt.record_cache_bytes = opt_.record_cache_bytes;
+    copt.verify_record_cache = opt_.verify_record_cache;
+  }
   committer_ = std::make_unique<GroupCommitter>(db_.get(), std::move(copt));
   // Leases that were out with DATA sent when the old process died.
   for (const std::string& id : recovered_data_sent_) {

@@ -99,6 +99,9 @@ class QueueCoreTest : public ::testing::Test {
     options_.clock = &clock_;
     options_.retry = RetrySchedule({60'000, 120'000});
     options_.tick_interval = std::chrono::milliseconds(20);
+    // Every record read the cache answers in these tests is checked against
+    // RocksDB: a stale entry aborts the test binary.
+    options_.verify_record_cache = true;
   }
   void TearDown() override {
     core_.reset();

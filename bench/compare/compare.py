@@ -44,6 +44,11 @@ WORK = os.path.join(HERE, ".work")
 BIN = os.environ.get("TERN_BIN_DIR", os.path.join(ROOT, "build"))
 CLK = os.sysconf("SC_CLK_TCK")
 
+# smtp-source's parallel sessions: 20 as the issue sets it; TERN_BENCH_SESSIONS
+# changes it to see whether a system is bound by latency (more sessions go
+# faster) or by CPU (they do not).
+SESSIONS = os.environ.get("TERN_BENCH_SESSIONS", "20")
+
 WORKLOADS = {
     "2KB x1": dict(messages=10000, size=2048, rcpts=1),
     "50KB x1": dict(messages=10000, size=50 * 1024, rcpts=1),
@@ -373,7 +378,7 @@ def run_once(system_factory, workload, timeout):
         sampler.start()
         n = workload["messages"]
         t0 = time.time()
-        src = subprocess.run(["smtp-source", "-s", "20", "-m", str(n), "-l", str(workload["size"]),
+        src = subprocess.run(["smtp-source", "-s", SESSIONS, "-m", str(n), "-l", str(workload["size"]),
                               "-r", str(workload["rcpts"]), "-f", "from@bench.test", "-t", "to@dest.test",
                               f"127.0.0.1:{system.port}"], capture_output=True, text=True, timeout=timeout)
         t_accepted = time.time() - t0

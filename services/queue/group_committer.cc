@@ -55,66 +55,119 @@ CommitterMetrics& Metrics() {
 
 }  // namespace
 
+namespace {
+
+// Finds the batch's last write of one key: the truth a cached read is
+// checked against (verify_record_cache). Linear in the batch: tests only.
+class LastWrite : public rocksdb::WriteBatch::Handler {
+ public:
+  LastWrite(uint32_t cf, absl::string_view key) : cf_(cf), key_(key) {}
+  rocksdb::Status PutCF(uint32_t cf, const rocksdb::Slice& key, const rocksdb::Slice& value) override {
+    if (cf == cf_ && absl::string_view(key.data(), key.size()) == key_) {
+      found_ = true;
+      deleted_ = false;
+      value_.assign(value.data(), value.size());
+    }
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status DeleteCF(uint32_t cf, const rocksdb::Slice& key) override {
+    if (cf == cf_ && absl::string_view(key.data(), key.size()) == key_) {
+      found_ = true;
+      deleted_ = true;
+      value_.clear();
+    }
+    return rocksdb::Status::OK();
+  }
+  bool found_ = false;
+  bool deleted_ = false;
+  std::string value_;
+
+ private:
+  uint32_t cf_;
+  absl::string_view key_;
+};
+
+void DeleteIndex(void* batch, void* /*unused*/) { delete static_cast<rocksdb::WriteBatchWithIndex*>(batch); }
+
+}  // namespace
+
 rocksdb::Status Txn::Get(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, std::string* value) {
-  const bool cached = cache_ != nullptr && cache_->Caches(cf->GetID());
-  if (cached) {
-    if (const std::string* hit = cache_->Lookup(cf->GetID(), key)) {
-      if (verify_cache_) {
-        VerifyHit(cf, key, *hit);
-      }
-      ++cache_hits_;
-      value->assign(*hit);
-      return rocksdb::Status::OK();
+  const rocksdb::Slice k(key.data(), key.size());
+  if (!Cached(cf)) {
+    return batch_->GetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, k, value);
+  }
+  rocksdb::Status s;
+  if (const RecordCache::Entry* e = cache_->Lookup(cf->GetID(), key)) {
+    ++cache_hits_;
+    if (e->deleted) {
+      s = rocksdb::Status::NotFound();
+    } else {
+      value->assign(e->value);
+    }
+  } else {
+    ++cache_misses_;
+    s = db_->Get(rocksdb::ReadOptions(), cf, k, value);
+    if (s.ok()) {
+      cache_->StoreRead(cf->GetID(), key, *value);
     }
   }
-  rocksdb::Status s =
-      batch_->GetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, rocksdb::Slice(key.data(), key.size()), value);
-  if (cached) {
-    ++cache_misses_;
-    if (s.ok()) {
-      // The value as of the batch so far: what a later read must see too. If
-      // this operation or the group is rolled back, so is this entry (the
-      // key is in cached_writes_ if this operation wrote it; a failed group
-      // clears the cache).
-      cache_->Store(cf->GetID(), key, *value);
-    }
+  if (verify_cache_) {
+    Verify(cf, key, s, *value);
   }
   return s;
 }
 
-void Txn::VerifyHit(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, const std::string& hit) {
+void Txn::Verify(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, const rocksdb::Status& s,
+                 const std::string& value) {
+  LastWrite last(cf->GetID(), key);
+  rocksdb::Status scan = batch_->GetWriteBatch()->Iterate(&last);
   std::string truth;
-  rocksdb::Status s =
-      batch_->GetFromBatchAndDB(db_, rocksdb::ReadOptions(), cf, rocksdb::Slice(key.data(), key.size()), &truth);
-  if (!s.ok() || truth != hit) {
+  rocksdb::Status truth_status;
+  if (last.found_) {
+    truth_status = last.deleted_ ? rocksdb::Status::NotFound() : rocksdb::Status::OK();
+    truth = last.value_;
+  } else {
+    truth_status = db_->Get(rocksdb::ReadOptions(), cf, rocksdb::Slice(key.data(), key.size()), &truth);
+  }
+  const bool same = scan.ok() && truth_status.code() == s.code() && (!s.ok() || truth == value);
+  if (!same) {
     log::Event(log::Level::kError, "record_cache_incoherent",
-               {{"cf", cf->GetName()}, {"key", std::string(key)}, {"read", s.ToString()}});
+               {{"cf", cf->GetName()},
+                {"key", std::string(key)},
+                {"read", s.ToString()},
+                {"truth", truth_status.ToString()}});
     std::abort();
   }
 }
 
 void Txn::Put(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value) {
-  // WriteBatchWithIndex::Put only fails for keys/values over 4 GiB, which the
-  // queue's size limits rule out.
-  (void)batch_->Put(cf, rocksdb::Slice(key.data(), key.size()), rocksdb::Slice(value.data(), value.size()));
-  if (cache_ != nullptr && cache_->Caches(cf->GetID())) {
-    cache_->Store(cf->GetID(), key, value);
-    cached_writes_.emplace_back(cf->GetID(), std::string(key));
+  const rocksdb::Slice k(key.data(), key.size());
+  const rocksdb::Slice v(value.data(), value.size());
+  // Put only fails for keys/values over 4 GiB, which the queue's size limits
+  // rule out.
+  if (Cached(cf)) {
+    // Reads find it in the cache: the batch's index need not know it.
+    (void)batch_->GetWriteBatch()->Put(cf, k, v);
+    cache_->Write(cf->GetID(), key, value, cache_undo_);
+  } else {
+    (void)batch_->Put(cf, k, v);
   }
 }
 
 void Txn::Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key) {
-  (void)batch_->Delete(cf, rocksdb::Slice(key.data(), key.size()));
-  if (cache_ != nullptr) {
-    cache_->Erase(cf->GetID(), key);
+  const rocksdb::Slice k(key.data(), key.size());
+  if (Cached(cf)) {
+    (void)batch_->GetWriteBatch()->Delete(cf, k);
+    cache_->Write(cf->GetID(), key, std::nullopt, cache_undo_);
+  } else {
+    (void)batch_->Delete(cf, k);
   }
 }
 
 void Txn::PutUnindexed(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value) {
-  // Not visible to reads until the group commits, as documented: an older
-  // cached value must not answer for it either.
-  if (cache_ != nullptr) {
-    cache_->Erase(cf->GetID(), key);
+  if (Cached(cf)) {
+    Put(cf, key, value);  // already unindexed, and visible through the cache
+    return;
   }
   // WriteBatchWithIndex::RollbackToSavePoint rolls back the underlying batch
   // and rebuilds the index from it, so entries added here roll back too.
@@ -126,7 +179,25 @@ std::unique_ptr<rocksdb::Iterator> Txn::NewIterator(rocksdb::ColumnFamilyHandle*
                                                     const rocksdb::Slice* upper_bound) {
   rocksdb::ReadOptions options;
   options.iterate_upper_bound = upper_bound;
-  return std::unique_ptr<rocksdb::Iterator>(batch_->NewIteratorWithBase(cf, db_->NewIterator(options, cf)));
+  if (!Cached(cf)) {
+    return std::unique_ptr<rocksdb::Iterator>(batch_->NewIteratorWithBase(cf, db_->NewIterator(options, cf)));
+  }
+  // The group's writes of this column family are in the cache, not in the
+  // batch's index: index them here, for this iterator only (admin actions
+  // and Stats scan these column families; leases and reports never do).
+  auto* index = new rocksdb::WriteBatchWithIndex(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true);
+  cache_->ForEachWritten(cf->GetID(), [&](const std::string& key, const RecordCache::Entry& e) {
+    if (e.deleted) {
+      (void)index->Delete(cf, key);
+    } else {
+      (void)index->Put(cf, key, e.value);
+    }
+  });
+  std::unique_ptr<rocksdb::Iterator> it(index->NewIteratorWithBase(cf, db_->NewIterator(options, cf)));
+  // Runs after the iterator's own members (which point into the index) are
+  // gone: Cleanable is its base class.
+  it->RegisterCleanup(&DeleteIndex, index, nullptr);
+  return it;
 }
 
 void Txn::OnUndo(absl::AnyInvocable<void()> undo) { undo_.push_back(std::move(undo)); }
@@ -315,10 +386,7 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
         (*it)();
       }
       (void)batch_.RollbackToSavePoint();
-      // What it stored in the cache is gone from the batch: read it again.
-      for (const auto& [cf, key] : txn.cached_writes_) {
-        cache_.Erase(cf, key);
-      }
+      cache_.Undo(txn.cache_undo_);
       results[applied] = std::move(s);
     }
   }
@@ -347,12 +415,16 @@ void GroupCommitter::CommitGroup(std::vector<GroupOp>& ops, std::deque<GroupOp>&
     (sync ? Metrics().synced_write_seconds : Metrics().unsynced_write_seconds).ObserveSince(started);
   }
   batch_.Clear();
+  if (ws.ok()) {
+    cache_.GroupWritten();
+  } else {
+    // The cache holds the group's writes, which are not in the database.
+    cache_.Clear();
+  }
   Metrics().cache_hits.Inc(cache_hits);
   Metrics().cache_misses.Inc(cache_misses);
   Metrics().cache_bytes.Set(static_cast<int64_t>(cache_.bytes()));
   if (!ws.ok()) {
-    // The cache holds the group's writes, which are not in the database.
-    cache_.Clear();
     for (auto it = group_undo.rbegin(); it != group_undo.rend(); ++it) {
       (*it)();
     }

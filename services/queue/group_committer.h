@@ -20,8 +20,9 @@
 // The single writer is also the queue's concurrency control. Operations
 // never race: an operation reads the state that all earlier operations left,
 // including those earlier in the same, not yet committed, group, because reads
-// go through the batch's index first (GetFromBatchAndDB), or through the
-// record cache that mirrors it (record_cache.h). So "lease this job"
+// go through the batch's index first (GetFromBatchAndDB), or for delivery,
+// message and bounce records through the record cache, which holds the
+// group's writes of those (record_cache.h). So "lease this job"
 // and "report on this job" need no locks and no retry loops, and the in-memory
 // scheduling state (ready window, lease table, counters) is owned by the
 // writer role alone.
@@ -81,9 +82,11 @@ namespace tern::queue {
 // operation's `apply` call, on the thread holding the writer role.
 class Txn {
  public:
-  // Reads `key` as the batch so far would leave it (NotFound if absent):
-  // from the record cache when it knows the key, else through the batch's
-  // index and the database.
+  // Reads `key` as the batch so far would leave it (NotFound if absent).
+  // For a column family the record cache covers, from the cache, or the
+  // database when the cache does not hold the key (the batch's writes of
+  // those column families are all in the cache, and not in its index);
+  // otherwise through the batch's index and the database.
   rocksdb::Status Get(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, std::string* value);
   void Put(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value);
   void Delete(rocksdb::ColumnFamilyHandle* cf, absl::string_view key);
@@ -120,16 +123,20 @@ class Txn {
   friend class GroupCommitter;
   Txn(rocksdb::DB* db, rocksdb::WriteBatchWithIndex* batch, RecordCache* cache, bool verify_cache)
       : db_(db), batch_(batch), cache_(cache), verify_cache_(verify_cache) {}
-  // Aborts the process if a cache hit differs from what the batch and the
-  // database hold (GroupCommitter::Options::verify_record_cache).
-  void VerifyHit(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, const std::string& hit);
+  bool Cached(rocksdb::ColumnFamilyHandle* cf) const { return cache_ != nullptr && cache_->Caches(cf->GetID()); }
+  // Aborts the process if what a read of a cached column family returned
+  // (`s`, `value`) differs from the truth: the batch's last write of the
+  // key, else the database (GroupCommitter::Options::verify_record_cache).
+  void Verify(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, const rocksdb::Status& s,
+              const std::string& value);
 
   rocksdb::DB* db_;
   rocksdb::WriteBatchWithIndex* batch_;
   RecordCache* cache_;  // null: no column family is cached
   bool verify_cache_;
-  // Keys this operation stored in the cache: erased if it rolls back.
-  std::vector<std::pair<uint32_t, std::string>> cached_writes_;
+  // This operation's writes to cached column families: taken back if it
+  // fails.
+  RecordCache::UndoLog cache_undo_;
   uint64_t cache_hits_ = 0;
   uint64_t cache_misses_ = 0;
   std::vector<absl::AnyInvocable<void()>> undo_;

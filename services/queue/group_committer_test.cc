@@ -353,9 +353,59 @@ TEST_F(GroupCommitterTest, CachedRecordsReadBackWhatTheGroupWroteAndDeleted) {
   EXPECT_EQ(seen_new, "v2");
   EXPECT_TRUE(after_delete.IsNotFound()) << after_delete.ToString();
   EXPECT_EQ(again, "v2");
-  EXPECT_EQ(hits.value() - hits0, 2u);  // "new" twice
+  EXPECT_EQ(hits.value() - hits0, 3u);  // "new" twice, and "old" once deleted
   EXPECT_EQ(Value("new"), "v2");
   EXPECT_EQ(Value("old"), "<none>");
+}
+
+TEST_F(GroupCommitterTest, IteratorsOverCachedRecordsSeeTheGroupsWritesMergedOverTheDatabase) {
+  UseRecordCache(committer_, db_.get(), /*verify=*/false);
+  ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), "a", "db").ok());
+  ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), "c", "db").ok());
+  ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), "e", "db").ok());
+  auto scan = [this](Txn& txn) {
+    std::string seen;
+    std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(cf_);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      absl::StrAppend(&seen, it->key().ToString(), "=", it->value().ToString(), " ");
+    }
+    EXPECT_TRUE(it->status().ok()) << it->status().ToString();
+    return seen;
+  };
+  auto release = BlockWriter();
+  auto writer = Submit([this](Txn& txn) {
+    txn.Put(cf_, "b", "group");
+    txn.Put(cf_, "c", "group");
+    txn.Delete(cf_, "e");
+    return absl::OkStatus();
+  });
+  std::string in_group;
+  auto reader = Submit([&](Txn& txn) {
+    in_group = scan(txn);
+    return absl::OkStatus();
+  });
+  release->set_value();
+  ASSERT_TRUE(writer.get().ok());
+  ASSERT_TRUE(reader.get().ok());
+  EXPECT_EQ(in_group, "a=db b=group c=group ");
+
+  // An operation that failed earlier in the group is not seen.
+  release = BlockWriter();
+  auto failed = Submit([this](Txn& txn) {
+    txn.Put(cf_, "d", "rolled-back");
+    txn.Delete(cf_, "a");
+    return absl::InternalError("refused");
+  });
+  std::string after_rollback;
+  reader = Submit([&](Txn& txn) {
+    txn.Put(cf_, "f", "group");
+    after_rollback = scan(txn);
+    return absl::OkStatus();
+  });
+  release->set_value();
+  EXPECT_FALSE(failed.get().ok());
+  ASSERT_TRUE(reader.get().ok());
+  EXPECT_EQ(after_rollback, "a=db b=group c=group f=group ");
 }
 
 TEST_F(GroupCommitterTest, RolledBackOperationLeavesNothingOfItsWritesInTheRecordCache) {

@@ -26,7 +26,7 @@ const RecordCache::Map* RecordCache::Find(uint32_t cf) const {
   return nullptr;
 }
 
-const std::string* RecordCache::Lookup(uint32_t cf, absl::string_view key) const {
+const RecordCache::Entry* RecordCache::Lookup(uint32_t cf, absl::string_view key) const {
   const Map* map = Find(cf);
   if (map == nullptr) {
     return nullptr;
@@ -35,48 +35,88 @@ const std::string* RecordCache::Lookup(uint32_t cf, absl::string_view key) const
   return it == map->end() ? nullptr : &it->second;
 }
 
-void RecordCache::Store(uint32_t cf, absl::string_view key, absl::string_view value) {
+void RecordCache::StoreRead(uint32_t cf, absl::string_view key, absl::string_view value) {
   Map* map = Find(cf);
   if (map == nullptr) {
     return;
   }
-  auto it = map->find(key);
-  if (it == map->end()) {
-    const size_t cost = Cost(key.size(), value.size());
-    if (bytes_ + cost > max_bytes_) {
-      return;
-    }
-    map->emplace(std::string(key), std::string(value));
+  Entry e;
+  e.value.assign(value.data(), value.size());
+  const size_t cost = Cost(key.size(), e);
+  if (bytes_ + cost > max_bytes_) {
+    return;
+  }
+  if (map->try_emplace(key, std::move(e)).second) {
     bytes_ += cost;
-    return;
   }
-  const size_t old_cost = Cost(key.size(), it->second.size());
-  const size_t new_cost = Cost(key.size(), value.size());
-  if (bytes_ - old_cost + new_cost > max_bytes_) {
-    bytes_ -= old_cost;
-    map->erase(it);
-    return;
-  }
-  it->second.assign(value.data(), value.size());
-  bytes_ = bytes_ - old_cost + new_cost;
 }
 
-void RecordCache::Erase(uint32_t cf, absl::string_view key) {
+void RecordCache::Write(uint32_t cf, absl::string_view key, std::optional<absl::string_view> value,
+                        UndoLog& undo) {
   Map* map = Find(cf);
   if (map == nullptr) {
     return;
   }
-  auto it = map->find(key);
-  if (it != map->end()) {
-    bytes_ -= Cost(key.size(), it->second.size());
-    map->erase(it);
+  auto [it, inserted] = map->try_emplace(key);
+  Entry& e = it->second;
+  const bool was_written = e.written;  // false for a new entry
+  if (inserted) {
+    undo.changes.push_back({cf, std::string(key), std::nullopt});
+  } else {
+    bytes_ -= Cost(key.size(), e);
+    undo.changes.push_back({cf, std::string(key), std::move(e)});
   }
+  if (value.has_value()) {
+    e.value.assign(value->data(), value->size());
+  } else {
+    e.value.clear();
+  }
+  e.deleted = !value.has_value();
+  e.written = true;
+  bytes_ += Cost(key.size(), e);
+  if (!was_written) {
+    written_.emplace_back(cf, std::string(key));
+  }
+}
+
+void RecordCache::Undo(UndoLog& undo) {
+  for (auto c = undo.changes.rbegin(); c != undo.changes.rend(); ++c) {
+    Map* map = Find(c->cf);
+    auto it = map->find(c->key);
+    if (it != map->end()) {
+      bytes_ -= Cost(c->key.size(), it->second);
+      map->erase(it);
+    }
+    if (c->before.has_value()) {
+      bytes_ += Cost(c->key.size(), *c->before);
+      map->emplace(c->key, std::move(*c->before));
+    }
+  }
+  undo.changes.clear();
+}
+
+void RecordCache::GroupWritten() {
+  for (const auto& [cf, key] : written_) {
+    Map* map = Find(cf);
+    auto it = map->find(key);
+    if (it == map->end() || !it->second.written) {
+      continue;  // taken back by Undo, or listed twice
+    }
+    if (it->second.deleted || bytes_ > max_bytes_) {
+      bytes_ -= Cost(key.size(), it->second);
+      map->erase(it);
+      continue;
+    }
+    it->second.written = false;
+  }
+  written_.clear();
 }
 
 void RecordCache::Clear() {
   for (auto& [id, map] : maps_) {
     map.clear();
   }
+  written_.clear();
   bytes_ = 0;
 }
 

@@ -108,6 +108,41 @@ class GroupCommitterTest : public ::testing::Test {
     return release;
   }
 
+  // Reopens the database on a file system whose WAL writes can be made to
+  // fail as a full disk would; `env` must outlive the database. Null if the
+  // database did not open.
+  std::shared_ptr<WalFailingFileSystem> ReopenOnFailingDisk(std::unique_ptr<rocksdb::Env>& env) {
+    committer_.reset();
+    db_.reset();
+    auto fs = std::make_shared<WalFailingFileSystem>(rocksdb::FileSystem::Default());
+    env = rocksdb::NewCompositeEnv(fs);
+    rocksdb::Options options;
+    options.env = env.get();
+    rocksdb::DB* db = nullptr;
+    if (!rocksdb::DB::Open(options, dir_.string(), &db).ok()) {
+      return nullptr;
+    }
+    db_.reset(db);
+    cf_ = db_->DefaultColumnFamily();
+    return fs;
+  }
+
+  // Submits `apply` until its group is written (RocksDB's own recovery from
+  // a failed write runs in the background; until it is done, writes keep
+  // failing retryably), for at most 20 s. Returns the last result.
+  absl::Status SubmitUntilWritable(std::function<absl::Status(Txn&)> apply) {
+    absl::Status s;
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    do {
+      s = Submit(apply).get();
+      if (!s.ok()) {
+        EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    } while (!s.ok() && std::chrono::steady_clock::now() < give_up);
+    return s;
+  }
+
   std::string Value(const std::string& key) {
     std::string v;
     return db_->Get(rocksdb::ReadOptions(), key, &v).ok() ? v : "<none>";
@@ -246,18 +281,9 @@ TEST_F(GroupCommitterTest, UnindexedPutsCommitWithTheGroupAndRollBackWithTheirOp
 }
 
 TEST_F(GroupCommitterTest, FailedWriteFailsTheWholeGroupAndUndoesMemory) {
-  // Reopen the database on a file system whose WAL writes can be made to
-  // fail as a full disk would.
-  committer_.reset();
-  db_.reset();
-  auto fs = std::make_shared<WalFailingFileSystem>(rocksdb::FileSystem::Default());
-  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
-  rocksdb::Options options;
-  options.env = env.get();
-  rocksdb::DB* db = nullptr;
-  ASSERT_TRUE(rocksdb::DB::Open(options, dir_.string(), &db).ok());
-  db_.reset(db);
-  cf_ = db_->DefaultColumnFamily();
+  std::unique_ptr<rocksdb::Env> env;
+  auto fs = ReopenOnFailingDisk(env);
+  ASSERT_NE(fs, nullptr);
   committer_ = std::make_unique<GroupCommitter>(db_.get(), GroupCommitter::Options{});
   ASSERT_TRUE(Submit([this](Txn& txn) {
                 txn.Put(cf_, "before", "1");
@@ -292,18 +318,10 @@ TEST_F(GroupCommitterTest, FailedWriteFailsTheWholeGroupAndUndoesMemory) {
   // (RocksDB's own no-space recovery runs in the background; until it is done
   // writes keep failing, retryably).
   fs->fail = false;
-  absl::Status s;
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  do {
-    s = Submit([this](Txn& txn) {
-          txn.Put(cf_, "after", "1");
-          return absl::OkStatus();
-        }).get();
-    if (!s.ok()) {
-      EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  } while (!s.ok() && std::chrono::steady_clock::now() < give_up);
+  absl::Status s = SubmitUntilWritable([this](Txn& txn) {
+    txn.Put(cf_, "after", "1");
+    return absl::OkStatus();
+  });
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(Value("after"), "1");
   committer_.reset();
@@ -441,16 +459,9 @@ TEST_F(GroupCommitterTest, RolledBackOperationLeavesNothingOfItsWritesInTheRecor
 }
 
 TEST_F(GroupCommitterTest, FailedGroupWriteLeavesNothingOfTheGroupInTheRecordCache) {
-  committer_.reset();
-  db_.reset();
-  auto fs = std::make_shared<WalFailingFileSystem>(rocksdb::FileSystem::Default());
-  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
-  rocksdb::Options options;
-  options.env = env.get();
-  rocksdb::DB* db = nullptr;
-  ASSERT_TRUE(rocksdb::DB::Open(options, dir_.string(), &db).ok());
-  db_.reset(db);
-  cf_ = db_->DefaultColumnFamily();
+  std::unique_ptr<rocksdb::Env> env;
+  auto fs = ReopenOnFailingDisk(env);
+  ASSERT_NE(fs, nullptr);
   UseRecordCache(committer_, db_.get(), /*verify=*/false);
   ASSERT_TRUE(Submit([this](Txn& txn) {
                 txn.Put(cf_, "k", "durable");
@@ -465,20 +476,13 @@ TEST_F(GroupCommitterTest, FailedGroupWriteLeavesNothingOfTheGroupInTheRecordCac
   fs->fail = false;
   std::string k;
   rocksdb::Status fresh;
-  absl::Status s;
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  do {  // until RocksDB has recovered from the failed write
-    s = Submit([&](Txn& txn) {
-          EXPECT_TRUE(txn.Get(cf_, "k", &k).ok());
-          std::string ignored;
-          fresh = txn.Get(cf_, "new", &ignored);
-          txn.Put(cf_, "probe", "1");
-          return absl::OkStatus();
-        }).get();
-    if (!s.ok()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  } while (!s.ok() && std::chrono::steady_clock::now() < give_up);
+  absl::Status s = SubmitUntilWritable([&](Txn& txn) {
+    EXPECT_TRUE(txn.Get(cf_, "k", &k).ok());
+    std::string ignored;
+    fresh = txn.Get(cf_, "new", &ignored);
+    txn.Put(cf_, "probe", "1");
+    return absl::OkStatus();
+  });
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(k, "durable");
   EXPECT_TRUE(fresh.IsNotFound()) << fresh.ToString();

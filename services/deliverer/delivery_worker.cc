@@ -405,6 +405,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     auto executor = co_await asio::this_coro::executor;
     Clock::duration backoff = std::chrono::milliseconds(100);
     bool queue_down = false;
+    bool reached = false;  // a Lease has got through since this worker started
     Clock::time_point down_since;
     bool last_came_back_short = false;
     while (!self->stopping_) {
@@ -466,9 +467,13 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         backoff = std::min<Clock::duration>(backoff * 2, kMaxBackoff);
         continue;
       }
-      if (queue_down) {
+      if (queue_down || !reached) {
+        // Also the first time: that this deliverer talks to the queue is
+        // news to an operator (or a test) waiting for it to take work.
+        log::Event(log::Level::kNotice, "queue_reachable",
+                   {{"queue", self->config_.queue}, {"first", reached ? "no" : "yes"}});
         queue_down = false;
-        log::Event(log::Level::kNotice, "queue_reachable", {{"queue", self->config_.queue}});
+        reached = true;
       }
       backoff = std::chrono::milliseconds(100);
       last_came_back_short = response.deliveries_size() < static_cast<int>(request.max_jobs());

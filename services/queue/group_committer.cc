@@ -53,10 +53,6 @@ CommitterMetrics& Metrics() {
   return *m;
 }
 
-}  // namespace
-
-namespace {
-
 // Finds the batch's last write of one key: the truth a cached read is
 // checked against (verify_record_cache). Linear in the batch: tests only.
 class LastWrite : public rocksdb::WriteBatch::Handler {
@@ -176,9 +172,11 @@ void Txn::PutUnindexed(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, a
 }
 
 std::unique_ptr<rocksdb::Iterator> Txn::NewIterator(rocksdb::ColumnFamilyHandle* cf,
-                                                    const rocksdb::Slice* upper_bound) {
+                                                    const rocksdb::Slice* upper_bound,
+                                                    const rocksdb::Slice* lower_bound) {
   rocksdb::ReadOptions options;
   options.iterate_upper_bound = upper_bound;
+  options.iterate_lower_bound = lower_bound;
   if (!Cached(cf)) {
     return std::unique_ptr<rocksdb::Iterator>(batch_->NewIteratorWithBase(cf, db_->NewIterator(options, cf)));
   }
@@ -187,6 +185,11 @@ std::unique_ptr<rocksdb::Iterator> Txn::NewIterator(rocksdb::ColumnFamilyHandle*
   // and Stats scan these column families; leases and reports never do).
   auto* index = new rocksdb::WriteBatchWithIndex(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true);
   cache_->ForEachWritten(cf->GetID(), [&](const std::string& key, const RecordCache::Entry& e) {
+    const rocksdb::Slice k(key);
+    if ((lower_bound != nullptr && k.compare(*lower_bound) < 0) ||
+        (upper_bound != nullptr && k.compare(*upper_bound) >= 0)) {
+      return;
+    }
     if (e.deleted) {
       (void)index->Delete(cf, key);
     } else {

@@ -106,9 +106,13 @@ class Txn {
   // can say "no next key", and a queue deletes keys all the time (a
   // profile showed the lease scan spending most of the queue's CPU there).
   // Keys written in the batch itself are not bounded: still check the bound
-  // while iterating.
+  // while iterating. `lower_bound` (optional, likewise) is where the scan
+  // starts at the earliest; give both for a prefix scan of a column family
+  // the record cache covers, whose iterator indexes the group's writes in
+  // that range for itself (all of them without bounds).
   std::unique_ptr<rocksdb::Iterator> NewIterator(rocksdb::ColumnFamilyHandle* cf,
-                                                 const rocksdb::Slice* upper_bound = nullptr);
+                                                 const rocksdb::Slice* upper_bound = nullptr,
+                                                 const rocksdb::Slice* lower_bound = nullptr);
 
   // Registers the inverse of an in-memory change this operation just made; it
   // runs if the operation or its group fails (in reverse registration order).

@@ -426,6 +426,27 @@ TEST_F(GroupCommitterTest, IteratorsOverCachedRecordsSeeTheGroupsWritesMergedOve
   EXPECT_EQ(after_rollback, "a=db b=group c=group f=group ");
 }
 
+TEST_F(GroupCommitterTest, BoundedIteratorsOverCachedRecordsSeeOnlyTheGroupsWritesInRange) {
+  UseRecordCache(committer_, db_.get(), /*verify=*/false);
+  ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), "m1.1", "db").ok());
+  ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), "m2.1", "db").ok());
+  std::string seen;
+  ASSERT_TRUE(Submit([&](Txn& txn) {
+                txn.Put(cf_, "m1.2", "group");
+                txn.Put(cf_, "m10.1", "group");  // shares the text "m1" but not the prefix "m1."
+                txn.Put(cf_, "m2.2", "group");
+                txn.Delete(cf_, "m2.1");
+                const rocksdb::Slice lower("m1.");
+                const rocksdb::Slice upper("m1/");
+                std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(cf_, &upper, &lower);
+                for (it->SeekToFirst(); it->Valid(); it->Next()) {
+                  absl::StrAppend(&seen, it->key().ToString(), "=", it->value().ToString(), " ");
+                }
+                return it->status().ok() ? absl::OkStatus() : absl::InternalError(it->status().ToString());
+              }).get().ok());
+  EXPECT_EQ(seen, "m1.1=db m1.2=group ");
+}
+
 TEST_F(GroupCommitterTest, RolledBackOperationLeavesNothingOfItsWritesInTheRecordCache) {
   UseRecordCache(committer_, db_.get(), /*verify=*/false);
   ASSERT_TRUE(Submit([this](Txn& txn) {

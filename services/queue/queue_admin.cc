@@ -1394,7 +1394,10 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
   std::vector<DeliveryRecord> deliveries;
   {
     const std::string prefix = absl::StrCat(message_id, ".");
-    std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(deliveries_);
+    const std::string end = absl::StrCat(message_id, "/");  // '/' follows '.'
+    const rocksdb::Slice lower(prefix);
+    const rocksdb::Slice upper(end);
+    std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(deliveries_, &upper, &lower);
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
       DeliveryRecord d;
       if (d.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
@@ -1475,8 +1478,11 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
   if (action == QueueCore::Action::kDelete && !HasDeliveryFilter(sel)) {
     // The whole message goes, pending DSN jobs included ("drop silently").
     const std::string prefix = absl::StrCat(message_id, ".b");
+    const std::string end = absl::StrCat(message_id, ".c");
+    const rocksdb::Slice lower(prefix);
+    const rocksdb::Slice upper(end);
     std::vector<BounceRecord> jobs;
-    std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(bounces_);
+    std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(bounces_, &upper, &lower);
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
       BounceRecord b;
       if (b.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {

@@ -4,40 +4,40 @@ namespace tern::queue {
 
 void RecordCache::AddColumnFamily(uint32_t cf) {
   if (Find(cf) == nullptr) {
-    maps_.emplace_back(cf, Map());
+    families_.push_back(Family{cf, Map(), {}});
   }
 }
 
-RecordCache::Map* RecordCache::Find(uint32_t cf) {
-  for (auto& [id, map] : maps_) {
-    if (id == cf) {
-      return &map;
+RecordCache::Family* RecordCache::Find(uint32_t cf) {
+  for (Family& f : families_) {
+    if (f.cf == cf) {
+      return &f;
     }
   }
   return nullptr;
 }
 
-const RecordCache::Map* RecordCache::Find(uint32_t cf) const {
-  for (const auto& [id, map] : maps_) {
-    if (id == cf) {
-      return &map;
+const RecordCache::Family* RecordCache::Find(uint32_t cf) const {
+  for (const Family& f : families_) {
+    if (f.cf == cf) {
+      return &f;
     }
   }
   return nullptr;
 }
 
 const RecordCache::Entry* RecordCache::Lookup(uint32_t cf, absl::string_view key) const {
-  const Map* map = Find(cf);
-  if (map == nullptr) {
+  const Family* family = Find(cf);
+  if (family == nullptr) {
     return nullptr;
   }
-  auto it = map->find(key);
-  return it == map->end() ? nullptr : &it->second;
+  auto it = family->map.find(key);
+  return it == family->map.end() ? nullptr : &it->second;
 }
 
 void RecordCache::StoreRead(uint32_t cf, absl::string_view key, absl::string_view value) {
-  Map* map = Find(cf);
-  if (map == nullptr) {
+  Family* family = Find(cf);
+  if (family == nullptr) {
     return;
   }
   Entry e;
@@ -46,18 +46,18 @@ void RecordCache::StoreRead(uint32_t cf, absl::string_view key, absl::string_vie
   if (bytes_ + cost > max_bytes_) {
     return;
   }
-  if (map->try_emplace(key, std::move(e)).second) {
+  if (family->map.try_emplace(key, std::move(e)).second) {
     bytes_ += cost;
   }
 }
 
 void RecordCache::Write(uint32_t cf, absl::string_view key, std::optional<absl::string_view> value,
                         UndoLog& undo) {
-  Map* map = Find(cf);
-  if (map == nullptr) {
+  Family* family = Find(cf);
+  if (family == nullptr) {
     return;
   }
-  auto [it, inserted] = map->try_emplace(key);
+  auto [it, inserted] = family->map.try_emplace(key);
   Entry& e = it->second;
   const bool was_written = e.written;  // false for a new entry
   if (inserted) {
@@ -75,55 +75,56 @@ void RecordCache::Write(uint32_t cf, absl::string_view key, std::optional<absl::
   e.written = true;
   bytes_ += Cost(key.size(), e);
   if (!was_written) {
-    written_.emplace_back(cf, std::string(key));
+    family->written.emplace_back(key);
   }
 }
 
 void RecordCache::Undo(UndoLog& undo) {
   for (auto c = undo.changes.rbegin(); c != undo.changes.rend(); ++c) {
-    Map* map = Find(c->cf);
-    auto it = map->find(c->key);
-    if (it != map->end()) {
+    Map& map = Find(c->cf)->map;
+    auto it = map.find(c->key);
+    if (it != map.end()) {
       bytes_ -= Cost(c->key.size(), it->second);
-      map->erase(it);
+      map.erase(it);
     }
     if (c->before.has_value()) {
       bytes_ += Cost(c->key.size(), *c->before);
-      map->emplace(c->key, std::move(*c->before));
+      map.emplace(c->key, std::move(*c->before));
     }
   }
   undo.changes.clear();
 }
 
 void RecordCache::GroupWritten() {
-  for (const auto& [cf, key] : written_) {
-    Map* map = Find(cf);
-    auto it = map->find(key);
-    if (it == map->end() || !it->second.written) {
-      continue;  // taken back by Undo, or listed twice
+  for (Family& family : families_) {
+    for (const std::string& key : family.written) {
+      auto it = family.map.find(key);
+      if (it == family.map.end() || !it->second.written) {
+        continue;  // taken back by Undo, or listed twice
+      }
+      if (it->second.deleted || bytes_ > max_bytes_) {
+        bytes_ -= Cost(key.size(), it->second);
+        family.map.erase(it);
+        continue;
+      }
+      it->second.written = false;
     }
-    if (it->second.deleted || bytes_ > max_bytes_) {
-      bytes_ -= Cost(key.size(), it->second);
-      map->erase(it);
-      continue;
-    }
-    it->second.written = false;
+    family.written.clear();
   }
-  written_.clear();
 }
 
 void RecordCache::Clear() {
-  for (auto& [id, map] : maps_) {
-    map.clear();
+  for (Family& family : families_) {
+    family.map.clear();
+    family.written.clear();
   }
-  written_.clear();
   bytes_ = 0;
 }
 
 size_t RecordCache::entries() const {
   size_t n = 0;
-  for (const auto& [id, map] : maps_) {
-    n += map.size();
+  for (const Family& family : families_) {
+    n += family.map.size();
   }
   return n;
 }

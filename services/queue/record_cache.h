@@ -86,13 +86,14 @@ class RecordCache {
   // (a key may come more than once).
   template <typename F>
   void ForEachWritten(uint32_t cf, F&& f) const {
-    for (const auto& [id, key] : written_) {
-      if (id != cf) {
-        continue;
-      }
-      const Entry* e = Lookup(cf, key);
-      if (e != nullptr && e->written) {
-        f(key, *e);
+    const Family* family = Find(cf);
+    if (family == nullptr) {
+      return;
+    }
+    for (const std::string& key : family->written) {
+      auto it = family->map.find(key);
+      if (it != family->map.end() && it->second.written) {
+        f(key, it->second);
       }
     }
   }
@@ -107,15 +108,19 @@ class RecordCache {
   static constexpr size_t kEntryOverhead = 96;
   static size_t Cost(size_t key_size, const Entry& e) { return key_size + e.value.size() + kEntryOverhead; }
 
-  Map* Find(uint32_t cf);
-  const Map* Find(uint32_t cf) const;
+  struct Family {
+    uint32_t cf;
+    Map map;
+    // Keys the group being built wrote (when each first became written).
+    std::vector<std::string> written;
+  };
+  Family* Find(uint32_t cf);
+  const Family* Find(uint32_t cf) const;
 
   const size_t max_bytes_;
   size_t bytes_ = 0;
   // Few column families: a linear search beats hashing the id.
-  std::vector<std::pair<uint32_t, Map>> maps_;
-  // Keys the group being built wrote (when each first became written).
-  std::vector<std::pair<uint32_t, std::string>> written_;
+  std::vector<Family> families_;
 };
 
 }  // namespace tern::queue

@@ -175,12 +175,14 @@ struct CoreOptions {
   int64_t idempotency_retention_ms = 7 * 24 * 3600 * 1000LL;
   // Default: off (see TlsRptOptions).
   TlsRptOptions tlsrpt;
-  // Memory for the writer's copy of recently written delivery, message and
-  // bounce records, which saves a RocksDB read on most leases and reports
-  // (record_cache.h). 0 = no cache. Default: 32 MiB.
+  // Memory for the writer's copy of recent delivery, message and bounce
+  // records (record_cache.h), which saves a RocksDB read on most leases and
+  // reports and keeps those records' writes out of the batch's index. The
+  // group being written is held whatever this says. 0 = no cache.
+  // Default: 32 MiB.
   size_t record_cache_bytes = 32u << 20;
-  // Check every read the cache answers against RocksDB and abort on a
-  // difference: for tests. Default: false.
+  // Check every read of those records against the batch and RocksDB, and
+  // abort on a difference: for tests. Default: false.
   bool verify_record_cache = false;
   // Not owned; must outlive the core. Default: the system clock.
   const Clock* clock = SystemClock::Get();

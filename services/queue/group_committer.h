@@ -65,7 +65,6 @@
 #include <memory>
 #include <string>
 #include <thread>
-#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -96,6 +95,7 @@ class Txn {
   // skip-list searches per key, a quarter of the writer's work in the
   // Lease+Report bench. A rollback still removes it (save points cover the
   // whole batch); Get and NewIterator do not see it until the group commits.
+  // In a column family the record cache covers it is an ordinary Put.
   void PutUnindexed(rocksdb::ColumnFamilyHandle* cf, absl::string_view key, absl::string_view value);
   // An iterator over `cf` as the batch so far would leave it (the batch's
   // writes merged over the database). Valid only inside this operation.
@@ -176,13 +176,16 @@ class GroupCommitter {
     // Caps on one group. Default: 1024 operations, 64 MiB of batch data.
     size_t max_group_ops = 1024;
     size_t max_group_bytes = 64u << 20;
-    // Column families whose recently written records the writer keeps in
-    // memory for reads (record_cache.h). Default: none.
+    // Column families whose records the writer keeps in memory: the group's
+    // writes of them (kept out of the batch's index) and recent values, for
+    // reads (record_cache.h). Default: none.
     std::vector<rocksdb::ColumnFamilyHandle*> cached_column_families;
-    // Most bytes that cache holds. Default: 32 MiB.
+    // Most bytes of recent values that cache holds (the group being built
+    // is held whatever this says). Default: 32 MiB.
     size_t record_cache_bytes = 32u << 20;
-    // Also read every cache hit through the batch and the database, and
-    // abort the process if they differ: for tests. Default: false.
+    // Also check every read of those column families against the batch and
+    // the database, and abort the process if they differ: for tests.
+    // Default: false.
     bool verify_record_cache = false;
   };
 

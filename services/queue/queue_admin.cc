@@ -1394,7 +1394,7 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
   std::vector<DeliveryRecord> deliveries;
   {
     const std::string prefix = absl::StrCat(message_id, ".");
-    const std::string end = absl::StrCat(message_id, "/");  // '/' follows '.'
+    const std::string end = PrefixEnd(prefix);
     const rocksdb::Slice lower(prefix);
     const rocksdb::Slice upper(end);
     std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(deliveries_, &upper, &lower);
@@ -1478,7 +1478,7 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
   if (action == QueueCore::Action::kDelete && !HasDeliveryFilter(sel)) {
     // The whole message goes, pending DSN jobs included ("drop silently").
     const std::string prefix = absl::StrCat(message_id, ".b");
-    const std::string end = absl::StrCat(message_id, ".c");
+    const std::string end = PrefixEnd(prefix);
     const rocksdb::Slice lower(prefix);
     const rocksdb::Slice upper(end);
     std::vector<BounceRecord> jobs;

@@ -316,6 +316,8 @@ class Tern:
             f.write(os.environ.get("TERN_BENCH_TERN_INI", "").replace("\\n", "\n") + "\n")
         with open(os.path.join(cfg, "smtp.ini"), "w") as f:
             f.write(f"[main]\nlisten=127.0.0.1:{self.port}\n")
+            # The same for smtp.ini's [main], e.g. "nodes=1".
+            f.write(os.environ.get("TERN_BENCH_SMTP_MAIN", "").replace("\\n", "\n") + "\n")
         with open(os.path.join(cfg, "outbound.ini"), "w") as f:
             f.write("[main]\nlocal_mx_ok=true\n")
         with open(os.path.join(cfg, "log.ini"), "w") as f:

@@ -87,6 +87,9 @@ struct IngestConfig {
   // other sessions' messages in one EnqueueBatch call; larger ones stream to
   // the queue in chunks while they arrive. Default: 262144 (256 KiB).
   uint64_t enqueue_inline_max = 256 * 1024;
+  // Threads that run SMTP sessions (smtp.ini [main] nodes: a number, or
+  // "cpus" for one per CPU). Default: 1.
+  size_t io_threads = 1;
   // Default: 127.0.0.1:7071. Empty disables.
   std::string health_listen = "127.0.0.1:7071";
   // Default: 127.0.0.1:9471. Empty disables.

@@ -1,8 +1,10 @@
 #include "services/ingest/config.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "gtest/gtest.h"
 
@@ -42,6 +44,18 @@ TEST_F(ConfigDirFixture, DefaultsWhenFilesAreMissing) {
   EXPECT_TRUE(cfg->relay_acl.Allows("127.0.0.1"));
   EXPECT_TRUE(cfg->relay_acl.Allows("::1"));
   EXPECT_FALSE(cfg->relay_acl.Allows("192.0.2.1"));
+  EXPECT_EQ(cfg->io_threads, 1u);
+}
+
+TEST_F(ConfigDirFixture, NodesSetsTheSessionThreads) {
+  Write("smtp.ini", "[main]\nnodes=4\n");
+  auto cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->io_threads, 4u);
+  Write("smtp.ini", "[main]\nnodes=cpus\n");
+  cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->io_threads, std::max(1u, std::thread::hardware_concurrency()));
 }
 
 TEST_F(ConfigDirFixture, ReadsEveryKey) {
@@ -88,6 +102,8 @@ TEST_F(ConfigDirFixture, BadValuesNameTheFileAndKey) {
       {"listen bad port", "smtp.ini", "[main]\nlisten=127.0.0.1:70000\n", "listen"},
       {"listen unclosed v6", "smtp.ini", "[main]\nlisten=[::1:25\n", "listen"},
       {"inactivity zero", "smtp.ini", "[main]\ninactivity_timeout=0\n", "inactivity_timeout"},
+      {"nodes zero", "smtp.ini", "[main]\nnodes=0\n", "nodes"},
+      {"nodes text", "smtp.ini", "[main]\nnodes=many\n", "nodes"},
       {"bytes text", "connection.ini", "[max]\nbytes=big\n", "bytes"},
       {"line_length small", "connection.ini", "[max]\nline_length=100\n", "line_length"},
       {"data_line_length small", "connection.ini", "[max]\ndata_line_length=10\n", "data_line_length"},

@@ -19,12 +19,14 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/server.h>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
 #include "lib/common/log.h"
 #include "lib/common/process.h"
@@ -119,19 +121,33 @@ int main(int argc, char** argv) {
     tern::log::Event(tern::log::Level::kWarn, "queue_unreachable",
                      {{"queue", config->queue}, {"effect", "messages get 451 until it answers"}});
   }
-  asio::io_context io(1);
-  auto server = tern::ingest::IngestServer::Create(io, *config, queue, hook);
+  // One io_context per session thread (smtp.ini nodes): a session and all
+  // its I/O stay on one thread, without locks.
+  std::vector<std::unique_ptr<asio::io_context>> shards;
+  std::vector<asio::io_context*> shard_ptrs;
+  for (size_t i = 0; i < config->io_threads; ++i) {
+    shards.push_back(std::make_unique<asio::io_context>(1));
+    shard_ptrs.push_back(shards.back().get());
+  }
+  auto server = tern::ingest::IngestServer::Create(shard_ptrs, *config, queue, hook);
   if (!server.ok()) {
     return Fail("listen_failed", server.status().message());
   }
   (*server)->Start();
-  std::thread io_thread([&io] { io.run(); });
+  // Keeps a shard's thread running while it has no session yet.
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> idle_guards;
+  std::vector<std::thread> io_threads;
+  for (auto& shard : shards) {
+    idle_guards.push_back(asio::make_work_guard(*shard));
+    io_threads.emplace_back([io = shard.get()] { io->run(); });
+  }
   tern::log::Event(tern::log::Level::kNotice, "started",
                    {{"me", config->me},
                     {"ports", absl::StrJoin((*server)->ports(), ",")},
                     {"queue", config->queue},
                     {"relay_networks", absl::StrCat(config->relay_acl.networks().size())},
                     {"tls", config->tls_enabled() ? "on" : "off"},
+                   {"threads", absl::StrCat(shards.size())},
                     {"auth_users", absl::StrCat(config->auth.users.size())},
                     {"proxy_hosts", absl::StrCat(config->haproxy_hosts.size())},
                     {"queue_outbound_hook", hook ? hooks->address : std::string("off")},
@@ -151,8 +167,12 @@ int main(int argc, char** argv) {
   if (!(*server)->WaitIdle(grace + kAbortSlack)) {
     tern::log::Event(tern::log::Level::kWarn, "sessions_left_at_exit");
   }
-  io.stop();
-  io_thread.join();
+  for (auto& shard : shards) {
+    shard->stop();
+  }
+  for (std::thread& t : io_threads) {
+    t.join();
+  }
   server->reset();
   if (health) {
     health->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));

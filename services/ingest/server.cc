@@ -26,7 +26,8 @@ constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
 asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor, std::shared_ptr<ServerCore> core,
                                  bool implicit_tls) {
   while (true) {
-    auto [ec, socket] = co_await acceptor->async_accept(kNoThrow);
+    // The new connection belongs to the next shard: its session runs there.
+    auto [ec, socket] = co_await acceptor->async_accept(core->NextShard(), kNoThrow);
     if (core->draining || !acceptor->is_open()) {
       co_return;
     }
@@ -36,7 +37,8 @@ asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> accept
       co_await timer.async_wait(kNoThrow);
       continue;
     }
-    asio::co_spawn(acceptor->get_executor(), RunSession(std::move(socket), core, implicit_tls), asio::detached);
+    auto executor = socket.get_executor();
+    asio::co_spawn(executor, RunSession(std::move(socket), core, implicit_tls), asio::detached);
   }
 }
 
@@ -80,12 +82,24 @@ absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeTlsContext(const IngestC
 IngestServer::IngestServer(asio::io_context& io, std::shared_ptr<ServerCore> core)
     : io_(io), core_(std::move(core)) {}
 
-IngestServer::~IngestServer() = default;
-
 absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(asio::io_context& io, IngestConfig config,
                                                                    std::shared_ptr<QueueClient> queue,
                                                                    std::shared_ptr<QueueOutboundHook> hook) {
+  return Create(std::vector<asio::io_context*>{&io}, std::move(config), std::move(queue), std::move(hook));
+}
+
+IngestServer::~IngestServer() = default;
+
+absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<asio::io_context*> shards,
+                                                                   IngestConfig config,
+                                                                   std::shared_ptr<QueueClient> queue,
+                                                                   std::shared_ptr<QueueOutboundHook> hook) {
+  if (shards.empty()) {
+    return absl::InvalidArgumentError("no io_context to run sessions on");
+  }
+  asio::io_context& io = *shards[0];
   auto core = std::make_shared<ServerCore>();
+  core->shards = std::move(shards);
   core->config = std::move(config);
   core->queue = std::move(queue);
   core->hook = std::move(hook);
@@ -152,26 +166,34 @@ void IngestServer::Shutdown(std::chrono::milliseconds grace) {
       std::error_code ignored;
       acceptor->close(ignored);
     }
-    log::Event(log::Level::kInfo, "draining",
-               {{"sessions", absl::StrCat(core->sessions.size())}, {"grace_ms", absl::StrCat(grace.count())}});
-    // Sessions between transactions go now; the others finish theirs.
-    for (Session* session : core->sessions) {
-      if (!session->in_transaction()) {
-        session->Wake();
-      }
+    size_t sessions = 0;
+    {
+      std::lock_guard<std::mutex> lock(core->mu);
+      sessions = core->sessions.size();
     }
+    log::Event(log::Level::kInfo, "draining",
+               {{"sessions", absl::StrCat(sessions)}, {"grace_ms", absl::StrCat(grace.count())}});
+    // Sessions between transactions go now; the others finish theirs. (A
+    // session that starts after this sees `draining` before its banner.)
+    core->ForEachSession([](Session& session) {
+      if (!session.in_transaction()) {
+        session.Wake();
+      }
+    });
     core->grace_timer = std::make_unique<asio::steady_timer>(io, grace);
     core->grace_timer->async_wait([core](const std::error_code& ec) {
       if (ec) {
         return;
       }
-      if (!core->sessions.empty()) {
-        log::Event(log::Level::kWarn, "grace_expired", {{"sessions", absl::StrCat(core->sessions.size())}});
+      size_t left = 0;
+      {
+        std::lock_guard<std::mutex> lock(core->mu);
+        left = core->sessions.size();
       }
-      // Abort() does not end a session synchronously, so iterating is safe.
-      for (Session* session : core->sessions) {
-        session->Abort();
+      if (left != 0) {
+        log::Event(log::Level::kWarn, "grace_expired", {{"sessions", absl::StrCat(left)}});
       }
+      core->ForEachSession([](Session& session) { session.Abort(); });
     });
     core->CheckIdle();
   });

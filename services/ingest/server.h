@@ -2,7 +2,7 @@
 //
 // IngestServer: the SMTP listener of tern-ingest. It accepts connections on
 // every configured address and runs one Session coroutine per connection
-// (session.h) on the io_context it was given.
+// (session.h) on one of the io_contexts it was given.
 //
 // Shutdown (SIGTERM/SIGINT in main): Shutdown() stops accepting, tells idle
 // sessions "421 4.3.2 Service shutting down" and lets a session that is in a
@@ -10,10 +10,14 @@
 // connections are aborted and their queue calls cancelled (nothing half
 // received is ever queued).
 //
-// Thread-safety: Create() and ports() from any thread before the io_context
-// runs or while it runs; Start(), Shutdown() and WaitIdle() from any thread
-// (they post to the io_context). The io_context must outlive the server and
-// must be run by exactly one thread (sessions share state without locks).
+// Shards: sessions are spread round robin over one or more io_contexts
+// (smtp.ini nodes), each run by exactly one thread; the first also runs the
+// acceptors. A session stays on its shard for its whole life.
+//
+// Thread-safety: Create() and ports() from any thread before the io_contexts
+// run or while they run; Start(), Shutdown() and WaitIdle() from any thread
+// (they post to the first io_context). The io_contexts must outlive the
+// server.
 #pragma once
 
 #include <chrono>
@@ -36,6 +40,10 @@ class IngestServer {
   // Binds every listen address (a failure names it). Nothing is accepted
   // before Start(). `hook`: the user's queue_outbound hook, shared by every
   // session; null when hooks.ini does not call it.
+  static absl::StatusOr<std::unique_ptr<IngestServer>> Create(std::vector<asio::io_context*> shards,
+                                                              IngestConfig config, std::shared_ptr<QueueClient> queue,
+                                                              std::shared_ptr<QueueOutboundHook> hook = nullptr);
+  // One shard.
   static absl::StatusOr<std::unique_ptr<IngestServer>> Create(asio::io_context& io, IngestConfig config,
                                                               std::shared_ptr<QueueClient> queue,
                                                               std::shared_ptr<QueueOutboundHook> hook = nullptr);

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "asio/experimental/as_tuple.hpp"
 #include "asio/experimental/awaitable_operators.hpp"
+#include "asio/post.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
 #include "lib/address/idna.h"
@@ -130,16 +131,59 @@ std::string CanonicalIp(asio::ip::address address) {
 
 }  // namespace
 
+asio::io_context& ServerCore::NextShard() {
+  return *shards[next_shard.fetch_add(1, std::memory_order_relaxed) % shards.size()];
+}
+
 void ServerCore::CheckIdle() {
-  if (!draining || !sessions.empty()) {
+  if (!draining) {
     return;
   }
-  if (grace_timer) {
-    grace_timer->cancel();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!sessions.empty()) {
+      return;
+    }
   }
+  // The grace timer belongs to shards[0]. A weak pointer: a task that is
+  // never run (the io_context stopped first) must not keep the core alive.
+  asio::post(*shards[0], [weak = weak_from_this()]() {
+    if (auto core = weak.lock(); core && core->grace_timer) {
+      core->grace_timer->cancel();
+    }
+  });
   std::lock_guard<std::mutex> lock(idle_mu);
   idle = true;
   idle_cv.notify_all();
+}
+
+void ServerCore::ForEachSession(std::function<void(Session&)> fn) {
+  std::vector<std::pair<uint64_t, asio::any_io_executor>> targets;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    targets.reserve(sessions.size());
+    for (const auto& [serial, registered] : sessions) {
+      targets.emplace_back(serial, registered.executor);
+    }
+  }
+  auto shared_fn = std::make_shared<std::function<void(Session&)>>(std::move(fn));
+  for (auto& [serial, executor] : targets) {
+    // On the session's own thread, a session found in the map cannot end
+    // before `fn` returns: it ends on that thread too.
+    asio::post(executor, [core = shared_from_this(), serial = serial, shared_fn]() {
+      Session* session = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(core->mu);
+        auto it = core->sessions.find(serial);
+        if (it != core->sessions.end()) {
+          session = it->second.session;
+        }
+      }
+      if (session != nullptr) {
+        (*shared_fn)(*session);
+      }
+    });
+  }
 }
 
 asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls) {
@@ -166,20 +210,27 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core,
   // An idle client gets "421 ... timeout" before we close: the read's
   // deadline must leave the socket open.
   conn_.set_close_on_timeout(false);
-  core_->sessions.insert(this);
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    serial_ = ++core_->next_serial;
+    core_->sessions.emplace(serial_, ServerCore::Registered{this, conn_.socket().get_executor()});
+  }
   Metrics::Get().connections.Inc();
   Metrics::Get().active.Add(1);
 }
 
 Session::~Session() {
   Metrics::Get().active.Add(-1);
-  if (counted_ip_) {
-    auto it = core_->sessions_per_ip.find(client_ip_);
-    if (it != core_->sessions_per_ip.end() && --it->second == 0) {
-      core_->sessions_per_ip.erase(it);
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    if (counted_ip_) {
+      auto it = core_->sessions_per_ip.find(client_ip_);
+      if (it != core_->sessions_per_ip.end() && --it->second == 0) {
+        core_->sessions_per_ip.erase(it);
+      }
     }
+    core_->sessions.erase(serial_);
   }
-  core_->sessions.erase(this);
   core_->CheckIdle();
 }
 
@@ -264,9 +315,15 @@ asio::awaitable<bool> Session::Prelude() {
   }
 
   counted_ip_ = true;
-  const size_t from_ip = ++core_->sessions_per_ip[client_ip_];
+  size_t from_ip = 0;
+  size_t sessions = 0;
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    from_ip = ++core_->sessions_per_ip[client_ip_];
+    sessions = core_->sessions.size();
+  }
   const char* refused = nullptr;
-  if (cfg_.max_connections != 0 && core_->sessions.size() > cfg_.max_connections) {
+  if (cfg_.max_connections != 0 && sessions > cfg_.max_connections) {
     refused = "421 4.7.0 %s Too many connections, try again later";
   } else if (cfg_.max_connections_per_ip != 0 && from_ip > cfg_.max_connections_per_ip) {
     refused = "421 4.7.0 %s Too many connections from your address, try again later";
@@ -275,7 +332,7 @@ asio::awaitable<bool> Session::Prelude() {
     Metrics::Get().refused_connections.Inc();
     log::Event(log::Level::kNotice, "connection_refused",
                {{"session", session_id_}, {"client", client_ip_}, {"from_ip", absl::StrCat(from_ip)},
-                {"sessions", absl::StrCat(core_->sessions.size())}});
+                {"sessions", absl::StrCat(sessions)}});
     // On an SMTPS listener a plaintext reply would only confuse the client's
     // TLS stack, and a handshake is what a flood should not get: just close.
     if (!implicit_tls_) {
@@ -646,7 +703,11 @@ asio::awaitable<Session::Challenge> Session::AskClient(absl::string_view prompt,
 }
 
 asio::awaitable<void> Session::AuthFailed(absl::string_view mechanism, absl::string_view user) {
-  const std::chrono::milliseconds delay = core_->tarpit->Fail(client_ip_, std::chrono::steady_clock::now());
+  std::chrono::milliseconds delay;
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    delay = core_->tarpit->Fail(client_ip_, std::chrono::steady_clock::now());
+  }
   Metrics::Get().auth_failed.Inc();
   // The user name is client input (escaped by tern::log); the password is
   // never logged.

@@ -15,8 +15,9 @@
 //
 // ServerCore is what all sessions of one IngestServer share.
 //
-// Thread-safety: a Session and the ServerCore are used only on the
-// io_context's single thread.
+// Thread-safety: a Session lives on one io_context (its shard), run by one
+// thread; everything else that touches it is posted there. The ServerCore is
+// shared by all shards: what sessions change in it is under its mutex.
 //
 // Standards: RFC 5321 (the dialogue, §4.5.2 dot-stuffing, §4.5.3.1 limits,
 // §4.4 trace fields), RFC 2920 (server-side PIPELINING: replies are sent when
@@ -26,18 +27,21 @@
 // (CHUNKING/BDAT), HAProxy PROXY protocol v1.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "asio/any_io_executor.hpp"
 #include "asio/awaitable.hpp"
+#include "asio/io_context.hpp"
 #include "asio/ip/tcp.hpp"
 #include "asio/steady_timer.hpp"
 #include "lib/address/mailbox.h"
@@ -55,29 +59,49 @@ class QueueClient;
 class EnqueueCall;
 class Session;
 
-struct ServerCore {
+struct ServerCore : std::enable_shared_from_this<ServerCore> {
   IngestConfig config;
   std::shared_ptr<QueueClient> queue;
   // The user's queue_outbound hook; null when hooks.ini does not call it.
   std::shared_ptr<QueueOutboundHook> hook;
+  // The io_contexts that run sessions, one thread each (smtp.ini nodes);
+  // shards[0] also runs the acceptors and the shutdown's grace timer.
+  std::vector<asio::io_context*> shards;
+  std::atomic<size_t> next_shard{0};
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> acceptors;
   // Parallel to acceptors: the listener is implicit TLS.
   std::vector<bool> implicit_tls;
   // The server TLS context; null when TLS is not configured.
   std::shared_ptr<asio::ssl::context> tls;
-  // io thread only.
-  std::set<Session*> sessions;
+  std::atomic<bool> draining{false};
+  // shards[0] only.
+  std::unique_ptr<asio::steady_timer> grace_timer;
+
+  // Sessions of every shard, by serial number (never reused, so a task
+  // posted to a session that has ended finds nothing), with the executor
+  // each runs on. Under mu, with the per-IP counts and the AUTH tarpit.
+  struct Registered {
+    Session* session;
+    asio::any_io_executor executor;
+  };
+  std::mutex mu;
+  uint64_t next_serial = 0;
+  std::map<uint64_t, Registered> sessions;
   std::map<std::string, size_t> sessions_per_ip;
   std::optional<AuthTarpit> tarpit;
-  bool draining = false;
-  std::unique_ptr<asio::steady_timer> grace_timer;
+
   // Set (under idle_mu) once draining and no session is left.
   std::mutex idle_mu;
   std::condition_variable idle_cv;
   bool idle = false;
 
-  // io thread: signals WaitIdle() when draining has finished.
+  // The shard for the next connection (round robin).
+  asio::io_context& NextShard();
+  // Any thread: signals WaitIdle() when draining has finished.
   void CheckIdle();
+  // Shutdown, from shards[0]: runs `fn` on every session, each on its own
+  // shard, unless the session has ended by then.
+  void ForEachSession(std::function<void(Session&)> fn);
 };
 
 // Runs one session on `socket` to its end. The coroutine owns everything.
@@ -168,6 +192,7 @@ class Session {
   std::string peer_ip_;          // the socket's peer (the proxy, with PROXY)
   bool implicit_tls_ = false;
   bool counted_ip_ = false;      // registered in sessions_per_ip
+  uint64_t serial_ = 0;          // key in ServerCore::sessions
   bool relay_allowed_ = false;
   std::string session_id_;
   std::string out_;

@@ -371,7 +371,9 @@ std::string WithoutAdded(std::string body) {
   return body.substr(2);
 }
 
-class IngestSessionTest : public ::testing::Test {
+// Each test runs with one shard (one session thread) and with three, where
+// consecutive connections land on different threads.
+class IngestSessionTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
     grpc::ServerBuilder builder;
@@ -386,9 +388,13 @@ class IngestSessionTest : public ::testing::Test {
     if (server_) {
       server_->Shutdown(0ms);
       EXPECT_TRUE(server_->WaitIdle(10s));
-      work_.reset();
-      io_.stop();
-      io_thread_.join();
+      work_.clear();
+      for (auto& io : shards_) {
+        io->stop();
+      }
+      for (std::thread& t : io_threads_) {
+        t.join();
+      }
       server_.reset();
     }
     queue_server_->Shutdown(std::chrono::system_clock::now() + 1s);
@@ -413,12 +419,20 @@ class IngestSessionTest : public ::testing::Test {
       // go whole, so each test knows which path it takes.
       ASSERT_TRUE(queue_client_->WaitForReady(5s));
     }
-    auto server = IngestServer::Create(io_, std::move(cfg), queue_client_);
+    std::vector<asio::io_context*> shards;
+    for (int i = 0; i < GetParam(); ++i) {
+      shards_.push_back(std::make_unique<asio::io_context>(1));
+      shards.push_back(shards_.back().get());
+    }
+    auto server = GetParam() == 1 ? IngestServer::Create(*shards_[0], std::move(cfg), queue_client_)
+                                  : IngestServer::Create(shards, std::move(cfg), queue_client_);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     server_->Start();
-    work_.emplace(io_.get_executor());
-    io_thread_ = std::thread([this] { io_.run(); });
+    for (auto& io : shards_) {
+      work_.emplace_back(io->get_executor());
+      io_threads_.emplace_back([io = io.get()] { io->run(); });
+    }
     port_ = server_->ports().at(0);
   }
 
@@ -454,15 +468,15 @@ class IngestSessionTest : public ::testing::Test {
   FakeQueue fake_;
   int queue_port_ = 0;
   std::unique_ptr<grpc::Server> queue_server_;
-  asio::io_context io_{1};
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
-  std::thread io_thread_;
+  std::vector<std::unique_ptr<asio::io_context>> shards_;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::vector<std::thread> io_threads_;
   std::shared_ptr<QueueClient> queue_client_;
   std::unique_ptr<IngestServer> server_;
   uint16_t port_ = 0;
 };
 
-TEST_F(IngestSessionTest, AdvertisesOnlyImplementedExtensions) {
+TEST_P(IngestSessionTest, AdvertisesOnlyImplementedExtensions) {
   StartIngest(BaseConfig());
   RawClient client(port_);
   ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
@@ -486,7 +500,7 @@ TEST_F(IngestSessionTest, AdvertisesOnlyImplementedExtensions) {
   EXPECT_TRUE(client.AtEof());
 }
 
-TEST_F(IngestSessionTest, QueuesMessageByteExactWithReceivedHeader) {
+TEST_P(IngestSessionTest, QueuesMessageByteExactWithReceivedHeader) {
   StartIngest(BaseConfig());
   auto client = Connect();
   EXPECT_EQ(client->Command("MAIL FROM:<sender@example.org> RET=HDRS ENVID=env+2B1 BODY=8BITMIME"),
@@ -538,7 +552,7 @@ TEST_F(IngestSessionTest, QueuesMessageByteExactWithReceivedHeader) {
   EXPECT_FALSE(env.client().tls());
 }
 
-TEST_F(IngestSessionTest, StreamsMessagesInChunksWhenInliningIsOff) {
+TEST_P(IngestSessionTest, StreamsMessagesInChunksWhenInliningIsOff) {
   IngestConfig cfg = BaseConfig();
   cfg.enqueue_inline_max = 0;
   StartIngest(cfg);
@@ -560,7 +574,7 @@ TEST_F(IngestSessionTest, StreamsMessagesInChunksWhenInliningIsOff) {
   EXPECT_EQ(fake_.batch_calls(), 0);
 }
 
-TEST_F(IngestSessionTest, SmallMessagesGoWholeThroughEnqueueBatch) {
+TEST_P(IngestSessionTest, SmallMessagesGoWholeThroughEnqueueBatch) {
   StartIngest(BaseConfig());
   std::vector<std::unique_ptr<RawClient>> clients;
   for (int i = 0; i < 3; ++i) {
@@ -596,7 +610,7 @@ TEST_F(IngestSessionTest, SmallMessagesGoWholeThroughEnqueueBatch) {
                                            "Subject: m2\r\n\r\n8-bit \xc3\xa9\r\n"}));
 }
 
-TEST_F(IngestSessionTest, MessagePastTheInlineLimitSwitchesToStreaming) {
+TEST_P(IngestSessionTest, MessagePastTheInlineLimitSwitchesToStreaming) {
   IngestConfig cfg = BaseConfig();
   cfg.enqueue_inline_max = 64 * 1024;
   StartIngest(cfg);
@@ -618,7 +632,7 @@ TEST_F(IngestSessionTest, MessagePastTheInlineLimitSwitchesToStreaming) {
   EXPECT_EQ(fake_.batch_calls(), 0);
 }
 
-TEST_F(IngestSessionTest, WrapsOverlongDataLinesWithCrlfSpace) {
+TEST_P(IngestSessionTest, WrapsOverlongDataLinesWithCrlfSpace) {
   IngestConfig cfg = BaseConfig();
   cfg.max_data_line_length = 100;
   StartIngest(cfg);
@@ -640,7 +654,7 @@ TEST_F(IngestSessionTest, WrapsOverlongDataLinesWithCrlfSpace) {
 // DATA lines are taken straight from the read buffer when they are whole in
 // it; a line longer than one read (64 KiB) comes in pieces, and dot-stuffed
 // lines may straddle reads. Every byte still arrives, in order.
-TEST_F(IngestSessionTest, LinesLongerThanOneReadAndStuffedDotsAreStoredExactly) {
+TEST_P(IngestSessionTest, LinesLongerThanOneReadAndStuffedDotsAreStoredExactly) {
   IngestConfig cfg = BaseConfig();
   cfg.max_data_line_length = 65536;  // the most there is: the long line wraps twice
   StartIngest(cfg);
@@ -666,7 +680,7 @@ TEST_F(IngestSessionTest, LinesLongerThanOneReadAndStuffedDotsAreStoredExactly) 
   EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), expected);
 }
 
-TEST_F(IngestSessionTest, QueueUnavailableGives451) {
+TEST_P(IngestSessionTest, QueueUnavailableGives451) {
   fake_.FailWith(grpc::Status(grpc::StatusCode::UNAVAILABLE, "disk on fire"));
   StartIngest(BaseConfig());
   auto client = Connect();
@@ -680,7 +694,7 @@ TEST_F(IngestSessionTest, QueueUnavailableGives451) {
   EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "503 5.5.1 Error: need MAIL command\r\n");
 }
 
-TEST_F(IngestSessionTest, QueueFullGives452) {
+TEST_P(IngestSessionTest, QueueFullGives452) {
   fake_.FailWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "no space"));
   StartIngest(BaseConfig());
   auto client = Connect();
@@ -691,7 +705,7 @@ TEST_F(IngestSessionTest, QueueFullGives452) {
   EXPECT_EQ(client->ReadReply(), "452 4.3.1 Insufficient system storage, try again later\r\n");
 }
 
-TEST_F(IngestSessionTest, QueueNotListeningGives451) {
+TEST_P(IngestSessionTest, QueueNotListeningGives451) {
   IngestConfig cfg = BaseConfig();
   cfg.queue = absl::StrCat("127.0.0.1:", UnusedPort());
   StartIngest(cfg);
@@ -705,7 +719,7 @@ TEST_F(IngestSessionTest, QueueNotListeningGives451) {
   EXPECT_EQ(client->Command("NOOP"), "250 2.0.0 Ok\r\n");
 }
 
-TEST_F(IngestSessionTest, RecipientDomainWithoutAnIdnaFormIsRefusedAtRcpt) {
+TEST_P(IngestSessionTest, RecipientDomainWithoutAnIdnaFormIsRefusedAtRcpt) {
   StartIngest(BaseConfig());
   auto client = Connect();
   ASSERT_EQ(client->Command("MAIL FROM:<a@example.org> SMTPUTF8"), "250 2.1.0 Ok\r\n");
@@ -723,7 +737,7 @@ TEST_F(IngestSessionTest, RecipientDomainWithoutAnIdnaFormIsRefusedAtRcpt) {
   EXPECT_EQ(stored[0].header.envelope().recipients(0).address(), "u@b\xc3\xbc" "cher.example");
 }
 
-TEST_F(IngestSessionTest, RelayFromOutsideTheAclIsDenied) {
+TEST_P(IngestSessionTest, RelayFromOutsideTheAclIsDenied) {
   IngestConfig cfg = BaseConfig();
   auto acl = RelayAcl::Parse("192.0.2.0/24\n2001:db8::/32\n", "relay_acl_allow");
   ASSERT_TRUE(acl.ok());
@@ -736,7 +750,7 @@ TEST_F(IngestSessionTest, RelayFromOutsideTheAclIsDenied) {
   EXPECT_EQ(fake_.calls(), 0);
 }
 
-TEST_F(IngestSessionTest, PipelinedCommandsGetRepliesInOrder) {
+TEST_P(IngestSessionTest, PipelinedCommandsGetRepliesInOrder) {
   StartIngest(BaseConfig());
   auto client = Connect();
   client->Send(
@@ -760,7 +774,7 @@ TEST_F(IngestSessionTest, PipelinedCommandsGetRepliesInOrder) {
   EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), "Subject: p\r\n\r\nhi\r\n");
 }
 
-TEST_F(IngestSessionTest, OverlongCommandLineGets500AndSessionContinues) {
+TEST_P(IngestSessionTest, OverlongCommandLineGets500AndSessionContinues) {
   StartIngest(BaseConfig());
   auto client = Connect();
   EXPECT_EQ(client->Command("NOOP " + std::string(5000, 'x')), "500 5.5.2 Error: line too long\r\n");
@@ -769,7 +783,7 @@ TEST_F(IngestSessionTest, OverlongCommandLineGets500AndSessionContinues) {
   EXPECT_EQ(client->Command("NOOP " + std::string(505, 'y')), "250 2.0.0 Ok\r\n");
 }
 
-TEST_F(IngestSessionTest, MessageOverMaxBytesGets552AndNothingIsQueued) {
+TEST_P(IngestSessionTest, MessageOverMaxBytesGets552AndNothingIsQueued) {
   IngestConfig cfg = BaseConfig();
   cfg.max_bytes = 2048;
   StartIngest(cfg);
@@ -796,7 +810,7 @@ TEST_F(IngestSessionTest, MessageOverMaxBytesGets552AndNothingIsQueued) {
   EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
 }
 
-TEST_F(IngestSessionTest, EofInsideStreamedDataCancelsTheCallAndQueuesNothing) {
+TEST_P(IngestSessionTest, EofInsideStreamedDataCancelsTheCallAndQueuesNothing) {
   IngestConfig cfg = BaseConfig();
   cfg.enqueue_inline_max = 0;
   StartIngest(cfg);
@@ -811,7 +825,7 @@ TEST_F(IngestSessionTest, EofInsideStreamedDataCancelsTheCallAndQueuesNothing) {
   EXPECT_TRUE(fake_.stored().empty());
 }
 
-TEST_F(IngestSessionTest, EofInsideSmallDataQueuesNothing) {
+TEST_P(IngestSessionTest, EofInsideSmallDataQueuesNothing) {
   metrics::Counter& aborted = metrics::Registry::Global().GetCounter(
       "tern_ingest_data_aborted_total", "DATA phases ended by disconnect or timeout");
   const uint64_t aborted_before = aborted.value();
@@ -841,7 +855,7 @@ TEST_F(IngestSessionTest, EofInsideSmallDataQueuesNothing) {
   EXPECT_EQ(aborted.value(), aborted_before + 1);
 }
 
-TEST_F(IngestSessionTest, BareLfDotDoesNotEndData) {
+TEST_P(IngestSessionTest, BareLfDotDoesNotEndData) {
   StartIngest(BaseConfig());
   auto client = Connect();
   ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
@@ -855,7 +869,7 @@ TEST_F(IngestSessionTest, BareLfDotDoesNotEndData) {
   EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), "Subject: s\r\n\r\ntext\r\n.\r\nMAIL FROM:<evil@example.org>\r\n");
 }
 
-TEST_F(IngestSessionTest, BadSequenceGets503) {
+TEST_P(IngestSessionTest, BadSequenceGets503) {
   StartIngest(BaseConfig());
   RawClient client(port_);
   ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
@@ -869,7 +883,7 @@ TEST_F(IngestSessionTest, BadSequenceGets503) {
   EXPECT_EQ(client.Command("MAIL FROM:<a@example.org> FOO=1"), "555 5.5.4 Unsupported parameter FOO\r\n");
 }
 
-TEST_F(IngestSessionTest, InactivityTimeoutGets421) {
+TEST_P(IngestSessionTest, InactivityTimeoutGets421) {
   IngestConfig cfg = BaseConfig();
   cfg.inactivity_timeout = 300ms;
   StartIngest(cfg);
@@ -879,7 +893,7 @@ TEST_F(IngestSessionTest, InactivityTimeoutGets421) {
   EXPECT_TRUE(client.AtEof());
 }
 
-TEST_F(IngestSessionTest, ShutdownClosesIdleSessionsWith421) {
+TEST_P(IngestSessionTest, ShutdownClosesIdleSessionsWith421) {
   StartIngest(BaseConfig());
   auto client = Connect();
   server_->Shutdown(5s);
@@ -891,7 +905,7 @@ TEST_F(IngestSessionTest, ShutdownClosesIdleSessionsWith421) {
 }
 
 
-TEST_F(IngestSessionTest, StartTlsUpgradesAndForgetsThePlaintextSession) {
+TEST_P(IngestSessionTest, StartTlsUpgradesAndForgetsThePlaintextSession) {
   StartIngest(TlsConfig());
   auto client = Connect();
   ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
@@ -916,7 +930,7 @@ TEST_F(IngestSessionTest, StartTlsUpgradesAndForgetsThePlaintextSession) {
   EXPECT_TRUE(absl::StrContains(stored[0].body, "with ESMTPS id")) << stored[0].body;
 }
 
-TEST_F(IngestSessionTest, RequireTlsIsOfferedAndTakenOnlyOverTls) {
+TEST_P(IngestSessionTest, RequireTlsIsOfferedAndTakenOnlyOverTls) {
   StartIngest(TlsConfig());
   auto client = Connect();
   // In plain text: not offered, and refused if used anyway.
@@ -942,13 +956,13 @@ TEST_F(IngestSessionTest, RequireTlsIsOfferedAndTakenOnlyOverTls) {
   EXPECT_FALSE(stored[1].header.envelope().requiretls());
 }
 
-TEST_F(IngestSessionTest, StartTlsIsAdvertisedOnlyWhenConfigured) {
+TEST_P(IngestSessionTest, StartTlsIsAdvertisedOnlyWhenConfigured) {
   StartIngest(BaseConfig());
   auto client = Connect();
   EXPECT_EQ(client->Command("STARTTLS"), "502 5.5.1 Error: command not implemented\r\n");
 }
 
-TEST_F(IngestSessionTest, StartTlsWithPipelinedCommandsIsRefused) {
+TEST_P(IngestSessionTest, StartTlsWithPipelinedCommandsIsRefused) {
   StartIngest(TlsConfig());
   auto client = Connect();
   // A plaintext command after STARTTLS would run inside TLS (CVE-2011-0411).
@@ -957,7 +971,7 @@ TEST_F(IngestSessionTest, StartTlsWithPipelinedCommandsIsRefused) {
   EXPECT_TRUE(client->AtEof());
 }
 
-TEST_F(IngestSessionTest, ImplicitTlsListenerHandshakesBeforeTheBanner) {
+TEST_P(IngestSessionTest, ImplicitTlsListenerHandshakesBeforeTheBanner) {
   IngestConfig cfg = TlsConfig();
   cfg.listen[0].implicit_tls = true;
   StartIngest(cfg);
@@ -969,7 +983,7 @@ TEST_F(IngestSessionTest, ImplicitTlsListenerHandshakesBeforeTheBanner) {
   EXPECT_FALSE(absl::StrContains(ehlo, "STARTTLS"));
 }
 
-TEST_F(IngestSessionTest, AuthIsOfferedOnlyAfterTlsByDefault) {
+TEST_P(IngestSessionTest, AuthIsOfferedOnlyAfterTlsByDefault) {
   IngestConfig cfg = TlsConfig();
   AddUsers(&cfg, "[users]\nalice=secret\n", /*require_tls=*/true);
   StartIngest(cfg);
@@ -992,7 +1006,7 @@ TEST_F(IngestSessionTest, AuthIsOfferedOnlyAfterTlsByDefault) {
   EXPECT_TRUE(absl::StrContains(stored[0].body, "with ESMTPSA id")) << stored[0].body;
 }
 
-TEST_F(IngestSessionTest, AuthLoginAndCramMd5AllowRelaying) {
+TEST_P(IngestSessionTest, AuthLoginAndCramMd5AllowRelaying) {
   IngestConfig cfg = BaseConfig();
   AddUsers(&cfg, "[users]\nbob=hunter2\n", /*require_tls=*/false);
   StartIngest(cfg);
@@ -1026,7 +1040,7 @@ TEST_F(IngestSessionTest, AuthLoginAndCramMd5AllowRelaying) {
   }
 }
 
-TEST_F(IngestSessionTest, FailedAuthIsSlowedDownPerIpAndBadInputIs501) {
+TEST_P(IngestSessionTest, FailedAuthIsSlowedDownPerIpAndBadInputIs501) {
   IngestConfig cfg = BaseConfig();
   AddUsers(&cfg, "[users]\nbob=hunter2\n", /*require_tls=*/false);
   StartIngest(cfg);
@@ -1050,7 +1064,7 @@ TEST_F(IngestSessionTest, FailedAuthIsSlowedDownPerIpAndBadInputIs501) {
             "235 2.7.0 Authentication successful\r\n");
 }
 
-TEST_F(IngestSessionTest, BdatChunksAreQueuedLikeData) {
+TEST_P(IngestSessionTest, BdatChunksAreQueuedLikeData) {
   StartIngest(BaseConfig());
   auto client = Connect();
   ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
@@ -1069,7 +1083,7 @@ TEST_F(IngestSessionTest, BdatChunksAreQueuedLikeData) {
             "Subject: b\r\nMessage-ID: <m@x>\r\nDate: d\r\n\r\nline\r\n.leading dot\r\nno end\r\n");
 }
 
-TEST_F(IngestSessionTest, BdatChunkBoundaryIsExactWhenPipelined) {
+TEST_P(IngestSessionTest, BdatChunkBoundaryIsExactWhenPipelined) {
   StartIngest(BaseConfig());
   auto client = Connect();
   client->Send("MAIL FROM:<a@example.org>\r\nRCPT TO:<r@example.net>\r\nBDAT 1 LAST\r\na\r\nNOOP\r\n");
@@ -1085,7 +1099,7 @@ TEST_F(IngestSessionTest, BdatChunkBoundaryIsExactWhenPipelined) {
   EXPECT_EQ(WithoutAdded(AfterReceived(stored[0].body)), "\r\na\r\n");
 }
 
-TEST_F(IngestSessionTest, BdatOutsideATransactionStillReadsTheChunk) {
+TEST_P(IngestSessionTest, BdatOutsideATransactionStillReadsTheChunk) {
   StartIngest(BaseConfig());
   auto client = Connect();
   // "MAIL FROM:<x@y>" inside the chunk must not run as a command.
@@ -1096,7 +1110,7 @@ TEST_F(IngestSessionTest, BdatOutsideATransactionStillReadsTheChunk) {
   EXPECT_EQ(fake_.calls(), 0);
 }
 
-TEST_F(IngestSessionTest, BdatOverMaxBytesGets552) {
+TEST_P(IngestSessionTest, BdatOverMaxBytesGets552) {
   IngestConfig cfg = BaseConfig();
   cfg.max_bytes = 2048;
   StartIngest(cfg);
@@ -1115,7 +1129,7 @@ TEST_F(IngestSessionTest, BdatOverMaxBytesGets552) {
   EXPECT_TRUE(client->AtEof());
 }
 
-TEST_F(IngestSessionTest, AddsMessageIdAndDateWhenMissingAndStripsAuthResults) {
+TEST_P(IngestSessionTest, AddsMessageIdAndDateWhenMissingAndStripsAuthResults) {
   StartIngest(BaseConfig());
   auto client = Connect();
   ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
@@ -1132,7 +1146,7 @@ TEST_F(IngestSessionTest, AddsMessageIdAndDateWhenMissingAndStripsAuthResults) {
   EXPECT_FALSE(absl::StrContains(msg, "Authentication-Results"));
 }
 
-TEST_F(IngestSessionTest, MailLoopGets554AndHeaderFloodGets552) {
+TEST_P(IngestSessionTest, MailLoopGets554AndHeaderFloodGets552) {
   IngestConfig cfg = BaseConfig();
   cfg.max_received = 5;
   cfg.max_header_lines = 20;
@@ -1155,7 +1169,7 @@ TEST_F(IngestSessionTest, MailLoopGets554AndHeaderFloodGets552) {
   EXPECT_TRUE(fake_.stored().empty());
 }
 
-TEST_F(IngestSessionTest, TooManyRecipientsGets452) {
+TEST_P(IngestSessionTest, TooManyRecipientsGets452) {
   IngestConfig cfg = BaseConfig();
   cfg.max_recipients = 2;
   StartIngest(cfg);
@@ -1166,7 +1180,7 @@ TEST_F(IngestSessionTest, TooManyRecipientsGets452) {
   EXPECT_EQ(client->Command("RCPT TO:<r3@example.net>"), "452 4.5.3 Error: too many recipients\r\n");
 }
 
-TEST_F(IngestSessionTest, ConnectionsOverThePerIpLimitGet421) {
+TEST_P(IngestSessionTest, ConnectionsOverThePerIpLimitGet421) {
   IngestConfig cfg = BaseConfig();
   cfg.max_connections_per_ip = 2;
   StartIngest(cfg);
@@ -1188,7 +1202,7 @@ TEST_F(IngestSessionTest, ConnectionsOverThePerIpLimitGet421) {
   ADD_FAILURE() << "slot not freed";
 }
 
-TEST_F(IngestSessionTest, ProxyLineFromListedHostSetsTheClientAddress) {
+TEST_P(IngestSessionTest, ProxyLineFromListedHostSetsTheClientAddress) {
   IngestConfig cfg = BaseConfig();
   cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.1")};
   StartIngest(cfg);
@@ -1201,7 +1215,7 @@ TEST_F(IngestSessionTest, ProxyLineFromListedHostSetsTheClientAddress) {
   EXPECT_EQ(client.Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
 }
 
-TEST_F(IngestSessionTest, ListedProxyGetsNoBannerAndTimesOut) {
+TEST_P(IngestSessionTest, ListedProxyGetsNoBannerAndTimesOut) {
   IngestConfig cfg = BaseConfig();
   cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.0/8")};
   cfg.proxy_timeout = 300ms;
@@ -1215,7 +1229,7 @@ TEST_F(IngestSessionTest, ListedProxyGetsNoBannerAndTimesOut) {
   EXPECT_EQ(bad.ReadReply(), "421 4.7.0 Invalid PROXY format\r\n");
 }
 
-TEST_F(IngestSessionTest, ProxyLineFromUnlistedHostIsRefused) {
+TEST_P(IngestSessionTest, ProxyLineFromUnlistedHostIsRefused) {
   StartIngest(BaseConfig());
   auto client = Connect();
   EXPECT_EQ(client->Command("PROXY TCP4 192.0.2.9 198.51.100.1 40000 25"),
@@ -1223,7 +1237,7 @@ TEST_F(IngestSessionTest, ProxyLineFromUnlistedHostIsRefused) {
   EXPECT_TRUE(client->AtEof());
 }
 
-TEST_F(IngestSessionTest, ShutdownLetsTheTransactionInFlightFinish) {
+TEST_P(IngestSessionTest, ShutdownLetsTheTransactionInFlightFinish) {
   StartIngest(BaseConfig());
   auto busy = Connect();
   auto idle = Connect();
@@ -1238,6 +1252,50 @@ TEST_F(IngestSessionTest, ShutdownLetsTheTransactionInFlightFinish) {
   EXPECT_EQ(busy->ReadReply(), "421 4.3.2 mx.test Service shutting down, closing connection\r\n");
   EXPECT_TRUE(server_->WaitIdle(5s));
 }
+
+TEST_P(IngestSessionTest, ManySessionsAtOnceAreEachQueuedAndAllAreToldOfTheShutdown) {
+  StartIngest(BaseConfig());
+  // Round robin: with three shards, every thread has several of these.
+  constexpr int kSessions = 9;
+  std::vector<std::unique_ptr<RawClient>> clients;
+  for (int i = 0; i < kSessions; ++i) {
+    clients.push_back(Connect());
+    ASSERT_EQ(clients.back()->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    ASSERT_EQ(clients.back()->Command(absl::StrCat("RCPT TO:<r", i, "@example.net>")), "250 2.1.5 Ok\r\n");
+    ASSERT_EQ(clients.back()->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  }
+  for (int i = 0; i < kSessions; ++i) {
+    clients[i]->Send(absl::StrCat("Subject: m", i, "\r\n\r\nbody ", i, "\r\n.\r\n"));
+  }
+  std::set<std::string> replies;
+  for (auto& c : clients) {
+    const std::string reply = c->ReadReply();
+    EXPECT_TRUE(absl::StartsWith(reply, "250 2.0.0 Ok: queued as fake-")) << reply;
+    replies.insert(reply);
+  }
+  EXPECT_EQ(replies.size(), static_cast<size_t>(kSessions));
+  std::set<std::string> stored;
+  for (const auto& m : fake_.stored()) {
+    ASSERT_EQ(m.header.envelope().recipients_size(), 1);
+    stored.insert(absl::StrCat(m.header.envelope().recipients(0).address(), " ",
+                               WithoutAdded(AfterReceived(m.body))));
+  }
+  std::set<std::string> expected;
+  for (int i = 0; i < kSessions; ++i) {
+    expected.insert(absl::StrCat("r", i, "@example.net Subject: m", i, "\r\n\r\nbody ", i, "\r\n"));
+  }
+  EXPECT_EQ(stored, expected);
+  // Every session, whichever thread it is on, hears of the shutdown.
+  server_->Shutdown(5s);
+  for (auto& c : clients) {
+    EXPECT_EQ(c->ReadReply(), "421 4.3.2 mx.test Service shutting down, closing connection\r\n");
+    EXPECT_TRUE(c->AtEof());
+  }
+  EXPECT_TRUE(server_->WaitIdle(5s));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shards, IngestSessionTest, ::testing::Values(1, 3),
+                         [](const ::testing::TestParamInfo<int>& info) { return absl::StrCat(info.param); });
 
 }  // namespace
 }  // namespace tern::ingest

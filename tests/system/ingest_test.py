@@ -55,7 +55,12 @@ class IngestCluster(Cluster):
             check=True, capture_output=True, timeout=60)
         with open(os.path.join(self.config, "smtp.ini"), "w") as f:
             f.write(f"[main]\nlisten=127.0.0.1:{p['smtp']},127.0.0.1:{p['smtps']}\nsmtps_port={p['smtps']}\n"
-                    "inactivity_timeout=3\nforce_shutdown_timeout=10\n")
+                    "inactivity_timeout=3\nforce_shutdown_timeout=10\n"
+                    # Sessions on three threads: every test here also checks
+                    # that sessions on different threads share the limits,
+                    # the tarpit and the shutdown (the other system tests
+                    # run the default, one).
+                    "nodes=3\n")
         with open(os.path.join(self.config, "connection.ini"), "w") as f:
             f.write("[max]\nbytes=200000\nrecipients=5\nconnections_per_ip=30\n"
                     "[headers]\nmax_received=10\n"
@@ -312,6 +317,14 @@ class IngestSystemTest(ClusterTestCase):
         elapsed = time.time() - start
         self.assertEqual(reply, b"421 4.4.2 tern.test Error: timeout exceeded\r\n")
         self.assertLess(elapsed, 6)  # inactivity_timeout=3 bounds a whole line
+
+    def test_nodes_sets_the_session_threads(self):
+        """smtp.ini nodes=3 gives three session threads (ingest says so at
+        start); the other tests here run their sessions on them."""
+        with open(os.path.join(self.cluster.logs, "ingest.log"), encoding="utf-8", errors="replace") as f:
+            started = [line for line in f if "started" in line and "threads=" in line]
+        self.assertTrue(started)
+        self.assertIn("threads=3", started[-1])
 
     def test_thousand_connections_from_one_ip(self):
         """1,000 connections held open from one address: connections_per_ip (30)

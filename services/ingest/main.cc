@@ -173,7 +173,13 @@ int main(int argc, char** argv) {
   for (std::thread& t : io_threads) {
     t.join();
   }
+  idle_guards.clear();
   server->reset();
+  // Sessions still open end with their shard; ending, each may post to the
+  // first shard (ServerCore::CheckIdle), so that one goes last.
+  while (!shards.empty()) {
+    shards.pop_back();
+  }
   if (health) {
     health->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   }

@@ -153,7 +153,7 @@ class Cluster:
     """The whole system. Use as a context manager."""
 
     def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100", lease_seconds=None,
-                 queue_ini_extra="", deliverer_ini_extra="", tern_ini_extra="", hooks_ini=""):
+                 queue_ini_extra="", deliverer_ini_extra="", tern_ini_extra="", hooks_ini="", smtp_main_extra=""):
         self.tmp = tempfile.mkdtemp(prefix="tern-system-")
         self.config = os.path.join(self.tmp, "config")
         self.data = os.path.join(self.tmp, "queue")
@@ -167,6 +167,7 @@ class Cluster:
         self.deliverer_ini_extra = deliverer_ini_extra  # more [deliverer] lines
         self.tern_ini_extra = tern_ini_extra  # more sections at the end of tern.ini
         self.hooks_ini = hooks_ini  # config/hooks.ini (the user's gRPC Hooks server), if any
+        self.smtp_main_extra = smtp_main_extra  # more [main] lines for smtp.ini
         self.procs = {}
         self.sinks = {}
         self.dns = None
@@ -226,7 +227,7 @@ metrics_listen=127.0.0.1:{p['m_bouncer']}
 {self.tern_ini_extra}
 """)
         with open(os.path.join(self.config, "smtp.ini"), "w") as f:
-            f.write(f"[main]\nlisten=127.0.0.1:{p['smtp']}\n")
+            f.write(f"[main]\nlisten=127.0.0.1:{p['smtp']}\n{self.smtp_main_extra}\n")
         if self.hooks_ini:
             with open(os.path.join(self.config, "hooks.ini"), "w") as f:
                 f.write(self.hooks_ini)

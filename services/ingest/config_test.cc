@@ -47,6 +47,17 @@ TEST_F(ConfigDirFixture, DefaultsWhenFilesAreMissing) {
   EXPECT_EQ(cfg->io_threads, 1u);
 }
 
+TEST(IngestConfig, ShippedConfigGivesTheDocumentedDefaults) {
+  auto cfg = LoadIngestConfig(config::ConfigDir(TERN_SOURCE_DIR "/deploy/config"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ASSERT_EQ(cfg->listen.size(), 1u);
+  EXPECT_EQ(cfg->listen[0].ToString(), "127.0.0.1:2525");
+  EXPECT_EQ(cfg->inactivity_timeout, std::chrono::seconds(300));
+  EXPECT_EQ(cfg->shutdown_timeout, std::chrono::seconds(30));
+  EXPECT_EQ(cfg->io_threads, 1u);
+  EXPECT_EQ(cfg->max_bytes, 26214400u);
+}
+
 TEST_F(ConfigDirFixture, NodesSetsTheSessionThreads) {
   Write("smtp.ini", "[main]\nnodes=4\n");
   auto cfg = Load();

@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
                     {"queue", config->queue},
                     {"relay_networks", absl::StrCat(config->relay_acl.networks().size())},
                     {"tls", config->tls_enabled() ? "on" : "off"},
-                   {"threads", absl::StrCat(shards.size())},
+                    {"threads", absl::StrCat(shards.size())},
                     {"auth_users", absl::StrCat(config->auth.users.size())},
                     {"proxy_hosts", absl::StrCat(config->haproxy_hosts.size())},
                     {"queue_outbound_hook", hook ? hooks->address : std::string("off")},

@@ -88,7 +88,7 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(asio::io_cont
   return Create(std::vector<asio::io_context*>{&io}, std::move(config), std::move(queue), std::move(hook));
 }
 
-IngestServer::~IngestServer() = default;
+IngestServer::~IngestServer() { core_->closed = true; }
 
 absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<asio::io_context*> shards,
                                                                    IngestConfig config,

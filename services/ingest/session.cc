@@ -136,7 +136,7 @@ asio::io_context& ServerCore::NextShard() {
 }
 
 void ServerCore::CheckIdle() {
-  if (!draining) {
+  if (!draining || closed) {
     return;
   }
   {

@@ -74,6 +74,9 @@ struct ServerCore : std::enable_shared_from_this<ServerCore> {
   // The server TLS context; null when TLS is not configured.
   std::shared_ptr<asio::ssl::context> tls;
   std::atomic<bool> draining{false};
+  // The IngestServer is gone (tern-ingest is exiting): shards may be
+  // stopped or being destroyed, so nothing is posted to them any more.
+  std::atomic<bool> closed{false};
   // shards[0] only.
   std::unique_ptr<asio::steady_timer> grace_timer;
 

@@ -125,6 +125,10 @@ struct IngestConfig {
   // How long a listed proxy may take to send its PROXY line (Haraka: 30 s,
   // not configurable; tests shorten it).
   std::chrono::milliseconds proxy_timeout{30'000};
+  // How often each session thread measures how busy it was
+  // (tern_ingest_session_thread_busy_percent). 5 s, not configurable; tests
+  // shorten it.
+  std::chrono::milliseconds thread_busy_interval{5'000};
 
   // Checks ranges and consistency; the error says which setting is wrong.
   absl::Status Validate() const;

@@ -1,7 +1,9 @@
 #include "services/ingest/server.h"
 
 #include <openssl/ssl.h>
+#include <time.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,8 +12,10 @@
 #include "asio/experimental/as_tuple.hpp"
 #include "asio/post.hpp"
 #include "asio/steady_timer.hpp"
+#include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
 #include "lib/common/log.h"
+#include "lib/metrics/metrics.h"
 #include "services/ingest/queue_client.h"
 #include "services/ingest/session.h"
 
@@ -39,6 +43,41 @@ asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> accept
     }
     auto executor = socket.get_executor();
     asio::co_spawn(executor, RunSession(std::move(socket), core, implicit_tls), asio::detached);
+  }
+}
+
+// Each session thread measures its own CPU time over every `interval` and
+// exports it as a share of the wall time: near 100 means sessions wait for
+// this thread, and smtp.ini nodes should be raised. Ends when the server
+// drains or is gone.
+asio::awaitable<void> MeasureThreadBusy(std::weak_ptr<ServerCore> weak, size_t shard,
+                                        std::chrono::milliseconds interval) {
+  metrics::Gauge& busy = metrics::Registry::Global().GetGauge(
+      "tern_ingest_session_thread_busy_percent",
+      "Share of the last interval the session thread spent on the CPU (smtp.ini nodes threads)",
+      {{"thread", absl::StrCat(shard)}});
+  auto thread_cpu = [] {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+  };
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  auto cpu = thread_cpu();
+  auto wall = std::chrono::steady_clock::now();
+  while (true) {
+    timer.expires_after(interval);
+    auto [ec] = co_await timer.async_wait(kNoThrow);
+    auto core = weak.lock();
+    if (ec || !core || core->draining || core->closed) {
+      co_return;
+    }
+    const auto now_cpu = thread_cpu();
+    const auto now_wall = std::chrono::steady_clock::now();
+    const double share = std::chrono::duration<double>(now_cpu - cpu).count() /
+                         std::max(1e-9, std::chrono::duration<double>(now_wall - wall).count());
+    busy.Set(std::clamp<int64_t>(static_cast<int64_t>(share * 100.0 + 0.5), 0, 100));
+    cpu = now_cpu;
+    wall = now_wall;
   }
 }
 
@@ -142,6 +181,10 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
 }
 
 void IngestServer::Start() {
+  for (size_t i = 0; i < core_->shards.size(); ++i) {
+    asio::co_spawn(*core_->shards[i],
+                   MeasureThreadBusy(core_, i, core_->config.thread_busy_interval), asio::detached);
+  }
   asio::post(io_, [core = core_]() {
     for (size_t i = 0; i < core->acceptors.size(); ++i) {
       const auto& acceptor = core->acceptors[i];

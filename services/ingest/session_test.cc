@@ -1298,6 +1298,41 @@ TEST_P(IngestSessionTest, ManySessionsAtOnceAreEachQueuedAndAllAreToldOfTheShutd
   EXPECT_TRUE(server_->WaitIdle(5s));
 }
 
+TEST_P(IngestSessionTest, EachSessionThreadReportsHowBusyItIs) {
+  IngestConfig cfg = BaseConfig();
+  cfg.thread_busy_interval = 50ms;
+  StartIngest(cfg);
+  auto busy = [](int thread) -> metrics::Gauge& {
+    return metrics::Registry::Global().GetGauge("tern_ingest_session_thread_busy_percent", "",
+                                                {{"thread", absl::StrCat(thread)}});
+  };
+  const int last = GetParam() - 1;
+  // The first connection goes to the first thread: keep it busy with NOOPs
+  // until its gauge shows work, which takes a few of its 50 ms intervals
+  // (bounded: 10 s or 500,000 round trips).
+  auto client = Connect();
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  bool seen = false;
+  for (int i = 0; i < 500'000 && !seen && std::chrono::steady_clock::now() < deadline; ++i) {
+    ASSERT_EQ(client->Command("NOOP"), "250 2.0.0 Ok\r\n");
+    seen = busy(0).value() >= 1;
+  }
+  EXPECT_TRUE(seen) << "thread 0 never reported any CPU time";
+  if (last > 0) {
+    // A thread without sessions comes down to nothing.
+    bool idle = false;
+    for (int i = 0; i < 100 && !idle; ++i) {
+      std::this_thread::sleep_for(20ms);
+      idle = busy(last).value() == 0;
+    }
+    EXPECT_TRUE(idle) << "thread " << last << " reported " << busy(last).value();
+  }
+  for (int t = 0; t <= last; ++t) {
+    EXPECT_LE(busy(t).value(), 100);
+    EXPECT_GE(busy(t).value(), 0);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shards, IngestSessionTest, ::testing::Values(1, 3),
                          [](const ::testing::TestParamInfo<int>& info) { return absl::StrCat(info.param); });
 

@@ -325,6 +325,10 @@ class IngestSystemTest(ClusterTestCase):
             started = [line for line in f if "started" in line and "threads=" in line]
         self.assertTrue(started)
         self.assertIn("threads=3", started[-1])
+        # Each thread has its busy gauge, and only those three.
+        for thread in range(4):
+            name = f'tern_ingest_session_thread_busy_percent{{thread="{thread}"}}'
+            self.assertEqual(self.cluster.metric("ingest", name, missing=None) is not None, thread < 3, name)
 
     def test_thousand_connections_from_one_ip(self):
         """1,000 connections held open from one address: connections_per_ip (30)

@@ -150,9 +150,9 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
   // Haraka forks `nodes` worker processes; Tern runs that many session
   // threads in one process. One is the default, as in Haraka: in the 2 KB
   // bench on two cores a second thread gave no more messages per second and
-  // cost ~12 % more CPU per message (the threads wake each other). More pay
-  // off when one thread is busy all the time: many cores, TLS handshakes,
-  // hashed AUTH passwords.
+  // cost ~12 % more CPU per message. More pay off when one thread is busy
+  // all the time (tern_ingest_session_thread_busy_percent): many cores, TLS
+  // handshakes, hashed AUTH passwords.
   const std::string nodes = smtp.GetString("main", "nodes", "1");
   if (nodes == "cpus") {
     cfg.io_threads = std::max(1u, std::thread::hardware_concurrency());

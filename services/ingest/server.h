@@ -16,8 +16,9 @@
 //
 // Thread-safety: Create() and ports() from any thread before the io_contexts
 // run or while they run; Start(), Shutdown() and WaitIdle() from any thread
-// (they post to the first io_context). The io_contexts must outlive the
-// server.
+// (Start() starts each shard's busy measurement there and the acceptors on
+// the first; Shutdown() posts to the first). The io_contexts must outlive
+// the server.
 #pragma once
 
 #include <chrono>

@@ -209,13 +209,8 @@ void IngestServer::Shutdown(std::chrono::milliseconds grace) {
       std::error_code ignored;
       acceptor->close(ignored);
     }
-    size_t sessions = 0;
-    {
-      std::lock_guard<std::mutex> lock(core->mu);
-      sessions = core->sessions.size();
-    }
     log::Event(log::Level::kInfo, "draining",
-               {{"sessions", absl::StrCat(sessions)}, {"grace_ms", absl::StrCat(grace.count())}});
+               {{"sessions", absl::StrCat(core->SessionCount())}, {"grace_ms", absl::StrCat(grace.count())}});
     // Sessions between transactions go now; the others finish theirs. (A
     // session that starts after this sees `draining` before its banner.)
     core->ForEachSession([](Session& session) {
@@ -228,11 +223,7 @@ void IngestServer::Shutdown(std::chrono::milliseconds grace) {
       if (ec) {
         return;
       }
-      size_t left = 0;
-      {
-        std::lock_guard<std::mutex> lock(core->mu);
-        left = core->sessions.size();
-      }
+      const size_t left = core->SessionCount();
       if (left != 0) {
         log::Event(log::Level::kWarn, "grace_expired", {{"sessions", absl::StrCat(left)}});
       }

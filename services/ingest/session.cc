@@ -157,6 +157,11 @@ void ServerCore::CheckIdle() {
   idle_cv.notify_all();
 }
 
+size_t ServerCore::SessionCount() {
+  std::lock_guard<std::mutex> lock(mu);
+  return sessions.size();
+}
+
 void ServerCore::ForEachSession(std::function<void(Session&)> fn) {
   std::vector<std::pair<uint64_t, asio::any_io_executor>> targets;
   {

@@ -102,6 +102,8 @@ struct ServerCore : std::enable_shared_from_this<ServerCore> {
   asio::io_context& NextShard();
   // Any thread: signals WaitIdle() when draining has finished.
   void CheckIdle();
+  // Any thread: sessions open on all shards.
+  size_t SessionCount();
   // Shutdown, from shards[0]: runs `fn` on every session, each on its own
   // shard, unless the session has ended by then.
   void ForEachSession(std::function<void(Session&)> fn);

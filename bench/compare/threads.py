@@ -87,7 +87,10 @@ def main():
         deadline = time.time() + 120
         while (queued() or 0) < 2000:
             if run.poll() is not None or time.time() > deadline:
-                sys.exit("the run ended or stalled before 2,000 messages were queued:\n" + run.stdout.read())
+                # Stop it first: reading the output of a run that is still
+                # going would wait for its end.
+                run.kill()
+                sys.exit("the run ended or stalled before 2,000 messages were queued:\n" + run.communicate()[0])
             time.sleep(0.05)
         before, q0 = snapshot(), queued()
         time.sleep(args.seconds)

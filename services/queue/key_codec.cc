@@ -1,5 +1,6 @@
 #include "services/queue/key_codec.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace tern::queue {
@@ -94,6 +95,38 @@ std::string StsPolicyKey(absl::string_view domain) { return absl::StrCat("s", do
 std::string MxSitePrefix() { return "m"; }
 
 std::string MxSiteKey(absl::string_view domain) { return absl::StrCat(MxSitePrefix(), domain); }
+
+std::string DeletedPrefix() { return "d"; }
+
+std::string DeletedKey(int64_t deleted_unix_ms, absl::string_view token, absl::string_view message_id) {
+  std::string key = DeletedPrefix();
+  AppendBigEndian64(&key, ClampDue(deleted_unix_ms));
+  key.append(token.data(), token.size());
+  key.push_back('\0');
+  key.append(message_id.data(), message_id.size());
+  return key;
+}
+
+std::optional<DeletedKeyParts> DecodeDeletedKey(absl::string_view key) {
+  const std::string prefix = DeletedPrefix();
+  if (key.size() < prefix.size() + 8 || !absl::StartsWith(key, prefix)) {
+    return std::nullopt;
+  }
+  uint64_t ms = 0;
+  for (size_t i = 0; i < 8; ++i) {
+    ms = (ms << 8) | static_cast<uint8_t>(key[prefix.size() + i]);
+  }
+  const absl::string_view rest = key.substr(prefix.size() + 8);
+  const size_t nul = rest.find('\0');
+  if (nul == absl::string_view::npos || nul == 0 || nul + 1 == rest.size()) {
+    return std::nullopt;
+  }
+  DeletedKeyParts parts;
+  parts.deleted_unix_ms = static_cast<int64_t>(ms);
+  parts.token = std::string(rest.substr(0, nul));
+  parts.message_id = std::string(rest.substr(nul + 1));
+  return parts;
+}
 
 std::string TlsRptPrefix() { return "t"; }
 

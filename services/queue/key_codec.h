@@ -19,6 +19,9 @@
 //                                              -> tern.v1.TlsRptCount (RFC 8460 session counts; the
 //               identity is every field but count and rua, so equal sessions share a key, and one
 //               (day, domain) is one key range, days in order)
+//               'd' | deleted_ms(8, big-endian) | token | 0x00 | message id
+//                                              -> DeletedRecord (what one Delete removed of one message,
+//               kept for the undo window; oldest first, so the purge stops at the first young one)
 //   events      seq(8, big-endian)             -> tern.v1.QueueEvent (the event log)
 //   corrupt     source CF name | 0x00 | key    -> the unparseable value as found
 //
@@ -88,6 +91,20 @@ std::string StsPolicyKey(absl::string_view domain);
 // every such key.
 std::string MxSiteKey(absl::string_view domain);
 std::string MxSitePrefix();
+
+// Deleted-for-undo records (DeletedRecord). The token must not contain
+// NUL. A negative time is stored as 0.
+std::string DeletedKey(int64_t deleted_unix_ms, absl::string_view token, absl::string_view message_id);
+std::string DeletedPrefix();
+struct DeletedKeyParts {
+  int64_t deleted_unix_ms = 0;
+  std::string token;
+  std::string message_id;
+
+  friend bool operator==(const DeletedKeyParts&, const DeletedKeyParts&) = default;
+};
+// nullopt if `key` is not a key DeletedKey wrote.
+std::optional<DeletedKeyParts> DecodeDeletedKey(absl::string_view key);
 
 // TLS report counts (tern.v1.TlsRptCount). The key of `count`: its day, its
 // policy domain and its identity: policy_type, policy_string, mx_host,

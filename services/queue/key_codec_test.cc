@@ -25,6 +25,23 @@ TEST(KeyCodec, ScheduleKeysSortByTypeThenDueTimeThenId) {
   EXPECT_EQ(sorted, in_order);
 }
 
+TEST(KeyCodec, DeletedKeysSortByTimeAndRoundTrip) {
+  const std::string early = DeletedKey(256, "tok-b", "m1");
+  const std::string late = DeletedKey(1700000000000, "tok-a", "m0");
+  EXPECT_LT(early, late);  // the purge walks them oldest first
+  EXPECT_TRUE(early.starts_with(DeletedPrefix()));
+  auto parts = DecodeDeletedKey(late);
+  ASSERT_TRUE(parts.has_value());
+  EXPECT_EQ(*parts, (DeletedKeyParts{1700000000000, "tok-a", "m0"}));
+  EXPECT_EQ(DecodeDeletedKey(DeletedKey(-5, "t", "m"))->deleted_unix_ms, 0);
+  // Not a deleted key: wrong prefix, too short, no separator, empty parts.
+  EXPECT_FALSE(DecodeDeletedKey("d123").has_value());
+  EXPECT_FALSE(DecodeDeletedKey(IdempotencyKey("12345678tok\0m")).has_value());
+  EXPECT_FALSE(DecodeDeletedKey(std::string("d") + std::string(8, '\0') + "tokm").has_value());
+  EXPECT_FALSE(DecodeDeletedKey(std::string("d") + std::string(8, '\0') + std::string("\0m", 2)).has_value());
+  EXPECT_FALSE(DecodeDeletedKey(std::string("d") + std::string(8, '\0') + std::string("t\0", 2)).has_value());
+}
+
 TEST(KeyCodec, NegativeDueTimesAreStoredAsZero) {
   EXPECT_EQ(EncodeScheduleKey(JobType::kBounce, -5, "x"), EncodeScheduleKey(JobType::kBounce, 0, "x"));
 }

@@ -1322,11 +1322,17 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
     tern::v1::ActionRequest request;
     std::vector<std::string> ids;
     size_t next = 0;
+    std::string undo_token;  // Delete kept for undo
     tern::v1::ActionResponse response;
     Callback<tern::v1::ActionResponse> done;
   };
   auto run = std::make_shared<Run>();
   run->action = action;
+  if (action == QueueCore::Action::kDelete && !request.purge() && opt_.delete_undo_window_ms > 0) {
+    // Short enough to type, random enough never to meet another Delete's
+    // within a window.
+    run->undo_token = NewRandomToken().substr(0, 12);
+  }
   run->request = std::move(request);
   run->ids = std::move(*ids);
   run->done = std::move(done);
@@ -1356,7 +1362,8 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
         [this, run, changed, begin, end](Txn& txn) -> absl::Status {
           *changed = 0;
           for (size_t i = begin; i < end; ++i) {
-            TERN_ASSIGN_OR_RETURN(uint64_t n, ApplyAction(txn, run->action, run->request, run->ids[i]));
+            TERN_ASSIGN_OR_RETURN(uint64_t n,
+                                  ApplyAction(txn, run->action, run->request, run->ids[i], run->undo_token));
             *changed += n;
           }
           return absl::OkStatus();
@@ -1374,6 +1381,10 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
           }
           *step = nullptr;
           WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+          if (!run->undo_token.empty() && run->response.deliveries_changed() > 0) {
+            run->response.set_undo_token(run->undo_token);
+            run->response.set_undo_until_unix_ms(clock_->NowUnixMs() + opt_.delete_undo_window_ms);
+          }
           run->done(std::move(run->response));
         },
     });
@@ -1383,7 +1394,8 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
 
 absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Action action,
                                                       const tern::v1::ActionRequest& request,
-                                                      const std::string& message_id) {
+                                                      const std::string& message_id,
+                                                      const std::string& undo_token) {
   const int64_t now = clock_->NowUnixMs();
   const tern::v1::Selector& sel = request.selector();
   TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
@@ -1411,6 +1423,9 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
   const char* name = "";
   uint64_t changed = 0;
   KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
+  // Delete with undo: the records as they were, kept under the token.
+  const bool keep = action == QueueCore::Action::kDelete && !undo_token.empty();
+  DeletedRecord kept;
   for (DeliveryRecord& d : deliveries) {
     if (HasDeliveryFilter(sel) && !DeliveryMatches(d, sel, now)) {
       continue;
@@ -1451,6 +1466,9 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
         break;
       case QueueCore::Action::kDelete:
         name = "delete";
+        if (keep) {
+          *kept.add_deliveries() = d;
+        }
         Adjust(txn, counters_.recipients_pending, -PendingCount(d));
         RemoveDelivery(txn, d, *msg);
         ++changed;
@@ -1490,6 +1508,9 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
       }
     }
     for (const BounceRecord& b : jobs) {
+      if (keep) {
+        *kept.add_bounces() = b;
+      }
       Unschedule(txn, tern::v1::JOB_KIND_BOUNCE, b.bounce_id(), b.due_unix_ms());
       txn.Delete(bounces_, b.bounce_id());
       Adjust(txn, counters_.bounces, -1);
@@ -1505,6 +1526,10 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
     if (!request.reason().empty()) {
       absl::StrAppend(&detail, " reason=", request.reason());
     }
+    if (keep) {
+      TERN_RETURN_IF_ERROR(KeepDeleted(txn, undo_token, request.reason(), *msg, std::move(kept)));
+      absl::StrAppend(&detail, " undo=", undo_token);
+    }
     AppendEvent(txn, "admin", message_id, "", {}, detail);
     txn.OnCommit([message_id, detail] {
       log::Event(log::Level::kNotice, "admin_action", {{"msg", message_id}, {"action", detail}});
@@ -1514,6 +1539,329 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
     }
   }
   return changed;
+}
+
+// ---------------------------------------------------------------------------
+// Undo of Delete. What a Delete removes of a message goes into one
+// DeletedRecord in the meta CF, in the same batch as the removal, so a crash
+// can never leave a message both gone and not kept. The queue does not see
+// those records otherwise (recovery, counters, leases and ternctl list skip
+// the meta CF), and PruneDeleted drops them when the window has passed.
+
+absl::Status QueueCore::Impl::KeepDeleted(Txn& txn, const std::string& token, const std::string& reason,
+                                          const MessageRecord& msg, DeletedRecord kept) {
+  const int64_t now = clock_->NowUnixMs();
+  kept.set_token(token);
+  kept.set_deleted_unix_ms(now);
+  kept.set_reason(reason);
+  *kept.mutable_message() = msg;
+  kept.set_whole_message(msg.open_jobs() == 0);
+  // The body is kept even when the message stays (one domain of it was
+  // deleted): the rest may be delivered and the message retired before the
+  // undo, and then the body would be gone.
+  rocksdb::Status s = txn.Get(bodies_, msg.message_id(), kept.mutable_body());
+  if (!s.ok() && !s.IsNotFound()) {
+    return StorageError(s, "read body to keep for undo");
+  }
+  PutRecord(txn, meta_, DeletedKey(now, token, msg.message_id()), kept);
+  return absl::OkStatus();
+}
+
+absl::Status QueueCore::Impl::ApplyUndelete(Txn& txn, const std::string& key, tern::v1::UndeleteResponse& response) {
+  TERN_ASSIGN_OR_RETURN(std::optional<DeletedRecord> kept, Read<DeletedRecord>(txn, meta_, kMetaCf, key));
+  if (!kept.has_value()) {
+    return absl::OkStatus();  // purged (or put back) since it was listed
+  }
+  const int64_t now = clock_->NowUnixMs();
+  const std::string& id = kept->message().message_id();
+  TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> live, Read<MessageRecord>(txn, messages_, kMessagesCf, id));
+  MessageRecord msg;
+  if (live.has_value()) {
+    msg = *std::move(live);
+  } else {
+    std::string body;
+    rocksdb::Status s = txn.Get(bodies_, id, &body);
+    if (!s.ok() && !s.IsNotFound()) {
+      return StorageError(s, "read body");
+    }
+    if (s.IsNotFound() && kept->body().empty() && kept->message().body_size() > 0) {
+      response.set_not_restorable(response.not_restorable() + 1);
+      return absl::OkStatus();  // nothing to send: stays listed until its window ends
+    }
+    msg = kept->message();
+    msg.set_open_jobs(0);
+    if (s.IsNotFound()) {
+      txn.Put(bodies_, id, kept->body());
+    }
+    Adjust(txn, counters_.messages, 1);
+  }
+  uint32_t deliveries = 0;
+  uint32_t bounces = 0;
+  std::vector<std::string> rcpts;
+  for (DeliveryRecord d : kept->deliveries()) {
+    TERN_ASSIGN_OR_RETURN(std::optional<DeliveryRecord> clash,
+                          Read<DeliveryRecord>(txn, deliveries_, kDeliveriesCf, d.delivery_id()));
+    if (clash.has_value()) {
+      continue;  // cannot happen (ids are never reused); never overwrite a live delivery
+    }
+    // The lease it had is over: a late report for it is stale. If its
+    // message text was on the way, the remote may have it: ambiguous.
+    const bool data_sent = !d.data_sent_token().empty() && d.data_sent_token() == d.lease_token();
+    d.clear_lease_token();
+    d.set_lease_deadline_unix_ms(0);
+    d.clear_data_sent_token();
+    std::vector<std::string> pending;
+    for (RecipientRecord& r : *d.mutable_recipients()) {
+      if (IsPending(r)) {
+        pending.push_back(r.spec().address());
+        r.set_next_attempt_unix_ms(now);
+        if (data_sent) {
+          r.set_ambiguous_count(r.ambiguous_count() + 1);
+        }
+      }
+    }
+    if (data_sent) {
+      const auto n = static_cast<int64_t>(pending.size());
+      Adjust(txn, counters_.ambiguous, n);
+      response.set_ambiguous(response.ambiguous() + 1);
+      const bool hold = opt_.ambiguous_policy == AmbiguousPolicy::kHold;
+      if (hold && !d.held()) {
+        d.set_held(true);
+        d.set_hold_reason("ambiguous");
+      }
+      AppendEvent(txn, "ambiguous", id, d.delivery_id(), pending,
+                  hold ? "undeleted; it was deleted while DATA was sent; held (ambiguous_policy=hold)"
+                       : "undeleted; it was deleted while DATA was sent; due again (ambiguous_policy=redeliver)");
+      txn.OnCommit([n] { Metrics().ambiguous.Inc(n); });
+    }
+    if (d.held()) {
+      Adjust(txn, counters_.held, 1);  // held without a schedule key, as Detached() counts it
+      PutRecord(txn, deliveries_, d.delivery_id(), d);
+    } else {
+      d.set_due_unix_ms(now);
+      PutRecord(txn, deliveries_, d.delivery_id(), d);
+      ScheduleAt(txn, tern::v1::JOB_KIND_DELIVERY, d.delivery_id(), now, now);
+    }
+    Adjust(txn, counters_.deliveries, 1);
+    Adjust(txn, counters_.recipients_pending, PendingCount(d));
+    msg.set_open_jobs(msg.open_jobs() + 1);
+    rcpts.insert(rcpts.end(), pending.begin(), pending.end());
+    ++deliveries;
+  }
+  for (BounceRecord b : kept->bounces()) {
+    TERN_ASSIGN_OR_RETURN(std::optional<BounceRecord> clash,
+                          Read<BounceRecord>(txn, bounces_, kBouncesCf, b.bounce_id()));
+    if (clash.has_value()) {
+      continue;
+    }
+    b.clear_lease_token();
+    b.set_lease_deadline_unix_ms(0);
+    b.set_due_unix_ms(now);
+    PutRecord(txn, bounces_, b.bounce_id(), b);
+    ScheduleAt(txn, tern::v1::JOB_KIND_BOUNCE, b.bounce_id(), now, now);
+    Adjust(txn, counters_.bounces, 1);
+    msg.set_open_jobs(msg.open_jobs() + 1);
+    ++bounces;
+  }
+  txn.Delete(meta_, key);
+  if (msg.open_jobs() == 0) {
+    // Nothing of it came back (every job clashed): leave no message behind.
+    SaveOrRetireMessage(txn, msg);
+    return absl::OkStatus();
+  }
+  PutRecord(txn, messages_, id, msg);
+  const std::string detail =
+      absl::StrCat("undelete deliveries=", deliveries, bounces > 0 ? absl::StrCat(" dsn_jobs=", bounces) : "",
+                   " undo=", kept->token());
+  AppendEvent(txn, "admin", id, "", std::move(rcpts), detail);
+  txn.OnCommit([id, detail] {
+    log::Event(log::Level::kNotice, "admin_action", {{"msg", id}, {"action", detail}});
+  });
+  response.set_restored(response.restored() + 1);
+  response.set_deliveries_restored(response.deliveries_restored() + deliveries);
+  response.set_bounces_restored(response.bounces_restored() + bounces);
+  if (response.message_ids_size() < 100) {
+    response.add_message_ids(id);
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The deleted-for-undo keys that `request` names, read from committed
+// state: the token's, or the listed messages'.
+absl::StatusOr<std::vector<std::string>> MatchDeleted(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta,
+                                                      const tern::v1::UndeleteRequest& request) {
+  const std::set<std::string> ids(request.message_ids().begin(), request.message_ids().end());
+  const std::string prefix = DeletedPrefix();
+  std::vector<std::string> keys;
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), meta));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto parts = DecodeDeletedKey(absl::string_view(it->key().data(), it->key().size()));
+    if (!parts.has_value()) {
+      continue;
+    }
+    if ((!request.token().empty() && parts->token == request.token()) || ids.contains(parts->message_id)) {
+      keys.push_back(it->key().ToString());
+    }
+  }
+  if (!it->status().ok()) {
+    return StorageError(it->status(), "scan deleted messages");
+  }
+  return keys;
+}
+
+}  // namespace
+
+void QueueCore::Impl::Undelete(tern::v1::UndeleteRequest request, Callback<tern::v1::UndeleteResponse> done) {
+  if (request.token().empty() && request.message_ids().empty()) {
+    done(absl::InvalidArgumentError("undelete: give the delete's undo token or message ids (ternctl deleted lists them)"));
+    return;
+  }
+  auto keys = MatchDeleted(db_.get(), meta_, request);
+  if (!keys.ok()) {
+    done(keys.status());
+    return;
+  }
+  if (keys->empty()) {
+    done(absl::NotFoundError("undelete: nothing deleted matches (its undo window may have ended)"));
+    return;
+  }
+  struct Run {
+    std::vector<std::string> keys;
+    size_t next = 0;
+    tern::v1::UndeleteResponse response;
+    Callback<tern::v1::UndeleteResponse> done;
+  };
+  auto run = std::make_shared<Run>();
+  run->keys = *std::move(keys);
+  run->done = std::move(done);
+  // In chunks, each after the previous one committed, as Act does.
+  auto step = std::make_shared<std::function<void()>>();
+  *step = [this, run, step] {
+    const size_t begin = run->next;
+    const size_t end = std::min(run->keys.size(), begin + kActionChunk);
+    run->next = end;
+    auto partial = std::make_shared<tern::v1::UndeleteResponse>();
+    committer_->Submit(GroupOp{
+        [this, run, partial, begin, end](Txn& txn) -> absl::Status {
+          *partial = run->response;  // a retried group starts from the committed sums
+          for (size_t i = begin; i < end; ++i) {
+            TERN_RETURN_IF_ERROR(ApplyUndelete(txn, run->keys[i], *partial));
+          }
+          return absl::OkStatus();
+        },
+        [this, run, partial, step](const absl::Status& s) {
+          if (!s.ok()) {
+            *step = nullptr;
+            run->done(s);
+            return;
+          }
+          run->response = *partial;
+          if (run->next < run->keys.size()) {
+            (*step)();
+            return;
+          }
+          *step = nullptr;
+          WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+          WakeWaiters(tern::v1::JOB_KIND_BOUNCE);
+          run->done(std::move(run->response));
+        },
+    });
+  };
+  (*step)();
+}
+
+absl::StatusOr<tern::v1::ListDeletedResponse> QueueCore::Impl::ListDeleted(
+    const tern::v1::ListDeletedRequest& request) {
+  const uint32_t limit = request.limit() == 0 ? 100 : request.limit();
+  const std::string prefix = DeletedPrefix();
+  tern::v1::ListDeletedResponse out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto parts = DecodeDeletedKey(absl::string_view(it->key().data(), it->key().size()));
+    if (!parts.has_value() || (!request.token().empty() && parts->token != request.token())) {
+      continue;
+    }
+    out.set_total(out.total() + 1);
+    if (static_cast<uint32_t>(out.entries_size()) >= limit) {
+      continue;
+    }
+    DeletedRecord rec;
+    if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      continue;  // the purge moves it to the corrupt CF
+    }
+    tern::v1::DeletedEntry* e = out.add_entries();
+    e->set_token(rec.token());
+    e->set_message_id(rec.message().message_id());
+    e->set_deleted_unix_ms(rec.deleted_unix_ms());
+    e->set_purge_at_unix_ms(rec.deleted_unix_ms() + opt_.delete_undo_window_ms);
+    e->set_reason(rec.reason());
+    e->set_mail_from(rec.message().envelope().mail_from());
+    for (const DeliveryRecord& d : rec.deliveries()) {
+      for (const RecipientRecord& r : d.recipients()) {
+        if (IsPending(r)) {
+          e->add_recipients(r.spec().address());
+        }
+      }
+    }
+    e->set_deliveries(static_cast<uint32_t>(rec.deliveries_size()));
+    e->set_bounces(static_cast<uint32_t>(rec.bounces_size()));
+    e->set_whole_message(rec.whole_message());
+  }
+  if (!it->status().ok()) {
+    return StorageError(it->status(), "list deleted messages");
+  }
+  return out;
+}
+
+void QueueCore::Impl::PruneDeleted() {
+  committer_->Submit(GroupOp{
+      [this](Txn& txn) -> absl::Status {
+        // A window of 0 (deletes final at once) purges what an earlier
+        // configuration kept.
+        const int64_t cutoff = clock_->NowUnixMs() - opt_.delete_undo_window_ms;
+        const std::string prefix = DeletedPrefix();
+        const std::string end = PrefixEnd(prefix);
+        const rocksdb::Slice lower(prefix);
+        const rocksdb::Slice upper(end);
+        std::unique_ptr<rocksdb::Iterator> it = txn.NewIterator(meta_, &upper, &lower);
+        // Changed after the scan: writing at the iterator's own key would
+        // invalidate it.
+        std::vector<std::string> expired;
+        std::vector<std::pair<std::string, std::string>> corrupt;
+        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix) && expired.size() < kPruneChunk;
+             it->Next()) {
+          auto parts = DecodeDeletedKey(absl::string_view(it->key().data(), it->key().size()));
+          if (parts.has_value() && parts->deleted_unix_ms > cutoff) {
+            break;  // oldest first: the rest are younger
+          }
+          DeletedRecord rec;
+          if (!parts.has_value() || !rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+            corrupt.emplace_back(it->key().ToString(), it->value().ToString());
+          } else {
+            expired.push_back(it->key().ToString());
+          }
+        }
+        if (!it->status().ok()) {
+          return StorageError(it->status(), "deleted messages purge");
+        }
+        it.reset();
+        for (const auto& [key, value] : corrupt) {
+          Quarantine(txn, meta_, kMetaCf, key, value);
+        }
+        for (const std::string& key : expired) {
+          txn.Delete(meta_, key);
+        }
+        if (!expired.empty()) {
+          txn.OnCommit([n = expired.size()] {
+            log::Event(log::Level::kInfo, "deleted_purged", {{"records", absl::StrCat(n)}});
+          });
+        }
+        return absl::OkStatus();
+      },
+      [](const absl::Status&) {},
+  });
 }
 
 }  // namespace tern::queue

@@ -45,6 +45,28 @@ class QueueAdminTest : public QueueCoreTest {
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *r : tern::v1::ActionResponse();
   }
+  tern::v1::ActionResponse Delete(tern::v1::Selector sel, bool purge = false, bool confirm = false) {
+    tern::v1::ActionRequest req;
+    *req.mutable_selector() = std::move(sel);
+    req.set_confirm(confirm);
+    req.set_purge(purge);
+    auto r = Sync<tern::v1::ActionResponse>([&](auto cb) { core_->Act(Action::kDelete, req, std::move(cb)); });
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : tern::v1::ActionResponse();
+  }
+  absl::StatusOr<tern::v1::UndeleteResponse> Undelete(const std::string& token, std::vector<std::string> ids = {}) {
+    tern::v1::UndeleteRequest req;
+    req.set_token(token);
+    for (auto& id : ids) {
+      req.add_message_ids(id);
+    }
+    return Sync<tern::v1::UndeleteResponse>([&](auto cb) { core_->Undelete(req, std::move(cb)); });
+  }
+  tern::v1::ListDeletedResponse Deleted() {
+    auto r = core_->ListDeleted(tern::v1::ListDeletedRequest());
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : tern::v1::ListDeletedResponse();
+  }
   static tern::v1::Selector Ids(std::vector<std::string> ids) {
     tern::v1::Selector s;
     for (auto& id : ids) {
@@ -675,12 +697,14 @@ TEST_F(QueueAdminTest, DeleteAndBounceNeedConfirmationForSeveralMessages) {
   EXPECT_EQ(s.bounces(), 1u);
   tern::v1::Selector all;
   all.set_all(true);
-  EXPECT_EQ(Act(Action::kDelete, all).matched(), 1u);
+  EXPECT_EQ(Delete(all, /*purge=*/true).matched(), 1u);
   s = Stats();
   EXPECT_EQ(s.messages(), 0u);
   EXPECT_EQ(s.deliveries(), 0u);
   EXPECT_EQ(s.bounces(), 0u);
   EXPECT_EQ(s.recipients_pending(), 0u);
+  // The first delete (of `a`) is kept for undo; the purged one is not.
+  EXPECT_EQ(Deleted().total(), 1u);
   core_.reset();
   auto keys = CountKeys();
   EXPECT_EQ(keys[kMessagesCf], 0);
@@ -688,7 +712,198 @@ TEST_F(QueueAdminTest, DeleteAndBounceNeedConfirmationForSeveralMessages) {
   EXPECT_EQ(keys[kDeliveriesCf], 0);
   EXPECT_EQ(keys[kBouncesCf], 0);
   EXPECT_EQ(keys[kScheduleCf], 0);
+  EXPECT_EQ(keys[kMetaCf], 1);  // a's kept record
   (void)b;
+}
+
+TEST_F(QueueAdminTest, DeleteIsKeptForTheUndoWindowAndUndeleteSendsTheMessageAfterAll) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")})).message_id;
+  tern::v1::ActionResponse r = Delete(Ids({id}));
+  ASSERT_FALSE(r.undo_token().empty());
+  EXPECT_EQ(r.undo_until_unix_ms(), kStart + 3600 * 1000);
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.messages(), 0u);
+  EXPECT_EQ(s.deliveries(), 0u);
+  EXPECT_EQ(s.recipients_pending(), 0u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+
+  tern::v1::ListDeletedResponse kept = Deleted();
+  ASSERT_EQ(kept.entries_size(), 1);
+  EXPECT_EQ(kept.entries(0).token(), r.undo_token());
+  EXPECT_EQ(kept.entries(0).message_id(), id);
+  EXPECT_EQ(kept.entries(0).purge_at_unix_ms(), kStart + 3600 * 1000);
+  EXPECT_TRUE(kept.entries(0).whole_message());
+  EXPECT_THAT(kept.entries(0).recipients(), ::testing::ElementsAre("a@x.example", "b@x.example"));
+
+  EXPECT_EQ(Undelete("no-such-token").status().code(), absl::StatusCode::kNotFound);
+  auto undone = Undelete(r.undo_token());
+  ASSERT_TRUE(undone.ok()) << undone.status();
+  EXPECT_EQ(undone->restored(), 1u);
+  EXPECT_EQ(undone->deliveries_restored(), 1u);
+  EXPECT_THAT(undone->message_ids(), ::testing::ElementsAre(id));
+  EXPECT_EQ(Deleted().total(), 0u);
+  s = Stats();
+  EXPECT_EQ(s.messages(), 1u);
+  EXPECT_EQ(s.deliveries_due(), 1u);
+  EXPECT_EQ(s.recipients_pending(), 2u);
+
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).message_id(), id);
+  EXPECT_EQ(lease.deliveries(0).body(), kBody);
+  EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  EXPECT_EQ(Stats().messages(), 0u);
+  EXPECT_THAT(EventTypes(id),
+              ::testing::ElementsAre("received", "admin", "admin", "leased", "delivered", "delivered"));
+  // A second undo finds nothing.
+  EXPECT_EQ(Undelete(r.undo_token()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(QueueAdminTest, UndeleteAfterARestartPutsBackDeliveriesAndDsnJobs) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@y.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 2);
+  for (const auto& job : lease.deliveries()) {
+    if (job.domain() == "y.example") {
+      ReportAll(job, Result(tern::v1::OUTCOME_PERMANENT, 550, "5.1.1", "no such user"));
+    } else {
+      ReportAll(job, Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "later"));
+    }
+  }
+  ASSERT_EQ(Stats().bounces(), 1u);
+  tern::v1::ActionResponse r = Delete(Ids({id}));
+  ASSERT_FALSE(r.undo_token().empty());
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.messages(), 0u);
+  EXPECT_EQ(s.bounces(), 0u);
+
+  Reopen();
+  s = Stats();
+  EXPECT_EQ(s.messages(), 0u);
+  EXPECT_EQ(s.deliveries(), 0u);
+  EXPECT_EQ(s.bounces(), 0u);
+  ASSERT_EQ(Deleted().total(), 1u);
+  EXPECT_EQ(Deleted().entries(0).bounces(), 1u);
+
+  auto undone = Undelete("", {id});  // by message id this time
+  ASSERT_TRUE(undone.ok()) << undone.status();
+  EXPECT_EQ(undone->deliveries_restored(), 1u);
+  EXPECT_EQ(undone->bounces_restored(), 1u);
+  s = Stats();
+  EXPECT_EQ(s.messages(), 1u);
+  EXPECT_EQ(s.deliveries(), 1u);
+  EXPECT_EQ(s.bounces(), 1u);
+  EXPECT_EQ(s.recipients_pending(), 1u);
+  // Both are due now, the deferred delivery included.
+  EXPECT_EQ(Lease(JOB_KIND_BOUNCE).bounces_size(), 1);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).domain(), "x.example");
+  // What was put back survives a restart like anything else.
+  Reopen();
+  s = Stats();
+  EXPECT_EQ(s.messages(), 1u);
+  EXPECT_EQ(s.bounces(), 1u);
+}
+
+TEST_F(QueueAdminTest, UndeleteOfOneDomainWorksAfterTheRestOfTheMessageWasDelivered) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@y.example")})).message_id;
+  tern::v1::Selector x;
+  x.set_domain("x.example");
+  tern::v1::ActionResponse r = Delete(x);
+  EXPECT_EQ(r.deliveries_changed(), 1u);
+  ASSERT_FALSE(r.undo_token().empty());
+  ASSERT_EQ(Deleted().entries_size(), 1);
+  EXPECT_FALSE(Deleted().entries(0).whole_message());
+
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).domain(), "y.example");
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok"));
+  EXPECT_EQ(Stats().messages(), 0u);  // retired, body and all
+
+  auto undone = Undelete(r.undo_token());
+  ASSERT_TRUE(undone.ok()) << undone.status();
+  EXPECT_EQ(undone->deliveries_restored(), 1u);
+  EXPECT_EQ(Stats().messages(), 1u);
+  lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).domain(), "x.example");
+  EXPECT_EQ(lease.deliveries(0).body(), kBody);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok"));
+  core_.reset();
+  auto keys = CountKeys();
+  EXPECT_EQ(keys[kMessagesCf], 0);
+  EXPECT_EQ(keys[kBodiesCf], 0);
+  EXPECT_EQ(keys[kMetaCf], 0);
+}
+
+TEST_F(QueueAdminTest, KeptDeletesArePurgedWhenTheirWindowEnds) {
+  options_.delete_undo_window_ms = 60'000;
+  Open();
+  const std::string old_id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  const std::string old_token = Delete(Ids({old_id})).undo_token();
+  clock_.AdvanceMs(30'000);
+  const std::string young_id = Enqueue(Header({Rcpt("b@x.example")})).message_id;
+  const std::string young_token = Delete(Ids({young_id})).undo_token();
+  ASSERT_EQ(Deleted().total(), 2u);
+  clock_.AdvanceMs(31'000);  // the first is past its minute, the second is not
+  ASSERT_TRUE(Eventually([&] { return Deleted().total() == 1u; }));
+  EXPECT_EQ(Deleted().entries(0).message_id(), young_id);
+  EXPECT_EQ(Undelete(old_token).status().code(), absl::StatusCode::kNotFound);
+  clock_.AdvanceMs(30'000);
+  ASSERT_TRUE(Eventually([&] { return Deleted().total() == 0u; }));
+  EXPECT_EQ(Undelete(young_token).status().code(), absl::StatusCode::kNotFound);
+  core_.reset();
+  auto keys = CountKeys();
+  EXPECT_EQ(keys[kMetaCf], 0);
+  EXPECT_EQ(keys[kBodiesCf], 0);
+}
+
+TEST_F(QueueAdminTest, PurgeOrAZeroUndoWindowMakesADeleteFinalAtOnce) {
+  Open();
+  const std::string a = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  tern::v1::ActionResponse r = Delete(Ids({a}), /*purge=*/true);
+  EXPECT_EQ(r.deliveries_changed(), 1u);
+  EXPECT_TRUE(r.undo_token().empty());
+  EXPECT_EQ(Deleted().total(), 0u);
+  EXPECT_EQ(Undelete("", {a}).status().code(), absl::StatusCode::kNotFound);
+
+  options_.delete_undo_window_ms = 0;
+  Reopen();
+  const std::string b = Enqueue(Header({Rcpt("b@x.example")})).message_id;
+  r = Delete(Ids({b}));
+  EXPECT_EQ(r.deliveries_changed(), 1u);
+  EXPECT_TRUE(r.undo_token().empty());
+  EXPECT_EQ(Deleted().total(), 0u);
+  // Nothing matched: nothing kept, no token.
+  EXPECT_TRUE(Delete(Ids({b})).undo_token().empty());
+}
+
+TEST_F(QueueAdminTest, UndeleteOfADeliveryDeletedWhileItsTextWasSentIsAmbiguous) {
+  options_.ambiguous_policy = AmbiguousPolicy::kHold;
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  Progress(lease.deliveries(0));
+  const std::string token = Delete(Ids({id})).undo_token();
+  auto undone = Undelete(token);
+  ASSERT_TRUE(undone.ok()) << undone.status();
+  EXPECT_EQ(undone->ambiguous(), 1u);
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.deliveries_held(), 1u);  // ambiguous_policy=hold
+  EXPECT_EQ(s.ambiguous_total(), 1u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  // The old lease's late report is stale, not applied to what came back.
+  EXPECT_EQ(ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_STALE_LEASE});
+  EXPECT_EQ(Act(Action::kRelease, Ids({id})).deliveries_changed(), 1u);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
 }
 
 TEST_F(QueueAdminTest, AnActionWithoutASelectorIsRefused) {

@@ -161,6 +161,7 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
   TERN_ASSIGN_OR_RETURN(out.core.max_queue_age_ms, duration("max_queue_age", "0"));
   TERN_ASSIGN_OR_RETURN(out.core.event_retention_ms, duration("event_retention", "24h"));
   TERN_ASSIGN_OR_RETURN(out.core.idempotency_retention_ms, duration("idempotency_retention", "7d"));
+  TERN_ASSIGN_OR_RETURN(out.core.delete_undo_window_ms, duration("delete_undo_window", "1h"));
   TERN_ASSIGN_OR_RETURN(int64_t count, tern.GetInt("queue", "event_retention_count", 1000000));
   if (count < 0) {
     return tern.KeyError("queue", "event_retention_count", "must not be negative");

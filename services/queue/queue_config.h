@@ -16,6 +16,7 @@
 //     event_retention=24h            events older than this are pruned
 //     event_retention_count=1000000  and beyond this many
 //     idempotency_retention=7d       Enqueue idempotency keys dedupe this long; 0 = forever
+//     delete_undo_window=1h          ternctl delete can be undone this long; 0 = deletes are final
 //     min_free_bytes=104857600       refuse Enqueue below this much free disk; 0 = off
 //     wal_prefill_bytes=67108864     zero-filled spare for each WAL (wal_prefill.h); 0 = off
 //   tern.ini [tlsrpt]                SMTP TLS Reporting (RFC 8460), queue_core.h TlsRptOptions

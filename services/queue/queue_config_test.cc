@@ -26,6 +26,7 @@ TEST(QueueConfig, ShippedConfigGivesTheDocumentedDefaults) {
   EXPECT_FALSE(cfg->core.always_split);
   EXPECT_EQ(cfg->core.retry.intervals_ms(), DefaultTempFailIntervals(13));
   EXPECT_EQ(cfg->core.idempotency_retention_ms, 7 * 86400 * 1000LL);
+  EXPECT_EQ(cfg->core.delete_undo_window_ms, 3600 * 1000LL);
   EXPECT_EQ(cfg->core.shaping.defaults().concurrency_max, 0u);
   EXPECT_EQ(cfg->core.wal_prefill_bytes, 64u << 20);
 }
@@ -235,6 +236,23 @@ TEST_F(QueueConfigDirTest, TlsRptEnabledWithoutUsableFromIsAnError) {
   cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
   ASSERT_FALSE(cfg.ok());
   EXPECT_THAT(cfg.status().message(), HasSubstr("enabled"));
+}
+
+TEST_F(QueueConfigDirTest, DeleteUndoWindowIsADurationAndZeroTurnsItOff) {
+  Write("tern.ini", "[queue]\ndelete_undo_window=1d\n");
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.delete_undo_window_ms, 86400 * 1000LL);
+
+  Write("tern.ini", "[queue]\ndelete_undo_window=0\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.delete_undo_window_ms, 0);
+
+  Write("tern.ini", "[queue]\ndelete_undo_window=an hour\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(), HasSubstr("delete_undo_window"));
 }
 
 }  // namespace

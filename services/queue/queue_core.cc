@@ -990,6 +990,7 @@ void QueueCore::Impl::OnTick() {
     last_prune_ms_ = now;
     PruneEvents();
     PruneIdempotencyKeys();
+    PruneDeleted();
     rate_.Prune(now);
     PruneMxSites(now);
   }
@@ -1682,6 +1683,12 @@ void QueueCore::PurgeCorrupt(tern::v1::PurgeCorruptRequest request, Callback<ter
 }
 void QueueCore::Act(Action action, tern::v1::ActionRequest request, Callback<tern::v1::ActionResponse> done) {
   impl_->Act(action, std::move(request), std::move(done));
+}
+void QueueCore::Undelete(tern::v1::UndeleteRequest request, Callback<tern::v1::UndeleteResponse> done) {
+  impl_->Undelete(std::move(request), std::move(done));
+}
+absl::StatusOr<tern::v1::ListDeletedResponse> QueueCore::ListDeleted(const tern::v1::ListDeletedRequest& request) {
+  return impl_->ListDeleted(request);
 }
 absl::Status QueueCore::ReadEvents(uint64_t after, size_t max, std::vector<tern::v1::QueueEvent>* out) {
   return impl_->ReadEvents(after, max, out);

@@ -173,6 +173,11 @@ struct CoreOptions {
   // Must outlast any retry of a client that uses keys (the bouncer retries a
   // DSN after its bounce lease runs out). 0 = keep forever. Default: 7 days.
   int64_t idempotency_retention_ms = 7 * 24 * 3600 * 1000LL;
+  // What an admin Delete removes is kept this long (records and body, in
+  // the meta CF) so that Undelete can put it back; then it is purged in the
+  // background. A Delete with `purge` skips this. 0 = deletes are final at
+  // once. Default: 1 hour.
+  int64_t delete_undo_window_ms = 3600 * 1000LL;
   // Default: off (see TlsRptOptions).
   TlsRptOptions tlsrpt;
   // Memory for the writer's copy of recent delivery, message and bounce
@@ -301,6 +306,9 @@ class QueueCore {
   // Admin actions on the messages a selector picks (see admin.proto).
   enum class Action { kFlush, kHold, kRelease, kDelete, kBounce };
   void Act(Action action, tern::v1::ActionRequest request, Callback<tern::v1::ActionResponse> done);
+  // Undo of Delete while its window lasts (admin.proto Undelete, ListDeleted).
+  void Undelete(tern::v1::UndeleteRequest request, Callback<tern::v1::UndeleteResponse> done);
+  absl::StatusOr<tern::v1::ListDeletedResponse> ListDeleted(const tern::v1::ListDeletedRequest& request);
 
   // The event log. ReadEvents appends up to `max` events with seq > after
   // to `out`. LastEventSeq is the newest committed event (0 if none),

@@ -552,6 +552,8 @@ class QueueCore::Impl {
   absl::StatusOr<tern::v1::GetCorruptResponse> GetCorrupt(const tern::v1::GetCorruptRequest& request);
   void PurgeCorrupt(tern::v1::PurgeCorruptRequest request, Callback<tern::v1::PurgeCorruptResponse> done);
   void Act(QueueCore::Action action, tern::v1::ActionRequest request, Callback<tern::v1::ActionResponse> done);
+  void Undelete(tern::v1::UndeleteRequest request, Callback<tern::v1::UndeleteResponse> done);
+  absl::StatusOr<tern::v1::ListDeletedResponse> ListDeleted(const tern::v1::ListDeletedRequest& request);
   absl::Status ReadEvents(uint64_t after, size_t max, std::vector<tern::v1::QueueEvent>* out);
   uint64_t LastEventSeq() const { return committed_event_seq_.load(std::memory_order_acquire); }
   uint64_t OldestEventSeq();
@@ -1028,8 +1030,21 @@ class QueueCore::Impl {
   void RemoveDelivery(Txn& txn, const DeliveryRecord& rec, MessageRecord& msg);
   absl::StatusOr<ReportStatus> ApplyProgressItem(Txn& txn, const tern::v1::DeliveryProgress& item);
   absl::Status ApplyMarkAmbiguous(Txn& txn, const std::string& id);
+  // `undo_token` non-empty (Delete only): what is removed is kept for the
+  // undo window under that token.
   absl::StatusOr<uint64_t> ApplyAction(Txn& txn, QueueCore::Action action, const tern::v1::ActionRequest& request,
-                                       const std::string& message_id);
+                                       const std::string& message_id, const std::string& undo_token);
+  // Stores what a Delete removed of `msg` (the deliveries and bounce jobs
+  // in `kept`), before the message is saved or retired: when no job of it
+  // remains, the message record and its body are kept too.
+  absl::Status KeepDeleted(Txn& txn, const std::string& token, const std::string& reason, const MessageRecord& msg,
+                           DeletedRecord kept);
+  // Puts back one DeletedRecord (stored under `key`) and deletes it; adds
+  // what it did to `response`.
+  absl::Status ApplyUndelete(Txn& txn, const std::string& key, tern::v1::UndeleteResponse& response);
+  // Purges deleted-for-undo records whose window has passed, oldest first,
+  // one chunk per call.
+  void PruneDeleted();
   void PruneEvents();
   // Deletes idempotency keys older than idempotency_retention: one chunk of
   // the key range per call, resuming where the last call stopped.

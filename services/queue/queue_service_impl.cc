@@ -437,6 +437,16 @@ grpc::Status AdminServiceImpl::Bounce(grpc::ServerContext*, const tern::v1::Acti
   return Act(QueueCore::Action::kBounce, *request, response);
 }
 
+grpc::Status AdminServiceImpl::Undelete(grpc::ServerContext*, const tern::v1::UndeleteRequest* request,
+                                        tern::v1::UndeleteResponse* response) {
+  return Wait<tern::v1::UndeleteResponse>([&](auto cb) { core_->Undelete(*request, std::move(cb)); }, response);
+}
+
+grpc::Status AdminServiceImpl::ListDeleted(grpc::ServerContext*, const tern::v1::ListDeletedRequest* request,
+                                           tern::v1::ListDeletedResponse* response) {
+  return Reply(core_->ListDeleted(*request), response);
+}
+
 grpc::Status AdminServiceImpl::Pause(grpc::ServerContext*, const tern::v1::PauseRequest*,
                                      tern::v1::PauseResponse* response) {
   bool paused = false;

@@ -108,6 +108,10 @@ class AdminServiceImpl final : public tern::v1::Admin::Service {
                           tern::v1::GetCorruptResponse* response) override;
   grpc::Status PurgeCorrupt(grpc::ServerContext* context, const tern::v1::PurgeCorruptRequest* request,
                             tern::v1::PurgeCorruptResponse* response) override;
+  grpc::Status Undelete(grpc::ServerContext* context, const tern::v1::UndeleteRequest* request,
+                        tern::v1::UndeleteResponse* response) override;
+  grpc::Status ListDeleted(grpc::ServerContext* context, const tern::v1::ListDeletedRequest* request,
+                           tern::v1::ListDeletedResponse* response) override;
   grpc::Status ClearHostFlags(grpc::ServerContext* context, const tern::v1::ClearHostFlagsRequest* request,
                               tern::v1::ClearHostFlagsResponse* response) override;
   grpc::Status ListTlsReports(grpc::ServerContext* context, const tern::v1::ListTlsReportsRequest* request,

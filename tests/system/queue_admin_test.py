@@ -171,6 +171,36 @@ class QueueAdminTest(ClusterTestCase):
         self.assertEqual(stats["messages"], 2)  # "one" is gone; "two" keeps defer.test
         self.assertEqual(stats["deliveries"], 2)
 
+        # The delete is kept for the undo window: listed, and put back by its token.
+        token = out.stdout.split("ternctl undelete --token ")[1].split()[0]
+        kept = self.ctl_json("deleted")
+        self.assertEqual(int(kept["total"]), 2)
+        self.assertEqual({e["message_id"] for e in kept["entries"]}, {self.ids["one"], self.ids["two"]})
+        self.assertTrue(all(e["token"] == token and e["reason"] == "test" for e in kept["entries"]))
+        table = self.ctl("deleted")
+        self.assertIn(self.ids["one"], table.stdout)
+        self.assertIn("(part)", table.stdout)  # "two" lost only good.test
+        out = self.ctl("undelete", "--token", token)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("2 messages back, 2 deliveries", out.stdout)
+        stats = self.ctl_json("stats")
+        self.assertEqual(stats["messages"], 3)
+        self.assertEqual(stats["deliveries"], 4)
+        self.assertIn("c@good.test", self.ctl("show", self.ids["two"]).stdout)
+        again = self.ctl("undelete", "--token", token)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("nothing deleted matches", again.stderr)
+        self.assertEqual(self.ctl("undelete").returncode, 2)  # neither token nor ids
+
+        # --purge: final at once, nothing kept.
+        out = self.ctl("delete", "--domain", "good.test", "--yes", "--purge")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn("undelete", out.stdout)
+        self.assertEqual(int(self.ctl_json("deleted").get("total", 0)), 0)
+        stats = self.ctl_json("stats")
+        self.assertEqual(stats["messages"], 2)
+        self.assertEqual(stats["deliveries"], 2)
+
     def test_09_bounce_makes_a_dsn_job(self):
         out = self.ctl("bounce", self.ids["three"], "--reason", "domain closed")
         self.assertEqual(out.returncode, 0, out.stderr)

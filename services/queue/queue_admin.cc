@@ -1371,6 +1371,12 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
         [this, run, changed, step](const absl::Status& s) {
           if (!s.ok()) {
             *step = nullptr;  // break the cycle
+            if (!run->undo_token.empty() && absl::IsResourceExhausted(s)) {
+              // Keeping a copy for undo takes space that a full disk lacks.
+              run->done(absl::ResourceExhaustedError(absl::StrCat(
+                  s.message(), " (ternctl delete --purge deletes without keeping a copy for undo)")));
+              return;
+            }
             run->done(s);
             return;
           }

@@ -1323,6 +1323,7 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
     std::vector<std::string> ids;
     size_t next = 0;
     std::string undo_token;  // Delete kept for undo
+    uint64_t kept = 0;       // messages kept under it (committed chunks)
     tern::v1::ActionResponse response;
     Callback<tern::v1::ActionResponse> done;
   };
@@ -1355,20 +1356,22 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
   auto step = std::make_shared<std::function<void()>>();
   *step = [this, run, step] {
     auto changed = std::make_shared<uint64_t>(0);
+    auto kept = std::make_shared<uint64_t>(0);
     const size_t begin = run->next;
     const size_t end = std::min(run->ids.size(), begin + kActionChunk);
     run->next = end;
     committer_->Submit(GroupOp{
-        [this, run, changed, begin, end](Txn& txn) -> absl::Status {
+        [this, run, changed, kept, begin, end](Txn& txn) -> absl::Status {
           *changed = 0;
+          *kept = 0;
           for (size_t i = begin; i < end; ++i) {
-            TERN_ASSIGN_OR_RETURN(uint64_t n,
-                                  ApplyAction(txn, run->action, run->request, run->ids[i], run->undo_token));
+            TERN_ASSIGN_OR_RETURN(uint64_t n, ApplyAction(txn, run->action, run->request, run->ids[i],
+                                                          run->undo_token, kept.get()));
             *changed += n;
           }
           return absl::OkStatus();
         },
-        [this, run, changed, step](const absl::Status& s) {
+        [this, run, changed, kept, step](const absl::Status& s) {
           if (!s.ok()) {
             *step = nullptr;  // break the cycle
             if (!run->undo_token.empty() && absl::IsResourceExhausted(s)) {
@@ -1381,13 +1384,14 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
             return;
           }
           run->response.set_deliveries_changed(run->response.deliveries_changed() + *changed);
+          run->kept += *kept;
           if (run->next < run->ids.size()) {
             (*step)();
             return;
           }
           *step = nullptr;
           WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
-          if (!run->undo_token.empty() && run->response.deliveries_changed() > 0) {
+          if (run->kept > 0) {
             run->response.set_undo_token(run->undo_token);
             run->response.set_undo_until_unix_ms(clock_->NowUnixMs() + opt_.delete_undo_window_ms);
           }
@@ -1401,7 +1405,7 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
 absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Action action,
                                                       const tern::v1::ActionRequest& request,
                                                       const std::string& message_id,
-                                                      const std::string& undo_token) {
+                                                      const std::string& undo_token, uint64_t* kept_count) {
   const int64_t now = clock_->NowUnixMs();
   const tern::v1::Selector& sel = request.selector();
   TERN_ASSIGN_OR_RETURN(std::optional<MessageRecord> msg,
@@ -1535,6 +1539,7 @@ absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Actio
     if (keep) {
       TERN_RETURN_IF_ERROR(KeepDeleted(txn, undo_token, request.reason(), *msg, std::move(kept)));
       absl::StrAppend(&detail, " undo=", undo_token);
+      ++*kept_count;
     }
     AppendEvent(txn, "admin", message_id, "", {}, detail);
     txn.OnCommit([message_id, detail] {

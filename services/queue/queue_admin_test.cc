@@ -809,6 +809,23 @@ TEST_F(QueueAdminTest, UndeleteAfterARestartPutsBackDeliveriesAndDsnJobs) {
   EXPECT_EQ(s.bounces(), 1u);
 }
 
+TEST_F(QueueAdminTest, DeleteOfAMessageWithOnlyADsnJobLeftCanBeUndone) {
+  Open();
+  const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_PERMANENT, 550, "5.1.1", "no such user"));
+  ASSERT_EQ(Stats().bounces(), 1u);
+  tern::v1::ActionResponse r = Delete(Ids({id}));
+  EXPECT_EQ(r.deliveries_changed(), 0u);
+  ASSERT_FALSE(r.undo_token().empty());  // the DSN job was kept
+  EXPECT_EQ(Stats().bounces(), 0u);
+  auto undone = Undelete(r.undo_token());
+  ASSERT_TRUE(undone.ok()) << undone.status();
+  EXPECT_EQ(undone->bounces_restored(), 1u);
+  EXPECT_EQ(Lease(JOB_KIND_BOUNCE).bounces_size(), 1);
+}
+
 TEST_F(QueueAdminTest, UndeleteOfOneDomainWorksAfterTheRestOfTheMessageWasDelivered) {
   Open();
   const std::string id = Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@y.example")})).message_id;

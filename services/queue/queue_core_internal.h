@@ -1031,9 +1031,10 @@ class QueueCore::Impl {
   absl::StatusOr<ReportStatus> ApplyProgressItem(Txn& txn, const tern::v1::DeliveryProgress& item);
   absl::Status ApplyMarkAmbiguous(Txn& txn, const std::string& id);
   // `undo_token` non-empty (Delete only): what is removed is kept for the
-  // undo window under that token.
+  // undo window under that token, and `*kept_count` counts the message.
   absl::StatusOr<uint64_t> ApplyAction(Txn& txn, QueueCore::Action action, const tern::v1::ActionRequest& request,
-                                       const std::string& message_id, const std::string& undo_token);
+                                       const std::string& message_id, const std::string& undo_token,
+                                       uint64_t* kept_count);
   // Stores what a Delete removed of `msg` (the deliveries and bounce jobs
   // in `kept`), before the message is saved or retired: when no job of it
   // remains, the message record and its body are kept too.

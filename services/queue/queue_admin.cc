@@ -1726,7 +1726,8 @@ absl::StatusOr<std::vector<std::string>> MatchDeleted(rocksdb::DB* db, rocksdb::
 
 void QueueCore::Impl::Undelete(tern::v1::UndeleteRequest request, Callback<tern::v1::UndeleteResponse> done) {
   if (request.token().empty() && request.message_ids().empty()) {
-    done(absl::InvalidArgumentError("undelete: give the delete's undo token or message ids (ternctl deleted lists them)"));
+    done(absl::InvalidArgumentError(
+        "undelete: give the delete's undo token or message ids (ternctl deleted lists them)"));
     return;
   }
   auto keys = MatchDeleted(db_.get(), meta_, request);

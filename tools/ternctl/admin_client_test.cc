@@ -38,7 +38,8 @@ TEST(TernctlFormat, JsonUsesProtoFieldNamesAndPrintsDefaults) {
   tern::v1::ActionResponse r;
   r.set_matched(3);
   EXPECT_EQ(ToJson(r),
-            "{\"matched\":\"3\",\"deliveries_changed\":\"0\",\"needs_confirmation\":false,\"message_ids\":[]}\n");
+            "{\"matched\":\"3\",\"deliveries_changed\":\"0\",\"needs_confirmation\":false,\"message_ids\":[],"
+            "\"undo_token\":\"\",\"undo_until_unix_ms\":\"0\"}\n");
 }
 
 }  // namespace

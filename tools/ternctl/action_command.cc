@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "lib/rpc/server_setup.h"
 #include "tern/v1/admin.grpc.pb.h"
+#include "tools/ternctl/admin_call.h"
 #include "tools/ternctl/admin_client.h"
 
 namespace tern::ternctl {
@@ -106,21 +107,7 @@ int RunUndelete(const GlobalOptions& g, const std::string& token, const std::vec
   return 0;
 }
 
-int RunDeleted(const GlobalOptions& g, const std::string& token, uint32_t limit, bool json, Io io) {
-  tern::v1::ListDeletedRequest req;
-  req.set_token(token);
-  req.set_limit(limit);
-  tern::v1::ListDeletedResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx, g);
-  grpc::Status s = tern::v1::Admin::NewStub(rpc::MakeChannel(g.queue))->ListDeleted(&ctx, req, &resp);
-  if (!s.ok()) {
-    return ReportRpcError(s, "deleted", g, io);
-  }
-  if (json) {
-    io.out << ToJson(resp);
-    return 0;
-  }
+std::string FormatDeleted(const tern::v1::ListDeletedResponse& resp) {
   std::vector<std::vector<std::string>> rows = {{"TOKEN", "MESSAGE", "DELETED", "UNDO UNTIL", "FROM", "RECIPIENTS",
                                                  "REASON"}};
   for (const auto& e : resp.entries()) {
@@ -132,8 +119,14 @@ int RunDeleted(const GlobalOptions& g, const std::string& token, uint32_t limit,
                     FormatTime(e.purge_at_unix_ms()), Truncate(e.mail_from().empty() ? "<>" : e.mail_from(), 40),
                     Truncate(rcpts, 60), Truncate(e.reason(), 30)});
   }
-  io.out << FormatTable(rows) << resp.total() << " deleted, can be put back with `ternctl undelete`\n";
-  return 0;
+  return absl::StrCat(FormatTable(rows), resp.total(), " deleted, can be put back with `ternctl undelete`\n");
+}
+
+int RunDeleted(const GlobalOptions& g, const std::string& token, uint32_t limit, bool json, Io io) {
+  tern::v1::ListDeletedRequest req;
+  req.set_token(token);
+  req.set_limit(limit);
+  return CallAndPrint(g, &tern::v1::Admin::Stub::ListDeleted, req, "deleted", json, io, FormatDeleted);
 }
 
 int RunPause(const GlobalOptions& g, bool pause, Io io) {

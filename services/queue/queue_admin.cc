@@ -1301,6 +1301,45 @@ void QueueCore::Impl::PurgeCorrupt(tern::v1::PurgeCorruptRequest request,
 // ---------------------------------------------------------------------------
 // Admin actions.
 
+void QueueCore::Impl::RunInChunks(size_t n, std::function<absl::Status(Txn&, size_t, size_t)> apply,
+                                  std::function<void()> committed,
+                                  std::function<void(const absl::Status&)> finished) {
+  struct State {
+    size_t n;
+    size_t next = 0;
+    std::function<absl::Status(Txn&, size_t, size_t)> apply;
+    std::function<void()> committed;
+    std::function<void(const absl::Status&)> finished;
+  };
+  auto st = std::make_shared<State>(State{n, 0, std::move(apply), std::move(committed), std::move(finished)});
+  // Each chunk's completion submits the next; the step holds itself until
+  // the last completion breaks the cycle.
+  auto step = std::make_shared<std::function<void()>>();
+  *step = [this, st, step] {
+    const size_t begin = st->next;
+    const size_t end = std::min(st->n, begin + kActionChunk);
+    st->next = end;
+    committer_->Submit(GroupOp{
+        [st, begin, end](Txn& txn) { return st->apply(txn, begin, end); },
+        [st, step](const absl::Status& s) {
+          if (!s.ok()) {
+            *step = nullptr;
+            st->finished(s);
+            return;
+          }
+          st->committed();
+          if (st->next < st->n) {
+            (*step)();
+            return;
+          }
+          *step = nullptr;
+          st->finished(absl::OkStatus());
+        },
+    });
+  };
+  (*step)();
+}
+
 void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest request,
                           Callback<tern::v1::ActionResponse> done) {
   if (SelectorIsEmpty(request.selector()) && !request.selector().all()) {
@@ -1321,9 +1360,11 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
     QueueCore::Action action;
     tern::v1::ActionRequest request;
     std::vector<std::string> ids;
-    size_t next = 0;
     std::string undo_token;  // Delete kept for undo
     uint64_t kept = 0;       // messages kept under it (committed chunks)
+    // The chunk being applied; added to the totals when it commits.
+    uint64_t chunk_changed = 0;
+    uint64_t chunk_kept = 0;
     tern::v1::ActionResponse response;
     Callback<tern::v1::ActionResponse> done;
   };
@@ -1351,55 +1392,40 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
     run->done(std::move(run->response));
     return;
   }
-  // One chunk per operation, each after the previous one committed, so a
-  // big action never makes one huge group.
-  auto step = std::make_shared<std::function<void()>>();
-  *step = [this, run, step] {
-    auto changed = std::make_shared<uint64_t>(0);
-    auto kept = std::make_shared<uint64_t>(0);
-    const size_t begin = run->next;
-    const size_t end = std::min(run->ids.size(), begin + kActionChunk);
-    run->next = end;
-    committer_->Submit(GroupOp{
-        [this, run, changed, kept, begin, end](Txn& txn) -> absl::Status {
-          *changed = 0;
-          *kept = 0;
-          for (size_t i = begin; i < end; ++i) {
-            TERN_ASSIGN_OR_RETURN(uint64_t n, ApplyAction(txn, run->action, run->request, run->ids[i],
-                                                          run->undo_token, kept.get()));
-            *changed += n;
-          }
-          return absl::OkStatus();
-        },
-        [this, run, changed, kept, step](const absl::Status& s) {
-          if (!s.ok()) {
-            *step = nullptr;  // break the cycle
-            if (!run->undo_token.empty() && absl::IsResourceExhausted(s)) {
-              // Keeping a copy for undo takes space that a full disk lacks.
-              run->done(absl::ResourceExhaustedError(absl::StrCat(
-                  s.message(), " (ternctl delete --purge deletes without keeping a copy for undo)")));
-              return;
-            }
-            run->done(s);
+  RunInChunks(
+      run->ids.size(),
+      [this, run](Txn& txn, size_t begin, size_t end) -> absl::Status {
+        run->chunk_changed = 0;
+        run->chunk_kept = 0;
+        for (size_t i = begin; i < end; ++i) {
+          TERN_ASSIGN_OR_RETURN(uint64_t n, ApplyAction(txn, run->action, run->request, run->ids[i],
+                                                        run->undo_token, &run->chunk_kept));
+          run->chunk_changed += n;
+        }
+        return absl::OkStatus();
+      },
+      [run] {
+        run->response.set_deliveries_changed(run->response.deliveries_changed() + run->chunk_changed);
+        run->kept += run->chunk_kept;
+      },
+      [this, run](const absl::Status& s) {
+        if (!s.ok()) {
+          if (!run->undo_token.empty() && absl::IsResourceExhausted(s)) {
+            // Keeping a copy for undo takes space that a full disk lacks.
+            run->done(absl::ResourceExhaustedError(
+                absl::StrCat(s.message(), " (ternctl delete --purge deletes without keeping a copy for undo)")));
             return;
           }
-          run->response.set_deliveries_changed(run->response.deliveries_changed() + *changed);
-          run->kept += *kept;
-          if (run->next < run->ids.size()) {
-            (*step)();
-            return;
-          }
-          *step = nullptr;
-          WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
-          if (run->kept > 0) {
-            run->response.set_undo_token(run->undo_token);
-            run->response.set_undo_until_unix_ms(clock_->NowUnixMs() + opt_.delete_undo_window_ms);
-          }
-          run->done(std::move(run->response));
-        },
-    });
-  };
-  (*step)();
+          run->done(s);
+          return;
+        }
+        WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+        if (run->kept > 0) {
+          run->response.set_undo_token(run->undo_token);
+          run->response.set_undo_until_unix_ms(clock_->NowUnixMs() + opt_.delete_undo_window_ms);
+        }
+        run->done(std::move(run->response));
+      });
 }
 
 absl::StatusOr<uint64_t> QueueCore::Impl::ApplyAction(Txn& txn, QueueCore::Action action,
@@ -1741,47 +1767,32 @@ void QueueCore::Impl::Undelete(tern::v1::UndeleteRequest request, Callback<tern:
   }
   struct Run {
     std::vector<std::string> keys;
-    size_t next = 0;
-    tern::v1::UndeleteResponse response;
+    tern::v1::UndeleteResponse response;  // committed chunks
+    tern::v1::UndeleteResponse chunk;     // the chunk being applied: the totals with it
     Callback<tern::v1::UndeleteResponse> done;
   };
   auto run = std::make_shared<Run>();
   run->keys = *std::move(keys);
   run->done = std::move(done);
-  // In chunks, each after the previous one committed, as Act does.
-  auto step = std::make_shared<std::function<void()>>();
-  *step = [this, run, step] {
-    const size_t begin = run->next;
-    const size_t end = std::min(run->keys.size(), begin + kActionChunk);
-    run->next = end;
-    auto partial = std::make_shared<tern::v1::UndeleteResponse>();
-    committer_->Submit(GroupOp{
-        [this, run, partial, begin, end](Txn& txn) -> absl::Status {
-          *partial = run->response;  // a retried group starts from the committed sums
-          for (size_t i = begin; i < end; ++i) {
-            TERN_RETURN_IF_ERROR(ApplyUndelete(txn, run->keys[i], *partial));
-          }
-          return absl::OkStatus();
-        },
-        [this, run, partial, step](const absl::Status& s) {
-          if (!s.ok()) {
-            *step = nullptr;
-            run->done(s);
-            return;
-          }
-          run->response = *partial;
-          if (run->next < run->keys.size()) {
-            (*step)();
-            return;
-          }
-          *step = nullptr;
-          WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
-          WakeWaiters(tern::v1::JOB_KIND_BOUNCE);
-          run->done(std::move(run->response));
-        },
-    });
-  };
-  (*step)();
+  RunInChunks(
+      run->keys.size(),
+      [this, run](Txn& txn, size_t begin, size_t end) -> absl::Status {
+        run->chunk = run->response;
+        for (size_t i = begin; i < end; ++i) {
+          TERN_RETURN_IF_ERROR(ApplyUndelete(txn, run->keys[i], run->chunk));
+        }
+        return absl::OkStatus();
+      },
+      [run] { run->response = run->chunk; },
+      [this, run](const absl::Status& s) {
+        if (!s.ok()) {
+          run->done(s);
+          return;
+        }
+        WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+        WakeWaiters(tern::v1::JOB_KIND_BOUNCE);
+        run->done(std::move(run->response));
+      });
 }
 
 absl::StatusOr<tern::v1::ListDeletedResponse> QueueCore::Impl::ListDeleted(

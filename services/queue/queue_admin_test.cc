@@ -809,6 +809,31 @@ TEST_F(QueueAdminTest, UndeleteAfterARestartPutsBackDeliveriesAndDsnJobs) {
   EXPECT_EQ(s.bounces(), 1u);
 }
 
+TEST_F(QueueAdminTest, DeleteAndUndeleteOfMoreMessagesThanOneChunkCountEveryChunk) {
+  Open();
+  constexpr int kMessages = 450;  // three chunks of at most 200
+  for (int i = 0; i < kMessages; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("r", i, "@x.example"))}));
+  }
+  tern::v1::Selector all;
+  all.set_all(true);
+  tern::v1::ActionResponse r = Delete(all, /*purge=*/false, /*confirm=*/true);
+  EXPECT_EQ(r.matched(), static_cast<uint64_t>(kMessages));
+  EXPECT_EQ(r.deliveries_changed(), static_cast<uint64_t>(kMessages));
+  ASSERT_FALSE(r.undo_token().empty());
+  EXPECT_EQ(Stats().messages(), 0u);
+  EXPECT_EQ(Deleted().total(), static_cast<uint64_t>(kMessages));
+  auto undone = Undelete(r.undo_token());
+  ASSERT_TRUE(undone.ok()) << undone.status();
+  EXPECT_EQ(undone->restored(), static_cast<uint64_t>(kMessages));
+  EXPECT_EQ(undone->deliveries_restored(), static_cast<uint64_t>(kMessages));
+  EXPECT_EQ(undone->message_ids_size(), 100);
+  StatsResponse s = Stats();
+  EXPECT_EQ(s.messages(), static_cast<uint64_t>(kMessages));
+  EXPECT_EQ(s.deliveries_due(), static_cast<uint64_t>(kMessages));
+  EXPECT_EQ(Deleted().total(), 0u);
+}
+
 TEST_F(QueueAdminTest, DeleteOfAMessageWithOnlyADsnJobLeftCanBeUndone) {
   Open();
   const std::string id = Enqueue(Header({Rcpt("a@x.example")})).message_id;

@@ -1030,6 +1030,12 @@ class QueueCore::Impl {
   void RemoveDelivery(Txn& txn, const DeliveryRecord& rec, MessageRecord& msg);
   absl::StatusOr<ReportStatus> ApplyProgressItem(Txn& txn, const tern::v1::DeliveryProgress& item);
   absl::Status ApplyMarkAmbiguous(Txn& txn, const std::string& id);
+  // Runs `apply(txn, begin, end)` over items [0, n) in chunks, each chunk a
+  // group of its own submitted after the previous one committed, so a big
+  // admin action never makes one huge group. `committed` runs after each
+  // chunk's commit; `finished` once, with the first failure or OK. n > 0.
+  void RunInChunks(size_t n, std::function<absl::Status(Txn&, size_t, size_t)> apply,
+                   std::function<void()> committed, std::function<void(const absl::Status&)> finished);
   // `undo_token` non-empty (Delete only): what is removed is kept for the
   // undo window under that token, and `*kept_count` counts the message.
   absl::StatusOr<uint64_t> ApplyAction(Txn& txn, QueueCore::Action action, const tern::v1::ActionRequest& request,

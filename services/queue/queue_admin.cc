@@ -1725,26 +1725,38 @@ absl::Status QueueCore::Impl::ApplyUndelete(Txn& txn, const std::string& key, te
 
 namespace {
 
-// The deleted-for-undo keys that `request` names, read from committed
-// state: the token's, or the listed messages'.
-absl::StatusOr<std::vector<std::string>> MatchDeleted(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta,
-                                                      const tern::v1::UndeleteRequest& request) {
-  const std::set<std::string> ids(request.message_ids().begin(), request.message_ids().end());
+// Visits every deleted-for-undo record in committed state, oldest first,
+// with its decoded key (keys that do not decode are skipped; the purge
+// quarantines them).
+template <typename Visit>
+absl::Status ScanDeleted(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta, const char* what, Visit visit) {
   const std::string prefix = DeletedPrefix();
-  std::vector<std::string> keys;
   std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), meta));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
     auto parts = DecodeDeletedKey(absl::string_view(it->key().data(), it->key().size()));
-    if (!parts.has_value()) {
-      continue;
-    }
-    if ((!request.token().empty() && parts->token == request.token()) || ids.contains(parts->message_id)) {
-      keys.push_back(it->key().ToString());
+    if (parts.has_value()) {
+      visit(*parts, *it);
     }
   }
   if (!it->status().ok()) {
-    return StorageError(it->status(), "scan deleted messages");
+    return StorageError(it->status(), what);
   }
+  return absl::OkStatus();
+}
+
+// The deleted-for-undo keys that `request` names: the token's, or the
+// listed messages'.
+absl::StatusOr<std::vector<std::string>> MatchDeleted(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta,
+                                                      const tern::v1::UndeleteRequest& request) {
+  const std::set<std::string> ids(request.message_ids().begin(), request.message_ids().end());
+  std::vector<std::string> keys;
+  TERN_RETURN_IF_ERROR(ScanDeleted(db, meta, "scan deleted messages",
+                                   [&](const DeletedKeyParts& parts, const rocksdb::Iterator& it) {
+                                     if ((!request.token().empty() && parts.token == request.token()) ||
+                                         ids.contains(parts.message_id)) {
+                                       keys.push_back(it.key().ToString());
+                                     }
+                                   }));
   return keys;
 }
 
@@ -1798,21 +1810,16 @@ void QueueCore::Impl::Undelete(tern::v1::UndeleteRequest request, Callback<tern:
 absl::StatusOr<tern::v1::ListDeletedResponse> QueueCore::Impl::ListDeleted(
     const tern::v1::ListDeletedRequest& request) {
   const uint32_t limit = request.limit() == 0 ? 100 : request.limit();
-  const std::string prefix = DeletedPrefix();
   tern::v1::ListDeletedResponse out;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
-  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    auto parts = DecodeDeletedKey(absl::string_view(it->key().data(), it->key().size()));
-    if (!parts.has_value() || (!request.token().empty() && parts->token != request.token())) {
-      continue;
+  auto visit = [&](const DeletedKeyParts& parts, const rocksdb::Iterator& it) {
+    if (!request.token().empty() && parts.token != request.token()) {
+      return;
     }
     out.set_total(out.total() + 1);
-    if (static_cast<uint32_t>(out.entries_size()) >= limit) {
-      continue;
-    }
     DeletedRecord rec;
-    if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      continue;  // the purge moves it to the corrupt CF
+    if (static_cast<uint32_t>(out.entries_size()) >= limit ||
+        !rec.ParseFromArray(it.value().data(), static_cast<int>(it.value().size()))) {
+      return;  // beyond the limit, or unparseable (the purge moves it to the corrupt CF)
     }
     tern::v1::DeletedEntry* e = out.add_entries();
     e->set_token(rec.token());
@@ -1831,10 +1838,8 @@ absl::StatusOr<tern::v1::ListDeletedResponse> QueueCore::Impl::ListDeleted(
     e->set_deliveries(static_cast<uint32_t>(rec.deliveries_size()));
     e->set_bounces(static_cast<uint32_t>(rec.bounces_size()));
     e->set_whole_message(rec.whole_message());
-  }
-  if (!it->status().ok()) {
-    return StorageError(it->status(), "list deleted messages");
-  }
+  };
+  TERN_RETURN_IF_ERROR(ScanDeleted(db_.get(), meta_, "list deleted messages", visit));
   return out;
 }
 

@@ -409,12 +409,12 @@ absl::Status QueueCore::Impl::ApplyMarkAmbiguous(Txn& txn, const std::string& id
     data_sent_.insert(id);  // still live (e.g. a stray call): check at its end
     return absl::OkStatus();
   }
-  ApplyAmbiguity(txn, *rec, clock_->NowUnixMs());
+  ApplyAmbiguity(txn, *rec, kLeaseExpiredAfterData);
   PutRecord(txn, deliveries_, id, *rec);
   return absl::OkStatus();
 }
 
-bool QueueCore::Impl::ApplyAmbiguity(Txn& txn, DeliveryRecord& rec, int64_t now) {
+bool QueueCore::Impl::ApplyAmbiguity(Txn& txn, DeliveryRecord& rec, absl::string_view cause) {
   std::vector<std::string> addrs;
   for (RecipientRecord& r : *rec.mutable_recipients()) {
     if (IsPending(r)) {
@@ -427,8 +427,8 @@ bool QueueCore::Impl::ApplyAmbiguity(Txn& txn, DeliveryRecord& rec, int64_t now)
   Adjust(txn, counters_.ambiguous, n);
   const bool hold = opt_.ambiguous_policy == AmbiguousPolicy::kHold;
   AppendEvent(txn, "ambiguous", rec.message_id(), rec.delivery_id(), addrs,
-              hold ? "lease expired after DATA was sent; held (ambiguous_policy=hold)"
-                   : "lease expired after DATA was sent; due again (ambiguous_policy=redeliver)");
+              absl::StrCat(cause, hold ? "; held (ambiguous_policy=hold)"
+                                       : "; due again (ambiguous_policy=redeliver)"));
   txn.OnCommit([id = rec.delivery_id(), n, hold] {
     Metrics().ambiguous.Inc(n);
     log::Event(log::Level::kWarn, "ambiguous",
@@ -437,7 +437,6 @@ bool QueueCore::Impl::ApplyAmbiguity(Txn& txn, DeliveryRecord& rec, int64_t now)
   if (hold) {
     HoldDelivery(txn, rec, "ambiguous");
   }
-  (void)now;
   return hold;
 }
 
@@ -1642,43 +1641,31 @@ absl::Status QueueCore::Impl::ApplyUndelete(Txn& txn, const std::string& key, te
       continue;  // cannot happen (ids are never reused); never overwrite a live delivery
     }
     // The lease it had is over: a late report for it is stale. If its
-    // message text was on the way, the remote may have it: ambiguous.
+    // message text was on the way, the remote may have it: ambiguous, as
+    // when a lease runs out after DATA (ApplyAmbiguity, once it is back in
+    // the schedule, so that a hold takes it out again the usual way).
     const bool data_sent = !d.data_sent_token().empty() && d.data_sent_token() == d.lease_token();
     d.clear_lease_token();
     d.set_lease_deadline_unix_ms(0);
-    d.clear_data_sent_token();
     std::vector<std::string> pending;
     for (RecipientRecord& r : *d.mutable_recipients()) {
       if (IsPending(r)) {
         pending.push_back(r.spec().address());
         r.set_next_attempt_unix_ms(now);
-        if (data_sent) {
-          r.set_ambiguous_count(r.ambiguous_count() + 1);
-        }
       }
-    }
-    if (data_sent) {
-      const auto n = static_cast<int64_t>(pending.size());
-      Adjust(txn, counters_.ambiguous, n);
-      response.set_ambiguous(response.ambiguous() + 1);
-      const bool hold = opt_.ambiguous_policy == AmbiguousPolicy::kHold;
-      if (hold && !d.held()) {
-        d.set_held(true);
-        d.set_hold_reason("ambiguous");
-      }
-      AppendEvent(txn, "ambiguous", id, d.delivery_id(), pending,
-                  hold ? "undeleted; it was deleted while DATA was sent; held (ambiguous_policy=hold)"
-                       : "undeleted; it was deleted while DATA was sent; due again (ambiguous_policy=redeliver)");
-      txn.OnCommit([n] { Metrics().ambiguous.Inc(n); });
     }
     if (d.held()) {
       Adjust(txn, counters_.held, 1);  // held without a schedule key, as Detached() counts it
-      PutRecord(txn, deliveries_, d.delivery_id(), d);
     } else {
       d.set_due_unix_ms(now);
-      PutRecord(txn, deliveries_, d.delivery_id(), d);
       ScheduleAt(txn, tern::v1::JOB_KIND_DELIVERY, d.delivery_id(), now, now);
     }
+    if (data_sent) {
+      ApplyAmbiguity(txn, d, "deleted while DATA was sent, then undeleted");
+      response.set_ambiguous(response.ambiguous() + 1);
+    }
+    d.clear_data_sent_token();
+    PutRecord(txn, deliveries_, d.delivery_id(), d);
     Adjust(txn, counters_.deliveries, 1);
     Adjust(txn, counters_.recipients_pending, PendingCount(d));
     msg.set_open_jobs(msg.open_jobs() + 1);

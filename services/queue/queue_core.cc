@@ -723,7 +723,7 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
     return LeaseStep::kSkipped;
   }
   if (!rec->data_sent_token().empty() && rec->data_sent_token() == rec->lease_token()) {
-    const bool held = ApplyAmbiguity(txn, *rec, now);
+    const bool held = ApplyAmbiguity(txn, *rec, kLeaseExpiredAfterData);
     PutRecord(txn, deliveries_, id, *rec);
     if (held) {
       return LeaseStep::kSkipped;

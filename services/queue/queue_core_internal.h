@@ -81,6 +81,9 @@ inline bool IsPending(const RecipientRecord& r) {
   return r.state() == RECIPIENT_STATE_PENDING || r.state() == RECIPIENT_STATE_DEFERRED;
 }
 
+// ApplyAmbiguity's cause when a lease ran out after DATA was sent.
+inline constexpr char kLeaseExpiredAfterData[] = "lease expired after DATA was sent";
+
 inline int64_t PendingCount(const DeliveryRecord& d) {
   return std::count_if(d.recipients().begin(), d.recipients().end(), IsPending);
 }
@@ -1011,10 +1014,12 @@ class QueueCore::Impl {
   void HoldDelivery(Txn& txn, DeliveryRecord& rec, absl::string_view reason);
   // Releases a held delivery: due now. The caller writes the record.
   void ReleaseDelivery(Txn& txn, DeliveryRecord& rec, int64_t now);
-  // The lease of `rec` ran out after DATA was sent: marks its pending
-  // recipients ambiguous and applies the policy. Returns true if it was
-  // held. The caller writes the record.
-  bool ApplyAmbiguity(Txn& txn, DeliveryRecord& rec, int64_t now);
+  // DATA was sent under a lease that is over (it ran out, or the delivery
+  // was deleted and is put back): marks the pending recipients of `rec`
+  // ambiguous and applies the policy; `cause` opens the event's text.
+  // Returns true if it was held. `rec` must be scheduled or leased (a hold
+  // takes it out). The caller writes the record.
+  bool ApplyAmbiguity(Txn& txn, DeliveryRecord& rec, absl::string_view cause);
   // Fails every pending recipient of `rec` because the message is older
   // than max_queue_age; the delivery is final afterwards and removed.
   absl::Status ExpireDelivery(Txn& txn, DeliveryRecord& rec, MessageRecord& msg, int64_t now);

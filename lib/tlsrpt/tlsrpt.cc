@@ -1,5 +1,6 @@
 #include "lib/tlsrpt/tlsrpt.h"
 
+#include <arpa/inet.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -689,6 +691,96 @@ absl::StatusOr<std::string> ComposeMail(const Report& report, const MailOptions&
   }
   absl::StrAppend(&m, kCrlf, "--", boundary, "--", kCrlf);
   return m;
+}
+
+std::string HttpsRua::Origin() const {
+  const bool v6 = host.find(':') != std::string::npos;
+  return absl::StrCat("https://", v6 ? "[" : "", host, v6 ? "]" : "", port == 443 ? "" : absl::StrCat(":", port));
+}
+
+absl::StatusOr<HttpsRua> ParseHttpsRua(absl::string_view uri) {
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("https rua \"", uri.substr(0, 200), "\": ", why));
+  };
+  constexpr absl::string_view kScheme = "https://";
+  if (uri.size() < kScheme.size() || !absl::EqualsIgnoreCase(uri.substr(0, kScheme.size()), kScheme)) {
+    return bad("not an https:// URI");
+  }
+  for (char c : uri) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f) {
+      return bad("a control byte, space or non-ASCII byte");
+    }
+  }
+  absl::string_view rest = uri.substr(kScheme.size());
+  rest = rest.substr(0, rest.find('#'));  // the fragment stays with the client
+  const size_t end = std::min(rest.find('/'), rest.find('?'));
+  absl::string_view authority = rest.substr(0, end);
+  absl::string_view target = end == absl::string_view::npos ? absl::string_view() : rest.substr(end);
+  if (authority.find('@') != absl::string_view::npos) {
+    return bad("user information in the URI");
+  }
+  HttpsRua out;
+  absl::string_view host = authority;
+  absl::string_view port;
+  bool has_port = false;
+  if (absl::StartsWith(authority, "[")) {
+    const size_t close = authority.find(']');
+    if (close == absl::string_view::npos) {
+      return bad("an IPv6 literal without \"]\"");
+    }
+    host = authority.substr(1, close - 1);
+    absl::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') {
+        return bad("bytes after the IPv6 literal");
+      }
+      port = after.substr(1);
+      has_port = true;
+    }
+    in6_addr v6{};
+    if (inet_pton(AF_INET6, std::string(host).c_str(), &v6) != 1) {
+      return bad("not an IPv6 address");
+    }
+  } else {
+    const size_t colon = authority.rfind(':');
+    if (colon != absl::string_view::npos) {
+      host = authority.substr(0, colon);
+      port = authority.substr(colon + 1);
+      has_port = true;
+    }
+    if (host.empty()) {
+      return bad("no host");
+    }
+    if (host.size() > 253) {
+      return bad("a host name over 253 bytes");
+    }
+    const bool numeric = std::all_of(host.begin(), host.end(), [](char c) { return absl::ascii_isdigit(c) || c == '.'; });
+    if (numeric) {
+      in_addr v4{};
+      if (inet_pton(AF_INET, std::string(host).c_str(), &v4) != 1) {
+        return bad("not an IPv4 address");
+      }
+    } else {
+      for (absl::string_view label : absl::StrSplit(host, '.')) {
+        const bool ldh = std::all_of(label.begin(), label.end(), [](char c) { return absl::ascii_isalnum(c) || c == '-'; });
+        if (label.empty() || label.size() > 63 || !ldh || label.front() == '-' || label.back() == '-') {
+          return bad("a host that is not a DNS name (LDH labels of 1-63 bytes)");
+        }
+      }
+    }
+  }
+  if (has_port) {
+    uint32_t n = 0;
+    if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), absl::ascii_isdigit) ||
+        !absl::SimpleAtoi(port, &n) || n == 0 || n > 65535) {
+      return bad("a port that is not 1-65535");
+    }
+    out.port = static_cast<uint16_t>(n);
+  }
+  out.host = absl::AsciiStrToLower(host);
+  out.target = absl::StartsWith(target, "/") ? std::string(target) : absl::StrCat("/", target);
+  return out;
 }
 
 }  // namespace tern::tlsrpt

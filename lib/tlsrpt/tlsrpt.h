@@ -76,6 +76,24 @@ struct Record {
 // written, its scheme in lower case.
 absl::StatusOr<Record> ParseRecord(const std::vector<std::string>& txt);
 
+// An https: rua, split for the POST that delivers a report to it (§3, §5.3).
+struct HttpsRua {
+  std::string host;    // lower case: a DNS name, an IPv4 address, or an IPv6 address without brackets
+  uint16_t port = 443;
+  std::string target;  // the request target: the path (at least "/") and "?query" when given
+  // "https://host" or "https://host:port" (IPv6 in brackets): the queue's
+  // routing key for the report's delivery, never a mail domain (it has ":").
+  std::string Origin() const;
+};
+
+// Splits an https: URI as ParseRecord keeps it. InvalidArgument (saying
+// why) for another scheme, user information ("user@host"), an empty or
+// malformed host (not LDH labels of 1-63 bytes, at most 253 in all; an IPv6
+// literal that does not parse), a port that is not 1-65535, or bytes that
+// cannot go into a request line (controls, spaces, non-ASCII). A fragment
+// ("#...") is dropped: it is never sent to the server (RFC 9110 §4.2.4).
+absl::StatusOr<HttpsRua> ParseHttpsRua(absl::string_view uri);
+
 // The UTC day of a Unix time in milliseconds, as days since 1970-01-01
 // (rounded down, so before 1970 too): the day a session is counted for and
 // reported in.

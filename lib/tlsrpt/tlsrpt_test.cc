@@ -715,5 +715,51 @@ TEST(AddCounts, AddsAndStopsAtTheLargestCount) {
   EXPECT_EQ(AddCounts(UINT64_MAX - 1, 5), UINT64_MAX);
 }
 
+TEST(ParseHttpsRua, SplitsHostPortAndTargetAndLowersTheHost) {
+  absl::StatusOr<HttpsRua> r = ParseHttpsRua("https://Reports.Example.COM:8443/v1/tlsrpt?k=A%20b#frag");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->host, "reports.example.com");
+  EXPECT_EQ(r->port, 8443);
+  EXPECT_EQ(r->target, "/v1/tlsrpt?k=A%20b");  // the fragment is not sent
+  EXPECT_EQ(r->Origin(), "https://reports.example.com:8443");
+}
+
+TEST(ParseHttpsRua, DefaultsToPort443AndTheRootPath) {
+  absl::StatusOr<HttpsRua> r = ParseHttpsRua("HTTPS://tlsrpt.example");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->port, 443);
+  EXPECT_EQ(r->target, "/");
+  EXPECT_EQ(r->Origin(), "https://tlsrpt.example");
+  absl::StatusOr<HttpsRua> q = ParseHttpsRua("https://tlsrpt.example?x=1");
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(q->target, "/?x=1");
+}
+
+TEST(ParseHttpsRua, AcceptsAddressLiterals) {
+  absl::StatusOr<HttpsRua> v4 = ParseHttpsRua("https://192.0.2.7:4443/r");
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_EQ(v4->host, "192.0.2.7");
+  EXPECT_EQ(v4->Origin(), "https://192.0.2.7:4443");
+  absl::StatusOr<HttpsRua> v6 = ParseHttpsRua("https://[2001:DB8::1]/r");
+  ASSERT_TRUE(v6.ok()) << v6.status();
+  EXPECT_EQ(v6->host, "2001:db8::1");
+  EXPECT_EQ(v6->port, 443);
+  EXPECT_EQ(v6->Origin(), "https://[2001:db8::1]");
+}
+
+TEST(ParseHttpsRua, RefusesWhatCannotBePostedTo) {
+  for (const char* uri : {"http://example.com/", "mailto:a@example.com", "https://", "https:///path",
+                          "https://user@example.com/", "https://example.com:0/", "https://example.com:65536/",
+                          "https://example.com:/", "https://example.com:44a/", "https://-bad.example/",
+                          "https://a..example/", "https://exa_mple.com/", "https://999.1.1.1/",
+                          "https://[2001:db8::1/", "https://[zz::1]/", "https://[::1]x/", "https://example.com/a b",
+                          "https://example.com/\x01", "https://example.com/caf\xc3\xa9"}) {
+    EXPECT_FALSE(ParseHttpsRua(uri).ok()) << uri;
+  }
+  EXPECT_FALSE(ParseHttpsRua(absl::StrCat("https://", std::string(64, 'a'), ".example/")).ok());
+  EXPECT_TRUE(ParseHttpsRua(absl::StrCat("https://", std::string(63, 'a'), ".example/")).ok());
+  EXPECT_THAT(ParseHttpsRua("https://u:p@example.com/").status().message(), HasSubstr("user information"));
+}
+
 }  // namespace
 }  // namespace tern::tlsrpt

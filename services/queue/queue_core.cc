@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "lib/address/idna.h"
+#include "lib/tlsrpt/tlsrpt.h"
 #include "rocksdb/file_system.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/slice_transform.h"
@@ -435,7 +436,7 @@ std::optional<uint64_t> QueueCore::Impl::FreeDiskBytes() const {
 
 std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std::string body,
                                                        Callback<EnqueueResult> done,
-                                                       std::optional<uint64_t>& free_bytes) {
+                                                       std::optional<uint64_t>& free_bytes, bool queue_report) {
   if (body.size() > kMaxBodyBytes) {
     done(absl::ResourceExhaustedError(absl::StrCat("message body over ", kMaxBodyBytes, " bytes")));
     return std::nullopt;
@@ -458,6 +459,23 @@ std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std
   auto call = std::make_shared<EnqueueCall>();
   absl::flat_hash_map<std::string, size_t> by_domain;
   for (int i = 0; i < rcpts.size(); ++i) {
+    if (!rcpts[i].post_url().empty()) {
+      // A POST goes wherever the URI says: only the queue's own TLS reports
+      // may ask for one, never a client of the Enqueue RPCs.
+      if (!queue_report) {
+        done(absl::InvalidArgumentError("recipient post_url is set only by the queue itself"));
+        return std::nullopt;
+      }
+      absl::StatusOr<tlsrpt::HttpsRua> rua = tlsrpt::ParseHttpsRua(rcpts[i].post_url());
+      if (!rua.ok()) {
+        done(rua.status());
+        return std::nullopt;
+      }
+      // The origin ("https://host:port") is never a mail domain, so the
+      // report's delivery shares no shaping or MX site with mail.
+      call->splits.push_back({rua->Origin(), {i}});
+      continue;
+    }
     const std::string& addr = rcpts[i].address();
     const size_t at = addr.rfind('@');
     if (at == std::string::npos || at + 1 == addr.size()) {

@@ -1165,8 +1165,11 @@ class QueueCore::Impl {
   // through `done` at once and yields nothing.
   // `free_bytes`: the disk's free space as last seen (nullopt: no check); an
   // accepted body is taken off it, for the next item of the same batch.
+  // `queue_report`: the queue's own TLS report (queue_tls_reports.cc), the
+  // only enqueue whose recipients may carry a post_url (an https: rua,
+  // routed by its origin); every other caller's post_url is refused.
   std::optional<GroupOp> PrepareEnqueue(EnqueueHeader header, std::string body, Callback<EnqueueResult> done,
-                                        std::optional<uint64_t>& free_bytes);
+                                        std::optional<uint64_t>& free_bytes, bool queue_report = false);
   // Free bytes on the data directory's file system; nullopt when
   // min_free_bytes is 0 or the file system cannot say.
   std::optional<uint64_t> FreeDiskBytes() const;

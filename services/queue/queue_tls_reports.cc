@@ -12,8 +12,9 @@
 // writer role: reading a day's counts, rendering JSON, gzip and MIME take
 // time that Enqueue, Lease and Report must not wait for. The tick only wakes
 // the thread, at most once a minute. The thread reads the counts of one
-// (day, policy domain) from committed state, builds the report and one
-// e-mail per mailto: rua, and then submits ONE operation that
+// (day, policy domain) from committed state, builds the report, one e-mail
+// per mailto: rua and one POST per https: rua, and then submits ONE
+// operation that
 //   1. fails with ALREADY_EXISTS if the report's number is taken (below);
 //   2. applies the e-mails' enqueues (PrepareEnqueue + ApplyEnqueue: the
 //      ordinary enqueue path, each with an idempotency key);
@@ -21,7 +22,13 @@
 //      a count that reached zero is deleted, one that grew meanwhile (a
 //      RecordTlsResults for that day went in after the read) keeps the
 //      difference, for a later report.
-// So the e-mails are stored exactly when their counts are gone: a crash at
+// A POST is queued as a message too: its one recipient carries the https:
+// URI as post_url (which only this path may set), its body is the gzipped
+// JSON itself, and deliverers POST it (RFC 8460 §5.3) with the queue's
+// ordinary retry schedule for failures (§5.4 asks for up to 24 hours, with
+// backoff). NOTIFY=NEVER: a report that could not be posted is not worth a
+// DSN to the report sender's mailbox; it is logged like any final failure.
+// So the reports are stored exactly when their counts are gone: a crash at
 // any instant neither reports a session twice nor loses it, and the
 // operation never has to be redone because counts keep arriving. Two steps
 // (enqueue, then delete) with idempotency keys alone would not do: counts
@@ -42,7 +49,7 @@
 // different config), so nothing grows without bound.
 //
 // Standards: RFC 8460 §3 (rua: mailto: and https:), §4 (report), §5.3
-// (e-mail).
+// (e-mail and HTTPS POST), §5.4 (retries).
 #include <future>
 #include <thread>
 
@@ -94,9 +101,9 @@ TlsRptMetrics& TlsMetrics() {
     return new TlsRptMetrics{
         r.GetCounter("tern_queue_tlsrpt_counts_recorded_total",
                      "TLS session counts (RecordTlsResults items) added to the stored ones"),
-        r.GetCounter("tern_queue_tlsrpt_reports_queued_total", "TLS report e-mails queued, one per mailto: rua"),
+        r.GetCounter("tern_queue_tlsrpt_reports_queued_total", "TLS reports queued, one per mailto: or https: rua"),
         r.GetCounter("tern_queue_tlsrpt_rua_skipped_total",
-                     "rua URIs a TLS report was not sent to (https:, or not a usable address)"),
+                     "rua URIs a TLS report was not sent to (not a usable address or https: URI)"),
     };
   }();
   return *m;
@@ -200,16 +207,21 @@ std::vector<std::string> RuaUnion(const std::vector<TlsRptCount>& counts) {
   return out;
 }
 
-// Where a rua sends the report: the address, or why not (the text of
-// TlsRptSent.skipped_rua, after the URI).
+// Where a rua sends the report: the address (for https: the URI itself),
+// or why not (the text of TlsRptSent.skipped_rua, after the URI).
 struct RuaTarget {
   std::string address;  // empty: skipped
   std::string why_not;
+  bool post = false;    // an https: URI: POSTed by a deliverer
 };
 
 RuaTarget TargetOf(absl::string_view rua) {
   if (absl::StartsWithIgnoreCase(rua, "https:")) {
-    return {"", "https delivery is not supported"};
+    absl::StatusOr<tlsrpt::HttpsRua> https = tlsrpt::ParseHttpsRua(rua);
+    if (!https.ok()) {
+      return {"", std::string(https.status().message())};
+    }
+    return {std::string(rua), "", true};
   }
   if (!absl::StartsWithIgnoreCase(rua, "mailto:")) {
     return {"", "not a mailto: or https: URI"};
@@ -588,13 +600,13 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
     sent.set_policy_domain(domain);
 
     // Where the report goes.
-    std::vector<std::pair<std::string, std::string>> targets;  // rua, address
+    std::vector<std::pair<std::string, RuaTarget>> targets;  // rua, where
     for (const std::string& rua : RuaUnion(group.counts)) {
       RuaTarget t = TargetOf(rua);
       if (t.address.empty()) {
         sent.add_skipped_rua(absl::StrCat(rua, ": ", t.why_not));
       } else {
-        targets.emplace_back(rua, std::move(t.address));
+        targets.emplace_back(rua, std::move(t));
       }
     }
 
@@ -616,10 +628,11 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
     const std::string local = ReportLocalPart(day, domain, n);
     const std::string report_id = absl::StrCat(local, "@", cfg.submitter);
 
-    // The e-mails, built here, off the writer.
+    // The e-mails and POSTs, built here, off the writer.
     struct Mail {
       std::string rua;  // cleared when the queue refused the address
       std::string address;
+      bool post = false;       // an https: rua: `address` is the URI, `body` the gzipped JSON
       std::string body;
       std::string message_id;  // set when queued
       absl::Status refused;    // set when PrepareEnqueue refused it at once
@@ -638,10 +651,23 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
       report.contact_info = cfg.contact;
       report.report_id = report_id;
       report.policies = tlsrpt::Aggregate(domain, sessions);
+      // §5.3: the POST's body is the gzipped JSON, made once for every https: rua.
+      std::optional<absl::StatusOr<std::string>> gzipped;
       for (size_t i = 0; i < targets.size(); ++i) {
+        const RuaTarget& target = targets[i].second;
+        if (target.post) {
+          if (!gzipped.has_value()) {
+            gzipped = tlsrpt::Gzip(tlsrpt::RenderJson(report));
+          }
+          if (!gzipped->ok()) {
+            return gzipped->status();  // zlib failed: the next run tries again
+          }
+          mails->push_back(Mail{targets[i].first, target.address, true, **gzipped, "", absl::OkStatus()});
+          continue;
+        }
         tlsrpt::MailOptions mo;
         mo.from = cfg.from;
-        mo.to = targets[i].second;
+        mo.to = target.address;
         mo.submitter = cfg.submitter;
         mo.policy_domain = domain;
         mo.message_id = absl::StrCat(local, ".", i + 1, "@", cfg.submitter);
@@ -654,7 +680,7 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
               absl::StrCat(targets[i].first, ": the report cannot be composed (", body.status().message(), ")"));
           continue;
         }
-        mails->push_back(Mail{targets[i].first, targets[i].second, *std::move(body), "", absl::OkStatus()});
+        mails->push_back(Mail{targets[i].first, target.address, false, *std::move(body), "", absl::OkStatus()});
       }
     }
 
@@ -666,7 +692,12 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
       Mail& mail = (*mails)[i];
       tern::v1::EnqueueHeader header;
       header.mutable_envelope()->set_mail_from(cfg.from);
-      header.mutable_envelope()->add_recipients()->set_address(mail.address);
+      tern::v1::RecipientSpec* rcpt = header.mutable_envelope()->add_recipients();
+      rcpt->set_address(mail.address);
+      if (mail.post) {
+        rcpt->set_post_url(mail.address);
+        rcpt->set_notify(tern::v1::NOTIFY_NEVER);
+      }
       header.set_idempotency_key(ReportMailKey(report_id, mail.rua));
       header.set_expected_size(mail.body.size());
       // Called at once when refused, else after the operation's commit
@@ -680,7 +711,7 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
               (*mails)[i].refused = r.status();
             }
           },
-          free_bytes);
+          free_bytes, /*queue_report=*/true);
       if (op.has_value()) {
         enqueues.push_back(*std::move(op));
       } else if (absl::IsInvalidArgument(mail.refused)) {
@@ -788,7 +819,7 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
     }
     if (!reporting) {
       log::Event(log::Level::kNotice, "tlsrpt_not_sent",
-                 {{"day", day_text}, {"domain", domain}, {"reason", "no usable mailto: rua; its counts are deleted"}});
+                 {{"day", day_text}, {"domain", domain}, {"reason", "no usable rua; its counts are deleted"}});
     }
     return sent;
   }

@@ -211,7 +211,7 @@ TEST_F(QueueTlsReportsTest, CountsOfDaysPastTheRetentionAreDroppedNotStored) {
   EXPECT_EQ(Pending().size(), 1u);
 }
 
-TEST_F(QueueTlsReportsTest, AfterMidnightOneReportIsQueuedPerMailtoRuaAndTheCountsAreDeleted) {
+TEST_F(QueueTlsReportsTest, AfterMidnightOneReportIsQueuedPerRuaAndTheCountsAreDeleted) {
   EnableReports();
   OpenSettled();
   const std::vector<std::string> rua = {"mailto:tlsrpt@example.com", "https://tlsrpt.example.com/v1",
@@ -224,15 +224,30 @@ TEST_F(QueueTlsReportsTest, AfterMidnightOneReportIsQueuedPerMailtoRuaAndTheCoun
 
   AdvanceToAndWaitForRun(kTomorrow + 30 * 60'000);
   EXPECT_THAT(Pending(), IsEmpty());
-  EXPECT_EQ(Stats().enqueued_total(), 2u);
+  EXPECT_EQ(Stats().enqueued_total(), 3u);
   LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
-  ASSERT_EQ(lease.deliveries_size(), 2);
+  ASSERT_EQ(lease.deliveries_size(), 3);
   std::set<std::string> to;
+  int posts = 0;
   for (const auto& job : lease.deliveries()) {
     SCOPED_TRACE(job.domain());
     EXPECT_EQ(job.mail_from(), kFrom);
     ASSERT_EQ(job.recipients_size(), 1);
     const std::string& rcpt = job.recipients(0).spec().address();
+    if (!job.recipients(0).spec().post_url().empty()) {
+      // §5.3: the https: rua gets the gzipped JSON itself, to be POSTed,
+      // routed by its origin and without a DSN if it never gets through.
+      ++posts;
+      EXPECT_EQ(job.domain(), "https://tlsrpt.example.com");
+      EXPECT_EQ(rcpt, "https://tlsrpt.example.com/v1");
+      EXPECT_EQ(job.recipients(0).spec().post_url(), "https://tlsrpt.example.com/v1");
+      EXPECT_EQ(job.recipients(0).spec().notify(), static_cast<uint32_t>(tern::v1::NOTIFY_NEVER));
+      const std::string json = Gunzip(job.body());
+      EXPECT_THAT(json, HasSubstr("\"report-id\":\"2023-11-14_example.com@mail.tern.example\""));
+      EXPECT_THAT(json, HasSubstr("\"total-successful-session-count\":100"));
+      EXPECT_THAT(json, HasSubstr("\"total-failure-session-count\":3"));
+      continue;
+    }
     to.insert(rcpt);
     const std::string& body = job.body();
     EXPECT_THAT(body, HasSubstr(absl::StrCat("From: ", kFrom, "\r\n")));
@@ -251,13 +266,14 @@ TEST_F(QueueTlsReportsTest, AfterMidnightOneReportIsQueuedPerMailtoRuaAndTheCoun
     EXPECT_THAT(json, HasSubstr("\"organization-name\":\"Tern Test\""));
   }
   EXPECT_EQ(to, (std::set<std::string>{"tlsrpt@example.com", "reports@other.example"}));
+  EXPECT_EQ(posts, 1);
 
   // The next run finds nothing; nor does a restart.
   AdvanceToAndWaitForRun(kTomorrow + 32 * 60'000);
-  EXPECT_EQ(Stats().enqueued_total(), 2u);
+  EXPECT_EQ(Stats().enqueued_total(), 3u);
   ReopenSettled();
   AdvanceToAndWaitForRun(kTomorrow + 34 * 60'000);
-  EXPECT_EQ(Stats().messages(), 2u);
+  EXPECT_EQ(Stats().messages(), 3u);
 }
 
 TEST_F(QueueTlsReportsTest, ReportsWaitAFewMinutesAfterMidnightForTheDaysLastCounts) {
@@ -275,10 +291,10 @@ TEST_F(QueueTlsReportsTest, ReportsWaitAFewMinutesAfterMidnightForTheDaysLastCou
   EXPECT_THAT(ReportJson(lease.deliveries(0).body()), HasSubstr("\"total-successful-session-count\":2"));
 }
 
-TEST_F(QueueTlsReportsTest, HttpsRuaIsSkippedAndADomainWithoutMailtoLosesItsCounts) {
+TEST_F(QueueTlsReportsTest, AnUnusableHttpsRuaIsSkippedAndADomainWithoutAUsableRuaLosesItsCounts) {
   EnableReports();
   OpenSettled();
-  ASSERT_TRUE(Record({Count("example.com", 5, {"https://tlsrpt.example.com/v1"}, "", kToday - 1)}).ok());
+  ASSERT_TRUE(Record({Count("example.com", 5, {"https://user@tlsrpt.example.com/v1"}, "", kToday - 1)}).ok());
   auto sent = Send(/*include_today=*/false);
   ASSERT_TRUE(sent.ok()) << sent.status();
   ASSERT_EQ(sent->sent_size(), 1);
@@ -287,9 +303,42 @@ TEST_F(QueueTlsReportsTest, HttpsRuaIsSkippedAndADomainWithoutMailtoLosesItsCoun
   EXPECT_EQ(s.policy_domain(), "example.com");
   EXPECT_THAT(s.message_ids(), IsEmpty());
   EXPECT_EQ(s.report_id(), "");
-  EXPECT_THAT(s.skipped_rua(), ElementsAre("https://tlsrpt.example.com/v1: https delivery is not supported"));
+  ASSERT_EQ(s.skipped_rua_size(), 1);
+  EXPECT_THAT(s.skipped_rua(0), HasSubstr("https://user@tlsrpt.example.com/v1: "));
+  EXPECT_THAT(s.skipped_rua(0), HasSubstr("user information"));
   EXPECT_THAT(Pending(), IsEmpty());
   EXPECT_EQ(Stats().enqueued_total(), 0u);
+}
+
+TEST_F(QueueTlsReportsTest, AReportToAnHttpsRuaKeepsItsIdempotencyAcrossARestart) {
+  EnableReports();
+  OpenSettled();
+  ASSERT_TRUE(Record({Count("example.com", 4, {"https://tlsrpt.example.com:8443/r?x=1"}, "", kToday - 1)}).ok());
+  auto sent = Send(/*include_today=*/false);
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  ASSERT_EQ(sent->sent_size(), 1);
+  EXPECT_THAT(sent->sent(0).skipped_rua(), IsEmpty());
+  ASSERT_EQ(sent->sent(0).message_ids_size(), 1);
+  ReopenSettled();
+  auto again = Send(/*include_today=*/false);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_THAT(again->sent(), IsEmpty());
+  EXPECT_EQ(Stats().messages(), 1u);
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  EXPECT_EQ(lease.deliveries(0).message_id(), sent->sent(0).message_ids(0));
+  EXPECT_EQ(lease.deliveries(0).domain(), "https://tlsrpt.example.com:8443");
+}
+
+TEST_F(QueueTlsReportsTest, EnqueueRefusesARecipientWithAPostUrlFromAnyClient) {
+  Open();
+  tern::v1::RecipientSpec rcpt;
+  rcpt.set_address("someone@example.com");
+  rcpt.set_post_url("https://internal.example/admin");
+  const absl::Status s = EnqueueStatus(Header({rcpt}));
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("post_url"));
+  EXPECT_EQ(Stats().messages(), 0u);
 }
 
 TEST_F(QueueTlsReportsTest, SendTlsReportsSendsFinishedDaysAndTodayOnlyWhenAsked) {

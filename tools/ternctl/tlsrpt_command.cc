@@ -55,7 +55,7 @@ std::string FormatTlsReportsSent(const tern::v1::SendTlsReportsResponse& resp) {
   for (const auto& s : resp.sent()) {
     const std::string what = absl::StrCat(FormatDay(s.day()), " ", s.policy_domain());
     if (s.message_ids().empty()) {
-      absl::StrAppend(&out, what, ": nothing queued (no usable mailto: rua); its counts are deleted\n");
+      absl::StrAppend(&out, what, ": nothing queued (no usable rua); its counts are deleted\n");
     } else {
       ++reports;
       messages += s.message_ids_size();

@@ -37,16 +37,16 @@ TEST(FormatTlsReportsSent, ListsReportsSkippedRuaAndDroppedDomains) {
   s->set_report_id("2025-11-22_example.com@mail.example.net");
   s->add_message_ids("m1");
   s->add_message_ids("m2");
-  s->add_skipped_rua("https://tlsrpt.example.com/v1: https delivery is not supported");
+  s->add_skipped_rua("mailto:tlsrpt@[192.0.2.1]: not a usable address");
   auto* d = resp.add_sent();
   d->set_day(20414);
   d->set_policy_domain("other.example");
-  d->add_skipped_rua("https://other.example/r: https delivery is not supported");
+  d->add_skipped_rua("https://u@other.example/r: user information in the URI");
   EXPECT_EQ(FormatTlsReportsSent(resp),
             "2025-11-22 example.com: report 2025-11-22_example.com@mail.example.net queued as m1, m2\n"
-            "  skipped https://tlsrpt.example.com/v1: https delivery is not supported\n"
-            "2025-11-22 other.example: nothing queued (no usable mailto: rua); its counts are deleted\n"
-            "  skipped https://other.example/r: https delivery is not supported\n"
+            "  skipped mailto:tlsrpt@[192.0.2.1]: not a usable address\n"
+            "2025-11-22 other.example: nothing queued (no usable rua); its counts are deleted\n"
+            "  skipped https://u@other.example/r: user information in the URI\n"
             "1 report, 2 messages queued\n");
   EXPECT_EQ(FormatTlsReportsSent(tern::v1::SendTlsReportsResponse()), "nothing to send\n");
 }

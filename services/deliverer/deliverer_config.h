@@ -47,8 +47,9 @@
 //                                 it: under "enforce" only the policy's MX hosts,
 //                                 with STARTTLS and a verified certificate
 //                                 (mta_sts.h). Default: true
-//     mta_sts_timeout=10          seconds for one policy fetch over HTTPS.
-//                                 Default: 10
+//     mta_sts_timeout=10          seconds for one policy fetch over HTTPS,
+//                                 and for one TLS report POST to an https:
+//                                 rua (delivery_worker.cc). Default: 10
 //     mta_sts_port=443            port of https://mta-sts.<domain>/. Default: 443
 //     dane=true                   DANE (RFC 7672) for MX delivery: when the MX
 //                                 and address lookups were DNSSEC-validated

@@ -40,6 +40,7 @@
 #include "services/deliverer/connection_pool.h"
 #include "services/deliverer/dane.h"
 #include "services/deliverer/host_flags.h"
+#include "services/deliverer/https_client.h"
 #include "services/deliverer/mta_sts.h"
 #include "services/deliverer/outcome.h"
 #include "services/deliverer/hook_routes.h"
@@ -113,6 +114,34 @@ struct StsInitiation {
 asio::awaitable<StsLookup> AwaitSts(MtaSts& sts, std::string domain) {
   return asio::async_initiate<decltype(asio::use_awaitable), void(StsLookup)>(StsInitiation{&sts, std::move(domain)},
                                                                               asio::use_awaitable);
+}
+
+// co_await adapter for SendHttps, in the same form.
+struct HttpsInitiation {
+  asio::any_io_executor executor;
+  dns::MxResolver* resolver;
+  std::shared_ptr<asio::ssl::context> tls;
+  HttpsRequest request;
+  template <typename Handler>
+  void operator()(Handler handler) {
+    SendHttps(std::move(executor), *resolver, std::move(tls), std::move(request),
+              [h = std::move(handler)](absl::StatusOr<HttpsResponse> r) mutable { std::move(h)(std::move(r)); });
+  }
+};
+
+asio::awaitable<absl::StatusOr<HttpsResponse>> AwaitHttps(asio::any_io_executor executor, dns::MxResolver& resolver,
+                                                          std::shared_ptr<asio::ssl::context> tls,
+                                                          HttpsRequest request) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(absl::StatusOr<HttpsResponse>)>(
+      HttpsInitiation{std::move(executor), &resolver, std::move(tls), std::move(request)}, asio::use_awaitable);
+}
+
+// True for a TLS report to an RFC 8460 https: rua: the queue sets
+// RecipientSpec.post_url on its one recipient, and the body is POSTed there
+// instead of mailed (PostReport).
+bool IsReportPost(const v1::DeliveryJob& job) {
+  return std::any_of(job.recipients().begin(), job.recipients().end(),
+                     [](const v1::DeliveryRecipient& r) { return !r.spec().post_url().empty(); });
 }
 
 v1::Outcome ToProto(OutcomeClass c) {
@@ -247,6 +276,14 @@ struct Metrics {
     return r.GetCounter("tern_deliverer_tlsrpt_sessions_total",
                         "TLS sessions (and policy failures) counted for TLS reports, by policy type and outcome",
                         {{"policy", policy}, {"result", ok ? "successful" : "failed"}});
+  }
+  // TLS reports POSTed to https: rua (PostReport), by result: delivered
+  // (2xx), rejected (another HTTP status), failed (no HTTP answer: DNS,
+  // connect, TLS, timeout), invalid (a post_url that does not parse).
+  metrics::Counter& TlsRptPosts(const char* result) {
+    return r.GetCounter("tern_deliverer_tlsrpt_posts_total",
+                        "TLS reports POSTed to https: rua URIs (RFC 8460 section 5.3), by result",
+                        {{"result", result}});
   }
   metrics::Counter& tlsrpt_dropped = r.GetCounter(
       "tern_deliverer_tlsrpt_dropped_total",
@@ -491,7 +528,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     uint32_t held_seconds = 0;
     try {
       outcomes = co_await self->Deliver(job, &held_seconds);
-      if (!outcomes.empty() && self->HookOn(hooks::Hook::kDeferred)) {
+      // The hooks are about mail; a TLS report POST is not (see Deliver).
+      if (!outcomes.empty() && self->HookOn(hooks::Hook::kDeferred) && !IsReportPost(job)) {
         co_await self->AskDeferred(job, outcomes);
       }
     } catch (const std::exception& e) {
@@ -541,7 +579,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                     {"reply", reply}});
       }
       self->EnqueueReport(std::move(pending));
-      if (self->HookOn(hooks::Hook::kDelivered)) {
+      if (self->HookOn(hooks::Hook::kDelivered) && !IsReportPost(job)) {
         self->NotifyDelivered(job, outcomes);
       }
     }
@@ -594,6 +632,14 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       if (reused == n) {
         co_return finish();
       }
+    }
+    // A TLS report for an https: rua is POSTed, not mailed: no hook is asked
+    // (they are about mail), no route, MX, MTA-STS, DANE or TLS report
+    // counting, no data gate, pool or host flags apply (PostReport).
+    if (IsReportPost(job)) {
+      RecipientOutcome posted = co_await PostReport(job);
+      decide_rest(posted);
+      co_return finish();
     }
     // Haraka's send_email hook; not for a delivery partly decided already
     // (its reused outcomes must be reported now).
@@ -1220,6 +1266,108 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       hooks::LogHookFailure(hooks::Hook::kDelivered, request.delivery().message_id(), rpc::FromGrpc(status),
                             "none (a notification)");
     }
+  }
+
+  // A TLS report to an RFC 8460 https: rua (RecipientSpec.post_url, set
+  // only by the queue): the message body, which is the gzipped JSON report
+  // itself and not an e-mail, is POSTed to the URI as
+  // application/tlsrpt+gzip (§5.3), as the bytes it is (no dot-stuffing),
+  // with a certificate verified for the URI's host against tls_ (the
+  // context MTA-STS fetches use; a failed verification is a failure), within
+  // mta_sts_timeout: the deliverer's knob for one HTTPS exchange. dot_timeout
+  // (10 minutes, for SMTP bodies up to the message size limit) would let a
+  // stalled report server hold a delivery slot that long, for a body of a
+  // few KiB. One outcome for all of the job's recipients (the queue gives a
+  // report one): a 2xx is delivered; every other status, redirects included
+  // (never followed), and no answer at all are transient, so the queue's
+  // schedule retries with backoff (§5.3: "Other codes could indicate a
+  // delivery failure and may be retried"; §5.4: for up to 24 hours); a URI
+  // that does not parse is permanent.
+  // There is no data gate (Progress) before the body, unlike SMTP: a report
+  // POSTed twice (a crash between the POST and the queue's Report) is
+  // harmless, receivers deduplicate by the report-id every report carries.
+  // `job` is Deliver's (its body moves into the request).
+  asio::awaitable<RecipientOutcome> PostReport(v1::DeliveryJob& job) {
+    const Clock::time_point start = Clock::now();
+    const std::string url = job.recipients(0).spec().post_url();
+    const size_t bytes = job.body().size();
+    // One URI for the whole job, or it is not a report the queue made.
+    bool one_url = true;
+    for (const v1::DeliveryRecipient& r : job.recipients()) {
+      one_url = one_url && r.spec().post_url() == url;
+    }
+    absl::StatusOr<tlsrpt::HttpsRua> rua =
+        one_url ? tlsrpt::ParseHttpsRua(url)
+                : absl::StatusOr<tlsrpt::HttpsRua>(absl::InvalidArgumentError(
+                      "the recipients of one report delivery name different post_url URIs"));
+    if (!rua.ok()) {
+      metrics_.TlsRptPosts("invalid").Inc();
+      RecipientOutcome o = LocalOutcome(OutcomeClass::kPermanent, "5.1.3", std::string(rua.status().message()));
+      LogPost(job, url, bytes, o, start);
+      co_return o;
+    }
+    HttpsRequest request;
+    request.host = rua->host;
+    request.port = rua->port;
+    request.method = "POST";
+    request.target = rua->target;
+    request.headers = {{"Content-Type", "application/tlsrpt+gzip"}};
+    request.body = std::move(*job.mutable_body());
+    request.timeout = config_.mta_sts_timeout;
+    request.read_body = false;  // the status is the answer
+    if (!config_.local_mx_ok) {
+      // The URI comes from the policy domain's DNS: like an MX, it may not
+      // steer the deliverer to this host or to loopback services.
+      const RoutePlanner* planner = &planner_;
+      request.refuse_address = [planner](const std::string& ip) {
+        const std::string why = planner->LocalReason(ip);
+        return why.empty() ? why : absl::StrCat(why, " refused (local_mx_ok=false)");
+      };
+    }
+    asio::any_io_executor executor = io_.get_executor();
+    absl::StatusOr<HttpsResponse> response = co_await AwaitHttps(executor, resolver_, tls_, std::move(request));
+    RecipientOutcome o;
+    if (!response.ok()) {
+      metrics_.TlsRptPosts("failed").Inc();
+      o = LocalOutcome(OutcomeClass::kTransient, "4.0.0", std::string(response.status().message()), rua->host);
+    } else {
+      const int status = response->status;
+      const bool ok = status >= 200 && status <= 299;
+      std::string text = absl::StrCat("HTTP ", status, response->reason.empty() ? "" : " ", response->reason);
+      if (status >= 300 && status <= 399) {
+        absl::StrAppend(&text, " (redirects are not followed)");
+      }
+      metrics_.TlsRptPosts(ok ? "delivered" : "rejected").Inc();
+      o = LocalOutcome(ok ? OutcomeClass::kDelivered : OutcomeClass::kTransient, ok ? "2.0.0" : "4.0.0",
+                       std::move(text), rua->host, response->ip, status);
+      o.tls = response->tls;
+      o.tls_verified = response->tls_verified;
+    }
+    o.remote_port = rua->port;
+    o.mode = "HTTPS";
+    LogPost(job, url, bytes, o, start);
+    co_return o;
+  }
+
+  // One line per report POST, in the form of the SMTP attempt line (never
+  // the body).
+  void LogPost(const v1::DeliveryJob& job, const std::string& url, size_t bytes, const RecipientOutcome& o,
+               Clock::time_point start) {
+    const bool failed = o.outcome != OutcomeClass::kDelivered;
+    log::Event(failed ? log::Level::kNotice : log::Level::kInfo, "attempt",
+               {{"msg", job.message_id()},
+                {"delivery", job.delivery_id()},
+                {"rcpts", absl::StrCat(job.recipients_size())},
+                {"decided", absl::StrCat(o.outcome == OutcomeClass::kTransient ? 0 : job.recipients_size())},
+                {"relay", RelayOf(o.remote_mta, o.remote_ip, o.remote_port)},
+                {"mode", "HTTPS"},
+                {"url", url},
+                {"bytes", absl::StrCat(bytes)},
+                {"tls", o.tls.empty() ? "none" : o.tls},
+                {"tls_verified", o.tls_verified ? "yes" : "no"},
+                {"http", o.reply_code != 0 ? absl::StrCat(o.reply_code) : "none"},
+                {"delays", Millis(Clock::now() - start)},
+                {"failure", failed ? o.reply_text : ""}});
   }
 
   // One line per SMTP/LMTP attempt (Postfix's per-delivery line, per session).

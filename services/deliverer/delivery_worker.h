@@ -3,7 +3,8 @@
 // DeliveryWorker: the deliverer's engine. A lease loop asks the queue for
 // delivery jobs while fewer than concurrency_max are in flight; each job runs
 // as its own coroutine (resolve MX, plan the addresses, one SMTP transaction
-// per address until every recipient is decided or the addresses run out);
+// per address until every recipient is decided or the addresses run out; a
+// TLS report for an https: rua is one HTTPS POST instead, https_client.h);
 // finished deliveries go to a reporter that sends them at once, sharing
 // Report calls under load, and retries a failed call with the same tokens.
 // The worker keeps no state a crash could lose: everything it does is under a

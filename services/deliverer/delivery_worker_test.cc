@@ -26,9 +26,11 @@
 #include "asio/steady_timer.hpp"
 #include "asio/use_awaitable.hpp"
 #include "gtest/gtest.h"
+#include "lib/metrics/metrics.h"
 #include "lib/net/connection.h"
 #include "services/deliverer/test_certs.h"
 #include "lib/rpc/server_setup.h"
+#include "tern/v1/hooks.grpc.pb.h"
 #include "tern/v1/queue.grpc.pb.h"
 
 // GCC 12 false positive on Asio coroutine frames (GCC bug 109224).
@@ -263,6 +265,7 @@ class FakeResolver : public dns::MxResolver {
  public:
   explicit FakeResolver(asio::io_context& io) : io_(io) {}
   void ResolveMx(std::string domain, MxCallback done) override {
+    ++mx_queries;
     dns::MxAnswer answer;
     if (domain == "nullmx.test" || domain == "routed.test") {
       answer.status = dns::LookupStatus::kNullMx;
@@ -293,7 +296,7 @@ class FakeResolver : public dns::MxResolver {
   }
   void ResolveHost(std::string host, HostCallback done) override {
     dns::HostAnswer answer;
-    if (host.rfind("mta-sts.", 0) == 0) {
+    if (host.rfind("mta-sts.", 0) == 0 || host == "reports.x.test" || host == "other.x.test") {
       answer.ipv4 = {"127.0.0.1"};  // where a test's HttpsResponder listens
     }
     asio::post(io_, [done = std::move(done), answer]() mutable { done(std::move(answer)); });
@@ -312,6 +315,7 @@ class FakeResolver : public dns::MxResolver {
 
   std::map<std::string, std::vector<std::string>> txt;
   int txt_queries = 0;
+  int mx_queries = 0;
   // Domains whose MX answer comes back validated (AD), and whether MX host
   // addresses do.
   std::set<std::string> secure_domains;
@@ -917,6 +921,216 @@ TEST(DeliveryWorker, MtaStsOffLooksNothingUp) {
   const v1::RecipientResult res = c.DeliverOne();
   EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
   EXPECT_TRUE(c.responder->requests.empty());
+}
+
+// TLS reports to an https: rua (RFC 8460 §5.3): the queue's job for one
+// has a single recipient whose post_url is the rua (and whose address
+// repeats it), the origin as its domain, and the gzipped JSON report as its
+// body. A real HTTPS server whose certificate (for reports.x.test) the
+// worker trusts through tls.ini's `ca` answers the POST with `response`.
+struct ReportPostCase {
+  explicit ReportPostCase(const std::string& response) {
+    const TestCerts& certs = TestCerts::Get();
+    EXPECT_TRUE(certs.ok) << "openssl could not make test certificates";
+    responder = std::make_unique<HttpsResponder>(h.io, ServerTls(certs.cert, certs.key));
+    responder->response = response;
+    h.config.tls.ca = certs.ca;
+  }
+  std::string Url(const std::string& host = "reports.x.test") const {
+    return absl::StrCat("https://", host, ":", responder->port(), "/v1/tlsrpt?k=1");
+  }
+  // Leases a report job for `url` and returns what the queue was told.
+  v1::RecipientResult PostOne(const std::string& url) {
+    v1::DeliveryJob job;
+    job.set_delivery_id("rpt1");
+    job.set_message_id("msg-rpt1");
+    job.set_lease_token("token-rpt1");
+    job.set_lease_deadline_unix_ms(absl::ToUnixMillis(absl::Now()) + 60000);
+    job.set_domain(absl::StrCat("https://reports.x.test:", responder->port()));
+    job.set_mail_from("tlsrpt@tern.test");
+    auto* r = job.add_recipients();
+    r->set_index(0);
+    r->mutable_spec()->set_address(url);
+    r->mutable_spec()->set_post_url(url);
+    job.set_body(body);
+    job.set_attempt(1);
+    h.queue.AddJob(job);
+    h.Start();
+    EXPECT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+    return h.queue.reports().empty() ? v1::RecipientResult() : h.queue.reports()[0].recipients(0).result();
+  }
+  static uint64_t Posts(const char* result) {
+    return metrics::Registry::Global()
+        .GetCounter("tern_deliverer_tlsrpt_posts_total", "", {{"result", result}})
+        .value();
+  }
+
+  // A gzip header, a CRLF-dot-CRLF (never to be dot-stuffed), a NUL.
+  std::string body = std::string("\x1f\x8b\x08\x00\r\n.\r\n\0report", 15);
+  Harness h;
+  std::unique_ptr<HttpsResponder> responder;
+};
+
+TEST(DeliveryWorker, ATlsReportWithAPostUrlIsPostedOverVerifiedHttpsAndReportedDelivered) {
+  ReportPostCase c("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+  // Sessions of mail domains are counted for TLS reports; a report POST is
+  // not mail: no MX, no _smtp._tls lookup, no count.
+  CountTlsFor(c.h, "mailto:r@x.test");
+  const uint64_t delivered_before = ReportPostCase::Posts("delivered");
+  const v1::RecipientResult res = c.PostOne(c.Url());
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_EQ(res.reply_code(), 201u);
+  EXPECT_EQ(res.enhanced_status(), "2.0.0");
+  EXPECT_EQ(res.reply_text(), "HTTP 201 Created");
+  EXPECT_EQ(res.remote_mta(), "reports.x.test");
+  EXPECT_EQ(res.remote_ip(), "127.0.0.1");
+  EXPECT_EQ(res.remote_port(), c.responder->port());
+  EXPECT_EQ(res.mode(), "HTTPS");
+  EXPECT_NE(res.tls(), "");
+  EXPECT_TRUE(res.tls_verified());
+  ASSERT_EQ(c.responder->requests.size(), 1u);
+  const std::string& head = c.responder->requests[0];
+  EXPECT_TRUE(absl::StartsWith(head, "POST /v1/tlsrpt?k=1 HTTP/1.1\n")) << head;
+  EXPECT_NE(head.find(absl::StrCat("\nHost: reports.x.test:", c.responder->port(), "\n")), std::string::npos) << head;
+  EXPECT_NE(head.find("\nContent-Type: application/tlsrpt+gzip\n"), std::string::npos) << head;
+  EXPECT_NE(head.find("\nContent-Length: 15\n"), std::string::npos) << head;
+  EXPECT_NE(head.find("\nUser-Agent: tern-deliverer\n"), std::string::npos) << head;
+  EXPECT_NE(head.find("\nConnection: close\n"), std::string::npos) << head;
+  EXPECT_EQ(c.responder->bodies[0], c.body);
+  EXPECT_EQ(ReportPostCase::Posts("delivered"), delivered_before + 1);
+  EXPECT_EQ(c.h.stats.connections, 0);
+  EXPECT_EQ(c.h.resolver.mx_queries, 0);
+  EXPECT_EQ(c.h.resolver.txt_queries, 0);
+  EXPECT_TRUE(c.h.queue.progress().empty()) << "no data gate for a report POST";
+  c.h.Stop();  // flushes TLS report counts: there are none
+  EXPECT_TRUE(c.h.queue.tls_counts().empty());
+}
+
+TEST(DeliveryWorker, ATlsReportPostAnsweredWithAnotherStatusIsTransientAndSaysWhich) {
+  ReportPostCase busy("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy");
+  const uint64_t rejected_before = ReportPostCase::Posts("rejected");
+  const v1::RecipientResult res = busy.PostOne(busy.Url());
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_EQ(res.reply_code(), 503u);
+  EXPECT_EQ(res.enhanced_status(), "4.0.0");
+  EXPECT_EQ(res.reply_text(), "HTTP 503 Service Unavailable");
+  EXPECT_EQ(res.mode(), "HTTPS");
+  EXPECT_TRUE(res.tls_verified());
+  EXPECT_EQ(busy.responder->requests.size(), 1u);
+  EXPECT_EQ(ReportPostCase::Posts("rejected"), rejected_before + 1);
+
+  // A redirect is not followed (RFC 8460 §5.3 wants a 2xx from the URI).
+  ReportPostCase moved("HTTP/1.1 302 Found\r\nLocation: https://reports.x.test/elsewhere\r\n\r\n");
+  const v1::RecipientResult redirected = moved.PostOne(moved.Url());
+  EXPECT_EQ(redirected.outcome(), v1::OUTCOME_TRANSIENT) << redirected.reply_text();
+  EXPECT_EQ(redirected.reply_text(), "HTTP 302 Found (redirects are not followed)");
+  EXPECT_EQ(moved.responder->requests.size(), 1u);
+}
+
+// The user's Hooks server, in process: answers CONTINUE to send_email,
+// get_mx, deferred and delivered, and records which delivery each call was
+// about.
+class RecordingHooks final : public v1::Hooks::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* SendEmail(grpc::CallbackServerContext* ctx, const v1::SendEmailRequest* req,
+                                      v1::SendEmailResponse*) override {
+    return Note(ctx, "send_email", req->delivery());
+  }
+  grpc::ServerUnaryReactor* GetMx(grpc::CallbackServerContext* ctx, const v1::GetMxRequest* req,
+                                  v1::GetMxResponse*) override {
+    return Note(ctx, "get_mx", req->delivery());
+  }
+  grpc::ServerUnaryReactor* Deferred(grpc::CallbackServerContext* ctx, const v1::DeferredRequest* req,
+                                     v1::DeferredResponse*) override {
+    return Note(ctx, "deferred", req->delivery());
+  }
+  grpc::ServerUnaryReactor* Delivered(grpc::CallbackServerContext* ctx, const v1::DeliveredRequest* req,
+                                      v1::DeliveredResponse*) override {
+    return Note(ctx, "delivered", req->delivery());
+  }
+  // "hook delivery_id", in arrival order.
+  std::vector<std::string> calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+
+ private:
+  grpc::ServerUnaryReactor* Note(grpc::CallbackServerContext* ctx, const char* hook, const v1::HookDelivery& d) {
+    {
+      absl::MutexLock lock(&mu_);
+      calls_.push_back(absl::StrCat(hook, " ", d.delivery_id()));
+    }
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  absl::Mutex mu_;
+  std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(DeliveryWorker, NoHookIsAskedAboutATlsReportPost) {
+  RecordingHooks hooks;
+  grpc::ServerBuilder builder;
+  int hooks_port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &hooks_port);
+  builder.RegisterService(&hooks);
+  std::unique_ptr<grpc::Server> hooks_server = builder.BuildAndStart();
+  ASSERT_TRUE(hooks_server && hooks_port > 0);
+  // A 503, so that a deferred hook would be asked too.
+  ReportPostCase c("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+  c.h.config.hooks.address = absl::StrCat("127.0.0.1:", hooks_port);
+  c.h.config.hooks.enabled = (1u << hooks::kHookCount) - 1;
+  c.h.config.hooks.timeout = 5s;
+  const v1::RecipientResult res = c.PostOne(c.Url());
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_EQ(c.responder->requests.size(), 1u);
+  // Mail after it does ask them: the hooks are wired up.
+  c.h.queue.AddJob(Job("m1", "x.test", {"alice"}));
+  ASSERT_TRUE(c.h.RunUntil([&] {
+    const std::vector<std::string> calls = hooks.calls();
+    return std::find(calls.begin(), calls.end(), "delivered m1") != calls.end();
+  }));
+  EXPECT_EQ(hooks.calls(), (std::vector<std::string>{"send_email m1", "get_mx m1", "delivered m1"}));
+  c.h.Stop();
+  hooks_server->Shutdown();
+}
+
+TEST(DeliveryWorker, ATlsReportPostToACertificateForAnotherNameIsTransientAndSendsNothing) {
+  ReportPostCase c("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  const uint64_t failed_before = ReportPostCase::Posts("failed");
+  const v1::RecipientResult res = c.PostOne(c.Url("other.x.test"));  // the certificate is for reports.x.test
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_EQ(res.reply_code(), 0u);
+  EXPECT_EQ(res.enhanced_status(), "4.0.0");
+  EXPECT_NE(res.reply_text().find(absl::StrCat("other.x.test[127.0.0.1]:", c.responder->port())), std::string::npos)
+      << res.reply_text();
+  EXPECT_EQ(res.remote_mta(), "other.x.test");
+  EXPECT_FALSE(res.tls_verified());
+  EXPECT_TRUE(c.responder->requests.empty()) << "the report went to an unverified server";
+  EXPECT_EQ(ReportPostCase::Posts("failed"), failed_before + 1);
+}
+
+TEST(DeliveryWorker, ATlsReportPostToALoopbackAddressIsRefusedWithoutLocalMxOk) {
+  ReportPostCase c("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  c.h.config.local_mx_ok = false;
+  const v1::RecipientResult res = c.PostOne(c.Url());
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_TRANSIENT) << res.reply_text();
+  EXPECT_NE(res.reply_text().find("reports.x.test[127.0.0.1]: loopback address refused (local_mx_ok=false)"),
+            std::string::npos)
+      << res.reply_text();
+  EXPECT_TRUE(c.responder->requests.empty());
+}
+
+TEST(DeliveryWorker, AnUnparsablePostUrlIsAPermanentFailure) {
+  ReportPostCase c("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  const uint64_t invalid_before = ReportPostCase::Posts("invalid");
+  const v1::RecipientResult res = c.PostOne(absl::StrCat("https://user@reports.x.test:", c.responder->port(), "/"));
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_PERMANENT) << res.reply_text();
+  EXPECT_EQ(res.enhanced_status(), "5.1.3");
+  EXPECT_NE(res.reply_text().find("user information"), std::string::npos) << res.reply_text();
+  EXPECT_TRUE(c.responder->requests.empty());
+  EXPECT_EQ(c.h.stats.connections, 0);
+  EXPECT_EQ(ReportPostCase::Posts("invalid"), invalid_before + 1);
 }
 
 // A sink that offers STARTTLS with the CA-signed certificate for mx.x.test,

@@ -12,30 +12,20 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "asio/co_spawn.hpp"
-#include "asio/experimental/as_tuple.hpp"
-#include "asio/experimental/awaitable_operators.hpp"
-#include "asio/ip/tcp.hpp"
-#include "asio/post.hpp"
-#include "asio/steady_timer.hpp"
-#include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
 #include "lib/address/mailbox.h"
 #include "lib/dns/resolver_await.h"
-#include "lib/net/connection.h"
+#include "services/deliverer/https_client.h"
 
 namespace tern::deliverer {
 namespace {
 
-using asio::experimental::awaitable_operators::operator||;
 using Clock = std::chrono::steady_clock;
-constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 // RFC 8461 §3.2: max_age is at most 31557600 (about a year).
 constexpr int64_t kMaxAgeLimit = 31557600;
 // §3.3 leaves the size to the sender; real policies are a few hundred bytes.
 constexpr size_t kMaxPolicyBytes = 64 * 1024;
-constexpr size_t kMaxHeaderLine = 8192;
-constexpr int kMaxHeaders = 100;
 
 std::string Lower(absl::string_view s) {
   std::string out = absl::AsciiStrToLower(s);
@@ -204,7 +194,7 @@ std::optional<std::string> ParseStsRecord(const std::vector<std::string>& record
   return id;
 }
 
-// -- HTTPS fetch ---------------------------------------------------------------
+// -- policy fetch (over https_client.h) -----------------------------------------
 
 namespace {
 
@@ -226,223 +216,41 @@ asio::awaitable<absl::StatusOr<std::string>> AwaitFetch(const MtaSts::Fetcher* f
   return AwaitDomainCall<absl::StatusOr<std::string>>(fetch, std::move(domain));
 }
 
-// The deadline of the whole fetch, as what is left of it for the next step.
-struct Deadline {
-  Clock::time_point at;
-  net::Duration left() const {
-    return std::max<net::Duration>(std::chrono::milliseconds(1), at - Clock::now());
-  }
-  bool passed() const { return Clock::now() >= at; }
-};
-
-// Reads exactly `n` bytes (n <= what the caller allows).
-asio::awaitable<absl::StatusOr<std::string>> ReadExactly(net::Connection& conn, size_t n, Deadline deadline) {
-  std::string out;
-  while (out.size() < n) {
-    absl::StatusOr<std::string> part = co_await conn.ReadBytes(n - out.size(), deadline.left());
-    if (!part.ok()) {
-      co_return part.status();
-    }
-    out += *part;
-  }
-  co_return out;
-}
-
-// The response after the request was sent: status line, headers, body.
-asio::awaitable<absl::StatusOr<std::string>> ReadResponse(net::Connection& conn, Deadline deadline) {
-  absl::StatusOr<net::Line> status = co_await conn.ReadLine(kMaxHeaderLine, deadline.left());
-  if (!status.ok()) {
-    co_return status.status();
-  }
-  // "HTTP/1.1 200 OK": only 200 counts; RFC 8461 §3.3 forbids following a
-  // redirect, so a 3xx is a failure like any other status.
-  std::vector<absl::string_view> parts = absl::StrSplit(status->text, absl::MaxSplits(' ', 2));
-  if (parts.size() < 2 || !absl::StartsWith(parts[0], "HTTP/1.")) {
-    co_return absl::UnavailableError(absl::StrCat("not an HTTP response: \"", status->text.substr(0, 80), "\""));
-  }
-  if (parts[1] != "200") {
-    co_return absl::UnavailableError(absl::StrCat("HTTP status ", status->text.substr(parts[0].size() + 1, 80)));
-  }
-  std::optional<size_t> content_length;
-  bool chunked = false;
-  bool text_plain = false;
-  for (int i = 0;; ++i) {
-    if (i == kMaxHeaders) {
-      co_return absl::UnavailableError("too many HTTP header fields");
-    }
-    absl::StatusOr<net::Line> line = co_await conn.ReadLine(kMaxHeaderLine, deadline.left());
-    if (!line.ok()) {
-      co_return line.status();
-    }
-    if (line->partial) {
-      co_return absl::UnavailableError("HTTP header line too long");
-    }
-    if (line->text.empty()) {
-      break;
-    }
-    const size_t colon = line->text.find(':');
-    if (colon == std::string::npos) {
-      continue;
-    }
-    const std::string name = absl::AsciiStrToLower(line->text.substr(0, colon));
-    const std::string value = absl::AsciiStrToLower(absl::StripAsciiWhitespace(line->text.substr(colon + 1)));
-    if (name == "content-length") {
-      size_t n = 0;
-      if (!absl::SimpleAtoi(value, &n)) {
-        co_return absl::UnavailableError(absl::StrCat("bad Content-Length \"", value, "\""));
-      }
-      content_length = n;
-    } else if (name == "transfer-encoding") {
-      chunked = absl::StrContains(value, "chunked");
-    } else if (name == "content-type") {
-      // §3.2: the policy is served as text/plain (parameters allowed).
-      text_plain = absl::StripAsciiWhitespace(absl::string_view(value).substr(0, value.find(';'))) == "text/plain";
-    }
-  }
-  if (!text_plain) {
-    co_return absl::UnavailableError("the policy is not served as text/plain");
-  }
-  std::string body;
-  if (chunked) {
-    for (;;) {
-      absl::StatusOr<net::Line> size_line = co_await conn.ReadLine(kMaxHeaderLine, deadline.left());
-      if (!size_line.ok()) {
-        co_return size_line.status();
-      }
-      absl::string_view hex = size_line->text;
-      hex = hex.substr(0, hex.find(';'));  // chunk extensions
-      hex = absl::StripAsciiWhitespace(hex);
-      size_t n = 0;
-      if (hex.empty() || hex.size() > 8 || !absl::SimpleHexAtoi(hex, &n)) {
-        co_return absl::UnavailableError("bad chunk size in the HTTP response");
-      }
-      if (n == 0) {
-        break;  // trailers, if any, are not needed
-      }
-      if (body.size() + n > kMaxPolicyBytes) {
-        co_return absl::UnavailableError("the policy is larger than 64 KiB");
-      }
-      absl::StatusOr<std::string> chunk = co_await ReadExactly(conn, n, deadline);
-      if (!chunk.ok()) {
-        co_return chunk.status();
-      }
-      body += *chunk;
-      absl::StatusOr<net::Line> end = co_await conn.ReadLine(kMaxHeaderLine, deadline.left());
-      if (!end.ok()) {
-        co_return end.status();
-      }
-    }
-  } else if (content_length.has_value()) {
-    if (*content_length > kMaxPolicyBytes) {
-      co_return absl::UnavailableError("the policy is larger than 64 KiB");
-    }
-    absl::StatusOr<std::string> all = co_await ReadExactly(conn, *content_length, deadline);
-    if (!all.ok()) {
-      co_return all.status();
-    }
-    body = *std::move(all);
-  } else {
-    // No length: the body ends when the server closes.
-    for (;;) {
-      absl::StatusOr<std::string> part = co_await conn.ReadBytes(kMaxPolicyBytes + 1 - body.size(), deadline.left());
-      if (!part.ok()) {
-        if (absl::IsUnavailable(part.status())) {
-          break;
-        }
-        co_return part.status();
-      }
-      body += *part;
-      if (body.size() > kMaxPolicyBytes) {
-        co_return absl::UnavailableError("the policy is larger than 64 KiB");
-      }
-    }
-  }
-  co_return body;
-}
-
-asio::awaitable<absl::StatusOr<std::string>> Fetch(dns::MxResolver* resolver, std::shared_ptr<asio::ssl::context> tls,
-                                                   std::string domain, uint16_t port,
-                                                   std::chrono::milliseconds timeout) {
-  const Deadline deadline{Clock::now() + timeout};
-  const std::string host = absl::StrCat("mta-sts.", domain);
-  if (tls == nullptr) {
-    co_return absl::FailedPreconditionError("no TLS client context");
-  }
-  dns::HostAnswer addresses = co_await dns::AwaitHost(*resolver, host);
-  if (addresses.status != dns::LookupStatus::kOk) {
-    co_return absl::UnavailableError(addresses.detail.empty() ? absl::StrCat(host, ": not found") : addresses.detail);
-  }
-  std::vector<std::string> ips = addresses.ipv6;
-  ips.insert(ips.end(), addresses.ipv4.begin(), addresses.ipv4.end());
-  if (ips.empty()) {
-    co_return absl::UnavailableError(absl::StrCat(host, " has no address"));
-  }
-  auto executor = co_await asio::this_coro::executor;
-  std::string last_error;
-  for (const std::string& ip : ips) {
-    if (deadline.passed()) {
-      last_error = "timed out";
-      break;
-    }
-    asio::error_code ec;
-    const asio::ip::address address = asio::ip::make_address(ip, ec);
-    if (ec) {
-      last_error = absl::StrCat("bad address ", ip);
-      continue;
-    }
-    asio::ip::tcp::socket socket(executor);
-    asio::steady_timer timer(executor, deadline.left());
-    auto connected = co_await (socket.async_connect({address, port}, kNoThrow) || timer.async_wait(kNoThrow));
-    if (connected.index() == 1) {
-      last_error = absl::StrCat("connect to ", ip, ": timed out");
-      break;
-    }
-    if (auto [cec] = std::get<0>(connected); cec) {
-      last_error = absl::StrCat("connect to ", ip, ": ", cec.message());
-      continue;
-    }
-    net::Connection conn(std::move(socket));
-    // Verified for mta-sts.<domain> (RFC 8461 §3.3); a failure is final for
-    // this address, whatever opportunistic TLS would do for SMTP.
-    if (absl::Status s = co_await conn.StartTlsClient(tls, host, true, deadline.left()); !s.ok()) {
-      last_error = absl::StrCat(host, "[", ip, "]: ", s.message());
-      conn.Abort();
-      continue;
-    }
-    // RFC 9110 §7.2: the port goes in Host when it is not the scheme's.
-    const std::string request = absl::StrCat("GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: ", host,
-                                             port == 443 ? "" : absl::StrCat(":", port),
-                                             "\r\nUser-Agent: tern-deliverer\r\nAccept: text/plain\r\n"
-                                             "Connection: close\r\n\r\n");
-    if (absl::Status s = co_await conn.Write(request, deadline.left()); !s.ok()) {
-      last_error = absl::StrCat(host, "[", ip, "]: ", s.message());
-      conn.Abort();
-      continue;
-    }
-    absl::StatusOr<std::string> body = co_await ReadResponse(conn, deadline);
-    conn.Abort();  // Connection: close; nothing more is read or written
-    if (!body.ok()) {
-      // An answer that is not a policy is the answer: no other address.
-      co_return absl::Status(body.status().code(), absl::StrCat(host, "[", ip, "]: ", body.status().message()));
-    }
-    co_return body;
-  }
-  co_return absl::UnavailableError(absl::StrCat("policy fetch from ", host, " failed: ", last_error));
-}
-
 }  // namespace
 
 void FetchStsPolicyText(asio::any_io_executor executor, dns::MxResolver& resolver,
                         std::shared_ptr<asio::ssl::context> tls, std::string domain, uint16_t port,
                         std::chrono::milliseconds timeout, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done) {
-  asio::co_spawn(executor, Fetch(&resolver, std::move(tls), std::move(domain), port, timeout),
-                 [done = std::move(done)](std::exception_ptr e, absl::StatusOr<std::string> text) mutable {
-                   if (e) {
-                     done(absl::InternalError("policy fetch failed unexpectedly"));
-                     return;
-                   }
-                   done(std::move(text));
-                 });
+  HttpsRequest request;
+  request.host = absl::StrCat("mta-sts.", domain);
+  request.port = port;
+  request.target = "/.well-known/mta-sts.txt";
+  request.headers = {{"Accept", "text/plain"}};
+  request.timeout = timeout;
+  request.max_body = kMaxPolicyBytes;
+  // RFC 8461 §3.3: only a 200 counts, and a redirect must not be followed,
+  // so a 3xx is a failure like any other status; §3.2: the policy is served
+  // as text/plain (parameters allowed). Checked before the body is read.
+  request.check_head = [](const HttpsResponse& head) {
+    if (head.status != 200) {
+      return absl::UnavailableError(
+          absl::StrCat("HTTP status ", head.status, head.reason.empty() ? "" : " ", head.reason));
+    }
+    if (head.MediaType() != "text/plain") {
+      return absl::UnavailableError("the policy is not served as text/plain");
+    }
+    return absl::OkStatus();
+  };
+  std::string host = request.host;
+  SendHttps(std::move(executor), resolver, std::move(tls), std::move(request),
+            [host = std::move(host), done = std::move(done)](absl::StatusOr<HttpsResponse> response) mutable {
+              if (!response.ok()) {
+                done(absl::Status(response.status().code(), absl::StrCat("policy fetch from ", host, " failed: ",
+                                                                         response.status().message())));
+                return;
+              }
+              done(std::move(response->body));
+            });
 }
 
 // -- discovery and cache -------------------------------------------------------

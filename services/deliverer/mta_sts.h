@@ -174,8 +174,9 @@ class MtaSts {
 };
 
 // GETs https://mta-sts.<domain>:<port>/.well-known/mta-sts.txt with a
-// verified certificate for mta-sts.<domain>; `done` gets the body, or why
-// not. Runs on `executor`; `resolver` and `tls` must outlive the call.
+// verified certificate for mta-sts.<domain> (SendHttps, https_client.h);
+// `done` gets the body, or why not. Runs on `executor`; `resolver` and
+// `tls` must outlive the call.
 void FetchStsPolicyText(asio::any_io_executor executor, dns::MxResolver& resolver,
                         std::shared_ptr<asio::ssl::context> tls, std::string domain, uint16_t port,
                         std::chrono::milliseconds timeout, absl::AnyInvocable<void(absl::StatusOr<std::string>)> done);

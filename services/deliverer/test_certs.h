@@ -1,9 +1,10 @@
 // File: test_certs.h (tests only)
 //
 // TLS material for the deliverer's tests: a throwaway CA, a server
-// certificate it signs for mx.x.test and mta-sts.x.test, and a self-signed
-// one, made with the openssl command once per test binary; server and
-// client contexts built from them; and a one-answer HTTPS server.
+// certificate it signs for mx.x.test, mta-sts.x.test, reports.x.test,
+// 127.0.0.1 and ::1, and a self-signed one, made with the openssl command
+// once per test binary; server and client contexts built from them; and a
+// one-answer HTTPS server.
 #pragma once
 
 #include <openssl/pem.h>
@@ -17,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "asio/co_spawn.hpp"
 #include "asio/detached.hpp"
@@ -31,8 +34,8 @@
 
 namespace tern::deliverer {
 
-// A CA and a server certificate for mx.x.test (and mta-sts.x.test), made with `openssl req` once
-// per test binary run, in a temporary directory.
+// A CA and a server certificate for mx.x.test (and mta-sts.x.test, reports.x.test, 127.0.0.1, ::1),
+// made with `openssl req` once per test binary run, in a temporary directory.
 struct TestCerts {
   std::string dir;
   std::string ca;
@@ -75,7 +78,8 @@ struct TestCerts {
         "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=Tern-Test-CA "
         "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign && ",
         "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=mx.x.test && ",
-        "printf 'subjectAltName=DNS:mx.x.test,DNS:mta-sts.x.test\\n' > ext.cnf && ",
+        "printf 'subjectAltName=DNS:mx.x.test,DNS:mta-sts.x.test,DNS:reports.x.test,IP:127.0.0.1,IP:::1\\n' "
+        "> ext.cnf && ",
         "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
         "-extfile ext.cnf && ",
         "openssl req -x509 -newkey rsa:2048 -nodes -keyout self.key -out self.pem -days 2 -subj /CN=mx.x.test "
@@ -128,18 +132,23 @@ inline std::shared_ptr<asio::ssl::context> ClientTls(const std::string& ca) {
   return ctx.ok() ? *ctx : nullptr;
 }
 
-// An HTTPS server on 127.0.0.1 that answers each connection's request (read
-// up to its empty line and recorded) with `response`, then closes.
+// An HTTPS server on 127.0.0.1 (or `address`) that answers each
+// connection's request (its head read up to the empty line and recorded,
+// then a body of its Content-Length, recorded too) with `response`, then
+// closes.
 class HttpsResponder {
  public:
-  HttpsResponder(asio::io_context& io, std::shared_ptr<asio::ssl::context> tls)
-      : acceptor_(io, {asio::ip::make_address("127.0.0.1"), 0}), tls_(std::move(tls)) {
+  HttpsResponder(asio::io_context& io, std::shared_ptr<asio::ssl::context> tls,
+                 const std::string& address = "127.0.0.1")
+      : acceptor_(io, {asio::ip::make_address(address), 0}), tls_(std::move(tls)) {
     asio::co_spawn(io, Accept(), asio::detached);
   }
   uint16_t port() const { return acceptor_.local_endpoint().port(); }
 
   std::string response;
+  // Each request's head, lines joined with "\n" (no CR), and its body.
   std::vector<std::string> requests;
+  std::vector<std::string> bodies;
 
  private:
   asio::awaitable<void> Accept() {
@@ -157,14 +166,28 @@ class HttpsResponder {
       co_return;
     }
     std::string request;
+    size_t content_length = 0;
     for (;;) {
       absl::StatusOr<net::Line> line = co_await conn.ReadLine(8192, std::chrono::seconds(5));
       if (!line.ok() || line->text.empty()) {
         break;
       }
       request += line->text + "\n";
+      if (absl::StartsWithIgnoreCase(line->text, "content-length:") &&
+          !absl::SimpleAtoi(line->text.substr(15), &content_length)) {
+        content_length = 0;
+      }
+    }
+    std::string body;
+    while (body.size() < content_length) {
+      absl::StatusOr<std::string> part = co_await conn.ReadBytes(content_length - body.size(), std::chrono::seconds(5));
+      if (!part.ok()) {
+        break;
+      }
+      body += *part;
     }
     requests.push_back(request);
+    bodies.push_back(body);
     (void)co_await conn.Write(response, std::chrono::seconds(5));
     co_await conn.Close(std::chrono::seconds(1));
   }

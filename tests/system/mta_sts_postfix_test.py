@@ -101,6 +101,21 @@ class _PolicyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.close_connection = True
 
+    def do_POST(self):
+        # RFC 8460 §5.3: a TLS report POSTed to an https: rua; the body is
+        # recorded whole, and 201 says it was taken.
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length) if 0 < length <= 1 << 20 else b""
+        self.server.owner.record({"method": "POST", "path": self.path, "host": self.headers.get("Host", ""),
+                                  "sni": getattr(self.connection, "sni_name", None),
+                                  "content_type": self.headers.get("Content-Type", ""),
+                                  "user_agent": self.headers.get("User-Agent", ""), "body": body})
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
     def log_message(self, fmt, *args):
         pass  # every request is recorded by the server instead
 
@@ -125,8 +140,9 @@ class _TlsHttpServer(http.server.ThreadingHTTPServer):
 
 class PolicyServer:
     """HTTPS on host:port serving `policies` (Host name -> policy text) at
-    /.well-known/mta-sts.txt as text/plain; 404 for anything else. Records
-    each request (method, path, Host, the TLS SNI) and failed handshakes."""
+    /.well-known/mta-sts.txt as text/plain; 404 for anything else; 201 to
+    any POST (a TLS report). Records each request (method, path, Host, the
+    TLS SNI; a POST's Content-Type and body) and failed handshakes."""
 
     def __init__(self, host, port, certfile, keyfile, policies):
         self.policies = policies

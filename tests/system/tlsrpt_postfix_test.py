@@ -7,9 +7,11 @@ stores them.
 Built on mta_sts_postfix_test's cluster (real DNS, real HTTPS policy host,
 Postfix with STARTTLS as the MX of every test domain), plus:
 
-  sts-enforce.test  `_smtp._tls` rua=mailto:tlsrpt@reports.test; its
-                    enforced MTA-STS policy lists Postfix's name: one
-                    successful session under "sts"
+  sts-enforce.test  `_smtp._tls` rua=mailto:tlsrpt@reports.test and an
+                    https: rua on the policy host (RFC 8460 §5.3: the
+                    report is POSTed there too); its enforced MTA-STS
+                    policy lists Postfix's name: one successful session
+                    under "sts"
   sts-badname.test  the same rua; its MX name is not in Postfix's
                     certificate: failed sessions "certificate-host-mismatch"
   sts-testing.test  no `_smtp._tls` record: nothing counted
@@ -22,6 +24,7 @@ import email
 import email.policy
 import gzip
 import json
+import os
 import subprocess
 import unittest
 
@@ -32,6 +35,7 @@ from mta_sts_postfix_test import BADNAME_MX, MtaStsCluster
 
 RUA = "tlsrpt@reports.test"
 REPORTED = ("sts-enforce.test", "sts-badname.test")
+POST_PATH = "/v1/tlsrpt?from=tern"
 
 
 class TlsRptCluster(MtaStsCluster):
@@ -44,9 +48,20 @@ class TlsRptCluster(MtaStsCluster):
     def dns_extra_args(self):
         args = super().dns_extra_args()
         args.append(f"--mx-host=reports.test,{MX},10")
-        for domain in REPORTED:
-            args.append(f"--txt-record=_smtp._tls.{domain},v=TLSRPTv1; rua=mailto:{RUA}")
+        args.append(f"--txt-record=_smtp._tls.sts-badname.test,v=TLSRPTv1; rua=mailto:{RUA}")
+        # Two rua URIs need a comma inside the record, which dnsmasq keeps
+        # only in a quoted value of a configuration file (on its command
+        # line a comma starts the next character-string).
+        conf = os.path.join(self.tmp, "tlsrpt-dnsmasq.conf")
+        with open(conf, "w") as f:
+            f.write(f'txt-record=_smtp._tls.sts-enforce.test,"v=TLSRPTv1; rua=mailto:{RUA},{self.post_url()}"\n')
+        args.append(f"--conf-file={conf}")
         return args
+
+    def post_url(self):
+        # The policy host's certificate names mta-sts.<domain>, so the POST
+        # is verified against the test CA like a policy fetch.
+        return f"https://mta-sts.sts-enforce.test:{self.https_port}{POST_PATH}"
 
 
 def report_of(message, domain):
@@ -87,7 +102,7 @@ class TlsRptPostfixTest(PostfixMxTestCase):
         pending = self.cluster.wait_until(counted, 60, "the deliverer's counts in the queue")
         self.assertNotIn("sts-testing.test", pending, "a domain without a TLSRPT record is not counted")
         self.assertNotIn("reports.test", pending)
-        self.assertEqual(pending["sts-enforce.test"]["rua"], [f"mailto:{RUA}"])
+        self.assertEqual(pending["sts-enforce.test"]["rua"], [f"mailto:{RUA}", self.cluster.post_url()])
 
         out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{self.cluster.ports['queue']}",
                               "tlsrpt", "send", "--include-today", "--json"], capture_output=True, timeout=30)
@@ -95,7 +110,9 @@ class TlsRptPostfixTest(PostfixMxTestCase):
         sent = {s["policy_domain"]: s for s in json.loads(out.stdout).get("sent", [])}
         for domain in REPORTED:
             self.assertIn(domain, sent, out.stdout)
-            self.assertEqual(len(sent[domain]["message_ids"]), 1, sent[domain])
+            self.assertEqual(len(sent[domain]["message_ids"]), 2 if domain == "sts-enforce.test" else 1,
+                             sent[domain])
+            self.assertFalse(sent[domain].get("skipped_rua"), sent[domain])
 
         msg, part, report = self.cluster.wait_until(lambda: self.stored_report("sts-enforce.test"), 60,
                                                     "the sts-enforce.test report at reports.test's MX")
@@ -126,6 +143,25 @@ class TlsRptPostfixTest(PostfixMxTestCase):
         self.assertEqual({d["result-type"] for d in details}, {"certificate-host-mismatch"}, details)
         self.assertEqual({d["receiving-mx-hostname"] for d in details}, {BADNAME_MX}, details)
         self.assertEqual({d["receiving-ip"] for d in details}, {self.cluster.POSTFIX_IP}, details)
+
+        # RFC 8460 §5.3: the same report POSTed to the https: rua, gzipped
+        # JSON as application/tlsrpt+gzip, over TLS verified for its host.
+        def posted():
+            return [r for r in self.cluster.https.requests() if r.get("method") == "POST"] or None
+        (post,) = self.cluster.wait_until(posted, 60, "the report's POST to the https: rua")
+        self.assertEqual(post["path"], POST_PATH, post)
+        self.assertEqual(post["sni"], "mta-sts.sts-enforce.test", post)
+        self.assertIn(post["host"], ("mta-sts.sts-enforce.test", f"mta-sts.sts-enforce.test:{self.cluster.https_port}"))
+        self.assertEqual(post["content_type"], "application/tlsrpt+gzip", post)
+        posted_report = json.loads(gzip.decompress(post["body"]))
+        self.assertEqual(posted_report, report, "the POST and the e-mail carry one report")
+        # The deliverer told the queue: the POST's message is delivered and gone.
+        report_msg_ids = set(sent["sts-enforce.test"]["message_ids"])
+
+        def retired():
+            queued = {m.get("message_id") for m in ternctl_json(self.cluster, "list").get("messages", [])}
+            return not report_msg_ids & queued
+        self.cluster.wait_until(retired, 60, "the sts-enforce.test report's e-mail and POST retired from the queue")
 
         # What was reported is gone: sts-enforce.test's counts were deleted
         # with its report. (sts-badname.test's deferred message keeps

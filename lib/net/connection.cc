@@ -42,13 +42,13 @@ absl::Status HandshakeError(SSL* ssl, const asio::error_code& ec, bool verifying
   return absl::InternalError(absl::StrCat("TLS handshake failed: ", ec.message()));
 }
 
+}  // namespace
+
 bool IsIpLiteral(const std::string& host) {
   asio::error_code ec;
   asio::ip::make_address(host, ec);
   return !ec;
 }
-
-}  // namespace
 
 // The deadline of the wait in progress. Shared with the timer's handler,
 // which may run after the Connection is gone (then `socket` is null).

@@ -69,6 +69,10 @@ struct LineView {
   bool bare_lf = false;
 };
 
+// True when `host` is an IPv4 or IPv6 address (without brackets), which
+// needs no DNS lookup and is not sent as SNI (RFC 6066 §3).
+bool IsIpLiteral(const std::string& host);
+
 // Prepares a client context for StartTlsClientDane (OpenSSL's
 // SSL_CTX_dane_enable). Call once, before the context is shared between
 // threads; contexts that never do DANE are unaffected.

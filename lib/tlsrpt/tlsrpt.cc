@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/civil_time.h"
+#include "lib/address/authority.h"
 #include "lib/address/mailbox.h"
 #include "lib/common/json_string.h"
 #include "lib/common/status_macros.h"
@@ -693,10 +694,7 @@ absl::StatusOr<std::string> ComposeMail(const Report& report, const MailOptions&
   return m;
 }
 
-std::string HttpsRua::Origin() const {
-  const bool v6 = host.find(':') != std::string::npos;
-  return absl::StrCat("https://", v6 ? "[" : "", host, v6 ? "]" : "", port == 443 ? "" : absl::StrCat(":", port));
-}
+std::string HttpsRua::Origin() const { return absl::StrCat("https://", address::HostAuthority(host, port, 443)); }
 
 absl::StatusOr<HttpsRua> ParseHttpsRua(absl::string_view uri) {
   auto bad = [&](absl::string_view why) {

@@ -32,6 +32,7 @@
 #include "lib/dns/resolver_await.h"
 #include "lib/hooks/hooks_channel.h"
 #include "lib/metrics/metrics.h"
+#include "lib/net/connection.h"
 #include "lib/rpc/asio_grpc.h"
 #include "lib/rpc/server_setup.h"
 #include "lib/rpc/status_convert.h"
@@ -116,26 +117,6 @@ asio::awaitable<StsLookup> AwaitSts(MtaSts& sts, std::string domain) {
                                                                               asio::use_awaitable);
 }
 
-// co_await adapter for SendHttps, in the same form.
-struct HttpsInitiation {
-  asio::any_io_executor executor;
-  dns::MxResolver* resolver;
-  std::shared_ptr<asio::ssl::context> tls;
-  HttpsRequest request;
-  template <typename Handler>
-  void operator()(Handler handler) {
-    SendHttps(std::move(executor), *resolver, std::move(tls), std::move(request),
-              [h = std::move(handler)](absl::StatusOr<HttpsResponse> r) mutable { std::move(h)(std::move(r)); });
-  }
-};
-
-asio::awaitable<absl::StatusOr<HttpsResponse>> AwaitHttps(asio::any_io_executor executor, dns::MxResolver& resolver,
-                                                          std::shared_ptr<asio::ssl::context> tls,
-                                                          HttpsRequest request) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(absl::StatusOr<HttpsResponse>)>(
-      HttpsInitiation{std::move(executor), &resolver, std::move(tls), std::move(request)}, asio::use_awaitable);
-}
-
 // True for a TLS report to an RFC 8460 https: rua: the queue sets
 // RecipientSpec.post_url on its one recipient, and the body is POSTed there
 // instead of mailed (PostReport).
@@ -154,12 +135,6 @@ v1::Outcome ToProto(OutcomeClass c) {
       return v1::OUTCOME_PERMANENT;
   }
   return v1::OUTCOME_TRANSIENT;
-}
-
-bool IsIpLiteral(const std::string& text) {
-  asio::error_code ec;
-  asio::ip::make_address(text, ec);
-  return !ec;
 }
 
 DsnRetParam ToRet(v1::DsnRet ret) {
@@ -708,7 +683,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         std::vector<dns::HostAnswer> answers(r->hosts.size());
         for (size_t i = 0; i < r->hosts.size(); ++i) {
           const RouteHost& h = r->hosts[i];
-          if (h.unix_path.empty() && !IsIpLiteral(h.host)) {
+          if (h.unix_path.empty() && !net::IsIpLiteral(h.host)) {
             answers[i] = co_await dns::AwaitHost(resolver_, h.host);
           }
         }
@@ -1324,8 +1299,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         return why.empty() ? why : absl::StrCat(why, " refused (local_mx_ok=false)");
       };
     }
-    asio::any_io_executor executor = io_.get_executor();
-    absl::StatusOr<HttpsResponse> response = co_await AwaitHttps(executor, resolver_, tls_, std::move(request));
+    absl::StatusOr<HttpsResponse> response = co_await AwaitHttps(resolver_, tls_, std::move(request));
     RecipientOutcome o;
     if (!response.ok()) {
       metrics_.TlsRptPosts("failed").Inc();

@@ -4,8 +4,8 @@
 #include <optional>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "lib/address/authority.h"
 #include "lib/common/status_macros.h"
 
 namespace tern::deliverer {
@@ -22,9 +22,7 @@ absl::StatusOr<StaticRoute> RouteFromHook(const tern::v1::MxRoute& m, const std:
       return absl::InvalidArgumentError(absl::StrCat("port ", m.port(), " is out of range"));
     }
     // IPv6 literals come without brackets; ParseRouteHost wants them with.
-    const bool v6 = absl::StrContains(m.host(), ':');
-    spec = absl::StrCat(m.lmtp() ? "lmtp://" : "", v6 ? "[" : "", m.host(), v6 ? "]" : "",
-                        m.port() != 0 ? absl::StrCat(":", m.port()) : "");
+    spec = absl::StrCat(m.lmtp() ? "lmtp://" : "", address::HostAuthority(m.host(), m.port(), 0));
   }
   TERN_ASSIGN_OR_RETURN(RouteHost host, ParseRouteHost(spec));
   StaticRoute r;

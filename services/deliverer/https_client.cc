@@ -19,6 +19,7 @@
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
+#include "lib/address/authority.h"
 #include "lib/dns/resolver_await.h"
 #include "lib/net/connection.h"
 
@@ -43,12 +44,6 @@ struct Deadline {
   }
   bool passed() const { return Clock::now() >= at; }
 };
-
-bool IsIpLiteral(const std::string& host) {
-  asio::error_code ec;
-  asio::ip::make_address(host, ec);
-  return !ec;
-}
 
 // A size for messages: "64 KiB" when a whole number of KiB, else "100 bytes".
 std::string SizeText(size_t n) {
@@ -260,7 +255,8 @@ std::string RequestProblem(const HttpsRequest& request) {
 
 std::string RequestHead(const HttpsRequest& request) {
   std::string head = absl::StrCat(request.method, " ", request.target, " HTTP/1.1\r\nHost: ",
-                                  HttpsAuthority(request.host, request.port), "\r\nUser-Agent: tern-deliverer\r\n");
+                                  address::HostAuthority(request.host, request.port, 443),
+                                  "\r\nUser-Agent: tern-deliverer\r\n");
   for (const auto& [name, value] : request.headers) {
     absl::StrAppend(&head, name, ": ", value, "\r\n");
   }
@@ -283,7 +279,7 @@ asio::awaitable<absl::StatusOr<HttpsResponse>> Exchange(dns::MxResolver* resolve
     co_return absl::InvalidArgumentError(problem);
   }
   std::vector<std::string> ips;
-  if (IsIpLiteral(host)) {
+  if (net::IsIpLiteral(host)) {
     ips.push_back(host);  // an address needs no DNS
   } else {
     dns::HostAnswer addresses = co_await dns::AwaitHost(*resolver, host);
@@ -377,16 +373,21 @@ std::string HttpsResponse::MediaType() const {
   return std::string(absl::StripAsciiWhitespace(absl::string_view(content_type).substr(0, content_type.find(';'))));
 }
 
-std::string HttpsAuthority(const std::string& host, uint16_t port) {
-  const bool v6 = host.find(':') != std::string::npos;
-  return absl::StrCat(v6 ? "[" : "", host, v6 ? "]" : "", port == 443 ? "" : absl::StrCat(":", port));
+asio::awaitable<absl::StatusOr<HttpsResponse>> AwaitHttps(dns::MxResolver& resolver,
+                                                          std::shared_ptr<asio::ssl::context> tls,
+                                                          HttpsRequest request) {
+  try {
+    co_return co_await Exchange(&resolver, std::move(tls), std::move(request));
+  } catch (const std::exception&) {
+    co_return absl::InternalError("HTTPS request failed unexpectedly");
+  }
 }
 
 void SendHttps(asio::any_io_executor executor, dns::MxResolver& resolver, std::shared_ptr<asio::ssl::context> tls,
                HttpsRequest request, absl::AnyInvocable<void(absl::StatusOr<HttpsResponse>)> done) {
-  asio::co_spawn(executor, Exchange(&resolver, std::move(tls), std::move(request)),
+  asio::co_spawn(executor, AwaitHttps(resolver, std::move(tls), std::move(request)),
                  [done = std::move(done)](std::exception_ptr e, absl::StatusOr<HttpsResponse> response) mutable {
-                   if (e) {
+                   if (e) {  // not a std::exception
                      done(absl::InternalError("HTTPS request failed unexpectedly"));
                      return;
                    }

@@ -53,6 +53,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "asio/any_io_executor.hpp"
+#include "asio/awaitable.hpp"
 #include "lib/dns/mx_resolver.h"
 
 namespace asio::ssl {
@@ -112,8 +113,11 @@ struct HttpsRequest {
 void SendHttps(asio::any_io_executor executor, dns::MxResolver& resolver, std::shared_ptr<asio::ssl::context> tls,
                HttpsRequest request, absl::AnyInvocable<void(absl::StatusOr<HttpsResponse>)> done);
 
-// "host" or "host:port" (port omitted when 443), an IPv6 literal in
-// brackets: the Host field's value and the "[ip]" prefix of log lines.
-std::string HttpsAuthority(const std::string& host, uint16_t port);
+// SendHttps for a caller that is a coroutine already, on that coroutine's
+// executor (which must be the resolver's). An exception inside becomes an
+// Internal error, as with SendHttps.
+asio::awaitable<absl::StatusOr<HttpsResponse>> AwaitHttps(dns::MxResolver& resolver,
+                                                          std::shared_ptr<asio::ssl::context> tls,
+                                                          HttpsRequest request);
 
 }  // namespace tern::deliverer

@@ -16,6 +16,7 @@
 #include "asio/ip/tcp.hpp"
 #include "asio/post.hpp"
 #include "gtest/gtest.h"
+#include "lib/address/authority.h"
 #include "services/deliverer/test_certs.h"
 
 namespace tern::deliverer {
@@ -228,8 +229,8 @@ TEST_F(HttpsClientTest, AnIpv6LiteralIsConnectedToWithoutDnsAndGoesInBracketsInH
   ASSERT_EQ(server->requests.size(), 1u);
   EXPECT_NE(server->requests[0].find(absl::StrCat("\nHost: [::1]:", server->port(), "\n")), std::string::npos)
       << server->requests[0];
-  EXPECT_EQ(HttpsAuthority("::1", 443), "[::1]");
-  EXPECT_EQ(HttpsAuthority("reports.x.test", 443), "reports.x.test");
+  EXPECT_EQ(address::HostAuthority("::1", 443, 443), "[::1]");
+  EXPECT_EQ(address::HostAuthority("reports.x.test", 443, 443), "reports.x.test");
 }
 
 TEST_F(HttpsClientTest, TriesTheNextAddressWhenOneRefusesTheConnection) {

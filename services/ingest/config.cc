@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/queue_targets.h"
 
 namespace tern::ingest {
 namespace {
@@ -98,7 +99,7 @@ absl::Status IngestConfig::Validate() const {
   if (inactivity_timeout.count() <= 0) {
     return absl::InvalidArgumentError("smtp.ini [main] inactivity_timeout: must be positive");
   }
-  if (queue.empty()) {
+  if (queues.empty()) {
     return absl::InvalidArgumentError("tern.ini [ingest] queue: empty");
   }
   if (queue_timeout.count() <= 0) {
@@ -257,7 +258,12 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
   TERN_ASSIGN_OR_RETURN(cfg.auth, LoadAuthConfig(auth_ini));
 
   TERN_ASSIGN_OR_RETURN(config::IniFile tern, dir.Ini("tern.ini"));
-  cfg.queue = tern.GetString("ingest", "queue", "127.0.0.1:7070");
+  absl::StatusOr<std::vector<std::string>> queues =
+      config::ParseQueueTargets(tern.GetString("ingest", "queue", "127.0.0.1:7070"));
+  if (!queues.ok()) {
+    return tern.KeyError("ingest", "queue", queues.status().message());
+  }
+  cfg.queues = *std::move(queues);
   TERN_ASSIGN_OR_RETURN(int64_t queue_timeout_ms, tern.GetInt("ingest", "queue_timeout_ms", 30000));
   if (queue_timeout_ms <= 0) {
     return tern.KeyError("ingest", "queue_timeout_ms", "must be positive");

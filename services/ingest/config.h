@@ -26,7 +26,10 @@
 //                   to the config dir; TLS is on when both files exist),
 //                   minVersion [TLSv1.2], ciphers [OpenSSL's default]
 //   auth_flat_file.ini  see auth.h (AUTH is on when [users] has a user)
-//   tern.ini        [ingest] queue [127.0.0.1:7070], queue_timeout_ms [30000],
+//   tern.ini        [ingest] queue [127.0.0.1:7070] (one address, or a
+//                   comma-separated list of queue shards: each message goes
+//                   to one of them, lib/config/queue_targets.h),
+//                   queue_timeout_ms [30000],
 //                   enqueue_inline_max [262144],
 //                   health_listen [127.0.0.1:7071], metrics_listen
 //                   [127.0.0.1:9471] (empty disables the last two)
@@ -78,8 +81,9 @@ struct IngestConfig {
   size_t max_data_line_length = 992;
   // Idle time before the client gets 421 4.4.2. Default: 300 s.
   std::chrono::milliseconds inactivity_timeout{300'000};
-  // The queue's gRPC address. Default: 127.0.0.1:7070.
-  std::string queue = "127.0.0.1:7070";
+  // The queue's gRPC address, or one per queue shard. Default:
+  // {127.0.0.1:7070}.
+  std::vector<std::string> queues = {"127.0.0.1:7070"};
   // Longest wait for the queue at any step (header, each chunk, the final
   // durable answer). Default: 30000 ms.
   std::chrono::milliseconds queue_timeout{30'000};

@@ -37,7 +37,7 @@ TEST_F(ConfigDirFixture, DefaultsWhenFilesAreMissing) {
   EXPECT_EQ(cfg->max_line_length, 512u);
   EXPECT_EQ(cfg->max_data_line_length, 992u);
   EXPECT_EQ(cfg->inactivity_timeout, std::chrono::seconds(300));
-  EXPECT_EQ(cfg->queue, "127.0.0.1:7070");
+  EXPECT_EQ(cfg->queues, std::vector<std::string>{"127.0.0.1:7070"});
   EXPECT_EQ(cfg->queue_timeout, std::chrono::milliseconds(30000));
   EXPECT_EQ(cfg->health_listen, "127.0.0.1:7071");
   EXPECT_EQ(cfg->metrics_listen, "127.0.0.1:9471");
@@ -72,7 +72,7 @@ TEST_F(ConfigDirFixture, NodesSetsTheSessionThreads) {
 TEST_F(ConfigDirFixture, ReadsEveryKey) {
   Write("smtp.ini", "[main]\nlisten=127.0.0.1:25, [::1]:587\ninactivity_timeout=60\n");
   Write("connection.ini", "[max]\nbytes=1048576\nline_length=1000\ndata_line_length=500\n");
-  Write("tern.ini", "[ingest]\nqueue=10.0.0.5:7070\nqueue_timeout_ms=1500\nhealth_listen=\nmetrics_listen=\n");
+  Write("tern.ini", "[ingest]\nqueue=10.0.0.5:7070, 10.0.0.6:7070\nqueue_timeout_ms=1500\nhealth_listen=\nmetrics_listen=\n");
   Write("relay_acl_allow", "192.0.2.0/24\n");
   auto cfg = Load();
   ASSERT_TRUE(cfg.ok()) << cfg.status();
@@ -84,7 +84,7 @@ TEST_F(ConfigDirFixture, ReadsEveryKey) {
   EXPECT_EQ(cfg->max_bytes, 1048576u);
   EXPECT_EQ(cfg->max_line_length, 1000u);
   EXPECT_EQ(cfg->max_data_line_length, 500u);
-  EXPECT_EQ(cfg->queue, "10.0.0.5:7070");
+  EXPECT_EQ(cfg->queues, (std::vector<std::string>{"10.0.0.5:7070", "10.0.0.6:7070"}));
   EXPECT_EQ(cfg->queue_timeout, std::chrono::milliseconds(1500));
   EXPECT_TRUE(cfg->health_listen.empty());
   EXPECT_TRUE(cfg->metrics_listen.empty());
@@ -119,6 +119,8 @@ TEST_F(ConfigDirFixture, BadValuesNameTheFileAndKey) {
       {"line_length small", "connection.ini", "[max]\nline_length=100\n", "line_length"},
       {"data_line_length small", "connection.ini", "[max]\ndata_line_length=10\n", "data_line_length"},
       {"queue timeout negative", "tern.ini", "[ingest]\nqueue_timeout_ms=-5\n", "queue_timeout_ms"},
+      {"queue shard twice", "tern.ini", "[ingest]\nqueue=q:7070,q:7070\n", "queue: \"q:7070\" is listed twice"},
+      {"queue empty entry", "tern.ini", "[ingest]\nqueue=q:7070,\n", "queue: entry 2 is empty"},
       {"acl bad line", "relay_acl_allow", "127.0.0.1/32\nbogus\n", "relay_acl_allow:2"},
   };
   for (const Case& c : cases) {

@@ -29,6 +29,7 @@
 #include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
 #include "lib/common/log.h"
+#include "lib/config/queue_targets.h"
 #include "lib/common/process.h"
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
@@ -114,12 +115,15 @@ int main(int argc, char** argv) {
     }
   }
 
-  auto queue = std::make_shared<tern::ingest::QueueClient>(config->queue, config->queue_timeout);
+  auto queue = std::make_shared<tern::ingest::QueueClient>(config->queues, config->queue_timeout);
   // Connect before the first client does, so its message can go whole. Not
-  // fatal: sessions answer 451 until the queue is there.
-  if (!queue->WaitForReady(std::chrono::seconds(5))) {
+  // fatal: sessions answer 451 until a queue is there, and with shards the
+  // messages go to those that answer.
+  for (const std::string& target : queue->WaitForReady(std::chrono::seconds(5))) {
     tern::log::Event(tern::log::Level::kWarn, "queue_unreachable",
-                     {{"queue", config->queue}, {"effect", "messages get 451 until it answers"}});
+                     {{"queue", target},
+                      {"effect", config->queues.size() > 1 ? "messages go to the other shards until it answers"
+                                                           : "messages get 451 until it answers"}});
   }
   // One io_context per session thread (smtp.ini nodes): a session and all
   // its I/O stay on one thread, without locks.
@@ -144,7 +148,7 @@ int main(int argc, char** argv) {
   tern::log::Event(tern::log::Level::kNotice, "started",
                    {{"me", config->me},
                     {"ports", absl::StrJoin((*server)->ports(), ",")},
-                    {"queue", config->queue},
+                    {"queue", tern::config::JoinQueueTargets(config->queues)},
                     {"relay_networks", absl::StrCat(config->relay_acl.networks().size())},
                     {"tls", config->tls_enabled() ? "on" : "off"},
                     {"threads", absl::StrCat(shards.size())},

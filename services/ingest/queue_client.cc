@@ -2,18 +2,23 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "asio/async_result.hpp"
 #include "asio/post.hpp"
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
+#include "lib/common/log.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/server_setup.h"
 #include "lib/rpc/status_convert.h"
@@ -27,9 +32,84 @@ namespace internal {
 // no reactor) can live forever whatever a client does.
 constexpr auto kCallBackstop = std::chrono::hours(2);
 
+// One queue shard: its channel and stub, and what the client knows of its
+// health. Shared by the shard's batcher and by every streaming call to it, so
+// the channel outlives them all.
 struct QueueStub {
+  std::string target;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<tern::v1::Queue::Stub> stub;
+  // False with one shard: there is nowhere else to send a message, so its
+  // health is not tracked (and one queue behaves exactly as before shards).
+  bool track_health = false;
+  // Messages handed to this shard and not yet answered.
+  std::atomic<int64_t> outstanding{0};
+  // Steady-clock nanoseconds until which new messages avoid this shard.
+  std::atomic<int64_t> avoid_until_ns{0};
+  std::atomic<bool> troubled{false};
+  std::mutex mu;
+  int failures = 0;  // in a row, under `mu`: the backoff doubles with each
+
+  static int64_t NowNs() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // A failure that says the shard, not the message, is in trouble. Cancelled
+  // (the client went away) and the queue refusing one message's content
+  // (InvalidArgument, FailedPrecondition, ...) say nothing about the shard.
+  static bool IsTrouble(absl::StatusCode code) {
+    switch (code) {
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kDeadlineExceeded:
+      case absl::StatusCode::kResourceExhausted:
+      case absl::StatusCode::kInternal:
+      case absl::StatusCode::kDataLoss:
+      case absl::StatusCode::kUnknown:
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  // Records how a call to this shard went.
+  void Note(const absl::Status& status) {
+    if (!track_health) {
+      return;
+    }
+    if (status.ok()) {
+      if (troubled.load(std::memory_order_relaxed)) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (troubled.exchange(false)) {
+          failures = 0;
+          avoid_until_ns.store(0, std::memory_order_relaxed);
+          log::Event(log::Level::kNotice, "queue_shard_recovered", {{"queue", target}});
+        }
+      }
+      return;
+    }
+    if (!IsTrouble(status.code())) {
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    failures = std::min(failures + 1, 6);
+    // 1, 2, 4, 8, 16, then 30 s.
+    const auto avoid = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(1000LL << (failures - 1)),
+                                                           std::chrono::seconds(30));
+    avoid_until_ns.store(NowNs() + std::chrono::duration_cast<std::chrono::nanoseconds>(avoid).count(),
+                         std::memory_order_relaxed);
+    troubled.store(true);
+    log::Event(log::Level::kWarn, "queue_shard_trouble",
+               {{"queue", target},
+                {"error", absl::StrCat(absl::StatusCodeToString(status.code()), ": ", status.message())},
+                {"avoid_ms", absl::StrCat(avoid.count())}});
+  }
+};
+
+// The client's handle on one shard.
+struct QueueShard {
+  std::shared_ptr<QueueStub> stub;
+  std::shared_ptr<EnqueueBatcher> batcher;
 };
 
 // How the bridge works. gRPC runs the reactor's callbacks on its own threads;
@@ -57,6 +137,7 @@ class EnqueueReactor final : public grpc::ClientWriteReactor<tern::v1::EnqueueRe
 
   void Begin(std::shared_ptr<EnqueueReactor> self) {
     self_ = std::move(self);
+    stub_->outstanding.fetch_add(1, std::memory_order_relaxed);
     stub_->stub->async()->Enqueue(&context, &response, this);
     AddHold();
     StartCall();
@@ -93,10 +174,10 @@ class EnqueueReactor final : public grpc::ClientWriteReactor<tern::v1::EnqueueRe
 
   // Executor thread: the step timer fired.
   void TimeOut() {
-    timed_out_ = true;
+    timed_out_.store(true);
     context.TryCancel();
   }
-  bool timed_out() const { return timed_out_; }
+  bool timed_out() const { return timed_out_.load(); }
 
   // Executor thread: the EnqueueCall is being destroyed.
   void Abandon() {
@@ -119,6 +200,14 @@ class EnqueueReactor final : public grpc::ClientWriteReactor<tern::v1::EnqueueRe
   }
 
   void OnDone(const grpc::Status& status) override {
+    stub_->outstanding.fetch_sub(1, std::memory_order_relaxed);
+    // Cancelled is the session's doing (its client left), unless our step
+    // timer cancelled the call: then the shard was too slow.
+    if (timed_out_.load()) {
+      stub_->Note(absl::DeadlineExceededError("queue did not answer in time"));
+    } else if (status.error_code() != grpc::StatusCode::CANCELLED) {
+      stub_->Note(status.ok() ? absl::OkStatus() : rpc::FromGrpc(status));
+    }
     std::shared_ptr<EnqueueReactor> keep;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -151,7 +240,8 @@ class EnqueueReactor final : public grpc::ClientWriteReactor<tern::v1::EnqueueRe
   tern::v1::EnqueueRequest request_;
   // Executor-only state.
   bool hold_released_ = false;
-  bool timed_out_ = false;
+  // Set on the executor, read by OnDone on a gRPC thread.
+  std::atomic<bool> timed_out_{false};
   // Shared with gRPC's threads.
   std::mutex mu_;
   bool abandoned_ = false;
@@ -168,7 +258,14 @@ class EnqueueReactor final : public grpc::ClientWriteReactor<tern::v1::EnqueueRe
 // completions run on gRPC's threads and post into each session's executor.
 class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher> {
  public:
-  using Done = std::function<void(absl::StatusOr<std::string>)>;
+  // The message's id or why it is not queued. When the queue refused it with
+  // ResourceExhausted (it stored nothing), the item comes back so that the
+  // client can offer it to another shard without a copy of the body.
+  struct Outcome {
+    absl::StatusOr<std::string> result;
+    std::optional<tern::v1::EnqueueItem> returned;
+  };
+  using Done = std::function<void(Outcome)>;
   using SteadyClock = std::chrono::steady_clock;
 
   EnqueueBatcher(std::shared_ptr<QueueStub> stub, std::chrono::milliseconds timeout)
@@ -178,6 +275,7 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
 
   void Add(tern::v1::EnqueueItem item, Done done) {
     std::vector<Pending> batch;
+    stub_->outstanding.fetch_add(1, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lock(mu_);
       pending_.push_back(Pending{std::move(item), std::move(done), SteadyClock::now()});
@@ -293,23 +391,39 @@ class EnqueueBatcher final : public std::enable_shared_from_this<EnqueueBatcher>
     for (const SteadyClock::time_point added : call.added) {
       M().message_seconds.ObserveSince(added);
     }
+    stub_->outstanding.fetch_sub(static_cast<int64_t>(call.done.size()), std::memory_order_relaxed);
+    // The shard's health: the call's failure, else the first message the
+    // queue refused for a reason of its own (out of disk, storage error).
+    absl::Status health = whole;
+    for (int i = 0; health.ok() && i < call.response.results_size(); ++i) {
+      const tern::v1::EnqueueItemResult& r = call.response.results(i);
+      if (r.message_id().empty() && QueueStub::IsTrouble(static_cast<absl::StatusCode>(r.code()))) {
+        health = absl::Status(static_cast<absl::StatusCode>(r.code()), r.error());
+      }
+    }
+    stub_->Note(health);
     for (size_t i = 0; i < call.done.size(); ++i) {
+      const int index = static_cast<int>(i);
+      absl::StatusOr<std::string> result;
       if (!whole.ok()) {
-        call.done[i](whole);
-        continue;
-      }
-      if (static_cast<int>(i) >= call.response.results_size()) {
-        call.done[i](absl::InternalError("queue answered EnqueueBatch without a result for every message"));
-        continue;
-      }
-      const tern::v1::EnqueueItemResult& r = call.response.results(static_cast<int>(i));
-      if (!r.message_id().empty()) {
-        call.done[i](r.message_id());
+        result = whole;
+      } else if (index >= call.response.results_size()) {
+        result = absl::InternalError("queue answered EnqueueBatch without a result for every message");
+      } else if (const tern::v1::EnqueueItemResult& r = call.response.results(index); !r.message_id().empty()) {
+        result = r.message_id();
       } else if (r.code() == 0) {
-        call.done[i](absl::InternalError("queue answered without a message id"));
+        result = absl::InternalError("queue answered without a message id");
       } else {
-        call.done[i](absl::Status(static_cast<absl::StatusCode>(r.code()), r.error()));
+        result = absl::Status(static_cast<absl::StatusCode>(r.code()), r.error());
       }
+      Outcome outcome{std::move(result), std::nullopt};
+      // ResourceExhausted, from the queue or from gRPC before the call was
+      // processed, means nothing was stored: the message may go elsewhere.
+      if (outcome.result.status().code() == absl::StatusCode::kResourceExhausted &&
+          index < call.request.items_size()) {
+        outcome.returned = std::move(*call.request.mutable_items(index));
+      }
+      call.done[i](std::move(outcome));
     }
   }
 
@@ -427,46 +541,141 @@ void EnqueueCall::Cancel() {
 }
 
 QueueClient::QueueClient(const std::string& target, std::chrono::milliseconds step_timeout)
-    : stub_(std::make_shared<internal::QueueStub>()), step_timeout_(step_timeout) {
-  stub_->channel = rpc::MakeChannel(target);
-  stub_->stub = tern::v1::Queue::NewStub(stub_->channel);
-  batcher_ = std::make_shared<internal::EnqueueBatcher>(stub_, step_timeout_);
-}
+    : QueueClient(std::vector<std::string>{target}, step_timeout) {}
 
-bool QueueClient::ChannelReady() const {
-  return stub_->channel->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY;
-}
-
-bool QueueClient::WaitForReady(std::chrono::milliseconds timeout) const {
-  return stub_->channel->WaitForConnected(std::chrono::system_clock::now() + timeout);
-}
-
-asio::awaitable<absl::StatusOr<std::string>> QueueClient::EnqueueWhole(tern::v1::EnqueueHeader header,
-                                                                       std::string body) {
-  auto executor = co_await asio::this_coro::executor;
-  tern::v1::EnqueueItem item;
-  *item.mutable_header() = std::move(header);
-  item.set_body(std::move(body));
-  internal::EnqueueBatcher* batcher = batcher_.get();
-  tern::v1::EnqueueItem* pending = &item;
-  asio::any_io_executor* ex = &executor;
-  // The initiation captures raw pointers only (see AwaitStep); `item` and
-  // `executor` live in this frame until the result arrives.
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(absl::StatusOr<std::string>)>(
-      [batcher, pending, ex](auto handler) {
-        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-        batcher->Add(std::move(*pending), [shared, target = *ex](absl::StatusOr<std::string> result) {
-          asio::post(target, [shared, result = std::move(result)]() mutable { (*shared)(std::move(result)); });
-        });
-      },
-      asio::use_awaitable);
+QueueClient::QueueClient(const std::vector<std::string>& targets, std::chrono::milliseconds step_timeout)
+    : step_timeout_(step_timeout) {
+  for (const std::string& target : targets) {
+    auto shard = std::make_shared<internal::QueueShard>();
+    shard->stub = std::make_shared<internal::QueueStub>();
+    shard->stub->target = target;
+    shard->stub->channel = rpc::MakeChannel(target);
+    shard->stub->stub = tern::v1::Queue::NewStub(shard->stub->channel);
+    shard->stub->track_health = targets.size() > 1;
+    shard->batcher = std::make_shared<internal::EnqueueBatcher>(shard->stub, step_timeout_);
+    shards_.push_back(std::move(shard));
+  }
 }
 
 QueueClient::~QueueClient() = default;
 
+internal::QueueShard& QueueClient::PickShard(uint64_t tried) {
+  const size_t n = shards_.size();
+  if (n == 1) {
+    return *shards_[0];
+  }
+  // Ties are taken in turn, so an idle system spreads its mail too.
+  static std::atomic<uint64_t> turn{0};
+  const size_t first = static_cast<size_t>(turn.fetch_add(1, std::memory_order_relaxed) % n);
+  const int64_t now = internal::QueueStub::NowNs();
+  size_t best = n;
+  int64_t best_outstanding = 0;
+  size_t fallback = n;  // the untried shard left alone longest
+  int64_t fallback_until = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (first + k) % n;
+    if (i < 64 && (tried >> i) & 1) {
+      continue;
+    }
+    internal::QueueStub& stub = *shards_[i]->stub;
+    const int64_t until = stub.avoid_until_ns.load(std::memory_order_relaxed);
+    if (until > now || stub.channel->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      if (fallback == n || until < fallback_until) {
+        fallback = i;
+        fallback_until = until;
+      }
+      continue;
+    }
+    const int64_t outstanding = stub.outstanding.load(std::memory_order_relaxed);
+    if (best == n || outstanding < best_outstanding) {
+      best = i;
+      best_outstanding = outstanding;
+    }
+  }
+  if (best != n) {
+    return *shards_[best];
+  }
+  return *shards_[fallback != n ? fallback : first];
+}
+
+size_t QueueClient::IndexOf(const internal::QueueShard& shard) const {
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    if (shards_[i].get() == &shard) {
+      return i;
+    }
+  }
+  return 0;
+}
+
+bool QueueClient::ChannelReady() const {
+  const int64_t now = internal::QueueStub::NowNs();
+  bool ready = false;
+  for (const auto& shard : shards_) {
+    // Asked of every shard, so an idle channel starts to connect.
+    const bool connected = shard->stub->channel->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY;
+    ready = ready || (connected && shard->stub->avoid_until_ns.load(std::memory_order_relaxed) <= now);
+  }
+  return ready;
+}
+
+std::vector<std::string> QueueClient::WaitForReady(std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::system_clock::now() + timeout;
+  for (const auto& shard : shards_) {
+    shard->stub->channel->GetState(/*try_to_connect=*/true);
+  }
+  std::vector<std::string> unready;
+  for (const auto& shard : shards_) {
+    if (!shard->stub->channel->WaitForConnected(deadline)) {
+      unready.push_back(shard->stub->target);
+    }
+  }
+  return unready;
+}
+
+asio::awaitable<absl::StatusOr<std::string>> QueueClient::EnqueueWhole(tern::v1::EnqueueHeader header,
+                                                                       std::string body) {
+  using Outcome = internal::EnqueueBatcher::Outcome;
+  auto executor = co_await asio::this_coro::executor;
+  tern::v1::EnqueueItem item;
+  *item.mutable_header() = std::move(header);
+  item.set_body(std::move(body));
+  uint64_t tried = 0;
+  while (true) {
+    internal::QueueShard& shard = PickShard(tried);
+    const size_t index = IndexOf(shard);
+    if (index < 64) {
+      tried |= uint64_t{1} << index;
+    }
+    internal::EnqueueBatcher* batcher = shard.batcher.get();
+    tern::v1::EnqueueItem* pending = &item;
+    asio::any_io_executor* ex = &executor;
+    // The initiation captures raw pointers only (see AwaitStep); `item` and
+    // `executor` live in this frame until the result arrives.
+    Outcome outcome = co_await asio::async_initiate<decltype(asio::use_awaitable), void(Outcome)>(
+        [batcher, pending, ex](auto handler) {
+          auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+          batcher->Add(std::move(*pending), [shared, target = *ex](Outcome outcome) {
+            asio::post(target, [shared, outcome = std::move(outcome)]() mutable { (*shared)(std::move(outcome)); });
+          });
+        },
+        asio::use_awaitable);
+    // A shard out of disk stored nothing: the next shard may take it. Every
+    // shard is offered the message at most once.
+    const size_t limit = std::min<size_t>(shards_.size(), 64);
+    const bool untried = static_cast<size_t>(__builtin_popcountll(tried)) < limit;
+    if (outcome.returned && untried) {
+      log::Event(log::Level::kInfo, "enqueue_retried_elsewhere",
+                 {{"queue", shard.stub->target}, {"error", outcome.result.status().message()}});
+      item = *std::move(outcome.returned);
+      continue;
+    }
+    co_return std::move(outcome.result);
+  }
+}
+
 std::unique_ptr<EnqueueCall> QueueClient::StartEnqueue(asio::any_io_executor executor,
                                                        tern::v1::EnqueueHeader header) {
-  auto reactor = std::make_shared<internal::EnqueueReactor>(std::move(executor), stub_);
+  auto reactor = std::make_shared<internal::EnqueueReactor>(std::move(executor), PickShard().stub);
   reactor->context.set_wait_for_ready(false);
   reactor->context.set_deadline(std::chrono::system_clock::now() + internal::kCallBackstop);
   reactor->Begin(reactor);

@@ -27,6 +27,20 @@
 // (wait_for_ready=false): when the queue is down the first step fails at
 // once with Unavailable instead of waiting for the queue to come back.
 //
+// Shards (ARCHITECTURE §8): the client may lead to several queue shards,
+// each a queue service with its own RocksDB. Each message goes to one of
+// them: among the shards that are neither in trouble nor unreachable, the one
+// with the fewest messages on their way, ties taken in turn. A shard that
+// fails a call (unreachable, timed out, out of disk, storage error) is left
+// alone for a while (1 s, doubling to 30 s while it keeps failing) and its
+// messages go elsewhere; when every shard is in trouble, the one that has
+// been left alone longest is tried. A whole message the queue refused with
+// ResourceExhausted (out of disk: the queue stored nothing) is offered to the
+// other shards before the client hears of it. Nothing else is ever sent
+// twice: after any other failure the queue may hold the message, so the
+// client gets the error (451) and a resubmission is the client's choice.
+// One shard behaves exactly as one queue.
+//
 // Errors: the queue's own status (Unavailable, ResourceExhausted, ...) as an
 // absl::Status; DeadlineExceeded for our step timeout; Cancelled after
 // Cancel().
@@ -40,6 +54,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -52,7 +67,7 @@ namespace tern::ingest {
 namespace internal {
 class EnqueueBatcher;
 class EnqueueReactor;
-struct QueueStub;
+struct QueueShard;
 }  // namespace internal
 
 class EnqueueCall {
@@ -91,9 +106,11 @@ class EnqueueCall {
 
 class QueueClient {
  public:
-  // A client of the queue at `target` ("host:port"). No connection is made
-  // until the first call.
+  // A client of the queue at `target` ("host:port"), or of the shards at
+  // `targets` (at least one; lib/config/queue_targets.h). No connection is
+  // made until the first call.
   QueueClient(const std::string& target, std::chrono::milliseconds step_timeout);
+  QueueClient(const std::vector<std::string>& targets, std::chrono::milliseconds step_timeout);
   ~QueueClient();
 
   // Opens an Enqueue call whose completions run on `executor`. Nothing is
@@ -106,19 +123,25 @@ class QueueClient {
   // the queue cannot be reached). Resumes on the caller's executor.
   asio::awaitable<absl::StatusOr<std::string>> EnqueueWhole(tern::v1::EnqueueHeader header, std::string body);
 
-  // True when the channel to the queue is connected. A session that sees it
+  // True when the channel to a shard that is not in trouble is connected
+  // (with one shard: when the channel to the queue is). A session that sees it
   // is not opens a streaming call before 354 instead of waiting for the
   // whole message, so an unreachable queue costs the client a 451 rather
   // than an upload. (An idle channel is asked to connect.)
   bool ChannelReady() const;
-  // Connects the channel and waits up to `timeout` for it to be ready; true
-  // when it is. Ingest calls it at start-up so the first messages can go
-  // whole, and to log early when the queue is not there.
-  bool WaitForReady(std::chrono::milliseconds timeout) const;
+  // Connects every shard's channel and waits up to `timeout` in all for them
+  // to be ready; returns the targets that are not. Ingest calls it at
+  // start-up so the first messages can go whole, and to log early when a
+  // queue is not there.
+  std::vector<std::string> WaitForReady(std::chrono::milliseconds timeout) const;
 
  private:
-  std::shared_ptr<internal::QueueStub> stub_;
-  std::shared_ptr<internal::EnqueueBatcher> batcher_;
+  // The shard for the next message; `tried` (a bit per shard) are skipped
+  // unless every shard has been tried.
+  internal::QueueShard& PickShard(uint64_t tried = 0);
+  size_t IndexOf(const internal::QueueShard& shard) const;
+
+  std::vector<std::shared_ptr<internal::QueueShard>> shards_;
   std::chrono::milliseconds step_timeout_;
 };
 

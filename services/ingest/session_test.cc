@@ -402,6 +402,33 @@ class IngestSessionTest : public ::testing::TestWithParam<int> {
       }
     }
     queue_server_->Shutdown(std::chrono::system_clock::now() + 1s);
+    if (second_server_) {
+      second_server_->Shutdown(std::chrono::system_clock::now() + 1s);
+    }
+  }
+
+  // A second queue shard (`second_`); returns its address.
+  std::string StartSecondShard() {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&second_);
+    second_server_ = builder.BuildAndStart();
+    EXPECT_TRUE(second_server_ != nullptr && port != 0);
+    return absl::StrCat("127.0.0.1:", port);
+  }
+
+  // One message from MAIL to the final reply, on its own connection.
+  std::string SendOne() {
+    auto client = Connect();
+    EXPECT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+    const std::string data = client->Command("DATA");
+    if (!absl::StartsWith(data, "354 ")) {
+      return data;
+    }
+    client->Send("Subject: s\r\n\r\nbody\r\n.\r\n");
+    return client->ReadReply();
   }
 
   IngestConfig BaseConfig() {
@@ -409,7 +436,7 @@ class IngestSessionTest : public ::testing::TestWithParam<int> {
     cfg.listen = {{"127.0.0.1", 0}};
     cfg.me = "mx.test";
     cfg.relay_acl = RelayAcl::Default();
-    cfg.queue = absl::StrCat("127.0.0.1:", queue_port_);
+    cfg.queues = {absl::StrCat("127.0.0.1:", queue_port_)};
     cfg.queue_timeout = 5s;
     cfg.inactivity_timeout = 10s;
     return cfg;
@@ -417,11 +444,13 @@ class IngestSessionTest : public ::testing::TestWithParam<int> {
 
   void StartIngest(IngestConfig cfg) {
     ASSERT_TRUE(cfg.Validate().ok()) << cfg.Validate();
-    queue_client_ = std::make_shared<QueueClient>(cfg.queue, cfg.queue_timeout);
-    if (cfg.queue == absl::StrCat("127.0.0.1:", queue_port_)) {
+    queue_client_ = std::make_shared<QueueClient>(cfg.queues, cfg.queue_timeout);
+    if (cfg.queues == std::vector<std::string>{absl::StrCat("127.0.0.1:", queue_port_)}) {
       // As tern-ingest does at start-up: a ready channel lets small messages
       // go whole, so each test knows which path it takes.
-      ASSERT_TRUE(queue_client_->WaitForReady(5s));
+      ASSERT_TRUE(queue_client_->WaitForReady(5s).empty());
+    } else {
+      queue_client_->WaitForReady(1s);  // shard tests: some are meant to be down
     }
     std::vector<asio::io_context*> shards;
     for (int i = 0; i < GetParam(); ++i) {
@@ -472,6 +501,8 @@ class IngestSessionTest : public ::testing::TestWithParam<int> {
   FakeQueue fake_;
   int queue_port_ = 0;
   std::unique_ptr<grpc::Server> queue_server_;
+  FakeQueue second_;
+  std::unique_ptr<grpc::Server> second_server_;
   std::vector<std::unique_ptr<asio::io_context>> shards_;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::vector<std::thread> io_threads_;
@@ -709,9 +740,72 @@ TEST_P(IngestSessionTest, QueueFullGives452) {
   EXPECT_EQ(client->ReadReply(), "452 4.3.1 Insufficient system storage, try again later\r\n");
 }
 
+TEST_P(IngestSessionTest, MessagesAreSpreadOverQueueShards) {
+  IngestConfig cfg = BaseConfig();
+  cfg.queues.push_back(StartSecondShard());
+  StartIngest(cfg);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(absl::StartsWith(SendOne(), "250 2.0.0 Ok: queued as fake-"));
+  }
+  // One message at a time leaves both shards idle each time: they take turns.
+  EXPECT_EQ(fake_.stored().size() + second_.stored().size(), 8u);
+  EXPECT_GE(fake_.stored().size(), 2u);
+  EXPECT_GE(second_.stored().size(), 2u);
+}
+
+TEST_P(IngestSessionTest, ShardOutOfDiskPassesItsMessageToAnotherShard) {
+  fake_.FailWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "no space"));
+  IngestConfig cfg = BaseConfig();
+  cfg.queues.push_back(StartSecondShard());
+  StartIngest(cfg);
+  // The full shard stored nothing, so no client hears of it: each message
+  // it refuses is offered to the other shard, and after the first refusal
+  // new messages avoid it.
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(absl::StartsWith(SendOne(), "250 2.0.0 Ok: queued as fake-"));
+  }
+  EXPECT_EQ(second_.stored().size(), 4u);
+  EXPECT_TRUE(fake_.stored().empty());
+  EXPECT_LE(fake_.batch_items(), 1);
+}
+
+TEST_P(IngestSessionTest, EveryShardOutOfDiskGives452) {
+  fake_.FailWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "no space"));
+  second_.FailWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "no space"));
+  IngestConfig cfg = BaseConfig();
+  cfg.queues.push_back(StartSecondShard());
+  StartIngest(cfg);
+  EXPECT_EQ(SendOne(), "452 4.3.1 Insufficient system storage, try again later\r\n");
+  // Each shard was offered the message once.
+  EXPECT_EQ(fake_.batch_items(), 1);
+  EXPECT_EQ(second_.batch_items(), 1);
+}
+
+TEST_P(IngestSessionTest, ShardThatIsDownIsLeftAloneAndNothingIsLost) {
+  IngestConfig cfg = BaseConfig();
+  cfg.queues = {absl::StrCat("127.0.0.1:", UnusedPort()), cfg.queues[0]};
+  StartIngest(cfg);
+  // A message that went to the dead shard gets 451 (the client keeps it and
+  // tries again); then that shard is avoided, so at most one does.
+  int accepted = 0;
+  int refused = 0;
+  for (int i = 0; i < 6; ++i) {
+    const std::string reply = SendOne();
+    if (absl::StartsWith(reply, "250 2.0.0 Ok: queued as fake-")) {
+      ++accepted;
+    } else {
+      EXPECT_EQ(reply, "451 4.3.0 Queue unavailable, try again later\r\n");
+      ++refused;
+    }
+  }
+  EXPECT_LE(refused, 1);
+  EXPECT_EQ(accepted + refused, 6);
+  EXPECT_EQ(fake_.stored().size(), static_cast<size_t>(accepted));
+}
+
 TEST_P(IngestSessionTest, QueueNotListeningGives451) {
   IngestConfig cfg = BaseConfig();
-  cfg.queue = absl::StrCat("127.0.0.1:", UnusedPort());
+  cfg.queues = {absl::StrCat("127.0.0.1:", UnusedPort())};
   StartIngest(cfg);
   auto client = Connect();
   ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");

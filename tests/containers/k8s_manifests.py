@@ -8,6 +8,7 @@ has, a tern.ini key Tern does not know) fails here with its name.
 """
 
 import configparser
+import copy
 import os
 import re
 
@@ -17,6 +18,49 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 K8S = os.path.join(ROOT, "deploy", "k8s")
 SERVICES = ("queue", "ingest", "deliverer", "bouncer")
+
+
+SHARDS = os.path.join(K8S, "shards")
+
+
+def _merge(into, patch):
+    """A strategic-merge patch as far as the shipped overlays use it: maps
+    merge key by key, anything else is replaced."""
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+def load_overlay(directory):
+    """The documents a kustomization in `directory` builds from its base
+    (`..`) and resources, with its patch files applied (a patch matches a
+    document by kind and name; `$patch: delete` removes it)."""
+    with open(os.path.join(directory, "kustomization.yaml")) as f:
+        kust = yaml.safe_load(f)
+    docs = []
+    base_kust = None
+    for name in kust["resources"]:
+        path = os.path.normpath(os.path.join(directory, name))
+        if os.path.isdir(path):
+            base_kust, base_docs = load() if path == K8S else load_overlay(path)
+            docs.extend(base_docs)
+            continue
+        with open(path) as f:
+            docs.extend(d for d in yaml.safe_load_all(f) if d)
+    for patch_ref in kust.get("patches", []):
+        with open(os.path.join(directory, patch_ref["path"])) as f:
+            patch = yaml.safe_load(f)
+        key = (patch["kind"], patch["metadata"]["name"])
+        matches = [d for d in docs if (d["kind"], d["metadata"]["name"]) == key]
+        if len(matches) != 1:
+            raise ValueError(f"{patch_ref['path']}: patches {len(matches)} documents named {key}")
+        if patch.get("$patch") == "delete":
+            docs.remove(matches[0])
+        else:
+            _merge(matches[0], {k: v for k, v in patch.items() if k != "$patch"})
+    return base_kust, docs
 
 
 def load():
@@ -96,13 +140,33 @@ def compose_grace():
     return {name: int(s["stop_grace_period"].rstrip("s")) for name, s in compose["services"].items()}
 
 
-def check(kust, docs):
-    """Returns a list of problems, each naming the manifest part at fault."""
+def shard_addresses(docs):
+    """The `queue` addresses a sharded deployment's clients must list: one
+    per pod of the queue StatefulSet, by the name its governing headless
+    Service gives it; or a problem."""
+    queue = workloads(docs).get("queue", {})
+    spec = queue.get("spec", {})
+    governing = spec.get("serviceName")
+    svc = next((d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == governing), None)
+    if svc is None or svc["spec"].get("clusterIP") != "None":
+        return None, f"queue: serviceName {governing} is not a headless Service (no per-shard DNS names)"
+    return ",".join(f"queue-{i}.{governing}:7070" for i in range(spec.get("replicas", 1))), None
+
+
+def check(kust, docs, sharded=False):
+    """Returns a list of problems, each naming the manifest part at fault.
+    `sharded`: the documents of deploy/k8s/shards, where the queue has
+    several pods and every client lists each of them."""
     problems = []
     listed = set(kust["resources"])
     present = {n for n in os.listdir(K8S) if n.endswith(".yaml") and n != "kustomization.yaml"}
     if listed != present:
         problems.append(f"kustomization resources {sorted(listed)} != files {sorted(present)}")
+    want_queue = "queue:7070"
+    if sharded:
+        want_queue, problem = shard_addresses(docs)
+        if problem:
+            return problems + [problem]
 
     config_maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     if "tern-k8s" not in config_maps:
@@ -119,8 +183,10 @@ def check(kust, docs):
     if set(loads) != set(SERVICES):
         problems.append(f"workloads {sorted(loads)} != {sorted(SERVICES)}")
     queue = loads.get("queue", {})
-    if queue.get("kind") != "StatefulSet" or queue.get("spec", {}).get("replicas") != 1:
-        problems.append("queue: must be a StatefulSet with exactly one replica (one RocksDB, one writer)")
+    replicas = queue.get("spec", {}).get("replicas")
+    if queue.get("kind") != "StatefulSet" or (replicas != 1 if not sharded else not 2 <= replicas <= 64):
+        problems.append("queue: must be a StatefulSet with exactly one replica (one RocksDB, one writer)"
+                        if not sharded else f"queue: {replicas} replicas is not 2-64 shards")
     uid, gid = dockerfile_ids()
     health_cmd = dockerfile_health_command()
     grace = compose_grace()
@@ -186,8 +252,9 @@ def check(kust, docs):
         for probe in ("livenessProbe", "readinessProbe"):
             if c.get(probe, {}).get("exec", {}).get("command") != health_cmd:
                 problems.append(f"{name}: {probe} is not the image's health command {health_cmd}")
-        if name != "queue" and section.get("queue") != "queue:7070":
-            problems.append(f"{name}: tern.ini queue={section.get('queue')} is not the queue Service")
+        if name != "queue" and section.get("queue") != want_queue:
+            problems.append(f"{name}: tern.ini queue={section.get('queue')} is not {want_queue}"
+                            + (" (every shard)" if sharded else " (the queue Service)"))
         if name == "queue" and "/var/lib/tern/queue" not in mounts:
             problems.append("queue: the data directory is not on the persistent volume")
         if name == "queue" and section.get("data_dir") not in mounts:
@@ -202,12 +269,15 @@ def check(kust, docs):
         if len(targets) != 1:
             problems.append(f"Service {d['metadata']['name']}: selects {len(targets)} workloads, not one")
             continue
+        if sharded and targets[0] is queue and d["spec"].get("clusterIP") != "None":
+            problems.append(f"Service {d['metadata']['name']}: load-balances over the queue shards; a worker "
+                            "must report to the shard that leased it the job")
         (c,) = targets[0]["spec"]["template"]["spec"]["containers"]
         names = {p["name"] for p in c.get("ports", [])}
         for p in d["spec"]["ports"]:
             if p["targetPort"] not in names:
                 problems.append(f"Service {d['metadata']['name']}: targetPort {p['targetPort']} is no containerPort")
-        if d["metadata"]["name"] == "queue" and 7070 not in [p["port"] for p in d["spec"]["ports"]]:
+        if not sharded and d["metadata"]["name"] == "queue" and 7070 not in [p["port"] for p in d["spec"]["ports"]]:
             problems.append("Service queue: no port 7070, which tern.ini's queue=queue:7070 needs")
     return problems
 

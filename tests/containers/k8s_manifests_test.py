@@ -76,5 +76,63 @@ class ShippedManifests(unittest.TestCase):
         self.assert_caught(cut, "ingest: terminationGracePeriodSeconds 10")
 
 
+class ShardedManifests(unittest.TestCase):
+    """deploy/k8s/shards: the queue in two shards."""
+
+    def setUp(self):
+        self.kust, self.docs = km.load_overlay(km.SHARDS)
+
+    def assert_caught(self, mutate, fragment):
+        docs = copy.deepcopy(self.docs)
+        mutate(docs)
+        problems = km.check(self.kust, docs, sharded=True)
+        self.assertTrue(any(fragment in p for p in problems), f"expected a problem with {fragment!r}, got {problems}")
+
+    def tern_ini(self, docs):
+        return next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tern-k8s")["data"]
+
+    def test_shipped_overlay_has_no_problems(self):
+        self.assertEqual(km.check(self.kust, self.docs, sharded=True), [])
+
+    def test_every_client_lists_both_shards_by_their_pod_names(self):
+        queue = km.workloads(self.docs)["queue"]
+        self.assertEqual(queue["spec"]["replicas"], 2)
+        text = self.tern_ini(self.docs)["tern.ini"]
+        self.assertEqual(text.count("queue=queue-0.queue-shards:7070,queue-1.queue-shards:7070"), 3)
+        # The single queue's load-balanced Service is gone; the rest of the
+        # base is still there.
+        services = {d["metadata"]["name"] for d in self.docs if d["kind"] == "Service"}
+        self.assertNotIn("queue", services)
+        self.assertIn("queue-shards", services)
+        self.assertEqual(sorted(km.workloads(self.docs)), sorted(km.SERVICES))
+
+    def test_a_shard_missing_from_a_client_is_caught(self):
+        def drop(docs):
+            data = self.tern_ini(docs)
+            data["tern.ini"] = data["tern.ini"].replace(
+                "[deliverer]\nqueue=queue-0.queue-shards:7070,queue-1.queue-shards:7070",
+                "[deliverer]\nqueue=queue-0.queue-shards:7070")
+        self.assert_caught(drop, "deliverer: tern.ini queue=queue-0.queue-shards:7070 is not")
+
+    def test_a_third_replica_no_client_lists_is_caught(self):
+        def grow(docs):
+            km.workloads(docs)["queue"]["spec"]["replicas"] = 3
+        self.assert_caught(grow, "queue-2.queue-shards:7070")
+
+    def test_a_load_balanced_service_over_the_shards_is_caught(self):
+        def balance(docs):
+            svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "queue-shards")
+            del svc["spec"]["clusterIP"]
+        self.assert_caught(balance, "is not a headless Service")
+
+    def test_the_single_queue_service_left_in_place_is_caught(self):
+        def keep(docs):
+            svc = copy.deepcopy(next(d for d in docs if d["metadata"]["name"] == "queue-shards"))
+            svc["metadata"]["name"] = "queue"
+            del svc["spec"]["clusterIP"]
+            docs.append(svc)
+        self.assert_caught(keep, "Service queue: load-balances over the queue shards")
+
+
 if __name__ == "__main__":
     sys.exit(0 if unittest.main(exit=False, verbosity=2).result.wasSuccessful() else 1)

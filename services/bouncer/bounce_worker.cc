@@ -105,10 +105,12 @@ BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& 
       templates = dsn::DsnTemplates{*dsn::DsnTemplate::Parse("", source.origin), std::nullopt, std::nullopt};
     }
     for (const std::string& dropped : templates->text.dropped_headers()) {
-      log::Event(Level::kWarn, "template_header_ignored",
-                 {{"template", source.origin}, {"header", dropped}, {"why", "set by tern"}});
+      if (options_.log_config_warnings) {
+        log::Event(Level::kWarn, "template_header_ignored",
+                   {{"template", source.origin}, {"header", dropped}, {"why", "set by tern"}});
+      }
     }
-    if (templates->image) {
+    if (templates->image && options_.log_config_warnings) {
       const std::optional<TemplateSource>& html = config.HtmlFor(kind);
       if (html && html->text.find("cid:" + templates->image->content_id()) == std::string::npos) {
         log::Event(Level::kWarn, "template_image_unreferenced",
@@ -117,7 +119,8 @@ BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& 
     }
     renderers_.emplace(kind, dsn::DsnRenderer(*std::move(templates), new_token, pid));
   }
-  if (config.image && !(config.failed_html || config.delayed_html || config.delivered_html)) {
+  if (options_.log_config_warnings && config.image &&
+      !(config.failed_html || config.delayed_html || config.delivered_html)) {
     log::Event(Level::kWarn, "template_image_unused",
                {{"template", config.image->origin}, {"why", "no outbound.bounce_message*_html template"}});
   }
@@ -211,10 +214,12 @@ void BounceWorker::Run() {
         stub_ = owned_stub_.get();
         failing_since = now;
         channel_rebuilds_->Inc();
-        log::Event(Level::kNotice, "queue_channel_rebuilt", {{"error", status.error_message()}});
+        log::Event(Level::kNotice, "queue_channel_rebuilt",
+                   {{"queue", options_.queue_target}, {"error", status.error_message()}});
       }
       log::Event(Level::kWarn, "queue_lease_failed",
-                 {{"code", absl::StrCat(static_cast<int>(status.error_code()))},
+                 {{"queue", options_.queue_target},
+                  {"code", absl::StrCat(static_cast<int>(status.error_code()))},
                   {"error", status.error_message()},
                   {"retry_in", absl::FormatDuration(backoff)}});
       SleepUnlessStopped(backoff);
@@ -253,7 +258,10 @@ void BounceWorker::Run() {
       }
       if (!s.ok()) {
         log::Event(Level::kError, "bounce_job_failed",
-                   {{"bounce", job.bounce_id()}, {"msg", job.message_id()}, {"error", s.ToString()}});
+                   {{"queue", options_.queue_target},
+                    {"bounce", job.bounce_id()},
+                    {"msg", job.message_id()},
+                    {"error", s.ToString()}});
       }
     }
     {
@@ -262,7 +270,7 @@ void BounceWorker::Run() {
     }
     // `hooks` goes out of scope here: each waits for its (cancelled) answer.
   }
-  log::Event(Level::kInfo, "worker_stopped");
+  log::Event(Level::kInfo, "worker_stopped", {{"queue", options_.queue_target}, {"worker", options_.worker_id}});
 }
 
 std::unique_ptr<internal::BounceHookCall> BounceWorker::StartBounceHook(const v1::BounceJob& job) {
@@ -340,7 +348,8 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::Bounce
                                        : suppressed_notify_)
           ->Inc();
       log::Event(Level::kInfo, "dsn_suppressed",
-                 {{"bounce", job.bounce_id()},
+                 {{"queue", options_.queue_target},
+                  {"bounce", job.bounce_id()},
                   {"msg", job.message_id()},
                   {"to", job.envelope().mail_from()},
                   {"why", composed.why}});
@@ -359,7 +368,8 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::Bounce
         TERN_RETURN_IF_ERROR(Ack(job, ""));
         suppressed_hook_->Inc();
         log::Event(Level::kInfo, "dsn_suppressed",
-                   {{"bounce", job.bounce_id()},
+                   {{"queue", options_.queue_target},
+                    {"bounce", job.bounce_id()},
                     {"msg", job.message_id()},
                     {"to", job.envelope().mail_from()},
                     {"why", "hook"}});
@@ -369,13 +379,15 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::Bounce
   }
   if (!composed.suppressed_recipients.empty()) {
     log::Event(Level::kInfo, "dsn_recipients_suppressed",
-               {{"bounce", job.bounce_id()},
+               {{"queue", options_.queue_target},
+                {"bounce", job.bounce_id()},
                 {"rcpts", absl::StrJoin(composed.suppressed_recipients, ",")},
                 {"why", "status"}});
   }
   if (composed.original_trimmed) {
     log::Event(Level::kInfo, "dsn_original_trimmed",
-               {{"bounce", job.bounce_id()},
+               {{"queue", options_.queue_target},
+                {"bounce", job.bounce_id()},
                 {"size", absl::StrCat(job.original().size())},
                 {"max", absl::StrCat(compose_options_.max_original_bytes)}});
   }
@@ -413,7 +425,8 @@ absl::Status BounceWorker::HandleNullSender(const v1::BounceJob& job) {
   TERN_RETURN_IF_ERROR(Ack(job, *dsn_id));
   redacted_->Inc();
   log::Event(Level::kNotice, "dsn_redacted",
-             {{"bounce", job.bounce_id()},
+             {{"queue", options_.queue_target},
+              {"bounce", job.bounce_id()},
               {"msg", job.message_id()},
               {"dsn", *dsn_id},
               {"to", recipient},
@@ -457,7 +470,8 @@ absl::Status BounceWorker::HandleDoubleBounce(const v1::BounceJob& job, absl::st
     double_bounce_copies_->Inc();
   }
   log::Event(Level::kWarn, "double_bounce",
-             {{"bounce", job.bounce_id()},
+             {{"queue", options_.queue_target},
+              {"bounce", job.bounce_id()},
               {"msg", job.message_id()},
               {"rcpts", absl::StrCat(job.recipients_size())},
               {"kind", KindName(KindOf(job.kind()))},
@@ -490,7 +504,8 @@ absl::StatusOr<std::string> BounceWorker::Send(const v1::BounceJob& job, const d
         ->Inc();
   }
   log::Event(Level::kInfo, "dsn_enqueued",
-             {{"bounce", job.bounce_id()},
+             {{"queue", options_.queue_target},
+              {"bounce", job.bounce_id()},
               {"msg", job.message_id()},
               {"dsn", *dsn_id},
               {"kind", note},
@@ -557,7 +572,9 @@ absl::Status BounceWorker::Ack(const v1::BounceJob& job, const std::string& dsn_
       // Another bouncer holds (or finished) the job; the idempotency key
       // makes its DSN the same one, so there is nothing to undo.
       log::Event(Level::kWarn, "ack_not_applied",
-                 {{"bounce", job.bounce_id()}, {"status", v1::ReportStatus_Name(result)}});
+                 {{"queue", options_.queue_target},
+                  {"bounce", job.bounce_id()},
+                  {"status", v1::ReportStatus_Name(result)}});
       return absl::OkStatus();
     default:
       ack_errors_->Inc();

@@ -1,7 +1,19 @@
 // File: bounce_worker.h
 //
-// The bouncer's one worker: leases bounce jobs from the queue, renders a DSN
+// A bouncer worker: leases bounce jobs from one queue shard, renders a DSN
 // for each, enqueues it and acknowledges the job.
+//
+// One worker per shard. Past one machine the queue is sharded
+// (ARCHITECTURE.md §8, tern.ini [bouncer] queue lists every shard), and
+// tern-bouncer runs one worker, with its own channel and thread, per shard.
+// A worker talks to its shard only: it leases there, acknowledges there (a
+// lease token means something only to the shard that issued it) and
+// enqueues every DSN there too. The last is required, not a convenience: the
+// DSN's idempotency key ("dsn:<bounce_id>", below) is deduplicated by the
+// queue that stores it, within that one RocksDB, so a DSN whose job is
+// retried (the bouncer died before Ack) is recognised as a duplicate only if
+// it goes to the same shard as the first try. Sent to another shard (e.g.
+// one picked per message, as ingest does), the retry would be a second DSN.
 //
 // Why this order is safe. A job is acknowledged only after the queue has
 // durably stored its DSN, and the DSN is enqueued with the idempotency key
@@ -45,7 +57,11 @@
 // tern_hook_calls_total{hook="bounce",result} (lib/hooks).
 //
 // Thread-safety: Run() on one thread; Stop() from any thread. Hook answers
-// arrive on gRPC threads and only touch their own call's state.
+// arrive on gRPC threads and only touch their own call's state. Workers of
+// one process share nothing mutable: each has its own stub, renderers and
+// copy of the (immutable) suppression rules; they share the metrics (atomic
+// counters), the logger and the Hooks stub (gRPC stubs are thread-safe), so
+// any number may run on their own threads at once.
 // Include from .cc files only (pulls in gRPC headers).
 #pragma once
 
@@ -83,7 +99,16 @@ class BounceHookCall;  // one Hooks.Bounce call in flight (bounce_worker.cc)
 class BounceWorker {
  public:
   struct Options {
+    // Sent as LeaseRequest.worker_id. Default: "bouncer" (the service uses
+    // "bouncer-<pid>", and "bouncer-<pid>-<shard index>" with several shards).
     std::string worker_id = "bouncer";
+    // The shard's gRPC target as tern.ini names it, for the `queue=` field
+    // of this worker's log lines. Default: empty.
+    std::string queue_target;
+    // Logs the templates' warnings (ignored header fields, an unused image)
+    // at construction. The service turns it off for all workers but the
+    // first, so that several shards do not repeat them. Default: true.
+    bool log_config_warnings = true;
     uint32_t max_jobs = 16;          // per Lease call
     uint32_t wait_ms = 2000;         // Lease long-poll
     absl::Duration rpc_timeout = absl::Seconds(30);  // Enqueue and Ack
@@ -107,8 +132,9 @@ class BounceWorker {
     absl::Duration hook_timeout = absl::Seconds(30);
   };
 
-  // `stub` must outlive the worker. The templates in `config` must have
-  // passed BouncerConfig::Validate(). `new_token` names DSN boundaries and
+  // `stub` (to the shard this worker serves; `options.new_stub` must make
+  // stubs to the same shard) must outlive the worker. The templates in
+  // `config` must have passed BouncerConfig::Validate(). `new_token` names DSN boundaries and
   // Message-Ids (tern::NewRandomToken in the service).
   BounceWorker(tern::v1::Queue::StubInterface* stub, const BouncerConfig& config,
                dsn::DsnRenderer::TokenGenerator new_token, int64_t pid, Options options);

@@ -556,6 +556,84 @@ TEST_F(BounceWorkerTest, QueueUnreachableForLongGetsANewStubAndWorkResumes) {
 }
 
 
+TEST_F(BounceWorkerTest, WorkersOfTwoShardsEachBounceTheirOwnShardsFailuresIntoThatShard) {
+  // ARCHITECTURE.md §8: tern-bouncer runs one worker per queue shard, on its
+  // own thread. queue_ is shard 0; `shard1` is a second queue.
+  FakeQueue shard1;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&shard1);
+  std::unique_ptr<grpc::Server> shard1_server = builder.BuildAndStart();
+  ASSERT_NE(shard1_server, nullptr);
+  std::unique_ptr<v1::Queue::Stub> shard1_stub =
+      v1::Queue::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+
+  // Shard 0: a failure and a double bounce. Shard 1: a failure handed out
+  // twice (a bouncer died between Enqueue and Ack). Both: a sender whose
+  // DSNs the (shared) suppression rules stop.
+  config_.suppress_sender_domains = {"quiet.example"};
+  queue_.AddJob(MakeJob("s0-a", "alice@example.com"));
+  queue_.AddJob(MakeJob("s0-b", ""));
+  queue_.AddJob(MakeJob("s0-c", "dan@quiet.example"));
+  shard1.AddJob(MakeJob("s1-a", "carol@example.org"));
+  shard1.AddJob(MakeJob("s1-a", "carol@example.org"));
+  shard1.AddJob(MakeJob("s1-c", "erin@quiet.example"));
+
+  auto make_worker = [this](v1::Queue::StubInterface* stub, int shard) {
+    BounceWorker::Options options = options_;
+    options.worker_id = absl::StrCat("bouncer-77-", shard);
+    options.queue_target = absl::StrCat("shard-", shard);
+    options.log_config_warnings = shard == 0;
+    auto n = std::make_shared<int>(0);
+    return std::make_unique<BounceWorker>(
+        stub, config_, [n, shard] { return absl::StrCat("s", shard, "t", ++*n); }, 77, options);
+  };
+  std::unique_ptr<BounceWorker> worker0 = make_worker(stub_.get(), 0);
+  std::unique_ptr<BounceWorker> worker1 = make_worker(shard1_stub.get(), 1);
+  std::thread runner0([&] { worker0->Run(); });
+  std::thread runner1([&] { worker1->Run(); });
+  EXPECT_TRUE(queue_.WaitForAcks(3, std::chrono::seconds(20)));
+  EXPECT_TRUE(shard1.WaitForAcks(3, std::chrono::seconds(20)));
+  worker0->Stop();
+  worker1->Stop();
+  runner0.join();
+  runner1.join();
+
+  // Each shard leased by its own worker...
+  EXPECT_EQ(queue_.last_lease().worker_id(), "bouncer-77-0");
+  EXPECT_EQ(shard1.last_lease().worker_id(), "bouncer-77-1");
+  // ...holds exactly the DSN about its own failure, and nothing else.
+  std::vector<FakeQueue::Stored> stored0 = queue_.stored();
+  ASSERT_EQ(stored0.size(), 1u);
+  EXPECT_EQ(stored0[0].header.idempotency_key(), "dsn:s0-a");
+  ASSERT_EQ(stored0[0].header.envelope().recipients_size(), 1);
+  EXPECT_EQ(stored0[0].header.envelope().recipients(0).address(), "alice@example.com");
+  EXPECT_EQ(mime::GetHeader(stored0[0].body, "Message-Id"), "<s0t1@mx.tern.test>");
+  std::vector<FakeQueue::Stored> stored1 = shard1.stored();
+  ASSERT_EQ(stored1.size(), 1u);
+  EXPECT_EQ(stored1[0].header.idempotency_key(), "dsn:s1-a");
+  ASSERT_EQ(stored1[0].header.envelope().recipients_size(), 1);
+  EXPECT_EQ(stored1[0].header.envelope().recipients(0).address(), "carol@example.org");
+
+  // Every job is acknowledged to the shard it came from. The repeated job's
+  // second DSN went to the same shard, so its idempotency key found the
+  // first: one DSN, both acks carry its id.
+  auto by_bounce = [](const std::vector<v1::BounceAck>& acks) {
+    std::multimap<std::string, std::string> out;
+    for (const v1::BounceAck& ack : acks) {
+      out.emplace(ack.bounce_id(), ack.dsn_message_id());
+    }
+    return out;
+  };
+  EXPECT_EQ(by_bounce(queue_.acks()),
+            (std::multimap<std::string, std::string>{{"s0-a", "dsn-1"}, {"s0-b", ""}, {"s0-c", ""}}));
+  EXPECT_EQ(by_bounce(shard1.acks()),
+            (std::multimap<std::string, std::string>{{"s1-a", "dsn-1"}, {"s1-a", "dsn-1"}, {"s1-c", ""}}));
+  shard1_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+}
+
+
 // ---- the bounce hook ----------------------------------------------------------
 
 uint64_t HookCalls(const std::string& result) {

@@ -2,9 +2,9 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/queue_targets.h"
 #include "lib/dsn/dsn_renderer.h"
 #include "services/bouncer/default_bounce_message.h"
 
@@ -15,27 +15,9 @@ namespace {
 constexpr char kIniName[] = "tern.ini";
 constexpr char kSection[] = "bouncer";
 
-// "host:port" or "[v6]:port", port 1-65535 (0 too when `allow_zero`).
-bool IsHostPort(absl::string_view text, bool allow_zero) {
-  size_t colon = text.rfind(':');
-  if (colon == absl::string_view::npos || colon == 0) {
-    return false;
-  }
-  absl::string_view host = text.substr(0, colon);
-  if (host.front() == '[' && host.back() != ']') {
-    return false;
-  }
-  for (char c : host) {
-    if (absl::ascii_isspace(c) || absl::ascii_iscntrl(c)) {
-      return false;
-    }
-  }
-  uint32_t port = 0;
-  absl::string_view port_text = text.substr(colon + 1);
-  if (port_text.empty() || !absl::SimpleAtoi(port_text, &port) || port > 65535) {
-    return false;
-  }
-  return allow_zero || port != 0;
+// "tern.ini [bouncer] queue: <reason>" from ParseQueueTargets' error.
+absl::Status QueueError(const absl::Status& reason) {
+  return absl::InvalidArgumentError(absl::StrCat(kIniName, " [", kSection, "] queue: ", reason.message()));
 }
 
 absl::StatusOr<std::optional<TemplateSource>> LoadOptional(const config::ConfigDir& dir, absl::string_view file) {
@@ -121,15 +103,22 @@ const TemplateSource& BouncerConfig::TemplateFor(dsn::ReportKind kind) const {
 }
 
 absl::Status BouncerConfig::Validate() const {
-  if (!IsHostPort(queue, /*allow_zero=*/false)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kIniName, " [", kSection, "] queue: \"", queue, "\" is not host:port"));
+  // The list must be what ParseQueueTargets makes of its tern.ini form:
+  // non-empty, each target valid and trimmed, none twice.
+  absl::StatusOr<std::vector<std::string>> parsed = config::ParseQueueTargets(config::JoinQueueTargets(queues));
+  if (!parsed.ok()) {
+    return QueueError(parsed.status());
   }
-  if (!health_listen.empty() && !IsHostPort(health_listen, /*allow_zero=*/true)) {
+  if (*parsed != queues) {
+    return absl::InvalidArgumentError(absl::StrCat(kIniName, " [", kSection, "] queue: \"",
+                                                   config::JoinQueueTargets(queues),
+                                                   "\" has an entry with spaces or commas around it"));
+  }
+  if (!health_listen.empty() && !config::IsHostPort(health_listen, /*allow_zero=*/true)) {
     return absl::InvalidArgumentError(
         absl::StrCat(kIniName, " [", kSection, "] health_listen: \"", health_listen, "\" is not host:port"));
   }
-  if (!metrics_listen.empty() && !IsHostPort(metrics_listen, /*allow_zero=*/true)) {
+  if (!metrics_listen.empty() && !config::IsHostPort(metrics_listen, /*allow_zero=*/true)) {
     return absl::InvalidArgumentError(
         absl::StrCat(kIniName, " [", kSection, "] metrics_listen: \"", metrics_listen, "\" is not host:port"));
   }
@@ -160,7 +149,12 @@ absl::Status BouncerConfig::Validate() const {
 absl::StatusOr<BouncerConfig> LoadBouncerConfig(const config::ConfigDir& dir) {
   BouncerConfig cfg;
   TERN_ASSIGN_OR_RETURN(config::IniFile ini, dir.Ini(kIniName));
-  cfg.queue = ini.GetString(kSection, "queue", cfg.queue);
+  absl::StatusOr<std::vector<std::string>> queues =
+      config::ParseQueueTargets(ini.GetString(kSection, "queue", config::JoinQueueTargets(cfg.queues)));
+  if (!queues.ok()) {
+    return QueueError(queues.status());
+  }
+  cfg.queues = *std::move(queues);
   cfg.health_listen = ini.GetString(kSection, "health_listen", cfg.health_listen);
   cfg.metrics_listen = ini.GetString(kSection, "metrics_listen", cfg.metrics_listen);
   TERN_ASSIGN_OR_RETURN(cfg.max_original_bytes, ini.GetInt(kSection, "max_original_bytes", cfg.max_original_bytes));

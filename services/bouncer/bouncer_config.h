@@ -5,7 +5,12 @@
 // stops the service with a message naming it.
 //
 //   tern.ini [bouncer]
-//     queue=127.0.0.1:7070           ; Default: 127.0.0.1:7070. The queue's gRPC API.
+//     queue=127.0.0.1:7070           ; Default: 127.0.0.1:7070. The queue's gRPC
+//                                    ; address, or a comma-separated list of
+//                                    ; every queue shard (ARCHITECTURE.md §8,
+//                                    ; lib/config/queue_targets.h): one worker
+//                                    ; per shard leases that shard's bounce
+//                                    ; jobs and queues their DSNs back to it.
 //     health_listen=127.0.0.1:7073   ; Default: 127.0.0.1:7073. Empty disables.
 //     metrics_listen=127.0.0.1:9473  ; Default: 127.0.0.1:9473. Empty disables.
 //     max_original_bytes=1048576     ; Default: 1048576. RET=FULL attaches the
@@ -54,7 +59,9 @@ struct TemplateSource {
 };
 
 struct BouncerConfig {
-  std::string queue = "127.0.0.1:7070";
+  // The queue shards, in the order tern.ini lists them (shard index = place
+  // here). Never empty; no target twice.
+  std::vector<std::string> queues = {"127.0.0.1:7070"};
   std::string health_listen = "127.0.0.1:7073";
   std::string metrics_listen = "127.0.0.1:9473";
   int64_t max_original_bytes = 1024 * 1024;
@@ -80,7 +87,8 @@ struct BouncerConfig {
   // The suppression rules, parsed.
   absl::StatusOr<SuppressionRules> Suppression() const;
 
-  // Checks the addresses, `me`, sizes, the suppression rules and that every
+  // Checks the queue shards (as ParseQueueTargets would), the listen
+  // addresses, `me`, sizes, the suppression rules and that every
   // template parses.
   absl::Status Validate() const;
 };

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -12,6 +13,7 @@
 namespace tern::bouncer {
 namespace {
 
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 class BouncerConfigTest : public ::testing::Test {
@@ -36,7 +38,7 @@ class BouncerConfigTest : public ::testing::Test {
 TEST_F(BouncerConfigTest, EmptyDirGivesDocumentedDefaults) {
   absl::StatusOr<BouncerConfig> cfg = LoadBouncerConfig(Dir());
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  EXPECT_EQ(cfg->queue, "127.0.0.1:7070");
+  EXPECT_THAT(cfg->queues, ElementsAre("127.0.0.1:7070"));
   EXPECT_EQ(cfg->health_listen, "127.0.0.1:7073");
   EXPECT_EQ(cfg->metrics_listen, "127.0.0.1:9473");
   EXPECT_FALSE(cfg->me.empty());
@@ -73,7 +75,7 @@ TEST_F(BouncerConfigTest, BuiltInTemplatesAreTheDeployDefaults) {
 TEST_F(BouncerConfigTest, DeployConfigDirLoads) {
   absl::StatusOr<BouncerConfig> cfg = LoadBouncerConfig(config::ConfigDir(std::string(TERN_SOURCE_DIR) + "/deploy/config"));
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  EXPECT_EQ(cfg->queue, "127.0.0.1:7070");
+  EXPECT_THAT(cfg->queues, ElementsAre("127.0.0.1:7070"));
   EXPECT_THAT(cfg->failed_template.origin, HasSubstr("deploy/config/outbound.bounce_message"));
   // Tern ships an HTML alternative for failure DSNs, but no image.
   ASSERT_TRUE(cfg->failed_html.has_value());
@@ -146,7 +148,7 @@ TEST_F(BouncerConfigTest, ReadsKeysMeAndTemplateFiles) {
   Write("outbound.bounce_message", "Subject: custom\n\nsorry {recipients}\n");
   absl::StatusOr<BouncerConfig> cfg = LoadBouncerConfig(Dir());
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  EXPECT_EQ(cfg->queue, "queue.internal:7070");
+  EXPECT_THAT(cfg->queues, ElementsAre("queue.internal:7070"));
   EXPECT_EQ(cfg->health_listen, "");
   EXPECT_EQ(cfg->metrics_listen, "0.0.0.0:0");
   EXPECT_EQ(cfg->me, "mx.example.com");
@@ -155,11 +157,37 @@ TEST_F(BouncerConfigTest, ReadsKeysMeAndTemplateFiles) {
   EXPECT_EQ(&cfg->TemplateFor(dsn::ReportKind::kDelayed), &cfg->delayed_template);
 }
 
-TEST_F(BouncerConfigTest, RejectsBadQueueAddressNamingTheKey) {
-  Write("tern.ini", "[bouncer]\nqueue=no-port-here\n");
+TEST_F(BouncerConfigTest, ReadsEveryQueueShardInOrder) {
+  Write("tern.ini",
+        "[bouncer]\nqueue= queue-0.queue:7070 , queue-1.queue:7070,[::1]:7071,unix:/run/tern/queue.sock\n");
   absl::StatusOr<BouncerConfig> cfg = LoadBouncerConfig(Dir());
-  ASSERT_FALSE(cfg.ok());
-  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("[bouncer] queue"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_THAT(cfg->queues,
+              ElementsAre("queue-0.queue:7070", "queue-1.queue:7070", "[::1]:7071", "unix:/run/tern/queue.sock"));
+}
+
+TEST_F(BouncerConfigTest, RejectsBadQueueListsNamingTheKeyAndTheReason) {
+  struct Case {
+    const char* label;
+    const char* text;
+    const char* error;
+  };
+  const Case cases[] = {
+      {"no port", "[bouncer]\nqueue=no-port-here\n",
+       "tern.ini [bouncer] queue: \"no-port-here\" is not host:port"},
+      {"empty", "[bouncer]\nqueue=\n", "tern.ini [bouncer] queue: no queue address"},
+      {"empty entry", "[bouncer]\nqueue=a:7070,,b:7070\n", "tern.ini [bouncer] queue: entry 2 is empty"},
+      {"twice", "[bouncer]\nqueue=a:7070, a:7070\n", "tern.ini [bouncer] queue: \"a:7070\" is listed twice"},
+      {"port 0", "[bouncer]\nqueue=a:7070,b:0\n", "tern.ini [bouncer] queue: \"b:0\""},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    Write("tern.ini", c.text);
+    absl::StatusOr<BouncerConfig> cfg = LoadBouncerConfig(Dir());
+    ASSERT_FALSE(cfg.ok());
+    EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(cfg.status().message()), HasSubstr(c.error));
+  }
 }
 
 TEST_F(BouncerConfigTest, RejectsBrokenTemplateNamingTheFile) {
@@ -181,8 +209,41 @@ TEST(BouncerConfigValidate, RejectsBadMeAndListenAddresses) {
   bad.health_listen = "127.0.0.1:99999";
   EXPECT_FALSE(bad.Validate().ok());
   bad = cfg;
-  bad.queue = "127.0.0.1:0";
+  bad.metrics_listen = "no-port";
   EXPECT_FALSE(bad.Validate().ok());
+  bad = cfg;
+  bad.metrics_listen = "0.0.0.0:0";  // any free port
+  EXPECT_TRUE(bad.Validate().ok());
+}
+
+TEST(BouncerConfigValidate, QueueShardsMustBeWhatTheIniParserMakes) {
+  BouncerConfig cfg;
+  cfg.me = "mx.example.com";
+  cfg.failed_template.text = cfg.delayed_template.text = cfg.delivered_template.text = "body\n";
+  struct Case {
+    const char* label;
+    std::vector<std::string> queues;
+    bool ok;
+  };
+  const Case cases[] = {
+      {"one", {"127.0.0.1:7070"}, true},
+      {"two", {"queue-0:7070", "queue-1:7070"}, true},
+      {"none", {}, false},
+      {"port 0", {"127.0.0.1:0"}, false},
+      {"empty entry", {"a:1", ""}, false},
+      {"twice", {"a:1", "a:1"}, false},
+      {"untrimmed", {" a:1"}, false},
+      {"comma inside", {"a:1,b:2"}, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    cfg.queues = c.queues;
+    absl::Status s = cfg.Validate();
+    EXPECT_EQ(s.ok(), c.ok) << s;
+    if (!s.ok()) {
+      EXPECT_THAT(std::string(s.message()), HasSubstr("tern.ini [bouncer] queue: "));
+    }
+  }
 }
 
 }  // namespace

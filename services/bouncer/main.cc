@@ -3,8 +3,10 @@
 //   tern-bouncer --config DIR
 //
 // Reads tern.ini [bouncer], me, outbound.bounce_message*, hooks.ini,
-// plugin_timeout and log.ini from DIR (see services/bouncer/README.md). SIGTERM/SIGINT: finish the job in
-// progress, then exit 0. A bad config exits 1 with a message naming the file.
+// plugin_timeout and log.ini from DIR (see services/bouncer/README.md). One
+// worker thread per queue shard listed in [bouncer] queue. SIGTERM/SIGINT:
+// every worker finishes its job in progress, then exit 0. A bad config exits
+// 1 with a message naming the file.
 #include <unistd.h>
 
 #include <csignal>
@@ -12,6 +14,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <grpcpp/server.h>
 
@@ -22,6 +26,7 @@
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
+#include "lib/config/queue_targets.h"
 #include "lib/hooks/hooks_channel.h"
 #include "lib/hooks/hooks_config.h"
 #include "lib/metrics/metrics.h"
@@ -57,7 +62,8 @@ int RealMain(const std::string& config_path) {
   }
   const bool bounce_hook = hooks->Calls(tern::hooks::Hook::kBounce);
   tern::log::Event(Level::kInfo, "starting",
-                   {{"queue", config->queue},
+                   {{"queue", tern::config::JoinQueueTargets(config->queues)},
+                    {"shards", absl::StrCat(config->queues.size())},
                     {"me", config->me},
                     {"template", config->failed_template.origin},
                     {"bounce_hook", bounce_hook ? hooks->address : "none"}});
@@ -77,22 +83,42 @@ int RealMain(const std::string& config_path) {
     }
   }
 
-  std::shared_ptr<grpc::Channel> channel = tern::rpc::MakeChannel(config->queue);
-  std::unique_ptr<tern::v1::Queue::Stub> stub = tern::v1::Queue::NewStub(channel);
-  tern::bouncer::BounceWorker::Options options;
-  options.worker_id = absl::StrCat("bouncer-", getpid());
-  options.new_stub = [target = config->queue]() -> std::unique_ptr<tern::v1::Queue::StubInterface> {
-    return tern::v1::Queue::NewStub(tern::rpc::MakeChannel(target));
-  };
-  // The bouncer calls one hook; the other services call the rest.
+  // One worker per queue shard, each with its own channel and thread. A
+  // worker enqueues its DSNs into the shard it leased the bounce job from
+  // (bounce_worker.h says why: the DSN's idempotency key is only
+  // deduplicated within that shard's database).
+  tern::bouncer::BounceWorker::Options base_options;
+  // The bouncer calls one hook; the other services call the rest. The Hooks
+  // stub is shared by every worker (gRPC stubs are thread-safe).
   std::unique_ptr<tern::v1::Hooks::Stub> hooks_stub;
   if (bounce_hook) {
     hooks_stub = tern::v1::Hooks::NewStub(tern::hooks::MakeHooksChannel(*hooks));
-    options.hooks = hooks_stub.get();
-    options.hook_timeout = absl::FromChrono(hooks->timeout);
+    base_options.hooks = hooks_stub.get();
+    base_options.hook_timeout = absl::FromChrono(hooks->timeout);
   }
-  tern::bouncer::BounceWorker worker(stub.get(), *config, [] { return tern::NewRandomToken(); }, getpid(), options);
-  std::thread worker_thread([&worker] { worker.Run(); });
+  const std::vector<std::string>& queues = config->queues;
+  std::vector<std::unique_ptr<tern::v1::Queue::Stub>> stubs;
+  std::vector<std::unique_ptr<tern::bouncer::BounceWorker>> workers;
+  for (size_t shard = 0; shard < queues.size(); ++shard) {
+    const std::string& target = queues[shard];
+    tern::bouncer::BounceWorker::Options options = base_options;
+    options.worker_id = queues.size() == 1 ? absl::StrCat("bouncer-", getpid())
+                                           : absl::StrCat("bouncer-", getpid(), "-", shard);
+    options.queue_target = target;
+    options.log_config_warnings = shard == 0;
+    options.new_stub = [target]() -> std::unique_ptr<tern::v1::Queue::StubInterface> {
+      return tern::v1::Queue::NewStub(tern::rpc::MakeChannel(target));
+    };
+    stubs.push_back(tern::v1::Queue::NewStub(tern::rpc::MakeChannel(target)));
+    tern::log::Event(Level::kInfo, "worker_starting", {{"queue", target}, {"worker", options.worker_id}});
+    workers.push_back(std::make_unique<tern::bouncer::BounceWorker>(
+        stubs.back().get(), *config, [] { return tern::NewRandomToken(); }, getpid(), std::move(options)));
+  }
+  std::vector<std::thread> worker_threads;
+  worker_threads.reserve(workers.size());
+  for (const std::unique_ptr<tern::bouncer::BounceWorker>& worker : workers) {
+    worker_threads.emplace_back([w = worker.get()] { w->Run(); });
+  }
 
   while (true) {
     int sig = tern::WaitForSignal();
@@ -104,8 +130,13 @@ int RealMain(const std::string& config_path) {
     tern::log::Event(Level::kInfo, "stopping", {{"signal", absl::StrCat(sig)}});
     break;
   }
-  worker.Stop();
-  worker_thread.join();
+  // Every worker is told first, so they all wind down together.
+  for (const std::unique_ptr<tern::bouncer::BounceWorker>& worker : workers) {
+    worker->Stop();
+  }
+  for (std::thread& t : worker_threads) {
+    t.join();
+  }
   if (health) {
     health->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   }

@@ -96,6 +96,8 @@ std::string MxSitePrefix() { return "m"; }
 
 std::string MxSiteKey(absl::string_view domain) { return absl::StrCat(MxSitePrefix(), domain); }
 
+std::string InstanceKey() { return "n"; }
+
 std::string DeletedPrefix() { return "d"; }
 
 std::string DeletedKey(int64_t deleted_unix_ms, absl::string_view token, absl::string_view message_id) {

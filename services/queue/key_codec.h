@@ -22,6 +22,8 @@
 //               'd' | deleted_ms(8, big-endian) | token | 0x00 | message id
 //                                              -> DeletedRecord (what one Delete removed of one message,
 //               kept for the undo window; oldest first, so the purge stops at the first young one)
+//               'n'                            -> InstanceRecord (this database's random instance token,
+//               made at its first open; one key)
 //   events      seq(8, big-endian)             -> tern.v1.QueueEvent (the event log)
 //   corrupt     source CF name | 0x00 | key    -> the unparseable value as found
 //
@@ -91,6 +93,9 @@ std::string StsPolicyKey(absl::string_view domain);
 // every such key.
 std::string MxSiteKey(absl::string_view domain);
 std::string MxSitePrefix();
+
+// The one key of this database's InstanceRecord.
+std::string InstanceKey();
 
 // Deleted-for-undo records (DeletedRecord). The token must not contain
 // NUL. A negative time is stored as 0.

@@ -110,6 +110,17 @@ TEST(KeyCodec, StsPolicyKeysAreApartFromHostFlagsAndIdempotencyKeys) {
   EXPECT_NE(HostFlagKey("x", "y").rfind(StsPolicyKey(""), 0), 0u);
 }
 
+TEST(KeyCodec, TheInstanceKeyIsInNoOtherMetaRange) {
+  // Every prefix scan of the meta CF (idempotency sweep, host flags, MX
+  // sites, TLS counts, deleted records) must pass it by.
+  const std::string k = InstanceKey();
+  for (const std::string& other : {IdempotencyKey(""), HostFlagPrefix(""), StsPolicyKey(""), MxSitePrefix(),
+                                   TlsRptPrefix(), DeletedPrefix()}) {
+    EXPECT_NE(k.rfind(other, 0), 0u) << other;
+    EXPECT_NE(other.rfind(k, 0), 0u) << other;
+  }
+}
+
 TEST(KeyCodec, MxSiteKeysShareOnlyTheirOwnPrefix) {
   const std::string k = MxSiteKey("example.com");
   EXPECT_EQ(k.rfind(MxSitePrefix(), 0), 0u);

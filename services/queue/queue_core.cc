@@ -102,6 +102,7 @@ absl::Status QueueCore::Impl::Open() {
   corrupt_ = handles_[7];
   events_ = handles_[8];
 
+  TERN_RETURN_IF_ERROR(LoadInstanceId());
   TERN_RETURN_IF_ERROR(Recover());
 
   GroupCommitter::Options copt;
@@ -120,6 +121,56 @@ absl::Status QueueCore::Impl::Open() {
   }
   recovered_data_sent_.clear();
   StartTlsReporter();
+  return absl::OkStatus();
+}
+
+bool IsInstanceId(absl::string_view id) {
+  return id.size() == kInstanceIdLength &&
+         std::all_of(id.begin(), id.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// The instance token. Two queue shards aggregate TLS session counts of
+// their own and each reports them; the report-id (RFC 8460 §4.3) must differ
+// between them, or a receiver deduplicating by report-id keeps one shard's
+// counts and drops the other's. Config cannot tell shards apart reliably (a
+// StatefulSet gives every pod the same tern.ini), but each shard has a
+// database of its own: the token is made at random the first time a
+// database is opened (also an existing one, from before tokens) and stored
+// in it with a synced write, so it stays the same for the life of that
+// database, across restarts, and another database gets another one. A copy
+// of a database's files (a restored backup used as a second shard) shares
+// its token; the README says so. An unreadable record is quarantined and
+// replaced: that changes this database's later report-ids, and never makes
+// two reports share one.
+absl::Status QueueCore::Impl::LoadInstanceId() {
+  const std::string key = InstanceKey();
+  std::string raw;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), meta_, key, &raw);
+  if (!s.ok() && !s.IsNotFound()) {
+    return StorageError(s, "read the instance id");
+  }
+  rocksdb::WriteBatch batch;
+  if (s.ok()) {
+    InstanceRecord rec;
+    if (rec.ParseFromString(raw) && IsInstanceId(rec.id())) {
+      instance_id_ = rec.id();
+      log::Event(log::Level::kInfo, "queue_instance", {{"instance", instance_id_}, {"created", "false"}});
+      return absl::OkStatus();
+    }
+    (void)batch.Put(corrupt_, CorruptKey(kMetaCf, key), raw);
+    LogCorrupt(kMetaCf, key);
+  }
+  InstanceRecord rec;
+  rec.set_id(NewRandomToken().substr(0, kInstanceIdLength));
+  rec.set_created_unix_ms(clock_->NowUnixMs());
+  (void)batch.Put(meta_, key, rec.SerializeAsString());
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  if (rocksdb::Status w = db_->Write(wo, &batch); !w.ok()) {
+    return StorageError(w, "write the instance id");
+  }
+  instance_id_ = rec.id();
+  log::Event(log::Level::kNotice, "queue_instance", {{"instance", instance_id_}, {"created", "true"}});
   return absl::OkStatus();
 }
 
@@ -1725,6 +1776,7 @@ void QueueCore::SendTlsReports(tern::v1::SendTlsReportsRequest request,
   impl_->SendTlsReports(std::move(request), std::move(done));
 }
 int64_t QueueCore::TlsReportRunTimeForTest() const { return impl_->TlsReportRunTimeForTest(); }
+std::string QueueCore::InstanceIdForTest() const { return impl_->instance_id(); }
 void QueueCore::BeginShutdown() { impl_->BeginShutdown(); }
 
 const Clock* SystemClock::Get() {

@@ -49,6 +49,7 @@
 #include <atomic>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -58,6 +59,7 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "services/queue/destination_shaping.h"
 #include "services/queue/queue_clock.h"
 #include "services/queue/retry_schedule.h"
@@ -96,6 +98,13 @@ struct TlsRptOptions {
   // Message-IDs. Default: the domain of `from`.
   std::string submitter;
 };
+
+// Length of a queue database's instance token: lower-case hex, 40 random
+// bits, made when the database is first opened and kept in it. It makes the
+// report-ids of TLS reports unique across queue shards (queue_tls_reports.cc).
+inline constexpr size_t kInstanceIdLength = 10;
+// True if `id` looks like an instance token.
+bool IsInstanceId(absl::string_view id);
 
 // Counts of days older than this many days before today (UTC) are deleted,
 // sent or not, so nothing grows without bound.
@@ -283,6 +292,9 @@ class QueueCore {
   // SendTlsReports) began; 0 before the first. A test that moved the clock
   // to T waits for a value >= T to know a run saw T.
   int64_t TlsReportRunTimeForTest() const;
+  // This database's instance token (kInstanceIdLength hex characters), made
+  // at its first open and the same at every later one.
+  std::string InstanceIdForTest() const;
 
   // outbound.ini `disabled` as (re)read from the file. A change of it also
   // ends a Pause/Resume override.

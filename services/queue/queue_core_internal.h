@@ -568,6 +568,9 @@ class QueueCore::Impl {
   absl::StatusOr<tern::v1::ListTlsReportsResponse> ListTlsReports();
   void SendTlsReports(tern::v1::SendTlsReportsRequest request, Callback<tern::v1::SendTlsReportsResponse> done);
   int64_t TlsReportRunTimeForTest() const { return tlsrpt_last_run_ms_.load(std::memory_order_acquire); }
+  // This database's instance token (LoadInstanceId); set by Open() before
+  // any other thread starts, never changed afterwards, so any thread reads it.
+  const std::string& instance_id() const { return instance_id_; }
 
  private:
   struct KindState {
@@ -1219,6 +1222,8 @@ class QueueCore::Impl {
   // thread only: never from the writer role).
   absl::Status SubmitAndWait(GroupOp op);
   absl::Status Recover();
+  // Reads this database's instance token, or makes and stores one (queue_core.cc).
+  absl::Status LoadInstanceId();
   int64_t DelayForUnreported(uint32_t attempts) const;
 
   CoreOptions opt_;
@@ -1237,6 +1242,9 @@ class QueueCore::Impl {
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;
   rocksdb::ColumnFamilyHandle* corrupt_ = nullptr;
   rocksdb::ColumnFamilyHandle* events_ = nullptr;
+
+  // Set by Open() before any thread starts; read-only afterwards.
+  std::string instance_id_;
 
   // Owned by the writer role (and by Open before the committer starts).
   // disabled_ is the effective pause: the admin override if set, else the file's value.

@@ -36,11 +36,22 @@
 // and a second report of the same day (late counts, or `ternctl tlsrpt send
 // --include-today` earlier that day) would be swallowed by the first one's
 // keys. Instead the n-th report of a (day, domain) has its own report-id,
-// "<YYYY-MM-DD>_<domain>[_<n>]@<submitter>", and its own keys: a marker key
-// per report-id and an Enqueue key per rua, derived from the report-id. An
-// operation that finds the marker or a key of its n taken fails, and the
-// thread tries n+1; an Enqueue key that deduplicated silently would delete
-// counts whose report was never queued.
+// "<YYYY-MM-DD>_<domain>_<instance>[_<n>]@<submitter>", and its own keys: a
+// marker key per report-id and an Enqueue key per rua, derived from the
+// report-id. An operation that finds the marker or a key of its n taken
+// fails, and the thread tries n+1; an Enqueue key that deduplicated silently
+// would delete counts whose report was never queued.
+//
+// <instance> is this database's instance token (queue_core.cc
+// LoadInstanceId: random, made at its first open, stored in it). Past one
+// machine the queue is sharded (ARCHITECTURE.md §8) and every shard counts
+// and reports its own sessions, so two shards report the same (day, domain)
+// with the same submitter; receivers deduplicate by report-id (RFC 8460
+// §4.3: it must be unique), and without the token they would keep one
+// shard's report and drop the other's counts. The token is in the local
+// part, so the report e-mails' Message-IDs (report-id's local part, ".<i>")
+// differ between shards too. The markers and keys above live in the
+// shard's own database, so n counts per shard.
 //
 // Automatic runs report a day kTlsRptGraceMs after it ended, so counts of
 // its last seconds, which deliverers send a few seconds later, are in it.
@@ -238,10 +249,12 @@ RuaTarget TargetOf(absl::string_view rua) {
   return {mailbox->ToString(), ""};
 }
 
-// "<YYYY-MM-DD>_<domain>" for the first report of a (day, domain), with
-// "_<n>" for the n-th.
-std::string ReportLocalPart(int64_t day, absl::string_view domain, int n) {
-  return n <= 1 ? absl::StrCat(DayText(day), "_", domain) : absl::StrCat(DayText(day), "_", domain, "_", n);
+// "<YYYY-MM-DD>_<domain>_<instance>" for this queue's first report of a
+// (day, domain), with "_<n>" for the n-th. A dot-atom (RFC 5322 §3.4.1):
+// the domain is an ASCII domain name and the instance token hex.
+std::string ReportLocalPart(int64_t day, absl::string_view domain, absl::string_view instance, int n) {
+  return n <= 1 ? absl::StrCat(DayText(day), "_", domain, "_", instance)
+                : absl::StrCat(DayText(day), "_", domain, "_", instance, "_", n);
 }
 
 // Keys in the idempotency range (pruned after idempotency_retention): the
@@ -616,7 +629,8 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
       std::string raw;
       rocksdb::Status s = db_->Get(
           rocksdb::ReadOptions(), meta_,
-          IdempotencyKey(ReportMarker(absl::StrCat(ReportLocalPart(day, domain, n), "@", cfg.submitter))), &raw);
+          IdempotencyKey(ReportMarker(absl::StrCat(ReportLocalPart(day, domain, instance_id_, n), "@", cfg.submitter))),
+          &raw);
       IdempotencyRecord rec;
       if (s.IsNotFound() || (s.ok() && rec.ParseFromString(raw) && IdempotencyExpired(rec, now))) {
         break;
@@ -625,7 +639,7 @@ absl::StatusOr<tern::v1::TlsRptSent> QueueCore::Impl::ReportTlsCountGroup(int64_
         return StorageError(s, "read a TLS report marker");
       }
     }
-    const std::string local = ReportLocalPart(day, domain, n);
+    const std::string local = ReportLocalPart(day, domain, instance_id_, n);
     const std::string report_id = absl::StrCat(local, "@", cfg.submitter);
 
     // The e-mails and POSTs, built here, off the writer.

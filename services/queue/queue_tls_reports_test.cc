@@ -4,6 +4,7 @@
 #include <zlib.h>
 
 #include <atomic>
+#include <filesystem>
 #include <set>
 #include <string>
 #include <thread>
@@ -105,6 +106,12 @@ class QueueTlsReportsTest : public QueueCoreTest {
   void ReopenSettled() {
     Reopen();
     WaitForFirstRun();
+  }
+  // The report-id of this queue's n-th report of "<day>_<domain>": with the
+  // database's instance token, so that shards never share one.
+  std::string ReportId(const std::string& day_domain, int n = 1) {
+    return absl::StrCat(day_domain, "_", core_->InstanceIdForTest(), n > 1 ? absl::StrCat("_", n) : "",
+                        "@mail.tern.example");
   }
   void WaitForFirstRun() {
     ASSERT_TRUE(Eventually([&] { return core_->TlsReportRunTimeForTest() > 0; })) << "no report run at startup";
@@ -243,7 +250,7 @@ TEST_F(QueueTlsReportsTest, AfterMidnightOneReportIsQueuedPerRuaAndTheCountsAreD
       EXPECT_EQ(job.recipients(0).spec().post_url(), "https://tlsrpt.example.com/v1");
       EXPECT_EQ(job.recipients(0).spec().notify(), static_cast<uint32_t>(tern::v1::NOTIFY_NEVER));
       const std::string json = Gunzip(job.body());
-      EXPECT_THAT(json, HasSubstr("\"report-id\":\"2023-11-14_example.com@mail.tern.example\""));
+      EXPECT_THAT(json, HasSubstr(absl::StrCat("\"report-id\":\"", ReportId("2023-11-14_example.com"), "\"")));
       EXPECT_THAT(json, HasSubstr("\"total-successful-session-count\":100"));
       EXPECT_THAT(json, HasSubstr("\"total-failure-session-count\":3"));
       continue;
@@ -255,9 +262,9 @@ TEST_F(QueueTlsReportsTest, AfterMidnightOneReportIsQueuedPerRuaAndTheCountsAreD
     EXPECT_THAT(body, HasSubstr("TLS-Report-Domain: example.com\r\n"));
     EXPECT_THAT(body, HasSubstr("TLS-Report-Submitter: mail.tern.example\r\n"));
     EXPECT_THAT(body, HasSubstr("multipart/report; report-type=\"tlsrpt\""));
-    EXPECT_THAT(body, HasSubstr("<2023-11-14_example.com@mail.tern.example>"));
+    EXPECT_THAT(body, HasSubstr(absl::StrCat("<", ReportId("2023-11-14_example.com"), ">")));
     const std::string json = ReportJson(body);
-    EXPECT_THAT(json, HasSubstr("\"report-id\":\"2023-11-14_example.com@mail.tern.example\""));
+    EXPECT_THAT(json, HasSubstr(absl::StrCat("\"report-id\":\"", ReportId("2023-11-14_example.com"), "\"")));
     EXPECT_THAT(json, HasSubstr("\"start-datetime\":\"2023-11-14T00:00:00Z\""));
     EXPECT_THAT(json, HasSubstr("\"end-datetime\":\"2023-11-15T00:00:00Z\""));
     EXPECT_THAT(json, HasSubstr("\"policy-domain\":\"example.com\""));
@@ -350,7 +357,7 @@ TEST_F(QueueTlsReportsTest, SendTlsReportsSendsFinishedDaysAndTodayOnlyWhenAsked
   ASSERT_TRUE(sent.ok()) << sent.status();
   ASSERT_EQ(sent->sent_size(), 1);
   EXPECT_EQ(sent->sent(0).day(), kToday - 1);
-  EXPECT_EQ(sent->sent(0).report_id(), "2023-11-13_example.com@mail.tern.example");
+  EXPECT_EQ(sent->sent(0).report_id(), ReportId("2023-11-13_example.com"));
   EXPECT_EQ(sent->sent(0).message_ids_size(), 1);
   ASSERT_EQ(Pending().size(), 1u);
   EXPECT_EQ(Pending()[0].day(), kToday);
@@ -359,7 +366,7 @@ TEST_F(QueueTlsReportsTest, SendTlsReportsSendsFinishedDaysAndTodayOnlyWhenAsked
   ASSERT_TRUE(sent.ok()) << sent.status();
   ASSERT_EQ(sent->sent_size(), 1);
   EXPECT_EQ(sent->sent(0).day(), kToday);
-  EXPECT_EQ(sent->sent(0).report_id(), "2023-11-14_example.com@mail.tern.example");
+  EXPECT_EQ(sent->sent(0).report_id(), ReportId("2023-11-14_example.com"));
   EXPECT_THAT(Pending(), IsEmpty());
 
   // Sessions later that day make a report of their own at midnight, with
@@ -373,12 +380,114 @@ TEST_F(QueueTlsReportsTest, SendTlsReportsSendsFinishedDaysAndTodayOnlyWhenAsked
   for (const auto& job : lease.deliveries()) {
     const std::string json = ReportJson(job.body());
     if (absl::StrContains(json, "_2@")) {
-      EXPECT_THAT(json, HasSubstr("\"report-id\":\"2023-11-14_example.com_2@mail.tern.example\""));
+      EXPECT_THAT(json, HasSubstr(absl::StrCat("\"report-id\":\"", ReportId("2023-11-14_example.com", 2), "\"")));
       EXPECT_THAT(json, HasSubstr("\"total-successful-session-count\":1"));
       ids.push_back(job.message_id());
     }
   }
   EXPECT_EQ(ids.size(), 1u);
+}
+
+TEST_F(QueueTlsReportsTest, TwoQueueShardsReportTheSameDayAndDomainUnderDifferentIdsThatSurviveARestart) {
+  // ARCHITECTURE.md §8: each shard is a queue with its own database that
+  // counts and reports its own sessions. Receivers deduplicate by report-id
+  // (RFC 8460 §4.3), so the two shards' reports of one (day, domain) must not
+  // share one, or one shard's counts would be dropped.
+  EnableReports();
+  OpenSettled();
+  const std::vector<std::string> rua = {"mailto:tlsrpt@example.com"};
+  ASSERT_TRUE(Record({Count("example.com", 7, rua, "", kToday - 1)}).ok());
+  auto first = Send(/*include_today=*/false);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->sent_size(), 1);
+  const std::string instance = core_->InstanceIdForTest();
+  EXPECT_TRUE(IsInstanceId(instance)) << instance;
+  const std::string id_a = first->sent(0).report_id();
+  EXPECT_EQ(id_a, absl::StrCat("2023-11-13_example.com_", instance, "@mail.tern.example"));
+
+  // A second shard: its own database, the same config and clock.
+  const std::filesystem::path dir_b = dir_.string() + "_shard_b";
+  CoreOptions options_b = options_;
+  options_b.data_dir = dir_b.string();
+  auto shard_b = QueueCore::Open(options_b);
+  ASSERT_TRUE(shard_b.ok()) << shard_b.status();
+  ASSERT_TRUE(Eventually([&] { return (*shard_b)->TlsReportRunTimeForTest() > 0; }));
+  tern::v1::RecordTlsResultsRequest req;
+  *req.add_counts() = Count("example.com", 5, rua, "", kToday - 1);
+  ASSERT_TRUE(Sync<tern::v1::RecordTlsResultsResponse>(
+                  [&](auto cb) { (*shard_b)->RecordTlsResults(std::move(req), std::move(cb)); })
+                  .ok());
+  tern::v1::SendTlsReportsRequest send;
+  auto second = Sync<tern::v1::SendTlsReportsResponse>(
+      [&](auto cb) { (*shard_b)->SendTlsReports(send, std::move(cb)); });
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(second->sent_size(), 1);
+  const std::string instance_b = (*shard_b)->InstanceIdForTest();
+  EXPECT_TRUE(IsInstanceId(instance_b)) << instance_b;
+  EXPECT_NE(instance_b, instance);
+  const std::string id_b = second->sent(0).report_id();
+  EXPECT_EQ(id_b, absl::StrCat("2023-11-13_example.com_", instance_b, "@mail.tern.example"));
+  EXPECT_NE(id_a, id_b);
+  // The report e-mails' Message-IDs differ too.
+  EXPECT_NE(first->sent(0).message_ids(0), second->sent(0).message_ids(0));
+  shard_b->reset();
+  std::filesystem::remove_all(dir_b);
+
+  // One database keeps its token across a restart: a later report of the
+  // same day from this shard has the same token, and the first report's
+  // marker (keyed on its report-id) still gives it a number of its own.
+  ReopenSettled();
+  EXPECT_EQ(core_->InstanceIdForTest(), instance);
+  ASSERT_TRUE(Record({Count("example.com", 1, rua, "", kToday - 1)}).ok());
+  auto again = Send(/*include_today=*/false);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->sent_size(), 1);
+  EXPECT_EQ(again->sent(0).report_id(), absl::StrCat("2023-11-13_example.com_", instance, "_2@mail.tern.example"));
+  EXPECT_EQ(Stats().messages(), 2u);
+}
+
+TEST_F(QueueTlsReportsTest, ADatabaseWithoutAnInstanceTokenGetsOneAtItsNextOpenAndAnUnreadableOneIsReplaced) {
+  Open();
+  const std::string made = core_->InstanceIdForTest();
+  ASSERT_TRUE(IsInstanceId(made)) << made;
+  core_.reset();
+  // A database from before instance tokens: no record at all.
+  bool deleted = false;
+  WithRawDb(false, [&](rocksdb::DB* db, const std::string& name, rocksdb::ColumnFamilyHandle* h) {
+    if (name == kMetaCf) {
+      deleted = db->Delete(rocksdb::WriteOptions(), h, InstanceKey()).ok();
+    }
+  });
+  ASSERT_TRUE(deleted);
+  Open();
+  const std::string upgraded = core_->InstanceIdForTest();
+  EXPECT_TRUE(IsInstanceId(upgraded)) << upgraded;
+  EXPECT_NE(upgraded, made);
+  Reopen();
+  EXPECT_EQ(core_->InstanceIdForTest(), upgraded);  // stored at that open
+
+  // An unreadable record is quarantined and replaced by a new token.
+  core_.reset();
+  PlantRaw(kMetaCf, InstanceKey(), "\xff\xff not a record");
+  Open();
+  const std::string replaced = core_->InstanceIdForTest();
+  EXPECT_TRUE(IsInstanceId(replaced)) << replaced;
+  EXPECT_NE(replaced, upgraded);
+  auto corrupt = core_->ListCorrupt(0);
+  ASSERT_TRUE(corrupt.ok()) << corrupt.status();
+  EXPECT_EQ(corrupt->total(), 1u);
+  Reopen();
+  EXPECT_EQ(core_->InstanceIdForTest(), replaced);
+}
+
+TEST(QueueInstanceId, IsTenLowerCaseHexDigits) {
+  EXPECT_TRUE(IsInstanceId("0123456789"));
+  EXPECT_TRUE(IsInstanceId("abcdef0123"));
+  EXPECT_FALSE(IsInstanceId(""));
+  EXPECT_FALSE(IsInstanceId("abcdef012"));
+  EXPECT_FALSE(IsInstanceId("abcdef01234"));
+  EXPECT_FALSE(IsInstanceId("ABCDEF0123"));
+  EXPECT_FALSE(IsInstanceId("abcdef012g"));
 }
 
 TEST_F(QueueTlsReportsTest, SendTlsReportsFailsWhileReportsAreOff) {

@@ -22,13 +22,34 @@ void SetDeadline(grpc::ClientContext& ctx, const GlobalOptions& globals) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(globals.timeout_seconds));
 }
 
+namespace {
+
+bool Unreachable(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+void ReportUnreachable(const grpc::Status& status, absl::string_view queue, Io io) {
+  io.err << "ternctl: cannot reach the queue at " << queue << ": " << status.error_message()
+         << " (is tern-queue running? set the address with --queue HOST:PORT)\n";
+}
+
+}  // namespace
+
 int ReportRpcError(const grpc::Status& status, absl::string_view what, const GlobalOptions& globals, Io io) {
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-      status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    io.err << "ternctl: cannot reach the queue at " << globals.queue << ": " << status.error_message()
-           << " (is tern-queue running? set the address with --queue HOST:PORT)\n";
+  if (Unreachable(status)) {
+    ReportUnreachable(status, globals.queue, io);
   } else {
     io.err << "ternctl: " << what << " failed: " << status.error_message() << "\n";
+  }
+  return 1;
+}
+
+int ReportShardError(const grpc::Status& status, absl::string_view what, absl::string_view shard, Io io) {
+  if (Unreachable(status)) {
+    ReportUnreachable(status, shard, io);
+  } else {
+    io.err << "ternctl: " << what << " failed on the queue at " << shard << ": " << status.error_message() << "\n";
   }
   return 1;
 }

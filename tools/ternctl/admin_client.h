@@ -39,6 +39,8 @@ void SetDeadline(grpc::ClientContext& ctx, const GlobalOptions& globals);
 // Prints why `what` failed to io.err (unreachable queue, or the queue's
 // answer) and returns the exit code 1.
 int ReportRpcError(const grpc::Status& status, absl::string_view what, const GlobalOptions& globals, Io io);
+// The same for one of several queue shards: names `shard` in either case.
+int ReportShardError(const grpc::Status& status, absl::string_view what, absl::string_view shard, Io io);
 
 // One line of JSON with the proto field names; every field, defaults too.
 std::string ToJson(const google::protobuf::Message& msg);

@@ -21,8 +21,9 @@ class App;
 namespace tern::ternctl {
 
 struct GlobalOptions {
-  // The queue's gRPC API (Queue + Admin). Default: 127.0.0.1:7070, the
-  // default of tern.ini [queue] listen.
+  // The queue's gRPC API (Queue + Admin): one address, or the shards of a
+  // sharded queue comma-separated (queue_shards.h). Default: 127.0.0.1:7070,
+  // the default of tern.ini [queue] listen.
   std::string queue = "127.0.0.1:7070";
   // How long any one call may take before ternctl gives up.
   int timeout_seconds = 5;

@@ -16,6 +16,9 @@
 #include "lib/common/json_string.h"
 #include "lib/rpc/server_setup.h"
 #include "tern/v1/admin.grpc.pb.h"
+#include "tools/ternctl/admin_call.h"
+#include "tools/ternctl/admin_client.h"
+#include "tools/ternctl/queue_shards.h"
 
 namespace tern::ternctl {
 namespace {
@@ -63,7 +66,8 @@ std::string JsonString(absl::string_view s) {
 std::string FieldValue(const pb::Message& msg, const pb::FieldDescriptor* f, bool json) {
   const pb::Reflection* r = msg.GetReflection();
   if (f->is_repeated()) {
-    return json ? JsonString(absl::StrCat(r->FieldSize(msg, f), " items")) : absl::StrCat(r->FieldSize(msg, f), " items");
+    const std::string items = absl::StrCat(r->FieldSize(msg, f), " items");
+    return json ? JsonString(items) : items;
   }
   switch (f->cpp_type()) {
     case pb::FieldDescriptor::CPPTYPE_UINT64:
@@ -145,7 +149,81 @@ std::string FormatStatsJson(const tern::v1::StatsResponse& stats) {
   return out;
 }
 
-int RunStats(const GlobalOptions& globals, bool json, Io io) {
+tern::v1::StatsResponse SumStats(const std::vector<tern::v1::StatsResponse>& shards) {
+  tern::v1::StatsResponse sum;
+  const pb::Descriptor* d = sum.GetDescriptor();
+  const pb::Reflection* r = sum.GetReflection();
+  for (const tern::v1::StatsResponse& s : shards) {
+    for (int i = 0; i < d->field_count(); ++i) {
+      const pb::FieldDescriptor* f = d->field(i);
+      if (f->is_repeated()) {
+        continue;
+      }
+      const bool earliest = absl::EndsWith(f->name(), "_unix_ms");
+      switch (f->cpp_type()) {
+        case pb::FieldDescriptor::CPPTYPE_UINT64:
+          r->SetUInt64(&sum, f, r->GetUInt64(sum, f) + r->GetUInt64(s, f));
+          break;
+        case pb::FieldDescriptor::CPPTYPE_UINT32:
+          r->SetUInt32(&sum, f, r->GetUInt32(sum, f) + r->GetUInt32(s, f));
+          break;
+        case pb::FieldDescriptor::CPPTYPE_INT32:
+          r->SetInt32(&sum, f, r->GetInt32(sum, f) + r->GetInt32(s, f));
+          break;
+        case pb::FieldDescriptor::CPPTYPE_INT64:
+          if (!earliest) {
+            r->SetInt64(&sum, f, r->GetInt64(sum, f) + r->GetInt64(s, f));
+          } else if (r->GetInt64(s, f) > 0 && (r->GetInt64(sum, f) <= 0 || r->GetInt64(s, f) < r->GetInt64(sum, f))) {
+            r->SetInt64(&sum, f, r->GetInt64(s, f));
+          }
+          break;
+        case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+          r->SetDouble(&sum, f, r->GetDouble(sum, f) + r->GetDouble(s, f));
+          break;
+        case pb::FieldDescriptor::CPPTYPE_FLOAT:
+          r->SetFloat(&sum, f, r->GetFloat(sum, f) + r->GetFloat(s, f));
+          break;
+        case pb::FieldDescriptor::CPPTYPE_BOOL:
+          r->SetBool(&sum, f, r->GetBool(sum, f) || r->GetBool(s, f));
+          break;
+        default:  // strings, enums, messages: the first shard's
+          if (&s == &shards.front()) {
+            if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
+              r->SetString(&sum, f, r->GetString(s, f));
+            } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
+              r->SetEnumValue(&sum, f, r->GetEnumValue(s, f));
+            } else if (r->HasField(s, f)) {
+              r->MutableMessage(&sum, f)->CopyFrom(r->GetMessage(s, f));
+            }
+          }
+          break;
+      }
+    }
+  }
+  return sum;
+}
+
+std::string FormatStatsShards(const std::vector<std::pair<std::string, tern::v1::StatsResponse>>& shards,
+                              absl::Time now) {
+  std::vector<std::vector<std::string>> rows = {
+      {"QUEUE", "MESSAGES", "DELIVERIES", "DUE", "LEASED", "DEFERRED", "HELD", "BOUNCES", "CORRUPT", "PAUSED",
+       "OLDEST"}};
+  for (const auto& [queue, s] : shards) {
+    rows.push_back({queue, absl::StrCat(s.messages()), absl::StrCat(s.deliveries()), absl::StrCat(s.deliveries_due()),
+                    absl::StrCat(s.deliveries_leased()), absl::StrCat(s.deliveries_deferred()),
+                    absl::StrCat(s.deliveries_held()), absl::StrCat(s.bounces()), absl::StrCat(s.corrupt_records()),
+                    s.paused() ? "yes" : "no",
+                    s.oldest_message_unix_ms() > 0
+                        ? FormatAge(absl::ToUnixMillis(now) - s.oldest_message_unix_ms())
+                        : "-"});
+  }
+  return FormatTable(rows);
+}
+
+namespace {
+
+// One queue: its answer as it is, errors as they always were.
+int RunStatsOnOneQueue(const GlobalOptions& globals, bool json, Io io) {
   std::unique_ptr<tern::v1::Admin::Stub> stub = tern::v1::Admin::NewStub(rpc::MakeChannel(globals.queue));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(globals.timeout_seconds));
@@ -164,6 +242,39 @@ int RunStats(const GlobalOptions& globals, bool json, Io io) {
   }
   io.out << (json ? FormatStatsJson(resp) : FormatStatsTable(resp, absl::Now()));
   return 0;
+}
+
+}  // namespace
+
+int RunStats(const GlobalOptions& globals, bool json, Io io) {
+  absl::StatusOr<std::vector<std::string>> shards = QueueShards(globals);
+  if (!shards.ok()) {
+    return ReportBadQueue(shards.status(), io);
+  }
+  if (shards->size() == 1) {
+    return RunStatsOnOneQueue(OneShard(globals, shards->front()), json, io);
+  }
+  auto answers = AskEveryShard(globals, *shards, &tern::v1::Admin::Stub::Stats, tern::v1::StatsRequest());
+  const bool failed = ReportFailedShards(answers, "stats", io);
+  std::vector<tern::v1::StatsResponse> each;
+  std::vector<std::pair<std::string, tern::v1::StatsResponse>> named;
+  std::vector<std::string> queues_json;
+  for (const auto* a : OkAnswers(answers)) {
+    each.push_back(a->resp);
+    named.emplace_back(a->queue, a->resp);
+    queues_json.push_back(JsonWithQueue(FormatStatsJson(a->resp), a->queue));
+  }
+  if (each.empty()) {
+    return 1;
+  }
+  const tern::v1::StatsResponse sum = SumStats(each);
+  if (json) {
+    io.out << JsonWithMember(FormatStatsJson(sum), "queues", JsonArray(queues_json)) << "\n";
+  } else {
+    const absl::Time now = absl::Now();
+    io.out << FormatStatsTable(sum, now) << "\n" << FormatStatsShards(named, now);
+  }
+  return failed ? 1 : 0;
 }
 
 void AddStatsCommands(CLI::App& app, const GlobalOptions& globals, Io io, int& exit_code) {

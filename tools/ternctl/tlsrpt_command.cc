@@ -2,6 +2,8 @@
 
 #include <grpcpp/client_context.h>
 
+#include <algorithm>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <vector>
@@ -14,20 +16,85 @@
 #include "tern/v1/admin.grpc.pb.h"
 #include "tools/ternctl/admin_call.h"
 #include "tools/ternctl/admin_client.h"
+#include "tools/ternctl/queue_shards.h"
 
 namespace tern::ternctl {
 namespace {
 
 int RunList(const GlobalOptions& g, bool json, Io io) {
-  return CallAndPrint(g, &tern::v1::Admin::Stub::ListTlsReports, tern::v1::ListTlsReportsRequest(), "tlsrpt list",
-                      json, io, FormatTlsReportsPending);
+  absl::StatusOr<std::vector<std::string>> shards = QueueShards(g);
+  if (!shards.ok()) {
+    return ReportBadQueue(shards.status(), io);
+  }
+  if (shards->size() == 1) {
+    return CallAndPrint(OneShard(g, shards->front()), &tern::v1::Admin::Stub::ListTlsReports,
+                        tern::v1::ListTlsReportsRequest(), "tlsrpt list", json, io, FormatTlsReportsPending);
+  }
+  auto answers =
+      AskEveryShard(g, *shards, &tern::v1::Admin::Stub::ListTlsReports, tern::v1::ListTlsReportsRequest());
+  const bool failed = ReportFailedShards(answers, "tlsrpt list", io);
+  std::vector<tern::v1::ListTlsReportsResponse> each;
+  std::vector<std::string> queues_json;
+  size_t reports = 0;
+  for (const auto* a : OkAnswers(answers)) {
+    each.push_back(a->resp);
+    reports += a->resp.pending_size();
+    queues_json.push_back(JsonWithQueue(ToJson(a->resp), a->queue));
+  }
+  if (each.empty()) {
+    return 1;
+  }
+  const tern::v1::ListTlsReportsResponse merged = MergeTlsReportsPending(each);
+  io.out << (json ? JsonWithMember(ToJson(merged), "queues", JsonArray(queues_json)) + "\n"
+                  : FormatTlsReportsPendingOnShards(merged, reports, each.size()));
+  return failed ? 1 : 0;
 }
 
 int RunSend(const GlobalOptions& g, bool include_today, bool json, Io io) {
+  absl::StatusOr<std::vector<std::string>> shards = QueueShards(g);
+  if (!shards.ok()) {
+    return ReportBadQueue(shards.status(), io);
+  }
   tern::v1::SendTlsReportsRequest req;
   req.set_include_today(include_today);
-  return CallAndPrint(g, &tern::v1::Admin::Stub::SendTlsReports, req, "tlsrpt send", json, io,
-                      FormatTlsReportsSent);
+  if (shards->size() == 1) {
+    return CallAndPrint(OneShard(g, shards->front()), &tern::v1::Admin::Stub::SendTlsReports, req, "tlsrpt send",
+                        json, io, FormatTlsReportsSent);
+  }
+  // Each shard sends its own reports: printed under its name.
+  auto answers = AskEveryShard(g, *shards, &tern::v1::Admin::Stub::SendTlsReports, req);
+  const bool failed = ReportFailedShards(answers, "tlsrpt send", io);
+  const auto ok = OkAnswers(answers);
+  if (ok.empty()) {
+    return 1;
+  }
+  std::vector<std::string> items;
+  for (const auto* a : ok) {
+    for (const auto& sent : a->resp.sent()) {
+      items.push_back(JsonWithQueue(ToJson(sent), a->queue));
+    }
+    if (!json) {
+      io.out << ShardHeader(a->queue) << FormatTlsReportsSent(a->resp);
+    }
+  }
+  if (json) {
+    io.out << JsonFillArray(ToJson(tern::v1::SendTlsReportsResponse()), "sent", items) << "\n";
+  }
+  return failed ? 1 : 0;
+}
+
+std::string PendingFooter(size_t reports) {
+  return absl::StrCat(reports, reports == 1 ? " report" : " reports",
+                      " pending (sent after midnight UTC; `ternctl tlsrpt send` sends the finished days now)\n");
+}
+
+std::string PendingTable(const tern::v1::ListTlsReportsResponse& resp) {
+  std::vector<std::vector<std::string>> rows = {{"DAY", "DOMAIN", "SUCCESSFUL", "FAILED", "RUA"}};
+  for (const auto& p : resp.pending()) {
+    rows.push_back({FormatDay(p.day()), p.policy_domain(), absl::StrCat(p.successful()), absl::StrCat(p.failed()),
+                    Truncate(absl::StrJoin(p.rua(), " "), 100)});
+  }
+  return resp.pending().empty() ? "" : FormatTable(rows);
 }
 
 }  // namespace
@@ -37,15 +104,37 @@ std::string FormatDay(int64_t day) {
 }
 
 std::string FormatTlsReportsPending(const tern::v1::ListTlsReportsResponse& resp) {
-  std::vector<std::vector<std::string>> rows = {{"DAY", "DOMAIN", "SUCCESSFUL", "FAILED", "RUA"}};
-  for (const auto& p : resp.pending()) {
-    rows.push_back({FormatDay(p.day()), p.policy_domain(), absl::StrCat(p.successful()), absl::StrCat(p.failed()),
-                    Truncate(absl::StrJoin(p.rua(), " "), 100)});
+  return PendingTable(resp) + PendingFooter(resp.pending_size());
+}
+
+tern::v1::ListTlsReportsResponse MergeTlsReportsPending(const std::vector<tern::v1::ListTlsReportsResponse>& shards) {
+  std::map<std::pair<int64_t, std::string>, tern::v1::TlsRptPending> merged;
+  for (const auto& shard : shards) {
+    for (const auto& p : shard.pending()) {
+      tern::v1::TlsRptPending& into = merged[{p.day(), p.policy_domain()}];
+      into.set_day(p.day());
+      into.set_policy_domain(p.policy_domain());
+      into.set_successful(into.successful() + p.successful());
+      into.set_failed(into.failed() + p.failed());
+      for (const std::string& rua : p.rua()) {
+        if (std::find(into.rua().begin(), into.rua().end(), rua) == into.rua().end()) {
+          into.add_rua(rua);
+        }
+      }
+    }
   }
-  std::string out = resp.pending().empty() ? "" : FormatTable(rows);
-  absl::StrAppend(&out, resp.pending_size(), resp.pending_size() == 1 ? " report" : " reports",
-                  " pending (sent after midnight UTC; `ternctl tlsrpt send` sends the finished days now)\n");
+  tern::v1::ListTlsReportsResponse out;
+  for (auto& [key, p] : merged) {
+    *out.add_pending() = std::move(p);
+  }
   return out;
+}
+
+std::string FormatTlsReportsPendingOnShards(const tern::v1::ListTlsReportsResponse& merged, size_t reports,
+                                            size_t shards) {
+  return absl::StrCat(PendingTable(merged), reports, reports == 1 ? " report" : " reports", " pending from ", shards,
+                      " queue shards, each sending its own (after midnight UTC; `ternctl tlsrpt send` sends the "
+                      "finished days now)\n");
 }
 
 std::string FormatTlsReportsSent(const tern::v1::SendTlsReportsResponse& resp) {

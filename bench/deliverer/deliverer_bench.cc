@@ -232,7 +232,7 @@ int main(int argc, char** argv) {
   }
 
   tern::deliverer::DelivererConfig config;
-  config.queue = absl::StrCat("127.0.0.1:", port);
+  config.queues = {absl::StrCat("127.0.0.1:", port)};
   config.me = "bench.tern.test";
   config.local_mx_ok = true;
   config.concurrency_max = concurrency;
@@ -254,7 +254,7 @@ int main(int argc, char** argv) {
   NoResolver resolver;
   tern::deliverer::RoutePlanner::Options route;
   route.local_mx_ok = true;
-  tern::deliverer::DeliveryWorker worker(io, config, tern::rpc::MakeChannel(config.queue), resolver,
+  tern::deliverer::DeliveryWorker worker(io, config, {tern::rpc::MakeChannel(config.queues[0])}, resolver,
                                          tern::deliverer::RoutePlanner(route));
   worker.Start();
   const Clock::time_point limit = Clock::now() + std::chrono::minutes(10);

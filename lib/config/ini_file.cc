@@ -57,6 +57,20 @@ int IniFile::Handler(void* user, const char* section_c, const char* key_c, const
 absl::StatusOr<IniFile> IniFile::Parse(absl::string_view text, absl::string_view name) {
   IniFile file;
   file.name_ = std::string(name);
+  // Debian's inih reads lines into a buffer of INI_MAX_LINE (200) bytes and
+  // silently parses what does not fit as further lines: a long value would
+  // be cut and its tail taken for keys of its own (a list of queue shards
+  // losing the last ones, say). Such a line is refused instead.
+  constexpr size_t kMaxLine = INI_MAX_LINE - 2;  // the newline and the NUL
+  size_t line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    if (line.size() > kMaxLine) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ":", line_no, ": line is ", line.size(), " characters long, more than the ", kMaxLine,
+          " an INI line may have; split a list into key[]= lines or use shorter names"));
+    }
+  }
   // inih needs a NUL-terminated buffer.
   const std::string buffer(text);
   const int rc = ini_parse_string(buffer.c_str(), &IniFile::Handler, &file);

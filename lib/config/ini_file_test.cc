@@ -73,5 +73,27 @@ TEST(IniFile, MissingFileLoadsEmpty) {
   EXPECT_FALSE(ini->HasSection("main"));
 }
 
+
+TEST(IniFile, LongestLineTheReaderTakesIsParsedWhole) {
+  const std::string value(198 - 6, 'x');  // "queue=" + value: 198 characters
+  auto f = IniFile::Parse("[ingest]\nqueue=" + value + "\nnext=1\n", "tern.ini");
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->GetString("ingest", "queue", ""), value);
+  EXPECT_EQ(f->GetString("ingest", "next", ""), "1");
+}
+
+TEST(IniFile, OverlongLineIsRefusedNotCutIntoPieces) {
+  // Without the check inih would return the first 199 bytes as the value
+  // and parse the rest as a line of its own: a shard list losing shards.
+  std::string shards;
+  for (int i = 0; i < 12; ++i) {
+    shards += (i ? "," : "") + std::string("queue-") + std::to_string(i) + ".queue-shards:7070";
+  }
+  auto f = IniFile::Parse("[deliverer]\r\nqueue=" + shards + "\r\n", "tern.ini");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("tern.ini:2: line is"), absl::string_view::npos) << f.status();
+  EXPECT_NE(f.status().message().find("more than the 198"), absl::string_view::npos) << f.status();
+}
+
 }  // namespace
 }  // namespace tern::config

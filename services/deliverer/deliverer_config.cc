@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/queue_targets.h"
 
 namespace tern::deliverer {
 namespace {
@@ -36,7 +37,11 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
 
   TERN_ASSIGN_OR_RETURN(config::IniFile tern, dir.Ini("tern.ini"));
   constexpr absl::string_view kD = "deliverer";
-  c.queue = tern.GetString(kD, "queue", c.queue);
+  auto queues = config::ParseQueueTargets(tern.GetString(kD, "queue", config::JoinQueueTargets(c.queues)));
+  if (!queues.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("tern.ini [deliverer] queue: ", queues.status().message()));
+  }
+  c.queues = *std::move(queues);
   for (const std::string& s : tern.GetList(kD, "dns_servers")) {
     absl::string_view server = absl::StripAsciiWhitespace(s);
     if (!server.empty()) {
@@ -115,8 +120,14 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
 }
 
 absl::Status DelivererConfig::Validate() const {
-  if (queue.empty()) {
-    return absl::InvalidArgumentError("tern.ini [deliverer] queue: must not be empty");
+  // A config built by hand gets the checks Load makes: an address each,
+  // none twice, at most kMaxQueueShards.
+  auto parsed = config::ParseQueueTargets(config::JoinQueueTargets(queues));
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("tern.ini [deliverer] queue: ", parsed.status().message()));
+  }
+  if (*parsed != queues) {
+    return absl::InvalidArgumentError("tern.ini [deliverer] queue: each shard must be one address, trimmed");
   }
   if (me.empty()) {
     return absl::InvalidArgumentError("me: the EHLO name must not be empty");

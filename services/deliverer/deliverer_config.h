@@ -4,7 +4,18 @@
 // loaded once at startup, validated, then passed by const reference.
 //
 //   tern.ini [deliverer]
-//     queue=127.0.0.1:7070        the queue's gRPC address. Default: 127.0.0.1:7070
+//     queue=127.0.0.1:7070        the queue's gRPC address, or every queue shard
+//                                 as a comma-separated list (ARCHITECTURE.md
+//                                 §8; lib/config/queue_targets.h): host:port,
+//                                 [v6]:port or a gRPC target (unix:/path). The
+//                                 worker leases from every shard, each getting
+//                                 a fair part of concurrency_max, and sends
+//                                 all calls about a job (Progress, Report) and
+//                                 what it learns meanwhile (host flags, MTA-STS
+//                                 policies, TLS report counts) to the shard it
+//                                 came from. Every deliverer must list every
+//                                 shard: mail on a shard none lists never
+//                                 leaves. Default: 127.0.0.1:7070
 //     dns_servers=                comma-separated ip, ip:port or [ipv6]:port.
 //                                 Default: empty = /etc/resolv.conf
 //     mx_port=25                  port for MX hosts from DNS and routes. Default: 25
@@ -116,7 +127,8 @@
 namespace tern::deliverer {
 
 struct DelivererConfig {
-  std::string queue = "127.0.0.1:7070";
+  // The queue shards, in the order written; never empty once validated.
+  std::vector<std::string> queues = {"127.0.0.1:7070"};
   std::vector<std::string> dns_servers;
   uint16_t mx_port = 25;
   uint32_t lease_batch = 64;

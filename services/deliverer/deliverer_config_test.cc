@@ -3,8 +3,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
+#include "lib/config/queue_targets.h"
 #include "services/deliverer/test_certs.h"
 
 namespace tern::deliverer {
@@ -28,7 +31,7 @@ class ConfigTest : public ::testing::Test {
 TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
   auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->queue, "127.0.0.1:7070");
+  EXPECT_EQ(c->queues, (std::vector<std::string>{"127.0.0.1:7070"}));
   EXPECT_TRUE(c->dns_servers.empty());
   EXPECT_EQ(c->mx_port, 25);
   EXPECT_EQ(c->lease_batch, 64u);
@@ -130,7 +133,7 @@ TEST_F(ConfigTest, ReadsKeys) {
   Write("outbound.ini", "concurrency_max=5\nconnect_timeout=3\nlocal_mx_ok=true\ninet_prefer=v6\nenable_tls=false\n");
   auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->queue, "10.0.0.1:7070");
+  EXPECT_EQ(c->queues, (std::vector<std::string>{"10.0.0.1:7070"}));
   EXPECT_EQ(c->dns_servers, (std::vector<std::string>{"127.0.0.1:5353", "127.0.0.2"}));
   EXPECT_EQ(c->mx_port, 2525);
   EXPECT_EQ(c->lease_batch, 8u);
@@ -142,6 +145,58 @@ TEST_F(ConfigTest, ReadsKeys) {
   EXPECT_TRUE(c->local_mx_ok);
   EXPECT_FALSE(c->enable_tls);
   EXPECT_EQ(c->inet_prefer, InetPrefer::kV6);
+}
+
+TEST_F(ConfigTest, QueueIsOneAddressOrTheListOfEveryShardInOrder) {
+  Write("tern.ini", "[deliverer]\nqueue= queue-1.queue:7070, queue-0.queue:7070 ,[::1]:7070,unix:/run/tern/q.sock\n");
+  auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->queues, (std::vector<std::string>{"queue-1.queue:7070", "queue-0.queue:7070", "[::1]:7070",
+                                                 "unix:/run/tern/q.sock"}));
+}
+
+TEST_F(ConfigTest, ABadQueueListStopsTheStartNamingTheKeyAndTheEntry) {
+  struct Case {
+    const char* label;
+    std::string value;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {"empty", "", "no queue address"},
+      {"empty entry", "a:7070,,b:7070", "entry 2 is empty"},
+      {"twice", "a:7070, a:7070", "\"a:7070\" is listed twice"},
+      {"no port", "a:7070,queue", "\"queue\" is not host:port"},
+      {"port 0", "queue:0", "\"queue:0\" is not host:port"},
+  };
+  for (const Case& t : cases) {
+    SCOPED_TRACE(t.label);
+    Write("tern.ini", absl::StrCat("[deliverer]\nqueue=", t.value, "\n"));
+    auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StartsWith(c.status().message(), absl::StrCat("tern.ini [deliverer] queue: ", t.reason)))
+        << c.status();
+  }
+}
+
+TEST_F(ConfigTest, ValidateChecksAHandBuiltQueueList) {
+  auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  DelivererConfig config = *c;
+  config.queues = {"a:7070", "b:7070"};
+  EXPECT_TRUE(config.Validate().ok());
+  std::vector<std::string> too_many;
+  for (size_t i = 0; i <= config::kMaxQueueShards; ++i) {
+    too_many.push_back(absl::StrCat("q", i, ":7070"));
+  }
+  for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
+           {}, {"a:7070", "a:7070"}, {"a:7070,b:7070"}, {" a:7070"}, {"a"}, too_many}) {
+    SCOPED_TRACE(absl::StrCat(bad.size(), " shards: ", absl::StrJoin(bad, "|").substr(0, 40)));
+    config.queues = bad;
+    absl::Status s = config.Validate();
+    EXPECT_FALSE(s.ok());
+    EXPECT_TRUE(absl::StartsWith(s.message(), "tern.ini [deliverer] queue: ")) << s;
+  }
 }
 
 TEST_F(ConfigTest, BadValuesNameTheKey) {

@@ -22,6 +22,7 @@
 #include "asio/experimental/as_tuple.hpp"
 #include "asio/io_context.hpp"
 #include "asio/ip/address.hpp"
+#include "asio/post.hpp"
 #include "asio/ssl/context.hpp"
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
@@ -84,8 +85,10 @@ constexpr auto kMaxBackoff = std::chrono::seconds(10);
 constexpr auto kRebuildChannelAfter = std::chrono::seconds(10);
 // Distinct TLS report counts held for the queue (tls_reporting.h): a
 // count is one (domain, policy, failure kind, MX) per day, so even a large
-// sender's day fits; beyond it counts are dropped, never memory.
+// sender's day fits; beyond it counts are dropped, never memory. Shared out
+// among the queue shards (each keeps its own), at least the minimum each.
 constexpr size_t kMaxTlsRptEntries = 50000;
+constexpr size_t kMinTlsRptEntriesPerShard = 1000;
 // The most counts the queue takes in one RecordTlsResults call.
 constexpr size_t kMaxTlsRptPerCall = 10000;
 
@@ -103,18 +106,21 @@ int64_t NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
 
 // co_await adapter for MtaSts::Find (see lib/dns/resolver_await.h for why a
 // named initiation type and a plain function).
+// `store` is the queue shard whose store a policy lookup asks (MtaSts::Find).
 struct StsInitiation {
   MtaSts* sts;
   std::string domain;
+  size_t store;
   template <typename Handler>
   void operator()(Handler handler) {
-    sts->Find(std::move(domain), [h = std::move(handler)](StsLookup l) mutable { std::move(h)(std::move(l)); });
+    sts->Find(
+        std::move(domain), [h = std::move(handler)](StsLookup l) mutable { std::move(h)(std::move(l)); }, store);
   }
 };
 
-asio::awaitable<StsLookup> AwaitSts(MtaSts& sts, std::string domain) {
-  return asio::async_initiate<decltype(asio::use_awaitable), void(StsLookup)>(StsInitiation{&sts, std::move(domain)},
-                                                                              asio::use_awaitable);
+asio::awaitable<StsLookup> AwaitSts(MtaSts& sts, std::string domain, size_t store) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(StsLookup)>(
+      StsInitiation{&sts, std::move(domain), store}, asio::use_awaitable);
 }
 
 // True for a TLS report to an RFC 8460 https: rua: the queue sets
@@ -212,7 +218,7 @@ struct Metrics {
       "tern_deliverer_suspended_skips_total", "Delivery attempts not made because the MX address was suspended");
   metrics::Counter& channel_rebuilds = r.GetCounter(
       "tern_deliverer_queue_channel_rebuilds_total",
-      "gRPC channels to the queue replaced after the queue stayed unreachable (see kRebuildChannelAfter)");
+      "gRPC channels to a queue shard replaced after it stayed unreachable (see kRebuildChannelAfter)");
   metrics::Counter& ambiguous = r.GetCounter("tern_deliverer_ambiguous_total",
                                              "Recipients whose connection was lost after the final dot");
   // Latency the queue adds to each delivery: the wait at the data gate holds
@@ -298,26 +304,24 @@ struct Metrics {
 
 class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker::Impl> {
  public:
-  Impl(asio::io_context& io, const DelivererConfig& config, std::shared_ptr<grpc::Channel> channel,
+  Impl(asio::io_context& io, const DelivererConfig& config, std::vector<std::shared_ptr<grpc::Channel>> channels,
        dns::MxResolver& resolver, RoutePlanner planner)
       : io_(io),
         config_(config),
-        stub_(v1::Queue::NewStub(channel)),
         resolver_(resolver),
         planner_(std::move(planner)),
-        slot_timer_(io),
-        backoff_timer_(io),
-        lease_pacer_(config.call_batch_wait, config.lease_batch),
-        report_pacer_(config.call_batch_wait, config.lease_batch),
-        report_wake_(io),
-        progress_wake_(io),
-        flags_timer_(io),
-        tlsrpt_timer_(io),
         pool_(io.get_executor(), ConnectionPool::Options{config.pool_timeout, config.pool_max_messages,
                                                          config.concurrency_max,
                                                          config.destination_connections_max}),
         streaks_(config.unreachable_after),
         worker_id_(absl::StrCat(config.me, "/", NewRandomToken().substr(0, 8))) {
+    const size_t tlsrpt_max = channels.size() <= 1 ? kMaxTlsRptEntries
+                                                   : std::max(kMaxTlsRptEntries / channels.size(),
+                                                              kMinTlsRptEntriesPerShard);
+    for (size_t i = 0; i < channels.size(); ++i) {
+      shards_.push_back(std::make_unique<Shard>(io, config, i, i < config.queues.size() ? config.queues[i] : "",
+                                                std::move(channels[i]), tlsrpt_max));
+    }
     // DelivererConfig::Load built the contexts (and so checked the files);
     // a config that was never loaded (tests) gets tls.ini's built here.
     if (config.tls.context != nullptr) {
@@ -332,14 +336,24 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       sts.port = config.mta_sts_port;
       sts.timeout = config.mta_sts_timeout;
       // The queue keeps fetched policies for every deliverer and across
-      // restarts (mta_sts.h). The lambdas run only inside Find, called from
-      // deliveries, when this Impl is owned by a shared_ptr.
-      sts.load = [this](const std::string& domain,
+      // restarts (mta_sts.h), each shard those of its own deliveries: the
+      // store number is the shard's index (Deliver passes it to Find). The
+      // lambdas run only inside Find, called from deliveries, when this Impl
+      // is owned by a shared_ptr.
+      sts.load = [this](size_t store, const std::string& domain,
                         absl::AnyInvocable<void(std::optional<MtaSts::StoredPolicy>)> done) {
-        asio::co_spawn(io_, LoadStsPolicy(shared_from_this(), domain, std::move(done)), asio::detached);
+        if (store >= shards_.size()) {
+          done(std::nullopt);
+          return;
+        }
+        asio::co_spawn(io_, LoadStsPolicy(shared_from_this(), shards_[store].get(), domain, std::move(done)),
+                       asio::detached);
       };
-      sts.save = [this](const std::string& domain, const MtaSts::StoredPolicy& policy) {
-        asio::co_spawn(io_, SaveStsPolicy(shared_from_this(), domain, policy), asio::detached);
+      sts.save = [this](size_t store, const std::string& domain, const MtaSts::StoredPolicy& policy) {
+        if (store < shards_.size()) {
+          asio::co_spawn(io_, SaveStsPolicy(shared_from_this(), shards_[store].get(), domain, policy),
+                         asio::detached);
+        }
       };
       mta_sts_ = std::make_unique<MtaSts>(io.get_executor(), resolver_, tls_, std::move(sts));
     }
@@ -356,16 +370,18 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     stopping_ = true;
     log::Event(log::Level::kNotice, "stopping",
-               {{"in_flight", absl::StrCat(in_flight_)}, {"pending_reports", absl::StrCat(pending_.size())}});
-    slot_timer_.cancel();
-    backoff_timer_.cancel();
-    flags_timer_.cancel();
-    tlsrpt_timer_.cancel();
-    if (lease_ctx_ != nullptr) {
-      lease_ctx_->TryCancel();
-    }
-    if (flags_ctx_ != nullptr) {
-      flags_ctx_->TryCancel();
+               {{"in_flight", absl::StrCat(in_flight_)}, {"pending_reports", absl::StrCat(PendingReports())}});
+    for (const std::unique_ptr<Shard>& shard : shards_) {
+      shard->slot_timer.cancel();
+      shard->backoff_timer.cancel();
+      shard->flags_timer.cancel();
+      shard->tlsrpt_timer.cancel();
+      if (shard->lease_ctx != nullptr) {
+        shard->lease_ctx->TryCancel();
+      }
+      if (shard->flags_ctx != nullptr) {
+        shard->flags_ctx->TryCancel();
+      }
     }
     asio::co_spawn(io_, Drain(shared_from_this(), std::move(on_stopped), drain_timeout), asio::detached);
   }
@@ -375,10 +391,13 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     v1::DeliveryReport report;
   };
 
+  struct Shard;
+
   // What a delivery's transactions pass before DATA; lives in Deliver's
   // frame, shared by its attempts at successive addresses.
   struct DataGate {
     Impl* self;
+    Shard* shard;  // the job's: its Progress goes there
     const v1::DeliveryJob* job;
     bool recorded = false;    // the queue holds data_sent for this lease
     bool lease_gone = false;  // the queue no longer holds this lease for us
@@ -395,6 +414,77 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     std::shared_ptr<ProgressWaiter> waiter;
   };
 
+  // One queue shard (ARCHITECTURE.md §8; the only one of an unsharded
+  // queue): its stub and the state of every kind of call to it. Each job
+  // keeps a pointer to the shard it was leased from, and every call about
+  // it (Progress, Report) and about what its delivery learnt (host flags,
+  // MTA-STS policies, TLS report counts) goes there: the lease, its token
+  // and the stored state live there. Owned by shards_ for the Impl's
+  // lifetime, at a stable address; used on the executor only.
+  struct Shard {
+    Shard(asio::io_context& io, const DelivererConfig& config, size_t shard_index, std::string queue_target,
+          std::shared_ptr<grpc::Channel> channel, size_t tlsrpt_max)
+        : index(shard_index),
+          target(std::move(queue_target)),
+          name(target.empty() ? absl::StrCat("shard ", shard_index) : target),
+          stub(v1::Queue::NewStub(channel)),
+          slot_timer(io),
+          backoff_timer(io),
+          lease_pacer(config.call_batch_wait, config.lease_batch),
+          report_pacer(config.call_batch_wait, config.lease_batch),
+          report_wake(io),
+          progress_wake(io),
+          flags_timer(io),
+          tlsrpt_timer(io),
+          tlsrpt_counts(tlsrpt_max) {}
+
+    // Competes for free slots now: neither in a Lease call nor backing off
+    // after a failed one (ShareOf).
+    bool Wanting() const { return !leasing && !backing_off; }
+
+    const size_t index;        // in config.queues; also its MtaSts store number
+    const std::string target;  // what a rebuilt channel dials; "" = unknown, never rebuilt
+    const std::string name;    // for logs ("queue"): the target
+    std::unique_ptr<v1::Queue::Stub> stub;
+
+    // LeaseLoop.
+    asio::steady_timer slot_timer;     // waits for a free slot (WakeLeaseLoops)
+    asio::steady_timer backoff_timer;  // the pacer's wait, and backoff after a failure
+    CallPacer lease_pacer;
+    grpc::ClientContext* lease_ctx = nullptr;
+    bool leasing = false;      // a Lease call is in flight, holding its max_jobs in reserved_
+    bool backing_off = false;  // after a failed Lease
+    uint64_t last_lease = 0;   // leases_sent_ when its last Lease went out (WakeLeaseLoops)
+
+    // Reports (ReporterLoop, or carried by a Progress call).
+    CallPacer report_pacer;
+    asio::steady_timer report_wake;
+    std::deque<PendingReport> pending;
+    int report_calls = 0;
+    // Reports ride on Progress calls until the shard shows it ignores them.
+    bool carry_reports = true;
+    bool report_failing = false;
+    Clock::time_point report_retry_at{};
+    Clock::duration report_backoff = kMinReportBackoff;
+
+    // Progress (ProgressLoop).
+    asio::steady_timer progress_wake;
+    std::deque<PendingProgress> progress;
+    int progress_calls = 0;
+    bool progress_warned = false;
+    bool progress_unimplemented_warned = false;
+
+    // Host flags (HostFlagsLoop, PutHostFlag), MTA-STS store, TLS reports.
+    asio::steady_timer flags_timer;
+    grpc::ClientContext* flags_ctx = nullptr;
+    bool get_flags_warned = false;
+    bool put_flags_warned = false;
+    bool sts_store_warned = false;  // GetStsPolicy/PutStsPolicy
+    asio::steady_timer tlsrpt_timer;
+    TlsRptCounter tlsrpt_counts;
+    bool tlsrpt_warned = false;  // RecordTlsResults
+  };
+
   static asio::awaitable<void> Main(std::shared_ptr<Impl> self) {
     if (!self->config_.local_mx_ok && !self->config_.me.empty()) {
       // The addresses of `me` count as this host (Haraka's is_local_host).
@@ -404,16 +494,56 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       self->planner_.AddLocalAddresses(addresses);
     }
     auto executor = co_await asio::this_coro::executor;
-    asio::co_spawn(executor, ReporterLoop(self), asio::detached);
-    asio::co_spawn(executor, ProgressLoop(self), asio::detached);
-    asio::co_spawn(executor, HostFlagsLoop(self), asio::detached);
-    if (self->config_.tlsrpt) {
-      asio::co_spawn(executor, TlsRptLoop(self), asio::detached);
+    if (self->shards_.empty()) {
+      log::Event(log::Level::kError, "no_queue", {{"note", "the worker was given no queue channel: nothing to lease"}});
+      co_return;
     }
-    co_await LeaseLoop(self);
+    for (const std::unique_ptr<Shard>& shard : self->shards_) {
+      asio::co_spawn(executor, ReporterLoop(self, shard.get()), asio::detached);
+      asio::co_spawn(executor, ProgressLoop(self, shard.get()), asio::detached);
+      asio::co_spawn(executor, HostFlagsLoop(self, shard.get()), asio::detached);
+      if (self->config_.tlsrpt) {
+        asio::co_spawn(executor, TlsRptLoop(self, shard.get()), asio::detached);
+      }
+    }
+    for (size_t i = 1; i < self->shards_.size(); ++i) {
+      asio::co_spawn(executor, LeaseLoop(self, self->shards_[i].get()), asio::detached);
+    }
+    co_await LeaseLoop(self, self->shards_[0].get());
   }
 
-  static asio::awaitable<void> LeaseLoop(std::shared_ptr<Impl> self) {
+  // ---- Leasing from the queue shards ----------------------------------------
+  //
+  // One LeaseLoop per shard, all drawing on one budget of concurrency_max
+  // slots. A slot is held by a delivery in flight, by a finished delivery
+  // whose report the queue has not settled yet, or by a Lease call in flight
+  // for each job it asked for (its max_jobs, in reserved_): several calls are
+  // out at once, each may come back full, and the bound stays exact.
+  //
+  // Fairness. A shard with a deep backlog answers each Lease at once with a
+  // full batch; an idle one holds its long poll for a second. A loop that
+  // took every slot it found free would let the busy shard have all of them
+  // as they came free, and work arriving on the others would wait for it to
+  // drain. So a loop asks for at most its share of the free slots: divided
+  // among the loops that want slots now (not in a Lease call, not backing
+  // off), rounded up (ShareOf). When slots come free, every loop waiting for
+  // one is woken, the one whose last Lease went out longest ago first
+  // (WakeLeaseLoops), so slots that come free one at a time go to the
+  // shards in turn, not always to the busiest. A Lease that brings back
+  // fewer jobs than it reserved wakes the others and lets them run before it
+  // asks again. So an idle shard holds at most its share while it polls
+  // (near saturation, about one slot), and a busy shard gets everything the
+  // others leave. Fair means no shard starves, not equal counts: a shard
+  // whose jobs finish sooner frees slots sooner.
+  //
+  // Isolation. Each loop has its own channel, backoff and channel rebuild: a
+  // shard that is down fails its calls at once and backs off alone (wanting
+  // no share meanwhile); one that hangs holds only its share, until the
+  // call's deadline. Its reports and progress wait on their own loops.
+  //
+  // With one shard this is the single loop it always was: its share is every
+  // free slot, and there is no one else to wake or let run first.
+  static asio::awaitable<void> LeaseLoop(std::shared_ptr<Impl> self, Shard* shard) {
     auto executor = co_await asio::this_coro::executor;
     Clock::duration backoff = std::chrono::milliseconds(100);
     bool queue_down = false;
@@ -426,37 +556,43 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       // that waited for work has already waited longer than that.
       const Clock::time_point now = Clock::now();
       const Clock::time_point lease_at =
-          self->lease_pacer_.ReadyAt(last_came_back_short ? 0 : self->config_.lease_batch, now);
+          shard->lease_pacer.ReadyAt(last_came_back_short ? 0 : self->config_.lease_batch, now);
       if (lease_at > now) {
-        self->backoff_timer_.expires_at(lease_at);
-        co_await self->backoff_timer_.async_wait(kNoThrow);
+        shard->backoff_timer.expires_at(lease_at);
+        co_await shard->backoff_timer.async_wait(kNoThrow);
         continue;
       }
       // A finished job keeps its slot until the queue has applied its
       // report: a slow or unreachable queue then slows leasing instead of
       // piling up delivered-but-unreported work (each one a duplicate if
       // this process dies).
-      const uint32_t busy = self->in_flight_ + self->unreported_;
-      const uint32_t free = self->config_.concurrency_max - std::min(busy, self->config_.concurrency_max);
+      const uint32_t free = self->FreeSlots();
       if (free == 0) {
-        self->slot_timer_.expires_at(Clock::time_point::max());
-        co_await self->slot_timer_.async_wait(kNoThrow);
+        shard->slot_timer.expires_at(Clock::time_point::max());
+        ++self->slot_waiters_;
+        co_await shard->slot_timer.async_wait(kNoThrow);
+        --self->slot_waiters_;
         continue;
       }
       v1::LeaseRequest request;
       request.set_kind(v1::JOB_KIND_DELIVERY);
-      request.set_max_jobs(std::min(free, self->config_.lease_batch));
-      self->lease_pacer_.Started(now);
+      request.set_max_jobs(std::min(self->ShareOf(free), self->config_.lease_batch));
+      shard->lease_pacer.Started(now);
       request.set_wait_ms(kLeaseWaitMs);
       request.set_worker_id(self->worker_id_);
       v1::LeaseResponse response;
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(kLeaseWaitMs) +
                        std::chrono::seconds(10));
-      self->lease_ctx_ = &ctx;
+      shard->lease_ctx = &ctx;
+      shard->leasing = true;
+      shard->last_lease = ++self->leases_sent_;
+      self->reserved_ += request.max_jobs();
       grpc::Status status = co_await rpc::AwaitGrpc(
-          [&](auto done) { self->stub_->async()->Lease(&ctx, &request, &response, std::move(done)); });
-      self->lease_ctx_ = nullptr;
+          [&](auto done) { shard->stub->async()->Lease(&ctx, &request, &response, std::move(done)); });
+      self->reserved_ -= request.max_jobs();
+      shard->leasing = false;
+      shard->lease_ctx = nullptr;
       if (!status.ok()) {
         if (self->stopping_) {
           break;
@@ -465,17 +601,23 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
           queue_down = true;
           down_since = Clock::now();
           log::Event(log::Level::kWarn, "queue_unreachable",
-                     {{"queue", self->config_.queue}, {"error", status.error_message()}});
-        } else if (Clock::now() - down_since >= kRebuildChannelAfter) {
+                     {{"queue", shard->name}, {"error", status.error_message()}});
+        } else if (Clock::now() - down_since >= kRebuildChannelAfter && !shard->target.empty()) {
           // Calls in flight on the old stub keep their own channel reference.
-          self->stub_ = v1::Queue::NewStub(rpc::MakeChannel(self->config_.queue));
+          shard->stub = v1::Queue::NewStub(rpc::MakeChannel(shard->target));
           down_since = Clock::now();
           self->metrics_.channel_rebuilds.Inc();
           log::Event(log::Level::kNotice, "queue_channel_rebuilt",
-                     {{"queue", self->config_.queue}, {"error", status.error_message()}});
+                     {{"queue", shard->name}, {"error", status.error_message()}});
         }
-        self->backoff_timer_.expires_after(backoff);
-        co_await self->backoff_timer_.async_wait(kNoThrow);
+        // The slots this call held are free for the other shards meanwhile.
+        shard->backing_off = true;
+        if (self->shards_.size() > 1) {
+          self->WakeLeaseLoops();
+        }
+        shard->backoff_timer.expires_after(backoff);
+        co_await shard->backoff_timer.async_wait(kNoThrow);
+        shard->backing_off = false;
         backoff = std::min<Clock::duration>(backoff * 2, kMaxBackoff);
         continue;
       }
@@ -483,7 +625,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         // Also the first time: that this deliverer talks to the queue is
         // news to an operator (or a test) waiting for it to take work.
         log::Event(log::Level::kNotice, "queue_reachable",
-                   {{"queue", self->config_.queue}, {"first", reached ? "no" : "yes"}});
+                   {{"queue", shard->name}, {"first", reached ? "no" : "yes"}});
         queue_down = false;
         reached = true;
       }
@@ -492,17 +634,70 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       for (auto& job : *response.mutable_deliveries()) {
         ++self->in_flight_;
         self->metrics_.in_flight.Set(self->in_flight_);
-        asio::co_spawn(executor, RunDelivery(self, std::move(job)), asio::detached);
+        asio::co_spawn(executor, RunDelivery(self, shard, std::move(job)), asio::detached);
+      }
+      if (last_came_back_short && self->shards_.size() > 1) {
+        // The slots reserved and not filled are free again: the loops
+        // waiting for slots are woken and run before this one asks again.
+        self->WakeLeaseLoops();
+        co_await asio::post(executor, asio::use_awaitable);
       }
     }
   }
 
-  static asio::awaitable<void> RunDelivery(std::shared_ptr<Impl> self, v1::DeliveryJob job) {
+  // Slots of concurrency_max held by nothing: no delivery, no unsettled
+  // report, no Lease call in flight.
+  uint32_t FreeSlots() const {
+    const uint32_t busy = in_flight_ + unreported_ + reserved_;
+    return config_.concurrency_max - std::min(busy, config_.concurrency_max);
+  }
+
+  // How many of `free` slots the lease loop about to call may ask for: an
+  // equal part (rounded up) for each loop that wants slots now, itself
+  // included; all of them when there is one shard.
+  uint32_t ShareOf(uint32_t free) const {
+    if (shards_.size() == 1) {
+      return free;
+    }
+    uint32_t wanting = 0;
+    for (const std::unique_ptr<Shard>& shard : shards_) {
+      wanting += shard->Wanting() ? 1 : 0;
+    }
+    wanting = std::max<uint32_t>(wanting, 1);
+    return (free + wanting - 1) / wanting;
+  }
+
+  // Slots may have come free: every lease loop waiting for one looks again,
+  // in the order woken here, which is the order they run in. The loop that
+  // runs first takes the most (ShareOf rounds up), so the loop whose last
+  // Lease went out longest ago goes first: slots freed one at a time go
+  // round the shards instead of always to the same one.
+  void WakeLeaseLoops() {
+    if (shards_.size() == 1) {
+      shards_[0]->slot_timer.cancel();
+      return;
+    }
+    if (slot_waiters_ == 0 || FreeSlots() == 0) {
+      return;  // no one to wake, or nothing to take: the next free slot wakes them
+    }
+    wake_order_.clear();
+    for (const std::unique_ptr<Shard>& shard : shards_) {
+      wake_order_.push_back(shard.get());
+    }
+    std::sort(wake_order_.begin(), wake_order_.end(),
+              [](const Shard* a, const Shard* b) { return a->last_lease < b->last_lease; });
+    for (Shard* shard : wake_order_) {
+      shard->slot_timer.cancel();
+    }
+  }
+
+  // One leased job, from `shard`, which its report goes back to.
+  static asio::awaitable<void> RunDelivery(std::shared_ptr<Impl> self, Shard* shard, v1::DeliveryJob job) {
     const Clock::time_point start = Clock::now();
     std::vector<RecipientOutcome> outcomes;
     uint32_t held_seconds = 0;
     try {
-      outcomes = co_await self->Deliver(job, &held_seconds);
+      outcomes = co_await self->Deliver(shard, job, &held_seconds);
       // The hooks are about mail; a TLS report POST is not (see Deliver).
       if (!outcomes.empty() && self->HookOn(hooks::Hook::kDeferred) && !IsReportPost(job)) {
         co_await self->AskDeferred(job, outcomes);
@@ -521,7 +716,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       pending.report.set_delivery_id(job.delivery_id());
       pending.report.set_lease_token(job.lease_token());
       pending.report.set_delay_unreported_seconds(held_seconds);
-      self->EnqueueReport(std::move(pending));
+      self->EnqueueReport(shard, std::move(pending));
     }
     if (!outcomes.empty()) {
       self->RememberFinals(job, outcomes);
@@ -553,14 +748,14 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                     {"ambiguous", o.ambiguous ? "yes" : "no"},
                     {"reply", reply}});
       }
-      self->EnqueueReport(std::move(pending));
+      self->EnqueueReport(shard, std::move(pending));
       if (self->HookOn(hooks::Hook::kDelivered) && !IsReportPost(job)) {
         self->NotifyDelivered(job, outcomes);
       }
     }
     --self->in_flight_;
     self->metrics_.in_flight.Set(self->in_flight_);
-    self->slot_timer_.cancel();
+    self->WakeLeaseLoops();
   }
 
   // One delivery: route (static route, get_mx hook or DNS), then SMTP/LMTP
@@ -568,8 +763,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // without one, except when the send_email hook holds the whole delivery
   // back: then no outcome, and `*held_seconds` says for how long.
   // `job` is a reference into the awaiting RunDelivery frame, which
-  // co_awaits this directly (never spawned), so it outlives the call.
-  asio::awaitable<std::vector<RecipientOutcome>> Deliver(v1::DeliveryJob& job, uint32_t* held_seconds) {
+  // co_awaits this directly (never spawned), so it outlives the call; so
+  // does `shard`, the job's, where what the delivery learns is sent.
+  asio::awaitable<std::vector<RecipientOutcome>> Deliver(Shard* shard, v1::DeliveryJob& job,
+                                                         uint32_t* held_seconds) {
     const size_t n = static_cast<size_t>(job.recipients_size());
     std::vector<std::optional<RecipientOutcome>> decided(n);
     auto decide_rest = [&](const RecipientOutcome& o) {
@@ -725,11 +922,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       }
       bool dane_applies = false;
       if (config_.dane && mx.secure && recipient_policies) {
-        dane_applies = co_await ApplyDane(job, mx, plan, dane_hosts, tlsrpt_rua);
+        dane_applies = co_await ApplyDane(shard, job, mx, plan, dane_hosts, tlsrpt_rua);
       }
       if (mta_sts_ != nullptr && !dane_applies && recipient_policies) {
         StsLookup sts;
-        sts_enforced = co_await ApplyMtaSts(job, plan, &sts);
+        sts_enforced = co_await ApplyMtaSts(shard, job, plan, &sts);
         const bool sts_applies = sts.policy.has_value() && sts.policy->mode != StsMode::kNone;
         if (!tlsrpt_rua.empty() && sts_applies) {
           report_policy = StsPolicyForReport(*sts.policy);
@@ -737,7 +934,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
           // No policy to apply because it could not be had: the domain
           // learns of it under "sts", with the reason.
           TlsRptPolicy none_fetched{tlsrpt::kPolicySts, {}, {}};
-          CountTls(job.domain(), none_fetched, StsProblemResultType(sts.problem), "", "", sts.problem, tlsrpt_rua);
+          CountTls(shard, job.domain(), none_fetched, StsProblemResultType(sts.problem), "", "", sts.problem,
+                   tlsrpt_rua);
         }
       }
       if (tls_request == TlsRequest::kRequireTls) {
@@ -774,7 +972,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     size_t lacking_requiretls = 0;
     bool all_addresses_reached = true;
     std::optional<RecipientOutcome> requiretls_failure;
-    DataGate gate{this, &job};
+    DataGate gate{this, shard, &job};
     for (size_t a = 0; a < plan.attempts.size(); ++a) {
       const Attempt& attempt = plan.attempts[a];
       const StaticRoute* route = attempt_routes[a];
@@ -906,7 +1104,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
 
       absl::StatusOr<TransactionResult> result = co_await RunSmtpTransaction(request);
       if (result.ok() && !tlsrpt_rua.empty() && route == nullptr) {
-        CountTlsSession(job.domain(), dane != nullptr ? DanePolicyForReport(dane->records) : report_policy,
+        CountTlsSession(shard, job.domain(),
+                        dane != nullptr ? DanePolicyForReport(dane->records) : report_policy,
                         !request.dane.empty(), dane != nullptr && request.dane.empty(), attempt, *result,
                         tlsrpt_rua);
       }
@@ -918,7 +1117,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         log::Event(log::Level::kNotice, "tls_failed_retrying_plain",
                    {{"msg", job.message_id()}, {"relay", RelayOf(attempt.mx_host, attempt.ip, attempt.port)},
                     {"error", result->failure}});
-        MarkBrokenTls(flag_host, result->failure);
+        MarkBrokenTls(shard, flag_host, result->failure);
         request.tls = TlsMode::kNone;
         result = co_await RunSmtpTransaction(request);
       }
@@ -930,7 +1129,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         log::Event(log::Level::kNotice, "bdat_refused_retrying_data",
                    {{"msg", job.message_id()}, {"relay", RelayOf(attempt.mx_host, attempt.ip, attempt.port)},
                     {"error", result->failure}});
-        SetHostFlag(flag_host, kNoChunkingFlag, config_.chunking_failure_ttl, result->failure, /*share=*/true);
+        SetHostFlag(shard, flag_host, kNoChunkingFlag, config_.chunking_failure_ttl, result->failure,
+                    /*share=*/true);
         request.chunking = false;
         result = co_await RunSmtpTransaction(request);
       }
@@ -941,7 +1141,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       }
       LogAttempt(job, attempt, *result, dns_delay);
       if (result->unreachable) {
-        NoteUnreachable(flag_host, RelayOf(attempt.mx_host, attempt.ip, attempt.port), result->failure);
+        NoteUnreachable(shard, flag_host, RelayOf(attempt.mx_host, attempt.ip, attempt.port), result->failure);
       } else if (result->connected) {
         streaks_.Succeeded(flag_host);
       }
@@ -1379,8 +1579,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // records, i.e. DANE governs this domain.
   // A host whose lookup failed counts as a "dnssec-invalid" failure in the
   // domain's TLS report when `tlsrpt_rua` is set.
-  asio::awaitable<bool> ApplyDane(const v1::DeliveryJob& job, const dns::MxAnswer& mx, RoutePlan& plan,
-                                  std::map<std::string, DaneHost>& hosts, const std::vector<std::string>& tlsrpt_rua) {
+  asio::awaitable<bool> ApplyDane(Shard* shard, const v1::DeliveryJob& job, const dns::MxAnswer& mx,
+                                  RoutePlan& plan, std::map<std::string, DaneHost>& hosts,
+                                  const std::vector<std::string>& tlsrpt_rua) {
     bool applies = false;
     for (const Attempt& a : plan.attempts) {
       std::string name = TlsaName(a.mx_host, a.port);
@@ -1421,8 +1622,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                    {{"msg", job.message_id()}, {"domain", job.domain()}, {"mx", a.mx_host},
                     {"error", dane.detail}});
         if (!tlsrpt_rua.empty()) {
-          CountTls(job.domain(), DanePolicyForReport({}), tlsrpt::kDnssecInvalid, a.mx_host, "", dane.detail,
-                   tlsrpt_rua);
+          CountTls(shard, job.domain(), DanePolicyForReport({}), tlsrpt::kDnssecInvalid, a.mx_host, "",
+                   dane.detail, tlsrpt_rua);
         }
       }
       applies = applies || dane.mode != DaneMode::kNone;
@@ -1449,9 +1650,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // dropped (with the reason in plan.skipped) and true is returned, so every
   // remaining attempt requires verified TLS; in testing mode they are only
   // logged.
-  // The lookup is left in `*found` (for TLS reports).
-  asio::awaitable<bool> ApplyMtaSts(const v1::DeliveryJob& job, RoutePlan& plan, StsLookup* found) {
-    *found = co_await AwaitSts(*mta_sts_, job.domain());
+  // The lookup is left in `*found` (for TLS reports). The policy store
+  // asked and saved to is the job's shard's.
+  asio::awaitable<bool> ApplyMtaSts(Shard* shard, const v1::DeliveryJob& job, RoutePlan& plan, StsLookup* found) {
+    *found = co_await AwaitSts(*mta_sts_, job.domain(), shard->index);
     const StsLookup& sts = *found;
     metrics_.MtaStsPolicy(sts).Inc();
     if (sts.source == "stored") {
@@ -1495,23 +1697,23 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     co_return true;
   }
 
-  // Remembers `host` as broken_tls locally and tells the queue, so every
-  // deliverer reaches it in plain text until the TTL ends.
-  void MarkBrokenTls(const std::string& host, const std::string& reason) {
-    SetHostFlag(host, kBrokenTlsFlag, config_.tls_failure_ttl, reason, /*share=*/true);
+  // Remembers `host` as broken_tls locally and tells the queue (`shard`,
+  // the job's), so every deliverer reaches it in plain text until the TTL ends.
+  void MarkBrokenTls(Shard* shard, const std::string& host, const std::string& reason) {
+    SetHostFlag(shard, host, kBrokenTlsFlag, config_.tls_failure_ttl, reason, /*share=*/true);
   }
 
   // A session attempt with `host` failed before its greeting. The
   // unreachable_after-th in a row suspends the address for every deliverer
   // (HostFlags, shared through the queue) for unreachable_backoff.
-  void NoteUnreachable(const std::string& host, const std::string& relay, const std::string& failure) {
+  void NoteUnreachable(Shard* shard, const std::string& host, const std::string& relay, const std::string& failure) {
     if (!streaks_.Failed(host)) {
       return;
     }
     // A session that was already under way when the address was suspended
     // extends the pause here; the others learnt of it already.
     const bool already = host_flags_.Has(host, kUnreachableFlag, NowUnixMs());
-    SetHostFlag(host, kUnreachableFlag, config_.unreachable_backoff, failure, /*share=*/!already);
+    SetHostFlag(shard, host, kUnreachableFlag, config_.unreachable_backoff, failure, /*share=*/!already);
     if (already) {
       return;
     }
@@ -1523,10 +1725,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   }
 
   // Records `flag` on `host` for `ttl` (0: not at all), with `reason` (at most 500 bytes),
-  // and with `share` tells the queue too (fire and forget), so every
-  // deliverer has it within one host_flags_refresh.
-  void SetHostFlag(const std::string& host, const char* flag, std::chrono::seconds ttl, const std::string& reason,
-                   bool share) {
+  // and with `share` tells the queue too (fire and forget): `shard`, the
+  // shard of the job that learnt it, from which every deliverer (they all
+  // read every shard's flags) has it within one host_flags_refresh.
+  void SetHostFlag(Shard* shard, const std::string& host, const char* flag, std::chrono::seconds ttl,
+                   const std::string& reason, bool share) {
     if (ttl.count() == 0) {
       return;  // a TTL of 0 is the operator turning this flag off
     }
@@ -1541,21 +1744,21 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     shared.set_flag(flag);
     shared.set_expires_unix_ms(expires);
     shared.set_reason(std::move(cut));
-    asio::co_spawn(io_, PutHostFlag(shared_from_this(), std::move(shared)), asio::detached);
+    asio::co_spawn(io_, PutHostFlag(shared_from_this(), shard, std::move(shared)), asio::detached);
   }
 
-  static asio::awaitable<void> PutHostFlag(std::shared_ptr<Impl> self, v1::HostFlag flag) {
+  static asio::awaitable<void> PutHostFlag(std::shared_ptr<Impl> self, Shard* shard, v1::HostFlag flag) {
     v1::PutHostFlagsRequest request;
     *request.add_flags() = std::move(flag);
     v1::PutHostFlagsResponse response;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     grpc::Status status = co_await rpc::AwaitGrpc(
-        [&](auto done) { self->stub_->async()->PutHostFlags(&ctx, &request, &response, std::move(done)); });
-    self->NoteOptionalRpc("PutHostFlags", status, &self->put_flags_warned_);
+        [&](auto done) { shard->stub->async()->PutHostFlags(&ctx, &request, &response, std::move(done)); });
+    self->NoteOptionalRpc(*shard, "PutHostFlags", status, &shard->put_flags_warned);
   }
 
-  static asio::awaitable<void> LoadStsPolicy(std::shared_ptr<Impl> self, std::string domain,
+  static asio::awaitable<void> LoadStsPolicy(std::shared_ptr<Impl> self, Shard* shard, std::string domain,
                                              absl::AnyInvocable<void(std::optional<MtaSts::StoredPolicy>)> done) {
     v1::GetStsPolicyRequest request;
     request.set_domain(domain);
@@ -1563,8 +1766,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     grpc::Status status = co_await rpc::AwaitGrpc(
-        [&](auto cb) { self->stub_->async()->GetStsPolicy(&ctx, &request, &response, std::move(cb)); });
-    self->NoteOptionalRpc("GetStsPolicy", status, &self->sts_store_warned_);
+        [&](auto cb) { shard->stub->async()->GetStsPolicy(&ctx, &request, &response, std::move(cb)); });
+    self->NoteOptionalRpc(*shard, "GetStsPolicy", status, &shard->sts_store_warned);
     std::optional<MtaSts::StoredPolicy> found;
     if (status.ok() && response.found() && response.policy().domain() == domain) {
       found = MtaSts::StoredPolicy{response.policy().id(), response.policy().policy(),
@@ -1573,7 +1776,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     done(std::move(found));
   }
 
-  static asio::awaitable<void> SaveStsPolicy(std::shared_ptr<Impl> self, std::string domain,
+  static asio::awaitable<void> SaveStsPolicy(std::shared_ptr<Impl> self, Shard* shard, std::string domain,
                                              MtaSts::StoredPolicy policy) {
     v1::PutStsPolicyRequest request;
     v1::StsPolicyRecord* record = request.mutable_policy();
@@ -1586,13 +1789,13 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     grpc::Status status = co_await rpc::AwaitGrpc(
-        [&](auto cb) { self->stub_->async()->PutStsPolicy(&ctx, &request, &response, std::move(cb)); });
-    self->NoteOptionalRpc("PutStsPolicy", status, &self->sts_store_warned_);
+        [&](auto cb) { shard->stub->async()->PutStsPolicy(&ctx, &request, &response, std::move(cb)); });
+    self->NoteOptionalRpc(*shard, "PutStsPolicy", status, &shard->sts_store_warned);
   }
 
-  // Logs an optional RPC's failure once per kind of failure: a queue without
-  // Progress/HostFlags (UNIMPLEMENTED) must not flood the log.
-  void NoteOptionalRpc(const char* rpc, const grpc::Status& status, bool* warned) {
+  // Logs an optional RPC's failure to `shard` once per kind of failure: a
+  // queue without Progress/HostFlags (UNIMPLEMENTED) must not flood the log.
+  void NoteOptionalRpc(const Shard& shard, const char* rpc, const grpc::Status& status, bool* warned) {
     if (status.ok()) {
       *warned = false;
       return;
@@ -1603,21 +1806,21 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     *warned = true;
     log::Event(log::Level::kWarn, status.error_code() == grpc::StatusCode::UNIMPLEMENTED ? "queue_rpc_unimplemented"
                                                                                           : "queue_rpc_failed",
-               {{"rpc", rpc}, {"queue", config_.queue}, {"error", status.error_message()},
+               {{"rpc", rpc}, {"queue", shard.name}, {"error", status.error_message()},
                 {"note", "best effort; delivery goes on without it"}});
   }
 
-  // Sends the TLS report counts to the queue every [tlsrpt] flush_seconds,
-  // and once more when the deliverer stops. Counts the queue did not take
-  // wait for the next call; what a crash holds is lost (reports are
-  // statistics: a few seconds of them, never a message).
-  static asio::awaitable<void> TlsRptLoop(std::shared_ptr<Impl> self) {
+  // Sends the TLS report counts of `shard`'s deliveries to it every
+  // [tlsrpt] flush_seconds, and once more when the deliverer stops. Counts
+  // the queue did not take wait for the next call; what a crash holds is
+  // lost (reports are statistics: a few seconds of them, never a message).
+  static asio::awaitable<void> TlsRptLoop(std::shared_ptr<Impl> self, Shard* shard) {
     for (;;) {
       if (!self->stopping_) {
-        self->tlsrpt_timer_.expires_after(self->config_.tlsrpt_flush);
-        co_await self->tlsrpt_timer_.async_wait(kNoThrow);
+        shard->tlsrpt_timer.expires_after(self->config_.tlsrpt_flush);
+        co_await shard->tlsrpt_timer.async_wait(kNoThrow);
       }
-      std::vector<v1::TlsRptCount> all = self->tlsrpt_counts_.Take();
+      std::vector<v1::TlsRptCount> all = shard->tlsrpt_counts.Take();
       for (size_t from = 0; from < all.size(); from += kMaxTlsRptPerCall) {
         v1::RecordTlsResultsRequest request;
         const size_t to = std::min(all.size(), from + kMaxTlsRptPerCall);
@@ -1628,15 +1831,15 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
         grpc::Status status = co_await rpc::AwaitGrpc(
-            [&](auto done) { self->stub_->async()->RecordTlsResults(&ctx, &request, &response, std::move(done)); });
-        self->NoteOptionalRpc("RecordTlsResults", status, &self->tlsrpt_warned_);
+            [&](auto done) { shard->stub->async()->RecordTlsResults(&ctx, &request, &response, std::move(done)); });
+        self->NoteOptionalRpc(*shard, "RecordTlsResults", status, &shard->tlsrpt_warned);
         if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
           // Sending them again would be refused again: counted as lost.
           self->metrics_.tlsrpt_dropped.Inc(static_cast<uint64_t>(request.counts_size()));
         } else if (!status.ok()) {
           std::vector<v1::TlsRptCount> back(std::make_move_iterator(request.mutable_counts()->begin()),
                                             std::make_move_iterator(request.mutable_counts()->end()));
-          self->tlsrpt_counts_.PutBack(std::move(back));
+          shard->tlsrpt_counts.PutBack(std::move(back));
         }
       }
       if (self->stopping_) {
@@ -1663,13 +1866,14 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     co_return std::move(record->rua);
   }
 
-  // Counts one session (or policy failure) for `domain`'s TLS report.
-  void CountTls(const std::string& domain, const TlsRptPolicy& policy, absl::string_view result_type,
+  // Counts one session (or policy failure) for `domain`'s TLS report, to
+  // be sent to `shard` (the job's).
+  void CountTls(Shard* shard, const std::string& domain, const TlsRptPolicy& policy, absl::string_view result_type,
                 absl::string_view mx_host, absl::string_view ip, absl::string_view reason,
                 const std::vector<std::string>& rua) {
     metrics_.TlsRptSessions(policy.type, result_type.empty()).Inc();
-    if (!tlsrpt_counts_.Add(MakeTlsRptCount(tlsrpt::UtcDay(NowUnixMs()), domain, policy, result_type, mx_host, ip, reason,
-                                            rua))) {
+    if (!shard->tlsrpt_counts.Add(MakeTlsRptCount(tlsrpt::UtcDay(NowUnixMs()), domain, policy, result_type, mx_host,
+                                                  ip, reason, rua))) {
       metrics_.tlsrpt_dropped.Inc();
     }
   }
@@ -1677,8 +1881,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // Counts a new session's TLS outcome under `policy`; reused sessions and
   // sessions that did not try TLS count nothing. `dane_unusable`: DANE made
   // TLS mandatory but none of the host's TLSA records could be used.
-  void CountTlsSession(const std::string& domain, const TlsRptPolicy& policy, bool dane, bool dane_unusable,
-                       const Attempt& attempt, const TransactionResult& result, const std::vector<std::string>& rua) {
+  void CountTlsSession(Shard* shard, const std::string& domain, const TlsRptPolicy& policy, bool dane,
+                       bool dane_unusable, const Attempt& attempt, const TransactionResult& result,
+                       const std::vector<std::string>& rua) {
     std::string type;
     std::string reason = result.tls_problem;
     switch (result.tls_attempt) {
@@ -1703,25 +1908,27 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         type = TlsFailureResultType(result.tls_verify_error, dane);
         break;
     }
-    CountTls(domain, policy, type, attempt.mx_host, attempt.ip, reason, rua);
+    CountTls(shard, domain, policy, type, attempt.mx_host, attempt.ip, reason, rua);
   }
 
-  // Fetches the shared host flags (broken TLS, unreachable) now and every
-  // host_flags_refresh.
-  static asio::awaitable<void> HostFlagsLoop(std::shared_ptr<Impl> self) {
+  // Fetches the shared host flags (broken TLS, unreachable) that `shard`
+  // holds now and every host_flags_refresh, into the one HostFlags of the
+  // worker: a deliverer puts a flag into the shard of the job that learnt
+  // it, so every shard's are read.
+  static asio::awaitable<void> HostFlagsLoop(std::shared_ptr<Impl> self, Shard* shard) {
     while (!self->stopping_) {
       v1::GetHostFlagsRequest request;  // every flag
       v1::GetHostFlagsResponse response;
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-      self->flags_ctx_ = &ctx;
+      shard->flags_ctx = &ctx;
       grpc::Status status = co_await rpc::AwaitGrpc(
-          [&](auto done) { self->stub_->async()->GetHostFlags(&ctx, &request, &response, std::move(done)); });
-      self->flags_ctx_ = nullptr;
+          [&](auto done) { shard->stub->async()->GetHostFlags(&ctx, &request, &response, std::move(done)); });
+      shard->flags_ctx = nullptr;
       if (self->stopping_) {
         break;
       }
-      self->NoteOptionalRpc("GetHostFlags", status, &self->get_flags_warned_);
+      self->NoteOptionalRpc(*shard, "GetHostFlags", status, &shard->get_flags_warned);
       if (status.ok()) {
         for (const auto& f : response.flags()) {
           if (!f.cleared()) {
@@ -1735,8 +1942,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         }
       }
       self->host_flags_.Expire(NowUnixMs());
-      self->flags_timer_.expires_after(self->config_.host_flags_refresh);
-      co_await self->flags_timer_.async_wait(kNoThrow);
+      shard->flags_timer.expires_after(self->config_.host_flags_refresh);
+      co_await shard->flags_timer.async_wait(kNoThrow);
     }
   }
 
@@ -1744,7 +1951,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // lease, that the final dot may go out. Then a crash of this process or of
   // the queue from here to the report leaves the delivery *ambiguous* (the
   // queue counts it and applies ambiguous_policy), never silently sent twice.
-  // Transactions that reach DATA together share one Progress call.
+  // Transactions that reach DATA together share one Progress call (to the
+  // job's shard, which holds the lease).
   asio::awaitable<absl::Status> PassDataGate(DataGate* gate) {
     if (gate->recorded) {
       co_return absl::OkStatus();  // an earlier address of this lease got it
@@ -1756,8 +1964,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     pending.item.set_lease_token(gate->job->lease_token());
     pending.item.set_data_sent(true);
     pending.waiter = waiter;
-    progress_.push_back(std::move(pending));
-    progress_wake_.cancel();
+    gate->shard->progress.push_back(std::move(pending));
+    gate->shard->progress_wake.cancel();
     while (!waiter->verdict.has_value()) {
       waiter->wake.expires_at(Clock::time_point::max());
       co_await waiter->wake.async_wait(kNoThrow);
@@ -1773,25 +1981,26 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     co_return verdict;
   }
 
-  // Sends waiting progress items as soon as a call slot is free.
-  static asio::awaitable<void> ProgressLoop(std::shared_ptr<Impl> self) {
+  // Sends `shard`'s waiting progress items as soon as a call slot is free.
+  static asio::awaitable<void> ProgressLoop(std::shared_ptr<Impl> self, Shard* shard) {
     auto executor = co_await asio::this_coro::executor;
     for (;;) {
-      if (self->progress_.empty() || self->progress_calls_ >= kMaxCallsInFlight) {
-        if (self->reporter_done_ && self->progress_calls_ == 0) {
+      if (shard->progress.empty() || shard->progress_calls >= kMaxCallsInFlight) {
+        if (self->reporter_done_ && shard->progress_calls == 0) {
           co_return;
         }
-        self->progress_wake_.expires_at(Clock::time_point::max());
-        co_await self->progress_wake_.async_wait(kNoThrow);
+        shard->progress_wake.expires_at(Clock::time_point::max());
+        co_await shard->progress_wake.async_wait(kNoThrow);
         continue;
       }
       std::vector<PendingProgress> batch;
-      while (!self->progress_.empty() && batch.size() < kMaxReportsPerCall) {
-        batch.push_back(std::move(self->progress_.front()));
-        self->progress_.pop_front();
+      while (!shard->progress.empty() && batch.size() < kMaxReportsPerCall) {
+        batch.push_back(std::move(shard->progress.front()));
+        shard->progress.pop_front();
       }
-      ++self->progress_calls_;
-      asio::co_spawn(executor, SendProgress(self, std::move(batch), self->TakeReportsToCarry()), asio::detached);
+      ++shard->progress_calls;
+      asio::co_spawn(executor, SendProgress(self, shard, std::move(batch), self->TakeReportsToCarry(shard)),
+                     asio::detached);
     }
   }
 
@@ -1799,8 +2008,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // transaction whose progress could not be recorded stops before DATA and
   // its recipients are tried again later, which costs a retry, not a
   // duplicate nobody knows about.
-  static asio::awaitable<void> SendProgress(std::shared_ptr<Impl> self, std::vector<PendingProgress> batch,
-                                            std::vector<PendingReport> reports) {
+  static asio::awaitable<void> SendProgress(std::shared_ptr<Impl> self, Shard* shard,
+                                            std::vector<PendingProgress> batch, std::vector<PendingReport> reports) {
     v1::ProgressRequest request;
     for (const PendingProgress& p : batch) {
       *request.add_items() = p.item;
@@ -1813,9 +2022,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     ctx.set_deadline(std::chrono::system_clock::now() + kProgressDeadline);
     const auto sent = Clock::now();
     grpc::Status status = co_await rpc::AwaitGrpc(
-        [&](auto done) { self->stub_->async()->Progress(&ctx, &request, &response, std::move(done)); });
+        [&](auto done) { shard->stub->async()->Progress(&ctx, &request, &response, std::move(done)); });
     self->metrics_.progress_call_seconds.ObserveSince(sent);
-    self->NoteProgressRpc(status);
+    self->NoteProgressRpc(*shard, status);
     for (size_t i = 0; i < batch.size(); ++i) {
       absl::Status verdict;
       if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
@@ -1834,75 +2043,76 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       batch[i].waiter->verdict = std::move(verdict);
       batch[i].waiter->wake.cancel();
     }
-    --self->progress_calls_;
-    self->progress_wake_.cancel();
+    --shard->progress_calls;
+    shard->progress_wake.cancel();
     if (!reports.empty()) {
-      self->CarriedReportsAnswered(std::move(reports), status, response);
+      self->CarriedReportsAnswered(shard, std::move(reports), status, response);
     }
   }
 
   // Reports that may ride on the Progress call about to go out: all that
   // wait (for the pacer, or for a Report call in flight), unless the queue
   // does not take them there or calls with reports are backing off after a
-  // failure. The call then counts in report_calls_ until it is answered, so
-  // the ReporterLoop waits for it and a drain flushes it.
-  std::vector<PendingReport> TakeReportsToCarry() {
+  // failure. The call then counts in report_calls until it is answered, so
+  // the ReporterLoop waits for it and a drain flushes it. Only `shard`'s
+  // reports: the call goes to `shard`.
+  std::vector<PendingReport> TakeReportsToCarry(Shard* shard) {
     std::vector<PendingReport> carried;
     const Clock::time_point now = Clock::now();
-    if (!carry_reports_ || pending_.empty() || report_retry_at_ > now) {
+    if (!shard->carry_reports || shard->pending.empty() || shard->report_retry_at > now) {
       return carried;
     }
-    report_pacer_.Started(now);
-    while (!pending_.empty() && carried.size() < kMaxReportsPerCall) {
-      carried.push_back(std::move(pending_.front()));
-      pending_.pop_front();
+    shard->report_pacer.Started(now);
+    while (!shard->pending.empty() && carried.size() < kMaxReportsPerCall) {
+      carried.push_back(std::move(shard->pending.front()));
+      shard->pending.pop_front();
     }
-    ++report_calls_;
+    ++shard->report_calls;
     return carried;
   }
 
   // The answer for reports a Progress call carried. A queue that does not
   // know the field (no statuses for them, or no Progress at all) applied
   // nothing: they go back for a Report call, and no more are carried.
-  void CarriedReportsAnswered(std::vector<PendingReport> reports, const grpc::Status& status,
+  void CarriedReportsAnswered(Shard* shard, std::vector<PendingReport> reports, const grpc::Status& status,
                               const v1::ProgressResponse& response) {
-    --report_calls_;
-    report_wake_.cancel();
+    --shard->report_calls;
+    shard->report_wake.cancel();
     const bool ignored = status.error_code() == grpc::StatusCode::UNIMPLEMENTED ||
                          (status.ok() && static_cast<size_t>(response.report_statuses_size()) != reports.size());
     if (ignored) {
-      carry_reports_ = false;
+      shard->carry_reports = false;
       log::Event(log::Level::kNotice, "reports_not_carried",
-                 {{"queue", config_.queue}, {"note", "this queue takes reports only in Report calls"}});
+                 {{"queue", shard->name}, {"note", "this queue takes reports only in Report calls"}});
       for (auto it = reports.rbegin(); it != reports.rend(); ++it) {
-        pending_.push_front(std::move(*it));
+        shard->pending.push_front(std::move(*it));
       }
       return;
     }
     if (!status.ok()) {
-      ReportsFailed(std::move(reports), status);
+      ReportsFailed(shard, std::move(reports), status);
       return;
     }
-    ReportsAnswered(reports, response.report_statuses());
+    ReportsAnswered(shard, reports, response.report_statuses());
   }
 
-  // Logs the first Progress failure of an outage and the recovery.
-  void NoteProgressRpc(const grpc::Status& status) {
+  // Logs the first Progress failure of an outage of `shard` and the recovery.
+  void NoteProgressRpc(Shard& shard, const grpc::Status& status) {
     if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-      NoteOptionalRpc("Progress", status, &progress_unimplemented_warned_);
+      NoteOptionalRpc(shard, "Progress", status, &shard.progress_unimplemented_warned);
       return;
     }
     if (status.ok()) {
-      if (progress_warned_) {
-        log::Event(log::Level::kNotice, "progress_recovered", {{"queue", config_.queue}});
+      if (shard.progress_warned) {
+        log::Event(log::Level::kNotice, "progress_recovered", {{"queue", shard.name}});
       }
-      progress_warned_ = false;
+      shard.progress_warned = false;
       return;
     }
-    if (!progress_warned_) {
-      progress_warned_ = true;
+    if (!shard.progress_warned) {
+      shard.progress_warned = true;
       log::Event(log::Level::kWarn, "progress_failed",
-                 {{"queue", config_.queue}, {"error", status.error_message()},
+                 {{"queue", shard.name}, {"error", status.error_message()},
                   {"note", "transactions stop before DATA and are retried until the queue answers"}});
     }
   }
@@ -1933,11 +2143,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     unconfirmed_[job.delivery_id()] = std::move(u);
   }
 
-  void EnqueueReport(PendingReport report) {
-    pending_.push_back(std::move(report));
+  // A finished job's report, for `shard`, the job's.
+  void EnqueueReport(Shard* shard, PendingReport report) {
+    shard->pending.push_back(std::move(report));
     ++unreported_;
     metrics_.reports_pending.Set(unreported_);
-    report_wake_.cancel();
+    shard->report_wake.cancel();
   }
 
   // A report left our hands (applied, refused, or given up at shutdown):
@@ -1945,7 +2156,16 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   void ReportSettled() {
     --unreported_;
     metrics_.reports_pending.Set(unreported_);
-    slot_timer_.cancel();
+    WakeLeaseLoops();
+  }
+
+  // Reports waiting to be sent, on every shard.
+  size_t PendingReports() const {
+    size_t n = 0;
+    for (const std::unique_ptr<Shard>& shard : shards_) {
+      n += shard->pending.size();
+    }
+    return n;
   }
 
   // Sends reports as soon as they exist (up to kMaxCallsInFlight calls at
@@ -1954,36 +2174,38 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // restarted keeps outstanding leases for recovery_lease_grace and applies
   // them, and a report that arrives after a lease expired is still applied
   // unless the delivery was leased again (then the queue answers stale).
-  static asio::awaitable<void> ReporterLoop(std::shared_ptr<Impl> self) {
+  // One per shard, with `shard`'s reports, each to the shard that leased it.
+  static asio::awaitable<void> ReporterLoop(std::shared_ptr<Impl> self, Shard* shard) {
     auto executor = co_await asio::this_coro::executor;
     for (;;) {
       const Clock::time_point now = Clock::now();
       // Paced (CallPacer) except while stopping, when what is left goes now.
-      const Clock::time_point paced = self->stopping_ ? now : self->report_pacer_.ReadyAt(self->pending_.size(), now);
-      const Clock::time_point ready_at = std::max(self->report_retry_at_, paced);
-      if (self->pending_.empty() || self->report_calls_ >= kMaxCallsInFlight || ready_at > now) {
-        if (self->reporter_done_ && self->report_calls_ == 0) {
+      const Clock::time_point paced = self->stopping_ ? now : shard->report_pacer.ReadyAt(shard->pending.size(), now);
+      const Clock::time_point ready_at = std::max(shard->report_retry_at, paced);
+      if (shard->pending.empty() || shard->report_calls >= kMaxCallsInFlight || ready_at > now) {
+        if (self->reporter_done_ && shard->report_calls == 0) {
           co_return;
         }
         // A free slot with reports waiting sleeps until they may go; a new
         // report or a finished call wakes the loop earlier to look again.
-        const bool timed = !self->pending_.empty() && self->report_calls_ < kMaxCallsInFlight;
-        self->report_wake_.expires_at(timed ? ready_at : Clock::time_point::max());
-        co_await self->report_wake_.async_wait(kNoThrow);
+        const bool timed = !shard->pending.empty() && shard->report_calls < kMaxCallsInFlight;
+        shard->report_wake.expires_at(timed ? ready_at : Clock::time_point::max());
+        co_await shard->report_wake.async_wait(kNoThrow);
         continue;
       }
-      self->report_pacer_.Started(now);
+      shard->report_pacer.Started(now);
       std::vector<PendingReport> batch;
-      while (!self->pending_.empty() && batch.size() < kMaxReportsPerCall) {
-        batch.push_back(std::move(self->pending_.front()));
-        self->pending_.pop_front();
+      while (!shard->pending.empty() && batch.size() < kMaxReportsPerCall) {
+        batch.push_back(std::move(shard->pending.front()));
+        shard->pending.pop_front();
       }
-      ++self->report_calls_;
-      asio::co_spawn(executor, SendReports(self, std::move(batch)), asio::detached);
+      ++shard->report_calls;
+      asio::co_spawn(executor, SendReports(self, shard, std::move(batch)), asio::detached);
     }
   }
 
-  static asio::awaitable<void> SendReports(std::shared_ptr<Impl> self, std::vector<PendingReport> batch) {
+  static asio::awaitable<void> SendReports(std::shared_ptr<Impl> self, Shard* shard,
+                                           std::vector<PendingReport> batch) {
     v1::ReportRequest request;
     for (const auto& p : batch) {
       *request.add_reports() = p.report;
@@ -1993,42 +2215,42 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     const auto sent = Clock::now();
     grpc::Status status = co_await rpc::AwaitGrpc(
-        [&](auto done) { self->stub_->async()->Report(&ctx, &request, &response, std::move(done)); });
+        [&](auto done) { shard->stub->async()->Report(&ctx, &request, &response, std::move(done)); });
     self->metrics_.report_call_seconds.ObserveSince(sent);
-    --self->report_calls_;
-    self->report_wake_.cancel();
+    --shard->report_calls;
+    shard->report_wake.cancel();
     if (!status.ok()) {
-      self->ReportsFailed(std::move(batch), status);
+      self->ReportsFailed(shard, std::move(batch), status);
       co_return;
     }
-    self->ReportsAnswered(batch, response.statuses());
+    self->ReportsAnswered(shard, batch, response.statuses());
   }
 
-  // A call with reports failed: they go back in front, in order, and are
-  // retried with the same lease tokens after a growing pause.
-  void ReportsFailed(std::vector<PendingReport> batch, const grpc::Status& status) {
-    if (!report_failing_) {
-      report_failing_ = true;
+  // A call with reports to `shard` failed: they go back in front, in order,
+  // and are retried there with the same lease tokens after a growing pause.
+  void ReportsFailed(Shard* shard, std::vector<PendingReport> batch, const grpc::Status& status) {
+    if (!shard->report_failing) {
+      shard->report_failing = true;
       log::Event(log::Level::kWarn, "report_failed",
-                 {{"queue", config_.queue}, {"error", status.error_message()},
+                 {{"queue", shard->name}, {"error", status.error_message()},
                   {"reports", absl::StrCat(batch.size())}, {"note", "retried with the same lease tokens"}});
     }
     for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
-      pending_.push_front(std::move(*it));
+      shard->pending.push_front(std::move(*it));
     }
-    report_retry_at_ = Clock::now() + report_backoff_;
-    report_backoff_ = std::min<Clock::duration>(report_backoff_ * 2, kMaxReportBackoff);
+    shard->report_retry_at = Clock::now() + shard->report_backoff;
+    shard->report_backoff = std::min<Clock::duration>(shard->report_backoff * 2, kMaxReportBackoff);
   }
 
-  // The queue answered for `batch`, one status each (a missing one counts
+  // `shard` answered for `batch`, one status each (a missing one counts
   // as refused).
-  void ReportsAnswered(const std::vector<PendingReport>& batch,
+  void ReportsAnswered(Shard* shard, const std::vector<PendingReport>& batch,
                        const google::protobuf::RepeatedField<int>& statuses) {
-    if (report_failing_) {
-      report_failing_ = false;
-      log::Event(log::Level::kNotice, "report_recovered", {{"queue", config_.queue}});
+    if (shard->report_failing) {
+      shard->report_failing = false;
+      log::Event(log::Level::kNotice, "report_recovered", {{"queue", shard->name}});
     }
-    report_backoff_ = kMinReportBackoff;
+    shard->report_backoff = kMinReportBackoff;
     for (size_t i = 0; i < batch.size(); ++i) {
       const auto s = i < static_cast<size_t>(statuses.size()) ? static_cast<v1::ReportStatus>(statuses[static_cast<int>(i)])
                                                                : v1::REPORT_STATUS_UNSPECIFIED;
@@ -2057,41 +2279,48 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       log::Event(log::Level::kWarn, "abandoning_deliveries",
                  {{"in_flight", absl::StrCat(self->in_flight_)}, {"note", "their leases expire and they are retried"}});
     }
-    // Flush what finished; bounded so an unreachable queue cannot hang exit.
+    // Flush what finished, to every shard at once; bounded so an
+    // unreachable shard cannot hang exit.
     const Clock::time_point flush_deadline = Clock::now() + std::chrono::seconds(5);
-    while ((!self->pending_.empty() || self->report_calls_ > 0) && Clock::now() < flush_deadline) {
+    while (self->ReportsOutstanding() && Clock::now() < flush_deadline) {
       tick.expires_after(std::chrono::milliseconds(10));
       co_await tick.async_wait(kNoThrow);
     }
     self->reporter_done_ = true;
-    self->report_wake_.cancel();
-    self->progress_wake_.cancel();
-    if (!self->pending_.empty()) {
-      self->metrics_.reports_dropped.Inc(self->pending_.size());
+    for (const std::unique_ptr<Shard>& shard : self->shards_) {
+      shard->report_wake.cancel();
+      shard->progress_wake.cancel();
+    }
+    const size_t unsent = self->PendingReports();
+    if (unsent > 0) {
+      self->metrics_.reports_dropped.Inc(unsent);
     }
     // Idle pooled connections get their QUIT.
     co_await self->pool_.Shutdown(std::chrono::seconds(2));
-    log::Event(log::Level::kNotice, "stopped", {{"unsent_reports", absl::StrCat(self->pending_.size())}});
+    log::Event(log::Level::kNotice, "stopped", {{"unsent_reports", absl::StrCat(unsent)}});
     on_stopped();
+  }
+
+  // Some shard has reports waiting or a call with reports in flight.
+  bool ReportsOutstanding() const {
+    return std::any_of(shards_.begin(), shards_.end(), [](const std::unique_ptr<Shard>& shard) {
+      return !shard->pending.empty() || shard->report_calls > 0;
+    });
   }
 
   asio::io_context& io_;
   const DelivererConfig& config_;
-  std::unique_ptr<v1::Queue::Stub> stub_;
+  // The queue shards, in config.queues order; never resized after the
+  // constructor (jobs and loops hold Shard pointers).
+  std::vector<std::unique_ptr<Shard>> shards_;
+  uint32_t reserved_ = 0;      // slots held by Lease calls in flight, all shards (FreeSlots)
+  uint64_t leases_sent_ = 0;   // Lease calls sent, all shards
+  uint32_t slot_waiters_ = 0;  // lease loops waiting on their slot_timer
+  std::vector<Shard*> wake_order_;  // WakeLeaseLoops' scratch
   std::unique_ptr<v1::Hooks::Stub> hooks_;  // null: no hook is called
   int delivered_in_flight_ = 0;             // SendDelivered calls waiting
   dns::MxResolver& resolver_;
   RoutePlanner planner_;
-  asio::steady_timer slot_timer_;
-  asio::steady_timer backoff_timer_;
-  CallPacer lease_pacer_;   // Lease calls (LeaseLoop)
-  CallPacer report_pacer_;  // Report calls (ReporterLoop)
-  asio::steady_timer report_wake_;
-  asio::steady_timer progress_wake_;
-  asio::steady_timer flags_timer_;
-  asio::steady_timer tlsrpt_timer_;
-  TlsRptCounter tlsrpt_counts_{kMaxTlsRptEntries};
-  bool tlsrpt_warned_ = false;  // RecordTlsResults
   std::shared_ptr<asio::ssl::context> tls_;
   std::unique_ptr<MtaSts> mta_sts_;  // null: mta_sts=false
   ConnectionPool pool_;
@@ -2103,34 +2332,21 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   };
   static constexpr int64_t kUnconfirmedTtlMs = 3600 * 1000;
   static constexpr size_t kMaxUnconfirmed = 100000;
+  // By delivery id, which is unique across shards (it names the message,
+  // whose id is).
   std::unordered_map<std::string, Unconfirmed> unconfirmed_;
-  std::deque<PendingProgress> progress_;
-  int progress_calls_ = 0;
-  bool progress_warned_ = false;
-  bool progress_unimplemented_warned_ = false;
-  bool put_flags_warned_ = false;
-  bool sts_store_warned_ = false;  // GetStsPolicy/PutStsPolicy
-  bool get_flags_warned_ = false;
-  grpc::ClientContext* flags_ctx_ = nullptr;
   std::string worker_id_;
   Metrics metrics_;
   uint32_t in_flight_ = 0;
   bool stopping_ = false;
   bool reporter_done_ = false;
-  grpc::ClientContext* lease_ctx_ = nullptr;
-  std::deque<PendingReport> pending_;
-  uint32_t unreported_ = 0;  // reports enqueued and not yet settled
-  int report_calls_ = 0;
-  // Reports ride on Progress calls until a queue shows it ignores them.
-  bool carry_reports_ = true;
-  bool report_failing_ = false;
-  Clock::time_point report_retry_at_{};
-  Clock::duration report_backoff_ = kMinReportBackoff;
+  uint32_t unreported_ = 0;  // reports enqueued and not yet settled, all shards
 };
 
 DeliveryWorker::DeliveryWorker(asio::io_context& io, const DelivererConfig& config,
-                               std::shared_ptr<grpc::Channel> channel, dns::MxResolver& resolver, RoutePlanner planner)
-    : impl_(std::make_shared<Impl>(io, config, std::move(channel), resolver, std::move(planner))) {}
+                               std::vector<std::shared_ptr<grpc::Channel>> channels, dns::MxResolver& resolver,
+                               RoutePlanner planner)
+    : impl_(std::make_shared<Impl>(io, config, std::move(channels), resolver, std::move(planner))) {}
 
 DeliveryWorker::~DeliveryWorker() = default;
 

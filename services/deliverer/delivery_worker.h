@@ -1,12 +1,21 @@
 // File: delivery_worker.h
 //
-// DeliveryWorker: the deliverer's engine. A lease loop asks the queue for
-// delivery jobs while fewer than concurrency_max are in flight; each job runs
-// as its own coroutine (resolve MX, plan the addresses, one SMTP transaction
-// per address until every recipient is decided or the addresses run out; a
-// TLS report for an https: rua is one HTTPS POST instead, https_client.h);
-// finished deliveries go to a reporter that sends them at once, sharing
-// Report calls under load, and retries a failed call with the same tokens.
+// DeliveryWorker: the deliverer's engine. A lease loop per queue shard
+// (ARCHITECTURE.md §8; one for an unsharded queue) asks its shard for
+// delivery jobs while fewer than concurrency_max are in flight, each loop
+// for a fair part of the free slots, so that no shard starves the others and
+// one that is down or slow holds up no other (delivery_worker.cc, "Leasing
+// from the queue shards"). Each job runs as its own coroutine (resolve MX,
+// plan the addresses, one SMTP transaction per address until every
+// recipient is decided or the addresses run out; a TLS report for an
+// https: rua is one HTTPS POST instead, https_client.h); finished
+// deliveries go to the reporter of the shard that leased them, which sends
+// them at once, sharing Report calls under load, and retries a failed call
+// with the same tokens. Every call about a job (Progress, Report) and about
+// what its delivery learnt (host flags, MTA-STS policies, TLS report
+// counts) goes to the job's shard, where its lease and token live. The
+// concurrency budget, connection pool, DNS resolver and caches are shared by
+// all shards.
 // The worker keeps no state a crash could lose: everything it does is under a
 // lease, and an unreported job simply becomes due again when its lease ends.
 // No DATA is sent before the queue has recorded Progress(data_sent) for the
@@ -18,14 +27,16 @@
 // must be run by ONE thread (c-ares and all coroutines share it). Start() and
 // Stop() must be called on that thread (post them there).
 //
-// Shutdown: Stop() stops leasing, lets in-flight deliveries finish for up to
-// `drain_timeout`, flushes pending reports, then calls `on_stopped`.
+// Shutdown: Stop() stops leasing from every shard, lets in-flight deliveries
+// finish for up to `drain_timeout`, flushes pending reports to every shard,
+// then calls `on_stopped`.
 #pragma once
 
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "lib/dns/mx_resolver.h"
 #include "services/deliverer/deliverer_config.h"
@@ -42,9 +53,14 @@ namespace tern::deliverer {
 
 class DeliveryWorker {
  public:
-  // `resolver` must outlive the worker. `channel` leads to the queue.
-  DeliveryWorker(asio::io_context& io, const DelivererConfig& config, std::shared_ptr<grpc::Channel> channel,
-                 dns::MxResolver& resolver, RoutePlanner planner);
+  // `config` and `resolver` must outlive the worker. `channels` lead to the
+  // queue shards, one each, in the order of config.queues (whose targets
+  // name them in logs and are dialled again when one stays unreachable; a
+  // channel beyond config.queues is named "shard <i>" and never rebuilt).
+  // With no channel the worker leases nothing.
+  DeliveryWorker(asio::io_context& io, const DelivererConfig& config,
+                 std::vector<std::shared_ptr<grpc::Channel>> channels, dns::MxResolver& resolver,
+                 RoutePlanner planner);
   ~DeliveryWorker();
 
   // Resolves `me` (its addresses count as local), then starts leasing.

@@ -62,6 +62,27 @@ class FakeQueue final : public v1::Queue::CallbackService {
     return report_times_;
   }
 
+  // Lease calls are taken and left unanswered (a queue shard that hangs)
+  // until ReleaseLeases().
+  void HangLeases() {
+    absl::MutexLock lock(&mu_);
+    hang_leases_ = true;
+  }
+  // Answers the held Lease calls (UNAVAILABLE) and holds no more. Before
+  // the server shuts down, which waits for every call to be answered.
+  void ReleaseLeases() {
+    absl::MutexLock lock(&mu_);
+    hang_leases_ = false;
+    for (grpc::ServerUnaryReactor* reactor : hung_leases_) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "queue shard hung"));
+    }
+    hung_leases_.clear();
+  }
+  int lease_calls() {
+    absl::MutexLock lock(&mu_);
+    return static_cast<int>(lease_times_.size());
+  }
+
   grpc::ServerUnaryReactor* Lease(grpc::CallbackServerContext* ctx, const v1::LeaseRequest* req,
                                   v1::LeaseResponse* resp) override {
     {
@@ -69,6 +90,10 @@ class FakeQueue final : public v1::Queue::CallbackService {
       lease_times_.push_back(std::chrono::steady_clock::now());
       EXPECT_EQ(req->kind(), v1::JOB_KIND_DELIVERY);
       EXPECT_GE(req->max_jobs(), 1u);
+      if (hang_leases_) {
+        hung_leases_.push_back(ctx->DefaultReactor());
+        return hung_leases_.back();
+      }
       while (!jobs_.empty() && resp->deliveries_size() < static_cast<int>(req->max_jobs())) {
         *resp->add_deliveries() = std::move(jobs_.front());
         jobs_.pop_front();
@@ -207,6 +232,23 @@ class FakeQueue final : public v1::Queue::CallbackService {
     return reactor;
   }
 
+  // GetStsPolicy calls (MTA-STS policy store lookups), answered "none".
+  int get_sts_calls() {
+    absl::MutexLock lock(&mu_);
+    return get_sts_calls_;
+  }
+  grpc::ServerUnaryReactor* GetStsPolicy(grpc::CallbackServerContext* ctx, const v1::GetStsPolicyRequest*,
+                                         v1::GetStsPolicyResponse* resp) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++get_sts_calls_;
+    }
+    resp->set_found(false);
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
   // Each Report call is answered this much later (a busy queue).
   std::chrono::milliseconds report_delay{0};
 
@@ -248,6 +290,9 @@ class FakeQueue final : public v1::Queue::CallbackService {
   grpc::StatusCode progress_error_ ABSL_GUARDED_BY(mu_) = grpc::StatusCode::OK;
   bool fail_reports_ ABSL_GUARDED_BY(mu_) = false;
   int failed_report_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  bool hang_leases_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<grpc::ServerUnaryReactor*> hung_leases_ ABSL_GUARDED_BY(mu_);
+  int get_sts_calls_ ABSL_GUARDED_BY(mu_) = 0;
 
  public:
   // The next `n` reports are refused as stale (a queue that restarted and
@@ -470,6 +515,15 @@ asio::awaitable<void> SmtpSink(asio::ip::tcp::acceptor& acceptor, SinkStats* sta
   }
 }
 
+// One channel per queue shard of `config`, in order (what main.cc makes).
+std::vector<std::shared_ptr<grpc::Channel>> ChannelsTo(const DelivererConfig& config) {
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (const std::string& target : config.queues) {
+    channels.push_back(rpc::MakeChannel(target));
+  }
+  return channels;
+}
+
 v1::DeliveryJob Job(std::string id, std::string domain, std::vector<std::string> rcpts) {
   v1::DeliveryJob job;
   job.set_delivery_id(id);
@@ -503,7 +557,7 @@ TEST(DeliveryWorker, LeasesDeliversAndReportsEveryRecipient) {
   asio::co_spawn(io, SmtpSink(acceptor, &stats), asio::detached);
 
   DelivererConfig config;
-  config.queue = absl::StrCat("127.0.0.1:", queue_port);
+  config.queues = {absl::StrCat("127.0.0.1:", queue_port)};
   config.mx_port = acceptor.local_endpoint().port();
   config.local_mx_ok = true;
   config.me = "tern.test";
@@ -515,7 +569,7 @@ TEST(DeliveryWorker, LeasesDeliversAndReportsEveryRecipient) {
   RoutePlanner::Options route;
   route.local_mx_ok = true;
   route.port = config.mx_port;
-  DeliveryWorker worker(io, config, rpc::MakeChannel(config.queue), resolver, RoutePlanner(route));
+  DeliveryWorker worker(io, config, ChannelsTo(config), resolver, RoutePlanner(route));
   worker.Start();
   const auto deadline = std::chrono::steady_clock::now() + 20s;
   while (queue.reports().size() < 2 && std::chrono::steady_clock::now() < deadline) {
@@ -553,7 +607,8 @@ TEST(DeliveryWorker, LeasesDeliversAndReportsEveryRecipient) {
   EXPECT_EQ(stats.messages, 1);
 }
 
-// One queue, one sink, one worker; tests tweak `config` before Start().
+// One queue (AddShard: two shards), one sink, one worker; tests tweak
+// `config` before Start().
 struct Harness {
   explicit Harness(SinkOptions sink = {}) {
     grpc::ServerBuilder builder;
@@ -561,7 +616,7 @@ struct Harness {
     builder.RegisterService(&queue);
     server = builder.BuildAndStart();
     asio::co_spawn(io, SmtpSink(acceptor, &stats, std::move(sink)), asio::detached);
-    config.queue = absl::StrCat("127.0.0.1:", queue_port);
+    config.queues = {absl::StrCat("127.0.0.1:", queue_port)};
     config.mx_port = acceptor.local_endpoint().port();
     config.local_mx_ok = true;
     config.me = "tern.test";
@@ -573,14 +628,29 @@ struct Harness {
     if (worker) {
       Stop();
     }
+    if (server2) {
+      queue2->ReleaseLeases();
+      server2->Shutdown();
+    }
+    queue.ReleaseLeases();
     server->Shutdown();
+  }
+  // A second queue shard, queue2 on its own port, listed after the first.
+  void AddShard() {
+    queue2 = std::make_unique<FakeQueue>();
+    int port = 0;
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(queue2.get());
+    server2 = builder.BuildAndStart();
+    ASSERT_TRUE(server2 && port > 0);
+    config.queues.push_back(absl::StrCat("127.0.0.1:", port));
   }
   void Start() {
     RoutePlanner::Options route;
     route.local_mx_ok = true;
     route.port = config.mx_port;
-    worker = std::make_unique<DeliveryWorker>(io, config, rpc::MakeChannel(config.queue), resolver,
-                                              RoutePlanner(route));
+    worker = std::make_unique<DeliveryWorker>(io, config, ChannelsTo(config), resolver, RoutePlanner(route));
     worker->Start();
   }
   // Starts with `flag` on 127.0.0.1 already in the queue's shared list (as
@@ -621,6 +691,8 @@ struct Harness {
   FakeQueue queue;
   int queue_port = 0;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<FakeQueue> queue2;  // AddShard
+  std::unique_ptr<grpc::Server> server2;
   asio::io_context io;
   asio::ip::tcp::acceptor acceptor{io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
   SinkStats stats;
@@ -659,7 +731,7 @@ TEST(DeliveryWorker, RouteToALoopbackLiteralIsRefusedWithoutLocalMxOk) {
   h.queue.AddJob(Job("r2", "routed.test", {"alice"}));
   RoutePlanner::Options strict;
   strict.local_mx_ok = false;
-  h.worker = std::make_unique<DeliveryWorker>(h.io, h.config, rpc::MakeChannel(h.config.queue), h.resolver,
+  h.worker = std::make_unique<DeliveryWorker>(h.io, h.config, ChannelsTo(h.config), h.resolver,
                                               RoutePlanner(strict));
   h.worker->Start();
   ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
@@ -1834,10 +1906,10 @@ TEST(DeliveryWorker, StopsPromptlyWhileQueueIsUnreachable) {
     dead_port = probe.local_endpoint().port();
   }
   DelivererConfig config;
-  config.queue = absl::StrCat("127.0.0.1:", dead_port);
+  config.queues = {absl::StrCat("127.0.0.1:", dead_port)};
   config.me = "tern.test";
   FakeResolver resolver(io);
-  DeliveryWorker worker(io, config, rpc::MakeChannel(config.queue), resolver, RoutePlanner({}));
+  DeliveryWorker worker(io, config, ChannelsTo(config), resolver, RoutePlanner({}));
   worker.Start();
   io.run_for(500ms);
   bool stopped = false;
@@ -1894,6 +1966,180 @@ TEST(DeliveryWorker, AnIdleWorkersReportIsNotHeldByTheCallBatchWait) {
   h.Start();
   ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
   EXPECT_LT(h.queue.report_times()[0] - start, 900ms);
+}
+
+// ---- Queue shards (ARCHITECTURE.md §8) ---------------------------------------
+
+// Delivery ids of `reports`, sorted.
+std::vector<std::string> IdsOf(const std::vector<v1::DeliveryReport>& reports) {
+  std::vector<std::string> ids;
+  for (const v1::DeliveryReport& r : reports) {
+    ids.push_back(r.delivery_id());
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+TEST(DeliveryWorker, JobsFromEveryShardAreDeliveredAndEachReportGoesToTheShardThatLeasedIt) {
+  Harness h;
+  ASSERT_NO_FATAL_FAILURE(h.AddShard());
+  h.queue.full = true;
+  h.queue2->full = true;
+  h.queue.AddJob(Job("a1", "x.test", {"alice"}));
+  h.queue.AddJob(Job("a2", "x.test", {"bob", "unknown1"}));
+  h.queue2->AddJob(Job("b1", "x.test", {"carol"}));
+  h.queue2->AddJob(Job("b2", "nullmx.test", {"dave"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2 && h.queue2->reports().size() == 2; }));
+  h.io.run_for(200ms);  // nothing more arrives anywhere
+  EXPECT_EQ(IdsOf(h.queue.reports()), (std::vector<std::string>{"a1", "a2"}));
+  EXPECT_EQ(IdsOf(h.queue2->reports()), (std::vector<std::string>{"b1", "b2"}));
+  for (const v1::DeliveryReport& r : h.queue2->reports()) {
+    EXPECT_EQ(r.lease_token(), "token-" + r.delivery_id());
+  }
+  const auto first = h.ReportsById();
+  EXPECT_EQ(first.at("a2").recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(first.at("a2").recipients(1).result().enhanced_status(), "5.1.1");
+  std::map<std::string, v1::DeliveryReport> second;
+  for (const v1::DeliveryReport& r : h.queue2->reports()) {
+    second[r.delivery_id()] = r;
+  }
+  EXPECT_EQ(second.at("b1").recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(second.at("b2").recipients(0).result().enhanced_status(), "5.1.10");
+  // The data gate of each job was passed at its own shard.
+  ASSERT_EQ(h.queue.progress().size(), 2u);
+  for (const v1::DeliveryProgress& p : h.queue.progress()) {
+    EXPECT_TRUE(p.lease_token() == "token-a1" || p.lease_token() == "token-a2") << p.lease_token();
+  }
+  ASSERT_EQ(h.queue2->progress().size(), 1u);
+  EXPECT_EQ(h.queue2->progress()[0].lease_token(), "token-b1");
+  EXPECT_EQ(h.stats.messages, 3);
+}
+
+TEST(DeliveryWorker, WhatADeliveryLearnsGoesToTheShardThatLeasedIt) {
+  SinkOptions sink;
+  sink.ehlo = "250-sink\r\n250 STARTTLS";
+  sink.break_tls = true;
+  Harness h(sink);
+  ASSERT_NO_FATAL_FAILURE(h.AddShard());
+  CountTlsFor(h, "mailto:r@x.test");
+  h.queue2->full = true;
+  h.queue2->AddJob(Job("b1", "x.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] {
+    return h.queue2->reports().size() == 1 && !h.queue2->put_flags().empty() && !h.queue2->tls_counts().empty();
+  }));
+  h.io.run_for(1500ms);  // one more TLS report flush, and host flags refresh
+  EXPECT_EQ(h.queue2->reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  // The broken TLS flag, the TLS report count and the MTA-STS store lookup
+  // went to the shard of the job, and nothing about it to the other.
+  EXPECT_EQ(h.queue2->put_flags()[0].flag(), "broken_tls");
+  EXPECT_EQ(h.queue2->tls_sessions("no-policy-found", "validation-failure"), 1u);
+  EXPECT_EQ(h.queue2->get_sts_calls(), 1);
+  EXPECT_TRUE(h.queue.reports().empty());
+  EXPECT_TRUE(h.queue.progress().empty());
+  EXPECT_TRUE(h.queue.put_flags().empty());
+  EXPECT_TRUE(h.queue.tls_counts().empty());
+  EXPECT_EQ(h.queue.get_sts_calls(), 0);
+  // Every shard's host flags are read.
+  EXPECT_GT(h.queue.get_flags_calls(), 0);
+  EXPECT_GT(h.queue2->get_flags_calls(), 0);
+}
+
+TEST(DeliveryWorker, HostFlagsOfEveryShardApplyToTheJobsOfEveryShard) {
+  SinkOptions sink;
+  sink.ehlo = "250-sink\r\n250 STARTTLS";
+  sink.break_tls = true;
+  Harness h(sink);
+  ASSERT_NO_FATAL_FAILURE(h.AddShard());
+  h.queue2->full = true;
+  h.StartWithSharedFlag("broken_tls");  // on the first shard only
+  h.queue2->AddJob(Job("b1", "x.test", {"alice"}));
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue2->reports().size() == 1; }));
+  EXPECT_EQ(h.queue2->reports()[0].recipients(0).result().outcome(), v1::OUTCOME_DELIVERED);
+  EXPECT_EQ(h.stats.starttls, 0);
+}
+
+TEST(DeliveryWorker, AShardThatIsDownHoldsUpNoOther) {
+  Harness h;
+  uint16_t dead_port = 0;
+  {
+    asio::ip::tcp::acceptor probe(h.io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    dead_port = probe.local_endpoint().port();
+  }
+  h.config.queues.insert(h.config.queues.begin(), absl::StrCat("127.0.0.1:", dead_port));
+  h.config.concurrency_max = 2;
+  for (const char* id : {"l1", "l2", "l3", "l4"}) {
+    h.queue.AddJob(Job(id, "x.test", {std::string("rcpt-") + id}));
+  }
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 4; }, 10s));
+  EXPECT_EQ(IdsOf(h.queue.reports()), (std::vector<std::string>{"l1", "l2", "l3", "l4"}));
+  EXPECT_EQ(h.stats.messages, 4);
+  const auto start = std::chrono::steady_clock::now();
+  h.Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+}
+
+TEST(DeliveryWorker, AShardThatHangsHoldsUpNoOther) {
+  Harness h;
+  ASSERT_NO_FATAL_FAILURE(h.AddShard());
+  h.queue2->HangLeases();
+  h.config.concurrency_max = 2;
+  for (const char* id : {"l1", "l2", "l3", "l4"}) {
+    h.queue.AddJob(Job(id, "x.test", {std::string("rcpt-") + id}));
+  }
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 4; }, 10s));
+  EXPECT_GE(h.queue2->lease_calls(), 1);
+  EXPECT_EQ(h.stats.messages, 4);
+  const auto start = std::chrono::steady_clock::now();
+  h.Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+}
+
+TEST(DeliveryWorker, AShardWithADeepBacklogDoesNotStarveTheOthers) {
+  Harness h;  // each message takes 100 ms (a "slow" recipient)
+  ASSERT_NO_FATAL_FAILURE(h.AddShard());
+  h.config.concurrency_max = 2;
+  for (int i = 0; i < 12; ++i) {
+    const std::string id = absl::StrCat("a", i);
+    h.queue.AddJob(Job(id, "x.test", {"slow-" + id}));
+  }
+  h.Start();
+  // The first shard's backlog fills every slot; then work arrives on the
+  // second.
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() >= 2; }));
+  for (const char* id : {"b0", "b1"}) {
+    h.queue2->AddJob(Job(id, "x.test", {std::string("slow-") + id}));
+  }
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue2->reports().size() == 2; }));
+  // It did not wait for that backlog to drain: slots went to both shards.
+  const size_t backlog_left = h.queue.jobs_left();
+  EXPECT_GE(backlog_left, 3u);
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 12; }));
+  EXPECT_EQ(h.stats.messages, 14);
+  // One connection pool for every shard: never more sessions than slots.
+  EXPECT_LE(h.stats.connections, 2);
+}
+
+TEST(DeliveryWorker, StopLetsTheDeliveriesOfEveryShardFinishAndReportsThemToTheirShards) {
+  SinkOptions sink;
+  sink.slow_dot = 500ms;
+  Harness h(sink);
+  ASSERT_NO_FATAL_FAILURE(h.AddShard());
+  h.queue.AddJob(Job("a1", "x.test", {"slow-a1"}));
+  h.queue2->AddJob(Job("b1", "x.test", {"slow-b1"}));
+  h.Start();
+  // Both leased and under way.
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.jobs_left() == 0 && h.queue2->jobs_left() == 0; }));
+  h.io.run_for(100ms);
+  EXPECT_TRUE(h.queue.reports().empty());
+  EXPECT_TRUE(h.queue2->reports().empty());
+  h.Stop();
+  EXPECT_EQ(IdsOf(h.queue.reports()), std::vector<std::string>{"a1"});
+  EXPECT_EQ(IdsOf(h.queue2->reports()), std::vector<std::string>{"b1"});
+  EXPECT_EQ(h.stats.messages, 2);
 }
 
 }  // namespace

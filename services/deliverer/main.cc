@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
@@ -13,6 +14,7 @@
 #include "lib/common/process.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/logging_setup.h"
+#include "lib/config/queue_targets.h"
 #include "lib/dns/cares_resolver.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/grpc_tls.h"
@@ -85,7 +87,12 @@ int main(int argc, char** argv) {
     }
   }
 
-  deliverer::DeliveryWorker worker(io, config, rpc::MakeChannel(config.queue), **resolver,
+  // One channel per queue shard, in config order (DeliveryWorker).
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (const std::string& target : config.queues) {
+    channels.push_back(rpc::MakeChannel(target));
+  }
+  deliverer::DeliveryWorker worker(io, config, std::move(channels), **resolver,
                                    deliverer::RoutePlanner(route_options));
   bool stopping = false;
   std::function<void(const asio::error_code&, int)> on_signal = [&](const asio::error_code& ec, int sig) {
@@ -105,7 +112,9 @@ int main(int argc, char** argv) {
   signals.async_wait(on_signal);
 
   log::Event(log::Level::kNotice, "started",
-             {{"queue", config.queue}, {"me", config.me}, {"concurrency_max", absl::StrCat(config.concurrency_max)},
+             {{"queue", tern::config::JoinQueueTargets(config.queues)},
+              {"me", config.me},
+              {"concurrency_max", absl::StrCat(config.concurrency_max)},
               {"mx_port", absl::StrCat(config.mx_port)},
               {"hooks", config.hooks.Any() ? config.hooks.address : "none"}});
   worker.Start();

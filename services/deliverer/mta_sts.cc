@@ -199,7 +199,7 @@ std::optional<std::string> ParseStsRecord(const std::vector<std::string>& record
 namespace {
 
 // co_await adapter for `call(domain, done)`, whose `done` gets a Result: the
-// fetch and the store lookup (see lib/dns/resolver_await.h for the form).
+// fetch (see lib/dns/resolver_await.h for the form).
 template <typename Result, typename Call>
 asio::awaitable<Result> AwaitDomainCall(const Call* call, std::string domain) {
   auto init = [call, domain = std::move(domain)](auto handler) {
@@ -208,8 +208,14 @@ asio::awaitable<Result> AwaitDomainCall(const Call* call, std::string domain) {
   return asio::async_initiate<decltype(asio::use_awaitable), void(Result)>(std::move(init), asio::use_awaitable);
 }
 
-asio::awaitable<std::optional<MtaSts::StoredPolicy>> AwaitLoad(const MtaSts::StoreLoad* load, std::string domain) {
-  return AwaitDomainCall<std::optional<MtaSts::StoredPolicy>>(load, std::move(domain));
+// The same for the store lookup, which also names the store.
+asio::awaitable<std::optional<MtaSts::StoredPolicy>> AwaitLoad(const MtaSts::StoreLoad* load, size_t store,
+                                                                 std::string domain) {
+  using Result = std::optional<MtaSts::StoredPolicy>;
+  auto init = [load, store, domain = std::move(domain)](auto handler) {
+    (*load)(store, domain, [h = std::move(handler)](Result result) mutable { std::move(h)(std::move(result)); });
+  };
+  return asio::async_initiate<decltype(asio::use_awaitable), void(Result)>(std::move(init), asio::use_awaitable);
 }
 
 asio::awaitable<absl::StatusOr<std::string>> AwaitFetch(const MtaSts::Fetcher* fetch, std::string domain) {
@@ -273,7 +279,7 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
     }
   }
 
-  void Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done) {
+  void Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done, size_t store) {
     domain = Lower(domain);
     auto [it, first] = waiting_.try_emplace(domain);
     it->second.push_back(std::move(done));
@@ -281,7 +287,7 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
       return;  // joins the discovery in progress
     }
     std::weak_ptr<Impl> weak = weak_from_this();
-    asio::co_spawn(executor_, Discover(shared_from_this(), domain),
+    asio::co_spawn(executor_, Discover(shared_from_this(), domain, store),
                    [weak, domain](std::exception_ptr e, StsLookup lookup) {
                      auto self = weak.lock();
                      if (!self) {
@@ -311,7 +317,7 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
 
   // Ends on the executor (co_spawn's completion), so callers are never
   // called inline from Find.
-  static asio::awaitable<StsLookup> Discover(std::shared_ptr<Impl> self, std::string domain) {
+  static asio::awaitable<StsLookup> Discover(std::shared_ptr<Impl> self, std::string domain, size_t store) {
     const Clock::time_point now = self->options_.now();
     StsLookup cached;
     if (auto it = self->cache_.find(domain); it != self->cache_.end()) {
@@ -323,9 +329,9 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
         self->cache_.erase(it);
       }
     }
-    if (!cached.policy.has_value() && self->options_.load && self->StoreCheckDue(domain, now)) {
+    if (!cached.policy.has_value() && self->options_.load && self->StoreCheckDue(store, domain, now)) {
       ++self->store_loads_;
-      std::optional<StoredPolicy> stored = co_await AwaitLoad(&self->options_.load, domain);
+      std::optional<StoredPolicy> stored = co_await AwaitLoad(&self->options_.load, store, domain);
       if (stored.has_value()) {
         cached = self->Adopt(domain, *stored);
       }
@@ -385,7 +391,7 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
       self->cache_[domain] = Entry{*policy, *id, self->options_.now() + policy->max_age};
       if (self->options_.save) {
         const int64_t max_age_ms = std::chrono::duration_cast<std::chrono::milliseconds>(policy->max_age).count();
-        self->options_.save(domain, StoredPolicy{*id, *text, self->options_.wall_ms() + max_age_ms});
+        self->options_.save(store, domain, StoredPolicy{*id, *text, self->options_.wall_ms() + max_age_ms});
       }
     } else {
       self->cache_.erase(domain);
@@ -393,18 +399,22 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
     co_return fresh;
   }
 
-  // True when `domain` was not looked up in the store within
+  // True when `domain` was not looked up in store `store` within
   // kStoreRecheck; notes the lookup. Most domains have no policy at all, so
   // without this every message to them would cost a store round trip.
-  bool StoreCheckDue(const std::string& domain, Clock::time_point now) {
-    auto it = store_checked_.find(domain);
-    if (it != store_checked_.end() && it->second > now) {
+  bool StoreCheckDue(size_t store, const std::string& domain, Clock::time_point now) {
+    if (store >= store_checked_.size()) {
+      store_checked_.resize(store + 1);
+    }
+    std::map<std::string, Clock::time_point>& checked = store_checked_[store];
+    auto it = checked.find(domain);
+    if (it != checked.end() && it->second > now) {
       return false;
     }
-    if (store_checked_.size() >= options_.max_entries) {
-      store_checked_.clear();
+    if (checked.size() >= options_.max_entries) {
+      checked.clear();
     }
-    store_checked_[domain] = now + kStoreRecheck;
+    checked[domain] = now + kStoreRecheck;
     return true;
   }
 
@@ -432,8 +442,8 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
   std::shared_ptr<asio::ssl::context> tls_;
   Options options_;
   std::map<std::string, Entry> cache_;
-  // Domain → when the store may be asked about it again.
-  std::map<std::string, Clock::time_point> store_checked_;
+  // Per store: domain → when that store may be asked about it again.
+  std::vector<std::map<std::string, Clock::time_point>> store_checked_;
   uint64_t store_loads_ = 0;
   // "domain id" → (no fetch before, why the last one failed).
   std::map<std::string, std::pair<Clock::time_point, std::string>> failed_;
@@ -447,8 +457,8 @@ MtaSts::MtaSts(asio::any_io_executor executor, dns::MxResolver& resolver, std::s
 
 MtaSts::~MtaSts() = default;
 
-void MtaSts::Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done) {
-  impl_->Find(std::move(domain), std::move(done));
+void MtaSts::Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done, size_t store) {
+  impl_->Find(std::move(domain), std::move(done), store);
 }
 
 size_t MtaSts::cache_size() const { return impl_->cache_size(); }

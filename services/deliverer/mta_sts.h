@@ -26,7 +26,12 @@
 // there first (again after kStoreRecheck), so a restarted deliverer, or
 // another one, keeps applying a policy whose DNS record or HTTPS host an
 // attacker now blocks (§5.1), and does not fetch it again while its id is
-// unchanged.
+// unchanged. There may be several stores (the worker has one per queue
+// shard, ARCHITECTURE.md §8): each Find names the one its delivery belongs
+// to, which is the one asked and saved to; lookups that join a discovery in
+// progress share its store. A domain is looked up again in each store after
+// kStoreRecheck, so a policy kept in one shard's store is found by the first
+// delivery from that shard even when another shard's store had none.
 // Concurrent lookups of one domain share one discovery.
 //
 // What the deliverer does with a policy (delivery_worker.cc):
@@ -122,12 +127,12 @@ class MtaSts {
     std::string text;
     int64_t expires_unix_ms = 0;  // wall clock: it outlives processes
   };
-  // Looks `domain` up in the store; `done` (nullopt: none, or the store
-  // could not answer) runs once, on the executor.
-  using StoreLoad = std::function<void(const std::string& domain,
+  // Looks `domain` up in store number `store` (Find's); `done` (nullopt:
+  // none, or the store could not answer) runs once, on the executor.
+  using StoreLoad = std::function<void(size_t store, const std::string& domain,
                                        absl::AnyInvocable<void(std::optional<StoredPolicy>)> done)>;
-  // Keeps a freshly fetched policy in the store (fire and forget).
-  using StoreSave = std::function<void(const std::string& domain, const StoredPolicy& policy)>;
+  // Keeps a freshly fetched policy in store number `store` (fire and forget).
+  using StoreSave = std::function<void(size_t store, const std::string& domain, const StoredPolicy& policy)>;
 
   struct Options {
     // Port of https://mta-sts.<domain>/ (tests use another). Default: 443.
@@ -160,8 +165,9 @@ class MtaSts {
   MtaSts& operator=(const MtaSts&) = delete;
 
   // The policy to apply to mail for `domain` (an A-label); `done` runs on
-  // the executor, never inline.
-  void Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done);
+  // the executor, never inline. `store` says which store (Options::load
+  // and save) a discovery this call starts uses: the worker's queue shard.
+  void Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done, size_t store = 0);
 
   size_t cache_size() const;
   uint64_t fetches() const;

@@ -155,16 +155,20 @@ class MtaStsDiscoveryTest : public ::testing::Test {
   void Restart(bool with_store) {
     MtaSts::Options options;
     if (with_store) {
-      options.load = [this](const std::string& domain,
+      options.load = [this](size_t store, const std::string& domain,
                             absl::AnyInvocable<void(std::optional<MtaSts::StoredPolicy>)> done) {
         loads_.push_back(domain);
+        load_stores_.push_back(store);
         std::optional<MtaSts::StoredPolicy> found;
-        if (auto it = store_.find(domain); it != store_.end()) {
+        std::map<std::string, MtaSts::StoredPolicy>& kept = store == 0 ? store_ : other_store_;
+        if (auto it = kept.find(domain); it != kept.end()) {
           found = it->second;
         }
         asio::post(io_, [done = std::move(done), found]() mutable { done(found); });
       };
-      options.save = [this](const std::string& domain, const MtaSts::StoredPolicy& p) { store_[domain] = p; };
+      options.save = [this](size_t store, const std::string& domain, const MtaSts::StoredPolicy& p) {
+        (store == 0 ? store_ : other_store_)[domain] = p;
+      };
       options.wall_ms = [this] { return wall_ms_; };
     }
     options.now = [this] { return now_; };
@@ -177,9 +181,9 @@ class MtaStsDiscoveryTest : public ::testing::Test {
     sts_ = std::make_unique<MtaSts>(io_.get_executor(), resolver_, nullptr, options);
   }
 
-  StsLookup Find(const std::string& domain) {
+  StsLookup Find(const std::string& domain, size_t store = 0) {
     std::optional<StsLookup> result;
-    sts_->Find(domain, [&](StsLookup l) { result = std::move(l); });
+    sts_->Find(domain, [&](StsLookup l) { result = std::move(l); }, store);
     EXPECT_FALSE(result.has_value()) << "answered inline";
     io_.restart();
     io_.run_for(5s);
@@ -192,8 +196,10 @@ class MtaStsDiscoveryTest : public ::testing::Test {
   std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::time_point() + 1000h;
   absl::StatusOr<std::string> policy_text_ = std::string(kPolicy);
   std::vector<std::string> fetched_;
-  std::map<std::string, MtaSts::StoredPolicy> store_;
+  std::map<std::string, MtaSts::StoredPolicy> store_;        // store 0
+  std::map<std::string, MtaSts::StoredPolicy> other_store_;  // every other store (a second queue shard)
   std::vector<std::string> loads_;
+  std::vector<size_t> load_stores_;  // the store of each load
   int64_t wall_ms_ = 1'800'000'000'000;
   std::unique_ptr<MtaSts> sts_;
 };
@@ -262,6 +268,29 @@ TEST_F(MtaStsDiscoveryTest, TheStoreIsAskedAboutADomainWithoutAPolicyOnlyOncePer
   EXPECT_FALSE(Find("plain.example").policy.has_value());
   EXPECT_EQ(loads_.size(), 2u);
   EXPECT_EQ(sts_->store_loads(), 2u);
+}
+
+TEST_F(MtaStsDiscoveryTest, EachLookupLoadsFromAndSavesToTheStoreItNames) {
+  Restart(/*with_store=*/true);
+  resolver_.txt["_mta-sts.example.com"] = Record("one");
+  ASSERT_EQ(Find("example.com", /*store=*/1).source, "fetched");
+  EXPECT_EQ(other_store_.count("example.com"), 1u);
+  EXPECT_TRUE(store_.empty());
+  EXPECT_EQ(load_stores_, (std::vector<size_t>{1}));
+
+  // Restarted, with the record blocked: a delivery from store 0 finds
+  // nothing there; within kStoreRecheck of that, one from store 1 still
+  // asks its own store, and gets the policy kept there.
+  resolver_.txt["_mta-sts.example.com"] = dns::TxtAnswer{dns::LookupStatus::kTempFail, "SERVFAIL", {}};
+  Restart(/*with_store=*/true);
+  EXPECT_FALSE(Find("example.com", /*store=*/0).policy.has_value());
+  StsLookup from_one = Find("example.com", /*store=*/1);
+  ASSERT_TRUE(from_one.policy.has_value());
+  EXPECT_EQ(from_one.source, "stored");
+  EXPECT_EQ(load_stores_, (std::vector<size_t>{1, 0, 1}));
+  // Then it is in memory for every store's deliveries.
+  EXPECT_EQ(Find("example.com", /*store=*/0).source, "cached");
+  EXPECT_EQ(load_stores_.size(), 3u);
 }
 
 TEST_F(MtaStsDiscoveryTest, NoRecordMeansNoPolicyAndNoFetch) {

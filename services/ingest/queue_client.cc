@@ -579,7 +579,10 @@ internal::QueueShard& QueueClient::PickShard(uint64_t tried) {
     }
     internal::QueueStub& stub = *shards_[i]->stub;
     const int64_t until = stub.avoid_until_ns.load(std::memory_order_relaxed);
-    if (until > now || stub.channel->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+    // try_to_connect: after a failed connection gRPC reports
+    // TRANSIENT_FAILURE until asked to connect again, so a shard that was
+    // down when ingest started would otherwise never be used once it is up.
+    if (until > now || stub.channel->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
       if (fallback == n || until < fallback_until) {
         fallback = i;
         fallback_until = until;

@@ -1,0 +1,167 @@
+"""Whole-system tests of a sharded queue (ARCHITECTURE.md §8): two queue
+services, each with its own RocksDB, and one ingest, deliverer and bouncer
+that list both in their `queue` keys. Ingest spreads the mail over the
+shards, the deliverer and the bouncer serve both, ternctl sees both, and a
+shard killed with SIGKILL loses nothing: ingest sends new mail to the other
+shard, and what the dead shard had accepted leaves once it is back."""
+
+import json
+import os
+import smtplib
+import subprocess
+import unittest
+
+from cluster import Cluster, ClusterTestCase, binary, free_port, wait_port
+
+
+class ShardedCluster(Cluster):
+    """A Cluster with a second queue shard, "queue2". Its config directory
+    is an overlay (a tern.ini of its own) in front of the shared one, the
+    way a deployment overrides a few files per host (lib/config/config_dir.h)."""
+
+    def _write_config(self):
+        super()._write_config()
+        p = self.ports
+        p["queue2"] = free_port()
+        p["m_queue2"] = free_port()
+        self.data2 = os.path.join(self.tmp, "queue2")
+        self.overlay = os.path.join(self.tmp, "config-queue2")
+        os.makedirs(self.overlay)
+        path = os.path.join(self.config, "tern.ini")
+        with open(path) as f:
+            text = f.read()
+        q1 = f"127.0.0.1:{p['queue']}"
+        q2 = f"127.0.0.1:{p['queue2']}"
+        # Every client lists both shards; the first queue keeps its section.
+        shared = text.replace(f"queue={q1}\n", f"queue={q1}, {q2}\n")
+        with open(path, "w") as f:
+            f.write(shared)
+        own = shared.replace(f"listen={q1}\n", f"listen={q2}\n", 1)
+        own = own.replace(f"data_dir={self.data}\n", f"data_dir={self.data2}\n", 1)
+        own = own.replace(f"metrics_listen=127.0.0.1:{p['m_queue']}\n",
+                          f"metrics_listen=127.0.0.1:{p['m_queue2']}\n", 1)
+        with open(os.path.join(self.overlay, "tern.ini"), "w") as f:
+            f.write(own)
+
+    def start(self, service):
+        if service != "queue2":
+            proc = super().start(service)
+            if service == "queue" and "queue2" not in self.procs and not getattr(self, "_started", False):
+                # Both shards before their clients, as a deployment starts
+                # them (a shard that comes up later is used once ingest's
+                # channel to it connects, within about 2 s).
+                self._started = True
+                self.start("queue2")
+            return proc
+        args = [binary("queue"), "--config", f"{self.overlay}:{self.config}"]
+        with open(os.path.join(self.logs, "queue2.log"), "ab") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
+        self.procs["queue2"] = proc
+        wait_port("127.0.0.1", self.ports["queue2"], 20, proc)
+        return proc
+
+    def shards(self):
+        return f"127.0.0.1:{self.ports['queue']},127.0.0.1:{self.ports['queue2']}"
+
+    def shard_stats(self, shard):
+        port = self.ports["queue" if shard == 1 else "queue2"]
+        out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{port}", "stats", "--json"],
+                             capture_output=True, timeout=20, check=True)
+        return json.loads(out.stdout)
+
+    def enqueued(self, shard):
+        """Messages the shard has taken, from its own metrics."""
+        return self.metric("queue" if shard == 1 else "queue2", "tern_queue_enqueued_total")
+
+    def send_sessions(self, subject, sessions, per_session, domain="good.test"):
+        """`sessions` SMTP sessions of `per_session` messages each; returns
+        how many got a 250 and the subjects of those that did not."""
+        host, port = self.smtp_address()
+        accepted = 0
+        refused = []
+        n = 0
+        for _ in range(sessions):
+            with smtplib.SMTP(host, port, timeout=30) as s:
+                s.ehlo("client.test")
+                for _ in range(per_session):
+                    try:
+                        s.sendmail("alice@sender.test", [f"user{n}@{domain}"],
+                                   f"Subject: {subject} {n}\r\n\r\nbody {n}\r\n".encode())
+                        accepted += 1
+                    except smtplib.SMTPDataError as e:
+                        if not 400 <= e.smtp_code < 500:
+                            raise
+                        refused.append(n)
+                    n += 1
+        return accepted, refused
+
+
+class ShardedQueueTest(ClusterTestCase):
+    @classmethod
+    def make_cluster(cls):
+        return ShardedCluster()
+
+    def test_mail_is_spread_over_both_shards_and_all_of_it_is_delivered(self):
+        c = self.cluster
+        before = (c.enqueued(1), c.enqueued(2))
+        accepted, refused = c.send_sessions("spread", sessions=8, per_session=5)
+        self.assertEqual((accepted, refused), (40, []))
+        got = c.wait_for_burst("spread", 40)
+        subjects = sorted({m.data.split(b"Subject: spread ", 1)[1].split(b"\r\n", 1)[0] for m in got})
+        self.assertEqual(len(subjects), 40)
+        one, two = c.enqueued(1) - before[0], c.enqueued(2) - before[1]
+        self.assertEqual(one + two, 40)
+        # One client at a time leaves both shards idle each time, so they
+        # take turns; neither may be left out.
+        self.assertGreaterEqual(one, 10)
+        self.assertGreaterEqual(two, 10)
+        # Each shard's copies leave it: both drain.
+        c.wait_until(lambda: c.shard_stats(1).get("messages", 0) == 0 and c.shard_stats(2).get("messages", 0) == 0,
+                     60, "both shards to drain")
+
+    def test_each_shard_bounces_its_own_failures(self):
+        c = self.cluster
+        sender_sink = c.sinks["sender.test"]
+        start = len(sender_sink.received())
+        before = (c.metric("queue", "tern_queue_bounces_created_total"), c.metric("queue2", "tern_queue_bounces_created_total"))
+        accepted, refused = c.send_sessions("bounce-me", sessions=6, per_session=1, domain="reject.test")
+        self.assertEqual((accepted, refused), (6, []))
+
+        def dsns():
+            got = [m for m in sender_sink.received_since(start) if b"bounce-me" in m.data]
+            return got if len(got) >= 6 else None
+        got = c.wait_until(dsns, 60, "a DSN for every rejected message")
+        self.assertEqual(len(got), 6)
+        for m in got:
+            self.assertIn(b"multipart/report", m.data)
+            self.assertIn(b"550 5.1.1", m.data)
+        after = (c.metric("queue", "tern_queue_bounces_created_total"), c.metric("queue2", "tern_queue_bounces_created_total"))
+        self.assertGreater(after[0], before[0])
+        self.assertGreater(after[1], before[1])
+
+    def test_a_killed_shard_loses_nothing_and_new_mail_goes_to_the_other(self):
+        c = self.cluster
+        # Mail waits in both shards while the deliverer is stopped.
+        c.stop("deliverer")
+        try:
+            accepted, refused = c.send_sessions("kill-a", sessions=10, per_session=1)
+            self.assertEqual((accepted, refused), (10, []))
+            self.assertEqual(c.kill("queue2"), -9)
+            # New mail goes to the live shard. The first message sent to the
+            # dead one may get 451 (the client keeps it); then it is avoided.
+            accepted_b, refused_b = c.send_sessions("kill-b", sessions=10, per_session=1)
+            self.assertLessEqual(len(refused_b), 1)
+            self.assertEqual(accepted_b + len(refused_b), 10)
+        finally:
+            if "deliverer" not in c.procs:
+                c.start("deliverer")
+        # The live shard's mail leaves at once; the dead shard's when it is back.
+        c.start("queue2")
+        c.wait_for_burst("kill-a", 10)
+        got_b = c.wait_for_burst("kill-b", accepted_b)
+        numbers = {int(m.data.split(b"Subject: kill-b ", 1)[1].split(b"\r\n", 1)[0]) for m in got_b}
+        self.assertEqual(numbers, set(range(10)) - set(refused_b))
+
+
+if __name__ == "__main__":
+    unittest.main()

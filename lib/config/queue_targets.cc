@@ -1,6 +1,7 @@
 #include "lib/config/queue_targets.h"
 
 #include <cstdint>
+#include <optional>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
@@ -82,6 +83,29 @@ absl::StatusOr<std::vector<std::string>> ParseQueueTargets(absl::string_view val
     targets.emplace_back(target);
   }
   return targets;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadQueueTargets(const IniFile& ini, absl::string_view section,
+                                                          absl::string_view def) {
+  std::vector<std::string> parts;
+  size_t plain_items = 0;
+  if (std::optional<std::string> plain = ini.Get(section, "queue")) {
+    // Kept whole, so that ParseQueueTargets still sees (and refuses) an
+    // empty entry, which GetList would drop.
+    parts.push_back(*plain);
+    for (absl::string_view piece : absl::StrSplit(*plain, ',', absl::SkipWhitespace())) {
+      (void)piece;
+      ++plain_items;
+    }
+  }
+  std::vector<std::string> items = ini.GetList(section, "queue");
+  for (size_t i = plain_items; i < items.size(); ++i) {
+    parts.push_back(items[i]);
+  }
+  if (parts.empty()) {
+    return ParseQueueTargets(def);
+  }
+  return ParseQueueTargets(absl::StrJoin(parts, ","));
 }
 
 std::string JoinQueueTargets(const std::vector<std::string>& targets) { return absl::StrJoin(targets, ","); }

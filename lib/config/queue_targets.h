@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "lib/config/ini_file.h"
 
 namespace tern::config {
 
@@ -41,6 +42,13 @@ bool IsHostPort(absl::string_view text, bool allow_zero);
 // empty list, an empty entry, the same target twice (its shard would be
 // counted twice) and more than kMaxQueueShards. The error says which entry.
 absl::StatusOr<std::vector<std::string>> ParseQueueTargets(absl::string_view value);
+
+// The `queue` key of [`section`] in `ini`: `queue=a:1,b:2`, and/or one or
+// more `queue[]=` lines (each one address or a comma-separated few), in file
+// order plain line first: a long list of shards need not fit on one INI line
+// (ini_file.h refuses lines over 198 characters). `def` when neither is set.
+absl::StatusOr<std::vector<std::string>> ReadQueueTargets(const IniFile& ini, absl::string_view section,
+                                                          absl::string_view def);
 
 // The list back as it is written in tern.ini, for logs: "a:1,b:2".
 std::string JoinQueueTargets(const std::vector<std::string>& targets);

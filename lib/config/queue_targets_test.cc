@@ -50,6 +50,26 @@ TEST(ParseQueueTargetsTest, RefusesMoreShardsThanTheBound) {
   EXPECT_THAT(ParseQueueTargets(many).status().message(), HasSubstr("more than 64"));
 }
 
+TEST(ReadQueueTargetsTest, PlainLineAndListLinesMakeOneListInFileOrder) {
+  auto ini = IniFile::Parse("[deliverer]\nqueue=q0:7070, q1:7070\nqueue[]=q2:7070\nqueue[]=q3:7070,q4:7070\n",
+                            "tern.ini");
+  ASSERT_TRUE(ini.ok()) << ini.status();
+  auto t = ReadQueueTargets(*ini, "deliverer", "127.0.0.1:7070");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_THAT(*t, ElementsAre("q0:7070", "q1:7070", "q2:7070", "q3:7070", "q4:7070"));
+}
+
+TEST(ReadQueueTargetsTest, DefaultWhenUnsetAndEmptyEntriesStillRefused) {
+  auto ini = IniFile::Parse("[ingest]\nqueue=q0:7070,,q1:7070\n[bouncer]\nqueue[]=q0:7070\nqueue[]=q0:7070\n",
+                            "tern.ini");
+  ASSERT_TRUE(ini.ok()) << ini.status();
+  auto d = ReadQueueTargets(*ini, "deliverer", "127.0.0.1:7070");
+  ASSERT_TRUE(d.ok());
+  EXPECT_THAT(*d, ElementsAre("127.0.0.1:7070"));
+  EXPECT_THAT(ReadQueueTargets(*ini, "ingest", "x:1").status().message(), HasSubstr("entry 2 is empty"));
+  EXPECT_THAT(ReadQueueTargets(*ini, "bouncer", "x:1").status().message(), HasSubstr("listed twice"));
+}
+
 TEST(IsHostPortTest, PortZeroOnlyWhenAllowed) {
   EXPECT_TRUE(IsHostPort("127.0.0.1:0", /*allow_zero=*/true));
   EXPECT_FALSE(IsHostPort("127.0.0.1:0", /*allow_zero=*/false));

@@ -150,7 +150,7 @@ absl::StatusOr<BouncerConfig> LoadBouncerConfig(const config::ConfigDir& dir) {
   BouncerConfig cfg;
   TERN_ASSIGN_OR_RETURN(config::IniFile ini, dir.Ini(kIniName));
   absl::StatusOr<std::vector<std::string>> queues =
-      config::ParseQueueTargets(ini.GetString(kSection, "queue", config::JoinQueueTargets(cfg.queues)));
+      config::ReadQueueTargets(ini, kSection, config::JoinQueueTargets(cfg.queues));
   if (!queues.ok()) {
     return QueueError(queues.status());
   }

@@ -37,7 +37,7 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
 
   TERN_ASSIGN_OR_RETURN(config::IniFile tern, dir.Ini("tern.ini"));
   constexpr absl::string_view kD = "deliverer";
-  auto queues = config::ParseQueueTargets(tern.GetString(kD, "queue", config::JoinQueueTargets(c.queues)));
+  auto queues = config::ReadQueueTargets(tern, kD, config::JoinQueueTargets(c.queues));
   if (!queues.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("tern.ini [deliverer] queue: ", queues.status().message()));
   }

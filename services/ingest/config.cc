@@ -259,7 +259,7 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
 
   TERN_ASSIGN_OR_RETURN(config::IniFile tern, dir.Ini("tern.ini"));
   absl::StatusOr<std::vector<std::string>> queues =
-      config::ParseQueueTargets(tern.GetString("ingest", "queue", "127.0.0.1:7070"));
+      config::ReadQueueTargets(tern, "ingest", "127.0.0.1:7070");
   if (!queues.ok()) {
     return tern.KeyError("ingest", "queue", queues.status().message());
   }

@@ -215,13 +215,12 @@ void BounceWorker::Run() {
         failing_since = now;
         channel_rebuilds_->Inc();
         log::Event(Level::kNotice, "queue_channel_rebuilt",
-                   {{"queue", options_.queue_target}, {"error", status.error_message()}});
+                   {{"error", status.error_message()}, {"queue", options_.queue_target}});
       }
       log::Event(Level::kWarn, "queue_lease_failed",
-                 {{"queue", options_.queue_target},
-                  {"code", absl::StrCat(static_cast<int>(status.error_code()))},
+                 {{"code", absl::StrCat(static_cast<int>(status.error_code()))},
                   {"error", status.error_message()},
-                  {"retry_in", absl::FormatDuration(backoff)}});
+                  {"retry_in", absl::FormatDuration(backoff)}, {"queue", options_.queue_target}});
       SleepUnlessStopped(backoff);
       backoff = std::min(backoff * 2, options_.max_backoff);
       continue;
@@ -258,10 +257,9 @@ void BounceWorker::Run() {
       }
       if (!s.ok()) {
         log::Event(Level::kError, "bounce_job_failed",
-                   {{"queue", options_.queue_target},
-                    {"bounce", job.bounce_id()},
+                   {{"bounce", job.bounce_id()},
                     {"msg", job.message_id()},
-                    {"error", s.ToString()}});
+                    {"error", s.ToString()}, {"queue", options_.queue_target}});
       }
     }
     {
@@ -270,7 +268,7 @@ void BounceWorker::Run() {
     }
     // `hooks` goes out of scope here: each waits for its (cancelled) answer.
   }
-  log::Event(Level::kInfo, "worker_stopped", {{"queue", options_.queue_target}, {"worker", options_.worker_id}});
+  log::Event(Level::kInfo, "worker_stopped", {{"worker", options_.worker_id}, {"queue", options_.queue_target}});
 }
 
 std::unique_ptr<internal::BounceHookCall> BounceWorker::StartBounceHook(const v1::BounceJob& job) {
@@ -348,11 +346,10 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::Bounce
                                        : suppressed_notify_)
           ->Inc();
       log::Event(Level::kInfo, "dsn_suppressed",
-                 {{"queue", options_.queue_target},
-                  {"bounce", job.bounce_id()},
+                 {{"bounce", job.bounce_id()},
                   {"msg", job.message_id()},
                   {"to", job.envelope().mail_from()},
-                  {"why", composed.why}});
+                  {"why", composed.why}, {"queue", options_.queue_target}});
       return absl::OkStatus();
     }
     case Disposition::kSend:
@@ -368,28 +365,25 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::Bounce
         TERN_RETURN_IF_ERROR(Ack(job, ""));
         suppressed_hook_->Inc();
         log::Event(Level::kInfo, "dsn_suppressed",
-                   {{"queue", options_.queue_target},
-                    {"bounce", job.bounce_id()},
+                   {{"bounce", job.bounce_id()},
                     {"msg", job.message_id()},
                     {"to", job.envelope().mail_from()},
-                    {"why", "hook"}});
+                    {"why", "hook"}, {"queue", options_.queue_target}});
         return absl::OkStatus();
       }
     }
   }
   if (!composed.suppressed_recipients.empty()) {
     log::Event(Level::kInfo, "dsn_recipients_suppressed",
-               {{"queue", options_.queue_target},
-                {"bounce", job.bounce_id()},
+               {{"bounce", job.bounce_id()},
                 {"rcpts", absl::StrJoin(composed.suppressed_recipients, ",")},
-                {"why", "status"}});
+                {"why", "status"}, {"queue", options_.queue_target}});
   }
   if (composed.original_trimmed) {
     log::Event(Level::kInfo, "dsn_original_trimmed",
-               {{"queue", options_.queue_target},
-                {"bounce", job.bounce_id()},
+               {{"bounce", job.bounce_id()},
                 {"size", absl::StrCat(job.original().size())},
-                {"max", absl::StrCat(compose_options_.max_original_bytes)}});
+                {"max", absl::StrCat(compose_options_.max_original_bytes)}, {"queue", options_.queue_target}});
   }
   absl::StatusOr<std::string> dsn_id =
       Send(job, composed.report, job.envelope().mail_from(), KindName(composed.report.kind));
@@ -425,13 +419,13 @@ absl::Status BounceWorker::HandleNullSender(const v1::BounceJob& job) {
   TERN_RETURN_IF_ERROR(Ack(job, *dsn_id));
   redacted_->Inc();
   log::Event(Level::kNotice, "dsn_redacted",
-             {{"queue", options_.queue_target},
-              {"bounce", job.bounce_id()},
+             {{"bounce", job.bounce_id()},
               {"msg", job.message_id()},
               {"dsn", *dsn_id},
               {"to", recipient},
               {"status", job.recipients(0).result().enhanced_status()},
-              {"note", "the DSN could not go with REQUIRETLS; sent without it and without the original's header"}});
+              {"note", "the DSN could not go with REQUIRETLS; sent without it and without the original's header"},
+              {"queue", options_.queue_target}});
   return absl::OkStatus();
 }
 
@@ -470,15 +464,14 @@ absl::Status BounceWorker::HandleDoubleBounce(const v1::BounceJob& job, absl::st
     double_bounce_copies_->Inc();
   }
   log::Event(Level::kWarn, "double_bounce",
-             {{"queue", options_.queue_target},
-              {"bounce", job.bounce_id()},
+             {{"bounce", job.bounce_id()},
               {"msg", job.message_id()},
               {"rcpts", absl::StrCat(job.recipients_size())},
               {"kind", KindName(KindOf(job.kind()))},
               {"why", why},
               {"copy", copy_state},
               {"copy_to", double_bounce_recipient_},
-              {"dsn", copy_id}});
+              {"dsn", copy_id}, {"queue", options_.queue_target}});
   return absl::OkStatus();
 }
 
@@ -504,14 +497,13 @@ absl::StatusOr<std::string> BounceWorker::Send(const v1::BounceJob& job, const d
         ->Inc();
   }
   log::Event(Level::kInfo, "dsn_enqueued",
-             {{"queue", options_.queue_target},
-              {"bounce", job.bounce_id()},
+             {{"bounce", job.bounce_id()},
               {"msg", job.message_id()},
               {"dsn", *dsn_id},
               {"kind", note},
               {"to", recipient},
               {"rcpts", absl::StrCat(report.recipients.size())},
-              {"duplicate", duplicate ? "true" : "false"}});
+              {"duplicate", duplicate ? "true" : "false"}, {"queue", options_.queue_target}});
   return dsn_id;
 }
 
@@ -572,9 +564,8 @@ absl::Status BounceWorker::Ack(const v1::BounceJob& job, const std::string& dsn_
       // Another bouncer holds (or finished) the job; the idempotency key
       // makes its DSN the same one, so there is nothing to undo.
       log::Event(Level::kWarn, "ack_not_applied",
-                 {{"queue", options_.queue_target},
-                  {"bounce", job.bounce_id()},
-                  {"status", v1::ReportStatus_Name(result)}});
+                 {{"bounce", job.bounce_id()},
+                  {"status", v1::ReportStatus_Name(result)}, {"queue", options_.queue_target}});
       return absl::OkStatus();
     default:
       ack_errors_->Inc();

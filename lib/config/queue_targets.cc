@@ -85,18 +85,28 @@ absl::StatusOr<std::vector<std::string>> ParseQueueTargets(absl::string_view val
   return targets;
 }
 
+absl::Status CheckQueueTargets(const std::vector<std::string>& targets) {
+  absl::StatusOr<std::vector<std::string>> parsed = ParseQueueTargets(JoinQueueTargets(targets));
+  if (!parsed.ok()) {
+    return parsed.status();
+  }
+  if (*parsed != targets) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", JoinQueueTargets(targets), "\" has an entry with spaces or commas around it"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<std::string>> ReadQueueTargets(const IniFile& ini, absl::string_view section,
                                                           absl::string_view def) {
   std::vector<std::string> parts;
-  size_t plain_items = 0;
+  size_t plain_items = 0;  // how many of GetList's items the plain line gave
   if (std::optional<std::string> plain = ini.Get(section, "queue")) {
     // Kept whole, so that ParseQueueTargets still sees (and refuses) an
     // empty entry, which GetList would drop.
     parts.push_back(*plain);
-    for (absl::string_view piece : absl::StrSplit(*plain, ',', absl::SkipWhitespace())) {
-      (void)piece;
-      ++plain_items;
-    }
+    const std::vector<absl::string_view> pieces = absl::StrSplit(*plain, ',', absl::SkipWhitespace());
+    plain_items = pieces.size();
   }
   std::vector<std::string> items = ini.GetList(section, "queue");
   for (size_t i = plain_items; i < items.size(); ++i) {

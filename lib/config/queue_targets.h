@@ -43,6 +43,11 @@ bool IsHostPort(absl::string_view text, bool allow_zero);
 // counted twice) and more than kMaxQueueShards. The error says which entry.
 absl::StatusOr<std::vector<std::string>> ParseQueueTargets(absl::string_view value);
 
+// The check ParseQueueTargets makes, for a list built by hand (a config
+// struct filled in code): what ParseQueueTargets refuses, and an entry that
+// is not trimmed or holds a comma, which it would never give back.
+absl::Status CheckQueueTargets(const std::vector<std::string>& targets);
+
 // The `queue` key of [`section`] in `ini`: `queue=a:1,b:2`, and/or one or
 // more `queue[]=` lines (each one address or a comma-separated few), in file
 // order plain line first: a long list of shards need not fit on one INI line

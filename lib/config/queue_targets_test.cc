@@ -50,6 +50,14 @@ TEST(ParseQueueTargetsTest, RefusesMoreShardsThanTheBound) {
   EXPECT_THAT(ParseQueueTargets(many).status().message(), HasSubstr("more than 64"));
 }
 
+TEST(CheckQueueTargetsTest, AHandBuiltListPassesOnlyIfParsingWouldGiveItBack) {
+  EXPECT_TRUE(CheckQueueTargets({"q0:7070", "unix:/run/q1.sock"}).ok());
+  EXPECT_THAT(CheckQueueTargets({}).message(), HasSubstr("no queue address"));
+  EXPECT_THAT(CheckQueueTargets({"q0:7070", "q0:7070"}).message(), HasSubstr("listed twice"));
+  EXPECT_THAT(CheckQueueTargets({" q0:7070"}).message(), HasSubstr("spaces or commas around it"));
+  EXPECT_THAT(CheckQueueTargets({"q0:7070,q1:7070"}).message(), HasSubstr("spaces or commas around it"));
+}
+
 TEST(ReadQueueTargetsTest, PlainLineAndListLinesMakeOneListInFileOrder) {
   auto ini = IniFile::Parse("[deliverer]\nqueue=q0:7070, q1:7070\nqueue[]=q2:7070\nqueue[]=q3:7070,q4:7070\n",
                             "tern.ini");

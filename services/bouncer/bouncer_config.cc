@@ -103,16 +103,8 @@ const TemplateSource& BouncerConfig::TemplateFor(dsn::ReportKind kind) const {
 }
 
 absl::Status BouncerConfig::Validate() const {
-  // The list must be what ParseQueueTargets makes of its tern.ini form:
-  // non-empty, each target valid and trimmed, none twice.
-  absl::StatusOr<std::vector<std::string>> parsed = config::ParseQueueTargets(config::JoinQueueTargets(queues));
-  if (!parsed.ok()) {
-    return QueueError(parsed.status());
-  }
-  if (*parsed != queues) {
-    return absl::InvalidArgumentError(absl::StrCat(kIniName, " [", kSection, "] queue: \"",
-                                                   config::JoinQueueTargets(queues),
-                                                   "\" has an entry with spaces or commas around it"));
+  if (absl::Status s = config::CheckQueueTargets(queues); !s.ok()) {
+    return QueueError(s);
   }
   if (!health_listen.empty() && !config::IsHostPort(health_listen, /*allow_zero=*/true)) {
     return absl::InvalidArgumentError(

@@ -122,12 +122,8 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
 absl::Status DelivererConfig::Validate() const {
   // A config built by hand gets the checks Load makes: an address each,
   // none twice, at most kMaxQueueShards.
-  auto parsed = config::ParseQueueTargets(config::JoinQueueTargets(queues));
-  if (!parsed.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("tern.ini [deliverer] queue: ", parsed.status().message()));
-  }
-  if (*parsed != queues) {
-    return absl::InvalidArgumentError("tern.ini [deliverer] queue: each shard must be one address, trimmed");
+  if (absl::Status s = config::CheckQueueTargets(queues); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("tern.ini [deliverer] queue: ", s.message()));
   }
   if (me.empty()) {
     return absl::InvalidArgumentError("me: the EHLO name must not be empty");

@@ -99,8 +99,8 @@ absl::Status IngestConfig::Validate() const {
   if (inactivity_timeout.count() <= 0) {
     return absl::InvalidArgumentError("smtp.ini [main] inactivity_timeout: must be positive");
   }
-  if (queues.empty()) {
-    return absl::InvalidArgumentError("tern.ini [ingest] queue: empty");
+  if (absl::Status s = config::CheckQueueTargets(queues); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("tern.ini [ingest] queue: ", s.message()));
   }
   if (queue_timeout.count() <= 0) {
     return absl::InvalidArgumentError("tern.ini [ingest] queue_timeout_ms: must be positive");

@@ -559,14 +559,13 @@ QueueClient::QueueClient(const std::vector<std::string>& targets, std::chrono::m
 
 QueueClient::~QueueClient() = default;
 
-internal::QueueShard& QueueClient::PickShard(uint64_t tried) {
+size_t QueueClient::PickShard(uint64_t tried) {
   const size_t n = shards_.size();
   if (n == 1) {
-    return *shards_[0];
+    return 0;
   }
   // Ties are taken in turn, so an idle system spreads its mail too.
-  static std::atomic<uint64_t> turn{0};
-  const size_t first = static_cast<size_t>(turn.fetch_add(1, std::memory_order_relaxed) % n);
+  const size_t first = static_cast<size_t>(turn_.fetch_add(1, std::memory_order_relaxed) % n);
   const int64_t now = internal::QueueStub::NowNs();
   size_t best = n;
   int64_t best_outstanding = 0;
@@ -596,18 +595,9 @@ internal::QueueShard& QueueClient::PickShard(uint64_t tried) {
     }
   }
   if (best != n) {
-    return *shards_[best];
+    return best;
   }
-  return *shards_[fallback != n ? fallback : first];
-}
-
-size_t QueueClient::IndexOf(const internal::QueueShard& shard) const {
-  for (size_t i = 0; i < shards_.size(); ++i) {
-    if (shards_[i].get() == &shard) {
-      return i;
-    }
-  }
-  return 0;
+  return fallback != n ? fallback : first;
 }
 
 bool QueueClient::ChannelReady() const {
@@ -642,13 +632,16 @@ asio::awaitable<absl::StatusOr<std::string>> QueueClient::EnqueueWhole(tern::v1:
   tern::v1::EnqueueItem item;
   *item.mutable_header() = std::move(header);
   item.set_body(std::move(body));
+  // Every shard is offered the message at most once (the first 64 of a
+  // longer list, which config refuses, are told apart).
+  const size_t max_attempts = std::min<size_t>(shards_.size(), 64);
   uint64_t tried = 0;
-  while (true) {
-    internal::QueueShard& shard = PickShard(tried);
-    const size_t index = IndexOf(shard);
+  for (size_t attempt = 1;; ++attempt) {
+    const size_t index = PickShard(tried);
     if (index < 64) {
       tried |= uint64_t{1} << index;
     }
+    internal::QueueShard& shard = *shards_[index];
     internal::EnqueueBatcher* batcher = shard.batcher.get();
     tern::v1::EnqueueItem* pending = &item;
     asio::any_io_executor* ex = &executor;
@@ -662,11 +655,8 @@ asio::awaitable<absl::StatusOr<std::string>> QueueClient::EnqueueWhole(tern::v1:
           });
         },
         asio::use_awaitable);
-    // A shard out of disk stored nothing: the next shard may take it. Every
-    // shard is offered the message at most once.
-    const size_t limit = std::min<size_t>(shards_.size(), 64);
-    const bool untried = static_cast<size_t>(__builtin_popcountll(tried)) < limit;
-    if (outcome.returned && untried) {
+    // A shard out of disk stored nothing: the next shard may take it.
+    if (outcome.returned && attempt < max_attempts) {
       log::Event(log::Level::kInfo, "enqueue_retried_elsewhere",
                  {{"queue", shard.stub->target}, {"error", outcome.result.status().message()}});
       item = *std::move(outcome.returned);
@@ -678,7 +668,8 @@ asio::awaitable<absl::StatusOr<std::string>> QueueClient::EnqueueWhole(tern::v1:
 
 std::unique_ptr<EnqueueCall> QueueClient::StartEnqueue(asio::any_io_executor executor,
                                                        tern::v1::EnqueueHeader header) {
-  auto reactor = std::make_shared<internal::EnqueueReactor>(std::move(executor), PickShard().stub);
+  auto reactor = std::make_shared<internal::EnqueueReactor>(std::move(executor),
+                                                             shards_[PickShard()]->stub);
   reactor->context.set_wait_for_ready(false);
   reactor->context.set_deadline(std::chrono::system_clock::now() + internal::kCallBackstop);
   reactor->Begin(reactor);

@@ -51,6 +51,7 @@
 // stores nothing.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -136,12 +137,13 @@ class QueueClient {
   std::vector<std::string> WaitForReady(std::chrono::milliseconds timeout) const;
 
  private:
-  // The shard for the next message; `tried` (a bit per shard) are skipped
-  // unless every shard has been tried.
-  internal::QueueShard& PickShard(uint64_t tried = 0);
-  size_t IndexOf(const internal::QueueShard& shard) const;
+  // The index of the shard for the next message; shards whose bit is set in
+  // `tried` are skipped unless every shard has been tried.
+  size_t PickShard(uint64_t tried = 0);
 
   std::vector<std::shared_ptr<internal::QueueShard>> shards_;
+  // Where PickShard starts looking, so that ties are taken in turn.
+  std::atomic<uint64_t> turn_{0};
   std::chrono::milliseconds step_timeout_;
 };
 

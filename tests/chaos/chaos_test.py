@@ -19,9 +19,12 @@ so every copy at the sink is traced to the queue message it came from:
   duplicate (it retried after getting no 250 for a message the queue had
   stored); counted and printed, and allowed, as SMTP allows it.
 
+Sharded: ShardedChaosTest runs the same with the queue in two shards, each
+its own process and RocksDB, and kills either shard among the other services.
+
 Long form: TERN_CHAOS_SECONDS=600 python3 -m unittest chaos_test.ChaosTest
-(run from tests/chaos with TERN_BIN_DIR set); TERN_CHAOS_SEED repeats a run's
-sequence of kills.
+(or chaos_test.ShardedChaosTest; run from tests/chaos with TERN_BIN_DIR set);
+TERN_CHAOS_SEED repeats a run's sequence of kills.
 
 Disk full: the queue's data directory is a small tmpfs; the load fills it
 until ingest answers 451/452, then the test frees space: nothing accepted is
@@ -45,6 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "system"))
 
 from cluster import Cluster, binary  # noqa: E402
+from sharded_cluster import ShardedCluster  # noqa: E402
 
 CHAOS_SECONDS = float(os.environ.get("TERN_CHAOS_SECONDS", "60"))
 SENDER_RE = re.compile(r"^load\+(?P<sub>[^@]+)@sender\.test$")
@@ -206,12 +210,24 @@ def copies_by_submission(sink):
     return out
 
 
-def queue_events(cluster):
-    """Every event the queue kept, oldest first (ternctl watch --json)."""
-    out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{cluster.ports['queue']}", "--timeout", "120",
+def queue_events(queues):
+    """Every event the queue kept, oldest first (ternctl watch --json). With
+    several shards each event names its shard in "queue", and sequence
+    numbers are per shard."""
+    out = subprocess.run([binary("ternctl"), "--queue", queues, "--timeout", "120",
                           "watch", "--oldest", "--no-follow", "--json"],
                          capture_output=True, timeout=180, check=True)
     return [json.loads(line) for line in out.stdout.decode().splitlines() if line.strip()]
+
+
+def event_log_complete(events, shards):
+    """True when every shard's log still starts at its first event: the
+    duplicate check needs all of them."""
+    first = {}
+    for ev in events:
+        q = ev.get("queue", "")
+        first[q] = min(first.get(q, int(ev["seq"])), int(ev["seq"]))
+    return len(first) == shards and all(seq == 1 for seq in first.values())
 
 
 def explain_duplicates(copies, events):
@@ -219,17 +235,20 @@ def explain_duplicates(copies, events):
 
     Returns (duplicates, unexplained): duplicates is the number of extra
     copies of one queue message at the sink; unexplained lists a dict per
-    submission whose extra copies outnumber its message's ambiguous events."""
-    queue_ids = collections.defaultdict(set)  # submission -> queue message ids
-    ambiguous = collections.Counter()          # queue message id -> ambiguous events
+    submission whose extra copies outnumber its message's ambiguous events.
+    Message ids are unique per shard only, so a message is its id on its
+    shard (an event's "queue"; absent with one queue), written ID@QUEUE."""
+    queue_ids = collections.defaultdict(set)  # submission -> queue messages
+    ambiguous = collections.Counter()          # queue message -> ambiguous events
     for ev in events:
+        message = f"{ev['message_id']}@{ev['queue']}" if ev.get("queue") else ev.get("message_id")
         if ev.get("type") == "received":
             m = re.search(r"from=<([^>]*)>", ev.get("detail", ""))
             sm = SENDER_RE.match(m.group(1)) if m else None
             if sm is not None:
-                queue_ids[sm.group("sub")].add(ev["message_id"])
+                queue_ids[sm.group("sub")].add(message)
         elif ev.get("type") == "ambiguous":
-            ambiguous[ev["message_id"]] += 1
+            ambiguous[message] += 1
     duplicates = 0
     unexplained = []
     for sub, (test_id, n) in sorted(copies.items()):
@@ -264,61 +283,103 @@ class ExplainDuplicatesTest(unittest.TestCase):
         self.assertEqual([u["submission"] for u in unexplained], ["w0-1.1", "w0-3.1"])
         self.assertEqual(unexplained[1]["queue_ids"], ["Q3"])
 
+    def test_an_ambiguous_event_explains_only_its_own_shards_message(self):
+        # Ids are unique per shard only: the same id on the other shard is
+        # another message, which its ambiguous event must not explain.
+        events = [
+            {"type": "received", "queue": "A", "message_id": "Q1", "detail": "from=<load+w0-1.1@sender.test>"},
+            {"type": "received", "queue": "B", "message_id": "Q1", "detail": "from=<load+w0-2.1@sender.test>"},
+            {"type": "ambiguous", "queue": "A", "message_id": "Q1", "detail": "lease expired after DATA was sent"},
+        ]
+        dups, unexplained = explain_duplicates({"w0-1.1": ("w0-1", 2), "w0-2.1": ("w0-2", 2)}, events)
+        self.assertEqual(dups, 2)
+        self.assertEqual([(u["submission"], u["queue_ids"]) for u in unexplained], [("w0-2.1", ["Q1@B"])])
+
+    def test_the_event_log_is_complete_only_when_every_shard_starts_at_one(self):
+        self.assertTrue(event_log_complete([{"seq": "1"}, {"seq": "2"}], 1))
+        both = [{"queue": "A", "seq": "1"}, {"queue": "B", "seq": "2"}, {"queue": "B", "seq": "1"}]
+        self.assertTrue(event_log_complete(both, 2))
+        self.assertFalse(event_log_complete([{"queue": "A", "seq": "1"}, {"queue": "B", "seq": "7"}], 2))
+        self.assertFalse(event_log_complete([{"queue": "A", "seq": "1"}], 2))
+        self.assertFalse(event_log_complete([], 1))
+
+
+def run_chaos(test, cluster, queues, shards):
+    """The chaos run on a started cluster: kills every service that
+    `cluster.procs` names (both shards of a sharded queue), then checks that
+    every accepted message reached the sink and every duplicate is explained."""
+    seed = int(os.environ.get("TERN_CHAOS_SEED", time.time()))
+    rng = random.Random(seed)
+    sink = cluster.sinks["good.test"]
+    load = Load(cluster).start()
+    kills = {service: 0 for service in sorted(cluster.procs)}
+    end = time.time() + CHAOS_SECONDS
+    while time.time() < end:
+        time.sleep(rng.uniform(2.0, 5.0))
+        victim = rng.choice(list(kills))
+        cluster.kill(victim)
+        kills[victim] += 1
+        time.sleep(rng.uniform(0.1, 1.0))
+        cluster.start(victim)
+    load.stop()
+    accepted = set(load.accepted)
+    print(f"\nchaos: seed {seed}, {CHAOS_SECONDS:.0f}s, kills {kills}, accepted {len(accepted)} "
+          f"of {load.submissions} submissions, temporary refusals {load.refused_temp}", file=sys.stderr)
+    test.assertGreater(len(accepted), 50, "the load made too little progress to mean anything")
+    # The long form leaves a backlog of tens of thousands behind its
+    # last kill; the python sink takes them in at a few hundred a second.
+    counts = wait_for_arrivals(cluster, sink, accepted, max(240, CHAOS_SECONDS))
+    missing = accepted - set(counts)
+    test.assertEqual(missing, set())
+    cluster.wait_until(lambda: int(cluster.stats().get("messages", -1)) == 0, 120, "the queue to drain")
+    # Anything still on its way (a redelivery after an ambiguous lease
+    # is due at once, but give a last delivery a moment to land).
+    time.sleep(1)
+
+    events = queue_events(queues)
+    test.assertTrue(event_log_complete(events, shards),
+                    "the event log lost its oldest events; the duplicate check needs all of them")
+    copies = copies_by_submission(sink)
+    duplicates, unexplained = explain_duplicates(copies, events)
+    per_test_id = collections.Counter(test_id for test_id, _ in copies.values())
+    client_duplicates = sum(n - 1 for n in per_test_id.values() if n > 1)
+    ambiguous_events = sum(1 for ev in events if ev.get("type") == "ambiguous")
+    stats = cluster.stats()
+    print(f"chaos: all {len(accepted)} accepted messages delivered; Tern duplicates {duplicates} "
+          f"(kills {kills}), ambiguous events {ambiguous_events}, ambiguous_total "
+          f"{stats.get('ambiguous_total')}; client resubmissions delivered twice {client_duplicates}", file=sys.stderr)
+    for u in unexplained:
+        print(f"chaos: UNEXPLAINED duplicate: {u}", file=sys.stderr)
+    # A duplicate is only allowed where SMTP itself allows one (the
+    # deliverer, or the queue holding its report, died after the final
+    # dot), and then the queue must have recorded it as ambiguous.
+    test.assertEqual(unexplained, [], f"{len(unexplained)} duplicates without an ambiguous record")
+
+
+# Events must outlive the run: the duplicate check reads all of them.
+CHAOS_QUEUE_INI = "event_retention_count=100000000"
+
 
 class ChaosTest(unittest.TestCase):
     def test_no_accepted_message_is_lost_while_services_are_killed(self):
-        seed = int(os.environ.get("TERN_CHAOS_SEED", time.time()))
-        rng = random.Random(seed)
-        # Events must outlive the run: the duplicate check reads all of them.
         # Ingest runs its sessions on two threads (smtp.ini nodes), so kills
         # land on sessions of both; the other system tests run one.
         with Cluster(temp_fail_intervals="5s*200", lease_seconds=30,
-                     queue_ini_extra="event_retention_count=100000000", smtp_main_extra="nodes=2") as cluster:
-            sink = cluster.sinks["good.test"]
-            load = Load(cluster).start()
-            kills = {"queue": 0, "ingest": 0, "deliverer": 0, "bouncer": 0}
-            end = time.time() + CHAOS_SECONDS
-            while time.time() < end:
-                time.sleep(rng.uniform(2.0, 5.0))
-                victim = rng.choice(list(kills))
-                cluster.kill(victim)
-                kills[victim] += 1
-                time.sleep(rng.uniform(0.1, 1.0))
-                cluster.start(victim)
-            load.stop()
-            accepted = set(load.accepted)
-            print(f"\nchaos: seed {seed}, {CHAOS_SECONDS:.0f}s, kills {kills}, accepted {len(accepted)} "
-                  f"of {load.submissions} submissions, temporary refusals {load.refused_temp}", file=sys.stderr)
-            self.assertGreater(len(accepted), 50, "the load made too little progress to mean anything")
-            # The long form leaves a backlog of tens of thousands behind its
-            # last kill; the python sink takes them in at a few hundred a second.
-            counts = wait_for_arrivals(cluster, sink, accepted, max(240, CHAOS_SECONDS))
-            missing = accepted - set(counts)
-            self.assertEqual(missing, set())
-            cluster.wait_until(lambda: int(cluster.stats().get("messages", -1)) == 0, 120, "the queue to drain")
-            # Anything still on its way (a redelivery after an ambiguous lease
-            # is due at once, but give a last delivery a moment to land).
-            time.sleep(1)
+                     queue_ini_extra=CHAOS_QUEUE_INI, smtp_main_extra="nodes=2") as cluster:
+            run_chaos(self, cluster, f"127.0.0.1:{cluster.ports['queue']}", shards=1)
 
-            events = queue_events(cluster)
-            self.assertTrue(events and int(events[0]["seq"]) == 1,
-                            "the event log lost its oldest events; the duplicate check needs all of them")
-            copies = copies_by_submission(sink)
-            duplicates, unexplained = explain_duplicates(copies, events)
-            per_test_id = collections.Counter(test_id for test_id, _ in copies.values())
-            client_duplicates = sum(n - 1 for n in per_test_id.values() if n > 1)
-            ambiguous_events = sum(1 for ev in events if ev.get("type") == "ambiguous")
-            stats = cluster.stats()
-            print(f"chaos: all {len(accepted)} accepted messages delivered; Tern duplicates {duplicates} "
-                  f"(deliverer kills {kills['deliverer']}, queue kills {kills['queue']}), ambiguous events "
-                  f"{ambiguous_events}, ambiguous_total {stats.get('ambiguous_total')}; client resubmissions "
-                  f"delivered twice {client_duplicates}", file=sys.stderr)
-            for u in unexplained:
-                print(f"chaos: UNEXPLAINED duplicate: {u}", file=sys.stderr)
-            # A duplicate is only allowed where SMTP itself allows one (the
-            # deliverer, or the queue holding its report, died after the final
-            # dot), and then the queue must have recorded it as ambiguous.
-            self.assertEqual(unexplained, [], f"{len(unexplained)} duplicates without an ambiguous record")
+
+class ShardedChaosTest(unittest.TestCase):
+    """The same with the queue in two shards (ARCHITECTURE.md §8): either
+    shard may die with SIGKILL, and ingest must move new mail to the live
+    one without losing what the dead one took; the deliverer and the
+    bouncer lease from both through every restart."""
+
+    def test_no_accepted_message_is_lost_while_shards_and_services_are_killed(self):
+        with ShardedCluster(temp_fail_intervals="5s*200", lease_seconds=30,
+                            queue_ini_extra=CHAOS_QUEUE_INI, smtp_main_extra="nodes=2") as cluster:
+            self.assertEqual(sorted(cluster.procs), ["bouncer", "deliverer", "ingest", "queue", "queue2"])
+            run_chaos(self, cluster, cluster.shards(), shards=2)
 
 
 @unittest.skipUnless(os.geteuid() == 0, "mounting a tmpfs needs root")

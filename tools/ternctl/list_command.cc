@@ -178,8 +178,14 @@ int RunListOnShards(const GlobalOptions& g, const std::vector<std::string>& shar
     entries.resize(limit);
     more = true;
   }
-  const std::string next =
-      more && !entries.empty() ? FormatShardCursor(entries.back().m->message_id(), shards[entries.back().shard]) : "";
+  // The cursor says where every shard stands, so it may only pass the
+  // messages of shards that answered: a shard that failed keeps its
+  // messages below the last entry shown, and a cursor past them would skip
+  // them for good. So a page missing a shard offers no cursor; the same
+  // page asked again once the shard answers shows them.
+  const std::string next = more && !failed && !entries.empty()
+                               ? FormatShardCursor(entries.back().m->message_id(), shards[entries.back().shard])
+                               : "";
   if (json) {
     std::vector<std::string> items;
     for (const Entry& e : entries) {
@@ -202,6 +208,8 @@ int RunListOnShards(const GlobalOptions& g, const std::vector<std::string>& shar
   io.out << FormatTable(rows) << entries.size() << (entries.size() == 1 ? " message" : " messages");
   if (!next.empty()) {
     io.out << "; more with --cursor " << next;
+  } else if (failed) {
+    io.out << "; not every shard answered, so no cursor past this page: list it again when they do";
   }
   io.out << "\n";
   return failed ? 1 : 0;

@@ -447,9 +447,15 @@ TEST_F(TwoShards, OneShardDownPrintsTheOthersAndNamesItExit1) {
   EXPECT_EQ(list.code, 1);
   EXPECT_THAT(list.out, HasSubstr(Id(1)));
   EXPECT_THAT(list.out, HasSubstr(Id(3)));
-  EXPECT_THAT(list.out, HasSubstr("2 messages"));
+  EXPECT_THAT(list.out, HasSubstr("2 messages; not every shard answered, so no cursor past this page"));
   EXPECT_THAT(list.err, HasSubstr("cannot reach the queue at " + down));
   EXPECT_THAT(list.err, Not(HasSubstr(a_.address())));
+  // A cursor past Id(1) would skip whatever the dead shard holds below it.
+  CliResult page = Ternctl({"--timeout", "2", "--queue", queue, "list", "--limit", "1", "--json"});
+  EXPECT_EQ(page.code, 1);
+  EXPECT_THAT(page.out, HasSubstr(Id(1)));
+  EXPECT_THAT(page.out, Not(HasSubstr(Id(3))));
+  EXPECT_THAT(page.out, HasSubstr("\"next_cursor\":\"\"}"));
 
   CliResult stats = Ternctl({"--timeout", "2", "--queue", queue, "stats", "--json"});
   EXPECT_EQ(stats.code, 1);

@@ -332,8 +332,13 @@ temp_fail_intervals={self.temp_fail_intervals}
     def smtp_address(self):
         return ("127.0.0.1", self.ports["smtp"])
 
+    def queues(self):
+        """ternctl's --queue for the whole queue: every shard, comma-separated."""
+        return f"127.0.0.1:{self.ports['queue']}"
+
     def stats(self):
-        out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{self.ports['queue']}", "stats", "--json"],
+        """The whole queue's counters (with shards, ternctl's sum of them)."""
+        out = subprocess.run([binary("ternctl"), "--queue", self.queues(), "stats", "--json"],
                              capture_output=True, timeout=20, check=True)
         return json.loads(out.stdout)
 

@@ -56,14 +56,8 @@ class ShardedCluster(Cluster):
         wait_port("127.0.0.1", self.ports["queue2"], 20, proc)
         return proc
 
-    def shards(self):
+    def queues(self):
         return f"127.0.0.1:{self.ports['queue']},127.0.0.1:{self.ports['queue2']}"
-
-    def stats(self):
-        """The whole queue: ternctl's sum over both shards."""
-        out = subprocess.run([binary("ternctl"), "--queue", self.shards(), "stats", "--json"],
-                             capture_output=True, timeout=20, check=True)
-        return json.loads(out.stdout)
 
     def shard_stats(self, shard):
         port = self.ports["queue" if shard == 1 else "queue2"]

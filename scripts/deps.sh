@@ -20,6 +20,8 @@ PACKAGES=(
   python3-grpcio python3-protobuf
   # tests: deploy/k8s manifests read as YAML
   python3-yaml
+  # tests: HAProxy in front of ingest, sending the PROXY protocol v1 and v2
+  haproxy
   # tests: Postfix as the receiving MTA (and smtp-sink for bench/), Cyrus SASL's saslpasswd2 for its AUTH
   postfix sasl2-bin
   # fuzz tests (scripts/fuzz.sh): clang with the libFuzzer/ASan runtimes (only a
@@ -41,8 +43,11 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "Installing: ${missing[*]}"
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
-# Debian starts the knot service on install; the tests run their own knotd
-# on free ports, so a knot we just installed is not left serving port 53.
-if [[ " ${missing[*]} " == *" knot "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  $SUDO systemctl disable --now knot.service >/dev/null 2>&1 || true
-fi
+# Debian starts the knot and haproxy services on install; the tests run
+# their own knotd and haproxy on free ports, so a package we just installed
+# is not left running (knot would serve port 53).
+for service in knot haproxy; do
+  if [[ " ${missing[*]} " == *" $service "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+  fi
+done

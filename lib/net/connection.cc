@@ -254,6 +254,16 @@ asio::awaitable<absl::StatusOr<std::string>> Connection::ReadBytes(size_t max_le
   co_return out;
 }
 
+asio::awaitable<absl::StatusOr<char>> Connection::PeekByte(Duration timeout) {
+  if (buffered() == 0) {
+    auto n = co_await ReadMore(timeout);
+    if (!n.ok()) {
+      co_return n.status();
+    }
+  }
+  co_return buffer_[start_];
+}
+
 asio::awaitable<absl::Status> Connection::Write(absl::string_view data, Duration timeout) {
   co_return co_await Write(data, absl::string_view(), timeout);
 }

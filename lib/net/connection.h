@@ -111,6 +111,11 @@ class Connection {
   // data such as BDAT chunks (RFC 3030), where line framing does not apply.
   asio::awaitable<absl::StatusOr<std::string>> ReadBytes(size_t max_len, Duration timeout);
 
+  // The next octet without consuming it: what is buffered, else what one
+  // read from the socket returns. For a protocol whose first octet says how
+  // the rest is framed (PROXY v1 is a line, v2 is binary).
+  asio::awaitable<absl::StatusOr<char>> PeekByte(Duration timeout);
+
   // Writes all of `data`.
   asio::awaitable<absl::Status> Write(absl::string_view data, Duration timeout);
   // Writes all of `head`, then all of `tail`, in one gather write: a command

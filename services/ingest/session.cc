@@ -289,8 +289,8 @@ asio::awaitable<bool> Session::Prelude() {
       cfg_.haproxy_enabled && peer.has_value() &&
       std::any_of(cfg_.haproxy_hosts.begin(), cfg_.haproxy_hosts.end(), [&](const Cidr& c) { return c.Contains(*peer); });
   if (from_proxy) {
-    net::Line line;
-    const ReadResult r = co_await ReadLine(kProxyV1MaxLine, &line, /*ignore_drain=*/true, cfg_.proxy_timeout);
+    absl::StatusOr<ProxyHeader> header = absl::InvalidArgumentError("no PROXY header");
+    const ReadResult r = co_await ReadProxyHeader(&header);
     if (r == ReadResult::kTimeout) {
       Reply("421 4.4.2 PROXY timed out");
       co_await Flush();
@@ -299,8 +299,6 @@ asio::awaitable<bool> Session::Prelude() {
     if (r != ReadResult::kLine) {
       co_return false;
     }
-    absl::StatusOr<ProxyHeader> header =
-        line.partial || line.bare_lf ? absl::InvalidArgumentError("line too long or not CRLF") : ParseProxyV1(line.text);
     if (!header.ok()) {
       log::Event(log::Level::kNotice, "proxy_invalid",
                  {{"session", session_id_}, {"proxy", peer_ip_}, {"error", header.status().message()}});
@@ -370,6 +368,59 @@ asio::awaitable<bool> Session::Flush() {
   data.swap(out_);
   absl::Status status = co_await conn_.Write(data, cfg_.inactivity_timeout);
   co_return status.ok();
+}
+
+asio::awaitable<Session::ReadResult> Session::ReadProxyHeader(absl::StatusOr<ProxyHeader>* header) {
+  const auto deadline = std::chrono::steady_clock::now() + cfg_.proxy_timeout;
+  const auto left = [&deadline] {
+    return std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      deadline - std::chrono::steady_clock::now()));
+  };
+  const auto failed = [](const absl::Status& status) {
+    return status.code() == absl::StatusCode::kDeadlineExceeded ? ReadResult::kTimeout : ReadResult::kClosed;
+  };
+  absl::StatusOr<char> first = co_await conn_.PeekByte(cfg_.proxy_timeout);
+  while (!first.ok() && first.status().code() == absl::StatusCode::kCancelled) {  // a drain waits the header out
+    first = co_await conn_.PeekByte(left());
+  }
+  if (!first.ok()) {
+    co_return failed(first.status());
+  }
+  if (!IsProxyV2Start(*first)) {
+    net::Line line;
+    const ReadResult r = co_await ReadLine(kProxyV1MaxLine, &line, /*ignore_drain=*/true, left());
+    if (r == ReadResult::kLine) {
+      *header = line.partial || line.bare_lf ? absl::InvalidArgumentError("line too long or not CRLF")
+                                             : ParseProxyV1(line.text);
+    }
+    co_return r;
+  }
+  // v2: the fixed part says how much follows (at most 64 KiB, from a host
+  // the operator listed); both parts are read in full before parsing.
+  std::string raw;
+  size_t want = kProxyV2FixedSize;
+  for (int part = 0; part < 2; ++part) {
+    while (raw.size() < want) {
+      auto bytes = co_await conn_.ReadBytes(want - raw.size(), left());
+      if (!bytes.ok()) {
+        if (bytes.status().code() == absl::StatusCode::kCancelled) {
+          continue;
+        }
+        co_return failed(bytes.status());
+      }
+      raw += *bytes;
+    }
+    if (part == 0) {
+      absl::StatusOr<size_t> rest = ProxyV2RestSize(raw);
+      if (!rest.ok()) {
+        *header = rest.status();
+        co_return ReadResult::kLine;
+      }
+      want += *rest;
+    }
+  }
+  *header = ParseProxyV2(raw);
+  co_return ReadResult::kLine;
 }
 
 asio::awaitable<Session::ReadResult> Session::ReadLine(size_t max_len, net::Line* line, bool ignore_drain,

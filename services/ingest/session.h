@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "asio/any_io_executor.hpp"
 #include "asio/awaitable.hpp"
 #include "asio/io_context.hpp"
@@ -50,6 +51,7 @@
 #include "lib/smtp/message_assembler.h"
 #include "services/ingest/auth.h"
 #include "services/ingest/config.h"
+#include "services/ingest/proxy_protocol.h"
 #include "services/ingest/queue_outbound_hook.h"
 #include "tern/v1/queue.pb.h"
 
@@ -140,6 +142,10 @@ class Session {
 
   // PROXY, limits, implicit TLS; false when the session must end.
   asio::awaitable<bool> Prelude();
+  // A listed proxy's PROXY header, v1 or v2 (told apart by its first octet),
+  // all of it within proxy_timeout. kLine when one was read, parsed into
+  // `header` (an error if it is malformed).
+  asio::awaitable<ReadResult> ReadProxyHeader(absl::StatusOr<ProxyHeader>* header);
   asio::awaitable<void> Dialogue();
   // Returns false when the session must end.
   asio::awaitable<bool> Handle(smtp::Command& cmd);

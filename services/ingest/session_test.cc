@@ -1327,6 +1327,68 @@ TEST_P(IngestSessionTest, ListedProxyGetsNoBannerAndTimesOut) {
   EXPECT_EQ(bad.ReadReply(), "421 4.7.0 Invalid PROXY format\r\n");
 }
 
+// A PROXY v2 header (HAProxy's send-proxy-v2, AWS NLB) for TCP over IPv4.
+std::string ProxyV2Tcp4(const std::string& src, uint16_t src_port, uint8_t command = 0x1) {
+  std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
+  h.push_back(static_cast<char>(0x20 | command));
+  h.push_back('\x11');  // AF_INET, STREAM
+  h += std::string("\x00\x0c", 2);
+  in_addr a{};
+  inet_pton(AF_INET, src.c_str(), &a);
+  h.append(reinterpret_cast<const char*>(&a), 4);
+  inet_pton(AF_INET, "198.51.100.1", &a);
+  h.append(reinterpret_cast<const char*>(&a), 4);
+  h.push_back(static_cast<char>(src_port >> 8));
+  h.push_back(static_cast<char>(src_port & 0xFF));
+  h += std::string("\x00\x19", 2);
+  return h;
+}
+
+TEST_P(IngestSessionTest, ProxyV2HeaderFromListedHostSetsTheClientAddress) {
+  IngestConfig cfg = BaseConfig();
+  cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.1")};
+  StartIngest(cfg);
+  RawClient client(port_);
+  // In two pieces, the cut inside the fixed part: the header is read whole.
+  const std::string header = ProxyV2Tcp4("192.0.2.9", 40000);
+  client.Send(header.substr(0, 7));
+  std::this_thread::sleep_for(50ms);
+  client.Send(header.substr(7));
+  ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+  EXPECT_TRUE(absl::StartsWith(client.Command("EHLO c.test"), "250-mx.test Hello c.test [192.0.2.9]\r\n"));
+  ASSERT_EQ(client.Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  // 192.0.2.9 is not in the relay ACL (loopback is, but that is the proxy).
+  EXPECT_EQ(client.Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
+}
+
+TEST_P(IngestSessionTest, ProxyV2LocalKeepsTheProxysOwnAddress) {
+  IngestConfig cfg = BaseConfig();
+  cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.1")};
+  StartIngest(cfg);
+  RawClient client(port_);
+  client.Send(ProxyV2Tcp4("192.0.2.9", 40000, /*command=*/0x0));  // LOCAL: a health check
+  ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+  EXPECT_TRUE(absl::StartsWith(client.Command("EHLO c.test"), "250-mx.test Hello c.test [127.0.0.1]\r\n"));
+}
+
+TEST_P(IngestSessionTest, MalformedOrUnfinishedProxyV2HeaderGetsNoBanner) {
+  IngestConfig cfg = BaseConfig();
+  cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.0/8")};
+  cfg.proxy_timeout = 300ms;
+  StartIngest(cfg);
+  std::string bad = ProxyV2Tcp4("192.0.2.9", 40000);
+  bad[13] = '\x41';  // address family 4 does not exist
+  RawClient client(port_);
+  client.Send(bad);
+  EXPECT_EQ(client.ReadReply(), "421 4.7.0 Invalid PROXY format\r\n");
+  EXPECT_TRUE(client.AtEof());
+  // A header cut short: the rest never comes, so the proxy timeout ends it.
+  RawClient cut(port_);
+  cut.Send(ProxyV2Tcp4("192.0.2.9", 40000).substr(0, 20));
+  EXPECT_EQ(cut.ReadReply(), "421 4.4.2 PROXY timed out\r\n");
+  EXPECT_TRUE(cut.AtEof());
+}
+
 TEST_P(IngestSessionTest, ProxyLineFromUnlistedHostIsRefused) {
   StartIngest(BaseConfig());
   auto client = Connect();

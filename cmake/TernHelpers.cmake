@@ -1,4 +1,4 @@
-# tern_cc_library / tern_cc_binary / tern_cc_test / tern_proto_library.
+# tern_cc_library / tern_cc_binary / tern_cc_test / tern_fuzz_test / tern_proto_library.
 #
 # Every Tern target gets the same warnings (-Wall -Wextra [-Werror]) and sees the
 # repository root as its include root, so includes read "lib/smtp/reply.h".
@@ -11,6 +11,43 @@ endif()
 function(_tern_common target)
   target_compile_options(${target} PRIVATE ${TERN_WARNINGS})
   target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+endfunction()
+
+# tern_fuzz_test(NAME foo SRCS fuzz/foo_fuzz.cc foo.cc LIBS absl::strings
+#                CORPUS fuzz/corpus/foo [DICT fuzz/foo.dict])
+# builds the libFuzzer target foo_fuzz with ASan and UBSan, and the ctest test
+# fuzz_foo (label "fuzz", run by scripts/fuzz.sh) that fuzzes it for
+# TERN_FUZZ_SECONDS from the seed CORPUS checked in beside it. The code under
+# test is listed in SRCS, not linked as a library, so it gets the fuzzer's
+# coverage instrumentation. New inputs go to a corpus in the build tree (the
+# first directory, the only one libFuzzer writes to), crash reproducers to
+# fuzz-artifacts/; any finding (crash, leak, timeout, out of memory) fails the
+# test. Does nothing unless TERN_FUZZ is on and the compiler is clang.
+function(tern_fuzz_test)
+  cmake_parse_arguments(T "" "NAME;CORPUS;DICT" "SRCS;LIBS" ${ARGN})
+  if(NOT TERN_FUZZ OR NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    return()
+  endif()
+  set(target ${T_NAME}_fuzz)
+  add_executable(${target} ${T_SRCS})
+  _tern_common(${target})
+  set(flags -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
+  target_compile_options(${target} PRIVATE ${flags})
+  target_link_options(${target} PRIVATE ${flags})
+  target_link_libraries(${target} PRIVATE ${T_LIBS})
+  set(dict "")
+  if(T_DICT)
+    set(dict -dict=${CMAKE_CURRENT_SOURCE_DIR}/${T_DICT})
+  endif()
+  add_test(NAME fuzz_${T_NAME}
+           COMMAND ${target} -max_total_time=${TERN_FUZZ_SECONDS} -timeout=10 -rss_limit_mb=2048
+                   -create_missing_dirs=1 -print_final_stats=1 ${dict}
+                   -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz-artifacts/${T_NAME}-
+                   ${CMAKE_CURRENT_BINARY_DIR}/fuzz-corpus/${T_NAME}
+                   ${CMAKE_CURRENT_SOURCE_DIR}/${T_CORPUS})
+  math(EXPR timeout "${TERN_FUZZ_SECONDS} + 120")
+  set_tests_properties(fuzz_${T_NAME} PROPERTIES LABELS fuzz TIMEOUT ${timeout}
+    ENVIRONMENT "UBSAN_OPTIONS=print_stacktrace=1;ASAN_OPTIONS=detect_leaks=1")
 endfunction()
 
 # tern_cc_library(NAME foo HDRS a.h SRCS a.cc DEPS tern::bar absl::status)

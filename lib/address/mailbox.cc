@@ -278,7 +278,9 @@ class PathParser {
       if (absl::StartsWithIgnoreCase(inner, "IPv6:")) {
         const std::string text(inner.substr(5));
         in6_addr addr;
-        if (text.empty() || inet_pton(AF_INET6, text.c_str(), &addr) != 1) {
+        // inet_pton reads a C string: a NUL would end the address early and
+        // let whatever follows it through into the domain.
+        if (text.empty() || text.find('\0') != std::string::npos || inet_pton(AF_INET6, text.c_str(), &addr) != 1) {
           return Syntax("bad IPv6 address literal");
         }
       } else if (!IsValidIpv4Literal(inner)) {

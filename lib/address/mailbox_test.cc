@@ -127,6 +127,15 @@ TEST(ParsePath, RejectsBadPaths) {
   }
 }
 
+TEST(ParsePath, RejectsIpv6LiteralWithNulOctet) {
+  // Found by address_fuzz: inet_pton stopped at the NUL, so the text after
+  // it, control characters included, ended up in the domain.
+  const std::string input = std::string("<u@[IPv6:2001:db8::2") + '\0' + "\x01garbage]>";
+  auto got = ParsePath(input, Rcpt());
+  ASSERT_FALSE(got.ok()) << got->ToString();
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ParsePathPrefix, ReportsConsumedLengthAndLeavesParameters) {
   auto got = ParsePathPrefix("<a@b.example> SIZE=10", Mail());
   ASSERT_TRUE(got.ok()) << got.status();

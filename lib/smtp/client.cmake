@@ -7,3 +7,10 @@ tern_cc_library(NAME smtp_client
 tern_cc_test(NAME reply_parser_test SRCS reply_parser_test.cc DEPS tern::smtp_client)
 tern_cc_test(NAME dot_codec_test SRCS dot_codec_test.cc DEPS tern::smtp_client)
 tern_cc_test(NAME auth_client_test SRCS auth_client_test.cc DEPS tern::smtp_client)
+
+# libFuzzer target for the reply parser, which reads what any destination MX
+# sends (see fuzz/reply_parser_fuzz.cc and tern_fuzz_test).
+tern_fuzz_test(NAME reply_parser
+  SRCS fuzz/reply_parser_fuzz.cc reply_parser.cc
+  LIBS absl::strings absl::status absl::statusor
+  CORPUS fuzz/corpus/reply_parser DICT fuzz/reply.dict)

@@ -68,40 +68,13 @@
 #include "absl/strings/string_view.h"
 #include "asio/any_io_executor.hpp"
 #include "lib/dns/mx_resolver.h"
+#include "services/deliverer/sts_policy.h"
 
 namespace asio::ssl {
 class context;
 }
 
 namespace tern::deliverer {
-
-enum class StsMode { kNone, kTesting, kEnforce };
-
-// "none", "testing", "enforce".
-const char* StsModeName(StsMode mode);
-
-struct StsPolicy {
-  StsMode mode = StsMode::kNone;
-  // Lower case, no trailing dot: "mx.example.com" or "*.example.com".
-  std::vector<std::string> mx;
-  std::chrono::seconds max_age{0};
-
-  // True if the MX host name `host` matches a pattern: exactly, or a
-  // "*.suffix" pattern whose `*` stands for exactly one left-most label
-  // (RFC 8461 §4.1). Case and a trailing dot are ignored.
-  bool MatchesMx(absl::string_view host) const;
-};
-
-// Parses a policy body (RFC 8461 §3.2): "key: value" lines ending in CRLF
-// (a bare LF is accepted); version STSv1, mode and max_age (at most
-// 31557600) are required, at least one mx unless the mode is none; unknown
-// keys are ignored, and for a key given twice the first counts.
-// InvalidArgument says what is wrong.
-absl::StatusOr<StsPolicy> ParseStsPolicy(absl::string_view text);
-
-// The `id` of the single TXT record that starts with "v=STSv1" (RFC 8461
-// §3.1), or nullopt: no such record, more than one, or a malformed one.
-std::optional<std::string> ParseStsRecord(const std::vector<std::string>& records);
 
 // What Find() decided for a domain.
 struct StsLookup {

@@ -163,6 +163,11 @@ bool UserDb::Check(const Entry& entry, absl::string_view password) {
   return false;
 }
 
+bool UserDb::SlowToVerify(absl::string_view user) const {
+  auto it = users_.find(user);
+  return it != users_.end() && it->second.scheme == Scheme::kCrypt;
+}
+
 bool UserDb::Verify(absl::string_view user, absl::string_view password) const {
   auto it = users_.find(user);
   if (it == users_.end()) {

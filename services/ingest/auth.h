@@ -25,8 +25,8 @@
 // Secrets never leave this file: nothing here logs, and errors name the user
 // at most.
 //
-// Thread-safety: UserDb is immutable after load; AuthTarpit is not
-// thread-safe (ingest uses it on its io thread).
+// Thread-safety: UserDb is immutable after load (Verify may run on any
+// thread); AuthTarpit is not thread-safe (ingest uses it under a lock).
 //
 // Standards: RFC 4954 (SMTP AUTH), RFC 4616 (PLAIN), RFC 2195 (CRAM-MD5),
 // RFC 4648 §4 (base64), draft-murchison-sasl-login (LOGIN).
@@ -56,6 +56,10 @@ class UserDb {
   bool all_plaintext() const;
   // True if `user` exists and `password` is theirs.
   bool Verify(absl::string_view user, absl::string_view password) const;
+  // True when checking `user`'s password is slow by design: a crypt(3)
+  // hash (SHA-512-crypt ~1 ms at its default 5,000 rounds, bcrypt 50-250 ms
+  // at the usual costs), which ingest checks off the session's thread.
+  bool SlowToVerify(absl::string_view user) const;
   // The plaintext password (CRAM-MD5), if the user exists and has one.
   std::optional<std::string> Plaintext(absl::string_view user) const;
 

@@ -127,7 +127,14 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(asio::io_cont
   return Create(std::vector<asio::io_context*>{&io}, std::move(config), std::move(queue), std::move(hook));
 }
 
-IngestServer::~IngestServer() { core_->closed = true; }
+IngestServer::~IngestServer() {
+  core_->closed = true;
+  if (core_->auth_pool) {
+    // Lets a check in progress finish; its answer goes to a stopped shard,
+    // which is still there (tern-ingest destroys the shards after this).
+    core_->auth_pool->join();
+  }
+}
 
 absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<asio::io_context*> shards,
                                                                    IngestConfig config,
@@ -143,6 +150,11 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
   core->queue = std::move(queue);
   core->hook = std::move(hook);
   core->tarpit.emplace(core->config.auth.fail_delay, core->config.auth.fail_delay_max);
+  if (core->config.auth.enabled() && !core->config.auth.users.all_plaintext()) {
+    // Two threads: a burst of logins against slow hashes still moves while
+    // the session threads carry on.
+    core->auth_pool = std::make_unique<asio::thread_pool>(2);
+  }
   if (core->config.tls_enabled()) {
     auto tls = MakeTlsContext(core->config);
     if (!tls.ok()) {

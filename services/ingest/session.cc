@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "asio/co_spawn.hpp"
 #include "asio/experimental/as_tuple.hpp"
 #include "asio/experimental/awaitable_operators.hpp"
 #include "asio/post.hpp"
@@ -847,7 +848,8 @@ asio::awaitable<bool> Session::Auth(const smtp::Command& cmd) {
       co_return true;
     }
     user = creds->user;
-    ok = auth.users.Verify(creds->user, creds->password);
+    ok = co_await VerifyPassword(creds->user, creds->password);
+    creds->password.assign(creds->password.size(), '\0');
   } else if (mech == "LOGIN") {
     Challenge c = co_await answer(cmd.auth_initial, "334 VXNlcm5hbWU6");  // "Username:"
     if (c != Challenge::kOk) {
@@ -860,7 +862,9 @@ asio::awaitable<bool> Session::Auth(const smtp::Command& cmd) {
       refuse(c);
       co_return c != Challenge::kEnd;
     }
-    ok = !user.empty() && auth.users.Verify(user, response);
+    if (!user.empty()) {
+      ok = co_await VerifyPassword(user, response);
+    }
   } else {  // CRAM-MD5 (RFC 2195): a unique challenge, then "user digest".
     if (cmd.auth_initial.has_value()) {
       Reply("501 5.5.2 CRAM-MD5 takes no initial response");
@@ -1105,6 +1109,20 @@ asio::awaitable<bool> Session::FinishBody() {
   Reply(absl::StrCat("250 2.0.0 Ok: queued as ", *id));
   ResetTransaction();
   co_return true;
+}
+
+asio::awaitable<bool> Session::VerifyPassword(const std::string& user, const std::string& password) {
+  const UserDb& users = cfg_.auth.users;
+  if (core_->auth_pool == nullptr || !users.SlowToVerify(user)) {
+    co_return users.Verify(user, password);
+  }
+  // The references stay valid: this frame waits for the answer, and the
+  // pool is joined before the configuration it reads goes away. co_spawn
+  // hands the answer back through this coroutine's executor.
+  co_return co_await asio::co_spawn(
+      core_->auth_pool->get_executor(),
+      [&users, &user, &password]() -> asio::awaitable<bool> { co_return users.Verify(user, password); },
+      asio::use_awaitable);
 }
 
 // Haraka's queue_outbound, as the last step before the queue: the hook sees

@@ -45,6 +45,7 @@
 #include "asio/io_context.hpp"
 #include "asio/ip/tcp.hpp"
 #include "asio/steady_timer.hpp"
+#include "asio/thread_pool.hpp"
 #include "lib/address/mailbox.h"
 #include "lib/net/connection.h"
 #include "lib/smtp/command.h"
@@ -81,6 +82,11 @@ struct ServerCore : std::enable_shared_from_this<ServerCore> {
   std::atomic<bool> closed{false};
   // shards[0] only.
   std::unique_ptr<asio::steady_timer> grace_timer;
+  // Checks slow password hashes (UserDb::SlowToVerify) off the session
+  // threads, so one AUTH against a bcrypt hash does not hold up every other
+  // session of its thread for its 50-250 ms. Null when no user has one.
+  // Joined by ~IngestServer, before the shards are destroyed.
+  std::unique_ptr<asio::thread_pool> auth_pool;
 
   // Sessions of every shard, by serial number (never reused, so a task
   // posted to a session that has ended finds nothing), with the executor
@@ -173,6 +179,9 @@ class Session {
   // Asks the queue_outbound hook (when configured) about the message about
   // to be queued; `*body` is lent to the call. True when the hook rejected
   // or took the message: the reply is in out_ and the transaction is over.
+  // UserDb::Verify, on the auth pool when the user's hash is slow; resumes
+  // on this session's thread either way.
+  asio::awaitable<bool> VerifyPassword(const std::string& user, const std::string& password);
   asio::awaitable<bool> HookDecides(tern::v1::Envelope envelope, std::string* body, uint64_t size);
   void AbortBody();
   // How much content a message may have, discarded after max.bytes, before

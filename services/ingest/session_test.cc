@@ -11,6 +11,7 @@
 #include <openssl/hmac.h>
 #include <openssl/ssl.h>
 
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -241,6 +242,12 @@ class RawClient {
         return reply;
       }
     }
+  }
+
+  // True when nothing has arrived yet (no wait).
+  bool NothingYet() {
+    char c;
+    return buffer_.empty() && ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno == EAGAIN;
   }
 
   // True if the server closed the connection (and sent nothing more).
@@ -1136,6 +1143,28 @@ TEST_P(IngestSessionTest, AuthLoginAndCramMd5AllowRelaying) {
     ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
     EXPECT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
   }
+}
+
+TEST_P(IngestSessionTest, SlowPasswordHashDoesNotHoldUpOtherSessions) {
+  IngestConfig cfg = BaseConfig();
+  // SHA-512-crypt at 5,000,000 rounds ("hunter2"): about a second to check,
+  // as long as a costly bcrypt hash.
+  AddUsers(&cfg,
+           "[users]\nbob={SHA512-CRYPT}$6$rounds=5000000$tarpitsalt$m.UURucjzQ/8XuB17SwuZOQfiQkywGPAVCB/"
+           "CeXMhnJkI6nnOpR7mfTtEZbfoxEI9BYgBiLt8ngahCmDDpPSD/\n",
+           /*require_tls=*/false);
+  StartIngest(cfg);
+  auto slow = Connect();
+  auto other = Connect();  // with one session thread, the same thread as `slow`
+  slow->Send("AUTH PLAIN " + B64(std::string("\0bob\0hunter2", 12)) + "\r\n");
+  std::this_thread::sleep_for(50ms);  // the check has started
+  // The other session is served while the hash is checked...
+  EXPECT_EQ(other->Command("NOOP"), "250 2.0.0 Ok\r\n");
+  EXPECT_TRUE(slow->NothingYet());
+  // ...and the check still ends in success on the AUTH's own session.
+  EXPECT_EQ(slow->ReadReply(), "235 2.7.0 Authentication successful\r\n");
+  ASSERT_EQ(slow->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(slow->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
 }
 
 TEST_P(IngestSessionTest, FailedAuthIsSlowedDownPerIpAndBadInputIs501) {

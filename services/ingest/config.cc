@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -249,6 +250,21 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
     } else if (explicit_files || have_key || have_cert) {
       return tls.KeyError("main", have_key ? "cert" : "key",
                           absl::StrCat("cannot read ", have_key ? cert : key, " (TLS needs both key and cert)"));
+    }
+    // Haraka's config/tls/: one PEM bundle per file, chosen by SNI.
+    const std::filesystem::path tls_dir = resolve("tls");
+    std::error_code ec;
+    if (std::filesystem::is_directory(tls_dir, ec)) {
+      for (const auto& entry : std::filesystem::directory_iterator(tls_dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (!name.empty() && name[0] != '.' && entry.is_regular_file(ec)) {
+          cfg.tls_sni_bundles.push_back(entry.path().string());
+        }
+      }
+      if (ec) {
+        return absl::InvalidArgumentError(absl::StrCat("cannot read ", tls_dir.string(), ": ", ec.message()));
+      }
+      std::sort(cfg.tls_sni_bundles.begin(), cfg.tls_sni_bundles.end());
     }
     cfg.tls_min_version = tls.GetString("main", "minVersion", "TLSv1.2");
     cfg.tls_ciphers = tls.GetString("main", "ciphers", "");

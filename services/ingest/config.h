@@ -25,6 +25,13 @@
 //   tls.ini         [main] key [tls_key.pem], cert [tls_cert.pem] (relative
 //                   to the config dir; TLS is on when both files exist),
 //                   minVersion [TLSv1.2], ciphers [OpenSSL's default]
+//   tls/            Haraka's certificate directory [none]: each file directly
+//                   in it is a PEM bundle (key, certificate, chain), served to
+//                   clients whose SNI names one of its certificate's names
+//                   (subjectAltName DNS names, else the CN; "*.x" matches one
+//                   label); others get tls.ini's certificate, or without one
+//                   the first bundle by file name. Subdirectories and files
+//                   starting with "." are not read.
 //   auth_flat_file.ini  see auth.h (AUTH is on when [users] has a user)
 //   tern.ini        [ingest] queue [127.0.0.1:7070] (one address, or a
 //                   comma-separated list of queue shards: each message goes
@@ -119,7 +126,9 @@ struct IngestConfig {
   std::string tls_cert_file;
   std::string tls_min_version = "TLSv1.2";  // TLSv1, TLSv1.1, TLSv1.2, TLSv1.3
   std::string tls_ciphers;                  // empty: OpenSSL's default
-  bool tls_enabled() const { return !tls_cert_file.empty(); }
+  // PEM bundles from config/tls/, sorted by file name (see above).
+  std::vector<std::string> tls_sni_bundles;
+  bool tls_enabled() const { return !tls_cert_file.empty() || !tls_sni_bundles.empty(); }
 
   AuthConfig auth;
 

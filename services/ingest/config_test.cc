@@ -138,6 +138,22 @@ TEST_F(ConfigDirFixture, BadValuesNameTheFileAndKey) {
   }
 }
 
+TEST_F(ConfigDirFixture, ReadsHarakasTlsDirectoryOfBundles) {
+  std::filesystem::create_directories(dir_ / "tls" / "old");
+  Write("tls/b.example.pem", "bundle");
+  Write("tls/a.example.pem", "bundle");
+  Write("tls/.hidden.pem", "editor swap file");
+  Write("tls/old/c.example.pem", "not read: a subdirectory");
+  auto cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  // TLS is on with bundles alone (no tls_key.pem / tls_cert.pem).
+  EXPECT_TRUE(cfg->tls_enabled());
+  EXPECT_TRUE(cfg->tls_cert_file.empty());
+  EXPECT_EQ(cfg->tls_sni_bundles,
+            (std::vector<std::string>{(dir_ / "tls" / "a.example.pem").string(),
+                                      (dir_ / "tls" / "b.example.pem").string()}));
+}
+
 TEST(ParseListenList, ParsesIpv4AndIpv6) {
   auto list = ParseListenList("127.0.0.1:25,[::]:0");
   ASSERT_TRUE(list.ok()) << list.status();

@@ -1,11 +1,13 @@
 #include "services/ingest/server.h"
 
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <time.h>
 
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "asio/co_spawn.hpp"
 #include "asio/detached.hpp"
@@ -15,6 +17,7 @@
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
 #include "lib/common/log.h"
+#include "lib/common/status_macros.h"
 #include "lib/metrics/metrics.h"
 #include "services/ingest/queue_client.h"
 #include "services/ingest/session.h"
@@ -83,23 +86,29 @@ asio::awaitable<void> MeasureThreadBusy(std::weak_ptr<ServerCore> weak, size_t s
 
 // The server side of STARTTLS and SMTPS, from tls.ini [main]. Clients are
 // not asked for certificates.
-absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeTlsContext(const IngestConfig& cfg) {
+// One server context for a certificate chain and its key (which may be the
+// same PEM bundle: OpenSSL's PEM readers skip the other kind of block), with
+// tls.ini's protocol floor and ciphers. `what` names the source in errors.
+absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeServerContext(const IngestConfig& cfg,
+                                                                      const std::string& cert_file,
+                                                                      const std::string& key_file,
+                                                                      const std::string& what) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
   std::error_code ec;
   ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression |
                        asio::ssl::context::single_dh_use,
                    ec);
-  ctx->use_certificate_chain_file(cfg.tls_cert_file, ec);
+  ctx->use_certificate_chain_file(cert_file, ec);
   if (ec) {
-    return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] cert ", cfg.tls_cert_file, ": ", ec.message()));
+    return absl::InvalidArgumentError(absl::StrCat(what, " certificate ", cert_file, ": ", ec.message()));
   }
-  ctx->use_private_key_file(cfg.tls_key_file, asio::ssl::context::pem, ec);
+  ctx->use_private_key_file(key_file, asio::ssl::context::pem, ec);
   if (ec) {
-    return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] key ", cfg.tls_key_file, ": ", ec.message()));
+    return absl::InvalidArgumentError(absl::StrCat(what, " key ", key_file, ": ", ec.message()));
   }
   SSL_CTX* native = ctx->native_handle();
   if (SSL_CTX_check_private_key(native) != 1) {
-    return absl::InvalidArgumentError("tls.ini [main]: the key does not match the certificate");
+    return absl::InvalidArgumentError(absl::StrCat(what, ": the key does not match the certificate"));
   }
   int version = TLS1_2_VERSION;
   if (cfg.tls_min_version == "TLSv1") {
@@ -111,9 +120,95 @@ absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeTlsContext(const IngestC
   }
   SSL_CTX_set_min_proto_version(native, version);
   if (!cfg.tls_ciphers.empty() && SSL_CTX_set_cipher_list(native, cfg.tls_ciphers.c_str()) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] ciphers: no usable cipher in '", cfg.tls_ciphers, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tls.ini [main] ciphers: no usable cipher in '", cfg.tls_ciphers, "'"));
   }
   return ctx;
+}
+
+// The DNS names a certificate serves, lower case: its subjectAltName DNS
+// entries, or its CN when it has none (RFC 6125 §6.4.4).
+std::vector<std::string> CertificateNames(SSL_CTX* ctx) {
+  std::vector<std::string> names;
+  X509* cert = SSL_CTX_get0_certificate(ctx);
+  if (cert == nullptr) {
+    return names;
+  }
+  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (sans != nullptr) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+      const GENERAL_NAME* name = sk_GENERAL_NAME_value(sans, i);
+      if (name->type == GEN_DNS) {
+        const ASN1_IA5STRING* dns = name->d.dNSName;
+        names.push_back(absl::AsciiStrToLower(
+            absl::string_view(reinterpret_cast<const char*>(ASN1_STRING_get0_data(dns)), ASN1_STRING_length(dns))));
+      }
+    }
+    GENERAL_NAMES_free(sans);
+  }
+  if (names.empty()) {
+    X509_NAME* subject = X509_get_subject_name(cert);
+    const int at = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+    if (at >= 0) {
+      const ASN1_STRING* cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, at));
+      names.push_back(absl::AsciiStrToLower(
+          absl::string_view(reinterpret_cast<const char*>(ASN1_STRING_get0_data(cn)), ASN1_STRING_length(cn))));
+    }
+  }
+  return names;
+}
+
+// OpenSSL's servername callback (during the ClientHello): switches the
+// handshake to the bundle whose certificate names the requested host,
+// exactly or by a "*." wildcard for its first label. No SNI, or no match:
+// the default certificate.
+int SelectCertificateBySni(SSL* ssl, int* /*alert*/, void* arg) {
+  const auto& sni = *static_cast<const std::map<std::string, std::shared_ptr<asio::ssl::context>>*>(arg);
+  const char* requested = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (requested == nullptr) {
+    return SSL_TLSEXT_ERR_OK;
+  }
+  std::string name = absl::AsciiStrToLower(requested);
+  while (!name.empty() && name.back() == '.') {
+    name.pop_back();
+  }
+  auto it = sni.find(name);
+  const size_t dot = name.find('.');
+  if (it == sni.end() && dot != std::string::npos && dot > 0) {
+    it = sni.find(absl::StrCat("*", name.substr(dot)));
+  }
+  if (it != sni.end()) {
+    SSL_set_SSL_CTX(ssl, it->second->native_handle());
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
+// The default context (tls.ini's certificate, else the first bundle) and,
+// from config/tls/, the contexts chosen by SNI.
+absl::Status MakeTlsContexts(ServerCore& core) {
+  const IngestConfig& cfg = core.config;
+  for (const std::string& bundle : cfg.tls_sni_bundles) {
+    TERN_ASSIGN_OR_RETURN(std::shared_ptr<asio::ssl::context> ctx, MakeServerContext(cfg, bundle, bundle, bundle));
+    const std::vector<std::string> names = CertificateNames(ctx->native_handle());
+    if (names.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(bundle, ": the certificate names no host (no DNS SAN, no CN)"));
+    }
+    for (const std::string& name : names) {
+      core.sni.emplace(name, ctx);  // a name in two bundles: the first file's
+    }
+  }
+  if (!cfg.tls_cert_file.empty()) {
+    TERN_ASSIGN_OR_RETURN(core.tls, MakeServerContext(cfg, cfg.tls_cert_file, cfg.tls_key_file, "tls.ini [main]"));
+  } else {
+    // Its own context, so switching away from it by SNI leaves it intact.
+    TERN_ASSIGN_OR_RETURN(core.tls, MakeServerContext(cfg, cfg.tls_sni_bundles.front(),
+                                                      cfg.tls_sni_bundles.front(), cfg.tls_sni_bundles.front()));
+  }
+  if (!core.sni.empty()) {
+    SSL_CTX_set_tlsext_servername_callback(core.tls->native_handle(), SelectCertificateBySni);
+    SSL_CTX_set_tlsext_servername_arg(core.tls->native_handle(), &core.sni);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -156,11 +251,7 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
     core->auth_pool = std::make_unique<asio::thread_pool>(2);
   }
   if (core->config.tls_enabled()) {
-    auto tls = MakeTlsContext(core->config);
-    if (!tls.ok()) {
-      return tls.status();
-    }
-    core->tls = *std::move(tls);
+    TERN_RETURN_IF_ERROR(MakeTlsContexts(*core));
   }
   std::unique_ptr<IngestServer> server(new IngestServer(io, core));
   for (const ListenAddress& listen : core->config.listen) {

@@ -76,6 +76,10 @@ struct ServerCore : std::enable_shared_from_this<ServerCore> {
   std::vector<bool> implicit_tls;
   // The server TLS context; null when TLS is not configured.
   std::shared_ptr<asio::ssl::context> tls;
+  // Certificates chosen by the client's SNI (config/tls/ bundles): each
+  // name, lower case ("*.example.com" for a wildcard), to the context that
+  // serves its bundle. Empty without bundles; `tls` serves everything else.
+  std::map<std::string, std::shared_ptr<asio::ssl::context>> sni;
   std::atomic<bool> draining{false};
   // The IngestServer is gone (tern-ingest is exiting): shards may be
   // stopped or being destroyed, so nothing is posted to them any more.

@@ -10,6 +10,7 @@
 #include <openssl/err.h>
 #include <openssl/hmac.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <cerrno>
 #include <chrono>
@@ -19,6 +20,7 @@
 #include <mutex>
 #include <set>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <utility>
 #include <thread>
@@ -208,12 +210,28 @@ class RawClient {
   }
   bool connected() const { return connected_; }
 
-  // TLS handshake on the connection (no certificate check: a test cert).
-  bool StartTls() {
+  // TLS handshake on the connection (no certificate check: a test cert),
+  // asking for `sni` when it is not empty.
+  bool StartTls(const std::string& sni = "") {
     ctx_ = SSL_CTX_new(TLS_client_method());
     ssl_ = SSL_new(ctx_);
     SSL_set_fd(ssl_, fd_);
+    if (!sni.empty()) {
+      SSL_set_tlsext_host_name(ssl_, sni.c_str());
+    }
     return SSL_connect(ssl_) == 1;
+  }
+
+  // The CN of the certificate the server presented ("" without one).
+  std::string PeerCommonName() {
+    X509* cert = SSL_get1_peer_certificate(ssl_);
+    if (cert == nullptr) {
+      return "";
+    }
+    char cn[256] = {};
+    X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+    X509_free(cert);
+    return cn;
   }
 
   void Send(const std::string& data) {
@@ -1009,6 +1027,71 @@ TEST_P(IngestSessionTest, ShutdownClosesIdleSessionsWith421) {
   EXPECT_FALSE(late.connected() && !late.ReadReply().empty());
 }
 
+
+// A PEM bundle (key, then certificate) as Haraka's config/tls/ holds, for
+// CN `cn` with the given subjectAltName (none when empty).
+void WriteBundle(const std::filesystem::path& file, const std::string& cn, const std::string& san) {
+  const std::string key = file.string() + ".key";
+  const std::string cert = file.string() + ".crt";
+  const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=" +
+                          cn + (san.empty() ? "" : " -addext subjectAltName=" + san) + " -keyout " + key + " -out " +
+                          cert + " >/dev/null 2>&1 && cat " + key + " " + cert + " > " + file.string() + " && rm " +
+                          key + " " + cert;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
+TEST_P(IngestSessionTest, SniPicksTheBundleFromTheTlsDirectory) {
+  IngestConfig cfg = TlsConfig();  // default certificate: CN=mx.test
+  const std::filesystem::path dir = std::filesystem::path(Cert().dir) / "tls-sni";
+  std::filesystem::create_directories(dir);
+  WriteBundle(dir / "example.pem", "bundle-one", "DNS:mail.example.test,DNS:*.other.test");
+  WriteBundle(dir / "legacy.pem", "legacy.test", "");  // no SAN: the CN names it
+  cfg.tls_sni_bundles = {(dir / "example.pem").string(), (dir / "legacy.pem").string()};
+  StartIngest(cfg);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"mail.example.test", "bundle-one"},  // a DNS SAN
+      {"MX.Other.Test.", "bundle-one"},     // the wildcard, any case, trailing dot
+      {"a.b.other.test", "mx.test"},        // a wildcard is one label only
+      {"legacy.test", "legacy.test"},       // the CN of a bundle without SANs
+      {"unknown.test", "mx.test"},          // no match: the default
+      {"", "mx.test"},                      // no SNI: the default
+  };
+  for (const auto& [sni, expected] : cases) {
+    SCOPED_TRACE(sni);
+    auto client = Connect();
+    ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+    ASSERT_TRUE(client->StartTls(sni));
+    EXPECT_EQ(client->PeerCommonName(), expected);
+    EXPECT_TRUE(absl::StartsWith(client->Command("EHLO client.test"), "250-mx.test"));
+  }
+}
+
+TEST_P(IngestSessionTest, TlsDirectoryAloneServesItsFirstBundle) {
+  IngestConfig cfg = BaseConfig();  // no tls.ini certificate
+  const std::filesystem::path dir = std::filesystem::path(Cert().dir) / "tls-only";
+  std::filesystem::create_directories(dir);
+  WriteBundle(dir / "a.pem", "first.test", "DNS:first.test");
+  WriteBundle(dir / "b.pem", "second.test", "DNS:second.test");
+  cfg.tls_sni_bundles = {(dir / "a.pem").string(), (dir / "b.pem").string()};
+  // A bundle that is not one is a startup error naming the file.
+  IngestConfig bad = cfg;
+  std::ofstream(dir / "c.pem") << "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+  bad.tls_sni_bundles.push_back((dir / "c.pem").string());
+  asio::io_context io;
+  auto refused = IngestServer::Create(io, bad, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "c.pem")) << refused.status();
+
+  StartIngest(cfg);
+  for (const auto& [sni, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"", "first.test"}, {"second.test", "second.test"}, {"nobody.test", "first.test"}}) {
+    SCOPED_TRACE(sni);
+    auto client = Connect();
+    ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+    ASSERT_TRUE(client->StartTls(sni));
+    EXPECT_EQ(client->PeerCommonName(), expected);
+  }
+}
 
 TEST_P(IngestSessionTest, StartTlsUpgradesAndForgetsThePlaintextSession) {
   StartIngest(TlsConfig());

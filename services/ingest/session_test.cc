@@ -1412,19 +1412,6 @@ TEST_P(IngestSessionTest, ConnectionsOverThePerIpLimitGet421) {
   ADD_FAILURE() << "slot not freed";
 }
 
-TEST_P(IngestSessionTest, ProxyLineFromListedHostSetsTheClientAddress) {
-  IngestConfig cfg = BaseConfig();
-  cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.1")};
-  StartIngest(cfg);
-  RawClient client(port_);
-  client.Send("PROXY TCP4 192.0.2.9 198.51.100.1 40000 25\r\n");
-  ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
-  EXPECT_TRUE(absl::StartsWith(client.Command("EHLO c.test"), "250-mx.test Hello c.test [192.0.2.9]\r\n"));
-  ASSERT_EQ(client.Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
-  // 192.0.2.9 is not in the relay ACL (loopback is, but that is the proxy).
-  EXPECT_EQ(client.Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
-}
-
 TEST_P(IngestSessionTest, ListedProxyGetsNoBannerAndTimesOut) {
   IngestConfig cfg = BaseConfig();
   cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.0/8")};
@@ -1456,21 +1443,25 @@ std::string ProxyV2Tcp4(const std::string& src, uint16_t src_port, uint8_t comma
   return h;
 }
 
-TEST_P(IngestSessionTest, ProxyV2HeaderFromListedHostSetsTheClientAddress) {
+TEST_P(IngestSessionTest, ProxyHeaderFromListedHostSetsTheClientAddress) {
   IngestConfig cfg = BaseConfig();
   cfg.haproxy_hosts = {*Cidr::Parse("127.0.0.1")};
   StartIngest(cfg);
-  RawClient client(port_);
-  // In two pieces, the cut inside the fixed part: the header is read whole.
-  const std::string header = ProxyV2Tcp4("192.0.2.9", 40000);
-  client.Send(header.substr(0, 7));
-  std::this_thread::sleep_for(50ms);
-  client.Send(header.substr(7));
-  ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
-  EXPECT_TRUE(absl::StartsWith(client.Command("EHLO c.test"), "250-mx.test Hello c.test [192.0.2.9]\r\n"));
-  ASSERT_EQ(client.Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
-  // 192.0.2.9 is not in the relay ACL (loopback is, but that is the proxy).
-  EXPECT_EQ(client.Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
+  for (const std::string& header :
+       {std::string("PROXY TCP4 192.0.2.9 198.51.100.1 40000 25\r\n"), ProxyV2Tcp4("192.0.2.9", 40000)}) {
+    SCOPED_TRACE(header[0] == 'P' ? "v1" : "v2");
+    RawClient client(port_);
+    // In two pieces (for v2 the cut is inside the fixed part): the header
+    // is read whole.
+    client.Send(header.substr(0, 7));
+    std::this_thread::sleep_for(50ms);
+    client.Send(header.substr(7));
+    ASSERT_EQ(client.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+    EXPECT_TRUE(absl::StartsWith(client.Command("EHLO c.test"), "250-mx.test Hello c.test [192.0.2.9]\r\n"));
+    ASSERT_EQ(client.Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    // 192.0.2.9 is not in the relay ACL (loopback is, but that is the proxy).
+    EXPECT_EQ(client.Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
+  }
 }
 
 TEST_P(IngestSessionTest, ProxyV2LocalKeepsTheProxysOwnAddress) {

@@ -16,7 +16,7 @@ import smtplib
 import subprocess
 import unittest
 
-from cluster import Cluster, free_port, terminate, wait_port
+from cluster import Cluster, ClusterTestCase, free_port, terminate, wait_port
 
 CLIENT = "127.0.0.5"
 STRANGER = "127.0.0.6"
@@ -83,22 +83,10 @@ backend ingest_v2
 
 
 @unittest.skipIf(shutil.which("haproxy") is None, "haproxy not installed")
-class HaproxyTest(unittest.TestCase):
-    cluster = None
-
+class HaproxyTest(ClusterTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.cluster = HaproxyCluster().__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.__exit__(None, None, None)
-
-    def run(self, result=None):
-        outcome = super().run(result)
-        if result is not None and (result.failures or result.errors) and self.cluster is not None:
-            self.cluster.dump_logs()
-        return outcome
+    def make_cluster(cls):
+        return HaproxyCluster()
 
     def relay(self, version, source, subject):
         """Relays one message through HAProxy's v1 or v2 frontend from `source`;

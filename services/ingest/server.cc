@@ -84,8 +84,6 @@ asio::awaitable<void> MeasureThreadBusy(std::weak_ptr<ServerCore> weak, size_t s
   }
 }
 
-// The server side of STARTTLS and SMTPS, from tls.ini [main]. Clients are
-// not asked for certificates.
 // One server context for a certificate chain and its key (which may be the
 // same PEM bundle: OpenSSL's PEM readers skip the other kind of block), with
 // tls.ini's protocol floor and ciphers. `what` names the source in errors.
@@ -183,8 +181,9 @@ int SelectCertificateBySni(SSL* ssl, int* /*alert*/, void* arg) {
   return SSL_TLSEXT_ERR_OK;
 }
 
-// The default context (tls.ini's certificate, else the first bundle) and,
-// from config/tls/, the contexts chosen by SNI.
+// The server side of STARTTLS and SMTPS: the default context (tls.ini's
+// certificate, else the first bundle) and, from config/tls/, the contexts
+// chosen by SNI. Clients are not asked for certificates.
 absl::Status MakeTlsContexts(ServerCore& core) {
   const IngestConfig& cfg = core.config;
   for (const std::string& bundle : cfg.tls_sni_bundles) {

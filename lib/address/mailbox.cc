@@ -348,6 +348,14 @@ std::string Mailbox::ToString() const {
   return absl::StrCat(local, "@", domain);
 }
 
+std::string CanonicalHostName(absl::string_view name) {
+  std::string out = absl::AsciiStrToLower(name);
+  while (!out.empty() && out.back() == '.') {
+    out.pop_back();
+  }
+  return out;
+}
+
 bool IsValidDomain(absl::string_view domain, bool smtputf8) {
   if (domain.empty() || domain.size() > kMaxDomainOctets) {
     return false;

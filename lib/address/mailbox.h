@@ -97,4 +97,8 @@ absl::StatusOr<Mailbox> ParseMailbox(absl::string_view input, bool smtputf8);
 // labels of at most 63 octets; U-labels with smtputf8), at most 255 octets.
 bool IsValidDomain(absl::string_view domain, bool smtputf8);
 
+// A host name as DNS compares it: ASCII lower case, without trailing dots
+// ("MX.Example.COM." -> "mx.example.com"). Nothing is validated.
+std::string CanonicalHostName(absl::string_view name);
+
 }  // namespace tern::address

@@ -184,6 +184,13 @@ TEST(ParseMailbox, ParsesBareMailboxes) {
   EXPECT_FALSE(ParseMailbox("", false).ok());
 }
 
+TEST(CanonicalHostName, LowerCasesAndDropsTrailingDots) {
+  EXPECT_EQ(CanonicalHostName("MX.Example.COM."), "mx.example.com");
+  EXPECT_EQ(CanonicalHostName("a.b.."), "a.b");
+  EXPECT_EQ(CanonicalHostName("."), "");
+  EXPECT_EQ(CanonicalHostName(""), "");
+}
+
 TEST(IsValidDomain, ChecksLabels) {
   EXPECT_TRUE(IsValidDomain("a.b", false));
   EXPECT_FALSE(IsValidDomain("a..b", false));

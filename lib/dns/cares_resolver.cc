@@ -13,12 +13,12 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "asio/post.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/steady_timer.hpp"
+#include "lib/address/mailbox.h"
 
 namespace tern::dns {
 
@@ -71,14 +71,6 @@ struct QueryResult {
 // RCODE its low four bits.
 constexpr unsigned char kAdBit = 0x20;
 constexpr int kRcodeNxDomain = 3;
-
-std::string Normalise(std::string name) {
-  absl::AsciiStrToLower(&name);
-  while (!name.empty() && name.back() == '.') {
-    name.pop_back();
-  }
-  return name;
-}
 
 uint16_t Get16(const unsigned char* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
 uint32_t Get32(const unsigned char* p) {
@@ -148,7 +140,7 @@ bool ParseResponse(const unsigned char* abuf, int alen, int qtype, QueryResult* 
         if (!ExpandName(rdata, abuf, alen, &target, &target_len) || rdata + target_len > rdata + rdlen) {
           return false;
         }
-        result->cnames.emplace_back(Normalise(name), Normalise(std::move(target)));
+        result->cnames.emplace_back(address::CanonicalHostName(name), address::CanonicalHostName(target));
         continue;
       }
       if (type != qtype) {
@@ -163,7 +155,7 @@ bool ParseResponse(const unsigned char* abuf, int alen, int qtype, QueryResult* 
         if (!ExpandName(rdata + 2, abuf, alen, &mx.exchange, &len) || rdata + 2 + len > rdata + rdlen) {
           return false;
         }
-        mx.exchange = Normalise(std::move(mx.exchange));
+        mx.exchange = address::CanonicalHostName(mx.exchange);
         result->mx.push_back(std::move(mx));
       } else if (type == ns_t_a && rdlen == 4) {
         char text[INET_ADDRSTRLEN];
@@ -349,7 +341,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
   }
 
   void ResolveHost(std::string host, HostCallback done) {
-    host = Normalise(std::move(host));
+    host = address::CanonicalHostName(host);
     struct Join {
       HostCallback done;
       HostAnswer answer;
@@ -406,7 +398,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
   }
 
   void ResolveTxt(std::string name, TxtCallback done) {
-    name = Normalise(std::move(name));
+    name = address::CanonicalHostName(name);
     Query(name, ns_t_txt, [name, done = std::move(done)](const QueryResult& r) mutable {
       TxtAnswer answer;
       if (SetRecordStatus(r, "TXT", name, answer)) {
@@ -417,7 +409,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
   }
 
   void ResolveTlsa(std::string name, TlsaCallback done) {
-    name = Normalise(std::move(name));
+    name = address::CanonicalHostName(name);
     Query(name, ns_t_tlsa, [name, done = std::move(done)](const QueryResult& r) mutable {
       TlsaAnswer answer;
       answer.secure = r.secure && r.kind != QueryResult::Kind::kError;
@@ -433,7 +425,7 @@ class CaresResolver::Impl : public std::enable_shared_from_this<CaresResolver::I
   // cache queries, their posted callbacks and the joins per delivery (a sixth
   // of the deliverer's work when every message goes to one domain).
   void ResolveMx(std::string domain, MxCallback done) {
-    domain = Normalise(std::move(domain));
+    domain = address::CanonicalHostName(domain);
     if (auto it = mx_cache_.find(domain); it != mx_cache_.end()) {
       if (it->second.expiry > options_.now()) {
         MxAnswer answer = it->second.answer;

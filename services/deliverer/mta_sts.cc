@@ -7,6 +7,7 @@
 #include "absl/time/time.h"
 #include "asio/co_spawn.hpp"
 #include "asio/use_awaitable.hpp"
+#include "lib/address/mailbox.h"
 #include "lib/dns/resolver_await.h"
 #include "services/deliverer/https_client.h"
 
@@ -106,7 +107,7 @@ class MtaSts::Impl : public std::enable_shared_from_this<MtaSts::Impl> {
   }
 
   void Find(std::string domain, absl::AnyInvocable<void(StsLookup)> done, size_t store) {
-    domain = NormalizeStsHost(domain);
+    domain = address::CanonicalHostName(domain);
     auto [it, first] = waiting_.try_emplace(domain);
     it->second.push_back(std::move(done));
     if (!first) {

@@ -27,14 +27,6 @@ bool ValidMxPattern(absl::string_view pattern) {
 
 }  // namespace
 
-std::string NormalizeStsHost(absl::string_view name) {
-  std::string out = absl::AsciiStrToLower(name);
-  while (!out.empty() && out.back() == '.') {
-    out.pop_back();
-  }
-  return out;
-}
-
 const char* StsModeName(StsMode mode) {
   switch (mode) {
     case StsMode::kNone:
@@ -48,7 +40,7 @@ const char* StsModeName(StsMode mode) {
 }
 
 bool StsPolicy::MatchesMx(absl::string_view host) const {
-  const std::string name = NormalizeStsHost(host);
+  const std::string name = address::CanonicalHostName(host);
   if (name.empty()) {
     return false;
   }
@@ -118,7 +110,7 @@ absl::StatusOr<StsPolicy> ParseStsPolicy(absl::string_view text) {
         have_max_age = true;
       }
     } else if (key == "mx") {
-      std::string pattern = NormalizeStsHost(value);
+      std::string pattern = address::CanonicalHostName(value);
       if (!ValidMxPattern(pattern)) {
         return absl::InvalidArgumentError(absl::StrCat("mx \"", value, "\" is not a host name or *.domain"));
       }

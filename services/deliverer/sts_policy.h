@@ -31,7 +31,7 @@ const char* StsModeName(StsMode mode);
 
 struct StsPolicy {
   StsMode mode = StsMode::kNone;
-  // Lower case, no trailing dot: "mx.example.com" or "*.example.com".
+  // address::CanonicalHostName form: "mx.example.com" or "*.example.com".
   std::vector<std::string> mx;
   std::chrono::seconds max_age{0};
 
@@ -51,9 +51,5 @@ absl::StatusOr<StsPolicy> ParseStsPolicy(absl::string_view text);
 // The `id` of the single TXT record that starts with "v=STSv1" (RFC 8461
 // §3.1), or nullopt: no such record, more than one, or a malformed one.
 std::optional<std::string> ParseStsRecord(const std::vector<std::string>& records);
-
-// A host name as policies keep and match it: lower case, without trailing
-// dots.
-std::string NormalizeStsHost(absl::string_view name);
 
 }  // namespace tern::deliverer

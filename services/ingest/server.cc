@@ -16,6 +16,7 @@
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
 #include "asio/use_awaitable.hpp"
+#include "lib/address/mailbox.h"
 #include "lib/common/log.h"
 #include "lib/common/status_macros.h"
 #include "lib/metrics/metrics.h"
@@ -166,10 +167,7 @@ int SelectCertificateBySni(SSL* ssl, int* /*alert*/, void* arg) {
   if (requested == nullptr) {
     return SSL_TLSEXT_ERR_OK;
   }
-  std::string name = absl::AsciiStrToLower(requested);
-  while (!name.empty() && name.back() == '.') {
-    name.pop_back();
-  }
+  const std::string name = address::CanonicalHostName(requested);
   auto it = sni.find(name);
   const size_t dot = name.find('.');
   if (it == sni.end() && dot != std::string::npos && dot > 0) {

@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "lib/address/mailbox.h"
 #include "services/deliverer/sts_policy.h"
 
 namespace {
@@ -39,7 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Check(policy->mode == StsMode::kNone || !policy->mx.empty());
     for (const std::string& mx : policy->mx) {
       Check(!mx.empty() && mx.back() != '.' && absl::AsciiStrToLower(mx) == mx);
-      Check(tern::deliverer::NormalizeStsHost(mx) == mx);
+      Check(tern::address::CanonicalHostName(mx) == mx);
       if (absl::StartsWith(mx, "*.")) {
         Check(policy->MatchesMx(absl::StrCat("a", mx.substr(1))));
       } else {

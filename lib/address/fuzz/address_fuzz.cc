@@ -27,17 +27,15 @@
 #include "lib/address/authority.h"
 #include "lib/address/idna.h"
 #include "lib/address/mailbox.h"
+#include "lib/common/fuzz_check.h"
 
 namespace {
 
 using tern::address::Mailbox;
 using tern::address::PathOptions;
 
-void Check(bool ok) {
-  if (!ok) {
-    std::abort();
-  }
-}
+using tern::fuzz::Check;
+using tern::fuzz::HasControl;
 
 bool IsAscii(absl::string_view text) {
   for (char c : text) {
@@ -46,16 +44,6 @@ bool IsAscii(absl::string_view text) {
     }
   }
   return true;
-}
-
-bool HasControl(absl::string_view text) {
-  for (char c : text) {
-    const unsigned char u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) {
-      return true;
-    }
-  }
-  return false;
 }
 
 void CheckError(const absl::Status& status, absl::string_view input, const PathOptions& options) {

@@ -31,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "lib/common/fuzz_check.h"
 #include "lib/mime/header.h"
 #include "lib/mime/quoted_printable.h"
 
@@ -38,23 +39,10 @@ namespace {
 
 namespace mime = tern::mime;
 
-void Check(bool ok) {
-  if (!ok) {
-    std::abort();
-  }
-}
+using tern::fuzz::Check;
+using tern::fuzz::HasControl;
 
 bool IsWsp(char c) { return c == ' ' || c == '\t'; }
-
-bool HasControl(absl::string_view text) {
-  for (char c : text) {
-    const unsigned char u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) {
-      return true;
-    }
-  }
-  return false;
-}
 
 bool IsValidUtf8(absl::string_view text) { return mime::ToValidUtf8(text) == text; }
 

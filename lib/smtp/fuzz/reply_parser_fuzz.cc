@@ -26,6 +26,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "lib/common/fuzz_check.h"
 #include "lib/smtp/reply_parser.h"
 
 namespace {
@@ -35,11 +36,7 @@ using tern::smtp::EnhancedStatusCode;
 using tern::smtp::ReplyParser;
 using tern::smtp::SmtpReply;
 
-void Check(bool ok) {
-  if (!ok) {
-    std::abort();
-  }
-}
+using tern::fuzz::Check;
 
 void CheckEnhanced(absl::string_view text) {
   size_t consumed = 0;

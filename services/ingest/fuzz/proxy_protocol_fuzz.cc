@@ -23,6 +23,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "lib/common/fuzz_check.h"
 #include "services/ingest/proxy_protocol.h"
 
 namespace {
@@ -31,11 +32,7 @@ using tern::ingest::ProxyHeader;
 
 constexpr absl::string_view kV2Signature("\r\n\r\n\0\r\nQUIT\n", 12);
 
-void Check(bool ok) {
-  if (!ok) {
-    std::abort();
-  }
-}
+using tern::fuzz::Check;
 
 int Family(const ProxyHeader& header) { return header.protocol == "TCP4" ? AF_INET : AF_INET6; }
 

@@ -176,16 +176,21 @@ class Cluster:
     # -- setup -------------------------------------------------------------
     def __enter__(self):
         try:
-            self._write_config()
-            self._start_dns()
-            self._start_sinks()
-            for service in ("queue", "ingest", "deliverer", "bouncer"):
-                self.start(service)
+            self._set_up()
         except Exception:
             self.dump_logs()
             self.close()
             raise
         return self
+
+    def _set_up(self):
+        """Writes the config and starts everything; subclasses that run less
+        or more override this (a failure prints the logs and closes)."""
+        self._write_config()
+        self._start_dns()
+        self._start_sinks()
+        for service in ("queue", "ingest", "deliverer", "bouncer"):
+            self.start(service)
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:

@@ -29,15 +29,9 @@ class HaproxyCluster(Cluster):
         super().__init__(relay_acl=(f"{CLIENT}/32",))
         self.haproxy = None
 
-    def __enter__(self):
-        super().__enter__()
-        try:
-            self._start_haproxy()
-        except Exception:
-            self.dump_logs()
-            self.close()
-            raise
-        return self
+    def _set_up(self):
+        super()._set_up()
+        self._start_haproxy()
 
     def _write_config(self):
         super()._write_config()

@@ -33,16 +33,10 @@ class IngestCluster(Cluster):
     def __init__(self):
         super().__init__(relay_acl=("127.0.0.1/32",))
 
-    def __enter__(self):
-        try:
-            self._write_config()
-            for service in ("queue", "ingest"):
-                self.start(service)
-        except Exception:
-            self.dump_logs()
-            self.close()
-            raise
-        return self
+    def _set_up(self):
+        self._write_config()
+        for service in ("queue", "ingest"):
+            self.start(service)
 
     def _write_config(self):
         super()._write_config()

@@ -380,7 +380,7 @@ asio::awaitable<Session::ReadResult> Session::ReadProxyHeader(absl::StatusOr<Pro
   const auto failed = [](const absl::Status& status) {
     return status.code() == absl::StatusCode::kDeadlineExceeded ? ReadResult::kTimeout : ReadResult::kClosed;
   };
-  absl::StatusOr<char> first = co_await conn_.PeekByte(cfg_.proxy_timeout);
+  absl::StatusOr<char> first = co_await conn_.PeekByte(left());
   while (!first.ok() && first.status().code() == absl::StatusCode::kCancelled) {  // a drain waits the header out
     first = co_await conn_.PeekByte(left());
   }

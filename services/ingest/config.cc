@@ -1,12 +1,21 @@
 #include "services/ingest/config.h"
 
 #include <arpa/inet.h>
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <memory>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -53,6 +62,202 @@ absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view item) {
   }
   out.port = static_cast<uint16_t>(port);
   return out;
+}
+
+// What one file of config/tls/ holds: its first private key and its first
+// certificate (the leaf of its chain), either may be missing.
+struct PemFile {
+  std::string path;
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key{nullptr, EVP_PKEY_free};
+  std::unique_ptr<X509, decltype(&X509_free)> leaf{nullptr, X509_free};
+};
+
+// Frees what OpenSSL allocated (OPENSSL_free is a macro).
+struct OpenSslFree {
+  void operator()(void* p) const { OPENSSL_free(p); }
+};
+
+// OpenSSL's reason for the last error, and the error queue cleared.
+std::string OpenSslError() {
+  char text[256] = "unknown error";
+  if (const unsigned long err = ERR_peek_last_error(); err != 0) {
+    ERR_error_string_n(err, text, sizeof(text));
+  }
+  ERR_clear_error();
+  return text;
+}
+
+// Reads every PEM block of `path` and keeps its first private key and its
+// first certificate (the leaf of its chain); other blocks (DH parameters,
+// ...) are skipped. Every certificate and key must decode, as the server
+// loads them all. An error names the file.
+absl::StatusOr<PemFile> ReadPemFile(const std::string& path) {
+  PemFile out;
+  out.path = path;
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(path.c_str(), "r"), BIO_free);
+  if (bio == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot read the file (", OpenSslError(), ")"));
+  }
+  while (true) {
+    char* name = nullptr;
+    char* header = nullptr;
+    unsigned char* data = nullptr;
+    long len = 0;
+    if (PEM_read_bio(bio.get(), &name, &header, &data, &len) != 1) {
+      const unsigned long err = ERR_peek_last_error();
+      if (ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE) {
+        ERR_clear_error();  // no more blocks
+        break;
+      }
+      return absl::InvalidArgumentError(absl::StrCat(path, ": unreadable PEM (", OpenSslError(), ")"));
+    }
+    std::unique_ptr<char, OpenSslFree> name_owner(name);
+    std::unique_ptr<char, OpenSslFree> header_owner(header);
+    std::unique_ptr<unsigned char, OpenSslFree> data_owner(data);
+    const absl::string_view type(name);
+    const unsigned char* der = data;
+    if (type == "CERTIFICATE" || type == "X509 CERTIFICATE" || type == "TRUSTED CERTIFICATE") {
+      std::unique_ptr<X509, decltype(&X509_free)> cert(
+          type == "TRUSTED CERTIFICATE" ? d2i_X509_AUX(nullptr, &der, len) : d2i_X509(nullptr, &der, len),
+          X509_free);
+      if (cert == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": unreadable PEM certificate (", OpenSslError(), ")"));
+      }
+      if (out.leaf == nullptr) {
+        out.leaf = std::move(cert);
+      }
+    } else if (absl::EndsWith(type, "PRIVATE KEY")) {
+      if (type == "ENCRYPTED PRIVATE KEY" || absl::StrContains(header, "ENCRYPTED")) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": an encrypted private key (keys must be stored without a passphrase)"));
+      }
+      std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(d2i_AutoPrivateKey(nullptr, &der, len),
+                                                              EVP_PKEY_free);
+      if (key == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": unreadable PEM private key (", OpenSslError(), ")"));
+      }
+      if (out.key == nullptr) {
+        out.key = std::move(key);
+      }
+    }
+  }
+  if (out.key == nullptr && out.leaf == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no PEM private key or certificate"));
+  }
+  return out;
+}
+
+// The regular files under `dir` and its subdirectories, sorted by path;
+// names starting with "." are skipped at every level (editor files, and the
+// "..data" links of a Kubernetes secret volume, whose files appear as links
+// beside them). Symbolic links are followed, as far as kMaxDepth.
+absl::StatusOr<std::vector<std::string>> ListTlsDirectory(const std::filesystem::path& dir) {
+  constexpr int kMaxDepth = 8;
+  std::vector<std::string> files;
+  std::error_code ec;
+  std::filesystem::recursive_directory_iterator it(dir, std::filesystem::directory_options::follow_directory_symlink,
+                                                   ec);
+  for (; !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code entry_ec;
+    if (name.empty() || name[0] == '.') {
+      if (it->is_directory(entry_ec)) {
+        it.disable_recursion_pending();
+      }
+      continue;
+    }
+    if (it.depth() >= kMaxDepth) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(it->path().string(), ": nested too deeply in ", dir.string(), " (a symbolic link loop?)"));
+    }
+    const bool regular = it->is_regular_file(entry_ec);
+    if (entry_ec) {
+      // E.g. a symbolic link to a file that is not there.
+      return absl::InvalidArgumentError(absl::StrCat(it->path().string(), ": cannot read (", entry_ec.message(), ")"));
+    }
+    if (regular) {
+      files.push_back(it->path().string());
+    }
+  }
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", dir.string(), ": ", ec.message()));
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// Haraka's config/tls/ with its subdirectories. A file with a key and a
+// certificate is a bundle (the key must fit its first certificate). A file
+// with certificates only is paired with the key that fits its first one,
+// from whichever file holds it: Haraka pairs by name (a key file named after
+// the certificate's CN, "_" for "*"), which fits the same key in every layout
+// it accepts, and fitting needs no naming rule and cannot pair the wrong key.
+// Anything unusable stops startup with the file's name: a key no certificate
+// takes, a certificate no key fits, a file with neither or broken PEM.
+absl::StatusOr<std::vector<TlsCertificateFiles>> LoadTlsDirectory(const std::filesystem::path& dir) {
+  std::vector<TlsCertificateFiles> out;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    return out;
+  }
+  TERN_ASSIGN_OR_RETURN(std::vector<std::string> paths, ListTlsDirectory(dir));
+  std::vector<PemFile> files;
+  for (const std::string& path : paths) {
+    TERN_ASSIGN_OR_RETURN(PemFile file, ReadPemFile(path));
+    files.push_back(std::move(file));
+  }
+  auto fits = [](const PemFile& cert, const PemFile& key) {
+    const bool ok = X509_check_private_key(cert.leaf.get(), key.key.get()) == 1;
+    ERR_clear_error();
+    return ok;
+  };
+  for (const PemFile& f : files) {
+    if (f.leaf != nullptr && f.key != nullptr) {
+      if (!fits(f, f)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(f.path, ": the private key does not fit the (first) certificate"));
+      }
+      out.push_back({f.path, f.path});
+    }
+  }
+  for (const PemFile& f : files) {
+    if (f.leaf == nullptr) {
+      continue;
+    }
+    if (f.key == nullptr) {
+      auto key = std::find_if(files.begin(), files.end(),
+                              [&](const PemFile& k) { return k.key != nullptr && fits(f, k); });
+      if (key == files.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(f.path, ": a certificate without its private key (no key in ", dir.string(), " fits it)"));
+      }
+      out.push_back({f.path, key->path});
+    }
+  }
+  for (const PemFile& f : files) {
+    if (f.key != nullptr && f.leaf == nullptr &&
+        std::none_of(files.begin(), files.end(),
+                     [&](const PemFile& c) { return c.leaf != nullptr && fits(c, f); })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(f.path, ": a private key without a certificate (it fits no certificate in ", dir.string(),
+                       ")"));
+    }
+  }
+  std::sort(out.begin(), out.end(),
+            [](const TlsCertificateFiles& a, const TlsCertificateFiles& b) { return a.cert_file < b.cert_file; });
+  return out;
+}
+
+// tls.ini's `ca`: a readable file of PEM certificates, at least one.
+absl::Status CheckCaFile(const std::string& path) {
+  absl::StatusOr<PemFile> file = ReadPemFile(path);
+  if (!file.ok()) {
+    return file.status();
+  }
+  if (file->leaf == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no PEM certificate in it"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -121,6 +326,20 @@ absl::Status IngestConfig::Validate() const {
   if (tls_min_version != "TLSv1" && tls_min_version != "TLSv1.1" && tls_min_version != "TLSv1.2" &&
       tls_min_version != "TLSv1.3") {
     return absl::InvalidArgumentError("tls.ini [main] minVersion: must be TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3");
+  }
+  for (const ListenAddress& l : listen) {
+    if (!l.require_client_cert) {
+      continue;
+    }
+    if (!tls_request_cert) {
+      return absl::InvalidArgumentError(absl::StrCat("tls.ini [main]: listen ", l.ToString(),
+                                                     " requires client certificates but requestCert=false"));
+    }
+    if (!tls_enabled()) {
+      return absl::InvalidArgumentError(absl::StrCat("tls.ini [main]: listen ", l.ToString(),
+                                                     " requires client certificates but no TLS certificate is "
+                                                     "configured"));
+    }
   }
   return absl::OkStatus();
 }
@@ -251,23 +470,41 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
       return tls.KeyError("main", have_key ? "cert" : "key",
                           absl::StrCat("cannot read ", have_key ? cert : key, " (TLS needs both key and cert)"));
     }
-    // Haraka's config/tls/: one PEM bundle per file, chosen by SNI.
-    const std::filesystem::path tls_dir = resolve("tls");
-    std::error_code ec;
-    if (std::filesystem::is_directory(tls_dir, ec)) {
-      for (const auto& entry : std::filesystem::directory_iterator(tls_dir, ec)) {
-        const std::string name = entry.path().filename().string();
-        if (!name.empty() && name[0] != '.' && entry.is_regular_file(ec)) {
-          cfg.tls_sni_bundles.push_back(entry.path().string());
-        }
-      }
-      if (ec) {
-        return absl::InvalidArgumentError(absl::StrCat("cannot read ", tls_dir.string(), ": ", ec.message()));
-      }
-      std::sort(cfg.tls_sni_bundles.begin(), cfg.tls_sni_bundles.end());
-    }
+    // Haraka's config/tls/: bundles and key/certificate files, chosen by SNI.
+    TERN_ASSIGN_OR_RETURN(cfg.tls_sni_certificates, LoadTlsDirectory(resolve("tls")));
     cfg.tls_min_version = tls.GetString("main", "minVersion", "TLSv1.2");
     cfg.tls_ciphers = tls.GetString("main", "ciphers", "");
+
+    // Client certificates, with Haraka's defaults and its rule for which
+    // listeners require one (tls_socket.js get_rejectUnauthorized).
+    TERN_ASSIGN_OR_RETURN(cfg.tls_request_cert, tls.GetBool("main", "requestCert", true));
+    TERN_ASSIGN_OR_RETURN(cfg.tls_reject_unauthorized, tls.GetBool("main", "rejectUnauthorized", false));
+    for (const std::string& item : tls.GetList("main", "requireAuthorized")) {
+      int port = 0;
+      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(item), &port) || port < 1 || port > 65535) {
+        return tls.KeyError("main", "requireAuthorized", absl::StrCat("'", item, "' is not a port (1..65535)"));
+      }
+      cfg.tls_require_authorized.push_back(static_cast<uint16_t>(port));
+    }
+    if (!cfg.tls_request_cert && (cfg.tls_reject_unauthorized || !cfg.tls_require_authorized.empty())) {
+      // Node.js (so Haraka) ignores them then; here that would leave a port
+      // open that the file says is closed.
+      return tls.KeyError("main", cfg.tls_reject_unauthorized ? "rejectUnauthorized" : "requireAuthorized",
+                          "needs requestCert=true (a certificate that is not asked for cannot be required)");
+    }
+    for (ListenAddress& l : cfg.listen) {
+      l.require_client_cert =
+          cfg.tls_reject_unauthorized || std::find(cfg.tls_require_authorized.begin(),
+                                                   cfg.tls_require_authorized.end(), l.port) !=
+                                             cfg.tls_require_authorized.end();
+    }
+    if (const std::string ca_name = tls.GetString("main", "ca", ""); !ca_name.empty()) {
+      const std::string ca = resolve(ca_name);
+      if (absl::Status s = CheckCaFile(ca); !s.ok()) {
+        return tls.KeyError("main", "ca", s.message());
+      }
+      cfg.tls_ca_file = ca;
+    }
   }
 
   TERN_ASSIGN_OR_RETURN(config::IniFile auth_ini, dir.Ini("auth_flat_file.ini"));

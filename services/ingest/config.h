@@ -24,14 +24,31 @@
 //                   [haproxy] enabled [true], hosts[] [none]
 //   tls.ini         [main] key [tls_key.pem], cert [tls_cert.pem] (relative
 //                   to the config dir; TLS is on when both files exist),
-//                   minVersion [TLSv1.2], ciphers [OpenSSL's default]
-//   tls/            Haraka's certificate directory [none]: each file directly
-//                   in it is a PEM bundle (key, certificate, chain), served to
-//                   clients whose SNI names one of its certificate's names
-//                   (subjectAltName DNS names, else the CN; "*.x" matches one
-//                   label); others get tls.ini's certificate, or without one
-//                   the first bundle by file name. Subdirectories and files
-//                   starting with "." are not read.
+//                   minVersion [TLSv1.2], ciphers [OpenSSL's default],
+//                   requestCert [true] (ask every TLS client for a
+//                   certificate; one without, or with one that does not
+//                   verify, still gets in unless its listener requires one),
+//                   rejectUnauthorized [false] (require a verified client
+//                   certificate on every listener), requireAuthorized[]
+//                   [none] (listen ports that require one; Haraka's rule: a
+//                   listener requires one when rejectUnauthorized=true or
+//                   its port is listed), ca [none: the system's default
+//                   trusted CAs] (PEM file of the only CAs client
+//                   certificates are verified against, relative to the
+//                   config dir)
+//   tls/            Haraka's certificate directory [none], read with its
+//                   subdirectories (names starting with "." skipped): each
+//                   file holds PEM keys and/or certificates. A file with a
+//                   key and a certificate chain is a bundle; a certificate
+//                   file without a key is paired with the key file (anywhere
+//                   in tls/) whose key fits its first certificate
+//                   (X509_check_private_key), whatever the file names. Each
+//                   certificate is served to clients whose SNI names one of
+//                   its names (subjectAltName DNS names, else the CN; "*.x"
+//                   matches one label); others get tls.ini's certificate,
+//                   or without one the first by certificate file path. A key
+//                   that fits no certificate, a certificate no key fits, a
+//                   file with neither or with unreadable PEM is an error.
 //   auth_flat_file.ini  see auth.h (AUTH is on when [users] has a user)
 //   tern.ini        [ingest] queue [127.0.0.1:7070] (one address, or a
 //                   comma-separated list of queue shards: each message goes
@@ -64,9 +81,22 @@ struct ListenAddress {
   uint16_t port = 0;  // 0 = any free port (tests)
   // Implicit TLS (SMTPS): the handshake comes before the banner.
   bool implicit_tls = false;
+  // The TLS handshake fails without a client certificate that verifies
+  // against tls.ini's `ca` (rejectUnauthorized, or the port is in
+  // requireAuthorized[]). Default: false.
+  bool require_client_cert = false;
 
   // "127.0.0.1:25" or "[::1]:25".
   std::string ToString() const;
+};
+
+// A certificate chain and the private key that fits its first certificate:
+// one PEM bundle (both names the same file) or two files from config/tls/.
+struct TlsCertificateFiles {
+  std::string cert_file;
+  std::string key_file;
+
+  bool operator==(const TlsCertificateFiles&) const = default;
 };
 
 // Parses Haraka's listen list: "127.0.0.1:25,[::0]:587". Hosts must be IP
@@ -121,14 +151,31 @@ struct IngestConfig {
   // Default: 30 s (Haraka's force_shutdown_timeout).
   std::chrono::milliseconds shutdown_timeout{30'000};
 
-  // TLS (STARTTLS and SMTPS). Both empty: no TLS.
+  // TLS (STARTTLS and SMTPS). Both empty: no TLS. Default: tls_key.pem and
+  // tls_cert.pem when both exist.
   std::string tls_key_file;
   std::string tls_cert_file;
-  std::string tls_min_version = "TLSv1.2";  // TLSv1, TLSv1.1, TLSv1.2, TLSv1.3
-  std::string tls_ciphers;                  // empty: OpenSSL's default
-  // PEM bundles from config/tls/, sorted by file name (see above).
-  std::vector<std::string> tls_sni_bundles;
-  bool tls_enabled() const { return !tls_cert_file.empty() || !tls_sni_bundles.empty(); }
+  // TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3. Default: TLSv1.2.
+  std::string tls_min_version = "TLSv1.2";
+  // Default: empty, OpenSSL's default list.
+  std::string tls_ciphers;
+  // The certificates of config/tls/ (see above), sorted by cert_file.
+  // Default: none.
+  std::vector<TlsCertificateFiles> tls_sni_certificates;
+  bool tls_enabled() const { return !tls_cert_file.empty() || !tls_sni_certificates.empty(); }
+  // Client certificates (tls.ini [main] requestCert): the handshake asks
+  // for one (a CertificateRequest), and its verification shows in the
+  // Received: header as verify=OK|FAIL|NO. Default: true (Haraka's).
+  bool tls_request_cert = true;
+  // tls.ini [main] rejectUnauthorized and requireAuthorized[], as read;
+  // they set ListenAddress::require_client_cert. Default: false, none.
+  bool tls_reject_unauthorized = false;
+  std::vector<uint16_t> tls_require_authorized;
+  // tls.ini [main] ca: the PEM file of the CAs client certificates are
+  // verified against, and whose names the CertificateRequest lists. Empty:
+  // the system's default trusted CAs (SSL_CTX_set_default_verify_paths).
+  // Default: empty.
+  std::string tls_ca_file;
 
   AuthConfig auth;
 

@@ -1,8 +1,14 @@
 #include "services/ingest/config.h"
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -10,6 +16,42 @@
 
 namespace tern::ingest {
 namespace {
+
+// A fresh P-256 key and a self-signed certificate for it, as PEM text, made
+// with OpenSSL's API (nothing secret is checked in).
+struct PemPair {
+  std::string key;
+  std::string cert;
+};
+PemPair MakeCertificate(const std::string& cn, const std::string& san = "") {
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(EVP_EC_gen("P-256"), EVP_PKEY_free);
+  std::unique_ptr<X509, decltype(&X509_free)> x509(X509_new(), X509_free);
+  X509_set_version(x509.get(), 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x509.get()), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x509.get()), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x509.get()), 86400);
+  X509_set_pubkey(x509.get(), key.get());
+  X509_NAME* name = X509_get_subject_name(x509.get());
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_set_issuer_name(x509.get(), name);
+  if (!san.empty()) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, nullptr, NID_subject_alt_name, san.c_str());
+    X509_add_ext(x509.get(), ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  X509_sign(x509.get(), key.get(), EVP_sha256());
+  auto to_pem = [](auto write) {
+    std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
+    write(bio.get());
+    char* data = nullptr;
+    const long len = BIO_get_mem_data(bio.get(), &data);
+    return std::string(data, static_cast<size_t>(len));
+  };
+  PemPair out;
+  out.key = to_pem([&](BIO* bio) { PEM_write_bio_PrivateKey(bio, key.get(), nullptr, nullptr, 0, nullptr, nullptr); });
+  out.cert = to_pem([&](BIO* bio) { PEM_write_bio_X509(bio, x509.get()); });
+  return out;
+}
 
 class ConfigDirFixture : public ::testing::Test {
  protected:
@@ -56,6 +98,10 @@ TEST(IngestConfig, ShippedConfigGivesTheDocumentedDefaults) {
   EXPECT_EQ(cfg->shutdown_timeout, std::chrono::seconds(30));
   EXPECT_EQ(cfg->io_threads, 1u);
   EXPECT_EQ(cfg->max_bytes, 26214400u);
+  EXPECT_TRUE(cfg->tls_request_cert);
+  EXPECT_FALSE(cfg->tls_reject_unauthorized);
+  EXPECT_TRUE(cfg->tls_require_authorized.empty());
+  EXPECT_TRUE(cfg->tls_ca_file.empty());
 }
 
 TEST_F(ConfigDirFixture, NodesSetsTheSessionThreads) {
@@ -138,20 +184,194 @@ TEST_F(ConfigDirFixture, BadValuesNameTheFileAndKey) {
   }
 }
 
+// Changed with subdirectory support: subdirectories are read now, and the
+// files are parsed at load (to pair keys with certificates), so the test
+// writes real PEM instead of placeholder text.
 TEST_F(ConfigDirFixture, ReadsHarakasTlsDirectoryOfBundles) {
   std::filesystem::create_directories(dir_ / "tls" / "old");
-  Write("tls/b.example.pem", "bundle");
-  Write("tls/a.example.pem", "bundle");
+  const PemPair a = MakeCertificate("a.example");
+  const PemPair b = MakeCertificate("b.example");
+  const PemPair c = MakeCertificate("c.example");
+  Write("tls/b.example.pem", b.key + b.cert);
+  Write("tls/a.example.pem", a.cert + a.key);  // either order
   Write("tls/.hidden.pem", "editor swap file");
-  Write("tls/old/c.example.pem", "not read: a subdirectory");
+  Write("tls/old/c.example.pem", c.key + c.cert);
   auto cfg = Load();
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   // TLS is on with bundles alone (no tls_key.pem / tls_cert.pem).
   EXPECT_TRUE(cfg->tls_enabled());
   EXPECT_TRUE(cfg->tls_cert_file.empty());
-  EXPECT_EQ(cfg->tls_sni_bundles,
-            (std::vector<std::string>{(dir_ / "tls" / "a.example.pem").string(),
-                                      (dir_ / "tls" / "b.example.pem").string()}));
+  const std::string tls = (dir_ / "tls").string();
+  EXPECT_EQ(cfg->tls_sni_certificates, (std::vector<TlsCertificateFiles>{
+                                           {tls + "/a.example.pem", tls + "/a.example.pem"},
+                                           {tls + "/b.example.pem", tls + "/b.example.pem"},
+                                           {tls + "/old/c.example.pem", tls + "/old/c.example.pem"},
+                                       }));
+}
+
+// Haraka's own test layout (test/config/tls/example.com/) is a key file named
+// after the certificate's CN, "_" for "*", beside the certificate file. Tern
+// pairs by the key fitting the certificate, so any names and places work.
+TEST_F(ConfigDirFixture, PairsKeyAndCertificateFilesOfTheTlsDirectory) {
+  std::filesystem::create_directories(dir_ / "tls" / "example.com");
+  std::filesystem::create_directories(dir_ / "tls" / "keys");
+  std::filesystem::create_directories(dir_ / "tls" / "mx.test");
+  const PemPair wildcard = MakeCertificate("*.example.com");
+  const PemPair mx = MakeCertificate("mx.test", "DNS:mx.test");
+  const PemPair bundle = MakeCertificate("bundle.test");
+  Write("tls/example.com/_.example.com.key", wildcard.key);
+  Write("tls/example.com/example.com.crt", wildcard.cert);
+  Write("tls/keys/private.pem", mx.key);  // another directory, another name
+  Write("tls/mx.test/fullchain.pem", mx.cert + bundle.cert);  // a chain after the leaf
+  Write("tls/bundle.pem", bundle.key + bundle.cert);
+  auto cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  const std::string tls = (dir_ / "tls").string();
+  EXPECT_EQ(cfg->tls_sni_certificates, (std::vector<TlsCertificateFiles>{
+                                           {tls + "/bundle.pem", tls + "/bundle.pem"},
+                                           {tls + "/example.com/example.com.crt",
+                                            tls + "/example.com/_.example.com.key"},
+                                           {tls + "/mx.test/fullchain.pem", tls + "/keys/private.pem"},
+                                       }));
+}
+
+TEST_F(ConfigDirFixture, UnusableFilesInTheTlsDirectoryAreErrorsNamingThem) {
+  const PemPair one = MakeCertificate("one.test");
+  const PemPair two = MakeCertificate("two.test");
+  struct Case {
+    const char* label;
+    const char* file;
+    std::string text;
+    const char* expect;
+  };
+  const Case cases[] = {
+      {"key without certificate", "sub/orphan.key", one.key, "a private key without a certificate"},
+      {"certificate without key", "sub/lonely.crt", one.cert, "a certificate without its private key"},
+      {"neither", "README", "certificates go here\n", "no PEM private key or certificate"},
+      {"bad base64", "broken.pem",
+       one.cert + "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n", "unreadable PEM"},
+      {"not a certificate", "junk.crt", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+       "unreadable PEM certificate"},
+      {"not a key", "junk.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+       "unreadable PEM private key"},
+      {"encrypted key", "secret.key",
+       "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n" + one.cert,
+       "an encrypted private key"},
+      {"bundle with another's key", "mixed.pem", one.key + two.cert, "does not fit"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    std::filesystem::remove_all(dir_ / "tls");
+    std::filesystem::create_directories(dir_ / "tls" / "sub");
+    Write("tls/good.pem", two.key + two.cert);  // a usable bundle beside it changes nothing
+    Write(std::string("tls/") + c.file, c.text);
+    auto cfg = Load();
+    ASSERT_FALSE(cfg.ok());
+    EXPECT_NE(cfg.status().message().find((dir_ / "tls" / c.file).string()), absl::string_view::npos)
+        << cfg.status();
+    EXPECT_NE(cfg.status().message().find(c.expect), absl::string_view::npos) << cfg.status();
+  }
+
+  // A link to nothing is an error too, unless its name starts with "." (a
+  // Kubernetes secret volume's "..data" is skipped whatever it points to).
+  std::filesystem::remove_all(dir_ / "tls");
+  std::filesystem::create_directories(dir_ / "tls");
+  Write("tls/good.pem", two.key + two.cert);
+  std::filesystem::create_symlink(dir_ / "nowhere", dir_ / "tls" / "..data");
+  ASSERT_TRUE(Load().ok()) << Load().status();
+  std::filesystem::create_symlink(dir_ / "nowhere.pem", dir_ / "tls" / "gone.pem");
+  auto cfg = Load();
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_NE(cfg.status().message().find((dir_ / "tls" / "gone.pem").string()), absl::string_view::npos)
+      << cfg.status();
+}
+
+TEST_F(ConfigDirFixture, ClientCertificateKeysHaveHarakasDefaults) {
+  auto cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(cfg->tls_request_cert);
+  EXPECT_FALSE(cfg->tls_reject_unauthorized);
+  EXPECT_TRUE(cfg->tls_require_authorized.empty());
+  EXPECT_TRUE(cfg->tls_ca_file.empty());  // the system's default CAs
+  EXPECT_FALSE(cfg->listen[0].require_client_cert);
+}
+
+TEST_F(ConfigDirFixture, RequireAuthorizedPortsAndRejectUnauthorizedPickTheListeners) {
+  Write("smtp.ini", "[main]\nlisten=127.0.0.1:25,127.0.0.1:587,127.0.0.1:465\n");
+  Write("tls_key.pem", "key");
+  Write("tls_cert.pem", "cert");
+  const PemPair ca = MakeCertificate("Test CA");
+  Write("client-ca.pem", ca.cert);
+  Write("tls.ini", "[main]\nrequireAuthorized[]=465\nrequireAuthorized[]=587\nca=client-ca.pem\n");
+  auto cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->tls_require_authorized, (std::vector<uint16_t>{465, 587}));
+  EXPECT_FALSE(cfg->listen[0].require_client_cert);
+  EXPECT_TRUE(cfg->listen[1].require_client_cert);
+  EXPECT_TRUE(cfg->listen[2].require_client_cert);
+  EXPECT_TRUE(cfg->listen[2].implicit_tls);
+  EXPECT_EQ(cfg->tls_ca_file, (dir_ / "client-ca.pem").string());
+
+  // Haraka's get_rejectUnauthorized: rejectUnauthorized=true is every port.
+  Write("tls.ini", "[main]\nrejectUnauthorized=true\n");
+  cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(cfg->tls_reject_unauthorized);
+  for (const ListenAddress& l : cfg->listen) {
+    EXPECT_TRUE(l.require_client_cert) << l.ToString();
+  }
+
+  Write("tls.ini", "[main]\nrequestCert=false\n");
+  cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_FALSE(cfg->tls_request_cert);
+  // A plain value is one port, as Haraka takes it.
+  Write("tls.ini", "[main]\nrequireAuthorized=25\n");
+  cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(cfg->listen[0].require_client_cert);
+  EXPECT_FALSE(cfg->listen[1].require_client_cert);
+}
+
+TEST_F(ConfigDirFixture, BadClientCertificateSettingsAreErrors) {
+  Write("smtp.ini", "[main]\nlisten=127.0.0.1:25,127.0.0.1:587\n");
+  Write("tls_key.pem", "key");
+  Write("tls_cert.pem", "cert");
+  Write("not-a-ca.pem", "no certificate here\n");
+  struct Case {
+    const char* label;
+    const char* text;
+    const char* expect;
+  };
+  const Case cases[] = {
+      {"port not a number", "[main]\nrequireAuthorized[]=submission\n", "requireAuthorized: 'submission'"},
+      {"port zero", "[main]\nrequireAuthorized[]=0\n", "requireAuthorized: '0'"},
+      {"requestCert not boolean", "[main]\nrequestCert=maybe\n", "requestCert"},
+      {"rejectUnauthorized not boolean", "[main]\nrejectUnauthorized=sometimes\n", "rejectUnauthorized"},
+      {"ca missing", "[main]\nca=missing-ca.pem\n", "missing-ca.pem"},
+      {"ca without a certificate", "[main]\nca=not-a-ca.pem\n", "not-a-ca.pem: no PEM"},
+      {"required but not requested", "[main]\nrequestCert=false\nrejectUnauthorized=true\n",
+       "rejectUnauthorized: needs requestCert=true"},
+      {"ports required but not requested", "[main]\nrequestCert=false\nrequireAuthorized[]=587\n",
+       "requireAuthorized: needs requestCert=true"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    Write("tls.ini", c.text);
+    auto cfg = Load();
+    ASSERT_FALSE(cfg.ok());
+    EXPECT_NE(cfg.status().message().find(c.expect), absl::string_view::npos) << cfg.status();
+    EXPECT_NE(cfg.status().message().find("tls.ini"), absl::string_view::npos) << cfg.status();
+  }
+  // Required on a listener while ingest has no certificate to do TLS with.
+  std::filesystem::remove(dir_ / "tls_key.pem");
+  std::filesystem::remove(dir_ / "tls_cert.pem");
+  Write("tls.ini", "[main]\nrequireAuthorized[]=587\n");
+  auto cfg = Load();
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_NE(cfg.status().message().find("127.0.0.1:587 requires client certificates but no TLS certificate"),
+            absl::string_view::npos)
+      << cfg.status();
 }
 
 TEST(ParseListenList, ParsesIpv4AndIpv6) {

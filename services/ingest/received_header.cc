@@ -12,6 +12,19 @@ namespace {
 constexpr size_t kFoldWidth = 78;
 constexpr size_t kMaxHeloInHeader = 255;
 
+// A token of the TLS comment: what OpenSSL names versions and ciphers with
+// (letters, digits, "_", "-", ".", "/"); anything else becomes "_", so the
+// comment cannot be broken whatever a library reports.
+std::string CommentToken(absl::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 64)) {
+    const bool ok = absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' ||
+                    c == '/';
+    out.push_back(ok ? c : '_');
+  }
+  return out.empty() ? std::string("unknown") : out;
+}
+
 }  // namespace
 
 std::string ReceivedProtocol(bool esmtp, bool tls, bool authenticated, bool smtputf8) {
@@ -48,7 +61,7 @@ std::string BuildReceivedHeader(const ReceivedInfo& info) {
     std::string text;
     bool break_before;
   };
-  const std::vector<Token> tokens = {
+  std::vector<Token> tokens = {
       {"Received:", false},
       {"from", false},
       {SanitizeHelo(info.helo), false},
@@ -59,9 +72,16 @@ std::string BuildReceivedHeader(const ReceivedInfo& info) {
       {"with", false},
       {info.protocol, false},
       {"id", false},
-      {absl::StrCat(info.id, ";"), false},
-      {mime::FormatRfc5322Date(info.time, info.zone), true},
   };
+  if (info.tls_version.empty()) {
+    tokens.push_back({absl::StrCat(info.id, ";"), false});
+  } else {
+    tokens.push_back({info.id, false});
+    tokens.push_back({absl::StrCat("(version=", CommentToken(info.tls_version), " cipher=",
+                                   CommentToken(info.tls_cipher), " verify=", CommentToken(info.tls_verify), ");"),
+                      true});
+  }
+  tokens.push_back({mime::FormatRfc5322Date(info.time, info.zone), true});
   std::string out;
   size_t line_len = 0;
   for (size_t i = 0; i < tokens.size(); ++i) {

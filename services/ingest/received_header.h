@@ -4,8 +4,14 @@
 // (RFC 5321 §4.4 requires it of every SMTP server that accepts a message):
 //
 //   Received: from client.example ([192.0.2.1])
-//   	by mx.example (Tern) with ESMTPS id 3f2a9c01b2d4e6f8.1;
+//   	by mx.example (Tern) with ESMTPS id 3f2a9c01b2d4e6f8.1
+//   	(version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384 verify=NO);
 //   	Sat, 21 Nov 2026 07:58:22 +0000
+//
+// The comment in the third line is there only over TLS, in the words Haraka,
+// Sendmail and others write: the protocol version, the cipher and the
+// client certificate's verification (OK: verified; FAIL: presented and not
+// verified; NO: none presented, or none asked for).
 //
 // The HELO name is client input: characters that could break the header's
 // grammar (";", "(", ")", controls, non-ASCII) are replaced by "_", and long
@@ -30,6 +36,11 @@ struct ReceivedInfo {
   std::string me;
   std::string protocol;    // from ReceivedProtocol()
   std::string id;          // the transaction id
+  // Over TLS (all three empty otherwise: no TLS comment): e.g. "TLSv1.3",
+  // "TLS_AES_256_GCM_SHA384" and "OK", "FAIL" or "NO".
+  std::string tls_version;
+  std::string tls_cipher;
+  std::string tls_verify;
   absl::Time time;
   absl::TimeZone zone;
 };

@@ -1,5 +1,6 @@
 #include "services/ingest/received_header.h"
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace tern::ingest {
@@ -55,6 +56,35 @@ TEST(BuildReceivedHeader, KeepsEveryLineWithinLimitsForLongNames) {
     }
     start = end + 2;
   }
+}
+
+TEST(BuildReceivedHeader, WritesTheTlsCommentOnALineOfItsOwnBeforeTheDate) {
+  ReceivedInfo info = Info();
+  info.protocol = "ESMTPS";
+  info.tls_version = "TLSv1.3";
+  info.tls_cipher = "TLS_AES_256_GCM_SHA384";
+  for (const char* verify : {"OK", "FAIL", "NO"}) {
+    SCOPED_TRACE(verify);
+    info.tls_verify = verify;
+    EXPECT_EQ(BuildReceivedHeader(info),
+              absl::StrCat("Received: from client.example ([192.0.2.1])\r\n"
+                           "\tby mx.example (Tern) with ESMTPS id 0123456789abcdef.1\r\n"
+                           "\t(version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384 verify=",
+                           verify,
+                           ");\r\n"
+                           "\tSat, 21 Nov 2026 07:58:22 +0000\r\n"));
+  }
+}
+
+TEST(BuildReceivedHeader, TlsCommentCannotBeBrokenOutOf) {
+  ReceivedInfo info = Info();
+  info.tls_version = "TLSv1.2";
+  info.tls_cipher = "X) ; by evil\r\nX-Injected: 1";
+  info.tls_verify = "OK";
+  const std::string header = BuildReceivedHeader(info);
+  EXPECT_EQ(header.find("X-Injected: 1\r\n"), std::string::npos);
+  EXPECT_NE(header.find("(version=TLSv1.2 cipher=X____by_evil__X-Injected__1 verify=OK);\r\n"), std::string::npos)
+      << header;
 }
 
 TEST(ReceivedProtocol, NamesProtocolsPerRfc3848And6531) {

@@ -1,10 +1,16 @@
 #include "services/ingest/server.h"
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <time.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -32,7 +38,7 @@ constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
 
 asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor, std::shared_ptr<ServerCore> core,
-                                 bool implicit_tls) {
+                                 ListenAddress listener) {
   while (true) {
     // The new connection belongs to the next shard: its session runs there.
     auto [ec, socket] = co_await acceptor->async_accept(core->NextShard(), kNoThrow);
@@ -46,7 +52,7 @@ asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> accept
       continue;
     }
     auto executor = socket.get_executor();
-    asio::co_spawn(executor, RunSession(std::move(socket), core, implicit_tls), asio::detached);
+    asio::co_spawn(executor, RunSession(std::move(socket), core, listener), asio::detached);
   }
 }
 
@@ -85,18 +91,42 @@ asio::awaitable<void> MeasureThreadBusy(std::weak_ptr<ServerCore> weak, size_t s
   }
 }
 
+// tls.ini's protocol floor and ciphers, and the options every server
+// context has.
+absl::Status ApplyServerSettings(asio::ssl::context& ctx, const std::string& min_version,
+                                 const std::string& ciphers) {
+  std::error_code ec;
+  ctx.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression |
+                      asio::ssl::context::single_dh_use,
+                  ec);
+  SSL_CTX* native = ctx.native_handle();
+  int version = TLS1_2_VERSION;
+  if (min_version == "TLSv1") {
+    version = TLS1_VERSION;
+  } else if (min_version == "TLSv1.1") {
+    version = TLS1_1_VERSION;
+  } else if (min_version == "TLSv1.3") {
+    version = TLS1_3_VERSION;
+  }
+  SSL_CTX_set_min_proto_version(native, version);
+  if (!ciphers.empty() && SSL_CTX_set_cipher_list(native, ciphers.c_str()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] ciphers: no usable cipher in '", ciphers, "'"));
+  }
+  return absl::OkStatus();
+}
+
 // One server context for a certificate chain and its key (which may be the
 // same PEM bundle: OpenSSL's PEM readers skip the other kind of block), with
 // tls.ini's protocol floor and ciphers. `what` names the source in errors.
-absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeServerContext(const IngestConfig& cfg,
+absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeServerContext(const std::string& min_version,
+                                                                      const std::string& ciphers,
                                                                       const std::string& cert_file,
                                                                       const std::string& key_file,
                                                                       const std::string& what) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  TERN_RETURN_IF_ERROR(ApplyServerSettings(*ctx, min_version, ciphers));
   std::error_code ec;
-  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression |
-                       asio::ssl::context::single_dh_use,
-                   ec);
   ctx->use_certificate_chain_file(cert_file, ec);
   if (ec) {
     return absl::InvalidArgumentError(absl::StrCat(what, " certificate ", cert_file, ": ", ec.message()));
@@ -105,22 +135,9 @@ absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeServerContext(const Inge
   if (ec) {
     return absl::InvalidArgumentError(absl::StrCat(what, " key ", key_file, ": ", ec.message()));
   }
-  SSL_CTX* native = ctx->native_handle();
-  if (SSL_CTX_check_private_key(native) != 1) {
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1) {
+    ERR_clear_error();
     return absl::InvalidArgumentError(absl::StrCat(what, ": the key does not match the certificate"));
-  }
-  int version = TLS1_2_VERSION;
-  if (cfg.tls_min_version == "TLSv1") {
-    version = TLS1_VERSION;
-  } else if (cfg.tls_min_version == "TLSv1.1") {
-    version = TLS1_1_VERSION;
-  } else if (cfg.tls_min_version == "TLSv1.3") {
-    version = TLS1_3_VERSION;
-  }
-  SSL_CTX_set_min_proto_version(native, version);
-  if (!cfg.tls_ciphers.empty() && SSL_CTX_set_cipher_list(native, cfg.tls_ciphers.c_str()) != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tls.ini [main] ciphers: no usable cipher in '", cfg.tls_ciphers, "'"));
   }
   return ctx;
 }
@@ -158,9 +175,10 @@ std::vector<std::string> CertificateNames(SSL_CTX* ctx) {
 }
 
 // OpenSSL's servername callback (during the ClientHello): switches the
-// handshake to the bundle whose certificate names the requested host,
+// handshake to the context whose certificate names the requested host,
 // exactly or by a "*." wildcard for its first label. No SNI, or no match:
-// the default certificate.
+// the default certificate. The client-certificate policy is the
+// handshake's own (its verify mode and callback, kept across the switch).
 int SelectCertificateBySni(SSL* ssl, int* /*alert*/, void* arg) {
   const auto& sni = *static_cast<const std::map<std::string, std::shared_ptr<asio::ssl::context>>*>(arg);
   const char* requested = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
@@ -174,41 +192,285 @@ int SelectCertificateBySni(SSL* ssl, int* /*alert*/, void* arg) {
     it = sni.find(absl::StrCat("*", name.substr(dot)));
   }
   if (it != sni.end()) {
+    const int mode = SSL_get_verify_mode(ssl);
+    SSL_verify_cb verify = SSL_get_verify_callback(ssl);
     SSL_set_SSL_CTX(ssl, it->second->native_handle());
+    SSL_set_verify(ssl, mode, verify);
   }
   return SSL_TLSEXT_ERR_OK;
 }
 
-// The server side of STARTTLS and SMTPS: the default context (tls.ini's
-// certificate, else the first bundle) and, from config/tls/, the contexts
-// chosen by SNI. Clients are not asked for certificates.
-absl::Status MakeTlsContexts(ServerCore& core) {
-  const IngestConfig& cfg = core.config;
-  for (const std::string& bundle : cfg.tls_sni_bundles) {
-    TERN_ASSIGN_OR_RETURN(std::shared_ptr<asio::ssl::context> ctx, MakeServerContext(cfg, bundle, bundle, bundle));
+// The SSL object's ex_data slot for its session's ClientCertificate.
+int ClientCertificateIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+// A certificate name for the log: RFC 2253, non-ASCII escaped, bounded.
+std::string NameText(const X509_NAME* name) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
+  if (bio == nullptr || name == nullptr || X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253) < 0) {
+    ERR_clear_error();
+    return "";
+  }
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(std::clamp<long>(len, 0, 256)));
+}
+
+void DescribeCertificate(X509* cert, ClientCertificate* peer) {
+  peer->subject = NameText(X509_get_subject_name(cert));
+  peer->issuer = NameText(X509_get_issuer_name(cert));
+}
+
+// The verify callback of every handshake with requestCert. It records why a
+// certificate failed, for the log of a handshake that then fails; whether it
+// fails is the handshake's verify mode: SSL_VERIFY_FAIL_IF_NO_PEER_CERT on a
+// listener that requires a certificate. Elsewhere any certificate, verified
+// or not, lets the client in, as Haraka's rejectUnauthorized=false does.
+int VerifyClientCertificate(int ok, X509_STORE_CTX* store) {
+  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  if (ssl == nullptr) {
+    return ok;
+  }
+  auto* peer = static_cast<ClientCertificate*>(SSL_get_ex_data(ssl, ClientCertificateIndex()));
+  if (ok == 0 && peer != nullptr && peer->error.empty()) {
+    peer->verify = ClientCertificate::Verify::kFail;
+    peer->error = X509_verify_cert_error_string(X509_STORE_CTX_get_error(store));
+    if (X509* leaf = X509_STORE_CTX_get0_cert(store); leaf != nullptr) {
+      DescribeCertificate(leaf, peer);
+    }
+  }
+  const bool required = (SSL_get_verify_mode(ssl) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT) != 0;
+  return required ? ok : 1;
+}
+
+// At the end of a handshake, full or resumed: what the client presented and
+// how it verified.
+void RecordClientCertificate(const SSL* ssl, int where, int /*ret*/) {
+  if ((where & SSL_CB_HANDSHAKE_DONE) == 0) {
+    return;
+  }
+  auto* peer = static_cast<ClientCertificate*>(SSL_get_ex_data(ssl, ClientCertificateIndex()));
+  if (peer == nullptr) {
+    return;
+  }
+  *peer = ClientCertificate();
+  X509* cert = SSL_get0_peer_certificate(ssl);
+  if (cert == nullptr) {
+    return;
+  }
+  DescribeCertificate(cert, peer);
+  const long result = SSL_get_verify_result(ssl);
+  if (result == X509_V_OK) {
+    peer->verify = ClientCertificate::Verify::kOk;
+  } else {
+    peer->verify = ClientCertificate::Verify::kFail;
+    peer->error = X509_verify_cert_error_string(result);
+  }
+}
+
+}  // namespace
+
+const char* ClientCertificate::Name(Verify verify) {
+  switch (verify) {
+    case Verify::kOk:
+      return "OK";
+    case Verify::kFail:
+      return "FAIL";
+    case Verify::kNo:
+      break;
+  }
+  return "NO";
+}
+
+// A context of one handshake at a time (see session.h), and whose session
+// learns what that handshake finds out.
+struct ServerTls::Pooled {
+  Pooled(std::shared_ptr<ServerTls> owner_tls, bool require)
+      : ctx(asio::ssl::context::tls_server), tls(std::move(owner_tls)), require_client_cert(require) {}
+
+  // The ClientHello callback: before the SNI callback may switch contexts,
+  // ties the handshake to the session that holds this context.
+  static int Bind(SSL* ssl, int* /*alert*/, void* arg) {
+    auto* self = static_cast<Pooled*>(arg);
+    SSL_set_ex_data(ssl, ClientCertificateIndex(), self->peer);
+    SSL_set_info_callback(ssl, RecordClientCertificate);
+    return SSL_CLIENT_HELLO_SUCCESS;
+  }
+
+  asio::ssl::context ctx;
+  // Kept alive while the context is out, so it can come back.
+  std::shared_ptr<ServerTls> tls;
+  const bool require_client_cert;
+  ClientCertificate* peer = nullptr;  // the session's, while out
+};
+
+ServerTls::ServerTls(const IngestConfig& config)
+    : min_version_(config.tls_min_version),
+      ciphers_(config.tls_ciphers),
+      request_cert_(config.tls_request_cert),
+      ca_file_(config.tls_ca_file),
+      cert_file_(config.tls_cert_file),
+      key_file_(config.tls_key_file),
+      sni_files_(config.tls_sni_certificates) {}
+
+ServerTls::~ServerTls() {
+  X509_STORE_free(store_);
+  sk_X509_NAME_pop_free(ca_names_, X509_NAME_free);
+}
+
+absl::StatusOr<std::shared_ptr<ServerTls>> ServerTls::Create(const IngestConfig& config) {
+  std::shared_ptr<ServerTls> tls(new ServerTls(config));
+  TERN_RETURN_IF_ERROR(tls->Init());
+  return tls;
+}
+
+absl::Status ServerTls::Init() {
+  if (request_cert_) {
+    store_ = X509_STORE_new();
+    if (store_ == nullptr) {
+      return absl::ResourceExhaustedError("OpenSSL could not make a certificate store");
+    }
+    if (!ca_file_.empty()) {
+      // Only these CAs, as Node.js's `ca` (so Haraka's): see README.
+      if (X509_STORE_load_file(store_, ca_file_.c_str()) != 1) {
+        ERR_clear_error();
+        return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] ca: cannot load ", ca_file_));
+      }
+      ca_names_ = SSL_load_client_CA_file(ca_file_.c_str());
+      ERR_clear_error();
+    } else if (X509_STORE_set_default_paths(store_) != 1) {
+      ERR_clear_error();
+      return absl::InternalError("OpenSSL could not load the system's default trusted CAs");
+    }
+    for (Pool& pool : pools_) {
+      if (RAND_bytes(pool.ticket_keys, sizeof(pool.ticket_keys)) != 1) {
+        return absl::InternalError("OpenSSL could not make session ticket keys");
+      }
+    }
+  }
+  for (const TlsCertificateFiles& files : sni_files_) {
+    TERN_ASSIGN_OR_RETURN(std::shared_ptr<asio::ssl::context> ctx,
+                          MakeServerContext(min_version_, ciphers_, files.cert_file, files.key_file,
+                                            files.cert_file));
     const std::vector<std::string> names = CertificateNames(ctx->native_handle());
     if (names.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(bundle, ": the certificate names no host (no DNS SAN, no CN)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(files.cert_file, ": the certificate names no host (no DNS SAN, no CN)"));
     }
+    ConfigureClientVerification(ctx->native_handle());
     for (const std::string& name : names) {
-      core.sni.emplace(name, ctx);  // a name in two bundles: the first file's
+      sni_.emplace(name, ctx);  // a name in two certificates: the first file's
     }
   }
-  if (!cfg.tls_cert_file.empty()) {
-    TERN_ASSIGN_OR_RETURN(core.tls, MakeServerContext(cfg, cfg.tls_cert_file, cfg.tls_key_file, "tls.ini [main]"));
+  // The default has a context of its own, so switching away from it by SNI
+  // leaves it intact.
+  if (!cert_file_.empty()) {
+    TERN_ASSIGN_OR_RETURN(default_, MakeServerContext(min_version_, ciphers_, cert_file_, key_file_, "tls.ini [main]"));
   } else {
-    // Its own context, so switching away from it by SNI leaves it intact.
-    TERN_ASSIGN_OR_RETURN(core.tls, MakeServerContext(cfg, cfg.tls_sni_bundles.front(),
-                                                      cfg.tls_sni_bundles.front(), cfg.tls_sni_bundles.front()));
+    const TlsCertificateFiles& first = sni_files_.front();
+    TERN_ASSIGN_OR_RETURN(default_,
+                          MakeServerContext(min_version_, ciphers_, first.cert_file, first.key_file, first.cert_file));
   }
-  if (!core.sni.empty()) {
-    SSL_CTX_set_tlsext_servername_callback(core.tls->native_handle(), SelectCertificateBySni);
-    SSL_CTX_set_tlsext_servername_arg(core.tls->native_handle(), &core.sni);
+  ConfigureClientVerification(default_->native_handle());
+  if (!sni_.empty()) {
+    SSL_CTX_set_tlsext_servername_callback(default_->native_handle(), SelectCertificateBySni);
+    SSL_CTX_set_tlsext_servername_arg(default_->native_handle(), &sni_);
+  }
+  if (request_cert_) {
+    // Fail at startup, not at the first handshake.
+    for (const bool require : {false, true}) {
+      TERN_ASSIGN_OR_RETURN(std::unique_ptr<Pooled> pooled, NewPooled(require));
+      Release(pooled.release());
+    }
   }
   return absl::OkStatus();
 }
 
-}  // namespace
+void ServerTls::ConfigureClientVerification(SSL_CTX* ctx) const {
+  static constexpr unsigned char kSessionIdContext[] = "tern-ingest";
+  SSL_CTX_set_session_id_context(ctx, kSessionIdContext, sizeof(kSessionIdContext) - 1);
+  if (!request_cert_) {
+    return;
+  }
+  SSL_CTX_set1_cert_store(ctx, store_);
+  if (ca_names_ != nullptr) {
+    SSL_CTX_set_client_CA_list(ctx, SSL_dup_CA_list(ca_names_));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ServerTls::Pooled>> ServerTls::NewPooled(bool require_client_cert) {
+  auto pooled = std::make_unique<Pooled>(shared_from_this(), require_client_cert);
+  SSL_CTX* ctx = pooled->ctx.native_handle();
+  TERN_RETURN_IF_ERROR(ApplyServerSettings(pooled->ctx, min_version_, ciphers_));
+  SSL_CTX* prototype = default_->native_handle();
+  STACK_OF(X509)* chain = nullptr;
+  SSL_CTX_get0_chain_certs(prototype, &chain);
+  if (SSL_CTX_use_cert_and_key(ctx, SSL_CTX_get0_certificate(prototype), SSL_CTX_get0_privatekey(prototype), chain,
+                               1) != 1) {
+    ERR_clear_error();
+    return absl::ResourceExhaustedError("OpenSSL could not make a TLS context");
+  }
+  ConfigureClientVerification(ctx);
+  if (require_client_cert) {
+    static constexpr unsigned char kRequired[] = "tern-ingest/required";
+    SSL_CTX_set_session_id_context(ctx, kRequired, sizeof(kRequired) - 1);
+  }
+  Pool& pool = pools_[require_client_cert ? 1 : 0];
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_tlsext_ticket_keys(ctx, pool.ticket_keys, sizeof(pool.ticket_keys));
+  SSL_CTX_set_verify(ctx,
+                     SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE |
+                         (require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+                     VerifyClientCertificate);
+  if (!sni_.empty()) {
+    SSL_CTX_set_tlsext_servername_callback(ctx, SelectCertificateBySni);
+    SSL_CTX_set_tlsext_servername_arg(ctx, &sni_);
+  }
+  SSL_CTX_set_client_hello_cb(ctx, Pooled::Bind, pooled.get());
+  return pooled;
+}
+
+void ServerTls::Release(Pooled* pooled) {
+  // Kept alive by the context until the end of this function.
+  std::shared_ptr<ServerTls> self = std::move(pooled->tls);
+  pooled->peer = nullptr;
+  Pool& pool = pools_[pooled->require_client_cert ? 1 : 0];
+  constexpr size_t kMaxIdle = 64;
+  std::unique_ptr<Pooled> owned(pooled);
+  std::lock_guard<std::mutex> lock(pool.mu);
+  if (pool.idle.size() < kMaxIdle) {
+    pool.idle.push_back(std::move(owned));
+  }
+}
+
+absl::StatusOr<std::shared_ptr<asio::ssl::context>> ServerTls::ForHandshake(bool require_client_cert,
+                                                                            ClientCertificate* peer) {
+  *peer = ClientCertificate();
+  if (!request_cert_) {
+    return default_;
+  }
+  Pool& pool = pools_[require_client_cert ? 1 : 0];
+  std::unique_ptr<Pooled> pooled;
+  {
+    std::lock_guard<std::mutex> lock(pool.mu);
+    if (!pool.idle.empty()) {
+      pooled = std::move(pool.idle.back());
+      pool.idle.pop_back();
+    }
+  }
+  if (pooled == nullptr) {
+    TERN_ASSIGN_OR_RETURN(pooled, NewPooled(require_client_cert));
+  } else {
+    pooled->tls = shared_from_this();
+  }
+  pooled->peer = peer;
+  asio::ssl::context* ctx = &pooled->ctx;
+  return std::shared_ptr<asio::ssl::context>(ctx, [pooled = pooled.release()](asio::ssl::context*) {
+    pooled->tls->Release(pooled);
+  });
+}
 
 IngestServer::IngestServer(asio::io_context& io, std::shared_ptr<ServerCore> core)
     : io_(io), core_(std::move(core)) {}
@@ -235,6 +497,9 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
   if (shards.empty()) {
     return absl::InvalidArgumentError("no io_context to run sessions on");
   }
+  // LoadIngestConfig has checked it; a config built in code is checked here
+  // (e.g. that a listener requiring client certificates has them asked for).
+  TERN_RETURN_IF_ERROR(config.Validate());
   asio::io_context& io = *shards[0];
   auto core = std::make_shared<ServerCore>();
   core->shards = std::move(shards);
@@ -248,7 +513,7 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
     core->auth_pool = std::make_unique<asio::thread_pool>(2);
   }
   if (core->config.tls_enabled()) {
-    TERN_RETURN_IF_ERROR(MakeTlsContexts(*core));
+    TERN_ASSIGN_OR_RETURN(core->tls, ServerTls::Create(core->config));
   }
   std::unique_ptr<IngestServer> server(new IngestServer(io, core));
   for (const ListenAddress& listen : core->config.listen) {
@@ -275,7 +540,7 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
     }
     server->ports_.push_back(acceptor->local_endpoint().port());
     core->acceptors.push_back(std::move(acceptor));
-    core->implicit_tls.push_back(listen.implicit_tls);
+    core->listeners.push_back(listen);
   }
   return server;
 }
@@ -288,13 +553,16 @@ void IngestServer::Start() {
   asio::post(io_, [core = core_]() {
     for (size_t i = 0; i < core->acceptors.size(); ++i) {
       const auto& acceptor = core->acceptors[i];
-      const bool implicit_tls = core->implicit_tls[i];
-      asio::co_spawn(acceptor->get_executor(), AcceptLoop(acceptor, core, implicit_tls), asio::detached);
+      const ListenAddress& listener = core->listeners[i];
+      asio::co_spawn(acceptor->get_executor(), AcceptLoop(acceptor, core, listener), asio::detached);
       std::error_code ec;
       log::Event(log::Level::kInfo, "listening",
                  {{"address", acceptor->local_endpoint(ec).address().to_string()},
                   {"port", absl::StrCat(acceptor->local_endpoint(ec).port())},
-                  {"tls", implicit_tls ? "implicit" : (core->tls ? "starttls" : "off")}});
+                  {"tls", listener.implicit_tls ? "implicit" : (core->tls ? "starttls" : "off")},
+                  {"client_cert", !core->tls || !core->config.tls_request_cert ? "off"
+                                  : listener.require_client_cert                ? "required"
+                                                                                : "requested"}});
     }
   });
 }

@@ -38,9 +38,11 @@ struct ServerCore;
 
 class IngestServer {
  public:
-  // Binds every listen address (a failure names it). Nothing is accepted
-  // before Start(). `hook`: the user's queue_outbound hook, shared by every
-  // session; null when hooks.ini does not call it.
+  // Checks the config (IngestConfig::Validate), loads the TLS certificates
+  // and keys, and binds every listen address; a failure names the setting,
+  // file or address. Nothing is accepted before Start(). `hook`: the user's
+  // queue_outbound hook, shared by every session; null when hooks.ini does
+  // not call it.
   static absl::StatusOr<std::unique_ptr<IngestServer>> Create(std::vector<asio::io_context*> shards,
                                                               IngestConfig config, std::shared_ptr<QueueClient> queue,
                                                               std::shared_ptr<QueueOutboundHook> hook = nullptr);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <tuple>
 #include <utility>
 #include <variant>
 
@@ -53,6 +54,16 @@ constexpr uint64_t kMinDiscardBytes = 1 << 20;
 // Bad commands before the session is closed (Postfix's hard error limit).
 constexpr int kMaxErrors = 20;
 constexpr auto kCloseTimeout = std::chrono::seconds(5);
+
+// Connection::TlsDescription(), "TLSv1.3 TLS_AES_256_GCM_SHA384", split
+// into the protocol version and the cipher.
+std::pair<std::string, std::string> SplitTlsDescription(const std::string& description) {
+  const size_t space = description.find(' ');
+  if (space == std::string::npos) {
+    return {description, ""};
+  }
+  return {description.substr(0, space), description.substr(space + 1)};
+}
 
 bool Has8BitOctets(absl::string_view body) {
   return std::any_of(body.begin(), body.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
@@ -192,16 +203,18 @@ void ServerCore::ForEachSession(std::function<void(Session&)> fn) {
   }
 }
 
-asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls) {
-  Session session(std::move(socket), std::move(core), implicit_tls);
+asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core,
+                                 ListenAddress listener) {
+  Session session(std::move(socket), std::move(core), listener);
   co_await session.Run();
 }
 
-Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls)
+Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, const ListenAddress& listener)
     : core_(std::move(core)),
       cfg_(core_->config),
       conn_(std::move(socket)),
-      implicit_tls_(implicit_tls),
+      implicit_tls_(listener.implicit_tls),
+      require_client_cert_(listener.require_client_cert),
       session_id_(NewRandomToken().substr(0, 16)) {
   std::error_code ec;
   const auto remote = conn_.socket().remote_endpoint(ec);
@@ -347,13 +360,40 @@ asio::awaitable<bool> Session::Prelude() {
   }
 
   if (implicit_tls_) {
-    absl::Status tls = co_await conn_.StartTlsServer(core_->tls, kTlsHandshakeTimeout);
-    if (!tls.ok()) {
-      log::Event(log::Level::kNotice, "tls_failed",
-                 {{"session", session_id_}, {"client", client_ip_}, {"error", tls.message()}});
+    absl::StatusOr<std::shared_ptr<asio::ssl::context>> ctx =
+        core_->tls->ForHandshake(require_client_cert_, &client_cert_);
+    if (!ctx.ok()) {
+      log::Event(log::Level::kError, "tls_unavailable", {{"session", session_id_}, {"error", ctx.status().message()}});
       co_return false;
     }
+    co_return co_await TlsHandshake(*std::move(ctx));
   }
+  co_return true;
+}
+
+asio::awaitable<bool> Session::TlsHandshake(std::shared_ptr<asio::ssl::context> ctx) {
+  absl::Status status = co_await conn_.StartTlsServer(std::move(ctx), kTlsHandshakeTimeout);
+  if (!status.ok()) {
+    // On a listener that requires a certificate, the certificate's names and
+    // why it did not verify (none presented: OpenSSL's error says so).
+    log::Event(log::Level::kNotice, "tls_failed",
+               {{"session", session_id_},
+                {"client", client_ip_},
+                {"error", status.message()},
+                {"client_cert", !cfg_.tls_request_cert ? "off" : require_client_cert_ ? "required" : "requested"},
+                {"cert_subject", client_cert_.subject},
+                {"verify_error", client_cert_.error}});
+    co_return false;
+  }
+  const auto [version, cipher] = SplitTlsDescription(conn_.TlsDescription());
+  log::Event(log::Level::kDebug, "tls",
+             {{"session", session_id_},
+              {"version", version},
+              {"cipher", cipher},
+              {"verify", ClientCertificate::Name(client_cert_.verify)},
+              {"cert_subject", client_cert_.subject},
+              {"cert_issuer", client_cert_.issuer},
+              {"verify_error", client_cert_.error}});
   co_return true;
 }
 
@@ -705,17 +745,21 @@ asio::awaitable<bool> Session::StartTls() {
     co_await Flush();
     co_return false;
   }
+  absl::StatusOr<std::shared_ptr<asio::ssl::context>> ctx =
+      core_->tls->ForHandshake(require_client_cert_, &client_cert_);
+  if (!ctx.ok()) {
+    // RFC 3207 §4: TLS is offered but cannot start now.
+    log::Event(log::Level::kError, "tls_unavailable", {{"session", session_id_}, {"error", ctx.status().message()}});
+    Reply("454 4.7.0 TLS not available due to temporary reason");
+    co_return true;
+  }
   Reply("220 2.0.0 Ready to start TLS");
   if (!co_await Flush()) {
     co_return false;
   }
-  absl::Status status = co_await conn_.StartTlsServer(core_->tls, kTlsHandshakeTimeout);
-  if (!status.ok()) {
-    log::Event(log::Level::kNotice, "tls_failed",
-               {{"session", session_id_}, {"client", client_ip_}, {"error", status.message()}});
+  if (!co_await TlsHandshake(*std::move(ctx))) {
     co_return false;
   }
-  log::Event(log::Level::kDebug, "tls", {{"session", session_id_}, {"cipher", conn_.TlsDescription()}});
   ResetTransaction();
   helo_.clear();
   greeted_ = false;
@@ -1390,6 +1434,10 @@ std::string Session::BuildReceived() const {
   info.client_ip = client_ip_;
   info.me = cfg_.me;
   info.protocol = ReceivedProtocol(esmtp_, conn_.tls(), authenticated_, mail_params_.smtputf8);
+  if (conn_.tls()) {
+    std::tie(info.tls_version, info.tls_cipher) = SplitTlsDescription(conn_.TlsDescription());
+    info.tls_verify = ClientCertificate::Name(client_cert_.verify);
+  }
   info.id = txn_id_;
   info.time = absl::Now();
   info.zone = absl::LocalTimeZone();

@@ -13,7 +13,9 @@
 // Before the banner: the PROXY v1 line from a listed proxy, the connection
 // limits, and the TLS handshake on an implicit-TLS (SMTPS) listener.
 //
-// ServerCore is what all sessions of one IngestServer share.
+// ServerCore is what all sessions of one IngestServer share; ServerTls (in
+// it) makes the TLS contexts their handshakes use, and ClientCertificate is
+// what a handshake learned of the client's certificate.
 //
 // Thread-safety: a Session lives on one io_context (its shard), run by one
 // thread; everything else that touches it is posted there. The ServerCore is
@@ -23,8 +25,10 @@
 // §4.4 trace fields), RFC 2920 (server-side PIPELINING: replies are sent when
 // the client has nothing more buffered), RFC 1870 (SIZE), RFC 6152 (8BITMIME),
 // RFC 2034 (ENHANCEDSTATUSCODES), RFC 6531 (SMTPUTF8), RFC 3461 (DSN),
-// RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954 (AUTH), RFC 3030
-// (CHUNKING/BDAT), HAProxy PROXY protocol v1.
+// RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 8446 §4.3.2 and RFC
+// 5246 §7.4.4 (CertificateRequest), RFC 5280 §6 (verifying the client's
+// chain), RFC 4954 (AUTH), RFC 3030 (CHUNKING/BDAT), HAProxy PROXY protocol
+// v1.
 #pragma once
 
 #include <atomic>
@@ -62,6 +66,104 @@ class QueueClient;
 class EnqueueCall;
 class Session;
 
+// What a TLS handshake learned of the client's certificate (tls.ini
+// requestCert). OpenSSL's callbacks write it during the handshake, on the
+// session's thread; the session reads it afterwards. Never the certificate
+// itself: its names are enough to log.
+struct ClientCertificate {
+  // The words Sendmail and Haraka write in Received: (verify=...): kOk, a
+  // certificate that verified against tls.ini's `ca`; kFail, one that was
+  // presented and did not; kNo, none presented (or none asked for).
+  enum class Verify { kNo, kOk, kFail };
+  Verify verify = Verify::kNo;
+  // The presented certificate's subject and issuer, RFC 2253 (non-ASCII
+  // escaped), at most 256 characters; empty when none was presented.
+  std::string subject;
+  std::string issuer;
+  // Why it did not verify (OpenSSL's X509_verify_cert_error_string).
+  std::string error;
+
+  // "OK", "FAIL" or "NO".
+  static const char* Name(Verify verify);
+};
+
+// ServerTls: the TLS contexts of the server side of STARTTLS and SMTPS, made
+// once from the config (server.cc): the default certificate (tls.ini's, else
+// the first of config/tls/), the certificates chosen by SNI, and, with
+// requestCert, what verifies client certificates (tls.ini's `ca`, else the
+// system's default CAs).
+//
+// Why one context per handshake. With requestCert the session has to learn
+// the verification result of its own handshake, and lib/net's Connection
+// keeps the SSL object to itself. So each handshake gets a context of its
+// own, whose ClientHello callback (run before the SNI callback can switch
+// to a certificate's shared context) ties the session's ClientCertificate
+// to the SSL object; an info callback fills it in when the handshake is
+// done, a resumed one included. Building an SSL_CTX takes about 0.15 ms of
+// CPU with OpenSSL 3.0 (SSL_CTX_new alone, measured on the build machine),
+// so they are pooled: a context goes back to its pool when the connection
+// is gone, and at most 64 idle ones are kept per pool. The pooled contexts
+// share one certificate store, one
+// set of session-ticket keys per pool (so a client may resume on any of
+// them) and no session cache. Listeners that require a certificate draw
+// from a pool of their own, with other ticket keys and another session id
+// context, so that a session that began where no certificate was required
+// can never be resumed where one is. Without requestCert every handshake
+// shares one context, as before.
+//
+// Thread-safety: Create() once; ForHandshake() from any session thread (the
+// pools are under a mutex).
+class ServerTls : public std::enable_shared_from_this<ServerTls> {
+ public:
+  // Loads every certificate and key; an error names the file.
+  static absl::StatusOr<std::shared_ptr<ServerTls>> Create(const IngestConfig& config);
+  ~ServerTls();
+  ServerTls(const ServerTls&) = delete;
+  ServerTls& operator=(const ServerTls&) = delete;
+
+  // The context for one server handshake on a listener that does or does
+  // not require a client certificate. With requestCert, `*peer` is reset
+  // and filled in by the handshake, so it must outlive the handshake: the
+  // session owns both. Fails only when OpenSSL cannot make a context (out
+  // of memory). Call on the session's thread, just before the handshake.
+  absl::StatusOr<std::shared_ptr<asio::ssl::context>> ForHandshake(bool require_client_cert,
+                                                                   ClientCertificate* peer);
+
+ private:
+  struct Pooled;  // server.cc
+  struct Pool {
+    std::mutex mu;
+    std::vector<std::unique_ptr<Pooled>> idle;  // under mu
+    unsigned char ticket_keys[80] = {};         // name, HMAC key, AES key
+  };
+
+  explicit ServerTls(const IngestConfig& config);
+  absl::Status Init();
+  // Certificate store, client CA names and session id context, set on every
+  // context so that a handshake switched to an SNI context verifies alike.
+  void ConfigureClientVerification(SSL_CTX* ctx) const;
+  absl::StatusOr<std::unique_ptr<Pooled>> NewPooled(bool require_client_cert);
+  void Release(Pooled* pooled);
+
+  const std::string min_version_;
+  const std::string ciphers_;
+  const bool request_cert_;
+  const std::string ca_file_;
+  const std::string cert_file_;
+  const std::string key_file_;
+  const std::vector<TlsCertificateFiles> sni_files_;
+  // tls.ini's certificate, else the first of config/tls/.
+  std::shared_ptr<asio::ssl::context> default_;
+  // Each name a certificate serves, lower case ("*.example.com" for a
+  // wildcard), to its context. Empty without config/tls/.
+  std::map<std::string, std::shared_ptr<asio::ssl::context>> sni_;
+  // With requestCert: the trusted CAs and the names the CertificateRequest
+  // lists (none without `ca`). Owned.
+  X509_STORE* store_ = nullptr;
+  STACK_OF(X509_NAME)* ca_names_ = nullptr;
+  Pool pools_[2];  // [require_client_cert]
+};
+
 struct ServerCore : std::enable_shared_from_this<ServerCore> {
   IngestConfig config;
   std::shared_ptr<QueueClient> queue;
@@ -72,14 +174,11 @@ struct ServerCore : std::enable_shared_from_this<ServerCore> {
   std::vector<asio::io_context*> shards;
   std::atomic<size_t> next_shard{0};
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> acceptors;
-  // Parallel to acceptors: the listener is implicit TLS.
-  std::vector<bool> implicit_tls;
-  // The server TLS context; null when TLS is not configured.
-  std::shared_ptr<asio::ssl::context> tls;
-  // Certificates chosen by the client's SNI (config/tls/ bundles): each
-  // name, lower case ("*.example.com" for a wildcard), to the context that
-  // serves its bundle. Empty without bundles; `tls` serves everything else.
-  std::map<std::string, std::shared_ptr<asio::ssl::context>> sni;
+  // Parallel to acceptors: what each listens as (implicit TLS, client
+  // certificate required).
+  std::vector<ListenAddress> listeners;
+  // The server's TLS contexts; null when TLS is not configured.
+  std::shared_ptr<ServerTls> tls;
   std::atomic<bool> draining{false};
   // The IngestServer is gone (tern-ingest is exiting): shards may be
   // stopped or being destroyed, so nothing is posted to them any more.
@@ -121,12 +220,14 @@ struct ServerCore : std::enable_shared_from_this<ServerCore> {
   void ForEachSession(std::function<void(Session&)> fn);
 };
 
-// Runs one session on `socket` to its end. The coroutine owns everything.
-asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls);
+// Runs one session on `socket`, accepted on `listener`, to its end. The
+// coroutine owns everything.
+asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core,
+                                 ListenAddress listener);
 
 class Session {
  public:
-  Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, bool implicit_tls);
+  Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, const ListenAddress& listener);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -161,6 +262,10 @@ class Session {
   asio::awaitable<bool> Handle(smtp::Command& cmd);
   void Ehlo();
   asio::awaitable<bool> StartTls();
+  // The server handshake with `ctx` (from ServerTls::ForHandshake); logs
+  // `tls` with what it learned of the client's certificate, or `tls_failed`.
+  // False when the session must end.
+  asio::awaitable<bool> TlsHandshake(std::shared_ptr<asio::ssl::context> ctx);
   asio::awaitable<bool> Auth(const smtp::Command& cmd);
   asio::awaitable<Challenge> AskClient(absl::string_view prompt, std::string* decoded);
   asio::awaitable<void> AuthFailed(absl::string_view mechanism, absl::string_view user);
@@ -210,11 +315,15 @@ class Session {
 
   std::shared_ptr<ServerCore> core_;
   const IngestConfig& cfg_;
+  // What the TLS handshake learned of the client's certificate. Before conn_,
+  // so it outlives the SSL object whose callbacks write it.
+  ClientCertificate client_cert_;
   net::Connection conn_;
   std::string client_ip_;
   uint16_t client_port_ = 0;
   std::string peer_ip_;          // the socket's peer (the proxy, with PROXY)
   bool implicit_tls_ = false;
+  bool require_client_cert_ = false;  // the listener requires a verified one
   bool counted_ip_ = false;      // registered in sessions_per_ip
   uint64_t serial_ = 0;          // key in ServerCore::sessions
   bool relay_allowed_ = false;

@@ -210,17 +210,62 @@ class RawClient {
   }
   bool connected() const { return connected_; }
 
+  struct TlsOptions {
+    std::string sni;   // sent when not empty
+    std::string cert;  // a client certificate (PEM file), with its key
+    std::string key;
+    SSL_SESSION* resume = nullptr;  // offered for resumption
+    int max_version = 0;            // e.g. TLS1_2_VERSION; 0: OpenSSL's highest
+    // Counts the server's CertificateRequests (OpenSSL calls the client
+    // certificate callback for one when no certificate is set); none
+    // presented then.
+    int* cert_requests = nullptr;
+  };
+
   // TLS handshake on the connection (no certificate check: a test cert),
   // asking for `sni` when it is not empty.
   bool StartTls(const std::string& sni = "") {
+    TlsOptions options;
+    options.sni = sni;
+    return StartTls(options);
+  }
+  // In TLS 1.3 the client finishes its handshake before the server has
+  // checked the client's certificate: a refusal shows at the next read.
+  bool StartTls(const TlsOptions& options) {
     ctx_ = SSL_CTX_new(TLS_client_method());
+    if (!options.cert.empty()) {
+      if (SSL_CTX_use_certificate_chain_file(ctx_, options.cert.c_str()) != 1 ||
+          SSL_CTX_use_PrivateKey_file(ctx_, options.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+        return false;
+      }
+    }
+    if (options.cert_requests != nullptr) {
+      SSL_CTX_set_client_cert_cb(ctx_, [](SSL* ssl, X509** /*cert*/, EVP_PKEY** /*key*/) {
+        ++*static_cast<int*>(SSL_get_app_data(ssl));
+        return 0;
+      });
+    }
+    if (options.max_version != 0) {
+      SSL_CTX_set_max_proto_version(ctx_, options.max_version);
+    }
     ssl_ = SSL_new(ctx_);
+    SSL_set_app_data(ssl_, options.cert_requests);
     SSL_set_fd(ssl_, fd_);
-    if (!sni.empty()) {
-      SSL_set_tlsext_host_name(ssl_, sni.c_str());
+    if (!options.sni.empty()) {
+      SSL_set_tlsext_host_name(ssl_, options.sni.c_str());
+    }
+    if (options.resume != nullptr) {
+      SSL_set_session(ssl_, options.resume);
     }
     return SSL_connect(ssl_) == 1;
   }
+
+  // The TLS session, to offer on another connection (the caller frees it);
+  // with TLS 1.3 it is there once a reply has been read after the handshake.
+  // A copy: freeing a connection that was not shut down marks its own
+  // session object not resumable.
+  SSL_SESSION* TlsSession() { return SSL_SESSION_dup(SSL_get0_session(ssl_)); }
+  bool TlsResumed() { return SSL_session_reused(ssl_) == 1; }
 
   // The CN of the certificate the server presented ("" without one).
   std::string PeerCommonName() {
@@ -1046,7 +1091,8 @@ TEST_P(IngestSessionTest, SniPicksTheBundleFromTheTlsDirectory) {
   std::filesystem::create_directories(dir);
   WriteBundle(dir / "example.pem", "bundle-one", "DNS:mail.example.test,DNS:*.other.test");
   WriteBundle(dir / "legacy.pem", "legacy.test", "");  // no SAN: the CN names it
-  cfg.tls_sni_bundles = {(dir / "example.pem").string(), (dir / "legacy.pem").string()};
+  cfg.tls_sni_certificates = {{(dir / "example.pem").string(), (dir / "example.pem").string()},
+                              {(dir / "legacy.pem").string(), (dir / "legacy.pem").string()}};
   StartIngest(cfg);
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"mail.example.test", "bundle-one"},  // a DNS SAN
@@ -1072,11 +1118,12 @@ TEST_P(IngestSessionTest, TlsDirectoryAloneServesItsFirstBundle) {
   std::filesystem::create_directories(dir);
   WriteBundle(dir / "a.pem", "first.test", "DNS:first.test");
   WriteBundle(dir / "b.pem", "second.test", "DNS:second.test");
-  cfg.tls_sni_bundles = {(dir / "a.pem").string(), (dir / "b.pem").string()};
+  cfg.tls_sni_certificates = {{(dir / "a.pem").string(), (dir / "a.pem").string()},
+                              {(dir / "b.pem").string(), (dir / "b.pem").string()}};
   // A bundle that is not one is a startup error naming the file.
   IngestConfig bad = cfg;
   std::ofstream(dir / "c.pem") << "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
-  bad.tls_sni_bundles.push_back((dir / "c.pem").string());
+  bad.tls_sni_certificates.push_back({(dir / "c.pem").string(), (dir / "c.pem").string()});
   asio::io_context io;
   auto refused = IngestServer::Create(io, bad, nullptr);
   ASSERT_FALSE(refused.ok());
@@ -1169,6 +1216,288 @@ TEST_P(IngestSessionTest, ImplicitTlsListenerHandshakesBeforeTheBanner) {
   const std::string ehlo = client.Command("EHLO c.test");
   EXPECT_TRUE(absl::StartsWith(ehlo, "250-")) << ehlo;
   EXPECT_FALSE(absl::StrContains(ehlo, "STARTTLS"));
+}
+
+// A CA for client certificates (what tls.ini's `ca` names), a client
+// certificate it signed (CN=client.test) and a self-signed one it did not
+// (CN=stranger.test), made with the openssl CLI once per test binary.
+struct ClientCerts {
+  std::string ca;
+  std::string cert;
+  std::string key;
+  std::string stranger_cert;
+  std::string stranger_key;
+};
+const ClientCerts& Clients() {
+  static const ClientCerts certs = [] {
+    ClientCerts c;
+    const std::string dir = Cert().dir + "/clients";
+    std::filesystem::create_directories(dir);
+    const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    const std::string cmd =
+        "(cd " + dir + " && openssl req -x509" + ec + " -days 2 -subj '/CN=Tern Test Client CA'" +
+        " -keyout ca.key -out ca.pem && openssl req -new" + ec + " -subj /CN=client.test" +
+        " -keyout client.key -out client.csr && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key" +
+        " -CAcreateserial -days 2 -out client.pem && openssl req -x509" + ec + " -days 2 -subj /CN=stranger.test" +
+        " -keyout stranger.key -out stranger.pem) >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) == 0) {
+      c.ca = dir + "/ca.pem";
+      c.cert = dir + "/client.pem";
+      c.key = dir + "/client.key";
+      c.stranger_cert = dir + "/stranger.pem";
+      c.stranger_key = dir + "/stranger.key";
+    }
+    return c;
+  }();
+  return certs;
+}
+
+// The Received: header at the top of a stored message.
+std::string ReceivedOf(const std::string& body) { return body.substr(0, body.size() - AfterReceived(body).size()); }
+
+// After the handshake: EHLO and one message; the final reply.
+std::string SendOverTls(RawClient& client) {
+  const std::string ehlo = client.Command("EHLO client.test");
+  if (!absl::StartsWith(ehlo, "250")) {
+    return ehlo;
+  }
+  if (client.Command("MAIL FROM:<a@example.org>") != "250 2.1.0 Ok\r\n" ||
+      client.Command("RCPT TO:<r@example.net>") != "250 2.1.5 Ok\r\n" ||
+      !absl::StartsWith(client.Command("DATA"), "354 ")) {
+    return "<transaction refused>";
+  }
+  client.Send("Subject: tls\r\n\r\nhi\r\n.\r\n");
+  return client.ReadReply();
+}
+
+TEST_P(IngestSessionTest, ClientCertificateVerificationShowsInTheReceivedHeader) {
+  ASSERT_FALSE(Clients().ca.empty()) << "openssl failed";
+  IngestConfig cfg = TlsConfig();  // requestCert is on by default, as in Haraka
+  cfg.tls_ca_file = Clients().ca;
+  StartIngest(cfg);
+  struct Case {
+    const char* label;
+    std::string cert;
+    std::string key;
+    const char* verify;
+  };
+  const Case cases[] = {
+      {"signed by the configured CA", Clients().cert, Clients().key, "OK"},
+      {"no certificate", "", "", "NO"},
+      {"self-signed, unknown", Clients().stranger_cert, Clients().stranger_key, "FAIL"},
+  };
+  for (const int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(absl::StrCat(c.label, version == TLS1_2_VERSION ? ", TLS 1.2" : ", TLS 1.3"));
+      auto client = Connect();
+      ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+      int requests = 0;
+      RawClient::TlsOptions options;
+      options.cert = c.cert;
+      options.key = c.key;
+      options.cert_requests = &requests;
+      options.max_version = version;
+      ASSERT_TRUE(client->StartTls(options));
+      // Whatever the certificate, the client gets in on an ordinary listener.
+      ASSERT_TRUE(absl::StartsWith(SendOverTls(*client), "250 2.0.0 Ok: queued as "));
+      EXPECT_EQ(requests, c.cert.empty() ? 1 : 0);  // the server asked for one
+      const std::string received = ReceivedOf(fake_.stored().back().body);
+      EXPECT_TRUE(absl::StrContains(received, " with ESMTPS id ")) << received;
+      // Haraka's and Sendmail's TLS comment, on a line of its own before the date.
+      EXPECT_TRUE(absl::StrContains(received, version == TLS1_2_VERSION ? "\r\n\t(version=TLSv1.2 cipher=ECDHE-"
+                                                                        : "\r\n\t(version=TLSv1.3 cipher=TLS_"))
+          << received;
+      EXPECT_TRUE(absl::StrContains(received, absl::StrCat(" verify=", c.verify, ");\r\n\t"))) << received;
+    }
+  }
+}
+
+TEST_P(IngestSessionTest, WithoutRequestCertTheServerAsksForNoCertificate) {
+  IngestConfig cfg = TlsConfig();
+  cfg.tls_request_cert = false;
+  StartIngest(cfg);
+  auto client = Connect();
+  ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+  int requests = 0;
+  RawClient::TlsOptions options;
+  options.cert_requests = &requests;
+  ASSERT_TRUE(client->StartTls(options));
+  ASSERT_TRUE(absl::StartsWith(SendOverTls(*client), "250 2.0.0 Ok: queued as "));
+  EXPECT_EQ(requests, 0);  // no CertificateRequest
+  EXPECT_TRUE(absl::StrContains(ReceivedOf(fake_.stored().back().body), " verify=NO);\r\n\t"));
+}
+
+TEST_P(IngestSessionTest, RequireAuthorizedListenersRefuseClientsWithoutAVerifiedCertificate) {
+  ASSERT_FALSE(Clients().ca.empty()) << "openssl failed";
+  IngestConfig cfg = TlsConfig();
+  cfg.tls_ca_file = Clients().ca;
+  // What requireAuthorized[] sets for a listed port: one STARTTLS, one SMTPS.
+  cfg.listen = {{"127.0.0.1", 0, /*implicit_tls=*/false, /*require_client_cert=*/true},
+                {"127.0.0.1", 0, /*implicit_tls=*/true, /*require_client_cert=*/true}};
+  StartIngest(cfg);
+  const uint16_t smtps = server_->ports().at(1);
+  struct Case {
+    const char* label;
+    std::string cert;
+    std::string key;
+    bool admitted;
+  };
+  const Case cases[] = {
+      {"no certificate", "", "", false},
+      {"self-signed, unknown", Clients().stranger_cert, Clients().stranger_key, false},
+      {"signed by the configured CA", Clients().cert, Clients().key, true},
+  };
+  for (const auto& [version, c] : {std::pair{TLS1_3_VERSION, cases[0]}, std::pair{TLS1_3_VERSION, cases[1]},
+                                   std::pair{TLS1_3_VERSION, cases[2]}, std::pair{TLS1_2_VERSION, cases[0]},
+                                   std::pair{TLS1_2_VERSION, cases[1]}, std::pair{TLS1_2_VERSION, cases[2]}}) {
+    SCOPED_TRACE(version == TLS1_2_VERSION ? "TLS 1.2" : "TLS 1.3");
+    RawClient::TlsOptions options;
+    options.cert = c.cert;
+    options.key = c.key;
+    options.max_version = version;
+    {
+      SCOPED_TRACE(absl::StrCat("STARTTLS, ", c.label));
+      auto client = Connect();
+      ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+      const bool handshake = client->StartTls(options);
+      const std::string reply = handshake ? SendOverTls(*client) : "";
+      if (c.admitted) {
+        EXPECT_TRUE(absl::StartsWith(reply, "250 2.0.0 Ok: queued as ")) << reply;
+        EXPECT_TRUE(absl::StrContains(ReceivedOf(fake_.stored().back().body), " verify=OK);\r\n\t"));
+      } else {
+        EXPECT_EQ(reply, "");  // the handshake failed: nothing more is answered
+      }
+    }
+    {
+      SCOPED_TRACE(absl::StrCat("SMTPS, ", c.label));
+      RawClient client(smtps);
+      const bool handshake = client.StartTls(options);
+      const std::string banner = handshake ? client.ReadReply() : "";
+      EXPECT_EQ(banner, c.admitted ? "220 mx.test ESMTP Tern ready\r\n" : "");
+    }
+  }
+}
+
+TEST_P(IngestSessionTest, ResumedSessionKeepsItsVerificationButCannotSkipARequiredCertificate) {
+  ASSERT_FALSE(Clients().ca.empty()) << "openssl failed";
+  IngestConfig cfg = TlsConfig();
+  cfg.tls_ca_file = Clients().ca;
+  cfg.listen = {{"127.0.0.1", 0}, {"127.0.0.1", 0, /*implicit_tls=*/true, /*require_client_cert=*/true}};
+  StartIngest(cfg);
+  const uint16_t required = server_->ports().at(1);
+  for (const int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+    SCOPED_TRACE(version == TLS1_2_VERSION ? "TLS 1.2" : "TLS 1.3");
+    auto session_after = [&](RawClient::TlsOptions options) {
+      options.max_version = version;
+      auto client = Connect();
+      EXPECT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+      EXPECT_TRUE(client->StartTls(options));
+      EXPECT_TRUE(absl::StartsWith(client->Command("EHLO client.test"), "250-"));  // reads the session tickets
+      return client;
+    };
+    RawClient::TlsOptions verified;
+    verified.cert = Clients().cert;
+    verified.key = Clients().key;
+    SSL_SESSION* verified_session = session_after(verified)->TlsSession();
+    SSL_SESSION* anonymous_session = session_after(RawClient::TlsOptions())->TlsSession();
+    ASSERT_NE(verified_session, nullptr);
+    ASSERT_NE(anonymous_session, nullptr);
+
+    {
+      SCOPED_TRACE("resumed where it began, without presenting the certificate again");
+      RawClient::TlsOptions resume;
+      resume.resume = verified_session;
+      resume.max_version = version;
+      auto client = Connect();
+      ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+      ASSERT_TRUE(client->StartTls(resume));
+      EXPECT_TRUE(client->TlsResumed());
+      ASSERT_TRUE(absl::StartsWith(SendOverTls(*client), "250 2.0.0 Ok: queued as "));
+      EXPECT_TRUE(absl::StrContains(ReceivedOf(fake_.stored().back().body), " verify=OK);\r\n\t"));
+    }
+    {
+      SCOPED_TRACE("a session without a certificate offered where one is required");
+      RawClient::TlsOptions resume;
+      resume.resume = anonymous_session;
+      resume.max_version = version;
+      RawClient client(required);
+      const bool handshake = client.StartTls(resume);
+      EXPECT_FALSE(handshake && client.TlsResumed());
+      EXPECT_EQ(handshake ? client.ReadReply() : "", "");
+    }
+    SSL_SESSION_free(verified_session);
+    SSL_SESSION_free(anonymous_session);
+  }
+}
+
+TEST_P(IngestSessionTest, CertificateChosenBySniVerifiesClientsAlike) {
+  ASSERT_FALSE(Clients().ca.empty()) << "openssl failed";
+  IngestConfig cfg = TlsConfig();
+  cfg.tls_ca_file = Clients().ca;
+  cfg.listen[0].require_client_cert = true;
+  const std::filesystem::path dir = std::filesystem::path(Cert().dir) / "tls-sni-clients";
+  std::filesystem::create_directories(dir);
+  WriteBundle(dir / "other.pem", "other.test", "DNS:other.test");
+  cfg.tls_sni_certificates = {{(dir / "other.pem").string(), (dir / "other.pem").string()}};
+  StartIngest(cfg);
+  for (const bool with_cert : {true, false}) {
+    SCOPED_TRACE(with_cert ? "with a certificate" : "without");
+    RawClient::TlsOptions options;
+    options.sni = "other.test";
+    if (with_cert) {
+      options.cert = Clients().cert;
+      options.key = Clients().key;
+    }
+    auto client = Connect();
+    ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+    const bool handshake = client->StartTls(options);
+    if (handshake) {
+      EXPECT_EQ(client->PeerCommonName(), "other.test");
+    }
+    const std::string reply = handshake ? SendOverTls(*client) : "";
+    if (with_cert) {
+      EXPECT_TRUE(absl::StartsWith(reply, "250 2.0.0 Ok: queued as ")) << reply;
+      EXPECT_TRUE(absl::StrContains(ReceivedOf(fake_.stored().back().body), " verify=OK);\r\n\t"));
+    } else {
+      EXPECT_EQ(reply, "");
+    }
+  }
+}
+
+// Haraka's layout for a certificate and its key in separate files, in a
+// subdirectory of config/tls/ (its own test config has these names).
+TEST_P(IngestSessionTest, TlsSubdirectoryWithSeparateKeyAndCertificateIsServedBySni) {
+  const std::filesystem::path config_dir = std::filesystem::path(Cert().dir) / "config-subdir";
+  const std::filesystem::path host_dir = config_dir / "tls" / "example.com";
+  std::filesystem::remove_all(config_dir);  // left by the run with the other shard count
+  std::filesystem::create_directories(host_dir);
+  const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
+                          " -subj '/CN=*.example.com' -keyout " + (host_dir / "_.example.com.key").string() +
+                          " -out " + (host_dir / "example.com.crt").string() + " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  auto loaded = LoadIngestConfig(config::ConfigDir(config_dir.string()));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  IngestConfig cfg = TlsConfig();  // default certificate: CN=mx.test
+  cfg.tls_sni_certificates = loaded->tls_sni_certificates;
+  StartIngest(cfg);
+  for (const auto& [sni, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"mail.example.com", "*.example.com"}, {"unknown.test", "mx.test"}}) {
+    SCOPED_TRACE(sni);
+    auto client = Connect();
+    ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+    ASSERT_TRUE(client->StartTls(sni));
+    EXPECT_EQ(client->PeerCommonName(), expected);
+    EXPECT_TRUE(absl::StartsWith(client->Command("EHLO client.test"), "250-mx.test"));
+  }
+
+  // A directory with a key and no certificate that it fits stops startup.
+  const std::filesystem::path lonely = config_dir / "tls" / "lonely.example";
+  std::filesystem::create_directories(lonely);
+  std::filesystem::copy_file(Cert().key, lonely / "lonely.example.key");
+  auto refused = LoadIngestConfig(config::ConfigDir(config_dir.string()));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), (lonely / "lonely.example.key").string()))
+      << refused.status();
 }
 
 TEST_P(IngestSessionTest, AuthIsOfferedOnlyAfterTlsByDefault) {

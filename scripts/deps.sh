@@ -20,6 +20,8 @@ PACKAGES=(
   python3-grpcio python3-protobuf
   # tests: deploy/k8s manifests read as YAML
   python3-yaml
+  # tests: dkimpy verifies the deliverer's DKIM signatures (tests/system/dkim_test.py)
+  python3-dkim
   # tests: HAProxy in front of ingest, sending the PROXY protocol v1 and v2
   haproxy
   # tests: Postfix as the receiving MTA (and smtp-sink for bench/), Cyrus SASL's saslpasswd2 for its AUTH

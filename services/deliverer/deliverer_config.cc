@@ -113,6 +113,7 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
     }
   }
   TERN_ASSIGN_OR_RETURN(c.hooks, hooks::LoadHooksConfig(dir));
+  TERN_ASSIGN_OR_RETURN(c.dkim, DkimConfig::Load(dir));
 
   TERN_ASSIGN_OR_RETURN(c.me, dir.Me());
   TERN_RETURN_IF_ERROR(c.Validate());

@@ -100,6 +100,24 @@
 //   tls.ini [outbound]        TLS policy (tls_policy.h). Default: opportunistic,
 //                             unverified
 //   me                        EHLO name. Default: the host name
+//   dkim.ini                  DKIM signing (dkim.h; haraka-plugin-dkim's file)
+//     [sign] enabled=false    sign outbound mail. Default: false
+//     [sign] headers=         header fields to sign, separated by commas,
+//                             colons or semicolons; From is always added.
+//                             Default: From, Sender, Reply-To, Subject, Date,
+//                             Message-ID, To, Cc, MIME-Version,
+//                             List-Unsubscribe, List-Unsubscribe-Post
+//     [sign] selector=, domain=
+//                             the single-domain fallback key's s= and d=,
+//                             used with dkim.private.key when no key
+//                             directory fits. Default: none
+//     [canon] body=simple     body canonicalization: simple or relaxed
+//                             (header fields are always relaxed). Default: simple
+//   dkim/<domain>/private, dkim/<domain>/selector
+//                             the key (PEM; RSA of 1024 bits or more, or
+//                             Ed25519) and selector of <domain> and its
+//                             subdomains. Default: none
+//   dkim.private.key          the fallback key (PEM). Default: none
 //   hooks.ini                 the user's gRPC Hooks server (lib/hooks/hooks_config.h);
 //                             the deliverer calls send_email, get_mx, deferred and
 //                             delivered. Default: no hooks
@@ -119,6 +137,7 @@
 #include "absl/status/statusor.h"
 #include "lib/config/config_dir.h"
 #include "lib/hooks/hooks_config.h"
+#include "services/deliverer/dkim.h"
 #include "services/deliverer/route_planner.h"
 #include "services/deliverer/smtp_timeouts.h"
 #include "services/deliverer/static_routes.h"
@@ -167,10 +186,13 @@ struct DelivererConfig {
   // certificate that cannot be loaded. A config built by hand has none.
   std::map<std::string, std::shared_ptr<asio::ssl::context>, std::less<>> route_tls;
   hooks::HooksConfig hooks;
+  // dkim.ini and the DKIM keys; signing is off unless dkim.enabled.
+  DkimConfig dkim;
 
   std::string me;
 
-  // Reads tern.ini, outbound.ini, outbound_routes.ini, tls.ini and me from
+  // Reads tern.ini, outbound.ini, outbound_routes.ini, tls.ini, hooks.ini,
+  // dkim.ini (with the DKIM keys) and me from
   // `dir`; errors name the file and key.
   static absl::StatusOr<DelivererConfig> Load(const config::ConfigDir& dir);
 

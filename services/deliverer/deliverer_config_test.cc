@@ -236,5 +236,15 @@ TEST_F(ConfigTest, BadValuesNameTheKey) {
   }
 }
 
+TEST_F(ConfigTest, DkimIsOffByDefaultAndItsErrorsStopLoading) {
+  auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->dkim.enabled);
+  Write("dkim.ini", "[sign]\nenabled=true\n[canon]\nbody=fancy\n");
+  c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_FALSE(c.ok());
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "dkim.ini")) << c.status();
+}
+
 }  // namespace
 }  // namespace tern::deliverer

@@ -41,6 +41,7 @@
 #include "services/deliverer/call_pacer.h"
 #include "services/deliverer/connection_pool.h"
 #include "services/deliverer/dane.h"
+#include "services/deliverer/dkim.h"
 #include "services/deliverer/host_flags.h"
 #include "services/deliverer/https_client.h"
 #include "services/deliverer/mta_sts.h"
@@ -281,6 +282,19 @@ struct Metrics {
     return r.GetCounter("tern_deliverer_tls_requests_total",
                         "Delivery attempts of messages that ask for REQUIRETLS or say TLS-Required: No (RFC 8689)",
                         {{"request", TlsRequestName(t)}});
+  }
+
+  // DKIM signing (dkim.h): once per delivery job (one message to one
+  // domain), by algorithm; or left unsigned, by reason (no_domain, no_key,
+  // error).
+  metrics::Counter& DkimSigned(const char* algorithm) {
+    return r.GetCounter("tern_deliverer_dkim_signed_total", "Deliveries whose message was DKIM-signed, by algorithm",
+                        {{"algorithm", algorithm}});
+  }
+  metrics::Counter& DkimUnsigned(const char* reason) {
+    return r.GetCounter("tern_deliverer_dkim_unsigned_total",
+                        "Deliveries whose message went unsigned while DKIM signing is enabled, by reason",
+                        {{"reason", reason}});
   }
 
   metrics::Counter& Dns(dns::LookupStatus s) {
@@ -958,6 +972,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
 
     auto body = std::make_shared<const std::string>(std::move(*job.mutable_body()));
+    // Signed once: every transaction of this delivery sends the same field.
+    const std::shared_ptr<const std::string> dkim_signature = SignDkim(job, *body);
     std::vector<size_t> undecided;
     for (size_t i = 0; i < n; ++i) {
       if (!decided[i]) {
@@ -1017,6 +1033,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         request.recipients.push_back(std::move(r));
       }
       request.body = body;
+      request.dkim_signature = dkim_signature;
       request.smtputf8 = job.smtputf8();
       request.body_8bit = job.body_8bit();
       request.ret = ToRet(job.ret());
@@ -1441,6 +1458,38 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       hooks::LogHookFailure(hooks::Hook::kDelivered, request.delivery().message_id(), rpc::FromGrpc(status),
                             "none (a notification)");
     }
+  }
+
+  // The DKIM-Signature field for `job`'s message (dkim.h), or null: signing
+  // is off, the message names no domain with a key (counted; logged at
+  // debug), or signing failed (counted; logged, and the message goes
+  // unsigned rather than not at all). Never logs key material.
+  std::shared_ptr<const std::string> SignDkim(const v1::DeliveryJob& job, const std::string& body) {
+    if (!config_.dkim.enabled) {
+      return nullptr;
+    }
+    absl::StatusOr<DkimResult> result = DkimSign(config_.dkim, body, job.mail_from(), NowUnixMs() / 1000);
+    if (!result.ok()) {
+      metrics_.DkimUnsigned("error").Inc();
+      log::Event(log::Level::kWarn, "dkim_sign_failed",
+                 {{"msg", job.message_id()}, {"error", result.status().message()}});
+      return nullptr;
+    }
+    if (result->header.empty()) {
+      metrics_.DkimUnsigned(result->unsigned_reason).Inc();
+      if (log::Enabled(log::Level::kDebug)) {
+        log::Event(log::Level::kDebug, "dkim_unsigned",
+                   {{"msg", job.message_id()}, {"domain", result->domain}, {"reason", result->unsigned_reason}});
+      }
+      return nullptr;
+    }
+    metrics_.DkimSigned(result->algorithm).Inc();
+    if (log::Enabled(log::Level::kDebug)) {
+      log::Event(log::Level::kDebug, "dkim_signed",
+                 {{"msg", job.message_id()}, {"d", result->domain}, {"s", result->selector},
+                  {"a", result->algorithm}});
+    }
+    return std::make_shared<const std::string>(std::move(result->header));
   }
 
   // A TLS report to an RFC 8460 https: rua (RecipientSpec.post_url, set

@@ -526,7 +526,8 @@ class Session {
       after_ = After::kReuse;
       co_return;
     }
-    const size_t body_size = req_.body ? req_.body->size() : 0;
+    // The DKIM-Signature field goes before the stored message: its bytes count too.
+    const size_t body_size = (req_.body ? req_.body->size() : 0) + signature().size();
     if (caps.size && caps.size_limit > 0 && body_size > caps.size_limit) {
       DecideAll(LocalOutcome(OutcomeClass::kPermanent, "5.3.4",
                              absl::StrCat("message size ", body_size, " exceeds the limit of ", caps.size_limit,
@@ -747,6 +748,9 @@ class Session {
     // The body write is still before the final dot is complete: a failure
     // here leaves nothing delivered, so the recipients stay undecided.
     std::string encoded;
+    // The DKIM-Signature field first: it starts with a letter and its
+    // continuation lines with a space, so it needs no dot-stuffing.
+    absl::StrAppend(&encoded, signature());
     smtp::DotCodec::AppendEncoded(req_.body ? absl::string_view(*req_.body) : absl::string_view(), &encoded);
     co_return co_await Write(encoded, req_.timeouts.final_dot, "message body");
   }
@@ -769,7 +773,10 @@ class Session {
       smtp::DotCodec::AppendCrlfCanonical(body, &canonical);
       payload = canonical;
     }
-    const std::string command = absl::StrCat("BDAT ", payload.size(), " LAST\r\n");
+    // The DKIM-Signature field rides with the command, so the stored
+    // message is still written from where it lies.
+    const std::string command =
+        absl::StrCat("BDAT ", signature().size() + payload.size(), " LAST\r\n", signature());
     absl::Status s = co_await conn().Write(command, payload, req_.timeouts.final_dot);
     if (!s.ok()) {
       WriteFailed(s, "message body");
@@ -777,6 +784,11 @@ class Session {
     }
     res_.chunked = true;
     co_return true;
+  }
+
+  // The DKIM-Signature field written before the message; "" for none.
+  absl::string_view signature() const {
+    return req_.dkim_signature ? absl::string_view(*req_.dkim_signature) : absl::string_view();
   }
 
   // 500, 501, 502, 503 and 504 say the command itself was not understood

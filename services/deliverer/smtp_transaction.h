@@ -15,7 +15,8 @@
 // `before_data` agreed. Then the dot-stuffed body, never before
 // `before_data` agreed. When an SMTP server offers CHUNKING (and `chunking`
 // is on), no DATA: once a recipient is accepted and `before_data` agreed,
-// "BDAT <n> LAST" and the message in one write (RFC 3030). SMTP
+// "BDAT <n> LAST" and the message in one write (RFC 3030). A DKIM-Signature
+// field (dkim_signature) goes before the message on both paths. SMTP
 // gives one reply to the final dot (or BDAT) for every accepted recipient; LMTP gives
 // one per accepted recipient, in RCPT order, each applied to its own
 // recipient. Afterwards the session goes back to the pool or is QUIT.
@@ -104,6 +105,10 @@ struct TransactionRequest {
   std::string mail_from;          // "" = null sender <>
   std::vector<RecipientRequest> recipients;
   std::shared_ptr<const std::string> body;  // RFC 5322 text, not dot-stuffed
+  // A header field written before `body` on the wire (DATA and BDAT alike)
+  // and counted in SIZE=: the message's "DKIM-Signature: ...\r\n" (dkim.h),
+  // shared by every transaction of the message; null or empty = none.
+  std::shared_ptr<const std::string> dkim_signature;
   bool smtputf8 = false;          // the message needs SMTPUTF8
   bool body_8bit = false;
   DsnRetParam ret = DsnRetParam::kUnspecified;

@@ -1237,6 +1237,47 @@ TEST_F(SmtpTransactionTest, BdatCountsTheBodyAfterBareLineEndsAreMadeCrlf) {
   EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
 }
 
+// DKIM (dkim.h): the signature field is written before the stored message,
+// on both paths, and counted in SIZE= and against the server's limit.
+TEST_F(SmtpTransactionTest, DkimSignatureFieldPrecedesTheMessageAndCountsInSize) {
+  const std::string sig = "DKIM-Signature: v=1; a=rsa-sha256;\r\n b=AAAA\r\n";
+  const std::string body = "Subject: hi\r\n\r\nbody\r\n";
+  const auto add = [&](TransactionRequest& req) {
+    req.body = std::make_shared<const std::string>(body);
+    req.dkim_signature = std::make_shared<const std::string>(sig);
+  };
+  {
+    SCOPED_TRACE("DATA");
+    Seen seen;
+    TransactionResult r = Run(Script(), {"a@x.test"}, &seen, add);
+    ASSERT_TRUE(r.outcomes[0]);
+    EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+    EXPECT_EQ(seen.commands[1], absl::StrCat("MAIL FROM:<sender@a.test> SIZE=", sig.size() + body.size()));
+    EXPECT_EQ(seen.body, absl::StrCat(sig, "Subject: hi\r\n\r\nbody"));
+  }
+  {
+    SCOPED_TRACE("BDAT");
+    Script script;
+    script.ehlo = kChunkingEhlo;
+    Seen seen;
+    TransactionResult r = Run(script, {"a@x.test"}, &seen, add);
+    ASSERT_TRUE(r.outcomes[0]);
+    EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kDelivered);
+    EXPECT_TRUE(Sent(seen, absl::StrCat("BDAT ", sig.size() + body.size(), " LAST")));
+    EXPECT_EQ(seen.bdat, sig + body);
+  }
+  {
+    SCOPED_TRACE("over the SIZE limit only with the signature");
+    Script script;
+    script.ehlo = absl::StrCat("250-mx.x.test\r\n250 SIZE ", body.size() + 1);
+    Seen seen;
+    TransactionResult r = Run(script, {"a@x.test"}, &seen, add);
+    ASSERT_TRUE(r.outcomes[0]);
+    EXPECT_EQ(r.outcomes[0]->outcome, OutcomeClass::kPermanent);
+    EXPECT_EQ(r.outcomes[0]->enhanced_status, "5.3.4");
+  }
+}
+
 TEST_F(SmtpTransactionTest, DataIsKeptWhenChunkingIsOffOrTheServerIsLmtp) {
   for (const bool lmtp : {false, true}) {
     SCOPED_TRACE(lmtp ? "LMTP" : "chunking=false");

@@ -126,7 +126,7 @@ std::string Connection::TlsDescription() const {
   if (!tls_) {
     return "";
   }
-  SSL* ssl = const_cast<asio::ssl::stream<asio::ip::tcp::socket&>&>(*tls_).native_handle();
+  SSL* ssl = tls_native_handle();
   return absl::StrCat(SSL_get_version(ssl), " ", SSL_get_cipher_name(ssl));
 }
 

@@ -89,6 +89,11 @@ class Connection {
   bool tls() const { return tls_ != nullptr; }
   // Cipher and protocol after a handshake, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384".
   std::string TlsDescription() const;
+  // The TLS session's OpenSSL object once a handshake began (also after one
+  // that failed), nullptr without TLS: for reading what the handshake
+  // learned, e.g. SSL_get_verify_result or SSL_get0_peer_certificate. Do not
+  // do I/O on it, nor change its settings.
+  SSL* tls_native_handle() const { return tls_ ? tls_->native_handle() : nullptr; }
   // True when the peer presented a certificate that verified (client side).
   bool peer_verified() const { return peer_verified_; }
 

@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <map>
-#include <mutex>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -177,8 +176,8 @@ std::vector<std::string> CertificateNames(SSL_CTX* ctx) {
 // OpenSSL's servername callback (during the ClientHello): switches the
 // handshake to the context whose certificate names the requested host,
 // exactly or by a "*." wildcard for its first label. No SNI, or no match:
-// the default certificate. The client-certificate policy is the
-// handshake's own (its verify mode and callback, kept across the switch).
+// the default certificate. `arg` is the map of the handshake's own set
+// (ServerTls::Set), whose contexts share its client-certificate policy.
 int SelectCertificateBySni(SSL* ssl, int* /*alert*/, void* arg) {
   const auto& sni = *static_cast<const std::map<std::string, std::shared_ptr<asio::ssl::context>>*>(arg);
   const char* requested = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
@@ -192,18 +191,38 @@ int SelectCertificateBySni(SSL* ssl, int* /*alert*/, void* arg) {
     it = sni.find(absl::StrCat("*", name.substr(dot)));
   }
   if (it != sni.end()) {
-    const int mode = SSL_get_verify_mode(ssl);
-    SSL_verify_cb verify = SSL_get_verify_callback(ssl);
     SSL_set_SSL_CTX(ssl, it->second->native_handle());
-    SSL_set_verify(ssl, mode, verify);
   }
   return SSL_TLSEXT_ERR_OK;
 }
 
-// The SSL object's ex_data slot for its session's ClientCertificate.
-int ClientCertificateIndex() {
-  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+// The SSL object's ex_data slot for the client certificate a requiring
+// listener rejected (an X509 reference, freed with the SSL object): after a
+// failed handshake the session has no peer certificate to read.
+void FreeRejected(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/,
+                  void* /*argp*/) {
+  X509_free(static_cast<X509*>(ptr));
+}
+int RejectedCertificateIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, FreeRejected);
   return index;
+}
+
+// The verify callback of a listener that does not require a certificate:
+// any certificate, verified or not, lets the client in, as Haraka's
+// rejectUnauthorized=false does; SSL_get_verify_result keeps the failure.
+int AcceptAnyClientCertificate(int /*ok*/, X509_STORE_CTX* /*store*/) { return 1; }
+
+// The verify callback of a listener that requires one: a failure ends the
+// handshake, after noting the certificate for the log.
+int RequireClientCertificate(int ok, X509_STORE_CTX* store) {
+  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  X509* leaf = X509_STORE_CTX_get0_cert(store);
+  if (ok == 0 && ssl != nullptr && leaf != nullptr && SSL_get_ex_data(ssl, RejectedCertificateIndex()) == nullptr &&
+      X509_up_ref(leaf) == 1) {
+    SSL_set_ex_data(ssl, RejectedCertificateIndex(), leaf);
+  }
+  return ok;
 }
 
 // A certificate name for the log: RFC 2253, non-ASCII escaped, bounded.
@@ -216,58 +235,6 @@ std::string NameText(const X509_NAME* name) {
   char* data = nullptr;
   const long len = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<size_t>(std::clamp<long>(len, 0, 256)));
-}
-
-void DescribeCertificate(X509* cert, ClientCertificate* peer) {
-  peer->subject = NameText(X509_get_subject_name(cert));
-  peer->issuer = NameText(X509_get_issuer_name(cert));
-}
-
-// The verify callback of every handshake with requestCert. It records why a
-// certificate failed, for the log of a handshake that then fails; whether it
-// fails is the handshake's verify mode: SSL_VERIFY_FAIL_IF_NO_PEER_CERT on a
-// listener that requires a certificate. Elsewhere any certificate, verified
-// or not, lets the client in, as Haraka's rejectUnauthorized=false does.
-int VerifyClientCertificate(int ok, X509_STORE_CTX* store) {
-  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
-  if (ssl == nullptr) {
-    return ok;
-  }
-  auto* peer = static_cast<ClientCertificate*>(SSL_get_ex_data(ssl, ClientCertificateIndex()));
-  if (ok == 0 && peer != nullptr && peer->error.empty()) {
-    peer->verify = ClientCertificate::Verify::kFail;
-    peer->error = X509_verify_cert_error_string(X509_STORE_CTX_get_error(store));
-    if (X509* leaf = X509_STORE_CTX_get0_cert(store); leaf != nullptr) {
-      DescribeCertificate(leaf, peer);
-    }
-  }
-  const bool required = (SSL_get_verify_mode(ssl) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT) != 0;
-  return required ? ok : 1;
-}
-
-// At the end of a handshake, full or resumed: what the client presented and
-// how it verified.
-void RecordClientCertificate(const SSL* ssl, int where, int /*ret*/) {
-  if ((where & SSL_CB_HANDSHAKE_DONE) == 0) {
-    return;
-  }
-  auto* peer = static_cast<ClientCertificate*>(SSL_get_ex_data(ssl, ClientCertificateIndex()));
-  if (peer == nullptr) {
-    return;
-  }
-  *peer = ClientCertificate();
-  X509* cert = SSL_get0_peer_certificate(ssl);
-  if (cert == nullptr) {
-    return;
-  }
-  DescribeCertificate(cert, peer);
-  const long result = SSL_get_verify_result(ssl);
-  if (result == X509_V_OK) {
-    peer->verify = ClientCertificate::Verify::kOk;
-  } else {
-    peer->verify = ClientCertificate::Verify::kFail;
-    peer->error = X509_verify_cert_error_string(result);
-  }
 }
 
 }  // namespace
@@ -284,192 +251,131 @@ const char* ClientCertificate::Name(Verify verify) {
   return "NO";
 }
 
-// A context of one handshake at a time (see session.h), and whose session
-// learns what that handshake finds out.
-struct ServerTls::Pooled {
-  Pooled(std::shared_ptr<ServerTls> owner_tls, bool require)
-      : ctx(asio::ssl::context::tls_server), tls(std::move(owner_tls)), require_client_cert(require) {}
-
-  // The ClientHello callback: before the SNI callback may switch contexts,
-  // ties the handshake to the session that holds this context.
-  static int Bind(SSL* ssl, int* /*alert*/, void* arg) {
-    auto* self = static_cast<Pooled*>(arg);
-    SSL_set_ex_data(ssl, ClientCertificateIndex(), self->peer);
-    SSL_set_info_callback(ssl, RecordClientCertificate);
-    return SSL_CLIENT_HELLO_SUCCESS;
+ClientCertificate ClientCertificate::Of(SSL* ssl) {
+  ClientCertificate peer;
+  if (ssl == nullptr) {
+    return peer;
   }
-
-  asio::ssl::context ctx;
-  // Kept alive while the context is out, so it can come back.
-  std::shared_ptr<ServerTls> tls;
-  const bool require_client_cert;
-  ClientCertificate* peer = nullptr;  // the session's, while out
-};
-
-ServerTls::ServerTls(const IngestConfig& config)
-    : min_version_(config.tls_min_version),
-      ciphers_(config.tls_ciphers),
-      request_cert_(config.tls_request_cert),
-      ca_file_(config.tls_ca_file),
-      cert_file_(config.tls_cert_file),
-      key_file_(config.tls_key_file),
-      sni_files_(config.tls_sni_certificates) {}
-
-ServerTls::~ServerTls() {
-  X509_STORE_free(store_);
-  sk_X509_NAME_pop_free(ca_names_, X509_NAME_free);
+  X509* cert = SSL_get0_peer_certificate(ssl);
+  if (cert == nullptr) {
+    cert = static_cast<X509*>(SSL_get_ex_data(ssl, RejectedCertificateIndex()));
+  }
+  if (cert == nullptr) {
+    return peer;
+  }
+  peer.subject = NameText(X509_get_subject_name(cert));
+  peer.issuer = NameText(X509_get_issuer_name(cert));
+  const long result = SSL_get_verify_result(ssl);
+  if (result == X509_V_OK) {
+    peer.verify = Verify::kOk;
+  } else {
+    peer.verify = Verify::kFail;
+    peer.error = X509_verify_cert_error_string(result);
+  }
+  return peer;
 }
 
 absl::StatusOr<std::shared_ptr<ServerTls>> ServerTls::Create(const IngestConfig& config) {
-  std::shared_ptr<ServerTls> tls(new ServerTls(config));
-  TERN_RETURN_IF_ERROR(tls->Init());
-  return tls;
-}
-
-absl::Status ServerTls::Init() {
-  if (request_cert_) {
-    store_ = X509_STORE_new();
-    if (store_ == nullptr) {
+  std::shared_ptr<ServerTls> tls(new ServerTls());
+  std::unique_ptr<X509_STORE, decltype(&X509_STORE_free)> store(nullptr, X509_STORE_free);
+  std::unique_ptr<STACK_OF(X509_NAME), void (*)(STACK_OF(X509_NAME)*)> ca_names(
+      nullptr, [](STACK_OF(X509_NAME)* names) { sk_X509_NAME_pop_free(names, X509_NAME_free); });
+  if (config.tls_request_cert) {
+    store.reset(X509_STORE_new());
+    if (store == nullptr) {
       return absl::ResourceExhaustedError("OpenSSL could not make a certificate store");
     }
-    if (!ca_file_.empty()) {
+    if (!config.tls_ca_file.empty()) {
       // Only these CAs, as Node.js's `ca` (so Haraka's): see README.
-      if (X509_STORE_load_file(store_, ca_file_.c_str()) != 1) {
+      if (X509_STORE_load_file(store.get(), config.tls_ca_file.c_str()) != 1) {
         ERR_clear_error();
-        return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] ca: cannot load ", ca_file_));
+        return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] ca: cannot load ", config.tls_ca_file));
       }
-      ca_names_ = SSL_load_client_CA_file(ca_file_.c_str());
+      ca_names.reset(SSL_load_client_CA_file(config.tls_ca_file.c_str()));
       ERR_clear_error();
-    } else if (X509_STORE_set_default_paths(store_) != 1) {
+    } else if (X509_STORE_set_default_paths(store.get()) != 1) {
       ERR_clear_error();
       return absl::InternalError("OpenSSL could not load the system's default trusted CAs");
     }
-    for (Pool& pool : pools_) {
-      if (RAND_bytes(pool.ticket_keys, sizeof(pool.ticket_keys)) != 1) {
-        return absl::InternalError("OpenSSL could not make session ticket keys");
-      }
-    }
   }
-  for (const TlsCertificateFiles& files : sni_files_) {
+  TERN_RETURN_IF_ERROR(tls->MakeSet(config, false, store.get(), ca_names.get()));
+  if (std::any_of(config.listen.begin(), config.listen.end(),
+                  [](const ListenAddress& listen) { return listen.require_client_cert; })) {
+    TERN_RETURN_IF_ERROR(tls->MakeSet(config, true, store.get(), ca_names.get()));
+  }
+  return tls;
+}
+
+absl::Status ServerTls::MakeSet(const IngestConfig& config, bool require_client_cert, X509_STORE* store,
+                                const STACK_OF(X509_NAME)* ca_names) {
+  Set& set = sets_[require_client_cert ? 1 : 0];
+  // One set of ticket keys (name, HMAC key, AES key) and one session id
+  // context per set: OpenSSL resumes a session only in the set it began in.
+  unsigned char ticket_keys[80];
+  if (RAND_bytes(ticket_keys, sizeof(ticket_keys)) != 1) {
+    return absl::InternalError("OpenSSL could not make session ticket keys");
+  }
+  static constexpr unsigned char kRequested[] = "tern-ingest";
+  static constexpr unsigned char kRequired[] = "tern-ingest/required";
+  // What every context of the set has alike, so that a handshake switched to
+  // an SNI context verifies and resumes as it would have on the default.
+  auto configure = [&](SSL_CTX* ctx) {
+    if (require_client_cert) {
+      SSL_CTX_set_session_id_context(ctx, kRequired, sizeof(kRequired) - 1);
+    } else {
+      SSL_CTX_set_session_id_context(ctx, kRequested, sizeof(kRequested) - 1);
+    }
+    SSL_CTX_set_tlsext_ticket_keys(ctx, ticket_keys, sizeof(ticket_keys));
+    if (!config.tls_request_cert) {
+      return;
+    }
+    SSL_CTX_set1_cert_store(ctx, store);
+    if (ca_names != nullptr) {
+      SSL_CTX_set_client_CA_list(ctx, SSL_dup_CA_list(ca_names));
+    }
+    if (require_client_cert) {
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                         RequireClientCertificate);
+    } else {
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE, AcceptAnyClientCertificate);
+    }
+  };
+  for (const TlsCertificateFiles& files : config.tls_sni_certificates) {
     TERN_ASSIGN_OR_RETURN(std::shared_ptr<asio::ssl::context> ctx,
-                          MakeServerContext(min_version_, ciphers_, files.cert_file, files.key_file,
-                                            files.cert_file));
+                          MakeServerContext(config.tls_min_version, config.tls_ciphers, files.cert_file,
+                                            files.key_file, files.cert_file));
     const std::vector<std::string> names = CertificateNames(ctx->native_handle());
     if (names.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat(files.cert_file, ": the certificate names no host (no DNS SAN, no CN)"));
     }
-    ConfigureClientVerification(ctx->native_handle());
+    configure(ctx->native_handle());
     for (const std::string& name : names) {
-      sni_.emplace(name, ctx);  // a name in two certificates: the first file's
+      set.sni.emplace(name, ctx);  // a name in two certificates: the first file's
     }
   }
   // The default has a context of its own, so switching away from it by SNI
   // leaves it intact.
-  if (!cert_file_.empty()) {
-    TERN_ASSIGN_OR_RETURN(default_, MakeServerContext(min_version_, ciphers_, cert_file_, key_file_, "tls.ini [main]"));
+  if (!config.tls_cert_file.empty()) {
+    TERN_ASSIGN_OR_RETURN(set.default_ctx, MakeServerContext(config.tls_min_version, config.tls_ciphers,
+                                                             config.tls_cert_file, config.tls_key_file,
+                                                             "tls.ini [main]"));
   } else {
-    const TlsCertificateFiles& first = sni_files_.front();
-    TERN_ASSIGN_OR_RETURN(default_,
-                          MakeServerContext(min_version_, ciphers_, first.cert_file, first.key_file, first.cert_file));
+    const TlsCertificateFiles& first = config.tls_sni_certificates.front();
+    TERN_ASSIGN_OR_RETURN(set.default_ctx, MakeServerContext(config.tls_min_version, config.tls_ciphers,
+                                                             first.cert_file, first.key_file, first.cert_file));
   }
-  ConfigureClientVerification(default_->native_handle());
-  if (!sni_.empty()) {
-    SSL_CTX_set_tlsext_servername_callback(default_->native_handle(), SelectCertificateBySni);
-    SSL_CTX_set_tlsext_servername_arg(default_->native_handle(), &sni_);
+  configure(set.default_ctx->native_handle());
+  if (!set.sni.empty()) {
+    SSL_CTX_set_tlsext_servername_callback(set.default_ctx->native_handle(), SelectCertificateBySni);
+    SSL_CTX_set_tlsext_servername_arg(set.default_ctx->native_handle(), &set.sni);
   }
-  if (request_cert_) {
-    // Fail at startup, not at the first handshake.
-    for (const bool require : {false, true}) {
-      TERN_ASSIGN_OR_RETURN(std::unique_ptr<Pooled> pooled, NewPooled(require));
-      Release(pooled.release());
-    }
-  }
+  OPENSSL_cleanse(ticket_keys, sizeof(ticket_keys));
   return absl::OkStatus();
 }
 
-void ServerTls::ConfigureClientVerification(SSL_CTX* ctx) const {
-  static constexpr unsigned char kSessionIdContext[] = "tern-ingest";
-  SSL_CTX_set_session_id_context(ctx, kSessionIdContext, sizeof(kSessionIdContext) - 1);
-  if (!request_cert_) {
-    return;
-  }
-  SSL_CTX_set1_cert_store(ctx, store_);
-  if (ca_names_ != nullptr) {
-    SSL_CTX_set_client_CA_list(ctx, SSL_dup_CA_list(ca_names_));
-  }
-}
-
-absl::StatusOr<std::unique_ptr<ServerTls::Pooled>> ServerTls::NewPooled(bool require_client_cert) {
-  auto pooled = std::make_unique<Pooled>(shared_from_this(), require_client_cert);
-  SSL_CTX* ctx = pooled->ctx.native_handle();
-  TERN_RETURN_IF_ERROR(ApplyServerSettings(pooled->ctx, min_version_, ciphers_));
-  SSL_CTX* prototype = default_->native_handle();
-  STACK_OF(X509)* chain = nullptr;
-  SSL_CTX_get0_chain_certs(prototype, &chain);
-  if (SSL_CTX_use_cert_and_key(ctx, SSL_CTX_get0_certificate(prototype), SSL_CTX_get0_privatekey(prototype), chain,
-                               1) != 1) {
-    ERR_clear_error();
-    return absl::ResourceExhaustedError("OpenSSL could not make a TLS context");
-  }
-  ConfigureClientVerification(ctx);
-  if (require_client_cert) {
-    static constexpr unsigned char kRequired[] = "tern-ingest/required";
-    SSL_CTX_set_session_id_context(ctx, kRequired, sizeof(kRequired) - 1);
-  }
-  Pool& pool = pools_[require_client_cert ? 1 : 0];
-  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  SSL_CTX_set_tlsext_ticket_keys(ctx, pool.ticket_keys, sizeof(pool.ticket_keys));
-  SSL_CTX_set_verify(ctx,
-                     SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE |
-                         (require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
-                     VerifyClientCertificate);
-  if (!sni_.empty()) {
-    SSL_CTX_set_tlsext_servername_callback(ctx, SelectCertificateBySni);
-    SSL_CTX_set_tlsext_servername_arg(ctx, &sni_);
-  }
-  SSL_CTX_set_client_hello_cb(ctx, Pooled::Bind, pooled.get());
-  return pooled;
-}
-
-void ServerTls::Release(Pooled* pooled) {
-  // Kept alive by the context until the end of this function.
-  std::shared_ptr<ServerTls> self = std::move(pooled->tls);
-  pooled->peer = nullptr;
-  Pool& pool = pools_[pooled->require_client_cert ? 1 : 0];
-  constexpr size_t kMaxIdle = 64;
-  std::unique_ptr<Pooled> owned(pooled);
-  std::lock_guard<std::mutex> lock(pool.mu);
-  if (pool.idle.size() < kMaxIdle) {
-    pool.idle.push_back(std::move(owned));
-  }
-}
-
-absl::StatusOr<std::shared_ptr<asio::ssl::context>> ServerTls::ForHandshake(bool require_client_cert,
-                                                                            ClientCertificate* peer) {
-  *peer = ClientCertificate();
-  if (!request_cert_) {
-    return default_;
-  }
-  Pool& pool = pools_[require_client_cert ? 1 : 0];
-  std::unique_ptr<Pooled> pooled;
-  {
-    std::lock_guard<std::mutex> lock(pool.mu);
-    if (!pool.idle.empty()) {
-      pooled = std::move(pool.idle.back());
-      pool.idle.pop_back();
-    }
-  }
-  if (pooled == nullptr) {
-    TERN_ASSIGN_OR_RETURN(pooled, NewPooled(require_client_cert));
-  } else {
-    pooled->tls = shared_from_this();
-  }
-  pooled->peer = peer;
-  asio::ssl::context* ctx = &pooled->ctx;
-  return std::shared_ptr<asio::ssl::context>(ctx, [pooled = pooled.release()](asio::ssl::context*) {
-    pooled->tls->Release(pooled);
-  });
+std::shared_ptr<asio::ssl::context> ServerTls::ForHandshake(bool require_client_cert) const {
+  return sets_[require_client_cert ? 1 : 0].default_ctx;
 }
 
 IngestServer::IngestServer(asio::io_context& io, std::shared_ptr<ServerCore> core)

@@ -360,19 +360,14 @@ asio::awaitable<bool> Session::Prelude() {
   }
 
   if (implicit_tls_) {
-    absl::StatusOr<std::shared_ptr<asio::ssl::context>> ctx =
-        core_->tls->ForHandshake(require_client_cert_, &client_cert_);
-    if (!ctx.ok()) {
-      log::Event(log::Level::kError, "tls_unavailable", {{"session", session_id_}, {"error", ctx.status().message()}});
-      co_return false;
-    }
-    co_return co_await TlsHandshake(*std::move(ctx));
+    co_return co_await TlsHandshake(core_->tls->ForHandshake(require_client_cert_));
   }
   co_return true;
 }
 
 asio::awaitable<bool> Session::TlsHandshake(std::shared_ptr<asio::ssl::context> ctx) {
   absl::Status status = co_await conn_.StartTlsServer(std::move(ctx), kTlsHandshakeTimeout);
+  client_cert_ = ClientCertificate::Of(conn_.tls_native_handle());
   if (!status.ok()) {
     // On a listener that requires a certificate, the certificate's names and
     // why it did not verify (none presented: OpenSSL's error says so).
@@ -745,19 +740,14 @@ asio::awaitable<bool> Session::StartTls() {
     co_await Flush();
     co_return false;
   }
-  absl::StatusOr<std::shared_ptr<asio::ssl::context>> ctx =
-      core_->tls->ForHandshake(require_client_cert_, &client_cert_);
-  if (!ctx.ok()) {
-    // RFC 3207 §4: TLS is offered but cannot start now.
-    log::Event(log::Level::kError, "tls_unavailable", {{"session", session_id_}, {"error", ctx.status().message()}});
-    Reply("454 4.7.0 TLS not available due to temporary reason");
-    co_return true;
-  }
+  // Taken here and passed in: GCC 12 miscompiled this coroutine (a ud2 on
+  // its first resume) when TlsHandshake() took the context itself.
+  std::shared_ptr<asio::ssl::context> ctx = core_->tls->ForHandshake(require_client_cert_);
   Reply("220 2.0.0 Ready to start TLS");
   if (!co_await Flush()) {
     co_return false;
   }
-  if (!co_await TlsHandshake(*std::move(ctx))) {
+  if (!co_await TlsHandshake(std::move(ctx))) {
     co_return false;
   }
   ResetTransaction();

@@ -67,9 +67,8 @@ class EnqueueCall;
 class Session;
 
 // What a TLS handshake learned of the client's certificate (tls.ini
-// requestCert). OpenSSL's callbacks write it during the handshake, on the
-// session's thread; the session reads it afterwards. Never the certificate
-// itself: its names are enough to log.
+// requestCert), read from its SSL object once it is over. Never the
+// certificate itself: its names are enough to log.
 struct ClientCertificate {
   // The words Sendmail and Haraka write in Received: (verify=...): kOk, a
   // certificate that verified against tls.ini's `ca`; kFail, one that was
@@ -85,83 +84,58 @@ struct ClientCertificate {
 
   // "OK", "FAIL" or "NO".
   static const char* Name(Verify verify);
+  // What the server handshake on `ssl` (Connection::tls_native_handle(),
+  // null without one) learned: after it succeeded, a resumed one included
+  // (OpenSSL keeps the certificate and its verify result in the session);
+  // after it failed on a listener that requires a certificate, the rejected
+  // certificate and why. Defined in server.cc.
+  static ClientCertificate Of(SSL* ssl);
 };
 
 // ServerTls: the TLS contexts of the server side of STARTTLS and SMTPS, made
-// once from the config (server.cc): the default certificate (tls.ini's, else
-// the first of config/tls/), the certificates chosen by SNI, and, with
-// requestCert, what verifies client certificates (tls.ini's `ca`, else the
-// system's default CAs).
+// once from the config (server.cc) and shared by every handshake: the
+// default certificate (tls.ini's, else the first of config/tls/) and the
+// certificates chosen by SNI. With requestCert each asks for a client
+// certificate (SSL_VERIFY_PEER) and verifies it against tls.ini's `ca`, else
+// the system's default CAs, but lets the handshake go on whatever it finds,
+// as Postfix does; OpenSSL records the result for ClientCertificate::Of.
+// When a listener requires a certificate, those listeners get a second set
+// of the same contexts that fails the handshake without a verified one,
+// with another session id context and other ticket keys, so that a session
+// that began where no certificate was required can never be resumed where
+// one is.
 //
-// Why one context per handshake. With requestCert the session has to learn
-// the verification result of its own handshake, and lib/net's Connection
-// keeps the SSL object to itself. So each handshake gets a context of its
-// own, whose ClientHello callback (run before the SNI callback can switch
-// to a certificate's shared context) ties the session's ClientCertificate
-// to the SSL object; an info callback fills it in when the handshake is
-// done, a resumed one included. Building an SSL_CTX takes about 0.15 ms of
-// CPU with OpenSSL 3.0 (SSL_CTX_new alone, measured on the build machine),
-// so they are pooled: a context goes back to its pool when the connection
-// is gone, and at most 64 idle ones are kept per pool. The pooled contexts
-// share one certificate store, one
-// set of session-ticket keys per pool (so a client may resume on any of
-// them) and no session cache. Listeners that require a certificate draw
-// from a pool of their own, with other ticket keys and another session id
-// context, so that a session that began where no certificate was required
-// can never be resumed where one is. Without requestCert every handshake
-// shares one context, as before.
-//
-// Thread-safety: Create() once; ForHandshake() from any session thread (the
-// pools are under a mutex).
-class ServerTls : public std::enable_shared_from_this<ServerTls> {
+// Thread-safety: Create() once; ForHandshake() from any thread.
+class ServerTls {
  public:
   // Loads every certificate and key; an error names the file.
   static absl::StatusOr<std::shared_ptr<ServerTls>> Create(const IngestConfig& config);
-  ~ServerTls();
   ServerTls(const ServerTls&) = delete;
   ServerTls& operator=(const ServerTls&) = delete;
 
-  // The context for one server handshake on a listener that does or does
-  // not require a client certificate. With requestCert, `*peer` is reset
-  // and filled in by the handshake, so it must outlive the handshake: the
-  // session owns both. Fails only when OpenSSL cannot make a context (out
-  // of memory). Call on the session's thread, just before the handshake.
-  absl::StatusOr<std::shared_ptr<asio::ssl::context>> ForHandshake(bool require_client_cert,
-                                                                   ClientCertificate* peer);
+  // The context for a server handshake on a listener that does or does not
+  // require a client certificate.
+  std::shared_ptr<asio::ssl::context> ForHandshake(bool require_client_cert) const;
 
  private:
-  struct Pooled;  // server.cc
-  struct Pool {
-    std::mutex mu;
-    std::vector<std::unique_ptr<Pooled>> idle;  // under mu
-    unsigned char ticket_keys[80] = {};         // name, HMAC key, AES key
+  // The contexts of one client-certificate policy.
+  struct Set {
+    // tls.ini's certificate, else the first of config/tls/.
+    std::shared_ptr<asio::ssl::context> default_ctx;
+    // Each name a certificate serves, lower case ("*.example.com" for a
+    // wildcard), to its context: the SNI callback's argument, so it
+    // switches within the set. Empty without config/tls/.
+    std::map<std::string, std::shared_ptr<asio::ssl::context>> sni;
   };
 
-  explicit ServerTls(const IngestConfig& config);
-  absl::Status Init();
-  // Certificate store, client CA names and session id context, set on every
-  // context so that a handshake switched to an SNI context verifies alike.
-  void ConfigureClientVerification(SSL_CTX* ctx) const;
-  absl::StatusOr<std::unique_ptr<Pooled>> NewPooled(bool require_client_cert);
-  void Release(Pooled* pooled);
+  ServerTls() = default;
+  // Makes sets_[require_client_cert]. With requestCert, `store` holds the
+  // trusted CAs and `ca_names` (null without `ca`) what the
+  // CertificateRequest lists.
+  absl::Status MakeSet(const IngestConfig& config, bool require_client_cert, X509_STORE* store,
+                       const STACK_OF(X509_NAME)* ca_names);
 
-  const std::string min_version_;
-  const std::string ciphers_;
-  const bool request_cert_;
-  const std::string ca_file_;
-  const std::string cert_file_;
-  const std::string key_file_;
-  const std::vector<TlsCertificateFiles> sni_files_;
-  // tls.ini's certificate, else the first of config/tls/.
-  std::shared_ptr<asio::ssl::context> default_;
-  // Each name a certificate serves, lower case ("*.example.com" for a
-  // wildcard), to its context. Empty without config/tls/.
-  std::map<std::string, std::shared_ptr<asio::ssl::context>> sni_;
-  // With requestCert: the trusted CAs and the names the CertificateRequest
-  // lists (none without `ca`). Owned.
-  X509_STORE* store_ = nullptr;
-  STACK_OF(X509_NAME)* ca_names_ = nullptr;
-  Pool pools_[2];  // [require_client_cert]
+  Set sets_[2];  // [require_client_cert]; the second only when a listener requires
 };
 
 struct ServerCore : std::enable_shared_from_this<ServerCore> {
@@ -315,10 +289,9 @@ class Session {
 
   std::shared_ptr<ServerCore> core_;
   const IngestConfig& cfg_;
-  // What the TLS handshake learned of the client's certificate. Before conn_,
-  // so it outlives the SSL object whose callbacks write it.
-  ClientCertificate client_cert_;
   net::Connection conn_;
+  // What the TLS handshake learned of the client's certificate.
+  ClientCertificate client_cert_;
   std::string client_ip_;
   uint16_t client_port_ = 0;
   std::string peer_ip_;          // the socket's peer (the proxy, with PROXY)

@@ -168,6 +168,10 @@ bool UserDb::SlowToVerify(absl::string_view user) const {
   return it != users_.end() && it->second.scheme == Scheme::kCrypt;
 }
 
+bool UserDb::any_slow_to_verify() const {
+  return std::any_of(users_.begin(), users_.end(), [](const auto& u) { return u.second.scheme == Scheme::kCrypt; });
+}
+
 bool UserDb::Verify(absl::string_view user, absl::string_view password) const {
   auto it = users_.find(user);
   if (it == users_.end()) {

@@ -60,6 +60,9 @@ class UserDb {
   // hash (SHA-512-crypt ~1 ms at its default 5,000 rounds, bcrypt 50-250 ms
   // at the usual costs), which ingest checks off the session's thread.
   bool SlowToVerify(absl::string_view user) const;
+  // True when some user's password is SlowToVerify: only then does ingest
+  // keep threads for password checks.
+  bool any_slow_to_verify() const;
   // The plaintext password (CRAM-MD5), if the user exists and has one.
   std::optional<std::string> Plaintext(absl::string_view user) const;
 

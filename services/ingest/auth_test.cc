@@ -46,6 +46,20 @@ TEST(UserDb, VerifiesPlaintextAndHashedPasswords) {
   EXPECT_EQ(db->Plaintext("bob"), std::nullopt);
 }
 
+TEST(UserDb, OnlyCryptHashesAreSlowToVerify) {
+  crypt_data data{};
+  const std::string sha512_crypt = crypt_r("s3cret", "$6$saltsalt$", &data);
+  auto fast = UserDb::FromIni(Ini("[users]\nalice=wonder land\ncarol=" + Ssha256("pa55", "NaCl") + "\n"));
+  ASSERT_TRUE(fast.ok()) << fast.status();
+  EXPECT_FALSE(fast->any_slow_to_verify());
+  EXPECT_FALSE(fast->SlowToVerify("carol"));
+  auto mixed = UserDb::FromIni(Ini("[users]\nalice=wonder land\nbob={SHA512-CRYPT}" + sha512_crypt + "\n"));
+  ASSERT_TRUE(mixed.ok()) << mixed.status();
+  EXPECT_TRUE(mixed->any_slow_to_verify());
+  EXPECT_TRUE(mixed->SlowToVerify("bob"));
+  EXPECT_FALSE(mixed->SlowToVerify("alice"));
+}
+
 TEST(UserDb, RejectsUnknownSchemesAndEmptyPasswords) {
   auto bad = UserDb::FromIni(Ini("[users]\nx={MD4}abc\n"));
   ASSERT_FALSE(bad.ok());

@@ -413,9 +413,11 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
   core->queue = std::move(queue);
   core->hook = std::move(hook);
   core->tarpit.emplace(core->config.auth.fail_delay, core->config.auth.fail_delay_max);
-  if (core->config.auth.enabled() && !core->config.auth.users.all_plaintext()) {
+  if (core->config.auth.enabled() && core->config.auth.users.any_slow_to_verify()) {
     // Two threads: a burst of logins against slow hashes still moves while
-    // the session threads carry on.
+    // the session threads carry on. Salted SHA and plaintext passwords are
+    // checked on the session's thread, so without crypt(3) hashes there is
+    // no pool.
     core->auth_pool = std::make_unique<asio::thread_pool>(2);
   }
   if (core->config.tls_enabled()) {

@@ -9,6 +9,7 @@
 #include <system_error>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -20,8 +21,6 @@
 
 namespace tern::deliverer {
 namespace {
-
-constexpr size_t kFoldAt = 78;  // RFC 5322 §2.1.1's recommended line length
 
 bool IsWsp(char c) { return c == ' ' || c == '\t'; }
 
@@ -36,49 +35,14 @@ using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>;
 // No passphrase prompt on the terminal for an encrypted key: it fails.
 int NoPassphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*u*/) { return 0; }
 
-std::string Base64(absl::string_view bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
-  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
-}
-
-// The first line of a one-line file that is not empty or a # comment.
-std::string FirstLine(absl::string_view text) {
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
-    if (!line.empty() && line[0] != '#') {
-      return std::string(line);
-    }
+// `dir`'s read of `path` (ConfigDir::Text or Line), with a failure to read
+// as a startup error that names the file.
+template <typename T>
+absl::StatusOr<T> Readable(const std::string& path, absl::StatusOr<T> read) {
+  if (!read.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot be read: ", read.status().message()));
   }
-  return "";
-}
-
-absl::StatusOr<std::optional<std::string>> ReadFile(const config::ConfigDir& dir, const std::string& path) {
-  auto text = dir.Text(path);
-  if (!text.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot be read: ", text.status().message()));
-  }
-  return *std::move(text);
-}
-
-// A header block split from the body of a CRLF message (RFC 5322 §2.1):
-// `headers` ends with the CRLF of its last field; `body` follows the empty line.
-struct Parts {
-  absl::string_view headers;
-  absl::string_view body;
-};
-
-Parts Split(absl::string_view m) {
-  if (absl::StartsWith(m, "\r\n")) {
-    return {absl::string_view(), m.substr(2)};
-  }
-  const size_t sep = m.find("\r\n\r\n");
-  if (sep == absl::string_view::npos) {
-    return {m, absl::string_view()};
-  }
-  return {m.substr(0, sep + 2), m.substr(sep + 4)};
+  return read;
 }
 
 // The DKIM-Signature field, folded: tags separated by "; ", each on the line
@@ -94,7 +58,7 @@ class Folder {
     for (size_t i = 0; i < atoms.size(); ++i) {
       const std::string& a = atoms[i];
       const size_t sep = i == 0 ? 1 : 0;
-      if (column_ + sep + a.size() > kFoldAt && column_ > 1) {
+      if (column_ + sep + a.size() > mime::kFoldLineLength && column_ > 1) {
         Fold();
       } else if (sep != 0) {
         out_ += ' ';
@@ -108,10 +72,10 @@ class Folder {
   // Base64 filling every line to the fold column.
   void Fill(absl::string_view text) {
     while (!text.empty()) {
-      if (column_ >= kFoldAt) {
+      if (column_ >= mime::kFoldLineLength) {
         Fold();
       }
-      const size_t n = std::min(text.size(), kFoldAt - column_);
+      const size_t n = std::min(text.size(), mime::kFoldLineLength - column_);
       absl::StrAppend(&out_, text.substr(0, n));
       column_ += n;
       text.remove_prefix(n);
@@ -259,12 +223,13 @@ absl::StatusOr<DkimConfig> DkimConfig::Load(const config::ConfigDir& dir) {
       }
       const std::string private_path = (entry.path() / "private").string();
       const std::string selector_path = (entry.path() / "selector").string();
-      TERN_ASSIGN_OR_RETURN(std::optional<std::string> pem, ReadFile(dir, private_path));
+      TERN_ASSIGN_OR_RETURN(std::optional<std::string> pem, Readable(private_path, dir.Text(private_path)));
       if (!pem.has_value()) {
         continue;  // a directory without a key (e.g. only the dns record) signs nothing
       }
-      TERN_ASSIGN_OR_RETURN(std::optional<std::string> selector_text, ReadFile(dir, selector_path));
-      const std::string selector = selector_text.has_value() ? FirstLine(*selector_text) : "";
+      TERN_ASSIGN_OR_RETURN(std::optional<std::string> selector_line,
+                            Readable(selector_path, dir.Line(selector_path)));
+      const std::string selector = selector_line.value_or("");
       if (selector.empty()) {
         return absl::InvalidArgumentError(
             absl::StrCat(selector_path, ": missing or empty, but ", private_path, " exists"));
@@ -285,7 +250,7 @@ absl::StatusOr<DkimConfig> DkimConfig::Load(const config::ConfigDir& dir) {
   const std::string domain = std::string(absl::StripAsciiWhitespace(ini.GetString("sign", "domain", "")));
   if (!selector.empty() && !domain.empty()) {
     const std::string path = dir.PathOf("dkim.private.key");
-    TERN_ASSIGN_OR_RETURN(std::optional<std::string> pem, ReadFile(dir, path));
+    TERN_ASSIGN_OR_RETURN(std::optional<std::string> pem, Readable(path, dir.Text(path)));
     if (pem.has_value()) {
       TERN_ASSIGN_OR_RETURN(DkimKey key, ParseDkimKey(*pem, domain, selector, path));
       c.fallback = std::move(key);
@@ -610,7 +575,7 @@ absl::StatusOr<DkimResult> DkimSign(const DkimConfig& config, absl::string_view 
     smtp::DotCodec::AppendCrlfCanonical(message, &canonical);
     m = canonical;
   }
-  const Parts parts = Split(m);
+  const mime::HeaderBlock parts = mime::SplitHeaderBlock(m);
 
   DkimResult result;
   result.domain = dkim::SigningDomain(parts.headers, envelope_from);
@@ -666,7 +631,7 @@ absl::StatusOr<DkimResult> DkimSign(const DkimConfig& config, absl::string_view 
   }
   folder.Tag(h_atoms);
   folder.Tag({absl::StrCat(
-      "bh=", Base64(absl::string_view(reinterpret_cast<const char*>(body_hash), body_hash_len)), ";")});
+      "bh=", absl::Base64Escape(absl::string_view(reinterpret_cast<const char*>(body_hash), body_hash_len)), ";")});
   folder.Tag({"b="});
 
   // §3.7: the signed fields, then this field with an empty b= and without
@@ -679,7 +644,7 @@ absl::StatusOr<DkimResult> DkimSign(const DkimConfig& config, absl::string_view 
   own.resize(own.size() - 2);
   header_data += own;
   TERN_ASSIGN_OR_RETURN(std::string signature, SignHeaderData(*key, header_data));
-  folder.Fill(Base64(signature));
+  folder.Fill(absl::Base64Escape(signature));
   result.header = absl::StrCat(folder.text(), "\r\n");
   return result;
 }

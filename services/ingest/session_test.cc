@@ -568,6 +568,17 @@ class IngestSessionTest : public ::testing::TestWithParam<int> {
     return client;
   }
 
+  // Starts TLS asking for `sni` ("" for none), expects the certificate whose
+  // CN is `common_name`, and that the session goes on over TLS.
+  void ExpectCertificateForSni(const std::string& sni, const std::string& common_name) {
+    SCOPED_TRACE(sni);
+    auto client = Connect();
+    ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+    ASSERT_TRUE(client->StartTls(sni));
+    EXPECT_EQ(client->PeerCommonName(), common_name);
+    EXPECT_TRUE(absl::StartsWith(client->Command("EHLO client.test"), "250-mx.test"));
+  }
+
   FakeQueue fake_;
   int queue_port_ = 0;
   std::unique_ptr<grpc::Server> queue_server_;
@@ -1103,12 +1114,7 @@ TEST_P(IngestSessionTest, SniPicksTheBundleFromTheTlsDirectory) {
       {"", "mx.test"},                      // no SNI: the default
   };
   for (const auto& [sni, expected] : cases) {
-    SCOPED_TRACE(sni);
-    auto client = Connect();
-    ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
-    ASSERT_TRUE(client->StartTls(sni));
-    EXPECT_EQ(client->PeerCommonName(), expected);
-    EXPECT_TRUE(absl::StartsWith(client->Command("EHLO client.test"), "250-mx.test"));
+    ExpectCertificateForSni(sni, expected);
   }
 }
 
@@ -1132,11 +1138,7 @@ TEST_P(IngestSessionTest, TlsDirectoryAloneServesItsFirstBundle) {
   StartIngest(cfg);
   for (const auto& [sni, expected] : std::vector<std::pair<std::string, std::string>>{
            {"", "first.test"}, {"second.test", "second.test"}, {"nobody.test", "first.test"}}) {
-    SCOPED_TRACE(sni);
-    auto client = Connect();
-    ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
-    ASSERT_TRUE(client->StartTls(sni));
-    EXPECT_EQ(client->PeerCommonName(), expected);
+    ExpectCertificateForSni(sni, expected);
   }
 }
 
@@ -1482,12 +1484,7 @@ TEST_P(IngestSessionTest, TlsSubdirectoryWithSeparateKeyAndCertificateIsServedBy
   StartIngest(cfg);
   for (const auto& [sni, expected] : std::vector<std::pair<std::string, std::string>>{
            {"mail.example.com", "*.example.com"}, {"unknown.test", "mx.test"}}) {
-    SCOPED_TRACE(sni);
-    auto client = Connect();
-    ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
-    ASSERT_TRUE(client->StartTls(sni));
-    EXPECT_EQ(client->PeerCommonName(), expected);
-    EXPECT_TRUE(absl::StartsWith(client->Command("EHLO client.test"), "250-mx.test"));
+    ExpectCertificateForSni(sni, expected);
   }
 
   // A directory with a key and no certificate that it fits stops startup.

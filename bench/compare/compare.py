@@ -320,6 +320,20 @@ class Tern:
             f.write(os.environ.get("TERN_BENCH_SMTP_MAIN", "").replace("\\n", "\n") + "\n")
         with open(os.path.join(cfg, "outbound.ini"), "w") as f:
             f.write("[main]\nlocal_mx_ok=true\n")
+        # TERN_BENCH_DKIM=rsa|ed25519: sign every message (dkim.ini, a key
+        # for the load's sender domain made here with openssl), to measure
+        # what signing costs.
+        dkim = os.environ.get("TERN_BENCH_DKIM")
+        if dkim:
+            key_dir = os.path.join(cfg, "dkim", "bench.test")
+            os.makedirs(key_dir)
+            algorithm = ["RSA", "-pkeyopt", "rsa_keygen_bits:2048"] if dkim == "rsa" else ["ED25519"]
+            subprocess.run(["openssl", "genpkey", "-algorithm", *algorithm, "-out", os.path.join(key_dir, "private")],
+                           check=True, capture_output=True, timeout=60)
+            with open(os.path.join(key_dir, "selector"), "w") as f:
+                f.write("bench\n")
+            with open(os.path.join(cfg, "dkim.ini"), "w") as f:
+                f.write("[sign]\nenabled=true\n")
         with open(os.path.join(cfg, "log.ini"), "w") as f:
             f.write(f"[main]\nlevel={os.environ.get('TERN_BENCH_LOG_LEVEL', 'warn')}\n")
         # --local-ttl: a real zone's records have TTLs (dnsmasq's own records

@@ -96,6 +96,8 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   TERN_ASSIGN_OR_RETURN(c.chunking, tern.GetBool(kD, "chunking", true));
   TERN_ASSIGN_OR_RETURN(int64_t chunking_ttl, GetRanged(tern, kD, "chunking_failure_ttl", 604800, 0, 31536000));
   c.chunking_failure_ttl = std::chrono::seconds(chunking_ttl);
+  TERN_ASSIGN_OR_RETURN(int64_t dkim_threads, GetRanged(tern, kD, "dkim_threads", c.dkim_threads, 0, 64));
+  c.dkim_threads = static_cast<uint32_t>(dkim_threads);
   TERN_ASSIGN_OR_RETURN(c.tlsrpt, tern.GetBool("tlsrpt", "enabled", false));
   TERN_ASSIGN_OR_RETURN(int64_t tlsrpt_flush, GetRanged(tern, "tlsrpt", "flush_seconds", 10, 1, 3600));
   c.tlsrpt_flush = std::chrono::seconds(tlsrpt_flush);

@@ -26,6 +26,7 @@
 #include "asio/ssl/context.hpp"
 #include "asio/steady_timer.hpp"
 #include "asio/this_coro.hpp"
+#include "asio/thread_pool.hpp"
 #include "asio/use_awaitable.hpp"
 #include "lib/common/ids.h"
 #include "lib/common/log.h"
@@ -373,6 +374,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     if (std::shared_ptr<grpc::Channel> hooks = hooks::MakeHooksChannel(config.hooks)) {
       hooks_ = v1::Hooks::NewStub(hooks);
+    }
+    if (config.dkim.enabled && config.dkim_threads > 0) {
+      dkim_pool_ = std::make_unique<asio::thread_pool>(config.dkim_threads);
     }
   }
 
@@ -973,7 +977,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
 
     auto body = std::make_shared<const std::string>(std::move(*job.mutable_body()));
     // Signed once: every transaction of this delivery sends the same field.
-    const std::shared_ptr<const std::string> dkim_signature = SignDkim(job, *body);
+    const std::shared_ptr<const std::string> dkim_signature = co_await SignDkim(job, body);
     std::vector<size_t> undecided;
     for (size_t i = 0; i < n; ++i) {
       if (!decided[i]) {
@@ -1460,20 +1464,42 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
   }
 
+  // DkimSign on a dkim_pool_ thread. Only copies and the config (which
+  // outlives the pool: Drain joins it, and the Impl owning the pool goes
+  // before the config) reach that thread, so a delivery whose frame is
+  // destroyed meanwhile leaves it nothing dangling. A function, not a
+  // lambda: with GCC 12, a coroutine lambda capturing the string crashed
+  // freeing it.
+  static asio::awaitable<absl::StatusOr<DkimResult>> SignDkimOnPool(const DkimConfig& dkim,
+                                                                    std::shared_ptr<const std::string> body,
+                                                                    std::string mail_from, int64_t now) {
+    co_return DkimSign(dkim, *body, mail_from, now);
+  }
+
   // The DKIM-Signature field for `job`'s message (dkim.h), or null: signing
   // is off, the message names no domain with a key (counted; logged at
   // debug), or signing failed (counted; logged, and the message goes
   // unsigned rather than not at all). Never logs key material.
-  std::shared_ptr<const std::string> SignDkim(const v1::DeliveryJob& job, const std::string& body) {
+  asio::awaitable<std::shared_ptr<const std::string>> SignDkim(const v1::DeliveryJob& job,
+                                                               std::shared_ptr<const std::string> body) {
     if (!config_.dkim.enabled) {
-      return nullptr;
+      co_return nullptr;
     }
-    absl::StatusOr<DkimResult> result = DkimSign(config_.dkim, body, job.mail_from(), NowUnixMs() / 1000);
+    const int64_t now = NowUnixMs() / 1000;
+    absl::StatusOr<DkimResult> result;
+    if (dkim_pool_ == nullptr) {
+      result = DkimSign(config_.dkim, *body, job.mail_from(), now);
+    } else {
+      // co_spawn resumes this coroutine on its own executor with the
+      // answer.
+      result = co_await asio::co_spawn(dkim_pool_->get_executor(),
+                                       SignDkimOnPool(config_.dkim, body, job.mail_from(), now), asio::use_awaitable);
+    }
     if (!result.ok()) {
       metrics_.DkimUnsigned("error").Inc();
       log::Event(log::Level::kWarn, "dkim_sign_failed",
                  {{"msg", job.message_id()}, {"error", result.status().message()}});
-      return nullptr;
+      co_return nullptr;
     }
     if (result->header.empty()) {
       metrics_.DkimUnsigned(result->unsigned_reason).Inc();
@@ -1481,7 +1507,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         log::Event(log::Level::kDebug, "dkim_unsigned",
                    {{"msg", job.message_id()}, {"domain", result->domain}, {"reason", result->unsigned_reason}});
       }
-      return nullptr;
+      co_return nullptr;
     }
     metrics_.DkimSigned(result->algorithm).Inc();
     if (log::Enabled(log::Level::kDebug)) {
@@ -1489,7 +1515,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                  {{"msg", job.message_id()}, {"d", result->domain}, {"s", result->selector},
                   {"a", result->algorithm}});
     }
-    return std::make_shared<const std::string>(std::move(result->header));
+    co_return std::make_shared<const std::string>(std::move(result->header));
   }
 
   // A TLS report to an RFC 8460 https: rua (RecipientSpec.post_url, set
@@ -2346,6 +2372,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
     // Idle pooled connections get their QUIT.
     co_await self->pool_.Shutdown(std::chrono::seconds(2));
+    if (self->dkim_pool_ != nullptr) {
+      // Signatures still being made finish (a few milliseconds at most);
+      // none starts after the event loop stops.
+      self->dkim_pool_->join();
+    }
     log::Event(log::Level::kNotice, "stopped", {{"unsent_reports", absl::StrCat(unsent)}});
     on_stopped();
   }
@@ -2390,6 +2421,10 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   bool stopping_ = false;
   bool reporter_done_ = false;
   uint32_t unreported_ = 0;  // reports enqueued and not yet settled, all shards
+  // Threads that make DKIM signatures (tern.ini dkim_threads); null when
+  // signing is off or is done on the event loop. Last, so it is joined
+  // before anything its work could read goes away.
+  std::unique_ptr<asio::thread_pool> dkim_pool_;
 };
 
 DeliveryWorker::DeliveryWorker(asio::io_context& io, const DelivererConfig& config,

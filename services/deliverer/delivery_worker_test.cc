@@ -14,6 +14,8 @@
 #include <set>
 #include <thread>
 
+#include <openssl/evp.h>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -28,6 +30,7 @@
 #include "gtest/gtest.h"
 #include "lib/metrics/metrics.h"
 #include "lib/net/connection.h"
+#include "services/deliverer/dkim.h"
 #include "services/deliverer/test_certs.h"
 #include "lib/rpc/server_setup.h"
 #include "tern/v1/hooks.grpc.pb.h"
@@ -390,6 +393,7 @@ struct SinkStats {
   std::vector<std::string> commands;
   std::vector<size_t> probed_at_body;  // SinkOptions::probe() when a message's text began
   int body_lines = 0;                   // message text lines received, all messages
+  std::vector<std::string> header_blocks;  // each message's header lines, joined with CRLF
 };
 
 struct SinkOptions {
@@ -424,6 +428,7 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
   bool body_started = false;
   int accepted = 0;  // recipients of the open transaction
   bool slow = false;  // the open transaction has a "slow" recipient
+  bool in_headers = false;
   for (;;) {
     auto line = co_await c.ReadLine(1000, 5s);
     if (!line.ok()) {
@@ -433,9 +438,16 @@ asio::awaitable<void> SinkSession(asio::ip::tcp::socket socket, SinkOptions opti
     if (in_data) {
       if (!body_started) {
         body_started = true;
+        in_headers = true;
+        stats->header_blocks.emplace_back();
         if (options.probe) {
           stats->probed_at_body.push_back(options.probe());
         }
+      }
+      if (in_headers && (t.empty() || t == ".")) {
+        in_headers = false;
+      } else if (in_headers) {
+        absl::StrAppend(&stats->header_blocks.back(), t, "\r\n");
       }
       if (t != ".") {
         ++stats->body_lines;
@@ -740,6 +752,43 @@ TEST(DeliveryWorker, RouteToALoopbackLiteralIsRefusedWithoutLocalMxOk) {
   EXPECT_EQ(res.enhanced_status(), "4.4.4");
   EXPECT_NE(res.reply_text().find("local_mx_ok=false"), std::string::npos) << res.reply_text();
   EXPECT_EQ(h.stats.connections, 0);
+}
+
+// dkim_threads makes the signatures on threads of their own, 0 on the event
+// loop: either way every message leaves with its DKIM-Signature field first.
+TEST(DeliveryWorker, MessagesLeaveDkimSignedWhetherSignedOnThreadsOrOnTheEventLoop) {
+  for (uint32_t threads : {2u, 0u}) {
+    SCOPED_TRACE(threads);
+    Harness h;
+    h.config.dkim.enabled = true;
+    h.config.dkim.headers = DkimConfig::DefaultHeaders();
+    DkimKey key;
+    key.domain = "a.test";  // Job's MAIL FROM domain; its body has no From
+    key.selector = "sel";
+    key.file = "test key";
+    key.ed25519 = true;
+    key.pkey.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"), EVP_PKEY_free);
+    ASSERT_NE(key.pkey, nullptr);
+    h.config.dkim.keys["a.test"] = key;
+    h.config.dkim_threads = threads;
+    constexpr size_t kJobs = 6;
+    for (size_t i = 0; i < kJobs; ++i) {
+      h.queue.AddJob(Job(absl::StrCat("k", i), absl::StrCat("d", i % 3, ".test"), {"alice"}));
+    }
+    h.Start();
+    ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == kJobs; }));
+    for (const v1::DeliveryReport& report : h.queue.reports()) {
+      EXPECT_EQ(report.recipients(0).result().outcome(), v1::OUTCOME_DELIVERED) << report.delivery_id();
+    }
+    ASSERT_EQ(h.stats.header_blocks.size(), kJobs);
+    for (const std::string& block : h.stats.header_blocks) {
+      EXPECT_TRUE(absl::StartsWith(block, "DKIM-Signature: v=1;")) << block;
+      EXPECT_NE(block.find("a=ed25519-sha256;"), std::string::npos) << block;
+      EXPECT_NE(block.find("d=a.test;"), std::string::npos) << block;
+      EXPECT_NE(block.find("s=sel;"), std::string::npos) << block;
+      EXPECT_TRUE(absl::EndsWith(block, "\r\nSubject: t\r\n")) << block;
+    }
+  }
 }
 
 TEST(DeliveryWorker, SendsProgressBeforeTheDotAndReusesTheConnection) {

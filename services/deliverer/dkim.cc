@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "lib/address/idna.h"
 #include "lib/common/status_macros.h"
 #include "lib/mime/header.h"
 #include "lib/smtp/dot_codec.h"
@@ -170,7 +171,14 @@ absl::StatusOr<DkimKey> ParseDkimKey(absl::string_view pem, std::string domain, 
     default:
       return absl::InvalidArgumentError(absl::StrCat(file, ": the key is neither RSA nor Ed25519"));
   }
-  key.domain = absl::AsciiStrToLower(domain);
+  // d= holds A-labels (RFC 6376 §3.5), and keys are looked up by them, so
+  // a directory named in U-labels ("bücher.example") is the same domain as
+  // its A-label spelling.
+  absl::StatusOr<std::string> ascii = address::DomainToAscii(domain);
+  if (!ascii.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": ", ascii.status().message()));
+  }
+  key.domain = *std::move(ascii);
   key.selector = std::move(selector);
   key.file = std::move(file);
   return key;
@@ -583,6 +591,13 @@ absl::StatusOr<DkimResult> DkimSign(const DkimConfig& config, absl::string_view 
     result.unsigned_reason = "no_domain";
     return result;
   }
+  // An internationalized From domain finds its key, and signs, as A-labels.
+  absl::StatusOr<std::string> ascii = address::DomainToAscii(result.domain);
+  if (!ascii.ok()) {
+    result.unsigned_reason = "bad_domain";
+    return result;
+  }
+  result.domain = *std::move(ascii);
   const DkimKey* key = config.KeyFor(result.domain);
   if (key == nullptr) {
     result.unsigned_reason = "no_key";

@@ -113,8 +113,10 @@ struct DkimResult {
   std::string domain;
   std::string selector;
   const char* algorithm = "";  // "rsa-sha256" or "ed25519-sha256" when signed
-  // Why unsigned: "no_domain" (no From, Sender or envelope domain) or
-  // "no_key" (no key directory fits and no fallback); "" when signed.
+  // Why unsigned: "no_domain" (no From, Sender or envelope domain),
+  // "bad_domain" (a non-ASCII domain with no A-label form) or "no_key" (no
+  // key directory fits and no fallback); "" when signed. Domains are in
+  // A-labels.
   const char* unsigned_reason = "";
 };
 

@@ -197,6 +197,33 @@ TEST(DkimDomain, KeyDirectoryIsTheMostSpecificParent) {
   EXPECT_EQ(config.KeyFor("example.org")->domain, "fallback.example");
 }
 
+// d= is in A-labels (RFC 6376 §3.5): a From domain in U-labels finds the key
+// of a directory named either way, and one with no A-label form goes unsigned.
+TEST(DkimDomain, InternationalizedDomainsSignAsALabels) {
+  std::shared_ptr<EVP_PKEY> pkey = Generate(true);
+  DkimConfig config;
+  config.enabled = true;
+  config.headers = DkimConfig::DefaultHeaders();
+  auto key = ParseDkimKey(PrivatePem(pkey.get()), "b\xC3\xBC" "cher.example", "s", "test");  // bücher.example
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_EQ(key->domain, "xn--bcher-kva.example");
+  config.keys.emplace(key->domain, *key);
+  for (const char* from : {"From: <a@B\xC3\x9C" "CHER.example>\r\n", "From: a@xn--bcher-kva.example\r\n",
+                           "From: a@mail.b\xC3\xBC" "cher.example\r\n"}) {
+    auto signed_message = DkimSign(config, absl::StrCat(from, "\r\nhello\r\n"), "", 1);
+    ASSERT_TRUE(signed_message.ok()) << signed_message.status();
+    EXPECT_FALSE(signed_message->header.empty()) << from;
+    EXPECT_EQ(signed_message->domain, "xn--bcher-kva.example") << from;
+    EXPECT_EQ(Tags(signed_message->header)["d"], "xn--bcher-kva.example") << from;
+  }
+  // U+2615 then U+0000-free garbage: not a valid IDNA label.
+  auto bad = DkimSign(config, "From: a@\xE2\x98\x95\xFF.example\r\n\r\nhello\r\n", "", 1);
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_TRUE(bad->header.empty());
+  EXPECT_STREQ(bad->unsigned_reason, "bad_domain");
+  EXPECT_FALSE(ParseDkimKey(PrivatePem(pkey.get()), "\xFF.example", "s", "bad dir").ok());
+}
+
 // --- signatures that OpenSSL verifies ---------------------------------------------
 
 class DkimSignTest : public ::testing::TestWithParam<bool> {};

@@ -5,6 +5,7 @@ shards, the deliverer and the bouncer serve both, ternctl sees both, and a
 shard killed with SIGKILL loses nothing: ingest sends new mail to the other
 shard, and what the dead shard had accepted leaves once it is back."""
 
+import time
 import unittest
 
 from cluster import ClusterTestCase
@@ -76,6 +77,18 @@ class ShardedQueueTest(ClusterTestCase):
         got_b = c.wait_for_burst("kill-b", accepted_b)
         numbers = {int(m.data.split(b"Subject: kill-b ", 1)[1].split(b"\r\n", 1)[0]) for m in got_b}
         self.assertEqual(numbers, set(range(10)) - set(refused_b))
+        # Once the shard is back, ingest sends it new mail again by itself
+        # (after its avoid time and gRPC's reconnect backoff, seconds at
+        # most); the tests after this one need both shards in use.
+        before2 = c.enqueued(2)
+
+        def back_in_use():
+            c.send_sessions("kill-c", sessions=2, per_session=1)
+            if c.enqueued(2) > before2:
+                return True
+            time.sleep(0.5)
+            return None
+        c.wait_until(back_in_use, 60, "ingest to send mail to the restarted shard")
 
 
 if __name__ == "__main__":

@@ -285,13 +285,17 @@ struct Metrics {
                         {{"request", TlsRequestName(t)}});
   }
 
-  // DKIM signing (dkim.h): once per delivery job (one message to one
-  // domain), by algorithm; or left unsigned, by reason (no_domain, no_key,
-  // error).
+  // DKIM signing (dkim.h): per delivery job (one message to one domain),
+  // by algorithm; or left unsigned, by reason (no_domain, bad_domain,
+  // no_key, error); and the deliveries that sent a signature made for
+  // another delivery of the same message.
   metrics::Counter& DkimSigned(const char* algorithm) {
     return r.GetCounter("tern_deliverer_dkim_signed_total", "Deliveries whose message was DKIM-signed, by algorithm",
                         {{"algorithm", algorithm}});
   }
+  metrics::Counter& dkim_reused = r.GetCounter(
+      "tern_deliverer_dkim_reused_total",
+      "DKIM-signed deliveries that sent the signature made for another delivery of the same message");
   metrics::Counter& DkimUnsigned(const char* reason) {
     return r.GetCounter("tern_deliverer_dkim_unsigned_total",
                         "Deliveries whose message went unsigned while DKIM signing is enabled, by reason",
@@ -1485,6 +1489,29 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     if (!config_.dkim.enabled) {
       co_return nullptr;
     }
+    const std::string& id = job.message_id();
+    if (auto it = dkim_signatures_.find(id); it != dkim_signatures_.end()) {
+      if (it->second.header == nullptr) {
+        // Another delivery of this message is signing it: wait for that.
+        const std::shared_ptr<asio::steady_timer> made = it->second.made;
+        co_await made->async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+        it = dkim_signatures_.find(id);
+      }
+      if (it != dkim_signatures_.end() && it->second.header != nullptr) {
+        metrics_.DkimSigned(it->second.algorithm).Inc();
+        metrics_.dkim_reused.Inc();
+        co_return it->second.header;
+      }
+      // That delivery's message went unsigned (or failed): decide anew.
+    }
+    // Deliveries of this message that start meanwhile wait on `made`; it is
+    // cancelled however this ends, even if the entry was evicted meanwhile.
+    auto made = std::make_shared<asio::steady_timer>(io_, asio::steady_timer::time_point::max());
+    RememberDkimSigning(id, made);
+    struct Wake {
+      std::shared_ptr<asio::steady_timer> timer;
+      ~Wake() { timer->cancel(); }
+    } wake{made};
     const int64_t now = NowUnixMs() / 1000;
     absl::StatusOr<DkimResult> result;
     if (dkim_pool_ == nullptr) {
@@ -1494,6 +1521,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       // answer.
       result = co_await asio::co_spawn(dkim_pool_->get_executor(),
                                        SignDkimOnPool(config_.dkim, body, job.mail_from(), now), asio::use_awaitable);
+    }
+    auto entry = dkim_signatures_.find(id);
+    if (entry != dkim_signatures_.end() && entry->second.made == made &&
+        (!result.ok() || result->header.empty())) {
+      dkim_signatures_.erase(entry);  // only signatures are kept
+      entry = dkim_signatures_.end();
     }
     if (!result.ok()) {
       metrics_.DkimUnsigned("error").Inc();
@@ -1515,7 +1548,29 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
                  {{"msg", job.message_id()}, {"d", result->domain}, {"s", result->selector},
                   {"a", result->algorithm}});
     }
-    co_return std::make_shared<const std::string>(std::move(result->header));
+    auto header = std::make_shared<const std::string>(std::move(result->header));
+    if (entry != dkim_signatures_.end() && entry->second.made == made) {
+      entry->second.header = header;
+      entry->second.algorithm = result->algorithm;
+    }
+    co_return header;
+  }
+
+  // Enters a signature being made for message `id`, evicting the oldest
+  // entries beyond kDkimSignaturesKept.
+  void RememberDkimSigning(const std::string& id, std::shared_ptr<asio::steady_timer> made) {
+    DkimSignature& entry = dkim_signatures_[id];
+    entry = DkimSignature{nullptr, "", std::move(made)};
+    dkim_signature_order_.push_back(id);
+    while (dkim_signatures_.size() > kDkimSignaturesKept && !dkim_signature_order_.empty()) {
+      dkim_signatures_.erase(dkim_signature_order_.front());
+      dkim_signature_order_.pop_front();
+    }
+    // An id entered again (its first try went unsigned) is in the order
+    // twice; the queue is trimmed so it cannot grow without bound.
+    while (dkim_signature_order_.size() > 2 * kDkimSignaturesKept) {
+      dkim_signature_order_.pop_front();
+    }
   }
 
   // A TLS report to an RFC 8460 https: rua (RecipientSpec.post_url, set
@@ -2421,6 +2476,20 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   bool stopping_ = false;
   bool reporter_done_ = false;
   uint32_t unreported_ = 0;  // reports enqueued and not yet settled, all shards
+  // DKIM signatures by message id, so that the message's deliveries to
+  // other domains (leased together, as they mostly are) and its retries
+  // send the field made for the first instead of signing again: an RSA
+  // signature is the dearest step of a delivery. `header` is null while
+  // the signature is being made; unsigned outcomes are not kept. Oldest
+  // out first beyond kDkimSignaturesKept (a few MB).
+  struct DkimSignature {
+    std::shared_ptr<const std::string> header;
+    const char* algorithm = "";
+    std::shared_ptr<asio::steady_timer> made;  // cancelled when settled
+  };
+  static constexpr size_t kDkimSignaturesKept = 4096;
+  std::unordered_map<std::string, DkimSignature> dkim_signatures_;
+  std::deque<std::string> dkim_signature_order_;
   // Threads that make DKIM signatures (tern.ini dkim_threads); null when
   // signing is off or is done on the event loop. Last, so it is joined
   // before anything its work could read goes away.

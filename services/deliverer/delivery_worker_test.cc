@@ -791,6 +791,51 @@ TEST(DeliveryWorker, MessagesLeaveDkimSignedWhetherSignedOnThreadsOrOnTheEventLo
   }
 }
 
+// A message's deliveries to several domains, leased together, send one
+// signature: the first delivery makes it, the others wait for it and reuse
+// it; a retry later finds it kept.
+TEST(DeliveryWorker, DeliveriesOfOneMessageShareOneDkimSignature) {
+  for (uint32_t threads : {2u, 0u}) {
+    SCOPED_TRACE(threads);
+    metrics::Counter& reused =
+        metrics::Registry::Global().GetCounter("tern_deliverer_dkim_reused_total", "", {});
+    const uint64_t reused_before = reused.value();
+    Harness h;
+    h.config.dkim.enabled = true;
+    h.config.dkim.headers = DkimConfig::DefaultHeaders();
+    DkimKey key;
+    key.domain = "a.test";
+    key.selector = "sel";
+    key.file = "test key";
+    key.pkey.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048}), EVP_PKEY_free);
+    ASSERT_NE(key.pkey, nullptr);
+    h.config.dkim.keys["a.test"] = key;
+    h.config.dkim_threads = threads;
+    for (int i = 0; i < 3; ++i) {
+      v1::DeliveryJob job = Job(absl::StrCat("s", threads, "-", i), absl::StrCat("d", i, ".test"), {"alice"});
+      job.set_message_id(absl::StrCat("msg-shared-", threads));
+      h.queue.AddJob(job);
+    }
+    v1::DeliveryJob other = Job(absl::StrCat("o", threads), "d0.test", {"bob"});
+    other.set_body("Subject: another\r\n\r\nhello\r\n");
+    h.queue.AddJob(other);  // another message: a signature of its own
+    h.Start();
+    ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 4; }));
+    // A retry of the shared message's first delivery, after the others.
+    v1::DeliveryJob retry = Job(absl::StrCat("r", threads), "d0.test", {"carol"});
+    retry.set_message_id(absl::StrCat("msg-shared-", threads));
+    h.queue.AddJob(retry);
+    ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 5; }));
+    ASSERT_EQ(h.stats.header_blocks.size(), 5u);
+    std::set<std::string> signatures(h.stats.header_blocks.begin(), h.stats.header_blocks.end());
+    EXPECT_EQ(signatures.size(), 2u);  // one per message
+    for (const std::string& block : h.stats.header_blocks) {
+      EXPECT_TRUE(absl::StartsWith(block, "DKIM-Signature: v=1; a=rsa-sha256;")) << block;
+    }
+    EXPECT_EQ(reused.value() - reused_before, 3u);  // two of the first three, and the retry
+  }
+}
+
 TEST(DeliveryWorker, SendsProgressBeforeTheDotAndReusesTheConnection) {
   Harness h;
   h.queue.full = true;

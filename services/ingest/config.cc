@@ -403,6 +403,11 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
   if (acl_text.has_value()) {
     TERN_ASSIGN_OR_RETURN(cfg.relay_acl, RelayAcl::Parse(*acl_text, dir.PathOf("relay_acl_allow")));
   }
+  TERN_ASSIGN_OR_RETURN(std::optional<std::string> certs_text, dir.Text("relay_clientcerts"));
+  if (certs_text.has_value()) {
+    TERN_ASSIGN_OR_RETURN(cfg.relay_clientcerts,
+                          RelayClientCerts::Parse(*certs_text, dir.PathOf("relay_clientcerts")));
+  }
 
   TERN_ASSIGN_OR_RETURN(config::IniFile conn, dir.Ini("connection.ini"));
   TERN_ASSIGN_OR_RETURN(int64_t bytes, conn.GetInt("max", "bytes", 26214400));

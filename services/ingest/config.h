@@ -16,6 +16,9 @@
 //                                            may take to finish after SIGTERM
 //   me              the host name for the banner and Received: [hostname]
 //   relay_acl_allow one IP/CIDR per line [127.0.0.1/32, ::1/128 if missing]
+//   relay_clientcerts  SHA-256 fingerprints of TLS client certificates (or
+//                   of their public keys) whose holders may relay from any
+//                   address (relay_acl.h) [none if missing]
 //   connection.ini  [max] bytes [26214400], line_length [512],
 //                   data_line_length [992], recipients [1000],
 //                   connections [20000], connections_per_ip [100]
@@ -110,6 +113,7 @@ struct IngestConfig {
   std::string me = "localhost";
   // Default: 127.0.0.1/32 and ::1/128.
   RelayAcl relay_acl = RelayAcl::Default();
+  RelayClientCerts relay_clientcerts;
   // Largest message (after dot-unstuffing, before our Received:). Default: 26214400.
   uint64_t max_bytes = 26214400;
   // Longest command line, without CRLF. Default: 512.

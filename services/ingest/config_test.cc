@@ -86,6 +86,7 @@ TEST_F(ConfigDirFixture, DefaultsWhenFilesAreMissing) {
   EXPECT_TRUE(cfg->relay_acl.Allows("127.0.0.1"));
   EXPECT_TRUE(cfg->relay_acl.Allows("::1"));
   EXPECT_FALSE(cfg->relay_acl.Allows("192.0.2.1"));
+  EXPECT_EQ(cfg->relay_clientcerts.size(), 0u);
   EXPECT_EQ(cfg->io_threads, 1u);
 }
 
@@ -102,6 +103,7 @@ TEST(IngestConfig, ShippedConfigGivesTheDocumentedDefaults) {
   EXPECT_FALSE(cfg->tls_reject_unauthorized);
   EXPECT_TRUE(cfg->tls_require_authorized.empty());
   EXPECT_TRUE(cfg->tls_ca_file.empty());
+  EXPECT_EQ(cfg->relay_clientcerts.size(), 0u);  // the shipped file is all comments
 }
 
 TEST_F(ConfigDirFixture, NodesSetsTheSessionThreads) {
@@ -120,8 +122,11 @@ TEST_F(ConfigDirFixture, ReadsEveryKey) {
   Write("connection.ini", "[max]\nbytes=1048576\nline_length=1000\ndata_line_length=500\n");
   Write("tern.ini", "[ingest]\nqueue=10.0.0.5:7070, 10.0.0.6:7070\nqueue_timeout_ms=1500\nhealth_listen=\nmetrics_listen=\n");
   Write("relay_acl_allow", "192.0.2.0/24\n");
+  Write("relay_clientcerts", std::string(64, 'a') + "\n");
   auto cfg = Load();
   ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->relay_clientcerts.size(), 1u);
+  EXPECT_TRUE(cfg->relay_clientcerts.Allows(std::string(64, 'a'), ""));
   ASSERT_EQ(cfg->listen.size(), 2u);
   EXPECT_EQ(cfg->listen[1].host, "::1");
   EXPECT_EQ(cfg->listen[1].port, 587);
@@ -168,17 +173,18 @@ TEST_F(ConfigDirFixture, BadValuesNameTheFileAndKey) {
       {"queue shard twice", "tern.ini", "[ingest]\nqueue=q:7070,q:7070\n", "queue: \"q:7070\" is listed twice"},
       {"queue empty entry", "tern.ini", "[ingest]\nqueue=q:7070,\n", "queue: entry 2 is empty"},
       {"acl bad line", "relay_acl_allow", "127.0.0.1/32\nbogus\n", "relay_acl_allow:2"},
+      {"client cert bad line", "relay_clientcerts", "# sha1\nab:cd\n", "relay_clientcerts:2"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.label);
-    for (const char* f : {"smtp.ini", "connection.ini", "tern.ini", "relay_acl_allow"}) {
+    for (const char* f : {"smtp.ini", "connection.ini", "tern.ini", "relay_acl_allow", "relay_clientcerts"}) {
       std::filesystem::remove(dir_ / f);
     }
     Write(c.file, c.text);
     auto cfg = Load();
     ASSERT_FALSE(cfg.ok());
     EXPECT_NE(cfg.status().message().find(c.expect), absl::string_view::npos) << cfg.status();
-    if (std::string(c.file) != "relay_acl_allow") {
+    if (std::string(c.file) != "relay_acl_allow" && std::string(c.file) != "relay_clientcerts") {
       EXPECT_NE(cfg.status().message().find(c.file), absl::string_view::npos) << cfg.status();
     }
   }

@@ -2,12 +2,16 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "lib/common/status_macros.h"
 
 namespace tern::ingest {
 
@@ -83,8 +87,13 @@ bool Cidr::Contains(const IpAddress& ip) const {
   return (ip.bytes[full] & mask) == network.bytes[full];
 }
 
-absl::StatusOr<RelayAcl> RelayAcl::Parse(absl::string_view text, absl::string_view file_name) {
-  RelayAcl acl;
+namespace {
+
+// Calls `entry` with each entry of a one-entry-per-line file (`#` starts a
+// comment; blank lines are skipped) and its line number; stops at, and
+// returns, the first error.
+absl::Status ForEachEntry(absl::string_view text,
+                          const std::function<absl::Status(absl::string_view, int)>& entry) {
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_number;
@@ -93,17 +102,52 @@ absl::StatusOr<RelayAcl> RelayAcl::Parse(absl::string_view text, absl::string_vi
       line = line.substr(0, hash);
     }
     line = absl::StripAsciiWhitespace(line);
-    if (line.empty()) {
-      continue;
+    if (!line.empty()) {
+      if (absl::Status s = entry(line, line_number); !s.ok()) {
+        return s;
+      }
     }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RelayAcl> RelayAcl::Parse(absl::string_view text, absl::string_view file_name) {
+  RelayAcl acl;
+  TERN_RETURN_IF_ERROR(ForEachEntry(text, [&](absl::string_view line, int line_number) -> absl::Status {
     auto cidr = Cidr::Parse(line);
     if (!cidr.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat(file_name, ":", line_number, ": bad relay ACL entry: ", cidr.status().message()));
     }
     acl.networks_.push_back(*cidr);
-  }
+    return absl::OkStatus();
+  }));
   return acl;
+}
+
+absl::StatusOr<RelayClientCerts> RelayClientCerts::Parse(absl::string_view text, absl::string_view file_name) {
+  RelayClientCerts certs;
+  TERN_RETURN_IF_ERROR(ForEachEntry(text, [&](absl::string_view line, int line_number) -> absl::Status {
+    // `openssl x509 -fingerprint -sha256` prints "sha256 Fingerprint=AB:CD:...".
+    if (const size_t eq = line.rfind('='); eq != absl::string_view::npos) {
+      line.remove_prefix(eq + 1);
+    }
+    std::string hex = absl::AsciiStrToLower(absl::StrReplaceAll(line, {{":", ""}}));
+    if (hex.size() != 64 || !std::all_of(hex.begin(), hex.end(), absl::ascii_isxdigit)) {
+      return absl::InvalidArgumentError(absl::StrCat(file_name, ":", line_number, ": '", line,
+                                                      "' is not a SHA-256 fingerprint (64 hex digits, colons allowed)"));
+    }
+    certs.fingerprints_.insert(std::move(hex));
+    return absl::OkStatus();
+  }));
+  return certs;
+}
+
+bool RelayClientCerts::Allows(absl::string_view cert_sha256, absl::string_view pubkey_sha256) const {
+  return (!cert_sha256.empty() && fingerprints_.contains(cert_sha256)) ||
+         (!pubkey_sha256.empty() && fingerprints_.contains(pubkey_sha256));
 }
 
 RelayAcl RelayAcl::Default() {

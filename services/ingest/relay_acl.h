@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -58,6 +59,30 @@ class RelayAcl {
 
  private:
   std::vector<Cidr> networks_;
+};
+
+// The TLS client certificates whose holders may relay from any address,
+// read from the `relay_clientcerts` file (Postfix's relay_clientcerts with
+// permit_tls_clientcerts): one SHA-256 fingerprint per line, of the
+// certificate or of its public key (SubjectPublicKeyInfo, which stays the
+// same when the certificate is renewed with the same key), as hex with or
+// without colons; the "sha256 Fingerprint=" that `openssl x509 -noout
+// -fingerprint -sha256` prints before it may stay. `#` starts a comment.
+// The certificate need not chain to a trusted CA: the handshake proved the
+// client holds its key, and the fingerprint is the trust.
+class RelayClientCerts {
+ public:
+  RelayClientCerts() = default;
+
+  // An error names `file_name`, the line number and the bad entry.
+  static absl::StatusOr<RelayClientCerts> Parse(absl::string_view text, absl::string_view file_name);
+
+  // True if either fingerprint (lower-case hex; empty = none) is listed.
+  bool Allows(absl::string_view cert_sha256, absl::string_view pubkey_sha256) const;
+  size_t size() const { return fingerprints_.size(); }
+
+ private:
+  absl::flat_hash_set<std::string> fingerprints_;  // lower-case hex, no colons
 };
 
 }  // namespace tern::ingest

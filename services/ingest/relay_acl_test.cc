@@ -1,5 +1,8 @@
 #include "services/ingest/relay_acl.h"
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace tern::ingest {
@@ -98,6 +101,36 @@ TEST(Cidr, ParsesSingleAddressesAsFullPrefix) {
   EXPECT_EQ(v6->prefix, 128);
   EXPECT_TRUE(v6->Contains(*IpAddress::Parse("2001:db8::1")));
   EXPECT_FALSE(v6->Contains(*IpAddress::Parse("2001:db8::2")));
+}
+
+TEST(RelayClientCerts, TakesFingerprintsAsOpensslPrintsThemOrAsPlainHex) {
+  const std::string a(64, 'a');
+  const std::string b = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+  std::string colons;
+  for (size_t i = 0; i < b.size(); i += 2) {
+    absl::StrAppend(&colons, i == 0 ? "" : ":", absl::AsciiStrToUpper(b.substr(i, 2)));
+  }
+  auto certs = RelayClientCerts::Parse(absl::StrCat("# pinned\n", a, "  # one\n\nsha256 Fingerprint=", colons,
+                                                    "\n"),
+                                       "relay_clientcerts");
+  ASSERT_TRUE(certs.ok()) << certs.status();
+  EXPECT_EQ(certs->size(), 2u);
+  EXPECT_TRUE(certs->Allows(a, ""));
+  EXPECT_TRUE(certs->Allows("", b));  // by its public key
+  EXPECT_TRUE(certs->Allows(std::string(64, 'c'), b));
+  EXPECT_FALSE(certs->Allows(std::string(64, 'c'), std::string(64, 'd')));
+  EXPECT_FALSE(certs->Allows("", ""));  // no certificate
+  EXPECT_FALSE(RelayClientCerts().Allows(a, b));
+}
+
+TEST(RelayClientCerts, BadLinesNameFileAndLine) {
+  for (const std::string& bad : {std::string(40, 'a'),  // SHA-1
+                                std::string(63, 'a') + "g", std::string(65, 'a'), std::string("sha256:")}) {
+    auto certs = RelayClientCerts::Parse(absl::StrCat(std::string(64, 'a'), "\n", bad, "\n"), "relay_clientcerts");
+    ASSERT_FALSE(certs.ok()) << bad;
+    EXPECT_TRUE(absl::StartsWith(certs.status().message(), "relay_clientcerts:2: ")) << certs.status();
+    EXPECT_TRUE(absl::StrContains(certs.status().message(), "SHA-256 fingerprint")) << certs.status();
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -13,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "asio/co_spawn.hpp"
 #include "asio/detached.hpp"
@@ -265,6 +267,21 @@ ClientCertificate ClientCertificate::Of(SSL* ssl) {
   }
   peer.subject = NameText(X509_get_subject_name(cert));
   peer.issuer = NameText(X509_get_issuer_name(cert));
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (X509_digest(cert, EVP_sha256(), md, &len) == 1) {
+    peer.sha256 = absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(md), len));
+  }
+  // Of the DER SubjectPublicKeyInfo, as Postfix's public-key fingerprints
+  // and `openssl pkey -pubin -outform DER | openssl dgst -sha256` (not
+  // X509_pubkey_digest, which hashes only the key's bit string).
+  unsigned char* spki = nullptr;
+  const int spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &spki);
+  if (spki_len > 0 && EVP_Digest(spki, static_cast<size_t>(spki_len), md, &len, EVP_sha256(), nullptr) == 1) {
+    peer.pubkey_sha256 = absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(md), len));
+  }
+  OPENSSL_free(spki);
+  ERR_clear_error();
   const long result = SSL_get_verify_result(ssl);
   if (result == X509_V_OK) {
     peer.verify = Verify::kOk;

@@ -388,7 +388,19 @@ asio::awaitable<bool> Session::TlsHandshake(std::shared_ptr<asio::ssl::context> 
               {"verify", ClientCertificate::Name(client_cert_.verify)},
               {"cert_subject", client_cert_.subject},
               {"cert_issuer", client_cert_.issuer},
+              {"cert_sha256", client_cert_.sha256},
               {"verify_error", client_cert_.error}});
+  if (!relay_allowed_ && cfg_.relay_clientcerts.Allows(client_cert_.sha256, client_cert_.pubkey_sha256)) {
+    // relay_clientcerts (relay_acl.h): the certificate the client proved it
+    // holds is listed, whoever signed it.
+    relay_allowed_ = true;
+    log::Event(log::Level::kInfo, "relay_by_certificate",
+               {{"session", session_id_},
+                {"client", client_ip_},
+                {"cert_subject", client_cert_.subject},
+                {"cert_sha256", client_cert_.sha256},
+                {"verify", ClientCertificate::Name(client_cert_.verify)}});
+  }
   co_return true;
 }
 
@@ -1413,6 +1425,11 @@ tern::v1::EnqueueHeader Session::BuildHeader() const {
   client->set_helo(helo_);
   client->set_tls(conn_.tls());
   client->set_tls_cipher(conn_.TlsDescription());
+  if (conn_.tls()) {
+    client->set_tls_client_verify(ClientCertificate::Name(client_cert_.verify));
+    client->set_tls_client_subject(client_cert_.subject);
+    client->set_tls_client_sha256(client_cert_.sha256);
+  }
   client->set_auth_user(auth_user_);
   (*env->mutable_notes())["ingest_txn"] = txn_id_;
   return header;

@@ -81,6 +81,11 @@ struct ClientCertificate {
   std::string issuer;
   // Why it did not verify (OpenSSL's X509_verify_cert_error_string).
   std::string error;
+  // SHA-256 of the certificate (DER) and of its public key
+  // (SubjectPublicKeyInfo), lower-case hex, for relay_clientcerts; empty
+  // when none was presented.
+  std::string sha256;
+  std::string pubkey_sha256;
 
   // "OK", "FAIL" or "NO".
   static const char* Name(Verify verify);

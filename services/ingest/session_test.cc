@@ -1314,6 +1314,96 @@ TEST_P(IngestSessionTest, ClientCertificateVerificationShowsInTheReceivedHeader)
   }
 }
 
+// What a shell command (the openssl CLI) prints, without the final newline.
+std::string Output(const std::string& command) {
+  std::string out;
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    char buf[256];
+    while (size_t n = fread(buf, 1, sizeof(buf), pipe)) {
+      out.append(buf, n);
+    }
+    pclose(pipe);
+  }
+  return std::string(absl::StripTrailingAsciiWhitespace(out));
+}
+
+// relay_clientcerts (Postfix's permit_tls_clientcerts): a client outside
+// relay_acl_allow relays when the certificate it presents, or its public
+// key, is listed, whoever signed it; an unlisted certificate, even one that
+// verifies against tls.ini's ca, or none at all, grants nothing.
+class RelayByCertificate : public IngestSessionTest {
+ protected:
+  // Starts ingest with `listed` as the relay_clientcerts file, then tries
+  // to relay over STARTTLS with each client certificate in turn.
+  void Check(const std::string& listed, bool stranger_relays, bool client_relays) {
+    ASSERT_FALSE(Clients().ca.empty()) << "openssl failed";
+    IngestConfig cfg = TlsConfig();
+    cfg.tls_ca_file = Clients().ca;
+    cfg.relay_acl = *RelayAcl::Parse("192.0.2.0/24\n", "relay_acl_allow");  // not 127.0.0.1
+    auto certs = RelayClientCerts::Parse(listed, "relay_clientcerts");
+    ASSERT_TRUE(certs.ok()) << certs.status();
+    cfg.relay_clientcerts = *certs;
+    StartIngest(cfg);
+    struct Case {
+      const char* label;
+      std::string cert;
+      std::string key;
+      bool relays;
+      const char* verify;
+      const char* subject;
+    };
+    const Case cases[] = {
+        {"self-signed", Clients().stranger_cert, Clients().stranger_key, stranger_relays, "FAIL", "CN=stranger.test"},
+        {"CA-signed", Clients().cert, Clients().key, client_relays, "OK", "CN=client.test"},
+        {"no certificate", "", "", false, "NO", ""},
+    };
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.label);
+      auto plain = Connect();  // before STARTTLS the address alone decides
+      ASSERT_EQ(plain->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+      EXPECT_EQ(plain->Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
+      auto client = Connect();
+      ASSERT_EQ(client->Command("STARTTLS"), "220 2.0.0 Ready to start TLS\r\n");
+      RawClient::TlsOptions options;
+      options.cert = c.cert;
+      options.key = c.key;
+      ASSERT_TRUE(client->StartTls(options));
+      const size_t stored = fake_.stored().size();
+      const std::string reply = SendOverTls(*client);
+      if (!c.relays) {
+        EXPECT_EQ(reply, "<transaction refused>");
+        EXPECT_EQ(fake_.stored().size(), stored);
+        continue;
+      }
+      ASSERT_TRUE(absl::StartsWith(reply, "250 2.0.0 Ok: queued as ")) << reply;
+      // The queue and hooks learn which certificate it was.
+      const tern::v1::ClientInfo info = fake_.stored().back().header.envelope().client();
+      EXPECT_EQ(info.tls_client_verify(), c.verify);
+      EXPECT_EQ(info.tls_client_subject(), c.subject);
+      EXPECT_EQ(info.tls_client_sha256(),
+                Output("openssl x509 -in " + c.cert + " -outform DER | openssl dgst -sha256 -r | cut -d' ' -f1"));
+    }
+  }
+};
+
+TEST_P(RelayByCertificate, ACertificateListedByItsFingerprintMayRelay) {
+  // As `openssl x509 -fingerprint` prints it: "sha256 Fingerprint=AB:CD:...".
+  const std::string stranger = Output("openssl x509 -in " + Clients().stranger_cert + " -noout -fingerprint -sha256");
+  ASSERT_TRUE(absl::StartsWith(absl::AsciiStrToLower(stranger), "sha256 fingerprint=")) << stranger;
+  Check("# pinned clients\n" + stranger + "\n", /*stranger_relays=*/true, /*client_relays=*/false);
+}
+
+TEST_P(RelayByCertificate, ACertificateListedByItsPublicKeyMayRelay) {
+  const std::string pubkey = Output("openssl x509 -in " + Clients().cert +
+                                    " -noout -pubkey | openssl pkey -pubin -outform DER | openssl dgst -sha256 -r"
+                                    " | cut -d' ' -f1");
+  ASSERT_EQ(pubkey.size(), 64u) << pubkey;
+  Check(absl::AsciiStrToUpper(pubkey) + "  # client.test's key\n", /*stranger_relays=*/false,
+        /*client_relays=*/true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shards, RelayByCertificate, ::testing::Values(1));
+
 TEST_P(IngestSessionTest, WithoutRequestCertTheServerAsksForNoCertificate) {
   IngestConfig cfg = TlsConfig();
   cfg.tls_request_cert = false;

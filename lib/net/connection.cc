@@ -373,6 +373,22 @@ asio::awaitable<asio::error_code> Connection::ClientHandshake(Duration timeout) 
   co_return std::get<0>(std::get<0>(result));
 }
 
+std::optional<int> TlsVersionFromName(absl::string_view name) {
+  if (name == "TLSv1") {
+    return TLS1_VERSION;
+  }
+  if (name == "TLSv1.1") {
+    return TLS1_1_VERSION;
+  }
+  if (name == "TLSv1.2") {
+    return TLS1_2_VERSION;
+  }
+  if (name == "TLSv1.3") {
+    return TLS1_3_VERSION;
+  }
+  return std::nullopt;
+}
+
 absl::Status EnableDane(asio::ssl::context& ctx) {
   if (SSL_CTX_dane_enable(ctx.native_handle()) <= 0) {
     return absl::InternalError("OpenSSL could not enable DANE on the TLS context");

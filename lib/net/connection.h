@@ -73,6 +73,11 @@ struct LineView {
 // needs no DNS lookup and is not sent as SNI (RFC 6066 §3).
 bool IsIpLiteral(const std::string& host);
 
+// tls.ini's minVersion, in Node.js's (so Haraka's) names "TLSv1", "TLSv1.1",
+// "TLSv1.2" and "TLSv1.3", as OpenSSL's protocol version (TLS1_2_VERSION,
+// ...); nullopt for any other name.
+std::optional<int> TlsVersionFromName(absl::string_view name);
+
 // Prepares a client context for StartTlsClientDane (OpenSSL's
 // SSL_CTX_dane_enable). Call once, before the context is shared between
 // threads; contexts that never do DANE are unaffected.

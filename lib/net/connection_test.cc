@@ -241,5 +241,15 @@ TEST(Connection, GatherWriteSendsHeadThenTailWhole) {
   EXPECT_EQ(received, head + tail);
 }
 
+TEST(TlsVersionFromName, MapsNodeNamesToOpensslVersionsAndNothingElse) {
+  EXPECT_EQ(TlsVersionFromName("TLSv1"), TLS1_VERSION);
+  EXPECT_EQ(TlsVersionFromName("TLSv1.1"), TLS1_1_VERSION);
+  EXPECT_EQ(TlsVersionFromName("TLSv1.2"), TLS1_2_VERSION);
+  EXPECT_EQ(TlsVersionFromName("TLSv1.3"), TLS1_3_VERSION);
+  for (const char* bad : {"", "tlsv1.2", "TLSv1.4", "SSLv3", "TLSv1.2 "}) {
+    EXPECT_EQ(TlsVersionFromName(bad), std::nullopt) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace tern::net

@@ -163,8 +163,7 @@ absl::StatusOr<TlsOutboundConfig> TlsOutboundConfig::Load(const config::ConfigDi
   if (c.key.empty() != c.cert.empty()) {
     return ini.KeyError("outbound", c.key.empty() ? "key" : "cert", "key and cert must be set together");
   }
-  if (!c.min_version.empty() && c.min_version != "TLSv1" && c.min_version != "TLSv1.1" &&
-      c.min_version != "TLSv1.2" && c.min_version != "TLSv1.3") {
+  if (!c.min_version.empty() && !net::TlsVersionFromName(c.min_version).has_value()) {
     return ini.KeyError("outbound", "minVersion", "must be TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3");
   }
   auto no_tls = HostMatcher::Parse(ini.GetList("outbound", "no_tls_hosts"));
@@ -219,15 +218,7 @@ absl::StatusOr<std::shared_ptr<asio::ssl::context>> TlsOutboundConfig::BuildCont
     return absl::InvalidArgumentError(absl::StrCat("tls.ini ciphers: no usable cipher in \"", ciphers, "\""));
   }
   if (!min_version.empty()) {
-    int v = TLS1_2_VERSION;
-    if (min_version == "TLSv1") {
-      v = TLS1_VERSION;
-    } else if (min_version == "TLSv1.1") {
-      v = TLS1_1_VERSION;
-    } else if (min_version == "TLSv1.3") {
-      v = TLS1_3_VERSION;
-    }
-    SSL_CTX_set_min_proto_version(native, v);
+    SSL_CTX_set_min_proto_version(native, net::TlsVersionFromName(min_version).value_or(TLS1_2_VERSION));
   }
   // Every session may need DANE (RFC 7672); the context is shared once built.
   if (absl::Status s = net::EnableDane(*ctx); !s.ok()) {

@@ -22,6 +22,7 @@
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
 #include "lib/config/queue_targets.h"
+#include "lib/net/connection.h"
 
 namespace tern::ingest {
 namespace {
@@ -323,8 +324,7 @@ absl::Status IngestConfig::Validate() const {
           absl::StrCat("smtp.ini listen ", l.ToString(), " is the smtps_port but no TLS certificate is configured"));
     }
   }
-  if (tls_min_version != "TLSv1" && tls_min_version != "TLSv1.1" && tls_min_version != "TLSv1.2" &&
-      tls_min_version != "TLSv1.3") {
+  if (!net::TlsVersionFromName(tls_min_version).has_value()) {
     return absl::InvalidArgumentError("tls.ini [main] minVersion: must be TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3");
   }
   for (const ListenAddress& l : listen) {

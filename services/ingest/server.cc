@@ -27,6 +27,7 @@
 #include "lib/common/log.h"
 #include "lib/common/status_macros.h"
 #include "lib/metrics/metrics.h"
+#include "lib/net/connection.h"
 #include "services/ingest/queue_client.h"
 #include "services/ingest/session.h"
 
@@ -101,15 +102,7 @@ absl::Status ApplyServerSettings(asio::ssl::context& ctx, const std::string& min
                       asio::ssl::context::single_dh_use,
                   ec);
   SSL_CTX* native = ctx.native_handle();
-  int version = TLS1_2_VERSION;
-  if (min_version == "TLSv1") {
-    version = TLS1_VERSION;
-  } else if (min_version == "TLSv1.1") {
-    version = TLS1_1_VERSION;
-  } else if (min_version == "TLSv1.3") {
-    version = TLS1_3_VERSION;
-  }
-  SSL_CTX_set_min_proto_version(native, version);
+  SSL_CTX_set_min_proto_version(native, net::TlsVersionFromName(min_version).value_or(TLS1_2_VERSION));
   if (!ciphers.empty() && SSL_CTX_set_cipher_list(native, ciphers.c_str()) != 1) {
     ERR_clear_error();
     return absl::InvalidArgumentError(absl::StrCat("tls.ini [main] ciphers: no usable cipher in '", ciphers, "'"));

@@ -1,5 +1,6 @@
 #include "lib/net/connection.h"
 
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include <algorithm>
@@ -371,6 +372,15 @@ asio::awaitable<asio::error_code> Connection::ClientHandshake(Duration timeout) 
     co_return asio::error::timed_out;
   }
   co_return std::get<0>(std::get<0>(result));
+}
+
+std::string TakeOpensslError() {
+  char text[256] = "";
+  if (const unsigned long err = ERR_peek_last_error(); err != 0) {
+    ERR_error_string_n(err, text, sizeof(text));
+  }
+  ERR_clear_error();
+  return text;
 }
 
 std::optional<int> TlsVersionFromName(absl::string_view name) {

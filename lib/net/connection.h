@@ -78,6 +78,11 @@ bool IsIpLiteral(const std::string& host);
 // ...); nullopt for any other name.
 std::optional<int> TlsVersionFromName(absl::string_view name);
 
+// The reason text of OpenSSL's most recent error on this thread ("" when
+// there is none), with the thread's error queue cleared, so the next
+// failure does not report a stale reason.
+std::string TakeOpensslError();
+
 // Prepares a client context for StartTlsClientDane (OpenSSL's
 // SSL_CTX_dane_enable). Call once, before the context is shared between
 // threads; contexts that never do DANE are unaffected.

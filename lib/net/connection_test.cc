@@ -241,6 +241,15 @@ TEST(Connection, GatherWriteSendsHeadThenTailWhole) {
   EXPECT_EQ(received, head + tail);
 }
 
+TEST(TakeOpensslError, GivesTheReasonOnceAndClearsTheQueue) {
+  EXPECT_EQ(TakeOpensslError(), "");
+  // A certificate file that does not exist: OpenSSL queues why.
+  asio::ssl::context ctx(asio::ssl::context::tls_client);
+  EXPECT_NE(SSL_CTX_use_certificate_file(ctx.native_handle(), "/nonexistent/tern.pem", SSL_FILETYPE_PEM), 1);
+  EXPECT_NE(TakeOpensslError(), "");
+  EXPECT_EQ(TakeOpensslError(), "");  // taken
+}
+
 TEST(TlsVersionFromName, MapsNodeNamesToOpensslVersionsAndNothingElse) {
   EXPECT_EQ(TlsVersionFromName("TLSv1"), TLS1_VERSION);
   EXPECT_EQ(TlsVersionFromName("TLSv1.1"), TLS1_1_VERSION);

@@ -18,6 +18,7 @@
 #include "lib/address/idna.h"
 #include "lib/common/status_macros.h"
 #include "lib/mime/header.h"
+#include "lib/net/connection.h"
 #include "lib/smtp/dot_codec.h"
 
 namespace tern::deliverer {
@@ -96,11 +97,8 @@ class Folder {
 };
 
 absl::Status OpensslError(absl::string_view what) {
-  const unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof(buf));
-  return absl::InternalError(absl::StrCat("DKIM ", what, ": ", e == 0 ? "failed" : buf));
+  const std::string reason = net::TakeOpensslError();
+  return absl::InternalError(absl::StrCat("DKIM ", what, ": ", reason.empty() ? "failed" : reason));
 }
 
 absl::StatusOr<std::string> SignHeaderData(const DkimKey& key, absl::string_view data) {

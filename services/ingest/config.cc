@@ -80,12 +80,8 @@ struct OpenSslFree {
 
 // OpenSSL's reason for the last error, and the error queue cleared.
 std::string OpenSslError() {
-  char text[256] = "unknown error";
-  if (const unsigned long err = ERR_peek_last_error(); err != 0) {
-    ERR_error_string_n(err, text, sizeof(text));
-  }
-  ERR_clear_error();
-  return text;
+  std::string text = net::TakeOpensslError();
+  return text.empty() ? "unknown error" : text;
 }
 
 // Reads every PEM block of `path` and keeps its first private key and its

@@ -124,12 +124,12 @@ absl::Status Connection::Stopped(Stop stop, absl::string_view what) {
 }
 
 std::string Connection::TlsDescription() const {
-  if (!tls_) {
-    return "";
-  }
-  SSL* ssl = tls_native_handle();
-  return absl::StrCat(SSL_get_version(ssl), " ", SSL_get_cipher_name(ssl));
+  return tls_ ? absl::StrCat(TlsVersion(), " ", TlsCipher()) : "";
 }
+
+std::string Connection::TlsVersion() const { return tls_ ? SSL_get_version(tls_native_handle()) : ""; }
+
+std::string Connection::TlsCipher() const { return tls_ ? SSL_get_cipher_name(tls_native_handle()) : ""; }
 
 asio::awaitable<absl::StatusOr<size_t>> Connection::ReadSome(char* data, size_t size, Duration timeout) {
   auto buf = asio::buffer(data, size);

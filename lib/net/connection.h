@@ -97,8 +97,11 @@ class Connection {
 
   asio::ip::tcp::socket& socket() { return socket_; }
   bool tls() const { return tls_ != nullptr; }
-  // Cipher and protocol after a handshake, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384".
+  // Cipher and protocol after a handshake, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384":
+  // TlsVersion() and TlsCipher() ("" each without TLS).
   std::string TlsDescription() const;
+  std::string TlsVersion() const;
+  std::string TlsCipher() const;
   // The TLS session's OpenSSL object once a handshake began (also after one
   // that failed), nullptr without TLS: for reading what the handshake
   // learned, e.g. SSL_get_verify_result or SSL_get0_peer_certificate. Do not

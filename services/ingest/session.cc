@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <tuple>
 #include <utility>
 #include <variant>
 
@@ -54,16 +53,6 @@ constexpr uint64_t kMinDiscardBytes = 1 << 20;
 // Bad commands before the session is closed (Postfix's hard error limit).
 constexpr int kMaxErrors = 20;
 constexpr auto kCloseTimeout = std::chrono::seconds(5);
-
-// Connection::TlsDescription(), "TLSv1.3 TLS_AES_256_GCM_SHA384", split
-// into the protocol version and the cipher.
-std::pair<std::string, std::string> SplitTlsDescription(const std::string& description) {
-  const size_t space = description.find(' ');
-  if (space == std::string::npos) {
-    return {description, ""};
-  }
-  return {description.substr(0, space), description.substr(space + 1)};
-}
 
 bool Has8BitOctets(absl::string_view body) {
   return std::any_of(body.begin(), body.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
@@ -380,11 +369,10 @@ asio::awaitable<bool> Session::TlsHandshake(std::shared_ptr<asio::ssl::context> 
                 {"verify_error", client_cert_.error}});
     co_return false;
   }
-  const auto [version, cipher] = SplitTlsDescription(conn_.TlsDescription());
   log::Event(log::Level::kDebug, "tls",
              {{"session", session_id_},
-              {"version", version},
-              {"cipher", cipher},
+              {"version", conn_.TlsVersion()},
+              {"cipher", conn_.TlsCipher()},
               {"verify", ClientCertificate::Name(client_cert_.verify)},
               {"cert_subject", client_cert_.subject},
               {"cert_issuer", client_cert_.issuer},
@@ -1442,7 +1430,8 @@ std::string Session::BuildReceived() const {
   info.me = cfg_.me;
   info.protocol = ReceivedProtocol(esmtp_, conn_.tls(), authenticated_, mail_params_.smtputf8);
   if (conn_.tls()) {
-    std::tie(info.tls_version, info.tls_cipher) = SplitTlsDescription(conn_.TlsDescription());
+    info.tls_version = conn_.TlsVersion();
+    info.tls_cipher = conn_.TlsCipher();
     info.tls_verify = ClientCertificate::Name(client_cert_.verify);
   }
   info.id = txn_id_;

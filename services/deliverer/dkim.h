@@ -12,12 +12,13 @@
 // for tests): canonicalization (§3.4), header selection (§5.4.2) and the
 // choice of the signing domain.
 //
-// Where the signature goes: the deliverer signs each message once per
-// delivery job, over the bytes it is about to send (the stored message with
-// every line end made CRLF, as DotCodec sends it), and every SMTP
-// transaction of that job writes the same DKIM-Signature field before the
-// message (TransactionRequest::dkim_signature). The stored message is never
-// copied to add the field.
+// Where the signature goes: the deliverer signs each message once, at its
+// first delivery job, over the bytes it is about to send (the stored message
+// with every line end made CRLF, as DotCodec sends it); the message's other
+// jobs on that deliverer and its retries reuse the field (delivery_worker.cc),
+// and every SMTP transaction writes it before the message
+// (TransactionRequest::dkim_signature). The stored message is never copied
+// to add the field.
 //
 // The signing domain (d=) is found from the message: the domain of the From
 // header field when it holds exactly one address, else of the Sender field,

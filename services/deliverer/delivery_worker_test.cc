@@ -754,23 +754,35 @@ TEST(DeliveryWorker, RouteToALoopbackLiteralIsRefusedWithoutLocalMxOk) {
   EXPECT_EQ(h.stats.connections, 0);
 }
 
+// Turns DKIM signing on in `config` with a new key (Ed25519, else RSA-2048)
+// for a.test, Job's MAIL FROM domain (its body has no From), selector
+// "sel", signing on `threads` threads; false if OpenSSL made no key.
+bool EnableDkim(DelivererConfig& config, bool ed25519, uint32_t threads) {
+  DkimKey key;
+  key.domain = "a.test";
+  key.selector = "sel";
+  key.file = "test key";
+  key.ed25519 = ed25519;
+  key.pkey.reset(ed25519 ? EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")
+                         : EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048}),
+                 EVP_PKEY_free);
+  if (key.pkey == nullptr) {
+    return false;
+  }
+  config.dkim.enabled = true;
+  config.dkim.headers = DkimConfig::DefaultHeaders();
+  config.dkim.keys["a.test"] = std::move(key);
+  config.dkim_threads = threads;
+  return true;
+}
+
 // dkim_threads makes the signatures on threads of their own, 0 on the event
 // loop: either way every message leaves with its DKIM-Signature field first.
 TEST(DeliveryWorker, MessagesLeaveDkimSignedWhetherSignedOnThreadsOrOnTheEventLoop) {
   for (uint32_t threads : {2u, 0u}) {
     SCOPED_TRACE(threads);
     Harness h;
-    h.config.dkim.enabled = true;
-    h.config.dkim.headers = DkimConfig::DefaultHeaders();
-    DkimKey key;
-    key.domain = "a.test";  // Job's MAIL FROM domain; its body has no From
-    key.selector = "sel";
-    key.file = "test key";
-    key.ed25519 = true;
-    key.pkey.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"), EVP_PKEY_free);
-    ASSERT_NE(key.pkey, nullptr);
-    h.config.dkim.keys["a.test"] = key;
-    h.config.dkim_threads = threads;
+    ASSERT_TRUE(EnableDkim(h.config, /*ed25519=*/true, threads));
     constexpr size_t kJobs = 6;
     for (size_t i = 0; i < kJobs; ++i) {
       h.queue.AddJob(Job(absl::StrCat("k", i), absl::StrCat("d", i % 3, ".test"), {"alice"}));
@@ -801,16 +813,7 @@ TEST(DeliveryWorker, DeliveriesOfOneMessageShareOneDkimSignature) {
         metrics::Registry::Global().GetCounter("tern_deliverer_dkim_reused_total", "", {});
     const uint64_t reused_before = reused.value();
     Harness h;
-    h.config.dkim.enabled = true;
-    h.config.dkim.headers = DkimConfig::DefaultHeaders();
-    DkimKey key;
-    key.domain = "a.test";
-    key.selector = "sel";
-    key.file = "test key";
-    key.pkey.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048}), EVP_PKEY_free);
-    ASSERT_NE(key.pkey, nullptr);
-    h.config.dkim.keys["a.test"] = key;
-    h.config.dkim_threads = threads;
+    ASSERT_TRUE(EnableDkim(h.config, /*ed25519=*/false, threads));
     for (int i = 0; i < 3; ++i) {
       v1::DeliveryJob job = Job(absl::StrCat("s", threads, "-", i), absl::StrCat("d", i, ".test"), {"alice"});
       job.set_message_id(absl::StrCat("msg-shared-", threads));

@@ -126,6 +126,12 @@ class AuthTarpit {
 
   // Records a failure from `ip` at `now` and returns the delay to apply.
   std::chrono::milliseconds Fail(const std::string& ip, Clock::time_point now);
+  // A config reload's new delays; the failures remembered stay (a client
+  // guessing passwords gains nothing from the reload).
+  void SetDelays(std::chrono::milliseconds base, std::chrono::milliseconds max) {
+    base_ = base;
+    max_ = max;
+  }
   // Failures remembered for `ip` (0 if none or forgotten).
   int failures(const std::string& ip, Clock::time_point now) const;
   size_t size() const { return entries_.size(); }

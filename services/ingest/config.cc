@@ -282,6 +282,39 @@ absl::StatusOr<std::vector<ListenAddress>> ParseListenList(absl::string_view val
   return out;
 }
 
+std::vector<std::string> RestartOnlyChanges(const IngestConfig& running, const IngestConfig& loaded) {
+  std::vector<std::string> changed;
+  auto same_addresses = [](const std::vector<ListenAddress>& a, const std::vector<ListenAddress>& b) {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const ListenAddress& x, const ListenAddress& y) {
+      return x.host == y.host && x.port == y.port && x.implicit_tls == y.implicit_tls;
+    });
+  };
+  if (!same_addresses(running.listen, loaded.listen)) {
+    changed.push_back("smtp.ini [main] listen/smtps_port");
+  } else if (!std::equal(running.listen.begin(), running.listen.end(), loaded.listen.begin(), loaded.listen.end(),
+                         [](const ListenAddress& x, const ListenAddress& y) {
+                           return x.require_client_cert == y.require_client_cert;
+                         })) {
+    changed.push_back("tls.ini [main] rejectUnauthorized/requireAuthorized");
+  }
+  if (running.io_threads != loaded.io_threads) {
+    changed.push_back("smtp.ini [main] nodes");
+  }
+  if (running.queues != loaded.queues) {
+    changed.push_back("tern.ini [ingest] queue");
+  }
+  if (running.queue_timeout != loaded.queue_timeout) {
+    changed.push_back("tern.ini [ingest] queue_timeout_ms");
+  }
+  if (running.health_listen != loaded.health_listen) {
+    changed.push_back("tern.ini [ingest] health_listen");
+  }
+  if (running.metrics_listen != loaded.metrics_listen) {
+    changed.push_back("tern.ini [ingest] metrics_listen");
+  }
+  return changed;
+}
+
 absl::Status IngestConfig::Validate() const {
   if (listen.empty()) {
     return absl::InvalidArgumentError("smtp.ini [main] listen: no address to listen on");

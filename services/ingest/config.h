@@ -1,9 +1,10 @@
 // File: config.h
 //
 // IngestConfig: everything tern-ingest reads from the Haraka-style config
-// directory, in one typed struct (STYLE §4.8), loaded once at startup and then
-// passed by const reference. A bad value stops startup with an error naming
-// the file and the key (or the line, for relay_acl_allow).
+// directory, in one typed struct (STYLE §4.8), loaded at startup and again on
+// SIGHUP (IngestServer::Reload), and passed by const reference. A bad value
+// stops startup, or a reload, with an error naming the file and the key (or
+// the line, for relay_acl_allow).
 //
 // Files and keys (defaults in brackets):
 //   smtp.ini        [main] listen           [127.0.0.1:2525] comma list of
@@ -197,6 +198,13 @@ struct IngestConfig {
   // Checks ranges and consistency; the error says which setting is wrong.
   absl::Status Validate() const;
 };
+
+// The settings that differ between `running` and `loaded` and that only a
+// restart applies (what the listeners, session threads, queue client,
+// health and metrics servers were built from), named by file and key,
+// e.g. "smtp.ini [main] listen". Empty when a reload can apply all of
+// `loaded`.
+std::vector<std::string> RestartOnlyChanges(const IngestConfig& running, const IngestConfig& loaded);
 
 // Reads the files listed above from `dir` and validates the result.
 absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir);

@@ -6,8 +6,11 @@
 //
 // Signals: SIGTERM/SIGINT stop accepting, tell idle sessions 421 4.3.2, give
 // sessions in a transaction up to smtp.ini force_shutdown_timeout (30 s) to
-// finish it, then close the rest. SIGHUP is ignored (logged): the config is
-// read once at startup.
+// finish it, then close the rest. SIGHUP reads the config directory again and
+// applies it to new sessions (IngestServer::Reload says what it covers): a
+// renewed certificate, a changed relay ACL or user list need no restart. A
+// config that does not load is logged (`reload_failed`) and the running one
+// stays; settings only a restart applies are named (`reload_needs_restart`).
 //
 // hooks.ini: when it calls queue_outbound, every message is offered to the
 // user's Hooks server before it is queued (queue_outbound_hook.h).
@@ -62,6 +65,48 @@ void RaiseFileLimit() {
 int Fail(absl::string_view event, absl::string_view error) {
   tern::log::Event(tern::log::Level::kCrit, event, {{"error", error}});
   return 1;
+}
+
+// SIGHUP: the config directory read again and handed to the server.
+void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& server,
+            std::chrono::milliseconds* shutdown_timeout) {
+  using tern::log::Level;
+  auto config = tern::ingest::LoadIngestConfig(dir);
+  if (!config.ok()) {
+    tern::log::Event(Level::kError, "reload_failed",
+                     {{"error", config.status().message()}, {"effect", "the running config stays"}});
+    return;
+  }
+  // What the log line reports, taken before the config moves.
+  const std::chrono::milliseconds new_shutdown_timeout = config->shutdown_timeout;
+  const std::string me = config->me;
+  const std::string relay_networks = absl::StrCat(config->relay_acl.networks().size());
+  const std::string relay_clientcerts = absl::StrCat(config->relay_clientcerts.size());
+  const bool tls = config->tls_enabled();
+  const std::string certificates =
+      absl::StrCat(config->tls_sni_certificates.size() + (config->tls_cert_file.empty() ? 0 : 1));
+  const std::string auth_users = absl::StrCat(config->auth.users.size());
+  const std::string proxy_hosts = absl::StrCat(config->haproxy_hosts.size());
+  auto result = server.Reload(*std::move(config));
+  if (!result.ok()) {
+    tern::log::Event(Level::kError, "reload_failed",
+                     {{"error", result.status().message()}, {"effect", "the running config stays"}});
+    return;
+  }
+  *shutdown_timeout = new_shutdown_timeout;
+  if (!result->needs_restart.empty()) {
+    tern::log::Event(Level::kWarn, "reload_needs_restart",
+                     {{"settings", absl::StrJoin(result->needs_restart, ", ")},
+                      {"effect", "these keep their running values until a restart"}});
+  }
+  tern::log::Event(Level::kNotice, "config_reloaded",
+                   {{"me", me},
+                    {"relay_networks", relay_networks},
+                    {"relay_clientcerts", relay_clientcerts},
+                    {"tls", tls ? "on" : "off"},
+                    {"tls_certificates", certificates},
+                    {"auth_users", auth_users},
+                    {"proxy_hosts", proxy_hosts}});
 }
 
 }  // namespace
@@ -157,16 +202,16 @@ int main(int argc, char** argv) {
                     {"queue_outbound_hook", hook ? hooks->address : std::string("off")},
                     {"metrics", exporter ? absl::StrCat(exporter->port()) : std::string("off")}});
 
+  auto grace = config->shutdown_timeout;
   while (true) {
     const int sig = tern::WaitForSignal();
     if (sig != SIGHUP) {
       tern::log::Event(tern::log::Level::kNotice, "stopping", {{"signal", absl::StrCat(sig)}});
       break;
     }
-    tern::log::Event(tern::log::Level::kNotice, "sighup_ignored", {{"reason", "config is read at startup"}});
+    Reload(dir, **server, &grace);
   }
 
-  const auto grace = config->shutdown_timeout;
   (*server)->Shutdown(grace);
   if (!(*server)->WaitIdle(grace + kAbortSlack)) {
     tern::log::Event(tern::log::Level::kWarn, "sessions_left_at_exit");

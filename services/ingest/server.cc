@@ -38,6 +38,8 @@ constexpr auto kNoThrow = asio::experimental::as_tuple(asio::use_awaitable);
 // After a failed accept (e.g. EMFILE) wait before trying again, so a full
 // file table does not turn the accept loop into a busy loop.
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+// Threads that check slow password hashes (ServerCore::auth_pool).
+constexpr int kAuthThreads = 2;
 
 asio::awaitable<void> AcceptLoop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor, std::shared_ptr<ServerCore> core,
                                  ListenAddress listener) {
@@ -419,22 +421,24 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
   asio::io_context& io = *shards[0];
   auto core = std::make_shared<ServerCore>();
   core->shards = std::move(shards);
-  core->config = std::move(config);
   core->queue = std::move(queue);
   core->hook = std::move(hook);
-  core->tarpit.emplace(core->config.auth.fail_delay, core->config.auth.fail_delay_max);
-  if (core->config.auth.enabled() && core->config.auth.users.any_slow_to_verify()) {
+  core->tarpit.emplace(config.auth.fail_delay, config.auth.fail_delay_max);
+  if (config.auth.enabled() && config.auth.users.any_slow_to_verify()) {
     // Two threads: a burst of logins against slow hashes still moves while
     // the session threads carry on. Salted SHA and plaintext passwords are
     // checked on the session's thread, so without crypt(3) hashes there is
     // no pool.
-    core->auth_pool = std::make_unique<asio::thread_pool>(2);
+    core->auth_pool = std::make_unique<asio::thread_pool>(kAuthThreads);
   }
-  if (core->config.tls_enabled()) {
-    TERN_ASSIGN_OR_RETURN(core->tls, ServerTls::Create(core->config));
+  auto settings = std::make_shared<IngestSettings>();
+  if (config.tls_enabled()) {
+    TERN_ASSIGN_OR_RETURN(settings->tls, ServerTls::Create(config));
   }
+  settings->config = std::move(config);
+  core->settings = settings;
   std::unique_ptr<IngestServer> server(new IngestServer(io, core));
-  for (const ListenAddress& listen : core->config.listen) {
+  for (const ListenAddress& listen : settings->config.listen) {
     std::error_code ec;
     const asio::ip::address address = asio::ip::make_address(listen.host, ec);
     if (ec) {
@@ -464,11 +468,12 @@ absl::StatusOr<std::unique_ptr<IngestServer>> IngestServer::Create(std::vector<a
 }
 
 void IngestServer::Start() {
+  const std::shared_ptr<const IngestSettings> settings = core_->CurrentSettings();
   for (size_t i = 0; i < core_->shards.size(); ++i) {
     asio::co_spawn(*core_->shards[i],
-                   MeasureThreadBusy(core_, i, core_->config.thread_busy_interval), asio::detached);
+                   MeasureThreadBusy(core_, i, settings->config.thread_busy_interval), asio::detached);
   }
-  asio::post(io_, [core = core_]() {
+  asio::post(io_, [core = core_, settings]() {
     for (size_t i = 0; i < core->acceptors.size(); ++i) {
       const auto& acceptor = core->acceptors[i];
       const ListenAddress& listener = core->listeners[i];
@@ -477,12 +482,47 @@ void IngestServer::Start() {
       log::Event(log::Level::kInfo, "listening",
                  {{"address", acceptor->local_endpoint(ec).address().to_string()},
                   {"port", absl::StrCat(acceptor->local_endpoint(ec).port())},
-                  {"tls", listener.implicit_tls ? "implicit" : (core->tls ? "starttls" : "off")},
-                  {"client_cert", !core->tls || !core->config.tls_request_cert ? "off"
-                                  : listener.require_client_cert                ? "required"
-                                                                                : "requested"}});
+                  {"tls", listener.implicit_tls ? "implicit" : (settings->tls ? "starttls" : "off")},
+                  {"client_cert", !settings->tls || !settings->config.tls_request_cert ? "off"
+                                  : listener.require_client_cert                        ? "required"
+                                                                                        : "requested"}});
     }
   });
+}
+
+absl::StatusOr<IngestServer::ReloadResult> IngestServer::Reload(IngestConfig config) {
+  const std::shared_ptr<const IngestSettings> running = core_->CurrentSettings();
+  const IngestConfig& old = running->config;
+  ReloadResult result;
+  result.needs_restart = RestartOnlyChanges(old, config);
+  // What the listeners, threads and clients were built from stays as it
+  // runs, so the new settings describe the server as it is.
+  config.listen = old.listen;
+  config.tls_reject_unauthorized = old.tls_reject_unauthorized;
+  config.tls_require_authorized = old.tls_require_authorized;
+  config.io_threads = old.io_threads;
+  config.queues = old.queues;
+  config.queue_timeout = old.queue_timeout;
+  config.health_listen = old.health_listen;
+  config.metrics_listen = old.metrics_listen;
+  config.proxy_timeout = old.proxy_timeout;
+  config.thread_busy_interval = old.thread_busy_interval;
+  TERN_RETURN_IF_ERROR(config.Validate());
+  auto settings = std::make_shared<IngestSettings>();
+  if (config.tls_enabled()) {
+    // Certificates and keys are read here, so a renewed pair that does not
+    // load leaves the old one serving.
+    TERN_ASSIGN_OR_RETURN(settings->tls, ServerTls::Create(config));
+  }
+  const bool needs_pool = config.auth.enabled() && config.auth.users.any_slow_to_verify();
+  settings->config = std::move(config);
+  std::lock_guard<std::mutex> lock(core_->mu);
+  if (needs_pool && core_->auth_pool == nullptr && !core_->closed) {
+    core_->auth_pool = std::make_unique<asio::thread_pool>(kAuthThreads);
+  }
+  core_->tarpit->SetDelays(settings->config.auth.fail_delay, settings->config.auth.fail_delay_max);
+  core_->settings = std::move(settings);
+  return result;
 }
 
 void IngestServer::Shutdown(std::chrono::milliseconds grace) {

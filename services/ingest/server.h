@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -57,6 +58,21 @@ class IngestServer {
 
   void Start();
   void Shutdown(std::chrono::milliseconds grace);
+
+  // SIGHUP: replaces the settings new sessions start with by `config` (as
+  // LoadIngestConfig read it again), building its TLS contexts first; sessions
+  // already open keep theirs to their end. Reloaded: relay_acl_allow,
+  // relay_clientcerts, the TLS certificates and tls.ini (except what makes
+  // a listener require client certificates), auth_flat_file.ini, `me`,
+  // connection.ini's limits, headers and haproxy hosts, inactivity_timeout,
+  // enqueue_inline_max. Settings only a restart applies (RestartOnlyChanges)
+  // keep their running values. On an error (a certificate that does not
+  // load) nothing changes. Any thread.
+  struct ReloadResult {
+    // The restart-only settings that differ in `config`, by file and key.
+    std::vector<std::string> needs_restart;
+  };
+  absl::StatusOr<ReloadResult> Reload(IngestConfig config);
   // Blocks the calling thread (not the io thread) until no session is left
   // after Shutdown(), or `timeout` passed; true if none is left.
   bool WaitIdle(std::chrono::milliseconds timeout);

@@ -163,6 +163,11 @@ size_t ServerCore::SessionCount() {
   return sessions.size();
 }
 
+std::shared_ptr<const IngestSettings> ServerCore::CurrentSettings() {
+  std::lock_guard<std::mutex> lock(mu);
+  return settings;
+}
+
 void ServerCore::ForEachSession(std::function<void(Session&)> fn) {
   std::vector<std::pair<uint64_t, asio::any_io_executor>> targets;
   {
@@ -200,7 +205,8 @@ asio::awaitable<void> RunSession(asio::ip::tcp::socket socket, std::shared_ptr<S
 
 Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<ServerCore> core, const ListenAddress& listener)
     : core_(std::move(core)),
-      cfg_(core_->config),
+      settings_(core_->CurrentSettings()),
+      cfg_(settings_->config),
       conn_(std::move(socket)),
       implicit_tls_(listener.implicit_tls),
       require_client_cert_(listener.require_client_cert),
@@ -349,7 +355,7 @@ asio::awaitable<bool> Session::Prelude() {
   }
 
   if (implicit_tls_) {
-    co_return co_await TlsHandshake(core_->tls->ForHandshake(require_client_cert_));
+    co_return co_await TlsHandshake(settings_->tls->ForHandshake(require_client_cert_));
   }
   co_return true;
 }
@@ -579,7 +585,7 @@ void Session::Ehlo() {
       "DSN",
       "CHUNKING",
   };
-  if (core_->tls && !conn_.tls()) {
+  if (settings_->tls && !conn_.tls()) {
     lines.push_back("STARTTLS");
   }
   if (conn_.tls()) {
@@ -726,7 +732,7 @@ asio::awaitable<bool> Session::Handle(smtp::Command& cmd) {
 // Such a client is refused and disconnected. After the handshake the session
 // starts over: no HELO, no transaction, no authentication (§4.2).
 asio::awaitable<bool> Session::StartTls() {
-  if (!core_->tls) {
+  if (!settings_->tls) {
     Reply("502 5.5.1 Error: command not implemented");
     co_return true;
   }
@@ -742,7 +748,7 @@ asio::awaitable<bool> Session::StartTls() {
   }
   // Taken here and passed in: GCC 12 miscompiled this coroutine (a ud2 on
   // its first resume) when TlsHandshake() took the context itself.
-  std::shared_ptr<asio::ssl::context> ctx = core_->tls->ForHandshake(require_client_cert_);
+  std::shared_ptr<asio::ssl::context> ctx = settings_->tls->ForHandshake(require_client_cert_);
   Reply("220 2.0.0 Ready to start TLS");
   if (!co_await Flush()) {
     co_return false;
@@ -1147,7 +1153,9 @@ asio::awaitable<bool> Session::FinishBody() {
 
 asio::awaitable<bool> Session::VerifyPassword(const std::string& user, const std::string& password) {
   const UserDb& users = cfg_.auth.users;
-  if (core_->auth_pool == nullptr || !users.SlowToVerify(user)) {
+  // SlowToVerify first: a session whose settings have no slow hash never
+  // reads auth_pool, which a reload may be setting (ServerCore::auth_pool).
+  if (!users.SlowToVerify(user) || core_->auth_pool == nullptr) {
     co_return users.Verify(user, password);
   }
   // The references stay valid: this frame waits for the answer, and the

@@ -143,8 +143,17 @@ class ServerTls {
   Set sets_[2];  // [require_client_cert]; the second only when a listener requires
 };
 
-struct ServerCore : std::enable_shared_from_this<ServerCore> {
+// What a reload (IngestServer::Reload) replaces as one: the config and the
+// TLS contexts built from it. A session takes the current one when it starts
+// and keeps it to its end, so it never sees half of an old config and half
+// of a new one, and a renewed certificate reaches only new connections.
+struct IngestSettings {
   IngestConfig config;
+  // The server's TLS contexts; null when TLS is not configured.
+  std::shared_ptr<ServerTls> tls;
+};
+
+struct ServerCore : std::enable_shared_from_this<ServerCore> {
   std::shared_ptr<QueueClient> queue;
   // The user's queue_outbound hook; null when hooks.ini does not call it.
   std::shared_ptr<QueueOutboundHook> hook;
@@ -156,8 +165,6 @@ struct ServerCore : std::enable_shared_from_this<ServerCore> {
   // Parallel to acceptors: what each listens as (implicit TLS, client
   // certificate required).
   std::vector<ListenAddress> listeners;
-  // The server's TLS contexts; null when TLS is not configured.
-  std::shared_ptr<ServerTls> tls;
   std::atomic<bool> draining{false};
   // The IngestServer is gone (tern-ingest is exiting): shards may be
   // stopped or being destroyed, so nothing is posted to them any more.
@@ -182,6 +189,10 @@ struct ServerCore : std::enable_shared_from_this<ServerCore> {
   std::map<uint64_t, Registered> sessions;
   std::map<std::string, size_t> sessions_per_ip;
   std::optional<AuthTarpit> tarpit;
+  std::shared_ptr<const IngestSettings> settings;  // never null once created
+
+  // Any thread: the settings new sessions start with.
+  std::shared_ptr<const IngestSettings> CurrentSettings();
 
   // Set (under idle_mu) once draining and no session is left.
   std::mutex idle_mu;
@@ -293,6 +304,8 @@ class Session {
   std::string BuildReceived() const;
 
   std::shared_ptr<ServerCore> core_;
+  // This session's settings for its whole life (see IngestSettings).
+  std::shared_ptr<const IngestSettings> settings_;
   const IngestConfig& cfg_;
   net::Connection conn_;
   // What the TLS handshake learned of the client's certificate.

@@ -2008,6 +2008,131 @@ TEST_P(IngestSessionTest, EachSessionThreadReportsHowBusyItIs) {
   }
 }
 
+// SIGHUP (IngestServer::Reload): what new connections meet changes, what an
+// open session started with stays.
+TEST_P(IngestSessionTest, ReloadAppliesANewRelayAclAndNameToNewSessionsOnly) {
+  StartIngest(BaseConfig());  // 127.0.0.1 may relay
+  auto before = Connect();
+
+  IngestConfig closed = BaseConfig();
+  closed.me = "renamed.test";
+  closed.relay_acl = *RelayAcl::Parse("192.0.2.0/24\n", "relay_acl_allow");  // not 127.0.0.1
+  auto result = server_->Reload(closed);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->needs_restart.empty());
+
+  RawClient after(port_);
+  ASSERT_EQ(after.ReadReply(), "220 renamed.test ESMTP Tern ready\r\n");
+  ASSERT_TRUE(absl::StartsWith(after.Command("EHLO client.test"), "250-renamed.test Hello"));
+  ASSERT_EQ(after.Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(after.Command("RCPT TO:<r@example.net>"), "550 5.7.1 Relaying denied\r\n");
+
+  // The session opened before the reload keeps the ACL it started with.
+  ASSERT_EQ(before->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(before->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+
+  ASSERT_TRUE(server_->Reload(BaseConfig()).ok());
+  EXPECT_EQ(SendOne(), "250 2.0.0 Ok: queued as fake-1\r\n");
+}
+
+TEST_P(IngestSessionTest, ReloadServesARenewedCertificateAndKeepsTheOldOneWhenTheNewFailsToLoad) {
+  const std::filesystem::path dir = std::filesystem::path(Cert().dir) / absl::StrCat("renewal-", GetParam());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  IngestConfig cfg = TlsConfig();  // CN=mx.test
+  StartIngest(cfg);
+  ExpectCertificateForSni("", "mx.test");
+
+  // The renewed pair, as certbot leaves it: one bundle in place of the old.
+  WriteBundle(dir / "renewed.pem", "renewed.test", "DNS:mx.test");
+  IngestConfig renewed = TlsConfig();
+  renewed.tls_key_file = renewed.tls_cert_file = (dir / "renewed.pem").string();
+  ASSERT_TRUE(server_->Reload(renewed).ok());
+  ExpectCertificateForSni("", "renewed.test");
+
+  // A half-written key: the reload fails, naming the file, and the last
+  // good certificate keeps being served.
+  std::ofstream(dir / "broken.pem") << "-----BEGIN PRIVATE KEY-----\nAAAA\n";
+  IngestConfig broken = TlsConfig();
+  broken.tls_key_file = broken.tls_cert_file = (dir / "broken.pem").string();
+  auto refused = server_->Reload(broken);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "broken.pem")) << refused.status();
+  ExpectCertificateForSni("", "renewed.test");
+
+  // TLS turned off: new sessions no longer offer STARTTLS.
+  ASSERT_TRUE(server_->Reload(BaseConfig()).ok());
+  auto plain = std::make_unique<RawClient>(port_);
+  ASSERT_EQ(plain->ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+  EXPECT_FALSE(absl::StrContains(plain->Command("EHLO client.test"), "STARTTLS"));
+  EXPECT_EQ(plain->Command("STARTTLS"), "502 5.5.1 Error: command not implemented\r\n");
+}
+
+TEST_P(IngestSessionTest, ReloadAddsUsersIncludingSlowHashesAndKeepsTheTarpit) {
+  IngestConfig cfg = BaseConfig();
+  AddUsers(&cfg, "[users]\nbob=hunter2\n", /*require_tls=*/false);
+  StartIngest(cfg);
+  {
+    auto client = Connect();
+    EXPECT_EQ(client->Command("AUTH PLAIN " + B64(std::string("\0carol\0pw", 9))),
+              "535 5.7.8 Authentication credentials invalid\r\n");
+  }
+  // carol's hash is SHA-512-crypt, checked on the auth threads, which the
+  // first server had no reason to start.
+  IngestConfig more = BaseConfig();
+  AddUsers(&more,
+           "[users]\nbob=hunter2\ncarol={SHA512-CRYPT}$6$rounds=5000000$tarpitsalt$m.UURucjzQ/8XuB17SwuZOQfiQkywGP"
+           "AVCB/CeXMhnJkI6nnOpR7mfTtEZbfoxEI9BYgBiLt8ngahCmDDpPSD/\n",
+           /*require_tls=*/false);
+  more.auth.fail_delay = 300ms;
+  ASSERT_TRUE(server_->Reload(more).ok());
+  auto slow = Connect();
+  auto other = Connect();
+  slow->Send("AUTH PLAIN " + B64(std::string("\0carol\0hunter2", 14)) + "\r\n");
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(other->Command("NOOP"), "250 2.0.0 Ok\r\n");  // not held up by the hash
+  EXPECT_EQ(slow->ReadReply(), "235 2.7.0 Authentication successful\r\n");
+  ASSERT_EQ(slow->Command("MAIL FROM:<carol@example.org>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(slow->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+
+  // The failure before the reload is remembered, and the new base delay
+  // applies: the second failure from this IP waits twice 300 ms.
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(other->Command("AUTH PLAIN " + B64(std::string("\0bob\0wrong", 10))),
+            "535 5.7.8 Authentication credentials invalid\r\n");
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 590ms);
+}
+
+TEST_P(IngestSessionTest, ReloadNamesRestartOnlySettingsAndKeepsThemRunning) {
+  StartIngest(BaseConfig());
+  const uint16_t port = port_;
+  IngestConfig moved = BaseConfig();
+  moved.listen = {{"127.0.0.1", 1}};
+  moved.io_threads = 7;
+  moved.queues = {"127.0.0.1:1"};
+  moved.max_recipients = 1;  // this one applies
+  auto result = server_->Reload(moved);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->needs_restart,
+            (std::vector<std::string>{"smtp.ini [main] listen/smtps_port", "smtp.ini [main] nodes",
+                                      "tern.ini [ingest] queue"}));
+  EXPECT_EQ(server_->ports(), std::vector<uint16_t>{port});
+  auto client = Connect();  // still on the old port, still queuing to the running queue
+  ASSERT_EQ(client->Command("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(client->Command("RCPT TO:<r@example.net>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(client->Command("RCPT TO:<s@example.net>"), "452 4.5.3 Error: too many recipients\r\n");
+  ASSERT_EQ(client->Command("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  client->Send("Subject: s\r\n\r\nbody\r\n.\r\n");
+  EXPECT_EQ(client->ReadReply(), "250 2.0.0 Ok: queued as fake-1\r\n");
+
+  // A config that is wrong in itself changes nothing.
+  IngestConfig wrong = BaseConfig();
+  wrong.me.clear();
+  EXPECT_FALSE(server_->Reload(wrong).ok());
+  RawClient again(port_);
+  EXPECT_EQ(again.ReadReply(), "220 mx.test ESMTP Tern ready\r\n");
+}
+
 INSTANTIATE_TEST_SUITE_P(Shards, IngestSessionTest, ::testing::Values(1, 3),
                          [](const ::testing::TestParamInfo<int>& info) { return absl::StrCat(info.param); });
 

@@ -410,5 +410,103 @@ class IngestShutdownTest(unittest.TestCase):
                 wait_port("127.0.0.1", cluster.ports["smtp"], 0.5)
 
 
+class IngestReloadTest(unittest.TestCase):
+    """SIGHUP: tern-ingest reads its config directory again without a restart."""
+
+    def hup(self, cluster, event):
+        """Sends SIGHUP and waits for `event` in ingest's log; returns that line."""
+        self.log_start = os.path.getsize(os.path.join(cluster.logs, "ingest.log"))
+        cluster.procs["ingest"].send_signal(signal.SIGHUP)
+        return self.hup_wait(cluster, event)
+
+    def hup_wait(self, cluster, event):
+        """Waits for `event` in ingest's log after the last SIGHUP."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with open(os.path.join(cluster.logs, "ingest.log"), "rb") as f:
+                f.seek(self.log_start)
+                for line in f.read().decode(errors="replace").splitlines():
+                    if f" {event} " in line + " ":
+                        return line
+            time.sleep(0.05)
+        self.fail(f"no {event} after SIGHUP")
+
+    def served_certificate(self, cluster):
+        with smtplib.SMTP(*cluster.smtp_address(), timeout=20) as s:
+            s.starttls(context=no_verify())
+            return s.sock.getpeercert(binary_form=True)
+
+    def file_certificate(self, path):
+        with open(path) as f:
+            return ssl.PEM_cert_to_DER_cert(f.read())
+
+    def test_sighup_applies_acl_certificate_and_users_and_survives_a_broken_file(self):
+        with IngestCluster() as cluster:
+            config = cluster.config
+            outsider = lambda: smtplib.SMTP(*cluster.smtp_address(), timeout=20, source_address=(OUTSIDER, 0))
+            with outsider() as s:
+                with self.assertRaises(smtplib.SMTPRecipientsRefused):
+                    s.sendmail("a@sender.test", ["r@good.test"], b"Subject: before\r\n\r\nx\r\n")
+
+            # The outsider's network joins relay_acl_allow; a certificate is
+            # renewed in place; a user is added.
+            with open(os.path.join(config, "relay_acl_allow"), "a") as f:
+                f.write("127.0.0.2/32\n")
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-days", "2", "-subj", "/CN=renewed.tern.test", "-keyout", os.path.join(config, "tls_key.pem"),
+                 "-out", os.path.join(config, "tls_cert.pem")],
+                check=True, capture_output=True, timeout=60)
+            with open(os.path.join(config, "auth_flat_file.ini"), "a") as f:
+                f.write("bob=builder\n")
+            line = self.hup(cluster, "config_reloaded")
+            self.assertIn("relay_networks=2", line)
+            self.assertIn("auth_users=2", line)
+            with outsider() as s:
+                self.assertEqual(s.sendmail("a@sender.test", ["r@good.test"], b"Subject: after\r\n\r\nx\r\n"), {})
+            renewed = self.file_certificate(os.path.join(config, "tls_cert.pem"))
+            self.assertEqual(self.served_certificate(cluster), renewed)
+            with smtplib.SMTP(*cluster.smtp_address(), timeout=20, source_address=("127.0.0.3", 0)) as s:
+                s.starttls(context=no_verify())
+                s.login("bob", "builder")
+                self.assertEqual(s.sendmail("bob@sender.test", ["r@good.test"], b"Subject: bob\r\n\r\nx\r\n"), {})
+
+            # A key file half written when the signal comes: the reload is
+            # refused and the running certificate, ACL and users stay.
+            with open(os.path.join(config, "tls_key.pem"), "w") as f:
+                f.write("-----BEGIN PRIVATE KEY-----\nAAAA\n")
+            with open(os.path.join(config, "relay_acl_allow"), "w") as f:
+                f.write("127.0.0.1/32\n")
+            line = self.hup(cluster, "reload_failed")
+            self.assertIn("tls_key.pem", line)
+            self.assertEqual(self.served_certificate(cluster), renewed)
+            with outsider() as s:
+                self.assertEqual(s.sendmail("a@sender.test", ["r@good.test"], b"Subject: kept\r\n\r\nx\r\n"), {})
+
+            # Settings only a restart applies are named and keep running as
+            # they are; the rest of the same reload applies.
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-days", "2", "-subj", "/CN=third.tern.test", "-keyout", os.path.join(config, "tls_key.pem"),
+                 "-out", os.path.join(config, "tls_cert.pem")],
+                check=True, capture_output=True, timeout=60)
+            p = cluster.ports
+            extra = free_port()
+            with open(os.path.join(config, "smtp.ini"), "w") as f:
+                f.write(f"[main]\nlisten=127.0.0.1:{p['smtp']},127.0.0.1:{p['smtps']},127.0.0.1:{extra}\n"
+                        f"smtps_port={p['smtps']}\ninactivity_timeout=3\nforce_shutdown_timeout=10\nnodes=1\n")
+            line = self.hup(cluster, "reload_needs_restart")
+            self.assertIn("smtp.ini [main] listen/smtps_port", line)
+            self.assertIn("smtp.ini [main] nodes", line)
+            self.hup_wait(cluster, "config_reloaded")
+            with self.assertRaises(OSError):
+                socket.create_connection(("127.0.0.1", extra), timeout=2).close()
+            self.assertEqual(self.served_certificate(cluster),
+                             self.file_certificate(os.path.join(config, "tls_cert.pem")))
+            with outsider() as s:  # relay_acl_allow as rewritten above
+                with self.assertRaises(smtplib.SMTPRecipientsRefused):
+                    s.sendmail("a@sender.test", ["r@good.test"], b"Subject: last\r\n\r\nx\r\n")
+
+
 if __name__ == "__main__":
     unittest.main()

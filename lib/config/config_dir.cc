@@ -36,6 +36,18 @@ std::string ConfigDir::PathOf(absl::string_view name) const {
   return absl::StrCat(dirs_.front(), "/", name);
 }
 
+std::vector<std::string> ConfigDir::CandidatePaths(absl::string_view name) const {
+  if (absl::StartsWith(name, "/")) {
+    return {std::string(name)};
+  }
+  std::vector<std::string> paths;
+  paths.reserve(dirs_.size());
+  for (const std::string& dir : dirs_) {
+    paths.push_back(absl::StrCat(dir, "/", name));
+  }
+  return paths;
+}
+
 absl::StatusOr<IniFile> ConfigDir::Ini(absl::string_view name) const { return IniFile::Load(PathOf(name)); }
 
 absl::StatusOr<std::optional<std::string>> ConfigDir::Text(absl::string_view name) const {

@@ -30,6 +30,10 @@ class ConfigDir {
   // directory when none has it. An absolute `name` is returned as it is (a
   // setting that names a file outside the config directory).
   std::string PathOf(absl::string_view name) const;
+  // Every place `name` may be read from, first directory first (a file made
+  // in an earlier directory takes over from a later one); an absolute
+  // `name` alone. For watching a file for changes (config_watcher.h).
+  std::vector<std::string> CandidatePaths(absl::string_view name) const;
 
   // The parsed INI file `name`, empty if it does not exist.
   absl::StatusOr<IniFile> Ini(absl::string_view name) const;

@@ -79,5 +79,11 @@ TEST_F(ConfigDirTest, SearchPathTakesEachFileFromFirstDirectoryThatHasIt) {
   EXPECT_EQ(**text, "base.example\n");
 }
 
+TEST(ConfigDirCandidates, ListEveryDirectoryInSearchOrderAndAbsoluteNamesAlone) {
+  ConfigDir cfg("/etc/tern-site:/etc/tern");
+  EXPECT_EQ(cfg.CandidatePaths("tls.ini"), (std::vector<std::string>{"/etc/tern-site/tls.ini", "/etc/tern/tls.ini"}));
+  EXPECT_EQ(cfg.CandidatePaths("/var/lib/certs/key.pem"), (std::vector<std::string>{"/var/lib/certs/key.pem"}));
+}
+
 }  // namespace
 }  // namespace tern::config

@@ -312,6 +312,9 @@ std::vector<std::string> RestartOnlyChanges(const IngestConfig& running, const I
   if (running.metrics_listen != loaded.metrics_listen) {
     changed.push_back("tern.ini [ingest] metrics_listen");
   }
+  if (running.config_watch != loaded.config_watch) {
+    changed.push_back("tern.ini [ingest] config_watch_ms");
+  }
   return changed;
 }
 
@@ -563,9 +566,30 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
   cfg.enqueue_inline_max = static_cast<uint64_t>(inline_max);
   cfg.health_listen = tern.GetString("ingest", "health_listen", "127.0.0.1:7071");
   cfg.metrics_listen = tern.GetString("ingest", "metrics_listen", "127.0.0.1:9471");
+  TERN_ASSIGN_OR_RETURN(int64_t watch_ms, tern.GetInt("ingest", "config_watch_ms", 2000));
+  if (watch_ms != 0 && (watch_ms < 100 || watch_ms > 3'600'000)) {
+    return tern.KeyError("ingest", "config_watch_ms", "must be 0 (off) or between 100 and 3600000");
+  }
+  cfg.config_watch = std::chrono::milliseconds(watch_ms);
 
   TERN_RETURN_IF_ERROR(cfg.Validate());
   return cfg;
+}
+
+std::vector<std::string> WatchedPaths(const config::ConfigDir& dir, const IngestConfig& config) {
+  std::vector<std::string> paths;
+  for (const char* name : {"smtp.ini", "me", "relay_acl_allow", "relay_clientcerts", "connection.ini", "tls.ini",
+                           "tls", "auth_flat_file.ini", "tern.ini"}) {
+    for (std::string& path : dir.CandidatePaths(name)) {
+      paths.push_back(std::move(path));
+    }
+  }
+  for (const std::string* file : {&config.tls_key_file, &config.tls_cert_file, &config.tls_ca_file}) {
+    if (!file->empty()) {
+      paths.push_back(*file);
+    }
+  }
+  return paths;
 }
 
 }  // namespace tern::ingest

@@ -2,7 +2,8 @@
 //
 // IngestConfig: everything tern-ingest reads from the Haraka-style config
 // directory, in one typed struct (STYLE §4.8), loaded at startup and again on
-// SIGHUP (IngestServer::Reload), and passed by const reference. A bad value
+// SIGHUP or a change of its files (IngestServer::Reload), and passed by const
+// reference. A bad value
 // stops startup, or a reload, with an error naming the file and the key (or
 // the line, for relay_acl_allow).
 //
@@ -60,7 +61,10 @@
 //                   queue_timeout_ms [30000],
 //                   enqueue_inline_max [262144],
 //                   health_listen [127.0.0.1:7071], metrics_listen
-//                   [127.0.0.1:9471] (empty disables the last two)
+//                   [127.0.0.1:9471] (empty disables the last two),
+//                   config_watch_ms [2000] (how often the files are looked
+//                   at for changes, which reload as SIGHUP does; 0: only
+//                   SIGHUP reloads; lib/config/config_watcher.h)
 //   log.ini         read by config::InitLogging, not here.
 //
 // Thread-safety: a plain value; immutable once loaded.
@@ -140,6 +144,10 @@ struct IngestConfig {
   std::string health_listen = "127.0.0.1:7071";
   // Default: 127.0.0.1:9471. Empty disables.
   std::string metrics_listen = "127.0.0.1:9471";
+  // How often the config files are checked for changes, which reload the
+  // config as SIGHUP does once they have stayed the same for as long again.
+  // 0: no watching. Default: 2000 ms.
+  std::chrono::milliseconds config_watch{2'000};
 
   // Most recipients per transaction; more get 452 4.5.3. Default: 1000.
   size_t max_recipients = 1000;
@@ -208,5 +216,10 @@ std::vector<std::string> RestartOnlyChanges(const IngestConfig& running, const I
 
 // Reads the files listed above from `dir` and validates the result.
 absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir);
+
+// What a change should reload (tern.ini config_watch_ms): every place the
+// files above are read from, the tls/ directory, and the key, certificate
+// and CA files `config` names wherever they are.
+std::vector<std::string> WatchedPaths(const config::ConfigDir& dir, const IngestConfig& config);
 
 }  // namespace tern::ingest

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace tern::ingest {
@@ -88,6 +89,7 @@ TEST_F(ConfigDirFixture, DefaultsWhenFilesAreMissing) {
   EXPECT_FALSE(cfg->relay_acl.Allows("192.0.2.1"));
   EXPECT_EQ(cfg->relay_clientcerts.size(), 0u);
   EXPECT_EQ(cfg->io_threads, 1u);
+  EXPECT_EQ(cfg->config_watch, std::chrono::milliseconds(2000));
 }
 
 TEST(IngestConfig, ShippedConfigGivesTheDocumentedDefaults) {
@@ -104,6 +106,7 @@ TEST(IngestConfig, ShippedConfigGivesTheDocumentedDefaults) {
   EXPECT_TRUE(cfg->tls_require_authorized.empty());
   EXPECT_TRUE(cfg->tls_ca_file.empty());
   EXPECT_EQ(cfg->relay_clientcerts.size(), 0u);  // the shipped file is all comments
+  EXPECT_EQ(cfg->config_watch, std::chrono::milliseconds(2000));
 }
 
 TEST_F(ConfigDirFixture, NodesSetsTheSessionThreads) {
@@ -120,7 +123,9 @@ TEST_F(ConfigDirFixture, NodesSetsTheSessionThreads) {
 TEST_F(ConfigDirFixture, ReadsEveryKey) {
   Write("smtp.ini", "[main]\nlisten=127.0.0.1:25, [::1]:587\ninactivity_timeout=60\n");
   Write("connection.ini", "[max]\nbytes=1048576\nline_length=1000\ndata_line_length=500\n");
-  Write("tern.ini", "[ingest]\nqueue=10.0.0.5:7070, 10.0.0.6:7070\nqueue_timeout_ms=1500\nhealth_listen=\nmetrics_listen=\n");
+  Write("tern.ini",
+        "[ingest]\nqueue=10.0.0.5:7070, 10.0.0.6:7070\nqueue_timeout_ms=1500\nhealth_listen=\nmetrics_listen=\n"
+        "config_watch_ms=0\n");
   Write("relay_acl_allow", "192.0.2.0/24\n");
   Write("relay_clientcerts", std::string(64, 'a') + "\n");
   auto cfg = Load();
@@ -139,8 +144,32 @@ TEST_F(ConfigDirFixture, ReadsEveryKey) {
   EXPECT_EQ(cfg->queue_timeout, std::chrono::milliseconds(1500));
   EXPECT_TRUE(cfg->health_listen.empty());
   EXPECT_TRUE(cfg->metrics_listen.empty());
+  EXPECT_EQ(cfg->config_watch, std::chrono::milliseconds(0));
   EXPECT_TRUE(cfg->relay_acl.Allows("192.0.2.7"));
   EXPECT_FALSE(cfg->relay_acl.Allows("127.0.0.1"));  // the file replaces the default
+}
+
+TEST_F(ConfigDirFixture, ConfigWatchIsOffOrAtLeastATenthOfASecond) {
+  Write("tern.ini", "[ingest]\nconfig_watch_ms=50\n");
+  auto cfg = Load();
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_TRUE(absl::StrContains(cfg.status().message(), "config_watch_ms")) << cfg.status();
+}
+
+// The files a change of which reloads ingest: those it reads, in every
+// directory of a search path, and key files named from outside it.
+TEST(IngestConfig, WatchedPathsCoverEveryFileIngestReads) {
+  IngestConfig cfg;
+  cfg.tls_key_file = "/etc/letsencrypt/live/mx/privkey.pem";
+  cfg.tls_cert_file = "/etc/letsencrypt/live/mx/fullchain.pem";
+  const std::vector<std::string> paths = WatchedPaths(config::ConfigDir("/site:/base"), cfg);
+  for (const char* want : {"/site/relay_acl_allow", "/base/relay_acl_allow", "/site/tls", "/base/tls.ini",
+                           "/base/auth_flat_file.ini", "/site/relay_clientcerts", "/base/me", "/base/smtp.ini",
+                           "/base/connection.ini", "/base/tern.ini", "/etc/letsencrypt/live/mx/privkey.pem",
+                           "/etc/letsencrypt/live/mx/fullchain.pem"}) {
+    EXPECT_NE(std::find(paths.begin(), paths.end(), want), paths.end()) << want;
+  }
+  EXPECT_EQ(std::find(paths.begin(), paths.end(), "/base/outbound.ini"), paths.end());
 }
 
 TEST_F(ConfigDirFixture, LegacyListenHostAndPortArePrepended) {

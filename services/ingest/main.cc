@@ -11,10 +11,13 @@
 // renewed certificate, a changed relay ACL or user list need no restart. A
 // config that does not load is logged (`reload_failed`) and the running one
 // stays; settings only a restart applies are named (`reload_needs_restart`).
+// tern.ini config_watch_ms (default 2 s): a change of the files ingest reads
+// reloads the same way, without a signal (`config_changed`).
 //
 // hooks.ini: when it calls queue_outbound, every message is offered to the
 // user's Hooks server before it is queued (queue_outbound_hook.h).
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -36,6 +39,7 @@
 #include "lib/common/process.h"
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
+#include "lib/config/config_watcher.h"
 #include "lib/config/logging_setup.h"
 #include "lib/hooks/hooks_channel.h"
 #include "lib/hooks/hooks_config.h"
@@ -67,9 +71,11 @@ int Fail(absl::string_view event, absl::string_view error) {
   return 1;
 }
 
-// SIGHUP: the config directory read again and handed to the server.
+// SIGHUP: the config directory read again and handed to the server. The
+// watcher, when there is one, is pointed at the key files the new config
+// names.
 void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& server,
-            std::chrono::milliseconds* shutdown_timeout) {
+            std::chrono::milliseconds* shutdown_timeout, tern::config::ConfigWatcher* watcher) {
   using tern::log::Level;
   auto config = tern::ingest::LoadIngestConfig(dir);
   if (!config.ok()) {
@@ -87,6 +93,7 @@ void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& serv
       absl::StrCat(config->tls_sni_certificates.size() + (config->tls_cert_file.empty() ? 0 : 1));
   const std::string auth_users = absl::StrCat(config->auth.users.size());
   const std::string proxy_hosts = absl::StrCat(config->haproxy_hosts.size());
+  std::vector<std::string> watched = tern::ingest::WatchedPaths(dir, *config);
   auto result = server.Reload(*std::move(config));
   if (!result.ok()) {
     tern::log::Event(Level::kError, "reload_failed",
@@ -94,6 +101,9 @@ void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& serv
     return;
   }
   *shutdown_timeout = new_shutdown_timeout;
+  if (watcher != nullptr) {
+    watcher->SetPaths(std::move(watched));
+  }
   if (!result->needs_restart.empty()) {
     tern::log::Event(Level::kWarn, "reload_needs_restart",
                      {{"settings", absl::StrJoin(result->needs_restart, ", ")},
@@ -202,6 +212,16 @@ int main(int argc, char** argv) {
                     {"queue_outbound_hook", hook ? hooks->address : std::string("off")},
                     {"metrics", exporter ? absl::StrCat(exporter->port()) : std::string("off")}});
 
+  // A change of the files reloads as SIGHUP does: the watcher signals this
+  // process, and the loop below, the one place that reloads, takes it.
+  std::unique_ptr<tern::config::ConfigWatcher> watcher;
+  if (config->config_watch.count() > 0) {
+    watcher = std::make_unique<tern::config::ConfigWatcher>(
+        tern::ingest::WatchedPaths(dir, *config), config->config_watch, [] {
+          tern::log::Event(tern::log::Level::kInfo, "config_changed", {{"effect", "reloading"}});
+          ::kill(::getpid(), SIGHUP);
+        });
+  }
   auto grace = config->shutdown_timeout;
   while (true) {
     const int sig = tern::WaitForSignal();
@@ -209,8 +229,9 @@ int main(int argc, char** argv) {
       tern::log::Event(tern::log::Level::kNotice, "stopping", {{"signal", absl::StrCat(sig)}});
       break;
     }
-    Reload(dir, **server, &grace);
+    Reload(dir, **server, &grace, watcher.get());
   }
+  watcher.reset();
 
   (*server)->Shutdown(grace);
   if (!(*server)->WaitIdle(grace + kAbortSlack)) {

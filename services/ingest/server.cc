@@ -505,6 +505,7 @@ absl::StatusOr<IngestServer::ReloadResult> IngestServer::Reload(IngestConfig con
   config.queue_timeout = old.queue_timeout;
   config.health_listen = old.health_listen;
   config.metrics_listen = old.metrics_listen;
+  config.config_watch = old.config_watch;
   config.proxy_timeout = old.proxy_timeout;
   config.thread_busy_interval = old.thread_busy_interval;
   TERN_RETURN_IF_ERROR(config.Validate());

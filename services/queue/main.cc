@@ -8,15 +8,12 @@
 // from outbound.ini and flushes (every waiting delivery is due now), as
 // SIGHUP does in Haraka. `disabled` is also re-read, without a flush, when
 // outbound.ini's modification time changes (polled once a second).
-#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
-#include <sys/stat.h>
-#include <thread>
 
 #include <grpcpp/grpcpp.h>
 
@@ -26,6 +23,7 @@
 #include "lib/common/process.h"
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
+#include "lib/config/config_watcher.h"
 #include "lib/config/logging_setup.h"
 #include "lib/metrics/metrics.h"
 #include "lib/rpc/grpc_tls.h"
@@ -37,6 +35,9 @@
 namespace {
 
 constexpr auto kShutdownGrace = std::chrono::seconds(5);
+// How often outbound.ini is looked at; a change applies once the file has
+// stayed the same for as long again.
+constexpr auto kOutboundIniWatch = std::chrono::seconds(1);
 
 int Fail(absl::string_view event, absl::string_view error) {
   tern::log::Event(tern::log::Level::kCrit, event, {{"error", error}});
@@ -107,34 +108,18 @@ int main(int argc, char** argv) {
                     {"disabled", config->core.disabled ? "true" : "false"}});
 
   // outbound.ini watch: `disabled` follows the file without a SIGHUP.
-  std::atomic<bool> stop_watch{false};
-  std::thread watcher([&] {
-    const std::string path = config_path + "/outbound.ini";
-    auto mtime = [&path]() -> int64_t {
-      struct stat st {};
-      if (::stat(path.c_str(), &st) != 0) {
-        return -1;
-      }
-      return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-    };
-    int64_t seen = mtime();
-    while (!stop_watch.load()) {
-      std::this_thread::sleep_for(std::chrono::seconds(1));
-      const int64_t now = mtime();
-      if (now == seen) {
-        continue;
-      }
-      seen = now;
-      auto disabled = tern::queue::LoadDisabled(dir);
-      if (disabled.ok()) {
-        tern::log::Event(tern::log::Level::kInfo, "config_reloaded",
-                         {{"file", "outbound.ini"}, {"disabled", *disabled ? "true" : "false"}});
-        (*core)->SetDisabled(*disabled);
-      } else {
-        tern::log::Event(tern::log::Level::kError, "reload_failed", {{"error", disabled.status().message()}});
-      }
+  auto on_outbound_ini_change = [&] {
+    auto disabled = tern::queue::LoadDisabled(dir);
+    if (disabled.ok()) {
+      tern::log::Event(tern::log::Level::kInfo, "config_reloaded",
+                       {{"file", "outbound.ini"}, {"disabled", *disabled ? "true" : "false"}});
+      (*core)->SetDisabled(*disabled);
+    } else {
+      tern::log::Event(tern::log::Level::kError, "reload_failed", {{"error", disabled.status().message()}});
     }
-  });
+  };
+  auto watcher = std::make_unique<tern::config::ConfigWatcher>(dir.CandidatePaths("outbound.ini"), kOutboundIniWatch,
+                                                               on_outbound_ini_change);
 
   while (true) {
     const int sig = tern::WaitForSignal();
@@ -150,9 +135,7 @@ int main(int argc, char** argv) {
     }
     (*core)->Flush(nullptr);
   }
-
-  stop_watch = true;
-  watcher.join();
+  watcher.reset();  // before the core its callback uses goes
 
   // Answer parked long polls first: the server's shutdown waits for every
   // outstanding call, and a long poll would otherwise hold it for its wait.

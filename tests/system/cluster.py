@@ -153,7 +153,8 @@ class Cluster:
     """The whole system. Use as a context manager."""
 
     def __init__(self, relay_acl=("127.0.0.1/32", "::1/128"), temp_fail_intervals="5s*100", lease_seconds=None,
-                 queue_ini_extra="", deliverer_ini_extra="", tern_ini_extra="", hooks_ini="", smtp_main_extra=""):
+                 queue_ini_extra="", deliverer_ini_extra="", tern_ini_extra="", hooks_ini="", smtp_main_extra="",
+                 ingest_ini_extra=""):
         self.tmp = tempfile.mkdtemp(prefix="tern-system-")
         self.config = os.path.join(self.tmp, "config")
         self.data = os.path.join(self.tmp, "queue")
@@ -165,6 +166,7 @@ class Cluster:
         self.lease_seconds = lease_seconds
         self.queue_ini_extra = queue_ini_extra  # more [queue] lines for tern.ini
         self.deliverer_ini_extra = deliverer_ini_extra  # more [deliverer] lines
+        self.ingest_ini_extra = ingest_ini_extra  # more [ingest] lines
         self.tern_ini_extra = tern_ini_extra  # more sections at the end of tern.ini
         self.hooks_ini = hooks_ini  # config/hooks.ini (the user's gRPC Hooks server), if any
         self.smtp_main_extra = smtp_main_extra  # more [main] lines for smtp.ini
@@ -218,6 +220,7 @@ queue={q}
 queue_timeout_ms=10000
 health_listen=127.0.0.1:{p['ingest_health']}
 metrics_listen=127.0.0.1:{p['m_ingest']}
+{self.ingest_ini_extra}
 [deliverer]
 queue={q}
 dns_servers=127.0.0.1:{p['dns']}

@@ -30,8 +30,8 @@ OUTSIDER = "127.0.0.2"
 class IngestCluster(Cluster):
     """Queue + ingest only, with TLS, AUTH users, tight limits and a PROXY host list."""
 
-    def __init__(self):
-        super().__init__(relay_acl=("127.0.0.1/32",))
+    def __init__(self, ingest_ini_extra=""):
+        super().__init__(relay_acl=("127.0.0.1/32",), ingest_ini_extra=ingest_ini_extra)
 
     def _set_up(self):
         self._write_config()
@@ -441,7 +441,9 @@ class IngestReloadTest(unittest.TestCase):
             return ssl.PEM_cert_to_DER_cert(f.read())
 
     def test_sighup_applies_acl_certificate_and_users_and_survives_a_broken_file(self):
-        with IngestCluster() as cluster:
+        # Only the signals reload here (no watching), so each step's log
+        # line comes from the signal the test sent.
+        with IngestCluster(ingest_ini_extra="config_watch_ms=0") as cluster:
             config = cluster.config
             outsider = lambda: smtplib.SMTP(*cluster.smtp_address(), timeout=20, source_address=(OUTSIDER, 0))
             with outsider() as s:
@@ -506,6 +508,29 @@ class IngestReloadTest(unittest.TestCase):
             with outsider() as s:  # relay_acl_allow as rewritten above
                 with self.assertRaises(smtplib.SMTPRecipientsRefused):
                     s.sendmail("a@sender.test", ["r@good.test"], b"Subject: last\r\n\r\nx\r\n")
+
+    def test_a_changed_file_reloads_without_a_signal(self):
+        with IngestCluster(ingest_ini_extra="config_watch_ms=200") as cluster:
+            outsider = lambda: smtplib.SMTP(*cluster.smtp_address(), timeout=20, source_address=(OUTSIDER, 0))
+            with outsider() as s:
+                with self.assertRaises(smtplib.SMTPRecipientsRefused):
+                    s.sendmail("a@sender.test", ["r@good.test"], b"Subject: before\r\n\r\nx\r\n")
+            self.log_start = os.path.getsize(os.path.join(cluster.logs, "ingest.log"))
+            # Written as an editor does: to a new file renamed over the old.
+            path = os.path.join(cluster.config, "relay_acl_allow")
+            with open(path + ".new", "w") as f:
+                f.write("127.0.0.1/32\n127.0.0.2/32\n")
+            os.rename(path + ".new", path)
+            self.hup_wait(cluster, "config_changed")
+            self.assertIn("relay_networks=2", self.hup_wait(cluster, "config_reloaded"))
+            with outsider() as s:
+                self.assertEqual(s.sendmail("a@sender.test", ["r@good.test"], b"Subject: after\r\n\r\nx\r\n"), {})
+            # A file ingest does not read changes nothing.
+            with open(os.path.join(cluster.config, "outbound.ini"), "a") as f:
+                f.write("\n")
+            time.sleep(1)
+            with open(os.path.join(cluster.logs, "ingest.log"), "rb") as f:
+                self.assertEqual(f.read().count(b" config_changed "), 1)
 
 
 if __name__ == "__main__":

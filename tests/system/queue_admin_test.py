@@ -6,6 +6,7 @@ SMTP (smtplib -> tern-ingest -> tern-queue).
 """
 
 import json
+import os
 import smtplib
 import socket
 import subprocess
@@ -142,6 +143,28 @@ class QueueAdminTest(ClusterTestCase):
         self.assertIn("PAUSED", self.ctl("explain", self.ids["one"]).stdout)
         self.assertEqual(self.ctl("resume").returncode, 0)
         self.assertFalse(self.ctl_json("stats")["paused"])
+
+    def test_06b_outbound_ini_disabled_follows_the_file(self):
+        path = os.path.join(self.cluster.config, "outbound.ini")
+        with open(path) as f:
+            original = f.read()
+
+        def wait_paused(want):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if self.ctl_json("stats")["paused"] == want:
+                    return
+                time.sleep(0.1)
+            self.fail(f"paused never became {want}")
+
+        try:
+            with open(path, "w") as f:
+                f.write(original.replace("[main]\n", "[main]\ndisabled=true\n", 1))
+            wait_paused(True)  # no signal sent
+        finally:
+            with open(path, "w") as f:
+                f.write(original)
+        wait_paused(False)
 
     def test_07_hold_release_flush(self):
         out = self.ctl("hold", "--domain", "defer.test")

@@ -1,0 +1,145 @@
+#include "lib/config/config_watcher.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <string_view>
+#include <utility>
+
+namespace tern::config {
+namespace {
+
+// Bounds for a directory tree that is not a config directory (a path set to
+// "/" by mistake): the fingerprint then covers part of it, and stays cheap.
+constexpr int kMaxDepth = 8;
+constexpr size_t kMaxEntries = 10000;
+
+// FNV-1a, 64 bits: a fingerprint compared only with earlier ones of the
+// same process, so it need not be cryptographic.
+class Hasher {
+ public:
+  void Add(std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      h_ = (h_ ^ c) * 1099511628211ULL;
+    }
+  }
+  void Add(uint64_t v) { Add(std::string_view(reinterpret_cast<const char*>(&v), sizeof v)); }
+  uint64_t value() const { return h_; }
+
+ private:
+  uint64_t h_ = 14695981039346656037ULL;
+};
+
+void AddPath(const std::string& path, int depth, size_t* entries, Hasher* hash) {
+  hash->Add(path);
+  hash->Add(std::string_view("\0", 1));
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {  // follows symbolic links
+    hash->Add(uint64_t{0});
+    return;
+  }
+  hash->Add(static_cast<uint64_t>(st.st_mode));
+  hash->Add(static_cast<uint64_t>(st.st_ino));
+  if (!S_ISDIR(st.st_mode)) {
+    hash->Add(static_cast<uint64_t>(st.st_size));
+    hash->Add(static_cast<uint64_t>(st.st_mtim.tv_sec));
+    hash->Add(static_cast<uint64_t>(st.st_mtim.tv_nsec));
+    // A copy that keeps the old modification time (cp -p, rsync -t) still
+    // moves the change time.
+    hash->Add(static_cast<uint64_t>(st.st_ctim.tv_sec));
+    hash->Add(static_cast<uint64_t>(st.st_ctim.tv_nsec));
+    return;
+  }
+  // A directory's own times move with any file made in it, ignored ones
+  // too; what it holds is covered entry by entry below.
+  if (depth >= kMaxDepth) {
+    return;
+  }
+  DIR* dir = ::opendir(path.c_str());
+  if (dir == nullptr) {
+    return;
+  }
+  std::vector<std::string> names;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.') {
+      names.emplace_back(entry->d_name);
+    }
+  }
+  ::closedir(dir);
+  // readdir's order may differ between two reads of the same directory.
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    if (++*entries > kMaxEntries) {
+      return;
+    }
+    AddPath(path + "/" + name, depth + 1, entries, hash);
+  }
+}
+
+}  // namespace
+
+uint64_t ConfigWatcher::Fingerprint(const std::vector<std::string>& paths) {
+  Hasher hash;
+  size_t entries = 0;
+  for (const std::string& path : paths) {
+    AddPath(path, 0, &entries, &hash);
+  }
+  return hash.value();
+}
+
+ConfigWatcher::ConfigWatcher(std::vector<std::string> paths, std::chrono::milliseconds interval,
+                             std::function<void()> on_change)
+    : interval_(interval), on_change_(std::move(on_change)), paths_(std::move(paths)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+ConfigWatcher::~ConfigWatcher() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void ConfigWatcher::SetPaths(std::vector<std::string> paths) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (paths != paths_) {
+    paths_ = std::move(paths);
+    paths_changed_ = true;
+  }
+}
+
+void ConfigWatcher::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::vector<std::string> paths = paths_;
+  lock.unlock();
+  uint64_t reported = Fingerprint(paths);
+  uint64_t last = reported;
+  lock.lock();
+  while (!cv_.wait_for(lock, interval_, [this] { return stop_; })) {
+    const bool renamed = std::exchange(paths_changed_, false);
+    if (renamed) {
+      paths = paths_;
+    }
+    lock.unlock();
+    const uint64_t now = Fingerprint(paths);
+    if (renamed) {
+      // The new set's state is the one reported.
+      reported = last = now;
+      lock.lock();
+      continue;
+    }
+    // Reported only when unchanged since the last look (the writing is
+    // over) and different from what was reported before.
+    if (now == last && now != reported) {
+      reported = now;
+      on_change_();
+    }
+    last = now;
+    lock.lock();
+  }
+}
+
+}  // namespace tern::config

@@ -270,6 +270,14 @@ std::string FormatShow(const tern::v1::ShowResponse& m) {
                                            env.client().auth_user().empty() ? "" : " auth=",
                                            env.client().auth_user(), env.client().tls() ? " tls" : "")});
   }
+  // The certificate the client presented over TLS (tls.ini requestCert):
+  // what relay_clientcerts lists, so an operator can see why it relayed.
+  if (const auto& c = env.client(); !c.tls_client_verify().empty() && c.tls_client_verify() != "NO") {
+    head.push_back({"client cert", absl::StrCat(c.tls_client_verify() == "OK" ? "verified" : "not verified",
+                                                c.tls_client_subject().empty() ? "" : " ", c.tls_client_subject(),
+                                                c.tls_client_sha256().empty() ? "" : " sha256=",
+                                                c.tls_client_sha256())});
+  }
   if (m.expires_unix_ms() > 0) head.push_back({"expires", FormatTime(m.expires_unix_ms())});
   if (m.paused()) head.push_back({"queue", "PAUSED (no deliveries are leased)"});
   std::string out = FormatTable(head);

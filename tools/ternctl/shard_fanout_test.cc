@@ -131,6 +131,13 @@ class FakeShard final : public tern::v1::Admin::Service {
     }
     resp->set_message_id(req->message_id());
     resp->mutable_envelope()->set_mail_from(absl::StrCat("sender@", messages_[req->message_id()].domain));
+    tern::v1::ClientInfo* client = resp->mutable_envelope()->mutable_client();
+    client->set_ip("192.0.2.7");
+    client->set_helo("app.example");
+    client->set_tls(true);
+    client->set_tls_client_verify("OK");
+    client->set_tls_client_subject("CN=app.example");
+    client->set_tls_client_sha256(std::string(64, 'c'));
     return grpc::Status::OK;
   }
 
@@ -472,8 +479,10 @@ TEST_F(TwoShards, OneShardDownPrintsTheOthersAndNamesItExit1) {
 TEST_F(TwoShards, ShowAsksEveryShardAndAnIdNowhereIsTheUsualError) {
   CliResult r = Ternctl({"--queue", both(), "show", Id(2)});
   EXPECT_EQ(r.code, 0) << r.err;
-  EXPECT_THAT(r.out, ::testing::StartsWith(absl::StrCat("== queue ", b_.address(), " ==\nmessage  ", Id(2))));
+  EXPECT_THAT(r.out, ::testing::StartsWith(absl::StrCat("== queue ", b_.address(), " ==\nmessage      ", Id(2))));
   EXPECT_THAT(r.out, HasSubstr("<sender@b.example>"));
+  EXPECT_THAT(r.out, HasSubstr("client       app.example [192.0.2.7] tls\n"));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("client cert  verified CN=app.example sha256=", std::string(64, 'c'), "\n")));
 
   CliResult j = Ternctl({"--queue", both(), "explain", Id(3), "--json"});
   EXPECT_EQ(j.code, 0) << j.err;

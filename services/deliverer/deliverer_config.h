@@ -85,6 +85,12 @@
 //                                 sessions; 0 = sign on the event loop. No
 //                                 threads are started while signing is off.
 //                                 Default: 2
+//     config_watch_ms=2000        how often dkim.ini, dkim/ and
+//                                 dkim.private.key are looked at; a change
+//                                 reloads them as SIGHUP does, once they
+//                                 have stayed the same for as long again
+//                                 (config_watcher.h); 0 = SIGHUP only.
+//                                 Default: 2000
 //     health_listen=127.0.0.1:7072   Default: 127.0.0.1:7072; empty disables
 //     metrics_listen=127.0.0.1:9472  Default: 127.0.0.1:9472; empty disables
 //   tern.ini [tlsrpt]
@@ -177,6 +183,8 @@ struct DelivererConfig {
   bool chunking = true;
   std::chrono::seconds chunking_failure_ttl{604800};
   uint32_t dkim_threads = 2;
+  // How often the DKIM files are checked for changes (0: never). Default: 2 s.
+  std::chrono::milliseconds config_watch{2'000};
   // tern.ini [tlsrpt] enabled and flush_seconds.
   bool tlsrpt = false;
   std::chrono::seconds tlsrpt_flush{10};

@@ -56,6 +56,7 @@ TEST_F(ConfigTest, DefaultsWhenFilesAreMissing) {
   EXPECT_TRUE(c->chunking);
   EXPECT_EQ(c->chunking_failure_ttl, std::chrono::seconds(604800));
   EXPECT_EQ(c->dkim_threads, 2u);
+  EXPECT_EQ(c->config_watch, std::chrono::milliseconds(2000));
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.banner, std::chrono::seconds(30));
   EXPECT_EQ(c->timeouts.rcpt, std::chrono::seconds(30));
@@ -69,7 +70,8 @@ TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   Write("tern.ini", "[deliverer]\nrcpt_timeout=120\ndot_timeout=900\npool_timeout=0\npool_max_messages=5\n"
                     "tls_failure_ttl=60\nhost_flags_refresh=5\ndestination_connections_max=0\n"
                     "unreachable_after=0\nunreachable_backoff=300\nmta_sts=false\nmta_sts_timeout=3\n"
-                    "mta_sts_port=8443\ndane=false\nchunking=false\nchunking_failure_ttl=0\ndkim_threads=0\n");
+                    "mta_sts_port=8443\ndane=false\nchunking=false\nchunking_failure_ttl=0\ndkim_threads=0\n"
+                    "config_watch_ms=0\n");
   auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->timeouts.connect, std::chrono::seconds(7));
@@ -90,6 +92,7 @@ TEST_F(ConfigTest, StepTimeoutsDefaultToConnectTimeoutAndCanBeSetEach) {
   EXPECT_FALSE(c->chunking);
   EXPECT_EQ(c->chunking_failure_ttl, std::chrono::seconds(0));
   EXPECT_EQ(c->dkim_threads, 0u);
+  EXPECT_EQ(c->config_watch, std::chrono::milliseconds(0));
 }
 
 TEST_F(ConfigTest, ReadsRoutesAndTlsPolicy) {
@@ -230,7 +233,7 @@ TEST_F(ConfigTest, BadValuesNameTheKey) {
 
   for (const char* bad : {"mta_sts=maybe", "mta_sts_timeout=0", "mta_sts_port=70000", "dane=perhaps",
                           "chunking=sometimes", "chunking_failure_ttl=-1", "dkim_threads=65",
-                          "dkim_threads=-1"}) {
+                          "dkim_threads=-1", "config_watch_ms=50", "config_watch_ms=-1"}) {
     Write("tern.ini", absl::StrCat("[deliverer]\n", bad, "\n"));
     c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
     ASSERT_FALSE(c.ok()) << bad;

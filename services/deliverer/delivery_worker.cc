@@ -379,9 +379,18 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     if (std::shared_ptr<grpc::Channel> hooks = hooks::MakeHooksChannel(config.hooks)) {
       hooks_ = v1::Hooks::NewStub(hooks);
     }
+    dkim_ = std::make_shared<const DkimConfig>(config.dkim);
     if (config.dkim.enabled && config.dkim_threads > 0) {
       dkim_pool_ = std::make_unique<asio::thread_pool>(config.dkim_threads);
     }
+  }
+
+  void ReloadDkim(DkimConfig dkim) {
+    if (dkim.enabled && config_.dkim_threads > 0 && dkim_pool_ == nullptr && !stopping_) {
+      dkim_pool_ = std::make_unique<asio::thread_pool>(config_.dkim_threads);
+    }
+    dkim_ = std::make_shared<const DkimConfig>(std::move(dkim));
+    ++dkim_generation_;
   }
 
   void Start() { asio::co_spawn(io_, Main(shared_from_this()), asio::detached); }
@@ -1468,16 +1477,15 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     }
   }
 
-  // DkimSign on a dkim_pool_ thread. Only copies and the config (which
-  // outlives the pool: Drain joins it, and the Impl owning the pool goes
-  // before the config) reach that thread, so a delivery whose frame is
-  // destroyed meanwhile leaves it nothing dangling. A function, not a
-  // lambda: with GCC 12, a coroutine lambda capturing the string crashed
-  // freeing it.
-  static asio::awaitable<absl::StatusOr<DkimResult>> SignDkimOnPool(const DkimConfig& dkim,
+  // DkimSign on a dkim_pool_ thread. Only copies and shared, immutable
+  // things (the keys in use when it started, the body) reach that thread,
+  // so a delivery whose frame is destroyed meanwhile, or a reload, leaves
+  // it nothing dangling. A function, not a lambda: with GCC 12, a coroutine
+  // lambda capturing the string crashed freeing it.
+  static asio::awaitable<absl::StatusOr<DkimResult>> SignDkimOnPool(std::shared_ptr<const DkimConfig> dkim,
                                                                     std::shared_ptr<const std::string> body,
                                                                     std::string mail_from, int64_t now) {
-    co_return DkimSign(dkim, *body, mail_from, now);
+    co_return DkimSign(*dkim, *body, mail_from, now);
   }
 
   // The DKIM-Signature field for `job`'s message (dkim.h), or null: signing
@@ -1486,18 +1494,24 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // unsigned rather than not at all). Never logs key material.
   asio::awaitable<std::shared_ptr<const std::string>> SignDkim(const v1::DeliveryJob& job,
                                                                std::shared_ptr<const std::string> body) {
-    if (!config_.dkim.enabled) {
+    // The keys this signing uses to its end, whatever a reload does.
+    const std::shared_ptr<const DkimConfig> dkim = dkim_;
+    if (!dkim->enabled) {
       co_return nullptr;
     }
     const std::string& id = job.message_id();
-    if (auto it = dkim_signatures_.find(id); it != dkim_signatures_.end()) {
+    // A signature from before a reload is not reused: its key may be the
+    // one taken out of use.
+    if (auto it = dkim_signatures_.find(id);
+        it != dkim_signatures_.end() && it->second.generation == dkim_generation_) {
       if (it->second.header == nullptr) {
         // Another delivery of this message is signing it: wait for that.
         const std::shared_ptr<asio::steady_timer> made = it->second.made;
         co_await made->async_wait(asio::experimental::as_tuple(asio::use_awaitable));
         it = dkim_signatures_.find(id);
       }
-      if (it != dkim_signatures_.end() && it->second.header != nullptr) {
+      if (it != dkim_signatures_.end() && it->second.header != nullptr &&
+          it->second.generation == dkim_generation_) {
         metrics_.DkimSigned(it->second.algorithm).Inc();
         metrics_.dkim_reused.Inc();
         co_return it->second.header;
@@ -1515,12 +1529,12 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     const int64_t now = NowUnixMs() / 1000;
     absl::StatusOr<DkimResult> result;
     if (dkim_pool_ == nullptr) {
-      result = DkimSign(config_.dkim, *body, job.mail_from(), now);
+      result = DkimSign(*dkim, *body, job.mail_from(), now);
     } else {
       // co_spawn resumes this coroutine on its own executor with the
       // answer.
-      result = co_await asio::co_spawn(dkim_pool_->get_executor(),
-                                       SignDkimOnPool(config_.dkim, body, job.mail_from(), now), asio::use_awaitable);
+      result = co_await asio::co_spawn(dkim_pool_->get_executor(), SignDkimOnPool(dkim, body, job.mail_from(), now),
+                                       asio::use_awaitable);
     }
     auto entry = dkim_signatures_.find(id);
     if (entry != dkim_signatures_.end() && entry->second.made == made &&
@@ -1560,7 +1574,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // entries beyond kDkimSignaturesKept.
   void RememberDkimSigning(const std::string& id, std::shared_ptr<asio::steady_timer> made) {
     DkimSignature& entry = dkim_signatures_[id];
-    entry = DkimSignature{nullptr, "", std::move(made)};
+    entry = DkimSignature{nullptr, "", std::move(made), dkim_generation_};
     dkim_signature_order_.push_back(id);
     while (dkim_signatures_.size() > kDkimSignaturesKept && !dkim_signature_order_.empty()) {
       dkim_signatures_.erase(dkim_signature_order_.front());
@@ -2486,7 +2500,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     std::shared_ptr<const std::string> header;
     const char* algorithm = "";
     std::shared_ptr<asio::steady_timer> made;  // cancelled when settled
+    uint64_t generation = 0;                   // dkim_generation_ when made
   };
+  // dkim.ini and the keys: the config's until ReloadDkim replaces them.
+  std::shared_ptr<const DkimConfig> dkim_;
+  uint64_t dkim_generation_ = 0;
   static constexpr size_t kDkimSignaturesKept = 4096;
   std::unordered_map<std::string, DkimSignature> dkim_signatures_;
   std::deque<std::string> dkim_signature_order_;
@@ -2508,5 +2526,7 @@ void DeliveryWorker::Start() { impl_->Start(); }
 void DeliveryWorker::Stop(std::function<void()> on_stopped, std::chrono::milliseconds drain_timeout) {
   impl_->Stop(std::move(on_stopped), drain_timeout);
 }
+
+void DeliveryWorker::ReloadDkim(DkimConfig dkim) { impl_->ReloadDkim(std::move(dkim)); }
 
 }  // namespace tern::deliverer

@@ -69,6 +69,13 @@ class DeliveryWorker {
   // Begins a graceful stop; `on_stopped` runs on the executor when done.
   void Stop(std::function<void()> on_stopped, std::chrono::milliseconds drain_timeout = std::chrono::seconds(10));
 
+  // SIGHUP: signs with `dkim` (dkim.ini and the keys, read again) from now
+  // on. A signing in progress finishes with the keys it started with;
+  // signatures kept for other deliveries of a message (dkim.h) are made
+  // anew, so a key taken out of use is not used again. On the executor's
+  // thread.
+  void ReloadDkim(DkimConfig dkim);
+
   class Impl;
 
  private:

@@ -839,6 +839,50 @@ TEST(DeliveryWorker, DeliveriesOfOneMessageShareOneDkimSignature) {
   }
 }
 
+// SIGHUP (DeliveryWorker::ReloadDkim): a rotated key signs from then on,
+// also a retry of a message signed before; signing can be turned on (its
+// threads started then) and off without a restart.
+TEST(DeliveryWorker, ReloadedDkimKeysSignEveryLaterMessageIncludingRetries) {
+  for (uint32_t threads : {2u, 0u}) {
+    SCOPED_TRACE(threads);
+    Harness h;
+    h.config.dkim_threads = threads;  // signing off at the start
+    h.queue.AddJob(Job(absl::StrCat("u", threads), "d0.test", {"alice"}));
+    h.Start();
+    ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+
+    DelivererConfig rsa;
+    ASSERT_TRUE(EnableDkim(rsa, /*ed25519=*/false, threads));
+    h.worker->ReloadDkim(rsa.dkim);
+    v1::DeliveryJob first = Job(absl::StrCat("f", threads), "d0.test", {"bob"});
+    first.set_message_id(absl::StrCat("msg-rotated-", threads));
+    h.queue.AddJob(first);
+    ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 2; }));
+
+    DelivererConfig rotated;
+    ASSERT_TRUE(EnableDkim(rotated, /*ed25519=*/true, threads));
+    rotated.dkim.keys["a.test"].selector = "sel2";
+    h.worker->ReloadDkim(rotated.dkim);
+    v1::DeliveryJob retry = Job(absl::StrCat("r", threads), "d1.test", {"carol"});
+    retry.set_message_id(absl::StrCat("msg-rotated-", threads));  // the same message, signed before
+    h.queue.AddJob(retry);
+    ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 3; }));
+
+    h.worker->ReloadDkim(DkimConfig{});  // dkim.ini enabled=false
+    h.queue.AddJob(Job(absl::StrCat("o", threads), "d0.test", {"dave"}));
+    ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 4; }));
+
+    ASSERT_EQ(h.stats.header_blocks.size(), 4u);
+    EXPECT_FALSE(absl::StrContains(h.stats.header_blocks[0], "DKIM-Signature:"));
+    EXPECT_TRUE(absl::StartsWith(h.stats.header_blocks[1], "DKIM-Signature: v=1; a=rsa-sha256;"));
+    EXPECT_TRUE(absl::StrContains(h.stats.header_blocks[1], "s=sel;"));
+    EXPECT_TRUE(absl::StartsWith(h.stats.header_blocks[2], "DKIM-Signature: v=1; a=ed25519-sha256;"))
+        << h.stats.header_blocks[2];
+    EXPECT_TRUE(absl::StrContains(h.stats.header_blocks[2], "s=sel2;"));
+    EXPECT_FALSE(absl::StrContains(h.stats.header_blocks[3], "DKIM-Signature:"));
+  }
+}
+
 TEST(DeliveryWorker, SendsProgressBeforeTheDotAndReusesTheConnection) {
   Harness h;
   h.queue.full = true;

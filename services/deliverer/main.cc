@@ -1,5 +1,14 @@
 // tern-deliverer: leases delivery jobs from the queue and delivers them over
 // SMTP. See README.md.
+//
+// Signals: SIGTERM/SIGINT drain (DeliveryWorker::Stop), a second one exits
+// at once. SIGHUP reads dkim.ini and the DKIM keys again (key rotation
+// without a restart); so does a change of those files, looked at every
+// tern.ini [deliverer] config_watch_ms. Every other setting is read at
+// startup: a rolling restart applies it and loses nothing (leases go back
+// to the queue).
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdlib>
 #include <memory>
@@ -13,6 +22,7 @@
 #include "lib/common/log.h"
 #include "lib/common/process.h"
 #include "lib/config/config_dir.h"
+#include "lib/config/config_watcher.h"
 #include "lib/config/logging_setup.h"
 #include "lib/config/queue_targets.h"
 #include "lib/dns/cares_resolver.h"
@@ -24,6 +34,30 @@
 #include "services/deliverer/route_planner.h"
 
 #include <grpcpp/server.h>
+
+namespace {
+
+// SIGHUP: dkim.ini and the keys, read again; on a failure signing goes on
+// with the keys it has.
+void ReloadDkim(const tern::config::ConfigDir& dir, tern::deliverer::DeliveryWorker& worker) {
+  using tern::log::Level;
+  auto dkim = tern::deliverer::DkimConfig::Load(dir);
+  if (!dkim.ok()) {
+    tern::log::Event(Level::kError, "reload_failed",
+                     {{"error", dkim.status().message()}, {"effect", "signing goes on with the keys it had"}});
+    return;
+  }
+  const std::string enabled = dkim->enabled ? "true" : "false";
+  const std::string keys = absl::StrCat(dkim->keys.size() + (dkim->fallback ? 1 : 0));
+  worker.ReloadDkim(*std::move(dkim));
+  tern::log::Event(Level::kNotice, "config_reloaded",
+                   {{"files", "dkim.ini, dkim/, dkim.private.key"},
+                    {"dkim", enabled},
+                    {"dkim_keys", keys},
+                    {"others", "read at startup; restart to apply"}});
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   tern::InitServiceProcess();
@@ -54,7 +88,7 @@ int main(int argc, char** argv) {
   asio::io_context io(1);
   // Installed before gRPC starts threads; Asio's handler is async-signal-safe
   // whichever thread takes the signal.
-  asio::signal_set signals(io, SIGINT, SIGTERM);
+  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
 
   dns::CaresResolver::Options dns_options;
   dns_options.servers = config.dns_servers;
@@ -99,6 +133,13 @@ int main(int argc, char** argv) {
     if (ec) {
       return;
     }
+    if (sig == SIGHUP) {
+      if (!stopping) {
+        ReloadDkim(dir, worker);
+      }
+      signals.async_wait(on_signal);
+      return;
+    }
     if (stopping) {
       log::Event(log::Level::kWarn, "second_signal_exiting_now", {{"signal", absl::StrCat(sig)}});
       io.stop();
@@ -117,8 +158,25 @@ int main(int argc, char** argv) {
               {"concurrency_max", absl::StrCat(config.concurrency_max)},
               {"mx_port", absl::StrCat(config.mx_port)},
               {"hooks", config.hooks.Any() ? config.hooks.address : "none"}});
+  // A change of the DKIM files reloads as SIGHUP does: the watcher signals
+  // this process, and the handler above, the one place that reloads,
+  // takes it on the event loop.
+  std::unique_ptr<config::ConfigWatcher> watcher;
+  if (config.config_watch.count() > 0) {
+    std::vector<std::string> paths;
+    for (const char* name : {"dkim.ini", "dkim", "dkim.private.key"}) {
+      for (std::string& path : dir.CandidatePaths(name)) {
+        paths.push_back(std::move(path));
+      }
+    }
+    watcher = std::make_unique<config::ConfigWatcher>(std::move(paths), config.config_watch, [] {
+      log::Event(log::Level::kInfo, "config_changed", {{"files", "dkim"}, {"effect", "reloading"}});
+      ::kill(::getpid(), SIGHUP);
+    });
+  }
   worker.Start();
   io.run();
+  watcher.reset();
   if (health) {
     health->Shutdown();
   }

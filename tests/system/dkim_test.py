@@ -39,8 +39,8 @@ def public_key_der(private_path):
 class DkimCluster(Cluster):
     """`canon` is dkim.ini's [canon] body; None leaves it out (default: simple)."""
 
-    def __init__(self, canon="relaxed"):
-        super().__init__()
+    def __init__(self, canon="relaxed", deliverer_ini_extra=""):
+        super().__init__(deliverer_ini_extra=deliverer_ini_extra)
         self.canon = canon
 
     def _write_config(self):
@@ -171,6 +171,60 @@ class DkimDefaultCanonTest(DkimTest):
 
     test_no_key_and_no_fallback_arrives_unsigned = None
     test_subdomain_uses_the_parent_key_directory = None
+
+
+class DkimKeyRotationTest(unittest.TestCase):
+    """A key rotated in config/dkim/ signs the next messages without a
+    restart (the deliverer's config watch, which reloads through SIGHUP), and
+    a broken key file leaves the last good key signing."""
+
+    def wait_log(self, cluster, event, start):
+        path = os.path.join(cluster.logs, "deliverer.log")
+
+        def found():
+            with open(path, "rb") as f:
+                f.seek(start)
+                lines = f.read().decode(errors="replace").splitlines()
+            return next((line for line in lines if f" {event} " in line), None)
+        return cluster.wait_until(found, 30, f"{event} in the deliverer's log")
+
+    def test_a_rotated_key_signs_without_a_restart_and_a_broken_one_changes_nothing(self):
+        with DkimCluster(deliverer_ini_extra="config_watch_ms=200") as cluster:
+            case = DkimTest()
+            case.cluster = cluster
+            data = case.send_and_receive("alice@sender.test", "before-rotation")
+            self.assertEqual(case.tags(data)[b"s"], RSA_SELECTOR.encode())
+            self.assertTrue(dkim.verify(data, dnsfunc=case.dnsfunc))
+
+            # The new key is published first (both stay in DNS), then the
+            # key directory is switched: key and selector written, then
+            # renamed into place.
+            key_dir = os.path.join(cluster.config, "dkim", "sender.test")
+            openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", os.path.join(key_dir, "private.new"))
+            cluster.txt["rsa2027._domainkey.sender.test."] = (
+                "v=DKIM1; k=rsa; p=" + base64.b64encode(public_key_der(os.path.join(key_dir, "private.new"))).decode())
+            start = os.path.getsize(os.path.join(cluster.logs, "deliverer.log"))
+            with open(os.path.join(key_dir, "selector.new"), "w") as f:
+                f.write("rsa2027\n")
+            os.rename(os.path.join(key_dir, "private.new"), os.path.join(key_dir, "private"))
+            os.rename(os.path.join(key_dir, "selector.new"), os.path.join(key_dir, "selector"))
+            self.assertIn("dkim_keys=2", self.wait_log(cluster, "config_reloaded", start))
+            data = case.send_and_receive("alice@sender.test", "after-rotation")
+            self.assertEqual(case.tags(data)[b"s"], b"rsa2027")
+            self.assertTrue(dkim.verify(data, dnsfunc=case.dnsfunc))
+
+            # A key file cut short: the reload fails and names the file; the
+            # rotated key goes on signing.
+            start = os.path.getsize(os.path.join(cluster.logs, "deliverer.log"))
+            with open(os.path.join(key_dir, "private"), "w") as f:
+                f.write("-----BEGIN PRIVATE KEY-----\nMIIE\n")
+            line = self.wait_log(cluster, "reload_failed", start)
+            self.assertIn("dkim/sender.test/private", line)
+            self.assertNotIn("MIIE", line)  # never key material
+            data = case.send_and_receive("alice@sender.test", "after-broken-key")
+            self.assertEqual(case.tags(data)[b"s"], b"rsa2027")
+            self.assertTrue(dkim.verify(data, dnsfunc=case.dnsfunc))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
 #include "lib/config/queue_targets.h"
+#include "services/deliverer/smtp_forward.h"
 
 namespace tern::deliverer {
 namespace {
@@ -110,6 +111,13 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   TERN_ASSIGN_OR_RETURN(config::IniFile routes, dir.Ini("outbound_routes.ini"));
   TERN_ASSIGN_OR_RETURN(c.routes,
                         StaticRoutes::Load(routes, [&dir](const std::string& name) { return dir.PathOf(name); }));
+  TERN_ASSIGN_OR_RETURN(std::vector<StaticRoute> forward, LoadSmtpForwardRoutes(dir));
+  for (StaticRoute& route : forward) {
+    std::string domain = route.domain;
+    if (c.routes.AddIfAbsent(std::move(route))) {
+      c.smtp_forward_routes.push_back(std::move(domain));
+    }
+  }
   TERN_ASSIGN_OR_RETURN(c.tls, TlsOutboundConfig::Load(dir));
   // A route's client certificate fails at startup, not at its first delivery.
   for (const auto& [name, route] : c.routes.all()) {

@@ -110,6 +110,9 @@
 //     inet_prefer=default     default, v4 or v6. Default: default
 //     enable_tls=true         opportunistic STARTTLS. Default: true
 //   outbound_routes.ini       static routes (static_routes.h). Default: none
+//   plugins, smtp_forward.ini Haraka's queue/smtp_forward, when `plugins`
+//                             lists it: its smarthost routes (smtp_forward.h),
+//                             under outbound_routes.ini's. Default: none
 //   tls.ini [outbound]        TLS policy (tls_policy.h). Default: opportunistic,
 //                             unverified
 //   me                        EHLO name. Default: the host name
@@ -195,7 +198,12 @@ struct DelivererConfig {
   InetPrefer inet_prefer = InetPrefer::kDefault;
   bool enable_tls = true;
 
+  // outbound_routes.ini's, then smtp_forward.ini's for the domains (or `*`)
+  // the first has no route for.
   StaticRoutes routes;
+  // The routes (domains, `*`) that came from smtp_forward.ini, for the
+  // startup log.
+  std::vector<std::string> smtp_forward_routes;
   TlsOutboundConfig tls;
   // The TLS client context of each route with a client certificate of its
   // own (tls_cert), by section name: built by Load, which so refuses a

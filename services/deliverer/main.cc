@@ -17,6 +17,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "asio/io_context.hpp"
 #include "asio/signal_set.hpp"
 #include "lib/common/log.h"
@@ -158,6 +159,16 @@ int main(int argc, char** argv) {
               {"concurrency_max", absl::StrCat(config.concurrency_max)},
               {"mx_port", absl::StrCat(config.mx_port)},
               {"hooks", config.hooks.Any() ? config.hooks.address : "none"}});
+  if (!config.smtp_forward_routes.empty()) {
+    // Where a Haraka config's smtp_forward.ini sends mail: worth one line,
+    // since it decides whether mail goes to MX hosts at all.
+    const deliverer::StaticRoute* all = config.routes.Find("*");
+    log::Event(log::Level::kNotice, "smtp_forward_routes",
+               {{"domains", absl::StrJoin(config.smtp_forward_routes, ",")},
+                {"default", all != nullptr && !all->hosts.empty()
+                                ? absl::StrCat(all->hosts.front().host, ":", all->hosts.front().port)
+                                : std::string("mx")}});
+  }
   // A change of the DKIM files reloads as SIGHUP does: the watcher signals
   // this process, and the handler above, the one place that reloads,
   // takes it on the event loop.

@@ -201,6 +201,11 @@ absl::StatusOr<StaticRoutes> StaticRoutes::Load(const config::IniFile& ini,
   return routes;
 }
 
+bool StaticRoutes::AddIfAbsent(StaticRoute route) {
+  std::string key = route.domain;
+  return routes_.emplace(std::move(key), std::move(route)).second;
+}
+
 const StaticRoute* StaticRoutes::Find(absl::string_view domain) const {
   std::string key = absl::AsciiStrToLower(domain);
   if (auto it = routes_.find(key); it != routes_.end()) {

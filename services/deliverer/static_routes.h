@@ -100,6 +100,11 @@ class StaticRoutes {
   static absl::StatusOr<StaticRoutes> Load(
       const config::IniFile& ini, const std::function<std::string(const std::string&)>& resolve_path = nullptr);
 
+  // Adds `route` unless a route for its domain (or `*`) is there already;
+  // true when added. For routes from other files (smtp_forward.h), which
+  // outbound_routes.ini overrides.
+  bool AddIfAbsent(StaticRoute route);
+
   // The route for `domain` (any case): its own section, else `*`, else null.
   const StaticRoute* Find(absl::string_view domain) const;
 

@@ -650,5 +650,52 @@ class DelivererPostfixTest(ClusterTestCase):
         self.assertIn("(Client did not present a certificate)", received)
 
 
+class PostfixSmtpForwardCluster(PostfixCluster):
+    """A Haraka config that relays through a smarthost with queue/smtp_forward
+    (`plugins` and smtp_forward.ini), and no outbound_routes.ini: Postfix's
+    AUTH listener is the smarthost for every domain, its plain listener for
+    plain.test (a per-domain section that takes [main]'s host)."""
+
+    def _write_config(self):
+        super()._write_config()
+        p = self.postfix
+        os.remove(os.path.join(self.config, "outbound_routes.ini"))
+        with open(os.path.join(self.config, "plugins"), "w") as f:
+            f.write("# Haraka's plugin list\nrelay\nqueue/smtp_forward\n")
+        with open(os.path.join(self.config, "smtp_forward.ini"), "w") as f:
+            f.write(f"host={MX}\nport={p.auth_port}\nenable_outbound=true\nenable_tls=true\n"
+                    f"auth_type=plain\nauth_user={SASL_USER}\nauth_pass={SASL_PASS}\n"
+                    f"[plain.test]\nport={p.port}\n")
+
+
+class DelivererSmtpForwardTest(ClusterTestCase):
+    """Tern pointed at that Haraka config sends where Haraka would: through
+    the smarthost, authenticated, and never to the recipients' MX."""
+
+    setUp = DelivererPostfixTest.setUp
+    deliver = DelivererPostfixTest.deliver
+    assert_tls_on_both_sides = DelivererPostfixTest.assert_tls_on_both_sides
+
+    @classmethod
+    def make_cluster(cls):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("Postfix's master must be started as root")
+        return PostfixSmtpForwardCluster()
+
+    def test_every_domain_goes_through_the_smarthost_with_auth(self):
+        stored, attempt = self.deliver("dave@auth.test", "forwarded")
+        received = self.assert_tls_on_both_sides(stored, attempt, self.postfix.auth_port)
+        self.assertEqual(field(attempt, "auth"), "PLAIN", attempt)
+        self.assertIn(f"(Authenticated sender: {SASL_USER}@{MX})", received)
+        (line,) = deliverer_log_lines(self.cluster, " smtp_forward_routes ")
+        self.assertEqual(field(line, "domains"), "plain.test,*", line)
+        self.assertEqual(field(line, "default"), f"{MX}:{self.postfix.auth_port}", line)
+
+    def test_a_domain_section_routes_its_domain(self):
+        stored, attempt = self.deliver("erin@plain.test", "forwarded per domain")
+        self.assert_tls_on_both_sides(stored, attempt, self.postfix.port)
+        self.assertEqual(field(attempt, "auth"), "none", attempt)  # AUTH is the section's, and it has none
+
+
 if __name__ == "__main__":
     unittest.main()

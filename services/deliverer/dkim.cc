@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <system_error>
 
@@ -186,13 +187,32 @@ absl::StatusOr<DkimConfig> DkimConfig::Load(const config::ConfigDir& dir) {
   DkimConfig c;
   TERN_ASSIGN_OR_RETURN(config::IniFile ini, dir.Ini("dkim.ini"));
   TERN_ASSIGN_OR_RETURN(c.enabled, ini.GetBool("sign", "enabled", false));
+  // Where the [sign] settings come from: dkim.ini (haraka-plugin-dkim), or
+  // a Haraka 2 config's dkim_sign.ini [main] when `plugins` lists the old
+  // core dkim_sign plugin and dkim.ini does not turn signing on, so mail
+  // from such a config is not quietly sent unsigned.
+  const config::IniFile* sign = &ini;
+  std::string section = "sign";
+  std::string headers_key = "headers";
+  config::IniFile legacy;
+  if (!c.enabled) {
+    TERN_ASSIGN_OR_RETURN(std::vector<std::string> plugins, dir.Lines("plugins"));
+    if (std::find(plugins.begin(), plugins.end(), "dkim_sign") != plugins.end()) {
+      TERN_ASSIGN_OR_RETURN(legacy, dir.Ini("dkim_sign.ini"));
+      TERN_ASSIGN_OR_RETURN(const bool disabled, legacy.GetBool("main", "disabled", false));
+      c.enabled = !disabled;
+      sign = &legacy;
+      section = "main";
+      headers_key = "headers_to_sign";
+    }
+  }
 
-  if (ini.Has("sign", "headers")) {
-    for (const std::string& item : ini.GetList("sign", "headers")) {
+  if (sign->Has(section, headers_key)) {
+    for (const std::string& item : sign->GetList(section, headers_key)) {
       for (absl::string_view name : absl::StrSplit(item, absl::ByAnyChar(",:;"), absl::SkipWhitespace())) {
         name = absl::StripAsciiWhitespace(name);
         if (!mime::IsValidFieldName(name)) {
-          return ini.KeyError("sign", "headers", absl::StrCat("\"", name, "\" is not a header field name"));
+          return sign->KeyError(section, headers_key, absl::StrCat("\"", name, "\" is not a header field name"));
         }
         c.headers.emplace_back(name);
       }
@@ -252,8 +272,8 @@ absl::StatusOr<DkimConfig> DkimConfig::Load(const config::ConfigDir& dir) {
   }
 
   // The single-domain fallback.
-  const std::string selector = std::string(absl::StripAsciiWhitespace(ini.GetString("sign", "selector", "")));
-  const std::string domain = std::string(absl::StripAsciiWhitespace(ini.GetString("sign", "domain", "")));
+  const std::string selector = std::string(absl::StripAsciiWhitespace(sign->GetString(section, "selector", "")));
+  const std::string domain = std::string(absl::StripAsciiWhitespace(sign->GetString(section, "domain", "")));
   if (!selector.empty() && !domain.empty()) {
     const std::string path = dir.PathOf("dkim.private.key");
     TERN_ASSIGN_OR_RETURN(std::optional<std::string> pem, Readable(path, dir.Text(path)));

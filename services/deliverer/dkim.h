@@ -89,7 +89,10 @@ struct DkimConfig {
   // Haraka-plugin-dkim's shipped header list.
   static const std::vector<std::string>& DefaultHeaders();
 
-  // Reads dkim.ini and, when enabled, every key. A key file that cannot be
+  // Reads dkim.ini and, when enabled, every key; or, when dkim.ini does not
+  // enable signing and `plugins` lists Haraka 2's core `dkim_sign`, that
+  // plugin's dkim_sign.ini [main] (disabled, headers_to_sign, selector,
+  // domain) with the same key layout. A key file that cannot be
   // read or parsed, an RSA key under 1024 bits, a key of another type, a
   // private file without its selector file, or a bad [canon] body value is
   // an error naming the file (never its contents).

@@ -371,6 +371,44 @@ TEST_F(DkimConfigTest, LoadsKeysHeadersAndFallback) {
   EXPECT_EQ(c->fallback->selector, "fb");
 }
 
+// A Haraka 2 config signs with the old core plugin, dkim_sign, and its
+// dkim_sign.ini; Tern signs as it did instead of sending unsigned.
+TEST_F(DkimConfigTest, Haraka2DkimSignPluginAndIniAreHonoured) {
+  Write("plugins", "relay\ndkim_sign\n");
+  Write("dkim_sign.ini", "[main]\nheaders_to_sign=From, Subject; Date\nselector=old\ndomain=single.example\n");
+  Write("dkim/example.com/private", PrivatePem(Generate(false, 1024).get()));
+  Write("dkim/example.com/selector", "mail2019\n");
+  Write("dkim.private.key", PrivatePem(Generate(true).get()));
+  auto c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->enabled);
+  EXPECT_EQ(c->headers, (std::vector<std::string>{"From", "Subject", "Date"}));
+  ASSERT_EQ(c->keys.size(), 1u);
+  EXPECT_EQ(c->keys.at("example.com").selector, "mail2019");
+  ASSERT_TRUE(c->fallback.has_value());
+  EXPECT_EQ(c->fallback->selector, "old");
+
+  // disabled=true in it turns signing off, as it did in Haraka.
+  Write("dkim_sign.ini", "[main]\ndisabled=true\n");
+  c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->enabled);
+
+  // Without the plugin in `plugins`, the file is not read: a leftover.
+  Write("dkim_sign.ini", "[main]\nheaders_to_sign=From\n");
+  Write("plugins", "relay\n# dkim_sign\n");
+  c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->enabled);
+
+  // dkim.ini turning signing on wins over dkim_sign.ini.
+  Write("plugins", "dkim_sign\n");
+  Write("dkim.ini", "[sign]\nenabled=true\nheaders=From, To\n");
+  c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->headers, (std::vector<std::string>{"From", "To"}));
+}
+
 TEST_F(DkimConfigTest, BadConfigsAreErrorsNamingTheFile) {
   const std::string good_pem = PrivatePem(Generate(false, 1024).get());
   struct Case {

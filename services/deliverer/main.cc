@@ -175,7 +175,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<config::ConfigWatcher> watcher;
   if (config.config_watch.count() > 0) {
     std::vector<std::string> paths;
-    for (const char* name : {"dkim.ini", "dkim", "dkim.private.key"}) {
+    for (const char* name : {"dkim.ini", "dkim", "dkim.private.key", "dkim_sign.ini", "plugins"}) {
       for (std::string& path : dir.CandidatePaths(name)) {
         paths.push_back(std::move(path));
       }

@@ -40,6 +40,7 @@
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
 #include "lib/config/config_watcher.h"
+#include "lib/config/haraka_plugins.h"
 #include "lib/config/logging_setup.h"
 #include "lib/hooks/hooks_channel.h"
 #include "lib/hooks/hooks_config.h"
@@ -143,6 +144,19 @@ int main(int argc, char** argv) {
   }
   if (absl::Status s = tern::rpc::ConfigureGrpcTls(dir, /*serves=*/!config->health_listen.empty()); !s.ok()) {
     return Fail("config_error", s.message());
+  }
+  // A Haraka config directory: say which of its plugins Tern does the work
+  // of and which it does not run, once, at startup (haraka_plugins.h).
+  if (auto plugins = tern::config::ReadHarakaPlugins(dir); !plugins.ok()) {
+    return Fail("config_error", plugins.status().message());
+  } else if (!plugins->not_run.empty()) {
+    tern::log::Event(tern::log::Level::kWarn, "haraka_plugins_not_run",
+                     {{"plugins", absl::StrJoin(plugins->not_run, ",")},
+                      {"handled_natively", absl::StrJoin(plugins->handled, ",")},
+                      {"effect", "Tern runs no JavaScript; a Hooks server can do their work (README, Hooks)"}});
+  } else if (!plugins->handled.empty()) {
+    tern::log::Event(tern::log::Level::kInfo, "haraka_plugins",
+                     {{"handled_natively", absl::StrJoin(plugins->handled, ",")}});
   }
   auto hooks = tern::hooks::LoadHooksConfig(dir);
   if (!hooks.ok()) {

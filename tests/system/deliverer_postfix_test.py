@@ -661,7 +661,7 @@ class PostfixSmtpForwardCluster(PostfixCluster):
         p = self.postfix
         os.remove(os.path.join(self.config, "outbound_routes.ini"))
         with open(os.path.join(self.config, "plugins"), "w") as f:
-            f.write("# Haraka's plugin list\nrelay\nqueue/smtp_forward\n")
+            f.write("# Haraka's plugin list\nrelay\nspamassassin\nqueue/smtp_forward\n")
         with open(os.path.join(self.config, "smtp_forward.ini"), "w") as f:
             f.write(f"host={MX}\nport={p.auth_port}\nenable_outbound=true\nenable_tls=true\n"
                     f"auth_type=plain\nauth_user={SASL_USER}\nauth_pass={SASL_PASS}\n"
@@ -690,6 +690,11 @@ class DelivererSmtpForwardTest(ClusterTestCase):
         (line,) = deliverer_log_lines(self.cluster, " smtp_forward_routes ")
         self.assertEqual(field(line, "domains"), "plain.test,*", line)
         self.assertEqual(field(line, "default"), f"{MX}:{self.postfix.auth_port}", line)
+        # Ingest says at startup what of the Haraka plugin list Tern does not run.
+        with open(os.path.join(self.cluster.logs, "ingest.log"), "rb") as f:
+            (warning,) = [l for l in f.read().decode().splitlines() if " haraka_plugins_not_run " in l]
+        self.assertEqual(field(warning, "plugins"), "spamassassin", warning)
+        self.assertEqual(field(warning, "handled_natively"), "relay,queue/smtp_forward", warning)
 
     def test_a_domain_section_routes_its_domain(self):
         stored, attempt = self.deliver("erin@plain.test", "forwarded per domain")

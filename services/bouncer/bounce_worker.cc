@@ -91,47 +91,8 @@ metrics::Counter* GetCounter(const std::string& name, const std::string& help, c
 
 BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& config,
                            dsn::DsnRenderer::TokenGenerator new_token, int64_t pid, Options options)
-    : stub_(stub),
-      me_(config.me),
-      double_bounce_recipient_(config.double_bounce_recipient),
-      options_(std::move(options)) {
-  for (dsn::ReportKind kind : {dsn::ReportKind::kFailed, dsn::ReportKind::kDelayed, dsn::ReportKind::kDelivered}) {
-    absl::StatusOr<dsn::DsnTemplates> templates = config.TemplatesFor(kind);
-    const TemplateSource& source = config.TemplateFor(kind);
-    // Validate() parsed the same text; a failure here is a programming error,
-    // so fall back to an empty text template rather than crash the service.
-    if (!templates.ok()) {
-      log::Event(Level::kCrit, "template_invalid", {{"template", source.origin}, {"error", templates.status().message()}});
-      templates = dsn::DsnTemplates{*dsn::DsnTemplate::Parse("", source.origin), std::nullopt, std::nullopt};
-    }
-    for (const std::string& dropped : templates->text.dropped_headers()) {
-      if (options_.log_config_warnings) {
-        log::Event(Level::kWarn, "template_header_ignored",
-                   {{"template", source.origin}, {"header", dropped}, {"why", "set by tern"}});
-      }
-    }
-    if (templates->image && options_.log_config_warnings) {
-      const std::optional<TemplateSource>& html = config.HtmlFor(kind);
-      if (html && html->text.find("cid:" + templates->image->content_id()) == std::string::npos) {
-        log::Event(Level::kWarn, "template_image_unreferenced",
-                   {{"template", html->origin}, {"content_id", templates->image->content_id()}});
-      }
-    }
-    renderers_.emplace(kind, dsn::DsnRenderer(*std::move(templates), new_token, pid));
-  }
-  if (options_.log_config_warnings && config.image &&
-      !(config.failed_html || config.delayed_html || config.delivered_html)) {
-    log::Event(Level::kWarn, "template_image_unused",
-               {{"template", config.image->origin}, {"why", "no outbound.bounce_message*_html template"}});
-  }
-  absl::StatusOr<SuppressionRules> rules = config.Suppression();
-  if (rules.ok()) {
-    suppression_ = *std::move(rules);
-  } else {
-    log::Event(Level::kCrit, "suppression_rules_invalid", {{"error", rules.status().message()}});
-  }
-  compose_options_.max_original_bytes = static_cast<size_t>(std::max<int64_t>(config.max_original_bytes, 0));
-  compose_options_.suppression = &suppression_;
+    : stub_(stub), new_token_(std::move(new_token)), pid_(pid), options_(std::move(options)) {
+  Apply(MakeRendering(config, options_.log_config_warnings));
 
   const std::string dsn_help = "DSNs enqueued, by kind";
   dsns_failed_ = GetCounter("tern_bouncer_dsns_total", dsn_help, {{"kind", "failed"}});
@@ -156,6 +117,74 @@ BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& 
                                  "gRPC channels to the queue replaced after Leases kept failing");
   enqueue_errors_ = GetCounter("tern_bouncer_queue_errors_total", queue_help, {{"call", "enqueue"}});
   ack_errors_ = GetCounter("tern_bouncer_queue_errors_total", queue_help, {{"call", "ack"}});
+}
+
+BounceWorker::Rendering BounceWorker::MakeRendering(const BouncerConfig& config, bool log_warnings) const {
+  Rendering r;
+  r.me = config.me;
+  r.double_bounce_recipient = config.double_bounce_recipient;
+  for (dsn::ReportKind kind : {dsn::ReportKind::kFailed, dsn::ReportKind::kDelayed, dsn::ReportKind::kDelivered}) {
+    absl::StatusOr<dsn::DsnTemplates> templates = config.TemplatesFor(kind);
+    const TemplateSource& source = config.TemplateFor(kind);
+    // Validate() parsed the same text; a failure here is a programming error,
+    // so fall back to an empty text template rather than crash the service.
+    if (!templates.ok()) {
+      log::Event(Level::kCrit, "template_invalid", {{"template", source.origin}, {"error", templates.status().message()}});
+      templates = dsn::DsnTemplates{*dsn::DsnTemplate::Parse("", source.origin), std::nullopt, std::nullopt};
+    }
+    for (const std::string& dropped : templates->text.dropped_headers()) {
+      if (log_warnings) {
+        log::Event(Level::kWarn, "template_header_ignored",
+                   {{"template", source.origin}, {"header", dropped}, {"why", "set by tern"}});
+      }
+    }
+    if (templates->image && log_warnings) {
+      const std::optional<TemplateSource>& html = config.HtmlFor(kind);
+      if (html && html->text.find("cid:" + templates->image->content_id()) == std::string::npos) {
+        log::Event(Level::kWarn, "template_image_unreferenced",
+                   {{"template", html->origin}, {"content_id", templates->image->content_id()}});
+      }
+    }
+    r.renderers.emplace(kind, dsn::DsnRenderer(*std::move(templates), new_token_, pid_));
+  }
+  if (log_warnings && config.image && !(config.failed_html || config.delayed_html || config.delivered_html)) {
+    log::Event(Level::kWarn, "template_image_unused",
+               {{"template", config.image->origin}, {"why", "no outbound.bounce_message*_html template"}});
+  }
+  absl::StatusOr<SuppressionRules> rules = config.Suppression();
+  if (rules.ok()) {
+    r.suppression = *std::move(rules);
+  } else {
+    log::Event(Level::kCrit, "suppression_rules_invalid", {{"error", rules.status().message()}});
+  }
+  r.max_original_bytes = static_cast<size_t>(std::max<int64_t>(config.max_original_bytes, 0));
+  return r;
+}
+
+void BounceWorker::Apply(Rendering r) {
+  me_ = std::move(r.me);
+  double_bounce_recipient_ = std::move(r.double_bounce_recipient);
+  renderers_ = std::move(r.renderers);
+  suppression_ = std::move(r.suppression);
+  compose_options_.max_original_bytes = r.max_original_bytes;
+  compose_options_.suppression = &suppression_;
+}
+
+void BounceWorker::Reload(const BouncerConfig& config) {
+  auto r = std::make_unique<Rendering>(MakeRendering(config, options_.log_config_warnings));
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_rendering_ = std::move(r);
+}
+
+void BounceWorker::ApplyPendingReload() {
+  std::unique_ptr<Rendering> r;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    r = std::move(pending_rendering_);
+  }
+  if (r != nullptr) {
+    Apply(std::move(*r));
+  }
 }
 
 void BounceWorker::Stop() {
@@ -334,6 +363,7 @@ absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job) {
 }
 
 absl::Status BounceWorker::ProcessJob(const v1::BounceJob& job, internal::BounceHookCall* hook) {
+  ApplyPendingReload();
   ComposedReport composed = ComposeReport(job, me_, compose_options_);
   switch (composed.disposition) {
     case Disposition::kDoubleBounce:

@@ -145,6 +145,12 @@ class BounceWorker {
   // Asks Run() to return after the job in progress; cancels a pending Lease.
   void Stop();
 
+  // SIGHUP: the templates, `me`, double_bounce_recipient, suppression rules
+  // and max_original_bytes of `config` (checked by LoadBouncerConfig) apply
+  // from the next job on; a job in progress finishes as it began. The rest
+  // (queue, listeners, hooks) is the service's to keep. Any thread.
+  void Reload(const BouncerConfig& config);
+
   // Handles one leased job: double bounce -> Ack without DSN (or with the
   // postmaster copy's id, or the redacted DSN's for a REQUIRETLS DSN that
   // could not go with REQUIRETLS); suppressed (by a rule or the bounce hook) -> Ack
@@ -181,8 +187,24 @@ class BounceWorker {
   // Sleeps for `d` unless Stop() comes first.
   void SleepUnlessStopped(absl::Duration d);
 
+  // What a worker makes of a config to render DSNs with (see Reload).
+  struct Rendering {
+    std::string me;
+    std::string double_bounce_recipient;
+    std::map<dsn::ReportKind, dsn::DsnRenderer> renderers;
+    SuppressionRules suppression;
+    size_t max_original_bytes = 0;
+  };
+  Rendering MakeRendering(const BouncerConfig& config, bool log_warnings) const;
+  // Takes `r` as the worker's; on Run()'s thread (or before it starts).
+  void Apply(Rendering r);
+  // Applies a Reload() that came since the last job, if any.
+  void ApplyPendingReload();
+
   tern::v1::Queue::StubInterface* stub_;
   std::unique_ptr<tern::v1::Queue::StubInterface> owned_stub_;  // from options_.new_stub, once used
+  dsn::DsnRenderer::TokenGenerator new_token_;
+  int64_t pid_;
   std::string me_;
   std::string double_bounce_recipient_;
   std::map<dsn::ReportKind, dsn::DsnRenderer> renderers_;
@@ -212,6 +234,8 @@ class BounceWorker {
   grpc::ClientContext* lease_ctx_ = nullptr;  // guarded by mu_
   // The hook calls of the batch Run() is working on, for Stop() to cancel.
   std::vector<internal::BounceHookCall*> pending_hooks_;  // guarded by mu_
+  // A Reload() not yet applied; guarded by mu_.
+  std::unique_ptr<Rendering> pending_rendering_;
 };
 
 }  // namespace tern::bouncer

@@ -476,6 +476,30 @@ TEST_F(BounceWorkerTest, SuppressedSenderDomainIsAckedWithoutDsnAndCounted) {
   EXPECT_EQ(CounterValue("tern_bouncer_suppressed_total", {{"reason", "sender_domain"}}), before + 1);
 }
 
+// SIGHUP: the next job renders with the reloaded template, name and rules.
+TEST_F(BounceWorkerTest, ReloadAppliesTheNewTemplateMeAndRulesFromTheNextJob) {
+  auto worker = MakeWorker();
+  ASSERT_TRUE(worker->ProcessJob(MakeJob("h1", "alice@example.com")).ok());
+
+  BouncerConfig reloaded = config_;
+  reloaded.me = "bounces.tern.test";
+  reloaded.failed_template = {"Subject: Undeliverable: {subject}\n\nReloaded text for {rcpt_list}.\n",
+                              "outbound.bounce_message"};
+  reloaded.suppress_sender_domains = {"muted.example"};
+  ASSERT_TRUE(reloaded.Validate().ok()) << reloaded.Validate();
+  worker->Reload(reloaded);
+  ASSERT_TRUE(worker->ProcessJob(MakeJob("h2", "alice@example.com")).ok());
+  ASSERT_TRUE(worker->ProcessJob(MakeJob("h3", "carol@muted.example")).ok());
+
+  const std::vector<FakeQueue::Stored> stored = queue_.stored();
+  ASSERT_EQ(stored.size(), 2u);  // h3's sender domain is suppressed now
+  EXPECT_THAT(stored[0].body, ::testing::Not(HasSubstr("Reloaded text")));
+  EXPECT_EQ(mime::GetHeader(stored[0].body, "Message-Id"), "<t1@mx.tern.test>");
+  EXPECT_THAT(stored[1].body, HasSubstr("Reloaded text for"));
+  EXPECT_THAT(mime::GetHeader(stored[1].body, "Message-Id").value_or(""), ::testing::EndsWith("@bounces.tern.test>"));
+  EXPECT_EQ(queue_.acks().size(), 3u);
+}
+
 TEST_F(BounceWorkerTest, RunLeasesBounceJobsAndStopsOnRequest) {
   queue_.AddJob(MakeJob("r1", "alice@example.com"));
   queue_.AddJob(MakeJob("r2", ""));

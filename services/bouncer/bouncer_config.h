@@ -13,6 +13,10 @@
 //                                    ; jobs and queues their DSNs back to it.
 //     health_listen=127.0.0.1:7073   ; Default: 127.0.0.1:7073. Empty disables.
 //     metrics_listen=127.0.0.1:9473  ; Default: 127.0.0.1:9473. Empty disables.
+//     config_watch_ms=2000           ; how often the templates, me and
+//                                    ; tern.ini are looked at; a change
+//                                    ; reloads as SIGHUP does. 0: SIGHUP
+//                                    ; only. Default: 2000
 //     max_original_bytes=1048576     ; Default: 1048576. RET=FULL attaches the
 //                                    ; whole original up to this size, else
 //                                    ; its headers (text/rfc822-headers).
@@ -37,6 +41,7 @@
 // Thread-safety: a plain value; share it by const reference.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -64,6 +69,9 @@ struct BouncerConfig {
   std::vector<std::string> queues = {"127.0.0.1:7070"};
   std::string health_listen = "127.0.0.1:7073";
   std::string metrics_listen = "127.0.0.1:9473";
+  // How often the templates, me and tern.ini are looked at for changes,
+  // which reload them as SIGHUP does (0: SIGHUP only). Default: 2000 ms.
+  std::chrono::milliseconds config_watch{2'000};
   int64_t max_original_bytes = 1024 * 1024;
   std::string double_bounce_recipient;  // empty: no copies
   std::vector<std::string> suppress_sender_domains;

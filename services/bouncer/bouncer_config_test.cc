@@ -41,6 +41,7 @@ TEST_F(BouncerConfigTest, EmptyDirGivesDocumentedDefaults) {
   EXPECT_THAT(cfg->queues, ElementsAre("127.0.0.1:7070"));
   EXPECT_EQ(cfg->health_listen, "127.0.0.1:7073");
   EXPECT_EQ(cfg->metrics_listen, "127.0.0.1:9473");
+  EXPECT_EQ(cfg->config_watch, std::chrono::milliseconds(2000));
   EXPECT_FALSE(cfg->me.empty());
   EXPECT_EQ(cfg->failed_template.text, kDefaultBounceMessage);
   EXPECT_EQ(cfg->failed_template.origin, "built-in outbound.bounce_message");
@@ -143,7 +144,8 @@ TEST_F(BouncerConfigTest, RejectsBadBounceKeysNamingThem) {
 }
 
 TEST_F(BouncerConfigTest, ReadsKeysMeAndTemplateFiles) {
-  Write("tern.ini", "[bouncer]\nqueue=queue.internal:7070\nhealth_listen=\nmetrics_listen=0.0.0.0:0\n");
+  Write("tern.ini",
+        "[bouncer]\nqueue=queue.internal:7070\nhealth_listen=\nmetrics_listen=0.0.0.0:0\nconfig_watch_ms=0\n");
   Write("me", "mx.example.com\n");
   Write("outbound.bounce_message", "Subject: custom\n\nsorry {recipients}\n");
   absl::StatusOr<BouncerConfig> cfg = LoadBouncerConfig(Dir());
@@ -151,6 +153,7 @@ TEST_F(BouncerConfigTest, ReadsKeysMeAndTemplateFiles) {
   EXPECT_THAT(cfg->queues, ElementsAre("queue.internal:7070"));
   EXPECT_EQ(cfg->health_listen, "");
   EXPECT_EQ(cfg->metrics_listen, "0.0.0.0:0");
+  EXPECT_EQ(cfg->config_watch, std::chrono::milliseconds(0));
   EXPECT_EQ(cfg->me, "mx.example.com");
   EXPECT_EQ(cfg->failed_template.text, "Subject: custom\n\nsorry {recipients}\n");
   EXPECT_EQ(&cfg->TemplateFor(dsn::ReportKind::kFailed), &cfg->failed_template);

@@ -6,7 +6,12 @@
 // plugin_timeout and log.ini from DIR (see services/bouncer/README.md). One
 // worker thread per queue shard listed in [bouncer] queue. SIGTERM/SIGINT:
 // every worker finishes its job in progress, then exit 0. A bad config exits
-// 1 with a message naming the file.
+// 1 with a message naming the file. SIGHUP, or a change of the templates,
+// `me` or tern.ini (looked at every [bouncer] config_watch_ms), reads the
+// config again: templates, me, double_bounce_recipient, suppression rules
+// and max_original_bytes apply from each worker's next job; queue,
+// health_listen, metrics_listen and hooks.ini need a restart (logged as
+// reload_needs_restart); a config that does not load changes nothing.
 #include <unistd.h>
 
 #include <csignal>
@@ -20,11 +25,13 @@
 #include <grpcpp/server.h>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_join.h"
 #include "lib/common/ids.h"
 #include "lib/common/log.h"
 #include "lib/common/process.h"
 #include "lib/common/signals.h"
 #include "lib/config/config_dir.h"
+#include "lib/config/config_watcher.h"
 #include "lib/config/logging_setup.h"
 #include "lib/config/queue_targets.h"
 #include "lib/hooks/hooks_channel.h"
@@ -38,6 +45,43 @@
 namespace {
 
 using tern::log::Level;
+
+// SIGHUP: the config read again and handed to every worker; `running` is
+// what the service was started with.
+void Reload(const tern::config::ConfigDir& dir, const tern::bouncer::BouncerConfig& running,
+            const std::vector<std::unique_ptr<tern::bouncer::BounceWorker>>& workers) {
+  absl::StatusOr<tern::bouncer::BouncerConfig> config = tern::bouncer::LoadBouncerConfig(dir);
+  if (!config.ok()) {
+    tern::log::Event(Level::kError, "reload_failed",
+                     {{"error", config.status().message()}, {"effect", "the running config stays"}});
+    return;
+  }
+  std::vector<std::string> restart;
+  if (config->queues != running.queues) {
+    restart.push_back("tern.ini [bouncer] queue");
+  }
+  if (config->health_listen != running.health_listen) {
+    restart.push_back("tern.ini [bouncer] health_listen");
+  }
+  if (config->metrics_listen != running.metrics_listen) {
+    restart.push_back("tern.ini [bouncer] metrics_listen");
+  }
+  if (config->config_watch != running.config_watch) {
+    restart.push_back("tern.ini [bouncer] config_watch_ms");
+  }
+  if (!restart.empty()) {
+    tern::log::Event(Level::kWarn, "reload_needs_restart",
+                     {{"settings", absl::StrJoin(restart, ", ")},
+                      {"effect", "these keep their running values until a restart"}});
+  }
+  for (const std::unique_ptr<tern::bouncer::BounceWorker>& worker : workers) {
+    worker->Reload(*config);
+  }
+  tern::log::Event(Level::kNotice, "config_reloaded",
+                   {{"me", config->me},
+                    {"template", config->failed_template.origin},
+                    {"double_bounce_recipient", config->double_bounce_recipient}});
+}
 
 int RealMain(const std::string& config_path) {
   tern::BlockServiceSignals();
@@ -120,16 +164,34 @@ int RealMain(const std::string& config_path) {
     worker_threads.emplace_back([w = worker.get()] { w->Run(); });
   }
 
+  // A change of the files reloads as SIGHUP does: the watcher signals this
+  // process, and the loop below, the one place that reloads, takes it.
+  std::unique_ptr<tern::config::ConfigWatcher> watcher;
+  if (config->config_watch.count() > 0) {
+    std::vector<std::string> paths;
+    for (const char* name : {"outbound.bounce_message", "outbound.bounce_message_delayed",
+                             "outbound.bounce_message_delivered", "outbound.bounce_message_html",
+                             "outbound.bounce_message_delayed_html", "outbound.bounce_message_delivered_html",
+                             "outbound.bounce_message_image", "me", "tern.ini"}) {
+      for (std::string& path : dir.CandidatePaths(name)) {
+        paths.push_back(std::move(path));
+      }
+    }
+    watcher = std::make_unique<tern::config::ConfigWatcher>(std::move(paths), config->config_watch, [] {
+      tern::log::Event(Level::kInfo, "config_changed", {{"effect", "reloading"}});
+      ::kill(::getpid(), SIGHUP);
+    });
+  }
   while (true) {
     int sig = tern::WaitForSignal();
     if (sig == SIGHUP) {
-      // Templates and addresses are read once; a restart applies changes.
-      tern::log::Event(Level::kNotice, "sighup_ignored", {{"why", "restart to reload config"}});
+      Reload(dir, *config, workers);
       continue;
     }
     tern::log::Event(Level::kInfo, "stopping", {{"signal", absl::StrCat(sig)}});
     break;
   }
+  watcher.reset();
   // Every worker is told first, so they all wind down together.
   for (const std::unique_ptr<tern::bouncer::BounceWorker>& worker : workers) {
     worker->Stop();

@@ -2,10 +2,15 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <string_view>
 #include <utility>
+
+#include "lib/common/log.h"
 
 namespace tern::config {
 namespace {
@@ -140,6 +145,26 @@ void ConfigWatcher::Run() {
     last = now;
     lock.lock();
   }
+}
+
+std::vector<std::string> WatchPaths(const ConfigDir& dir, std::initializer_list<const char*> names) {
+  std::vector<std::string> paths;
+  for (const char* name : names) {
+    for (std::string& path : dir.CandidatePaths(name)) {
+      paths.push_back(std::move(path));
+    }
+  }
+  return paths;
+}
+
+std::unique_ptr<ConfigWatcher> ReloadOnChange(std::vector<std::string> paths, std::chrono::milliseconds interval) {
+  if (interval.count() <= 0) {
+    return nullptr;
+  }
+  return std::make_unique<ConfigWatcher>(std::move(paths), interval, [] {
+    log::Event(log::Level::kInfo, "config_changed", {{"effect", "reloading"}});
+    ::kill(::getpid(), SIGHUP);
+  });
 }
 
 }  // namespace tern::config

@@ -31,10 +31,14 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "lib/config/config_dir.h"
 
 namespace tern::config {
 
@@ -67,5 +71,14 @@ class ConfigWatcher {
   bool stop_ = false;               // under mu_
   std::thread thread_;
 };
+
+// Every place `names` may be read from in `dir` (ConfigDir::CandidatePaths),
+// for a watcher.
+std::vector<std::string> WatchPaths(const ConfigDir& dir, std::initializer_list<const char*> names);
+
+// How the services use a watcher: on a change, log `config_changed` and send
+// this process SIGHUP, so that the service's SIGHUP handling stays the one
+// place that reloads. Null when `interval` is 0 (watching off).
+std::unique_ptr<ConfigWatcher> ReloadOnChange(std::vector<std::string> paths, std::chrono::milliseconds interval);
 
 }  // namespace tern::config

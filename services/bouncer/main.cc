@@ -166,22 +166,13 @@ int RealMain(const std::string& config_path) {
 
   // A change of the files reloads as SIGHUP does: the watcher signals this
   // process, and the loop below, the one place that reloads, takes it.
-  std::unique_ptr<tern::config::ConfigWatcher> watcher;
-  if (config->config_watch.count() > 0) {
-    std::vector<std::string> paths;
-    for (const char* name : {"outbound.bounce_message", "outbound.bounce_message_delayed",
-                             "outbound.bounce_message_delivered", "outbound.bounce_message_html",
-                             "outbound.bounce_message_delayed_html", "outbound.bounce_message_delivered_html",
-                             "outbound.bounce_message_image", "me", "tern.ini"}) {
-      for (std::string& path : dir.CandidatePaths(name)) {
-        paths.push_back(std::move(path));
-      }
-    }
-    watcher = std::make_unique<tern::config::ConfigWatcher>(std::move(paths), config->config_watch, [] {
-      tern::log::Event(Level::kInfo, "config_changed", {{"effect", "reloading"}});
-      ::kill(::getpid(), SIGHUP);
-    });
-  }
+  std::unique_ptr<tern::config::ConfigWatcher> watcher = tern::config::ReloadOnChange(
+      tern::config::WatchPaths(dir, {"outbound.bounce_message", "outbound.bounce_message_delayed",
+                                     "outbound.bounce_message_delivered", "outbound.bounce_message_html",
+                                     "outbound.bounce_message_delayed_html",
+                                     "outbound.bounce_message_delivered_html", "outbound.bounce_message_image",
+                                     "me", "tern.ini"}),
+      config->config_watch);
   while (true) {
     int sig = tern::WaitForSignal();
     if (sig == SIGHUP) {

@@ -7,8 +7,6 @@
 // tern.ini [deliverer] config_watch_ms. Every other setting is read at
 // startup: a rolling restart applies it and loses nothing (leases go back
 // to the queue).
-#include <unistd.h>
-
 #include <csignal>
 #include <cstdlib>
 #include <memory>
@@ -172,19 +170,9 @@ int main(int argc, char** argv) {
   // A change of the DKIM files reloads as SIGHUP does: the watcher signals
   // this process, and the handler above, the one place that reloads,
   // takes it on the event loop.
-  std::unique_ptr<config::ConfigWatcher> watcher;
-  if (config.config_watch.count() > 0) {
-    std::vector<std::string> paths;
-    for (const char* name : {"dkim.ini", "dkim", "dkim.private.key", "dkim_sign.ini", "plugins"}) {
-      for (std::string& path : dir.CandidatePaths(name)) {
-        paths.push_back(std::move(path));
-      }
-    }
-    watcher = std::make_unique<config::ConfigWatcher>(std::move(paths), config.config_watch, [] {
-      log::Event(log::Level::kInfo, "config_changed", {{"files", "dkim"}, {"effect", "reloading"}});
-      ::kill(::getpid(), SIGHUP);
-    });
-  }
+  std::unique_ptr<config::ConfigWatcher> watcher = config::ReloadOnChange(
+      config::WatchPaths(dir, {"dkim.ini", "dkim", "dkim.private.key", "dkim_sign.ini", "plugins"}),
+      config.config_watch);
   worker.Start();
   io.run();
   watcher.reset();

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/config_watcher.h"
 #include "lib/config/queue_targets.h"
 #include "lib/net/connection.h"
 
@@ -577,13 +578,9 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
 }
 
 std::vector<std::string> WatchedPaths(const config::ConfigDir& dir, const IngestConfig& config) {
-  std::vector<std::string> paths;
-  for (const char* name : {"smtp.ini", "me", "relay_acl_allow", "relay_clientcerts", "connection.ini", "tls.ini",
-                           "tls", "auth_flat_file.ini", "tern.ini"}) {
-    for (std::string& path : dir.CandidatePaths(name)) {
-      paths.push_back(std::move(path));
-    }
-  }
+  std::vector<std::string> paths = config::WatchPaths(dir, {"smtp.ini", "me", "relay_acl_allow",
+                                                            "relay_clientcerts", "connection.ini", "tls.ini", "tls",
+                                                            "auth_flat_file.ini", "tern.ini"});
   for (const std::string* file : {&config.tls_key_file, &config.tls_cert_file, &config.tls_ca_file}) {
     if (!file->empty()) {
       paths.push_back(*file);

@@ -17,7 +17,6 @@
 // hooks.ini: when it calls queue_outbound, every message is offered to the
 // user's Hooks server before it is queued (queue_outbound_hook.h).
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -228,14 +227,8 @@ int main(int argc, char** argv) {
 
   // A change of the files reloads as SIGHUP does: the watcher signals this
   // process, and the loop below, the one place that reloads, takes it.
-  std::unique_ptr<tern::config::ConfigWatcher> watcher;
-  if (config->config_watch.count() > 0) {
-    watcher = std::make_unique<tern::config::ConfigWatcher>(
-        tern::ingest::WatchedPaths(dir, *config), config->config_watch, [] {
-          tern::log::Event(tern::log::Level::kInfo, "config_changed", {{"effect", "reloading"}});
-          ::kill(::getpid(), SIGHUP);
-        });
-  }
+  std::unique_ptr<tern::config::ConfigWatcher> watcher =
+      tern::config::ReloadOnChange(tern::ingest::WatchedPaths(dir, *config), config->config_watch);
   auto grace = config->shutdown_timeout;
   while (true) {
     const int sig = tern::WaitForSignal();

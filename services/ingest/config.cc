@@ -578,9 +578,12 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
 }
 
 std::vector<std::string> WatchedPaths(const config::ConfigDir& dir, const IngestConfig& config) {
-  std::vector<std::string> paths = config::WatchPaths(dir, {"smtp.ini", "me", "relay_acl_allow",
-                                                            "relay_clientcerts", "connection.ini", "tls.ini", "tls",
-                                                            "auth_flat_file.ini", "tern.ini"});
+  // tls_key.pem and tls_cert.pem (the defaults) too, so that a key pair
+  // added where none was, e.g. to an optional Kubernetes Secret, turns TLS
+  // on.
+  std::vector<std::string> paths = config::WatchPaths(
+      dir, {"smtp.ini", "me", "relay_acl_allow", "relay_clientcerts", "connection.ini", "tls.ini", "tls",
+            "tls_key.pem", "tls_cert.pem", "auth_flat_file.ini", "tern.ini"});
   for (const std::string* file : {&config.tls_key_file, &config.tls_cert_file, &config.tls_ca_file}) {
     if (!file->empty()) {
       paths.push_back(*file);

@@ -165,7 +165,8 @@ TEST(IngestConfig, WatchedPathsCoverEveryFileIngestReads) {
   const std::vector<std::string> paths = WatchedPaths(config::ConfigDir("/site:/base"), cfg);
   for (const char* want : {"/site/relay_acl_allow", "/base/relay_acl_allow", "/site/tls", "/base/tls.ini",
                            "/base/auth_flat_file.ini", "/site/relay_clientcerts", "/base/me", "/base/smtp.ini",
-                           "/base/connection.ini", "/base/tern.ini", "/etc/letsencrypt/live/mx/privkey.pem",
+                           "/base/connection.ini", "/base/tern.ini", "/site/tls_cert.pem", "/base/tls_key.pem",
+                           "/etc/letsencrypt/live/mx/privkey.pem",
                            "/etc/letsencrypt/live/mx/fullchain.pem"}) {
     EXPECT_NE(std::find(paths.begin(), paths.end(), want), paths.end()) << want;
   }

@@ -51,4 +51,14 @@ absl::StatusOr<HarakaPlugins> ReadHarakaPlugins(const ConfigDir& dir) {
   return ClassifyHarakaPlugins(lines);
 }
 
+absl::StatusOr<bool> HarakaPluginListed(const ConfigDir& dir, std::initializer_list<absl::string_view> names) {
+  TERN_ASSIGN_OR_RETURN(std::vector<std::string> lines, dir.Lines("plugins"));
+  for (const std::string& line : lines) {
+    if (std::find(names.begin(), names.end(), line) != names.end()) {
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace tern::config

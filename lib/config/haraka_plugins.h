@@ -11,10 +11,12 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "lib/config/config_dir.h"
 
 namespace tern::config {
@@ -32,5 +34,9 @@ HarakaPlugins ClassifyHarakaPlugins(const std::vector<std::string>& lines);
 
 // Reads `plugins` from `dir` (none: both lists empty).
 absl::StatusOr<HarakaPlugins> ReadHarakaPlugins(const ConfigDir& dir);
+
+// Whether `plugins` in `dir` lists one of `names` (as written there), i.e.
+// whether Haraka would use that plugin's config file. No file: false.
+absl::StatusOr<bool> HarakaPluginListed(const ConfigDir& dir, std::initializer_list<absl::string_view> names);
 
 }  // namespace tern::config

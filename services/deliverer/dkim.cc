@@ -18,6 +18,7 @@
 #include "absl/strings/strip.h"
 #include "lib/address/idna.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/haraka_plugins.h"
 #include "lib/mime/header.h"
 #include "lib/net/connection.h"
 #include "lib/smtp/dot_codec.h"
@@ -196,8 +197,8 @@ absl::StatusOr<DkimConfig> DkimConfig::Load(const config::ConfigDir& dir) {
   std::string headers_key = "headers";
   config::IniFile legacy;
   if (!c.enabled) {
-    TERN_ASSIGN_OR_RETURN(std::vector<std::string> plugins, dir.Lines("plugins"));
-    if (std::find(plugins.begin(), plugins.end(), "dkim_sign") != plugins.end()) {
+    TERN_ASSIGN_OR_RETURN(const bool dkim_sign, config::HarakaPluginListed(dir, {"dkim_sign"}));
+    if (dkim_sign) {
       TERN_ASSIGN_OR_RETURN(legacy, dir.Ini("dkim_sign.ini"));
       TERN_ASSIGN_OR_RETURN(const bool disabled, legacy.GetBool("main", "disabled", false));
       c.enabled = !disabled;

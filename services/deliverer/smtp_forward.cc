@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/haraka_plugins.h"
 
 namespace tern::deliverer {
 namespace {
@@ -82,19 +83,9 @@ absl::StatusOr<StaticRoute> RouteFrom(const config::IniFile& ini, const std::str
 
 }  // namespace
 
-absl::StatusOr<bool> SmtpForwardEnabled(const config::ConfigDir& dir) {
-  TERN_ASSIGN_OR_RETURN(std::vector<std::string> plugins, dir.Lines("plugins"));
-  for (const std::string& line : plugins) {
-    if (line == "queue/smtp_forward" || line == "smtp_forward") {
-      return true;
-    }
-  }
-  return false;
-}
-
 absl::StatusOr<std::vector<StaticRoute>> LoadSmtpForwardRoutes(const config::ConfigDir& dir) {
   std::vector<StaticRoute> routes;
-  TERN_ASSIGN_OR_RETURN(const bool enabled, SmtpForwardEnabled(dir));
+  TERN_ASSIGN_OR_RETURN(const bool enabled, config::HarakaPluginListed(dir, {"queue/smtp_forward", "smtp_forward"}));
   if (!enabled) {
     return routes;
   }

@@ -49,9 +49,6 @@
 
 namespace tern::deliverer {
 
-// Whether `config/plugins` enables Haraka's smtp_forward plugin.
-absl::StatusOr<bool> SmtpForwardEnabled(const config::ConfigDir& dir);
-
 // The routes smtp_forward.ini gives (above); none when the plugin is not
 // enabled or the file is missing. A bad value names the file, section and
 // key.

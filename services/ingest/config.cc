@@ -283,39 +283,43 @@ absl::StatusOr<std::vector<ListenAddress>> ParseListenList(absl::string_view val
   return out;
 }
 
-std::vector<std::string> RestartOnlyChanges(const IngestConfig& running, const IngestConfig& loaded) {
+std::vector<std::string> KeepRestartOnlySettings(const IngestConfig& running, IngestConfig* loaded) {
   std::vector<std::string> changed;
-  auto same_addresses = [](const std::vector<ListenAddress>& a, const std::vector<ListenAddress>& b) {
-    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const ListenAddress& x, const ListenAddress& y) {
-      return x.host == y.host && x.port == y.port && x.implicit_tls == y.implicit_tls;
-    });
+  // One field: named when it differs, then set to the running value.
+  auto keep = [&changed](const auto& run, auto& load, const char* name) {
+    if (!(run == load)) {
+      changed.push_back(name);
+    }
+    load = run;
   };
-  if (!same_addresses(running.listen, loaded.listen)) {
+  const bool same_addresses =
+      std::equal(running.listen.begin(), running.listen.end(), loaded->listen.begin(), loaded->listen.end(),
+                 [](const ListenAddress& x, const ListenAddress& y) {
+                   return x.host == y.host && x.port == y.port && x.implicit_tls == y.implicit_tls;
+                 });
+  const bool same_client_certs =
+      std::equal(running.listen.begin(), running.listen.end(), loaded->listen.begin(), loaded->listen.end(),
+                 [](const ListenAddress& x, const ListenAddress& y) {
+                   return x.require_client_cert == y.require_client_cert;
+                 });
+  if (!same_addresses) {
     changed.push_back("smtp.ini [main] listen/smtps_port");
-  } else if (!std::equal(running.listen.begin(), running.listen.end(), loaded.listen.begin(), loaded.listen.end(),
-                         [](const ListenAddress& x, const ListenAddress& y) {
-                           return x.require_client_cert == y.require_client_cert;
-                         })) {
+  } else if (!same_client_certs) {
     changed.push_back("tls.ini [main] rejectUnauthorized/requireAuthorized");
   }
-  if (running.io_threads != loaded.io_threads) {
-    changed.push_back("smtp.ini [main] nodes");
-  }
-  if (running.queues != loaded.queues) {
-    changed.push_back("tern.ini [ingest] queue");
-  }
-  if (running.queue_timeout != loaded.queue_timeout) {
-    changed.push_back("tern.ini [ingest] queue_timeout_ms");
-  }
-  if (running.health_listen != loaded.health_listen) {
-    changed.push_back("tern.ini [ingest] health_listen");
-  }
-  if (running.metrics_listen != loaded.metrics_listen) {
-    changed.push_back("tern.ini [ingest] metrics_listen");
-  }
-  if (running.config_watch != loaded.config_watch) {
-    changed.push_back("tern.ini [ingest] config_watch_ms");
-  }
+  loaded->listen = running.listen;
+  // Those two set ListenAddress::require_client_cert, named above.
+  loaded->tls_reject_unauthorized = running.tls_reject_unauthorized;
+  loaded->tls_require_authorized = running.tls_require_authorized;
+  keep(running.io_threads, loaded->io_threads, "smtp.ini [main] nodes");
+  keep(running.queues, loaded->queues, "tern.ini [ingest] queue");
+  keep(running.queue_timeout, loaded->queue_timeout, "tern.ini [ingest] queue_timeout_ms");
+  keep(running.health_listen, loaded->health_listen, "tern.ini [ingest] health_listen");
+  keep(running.metrics_listen, loaded->metrics_listen, "tern.ini [ingest] metrics_listen");
+  keep(running.config_watch, loaded->config_watch, "tern.ini [ingest] config_watch_ms");
+  // Not read from files (tests set them): kept without a word.
+  loaded->proxy_timeout = running.proxy_timeout;
+  loaded->thread_busy_interval = running.thread_busy_interval;
   return changed;
 }
 

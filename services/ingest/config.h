@@ -207,12 +207,13 @@ struct IngestConfig {
   absl::Status Validate() const;
 };
 
-// The settings that differ between `running` and `loaded` and that only a
-// restart applies (what the listeners, session threads, queue client,
-// health and metrics servers were built from), named by file and key,
-// e.g. "smtp.ini [main] listen". Empty when a reload can apply all of
-// `loaded`.
-std::vector<std::string> RestartOnlyChanges(const IngestConfig& running, const IngestConfig& loaded);
+// For a reload: sets in `loaded` every setting only a restart applies (what
+// the listeners, session threads, queue client, health and metrics servers
+// were built from) to its `running` value, so the new config describes the
+// server as it runs, and returns those that differed, named by file and key,
+// e.g. "smtp.ini [main] listen/smtps_port". Empty when a reload can apply
+// all of `loaded`.
+std::vector<std::string> KeepRestartOnlySettings(const IngestConfig& running, IngestConfig* loaded);
 
 // Reads the files listed above from `dir` and validates the result.
 absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir);

@@ -494,20 +494,7 @@ absl::StatusOr<IngestServer::ReloadResult> IngestServer::Reload(IngestConfig con
   const std::shared_ptr<const IngestSettings> running = core_->CurrentSettings();
   const IngestConfig& old = running->config;
   ReloadResult result;
-  result.needs_restart = RestartOnlyChanges(old, config);
-  // What the listeners, threads and clients were built from stays as it
-  // runs, so the new settings describe the server as it is.
-  config.listen = old.listen;
-  config.tls_reject_unauthorized = old.tls_reject_unauthorized;
-  config.tls_require_authorized = old.tls_require_authorized;
-  config.io_threads = old.io_threads;
-  config.queues = old.queues;
-  config.queue_timeout = old.queue_timeout;
-  config.health_listen = old.health_listen;
-  config.metrics_listen = old.metrics_listen;
-  config.config_watch = old.config_watch;
-  config.proxy_timeout = old.proxy_timeout;
-  config.thread_busy_interval = old.thread_busy_interval;
+  result.needs_restart = KeepRestartOnlySettings(old, &config);
   TERN_RETURN_IF_ERROR(config.Validate());
   auto settings = std::make_shared<IngestSettings>();
   if (config.tls_enabled()) {

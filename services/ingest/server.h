@@ -65,7 +65,7 @@ class IngestServer {
   // relay_clientcerts, the TLS certificates and tls.ini (except what makes
   // a listener require client certificates), auth_flat_file.ini, `me`,
   // connection.ini's limits, headers and haproxy hosts, inactivity_timeout,
-  // enqueue_inline_max. Settings only a restart applies (RestartOnlyChanges)
+  // enqueue_inline_max. Settings only a restart applies (KeepRestartOnlySettings)
   // keep their running values. On an error (a certificate that does not
   // load) nothing changes. Any thread.
   struct ReloadResult {

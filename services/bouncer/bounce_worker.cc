@@ -92,7 +92,7 @@ metrics::Counter* GetCounter(const std::string& name, const std::string& help, c
 BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& config,
                            dsn::DsnRenderer::TokenGenerator new_token, int64_t pid, Options options)
     : stub_(stub), new_token_(std::move(new_token)), pid_(pid), options_(std::move(options)) {
-  Apply(MakeRendering(config, options_.log_config_warnings));
+  Apply(MakeRendering(config));
 
   const std::string dsn_help = "DSNs enqueued, by kind";
   dsns_failed_ = GetCounter("tern_bouncer_dsns_total", dsn_help, {{"kind", "failed"}});
@@ -119,7 +119,8 @@ BounceWorker::BounceWorker(v1::Queue::StubInterface* stub, const BouncerConfig& 
   ack_errors_ = GetCounter("tern_bouncer_queue_errors_total", queue_help, {{"call", "ack"}});
 }
 
-BounceWorker::Rendering BounceWorker::MakeRendering(const BouncerConfig& config, bool log_warnings) const {
+BounceWorker::Rendering BounceWorker::MakeRendering(const BouncerConfig& config) const {
+  const bool log_warnings = options_.log_config_warnings;
   Rendering r;
   r.me = config.me;
   r.double_bounce_recipient = config.double_bounce_recipient;
@@ -171,7 +172,7 @@ void BounceWorker::Apply(Rendering r) {
 }
 
 void BounceWorker::Reload(const BouncerConfig& config) {
-  auto r = std::make_unique<Rendering>(MakeRendering(config, options_.log_config_warnings));
+  auto r = std::make_unique<Rendering>(MakeRendering(config));
   std::lock_guard<std::mutex> lock(mu_);
   pending_rendering_ = std::move(r);
 }

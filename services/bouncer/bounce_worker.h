@@ -195,7 +195,8 @@ class BounceWorker {
     SuppressionRules suppression;
     size_t max_original_bytes = 0;
   };
-  Rendering MakeRendering(const BouncerConfig& config, bool log_warnings) const;
+  // Logs the templates' warnings when options_.log_config_warnings.
+  Rendering MakeRendering(const BouncerConfig& config) const;
   // Takes `r` as the worker's; on Run()'s thread (or before it starts).
   void Apply(Rendering r);
   // Applies a Reload() that came since the last job, if any.

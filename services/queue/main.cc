@@ -7,7 +7,8 @@
 // drained with a deadline, the database closed); SIGHUP re-reads `disabled`
 // from outbound.ini and flushes (every waiting delivery is due now), as
 // SIGHUP does in Haraka. `disabled` is also re-read, without a flush, when
-// outbound.ini's modification time changes (polled once a second).
+// outbound.ini changes (looked at every second, applied once it has stayed
+// the same for another; lib/config/config_watcher.h).
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -107,8 +108,8 @@ int main(int argc, char** argv) {
                     {"metrics", exporter ? absl::StrCat(exporter->port()) : std::string("off")},
                     {"disabled", config->core.disabled ? "true" : "false"}});
 
-  // outbound.ini watch: `disabled` follows the file without a SIGHUP.
-  auto on_outbound_ini_change = [&] {
+  // `disabled` read again: on SIGHUP, and when outbound.ini changes.
+  auto reload_disabled = [&] {
     auto disabled = tern::queue::LoadDisabled(dir);
     if (disabled.ok()) {
       tern::log::Event(tern::log::Level::kInfo, "config_reloaded",
@@ -119,7 +120,7 @@ int main(int argc, char** argv) {
     }
   };
   auto watcher = std::make_unique<tern::config::ConfigWatcher>(dir.CandidatePaths("outbound.ini"), kOutboundIniWatch,
-                                                               on_outbound_ini_change);
+                                                               reload_disabled);
 
   while (true) {
     const int sig = tern::WaitForSignal();
@@ -127,12 +128,7 @@ int main(int argc, char** argv) {
       tern::log::Event(tern::log::Level::kNotice, "stopping", {{"signal", absl::StrCat(sig)}});
       break;
     }
-    auto disabled = tern::queue::LoadDisabled(dir);
-    if (disabled.ok()) {
-      (*core)->SetDisabled(*disabled);
-    } else {
-      tern::log::Event(tern::log::Level::kError, "reload_failed", {{"error", disabled.status().message()}});
-    }
+    reload_disabled();
     (*core)->Flush(nullptr);
   }
   watcher.reset();  // before the core its callback uses goes

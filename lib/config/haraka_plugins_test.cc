@@ -28,10 +28,19 @@ TEST(HarakaPlugins, ReadsThePluginsFileSkippingComments) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->handled, std::vector<std::string>{"relay"});
   EXPECT_EQ(p->not_run, std::vector<std::string>{"clamd"});
+  auto listed = HarakaPluginListed(ConfigDir(dir.string()), {"queue/smtp_forward", "clamd"});
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(*listed);
+  listed = HarakaPluginListed(ConfigDir(dir.string()), {"spamassassin"});  // commented out
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_FALSE(*listed);
   std::filesystem::remove(dir / "plugins");
   p = ReadHarakaPlugins(ConfigDir(dir.string()));  // no file: nothing to say
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE(p->handled.empty() && p->not_run.empty());
+  listed = HarakaPluginListed(ConfigDir(dir.string()), {"relay"});
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_FALSE(*listed);
   std::filesystem::remove_all(dir);
 }
 

@@ -166,4 +166,15 @@ std::unique_ptr<ConfigWatcher> ReloadOnChange(std::vector<std::string> paths, st
   });
 }
 
+absl::StatusOr<std::chrono::milliseconds> ConfigWatchInterval(const IniFile& tern_ini, absl::string_view section) {
+  absl::StatusOr<int64_t> ms = tern_ini.GetInt(section, "config_watch_ms", 2000);
+  if (!ms.ok()) {
+    return ms.status();
+  }
+  if (*ms != 0 && (*ms < 100 || *ms > 3'600'000)) {
+    return tern_ini.KeyError(section, "config_watch_ms", "must be 0 (off) or between 100 and 3600000");
+  }
+  return std::chrono::milliseconds(*ms);
+}
+
 }  // namespace tern::config

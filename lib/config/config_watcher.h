@@ -38,7 +38,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "lib/config/config_dir.h"
+#include "lib/config/ini_file.h"
 
 namespace tern::config {
 
@@ -80,5 +83,10 @@ std::vector<std::string> WatchPaths(const ConfigDir& dir, std::initializer_list<
 // this process SIGHUP, so that the service's SIGHUP handling stays the one
 // place that reloads. Null when `interval` is 0 (watching off).
 std::unique_ptr<ConfigWatcher> ReloadOnChange(std::vector<std::string> paths, std::chrono::milliseconds interval);
+
+// tern.ini `[section] config_watch_ms`, the same key for every service: how
+// often its config files are looked at, 0 = only on SIGHUP, else 100 ..
+// 3600000. Default: 2000. The error names the file, section and key.
+absl::StatusOr<std::chrono::milliseconds> ConfigWatchInterval(const IniFile& tern_ini, absl::string_view section);
 
 }  // namespace tern::config

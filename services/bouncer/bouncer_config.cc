@@ -4,6 +4,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/config_watcher.h"
 #include "lib/config/queue_targets.h"
 #include "lib/dsn/dsn_renderer.h"
 #include "services/bouncer/default_bounce_message.h"
@@ -149,11 +150,7 @@ absl::StatusOr<BouncerConfig> LoadBouncerConfig(const config::ConfigDir& dir) {
   cfg.queues = *std::move(queues);
   cfg.health_listen = ini.GetString(kSection, "health_listen", cfg.health_listen);
   cfg.metrics_listen = ini.GetString(kSection, "metrics_listen", cfg.metrics_listen);
-  TERN_ASSIGN_OR_RETURN(const int64_t watch_ms, ini.GetInt(kSection, "config_watch_ms", cfg.config_watch.count()));
-  if (watch_ms != 0 && (watch_ms < 100 || watch_ms > 3'600'000)) {
-    return ini.KeyError(kSection, "config_watch_ms", "must be 0 (off) or between 100 and 3600000");
-  }
-  cfg.config_watch = std::chrono::milliseconds(watch_ms);
+  TERN_ASSIGN_OR_RETURN(cfg.config_watch, config::ConfigWatchInterval(ini, kSection));
   TERN_ASSIGN_OR_RETURN(cfg.max_original_bytes, ini.GetInt(kSection, "max_original_bytes", cfg.max_original_bytes));
   cfg.double_bounce_recipient = std::string(
       absl::StripAsciiWhitespace(ini.GetString(kSection, "double_bounce_recipient", cfg.double_bounce_recipient)));

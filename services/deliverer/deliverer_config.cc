@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/config_watcher.h"
 #include "lib/config/queue_targets.h"
 #include "services/deliverer/smtp_forward.h"
 
@@ -99,11 +100,7 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   c.chunking_failure_ttl = std::chrono::seconds(chunking_ttl);
   TERN_ASSIGN_OR_RETURN(int64_t dkim_threads, GetRanged(tern, kD, "dkim_threads", c.dkim_threads, 0, 64));
   c.dkim_threads = static_cast<uint32_t>(dkim_threads);
-  TERN_ASSIGN_OR_RETURN(int64_t watch_ms, GetRanged(tern, kD, "config_watch_ms", 2000, 0, 3'600'000));
-  if (watch_ms != 0 && watch_ms < 100) {
-    return tern.KeyError(kD, "config_watch_ms", "must be 0 (off) or at least 100");
-  }
-  c.config_watch = std::chrono::milliseconds(watch_ms);
+  TERN_ASSIGN_OR_RETURN(c.config_watch, config::ConfigWatchInterval(tern, kD));
   TERN_ASSIGN_OR_RETURN(c.tlsrpt, tern.GetBool("tlsrpt", "enabled", false));
   TERN_ASSIGN_OR_RETURN(int64_t tlsrpt_flush, GetRanged(tern, "tlsrpt", "flush_seconds", 10, 1, 3600));
   c.tlsrpt_flush = std::chrono::seconds(tlsrpt_flush);

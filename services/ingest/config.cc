@@ -571,11 +571,7 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
   cfg.enqueue_inline_max = static_cast<uint64_t>(inline_max);
   cfg.health_listen = tern.GetString("ingest", "health_listen", "127.0.0.1:7071");
   cfg.metrics_listen = tern.GetString("ingest", "metrics_listen", "127.0.0.1:9471");
-  TERN_ASSIGN_OR_RETURN(int64_t watch_ms, tern.GetInt("ingest", "config_watch_ms", 2000));
-  if (watch_ms != 0 && (watch_ms < 100 || watch_ms > 3'600'000)) {
-    return tern.KeyError("ingest", "config_watch_ms", "must be 0 (off) or between 100 and 3600000");
-  }
-  cfg.config_watch = std::chrono::milliseconds(watch_ms);
+  TERN_ASSIGN_OR_RETURN(cfg.config_watch, config::ConfigWatchInterval(tern, "ingest"));
 
   TERN_RETURN_IF_ERROR(cfg.Validate());
   return cfg;

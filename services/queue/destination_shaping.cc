@@ -149,6 +149,15 @@ const MxSite* DestinationShaping::SiteForMx(absl::string_view host) const {
   return nullptr;
 }
 
+const MxSite* DestinationShaping::SiteNamed(absl::string_view name) const {
+  for (const MxSite& site : sites_) {
+    if (site.name == name) {
+      return &site;
+    }
+  }
+  return nullptr;
+}
+
 absl::Status DestinationShaping::AddSite(const std::string& name, const std::vector<std::string>& mx,
                                          const std::vector<std::string>& domains, DestinationLimits limits) {
   MxSite site;

@@ -30,9 +30,9 @@
 // a retry spends a token like a first attempt. They are per queue; nothing
 // is written to disk (after a restart every bucket starts full again).
 //
-// Thread-safety: DestinationShaping is immutable after loading; RateBuckets
-// is not thread-safe (the queue touches it only while it holds the writer
-// role).
+// Thread-safety: DestinationShaping is a plain value (a reload replaces the
+// queue's copy as a whole, QueueCore::Reconfigure); RateBuckets is not
+// thread-safe (the queue touches it only while it holds the writer role).
 #pragma once
 
 #include <cstdint>
@@ -131,11 +131,15 @@ class DestinationShaping {
   // The first site (in file order) whose `mx` list matches `host` (any
   // case, a trailing dot ignored), or null.
   const MxSite* SiteForMx(absl::string_view host) const;
+  // The site called `name` (lower case, as MxSite::name), or null.
+  const MxSite* SiteNamed(absl::string_view name) const;
   // Adds a site with its limits (tests and Load). `mx` entries as in
   // shaping.ini; `domains` in A-labels.
   absl::Status AddSite(const std::string& name, const std::vector<std::string>& mx,
                        const std::vector<std::string>& domains, DestinationLimits limits);
   const std::vector<MxSite>& sites() const { return sites_; }
+  // How many domains and sites have limits of their own.
+  size_t sections() const { return domains_.size(); }
 
  private:
   DestinationLimits defaults_;

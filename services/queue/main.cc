@@ -4,22 +4,30 @@
 //   tern-queue [--config DIR] [--data-dir DIR]
 //
 // Signals: SIGTERM/SIGINT shut down cleanly (long polls answered, the server
-// drained with a deadline, the database closed); SIGHUP re-reads `disabled`
-// from outbound.ini and flushes (every waiting delivery is due now), as
-// SIGHUP does in Haraka. `disabled` is also re-read, without a flush, when
-// outbound.ini changes (looked at every second, applied once it has stayed
-// the same for another; lib/config/config_watcher.h).
+// drained with a deadline, the database closed); SIGHUP reloads the config
+// and flushes (every waiting delivery is due now), as SIGHUP does in Haraka.
+// The config is also reloaded, without a flush, when tern.ini, outbound.ini
+// or shaping.ini changes (looked at every tern.ini [queue] config_watch_ms,
+// applied once the files have stayed the same for as long again;
+// lib/config/config_watcher.h). A reload applies outbound.ini (disabled,
+// always_split, the retry schedule) and shaping.ini at once, names the
+// settings only a restart applies (`reload_needs_restart`), and changes
+// nothing when the files do not load (`reload_failed`).
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "lib/common/log.h"
 #include "lib/common/process.h"
 #include "lib/common/signals.h"
@@ -36,9 +44,6 @@
 namespace {
 
 constexpr auto kShutdownGrace = std::chrono::seconds(5);
-// How often outbound.ini is looked at; a change applies once the file has
-// stayed the same for as long again.
-constexpr auto kOutboundIniWatch = std::chrono::seconds(1);
 
 int Fail(absl::string_view event, absl::string_view error) {
   tern::log::Event(tern::log::Level::kCrit, event, {{"error", error}});
@@ -108,19 +113,45 @@ int main(int argc, char** argv) {
                     {"metrics", exporter ? absl::StrCat(exporter->port()) : std::string("off")},
                     {"disabled", config->core.disabled ? "true" : "false"}});
 
-  // `disabled` read again: on SIGHUP, and when outbound.ini changes.
-  auto reload_disabled = [&] {
-    auto disabled = tern::queue::LoadDisabled(dir);
-    if (disabled.ok()) {
-      tern::log::Event(tern::log::Level::kInfo, "config_reloaded",
-                       {{"file", "outbound.ini"}, {"disabled", *disabled ? "true" : "false"}});
-      (*core)->SetDisabled(*disabled);
-    } else {
-      tern::log::Event(tern::log::Level::kError, "reload_failed", {{"error", disabled.status().message()}});
+  // Called by the main thread on SIGHUP and by the watcher's thread; one
+  // reload at a time.
+  std::mutex reload_mu;
+  auto reload = [&] {
+    std::lock_guard<std::mutex> lock(reload_mu);
+    auto loaded = tern::queue::LoadQueueConfig(dir, data_dir);
+    if (!loaded.ok()) {
+      tern::log::Event(tern::log::Level::kError, "reload_failed",
+                       {{"error", loaded.status().message()}, {"effect", "the running config stays"}});
+      return;
     }
+    if (std::vector<std::string> restart = tern::queue::RestartOnlyChanges(*config, *loaded); !restart.empty()) {
+      tern::log::Event(tern::log::Level::kWarn, "reload_needs_restart",
+                       {{"settings", absl::StrJoin(restart, ", ")},
+                        {"effect", "these keep their running values until a restart"}});
+    }
+    (*core)->SetDisabled(loaded->core.disabled);
+    std::promise<absl::Status> applied;
+    (*core)->Reconfigure(tern::queue::ReloadableSettings(*loaded), [&applied](absl::Status s) {
+      applied.set_value(std::move(s));
+    });
+    if (absl::Status s = applied.get_future().get(); !s.ok()) {
+      tern::log::Event(tern::log::Level::kError, "reload_failed", {{"error", s.message()}});
+      return;
+    }
+    const tern::queue::DestinationShaping& shaping = loaded->core.shaping;
+    tern::log::Event(tern::log::Level::kInfo, "config_reloaded",
+                     {{"disabled", loaded->core.disabled ? "true" : "false"},
+                      {"always_split", loaded->core.always_split ? "true" : "false"},
+                      {"retries", absl::StrCat(loaded->core.retry.intervals_ms().size())},
+                      {"shaping_sections", absl::StrCat(shaping.sections())},
+                      {"mx_sites", absl::StrCat(shaping.sites().size())},
+                      {"default_concurrency_max", absl::StrCat(shaping.defaults().concurrency_max)}});
   };
-  auto watcher = std::make_unique<tern::config::ConfigWatcher>(dir.CandidatePaths("outbound.ini"), kOutboundIniWatch,
-                                                               reload_disabled);
+  std::unique_ptr<tern::config::ConfigWatcher> watcher;
+  if (config->config_watch.count() > 0) {
+    watcher = std::make_unique<tern::config::ConfigWatcher>(tern::queue::QueueConfigPaths(dir), config->config_watch,
+                                                            reload);
+  }
 
   while (true) {
     const int sig = tern::WaitForSignal();
@@ -128,7 +159,7 @@ int main(int argc, char** argv) {
       tern::log::Event(tern::log::Level::kNotice, "stopping", {{"signal", absl::StrCat(sig)}});
       break;
     }
-    reload_disabled();
+    reload();
     (*core)->Flush(nullptr);
   }
   watcher.reset();  // before the core its callback uses goes

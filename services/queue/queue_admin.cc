@@ -977,7 +977,11 @@ absl::StatusOr<tern::v1::ShowResponse> QueueCore::Impl::Show(const std::string& 
   if (db_->Get(rocksdb::ReadOptions(), bodies_, message_id, &body).ok()) {
     out.set_headers(HeadersOf(body));
   }
-  const size_t retries = opt_.retry.intervals_ms().size();
+  size_t retries = 0;
+  {
+    absl::MutexLock lock(&retry_mu_);  // a reload may be replacing it
+    retries = opt_.retry.intervals_ms().size();
+  }
   for (const auto& d : ReadPrefix<DeliveryRecord>(db_.get(), deliveries_, absl::StrCat(message_id, "."))) {
     tern::v1::DeliveryDetail* dd = out.add_deliveries();
     const std::string state = DeliveryStateName(d, now);

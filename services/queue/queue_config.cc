@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "lib/address/mailbox.h"
 #include "lib/common/status_macros.h"
+#include "lib/config/config_watcher.h"
 
 namespace tern::queue {
 
@@ -167,6 +168,7 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
     return tern.KeyError("queue", "event_retention_count", "must not be negative");
   }
   out.core.event_retention_count = static_cast<uint64_t>(count);
+  TERN_ASSIGN_OR_RETURN(out.config_watch, config::ConfigWatchInterval(tern, "queue"));
   for (const std::string& item : tern.GetList("queue", "delay_warning")) {
     if (absl::StripAsciiWhitespace(item).empty()) {
       continue;
@@ -209,9 +211,46 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
   return out;
 }
 
-absl::StatusOr<bool> LoadDisabled(const config::ConfigDir& dir) {
-  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, dir.Ini("outbound.ini"));
-  return outbound.GetBool("main", "disabled", false);
+QueueCore::Reloadable ReloadableSettings(const QueueConfig& config) {
+  return QueueCore::Reloadable{config.core.always_split, config.core.retry, config.core.shaping};
+}
+
+std::vector<std::string> RestartOnlyChanges(const QueueConfig& running, const QueueConfig& loaded) {
+  std::vector<std::string> out;
+  auto check = [&out](bool differs, const char* name) {
+    if (differs) {
+      out.push_back(name);
+    }
+  };
+  const CoreOptions& a = running.core;
+  const CoreOptions& b = loaded.core;
+  check(running.listen != loaded.listen, "tern.ini [queue] listen");
+  check(a.data_dir != b.data_dir, "tern.ini [queue] data_dir");
+  check(running.metrics_listen != loaded.metrics_listen, "tern.ini [queue] metrics_listen");
+  check(a.lease_seconds != b.lease_seconds, "tern.ini [queue] lease_seconds");
+  check(a.max_lease_seconds != b.max_lease_seconds, "tern.ini [queue] max_lease_seconds");
+  check(a.max_lease_body_bytes != b.max_lease_body_bytes, "tern.ini [queue] max_lease_body_bytes");
+  check(a.ambiguous_policy != b.ambiguous_policy, "tern.ini [queue] ambiguous_policy");
+  check(a.max_queue_age_ms != b.max_queue_age_ms, "tern.ini [queue] max_queue_age");
+  check(a.delay_warning_ms != b.delay_warning_ms, "tern.ini [queue] delay_warning");
+  check(a.event_retention_ms != b.event_retention_ms, "tern.ini [queue] event_retention");
+  check(a.event_retention_count != b.event_retention_count, "tern.ini [queue] event_retention_count");
+  check(a.idempotency_retention_ms != b.idempotency_retention_ms, "tern.ini [queue] idempotency_retention");
+  check(a.delete_undo_window_ms != b.delete_undo_window_ms, "tern.ini [queue] delete_undo_window");
+  check(a.min_free_bytes != b.min_free_bytes, "tern.ini [queue] min_free_bytes");
+  check(a.wal_prefill_bytes != b.wal_prefill_bytes, "tern.ini [queue] wal_prefill_bytes");
+  check(a.recovery_lease_grace_seconds != b.recovery_lease_grace_seconds, "tern.ini [queue] recovery_lease_grace");
+  check(running.config_watch != loaded.config_watch, "tern.ini [queue] config_watch_ms");
+  const TlsRptOptions& t = a.tlsrpt;
+  const TlsRptOptions& u = b.tlsrpt;
+  check(t.enabled != u.enabled || t.from != u.from || t.organization != u.organization || t.contact != u.contact ||
+            t.submitter != u.submitter,
+        "tern.ini [tlsrpt]");
+  return out;
+}
+
+std::vector<std::string> QueueConfigPaths(const config::ConfigDir& dir) {
+  return config::WatchPaths(dir, {"tern.ini", "outbound.ini", "shaping.ini"});
 }
 
 }  // namespace tern::queue

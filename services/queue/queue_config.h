@@ -19,6 +19,8 @@
 //     delete_undo_window=1h          ternctl delete can be undone this long; 0 = deletes are final
 //     min_free_bytes=104857600       refuse Enqueue below this much free disk; 0 = off
 //     wal_prefill_bytes=67108864     zero-filled spare for each WAL (wal_prefill.h); 0 = off
+//     destination_concurrency_max=0  per-domain lease cap; shaping.ini refines it
+//     config_watch_ms=2000           look for changed config files this often; 0 = SIGHUP only
 //   tern.ini [tlsrpt]                SMTP TLS Reporting (RFC 8460), queue_core.h TlsRptOptions
 //     enabled=false                  send daily TLS reports (deliverers read it to count at all)
 //     from=                          reports' envelope sender and From:; required when enabled
@@ -26,16 +28,25 @@
 //     contact=                       report contact-info; default: `from`
 //     submitter=                     TLS-Report-Submitter and report ids; default: the domain of `from`
 //   outbound.ini [main]
-//     disabled=false                 pause delivery (reloaded on SIGHUP)
+//     disabled=false                 pause delivery
 //     temp_fail_intervals=(unset)    Haraka's retry schedule grammar
 //     maxTempFailures=13             used when temp_fail_intervals is unset
 //     always_split=false             one delivery per recipient
+//   shaping.ini                      per-domain and per-MX-site limits (destination_shaping.h)
+//
+// On SIGHUP, and when one of these files changes, the queue loads them all
+// again: outbound.ini and shaping.ini (with destination_concurrency_max)
+// apply at once (QueueCore::SetDisabled, Reconfigure); every other setting
+// keeps its running value until a restart (RestartOnlyChanges names those
+// that differ).
 //
 // Thread-safety: a plain value; copy it or share it const.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "lib/config/config_dir.h"
@@ -50,6 +61,8 @@ struct QueueConfig {
   std::string metrics_listen = "127.0.0.1:9470";
   // data_dir, leases, disabled, always_split and the retry schedule.
   CoreOptions core;
+  // Default: 2000 ms; 0 = only SIGHUP reloads.
+  std::chrono::milliseconds config_watch{2000};
 
   // Checks ranges: lease_seconds in [1, max_lease_seconds], max_lease_seconds
   // in [1, 86400*7], max_lease_body_bytes >= 1, listen not empty; with
@@ -68,7 +81,15 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
 // name the bad text.
 absl::StatusOr<int64_t> ParseDurationMs(absl::string_view text);
 
-// Reads only outbound.ini [main] disabled (what SIGHUP reloads).
-absl::StatusOr<bool> LoadDisabled(const config::ConfigDir& dir);
+// What a reload applies to the running queue (QueueCore::Reconfigure).
+QueueCore::Reloadable ReloadableSettings(const QueueConfig& config);
+
+// The settings of `loaded` that only a restart applies and that differ from
+// `running` (what the queue started with), each named as the operator
+// wrote it ("tern.ini [queue] lease_seconds"), in file order.
+std::vector<std::string> RestartOnlyChanges(const QueueConfig& running, const QueueConfig& loaded);
+
+// The files a reload reads, for the watcher.
+std::vector<std::string> QueueConfigPaths(const config::ConfigDir& dir);
 
 }  // namespace tern::queue

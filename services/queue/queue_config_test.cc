@@ -1,5 +1,7 @@
 #include "services/queue/queue_config.h"
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -58,9 +60,55 @@ TEST_F(QueueConfigDirTest, ReadsOutboundKeys) {
   EXPECT_TRUE(cfg->core.disabled);
   EXPECT_TRUE(cfg->core.always_split);
   EXPECT_EQ(cfg->core.retry.intervals_ms(), (std::vector<int64_t>{60000, 60000}));
-  auto disabled = LoadDisabled(config::ConfigDir(dir_.string()));
-  ASSERT_TRUE(disabled.ok());
-  EXPECT_TRUE(*disabled);
+  const QueueCore::Reloadable reloadable = ReloadableSettings(*cfg);
+  EXPECT_TRUE(reloadable.always_split);
+  EXPECT_EQ(reloadable.retry.intervals_ms(), (std::vector<int64_t>{60000, 60000}));
+}
+
+TEST_F(QueueConfigDirTest, AReloadNamesTheChangedSettingsOnlyARestartApplies) {
+  Write("tern.ini", "[queue]\nlease_seconds=300\ndestination_concurrency_max=5\n");
+  auto running = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(running.ok()) << running.status();
+  // What a reload applies (outbound.ini, shaping.ini, the default
+  // concurrency) is not named.
+  Write("tern.ini", "[queue]\nlease_seconds=300\ndestination_concurrency_max=9\n");
+  Write("outbound.ini", "[main]\ntemp_fail_intervals=1m\nalways_split=true\ndisabled=true\n");
+  Write("shaping.ini", "[a.example]\nconcurrency_max=2\n");
+  auto loaded = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(RestartOnlyChanges(*running, *loaded).empty());
+  EXPECT_EQ(ReloadableSettings(*loaded).shaping.For("a.example").concurrency_max, 2u);
+  EXPECT_EQ(ReloadableSettings(*loaded).shaping.For("b.example").concurrency_max, 9u);
+
+  Write("tern.ini",
+        "[queue]\nlease_seconds=120\nlisten=127.0.0.1:7071\nconfig_watch_ms=0\n"
+        "[tlsrpt]\nenabled=true\nfrom=tlsrpt@mail.example\n");
+  loaded = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(RestartOnlyChanges(*running, *loaded),
+            (std::vector<std::string>{"tern.ini [queue] listen", "tern.ini [queue] lease_seconds",
+                                      "tern.ini [queue] config_watch_ms", "tern.ini [tlsrpt]"}));
+}
+
+TEST_F(QueueConfigDirTest, ConfigWatchDefaultsToTwoSecondsAndRefusesTooShortAPeriod) {
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->config_watch, std::chrono::milliseconds(2000));
+  Write("tern.ini", "[queue]\nconfig_watch_ms=0\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->config_watch, std::chrono::milliseconds(0));
+  Write("tern.ini", "[queue]\nconfig_watch_ms=50\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("[queue] config_watch_ms"));
+}
+
+TEST_F(QueueConfigDirTest, TheWatcherLooksAtEveryFileAReloadReads) {
+  const std::vector<std::string> paths = QueueConfigPaths(config::ConfigDir(dir_.string()));
+  for (const char* name : {"tern.ini", "outbound.ini", "shaping.ini"}) {
+    EXPECT_NE(std::find(paths.begin(), paths.end(), (dir_ / name).string()), paths.end()) << name;
+  }
 }
 
 TEST_F(QueueConfigDirTest, RefusesBadValuesNamingTheKey) {

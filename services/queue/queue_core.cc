@@ -1,6 +1,7 @@
 #include "services/queue/queue_core_internal.h"
 
 #include <thread>
+#include <utility>
 
 #include "lib/address/idna.h"
 #include "lib/tlsrpt/tlsrpt.h"
@@ -187,11 +188,7 @@ absl::Status QueueCore::Impl::LoadMxSites(int64_t now, rocksdb::WriteBatch& batc
     if (record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) &&
         record.expires_unix_ms() > now && !opt_.shaping.HasOwnSection(domain) &&
         opt_.shaping.ListedSite(domain) == nullptr && learned_sites_.size() < kMaxLearnedSites) {
-      for (const MxSite& s : opt_.shaping.sites()) {
-        if (s.name == record.site()) {
-          site = &s;
-        }
-      }
+      site = opt_.shaping.SiteNamed(record.site());
     }
     if (site == nullptr) {
       (void)batch.Delete(meta_, it->key());
@@ -543,7 +540,7 @@ std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std
       return std::nullopt;
     }
     std::string domain = *std::move(ascii);
-    if (opt_.always_split) {
+    if (always_split_.load(std::memory_order_relaxed)) {
       call->splits.push_back({std::move(domain), {i}});
       continue;
     }
@@ -1622,6 +1619,84 @@ void QueueCore::Impl::SetDisabled(bool disabled) {
   });
 }
 
+void QueueCore::Impl::Reconfigure(QueueCore::Reloadable next, absl::AnyInvocable<void(absl::Status)> done) {
+  auto settings = std::make_shared<QueueCore::Reloadable>(std::move(next));
+  auto cb = std::make_shared<absl::AnyInvocable<void(absl::Status)>>(std::move(done));
+  committer_->Submit(GroupOp{
+      [this, settings](Txn& txn) {
+        AppendEvent(txn, "admin", "", "", {}, "configuration reloaded (outbound.ini, shaping.ini)");
+        // After the commit, when no undo of this group can run any more:
+        // the in-memory state below (parked deliveries, backoffs, site
+        // memberships) is rebuilt for the new settings, not rolled back.
+        txn.OnCommit([this, settings] { ApplyReloadable(std::move(*settings)); });
+        return absl::OkStatus();
+      },
+      [cb](const absl::Status& s) { (*cb)(s); },
+  });
+}
+
+void QueueCore::Impl::ApplyReloadable(QueueCore::Reloadable next) {
+  always_split_.store(next.always_split, std::memory_order_relaxed);
+  {
+    absl::MutexLock lock(&retry_mu_);
+    opt_.retry = std::move(next.retry);
+  }
+  // Site memberships point into the shaping being replaced: each moves to
+  // the new site of the same name, or goes when the new file no longer lets
+  // the domain join one.
+  std::vector<std::string> dropped;
+  DestinationShaping old;  // alive until the memberships have moved
+  {
+    absl::MutexLock lock(&site_mu_);
+    old = std::exchange(opt_.shaping, std::move(next.shaping));
+    for (auto it = learned_sites_.begin(); it != learned_sites_.end();) {
+      const std::string& domain = it->first;
+      const MxSite* site = opt_.shaping.SiteNamed(it->second.site->name);
+      if (site == nullptr || opt_.shaping.HasOwnSection(domain) || opt_.shaping.ListedSite(domain) != nullptr) {
+        dropped.push_back(domain);
+        learned_sites_.erase(it++);
+      } else {
+        it->second.site = site;
+        ++it;
+      }
+    }
+  }
+  Metrics().mx_site_domains.Set(static_cast<int64_t>(learned_sites_.size()));
+  if (!dropped.empty()) {
+    log::Event(log::Level::kInfo, "mx_site_memberships_dropped",
+               {{"domains", absl::StrCat(dropped.size())}, {"reason", "site gone or domain configured on its own"}});
+    PurgeMxSiteRecords(std::move(dropped));
+  }
+  // A backoff the new limits do not allow ends now.
+  for (auto it = backoff_.begin(); it != backoff_.end();) {
+    if (opt_.shaping.For(it->first).backoff) {
+      ++it;
+      continue;
+    }
+    log::Event(log::Level::kNotice, "destination_backoff_ended",
+               {{"domain", it->first}, {"concurrency", absl::StrCat(it->second.cap)}, {"reason", "backoff=false"}});
+    backoff_.erase(it++);
+  }
+  Metrics().backed_off.Set(static_cast<int64_t>(backoff_.size()));
+  // Every delivery waiting for a limit is judged again by the new ones when
+  // next leased (one still over its limit is parked again).
+  KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);
+  std::vector<std::string> keys;
+  ks.parked.ForEachCount([&keys](const std::string& key, uint32_t) { keys.push_back(key); });
+  size_t released = 0;
+  for (const std::string& key : keys) {
+    released += ReleaseToWindow(key, UINT32_MAX);
+  }
+  {
+    absl::MutexLock lock(&throttled_mu_);
+    throttled_view_.clear();
+  }
+  rate_waiting_.clear();
+  if (released > 0) {
+    WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
+  }
+}
+
 void QueueCore::Impl::SetPaused(bool paused, Callback<bool> done) {
   auto cb = std::make_shared<Callback<bool>>(std::move(done));
   committer_->Submit(GroupOp{
@@ -1712,6 +1787,9 @@ void QueueCore::Destinations(Callback<tern::v1::DestinationsResponse> done) {
   impl_->Destinations(std::move(done));
 }
 void QueueCore::SetDisabled(bool disabled) { impl_->SetDisabled(disabled); }
+void QueueCore::Reconfigure(Reloadable next, absl::AnyInvocable<void(absl::Status)> done) {
+  impl_->Reconfigure(std::move(next), std::move(done));
+}
 void QueueCore::SetPaused(bool paused, Callback<bool> done) { impl_->SetPaused(paused, std::move(done)); }
 void QueueCore::Progress(tern::v1::ProgressRequest request, Callback<tern::v1::ProgressResponse> done) {
   impl_->Progress(std::move(request), std::move(done));

@@ -145,17 +145,20 @@ struct CoreOptions {
   uint64_t max_lease_body_bytes = 16u << 20;
   // Pause leasing deliveries (bounce jobs still go out). Default: false
   bool disabled = false;
-  // One delivery per recipient instead of per domain. Default: false
+  // One delivery per recipient instead of per domain; messages enqueued
+  // after a Reconfigure follow its value. Default: false
   bool always_split = false;
   // Per recipient domain, across all deliverers: the most deliveries out on
   // lease at once (tern.ini destination_concurrency_max, Postfix's
   // default_destination_concurrency_limit, 20 there) and the most started
   // per second, minute or hour (shaping.ini rate_max). Further due
   // deliveries of a domain at its limit wait in the queue, in memory, until
-  // a lease of it ends or its rate allows another. Default: no limits, as
-  // in Haraka.
+  // a lease of it ends or its rate allows another. Reconfigure replaces it.
+  // Default: no limits, as in Haraka.
   DestinationShaping shaping;
-  // Default: Haraka's, 12 retries from 64 s doubling.
+  // Reconfigure replaces it: each temporary failure from then on is
+  // scheduled by the new one. Default: Haraka's, 12 retries from 64 s
+  // doubling.
   RetrySchedule retry;
   // Most due job ids kept in memory per kind. Default: 10000
   size_t ready_window = 10000;
@@ -299,6 +302,29 @@ class QueueCore {
   // outbound.ini `disabled` as (re)read from the file. A change of it also
   // ends a Pause/Resume override.
   void SetDisabled(bool disabled);
+  // What a configuration reload changes while the queue runs: outbound.ini
+  // always_split and the retry schedule, shaping.ini (with tern.ini's
+  // destination_concurrency_max). The rest of CoreOptions needs a restart.
+  struct Reloadable {
+    bool always_split = false;
+    RetrySchedule retry;
+    DestinationShaping shaping;
+  };
+  // Replaces those settings, in the writer role, and completes once they
+  // apply. From then on: messages enqueued split by the new always_split;
+  // a temporary failure is scheduled by the new retry schedule (a retry
+  // already scheduled keeps its time; a delivery whose attempts are past
+  // the new schedule's end bounces at its next temporary failure); leases
+  // are judged by the new limits. Deliveries waiting for a destination's
+  // limit all go back to the ready window and are judged again, so a
+  // raised or removed limit lets them go at once. Leases out keep counting
+  // under the key they were made under; a lowered limit holds new leases
+  // until enough of them end. A congestion backoff of a destination whose
+  // new limits turn `backoff` off ends. MX site memberships learned from
+  // reports are dropped (in memory and on disk) for a site that is gone,
+  // and for a domain that now has a section of its own or is listed by a
+  // site.
+  void Reconfigure(Reloadable next, absl::AnyInvocable<void(absl::Status)> done);
   // Admin pause/resume: overrides `disabled` until the file's value changes
   // or the process restarts. Completes with the effective paused state.
   void SetPaused(bool paused, Callback<bool> done);

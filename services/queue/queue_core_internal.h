@@ -455,7 +455,11 @@ using namespace internal;  // NOLINT: the core's own helpers
 class QueueCore::Impl {
  public:
   explicit Impl(CoreOptions options)
-      : opt_(std::move(options)), clock_(opt_.clock), disabled_(opt_.disabled), file_disabled_(opt_.disabled) {
+      : opt_(std::move(options)),
+        clock_(opt_.clock),
+        disabled_(opt_.disabled),
+        file_disabled_(opt_.disabled),
+        always_split_(opt_.always_split) {
     paused_view_ = disabled_;
   }
 
@@ -491,6 +495,7 @@ class QueueCore::Impl {
   void Stats(Callback<StatsResponse> done);
   void Destinations(Callback<tern::v1::DestinationsResponse> done);
   void SetDisabled(bool disabled);
+  void Reconfigure(QueueCore::Reloadable next, absl::AnyInvocable<void(absl::Status)> done);
   void Flush(Callback<uint64_t> done);
   void BeginShutdown();
 
@@ -600,6 +605,9 @@ class QueueCore::Impl {
 
   KindState& State(JobKind kind) { return kinds_[KindIndex(kind)]; }
 
+  // Reconfigure's work once its group committed (writer role).
+  void ApplyReloadable(QueueCore::Reloadable next);
+
   // In-memory changes made inside an operation, each with its undo.
   void Adjust(Txn& txn, int64_t& field, int64_t delta) {
     field += delta;
@@ -666,7 +674,18 @@ class QueueCore::Impl {
       record.set_expires_unix_ms(until);
       PutRecord(txn, meta_, MxSiteKey(domain), record);
     }
-    txn.OnCommit([this, domain, site, until, write, remote_mta] {
+    // By name: a Reconfigure earlier in this group may have replaced the
+    // sites by the time this runs (the site then counts only if it is still
+    // configured).
+    txn.OnCommit([this, domain, name = site->name, until, write, remote_mta] {
+      const MxSite* current = opt_.shaping.SiteNamed(name);
+      if (current == nullptr || opt_.shaping.HasOwnSection(domain) || opt_.shaping.ListedSite(domain) != nullptr) {
+        if (write) {
+          PurgeMxSiteRecords({domain});
+        }
+        return;
+      }
+      const MxSite* site = current;
       auto it = learned_sites_.find(domain);
       if (it == learned_sites_.end() || it->second.site != site) {
         log::Event(log::Level::kInfo, "mx_site_joined", {{"domain", domain}, {"site", site->name}, {"mx", remote_mta}});
@@ -718,6 +737,23 @@ class QueueCore::Impl {
     if (!keys.empty()) {
       PurgeExpiredMeta<MxSiteRecord>(std::move(keys));
     }
+  }
+  // Deletes the MxSiteRecords of `domains` that have no membership in
+  // memory when the deletion's group runs (one may have been learned again
+  // meanwhile).
+  void PurgeMxSiteRecords(std::vector<std::string> domains) {
+    committer_->Submit(GroupOp{
+        [this, domains = std::move(domains)](Txn& txn) -> absl::Status {
+          for (const std::string& domain : domains) {
+            if (!learned_sites_.contains(domain)) {
+              txn.Delete(meta_, MxSiteKey(domain));
+            }
+          }
+          return absl::OkStatus();
+        },
+        [](const absl::Status&) {},
+        /*durable=*/false,  // a record left behind is dropped at the next start
+    });
   }
   // At startup, before leases are counted: the memberships written by
   // NoteMxSite. Expired ones, and those the configuration no longer allows
@@ -1283,7 +1319,9 @@ class QueueCore::Impl {
   // only by the writer role, under site_mu_; read by the writer without it
   // and by other threads with it. Kept on disk too (MxSiteRecord).
   struct LearnedSite {
-    const MxSite* site = nullptr;  // points into opt_.shaping, which never changes
+    // Points into opt_.shaping; a Reconfigure points it into the new one
+    // (by site name) or drops the entry.
+    const MxSite* site = nullptr;
     int64_t until_ms = 0;
     int64_t stored_until_ms = 0;  // the expiry its MxSiteRecord says
   };
@@ -1296,6 +1334,12 @@ class QueueCore::Impl {
 
   // Read from other threads.
   std::atomic<bool> paused_view_{false};
+  // opt_.always_split as Reconfigure last set it: read by PrepareEnqueue on
+  // the calling RPC's thread.
+  std::atomic<bool> always_split_;
+  // Held by the writer role while Reconfigure replaces opt_.retry, and by
+  // other threads reading it (Show); the writer reads it without.
+  mutable absl::Mutex retry_mu_;
   // Domains with deliveries waiting for a shaping limit, and which, for
   // `ternctl explain`; written only on the throttling path.
   mutable absl::Mutex throttled_mu_;

@@ -1,5 +1,6 @@
 #include "services/queue/queue_core.h"
 
+#include <algorithm>
 #include <atomic>
 #include <future>
 #include <map>
@@ -1234,6 +1235,145 @@ TEST_F(QueueCoreTest, DelayUnreportedWaitsTheGivenTimeWithoutAnAttempt) {
   ASSERT_EQ(lease.deliveries_size(), 1);
   EXPECT_EQ(lease.deliveries(0).recipients(0).attempts(), 0u);
   EXPECT_EQ(Stats().deferred_total(), 0u);
+}
+
+
+// ---- Reconfigure (a config reload) --------------------------------------------
+
+// Applies `next` and waits for it.
+void Reconfigure(QueueCore& core, QueueCore::Reloadable next) {
+  std::promise<absl::Status> applied;
+  core.Reconfigure(std::move(next), [&applied](absl::Status s) { applied.set_value(std::move(s)); });
+  auto done = applied.get_future();
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  ASSERT_TRUE(done.get().ok());
+}
+
+QueueCore::Reloadable WithShaping(DestinationShaping shaping) {
+  QueueCore::Reloadable r;
+  r.retry = RetrySchedule({60'000, 120'000});  // the fixture's
+  r.shaping = std::move(shaping);
+  return r;
+}
+
+TEST_F(QueueCoreTest, AReloadThatRaisesALimitHandsTheWaitingDeliveriesToAWaitingLeaseAtOnce) {
+  options_.shaping = DestinationShaping(1);
+  options_.tick_interval = std::chrono::seconds(60);  // no tick releases them
+  Open();
+  for (int i = 0; i < 3; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  ASSERT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);  // both parked
+  auto waiting = LongPoll(*core_);
+  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  Reconfigure(*core_, WithShaping(DestinationShaping(3)));
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  auto got = waiting.get();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->deliveries_size(), 2);
+  EXPECT_EQ(Stats().deliveries_leased(), 3u);
+}
+
+TEST_F(QueueCoreTest, AReloadThatLowersALimitHoldsNewLeasesUntilEnoughOfThoseOutEnd) {
+  Open();  // no limit
+  for (int i = 0; i < 3; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 2);
+  ASSERT_EQ(first.deliveries_size(), 2);
+  Reconfigure(*core_, WithShaping(DestinationShaping(1)));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);  // two out, limit one
+  ASSERT_EQ(ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);  // still one out
+  ASSERT_EQ(ReportAll(first.deliveries(1), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
+            std::vector{REPORT_STATUS_APPLIED});
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 1);
+}
+
+TEST_F(QueueCoreTest, AReloadedRetryScheduleTimesTheNextTemporaryFailureAndEndsWhereItEnds) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  QueueCore::Reloadable next;
+  next.retry = RetrySchedule({5'000});
+  Reconfigure(*core_, std::move(next));
+  LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "later"));
+  clock_.AdvanceMs(4'999);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  clock_.AdvanceMs(1);
+  lease = Lease(JOB_KIND_DELIVERY);  // 5 s, not the 60 s it started with
+  ASSERT_EQ(lease.deliveries_size(), 1);
+  // The new schedule has one retry: the second temporary failure bounces.
+  ReportAll(lease.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 451, "4.3.0", "later"));
+  EXPECT_EQ(Lease(JOB_KIND_BOUNCE).bounces_size(), 1);
+  EXPECT_EQ(Stats().deliveries(), 0u);
+}
+
+TEST_F(QueueCoreTest, AReloadedAlwaysSplitAppliesToMessagesEnqueuedAfterIt) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")}));
+  QueueCore::Reloadable next;
+  next.always_split = true;
+  next.retry = RetrySchedule({60'000});
+  Reconfigure(*core_, std::move(next));
+  Enqueue(Header({Rcpt("c@x.example"), Rcpt("d@x.example")}));
+  const LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10);
+  std::vector<int> recipients;
+  for (const auto& job : lease.deliveries()) {
+    recipients.push_back(job.recipients_size());
+  }
+  std::sort(recipients.begin(), recipients.end());
+  EXPECT_EQ(recipients, (std::vector<int>{1, 1, 2}));
+}
+
+TEST_F(QueueCoreTest, AReloadThatTurnsBackoffOffEndsAnActiveBackoff) {
+  Open();
+  for (int i = 0; i < 4; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+  }
+  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+  ASSERT_EQ(first.deliveries_size(), 4);
+  ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 421, "4.7.0", "busy"));
+  for (int i = 0; i < 4; ++i) {
+    Enqueue(Header({Rcpt(absl::StrCat("v", i, "@a.example"))}));
+  }
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);  // three out, backed off to two
+  DestinationLimits limits;
+  limits.backoff = false;
+  DestinationShaping shaping;
+  shaping.SetDefaults(limits);
+  Reconfigure(*core_, WithShaping(std::move(shaping)));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 4);
+}
+
+TEST_F(QueueCoreSiteTest, AReloadKeepsTheMembershipsOfASiteStillConfiguredUnderItsNewLimits) {
+  Open();
+  LearnSharedSite();
+  DestinationShaping shaping;
+  ASSERT_TRUE(shaping.AddSite("shared", {"shared.example"}, {}, Concurrency(2)).ok());
+  Reconfigure(*core_, WithShaping(std::move(shaping)));
+  EXPECT_EQ(MxSiteDomains(), 2);
+  // Both retries share the site's two slots now (one slot before).
+  clock_.AdvanceMs(60'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 2);
+}
+
+TEST_F(QueueCoreSiteTest, AReloadWithoutTheSiteDropsItsMembershipsInMemoryAndOnDisk) {
+  Open();
+  LearnSharedSite();
+  DestinationShaping other;
+  ASSERT_TRUE(other.AddSite("other", {"other.example"}, {}, Concurrency(1)).ok());
+  Reconfigure(*core_, WithShaping(std::move(other)));
+  EXPECT_EQ(MxSiteDomains(), 0);
+  clock_.AdvanceMs(60'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 2);  // each shaped on its own
+  // The records went too: the site's return at a restart (the fixture's
+  // options) does not revive them.
+  Reopen();
+  EXPECT_EQ(MxSiteDomains(), 0);
 }
 
 }  // namespace

@@ -131,6 +131,67 @@ class CongestionBackoffTest(ClusterTestCase):
         self.assertGreaterEqual(self.cluster.metric("queue", "tern_queue_destination_backoffs_total"), 4)
 
 
+class HourlyRateCluster(Cluster):
+    def _write_config(self):
+        super()._write_config()
+        with open(os.path.join(self.config, "shaping.ini"), "w") as f:
+            f.write("[good.test]\nrate_max=1/h\n")
+
+
+class ShapingReloadTest(ClusterTestCase):
+    """The queue reads shaping.ini, outbound.ini and tern.ini again when they
+    change, with no signal and no restart: new limits apply to the mail
+    already waiting, a file that does not load changes nothing, and a
+    setting only a restart applies is named."""
+
+    @classmethod
+    def make_cluster(cls):
+        return HourlyRateCluster()
+
+    def queue_log_line(self, start, event, timeout=20):
+        log = os.path.join(self.cluster.logs, "queue.log")
+
+        def found():
+            with open(log, "rb") as f:
+                f.seek(start)
+                lines = [l for l in f.read().decode("utf-8", "replace").splitlines() if f" {event} " in l + " "]
+            return lines[0] if lines else None
+        return self.cluster.wait_until(found, timeout, f"{event} in the queue's log")
+
+    def test_a_changed_shaping_ini_applies_to_waiting_mail_without_a_restart(self):
+        queue_pid = self.cluster.procs["queue"].pid
+        log = os.path.join(self.cluster.logs, "queue.log")
+        self.cluster.send_burst("hourly", 4)
+        # One start an hour: the first goes, three wait.
+        self.cluster.wait_for_burst("hourly", 1)
+        self.cluster.wait_until(lambda: self.cluster.stats()["deliveries"] == 3, 20, "three deliveries waiting")
+
+        start = os.path.getsize(log)
+        shaping = os.path.join(self.cluster.config, "shaping.ini")
+        with open(shaping, "w") as f:
+            f.write("[good.test]\nrate_max=1/h\nconcurency_max=1\n")  # misspelt key: does not load
+        line = self.queue_log_line(start, "reload_failed")
+        self.assertIn("concurency_max", line)
+        self.assertEqual(self.cluster.stats()["deliveries"], 3)  # the running limits stay
+
+        start = os.path.getsize(log)
+        with open(shaping, "w") as f:
+            f.write("[good.test]\nconcurrency_max=10\n")
+        got = self.cluster.wait_for_burst("hourly", 4, timeout=30)
+        self.assertEqual(len(got), 4)
+        self.assertIn("shaping_sections=1", self.queue_log_line(start, "config_reloaded"))
+
+        start = os.path.getsize(log)
+        tern_ini = os.path.join(self.cluster.config, "tern.ini")
+        with open(tern_ini) as f:
+            text = f.read()
+        with open(tern_ini, "w") as f:
+            f.write(text.replace("[queue]\n", "[queue]\nlease_seconds=77\n", 1))
+        self.assertIn("tern.ini [queue] lease_seconds", self.queue_log_line(start, "reload_needs_restart"))
+        self.assertIsNone(self.cluster.procs["queue"].poll())
+        self.assertEqual(self.cluster.procs["queue"].pid, queue_pid)
+
+
 class SiteShapedCluster(Cluster):
     """hosted-a.test and hosted-b.test have MX hosts under bigmail.test (the
     good.test sink serves both); shaping.ini makes bigmail.test an MX site

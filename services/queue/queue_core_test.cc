@@ -1349,12 +1349,18 @@ TEST_F(QueueCoreTest, AReloadThatTurnsBackoffOffEndsAnActiveBackoff) {
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 4);
 }
 
+// Reloads a shaping.ini of one site `name` (hosts under NAME.example) with
+// `concurrency` slots.
+void ReloadWithSite(QueueCore& core, const std::string& name, uint32_t concurrency) {
+  DestinationShaping shaping;
+  ASSERT_TRUE(shaping.AddSite(name, {absl::StrCat(name, ".example")}, {}, Concurrency(concurrency)).ok());
+  Reconfigure(core, WithShaping(std::move(shaping)));
+}
+
 TEST_F(QueueCoreSiteTest, AReloadKeepsTheMembershipsOfASiteStillConfiguredUnderItsNewLimits) {
   Open();
   LearnSharedSite();
-  DestinationShaping shaping;
-  ASSERT_TRUE(shaping.AddSite("shared", {"shared.example"}, {}, Concurrency(2)).ok());
-  Reconfigure(*core_, WithShaping(std::move(shaping)));
+  ReloadWithSite(*core_, "shared", 2);
   EXPECT_EQ(MxSiteDomains(), 2);
   // Both retries share the site's two slots now (one slot before).
   clock_.AdvanceMs(60'000);
@@ -1364,9 +1370,7 @@ TEST_F(QueueCoreSiteTest, AReloadKeepsTheMembershipsOfASiteStillConfiguredUnderI
 TEST_F(QueueCoreSiteTest, AReloadWithoutTheSiteDropsItsMembershipsInMemoryAndOnDisk) {
   Open();
   LearnSharedSite();
-  DestinationShaping other;
-  ASSERT_TRUE(other.AddSite("other", {"other.example"}, {}, Concurrency(1)).ok());
-  Reconfigure(*core_, WithShaping(std::move(other)));
+  ReloadWithSite(*core_, "other", 1);
   EXPECT_EQ(MxSiteDomains(), 0);
   clock_.AdvanceMs(60'000);
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 2);  // each shaped on its own

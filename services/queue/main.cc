@@ -10,9 +10,10 @@
 // or shaping.ini changes (looked at every tern.ini [queue] config_watch_ms,
 // applied once the files have stayed the same for as long again;
 // lib/config/config_watcher.h). A reload applies outbound.ini (disabled,
-// always_split, the retry schedule) and shaping.ini at once, names the
-// settings only a restart applies (`reload_needs_restart`), and changes
-// nothing when the files do not load (`reload_failed`).
+// always_split, the retry schedule), shaping.ini and most tern.ini [queue]
+// keys at once (QueueCore::Reconfigure), names the settings only a restart
+// applies (`reload_needs_restart`), and changes nothing when the files do
+// not load (`reload_failed`).
 #include <chrono>
 #include <csignal>
 #include <cstdio>

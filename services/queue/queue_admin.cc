@@ -234,7 +234,7 @@ void QueueCore::Impl::PruneEvents() {
 }
 
 void QueueCore::Impl::PruneIdempotencyKeys() {
-  if (opt_.idempotency_retention_ms <= 0) {
+  if (idempotency_retention_ms() <= 0) {
     return;
   }
   committer_->Submit(GroupOp{
@@ -589,8 +589,8 @@ void QueueCore::Impl::MaybeWarnDelay(Txn& txn, DeliveryRecord& rec, MessageRecor
     warn.push_back(std::move(b));
     // When the queue gives up: max_queue_age, or the end of the retry schedule.
     int64_t gives_up = 0;
-    if (opt_.max_queue_age_ms > 0) {
-      gives_up = arrival + opt_.max_queue_age_ms;
+    if (max_queue_age_ms() > 0) {
+      gives_up = arrival + max_queue_age_ms();
     } else {
       gives_up = r.next_attempt_unix_ms();
       const auto& iv = opt_.retry.intervals_ms();
@@ -970,8 +970,8 @@ absl::StatusOr<tern::v1::ShowResponse> QueueCore::Impl::Show(const std::string& 
   out.set_size(msg.body_size());
   out.set_paused(paused);
   out.set_now_unix_ms(now);
-  if (opt_.max_queue_age_ms > 0) {
-    out.set_expires_unix_ms(msg.arrival_unix_ms() + opt_.max_queue_age_ms);
+  if (max_queue_age_ms() > 0) {
+    out.set_expires_unix_ms(msg.arrival_unix_ms() + max_queue_age_ms());
   }
   std::string body;
   if (db_->Get(rocksdb::ReadOptions(), bodies_, message_id, &body).ok()) {
@@ -1373,7 +1373,7 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
   };
   auto run = std::make_shared<Run>();
   run->action = action;
-  if (action == QueueCore::Action::kDelete && !request.purge() && opt_.delete_undo_window_ms > 0) {
+  if (action == QueueCore::Action::kDelete && !request.purge() && delete_undo_window_ms() > 0) {
     // Short enough to type, random enough never to meet another Delete's
     // within a window.
     run->undo_token = NewRandomToken().substr(0, 12);
@@ -1425,7 +1425,7 @@ void QueueCore::Impl::Act(QueueCore::Action action, tern::v1::ActionRequest requ
         WakeWaiters(tern::v1::JOB_KIND_DELIVERY);
         if (run->kept > 0) {
           run->response.set_undo_token(run->undo_token);
-          run->response.set_undo_until_unix_ms(clock_->NowUnixMs() + opt_.delete_undo_window_ms);
+          run->response.set_undo_until_unix_ms(clock_->NowUnixMs() + delete_undo_window_ms());
         }
         run->done(std::move(run->response));
       });
@@ -1816,7 +1816,7 @@ absl::StatusOr<tern::v1::ListDeletedResponse> QueueCore::Impl::ListDeleted(
     e->set_token(rec.token());
     e->set_message_id(rec.message().message_id());
     e->set_deleted_unix_ms(rec.deleted_unix_ms());
-    e->set_purge_at_unix_ms(rec.deleted_unix_ms() + opt_.delete_undo_window_ms);
+    e->set_purge_at_unix_ms(rec.deleted_unix_ms() + delete_undo_window_ms());
     e->set_reason(rec.reason());
     e->set_mail_from(rec.message().envelope().mail_from());
     for (const DeliveryRecord& d : rec.deliveries()) {
@@ -1839,7 +1839,7 @@ void QueueCore::Impl::PruneDeleted() {
       [this](Txn& txn) -> absl::Status {
         // A window of 0 (deletes final at once) purges what an earlier
         // configuration kept.
-        const int64_t cutoff = clock_->NowUnixMs() - opt_.delete_undo_window_ms;
+        const int64_t cutoff = clock_->NowUnixMs() - delete_undo_window_ms();
         const std::string prefix = DeletedPrefix();
         const std::string end = PrefixEnd(prefix);
         const rocksdb::Slice lower(prefix);

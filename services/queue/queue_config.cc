@@ -212,7 +212,23 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
 }
 
 QueueCore::Reloadable ReloadableSettings(const QueueConfig& config) {
-  return QueueCore::Reloadable{config.core.always_split, config.core.retry, config.core.shaping};
+  const CoreOptions& c = config.core;
+  QueueCore::Reloadable r;
+  r.always_split = c.always_split;
+  r.retry = c.retry;
+  r.shaping = c.shaping;
+  r.lease_seconds = c.lease_seconds;
+  r.max_lease_seconds = c.max_lease_seconds;
+  r.max_lease_body_bytes = c.max_lease_body_bytes;
+  r.min_free_bytes = c.min_free_bytes;
+  r.ambiguous_policy = c.ambiguous_policy;
+  r.max_queue_age_ms = c.max_queue_age_ms;
+  r.delay_warning_ms = c.delay_warning_ms;
+  r.event_retention_ms = c.event_retention_ms;
+  r.event_retention_count = c.event_retention_count;
+  r.idempotency_retention_ms = c.idempotency_retention_ms;
+  r.delete_undo_window_ms = c.delete_undo_window_ms;
+  return r;
 }
 
 std::vector<std::string> RestartOnlyChanges(const QueueConfig& running, const QueueConfig& loaded) {
@@ -227,17 +243,6 @@ std::vector<std::string> RestartOnlyChanges(const QueueConfig& running, const Qu
   check(running.listen != loaded.listen, "tern.ini [queue] listen");
   check(a.data_dir != b.data_dir, "tern.ini [queue] data_dir");
   check(running.metrics_listen != loaded.metrics_listen, "tern.ini [queue] metrics_listen");
-  check(a.lease_seconds != b.lease_seconds, "tern.ini [queue] lease_seconds");
-  check(a.max_lease_seconds != b.max_lease_seconds, "tern.ini [queue] max_lease_seconds");
-  check(a.max_lease_body_bytes != b.max_lease_body_bytes, "tern.ini [queue] max_lease_body_bytes");
-  check(a.ambiguous_policy != b.ambiguous_policy, "tern.ini [queue] ambiguous_policy");
-  check(a.max_queue_age_ms != b.max_queue_age_ms, "tern.ini [queue] max_queue_age");
-  check(a.delay_warning_ms != b.delay_warning_ms, "tern.ini [queue] delay_warning");
-  check(a.event_retention_ms != b.event_retention_ms, "tern.ini [queue] event_retention");
-  check(a.event_retention_count != b.event_retention_count, "tern.ini [queue] event_retention_count");
-  check(a.idempotency_retention_ms != b.idempotency_retention_ms, "tern.ini [queue] idempotency_retention");
-  check(a.delete_undo_window_ms != b.delete_undo_window_ms, "tern.ini [queue] delete_undo_window");
-  check(a.min_free_bytes != b.min_free_bytes, "tern.ini [queue] min_free_bytes");
   check(a.wal_prefill_bytes != b.wal_prefill_bytes, "tern.ini [queue] wal_prefill_bytes");
   check(a.recovery_lease_grace_seconds != b.recovery_lease_grace_seconds, "tern.ini [queue] recovery_lease_grace");
   check(running.config_watch != loaded.config_watch, "tern.ini [queue] config_watch_ms");

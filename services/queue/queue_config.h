@@ -35,10 +35,10 @@
 //   shaping.ini                      per-domain and per-MX-site limits (destination_shaping.h)
 //
 // On SIGHUP, and when one of these files changes, the queue loads them all
-// again: outbound.ini and shaping.ini (with destination_concurrency_max)
-// apply at once (QueueCore::SetDisabled, Reconfigure); every other setting
-// keeps its running value until a restart (RestartOnlyChanges names those
-// that differ).
+// again: outbound.ini, shaping.ini and most [queue] keys apply at once
+// (QueueCore::SetDisabled, Reconfigure, ReloadableSettings); the others keep
+// their running values until a restart (RestartOnlyChanges names those that
+// differ).
 //
 // Thread-safety: a plain value; copy it or share it const.
 #pragma once

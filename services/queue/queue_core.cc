@@ -28,7 +28,7 @@ absl::Status QueueCore::Impl::Open() {
   WalPrefillOptions prefill;
   prefill.dir = opt_.data_dir;
   prefill.spare_bytes = opt_.wal_prefill_bytes;
-  prefill.keep_free_bytes = opt_.min_free_bytes;
+  prefill.keep_free_bytes = opt_.min_free_bytes;  // the spare's headroom: fixed until a restart
   env_ = rocksdb::NewCompositeEnv(NewWalPrefillFileSystem(rocksdb::FileSystem::Default(), std::move(prefill)));
   db_options.env = env_.get();
   db_options.create_if_missing = true;
@@ -475,7 +475,7 @@ void QueueCore::Impl::EnqueueMany(std::vector<EnqueueArgs> items) {
 }
 
 std::optional<uint64_t> QueueCore::Impl::FreeDiskBytes() const {
-  if (opt_.min_free_bytes == 0) {
+  if (min_free_bytes() == 0) {
     return std::nullopt;
   }
   // Unknown (nullopt): RocksDB's own out-of-space errors still refuse.
@@ -492,10 +492,10 @@ std::optional<GroupOp> QueueCore::Impl::PrepareEnqueue(EnqueueHeader header, std
   // The body goes to disk about twice (WAL, then blob or SST file).
   const uint64_t disk_bytes = 2 * body.size();
   if (free_bytes.has_value()) {
-    if (*free_bytes < opt_.min_free_bytes + disk_bytes) {
+    if (*free_bytes < min_free_bytes() + disk_bytes) {
       Metrics().disk_full_refusals.Inc();
       done(absl::ResourceExhaustedError(absl::StrCat("queue disk almost full: ", *free_bytes,
-                                                     " bytes free, keeping ", opt_.min_free_bytes)));
+                                                     " bytes free, keeping ", min_free_bytes())));
       return std::nullopt;
     }
   }
@@ -806,7 +806,7 @@ absl::StatusOr<LeaseStep> QueueCore::Impl::LeaseDelivery(Txn& txn, const std::st
     DropDelivery(txn, *rec, std::nullopt, "message record missing");
     return LeaseStep::kSkipped;
   }
-  if (opt_.max_queue_age_ms > 0 && now - ArrivalOf(*rec) >= opt_.max_queue_age_ms) {
+  if (max_queue_age_ms() > 0 && now - ArrivalOf(*rec) >= max_queue_age_ms()) {
     TERN_RETURN_IF_ERROR(ExpireDelivery(txn, *rec, *msg, now));
     SaveOrRetireMessage(txn, *msg);
     return LeaseStep::kSkipped;
@@ -1245,7 +1245,7 @@ absl::StatusOr<ReportStatus> QueueCore::Impl::ApplyOneReport(Txn& txn, const ter
       case tern::v1::OUTCOME_TRANSIENT: {
         r.set_attempts(r.attempts() + 1);
         const std::optional<int64_t> wait = opt_.retry.DelayAfterFailureMs(r.attempts());
-        const int64_t expiry = opt_.max_queue_age_ms > 0 ? arrival + opt_.max_queue_age_ms : INT64_MAX;
+        const int64_t expiry = max_queue_age_ms() > 0 ? arrival + max_queue_age_ms() : INT64_MAX;
         if (wait.has_value() && now < expiry) {
           // The user's deferred hook may name its own delay; the attempt still
           // counted above, so a hook that always delays cannot keep mail forever.
@@ -1637,6 +1637,18 @@ void QueueCore::Impl::Reconfigure(QueueCore::Reloadable next, absl::AnyInvocable
 
 void QueueCore::Impl::ApplyReloadable(QueueCore::Reloadable next) {
   always_split_.store(next.always_split, std::memory_order_relaxed);
+  max_queue_age_ms_.store(next.max_queue_age_ms, std::memory_order_relaxed);
+  delete_undo_window_ms_.store(next.delete_undo_window_ms, std::memory_order_relaxed);
+  idempotency_retention_ms_.store(next.idempotency_retention_ms, std::memory_order_relaxed);
+  min_free_bytes_.store(next.min_free_bytes, std::memory_order_relaxed);
+  // Read by the writer role only, which this runs in.
+  opt_.lease_seconds = next.lease_seconds;
+  opt_.max_lease_seconds = next.max_lease_seconds;
+  opt_.max_lease_body_bytes = next.max_lease_body_bytes;
+  opt_.ambiguous_policy = next.ambiguous_policy;
+  opt_.delay_warning_ms = std::move(next.delay_warning_ms);
+  opt_.event_retention_ms = next.event_retention_ms;
+  opt_.event_retention_count = next.event_retention_count;
   {
     absl::MutexLock lock(&retry_mu_);
     opt_.retry = std::move(next.retry);

@@ -459,7 +459,11 @@ class QueueCore::Impl {
         clock_(opt_.clock),
         disabled_(opt_.disabled),
         file_disabled_(opt_.disabled),
-        always_split_(opt_.always_split) {
+        always_split_(opt_.always_split),
+        max_queue_age_ms_(opt_.max_queue_age_ms),
+        delete_undo_window_ms_(opt_.delete_undo_window_ms),
+        idempotency_retention_ms_(opt_.idempotency_retention_ms),
+        min_free_bytes_(opt_.min_free_bytes) {
     paused_view_ = disabled_;
   }
 
@@ -1101,7 +1105,7 @@ class QueueCore::Impl {
   // the key range per call, resuming where the last call stopped.
   void PruneIdempotencyKeys();
   bool IdempotencyExpired(const IdempotencyRecord& rec, int64_t now) const {
-    return opt_.idempotency_retention_ms > 0 && rec.created_unix_ms() < now - opt_.idempotency_retention_ms;
+    return idempotency_retention_ms() > 0 && rec.created_unix_ms() < now - idempotency_retention_ms();
   }
   void ApplyEffectiveDisabled(bool was);
   // Evaluates the selector on committed state; ids in arrival order.
@@ -1334,9 +1338,19 @@ class QueueCore::Impl {
 
   // Read from other threads.
   std::atomic<bool> paused_view_{false};
-  // opt_.always_split as Reconfigure last set it: read by PrepareEnqueue on
-  // the calling RPC's thread.
+  // The reloadable options that threads other than the writer role read
+  // (PrepareEnqueue on the calling RPC's thread, admin reads, the TLS report
+  // thread), as Reconfigure last set them; the writer role reads the other
+  // reloadable options from opt_, which only it changes.
   std::atomic<bool> always_split_;
+  std::atomic<int64_t> max_queue_age_ms_;
+  std::atomic<int64_t> delete_undo_window_ms_;
+  std::atomic<int64_t> idempotency_retention_ms_;
+  std::atomic<uint64_t> min_free_bytes_;
+  int64_t max_queue_age_ms() const { return max_queue_age_ms_.load(std::memory_order_relaxed); }
+  int64_t delete_undo_window_ms() const { return delete_undo_window_ms_.load(std::memory_order_relaxed); }
+  int64_t idempotency_retention_ms() const { return idempotency_retention_ms_.load(std::memory_order_relaxed); }
+  uint64_t min_free_bytes() const { return min_free_bytes_.load(std::memory_order_relaxed); }
   // Held by the writer role while Reconfigure replaces opt_.retry, and by
   // other threads reading it (Show); the writer reads it without.
   mutable absl::Mutex retry_mu_;

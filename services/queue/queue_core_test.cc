@@ -1380,5 +1380,46 @@ TEST_F(QueueCoreSiteTest, AReloadWithoutTheSiteDropsItsMembershipsInMemoryAndOnD
   EXPECT_EQ(MxSiteDomains(), 0);
 }
 
+
+TEST_F(QueueCoreTest, AReloadedLeaseLengthAppliesToTheNextLease) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  QueueCore::Reloadable next = WithShaping(DestinationShaping());
+  next.lease_seconds = 30;
+  Reconfigure(*core_, std::move(next));
+  ASSERT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
+  clock_.AdvanceMs(29'000);
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  clock_.AdvanceMs(1'000);  // 30 s, not the 300 s it started with: due again
+  int got = 0;
+  ASSERT_TRUE(Eventually([&] {
+    got += Lease(JOB_KIND_DELIVERY).deliveries_size();
+    return got == 1;
+  }));
+}
+
+TEST_F(QueueCoreTest, AReloadedMaxQueueAgeBouncesMailThatIsNowTooOld) {
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  clock_.AdvanceMs(20'000);
+  QueueCore::Reloadable next = WithShaping(DestinationShaping());
+  next.max_queue_age_ms = 10'000;
+  Reconfigure(*core_, std::move(next));
+  EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
+  const LeaseResponse bounces = Lease(JOB_KIND_BOUNCE);
+  ASSERT_EQ(bounces.bounces_size(), 1);
+  EXPECT_EQ(bounces.bounces(0).recipients(0).result().enhanced_status(), "5.4.7");
+}
+
+TEST_F(QueueCoreTest, AReloadedMinFreeBytesRefusesMailTheDiskCannotTakeWithItsHeadroom) {
+  options_.free_disk_bytes = [](const std::string&) { return std::optional<uint64_t>(1u << 30); };
+  Open();
+  Enqueue(Header({Rcpt("a@x.example")}));
+  QueueCore::Reloadable next = WithShaping(DestinationShaping());
+  next.min_free_bytes = 2u << 30;
+  Reconfigure(*core_, std::move(next));
+  EXPECT_EQ(EnqueueStatus(Header({Rcpt("b@x.example")})).code(), absl::StatusCode::kResourceExhausted);
+}
+
 }  // namespace
 }  // namespace tern::queue

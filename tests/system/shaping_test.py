@@ -186,8 +186,8 @@ class ShapingReloadTest(ClusterTestCase):
         with open(tern_ini) as f:
             text = f.read()
         with open(tern_ini, "w") as f:
-            f.write(text.replace("[queue]\n", "[queue]\nlease_seconds=77\n", 1))
-        self.assertIn("tern.ini [queue] lease_seconds", self.queue_log_line(start, "reload_needs_restart"))
+            f.write(text.replace("[queue]\n", "[queue]\nwal_prefill_bytes=1048576\n", 1))
+        self.assertIn("tern.ini [queue] wal_prefill_bytes", self.queue_log_line(start, "reload_needs_restart"))
         self.assertIsNone(self.cluster.procs["queue"].poll())
         self.assertEqual(self.cluster.procs["queue"].pid, queue_pid)
 

@@ -58,6 +58,7 @@ struct HooksConfig {
     return !address.empty() && (enabled & (1u << static_cast<unsigned>(hook))) != 0;
   }
   bool Any() const { return !address.empty() && enabled != 0; }
+  bool operator==(const HooksConfig&) const = default;
 };
 
 // Reads hooks.ini and plugin_timeout; errors name the file, key and problem.

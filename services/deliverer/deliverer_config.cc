@@ -1,5 +1,9 @@
 #include "services/deliverer/deliverer_config.h"
 
+#include <string>
+#include <tuple>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
@@ -145,6 +149,40 @@ absl::Status DelivererConfig::Validate() const {
     return absl::InvalidArgumentError("concurrency_max, lease_batch and mx_port must be positive");
   }
   return absl::OkStatus();
+}
+
+std::vector<std::string> RestartOnlyChanges(const DelivererConfig& a, const DelivererConfig& b) {
+  std::vector<std::string> out;
+  auto check = [&out](bool differs, const char* where) {
+    if (differs) {
+      out.push_back(where);
+    }
+  };
+  check(std::tie(a.concurrency_max, a.connect_timeout, a.local_mx_ok, a.inet_prefer, a.enable_tls) !=
+            std::tie(b.concurrency_max, b.connect_timeout, b.local_mx_ok, b.inet_prefer, b.enable_tls),
+        "outbound.ini");
+  check(std::tie(a.queues, a.dns_servers, a.mx_port, a.lease_batch, a.call_batch_wait, a.dot_timeout, a.health_listen,
+                 a.metrics_listen, a.timeouts, a.pool_timeout, a.pool_max_messages, a.destination_connections_max,
+                 a.tls_failure_ttl, a.host_flags_refresh, a.unreachable_after, a.unreachable_backoff, a.mta_sts,
+                 a.mta_sts_timeout, a.mta_sts_port, a.dane, a.chunking, a.chunking_failure_ttl, a.dkim_threads,
+                 a.config_watch) !=
+            std::tie(b.queues, b.dns_servers, b.mx_port, b.lease_batch, b.call_batch_wait, b.dot_timeout,
+                     b.health_listen, b.metrics_listen, b.timeouts, b.pool_timeout, b.pool_max_messages,
+                     b.destination_connections_max, b.tls_failure_ttl, b.host_flags_refresh, b.unreachable_after,
+                     b.unreachable_backoff, b.mta_sts, b.mta_sts_timeout, b.mta_sts_port, b.dane, b.chunking,
+                     b.chunking_failure_ttl, b.dkim_threads, b.config_watch),
+        "tern.ini [deliverer]");
+  check(std::tie(a.tlsrpt, a.tlsrpt_flush) != std::tie(b.tlsrpt, b.tlsrpt_flush), "tern.ini [tlsrpt]");
+  check(a.routes != b.routes, "outbound_routes.ini / smtp_forward.ini");
+  const TlsOutboundConfig& s = a.tls;
+  const TlsOutboundConfig& t = b.tls;
+  check(std::tie(s.ciphers, s.min_version, s.key, s.cert, s.ca, s.reject_unauthorized, s.no_tls_hosts,
+                 s.force_tls_hosts) != std::tie(t.ciphers, t.min_version, t.key, t.cert, t.ca, t.reject_unauthorized,
+                                                t.no_tls_hosts, t.force_tls_hosts),
+        "tls.ini");
+  check(a.hooks != b.hooks, "hooks.ini");
+  check(a.me != b.me, "me");
+  return out;
 }
 
 }  // namespace tern::deliverer

@@ -223,4 +223,11 @@ struct DelivererConfig {
   absl::Status Validate() const;
 };
 
+// What the deliverer applies only at a start, as groups of settings named
+// by where they are written ("outbound.ini", "tern.ini [deliverer]", ...),
+// in which `loaded` differs from `running`. DKIM (dkim.ini and the keys)
+// is never named: SIGHUP applies it. File contents behind a path (a
+// certificate renewed under the same name) are not compared.
+std::vector<std::string> RestartOnlyChanges(const DelivererConfig& running, const DelivererConfig& loaded);
+
 }  // namespace tern::deliverer

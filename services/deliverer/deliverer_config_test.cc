@@ -252,5 +252,28 @@ TEST_F(ConfigTest, DkimIsOffByDefaultAndItsErrorsStopLoading) {
   EXPECT_TRUE(absl::StrContains(c.status().message(), "dkim.ini")) << c.status();
 }
 
+TEST_F(ConfigTest, AReloadNamesWhereTheSettingsOnlyARestartAppliesChanged) {
+  Write("tern.ini", "[deliverer]\nmx_port=2525\n[ingest]\nqueue_timeout_ms=1000\n");
+  auto running = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(running.ok()) << running.status();
+  // Another service's section, and DKIM (which SIGHUP applies): not named.
+  Write("tern.ini", "[deliverer]\nmx_port=2525\n[ingest]\nqueue_timeout_ms=2000\n");
+  Write("dkim.ini", "[sign]\nenabled=false\nselector=other\n");
+  auto loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(RestartOnlyChanges(*running, *loaded).empty());
+
+  Write("tern.ini", "[deliverer]\nmx_port=2526\n");
+  Write("outbound.ini", "local_mx_ok=true\n");
+  Write("outbound_routes.ini", "[example.com]\nhost=smart.example.net:587\n");
+  Write("tls.ini", "[outbound]\nno_tls_hosts[]=192.0.2.0/24\n");
+  Write("me", "other.example\n");
+  loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(RestartOnlyChanges(*running, *loaded),
+            (std::vector<std::string>{"outbound.ini", "tern.ini [deliverer]", "outbound_routes.ini / smtp_forward.ini",
+                                      "tls.ini", "me"}));
+}
+
 }  // namespace
 }  // namespace tern::deliverer

@@ -3,10 +3,12 @@
 //
 // Signals: SIGTERM/SIGINT drain (DeliveryWorker::Stop), a second one exits
 // at once. SIGHUP reads dkim.ini and the DKIM keys again (key rotation
-// without a restart); so does a change of those files, looked at every
-// tern.ini [deliverer] config_watch_ms. Every other setting is read at
-// startup: a rolling restart applies it and loses nothing (leases go back
-// to the queue).
+// without a restart); so does a change of any file the deliverer reads,
+// looked at every tern.ini [deliverer] config_watch_ms. Every other setting
+// is read at startup: a rolling restart applies it and loses nothing
+// (leases go back to the queue). A reload names the changed settings that
+// wait for that restart (`reload_needs_restart`), and says at once when the
+// files would not load at the next start (`reload_failed`).
 #include <csignal>
 #include <cstdlib>
 #include <memory>
@@ -52,8 +54,26 @@ void ReloadDkim(const tern::config::ConfigDir& dir, tern::deliverer::DeliveryWor
   tern::log::Event(Level::kNotice, "config_reloaded",
                    {{"files", "dkim.ini, dkim/, dkim.private.key"},
                     {"dkim", enabled},
-                    {"dkim_keys", keys},
-                    {"others", "read at startup; restart to apply"}});
+                    {"dkim_keys", keys}});
+}
+
+// SIGHUP: the whole config read again, so that a change only a restart
+// applies is named now (not discovered later), and a config that would stop
+// the next start is reported while this process still runs.
+void CheckRestartOnly(const tern::config::ConfigDir& dir, const tern::deliverer::DelivererConfig& running) {
+  using tern::log::Level;
+  auto loaded = tern::deliverer::DelivererConfig::Load(dir);
+  if (!loaded.ok()) {
+    tern::log::Event(Level::kError, "reload_failed",
+                     {{"error", loaded.status().message()},
+                      {"effect", "running as before; a restart with these files would fail"}});
+    return;
+  }
+  if (std::vector<std::string> changed = tern::deliverer::RestartOnlyChanges(running, *loaded); !changed.empty()) {
+    tern::log::Event(Level::kWarn, "reload_needs_restart",
+                     {{"settings", absl::StrJoin(changed, ", ")},
+                      {"effect", "these keep their running values until a restart (a rolling restart loses nothing)"}});
+  }
 }
 
 }  // namespace
@@ -135,6 +155,7 @@ int main(int argc, char** argv) {
     if (sig == SIGHUP) {
       if (!stopping) {
         ReloadDkim(dir, worker);
+        CheckRestartOnly(dir, config);
       }
       signals.async_wait(on_signal);
       return;
@@ -167,11 +188,13 @@ int main(int argc, char** argv) {
                                 ? absl::StrCat(all->hosts.front().host, ":", all->hosts.front().port)
                                 : std::string("mx")}});
   }
-  // A change of the DKIM files reloads as SIGHUP does: the watcher signals
+  // A change of the files read reloads as SIGHUP does: the watcher signals
   // this process, and the handler above, the one place that reloads,
   // takes it on the event loop.
   std::unique_ptr<config::ConfigWatcher> watcher = config::ReloadOnChange(
-      config::WatchPaths(dir, {"dkim.ini", "dkim", "dkim.private.key", "dkim_sign.ini", "plugins"}),
+      config::WatchPaths(dir, {"dkim.ini", "dkim", "dkim.private.key", "dkim_sign.ini", "plugins", "tern.ini",
+                               "outbound.ini", "outbound_routes.ini", "smtp_forward.ini", "tls.ini", "hooks.ini",
+                               "me"}),
       config.config_watch);
   worker.Start();
   io.run();

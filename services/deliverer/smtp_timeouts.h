@@ -28,6 +28,8 @@ struct SmtpTimeouts {
   std::chrono::steady_clock::duration final_dot = std::chrono::minutes(10); // body + final reply(s)
   std::chrono::steady_clock::duration rset = std::chrono::seconds(30);
   std::chrono::steady_clock::duration quit = std::chrono::seconds(5);
+
+  bool operator==(const SmtpTimeouts&) const = default;
 };
 
 }  // namespace tern::deliverer

@@ -67,6 +67,8 @@ struct RouteHost {
   bool lmtp = false;
   std::string unix_path;   // LMTP over a unix socket when set
   std::string spec;        // as written, for logs
+
+  bool operator==(const RouteHost&) const = default;
 };
 
 struct StaticRoute {
@@ -84,6 +86,7 @@ struct StaticRoute {
   std::string tls_key;
 
   bool has_auth() const { return !auth_user.empty() && !auth_pass.empty(); }
+  bool operator==(const StaticRoute&) const = default;
 };
 
 // Parses one host entry (see the file comment). `spec` errors say what is
@@ -111,6 +114,7 @@ class StaticRoutes {
   size_t size() const { return routes_.size(); }
   // Every route, by section name (lower case).
   const std::map<std::string, StaticRoute, std::less<>>& all() const { return routes_; }
+  bool operator==(const StaticRoutes&) const = default;
 
  private:
   std::map<std::string, StaticRoute, std::less<>> routes_;

@@ -64,12 +64,14 @@ class HostMatcher {
   bool Matches(absl::string_view ip, absl::string_view mx_host, absl::string_view domain) const;
 
   bool empty() const { return nets_.empty() && names_.empty() && suffixes_.empty(); }
+  bool operator==(const HostMatcher&) const = default;
 
  private:
   struct Net {
     bool v6 = false;
     unsigned char bytes[16] = {};
     int prefix = 0;
+    bool operator==(const Net&) const = default;
   };
   std::vector<Net> nets_;
   std::vector<std::string> names_;

@@ -148,8 +148,8 @@ class ShapingReloadTest(ClusterTestCase):
     def make_cluster(cls):
         return HourlyRateCluster()
 
-    def queue_log_line(self, start, event, timeout=20):
-        log = os.path.join(self.cluster.logs, "queue.log")
+    def queue_log_line(self, start, event, timeout=20, service="queue"):
+        log = os.path.join(self.cluster.logs, f"{service}.log")
 
         def found():
             with open(log, "rb") as f:
@@ -190,6 +190,34 @@ class ShapingReloadTest(ClusterTestCase):
         self.assertIn("tern.ini [queue] wal_prefill_bytes", self.queue_log_line(start, "reload_needs_restart"))
         self.assertIsNone(self.cluster.procs["queue"].poll())
         self.assertEqual(self.cluster.procs["queue"].pid, queue_pid)
+
+    def test_the_deliverer_names_what_only_its_restart_applies_and_a_config_that_would_not_start(self):
+        log = os.path.join(self.cluster.logs, "deliverer.log")
+        outbound = os.path.join(self.cluster.config, "outbound.ini")
+        routes = os.path.join(self.cluster.config, "outbound_routes.ini")
+        with open(outbound) as f:
+            original = f.read()
+        try:
+            start = os.path.getsize(log)
+            with open(outbound, "w") as f:
+                f.write(original + "inet_prefer=v4\n")
+            line = self.queue_log_line(start, "reload_needs_restart", service="deliverer")
+            self.assertIn("settings=outbound.ini ", line)
+
+            start = os.path.getsize(log)
+            with open(routes, "w") as f:
+                f.write("[example.com]\nhost=bad host\n")
+            line = self.queue_log_line(start, "reload_failed", service="deliverer")
+            self.assertIn("outbound_routes.ini", line)
+            self.assertIn("a restart with these files would fail", line)
+        finally:
+            with open(outbound, "w") as f:
+                f.write(original)
+            if os.path.exists(routes):
+                os.remove(routes)
+        # Still delivering with what it started with.
+        self.cluster.send_burst("after-reloads", 2, domain="sender.test")
+        self.assertEqual(len(self.cluster.wait_for_burst("after-reloads", 2, domain="sender.test")), 2)
 
 
 class SiteShapedCluster(Cluster):

@@ -112,13 +112,17 @@ absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& d
   TERN_ASSIGN_OR_RETURN(config::IniFile routes, dir.Ini("outbound_routes.ini"));
   TERN_ASSIGN_OR_RETURN(c.routes,
                         StaticRoutes::Load(routes, [&dir](const std::string& name) { return dir.PathOf(name); }));
-  TERN_ASSIGN_OR_RETURN(std::vector<StaticRoute> forward, LoadSmtpForwardRoutes(dir));
-  for (StaticRoute& route : forward) {
+  TERN_ASSIGN_OR_RETURN(SmtpForwardRoutes forward, LoadSmtpForwardRoutes(dir));
+  for (StaticRoute& route : forward.by_domain) {
     std::string domain = route.domain;
     if (c.routes.AddIfAbsent(std::move(route))) {
       c.smtp_forward_routes.push_back(std::move(domain));
     }
   }
+  for (const auto& [sender, route] : forward.by_sender.all()) {
+    c.smtp_forward_routes.push_back(absl::StrCat("from:", sender));
+  }
+  c.sender_routes = std::move(forward.by_sender);
   TERN_ASSIGN_OR_RETURN(c.tls, TlsOutboundConfig::Load(dir));
   // A route's client certificate fails at startup, not at its first delivery.
   for (const auto& [name, route] : c.routes.all()) {
@@ -151,6 +155,18 @@ absl::Status DelivererConfig::Validate() const {
   return absl::OkStatus();
 }
 
+const StaticRoute* DelivererConfig::RouteFor(absl::string_view domain, absl::string_view mail_from) const {
+  if (!sender_routes.empty()) {
+    if (const StaticRoute* own = routes.FindExact(domain)) {
+      return own;
+    }
+    if (const StaticRoute* by_sender = sender_routes.FindSender(mail_from)) {
+      return by_sender;
+    }
+  }
+  return routes.Find(domain);
+}
+
 std::vector<std::string> RestartOnlyChanges(const DelivererConfig& a, const DelivererConfig& b) {
   std::vector<std::string> out;
   auto check = [&out](bool differs, const char* where) {
@@ -173,7 +189,7 @@ std::vector<std::string> RestartOnlyChanges(const DelivererConfig& a, const Deli
                      b.chunking_failure_ttl, b.dkim_threads, b.config_watch),
         "tern.ini [deliverer]");
   check(std::tie(a.tlsrpt, a.tlsrpt_flush) != std::tie(b.tlsrpt, b.tlsrpt_flush), "tern.ini [tlsrpt]");
-  check(a.routes != b.routes, "outbound_routes.ini / smtp_forward.ini");
+  check(a.routes != b.routes || a.sender_routes != b.sender_routes, "outbound_routes.ini / smtp_forward.ini");
   const TlsOutboundConfig& s = a.tls;
   const TlsOutboundConfig& t = b.tls;
   check(std::tie(s.ciphers, s.min_version, s.key, s.cert, s.ca, s.reject_unauthorized, s.no_tls_hosts,

@@ -151,6 +151,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "lib/config/config_dir.h"
 #include "lib/hooks/hooks_config.h"
 #include "services/deliverer/dkim.h"
@@ -201,9 +202,18 @@ struct DelivererConfig {
   // outbound_routes.ini's, then smtp_forward.ini's for the domains (or `*`)
   // the first has no route for.
   StaticRoutes routes;
-  // The routes (domains, `*`) that came from smtp_forward.ini, for the
-  // startup log.
+  // smtp_forward.ini's routes by sender (domain_selector=mail_from): used
+  // for a recipient domain outbound_routes.ini has no section of its own
+  // for, before `routes`' `*`.
+  StaticRoutes sender_routes;
+  // The routes (domains, `*`, and "from:" plus each sender section) that
+  // came from smtp_forward.ini, for the startup log.
   std::vector<std::string> smtp_forward_routes;
+
+  // The static route of a delivery to `domain` from `mail_from`: the
+  // recipient domain's own outbound_routes.ini section, else a sender
+  // route, else `routes`' (its section or `*`); null when none applies.
+  const StaticRoute* RouteFor(absl::string_view domain, absl::string_view mail_from) const;
   TlsOutboundConfig tls;
   // The TLS client context of each route with a client certificate of its
   // own (tls_cert), by section name: built by Load, which so refuses a

@@ -861,7 +861,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       metrics_.TlsRequests(tls_request).Inc();
     }
     const Clock::time_point dns_start = Clock::now();
-    const StaticRoute* static_route = config_.routes.Find(job.domain());
+    const StaticRoute* static_route = config_.RouteFor(job.domain(), job.mail_from());
     // Routes the get_mx hook answered with (when no static route applies),
     // one per host since each host may have its own AUTH and bind.
     std::vector<StaticRoute> hook_routes;

@@ -735,6 +735,25 @@ TEST(DeliveryWorker, StaticRouteIsUsedInsteadOfMxAndReportsTheDeliveryFacts) {
   EXPECT_EQ(h.stats.messages, 1);
 }
 
+// smtp_forward.ini with domain_selector=mail_from: the sender's route
+// carries its mail whatever the recipient domain.
+TEST(DeliveryWorker, ASenderRouteCarriesItsSendersMailToAnyRecipientDomain) {
+  Harness h;
+  auto ini = config::IniFile::Parse(absl::StrCat("[a.test]\nhost=127.0.0.1:", h.config.mx_port, "\n"), "routes");
+  ASSERT_TRUE(ini.ok());
+  auto routes = StaticRoutes::Load(*ini);
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  h.config.sender_routes = *routes;  // Job's MAIL FROM is sender@a.test
+  h.config.mx_port = 1;              // a DNS MX would go nowhere
+  h.queue.AddJob(Job("s1", "elsewhere.test", {"alice"}));
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  const v1::RecipientResult res = h.queue.reports()[0].recipients(0).result();
+  EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+  EXPECT_EQ(res.remote_port(), static_cast<uint32_t>(h.acceptor.local_endpoint().port()));
+  EXPECT_EQ(h.stats.messages, 1);
+}
+
 TEST(DeliveryWorker, RouteToALoopbackLiteralIsRefusedWithoutLocalMxOk) {
   Harness h;
   auto ini = config::IniFile::Parse("[routed.test]\nhost=127.0.0.1\n", "routes");

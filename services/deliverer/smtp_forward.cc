@@ -83,8 +83,8 @@ absl::StatusOr<StaticRoute> RouteFrom(const config::IniFile& ini, const std::str
 
 }  // namespace
 
-absl::StatusOr<std::vector<StaticRoute>> LoadSmtpForwardRoutes(const config::ConfigDir& dir) {
-  std::vector<StaticRoute> routes;
+absl::StatusOr<SmtpForwardRoutes> LoadSmtpForwardRoutes(const config::ConfigDir& dir) {
+  SmtpForwardRoutes routes;
   TERN_ASSIGN_OR_RETURN(const bool enabled, config::HarakaPluginListed(dir, {"queue/smtp_forward", "smtp_forward"}));
   if (!enabled) {
     return routes;
@@ -96,25 +96,27 @@ absl::StatusOr<std::vector<StaticRoute>> LoadSmtpForwardRoutes(const config::Con
   if (selector != "rcpt_to" && selector != "mail_from") {
     return ini.KeyError("main", "domain_selector", "must be rcpt_to or mail_from");
   }
+  TERN_ASSIGN_OR_RETURN(const bool outbound, ini.GetBool("main", "enable_outbound", false));
   for (const std::string& section : ini.Sections()) {
     if (section == "main" || section == "tls") {
       continue;
     }
-    if (selector == "mail_from") {
-      return ini.KeyError(section, "host",
-                          absl::StrCat("[", section, "] routes mail by its sender (domain_selector=mail_from), which "
-                                       "Tern's routes cannot; route by sender in a get_mx hook (README, Hooks)"));
-    }
-    if (absl::StrContains(section, '@')) {
-      continue;  // by sender address: only under mail_from (Haraka's route_for)
+    const bool by_address = absl::StrContains(section, '@');
+    // An address section counts only where Haraka reads one: the forward
+    // by sender, which enable_outbound turns on for relayed mail.
+    if (by_address && !(selector == "mail_from" && outbound)) {
+      continue;
     }
     TERN_ASSIGN_OR_RETURN(StaticRoute r, RouteFrom(ini, section, absl::AsciiStrToLower(section), verify_tls));
-    routes.push_back(std::move(r));
+    if (selector == "mail_from") {
+      routes.by_sender.AddIfAbsent(std::move(r));
+    } else {
+      routes.by_domain.push_back(std::move(r));
+    }
   }
-  TERN_ASSIGN_OR_RETURN(const bool outbound, ini.GetBool("main", "enable_outbound", false));
   if (outbound) {
     TERN_ASSIGN_OR_RETURN(StaticRoute r, RouteFrom(ini, "main", "*", verify_tls));
-    routes.push_back(std::move(r));
+    routes.by_domain.push_back(std::move(r));
   }
   return routes;
 }

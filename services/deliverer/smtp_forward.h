@@ -30,15 +30,19 @@
 // client; Tern has queued the message and said 250 by then, so the
 // smarthost's 4xx is retried and its 5xx bounced, as for any route.
 //
-// Not carried over, with an error rather than a silent change of where mail
-// goes: domain_selector=mail_from together with per-domain or per-address
-// sections (routes by sender: use a get_mx hook, README "Hooks"). Ignored as
-// Haraka ignores them for outbound, or as not about delivery: [user@domain]
-// sections under rcpt_to, check_sender, check_recipient, queue,
-// one_message_per_rcpt, max_connections, timeout, connect_timeout.
+//   - domain_selector=mail_from: the sections name senders instead. Haraka's
+//     get_mx sends a message whose envelope sender's domain has a section to
+//     that section's host; with enable_outbound=true its queue_outbound
+//     forward also takes a section named by the sender's whole address
+//     (user@domain) first, and [main] for every other sender. Routes by
+//     sender (FindSender): address sections (enable_outbound only), then
+//     domain sections; [main] stays the `*` route.
+// Ignored as Haraka ignores them for outbound, or as not about delivery:
+// [user@domain] sections under rcpt_to, check_sender, check_recipient,
+// queue, one_message_per_rcpt, max_connections, timeout, connect_timeout.
 //
 // outbound_routes.ini, Tern's own file, wins: a domain (or `*`) it routes
-// keeps that route.
+// keeps that route, a recipient domain it routes keeps it over a sender's.
 #pragma once
 
 #include <vector>
@@ -49,9 +53,17 @@
 
 namespace tern::deliverer {
 
+struct SmtpForwardRoutes {
+  // By recipient domain (and `*` for [main] with enable_outbound).
+  std::vector<StaticRoute> by_domain;
+  // By sender (domain_selector=mail_from): each route's `domain` is its
+  // section name, an address or a domain, lower case.
+  StaticRoutes by_sender;
+};
+
 // The routes smtp_forward.ini gives (above); none when the plugin is not
 // enabled or the file is missing. A bad value names the file, section and
 // key.
-absl::StatusOr<std::vector<StaticRoute>> LoadSmtpForwardRoutes(const config::ConfigDir& dir);
+absl::StatusOr<SmtpForwardRoutes> LoadSmtpForwardRoutes(const config::ConfigDir& dir);
 
 }  // namespace tern::deliverer

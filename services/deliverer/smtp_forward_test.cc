@@ -21,12 +21,12 @@ class SmtpForwardTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
   void Write(const std::string& name, const std::string& text) { std::ofstream(dir_ / name) << text; }
-  absl::StatusOr<std::vector<StaticRoute>> Load() { return LoadSmtpForwardRoutes(config::ConfigDir(dir_.string())); }
+  absl::StatusOr<SmtpForwardRoutes> Load() { return LoadSmtpForwardRoutes(config::ConfigDir(dir_.string())); }
   std::map<std::string, StaticRoute> LoadByDomain() {
     auto routes = Load();
     EXPECT_TRUE(routes.ok()) << routes.status();
     std::map<std::string, StaticRoute> out;
-    for (StaticRoute& r : routes.value_or(std::vector<StaticRoute>{})) {
+    for (StaticRoute& r : routes.value_or(SmtpForwardRoutes{}).by_domain) {
       out[r.domain] = r;
     }
     return out;
@@ -42,7 +42,7 @@ TEST_F(SmtpForwardTest, TheFileAloneRoutesNothing) {
   Write("plugins", "# queue/smtp_forward\nrelay\n");
   auto routes = Load();
   ASSERT_TRUE(routes.ok()) << routes.status();
-  EXPECT_TRUE(routes->empty());
+  EXPECT_TRUE(routes->by_domain.empty() && routes->by_sender.empty());
 }
 
 TEST_F(SmtpForwardTest, EnableOutboundSendsEveryRelayedMessageToTheSmarthost) {
@@ -101,7 +101,6 @@ TEST_F(SmtpForwardTest, HostPoolAndVerifiedTls) {
 TEST_F(SmtpForwardTest, WhatCannotBeCarriedOverIsAnErrorNamingTheKey) {
   Write("plugins", "queue/smtp_forward\n");
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"domain_selector=mail_from\nhost=10.0.0.1\n[sender.example]\nhost=10.0.0.2\n", "domain_selector=mail_from"},
       {"enable_outbound=true\n", "no host to forward to"},
       {"enable_outbound=true\nhost=10.0.0.1\nport=99999\n", "port"},
       {"enable_outbound=true\nhost=lmtp://10.0.0.1\n", "SMTP over TCP"},
@@ -120,6 +119,41 @@ TEST_F(SmtpForwardTest, WhatCannotBeCarriedOverIsAnErrorNamingTheKey) {
   Write("smtp_forward.ini", "domain_selector=mail_from\nenable_outbound=true\nhost=10.0.0.1\n");
   auto routes = LoadByDomain();
   EXPECT_EQ(routes["*"].hosts[0].host, "10.0.0.1");
+}
+
+// domain_selector=mail_from: the sections name senders. Haraka's get_mx
+// reads the sender's domain section; the forward of relayed mail
+// (enable_outbound) also its address section, and [main] for the rest.
+TEST_F(SmtpForwardTest, ByMailFromSectionsRouteBySenderAddressThenDomain) {
+  Write("plugins", "queue/smtp_forward\n");
+  Write("smtp_forward.ini",
+        "domain_selector=mail_from\nenable_outbound=true\nhost=10.0.0.1\n"
+        "[Tenant.Example]\nhost=10.0.0.2\nauth_type=plain\nauth_user=t\nauth_pass=p\n"
+        "[boss@tenant.example]\nhost=10.0.0.3\n");
+  Write("outbound_routes.ini", "[own.example]\nhost=192.0.2.1\n");
+  auto config = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto host_for = [&](const char* domain, const char* from) {
+    const StaticRoute* r = config->RouteFor(domain, from);
+    return r == nullptr ? std::string("mx") : r->hosts[0].host;
+  };
+  EXPECT_EQ(host_for("gmail.example", "alice@TENANT.example"), "10.0.0.2");
+  EXPECT_EQ(config->RouteFor("gmail.example", "alice@tenant.example")->auth_user, "t");
+  EXPECT_EQ(host_for("gmail.example", "Boss@tenant.example"), "10.0.0.3");
+  EXPECT_EQ(host_for("gmail.example", "someone@other.example"), "10.0.0.1");  // [main]
+  EXPECT_EQ(host_for("gmail.example", ""), "10.0.0.1");                      // a DSN
+  EXPECT_EQ(host_for("own.example", "alice@tenant.example"), "192.0.2.1");    // Tern's file wins
+  EXPECT_EQ(config->smtp_forward_routes,
+            (std::vector<std::string>{"*", "from:boss@tenant.example", "from:tenant.example"}));
+
+  // Without enable_outbound only get_mx routes: domain sections, no
+  // address sections, no [main]; other senders go to the MX hosts.
+  Write("smtp_forward.ini", "domain_selector=mail_from\nhost=10.0.0.1\n[tenant.example]\nhost=10.0.0.2\n"
+                            "[boss@tenant.example]\nhost=10.0.0.3\n");
+  config = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(host_for("gmail.example", "boss@tenant.example"), "10.0.0.2");
+  EXPECT_EQ(host_for("gmail.example", "someone@other.example"), "mx");
 }
 
 // Tern's own outbound_routes.ini wins where both route a domain.

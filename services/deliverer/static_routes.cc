@@ -207,14 +207,32 @@ bool StaticRoutes::AddIfAbsent(StaticRoute route) {
 }
 
 const StaticRoute* StaticRoutes::Find(absl::string_view domain) const {
-  std::string key = absl::AsciiStrToLower(domain);
-  if (auto it = routes_.find(key); it != routes_.end()) {
-    return &it->second;
+  if (const StaticRoute* own = FindExact(domain)) {
+    return own;
   }
   if (auto it = routes_.find("*"); it != routes_.end()) {
     return &it->second;
   }
   return nullptr;
+}
+
+const StaticRoute* StaticRoutes::FindExact(absl::string_view key) const {
+  if (routes_.empty()) {
+    return nullptr;
+  }
+  auto it = routes_.find(absl::AsciiStrToLower(key));
+  return it == routes_.end() ? nullptr : &it->second;
+}
+
+const StaticRoute* StaticRoutes::FindSender(absl::string_view mail_from) const {
+  const size_t at = mail_from.rfind('@');
+  if (at == absl::string_view::npos) {
+    return nullptr;  // the null sender (DSNs) has no section
+  }
+  if (const StaticRoute* by_address = FindExact(mail_from)) {
+    return by_address;
+  }
+  return FindExact(mail_from.substr(at + 1));
 }
 
 }  // namespace tern::deliverer

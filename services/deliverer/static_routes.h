@@ -110,6 +110,13 @@ class StaticRoutes {
 
   // The route for `domain` (any case): its own section, else `*`, else null.
   const StaticRoute* Find(absl::string_view domain) const;
+  // Only `key`'s own section (any case), never `*`; null if none.
+  const StaticRoute* FindExact(absl::string_view key) const;
+  // Routes keyed by sender (smtp_forward.ini with domain_selector=mail_from):
+  // the section of the envelope sender's address (any case), else of its
+  // domain; null for the null sender or when neither has one.
+  const StaticRoute* FindSender(absl::string_view mail_from) const;
+  bool empty() const { return routes_.empty(); }
 
   size_t size() const { return routes_.size(); }
   // Every route, by section name (lower case).

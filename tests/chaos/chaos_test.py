@@ -3,7 +3,8 @@ is one the queue recorded as ambiguous.
 
 Short form (ctest, ~60 s of chaos): while a steady SMTP load runs, a random
 Tern service (queue, ingest, a deliverer, the bouncer) is killed with SIGKILL
-every few seconds and restarted. Every message that got a 250 is recorded by
+every few seconds and restarted, and between kills a random live service is
+sent SIGHUP (a config reload) half the time. Every message that got a 250 is recorded by
 its unique X-Tern-Test-Id header. After the load stops and the queue drains,
 every recorded message must be at the sink.
 
@@ -24,7 +25,8 @@ its own process and RocksDB, and kills either shard among the other services.
 
 Long form: TERN_CHAOS_SECONDS=600 python3 -m unittest chaos_test.ChaosTest
 (or chaos_test.ShardedChaosTest; run from tests/chaos with TERN_BIN_DIR set);
-TERN_CHAOS_SEED repeats a run's sequence of kills.
+TERN_CHAOS_SEED repeats a run's sequence of kills and reloads (seeds of runs
+before reloads were added give other sequences).
 
 Disk full: the queue's data directory is a small tmpfs; the load fills it
 until ingest answers 451/452, then the test frees space: nothing accepted is
@@ -37,6 +39,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import smtplib
 import subprocess
 import sys
@@ -313,9 +316,18 @@ def run_chaos(test, cluster):
     sink = cluster.sinks["good.test"]
     load = Load(cluster).start()
     kills = {service: 0 for service in sorted(cluster.procs)}
+    reloads = {service: 0 for service in kills}
     end = time.time() + CHAOS_SECONDS
     while time.time() < end:
         time.sleep(rng.uniform(2.0, 5.0))
+        # Between kills, half the time, a config reload (SIGHUP) of a live
+        # service: a reload under load must lose nothing either (the
+        # queue's also makes every deferred delivery due at once).
+        if rng.random() < 0.5:
+            target = rng.choice(list(reloads))
+            cluster.procs[target].send_signal(signal.SIGHUP)
+            reloads[target] += 1
+            time.sleep(rng.uniform(0.1, 0.5))
         victim = rng.choice(list(kills))
         cluster.kill(victim)
         kills[victim] += 1
@@ -323,7 +335,7 @@ def run_chaos(test, cluster):
         cluster.start(victim)
     load.stop()
     accepted = set(load.accepted)
-    print(f"\nchaos: seed {seed}, {CHAOS_SECONDS:.0f}s, kills {kills}, accepted {len(accepted)} "
+    print(f"\nchaos: seed {seed}, {CHAOS_SECONDS:.0f}s, kills {kills}, reloads {reloads}, accepted {len(accepted)} "
           f"of {load.submissions} submissions, temporary refusals {load.refused_temp}", file=sys.stderr)
     test.assertGreater(len(accepted), 50, "the load made too little progress to mean anything")
     # The long form leaves a backlog of tens of thousands behind its

@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
     }
     (*core)->SetDisabled(loaded->core.disabled);
     std::promise<absl::Status> applied;
-    (*core)->Reconfigure(tern::queue::ReloadableSettings(*loaded), [&applied](absl::Status s) {
+    (*core)->Reconfigure(loaded->core, [&applied](absl::Status s) {
       applied.set_value(std::move(s));
     });
     if (absl::Status s = applied.get_future().get(); !s.ok()) {

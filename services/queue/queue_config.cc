@@ -211,26 +211,6 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
   return out;
 }
 
-QueueCore::Reloadable ReloadableSettings(const QueueConfig& config) {
-  const CoreOptions& c = config.core;
-  QueueCore::Reloadable r;
-  r.always_split = c.always_split;
-  r.retry = c.retry;
-  r.shaping = c.shaping;
-  r.lease_seconds = c.lease_seconds;
-  r.max_lease_seconds = c.max_lease_seconds;
-  r.max_lease_body_bytes = c.max_lease_body_bytes;
-  r.min_free_bytes = c.min_free_bytes;
-  r.ambiguous_policy = c.ambiguous_policy;
-  r.max_queue_age_ms = c.max_queue_age_ms;
-  r.delay_warning_ms = c.delay_warning_ms;
-  r.event_retention_ms = c.event_retention_ms;
-  r.event_retention_count = c.event_retention_count;
-  r.idempotency_retention_ms = c.idempotency_retention_ms;
-  r.delete_undo_window_ms = c.delete_undo_window_ms;
-  return r;
-}
-
 std::vector<std::string> RestartOnlyChanges(const QueueConfig& running, const QueueConfig& loaded) {
   std::vector<std::string> out;
   auto check = [&out](bool differs, const char* name) {

@@ -36,7 +36,7 @@
 //
 // On SIGHUP, and when one of these files changes, the queue loads them all
 // again: outbound.ini, shaping.ini and most [queue] keys apply at once
-// (QueueCore::SetDisabled, Reconfigure, ReloadableSettings); the others keep
+// (QueueCore::SetDisabled, Reconfigure); the others keep
 // their running values until a restart (RestartOnlyChanges names those that
 // differ).
 //
@@ -80,9 +80,6 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
 // "30s", "90m", "4h", "5d", or a plain number of seconds; "0" is 0. Errors
 // name the bad text.
 absl::StatusOr<int64_t> ParseDurationMs(absl::string_view text);
-
-// What a reload applies to the running queue (QueueCore::Reconfigure).
-QueueCore::Reloadable ReloadableSettings(const QueueConfig& config);
 
 // The settings of `loaded` that only a restart applies and that differ from
 // `running` (what the queue started with), each named as the operator

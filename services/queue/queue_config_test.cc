@@ -60,9 +60,6 @@ TEST_F(QueueConfigDirTest, ReadsOutboundKeys) {
   EXPECT_TRUE(cfg->core.disabled);
   EXPECT_TRUE(cfg->core.always_split);
   EXPECT_EQ(cfg->core.retry.intervals_ms(), (std::vector<int64_t>{60000, 60000}));
-  const QueueCore::Reloadable reloadable = ReloadableSettings(*cfg);
-  EXPECT_TRUE(reloadable.always_split);
-  EXPECT_EQ(reloadable.retry.intervals_ms(), (std::vector<int64_t>{60000, 60000}));
 }
 
 TEST_F(QueueConfigDirTest, AReloadNamesTheChangedSettingsOnlyARestartApplies) {
@@ -77,15 +74,15 @@ TEST_F(QueueConfigDirTest, AReloadNamesTheChangedSettingsOnlyARestartApplies) {
   auto loaded = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_TRUE(RestartOnlyChanges(*running, *loaded).empty());
-  EXPECT_EQ(ReloadableSettings(*loaded).shaping.For("a.example").concurrency_max, 2u);
-  EXPECT_EQ(ReloadableSettings(*loaded).shaping.For("b.example").concurrency_max, 9u);
+  EXPECT_EQ(loaded->core.shaping.For("a.example").concurrency_max, 2u);
+  EXPECT_EQ(loaded->core.shaping.For("b.example").concurrency_max, 9u);
 
   Write("tern.ini",
         "[queue]\nlease_seconds=120\nlisten=127.0.0.1:7071\nconfig_watch_ms=0\n"
         "[tlsrpt]\nenabled=true\nfrom=tlsrpt@mail.example\n");
   loaded = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_EQ(ReloadableSettings(*loaded).lease_seconds, 120);  // applied by the reload: not named
+  EXPECT_EQ(loaded->core.lease_seconds, 120);  // applied by a reload: not named
   EXPECT_EQ(RestartOnlyChanges(*running, *loaded),
             (std::vector<std::string>{"tern.ini [queue] listen", "tern.ini [queue] config_watch_ms",
                                       "tern.ini [tlsrpt]"}));

@@ -1619,8 +1619,8 @@ void QueueCore::Impl::SetDisabled(bool disabled) {
   });
 }
 
-void QueueCore::Impl::Reconfigure(QueueCore::Reloadable next, absl::AnyInvocable<void(absl::Status)> done) {
-  auto settings = std::make_shared<QueueCore::Reloadable>(std::move(next));
+void QueueCore::Impl::Reconfigure(CoreOptions next, absl::AnyInvocable<void(absl::Status)> done) {
+  auto settings = std::make_shared<CoreOptions>(std::move(next));
   auto cb = std::make_shared<absl::AnyInvocable<void(absl::Status)>>(std::move(done));
   committer_->Submit(GroupOp{
       [this, settings](Txn& txn) {
@@ -1635,7 +1635,7 @@ void QueueCore::Impl::Reconfigure(QueueCore::Reloadable next, absl::AnyInvocable
   });
 }
 
-void QueueCore::Impl::ApplyReloadable(QueueCore::Reloadable next) {
+void QueueCore::Impl::ApplyReloadable(CoreOptions next) {
   always_split_.store(next.always_split, std::memory_order_relaxed);
   max_queue_age_ms_.store(next.max_queue_age_ms, std::memory_order_relaxed);
   delete_undo_window_ms_.store(next.delete_undo_window_ms, std::memory_order_relaxed);
@@ -1799,7 +1799,7 @@ void QueueCore::Destinations(Callback<tern::v1::DestinationsResponse> done) {
   impl_->Destinations(std::move(done));
 }
 void QueueCore::SetDisabled(bool disabled) { impl_->SetDisabled(disabled); }
-void QueueCore::Reconfigure(Reloadable next, absl::AnyInvocable<void(absl::Status)> done) {
+void QueueCore::Reconfigure(CoreOptions next, absl::AnyInvocable<void(absl::Status)> done) {
   impl_->Reconfigure(std::move(next), std::move(done));
 }
 void QueueCore::SetPaused(bool paused, Callback<bool> done) { impl_->SetPaused(paused, std::move(done)); }

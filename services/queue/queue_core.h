@@ -302,30 +302,17 @@ class QueueCore {
   // outbound.ini `disabled` as (re)read from the file. A change of it also
   // ends a Pause/Resume override.
   void SetDisabled(bool disabled);
-  // What a configuration reload changes while the queue runs, each as in
-  // CoreOptions (same meaning, same default): outbound.ini always_split and
-  // the retry schedule, shaping.ini (with tern.ini's
-  // destination_concurrency_max), and most tern.ini [queue] keys. The rest
-  // of CoreOptions (data_dir, wal_prefill_bytes, the recovery grace, which
-  // only a start uses, TLS reports, the clock) needs a restart.
-  struct Reloadable {
-    bool always_split = false;
-    RetrySchedule retry;
-    DestinationShaping shaping;
-    int64_t lease_seconds = 300;
-    int64_t max_lease_seconds = 3600;
-    uint64_t max_lease_body_bytes = 16u << 20;
-    uint64_t min_free_bytes = 100u << 20;
-    AmbiguousPolicy ambiguous_policy = AmbiguousPolicy::kRedeliver;
-    int64_t max_queue_age_ms = 0;
-    std::vector<int64_t> delay_warning_ms;
-    int64_t event_retention_ms = 24 * 3600 * 1000LL;
-    uint64_t event_retention_count = 1000000;
-    int64_t idempotency_retention_ms = 7 * 24 * 3600 * 1000LL;
-    int64_t delete_undo_window_ms = 3600 * 1000LL;
-  };
-  // Replaces those settings, in the writer role, and completes once they
-  // apply. From then on: messages enqueued split by the new always_split;
+  // A configuration reload: takes from `next` what may change while the
+  // queue runs, in the writer role, and completes once it applies. That is
+  // always_split, retry, shaping, lease_seconds, max_lease_seconds,
+  // max_lease_body_bytes, min_free_bytes (the WAL spare's headroom stays
+  // until a restart), ambiguous_policy, max_queue_age_ms, delay_warning_ms,
+  // event_retention_ms/_count, idempotency_retention_ms and
+  // delete_undo_window_ms; the other fields of `next` are ignored (data_dir,
+  // wal_prefill_bytes, the recovery grace, which only a start uses, TLS
+  // reports, the clock: the config layer names them as needing a restart,
+  // queue_config.h RestartOnlyChanges). `disabled` has its own SetDisabled.
+  // From then on: messages enqueued split by the new always_split;
   // a temporary failure is scheduled by the new retry schedule (a retry
   // already scheduled keeps its time; a delivery whose attempts are past
   // the new schedule's end bounces at its next temporary failure); leases
@@ -341,7 +328,7 @@ class QueueCore {
   // pruning of events, idempotency keys and deleted messages, deletes and
   // the disk check all use the new values from then on; a lease already
   // granted keeps its deadline, a delete already made its undo window.
-  void Reconfigure(Reloadable next, absl::AnyInvocable<void(absl::Status)> done);
+  void Reconfigure(CoreOptions next, absl::AnyInvocable<void(absl::Status)> done);
   // Admin pause/resume: overrides `disabled` until the file's value changes
   // or the process restarts. Completes with the effective paused state.
   void SetPaused(bool paused, Callback<bool> done);

@@ -499,7 +499,7 @@ class QueueCore::Impl {
   void Stats(Callback<StatsResponse> done);
   void Destinations(Callback<tern::v1::DestinationsResponse> done);
   void SetDisabled(bool disabled);
-  void Reconfigure(QueueCore::Reloadable next, absl::AnyInvocable<void(absl::Status)> done);
+  void Reconfigure(CoreOptions next, absl::AnyInvocable<void(absl::Status)> done);
   void Flush(Callback<uint64_t> done);
   void BeginShutdown();
 
@@ -610,7 +610,7 @@ class QueueCore::Impl {
   KindState& State(JobKind kind) { return kinds_[KindIndex(kind)]; }
 
   // Reconfigure's work once its group committed (writer role).
-  void ApplyReloadable(QueueCore::Reloadable next);
+  void ApplyReloadable(CoreOptions next);
 
   // In-memory changes made inside an operation, each with its undo.
   void Adjust(Txn& txn, int64_t& field, int64_t delta) {

@@ -957,15 +957,7 @@ TEST_F(QueueCoreTest, BackoffOffInShapingIgnoresA421) {
   limits.backoff = false;
   options_.shaping.SetDefaults(limits);
   Open();
-  for (int i = 0; i < 4; ++i) {
-    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
-  }
-  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
-  ASSERT_EQ(first.deliveries_size(), 4);
-  ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 421, "4.7.0", "busy"));
-  for (int i = 0; i < 4; ++i) {
-    Enqueue(Header({Rcpt(absl::StrCat("v", i, "@a.example"))}));
-  }
+  FourOutOneA421AndFourMore();
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 4);
 }
 
@@ -1241,7 +1233,7 @@ TEST_F(QueueCoreTest, DelayUnreportedWaitsTheGivenTimeWithoutAnAttempt) {
 // ---- Reconfigure (a config reload) --------------------------------------------
 
 // Applies `next` and waits for it.
-void Reconfigure(QueueCore& core, QueueCore::Reloadable next) {
+void Reconfigure(QueueCore& core, CoreOptions next) {
   std::promise<absl::Status> applied;
   core.Reconfigure(std::move(next), [&applied](absl::Status s) { applied.set_value(std::move(s)); });
   auto done = applied.get_future();
@@ -1249,11 +1241,10 @@ void Reconfigure(QueueCore& core, QueueCore::Reloadable next) {
   ASSERT_TRUE(done.get().ok());
 }
 
-QueueCore::Reloadable WithShaping(DestinationShaping shaping) {
-  QueueCore::Reloadable r;
-  r.retry = RetrySchedule({60'000, 120'000});  // the fixture's
-  r.shaping = std::move(shaping);
-  return r;
+// `base` (the options the core was opened with) with other shaping.
+CoreOptions WithShaping(CoreOptions base, DestinationShaping shaping) {
+  base.shaping = std::move(shaping);
+  return base;
 }
 
 TEST_F(QueueCoreTest, AReloadThatRaisesALimitHandsTheWaitingDeliveriesToAWaitingLeaseAtOnce) {
@@ -1267,7 +1258,7 @@ TEST_F(QueueCoreTest, AReloadThatRaisesALimitHandsTheWaitingDeliveriesToAWaiting
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);  // both parked
   auto waiting = LongPoll(*core_);
   EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
-  Reconfigure(*core_, WithShaping(DestinationShaping(3)));
+  Reconfigure(*core_, WithShaping(options_, DestinationShaping(3)));
   ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   auto got = waiting.get();
   ASSERT_TRUE(got.ok()) << got.status();
@@ -1282,7 +1273,7 @@ TEST_F(QueueCoreTest, AReloadThatLowersALimitHoldsNewLeasesUntilEnoughOfThoseOut
   }
   const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 2);
   ASSERT_EQ(first.deliveries_size(), 2);
-  Reconfigure(*core_, WithShaping(DestinationShaping(1)));
+  Reconfigure(*core_, WithShaping(options_, DestinationShaping(1)));
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 10).deliveries_size(), 0);  // two out, limit one
   ASSERT_EQ(ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_DELIVERED, 250, "2.0.0", "ok")),
             std::vector{REPORT_STATUS_APPLIED});
@@ -1295,7 +1286,7 @@ TEST_F(QueueCoreTest, AReloadThatLowersALimitHoldsNewLeasesUntilEnoughOfThoseOut
 TEST_F(QueueCoreTest, AReloadedRetryScheduleTimesTheNextTemporaryFailureAndEndsWhereItEnds) {
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));
-  QueueCore::Reloadable next;
+  CoreOptions next = options_;
   next.retry = RetrySchedule({5'000});
   Reconfigure(*core_, std::move(next));
   LeaseResponse lease = Lease(JOB_KIND_DELIVERY);
@@ -1315,9 +1306,8 @@ TEST_F(QueueCoreTest, AReloadedRetryScheduleTimesTheNextTemporaryFailureAndEndsW
 TEST_F(QueueCoreTest, AReloadedAlwaysSplitAppliesToMessagesEnqueuedAfterIt) {
   Open();
   Enqueue(Header({Rcpt("a@x.example"), Rcpt("b@x.example")}));
-  QueueCore::Reloadable next;
+  CoreOptions next = options_;
   next.always_split = true;
-  next.retry = RetrySchedule({60'000});
   Reconfigure(*core_, std::move(next));
   Enqueue(Header({Rcpt("c@x.example"), Rcpt("d@x.example")}));
   const LeaseResponse lease = Lease(JOB_KIND_DELIVERY, 10);
@@ -1331,36 +1321,28 @@ TEST_F(QueueCoreTest, AReloadedAlwaysSplitAppliesToMessagesEnqueuedAfterIt) {
 
 TEST_F(QueueCoreTest, AReloadThatTurnsBackoffOffEndsAnActiveBackoff) {
   Open();
-  for (int i = 0; i < 4; ++i) {
-    Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
-  }
-  const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
-  ASSERT_EQ(first.deliveries_size(), 4);
-  ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 421, "4.7.0", "busy"));
-  for (int i = 0; i < 4; ++i) {
-    Enqueue(Header({Rcpt(absl::StrCat("v", i, "@a.example"))}));
-  }
+  FourOutOneA421AndFourMore();
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 0);  // three out, backed off to two
   DestinationLimits limits;
   limits.backoff = false;
   DestinationShaping shaping;
   shaping.SetDefaults(limits);
-  Reconfigure(*core_, WithShaping(std::move(shaping)));
+  Reconfigure(*core_, WithShaping(options_, std::move(shaping)));
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 4);
 }
 
 // Reloads a shaping.ini of one site `name` (hosts under NAME.example) with
 // `concurrency` slots.
-void ReloadWithSite(QueueCore& core, const std::string& name, uint32_t concurrency) {
+void ReloadWithSite(QueueCore& core, const CoreOptions& base, const std::string& name, uint32_t concurrency) {
   DestinationShaping shaping;
   ASSERT_TRUE(shaping.AddSite(name, {absl::StrCat(name, ".example")}, {}, Concurrency(concurrency)).ok());
-  Reconfigure(core, WithShaping(std::move(shaping)));
+  Reconfigure(core, WithShaping(base, std::move(shaping)));
 }
 
 TEST_F(QueueCoreSiteTest, AReloadKeepsTheMembershipsOfASiteStillConfiguredUnderItsNewLimits) {
   Open();
   LearnSharedSite();
-  ReloadWithSite(*core_, "shared", 2);
+  ReloadWithSite(*core_, options_, "shared", 2);
   EXPECT_EQ(MxSiteDomains(), 2);
   // Both retries share the site's two slots now (one slot before).
   clock_.AdvanceMs(60'000);
@@ -1370,7 +1352,7 @@ TEST_F(QueueCoreSiteTest, AReloadKeepsTheMembershipsOfASiteStillConfiguredUnderI
 TEST_F(QueueCoreSiteTest, AReloadWithoutTheSiteDropsItsMembershipsInMemoryAndOnDisk) {
   Open();
   LearnSharedSite();
-  ReloadWithSite(*core_, "other", 1);
+  ReloadWithSite(*core_, options_, "other", 1);
   EXPECT_EQ(MxSiteDomains(), 0);
   clock_.AdvanceMs(60'000);
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY, 100).deliveries_size(), 2);  // each shaped on its own
@@ -1384,7 +1366,7 @@ TEST_F(QueueCoreSiteTest, AReloadWithoutTheSiteDropsItsMembershipsInMemoryAndOnD
 TEST_F(QueueCoreTest, AReloadedLeaseLengthAppliesToTheNextLease) {
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));
-  QueueCore::Reloadable next = WithShaping(DestinationShaping());
+  CoreOptions next = options_;
   next.lease_seconds = 30;
   Reconfigure(*core_, std::move(next));
   ASSERT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 1);
@@ -1402,7 +1384,7 @@ TEST_F(QueueCoreTest, AReloadedMaxQueueAgeBouncesMailThatIsNowTooOld) {
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));
   clock_.AdvanceMs(20'000);
-  QueueCore::Reloadable next = WithShaping(DestinationShaping());
+  CoreOptions next = options_;
   next.max_queue_age_ms = 10'000;
   Reconfigure(*core_, std::move(next));
   EXPECT_EQ(Lease(JOB_KIND_DELIVERY).deliveries_size(), 0);
@@ -1415,7 +1397,7 @@ TEST_F(QueueCoreTest, AReloadedMinFreeBytesRefusesMailTheDiskCannotTakeWithItsHe
   options_.free_disk_bytes = [](const std::string&) { return std::optional<uint64_t>(1u << 30); };
   Open();
   Enqueue(Header({Rcpt("a@x.example")}));
-  QueueCore::Reloadable next = WithShaping(DestinationShaping());
+  CoreOptions next = options_;
   next.min_free_bytes = 2u << 30;
   Reconfigure(*core_, std::move(next));
   EXPECT_EQ(EnqueueStatus(Header({Rcpt("b@x.example")})).code(), absl::StatusCode::kResourceExhausted);

@@ -257,6 +257,21 @@ class QueueCoreTest : public ::testing::Test {
     return pred();
   }
 
+  // Four deliveries of a.example leased (no limit), a 421 reported for one
+  // of them, four more of a.example enqueued.
+  void FourOutOneA421AndFourMore() {
+    for (int i = 0; i < 4; ++i) {
+      Enqueue(Header({Rcpt(absl::StrCat("u", i, "@a.example"))}));
+    }
+    const LeaseResponse first = Lease(JOB_KIND_DELIVERY, 100);
+    ASSERT_EQ(first.deliveries_size(), 4);
+    ReportAll(first.deliveries(0), Result(tern::v1::OUTCOME_TRANSIENT, 421, "4.7.0", "busy"));
+    for (int i = 0; i < 4; ++i) {
+      Enqueue(Header({Rcpt(absl::StrCat("v", i, "@a.example"))}));
+    }
+    ASSERT_EQ(Stats().deliveries_leased(), 3u);
+  }
+
   FakeClock clock_{kStart};
   CoreOptions options_;
   std::unique_ptr<QueueCore> core_;

@@ -59,7 +59,9 @@ void ReloadDkim(const tern::config::ConfigDir& dir, tern::deliverer::DeliveryWor
 
 // SIGHUP: the whole config read again, so that a change only a restart
 // applies is named now (not discovered later), and a config that would stop
-// the next start is reported while this process still runs.
+// the next start is reported while this process still runs. On the event
+// loop, as the DKIM reload: building tls.ini's client context (the system
+// CA store) holds it about 0.1 s, once per change of the files.
 void CheckRestartOnly(const tern::config::ConfigDir& dir, const tern::deliverer::DelivererConfig& running) {
   using tern::log::Level;
   auto loaded = tern::deliverer::DelivererConfig::Load(dir);

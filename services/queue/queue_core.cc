@@ -1624,7 +1624,7 @@ void QueueCore::Impl::Reconfigure(CoreOptions next, absl::AnyInvocable<void(absl
   auto cb = std::make_shared<absl::AnyInvocable<void(absl::Status)>>(std::move(done));
   committer_->Submit(GroupOp{
       [this, settings](Txn& txn) {
-        AppendEvent(txn, "admin", "", "", {}, "configuration reloaded (outbound.ini, shaping.ini)");
+        AppendEvent(txn, "admin", "", "", {}, "configuration reloaded (outbound.ini, shaping.ini, tern.ini [queue])");
         // After the commit, when no undo of this group can run any more:
         // the in-memory state below (parked deliveries, backoffs, site
         // memberships) is rebuilt for the new settings, not rolled back.
@@ -1680,16 +1680,7 @@ void QueueCore::Impl::ApplyReloadable(CoreOptions next) {
     PurgeMxSiteRecords(std::move(dropped));
   }
   // A backoff the new limits do not allow ends now.
-  for (auto it = backoff_.begin(); it != backoff_.end();) {
-    if (opt_.shaping.For(it->first).backoff) {
-      ++it;
-      continue;
-    }
-    log::Event(log::Level::kNotice, "destination_backoff_ended",
-               {{"domain", it->first}, {"concurrency", absl::StrCat(it->second.cap)}, {"reason", "backoff=false"}});
-    backoff_.erase(it++);
-  }
-  Metrics().backed_off.Set(static_cast<int64_t>(backoff_.size()));
+  EndBackoffsIf([this](const std::string& key, const Backoff&) { return !opt_.shaping.For(key).backoff; });
   // Every delivery waiting for a limit is judged again by the new ones when
   // next leased (one still over its limit is parked again).
   KindState& ks = State(tern::v1::JOB_KIND_DELIVERY);

@@ -823,8 +823,14 @@ class QueueCore::Impl {
   // Lifts backoffs whose time is up; their domains' waiting deliveries go
   // back to the window (any over the configured limit are parked again).
   void EndBackoffs(int64_t now) {
+    EndBackoffsIf([now](const std::string&, const Backoff& b) { return b.until_ms <= now; });
+  }
+  // The same for the backoffs `ends(key, backoff)` picks (also a reload's:
+  // those the new limits turn off).
+  template <typename Ends>
+  void EndBackoffsIf(Ends ends) {
     for (auto it = backoff_.begin(); it != backoff_.end();) {
-      if (it->second.until_ms > now) {
+      if (!ends(it->first, it->second)) {
         ++it;
         continue;
       }

@@ -38,37 +38,38 @@
 
 namespace {
 
-// SIGHUP: dkim.ini and the keys, read again; on a failure signing goes on
-// with the keys it has.
-void ReloadDkim(const tern::config::ConfigDir& dir, tern::deliverer::DeliveryWorker& worker) {
-  using tern::log::Level;
-  auto dkim = tern::deliverer::DkimConfig::Load(dir);
-  if (!dkim.ok()) {
-    tern::log::Event(Level::kError, "reload_failed",
-                     {{"error", dkim.status().message()}, {"effect", "signing goes on with the keys it had"}});
-    return;
-  }
-  const std::string enabled = dkim->enabled ? "true" : "false";
-  const std::string keys = absl::StrCat(dkim->keys.size() + (dkim->fallback ? 1 : 0));
-  worker.ReloadDkim(*std::move(dkim));
-  tern::log::Event(Level::kNotice, "config_reloaded",
-                   {{"files", "dkim.ini, dkim/, dkim.private.key"},
-                    {"dkim", enabled},
-                    {"dkim_keys", keys}});
-}
-
-// SIGHUP: the whole config read again, so that a change only a restart
+// SIGHUP: the config read again, once. DKIM (dkim.ini and the keys) applies
+// at once; on a failure signing goes on with the keys it has. Every other
+// setting is compared with the running one, so that a change only a restart
 // applies is named now (not discovered later), and a config that would stop
-// the next start is reported while this process still runs. On the event
-// loop, as the DKIM reload: building tls.ini's client context (the system
-// CA store) holds it about 0.1 s, once per change of the files.
-void CheckRestartOnly(const tern::config::ConfigDir& dir, const tern::deliverer::DelivererConfig& running) {
+// the next start is reported while this process still runs. When the files
+// do not load as a whole, the DKIM files are read on their own, so that an
+// unrelated broken file never holds up a key rotation. On the event loop:
+// building tls.ini's client context (the system CA store) holds it about
+// 0.1 s, once per change of the files.
+void Reload(const tern::config::ConfigDir& dir, const tern::deliverer::DelivererConfig& running,
+            tern::deliverer::DeliveryWorker& worker) {
   using tern::log::Level;
   auto loaded = tern::deliverer::DelivererConfig::Load(dir);
   if (!loaded.ok()) {
     tern::log::Event(Level::kError, "reload_failed",
                      {{"error", loaded.status().message()},
                       {"effect", "running as before; a restart with these files would fail"}});
+  }
+  absl::StatusOr<tern::deliverer::DkimConfig> dkim =
+      loaded.ok() ? absl::StatusOr<tern::deliverer::DkimConfig>(std::move(loaded->dkim))
+                  : tern::deliverer::DkimConfig::Load(dir);
+  if (!dkim.ok()) {
+    tern::log::Event(Level::kError, "reload_failed",
+                     {{"error", dkim.status().message()}, {"effect", "signing goes on with the keys it had"}});
+  } else {
+    const std::string enabled = dkim->enabled ? "true" : "false";
+    const std::string keys = absl::StrCat(dkim->keys.size() + (dkim->fallback ? 1 : 0));
+    worker.ReloadDkim(*std::move(dkim));
+    tern::log::Event(Level::kNotice, "config_reloaded",
+                     {{"files", "dkim.ini, dkim/, dkim.private.key"}, {"dkim", enabled}, {"dkim_keys", keys}});
+  }
+  if (!loaded.ok()) {
     return;
   }
   if (std::vector<std::string> changed = tern::deliverer::RestartOnlyChanges(running, *loaded); !changed.empty()) {
@@ -156,8 +157,7 @@ int main(int argc, char** argv) {
     }
     if (sig == SIGHUP) {
       if (!stopping) {
-        ReloadDkim(dir, worker);
-        CheckRestartOnly(dir, config);
+        Reload(dir, config, worker);
       }
       signals.async_wait(on_signal);
       return;

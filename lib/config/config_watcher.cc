@@ -9,6 +9,7 @@
 #include <string_view>
 #include <utility>
 
+#include "absl/strings/str_join.h"
 #include "lib/common/log.h"
 
 namespace tern::config {
@@ -164,6 +165,13 @@ std::unique_ptr<ConfigWatcher> ReloadOnChange(std::vector<std::string> paths, st
     log::Event(log::Level::kInfo, "config_changed", {{"effect", "reloading"}});
     ::kill(::getpid(), SIGHUP);
   });
+}
+
+void LogReloadNeedsRestart(const std::vector<std::string>& settings, absl::string_view effect) {
+  if (!settings.empty()) {
+    log::Event(log::Level::kWarn, "reload_needs_restart",
+               {{"settings", absl::StrJoin(settings, ", ")}, {"effect", effect}});
+  }
 }
 
 absl::StatusOr<std::chrono::milliseconds> ConfigWatchInterval(const IniFile& tern_ini, absl::string_view section) {

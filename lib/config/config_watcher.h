@@ -89,4 +89,9 @@ std::unique_ptr<ConfigWatcher> ReloadOnChange(std::vector<std::string> paths, st
 // 3600000. Default: 2000. The error names the file, section and key.
 absl::StatusOr<std::chrono::milliseconds> ConfigWatchInterval(const IniFile& tern_ini, absl::string_view section);
 
+// After a reload: logs `reload_needs_restart` (warn) naming `settings`, the
+// changed ones only a restart applies, with `effect`; nothing when empty.
+inline constexpr absl::string_view kKeptUntilRestart = "these keep their running values until a restart";
+void LogReloadNeedsRestart(const std::vector<std::string>& settings, absl::string_view effect = kKeptUntilRestart);
+
 }  // namespace tern::config

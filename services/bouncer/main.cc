@@ -25,7 +25,6 @@
 #include <grpcpp/server.h>
 
 #include "CLI/CLI.hpp"
-#include "absl/strings/str_join.h"
 #include "lib/common/ids.h"
 #include "lib/common/log.h"
 #include "lib/common/process.h"
@@ -69,11 +68,7 @@ void Reload(const tern::config::ConfigDir& dir, const tern::bouncer::BouncerConf
   if (config->config_watch != running.config_watch) {
     restart.push_back("tern.ini [bouncer] config_watch_ms");
   }
-  if (!restart.empty()) {
-    tern::log::Event(Level::kWarn, "reload_needs_restart",
-                     {{"settings", absl::StrJoin(restart, ", ")},
-                      {"effect", "these keep their running values until a restart"}});
-  }
+  tern::config::LogReloadNeedsRestart(restart);
   for (const std::unique_ptr<tern::bouncer::BounceWorker>& worker : workers) {
     worker->Reload(*config);
   }

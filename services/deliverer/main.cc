@@ -72,11 +72,9 @@ void Reload(const tern::config::ConfigDir& dir, const tern::deliverer::Deliverer
   if (!loaded.ok()) {
     return;
   }
-  if (std::vector<std::string> changed = tern::deliverer::RestartOnlyChanges(running, *loaded); !changed.empty()) {
-    tern::log::Event(Level::kWarn, "reload_needs_restart",
-                     {{"settings", absl::StrJoin(changed, ", ")},
-                      {"effect", "these keep their running values until a restart (a rolling restart loses nothing)"}});
-  }
+  tern::config::LogReloadNeedsRestart(tern::deliverer::RestartOnlyChanges(running, *loaded),
+                                      "these keep their running values until a restart (a rolling restart loses "
+                                      "nothing)");
 }
 
 }  // namespace

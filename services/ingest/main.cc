@@ -104,11 +104,7 @@ void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& serv
   if (watcher != nullptr) {
     watcher->SetPaths(std::move(watched));
   }
-  if (!result->needs_restart.empty()) {
-    tern::log::Event(Level::kWarn, "reload_needs_restart",
-                     {{"settings", absl::StrJoin(result->needs_restart, ", ")},
-                      {"effect", "these keep their running values until a restart"}});
-  }
+  tern::config::LogReloadNeedsRestart(result->needs_restart);
   tern::log::Event(Level::kNotice, "config_reloaded",
                    {{"me", me},
                     {"relay_networks", relay_networks},

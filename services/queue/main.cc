@@ -28,7 +28,6 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "lib/common/log.h"
 #include "lib/common/process.h"
 #include "lib/common/signals.h"
@@ -125,11 +124,7 @@ int main(int argc, char** argv) {
                        {{"error", loaded.status().message()}, {"effect", "the running config stays"}});
       return;
     }
-    if (std::vector<std::string> restart = tern::queue::RestartOnlyChanges(*config, *loaded); !restart.empty()) {
-      tern::log::Event(tern::log::Level::kWarn, "reload_needs_restart",
-                       {{"settings", absl::StrJoin(restart, ", ")},
-                        {"effect", "these keep their running values until a restart"}});
-    }
+    tern::config::LogReloadNeedsRestart(tern::queue::RestartOnlyChanges(*config, *loaded));
     (*core)->SetDisabled(loaded->core.disabled);
     std::promise<absl::Status> applied;
     (*core)->Reconfigure(loaded->core, [&applied](absl::Status s) {

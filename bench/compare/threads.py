@@ -28,15 +28,32 @@ CLK = os.sysconf("SC_CLK_TCK")
 METRICS_PORT = 19090
 
 
-def queued():
+def queue_metrics():
+    """The queue's counters: {series (name with labels): value}, or {} while it is not up."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=1).read().decode()
     except OSError:
-        return None
+        return {}
+    out = {}
     for line in text.splitlines():
-        if line.startswith("tern_queue_enqueued_total"):
-            return float(line.split()[1])
-    return None
+        if line.startswith("tern_queue_") and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            try:
+                out[series] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def queued(metrics=None):
+    return (metrics if metrics is not None else queue_metrics()).get("tern_queue_enqueued_total")
+
+
+# Counters shown per message beside the threads: what each message costs the
+# queue in RPCs and in synced writes.
+PER_MESSAGE = ("tern_queue_rpc_calls_total", "tern_queue_rpc_items_total", "tern_queue_group_commits_total",
+               "tern_queue_group_commits_led_total", "tern_queue_wal_syncs_total",
+               "tern_queue_group_commit_ops_total")
 
 
 def watched(comm):
@@ -92,9 +109,10 @@ def main():
                 run.kill()
                 sys.exit("the run ended or stalled before 2,000 messages were queued:\n" + run.communicate()[0])
             time.sleep(0.05)
-        before, q0 = snapshot(), queued()
+        before, m0 = snapshot(), queue_metrics()
         time.sleep(args.seconds)
-        after, q1 = snapshot(), queued()
+        after, m1 = snapshot(), queue_metrics()
+        q0, q1 = queued(m0), queued(m1)
         out, _ = run.communicate(timeout=600)
     finally:
         if run.poll() is None:
@@ -122,6 +140,10 @@ def main():
     for group, (vol, invol, ticks) in totals.items():
         print(f"{group.upper():35} {vol / messages:14.2f} {invol / messages:14.2f} "
               f"{ticks / CLK * 1000 / messages:11.3f}")
+    print(f"{'queue counter':55} {'per message':>11}")
+    for series in sorted(m1):
+        if series.startswith(PER_MESSAGE) and series in m0 and m1[series] > m0[series]:
+            print(f"{series:55} {(m1[series] - m0[series]) / messages:11.3f}")
     print([line for line in out.splitlines() if line.startswith("rep ")][-1])
 
 

@@ -123,7 +123,23 @@ std::string IniFile::GetString(absl::string_view section, absl::string_view key,
 }
 
 absl::Status IniFile::KeyError(absl::string_view section, absl::string_view key, absl::string_view what) const {
+  if (auto it = origins_.find(absl::StrCat(section, "\n", key)); it != origins_.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(it->second, " (read as ", name_, " [", section, "] ", key, "): ", what));
+  }
   return absl::InvalidArgumentError(absl::StrCat(name_, ": [", section, "] ", key, ": ", what));
+}
+
+void IniFile::Set(absl::string_view section, absl::string_view key, std::string value, std::string origin) {
+  auto [it, inserted] = sections_.try_emplace(std::string(section));
+  if (inserted) {
+    section_order_.emplace_back(section);
+  }
+  Section& s = it->second;
+  if (!s.values.contains(key) && !s.lists.contains(key)) {
+    s.order.emplace_back(key);
+  }
+  s.values[std::string(key)] = std::move(value);
+  origins_[absl::StrCat(section, "\n", key)] = std::move(origin);
 }
 
 absl::StatusOr<bool> IniFile::GetBool(absl::string_view section, absl::string_view key, bool def) const {

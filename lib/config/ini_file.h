@@ -53,8 +53,15 @@ class IniFile {
   std::vector<std::string> Keys(absl::string_view section) const;
   std::vector<std::string> Sections() const;
 
-  // An InvalidArgument error naming this file, the key and what is wrong.
+  // An InvalidArgument error naming this file, the key and what is wrong
+  // (or, for a value Set() from another file, that file).
   absl::Status KeyError(absl::string_view section, absl::string_view key, absl::string_view what) const;
+
+  // Sets `key` in `section` to `value`, read from the file `origin` (a
+  // path): errors about the key then name that file, where the operator
+  // has to fix it. For settings that also come from files of their own
+  // (Haraka's legacy one-line files, outbound_ini.h).
+  void Set(absl::string_view section, absl::string_view key, std::string value, std::string origin);
 
  private:
   struct Section {
@@ -67,6 +74,8 @@ class IniFile {
   std::string name_;
   std::vector<std::string> section_order_;
   std::map<std::string, Section, std::less<>> sections_;
+  // Section and key (joined by a newline) -> the file a Set() value came from.
+  std::map<std::string, std::string, std::less<>> origins_;
 };
 
 // Parses Haraka's boolean words; nullopt if the text is none of them.

@@ -8,6 +8,7 @@
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
 #include "lib/config/config_watcher.h"
+#include "lib/config/outbound_ini.h"
 #include "lib/config/queue_targets.h"
 #include "services/deliverer/smtp_forward.h"
 
@@ -27,7 +28,7 @@ absl::StatusOr<int64_t> GetRanged(const config::IniFile& ini, absl::string_view 
 
 absl::StatusOr<DelivererConfig> DelivererConfig::Load(const config::ConfigDir& dir) {
   DelivererConfig c;
-  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, dir.Ini("outbound.ini"));
+  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, config::LoadOutboundIni(dir));
   constexpr absl::string_view kM = "main";
   TERN_ASSIGN_OR_RETURN(int64_t conc, GetRanged(outbound, kM, "concurrency_max", 10000, 1, 1000000));
   c.concurrency_max = static_cast<uint32_t>(conc);

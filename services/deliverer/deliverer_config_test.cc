@@ -132,6 +132,22 @@ TEST_F(ConfigTest, ARoutesClientCertificateThatCannotBeLoadedStopsTheStart) {
       << c.status();
 }
 
+TEST_F(ConfigTest, ReadsHarakasLegacyOneLineOutboundFiles) {
+  Write("outbound.ini", "enable_tls=false\n");
+  Write("outbound.concurrency_max", "250\n");
+  Write("outbound.enable_tls", "1\n");  // turns it on, as in Haraka
+  auto c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->concurrency_max, 250u);
+  EXPECT_TRUE(c->enable_tls);
+
+  Write("outbound.concurrency_max", "0\n");
+  c = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find((dir_ / "outbound.concurrency_max").string()), std::string::npos)
+      << c.status();
+}
+
 TEST_F(ConfigTest, ReadsKeys) {
   Write("tern.ini", "[deliverer]\nqueue=10.0.0.1:7070\ndns_servers=127.0.0.1:5353, 127.0.0.2\nmx_port=2525\n"
                     "lease_batch=8\ncall_batch_wait_ms=0\ndot_timeout=60\nhealth_listen=\n");

@@ -25,6 +25,7 @@
 #include "lib/config/config_dir.h"
 #include "lib/config/config_watcher.h"
 #include "lib/config/logging_setup.h"
+#include "lib/config/outbound_ini.h"
 #include "lib/config/queue_targets.h"
 #include "lib/dns/cares_resolver.h"
 #include "lib/metrics/metrics.h"
@@ -191,11 +192,13 @@ int main(int argc, char** argv) {
   // A change of the files read reloads as SIGHUP does: the watcher signals
   // this process, and the handler above, the one place that reloads,
   // takes it on the event loop.
-  std::unique_ptr<config::ConfigWatcher> watcher = config::ReloadOnChange(
+  std::vector<std::string> watched =
       config::WatchPaths(dir, {"dkim.ini", "dkim", "dkim.private.key", "dkim_sign.ini", "plugins", "tern.ini",
-                               "outbound.ini", "outbound_routes.ini", "smtp_forward.ini", "tls.ini", "hooks.ini",
-                               "me"}),
-      config.config_watch);
+                               "outbound_routes.ini", "smtp_forward.ini", "tls.ini", "hooks.ini", "me"});
+  for (std::string& path : config::OutboundIniWatchPaths(dir)) {
+    watched.push_back(std::move(path));
+  }
+  std::unique_ptr<config::ConfigWatcher> watcher = config::ReloadOnChange(std::move(watched), config.config_watch);
   worker.Start();
   io.run();
   watcher.reset();

@@ -22,6 +22,7 @@
 #include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
 #include "lib/config/config_watcher.h"
+#include "lib/config/outbound_ini.h"
 #include "lib/config/queue_targets.h"
 #include "lib/net/connection.h"
 
@@ -475,6 +476,26 @@ absl::StatusOr<IngestConfig> LoadIngestConfig(const config::ConfigDir& dir) {
   cfg.max_connections = static_cast<size_t>(connections);
   cfg.max_connections_per_ip = static_cast<size_t>(per_ip);
   TERN_ASSIGN_OR_RETURN(cfg.add_received, conn.GetBool("headers", "add_received", true));
+  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, config::LoadOutboundIni(dir));
+  if (std::optional<std::string> comment = outbound.Get("main", "received_header")) {
+    const absl::string_view text = absl::StripAsciiWhitespace(*comment);
+    if (absl::EqualsIgnoreCase(text, "disabled")) {
+      cfg.add_received = false;
+    } else if (!text.empty()) {
+      // It goes into a header comment as it is: what could end the comment
+      // or the header, or is not plain ASCII, is refused rather than changed.
+      constexpr size_t kMaxComment = 100;
+      const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
+        return c >= 0x20 && c <= 0x7e && c != '(' && c != ')' && c != '\\';
+      });
+      if (!plain || text.size() > kMaxComment) {
+        return outbound.KeyError("main", "received_header",
+                                 absl::StrCat("'", text, "' must be at most ", kMaxComment,
+                                              " printable ASCII characters without '(', ')' or '\\'"));
+      }
+      cfg.received_comment = std::string(text);
+    }
+  }
   TERN_ASSIGN_OR_RETURN(cfg.clean_auth_results, conn.GetBool("headers", "clean_auth_results", true));
   TERN_ASSIGN_OR_RETURN(int64_t max_lines, conn.GetInt("headers", "max_lines", 1000));
   if (max_lines < 10 || max_lines > 100000) {
@@ -584,6 +605,9 @@ std::vector<std::string> WatchedPaths(const config::ConfigDir& dir, const Ingest
   std::vector<std::string> paths = config::WatchPaths(
       dir, {"smtp.ini", "me", "relay_acl_allow", "relay_clientcerts", "connection.ini", "tls.ini", "tls",
             "tls_key.pem", "tls_cert.pem", "auth_flat_file.ini", "tern.ini"});
+  for (std::string& path : config::OutboundIniWatchPaths(dir)) {
+    paths.push_back(std::move(path));
+  }
   for (const std::string* file : {&config.tls_key_file, &config.tls_cert_file, &config.tls_ca_file}) {
     if (!file->empty()) {
       paths.push_back(*file);

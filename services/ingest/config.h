@@ -65,6 +65,10 @@
 //                   config_watch_ms [2000] (how often the files are looked
 //                   at for changes, which reload as SIGHUP does; 0: only
 //                   SIGHUP reloads; lib/config/config_watcher.h)
+//   outbound.ini    [main] received_header [Tern] (with Haraka's legacy
+//                   file outbound.received_header, outbound_ini.h): the
+//                   comment after "by <me>" in Received:; `disabled` omits
+//                   the header, as add_received=false does
 //   log.ini         read by config::InitLogging, not here.
 //
 // Thread-safety: a plain value; immutable once loaded.
@@ -156,7 +160,11 @@ struct IngestConfig {
   size_t max_connections = 20000;
   size_t max_connections_per_ip = 100;
   // Header policy (Haraka's connection.ini [headers]).
-  bool add_received = true;         // default true
+  bool add_received = true;         // default true; false also for received_header=disabled
+  // The comment after "by <me>" in Received: (outbound.ini received_header,
+  // which in Haraka is the comment of the Received: its outbound adds).
+  // Default: "Tern".
+  std::string received_comment = "Tern";
   bool clean_auth_results = true;   // default true
   size_t max_header_lines = 1000;   // default 1000
   size_t max_received = 100;        // default 100; more: 554 5.4.6 loop

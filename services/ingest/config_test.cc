@@ -167,10 +167,12 @@ TEST(IngestConfig, WatchedPathsCoverEveryFileIngestReads) {
                            "/base/auth_flat_file.ini", "/site/relay_clientcerts", "/base/me", "/base/smtp.ini",
                            "/base/connection.ini", "/base/tern.ini", "/site/tls_cert.pem", "/base/tls_key.pem",
                            "/etc/letsencrypt/live/mx/privkey.pem",
-                           "/etc/letsencrypt/live/mx/fullchain.pem"}) {
+                           "/etc/letsencrypt/live/mx/fullchain.pem", "/base/outbound.ini",
+                           "/site/outbound.received_header"}) {
     EXPECT_NE(std::find(paths.begin(), paths.end(), want), paths.end()) << want;
   }
-  EXPECT_EQ(std::find(paths.begin(), paths.end(), "/base/outbound.ini"), paths.end());
+  // Files only other services read are not watched.
+  EXPECT_EQ(std::find(paths.begin(), paths.end(), "/base/shaping.ini"), paths.end());
 }
 
 TEST_F(ConfigDirFixture, LegacyListenHostAndPortArePrepended) {
@@ -459,6 +461,38 @@ TEST_F(ConfigDirFixture, ReadsWave2KeysWithHarakaDefaults) {
   EXPECT_TRUE(cfg->auth.enabled());
   EXPECT_EQ(cfg->auth.methods, std::vector<std::string>{"PLAIN"});
   EXPECT_EQ(cfg->shutdown_timeout, std::chrono::seconds(5));
+}
+
+TEST_F(ConfigDirFixture, OutboundReceivedHeaderSetsTheCommentOrTurnsTheHeaderOff) {
+  auto cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->received_comment, "Tern");
+  EXPECT_TRUE(cfg->add_received);
+
+  Write("outbound.ini", "received_header = Example outbound \n");
+  cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->received_comment, "Example outbound");
+  EXPECT_TRUE(cfg->add_received);
+
+  Write("outbound.ini", "received_header=disabled\n");
+  cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_FALSE(cfg->add_received);
+
+  // Haraka's legacy one-line file, when outbound.ini does not set the key.
+  Write("outbound.ini", "");
+  Write("outbound.received_header", "Legacy outbound\n");
+  cfg = Load();
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->received_comment, "Legacy outbound");
+
+  for (const char* bad : {"a (nested) comment", "back\\slash", "caf\xc3\xa9"}) {
+    Write("outbound.ini", std::string("received_header=") + bad + "\n");
+    cfg = Load();
+    ASSERT_FALSE(cfg.ok()) << bad;
+    EXPECT_NE(cfg.status().message().find("received_header"), std::string::npos) << cfg.status();
+  }
 }
 
 TEST_F(ConfigDirFixture, SmtpsWithoutCertificateOrHalfACertificateIsAnError) {

@@ -68,7 +68,7 @@ std::string BuildReceivedHeader(const ReceivedInfo& info) {
       {literal, false},
       {"by", true},
       {info.me, false},
-      {"(Tern)", false},
+      {absl::StrCat("(", info.comment, ")"), false},
       {"with", false},
       {info.protocol, false},
       {"id", false},

@@ -34,6 +34,7 @@ struct ReceivedInfo {
   std::string helo;        // as the client sent it
   std::string client_ip;   // textual, without brackets
   std::string me;
+  std::string comment = "Tern";  // after "by <me>", without the parentheses
   std::string protocol;    // from ReceivedProtocol()
   std::string id;          // the transaction id
   // Over TLS (all three empty otherwise: no TLS comment): e.g. "TLSv1.3",

@@ -25,6 +25,15 @@ TEST(BuildReceivedHeader, FoldsBeforeByAndDate) {
             "\tSat, 21 Nov 2026 07:58:22 +0000\r\n");
 }
 
+TEST(BuildReceivedHeader, WritesTheConfiguredComment) {
+  ReceivedInfo info = Info();
+  info.comment = "Example outbound";
+  EXPECT_EQ(BuildReceivedHeader(info),
+            "Received: from client.example ([192.0.2.1])\r\n"
+            "\tby mx.example (Example outbound) with ESMTP id 0123456789abcdef.1;\r\n"
+            "\tSat, 21 Nov 2026 07:58:22 +0000\r\n");
+}
+
 TEST(BuildReceivedHeader, WritesIpv6AsAddressLiteral) {
   ReceivedInfo info = Info();
   info.client_ip = "2001:db8::1";

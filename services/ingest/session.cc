@@ -1436,6 +1436,7 @@ std::string Session::BuildReceived() const {
   info.helo = helo_;
   info.client_ip = client_ip_;
   info.me = cfg_.me;
+  info.comment = cfg_.received_comment;
   info.protocol = ReceivedProtocol(esmtp_, conn_.tls(), authenticated_, mail_params_.smtputf8);
   if (conn_.tls()) {
     info.tls_version = conn_.TlsVersion();

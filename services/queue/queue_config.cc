@@ -9,6 +9,7 @@
 #include "lib/address/mailbox.h"
 #include "lib/common/status_macros.h"
 #include "lib/config/config_watcher.h"
+#include "lib/config/outbound_ini.h"
 
 namespace tern::queue {
 
@@ -203,7 +204,7 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
     t.submitter = absl::AsciiStrToLower(get("submitter", from_domain));
   }
 
-  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, dir.Ini("outbound.ini"));
+  TERN_ASSIGN_OR_RETURN(config::IniFile outbound, config::LoadOutboundIni(dir));
   TERN_ASSIGN_OR_RETURN(out.core.disabled, outbound.GetBool("main", "disabled", false));
   TERN_ASSIGN_OR_RETURN(out.core.always_split, outbound.GetBool("main", "always_split", false));
   TERN_ASSIGN_OR_RETURN(out.core.retry, RetrySchedule::FromOutboundIni(outbound));
@@ -235,7 +236,11 @@ std::vector<std::string> RestartOnlyChanges(const QueueConfig& running, const Qu
 }
 
 std::vector<std::string> QueueConfigPaths(const config::ConfigDir& dir) {
-  return config::WatchPaths(dir, {"tern.ini", "outbound.ini", "shaping.ini"});
+  std::vector<std::string> paths = config::WatchPaths(dir, {"tern.ini", "shaping.ini"});
+  for (std::string& path : config::OutboundIniWatchPaths(dir)) {
+    paths.push_back(std::move(path));
+  }
+  return paths;
 }
 
 }  // namespace tern::queue

@@ -102,9 +102,32 @@ TEST_F(QueueConfigDirTest, ConfigWatchDefaultsToTwoSecondsAndRefusesTooShortAPer
   EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("[queue] config_watch_ms"));
 }
 
+TEST_F(QueueConfigDirTest, ReadsHarakasLegacyOneLineOutboundFiles) {
+  // An older Haraka install's config/ keeps these settings in files of their own.
+  Write("outbound.disabled", "1\n");
+  Write("outbound.temp_fail_intervals", "2m, 10m\n");
+  auto cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(cfg->core.disabled);
+  EXPECT_EQ(cfg->core.retry.intervals_ms(), (std::vector<int64_t>{120000, 600000}));
+
+  std::filesystem::remove(dir_ / "outbound.temp_fail_intervals");
+  Write("outbound.maxTempFailures", "3\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->core.retry.intervals_ms(), (std::vector<int64_t>{64000, 128000}));
+
+  Write("outbound.temp_fail_intervals", "2m, soon\n");
+  cfg = LoadQueueConfig(config::ConfigDir(dir_.string()), std::nullopt);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_NE(cfg.status().message().find((dir_ / "outbound.temp_fail_intervals").string()), std::string::npos)
+      << cfg.status();
+}
+
 TEST_F(QueueConfigDirTest, TheWatcherLooksAtEveryFileAReloadReads) {
   const std::vector<std::string> paths = QueueConfigPaths(config::ConfigDir(dir_.string()));
-  for (const char* name : {"tern.ini", "outbound.ini", "shaping.ini"}) {
+  for (const char* name : {"tern.ini", "outbound.ini", "shaping.ini", "outbound.disabled",
+                           "outbound.temp_fail_intervals", "outbound.maxTempFailures"}) {
     EXPECT_NE(std::find(paths.begin(), paths.end(), (dir_ / name).string()), paths.end()) << name;
   }
 }

@@ -22,7 +22,7 @@ import subprocess
 import time
 import unittest
 
-from cluster import Cluster, ClusterTestCase, free_port, wait_port
+from cluster import Cluster, ClusterTestCase, binary, free_port, wait_port
 
 OUTSIDER = "127.0.0.2"
 
@@ -525,12 +525,30 @@ class IngestReloadTest(unittest.TestCase):
             self.assertIn("relay_networks=2", self.hup_wait(cluster, "config_reloaded"))
             with outsider() as s:
                 self.assertEqual(s.sendmail("a@sender.test", ["r@good.test"], b"Subject: after\r\n\r\nx\r\n"), {})
+            # Haraka's legacy one-line file for outbound.ini received_header,
+            # made where there was none: the Received: comment follows it.
+            self.log_start = os.path.getsize(os.path.join(cluster.logs, "ingest.log"))
+            with open(os.path.join(cluster.config, "outbound.received_header"), "w") as f:
+                f.write("Example outbound\n")
+            self.hup_wait(cluster, "config_changed")
+            self.hup_wait(cluster, "config_reloaded")
+            with smtplib.SMTP(*cluster.smtp_address(), timeout=20) as s:
+                s.ehlo("client.test")
+                s.mail("a@sender.test")
+                s.rcpt("r@good.test")
+                code, reply = s.data(b"Subject: comment\r\n\r\nx\r\n")
+            self.assertEqual(code, 250, reply)
+            queue_id = reply.decode().rsplit(" ", 1)[1]
+            out = subprocess.run([binary("ternctl"), "--queue", f"127.0.0.1:{cluster.ports['queue']}", "show",
+                                  queue_id], capture_output=True, text=True, timeout=20)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertRegex(out.stdout, r"by \S+ \(Example outbound\) with ESMTP id ")
             # A file ingest does not read changes nothing.
-            with open(os.path.join(cluster.config, "outbound.ini"), "a") as f:
+            with open(os.path.join(cluster.config, "shaping.ini"), "a") as f:
                 f.write("\n")
             time.sleep(1)
             with open(os.path.join(cluster.logs, "ingest.log"), "rb") as f:
-                self.assertEqual(f.read().count(b" config_changed "), 1)
+                self.assertEqual(f.read().count(b" config_changed "), 2)
 
 
 if __name__ == "__main__":

@@ -144,18 +144,19 @@ class QueueAdminTest(ClusterTestCase):
         self.assertEqual(self.ctl("resume").returncode, 0)
         self.assertFalse(self.ctl_json("stats")["paused"])
 
+    def wait_paused(self, want):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.ctl_json("stats")["paused"] == want:
+                return
+            time.sleep(0.1)
+        self.fail(f"paused never became {want}")
+
     def test_06b_outbound_ini_disabled_follows_the_file(self):
         path = os.path.join(self.cluster.config, "outbound.ini")
         with open(path) as f:
             original = f.read()
-
-        def wait_paused(want):
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if self.ctl_json("stats")["paused"] == want:
-                    return
-                time.sleep(0.1)
-            self.fail(f"paused never became {want}")
+        wait_paused = self.wait_paused
 
         try:
             with open(path, "w") as f:
@@ -165,6 +166,17 @@ class QueueAdminTest(ClusterTestCase):
             with open(path, "w") as f:
                 f.write(original)
         wait_paused(False)
+
+    def test_06c_harakas_legacy_outbound_disabled_file_pauses_and_resumes(self):
+        # An older Haraka install keeps the switch in config/outbound.disabled.
+        path = os.path.join(self.cluster.config, "outbound.disabled")
+        try:
+            with open(path, "w") as f:
+                f.write("1\n")
+            self.wait_paused(True)  # no signal sent: the queue watches the file
+        finally:
+            os.remove(path)
+        self.wait_paused(False)
 
     def test_07_hold_release_flush(self):
         out = self.ctl("hold", "--domain", "defer.test")

@@ -138,6 +138,14 @@ void Init(absl::string_view service, Level level, Format format) {
 
 bool Enabled(Level level) { return static_cast<int>(level) >= GetState().level.load(std::memory_order_relaxed); }
 
+Level CurrentLevel() { return static_cast<Level>(GetState().level.load(std::memory_order_relaxed)); }
+
+Format CurrentFormat() {
+  State& s = GetState();
+  std::lock_guard lock(s.mu);
+  return s.format;
+}
+
 std::string Render(Format format, absl::string_view service, Level level, absl::string_view event,
                    std::initializer_list<Field> fields) {
   std::string out;

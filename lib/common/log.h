@@ -43,6 +43,10 @@ void Init(absl::string_view service, Level level, Format format);
 
 bool Enabled(Level level);
 
+// What Init set last (or the defaults): for a reload to say what changed.
+Level CurrentLevel();
+Format CurrentFormat();
+
 using Field = std::pair<absl::string_view, absl::string_view>;
 
 // Logs one event with key=value fields.

@@ -7,9 +7,10 @@
 // worker thread per queue shard listed in [bouncer] queue. SIGTERM/SIGINT:
 // every worker finishes its job in progress, then exit 0. A bad config exits
 // 1 with a message naming the file. SIGHUP, or a change of the templates,
-// `me` or tern.ini (looked at every [bouncer] config_watch_ms), reads the
-// config again: templates, me, double_bounce_recipient, suppression rules
-// and max_original_bytes apply from each worker's next job; queue,
+// `me`, tern.ini or log.ini (looked at every [bouncer] config_watch_ms),
+// reads the config again: templates, me, double_bounce_recipient,
+// suppression rules and max_original_bytes apply from each worker's next
+// job, log.ini's level and format at once; queue,
 // health_listen, metrics_listen and hooks.ini need a restart (logged as
 // reload_needs_restart); a config that does not load changes nothing.
 #include <unistd.h>
@@ -49,6 +50,7 @@ using tern::log::Level;
 // what the service was started with.
 void Reload(const tern::config::ConfigDir& dir, const tern::bouncer::BouncerConfig& running,
             const std::vector<std::unique_ptr<tern::bouncer::BounceWorker>>& workers) {
+  tern::config::ReloadLogging(dir, "bouncer");
   absl::StatusOr<tern::bouncer::BouncerConfig> config = tern::bouncer::LoadBouncerConfig(dir);
   if (!config.ok()) {
     tern::log::Event(Level::kError, "reload_failed",
@@ -166,7 +168,7 @@ int RealMain(const std::string& config_path) {
                                      "outbound.bounce_message_delivered", "outbound.bounce_message_html",
                                      "outbound.bounce_message_delayed_html",
                                      "outbound.bounce_message_delivered_html", "outbound.bounce_message_image",
-                                     "me", "tern.ini"}),
+                                     "me", "tern.ini", "log.ini"}),
       config->config_watch);
   while (true) {
     int sig = tern::WaitForSignal();

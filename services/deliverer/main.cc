@@ -3,7 +3,8 @@
 //
 // Signals: SIGTERM/SIGINT drain (DeliveryWorker::Stop), a second one exits
 // at once. SIGHUP reads dkim.ini and the DKIM keys again (key rotation
-// without a restart); so does a change of any file the deliverer reads,
+// without a restart) and log.ini's level and format; so does a change of
+// any file the deliverer reads,
 // looked at every tern.ini [deliverer] config_watch_ms. Every other setting
 // is read at startup: a rolling restart applies it and loses nothing
 // (leases go back to the queue). A reload names the changed settings that
@@ -51,6 +52,7 @@ namespace {
 void Reload(const tern::config::ConfigDir& dir, const tern::deliverer::DelivererConfig& running,
             tern::deliverer::DeliveryWorker& worker) {
   using tern::log::Level;
+  tern::config::ReloadLogging(dir, "deliverer");
   auto loaded = tern::deliverer::DelivererConfig::Load(dir);
   if (!loaded.ok()) {
     tern::log::Event(Level::kError, "reload_failed",
@@ -194,7 +196,7 @@ int main(int argc, char** argv) {
   // takes it on the event loop.
   std::vector<std::string> watched =
       config::WatchPaths(dir, {"dkim.ini", "dkim", "dkim.private.key", "dkim_sign.ini", "plugins", "tern.ini",
-                               "outbound_routes.ini", "smtp_forward.ini", "tls.ini", "hooks.ini", "me"});
+                               "outbound_routes.ini", "smtp_forward.ini", "tls.ini", "hooks.ini", "me", "log.ini"});
   for (std::string& path : config::OutboundIniWatchPaths(dir)) {
     watched.push_back(std::move(path));
   }

@@ -77,6 +77,7 @@ int Fail(absl::string_view event, absl::string_view error) {
 void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& server,
             std::chrono::milliseconds* shutdown_timeout, tern::config::ConfigWatcher* watcher) {
   using tern::log::Level;
+  tern::config::ReloadLogging(dir, "ingest");
   auto config = tern::ingest::LoadIngestConfig(dir);
   if (!config.ok()) {
     tern::log::Event(Level::kError, "reload_failed",

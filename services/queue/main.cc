@@ -7,11 +7,12 @@
 // drained with a deadline, the database closed); SIGHUP reloads the config
 // and flushes (every waiting delivery is due now), as SIGHUP does in Haraka.
 // The config is also reloaded, without a flush, when tern.ini, outbound.ini
-// or shaping.ini changes (looked at every tern.ini [queue] config_watch_ms,
-// applied once the files have stayed the same for as long again;
-// lib/config/config_watcher.h). A reload applies outbound.ini (disabled,
-// always_split, the retry schedule), shaping.ini and most tern.ini [queue]
-// keys at once (QueueCore::Reconfigure), names the settings only a restart
+// (or Haraka's legacy outbound.* files), shaping.ini or log.ini changes
+// (looked at every tern.ini [queue] config_watch_ms, applied once the files
+// have stayed the same for as long again; lib/config/config_watcher.h). A
+// reload applies outbound.ini (disabled, always_split, the retry schedule),
+// shaping.ini, log.ini and most tern.ini [queue] keys at once
+// (QueueCore::Reconfigure, config::ReloadLogging), names the settings only a restart
 // applies (`reload_needs_restart`), and changes nothing when the files do
 // not load (`reload_failed`).
 #include <chrono>
@@ -118,6 +119,7 @@ int main(int argc, char** argv) {
   std::mutex reload_mu;
   auto reload = [&] {
     std::lock_guard<std::mutex> lock(reload_mu);
+    tern::config::ReloadLogging(dir, "queue");
     auto loaded = tern::queue::LoadQueueConfig(dir, data_dir);
     if (!loaded.ok()) {
       tern::log::Event(tern::log::Level::kError, "reload_failed",

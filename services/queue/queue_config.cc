@@ -236,7 +236,7 @@ std::vector<std::string> RestartOnlyChanges(const QueueConfig& running, const Qu
 }
 
 std::vector<std::string> QueueConfigPaths(const config::ConfigDir& dir) {
-  std::vector<std::string> paths = config::WatchPaths(dir, {"tern.ini", "shaping.ini"});
+  std::vector<std::string> paths = config::WatchPaths(dir, {"tern.ini", "shaping.ini", "log.ini"});
   for (std::string& path : config::OutboundIniWatchPaths(dir)) {
     paths.push_back(std::move(path));
   }

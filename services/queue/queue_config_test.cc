@@ -126,7 +126,7 @@ TEST_F(QueueConfigDirTest, ReadsHarakasLegacyOneLineOutboundFiles) {
 
 TEST_F(QueueConfigDirTest, TheWatcherLooksAtEveryFileAReloadReads) {
   const std::vector<std::string> paths = QueueConfigPaths(config::ConfigDir(dir_.string()));
-  for (const char* name : {"tern.ini", "outbound.ini", "shaping.ini", "outbound.disabled",
+  for (const char* name : {"tern.ini", "outbound.ini", "shaping.ini", "log.ini", "outbound.disabled",
                            "outbound.temp_fail_intervals", "outbound.maxTempFailures"}) {
     EXPECT_NE(std::find(paths.begin(), paths.end(), (dir_ / name).string()), paths.end()) << name;
   }

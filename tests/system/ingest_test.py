@@ -543,12 +543,20 @@ class IngestReloadTest(unittest.TestCase):
                                   queue_id], capture_output=True, text=True, timeout=20)
             self.assertEqual(out.returncode, 0, out.stderr)
             self.assertRegex(out.stdout, r"by \S+ \(Example outbound\) with ESMTP id ")
+            # log.ini: the new level applies at once; debug lines follow.
+            self.log_start = os.path.getsize(os.path.join(cluster.logs, "ingest.log"))
+            with open(os.path.join(cluster.config, "log.ini"), "w") as f:
+                f.write("[main]\nlevel=debug\nformat=logfmt\n")
+            line = self.hup_wait(cluster, "event=log_settings_changed")
+            self.assertIn("level=debug format=logfmt", line)
+            self.hup_wait(cluster, "event=config_reloaded")
             # A file ingest does not read changes nothing.
             with open(os.path.join(cluster.config, "shaping.ini"), "a") as f:
                 f.write("\n")
             time.sleep(1)
             with open(os.path.join(cluster.logs, "ingest.log"), "rb") as f:
-                self.assertEqual(f.read().count(b" config_changed "), 2)
+                text = f.read()
+            self.assertEqual(text.count(b" config_changed ") + text.count(b" event=config_changed "), 3)
 
 
 if __name__ == "__main__":

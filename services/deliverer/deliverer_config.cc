@@ -175,31 +175,48 @@ std::vector<std::string> RestartOnlyChanges(const DelivererConfig& a, const Deli
       out.push_back(where);
     }
   };
-  check(std::tie(a.concurrency_max, a.connect_timeout, a.local_mx_ok, a.inet_prefer, a.enable_tls) !=
-            std::tie(b.concurrency_max, b.connect_timeout, b.local_mx_ok, b.inet_prefer, b.enable_tls),
-        "outbound.ini");
-  check(std::tie(a.queues, a.dns_servers, a.mx_port, a.lease_batch, a.call_batch_wait, a.dot_timeout, a.health_listen,
-                 a.metrics_listen, a.timeouts, a.pool_timeout, a.pool_max_messages, a.destination_connections_max,
-                 a.tls_failure_ttl, a.host_flags_refresh, a.unreachable_after, a.unreachable_backoff, a.mta_sts,
-                 a.mta_sts_timeout, a.mta_sts_port, a.dane, a.chunking, a.chunking_failure_ttl, a.dkim_threads,
-                 a.config_watch) !=
-            std::tie(b.queues, b.dns_servers, b.mx_port, b.lease_batch, b.call_batch_wait, b.dot_timeout,
-                     b.health_listen, b.metrics_listen, b.timeouts, b.pool_timeout, b.pool_max_messages,
-                     b.destination_connections_max, b.tls_failure_ttl, b.host_flags_refresh, b.unreachable_after,
-                     b.unreachable_backoff, b.mta_sts, b.mta_sts_timeout, b.mta_sts_port, b.dane, b.chunking,
-                     b.chunking_failure_ttl, b.dkim_threads, b.config_watch),
-        "tern.ini [deliverer]");
+  check(a.queues != b.queues, "tern.ini [deliverer] queue");
+  check(a.dns_servers != b.dns_servers, "tern.ini [deliverer] dns_servers");
+  check(a.mx_port != b.mx_port, "tern.ini [deliverer] mx_port");
+  check(a.lease_batch != b.lease_batch, "tern.ini [deliverer] lease_batch");
+  check(a.call_batch_wait != b.call_batch_wait, "tern.ini [deliverer] call_batch_wait_ms");
+  check(a.health_listen != b.health_listen, "tern.ini [deliverer] health_listen");
+  check(a.metrics_listen != b.metrics_listen, "tern.ini [deliverer] metrics_listen");
+  check(std::tie(a.pool_timeout, a.pool_max_messages, a.destination_connections_max) !=
+            std::tie(b.pool_timeout, b.pool_max_messages, b.destination_connections_max),
+        "tern.ini [deliverer] pool_timeout/pool_max_messages/destination_connections_max");
+  check(a.unreachable_after != b.unreachable_after, "tern.ini [deliverer] unreachable_after");
+  check(std::tie(a.mta_sts, a.mta_sts_port) != std::tie(b.mta_sts, b.mta_sts_port),
+        "tern.ini [deliverer] mta_sts/mta_sts_port");
+  check(a.dkim_threads != b.dkim_threads, "tern.ini [deliverer] dkim_threads");
+  check(a.config_watch != b.config_watch, "tern.ini [deliverer] config_watch_ms");
   check(std::tie(a.tlsrpt, a.tlsrpt_flush) != std::tie(b.tlsrpt, b.tlsrpt_flush), "tern.ini [tlsrpt]");
-  check(a.routes != b.routes || a.sender_routes != b.sender_routes, "outbound_routes.ini / smtp_forward.ini");
-  const TlsOutboundConfig& s = a.tls;
-  const TlsOutboundConfig& t = b.tls;
-  check(std::tie(s.ciphers, s.min_version, s.key, s.cert, s.ca, s.reject_unauthorized, s.no_tls_hosts,
-                 s.force_tls_hosts) != std::tie(t.ciphers, t.min_version, t.key, t.cert, t.ca, t.reject_unauthorized,
-                                                t.no_tls_hosts, t.force_tls_hosts),
-        "tls.ini");
   check(a.hooks != b.hooks, "hooks.ini");
   check(a.me != b.me, "me");
   return out;
+}
+
+DelivererConfig WithRestartOnlyFrom(const DelivererConfig& running, DelivererConfig loaded) {
+  loaded.queues = running.queues;
+  loaded.dns_servers = running.dns_servers;
+  loaded.mx_port = running.mx_port;
+  loaded.lease_batch = running.lease_batch;
+  loaded.call_batch_wait = running.call_batch_wait;
+  loaded.health_listen = running.health_listen;
+  loaded.metrics_listen = running.metrics_listen;
+  loaded.pool_timeout = running.pool_timeout;
+  loaded.pool_max_messages = running.pool_max_messages;
+  loaded.destination_connections_max = running.destination_connections_max;
+  loaded.unreachable_after = running.unreachable_after;
+  loaded.mta_sts = running.mta_sts;
+  loaded.mta_sts_port = running.mta_sts_port;
+  loaded.dkim_threads = running.dkim_threads;
+  loaded.config_watch = running.config_watch;
+  loaded.tlsrpt = running.tlsrpt;
+  loaded.tlsrpt_flush = running.tlsrpt_flush;
+  loaded.hooks = running.hooks;
+  loaded.me = running.me;
+  return loaded;
 }
 
 }  // namespace tern::deliverer

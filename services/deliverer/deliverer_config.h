@@ -233,11 +233,17 @@ struct DelivererConfig {
   absl::Status Validate() const;
 };
 
-// What the deliverer applies only at a start, as groups of settings named
-// by where they are written ("outbound.ini", "tern.ini [deliverer]", ...),
-// in which `loaded` differs from `running`. DKIM (dkim.ini and the keys)
-// is never named: SIGHUP applies it. File contents behind a path (a
-// certificate renewed under the same name) are not compared.
+// What the deliverer applies only at a start, named by where it is written
+// ("tern.ini [deliverer] queue", "hooks.ini", ...), where `loaded` differs
+// from `running`: the queue shards, DNS servers, mx_port, lease_batch,
+// call_batch_wait, the health and metrics listeners, the connection pool's
+// limits, unreachable_after, mta_sts and mta_sts_port, dkim_threads,
+// config_watch_ms, [tlsrpt], hooks.ini and me. Everything else a reload
+// applies (DeliveryWorker::Reload).
 std::vector<std::string> RestartOnlyChanges(const DelivererConfig& running, const DelivererConfig& loaded);
+
+// `loaded` with the settings RestartOnlyChanges names taken from `running`:
+// what a reload runs with.
+DelivererConfig WithRestartOnlyFrom(const DelivererConfig& running, DelivererConfig loaded);
 
 }  // namespace tern::deliverer

@@ -279,16 +279,55 @@ TEST_F(ConfigTest, AReloadNamesWhereTheSettingsOnlyARestartAppliesChanged) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_TRUE(RestartOnlyChanges(*running, *loaded).empty());
 
-  Write("tern.ini", "[deliverer]\nmx_port=2526\n");
-  Write("outbound.ini", "local_mx_ok=true\n");
+  // What a reload applies (outbound.ini, routes, tls.ini, step timeouts):
+  // not named either.
+  Write("tern.ini", "[deliverer]\nmx_port=2525\nrcpt_timeout=77\nchunking=false\n");
+  Write("outbound.ini", "local_mx_ok=true\nconcurrency_max=7\nenable_tls=false\n");
   Write("outbound_routes.ini", "[example.com]\nhost=smart.example.net:587\n");
   Write("tls.ini", "[outbound]\nno_tls_hosts[]=192.0.2.0/24\n");
+  loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(RestartOnlyChanges(*running, *loaded).empty());
+
+  Write("tern.ini", "[deliverer]\nmx_port=2526\nqueue=127.0.0.1:7079\ndkim_threads=1\nrcpt_timeout=77\n"
+                    "chunking=false\n[tlsrpt]\nenabled=true\n");
   Write("me", "other.example\n");
   loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(RestartOnlyChanges(*running, *loaded),
-            (std::vector<std::string>{"outbound.ini", "tern.ini [deliverer]", "outbound_routes.ini / smtp_forward.ini",
-                                      "tls.ini", "me"}));
+            (std::vector<std::string>{"tern.ini [deliverer] queue", "tern.ini [deliverer] mx_port",
+                                      "tern.ini [deliverer] dkim_threads", "tern.ini [tlsrpt]", "me"}));
+
+  // A reload runs with the restart-only settings as they run, the rest as
+  // loaded.
+  const DelivererConfig next = WithRestartOnlyFrom(*running, *loaded);
+  EXPECT_TRUE(RestartOnlyChanges(*running, next).empty());
+  EXPECT_EQ(next.mx_port, 2525);
+  EXPECT_EQ(next.me, running->me);
+  EXPECT_EQ(next.concurrency_max, 7u);
+  EXPECT_FALSE(next.enable_tls);
+  EXPECT_FALSE(next.chunking);
+  EXPECT_EQ(next.timeouts.rcpt, std::chrono::seconds(77));
+  EXPECT_NE(next.routes.Find("example.com"), nullptr);
+}
+
+TEST_F(ConfigTest, WithRestartOnlyFromLeavesNoRestartOnlySettingDifferent) {
+  // Every restart-only setting changed at once: none may be left out of
+  // WithRestartOnlyFrom, or a reload would run with a value the log said
+  // waits for a restart.
+  auto running = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(running.ok()) << running.status();
+  Write("tern.ini",
+        "[deliverer]\nqueue=127.0.0.1:7079\ndns_servers=127.0.0.1:5353\nmx_port=2526\nlease_batch=3\n"
+        "call_batch_wait_ms=9\nhealth_listen=127.0.0.1:7999\nmetrics_listen=\npool_timeout=3\n"
+        "pool_max_messages=3\ndestination_connections_max=3\nunreachable_after=9\nmta_sts=false\n"
+        "mta_sts_port=8443\ndkim_threads=0\nconfig_watch_ms=0\n[tlsrpt]\nenabled=true\nflush_seconds=3\n");
+  Write("hooks.ini", "[main]\naddress=127.0.0.1:7998\n");
+  Write("me", "other.example\n");
+  auto loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(RestartOnlyChanges(*running, *loaded).size(), 15u) << absl::StrJoin(RestartOnlyChanges(*running, *loaded), ", ");
+  EXPECT_TRUE(RestartOnlyChanges(*running, WithRestartOnlyFrom(*running, *loaded)).empty());
 }
 
 }  // namespace

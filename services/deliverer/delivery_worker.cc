@@ -326,7 +326,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   Impl(asio::io_context& io, const DelivererConfig& config, std::vector<std::shared_ptr<grpc::Channel>> channels,
        dns::MxResolver& resolver, RoutePlanner planner)
       : io_(io),
-        config_(config),
+        config_(std::make_shared<const DelivererConfig>(config)),
         resolver_(resolver),
         planner_(std::move(planner)),
         pool_(io.get_executor(), ConnectionPool::Options{config.pool_timeout, config.pool_max_messages,
@@ -386,11 +386,38 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   }
 
   void ReloadDkim(DkimConfig dkim) {
-    if (dkim.enabled && config_.dkim_threads > 0 && dkim_pool_ == nullptr && !stopping_) {
-      dkim_pool_ = std::make_unique<asio::thread_pool>(config_.dkim_threads);
+    if (dkim.enabled && config_->dkim_threads > 0 && dkim_pool_ == nullptr && !stopping_) {
+      dkim_pool_ = std::make_unique<asio::thread_pool>(config_->dkim_threads);
     }
     dkim_ = std::make_shared<const DkimConfig>(std::move(dkim));
     ++dkim_generation_;
+  }
+
+  // A reload's config (its restart-only settings already the running ones,
+  // WithRestartOnlyFrom): deliveries started from now on use it; those in
+  // flight finish with the config they started with.
+  void Reload(DelivererConfig config) {
+    std::shared_ptr<asio::ssl::context> tls = config.tls.context;
+    if (tls == nullptr) {  // a config not made by Load (tests)
+      if (auto ctx = config.tls.MakeContext(); ctx.ok()) {
+        tls = *std::move(ctx);
+      } else {
+        log::Event(log::Level::kError, "tls_context_failed", {{"error", std::string(ctx.status().message())}});
+        tls = tls_;
+      }
+    }
+    DkimConfig dkim = std::move(config.dkim);
+    planner_.SetPreferences(config.inet_prefer, config.local_mx_ok);
+    const bool raised = config.concurrency_max > config_->concurrency_max;
+    config_ = std::make_shared<const DelivererConfig>(std::move(config));
+    tls_ = std::move(tls);
+    ReloadDkim(std::move(dkim));
+    if (!planner_.local_mx_ok() && !me_resolved_) {
+      asio::co_spawn(io_, ResolveMe(shared_from_this()), asio::detached);
+    }
+    if (raised) {
+      WakeLeaseLoops();
+    }
   }
 
   void Start() { asio::co_spawn(io_, Main(shared_from_this()), asio::detached); }
@@ -516,13 +543,22 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     bool tlsrpt_warned = false;  // RecordTlsResults
   };
 
+  // The addresses of `me` count as this host (Haraka's is_local_host);
+  // looked up once, when local_mx_ok=false first needs them.
+  static asio::awaitable<void> ResolveMe(std::shared_ptr<Impl> self) {
+    if (self->me_resolved_ || self->config_->me.empty()) {
+      co_return;
+    }
+    self->me_resolved_ = true;
+    dns::HostAnswer me = co_await dns::AwaitHost(self->resolver_, self->config_->me);
+    std::vector<std::string> addresses = me.ipv4;
+    addresses.insert(addresses.end(), me.ipv6.begin(), me.ipv6.end());
+    self->planner_.AddLocalAddresses(addresses);
+  }
+
   static asio::awaitable<void> Main(std::shared_ptr<Impl> self) {
-    if (!self->config_.local_mx_ok && !self->config_.me.empty()) {
-      // The addresses of `me` count as this host (Haraka's is_local_host).
-      dns::HostAnswer me = co_await dns::AwaitHost(self->resolver_, self->config_.me);
-      std::vector<std::string> addresses = me.ipv4;
-      addresses.insert(addresses.end(), me.ipv6.begin(), me.ipv6.end());
-      self->planner_.AddLocalAddresses(addresses);
+    if (!self->config_->local_mx_ok) {
+      co_await ResolveMe(self);
     }
     auto executor = co_await asio::this_coro::executor;
     if (self->shards_.empty()) {
@@ -533,7 +569,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       asio::co_spawn(executor, ReporterLoop(self, shard.get()), asio::detached);
       asio::co_spawn(executor, ProgressLoop(self, shard.get()), asio::detached);
       asio::co_spawn(executor, HostFlagsLoop(self, shard.get()), asio::detached);
-      if (self->config_.tlsrpt) {
+      if (self->config_->tlsrpt) {
         asio::co_spawn(executor, TlsRptLoop(self, shard.get()), asio::detached);
       }
     }
@@ -587,7 +623,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       // that waited for work has already waited longer than that.
       const Clock::time_point now = Clock::now();
       const Clock::time_point lease_at =
-          shard->lease_pacer.ReadyAt(last_came_back_short ? 0 : self->config_.lease_batch, now);
+          shard->lease_pacer.ReadyAt(last_came_back_short ? 0 : self->config_->lease_batch, now);
       if (lease_at > now) {
         shard->backoff_timer.expires_at(lease_at);
         co_await shard->backoff_timer.async_wait(kNoThrow);
@@ -607,7 +643,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       }
       v1::LeaseRequest request;
       request.set_kind(v1::JOB_KIND_DELIVERY);
-      request.set_max_jobs(std::min(self->ShareOf(free), self->config_.lease_batch));
+      request.set_max_jobs(std::min(self->ShareOf(free), self->config_->lease_batch));
       shard->lease_pacer.Started(now);
       request.set_wait_ms(kLeaseWaitMs);
       request.set_worker_id(self->worker_id_);
@@ -680,7 +716,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // report, no Lease call in flight.
   uint32_t FreeSlots() const {
     const uint32_t busy = in_flight_ + unreported_ + reserved_;
-    return config_.concurrency_max - std::min(busy, config_.concurrency_max);
+    return config_->concurrency_max - std::min(busy, config_->concurrency_max);
   }
 
   // How many of `free` slots the lease loop about to call may ask for: an
@@ -798,6 +834,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // does `shard`, the job's, where what the delivery learns is sent.
   asio::awaitable<std::vector<RecipientOutcome>> Deliver(Shard* shard, v1::DeliveryJob& job,
                                                          uint32_t* held_seconds) {
+    // The config as it is now, for the whole delivery: a reload replaces
+    // config_ (Reload), and the static route this delivery goes by, its TLS
+    // context and its timeouts belong to the config they came from.
+    const std::shared_ptr<const DelivererConfig> config = config_;
+    const DelivererConfig& cfg = *config;
     const size_t n = static_cast<size_t>(job.recipients_size());
     std::vector<std::optional<RecipientOutcome>> decided(n);
     auto decide_rest = [&](const RecipientOutcome& o) {
@@ -861,7 +902,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       metrics_.TlsRequests(tls_request).Inc();
     }
     const Clock::time_point dns_start = Clock::now();
-    const StaticRoute* static_route = config_.RouteFor(job.domain(), job.mail_from());
+    const StaticRoute* static_route = cfg.RouteFor(job.domain(), job.mail_from());
     // Routes the get_mx hook answered with (when no static route applies),
     // one per host since each host may have its own AUTH and bind.
     std::vector<StaticRoute> hook_routes;
@@ -948,11 +989,11 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       // RFC 8460: a domain that asks for TLS reports gets its sessions
       // counted. Not a message that waives the domain's policies, as TLS
       // reports themselves do (§5.3).
-      if (config_.tlsrpt && recipient_policies) {
+      if (cfg.tlsrpt && recipient_policies) {
         tlsrpt_rua = co_await TlsRptRua(job.domain());
       }
       bool dane_applies = false;
-      if (config_.dane && mx.secure && recipient_policies) {
+      if (cfg.dane && mx.secure && recipient_policies) {
         dane_applies = co_await ApplyDane(shard, job, mx, plan, dane_hosts, tlsrpt_rua);
       }
       if (mta_sts_ != nullptr && !dane_applies && recipient_policies) {
@@ -1014,7 +1055,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       }
       // Do not start a new address when the lease would end mid-session: the
       // report would be refused as stale and the recipients tried again.
-      const int64_t margin_ms = 2 * std::chrono::duration_cast<std::chrono::milliseconds>(config_.connect_timeout).count();
+      const int64_t margin_ms = 2 * std::chrono::duration_cast<std::chrono::milliseconds>(cfg.connect_timeout).count();
       if (tried > 0 && NowUnixMs() + margin_ms > job.lease_deadline_unix_ms()) {
         last_failure.reply_text += " (lease time used up before the next MX address)";
         all_addresses_reached = false;
@@ -1035,7 +1076,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       }
       ++tried;
       TransactionRequest request;
-      request.helo_name = route != nullptr && !route->bind_helo.empty() ? route->bind_helo : config_.me;
+      request.helo_name = route != nullptr && !route->bind_helo.empty() ? route->bind_helo : cfg.me;
       request.mx_host = attempt.mx_host;
       request.ip = attempt.ip;
       request.port = attempt.port;
@@ -1055,9 +1096,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       request.body_8bit = job.body_8bit();
       request.ret = ToRet(job.ret());
       request.envid = job.envid();
-      request.chunking = config_.chunking && !host_flags_.Has(flag_host, kNoChunkingFlag, NowUnixMs());
+      request.chunking = cfg.chunking && !host_flags_.Has(flag_host, kNoChunkingFlag, NowUnixMs());
       const TlsDecision tls =
-          config_.tls.Decide(config_.enable_tls, route != nullptr ? route->tls : RouteTls::kOpportunistic,
+          cfg.tls.Decide(cfg.enable_tls, route != nullptr ? route->tls : RouteTls::kOpportunistic,
                              host_flags_.Has(flag_host, kBrokenTlsFlag, NowUnixMs()), attempt.ip, attempt.mx_host,
                              job.domain());
       request.tls = sts_enforced ? TlsMode::kRequired : tls.mode;  // without a context: required → error
@@ -1109,8 +1150,8 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         // context (DelivererConfig::Load refuses such a config; only a
         // config built by hand gets here) the route goes without TLS
         // context, which fails a required TLS and skips an opportunistic one.
-        auto it = config_.route_tls.find(route->domain);
-        request.tls_context = it == config_.route_tls.end() ? nullptr : it->second;
+        auto it = cfg.route_tls.find(route->domain);
+        request.tls_context = it == cfg.route_tls.end() ? nullptr : it->second;
         request.tls_client_cert = route->tls_cert;
       }
       if (route != nullptr && route->has_auth()) {
@@ -1120,7 +1161,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         request.force_auth = route->force_auth;
       }
       request.bind_ip = route != nullptr ? route->bind : "";
-      request.timeouts = config_.timeouts;
+      request.timeouts = cfg.timeouts;
       request.pool = &pool_;
       // Waiting for one of the destination's connections
       // (destination_connections_max) may take up to half of what is left of
@@ -1129,7 +1170,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
       // and the other half leaves the transaction time before the lease ends.
       const int64_t lease_left_ms = std::max<int64_t>(0, job.lease_deadline_unix_ms() - NowUnixMs());
       request.connection_wait =
-          std::max<std::chrono::steady_clock::duration>(config_.timeouts.connect,
+          std::max<std::chrono::steady_clock::duration>(cfg.timeouts.connect,
                                                         std::chrono::milliseconds(lease_left_ms / 2));
       // Only a pointer captured (GCC 12 coroutine argument bug); `gate`
       // lives in this frame, which outlives the transaction.
@@ -1163,7 +1204,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         log::Event(log::Level::kNotice, "bdat_refused_retrying_data",
                    {{"msg", job.message_id()}, {"relay", RelayOf(attempt.mx_host, attempt.ip, attempt.port)},
                     {"error", result->failure}});
-        SetHostFlag(shard, flag_host, kNoChunkingFlag, config_.chunking_failure_ttl, result->failure,
+        SetHostFlag(shard, flag_host, kNoChunkingFlag, cfg.chunking_failure_ttl, result->failure,
                     /*share=*/true);
         request.chunking = false;
         result = co_await RunSmtpTransaction(request);
@@ -1231,7 +1272,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // Each call has hooks.ini's deadline; whatever goes wrong, the delivery
   // goes on as it would without the hook (LogHookFailure says how).
 
-  bool HookOn(hooks::Hook hook) const { return hooks_ != nullptr && config_.hooks.Calls(hook); }
+  bool HookOn(hooks::Hook hook) const { return hooks_ != nullptr && config_->hooks.Calls(hook); }
 
   static void FillHookDelivery(const v1::DeliveryJob& job, v1::HookDelivery* d) {
     d->set_message_id(job.message_id());
@@ -1249,7 +1290,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   }
 
   void SetHookDeadline(grpc::ClientContext& ctx) const {
-    ctx.set_deadline(std::chrono::system_clock::now() + config_.hooks.timeout);
+    ctx.set_deadline(std::chrono::system_clock::now() + config_->hooks.timeout);
   }
 
   // send_email: the seconds to hold the delivery back, or 0 to go on.
@@ -1632,9 +1673,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     request.target = rua->target;
     request.headers = {{"Content-Type", "application/tlsrpt+gzip"}};
     request.body = std::move(*job.mutable_body());
-    request.timeout = config_.mta_sts_timeout;
+    request.timeout = config_->mta_sts_timeout;
     request.read_body = false;  // the status is the answer
-    if (!config_.local_mx_ok) {
+    if (!config_->local_mx_ok) {
       // The URI comes from the policy domain's DNS: like an MX, it may not
       // steer the deliverer to this host or to loopback services.
       const RoutePlanner* planner = &planner_;
@@ -1844,7 +1885,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   // Remembers `host` as broken_tls locally and tells the queue (`shard`,
   // the job's), so every deliverer reaches it in plain text until the TTL ends.
   void MarkBrokenTls(Shard* shard, const std::string& host, const std::string& reason) {
-    SetHostFlag(shard, host, kBrokenTlsFlag, config_.tls_failure_ttl, reason, /*share=*/true);
+    SetHostFlag(shard, host, kBrokenTlsFlag, config_->tls_failure_ttl, reason, /*share=*/true);
   }
 
   // A session attempt with `host` failed before its greeting. The
@@ -1857,14 +1898,14 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
     // A session that was already under way when the address was suspended
     // extends the pause here; the others learnt of it already.
     const bool already = host_flags_.Has(host, kUnreachableFlag, NowUnixMs());
-    SetHostFlag(shard, host, kUnreachableFlag, config_.unreachable_backoff, failure, /*share=*/!already);
+    SetHostFlag(shard, host, kUnreachableFlag, config_->unreachable_backoff, failure, /*share=*/!already);
     if (already) {
       return;
     }
     metrics_.suspensions.Inc();
     log::Event(log::Level::kWarn, "address_suspended",
                {{"relay", relay}, {"failures_in_a_row", absl::StrCat(streaks_.streak(host))},
-                {"seconds", absl::StrCat(config_.unreachable_backoff.count())},
+                {"seconds", absl::StrCat(config_->unreachable_backoff.count())},
                 {"failure", host_flags_.Reason(host, kUnreachableFlag)}});
   }
 
@@ -1961,7 +2002,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   static asio::awaitable<void> TlsRptLoop(std::shared_ptr<Impl> self, Shard* shard) {
     for (;;) {
       if (!self->stopping_) {
-        shard->tlsrpt_timer.expires_after(self->config_.tlsrpt_flush);
+        shard->tlsrpt_timer.expires_after(self->config_->tlsrpt_flush);
         co_await shard->tlsrpt_timer.async_wait(kNoThrow);
       }
       std::vector<v1::TlsRptCount> all = shard->tlsrpt_counts.Take();
@@ -2086,7 +2127,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
         }
       }
       self->host_flags_.Expire(NowUnixMs());
-      shard->flags_timer.expires_after(self->config_.host_flags_refresh);
+      shard->flags_timer.expires_after(self->config_->host_flags_refresh);
       co_await shard->flags_timer.async_wait(kNoThrow);
     }
   }
@@ -2458,7 +2499,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   }
 
   asio::io_context& io_;
-  const DelivererConfig& config_;
+  // The running config; Reload replaces it. A delivery keeps the one it
+  // started with (Deliver).
+  std::shared_ptr<const DelivererConfig> config_;
   // The queue shards, in config.queues order; never resized after the
   // constructor (jobs and loops hold Shard pointers).
   std::vector<std::unique_ptr<Shard>> shards_;
@@ -2470,6 +2513,9 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   int delivered_in_flight_ = 0;             // SendDelivered calls waiting
   dns::MxResolver& resolver_;
   RoutePlanner planner_;
+  bool me_resolved_ = false;  // ResolveMe ran (or is running)
+  // tls.ini's context for SMTP sessions; Reload replaces it (MtaSts keeps
+  // the one it was made with).
   std::shared_ptr<asio::ssl::context> tls_;
   std::unique_ptr<MtaSts> mta_sts_;  // null: mta_sts=false
   ConnectionPool pool_;
@@ -2528,5 +2574,7 @@ void DeliveryWorker::Stop(std::function<void()> on_stopped, std::chrono::millise
 }
 
 void DeliveryWorker::ReloadDkim(DkimConfig dkim) { impl_->ReloadDkim(std::move(dkim)); }
+
+void DeliveryWorker::Reload(DelivererConfig config) { impl_->Reload(std::move(config)); }
 
 }  // namespace tern::deliverer

@@ -76,6 +76,20 @@ class DeliveryWorker {
   // thread.
   void ReloadDkim(DkimConfig dkim);
 
+  // SIGHUP with a config that loaded: `config` (the restart-only settings
+  // taken from the running config, WithRestartOnlyFrom) is used by every
+  // delivery that starts from now on: outbound.ini's concurrency_max
+  // (a raised limit leases more at once, a lowered one leases nothing until
+  // enough deliveries end), connect_timeout, local_mx_ok, inet_prefer and
+  // enable_tls; tern.ini [deliverer]'s step timeouts, tls_failure_ttl,
+  // host_flags_refresh, unreachable_backoff, mta_sts_timeout, dane,
+  // chunking and chunking_failure_ttl; outbound_routes.ini and
+  // smtp_forward.ini routes; tls.ini for SMTP sessions; DKIM as
+  // ReloadDkim. Deliveries in flight finish with the config they started
+  // with; connections already pooled are reused as they are. On the
+  // executor's thread.
+  void Reload(DelivererConfig config);
+
   class Impl;
 
  private:

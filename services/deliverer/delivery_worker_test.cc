@@ -735,6 +735,36 @@ TEST(DeliveryWorker, StaticRouteIsUsedInsteadOfMxAndReportsTheDeliveryFacts) {
   EXPECT_EQ(h.stats.messages, 1);
 }
 
+// SIGHUP (DeliveryWorker::Reload): a route added to outbound_routes.ini
+// carries the deliveries that start after the reload.
+TEST(DeliveryWorker, AReloadedConfigAppliesToDeliveriesThatStartAfterIt) {
+  Harness h;
+  h.queue.AddJob(Job("before", "routed.test", {"alice"}));  // null MX, no route yet
+  h.Start();
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 1; }));
+  EXPECT_EQ(h.queue.reports()[0].recipients(0).result().outcome(), v1::OUTCOME_PERMANENT);
+  EXPECT_EQ(h.stats.messages, 0);
+
+  DelivererConfig next = h.config;
+  auto ini = config::IniFile::Parse(absl::StrCat("[routed.test]\nhost=127.0.0.1:", h.config.mx_port, "\n"), "routes");
+  ASSERT_TRUE(ini.ok());
+  auto routes = StaticRoutes::Load(*ini);
+  ASSERT_TRUE(routes.ok()) << routes.status();
+  next.routes = *routes;
+  next.local_mx_ok = true;  // as the harness's planner has it
+  h.worker->Reload(next);
+  for (const char* id : {"after1", "after2", "after3"}) {
+    h.queue.AddJob(Job(id, "routed.test", {"bob"}));
+  }
+  ASSERT_TRUE(h.RunUntil([&] { return h.queue.reports().size() == 4; }));
+  for (size_t i = 1; i < 4; ++i) {
+    const v1::RecipientResult res = h.queue.reports()[i].recipients(0).result();
+    EXPECT_EQ(res.outcome(), v1::OUTCOME_DELIVERED) << res.reply_text();
+    EXPECT_EQ(res.remote_port(), static_cast<uint32_t>(h.acceptor.local_endpoint().port()));
+  }
+  EXPECT_EQ(h.stats.messages, 3);
+}
+
 // smtp_forward.ini with domain_selector=mail_from: the sender's route
 // carries its mail whatever the recipient domain.
 TEST(DeliveryWorker, ASenderRouteCarriesItsSendersMailToAnyRecipientDomain) {

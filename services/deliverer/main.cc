@@ -2,14 +2,16 @@
 // SMTP. See README.md.
 //
 // Signals: SIGTERM/SIGINT drain (DeliveryWorker::Stop), a second one exits
-// at once. SIGHUP reads dkim.ini and the DKIM keys again (key rotation
-// without a restart) and log.ini's level and format; so does a change of
-// any file the deliverer reads,
-// looked at every tern.ini [deliverer] config_watch_ms. Every other setting
-// is read at startup: a rolling restart applies it and loses nothing
-// (leases go back to the queue). A reload names the changed settings that
-// wait for that restart (`reload_needs_restart`), and says at once when the
-// files would not load at the next start (`reload_failed`).
+// at once. SIGHUP reads the config again, and so does a change of any file
+// the deliverer reads (looked at every tern.ini [deliverer]
+// config_watch_ms): outbound.ini, the routes, tls.ini, the step timeouts,
+// the DKIM keys, log.ini and more apply to the deliveries that start from
+// then on (DeliveryWorker::Reload says which). The rest (the queue shards,
+// DNS servers, listeners, pool limits, hooks.ini, me, ...) is read at
+// startup: a rolling restart applies it and loses nothing (leases go back
+// to the queue). A reload names the changed settings that wait for that
+// restart (`reload_needs_restart`), and says at once when the files would
+// not load at the next start (`reload_failed`).
 #include <csignal>
 #include <cstdlib>
 #include <memory>
@@ -40,44 +42,55 @@
 
 namespace {
 
-// SIGHUP: the config read again, once. DKIM (dkim.ini and the keys) applies
-// at once; on a failure signing goes on with the keys it has. Every other
-// setting is compared with the running one, so that a change only a restart
-// applies is named now (not discovered later), and a config that would stop
-// the next start is reported while this process still runs. When the files
-// do not load as a whole, the DKIM files are read on their own, so that an
-// unrelated broken file never holds up a key rotation. On the event loop:
-// building tls.ini's client context (the system CA store) holds it about
-// 0.1 s, once per change of the files.
-void Reload(const tern::config::ConfigDir& dir, const tern::deliverer::DelivererConfig& running,
+// SIGHUP: the config read again, once. One that loads applies to the
+// deliveries that start from then on (DeliveryWorker::Reload); the settings
+// only a restart applies keep their running values and are named
+// (`reload_needs_restart`). One that does not load changes nothing and is
+// reported while this process still runs (a restart with it would fail),
+// except that the DKIM files are then read on their own and applied if they
+// load, so that an unrelated broken file never holds up a key rotation. On
+// the event loop: building tls.ini's client context (the system CA store)
+// holds it about 0.1 s, once per change of the files.
+void Reload(const tern::config::ConfigDir& dir, tern::deliverer::DelivererConfig* running,
             tern::deliverer::DeliveryWorker& worker) {
   using tern::log::Level;
   tern::config::ReloadLogging(dir, "deliverer");
+  auto dkim_counts = [](const tern::deliverer::DkimConfig& dkim) {
+    return std::make_pair(std::string(dkim.enabled ? "true" : "false"),
+                          absl::StrCat(dkim.keys.size() + (dkim.fallback ? 1 : 0)));
+  };
   auto loaded = tern::deliverer::DelivererConfig::Load(dir);
   if (!loaded.ok()) {
     tern::log::Event(Level::kError, "reload_failed",
                      {{"error", loaded.status().message()},
                       {"effect", "running as before; a restart with these files would fail"}});
-  }
-  absl::StatusOr<tern::deliverer::DkimConfig> dkim =
-      loaded.ok() ? absl::StatusOr<tern::deliverer::DkimConfig>(std::move(loaded->dkim))
-                  : tern::deliverer::DkimConfig::Load(dir);
-  if (!dkim.ok()) {
-    tern::log::Event(Level::kError, "reload_failed",
-                     {{"error", dkim.status().message()}, {"effect", "signing goes on with the keys it had"}});
-  } else {
-    const std::string enabled = dkim->enabled ? "true" : "false";
-    const std::string keys = absl::StrCat(dkim->keys.size() + (dkim->fallback ? 1 : 0));
+    absl::StatusOr<tern::deliverer::DkimConfig> dkim = tern::deliverer::DkimConfig::Load(dir);
+    if (!dkim.ok()) {
+      tern::log::Event(Level::kError, "reload_failed",
+                       {{"error", dkim.status().message()}, {"effect", "signing goes on with the keys it had"}});
+      return;
+    }
+    const auto [enabled, keys] = dkim_counts(*dkim);
+    running->dkim = *dkim;
     worker.ReloadDkim(*std::move(dkim));
     tern::log::Event(Level::kNotice, "config_reloaded",
                      {{"files", "dkim.ini, dkim/, dkim.private.key"}, {"dkim", enabled}, {"dkim_keys", keys}});
-  }
-  if (!loaded.ok()) {
     return;
   }
-  tern::config::LogReloadNeedsRestart(tern::deliverer::RestartOnlyChanges(running, *loaded),
+  tern::config::LogReloadNeedsRestart(tern::deliverer::RestartOnlyChanges(*running, *loaded),
                                       "these keep their running values until a restart (a rolling restart loses "
                                       "nothing)");
+  tern::deliverer::DelivererConfig next = tern::deliverer::WithRestartOnlyFrom(*running, *std::move(loaded));
+  const auto [enabled, keys] = dkim_counts(next.dkim);
+  const std::string concurrency_max = absl::StrCat(next.concurrency_max);
+  const std::string enable_tls = next.enable_tls ? "true" : "false";
+  *running = next;
+  worker.Reload(std::move(next));
+  tern::log::Event(Level::kNotice, "config_reloaded",
+                   {{"concurrency_max", concurrency_max},
+                    {"enable_tls", enable_tls},
+                    {"dkim", enabled},
+                    {"dkim_keys", keys}});
 }
 
 }  // namespace
@@ -100,7 +113,8 @@ int main(int argc, char** argv) {
     log::Error(absl::StrCat("config: ", loaded.status().message()));
     return EXIT_FAILURE;
   }
-  const deliverer::DelivererConfig config = *std::move(loaded);
+  // What runs: a reload replaces what it applies (Reload).
+  deliverer::DelivererConfig config = *std::move(loaded);
   if (absl::Status s = rpc::ConfigureGrpcTls(dir, /*serves=*/!config.health_listen.empty()); !s.ok()) {
     log::Error(absl::StrCat("config: ", s.message()));
     return EXIT_FAILURE;
@@ -158,7 +172,7 @@ int main(int argc, char** argv) {
     }
     if (sig == SIGHUP) {
       if (!stopping) {
-        Reload(dir, config, worker);
+        Reload(dir, &config, worker);
       }
       signals.async_wait(on_signal);
       return;

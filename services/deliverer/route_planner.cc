@@ -64,6 +64,11 @@ RoutePlanner::RoutePlanner(Options options) : options_(std::move(options)) {
   AddLocalAddresses(options_.local_addresses);
 }
 
+void RoutePlanner::SetPreferences(InetPrefer inet_prefer, bool local_mx_ok) {
+  options_.inet_prefer = inet_prefer;
+  options_.local_mx_ok = local_mx_ok;
+}
+
 void RoutePlanner::AddLocalAddresses(const std::vector<std::string>& addresses) {
   for (const auto& a : addresses) {
     std::string c = Canonical(a);

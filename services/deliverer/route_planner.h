@@ -71,6 +71,11 @@ class RoutePlanner {
   // Adds addresses that count as this host (e.g. what `me` resolves to).
   void AddLocalAddresses(const std::vector<std::string>& addresses);
 
+  // A reload's outbound.ini inet_prefer and local_mx_ok, for the plans made
+  // from then on.
+  void SetPreferences(InetPrefer inet_prefer, bool local_mx_ok);
+  bool local_mx_ok() const { return options_.local_mx_ok; }
+
   // The attempts for `answer` (status kOk; other statuses give no attempts).
   RoutePlan Plan(const dns::MxAnswer& answer) const;
 

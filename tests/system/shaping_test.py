@@ -191,18 +191,28 @@ class ShapingReloadTest(ClusterTestCase):
         self.assertIsNone(self.cluster.procs["queue"].poll())
         self.assertEqual(self.cluster.procs["queue"].pid, queue_pid)
 
-    def test_the_deliverer_names_what_only_its_restart_applies_and_a_config_that_would_not_start(self):
+    def test_the_deliverer_applies_a_new_route_and_names_what_only_its_restart_applies(self):
         log = os.path.join(self.cluster.logs, "deliverer.log")
-        outbound = os.path.join(self.cluster.config, "outbound.ini")
+        tern_ini = os.path.join(self.cluster.config, "tern.ini")
         routes = os.path.join(self.cluster.config, "outbound_routes.ini")
-        with open(outbound) as f:
+        with open(tern_ini) as f:
             original = f.read()
         try:
+            # A route for defer.test (whose own MX answers 451) to good.test's
+            # MX: applied without a restart, to the mail sent after it.
             start = os.path.getsize(log)
-            with open(outbound, "w") as f:
-                f.write(original + "inet_prefer=v4\n")
+            with open(routes, "w") as f:
+                f.write(f"[defer.test]\nhost=127.0.0.2:{self.cluster.ports['mx']}\n")
+            self.queue_log_line(start, "config_reloaded", service="deliverer")
+            self.cluster.send_burst("rerouted", 2, domain="defer.test")
+            got = self.cluster.wait_for_burst("rerouted", 2, domain="good.test")
+            self.assertEqual(sorted(r for m in got for r in m.rcpts), ["user0@defer.test", "user1@defer.test"])
+
+            start = os.path.getsize(log)
+            with open(tern_ini, "w") as f:
+                f.write(original.replace("[deliverer]\n", "[deliverer]\nlease_batch=7\n", 1))
             line = self.queue_log_line(start, "reload_needs_restart", service="deliverer")
-            self.assertIn("settings=outbound.ini ", line)
+            self.assertIn("tern.ini [deliverer] lease_batch", line)
 
             start = os.path.getsize(log)
             with open(routes, "w") as f:
@@ -211,11 +221,11 @@ class ShapingReloadTest(ClusterTestCase):
             self.assertIn("outbound_routes.ini", line)
             self.assertIn("a restart with these files would fail", line)
         finally:
-            with open(outbound, "w") as f:
+            with open(tern_ini, "w") as f:
                 f.write(original)
             if os.path.exists(routes):
                 os.remove(routes)
-        # Still delivering with what it started with.
+        # Still delivering.
         self.cluster.send_burst("after-reloads", 2, domain="sender.test")
         self.assertEqual(len(self.cluster.wait_for_burst("after-reloads", 2, domain="sender.test")), 2)
 

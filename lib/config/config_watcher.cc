@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_join.h"
 #include "lib/common/log.h"
+#include "lib/metrics/metrics.h"
 
 namespace tern::config {
 namespace {
@@ -171,6 +172,53 @@ void LogReloadNeedsRestart(const std::vector<std::string>& settings, absl::strin
   if (!settings.empty()) {
     log::Event(log::Level::kWarn, "reload_needs_restart",
                {{"settings", absl::StrJoin(settings, ", ")}, {"effect", effect}});
+  }
+}
+
+namespace {
+
+metrics::Gauge& LastReloadSuccessful() {
+  static metrics::Gauge& g = metrics::Registry::Global().GetGauge(
+      "tern_config_last_reload_successful",
+      "1 if the last config reload loaded every file (or none was made since the start), else 0");
+  return g;
+}
+
+metrics::Gauge& LastSuccessTimestamp() {
+  static metrics::Gauge& g = metrics::Registry::Global().GetGauge(
+      "tern_config_last_reload_success_timestamp_seconds",
+      "Unix time the config last loaded whole, at the start or a reload");
+  return g;
+}
+
+metrics::Counter& Reloads(bool ok) {
+  static const std::string kHelp = "Config reloads (SIGHUP or a watched file's change), by whether every file loaded";
+  static metrics::Counter& good = metrics::Registry::Global().GetCounter("tern_config_reloads_total", kHelp,
+                                                                         {{"result", "ok"}});
+  static metrics::Counter& bad = metrics::Registry::Global().GetCounter("tern_config_reloads_total", kHelp,
+                                                                        {{"result", "failed"}});
+  return ok ? good : bad;
+}
+
+int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+void RecordConfigLoaded() {
+  LastReloadSuccessful().Set(1);
+  LastSuccessTimestamp().Set(UnixNow());
+  Reloads(true);  // both series exist from the start, at 0
+  Reloads(false);
+}
+
+void RecordReload(bool ok) {
+  Reloads(ok).Inc();
+  LastReloadSuccessful().Set(ok ? 1 : 0);
+  if (ok) {
+    LastSuccessTimestamp().Set(UnixNow());
   }
 }
 

@@ -94,4 +94,17 @@ absl::StatusOr<std::chrono::milliseconds> ConfigWatchInterval(const IniFile& ter
 inline constexpr absl::string_view kKeptUntilRestart = "these keep their running values until a restart";
 void LogReloadNeedsRestart(const std::vector<std::string>& settings, absl::string_view effect = kKeptUntilRestart);
 
+// For operators to alert on: a reload whose files did not all load means
+// the next restart would stop at them. Prometheus's own metric names for
+// the same thing:
+//   tern_config_last_reload_successful               1 or 0
+//   tern_config_last_reload_success_timestamp_seconds  when the config last
+//                                                   loaded whole (the start
+//                                                   counts)
+//   tern_config_reloads_total{result="ok|failed"}
+// RecordConfigLoaded at startup, once the config loaded; RecordReload after
+// each reload, `ok` when every file it read loaded.
+void RecordConfigLoaded();
+void RecordReload(bool ok);
+
 }  // namespace tern::config

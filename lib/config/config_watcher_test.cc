@@ -8,7 +8,9 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
+#include "lib/metrics/metrics.h"
 
 namespace tern::config {
 namespace {
@@ -119,6 +121,27 @@ TEST_F(ConfigWatcherTest, WatchesTheNewPathsAfterSetPaths) {
     std::this_thread::sleep_for(10ms);
   }
   EXPECT_EQ(calls.load(), 1);
+}
+
+// What an operator's alert reads: the last reload's result and when the
+// config last loaded whole.
+TEST(ConfigReloadMetrics, SayWhetherTheLastReloadLoadedAndWhenOneLastDid) {
+  auto rendered = [] { return metrics::Registry::Global().Render(); };
+  RecordConfigLoaded();
+  std::string text = rendered();
+  EXPECT_TRUE(absl::StrContains(text, "tern_config_last_reload_successful 1\n")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "tern_config_reloads_total{result=\"failed\"} 0\n")) << text;
+  EXPECT_FALSE(absl::StrContains(text, "tern_config_last_reload_success_timestamp_seconds 0\n")) << text;
+
+  RecordReload(false);
+  text = rendered();
+  EXPECT_TRUE(absl::StrContains(text, "tern_config_last_reload_successful 0\n")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "tern_config_reloads_total{result=\"failed\"} 1\n")) << text;
+
+  RecordReload(true);
+  text = rendered();
+  EXPECT_TRUE(absl::StrContains(text, "tern_config_last_reload_successful 1\n")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "tern_config_reloads_total{result=\"ok\"} 1\n")) << text;
 }
 
 }  // namespace

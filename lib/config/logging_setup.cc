@@ -41,22 +41,23 @@ absl::Status InitLogging(const ConfigDir& dir, absl::string_view service) {
   return absl::OkStatus();
 }
 
-void ReloadLogging(const ConfigDir& dir, absl::string_view service) {
+bool ReloadLogging(const ConfigDir& dir, absl::string_view service) {
   absl::StatusOr<LogSettings> settings = ReadLogIni(dir);
   if (!settings.ok()) {
     log::Event(log::Level::kError, "reload_failed",
                {{"error", settings.status().message()},
                 {"effect", "logging keeps its level and format; a restart with this file would fail"}});
-    return;
+    return false;
   }
   if (settings->level == log::CurrentLevel() && settings->format == log::CurrentFormat()) {
-    return;
+    return true;
   }
   // After the change, so the line is in the new format (and, like every
   // notice, not written when the new level is above notice).
   log::Init(service, settings->level, settings->format);
   log::Event(log::Level::kNotice, "log_settings_changed",
              {{"file", "log.ini"}, {"level", settings->level_text}, {"format", settings->format_text}});
+  return true;
 }
 
 }  // namespace tern::config

@@ -24,6 +24,7 @@ absl::Status InitLogging(const ConfigDir& dir, absl::string_view service);
 // on and is logged (`log_settings_changed`, with the new level and format);
 // a file that does not load changes nothing and is logged (`reload_failed`,
 // naming the file and key). Nothing is logged when nothing changed.
-void ReloadLogging(const ConfigDir& dir, absl::string_view service);
+// True when log.ini loaded (changed or not).
+bool ReloadLogging(const ConfigDir& dir, absl::string_view service);
 
 }  // namespace tern::config

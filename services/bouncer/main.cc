@@ -50,9 +50,10 @@ using tern::log::Level;
 // what the service was started with.
 void Reload(const tern::config::ConfigDir& dir, const tern::bouncer::BouncerConfig& running,
             const std::vector<std::unique_ptr<tern::bouncer::BounceWorker>>& workers) {
-  tern::config::ReloadLogging(dir, "bouncer");
+  const bool log_ini_loaded = tern::config::ReloadLogging(dir, "bouncer");
   absl::StatusOr<tern::bouncer::BouncerConfig> config = tern::bouncer::LoadBouncerConfig(dir);
   if (!config.ok()) {
+    tern::config::RecordReload(false);
     tern::log::Event(Level::kError, "reload_failed",
                      {{"error", config.status().message()}, {"effect", "the running config stays"}});
     return;
@@ -74,6 +75,7 @@ void Reload(const tern::config::ConfigDir& dir, const tern::bouncer::BouncerConf
   for (const std::unique_ptr<tern::bouncer::BounceWorker>& worker : workers) {
     worker->Reload(*config);
   }
+  tern::config::RecordReload(log_ini_loaded);
   tern::log::Event(Level::kNotice, "config_reloaded",
                    {{"me", config->me},
                     {"template", config->failed_template.origin},
@@ -101,6 +103,7 @@ int RealMain(const std::string& config_path) {
     tern::log::Event(Level::kCrit, "config_invalid", {{"dir", config_path}, {"error", hooks.status().message()}});
     return 1;
   }
+  tern::config::RecordConfigLoaded();
   const bool bounce_hook = hooks->Calls(tern::hooks::Hook::kBounce);
   tern::log::Event(Level::kInfo, "starting",
                    {{"queue", tern::config::JoinQueueTargets(config->queues)},

@@ -54,13 +54,14 @@ namespace {
 void Reload(const tern::config::ConfigDir& dir, tern::deliverer::DelivererConfig* running,
             tern::deliverer::DeliveryWorker& worker) {
   using tern::log::Level;
-  tern::config::ReloadLogging(dir, "deliverer");
+  const bool log_ini_loaded = tern::config::ReloadLogging(dir, "deliverer");
   auto dkim_counts = [](const tern::deliverer::DkimConfig& dkim) {
     return std::make_pair(std::string(dkim.enabled ? "true" : "false"),
                           absl::StrCat(dkim.keys.size() + (dkim.fallback ? 1 : 0)));
   };
   auto loaded = tern::deliverer::DelivererConfig::Load(dir);
   if (!loaded.ok()) {
+    tern::config::RecordReload(false);
     tern::log::Event(Level::kError, "reload_failed",
                      {{"error", loaded.status().message()},
                       {"effect", "running as before; a restart with these files would fail"}});
@@ -86,6 +87,7 @@ void Reload(const tern::config::ConfigDir& dir, tern::deliverer::DelivererConfig
   const std::string enable_tls = next.enable_tls ? "true" : "false";
   *running = next;
   worker.Reload(std::move(next));
+  tern::config::RecordReload(log_ini_loaded);
   tern::log::Event(Level::kNotice, "config_reloaded",
                    {{"concurrency_max", concurrency_max},
                     {"enable_tls", enable_tls},
@@ -119,6 +121,7 @@ int main(int argc, char** argv) {
     log::Error(absl::StrCat("config: ", s.message()));
     return EXIT_FAILURE;
   }
+  config::RecordConfigLoaded();
 
   // Sockets report EPIPE instead of killing the process.
   std::signal(SIGPIPE, SIG_IGN);

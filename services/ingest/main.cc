@@ -77,9 +77,10 @@ int Fail(absl::string_view event, absl::string_view error) {
 void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& server,
             std::chrono::milliseconds* shutdown_timeout, tern::config::ConfigWatcher* watcher) {
   using tern::log::Level;
-  tern::config::ReloadLogging(dir, "ingest");
+  const bool log_ini_loaded = tern::config::ReloadLogging(dir, "ingest");
   auto config = tern::ingest::LoadIngestConfig(dir);
   if (!config.ok()) {
+    tern::config::RecordReload(false);
     tern::log::Event(Level::kError, "reload_failed",
                      {{"error", config.status().message()}, {"effect", "the running config stays"}});
     return;
@@ -97,10 +98,12 @@ void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& serv
   std::vector<std::string> watched = tern::ingest::WatchedPaths(dir, *config);
   auto result = server.Reload(*std::move(config));
   if (!result.ok()) {
+    tern::config::RecordReload(false);
     tern::log::Event(Level::kError, "reload_failed",
                      {{"error", result.status().message()}, {"effect", "the running config stays"}});
     return;
   }
+  tern::config::RecordReload(log_ini_loaded);
   *shutdown_timeout = new_shutdown_timeout;
   if (watcher != nullptr) {
     watcher->SetPaths(std::move(watched));
@@ -141,6 +144,7 @@ int main(int argc, char** argv) {
   if (absl::Status s = tern::rpc::ConfigureGrpcTls(dir, /*serves=*/!config->health_listen.empty()); !s.ok()) {
     return Fail("config_error", s.message());
   }
+  tern::config::RecordConfigLoaded();
   // A Haraka config directory: say which of its plugins Tern does the work
   // of and which it does not run, once, at startup (haraka_plugins.h).
   if (auto plugins = tern::config::ReadHarakaPlugins(dir); !plugins.ok()) {

@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
   if (absl::Status s = tern::rpc::ConfigureGrpcTls(dir, /*serves=*/true); !s.ok()) {
     return Fail("config_error", s.message());
   }
+  tern::config::RecordConfigLoaded();
 
   auto core = tern::queue::QueueCore::Open(config->core);
   if (!core.ok()) {
@@ -119,9 +120,10 @@ int main(int argc, char** argv) {
   std::mutex reload_mu;
   auto reload = [&] {
     std::lock_guard<std::mutex> lock(reload_mu);
-    tern::config::ReloadLogging(dir, "queue");
+    const bool log_ini_loaded = tern::config::ReloadLogging(dir, "queue");
     auto loaded = tern::queue::LoadQueueConfig(dir, data_dir);
     if (!loaded.ok()) {
+      tern::config::RecordReload(false);
       tern::log::Event(tern::log::Level::kError, "reload_failed",
                        {{"error", loaded.status().message()}, {"effect", "the running config stays"}});
       return;
@@ -133,9 +135,11 @@ int main(int argc, char** argv) {
       applied.set_value(std::move(s));
     });
     if (absl::Status s = applied.get_future().get(); !s.ok()) {
+      tern::config::RecordReload(false);
       tern::log::Event(tern::log::Level::kError, "reload_failed", {{"error", s.message()}});
       return;
     }
+    tern::config::RecordReload(log_ini_loaded);
     const tern::queue::DestinationShaping& shaping = loaded->core.shaping;
     tern::log::Event(tern::log::Level::kInfo, "config_reloaded",
                      {{"disabled", loaded->core.disabled ? "true" : "false"},

@@ -173,6 +173,9 @@ class ShapingReloadTest(ClusterTestCase):
         line = self.queue_log_line(start, "reload_failed")
         self.assertIn("concurency_max", line)
         self.assertEqual(self.cluster.stats()["deliveries"], 3)  # the running limits stay
+        # What an operator alerts on: the next restart would stop at this file.
+        self.assertEqual(self.cluster.metric("queue", "tern_config_last_reload_successful"), 0)
+        self.assertGreaterEqual(self.cluster.metric("queue", 'tern_config_reloads_total{result="failed"}'), 1)
 
         start = os.path.getsize(log)
         with open(shaping, "w") as f:
@@ -180,6 +183,7 @@ class ShapingReloadTest(ClusterTestCase):
         got = self.cluster.wait_for_burst("hourly", 4, timeout=30)
         self.assertEqual(len(got), 4)
         self.assertIn("shaping_sections=1", self.queue_log_line(start, "config_reloaded"))
+        self.assertEqual(self.cluster.metric("queue", "tern_config_last_reload_successful"), 1)
 
         start = os.path.getsize(log)
         tern_ini = os.path.join(self.cluster.config, "tern.ini")
@@ -220,6 +224,7 @@ class ShapingReloadTest(ClusterTestCase):
             line = self.queue_log_line(start, "reload_failed", service="deliverer")
             self.assertIn("outbound_routes.ini", line)
             self.assertIn("a restart with these files would fail", line)
+            self.assertEqual(self.cluster.metric("deliverer", "tern_config_last_reload_successful"), 0)
         finally:
             with open(tern_ini, "w") as f:
                 f.write(original)

@@ -208,18 +208,28 @@ absl::StatusOr<DkimConfig> DkimConfig::Load(const config::ConfigDir& dir) {
     }
   }
 
-  if (sign->Has(section, headers_key)) {
-    for (const std::string& item : sign->GetList(section, headers_key)) {
+  // Header field names, separated by commas, colons or semicolons.
+  auto names = [](const config::IniFile& file, const std::string& in, const std::string& key,
+                  std::vector<std::string>* out) -> absl::Status {
+    out->clear();
+    for (const std::string& item : file.GetList(in, key)) {
       for (absl::string_view name : absl::StrSplit(item, absl::ByAnyChar(",:;"), absl::SkipWhitespace())) {
         name = absl::StripAsciiWhitespace(name);
         if (!mime::IsValidFieldName(name)) {
-          return sign->KeyError(section, headers_key, absl::StrCat("\"", name, "\" is not a header field name"));
+          return file.KeyError(in, key, absl::StrCat("\"", name, "\" is not a header field name"));
         }
-        c.headers.emplace_back(name);
+        out->emplace_back(name);
       }
     }
+    return absl::OkStatus();
+  };
+  if (sign->Has(section, headers_key)) {
+    TERN_RETURN_IF_ERROR(names(*sign, section, headers_key, &c.headers));
   } else {
     c.headers = DefaultHeaders();
+  }
+  if (ini.Has("sign", "oversign_headers")) {
+    TERN_RETURN_IF_ERROR(names(ini, "sign", "oversign_headers", &c.oversign_headers));
   }
   // The From field must be signed (RFC 6376 §5.4).
   if (std::none_of(c.headers.begin(), c.headers.end(),
@@ -642,15 +652,36 @@ absl::StatusOr<DkimResult> DkimSign(const DkimConfig& config, absl::string_view 
   }
 
   const std::vector<dkim::RawField> fields = dkim::SplitFields(parts.headers);
-  const std::vector<size_t> selected = dkim::SelectFields(fields, config.headers);
+  // The signed instances in h= order (the entries that sign an absence
+  // add nothing to the hashed data).
+  std::vector<size_t> selected = dkim::SelectFields(fields, config.headers);
   std::vector<std::string> h_names;
   bool from_signed = false;
   for (size_t i : selected) {
     h_names.emplace_back(fields[i].name);
     from_signed = from_signed || absl::EqualsIgnoreCase(fields[i].name, "From");
   }
-  if (!from_signed) {
-    h_names.emplace_back("From");  // signs its absence (§5.4: From is always signed)
+  // §8.15 and §5.4.2: an h= entry beyond a field's instances signs "no more
+  // of it", so one added in transit fails verification. A field the
+  // message lacks is named once either way (§5.4: From is always signed).
+  const auto is_from = [](const std::string& name) { return absl::EqualsIgnoreCase(name, "From"); };
+  bool from_extra = false;
+  for (const std::string& name : config.oversign_headers) {
+    if (std::none_of(h_names.begin(), h_names.end(),
+                     [&name](const std::string& h) { return absl::EqualsIgnoreCase(h, name); }) &&
+        std::none_of(config.headers.begin(), config.headers.end(),
+                     [&name](const std::string& h) { return absl::EqualsIgnoreCase(h, name); })) {
+      // Not in `headers`: its instances are signed here, bottom-up.
+      for (size_t i : dkim::SelectFields(fields, {name})) {
+        selected.push_back(i);
+        h_names.emplace_back(fields[i].name);
+      }
+    }
+    h_names.emplace_back(name);
+    from_extra = from_extra || is_from(name);
+  }
+  if (!from_signed && !from_extra) {
+    h_names.emplace_back("From");  // signs its absence
   }
 
   Folder folder("DKIM-Signature: v=1;");

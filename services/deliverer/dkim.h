@@ -31,7 +31,9 @@
 // Header fields are signed with relaxed canonicalization; the body with
 // `[canon] body` (simple or relaxed). Repeated fields are signed bottom-up,
 // one h= entry per instance (§5.4.2), unlike haraka-plugin-dkim, which signs
-// one instance only. Keys: RSA (rsa-sha256; at least 1024 bits, RFC 8301) or
+// one instance only; `oversign_headers` (From by default) are named once
+// more in h= (§8.15), which haraka-plugin-dkim does not do. Keys: RSA
+// (rsa-sha256; at least 1024 bits, RFC 8301) or
 // Ed25519 (ed25519-sha256, RFC 8463: Ed25519 over the SHA-256 hash of the
 // header data), chosen by the key's type.
 //
@@ -77,6 +79,13 @@ struct DkimConfig {
   // dkim.ini [sign] headers, as written (separated by commas, colons or
   // semicolons), From always first. Default: kDefaultHeaders.
   std::vector<std::string> headers;
+  // dkim.ini [sign] oversign_headers (a Tern key), separated as headers:
+  // fields listed in h= once more than the message has them (RFC 6376
+  // §8.15), so that a field of that name added in transit (a second From
+  // above the signed one, which a reader may be shown) breaks the
+  // signature. A name not in `headers` is signed too. Empty: none.
+  // Default: From.
+  std::vector<std::string> oversign_headers = {"From"};
   // dkim.ini [canon] body: simple or relaxed. Default: simple
   DkimBodyCanon body_canon = DkimBodyCanon::kSimple;
   // dkim/<domain>/private and selector, by the directory's name in lower

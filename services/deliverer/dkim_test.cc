@@ -277,7 +277,8 @@ TEST_P(DkimSignTest, SignatureVerifiesAgainstThePublicKey) {
   EXPECT_EQ(tags["d"], "example.com");
   EXPECT_EQ(tags["s"], "sel2026");
   EXPECT_EQ(tags["t"], "1700000000");
-  EXPECT_EQ(tags["h"], "From:Subject:To:To");
+  // From once more than the message has it: oversigned by default.
+  EXPECT_EQ(tags["h"], "From:Subject:To:To:From");
   EXPECT_EQ(tags["bh"], B64(Sha256("Hello world\r\n")));
 
   // The header hash input (§3.7), written out here rather than computed by
@@ -299,6 +300,48 @@ TEST_P(DkimSignTest, SignatureVerifiesAgainstThePublicKey) {
   const std::optional<int> tampered_ok = VerifyHeaderSignature(pkey.get(), ed25519, sig, tampered);
   ASSERT_TRUE(tampered_ok.has_value());
   EXPECT_NE(*tampered_ok, 1);
+}
+
+// oversign_headers: each name once more than the message has it; a name not
+// in `headers` has its instances signed too; the extra entries add nothing
+// to the hashed data (a verifier finds no instance left for them).
+TEST(DkimSign, OversignedFieldsAreNamedOnceMoreThanTheyOccur) {
+  std::shared_ptr<EVP_PKEY> pkey = Generate(/*ed25519=*/true);
+  DkimConfig config;
+  config.enabled = true;
+  config.headers = {"From", "Subject"};
+  auto key = ParseDkimKey(PrivatePem(pkey.get()), "example.com", "s", "test");
+  ASSERT_TRUE(key.ok()) << key.status();
+  config.keys.emplace("example.com", *key);
+  const std::string message =
+      "From: a@example.com\r\nX-Campaign: one\r\nSubject: Hi\r\nX-Campaign: two\r\n\r\nbody\r\n";
+
+  config.oversign_headers = {"From", "X-Campaign", "Reply-To"};
+  auto signed_ = DkimSign(config, message, "", 1700000000);
+  ASSERT_TRUE(signed_.ok()) << signed_.status();
+  std::map<std::string, std::string> tags = Tags(signed_->header);
+  EXPECT_EQ(tags["h"], "From:Subject:From:X-Campaign:X-Campaign:X-Campaign:Reply-To");
+  std::string unsigned_field = signed_->header.substr(0, signed_->header.find(" b=", signed_->header.find("bh=")) + 3);
+  unsigned_field = absl::StrReplaceAll(unsigned_field, {{"\r\n ", " "}});
+  const std::string own = absl::StrCat("dkim-signature:", absl::StripPrefix(unsigned_field, "DKIM-Signature: "));
+  const std::string data = absl::StrCat("from:a@example.com\r\n", "subject:Hi\r\n", "x-campaign:two\r\n",
+                                        "x-campaign:one\r\n", own);
+  const std::optional<int> ok = VerifyHeaderSignature(pkey.get(), true, UnB64(tags["b"]), data);
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(*ok, 1) << signed_->header;
+
+  config.oversign_headers = {};
+  signed_ = DkimSign(config, message, "", 1700000000);
+  ASSERT_TRUE(signed_.ok()) << signed_.status();
+  EXPECT_EQ(Tags(signed_->header)["h"], "From:Subject");
+
+  // No From in the message: named once, with or without oversigning.
+  for (std::vector<std::string> oversign : {std::vector<std::string>{}, std::vector<std::string>{"From"}}) {
+    config.oversign_headers = oversign;
+    signed_ = DkimSign(config, "Subject: Hi\r\n\r\nbody\r\n", "x@example.com", 1700000000);
+    ASSERT_TRUE(signed_.ok()) << signed_.status();
+    EXPECT_EQ(Tags(signed_->header)["h"], "Subject:From");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Algorithms, DkimSignTest, ::testing::Bool(),
@@ -343,6 +386,7 @@ TEST_F(DkimConfigTest, DefaultsWithoutDkimIni) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_FALSE(c->enabled);
   EXPECT_EQ(c->headers, DkimConfig::DefaultHeaders());
+  EXPECT_EQ(c->oversign_headers, std::vector<std::string>{"From"});
   EXPECT_EQ(c->body_canon, DkimBodyCanon::kSimple);
   EXPECT_TRUE(c->keys.empty());
   EXPECT_FALSE(c->fallback.has_value());
@@ -350,7 +394,7 @@ TEST_F(DkimConfigTest, DefaultsWithoutDkimIni) {
 
 TEST_F(DkimConfigTest, LoadsKeysHeadersAndFallback) {
   Write("dkim.ini", "[sign]\nenabled=true\nheaders=Subject: To; Cc,Date\nselector=fb\ndomain=fallback.example\n"
-                    "[canon]\nbody=relaxed\n");
+                    "oversign_headers=From:Subject\n[canon]\nbody=relaxed\n");
   Write("dkim/Example.COM/private", PrivatePem(Generate(false, 1024).get()));
   Write("dkim/Example.COM/selector", "# comment\nmail2026\n");
   Write("dkim/ed.example/private", PrivatePem(Generate(true).get()));
@@ -361,6 +405,7 @@ TEST_F(DkimConfigTest, LoadsKeysHeadersAndFallback) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(c->enabled);
   EXPECT_EQ(c->headers, (std::vector<std::string>{"From", "Subject", "To", "Cc", "Date"}));
+  EXPECT_EQ(c->oversign_headers, (std::vector<std::string>{"From", "Subject"}));
   EXPECT_EQ(c->body_canon, DkimBodyCanon::kRelaxed);
   ASSERT_EQ(c->keys.size(), 2u);
   EXPECT_EQ(c->keys.at("example.com").selector, "mail2026");
@@ -418,6 +463,7 @@ TEST_F(DkimConfigTest, BadConfigsAreErrorsNamingTheFile) {
   } cases[] = {
       {"bad canon", {{"dkim.ini", "[canon]\nbody=loose\n"}}, "dkim.ini"},
       {"bad header name", {{"dkim.ini", "[sign]\nheaders=From, Bad Name\n"}}, "dkim.ini"},
+      {"bad oversigned name", {{"dkim.ini", "[sign]\noversign_headers=From, Bad Name\n"}}, "dkim.ini"},
       {"garbled key",
        {{"dkim.ini", "[sign]\nenabled=true\n"},
         {"dkim/a.example/private", "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n"},

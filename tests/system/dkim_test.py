@@ -39,14 +39,16 @@ def public_key_der(private_path):
 class DkimCluster(Cluster):
     """`canon` is dkim.ini's [canon] body; None leaves it out (default: simple)."""
 
-    def __init__(self, canon="relaxed", deliverer_ini_extra=""):
+    def __init__(self, canon="relaxed", deliverer_ini_extra="", sign_extra=""):
         super().__init__(deliverer_ini_extra=deliverer_ini_extra)
         self.canon = canon
+        self.sign_extra = sign_extra  # more dkim.ini [sign] lines
 
     def _write_config(self):
         super()._write_config()
         with open(os.path.join(self.config, "dkim.ini"), "w") as f:
-            f.write("[sign]\nenabled=true\n" + (f"[canon]\nbody={self.canon}\n" if self.canon else ""))
+            f.write("[sign]\nenabled=true\n" + self.sign_extra +
+                    (f"[canon]\nbody={self.canon}\n" if self.canon else ""))
         self.txt = {}
         rsa_dir = os.path.join(self.config, "dkim", "sender.test")
         os.makedirs(rsa_dir)
@@ -69,9 +71,12 @@ class DkimCluster(Cluster):
 
 
 class DkimTest(ClusterTestCase):
+    # dkim.ini oversign_headers of the cluster (the default is From alone).
+    OVERSIGNED = (b"from", b"subject")
+
     @classmethod
     def make_cluster(cls):
-        return DkimCluster()
+        return DkimCluster(sign_extra="oversign_headers=From, Subject\n")
 
     def dnsfunc(self, name, timeout=5):
         record = self.cluster.txt.get(name.decode() if isinstance(name, bytes) else name)
@@ -146,6 +151,20 @@ class DkimTest(ClusterTestCase):
             lambda: self.cluster.metric("deliverer", "tern_deliverer_dkim_unsigned_total") >= before + 1, 10,
             "the unsigned metric")
 
+    def test_an_oversigned_field_added_in_transit_fails_verification(self):
+        # An oversigned field is named in h= once more than the message has
+        # it: a second one put above the signed one (which many readers
+        # show) breaks the signature. A field signed but not oversigned does
+        # not: the verifier takes the bottom one, as signed.
+        data = self.send_and_receive("Alice <alice@sender.test>", "oversign")
+        names = self.tags(data)[b"h"].lower().split(b":")
+        for name in (b"from", b"subject"):
+            self.assertEqual(names.count(name), 2 if name in self.OVERSIGNED else 1, names)
+        self.assertTrue(dkim.verify(data, dnsfunc=self.dnsfunc), data[:800])
+        end = re.match(rb"DKIM-Signature:.*?\r\n(?! )", data, re.S).end()
+        forged = data[:end] + b"Subject: Urgent: wire the money today\r\n" + data[end:]
+        self.assertEqual(dkim.verify(forged, dnsfunc=self.dnsfunc), b"subject" not in self.OVERSIGNED)
+
     def test_tampered_body_fails_verification(self):
         data = self.send_and_receive("alice@sender.test", "tamper", body=b"Pay 10 EUR.\r\n")
         self.assertTrue(dkim.verify(data, dnsfunc=self.dnsfunc))
@@ -154,8 +173,10 @@ class DkimTest(ClusterTestCase):
 
 
 class DkimDefaultCanonTest(DkimTest):
-    """The defaults (c=relaxed/simple) with the same keys; the cases that do
-    not depend on canonicalization are not run twice."""
+    """The defaults (c=relaxed/simple, From oversigned) with the same keys;
+    the cases that do not depend on canonicalization are not run twice."""
+
+    OVERSIGNED = (b"from",)
 
     @classmethod
     def make_cluster(cls):

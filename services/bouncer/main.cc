@@ -7,7 +7,8 @@
 // worker thread per queue shard listed in [bouncer] queue. SIGTERM/SIGINT:
 // every worker finishes its job in progress, then exit 0. A bad config exits
 // 1 with a message naming the file. SIGHUP, or a change of the templates,
-// `me`, tern.ini or log.ini (looked at every [bouncer] config_watch_ms),
+// `me`, tern.ini, log.ini or hooks.ini (looked at every [bouncer]
+// config_watch_ms),
 // reads the config again: templates, me, double_bounce_recipient,
 // suppression rules and max_original_bytes apply from each worker's next
 // job, log.ini's level and format at once; queue,
@@ -46,12 +47,18 @@ namespace {
 
 using tern::log::Level;
 
-// SIGHUP: the config read again and handed to every worker; `running` is
-// what the service was started with.
+// SIGHUP: the config read again and handed to every worker; `running` and
+// `running_hooks` are what the service was started with (hooks.ini is read
+// to check it and to name a change, which only a restart applies).
 void Reload(const tern::config::ConfigDir& dir, const tern::bouncer::BouncerConfig& running,
+            const tern::hooks::HooksConfig& running_hooks,
             const std::vector<std::unique_ptr<tern::bouncer::BounceWorker>>& workers) {
   const bool log_ini_loaded = tern::config::ReloadLogging(dir, "bouncer");
   absl::StatusOr<tern::bouncer::BouncerConfig> config = tern::bouncer::LoadBouncerConfig(dir);
+  absl::StatusOr<tern::hooks::HooksConfig> hooks = tern::hooks::LoadHooksConfig(dir);
+  if (config.ok() && !hooks.ok()) {
+    config = hooks.status();
+  }
   if (!config.ok()) {
     tern::config::RecordReload(false);
     tern::log::Event(Level::kError, "reload_failed",
@@ -70,6 +77,9 @@ void Reload(const tern::config::ConfigDir& dir, const tern::bouncer::BouncerConf
   }
   if (config->config_watch != running.config_watch) {
     restart.push_back("tern.ini [bouncer] config_watch_ms");
+  }
+  if (!(*hooks == running_hooks)) {
+    restart.push_back("hooks.ini");
   }
   tern::config::LogReloadNeedsRestart(restart);
   for (const std::unique_ptr<tern::bouncer::BounceWorker>& worker : workers) {
@@ -171,12 +181,12 @@ int RealMain(const std::string& config_path) {
                                      "outbound.bounce_message_delivered", "outbound.bounce_message_html",
                                      "outbound.bounce_message_delayed_html",
                                      "outbound.bounce_message_delivered_html", "outbound.bounce_message_image",
-                                     "me", "tern.ini", "log.ini"}),
+                                     "me", "tern.ini", "log.ini", "hooks.ini", "plugin_timeout"}),
       config->config_watch);
   while (true) {
     int sig = tern::WaitForSignal();
     if (sig == SIGHUP) {
-      Reload(dir, *config, workers);
+      Reload(dir, *config, *hooks, workers);
       continue;
     }
     tern::log::Event(Level::kInfo, "stopping", {{"signal", absl::StrCat(sig)}});

@@ -604,7 +604,8 @@ std::vector<std::string> WatchedPaths(const config::ConfigDir& dir, const Ingest
   // on.
   std::vector<std::string> paths = config::WatchPaths(
       dir, {"smtp.ini", "me", "relay_acl_allow", "relay_clientcerts", "connection.ini", "tls.ini", "tls",
-            "tls_key.pem", "tls_cert.pem", "auth_flat_file.ini", "tern.ini", "log.ini"});
+            "tls_key.pem", "tls_cert.pem", "auth_flat_file.ini", "tern.ini", "log.ini", "hooks.ini",
+            "plugin_timeout"});
   for (std::string& path : config::OutboundIniWatchPaths(dir)) {
     paths.push_back(std::move(path));
   }

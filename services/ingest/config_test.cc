@@ -168,7 +168,7 @@ TEST(IngestConfig, WatchedPathsCoverEveryFileIngestReads) {
                            "/base/connection.ini", "/base/tern.ini", "/site/tls_cert.pem", "/base/tls_key.pem",
                            "/etc/letsencrypt/live/mx/privkey.pem",
                            "/etc/letsencrypt/live/mx/fullchain.pem", "/base/outbound.ini",
-                           "/site/outbound.received_header"}) {
+                           "/site/outbound.received_header", "/base/log.ini", "/base/hooks.ini"}) {
     EXPECT_NE(std::find(paths.begin(), paths.end(), want), paths.end()) << want;
   }
   // Files only other services read are not watched.

@@ -73,12 +73,18 @@ int Fail(absl::string_view event, absl::string_view error) {
 
 // SIGHUP: the config directory read again and handed to the server. The
 // watcher, when there is one, is pointed at the key files the new config
-// names.
+// names. hooks.ini (`running_hooks` is what the hook was made with) is read
+// to check it and to name a change, which only a restart applies.
 void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& server,
-            std::chrono::milliseconds* shutdown_timeout, tern::config::ConfigWatcher* watcher) {
+            const tern::hooks::HooksConfig& running_hooks, std::chrono::milliseconds* shutdown_timeout,
+            tern::config::ConfigWatcher* watcher) {
   using tern::log::Level;
   const bool log_ini_loaded = tern::config::ReloadLogging(dir, "ingest");
   auto config = tern::ingest::LoadIngestConfig(dir);
+  absl::StatusOr<tern::hooks::HooksConfig> hooks = tern::hooks::LoadHooksConfig(dir);
+  if (config.ok() && !hooks.ok()) {
+    config = hooks.status();
+  }
   if (!config.ok()) {
     tern::config::RecordReload(false);
     tern::log::Event(Level::kError, "reload_failed",
@@ -107,6 +113,9 @@ void Reload(const tern::config::ConfigDir& dir, tern::ingest::IngestServer& serv
   *shutdown_timeout = new_shutdown_timeout;
   if (watcher != nullptr) {
     watcher->SetPaths(std::move(watched));
+  }
+  if (!(*hooks == running_hooks)) {
+    result->needs_restart.push_back("hooks.ini");
   }
   tern::config::LogReloadNeedsRestart(result->needs_restart);
   tern::log::Event(Level::kNotice, "config_reloaded",
@@ -237,7 +246,7 @@ int main(int argc, char** argv) {
       tern::log::Event(tern::log::Level::kNotice, "stopping", {{"signal", absl::StrCat(sig)}});
       break;
     }
-    Reload(dir, **server, &grace, watcher.get());
+    Reload(dir, **server, *hooks, &grace, watcher.get());
   }
   watcher.reset();
 

@@ -299,6 +299,19 @@ class DoubleBounceCopyTest(ClusterTest):
                                 "the bouncer to reload tern.ini")
         self.assertIn(f"double_bounce_recipient={address}", reloaded[0])
 
+    def test_a_changed_hooks_ini_is_named_as_needing_a_restart(self):
+        c = self.cluster
+        before = len(log_events(c, "bouncer", " reload_needs_restart "))
+        path = os.path.join(c.config, "hooks.ini")
+        try:
+            with open(path, "w") as f:
+                f.write("[main]\naddress=127.0.0.1:1\nhooks=bounce\n")
+            named = c.wait_until(lambda: log_events(c, "bouncer", " reload_needs_restart ")[before:], 30,
+                                 "the bouncer to name hooks.ini")
+            self.assertIn("hooks.ini", named[0])
+        finally:
+            os.remove(path)
+
     def test_double_bounce_copy_reaches_postmaster_and_a_failed_copy_is_not_copied(self):
         c = self.cluster
         self.set_postmaster("postmaster@good.test")

@@ -497,9 +497,12 @@ class IngestReloadTest(unittest.TestCase):
             with open(os.path.join(config, "smtp.ini"), "w") as f:
                 f.write(f"[main]\nlisten=127.0.0.1:{p['smtp']},127.0.0.1:{p['smtps']},127.0.0.1:{extra}\n"
                         f"smtps_port={p['smtps']}\ninactivity_timeout=3\nforce_shutdown_timeout=10\nnodes=1\n")
+            with open(os.path.join(config, "hooks.ini"), "w") as f:
+                f.write("[main]\naddress=127.0.0.1:1\nhooks=queue_outbound\n")
             line = self.hup(cluster, "reload_needs_restart")
             self.assertIn("smtp.ini [main] listen/smtps_port", line)
             self.assertIn("smtp.ini [main] nodes", line)
+            self.assertIn("hooks.ini", line)
             self.hup_wait(cluster, "config_reloaded")
             with self.assertRaises(OSError):
                 socket.create_connection(("127.0.0.1", extra), timeout=2).close()

@@ -213,7 +213,8 @@ int main(int argc, char** argv) {
   // takes it on the event loop.
   std::vector<std::string> watched =
       config::WatchPaths(dir, {"dkim.ini", "dkim", "dkim.private.key", "dkim_sign.ini", "plugins", "tern.ini",
-                               "outbound_routes.ini", "smtp_forward.ini", "tls.ini", "hooks.ini", "me", "log.ini"});
+                               "outbound_routes.ini", "smtp_forward.ini", "tls.ini", "hooks.ini", "plugin_timeout", "me",
+                               "log.ini"});
   for (std::string& path : config::OutboundIniWatchPaths(dir)) {
     watched.push_back(std::move(path));
   }

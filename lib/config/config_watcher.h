@@ -36,6 +36,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -88,6 +89,18 @@ std::unique_ptr<ConfigWatcher> ReloadOnChange(std::vector<std::string> paths, st
 // often its config files are looked at, 0 = only on SIGHUP, else 100 ..
 // 3600000. Default: 2000. The error names the file, section and key.
 absl::StatusOr<std::chrono::milliseconds> ConfigWatchInterval(const IniFile& tern_ini, absl::string_view section);
+
+// The settings a reload found changed that only a restart applies, by name,
+// for LogReloadNeedsRestart: Note(running != loaded, "file [section] key")
+// for each.
+struct RestartOnlySettings {
+  void Note(bool differs, std::string name) {
+    if (differs) {
+      names.push_back(std::move(name));
+    }
+  }
+  std::vector<std::string> names;
+};
 
 // After a reload: logs `reload_needs_restart` (warn) naming `settings`, the
 // changed ones only a restart applies, with `effect`; nothing when empty.

@@ -65,23 +65,13 @@ void Reload(const tern::config::ConfigDir& dir, const tern::bouncer::BouncerConf
                      {{"error", config.status().message()}, {"effect", "the running config stays"}});
     return;
   }
-  std::vector<std::string> restart;
-  if (config->queues != running.queues) {
-    restart.push_back("tern.ini [bouncer] queue");
-  }
-  if (config->health_listen != running.health_listen) {
-    restart.push_back("tern.ini [bouncer] health_listen");
-  }
-  if (config->metrics_listen != running.metrics_listen) {
-    restart.push_back("tern.ini [bouncer] metrics_listen");
-  }
-  if (config->config_watch != running.config_watch) {
-    restart.push_back("tern.ini [bouncer] config_watch_ms");
-  }
-  if (!(*hooks == running_hooks)) {
-    restart.push_back("hooks.ini");
-  }
-  tern::config::LogReloadNeedsRestart(restart);
+  tern::config::RestartOnlySettings restart;
+  restart.Note(config->queues != running.queues, "tern.ini [bouncer] queue");
+  restart.Note(config->health_listen != running.health_listen, "tern.ini [bouncer] health_listen");
+  restart.Note(config->metrics_listen != running.metrics_listen, "tern.ini [bouncer] metrics_listen");
+  restart.Note(config->config_watch != running.config_watch, "tern.ini [bouncer] config_watch_ms");
+  restart.Note(!(*hooks == running_hooks), "hooks.ini");
+  tern::config::LogReloadNeedsRestart(restart.names);
   for (const std::unique_ptr<tern::bouncer::BounceWorker>& worker : workers) {
     worker->Reload(*config);
   }

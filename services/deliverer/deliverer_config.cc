@@ -169,31 +169,26 @@ const StaticRoute* DelivererConfig::RouteFor(absl::string_view domain, absl::str
 }
 
 std::vector<std::string> RestartOnlyChanges(const DelivererConfig& a, const DelivererConfig& b) {
-  std::vector<std::string> out;
-  auto check = [&out](bool differs, const char* where) {
-    if (differs) {
-      out.push_back(where);
-    }
-  };
-  check(a.queues != b.queues, "tern.ini [deliverer] queue");
-  check(a.dns_servers != b.dns_servers, "tern.ini [deliverer] dns_servers");
-  check(a.mx_port != b.mx_port, "tern.ini [deliverer] mx_port");
-  check(a.lease_batch != b.lease_batch, "tern.ini [deliverer] lease_batch");
-  check(a.call_batch_wait != b.call_batch_wait, "tern.ini [deliverer] call_batch_wait_ms");
-  check(a.health_listen != b.health_listen, "tern.ini [deliverer] health_listen");
-  check(a.metrics_listen != b.metrics_listen, "tern.ini [deliverer] metrics_listen");
-  check(std::tie(a.pool_timeout, a.pool_max_messages, a.destination_connections_max) !=
-            std::tie(b.pool_timeout, b.pool_max_messages, b.destination_connections_max),
-        "tern.ini [deliverer] pool_timeout/pool_max_messages/destination_connections_max");
-  check(a.unreachable_after != b.unreachable_after, "tern.ini [deliverer] unreachable_after");
-  check(std::tie(a.mta_sts, a.mta_sts_port) != std::tie(b.mta_sts, b.mta_sts_port),
-        "tern.ini [deliverer] mta_sts/mta_sts_port");
-  check(a.dkim_threads != b.dkim_threads, "tern.ini [deliverer] dkim_threads");
-  check(a.config_watch != b.config_watch, "tern.ini [deliverer] config_watch_ms");
-  check(std::tie(a.tlsrpt, a.tlsrpt_flush) != std::tie(b.tlsrpt, b.tlsrpt_flush), "tern.ini [tlsrpt]");
-  check(a.hooks != b.hooks, "hooks.ini");
-  check(a.me != b.me, "me");
-  return out;
+  config::RestartOnlySettings changed;
+  changed.Note(a.queues != b.queues, "tern.ini [deliverer] queue");
+  changed.Note(a.dns_servers != b.dns_servers, "tern.ini [deliverer] dns_servers");
+  changed.Note(a.mx_port != b.mx_port, "tern.ini [deliverer] mx_port");
+  changed.Note(a.lease_batch != b.lease_batch, "tern.ini [deliverer] lease_batch");
+  changed.Note(a.call_batch_wait != b.call_batch_wait, "tern.ini [deliverer] call_batch_wait_ms");
+  changed.Note(a.health_listen != b.health_listen, "tern.ini [deliverer] health_listen");
+  changed.Note(a.metrics_listen != b.metrics_listen, "tern.ini [deliverer] metrics_listen");
+  changed.Note(std::tie(a.pool_timeout, a.pool_max_messages, a.destination_connections_max) !=
+                   std::tie(b.pool_timeout, b.pool_max_messages, b.destination_connections_max),
+               "tern.ini [deliverer] pool_timeout/pool_max_messages/destination_connections_max");
+  changed.Note(a.unreachable_after != b.unreachable_after, "tern.ini [deliverer] unreachable_after");
+  changed.Note(std::tie(a.mta_sts, a.mta_sts_port) != std::tie(b.mta_sts, b.mta_sts_port),
+               "tern.ini [deliverer] mta_sts/mta_sts_port");
+  changed.Note(a.dkim_threads != b.dkim_threads, "tern.ini [deliverer] dkim_threads");
+  changed.Note(a.config_watch != b.config_watch, "tern.ini [deliverer] config_watch_ms");
+  changed.Note(std::tie(a.tlsrpt, a.tlsrpt_flush) != std::tie(b.tlsrpt, b.tlsrpt_flush), "tern.ini [tlsrpt]");
+  changed.Note(a.hooks != b.hooks, "hooks.ini");
+  changed.Note(a.me != b.me, "me");
+  return std::move(changed.names);
 }
 
 DelivererConfig WithRestartOnlyFrom(const DelivererConfig& running, DelivererConfig loaded) {

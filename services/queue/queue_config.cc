@@ -213,26 +213,22 @@ absl::StatusOr<QueueConfig> LoadQueueConfig(const config::ConfigDir& dir,
 }
 
 std::vector<std::string> RestartOnlyChanges(const QueueConfig& running, const QueueConfig& loaded) {
-  std::vector<std::string> out;
-  auto check = [&out](bool differs, const char* name) {
-    if (differs) {
-      out.push_back(name);
-    }
-  };
+  config::RestartOnlySettings changed;
   const CoreOptions& a = running.core;
   const CoreOptions& b = loaded.core;
-  check(running.listen != loaded.listen, "tern.ini [queue] listen");
-  check(a.data_dir != b.data_dir, "tern.ini [queue] data_dir");
-  check(running.metrics_listen != loaded.metrics_listen, "tern.ini [queue] metrics_listen");
-  check(a.wal_prefill_bytes != b.wal_prefill_bytes, "tern.ini [queue] wal_prefill_bytes");
-  check(a.recovery_lease_grace_seconds != b.recovery_lease_grace_seconds, "tern.ini [queue] recovery_lease_grace");
-  check(running.config_watch != loaded.config_watch, "tern.ini [queue] config_watch_ms");
+  changed.Note(running.listen != loaded.listen, "tern.ini [queue] listen");
+  changed.Note(a.data_dir != b.data_dir, "tern.ini [queue] data_dir");
+  changed.Note(running.metrics_listen != loaded.metrics_listen, "tern.ini [queue] metrics_listen");
+  changed.Note(a.wal_prefill_bytes != b.wal_prefill_bytes, "tern.ini [queue] wal_prefill_bytes");
+  changed.Note(a.recovery_lease_grace_seconds != b.recovery_lease_grace_seconds,
+               "tern.ini [queue] recovery_lease_grace");
+  changed.Note(running.config_watch != loaded.config_watch, "tern.ini [queue] config_watch_ms");
   const TlsRptOptions& t = a.tlsrpt;
   const TlsRptOptions& u = b.tlsrpt;
-  check(t.enabled != u.enabled || t.from != u.from || t.organization != u.organization || t.contact != u.contact ||
-            t.submitter != u.submitter,
-        "tern.ini [tlsrpt]");
-  return out;
+  changed.Note(t.enabled != u.enabled || t.from != u.from || t.organization != u.organization ||
+                   t.contact != u.contact || t.submitter != u.submitter,
+               "tern.ini [tlsrpt]");
+  return std::move(changed.names);
 }
 
 std::vector<std::string> QueueConfigPaths(const config::ConfigDir& dir) {

@@ -92,12 +92,19 @@ absl::StatusOr<std::chrono::milliseconds> ConfigWatchInterval(const IniFile& ter
 
 // The settings a reload found changed that only a restart applies, by name,
 // for LogReloadNeedsRestart: Note(running != loaded, "file [section] key")
-// for each.
+// for each, or Keep, which also puts the running value back into the
+// loaded config, so that one list both names and keeps them.
 struct RestartOnlySettings {
   void Note(bool differs, std::string name) {
     if (differs) {
       names.push_back(std::move(name));
     }
+  }
+  // `load` may be a std::tie of several fields, kept and named together.
+  template <typename Running, typename Loaded>
+  void Keep(const Running& run, Loaded&& load, std::string name) {
+    Note(!(run == load), std::move(name));
+    load = run;
   }
   std::vector<std::string> names;
 };

@@ -168,50 +168,27 @@ const StaticRoute* DelivererConfig::RouteFor(absl::string_view domain, absl::str
   return routes.Find(domain);
 }
 
-std::vector<std::string> RestartOnlyChanges(const DelivererConfig& a, const DelivererConfig& b) {
-  config::RestartOnlySettings changed;
-  changed.Note(a.queues != b.queues, "tern.ini [deliverer] queue");
-  changed.Note(a.dns_servers != b.dns_servers, "tern.ini [deliverer] dns_servers");
-  changed.Note(a.mx_port != b.mx_port, "tern.ini [deliverer] mx_port");
-  changed.Note(a.lease_batch != b.lease_batch, "tern.ini [deliverer] lease_batch");
-  changed.Note(a.call_batch_wait != b.call_batch_wait, "tern.ini [deliverer] call_batch_wait_ms");
-  changed.Note(a.health_listen != b.health_listen, "tern.ini [deliverer] health_listen");
-  changed.Note(a.metrics_listen != b.metrics_listen, "tern.ini [deliverer] metrics_listen");
-  changed.Note(std::tie(a.pool_timeout, a.pool_max_messages, a.destination_connections_max) !=
-                   std::tie(b.pool_timeout, b.pool_max_messages, b.destination_connections_max),
-               "tern.ini [deliverer] pool_timeout/pool_max_messages/destination_connections_max");
-  changed.Note(a.unreachable_after != b.unreachable_after, "tern.ini [deliverer] unreachable_after");
-  changed.Note(std::tie(a.mta_sts, a.mta_sts_port) != std::tie(b.mta_sts, b.mta_sts_port),
-               "tern.ini [deliverer] mta_sts/mta_sts_port");
-  changed.Note(a.dkim_threads != b.dkim_threads, "tern.ini [deliverer] dkim_threads");
-  changed.Note(a.config_watch != b.config_watch, "tern.ini [deliverer] config_watch_ms");
-  changed.Note(std::tie(a.tlsrpt, a.tlsrpt_flush) != std::tie(b.tlsrpt, b.tlsrpt_flush), "tern.ini [tlsrpt]");
-  changed.Note(a.hooks != b.hooks, "hooks.ini");
-  changed.Note(a.me != b.me, "me");
-  return std::move(changed.names);
-}
-
-DelivererConfig WithRestartOnlyFrom(const DelivererConfig& running, DelivererConfig loaded) {
-  loaded.queues = running.queues;
-  loaded.dns_servers = running.dns_servers;
-  loaded.mx_port = running.mx_port;
-  loaded.lease_batch = running.lease_batch;
-  loaded.call_batch_wait = running.call_batch_wait;
-  loaded.health_listen = running.health_listen;
-  loaded.metrics_listen = running.metrics_listen;
-  loaded.pool_timeout = running.pool_timeout;
-  loaded.pool_max_messages = running.pool_max_messages;
-  loaded.destination_connections_max = running.destination_connections_max;
-  loaded.unreachable_after = running.unreachable_after;
-  loaded.mta_sts = running.mta_sts;
-  loaded.mta_sts_port = running.mta_sts_port;
-  loaded.dkim_threads = running.dkim_threads;
-  loaded.config_watch = running.config_watch;
-  loaded.tlsrpt = running.tlsrpt;
-  loaded.tlsrpt_flush = running.tlsrpt_flush;
-  loaded.hooks = running.hooks;
-  loaded.me = running.me;
-  return loaded;
+std::vector<std::string> KeepRestartOnlySettings(const DelivererConfig& a, DelivererConfig* b) {
+  config::RestartOnlySettings kept;
+  kept.Keep(a.queues, b->queues, "tern.ini [deliverer] queue");
+  kept.Keep(a.dns_servers, b->dns_servers, "tern.ini [deliverer] dns_servers");
+  kept.Keep(a.mx_port, b->mx_port, "tern.ini [deliverer] mx_port");
+  kept.Keep(a.lease_batch, b->lease_batch, "tern.ini [deliverer] lease_batch");
+  kept.Keep(a.call_batch_wait, b->call_batch_wait, "tern.ini [deliverer] call_batch_wait_ms");
+  kept.Keep(a.health_listen, b->health_listen, "tern.ini [deliverer] health_listen");
+  kept.Keep(a.metrics_listen, b->metrics_listen, "tern.ini [deliverer] metrics_listen");
+  kept.Keep(std::tie(a.pool_timeout, a.pool_max_messages, a.destination_connections_max),
+            std::tie(b->pool_timeout, b->pool_max_messages, b->destination_connections_max),
+            "tern.ini [deliverer] pool_timeout/pool_max_messages/destination_connections_max");
+  kept.Keep(a.unreachable_after, b->unreachable_after, "tern.ini [deliverer] unreachable_after");
+  kept.Keep(std::tie(a.mta_sts, a.mta_sts_port), std::tie(b->mta_sts, b->mta_sts_port),
+            "tern.ini [deliverer] mta_sts/mta_sts_port");
+  kept.Keep(a.dkim_threads, b->dkim_threads, "tern.ini [deliverer] dkim_threads");
+  kept.Keep(a.config_watch, b->config_watch, "tern.ini [deliverer] config_watch_ms");
+  kept.Keep(std::tie(a.tlsrpt, a.tlsrpt_flush), std::tie(b->tlsrpt, b->tlsrpt_flush), "tern.ini [tlsrpt]");
+  kept.Keep(a.hooks, b->hooks, "hooks.ini");
+  kept.Keep(a.me, b->me, "me");
+  return std::move(kept.names);
 }
 
 }  // namespace tern::deliverer

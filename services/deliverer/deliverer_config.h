@@ -233,17 +233,14 @@ struct DelivererConfig {
   absl::Status Validate() const;
 };
 
-// What the deliverer applies only at a start, named by where it is written
-// ("tern.ini [deliverer] queue", "hooks.ini", ...), where `loaded` differs
-// from `running`: the queue shards, DNS servers, mx_port, lease_batch,
-// call_batch_wait, the health and metrics listeners, the connection pool's
-// limits, unreachable_after, mta_sts and mta_sts_port, dkim_threads,
-// config_watch_ms, [tlsrpt], hooks.ini and me. Everything else a reload
-// applies (DeliveryWorker::Reload).
-std::vector<std::string> RestartOnlyChanges(const DelivererConfig& running, const DelivererConfig& loaded);
-
-// `loaded` with the settings RestartOnlyChanges names taken from `running`:
-// what a reload runs with.
-DelivererConfig WithRestartOnlyFrom(const DelivererConfig& running, DelivererConfig loaded);
+// What the deliverer applies only at a start: the queue shards, DNS
+// servers, mx_port, lease_batch, call_batch_wait, the health and metrics
+// listeners, the connection pool's limits, unreachable_after, mta_sts and
+// mta_sts_port, dkim_threads, config_watch_ms, [tlsrpt], hooks.ini and me.
+// Sets them in `loaded` to the running values, which makes it what a
+// reload runs with (DeliveryWorker::Reload applies everything else), and
+// returns those that differed, named by where they are written
+// ("tern.ini [deliverer] queue", "hooks.ini", ...).
+std::vector<std::string> KeepRestartOnlySettings(const DelivererConfig& running, DelivererConfig* loaded);
 
 }  // namespace tern::deliverer

@@ -277,7 +277,7 @@ TEST_F(ConfigTest, AReloadNamesWhereTheSettingsOnlyARestartAppliesChanged) {
   Write("dkim.ini", "[sign]\nenabled=false\nselector=other\n");
   auto loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_TRUE(RestartOnlyChanges(*running, *loaded).empty());
+  EXPECT_TRUE(KeepRestartOnlySettings(*running, &*loaded).empty());
 
   // What a reload applies (outbound.ini, routes, tls.ini, step timeouts):
   // not named either.
@@ -287,21 +287,21 @@ TEST_F(ConfigTest, AReloadNamesWhereTheSettingsOnlyARestartAppliesChanged) {
   Write("tls.ini", "[outbound]\nno_tls_hosts[]=192.0.2.0/24\n");
   loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_TRUE(RestartOnlyChanges(*running, *loaded).empty());
+  EXPECT_TRUE(KeepRestartOnlySettings(*running, &*loaded).empty());
 
   Write("tern.ini", "[deliverer]\nmx_port=2526\nqueue=127.0.0.1:7079\ndkim_threads=1\nrcpt_timeout=77\n"
                     "chunking=false\n[tlsrpt]\nenabled=true\n");
   Write("me", "other.example\n");
   loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_EQ(RestartOnlyChanges(*running, *loaded),
+  DelivererConfig next = *loaded;
+  EXPECT_EQ(KeepRestartOnlySettings(*running, &next),
             (std::vector<std::string>{"tern.ini [deliverer] queue", "tern.ini [deliverer] mx_port",
                                       "tern.ini [deliverer] dkim_threads", "tern.ini [tlsrpt]", "me"}));
 
   // A reload runs with the restart-only settings as they run, the rest as
   // loaded.
-  const DelivererConfig next = WithRestartOnlyFrom(*running, *loaded);
-  EXPECT_TRUE(RestartOnlyChanges(*running, next).empty());
+  EXPECT_TRUE(KeepRestartOnlySettings(*running, &next).empty());
   EXPECT_EQ(next.mx_port, 2525);
   EXPECT_EQ(next.me, running->me);
   EXPECT_EQ(next.concurrency_max, 7u);
@@ -311,10 +311,10 @@ TEST_F(ConfigTest, AReloadNamesWhereTheSettingsOnlyARestartAppliesChanged) {
   EXPECT_NE(next.routes.Find("example.com"), nullptr);
 }
 
-TEST_F(ConfigTest, WithRestartOnlyFromLeavesNoRestartOnlySettingDifferent) {
-  // Every restart-only setting changed at once: none may be left out of
-  // WithRestartOnlyFrom, or a reload would run with a value the log said
-  // waits for a restart.
+TEST_F(ConfigTest, KeepingTheRestartOnlySettingsLeavesNoneOfThemDifferent) {
+  // Every restart-only setting changed at once: each is named, and none is
+  // left as loaded, or a reload would run with a value the log said waits
+  // for a restart.
   auto running = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(running.ok()) << running.status();
   Write("tern.ini",
@@ -326,8 +326,9 @@ TEST_F(ConfigTest, WithRestartOnlyFromLeavesNoRestartOnlySettingDifferent) {
   Write("me", "other.example\n");
   auto loaded = DelivererConfig::Load(config::ConfigDir(dir_.string()));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_EQ(RestartOnlyChanges(*running, *loaded).size(), 15u) << absl::StrJoin(RestartOnlyChanges(*running, *loaded), ", ");
-  EXPECT_TRUE(RestartOnlyChanges(*running, WithRestartOnlyFrom(*running, *loaded)).empty());
+  const std::vector<std::string> named = KeepRestartOnlySettings(*running, &*loaded);
+  EXPECT_EQ(named.size(), 15u) << absl::StrJoin(named, ", ");
+  EXPECT_TRUE(KeepRestartOnlySettings(*running, &*loaded).empty());
 }
 
 }  // namespace

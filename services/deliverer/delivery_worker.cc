@@ -394,7 +394,7 @@ class DeliveryWorker::Impl : public std::enable_shared_from_this<DeliveryWorker:
   }
 
   // A reload's config (its restart-only settings already the running ones,
-  // WithRestartOnlyFrom): deliveries started from now on use it; those in
+  // KeepRestartOnlySettings): deliveries started from now on use it; those in
   // flight finish with the config they started with.
   void Reload(DelivererConfig config) {
     std::shared_ptr<asio::ssl::context> tls = config.tls.context;

@@ -77,7 +77,7 @@ class DeliveryWorker {
   void ReloadDkim(DkimConfig dkim);
 
   // SIGHUP with a config that loaded: `config` (the restart-only settings
-  // taken from the running config, WithRestartOnlyFrom) is used by every
+  // taken from the running config, KeepRestartOnlySettings) is used by every
   // delivery that starts from now on: outbound.ini's concurrency_max
   // (a raised limit leases more at once, a lowered one leases nothing until
   // enough deliveries end), connect_timeout, local_mx_ok, inet_prefer and

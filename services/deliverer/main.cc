@@ -78,10 +78,10 @@ void Reload(const tern::config::ConfigDir& dir, tern::deliverer::DelivererConfig
                      {{"files", "dkim.ini, dkim/, dkim.private.key"}, {"dkim", enabled}, {"dkim_keys", keys}});
     return;
   }
-  tern::config::LogReloadNeedsRestart(tern::deliverer::RestartOnlyChanges(*running, *loaded),
+  tern::deliverer::DelivererConfig next = *std::move(loaded);
+  tern::config::LogReloadNeedsRestart(tern::deliverer::KeepRestartOnlySettings(*running, &next),
                                       "these keep their running values until a restart (a rolling restart loses "
                                       "nothing)");
-  tern::deliverer::DelivererConfig next = tern::deliverer::WithRestartOnlyFrom(*running, *std::move(loaded));
   const auto [enabled, keys] = dkim_counts(next.dkim);
   const std::string concurrency_max = absl::StrCat(next.concurrency_max);
   const std::string enable_tls = next.enable_tls ? "true" : "false";

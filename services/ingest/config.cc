@@ -285,14 +285,7 @@ absl::StatusOr<std::vector<ListenAddress>> ParseListenList(absl::string_view val
 }
 
 std::vector<std::string> KeepRestartOnlySettings(const IngestConfig& running, IngestConfig* loaded) {
-  std::vector<std::string> changed;
-  // One field: named when it differs, then set to the running value.
-  auto keep = [&changed](const auto& run, auto& load, const char* name) {
-    if (!(run == load)) {
-      changed.push_back(name);
-    }
-    load = run;
-  };
+  config::RestartOnlySettings kept;
   const bool same_addresses =
       std::equal(running.listen.begin(), running.listen.end(), loaded->listen.begin(), loaded->listen.end(),
                  [](const ListenAddress& x, const ListenAddress& y) {
@@ -303,25 +296,22 @@ std::vector<std::string> KeepRestartOnlySettings(const IngestConfig& running, In
                  [](const ListenAddress& x, const ListenAddress& y) {
                    return x.require_client_cert == y.require_client_cert;
                  });
-  if (!same_addresses) {
-    changed.push_back("smtp.ini [main] listen/smtps_port");
-  } else if (!same_client_certs) {
-    changed.push_back("tls.ini [main] rejectUnauthorized/requireAuthorized");
-  }
+  kept.Note(!same_addresses, "smtp.ini [main] listen/smtps_port");
+  kept.Note(same_addresses && !same_client_certs, "tls.ini [main] rejectUnauthorized/requireAuthorized");
   loaded->listen = running.listen;
   // Those two set ListenAddress::require_client_cert, named above.
   loaded->tls_reject_unauthorized = running.tls_reject_unauthorized;
   loaded->tls_require_authorized = running.tls_require_authorized;
-  keep(running.io_threads, loaded->io_threads, "smtp.ini [main] nodes");
-  keep(running.queues, loaded->queues, "tern.ini [ingest] queue");
-  keep(running.queue_timeout, loaded->queue_timeout, "tern.ini [ingest] queue_timeout_ms");
-  keep(running.health_listen, loaded->health_listen, "tern.ini [ingest] health_listen");
-  keep(running.metrics_listen, loaded->metrics_listen, "tern.ini [ingest] metrics_listen");
-  keep(running.config_watch, loaded->config_watch, "tern.ini [ingest] config_watch_ms");
+  kept.Keep(running.io_threads, loaded->io_threads, "smtp.ini [main] nodes");
+  kept.Keep(running.queues, loaded->queues, "tern.ini [ingest] queue");
+  kept.Keep(running.queue_timeout, loaded->queue_timeout, "tern.ini [ingest] queue_timeout_ms");
+  kept.Keep(running.health_listen, loaded->health_listen, "tern.ini [ingest] health_listen");
+  kept.Keep(running.metrics_listen, loaded->metrics_listen, "tern.ini [ingest] metrics_listen");
+  kept.Keep(running.config_watch, loaded->config_watch, "tern.ini [ingest] config_watch_ms");
   // Not read from files (tests set them): kept without a word.
   loaded->proxy_timeout = running.proxy_timeout;
   loaded->thread_busy_interval = running.thread_busy_interval;
-  return changed;
+  return std::move(kept.names);
 }
 
 absl::Status IngestConfig::Validate() const {

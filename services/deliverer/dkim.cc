@@ -664,7 +664,6 @@ absl::StatusOr<DkimResult> DkimSign(const DkimConfig& config, absl::string_view 
   // §8.15 and §5.4.2: an h= entry beyond a field's instances signs "no more
   // of it", so one added in transit fails verification. A field the
   // message lacks is named once either way (§5.4: From is always signed).
-  const auto is_from = [](const std::string& name) { return absl::EqualsIgnoreCase(name, "From"); };
   bool from_extra = false;
   for (const std::string& name : config.oversign_headers) {
     if (std::none_of(h_names.begin(), h_names.end(),
@@ -678,7 +677,7 @@ absl::StatusOr<DkimResult> DkimSign(const DkimConfig& config, absl::string_view 
       }
     }
     h_names.emplace_back(name);
-    from_extra = from_extra || is_from(name);
+    from_extra = from_extra || absl::EqualsIgnoreCase(name, "From");
   }
   if (!from_signed && !from_extra) {
     h_names.emplace_back("From");  // signs its absence
